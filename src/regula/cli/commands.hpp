@@ -1,0 +1,18 @@
+// The `regula` command is a table of subcommands, one file each. Each file
+// defines a register function that adds its CLI11 subcommand and a callback.
+// Callbacks throw regula::Error / InputError; main() turns those into a one-line
+// message and exit status 1.
+#pragma once
+#include <CLI/CLI.hpp>
+
+namespace regula::cli {
+
+struct Command {
+  const char* name;
+  void (*add)(CLI::App& app);
+};
+
+// Each subcommand file implements one of these.
+void add_info(CLI::App& app);
+
+}  // namespace regula::cli

@@ -1,0 +1,106 @@
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cmath>
+#include <filesystem>
+#include <random>
+
+#include "regula/core/atomic_file.hpp"
+#include "regula/core/error.hpp"
+#include "regula/core/fft.hpp"
+#include "regula/core/parallel.hpp"
+#include "regula/core/random.hpp"
+
+using namespace regula;
+
+TEST(ThreadPool, VisitsEveryIndexOnce) {
+  for (int nt : {1, 2, 4}) {
+    ThreadPool pool(nt);
+    std::vector<std::atomic<int>> hits(1000);
+    pool.parallel_for(0, hits.size(), [&](size_t i, int t) {
+      ASSERT_LT(t, nt);
+      hits[i]++;
+    }, 7);
+    for (auto& h : hits) EXPECT_EQ(h.load(), 1);
+  }
+}
+
+TEST(ThreadPool, PropagatesExceptions) {
+  ThreadPool pool(2);
+  EXPECT_THROW(pool.parallel_for(0, 100, [](size_t i, int) {
+    if (i == 37) throw Error("boom");
+  }), Error);
+  // the pool is still usable
+  std::atomic<int> n = 0;
+  pool.parallel_for(0, 10, [&](size_t, int) { n++; });
+  EXPECT_EQ(n.load(), 10);
+}
+
+TEST(AtomicFile, NoPartialFileOnException) {
+  auto dir = std::filesystem::temp_directory_path() / "regula_test_atomic";
+  std::filesystem::create_directories(dir);
+  auto path = (dir / "out.txt").string();
+  std::filesystem::remove(path);
+  try {
+    AtomicFile f(path);
+    f.write("partial");
+    throw Error("fail");
+  } catch (const Error&) {
+  }
+  EXPECT_FALSE(std::filesystem::exists(path));
+  EXPECT_TRUE(std::filesystem::is_empty(dir));
+  write_file_atomic(path, "whole");
+  EXPECT_EQ(read_file(path), "whole");
+  std::filesystem::remove_all(dir);
+}
+
+TEST(ReadFile, MissingFileNamesThePath) {
+  try {
+    read_file("/nonexistent/regula.star");
+    FAIL();
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("/nonexistent/regula.star"), std::string::npos);
+  }
+}
+
+// FFT against a direct DFT (double precision) on random data, odd and even sizes.
+TEST(FFT, MatchesDirectDFT2D) {
+  for (int n : {6, 7}) {
+    Grid<float> img(n, n);
+    auto g = make_rng(3, n);
+    for (auto& v : img) v = float(normal01(g));
+    auto F = fft_forward(img);
+    ASSERT_EQ(F.nx(), n / 2 + 1);
+    for (int ky = 0; ky < n; ++ky)
+      for (int kx = 0; kx <= n / 2; ++kx) {
+        std::complex<double> s = 0;
+        for (int y = 0; y < n; ++y)
+          for (int x = 0; x < n; ++x)
+            s += double(img(x, y)) * std::polar(1.0, -2 * M_PI * (double(kx * x) + double(ky * y)) / n);
+        EXPECT_NEAR(F(kx, ky).real(), s.real(), 1e-4);
+        EXPECT_NEAR(F(kx, ky).imag(), s.imag(), 1e-4);
+      }
+    auto back = fft_inverse(F, n);
+    for (size_t i = 0; i < img.size(); ++i) EXPECT_NEAR(back[i], img[i], 1e-5);
+  }
+}
+
+// A delta at the centre n/2 has a flat real transform after centre_origin,
+// for even and odd sizes, in 2D and 3D; undo brings it back.
+TEST(FFT, CentreOriginOfCentredDelta) {
+  for (int n : {8, 9}) {
+    for (int nz : {1, n}) {
+      Grid<float> g(n, n, nz);
+      g(n / 2, n / 2, nz > 1 ? n / 2 : 0) = 1;
+      auto F = fft_forward(g, 2);
+      centre_origin(F, n);
+      for (auto& v : F) {
+        EXPECT_NEAR(v.real(), 1.0, 1e-5);
+        EXPECT_NEAR(v.imag(), 0.0, 1e-5);
+      }
+      centre_origin(F, n, true);
+      auto back = fft_inverse(F, n, 2);
+      for (size_t i = 0; i < g.size(); ++i) EXPECT_NEAR(back[i], g[i], 1e-5);
+    }
+  }
+}
