@@ -14,5 +14,12 @@ struct Command {
 
 // Each subcommand file implements one of these.
 void add_info(CLI::App& app);
+void add_star_handler(CLI::App& app);
+void add_simulate(CLI::App& app);
+void add_project(CLI::App& app);
+void add_reconstruct(CLI::App& app);
+void add_preprocess(CLI::App& app);
+void add_mask(CLI::App& app);
+void add_fsc(CLI::App& app);
 
 }  // namespace regula::cli

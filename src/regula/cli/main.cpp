@@ -12,6 +12,13 @@ namespace {
 
 const regula::cli::Command kCommands[] = {
     {"info", regula::cli::add_info},
+    {"star_handler", regula::cli::add_star_handler},
+    {"simulate", regula::cli::add_simulate},
+    {"project", regula::cli::add_project},
+    {"reconstruct", regula::cli::add_reconstruct},
+    {"preprocess", regula::cli::add_preprocess},
+    {"mask", regula::cli::add_mask},
+    {"fsc", regula::cli::add_fsc},
 };
 
 }  // namespace

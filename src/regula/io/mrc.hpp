@@ -52,7 +52,6 @@ struct Header {
   double pixel_size() const;
   size_t bytes_per_section() const;  // in the file's own layout
   size_t data_offset() const { return 1024 + size_t(nsymbt); }
-  bool is_volume() const { return ispg != 0 && ispg != 0x3f800000 ? true : false; }
 };
 
 // Read and check the header (sizes against the file length, mode, axes).
@@ -117,5 +116,10 @@ struct Stats {
   double min = 0, max = 0, mean = 0, rms = 0;
 };
 Stats compute_stats(const float* data, size_t n);
+
+// A human summary of a file for `regula info`: size, mode, pixel size, number of
+// images, origin, axes, extended header, byte order, header and data statistics
+// (the data are streamed section by section).
+std::string describe(const std::string& path);
 
 }  // namespace regula::mrc

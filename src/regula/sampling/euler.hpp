@@ -4,7 +4,17 @@
 // (passive rotations). A maps map (3D) coordinates to image coordinates: the
 // projection of a map along z after rotation by A; equivalently the central
 // slice of the 3D transform at (kx, ky) is taken at A^T * (kx, ky, 0).
+//
+// Checked against relion_project 3.1.3 (tests/cpp/test_euler.cpp): a voxel at
+// (x, y, z) relative to the map centre (n/2, n/2, n/2) projects to the image
+// point (A*(x,y,z))[0..1] relative to the image centre (n/2, n/2). The viewing
+// direction in map coordinates is the third row of A,
+// (cos rot sin tilt, sin rot sin tilt, cos tilt) = euler_direction(rot, tilt).
+// relion_project moves the projection by MINUS the origin offset
+// (rlnOriginX/YAngst): a particle with origin (ox, oy) has its map centre at
+// image position (n/2 - ox, n/2 - oy) pixels.
 #pragma once
+#include <algorithm>
 #include <array>
 #include <cmath>
 
@@ -35,12 +45,14 @@ inline Mat3 euler_to_matrix(double rot, double tilt, double psi) {
 inline Mat3 euler_to_matrix(const Euler& e) { return euler_to_matrix(e.rot, e.tilt, e.psi); }
 
 // Inverse of euler_to_matrix for a rotation matrix; tilt in [0, 180],
-// rot and psi in (-180, 180]. At tilt 0 or 180 the split between rot and psi
-// is chosen with rot = 0... as RELION's Euler_matrix2angles (psi carries it).
+// rot and psi in [-180, 180]. At tilt 0 or 180 (gimbal lock, |sin tilt| below
+// ~2e-6 as in RELION) only rot + psi (tilt 0) or psi - rot (tilt 180) is
+// defined; the split is rot = 0 with psi carrying the whole in-plane angle,
+// as RELION's Euler_matrix2angles.
 inline Euler matrix_to_euler(const Mat3& A) {
   Euler e;
   double abs_sb = std::sqrt(A[0][2] * A[0][2] + A[1][2] * A[1][2]);
-  if (abs_sb > 16 * 1e-12) {
+  if (abs_sb > 16 * 1.1920929e-7) {  // 16 * FLT_EPSILON, RELION's threshold
     e.psi = rad2deg(std::atan2(A[1][2], -A[0][2]));
     e.rot = rad2deg(std::atan2(A[2][1], A[2][0]));
     double sign_sb;
@@ -82,5 +94,27 @@ inline Vec3 matvec(const Mat3& a, const Vec3& v) {
           a[2][0] * v[0] + a[2][1] * v[1] + a[2][2] * v[2]};
 }
 inline Mat3 identity3() { return Mat3{{{1, 0, 0}, {0, 1, 0}, {0, 0, 1}}}; }
+
+// Unit viewing direction (map coordinates) of Euler angles (degrees): the
+// third row of euler_to_matrix(rot, tilt, psi), independent of psi.
+inline Vec3 euler_direction(double rot, double tilt) {
+  const double r = deg2rad(rot), t = deg2rad(tilt);
+  return {std::cos(r) * std::sin(t), std::sin(r) * std::sin(t), std::cos(t)};
+}
+
+// Largest absolute element of a - b (for tolerance checks of rotations).
+inline double max_abs_diff(const Mat3& a, const Mat3& b) {
+  double m = 0;
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) m = std::max(m, std::abs(a[i][j] - b[i][j]));
+  return m;
+}
+
+// Rotation angle (degrees, in [0, 180]) of R^T * S: the angular distance between two rotations.
+inline double rotation_distance_deg(const Mat3& r, const Mat3& s) {
+  const Mat3 d = matmul(transpose(r), s);
+  const double c = std::clamp((d[0][0] + d[1][1] + d[2][2] - 1.0) / 2.0, -1.0, 1.0);
+  return rad2deg(std::acos(c));
+}
 
 }  // namespace regula

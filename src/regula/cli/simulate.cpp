@@ -1,0 +1,35 @@
+// regula simulate: a ground-truth particle data set from one or two maps.
+#include "regula/cli/commands.hpp"
+#include "regula/jobs/simulate.hpp"
+
+namespace regula::cli {
+
+void add_simulate(CLI::App& app) {
+  auto opt = std::make_shared<SimulateOptions>();
+  auto* s = app.add_subcommand("simulate",
+      "Simulate particles (projections with CTF, shifts and noise) with ground truth");
+  s->add_option("--i", opt->map, "Map (MRC) to project")->required();
+  s->add_option("--o", opt->out_dir, "Output directory (particles.mrcs, particles.star, truth.star)")->required();
+  s->add_option("--n", opt->n, "Number of particles")->required();
+  s->add_option("--angpix", opt->angpix, "Pixel size in Å (default: from the map header)");
+  s->add_option("--box", opt->box, "Pad or crop the map (about its centre) to this box size, px");
+  s->add_option("--snr", opt->snr, "Signal-to-noise ratio (variance of the CTF-modulated projection / noise variance)")
+      ->capture_default_str();
+  s->add_option("--defocus_min", opt->defocus_min, "Smallest defocus, Å (underfocus positive)")->capture_default_str();
+  s->add_option("--defocus_max", opt->defocus_max, "Largest defocus, Å")->capture_default_str();
+  s->add_option("--voltage", opt->voltage, "Voltage, kV")->capture_default_str();
+  s->add_option("--cs", opt->cs, "Spherical aberration, mm")->capture_default_str();
+  s->add_option("--Q0", opt->amplitude_contrast, "Amplitude contrast")->capture_default_str();
+  s->add_flag("!--no_ctf", opt->ctf, "Do not apply a CTF");
+  s->add_option("--max_shift", opt->max_shift, "Largest random shift, px (uniform in a disc)")->capture_default_str();
+  s->add_option("--views", opt->views, "Draw every particle from one of V fixed viewing directions (random psi); "
+                "rlnClassNumber in truth.star is the view");
+  s->add_option("--i2", opt->map2, "Second map (heterogeneity); rlnClassNumber 2 in truth.star");
+  s->add_option("--frac2", opt->frac2, "Fraction of particles from --i2")->capture_default_str();
+  s->add_option("--bg_radius", opt->bg_radius, "Background radius for normalisation, px (default 0.75 * box/2)");
+  s->add_option("--seed", opt->seed, "Random seed")->capture_default_str();
+  s->add_option("--j", opt->threads, "Threads")->capture_default_str();
+  s->callback([opt] { simulate(*opt); });
+}
+
+}  // namespace regula::cli

@@ -1,0 +1,167 @@
+#include "regula/estep/posteriors.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numbers>
+#include <numeric>
+
+#include "regula/core/error.hpp"
+#include "regula/core/parallel.hpp"
+
+namespace regula::estep {
+namespace {
+
+// Prior for particle i, pose index q, from a span of size `count` (shared) or n*count.
+const double* prior_row(std::span<const double> p, size_t count, size_t n, size_t i, const char* what) {
+  if (p.empty()) return nullptr;
+  if (p.size() == count) return p.data();
+  if (p.size() == n * count) return p.data() + i * count;
+  runtime_error("estep: {} log-prior has {} values, expected {} or {}", what, p.size(), count, n * count);
+}
+
+// One particle: fills weight row (T*J), stats and optionally the significant list.
+void particle_posterior(const float* score, const double* lpt, const double* lpj, double log_const,
+                        size_t nt, size_t nj, double fraction, float* weight, ParticlePosterior& st,
+                        std::vector<double>& e, std::vector<uint32_t>& order, std::vector<PoseWeight>* sig) {
+  const size_t q_count = nt * nj;
+  e.resize(q_count);
+  double mx = -std::numeric_limits<double>::infinity();
+  size_t best = 0;
+  for (size_t t = 0; t < nt; ++t)
+    for (size_t j = 0; j < nj; ++j) {
+      const size_t q = t * nj + j;
+      double v = double(score[q]) + (lpt ? lpt[t] : 0.0) + (lpj ? lpj[j] : 0.0);
+      if (!std::isfinite(v)) v = -std::numeric_limits<double>::infinity();
+      e[q] = v;
+      if (v > mx) {
+        mx = v;
+        best = q;
+      }
+    }
+  st = ParticlePosterior{};
+  if (!std::isfinite(mx)) {
+    std::fill(weight, weight + q_count, 0.0f);
+    return;
+  }
+  double sum = 0;
+  for (size_t q = 0; q < q_count; ++q) {
+    e[q] = std::exp(e[q] - mx);  // exp(-inf) = 0
+    sum += e[q];
+  }
+  // sum >= 1 (the maximum contributes exactly 1).
+  // Weights below the smallest normal float are stored as 0: denormal weights would make the
+  // SGEMMs of the weighted sums tens of times slower, for a mass below 1e-38 * T * J.
+  for (size_t q = 0; q < q_count; ++q) {
+    const double v = e[q] / sum;
+    weight[q] = v < double(std::numeric_limits<float>::min()) ? 0.0f : float(v);
+  }
+  st.valid = true;
+  st.max_posterior = 1.0 / sum;
+  st.log_likelihood = mx + std::log(sum) + log_const;
+  st.best_t = uint32_t(best / nj);
+  st.best_j = uint32_t(best % nj);
+  st.best_log_posterior = mx;
+
+  // Significant set: largest weights first until their sum reaches fraction * sum. Only the
+  // candidates e >= tau need sorting, for the largest tau whose candidates already hold the
+  // target mass (every non-candidate is smaller than every candidate, so the sorted prefix is
+  // the same as that of a full sort).
+  const double target = fraction * sum;
+  for (double tau = 1e-3;; tau *= 1e-3) {
+    if (tau < 1e-300) tau = 0;
+    order.clear();
+    double cand = 0;
+    for (size_t q = 0; q < q_count; ++q)
+      if (e[q] >= tau && e[q] > 0) {
+        order.push_back(uint32_t(q));
+        cand += e[q];
+      }
+    if (cand >= target || tau == 0) break;
+  }
+  std::sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return e[a] > e[b] || (e[a] == e[b] && a < b); });
+  double acc = 0;
+  size_t count = 0;
+  while (count < order.size()) {
+    acc += e[order[count]];
+    ++count;
+    if (acc >= target) break;
+  }
+  st.n_significant = count;
+  if (sig)
+    for (size_t c = 0; c < count; ++c) {
+      const uint32_t q = order[c];
+      sig->push_back(PoseWeight{uint32_t(q / nj), uint32_t(q % nj), weight[q]});
+    }
+}
+
+}  // namespace
+
+void compute_posteriors(const Scores& scores, const LogPriors& priors, std::span<const double> log_constant,
+                        Posteriors& out, ThreadPool& pool, const PosteriorOptions& opt) {
+  const size_t n = scores.n, nt = scores.t, nj = scores.j;
+  if (scores.value.size() != n * nt * nj) runtime_error("estep: scores hold {} values, expected {}", scores.value.size(), n * nt * nj);
+  if (!(opt.significant_fraction > 0 && opt.significant_fraction <= 1))
+    runtime_error("estep: significant_fraction = {} outside (0, 1]", opt.significant_fraction);
+  if (!log_constant.empty() && log_constant.size() != n)
+    runtime_error("estep: log_constant has {} values, expected n = {}", log_constant.size(), n);
+  if ((nt * nj) >> 32) runtime_error("estep: {} poses per particle exceed 2^32", nt * nj);
+  out.n = n;
+  out.t = nt;
+  out.j = nj;
+  out.weight.assign(n * nt * nj, 0.0f);
+  out.particle.assign(n, ParticlePosterior{});
+  std::vector<std::vector<PoseWeight>> sig(opt.keep_significant ? n : 0);
+
+  struct Scratch {
+    std::vector<double> e;
+    std::vector<uint32_t> order;
+  };
+  std::vector<Scratch> scratch(size_t(pool.size()));
+  pool.parallel_for(0, n, [&](size_t i, int thread) {
+    const double* lpt = prior_row(priors.translation, nt, n, i, "translation");
+    const double* lpj = prior_row(priors.reference, nj, n, i, "reference");
+    Scratch& s = scratch[size_t(thread)];
+    particle_posterior(scores.value.data() + i * nt * nj, lpt, lpj, log_constant.empty() ? 0.0 : log_constant[i],
+                       nt, nj, opt.significant_fraction, out.weight.data() + i * nt * nj, out.particle[i], s.e,
+                       s.order, opt.keep_significant ? &sig[i] : nullptr);
+  });
+
+  SparseWeights& sw = out.significant;
+  sw = SparseWeights{};
+  if (opt.keep_significant) {
+    sw.n = n;
+    sw.t = nt;
+    sw.j = nj;
+    sw.offset.assign(n + 1, 0);
+    for (size_t i = 0; i < n; ++i) sw.offset[i + 1] = sw.offset[i] + sig[i].size();
+    sw.entry.reserve(sw.offset[n]);
+    for (auto& v : sig) sw.entry.insert(sw.entry.end(), v.begin(), v.end());
+  }
+}
+
+std::vector<double> gaussian_log_prior(std::span<const double> d2, double sigma2, int dims, bool normalise_over_set) {
+  if (!(sigma2 > 0)) runtime_error("estep: Gaussian prior variance {} must be positive", sigma2);
+  std::vector<double> out(d2.size());
+  const double c = -0.5 * dims * std::log(2.0 * std::numbers::pi * sigma2);
+  for (size_t q = 0; q < d2.size(); ++q) out[q] = -d2[q] / (2.0 * sigma2) + c;
+  if (normalise_over_set && !out.empty()) {
+    const double mx = *std::max_element(out.begin(), out.end());
+    double s = 0;
+    for (double v : out) s += std::exp(v - mx);
+    const double lse = mx + std::log(s);
+    for (double& v : out) v -= lse;
+  }
+  return out;
+}
+
+std::vector<double> class_log_prior(std::span<const double> fraction, std::span<const uint32_t> class_of) {
+  std::vector<double> out(class_of.size());
+  for (size_t j = 0; j < class_of.size(); ++j) {
+    if (class_of[j] >= fraction.size()) runtime_error("estep: class index {} of reference {} out of range [0, {})", class_of[j], j, fraction.size());
+    out[j] = std::log(fraction[class_of[j]]);  // log(0) = -inf: class switched off
+  }
+  return out;
+}
+
+}  // namespace regula::estep

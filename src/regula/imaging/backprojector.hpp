@@ -1,0 +1,100 @@
+// Back-projection (insertion of 2D Fourier slices into a padded 3D lattice, or
+// of rotated 2D images into a 2D lattice) and reconstruction by Fourier
+// division with optional Wiener (tau2) regularisation and iterative gridding.
+//
+// Conventions are those of projector.hpp: centred half-complex transforms,
+// orientation A puts image coefficient (kx, ky) at A^T (kx, ky, 0), frequencies
+// in Fourier pixels of the original box. insert() is the exact adjoint of
+// Projector::project() for the real inner product Re sum conj(a) b over the
+// stored lattice and over the non-redundant image coefficients (kx > 0, or
+// kx == 0 and ky >= 0): the linear spreading is the transpose of the linear
+// interpolation. The redundant column (kx == 0, ky < 0) is not inserted.
+//
+// Accumulators are single precision (float). For threads, use one BackProjector
+// per thread and add() them in a fixed order: the result does not depend on the
+// thread count when the per-thread work split is fixed.
+#pragma once
+#include <vector>
+
+#include "regula/core/grid.hpp"
+#include "regula/imaging/projector.hpp"
+#include "regula/sampling/euler.hpp"
+
+namespace regula {
+
+struct ReconstructOptions {
+  // Per-shell signal power tau2(shell) for shells 0..n/2, in the units of
+  // |Projector::project|^2 (i.e. shell_power() of the map, see below). When
+  // non-empty, 1 / (tau2_fudge * padding^dim * tau2) is added to the weights
+  // (MAP / Wiener regularisation as in RELION); shells with tau2 == 0 are set to 0.
+  std::vector<double> tau2;
+  double tau2_fudge = 1.0;
+  // Iterative gridding (Pipe & Menon 1999 density compensation with a
+  // Kaiser-Bessel blob of radius 1.9, alpha 15, order 2 on the padded lattice).
+  // Off: plain Fourier division data / max(weight, weight_floor * mean weight).
+  bool iterative_gridding = true;
+  int gridding_iterations = 10;
+  double weight_floor = 1e-3;
+  // Maximum frequency in Fourier pixels of the original box (<= 0: r_max of
+  // the back-projector). Coefficients at |k| >= limit are zero (as RELION, strict).
+  int max_frequency = -1;
+  // Divide by sinc^2 of the padded box (correction for linear interpolation).
+  bool gridding_correction = true;
+  int nthreads = 1;
+};
+
+class BackProjector {
+ public:
+  BackProjector() = default;
+  // `n`: box size of the images and map; `dim`: 3 (map from 2D slices) or 2
+  // (2D class from rotated images); r_max in Fourier pixels (<= 0: n/2).
+  BackProjector(int n, int padding = 2, int r_max = -1, int dim = 3);
+
+  int size() const { return n_; }
+  int padding() const { return pad_; }
+  int r_max() const { return r_max_; }
+  int dim() const { return data_.dim; }
+
+  // Adds a centred half-complex image (n_img/2+1) x n_img (n_img <= n; a
+  // smaller image is a Fourier crop in units of the original box) at
+  // orientation A. `weight_half` has the same shape (e.g. CTF^2, or CTF^2 /
+  // sigma2), or is empty for weight 1 per coefficient. The caller multiplies
+  // the image by the CTF (and 1/sigma2) beforehand.
+  void insert(const Grid<cfloat>& image_half, const Grid<float>& weight_half, const Mat3& A);
+
+  // Adds another accumulator of the same geometry (deterministic reduction).
+  void add(const BackProjector& other);
+  void clear();
+
+  // Applies point-group symmetry: data(q) and weight(q) become the sums over
+  // the operators R of the (interpolated) values at R q. `operators` is the
+  // whole group; the identity is added if missing. Enforces Hermitian
+  // symmetry of the x = 0 plane first. Call once, after all insertions.
+  void symmetrise(const std::vector<Mat3>& operators);
+
+  // Reconstructed map (n^3, or n x n in 2D), origin at n/2, in the units of
+  // the map whose projections were inserted. Does not modify the accumulators.
+  Grid<float> reconstruct(const ReconstructOptions& opt = {}) const;
+
+  // Mean of padding^dim * weight over the lattice points of each shell
+  // 0..n/2 (shell = round(|q| / padding)): RELION's average inverse noise power
+  // in the reconstruction; with an FSC-based SSNR, tau2 = SSNR / this.
+  std::vector<double> mean_weight_per_shell() const;
+
+  const FourierLattice& data() const { return data_; }
+  const Grid<float>& weight() const { return weight_; }
+
+ private:
+  void enforce_hermitian();
+  int n_ = 0, pad_ = 2, r_max_ = 0;
+  FourierLattice data_;
+  Grid<float> weight_;  // same layout as data_.data
+  bool hermitian_done_ = false;
+};
+
+// Per-shell mean |F(k)|^2 of the (unnormalised, centred) transform of a real
+// image or map, shells 0..n/2 by rounded |k| in Fourier pixels. For a map this
+// is in the units of |Projector::project|^2 (the tau2 scale of ReconstructOptions).
+std::vector<double> shell_power(const Grid<float>& map);
+
+}  // namespace regula

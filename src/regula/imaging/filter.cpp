@@ -1,0 +1,166 @@
+#include "regula/imaging/filter.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "regula/core/error.hpp"
+#include "regula/core/fft.hpp"
+
+namespace regula {
+namespace {
+
+void check_square(const Grid<float>& g, const char* what) {
+  if (g.nx() != g.ny() || (g.nz() != 1 && g.nz() != g.nx()) || g.nx() < 1)
+    input_error("{}: grid is {}x{}x{}, expected a square image or a cubic map", what, g.nx(), g.ny(), g.nz());
+}
+
+// Calls f(value&, |k| in Fourier pixels) for every coefficient of a half transform (n = ny).
+template <class F>
+void for_each_freq(Grid<cfloat>& G, F f) {
+  const int n = G.ny();
+  for (int z = 0; z < G.nz(); ++z) {
+    const int kz = G.nz() > 1 ? fft_freq(z, G.nz()) : 0;
+    for (int y = 0; y < n; ++y) {
+      const int ky = fft_freq(y, n);
+      for (int x = 0; x < G.nx(); ++x) f(G(x, y, z), std::sqrt(double(x) * x + double(ky) * ky + double(kz) * kz));
+    }
+  }
+}
+
+void pass_filter(Grid<cfloat>& F, double resolution, double pixel, int edge, bool high) {
+  if (!(resolution > 0) || !(pixel > 0))
+    input_error("filter: resolution {} Å and pixel size {} Å must be positive", resolution, pixel);
+  const int n = F.ny();
+  const int ishell = int(std::lround(n * pixel / resolution));
+  const int half = std::max(0, edge) / 2;
+  const double lo = std::max(0.0, double(ishell - half));
+  const double hi = double(ishell + half);
+  const double width = hi - lo;
+  for_each_freq(F, [&](cfloat& v, double k) {
+    double g;
+    if (k < lo)
+      g = 0.0;
+    else if (k > hi || width <= 0)
+      g = 1.0;
+    else
+      g = 0.5 - 0.5 * std::cos(M_PI * (k - lo) / width);
+    if (!high) g = 1.0 - g;
+    v *= float(g);
+  });
+}
+
+template <class Fn>
+void via_fourier(Grid<float>& img, Fn fn) {
+  check_square(img, "filter");
+  Grid<cfloat> F = fft_forward(img);
+  fn(F);
+  img = fft_inverse(F, img.nx());
+}
+
+}  // namespace
+
+void low_pass(Grid<cfloat>& F, double res, double px, int edge) { pass_filter(F, res, px, edge, false); }
+void high_pass(Grid<cfloat>& F, double res, double px, int edge) { pass_filter(F, res, px, edge, true); }
+void low_pass(Grid<float>& img, double res, double px, int edge) {
+  via_fourier(img, [&](Grid<cfloat>& F) { low_pass(F, res, px, edge); });
+}
+void high_pass(Grid<float>& img, double res, double px, int edge) {
+  via_fourier(img, [&](Grid<cfloat>& F) { high_pass(F, res, px, edge); });
+}
+
+void apply_bfactor(Grid<cfloat>& F, double b, double px) {
+  const double n = F.ny();
+  for_each_freq(F, [&](cfloat& v, double k) {
+    const double s = k / (n * px);
+    v *= float(std::exp(-b * s * s / 4.0));
+  });
+}
+void apply_bfactor(Grid<float>& img, double b, double px) {
+  via_fourier(img, [&](Grid<cfloat>& F) { apply_bfactor(F, b, px); });
+}
+
+BackgroundStats background_stats(const Grid<float>& img, double bg_radius) {
+  const int cx = img.nx() / 2, cy = img.ny() / 2, cz = img.nz() / 2;
+  const double r2max = bg_radius * bg_radius;
+  double s = 0, s2 = 0;
+  size_t cnt = 0;
+  for (int z = 0; z < img.nz(); ++z)
+    for (int y = 0; y < img.ny(); ++y)
+      for (int x = 0; x < img.nx(); ++x) {
+        const double dz = img.nz() > 1 ? z - cz : 0;
+        const double r2 = double(x - cx) * (x - cx) + double(y - cy) * (y - cy) + dz * dz;
+        if (r2 <= r2max) continue;
+        const double v = img(x, y, z);
+        s += v;
+        s2 += v * v;
+        ++cnt;
+      }
+  BackgroundStats st;
+  st.count = cnt;
+  if (cnt == 0) return st;
+  st.mean = s / double(cnt);
+  st.stddev = std::sqrt(std::max(0.0, s2 / double(cnt) - st.mean * st.mean));
+  return st;
+}
+
+BackgroundStats normalise_background(Grid<float>& img, double bg_radius) {
+  BackgroundStats st = background_stats(img, bg_radius);
+  if (st.count == 0)
+    input_error("normalise: background radius {} px leaves no pixels outside it in a {}x{} image", bg_radius,
+                img.nx(), img.ny());
+  const double scale = st.stddev > 0 ? 1.0 / st.stddev : 1.0;
+  for (auto& v : img) v = float((v - st.mean) * scale);
+  return st;
+}
+
+void invert_contrast(Grid<float>& img) {
+  for (auto& v : img) v = -v;
+}
+
+Grid<float> rescale(const Grid<float>& img, int new_n) {
+  check_square(img, "rescale");
+  if (new_n < 2) input_error("rescale: new box size {} must be >= 2", new_n);
+  const int n = img.nx();
+  const bool vol = img.nz() > 1;
+  if (new_n == n) return img;
+  Grid<cfloat> F = fft_forward(img);
+  centre_origin(F, n);
+  Grid<cfloat> G(new_n / 2 + 1, new_n, vol ? new_n : 1);
+  // keep |k| components strictly inside both Nyquist limits (per axis)
+  const int kmax_old = (n % 2 == 0) ? n / 2 - 1 : n / 2;
+  const int kmax_new = (new_n % 2 == 0) ? new_n / 2 - 1 : new_n / 2;
+  const int km = std::min(kmax_old, kmax_new);
+  const double scale = vol ? std::pow(double(new_n) / n, 3) : std::pow(double(new_n) / n, 2);
+  for (int kz = vol ? -km : 0; kz <= (vol ? km : 0); ++kz)
+    for (int ky = -km; ky <= km; ++ky)
+      for (int kx = 0; kx <= km; ++kx)
+        G(kx, fft_index(ky, new_n), vol ? fft_index(kz, new_n) : 0) =
+            F(kx, fft_index(ky, n), vol ? fft_index(kz, n) : 0) * float(scale);
+  centre_origin(G, new_n, true);
+  return fft_inverse(G, new_n);
+}
+
+Grid<float> window(const Grid<float>& img, int new_n, float fill) {
+  check_square(img, "window");
+  if (new_n < 1) input_error("window: new box size {} must be >= 1", new_n);
+  const int n = img.nx();
+  const bool vol = img.nz() > 1;
+  Grid<float> out(new_n, new_n, vol ? new_n : 1, fill);
+  const int off = n / 2 - new_n / 2;  // old index = new index + off
+  for (int z = 0; z < out.nz(); ++z) {
+    const int oz = vol ? z + off : 0;
+    if (oz < 0 || oz >= img.nz()) continue;
+    for (int y = 0; y < new_n; ++y) {
+      const int oy = y + off;
+      if (oy < 0 || oy >= n) continue;
+      for (int x = 0; x < new_n; ++x) {
+        const int ox = x + off;
+        if (ox < 0 || ox >= n) continue;
+        out(x, y, z) = img(ox, oy, oz);
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace regula

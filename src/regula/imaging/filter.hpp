@@ -1,0 +1,48 @@
+// Fourier filters, B-factors, normalisation and box changes for square images
+// (nz == 1) and cubic maps. Resolutions in Å, pixel sizes in Å/pixel, edge
+// widths in Fourier pixels (shells of the box), B-factors in Å^2.
+//
+// Fourier-space versions act on a half-complex transform of a grid of size
+// n = F.ny() (centred or not: the filters are real and radial).
+#pragma once
+#include "regula/core/grid.hpp"
+
+namespace regula {
+
+// Low-pass as RELION's lowPassFilterMap: the filter shell i = round(n * pixel / resolution);
+// coefficients below shell (i - edge/2) are kept, above (i + edge/2) set to 0,
+// with a raised cosine in between (edge/2 is integer division, as RELION).
+void low_pass(Grid<cfloat>& F_half, double resolution_A, double pixel_A, int edge_px = 2);
+void low_pass(Grid<float>& img, double resolution_A, double pixel_A, int edge_px = 2);
+// High-pass: the complement (0 below the edge, 1 above, raised cosine rising in between).
+void high_pass(Grid<cfloat>& F_half, double resolution_A, double pixel_A, int edge_px = 2);
+void high_pass(Grid<float>& img, double resolution_A, double pixel_A, int edge_px = 2);
+
+// Multiplies by exp(-B s^2 / 4), s = |k| / (n * pixel) in 1/Å (B < 0 sharpens).
+void apply_bfactor(Grid<cfloat>& F_half, double bfactor_A2, double pixel_A);
+void apply_bfactor(Grid<float>& img, double bfactor_A2, double pixel_A);
+
+// Background statistics over the pixels at distance > bg_radius_px from the
+// centre (n/2 per axis): mean and population standard deviation.
+struct BackgroundStats {
+  double mean = 0, stddev = 0;
+  size_t count = 0;
+};
+BackgroundStats background_stats(const Grid<float>& img, double bg_radius_px);
+// As relion_preprocess --norm: img = (img - mean) / stddev with the background
+// statistics above. Returns the statistics used; a zero stddev leaves the scale unchanged.
+BackgroundStats normalise_background(Grid<float>& img, double bg_radius_px);
+
+void invert_contrast(Grid<float>& img);
+
+// Fourier re-scaling to a new box (pixel size scales by n / new_n): crop or
+// zero-pad the centred transform; pixel values keep their scale (a constant
+// image stays the same constant). Nyquist components are dropped on both
+// sides for even sizes so that the result is exactly real-symmetric.
+Grid<float> rescale(const Grid<float>& img, int new_n);
+
+// Real-space windowing to a new box about the centre (n/2 -> new_n/2): crop,
+// or pad with `fill`.
+Grid<float> window(const Grid<float>& img, int new_n, float fill = 0.0f);
+
+}  // namespace regula

@@ -1,0 +1,62 @@
+#include "regula/imaging/fsc.hpp"
+
+#include <cmath>
+#include <limits>
+
+#include "regula/core/error.hpp"
+#include "regula/core/fft.hpp"
+
+namespace regula {
+
+std::vector<double> fsc_fourier(const Grid<cfloat>& A, const Grid<cfloat>& B) {
+  if (!A.same_shape(B))
+    runtime_error("fsc: transforms differ in shape ({}x{}x{} vs {}x{}x{})", A.nx(), A.ny(), A.nz(), B.nx(),
+                  B.ny(), B.nz());
+  const int n = A.ny();
+  std::vector<double> num(size_t(n / 2 + 1), 0.0), da(num.size(), 0.0), db(num.size(), 0.0);
+  for (int z = 0; z < A.nz(); ++z) {
+    const int kz = A.nz() > 1 ? fft_freq(z, A.nz()) : 0;
+    for (int y = 0; y < A.ny(); ++y) {
+      const int ky = fft_freq(y, n);
+      for (int x = 0; x < A.nx(); ++x) {
+        const size_t s = size_t(std::lround(std::sqrt(double(x) * x + double(ky) * ky + double(kz) * kz)));
+        if (s >= num.size()) continue;
+        const cdouble a = A(x, y, z), b = B(x, y, z);
+        num[s] += (std::conj(a) * b).real();
+        da[s] += std::norm(a);
+        db[s] += std::norm(b);
+      }
+    }
+  }
+  std::vector<double> out(num.size(), 0.0);
+  for (size_t s = 0; s < out.size(); ++s) {
+    const double d = std::sqrt(da[s] * db[s]);
+    out[s] = d > 0 ? num[s] / d : 0.0;
+  }
+  if (!out.empty()) out[0] = 1.0;
+  return out;
+}
+
+std::vector<double> fsc(const Grid<float>& a, const Grid<float>& b) {
+  if (!a.same_shape(b))
+    input_error("fsc: maps differ in shape ({}x{}x{} vs {}x{}x{})", a.nx(), a.ny(), a.nz(), b.nx(), b.ny(),
+                b.nz());
+  if (a.nx() != a.ny() || (a.nz() != 1 && a.nz() != a.nx()))
+    input_error("fsc: map is {}x{}x{}, expected a square image or a cubic map", a.nx(), a.ny(), a.nz());
+  return fsc_fourier(fft_forward(a), fft_forward(b));
+}
+
+double resolution_at(const std::vector<double>& f, double threshold, double pixel_size, int n,
+                     bool interpolate) {
+  if (f.size() < 2 || !(f[1] >= threshold)) return std::numeric_limits<double>::infinity();
+  size_t last = 1;
+  while (last + 1 < f.size() && f[last + 1] >= threshold) ++last;
+  if (interpolate && last + 1 < f.size()) {
+    const double v0 = f[last] - threshold, v1 = f[last + 1] - threshold;
+    const double r = v0 / (v0 - v1);
+    return n * pixel_size / (double(last) + r);
+  }
+  return n * pixel_size / double(last);
+}
+
+}  // namespace regula

@@ -1,0 +1,31 @@
+// Fourier shell (ring) correlation between two maps (images) and the
+// resolution at a threshold.
+#pragma once
+#include <vector>
+
+#include "regula/core/grid.hpp"
+
+namespace regula {
+
+// FSC per shell 0..n/2 between two real maps of equal cubic (or square, for
+// the FRC) shape: shell = round(|k|) in Fourier pixels; each stored
+// half-complex coefficient counts once, as RELION's getFSC. Shell 0 is set to 1
+// (as RELION). A shell where either map has no power has FSC 0.
+std::vector<double> fsc(const Grid<float>& a, const Grid<float>& b);
+// The same from centred or uncentred half-complex transforms of equal shape
+// ((n/2+1) x n [x n]); both must use the same origin convention.
+std::vector<double> fsc_fourier(const Grid<cfloat>& A, const Grid<cfloat>& B);
+// 2D Fourier ring correlation (same as fsc for images; named for clarity).
+inline std::vector<double> frc(const Grid<float>& a, const Grid<float>& b) { return fsc(a, b); }
+
+// Resolution in Å at which the FSC first drops below `threshold`, as
+// relion_postprocess reports it: the last shell i >= 1 before the first shell
+// with FSC < threshold, giving n * pixel_size / i. With `interpolate`, the
+// crossing between that shell and the next is found by linear interpolation
+// (RELION's fractional resolution). Returns +infinity when FSC(1) is already
+// below the threshold; when the FSC never drops, the Nyquist resolution
+// n * pixel_size / (fsc.size() - 1).
+double resolution_at(const std::vector<double>& fsc, double threshold, double pixel_size, int n,
+                     bool interpolate = false);
+
+}  // namespace regula

@@ -1,0 +1,189 @@
+#include "regula/imaging/projector.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "regula/core/error.hpp"
+#include "regula/core/fft.hpp"
+
+namespace regula {
+
+void FourierLattice::init(int dimension, int radius) {
+  dim = dimension;
+  R = radius;
+  data = Grid<cfloat>(R + 1, 2 * R + 1, dim == 3 ? 2 * R + 1 : 1);
+}
+
+cfloat FourierLattice::interpolate(double px, double py, double pz) const {
+  bool conj = false;
+  if (px < 0) {
+    px = -px;
+    py = -py;
+    pz = -pz;
+    conj = true;
+  }
+  const int x0 = int(std::floor(px)), y0 = int(std::floor(py));
+  const float fx = float(px - x0), fy = float(py - y0);
+  const size_t sy = size_t(data.nx());
+  cfloat v;
+  if (dim == 2) {
+    const cfloat* p = data.data() + index(x0, y0, 0);
+    cfloat a = p[0] + fx * (p[1] - p[0]);
+    cfloat b = p[sy] + fx * (p[sy + 1] - p[sy]);
+    v = a + fy * (b - a);
+  } else {
+    const int z0 = int(std::floor(pz));
+    const float fz = float(pz - z0);
+    const size_t sz = sy * size_t(data.ny());
+    const cfloat* p = data.data() + index(x0, y0, z0);
+    cfloat a00 = p[0] + fx * (p[1] - p[0]);
+    cfloat a10 = p[sy] + fx * (p[sy + 1] - p[sy]);
+    cfloat a01 = p[sz] + fx * (p[sz + 1] - p[sz]);
+    cfloat a11 = p[sz + sy] + fx * (p[sz + sy + 1] - p[sz + sy]);
+    cfloat b0 = a00 + fy * (a10 - a00);
+    cfloat b1 = a01 + fy * (a11 - a01);
+    v = b0 + fz * (b1 - b0);
+  }
+  return conj ? std::conj(v) : v;
+}
+
+double gridding_sinc2(double r_px, int padded_size) {
+  if (r_px <= 0) return 1.0;
+  double a = kPi * r_px / padded_size;
+  double s = std::sin(a) / a;
+  return s * s;
+}
+
+namespace {
+
+// Value of a centred half-complex transform (FFT order in y, z) of real size
+// N at signed frequency (kx, ky, kz), any sign, using periodicity and Hermitian symmetry.
+cfloat full_value(const Grid<cfloat>& F, int N, int dim, int kx, int ky, int kz) {
+  auto wrap = [N](int k) { return ((k % N) + N) % N; };
+  int ix = wrap(kx), iy = wrap(ky), iz = dim == 3 ? wrap(kz) : 0;
+  if (ix > N / 2) {
+    ix = (N - ix) % N;
+    iy = (N - iy) % N;
+    if (dim == 3) iz = (N - iz) % N;
+    return std::conj(F(ix, iy, iz));
+  }
+  return F(ix, iy, iz);
+}
+
+}  // namespace
+
+Projector::Projector(const Grid<float>& map, int padding, int r_max, int nthreads) {
+  const int n = map.nx();
+  const int dim = map.nz() == 1 ? 2 : 3;
+  if (map.ny() != n || (dim == 3 && map.nz() != n) || n < 2)
+    input_error("projector: reference is {}x{}x{}, expected a square image or a cubic map",
+                map.nx(), map.ny(), map.nz());
+  if (padding < 1) input_error("projector: padding factor {} must be >= 1", padding);
+  n_ = n;
+  pad_ = padding;
+  r_max_ = r_max <= 0 ? n / 2 : std::min(r_max, n / 2);
+  const int N = pad_ * n;
+  const int off = N / 2 - n / 2;
+  const int c = n / 2;
+  Grid<float> padded(N, N, dim == 3 ? N : 1);
+  const int nz = dim == 3 ? n : 1;
+  for (int z = 0; z < nz; ++z)
+    for (int y = 0; y < n; ++y)
+      for (int x = 0; x < n; ++x) {
+        double dz = dim == 3 ? z - c : 0;
+        double r = std::sqrt(double(x - c) * (x - c) + double(y - c) * (y - c) + dz * dz);
+        padded(x + off, y + off, dim == 3 ? z + off : 0) = float(map(x, y, z) / gridding_sinc2(r, N));
+      }
+  Grid<cfloat> F = fft_forward(padded, nthreads);
+  centre_origin(F, N);
+  lat_.init(dim, pad_ * r_max_ + 2);
+  const int R = lat_.R;
+  const int zlo = dim == 3 ? -R : 0, zhi = dim == 3 ? R : 0;
+  for (int z = zlo; z <= zhi; ++z)
+    for (int y = -R; y <= R; ++y)
+      for (int x = 0; x <= R; ++x) lat_.data[lat_.index(x, y, z)] = full_value(F, N, dim, x, y, z);
+}
+
+Projector::Projector(int n, int padding, int r_max, FourierLattice lattice)
+    : n_(n), pad_(padding), r_max_(r_max <= 0 ? n / 2 : std::min(r_max, n / 2)), lat_(std::move(lattice)) {
+  if (lat_.R < pad_ * r_max_ + 2)
+    runtime_error("projector: lattice radius {} is smaller than padding*r_max+2 = {}", lat_.R,
+                  pad_ * r_max_ + 2);
+}
+
+void Projector::project(const Mat3& A, Grid<cfloat>& out, int n_out) const {
+  if (n_out <= 0) n_out = n_;
+  if (out.nx() != n_out / 2 + 1 || out.ny() != n_out || out.nz() != 1)
+    out = Grid<cfloat>(n_out / 2 + 1, n_out);
+  else
+    out.fill(cfloat(0, 0));
+  const int rmax = std::min(r_max_, n_out / 2);
+  const int rmax2 = rmax * rmax;
+  const double p = pad_;
+  // p = padding * A^T (kx, ky, 0)
+  const double m00 = p * A[0][0], m01 = p * A[1][0];
+  const double m10 = p * A[0][1], m11 = p * A[1][1];
+  const double m20 = p * A[0][2], m21 = p * A[1][2];
+  for (int iy = 0; iy < n_out; ++iy) {
+    const int y = fft_freq(iy, n_out);
+    if (std::abs(y) > rmax) continue;
+    cfloat* row = out.data() + size_t(iy) * out.nx();
+    for (int x = 0; x <= rmax; ++x) {
+      if (x * x + y * y > rmax2) break;
+      row[x] = lat_.interpolate(m00 * x + m01 * y, m10 * x + m11 * y, m20 * x + m21 * y);
+    }
+  }
+}
+
+Grid<cfloat> Projector::project(const Mat3& A, int n_out) const {
+  Grid<cfloat> out;
+  project(A, out, n_out);
+  return out;
+}
+
+Image Projector::project_real(const Mat3& A, double dx_px, double dy_px) const {
+  Grid<cfloat> F = project(A);
+  if (dx_px != 0 || dy_px != 0) shift_phase(F, dx_px, dy_px, n_);
+  return from_fourier_centred(F, n_);
+}
+
+Projector2D::Projector2D(const Image& reference, int padding, int r_max)
+    : Projector(reference, padding, r_max) {
+  if (reference.nz() != 1) input_error("Projector2D: reference has {} sections, expected 1", reference.nz());
+}
+
+void Projector2D::project_psi(double psi_deg, Grid<cfloat>& out_half, int n_out) const {
+  project(euler_to_matrix(0, 0, psi_deg), out_half, n_out);
+}
+
+void shift_phase(Grid<cfloat>& F, double dx, double dy, int n) {
+  if (F.nx() != n / 2 + 1 || F.ny() != n)
+    runtime_error("shift_phase: transform is {}x{}, expected {}x{}", F.nx(), F.ny(), n / 2 + 1, n);
+  const double s = -2.0 * kPi / n;
+  std::vector<cfloat> px(size_t(F.nx()));
+  for (int x = 0; x < F.nx(); ++x) px[size_t(x)] = std::polar(1.0f, float(s * x * dx));
+  for (int iy = 0; iy < F.ny(); ++iy) {
+    cfloat py = std::polar(1.0f, float(s * fft_freq(iy, n) * dy));
+    cfloat* row = F.data() + size_t(iy) * F.nx();
+    for (int x = 0; x < F.nx(); ++x) row[x] *= px[size_t(x)] * py;
+  }
+}
+
+Image project_real(const Volume& map, const Mat3& A, double dx_px, double dy_px, int padding) {
+  Projector P(map, padding);
+  return P.project_real(A, dx_px, dy_px);
+}
+
+Grid<cfloat> fourier_centred(const Grid<float>& img, int nthreads) {
+  Grid<cfloat> F = fft_forward(img, nthreads);
+  centre_origin(F, img.nx());
+  return F;
+}
+
+Grid<float> from_fourier_centred(const Grid<cfloat>& F_half, int n, int nthreads) {
+  Grid<cfloat> G = F_half;
+  centre_origin(G, n, true);
+  return fft_inverse(G, n, nthreads);
+}
+
+}  // namespace regula

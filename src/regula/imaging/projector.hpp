@@ -1,0 +1,116 @@
+// Fourier-space projection of maps (central slices) and 2D references (rotations).
+//
+// Conventions (RELION's, checked against relion_project output in tests):
+//  * Real-space origin at index n/2 along every axis (even and odd n).
+//  * Fourier transforms are "centred": fft_forward followed by centre_origin, so
+//    the transform is taken about the origin at n/2. Half-complex layout
+//    (n/2+1) x n (x n) with y (and z) in FFT order, as core/fft.hpp.
+//  * Scale: our forward FFT is unnormalised, and a projection's 2D transform is
+//    the central slice of the map's 3D transform, so fft_inverse (which divides
+//    by n^2) of project()'s output is the line integral (sum over z, in pixels)
+//    of the map, as relion_project writes it.
+//  * Orientation A (Mat3 from sampling/euler.hpp): the image coefficient at
+//    (kx, ky) is the 3D transform at A^T * (kx, ky, 0). For a 2D reference the
+//    upper-left 2x2 block of A is used: coefficient at k is the reference's
+//    transform at A2^T * k (rotation by psi, A = euler_to_matrix(0, 0, psi)).
+//  * Interpolation: trilinear (bilinear in 2D) on a lattice padded by
+//    `padding` (oversampled Fourier grid); the map is pre-divided in real space
+//    by sinc^2(pi r / (padding n)) (r in pixels from the centre), the transform
+//    of the linear interpolation kernel, as RELION does.
+//  * Frequencies are in Fourier pixels of the original box (k / (n * pixel) in 1/Å).
+//  * RELION 3.1 origin offsets (rlnOriginX/YAngst / pixel size): a particle is
+//    the projection moved by (-originX, -originY) pixels, i.e.
+//    shift_phase(F, -ox, -oy, n) (checked against relion_project, even box).
+//  * Odd boxes: relion_project writes images whose origin is at pixel n/2 + 1
+//    (its 2D CenterFFT for odd sizes) while the map origin is at n/2; our images
+//    keep the origin at n/2, so relion_project's odd-box images equal ours moved
+//    by (+1, +1) pixel (tests/cpp/test_projector.cpp pins this).
+#pragma once
+#include "regula/core/grid.hpp"
+#include "regula/sampling/euler.hpp"
+
+namespace regula {
+
+// A half-complex Fourier lattice in centred storage: x in [0, R] at index x,
+// y (and z in 3D) in [-R, R] at index y + R. Coefficients with x < 0 are the
+// Hermitian mates conj(F(-x, -y, -z)). Shared by Projector and BackProjector.
+struct FourierLattice {
+  int dim = 3;  // 2 or 3
+  int R = 0;    // lattice radius (padded Fourier pixels)
+  Grid<cfloat> data;
+
+  void init(int dimension, int radius);
+  size_t index(int x, int y, int z) const {
+    return data.index(x, y + R, dim == 3 ? z + R : 0);
+  }
+  // Linear interpolation at lattice coordinates p (padded Fourier pixels);
+  // pz is ignored in 2D. Points with px < 0 use Hermitian symmetry.
+  // Requires |p| <= R - 1 per component.
+  cfloat interpolate(double px, double py, double pz) const;
+};
+
+// Radial gridding correction factor sinc^2(pi r / padded_size) for a distance r
+// in pixels from the centre (1 at r = 0).
+double gridding_sinc2(double r_px, int padded_size);
+
+class Projector {
+ public:
+  Projector() = default;
+  // `map`: n^3 volume (or n x n image when nz == 1, giving a 2D projector),
+  // origin at n/2. `padding`: oversampling factor (>= 1). `r_max`: maximum
+  // frequency kept, in Fourier pixels of the original box; <= 0 means n/2.
+  // `nthreads` is used for the FFT only.
+  explicit Projector(const Grid<float>& map, int padding = 2, int r_max = -1, int nthreads = 1);
+  // Wraps an existing lattice (tests, or a reference built elsewhere). The
+  // lattice radius must be at least padding * r_max + 2.
+  Projector(int n, int padding, int r_max, FourierLattice lattice);
+
+  int size() const { return n_; }
+  int padding() const { return pad_; }
+  int r_max() const { return r_max_; }
+  int dim() const { return lat_.dim; }
+  const FourierLattice& lattice() const { return lat_; }
+
+  // Central slice (3D) or rotated reference (2D) for orientation A into a
+  // half-complex image (n_out/2+1) x n_out (resized if needed). n_out <= 0
+  // means the original size n; a smaller n_out gives the Fourier-cropped
+  // image (same frequencies in units of the original box). Coefficients with
+  // |k| > min(r_max, n_out/2) are zero. Thread-safe (const).
+  void project(const Mat3& A, Grid<cfloat>& out_half, int n_out = 0) const;
+  Grid<cfloat> project(const Mat3& A, int n_out = 0) const;
+
+  // Real-space projection (n x n, origin at n/2) for orientation A, with the
+  // content shifted by (+dx, +dy) pixels, scaled as relion_project (sum over z).
+  Image project_real(const Mat3& A, double dx_px = 0, double dy_px = 0) const;
+
+ protected:
+  int n_ = 0, pad_ = 2, r_max_ = 0;
+  FourierLattice lat_;
+};
+
+// 2D class reference: rotation in Fourier space by an in-plane angle psi.
+class Projector2D : public Projector {
+ public:
+  Projector2D() = default;
+  // `reference`: n x n image (nz == 1), origin at n/2.
+  explicit Projector2D(const Image& reference, int padding = 2, int r_max = -1);
+  // Reference rotated as a particle of in-plane angle psi (degrees) would see it.
+  void project_psi(double psi_deg, Grid<cfloat>& out_half, int n_out = 0) const;
+};
+
+// Multiplies a centred half-complex transform of an n x n image by the phase
+// ramp exp(-2 pi i (kx dx + ky dy) / n), which moves the real-space content by
+// (+dx, +dy) pixels.
+void shift_phase(Grid<cfloat>& F_half, double dx_px, double dy_px, int n);
+
+// Convenience: real-space projection of `map` for orientation A (builds a
+// Projector; use the class for many projections).
+Image project_real(const Volume& map, const Mat3& A, double dx_px = 0, double dy_px = 0,
+                   int padding = 2);
+
+// Centred half-complex transform of a real image/volume (origin at n/2):
+// fft_forward followed by centre_origin. Inverse: from_fourier_centred.
+Grid<cfloat> fourier_centred(const Grid<float>& img, int nthreads = 1);
+Grid<float> from_fourier_centred(const Grid<cfloat>& F_half, int n, int nthreads = 1);
+
+}  // namespace regula

@@ -1,0 +1,45 @@
+// Reconstruction from particles with known poses: `regula reconstruct`, the
+// counterpart of relion_reconstruct.
+//
+// Each particle image (read lazily from its stack) is Fourier transformed about
+// its centre n/2, moved by PLUS its origin offset (rlnOriginX/YAngst / pixel
+// size, in px: the inverse of the particle formation, see jobs/project.hpp),
+// with --ctf multiplied by its CTF and weighted by CTF^2 (else weight 1), and
+// inserted at A = euler_to_matrix(rot, tilt, psi) into a lattice padded by
+// --pad (imaging/backprojector.hpp). Threads work on fixed contiguous ranges of
+// particles, each with its own accumulator, summed in range order: the result
+// is the same for every run with the same --j (float rounding differs between
+// different --j). Then point-group symmetry (--sym) is applied to the
+// accumulated data and weights, and the map is the iterative-gridding
+// (Pipe & Menon, 10 iterations) division data / weight, as relion_reconstruct
+// does without --fsc (no Wiener term), with coefficients beyond --maxres zeroed.
+// The output map has the particles' box and pixel size (header set), origin n/2.
+#pragma once
+#include <string>
+
+namespace regula {
+
+struct ReconstructJobOptions {
+  std::string star;          // --i: particle STAR file (poses, origins, CTF)
+  std::string out_map;       // --o: output map (MRC)
+  bool ctf = false;          // --ctf: CTF-multiply images, CTF^2 weights
+  std::string sym = "C1";    // --sym: point group (sampling/symmetry.hpp)
+  double maxres = 0;         // --maxres (Å): highest frequency used; 0 = Nyquist
+  double angpix = 0;         // --angpix (Å): pixel size when the STAR file has none
+  int pad = 2;               // --pad: Fourier oversampling
+  int gridding_iterations = 10;  // --iter
+  int threads = 1;           // --j
+
+  std::string validate() const;
+};
+
+struct ReconstructResult {
+  long particles = 0;
+  int box = 0;        // px
+  double angpix = 0;  // Å of the map
+  int r_max = 0;      // highest frequency used, Fourier px
+};
+
+ReconstructResult reconstruct(const ReconstructJobOptions& opt);
+
+}  // namespace regula

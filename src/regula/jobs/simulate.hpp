@@ -1,0 +1,63 @@
+// Ground-truth particle data sets from one or two maps: `regula simulate`.
+//
+// Each particle i is made from its own random stream (seed, i), so the data do
+// not depend on the thread count:
+//   1. map: the second map with probability frac2 (rlnClassNumber 2), else the first;
+//      with --views V, rlnClassNumber is instead the view (1..V);
+//   2. orientation: uniform on the sphere with uniform psi; with --views V, one of V
+//      viewing directions (rot, tilt) drawn once from the seed, psi uniform;
+//   3. shift: uniform in a disc of radius max_shift pixels; the image content is
+//      moved by (dx, dy) px, so the truth has rlnOriginX/YAngst = (-dx, -dy) * angpix
+//      (RELION 3.1 convention: the origin is the shift that re-centres the particle);
+//   4. CTF: defocus U uniform in [defocus_min, defocus_max] Å, V = U - astigmatism
+//      with astigmatism uniform in [0, 300] Å, angle uniform in [0, 180) degrees;
+//   5. noise: white Gaussian with variance var(signal) / snr, where var(signal) is
+//      the mean over the first min(n, 200) particles of the variance of the noise-free,
+//      CTF-modulated image over the whole box;
+//   6. normalised as `relion_preprocess --norm` does: minus the mean and divided by
+//      the standard deviation of the pixels outside a circle of radius bg_radius
+//      (default 0.75 * box/2).
+// Outputs: DIR/particles.mrcs, DIR/particles.star (3.1 form, CTF, no poses),
+// DIR/truth.star (the same plus rlnAngleRot/Tilt/Psi, rlnOriginX/YAngst,
+// rlnClassNumber). Image names are "N@DIR/particles.mrcs", relative to the
+// working directory as RELION resolves them.
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace regula {
+
+struct SimulateOptions {
+  std::string map;            // --i
+  std::string map2;           // --i2 (optional)
+  double frac2 = 0.5;         // --frac2: fraction of particles from map2
+  std::string out_dir;        // --o
+  long n = 0;                 // --n
+  double angpix = 0;          // --angpix (Å); 0 = from the map header
+  int box = 0;                // --box: pad/crop the map to this size (0 = map size)
+  double snr = 0.05;          // --snr (0 or less: no noise)
+  bool ctf = true;            // --no_ctf turns it off
+  double defocus_min = 10000; // Å
+  double defocus_max = 30000; // Å
+  double voltage = 300;       // kV
+  double cs = 2.7;            // mm
+  double amplitude_contrast = 0.1;
+  double max_shift = 0;       // px
+  int views = 0;              // --views V (0 = uniform orientations)
+  double bg_radius = 0;       // px; 0 = 0.75 * box/2
+  uint64_t seed = 1;
+  int threads = 1;
+
+  // "" when valid, else a message naming the option and the constraint.
+  std::string validate() const;
+};
+
+struct SimulateResult {
+  std::string particles_star, truth_star, stack;
+  double noise_sigma = 0;  // before normalisation
+  double signal_variance = 0;
+};
+
+SimulateResult simulate(const SimulateOptions& opt);
+
+}  // namespace regula
