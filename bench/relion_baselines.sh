@@ -11,11 +11,13 @@ run() {  # name, command...
   local name=$1; shift
   mkdir -p "$OUT/relion_$name"
   echo "$*" > "$OUT/relion_$name/command.txt"
-  local t0=$(date +%s.%N)
-  "$@" > "$OUT/relion_$name/stdout.txt" 2> "$OUT/relion_$name/stderr.txt"
-  local t1=$(date +%s.%N)
-  printf "%s\t%s\t%.1f\t%s\n" "$name" "$(date -u +%F)" "$(awk "BEGIN{print $t1 - $t0}")" "$*" >> "$OUT/relion_times.tsv"
-  echo "relion $name: $(awk "BEGIN{print $t1 - $t0}") s"
+  local TIMEFORMAT="%R %U %S"
+  local times
+  times=$( { time "$@" > "$OUT/relion_$name/stdout.txt" 2> "$OUT/relion_$name/stderr.txt" ; } 2>&1 )
+  read -r wall user sys <<< "$times"
+  printf "%s\t%s\twall %s s\tuser %s s\tsys %s s\t%s\n" "$name" "$(date -u +%FT%TZ)" "$wall" "$user" "$sys" "$*" \
+    >> "$OUT/relion_times.tsv"
+  echo "relion $name: wall $wall s, user $user s, sys $sys s"
 }
 for j in "${jobs[@]}"; do
   case $j in

@@ -9,7 +9,8 @@ binaries (skipped when they are not installed):
   (relion_reconstruct has no thread option, so both run on one thread).
 * Noise-free round trip: `regula project --nr_uniform 5000`, `regula
   reconstruct`, `regula fsc` with the original map: FSC >= 0.9 up to 0.8 x Nyquist.
-* `regula mask` vs `relion_mask_create`; `regula fsc` vs `relion_image_handler --fsc`.
+* `regula mask` vs `relion_mask_create`; `regula fsc` vs `relion_image_handler --fsc`;
+  `regula preprocess` vs `relion_preprocess --operate_on` (--norm --no_ramp, --invert_contrast, --scale).
 
 The whole file takes about 15 s on 2 cores (relion_reconstruct twice, ~4.5 s each),
 so nothing is marked slow.
@@ -28,7 +29,8 @@ mrcfile = pytest.importorskip("mrcfile")
 from conftest import DATA, regula_binary
 
 RELION = {name: shutil.which(name) or (f"/usr/bin/{name}" if pathlib.Path(f"/usr/bin/{name}").exists() else None)
-          for name in ("relion_project", "relion_reconstruct", "relion_mask_create", "relion_image_handler")}
+          for name in ("relion_project", "relion_reconstruct", "relion_mask_create", "relion_image_handler",
+                       "relion_preprocess")}
 MAP65 = DATA / "proj" / "clean70SRibosome_vol_65p.mrc"
 N = 96
 ANGPIX = 4.0
@@ -241,3 +243,42 @@ def test_fsc_matches_relion_image_handler(work):
     ours_m = parse_fsc_star((work / "masked_fsc.star").read_text())
     theirs_m = parse_fsc_star(run([handler, "--i", "h1m.mrc", "--fsc", "h2m.mrc", "--angpix", ANGPIX], work).stdout)
     assert np.abs(ours_m - theirs_m).max() < 1e-3
+
+
+def test_preprocess_matches_relion_preprocess(work):
+    relion_preprocess = need("relion_preprocess")
+    reg = regula_binary()
+    run([reg, "--quiet", "project", "--i", "map96.mrc", "--nr_uniform", 20, "--seed", 2, "--o", "pp_in",
+         "--add_noise", "--white_noise", 50], work)
+    # Normalisation (background mean/stddev outside 40 px, no ramp) and contrast inversion.
+    run([reg, "--quiet", "preprocess", "--i", "pp_in.star", "--o", "rg_norm", "--norm", "--bg_radius", 40,
+         "--invert_contrast"], work)
+    run([relion_preprocess, "--operate_on", "pp_in.mrcs", "--operate_out", "rl_norm.mrcs", "--norm", "--no_ramp",
+         "--bg_radius", 40, "--invert_contrast"], work)
+    ours, theirs = read(work / "rg_norm.mrcs"), read(work / "rl_norm.mrcs")
+    assert ours.shape == theirs.shape == (20, N, N)
+    d = np.abs(ours - theirs).max()
+    print(f"preprocess --norm --invert_contrast vs relion_preprocess: max |difference| {d:.2e}")
+    assert d < 1e-4 * np.abs(theirs).max()  # float rounding
+    # Fourier re-scaling 96 -> 64 px.
+    run([reg, "--quiet", "preprocess", "--i", "pp_in.star", "--o", "rg_scale", "--scale", 64], work)
+    run([relion_preprocess, "--operate_on", "pp_in.mrcs", "--operate_out", "rl_scale.mrcs", "--scale", 64], work)
+    ours, theirs = read(work / "rg_scale.mrcs"), read(work / "rl_scale.mrcs")
+    assert ours.shape == theirs.shape == (20, 64, 64)
+    c = np.array([corr(ours[i], theirs[i]) for i in range(20)])
+    # Same crop of the transform except the new Nyquist row and column, which imaging/filter.hpp's
+    # rescale() drops (exactly real-symmetric result) and RELION keeps: about 3% of white-noise
+    # power. Without those the images agree to float rounding.
+    def no_nyquist(img):
+        F = np.fft.rfft2(img)
+        F[:, -1] = 0
+        F[img.shape[0] // 2, :] = 0
+        return np.fft.irfft2(F, s=img.shape)
+    c_inner = np.array([corr(no_nyquist(ours[i]), no_nyquist(theirs[i])) for i in range(20)])
+    print(f"preprocess --scale 64 vs relion_preprocess: correlation min {c.min():.6f}, "
+          f"without the Nyquist row/column {c_inner.min():.7f}")
+    assert c.min() > 0.97
+    assert c_inner.min() > 0.99999
+    star = (work / "rg_scale.star").read_text()
+    optics = re.search(r"^1 opticsGroup1 (\S+) (\S+) 2\s*$", star, re.M)  # pixel size, box, dimensionality
+    assert optics and float(optics.group(1)) == pytest.approx(6.0) and int(optics.group(2)) == 64  # 4 * 96 / 64

@@ -26,6 +26,7 @@ const regula::cli::Command kCommands[] = {
 int main(int argc, char** argv) {
   CLI::App app{"Regula: cryo-EM single-particle analysis by regularised likelihood"};
   app.require_subcommand(0, 1);
+  app.fallthrough();  // global flags such as --quiet may follow the subcommand
   app.set_version_flag("--version", std::string("regula ") + regula::kVersion);
   bool quiet = false;
   app.add_flag("--quiet", quiet, "Only print errors (no progress bars or info)");
