@@ -252,6 +252,11 @@ SimulateResult simulate(const SimulateOptions& opt) {
     }
     return doc;
   };
+  // The ground-truth maps as projected (after --box), for FSC against results.
+  mrc::WriteOptions mo;
+  mo.pixel_size = angpix;
+  mrc::write((fs::path(opt.out_dir) / "truth_map1.mrc").string(), map1, mo);
+  if (!map2.empty()) mrc::write((fs::path(opt.out_dir) / "truth_map2.mrc").string(), map2, mo);
   star::write(res.particles_star, make_doc(false));
   star::write(res.truth_star, make_doc(true));
   writer.commit();

@@ -19,7 +19,8 @@
 //      (default 0.75 * box/2).
 // Outputs: DIR/particles.mrcs, DIR/particles.star (3.1 form, CTF, no poses),
 // DIR/truth.star (the same plus rlnAngleRot/Tilt/Psi, rlnOriginX/YAngst,
-// rlnClassNumber). Image names are "N@DIR/particles.mrcs", relative to the
+// rlnClassNumber), DIR/truth_map1.mrc (and truth_map2.mrc): the maps as projected,
+// after --box, with the pixel size. Image names are "N@DIR/particles.mrcs", relative to the
 // working directory as RELION resolves them.
 #pragma once
 #include <cstdint>
