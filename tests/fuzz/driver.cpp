@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -42,7 +43,9 @@ void mutate(Bytes& b, std::mt19937_64& g) {
         break;
       }
       case 2: {  // interesting 32-bit value at a header word
-        static const int32_t vals[] = {-1, 0, 1, 2, 3, 4, 12, 101, 0x7fffffff, int32_t(0x80000000), 65536, 1 << 20, 1024};
+        static const int32_t vals[] = {-1,    0,       1,       2,       3,          4,          6,
+                                       12,    101,     1024,    65536,   1 << 20,    1 << 24,    1 << 30,
+                                       -1024, 0x7fffffff, int32_t(0x80000000), 0x44440000, 0x11110000, 0x7fffff00};
         size_t limit = std::min<size_t>(b.size(), 1024);
         if (limit >= 4) {
           size_t off = (pick(limit / 4)) * 4;
@@ -117,7 +120,8 @@ int main(int argc, char** argv) {
     mutate(b, g);
     LLVMFuzzerTestOneInput(b.data(), b.size());
   }
-  std::printf("%s: %zu seeds, %ld mutated inputs, %zu rejected with InputError, %zu accepted\n", argv[0],
-              seeds.size(), iterations, g_fuzz_rejected, g_fuzz_accepted);
+  const std::string name = std::filesystem::path(argv[0]).filename().string();
+  std::printf("%s: %zu inputs (%zu seeds, %ld mutants), %zu rejected with InputError, %zu accepted\n", name.c_str(),
+              seeds.size() + size_t(iterations), seeds.size(), iterations, g_fuzz_rejected, g_fuzz_accepted);
   return 0;
 }

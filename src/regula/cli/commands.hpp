@@ -16,10 +16,14 @@ struct Command {
 void add_info(CLI::App& app);
 void add_star_handler(CLI::App& app);
 void add_simulate(CLI::App& app);
+void add_class2d(CLI::App& app);
+void add_select(CLI::App& app);
+void add_pipeline(CLI::App& app);
 void add_project(CLI::App& app);
 void add_reconstruct(CLI::App& app);
 void add_preprocess(CLI::App& app);
 void add_mask(CLI::App& app);
 void add_fsc(CLI::App& app);
+void add_convert(CLI::App& app);
 
 }  // namespace regula::cli

@@ -1,12 +1,22 @@
-// Entry point of the `regula` command: subcommands in a table, errors to exit codes.
+// Entry point of the `regula` command: subcommands in a table, errors to exit
+// codes, and (with --project) each run as a job directory of a pipeline.
+#include <algorithm>
 #include <cstdio>
 #include <exception>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <spdlog/spdlog.h>
 
 #include "regula/cli/commands.hpp"
+#include "regula/core/cancel.hpp"
 #include "regula/core/error.hpp"
 #include "regula/core/log.hpp"
 #include "regula/core/progress.hpp"
 #include "regula/core/version.hpp"
+#include "regula/pipeline/job.hpp"
 
 namespace {
 
@@ -14,17 +24,50 @@ const regula::cli::Command kCommands[] = {
     {"info", regula::cli::add_info},
     {"star_handler", regula::cli::add_star_handler},
     {"simulate", regula::cli::add_simulate},
+    {"class2d", regula::cli::add_class2d},
+    {"select", regula::cli::add_select},
     {"project", regula::cli::add_project},
     {"reconstruct", regula::cli::add_reconstruct},
     {"preprocess", regula::cli::add_preprocess},
     {"mask", regula::cli::add_mask},
     {"fsc", regula::cli::add_fsc},
+    {"convert", regula::cli::add_convert},
+    {"pipeline", regula::cli::add_pipeline},
 };
 
-}  // namespace
+bool is_command(const std::string& s) {
+  return std::any_of(std::begin(kCommands), std::end(kCommands), [&](const auto& c) { return s == c.name; });
+}
 
-int main(int argc, char** argv) {
-  CLI::App app{"Regula: cryo-EM single-particle analysis by regularised likelihood"};
+// Removes "--name VALUE" or "--name=VALUE" from args and returns VALUE.
+std::optional<std::string> take_option(std::vector<std::string>& args, const std::string& name) {
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == name && i + 1 < args.size()) {
+      std::string v = args[i + 1];
+      args.erase(args.begin() + long(i), args.begin() + long(i) + 2);
+      return v;
+    }
+    if (args[i].rfind(name + "=", 0) == 0) {
+      std::string v = args[i].substr(name.size() + 1);
+      args.erase(args.begin() + long(i));
+      return v;
+    }
+  }
+  return std::nullopt;
+}
+
+bool take_flag(std::vector<std::string>& args, const std::string& name) {
+  auto it = std::find(args.begin(), args.end(), name);
+  if (it == args.end()) return false;
+  args.erase(it);
+  return true;
+}
+
+// Parses and runs one command line (without argv[0]). Throws on errors.
+int run_cli(std::vector<std::string> args) {
+  CLI::App app{"Regula: cryo-EM single-particle analysis by regularised likelihood.\n"
+               "Global options: --project DIR (run the command as a job of the project in DIR, as RELION's\n"
+               "<Type>/jobNNN/ directories with default_pipeline.star), --alias NAME, --quiet."};
   app.require_subcommand(0, 1);
   app.fallthrough();  // global flags such as --quiet may follow the subcommand
   app.set_version_flag("--version", std::string("regula ") + regula::kVersion);
@@ -35,23 +78,118 @@ int main(int argc, char** argv) {
     regula::set_verbosity(quiet ? 0 : 1);
     regula::ProgressSink::set_quiet(quiet);
   });
+  std::reverse(args.begin(), args.end());  // CLI11 takes the arguments reversed
   try {
-    app.parse(argc, argv);
-    if (app.get_subcommands().empty()) {
-      std::fputs(app.help().c_str(), stdout);
-      return 0;
-    }
+    app.parse(args);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e) == 0 ? 0 : 1;
-  } catch (const regula::Error& e) {
-    std::fprintf(stderr, "regula: error: %s\n", e.what());
-    return 1;
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    throw regula::InputError(e.what());
+  }
+  if (app.get_subcommands().empty()) std::fputs(app.help().c_str(), stdout);
+  return 0;
+}
+
+int report(const std::exception& e) {
+  std::fprintf(stderr, "regula: error: %s\n", e.what());
+  return 1;
+}
+
+// Runs `args` (subcommand first) as the job `job`, recording its status.
+int run_job(regula::pipeline::Job& job, const std::vector<std::string>& global) {
+  namespace pl = regula::pipeline;
+  std::vector<std::string> full = global;
+  full.push_back(std::string(job.type().command));
+  for (auto& a : job.rewritten_args()) full.push_back(a);
+  regula::add_log_file(job.dir() + "run.out");
+  regula::ProgressSink::set_json_path(job.dir() + "progress.jsonl");
+  regula::install_cancel_handlers();
+  if (std::find(global.begin(), global.end(), "--quiet") == global.end())
+    spdlog::info("job {}: regula {}", job.dir(), fmt::join(full, " "));
+  try {
+    run_cli(full);
+    job.finish(pl::Status::Succeeded);
+    spdlog::info("job {}: finished", job.dir());
+    return 0;
+  } catch (const regula::Cancelled& e) {
+    job.finish(pl::Status::Aborted);
+    return report(e);
+  } catch (const std::exception& e) {
+    job.finish(pl::Status::Failed);
+    return report(e);
+  }
+}
+
+// The newest ROOT_itNNN_optimiser.star in a job directory ("" if none).
+std::string last_optimiser(const std::string& dir) {
+  std::string best;
+  std::error_code ec;
+  for (auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    std::string f = e.path().string();
+    if (f.size() > 15 && f.compare(f.size() - 15, 15, "_optimiser.star") == 0 && f > best) best = f;
+  }
+  return best;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  try {
+    auto project = take_option(args, "--project");
+    auto alias = take_option(args, "--alias").value_or("");
+    if (project) {
+      std::filesystem::create_directories(*project);
+      std::filesystem::current_path(*project);
+    }
+    // Global flags stay in front of the subcommand.
+    std::vector<std::string> global;
+    if (take_flag(args, "--quiet")) global.push_back("--quiet");
+
+    // regula run --job DIR [--continue]: re-run (or continue) a job of the project.
+    if (!args.empty() && args[0] == "run") {
+      std::vector<std::string> rest(args.begin() + 1, args.end());
+      bool help = take_flag(rest, "--help") || take_flag(rest, "-h");
+      auto dir = take_option(rest, "--job");
+      bool cont = take_flag(rest, "--continue");
+      if (help || !dir) {
+        std::puts("Usage: regula [--project DIR] run --job <Type>/jobNNN/ [--continue]\n"
+                  "Re-runs a job of the project with its recorded command line; with --continue it resumes\n"
+                  "from the job's last *_optimiser.star (iterative jobs).");
+        return help ? 0 : 1;
+      }
+      if (!rest.empty()) regula::input_error("run: unexpected argument '{}'", rest[0]);
+      auto job = regula::pipeline::Job::open(*dir);
+      if (cont) {
+        std::string opt = last_optimiser(job.dir());
+        if (opt.empty()) regula::input_error("run: {} has no *_optimiser.star to continue from", job.dir());
+        auto& a = job.mutable_args();
+        take_option(a, "--continue");
+        a.push_back("--continue");
+        a.push_back(opt);
+      }
+      job.mark_running();
+      return run_job(job, global);
+    }
+
+    // A subcommand that runs as a job when a project is given.
+    auto sub = std::find_if(args.begin(), args.end(), is_command);
+    bool help = std::find(args.begin(), args.end(), "--help") != args.end() ||
+                std::find(args.begin(), args.end(), "-h") != args.end();
+    if (project && sub != args.end() && !help) {
+      if (const auto* type = regula::pipeline::job_type(*sub)) {
+        std::vector<std::string> before(args.begin(), sub), after(sub + 1, args.end());
+        for (auto& b : before) global.push_back(b);
+        auto job = regula::pipeline::Job::create(*type, after, alias);
+        return run_job(job, global);
+      }
+    }
+    std::vector<std::string> full = global;
+    full.insert(full.end(), args.begin(), args.end());
+    return run_cli(full);
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "regula: error: out of memory\n");
     return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "regula: error: %s\n", e.what());
-    return 1;
+    return report(e);
   }
-  return 0;
 }

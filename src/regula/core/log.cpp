@@ -1,5 +1,6 @@
 #include "regula/core/log.hpp"
 
+#include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 
 namespace regula {
@@ -23,5 +24,14 @@ void set_verbosity(int level) {
                                  : spdlog::level::debug);
 }
 int verbosity() { return g_level; }
+
+void add_log_file(const std::string& path) {
+  set_verbosity(g_level);  // make sure the logger exists
+  auto sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(path, false);
+  sink->set_pattern("[%Y-%m-%d %H:%M:%S %l] %v");
+  sink->set_level(spdlog::level::info);
+  spdlog::default_logger()->sinks().push_back(sink);
+  spdlog::default_logger()->flush_on(spdlog::level::info);
+}
 
 }  // namespace regula

@@ -19,20 +19,8 @@ namespace regula::mrc {
 namespace {
 
 constexpr size_t kHeaderBytes = 1024;
-
-const char* mode_name(int mode) {
-  switch (mode) {
-    case 0: return "0 (int8)";
-    case 1: return "1 (int16)";
-    case 2: return "2 (float32)";
-    case 3: return "3 (complex int16)";
-    case 4: return "4 (complex float32)";
-    case 6: return "6 (uint16)";
-    case 12: return "12 (float16)";
-    case 101: return "101 (4-bit)";
-    default: return "unknown";
-  }
-}
+// Sections are read in chunks of about this many bytes (at least one section).
+constexpr size_t kChunkBytes = size_t(8) << 20;
 
 bool mode_supported(int mode) {
   return mode == 0 || mode == 1 || mode == 2 || mode == 6 || mode == 12 || mode == 101;
@@ -57,8 +45,12 @@ float get_f32(const unsigned char* h, size_t word, bool swap) {
   std::memcpy(&f, &v, 4);
   return f;
 }
-void put_i32(unsigned char* h, size_t word, int32_t v) { std::memcpy(h + 4 * word, &v, 4); }
-void put_f32(unsigned char* h, size_t word, float v) { std::memcpy(h + 4 * word, &v, 4); }
+// The writer always writes little-endian.
+void put_u32le(unsigned char* h, size_t word, uint32_t v) {
+  for (int i = 0; i < 4; ++i) h[4 * word + size_t(i)] = (unsigned char)((v >> (8 * i)) & 0xffu);
+}
+void put_i32(unsigned char* h, size_t word, int32_t v) { put_u32le(h, word, uint32_t(v)); }
+void put_f32(unsigned char* h, size_t word, float v) { put_u32le(h, word, std::bit_cast<uint32_t>(v)); }
 
 float half_to_float(uint16_t h) {
   uint32_t sign = uint32_t(h & 0x8000u) << 16;
@@ -124,8 +116,8 @@ FilePtr open_for_read(const std::string& path, uint64_t& size) {
   FILE* f = std::fopen(path.c_str(), "rb");
   if (!f) input_error("{}: cannot open: {}", path, std::strerror(errno));
   FilePtr fp(f);
-  if (std::fseek(f, 0, SEEK_END) != 0) input_error("{}: cannot seek", path);
-  long end = std::ftell(f);
+  if (fseeko(f, 0, SEEK_END) != 0) input_error("{}: cannot seek to the end of the file", path);
+  off_t end = ftello(f);
   if (end < 0) input_error("{}: cannot determine the file size", path);
   size = uint64_t(end);
   std::rewind(f);
@@ -133,9 +125,11 @@ FilePtr open_for_read(const std::string& path, uint64_t& size) {
 }
 
 void read_at(FILE* f, const std::string& path, uint64_t offset, void* out, size_t n) {
-  if (fseeko(f, off_t(offset), SEEK_SET) != 0) input_error("{}: cannot seek to byte {}", path, offset);
+  if (offset > uint64_t(std::numeric_limits<off_t>::max()) || fseeko(f, off_t(offset), SEEK_SET) != 0)
+    input_error("{}: cannot seek to byte offset {}", path, offset);
   if (n && std::fread(out, 1, n, f) != n)
-    input_error("{}: could not read {} bytes at byte offset {} (file truncated?)", path, n, offset);
+    input_error("{}: could not read {} bytes at byte offset {} (file truncated or changed while reading?)", path, n,
+                offset);
 }
 
 // Plausibility of the header read with a given byte order.
@@ -146,18 +140,24 @@ bool plausible(const unsigned char* raw, bool swap) {
          (mode_supported(mode) || mode == 3 || mode == 4);
 }
 
+// Byte order from the machine stamp (byte 212): 0x44 little-endian, 0x11 big-endian;
+// when the stamp is missing or odd (0 0 0 0, 0 0 0x44 0x44 ...), whichever order
+// makes NX, NY, NZ and MODE plausible. Returns true for big-endian.
+bool detect_big_endian(const unsigned char* raw) {
+  const unsigned char stamp = raw[212];
+  const bool native_big = std::endian::native == std::endian::big;
+  const bool le_ok = plausible(raw, native_big), be_ok = plausible(raw, !native_big);
+  if (stamp == 0x44 && le_ok) return false;
+  if (stamp == 0x11 && be_ok) return true;
+  if (le_ok) return false;
+  if (be_ok) return true;
+  return stamp == 0x11;  // nothing plausible: diagnosed by the caller
+}
+
 Header parse_header(const unsigned char* raw, const std::string& path) {
   Header h;
-  // Byte order from the machine stamp (byte 212): 0x44 little, 0x11 big; when it
-  // is missing or odd, whichever order gives a plausible header.
-  unsigned char stamp = raw[212];
-  bool swap;
-  if (stamp == 0x44 && plausible(raw, false)) swap = false;
-  else if (stamp == 0x11 && plausible(raw, true)) swap = true;
-  else if (plausible(raw, false)) swap = false;
-  else if (plausible(raw, true)) swap = true;
-  else swap = false;  // diagnosed below
-  h.big_endian = swap != (std::endian::native == std::endian::big);
+  h.big_endian = detect_big_endian(raw);
+  const bool swap = h.big_endian != (std::endian::native == std::endian::big);
   h.nx = get_i32(raw, 0, swap);
   h.ny = get_i32(raw, 1, swap);
   h.nz = get_i32(raw, 2, swap);
@@ -168,11 +168,9 @@ Header parse_header(const unsigned char* raw, const std::string& path) {
   h.mx = get_i32(raw, 7, swap);
   h.my = get_i32(raw, 8, swap);
   h.mz = get_i32(raw, 9, swap);
-  for (int i = 0; i < 3; ++i) h.cell[size_t(i)] = get_f32(raw, size_t(10 + i), swap);
-  for (int i = 0; i < 3; ++i) h.cell_angles[size_t(i)] = get_f32(raw, size_t(13 + i), swap);
-  h.mapc = get_i32(raw, 16, swap);
-  h.mapr = get_i32(raw, 17, swap);
-  h.maps = get_i32(raw, 18, swap);
+  for (size_t i = 0; i < 3; ++i) h.cell[i] = get_f32(raw, 10 + i, swap);
+  for (size_t i = 0; i < 3; ++i) h.cell_angles[i] = get_f32(raw, 13 + i, swap);
+  for (size_t i = 0; i < 3; ++i) h.file_axes[i] = get_i32(raw, 16 + i, swap);
   h.dmin = get_f32(raw, 19, swap);
   h.dmax = get_f32(raw, 20, swap);
   h.dmean = get_f32(raw, 21, swap);
@@ -180,125 +178,84 @@ Header parse_header(const unsigned char* raw, const std::string& path) {
   h.nsymbt = get_i32(raw, 23, swap);
   std::memcpy(h.exttyp.data(), raw + 104, 4);
   h.nversion = get_i32(raw, 27, swap);
-  for (int i = 0; i < 3; ++i) h.origin[size_t(i)] = get_f32(raw, size_t(49 + i), swap);
+  for (size_t i = 0; i < 3; ++i) h.origin[i] = get_f32(raw, 49 + i, swap);
   h.has_map_stamp = std::memcmp(raw + 208, "MAP", 3) == 0;
+  std::memcpy(h.machine_stamp.data(), raw + 212, 4);
   h.rms = get_f32(raw, 54, swap);
   h.nlabl = get_i32(raw, 55, swap);
-  for (int i = 0; i < 10; ++i) {
+  for (size_t i = 0; i < 10; ++i) {
     const char* l = reinterpret_cast<const char*>(raw + 224 + 80 * i);
     size_t len = 0;
     while (len < 80 && l[len] != 0) ++len;
     std::string s(l, len);
     while (!s.empty() && (s.back() == ' ' || s.back() == '\n')) s.pop_back();
-    h.labels[size_t(i)] = s;
+    h.labels[i] = s;
   }
 
   if (h.nx <= 0 || h.ny <= 0 || h.nz <= 0)
-    input_error("{}: header at byte 0 gives dimensions {}x{}x{}; expected positive sizes (not an MRC file?)", path,
-                h.nx, h.ny, h.nz);
+    input_error("{}: header bytes 0-11 give dimensions NX, NY, NZ = {}, {}, {} (in either byte order); expected "
+                "positive sizes (not an MRC file?)",
+                path, h.nx, h.ny, h.nz);
   if (h.mode == 3 || h.mode == 4)
     input_error("{}: mode {} (header byte 12) is a complex mode; only real modes 0, 1, 2, 6, 12 and 101 are supported",
                 path, mode_name(h.mode));
   if (!mode_supported(h.mode))
     input_error("{}: unknown mode {} (header byte 12); expected 0, 1, 2, 6, 12 or 101", path, h.mode);
   if (h.nsymbt < 0)
-    input_error("{}: negative extended header size NSYMBT = {} (header byte 92)", path, h.nsymbt);
-  int axes[3] = {h.mapc, h.mapr, h.maps};
-  bool perm = true;
-  for (int a = 1; a <= 3; ++a)
-    if (std::count(axes, axes + 3, a) != 1) perm = false;
-  if (!perm) {
-    // Like mrcfile in permissive mode: read the data in file order.
-    spdlog::warn("{}: MAPC/MAPR/MAPS = {},{},{} is not a permutation of 1,2,3; reading as 1,2,3", path, h.mapc,
-                 h.mapr, h.maps);
-    h.mapc = 1;
-    h.mapr = 2;
-    h.maps = 3;
+    input_error("{}: negative extended header size NSYMBT = {} (header byte 92); expected 0 or more", path, h.nsymbt);
+  const int* a = h.file_axes.data();
+  const bool perm = std::is_permutation(a, a + 3, std::array<int, 3>{1, 2, 3}.begin());
+  if (perm) {
+    h.mapc = a[0];
+    h.mapr = a[1];
+    h.maps = a[2];
+  } else {
+    // mrcfile (permissive) reads such files in file order and flags the header as
+    // invalid; so do we, with a warning.
+    spdlog::warn("{}: MAPC/MAPR/MAPS (header bytes 64-75) = {},{},{} is not a permutation of 1,2,3; reading the data "
+                 "as 1,2,3 (columns x, rows y, sections z)",
+                 path, a[0], a[1], a[2]);
   }
   return h;
 }
 
-size_t section_bytes(const Header& h) {
-  size_t row;
+uint64_t row_bytes(const Header& h) {
   switch (h.mode) {
-    case 0: row = size_t(h.nx); break;
-    case 1: case 6: case 12: row = 2 * size_t(h.nx); break;
-    case 2: row = 4 * size_t(h.nx); break;
-    case 101: row = (size_t(h.nx) + 1) / 2; break;  // two pixels per byte, rows padded to a byte
-    default: row = 0;
-  }
-  return row * size_t(h.ny);
-}
-
-// Convert one section in the file's layout to floats (nx*ny values).
-void convert_section(const Header& h, const unsigned char* in, float* out) {
-  const size_t n = size_t(h.nx) * size_t(h.ny);
-  const bool swap = h.big_endian != (std::endian::native == std::endian::big);
-  switch (h.mode) {
-    case 0:
-      for (size_t i = 0; i < n; ++i) out[i] = float(int8_t(in[i]));
-      break;
-    case 1:
-      for (size_t i = 0; i < n; ++i) {
-        uint16_t v;
-        std::memcpy(&v, in + 2 * i, 2);
-        if (swap) v = bswap16(v);
-        out[i] = float(int16_t(v));
-      }
-      break;
-    case 6:
-      for (size_t i = 0; i < n; ++i) {
-        uint16_t v;
-        std::memcpy(&v, in + 2 * i, 2);
-        if (swap) v = bswap16(v);
-        out[i] = float(v);
-      }
-      break;
-    case 12:
-      for (size_t i = 0; i < n; ++i) {
-        uint16_t v;
-        std::memcpy(&v, in + 2 * i, 2);
-        if (swap) v = bswap16(v);
-        out[i] = half_to_float(v);
-      }
-      break;
-    case 2:
-      for (size_t i = 0; i < n; ++i) {
-        uint32_t v;
-        std::memcpy(&v, in + 4 * i, 4);
-        if (swap) v = bswap32(v);
-        std::memcpy(out + i, &v, 4);
-      }
-      break;
-    case 101: {
-      const size_t rowb = (size_t(h.nx) + 1) / 2;
-      for (int y = 0; y < h.ny; ++y)
-        for (int x = 0; x < h.nx; ++x) {
-          unsigned char b = in[size_t(y) * rowb + size_t(x) / 2];
-          out[size_t(y) * size_t(h.nx) + size_t(x)] = float((x & 1) ? (b >> 4) : (b & 0x0f));
-        }
-      break;
-    }
-    default: break;
+    case 0: return uint64_t(h.nx);
+    case 1: case 6: case 12: return 2 * uint64_t(h.nx);
+    case 2: return 4 * uint64_t(h.nx);
+    case 101: return (uint64_t(h.nx) + 1) / 2;  // two pixels per byte, rows padded to a byte
+    default: return 0;
   }
 }
 
+size_t section_bytes(const Header& h) { return size_t(row_bytes(h) * uint64_t(h.ny)); }
+
+// Sizes in the header against the file length, without overflow, before anything
+// is allocated from them.
 void check_length(const Header& h, uint64_t file_size, const std::string& path) {
-  const uint64_t need = uint64_t(section_bytes(h)) * uint64_t(h.nz);
   const uint64_t off = h.data_offset();
   if (off > file_size)
-    input_error("{}: extended header of {} bytes (NSYMBT) ends at byte {} but the file has {} bytes", path, h.nsymbt,
-                off, file_size);
-  if (file_size - off < need)
+    input_error("{}: extended header of {} bytes (NSYMBT, header byte 92) ends at byte offset {} but the file has "
+                "only {} bytes",
+                path, h.nsymbt, off, file_size);
+  const uint64_t avail = file_size - off;
+  uint64_t sb = 0, need = 0;
+  bool overflow = __builtin_mul_overflow(row_bytes(h), uint64_t(h.ny), &sb);
+  overflow = overflow || __builtin_mul_overflow(sb, uint64_t(h.nz), &need);
+  if (overflow || need > avail) {
+    const std::string need_s = overflow ? std::string("more than 2^64") : std::to_string(need);
+    const uint64_t whole = (!overflow && sb) ? avail / sb : 0;
     input_error("{}: header says {}x{}x{} mode {} ({} bytes of data from byte offset {}) but the file has {} bytes "
-                "(truncated at section {})",
-                path, h.nx, h.ny, h.nz, mode_name(h.mode), need, off, file_size,
-                section_bytes(h) ? (file_size - off) / section_bytes(h) : 0);
+                "(only {} whole sections; truncated file or corrupt header)",
+                path, h.nx, h.ny, h.nz, mode_name(h.mode), need_s, off, file_size, whole);
+  }
+  if (need < avail)
+    spdlog::debug("{}: {} bytes after the data ignored", path, avail - need);
 }
 
 Header read_checked_header(FILE* f, const std::string& path, uint64_t size) {
   if (size == 0) input_error("{}: empty file; expected an MRC header of 1024 bytes", path);
-  unsigned char raw[kHeaderBytes];
   if (size >= 3) {
     unsigned char magic[3];
     read_at(f, path, 0, magic, 3);
@@ -307,112 +264,213 @@ Header read_checked_header(FILE* f, const std::string& path, uint64_t size) {
       input_error("{}: bzip2-compressed file; decompress it first", path);
   }
   if (size < kHeaderBytes)
-    input_error("{}: {} bytes, too short for the 1024-byte MRC header", path, size);
+    input_error("{}: file of {} bytes is too short for the 1024-byte MRC header", path, size);
+  unsigned char raw[kHeaderBytes];
   read_at(f, path, 0, raw, kHeaderBytes);
   Header h = parse_header(raw, path);
   check_length(h, size, path);
   return h;
 }
 
-// Destination index of file element (c, r, s) after permuting to x, y, z.
+// Convert `count` sections in the file's layout to floats (count*nx*ny values).
+void convert_sections(const Header& h, const unsigned char* in, size_t count, float* out) {
+  const size_t n = size_t(h.nx) * size_t(h.ny) * count;
+  const bool swap = h.big_endian != (std::endian::native == std::endian::big);
+  auto u16 = [&](size_t i) {
+    uint16_t v;
+    std::memcpy(&v, in + 2 * i, 2);
+    return swap ? bswap16(v) : v;
+  };
+  switch (h.mode) {
+    case 0:
+      for (size_t i = 0; i < n; ++i) out[i] = float(int8_t(in[i]));
+      break;
+    case 1:
+      for (size_t i = 0; i < n; ++i) out[i] = float(int16_t(u16(i)));
+      break;
+    case 6:
+      for (size_t i = 0; i < n; ++i) out[i] = float(u16(i));
+      break;
+    case 12:
+      for (size_t i = 0; i < n; ++i) out[i] = half_to_float(u16(i));
+      break;
+    case 2:
+      if (!swap) {
+        std::memcpy(out, in, 4 * n);
+      } else {
+        for (size_t i = 0; i < n; ++i) {
+          uint32_t v;
+          std::memcpy(&v, in + 4 * i, 4);
+          out[i] = std::bit_cast<float>(bswap32(v));
+        }
+      }
+      break;
+    case 101: {
+      const size_t rowb = (size_t(h.nx) + 1) / 2;
+      const size_t rows = size_t(h.ny) * count;
+      for (size_t y = 0; y < rows; ++y)
+        for (size_t x = 0; x < size_t(h.nx); ++x) {
+          const unsigned char b = in[y * rowb + x / 2];
+          out[y * size_t(h.nx) + x] = float((x & 1) ? (b >> 4) : (b & 0x0f));
+        }
+      break;
+    }
+    default: break;
+  }
+}
+
+// Read sections [first, first + count) in chunks of about kChunkBytes and hand each
+// chunk to fn(first_section, n_sections, floats).
+template <class Fn>
+void stream_sections(FILE* f, const std::string& path, const Header& h, int first, int count, Fn&& fn) {
+  const size_t sb = section_bytes(h);
+  const size_t ns = size_t(h.nx) * size_t(h.ny);
+  const size_t per_chunk = std::max<size_t>(1, kChunkBytes / std::max<size_t>(sb, 1));
+  std::vector<unsigned char> buf;
+  std::vector<float> vals;
+  for (int s = first; s < first + count;) {
+    const size_t k = std::min<size_t>(per_chunk, size_t(first + count - s));
+    buf.resize(k * sb);
+    vals.resize(k * ns);
+    read_at(f, path, h.data_offset() + uint64_t(sb) * uint64_t(s), buf.data(), k * sb);
+    convert_sections(h, buf.data(), k, vals.data());
+    fn(s, k, vals.data());
+    s += int(k);
+  }
+}
+
+// Output sizes and strides: file element (c, r, s) goes to
+// c*stride[0] + r*stride[1] + s*stride[2] of the x-fastest grid.
 struct Permutation {
-  int dims[3];        // output sizes x, y, z
-  size_t stride[3];   // output strides for file axes c, r, s
+  int dims[3];       // output sizes x, y, z
+  size_t stride[3];  // output strides for file axes c, r, s
 };
 
 Permutation permutation(const Header& h) {
   Permutation p{};
-  int file_n[3] = {h.nx, h.ny, h.nz};
-  int axis[3] = {h.mapc - 1, h.mapr - 1, h.maps - 1};  // output axis of file axis c, r, s
+  const int file_n[3] = {h.nx, h.ny, h.nz};
+  const int axis[3] = {h.mapc - 1, h.mapr - 1, h.maps - 1};  // output axis of file axis c, r, s
   for (int i = 0; i < 3; ++i) p.dims[axis[i]] = file_n[i];
-  size_t out_stride[3] = {1, size_t(p.dims[0]), size_t(p.dims[0]) * size_t(p.dims[1])};
+  const size_t out_stride[3] = {1, size_t(p.dims[0]), size_t(p.dims[0]) * size_t(p.dims[1])};
   for (int i = 0; i < 3; ++i) p.stride[i] = out_stride[axis[i]];
   return p;
 }
 
 bool identity_axes(const Header& h) { return h.mapc == 1 && h.mapr == 2 && h.maps == 3; }
 
-void fill_header(unsigned char* raw, int nx, int ny, int nz, const WriteOptions& opt, const Stats& st) {
-  std::memset(raw, 0, kHeaderBytes);
-  put_i32(raw, 0, nx);
-  put_i32(raw, 1, ny);
-  put_i32(raw, 2, nz);
-  put_i32(raw, 3, int(opt.mode));
-  const int mz = opt.is_stack ? 1 : nz;
-  put_i32(raw, 7, nx);
-  put_i32(raw, 8, ny);
-  put_i32(raw, 9, mz);
-  put_f32(raw, 10, float(opt.pixel_size * nx));
-  put_f32(raw, 11, float(opt.pixel_size * ny));
-  put_f32(raw, 12, float(opt.pixel_size * mz));
-  put_f32(raw, 13, 90.f);
-  put_f32(raw, 14, 90.f);
-  put_f32(raw, 15, 90.f);
-  put_i32(raw, 16, 1);
-  put_i32(raw, 17, 2);
-  put_i32(raw, 18, 3);
-  put_f32(raw, 19, float(st.min));
-  put_f32(raw, 20, float(st.max));
-  put_f32(raw, 21, float(st.mean));
-  put_i32(raw, 22, (opt.is_stack || nz == 1) ? 0 : 1);
-  put_i32(raw, 23, 0);
-  put_i32(raw, 27, 20140);
-  for (int i = 0; i < 3; ++i) put_f32(raw, size_t(49 + i), opt.origin[size_t(i)]);
-  std::memcpy(raw + 208, "MAP ", 4);
-  raw[212] = 0x44;
-  raw[213] = 0x44;
-  put_f32(raw, 54, float(st.rms));
-  put_i32(raw, 55, 1);
-  std::string label = opt.label.substr(0, 80);
-  std::memcpy(raw + 224, label.data(), label.size());
-  for (size_t i = label.size(); i < 80; ++i) raw[224 + i] = ' ';
-}
-
+// Mean and sum of squared deviations per block (two passes), merged across blocks
+// (Chan et al.), so the rms is accurate even when |mean| >> rms.
 struct StatsAccumulator {
   double min = std::numeric_limits<double>::infinity(), max = -std::numeric_limits<double>::infinity();
-  double sum = 0, sum2 = 0;
+  double mean = 0, m2 = 0;
   size_t n = 0;
   void add(const float* d, size_t count) {
-    double s = 0, s2 = 0;
+    double s = 0, lo = min, hi = max;
+    size_t k = 0;
     for (size_t i = 0; i < count; ++i) {
-      double v = d[i];
+      const double v = d[i];
       if (std::isnan(v)) continue;
-      min = std::min(min, v);
-      max = std::max(max, v);
+      lo = std::min(lo, v);
+      hi = std::max(hi, v);
       s += v;
-      s2 += v * v;
+      ++k;
     }
-    sum += s;
-    sum2 += s2;
-    n += count;
+    if (k == 0) return;
+    min = lo;
+    max = hi;
+    const double bmean = s / double(k);
+    double bm2 = 0;
+    for (size_t i = 0; i < count; ++i) {
+      const double v = d[i];
+      if (std::isnan(v)) continue;
+      bm2 += (v - bmean) * (v - bmean);
+    }
+    const double delta = bmean - mean;
+    const double nn = double(n + k);
+    mean += delta * double(k) / nn;
+    m2 += bm2 + delta * delta * double(n) * double(k) / nn;
+    n += k;
   }
   Stats stats() const {
     Stats st;
     if (n == 0) return st;
     st.min = min;
     st.max = max;
-    st.mean = sum / double(n);
-    st.rms = std::sqrt(std::max(0.0, sum2 / double(n) - st.mean * st.mean));
+    st.mean = mean;
+    st.rms = std::sqrt(std::max(0.0, m2 / double(n)));
     return st;
   }
 };
 
-// Encode floats in the output mode; for float16 `data` is rounded in `rounded`
-// so that the statistics describe what is stored.
-void encode(const float* data, size_t n, Mode mode, std::vector<unsigned char>& out, std::vector<float>& rounded) {
+void fill_header(unsigned char* raw, int nx, int ny, int nz, const WriteOptions& opt, const Stats& st) {
+  std::memset(raw, 0, kHeaderBytes);
+  const bool stack = opt.is_stack || nz == 1;
+  const int mz = stack ? 1 : nz;
+  const double px = std::isfinite(opt.pixel_size) && opt.pixel_size > 0 ? opt.pixel_size : 0.0;
+  put_i32(raw, 0, nx);
+  put_i32(raw, 1, ny);
+  put_i32(raw, 2, nz);
+  put_i32(raw, 3, int(opt.mode));
+  put_i32(raw, 7, nx);
+  put_i32(raw, 8, ny);
+  put_i32(raw, 9, mz);
+  put_f32(raw, 10, float(px * nx));
+  put_f32(raw, 11, float(px * ny));
+  put_f32(raw, 12, float(px * mz));
+  for (size_t i = 13; i < 16; ++i) put_f32(raw, i, 90.f);
+  put_i32(raw, 16, 1);
+  put_i32(raw, 17, 2);
+  put_i32(raw, 18, 3);
+  put_f32(raw, 19, float(st.min));
+  put_f32(raw, 20, float(st.max));
+  put_f32(raw, 21, float(st.mean));
+  put_i32(raw, 22, stack ? 0 : 1);
+  put_i32(raw, 23, 0);
+  put_i32(raw, 27, 20140);
+  for (size_t i = 0; i < 3; ++i) put_f32(raw, 49 + i, opt.origin[i]);
+  std::memcpy(raw + 208, "MAP ", 4);
+  raw[212] = 0x44;
+  raw[213] = 0x44;
+  put_f32(raw, 54, float(st.rms));
+  std::string label = opt.label.substr(0, 80);
+  for (auto& c : label)
+    if (static_cast<unsigned char>(c) < 32 || static_cast<unsigned char>(c) > 126) c = ' ';
+  while (!label.empty() && label.back() == ' ') label.pop_back();
+  put_i32(raw, 55, label.empty() ? 0 : 1);
+  if (!label.empty()) {
+    std::memcpy(raw + 224, label.data(), label.size());
+    for (size_t i = label.size(); i < 80; ++i) raw[224 + i] = ' ';
+  }
+}
+
+// Encode floats in the output mode; `rounded` receives the values as stored (for
+// float16 the rounded values) so that the header statistics describe the file.
+// Returns the number of finite values that overflowed to infinity.
+size_t encode(const float* data, size_t n, Mode mode, std::vector<unsigned char>& out, std::vector<float>& rounded) {
+  size_t overflow = 0;
   if (mode == Mode::Float32) {
     out.resize(4 * n);
-    std::memcpy(out.data(), data, 4 * n);
+    if constexpr (std::endian::native == std::endian::little) {
+      std::memcpy(out.data(), data, 4 * n);
+    } else {
+      for (size_t i = 0; i < n; ++i) {
+        const uint32_t v = bswap32(std::bit_cast<uint32_t>(data[i]));
+        std::memcpy(out.data() + 4 * i, &v, 4);
+      }
+    }
     rounded.assign(data, data + n);
   } else {
     out.resize(2 * n);
     rounded.resize(n);
     for (size_t i = 0; i < n; ++i) {
-      uint16_t h = float_to_half(data[i]);
-      std::memcpy(out.data() + 2 * i, &h, 2);
-      rounded[i] = half_to_float(h);
+      const uint16_t hv = float_to_half(data[i]);
+      out[2 * i] = (unsigned char)(hv & 0xffu);
+      out[2 * i + 1] = (unsigned char)(hv >> 8);
+      rounded[i] = half_to_float(hv);
+      if (std::isinf(rounded[i]) && std::isfinite(data[i])) ++overflow;
     }
   }
+  return overflow;
 }
 
 void check_write_options(const WriteOptions& opt, const std::string& path) {
@@ -420,42 +478,45 @@ void check_write_options(const WriteOptions& opt, const std::string& path) {
     input_error("{}: can only write mode 2 (float32) or 12 (float16), not mode {}", path, int(opt.mode));
 }
 
+void warn_overflow(const std::string& path, size_t n) {
+  if (n) spdlog::warn("{}: {} values beyond the float16 range (+-65504) were written as infinity", path, n);
+}
+
 }  // namespace
 
-int Header::size_x() const {
-  int n[3] = {nx, ny, nz};
-  int axes[3] = {mapc, mapr, maps};
-  for (int i = 0; i < 3; ++i)
-    if (axes[i] == 1) return n[i];
-  return nx;
+std::string mode_name(int mode) {
+  switch (mode) {
+    case 0: return "0 (int8)";
+    case 1: return "1 (int16)";
+    case 2: return "2 (float32)";
+    case 3: return "3 (complex int16)";
+    case 4: return "4 (complex float32)";
+    case 6: return "6 (uint16)";
+    case 12: return "12 (float16)";
+    case 101: return "101 (4-bit)";
+    default: return fmt::format("{} (unknown)", mode);
+  }
 }
-int Header::size_y() const {
-  int n[3] = {nx, ny, nz};
-  int axes[3] = {mapc, mapr, maps};
-  for (int i = 0; i < 3; ++i)
-    if (axes[i] == 2) return n[i];
-  return ny;
+
+// ---------------------------------------------------------------- Header
+
+int Header::size_x() const { return mapc == 1 ? nx : mapr == 1 ? ny : nz; }
+int Header::size_y() const { return mapc == 2 ? nx : mapr == 2 ? ny : nz; }
+int Header::size_z() const { return mapc == 3 ? nx : mapr == 3 ? ny : nz; }
+
+std::array<double, 3> Header::voxel_size() const {
+  std::array<double, 3> v{0, 0, 0};
+  const int m[3] = {mx, my, mz};
+  for (size_t i = 0; i < 3; ++i)
+    if (m[i] > 0 && std::isfinite(cell[i]) && cell[i] > 0) v[i] = double(cell[i]) / double(m[i]);
+  return v;
 }
-int Header::size_z() const {
-  int n[3] = {nx, ny, nz};
-  int axes[3] = {mapc, mapr, maps};
-  for (int i = 0; i < 3; ++i)
-    if (axes[i] == 3) return n[i];
-  return nz;
-}
-double Header::pixel_size() const {
-  // Sampling along x: cell length / MX (the number of intervals along x).
-  int m = 0;
-  float c = 0;
-  int axes[3] = {mapc, mapr, maps};
-  int ms[3] = {mx, my, mz};
-  (void)axes;
-  m = ms[0];
-  c = cell[0];
-  if (m <= 0 || !(c > 0) || !std::isfinite(c)) return 0;
-  return double(c) / double(m);
-}
+double Header::pixel_size() const { return voxel_size()[0]; }
+bool Header::is_stack() const { return ispg == 0 && nz > 1 && mz != nz; }
+bool Header::is_volume() const { return nz > 1 && !is_stack(); }
 size_t Header::bytes_per_section() const { return section_bytes(*this); }
+
+// ---------------------------------------------------------------- reading
 
 Header read_header(const std::string& path) {
   uint64_t size = 0;
@@ -466,25 +527,24 @@ Header read_header(const std::string& path) {
 Grid<float> read(const std::string& path, Header* header) {
   uint64_t size = 0;
   FilePtr f = open_for_read(path, size);
-  Header h = read_checked_header(f.get(), path, size);
-  const size_t sb = section_bytes(h);
-  const size_t ns = size_t(h.nx) * size_t(h.ny);
-  Permutation p = permutation(h);
+  const Header h = read_checked_header(f.get(), path, size);
+  const Permutation p = permutation(h);
   Grid<float> out(p.dims[0], p.dims[1], p.dims[2]);
-  std::vector<unsigned char> buf(sb);
-  std::vector<float> sec(ns);
+  const size_t ns = size_t(h.nx) * size_t(h.ny);
   const bool ident = identity_axes(h);
-  for (int s = 0; s < h.nz; ++s) {
-    read_at(f.get(), path, h.data_offset() + uint64_t(sb) * uint64_t(s), buf.data(), sb);
-    float* dst = ident ? out.section(s) : sec.data();
-    convert_section(h, buf.data(), dst);
-    if (!ident) {
-      for (int r = 0; r < h.ny; ++r)
-        for (int c = 0; c < h.nx; ++c)
-          out[size_t(c) * p.stride[0] + size_t(r) * p.stride[1] + size_t(s) * p.stride[2]] =
-              sec[size_t(r) * size_t(h.nx) + size_t(c)];
+  stream_sections(f.get(), path, h, 0, h.nz, [&](int first, size_t k, const float* v) {
+    if (ident) {
+      std::copy(v, v + k * ns, out.data() + size_t(first) * ns);
+      return;
     }
-  }
+    for (size_t j = 0; j < k; ++j) {
+      const size_t s = size_t(first) + j;
+      const float* sec = v + j * ns;
+      for (size_t r = 0; r < size_t(h.ny); ++r)
+        for (size_t c = 0; c < size_t(h.nx); ++c)
+          out[c * p.stride[0] + r * p.stride[1] + s * p.stride[2]] = sec[r * size_t(h.nx) + c];
+    }
+  });
   if (header) *header = h;
   return out;
 }
@@ -496,7 +556,8 @@ struct StackReader::Impl {
   Header h;
   FilePtr f;
   std::vector<unsigned char> buf;
-  Grid<float> whole;  // only for files with permuted axes
+  std::vector<float> sec;  // a file section, when rows and columns are swapped
+  Grid<float> whole;       // only for files whose sections are not z-slices (MAPS != 3)
 };
 
 StackReader::StackReader(const std::string& path) : impl_(std::make_unique<Impl>()) {
@@ -504,7 +565,7 @@ StackReader::StackReader(const std::string& path) : impl_(std::make_unique<Impl>
   uint64_t size = 0;
   impl_->f = open_for_read(path, size);
   impl_->h = read_checked_header(impl_->f.get(), path, size);
-  if (!identity_axes(impl_->h)) {
+  if (impl_->h.maps != 3) {
     impl_->whole = mrc::read(path);
     impl_->f.reset();
   }
@@ -513,15 +574,16 @@ StackReader::~StackReader() = default;
 StackReader::StackReader(StackReader&&) noexcept = default;
 StackReader& StackReader::operator=(StackReader&&) noexcept = default;
 
-int StackReader::count() const { return impl_->whole.empty() ? impl_->h.nz : impl_->whole.nz(); }
-int StackReader::nx() const { return impl_->whole.empty() ? impl_->h.nx : impl_->whole.nx(); }
-int StackReader::ny() const { return impl_->whole.empty() ? impl_->h.ny : impl_->whole.ny(); }
+int StackReader::count() const { return impl_->h.size_z(); }
+int StackReader::nx() const { return impl_->h.size_x(); }
+int StackReader::ny() const { return impl_->h.size_y(); }
 const Header& StackReader::header() const { return impl_->h; }
 const std::string& StackReader::path() const { return impl_->path; }
 
 void StackReader::read_into(int index, float* out) {
   if (index < 0 || index >= count())
-    input_error("{}: image {} requested but the stack has {} images", impl_->path, index + 1, count());
+    input_error("{}: image {} (1-based) requested but the stack has {} images", impl_->path, int64_t(index) + 1,
+                count());
   const size_t ns = size_t(nx()) * size_t(ny());
   if (!impl_->whole.empty()) {
     std::memcpy(out, impl_->whole.section(index), ns * sizeof(float));
@@ -531,12 +593,21 @@ void StackReader::read_into(int index, float* out) {
   const size_t sb = section_bytes(h);
   impl_->buf.resize(sb);
   read_at(impl_->f.get(), impl_->path, h.data_offset() + uint64_t(sb) * uint64_t(index), impl_->buf.data(), sb);
-  convert_section(h, impl_->buf.data(), out);
+  if (h.mapc == 1) {
+    convert_sections(h, impl_->buf.data(), 1, out);
+    return;
+  }
+  // MAPC = 2, MAPR = 1: file columns run along y; transpose.
+  impl_->sec.resize(ns);
+  convert_sections(h, impl_->buf.data(), 1, impl_->sec.data());
+  for (size_t r = 0; r < size_t(h.ny); ++r)
+    for (size_t c = 0; c < size_t(h.nx); ++c) out[c * size_t(h.ny) + r] = impl_->sec[r * size_t(h.nx) + c];
 }
 
 Grid<float> StackReader::read(int index) {
   if (index < 0 || index >= count())
-    input_error("{}: image {} requested but the stack has {} images", impl_->path, index + 1, count());
+    input_error("{}: image {} (1-based) requested but the stack has {} images", impl_->path, int64_t(index) + 1,
+                count());
   Grid<float> img(nx(), ny());
   read_into(index, img.data());
   return img;
@@ -555,8 +626,8 @@ void write(const std::string& path, const Grid<float>& data, const WriteOptions&
   if (data.empty()) input_error("{}: refusing to write an empty image", path);
   std::vector<unsigned char> bytes;
   std::vector<float> rounded;
-  encode(data.data(), data.size(), opt.mode, bytes, rounded);
-  Stats st = compute_stats(rounded.data(), rounded.size());
+  warn_overflow(path, encode(data.data(), data.size(), opt.mode, bytes, rounded));
+  const Stats st = compute_stats(rounded.data(), rounded.size());
   unsigned char raw[kHeaderBytes];
   fill_header(raw, data.nx(), data.ny(), data.nz(), opt, st);
   AtomicFile f(path);
@@ -568,6 +639,7 @@ void write(const std::string& path, const Grid<float>& data, const WriteOptions&
 struct StackWriter::Impl {
   std::unique_ptr<AtomicFile> file;
   int nx = 0, ny = 0, count = 0;
+  size_t overflow = 0;
   WriteOptions opt;
   StatsAccumulator acc;
   std::vector<unsigned char> bytes;
@@ -596,8 +668,10 @@ void StackWriter::append(const Grid<float>& image) {
 }
 
 void StackWriter::append(const float* image) {
+  if (impl_->count == std::numeric_limits<int>::max())
+    input_error("{}: more than {} images in one stack", impl_->file->path(), impl_->count);
   const size_t n = size_t(impl_->nx) * size_t(impl_->ny);
-  encode(image, n, impl_->opt.mode, impl_->bytes, impl_->rounded);
+  impl_->overflow += encode(image, n, impl_->opt.mode, impl_->bytes, impl_->rounded);
   impl_->acc.add(impl_->rounded.data(), n);
   impl_->file->write(impl_->bytes.data(), impl_->bytes.size());
   ++impl_->count;
@@ -612,49 +686,65 @@ void StackWriter::commit() {
   FILE* f = impl_->file->handle();
   if (std::fflush(f) != 0 || std::fseek(f, 0, SEEK_SET) != 0 || std::fwrite(raw, 1, kHeaderBytes, f) != kHeaderBytes)
     runtime_error("{}: could not write the header", impl_->file->path());
+  warn_overflow(impl_->file->path(), impl_->overflow);
   impl_->file->commit();
 }
 
 // ---------------------------------------------------------------- describe
 
+namespace {
+
+std::string printable(const char* s, size_t n) {
+  std::string out(s, n);
+  for (auto& c : out)
+    if (static_cast<unsigned char>(c) < 32 || static_cast<unsigned char>(c) > 126) c = '.';
+  return out;
+}
+
+std::string stamp_hex(const std::array<unsigned char, 4>& s) {
+  return fmt::format("{:02x} {:02x} {:02x} {:02x}", s[0], s[1], s[2], s[3]);
+}
+
+}  // namespace
+
 std::string describe(const std::string& path) {
   uint64_t size = 0;
   FilePtr f = open_for_read(path, size);
-  Header h = read_checked_header(f.get(), path, size);
-  const size_t sb = section_bytes(h);
-  const size_t ns = size_t(h.nx) * size_t(h.ny);
-  std::vector<unsigned char> buf(sb);
-  std::vector<float> sec(ns);
+  const Header h = read_checked_header(f.get(), path, size);
   StatsAccumulator acc;
-  for (int s = 0; s < h.nz; ++s) {
-    read_at(f.get(), path, h.data_offset() + uint64_t(sb) * uint64_t(s), buf.data(), sb);
-    convert_section(h, buf.data(), sec.data());
-    acc.add(sec.data(), ns);
-  }
-  Stats st = acc.stats();
-  const bool stack = h.ispg == 0 && h.nz > 1;
-  std::string ext(h.exttyp.begin(), h.exttyp.end());
-  for (auto& c : ext)
-    if (c < 32 || c > 126) c = '.';
+  stream_sections(f.get(), path, h, 0, h.nz,
+                  [&](int, size_t k, const float* v) { acc.add(v, k * size_t(h.nx) * size_t(h.ny)); });
+  const Stats st = acc.stats();
+  const bool stack = h.is_stack() || (h.nz > 1 && path.size() > 5 && path.ends_with(".mrcs"));
+  std::string kind = h.nz == 1 ? "an image" : stack ? fmt::format("a stack of {} images", h.size_z()) : "a volume";
   std::string out = fmt::format("{}\n", path);
-  out += fmt::format("  size            {} x {} x {} (x, y, z){}\n", h.size_x(), h.size_y(), h.size_z(),
-                     stack ? fmt::format(": a stack of {} images", h.nz) : (h.nz == 1 ? ": an image" : ": a volume"));
+  out += fmt::format("  size            {} x {} x {} (x, y, z): {}\n", h.size_x(), h.size_y(), h.size_z(), kind);
   out += fmt::format("  mode            {}\n", mode_name(h.mode));
-  double px = h.pixel_size();
-  out += px > 0 ? fmt::format("  pixel size      {:.4f} Å\n", px) : std::string("  pixel size      unset (cell 0)\n");
-  out += fmt::format("  cell            {:.3f} {:.3f} {:.3f} Å, sampling {} {} {}\n", h.cell[0], h.cell[1], h.cell[2], h.mx,
-                     h.my, h.mz);
-  out += fmt::format("  axis order      {},{},{} (MAPC, MAPR, MAPS)\n", h.mapc, h.mapr, h.maps);
-  out += fmt::format("  origin          {} {} {} Å; start {} {} {}\n", h.origin[0], h.origin[1], h.origin[2], h.nxstart,
-                     h.nystart, h.nzstart);
+  const auto vs = h.voxel_size();
+  if (vs[0] > 0)
+    out += fmt::format("  pixel size      {:.4f} Å (voxel {:.4f} {:.4f} {:.4f} Å)\n", vs[0], vs[0], vs[1], vs[2]);
+  else
+    out += "  pixel size      unset (cell or MX not positive)\n";
+  out += fmt::format("  cell            {:.3f} {:.3f} {:.3f} Å, angles {:.2f} {:.2f} {:.2f}°, sampling MX MY MZ {} {} {}\n",
+                     h.cell[0], h.cell[1], h.cell[2], h.cell_angles[0], h.cell_angles[1], h.cell_angles[2], h.mx, h.my,
+                     h.mz);
+  out += fmt::format("  stored          {} x {} x {} (columns, rows, sections)\n", h.nx, h.ny, h.nz);
+  const bool axes_ok = h.file_axes[0] == h.mapc && h.file_axes[1] == h.mapr && h.file_axes[2] == h.maps;
+  out += fmt::format("  axis order      {},{},{} (MAPC, MAPR, MAPS){}\n", h.file_axes[0], h.file_axes[1],
+                     h.file_axes[2], axes_ok ? "" : ": invalid, read as 1,2,3");
+  out += fmt::format("  origin          {} {} {} Å; start {} {} {}\n", h.origin[0], h.origin[1], h.origin[2],
+                     h.nxstart, h.nystart, h.nzstart);
   out += fmt::format("  space group     {}\n", h.ispg);
-  out += fmt::format("  extended header {} bytes{}\n", h.nsymbt, h.nsymbt ? " (type " + ext + ")" : "");
-  out += fmt::format("  byte order      {}{}\n", h.big_endian ? "big-endian" : "little-endian",
-                     h.has_map_stamp ? "" : "; no \"MAP \" stamp");
+  out += fmt::format("  extended header {} bytes{}\n", h.nsymbt,
+                     h.nsymbt ? " (type " + printable(h.exttyp.data(), 4) + ")" : "");
+  out += fmt::format("  byte order      {} (machine stamp {}){}\n", h.big_endian ? "big-endian" : "little-endian",
+                     stamp_hex(h.machine_stamp), h.has_map_stamp ? "" : "; no \"MAP \" stamp");
+  out += fmt::format("  version         {}\n", h.nversion);
   out += fmt::format("  header stats    min {:.6g} max {:.6g} mean {:.6g} rms {:.6g}\n", h.dmin, h.dmax, h.dmean, h.rms);
-  out += fmt::format("  data stats      min {:.6g} max {:.6g} mean {:.6g} rms {:.6g}\n", st.min, st.max, st.mean, st.rms);
-  for (int i = 0; i < std::min(10, std::max(0, h.nlabl)); ++i)
-    if (!h.labels[size_t(i)].empty()) out += fmt::format("  label {}         {}\n", i, h.labels[size_t(i)]);
+  out += fmt::format("  data stats      min {:.6g} max {:.6g} mean {:.6g} rms {:.6g}\n", st.min, st.max, st.mean,
+                     st.rms);
+  for (size_t i = 0; i < 10; ++i)
+    if (!h.labels[i].empty()) out += fmt::format("  label {}         {}\n", i, printable(h.labels[i].data(), h.labels[i].size()));
   return out;
 }
 

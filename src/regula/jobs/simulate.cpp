@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "regula/core/cancel.hpp"
 #include "regula/core/error.hpp"
 #include "regula/core/parallel.hpp"
 #include "regula/core/progress.hpp"
@@ -202,6 +203,7 @@ SimulateResult simulate(const SimulateOptions& opt) {
     });
     for (size_t i = b0; i < b1; ++i) writer.append(images[i - b0]);
     progress.advance(double(b1 - b0));
+    check_cancelled();  // SIGINT/SIGTERM: stop; the unfinished stack is removed
   }
 
   // STAR files: optics + particles (CTF only), and the truth (poses and classes).

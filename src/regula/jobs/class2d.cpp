@@ -1,0 +1,539 @@
+#include "regula/jobs/class2d.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <numeric>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "regula/core/cancel.hpp"
+#include "regula/core/error.hpp"
+#include "regula/core/parallel.hpp"
+#include "regula/core/progress.hpp"
+#include "regula/core/random.hpp"
+#include "regula/estep/posteriors.hpp"
+#include "regula/estep/scores.hpp"
+#include "regula/estep/weighted_sums.hpp"
+#include "regula/imaging/backprojector.hpp"
+#include "regula/imaging/ctf.hpp"
+#include "regula/imaging/mask.hpp"
+#include "regula/imaging/projector.hpp"
+#include "regula/jobs/class2d_detail.hpp"
+#include "regula/model/particles.hpp"
+#include "regula/mstep/class_average.hpp"
+#include "regula/sampling/healpix.hpp"
+
+namespace regula {
+
+std::string Class2DOptions::validate() const {
+  if (continue_from.empty()) {
+    if (input.empty()) return "--i: a particles STAR file is required (or --continue)";
+    if (classes < 1) return fmt::format("--K: the number of classes must be at least 1 (got {})", classes);
+  }
+  if (out_root.empty()) return "--o: an output root is required";
+  if (iterations < 1) return fmt::format("--iter: must be at least 1 (got {})", iterations);
+  if (!(tau2_fudge > 0)) return fmt::format("--tau2_fudge: must be positive (got {})", tau2_fudge);
+  if (particle_diameter < 0) return fmt::format("--particle_diameter: must be >= 0 Å (got {})", particle_diameter);
+  if (!(psi_step > 0) || psi_step > 360) return fmt::format("--psi_step: must be in (0, 360] degrees (got {})", psi_step);
+  if (!(offset_range >= 0)) return fmt::format("--offset_range: must be >= 0 px (got {})", offset_range);
+  if (!(offset_step > 0)) return fmt::format("--offset_step: must be > 0 px (got {})", offset_step);
+  if (offset_range / offset_step > 50)
+    return fmt::format("--offset_range/--offset_step: at most 50 steps per direction (got {} / {})", offset_range,
+                       offset_step);
+  if (threads < 1) return fmt::format("--j: must be at least 1 (got {})", threads);
+  if (angpix < 0) return fmt::format("--angpix: must be positive (got {})", angpix);
+  if (!(ini_high > 0)) return fmt::format("--ini_high: must be positive Å (got {})", ini_high);
+  if (incr_size < 0) return fmt::format("--incr_size: must be >= 0 (got {})", incr_size);
+  if (batch_size < 1) return fmt::format("batch size must be at least 1 (got {})", batch_size);
+  if (mask_edge < 0) return fmt::format("mask edge must be >= 0 px (got {})", mask_edge);
+  return "";
+}
+
+namespace {
+
+using class2d_detail::IterationReport;
+using class2d_detail::State;
+using estep::cfloat;
+using mstep::FourierPixels;
+
+// One batch of preprocessed particles at the pixels of the current limit.
+struct Batch {
+  size_t first = 0, count = 0;
+  std::vector<cfloat> x;         // count * m
+  std::vector<float> ctf;        // count * m
+  std::vector<uint32_t> group;   // count
+  std::vector<float> scale;      // count
+  std::vector<double> power;     // count * (n/2+1): sum of |X|^2 per shell over all non-redundant pixels
+};
+
+class Job {
+ public:
+  explicit Job(const Class2DOptions& opt) : opt_(opt), pool_(opt.threads) {}
+  Class2DResult run();
+
+ private:
+  void setup();
+  void load_batch(size_t first, size_t count, const FourierPixels& px, Batch& b);
+  void initialise();
+  IterationReport iterate();
+  std::vector<double> tau2_of(const Image& cls) const;
+  int resolution_shell(const std::vector<double>& ssnr) const;
+  double shell_to_A(double s) const { return s > 0 ? double(n_) * angpix_ / s : 999.0; }
+
+  Class2DOptions opt_;
+  ThreadPool pool_;
+  std::string input_star_;
+  ParticleTable table_;
+  std::unique_ptr<ParticleImages> images_;
+  int n_ = 0, groups_ = 1, r_ini_ = 1;
+  double angpix_ = 0, mask_radius_ = 0;
+  std::vector<double> psi_;
+  std::vector<std::array<double, 2>> trans_;
+  std::vector<double> origin_x_, origin_y_;  // input origins, Å (the centre of the translation search)
+  FourierPixels all_px_;
+  std::vector<double> all_counts_;
+  State st_;
+  std::vector<double> posterior_sum_;
+};
+
+void Job::setup() {
+  ParticleReadOptions ro;
+  ro.angpix = opt_.angpix;
+  table_ = ParticleTable::read(input_star_, ro);
+  const size_t N = table_.size();
+  if (N == 0) input_error("{}: no particles", input_star_);
+  if (size_t(opt_.classes) > N) input_error("--K {}: more classes than the {} particles of {}", opt_.classes, N, input_star_);
+  images_ = std::make_unique<ParticleImages>(table_);
+  Image first = images_->read(0);
+  n_ = first.nx();
+  if (first.ny() != n_ || n_ < 8)
+    input_error("{}: particle images must be square and at least 8 px (got {}x{})", input_star_, first.nx(), first.ny());
+  angpix_ = table_.optics.front().pixel_size;
+  for (const auto& g : table_.optics) {
+    if (g.pixel_size <= 0) input_error("{}: optics group {} has no pixel size; give --angpix", input_star_, g.number);
+    if (std::abs(g.pixel_size - angpix_) > 1e-6 * angpix_)
+      input_error("{}: optics groups have different pixel sizes ({} and {} Å); class2d needs one", input_star_,
+                  angpix_, g.pixel_size);
+    if (g.image_size > 0 && g.image_size != n_)
+      input_error("{}: optics group {} says rlnImageSize {} but the images are {} px", input_star_, g.number,
+                  g.image_size, n_);
+  }
+  if (opt_.ctf) {
+    for (const auto& g : table_.optics)
+      if (g.voltage <= 0)
+        input_error("{}: --ctf needs rlnVoltage, rlnSphericalAberration and rlnAmplitudeContrast (optics group {})",
+                    input_star_, g.number);
+  }
+  groups_ = int(table_.optics.size());
+  double radius_px = opt_.particle_diameter > 0 ? opt_.particle_diameter / (2 * angpix_)
+                                                 : n_ / 2.0 - opt_.mask_edge;
+  mask_radius_ = std::clamp(radius_px, 1.0, n_ / 2.0);
+  psi_ = psi_angles(opt_.psi_step);
+  trans_ = translations(opt_.offset_range, opt_.offset_step);
+  origin_x_ = table_.origin_x;
+  origin_y_ = table_.origin_y;
+  all_px_ = mstep::select_fourier_pixels(n_, n_ / 2);
+  all_counts_ = all_px_.shell_counts();
+  r_ini_ = std::clamp(int(std::lround(n_ * angpix_ / opt_.ini_high)), std::max(1, n_ / 8), n_ / 2 - 1);
+}
+
+void Job::load_batch(size_t first, size_t count, const FourierPixels& px, Batch& b) {
+  const size_t m = px.size(), hs = size_t(n_ / 2 + 1);
+  b.first = first;
+  b.count = count;
+  b.x.assign(count * m, cfloat(0, 0));
+  b.ctf.assign(count * m, 1.0f);
+  b.group.assign(count, 0);
+  b.scale.assign(count, 1.0f);
+  b.power.assign(count * hs, 0.0);
+  std::vector<Image> imgs(count);
+  for (size_t i = 0; i < count; ++i) {  // reads are serial (the reader is not thread-safe)
+    imgs[i] = images_->read(first + i);
+    if (imgs[i].nx() != n_ || imgs[i].ny() != n_)
+      input_error("{}: image of particle {} is {}x{}, expected {}x{}", table_.where(first + i), first + i + 1,
+                  imgs[i].nx(), imgs[i].ny(), n_, n_);
+  }
+  pool_.parallel_for(0, count, [&](size_t i, int) {
+    const size_t p = first + i;
+    Image& img = imgs[i];
+    apply_spherical_mask(img, mask_radius_, opt_.mask_edge, opt_.zero_mask ? MaskFill::Zero : MaskFill::BackgroundMean);
+    Grid<cfloat> F = fourier_centred(img);
+    // Re-centre by the input origin (RELION 3.1: the particle is the projection moved by -origin).
+    if (origin_x_[p] != 0 || origin_y_[p] != 0) shift_phase(F, origin_x_[p] / angpix_, origin_y_[p] / angpix_, n_);
+    for (size_t k = 0; k < all_px_.size(); ++k)
+      b.power[i * hs + size_t(all_px_.shell[k])] += std::norm(F[all_px_.index[k]]);
+    for (size_t k = 0; k < m; ++k) b.x[i * m + k] = F[px.index[k]];
+    if (opt_.ctf) {
+      const OpticsGroup& g = table_.optics_of(p);
+      CtfParams cp;
+      cp.voltage_kv = g.voltage;
+      cp.cs_mm = g.cs;
+      cp.amplitude_contrast = g.amplitude_contrast;
+      cp.defocus_u = table_.defocus_u[p];
+      cp.defocus_v = table_.defocus_v[p];
+      cp.defocus_angle = table_.defocus_angle[p];
+      cp.phase_shift = table_.phase_shift[p];
+      cp.bfactor = table_.ctf_bfactor[p];
+      cp.scale = table_.ctf_scale[p];
+      Grid<float> c = Ctf(cp).half_complex(n_, angpix_);
+      for (size_t k = 0; k < m; ++k) b.ctf[i * m + k] = c[px.index[k]];
+    }
+    b.group[i] = uint32_t(table_.optics_index[p]);
+    b.scale[i] = float(st_.scale.empty() ? 1.0 : st_.scale[p]);
+  });
+}
+
+// Phase factors moving a particle by each translation (+dx, +dy) px, at the selected pixels.
+std::vector<cfloat> translation_phases(const std::vector<std::array<double, 2>>& trans, const FourierPixels& px) {
+  const size_t m = px.size();
+  std::vector<cfloat> ph(trans.size() * m);
+  const double s = -2.0 * 3.14159265358979323846 / px.n;
+  for (size_t t = 0; t < trans.size(); ++t)
+    for (size_t k = 0; k < m; ++k)
+      ph[t * m + k] = std::polar(1.0f, float(s * (px.kx[k] * trans[t][0] + px.ky[k] * trans[t][1])));
+  return ph;
+}
+
+// Iteration 0: classes = CTF-corrected averages of random subsets, each particle with a random
+// psi (seeded per particle); sigma2 = half the mean power per shell of the particles.
+void Job::initialise() {
+  const size_t N = table_.size(), K = size_t(opt_.classes), P = psi_.size(), J = K * P;
+  const size_t hs = size_t(n_ / 2 + 1);
+  FourierPixels px = mstep::select_fourier_pixels(n_, r_ini_);
+  const size_t m = px.size();
+  std::vector<std::array<double, 2>> zero{{0.0, 0.0}};
+  std::vector<cfloat> ph = translation_phases(zero, px);
+  estep::TranslationPhases tp{1, m, ph};
+  std::vector<float> ones(m, 1.0f);
+  estep::ReferenceSums acc;
+  acc.reset(J, m);
+  std::vector<std::vector<double>> pw(size_t(groups_), std::vector<double>(hs, 0.0)), cnt = pw;
+  Progress prog("initial classes", double(N));
+  Batch b;
+  for (size_t first = 0; first < N; first += size_t(opt_.batch_size)) {
+    size_t count = std::min(size_t(opt_.batch_size), N - first);
+    load_batch(first, count, px, b);
+    estep::SparseWeights sw;
+    sw.n = count;
+    sw.t = 1;
+    sw.j = J;
+    sw.offset.resize(count + 1);
+    for (size_t i = 0; i < count; ++i) {
+      auto rng = make_rng(opt_.seed, first + i);
+      size_t k = std::min(K - 1, size_t(uniform01(rng) * double(K)));
+      size_t p = std::min(P - 1, size_t(uniform01(rng) * double(P)));
+      sw.offset[i] = i;
+      sw.entry.push_back({0, uint32_t(k * P + p), 1.0f});
+      for (size_t s = 0; s < hs; ++s) {
+        pw[b.group[i]][s] += b.power[i * hs + s];
+        cnt[b.group[i]][s] += all_counts_[s];
+      }
+    }
+    sw.offset[count] = count;
+    estep::ParticleBatch pb;
+    pb.n = count;
+    pb.m = m;
+    pb.x = b.x;
+    pb.ctf = b.ctf;
+    pb.inv_sigma2 = ones;
+    estep::accumulate_reference_sums(pb, tp, sw, acc, pool_);
+    prog.advance(double(count));
+  }
+  prog.finish();
+  st_.iteration = 0;
+  st_.n = n_;
+  st_.current_shells = r_ini_;
+  st_.sigma2.assign(size_t(groups_), std::vector<double>(hs, 0.0));
+  for (size_t g = 0; g < size_t(groups_); ++g)
+    for (size_t s = 0; s < hs; ++s) st_.sigma2[g][s] = cnt[g][s] > 0 ? pw[g][s] / (2 * cnt[g][s]) : 0.0;
+  // The prior for the random-subset averages: tau2 = power spectrum of the average of all
+  // particles (each at its random psi), as RELION's initial tau2 from the average image.
+  // Without it the CTF-corrected subset averages carry amplified noise near the CTF zeros, and
+  // the first E-step is overconfident (measured: <Pmax> 0.7 in iteration 1 on the ribosome bench).
+  std::vector<double> tau2_ini;
+  {
+    std::vector<double> psi_all;
+    for (size_t k = 0; k < K; ++k) psi_all.insert(psi_all.end(), psi_.begin(), psi_.end());
+    mstep::ClassAverageOptions co;
+    co.r_max = r_ini_;
+    co.iterative_gridding = false;
+    Image all = mstep::reconstruct_class_2d(px, psi_all, acc.data, acc.weight, co).image;
+    tau2_ini = tau2_of(all);
+  }
+  st_.classes.assign(K, Image());
+  pool_.parallel_for(0, K, [&](size_t k, int) {
+    mstep::ClassAverageOptions co;
+    co.r_max = r_ini_;
+    co.tau2 = tau2_ini;
+    co.tau2_fudge = opt_.tau2_fudge;
+    std::span<const std::complex<double>> d(acc.data.data() + k * P * m, P * m);
+    std::span<const double> w(acc.weight.data() + k * P * m, P * m);
+    Image img = mstep::reconstruct_class_2d(px, psi_, d, w, co).image;
+    if (opt_.flatten_solvent) apply_spherical_mask(img, mask_radius_, opt_.mask_edge, MaskFill::Zero);
+    st_.classes[k] = std::move(img);
+  });
+  st_.fraction.assign(K, 1.0 / double(K));
+  st_.scale.assign(N, 1.0);
+}
+
+std::vector<double> Job::tau2_of(const Image& cls) const {
+  std::vector<double> t = shell_power(cls);
+  // Shells beyond the class's band limit have no power yet: hold the last non-zero value so the
+  // prior does not forbid the frequency limit from growing.
+  double last = 0;
+  for (size_t s = 1; s < t.size(); ++s) {
+    if (t[s] > 0) last = t[s];
+    else t[s] = last;
+  }
+  return t;
+}
+
+// Last shell of the first run of shells (from 1) with SSNR >= 1.
+int Job::resolution_shell(const std::vector<double>& ssnr) const {
+  int r = 0;
+  for (size_t s = 1; s < ssnr.size(); ++s) {
+    if (ssnr[s] >= 1) r = int(s);
+    else break;
+  }
+  return r;
+}
+
+IterationReport Job::iterate() {
+  const size_t N = table_.size(), K = size_t(opt_.classes), P = psi_.size(), J = K * P, T = trans_.size();
+  const size_t hs = size_t(n_ / 2 + 1);
+  const int r = st_.current_shells;
+  FourierPixels px = mstep::select_fourier_pixels(n_, r);
+  const size_t m = px.size();
+  IterationReport rep;
+  rep.used_shells = r;
+
+  // References: every class rotated by every psi, j = k * P + p.
+  std::vector<cfloat> refs(J * m);
+  std::vector<std::vector<double>> tau2(K);
+  pool_.parallel_for(0, K, [&](size_t k, int) {
+    tau2[k] = tau2_of(st_.classes[k]);
+    Projector2D proj(st_.classes[k], 2, std::min(n_ / 2, r + 1));
+    Grid<cfloat> out;
+    for (size_t p = 0; p < P; ++p) {
+      proj.project_psi(psi_[p], out);
+      cfloat* dst = refs.data() + (k * P + p) * m;
+      for (size_t q = 0; q < m; ++q) dst[q] = out[px.index[q]];
+    }
+  });
+  std::vector<cfloat> ph = translation_phases(trans_, px);
+  estep::TranslationPhases tp{T, m, ph};
+  estep::ReferenceSlices rs{J, m, refs};
+  std::vector<float> inv_sigma2(size_t(groups_) * m);
+  for (size_t g = 0; g < size_t(groups_); ++g)
+    for (size_t q = 0; q < m; ++q) {
+      double s2 = st_.sigma2[g][size_t(px.shell[q])];
+      inv_sigma2[g * m + q] = s2 > 0 ? float(1.0 / s2) : 0.0f;
+    }
+  std::vector<uint32_t> class_of(J);
+  for (size_t j = 0; j < J; ++j) class_of[j] = uint32_t(j / P);
+  std::vector<double> log_prior_j = estep::class_log_prior(st_.fraction, class_of);
+
+  estep::ReferenceSums acc;
+  acc.reset(J, m);
+  std::vector<std::vector<double>> wdiff2(size_t(groups_), std::vector<double>(hs, 0.0)), wcount = wdiff2;
+  std::vector<double> wclass(K, 0.0), new_scale(N, 1.0);
+  rep.particle_class.assign(N, 0);
+  rep.psi.assign(N, 0.0);
+  rep.origin_x = origin_x_;
+  rep.origin_y = origin_y_;
+  rep.pmax.assign(N, 0.0);
+  rep.log_likelihood.assign(N, 0.0);
+  rep.n_significant.assign(N, 0);
+  posterior_sum_.assign(N, 0.0);
+
+  Progress prog(fmt::format("iteration {}/{}", st_.iteration + 1, opt_.iterations), double(N));
+  Batch b;
+  estep::Scores scores;
+  estep::Posteriors post;
+  estep::ParticleSums psums;
+  estep::PosteriorOptions popt;
+  popt.keep_significant = true;
+  for (size_t first = 0; first < N; first += size_t(opt_.batch_size)) {
+    const size_t count = std::min(size_t(opt_.batch_size), N - first);
+    load_batch(first, count, px, b);
+    estep::ParticleBatch pb;
+    pb.n = count;
+    pb.m = m;
+    pb.x = b.x;
+    pb.ctf = b.ctf;
+    pb.inv_sigma2 = inv_sigma2;
+    pb.noise_row = b.group;
+    pb.scale = b.scale;
+    estep::compute_scores(pb, tp, rs, scores, pool_);
+    estep::ParticleConstants pc = estep::particle_constants(pb);
+    std::vector<double> log_constant(count);
+    for (size_t i = 0; i < count; ++i) log_constant[i] = -pc.half_x2[i] - pc.log_norm[i];
+    estep::LogPriors priors;
+    priors.reference = log_prior_j;
+    estep::compute_posteriors(scores, priors, log_constant, post, pool_, popt);
+    estep::accumulate_reference_sums(pb, tp, post.significant, acc, pool_);
+    estep::compute_particle_sums(pb, tp, rs, post.significant, psums, pool_);
+    for (size_t i = 0; i < count; ++i) {
+      const size_t p = first + i;
+      const auto& pp = post.particle[i];
+      double sw = 0;
+      const float* wrow = post.weight.data() + i * T * J;
+      for (size_t q = 0; q < T * J; ++q) sw += wrow[q];
+      posterior_sum_[p] = sw;
+      if (!pp.valid) continue;
+      const size_t g = b.group[i];
+      const double* d2 = psums.diff2.data() + i * m;
+      double num = 0, den = 0;
+      for (size_t q = 0; q < m; ++q) {
+        const size_t s = size_t(px.shell[q]);
+        wdiff2[g][s] += d2[q];
+        wcount[g][s] += psums.sum_weight[i];
+        const double w = inv_sigma2[g * m + q];
+        num += w * psums.xa[i * m + q];
+        den += w * psums.aa[i * m + q];
+      }
+      for (size_t s = size_t(r) + 1; s < hs; ++s) {
+        wdiff2[g][s] += b.power[i * hs + s];
+        wcount[g][s] += all_counts_[s];
+      }
+      if (den > 0 && num > 0) new_scale[p] = std::clamp(st_.scale[p] * num / den, 0.2, 5.0);
+      else new_scale[p] = st_.scale[p];
+      for (size_t e = post.significant.offset[i]; e < post.significant.offset[i + 1]; ++e)
+        wclass[post.significant.entry[e].j / P] += post.significant.entry[e].weight;
+      rep.particle_class[p] = int(pp.best_j / P) + 1;
+      rep.psi[p] = psi_[pp.best_j % P];
+      rep.origin_x[p] = origin_x_[p] + trans_[pp.best_t][0] * angpix_;
+      rep.origin_y[p] = origin_y_[p] + trans_[pp.best_t][1] * angpix_;
+      rep.pmax[p] = pp.max_posterior;
+      rep.n_significant[p] = int(pp.n_significant);
+      rep.log_likelihood[p] = pp.log_likelihood;
+      rep.log_likelihood_sum += pp.log_likelihood;
+      rep.average_pmax += pp.max_posterior;
+    }
+    prog.advance(double(count));
+  }
+  prog.finish();
+  rep.average_pmax /= double(N);
+
+  // M-step: class averages, SSNR, resolution.
+  std::vector<mstep::ClassAverage> avg(K);
+  pool_.parallel_for(0, K, [&](size_t k, int) {
+    mstep::ClassAverageOptions co;
+    co.r_max = r;
+    co.tau2 = tau2[k];
+    co.tau2_fudge = opt_.tau2_fudge;
+    std::span<const std::complex<double>> d(acc.data.data() + k * P * m, P * m);
+    std::span<const double> w(acc.weight.data() + k * P * m, P * m);
+    avg[k] = mstep::reconstruct_class_2d(px, psi_, d, w, co);
+    Image& img = avg[k].image;
+    if (opt_.flatten_solvent) apply_spherical_mask(img, mask_radius_, opt_.mask_edge, MaskFill::Zero);
+    if (opt_.center_classes) {
+      auto c = mstep::positive_centre_of_mass(img, mask_radius_);
+      if (c[0] != 0 || c[1] != 0) mstep::shift_image(img, -c[0], -c[1]);
+    }
+  });
+  const double wtot = std::accumulate(wclass.begin(), wclass.end(), 0.0);
+  int r_best = 0;
+  rep.ssnr.resize(K);
+  rep.tau2 = tau2;
+  rep.class_resolution_A.resize(K);
+  for (size_t k = 0; k < K; ++k) {
+    st_.classes[k] = std::move(avg[k].image);
+    st_.fraction[k] = wtot > 0 ? wclass[k] / wtot : 1.0 / double(K);
+    rep.ssnr[k] = avg[k].ssnr;
+    int rk = resolution_shell(avg[k].ssnr);
+    rep.class_resolution_A[k] = shell_to_A(rk);
+    if (st_.fraction[k] > 0) r_best = std::max(r_best, rk);
+  }
+  rep.resolution_A = shell_to_A(r_best);
+  for (size_t g = 0; g < size_t(groups_); ++g)
+    for (size_t s = 1; s < hs; ++s)
+      if (wcount[g][s] > 0) st_.sigma2[g][s] = wdiff2[g][s] / (2 * wcount[g][s]);
+  if (opt_.norm || opt_.scale) {
+    double mean = 0;
+    for (double s : new_scale) mean += s;
+    mean /= double(N);
+    for (size_t p = 0; p < N; ++p) st_.scale[p] = new_scale[p] / mean;
+  }
+  st_.current_shells = std::clamp(r_best + opt_.incr_size, r_ini_, n_ / 2 - 1);
+  st_.iteration += 1;
+  return rep;
+}
+
+Class2DResult Job::run() {
+  estep::set_blas_single_threaded();
+  const bool cont = !opt_.continue_from.empty();
+  if (cont) class2d_detail::read_checkpoint(opt_.continue_from, opt_, input_star_, st_, 0);
+  std::string msg = opt_.validate();
+  if (!msg.empty()) throw InputError(cont ? opt_.continue_from + ": " + msg : msg);
+  if (!cont) input_star_ = std::filesystem::absolute(opt_.input).lexically_normal().string();
+  setup();
+  if (cont) {
+    if (st_.n != n_ || st_.scale.size() != table_.size() || st_.sigma2.size() != size_t(groups_) ||
+        st_.classes.size() != size_t(opt_.classes))
+      input_error("{}: the checkpoint (box {}, {} particles, {} groups, {} classes) does not match {} "
+                  "(box {}, {} particles, {} groups)",
+                  opt_.continue_from, st_.n, st_.scale.size(), st_.sigma2.size(), st_.classes.size(), input_star_, n_,
+                  table_.size(), groups_);
+  }
+  std::filesystem::path root_dir = std::filesystem::path(opt_.out_root).parent_path();
+  if (!root_dir.empty()) std::filesystem::create_directories(root_dir);
+
+  Class2DResult res;
+  class2d_detail::Files files;
+  if (!cont) {
+    initialise();
+    IterationReport rep0;
+    rep0.used_shells = r_ini_;
+    rep0.resolution_A = shell_to_A(r_ini_);
+    files = class2d_detail::write_iteration(opt_, input_star_, table_, angpix_, st_, rep0);
+  }
+  spdlog::info("class2d: {} particles, box {} px, {:.3f} Å/px, K = {}, {} psi x {} translations, mask radius {:.1f} px",
+               table_.size(), n_, angpix_, opt_.classes, psi_.size(), trans_.size(), mask_radius_);
+  IterationReport rep;
+  while (st_.iteration < opt_.iterations) {
+    check_cancelled();
+    auto t0 = std::chrono::steady_clock::now();
+    const int r = st_.current_shells;
+    rep = iterate();
+    files = class2d_detail::write_iteration(opt_, input_star_, table_, angpix_, st_, rep);
+    Class2DIterationStats s;
+    s.iteration = st_.iteration;
+    s.resolution_A = rep.resolution_A;
+    s.current_shells = r;
+    s.log_likelihood = rep.log_likelihood_sum;
+    s.average_pmax = rep.average_pmax;
+    s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    s.estep_flops = estep::score_flops(table_.size(), trans_.size(), psi_.size() * size_t(opt_.classes),
+                                       mstep::select_fourier_pixels(n_, r).size());
+    res.stats.push_back(s);
+    spdlog::info("class2d: iteration {}: limit {} shells ({:.1f} Å), resolution {:.1f} Å, <Pmax> {:.3f}, {:.1f} s",
+                 s.iteration, r, shell_to_A(r), s.resolution_A, s.average_pmax, s.seconds);
+  }
+  res.last_iteration = st_.iteration;
+  res.classes = st_.classes;
+  res.class_fraction = st_.fraction;
+  res.particle_class = rep.particle_class;
+  res.particle_psi = rep.psi;
+  res.particle_origin_x = rep.origin_x;
+  res.particle_origin_y = rep.origin_y;
+  res.posterior_sum = posterior_sum_;
+  res.data_star = files.data;
+  res.model_star = files.model;
+  res.optimiser_star = files.optimiser;
+  res.classes_mrcs = files.classes;
+  res.gallery_png = files.png;
+  return res;
+}
+
+}  // namespace
+
+Class2DResult run_class2d(const Class2DOptions& opt) {
+  Job job(opt);
+  return job.run();
+}
+
+}  // namespace regula

@@ -1,0 +1,58 @@
+// Internal to the class2d job: the model state carried from one iteration to the next (exactly
+// what a checkpoint holds), and the writers of the iteration files (class2d_output.cpp).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "regula/core/grid.hpp"
+#include "regula/jobs/class2d.hpp"
+#include "regula/model/particles.hpp"
+
+namespace regula::class2d_detail {
+
+// Everything an iteration needs besides the options and the particle images. A run continued
+// from a checkpoint of iteration N (classes from the MRC stack, the rest from state.bin in binary)
+// has bit-for-bit the state of the uninterrupted run after iteration N.
+struct State {
+  int iteration = 0;                // last completed iteration (0 = initial classes)
+  int current_shells = 0;           // frequency limit (Fourier pixels) for the next E-step
+  int n = 0;                        // box, px
+  std::vector<Image> classes;       // K, n x n
+  std::vector<double> fraction;     // K class prior fractions
+  std::vector<std::vector<double>> sigma2;  // per optics group, shells 0..n/2 (|X|^2 per component,
+                                            // unnormalised FFT)
+  std::vector<double> scale;        // per particle s_i (1 without --norm/--scale)
+};
+
+// What an iteration produced, for the output files (not carried to the next iteration).
+struct IterationReport {
+  int used_shells = 0;              // limit used in the E-step
+  double resolution_A = 0;          // from the SSNR of the new classes
+  std::vector<std::vector<double>> ssnr, tau2;  // per class, shells 0..n/2
+  std::vector<double> class_resolution_A;       // per class (rlnEstimatedResolution)
+  std::vector<int> particle_class;              // 1-based; empty for iteration 0
+  std::vector<double> psi, origin_x, origin_y, pmax, log_likelihood;
+  std::vector<int> n_significant;
+  double log_likelihood_sum = 0, average_pmax = 0;
+};
+
+struct Files {
+  std::string classes, model, data, optimiser, state, png;
+};
+Files iteration_files(const std::string& root, int iteration);
+
+// Writes all files of an iteration (optimiser.star last). `input_star` is stored (absolute) so
+// that --continue re-reads the particles.
+Files write_iteration(const Class2DOptions& opt, const std::string& input_star, const ParticleTable& table,
+                      double angpix, const State& st, const IterationReport& rep);
+
+// Reads a checkpoint: options (except --o, --iter, --j, which the caller keeps from the command
+// line), the input STAR path and the state.
+void read_checkpoint(const std::string& optimiser_star, Class2DOptions& opt, std::string& input_star, State& st,
+                     size_t n_particles_expected_or_0);
+
+// PNG gallery: classes sorted by decreasing particle count, each with its count underneath.
+std::string class_gallery_png(const std::vector<Image>& classes, const std::vector<int>& counts);
+
+}  // namespace regula::class2d_detail

@@ -1,0 +1,106 @@
+#include "regula/mstep/class_average.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "regula/core/error.hpp"
+#include "regula/core/fft.hpp"
+#include "regula/imaging/backprojector.hpp"
+#include "regula/imaging/projector.hpp"
+#include "regula/sampling/euler.hpp"
+
+namespace regula::mstep {
+
+std::vector<double> FourierPixels::shell_counts() const {
+  std::vector<double> c(size_t(n / 2 + 1), 0.0);
+  for (int s : shell) c[size_t(s)] += 1;
+  return c;
+}
+
+FourierPixels select_fourier_pixels(int n, int r_max) {
+  FourierPixels p;
+  p.n = n;
+  p.r_max = std::clamp(r_max, 0, n / 2);
+  const int hx = n / 2 + 1;
+  for (int iy = 0; iy < n; ++iy) {
+    int fy = fft_freq(iy, n);
+    for (int x = 0; x < hx; ++x) {
+      if (x == 0 && fy <= 0) continue;  // redundant half of the kx = 0 column, and DC
+      int s = int(std::lround(std::sqrt(double(x) * x + double(fy) * fy)));
+      if (s < 1 || s > p.r_max) continue;
+      p.index.push_back(uint32_t(iy * hx + x));
+      p.kx.push_back(x);
+      p.ky.push_back(fy);
+      p.shell.push_back(s);
+    }
+  }
+  return p;
+}
+
+ClassAverage reconstruct_class_2d(const FourierPixels& pixels, std::span<const double> psi_deg,
+                                  std::span<const std::complex<double>> data, std::span<const double> weight,
+                                  const ClassAverageOptions& opt) {
+  const int n = pixels.n;
+  const size_t m = pixels.size();
+  if (data.size() != psi_deg.size() * m || weight.size() != psi_deg.size() * m)
+    runtime_error("reconstruct_class_2d: {} angles x {} pixels but {} data and {} weights", psi_deg.size(), m,
+                  data.size(), weight.size());
+  const int r_lat = std::min(n / 2, opt.r_max + 1);
+  BackProjector bp(n, opt.padding, r_lat, 2);
+  Grid<cfloat> img(n / 2 + 1, n);
+  Grid<float> w(n / 2 + 1, n);
+  for (size_t p = 0; p < psi_deg.size(); ++p) {
+    img.fill(cfloat(0, 0));
+    w.fill(0.0f);
+    bool any = false;
+    for (size_t k = 0; k < m; ++k) {
+      double wk = weight[p * m + k];
+      if (wk == 0) continue;
+      any = true;
+      img[pixels.index[k]] = cfloat(data[p * m + k]);
+      w[pixels.index[k]] = float(wk);
+    }
+    if (any) bp.insert(img, w, euler_to_matrix(0, 0, psi_deg[p]));
+  }
+  ReconstructOptions ro;
+  ro.tau2 = opt.tau2;
+  ro.tau2_fudge = opt.tau2_fudge;
+  ro.iterative_gridding = opt.iterative_gridding;
+  ro.max_frequency = r_lat;
+  ClassAverage out;
+  out.image = bp.reconstruct(ro);
+  out.ssnr.assign(size_t(n / 2 + 1), 0.0);
+  if (!opt.tau2.empty()) {
+    std::vector<double> mw = bp.mean_weight_per_shell();
+    for (size_t s = 0; s < out.ssnr.size() && s < opt.tau2.size() && s < mw.size(); ++s)
+      out.ssnr[s] = mw[s] * opt.tau2_fudge * opt.tau2[s];
+  }
+  return out;
+}
+
+std::array<double, 2> positive_centre_of_mass(const Image& img, double radius_px) {
+  const int n = img.nx();
+  double sw = 0, sx = 0, sy = 0;
+  const double r2 = radius_px * radius_px;
+  for (int y = 0; y < img.ny(); ++y)
+    for (int x = 0; x < n; ++x) {
+      double dx = x - n / 2, dy = y - img.ny() / 2;
+      if (dx * dx + dy * dy > r2) continue;
+      double v = img(x, y);
+      if (v <= 0) continue;
+      sw += v;
+      sx += v * dx;
+      sy += v * dy;
+    }
+  if (sw <= 0) return {0, 0};
+  return {sx / sw, sy / sw};
+}
+
+void shift_image(Image& img, double dx_px, double dy_px) {
+  const int n = img.nx();
+  Grid<cfloat> F = fourier_centred(img);
+  shift_phase(F, dx_px, dy_px, n);
+  img = from_fourier_centred(F, n);
+}
+
+}  // namespace regula::mstep

@@ -1,0 +1,232 @@
+#include "regula/pipeline/job.hpp"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <regex>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <unistd.h>
+
+#include "regula/core/atomic_file.hpp"
+#include "regula/core/error.hpp"
+#include "regula/io/star.hpp"
+
+namespace regula::pipeline {
+namespace fs = std::filesystem;
+
+namespace {
+
+const JobType kTypes[] = {
+    {"simulate", "Simulate", 99, true},       {"project", "Project", 99, false},
+    {"reconstruct", "Reconstruct", 99, false}, {"preprocess", "Preprocess", 5, false},
+    {"mask", "MaskCreate", 12, false},         {"fsc", "Fsc", 99, false},
+    {"class2d", "Class2D", 8, false},          {"class3d", "Class3D", 9, false},
+    {"refine3d", "Refine3D", 10, false},       {"initial_model", "InitialModel", 18, false},
+    {"postprocess", "PostProcess", 15, false}, {"select", "Select", 7, false},
+};
+
+const char* kMarkers[] = {"REGULA_JOB_RUNNING", "RELION_JOB_EXIT_SUCCESS", "RELION_JOB_EXIT_FAILURE",
+                          "RELION_JOB_EXIT_ABORTED"};
+
+bool takes_value(const std::vector<std::string>& args, size_t i) {
+  return i + 1 < args.size() && (args[i + 1].size() < 2 || args[i + 1].rfind("--", 0) != 0);
+}
+
+std::vector<JobOption> parse_options(const std::vector<std::string>& args) {
+  std::vector<JobOption> out;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a.rfind("--", 0) != 0) continue;
+    auto eq = a.find('=');
+    if (eq != std::string::npos) {
+      out.push_back({a.substr(2, eq - 2), a.substr(eq + 1)});
+    } else if (takes_value(args, i)) {
+      out.push_back({a.substr(2), args[i + 1]});
+      ++i;
+    } else {
+      out.push_back({a.substr(2), ""});
+    }
+  }
+  return out;
+}
+
+void write_job_files(const std::string& dir, const JobType& type, const std::vector<std::string>& args) {
+  std::string note = "++++ Executing new job on " + fmt::format("{}", std::time(nullptr)) + "\n++++ with the following command(s):\nregula " +
+                     std::string(type.command);
+  for (auto& a : args) note += " " + star::quote_if_needed(a);
+  note += "\n++++\n";
+  write_file_atomic(dir + "note.txt", note);
+  nlohmann::json cmd{{"command", type.command}, {"args", args}};
+  write_file_atomic(dir + "command.json", cmd.dump(2) + "\n");
+  star::Document doc;
+  auto& job = doc.add_block("job", false);
+  job.set("rlnJobTypeLabel", std::string("regula.") + std::string(type.command));
+  job.set("rlnJobIsContinue", "0");
+  auto& vals = doc.add_block("joboptions_values", true);
+  auto opts = parse_options(args);
+  for (size_t i = 0; i < opts.size(); ++i) vals.add_row();
+  std::vector<std::string> names, values;
+  for (auto& o : opts) {
+    names.push_back(o.name);
+    values.push_back(o.value.empty() ? "Yes" : o.value);
+  }
+  vals.set_column("rlnJobOptionVariable", names);
+  vals.set_column("rlnJobOptionValue", values);
+  star::write(dir + "job.star", doc);
+}
+
+void set_marker(const std::string& dir, const char* keep) {
+  for (const char* m : kMarkers) {
+    std::string p = dir + m;
+    if (m == keep) write_file_atomic(p, fmt::format("{}\n", ::getpid()));
+    else std::filesystem::remove(p);
+  }
+}
+
+}  // namespace
+
+const JobType* job_type(std::string_view command) {
+  for (const auto& t : kTypes)
+    if (t.command == command) return &t;
+  return nullptr;
+}
+
+std::vector<std::string> input_files(const std::vector<std::string>& args) {
+  static const char* kInputs[] = {"i", "i1", "i2", "ref", "mask", "solvent_mask", "ang", "mtf"};
+  std::vector<std::string> out;
+  for (auto& o : parse_options(args))
+    for (const char* k : kInputs)
+      if (o.name == k && !o.value.empty() && fs::is_regular_file(o.value))
+        out.push_back(fs::path(o.value).lexically_normal().string());
+  return out;
+}
+
+int output_node_type(const std::string& path) {
+  const std::string f = fs::path(path).filename().string();
+  auto ends = [&](std::string_view s) { return f.size() >= s.size() && f.compare(f.size() - s.size(), s.size(), s) == 0; };
+  if (ends("_data.star") || f == "particles.star" || f == "truth.star") return kNodeParticles;
+  if (ends("_model.star")) return kNodeModel;
+  if (ends("_optimiser.star")) return kNodeOptimiser;
+  if (ends("_unfil.mrc")) return kNodeHalfMap;
+  if (ends("_classes.mrcs")) return kNode2DRefs;
+  if (f.find("mask") != std::string::npos && ends(".mrc")) return kNodeMask;
+  if (ends("_masked.mrc") || (f.find("postprocess") != std::string::npos && ends(".mrc"))) return kNodeFinalMap;
+  if (ends(".mrc")) return kNode3DRef;
+  if (ends(".star") && f != "job.star" && f != "default_pipeline.star") return kNodeParticles;
+  if (ends(".png") || ends(".pdf")) return kNodeLogfile;
+  return -1;
+}
+
+Job Job::create(const JobType& type, const std::vector<std::string>& args, const std::string& alias) {
+  Job job;
+  job.type_ = &type;
+  job.args_ = args;
+  auto inputs = input_files(args);
+  pipeline::update_record(".", [&](Record& r) {
+    // Skip numbers whose directory exists (e.g. made by hand or by RELION).
+    for (;; ++r.job_counter) {
+      job.dir_ = fmt::format("{}/job{:03d}/", type.dir_name, r.job_counter);
+      if (!fs::exists(job.dir_)) break;
+    }
+    ++r.job_counter;
+    fs::create_directories(job.dir_);
+    r.processes.push_back({job.dir_, alias.empty() ? "None" : fmt::format("{}/{}/", type.dir_name, alias),
+                           type.relion_type, Status::Running});
+    for (auto& in : inputs) {
+      int t = output_node_type(in);
+      r.add_node(in, t < 0 ? kNodeParticles : t);
+      r.inputs.push_back({in, job.dir_});
+    }
+  });
+  write_job_files(job.dir_, type, args);
+  set_marker(job.dir_, kMarkers[0]);
+  return job;
+}
+
+Job Job::open(const std::string& job_dir) {
+  std::string dir = job_dir;
+  if (dir.empty() || dir.back() != '/') dir += '/';
+  std::string path = dir + "command.json";
+  if (!fs::exists(path)) input_error("{}: not a Regula job directory (no command.json)", job_dir);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_file(path));
+  } catch (const nlohmann::json::exception& e) {
+    input_error("{}: malformed: {}", path, e.what());
+  }
+  Job job;
+  job.dir_ = fs::path(dir).lexically_normal().string();
+  if (job.dir_.back() != '/') job.dir_ += '/';
+  std::string cmd = j.value("command", "");
+  job.type_ = job_type(cmd);
+  if (!job.type_) input_error("{}: unknown command '{}'", path, cmd);
+  job.args_ = j.value("args", std::vector<std::string>{});
+  return job;
+}
+
+std::vector<std::string> Job::rewritten_args() const {
+  std::vector<std::string> out = args_;
+  std::string job = dir_.substr(0, dir_.size() - 1);
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (out[i] == "--o" && i + 1 < out.size()) {
+      std::string& v = out[i + 1];
+      if (v.rfind(dir_, 0) == 0) break;  // already inside the job directory
+      v = type_->output_is_directory ? job : dir_ + fs::path(v).filename().string();
+      break;
+    }
+  }
+  return out;
+}
+
+void Job::mark_running() {
+  set_marker(dir_, kMarkers[0]);
+  pipeline::update_record(".", [&](Record& r) {
+    if (auto* p = r.find_process(dir_)) p->status = Status::Running;
+  });
+}
+
+void Job::finish(Status status) {
+  // Outputs: files in the job directory; of iteration files only the last iteration.
+  std::vector<std::string> files;
+  std::error_code ec;
+  for (auto& e : fs::recursive_directory_iterator(dir_, ec))
+    if (e.is_regular_file()) files.push_back(fs::path(e.path()).lexically_normal().string());
+  std::sort(files.begin(), files.end());
+  std::regex it_re("_it(\\d{3})_");
+  int last_it = -1;
+  for (auto& f : files) {
+    std::smatch m;
+    if (std::regex_search(f, m, it_re)) last_it = std::max(last_it, std::stoi(m[1]));
+  }
+  std::vector<std::pair<std::string, int>> outputs;
+  for (auto& f : files) {
+    std::string name = fs::path(f).filename().string();
+    if (name.rfind("RELION_", 0) == 0 || name.rfind("REGULA_", 0) == 0 || name == "note.txt" ||
+        name == "job.star" || name == "command.json" || name.rfind("run.", 0) == 0 || name == "progress.jsonl" ||
+        name[0] == '.')
+      continue;
+    std::smatch m;
+    if (std::regex_search(f, m, it_re) && std::stoi(m[1]) != last_it) continue;
+    int t = output_node_type(f);
+    if (t >= 0) outputs.emplace_back(f, t);
+  }
+  pipeline::update_record(".", [&](Record& r) {
+    if (auto* p = r.find_process(dir_)) p->status = status;
+    // Replace this job's output edges (a re-run may have other outputs).
+    r.outputs.erase(std::remove_if(r.outputs.begin(), r.outputs.end(), [&](const Edge& e) { return e.from == dir_; }),
+                    r.outputs.end());
+    for (auto& [f, t] : outputs) {
+      r.add_node(f, t);
+      r.outputs.push_back({dir_, f});
+    }
+  });
+  const char* marker = status == Status::Succeeded ? kMarkers[1]
+                       : status == Status::Aborted ? kMarkers[3]
+                                                   : kMarkers[2];
+  set_marker(dir_, marker);
+}
+
+}  // namespace regula::pipeline

@@ -1,0 +1,62 @@
+// Job directories inside a project, as RELION keeps them: `<Type>/jobNNN/` holding
+// the command line (note.txt, command.json), the parameters (job.star), the log
+// (run.out), the progress file (progress.jsonl), the outputs and a status marker
+// (REGULA_JOB_RUNNING while it runs; RELION_JOB_EXIT_SUCCESS / _FAILURE / _ABORTED
+// at the end, the names RELION's GUI looks for). Each job is a process of the
+// pipeline record (pipeline.hpp) with its input and output nodes.
+#pragma once
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "regula/pipeline/pipeline.hpp"
+
+namespace regula::pipeline {
+
+// How a subcommand appears in a project.
+struct JobType {
+  std::string_view command;   // "class2d"
+  std::string_view dir_name;  // "Class2D"
+  int relion_type;            // RELION process type code (99: no RELION equivalent)
+  bool output_is_directory;   // --o names a directory (simulate) rather than a root name
+};
+// The job type of a subcommand, or nullptr when it does not run as a job (info...).
+const JobType* job_type(std::string_view command);
+
+struct JobOption {
+  std::string name;   // without dashes
+  std::string value;  // "" for flags
+};
+
+class Job {
+ public:
+  // Creates the next `<Type>/jobNNN/` under the current directory (the project),
+  // writes note.txt, command.json and job.star, and registers the process as
+  // running with its input nodes. `args` are the subcommand's arguments.
+  static Job create(const JobType& type, const std::vector<std::string>& args, const std::string& alias);
+  // Re-opens an existing job directory (regula run --job DIR).
+  static Job open(const std::string& job_dir);
+
+  const std::string& dir() const { return dir_; }  // "Class2D/job003/"
+  const JobType& type() const { return *type_; }
+  const std::vector<std::string>& args() const { return args_; }
+  std::vector<std::string>& mutable_args() { return args_; }
+  // The arguments with --o pointing inside the job directory.
+  std::vector<std::string> rewritten_args() const;
+  // Marks the job running (again) in the record and on disk.
+  void mark_running();
+  // Final status: writes the marker, registers output nodes and edges.
+  void finish(Status status);
+
+ private:
+  std::string dir_;
+  const JobType* type_ = nullptr;
+  std::vector<std::string> args_;
+};
+
+// Input files named by the usual options (--i, --ref, --mask, ...) that exist.
+std::vector<std::string> input_files(const std::vector<std::string>& args);
+// The node type RELION would give an output file, or -1 to leave it out.
+int output_node_type(const std::string& path);
+
+}  // namespace regula::pipeline

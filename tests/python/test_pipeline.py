@@ -1,0 +1,98 @@
+"""Job directories and the pipeline record (default_pipeline.star), checked with gemmi."""
+import os
+import pathlib
+import signal
+import subprocess
+import time
+
+import gemmi
+import pytest
+
+from conftest import DATA, regula_binary
+
+MAP = DATA / "proj" / "clean70SRibosome_vol_65p.mrc"
+
+
+def regula(*args, cwd=None, check=True):
+    r = subprocess.run([regula_binary(), "--quiet", *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                       timeout=300)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def record(project):
+    doc = gemmi.cif.read(str(project / "default_pipeline.star"))
+    procs = doc.find_block("pipeline_processes").find("_rlnPipeLineProcess", ["Name", "Type", "Status"])
+    out = doc.find_block("pipeline_output_edges").find("_rlnPipeLineEdge", ["Process", "ToNode"])
+    inp = doc.find_block("pipeline_input_edges").find("_rlnPipeLineEdge", ["FromNode", "Process"])
+    return ({r[0]: int(r[2]) for r in procs}, [(r[0], r[1]) for r in out], [(r[0], r[1]) for r in inp])
+
+
+@pytest.fixture
+def project(tmp_path):
+    p = tmp_path / "project"
+    regula("--project", p, "simulate", "--i", MAP, "--o", "sim", "--n", 40, "--angpix", 4, "--box", 64, "--seed", 1)
+    return p
+
+
+def test_job_directory_contents(project):
+    job = project / "Simulate" / "job001"
+    for f in ["note.txt", "job.star", "command.json", "run.out", "RELION_JOB_EXIT_SUCCESS", "particles.star",
+              "particles.mrcs", "truth.star"]:
+        assert (job / f).is_file(), f
+    assert not (job / "REGULA_JOB_RUNNING").exists()
+    opts = gemmi.cif.read(str(job / "job.star")).find_block("joboptions_values")
+    table = {r[0]: r[1] for r in opts.find("_rlnJobOption", ["Variable", "Value"])}
+    assert table["n"] == "40" and table["angpix"] == "4"
+    status, outputs, _ = record(project)
+    assert status == {"Simulate/job001/": 2}
+    assert ("Simulate/job001/", "Simulate/job001/particles.star") in outputs
+
+
+def test_two_jobs_finishing_together(project):
+    args = ["--project", str(project), "reconstruct", "--i", "Simulate/job001/truth.star", "--o", "rec.mrc", "--ctf"]
+    procs = [subprocess.Popen([regula_binary(), "--quiet", *args]) for _ in range(2)]
+    assert all(p.wait(timeout=300) == 0 for p in procs)
+    status, outputs, inputs = record(project)  # gemmi parses it: still valid STAR
+    assert status == {"Simulate/job001/": 2, "Reconstruct/job002/": 2, "Reconstruct/job003/": 2}
+    for j in ("Reconstruct/job002/", "Reconstruct/job003/"):
+        assert (j, j + "rec.mrc") in outputs
+        assert ("Simulate/job001/truth.star", j) in inputs
+
+
+def test_failed_job_is_marked_failed(project):
+    r = regula("--project", project, "reconstruct", "--i", "missing.star", "--o", "rec.mrc", check=False)
+    assert r.returncode == 1 and "missing.star" in r.stderr
+    status, _, _ = record(project)
+    assert status["Reconstruct/job002/"] == 3
+    assert (project / "Reconstruct" / "job002" / "RELION_JOB_EXIT_FAILURE").is_file()
+    assert not (project / "Reconstruct" / "job002" / "rec.mrc").exists()
+
+
+def test_run_reruns_a_job(project):
+    job = project / "Simulate" / "job001"
+    before = (job / "particles.mrcs").read_bytes()
+    (job / "particles.mrcs").unlink()
+    regula("--project", project, "run", "--job", "Simulate/job001")
+    assert (job / "particles.mrcs").read_bytes() == before  # same seed, same data
+    status, _, _ = record(project)
+    assert status["Simulate/job001/"] == 2
+
+
+def test_sigint_marks_job_aborted_without_partial_output(tmp_path):
+    p = tmp_path / "project"
+    proc = subprocess.Popen([regula_binary(), "--quiet", "--project", str(p), "simulate", "--i", str(MAP), "--o",
+                             "sim", "--n", "200000", "--angpix", "4", "--box", "96", "--seed", "1", "--j", "1"])
+    job = p / "Simulate" / "job001"
+    deadline = time.time() + 60
+    while not (job / "REGULA_JOB_RUNNING").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 1
+    status, _, _ = record(p)
+    assert status["Simulate/job001/"] == 4
+    assert (job / "RELION_JOB_EXIT_ABORTED").is_file()
+    leftovers = [f.name for f in job.iterdir() if f.suffix in (".mrcs",) or ".tmp" in f.name]
+    assert leftovers == []
