@@ -1,10 +1,10 @@
 #include "regula/pipeline/job.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <regex>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -76,6 +76,16 @@ void write_job_files(const std::string& dir, const JobType& type, const std::vec
   vals.set_column("rlnJobOptionVariable", names);
   vals.set_column("rlnJobOptionValue", values);
   star::write(dir + "job.star", doc);
+}
+
+// The iteration number N of a file name containing "_itNNN_", or -1.
+int iteration_of(const std::string& name) {
+  for (size_t p = name.find("_it"); p != std::string::npos; p = name.find("_it", p + 1)) {
+    if (p + 7 <= name.size() && name[p + 6] == '_' && std::isdigit((unsigned char)name[p + 3]) &&
+        std::isdigit((unsigned char)name[p + 4]) && std::isdigit((unsigned char)name[p + 5]))
+      return std::stoi(name.substr(p + 3, 3));
+  }
+  return -1;
 }
 
 void set_marker(const std::string& dir, const char* keep) {
@@ -195,12 +205,8 @@ void Job::finish(Status status) {
   for (auto& e : fs::recursive_directory_iterator(dir_, ec))
     if (e.is_regular_file()) files.push_back(fs::path(e.path()).lexically_normal().string());
   std::sort(files.begin(), files.end());
-  std::regex it_re("_it(\\d{3})_");
   int last_it = -1;
-  for (auto& f : files) {
-    std::smatch m;
-    if (std::regex_search(f, m, it_re)) last_it = std::max(last_it, std::stoi(m[1]));
-  }
+  for (auto& f : files) last_it = std::max(last_it, iteration_of(fs::path(f).filename().string()));
   std::vector<std::pair<std::string, int>> outputs;
   for (auto& f : files) {
     std::string name = fs::path(f).filename().string();
@@ -208,8 +214,8 @@ void Job::finish(Status status) {
         name == "job.star" || name == "command.json" || name.rfind("run.", 0) == 0 || name == "progress.jsonl" ||
         name[0] == '.')
       continue;
-    std::smatch m;
-    if (std::regex_search(f, m, it_re) && std::stoi(m[1]) != last_it) continue;
+    int it = iteration_of(name);
+    if (it >= 0 && it != last_it) continue;
     int t = output_node_type(f);
     if (t >= 0) outputs.emplace_back(f, t);
   }
