@@ -42,9 +42,8 @@ void add_class2d(CLI::App& app) {
   s->add_option("--oversampling", *oversampling, "Ignored (RELION compatibility; Regula does the coarse pass only)");
   s->add_flag("--dont_combine_weights_via_disc")->description("Ignored (RELION compatibility)");
   s->add_flag("--dont_check_norm")->description("Ignored (RELION compatibility)");
-  s->callback([opt] {
-run_class2d(*opt);
-  });
+  // The ignored values must live as long as the parser writes them.
+  s->callback([opt, pool, oversampling] { run_class2d(*opt); });
 }
 
 }  // namespace regula::cli
