@@ -1,10 +1,14 @@
 // BackProjector: noise-free round trip, sampling weights, symmetry, Wiener
-// regularisation and deterministic reduction.
+// regularisation, deterministic reduction, the gridding kernel and the corner mask.
+// (Agreement with relion_reconstruct: tests/python/test_relion_imaging.py.)
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <string>
 #include <vector>
 
+#include "regula/core/error.hpp"
 #include "regula/core/fft.hpp"
 #include "regula/core/random.hpp"
 #include "regula/imaging/backprojector.hpp"
@@ -171,6 +175,9 @@ TEST(BackProjector, SymmetriseGivesGroupAverage) {
 // inside a sphere (power at all shells); what remains beyond the cut is the
 // leakage of cropping the padded box back to n (a convolution with a sinc in
 // Fourier space), bounded here by 5% of the plain map's power from shell 9 on.
+// Without the corner mask: in a 24 px box the corners (r > 12) are half the
+// volume, and replacing them by their mean changes the ratio of shell powers
+// near the cut by 5% (measured: 1.089 instead of 1.036 at shell 5).
 TEST(BackProjector, WienerLimits) {
   const int n = 24;
   Volume v(n, n, n);
@@ -182,8 +189,10 @@ TEST(BackProjector, WienerLimits) {
         v(x, y, z) = r2 < 36 ? float(normal01(g)) : 0.0f;
       }
   BackProjector bp = project_and_insert(v, 1500, 4);
-  Volume plain = bp.reconstruct();
-  ReconstructOptions big;
+  ReconstructOptions no_mask;
+  no_mask.mask_corners = false;
+  Volume plain = bp.reconstruct(no_mask);
+  ReconstructOptions big = no_mask;
   big.tau2.assign(size_t(n / 2 + 1), 1e30);
   Volume rb = bp.reconstruct(big);
   double d = 0;
@@ -262,4 +271,85 @@ TEST(BackProjector, ShellPowerOfWhiteNoise) {
   std::vector<double> p = shell_power(v);
   for (size_t s = 2; s < p.size(); ++s)
     EXPECT_NEAR(p[s] / (double(n) * n * n), 1.0, 4.0 / std::sqrt(2 * kPi * double(s * s))) << "shell " << s;
+}
+
+// The gridding kernel's transform against direct numerical integration of the
+// blob: F(w) = 4 pi int_0^a b(r) r^2 sinc(2 pi w r) dr (radial 3D transform),
+// Simpson's rule with 4000 intervals (error ~1e-12 of F(0) for this smooth
+// integrand, whose derivative is singular only at r = a for odd m). Both of
+// RELION's orders (0 default, 2), on both sides of the I -> J switch at
+// 2 pi a w = alpha (w = 0.63 for a = 3.8, alpha = 15).
+TEST(BackProjector, KaiserBesselTransformMatchesQuadrature) {
+  const double a = 3.8, alpha = 15.0;
+  for (int m : {0, 2}) {
+    auto blob = [&](double r) {
+      const double t = std::sqrt(std::max(0.0, 1 - (r / a) * (r / a)));
+      return std::pow(t, m) * std::cyl_bessel_i(double(m), alpha * t) / std::cyl_bessel_i(double(m), alpha);
+    };
+    const double f0 = kaiser_bessel_ft(0.0, a, m, alpha);
+    for (double w : {0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9}) {
+      const int K = 4000;
+      double sum = 0;
+      for (int k = 0; k <= K; ++k) {
+        const double r = a * k / K;
+        const double x = 2 * kPi * w * r;
+        const double f = 4 * kPi * blob(r) * r * r * (x == 0 ? 1.0 : std::sin(x) / x);
+        sum += (k == 0 || k == K ? 1 : (k % 2 ? 4 : 2)) * f;
+      }
+      const double ref = sum * (a / K) / 3;
+      EXPECT_NEAR(kaiser_bessel_ft(w, a, m, alpha), ref, 1e-7 * f0) << "m " << m << " w " << w;
+    }
+  }
+}
+
+// The corner mask (RELION's softMaskOutsideMap with radius n/2, edge 3 px):
+// inside radius n/2 the map is untouched, beyond n/2 + 3 it is the mean of the
+// region r >= n/2 weighted by the raised cosine, computed here independently.
+TEST(BackProjector, CornerMaskReplacesCornersByTheirMean) {
+  const int n = 32;
+  Volume v = test_volume(n);
+  BackProjector bp = project_and_insert(v, 500, 6);
+  ReconstructOptions off;
+  off.mask_corners = false;
+  off.gridding_correction = false;
+  ReconstructOptions on = off;
+  on.mask_corners = true;
+  Volume a = bp.reconstruct(off), b = bp.reconstruct(on);
+  const double c = n / 2, R = n / 2.0;
+  double sw = 0, swv = 0;
+  for (int z = 0; z < n; ++z)
+    for (int y = 0; y < n; ++y)
+      for (int x = 0; x < n; ++x) {
+        const double r = std::sqrt((x - c) * (x - c) + (y - c) * (y - c) + (z - c) * (z - c));
+        if (r < R) continue;
+        const double e = r > R + 3 ? 1.0 : 0.5 + 0.5 * std::cos(kPi * (R + 3 - r) / 3);
+        sw += e;
+        swv += e * a(x, y, z);
+      }
+  const double bg = swv / sw;
+  int inside = 0, outside = 0;
+  for (int z = 0; z < n; ++z)
+    for (int y = 0; y < n; ++y)
+      for (int x = 0; x < n; ++x) {
+        const double r = std::sqrt((x - c) * (x - c) + (y - c) * (y - c) + (z - c) * (z - c));
+        if (r < R) {
+          EXPECT_EQ(a(x, y, z), b(x, y, z));
+          ++inside;
+        } else if (r > R + 3) {
+          EXPECT_NEAR(b(x, y, z), bg, 1e-6);
+          ++outside;
+        }
+      }
+  EXPECT_GT(inside, 0);
+  EXPECT_GT(outside, 0);
+}
+
+// Options are checked: a bad blob is an input error naming the constraint.
+TEST(BackProjector, ReconstructOptionsValidate) {
+  ReconstructOptions o;
+  EXPECT_EQ(o.validate(), "");
+  o.blob_order = 7;
+  EXPECT_NE(o.validate().find("blob order"), std::string::npos);
+  BackProjector bp(16, 2);
+  EXPECT_THROW(bp.reconstruct(o), InputError);
 }

@@ -17,6 +17,10 @@ void add_reconstruct(CLI::App& app) {
   s->add_option("--pad", opt->pad, "Fourier padding factor")->capture_default_str();
   s->add_option("--iter", opt->gridding_iterations, "Iterative gridding iterations (0: plain division)")
       ->capture_default_str();
+  s->add_option("--blob_r", opt->blob_r, "Gridding blob radius, Fourier px of the original box (as RELION)")
+      ->capture_default_str();
+  s->add_option("--blob_m", opt->blob_m, "Gridding blob order (as RELION)")->capture_default_str();
+  s->add_option("--blob_a", opt->blob_a, "Gridding blob alpha (as RELION)")->capture_default_str();
   s->add_option("--j", opt->threads, "Threads")->capture_default_str();
   s->callback([opt] { reconstruct(*opt); });
 }

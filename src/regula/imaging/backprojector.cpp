@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <cassert>
 #include <cmath>
+#include <cstdint>
+
+#include <fmt/format.h>
 
 #include "regula/core/error.hpp"
 #include "regula/core/fft.hpp"
@@ -55,63 +58,181 @@ void hermitian_sum(FourierLattice& d, Grid<float>& w) {
     }
 }
 
-// Kaiser-Bessel blob (radius a, order m, alpha), value at distance r.
-double kb_blob(double r, double a = 1.9, int m = 2, double alpha = 15.0) {
-  if (r > a) return 0.0;
-  double t = std::sqrt(std::max(0.0, 1.0 - (r / a) * (r / a)));
-  return std::pow(t, m) * std::cyl_bessel_i(double(m), alpha * t) / std::cyl_bessel_i(double(m), alpha);
+// Convolution of a function on the padded Fourier lattice with the gridding
+// blob, done as RELION: inverse FFT of an M^dim grid (lattice frequency q at
+// FFT index q mod M), multiplication by the blob's transform at the real-space
+// position x (FFT order), forward FFT. The transform is normalised to 1 at
+// x = 0 (so the discrete kernel sums to 1). RELION does this on a grid of odd
+// size M_R = 2 (pad r_max + 1) + 1 and evaluates the transform at |x| / (n pad)
+// rather than |x| / M_R, and zeroes it from |x| / (n pad) = 1/2 on: its kernel is
+// the blob shrunk by n pad / M_R (radius 3.74 instead of 3.8 padded px for
+// n = 96, pad 2). We use that same kernel on our grid of size M (any M, chosen
+// for fast FFTs): the transform at frequency |x| M_R / (M n pad).
+class BlobConvolution {
+ public:
+  BlobConvolution(int M, int dim, int n, int pad, int r_max, const ReconstructOptions& opt)
+      : M_(M), dim_(dim), nthreads_(std::max(1, opt.nthreads)), pool_(nthreads_) {
+    // Multiplier by integer squared radius (fft_inverse includes 1/M^dim, so
+    // inverse then forward is the identity).
+    const int h = M / 2;
+    const size_t r2max = size_t(dim) * size_t(h) * size_t(h);
+    table_.assign(r2max + 1, 0.0f);
+    const double a = 2.0 * opt.blob_radius;  // RELION 3.1: radius on the padded lattice = 2 * blob_r
+    const double b0 = kaiser_bessel_ft(0.0, a, opt.blob_order, opt.blob_alpha);
+    const double M_R = 2.0 * (pad * r_max + 1) + 1;
+    for (size_t r2 = 0; r2 <= r2max; ++r2) {
+      const double w = std::sqrt(double(r2)) * M_R / (double(M) * n * pad);
+      if (w < 0.5) table_[r2] = float(kaiser_bessel_ft(w, a, opt.blob_order, opt.blob_alpha) / b0);
+    }
+  }
+
+  // In place on a half-complex M^dim transform (FFT order), whose input must
+  // be Hermitian (here: real and even, as sampling weights are).
+  void apply(Grid<cfloat>& F) {
+    Grid<float> f = fft_inverse(F, M_, nthreads_);
+    const int M = M_, nz = dim_ == 3 ? M : 1;
+    pool_.parallel_for(size_t(0), size_t(nz), [&](size_t zi, int) {
+      const int z = int(zi), kz = dim_ == 3 ? fft_freq(z, M) : 0;
+      for (int y = 0; y < M; ++y) {
+        const int ky = fft_freq(y, M);
+        const size_t base = size_t(kz * kz + ky * ky);
+        float* row = &f(0, y, z);
+        for (int x = 0; x < M; ++x) {
+          const int kx = fft_freq(x, M);
+          row[x] *= table_[base + size_t(kx * kx)];
+        }
+      }
+    });
+    F = fft_forward(f, nthreads_);
+  }
+
+ private:
+  int M_, dim_, nthreads_;
+  ThreadPool pool_;
+  std::vector<float> table_;
+};
+
+// Smallest size >= m whose only prime factors are 2, 3 and 5 (fast FFTs).
+int fft_friendly(int m) {
+  for (int k = std::max(m, 1);; ++k) {
+    int r = k;
+    for (int p : {2, 3, 5})
+      while (r % p == 0) r /= p;
+    if (r == 1) return k;
+  }
 }
 
-// Iterative density compensation (Pipe & Menon 1999): u <- u / ((u W) * blob)
-// on the lattice points marked inside, starting from u = 1; returns u.
-std::vector<double> pipe_menon_weights(const std::vector<double>& W, const std::vector<char>& inside,
-                                       const FourierLattice& D, int iterations, double clamp, int nthreads) {
-  const int dim = D.dim, R = D.R;
-  const int zlo = dim == 3 ? -R : 0, zhi = dim == 3 ? R : 0;
-  const size_t total = W.size();
-  // Normalised blob stencil over offsets in {-1, 0, 1}^dim, indexed by squared distance.
-  double b[4];
-  double bsum = 0;
-  for (int k = 0; k < 4; ++k) b[k] = kb_blob(std::sqrt(double(k)));
-  for (int dz = -1; dz <= 1; ++dz)
-    for (int dy = -1; dy <= 1; ++dy)
-      for (int dx = -1; dx <= 1; ++dx)
-        if (dim == 3 || dz == 0) bsum += b[dx * dx + dy * dy + dz * dz];
-  for (double& v : b) v /= bsum;
-  std::vector<double> u(total), c(total), conv(total);
-  for (size_t i = 0; i < total; ++i) u[i] = inside[i] ? 1.0 : 0.0;
-  ThreadPool pool(std::max(1, nthreads));
-  auto cval = [&](int x, int y, int z) -> double {
-    if (x < 0) {  // Hermitian mate (weights are real and even)
-      x = -x;
-      y = -y;
-      z = -z;
-    }
-    if (x > R || y < -R || y > R || z < -R || z > R) return 0.0;
-    return c[D.index(x, y, z)];
+// RELION's softMaskOutsideMap with its defaults (radius n/2, cosine edge 3 px)
+// on a map with origin n/2: values beyond the radius blend into the mean of
+// the region outside it.
+void mask_outside_box(Grid<float>& v, int n, int dim) {
+  const double radius = n / 2.0, width = 3.0, radius_p = radius + width;
+  const int c = n / 2, nz = dim == 3 ? n : 1;
+  auto edge = [&](double r) { return 0.5 + 0.5 * std::cos(kPi * (radius_p - r) / width); };
+  double sum = 0, sum_bg = 0;
+  for (int z = 0; z < nz; ++z)
+    for (int y = 0; y < n; ++y)
+      for (int x = 0; x < n; ++x) {
+        const double dz = dim == 3 ? z - c : 0;
+        const double r = std::sqrt(double(x - c) * (x - c) + double(y - c) * (y - c) + dz * dz);
+        if (r < radius) continue;
+        const double e = r > radius_p ? 1.0 : edge(r);
+        sum += e;
+        sum_bg += e * v(x, y, z);
+      }
+  if (sum <= 0) return;
+  const double bg = sum_bg / sum;
+  for (int z = 0; z < nz; ++z)
+    for (int y = 0; y < n; ++y)
+      for (int x = 0; x < n; ++x) {
+        const double dz = dim == 3 ? z - c : 0;
+        const double r = std::sqrt(double(x - c) * (x - c) + double(y - c) * (y - c) + dz * dz);
+        if (r < radius) continue;
+        const double e = r > radius_p ? 1.0 : edge(r);
+        v(x, y, z) = float((1 - e) * v(x, y, z) + e * bg);
+      }
+}
+
+// A lattice point that takes part in the reconstruction: its index in the
+// lattice, coordinates (padded px), weight (plus the Wiener term), and whether
+// its coefficient is kept (false for shells with tau2 == 0).
+struct LatticePoint {
+  double w;
+  size_t index;
+  int16_t x, y, z;
+  bool keep;
+};
+
+// Iterative gridding factors u (see ReconstructOptions) for the points `pts`
+// of a lattice of dimension `dim` (n: original box, rlim: frequency limit).
+std::vector<double> gridding_factors(const std::vector<LatticePoint>& pts, int dim, int n, int pad, int rlim,
+                                     const ReconstructOptions& opt) {
+  // FFT grid large enough that the blob (radius 2 * blob_radius padded px)
+  // does not couple the lattice edge with the opposite edge (as RELION's M_R).
+  int M = fft_friendly(2 * pad * rlim + int(std::ceil(2 * opt.blob_radius)));
+  while (M % 2) M = fft_friendly(M + 1);
+  const size_t hx = size_t(M / 2 + 1), count = pts.size();
+  std::vector<size_t> gpos(count);
+  for (size_t j = 0; j < count; ++j) {
+    const LatticePoint& p = pts[j];
+    gpos[j] = size_t(p.x) + hx * (size_t(fft_index(p.y, M)) + size_t(M) * size_t(dim == 3 ? fft_index(p.z, M) : 0));
+  }
+  BlobConvolution conv(M, dim, n, pad, rlim, opt);
+  // RELION's floor is 1e-6 in its weight units; relative to the mean weight it
+  // works for weights in any units (e.g. CTF^2 / sigma2 with unnormalised FFTs).
+  double wmean = 0;
+  for (const LatticePoint& p : pts) wmean += p.w;
+  const double wfloor = std::max(1e-6 * wmean / double(std::max<size_t>(count, 1)), 1e-300);
+  std::vector<double> u(count, 1.0);
+  Grid<cfloat> G(int(hx), M, dim == 3 ? M : 1);
+  for (int it = 0; it < opt.gridding_iterations; ++it) {
+    if (it > 0) G.fill(cfloat(0, 0));  // reuse the memory (cheaper than new pages)
+    for (size_t j = 0; j < count; ++j) G[gpos[j]] = cfloat(float(u[j] * pts[j].w), 0.0f);
+    conv.apply(G);
+    for (size_t j = 0; j < count; ++j) u[j] /= std::max(wfloor, double(std::abs(G[gpos[j]])));
+  }
+  return u;
+}
+
+// 1 / max(w, floor_fraction x mean w of the shell floor(|q| / pad)) (the last
+// shell rlim - 1 for points beyond it), as RELION's --skip_gridding.
+std::vector<double> floored_inverse_weights(const std::vector<LatticePoint>& pts, int pad, int rlim,
+                                            double floor_fraction) {
+  auto shell = [&](const LatticePoint& p) {
+    const double r = std::sqrt(double(p.x) * p.x + double(p.y) * p.y + double(p.z) * p.z);
+    return std::min(size_t(std::floor(r / pad)), size_t(std::max(rlim, 1) - 1));
   };
-  for (int it = 0; it < iterations; ++it) {
-    for (size_t i = 0; i < total; ++i) c[i] = u[i] * W[i];
-    pool.parallel_for(size_t(0), size_t(zhi - zlo + 1), [&](size_t zi, int) {
-      const int z = zlo + int(zi);
-      for (int y = -R; y <= R; ++y)
-        for (int x = 0; x <= R; ++x) {
-          const size_t i = D.index(x, y, z);
-          if (!inside[i]) continue;
-          double s = 0;
-          for (int dz = (dim == 3 ? -1 : 0); dz <= (dim == 3 ? 1 : 0); ++dz)
-            for (int dy = -1; dy <= 1; ++dy)
-              for (int dx = -1; dx <= 1; ++dx) s += b[dx * dx + dy * dy + dz * dz] * cval(x + dx, y + dy, z + dz);
-          conv[i] = s;
-        }
-    });
-    for (size_t i = 0; i < total; ++i)
-      if (inside[i]) u[i] /= std::max(conv[i], clamp);
+  std::vector<double> sum(size_t(std::max(rlim, 1)), 0.0), cnt(sum.size(), 0.0);
+  for (const LatticePoint& p : pts) {
+    sum[shell(p)] += p.w;
+    cnt[shell(p)] += 1;
+  }
+  std::vector<double> u(pts.size(), 0.0);
+  for (size_t j = 0; j < pts.size(); ++j) {
+    const size_t s = shell(pts[j]);
+    const double w = std::max(pts[j].w, cnt[s] > 0 ? floor_fraction * sum[s] / cnt[s] : 0.0);
+    u[j] = w > 0 ? 1.0 / w : 0.0;
   }
   return u;
 }
 
 }  // namespace
+
+double kaiser_bessel_ft(double w, double a, int m, double alpha) {
+  // (2 pi)^(3/2) a^3 alpha^m / I_m(alpha) * I_nu(s) / s^nu, nu = m + 3/2,
+  // s = sqrt(alpha^2 - (2 pi a w)^2); J_nu(|s|) / |s|^nu past the root (Lewitt 1990).
+  const double nu = m + 1.5;
+  const double t = 2 * kPi * a * std::abs(w);
+  const double s2 = alpha * alpha - t * t;
+  double g;
+  if (s2 > 1e-12)
+    g = std::cyl_bessel_i(nu, std::sqrt(s2)) / std::pow(std::sqrt(s2), nu);
+  else if (s2 < -1e-12)
+    g = std::cyl_bessel_j(nu, std::sqrt(-s2)) / std::pow(std::sqrt(-s2), nu);
+  else
+    g = 1.0 / (std::pow(2.0, nu) * std::tgamma(nu + 1));  // common limit at s -> 0
+  return std::pow(2 * kPi, 1.5) * a * a * a * std::pow(alpha, m) / std::cyl_bessel_i(double(m), alpha) * g;
+}
 
 BackProjector::BackProjector(int n, int padding, int r_max, int dim) {
   if (n < 2) input_error("backprojector: box size {} must be >= 2", n);
@@ -251,7 +372,19 @@ void BackProjector::symmetrise(const std::vector<Mat3>& operators) {
   weight_ = std::move(nw);
 }
 
+std::string ReconstructOptions::validate() const {
+  if (!(tau2_fudge > 0)) return fmt::format("tau2_fudge must be positive (got {})", tau2_fudge);
+  if (gridding_iterations < 0) return fmt::format("gridding iterations must be >= 0 (got {})", gridding_iterations);
+  if (!(blob_radius > 0) || blob_radius > 10)
+    return fmt::format("blob radius must be in (0, 10] Fourier px (got {})", blob_radius);
+  if (blob_order < 0 || blob_order > 4) return fmt::format("blob order must be 0 to 4 (got {})", blob_order);
+  if (!(blob_alpha > 0) || blob_alpha > 50) return fmt::format("blob alpha must be in (0, 50] (got {})", blob_alpha);
+  if (!(weight_floor >= 0)) return fmt::format("weight floor must be >= 0 (got {})", weight_floor);
+  return "";
+}
+
 Grid<float> BackProjector::reconstruct(const ReconstructOptions& opt) const {
+  if (auto msg = opt.validate(); !msg.empty()) input_error("backprojector: reconstruct: {}", msg);
   FourierLattice D = data_;
   Grid<float> W0 = weight_;
   if (!hermitian_done_) hermitian_sum(D, W0);
@@ -259,65 +392,61 @@ Grid<float> BackProjector::reconstruct(const ReconstructOptions& opt) const {
   const int rlim = opt.max_frequency > 0 ? std::min(opt.max_frequency, r_max_) : r_max_;
   const double max_r2 = double(pad * rlim) * (pad * rlim);
   const double oversampling = dim == 3 ? double(pad) * pad * pad : double(pad) * pad;
-  const size_t total = W0.size();
-  std::vector<double> W(total, 0.0);
-  std::vector<char> inside(total, 0);
   const int zlo = dim == 3 ? -R : 0, zhi = dim == 3 ? R : 0;
-  double wsum = 0;
-  size_t wcount = 0;
+  const int nthreads = std::max(1, opt.nthreads);
+
+  // The lattice points that take part (|q| < pad * rlim), with their weights
+  // plus the Wiener term. Points of shells with tau2 == 0 (no signal expected)
+  // keep their plain weight in the density compensation, so that it does not
+  // see an edge at the cut, but their coefficients are zero.
+  std::vector<LatticePoint> pts;
+  const double rr = double(pad) * rlim + 1;  // half ball (3D) or half disc (2D), with margin
+  pts.reserve(size_t(dim == 3 ? 2.0 / 3.0 * kPi * rr * rr * rr : 0.5 * kPi * rr * rr) + size_t(8 * rr * rr));
   for (int z = zlo; z <= zhi; ++z)
     for (int y = -R; y <= R; ++y)
       for (int x = 0; x <= R; ++x) {
         const double r2 = double(x) * x + double(y) * y + double(z) * z;
         if (r2 >= max_r2) continue;
-        const size_t i = D.index(x, y, z);
-        double w = W0[i];
+        LatticePoint p{W0[D.index(x, y, z)], D.index(x, y, z), int16_t(x), int16_t(y), int16_t(z), true};
         if (!opt.tau2.empty()) {
           const size_t shell = size_t(std::lround(std::sqrt(r2) / pad));
           const double t2 = shell < opt.tau2.size() ? opt.tau2[shell] : 0.0;
-          if (!(t2 > 0)) continue;  // no signal expected: coefficient stays 0
-          w += 1.0 / (opt.tau2_fudge * oversampling * t2);
+          if (t2 > 0)
+            p.w += 1.0 / (opt.tau2_fudge * oversampling * t2);
+          else
+            p.keep = false;
         }
-        W[i] = w;
-        inside[i] = 1;
-        wsum += w;
-        ++wcount;
+        pts.push_back(p);
       }
-  const double wmean = wcount ? wsum / double(wcount) : 0.0;
-  std::vector<double> u(total, 0.0);  // the factor applied to the data
-  if (opt.iterative_gridding && opt.gridding_iterations > 0) {
-    u = pipe_menon_weights(W, inside, D, opt.gridding_iterations, std::max(1e-6 * wmean, 1e-300), opt.nthreads);
-  } else {
-    const double floor = std::max(opt.weight_floor * wmean, 1e-300);
-    for (size_t i = 0; i < total; ++i)
-      if (inside[i]) u[i] = 1.0 / std::max(W[i], floor);
-  }
-  // Decentre into the padded half-complex transform and invert.
+  // The factor applied to the data.
+  const std::vector<double> u = opt.iterative_gridding && opt.gridding_iterations > 0
+                                    ? gridding_factors(pts, dim, n_, pad, rlim, opt)
+                                    : floored_inverse_weights(pts, pad, rlim, opt.weight_floor);
+  // Decentre u * data into the padded half-complex transform and invert.
   const int N = pad * n_;
   Grid<cfloat> G(N / 2 + 1, N, dim == 3 ? N : 1);
-  for (int z = zlo; z <= zhi; ++z)
-    for (int y = -R; y <= R; ++y)
-      for (int x = 0; x <= R; ++x) {
-        const size_t i = D.index(x, y, z);
-        if (!inside[i]) continue;
-        G(x, fft_index(y, N), dim == 3 ? fft_index(z, N) : 0) = cfloat(float(D.data[i].real() * u[i]),
-                                                                       float(D.data[i].imag() * u[i]));
-      }
-  Grid<float> padded = from_fourier_centred(G, N, std::max(1, opt.nthreads));
+  for (size_t j = 0; j < pts.size(); ++j) {
+    const LatticePoint& p = pts[j];
+    if (!p.keep) continue;
+    const cfloat d = D.data[p.index];
+    G(p.x, fft_index(p.y, N), dim == 3 ? fft_index(p.z, N) : 0) = cfloat(float(d.real() * u[j]), float(d.imag() * u[j]));
+  }
+  Grid<float> padded = from_fourier_centred(G, N, nthreads);
   const int off = N / 2 - n_ / 2, c = n_ / 2;
   const int nz = dim == 3 ? n_ : 1;
   Grid<float> out(n_, n_, nz);
   for (int z = 0; z < nz; ++z)
     for (int y = 0; y < n_; ++y)
-      for (int x = 0; x < n_; ++x) {
-        float v = padded(x + off, y + off, dim == 3 ? z + off : 0);
-        if (opt.gridding_correction) {
+      for (int x = 0; x < n_; ++x) out(x, y, z) = padded(x + off, y + off, dim == 3 ? z + off : 0);
+  if (opt.mask_corners && dim == 3) mask_outside_box(out, n_, dim);
+  if (opt.gridding_correction)
+    for (int z = 0; z < nz; ++z)
+      for (int y = 0; y < n_; ++y)
+        for (int x = 0; x < n_; ++x) {
           const double dz = dim == 3 ? z - c : 0;
           const double r = std::sqrt(double(x - c) * (x - c) + double(y - c) * (y - c) + dz * dz);
-          v = float(v / gridding_sinc2(r, N));
+          out(x, y, z) = float(out(x, y, z) / gridding_sinc2(r, N));
         }
-        out(x, y, z) = v;
-      }
   return out;
 }
 

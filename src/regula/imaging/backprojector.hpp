@@ -14,6 +14,7 @@
 // per thread and add() them in a fixed order: the result does not depend on the
 // thread count when the per-thread work split is fixed.
 #pragma once
+#include <string>
 #include <vector>
 
 #include "regula/core/grid.hpp"
@@ -29,18 +30,47 @@ struct ReconstructOptions {
   // (MAP / Wiener regularisation as in RELION); shells with tau2 == 0 are set to 0.
   std::vector<double> tau2;
   double tau2_fudge = 1.0;
-  // Iterative gridding (Pipe & Menon 1999 density compensation with a
-  // Kaiser-Bessel blob of radius 1.9, alpha 15, order 2 on the padded lattice).
-  // Off: plain Fourier division data / max(weight, weight_floor * mean weight).
+  // Iterative gridding as RELION's BackProjector::reconstruct (Pipe & Menon
+  // 1999 density compensation): starting from u = 1 on the lattice points with
+  // |q| < padding * max_frequency, `gridding_iterations` times
+  //   u <- u / max(1e-6 * mean(W), |(u W) * blob|)
+  // where the convolution with the Kaiser-Bessel blob is done through FFTs of
+  // the padded lattice (inverse FFT, multiplication by the blob's radial 3D
+  // Fourier transform normalised to 1 at the origin and zero from half the
+  // padded sampling rate on, forward FFT). The map is then the inverse FFT of
+  // u * data. (RELION's floor is an absolute 1e-6, the same for its weight
+  // units in relion_reconstruct; relative, it suits weights in any units.)
   bool iterative_gridding = true;
   int gridding_iterations = 10;
+  // The blob (RELION's --blob_r, --blob_m, --blob_a; defaults as relion_reconstruct
+  // and relion_refine): radius in Fourier pixels of the ORIGINAL box; on the
+  // padded lattice the radius is 2 * blob_radius whatever the padding (RELION
+  // 3.1 fixes this factor at 2). Order m >= 0, taper alpha.
+  double blob_radius = 1.9;
+  int blob_order = 0;
+  double blob_alpha = 15.0;
+  // Without iterative gridding: plain Fourier division data / max(W, floor)
+  // with floor = weight_floor * (mean weight in the shell floor(|q| / padding)),
+  // as RELION's --skip_gridding (weight_floor 1/1000).
   double weight_floor = 1e-3;
   // Maximum frequency in Fourier pixels of the original box (<= 0: r_max of
   // the back-projector). Coefficients at |k| >= limit are zero (as RELION, strict).
   int max_frequency = -1;
   // Divide by sinc^2 of the padded box (correction for linear interpolation).
   bool gridding_correction = true;
+  // 3D only, as relion_reconstruct after cropping to the original box: beyond
+  // radius n/2 (px from the centre n/2) blend to the mean value outside that
+  // radius with a raised cosine of width 3 px; beyond n/2 + 3 px the map is that
+  // mean. 2D reconstructions are not masked (RELION masks its 2D class averages
+  // here too, but also masks the particles; Regula's 2D classification compares
+  // averages and particles over the whole box).
+  bool mask_corners = true;
+  // Threads for the FFTs and lattice loops (the result does not depend on it
+  // beyond float rounding in FFTW).
   int nthreads = 1;
+
+  // Empty when valid, else a message naming the violated constraint.
+  std::string validate() const;
 };
 
 class BackProjector {
@@ -91,6 +121,12 @@ class BackProjector {
   Grid<float> weight_;  // same layout as data_.data
   bool hermitian_done_ = false;
 };
+
+// 3D Fourier transform, at frequency w (cycles per unit of length), of the
+// Kaiser-Bessel blob b(r) = t^m I_m(alpha t) / I_m(alpha), t = sqrt(1 - (r/a)^2),
+// for r <= a (0 beyond): the kernel of the iterative gridding (used, as in
+// RELION, with this 3D transform for 2D reconstructions too). alpha > 0.
+double kaiser_bessel_ft(double w, double a, int m, double alpha);
 
 // Per-shell mean |F(k)|^2 of the (unnormalised, centred) transform of a real
 // image or map, shells 0..n/2 by rounded |k| in Fourier pixels. For a map this

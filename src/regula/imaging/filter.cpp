@@ -126,16 +126,33 @@ Grid<float> rescale(const Grid<float>& img, int new_n) {
   Grid<cfloat> F = fft_forward(img);
   centre_origin(F, n);
   Grid<cfloat> G(new_n / 2 + 1, new_n, vol ? new_n : 1);
-  // keep |k| components strictly inside both Nyquist limits (per axis)
-  const int kmax_old = (n % 2 == 0) ? n / 2 - 1 : n / 2;
-  const int kmax_new = (new_n % 2 == 0) ? new_n / 2 - 1 : new_n / 2;
-  const int km = std::min(kmax_old, kmax_new);
   const double scale = vol ? std::pow(double(new_n) / n, 3) : std::pow(double(new_n) / n, 2);
-  for (int kz = vol ? -km : 0; kz <= (vol ? km : 0); ++kz)
-    for (int ky = -km; ky <= km; ++ky)
-      for (int kx = 0; kx <= km; ++kx)
-        G(kx, fft_index(ky, new_n), vol ? fft_index(kz, new_n) : 0) =
-            F(kx, fft_index(ky, n), vol ? fft_index(kz, n) : 0) * float(scale);
+  if (new_n < n) {
+    // Every coefficient of the smaller transform from the same frequency of
+    // the larger one, including the new Nyquist row/column (+new_n/2 in FFT
+    // order), as RELION's windowFourierTransform.
+    for (int iz = 0; iz < G.nz(); ++iz) {
+      const int kz = vol ? fft_freq(iz, new_n) : 0;
+      for (int iy = 0; iy < new_n; ++iy) {
+        const int ky = fft_freq(iy, new_n);
+        for (int kx = 0; kx < G.nx(); ++kx)
+          G(kx, iy, iz) = F(kx, fft_index(ky, n), vol ? fft_index(kz, n) : 0) * float(scale);
+      }
+    }
+  } else {
+    // Enlarging: the coefficients with |k| <= n/2 (a sphere, in FFT order of
+    // the old transform, so its +n/2 entries included), as RELION.
+    const double r2max = double(F.nx() - 1) * (F.nx() - 1);
+    for (int iz = 0; iz < F.nz(); ++iz) {
+      const int kz = vol ? fft_freq(iz, n) : 0;
+      for (int iy = 0; iy < n; ++iy) {
+        const int ky = fft_freq(iy, n);
+        for (int kx = 0; kx < F.nx(); ++kx)
+          if (double(kx) * kx + double(ky) * ky + double(kz) * kz <= r2max)
+            G(kx, fft_index(ky, new_n), vol ? fft_index(kz, new_n) : 0) = F(kx, iy, iz) * float(scale);
+      }
+    }
+  }
   centre_origin(G, new_n, true);
   return fft_inverse(G, new_n);
 }

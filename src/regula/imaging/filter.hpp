@@ -37,8 +37,12 @@ void invert_contrast(Grid<float>& img);
 
 // Fourier re-scaling to a new box (pixel size scales by n / new_n): crop or
 // zero-pad the centred transform; pixel values keep their scale (a constant
-// image stays the same constant). Nyquist components are dropped on both
-// sides for even sizes so that the result is exactly real-symmetric.
+// image stays the same constant). As relion_preprocess --scale (RELION's
+// windowFourierTransform): shrinking keeps the new Nyquist row/column (the
+// old coefficients at frequency +new_n/2); enlarging copies the coefficients
+// with |k| <= n/2, a sphere. (FFTW's inverse then uses the Nyquist entries as
+// they are, so for even sizes the result is not the real part of an exactly
+// Hermitian transform, the same as RELION's.)
 Grid<float> rescale(const Grid<float>& img, int new_n);
 
 // Real-space windowing to a new box about the centre (n/2 -> new_n/2): crop,

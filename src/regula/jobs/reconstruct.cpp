@@ -29,6 +29,11 @@ std::string ReconstructJobOptions::validate() const {
   if (pad < 1 || pad > 4) return fmt::format("--pad: must be 1 to 4 (got {})", pad);
   if (gridding_iterations < 0) return fmt::format("--iter: must be >= 0 (got {})", gridding_iterations);
   if (threads < 1) return fmt::format("--j: must be at least 1 (got {})", threads);
+  ReconstructOptions ro;
+  ro.blob_radius = blob_r;
+  ro.blob_order = blob_m;
+  ro.blob_alpha = blob_a;
+  if (auto msg = ro.validate(); !msg.empty()) return "--blob_r/--blob_m/--blob_a: " + msg;
   return "";
 }
 
@@ -99,6 +104,9 @@ ReconstructResult reconstruct(const ReconstructJobOptions& opt) {
   ReconstructOptions rec;
   rec.iterative_gridding = opt.gridding_iterations > 0;
   rec.gridding_iterations = opt.gridding_iterations;
+  rec.blob_radius = opt.blob_r;
+  rec.blob_order = opt.blob_m;
+  rec.blob_alpha = opt.blob_a;
   rec.max_frequency = r_max;
   rec.nthreads = opt.threads;
   Volume map = total.reconstruct(rec);

@@ -10,9 +10,11 @@
 // particles, each with its own accumulator, summed in range order: the result
 // is the same for every run with the same --j (float rounding differs between
 // different --j). Then point-group symmetry (--sym) is applied to the
-// accumulated data and weights, and the map is the iterative-gridding
-// (Pipe & Menon, 10 iterations) division data / weight, as relion_reconstruct
-// does without --fsc (no Wiener term), with coefficients beyond --maxres zeroed.
+// accumulated data and weights, and the map is reconstructed as
+// relion_reconstruct does without --fsc (no Wiener term): iterative gridding
+// (Pipe & Menon, 10 iterations, Kaiser-Bessel blob radius 1.9, order 0,
+// alpha 15, convolved through FFTs), inverse FFT, crop, corner mask, sinc^2
+// correction (BackProjector::reconstruct), coefficients beyond --maxres zeroed.
 // The output map has the particles' box and pixel size (header set), origin n/2.
 #pragma once
 #include <string>
@@ -28,6 +30,9 @@ struct ReconstructJobOptions {
   double angpix = 0;         // --angpix (Å): pixel size when the STAR file has none
   int pad = 2;               // --pad: Fourier oversampling
   int gridding_iterations = 10;  // --iter
+  double blob_r = 1.9;           // --blob_r: gridding blob radius (Fourier px of the original box)
+  int blob_m = 0;                // --blob_m: blob order
+  double blob_a = 15.0;          // --blob_a: blob alpha
   int threads = 1;           // --j
 
   std::string validate() const;
