@@ -10,6 +10,7 @@
 #include "regula/core/error.hpp"
 #include "regula/core/fft.hpp"
 #include "regula/core/parallel.hpp"
+#include "regula/imaging/mask.hpp"
 
 namespace regula {
 namespace {
@@ -122,36 +123,6 @@ int fft_friendly(int m) {
   }
 }
 
-// RELION's softMaskOutsideMap with its defaults (radius n/2, cosine edge 3 px)
-// on a map with origin n/2: values beyond the radius blend into the mean of
-// the region outside it.
-void mask_outside_box(Grid<float>& v, int n, int dim) {
-  const double radius = n / 2.0, width = 3.0, radius_p = radius + width;
-  const int c = n / 2, nz = dim == 3 ? n : 1;
-  auto edge = [&](double r) { return 0.5 + 0.5 * std::cos(kPi * (radius_p - r) / width); };
-  double sum = 0, sum_bg = 0;
-  for (int z = 0; z < nz; ++z)
-    for (int y = 0; y < n; ++y)
-      for (int x = 0; x < n; ++x) {
-        const double dz = dim == 3 ? z - c : 0;
-        const double r = std::sqrt(double(x - c) * (x - c) + double(y - c) * (y - c) + dz * dz);
-        if (r < radius) continue;
-        const double e = r > radius_p ? 1.0 : edge(r);
-        sum += e;
-        sum_bg += e * v(x, y, z);
-      }
-  if (sum <= 0) return;
-  const double bg = sum_bg / sum;
-  for (int z = 0; z < nz; ++z)
-    for (int y = 0; y < n; ++y)
-      for (int x = 0; x < n; ++x) {
-        const double dz = dim == 3 ? z - c : 0;
-        const double r = std::sqrt(double(x - c) * (x - c) + double(y - c) * (y - c) + dz * dz);
-        if (r < radius) continue;
-        const double e = r > radius_p ? 1.0 : edge(r);
-        v(x, y, z) = float((1 - e) * v(x, y, z) + e * bg);
-      }
-}
 
 // A lattice point that takes part in the reconstruction: its index in the
 // lattice, coordinates (padded px), weight (plus the Wiener term), and whether
@@ -438,7 +409,9 @@ Grid<float> BackProjector::reconstruct(const ReconstructOptions& opt) const {
   for (int z = 0; z < nz; ++z)
     for (int y = 0; y < n_; ++y)
       for (int x = 0; x < n_; ++x) out(x, y, z) = padded(x + off, y + off, dim == 3 ? z + off : 0);
-  if (opt.mask_corners && dim == 3) mask_outside_box(out, n_, dim);
+  // RELION's softMaskOutsideMap with its defaults: beyond radius n/2 the map blends over a
+  // 3 px cosine edge into the mean of the region outside it.
+  if (opt.mask_corners && dim == 3) apply_spherical_mask(out, n_ / 2.0, 3.0, MaskFill::BackgroundMean);
   if (opt.gridding_correction)
     for (int z = 0; z < nz; ++z)
       for (int y = 0; y < n_; ++y)

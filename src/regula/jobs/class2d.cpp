@@ -19,6 +19,7 @@
 #include "regula/estep/weighted_sums.hpp"
 #include "regula/imaging/backprojector.hpp"
 #include "regula/imaging/ctf.hpp"
+#include "regula/imaging/particle_ctf.hpp"
 #include "regula/imaging/mask.hpp"
 #include "regula/imaging/projector.hpp"
 #include "regula/jobs/class2d_detail.hpp"
@@ -167,18 +168,7 @@ void Job::load_batch(size_t first, size_t count, const FourierPixels& px, Batch&
       b.power[i * hs + size_t(all_px_.shell[k])] += std::norm(F[all_px_.index[k]]);
     for (size_t k = 0; k < m; ++k) b.x[i * m + k] = F[px.index[k]];
     if (opt_.ctf) {
-      const OpticsGroup& g = table_.optics_of(p);
-      CtfParams cp;
-      cp.voltage_kv = g.voltage;
-      cp.cs_mm = g.cs;
-      cp.amplitude_contrast = g.amplitude_contrast;
-      cp.defocus_u = table_.defocus_u[p];
-      cp.defocus_v = table_.defocus_v[p];
-      cp.defocus_angle = table_.defocus_angle[p];
-      cp.phase_shift = table_.phase_shift[p];
-      cp.bfactor = table_.ctf_bfactor[p];
-      cp.scale = table_.ctf_scale[p];
-      Grid<float> c = Ctf(cp).half_complex(n_, angpix_);
+      Grid<float> c = Ctf(particle_ctf_params(table_, p)).half_complex(n_, angpix_);
       for (size_t k = 0; k < m; ++k) b.ctf[i * m + k] = c[px.index[k]];
     }
     b.group[i] = uint32_t(table_.optics_index[p]);

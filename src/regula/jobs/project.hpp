@@ -20,6 +20,7 @@
 // Pixel size (Å): --angpix if given, else the map header. With --ang and --ctf
 // the STAR optics pixel size must agree with it within 1% (InputError otherwise).
 #pragma once
+#include "regula/imaging/particle_ctf.hpp"
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -58,9 +59,5 @@ struct ProjectResult {
 // Throws InputError (bad options or input files; nothing is written then).
 ProjectResult project(const ProjectOptions& opt);
 
-// CTF parameters of particle i: defocus, angle, phase shift, B-factor and scale
-// from its row; voltage, Cs and amplitude contrast from its optics group.
-// InputError naming the STAR file and row when the optics group has no voltage.
-CtfParams particle_ctf_params(const ParticleTable& table, size_t i);
 
 }  // namespace regula

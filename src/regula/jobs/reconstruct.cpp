@@ -15,7 +15,7 @@
 #include "regula/imaging/ctf.hpp"
 #include "regula/imaging/projector.hpp"
 #include "regula/io/mrc.hpp"
-#include "regula/jobs/project.hpp"
+#include "regula/imaging/particle_ctf.hpp"
 #include "regula/model/particles.hpp"
 #include "regula/sampling/symmetry.hpp"
 
