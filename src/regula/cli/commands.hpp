@@ -25,5 +25,6 @@ void add_preprocess(CLI::App& app);
 void add_mask(CLI::App& app);
 void add_fsc(CLI::App& app);
 void add_convert(CLI::App& app);
+void add_refine3d(CLI::App& app);
 
 }  // namespace regula::cli

@@ -281,6 +281,114 @@ void BackProjector::insert(const Grid<cfloat>& img, const Grid<float>& wimg, con
   }
 }
 
+void BackProjector::insert_pixels(std::span<const float> kx, std::span<const float> ky, const float* v,
+                                  const float* wt, const Mat3& A) {
+  assert(!hermitian_done_ && "insert_pixels() after symmetrise()");
+  if (data_.dim != 3) runtime_error("backprojector: insert_pixels needs a 3D accumulator");
+  const double p = pad_;
+  const double m00 = p * A[0][0], m01 = p * A[1][0];
+  const double m10 = p * A[0][1], m11 = p * A[1][1];
+  const double m20 = p * A[0][2], m21 = p * A[1][2];
+  const double rmax2 = double(r_max_) * r_max_;
+  cfloat* d = data_.data.data();
+  float* w = weight_.data();
+  const size_t sy = size_t(data_.data.nx());
+  const size_t sz = sy * size_t(data_.data.ny());
+  const size_t off[8] = {0, 1, sy, sy + 1, sz, sz + 1, sz + sy, sz + sy + 1};
+  for (size_t q = 0; q < kx.size(); ++q) {
+    const double x = kx[q], y = ky[q];
+    if (x * x + y * y > rmax2) continue;
+    cfloat val(v[2 * q], v[2 * q + 1]);
+    double px = m00 * x + m01 * y, py = m10 * x + m11 * y, pz = m20 * x + m21 * y;
+    if (px < 0) {
+      px = -px;
+      py = -py;
+      pz = -pz;
+      val = std::conj(val);
+    }
+    const int x0 = int(std::floor(px)), y0 = int(std::floor(py)), z0 = int(std::floor(pz));
+    const float fx = float(px - x0), fy = float(py - y0), fz = float(pz - z0);
+    const size_t i0 = data_.index(x0, y0, z0);
+    const float gx[2] = {1 - fx, fx}, gy[2] = {1 - fy, fy}, gz[2] = {1 - fz, fz};
+    for (int k = 0; k < 8; ++k) {
+      const float c = gx[k & 1] * gy[(k >> 1) & 1] * gz[k >> 2];
+      d[i0 + off[k]] += c * val;
+      w[i0 + off[k]] += c * wt[q];
+    }
+  }
+}
+
+std::vector<double> BackProjector::lattice_fsc(const BackProjector& o) const {
+  if (o.n_ != n_ || o.pad_ != pad_ || o.r_max_ != r_max_ || o.data_.dim != data_.dim)
+    runtime_error("backprojector: FSC of accumulators of different geometry");
+  FourierLattice D1 = data_, D2 = o.data_;
+  Grid<float> W1 = weight_, W2 = o.weight_;
+  if (!hermitian_done_) hermitian_sum(D1, W1);
+  if (!o.hermitian_done_) hermitian_sum(D2, W2);
+  // Data and weight summed over the padding^3 lattice points nearest to each point k of the
+  // original grid (k = round(q / padding)), then the ratios: the FSC of the two unregularised
+  // half reconstructions at the original sampling (per-point ratios on the padded lattice would be
+  // dominated by the noise of low-weight points).
+  const int R = D1.R, dim = D1.dim;
+  const size_t hs = size_t(n_ / 2 + 1);
+  const int K = r_max_ + 1, KY = 2 * K + 1, KZ = dim == 3 ? 2 * K + 1 : 1;
+  const size_t cells = size_t(K + 1) * size_t(KY) * size_t(KZ);
+  std::vector<std::complex<double>> s1(cells), s2(cells);
+  std::vector<double> w1(cells, 0.0), w2(cells, 0.0);
+  const double max_r2 = double(pad_ * r_max_) * (pad_ * r_max_);
+  auto down = [&](int q) { return int(std::floor((q + pad_ / 2.0) / pad_)); };
+  const int zlo0 = dim == 3 ? -R : 0, zhi0 = dim == 3 ? R : 0;
+  for (int z = zlo0; z <= zhi0; ++z)
+    for (int y = -R; y <= R; ++y)
+      for (int x = 0; x <= R; ++x) {
+        const double r2 = double(x) * x + double(y) * y + double(z) * z;
+        if (r2 >= max_r2) continue;
+        const int kx = down(x), ky = down(y), kz = dim == 3 ? down(z) : 0;
+        if (kx > K || std::abs(ky) > K || std::abs(kz) > K) continue;
+        const size_t c = (size_t(kz + (dim == 3 ? K : 0)) * size_t(KY) + size_t(ky + K)) * size_t(K + 1) + size_t(kx);
+        const size_t i = D1.index(x, y, z);
+        s1[c] += std::complex<double>(D1.data[i]);
+        s2[c] += std::complex<double>(D2.data[i]);
+        w1[c] += W1[i];
+        w2[c] += W2[i];
+      }
+  std::vector<double> num(hs, 0.0), n1(hs, 0.0), n2(hs, 0.0);
+  for (int kz = (dim == 3 ? -K : 0); kz <= (dim == 3 ? K : 0); ++kz)
+    for (int ky = -K; ky <= K; ++ky)
+      for (int kx = 0; kx <= K; ++kx) {
+        const size_t c = (size_t(kz + (dim == 3 ? K : 0)) * size_t(KY) + size_t(ky + K)) * size_t(K + 1) + size_t(kx);
+        if (!(w1[c] > 0) || !(w2[c] > 0)) continue;
+        const size_t s = size_t(std::lround(std::sqrt(double(kx * kx + ky * ky + kz * kz))));
+        if (s >= hs) continue;
+        const std::complex<double> a = s1[c] / w1[c], b = s2[c] / w2[c];
+        num[s] += (a * std::conj(b)).real();
+        n1[s] += std::norm(a);
+        n2[s] += std::norm(b);
+      }
+  std::vector<double> f(hs, 0.0);
+  f[0] = 1;
+  for (size_t s = 1; s < hs; ++s) f[s] = n1[s] > 0 && n2[s] > 0 ? num[s] / std::sqrt(n1[s] * n2[s]) : 0.0;
+  return f;
+}
+
+void BackProjector::join_below(BackProjector& o, double max_shell) {
+  if (o.n_ != n_ || o.pad_ != pad_ || o.r_max_ != r_max_ || o.data_.dim != data_.dim)
+    runtime_error("backprojector: cannot join accumulators of different geometry");
+  const int R = data_.R, dim = data_.dim;
+  const double lim2 = double(pad_) * max_shell * double(pad_) * max_shell;
+  const int zlo = dim == 3 ? -R : 0, zhi = dim == 3 ? R : 0;
+  for (int z = zlo; z <= zhi; ++z)
+    for (int y = -R; y <= R; ++y)
+      for (int x = 0; x <= R; ++x) {
+        if (double(x) * x + double(y) * y + double(z) * z >= lim2) continue;
+        const size_t i = data_.index(x, y, z);
+        const cfloat d = data_.data[i] + o.data_.data[i];
+        const float w = weight_[i] + o.weight_[i];
+        data_.data[i] = o.data_.data[i] = d;
+        weight_[i] = o.weight_[i] = w;
+      }
+}
+
 void BackProjector::add(const BackProjector& o) {
   if (o.n_ != n_ || o.pad_ != pad_ || o.r_max_ != r_max_ || o.data_.dim != data_.dim)
     runtime_error("backprojector: cannot add accumulators of different geometry");

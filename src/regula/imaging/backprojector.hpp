@@ -14,6 +14,7 @@
 // per thread and add() them in a fixed order: the result does not depend on the
 // thread count when the per-thread work split is fixed.
 #pragma once
+#include <span>
 #include <string>
 #include <vector>
 
@@ -92,8 +93,23 @@ class BackProjector {
   // the image by the CTF (and 1/sigma2) beforehand.
   void insert(const Grid<cfloat>& image_half, const Grid<float>& weight_half, const Mat3& A);
 
+  // Adds a slice given at a list of pixels (kx, ky in Fourier pixels of the box, the
+  // non-redundant half plane: kx > 0, or kx == 0 and ky > 0): complex values interleaved
+  // (re, im) and weights, at orientation A (as insert()). Pixels beyond r_max are skipped.
+  void insert_pixels(std::span<const float> kx, std::span<const float> ky, const float* data_interleaved,
+                     const float* weight, const Mat3& A);
+
   // Adds another accumulator of the same geometry (deterministic reduction).
   void add(const BackProjector& other);
+
+  // Gold-standard helpers for two independent accumulators of the same geometry (3D):
+  // FSC per shell 0..n/2 between the unregularised ratios data/weight of this and `other`, with
+  // data and weight first summed over the padding^3 lattice points nearest to each point of the
+  // original grid (as RELION computes it from its half-set back-projectors, downsampled); shell 0 is 1.
+  std::vector<double> lattice_fsc(const BackProjector& other) const;
+  // Replaces the data and weight of both accumulators by their sum at lattice points with
+  // |q| < padding * max_shell (RELION's --low_resol_join_halves).
+  void join_below(BackProjector& other, double max_shell);
   void clear();
 
   // Applies point-group symmetry: data(q) and weight(q) become the sums over

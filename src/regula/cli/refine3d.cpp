@@ -1,0 +1,52 @@
+// regula refine3d: 3D auto-refinement with gold-standard FSC (RELION's relion_refine --auto_refine).
+#include <memory>
+
+#include "regula/cli/commands.hpp"
+#include "regula/jobs/refine3d.hpp"
+
+namespace regula::cli {
+
+void add_refine3d(CLI::App& app) {
+  auto opt = std::make_shared<Refine3DOptions>();
+  auto* s = app.add_subcommand("refine3d", "3D auto-refinement with gold-standard FSC (RELION's 3D auto-refine)");
+  s->add_option("--i", opt->input, "Particles STAR file (RELION 3.0 or 3.1)");
+  s->add_option("--o", opt->out_root, "Output root: ROOT_itNNN_{half1,half2}_class001.mrc, _data.star, _model.star, "
+                "_optimiser.star; at the end ROOT_class001.mrc, ROOT_half{1,2}_class001_unfil.mrc, ROOT_data.star, "
+                "ROOT_model.star, ROOT_class001_angdist.{bild,png}");
+  s->add_option("--ref", opt->reference, "Initial reference map (same box and pixel size as the particles)");
+  s->add_option("--ini_high", opt->ini_high, "Low-pass of the reference and first frequency limit, Å")->capture_default_str();
+  s->add_flag("--firstiter_cc", opt->firstiter_cc, "Cross-correlation with hard assignment in the first iteration");
+  s->add_option("--sym", opt->sym, "Point group")->capture_default_str();
+  s->add_option("--particle_diameter", opt->particle_diameter, "Diameter of the circular mask, Å (default: box - 10 px)");
+  s->add_flag("--ctf", opt->ctf, "CTF-correct (needs CTF columns)");
+  s->add_flag("--flatten_solvent", opt->flatten_solvent, "Mask the references with a soft sphere of the particle diameter");
+  s->add_flag("--zero_mask", opt->zero_mask, "Fill the particles' solvent with zeros (else the background mean)");
+  s->add_option("--solvent_mask", opt->solvent_mask, "Mask for the references (values in [0, 1])");
+  s->add_option("--healpix_order", opt->healpix_order, "Initial angular sampling (order 2 = 15 degrees)")->capture_default_str();
+  s->add_option("--auto_local_healpix_order", opt->auto_local_healpix_order,
+                "Local searches from this HEALPix order on")->capture_default_str();
+  s->add_option("--offset_range", opt->offset_range, "Translation search range, pixels")->capture_default_str();
+  s->add_option("--offset_step", opt->offset_step, "Translation step, pixels")->capture_default_str();
+  s->add_option("--low_resol_join_halves", opt->low_resol_join_halves, "Join the halves below this resolution, Å")
+      ->capture_default_str();
+  s->add_option("--j", opt->threads, "Threads (results do not depend on it)")->capture_default_str();
+  s->add_option("--seed,--random_seed", opt->seed, "Random seed (half sets)")->capture_default_str();
+  s->add_option("--continue", opt->continue_from, "Continue from ROOT_itNNN_optimiser.star (options from it; --o and --j "
+                "from the command line)");
+  s->add_option("--angpix", opt->angpix, "Pixel size, Å, when the STAR file has none");
+  s->add_flag("--norm,!--no_norm", opt->norm, "Per-particle scale correction (default on)");
+  s->add_flag("--scale,!--no_scale", opt->norm, "Same as --norm (RELION compatibility)");
+  s->add_option("--iter", opt->max_iterations, "Maximum number of iterations (safety limit)")->capture_default_str();
+  s->add_option("--max_healpix_order", opt->max_healpix_order, "Finest HEALPix order of the auto-sampling")->capture_default_str();
+  s->add_option("--stop_after", opt->stop_after, "Stop after this iteration (for tests of --continue)");
+  auto ignored_i = std::make_shared<int>(0);
+  auto ignored_s = std::make_shared<std::string>();
+  s->add_flag("--auto_refine")->description("Accepted (RELION compatibility; refine3d is always auto-refine)");
+  s->add_flag("--split_random_halves")->description("Accepted (always on)");
+  s->add_flag("--dont_combine_weights_via_disc")->description("Ignored (RELION compatibility)");
+  s->add_option("--pool", *ignored_i, "Ignored (RELION compatibility)");
+  s->add_option("--oversampling", *ignored_i, "Ignored (Regula always does one level of oversampling)");
+  s->callback([opt, ignored_i, ignored_s] { run_refine3d(*opt); });
+}
+
+}  // namespace regula::cli

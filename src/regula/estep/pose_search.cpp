@@ -1,0 +1,407 @@
+#include "regula/estep/pose_search.hpp"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numbers>
+
+#include "regula/core/error.hpp"
+#include "regula/core/fft.hpp"
+#include "regula/sampling/euler.hpp"
+#include "regula/core/grid.hpp"
+
+namespace regula::estep {
+
+SearchPixels search_pixels(int n, int r_max) {
+  SearchPixels px;
+  px.n = n;
+  px.r_max = r_max;
+  for (int ky = -r_max; ky <= r_max; ++ky)
+    for (int kx = 0; kx <= r_max; ++kx) {
+      if (kx == 0 && ky <= 0) continue;
+      const int s = int(std::lround(std::sqrt(double(kx * kx + ky * ky))));
+      if (s < 1 || s > r_max || s > n / 2) continue;
+      px.kx.push_back(float(kx));
+      px.ky.push_back(float(ky));
+      px.shell.push_back(s);
+    }
+  return px;
+}
+
+RotatableParticle::RotatableParticle(const Image& img, double dx_px, double dy_px, std::optional<Ctf> ctf,
+                                     double angpix)
+    : n_(img.nx()), angpix_(angpix), ctf_(std::move(ctf)) {
+  const int n = n_, N2 = kPad * n;
+  Image big(N2, N2);
+  const int off = N2 / 2 - n / 2;  // the image centre n/2 goes to the padded centre
+  // Bilinear interpolation of the padded transform multiplies the image by the transform of the
+  // triangle kernel, sinc^2(pi x / N2) sinc^2(pi y / N2) (x, y from the centre); dividing by it
+  // first (as the projector does for its maps) makes interpolated values unbiased.
+  std::vector<double> corr(static_cast<size_t>(n));
+  for (int x = 0; x < n; ++x) {
+    const double a = kPi * double(x - n / 2) / N2;
+    corr[size_t(x)] = a == 0 ? 1.0 : (std::sin(a) / a) * (std::sin(a) / a);
+  }
+  for (int y = 0; y < n; ++y)
+    for (int x = 0; x < n; ++x) big(x + off, y + off) = float(img(x, y) / (corr[size_t(x)] * corr[size_t(y)]));
+  F_ = fourier_centred(big);
+  if (dx_px != 0 || dy_px != 0) shift_phase(F_, dx_px, dy_px, N2);
+  // On-grid values (residuals, power spectrum) from the plain transform.
+  G_ = fourier_centred(img);
+  if (dx_px != 0 || dy_px != 0) shift_phase(G_, dx_px, dy_px, n);
+  power_.assign(size_t(n / 2 + 1), 0.0);
+  const int h = n / 2;
+  for (int ky = -h; ky < h; ++ky)
+    for (int kx = 0; kx <= h; ++kx) {
+      if (kx == 0 && ky <= 0) continue;
+      const int s = int(std::lround(std::sqrt(double(kx * kx + ky * ky))));
+      if (s > h) continue;
+      power_[size_t(s)] += std::norm(G_(kx, fft_index(ky, n)));
+    }
+}
+
+cfloat RotatableParticle::value(double kx, double ky) const {
+  double px = kPad * kx, py = kPad * ky;
+  bool conj = false;
+  if (px < 0) {
+    px = -px;
+    py = -py;
+    conj = true;
+  }
+  const int N2 = kPad * n_, h = N2 / 2;
+  const int x0 = int(std::floor(px)), y0 = int(std::floor(py));
+  const float fx = float(px - x0), fy = float(py - y0);
+  auto at = [&](int x, int y) -> cfloat {
+    if (x > h || y < -h || y >= h) return {0.0f, 0.0f};
+    return F_(x, fft_index(y, N2));
+  };
+  const cfloat a = at(x0, y0) + fx * (at(x0 + 1, y0) - at(x0, y0));
+  const cfloat b = at(x0, y0 + 1) + fx * (at(x0 + 1, y0 + 1) - at(x0, y0 + 1));
+  const cfloat v = a + fy * (b - a);
+  return conj ? std::conj(v) : v;
+}
+
+cfloat RotatableParticle::on_grid(int kx, int ky) const {
+  if (kx < 0) return std::conj(on_grid(-kx, -ky));
+  if (kx > n_ / 2 || ky < -n_ / 2 || ky >= n_ / 2) return {0.0f, 0.0f};
+  return G_(kx, fft_index(ky, n_));
+}
+
+float RotatableParticle::ctf(double kx, double ky) const {
+  if (!ctf_) return 1.0f;
+  const double f = 1.0 / (n_ * angpix_);
+  return float(ctf_->value(kx * f, ky * f));
+}
+
+void project_orientations(const Projector& proj, const SearchPixels& px, std::span<const Euler> angles, Slices& out) {
+  const size_t m = px.size(), J = angles.size();
+  out.d = J;
+  out.m = m;
+  out.s.resize(J * 2 * m);
+  out.s2.resize(J * m);
+  const double p = proj.padding();
+  const FourierLattice& lat = proj.lattice();
+  for (size_t j = 0; j < J; ++j) {
+    const Mat3 A = euler_to_matrix(angles[j].rot, angles[j].tilt, angles[j].psi);
+    const double m00 = p * A[0][0], m01 = p * A[1][0], m10 = p * A[0][1], m11 = p * A[1][1], m20 = p * A[0][2],
+                 m21 = p * A[1][2];
+    float* s = out.s.data() + j * 2 * m;
+    float* s2 = out.s2.data() + j * m;
+    for (size_t q = 0; q < m; ++q) {
+      const double x = px.kx[q], y = px.ky[q];
+      const cfloat v = lat.interpolate(m00 * x + m01 * y, m10 * x + m11 * y, m20 * x + m21 * y);
+      s[2 * q] = v.real();
+      s[2 * q + 1] = v.imag();
+      s2[q] = std::norm(v);
+    }
+  }
+}
+
+void project_slices(const Projector& proj, const SearchPixels& px, std::span<const std::array<double, 2>> rot_tilt,
+                    Slices& out) {
+  const size_t m = px.size(), D = rot_tilt.size();
+  out.d = D;
+  out.m = m;
+  out.s.resize(D * 2 * m);
+  out.s2.resize(D * m);
+  const double p = proj.padding();
+  const FourierLattice& lat = proj.lattice();
+  for (size_t d = 0; d < D; ++d) {
+    const Mat3 A = euler_to_matrix(rot_tilt[d][0], rot_tilt[d][1], 0.0);
+    const double m00 = p * A[0][0], m01 = p * A[1][0], m10 = p * A[0][1], m11 = p * A[1][1], m20 = p * A[0][2],
+                 m21 = p * A[1][2];
+    float* s = out.s.data() + d * 2 * m;
+    float* s2 = out.s2.data() + d * m;
+    for (size_t q = 0; q < m; ++q) {
+      const double x = px.kx[q], y = px.ky[q];
+      const cfloat v = lat.interpolate(m00 * x + m01 * y, m10 * x + m11 * y, m20 * x + m21 * y);
+      s[2 * q] = v.real();
+      s[2 * q + 1] = v.imag();
+      s2[q] = std::norm(v);
+    }
+  }
+}
+
+namespace {
+
+// Rotated particle quantities for each in-plane angle: X(R k'), C(R k').
+void rotate_particle(const RotatableParticle& x, const SearchPixels& px, std::span<const double> psi, SearchWork& w) {
+  const size_t m = px.size(), P = psi.size();
+  w.xr.resize(P * m);
+  w.cr.resize(P * m);
+  for (size_t p = 0; p < P; ++p) {
+    const double c = std::cos(deg2rad(psi[p])), s = std::sin(deg2rad(psi[p]));
+    for (size_t q = 0; q < m; ++q) {
+      const double kx = c * px.kx[q] + s * px.ky[q], ky = -s * px.kx[q] + c * px.ky[q];
+      w.xr[p * m + q] = x.value(kx, ky);
+      w.cr[p * m + q] = x.ctf(kx, ky);
+    }
+  }
+}
+
+}  // namespace
+
+namespace {
+
+void posterior_from_scores(size_t P, size_t T, size_t D, std::span<const double> log_prior_psi,
+                           std::span<const double> log_prior_trans, std::span<const double> log_prior_dir,
+                           const SearchOptions& opt, SearchWork& w, PoseResult& out) {
+  const size_t PT = P * T;
+  out.P = P;
+  out.T = T;
+  out.D = D;
+  const size_t J = PT * D;
+  w.v.resize(J);
+  double mx = -INFINITY;
+  size_t arg = 0;
+  for (size_t p = 0; p < P; ++p)
+    for (size_t t = 0; t < T; ++t) {
+      const double lp = (log_prior_psi.empty() ? 0.0 : log_prior_psi[p]) +
+                        (log_prior_trans.empty() ? 0.0 : log_prior_trans[t]);
+      const float* a2 = w.a2.data() + (p * T + t) * D;
+      const float* a1 = w.a1.data() + p * D;
+      double* v = w.v.data() + (p * T + t) * D;
+      for (size_t d = 0; d < D; ++d) {
+        double s;
+        if (opt.cross_correlation) {
+          s = a1[d] > 0 ? double(a2[d]) / std::sqrt(double(a1[d])) : -INFINITY;
+        } else {
+          s = double(a2[d]) - 0.5 * double(a1[d]) + lp + (log_prior_dir.empty() ? 0.0 : log_prior_dir[d]);
+        }
+        if (!std::isfinite(s)) s = -INFINITY;
+        v[d] = s;
+        if (s > mx) {
+          mx = s;
+          arg = (p * T + t) * D + d;
+        }
+      }
+    }
+  out.weight.assign(J, 0.0f);
+  out.w_psi.assign(P, 0.0);
+  out.w_trans.assign(T, 0.0);
+  out.w_dir.assign(D, 0.0);
+  out.valid = std::isfinite(mx);
+  if (!out.valid) return;
+  out.best_d = arg % D;
+  out.best_t = (arg / D) % T;
+  out.best_p = arg / D / T;
+  if (opt.cross_correlation) {
+    out.weight[arg] = 1.0f;
+    out.max_posterior = 1;
+    out.n_significant = 1;
+    out.log_likelihood = mx;
+  } else {
+    double sum = 0;
+    for (size_t j = 0; j < J; ++j) sum += std::exp(w.v[j] - mx);
+    out.log_likelihood = mx + std::log(sum);
+    for (size_t j = 0; j < J; ++j) {
+      const double e = std::exp(w.v[j] - mx) / sum;
+      out.weight[j] = e < 1e-30 ? 0.0f : float(e);
+    }
+    out.max_posterior = 1.0 / sum;
+    // Smallest number of poses holding the significant fraction.
+    std::vector<float> sorted;
+    sorted.reserve(256);
+    const float floor = float(1e-9 / sum);
+    for (float e : out.weight)
+      if (e > floor) sorted.push_back(e);
+    std::sort(sorted.begin(), sorted.end(), std::greater<float>());
+    double acc = 0;
+    size_t cnt = 0;
+    for (float e : sorted) {
+      acc += e;
+      ++cnt;
+      if (acc >= opt.significant_fraction) break;
+    }
+    out.n_significant = std::max<size_t>(cnt, 1);
+  }
+  for (size_t p = 0; p < P; ++p)
+    for (size_t t = 0; t < T; ++t) {
+      const float* wr = out.weight.data() + (p * T + t) * D;
+      double s = 0;
+      for (size_t d = 0; d < D; ++d) {
+        s += wr[d];
+        out.w_dir[d] += wr[d];
+      }
+      out.w_psi[p] += s;
+      out.w_trans[t] += s;
+    }
+}
+
+}  // namespace
+
+void search_poses(const RotatableParticle& x, const SearchPixels& px, std::span<const float> inv_sigma2, float scale,
+                  const Slices& slices, const PoseSet& poses, const SearchOptions& opt, SearchWork& w,
+                  PoseResult& out) {
+  const size_t m = px.size(), P = poses.psi.size(), T = poses.trans.size(), D = slices.d;
+  if (slices.m != m || poses.dirs.size() != D)
+    runtime_error("search_poses: {} slices of {} pixels for {} directions and {} pixels", D, slices.m,
+                  poses.dirs.size(), m);
+  const size_t PT = P * T;
+  rotate_particle(x, px, poses.psi, w);
+  const int n = px.n, r = px.r_max;
+  // B rows and Q rows.
+  w.b.resize(P * m);
+  w.q.resize(PT * 2 * m);
+  std::vector<cfloat> ex(size_t(r + 1)), ey(size_t(2 * r + 1));
+  const double two_pi_n = 2.0 * std::numbers::pi / n;
+  for (size_t p = 0; p < P; ++p) {
+    const double c = std::cos(deg2rad(poses.psi[p])), s = std::sin(deg2rad(poses.psi[p]));
+    float* b = w.b.data() + p * m;
+    for (size_t q = 0; q < m; ++q) {
+      const float cw = w.cr[p * m + q];
+      b[q] = scale * scale * cw * cw * inv_sigma2[size_t(px.shell[q])];
+    }
+    for (size_t t = 0; t < T; ++t) {
+      // phase_t(R k') = exp(-2 pi i k'.(R^T t) / n); R = [[c, s], [-s, c]].
+      const double tx = c * poses.trans[t][0] - s * poses.trans[t][1];
+      const double ty = s * poses.trans[t][0] + c * poses.trans[t][1];
+      for (int k = 0; k <= r; ++k) ex[size_t(k)] = std::polar(1.0f, float(-two_pi_n * k * tx));
+      for (int k = -r; k <= r; ++k) ey[size_t(k + r)] = std::polar(1.0f, float(-two_pi_n * k * ty));
+      float* qrow = w.q.data() + (p * T + t) * 2 * m;
+      for (size_t q = 0; q < m; ++q) {
+        const float f = scale * w.cr[p * m + q] * inv_sigma2[size_t(px.shell[q])];
+        const cfloat v = f * w.xr[p * m + q] * ex[size_t(px.kx[q])] * ey[size_t(int(px.ky[q]) + r)];
+        qrow[2 * q] = v.real();
+        qrow[2 * q + 1] = v.imag();
+      }
+    }
+  }
+  w.a2.resize(PT * D);
+  w.a1.resize(P * D);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(PT), int(D), int(2 * m), 1.0f, w.q.data(), int(2 * m),
+              slices.s.data(), int(2 * m), 0.0f, w.a2.data(), int(D));
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(P), int(D), int(m), 1.0f, w.b.data(), int(m),
+              slices.s2.data(), int(m), 0.0f, w.a1.data(), int(D));
+
+  posterior_from_scores(P, T, D, poses.log_prior_psi, poses.log_prior_trans, poses.log_prior_dir, opt, w, out);
+}
+
+namespace {
+
+// Q_t(k) = s C w X phase_t and B(k) = s^2 C^2 w on the particle's own grid (search_direct).
+void prepare_direct(const RotatableParticle& x, const SearchPixels& px, std::span<const float> inv_sigma2, float scale,
+                    std::span<const std::array<double, 2>> trans, SearchWork& w) {
+  const size_t m = px.size(), T = trans.size();
+  const int n = px.n, r = px.r_max;
+  w.b.resize(m);
+  w.q.resize(T * 2 * m);
+  w.xr.resize(m);
+  w.cr.resize(m);
+  for (size_t q = 0; q < m; ++q) {
+    w.xr[q] = x.on_grid(int(px.kx[q]), int(px.ky[q]));
+    w.cr[q] = x.ctf(px.kx[q], px.ky[q]);
+    w.b[q] = scale * scale * w.cr[q] * w.cr[q] * inv_sigma2[size_t(px.shell[q])];
+  }
+  std::vector<cfloat> ex(size_t(r + 1)), ey(size_t(2 * r + 1));
+  const double two_pi_n = 2.0 * std::numbers::pi / n;
+  for (size_t t = 0; t < T; ++t) {
+    for (int k = 0; k <= r; ++k) ex[size_t(k)] = std::polar(1.0f, float(-two_pi_n * k * trans[t][0]));
+    for (int k = -r; k <= r; ++k) ey[size_t(k + r)] = std::polar(1.0f, float(-two_pi_n * k * trans[t][1]));
+    float* qrow = w.q.data() + t * 2 * m;
+    for (size_t q = 0; q < m; ++q) {
+      const float f = scale * w.cr[q] * inv_sigma2[size_t(px.shell[q])];
+      const cfloat v = f * w.xr[q] * ex[size_t(px.kx[q])] * ey[size_t(int(px.ky[q]) + r)];
+      qrow[2 * q] = v.real();
+      qrow[2 * q + 1] = v.imag();
+    }
+  }
+}
+
+}  // namespace
+
+void search_direct(const RotatableParticle& x, const SearchPixels& px, std::span<const float> inv_sigma2, float scale,
+                   const Slices& refs, std::span<const std::array<double, 2>> trans,
+                   std::span<const double> log_prior_trans, std::span<const double> log_prior_ref,
+                   const SearchOptions& opt, SearchWork& w, PoseResult& out) {
+  const size_t m = px.size(), T = trans.size(), J = refs.d;
+  if (refs.m != m) runtime_error("search_direct: references of {} pixels for {} pixels", refs.m, m);
+  prepare_direct(x, px, inv_sigma2, scale, trans, w);
+  w.a2.resize(T * J);
+  w.a1.resize(J);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(J), int(2 * m), 1.0f, w.q.data(), int(2 * m),
+              refs.s.data(), int(2 * m), 0.0f, w.a2.data(), int(J));
+  cblas_sgemv(CblasRowMajor, CblasNoTrans, int(J), int(m), 1.0f, refs.s2.data(), int(m), w.b.data(), 1, 0.0f,
+              w.a1.data(), 1);
+  posterior_from_scores(1, T, J, {}, log_prior_trans, log_prior_ref, opt, w, out);
+}
+
+std::vector<size_t> direct_sums(const RotatableParticle& x, const SearchPixels& px, std::span<const float> inv_sigma2,
+                                float scale, std::span<const std::array<double, 2>> trans, const PoseResult& post,
+                                SearchWork& work, std::vector<float>& data, std::vector<float>& weight,
+                                double min_weight) {
+  prepare_direct(x, px, inv_sigma2, scale, trans, work);
+  return pose_sums(post, px.size(), work, data, weight, min_weight);
+}
+
+std::vector<size_t> pose_sums(const PoseResult& post, size_t m, SearchWork& w, std::vector<float>& data,
+                              std::vector<float>& weight, double min_weight) {
+  const size_t P = post.P, T = post.T, D = post.D, PT = P * T;
+  data.assign(D * 2 * m, 0.0f);
+  weight.assign(D * m, 0.0f);
+  std::vector<size_t> used;
+  if (!post.valid) return used;
+  for (size_t d = 0; d < D; ++d)
+    if (post.w_dir[d] > min_weight) used.push_back(d);
+  if (used.empty()) return used;
+  w.wsum_pd.assign(P * D, 0.0f);
+  for (size_t p = 0; p < P; ++p)
+    for (size_t t = 0; t < T; ++t) {
+      const float* wr = post.weight.data() + (p * T + t) * D;
+      float* o = w.wsum_pd.data() + p * D;
+      for (size_t d = 0; d < D; ++d) o[d] += wr[d];
+    }
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(D), int(2 * m), int(PT), 1.0f, post.weight.data(), int(D),
+              w.q.data(), int(2 * m), 0.0f, data.data(), int(2 * m));
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(D), int(m), int(P), 1.0f, w.wsum_pd.data(), int(D),
+              w.b.data(), int(m), 0.0f, weight.data(), int(m));
+  return used;
+}
+
+PoseResidual pose_residual(const RotatableParticle& x, const SearchPixels& px, std::span<const float> inv_sigma2,
+                           float scale, const Projector& proj, double rot, double tilt, double psi,
+                           std::array<double, 2> trans) {
+  PoseResidual res;
+  const int n = px.n;
+  res.diff2.assign(size_t(n / 2 + 1), 0.0);
+  const Mat3 A = euler_to_matrix(rot, tilt, psi);
+  const double p = proj.padding();
+  const double m00 = p * A[0][0], m01 = p * A[1][0], m10 = p * A[0][1], m11 = p * A[1][1], m20 = p * A[0][2],
+               m21 = p * A[1][2];
+  const double two_pi_n = 2.0 * std::numbers::pi / n;
+  const FourierLattice& lat = proj.lattice();
+  for (size_t q = 0; q < px.size(); ++q) {
+    const double kx = px.kx[q], ky = px.ky[q];
+    const cfloat S = lat.interpolate(m00 * kx + m01 * ky, m10 * kx + m11 * ky, m20 * kx + m21 * ky);
+    const cfloat X = x.on_grid(int(kx), int(ky)) * std::polar(1.0f, float(-two_pi_n * (kx * trans[0] + ky * trans[1])));
+    const cfloat M = scale * x.ctf(kx, ky) * S;
+    res.diff2[size_t(px.shell[q])] += std::norm(X - M);
+    const double wq = inv_sigma2[size_t(px.shell[q])];
+    res.xa += wq * (double(X.real()) * M.real() + double(X.imag()) * M.imag());
+    res.aa += wq * std::norm(M);
+  }
+  return res;
+}
+
+}  // namespace regula::estep

@@ -1,0 +1,890 @@
+#include "regula/jobs/refine3d.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <memory>
+#include <numeric>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "regula/core/atomic_file.hpp"
+#include "regula/core/cancel.hpp"
+#include "regula/core/error.hpp"
+#include "regula/core/parallel.hpp"
+#include "regula/core/progress.hpp"
+#include "regula/core/random.hpp"
+#include "regula/estep/pose_search.hpp"
+#include "regula/estep/scores.hpp"
+#include "regula/imaging/backprojector.hpp"
+#include "regula/imaging/filter.hpp"
+#include "regula/imaging/fsc.hpp"
+#include "regula/imaging/mask.hpp"
+#include "regula/imaging/particle_ctf.hpp"
+#include "regula/imaging/projector.hpp"
+#include "regula/io/mrc.hpp"
+#include "regula/jobs/refine3d_detail.hpp"
+#include "regula/model/particles.hpp"
+#include "regula/sampling/healpix.hpp"
+#include "regula/sampling/symmetry.hpp"
+
+namespace regula {
+
+std::string Refine3DOptions::validate() const {
+  if (continue_from.empty()) {
+    if (input.empty()) return "--i: a particles STAR file is required (or --continue)";
+    if (reference.empty()) return "--ref: an initial reference map is required";
+  }
+  if (out_root.empty()) return "--o: an output root is required";
+  if (!(ini_high > 0)) return fmt::format("--ini_high: must be positive Å (got {})", ini_high);
+  if (particle_diameter < 0) return fmt::format("--particle_diameter: must be >= 0 Å (got {})", particle_diameter);
+  if (healpix_order < 0 || healpix_order > 5)
+    return fmt::format("--healpix_order: must be 0 to 5 (got {})", healpix_order);
+  if (auto_local_healpix_order < 0 || auto_local_healpix_order > 7)
+    return fmt::format("--auto_local_healpix_order: must be 0 to 7 (got {})", auto_local_healpix_order);
+  if (!(offset_range >= 0)) return fmt::format("--offset_range: must be >= 0 px (got {})", offset_range);
+  if (!(offset_step > 0)) return fmt::format("--offset_step: must be > 0 px (got {})", offset_step);
+  if (offset_range / offset_step > 20)
+    return fmt::format("--offset_range/--offset_step: at most 20 steps per direction (got {} / {})", offset_range,
+                       offset_step);
+  if (!(low_resol_join_halves >= 0)) return "--low_resol_join_halves: must be >= 0 Å";
+  if (threads < 1) return fmt::format("--j: must be at least 1 (got {})", threads);
+  if (angpix < 0) return fmt::format("--angpix: must be positive (got {})", angpix);
+  if (max_iterations < 1) return fmt::format("--iter: must be at least 1 (got {})", max_iterations);
+  if (chunks < 1 || chunks > 64) return "chunks per half must be 1 to 64";
+  if (max_healpix_order < healpix_order || max_healpix_order > 7) return "--max_healpix_order: must be in [healpix_order, 7]";
+  return "";
+}
+
+namespace {
+
+using refine3d_detail::IterationReport;
+using refine3d_detail::State;
+constexpr double kFscThreshold = 0.143;
+// Caps on the coarse (direction, in-plane angle) pairs and translations whose children the fine
+// pass evaluates (in order of decreasing coarse posterior; the 0.999 mass usually needs fewer).
+constexpr size_t kMaxSigPairs = 48, kMaxSigTrans = 9;
+
+// Unit vector of a viewing direction.
+Vec3 direction_vector(double rot, double tilt) { return euler_direction(rot, tilt); }
+
+double angle_between(const Vec3& a, const Vec3& b) {
+  const double c = std::clamp(a[0] * b[0] + a[1] * b[1] + a[2] * b[2], -1.0, 1.0);
+  return rad2deg(std::acos(c));
+}
+
+// Unit quaternion (w, x, y, z) of a rotation matrix (Shepperd's method) and back.
+std::array<double, 4> to_quaternion(const Mat3& R) {
+  const double tr = R[0][0] + R[1][1] + R[2][2];
+  std::array<double, 4> q;
+  if (tr > 0) {
+    const double s = 2 * std::sqrt(tr + 1.0);
+    q = {0.25 * s, (R[2][1] - R[1][2]) / s, (R[0][2] - R[2][0]) / s, (R[1][0] - R[0][1]) / s};
+  } else if (R[0][0] > R[1][1] && R[0][0] > R[2][2]) {
+    const double s = 2 * std::sqrt(1.0 + R[0][0] - R[1][1] - R[2][2]);
+    q = {(R[2][1] - R[1][2]) / s, 0.25 * s, (R[0][1] + R[1][0]) / s, (R[0][2] + R[2][0]) / s};
+  } else if (R[1][1] > R[2][2]) {
+    const double s = 2 * std::sqrt(1.0 + R[1][1] - R[0][0] - R[2][2]);
+    q = {(R[0][2] - R[2][0]) / s, (R[0][1] + R[1][0]) / s, 0.25 * s, (R[1][2] + R[2][1]) / s};
+  } else {
+    const double s = 2 * std::sqrt(1.0 + R[2][2] - R[0][0] - R[1][1]);
+    q = {(R[1][0] - R[0][1]) / s, (R[0][2] + R[2][0]) / s, (R[1][2] + R[2][1]) / s, 0.25 * s};
+  }
+  return q;
+}
+
+Mat3 from_quaternion(std::array<double, 4> q) {
+  const double nrm = std::sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]);
+  for (double& v : q) v /= nrm;
+  const double w = q[0], x = q[1], y = q[2], z = q[3];
+  Mat3 R;
+  R[0] = {1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)};
+  R[1] = {2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)};
+  R[2] = {2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)};
+  return R;
+}
+
+double wrap180(double a) {
+  a = std::fmod(a + 180.0, 360.0);
+  if (a < 0) a += 360.0;
+  return a - 180.0;
+}
+
+// Directions (HEALPix pixel centres) of one order, with their unit vectors.
+struct DirectionTable {
+  int order = -1;
+  std::vector<std::array<double, 2>> rot_tilt;
+  std::vector<Vec3> v;
+  void build(int o) {
+    if (order == o) return;
+    order = o;
+    const long np = healpix_num_pixels(o);
+    rot_tilt.resize(size_t(np));
+    v.resize(size_t(np));
+    for (long p = 0; p < np; ++p) {
+      rot_tilt[size_t(p)] = healpix_direction(o, p);
+      v[size_t(p)] = direction_vector(rot_tilt[size_t(p)][0], rot_tilt[size_t(p)][1]);
+    }
+  }
+};
+
+// One task's accumulators: a back-projector and noise sums of a chunk of one half.
+struct ChunkSums {
+  std::unique_ptr<BackProjector> bp;
+  std::vector<std::vector<double>> diff2, count;  // [group][shell]
+  double pmax_sum = 0, loglik_sum = 0, ang_change = 0, off_change = 0;
+};
+
+class Job {
+ public:
+  explicit Job(const Refine3DOptions& opt) : opt_(opt), pool_(opt.threads), sym_(SymmetryGroup::parse(opt.sym)) {}
+  Refine3DResult run();
+
+ private:
+  void setup();
+  void initialise();
+  IterationReport iterate(bool final);
+  void process_chunk(int h, int c, bool final, ChunkSums& out);
+  void update_sampling(const IterationReport& rep);
+  Image read_particle(ParticleImages& images, size_t i) const;
+  int coarse_shells(int order) const;
+  int shell_of(double A) const { return int(std::lround(n_ * angpix_ / A)); }
+  double shell_to_A(double s) const { return s > 0 ? n_ * angpix_ / s : 999.0; }
+  bool cc_iteration() const { return opt_.firstiter_cc && st_.iteration == 0; }
+  void mask_reference(Volume& map) const;
+
+  Refine3DOptions opt_;
+  ThreadPool pool_;
+  SymmetryGroup sym_;
+  std::string input_star_;
+  ParticleTable table_;
+  int n_ = 0, groups_ = 1;
+  double angpix_ = 0, radius_px_ = 0;
+  Volume solvent_mask_;
+  std::array<std::vector<size_t>, 2> members_;  // particle indices per half
+  State st_;
+  // Per iteration:
+  int r_ = 0, rc_ = 0;
+  bool local_ = false;
+  estep::SearchPixels px_fine_, px_coarse_, px_all_;
+  std::array<std::unique_ptr<Projector>, 2> proj_;
+  std::vector<std::array<double, 2>> global_dirs_;
+  std::vector<double> global_psi_;
+  std::array<estep::Slices, 2> global_slices_;
+  DirectionTable local_table_;
+  std::vector<std::array<double, 2>> trans_;
+  std::unique_ptr<Progress> progress_;
+  // New per-particle values of the iteration.
+  std::vector<double> new_rot_, new_tilt_, new_psi_, new_ox_, new_oy_, new_scale_, new_pmax_, new_loglik_;
+  std::vector<int> new_nsig_;
+  // Convergence and the final iteration.
+  bool converged_ = false;
+  Volume final_map_;
+  std::vector<double> final_fsc_;
+  double final_resolution_ = 0;
+  struct FinalFiles {
+    std::string map, half1, half2, data, model, bild, png;
+  } final_files_;
+  std::vector<long> global_pix_;
+  refine3d_detail::Files write_final(const IterationReport& rep);
+};
+
+void Job::setup() {
+  ParticleReadOptions ro;
+  ro.angpix = opt_.angpix;
+  table_ = ParticleTable::read(input_star_, ro);
+  const size_t N = table_.size();
+  if (N < 2) input_error("{}: refine3d needs at least 2 particles (got {})", input_star_, N);
+  {
+    ParticleImages images(table_, 1);
+    Image first = images.read(0);
+    n_ = first.nx();
+    if (first.ny() != n_ || n_ < 16 || n_ % 2)
+      input_error("{}: particle images must be square, even and at least 16 px (got {}x{})", table_.where(0),
+                  first.nx(), first.ny());
+  }
+  angpix_ = table_.optics.front().pixel_size;
+  for (const auto& g : table_.optics) {
+    if (g.pixel_size <= 0) input_error("{}: optics group {} has no pixel size; give --angpix", input_star_, g.number);
+    if (std::abs(g.pixel_size - angpix_) > 1e-6 * angpix_)
+      input_error("{}: optics groups have different pixel sizes ({} and {} Å); refine3d needs one", input_star_,
+                  angpix_, g.pixel_size);
+    if (opt_.ctf && g.voltage <= 0)
+      input_error("{}: --ctf needs rlnVoltage, rlnSphericalAberration and rlnAmplitudeContrast (optics group {})",
+                  input_star_, g.number);
+  }
+  if (opt_.ctf)
+    for (size_t i = 0; i < N; ++i) (void)particle_ctf_params(table_, i);
+  groups_ = int(table_.optics.size());
+  const double r = opt_.particle_diameter > 0 ? opt_.particle_diameter / (2 * angpix_) : n_ / 2.0 - opt_.mask_edge;
+  radius_px_ = std::clamp(r, 2.0, n_ / 2.0);
+  if (!opt_.solvent_mask.empty()) {
+    solvent_mask_ = mrc::read(opt_.solvent_mask);
+    if (solvent_mask_.nx() != n_ || solvent_mask_.ny() != n_ || solvent_mask_.nz() != n_)
+      input_error("{}: the solvent mask is {}x{}x{}, the particles are {} px", opt_.solvent_mask, solvent_mask_.nx(),
+                  solvent_mask_.ny(), solvent_mask_.nz(), n_);
+    for (size_t i = 0; i < solvent_mask_.size(); ++i)
+      if (!(solvent_mask_[i] >= -1e-3f && solvent_mask_[i] <= 1.001f))
+        input_error("{}: mask values must be in [0, 1] (voxel {} is {})", opt_.solvent_mask, i, solvent_mask_[i]);
+  }
+}
+
+Image Job::read_particle(ParticleImages& images, size_t i) const {
+  Image img = images.read(i);
+  if (img.nx() != n_ || img.ny() != n_)
+    input_error("{}: image of particle {} is {}x{}, expected {}x{}", table_.where(i), i + 1, img.nx(), img.ny(), n_, n_);
+  apply_spherical_mask(img, radius_px_, opt_.mask_edge, opt_.zero_mask ? MaskFill::Zero : MaskFill::BackgroundMean);
+  return img;
+}
+
+void Job::mask_reference(Volume& map) const {
+  if (!solvent_mask_.empty()) {
+    for (size_t i = 0; i < map.size(); ++i) map[i] *= solvent_mask_[i];
+  } else if (opt_.flatten_solvent) {
+    apply_spherical_mask(map, radius_px_, opt_.mask_edge, MaskFill::Zero);
+  }
+}
+
+// Iteration 0: half sets, reference, noise spectra from the particles' power.
+void Job::initialise() {
+  const size_t N = table_.size();
+  st_ = State();
+  st_.n = n_;
+  st_.order = opt_.healpix_order;
+  st_.offset_range = opt_.offset_range;
+  st_.offset_step = opt_.offset_step;
+  st_.current_shells = std::clamp(shell_of(opt_.ini_high), 4, n_ / 2);
+  st_.rot = table_.rot;
+  st_.tilt = table_.tilt;
+  st_.psi = table_.psi;
+  st_.ox = table_.origin_x;
+  st_.oy = table_.origin_y;
+  st_.scale.assign(N, 1.0);
+  st_.pmax.assign(N, 0.0);
+  st_.loglik.assign(N, 0.0);
+  st_.nsig.assign(N, 0);
+  // Random halves unless every particle has rlnRandomSubset 1 or 2.
+  bool keep = std::all_of(table_.random_subset.begin(), table_.random_subset.end(), [](int s) { return s == 1 || s == 2; });
+  st_.half.assign(N, 1);
+  if (keep) {
+    st_.half = table_.random_subset;
+  } else {
+    std::vector<std::pair<uint64_t, size_t>> key(N);
+    auto rng = make_rng(opt_.seed, 0x48414c46);  // "HALF"
+    for (size_t i = 0; i < N; ++i) key[i] = {rng(), i};
+    std::sort(key.begin(), key.end());
+    for (size_t k = 0; k < N; ++k) st_.half[key[k].second] = k < (N + 1) / 2 ? 1 : 2;
+  }
+  // Reference: low-passed to --ini_high, both halves alike.
+  mrc::Header hdr;
+  Volume ref = mrc::read(opt_.reference, &hdr);
+  if (ref.nx() != n_ || ref.ny() != n_ || ref.nz() != n_)
+    input_error("{}: the reference is {}x{}x{}, the particles are {} px (rescale it with regula preprocess)",
+                opt_.reference, ref.nx(), ref.ny(), ref.nz(), n_);
+  low_pass(ref, opt_.ini_high, angpix_);
+  mask_reference(ref);
+  st_.maps = {ref, ref};
+  // Noise: half the mean power per shell and component, per half and optics group.
+  const size_t hs = size_t(n_ / 2 + 1);
+  st_.sigma2.assign(2, std::vector<std::vector<double>>(size_t(groups_), std::vector<double>(hs, 0.0)));
+  std::vector<double> counts(hs, 0.0);
+  for (int ky = -n_ / 2; ky < n_ / 2; ++ky)
+    for (int kx = 0; kx <= n_ / 2; ++kx) {
+      if (kx == 0 && ky <= 0) continue;
+      const int s = int(std::lround(std::sqrt(double(kx * kx + ky * ky))));
+      if (s <= n_ / 2) counts[size_t(s)] += 1;
+    }
+  const size_t nchunk = (N + 63) / 64;
+  std::vector<std::vector<std::vector<double>>> pw(nchunk);
+  Progress prog("refine3d: noise spectra", double(N));
+  pool_.parallel_for(0, nchunk, [&](size_t c, int) {
+    ParticleImages images(table_, 4);
+    pw[c].assign(size_t(2 * groups_), std::vector<double>(hs + 1, 0.0));
+    for (size_t i = c * 64; i < std::min(N, (c + 1) * 64); ++i) {
+      Image img = read_particle(images, i);
+      estep::RotatableParticle x(img, 0, 0, std::nullopt, angpix_);
+      auto& row = pw[c][size_t((st_.half[i] - 1) * groups_ + table_.optics_index[i])];
+      for (size_t s = 0; s < hs; ++s) row[s] += x.shell_power()[s];
+      row[hs] += 1;
+    }
+    prog.advance(double(std::min(N, (c + 1) * 64) - c * 64));
+  });
+  prog.finish();
+  for (int h = 0; h < 2; ++h)
+    for (int g = 0; g < groups_; ++g) {
+      std::vector<double> tot(hs + 1, 0.0);
+      for (size_t c = 0; c < nchunk; ++c)
+        for (size_t s = 0; s <= hs; ++s) tot[s] += pw[c][size_t(h * groups_ + g)][s];
+      for (size_t s = 1; s < hs; ++s)
+        st_.sigma2[size_t(h)][size_t(g)][s] = tot[hs] > 0 ? tot[s] / (2 * tot[hs] * counts[s]) : 1.0;
+    }
+  st_.sigma2_offset = std::max(1.0, opt_.offset_range * opt_.offset_range / 4.0);
+}
+
+// Frequency limit of the coarse pass: where one angular step moves the particle edge by one pixel.
+int Job::coarse_shells(int order) const {
+  const double step = deg2rad(healpix_angular_step(order));
+  const int r = int(std::ceil(n_ / (2.0 * kPi * radius_px_ * step) * 2.0 * kPi));
+  return std::clamp(r, 6, n_ / 2);
+}
+
+void Job::process_chunk(int h, int c, bool final, ChunkSums& out) {
+  const std::vector<size_t>& mem = members_[size_t(h)];
+  const size_t C = size_t(opt_.chunks);
+  const size_t i0 = mem.size() * size_t(c) / C, i1 = mem.size() * size_t(c + 1) / C;
+  const size_t hs = size_t(n_ / 2 + 1);
+  out.bp = std::make_unique<BackProjector>(n_, 2, r_, 3);
+  out.diff2.assign(size_t(groups_), std::vector<double>(hs, 0.0));
+  out.count = out.diff2;
+  ParticleImages images(table_, 8);
+  estep::SearchWork work;
+  estep::PoseResult coarse, fine;
+  estep::Slices local_slices, fine_slices;
+  std::vector<float> sdata, sweight;
+  const bool cc = cc_iteration();
+  estep::SearchOptions so;
+  so.cross_correlation = cc;
+  const int order = st_.order;
+  const double step = healpix_angular_step(order);
+  const double sigma_ang = step;  // RELION: 2 x the oversampled step
+  const double sigma_off2 = st_.sigma2_offset;
+  const Projector& proj = *proj_[size_t(h)];
+  std::vector<double> fine_counts(hs, 0.0);
+  for (size_t q = 0; q < px_fine_.size(); ++q) fine_counts[size_t(px_fine_.shell[q])] += 1;
+  std::vector<double> all_counts(hs, 0.0);
+  for (int ky = -n_ / 2; ky < n_ / 2; ++ky)
+    for (int kx = 0; kx <= n_ / 2; ++kx) {
+      if (kx == 0 && ky <= 0) continue;
+      const int s = int(std::lround(std::sqrt(double(kx * kx + ky * ky))));
+      if (s <= n_ / 2) all_counts[size_t(s)] += 1;
+    }
+
+  for (size_t k = i0; k < i1; ++k) {
+    check_cancelled();
+    const size_t i = mem[k];
+    const int g = table_.optics_index[i];
+    std::vector<float> inv_sigma2(hs, 0.0f);
+    for (size_t s = 1; s < hs; ++s) {
+      const double v = st_.sigma2[size_t(h)][size_t(g)][s];
+      inv_sigma2[s] = cc ? 1.0f : (v > 0 ? float(1.0 / v) : 0.0f);
+    }
+    const float scale = float(st_.scale[i]);
+    Image img = read_particle(images, i);
+    std::optional<Ctf> ctf;
+    if (opt_.ctf) ctf.emplace(particle_ctf_params(table_, i));
+    const double ox = st_.ox[i] / angpix_, oy = st_.oy[i] / angpix_;  // current offsets, px
+    estep::RotatableParticle x(img, ox, oy, ctf, angpix_);
+    const Vec3 prev_dir = direction_vector(st_.rot[i], st_.tilt[i]);
+    auto trans_prior = [&](const std::vector<std::array<double, 2>>& tr) {
+      std::vector<double> lp(tr.size(), 0.0);
+      if (cc) return lp;
+      for (size_t t = 0; t < tr.size(); ++t) {
+        const double dx = ox + tr[t][0], dy = oy + tr[t][1];
+        lp[t] = -(dx * dx + dy * dy) / (2 * sigma_off2);
+      }
+      return lp;
+    };
+
+    // ---- coarse pass ----
+    estep::PoseSet ps;
+    ps.trans = trans_;
+    ps.log_prior_trans = trans_prior(ps.trans);
+    std::vector<std::array<double, 2>> cdirs;
+    std::vector<long> cpix;
+    const estep::Slices* cslices = nullptr;
+    if (!local_) {
+      ps.psi = global_psi_;
+      ps.dirs = global_dirs_;
+      cslices = &global_slices_[size_t(h)];
+    } else {
+      const int K = int(std::ceil(3 * sigma_ang / step - 1e-9));
+      for (int j = -K; j <= K; ++j) {
+        ps.psi.push_back(wrap180(st_.psi[i] + j * step));
+        ps.log_prior_psi.push_back(-(j * step) * (j * step) / (2 * sigma_ang * sigma_ang));
+      }
+      const double cos_lim = std::cos(deg2rad(3 * sigma_ang));
+      for (size_t d = 0; d < local_table_.v.size(); ++d) {
+        const Vec3& v = local_table_.v[d];
+        if (prev_dir[0] * v[0] + prev_dir[1] * v[1] + prev_dir[2] * v[2] < cos_lim) continue;
+        const double a = angle_between(prev_dir, v);
+        cdirs.push_back(local_table_.rot_tilt[d]);
+        cpix.push_back(long(d));
+        ps.log_prior_dir.push_back(-a * a / (2 * sigma_ang * sigma_ang));
+      }
+      if (cdirs.empty()) {  // cannot happen for 3 sigma >= a pixel radius; keep the nearest
+        size_t best = 0;
+        double ba = 1e9;
+        for (size_t d = 0; d < local_table_.v.size(); ++d) {
+          double a = angle_between(prev_dir, local_table_.v[d]);
+          if (a < ba) ba = a, best = d;
+        }
+        cdirs.push_back(local_table_.rot_tilt[best]);
+        cpix.push_back(long(best));
+        ps.log_prior_dir.push_back(0);
+      }
+      ps.dirs = cdirs;
+      estep::project_slices(proj, px_coarse_, cdirs, local_slices);
+      cslices = &local_slices;
+    }
+    estep::search_poses(x, px_coarse_, inv_sigma2, scale, *cslices, ps, so, work, coarse);
+    if (!coarse.valid) {
+      spdlog::warn("refine3d: particle {} has no finite likelihood; its pose is kept", i + 1);
+      continue;
+    }
+
+    // ---- significant coarse poses -> fine poses (one level of oversampling), scored in the
+    // particle's frame (no resampling of the data) ----
+    const size_t cP = coarse.P, cT = coarse.T, cD = coarse.D;
+    std::vector<std::pair<double, size_t>> pairs;  // (weight, p * D + d)
+    {
+      std::vector<double> wpd(cP * cD, 0.0);
+      for (size_t p = 0; p < cP; ++p)
+        for (size_t t = 0; t < cT; ++t)
+          for (size_t d = 0; d < cD; ++d) wpd[p * cD + d] += coarse.weight[(p * cT + t) * cD + d];
+      for (size_t j = 0; j < wpd.size(); ++j)
+        if (wpd[j] > 1e-8) pairs.push_back({wpd[j], j});
+      std::sort(pairs.begin(), pairs.end(), [](auto& x, auto& y) { return x.first > y.first || (x.first == y.first && x.second < y.second); });
+      double acc = 0;
+      size_t keep = 0;
+      while (keep < pairs.size() && keep < (cc ? 1 : kMaxSigPairs)) {
+        acc += pairs[keep++].first;
+        if (acc >= 0.999) break;
+      }
+      pairs.resize(keep);
+    }
+    std::vector<size_t> sig_t;
+    {
+      std::vector<std::pair<double, size_t>> tw;
+      for (size_t t = 0; t < cT; ++t) tw.push_back({coarse.w_trans[t], t});
+      std::sort(tw.begin(), tw.end(), [](auto& x, auto& y) { return x.first > y.first || (x.first == y.first && x.second < y.second); });
+      double acc = 0;
+      for (const auto& [w, t] : tw) {
+        if (sig_t.size() >= (cc ? 1 : kMaxSigTrans)) break;
+        sig_t.push_back(t);
+        acc += w;
+        if (acc >= 0.999) break;
+      }
+    }
+    std::vector<Euler> fang;
+    std::vector<double> fang_prior;
+    const int forder = order + 1;
+    for (const auto& pr : pairs) {
+      const size_t p = pr.second / cD, d = pr.second % cD;
+      const long pix = local_ ? cpix[d] : global_pix_[d];
+      for (long child : healpix_children(pix, 1)) {
+        const auto crt = healpix_direction(forder, child);
+        const double a = local_ ? angle_between(prev_dir, direction_vector(crt[0], crt[1])) : 0.0;
+        for (int sgn : {-1, 1}) {
+          const double psi = wrap180(ps.psi[p] + sgn * step / 4);
+          fang.push_back({crt[0], crt[1], psi});
+          if (local_) {
+            const double dp = wrap180(psi - st_.psi[i]);
+            fang_prior.push_back(-(a * a + dp * dp) / (2 * sigma_ang * sigma_ang));
+          }
+        }
+      }
+    }
+    std::vector<std::array<double, 2>> ftrans;
+    const double fstep = st_.offset_step / 4;
+    for (size_t t : sig_t)
+      for (int sx : {-1, 1})
+        for (int sy : {-1, 1}) ftrans.push_back({ps.trans[t][0] + sx * fstep, ps.trans[t][1] + sy * fstep});
+    const std::vector<double> ftrans_prior = trans_prior(ftrans);
+    estep::project_orientations(proj, px_fine_, fang, fine_slices);
+    estep::search_direct(x, px_fine_, inv_sigma2, scale, fine_slices, ftrans, ftrans_prior, fang_prior, so, work, fine);
+    if (!fine.valid) continue;
+
+    // ---- M-step sums, inserted at the full orientations (the final iteration: at all frequencies) ----
+    const estep::SearchPixels& pxs = final ? px_all_ : px_fine_;
+    std::vector<size_t> used = final ? estep::direct_sums(x, px_all_, inv_sigma2, scale, ftrans, fine, work, sdata, sweight, 1e-5)
+                                     : estep::pose_sums(fine, px_fine_.size(), work, sdata, sweight, 1e-5);
+    const size_t m = pxs.size();
+    for (size_t j : used)
+      out.bp->insert_pixels(pxs.kx, pxs.ky, sdata.data() + j * 2 * m, sweight.data() + j * m,
+                            euler_to_matrix(fang[j].rot, fang[j].tilt, fang[j].psi));
+    // ---- best (or posterior mean) pose ----
+    std::array<double, 2> bt = ftrans[fine.best_t];
+    double rot = fang[fine.best_d].rot, tilt = fang[fine.best_d].tilt, psi = fang[fine.best_d].psi;
+    if (opt_.pose_mean && !cc) {
+      // Posterior mean pose: the weighted average of the orientations (quaternions aligned with the
+      // best one) and of the translations.
+      const auto qb = to_quaternion(euler_to_matrix(rot, tilt, psi));
+      std::array<double, 4> qs{0, 0, 0, 0};
+      for (size_t j = 0; j < fine.D; ++j) {
+        const double w = fine.w_dir[j];
+        if (w < 1e-6) continue;
+        auto q = to_quaternion(euler_to_matrix(fang[j].rot, fang[j].tilt, fang[j].psi));
+        const double dot = q[0] * qb[0] + q[1] * qb[1] + q[2] * qb[2] + q[3] * qb[3];
+        for (int c = 0; c < 4; ++c) qs[size_t(c)] += (dot < 0 ? -w : w) * q[size_t(c)];
+      }
+      const Euler e = matrix_to_euler(from_quaternion(qs));
+      rot = e.rot;
+      tilt = e.tilt;
+      psi = e.psi;
+      bt = {0, 0};
+      for (size_t t = 0; t < fine.T; ++t) {
+        bt[0] += fine.w_trans[t] * ftrans[t][0];
+        bt[1] += fine.w_trans[t] * ftrans[t][1];
+      }
+    }
+    estep::PoseResidual res = estep::pose_residual(x, px_fine_, inv_sigma2, scale, proj, rot, tilt, psi, bt);
+    double ns = st_.scale[i];
+    if (opt_.norm && !cc && res.aa > 0 && res.xa > 0) ns = std::clamp(st_.scale[i] * res.xa / res.aa, 0.2, 5.0);
+    if (cc && res.aa > 0 && res.xa > 0) {
+      // The first iteration puts the reference on the data's grey scale: the residuals for the
+      // noise model are those at the fitted scale.
+      ns = std::clamp(st_.scale[i] * res.xa / res.aa, 1e-6, 1e6);
+      res = estep::pose_residual(x, px_fine_, inv_sigma2, float(ns), proj, rot, tilt, psi, bt);
+    }
+    for (size_t s = 1; s < hs; ++s) {
+      out.diff2[size_t(g)][s] += res.diff2[s];
+      out.count[size_t(g)][s] += fine_counts[s];
+      if (int(s) > px_fine_.r_max) {
+        out.diff2[size_t(g)][s] += x.shell_power()[s];
+        out.count[size_t(g)][s] += all_counts[s];
+      }
+    }
+    // After the cross-correlation iteration the new references are on the data's scale: s = 1.
+    new_scale_[i] = cc ? 1.0 : ns;
+    new_rot_[i] = rot;
+    new_tilt_[i] = tilt;
+    new_psi_[i] = psi;
+    new_ox_[i] = st_.ox[i] + bt[0] * angpix_;
+    new_oy_[i] = st_.oy[i] + bt[1] * angpix_;
+    new_pmax_[i] = fine.max_posterior;
+    new_nsig_[i] = int(fine.n_significant);
+    new_loglik_[i] = fine.log_likelihood;
+    out.pmax_sum += fine.max_posterior;
+    out.loglik_sum += fine.log_likelihood;
+    if (st_.iteration > 0) {
+      out.ang_change += rotation_distance_deg(euler_to_matrix(rot, tilt, psi),
+                                              euler_to_matrix(st_.rot[i], st_.tilt[i], st_.psi[i]));
+      out.off_change += std::hypot(new_ox_[i] - st_.ox[i], new_oy_[i] - st_.oy[i]);
+    }
+    (void)final;
+    progress_->advance(1);
+  }
+}
+
+IterationReport Job::iterate(bool final) {
+  const size_t N = table_.size(), hs = size_t(n_ / 2 + 1);
+  IterationReport rep;
+  // The E-step scores pixels up to the current limit; the final iteration reconstructs at all
+  // frequencies (r_ = n/2) from the same posteriors.
+  const int r_score = st_.current_shells;
+  r_ = final ? n_ / 2 : r_score;
+  local_ = st_.order >= opt_.auto_local_healpix_order;
+  rc_ = std::min(r_score, 2 * coarse_shells(st_.order));
+  if (cc_iteration()) rc_ = r_score;
+  rep.used_shells = r_;
+  px_fine_ = estep::search_pixels(n_, r_score);
+  if (final) px_all_ = estep::search_pixels(n_, r_);
+  px_coarse_ = estep::search_pixels(n_, rc_);
+  local_table_.build(st_.order);
+  trans_ = translations(st_.offset_range, st_.offset_step);
+  for (int h = 0; h < 2; ++h) proj_[size_t(h)] = std::make_unique<Projector>(st_.maps[size_t(h)], 2, std::min(r_ + 1, n_ / 2));
+  if (!local_) {
+    OrientationSampling os(st_.order, sym_, healpix_angular_step(st_.order));
+    global_dirs_.resize(os.num_directions());
+    global_pix_.resize(os.num_directions());
+    for (size_t d = 0; d < os.num_directions(); ++d) {
+      global_dirs_[d] = {os.rot(d), os.tilt(d)};
+      global_pix_[d] = os.pixel(d);
+    }
+    global_psi_.resize(os.num_psi());
+    for (size_t p = 0; p < os.num_psi(); ++p) global_psi_[p] = os.psi(p);
+    pool_.parallel_for(0, 2, [&](size_t h, int) { estep::project_slices(*proj_[h], px_coarse_, global_dirs_, global_slices_[h]); });
+  }
+  new_rot_ = st_.rot;
+  new_tilt_ = st_.tilt;
+  new_psi_ = st_.psi;
+  new_ox_ = st_.ox;
+  new_oy_ = st_.oy;
+  new_scale_ = st_.scale;
+  new_pmax_ = st_.pmax;
+  new_nsig_ = st_.nsig;
+  new_loglik_ = st_.loglik;
+
+  const int C = opt_.chunks;
+  std::vector<ChunkSums> sums(size_t(2 * C));
+  progress_ = std::make_unique<Progress>(
+      fmt::format("refine3d: iteration {}{}", st_.iteration + 1, final ? " (final)" : ""), double(N));
+  pool_.parallel_for(0, size_t(2 * C), [&](size_t task, int) { process_chunk(int(task) / C, int(task) % C, final, sums[task]); });
+  progress_->finish();
+
+  // Reduce in a fixed order.
+  std::array<std::unique_ptr<BackProjector>, 2> bp;
+  for (int h = 0; h < 2; ++h) {
+    bp[size_t(h)] = std::move(sums[size_t(h * C)].bp);
+    for (int c = 1; c < C; ++c) {
+      bp[size_t(h)]->add(*sums[size_t(h * C + c)].bp);
+      sums[size_t(h * C + c)].bp.reset();
+    }
+    std::vector<std::vector<double>> d2(size_t(groups_), std::vector<double>(hs, 0.0)), cnt = d2;
+    for (int c = 0; c < C; ++c) {
+      const ChunkSums& cs = sums[size_t(h * C + c)];
+      for (int g = 0; g < groups_; ++g)
+        for (size_t s = 0; s < hs; ++s) {
+          d2[size_t(g)][s] += cs.diff2[size_t(g)][s];
+          cnt[size_t(g)][s] += cs.count[size_t(g)][s];
+        }
+      rep.average_pmax += cs.pmax_sum;
+      rep.loglik_sum += cs.loglik_sum;
+      rep.angular_change += cs.ang_change;
+      rep.offset_change += cs.off_change;
+    }
+    for (int g = 0; g < groups_; ++g)
+      for (size_t s = 1; s < hs; ++s)
+        if (cnt[size_t(g)][s] > 0) st_.sigma2[size_t(h)][size_t(g)][s] = d2[size_t(g)][s] / (2 * cnt[size_t(g)][s]);
+  }
+  rep.average_pmax /= double(N);
+  rep.angular_change /= double(N);
+  rep.offset_change /= double(N);
+  if (!sym_.is_c1())
+    for (auto& b : bp) b->symmetrise(sym_.operators());
+
+  // Gold-standard FSC of the unregularised halves, then join the low frequencies.
+  std::vector<double> fsc = bp[0]->lattice_fsc(*bp[1]);
+  for (size_t s = size_t(r_) + 1; s < fsc.size(); ++s) fsc[s] = 0;
+  int res_shell = 0;
+  for (size_t s = 1; s < fsc.size(); ++s) {
+    if (fsc[s] < kFscThreshold) break;
+    res_shell = int(s);
+  }
+  rep.fsc = fsc;
+  rep.resolution_A = shell_to_A(std::max(res_shell, 1));
+  rep.ssnr.assign(hs, 0.0);
+  for (size_t s = 0; s < hs; ++s) {
+    const double f = std::clamp(fsc[s], 1e-3, 0.999);
+    rep.ssnr[s] = s <= size_t(r_) ? f / (1 - f) : 0.0;
+  }
+  if (!final && opt_.low_resol_join_halves > 0) bp[0]->join_below(*bp[1], n_ * angpix_ / opt_.low_resol_join_halves);
+
+  if (!final) {
+    pool_.parallel_for(0, 2, [&](size_t h, int) {
+      ReconstructOptions ro;
+      std::vector<double> mw = bp[h]->mean_weight_per_shell();
+      ro.tau2.assign(hs, 0.0);
+      for (size_t s = 0; s < hs; ++s) ro.tau2[s] = mw[s] > 0 ? rep.ssnr[s] / mw[s] : 0.0;
+      ro.tau2[0] = ro.tau2.size() > 1 ? ro.tau2[1] : 0.0;
+      rep.tau2[h] = ro.tau2;
+      ro.max_frequency = r_;
+      ro.nthreads = 1;
+      Volume map = bp[h]->reconstruct(ro);
+      mask_reference(map);
+      st_.maps[h] = std::move(map);
+    });
+  } else {
+    // Final: unregularised halves and the joined map (SSNR of the full set 2 FSC / (1 - FSC)).
+    pool_.parallel_for(0, 2, [&](size_t h, int) {
+      ReconstructOptions ro;
+      ro.max_frequency = r_;
+      st_.maps[h] = bp[h]->reconstruct(ro);
+    });
+    BackProjector& all = *bp[0];
+    all.add(*bp[1]);
+    ReconstructOptions ro;
+    std::vector<double> mw = all.mean_weight_per_shell();
+    ro.tau2.assign(hs, 0.0);
+    for (size_t s = 0; s < hs; ++s) {
+      const double f = std::clamp(fsc[s], 1e-3, 0.999);
+      ro.tau2[s] = mw[s] > 0 ? 2 * f / (1 - f) / mw[s] : 0.0;
+    }
+    ro.tau2[0] = ro.tau2[1];
+    ro.max_frequency = r_;
+    ro.nthreads = opt_.threads;
+    final_map_ = all.reconstruct(ro);
+  }
+
+  // Pose bookkeeping.
+  st_.rot = new_rot_;
+  st_.tilt = new_tilt_;
+  st_.psi = new_psi_;
+  st_.ox = new_ox_;
+  st_.oy = new_oy_;
+  st_.pmax = new_pmax_;
+  st_.nsig = new_nsig_;
+  st_.loglik = new_loglik_;
+  if (opt_.norm) {
+    double mean = 0;
+    for (double s : new_scale_) mean += s;
+    mean /= double(N);
+    for (size_t i = 0; i < N; ++i) st_.scale[i] = new_scale_[i] / mean;
+  }
+  // Offsets prior: mean squared offset per component.
+  {
+    double s2 = 0;
+    for (size_t i = 0; i < N; ++i) s2 += (st_.ox[i] * st_.ox[i] + st_.oy[i] * st_.oy[i]) / (angpix_ * angpix_);
+    st_.sigma2_offset = std::max(s2 / (2.0 * double(N)), 0.25);
+  }
+  st_.fsc = fsc;
+  st_.iteration += 1;
+  if (final) st_.final_done = 1;
+  return rep;
+}
+
+// RELION-like auto-sampling: finer angles (and translations) when resolution and pose changes stall;
+// convergence when the sampling is fine enough for the resolution and nothing improves for 2 iterations.
+void Job::update_sampling(const IterationReport& rep) {
+  int res_shell = int(std::lround(n_ * angpix_ / rep.resolution_A));
+  if (res_shell > st_.best_shell) {
+    st_.best_shell = res_shell;
+    st_.no_gain_res = 0;
+  } else {
+    st_.no_gain_res += 1;
+  }
+  if (st_.iteration >= 2) {
+    // A change counts as a gain when it drops by a fifth and is still above a quarter of the fine
+    // angular step (or of the fine translation step): below that the poses only wobble within the
+    // sampling.
+    const double fine_step = healpix_angular_step(st_.order) / 2, fine_off = st_.offset_step / 2 * angpix_;
+    const bool ang_gain = rep.angular_change < 0.8 * st_.best_angular_change && rep.angular_change > fine_step / 4;
+    const bool off_gain = rep.offset_change < 0.8 * st_.best_offset_change && rep.offset_change > fine_off / 4;
+    if (ang_gain || off_gain) {
+      st_.best_angular_change = std::min(st_.best_angular_change, rep.angular_change);
+      st_.best_offset_change = std::min(st_.best_offset_change, rep.offset_change);
+      st_.no_gain_change = 0;
+    } else {
+      st_.no_gain_change += 1;
+    }
+  }
+  st_.current_shells = std::clamp(st_.best_shell + 10, shell_of(opt_.ini_high), n_ / 2);
+  // Angular step needed at this resolution (RELION prints it): 360 d / (pi D) degrees; our finest
+  // useful order has its fine (oversampled) step at most a sixth of it.
+  const double D_A = 2 * radius_px_ * angpix_;
+  const double needed = 360.0 * rep.resolution_A / (kPi * D_A);
+  const bool fine_enough = healpix_angular_step(st_.order) / 2 <= needed / 6 || st_.order >= opt_.max_healpix_order;
+  if (!fine_enough && st_.iteration >= 2 && st_.no_gain_res >= 1) {
+    st_.order += 1;
+    st_.offset_range = std::max(st_.offset_range / 2, st_.offset_step / 2 * 1.5);
+    st_.offset_step /= 2;
+    st_.no_gain_res = 0;
+    st_.no_gain_change = 0;
+    st_.best_angular_change = 1e30;
+    st_.best_offset_change = 1e30;
+  }
+  converged_ = fine_enough && st_.no_gain_res >= 2 && st_.no_gain_change >= 1;
+}
+
+refine3d_detail::Files Job::write_final(const IterationReport& rep) {
+  refine3d_detail::Files f = refine3d_detail::write_iteration(opt_, input_star_, table_, angpix_, st_, rep);
+  const std::string& root = opt_.out_root;
+  mrc::WriteOptions wo;
+  wo.pixel_size = angpix_;
+  final_files_.half1 = root + "_half1_class001_unfil.mrc";
+  final_files_.half2 = root + "_half2_class001_unfil.mrc";
+  final_files_.map = root + "_class001.mrc";
+  mrc::write(final_files_.half1, st_.maps[0], wo);
+  mrc::write(final_files_.half2, st_.maps[1], wo);
+  mrc::write(final_files_.map, final_map_, wo);
+  final_fsc_ = fsc(st_.maps[0], st_.maps[1]);
+  final_resolution_ = resolution_at(final_fsc_, kFscThreshold, angpix_, n_);  // a shell, as RELION reports it
+  IterationReport fr = rep;
+  fr.fsc = final_fsc_;
+  fr.resolution_A = final_resolution_;
+  for (size_t s = 0; s < fr.ssnr.size() && s < final_fsc_.size(); ++s) {
+    const double v = std::clamp(final_fsc_[s], 1e-3, 0.999);
+    fr.ssnr[s] = v / (1 - v);
+  }
+  final_files_.model = root + "_model.star";
+  refine3d_detail::write_model(final_files_.model, opt_, angpix_, st_, fr);
+  final_files_.data = root + "_data.star";
+  refine3d_detail::data_table(table_, st_).write(final_files_.data);
+  final_files_.bild = root + "_class001_angdist.bild";
+  write_file_atomic(final_files_.bild,
+                    refine3d_detail::angular_distribution_bild(st_.rot, st_.tilt, n_, angpix_, radius_px_));
+  final_files_.png = root + "_class001_angdist.png";
+  write_file_atomic(final_files_.png, refine3d_detail::angular_distribution_png(st_.rot, st_.tilt));
+  spdlog::info("refine3d: final resolution {:.2f} Å (FSC 0.143 of the unfiltered half maps); wrote {}",
+               final_resolution_, final_files_.map);
+  return f;
+}
+
+Refine3DResult Job::run() {
+  estep::set_blas_single_threaded();
+  const bool cont = !opt_.continue_from.empty();
+  if (cont) refine3d_detail::read_checkpoint(opt_.continue_from, opt_, input_star_, st_);
+  if (auto msg = opt_.validate(); !msg.empty()) throw InputError(cont ? opt_.continue_from + ": " + msg : msg);
+  sym_ = SymmetryGroup::parse(opt_.sym);
+  if (!cont) input_star_ = std::filesystem::absolute(opt_.input).lexically_normal().string();
+  setup();
+  if (cont && (st_.n != n_ || st_.half.size() != table_.size() || st_.sigma2.size() != 2 ||
+               st_.sigma2[0].size() != size_t(groups_)))
+    input_error("{}: the checkpoint (box {}, {} particles) does not match {} (box {}, {} particles)",
+                opt_.continue_from, st_.n, st_.half.size(), input_star_, n_, table_.size());
+  std::filesystem::path root_dir = std::filesystem::path(opt_.out_root).parent_path();
+  if (!root_dir.empty()) std::filesystem::create_directories(root_dir);
+  Refine3DResult res;
+  refine3d_detail::Files files;
+  if (!cont) {
+    initialise();
+    IterationReport rep0;
+    rep0.used_shells = st_.current_shells;
+    rep0.resolution_A = opt_.ini_high;
+    files = refine3d_detail::write_iteration(opt_, input_star_, table_, angpix_, st_, rep0);
+  }
+  for (size_t i = 0; i < table_.size(); ++i) members_[size_t(st_.half[i] - 1)].push_back(i);
+  spdlog::info("refine3d: {} particles ({} + {} in the halves), box {} px, {:.3f} Å/px, symmetry {}, mask radius {:.1f} px",
+               table_.size(), members_[0].size(), members_[1].size(), n_, angpix_, sym_.name(), radius_px_);
+  converged_ = false;
+  while (!st_.final_done) {
+    check_cancelled();
+    const bool final = converged_ || st_.iteration >= opt_.max_iterations - 1;
+    auto t0 = std::chrono::steady_clock::now();
+    Refine3DIterationStats s;
+    s.healpix_order = st_.order;
+    s.offset_range_px = st_.offset_range;
+    s.offset_step_px = st_.offset_step;
+    IterationReport rep = iterate(final);
+    s.current_shells = rep.used_shells;
+    if (!final) update_sampling(rep);
+    if (final) {
+      files = write_final(rep);
+      res.converged = converged_;
+    } else {
+      files = refine3d_detail::write_iteration(opt_, input_star_, table_, angpix_, st_, rep);
+    }
+    s.iteration = st_.iteration;
+    s.resolution_A = rep.resolution_A;
+    s.angular_change_deg = rep.angular_change;
+    s.offset_change_A = rep.offset_change;
+    s.average_pmax = rep.average_pmax;
+    s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    res.stats.push_back(s);
+    spdlog::info("refine3d: iteration {}{}: order {} ({}), offsets {:.2f}/{:.2f} px, limit {} shells, resolution {:.2f} Å, "
+                 "<Pmax> {:.3f}, changes {:.2f} deg {:.2f} Å, {:.1f} s",
+                 s.iteration, final ? " (final)" : "", s.healpix_order, local_ ? "local" : "global", s.offset_range_px,
+                 s.offset_step_px, s.current_shells, s.resolution_A, s.average_pmax, s.angular_change_deg,
+                 s.offset_change_A, s.seconds);
+    if (opt_.stop_after > 0 && st_.iteration >= opt_.stop_after && !st_.final_done) break;
+  }
+  res.last_iteration = st_.iteration;
+  res.fsc = final_fsc_;
+  res.resolution_A = final_resolution_;
+  res.rot = st_.rot;
+  res.tilt = st_.tilt;
+  res.psi = st_.psi;
+  res.origin_x = st_.ox;
+  res.origin_y = st_.oy;
+  res.random_subset = st_.half;
+  res.map = final_files_.map;
+  res.half1_unfil = final_files_.half1;
+  res.half2_unfil = final_files_.half2;
+  res.data_star = st_.final_done ? final_files_.data : files.data;
+  res.model_star = st_.final_done ? final_files_.model : files.model;
+  res.optimiser_star = files.optimiser;
+  res.angdist_bild = final_files_.bild;
+  res.angdist_png = final_files_.png;
+  return res;
+}
+
+}  // namespace
+
+Refine3DResult run_refine3d(const Refine3DOptions& opt) {
+  Job job(opt);
+  return job.run();
+}
+
+}  // namespace regula

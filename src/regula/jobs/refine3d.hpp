@@ -1,0 +1,83 @@
+// 3D auto-refinement with gold-standard FSC (RELION's relion_refine --auto_refine
+// --split_random_halves), docs/refine3d.md.
+//
+// Model per particle i of half h: X_i(k) phase_t(k) = s_i C_i(k) Proj_A(V_h)(k) + noise, noise
+// variance sigma2_g(shell) per optics group g; marginalisation over orientations A (HEALPix
+// directions x in-plane angles) and translations t, with a Gaussian prior on the offsets and, in
+// local searches, on the angular distance from the previous pose. M-step: V_h = MAP reconstruction
+// with tau2 = SSNR / (mean data weight), SSNR = FSC / (1 - FSC) from the two unregularised halves.
+// Each half is refined from its own particles only; the halves are joined below
+// --low_resol_join_halves.
+//
+// Units: angles in degrees; offsets rlnOriginX/YAngst in Å, searched in pixels (--offset_range,
+// --offset_step in pixels as RELION's command line); frequencies in Fourier pixels of the box;
+// resolutions in Å.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "regula/core/grid.hpp"
+
+namespace regula {
+
+struct Refine3DOptions {
+  std::string input;                // --i: particles STAR
+  std::string out_root;             // --o
+  std::string reference;            // --ref: initial map
+  double ini_high = 40;             // --ini_high, Å: low-pass of the reference and first frequency limit
+  bool firstiter_cc = false;        // --firstiter_cc: cross-correlation, hard assignment in iteration 1
+  std::string sym = "C1";           // --sym
+  double particle_diameter = 0;     // --particle_diameter, Å (0: box - 2 * mask edge)
+  bool ctf = false;                 // --ctf
+  bool flatten_solvent = false;     // --flatten_solvent: mask the references with a soft sphere
+  bool zero_mask = false;           // --zero_mask: particle solvent set to 0 (else background mean)
+  std::string solvent_mask;         // --solvent_mask: mask for the references instead of the sphere
+  int healpix_order = 2;            // --healpix_order: initial angular sampling
+  int auto_local_healpix_order = 4; // --auto_local_healpix_order: local searches from this order
+  double offset_range = 5;          // --offset_range, px
+  double offset_step = 1;           // --offset_step, px
+  double low_resol_join_halves = 40;  // --low_resol_join_halves, Å
+  int threads = 1;                  // --j
+  uint64_t seed = 1;                // --seed: random half sets
+  std::string continue_from;        // --continue ROOT_itNNN_optimiser.star
+  double angpix = 0;                // --angpix when the STAR file has none
+  bool norm = true;                 // --norm/--scale: per-particle scale correction
+  int max_iterations = 30;          // --iter: safety limit on the number of iterations
+  double mask_edge = 5;             // soft edge of the masks, px
+  int max_healpix_order = 6;        // finest order the auto-sampling may reach
+  int chunks = 4;                   // particle chunks per half (fixed: results do not depend on --j)
+  bool pose_mean = true;            // --pose_mean / --pose_map: write the posterior mean pose (else the
+                                    // maximum, as RELION)
+  int stop_after = 0;               // stop after this iteration (0 = run to convergence); for tests
+
+  std::string validate() const;
+};
+
+struct Refine3DIterationStats {
+  int iteration = 0;
+  int healpix_order = 0;
+  double offset_range_px = 0, offset_step_px = 0;
+  int current_shells = 0;
+  double resolution_A = 0;   // gold-standard FSC 0.143
+  double angular_change_deg = 0, offset_change_A = 0;
+  double average_pmax = 0;
+  double seconds = 0;
+};
+
+struct Refine3DResult {
+  bool converged = false;
+  int last_iteration = 0;
+  double resolution_A = 0;           // final gold-standard resolution (FSC 0.143 of the unfil halves)
+  std::vector<double> fsc;           // final FSC per shell 0..n/2
+  std::vector<double> rot, tilt, psi, origin_x, origin_y;  // per particle (degrees, Å)
+  std::vector<int> random_subset;
+  std::vector<Refine3DIterationStats> stats;
+  std::string map, half1_unfil, half2_unfil, data_star, model_star, optimiser_star, angdist_bild, angdist_png;
+};
+
+// Runs (or continues) the refinement; writes the files of every iteration and the final files.
+// InputError for bad options or inputs.
+Refine3DResult run_refine3d(const Refine3DOptions& opt);
+
+}  // namespace regula

@@ -1,0 +1,66 @@
+// Internal to refine3d: the state carried between iterations (exactly what a checkpoint holds)
+// and the writers of the iteration and final files (refine3d_output.cpp).
+#pragma once
+#include <array>
+#include <string>
+#include <vector>
+
+#include "regula/core/grid.hpp"
+#include "regula/jobs/refine3d.hpp"
+#include "regula/model/particles.hpp"
+
+namespace regula::refine3d_detail {
+
+struct State {
+  int iteration = 0;              // last completed iteration (0 = initial)
+  int order = 2;                  // HEALPix order of the next iteration
+  double offset_range = 5, offset_step = 1;  // px, next iteration
+  int current_shells = 0;         // frequency limit of the next iteration
+  int best_shell = 0;             // best gold-standard resolution shell so far
+  int no_gain_res = 0, no_gain_change = 0;
+  double best_angular_change = 1e30, best_offset_change = 1e30;
+  int final_done = 0;             // 1 after the final (joined, full-resolution) iteration
+  int n = 0;
+  double sigma2_offset = 0;       // px^2, per component
+  std::vector<std::vector<std::vector<double>>> sigma2;  // [half][group][shell], |X|^2 per component
+  std::vector<double> rot, tilt, psi, ox, oy, scale;     // per particle; offsets in Å
+  std::vector<int> half;                                  // 1 or 2
+  std::vector<double> pmax, loglik;
+  std::vector<int> nsig;
+  std::vector<double> fsc;        // last gold-standard FSC per shell
+  std::array<Volume, 2> maps;     // references of the next iteration
+};
+
+struct IterationReport {
+  int used_shells = 0;
+  double resolution_A = 0;
+  std::vector<double> fsc, ssnr;           // per shell
+  std::array<std::vector<double>, 2> tau2;
+  double average_pmax = 0, loglik_sum = 0;
+  double angular_change = 0, offset_change = 0;
+};
+
+struct Files {
+  std::string half1, half2, model, data, optimiser, state, bild;
+};
+Files iteration_files(const std::string& root, int iteration);
+
+// Writes the files of an iteration; the optimiser file last (a complete checkpoint).
+Files write_iteration(const Refine3DOptions& opt, const std::string& input_star, const ParticleTable& table,
+                      double angpix, const State& st, const IterationReport& rep);
+// Reads a checkpoint: options (except --o, --j, --iter kept from the caller), input STAR, state
+// (maps from the half maps it names).
+void read_checkpoint(const std::string& optimiser_star, Refine3DOptions& opt, std::string& input_star, State& st);
+
+// Particle table with the current poses and per-particle values (RELION's columns).
+ParticleTable data_table(const ParticleTable& table, const State& st);
+void write_model(const std::string& path, const Refine3DOptions& opt, double angpix, const State& st,
+                 const IterationReport& rep);
+
+// Angular distribution: BILD (RELION's cylinders per HEALPix order-`order` pixel, length and colour
+// by count) and a PNG (tilt vs rot histogram).
+std::string angular_distribution_bild(const std::vector<double>& rot, const std::vector<double>& tilt, int n,
+                                      double angpix, double particle_radius_px);
+std::string angular_distribution_png(const std::vector<double>& rot, const std::vector<double>& tilt);
+
+}  // namespace regula::refine3d_detail
