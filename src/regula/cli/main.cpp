@@ -11,6 +11,7 @@
 #include <spdlog/spdlog.h>
 
 #include "regula/cli/commands.hpp"
+#include "regula/core/mpi.hpp"
 #include "regula/core/cancel.hpp"
 #include "regula/core/error.hpp"
 #include "regula/core/log.hpp"
@@ -134,9 +135,15 @@ std::string last_optimiser(const std::string& dir) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  regula::mpi::init_if_launched(&argc, &argv);
   std::vector<std::string> args(argv + 1, argv + argc);
+  // Under mpirun only rank 0 talks; every rank runs the same command on its share of the data.
+  if (regula::mpi::rank() > 0 && std::find(args.begin(), args.end(), "--quiet") == args.end())
+    args.insert(args.begin(), "--quiet");
   try {
     auto project = take_option(args, "--project");
+    if (project && regula::mpi::active())
+      regula::input_error("--project is not supported under mpirun yet: run the MPI job without --project");
     auto alias = take_option(args, "--alias").value_or("");
     if (project) {
       std::filesystem::create_directories(*project);

@@ -129,6 +129,9 @@ class BackProjector {
 
   const FourierLattice& data() const { return data_; }
   const Grid<float>& weight() const { return weight_; }
+  // Raw accumulators, for moving partial sums between processes (MPI).
+  Grid<cfloat>& raw_data() { return data_.data; }
+  Grid<float>& raw_weight() { return weight_; }
 
  private:
   void enforce_hermitian();

@@ -9,6 +9,7 @@
 #include <spdlog/spdlog.h>
 
 #include "regula/core/error.hpp"
+#include "regula/core/mpi.hpp"
 #include "regula/core/parallel.hpp"
 #include "regula/core/progress.hpp"
 #include "regula/imaging/backprojector.hpp"
@@ -63,12 +64,17 @@ ReconstructResult reconstruct(const ReconstructJobOptions& opt) {
   int r_max = n / 2;
   if (opt.maxres > 0) r_max = std::clamp(int(std::ceil(n * angpix / opt.maxres)), 1, n / 2);
 
-  // Fixed contiguous ranges, one accumulator each, reduced in order.
-  const size_t nranges = std::min(size_t(opt.threads), count);
+  // Fixed contiguous ranges, one accumulator each, reduced in order. Under mpirun the ranges are
+  // spread over the ranks (range k on rank k mod size) and sent to every rank in order.
+  const size_t nranges = std::min(size_t(opt.threads) * size_t(mpi::size()), count);
   std::vector<std::unique_ptr<BackProjector>> acc(nranges);
+  std::vector<size_t> mine;
+  for (size_t r = 0; r < nranges; ++r)
+    if (int(r % size_t(mpi::size())) == mpi::rank()) mine.push_back(r);
   ThreadPool pool(opt.threads);
-  Progress progress("reconstruct: back-projecting", double(count));
-  pool.parallel_for(0, nranges, [&](size_t r, int) {
+  Progress progress("reconstruct: back-projecting", double(count) / mpi::size());
+  pool.parallel_for(0, mine.size(), [&](size_t u, int) {
+    const size_t r = mine[u];
     const size_t i0 = count * r / nranges, i1 = count * (r + 1) / nranges;
     acc[r] = std::make_unique<BackProjector>(n, opt.pad, r_max, 3);
     BackProjector& bp = *acc[r];
@@ -95,6 +101,12 @@ ReconstructResult reconstruct(const ReconstructJobOptions& opt) {
     }
   });
   progress.finish();
+  for (size_t r = 0; r < nranges && mpi::active(); ++r) {
+    const int owner = int(r % size_t(mpi::size()));
+    if (!acc[r]) acc[r] = std::make_unique<BackProjector>(n, opt.pad, r_max, 3);
+    mpi::bcast(acc[r]->raw_data().data(), acc[r]->raw_data().size() * sizeof(cfloat), owner);
+    mpi::bcast(acc[r]->raw_weight().data(), acc[r]->raw_weight().size() * sizeof(float), owner);
+  }
   BackProjector& total = *acc[0];
   for (size_t r = 1; r < nranges; ++r) {
     total.add(*acc[r]);
@@ -114,7 +126,7 @@ ReconstructResult reconstruct(const ReconstructJobOptions& opt) {
   mrc::WriteOptions wo;
   wo.pixel_size = angpix;
   wo.is_stack = false;
-  mrc::write(opt.out_map, map, wo);
+  if (mpi::rank() == 0) mrc::write(opt.out_map, map, wo);
   spdlog::info("reconstruct: {} particles, box {} px, {} Å/px, symmetry {}, frequencies up to {} px; wrote {}",
                count, n, angpix, sym.name(), r_max, opt.out_map);
   ReconstructResult res;

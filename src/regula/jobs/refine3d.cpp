@@ -12,6 +12,7 @@
 
 #include "regula/core/atomic_file.hpp"
 #include "regula/core/cancel.hpp"
+#include "regula/core/mpi.hpp"
 #include "regula/core/error.hpp"
 #include "regula/core/parallel.hpp"
 #include "regula/core/progress.hpp"
@@ -189,6 +190,7 @@ class Job {
   } final_files_;
   std::vector<long> global_pix_;
   refine3d_detail::Files write_final(const IterationReport& rep);
+  void share_chunks(std::vector<ChunkSums>& sums);
 };
 
 void Job::setup() {
@@ -607,12 +609,25 @@ IterationReport Job::iterate(bool final) {
   new_nsig_ = st_.nsig;
   new_loglik_ = st_.loglik;
 
+  // Tasks = (half, chunk); under MPI task k belongs to rank k mod size.
   const int C = opt_.chunks;
   std::vector<ChunkSums> sums(size_t(2 * C));
+  std::vector<size_t> mine;
+  double my_particles = 0;
+  for (int k = 0; k < 2 * C; ++k)
+    if (k % mpi::size() == mpi::rank()) {
+      mine.push_back(size_t(k));
+      const auto& mem = members_[size_t(k / C)];
+      my_particles += double(mem.size() * size_t(k % C + 1) / size_t(C) - mem.size() * size_t(k % C) / size_t(C));
+    }
   progress_ = std::make_unique<Progress>(
-      fmt::format("refine3d: iteration {}{}", st_.iteration + 1, final ? " (final)" : ""), double(N));
-  pool_.parallel_for(0, size_t(2 * C), [&](size_t task, int) { process_chunk(int(task) / C, int(task) % C, final, sums[task]); });
+      fmt::format("refine3d: iteration {}{}", st_.iteration + 1, final ? " (final)" : ""), my_particles);
+  pool_.parallel_for(0, mine.size(), [&](size_t u, int) {
+    const size_t task = mine[u];
+    process_chunk(int(task) / C, int(task) % C, final, sums[task]);
+  });
   progress_->finish();
+  if (mpi::active()) share_chunks(sums);
 
   // Reduce in a fixed order.
   std::array<std::unique_ptr<BackProjector>, 2> bp;
@@ -768,6 +783,52 @@ void Job::update_sampling(const IterationReport& rep) {
   converged_ = fine_enough && st_.no_gain_res >= 2 && st_.no_gain_change >= 1;
 }
 
+// MPI: every task's partial sums and particle results go from its owner to all ranks, so that every
+// rank then reduces them in the same fixed order as a single process would.
+void Job::share_chunks(std::vector<ChunkSums>& sums) {
+  const int C = opt_.chunks;
+  const size_t hs = size_t(n_ / 2 + 1);
+  for (int k = 0; k < 2 * C; ++k) {
+    const int owner = k % mpi::size();
+    ChunkSums& cs = sums[size_t(k)];
+    if (mpi::rank() != owner) {
+      cs.bp = std::make_unique<BackProjector>(n_, 2, r_, 3);
+      cs.diff2.assign(size_t(groups_), std::vector<double>(hs, 0.0));
+      cs.count = cs.diff2;
+    }
+    Grid<cfloat>& d = cs.bp->raw_data();
+    Grid<float>& w = cs.bp->raw_weight();
+    mpi::bcast(d.data(), d.size() * sizeof(cfloat), owner);
+    mpi::bcast(w.data(), w.size() * sizeof(float), owner);
+    for (int g = 0; g < groups_; ++g) {
+      mpi::bcast(cs.diff2[size_t(g)].data(), hs * sizeof(double), owner);
+      mpi::bcast(cs.count[size_t(g)].data(), hs * sizeof(double), owner);
+    }
+    double s4[4] = {cs.pmax_sum, cs.loglik_sum, cs.ang_change, cs.off_change};
+    mpi::bcast(s4, sizeof s4, owner);
+    cs.pmax_sum = s4[0];
+    cs.loglik_sum = s4[1];
+    cs.ang_change = s4[2];
+    cs.off_change = s4[3];
+    const std::vector<size_t>& mem = members_[size_t(k / C)];
+    const size_t i0 = mem.size() * size_t(k % C) / size_t(C), i1 = mem.size() * size_t(k % C + 1) / size_t(C);
+    std::vector<double*> cols = {new_rot_.data(), new_tilt_.data(), new_psi_.data(), new_ox_.data(), new_oy_.data(),
+                                 new_scale_.data(), new_pmax_.data(), new_loglik_.data()};
+    std::vector<double> buf((i1 - i0) * (cols.size() + 1));
+    if (mpi::rank() == owner)
+      for (size_t u = i0; u < i1; ++u) {
+        for (size_t c = 0; c < cols.size(); ++c) buf[(u - i0) * (cols.size() + 1) + c] = cols[c][mem[u]];
+        buf[(u - i0) * (cols.size() + 1) + cols.size()] = new_nsig_[mem[u]];
+      }
+    mpi::bcast(buf.data(), buf.size() * sizeof(double), owner);
+    if (mpi::rank() != owner)
+      for (size_t u = i0; u < i1; ++u) {
+        for (size_t c = 0; c < cols.size(); ++c) cols[c][mem[u]] = buf[(u - i0) * (cols.size() + 1) + c];
+        new_nsig_[mem[u]] = int(buf[(u - i0) * (cols.size() + 1) + cols.size()]);
+      }
+  }
+}
+
 refine3d_detail::Files Job::write_final(const IterationReport& rep) {
   refine3d_detail::Files f = refine3d_detail::write_iteration(opt_, input_star_, table_, angpix_, st_, rep);
   const std::string& root = opt_.out_root;
@@ -776,9 +837,10 @@ refine3d_detail::Files Job::write_final(const IterationReport& rep) {
   final_files_.half1 = root + "_half1_class001_unfil.mrc";
   final_files_.half2 = root + "_half2_class001_unfil.mrc";
   final_files_.map = root + "_class001.mrc";
-  mrc::write(final_files_.half1, st_.maps[0], wo);
-  mrc::write(final_files_.half2, st_.maps[1], wo);
-  mrc::write(final_files_.map, final_map_, wo);
+  final_files_.model = root + "_model.star";
+  final_files_.data = root + "_data.star";
+  final_files_.bild = root + "_class001_angdist.bild";
+  final_files_.png = root + "_class001_angdist.png";
   final_fsc_ = fsc(st_.maps[0], st_.maps[1]);
   final_resolution_ = resolution_at(final_fsc_, kFscThreshold, angpix_, n_);  // a shell, as RELION reports it
   IterationReport fr = rep;
@@ -788,15 +850,16 @@ refine3d_detail::Files Job::write_final(const IterationReport& rep) {
     const double v = std::clamp(final_fsc_[s], 1e-3, 0.999);
     fr.ssnr[s] = v / (1 - v);
   }
-  final_files_.model = root + "_model.star";
-  refine3d_detail::write_model(final_files_.model, opt_, angpix_, st_, fr);
-  final_files_.data = root + "_data.star";
-  refine3d_detail::data_table(table_, st_).write(final_files_.data);
-  final_files_.bild = root + "_class001_angdist.bild";
-  write_file_atomic(final_files_.bild,
-                    refine3d_detail::angular_distribution_bild(st_.rot, st_.tilt, n_, angpix_, radius_px_));
-  final_files_.png = root + "_class001_angdist.png";
-  write_file_atomic(final_files_.png, refine3d_detail::angular_distribution_png(st_.rot, st_.tilt));
+  if (mpi::rank() == 0) {
+    mrc::write(final_files_.half1, st_.maps[0], wo);
+    mrc::write(final_files_.half2, st_.maps[1], wo);
+    mrc::write(final_files_.map, final_map_, wo);
+    refine3d_detail::write_model(final_files_.model, opt_, angpix_, st_, fr);
+    refine3d_detail::data_table(table_, st_).write(final_files_.data);
+    write_file_atomic(final_files_.bild,
+                      refine3d_detail::angular_distribution_bild(st_.rot, st_.tilt, n_, angpix_, radius_px_));
+    write_file_atomic(final_files_.png, refine3d_detail::angular_distribution_png(st_.rot, st_.tilt));
+  }
   spdlog::info("refine3d: final resolution {:.2f} Å (FSC 0.143 of the unfiltered half maps); wrote {}",
                final_resolution_, final_files_.map);
   return f;

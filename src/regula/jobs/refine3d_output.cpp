@@ -8,6 +8,7 @@
 
 #include "regula/core/atomic_file.hpp"
 #include "regula/core/error.hpp"
+#include "regula/core/mpi.hpp"
 #include "regula/imaging/plot.hpp"
 #include "regula/io/mrc.hpp"
 #include "regula/io/star.hpp"
@@ -247,6 +248,7 @@ void write_model(const std::string& path, const Refine3DOptions& opt, double ang
 Files write_iteration(const Refine3DOptions& opt, const std::string& input_star, const ParticleTable& table,
                       double angpix, const State& st, const IterationReport& rep) {
   Files f = iteration_files(opt.out_root, st.iteration);
+  if (mpi::rank() != 0) return f;  // under mpirun, rank 0 writes
   mrc::WriteOptions wo;
   wo.pixel_size = angpix;
   mrc::write(f.half1, st.maps[0], wo);
