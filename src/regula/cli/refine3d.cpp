@@ -38,6 +38,8 @@ void add_refine3d(CLI::App& app) {
   s->add_flag("--scale,!--no_scale", opt->norm, "Same as --norm (RELION compatibility)");
   s->add_option("--iter", opt->max_iterations, "Maximum number of iterations (safety limit)")->capture_default_str();
   s->add_option("--max_healpix_order", opt->max_healpix_order, "Finest HEALPix order of the auto-sampling")->capture_default_str();
+  s->add_flag("--pose_mean,!--pose_map", opt->pose_mean,
+              "Write the posterior mean pose (default) or, with --pose_map, the maximum as RELION");
   s->add_option("--stop_after", opt->stop_after, "Stop after this iteration (for tests of --continue)");
   auto ignored_i = std::make_shared<int>(0);
   auto ignored_s = std::make_shared<std::string>();
