@@ -26,6 +26,7 @@
 #include "regula/imaging/particle_ctf.hpp"
 #include "regula/imaging/projector.hpp"
 #include "regula/io/mrc.hpp"
+#include "regula/jobs/ml3d.hpp"
 #include "regula/jobs/refine3d_detail.hpp"
 #include "regula/model/particles.hpp"
 #include "regula/sampling/healpix.hpp"
@@ -67,69 +68,6 @@ constexpr double kFscThreshold = 0.143;
 // Caps on the coarse (direction, in-plane angle) pairs and translations whose children the fine
 // pass evaluates (in order of decreasing coarse posterior; the 0.999 mass usually needs fewer).
 constexpr size_t kMaxSigPairs = 48, kMaxSigTrans = 9;
-
-// Unit vector of a viewing direction.
-Vec3 direction_vector(double rot, double tilt) { return euler_direction(rot, tilt); }
-
-double angle_between(const Vec3& a, const Vec3& b) {
-  const double c = std::clamp(a[0] * b[0] + a[1] * b[1] + a[2] * b[2], -1.0, 1.0);
-  return rad2deg(std::acos(c));
-}
-
-// Unit quaternion (w, x, y, z) of a rotation matrix (Shepperd's method) and back.
-std::array<double, 4> to_quaternion(const Mat3& R) {
-  const double tr = R[0][0] + R[1][1] + R[2][2];
-  std::array<double, 4> q;
-  if (tr > 0) {
-    const double s = 2 * std::sqrt(tr + 1.0);
-    q = {0.25 * s, (R[2][1] - R[1][2]) / s, (R[0][2] - R[2][0]) / s, (R[1][0] - R[0][1]) / s};
-  } else if (R[0][0] > R[1][1] && R[0][0] > R[2][2]) {
-    const double s = 2 * std::sqrt(1.0 + R[0][0] - R[1][1] - R[2][2]);
-    q = {(R[2][1] - R[1][2]) / s, 0.25 * s, (R[0][1] + R[1][0]) / s, (R[0][2] + R[2][0]) / s};
-  } else if (R[1][1] > R[2][2]) {
-    const double s = 2 * std::sqrt(1.0 + R[1][1] - R[0][0] - R[2][2]);
-    q = {(R[0][2] - R[2][0]) / s, (R[0][1] + R[1][0]) / s, 0.25 * s, (R[1][2] + R[2][1]) / s};
-  } else {
-    const double s = 2 * std::sqrt(1.0 + R[2][2] - R[0][0] - R[1][1]);
-    q = {(R[1][0] - R[0][1]) / s, (R[0][2] + R[2][0]) / s, (R[1][2] + R[2][1]) / s, 0.25 * s};
-  }
-  return q;
-}
-
-Mat3 from_quaternion(std::array<double, 4> q) {
-  const double nrm = std::sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]);
-  for (double& v : q) v /= nrm;
-  const double w = q[0], x = q[1], y = q[2], z = q[3];
-  Mat3 R;
-  R[0] = {1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)};
-  R[1] = {2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)};
-  R[2] = {2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)};
-  return R;
-}
-
-double wrap180(double a) {
-  a = std::fmod(a + 180.0, 360.0);
-  if (a < 0) a += 360.0;
-  return a - 180.0;
-}
-
-// Directions (HEALPix pixel centres) of one order, with their unit vectors.
-struct DirectionTable {
-  int order = -1;
-  std::vector<std::array<double, 2>> rot_tilt;
-  std::vector<Vec3> v;
-  void build(int o) {
-    if (order == o) return;
-    order = o;
-    const long np = healpix_num_pixels(o);
-    rot_tilt.resize(size_t(np));
-    v.resize(size_t(np));
-    for (long p = 0; p < np; ++p) {
-      rot_tilt[size_t(p)] = healpix_direction(o, p);
-      v[size_t(p)] = direction_vector(rot_tilt[size_t(p)][0], rot_tilt[size_t(p)][1]);
-    }
-  }
-};
 
 // One task's accumulators: a back-projector and noise sums of a chunk of one half.
 struct ChunkSums {
@@ -174,7 +112,8 @@ class Job {
   std::vector<std::array<double, 2>> global_dirs_;
   std::vector<double> global_psi_;
   std::array<estep::Slices, 2> global_slices_;
-  DirectionTable local_table_;
+  ml3d::DirectionTable local_table_;
+  std::array<ml3d::IterationSetup, 2> setup_;  // per half
   std::vector<std::array<double, 2>> trans_;
   std::unique_ptr<Progress> progress_;
   // New per-particle values of the iteration.
@@ -341,18 +280,8 @@ void Job::process_chunk(int h, int c, bool final, ChunkSums& out) {
   out.diff2.assign(size_t(groups_), std::vector<double>(hs, 0.0));
   out.count = out.diff2;
   ParticleImages images(table_, 8);
-  estep::SearchWork work;
-  estep::PoseResult coarse, fine;
-  estep::Slices local_slices, fine_slices;
-  std::vector<float> sdata, sweight;
+  ml3d::Workspace ws;
   const bool cc = cc_iteration();
-  estep::SearchOptions so;
-  so.cross_correlation = cc;
-  const int order = st_.order;
-  const double step = healpix_angular_step(order);
-  const double sigma_ang = step;  // RELION: 2 x the oversampled step
-  const double sigma_off2 = st_.sigma2_offset;
-  const Projector& proj = *proj_[size_t(h)];
   std::vector<double> fine_counts(hs, 0.0);
   for (size_t q = 0; q < px_fine_.size(); ++q) fine_counts[size_t(px_fine_.shell[q])] += 1;
   std::vector<double> all_counts(hs, 0.0);
@@ -372,174 +301,29 @@ void Job::process_chunk(int h, int c, bool final, ChunkSums& out) {
       const double v = st_.sigma2[size_t(h)][size_t(g)][s];
       inv_sigma2[s] = cc ? 1.0f : (v > 0 ? float(1.0 / v) : 0.0f);
     }
-    const float scale = float(st_.scale[i]);
     Image img = read_particle(images, i);
     std::optional<Ctf> ctf;
     if (opt_.ctf) ctf.emplace(particle_ctf_params(table_, i));
     const double ox = st_.ox[i] / angpix_, oy = st_.oy[i] / angpix_;  // current offsets, px
     estep::RotatableParticle x(img, ox, oy, ctf, angpix_);
-    const Vec3 prev_dir = direction_vector(st_.rot[i], st_.tilt[i]);
-    auto trans_prior = [&](const std::vector<std::array<double, 2>>& tr) {
-      std::vector<double> lp(tr.size(), 0.0);
-      if (cc) return lp;
-      for (size_t t = 0; t < tr.size(); ++t) {
-        const double dx = ox + tr[t][0], dy = oy + tr[t][1];
-        lp[t] = -(dx * dx + dy * dy) / (2 * sigma_off2);
-      }
-      return lp;
-    };
-
-    // ---- coarse pass ----
-    estep::PoseSet ps;
-    ps.trans = trans_;
-    ps.log_prior_trans = trans_prior(ps.trans);
-    std::vector<std::array<double, 2>> cdirs;
-    std::vector<long> cpix;
-    const estep::Slices* cslices = nullptr;
-    if (!local_) {
-      ps.psi = global_psi_;
-      ps.dirs = global_dirs_;
-      cslices = &global_slices_[size_t(h)];
-    } else {
-      const int K = int(std::ceil(3 * sigma_ang / step - 1e-9));
-      for (int j = -K; j <= K; ++j) {
-        ps.psi.push_back(wrap180(st_.psi[i] + j * step));
-        ps.log_prior_psi.push_back(-(j * step) * (j * step) / (2 * sigma_ang * sigma_ang));
-      }
-      const double cos_lim = std::cos(deg2rad(3 * sigma_ang));
-      for (size_t d = 0; d < local_table_.v.size(); ++d) {
-        const Vec3& v = local_table_.v[d];
-        if (prev_dir[0] * v[0] + prev_dir[1] * v[1] + prev_dir[2] * v[2] < cos_lim) continue;
-        const double a = angle_between(prev_dir, v);
-        cdirs.push_back(local_table_.rot_tilt[d]);
-        cpix.push_back(long(d));
-        ps.log_prior_dir.push_back(-a * a / (2 * sigma_ang * sigma_ang));
-      }
-      if (cdirs.empty()) {  // cannot happen for 3 sigma >= a pixel radius; keep the nearest
-        size_t best = 0;
-        double ba = 1e9;
-        for (size_t d = 0; d < local_table_.v.size(); ++d) {
-          double a = angle_between(prev_dir, local_table_.v[d]);
-          if (a < ba) ba = a, best = d;
-        }
-        cdirs.push_back(local_table_.rot_tilt[best]);
-        cpix.push_back(long(best));
-        ps.log_prior_dir.push_back(0);
-      }
-      ps.dirs = cdirs;
-      estep::project_slices(proj, px_coarse_, cdirs, local_slices);
-      cslices = &local_slices;
-    }
-    estep::search_poses(x, px_coarse_, inv_sigma2, scale, *cslices, ps, so, work, coarse);
-    if (!coarse.valid) {
+    ml3d::ParticleInput in;
+    in.x = &x;
+    in.inv_sigma2 = inv_sigma2;
+    in.scale = st_.scale[i];
+    in.rot = st_.rot[i];
+    in.tilt = st_.tilt[i];
+    in.psi = st_.psi[i];
+    in.ox_px = ox;
+    in.oy_px = oy;
+    BackProjector* bps[1] = {out.bp.get()};
+    const ml3d::ParticleResult pr = ml3d::search_particle(setup_[size_t(h)], in, ws, bps);
+    if (!pr.valid) {
       spdlog::warn("refine3d: particle {} has no finite likelihood; its pose is kept", i + 1);
       continue;
     }
-
-    // ---- significant coarse poses -> fine poses (one level of oversampling), scored in the
-    // particle's frame (no resampling of the data) ----
-    const size_t cP = coarse.P, cT = coarse.T, cD = coarse.D;
-    std::vector<std::pair<double, size_t>> pairs;  // (weight, p * D + d)
-    {
-      std::vector<double> wpd(cP * cD, 0.0);
-      for (size_t p = 0; p < cP; ++p)
-        for (size_t t = 0; t < cT; ++t)
-          for (size_t d = 0; d < cD; ++d) wpd[p * cD + d] += coarse.weight[(p * cT + t) * cD + d];
-      for (size_t j = 0; j < wpd.size(); ++j)
-        if (wpd[j] > 1e-8) pairs.push_back({wpd[j], j});
-      std::sort(pairs.begin(), pairs.end(), [](auto& x, auto& y) { return x.first > y.first || (x.first == y.first && x.second < y.second); });
-      double acc = 0;
-      size_t keep = 0;
-      while (keep < pairs.size() && keep < (cc ? 1 : kMaxSigPairs)) {
-        acc += pairs[keep++].first;
-        if (acc >= 0.999) break;
-      }
-      pairs.resize(keep);
-    }
-    std::vector<size_t> sig_t;
-    {
-      std::vector<std::pair<double, size_t>> tw;
-      for (size_t t = 0; t < cT; ++t) tw.push_back({coarse.w_trans[t], t});
-      std::sort(tw.begin(), tw.end(), [](auto& x, auto& y) { return x.first > y.first || (x.first == y.first && x.second < y.second); });
-      double acc = 0;
-      for (const auto& [w, t] : tw) {
-        if (sig_t.size() >= (cc ? 1 : kMaxSigTrans)) break;
-        sig_t.push_back(t);
-        acc += w;
-        if (acc >= 0.999) break;
-      }
-    }
-    std::vector<Euler> fang;
-    std::vector<double> fang_prior;
-    const int forder = order + 1;
-    for (const auto& pr : pairs) {
-      const size_t p = pr.second / cD, d = pr.second % cD;
-      const long pix = local_ ? cpix[d] : global_pix_[d];
-      for (long child : healpix_children(pix, 1)) {
-        const auto crt = healpix_direction(forder, child);
-        const double a = local_ ? angle_between(prev_dir, direction_vector(crt[0], crt[1])) : 0.0;
-        for (int sgn : {-1, 1}) {
-          const double psi = wrap180(ps.psi[p] + sgn * step / 4);
-          fang.push_back({crt[0], crt[1], psi});
-          if (local_) {
-            const double dp = wrap180(psi - st_.psi[i]);
-            fang_prior.push_back(-(a * a + dp * dp) / (2 * sigma_ang * sigma_ang));
-          }
-        }
-      }
-    }
-    std::vector<std::array<double, 2>> ftrans;
-    const double fstep = st_.offset_step / 4;
-    for (size_t t : sig_t)
-      for (int sx : {-1, 1})
-        for (int sy : {-1, 1}) ftrans.push_back({ps.trans[t][0] + sx * fstep, ps.trans[t][1] + sy * fstep});
-    const std::vector<double> ftrans_prior = trans_prior(ftrans);
-    estep::project_orientations(proj, px_fine_, fang, fine_slices);
-    estep::search_direct(x, px_fine_, inv_sigma2, scale, fine_slices, ftrans, ftrans_prior, fang_prior, so, work, fine);
-    if (!fine.valid) continue;
-
-    // ---- M-step sums, inserted at the full orientations (the final iteration: at all frequencies) ----
-    const estep::SearchPixels& pxs = final ? px_all_ : px_fine_;
-    std::vector<size_t> used = final ? estep::direct_sums(x, px_all_, inv_sigma2, scale, ftrans, fine, work, sdata, sweight, 1e-5)
-                                     : estep::pose_sums(fine, px_fine_.size(), work, sdata, sweight, 1e-5);
-    const size_t m = pxs.size();
-    for (size_t j : used)
-      out.bp->insert_pixels(pxs.kx, pxs.ky, sdata.data() + j * 2 * m, sweight.data() + j * m,
-                            euler_to_matrix(fang[j].rot, fang[j].tilt, fang[j].psi));
-    // ---- best (or posterior mean) pose ----
-    std::array<double, 2> bt = ftrans[fine.best_t];
-    double rot = fang[fine.best_d].rot, tilt = fang[fine.best_d].tilt, psi = fang[fine.best_d].psi;
-    if (opt_.pose_mean && !cc) {
-      // Posterior mean pose: the weighted average of the orientations (quaternions aligned with the
-      // best one) and of the translations.
-      const auto qb = to_quaternion(euler_to_matrix(rot, tilt, psi));
-      std::array<double, 4> qs{0, 0, 0, 0};
-      for (size_t j = 0; j < fine.D; ++j) {
-        const double w = fine.w_dir[j];
-        if (w < 1e-6) continue;
-        auto q = to_quaternion(euler_to_matrix(fang[j].rot, fang[j].tilt, fang[j].psi));
-        const double dot = q[0] * qb[0] + q[1] * qb[1] + q[2] * qb[2] + q[3] * qb[3];
-        for (int c = 0; c < 4; ++c) qs[size_t(c)] += (dot < 0 ? -w : w) * q[size_t(c)];
-      }
-      const Euler e = matrix_to_euler(from_quaternion(qs));
-      rot = e.rot;
-      tilt = e.tilt;
-      psi = e.psi;
-      bt = {0, 0};
-      for (size_t t = 0; t < fine.T; ++t) {
-        bt[0] += fine.w_trans[t] * ftrans[t][0];
-        bt[1] += fine.w_trans[t] * ftrans[t][1];
-      }
-    }
-    estep::PoseResidual res = estep::pose_residual(x, px_fine_, inv_sigma2, scale, proj, rot, tilt, psi, bt);
-    double ns = st_.scale[i];
-    if (opt_.norm && !cc && res.aa > 0 && res.xa > 0) ns = std::clamp(st_.scale[i] * res.xa / res.aa, 0.2, 5.0);
-    if (cc && res.aa > 0 && res.xa > 0) {
-      // The first iteration puts the reference on the data's grey scale: the residuals for the
-      // noise model are those at the fitted scale.
-      ns = std::clamp(st_.scale[i] * res.xa / res.aa, 1e-6, 1e6);
-      res = estep::pose_residual(x, px_fine_, inv_sigma2, float(ns), proj, rot, tilt, psi, bt);
-    }
+    const double rot = pr.rot, tilt = pr.tilt, psi = pr.psi;
+    const std::array<double, 2> bt = pr.trans;
+    const estep::PoseResidual& res = pr.residual;
     for (size_t s = 1; s < hs; ++s) {
       out.diff2[size_t(g)][s] += res.diff2[s];
       out.count[size_t(g)][s] += fine_counts[s];
@@ -548,18 +332,17 @@ void Job::process_chunk(int h, int c, bool final, ChunkSums& out) {
         out.count[size_t(g)][s] += all_counts[s];
       }
     }
-    // After the cross-correlation iteration the new references are on the data's scale: s = 1.
-    new_scale_[i] = cc ? 1.0 : ns;
+    new_scale_[i] = pr.scale;
     new_rot_[i] = rot;
     new_tilt_[i] = tilt;
     new_psi_[i] = psi;
     new_ox_[i] = st_.ox[i] + bt[0] * angpix_;
     new_oy_[i] = st_.oy[i] + bt[1] * angpix_;
-    new_pmax_[i] = fine.max_posterior;
-    new_nsig_[i] = int(fine.n_significant);
-    new_loglik_[i] = fine.log_likelihood;
-    out.pmax_sum += fine.max_posterior;
-    out.loglik_sum += fine.log_likelihood;
+    new_pmax_[i] = pr.max_posterior;
+    new_nsig_[i] = int(pr.n_significant);
+    new_loglik_[i] = pr.log_likelihood;
+    out.pmax_sum += pr.max_posterior;
+    out.loglik_sum += pr.log_likelihood;
     if (st_.iteration > 0) {
       out.ang_change += rotation_distance_deg(euler_to_matrix(rot, tilt, psi),
                                               euler_to_matrix(st_.rot[i], st_.tilt[i], st_.psi[i]));
@@ -598,6 +381,31 @@ IterationReport Job::iterate(bool final) {
     global_psi_.resize(os.num_psi());
     for (size_t p = 0; p < os.num_psi(); ++p) global_psi_[p] = os.psi(p);
     pool_.parallel_for(0, 2, [&](size_t h, int) { estep::project_slices(*proj_[h], px_coarse_, global_dirs_, global_slices_[h]); });
+  }
+  for (int h = 0; h < 2; ++h) {
+    ml3d::IterationSetup& S = setup_[size_t(h)];
+    S = ml3d::IterationSetup();
+    S.classes = 1;
+    S.proj = {proj_[size_t(h)].get()};
+    S.px_coarse = &px_coarse_;
+    S.px_fine = &px_fine_;
+    S.px_sums = final ? &px_all_ : nullptr;
+    S.local = local_;
+    S.order = st_.order;
+    S.sigma_ang = healpix_angular_step(st_.order);  // RELION: 2 x the oversampled step
+    S.global_dirs = &global_dirs_;
+    S.global_pix = &global_pix_;
+    S.global_psi = &global_psi_;
+    S.global_slices = &global_slices_[size_t(h)];
+    S.table = &local_table_;
+    S.trans = trans_;
+    S.offset_step = st_.offset_step;
+    S.sigma_offset2 = st_.sigma2_offset;
+    S.cross_correlation = cc_iteration();
+    S.pose_mean = opt_.pose_mean;
+    S.fit_scale = opt_.norm;
+    S.max_pairs = kMaxSigPairs;
+    S.max_trans = kMaxSigTrans;
   }
   new_rot_ = st_.rot;
   new_tilt_ = st_.tilt;
