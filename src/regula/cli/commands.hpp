@@ -26,5 +26,6 @@ void add_mask(CLI::App& app);
 void add_fsc(CLI::App& app);
 void add_convert(CLI::App& app);
 void add_refine3d(CLI::App& app);
+void add_class3d(CLI::App& app);
 
 }  // namespace regula::cli

@@ -27,6 +27,7 @@ const regula::cli::Command kCommands[] = {
     {"simulate", regula::cli::add_simulate},
     {"class2d", regula::cli::add_class2d},
     {"refine3d", regula::cli::add_refine3d},
+    {"class3d", regula::cli::add_class3d},
     {"select", regula::cli::add_select},
     {"project", regula::cli::add_project},
     {"reconstruct", regula::cli::add_reconstruct},

@@ -13,6 +13,7 @@
 #include "regula/io/mrc.hpp"
 #include "regula/io/star.hpp"
 #include "regula/jobs/refine3d_detail.hpp"
+#include "regula/jobs/state_io.hpp"
 #include "regula/sampling/euler.hpp"
 #include "regula/sampling/healpix.hpp"
 
@@ -30,79 +31,8 @@ double wrap(double a) {
 }
 double relion_power(double v, int n) { return v / (double(n) * n * double(n) * n); }
 
-// Binary state: a header of integers and doubles, then the vectors (sizes first).
-class Writer {
- public:
-  void i(int64_t v) { buf_.append(reinterpret_cast<const char*>(&v), 8); }
-  void d(double v) { buf_.append(reinterpret_cast<const char*>(&v), 8); }
-  void vd(const std::vector<double>& v) {
-    i(int64_t(v.size()));
-    buf_.append(reinterpret_cast<const char*>(v.data()), v.size() * 8);
-  }
-  void vi(const std::vector<int>& v) {
-    i(int64_t(v.size()));
-    for (int x : v) i(x);
-  }
-  std::string buf_;
-};
-
-class Reader {
- public:
-  Reader(std::string path) : path_(std::move(path)), b_(read_file(path_)) {}
-  void need(size_t n) {
-    if (pos_ + n > b_.size())
-      input_error("{}: truncated refine3d state file (byte offset {}, need {} more bytes)", path_, pos_, n);
-  }
-  int64_t i() {
-    need(8);
-    int64_t v;
-    std::memcpy(&v, b_.data() + pos_, 8);
-    pos_ += 8;
-    return v;
-  }
-  double d() {
-    need(8);
-    double v;
-    std::memcpy(&v, b_.data() + pos_, 8);
-    pos_ += 8;
-    return v;
-  }
-  size_t count() {
-    int64_t c = i();
-    if (c < 0 || uint64_t(c) > (b_.size() - pos_) / 8)
-      input_error("{}: implausible vector size {} at byte offset {}", path_, c, pos_ - 8);
-    return size_t(c);
-  }
-  std::vector<double> vd() {
-    size_t c = count();
-    std::vector<double> v(c);
-    if (c) std::memcpy(v.data(), b_.data() + pos_, c * 8);
-    pos_ += c * 8;
-    return v;
-  }
-  std::vector<int> vi() {
-    size_t c = count();
-    std::vector<int> v(c);
-    for (auto& x : v) x = int(i());
-    return v;
-  }
-  void magic() {
-    need(8);
-    if (std::memcmp(b_.data(), kMagic, 8) != 0)
-      input_error("{}: not a Regula refine3d state file (byte offset 0: expected 'RGR3D001')", path_);
-    pos_ = 8;
-  }
-  void end() {
-    if (pos_ != b_.size()) input_error("{}: {} unexpected bytes at the end of the state file", path_, b_.size() - pos_);
-  }
-
- private:
-  std::string path_, b_;
-  size_t pos_ = 0;
-};
-
 void write_state(const std::string& path, const State& st) {
-  Writer w;
+  state_io::Writer w;
   w.buf_.append(kMagic, 8);
   for (int64_t v : {int64_t(st.iteration), int64_t(st.order), int64_t(st.current_shells), int64_t(st.best_shell),
                     int64_t(st.no_gain_res), int64_t(st.no_gain_change), int64_t(st.final_done), int64_t(st.n)})
@@ -121,8 +51,8 @@ void write_state(const std::string& path, const State& st) {
 }
 
 void read_state(const std::string& path, State& st) {
-  Reader r(path);
-  r.magic();
+  state_io::Reader r(path, "refine3d");
+  r.magic(kMagic);
   st.iteration = int(r.i());
   st.order = int(r.i());
   st.current_shells = int(r.i());

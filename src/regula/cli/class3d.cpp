@@ -1,0 +1,46 @@
+// regula class3d: 3D classification (RELION's relion_refine --K with a 3D reference).
+#include <memory>
+
+#include "regula/cli/commands.hpp"
+#include "regula/jobs/class3d.hpp"
+
+namespace regula::cli {
+
+void add_class3d(CLI::App& app) {
+  auto opt = std::make_shared<Class3DOptions>();
+  auto* s = app.add_subcommand("class3d", "3D classification by regularised likelihood (RELION's 3D classification)");
+  s->add_option("--i", opt->input, "Particles STAR file (RELION 3.0 or 3.1)");
+  s->add_option("--o", opt->out_root, "Output root: ROOT_itNNN_{classNNN.mrc,data.star,model.star,optimiser.star,"
+                "classes.png}");
+  s->add_option("--ref", opt->reference, "Initial reference map (same box and pixel size as the particles)");
+  s->add_option("--K", opt->classes, "Number of classes");
+  s->add_option("--iter", opt->iterations, "Number of iterations")->capture_default_str();
+  s->add_option("--tau2_fudge", opt->tau2_fudge, "Regularisation parameter T")->capture_default_str();
+  s->add_option("--ini_high", opt->ini_high, "Low-pass of the reference and first frequency limit, Å")->capture_default_str();
+  s->add_flag("--firstiter_cc", opt->firstiter_cc, "Cross-correlation with hard assignment in the first iteration");
+  s->add_option("--sym", opt->sym, "Point group")->capture_default_str();
+  s->add_option("--particle_diameter", opt->particle_diameter, "Diameter of the circular mask, Å");
+  s->add_flag("--ctf", opt->ctf, "CTF-correct");
+  s->add_flag("--flatten_solvent", opt->flatten_solvent, "Mask the class maps with a soft sphere");
+  s->add_flag("--zero_mask", opt->zero_mask, "Fill the particles' solvent with zeros");
+  s->add_option("--healpix_order", opt->healpix_order, "Angular sampling (order 1 = 30 degrees, 2 = 15)")->capture_default_str();
+  s->add_option("--offset_range", opt->offset_range, "Translation search range, pixels")->capture_default_str();
+  s->add_option("--offset_step", opt->offset_step, "Translation step, pixels")->capture_default_str();
+  s->add_flag("--skip_align", opt->skip_align, "Classify only, with the poses of the input STAR file");
+  s->add_option("--sigma_ang", opt->sigma_ang, "Local searches around the input poses with this angular sigma, degrees");
+  s->add_option("--j", opt->threads, "Threads (results do not depend on it)")->capture_default_str();
+  s->add_option("--seed,--random_seed", opt->seed, "Random seed (initial random subsets)")->capture_default_str();
+  s->add_option("--continue", opt->continue_from, "Continue from ROOT_itNNN_optimiser.star (--o, --iter and --j "
+                "from the command line)");
+  s->add_option("--angpix", opt->angpix, "Pixel size, Å, when the STAR file has none");
+  s->add_flag("--norm,!--no_norm", opt->norm, "Per-particle scale correction (default on)");
+  s->add_flag("--scale,!--no_scale", opt->norm, "Same as --norm (RELION compatibility)");
+  s->add_option("--incr_size", opt->incr_size, "Shells added above the best class resolution")->capture_default_str();
+  auto ignored = std::make_shared<int>(0);
+  s->add_option("--pool", *ignored, "Ignored (RELION compatibility)");
+  s->add_option("--oversampling", *ignored, "Ignored (Regula always does one level of oversampling)");
+  s->add_flag("--dont_combine_weights_via_disc")->description("Ignored (RELION compatibility)");
+  s->callback([opt, ignored] { run_class3d(*opt); });
+}
+
+}  // namespace regula::cli

@@ -1,0 +1,852 @@
+#include "regula/jobs/class3d.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <memory>
+#include <numeric>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "regula/core/atomic_file.hpp"
+#include "regula/core/cancel.hpp"
+#include "regula/core/error.hpp"
+#include "regula/core/mpi.hpp"
+#include "regula/core/parallel.hpp"
+#include "regula/core/progress.hpp"
+#include "regula/core/random.hpp"
+#include "regula/estep/pose_search.hpp"
+#include "regula/estep/scores.hpp"
+#include "regula/imaging/backprojector.hpp"
+#include "regula/imaging/filter.hpp"
+#include "regula/imaging/mask.hpp"
+#include "regula/imaging/particle_ctf.hpp"
+#include "regula/imaging/projector.hpp"
+#include "regula/io/mrc.hpp"
+#include "regula/io/star.hpp"
+#include "regula/jobs/class2d_detail.hpp"
+#include "regula/jobs/ml3d.hpp"
+#include "regula/jobs/state_io.hpp"
+#include "regula/model/particles.hpp"
+#include "regula/sampling/healpix.hpp"
+#include "regula/sampling/symmetry.hpp"
+
+namespace regula {
+
+std::string Class3DOptions::validate() const {
+  if (continue_from.empty()) {
+    if (input.empty()) return "--i: a particles STAR file is required (or --continue)";
+    if (reference.empty()) return "--ref: an initial reference map is required";
+    if (classes < 1) return fmt::format("--K: the number of classes must be at least 1 (got {})", classes);
+  }
+  if (out_root.empty()) return "--o: an output root is required";
+  if (iterations < 1) return fmt::format("--iter: must be at least 1 (got {})", iterations);
+  if (!(tau2_fudge > 0)) return fmt::format("--tau2_fudge: must be positive (got {})", tau2_fudge);
+  if (!(ini_high > 0)) return fmt::format("--ini_high: must be positive Å (got {})", ini_high);
+  if (particle_diameter < 0) return fmt::format("--particle_diameter: must be >= 0 Å (got {})", particle_diameter);
+  if (healpix_order < 0 || healpix_order > 5)
+    return fmt::format("--healpix_order: must be 0 to 5 (got {})", healpix_order);
+  if (!(offset_range >= 0)) return fmt::format("--offset_range: must be >= 0 px (got {})", offset_range);
+  if (!(offset_step > 0)) return fmt::format("--offset_step: must be > 0 px (got {})", offset_step);
+  if (offset_range / offset_step > 20) return "--offset_range/--offset_step: at most 20 steps per direction";
+  if (sigma_ang < 0) return fmt::format("--sigma_ang: must be >= 0 degrees (got {})", sigma_ang);
+  if (threads < 1) return fmt::format("--j: must be at least 1 (got {})", threads);
+  if (angpix < 0) return fmt::format("--angpix: must be positive (got {})", angpix);
+  if (chunks < 1 || chunks > 64) return "chunks must be 1 to 64";
+  return "";
+}
+
+namespace {
+
+constexpr char kMagic[8] = {'R', 'G', 'C', '3', 'D', '0', '0', '1'};
+constexpr size_t kMaxSigPairs = 48, kMaxSigTrans = 9;
+
+struct State {
+  int iteration = 0, current_shells = 0, n = 0;
+  double sigma2_offset = 1;
+  std::vector<std::vector<double>> sigma2;  // [group][shell]
+  std::vector<double> fraction, resolution;  // per class
+  std::vector<double> rot, tilt, psi, ox, oy, scale, pmax, loglik;
+  std::vector<int> cls, nsig;
+  std::vector<Volume> maps;
+};
+
+struct Report {
+  int used_shells = 0;
+  std::vector<std::vector<double>> ssnr, tau2;
+  double average_pmax = 0, loglik_sum = 0;
+};
+
+struct ChunkSums {
+  std::vector<std::unique_ptr<BackProjector>> bp;  // per class
+  std::vector<std::vector<double>> diff2, count;
+  std::vector<double> class_weight;
+  double pmax_sum = 0, loglik_sum = 0;
+};
+
+std::string num(double v) { return fmt::format("{}", v); }
+
+class Job {
+ public:
+  explicit Job(const Class3DOptions& o) : opt_(o), pool_(o.threads), sym_(SymmetryGroup::parse(o.sym)) {}
+  Class3DResult run();
+
+ private:
+  void setup();
+  void initialise();
+  Report iterate();
+  void process_chunk(int c, ChunkSums& out);
+  void share_chunks(std::vector<ChunkSums>& sums);
+  Image read_particle(ParticleImages& images, size_t i) const;
+  std::vector<double> tau2_of(const Volume& map) const;
+  double shell_to_A(double s) const { return s > 0 ? n_ * angpix_ / s : 999.0; }
+  void write_iteration(const Report& rep);
+  void read_checkpoint();
+  std::string iter_name(int it, const std::string& what) const {
+    return fmt::format("{}_it{:03d}_{}", opt_.out_root, it, what);
+  }
+
+  Class3DOptions opt_;
+  ThreadPool pool_;
+  SymmetryGroup sym_;
+  std::string input_star_;
+  ParticleTable table_;
+  int n_ = 0, groups_ = 1, K_ = 1;
+  double angpix_ = 0, radius_px_ = 0;
+  State st_;
+  // Per iteration.
+  int r_ = 0;
+  bool random_classes_ = false;  // iteration 1: poses against the reference, classes from random subsets
+  estep::SearchPixels px_fine_, px_coarse_;
+  std::vector<std::unique_ptr<Projector>> proj_;
+  std::vector<std::array<double, 2>> global_dirs_;
+  std::vector<long> global_pix_;
+  std::vector<double> global_psi_;
+  estep::Slices global_slices_;
+  ml3d::DirectionTable table_dirs_;
+  ml3d::IterationSetup setup_;
+  std::unique_ptr<Progress> progress_;
+  std::vector<double> new_rot_, new_tilt_, new_psi_, new_ox_, new_oy_, new_scale_, new_pmax_, new_loglik_;
+  std::vector<int> new_cls_, new_nsig_;
+  Class3DResult files_;
+};
+
+void Job::setup() {
+  ParticleReadOptions ro;
+  ro.angpix = opt_.angpix;
+  table_ = ParticleTable::read(input_star_, ro);
+  const size_t N = table_.size();
+  if (N < size_t(opt_.classes)) input_error("{}: {} particles for {} classes", input_star_, N, opt_.classes);
+  {
+    ParticleImages images(table_, 1);
+    Image first = images.read(0);
+    n_ = first.nx();
+    if (first.ny() != n_ || n_ < 16 || n_ % 2)
+      input_error("{}: particle images must be square, even and at least 16 px (got {}x{})", table_.where(0),
+                  first.nx(), first.ny());
+  }
+  angpix_ = table_.optics.front().pixel_size;
+  for (const auto& g : table_.optics) {
+    if (g.pixel_size <= 0) input_error("{}: optics group {} has no pixel size; give --angpix", input_star_, g.number);
+    if (std::abs(g.pixel_size - angpix_) > 1e-6 * angpix_)
+      input_error("{}: optics groups have different pixel sizes; class3d needs one", input_star_);
+    if (opt_.ctf && g.voltage <= 0)
+      input_error("{}: --ctf needs rlnVoltage, rlnSphericalAberration and rlnAmplitudeContrast (optics group {})",
+                  input_star_, g.number);
+  }
+  if (opt_.ctf)
+    for (size_t i = 0; i < N; ++i) (void)particle_ctf_params(table_, i);
+  groups_ = int(table_.optics.size());
+  K_ = opt_.classes;
+  const double r = opt_.particle_diameter > 0 ? opt_.particle_diameter / (2 * angpix_) : n_ / 2.0 - opt_.mask_edge;
+  radius_px_ = std::clamp(r, 2.0, n_ / 2.0);
+}
+
+Image Job::read_particle(ParticleImages& images, size_t i) const {
+  Image img = images.read(i);
+  if (img.nx() != n_ || img.ny() != n_)
+    input_error("{}: image of particle {} is {}x{}, expected {}x{}", table_.where(i), i + 1, img.nx(), img.ny(), n_, n_);
+  apply_spherical_mask(img, radius_px_, opt_.mask_edge, opt_.zero_mask ? MaskFill::Zero : MaskFill::BackgroundMean);
+  return img;
+}
+
+std::vector<double> Job::tau2_of(const Volume& map) const {
+  std::vector<double> t = shell_power(map);
+  double last = 0;
+  for (size_t s = 1; s < t.size(); ++s) {
+    if (t[s] > 0) last = t[s];
+    else t[s] = last;
+  }
+  return t;
+}
+
+void Job::initialise() {
+  const size_t N = table_.size(), hs = size_t(n_ / 2 + 1);
+  st_ = State();
+  st_.n = n_;
+  st_.current_shells = std::clamp(int(std::lround(n_ * angpix_ / opt_.ini_high)), 4, n_ / 2);
+  st_.rot = table_.rot;
+  st_.tilt = table_.tilt;
+  st_.psi = table_.psi;
+  st_.ox = table_.origin_x;
+  st_.oy = table_.origin_y;
+  st_.scale.assign(N, 1.0);
+  st_.pmax.assign(N, 0.0);
+  st_.loglik.assign(N, 0.0);
+  st_.cls.assign(N, 0);
+  st_.nsig.assign(N, 0);
+  st_.fraction.assign(size_t(K_), 1.0 / K_);
+  st_.resolution.assign(size_t(K_), opt_.ini_high);
+  Volume ref = mrc::read(opt_.reference);
+  if (ref.nx() != n_ || ref.ny() != n_ || ref.nz() != n_)
+    input_error("{}: the reference is {}x{}x{}, the particles are {} px", opt_.reference, ref.nx(), ref.ny(), ref.nz(), n_);
+  low_pass(ref, opt_.ini_high, angpix_);
+  if (opt_.flatten_solvent) apply_spherical_mask(ref, radius_px_, opt_.mask_edge, MaskFill::Zero);
+  st_.maps.assign(size_t(K_), ref);
+  // Noise: half the mean power per shell and component of the masked particles, per optics group.
+  std::vector<double> counts(hs, 0.0);
+  for (int ky = -n_ / 2; ky < n_ / 2; ++ky)
+    for (int kx = 0; kx <= n_ / 2; ++kx) {
+      if (kx == 0 && ky <= 0) continue;
+      const int s = int(std::lround(std::sqrt(double(kx * kx + ky * ky))));
+      if (s <= n_ / 2) counts[size_t(s)] += 1;
+    }
+  const size_t nchunk = (N + 63) / 64;
+  std::vector<std::vector<std::vector<double>>> pw(nchunk);
+  pool_.parallel_for(0, nchunk, [&](size_t c, int) {
+    ParticleImages images(table_, 4);
+    pw[c].assign(size_t(groups_), std::vector<double>(hs + 1, 0.0));
+    for (size_t i = c * 64; i < std::min(N, (c + 1) * 64); ++i) {
+      estep::RotatableParticle x(read_particle(images, i), 0, 0, std::nullopt, angpix_);
+      auto& row = pw[c][size_t(table_.optics_index[i])];
+      for (size_t s = 0; s < hs; ++s) row[s] += x.shell_power()[s];
+      row[hs] += 1;
+    }
+  });
+  st_.sigma2.assign(size_t(groups_), std::vector<double>(hs, 0.0));
+  for (int g = 0; g < groups_; ++g) {
+    std::vector<double> tot(hs + 1, 0.0);
+    for (size_t c = 0; c < nchunk; ++c)
+      for (size_t s = 0; s <= hs; ++s) tot[s] += pw[c][size_t(g)][s];
+    for (size_t s = 1; s < hs; ++s) st_.sigma2[size_t(g)][s] = tot[hs] > 0 ? tot[s] / (2 * tot[hs] * counts[s]) : 1.0;
+  }
+  st_.sigma2_offset = std::max(1.0, opt_.offset_range * opt_.offset_range / 4.0);
+}
+
+void Job::process_chunk(int c, ChunkSums& out) {
+  const size_t N = table_.size(), C = size_t(opt_.chunks), hs = size_t(n_ / 2 + 1);
+  const size_t i0 = N * size_t(c) / C, i1 = N * size_t(c + 1) / C;
+  out.bp.clear();
+  for (int k = 0; k < K_; ++k) out.bp.push_back(std::make_unique<BackProjector>(n_, 2, r_, 3));
+  out.diff2.assign(size_t(groups_), std::vector<double>(hs, 0.0));
+  out.count = out.diff2;
+  out.class_weight.assign(size_t(K_), 0.0);
+  std::vector<double> fine_counts(hs, 0.0), all_counts(hs, 0.0);
+  for (size_t q = 0; q < px_fine_.size(); ++q) fine_counts[size_t(px_fine_.shell[q])] += 1;
+  for (int ky = -n_ / 2; ky < n_ / 2; ++ky)
+    for (int kx = 0; kx <= n_ / 2; ++kx) {
+      if (kx == 0 && ky <= 0) continue;
+      const int s = int(std::lround(std::sqrt(double(kx * kx + ky * ky))));
+      if (s <= n_ / 2) all_counts[size_t(s)] += 1;
+    }
+  ParticleImages images(table_, 8);
+  ml3d::Workspace ws;
+  const bool cc = setup_.cross_correlation;
+  estep::Slices fixed;
+  std::vector<float> sdata, sweight;
+  for (size_t i = i0; i < i1; ++i) {
+    check_cancelled();
+    const int g = table_.optics_index[i];
+    std::vector<float> inv_sigma2(hs, 0.0f);
+    for (size_t s = 1; s < hs; ++s) {
+      const double v = st_.sigma2[size_t(g)][s];
+      inv_sigma2[s] = cc ? 1.0f : (v > 0 ? float(1.0 / v) : 0.0f);
+    }
+    std::optional<Ctf> ctf;
+    if (opt_.ctf) ctf.emplace(particle_ctf_params(table_, i));
+    const double ox = st_.ox[i] / angpix_, oy = st_.oy[i] / angpix_;
+    estep::RotatableParticle x(read_particle(images, i), ox, oy, ctf, angpix_);
+    // Iteration 1: each particle's sums go to a class drawn at random (seeded per particle): K
+    // different starting maps from one reference, as RELION's random subsets.
+    int random_class = 0;
+    if (random_classes_) {
+      auto rng = make_rng(opt_.seed, i, 0x43334421);
+      random_class = std::min(K_ - 1, int(uniform01(rng) * K_));
+    }
+    ml3d::ParticleResult pr;
+    if (!opt_.skip_align) {
+      ml3d::ParticleInput in;
+      in.x = &x;
+      in.inv_sigma2 = inv_sigma2;
+      in.scale = st_.scale[i];
+      in.rot = st_.rot[i];
+      in.tilt = st_.tilt[i];
+      in.psi = st_.psi[i];
+      in.ox_px = ox;
+      in.oy_px = oy;
+      std::vector<BackProjector*> bps;
+      if (random_classes_) bps = {out.bp[size_t(random_class)].get()};
+      else for (auto& b : out.bp) bps.push_back(b.get());
+      pr = ml3d::search_particle(setup_, in, ws, bps);
+      if (random_classes_) pr.cls = random_class, pr.class_weight.assign(size_t(K_), 0.0), pr.class_weight[size_t(random_class)] = 1;
+    } else {
+      // Poses fixed: the K classes at the particle's own pose.
+      std::vector<Euler> ang(size_t(K_), Euler{st_.rot[i], st_.tilt[i], st_.psi[i]});
+      const size_t m = px_fine_.size();
+      fixed.d = size_t(K_);
+      fixed.m = m;
+      fixed.s.resize(size_t(K_) * 2 * m);
+      fixed.s2.resize(size_t(K_) * m);
+      estep::Slices one;
+      for (int k = 0; k < K_; ++k) {
+        estep::project_orientations(*proj_[size_t(k)], px_fine_, std::span<const Euler>(&ang[0], 1), one);
+        std::copy(one.s.begin(), one.s.end(), fixed.s.begin() + long(size_t(k) * 2 * m));
+        std::copy(one.s2.begin(), one.s2.end(), fixed.s2.begin() + long(size_t(k) * m));
+      }
+      std::vector<double> prior;
+      for (int k = 0; k < K_; ++k) prior.push_back(random_classes_ ? 0.0 : std::log(std::max(st_.fraction[size_t(k)], 1e-300)));
+      const std::array<double, 2> zero{0, 0};
+      estep::search_direct(x, px_fine_, inv_sigma2, float(st_.scale[i]), fixed, std::span(&zero, 1), {}, prior, {},
+                           ws.work, ws.fine);
+      if (!ws.fine.valid) continue;
+      if (random_classes_) {
+        std::fill(ws.fine.weight.begin(), ws.fine.weight.end(), 0.0f);
+        ws.fine.weight[size_t(random_class)] = 1.0f;
+        std::fill(ws.fine.w_dir.begin(), ws.fine.w_dir.end(), 0.0);
+        ws.fine.w_dir[size_t(random_class)] = 1.0;
+        ws.fine.best_d = size_t(random_class);
+      }
+      auto used = estep::pose_sums(ws.fine, m, ws.work, sdata, sweight, 1e-5);
+      for (size_t j : used)
+        out.bp[j]->insert_pixels(px_fine_.kx, px_fine_.ky, sdata.data() + j * 2 * m, sweight.data() + j * m,
+                                 euler_to_matrix(st_.rot[i], st_.tilt[i], st_.psi[i]));
+      pr.valid = true;
+      pr.cls = int(ws.fine.best_d);
+      pr.rot = st_.rot[i];
+      pr.tilt = st_.tilt[i];
+      pr.psi = st_.psi[i];
+      pr.max_posterior = ws.fine.max_posterior;
+      pr.n_significant = ws.fine.n_significant;
+      pr.log_likelihood = ws.fine.log_likelihood;
+      pr.class_weight = ws.fine.w_dir;
+      pr.residual = estep::pose_residual(x, px_fine_, inv_sigma2, float(st_.scale[i]), *proj_[size_t(pr.cls)], pr.rot,
+                                         pr.tilt, pr.psi, {0, 0});
+      pr.scale = st_.scale[i];
+      if (opt_.norm && pr.residual.aa > 0 && pr.residual.xa > 0)
+        pr.scale = std::clamp(st_.scale[i] * pr.residual.xa / pr.residual.aa, 0.2, 5.0);
+    }
+    if (!pr.valid) continue;
+    for (size_t s = 1; s < hs; ++s) {
+      out.diff2[size_t(g)][s] += pr.residual.diff2[s];
+      out.count[size_t(g)][s] += fine_counts[s];
+      if (int(s) > px_fine_.r_max) {
+        out.diff2[size_t(g)][s] += x.shell_power()[s];
+        out.count[size_t(g)][s] += all_counts[s];
+      }
+    }
+    for (int k = 0; k < K_; ++k) out.class_weight[size_t(k)] += pr.class_weight[size_t(k)];
+    new_cls_[i] = pr.cls + 1;
+    new_rot_[i] = pr.rot;
+    new_tilt_[i] = pr.tilt;
+    new_psi_[i] = pr.psi;
+    new_ox_[i] = st_.ox[i] + pr.trans[0] * angpix_;
+    new_oy_[i] = st_.oy[i] + pr.trans[1] * angpix_;
+    new_scale_[i] = pr.scale;
+    new_pmax_[i] = pr.max_posterior;
+    new_nsig_[i] = int(pr.n_significant);
+    new_loglik_[i] = pr.log_likelihood;
+    out.pmax_sum += pr.max_posterior;
+    out.loglik_sum += pr.log_likelihood;
+    progress_->advance(1);
+  }
+}
+
+void Job::share_chunks(std::vector<ChunkSums>& sums) {
+  const size_t N = table_.size(), C = size_t(opt_.chunks), hs = size_t(n_ / 2 + 1);
+  for (size_t k = 0; k < C; ++k) {
+    const int owner = int(k % size_t(mpi::size()));
+    ChunkSums& cs = sums[k];
+    if (mpi::rank() != owner) {
+      cs.bp.clear();
+      for (int c = 0; c < K_; ++c) cs.bp.push_back(std::make_unique<BackProjector>(n_, 2, r_, 3));
+      cs.diff2.assign(size_t(groups_), std::vector<double>(hs, 0.0));
+      cs.count = cs.diff2;
+      cs.class_weight.assign(size_t(K_), 0.0);
+    }
+    for (auto& b : cs.bp) {
+      mpi::bcast(b->raw_data().data(), b->raw_data().size() * sizeof(cfloat), owner);
+      mpi::bcast(b->raw_weight().data(), b->raw_weight().size() * sizeof(float), owner);
+    }
+    for (int g = 0; g < groups_; ++g) {
+      mpi::bcast(cs.diff2[size_t(g)].data(), hs * sizeof(double), owner);
+      mpi::bcast(cs.count[size_t(g)].data(), hs * sizeof(double), owner);
+    }
+    mpi::bcast(cs.class_weight.data(), size_t(K_) * sizeof(double), owner);
+    double s2[2] = {cs.pmax_sum, cs.loglik_sum};
+    mpi::bcast(s2, sizeof s2, owner);
+    cs.pmax_sum = s2[0];
+    cs.loglik_sum = s2[1];
+    const size_t i0 = N * k / C, i1 = N * (k + 1) / C;
+    std::vector<double*> cols = {new_rot_.data(), new_tilt_.data(), new_psi_.data(), new_ox_.data(), new_oy_.data(),
+                                 new_scale_.data(), new_pmax_.data(), new_loglik_.data()};
+    const size_t w = cols.size() + 2;
+    std::vector<double> buf((i1 - i0) * w);
+    if (mpi::rank() == owner)
+      for (size_t i = i0; i < i1; ++i) {
+        for (size_t c = 0; c < cols.size(); ++c) buf[(i - i0) * w + c] = cols[c][i];
+        buf[(i - i0) * w + cols.size()] = new_nsig_[i];
+        buf[(i - i0) * w + cols.size() + 1] = new_cls_[i];
+      }
+    mpi::bcast(buf.data(), buf.size() * sizeof(double), owner);
+    if (mpi::rank() != owner)
+      for (size_t i = i0; i < i1; ++i) {
+        for (size_t c = 0; c < cols.size(); ++c) cols[c][i] = buf[(i - i0) * w + c];
+        new_nsig_[i] = int(buf[(i - i0) * w + cols.size()]);
+        new_cls_[i] = int(buf[(i - i0) * w + cols.size() + 1]);
+      }
+  }
+}
+
+Report Job::iterate() {
+  const size_t N = table_.size(), hs = size_t(n_ / 2 + 1);
+  Report rep;
+  r_ = st_.current_shells;
+  rep.used_shells = r_;
+  random_classes_ = st_.iteration == 0 && K_ > 1;
+  const bool cc = opt_.firstiter_cc && st_.iteration == 0;
+  const int order = opt_.healpix_order;
+  const bool local = opt_.sigma_ang > 0;
+  // In iteration 1 all classes are the reference: search against it alone.
+  const int Ksearch = random_classes_ ? 1 : K_;
+  px_fine_ = estep::search_pixels(n_, r_);
+  const double step = deg2rad(healpix_angular_step(order));
+  const int rc = std::clamp(int(std::ceil(2.0 * n_ / (radius_px_ * step))), 6, n_ / 2);
+  px_coarse_ = estep::search_pixels(n_, cc ? r_ : std::min(r_, rc));
+  proj_.clear();
+  for (int k = 0; k < K_; ++k) proj_.push_back(std::make_unique<Projector>(st_.maps[size_t(k)], 2, std::min(r_ + 1, n_ / 2)));
+  table_dirs_.build(order);
+  setup_ = ml3d::IterationSetup();
+  setup_.classes = Ksearch;
+  for (int k = 0; k < Ksearch; ++k) setup_.proj.push_back(proj_[size_t(k)].get());
+  if (Ksearch > 1)
+    for (int k = 0; k < K_; ++k) setup_.log_class_prior.push_back(std::log(std::max(st_.fraction[size_t(k)], 1e-300)));
+  setup_.px_coarse = &px_coarse_;
+  setup_.px_fine = &px_fine_;
+  setup_.local = local;
+  setup_.order = order;
+  setup_.sigma_ang = local ? opt_.sigma_ang : healpix_angular_step(order);
+  setup_.table = &table_dirs_;
+  setup_.trans = translations(opt_.offset_range, opt_.offset_step);
+  setup_.offset_step = opt_.offset_step;
+  setup_.sigma_offset2 = st_.sigma2_offset;
+  setup_.cross_correlation = cc;
+  setup_.pose_mean = false;  // classification: the maximum, as RELION
+  setup_.fit_scale = opt_.norm;
+  setup_.max_pairs = kMaxSigPairs;
+  setup_.max_trans = kMaxSigTrans;
+  if (!local && !opt_.skip_align) {
+    OrientationSampling os(order, sym_, healpix_angular_step(order));
+    const size_t D = os.num_directions(), m = px_coarse_.size();
+    global_dirs_.clear();
+    global_pix_.clear();
+    for (int k = 0; k < Ksearch; ++k)
+      for (size_t d = 0; d < D; ++d) {
+        global_dirs_.push_back({os.rot(d), os.tilt(d)});
+        global_pix_.push_back(os.pixel(d));
+      }
+    global_psi_.resize(os.num_psi());
+    for (size_t p = 0; p < os.num_psi(); ++p) global_psi_[p] = os.psi(p);
+    global_slices_.d = size_t(Ksearch) * D;
+    global_slices_.m = m;
+    global_slices_.s.resize(global_slices_.d * 2 * m);
+    global_slices_.s2.resize(global_slices_.d * m);
+    pool_.parallel_for(0, size_t(Ksearch), [&](size_t k, int) {
+      estep::Slices one;
+      std::vector<std::array<double, 2>> dirs(global_dirs_.begin() + long(k * D), global_dirs_.begin() + long((k + 1) * D));
+      estep::project_slices(*proj_[k], px_coarse_, dirs, one);
+      std::copy(one.s.begin(), one.s.end(), global_slices_.s.begin() + long(k * D * 2 * m));
+      std::copy(one.s2.begin(), one.s2.end(), global_slices_.s2.begin() + long(k * D * m));
+    });
+    setup_.global_dirs = &global_dirs_;
+    setup_.global_pix = &global_pix_;
+    setup_.global_psi = &global_psi_;
+    setup_.global_slices = &global_slices_;
+  }
+  new_rot_ = st_.rot;
+  new_tilt_ = st_.tilt;
+  new_psi_ = st_.psi;
+  new_ox_ = st_.ox;
+  new_oy_ = st_.oy;
+  new_scale_ = st_.scale;
+  new_pmax_ = st_.pmax;
+  new_nsig_ = st_.nsig;
+  new_loglik_ = st_.loglik;
+  new_cls_ = st_.cls;
+
+  const int C = opt_.chunks;
+  std::vector<ChunkSums> sums(static_cast<size_t>(C));
+  std::vector<size_t> mine;
+  double my_particles = 0;
+  for (int k = 0; k < C; ++k)
+    if (k % mpi::size() == mpi::rank()) {
+      mine.push_back(static_cast<size_t>(k));
+      my_particles += double(N * size_t(k + 1) / size_t(C) - N * size_t(k) / size_t(C));
+    }
+  progress_ = std::make_unique<Progress>(fmt::format("class3d: iteration {}/{}", st_.iteration + 1, opt_.iterations),
+                                         my_particles);
+  pool_.parallel_for(0, mine.size(), [&](size_t u, int) { process_chunk(int(mine[u]), sums[mine[u]]); });
+  progress_->finish();
+  if (mpi::active()) share_chunks(sums);
+
+  // Reduce in chunk order.
+  std::vector<std::unique_ptr<BackProjector>> bp(static_cast<size_t>(K_));
+  std::vector<std::vector<double>> d2(size_t(groups_), std::vector<double>(hs, 0.0)), cnt = d2;
+  std::vector<double> cw(size_t(K_), 0.0);
+  for (int c = 0; c < C; ++c) {
+    ChunkSums& cs = sums[size_t(c)];
+    for (int k = 0; k < K_; ++k) {
+      if (c == 0) bp[size_t(k)] = std::move(cs.bp[size_t(k)]);
+      else bp[size_t(k)]->add(*cs.bp[size_t(k)]);
+      cw[size_t(k)] += cs.class_weight[size_t(k)];
+    }
+    for (int g = 0; g < groups_; ++g)
+      for (size_t s = 0; s < hs; ++s) {
+        d2[size_t(g)][s] += cs.diff2[size_t(g)][s];
+        cnt[size_t(g)][s] += cs.count[size_t(g)][s];
+      }
+    rep.average_pmax += cs.pmax_sum;
+    rep.loglik_sum += cs.loglik_sum;
+    cs.bp.clear();
+  }
+  rep.average_pmax /= double(N);
+  for (int g = 0; g < groups_; ++g)
+    for (size_t s = 1; s < hs; ++s)
+      if (cnt[size_t(g)][s] > 0) st_.sigma2[size_t(g)][s] = d2[size_t(g)][s] / (2 * cnt[size_t(g)][s]);
+
+  // M-step per class: MAP reconstruction with the class's own power spectrum as prior.
+  rep.ssnr.assign(size_t(K_), std::vector<double>(hs, 0.0));
+  rep.tau2.assign(size_t(K_), {});
+  std::vector<Volume> maps(static_cast<size_t>(K_));
+  pool_.parallel_for(0, size_t(K_), [&](size_t k, int) {
+    if (!sym_.is_c1()) bp[k]->symmetrise(sym_.operators());
+    ReconstructOptions ro;
+    ro.tau2 = tau2_of(st_.maps[k]);
+    ro.tau2_fudge = opt_.tau2_fudge;
+    ro.max_frequency = r_;
+    const std::vector<double> mw = bp[k]->mean_weight_per_shell();
+    for (size_t s = 0; s < hs; ++s) rep.ssnr[k][s] = s <= size_t(r_) ? mw[s] * ro.tau2[s] * opt_.tau2_fudge : 0.0;
+    rep.tau2[k] = ro.tau2;
+    maps[k] = bp[k]->reconstruct(ro);
+    if (opt_.flatten_solvent) apply_spherical_mask(maps[k], radius_px_, opt_.mask_edge, MaskFill::Zero);
+  });
+  const double wtot = std::accumulate(cw.begin(), cw.end(), 0.0);
+  int best = 0;
+  for (int k = 0; k < K_; ++k) {
+    st_.fraction[size_t(k)] = wtot > 0 ? cw[size_t(k)] / wtot : 1.0 / K_;
+    int rk = 0;
+    for (size_t s = 1; s < hs; ++s) {
+      if (rep.ssnr[size_t(k)][s] < 1) break;
+      rk = int(s);
+    }
+    st_.resolution[size_t(k)] = shell_to_A(rk);
+    if (st_.fraction[size_t(k)] > 0) best = std::max(best, rk);
+    st_.maps[size_t(k)] = std::move(maps[size_t(k)]);
+  }
+  st_.current_shells = std::clamp(best + opt_.incr_size, int(std::lround(n_ * angpix_ / opt_.ini_high)), n_ / 2);
+  st_.rot = new_rot_;
+  st_.tilt = new_tilt_;
+  st_.psi = new_psi_;
+  st_.ox = new_ox_;
+  st_.oy = new_oy_;
+  st_.pmax = new_pmax_;
+  st_.nsig = new_nsig_;
+  st_.loglik = new_loglik_;
+  st_.cls = new_cls_;
+  if (opt_.norm) {
+    double mean = 0;
+    for (double s : new_scale_) mean += s;
+    mean /= double(N);
+    for (size_t i = 0; i < N; ++i) st_.scale[i] = cc ? 1.0 : new_scale_[i] / mean;
+  }
+  double s2 = 0;
+  for (size_t i = 0; i < N; ++i) s2 += (st_.ox[i] * st_.ox[i] + st_.oy[i] * st_.oy[i]) / (angpix_ * angpix_);
+  st_.sigma2_offset = std::max(s2 / (2.0 * double(N)), 0.25);
+  st_.iteration += 1;
+  return rep;
+}
+
+// Central sections (xy, xz, yz) and the projection along z of a map, as images.
+std::vector<Image> views(const Volume& v) {
+  const int n = v.nx(), c = n / 2;
+  Image xy(n, n), xz(n, n), yz(n, n), pz(n, n);
+  for (int a = 0; a < n; ++a)
+    for (int b = 0; b < n; ++b) {
+      xy(a, b) = v(a, b, c);
+      xz(a, b) = v(a, c, b);
+      yz(a, b) = v(c, a, b);
+      float s = 0;
+      for (int z = 0; z < n; ++z) s += v(a, b, z);
+      pz(a, b) = s;
+    }
+  return {xy, xz, yz, pz};
+}
+
+void Job::write_iteration(const Report& rep) {
+  const int it = st_.iteration;
+  files_.class_maps.clear();
+  for (int k = 0; k < K_; ++k) files_.class_maps.push_back(iter_name(it, fmt::format("class{:03d}.mrc", k + 1)));
+  files_.data_star = iter_name(it, "data.star");
+  files_.model_star = iter_name(it, "model.star");
+  files_.optimiser_star = iter_name(it, "optimiser.star");
+  files_.png = iter_name(it, "classes.png");
+  const std::string state = iter_name(it, "state.bin");
+  if (mpi::rank() != 0) return;
+  mrc::WriteOptions wo;
+  wo.pixel_size = angpix_;
+  for (int k = 0; k < K_; ++k) mrc::write(files_.class_maps[size_t(k)], st_.maps[size_t(k)], wo);
+  // Particles.
+  const size_t N = table_.size(), hs = size_t(n_ / 2 + 1);
+  {
+    ParticleTable out = table_;
+    out.rot = st_.rot;
+    out.tilt = st_.tilt;
+    out.psi = st_.psi;
+    out.origin_x = st_.ox;
+    out.origin_y = st_.oy;
+    out.class_number = st_.cls;
+    out.sync();
+    star::Block& pb = out.particles_block();
+    pb.set_column("rlnClassNumber", st_.cls);
+    pb.set_column("rlnMaxValueProbDistribution", st_.pmax);
+    pb.set_column("rlnNrOfSignificantSamples", st_.nsig);
+    pb.set_column("rlnLogLikeliContribution", st_.loglik);
+    pb.set_column("rlnNormCorrection", st_.scale);
+    out.write(files_.data_star);
+  }
+  // Model.
+  {
+    star::Document doc;
+    star::Block& g = doc.add_block("model_general", false);
+    g.set("rlnReferenceDimensionality", "3");
+    g.set("rlnDataDimensionality", "2");
+    g.set("rlnOriginalImageSize", std::to_string(n_));
+    const double best = st_.resolution.empty() ? 999.0 : *std::min_element(st_.resolution.begin(), st_.resolution.end());
+    g.set("rlnCurrentResolution", num(best));
+    g.set("rlnCurrentImageSize", std::to_string(std::min(n_, 2 * (rep.used_shells + 1))));
+    g.set("rlnPixelSize", num(angpix_));
+    g.set("rlnNrClasses", std::to_string(K_));
+    g.set("rlnTau2FudgeFactor", num(opt_.tau2_fudge));
+    g.set("rlnLogLikelihood", num(rep.loglik_sum));
+    g.set("rlnAveragePmax", num(rep.average_pmax));
+    star::Block& c = doc.add_block("model_classes", true);
+    for (int k = 0; k < K_; ++k) c.add_row();
+    c.set_column("rlnReferenceImage", files_.class_maps);
+    c.set_column("rlnClassDistribution", st_.fraction);
+    c.set_column("rlnEstimatedResolution", st_.resolution);
+    for (int k = 0; k < K_; ++k) {
+      star::Block& b = doc.add_block(fmt::format("model_class_{}", k + 1), true);
+      std::vector<int> idx;
+      std::vector<double> res, ssnr, tau2;
+      for (size_t s = 0; s < hs; ++s) {
+        b.add_row();
+        idx.push_back(int(s));
+        res.push_back(double(s) / (n_ * angpix_));
+        ssnr.push_back(size_t(k) < rep.ssnr.size() ? rep.ssnr[size_t(k)][s] : 0.0);
+        tau2.push_back(size_t(k) < rep.tau2.size() && s < rep.tau2[size_t(k)].size()
+                           ? rep.tau2[size_t(k)][s] / (double(n_) * n_ * double(n_) * n_)
+                           : 0.0);
+      }
+      b.set_column("rlnSpectralIndex", idx);
+      b.set_column("rlnResolution", res);
+      b.set_column("rlnSsnrMap", ssnr);
+      b.set_column("rlnReferenceTau2", tau2);
+    }
+    for (int gi = 0; gi < groups_; ++gi) {
+      star::Block& b = doc.add_block(fmt::format("model_optics_group_{}", gi + 1), true);
+      std::vector<int> idx;
+      std::vector<double> s2;
+      for (size_t s = 0; s < hs; ++s) {
+        b.add_row();
+        idx.push_back(int(s));
+        s2.push_back(st_.sigma2[size_t(gi)][s] / (double(n_) * n_ * double(n_) * n_));
+      }
+      b.set_column("rlnSpectralIndex", idx);
+      b.set_column("rlnSigma2Noise", s2);
+    }
+    star::write(files_.model_star, doc);
+  }
+  // Picture: per class the xy, xz, yz central sections and the z projection, labelled with the
+  // class's particle count.
+  {
+    std::vector<Image> tiles;
+    std::vector<int> counts;
+    std::vector<int> cnt(size_t(K_), 0);
+    for (int c : st_.cls)
+      if (c >= 1 && c <= K_) cnt[size_t(c - 1)] += 1;
+    for (int k = 0; k < K_; ++k)
+      for (Image& im : views(st_.maps[size_t(k)])) {
+        tiles.push_back(std::move(im));
+        counts.push_back(cnt[size_t(k)]);
+      }
+    write_file_atomic(files_.png, class2d_detail::class_gallery_png(tiles, counts));
+  }
+  // State, then the optimiser file (last: a complete checkpoint).
+  {
+    state_io::Writer w;
+    w.buf_.append(kMagic, 8);
+    for (int64_t v : {int64_t(st_.iteration), int64_t(st_.current_shells), int64_t(st_.n), int64_t(N)}) w.i(v);
+    w.d(st_.sigma2_offset);
+    w.i(int64_t(st_.sigma2.size()));
+    for (const auto& s : st_.sigma2) w.vd(s);
+    for (const auto* v : {&st_.fraction, &st_.resolution, &st_.rot, &st_.tilt, &st_.psi, &st_.ox, &st_.oy, &st_.scale,
+                          &st_.pmax, &st_.loglik})
+      w.vd(*v);
+    w.vi(st_.cls);
+    w.vi(st_.nsig);
+    write_file_atomic(state, w.buf_);
+  }
+  star::Document doc;
+  star::Block& o = doc.add_block("optimiser_general", false);
+  o.set("rlnOutputRootName", opt_.out_root);
+  o.set("rlnModelStarFile", files_.model_star);
+  o.set("rlnExperimentalDataStarFile", files_.data_star);
+  o.set("rlnCurrentIteration", std::to_string(it));
+  o.set("rlnNumberOfIterations", std::to_string(opt_.iterations));
+  o.set("rlnRandomSeed", std::to_string(opt_.seed));
+  o.set("rlnNrClasses", std::to_string(K_));
+  o.set("rlnTau2FudgeFactor", num(opt_.tau2_fudge));
+  o.set("rlnParticleDiameter", num(opt_.particle_diameter));
+  o.set("rlnWidthMaskEdge", num(opt_.mask_edge));
+  o.set("rlnDoZeroMask", opt_.zero_mask ? "1" : "0");
+  o.set("rlnDoSolventFlattening", opt_.flatten_solvent ? "1" : "0");
+  o.set("rlnDoCorrectCtf", opt_.ctf ? "1" : "0");
+  o.set("rlnDoCorrectNorm", opt_.norm ? "1" : "0");
+  o.set("rlnInitialLowPassFilter", num(opt_.ini_high));
+  o.set("rlnSymmetryGroup", opt_.sym);
+  o.set("rlnHealpixOrder", std::to_string(opt_.healpix_order));
+  o.set("rlnOffsetRange", num(opt_.offset_range));
+  o.set("rlnOffsetStep", num(opt_.offset_step));
+  o.set("rlnDoSkipAlign", opt_.skip_align ? "1" : "0");
+  o.set("rlnSigmaAngles", num(opt_.sigma_ang));
+  o.set("rlnIncrementImageSize", std::to_string(opt_.incr_size));
+  o.set("regulaFirstIterCc", opt_.firstiter_cc ? "1" : "0");
+  o.set("regulaReference", opt_.reference);
+  o.set("regulaInputStarFile", input_star_);
+  o.set("regulaPixelSize", num(opt_.angpix));
+  o.set("regulaChunks", std::to_string(opt_.chunks));
+  o.set("regulaStateFile", state);
+  for (int k = 0; k < K_; ++k) o.set(fmt::format("regulaClass{}Map", k + 1), files_.class_maps[size_t(k)]);
+  star::write(files_.optimiser_star, doc);
+}
+
+void Job::read_checkpoint() {
+  const std::string& path = opt_.continue_from;
+  star::Document doc = star::read(path);
+  const star::Block& o = doc.require("optimiser_general");
+  auto get = [&](const std::string& key) -> std::string {
+    std::string_view v = o.get(key);
+    if (v.empty()) input_error("{}: data_optimiser_general has no _{} (not a Regula class3d checkpoint?)", path, key);
+    return std::string(v);
+  };
+  auto get_d = [&](const std::string& key) {
+    const std::string v = get(key);
+    try {
+      size_t used = 0;
+      const double d = std::stod(v, &used);
+      if (used != v.size()) throw std::invalid_argument(v);
+      return d;
+    } catch (const std::exception&) {
+      input_error("{}: _{}: expected a number, got '{}'", path, key, v);
+    }
+  };
+  opt_.classes = int(get_d("rlnNrClasses"));
+  opt_.seed = uint64_t(get_d("rlnRandomSeed"));
+  opt_.tau2_fudge = get_d("rlnTau2FudgeFactor");
+  opt_.particle_diameter = get_d("rlnParticleDiameter");
+  opt_.mask_edge = get_d("rlnWidthMaskEdge");
+  opt_.zero_mask = get_d("rlnDoZeroMask") != 0;
+  opt_.flatten_solvent = get_d("rlnDoSolventFlattening") != 0;
+  opt_.ctf = get_d("rlnDoCorrectCtf") != 0;
+  opt_.norm = get_d("rlnDoCorrectNorm") != 0;
+  opt_.ini_high = get_d("rlnInitialLowPassFilter");
+  opt_.sym = get("rlnSymmetryGroup");
+  opt_.healpix_order = int(get_d("rlnHealpixOrder"));
+  opt_.offset_range = get_d("rlnOffsetRange");
+  opt_.offset_step = get_d("rlnOffsetStep");
+  opt_.skip_align = get_d("rlnDoSkipAlign") != 0;
+  opt_.sigma_ang = get_d("rlnSigmaAngles");
+  opt_.incr_size = int(get_d("rlnIncrementImageSize"));
+  opt_.firstiter_cc = get_d("regulaFirstIterCc") != 0;
+  opt_.reference = get("regulaReference");
+  opt_.angpix = get_d("regulaPixelSize");
+  opt_.chunks = int(get_d("regulaChunks"));
+  input_star_ = get("regulaInputStarFile");
+  state_io::Reader r(get("regulaStateFile"), "class3d");
+  r.magic(kMagic);
+  st_ = State();
+  st_.iteration = int(r.i());
+  st_.current_shells = int(r.i());
+  st_.n = int(r.i());
+  const size_t N = size_t(r.i());
+  st_.sigma2_offset = r.d();
+  const size_t G = r.count();
+  for (size_t g = 0; g < G; ++g) st_.sigma2.push_back(r.vd());
+  for (auto* v : {&st_.fraction, &st_.resolution, &st_.rot, &st_.tilt, &st_.psi, &st_.ox, &st_.oy, &st_.scale, &st_.pmax,
+                  &st_.loglik})
+    *v = r.vd();
+  st_.cls = r.vi();
+  st_.nsig = r.vi();
+  r.end();
+  if (st_.fraction.size() != size_t(opt_.classes) || st_.rot.size() != N || st_.cls.size() != N)
+    input_error("{}: inconsistent class3d state ({} classes, {} particles)", path, st_.fraction.size(), N);
+  for (int k = 0; k < opt_.classes; ++k) st_.maps.push_back(mrc::read(get(fmt::format("regulaClass{}Map", k + 1))));
+}
+
+Class3DResult Job::run() {
+  estep::set_blas_single_threaded();
+  const bool cont = !opt_.continue_from.empty();
+  if (cont) read_checkpoint();
+  if (auto msg = opt_.validate(); !msg.empty()) throw InputError(cont ? opt_.continue_from + ": " + msg : msg);
+  if (opt_.skip_align && opt_.sigma_ang > 0) throw InputError("--skip_align and --sigma_ang exclude each other");
+  sym_ = SymmetryGroup::parse(opt_.sym);
+  if (!cont) input_star_ = std::filesystem::absolute(opt_.input).lexically_normal().string();
+  setup();
+  if (cont && (st_.n != n_ || st_.rot.size() != table_.size() || st_.sigma2.size() != size_t(groups_)))
+    input_error("{}: the checkpoint (box {}, {} particles) does not match {}", opt_.continue_from, st_.n,
+                st_.rot.size(), input_star_);
+  const std::filesystem::path dir = std::filesystem::path(opt_.out_root).parent_path();
+  if (!dir.empty()) std::filesystem::create_directories(dir);
+  if (!cont) {
+    initialise();
+    write_iteration(Report{st_.current_shells, {}, {}, 0, 0});
+  }
+  spdlog::info("class3d: {} particles, box {} px, {:.3f} Å/px, K = {}, HEALPix order {}, symmetry {}", table_.size(),
+               n_, angpix_, K_, opt_.healpix_order, sym_.name());
+  while (st_.iteration < opt_.iterations) {
+    check_cancelled();
+    const auto t0 = std::chrono::steady_clock::now();
+    const Report rep = iterate();
+    write_iteration(rep);
+    std::string fr;
+    for (int k = 0; k < K_; ++k) fr += fmt::format("{}{:.3f} ({:.1f} Å)", k ? ", " : "", st_.fraction[size_t(k)], st_.resolution[size_t(k)]);
+    spdlog::info("class3d: iteration {}: limit {} shells, <Pmax> {:.3f}, classes {}, {:.1f} s", st_.iteration,
+                 rep.used_shells, rep.average_pmax, fr,
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  files_.last_iteration = st_.iteration;
+  files_.class_fraction = st_.fraction;
+  files_.class_resolution_A = st_.resolution;
+  files_.particle_class = st_.cls;
+  return files_;
+}
+
+}  // namespace
+
+Class3DResult run_class3d(const Class3DOptions& opt) {
+  Job job(opt);
+  return job.run();
+}
+
+}  // namespace regula

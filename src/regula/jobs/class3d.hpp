@@ -1,0 +1,60 @@
+// 3D classification by regularised likelihood (RELION's relion_refine --K K with a 3D reference),
+// docs/class3d.md.
+//
+// Model: as refine3d (jobs/refine3d.hpp) with K class maps V_c and class fractions; full
+// marginalisation over class, orientation and translation; per class the MAP reconstruction with
+// tau2_c = the power spectrum of the current class map times T (--tau2_fudge). No half sets: the
+// resolution of a class is where its SSNR (mean data weight x tau2) drops below 1.
+// Units: angles in degrees; offsets in Å (searched in pixels); resolutions in Å.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "regula/core/grid.hpp"
+
+namespace regula {
+
+struct Class3DOptions {
+  std::string input;                // --i
+  std::string out_root;             // --o
+  std::string reference;            // --ref
+  int classes = 0;                  // --K
+  int iterations = 25;              // --iter
+  double tau2_fudge = 4;            // --tau2_fudge (T)
+  double ini_high = 40;             // --ini_high, Å
+  bool firstiter_cc = false;        // --firstiter_cc
+  std::string sym = "C1";           // --sym
+  double particle_diameter = 0;     // --particle_diameter, Å
+  bool ctf = false;                 // --ctf
+  bool flatten_solvent = false;     // --flatten_solvent
+  bool zero_mask = false;           // --zero_mask
+  int healpix_order = 2;            // --healpix_order (fixed: no auto-sampling in classification)
+  double offset_range = 5;          // --offset_range, px
+  double offset_step = 1;           // --offset_step, px
+  bool skip_align = false;          // --skip_align: classes only, poses from the STAR file
+  double sigma_ang = 0;             // --sigma_ang, degrees: local searches around the input poses (0: global)
+  int threads = 1;                  // --j
+  uint64_t seed = 1;                // --seed: random initial subsets
+  std::string continue_from;        // --continue ROOT_itNNN_optimiser.star
+  double angpix = 0;                // --angpix
+  bool norm = true;                 // --norm/--scale
+  int incr_size = 10;               // shells added above the best class resolution
+  double mask_edge = 5;             // px
+  int chunks = 8;                   // particle chunks (fixed: results do not depend on --j)
+
+  std::string validate() const;
+};
+
+struct Class3DResult {
+  int last_iteration = 0;
+  std::vector<double> class_fraction;
+  std::vector<double> class_resolution_A;
+  std::vector<int> particle_class;   // 1-based
+  std::vector<std::string> class_maps;
+  std::string data_star, model_star, optimiser_star, png;
+};
+
+Class3DResult run_class3d(const Class3DOptions& opt);
+
+}  // namespace regula

@@ -1,0 +1,59 @@
+"""regula class3d on a small simulated data set: RELION-named outputs, class fractions that sum to
+one, --continue equal to the uninterrupted run and independent of --j, and --skip_align."""
+import gemmi
+import mrcfile
+import numpy as np
+import pytest
+
+from conftest import DATA
+from test_refine3d import run
+
+MAP = DATA / "proj" / "clean70S_crop48.mrc"
+COMMON = ["--K", 2, "--iter", 4, "--tau2_fudge", 4, "--ini_high", 40, "--ctf", "--firstiter_cc", "--healpix_order", 1,
+          "--offset_range", 2, "--offset_step", 1, "--flatten_solvent", "--zero_mask"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("class3d")
+    run("simulate", "--i", MAP, "--o", d / "sim", "--n", 200, "--angpix", 6, "--snr", 0.1, "--max_shift", 1,
+        "--seed", 7)
+    run("class3d", "--i", d / "sim/particles.star", "--ref", d / "sim/truth_map1.mrc", "--o", d / "c/run", "--j", 2,
+        *COMMON)
+    return d
+
+
+def test_outputs_and_fractions(data):
+    c = data / "c"
+    for it in range(5):
+        for f in ["class001.mrc", "class002.mrc", "model.star", "data.star", "optimiser.star", "classes.png"]:
+            assert (c / f"run_it{it:03d}_{f}").is_file(), (it, f)
+    model = gemmi.cif.read(str(c / "run_it004_model.star"))
+    frac = [float(v) for v in model.find_block("model_classes").find_loop("_rlnClassDistribution")]
+    assert len(frac) == 2 and sum(frac) == pytest.approx(1.0, abs=1e-9)
+    cls = [int(v) for v in gemmi.cif.read(str(c / "run_it004_data.star")).find_block("particles")
+           .find_loop("_rlnClassNumber")]
+    assert len(cls) == 200 and set(cls) <= {1, 2}
+    # The fractions are the posterior class masses; with sharp posteriors close to the counts.
+    assert frac[0] == pytest.approx(cls.count(1) / 200, abs=0.1)
+    with mrcfile.open(c / "run_it004_class001.mrc") as m:
+        assert m.data.shape == (48, 48, 48) and float(m.voxel_size.x) == pytest.approx(6.0)
+
+
+def test_continue_equals_uninterrupted_for_any_thread_count(data, tmp_path):
+    run("class3d", "--i", data / "sim/particles.star", "--ref", data / "sim/truth_map1.mrc", "--o", tmp_path / "run",
+        "--j", 1, *[a if a != 4 else 2 for a in COMMON[:4]], *COMMON[4:])
+    run("class3d", "--continue", tmp_path / "run_it002_optimiser.star", "--o", tmp_path / "run", "--iter", 4,
+        "--j", 2)
+    for k in (1, 2):
+        a = mrcfile.read(tmp_path / f"run_it004_class00{k}.mrc")
+        b = mrcfile.read(data / "c" / f"run_it004_class00{k}.mrc")
+        assert np.array_equal(a, b)
+
+
+def test_skip_align_keeps_the_poses(data, tmp_path):
+    run("class3d", "--i", data / "sim/truth.star", "--ref", data / "sim/truth_map1.mrc", "--o", tmp_path / "run",
+        "--K", 2, "--iter", 2, "--ctf", "--skip_align", "--ini_high", 40)
+    t = gemmi.cif.read(str(data / "sim/truth.star")).find_block("particles").find_loop("_rlnAngleRot")
+    d = gemmi.cif.read(str(tmp_path / "run_it002_data.star")).find_block("particles").find_loop("_rlnAngleRot")
+    assert [float(v) for v in t] == pytest.approx([float(v) for v in d])
