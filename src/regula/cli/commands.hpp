@@ -27,5 +27,6 @@ void add_fsc(CLI::App& app);
 void add_convert(CLI::App& app);
 void add_refine3d(CLI::App& app);
 void add_class3d(CLI::App& app);
+void add_postprocess(CLI::App& app);
 
 }  // namespace regula::cli

@@ -28,6 +28,7 @@ const regula::cli::Command kCommands[] = {
     {"class2d", regula::cli::add_class2d},
     {"refine3d", regula::cli::add_refine3d},
     {"class3d", regula::cli::add_class3d},
+    {"postprocess", regula::cli::add_postprocess},
     {"select", regula::cli::add_select},
     {"project", regula::cli::add_project},
     {"reconstruct", regula::cli::add_reconstruct},

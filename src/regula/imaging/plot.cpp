@@ -82,6 +82,10 @@ std::vector<uint8_t> render_line_plot(const LinePlot& p) {
     if (!std::isfinite(p.y[i - 1]) || !std::isfinite(p.y[i])) continue;
     c.line(X(p.x[i - 1]), clampy(Y(p.y[i - 1])), X(p.x[i]), clampy(Y(p.y[i])), p.colour, 2);
   }
+  for (const auto& ser : p.more)
+    for (size_t i = 1; i < ser.x.size() && i < ser.y.size(); ++i)
+      if (std::isfinite(ser.y[i - 1]) && std::isfinite(ser.y[i]))
+        c.line(X(ser.x[i - 1]), clampy(Y(ser.y[i - 1])), X(ser.x[i]), clampy(Y(ser.y[i])), ser.colour, 2);
   return std::move(c.px);
 }
 

@@ -16,6 +16,12 @@ struct LinePlot {
   int width = 640, height = 400;     // pixels
   int x_ticks = 10, y_ticks = 10;    // tick marks along each axis
   std::array<uint8_t, 3> colour{31, 119, 180};  // curve colour (RGB)
+  // Further curves on the same axes (e.g. the FSC curves of post-processing).
+  struct Series {
+    std::vector<double> x, y;
+    std::array<uint8_t, 3> colour{0, 0, 0};
+  };
+  std::vector<Series> more;
 };
 
 // RGB image (row-major, 3 bytes per pixel) of the plot.
