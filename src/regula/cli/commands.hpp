@@ -28,5 +28,6 @@ void add_convert(CLI::App& app);
 void add_refine3d(CLI::App& app);
 void add_class3d(CLI::App& app);
 void add_postprocess(CLI::App& app);
+void add_serve(CLI::App& app);
 
 }  // namespace regula::cli

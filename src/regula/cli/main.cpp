@@ -29,6 +29,7 @@ const regula::cli::Command kCommands[] = {
     {"refine3d", regula::cli::add_refine3d},
     {"class3d", regula::cli::add_class3d},
     {"postprocess", regula::cli::add_postprocess},
+    {"serve", regula::cli::add_serve},
     {"select", regula::cli::add_select},
     {"project", regula::cli::add_project},
     {"reconstruct", regula::cli::add_reconstruct},

@@ -1,0 +1,403 @@
+#include "regula/serve/server.hpp"
+
+#include <httplib.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "regula/core/error.hpp"
+#include "regula/imaging/plot.hpp"
+#include "regula/io/mrc.hpp"
+#include "regula/io/star.hpp"
+
+namespace regula::serve {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+// An HTTP error carried to the handler wrapper.
+struct HttpError : std::runtime_error {
+  int status;
+  HttpError(int s, const std::string& m) : std::runtime_error(m), status(s) {}
+};
+
+void json_reply(httplib::Response& res, const json& j, int status = 200) {
+  res.status = status;
+  res.set_content(j.dump(), "application/json");
+}
+
+std::string mime_of(const std::string& path) {
+  auto ends = [&](const char* e) {
+    const std::string s(e);
+    return path.size() >= s.size() && path.compare(path.size() - s.size(), s.size(), s) == 0;
+  };
+  if (ends(".png")) return "image/png";
+  if (ends(".star") || ends(".txt") || ends(".out") || ends(".jsonl") || ends(".bild")) return "text/plain";
+  if (ends(".json")) return "application/json";
+  return "application/octet-stream";
+}
+
+bool is_job_name(const std::string& s) { return s.size() > 3 && s.rfind("job", 0) == 0 &&
+                                                std::all_of(s.begin() + 3, s.end(), ::isdigit); }
+
+}  // namespace
+
+struct Server::Impl {
+  ServeOptions opt;
+  fs::path root;  // canonical project directory
+  httplib::Server http;
+  int port = 0;
+
+  // A path inside the project (canonical, symbolic links resolved) or HttpError 403/404.
+  fs::path inside(const std::string& rel) const {
+    if (rel.find('\0') != std::string::npos) throw HttpError(400, "bad path");
+    std::error_code ec;
+    fs::path p = fs::weakly_canonical(root / fs::path(rel), ec);
+    if (ec) throw HttpError(404, "no such file: " + rel);
+    const std::string ps = p.string(), rs = root.string();
+    if (ps != rs && ps.rfind(rs + "/", 0) != 0) throw HttpError(403, "outside the project: " + rel);
+    if (!fs::exists(p)) throw HttpError(404, "no such file: " + rel);
+    return p;
+  }
+
+  // A job directory given as ?dir=Type/jobNNN/.
+  fs::path job_dir(const httplib::Request& req) const {
+    if (!req.has_param("dir")) throw HttpError(400, "missing parameter dir");
+    fs::path p = inside(req.get_param_value("dir"));
+    if (!fs::is_directory(p) || !is_job_name(p.filename().string()))
+      throw HttpError(404, "not a job directory: " + req.get_param_value("dir"));
+    return p;
+  }
+
+  std::string rel(const fs::path& p) const { return fs::relative(p, root).string(); }
+
+  static std::string status_of(const fs::path& d) {
+    if (fs::exists(d / "RELION_JOB_EXIT_SUCCESS")) return "finished";
+    if (fs::exists(d / "RELION_JOB_EXIT_FAILURE")) return "failed";
+    if (fs::exists(d / "RELION_JOB_EXIT_ABORTED")) return "aborted";
+    return "running";
+  }
+
+  static json last_progress(const fs::path& d) {
+    std::ifstream f(d / "progress.jsonl");
+    std::string line, last;
+    while (std::getline(f, line))
+      if (!line.empty()) last = line;
+    if (last.empty()) return nullptr;
+    json j = json::parse(last, nullptr, false);
+    return j.is_discarded() ? json(nullptr) : j;
+  }
+
+  static double mtime(const fs::path& p) {
+    std::error_code ec;
+    auto t = fs::last_write_time(p, ec);
+    if (ec) return 0;
+    return double(std::chrono::duration_cast<std::chrono::seconds>(
+                      std::chrono::file_clock::to_sys(t).time_since_epoch()).count());
+  }
+
+  json jobs() const {
+    json out = json::array();
+    std::vector<fs::path> dirs;
+    for (const auto& t : fs::directory_iterator(root)) {
+      if (!t.is_directory()) continue;
+      for (const auto& j : fs::directory_iterator(t.path()))
+        if (j.is_directory() && is_job_name(j.path().filename().string())) dirs.push_back(j.path());
+    }
+    std::sort(dirs.begin(), dirs.end(), [](const fs::path& a, const fs::path& b) {
+      return a.filename().string() < b.filename().string();
+    });
+    for (const auto& d : dirs) {
+      json j;
+      j["dir"] = rel(d) + "/";
+      j["type"] = d.parent_path().filename().string();
+      j["status"] = status_of(d);
+      j["progress"] = last_progress(d);
+      j["start"] = mtime(d / "note.txt");
+      j["end"] = j["status"] == "running" ? 0.0 : mtime(d / ("RELION_JOB_EXIT_" + std::string(
+          j["status"] == "finished" ? "SUCCESS" : j["status"] == "failed" ? "FAILURE" : "ABORTED")));
+      out.push_back(j);
+    }
+    return out;
+  }
+
+  // Iteration numbers of ROOT_itNNN_<suffix> files in a job directory, ascending, and the root.
+  static std::vector<std::pair<int, fs::path>> iterations(const fs::path& d, const std::string& suffix) {
+    // Names ROOT_itNNN_<suffix> (NNN three digits).
+    std::vector<std::pair<int, fs::path>> out;
+    const std::string tail = "_" + suffix;
+    for (const auto& e : fs::directory_iterator(d)) {
+      const std::string name = e.path().filename().string();
+      if (name.size() < tail.size() + 6 || name.compare(name.size() - tail.size(), tail.size(), tail) != 0) continue;
+      const size_t p = name.size() - tail.size() - 6;  // "_itNNN"
+      if (name.compare(p, 3, "_it") != 0) continue;
+      const std::string digits = name.substr(p + 3, 3);
+      if (!std::all_of(digits.begin(), digits.end(), ::isdigit)) continue;
+      out.push_back({std::stoi(digits), e.path()});
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+
+  json job(const httplib::Request& req) const {
+    const fs::path d = job_dir(req);
+    json j;
+    j["dir"] = rel(d) + "/";
+    j["type"] = d.parent_path().filename().string();
+    j["status"] = status_of(d);
+    json files = json::array();
+    for (const auto& e : fs::directory_iterator(d))
+      if (e.is_regular_file()) files.push_back(e.path().filename().string());
+    std::sort(files.begin(), files.end());
+    j["files"] = files;
+    json its = json::array();
+    for (const auto& [it, p] : iterations(d, "model.star")) its.push_back(it);
+    j["iterations"] = its;
+    return j;
+  }
+
+  static const star::Block& block(const star::Document& doc, const std::string& name, const fs::path& p) {
+    const star::Block* b = doc.find(name);
+    if (!b) throw HttpError(422, fmt::format("{}: no data_{} block", p.filename().string(), name));
+    return *b;
+  }
+
+  json class2d(const httplib::Request& req) const {
+    const fs::path d = job_dir(req);
+    auto its = iterations(d, "model.star");
+    if (its.empty()) throw HttpError(404, "no iterations yet");
+    int it = req.has_param("iter") ? std::stoi(req.get_param_value("iter")) : its.back().first;
+    auto found = std::find_if(its.begin(), its.end(), [&](auto& x) { return x.first == it; });
+    if (found == its.end()) throw HttpError(404, fmt::format("no iteration {}", it));
+    star::Document model = star::read(found->second.string());
+    const star::Block& cl = block(model, "model_classes", found->second);
+    const auto frac = cl.numbers(cl.require_column("rlnClassDistribution"));
+    const auto resA = cl.numbers(cl.require_column("rlnEstimatedResolution"));
+    // Counts per class of every iteration (rlnClassNumber of ROOT_itNNN_data.star).
+    json counts_over = json::array();
+    std::vector<int> counts(frac.size(), 0);
+    for (const auto& [i, p] : iterations(d, "data.star")) {
+      star::Document data = star::read(p.string());
+      const star::Block* pb = data.find("particles");
+      if (!pb || !pb->has("rlnClassNumber")) continue;
+      std::vector<int> c(frac.size(), 0);
+      const int col = pb->column("rlnClassNumber");
+      for (size_t r = 0; r < pb->rows(); ++r) {
+        const long k = pb->integer(r, col);
+        if (k >= 1 && size_t(k) <= c.size()) c[size_t(k - 1)] += 1;
+      }
+      counts_over.push_back({{"iteration", i}, {"counts", c}});
+      if (i == it) counts = c;
+    }
+    json classes = json::array();
+    for (size_t k = 0; k < frac.size(); ++k)
+      classes.push_back({{"class", k + 1}, {"fraction", frac[k]}, {"resolution", resA[k]}, {"count", counts[k]}});
+    json its_j = json::array();
+    for (auto& x : its) its_j.push_back(x.first);
+    return {{"iteration", it}, {"iterations", its_j}, {"classes", classes}, {"counts_over_iterations", counts_over}};
+  }
+
+  std::string class_image(const httplib::Request& req) const {
+    const fs::path d = job_dir(req);
+    const int it = std::stoi(req.get_param_value("iter"));
+    const int k = std::stoi(req.get_param_value("k"));
+    auto its = iterations(d, "classes.mrcs");
+    auto found = std::find_if(its.begin(), its.end(), [&](auto& x) { return x.first == it; });
+    if (found == its.end()) throw HttpError(404, fmt::format("no classes for iteration {}", it));
+    mrc::StackReader r(found->second.string());
+    if (k < 1 || k > r.count()) throw HttpError(404, fmt::format("no class {}", k));
+    Image img = r.read(k - 1);
+    const int n = img.nx();
+    auto [mn, mx] = std::minmax_element(img.begin(), img.end());
+    const double lo = *mn, span = *mx > *mn ? double(*mx - *mn) : 1.0;
+    std::vector<uint8_t> rgb(size_t(n) * size_t(img.ny()) * 3);
+    for (int y = 0; y < img.ny(); ++y)
+      for (int x = 0; x < n; ++x) {
+        const uint8_t g = uint8_t(std::clamp((img(x, img.ny() - 1 - y) - lo) / span * 255.0 + 0.5, 0.0, 255.0));
+        uint8_t* p = &rgb[(size_t(y) * size_t(n) + size_t(x)) * 3];
+        p[0] = p[1] = p[2] = g;
+      }
+    return encode_png_rgb(rgb, n, img.ny());
+  }
+
+  std::string map(const httplib::Request& req, int& box, double& apix) const {
+    const fs::path d = job_dir(req);
+    if (!req.has_param("file")) throw HttpError(400, "missing parameter file");
+    const fs::path f = inside(rel(d) + "/" + req.get_param_value("file"));
+    const int want = req.has_param("size") ? std::clamp(std::stoi(req.get_param_value("size")), 8, 128) : 64;
+    mrc::Header h;
+    Volume v = mrc::read(f.string(), &h);
+    if (v.nz() < 2 || v.nx() != v.ny() || v.nx() != v.nz()) throw HttpError(422, f.filename().string() + ": not a cubic map");
+    const int n = v.nx(), step = (n + want - 1) / want, m = n / step;
+    std::vector<float> out(size_t(m) * size_t(m) * size_t(m), 0.0f);
+    for (int z = 0; z < m; ++z)
+      for (int y = 0; y < m; ++y)
+        for (int x = 0; x < m; ++x) {
+          double s = 0;
+          for (int c = 0; c < step; ++c)
+            for (int b = 0; b < step; ++b)
+              for (int a = 0; a < step; ++a) s += v(x * step + a, y * step + b, z * step + c);
+          out[(size_t(z) * size_t(m) + size_t(y)) * size_t(m) + size_t(x)] = float(s / (step * step * step));
+        }
+    box = m;
+    apix = h.pixel_size() * step;
+    return std::string(reinterpret_cast<const char*>(out.data()), out.size() * sizeof(float));
+  }
+
+  json fsc(const httplib::Request& req) const {
+    const fs::path d = job_dir(req);
+    json j;
+    // Post-processing: OUT.star with data_fsc and data_guinier.
+    fs::path pp;
+    for (const auto& e : fs::directory_iterator(d)) {
+      const std::string n = e.path().filename().string();
+      if (n.size() > 5 && n.compare(n.size() - 5, 5, ".star") == 0 && n.find("_it") == std::string::npos) {
+        star::Document doc = star::read(e.path().string());
+        if (doc.find("fsc") && doc.find("general")) pp = e.path();
+      }
+    }
+    if (!pp.empty()) {
+      star::Document doc = star::read(pp.string());
+      const star::Block& f = block(doc, "fsc", pp);
+      j["resolution"] = f.numbers(f.require_column("rlnResolution"));
+      json curves;
+      for (const char* c : {"rlnFourierShellCorrelationCorrected", "rlnFourierShellCorrelationUnmaskedMaps",
+                            "rlnFourierShellCorrelationMaskedMaps",
+                            "rlnCorrectedFourierShellCorrelationPhaseRandomizedMaskedMaps"})
+        if (f.has(c)) curves[c] = f.numbers(f.column(c));
+      j["curves"] = curves;
+      const star::Block& g = block(doc, "general", pp);
+      j["final_resolution"] = std::stod(std::string(g.get("rlnFinalResolution", "0")));
+      j["bfactor"] = std::stod(std::string(g.get("rlnBfactorUsedForSharpening", "0")));
+      if (const star::Block* gb = doc.find("guinier")) {
+        json guinier;
+        for (int c = 0; c < int(gb->columns()); ++c) guinier[gb->label(c)] = gb->numbers(c);
+        j["guinier"] = guinier;
+      }
+      j["source"] = rel(pp);
+      return j;
+    }
+    // Refinement: the final ROOT_model.star, else the newest iteration's.
+    fs::path model;
+    for (const auto& e : fs::directory_iterator(d)) {
+      const std::string n = e.path().filename().string();
+      if (n.size() > 10 && n.compare(n.size() - 10, 10, "model.star") == 0 && n.find("_it") == std::string::npos)
+        model = e.path();
+    }
+    if (model.empty()) {
+      auto its = iterations(d, "model.star");
+      if (its.empty()) throw HttpError(404, "no FSC in this job yet");
+      model = its.back().second;
+    }
+    star::Document doc = star::read(model.string());
+    const star::Block& c = block(doc, "model_class_1", model);
+    if (!c.has("rlnGoldStandardFsc")) throw HttpError(404, "no gold-standard FSC in " + rel(model));
+    j["resolution"] = c.numbers(c.require_column("rlnResolution"));
+    j["curves"] = {{"rlnGoldStandardFsc", c.numbers(c.column("rlnGoldStandardFsc"))}};
+    const star::Block& g = block(doc, "model_general", model);
+    j["final_resolution"] = std::stod(std::string(g.get("rlnCurrentResolution", "0")));
+    j["source"] = rel(model);
+    return j;
+  }
+
+  json iteration_resolutions(const httplib::Request& req) const {
+    const fs::path d = job_dir(req);
+    json out = json::array();
+    for (const auto& [it, p] : iterations(d, "model.star")) {
+      star::Document doc = star::read(p.string());
+      const star::Block* g = doc.find("model_general");
+      if (!g) continue;
+      out.push_back({{"iteration", it}, {"resolution", std::stod(std::string(g->get("rlnCurrentResolution", "0")))}});
+    }
+    return out;
+  }
+
+  // Wraps a handler: HttpError -> its status, InputError (a malformed file) -> 422, others -> 500.
+  template <class F>
+  httplib::Server::Handler guard(F f) {
+    return [f](const httplib::Request& req, httplib::Response& res) {
+      try {
+        f(req, res);
+      } catch (const HttpError& e) {
+        json_reply(res, {{"error", e.what()}}, e.status);
+      } catch (const InputError& e) {
+        json_reply(res, {{"error", e.what()}}, 422);
+      } catch (const std::invalid_argument& e) {
+        json_reply(res, {{"error", std::string("bad parameter: ") + e.what()}}, 400);
+      } catch (const std::exception& e) {
+        json_reply(res, {{"error", e.what()}}, 500);
+      }
+    };
+  }
+
+  void routes() {
+    http.Get("/api/jobs", guard([this](const httplib::Request&, httplib::Response& res) { json_reply(res, jobs()); }));
+    http.Get("/api/job", guard([this](const httplib::Request& q, httplib::Response& res) { json_reply(res, job(q)); }));
+    http.Get("/api/class2d",
+             guard([this](const httplib::Request& q, httplib::Response& res) { json_reply(res, class2d(q)); }));
+    http.Get("/api/class_image", guard([this](const httplib::Request& q, httplib::Response& res) {
+               res.set_content(class_image(q), "image/png");
+             }));
+    http.Get("/api/map", guard([this](const httplib::Request& q, httplib::Response& res) {
+               int box = 0;
+               double apix = 0;
+               std::string data = map(q, box, apix);
+               res.set_header("X-Box-Size", std::to_string(box));
+               res.set_header("X-Pixel-Size", fmt::format("{}", apix));
+               res.set_content(std::move(data), "application/octet-stream");
+             }));
+    http.Get("/api/fsc", guard([this](const httplib::Request& q, httplib::Response& res) { json_reply(res, fsc(q)); }));
+    http.Get("/api/iterations", guard([this](const httplib::Request& q, httplib::Response& res) {
+               json_reply(res, iteration_resolutions(q));
+             }));
+    http.Get(R"(/files/(.+))", guard([this](const httplib::Request& q, httplib::Response& res) {
+               const fs::path p = inside(q.matches[1].str());
+               if (!fs::is_regular_file(p)) throw HttpError(404, "not a file");
+               std::ifstream f(p, std::ios::binary);
+               std::stringstream ss;
+               ss << f.rdbuf();
+               res.set_header("Content-Disposition", "attachment; filename=\"" + p.filename().string() + "\"");
+               res.set_content(ss.str(), mime_of(p.string()));
+             }));
+    http.Get(R"(/(.*))", guard([](const httplib::Request& q, httplib::Response& res) {
+               std::string path = q.matches[1].str();
+               if (path.empty()) path = "index.html";
+               const Asset* a = find_asset(path);
+               if (!a) throw HttpError(404, "no such page: /" + path);
+               res.set_content(std::string(reinterpret_cast<const char*>(a->data), a->size), a->mime);
+             }));
+  }
+};
+
+Server::Server(ServeOptions opt) : impl_(std::make_unique<Impl>()) {
+  impl_->opt = std::move(opt);
+  std::error_code ec;
+  impl_->root = fs::canonical(impl_->opt.project, ec);
+  if (ec || !fs::is_directory(impl_->root)) input_error("--project {}: not a directory", impl_->opt.project);
+  impl_->routes();
+}
+
+Server::~Server() = default;
+
+int Server::bind() {
+  Impl& m = *impl_;
+  if (m.opt.port == 0) m.port = m.http.bind_to_any_port(m.opt.host);
+  else m.port = m.http.bind_to_port(m.opt.host, m.opt.port) ? m.opt.port : -1;
+  if (m.port < 0) input_error("--port {}: cannot listen on {}:{} (in use?)", m.opt.port, m.opt.host, m.opt.port);
+  return m.port;
+}
+
+void Server::listen() { impl_->http.listen_after_bind(); }
+void Server::stop() { impl_->http.stop(); }
+
+}  // namespace regula::serve

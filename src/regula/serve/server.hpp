@@ -1,0 +1,53 @@
+// `regula serve`: a read-only web page over the job directories of a project (docs/web.md).
+//
+// JSON API (every `dir` is a job directory relative to the project, e.g. "Refine3D/job002/"):
+//   GET /api/jobs                          jobs with type, status, progress (last line of progress.jsonl), times
+//   GET /api/job?dir=D                     files of the job and its iterations
+//   GET /api/class2d?dir=D[&iter=N]        classes of iteration N (count, fraction, resolution), counts over iterations
+//   GET /api/class_image?dir=D&iter=N&k=K  PNG of class K (1-based)
+//   GET /api/map?dir=D&file=F[&size=S]     map F downsampled to at most S^3 voxels: float32 little-endian,
+//                                          headers X-Box-Size and X-Pixel-Size
+//   GET /api/fsc?dir=D                     FSC curves (refine3d model.star or postprocess.star) and Guinier plot
+//   GET /api/iterations?dir=D              resolution per iteration (ROOT_itNNN_model.star)
+//   GET /files/PATH                        a file of the project (MRC, STAR, PNG, ...)
+//   GET /, /app.js, /style.css, /three.module.js   the page (assets embedded at build time)
+// Paths are canonicalised (symbolic links resolved) and refused unless inside the project; errors are
+// JSON {"error": "..."} with 400/403/404/422/500; nothing under the project is ever written.
+#pragma once
+#include <functional>
+#include <memory>
+#include <string>
+
+namespace regula::serve {
+
+struct ServeOptions {
+  std::string project = ".";      // --project
+  int port = 8800;                // --port (0: any free port)
+  std::string host = "127.0.0.1"; // --host
+};
+
+class Server {
+ public:
+  explicit Server(ServeOptions opt);
+  ~Server();
+  // Binds (InputError when the port is taken or the project is not a directory); returns the port.
+  int bind();
+  // Serves until stop() (from another thread or a signal handler thread).
+  void listen();
+  void stop();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// An embedded asset ("" when absent): the build step writes the table (web/CMakeLists.txt).
+struct Asset {
+  const char* path;
+  const unsigned char* data;
+  unsigned long size;
+  const char* mime;
+};
+const Asset* find_asset(const std::string& path);
+
+}  // namespace regula::serve

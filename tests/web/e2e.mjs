@@ -1,0 +1,77 @@
+// End-to-end test of the `regula serve` page in headless Chromium (Debian's chromium, driven by
+// playwright-core from npm). Run by tests/python/test_web.py:
+//   node tests/web/e2e.mjs URL OUT_DIR NODE_MODULES_DIR POSTPROCESS_JOB_DIR
+// Prints one JSON line with what it measured; the Python side asserts on it.
+import { createRequire } from 'module';
+
+const [url, outDir, modules, postprocessDir] = process.argv.slice(2);
+const require = createRequire(modules + '/');
+const { chromium } = require('playwright-core');
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--no-sandbox', '--use-angle=swiftshader', '--enable-unsafe-swiftshader', '--ignore-gpu-blocklist'],
+});
+const result = {};
+try {
+  const page = await browser.newPage({ viewport: { width: 1400, height: 1600 } });
+  const errors = [];
+  page.on('pageerror', e => errors.push(String(e)));
+  await page.goto(url);
+  await page.waitForSelector('tr.job[data-dir="Class2D/job002/"]', { timeout: 15000 });
+
+  // 2D classification: the gallery's images load.
+  await page.click('tr.job[data-dir="Class2D/job002/"]');
+  await page.waitForSelector('#gallery img', { timeout: 15000 });
+  await page.waitForFunction(() => [...document.querySelectorAll('#gallery img')].every(i => i.complete && i.naturalWidth > 0),
+                             null, { timeout: 15000 });
+  result.gallery_images = await page.$$eval('#gallery img', x => x.length);
+  result.gallery_captions = await page.$$eval('#gallery figcaption', x => x.map(e => e.textContent));
+
+  // Refinement: FSC plot, 3D view, slices.
+  await page.click('tr.job[data-dir="Refine3D/job003/"]');
+  await page.waitForSelector('#fsc', { timeout: 20000 });
+  await page.waitForSelector('#view3d', { timeout: 20000 });
+  await page.waitForTimeout(1000);
+  result.fsc_colours = await page.evaluate(() => {
+    const c = document.querySelector('#fsc'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    const s = new Set();
+    for (let i = 0; i < d.length; i += 4) s.add((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
+    return s.size;
+  });
+  // The WebGL canvas (preserveDrawingBuffer) copied into a 2D canvas: pixels that are not background.
+  result.view3d_drawn = await page.evaluate(() => {
+    const c = document.querySelector('#view3d'), t = document.createElement('canvas');
+    t.width = c.width; t.height = c.height;
+    const x = t.getContext('2d');
+    x.drawImage(c, 0, 0);
+    const d = x.getImageData(0, 0, t.width, t.height).data;
+    let n = 0;
+    for (let i = 0; i < d.length; i += 4) if (d[i] < 240 || d[i + 1] < 240 || d[i + 2] < 240) n++;
+    return n;
+  });
+  result.view3d_pixels = 420 * 420;
+  result.has_slices = !!(await page.$('#slices'));
+  await page.screenshot({ path: outDir + '/refine3d.png' });
+
+  // Post-processing: FSC curves and the Guinier plot.
+  await page.click(`tr.job[data-dir="${postprocessDir}"]`);
+  await page.waitForSelector('#guinier', { timeout: 15000 });
+  result.has_guinier = true;
+
+  // A running job: its progress cell changes while the test appends to its progress file.
+  const cell = 'tr.job[data-dir="Running/job099/"] td.progress';
+  await page.waitForSelector(cell, { timeout: 15000 });
+  const first = await page.$eval(cell, e => e.textContent);
+  let now = first;
+  for (let i = 0; i < 60 && now === first; i++) {
+    await page.waitForTimeout(250);
+    now = await page.$eval(cell, e => e.textContent);
+  }
+  result.progress_first = first;
+  result.progress_later = now;
+  result.page_errors = errors;
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(result));

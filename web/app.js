@@ -1,0 +1,273 @@
+// The page of `regula serve` (docs/web.md): the jobs of the project, live, and for a job what people
+// look at: class galleries, maps in 3D with a threshold, central slices, FSC curves, angular
+// distributions, resolution per iteration, Guinier plots, and the files behind them.
+// three.js (npm, embedded at build time) draws the isosurface; everything else is plain canvas.
+
+let THREE = null;
+try {
+  THREE = await import('./three.module.js');
+} catch (e) {
+  THREE = null;  // built without npm: no 3D viewer
+}
+
+const $ = (sel, el = document) => el.querySelector(sel);
+const h = (tag, attrs = {}, ...kids) => {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === 'class') e.className = v; else if (k.startsWith('on')) e.addEventListener(k.slice(2), v); else e.setAttribute(k, v);
+  }
+  for (const k of kids) e.append(k instanceof Node ? k : document.createTextNode(String(k)));
+  return e;
+};
+async function api(path) {
+  const r = await fetch(path);
+  if (!r.ok) throw new Error((await r.json().catch(() => ({error: r.statusText}))).error || r.statusText);
+  return r.headers.get('content-type')?.includes('json') ? r.json() : r;
+}
+const q = encodeURIComponent;
+let selected = null;
+
+// ---------------- job list (polled every second) ----------------
+function fmtTime(s) {
+  if (!s) return '';
+  s = Math.round(s);
+  return s >= 3600 ? `${Math.floor(s / 3600)}h${Math.floor(s % 3600 / 60)}m` : s >= 60 ? `${Math.floor(s / 60)}m${s % 60}s` : `${s}s`;
+}
+async function refreshJobs() {
+  let jobs;
+  try { jobs = await api('/api/jobs'); } catch (e) { return; }
+  const tb = $('#jobs tbody');
+  tb.replaceChildren(...jobs.map(j => {
+    const p = j.progress;
+    const frac = p && p.total > 0 ? Math.min(1, p.done / p.total) : (j.status === 'finished' ? 1 : 0);
+    const tr = h('tr', {class: 'job' + (selected === j.dir ? ' selected' : ''), 'data-dir': j.dir, onclick: () => showJob(j)},
+      h('td', {}, j.dir),
+      h('td', {class: 'status-' + j.status}, j.status),
+      h('td', {class: 'progress', title: p ? p.task : ''}, h('span', {class: 'bar'}, h('span', {style: `width:${(100 * frac).toFixed(1)}%`})),
+        ' ', p ? `${Math.round(p.done)}/${Math.round(p.total)}` : ''),
+      h('td', {}, fmtTime(j.status === 'running' ? (p ? (p.elapsed ?? p.elapsed_s ?? 0) : 0) : (j.end && j.start ? j.end - j.start : 0))));
+    return tr;
+  }));
+}
+setInterval(refreshJobs, 1000);
+refreshJobs();
+
+// ---------------- plots ----------------
+// Line plot on a canvas: series [{x, y, colour, label}], optional horizontal lines.
+function linePlot(canvas, series, {xmin, xmax, ymin, ymax, hlines = [], xlabel = '', title = ''}) {
+  const c = canvas.getContext('2d'), W = canvas.width, H = canvas.height, L = 50, R = 10, T = 24, B = 34;
+  c.fillStyle = 'white'; c.fillRect(0, 0, W, H);
+  const X = x => L + (x - xmin) / (xmax - xmin) * (W - L - R), Y = y => H - B - (y - ymin) / (ymax - ymin) * (H - T - B);
+  c.strokeStyle = '#000'; c.lineWidth = 1; c.strokeRect(L, T, W - L - R, H - T - B);
+  c.fillStyle = '#000'; c.font = '12px sans-serif';
+  for (let i = 0; i <= 4; i++) {
+    const yv = ymin + (ymax - ymin) * i / 4, xv = xmin + (xmax - xmin) * i / 4;
+    c.fillText(yv.toFixed(2), 4, Y(yv) + 4);
+    c.fillText(xv.toPrecision(3), X(xv) - 12, H - B + 14);
+  }
+  c.fillText(xlabel, W / 2 - 40, H - 4);
+  c.fillText(title, L, 16);
+  c.setLineDash([5, 4]); c.strokeStyle = '#888';
+  for (const yv of hlines) { c.beginPath(); c.moveTo(L, Y(yv)); c.lineTo(W - R, Y(yv)); c.stroke(); }
+  c.setLineDash([]);
+  let ly = T + 14;
+  for (const s of series) {
+    c.strokeStyle = s.colour; c.lineWidth = 2; c.beginPath();
+    let started = false;
+    s.x.forEach((x, i) => {
+      const y = s.y[i];
+      if (!isFinite(y) || y <= -99) { started = false; return; }
+      if (!started) { c.moveTo(X(x), Y(Math.max(ymin, Math.min(ymax, y)))); started = true; } else c.lineTo(X(x), Y(Math.max(ymin, Math.min(ymax, y))));
+    });
+    c.stroke();
+    if (s.label) { c.fillStyle = s.colour; c.fillText(s.label, W - R - 220, ly); ly += 14; }
+  }
+}
+
+// ---------------- maps ----------------
+async function loadMap(dir, file) {
+  const r = await fetch(`/api/map?dir=${q(dir)}&file=${q(file)}&size=64`);
+  if (!r.ok) throw new Error((await r.json()).error);
+  const n = +r.headers.get('X-Box-Size');
+  return {n, apix: +r.headers.get('X-Pixel-Size'), data: new Float32Array(await r.arrayBuffer())};
+}
+
+// Isosurface by marching tetrahedra (6 per cube): positions in voxel units centred on the box.
+function isosurface(map, level) {
+  const {n, data} = map, pos = [];
+  const v = (x, y, z) => data[(z * n + y) * n + x];
+  const corners = [[0,0,0],[1,0,0],[1,1,0],[0,1,0],[0,0,1],[1,0,1],[1,1,1],[0,1,1]];
+  const tets = [[0,5,1,6],[0,1,2,6],[0,2,3,6],[0,3,7,6],[0,7,4,6],[0,4,5,6]];
+  const p = new Array(8), val = new Array(8), c = n / 2;
+  const lerp = (a, b) => { const t = (level - val[a]) / (val[b] - val[a]); return [p[a][0] + t * (p[b][0] - p[a][0]) - c, p[a][1] + t * (p[b][1] - p[a][1]) - c, p[a][2] + t * (p[b][2] - p[a][2]) - c]; };
+  for (let z = 0; z < n - 1; z++) for (let y = 0; y < n - 1; y++) for (let x = 0; x < n - 1; x++) {
+    let any = 0;
+    for (let k = 0; k < 8; k++) { p[k] = [x + corners[k][0], y + corners[k][1], z + corners[k][2]]; val[k] = v(...p[k]); any |= (val[k] > level) ? 1 : 2; }
+    if (any !== 3) continue;
+    for (const t of tets) {
+      const inside = t.filter(i => val[i] > level), out = t.filter(i => val[i] <= level);
+      if (inside.length === 1 || inside.length === 3) {
+        const a = inside.length === 1 ? inside[0] : out[0], others = inside.length === 1 ? out : inside;
+        const tri = others.map(o => lerp(a, o));
+        if (inside.length === 3) tri.reverse();
+        pos.push(...tri.flat());
+      } else if (inside.length === 2) {
+        const [a, b] = inside, [c1, d] = out;
+        const q1 = lerp(a, c1), q2 = lerp(a, d), q3 = lerp(b, d), q4 = lerp(b, c1);
+        pos.push(...q1, ...q2, ...q3, ...q1, ...q3, ...q4);
+      }
+    }
+  }
+  return new Float32Array(pos);
+}
+
+function mapViewer(container, map) {
+  const sorted = Array.from(map.data).sort((a, b) => a - b);
+  const initial = sorted[Math.floor(sorted.length * 0.95)];
+  const slider = h('input', {type: 'range', min: '0', max: '1000', value: '950', id: 'threshold'});
+  const label = h('span', {id: 'threshold-value'}, initial.toPrecision(3));
+  const canvas = h('canvas', {width: '420', height: '420', id: 'view3d'});
+  container.append(h('div', {}, 'threshold ', slider, ' ', label), canvas);
+  if (!THREE) { container.append(h('p', {class: 'error'}, 'The 3D viewer is not available (this build had no npm packages).')); return; }
+  const renderer = new THREE.WebGLRenderer({canvas, antialias: true, preserveDrawingBuffer: true});
+  renderer.setClearColor(0xffffff);
+  const scene = new THREE.Scene(), camera = new THREE.PerspectiveCamera(40, 1, 0.1, 1000);
+  camera.position.set(0, 0, map.n * 2.2);
+  scene.add(new THREE.AmbientLight(0xffffff, 0.5));
+  const light = new THREE.DirectionalLight(0xffffff, 2.0); light.position.set(1, 1, 2); scene.add(light);
+  const group = new THREE.Group(); scene.add(group);
+  const material = new THREE.MeshPhongMaterial({color: 0x6f9fd8, side: THREE.DoubleSide});
+  let mesh = null;
+  const update = () => {
+    const level = sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * slider.value / 1000))];
+    label.textContent = level.toPrecision(3);
+    const g = new THREE.BufferGeometry();
+    g.setAttribute('position', new THREE.BufferAttribute(isosurface(map, level), 3));
+    g.computeVertexNormals();
+    if (mesh) { group.remove(mesh); mesh.geometry.dispose(); }
+    mesh = new THREE.Mesh(g, material); group.add(mesh);
+    renderer.render(scene, camera);
+  };
+  slider.addEventListener('input', update);
+  let drag = null;
+  canvas.addEventListener('mousedown', e => drag = [e.clientX, e.clientY]);
+  window.addEventListener('mouseup', () => drag = null);
+  canvas.addEventListener('mousemove', e => {
+    if (!drag) return;
+    group.rotation.y += (e.clientX - drag[0]) * 0.01; group.rotation.x += (e.clientY - drag[1]) * 0.01;
+    drag = [e.clientX, e.clientY]; renderer.render(scene, camera);
+  });
+  group.rotation.x = 0.4; group.rotation.y = 0.6;
+  update();
+}
+
+function slices(container, map) {
+  const {n, data} = map, c = Math.floor(n / 2), s = 2;
+  const canvas = h('canvas', {width: String(3 * n * s + 20), height: String(n * s), id: 'slices'});
+  container.append(canvas);
+  const ctx = canvas.getContext('2d');
+  const views = [(a, b) => data[(c * n + b) * n + a], (a, b) => data[(b * n + c) * n + a], (a, b) => data[(b * n + a) * n + c]];
+  let lo = Infinity, hi = -Infinity;
+  for (const f of views) for (let b = 0; b < n; b++) for (let a = 0; a < n; a++) { const v = f(a, b); lo = Math.min(lo, v); hi = Math.max(hi, v); }
+  views.forEach((f, i) => {
+    const img = ctx.createImageData(n * s, n * s);
+    for (let b = 0; b < n * s; b++) for (let a = 0; a < n * s; a++) {
+      const g = 255 * (f(Math.floor(a / s), n - 1 - Math.floor(b / s)) - lo) / (hi - lo || 1), o = 4 * (b * n * s + a);
+      img.data[o] = img.data[o + 1] = img.data[o + 2] = g; img.data[o + 3] = 255;
+    }
+    ctx.putImageData(img, i * (n * s + 10), 0);
+  });
+}
+
+// ---------------- job views ----------------
+function downloads(job) {
+  return h('div', {class: 'panel'}, h('h3', {}, 'Files'),
+    ...job.files.filter(f => /\.(mrc|mrcs|star|png|bild)$/.test(f)).map(f => h('span', {}, h('a', {href: `/files/${job.dir}${f}`, download: f}, f), ' ')));
+}
+
+async function showClass2D(view, job) {
+  const info = await api(`/api/class2d?dir=${q(job.dir)}`);
+  const select = h('select', {id: 'iteration'}, ...info.iterations.map(i => h('option', {value: i, ...(i === info.iteration ? {selected: ''} : {})}, `iteration ${i}`)));
+  const gallery = h('div', {class: 'gallery', id: 'gallery'});
+  const draw = async it => {
+    const d = await api(`/api/class2d?dir=${q(job.dir)}&iter=${it}`);
+    const cls = [...d.classes].sort((a, b) => b.count - a.count || b.fraction - a.fraction);
+    gallery.replaceChildren(...cls.map(c => h('figure', {},
+      h('img', {src: `/api/class_image?dir=${q(job.dir)}&iter=${it}&k=${c.class}`, alt: `class ${c.class}`}),
+      h('figcaption', {}, `#${c.class}: ${c.count} (${(100 * c.fraction).toFixed(1)}%), ${c.resolution.toFixed(1)} Å`))));
+  };
+  select.addEventListener('change', () => draw(select.value));
+  const counts = h('canvas', {width: '520', height: '260', id: 'counts'});
+  view.append(h('div', {class: 'panel'}, select), gallery, h('div', {class: 'panel'}, h('h3', {}, 'Particles per class over iterations'), counts));
+  await draw(info.iteration);
+  const over = info.counts_over_iterations;
+  if (over.length) {
+    const K = over[0].counts.length, colours = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22', '#17becf'];
+    const maxc = Math.max(1, ...over.flatMap(o => o.counts));
+    linePlot(counts, [...Array(K).keys()].map(k => ({x: over.map(o => o.iteration), y: over.map(o => o.counts[k]), colour: colours[k % 10]})),
+      {xmin: over[0].iteration, xmax: Math.max(over[0].iteration + 1, over[over.length - 1].iteration), ymin: 0, ymax: maxc, xlabel: 'iteration'});
+  }
+}
+
+async function showFsc(view, job) {
+  const fsc = await api(`/api/fsc?dir=${q(job.dir)}`);
+  const canvas = h('canvas', {width: '520', height: '320', id: 'fsc'});
+  view.append(h('div', {class: 'panel'}, h('h3', {}, `FSC (resolution ${fsc.final_resolution.toFixed(2)} Å)`), canvas));
+  const names = {rlnGoldStandardFsc: ['gold-standard', '#000'], rlnFourierShellCorrelationCorrected: ['corrected', '#000'],
+    rlnFourierShellCorrelationUnmaskedMaps: ['unmasked', '#2ca02c'], rlnFourierShellCorrelationMaskedMaps: ['masked', '#1f77b4'],
+    rlnCorrectedFourierShellCorrelationPhaseRandomizedMaskedMaps: ['phase-randomised', '#d62728']};
+  const x = fsc.resolution.map((v, i) => i ? v : 0);
+  linePlot(canvas, Object.entries(fsc.curves).map(([k, y]) => ({x, y, colour: (names[k] || [k, '#888'])[1], label: (names[k] || [k])[0]})),
+    {xmin: 0, xmax: Math.max(...x), ymin: -0.1, ymax: 1.05, hlines: [0.143, 0], xlabel: '1/Å', title: `0.143 at ${fsc.final_resolution.toFixed(2)} Å`});
+  if (fsc.guinier) {
+    const g = fsc.guinier, gx = g.rlnResolutionSquared, gc = h('canvas', {width: '520', height: '320', id: 'guinier'});
+    const series = [['rlnLogAmplitudesOriginal', '#000', 'original'], ['rlnLogAmplitudesWeighted', '#1f77b4', 'weighted'], ['rlnLogAmplitudesSharpened', '#d62728', 'sharpened']]
+      .filter(([k]) => g[k]).map(([k, c, l]) => ({x: gx, y: g[k], colour: c, label: l}));
+    const ys = series.flatMap(s => s.y).filter(v => v > -99);
+    view.append(h('div', {class: 'panel'}, h('h3', {}, `Guinier plot (B-factor ${fsc.bfactor.toFixed(0)} Å²)`), gc));
+    linePlot(gc, series, {xmin: 0, xmax: Math.max(...gx), ymin: Math.min(...ys) - 0.5, ymax: Math.max(...ys) + 0.5, xlabel: '1/Å²'});
+  }
+}
+
+async function show3D(view, job) {
+  const maps = job.files.filter(f => /\.mrc$/.test(f) && !/half[12]/.test(f));
+  const final = maps.find(f => /_class001\.mrc$/.test(f) && !/_it\d{3}_/.test(f)) || maps[maps.length - 1];
+  const panels = h('div', {class: 'panels'});
+  view.append(panels);
+  if (final) {
+    const map = await loadMap(job.dir, final);
+    const p3 = h('div', {class: 'panel'}, h('h3', {}, `${final} (3D)`));
+    const ps = h('div', {class: 'panel'}, h('h3', {}, 'Central slices (xy, xz, yz)'));
+    panels.append(p3, ps);
+    mapViewer(p3, map);
+    slices(ps, map);
+  }
+  try { await showFsc(view, job); } catch (e) { view.append(h('p', {class: 'hint'}, `FSC: ${e.message}`)); }
+  const ang = job.files.find(f => /angdist\.png$/.test(f));
+  if (ang) view.append(h('div', {class: 'panel'}, h('h3', {}, 'Angular distribution (rot against tilt)'), h('img', {src: `/files/${job.dir}${ang}`, id: 'angdist'})));
+  const its = await api(`/api/iterations?dir=${q(job.dir)}`);
+  if (its.length > 1) {
+    const c = h('canvas', {width: '520', height: '260', id: 'resolution'});
+    view.append(h('div', {class: 'panel'}, h('h3', {}, 'Resolution per iteration'), c));
+    const r = its.filter(i => i.resolution < 900);
+    linePlot(c, [{x: r.map(i => i.iteration), y: r.map(i => i.resolution), colour: '#2b4a6f'}],
+      {xmin: 0, xmax: Math.max(1, ...r.map(i => i.iteration)), ymin: 0, ymax: Math.max(...r.map(i => i.resolution)) * 1.1, xlabel: 'iteration'});
+  }
+}
+
+async function showJob(j) {
+  selected = j.dir;
+  const view = $('#view');
+  view.replaceChildren(h('h2', {}, `${j.dir} (${j.type}, ${j.status})`));
+  try {
+    const job = await api(`/api/job?dir=${q(j.dir)}`);
+    if (job.type === 'Class2D') await showClass2D(view, job);
+    else if (['Refine3D', 'Class3D', 'InitialModel'].includes(job.type)) await show3D(view, job);
+    else if (job.type === 'PostProcess') await showFsc(view, job);
+    view.append(downloads(job));
+  } catch (e) {
+    view.append(h('p', {class: 'error'}, e.message));
+  }
+  refreshJobs();
+}
+window.regulaShowJob = dir => showJob({dir, type: '', status: ''});
