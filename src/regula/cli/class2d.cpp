@@ -34,6 +34,9 @@ void add_class2d(CLI::App& app) {
   s->add_flag("--norm,!--no_norm", opt->norm, "Per-particle scale correction (default on)");
   s->add_flag("--scale,!--no_scale", opt->scale, "Scale correction (default on; same correction as --norm)");
   s->add_flag("--center_classes,!--no_center_classes", opt->center_classes, "Centre classes on their centre of mass (default on)");
+  s->add_option("--reseed_until", opt->reseed_until,
+                "Up to this iteration an almost empty class, or one of two classes with the same view, takes half of "
+                "the largest class (0: never)")->capture_default_str();
   s->add_option("--batch", opt->batch_size, "Particles per E-step batch (memory grows with it)")->capture_default_str();
   // Accepted so that RELION command lines paste; they have no effect here.
   auto pool = std::make_shared<int>(0);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <numeric>
 
@@ -48,6 +49,7 @@ std::string Class2DOptions::validate() const {
   if (angpix < 0) return fmt::format("--angpix: must be positive (got {})", angpix);
   if (!(ini_high > 0)) return fmt::format("--ini_high: must be positive Å (got {})", ini_high);
   if (incr_size < 0) return fmt::format("--incr_size: must be >= 0 (got {})", incr_size);
+  if (reseed_until < 0) return fmt::format("--reseed_until: must be >= 0 (got {})", reseed_until);
   if (batch_size < 1) return fmt::format("batch size must be at least 1 (got {})", batch_size);
   if (mask_edge < 0) return fmt::format("mask edge must be >= 0 px (got {})", mask_edge);
   return "";
@@ -83,6 +85,11 @@ class Job {
   std::vector<double> tau2_of(const Image& cls) const;
   int resolution_shell(const std::vector<double>& ssnr) const;
   double shell_to_A(double s) const { return s > 0 ? double(n_) * angpix_ / s : 999.0; }
+  double rotational_correlation(const Image& a, const Image& b, int r) const;
+  bool in_split_half(size_t p) const {
+    auto rng = make_rng(opt_.seed, p, 0x53504c54);  // "SPLT"
+    return uniform01(rng) < 0.5;
+  }
 
   Class2DOptions opt_;
   ThreadPool pool_;
@@ -291,6 +298,27 @@ int Job::resolution_shell(const std::vector<double>& ssnr) const {
   return r;
 }
 
+// Largest normalised correlation of image b with image a rotated by the in-plane angles of the
+// search, over the Fourier pixels up to shell r (both centred on their centre of mass).
+double Job::rotational_correlation(const Image& a, const Image& b, int r) const {
+  FourierPixels px = mstep::select_fourier_pixels(n_, r);
+  Grid<cfloat> B = fourier_centred(b), out;
+  Projector2D proj(a, 2, std::min(n_ / 2, r + 1));
+  double best = -1;
+  for (double psi : psi_) {
+    proj.project_psi(psi, out);
+    double num = 0, na = 0, nb = 0;
+    for (size_t q = 0; q < px.size(); ++q) {
+      const std::complex<double> x(out[px.index[q]]), y(B[px.index[q]]);
+      num += (std::conj(x) * y).real();
+      na += std::norm(x);
+      nb += std::norm(y);
+    }
+    if (na > 0 && nb > 0) best = std::max(best, num / std::sqrt(na * nb));
+  }
+  return best;
+}
+
 IterationReport Job::iterate() {
   const size_t N = table_.size(), K = size_t(opt_.classes), P = psi_.size(), J = K * P, T = trans_.size();
   const size_t hs = size_t(n_ / 2 + 1);
@@ -326,8 +354,12 @@ IterationReport Job::iterate() {
   for (size_t j = 0; j < J; ++j) class_of[j] = uint32_t(j / P);
   std::vector<double> log_prior_j = estep::class_log_prior(st_.fraction, class_of);
 
-  estep::ReferenceSums acc;
+  estep::ReferenceSums acc, acc_half;
   acc.reset(J, m);
+  // Classes may be re-seeded in the first iterations (cryoSPARC-like): an (almost) empty class, or
+  // one of two classes showing the same view, takes half of the largest class.
+  const bool split_allowed = K > 2 && st_.iteration + 1 <= opt_.reseed_until;
+  if (split_allowed) acc_half.reset(J, m);
   std::vector<std::vector<double>> wdiff2(size_t(groups_), std::vector<double>(hs, 0.0)), wcount = wdiff2;
   std::vector<double> wclass(K, 0.0), new_scale(N, 1.0);
   rep.particle_class.assign(N, 0);
@@ -365,6 +397,15 @@ IterationReport Job::iterate() {
     priors.reference = log_prior_j;
     estep::compute_posteriors(scores, priors, log_constant, post, pool_, popt);
     estep::accumulate_reference_sums(pb, tp, post.significant, acc, pool_);
+    if (split_allowed) {
+      // The same sums over a fixed random half of the particles (seeded per particle), kept to split
+      // the largest class in two when another class has emptied (below).
+      estep::SparseWeights half = post.significant;
+      for (size_t i = 0; i < count; ++i)
+        if (!in_split_half(first + i))
+          for (size_t e = half.offset[i]; e < half.offset[i + 1]; ++e) half.entry[e].weight = 0.0f;
+      estep::accumulate_reference_sums(pb, tp, half, acc_half, pool_);
+    }
     estep::compute_particle_sums(pb, tp, rs, post.significant, psums, pool_);
     for (size_t i = 0; i < count; ++i) {
       const size_t p = first + i;
@@ -425,6 +466,68 @@ IterationReport Job::iterate() {
       if (c[0] != 0 || c[1] != 0) mstep::shift_image(img, -c[0], -c[1]);
     }
   });
+  const double wtot0 = std::accumulate(wclass.begin(), wclass.end(), 0.0);
+  if (split_allowed && wtot0 > 0) {
+    // The smallest class below a quarter of the mean fraction takes the average of a random half of
+    // the largest class's particles, the largest keeps the other half; both share its fraction.
+    size_t small = size_t(std::min_element(wclass.begin(), wclass.end()) - wclass.begin());
+    const size_t large = size_t(std::max_element(wclass.begin(), wclass.end()) - wclass.begin());
+    bool reseed = wclass[small] / wtot0 < 0.25 / double(K);
+    if (!reseed && st_.iteration + 1 >= 3) {
+      // Two classes showing the same view: their rotational correlation (up to 15 shells) is above
+      // 0.85 and stands out from all other pairs by 0.15 (on the benchmark 0.97 against at most 0.67;
+      // simple shapes that all correlate highly do not qualify). The smaller of the two is freed for
+      // the split; its particles go to its twin in the next E-step.
+      double best = -1, second = -1;
+      size_t cand = small;
+      for (size_t a = 0; a < K; ++a)
+        for (size_t b = a + 1; b < K; ++b) {
+          const double c = rotational_correlation(avg[a].image, avg[b].image, std::min(r, 15));
+          if (c > best) {
+            second = best;
+            best = c;
+            cand = wclass[a] < wclass[b] ? a : b;
+          } else if (c > second) {
+            second = c;
+          }
+        }
+      if (best > 0.85 && best - second >= 0.15 && cand != large) {
+        small = cand;
+        reseed = true;
+        spdlog::info("class2d: class {} duplicates another class (correlation {:.2f}, next pair {:.2f})", small + 1,
+                     best, second);
+      }
+    }
+    if (small != large && reseed) {
+      std::vector<std::complex<double>> rest(P * m);
+      std::vector<double> rest_w(P * m);
+      const size_t o = large * P * m;
+      for (size_t q = 0; q < P * m; ++q) {
+        rest[q] = acc.data[o + q] - acc_half.data[o + q];
+        rest_w[q] = acc.weight[o + q] - acc_half.weight[o + q];
+      }
+      mstep::ClassAverageOptions co;
+      co.r_max = r;
+      co.tau2 = tau2[large];
+      co.tau2_fudge = opt_.tau2_fudge;
+      std::span<const std::complex<double>> dh(acc_half.data.data() + o, P * m);
+      std::span<const double> wh(acc_half.weight.data() + o, P * m);
+      avg[small] = mstep::reconstruct_class_2d(px, psi_, dh, wh, co);
+      avg[large] = mstep::reconstruct_class_2d(px, psi_, rest, rest_w, co);
+      for (size_t k : {small, large}) {
+        Image& img = avg[k].image;
+        if (opt_.flatten_solvent) apply_spherical_mask(img, mask_radius_, opt_.mask_edge, MaskFill::Zero);
+        if (opt_.center_classes) {
+          auto c = mstep::positive_centre_of_mass(img, mask_radius_);
+          if (c[0] != 0 || c[1] != 0) mstep::shift_image(img, -c[0], -c[1]);
+        }
+      }
+      const double half_w = 0.5 * wclass[large];
+      wclass[large] = half_w;
+      wclass[small] = half_w;
+      spdlog::info("class2d: class {} takes half of class {} (the largest)", small + 1, large + 1);
+    }
+  }
   const double wtot = std::accumulate(wclass.begin(), wclass.end(), 0.0);
   int r_best = 0;
   rep.ssnr.resize(K);

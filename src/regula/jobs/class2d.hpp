@@ -47,6 +47,10 @@ struct Class2DOptions {
   double ini_high = 25;           // --ini_high: initial frequency limit, Å (at least box/8 shells)
   int incr_size = 10;             // --incr_size: shells added above the SSNR >= 1 resolution
   bool center_classes = true;     // --center_classes / --no_center_classes: centre of mass to the origin
+  int reseed_until = 12;          // --reseed_until N: up to iteration N an (almost) empty class, or one of
+                                  // two classes showing the same view, takes half of the largest class
+                                  // (0: never). Fixed, not a fraction of --iter, so that a run stopped
+                                  // early and continued equals an uninterrupted one.
   int batch_size = 128;           // particles per E-step batch (memory grows with it; results
                                   // depend on it at float rounding, never on --j)
   double mask_edge = 5;           // soft edge of the circular masks, px
