@@ -12,6 +12,7 @@
 
 #include "regula/core/cancel.hpp"
 #include "regula/core/error.hpp"
+#include "regula/core/mpi.hpp"
 #include "regula/core/parallel.hpp"
 #include "regula/core/progress.hpp"
 #include "regula/core/random.hpp"
@@ -371,14 +372,45 @@ IterationReport Job::iterate() {
   rep.n_significant.assign(N, 0);
   posterior_sum_.assign(N, 0.0);
 
-  Progress prog(fmt::format("iteration {}/{}", st_.iteration + 1, opt_.iterations), double(N));
+  // Batches are grouped into a fixed number of chunks, each with its own sums, added in chunk order:
+  // the result does not depend on --j, and under mpirun (chunk c on rank c mod size) it is the same
+  // as in one process.
+  const size_t nbatch = (N + size_t(opt_.batch_size) - 1) / size_t(opt_.batch_size);
+  const size_t C = std::min<size_t>(4, nbatch);
+  struct ChunkSums {
+    estep::ReferenceSums acc, acc_half;
+    std::vector<std::vector<double>> wdiff2, wcount;
+    std::vector<double> wclass;
+    double loglik = 0, pmax = 0;
+  };
+  std::vector<ChunkSums> cs(C);
+  double mine = 0;
+  for (size_t c = 0; c < C; ++c)
+    if (int(c % size_t(mpi::size())) == mpi::rank()) {
+      const size_t b0 = nbatch * c / C, b1 = nbatch * (c + 1) / C;
+      mine += double(std::min(N, b1 * size_t(opt_.batch_size)) - b0 * size_t(opt_.batch_size));
+    }
+  Progress prog(fmt::format("iteration {}/{}", st_.iteration + 1, opt_.iterations), mine);
   Batch b;
   estep::Scores scores;
   estep::Posteriors post;
   estep::ParticleSums psums;
   estep::PosteriorOptions popt;
   popt.keep_significant = true;
-  for (size_t first = 0; first < N; first += size_t(opt_.batch_size)) {
+  for (size_t c = 0; c < C; ++c) {
+    if (int(c % size_t(mpi::size())) != mpi::rank()) continue;
+    ChunkSums& ch = cs[c];
+    ch.acc.reset(J, m);
+    if (split_allowed) ch.acc_half.reset(J, m);
+    ch.wdiff2.assign(size_t(groups_), std::vector<double>(hs, 0.0));
+    ch.wcount = ch.wdiff2;
+    ch.wclass.assign(K, 0.0);
+    auto& wdiff2 = ch.wdiff2;
+    auto& wcount = ch.wcount;
+    auto& wclass = ch.wclass;
+    const size_t b0 = nbatch * c / C, b1 = nbatch * (c + 1) / C;
+    for (size_t first = b0 * size_t(opt_.batch_size); first < std::min(N, b1 * size_t(opt_.batch_size));
+         first += size_t(opt_.batch_size)) {
     const size_t count = std::min(size_t(opt_.batch_size), N - first);
     load_batch(first, count, px, b);
     estep::ParticleBatch pb;
@@ -396,7 +428,7 @@ IterationReport Job::iterate() {
     estep::LogPriors priors;
     priors.reference = log_prior_j;
     estep::compute_posteriors(scores, priors, log_constant, post, pool_, popt);
-    estep::accumulate_reference_sums(pb, tp, post.significant, acc, pool_);
+    estep::accumulate_reference_sums(pb, tp, post.significant, ch.acc, pool_);
     if (split_allowed) {
       // The same sums over a fixed random half of the particles (seeded per particle), kept to split
       // the largest class in two when another class has emptied (below).
@@ -404,7 +436,7 @@ IterationReport Job::iterate() {
       for (size_t i = 0; i < count; ++i)
         if (!in_split_half(first + i))
           for (size_t e = half.offset[i]; e < half.offset[i + 1]; ++e) half.entry[e].weight = 0.0f;
-      estep::accumulate_reference_sums(pb, tp, half, acc_half, pool_);
+      estep::accumulate_reference_sums(pb, tp, half, ch.acc_half, pool_);
     }
     estep::compute_particle_sums(pb, tp, rs, post.significant, psums, pool_);
     for (size_t i = 0; i < count; ++i) {
@@ -441,12 +473,63 @@ IterationReport Job::iterate() {
       rep.pmax[p] = pp.max_posterior;
       rep.n_significant[p] = int(pp.n_significant);
       rep.log_likelihood[p] = pp.log_likelihood;
-      rep.log_likelihood_sum += pp.log_likelihood;
-      rep.average_pmax += pp.max_posterior;
+      ch.loglik += pp.log_likelihood;
+      ch.pmax += pp.max_posterior;
     }
     prog.advance(double(count));
+    }
   }
   prog.finish();
+  // MPI: every chunk's sums and particle results go from its owner to all ranks.
+  for (size_t c = 0; c < C && mpi::active(); ++c) {
+    const int owner = int(c % size_t(mpi::size()));
+    ChunkSums& ch = cs[c];
+    if (mpi::rank() != owner) {
+      ch.acc.reset(J, m);
+      if (split_allowed) ch.acc_half.reset(J, m);
+      ch.wdiff2.assign(size_t(groups_), std::vector<double>(hs, 0.0));
+      ch.wcount = ch.wdiff2;
+      ch.wclass.assign(K, 0.0);
+    }
+    for (auto* a : {&ch.acc, &ch.acc_half}) {
+      if (a == &ch.acc_half && !split_allowed) continue;
+      mpi::bcast(a->data.data(), a->data.size() * sizeof(std::complex<double>), owner);
+      mpi::bcast(a->weight.data(), a->weight.size() * sizeof(double), owner);
+    }
+    for (size_t g = 0; g < size_t(groups_); ++g) {
+      mpi::bcast(ch.wdiff2[g].data(), hs * sizeof(double), owner);
+      mpi::bcast(ch.wcount[g].data(), hs * sizeof(double), owner);
+    }
+    mpi::bcast(ch.wclass.data(), K * sizeof(double), owner);
+    mpi::bcast(&ch.loglik, sizeof(double), owner);
+    mpi::bcast(&ch.pmax, sizeof(double), owner);
+    const size_t b0 = nbatch * c / C, b1 = nbatch * (c + 1) / C;
+    const size_t p0 = b0 * size_t(opt_.batch_size), p1 = std::min(N, b1 * size_t(opt_.batch_size));
+    for (auto* v : {&rep.psi, &rep.origin_x, &rep.origin_y, &rep.pmax, &rep.log_likelihood, &new_scale, &posterior_sum_})
+      mpi::bcast(v->data() + p0, (p1 - p0) * sizeof(double), owner);
+    for (auto* v : {&rep.particle_class, &rep.n_significant}) mpi::bcast(v->data() + p0, (p1 - p0) * sizeof(int), owner);
+  }
+  // Reduce in chunk order.
+  for (size_t c = 0; c < C; ++c) {
+    const ChunkSums& ch = cs[c];
+    for (size_t q = 0; q < acc.data.size(); ++q) {
+      acc.data[q] += ch.acc.data[q];
+      acc.weight[q] += ch.acc.weight[q];
+    }
+    if (split_allowed)
+      for (size_t q = 0; q < acc_half.data.size(); ++q) {
+        acc_half.data[q] += ch.acc_half.data[q];
+        acc_half.weight[q] += ch.acc_half.weight[q];
+      }
+    for (size_t g = 0; g < size_t(groups_); ++g)
+      for (size_t s = 0; s < hs; ++s) {
+        wdiff2[g][s] += ch.wdiff2[g][s];
+        wcount[g][s] += ch.wcount[g][s];
+      }
+    for (size_t k = 0; k < K; ++k) wclass[k] += ch.wclass[k];
+    rep.log_likelihood_sum += ch.loglik;
+    rep.average_pmax += ch.pmax;
+  }
   rep.average_pmax /= double(N);
 
   // M-step: class averages, SSNR, resolution.

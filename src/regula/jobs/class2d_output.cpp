@@ -12,6 +12,7 @@
 
 #include "regula/core/atomic_file.hpp"
 #include "regula/core/error.hpp"
+#include "regula/core/mpi.hpp"
 #include "regula/imaging/plot.hpp"
 #include "regula/io/mrc.hpp"
 #include "regula/io/star.hpp"
@@ -169,6 +170,7 @@ static void write_model(const std::string& path, const Class2DOptions& opt, cons
 Files write_iteration(const Class2DOptions& opt, const std::string& input_star, const ParticleTable& table,
                       double angpix, const State& st, const IterationReport& rep) {
   Files f = iteration_files(opt.out_root, st.iteration);
+  if (mpi::rank() != 0) return f;  // under mpirun, rank 0 writes
   const size_t K = st.classes.size();
   // Class averages.
   {
