@@ -207,4 +207,5 @@ def test_mpirun_gives_the_single_process_result(data, refined, tmp_path):
     run("class2d", "--i", data / "sim/particles.star", "--o", tmp_path / "cs/run", "--K", 3, "--iter", 3, "--ctf",
         "--batch", 64, "--j", 2)
     for f in ["run_it003_classes.mrcs", "run_it003_data.star", "run_it003_model.star"]:
-        assert (tmp_path / "cm" / f).read_bytes() == (tmp_path / "cs" / f).read_bytes(), f
+        a = (tmp_path / "cm" / f).read_bytes().replace(b"/cm/run", b"/cs/run")  # the model names the class stack
+        assert a == (tmp_path / "cs" / f).read_bytes(), f
