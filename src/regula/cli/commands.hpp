@@ -29,5 +29,6 @@ void add_refine3d(CLI::App& app);
 void add_class3d(CLI::App& app);
 void add_postprocess(CLI::App& app);
 void add_serve(CLI::App& app);
+void add_initial_model(CLI::App& app);
 
 }  // namespace regula::cli

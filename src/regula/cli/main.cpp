@@ -30,6 +30,7 @@ const regula::cli::Command kCommands[] = {
     {"class3d", regula::cli::add_class3d},
     {"postprocess", regula::cli::add_postprocess},
     {"serve", regula::cli::add_serve},
+    {"initial_model", regula::cli::add_initial_model},
     {"select", regula::cli::add_select},
     {"project", regula::cli::add_project},
     {"reconstruct", regula::cli::add_reconstruct},

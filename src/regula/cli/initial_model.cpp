@@ -1,0 +1,33 @@
+// regula initial_model: a de novo 3D map from particles with no reference.
+#include <memory>
+
+#include "regula/cli/commands.hpp"
+#include "regula/jobs/initial_model.hpp"
+
+namespace regula::cli {
+
+void add_initial_model(CLI::App& app) {
+  auto opt = std::make_shared<InitialModelOptions>();
+  auto* s = app.add_subcommand("initial_model", "De novo initial 3D model from particles (no reference)");
+  s->add_option("--i", opt->input, "Particles STAR file");
+  s->add_option("--o", opt->out_root, "Output root: ROOT_initial_model.mrc, ROOT_data.star (ROOT_classNNN.mrc for K > 1); "
+                "the EM iterations as ROOT_em_itNNN_*");
+  s->add_option("--K", opt->classes, "Number of classes")->capture_default_str();
+  s->add_option("--sym", opt->sym, "Point group: searched in C1, then aligned to the group's axes and symmetrised")
+      ->capture_default_str();
+  s->add_option("--particle_diameter", opt->particle_diameter, "Particle diameter, Å (the start is a sphere of it)");
+  s->add_flag("--ctf", opt->ctf, "CTF-correct");
+  s->add_option("--iter", opt->iterations, "Iterations")->capture_default_str();
+  s->add_option("--ini_high", opt->ini_high, "First frequency limit, Å")->capture_default_str();
+  s->add_option("--healpix_order", opt->healpix_order, "Angular sampling")->capture_default_str();
+  s->add_option("--offset_range", opt->offset_range, "Translation range, px")->capture_default_str();
+  s->add_option("--offset_step", opt->offset_step, "Translation step, px")->capture_default_str();
+  s->add_option("--tau2_fudge", opt->tau2_fudge, "Regularisation parameter T")->capture_default_str();
+  s->add_option("--j", opt->threads, "Threads (results do not depend on it)")->capture_default_str();
+  s->add_option("--seed,--random_seed", opt->seed, "Random seed")->capture_default_str();
+  s->add_option("--continue", opt->continue_from, "Continue from ROOT_em_itNNN_optimiser.star");
+  s->add_option("--angpix", opt->angpix, "Pixel size, Å, when the STAR file has none");
+  s->callback([opt] { run_initial_model(*opt); });
+}
+
+}  // namespace regula::cli

@@ -1,0 +1,202 @@
+#include "regula/jobs/initial_model.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "regula/core/error.hpp"
+#include "regula/core/mpi.hpp"
+#include "regula/imaging/filter.hpp"
+#include "regula/imaging/mask.hpp"
+#include "regula/io/mrc.hpp"
+#include "regula/jobs/class3d.hpp"
+#include "regula/model/particles.hpp"
+#include "regula/sampling/euler.hpp"
+#include "regula/sampling/healpix.hpp"
+#include "regula/sampling/symmetry.hpp"
+
+namespace regula {
+
+std::string InitialModelOptions::validate() const {
+  if (continue_from.empty() && input.empty()) return "--i: a particles STAR file is required (or --continue)";
+  if (out_root.empty()) return "--o: an output root is required";
+  if (classes < 1) return fmt::format("--K: must be at least 1 (got {})", classes);
+  if (iterations < 1) return fmt::format("--iter: must be at least 1 (got {})", iterations);
+  if (!(ini_high > 0)) return fmt::format("--ini_high: must be positive Å (got {})", ini_high);
+  if (particle_diameter < 0) return fmt::format("--particle_diameter: must be >= 0 Å (got {})", particle_diameter);
+  if (threads < 1) return fmt::format("--j: must be at least 1 (got {})", threads);
+  return "";
+}
+
+namespace {
+
+// out(x) = in(R^T (x - c) + c), trilinear, zero outside: the object rotated by R about the centre.
+Volume rotate(const Volume& in, const Mat3& R) {
+  const int n = in.nx();
+  const double c = n / 2;
+  Volume out(n, n, n);
+  for (int z = 0; z < n; ++z)
+    for (int y = 0; y < n; ++y)
+      for (int x = 0; x < n; ++x) {
+        const double X = x - c, Y = y - c, Z = z - c;
+        const double sx = R[0][0] * X + R[1][0] * Y + R[2][0] * Z + c;  // R^T (x - c) + c
+        const double sy = R[0][1] * X + R[1][1] * Y + R[2][1] * Z + c;
+        const double sz = R[0][2] * X + R[1][2] * Y + R[2][2] * Z + c;
+        const int x0 = int(std::floor(sx)), y0 = int(std::floor(sy)), z0 = int(std::floor(sz));
+        const double fx = sx - x0, fy = sy - y0, fz = sz - z0;
+        double v = 0;
+        for (int dz = 0; dz < 2; ++dz)
+          for (int dy = 0; dy < 2; ++dy)
+            for (int dx = 0; dx < 2; ++dx) {
+              const int xi = x0 + dx, yi = y0 + dy, zi = z0 + dz;
+              if (xi < 0 || yi < 0 || zi < 0 || xi >= n || yi >= n || zi >= n) continue;
+              v += (dx ? fx : 1 - fx) * (dy ? fy : 1 - fy) * (dz ? fz : 1 - fz) * in(xi, yi, zi);
+            }
+        out(x, y, z) = float(v);
+      }
+  return out;
+}
+
+double correlation(const Volume& a, const Volume& b) {
+  double sa = 0, sb = 0, saa = 0, sbb = 0, sab = 0;
+  const double N = double(a.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    sa += a[i];
+    sb += b[i];
+    saa += double(a[i]) * a[i];
+    sbb += double(b[i]) * b[i];
+    sab += double(a[i]) * b[i];
+  }
+  const double va = saa - sa * sa / N, vb = sbb - sb * sb / N;
+  return va > 0 && vb > 0 ? (sab - sa * sb / N) / std::sqrt(va * vb) : 0.0;
+}
+
+}  // namespace
+
+// The rotation R that best aligns the map's features with the symmetry axes of `sym` (as
+// relion_align_symmetry): R maximising the correlation of rotate(map, R) with its symmetrised self,
+// on a copy Fourier-cropped to at most 32 px; a coarse search (HEALPix order 1 directions, in-plane
+// steps of 30° unless the group is Cn, whose axis needs no in-plane angle) refined locally twice.
+Mat3 align_symmetry(const Volume& map, const SymmetryGroup& sym, double& corr_out, int threads) {
+  const int n = map.nx();
+  Volume small = n > 32 ? rescale(map, 32) : map;
+  const bool cn = sym.name()[0] == 'C';
+  auto score = [&](const Mat3& R) {
+    Volume r = rotate(small, R);
+    return correlation(r, symmetrise(r, sym, 1));
+  };
+  struct Cand {
+    double rot, tilt, psi, s;
+  };
+  std::vector<Cand> cands;
+  const int order = 1;
+  const long np = healpix_num_pixels(order);
+  for (long p = 0; p < np; ++p) {
+    const auto rt = healpix_direction(order, p);
+    for (double psi = 0; psi < (cn ? 1 : 360); psi += 30) cands.push_back({rt[0], rt[1], psi, 0});
+  }
+  (void)threads;
+  for (auto& c : cands) c.s = score(euler_to_matrix(c.rot, c.tilt, c.psi));
+  Cand best = *std::max_element(cands.begin(), cands.end(), [](auto& a, auto& b) { return a.s < b.s; });
+  for (double step : {10.0, 3.0}) {
+    Cand b0 = best;
+    for (int a = -2; a <= 2; ++a)
+      for (int t = -2; t <= 2; ++t)
+        for (int q = (cn ? 0 : -2); q <= (cn ? 0 : 2); ++q) {
+          Cand c{b0.rot + a * step, b0.tilt + t * step, b0.psi + q * step, 0};
+          c.s = score(euler_to_matrix(c.rot, c.tilt, c.psi));
+          if (c.s > best.s) best = c;
+        }
+  }
+  corr_out = best.s;
+  return euler_to_matrix(best.rot, best.tilt, best.psi);
+}
+
+InitialModelResult run_initial_model(const InitialModelOptions& opt) {
+  if (auto msg = opt.validate(); !msg.empty()) throw InputError("initial_model: " + msg);
+  const SymmetryGroup sym = SymmetryGroup::parse(opt.sym);
+  Class3DOptions c;
+  c.out_root = opt.out_root + "_em";
+  c.classes = opt.classes;
+  c.iterations = opt.iterations;
+  c.tau2_fudge = opt.tau2_fudge;
+  c.ini_high = opt.ini_high;
+  c.particle_diameter = opt.particle_diameter;
+  c.ctf = opt.ctf;
+  c.flatten_solvent = true;
+  c.zero_mask = true;
+  c.healpix_order = opt.healpix_order;
+  c.offset_range = opt.offset_range;
+  c.offset_step = opt.offset_step;
+  c.threads = opt.threads;
+  c.seed = opt.seed;
+  c.angpix = opt.angpix;
+  c.continue_from = opt.continue_from;
+  const std::filesystem::path dir = std::filesystem::path(opt.out_root).parent_path();
+  if (!dir.empty()) std::filesystem::create_directories(dir);
+  if (opt.continue_from.empty()) {
+    // The start: a featureless soft sphere of the particle's diameter.
+    ParticleReadOptions ro;
+    ro.angpix = opt.angpix;
+    ParticleTable table = ParticleTable::read(opt.input, ro);
+    if (table.size() == 0) input_error("{}: no particles", opt.input);
+    ParticleImages images(table, 1);
+    const Image first = images.read(0);
+    const int n = first.nx();
+    const double angpix = opt.angpix > 0 ? opt.angpix : table.optics.front().pixel_size;
+    if (!(angpix > 0)) input_error("{}: no pixel size; give --angpix", opt.input);
+    const double radius = opt.particle_diameter > 0 ? opt.particle_diameter / (2 * angpix) : n / 2.0 - 5;
+    Volume start = spherical_mask(n, n, n, std::min(radius, n / 2.0 - 3), 3);
+    mrc::WriteOptions wo;
+    wo.pixel_size = angpix;
+    c.reference = opt.out_root + "_start.mrc";
+    if (mpi::rank() == 0) mrc::write(c.reference, start, wo);
+    mpi::barrier();
+    c.input = opt.input;
+  }
+  const Class3DResult r = run_class3d(c);
+
+  InitialModelResult res;
+  res.class_fraction = r.class_fraction;
+  const size_t best = size_t(std::max_element(r.class_fraction.begin(), r.class_fraction.end()) - r.class_fraction.begin());
+  mrc::Header h;
+  Volume map = mrc::read(r.class_maps.at(best), &h);
+  ParticleTable data = ParticleTable::read(r.data_star);
+  if (!sym.is_c1()) {
+    // Align the C1 map with the group's axes, symmetrise it, and move the poses with it
+    // (rotate(V, R) seen at A R^T projects as V at A).
+    double corr = 0;
+    const Mat3 R = align_symmetry(map, sym, corr, opt.threads);
+    map = symmetrise(rotate(map, R), sym, opt.threads);
+    res.symmetry_correlation = corr;
+    const Mat3 Rt = transpose(R);
+    for (size_t i = 0; i < data.size(); ++i) {
+      const Euler e = matrix_to_euler(matmul(euler_to_matrix(data.rot[i], data.tilt[i], data.psi[i]), Rt));
+      data.rot[i] = e.rot;
+      data.tilt[i] = e.tilt;
+      data.psi[i] = e.psi;
+    }
+    spdlog::info("initial_model: aligned to the {} axes (correlation with the symmetrised map {:.3f})", sym.name(), corr);
+  }
+  mrc::WriteOptions wo;
+  wo.pixel_size = h.pixel_size() > 0 ? h.pixel_size() : 1.0;
+  res.map = opt.out_root + "_initial_model.mrc";
+  res.data_star = opt.out_root + "_data.star";
+  if (mpi::rank() == 0) {
+    mrc::write(res.map, map, wo);
+    data.write(res.data_star);
+    if (opt.classes > 1)
+      for (size_t k = 0; k < r.class_maps.size(); ++k) {
+        res.class_maps.push_back(fmt::format("{}_class{:03d}.mrc", opt.out_root, k + 1));
+        mrc::write(res.class_maps.back(), mrc::read(r.class_maps[k]), wo);
+      }
+  }
+  spdlog::info("initial_model: wrote {} (class {} of {}, {:.0f}% of the particles)", res.map, best + 1,
+               r.class_fraction.size(), 100 * r.class_fraction[best]);
+  return res;
+}
+
+}  // namespace regula

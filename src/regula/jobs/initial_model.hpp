@@ -1,0 +1,45 @@
+// De novo initial model (RELION's relion_refine --denovo_3dref / cryoSPARC's ab initio), docs/initial_model.md.
+//
+// Method (Regula's): full expectation-maximisation over (class, orientation, translation) with
+// frequency marching, started from a featureless soft sphere of the particle's diameter (K > 1:
+// the same sphere for every class and random particle subsets in the first iteration); this is
+// `regula class3d` with global searches on the HEALPix grid, run for --iter iterations from a 50 Å
+// limit that grows with the SSNR-based resolution. Not stochastic gradient descent.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace regula {
+
+struct InitialModelOptions {
+  std::string input;              // --i
+  std::string out_root;           // --o: ROOT_initial_model.mrc, ROOT_data.star (+ ROOT_classNNN.mrc for K > 1)
+  int classes = 1;                // --K
+  std::string sym = "C1";         // --sym: searched in C1; the result is then aligned to the group's axes
+  double particle_diameter = 0;   // --particle_diameter, Å (0: box - 10 px)
+  bool ctf = false;               // --ctf
+  int iterations = 15;            // --iter
+  double ini_high = 50;           // --ini_high, Å: first frequency limit
+  int healpix_order = 2;          // --healpix_order
+  double offset_range = 4;        // --offset_range, px
+  double offset_step = 2;         // --offset_step, px
+  double tau2_fudge = 4;          // --tau2_fudge
+  int threads = 1;                // --j
+  uint64_t seed = 1;              // --seed
+  std::string continue_from;      // --continue ROOT_em_itNNN_optimiser.star
+  double angpix = 0;              // --angpix
+
+  std::string validate() const;
+};
+
+struct InitialModelResult {
+  std::string map, data_star;
+  std::vector<std::string> class_maps;
+  std::vector<double> class_fraction;
+  double symmetry_correlation = 0;  // correlation of the map with its symmetrised self (sym != C1)
+};
+
+InitialModelResult run_initial_model(const InitialModelOptions& opt);
+
+}  // namespace regula

@@ -1,0 +1,45 @@
+"""regula initial_model mechanics on a tiny data set (outputs, poses, determinism for --j, K > 1).
+The de novo accuracy on the acceptance data (2,000 particles, box 96) is measured by
+bench/initial_model_check.sh (minutes, not a CI test): docs/initial_model.md."""
+import gemmi
+import mrcfile
+import numpy as np
+import pytest
+
+from conftest import DATA
+from test_refine3d import run
+
+MAP = DATA / "proj" / "clean70S_crop48.mrc"
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    d = tmp_path_factory.mktemp("im")
+    run("simulate", "--i", MAP, "--o", d / "sim", "--n", 120, "--angpix", 6, "--snr", 0.5, "--seed", 2)
+    return d
+
+
+def test_outputs_and_thread_independence(sim, tmp_path):
+    for j in (1, 2):
+        run("initial_model", "--i", sim / "sim/particles.star", "--o", tmp_path / f"j{j}/run", "--iter", 3, "--ctf",
+            "--j", j)
+    a = mrcfile.read(tmp_path / "j1/run_initial_model.mrc")
+    assert a.shape == (48, 48, 48) and np.isfinite(a).all() and a.std() > 0
+    assert np.array_equal(a, mrcfile.read(tmp_path / "j2/run_initial_model.mrc"))
+    with mrcfile.open(tmp_path / "j1/run_initial_model.mrc") as m:
+        assert float(m.voxel_size.x) == pytest.approx(6.0)
+    # The start was a sphere: the result is not (its central slices differ from a radial profile).
+    c = a[24]
+    yy, xx = np.mgrid[:48, :48] - 24
+    r = np.rint(np.hypot(xx, yy)).astype(int)
+    radial = np.bincount(r.ravel(), c.ravel()) / np.bincount(r.ravel())
+    assert np.abs(c - radial[r]).max() > 0.2 * np.abs(c).max()
+    b = gemmi.cif.read(str(tmp_path / "j1/run_data.star")).find_block("particles")
+    assert len(b.find_loop("_rlnAngleRot")) == 120
+    assert (tmp_path / "j1/run_em_it003_optimiser.star").is_file()
+
+
+def test_several_classes(sim, tmp_path):
+    run("initial_model", "--i", sim / "sim/particles.star", "--o", tmp_path / "run", "--iter", 2, "--K", 2, "--ctf")
+    for f in ["run_initial_model.mrc", "run_class001.mrc", "run_class002.mrc", "run_data.star"]:
+        assert (tmp_path / f).is_file(), f
