@@ -120,27 +120,9 @@ void project_orientations(const Projector& proj, const SearchPixels& px, std::sp
 
 void project_slices(const Projector& proj, const SearchPixels& px, std::span<const std::array<double, 2>> rot_tilt,
                     Slices& out) {
-  const size_t m = px.size(), D = rot_tilt.size();
-  out.d = D;
-  out.m = m;
-  out.s.resize(D * 2 * m);
-  out.s2.resize(D * m);
-  const double p = proj.padding();
-  const FourierLattice& lat = proj.lattice();
-  for (size_t d = 0; d < D; ++d) {
-    const Mat3 A = euler_to_matrix(rot_tilt[d][0], rot_tilt[d][1], 0.0);
-    const double m00 = p * A[0][0], m01 = p * A[1][0], m10 = p * A[0][1], m11 = p * A[1][1], m20 = p * A[0][2],
-                 m21 = p * A[1][2];
-    float* s = out.s.data() + d * 2 * m;
-    float* s2 = out.s2.data() + d * m;
-    for (size_t q = 0; q < m; ++q) {
-      const double x = px.kx[q], y = px.ky[q];
-      const cfloat v = lat.interpolate(m00 * x + m01 * y, m10 * x + m11 * y, m20 * x + m21 * y);
-      s[2 * q] = v.real();
-      s[2 * q + 1] = v.imag();
-      s2[q] = std::norm(v);
-    }
-  }
+  std::vector<Euler> angles(rot_tilt.size());
+  for (size_t d = 0; d < rot_tilt.size(); ++d) angles[d] = {rot_tilt[d][0], rot_tilt[d][1], 0.0};
+  project_orientations(proj, px, angles, out);
 }
 
 namespace {

@@ -16,6 +16,7 @@
 #include "regula/imaging/plot.hpp"
 #include "regula/io/mrc.hpp"
 #include "regula/io/star.hpp"
+#include "regula/jobs/state_io.hpp"
 #include "regula/jobs/class2d_detail.hpp"
 
 namespace regula::class2d_detail {
@@ -239,24 +240,9 @@ Files write_iteration(const Class2DOptions& opt, const std::string& input_star, 
 }
 
 void read_checkpoint(const std::string& path, Class2DOptions& opt, std::string& input_star, State& st, size_t) {
-  star::Document doc = star::read(path);
-  const star::Block& o = doc.require("optimiser_general");
-  auto get = [&](const char* key) -> std::string {
-    std::string_view v = o.get(key);
-    if (v.empty()) input_error("{}: data_optimiser_general has no _{} (not a Regula class2d checkpoint?)", path, key);
-    return std::string(v);
-  };
-  auto get_d = [&](const char* key) {
-    std::string v = get(key);
-    try {
-      size_t used = 0;
-      double d = std::stod(v, &used);
-      if (used != v.size()) throw std::invalid_argument(v);
-      return d;
-    } catch (const std::exception&) {
-      input_error("{}: _{}: expected a number, got '{}'", path, key, v);
-    }
-  };
+  const state_io::OptimiserFile o(path, "class2d");
+  auto get = [&](const std::string& key) { return o.get(key); };
+  auto get_d = [&](const std::string& key) { return o.number(key); };
   opt.classes = int(get_d("rlnNrClasses"));
   opt.seed = uint64_t(get_d("rlnRandomSeed"));
   opt.tau2_fudge = get_d("rlnTau2FudgeFactor");
@@ -275,7 +261,7 @@ void read_checkpoint(const std::string& path, Class2DOptions& opt, std::string& 
   opt.angpix = get_d("regulaPixelSize");
   opt.center_classes = get_d("regulaCenterClasses") != 0;
   opt.batch_size = int(get_d("regulaBatchSize"));
-  if (!o.get("regulaReseedUntil").empty()) opt.reseed_until = int(get_d("regulaReseedUntil"));
+  if (o.has("regulaReseedUntil")) opt.reseed_until = int(get_d("regulaReseedUntil"));
   if (opt.out_root.empty()) opt.out_root = get("rlnOutputRootName");
   input_star = get("regulaInputStarFile");
   opt.input = input_star;

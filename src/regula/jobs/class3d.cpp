@@ -743,24 +743,9 @@ void Job::write_iteration(const Report& rep) {
 
 void Job::read_checkpoint() {
   const std::string& path = opt_.continue_from;
-  star::Document doc = star::read(path);
-  const star::Block& o = doc.require("optimiser_general");
-  auto get = [&](const std::string& key) -> std::string {
-    std::string_view v = o.get(key);
-    if (v.empty()) input_error("{}: data_optimiser_general has no _{} (not a Regula class3d checkpoint?)", path, key);
-    return std::string(v);
-  };
-  auto get_d = [&](const std::string& key) {
-    const std::string v = get(key);
-    try {
-      size_t used = 0;
-      const double d = std::stod(v, &used);
-      if (used != v.size()) throw std::invalid_argument(v);
-      return d;
-    } catch (const std::exception&) {
-      input_error("{}: _{}: expected a number, got '{}'", path, key, v);
-    }
-  };
+  const state_io::OptimiserFile o(path, "class3d");
+  auto get = [&](const std::string& key) { return o.get(key); };
+  auto get_d = [&](const std::string& key) { return o.number(key); };
   opt_.classes = int(get_d("rlnNrClasses"));
   opt_.seed = uint64_t(get_d("rlnRandomSeed"));
   opt_.tau2_fudge = get_d("rlnTau2FudgeFactor");

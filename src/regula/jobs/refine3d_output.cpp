@@ -225,24 +225,9 @@ Files write_iteration(const Refine3DOptions& opt, const std::string& input_star,
 }
 
 void read_checkpoint(const std::string& path, Refine3DOptions& opt, std::string& input_star, State& st) {
-  star::Document doc = star::read(path);
-  const star::Block& o = doc.require("optimiser_general");
-  auto get = [&](const char* key) -> std::string {
-    std::string_view v = o.get(key);
-    if (v.empty()) input_error("{}: data_optimiser_general has no _{} (not a Regula refine3d checkpoint?)", path, key);
-    return std::string(v);
-  };
-  auto get_d = [&](const char* key) {
-    std::string v = get(key);
-    try {
-      size_t used = 0;
-      double d = std::stod(v, &used);
-      if (used != v.size()) throw std::invalid_argument(v);
-      return d;
-    } catch (const std::exception&) {
-      input_error("{}: _{}: expected a number, got '{}'", path, key, v);
-    }
-  };
+  const state_io::OptimiserFile o(path, "refine3d");
+  auto get = [&](const std::string& key) { return o.get(key); };
+  auto get_d = [&](const std::string& key) { return o.number(key); };
   opt.seed = uint64_t(get_d("rlnRandomSeed"));
   opt.particle_diameter = get_d("rlnParticleDiameter");
   opt.mask_edge = get_d("rlnWidthMaskEdge");

@@ -9,6 +9,7 @@
 
 #include "regula/core/atomic_file.hpp"
 #include "regula/core/error.hpp"
+#include "regula/io/star.hpp"
 
 namespace regula::state_io {
 
@@ -83,5 +84,36 @@ class Reader {
   size_t pos_ = 0;
 };
 
+
+// The key-value pairs of a ROOT_itNNN_optimiser.star (data_optimiser_general), with messages naming
+// the file, the key and the job the checkpoint should come from.
+class OptimiserFile {
+ public:
+  OptimiserFile(const std::string& path, std::string job)
+      : path_(path), job_(std::move(job)), doc_(star::read(path)), o_(&doc_.require("optimiser_general")) {}
+  std::string get(const std::string& key) const {
+    const std::string_view v = o_->get(key);
+    if (v.empty())
+      input_error("{}: data_optimiser_general has no _{} (not a Regula {} checkpoint?)", path_, key, job_);
+    return std::string(v);
+  }
+  bool has(const std::string& key) const { return !o_->get(key).empty(); }
+  double number(const std::string& key) const {
+    const std::string v = get(key);
+    try {
+      size_t used = 0;
+      const double d = std::stod(v, &used);
+      if (used != v.size()) throw std::invalid_argument(v);
+      return d;
+    } catch (const std::exception&) {
+      input_error("{}: _{}: expected a number, got '{}'", path_, key, v);
+    }
+  }
+
+ private:
+  std::string path_, job_;
+  star::Document doc_;
+  const star::Block* o_;
+};
 
 }  // namespace regula::state_io
