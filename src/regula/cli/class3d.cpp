@@ -27,6 +27,9 @@ void add_class3d(CLI::App& app) {
   s->add_option("--offset_range", opt->offset_range, "Translation search range, pixels")->capture_default_str();
   s->add_option("--offset_step", opt->offset_step, "Translation step, pixels")->capture_default_str();
   s->add_flag("--skip_align", opt->skip_align, "Classify only, with the poses of the input STAR file");
+  s->add_flag("--staged,!--random_subsets", opt->staged,
+              "K > 1: consensus, then classification at fixed poses, then the full search (default); or RELION's "
+              "random subsets from iteration 1");
   s->add_option("--sigma_ang", opt->sigma_ang, "Local searches around the input poses with this angular sigma, degrees");
   s->add_option("--j", opt->threads, "Threads (results do not depend on it)")->capture_default_str();
   s->add_option("--seed,--random_seed", opt->seed, "Random seed (initial random subsets)")->capture_default_str();

@@ -42,6 +42,9 @@ struct Class3DOptions {
   int incr_size = 10;               // shells added above the best class resolution
   double mask_edge = 5;             // px
   int chunks = 8;                   // particle chunks (fixed: results do not depend on --j)
+  bool staged = true;               // --staged / --random_subsets: for K > 1, consensus iterations, then
+                                    // classification at fixed poses, then the full search (else
+                                    // RELION's random subsets from iteration 1)
 
   std::string validate() const;
 };
