@@ -1,0 +1,400 @@
+// Jobs (src/regula/jobs/*.hpp) with keyword arguments: each job's keywords are the fields of its
+// option struct, listed once in a Fields table below (python/src/common.hpp); results are dicts of
+// numpy arrays, numbers and the paths written.
+#include <fmt/format.h>
+
+#include "common.hpp"
+#include "regula/io/mrc.hpp"
+#include "regula/jobs/class2d.hpp"
+#include "regula/jobs/class3d.hpp"
+#include "regula/jobs/fsc.hpp"
+#include "regula/jobs/initial_model.hpp"
+#include "regula/jobs/mask.hpp"
+#include "regula/jobs/postprocess.hpp"
+#include "regula/jobs/preprocess.hpp"
+#include "regula/jobs/project.hpp"
+#include "regula/jobs/reconstruct.hpp"
+#include "regula/jobs/refine3d.hpp"
+#include "regula/jobs/simulate.hpp"
+
+namespace regula::python {
+namespace {
+
+// name -> defaults of its option struct (regula.job_options).
+std::map<std::string, std::function<py::dict()>>& job_registry() {
+  static std::map<std::string, std::function<py::dict()>> r;
+  return r;
+}
+
+// Defines regula.<name>(**options): options onto an Opt through `fields` (plus `setup`, with the
+// GIL, for what the keywords imply), run(opt) without the GIL, convert(opt, result) to Python.
+template <class Opt, class Run, class Convert>
+void def_job(py::module_& m, const char* name, const char* struct_name,
+             std::initializer_list<std::pair<const char*, typename Fields<Opt>::Member>> fields, Run run,
+             Convert convert, const std::string& what, const std::string& returns,
+             std::function<void(Opt&, const py::kwargs&)> setup = nullptr) {
+  auto f = std::make_shared<Fields<Opt>>(name, fields);
+  job_registry()[name] = [f] { return f->defaults(); };
+  const std::string doc = fmt::format(
+      "{}\n\nReturns {}\n\nOptions ({} fields, with their defaults; the command line's options):\n{}\n"
+      "progress: callable(dict(task, done, total, elapsed_s, eta_s)) called as the job advances.\n"
+      "Unknown keywords raise TypeError; bad values or files regula.InputError.",
+      what, returns, struct_name, f->signature());
+  m.def(name, [f, run, convert, setup](py::kwargs kw) {
+    Opt o{};
+    f->apply(o, kw);
+    if (setup) setup(o, kw);
+    auto r = run_job(kw, [&] { return run(o); });
+    return convert(o, std::move(r));
+  }, doc.c_str());
+}
+
+py::array_t<float> read_map(const std::string& path) {
+  Grid<float> g;
+  {
+    py::gil_scoped_release release;
+    g = mrc::read(path);
+  }
+  return to_numpy(std::move(g));
+}
+
+}  // namespace
+
+void bind_jobs(py::module_& m) {
+  using S = SimulateOptions;
+  def_job<S>(
+      m, "simulate", "SimulateOptions",
+      {REGULA_FIELD(S, map), REGULA_FIELD(S, map2), REGULA_FIELD(S, frac2), REGULA_FIELD(S, out_dir),
+       REGULA_FIELD(S, n), REGULA_FIELD(S, angpix), REGULA_FIELD(S, box), REGULA_FIELD(S, snr), REGULA_FIELD(S, ctf),
+       REGULA_FIELD(S, defocus_min), REGULA_FIELD(S, defocus_max), REGULA_FIELD(S, voltage), REGULA_FIELD(S, cs),
+       REGULA_FIELD(S, amplitude_contrast), REGULA_FIELD(S, max_shift), REGULA_FIELD(S, views),
+       REGULA_FIELD(S, bg_radius), REGULA_FIELD(S, seed), REGULA_FIELD(S, threads)},
+      [](const S& o) { return simulate(o); },
+      [](const S&, SimulateResult r) {
+        py::dict d;
+        d["particles_star"] = r.particles_star;
+        d["truth_star"] = r.truth_star;
+        d["stack"] = r.stack;
+        d["noise_sigma"] = r.noise_sigma;
+        d["signal_variance"] = r.signal_variance;
+        return d;
+      },
+      "Simulated particles from one or two maps (jobs/simulate.hpp): out_dir/particles.mrcs, particles.star,\n"
+      "truth.star, truth_map1.mrc.",
+      "dict(particles_star, truth_star, stack, noise_sigma, signal_variance)");
+
+  using P = PreprocessOptions;
+  def_job<P>(
+      m, "preprocess", "PreprocessOptions",
+      {REGULA_FIELD(P, star), REGULA_FIELD(P, out_root), REGULA_FIELD(P, norm), REGULA_FIELD(P, bg_radius),
+       REGULA_FIELD(P, invert_contrast), REGULA_FIELD(P, scale), REGULA_FIELD(P, window), REGULA_FIELD(P, angpix),
+       REGULA_FIELD(P, threads)},
+      [](const P& o) { return preprocess(o); },
+      [](const P&, PreprocessResult r) {
+        py::dict d;
+        d["stack"] = r.stack;
+        d["star"] = r.star;
+        d["count"] = r.count;
+        d["box_in"] = r.box_in;
+        d["box_out"] = r.box_out;
+        return d;
+      },
+      "Per-image operations on a particle stack (jobs/preprocess.hpp): scale, window, norm, invert_contrast.",
+      "dict(stack, star, count, box_in, box_out)");
+
+  using J = ProjectOptions;
+  def_job<J>(
+      m, "project", "ProjectOptions",
+      {REGULA_FIELD(J, map), REGULA_FIELD(J, out_root), REGULA_FIELD(J, ang_star), REGULA_FIELD(J, nr_uniform),
+       REGULA_FIELD(J, ctf), REGULA_FIELD(J, angpix), REGULA_FIELD(J, add_noise), REGULA_FIELD(J, white_noise),
+       REGULA_FIELD(J, maxres), REGULA_FIELD(J, pad), REGULA_FIELD(J, seed), REGULA_FIELD(J, threads)},
+      [](const J& o) { return project(o); },
+      [](const J&, ProjectResult r) {
+        py::dict d;
+        d["stack"] = r.stack;
+        d["star"] = r.star;
+        d["count"] = r.count;
+        d["box"] = r.box;
+        d["angpix"] = r.angpix;
+        return d;
+      },
+      "Projections of a map file as relion_project (jobs/project.hpp): out_root.mrcs and out_root.star.\n"
+      "project(map_array, rot, tilt, psi) is the in-memory projection.",
+      "dict(stack, star, count, box, angpix)");
+
+  using R = ReconstructJobOptions;
+  def_job<R>(
+      m, "reconstruct", "ReconstructJobOptions",
+      {REGULA_FIELD(R, star), REGULA_FIELD(R, out_map), REGULA_FIELD(R, ctf), REGULA_FIELD(R, sym),
+       REGULA_FIELD(R, maxres), REGULA_FIELD(R, angpix), REGULA_FIELD(R, pad), REGULA_FIELD(R, gridding_iterations),
+       REGULA_FIELD(R, blob_r), REGULA_FIELD(R, blob_m), REGULA_FIELD(R, blob_a), REGULA_FIELD(R, threads)},
+      [](const R& o) { return reconstruct(o); },
+      [](const R& o, ReconstructResult r) {
+        py::dict d;
+        d["map"] = read_map(o.out_map);
+        d["out_map"] = o.out_map;
+        d["particles"] = r.particles;
+        d["box"] = r.box;
+        d["angpix"] = r.angpix;
+        d["r_max"] = r.r_max;
+        return d;
+      },
+      "Reconstruction from particles with known poses as relion_reconstruct (jobs/reconstruct.hpp).",
+      "dict(map (array of out_map), out_map, particles, box, angpix, r_max)");
+
+  using K = MaskJobOptions;
+  def_job<K>(
+      m, "mask", "MaskJobOptions",
+      {REGULA_FIELD(K, map), REGULA_FIELD(K, out), REGULA_FIELD(K, ini_threshold), REGULA_FIELD(K, lowpass),
+       REGULA_FIELD(K, extend_px), REGULA_FIELD(K, soft_edge_px), REGULA_FIELD(K, angpix)},
+      [](const K& o) { return mask_create(o); },
+      [](const K& o, MaskJobResult r) {
+        py::dict d;
+        d["mask"] = read_map(o.out);
+        d["out"] = o.out;
+        d["box"] = r.box;
+        d["angpix"] = r.angpix;
+        d["volume_fraction"] = r.volume_fraction;
+        return d;
+      },
+      "A soft mask from a map file as relion_mask_create (jobs/mask.hpp); ini_threshold is required.\n"
+      "mask(map_array, ini_threshold, ...) is the in-memory version.",
+      "dict(mask (array of out), out, box, angpix, volume_fraction)",
+      [](K& o, const py::kwargs& kw) { o.threshold_given = kw.contains("ini_threshold"); });
+
+  using F = FscJobOptions;
+  def_job<F>(
+      m, "fsc", "FscJobOptions",
+      {REGULA_FIELD(F, map1), REGULA_FIELD(F, map2), REGULA_FIELD(F, mask), REGULA_FIELD(F, out_root),
+       REGULA_FIELD(F, angpix)},
+      [](const F& o) { return fsc_compare(o); },
+      [](const F&, FscJobResult r) {
+        py::dict d;
+        d["fsc"] = vec_to_numpy(std::move(r.fsc));
+        d["box"] = r.box;
+        d["angpix"] = r.angpix;
+        d["resolution_0143"] = r.resolution_0143;
+        d["star"] = r.star;
+        d["png"] = r.png;
+        return d;
+      },
+      "FSC between two map files, optionally masked, as relion_image_handler --fsc (jobs/fsc.hpp).\n"
+      "fsc(a, b) on arrays is the in-memory version.",
+      "dict(fsc, box, angpix, resolution_0143, star, png)");
+
+  using C = Class2DOptions;
+  def_job<C>(
+      m, "class2d", "Class2DOptions",
+      {REGULA_FIELD(C, input), REGULA_FIELD(C, out_root), REGULA_FIELD(C, classes), REGULA_FIELD(C, iterations),
+       REGULA_FIELD(C, tau2_fudge), REGULA_FIELD(C, particle_diameter), REGULA_FIELD(C, ctf),
+       REGULA_FIELD(C, zero_mask), REGULA_FIELD(C, flatten_solvent), REGULA_FIELD(C, psi_step),
+       REGULA_FIELD(C, offset_range), REGULA_FIELD(C, offset_step), REGULA_FIELD(C, threads), REGULA_FIELD(C, seed),
+       REGULA_FIELD(C, continue_from), REGULA_FIELD(C, angpix), REGULA_FIELD(C, norm), REGULA_FIELD(C, scale),
+       REGULA_FIELD(C, ini_high), REGULA_FIELD(C, incr_size), REGULA_FIELD(C, center_classes),
+       REGULA_FIELD(C, reseed_until), REGULA_FIELD(C, batch_size), REGULA_FIELD(C, mask_edge)},
+      [](const C& o) { return run_class2d(o); },
+      [](const C&, Class2DResult r) {
+        py::dict d;
+        int n = r.classes.empty() ? 0 : r.classes.front().nx();
+        Grid<float> stack(n, n, int(r.classes.size()));
+        for (size_t k = 0; k < r.classes.size(); ++k)
+          std::copy(r.classes[k].begin(), r.classes[k].end(), stack.section(int(k)));
+        d["classes"] = to_numpy(std::move(stack), true);
+        d["class_fraction"] = vec_to_numpy(std::move(r.class_fraction));
+        d["particle_class"] = vec_to_numpy(std::move(r.particle_class));
+        d["particle_psi"] = vec_to_numpy(std::move(r.particle_psi));
+        d["particle_origin_x"] = vec_to_numpy(std::move(r.particle_origin_x));
+        d["particle_origin_y"] = vec_to_numpy(std::move(r.particle_origin_y));
+        d["posterior_sum"] = vec_to_numpy(std::move(r.posterior_sum));
+        py::list stats;
+        for (const auto& s : r.stats) {
+          py::dict it;
+          it["iteration"] = s.iteration;
+          it["resolution"] = s.resolution_A;
+          it["current_shells"] = s.current_shells;
+          it["log_likelihood"] = s.log_likelihood;
+          it["average_pmax"] = s.average_pmax;
+          it["seconds"] = s.seconds;
+          stats.append(it);
+        }
+        d["iterations"] = stats;
+        d["last_iteration"] = r.last_iteration;
+        d["data_star"] = r.data_star;
+        d["model_star"] = r.model_star;
+        d["optimiser_star"] = r.optimiser_star;
+        d["classes_mrcs"] = r.classes_mrcs;
+        d["gallery_png"] = r.gallery_png;
+        return d;
+      },
+      "Reference-free 2D classification (jobs/class2d.hpp); files ROOT_itNNN_* of every iteration.",
+      "dict(classes (K, n, n) array, class_fraction, particle_class (1-based), particle_psi (degrees),\n"
+      "particle_origin_x/y (Å), posterior_sum, iterations, last_iteration, data_star, model_star,\n"
+      "optimiser_star, classes_mrcs, gallery_png)");
+
+  using L = SelectOptions;
+  def_job<L>(
+      m, "select", "SelectOptions",
+      {REGULA_FIELD(L, input), REGULA_FIELD(L, output), REGULA_FIELD(L, classes), REGULA_FIELD(L, min_count)},
+      [](const L& o) { return select_classes(o); },
+      [](const L& o, size_t count) {
+        py::dict d;
+        d["count"] = count;
+        d["output"] = o.output;
+        return d;
+      },
+      "Particles of some classes of a class2d data.star (jobs/class2d.hpp): classes=[1, 3] or min_count=N.",
+      "dict(count, output)");
+
+  using T = Class3DOptions;
+  def_job<T>(
+      m, "class3d", "Class3DOptions",
+      {REGULA_FIELD(T, input), REGULA_FIELD(T, out_root), REGULA_FIELD(T, reference), REGULA_FIELD(T, classes),
+       REGULA_FIELD(T, iterations), REGULA_FIELD(T, tau2_fudge), REGULA_FIELD(T, ini_high),
+       REGULA_FIELD(T, firstiter_cc), REGULA_FIELD(T, sym), REGULA_FIELD(T, particle_diameter), REGULA_FIELD(T, ctf),
+       REGULA_FIELD(T, flatten_solvent), REGULA_FIELD(T, zero_mask), REGULA_FIELD(T, healpix_order),
+       REGULA_FIELD(T, offset_range), REGULA_FIELD(T, offset_step), REGULA_FIELD(T, skip_align),
+       REGULA_FIELD(T, sigma_ang), REGULA_FIELD(T, threads), REGULA_FIELD(T, seed), REGULA_FIELD(T, continue_from),
+       REGULA_FIELD(T, angpix), REGULA_FIELD(T, norm), REGULA_FIELD(T, incr_size), REGULA_FIELD(T, mask_edge),
+       REGULA_FIELD(T, chunks), REGULA_FIELD(T, staged)},
+      [](const T& o) { return run_class3d(o); },
+      [](const T&, Class3DResult r) {
+        py::dict d;
+        d["last_iteration"] = r.last_iteration;
+        d["class_fraction"] = vec_to_numpy(std::move(r.class_fraction));
+        d["class_resolution"] = vec_to_numpy(std::move(r.class_resolution_A));
+        d["particle_class"] = vec_to_numpy(std::move(r.particle_class));
+        d["class_maps"] = r.class_maps;
+        d["data_star"] = r.data_star;
+        d["model_star"] = r.model_star;
+        d["optimiser_star"] = r.optimiser_star;
+        d["png"] = r.png;
+        return d;
+      },
+      "3D classification (jobs/class3d.hpp).",
+      "dict(last_iteration, class_fraction, class_resolution (Å), particle_class (1-based), class_maps,\n"
+      "data_star, model_star, optimiser_star, png)");
+
+  using G = Refine3DOptions;
+  def_job<G>(
+      m, "refine3d", "Refine3DOptions",
+      {REGULA_FIELD(G, input), REGULA_FIELD(G, out_root), REGULA_FIELD(G, reference), REGULA_FIELD(G, ini_high),
+       REGULA_FIELD(G, firstiter_cc), REGULA_FIELD(G, sym), REGULA_FIELD(G, particle_diameter), REGULA_FIELD(G, ctf),
+       REGULA_FIELD(G, flatten_solvent), REGULA_FIELD(G, zero_mask), REGULA_FIELD(G, solvent_mask),
+       REGULA_FIELD(G, healpix_order), REGULA_FIELD(G, auto_local_healpix_order), REGULA_FIELD(G, offset_range),
+       REGULA_FIELD(G, offset_step), REGULA_FIELD(G, low_resol_join_halves), REGULA_FIELD(G, threads),
+       REGULA_FIELD(G, seed), REGULA_FIELD(G, continue_from), REGULA_FIELD(G, angpix), REGULA_FIELD(G, norm),
+       REGULA_FIELD(G, max_iterations), REGULA_FIELD(G, mask_edge), REGULA_FIELD(G, max_healpix_order),
+       REGULA_FIELD(G, chunks), REGULA_FIELD(G, pose_mean), REGULA_FIELD(G, stop_after)},
+      [](const G& o) { return run_refine3d(o); },
+      [](const G&, Refine3DResult r) {
+        py::dict d;
+        d["converged"] = r.converged;
+        d["last_iteration"] = r.last_iteration;
+        d["resolution"] = r.resolution_A;
+        d["fsc"] = vec_to_numpy(std::move(r.fsc));
+        d["rot"] = vec_to_numpy(std::move(r.rot));
+        d["tilt"] = vec_to_numpy(std::move(r.tilt));
+        d["psi"] = vec_to_numpy(std::move(r.psi));
+        d["origin_x"] = vec_to_numpy(std::move(r.origin_x));
+        d["origin_y"] = vec_to_numpy(std::move(r.origin_y));
+        d["random_subset"] = vec_to_numpy(std::move(r.random_subset));
+        py::list stats;
+        for (const auto& s : r.stats) {
+          py::dict it;
+          it["iteration"] = s.iteration;
+          it["healpix_order"] = s.healpix_order;
+          it["resolution"] = s.resolution_A;
+          it["current_shells"] = s.current_shells;
+          it["angular_change"] = s.angular_change_deg;
+          it["offset_change"] = s.offset_change_A;
+          it["average_pmax"] = s.average_pmax;
+          it["seconds"] = s.seconds;
+          stats.append(it);
+        }
+        d["iterations"] = stats;
+        d["map"] = r.map;
+        d["half1_unfil"] = r.half1_unfil;
+        d["half2_unfil"] = r.half2_unfil;
+        d["data_star"] = r.data_star;
+        d["model_star"] = r.model_star;
+        d["optimiser_star"] = r.optimiser_star;
+        d["angdist_bild"] = r.angdist_bild;
+        d["angdist_png"] = r.angdist_png;
+        return d;
+      },
+      "3D auto-refinement with gold-standard FSC (jobs/refine3d.hpp).",
+      "dict(converged, last_iteration, resolution (Å), fsc, rot/tilt/psi (degrees), origin_x/y (Å),\n"
+      "random_subset, iterations, map, half1_unfil, half2_unfil, data_star, model_star, optimiser_star,\n"
+      "angdist_bild, angdist_png)");
+
+  using I = InitialModelOptions;
+  def_job<I>(
+      m, "initial_model", "InitialModelOptions",
+      {REGULA_FIELD(I, input), REGULA_FIELD(I, out_root), REGULA_FIELD(I, classes), REGULA_FIELD(I, sym),
+       REGULA_FIELD(I, particle_diameter), REGULA_FIELD(I, ctf), REGULA_FIELD(I, iterations),
+       REGULA_FIELD(I, ini_high), REGULA_FIELD(I, healpix_order), REGULA_FIELD(I, offset_range),
+       REGULA_FIELD(I, offset_step), REGULA_FIELD(I, tau2_fudge), REGULA_FIELD(I, threads), REGULA_FIELD(I, seed),
+       REGULA_FIELD(I, continue_from), REGULA_FIELD(I, angpix)},
+      [](const I& o) { return run_initial_model(o); },
+      [](const I&, InitialModelResult r) {
+        py::dict d;
+        d["map"] = r.map;
+        d["data_star"] = r.data_star;
+        d["class_maps"] = r.class_maps;
+        d["class_fraction"] = vec_to_numpy(std::move(r.class_fraction));
+        d["symmetry_correlation"] = r.symmetry_correlation;
+        return d;
+      },
+      "De novo initial model by EM from a featureless sphere (jobs/initial_model.hpp).",
+      "dict(map, data_star, class_maps, class_fraction, symmetry_correlation)");
+
+  using Q = PostprocessOptions;
+  def_job<Q>(
+      m, "postprocess", "PostprocessOptions",
+      {REGULA_FIELD(Q, half1), REGULA_FIELD(Q, half2), REGULA_FIELD(Q, out_root), REGULA_FIELD(Q, mask),
+       REGULA_FIELD(Q, angpix), REGULA_FIELD(Q, auto_bfac), REGULA_FIELD(Q, autob_lowres),
+       REGULA_FIELD(Q, autob_highres), REGULA_FIELD(Q, adhoc_bfac), REGULA_FIELD(Q, mtf), REGULA_FIELD(Q, mtf_angpix),
+       REGULA_FIELD(Q, low_pass), REGULA_FIELD(Q, randomize_at_fsc), REGULA_FIELD(Q, skip_fsc_weighting),
+       REGULA_FIELD(Q, force_mask), REGULA_FIELD(Q, filter_edge_width), REGULA_FIELD(Q, seed),
+       REGULA_FIELD(Q, threads)},
+      [](const Q& o) { return run_postprocess(o); },
+      [](const Q&, PostprocessResult r) {
+        py::dict d;
+        d["resolution"] = r.final_resolution;
+        d["bfactor"] = r.bfactor;
+        d["guinier_slope"] = r.slope;
+        d["guinier_intercept"] = r.intercept;
+        d["guinier_correlation"] = r.correlation;
+        d["randomise_from"] = r.randomise_from;
+        d["fsc_corrected"] = vec_to_numpy(std::move(r.fsc_corrected));
+        d["fsc_unmasked"] = vec_to_numpy(std::move(r.fsc_unmasked));
+        d["fsc_masked"] = vec_to_numpy(std::move(r.fsc_masked));
+        d["fsc_random_masked"] = vec_to_numpy(std::move(r.fsc_random_masked));
+        d["map"] = r.map;
+        d["masked_map"] = r.masked_map;
+        d["star"] = r.star;
+        d["fsc_png"] = r.fsc_png;
+        d["guinier_png"] = r.guinier_png;
+        return d;
+      },
+      "Post-processing of two unfiltered half maps as relion_postprocess (jobs/postprocess.hpp).",
+      "dict(resolution (Å), bfactor (Å^2), guinier_slope/intercept/correlation, randomise_from (Å),\n"
+      "fsc_corrected, fsc_unmasked, fsc_masked, fsc_random_masked, map, masked_map, star, fsc_png, guinier_png)");
+
+  m.def("job_options", [](const std::string& name) {
+    auto it = job_registry().find(name);
+    if (it == job_registry().end()) {
+      std::string names;
+      for (const auto& [k, v] : job_registry()) names += (names.empty() ? "" : ", ") + k;
+      throw py::value_error("job_options: no job '" + name + "' (jobs: " + names + ")");
+    }
+    return it->second();
+  }, py::arg("job"), "The keywords a job accepts with their defaults, e.g. job_options('class2d')");
+  m.def("jobs", [] {
+    std::vector<std::string> names;
+    for (const auto& [k, v] : job_registry()) names.push_back(k);
+    return names;
+  }, "Names of the jobs");
+}
+
+}  // namespace regula::python
