@@ -50,6 +50,8 @@ def project(tmp_path_factory):
     (bad / "run_it001_model.star").write_text("data_model_classes\nloop_\n_rlnClassDistribution\n'unterminated\n")
     # A symbolic link out of the project.
     (p / "escape").symlink_to("/etc")
+    # A link inside a job directory to a file outside the project: never read by the directory scans.
+    (p / "Refine3D/job003/leak.star").symlink_to("/etc/passwd")
     return p
 
 
@@ -112,6 +114,10 @@ def test_refusals(server, project):
         assert s in (403, 404), (path, s)
         assert b"root:" not in body
         assert "error" in json.loads(body)
+    s, body = raw_get(server, "/api/fsc?dir=Refine3D/job003/")
+    assert s == 200 and b"root:" not in body
+    s, body = raw_get(server, "/files/Refine3D/job003/leak.star")
+    assert s == 403 and b"root:" not in body
     s, body = raw_get(server, "/api/job?dir=Nope/job001/")
     assert s == 404 and "Nope" in json.loads(body)["error"]
     s, body = raw_get(server, "/api/class2d?dir=Class2D/job098/")

@@ -137,6 +137,7 @@ struct Server::Impl {
     std::vector<std::pair<int, fs::path>> out;
     const std::string tail = "_" + suffix;
     for (const auto& e : fs::directory_iterator(d)) {
+      if (e.is_symlink()) continue;  // never follow links (they may point out of the project)
       const std::string name = e.path().filename().string();
       if (name.size() < tail.size() + 6 || name.compare(name.size() - tail.size(), tail.size(), tail) != 0) continue;
       const size_t p = name.size() - tail.size() - 6;  // "_itNNN"
@@ -157,7 +158,7 @@ struct Server::Impl {
     j["status"] = status_of(d);
     json files = json::array();
     for (const auto& e : fs::directory_iterator(d))
-      if (e.is_regular_file()) files.push_back(e.path().filename().string());
+      if (e.is_regular_file() && !e.is_symlink()) files.push_back(e.path().filename().string());
     std::sort(files.begin(), files.end());
     j["files"] = files;
     json its = json::array();
@@ -260,6 +261,7 @@ struct Server::Impl {
     // Post-processing: OUT.star with data_fsc and data_guinier.
     fs::path pp;
     for (const auto& e : fs::directory_iterator(d)) {
+      if (e.is_symlink()) continue;  // never follow links (they may point out of the project)
       const std::string n = e.path().filename().string();
       if (n.size() > 5 && n.compare(n.size() - 5, 5, ".star") == 0 && n.find("_it") == std::string::npos) {
         star::Document doc = star::read(e.path().string());
@@ -290,6 +292,7 @@ struct Server::Impl {
     // Refinement: the final ROOT_model.star, else the newest iteration's.
     fs::path model;
     for (const auto& e : fs::directory_iterator(d)) {
+      if (e.is_symlink()) continue;  // never follow links (they may point out of the project)
       const std::string n = e.path().filename().string();
       if (n.size() > 10 && n.compare(n.size() - 10, 10, "model.star") == 0 && n.find("_it") == std::string::npos)
         model = e.path();
