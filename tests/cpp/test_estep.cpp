@@ -23,6 +23,7 @@
 #include "regula/estep/posteriors.hpp"
 #include "regula/estep/reference.hpp"
 #include "regula/estep/scores.hpp"
+#include "regula/estep/sparse_scores.hpp"
 #include "regula/estep/weighted_sums.hpp"
 
 using namespace regula;
@@ -303,6 +304,15 @@ std::vector<float> test_weights(const Problem& pr, Posteriors* keep = nullptr) {
   if (keep) *keep = post;
   return post.weight;
 }
+// Magnitudes: the weighted sums with every term replaced by its absolute value.
+reference::Sums abs_sums(const Problem& pr, const std::vector<double>& wd) {
+  Problem abs_pr = pr;
+  for (auto& v : abs_pr.x) v = cfloat(std::abs(v), 0);
+  for (auto& v : abs_pr.p) v = cfloat(std::abs(v), 0);
+  for (auto& v : abs_pr.ctf) v = std::abs(v);
+  for (auto& v : abs_pr.phase) v = cfloat(1, 0);
+  return reference::weighted_sums(abs_pr.batch(), abs_pr.shifts(), abs_pr.refs(), wd);
+}
 void expect_close(const std::vector<double>& a, const std::vector<double>& b, const std::vector<double>& mag,
                   double rel, const char* what) {
   ASSERT_EQ(a.size(), b.size());
@@ -315,13 +325,7 @@ TEST(EstepWeightedSums, DenseMatchReference) {
   const std::vector<float> wf = test_weights(pr);
   const std::vector<double> wd(wf.begin(), wf.end());
   const auto ref = reference::weighted_sums(pr.batch(), pr.shifts(), pr.refs(), wd);
-  // Magnitudes: the same sums with every term replaced by its absolute value.
-  Problem abs_pr = pr;
-  for (auto& v : abs_pr.x) v = cfloat(std::abs(v), 0);
-  for (auto& v : abs_pr.p) v = cfloat(std::abs(v), 0);
-  for (auto& v : abs_pr.ctf) v = std::abs(v);
-  for (auto& v : abs_pr.phase) v = cfloat(1, 0);
-  const auto mag = reference::weighted_sums(abs_pr.batch(), abs_pr.shifts(), abs_pr.refs(), wd);
+  const auto mag = abs_sums(pr, wd);
   std::vector<double> mag_d2(mag.diff2.size()), mag_s(mag.data.size());
   for (size_t q = 0; q < mag_d2.size(); ++q) mag_d2[q] = mag.diff2[q] + 4 * mag.xa[q];  // (|X|+|CP|)^2 >= all terms
   for (size_t q = 0; q < mag_s.size(); ++q) mag_s[q] = mag.data[q].real();
@@ -388,22 +392,163 @@ TEST(EstepWeightedSums, SparseMatchesDenseReferenceOnSignificantSet) {
       wd[(i * pr.nt + e.t) * pr.nj + e.j] = e.weight;
     }
   const auto ref = reference::weighted_sums(pr.batch(), pr.shifts(), pr.refs(), wd);
+  const auto mag = abs_sums(pr, wd);
   ThreadPool pool(2);
   ReferenceSums rs;
   rs.reset(pr.nj, pr.m);
   accumulate_reference_sums(pr.batch(), pr.shifts(), post.significant, rs, pool);
   ParticleSums ps;
   compute_particle_sums(pr.batch(), pr.shifts(), pr.refs(), post.significant, ps, pool);
-  // Both in double from the same float weights: only summation order differs.
-  for (size_t q = 0; q < rs.data.size(); ++q) {
-    EXPECT_NEAR(std::abs(rs.data[q] - ref.data[q]), 0.0, 1e-12 * (1 + std::abs(ref.data[q])));
-    EXPECT_NEAR(rs.weight[q], ref.weight[q], 1e-12 * (1 + ref.weight[q]));
+  // One single-precision product per particle over at most T x J terms, summed in double: the
+  // bound of the dense kernels (1e-5 of the magnitude) holds.
+  std::vector<double> re_b, im_b, re_r, im_r, mag_s, mag_d2;
+  for (auto v : rs.data) re_b.push_back(v.real()), im_b.push_back(v.imag());
+  for (auto v : ref.data) re_r.push_back(v.real()), im_r.push_back(v.imag());
+  for (auto v : mag.data) mag_s.push_back(v.real());
+  for (size_t q = 0; q < mag.diff2.size(); ++q) mag_d2.push_back(mag.diff2[q] + 4 * mag.xa[q]);
+  expect_close(re_b, re_r, mag_s, 1e-5, "S re");
+  expect_close(im_b, im_r, mag_s, 1e-5, "S im");
+  expect_close(rs.weight, ref.weight, ref.weight, 1e-5, "W");
+  expect_close(ps.diff2, ref.diff2, mag_d2, 1e-5, "diff2");
+  expect_close(ps.xa, ref.xa, mag.xa, 1e-5, "xa");
+  expect_close(ps.aa, ref.aa, ref.aa, 1e-5, "aa");
+  for (size_t i = 0; i < pr.n; ++i) {
+    double sw = 0;
+    for (size_t q = post.significant.offset[i]; q < post.significant.offset[i + 1]; ++q)
+      sw += post.significant.entry[q].weight;
+    EXPECT_DOUBLE_EQ(ps.sum_weight[i], sw);
   }
-  for (size_t q = 0; q < ps.diff2.size(); ++q) {
-    EXPECT_NEAR(ps.diff2[q], ref.diff2[q], 1e-12 * (1 + ref.diff2[q]));
-    EXPECT_NEAR(ps.xa[q], ref.xa[q], 1e-12 * (1 + std::abs(ref.xa[q])));
-    EXPECT_NEAR(ps.aa[q], ref.aa[q], 1e-12 * (1 + ref.aa[q]));
+  // The same bits for one and two threads.
+  ThreadPool one(1);
+  ReferenceSums rs1;
+  rs1.reset(pr.nj, pr.m);
+  accumulate_reference_sums(pr.batch(), pr.shifts(), post.significant, rs1, one);
+  ParticleSums ps1;
+  compute_particle_sums(pr.batch(), pr.shifts(), pr.refs(), post.significant, ps1, one);
+  EXPECT_EQ(rs1.data, rs.data);
+  EXPECT_EQ(rs1.weight, rs.weight);
+  EXPECT_EQ(ps1.diff2, ps.diff2);
+}
+
+namespace {
+// A random pose list over the problem's poses: each (t, j) with probability 0.3, at least one per
+// particle.
+PoseList random_poses(const Problem& pr, uint64_t seed) {
+  auto g = make_rng(seed, 7);
+  PoseList pl;
+  pl.n = pr.n;
+  pl.t = pr.nt;
+  pl.j = pr.nj;
+  pl.offset.push_back(0);
+  for (size_t i = 0; i < pr.n; ++i) {
+    for (size_t t = 0; t < pr.nt; ++t)
+      for (size_t j = 0; j < pr.nj; ++j)
+        if (uniform01(g) < 0.3) pl.pose.push_back({uint32_t(t), uint32_t(j)});
+    if (pl.pose.size() == pl.offset.back()) pl.pose.push_back({uint32_t(i % pr.nt), uint32_t(i % pr.nj)});
+    pl.offset.push_back(pl.pose.size());
   }
+  return pl;
+}
+}  // namespace
+
+TEST(EstepFinePass, PoseScoresMatchReference) {
+  Problem pr(21, 0.3, Noise::Groups);
+  const PoseList pl = random_poses(pr, 1);
+  ThreadPool pool(2);
+  std::vector<float> sc;
+  const double flops = compute_pose_scores(pr.batch(), pr.shifts(), pr.refs(), pl, sc, pool);
+  EXPECT_GT(flops, 0);
+  ASSERT_EQ(sc.size(), pl.pose.size());
+  const std::vector<double> ref = reference::scores(pr.batch(), pr.shifts(), pr.refs());
+  for (size_t i = 0; i < pr.n; ++i)
+    for (size_t q = pl.offset[i]; q < pl.offset[i + 1]; ++q) {
+      const auto [t, j] = pl.pose[q];
+      const double bound = std::sqrt(double(pr.m)) * kEps * pr.magnitude(i, t, j);
+      ASSERT_LE(std::abs(sc[q] - ref[(i * pr.nt + t) * pr.nj + j]), bound) << i << " " << t << " " << j;
+    }
+  ThreadPool one(1);
+  std::vector<float> sc1;
+  compute_pose_scores(pr.batch(), pr.shifts(), pr.refs(), pl, sc1, one);
+  EXPECT_EQ(sc, sc1);
+}
+
+TEST(EstepFinePass, OversampledPosesAreTheChildrenAndCompactionKeepsThem) {
+  SparseWeights coarse;
+  coarse.n = 2;
+  coarse.t = 3;
+  coarse.j = 5;
+  coarse.offset = {0, 2, 3};
+  coarse.entry = {{2, 4, 0.6f}, {0, 1, 0.4f}, {1, 3, 1.0f}};
+  PoseList pl = oversampled_poses(coarse, 4, 2);
+  EXPECT_EQ(pl.t, 12u);
+  EXPECT_EQ(pl.j, 10u);
+  ASSERT_EQ(pl.offset, (std::vector<size_t>{0, 16, 24}));
+  for (size_t i = 0; i < 2; ++i)
+    for (size_t q = pl.offset[i]; q < pl.offset[i + 1]; ++q) {
+      const PoseWeight& parent = coarse.entry[coarse.offset[i] + (q - pl.offset[i]) / 8];
+      EXPECT_EQ(pl.pose[q].t / 4, parent.t);
+      EXPECT_EQ(pl.pose[q].j / 2, parent.j);
+    }
+  const PoseList before = pl;
+  const std::vector<uint32_t> global = compact_references(pl);
+  EXPECT_EQ(global, (std::vector<uint32_t>{2, 3, 6, 7, 8, 9}));
+  EXPECT_EQ(pl.j, global.size());
+  for (size_t q = 0; q < pl.pose.size(); ++q) EXPECT_EQ(global[pl.pose[q].j], before.pose[q].j);
+}
+
+TEST(EstepFinePass, PosePosteriorsAreTheReferencePosteriorsOnTheCandidates) {
+  Problem pr(22, 0.02, Noise::PerParticle);  // broad posteriors
+  const Priors pri(pr);
+  const ParticleConstants pc = particle_constants(pr.batch());
+  std::vector<double> lc(pr.n);
+  for (size_t i = 0; i < pr.n; ++i) lc[i] = -pc.half_x2[i] - pc.log_norm[i];
+  const PoseList pl = random_poses(pr, 2);
+  ThreadPool pool(2);
+  std::vector<float> sc;
+  compute_pose_scores(pr.batch(), pr.shifts(), pr.refs(), pl, sc, pool);
+  PosePosteriors post;
+  PosteriorOptions opt;
+  opt.keep_significant = true;
+  compute_pose_posteriors(pl, sc, pri.view(), lc, post, pool, opt);
+  const auto d2 = reference::diff2(pr.batch(), pr.shifts(), pr.refs());
+  size_t broad = 0;
+  for (size_t i = 0; i < pr.n; ++i) {
+    // The model's posterior restricted to the candidates, from the reference diff2.
+    std::vector<double> v;
+    for (size_t q = pl.offset[i]; q < pl.offset[i + 1]; ++q) {
+      const auto [t, j] = pl.pose[q];
+      v.push_back(pri.lpt[t] + pri.lpj[j] - d2[(i * pr.nt + t) * pr.nj + j] - pc.log_norm[i]);
+    }
+    const double mx = *std::max_element(v.begin(), v.end());
+    double se = 0;
+    for (double x : v) se += std::exp(x - mx);
+    const ParticlePosterior& a = post.particle[i];
+    ASSERT_TRUE(a.valid);
+    EXPECT_NEAR(a.log_likelihood, mx + std::log(se), 1e-3);
+    EXPECT_NEAR(a.max_posterior, 1.0 / se, 1e-4);
+    const size_t best = size_t(std::max_element(v.begin(), v.end()) - v.begin());
+    EXPECT_EQ(a.best_t, pl.pose[pl.offset[i] + best].t);
+    EXPECT_EQ(a.best_j, pl.pose[pl.offset[i] + best].j);
+    double sum = 0;
+    for (size_t q = pl.offset[i]; q < pl.offset[i + 1]; ++q) {
+      const PoseWeight& e = post.weights.entry[q];
+      EXPECT_EQ(e.t, pl.pose[q].t);
+      EXPECT_EQ(e.j, pl.pose[q].j);
+      EXPECT_NEAR(e.weight, std::exp(v[q - pl.offset[i]] - mx) / se, 1e-4);
+      sum += e.weight;
+    }
+    EXPECT_NEAR(sum, 1.0, 1e-5);
+    // The significant set: the fewest largest weights holding 0.999 of the mass.
+    std::vector<double> sorted;
+    for (double x : v) sorted.push_back(std::exp(x - mx) / se);
+    std::sort(sorted.rbegin(), sorted.rend());
+    size_t count = 0;
+    for (double acc = 0; count < sorted.size() && acc < 0.999 - 1e-6;) acc += sorted[count++];
+    EXPECT_NEAR(double(a.n_significant), double(count), 1.0);
+    EXPECT_EQ(post.significant.offset[i + 1] - post.significant.offset[i], a.n_significant);
+    broad += a.n_significant > 1;
+  }
+  EXPECT_GE(broad, 3u);
 }
 
 TEST(EstepInput, InconsistentSizesThrow) {

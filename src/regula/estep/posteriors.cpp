@@ -20,25 +20,23 @@ const double* prior_row(std::span<const double> p, size_t count, size_t n, size_
   runtime_error("estep: {} log-prior has {} values, expected {} or {}", what, p.size(), count, n * count);
 }
 
-// One particle: fills weight row (T*J), stats and optionally the significant list.
-void particle_posterior(const float* score, const double* lpt, const double* lpj, double log_const,
-                        size_t nt, size_t nj, double fraction, float* weight, ParticlePosterior& st,
-                        std::vector<double>& e, std::vector<uint32_t>& order, std::vector<PoseWeight>* sig) {
-  const size_t q_count = nt * nj;
-  e.resize(q_count);
+// Turns the log-posteriors e[0..count) of one particle (non-finite = excluded) into normalised
+// weights, the particle's statistics and optionally its significant list; pose_of(q) gives the
+// (t, j) of entry q. e is overwritten with exp(e - max).
+template <class PoseOf>
+void finish_posterior(std::vector<double>& e, double log_const, double fraction, float* weight,
+                      ParticlePosterior& st, std::vector<uint32_t>& order, std::vector<PoseWeight>* sig,
+                      const PoseOf& pose_of) {
+  const size_t q_count = e.size();
   double mx = -std::numeric_limits<double>::infinity();
   size_t best = 0;
-  for (size_t t = 0; t < nt; ++t)
-    for (size_t j = 0; j < nj; ++j) {
-      const size_t q = t * nj + j;
-      double v = double(score[q]) + (lpt ? lpt[t] : 0.0) + (lpj ? lpj[j] : 0.0);
-      if (!std::isfinite(v)) v = -std::numeric_limits<double>::infinity();
-      e[q] = v;
-      if (v > mx) {
-        mx = v;
-        best = q;
-      }
+  for (size_t q = 0; q < q_count; ++q) {
+    if (!std::isfinite(e[q])) e[q] = -std::numeric_limits<double>::infinity();
+    if (e[q] > mx) {
+      mx = e[q];
+      best = q;
     }
+  }
   st = ParticlePosterior{};
   if (!std::isfinite(mx)) {
     std::fill(weight, weight + q_count, 0.0f);
@@ -59,8 +57,9 @@ void particle_posterior(const float* score, const double* lpt, const double* lpj
   st.valid = true;
   st.max_posterior = 1.0 / sum;
   st.log_likelihood = mx + std::log(sum) + log_const;
-  st.best_t = uint32_t(best / nj);
-  st.best_j = uint32_t(best % nj);
+  const PoseWeight bp = pose_of(best);
+  st.best_t = bp.t;
+  st.best_j = bp.j;
   st.best_log_posterior = mx;
 
   // Significant set: largest weights first until their sum reaches fraction * sum. Only the
@@ -91,8 +90,44 @@ void particle_posterior(const float* score, const double* lpt, const double* lpj
   if (sig)
     for (size_t c = 0; c < count; ++c) {
       const uint32_t q = order[c];
-      sig->push_back(PoseWeight{uint32_t(q / nj), uint32_t(q % nj), weight[q]});
+      PoseWeight pw = pose_of(q);
+      pw.weight = weight[q];
+      sig->push_back(pw);
     }
+}
+
+// One particle of a dense score array: fills weight row (T*J), stats and optionally the
+// significant list.
+void particle_posterior(const float* score, const double* lpt, const double* lpj, double log_const,
+                        size_t nt, size_t nj, double fraction, float* weight, ParticlePosterior& st,
+                        std::vector<double>& e, std::vector<uint32_t>& order, std::vector<PoseWeight>* sig) {
+  e.resize(nt * nj);
+  for (size_t t = 0; t < nt; ++t)
+    for (size_t j = 0; j < nj; ++j) {
+      const size_t q = t * nj + j;
+      e[q] = double(score[q]) + (lpt ? lpt[t] : 0.0) + (lpj ? lpj[j] : 0.0);
+    }
+  finish_posterior(e, log_const, fraction, weight, st, order, sig,
+                   [nj](size_t q) { return PoseWeight{uint32_t(q / nj), uint32_t(q % nj), 0.0f}; });
+}
+
+void check_posterior_options(const PosteriorOptions& opt, std::span<const double> log_constant, size_t n) {
+  if (!(opt.significant_fraction > 0 && opt.significant_fraction <= 1))
+    runtime_error("estep: significant_fraction = {} outside (0, 1]", opt.significant_fraction);
+  if (!log_constant.empty() && log_constant.size() != n)
+    runtime_error("estep: log_constant has {} values, expected n = {}", log_constant.size(), n);
+}
+
+// CSR list from per-particle vectors.
+void gather_csr(std::vector<std::vector<PoseWeight>>& rows, size_t n, size_t nt, size_t nj, SparseWeights& sw) {
+  sw = SparseWeights{};
+  sw.n = n;
+  sw.t = nt;
+  sw.j = nj;
+  sw.offset.assign(n + 1, 0);
+  for (size_t i = 0; i < n; ++i) sw.offset[i + 1] = sw.offset[i] + rows[i].size();
+  sw.entry.reserve(sw.offset[n]);
+  for (auto& v : rows) sw.entry.insert(sw.entry.end(), v.begin(), v.end());
 }
 
 }  // namespace
@@ -101,10 +136,7 @@ void compute_posteriors(const Scores& scores, const LogPriors& priors, std::span
                         Posteriors& out, ThreadPool& pool, const PosteriorOptions& opt) {
   const size_t n = scores.n, nt = scores.t, nj = scores.j;
   if (scores.value.size() != n * nt * nj) runtime_error("estep: scores hold {} values, expected {}", scores.value.size(), n * nt * nj);
-  if (!(opt.significant_fraction > 0 && opt.significant_fraction <= 1))
-    runtime_error("estep: significant_fraction = {} outside (0, 1]", opt.significant_fraction);
-  if (!log_constant.empty() && log_constant.size() != n)
-    runtime_error("estep: log_constant has {} values, expected n = {}", log_constant.size(), n);
+  check_posterior_options(opt, log_constant, n);
   if ((nt * nj) >> 32) runtime_error("estep: {} poses per particle exceed 2^32", nt * nj);
   out.n = n;
   out.t = nt;
@@ -127,17 +159,57 @@ void compute_posteriors(const Scores& scores, const LogPriors& priors, std::span
                        s.order, opt.keep_significant ? &sig[i] : nullptr);
   });
 
-  SparseWeights& sw = out.significant;
-  sw = SparseWeights{};
-  if (opt.keep_significant) {
-    sw.n = n;
-    sw.t = nt;
-    sw.j = nj;
-    sw.offset.assign(n + 1, 0);
-    for (size_t i = 0; i < n; ++i) sw.offset[i + 1] = sw.offset[i] + sig[i].size();
-    sw.entry.reserve(sw.offset[n]);
-    for (auto& v : sig) sw.entry.insert(sw.entry.end(), v.begin(), v.end());
-  }
+  out.significant = SparseWeights{};
+  if (opt.keep_significant) gather_csr(sig, n, nt, nj, out.significant);
+}
+
+void compute_pose_posteriors(const PoseList& poses, std::span<const float> scores, const LogPriors& priors,
+                             std::span<const double> log_constant, PosePosteriors& out, ThreadPool& pool,
+                             const PosteriorOptions& opt) {
+  const size_t n = poses.n;
+  check_posterior_options(opt, log_constant, n);
+  if (poses.offset.size() != n + 1 || poses.offset.back() != poses.pose.size() || scores.size() != poses.pose.size())
+    runtime_error("estep: pose list of {} particles with {} poses and {} scores is inconsistent", n,
+                  poses.pose.size(), scores.size());
+  const double* lpt = prior_row(priors.translation, poses.t, 1, 0, "translation");
+  const double* lpj = prior_row(priors.reference, poses.j, 1, 0, "reference");
+  for (const PoseList::Pose& p : poses.pose)
+    if (p.t >= poses.t || p.j >= poses.j) runtime_error("estep: pose ({}, {}) out of range", p.t, p.j);
+  out.particle.assign(n, ParticlePosterior{});
+  SparseWeights& w = out.weights;
+  w = SparseWeights{};
+  w.n = n;
+  w.t = poses.t;
+  w.j = poses.j;
+  w.offset = poses.offset;
+  w.entry.resize(poses.pose.size());
+  std::vector<std::vector<PoseWeight>> sig(opt.keep_significant ? n : 0);
+  struct Scratch {
+    std::vector<double> e;
+    std::vector<float> weight;
+    std::vector<uint32_t> order;
+  };
+  std::vector<Scratch> scratch(size_t(pool.size()));
+  pool.parallel_for(0, n, [&](size_t i, int thread) {
+    Scratch& s = scratch[size_t(thread)];
+    const size_t q0 = poses.offset[i], q1 = poses.offset[i + 1];
+    s.e.resize(q1 - q0);
+    s.weight.resize(q1 - q0);
+    for (size_t q = q0; q < q1; ++q) {
+      const PoseList::Pose& p = poses.pose[q];
+      s.e[q - q0] = double(scores[q]) + (lpt ? lpt[p.t] : 0.0) + (lpj ? lpj[p.j] : 0.0);
+    }
+    const auto pose_of = [&](size_t q) {
+      const PoseList::Pose& p = poses.pose[q0 + q];
+      return PoseWeight{p.t, p.j, 0.0f};
+    };
+    finish_posterior(s.e, log_constant.empty() ? 0.0 : log_constant[i], opt.significant_fraction, s.weight.data(),
+                     out.particle[i], s.order, opt.keep_significant ? &sig[i] : nullptr, pose_of);
+    for (size_t q = q0; q < q1; ++q)
+      w.entry[q] = PoseWeight{poses.pose[q].t, poses.pose[q].j, s.weight[q - q0]};
+  });
+  out.significant = SparseWeights{};
+  if (opt.keep_significant) gather_csr(sig, n, poses.t, poses.j, out.significant);
 }
 
 std::vector<double> gaussian_log_prior(std::span<const double> d2, double sigma2, int dims, bool normalise_over_set) {

@@ -56,6 +56,17 @@ struct SparseWeights {
   std::vector<PoseWeight> entry;
 };
 
+// Per-particle lists of candidate poses without weights (CSR as SparseWeights): the poses of a
+// finer pass (sparse_scores.hpp). Pose indices t < t_count, j < j_count.
+struct PoseList {
+  struct Pose {
+    uint32_t t = 0, j = 0;
+  };
+  size_t n = 0, t = 0, j = 0;
+  std::vector<size_t> offset;  // n + 1
+  std::vector<Pose> pose;
+};
+
 struct Posteriors {
   size_t n = 0, t = 0, j = 0;
   std::vector<float> weight;  // n*t*j, layout as Scores; rows of invalid particles are 0;
@@ -69,6 +80,21 @@ struct Posteriors {
 // +inf) get weight 0. Deterministic: particles are independent; the pool only splits them.
 void compute_posteriors(const Scores& scores, const LogPriors& priors, std::span<const double> log_constant,
                         Posteriors& out, ThreadPool& pool, const PosteriorOptions& opt = {});
+
+// Posteriors over per-particle pose lists (the finer pass): for particle i and its candidate q
+// (pose (t, j) = poses.pose[q]), v = score[q] + log_prior_t(t) + log_prior_j(j), normalised over
+// the particle's candidates only, with the definitions of compute_posteriors (max_posterior,
+// n_significant among the candidates, log_likelihood = mx + log S + log_constant, best pose).
+struct PosePosteriors {
+  std::vector<ParticlePosterior> particle;  // best_t, best_j: pose indices of the list
+  SparseWeights weights;                    // every candidate, in the order of the list
+  SparseWeights significant;                // when keep_significant: by decreasing weight
+};
+// scores: one per candidate (poses.pose order). Priors: each empty or shared (sizes poses.t and
+// poses.j); per-particle priors are not supported here.
+void compute_pose_posteriors(const PoseList& poses, std::span<const float> scores, const LogPriors& priors,
+                             std::span<const double> log_constant, PosePosteriors& out, ThreadPool& pool,
+                             const PosteriorOptions& opt = {});
 
 // log N(d; 0, sigma2) density for squared distances d2 in `dims` dimensions:
 //   -d2/(2 sigma2) - dims/2 log(2 pi sigma2)                 (normalise_over_set = false; RELION's

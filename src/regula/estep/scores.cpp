@@ -63,22 +63,23 @@ size_t default_particles_per_batch(size_t n, size_t t, size_t m) {
 
 namespace detail {
 
-void shifted_weighted_rows(const ParticleBatch& pb, const TranslationPhases& tp, size_t i, cfloat* dst) {
+void shifted_weighted_row(const ParticleBatch& pb, const TranslationPhases& tp, size_t i, size_t t, cfloat* row) {
   const size_t m = pb.m;
   const float s = pb.scale_of(i);
   const float* w = pb.inv_sigma2_row(i);
   const cfloat* x = pb.x.data() + i * m;
   const float* c = pb.ctf.data() + i * m;
-  for (size_t t = 0; t < tp.t; ++t) {
-    cfloat* row = dst + t * m;
-    const cfloat* ph = tp.phase.data() + t * m;
-    for (size_t k = 0; k < m; ++k) {
-      // Written out so that the compiler does not use the NaN-safe complex multiply.
-      const float f = s * c[k] * w[k];
-      const float br = x[k].real() * f, bi = x[k].imag() * f, pr = ph[k].real(), pi = ph[k].imag();
-      row[k] = cfloat(br * pr - bi * pi, br * pi + bi * pr);
-    }
+  const cfloat* ph = tp.phase.data() + t * m;
+  for (size_t k = 0; k < m; ++k) {
+    // Written out so that the compiler does not use the NaN-safe complex multiply.
+    const float f = s * c[k] * w[k];
+    const float br = x[k].real() * f, bi = x[k].imag() * f, pr = ph[k].real(), pi = ph[k].imag();
+    row[k] = cfloat(br * pr - bi * pi, br * pi + bi * pr);
   }
+}
+
+void shifted_weighted_rows(const ParticleBatch& pb, const TranslationPhases& tp, size_t i, cfloat* dst) {
+  for (size_t t = 0; t < tp.t; ++t) shifted_weighted_row(pb, tp, i, t, dst + t * pb.m);
 }
 
 void ctf2_weight_row(const ParticleBatch& pb, size_t i, float* dst) {

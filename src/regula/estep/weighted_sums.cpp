@@ -102,50 +102,94 @@ void accumulate_reference_sums(const ParticleBatch& pb, const TranslationPhases&
   }
 }
 
+namespace {
+
+// One particle's poses as a dense matrix over its distinct translations and references.
+struct LocalWeights {
+  std::vector<uint32_t> t, j;  // distinct translations and references (sorted)
+  std::vector<float> w;        // t.size() x j.size(), row-major
+  std::vector<float> wm;       // j.size(): sums over translations
+  double sum = 0;              // sum of all weights
+};
+
+void local_weights(const SparseWeights& sw, size_t i, detail::DistinctPoses& d, LocalWeights& out) {
+  const std::span<const PoseWeight> e(sw.entry.data() + sw.offset[i], sw.offset[i + 1] - sw.offset[i]);
+  d.build(e, sw.t, sw.j);
+  out.t = d.t;
+  out.j = d.j;
+  const size_t nj = d.j.size();
+  out.w.assign(d.t.size() * nj, 0.0f);
+  out.wm.assign(nj, 0.0f);
+  out.sum = 0;
+  for (const PoseWeight& p : e) {
+    out.w[d.t_slot[p.t] * nj + d.j_slot[p.j]] += p.weight;
+    out.wm[d.j_slot[p.j]] += p.weight;
+    out.sum += p.weight;
+  }
+}
+
+}  // namespace
+
 void accumulate_reference_sums(const ParticleBatch& pb, const TranslationPhases& tp, const SparseWeights& sw,
                                ReferenceSums& acc, ThreadPool& pool) {
   check_sparse(pb, tp, sw);
-  const size_t m = pb.m;
+  const size_t n = pb.n, m = pb.m;
   if (acc.j != sw.j || acc.m != m || acc.data.size() != sw.j * m || acc.weight.size() != sw.j * m)
     runtime_error("estep: reference sums sized ({}, {}), expected ({}, {})", acc.j, acc.m, sw.j, m);
-  // Group entries by reference, in particle order within a reference: fixed summation order.
-  struct Item {
-    uint32_t j, t;
-    size_t i;
-    float w;
-  };
-  std::vector<Item> items;
-  items.reserve(sw.entry.size());
-  for (size_t i = 0; i < sw.n; ++i)
-    for (size_t q = sw.offset[i]; q < sw.offset[i + 1]; ++q) {
-      const PoseWeight& e = sw.entry[q];
-      if (e.weight != 0.0f) items.push_back(Item{e.j, e.t, i, e.weight});
+  set_blas_single_threaded();
+  std::vector<LocalWeights> lw(n);
+  std::vector<detail::DistinctPoses> dp(size_t(pool.size()));
+  pool.parallel_for(0, n, [&](size_t i, int thread) { local_weights(sw, i, dp[size_t(thread)], lw[i]); });
+  // Blocks of particles whose shifted rows fit in about 16 MB; in each block, pixel chunks in
+  // parallel, particles in order inside a chunk: every sum is added in a fixed order.
+  const size_t budget = std::max<size_t>(m, (size_t(16) << 20) / sizeof(cfloat));
+  const size_t cw = 256, nchunk = (m + cw - 1) / cw;
+  std::vector<cfloat> a;
+  std::vector<float> c2w;
+  std::vector<size_t> row0;
+  std::vector<std::vector<float>> tmp(size_t(pool.size()));
+  for (size_t i0 = 0; i0 < n;) {
+    size_t i1 = i0, rows = 0;
+    row0.clear();
+    while (i1 < n && (i1 == i0 || (rows + lw[i1].t.size()) * m <= budget)) {
+      row0.push_back(rows);
+      rows += lw[i1].sum > 0 ? lw[i1].t.size() : 0;
+      ++i1;
     }
-  std::stable_sort(items.begin(), items.end(), [](const Item& x, const Item& y) {
-    return x.j < y.j || (x.j == y.j && (x.i < y.i || (x.i == y.i && x.t < y.t)));
-  });
-  std::vector<size_t> start;
-  for (size_t q = 0; q < items.size(); ++q)
-    if (q == 0 || items[q].j != items[q - 1].j) start.push_back(q);
-  start.push_back(items.size());
-  pool.parallel_for(0, start.size() - 1, [&](size_t g, int) {
-    const size_t j = items[start[g]].j;
-    cdouble* s = acc.data.data() + j * m;
-    double* wsum = acc.weight.data() + j * m;
-    for (size_t q = start[g]; q < start[g + 1]; ++q) {
-      const Item& it = items[q];
-      const double sc = pb.scale_of(it.i);
-      const float* w = pb.inv_sigma2_row(it.i);
-      const cfloat* x = pb.x.data() + it.i * m;
-      const float* c = pb.ctf.data() + it.i * m;
-      const cfloat* ph = tp.phase.data() + size_t(it.t) * m;
-      for (size_t k = 0; k < m; ++k) {
-        const double f = double(it.w) * sc * double(c[k]) * double(w[k]);
-        s[k] += f * cdouble(x[k]) * cdouble(ph[k]);
-        wsum[k] += f * sc * double(c[k]);
+    a.resize(rows * m);
+    c2w.resize((i1 - i0) * m);
+    pool.parallel_for(i0, i1, [&](size_t i, int) {
+      if (!(lw[i].sum > 0)) return;
+      for (size_t u = 0; u < lw[i].t.size(); ++u)
+        detail::shifted_weighted_row(pb, tp, i, lw[i].t[u], a.data() + (row0[i - i0] + u) * m);
+      detail::ctf2_weight_row(pb, i, c2w.data() + (i - i0) * m);
+    });
+    pool.parallel_for(0, nchunk, [&](size_t c, int thread) {
+      const size_t k0 = c * cw, k1 = std::min(m, k0 + cw), w = k1 - k0;
+      std::vector<float>& t = tmp[size_t(thread)];
+      for (size_t i = i0; i < i1; ++i) {
+        const LocalWeights& l = lw[i];
+        if (!(l.sum > 0)) continue;
+        const size_t nt = l.t.size(), nj = l.j.size();
+        t.resize(nj * 2 * w);
+        // S[u, k] = sum_t W[t, u] a[t, k]   (nj x 2w)
+        detail::sgemm(true, false, nj, 2 * w, nt, l.w.data(), nj,
+                      reinterpret_cast<const float*>(a.data() + row0[i - i0] * m) + 2 * k0, 2 * m, 0.0f, t.data(),
+                      2 * w);
+        const float* g = c2w.data() + (i - i0) * m;
+        for (size_t u = 0; u < nj; ++u) {
+          cdouble* sd = acc.data.data() + size_t(l.j[u]) * m;
+          double* wd = acc.weight.data() + size_t(l.j[u]) * m;
+          const double wm = l.wm[u];
+          for (size_t k = 0; k < w; ++k) {
+            sd[k0 + k] += cdouble(t[u * 2 * w + 2 * k], t[u * 2 * w + 2 * k + 1]);
+            wd[k0 + k] += wm * double(g[k0 + k]);
+          }
+        }
       }
-    }
-  });
+    });
+    i0 = i1;
+  }
 }
 
 void compute_particle_sums(const ParticleBatch& pb, const TranslationPhases& tp, const ReferenceSlices& refs,
@@ -215,6 +259,7 @@ void compute_particle_sums(const ParticleBatch& pb, const TranslationPhases& tp,
   refs.validate(pb.m);
   check_sparse(pb, tp, sw);
   if (sw.j != refs.j) runtime_error("estep: sparse weights for J = {}, references J = {}", sw.j, refs.j);
+  set_blas_single_threaded();
   const size_t n = pb.n, m = pb.m;
   out.n = n;
   out.m = m;
@@ -222,26 +267,48 @@ void compute_particle_sums(const ParticleBatch& pb, const TranslationPhases& tp,
   out.xa.assign(n * m, 0.0);
   out.aa.assign(n * m, 0.0);
   out.sum_weight.assign(n, 0.0);
-  pool.parallel_for(0, n, [&](size_t i, int) {
-    const double sc = pb.scale_of(i);
+  struct Scratch {
+    detail::DistinctPoses d;
+    LocalWeights l;
+    std::vector<float> r, r2, q, g;
+  };
+  std::vector<Scratch> scratch(size_t(pool.size()));
+  pool.parallel_for(0, n, [&](size_t i, int thread) {
+    Scratch& s = scratch[size_t(thread)];
+    local_weights(sw, i, s.d, s.l);
+    out.sum_weight[i] = s.l.sum;
+    if (!(s.l.sum > 0)) return;
+    const size_t nt = s.l.t.size(), nj = s.l.j.size();
+    // The particle's references, complex interleaved rows and |P|^2 rows.
+    s.r.resize(nj * 2 * m);
+    s.r2.resize(nj * m);
+    for (size_t u = 0; u < nj; ++u) {
+      const cfloat* src = refs.p.data() + size_t(s.l.j[u]) * m;
+      std::copy(reinterpret_cast<const float*>(src), reinterpret_cast<const float*>(src + m), s.r.data() + u * 2 * m);
+      for (size_t k = 0; k < m; ++k) s.r2[u * m + k] = std::norm(src[k]);
+    }
+    s.q.resize(nt * 2 * m);
+    s.g.resize(m);
+    // Q[t, k] = sum_j W[t, j] P_j(k) (complex),  G[k] = sum_j (sum_t W[t, j]) |P_j(k)|^2
+    detail::sgemm(false, false, nt, 2 * m, nj, s.l.w.data(), nj, s.r.data(), 2 * m, 0.0f, s.q.data(), 2 * m);
+    detail::sgemm(false, false, 1, m, nj, s.l.wm.data(), nj, s.r2.data(), m, 0.0f, s.g.data(), m);
+    const double sc = pb.scale_of(i), sw_i = s.l.sum;
     const cfloat* x = pb.x.data() + i * m;
     const float* c = pb.ctf.data() + i * m;
-    double* d2 = out.diff2.data() + i * m;
-    double* xa = out.xa.data() + i * m;
-    double* aa = out.aa.data() + i * m;
-    for (size_t q = sw.offset[i]; q < sw.offset[i + 1]; ++q) {
-      const PoseWeight& e = sw.entry[q];
-      const double w = e.weight;
-      out.sum_weight[i] += w;
-      const cfloat* ph = tp.phase.data() + size_t(e.t) * m;
-      const cfloat* pj = refs.p.data() + size_t(e.j) * m;
-      for (size_t k = 0; k < m; ++k) {
-        const cdouble xt = cdouble(x[k]) * cdouble(ph[k]);
-        const cdouble cp = sc * double(c[k]) * cdouble(pj[k]);
-        d2[k] += w * std::norm(xt - cp);
-        xa[k] += w * (std::conj(xt) * cp).real();
-        aa[k] += w * std::norm(cp);
+    for (size_t k = 0; k < m; ++k) {
+      // Y = sum_t conj(phase_t) Q_t ; sum_{t,j} w Re(conj(X phase_t) C P_j) = C Re(conj(X) Y)
+      cdouble y(0, 0);
+      for (size_t u = 0; u < nt; ++u) {
+        const float* qr = s.q.data() + (u * m + k) * 2;
+        y += std::conj(cdouble(tp.phase[size_t(s.l.t[u]) * m + k])) * cdouble(qr[0], qr[1]);
       }
+      const double sck = sc * double(c[k]);
+      const cdouble xk(x[k]);
+      const double xa = sck * (std::conj(xk) * y).real();
+      const double aa = sck * sck * double(s.g[k]);
+      out.xa[i * m + k] = xa;
+      out.aa[i * m + k] = aa;
+      out.diff2[i * m + k] = std::norm(xk) * sw_i - 2.0 * xa + aa;
     }
   });
 }

@@ -10,9 +10,11 @@
 //                   xa_i(k)    = sum_{t,j} w_itj Re(conj(X_i^t(k)) s_i C_i(k) P_j(k)) (scale corr.)
 //                   aa_i(k)    = sum_{t,j} w_itj |s_i C_i(k) P_j(k)|^2                (scale corr.)
 //     per selected pixel; the caller bins them by resolution shell / optics group.
-// Dense kernels use SGEMM with double accumulation across particle blocks; sparse kernels take the
-// significant poses only and compute directly in double. All are deterministic for any thread
-// count (reductions in a fixed order).
+// Dense kernels use SGEMM with double accumulation across particle blocks. Sparse kernels take
+// per-particle pose lists (the significant poses of a pass) and do one small SGEMM per particle,
+// dense over that particle's distinct translations and references (weights 0 where it has no
+// pose), accumulated in double across particles in particle order. All are deterministic for any
+// thread count (reductions in a fixed order).
 #pragma once
 #include <complex>
 #include <cstddef>

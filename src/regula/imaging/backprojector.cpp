@@ -284,7 +284,6 @@ void BackProjector::insert(const Grid<cfloat>& img, const Grid<float>& wimg, con
 void BackProjector::insert_pixels(std::span<const float> kx, std::span<const float> ky, const float* v,
                                   const float* wt, const Mat3& A) {
   assert(!hermitian_done_ && "insert_pixels() after symmetrise()");
-  if (data_.dim != 3) runtime_error("backprojector: insert_pixels needs a 3D accumulator");
   const double p = pad_;
   const double m00 = p * A[0][0], m01 = p * A[1][0];
   const double m10 = p * A[0][1], m11 = p * A[1][1];
@@ -306,8 +305,19 @@ void BackProjector::insert_pixels(std::span<const float> kx, std::span<const flo
       pz = -pz;
       val = std::conj(val);
     }
-    const int x0 = int(std::floor(px)), y0 = int(std::floor(py)), z0 = int(std::floor(pz));
-    const float fx = float(px - x0), fy = float(py - y0), fz = float(pz - z0);
+    const int x0 = int(std::floor(px)), y0 = int(std::floor(py));
+    const float fx = float(px - x0), fy = float(py - y0);
+    if (data_.dim == 2) {  // the same bilinear spreading as insert()
+      const size_t i0 = data_.index(x0, y0, 0);
+      const float c[4] = {(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy};
+      for (int k = 0; k < 4; ++k) {
+        d[i0 + off[k]] += c[k] * val;
+        w[i0 + off[k]] += c[k] * wt[q];
+      }
+      continue;
+    }
+    const int z0 = int(std::floor(pz));
+    const float fz = float(pz - z0);
     const size_t i0 = data_.index(x0, y0, z0);
     const float gx[2] = {1 - fx, fx}, gy[2] = {1 - fy, fy}, gz[2] = {1 - fz, fz};
     for (int k = 0; k < 8; ++k) {
@@ -389,13 +399,20 @@ void BackProjector::join_below(BackProjector& o, double max_shell) {
       }
 }
 
-void BackProjector::add(const BackProjector& o) {
+void BackProjector::add(const BackProjector& o, float factor) {
   if (o.n_ != n_ || o.pad_ != pad_ || o.r_max_ != r_max_ || o.data_.dim != data_.dim)
     runtime_error("backprojector: cannot add accumulators of different geometry");
   assert(o.hermitian_done_ == hermitian_done_);
+  if (factor == 1.0f) {
+    for (size_t i = 0; i < weight_.size(); ++i) {
+      data_.data[i] += o.data_.data[i];
+      weight_[i] += o.weight_[i];
+    }
+    return;
+  }
   for (size_t i = 0; i < weight_.size(); ++i) {
-    data_.data[i] += o.data_.data[i];
-    weight_[i] += o.weight_[i];
+    data_.data[i] += factor * o.data_.data[i];
+    weight_[i] += factor * o.weight_[i];
   }
 }
 

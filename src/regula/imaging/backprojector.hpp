@@ -93,14 +93,16 @@ class BackProjector {
   // the image by the CTF (and 1/sigma2) beforehand.
   void insert(const Grid<cfloat>& image_half, const Grid<float>& weight_half, const Mat3& A);
 
-  // Adds a slice given at a list of pixels (kx, ky in Fourier pixels of the box, the
-  // non-redundant half plane: kx > 0, or kx == 0 and ky > 0): complex values interleaved
-  // (re, im) and weights, at orientation A (as insert()). Pixels beyond r_max are skipped.
+  // Adds a slice (3D) or rotated image (2D) given at a list of pixels (kx, ky in Fourier pixels
+  // of the box, the non-redundant half plane: kx > 0, or kx == 0 and ky > 0): complex values
+  // interleaved (re, im) and weights, at orientation A (as insert(), the same linear spreading).
+  // Pixels beyond r_max are skipped.
   void insert_pixels(std::span<const float> kx, std::span<const float> ky, const float* data_interleaved,
                      const float* weight, const Mat3& A);
 
-  // Adds another accumulator of the same geometry (deterministic reduction).
-  void add(const BackProjector& other);
+  // Adds `factor` times another accumulator of the same geometry (deterministic reduction;
+  // factor -1 removes a part that was added before).
+  void add(const BackProjector& other, float factor = 1.0f);
 
   // Gold-standard helpers for two independent accumulators of the same geometry (3D):
   // FSC per shell 0..n/2 between the unregularised ratios data/weight of this and `other`, with

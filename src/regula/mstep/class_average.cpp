@@ -37,45 +37,63 @@ FourierPixels select_fourier_pixels(int n, int r_max) {
   return p;
 }
 
-ClassAverage reconstruct_class_2d(const FourierPixels& pixels, std::span<const double> psi_deg,
-                                  std::span<const std::complex<double>> data, std::span<const double> weight,
-                                  const ClassAverageOptions& opt) {
-  const int n = pixels.n;
+BackProjector class_accumulator(int n, int r_max, int padding) {
+  return BackProjector(n, padding, std::min(n / 2, r_max + 1), 2);
+}
+
+void insert_class_sums(BackProjector& acc, const FourierPixels& pixels, double psi_deg,
+                       const std::complex<double>* data, const double* weight) {
   const size_t m = pixels.size();
-  if (data.size() != psi_deg.size() * m || weight.size() != psi_deg.size() * m)
-    runtime_error("reconstruct_class_2d: {} angles x {} pixels but {} data and {} weights", psi_deg.size(), m,
-                  data.size(), weight.size());
-  const int r_lat = std::min(n / 2, opt.r_max + 1);
-  BackProjector bp(n, opt.padding, r_lat, 2);
-  Grid<cfloat> img(n / 2 + 1, n);
-  Grid<float> w(n / 2 + 1, n);
-  for (size_t p = 0; p < psi_deg.size(); ++p) {
-    img.fill(cfloat(0, 0));
-    w.fill(0.0f);
-    bool any = false;
-    for (size_t k = 0; k < m; ++k) {
-      double wk = weight[p * m + k];
-      if (wk == 0) continue;
-      any = true;
-      img[pixels.index[k]] = cfloat(data[p * m + k]);
-      w[pixels.index[k]] = float(wk);
-    }
-    if (any) bp.insert(img, w, euler_to_matrix(0, 0, psi_deg[p]));
+  std::vector<float> kx, ky, d, w;
+  kx.reserve(m);
+  ky.reserve(m);
+  d.reserve(2 * m);
+  w.reserve(m);
+  for (size_t k = 0; k < m; ++k) {
+    if (weight[k] == 0 && data[k] == std::complex<double>(0, 0)) continue;
+    kx.push_back(float(pixels.kx[k]));
+    ky.push_back(float(pixels.ky[k]));
+    d.push_back(float(data[k].real()));
+    d.push_back(float(data[k].imag()));
+    w.push_back(float(weight[k]));
   }
+  if (kx.empty()) return;
+  acc.insert_pixels(kx, ky, d.data(), w.data(), euler_to_matrix(0, 0, psi_deg));
+}
+
+ClassAverage reconstruct_class_2d(const BackProjector& acc, const ClassAverageOptions& opt) {
+  const int n = acc.size();
+  const int r_lat = std::min(n / 2, opt.r_max + 1);
+  if (acc.dim() != 2 || acc.r_max() != r_lat || acc.padding() != opt.padding)
+    runtime_error("reconstruct_class_2d: accumulator (dim {}, r_max {}, padding {}) does not match r_max {} + 1 "
+                  "and padding {}", acc.dim(), acc.r_max(), acc.padding(), opt.r_max, opt.padding);
   ReconstructOptions ro;
   ro.tau2 = opt.tau2;
   ro.tau2_fudge = opt.tau2_fudge;
   ro.iterative_gridding = opt.iterative_gridding;
   ro.max_frequency = r_lat;
   ClassAverage out;
-  out.image = bp.reconstruct(ro);
+  out.image = acc.reconstruct(ro);
   out.ssnr.assign(size_t(n / 2 + 1), 0.0);
   if (!opt.tau2.empty()) {
-    std::vector<double> mw = bp.mean_weight_per_shell();
+    std::vector<double> mw = acc.mean_weight_per_shell();
     for (size_t s = 0; s < out.ssnr.size() && s < opt.tau2.size() && s < mw.size(); ++s)
       out.ssnr[s] = mw[s] * opt.tau2_fudge * opt.tau2[s];
   }
   return out;
+}
+
+ClassAverage reconstruct_class_2d(const FourierPixels& pixels, std::span<const double> psi_deg,
+                                  std::span<const std::complex<double>> data, std::span<const double> weight,
+                                  const ClassAverageOptions& opt) {
+  const size_t m = pixels.size();
+  if (data.size() != psi_deg.size() * m || weight.size() != psi_deg.size() * m)
+    runtime_error("reconstruct_class_2d: {} angles x {} pixels but {} data and {} weights", psi_deg.size(), m,
+                  data.size(), weight.size());
+  BackProjector acc = class_accumulator(pixels.n, opt.r_max, opt.padding);
+  for (size_t p = 0; p < psi_deg.size(); ++p)
+    insert_class_sums(acc, pixels, psi_deg[p], data.data() + p * m, weight.data() + p * m);
+  return reconstruct_class_2d(acc, opt);
 }
 
 std::array<double, 2> positive_centre_of_mass(const Image& img, double radius_px) {

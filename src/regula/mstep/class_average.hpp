@@ -1,11 +1,11 @@
-// M-step for 2D classes: class averages from the per-rotation weighted sums of the E-step.
+// M-step for 2D classes: class averages from the weighted sums of the E-step.
 //
-// The E-step gives, for one class and each in-plane angle psi_p, sums over particles and
-// translations at a set of half-complex Fourier pixels (docs/estep.md):
+// The E-step gives, for one class and each in-plane angle psi_p it used, sums over particles
+// and translations at a set of half-complex Fourier pixels (docs/estep.md):
 //   data_p(k)   = sum w C X^t / sigma2   (complex),   weight_p(k) = sum w C^2 / sigma2,
 // in the frame of the rotated reference (Projector2D::project_psi(psi_p)). Each pair is
-// inserted once into a 2D BackProjector at A = euler_to_matrix(0, 0, psi_p) (the adjoint of
-// the rotation), and the class is the regularised ratio
+// inserted once into the class's 2D BackProjector at A = euler_to_matrix(0, 0, psi_p) (the
+// adjoint of the rotation; insert_class_sums), and the class is the regularised ratio
 //   A(k) = data(k) / (weight(k) + 1 / (T padding^2 tau2(shell)))
 // (RELION's MAP reconstruction with tau2_fudge T; BackProjector::reconstruct).
 #pragma once
@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "regula/core/grid.hpp"
+#include "regula/imaging/backprojector.hpp"
 
 namespace regula::mstep {
 
@@ -45,7 +46,20 @@ struct ClassAverage {
   std::vector<double> ssnr;    // per shell 0..n/2: mean data weight / prior weight (0 without tau2)
 };
 
-// psi_deg: P angles; data, weight: P * pixels.size() values (rotation p's row at p * m).
+// The accumulator of one class for sums at shells up to r_max (a 2D BackProjector whose lattice
+// reaches shell r_max + 1, as reconstruct_class_2d expects).
+BackProjector class_accumulator(int n, int r_max, int padding = 2);
+
+// Inserts the sums of one in-plane angle (psi_deg, degrees): data and weight at the m pixels of
+// `pixels` (rows of m values). Rows whose weights are all 0 are skipped.
+void insert_class_sums(BackProjector& acc, const FourierPixels& pixels, double psi_deg,
+                       const std::complex<double>* data, const double* weight);
+
+// The class average of an accumulator (class_accumulator geometry, opt.r_max its r_max).
+ClassAverage reconstruct_class_2d(const BackProjector& acc, const ClassAverageOptions& opt);
+
+// The same from rows: psi_deg P angles; data, weight P * pixels.size() values (rotation p's row
+// at p * m).
 ClassAverage reconstruct_class_2d(const FourierPixels& pixels, std::span<const double> psi_deg,
                                   std::span<const std::complex<double>> data, std::span<const double> weight,
                                   const ClassAverageOptions& opt);
