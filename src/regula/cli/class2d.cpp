@@ -23,6 +23,9 @@ void add_class2d(CLI::App& app) {
   s->add_option("--psi_step", opt->psi_step, "In-plane angular step, degrees")->capture_default_str();
   s->add_option("--offset_range", opt->offset_range, "Translation search range, pixels")->capture_default_str();
   s->add_option("--offset_step", opt->offset_step, "Translation step, pixels")->capture_default_str();
+  s->add_option("--oversampling", opt->oversampling,
+                "Adaptive oversampling order o: the significant coarse poses are refined on a grid 2^o times finer in "
+                "psi and in x and y (0: coarse pass only)")->capture_default_str();
   s->add_option("--j", opt->threads, "Threads (results do not depend on it)")->capture_default_str();
   s->add_option("--seed,--random_seed", opt->seed, "Random seed (initial classes)")->capture_default_str();
   s->add_option("--continue", opt->continue_from, "Continue from ROOT_itNNN_optimiser.star (options are read from it; "
@@ -40,13 +43,11 @@ void add_class2d(CLI::App& app) {
   s->add_option("--batch", opt->batch_size, "Particles per E-step batch (memory grows with it)")->capture_default_str();
   // Accepted so that RELION command lines paste; they have no effect here.
   auto pool = std::make_shared<int>(0);
-  auto oversampling = std::make_shared<int>(1);
   s->add_option("--pool", *pool, "Ignored (RELION compatibility)");
-  s->add_option("--oversampling", *oversampling, "Ignored (RELION compatibility; Regula does the coarse pass only)");
   s->add_flag("--dont_combine_weights_via_disc")->description("Ignored (RELION compatibility)");
   s->add_flag("--dont_check_norm")->description("Ignored (RELION compatibility)");
   // The ignored values must live as long as the parser writes them.
-  s->callback([opt, pool, oversampling] { run_class2d(*opt); });
+  s->callback([opt, pool] { run_class2d(*opt); });
 }
 
 }  // namespace regula::cli

@@ -18,6 +18,7 @@
 #include "regula/core/random.hpp"
 #include "regula/estep/posteriors.hpp"
 #include "regula/estep/scores.hpp"
+#include "regula/estep/sparse_scores.hpp"
 #include "regula/estep/weighted_sums.hpp"
 #include "regula/imaging/backprojector.hpp"
 #include "regula/imaging/ctf.hpp"
@@ -53,6 +54,8 @@ std::string Class2DOptions::validate() const {
   if (reseed_until < 0) return fmt::format("--reseed_until: must be >= 0 (got {})", reseed_until);
   if (batch_size < 1) return fmt::format("batch size must be at least 1 (got {})", batch_size);
   if (mask_edge < 0) return fmt::format("mask edge must be >= 0 px (got {})", mask_edge);
+  if (oversampling < 0 || oversampling > 3)
+    return fmt::format("--oversampling: must be 0 (coarse pass only), 1, 2 or 3 (got {})", oversampling);
   return "";
 }
 
@@ -73,6 +76,54 @@ struct Batch {
   std::vector<double> power;     // count * (n/2+1): sum of |X|^2 per shell over all non-redundant pixels
 };
 
+// The poses of one pass: in-plane angles (degrees) and translations (px). Reference j of the pass
+// is class j / psi.size() at angle psi[j % psi.size()].
+struct Sampling {
+  std::vector<double> psi;
+  std::vector<std::array<double, 2>> trans;
+};
+
+// What every batch of an iteration shares.
+struct IterationData {
+  int r = 0;                              // frequency limit, shells
+  FourierPixels px;                       // the pixels up to r
+  std::vector<Projector2D> proj;          // per class
+  std::vector<std::vector<double>> tau2;  // per class, shells 0..n/2
+  std::vector<cfloat> refs;               // coarse references, (k * P + p) * m
+  std::vector<cfloat> phase, phase_fine;  // coarse and fine translations, t * m
+  std::vector<float> inv_sigma2;          // per optics group, g * m
+  std::vector<double> log_prior_j;        // coarse references: log class fraction
+  bool split = false;                     // keep the sums of a random half (class re-seeding)
+};
+
+// Sums over the batches of one chunk (added in chunk order: independent of --j and of MPI).
+struct ChunkSums {
+  std::vector<BackProjector> acc, acc_half;  // per class
+  std::vector<std::vector<double>> wdiff2, wcount;  // per optics group and shell
+  std::vector<double> wclass;
+  double loglik = 0, pmax = 0;
+  void reset(size_t K, int n, int r, bool split, size_t groups, size_t shells) {
+    acc.assign(K, mstep::class_accumulator(n, r));
+    acc_half.assign(split ? K : 0, mstep::class_accumulator(n, r));
+    wdiff2.assign(groups, std::vector<double>(shells, 0.0));
+    wcount = wdiff2;
+    wclass.assign(K, 0.0);
+    loglik = pmax = 0;
+  }
+};
+
+// Buffers reused from batch to batch.
+struct BatchWork {
+  Batch b;
+  estep::Scores scores;
+  estep::Posteriors post;
+  estep::PosePosteriors fine;
+  estep::ParticleSums psums;
+  std::vector<float> fine_scores;
+  std::vector<cfloat> fine_refs;
+  estep::ReferenceSums sums;
+};
+
 class Job {
  public:
   explicit Job(const Class2DOptions& opt) : opt_(opt), pool_(opt.threads) {}
@@ -83,6 +134,16 @@ class Job {
   void load_batch(size_t first, size_t count, const FourierPixels& px, Batch& b);
   void initialise();
   IterationReport iterate();
+  IterationData prepare_iteration();
+  void process_batch(size_t first, size_t count, const IterationData& it, BatchWork& w, ChunkSums& ch,
+                     IterationReport& rep, std::vector<double>& new_scale);
+  void add_class_sums(const estep::ParticleBatch& pb, const estep::TranslationPhases& tp,
+                      const estep::SparseWeights& sw, std::span<const uint32_t> global_j, const Sampling& s,
+                      const FourierPixels& px, estep::ReferenceSums& sums, std::vector<BackProjector>& acc);
+  void share_chunk(size_t c, size_t nbatch, ChunkSums& ch, IterationReport& rep, std::vector<double>& new_scale);
+  std::vector<mstep::ClassAverage> maximise(const IterationData& it, const std::vector<BackProjector>& acc,
+                                            const std::vector<BackProjector>& acc_half, std::vector<double>& wclass);
+  mstep::ClassAverage class_average(const IterationData& it, const BackProjector& acc, size_t k) const;
   std::vector<double> tau2_of(const Image& cls) const;
   int resolution_shell(const std::vector<double>& ssnr) const;
   double shell_to_A(double s) const { return s > 0 ? double(n_) * angpix_ / s : 999.0; }
@@ -91,6 +152,7 @@ class Job {
     auto rng = make_rng(opt_.seed, p, 0x53504c54);  // "SPLT"
     return uniform01(rng) < 0.5;
   }
+  size_t chunk_of_batches(size_t nbatch) const { return std::min<size_t>(4, nbatch); }
 
   Class2DOptions opt_;
   ThreadPool pool_;
@@ -99,14 +161,37 @@ class Job {
   std::unique_ptr<ParticleImages> images_;
   int n_ = 0, groups_ = 1, r_ini_ = 1;
   double angpix_ = 0, mask_radius_ = 0;
-  std::vector<double> psi_;
-  std::vector<std::array<double, 2>> trans_;
+  Sampling coarse_, fine_;            // fine_ == coarse_ without oversampling
+  size_t t_children_ = 1, j_children_ = 1;  // fine poses per coarse translation / in-plane angle
   std::vector<double> origin_x_, origin_y_;  // input origins, Å (the centre of the translation search)
   FourierPixels all_px_;
   std::vector<double> all_counts_;
   State st_;
   std::vector<double> posterior_sum_;
+  double fine_flops_ = 0;            // flops of the last iteration's fine pass
 };
+
+// The oversampled grid of RELION's adaptive oversampling (HealpixSampling, order o): each coarse
+// angle psi has 2^o children psi - step/2 + (b + 1/2) step / 2^o, each coarse translation (x, y)
+// 4^o children on the same rule per axis (x index major). Fine angles are kept in (-180, 180].
+Sampling oversample(const Sampling& coarse, double psi_step, double offset_step, int order) {
+  if (order == 0) return coarse;
+  const int c = 1 << order;
+  Sampling f;
+  for (double psi : coarse.psi)
+    for (int b = 0; b < c; ++b) {
+      double a = psi - 0.5 * psi_step + (0.5 + b) * psi_step / c;
+      if (a > 180) a -= 360;
+      if (a <= -180) a += 360;
+      f.psi.push_back(a);
+    }
+  for (const auto& t : coarse.trans)
+    for (int ax = 0; ax < c; ++ax)
+      for (int ay = 0; ay < c; ++ay)
+        f.trans.push_back({t[0] - 0.5 * offset_step + (0.5 + ax) * offset_step / c,
+                           t[1] - 0.5 * offset_step + (0.5 + ay) * offset_step / c});
+  return f;
+}
 
 void Job::setup() {
   ParticleReadOptions ro;
@@ -140,8 +225,11 @@ void Job::setup() {
   double radius_px = opt_.particle_diameter > 0 ? opt_.particle_diameter / (2 * angpix_)
                                                  : n_ / 2.0 - opt_.mask_edge;
   mask_radius_ = std::clamp(radius_px, 1.0, n_ / 2.0);
-  psi_ = psi_angles(opt_.psi_step);
-  trans_ = translations(opt_.offset_range, opt_.offset_step);
+  coarse_.psi = psi_angles(opt_.psi_step);
+  coarse_.trans = translations(opt_.offset_range, opt_.offset_step);
+  fine_ = oversample(coarse_, 360.0 / double(coarse_.psi.size()), opt_.offset_step, opt_.oversampling);
+  j_children_ = fine_.psi.size() / coarse_.psi.size();
+  t_children_ = fine_.trans.size() / coarse_.trans.size();
   origin_x_ = table_.origin_x;
   origin_y_ = table_.origin_y;
   all_px_ = mstep::select_fourier_pixels(n_, n_ / 2);
@@ -198,16 +286,16 @@ std::vector<cfloat> translation_phases(const std::vector<std::array<double, 2>>&
 // Iteration 0: classes = CTF-corrected averages of random subsets, each particle with a random
 // psi (seeded per particle); sigma2 = half the mean power per shell of the particles.
 void Job::initialise() {
-  const size_t N = table_.size(), K = size_t(opt_.classes), P = psi_.size(), J = K * P;
+  const size_t N = table_.size(), K = size_t(opt_.classes), P = coarse_.psi.size(), J = K * P;
   const size_t hs = size_t(n_ / 2 + 1);
   FourierPixels px = mstep::select_fourier_pixels(n_, r_ini_);
   const size_t m = px.size();
-  std::vector<std::array<double, 2>> zero{{0.0, 0.0}};
-  std::vector<cfloat> ph = translation_phases(zero, px);
+  const Sampling at_origin{coarse_.psi, {{0.0, 0.0}}};
+  std::vector<cfloat> ph = translation_phases(at_origin.trans, px);
   estep::TranslationPhases tp{1, m, ph};
   std::vector<float> ones(m, 1.0f);
-  estep::ReferenceSums acc;
-  acc.reset(J, m);
+  std::vector<BackProjector> acc(K, mstep::class_accumulator(n_, r_ini_));
+  estep::ReferenceSums sums;
   std::vector<std::vector<double>> pw(size_t(groups_), std::vector<double>(hs, 0.0)), cnt = pw;
   Progress prog("initial classes", double(N));
   Batch b;
@@ -237,7 +325,7 @@ void Job::initialise() {
     pb.x = b.x;
     pb.ctf = b.ctf;
     pb.inv_sigma2 = ones;
-    estep::accumulate_reference_sums(pb, tp, sw, acc, pool_);
+    add_class_sums(pb, tp, sw, {}, at_origin, px, sums, acc);
     prog.advance(double(count));
   }
   prog.finish();
@@ -253,13 +341,12 @@ void Job::initialise() {
   // the first E-step is overconfident (measured: <Pmax> 0.7 in iteration 1 on the ribosome bench).
   std::vector<double> tau2_ini;
   {
-    std::vector<double> psi_all;
-    for (size_t k = 0; k < K; ++k) psi_all.insert(psi_all.end(), psi_.begin(), psi_.end());
+    BackProjector all = mstep::class_accumulator(n_, r_ini_);
+    for (const BackProjector& a : acc) all.add(a);
     mstep::ClassAverageOptions co;
     co.r_max = r_ini_;
     co.iterative_gridding = false;
-    Image all = mstep::reconstruct_class_2d(px, psi_all, acc.data, acc.weight, co).image;
-    tau2_ini = tau2_of(all);
+    tau2_ini = tau2_of(mstep::reconstruct_class_2d(all, co).image);
   }
   st_.classes.assign(K, Image());
   pool_.parallel_for(0, K, [&](size_t k, int) {
@@ -267,14 +354,43 @@ void Job::initialise() {
     co.r_max = r_ini_;
     co.tau2 = tau2_ini;
     co.tau2_fudge = opt_.tau2_fudge;
-    std::span<const std::complex<double>> d(acc.data.data() + k * P * m, P * m);
-    std::span<const double> w(acc.weight.data() + k * P * m, P * m);
-    Image img = mstep::reconstruct_class_2d(px, psi_, d, w, co).image;
+    Image img = mstep::reconstruct_class_2d(acc[k], co).image;
     if (opt_.flatten_solvent) apply_spherical_mask(img, mask_radius_, opt_.mask_edge, MaskFill::Zero);
     st_.classes[k] = std::move(img);
   });
   st_.fraction.assign(K, 1.0 / double(K));
   st_.scale.assign(N, 1.0);
+}
+
+// Adds the weighted sums of the poses `sw` to the class accumulators: reference j of `sw` is
+// reference global_j[j] of sampling `s` (global_j empty: j itself). Only references that carry
+// weight get sums; they are inserted per class in increasing reference order.
+void Job::add_class_sums(const estep::ParticleBatch& pb, const estep::TranslationPhases& tp,
+                         const estep::SparseWeights& sw, std::span<const uint32_t> global_j, const Sampling& s,
+                         const FourierPixels& px, estep::ReferenceSums& sums, std::vector<BackProjector>& acc) {
+  estep::SparseWeights local = sw;
+  std::vector<uint32_t> slot(sw.j, 0), used;
+  for (const estep::PoseWeight& e : local.entry)
+    if (e.weight != 0.0f) slot[e.j] = 1;
+  for (size_t v = 0; v < sw.j; ++v)
+    if (slot[v]) {
+      slot[v] = uint32_t(used.size());
+      used.push_back(uint32_t(v));
+    }
+  if (used.empty()) return;
+  for (estep::PoseWeight& e : local.entry) e.j = e.weight != 0.0f ? slot[e.j] : 0;
+  local.j = used.size();
+  const size_t m = px.size(), P = s.psi.size();
+  sums.reset(used.size(), m);
+  estep::accumulate_reference_sums(pb, tp, local, sums, pool_);
+  auto global = [&](uint32_t j) { return global_j.empty() ? j : global_j[j]; };
+  std::vector<std::vector<size_t>> rows(acc.size());
+  for (size_t u = 0; u < used.size(); ++u) rows[global(used[u]) / P].push_back(u);
+  pool_.parallel_for(0, acc.size(), [&](size_t k, int) {
+    for (size_t u : rows[k])
+      mstep::insert_class_sums(acc[k], px, s.psi[global(used[u]) % P], sums.data.data() + u * m,
+                               sums.weight.data() + u * m);
+  });
 }
 
 std::vector<double> Job::tau2_of(const Image& cls) const {
@@ -306,7 +422,7 @@ double Job::rotational_correlation(const Image& a, const Image& b, int r) const 
   Grid<cfloat> B = fourier_centred(b), out;
   Projector2D proj(a, 2, std::min(n_ / 2, r + 1));
   double best = -1;
-  for (double psi : psi_) {
+  for (double psi : coarse_.psi) {
     proj.project_psi(psi, out);
     double num = 0, na = 0, nb = 0;
     for (size_t q = 0; q < px.size(); ++q) {
@@ -320,49 +436,254 @@ double Job::rotational_correlation(const Image& a, const Image& b, int r) const 
   return best;
 }
 
-IterationReport Job::iterate() {
-  const size_t N = table_.size(), K = size_t(opt_.classes), P = psi_.size(), J = K * P, T = trans_.size();
-  const size_t hs = size_t(n_ / 2 + 1);
-  const int r = st_.current_shells;
-  FourierPixels px = mstep::select_fourier_pixels(n_, r);
-  const size_t m = px.size();
-  IterationReport rep;
-  rep.used_shells = r;
-
-  // References: every class rotated by every psi, j = k * P + p.
-  std::vector<cfloat> refs(J * m);
-  std::vector<std::vector<double>> tau2(K);
+IterationData Job::prepare_iteration() {
+  const size_t K = size_t(opt_.classes), P = coarse_.psi.size();
+  IterationData it;
+  it.r = st_.current_shells;
+  it.px = mstep::select_fourier_pixels(n_, it.r);
+  const size_t m = it.px.size();
+  // References: every class rotated by every coarse psi, j = k * P + p.
+  it.refs.resize(K * P * m);
+  it.tau2.resize(K);
+  it.proj.resize(K);
   pool_.parallel_for(0, K, [&](size_t k, int) {
-    tau2[k] = tau2_of(st_.classes[k]);
-    Projector2D proj(st_.classes[k], 2, std::min(n_ / 2, r + 1));
+    it.tau2[k] = tau2_of(st_.classes[k]);
+    it.proj[k] = Projector2D(st_.classes[k], 2, std::min(n_ / 2, it.r + 1));
     Grid<cfloat> out;
     for (size_t p = 0; p < P; ++p) {
-      proj.project_psi(psi_[p], out);
-      cfloat* dst = refs.data() + (k * P + p) * m;
-      for (size_t q = 0; q < m; ++q) dst[q] = out[px.index[q]];
+      it.proj[k].project_psi(coarse_.psi[p], out);
+      cfloat* dst = it.refs.data() + (k * P + p) * m;
+      for (size_t q = 0; q < m; ++q) dst[q] = out[it.px.index[q]];
     }
   });
-  std::vector<cfloat> ph = translation_phases(trans_, px);
-  estep::TranslationPhases tp{T, m, ph};
-  estep::ReferenceSlices rs{J, m, refs};
-  std::vector<float> inv_sigma2(size_t(groups_) * m);
+  it.phase = translation_phases(coarse_.trans, it.px);
+  if (opt_.oversampling > 0) it.phase_fine = translation_phases(fine_.trans, it.px);
+  it.inv_sigma2.resize(size_t(groups_) * m);
   for (size_t g = 0; g < size_t(groups_); ++g)
     for (size_t q = 0; q < m; ++q) {
-      double s2 = st_.sigma2[g][size_t(px.shell[q])];
-      inv_sigma2[g * m + q] = s2 > 0 ? float(1.0 / s2) : 0.0f;
+      const double s2 = st_.sigma2[g][size_t(it.px.shell[q])];
+      it.inv_sigma2[g * m + q] = s2 > 0 ? float(1.0 / s2) : 0.0f;
     }
-  std::vector<uint32_t> class_of(J);
-  for (size_t j = 0; j < J; ++j) class_of[j] = uint32_t(j / P);
-  std::vector<double> log_prior_j = estep::class_log_prior(st_.fraction, class_of);
-
-  estep::ReferenceSums acc, acc_half;
-  acc.reset(J, m);
+  std::vector<uint32_t> class_of(K * P);
+  for (size_t j = 0; j < K * P; ++j) class_of[j] = uint32_t(j / P);
+  it.log_prior_j = estep::class_log_prior(st_.fraction, class_of);
   // Classes may be re-seeded in the first iterations (cryoSPARC-like): an (almost) empty class, or
   // one of two classes showing the same view, takes half of the largest class.
-  const bool split_allowed = K > 2 && st_.iteration + 1 <= opt_.reseed_until;
-  if (split_allowed) acc_half.reset(J, m);
-  std::vector<std::vector<double>> wdiff2(size_t(groups_), std::vector<double>(hs, 0.0)), wcount = wdiff2;
-  std::vector<double> wclass(K, 0.0), new_scale(N, 1.0);
+  it.split = K > 2 && st_.iteration + 1 <= opt_.reseed_until;
+  return it;
+}
+
+// E-step of one batch: the coarse pass over every (class, psi, translation), then (with
+// oversampling) the finer pass over the children of each particle's significant coarse poses;
+// the weights of the last pass go into the chunk's class sums, noise and scale statistics.
+void Job::process_batch(size_t first, size_t count, const IterationData& it, BatchWork& w, ChunkSums& ch,
+                        IterationReport& rep, std::vector<double>& new_scale) {
+  const size_t P = coarse_.psi.size(), J = size_t(opt_.classes) * P, T = coarse_.trans.size();
+  const size_t hs = size_t(n_ / 2 + 1);
+  const FourierPixels& px = it.px;
+  const size_t m = px.size();
+  Batch& b = w.b;
+  load_batch(first, count, px, b);
+  estep::ParticleBatch pb;
+  pb.n = count;
+  pb.m = m;
+  pb.x = b.x;
+  pb.ctf = b.ctf;
+  pb.inv_sigma2 = it.inv_sigma2;
+  pb.noise_row = b.group;
+  pb.scale = b.scale;
+  const estep::TranslationPhases tp{T, m, it.phase};
+  const estep::ReferenceSlices rs{J, m, it.refs};
+  estep::compute_scores(pb, tp, rs, w.scores, pool_);
+  const estep::ParticleConstants pc = estep::particle_constants(pb);
+  std::vector<double> log_constant(count);
+  for (size_t i = 0; i < count; ++i) log_constant[i] = -pc.half_x2[i] - pc.log_norm[i];
+  estep::PosteriorOptions popt;
+  popt.keep_significant = true;
+  estep::LogPriors priors;
+  priors.reference = it.log_prior_j;
+  estep::compute_posteriors(w.scores, priors, log_constant, w.post, pool_, popt);
+  for (size_t i = 0; i < count; ++i) {
+    const float* wrow = w.post.weight.data() + i * T * J;
+    posterior_sum_[first + i] = std::accumulate(wrow, wrow + T * J, 0.0);
+  }
+
+  // The pass whose weights make the M-step: the finer one, or the coarse one without oversampling.
+  const estep::SparseWeights* sw = &w.post.significant;
+  const std::vector<estep::ParticlePosterior>* stats = &w.post.particle;
+  estep::TranslationPhases tpf = tp;
+  estep::ReferenceSlices rsf = rs;
+  std::vector<uint32_t> global_j;  // reference of the pass -> reference of fine_ (empty: the same)
+  const size_t Pf = fine_.psi.size();
+  if (opt_.oversampling > 0) {
+    estep::PoseList poses = estep::oversampled_poses(w.post.significant, t_children_, j_children_);
+    global_j = estep::compact_references(poses);
+    const size_t Jf = global_j.size();
+    w.fine_refs.resize(Jf * m);
+    std::vector<Grid<cfloat>> out(size_t(pool_.size()));
+    pool_.parallel_for(0, Jf, [&](size_t u, int thread) {
+      Grid<cfloat>& o = out[size_t(thread)];
+      it.proj[global_j[u] / Pf].project_psi(fine_.psi[global_j[u] % Pf], o);
+      for (size_t q = 0; q < m; ++q) w.fine_refs[u * m + q] = o[px.index[q]];
+    });
+    tpf = estep::TranslationPhases{fine_.trans.size(), m, it.phase_fine};
+    rsf = estep::ReferenceSlices{Jf, m, w.fine_refs};
+    fine_flops_ += estep::compute_pose_scores(pb, tpf, rsf, poses, w.fine_scores, pool_);
+    // Class priors spread over the children, so that log-likelihoods compare with the coarse pass.
+    std::vector<double> lpj(Jf);
+    const double log_children = std::log(double(t_children_ * j_children_));
+    for (size_t u = 0; u < Jf; ++u) lpj[u] = std::log(st_.fraction[global_j[u] / Pf]) - log_children;
+    estep::LogPriors fine_priors;
+    fine_priors.reference = lpj;
+    estep::compute_pose_posteriors(poses, w.fine_scores, fine_priors, log_constant, w.fine, pool_, popt);
+    sw = &w.fine.significant;
+    stats = &w.fine.particle;
+  }
+  add_class_sums(pb, tpf, *sw, global_j, fine_, px, w.sums, ch.acc);
+  if (it.split) {
+    // The same sums over a fixed random half of the particles (seeded per particle), kept to split
+    // the largest class in two when another class has emptied (maximise).
+    estep::SparseWeights half = *sw;
+    for (size_t i = 0; i < count; ++i)
+      if (!in_split_half(first + i))
+        for (size_t e = half.offset[i]; e < half.offset[i + 1]; ++e) half.entry[e].weight = 0.0f;
+    add_class_sums(pb, tpf, half, global_j, fine_, px, w.sums, ch.acc_half);
+  }
+  estep::compute_particle_sums(pb, tpf, rsf, *sw, w.psums, pool_);
+  auto global = [&](uint32_t j) { return global_j.empty() ? j : global_j[j]; };
+  for (size_t i = 0; i < count; ++i) {
+    const size_t p = first + i;
+    const estep::ParticlePosterior& pp = (*stats)[i];
+    if (!pp.valid) continue;
+    const size_t g = b.group[i];
+    const double* d2 = w.psums.diff2.data() + i * m;
+    double num = 0, den = 0;
+    for (size_t q = 0; q < m; ++q) {
+      const size_t s = size_t(px.shell[q]);
+      ch.wdiff2[g][s] += d2[q];
+      ch.wcount[g][s] += w.psums.sum_weight[i];
+      const double iw = it.inv_sigma2[g * m + q];
+      num += iw * w.psums.xa[i * m + q];
+      den += iw * w.psums.aa[i * m + q];
+    }
+    for (size_t s = size_t(it.r) + 1; s < hs; ++s) {
+      ch.wdiff2[g][s] += b.power[i * hs + s];
+      ch.wcount[g][s] += all_counts_[s];
+    }
+    if (den > 0 && num > 0) new_scale[p] = std::clamp(st_.scale[p] * num / den, 0.2, 5.0);
+    else new_scale[p] = st_.scale[p];
+    for (size_t e = sw->offset[i]; e < sw->offset[i + 1]; ++e)
+      ch.wclass[global(sw->entry[e].j) / Pf] += sw->entry[e].weight;
+    const uint32_t best = global(pp.best_j);
+    rep.particle_class[p] = int(best / Pf) + 1;
+    rep.psi[p] = fine_.psi[best % Pf];
+    rep.origin_x[p] = origin_x_[p] + fine_.trans[pp.best_t][0] * angpix_;
+    rep.origin_y[p] = origin_y_[p] + fine_.trans[pp.best_t][1] * angpix_;
+    rep.pmax[p] = pp.max_posterior;
+    rep.n_significant[p] = int(w.post.particle[i].n_significant);  // of the coarse pass, as RELION
+    rep.log_likelihood[p] = pp.log_likelihood;
+    ch.loglik += pp.log_likelihood;
+    ch.pmax += pp.max_posterior;
+  }
+}
+
+// MPI: the sums and particle results of chunk c go from its owner (rank c mod size) to all ranks.
+void Job::share_chunk(size_t c, size_t nbatch, ChunkSums& ch, IterationReport& rep, std::vector<double>& new_scale) {
+  const int owner = int(c % size_t(mpi::size()));
+  for (auto* accs : {&ch.acc, &ch.acc_half})
+    for (BackProjector& a : *accs) {
+      mpi::bcast(a.raw_data().data(), a.raw_data().size() * sizeof(cfloat), owner);
+      mpi::bcast(a.raw_weight().data(), a.raw_weight().size() * sizeof(float), owner);
+    }
+  const size_t hs = size_t(n_ / 2 + 1), K = ch.wclass.size();
+  for (size_t g = 0; g < size_t(groups_); ++g) {
+    mpi::bcast(ch.wdiff2[g].data(), hs * sizeof(double), owner);
+    mpi::bcast(ch.wcount[g].data(), hs * sizeof(double), owner);
+  }
+  mpi::bcast(ch.wclass.data(), K * sizeof(double), owner);
+  mpi::bcast(&ch.loglik, sizeof(double), owner);
+  mpi::bcast(&ch.pmax, sizeof(double), owner);
+  const size_t N = table_.size(), C = chunk_of_batches(nbatch);
+  const size_t b0 = nbatch * c / C, b1 = nbatch * (c + 1) / C;
+  const size_t p0 = b0 * size_t(opt_.batch_size), p1 = std::min(N, b1 * size_t(opt_.batch_size));
+  for (auto* v : {&rep.psi, &rep.origin_x, &rep.origin_y, &rep.pmax, &rep.log_likelihood, &new_scale, &posterior_sum_})
+    mpi::bcast(v->data() + p0, (p1 - p0) * sizeof(double), owner);
+  for (auto* v : {&rep.particle_class, &rep.n_significant}) mpi::bcast(v->data() + p0, (p1 - p0) * sizeof(int), owner);
+}
+
+// The class average of accumulator `acc` with the prior of class k, masked and centred.
+mstep::ClassAverage Job::class_average(const IterationData& it, const BackProjector& acc, size_t k) const {
+  mstep::ClassAverageOptions co;
+  co.r_max = it.r;
+  co.tau2 = it.tau2[k];
+  co.tau2_fudge = opt_.tau2_fudge;
+  mstep::ClassAverage avg = mstep::reconstruct_class_2d(acc, co);
+  Image& img = avg.image;
+  if (opt_.flatten_solvent) apply_spherical_mask(img, mask_radius_, opt_.mask_edge, MaskFill::Zero);
+  if (opt_.center_classes) {
+    auto c = mstep::positive_centre_of_mass(img, mask_radius_);
+    if (c[0] != 0 || c[1] != 0) mstep::shift_image(img, -c[0], -c[1]);
+  }
+  return avg;
+}
+
+// M-step: class averages; in the first iterations an (almost) empty class, or one of two classes
+// showing the same view, takes half of the largest class (wclass is updated for that).
+std::vector<mstep::ClassAverage> Job::maximise(const IterationData& it, const std::vector<BackProjector>& acc,
+                                               const std::vector<BackProjector>& acc_half,
+                                               std::vector<double>& wclass) {
+  const size_t K = size_t(opt_.classes);
+  std::vector<mstep::ClassAverage> avg(K);
+  pool_.parallel_for(0, K, [&](size_t k, int) { avg[k] = class_average(it, acc[k], k); });
+  const double wtot = std::accumulate(wclass.begin(), wclass.end(), 0.0);
+  if (!it.split || !(wtot > 0)) return avg;
+  // The smallest class below a quarter of the mean fraction takes the average of a random half of
+  // the largest class's particles, the largest keeps the other half; both share its fraction.
+  size_t small = size_t(std::min_element(wclass.begin(), wclass.end()) - wclass.begin());
+  const size_t large = size_t(std::max_element(wclass.begin(), wclass.end()) - wclass.begin());
+  bool reseed = wclass[small] / wtot < 0.25 / double(K);
+  if (!reseed && st_.iteration + 1 >= 3) {
+    // Two classes showing the same view: their rotational correlation (up to 15 shells) is above
+    // 0.85 and stands out from all other pairs by 0.15 (on the benchmark 0.97 against at most 0.67;
+    // simple shapes that all correlate highly do not qualify). The smaller of the two is freed for
+    // the split; its particles go to its twin in the next E-step.
+    double best = -1, second = -1;
+    size_t cand = small;
+    for (size_t a = 0; a < K; ++a)
+      for (size_t b = a + 1; b < K; ++b) {
+        const double c = rotational_correlation(avg[a].image, avg[b].image, std::min(it.r, 15));
+        if (c > best) {
+          second = best;
+          best = c;
+          cand = wclass[a] < wclass[b] ? a : b;
+        } else if (c > second) {
+          second = c;
+        }
+      }
+    if (best > 0.85 && best - second >= 0.15 && cand != large) {
+      small = cand;
+      reseed = true;
+      spdlog::info("class2d: class {} duplicates another class (correlation {:.2f}, next pair {:.2f})", small + 1,
+                   best, second);
+    }
+  }
+  if (small != large && reseed) {
+    BackProjector rest = acc[large];
+    rest.add(acc_half[large], -1.0f);
+    avg[small] = class_average(it, acc_half[large], large);
+    avg[large] = class_average(it, rest, large);
+    wclass[large] = wclass[small] = 0.5 * wclass[large];
+    spdlog::info("class2d: class {} takes half of class {} (the largest)", small + 1, large + 1);
+  }
+  return avg;
+}
+
+IterationReport Job::iterate() {
+  const size_t N = table_.size(), K = size_t(opt_.classes);
+  const size_t hs = size_t(n_ / 2 + 1);
+  const IterationData it = prepare_iteration();
+  IterationReport rep;
+  rep.used_shells = it.r;
   rep.particle_class.assign(N, 0);
   rep.psi.assign(N, 0.0);
   rep.origin_x = origin_x_;
@@ -371,254 +692,70 @@ IterationReport Job::iterate() {
   rep.log_likelihood.assign(N, 0.0);
   rep.n_significant.assign(N, 0);
   posterior_sum_.assign(N, 0.0);
+  std::vector<double> new_scale(N, 1.0);
+  fine_flops_ = 0;
 
   // Batches are grouped into a fixed number of chunks, each with its own sums, added in chunk order:
   // the result does not depend on --j, and under mpirun (chunk c on rank c mod size) it is the same
-  // as in one process.
+  // as in one process. One process adds each chunk as soon as it is done; under MPI a rank keeps
+  // its own chunks until they are shared.
   const size_t nbatch = (N + size_t(opt_.batch_size) - 1) / size_t(opt_.batch_size);
-  const size_t C = std::min<size_t>(4, nbatch);
-  struct ChunkSums {
-    estep::ReferenceSums acc, acc_half;
-    std::vector<std::vector<double>> wdiff2, wcount;
-    std::vector<double> wclass;
-    double loglik = 0, pmax = 0;
-  };
-  std::vector<ChunkSums> cs(C);
+  const size_t C = chunk_of_batches(nbatch), B = size_t(opt_.batch_size);
+  auto owns = [&](size_t c) { return int(c % size_t(mpi::size())) == mpi::rank(); };
   double mine = 0;
   for (size_t c = 0; c < C; ++c)
-    if (int(c % size_t(mpi::size())) == mpi::rank()) {
-      const size_t b0 = nbatch * c / C, b1 = nbatch * (c + 1) / C;
-      mine += double(std::min(N, b1 * size_t(opt_.batch_size)) - b0 * size_t(opt_.batch_size));
+    if (owns(c)) mine += double(std::min(N, nbatch * (c + 1) / C * B) - nbatch * c / C * B);
+  ChunkSums total;
+  total.reset(K, n_, it.r, it.split, size_t(groups_), hs);
+  auto add_chunk = [&](const ChunkSums& ch) {
+    for (size_t k = 0; k < K; ++k) {
+      total.acc[k].add(ch.acc[k]);
+      if (it.split) total.acc_half[k].add(ch.acc_half[k]);
     }
-  Progress prog(fmt::format("iteration {}/{}", st_.iteration + 1, opt_.iterations), mine);
-  Batch b;
-  estep::Scores scores;
-  estep::Posteriors post;
-  estep::ParticleSums psums;
-  estep::PosteriorOptions popt;
-  popt.keep_significant = true;
-  for (size_t c = 0; c < C; ++c) {
-    if (int(c % size_t(mpi::size())) != mpi::rank()) continue;
-    ChunkSums& ch = cs[c];
-    ch.acc.reset(J, m);
-    if (split_allowed) ch.acc_half.reset(J, m);
-    ch.wdiff2.assign(size_t(groups_), std::vector<double>(hs, 0.0));
-    ch.wcount = ch.wdiff2;
-    ch.wclass.assign(K, 0.0);
-    auto& wdiff2 = ch.wdiff2;
-    auto& wcount = ch.wcount;
-    auto& wclass = ch.wclass;
-    const size_t b0 = nbatch * c / C, b1 = nbatch * (c + 1) / C;
-    for (size_t first = b0 * size_t(opt_.batch_size); first < std::min(N, b1 * size_t(opt_.batch_size));
-         first += size_t(opt_.batch_size)) {
-    const size_t count = std::min(size_t(opt_.batch_size), N - first);
-    load_batch(first, count, px, b);
-    estep::ParticleBatch pb;
-    pb.n = count;
-    pb.m = m;
-    pb.x = b.x;
-    pb.ctf = b.ctf;
-    pb.inv_sigma2 = inv_sigma2;
-    pb.noise_row = b.group;
-    pb.scale = b.scale;
-    estep::compute_scores(pb, tp, rs, scores, pool_);
-    estep::ParticleConstants pc = estep::particle_constants(pb);
-    std::vector<double> log_constant(count);
-    for (size_t i = 0; i < count; ++i) log_constant[i] = -pc.half_x2[i] - pc.log_norm[i];
-    estep::LogPriors priors;
-    priors.reference = log_prior_j;
-    estep::compute_posteriors(scores, priors, log_constant, post, pool_, popt);
-    estep::accumulate_reference_sums(pb, tp, post.significant, ch.acc, pool_);
-    if (split_allowed) {
-      // The same sums over a fixed random half of the particles (seeded per particle), kept to split
-      // the largest class in two when another class has emptied (below).
-      estep::SparseWeights half = post.significant;
-      for (size_t i = 0; i < count; ++i)
-        if (!in_split_half(first + i))
-          for (size_t e = half.offset[i]; e < half.offset[i + 1]; ++e) half.entry[e].weight = 0.0f;
-      estep::accumulate_reference_sums(pb, tp, half, ch.acc_half, pool_);
-    }
-    estep::compute_particle_sums(pb, tp, rs, post.significant, psums, pool_);
-    for (size_t i = 0; i < count; ++i) {
-      const size_t p = first + i;
-      const auto& pp = post.particle[i];
-      double sw = 0;
-      const float* wrow = post.weight.data() + i * T * J;
-      for (size_t q = 0; q < T * J; ++q) sw += wrow[q];
-      posterior_sum_[p] = sw;
-      if (!pp.valid) continue;
-      const size_t g = b.group[i];
-      const double* d2 = psums.diff2.data() + i * m;
-      double num = 0, den = 0;
-      for (size_t q = 0; q < m; ++q) {
-        const size_t s = size_t(px.shell[q]);
-        wdiff2[g][s] += d2[q];
-        wcount[g][s] += psums.sum_weight[i];
-        const double w = inv_sigma2[g * m + q];
-        num += w * psums.xa[i * m + q];
-        den += w * psums.aa[i * m + q];
-      }
-      for (size_t s = size_t(r) + 1; s < hs; ++s) {
-        wdiff2[g][s] += b.power[i * hs + s];
-        wcount[g][s] += all_counts_[s];
-      }
-      if (den > 0 && num > 0) new_scale[p] = std::clamp(st_.scale[p] * num / den, 0.2, 5.0);
-      else new_scale[p] = st_.scale[p];
-      for (size_t e = post.significant.offset[i]; e < post.significant.offset[i + 1]; ++e)
-        wclass[post.significant.entry[e].j / P] += post.significant.entry[e].weight;
-      rep.particle_class[p] = int(pp.best_j / P) + 1;
-      rep.psi[p] = psi_[pp.best_j % P];
-      rep.origin_x[p] = origin_x_[p] + trans_[pp.best_t][0] * angpix_;
-      rep.origin_y[p] = origin_y_[p] + trans_[pp.best_t][1] * angpix_;
-      rep.pmax[p] = pp.max_posterior;
-      rep.n_significant[p] = int(pp.n_significant);
-      rep.log_likelihood[p] = pp.log_likelihood;
-      ch.loglik += pp.log_likelihood;
-      ch.pmax += pp.max_posterior;
-    }
-    prog.advance(double(count));
-    }
-  }
-  prog.finish();
-  // MPI: every chunk's sums and particle results go from its owner to all ranks.
-  for (size_t c = 0; c < C && mpi::active(); ++c) {
-    const int owner = int(c % size_t(mpi::size()));
-    ChunkSums& ch = cs[c];
-    if (mpi::rank() != owner) {
-      ch.acc.reset(J, m);
-      if (split_allowed) ch.acc_half.reset(J, m);
-      ch.wdiff2.assign(size_t(groups_), std::vector<double>(hs, 0.0));
-      ch.wcount = ch.wdiff2;
-      ch.wclass.assign(K, 0.0);
-    }
-    for (auto* a : {&ch.acc, &ch.acc_half}) {
-      if (a == &ch.acc_half && !split_allowed) continue;
-      mpi::bcast(a->data.data(), a->data.size() * sizeof(std::complex<double>), owner);
-      mpi::bcast(a->weight.data(), a->weight.size() * sizeof(double), owner);
-    }
-    for (size_t g = 0; g < size_t(groups_); ++g) {
-      mpi::bcast(ch.wdiff2[g].data(), hs * sizeof(double), owner);
-      mpi::bcast(ch.wcount[g].data(), hs * sizeof(double), owner);
-    }
-    mpi::bcast(ch.wclass.data(), K * sizeof(double), owner);
-    mpi::bcast(&ch.loglik, sizeof(double), owner);
-    mpi::bcast(&ch.pmax, sizeof(double), owner);
-    const size_t b0 = nbatch * c / C, b1 = nbatch * (c + 1) / C;
-    const size_t p0 = b0 * size_t(opt_.batch_size), p1 = std::min(N, b1 * size_t(opt_.batch_size));
-    for (auto* v : {&rep.psi, &rep.origin_x, &rep.origin_y, &rep.pmax, &rep.log_likelihood, &new_scale, &posterior_sum_})
-      mpi::bcast(v->data() + p0, (p1 - p0) * sizeof(double), owner);
-    for (auto* v : {&rep.particle_class, &rep.n_significant}) mpi::bcast(v->data() + p0, (p1 - p0) * sizeof(int), owner);
-  }
-  // Reduce in chunk order.
-  for (size_t c = 0; c < C; ++c) {
-    const ChunkSums& ch = cs[c];
-    for (size_t q = 0; q < acc.data.size(); ++q) {
-      acc.data[q] += ch.acc.data[q];
-      acc.weight[q] += ch.acc.weight[q];
-    }
-    if (split_allowed)
-      for (size_t q = 0; q < acc_half.data.size(); ++q) {
-        acc_half.data[q] += ch.acc_half.data[q];
-        acc_half.weight[q] += ch.acc_half.weight[q];
-      }
     for (size_t g = 0; g < size_t(groups_); ++g)
       for (size_t s = 0; s < hs; ++s) {
-        wdiff2[g][s] += ch.wdiff2[g][s];
-        wcount[g][s] += ch.wcount[g][s];
+        total.wdiff2[g][s] += ch.wdiff2[g][s];
+        total.wcount[g][s] += ch.wcount[g][s];
       }
-    for (size_t k = 0; k < K; ++k) wclass[k] += ch.wclass[k];
-    rep.log_likelihood_sum += ch.loglik;
-    rep.average_pmax += ch.pmax;
+    for (size_t k = 0; k < K; ++k) total.wclass[k] += ch.wclass[k];
+    total.loglik += ch.loglik;
+    total.pmax += ch.pmax;
+  };
+  Progress prog(fmt::format("iteration {}/{}", st_.iteration + 1, opt_.iterations), mine);
+  BatchWork work;
+  std::vector<ChunkSums> kept(mpi::active() ? C : 0);
+  for (size_t c = 0; c < C; ++c) {
+    if (!owns(c)) continue;
+    ChunkSums ch;
+    ch.reset(K, n_, it.r, it.split, size_t(groups_), hs);
+    for (size_t first = nbatch * c / C * B; first < std::min(N, nbatch * (c + 1) / C * B); first += B) {
+      const size_t count = std::min(B, N - first);
+      process_batch(first, count, it, work, ch, rep, new_scale);
+      prog.advance(double(count));
+    }
+    if (mpi::active()) kept[c] = std::move(ch);
+    else add_chunk(ch);
   }
-  rep.average_pmax /= double(N);
+  prog.finish();
+  for (size_t c = 0; c < C && mpi::active(); ++c) {
+    if (!owns(c)) kept[c].reset(K, n_, it.r, it.split, size_t(groups_), hs);
+    share_chunk(c, nbatch, kept[c], rep, new_scale);
+    add_chunk(kept[c]);
+    kept[c] = ChunkSums{};
+  }
+  rep.log_likelihood_sum = total.loglik;
+  rep.average_pmax = total.pmax / double(N);
 
-  // M-step: class averages, SSNR, resolution.
-  std::vector<mstep::ClassAverage> avg(K);
-  pool_.parallel_for(0, K, [&](size_t k, int) {
-    mstep::ClassAverageOptions co;
-    co.r_max = r;
-    co.tau2 = tau2[k];
-    co.tau2_fudge = opt_.tau2_fudge;
-    std::span<const std::complex<double>> d(acc.data.data() + k * P * m, P * m);
-    std::span<const double> w(acc.weight.data() + k * P * m, P * m);
-    avg[k] = mstep::reconstruct_class_2d(px, psi_, d, w, co);
-    Image& img = avg[k].image;
-    if (opt_.flatten_solvent) apply_spherical_mask(img, mask_radius_, opt_.mask_edge, MaskFill::Zero);
-    if (opt_.center_classes) {
-      auto c = mstep::positive_centre_of_mass(img, mask_radius_);
-      if (c[0] != 0 || c[1] != 0) mstep::shift_image(img, -c[0], -c[1]);
-    }
-  });
-  const double wtot0 = std::accumulate(wclass.begin(), wclass.end(), 0.0);
-  if (split_allowed && wtot0 > 0) {
-    // The smallest class below a quarter of the mean fraction takes the average of a random half of
-    // the largest class's particles, the largest keeps the other half; both share its fraction.
-    size_t small = size_t(std::min_element(wclass.begin(), wclass.end()) - wclass.begin());
-    const size_t large = size_t(std::max_element(wclass.begin(), wclass.end()) - wclass.begin());
-    bool reseed = wclass[small] / wtot0 < 0.25 / double(K);
-    if (!reseed && st_.iteration + 1 >= 3) {
-      // Two classes showing the same view: their rotational correlation (up to 15 shells) is above
-      // 0.85 and stands out from all other pairs by 0.15 (on the benchmark 0.97 against at most 0.67;
-      // simple shapes that all correlate highly do not qualify). The smaller of the two is freed for
-      // the split; its particles go to its twin in the next E-step.
-      double best = -1, second = -1;
-      size_t cand = small;
-      for (size_t a = 0; a < K; ++a)
-        for (size_t b = a + 1; b < K; ++b) {
-          const double c = rotational_correlation(avg[a].image, avg[b].image, std::min(r, 15));
-          if (c > best) {
-            second = best;
-            best = c;
-            cand = wclass[a] < wclass[b] ? a : b;
-          } else if (c > second) {
-            second = c;
-          }
-        }
-      if (best > 0.85 && best - second >= 0.15 && cand != large) {
-        small = cand;
-        reseed = true;
-        spdlog::info("class2d: class {} duplicates another class (correlation {:.2f}, next pair {:.2f})", small + 1,
-                     best, second);
-      }
-    }
-    if (small != large && reseed) {
-      std::vector<std::complex<double>> rest(P * m);
-      std::vector<double> rest_w(P * m);
-      const size_t o = large * P * m;
-      for (size_t q = 0; q < P * m; ++q) {
-        rest[q] = acc.data[o + q] - acc_half.data[o + q];
-        rest_w[q] = acc.weight[o + q] - acc_half.weight[o + q];
-      }
-      mstep::ClassAverageOptions co;
-      co.r_max = r;
-      co.tau2 = tau2[large];
-      co.tau2_fudge = opt_.tau2_fudge;
-      std::span<const std::complex<double>> dh(acc_half.data.data() + o, P * m);
-      std::span<const double> wh(acc_half.weight.data() + o, P * m);
-      avg[small] = mstep::reconstruct_class_2d(px, psi_, dh, wh, co);
-      avg[large] = mstep::reconstruct_class_2d(px, psi_, rest, rest_w, co);
-      for (size_t k : {small, large}) {
-        Image& img = avg[k].image;
-        if (opt_.flatten_solvent) apply_spherical_mask(img, mask_radius_, opt_.mask_edge, MaskFill::Zero);
-        if (opt_.center_classes) {
-          auto c = mstep::positive_centre_of_mass(img, mask_radius_);
-          if (c[0] != 0 || c[1] != 0) mstep::shift_image(img, -c[0], -c[1]);
-        }
-      }
-      const double half_w = 0.5 * wclass[large];
-      wclass[large] = half_w;
-      wclass[small] = half_w;
-      spdlog::info("class2d: class {} takes half of class {} (the largest)", small + 1, large + 1);
-    }
-  }
-  const double wtot = std::accumulate(wclass.begin(), wclass.end(), 0.0);
+  // M-step: class averages, fractions, SSNR, resolution, noise, scales, next frequency limit.
+  std::vector<mstep::ClassAverage> avg = maximise(it, total.acc, total.acc_half, total.wclass);
+  const double wtot = std::accumulate(total.wclass.begin(), total.wclass.end(), 0.0);
   int r_best = 0;
   rep.ssnr.resize(K);
-  rep.tau2 = tau2;
+  rep.tau2 = it.tau2;
   rep.class_resolution_A.resize(K);
   for (size_t k = 0; k < K; ++k) {
     st_.classes[k] = std::move(avg[k].image);
-    st_.fraction[k] = wtot > 0 ? wclass[k] / wtot : 1.0 / double(K);
+    st_.fraction[k] = wtot > 0 ? total.wclass[k] / wtot : 1.0 / double(K);
     rep.ssnr[k] = avg[k].ssnr;
     int rk = resolution_shell(avg[k].ssnr);
     rep.class_resolution_A[k] = shell_to_A(rk);
@@ -627,7 +764,7 @@ IterationReport Job::iterate() {
   rep.resolution_A = shell_to_A(r_best);
   for (size_t g = 0; g < size_t(groups_); ++g)
     for (size_t s = 1; s < hs; ++s)
-      if (wcount[g][s] > 0) st_.sigma2[g][s] = wdiff2[g][s] / (2 * wcount[g][s]);
+      if (total.wcount[g][s] > 0) st_.sigma2[g][s] = total.wdiff2[g][s] / (2 * total.wcount[g][s]);
   if (opt_.norm || opt_.scale) {
     double mean = 0;
     for (double s : new_scale) mean += s;
@@ -667,8 +804,10 @@ Class2DResult Job::run() {
     rep0.resolution_A = shell_to_A(r_ini_);
     files = class2d_detail::write_iteration(opt_, input_star_, table_, angpix_, st_, rep0);
   }
-  spdlog::info("class2d: {} particles, box {} px, {:.3f} Å/px, K = {}, {} psi x {} translations, mask radius {:.1f} px",
-               table_.size(), n_, angpix_, opt_.classes, psi_.size(), trans_.size(), mask_radius_);
+  spdlog::info("class2d: {} particles, box {} px, {:.3f} Å/px, K = {}, {} psi x {} translations (fine pass: {} x {}), "
+               "mask radius {:.1f} px",
+               table_.size(), n_, angpix_, opt_.classes, coarse_.psi.size(), coarse_.trans.size(), fine_.psi.size(),
+               fine_.trans.size(), mask_radius_);
   IterationReport rep;
   while (st_.iteration < opt_.iterations) {
     check_cancelled();
@@ -683,8 +822,9 @@ Class2DResult Job::run() {
     s.log_likelihood = rep.log_likelihood_sum;
     s.average_pmax = rep.average_pmax;
     s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    s.estep_flops = estep::score_flops(table_.size(), trans_.size(), psi_.size() * size_t(opt_.classes),
+    s.estep_flops = estep::score_flops(table_.size(), coarse_.trans.size(), coarse_.psi.size() * size_t(opt_.classes),
                                        mstep::select_fourier_pixels(n_, r).size());
+    s.fine_flops = fine_flops_;
     res.stats.push_back(s);
     spdlog::info("class2d: iteration {}: limit {} shells ({:.1f} Å), resolution {:.1f} Å, <Pmax> {:.3f}, {:.1f} s",
                  s.iteration, r, shell_to_A(r), s.resolution_A, s.average_pmax, s.seconds);

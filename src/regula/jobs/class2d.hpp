@@ -38,6 +38,9 @@ struct Class2DOptions {
   double psi_step = 6;            // --psi_step, degrees
   double offset_range = 5;        // --offset_range, pixels
   double offset_step = 1;         // --offset_step, pixels
+  int oversampling = 1;           // --oversampling o: the finer pass over the children of the significant
+                                  // coarse poses has 2^o in-plane angles per coarse angle and 4^o translations
+                                  // per coarse translation (RELION's adaptive oversampling); 0: coarse only
   int threads = 1;                // --j
   uint64_t seed = 1;              // --seed: random initial classes
   std::string continue_from;      // --continue: ROOT_itNNN_optimiser.star
@@ -66,7 +69,8 @@ struct Class2DIterationStats {
   double log_likelihood = 0;
   double average_pmax = 0;
   double seconds = 0;
-  double estep_flops = 0;   // SGEMM flops of the score pass
+  double estep_flops = 0;   // SGEMM flops of the coarse score pass
+  double fine_flops = 0;    // flops of the finer pass's scores (this process's particles)
 };
 
 struct Class2DResult {

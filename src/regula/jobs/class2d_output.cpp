@@ -226,6 +226,7 @@ Files write_iteration(const Class2DOptions& opt, const std::string& input_star, 
   o.set("rlnPsiStep", num(opt.psi_step));
   o.set("rlnOffsetRange", num(opt.offset_range));
   o.set("rlnOffsetStep", num(opt.offset_step));
+  o.set("rlnAdaptiveOversampleOrder", std::to_string(opt.oversampling));
   o.set("rlnIncrementImageSize", std::to_string(opt.incr_size));
   o.set("rlnInitialLowPassFilter", num(opt.ini_high));
   o.set("regulaInputStarFile", input_star);
@@ -256,6 +257,8 @@ void read_checkpoint(const std::string& path, Class2DOptions& opt, std::string& 
   opt.psi_step = get_d("rlnPsiStep");
   opt.offset_range = get_d("rlnOffsetRange");
   opt.offset_step = get_d("rlnOffsetStep");
+  // Checkpoints written before the finer pass existed had the coarse pass only.
+  opt.oversampling = o.has("rlnAdaptiveOversampleOrder") ? int(get_d("rlnAdaptiveOversampleOrder")) : 0;
   opt.incr_size = int(get_d("rlnIncrementImageSize"));
   opt.ini_high = get_d("rlnInitialLowPassFilter");
   opt.angpix = get_d("regulaPixelSize");
