@@ -1,47 +1,46 @@
 #!/bin/bash
-# 2D classification of simulated 70S ribosome views: Regula vs RELION (relion_refine).
+# 2D classification of simulated 70S ribosome views: Regula vs RELION 3.1.3 (relion_refine), the
+# acceptance run of the 2D issue.
 #
-#   bench/class2d_vs_relion.sh [WORKDIR]       (default: bench-class2d under the current directory)
-#   RUN_RELION=1 bench/class2d_vs_relion.sh    also runs relion_refine (minutes to hours)
-#   REGULA=path/to/regula                      default: build/bin/regula of this checkout
+#   bench/class2d_vs_relion.sh                 Regula only; RELION's time from bench/results/relion_times.tsv
+#   RUN_RELION=1 bench/class2d_vs_relion.sh    also runs relion_refine now (about 13 minutes on 2 cores)
+#   REGULA=path/to/regula  THREADS=2  OUT=bench/out
 #
-# Simulates 2000 particles (box 96, 4 Å/px, SNR 0.05, defocus 1-3 µm, 10 views), classifies
-# them into 10 classes for 25 iterations with the same options in both programs, and prints
-# wall times, their ratio, and view recovery (bench/view_recovery.py).
+# Data: bench/make_datasets.sh (2000 particles, box 96, 4 Å/px, SNR 0.05, defocus 1-3 µm, 10 views,
+# seed 11). Both programs get the same options (K 10, 25 iterations, T 2, CTF, psi 6°, offsets 4/2 px,
+# oversampling 1, norm and scale correction, zero mask, solvent flattening, diameter 300 Å, seed 1).
+# Prints wall times, their ratio and view recovery (bench/view_recovery.py).
 set -euo pipefail
-here="$(cd "$(dirname "$0")" && pwd)"
-repo="$(dirname "$here")"
-work="${1:-bench-class2d}"
-regula="${REGULA:-$repo/build/bin/regula}"
-map="$repo/../shared/data/maps/clean70SRibosome_vol_65p.mrc"
+cd "$(dirname "$0")/.."
+regula="${REGULA:-$PWD/build/bin/regula}"
 threads="${THREADS:-2}"
-mkdir -p "$work"
-cd "$work"
+OUT="${OUT:-bench/out}"
+REGULA="$regula" bench/make_datasets.sh "$OUT" > /dev/null
+data="$OUT/views10/particles.star"
+truth="$OUT/views10/truth.star"
+common=(--K 10 --iter 25 --tau2_fudge 2 --ctf --psi_step 6 --offset_range 4 --offset_step 2 --oversampling 1
+        --norm --scale --j "$threads" --particle_diameter 300 --zero_mask --flatten_solvent)
 
-if [ ! -f sim/particles.star ]; then
-  "$regula" simulate --i "$map" --o sim --n 2000 --angpix 4 --box 96 --snr 0.05 \
-    --defocus_min 10000 --defocus_max 30000 --views 10 --seed 1
-fi
-
-common=(--K 10 --iter 25 --tau2_fudge 2 --ctf --psi_step 6 --offset_range 4 --offset_step 2
-        --particle_diameter 300 --j "$threads")
-
-mkdir -p regula
+rm -rf "$OUT/regula_2d" && mkdir -p "$OUT/regula_2d"
 t0=$(date +%s.%N)
-"$regula" class2d --i sim/particles.star --o regula/run "${common[@]}" --seed 1
+"$regula" class2d --i "$data" --o "$OUT/regula_2d/run" "${common[@]}" --seed 1 > "$OUT/regula_2d/run.log" 2>&1
 t1=$(date +%s.%N)
 t_regula=$(echo "$t1 - $t0" | bc)
-echo "regula class2d: ${t_regula} s"
-/usr/bin/python3 "$here/view_recovery.py" sim/truth.star regula/run_it025_data.star --label regula
+echo "regula class2d: ${t_regula} s (--j $threads, $(date -u +%F))"
+/usr/bin/python3 bench/view_recovery.py "$truth" "$OUT/regula_2d/run_it025_data.star" --label regula | head -1
 
 if [ "${RUN_RELION:-0}" = "1" ]; then
-  mkdir -p relion
+  rm -rf "$OUT/relion_2d" && mkdir -p "$OUT/relion_2d"
   t0=$(date +%s.%N)
-  relion_refine --i sim/particles.star --o relion/run "${common[@]}" --norm --scale \
-    --dont_combine_weights_via_disc --pool 3 --oversampling 1 --random_seed 1 > relion/run.log 2>&1
+  relion_refine --i "$data" --o "$OUT/relion_2d/run" "${common[@]}" --dont_combine_weights_via_disc --pool 30 \
+    --random_seed 1 > "$OUT/relion_2d/run.log" 2>&1
   t1=$(date +%s.%N)
   t_relion=$(echo "$t1 - $t0" | bc)
-  echo "relion_refine: ${t_relion} s"
-  /usr/bin/python3 "$here/view_recovery.py" sim/truth.star relion/run_it025_data.star --label relion
-  echo "time ratio relion / regula: $(echo "scale=2; $t_relion / $t_regula" | bc)"
+  echo "relion_refine: ${t_relion} s (now)"
+  /usr/bin/python3 bench/view_recovery.py "$truth" "$OUT/relion_2d/run_it025_data.star" --label relion | head -1
+else
+  t_relion=$(awk -F'\t' '$1 == "2d" { sub(/^wall /, "", $3); sub(/ s$/, "", $3); t = $3; d = $2 } END { print t }' \
+    bench/results/relion_times.tsv)
+  echo "relion_refine: ${t_relion} s (recorded in bench/results/relion_times.tsv)"
 fi
+echo "time ratio regula / relion: $(echo "scale=4; $t_regula / $t_relion" | bc)"

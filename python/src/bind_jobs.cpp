@@ -216,6 +216,8 @@ void bind_jobs(py::module_& m) {
           it["log_likelihood"] = s.log_likelihood;
           it["average_pmax"] = s.average_pmax;
           it["seconds"] = s.seconds;
+          it["estep_flops"] = s.estep_flops;
+          it["fine_flops"] = s.fine_flops;
           stats.append(it);
         }
         d["iterations"] = stats;

@@ -184,3 +184,37 @@ TEST(Healpix, Translations) {
   }
   EXPECT_THROW(translations(3, 0), InputError);
 }
+
+TEST(Healpix, OversampledPsiAndTranslationsAreRelionsChildren) {
+  // Order 1: children at -step/4 and +step/4 (RELION's HealpixSampling); 2D angles in (-180, 180].
+  const std::vector<double> psi = psi_angles(6);
+  const std::vector<double> f1 = oversampled_psi_angles(psi, 6, 1);
+  ASSERT_EQ(f1.size(), 2 * psi.size());
+  EXPECT_DOUBLE_EQ(f1[0], -1.5);
+  EXPECT_DOUBLE_EQ(f1[1], 1.5);
+  EXPECT_DOUBLE_EQ(f1[2], 4.5);
+  EXPECT_DOUBLE_EQ(f1[2 * 30], 178.5);   // children of 180
+  EXPECT_DOUBLE_EQ(f1[2 * 30 + 1], -178.5);
+  const std::vector<double> f2 = oversampled_psi_angles(psi, 6, 2);  // step/4 spacing, centred
+  ASSERT_EQ(f2.size(), 4 * psi.size());
+  EXPECT_DOUBLE_EQ(f2[4 + 0], 6 - 2.25);
+  EXPECT_DOUBLE_EQ(f2[4 + 3], 6 + 2.25);
+  EXPECT_EQ(oversampled_psi_angles(psi, 6, 0), psi);
+
+  const std::vector<std::array<double, 2>> t = {{0, 0}, {2, -2}};
+  const auto ft = oversampled_translations(t, 2, 1);
+  ASSERT_EQ(ft.size(), 8u);
+  const std::vector<std::array<double, 2>> want = {{-0.5, -0.5}, {-0.5, 0.5}, {0.5, -0.5}, {0.5, 0.5},
+                                                   {1.5, -2.5},  {1.5, -1.5}, {2.5, -2.5}, {2.5, -1.5}};
+  EXPECT_EQ(ft, want);
+  // The children of each translation average to it (order 2: 16 children).
+  const auto f16 = oversampled_translations(t, 2, 2);
+  ASSERT_EQ(f16.size(), 32u);
+  for (size_t e = 0; e < t.size(); ++e) {
+    double sx = 0, sy = 0;
+    for (size_t a = 0; a < 16; ++a) sx += f16[e * 16 + a][0], sy += f16[e * 16 + a][1];
+    EXPECT_NEAR(sx / 16, t[e][0], 1e-12);
+    EXPECT_NEAR(sy / 16, t[e][1], 1e-12);
+  }
+  EXPECT_THROW(oversampled_psi_angles(psi, 6, -1), InputError);
+}

@@ -110,6 +110,18 @@ struct ChunkSums {
     wclass.assign(K, 0.0);
     loglik = pmax = 0;
   }
+  void add(const ChunkSums& o) {
+    for (size_t k = 0; k < acc.size(); ++k) acc[k].add(o.acc[k]);
+    for (size_t k = 0; k < acc_half.size(); ++k) acc_half[k].add(o.acc_half[k]);
+    for (size_t g = 0; g < wdiff2.size(); ++g)
+      for (size_t s = 0; s < wdiff2[g].size(); ++s) {
+        wdiff2[g][s] += o.wdiff2[g][s];
+        wcount[g][s] += o.wcount[g][s];
+      }
+    for (size_t k = 0; k < wclass.size(); ++k) wclass[k] += o.wclass[k];
+    loglik += o.loglik;
+    pmax += o.pmax;
+  }
 };
 
 // Buffers reused from batch to batch.
@@ -140,6 +152,7 @@ class Job {
   void add_class_sums(const estep::ParticleBatch& pb, const estep::TranslationPhases& tp,
                       const estep::SparseWeights& sw, std::span<const uint32_t> global_j, const Sampling& s,
                       const FourierPixels& px, estep::ReferenceSums& sums, std::vector<BackProjector>& acc);
+  ChunkSums expectation(const IterationData& it, IterationReport& rep, std::vector<double>& new_scale);
   void share_chunk(size_t c, size_t nbatch, ChunkSums& ch, IterationReport& rep, std::vector<double>& new_scale);
   std::vector<mstep::ClassAverage> maximise(const IterationData& it, const std::vector<BackProjector>& acc,
                                             const std::vector<BackProjector>& acc_half, std::vector<double>& wclass);
@@ -147,7 +160,6 @@ class Job {
   std::vector<double> tau2_of(const Image& cls) const;
   int resolution_shell(const std::vector<double>& ssnr) const;
   double shell_to_A(double s) const { return s > 0 ? double(n_) * angpix_ / s : 999.0; }
-  double rotational_correlation(const Image& a, const Image& b, int r) const;
   bool in_split_half(size_t p) const {
     auto rng = make_rng(opt_.seed, p, 0x53504c54);  // "SPLT"
     return uniform01(rng) < 0.5;
@@ -170,28 +182,6 @@ class Job {
   std::vector<double> posterior_sum_;
   double fine_flops_ = 0;            // flops of the last iteration's fine pass
 };
-
-// The oversampled grid of RELION's adaptive oversampling (HealpixSampling, order o): each coarse
-// angle psi has 2^o children psi - step/2 + (b + 1/2) step / 2^o, each coarse translation (x, y)
-// 4^o children on the same rule per axis (x index major). Fine angles are kept in (-180, 180].
-Sampling oversample(const Sampling& coarse, double psi_step, double offset_step, int order) {
-  if (order == 0) return coarse;
-  const int c = 1 << order;
-  Sampling f;
-  for (double psi : coarse.psi)
-    for (int b = 0; b < c; ++b) {
-      double a = psi - 0.5 * psi_step + (0.5 + b) * psi_step / c;
-      if (a > 180) a -= 360;
-      if (a <= -180) a += 360;
-      f.psi.push_back(a);
-    }
-  for (const auto& t : coarse.trans)
-    for (int ax = 0; ax < c; ++ax)
-      for (int ay = 0; ay < c; ++ay)
-        f.trans.push_back({t[0] - 0.5 * offset_step + (0.5 + ax) * offset_step / c,
-                           t[1] - 0.5 * offset_step + (0.5 + ay) * offset_step / c});
-  return f;
-}
 
 void Job::setup() {
   ParticleReadOptions ro;
@@ -227,7 +217,8 @@ void Job::setup() {
   mask_radius_ = std::clamp(radius_px, 1.0, n_ / 2.0);
   coarse_.psi = psi_angles(opt_.psi_step);
   coarse_.trans = translations(opt_.offset_range, opt_.offset_step);
-  fine_ = oversample(coarse_, 360.0 / double(coarse_.psi.size()), opt_.offset_step, opt_.oversampling);
+  fine_.psi = oversampled_psi_angles(coarse_.psi, 360.0 / double(coarse_.psi.size()), opt_.oversampling);
+  fine_.trans = oversampled_translations(coarse_.trans, opt_.offset_step, opt_.oversampling);
   j_children_ = fine_.psi.size() / coarse_.psi.size();
   t_children_ = fine_.trans.size() / coarse_.trans.size();
   origin_x_ = table_.origin_x;
@@ -413,27 +404,6 @@ int Job::resolution_shell(const std::vector<double>& ssnr) const {
     else break;
   }
   return r;
-}
-
-// Largest normalised correlation of image b with image a rotated by the in-plane angles of the
-// search, over the Fourier pixels up to shell r (both centred on their centre of mass).
-double Job::rotational_correlation(const Image& a, const Image& b, int r) const {
-  FourierPixels px = mstep::select_fourier_pixels(n_, r);
-  Grid<cfloat> B = fourier_centred(b), out;
-  Projector2D proj(a, 2, std::min(n_ / 2, r + 1));
-  double best = -1;
-  for (double psi : coarse_.psi) {
-    proj.project_psi(psi, out);
-    double num = 0, na = 0, nb = 0;
-    for (size_t q = 0; q < px.size(); ++q) {
-      const std::complex<double> x(out[px.index[q]]), y(B[px.index[q]]);
-      num += (std::conj(x) * y).real();
-      na += std::norm(x);
-      nb += std::norm(y);
-    }
-    if (na > 0 && nb > 0) best = std::max(best, num / std::sqrt(na * nb));
-  }
-  return best;
 }
 
 IterationData Job::prepare_iteration() {
@@ -651,7 +621,8 @@ std::vector<mstep::ClassAverage> Job::maximise(const IterationData& it, const st
     size_t cand = small;
     for (size_t a = 0; a < K; ++a)
       for (size_t b = a + 1; b < K; ++b) {
-        const double c = rotational_correlation(avg[a].image, avg[b].image, std::min(it.r, 15));
+        const double c =
+            mstep::rotational_correlation(avg[a].image, avg[b].image, coarse_.psi, std::min(it.r, 15));
         if (c > best) {
           second = best;
           best = c;
@@ -678,6 +649,45 @@ std::vector<mstep::ClassAverage> Job::maximise(const IterationData& it, const st
   return avg;
 }
 
+// The E-step over all particles. Batches are grouped into a fixed number of chunks, each with its
+// own sums, added in chunk order: the result does not depend on --j, and under mpirun (chunk c on
+// rank c mod size) it is the same as in one process. One process adds each chunk as soon as it is
+// done; under MPI a rank keeps its own chunks until they are shared.
+ChunkSums Job::expectation(const IterationData& it, IterationReport& rep, std::vector<double>& new_scale) {
+  const size_t N = table_.size(), K = size_t(opt_.classes), hs = size_t(n_ / 2 + 1);
+  const size_t nbatch = (N + size_t(opt_.batch_size) - 1) / size_t(opt_.batch_size);
+  const size_t C = chunk_of_batches(nbatch), B = size_t(opt_.batch_size);
+  auto owns = [&](size_t c) { return int(c % size_t(mpi::size())) == mpi::rank(); };
+  double mine = 0;
+  for (size_t c = 0; c < C; ++c)
+    if (owns(c)) mine += double(std::min(N, nbatch * (c + 1) / C * B) - nbatch * c / C * B);
+  ChunkSums total;
+  total.reset(K, n_, it.r, it.split, size_t(groups_), hs);
+  Progress prog(fmt::format("iteration {}/{}", st_.iteration + 1, opt_.iterations), mine);
+  BatchWork work;
+  std::vector<ChunkSums> kept(mpi::active() ? C : 0);
+  for (size_t c = 0; c < C; ++c) {
+    if (!owns(c)) continue;
+    ChunkSums ch;
+    ch.reset(K, n_, it.r, it.split, size_t(groups_), hs);
+    for (size_t first = nbatch * c / C * B; first < std::min(N, nbatch * (c + 1) / C * B); first += B) {
+      const size_t count = std::min(B, N - first);
+      process_batch(first, count, it, work, ch, rep, new_scale);
+      prog.advance(double(count));
+    }
+    if (mpi::active()) kept[c] = std::move(ch);
+    else total.add(ch);
+  }
+  prog.finish();
+  for (size_t c = 0; c < C && mpi::active(); ++c) {
+    if (!owns(c)) kept[c].reset(K, n_, it.r, it.split, size_t(groups_), hs);
+    share_chunk(c, nbatch, kept[c], rep, new_scale);
+    total.add(kept[c]);
+    kept[c] = ChunkSums{};
+  }
+  return total;
+}
+
 IterationReport Job::iterate() {
   const size_t N = table_.size(), K = size_t(opt_.classes);
   const size_t hs = size_t(n_ / 2 + 1);
@@ -694,55 +704,7 @@ IterationReport Job::iterate() {
   posterior_sum_.assign(N, 0.0);
   std::vector<double> new_scale(N, 1.0);
   fine_flops_ = 0;
-
-  // Batches are grouped into a fixed number of chunks, each with its own sums, added in chunk order:
-  // the result does not depend on --j, and under mpirun (chunk c on rank c mod size) it is the same
-  // as in one process. One process adds each chunk as soon as it is done; under MPI a rank keeps
-  // its own chunks until they are shared.
-  const size_t nbatch = (N + size_t(opt_.batch_size) - 1) / size_t(opt_.batch_size);
-  const size_t C = chunk_of_batches(nbatch), B = size_t(opt_.batch_size);
-  auto owns = [&](size_t c) { return int(c % size_t(mpi::size())) == mpi::rank(); };
-  double mine = 0;
-  for (size_t c = 0; c < C; ++c)
-    if (owns(c)) mine += double(std::min(N, nbatch * (c + 1) / C * B) - nbatch * c / C * B);
-  ChunkSums total;
-  total.reset(K, n_, it.r, it.split, size_t(groups_), hs);
-  auto add_chunk = [&](const ChunkSums& ch) {
-    for (size_t k = 0; k < K; ++k) {
-      total.acc[k].add(ch.acc[k]);
-      if (it.split) total.acc_half[k].add(ch.acc_half[k]);
-    }
-    for (size_t g = 0; g < size_t(groups_); ++g)
-      for (size_t s = 0; s < hs; ++s) {
-        total.wdiff2[g][s] += ch.wdiff2[g][s];
-        total.wcount[g][s] += ch.wcount[g][s];
-      }
-    for (size_t k = 0; k < K; ++k) total.wclass[k] += ch.wclass[k];
-    total.loglik += ch.loglik;
-    total.pmax += ch.pmax;
-  };
-  Progress prog(fmt::format("iteration {}/{}", st_.iteration + 1, opt_.iterations), mine);
-  BatchWork work;
-  std::vector<ChunkSums> kept(mpi::active() ? C : 0);
-  for (size_t c = 0; c < C; ++c) {
-    if (!owns(c)) continue;
-    ChunkSums ch;
-    ch.reset(K, n_, it.r, it.split, size_t(groups_), hs);
-    for (size_t first = nbatch * c / C * B; first < std::min(N, nbatch * (c + 1) / C * B); first += B) {
-      const size_t count = std::min(B, N - first);
-      process_batch(first, count, it, work, ch, rep, new_scale);
-      prog.advance(double(count));
-    }
-    if (mpi::active()) kept[c] = std::move(ch);
-    else add_chunk(ch);
-  }
-  prog.finish();
-  for (size_t c = 0; c < C && mpi::active(); ++c) {
-    if (!owns(c)) kept[c].reset(K, n_, it.r, it.split, size_t(groups_), hs);
-    share_chunk(c, nbatch, kept[c], rep, new_scale);
-    add_chunk(kept[c]);
-    kept[c] = ChunkSums{};
-  }
+  ChunkSums total = expectation(it, rep, new_scale);
   rep.log_likelihood_sum = total.loglik;
   rep.average_pmax = total.pmax / double(N);
 

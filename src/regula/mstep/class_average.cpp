@@ -96,6 +96,28 @@ ClassAverage reconstruct_class_2d(const FourierPixels& pixels, std::span<const d
   return reconstruct_class_2d(acc, opt);
 }
 
+double rotational_correlation(const Image& a, const Image& b, std::span<const double> psi_deg, int r) {
+  const int n = a.nx();
+  if (b.nx() != n || a.ny() != n || b.ny() != n)
+    runtime_error("rotational_correlation: images of {}x{} and {}x{} px", a.nx(), a.ny(), b.nx(), b.ny());
+  FourierPixels px = select_fourier_pixels(n, r);
+  Grid<cfloat> B = fourier_centred(b), out;
+  Projector2D proj(a, 2, std::min(n / 2, r + 1));
+  double best = -1;
+  for (double psi : psi_deg) {
+    proj.project_psi(psi, out);
+    double num = 0, na = 0, nb = 0;
+    for (size_t q = 0; q < px.size(); ++q) {
+      const std::complex<double> x(out[px.index[q]]), y(B[px.index[q]]);
+      num += (std::conj(x) * y).real();
+      na += std::norm(x);
+      nb += std::norm(y);
+    }
+    if (na > 0 && nb > 0) best = std::max(best, num / std::sqrt(na * nb));
+  }
+  return best;
+}
+
 std::array<double, 2> positive_centre_of_mass(const Image& img, double radius_px) {
   const int n = img.nx();
   double sw = 0, sx = 0, sy = 0;

@@ -64,6 +64,12 @@ ClassAverage reconstruct_class_2d(const FourierPixels& pixels, std::span<const d
                                   std::span<const std::complex<double>> data, std::span<const double> weight,
                                   const ClassAverageOptions& opt);
 
+// Largest normalised correlation Re<R_psi a, b> / (|R_psi a| |b|) of image b with image a rotated
+// by the angles psi_deg (Projector2D::project_psi), over the Fourier pixels of shells 1..r (both
+// images about their centre n/2). 1 when b is a rotated by one of the angles; -1 when no angle
+// gives two non-zero images.
+double rotational_correlation(const Image& a, const Image& b, std::span<const double> psi_deg, int r);
+
 // Centre of mass (pixels, relative to the centre n/2) of the positive values within radius_px.
 std::array<double, 2> positive_centre_of_mass(const Image& img, double radius_px);
 // Moves the content of `img` by (dx, dy) pixels (Fourier phase shift, circular).

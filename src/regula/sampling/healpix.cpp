@@ -69,6 +69,36 @@ std::vector<std::array<double, 2>> translations(double range_px, double step_px)
   return out;
 }
 
+std::vector<double> oversampled_psi_angles(const std::vector<double>& psi, double step_deg, int order) {
+  if (order < 0 || order > 8) input_error("oversampling order {} out of range [0, 8]", order);
+  if (order == 0) return psi;
+  const int c = 1 << order;
+  std::vector<double> out;
+  out.reserve(psi.size() * size_t(c));
+  for (double a : psi)
+    for (int b = 0; b < c; ++b) {
+      double v = a - 0.5 * step_deg + (0.5 + b) * step_deg / c;
+      if (v > 180) v -= 360;
+      if (v <= -180) v += 360;
+      out.push_back(v);
+    }
+  return out;
+}
+
+std::vector<std::array<double, 2>> oversampled_translations(const std::vector<std::array<double, 2>>& trans,
+                                                            double step_px, int order) {
+  if (order < 0 || order > 8) input_error("oversampling order {} out of range [0, 8]", order);
+  if (order == 0) return trans;
+  const int c = 1 << order;
+  std::vector<std::array<double, 2>> out;
+  out.reserve(trans.size() * size_t(c) * size_t(c));
+  for (const auto& t : trans)
+    for (int ax = 0; ax < c; ++ax)
+      for (int ay = 0; ay < c; ++ay)
+        out.push_back({t[0] - 0.5 * step_px + (0.5 + ax) * step_px / c, t[1] - 0.5 * step_px + (0.5 + ay) * step_px / c});
+  return out;
+}
+
 std::vector<long> asymmetric_unit_pixels(int order, const SymmetryGroup& sym) {
   check_order(order);
   const long npix = healpix_num_pixels(order);

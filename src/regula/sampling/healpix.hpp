@@ -57,6 +57,15 @@ std::vector<double> psi_angles(double step_deg);
 // both ascending). range 0 gives the single translation (0, 0).
 std::vector<std::array<double, 2>> translations(double range_px, double step_px);
 
+// RELION's adaptive oversampling of order o (HealpixSampling) for grids of step `step`: every
+// in-plane angle a becomes the 2^o angles a - step/2 + (b + 1/2) step / 2^o (b = 0..2^o-1; kept
+// in (-180, 180], as RELION writes oversampled 2D angles), every translation (x, y) the 4^o
+// translations with the same rule per axis (x index major). Children of element e are at
+// e * 2^o + b (angles) and e * 4^o + a (translations). Order 0 returns the input.
+std::vector<double> oversampled_psi_angles(const std::vector<double>& psi, double step_deg, int order);
+std::vector<std::array<double, 2>> oversampled_translations(const std::vector<std::array<double, 2>>& trans,
+                                                            double step_px, int order);
+
 class OrientationSampling {
  public:
   // healpix_order in [0, 7] (else InputError). psi_step_deg <= 0 means the

@@ -1,0 +1,145 @@
+// M-step of 2D classification (mstep/class_average.hpp): the class average recovered from rotated
+// noiseless copies, the 2D insert_pixels path against insert(), the rotational correlation, and
+// the centre of mass.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <complex>
+#include <numbers>
+#include <vector>
+
+#include "regula/core/error.hpp"
+#include "regula/imaging/backprojector.hpp"
+#include "regula/imaging/projector.hpp"
+#include "regula/mstep/class_average.hpp"
+#include "regula/sampling/euler.hpp"
+#include "regula/sampling/healpix.hpp"
+
+using namespace regula;
+using namespace regula::mstep;
+
+namespace {
+
+constexpr int kN = 48;
+
+// An asymmetric "L" of two Gaussian-edged bars, off centre.
+Image l_shape(double dx = 0, double dy = 0) {
+  Image img(kN, kN);
+  for (int y = 0; y < kN; ++y)
+    for (int x = 0; x < kN; ++x) {
+      const double u = x - kN / 2 - dx, v = y - kN / 2 - dy;
+      auto bar = [](double a, double lo, double hi) {
+        return 1 / (1 + std::exp(-2 * (a - lo))) / (1 + std::exp(2 * (a - hi)));
+      };
+      img(x, y) = float(bar(u, -8, -3) * bar(v, -10, 10) + bar(u, -3, 8) * bar(v, 5, 10));
+    }
+  return img;
+}
+
+// Pixels of the rotated copy of `img` at psi, as the E-step sees a reference.
+std::vector<std::complex<double>> rotated_row(const Projector2D& proj, const FourierPixels& px, double psi) {
+  Grid<cfloat> out;
+  proj.project_psi(psi, out);
+  std::vector<std::complex<double>> row(px.size());
+  for (size_t q = 0; q < px.size(); ++q) row[q] = out[px.index[q]];
+  return row;
+}
+
+double correlation_to_shell(const Image& a, const Image& b, int r) {
+  const std::vector<double> one = {0.0};
+  return rotational_correlation(a, b, one, r);
+}
+
+}  // namespace
+
+TEST(ClassAverage, RotatedNoiselessCopiesGiveTheImageBack) {
+  // Sums of unit-weight copies of the L rotated by every psi of a 6-degree grid: the class average
+  // (no prior) is the L up to the band limit; its correlation with the L over shells 1..r is
+  // limited by the linear interpolation of the rotations (measured 0.999).
+  const Image L = l_shape(1.5, -2);
+  const int r = 16;
+  const FourierPixels px = select_fourier_pixels(kN, r);
+  const Projector2D proj(L, 2, r + 1);
+  const std::vector<double> psi = psi_angles(6);
+  std::vector<std::complex<double>> data;
+  std::vector<double> weight;
+  for (double a : psi) {
+    // A particle at angle a is the reference rotated (project_psi); its sum row is that image.
+    const auto row = rotated_row(proj, px, a);
+    data.insert(data.end(), row.begin(), row.end());
+    weight.insert(weight.end(), px.size(), 1.0);
+  }
+  ClassAverageOptions co;
+  co.r_max = r;
+  const ClassAverage avg = reconstruct_class_2d(px, psi, data, weight, co);
+  EXPECT_GT(correlation_to_shell(avg.image, L, r), 0.995);
+
+  // The same through an accumulator filled row by row.
+  BackProjector acc = class_accumulator(kN, r);
+  for (size_t p = 0; p < psi.size(); ++p)
+    insert_class_sums(acc, px, psi[p], data.data() + p * px.size(), weight.data() + p * px.size());
+  const ClassAverage avg2 = reconstruct_class_2d(acc, co);
+  EXPECT_EQ(avg.image.vec(), avg2.image.vec());
+  // Geometry mismatch is a programming error with a message.
+  co.r_max = r + 3;
+  EXPECT_THROW(reconstruct_class_2d(acc, co), Error);
+}
+
+TEST(ClassAverage, InsertPixelsIn2DSpreadsAsInsert) {
+  // The 2D accumulator filled from a pixel list equals the one filled from the same image.
+  const Image L = l_shape();
+  Grid<cfloat> F = fourier_centred(L);
+  const int r = 20;
+  const FourierPixels px = select_fourier_pixels(kN, r);
+  std::vector<float> kx, ky, d, w;
+  Grid<cfloat> img(kN / 2 + 1, kN);
+  Grid<float> wimg(kN / 2 + 1, kN);
+  img.fill(cfloat(0, 0));
+  wimg.fill(0.0f);
+  for (size_t q = 0; q < px.size(); ++q) {
+    kx.push_back(float(px.kx[q]));
+    ky.push_back(float(px.ky[q]));
+    d.push_back(F[px.index[q]].real());
+    d.push_back(F[px.index[q]].imag());
+    w.push_back(0.5f + float(q % 7));
+    img[px.index[q]] = F[px.index[q]];
+    wimg[px.index[q]] = w.back();
+  }
+  const Mat3 A = euler_to_matrix(0, 0, 37.0);
+  BackProjector a(kN, 2, r, 2), b(kN, 2, r, 2);
+  a.insert(img, wimg, A);
+  b.insert_pixels(kx, ky, d.data(), w.data(), A);
+  EXPECT_EQ(a.weight().vec(), b.weight().vec());
+  EXPECT_EQ(a.data().data.vec(), b.data().data.vec());
+  // add with a factor: a - b is zero.
+  a.add(b, -1.0f);
+  for (float v : a.weight().vec()) EXPECT_EQ(v, 0.0f);
+}
+
+TEST(ClassAverage, RotationalCorrelationFindsTheAngle) {
+  const Image L = l_shape();
+  const int r = 15;
+  const Projector2D proj(L, 2, r + 1);
+  // b = L rotated by 42 degrees (as project_psi sees it).
+  Grid<cfloat> out;
+  proj.project_psi(42.0, out);
+  const Image b = from_fourier_centred(out, kN);
+  const std::vector<double> with = {0, 12, 42, 84}, without = {0, 12, 84, 200};
+  EXPECT_NEAR(rotational_correlation(L, b, with, r), 1.0, 1e-5);
+  EXPECT_LT(rotational_correlation(L, b, without, r), 0.95);
+  // A different shape correlates less, whatever the angle.
+  Image blob(kN, kN);
+  for (int y = 0; y < kN; ++y)
+    for (int x = 0; x < kN; ++x) blob(x, y) = float(std::exp(-((x - 24.0) * (x - 24.0) + (y - 30.0) * (y - 30.0)) / 8));
+  EXPECT_LT(rotational_correlation(L, blob, psi_angles(6), r), 0.9);
+}
+
+TEST(ClassAverage, CentreOfMassOfPositiveValues) {
+  const Image L = l_shape();
+  auto c0 = positive_centre_of_mass(L, 22);
+  Image moved = L;
+  shift_image(moved, 3, -2);
+  auto c1 = positive_centre_of_mass(moved, 22);
+  EXPECT_NEAR(c1[0] - c0[0], 3, 0.05);
+  EXPECT_NEAR(c1[1] - c0[1], -2, 0.05);
+}
