@@ -15,6 +15,7 @@
 #include <complex>
 #include <numbers>
 #include <numeric>
+#include <utility>
 #include <vector>
 
 #include "regula/core/error.hpp"
@@ -393,12 +394,15 @@ TEST(EstepWeightedSums, SparseMatchesDenseReferenceOnSignificantSet) {
     }
   const auto ref = reference::weighted_sums(pr.batch(), pr.shifts(), pr.refs(), wd);
   const auto mag = abs_sums(pr, wd);
-  ThreadPool pool(2);
-  ReferenceSums rs;
-  rs.reset(pr.nj, pr.m);
-  accumulate_reference_sums(pr.batch(), pr.shifts(), post.significant, rs, pool);
-  ParticleSums ps;
-  compute_particle_sums(pr.batch(), pr.shifts(), pr.refs(), post.significant, ps, pool);
+  auto sums = [&](int threads) {
+    ThreadPool pool(threads);
+    std::pair<ReferenceSums, ParticleSums> out;
+    out.first.reset(pr.nj, pr.m);
+    accumulate_reference_sums(pr.batch(), pr.shifts(), post.significant, out.first, pool);
+    compute_particle_sums(pr.batch(), pr.shifts(), pr.refs(), post.significant, out.second, pool);
+    return out;
+  };
+  const auto [rs, ps] = sums(2);
   // One single-precision product per particle over at most T x J terms, summed in double: the
   // bound of the dense kernels (1e-5 of the magnitude) holds.
   std::vector<double> re_b, im_b, re_r, im_r, mag_s, mag_d2;
@@ -419,12 +423,7 @@ TEST(EstepWeightedSums, SparseMatchesDenseReferenceOnSignificantSet) {
     EXPECT_DOUBLE_EQ(ps.sum_weight[i], sw);
   }
   // The same bits for one and two threads.
-  ThreadPool one(1);
-  ReferenceSums rs1;
-  rs1.reset(pr.nj, pr.m);
-  accumulate_reference_sums(pr.batch(), pr.shifts(), post.significant, rs1, one);
-  ParticleSums ps1;
-  compute_particle_sums(pr.batch(), pr.shifts(), pr.refs(), post.significant, ps1, one);
+  const auto [rs1, ps1] = sums(1);
   EXPECT_EQ(rs1.data, rs.data);
   EXPECT_EQ(rs1.weight, rs.weight);
   EXPECT_EQ(ps1.diff2, ps.diff2);

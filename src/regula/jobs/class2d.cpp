@@ -74,6 +74,22 @@ struct Batch {
   std::vector<uint32_t> group;   // count
   std::vector<float> scale;      // count
   std::vector<double> power;     // count * (n/2+1): sum of |X|^2 per shell over all non-redundant pixels
+
+  // The kernels' view of the batch at m pixels, with inverse noise rows per optics group (or one
+  // row shared by all particles, without scales).
+  estep::ParticleBatch view(size_t m, std::span<const float> inv_sigma2, bool per_group) const {
+    estep::ParticleBatch pb;
+    pb.n = count;
+    pb.m = m;
+    pb.x = x;
+    pb.ctf = ctf;
+    pb.inv_sigma2 = inv_sigma2;
+    if (per_group) {
+      pb.noise_row = group;
+      pb.scale = scale;
+    }
+    return pb;
+  }
 };
 
 // The poses of one pass: in-plane angles (degrees) and translations (px). Reference j of the pass
@@ -310,13 +326,7 @@ void Job::initialise() {
       }
     }
     sw.offset[count] = count;
-    estep::ParticleBatch pb;
-    pb.n = count;
-    pb.m = m;
-    pb.x = b.x;
-    pb.ctf = b.ctf;
-    pb.inv_sigma2 = ones;
-    add_class_sums(pb, tp, sw, {}, at_origin, px, sums, acc);
+    add_class_sums(b.view(m, ones, false), tp, sw, {}, at_origin, px, sums, acc);
     prog.advance(double(count));
   }
   prog.finish();
@@ -454,14 +464,7 @@ void Job::process_batch(size_t first, size_t count, const IterationData& it, Bat
   const size_t m = px.size();
   Batch& b = w.b;
   load_batch(first, count, px, b);
-  estep::ParticleBatch pb;
-  pb.n = count;
-  pb.m = m;
-  pb.x = b.x;
-  pb.ctf = b.ctf;
-  pb.inv_sigma2 = it.inv_sigma2;
-  pb.noise_row = b.group;
-  pb.scale = b.scale;
+  const estep::ParticleBatch pb = b.view(m, it.inv_sigma2, true);
   const estep::TranslationPhases tp{T, m, it.phase};
   const estep::ReferenceSlices rs{J, m, it.refs};
   estep::compute_scores(pb, tp, rs, w.scores, pool_);
