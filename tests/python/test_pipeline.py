@@ -96,3 +96,13 @@ def test_sigint_marks_job_aborted_without_partial_output(tmp_path):
     assert (job / "RELION_JOB_EXIT_ABORTED").is_file()
     leftovers = [f.name for f in job.iterdir() if f.suffix in (".mrcs",) or ".tmp" in f.name]
     assert leftovers == []
+
+
+def test_missing_project_is_not_created(tmp_path):
+    """Only a command run as a job creates its project: a mistyped one is an error naming it."""
+    missing = tmp_path / "nonexistent_typo"
+    for args in (["pipeline"], ["run", "--job", "Simulate/job001"]):
+        r = regula("--project", missing, *args, check=False)
+        assert r.returncode == 1 and r.stderr.startswith("regula: error: ") and str(missing) in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    assert not missing.exists()

@@ -67,6 +67,21 @@ def server(project):
     proc.wait(timeout=10)
 
 
+@pytest.mark.parametrize("how", ["dir", "project"])
+def test_serve_refuses_a_missing_project(tmp_path, how):
+    """A mistyped project directory is an error naming it (one line, exit 1); nothing is created."""
+    missing = tmp_path / "nonexistent_typo"
+    args = ["serve", "--dir", missing] if how == "dir" else ["--project", missing, "serve"]
+    # Serving (the defect) would block: the timeout makes that a failure.
+    r = subprocess.run([regula_binary(), *map(str, args), "--port", "0"], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 1, r.stdout
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("regula: error: ") and str(missing) in lines[0], r.stderr
+    assert "no such" in lines[0], r.stderr  # not "not a directory": it does not exist
+    assert r.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
 def get(url):
     try:
         with urllib.request.urlopen(url, timeout=30) as r:

@@ -150,8 +150,26 @@ int main(int argc, char** argv) {
       regula::input_error("--project is not supported under mpirun yet: run the MPI job without --project");
     auto alias = take_option(args, "--alias").value_or("");
     if (project) {
-      std::filesystem::create_directories(*project);
-      std::filesystem::current_path(*project);
+      // Only a command that runs as a job makes its project; the others (serve, pipeline,
+      // run, info...) read an existing one, so a mistyped directory is an error, not a new
+      // empty project.
+      const auto sub = std::find_if(args.begin(), args.end(), is_command);
+      const bool help = std::find(args.begin(), args.end(), "--help") != args.end() ||
+                        std::find(args.begin(), args.end(), "-h") != args.end();
+      const bool makes_job = sub != args.end() && regula::pipeline::job_type(*sub) && !help;
+      namespace fs = std::filesystem;
+      std::error_code ec;
+      const auto kind = fs::status(*project, ec).type();
+      if (kind == fs::file_type::not_found && makes_job) {
+        fs::create_directories(*project);
+      } else if (!help) {
+        if (kind == fs::file_type::not_found)
+          regula::input_error("--project {}: no such directory (only a command run as a job creates its project)",
+                              *project);
+        if (ec) regula::input_error("--project {}: {}", *project, ec.message());
+        if (kind != fs::file_type::directory) regula::input_error("--project {}: not a directory", *project);
+      }
+      if (fs::is_directory(*project, ec)) fs::current_path(*project);
     }
     // Global flags stay in front of the subcommand.
     std::vector<std::string> global;

@@ -19,7 +19,8 @@ void add_serve(CLI::App& app) {
     serve::Server server(*opt);
     const int port = server.bind();
     // The address on stdout (also with --quiet), for people and for scripts that wait for it.
-    std::printf("regula serve: http://%s:%d/ (project %s; Ctrl-C stops)\n", opt->host.c_str(), port, opt->project.c_str());
+    std::printf("regula serve: http://%s:%d/ (project %s; Ctrl-C stops)\n", opt->host.c_str(), port,
+                server.project().c_str());
     std::fflush(stdout);
     server.listen();
   });

@@ -384,9 +384,15 @@ struct Server::Impl {
 
 Server::Server(ServeOptions opt) : impl_(std::make_unique<Impl>()) {
   impl_->opt = std::move(opt);
+  // Never creates the directory: a mistyped one is an error, not an empty project.
   std::error_code ec;
-  impl_->root = fs::canonical(impl_->opt.project, ec);
-  if (ec || !fs::is_directory(impl_->root)) input_error("--project {}: not a directory", impl_->opt.project);
+  const std::string& dir = impl_->opt.project;
+  const auto kind = fs::status(dir, ec).type();
+  if (kind == fs::file_type::not_found) input_error("{}: no such project directory", dir);
+  if (ec) input_error("{}: cannot open the project directory: {}", dir, ec.message());
+  if (kind != fs::file_type::directory) input_error("{}: not a directory (expected a project directory)", dir);
+  impl_->root = fs::canonical(dir, ec);
+  if (ec) input_error("{}: cannot open the project directory: {}", dir, ec.message());
   impl_->routes();
 }
 
@@ -399,6 +405,8 @@ int Server::bind() {
   if (m.port < 0) input_error("--port {}: cannot listen on {}:{} (in use?)", m.opt.port, m.opt.host, m.opt.port);
   return m.port;
 }
+
+std::string Server::project() const { return impl_->root.string(); }
 
 void Server::listen() { impl_->http.listen_after_bind(); }
 void Server::stop() { impl_->http.stop(); }

@@ -21,7 +21,7 @@
 namespace regula::serve {
 
 struct ServeOptions {
-  std::string project = ".";      // --project
+  std::string project = ".";      // --dir (relative to --project when both are given)
   int port = 8800;                // --port (0: any free port)
   std::string host = "127.0.0.1"; // --host
 };
@@ -30,7 +30,10 @@ class Server {
  public:
   explicit Server(ServeOptions opt);
   ~Server();
-  // Binds (InputError when the port is taken or the project is not a directory); returns the port.
+  // The project directory, canonical. The constructor throws InputError (naming the directory)
+  // when it does not exist or is not a directory; nothing is ever created.
+  std::string project() const;
+  // Binds (InputError when the port is taken); returns the port.
   int bind();
   // Serves until stop() (from another thread or a signal handler thread).
   void listen();
