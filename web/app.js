@@ -42,7 +42,7 @@ async function refreshJobs() {
     const frac = p && p.total > 0 ? Math.min(1, p.done / p.total) : (j.status === 'finished' ? 1 : 0);
     const tr = h('tr', {class: 'job' + (selected === j.dir ? ' selected' : ''), 'data-dir': j.dir, onclick: () => showJob(j)},
       h('td', {}, j.dir),
-      h('td', {class: 'status-' + j.status}, j.status),
+      h('td', {class: 'status-' + j.status, title: j.detail || ''}, j.detail ? j.status + ' (process gone)' : j.status),
       h('td', {class: 'progress', title: p ? p.task : ''}, h('span', {class: 'bar'}, h('span', {style: `width:${(100 * frac).toFixed(1)}%`})),
         ' ', p ? `${Math.round(p.done)}/${Math.round(p.total)}` : ''),
       h('td', {}, fmtTime(j.status === 'running' ? (p ? (p.elapsed ?? p.elapsed_s ?? 0) : 0) : (j.end && j.start ? j.end - j.start : 0))));
@@ -259,6 +259,7 @@ async function showJob(j) {
   selected = j.dir;
   const view = $('#view');
   view.replaceChildren(h('h2', {}, `${j.dir} (${j.type}, ${j.status})`));
+  if (j.detail) view.append(h('p', {class: 'error'}, j.detail));
   try {
     const job = await api(`/api/job?dir=${q(j.dir)}`);
     if (job.type === 'Class2D') await showClass2D(view, job);

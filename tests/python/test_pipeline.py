@@ -1,9 +1,13 @@
 """Job directories and the pipeline record (default_pipeline.star), checked with gemmi."""
+import contextlib
+import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import time
+import urllib.request
 
 import gemmi
 import pytest
@@ -27,6 +31,47 @@ def record(project):
     out = doc.find_block("pipeline_output_edges").find("_rlnPipeLineEdge", ["Process", "ToNode"])
     inp = doc.find_block("pipeline_input_edges").find("_rlnPipeLineEdge", ["FromNode", "Process"])
     return ({r[0]: int(r[2]) for r in procs}, [(r[0], r[1]) for r in out], [(r[0], r[1]) for r in inp])
+
+
+def listed_status(project):
+    """Status per job as `regula pipeline` prints it."""
+    r = regula("--project", project, "pipeline")
+    return {line.split()[0]: line.split()[1] for line in r.stdout.splitlines() if line and not line.startswith(" ")}
+
+
+@contextlib.contextmanager
+def served(project):
+    """/api/jobs of `regula serve` on the project, as {dir: job}."""
+    proc = subprocess.Popen([regula_binary(), "serve", "--dir", str(project), "--port", "0"], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        url = proc.stdout.readline().split()[2]
+        with urllib.request.urlopen(url + "api/jobs", timeout=30) as r:
+            yield {j["dir"]: j for j in json.loads(r.read())}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def start_time(pid):
+    """Field 22 of /proc/PID/stat (clock ticks after boot); the command name may hold spaces."""
+    return int(pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+
+
+def boot_id():
+    return pathlib.Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def start_slow_job(p):
+    """A simulate job long enough to be interrupted, once its running marker exists."""
+    proc = subprocess.Popen([regula_binary(), "--quiet", "--project", str(p), "simulate", "--i", str(MAP), "--o",
+                             "sim", "--n", "200000", "--angpix", "4", "--box", "96", "--seed", "1", "--j", "1"])
+    job = p / "Simulate" / "job001"
+    deadline = time.time() + 60
+    while not (job / "REGULA_JOB_RUNNING").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    return proc, job
 
 
 @pytest.fixture
@@ -82,13 +127,7 @@ def test_run_reruns_a_job(project):
 
 def test_sigint_marks_job_aborted_without_partial_output(tmp_path):
     p = tmp_path / "project"
-    proc = subprocess.Popen([regula_binary(), "--quiet", "--project", str(p), "simulate", "--i", str(MAP), "--o",
-                             "sim", "--n", "200000", "--angpix", "4", "--box", "96", "--seed", "1", "--j", "1"])
-    job = p / "Simulate" / "job001"
-    deadline = time.time() + 60
-    while not (job / "REGULA_JOB_RUNNING").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)
+    proc, job = start_slow_job(p)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) == 1
     status, _, _ = record(p)
@@ -96,6 +135,53 @@ def test_sigint_marks_job_aborted_without_partial_output(tmp_path):
     assert (job / "RELION_JOB_EXIT_ABORTED").is_file()
     leftovers = [f.name for f in job.iterdir() if f.suffix in (".mrcs",) or ".tmp" in f.name]
     assert leftovers == []
+
+
+def test_sigkilled_job_is_reported_failed(tmp_path):
+    """A job killed with SIGKILL writes no exit marker: its recorded process is gone, so it is failed."""
+    p = tmp_path / "project"
+    proc, job = start_slow_job(p)
+    marker = json.loads((job / "REGULA_JOB_RUNNING").read_text())
+    assert marker == {"pid": proc.pid, "host": socket.gethostname(), "start_time": start_time(proc.pid),
+                      "boot_id": boot_id()}
+    assert listed_status(p) == {"Simulate/job001/": "running"}
+    with served(p) as jobs:
+        assert jobs["Simulate/job001/"]["status"] == "running" and "detail" not in jobs["Simulate/job001/"]
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert sorted(f.name for f in job.iterdir() if "JOB" in f.name) == ["REGULA_JOB_RUNNING"]
+    assert listed_status(p) == {"Simulate/job001/": "failed"}
+    assert f"process {proc.pid} on {socket.gethostname()}" in regula("--project", p, "pipeline").stdout
+    with served(p) as jobs:
+        j = jobs["Simulate/job001/"]
+        assert j["status"] == "failed" and str(proc.pid) in j["detail"] and j["end"] >= j["start"] > 0
+    assert record(p)[0] == {"Simulate/job001/": 0}  # reading never rewrites the record
+
+
+def test_status_from_the_running_marker(project):
+    """Liveness is the recorded process's: pid and start time on this host (a reused pid is not the
+    job), a restart of the machine ends it, another host's job stays running (it cannot be known)."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "start_time": start_time(os.getpid()), "boot_id": boot_id()}
+    cases = {
+        "job011": (me, "running"),
+        "job012": (dict(me, start_time=me["start_time"] + 1), "failed"),   # the pid now names another process
+        "job013": (dict(me, pid=dead.pid, start_time=1), "failed"),        # no such process
+        "job014": (dict(me, pid=dead.pid, host="elsewhere.invalid"), "running"),
+        "job015": (dict(me, boot_id="00000000-0000-0000-0000-000000000000"), "failed"),  # restarted since
+        "job016": (str(dead.pid), "running"),                              # a bare pid (older versions)
+        "job017": (dict(me, pid=dead.pid, start_time=1), "aborted"),       # an exit marker wins (below)
+    }
+    for name, (marker, _) in cases.items():
+        d = project / "Reconstruct" / name
+        d.mkdir(parents=True)
+        (d / "note.txt").write_text("a job\n")
+        (d / "REGULA_JOB_RUNNING").write_text((json.dumps(marker) if isinstance(marker, dict) else marker) + "\n")
+    (project / "Reconstruct/job017/RELION_JOB_EXIT_ABORTED").write_text("")
+    with served(project) as jobs:
+        got = {n: jobs[f"Reconstruct/{n}/"]["status"] for n in cases}
+    assert got == {n: want for n, (_, want) in cases.items()}
 
 
 def test_missing_project_is_not_created(tmp_path):

@@ -6,6 +6,7 @@
 
 #include "regula/cli/commands.hpp"
 #include "regula/core/error.hpp"
+#include "regula/pipeline/job.hpp"
 #include "regula/pipeline/pipeline.hpp"
 
 namespace regula::cli {
@@ -25,8 +26,13 @@ void add_pipeline(CLI::App& app) {
     for (auto& e : r.inputs) in.emplace(e.to, e.from);
     for (auto& e : r.outputs) out.emplace(e.from, e.to);
     for (auto& p : r.processes) {
-      std::printf("%-24s %-10s %s\n", p.name.c_str(), pl::status_name(p.status),
+      // The record says running until the job writes its end: its directory tells more
+      // (an exit marker, or a process that is gone without one).
+      pl::JobState state{p.status, ""};
+      if (p.status == pl::Status::Running) state = pl::job_state(p.name);
+      std::printf("%-24s %-10s %s\n", p.name.c_str(), pl::status_name(state.status),
                   p.alias == "None" ? "" : p.alias.c_str());
+      if (!state.detail.empty()) std::printf("    note: %s\n", state.detail.c_str());
       auto [ib, ie] = in.equal_range(p.name);
       for (auto it = ib; it != ie; ++it) std::printf("    in:  %s\n", it->second.c_str());
       auto [ob, oe] = out.equal_range(p.name);

@@ -13,6 +13,7 @@
 #include "regula/core/atomic_file.hpp"
 #include "regula/core/error.hpp"
 #include "regula/io/star.hpp"
+#include "regula/pipeline/process.hpp"
 
 namespace regula::pipeline {
 namespace fs = std::filesystem;
@@ -88,12 +89,21 @@ int iteration_of(const std::string& name) {
   return -1;
 }
 
+// Writes marker `keep` and removes the others. The running marker holds the identity of
+// this process (pid, host, start time, boot id), so that a reader can tell a job that
+// died without an exit marker; the exit markers hold the process id.
 void set_marker(const std::string& dir, const char* keep) {
   for (const char* m : kMarkers) {
     std::string p = dir + m;
-    if (m == keep) write_file_atomic(p, fmt::format("{}\n", ::getpid()));
-    else std::filesystem::remove(p);
+    if (m != keep) std::filesystem::remove(p);
+    else if (m == kMarkers[0]) write_file_atomic(p, to_json(current_process()) + "\n");
+    else write_file_atomic(p, fmt::format("{}\n", ::getpid()));
   }
+}
+
+bool present(const fs::path& p) {
+  std::error_code ec;
+  return fs::symlink_status(p, ec).type() != fs::file_type::not_found && !ec;
 }
 
 }  // namespace
@@ -102,6 +112,24 @@ const JobType* job_type(std::string_view command) {
   for (const auto& t : kTypes)
     if (t.command == command) return &t;
   return nullptr;
+}
+
+JobState job_state(const std::string& job_dir) {
+  const fs::path d(job_dir);
+  if (present(d / kMarkers[1])) return {Status::Succeeded, ""};
+  if (present(d / kMarkers[2])) return {Status::Failed, ""};
+  if (present(d / kMarkers[3])) return {Status::Aborted, ""};
+  const fs::path running = d / kMarkers[0];
+  std::error_code ec;
+  if (fs::symlink_status(running, ec).type() != fs::file_type::regular) return {Status::Running, ""};
+  std::ifstream f(running);
+  std::string text(4096, '\0');
+  f.read(text.data(), std::streamsize(text.size()));
+  text.resize(size_t(f.gcount()));
+  auto who = parse_process_identity(text);
+  if (!who || liveness(*who) != Liveness::Gone) return {Status::Running, ""};
+  return {Status::Failed, fmt::format("process {} on {} ended without an exit marker (killed, or the machine "
+                                      "restarted)", who->pid, who->host)};
 }
 
 std::vector<std::string> input_files(const std::vector<std::string>& args) {
@@ -151,8 +179,8 @@ Job Job::create(const JobType& type, const std::vector<std::string>& args, const
       r.inputs.push_back({in, job.dir_});
     }
   });
+  set_marker(job.dir_, kMarkers[0]);  // first, so that a job dying from here on is seen as failed
   write_job_files(job.dir_, type, args);
-  set_marker(job.dir_, kMarkers[0]);
   return job;
 }
 

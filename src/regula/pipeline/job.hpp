@@ -1,9 +1,10 @@
 // Job directories inside a project, as RELION keeps them: `<Type>/jobNNN/` holding
 // the command line (note.txt, command.json), the parameters (job.star), the log
 // (run.out), the progress file (progress.jsonl), the outputs and a status marker
-// (REGULA_JOB_RUNNING while it runs; RELION_JOB_EXIT_SUCCESS / _FAILURE / _ABORTED
-// at the end, the names RELION's GUI looks for). Each job is a process of the
-// pipeline record (pipeline.hpp) with its input and output nodes.
+// (REGULA_JOB_RUNNING while it runs, holding the process's identity (process.hpp);
+// RELION_JOB_EXIT_SUCCESS / _FAILURE / _ABORTED at the end, the names RELION's GUI
+// looks for). Each job is a process of the pipeline record (pipeline.hpp) with its
+// input and output nodes.
 #pragma once
 #include <string>
 #include <string_view>
@@ -53,6 +54,16 @@ class Job {
   const JobType* type_ = nullptr;
   std::vector<std::string> args_;
 };
+
+// The status of a job read from its directory: the exit marker's; else Running, or Failed
+// when REGULA_JOB_RUNNING names a process of this host that no longer exists (killed
+// with SIGKILL, or the machine restarted). A job of another host, or with no marker,
+// stays Running (it cannot be known). Symbolic links are never followed.
+struct JobState {
+  Status status = Status::Running;
+  std::string detail;  // why a job without an exit marker counts as failed ("" otherwise)
+};
+JobState job_state(const std::string& job_dir);
 
 // Input files named by the usual options (--i, --ref, --mask, ...) that exist.
 std::vector<std::string> input_files(const std::vector<std::string>& args);

@@ -17,6 +17,7 @@
 #include "regula/imaging/plot.hpp"
 #include "regula/io/mrc.hpp"
 #include "regula/io/star.hpp"
+#include "regula/pipeline/job.hpp"
 
 namespace regula::serve {
 
@@ -81,12 +82,7 @@ struct Server::Impl {
 
   std::string rel(const fs::path& p) const { return fs::relative(p, root).string(); }
 
-  static std::string status_of(const fs::path& d) {
-    if (fs::exists(d / "RELION_JOB_EXIT_SUCCESS")) return "finished";
-    if (fs::exists(d / "RELION_JOB_EXIT_FAILURE")) return "failed";
-    if (fs::exists(d / "RELION_JOB_EXIT_ABORTED")) return "aborted";
-    return "running";
-  }
+  static std::string status_of(const pipeline::JobState& s) { return pipeline::status_name(s.status); }
 
   static json last_progress(const fs::path& d) {
     std::ifstream f(d / "progress.jsonl");
@@ -118,14 +114,21 @@ struct Server::Impl {
       return a.filename().string() < b.filename().string();
     });
     for (const auto& d : dirs) {
+      const pipeline::JobState state = pipeline::job_state(d.string());
       json j;
       j["dir"] = rel(d) + "/";
       j["type"] = d.parent_path().filename().string();
-      j["status"] = status_of(d);
+      j["status"] = status_of(state);
+      if (!state.detail.empty()) j["detail"] = state.detail;
       j["progress"] = last_progress(d);
       j["start"] = mtime(d / "note.txt");
-      j["end"] = j["status"] == "running" ? 0.0 : mtime(d / ("RELION_JOB_EXIT_" + std::string(
-          j["status"] == "finished" ? "SUCCESS" : j["status"] == "failed" ? "FAILURE" : "ABORTED")));
+      const char* marker = state.status == pipeline::Status::Succeeded ? "RELION_JOB_EXIT_SUCCESS"
+                           : state.status == pipeline::Status::Aborted ? "RELION_JOB_EXIT_ABORTED"
+                                                                       : "RELION_JOB_EXIT_FAILURE";
+      // A job that died without an exit marker ended when it last wrote its log or progress.
+      j["end"] = state.status == pipeline::Status::Running ? 0.0
+                 : state.detail.empty() ? mtime(d / marker)
+                                        : std::max(mtime(d / "run.out"), mtime(d / "progress.jsonl"));
       out.push_back(j);
     }
     return out;
@@ -155,7 +158,9 @@ struct Server::Impl {
     json j;
     j["dir"] = rel(d) + "/";
     j["type"] = d.parent_path().filename().string();
-    j["status"] = status_of(d);
+    const pipeline::JobState state = pipeline::job_state(d.string());
+    j["status"] = status_of(state);
+    if (!state.detail.empty()) j["detail"] = state.detail;
     json files = json::array();
     for (const auto& e : fs::directory_iterator(d))
       if (e.is_regular_file() && !e.is_symlink()) files.push_back(e.path().filename().string());

@@ -1,0 +1,85 @@
+// Job liveness (the identity in REGULA_JOB_RUNNING).
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include "regula/pipeline/job.hpp"
+#include "regula/pipeline/process.hpp"
+
+using namespace regula::pipeline;
+namespace fs = std::filesystem;
+
+TEST(ProcessIdentity, ThisProcessIsAliveAndRoundTrips) {
+  const ProcessIdentity me = current_process();
+  EXPECT_EQ(me.pid, long(::getpid()));
+  EXPECT_FALSE(me.host.empty());
+  EXPECT_GT(me.start_time, 0u);
+  EXPECT_EQ(liveness(me), Liveness::Alive);
+  auto back = parse_process_identity(to_json(me));
+  ASSERT_TRUE(back);
+  EXPECT_EQ(back->pid, me.pid);
+  EXPECT_EQ(back->host, me.host);
+  EXPECT_EQ(back->start_time, me.start_time);
+  EXPECT_EQ(back->boot_id, me.boot_id);
+}
+
+TEST(ProcessIdentity, CommandNameWithParenthesesAndSpaces) {
+  // Field 2 of /proc/PID/stat is "(name)": fields are counted after its last ')'.
+  char old[17] = {};
+  ASSERT_EQ(::prctl(PR_GET_NAME, old), 0);
+  const auto before = current_process().start_time;
+  ASSERT_EQ(::prctl(PR_SET_NAME, "a) b ) (c"), 0);
+  const auto during = current_process().start_time;
+  ::prctl(PR_SET_NAME, old);
+  EXPECT_EQ(during, before);
+}
+
+TEST(ProcessIdentity, ReusedPidRestartAndOtherHost) {
+  const ProcessIdentity me = current_process();
+  ProcessIdentity reused = me;
+  reused.start_time += 1;  // the pid now names a process that started at another time
+  EXPECT_EQ(liveness(reused), Liveness::Gone);
+  ProcessIdentity restarted = me;
+  restarted.boot_id = "00000000-0000-0000-0000-000000000000";
+  EXPECT_EQ(liveness(restarted), Liveness::Gone);
+  ProcessIdentity elsewhere = reused;
+  elsewhere.host = "elsewhere.invalid";
+  EXPECT_EQ(liveness(elsewhere), Liveness::Unknown);
+  ProcessIdentity bad = me;
+  bad.pid = 0;  // never kill(0, ...): that would be the process group
+  EXPECT_EQ(liveness(bad), Liveness::Unknown);
+  bad.pid = -1;
+  EXPECT_EQ(liveness(bad), Liveness::Unknown);
+}
+
+TEST(ProcessIdentity, ParseRejectsOtherText) {
+  EXPECT_FALSE(parse_process_identity("12345\n"));  // older markers: the bare pid
+  EXPECT_FALSE(parse_process_identity(""));
+  EXPECT_FALSE(parse_process_identity("{\"pid\": \"x\", \"host\": \"h\"}"));
+  EXPECT_FALSE(parse_process_identity("{\"host\": \"h\"}"));
+  EXPECT_TRUE(parse_process_identity("{\"pid\": 5, \"host\": \"h\"}"));
+}
+
+TEST(JobState, FromMarkers) {
+  const fs::path d = fs::temp_directory_path() / ("regula_test_jobstate_" + std::to_string(::getpid()));
+  fs::remove_all(d);
+  fs::create_directories(d);
+  auto write = [&](const char* name, const std::string& text) { std::ofstream(d / name) << text; };
+  EXPECT_EQ(job_state(d.string()).status, Status::Running);  // nothing recorded: cannot know
+  ProcessIdentity gone = current_process();
+  gone.start_time += 1;
+  write("REGULA_JOB_RUNNING", to_json(gone) + "\n");
+  JobState s = job_state(d.string());
+  EXPECT_EQ(s.status, Status::Failed);
+  EXPECT_NE(s.detail.find(std::to_string(gone.pid)), std::string::npos);
+  write("REGULA_JOB_RUNNING", to_json(current_process()) + "\n");
+  EXPECT_EQ(job_state(d.string()).status, Status::Running);
+  EXPECT_TRUE(job_state(d.string()).detail.empty());
+  write("RELION_JOB_EXIT_SUCCESS", "");
+  EXPECT_EQ(job_state(d.string()).status, Status::Succeeded);
+  fs::remove_all(d);
+}
