@@ -1,4 +1,4 @@
-// Job liveness (the identity in REGULA_JOB_RUNNING).
+// Job liveness (the identity in REGULA_JOB_RUNNING) and the node types of job outputs.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -82,4 +82,18 @@ TEST(JobState, FromMarkers) {
   write("RELION_JOB_EXIT_SUCCESS", "");
   EXPECT_EQ(job_state(d.string()).status, Status::Succeeded);
   fs::remove_all(d);
+}
+
+TEST(OutputNodeType, PostprocessAsRelion31) {
+  EXPECT_EQ(output_node_type("PostProcess/job005/postprocess.mrc", "postprocess"), kNodeFinalMap);
+  EXPECT_EQ(output_node_type("PostProcess/job005/postprocess_masked.mrc", "postprocess"), kNodeFinalMap);
+  EXPECT_EQ(output_node_type("PostProcess/job005/sharp_masked.mrc", "postprocess"), kNodeFinalMap);
+  EXPECT_EQ(output_node_type("PostProcess/job005/postprocess.star", "postprocess"), kNodePost);
+  EXPECT_EQ(output_node_type("PostProcess/job005/postprocess_fsc.png", "postprocess"), kNodeLogfile);
+  EXPECT_EQ(kNodePost, 14);
+  // Without the job: a masked map is still no mask; masks are.
+  EXPECT_EQ(output_node_type("x/postprocess_masked.mrc"), kNodeFinalMap);
+  EXPECT_NE(output_node_type("x/map_masked.mrc"), kNodeMask);
+  EXPECT_EQ(output_node_type("MaskCreate/job004/mask.mrc", "mask"), kNodeMask);
+  EXPECT_EQ(output_node_type("Refine3D/job003/run_half1_class001_unfil.mrc", "refine3d"), kNodeHalfMap);
 }

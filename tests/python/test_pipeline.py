@@ -10,11 +10,14 @@ import time
 import urllib.request
 
 import gemmi
+import mrcfile
+import numpy as np
 import pytest
 
 from conftest import DATA, regula_binary
 
 MAP = DATA / "proj" / "clean70SRibosome_vol_65p.mrc"
+MAP48 = DATA / "proj" / "clean70S_crop48.mrc"
 
 
 def regula(*args, cwd=None, check=True):
@@ -31,6 +34,11 @@ def record(project):
     out = doc.find_block("pipeline_output_edges").find("_rlnPipeLineEdge", ["Process", "ToNode"])
     inp = doc.find_block("pipeline_input_edges").find("_rlnPipeLineEdge", ["FromNode", "Process"])
     return ({r[0]: int(r[2]) for r in procs}, [(r[0], r[1]) for r in out], [(r[0], r[1]) for r in inp])
+
+
+def node_types(project):
+    doc = gemmi.cif.read(str(project / "default_pipeline.star"))
+    return {r[0]: int(r[1]) for r in doc.find_block("pipeline_nodes").find("_rlnPipeLineNode", ["Name", "Type"])}
 
 
 def listed_status(project):
@@ -192,3 +200,31 @@ def test_missing_project_is_not_created(tmp_path):
         assert r.returncode == 1 and r.stderr.startswith("regula: error: ") and str(missing) in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
     assert not missing.exists()
+
+
+def test_postprocess_outputs_have_relion_node_types(tmp_path):
+    """As RELION 3.1's post-processing job: both maps are final maps (11, the masked one is no mask), the
+    STAR file the post-processing node (14), the plots log files (13); inputs half map (10) and mask (7)."""
+    p = tmp_path / "project"
+    (p / "Halves").mkdir(parents=True)
+    m = mrcfile.read(MAP48).astype(np.float64)
+    rng = np.random.default_rng(2)
+    for i in (1, 2):
+        with mrcfile.new(p / f"Halves/run_half{i}_class001_unfil.mrc") as o:
+            o.set_data((m + rng.normal(size=m.shape) * m.std() * 0.3).astype(np.float32))
+            o.voxel_size = 6.0
+    regula("--project", p, "mask", "--i", MAP48, "--o", "mask.mrc", "--ini_threshold", float(m.mean() + m.std()),
+           "--extend_inimask", 2, "--width_soft_edge", 4)
+    regula("--project", p, "postprocess", "--i", "Halves/run_half1_class001_unfil.mrc", "--o", "postprocess",
+           "--mask", "MaskCreate/job001/mask.mrc", "--auto_bfac", "--autob_lowres", 30)
+    status, outputs, inputs = record(p)
+    assert status == {"MaskCreate/job001/": 2, "PostProcess/job002/": 2}
+    job = "PostProcess/job002/"
+    want = {job + "postprocess.mrc": 11, job + "postprocess_masked.mrc": 11, job + "postprocess.star": 14,
+            job + "postprocess_fsc.png": 13, job + "postprocess_guinier.png": 13}
+    assert sorted(t for f, t in outputs if f == job) == sorted(want)
+    types = node_types(p)
+    assert {n: types[n] for n in want} == want
+    assert types["Halves/run_half1_class001_unfil.mrc"] == 10 and types["MaskCreate/job001/mask.mrc"] == 7
+    assert sorted(f for f, to in inputs if to == job) == ["Halves/run_half1_class001_unfil.mrc",
+                                                         "MaskCreate/job001/mask.mrc"]

@@ -142,16 +142,23 @@ std::vector<std::string> input_files(const std::vector<std::string>& args) {
   return out;
 }
 
-int output_node_type(const std::string& path) {
+int output_node_type(const std::string& path, std::string_view command) {
   const std::string f = fs::path(path).filename().string();
   auto ends = [&](std::string_view s) { return f.size() >= s.size() && f.compare(f.size() - s.size(), s.size(), s) == 0; };
+  if (command == "postprocess") {
+    if (ends(".mrc")) return kNodeFinalMap;
+    if (ends(".star")) return kNodePost;
+    if (ends(".png") || ends(".pdf")) return kNodeLogfile;
+    return -1;
+  }
   if (ends("_data.star") || f == "particles.star" || f == "truth.star") return kNodeParticles;
   if (ends("_model.star")) return kNodeModel;
   if (ends("_optimiser.star")) return kNodeOptimiser;
   if (ends("_unfil.mrc")) return kNodeHalfMap;
   if (ends("_classes.mrcs")) return kNode2DRefs;
-  if (f.find("mask") != std::string::npos && ends(".mrc")) return kNodeMask;
-  if (ends("_masked.mrc") || (f.find("postprocess") != std::string::npos && ends(".mrc"))) return kNodeFinalMap;
+  // A masked map (postprocess_masked.mrc) is a map, not a mask.
+  if (f.find("postprocess") != std::string::npos && ends(".mrc")) return kNodeFinalMap;
+  if (f.find("mask") != std::string::npos && !ends("_masked.mrc") && ends(".mrc")) return kNodeMask;
   if (ends(".mrc")) return kNode3DRef;
   if (ends(".star") && f != "job.star" && f != "default_pipeline.star") return kNodeParticles;
   if (ends(".png") || ends(".pdf")) return kNodeLogfile;
@@ -244,7 +251,7 @@ void Job::finish(Status status) {
       continue;
     int it = iteration_of(name);
     if (it >= 0 && it != last_it) continue;
-    int t = output_node_type(f);
+    int t = output_node_type(f, type_->command);
     if (t >= 0) outputs.emplace_back(f, t);
   }
   pipeline::update_record(".", [&](Record& r) {
@@ -253,7 +260,7 @@ void Job::finish(Status status) {
     r.outputs.erase(std::remove_if(r.outputs.begin(), r.outputs.end(), [&](const Edge& e) { return e.from == dir_; }),
                     r.outputs.end());
     for (auto& [f, t] : outputs) {
-      r.add_node(f, t);
+      r.set_node(f, t);
       r.outputs.push_back({dir_, f});
     }
   });

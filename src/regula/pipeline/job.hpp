@@ -67,7 +67,10 @@ JobState job_state(const std::string& job_dir);
 
 // Input files named by the usual options (--i, --ref, --mask, ...) that exist.
 std::vector<std::string> input_files(const std::vector<std::string>& args);
-// The node type RELION would give an output file, or -1 to leave it out.
-int output_node_type(const std::string& path);
+// The node type RELION would give an output file of a job of `command` ("" when the job is not
+// known, e.g. for an input file), or -1 to leave it out. As RELION's post-processing job, every
+// map of a postprocess job is a final map (OUT.mrc and OUT_masked.mrc: not masks) and its STAR
+// file the post-processing node.
+int output_node_type(const std::string& path, std::string_view command = {});
 
 }  // namespace regula::pipeline

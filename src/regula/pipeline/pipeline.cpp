@@ -37,6 +37,15 @@ void Record::add_node(const std::string& name, int type) {
   nodes.push_back({name, type});
 }
 
+void Record::set_node(const std::string& name, int type) {
+  for (auto& n : nodes)
+    if (n.name == name) {
+      n.type = type;
+      return;
+    }
+  nodes.push_back({name, type});
+}
+
 namespace {
 
 std::string record_path(const std::string& dir) { return (fs::path(dir) / "default_pipeline.star").string(); }

@@ -15,11 +15,12 @@ namespace regula::pipeline {
 enum class Status : int { Running = 0, Scheduled = 1, Succeeded = 2, Failed = 3, Aborted = 4 };
 const char* status_name(Status s);
 
-// RELION 3.1 node types (pipeline_jobs.h).
+// RELION 3.1 node types (pipeline_jobs.h). kNodeFinalMap: a post-processed map (sharpened,
+// masked or not); kNodePost: the post-processing STAR file (FSC curves, B-factor).
 enum NodeType : int {
   kNodeMovies = 0, kNodeMics = 1, kNodeMicCoords = 2, kNodeParticles = 3, kNode2DRefs = 5, kNode3DRef = 6,
   kNodeMask = 7, kNodeModel = 8, kNodeOptimiser = 9, kNodeHalfMap = 10, kNodeFinalMap = 11, kNodeResMap = 12,
-  kNodeLogfile = 13
+  kNodeLogfile = 13, kNodePost = 14, kNodePolishParams = 15
 };
 
 struct Process {
@@ -43,7 +44,10 @@ struct Record {
   std::vector<Edge> inputs, outputs;
 
   Process* find_process(const std::string& name);
+  // Adds a node unless one of that name exists (an input keeps the type its producer gave it).
   void add_node(const std::string& name, int type);
+  // Adds a node or sets its type (an output: the producing job knows its type).
+  void set_node(const std::string& name, int type);
 };
 
 // Reads `dir/default_pipeline.star` (an empty record when absent).
