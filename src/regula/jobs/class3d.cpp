@@ -92,9 +92,26 @@ struct ChunkSums {
 
 std::string num(double v) { return fmt::format("{}", v); }
 
+// The job a checkpoint of class3d's layout belongs to: its regulaJob key; for checkpoints written
+// before that key existed (they have regulaClass1Map), "initial_model" when it has the layout of
+// initial_model's EM run (output root ROOT_em, reference ROOT_start.mrc), else "class3d". "" for
+// other files (another job's checkpoint; the missing keys are reported when they are read).
+std::string checkpoint_job(const state_io::OptimiserFile& o) {
+  if (o.has("regulaJob")) return o.get("regulaJob");
+  if (!o.has("regulaClass1Map")) return "";
+  if (o.has("rlnOutputRootName") && o.has("regulaReference")) {
+    const std::string root = o.get("rlnOutputRootName");
+    if (root.size() > 3 && root.ends_with("_em") &&
+        o.get("regulaReference") == root.substr(0, root.size() - 3) + "_start.mrc")
+      return "initial_model";
+  }
+  return "class3d";
+}
+
 class Job {
  public:
-  explicit Job(const Class3DOptions& o) : opt_(o), pool_(o.threads), sym_(SymmetryGroup::parse(o.sym)) {}
+  Job(const Class3DOptions& o, std::string job)
+      : opt_(o), job_(std::move(job)), pool_(o.threads), sym_(SymmetryGroup::parse("C1")) {}
   Class3DResult run();
 
  private:
@@ -104,6 +121,7 @@ class Job {
   void process_chunk(int c, ChunkSums& out);
   void share_chunks(std::vector<ChunkSums>& sums);
   Image read_particle(ParticleImages& images, size_t i) const;
+  Volume read_reference() const;
   std::vector<double> tau2_of(const Volume& map) const;
   double shell_to_A(double s) const { return s > 0 ? n_ * angpix_ / s : 999.0; }
   void write_iteration(const Report& rep);
@@ -113,6 +131,7 @@ class Job {
   }
 
   Class3DOptions opt_;
+  std::string job_;  // "class3d", or the job run on top of it ("initial_model"): checkpoints and messages
   ThreadPool pool_;
   SymmetryGroup sym_;
   std::string input_star_;
@@ -145,26 +164,37 @@ void Job::setup() {
   ro.angpix = opt_.angpix;
   table_ = ParticleTable::read(input_star_, ro);
   const size_t N = table_.size();
-  if (N < size_t(opt_.classes)) input_error("{}: {} particles for {} classes", input_star_, N, opt_.classes);
+  if (N == 0) input_error("{}: no particles", input_star_);
+  if (N < size_t(opt_.classes))
+    input_error("--K {}: more classes than the {} particles of {}", opt_.classes, N, input_star_);
   {
     ParticleImages images(table_, 1);
     Image first = images.read(0);
     n_ = first.nx();
-    if (first.ny() != n_ || n_ < 16 || n_ % 2)
-      input_error("{}: particle images must be square, even and at least 16 px (got {}x{})", table_.where(0),
-                  first.nx(), first.ny());
+    if (first.nz() != 1 || first.ny() != n_ || n_ < 16 || n_ % 2)
+      input_error("{}: particle images must be square 2D images, even and at least 16 px (got {}x{}x{})",
+                  table_.where(0), first.nx(), first.ny(), first.nz());
   }
   angpix_ = table_.optics.front().pixel_size;
   for (const auto& g : table_.optics) {
     if (g.pixel_size <= 0) input_error("{}: optics group {} has no pixel size; give --angpix", input_star_, g.number);
     if (std::abs(g.pixel_size - angpix_) > 1e-6 * angpix_)
-      input_error("{}: optics groups have different pixel sizes; class3d needs one", input_star_);
+      input_error("{}: optics groups have different pixel sizes ({} and {} Å); {} needs one", input_star_, angpix_,
+                  g.pixel_size, job_);
+    if (g.image_size > 0 && g.image_size != n_)
+      input_error("{}: optics group {} says rlnImageSize {} but the images are {} px (the first: {})", input_star_,
+                  g.number, g.image_size, n_, table_.image_name(0));
     if (opt_.ctf && g.voltage <= 0)
       input_error("{}: --ctf needs rlnVoltage, rlnSphericalAberration and rlnAmplitudeContrast (optics group {})",
                   input_star_, g.number);
   }
-  if (opt_.ctf)
+  if (opt_.ctf) {
+    // Without defocus columns the CTF would silently be that of zero defocus.
+    if (!table_.particles_block().has("rlnDefocusU"))
+      input_error("{}: --ctf needs _rlnDefocusU (and _rlnDefocusV, _rlnDefocusAngle) in data_{}", input_star_,
+                  table_.particles_block().name);
     for (size_t i = 0; i < N; ++i) (void)particle_ctf_params(table_, i);
+  }
   groups_ = int(table_.optics.size());
   K_ = opt_.classes;
   const double r = opt_.particle_diameter > 0 ? opt_.particle_diameter / (2 * angpix_) : n_ / 2.0 - opt_.mask_edge;
@@ -177,6 +207,23 @@ Image Job::read_particle(ParticleImages& images, size_t i) const {
     input_error("{}: image of particle {} is {}x{}, expected {}x{}", table_.where(i), i + 1, img.nx(), img.ny(), n_, n_);
   apply_spherical_mask(img, radius_px_, opt_.mask_edge, opt_.zero_mask ? MaskFill::Zero : MaskFill::BackgroundMean);
   return img;
+}
+
+Volume Job::read_reference() const {
+  mrc::Header h;
+  try {
+    h = mrc::read_header(opt_.reference);
+  } catch (const InputError& e) {
+    throw InputError(fmt::format("--ref: {}", e.what()));
+  }
+  if (!h.is_volume())
+    input_error("--ref {}: not a 3D map ({}x{}x{} {}; expected a volume of {}x{}x{} px, the particles' box)",
+                opt_.reference, h.size_x(), h.size_y(), h.size_z(), h.is_stack() ? "image stack" : "image", n_, n_,
+                n_);
+  if (h.size_x() != n_ || h.size_y() != n_ || h.size_z() != n_)
+    input_error("--ref {}: the map is {}x{}x{} px, expected {}x{}x{} (the particles' box)", opt_.reference,
+                h.size_x(), h.size_y(), h.size_z(), n_, n_, n_);
+  return mrc::read(opt_.reference);
 }
 
 std::vector<double> Job::tau2_of(const Volume& map) const {
@@ -206,9 +253,7 @@ void Job::initialise() {
   st_.nsig.assign(N, 0);
   st_.fraction.assign(size_t(K_), 1.0 / K_);
   st_.resolution.assign(size_t(K_), opt_.ini_high);
-  Volume ref = mrc::read(opt_.reference);
-  if (ref.nx() != n_ || ref.ny() != n_ || ref.nz() != n_)
-    input_error("{}: the reference is {}x{}x{}, the particles are {} px", opt_.reference, ref.nx(), ref.ny(), ref.nz(), n_);
+  Volume ref = read_reference();
   low_pass(ref, opt_.ini_high, angpix_);
   if (opt_.flatten_solvent) apply_spherical_mask(ref, radius_px_, opt_.mask_edge, MaskFill::Zero);
   st_.maps.assign(size_t(K_), ref);
@@ -734,6 +779,7 @@ void Job::write_iteration(const Report& rep) {
   }
   star::Document doc;
   star::Block& o = doc.add_block("optimiser_general", false);
+  o.set("regulaJob", job_);
   o.set("rlnOutputRootName", opt_.out_root);
   o.set("rlnModelStarFile", files_.model_star);
   o.set("rlnExperimentalDataStarFile", files_.data_star);
@@ -769,7 +815,9 @@ void Job::write_iteration(const Report& rep) {
 
 void Job::read_checkpoint() {
   const std::string& path = opt_.continue_from;
-  const state_io::OptimiserFile o(path, "class3d");
+  const state_io::OptimiserFile o(path, job_);
+  if (const std::string j = checkpoint_job(o); !j.empty() && j != job_)
+    input_error("{}: a checkpoint of regula {}, not of {}", path, j, job_);
   auto get = [&](const std::string& key) { return o.get(key); };
   auto get_d = [&](const std::string& key) { return o.number(key); };
   opt_.classes = int(get_d("rlnNrClasses"));
@@ -795,7 +843,7 @@ void Job::read_checkpoint() {
   opt_.angpix = get_d("regulaPixelSize");
   opt_.chunks = int(get_d("regulaChunks"));
   input_star_ = get("regulaInputStarFile");
-  state_io::Reader r(get("regulaStateFile"), "class3d");
+  state_io::Reader r(get("regulaStateFile"), job_);
   r.magic(kMagic);
   st_ = State();
   st_.iteration = int(r.i());
@@ -812,28 +860,45 @@ void Job::read_checkpoint() {
   st_.nsig = r.vi();
   r.end();
   if (st_.fraction.size() != size_t(opt_.classes) || st_.rot.size() != N || st_.cls.size() != N)
-    input_error("{}: inconsistent class3d state ({} classes, {} particles)", path, st_.fraction.size(), N);
-  for (int k = 0; k < opt_.classes; ++k) st_.maps.push_back(mrc::read(get(fmt::format("regulaClass{}Map", k + 1))));
+    input_error("{}: inconsistent {} state ({} classes, {} particles)", path, job_, st_.fraction.size(), N);
+  // The checkpoint's own files: the result when --iter asks for no further iteration.
+  files_ = Class3DResult();
+  for (int k = 0; k < opt_.classes; ++k) {
+    files_.class_maps.push_back(get(fmt::format("regulaClass{}Map", k + 1)));
+    st_.maps.push_back(mrc::read(files_.class_maps.back()));
+  }
+  files_.data_star = get("rlnExperimentalDataStarFile");
+  files_.model_star = get("rlnModelStarFile");
+  files_.optimiser_star = path;
+  files_.png = fmt::format("{}_it{:03d}_classes.png", get("rlnOutputRootName"), st_.iteration);
 }
 
 Class3DResult Job::run() {
   estep::set_blas_single_threaded();
   const bool cont = !opt_.continue_from.empty();
-  if (cont) read_checkpoint();
+  if (cont) {
+    try {
+      read_checkpoint();
+    } catch (const InputError& e) {
+      throw InputError(fmt::format("--continue: {}", e.what()));
+    }
+  }
   if (auto msg = opt_.validate(); !msg.empty()) throw InputError(cont ? opt_.continue_from + ": " + msg : msg);
   if (opt_.skip_align && opt_.sigma_ang > 0) throw InputError("--skip_align and --sigma_ang exclude each other");
-  sym_ = SymmetryGroup::parse(opt_.sym);
+  try {
+    sym_ = SymmetryGroup::parse(opt_.sym);
+  } catch (const InputError& e) {
+    throw InputError(fmt::format("--sym: {}", e.what()));
+  }
   if (!cont) input_star_ = std::filesystem::absolute(opt_.input).lexically_normal().string();
   setup();
   if (cont && (st_.n != n_ || st_.rot.size() != table_.size() || st_.sigma2.size() != size_t(groups_)))
     input_error("{}: the checkpoint (box {}, {} particles) does not match {}", opt_.continue_from, st_.n,
                 st_.rot.size(), input_star_);
+  if (!cont) initialise();  // reads the reference and every image: the last input checks, before any output
   const std::filesystem::path dir = std::filesystem::path(opt_.out_root).parent_path();
   if (!dir.empty()) std::filesystem::create_directories(dir);
-  if (!cont) {
-    initialise();
-    write_iteration(Report{st_.current_shells, {}, {}, 0, 0});
-  }
+  if (!cont) write_iteration(Report{st_.current_shells, {}, {}, 0, 0});
   spdlog::info("class3d: {} particles, box {} px, {:.3f} Å/px, K = {}, HEALPix order {}, symmetry {}", table_.size(),
                n_, angpix_, K_, opt_.healpix_order, sym_.name());
   while (st_.iteration < opt_.iterations) {
@@ -856,9 +921,9 @@ Class3DResult Job::run() {
 
 }  // namespace
 
-Class3DResult run_class3d(const Class3DOptions& opt) {
-  Job job(opt);
-  return job.run();
+Class3DResult run_class3d(const Class3DOptions& opt, const std::string& job) {
+  Job j(opt, job);
+  return j.run();
 }
 
 }  // namespace regula

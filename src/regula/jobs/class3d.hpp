@@ -58,6 +58,8 @@ struct Class3DResult {
   std::string data_star, model_star, optimiser_star, png;
 };
 
-Class3DResult run_class3d(const Class3DOptions& opt);
+// `job` names the job in the checkpoints (regulaJob in ROOT_itNNN_optimiser.star) and in messages:
+// "class3d", or a job built on class3d (initial_model); --continue accepts only that job's checkpoints.
+Class3DResult run_class3d(const Class3DOptions& opt, const std::string& job = "class3d");
 
 }  // namespace regula

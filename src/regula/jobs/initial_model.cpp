@@ -117,7 +117,13 @@ Mat3 align_symmetry(const Volume& map, const SymmetryGroup& sym, double& corr_ou
 
 InitialModelResult run_initial_model(const InitialModelOptions& opt) {
   if (auto msg = opt.validate(); !msg.empty()) throw InputError("initial_model: " + msg);
-  const SymmetryGroup sym = SymmetryGroup::parse(opt.sym);
+  const SymmetryGroup sym = [&] {
+    try {
+      return SymmetryGroup::parse(opt.sym);
+    } catch (const InputError& e) {
+      throw InputError(fmt::format("--sym: {}", e.what()));
+    }
+  }();
   Class3DOptions c;
   c.out_root = opt.out_root + "_em";
   c.classes = opt.classes;
@@ -136,7 +142,7 @@ InitialModelResult run_initial_model(const InitialModelOptions& opt) {
   c.angpix = opt.angpix;
   c.continue_from = opt.continue_from;
   const std::filesystem::path dir = std::filesystem::path(opt.out_root).parent_path();
-  if (!dir.empty()) std::filesystem::create_directories(dir);
+  std::string start_written;  // the start map, removed again if class3d rejects its input
   if (opt.continue_from.empty()) {
     // The start: a featureless soft sphere of the particle's diameter.
     ParticleReadOptions ro;
@@ -153,11 +159,26 @@ InitialModelResult run_initial_model(const InitialModelOptions& opt) {
     mrc::WriteOptions wo;
     wo.pixel_size = angpix;
     c.reference = opt.out_root + "_start.mrc";
-    if (mpi::rank() == 0) mrc::write(c.reference, start, wo);
+    if (!dir.empty()) std::filesystem::create_directories(dir);
+    if (mpi::rank() == 0) {
+      mrc::write(c.reference, start, wo);
+      start_written = c.reference;
+    }
     mpi::barrier();
     c.input = opt.input;
   }
-  const Class3DResult r = run_class3d(c);
+  Class3DResult r;
+  try {
+    r = run_class3d(c, "initial_model");
+  } catch (...) {
+    // Bad input found by class3d (before its first checkpoint): leave no output behind. Once
+    // ROOT_em_it000 exists the start belongs to the checkpoints and stays.
+    if (!start_written.empty() && !std::filesystem::exists(c.out_root + "_it000_optimiser.star")) {
+      std::error_code ec;
+      std::filesystem::remove(start_written, ec);
+    }
+    throw;
+  }
 
   InitialModelResult res;
   res.class_fraction = r.class_fraction;
