@@ -1,13 +1,23 @@
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <spdlog/spdlog.h>
 
 #include "regula/core/atomic_file.hpp"
 #include "regula/core/error.hpp"
 #include "regula/core/fft.hpp"
+#include "regula/core/log.hpp"
 #include "regula/core/parallel.hpp"
 #include "regula/core/random.hpp"
 
@@ -103,4 +113,42 @@ TEST(FFT, CentreOriginOfCentredDelta) {
       for (size_t i = 0; i < g.size(); ++i) EXPECT_NEAR(back[i], g[i], 1e-5);
     }
   }
+}
+
+// Library log lines go to stderr even in a program that never calls set_verbosity() (this test
+// program; spdlog's own default logger writes to stdout).
+TEST(Log, LinesGoToStderrWithoutSetVerbosity) {
+  ::testing::internal::CaptureStdout();
+  ::testing::internal::CaptureStderr();
+  spdlog::info("log line of Log.LinesGoToStderrWithoutSetVerbosity");
+  spdlog::default_logger()->flush();
+  const std::string out = ::testing::internal::GetCapturedStdout();
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(out, "");
+  EXPECT_NE(err.find("info] log line of Log.LinesGoToStderrWithoutSetVerbosity"), std::string::npos) << err;
+}
+
+// The command line: log lines on stderr, nothing on stdout, also for a job of a project (run.out).
+TEST(Log, CommandLineLogsToStderrOnly) {
+  const std::string bin = std::getenv("REGULA_BINARY") ? std::getenv("REGULA_BINARY") : REGULA_BINARY;
+  if (!std::filesystem::exists(bin)) GTEST_SKIP() << "regula binary not built: " << bin;
+  const auto dir = std::filesystem::temp_directory_path() / ("regula_log_" + std::to_string(getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  auto slurp = [](const std::filesystem::path& p) {
+    std::ifstream f(p);
+    std::stringstream s;
+    s << f.rdbuf();
+    return s.str();
+  };
+  const std::string map = std::string(REGULA_TEST_DATA) + "/proj/clean70S_crop48.mrc";
+  for (const std::string& prefix : std::vector<std::string>{"", "--project " + (dir / "project").string() + " "}) {
+    const std::string cmd = "cd '" + dir.string() + "' && '" + bin + "' " + prefix + "simulate --i " + map +
+                            " --o sim --n 3 --box 24 --angpix 6 > out.txt 2> err.txt";
+    const int rc = std::system(cmd.c_str());
+    ASSERT_TRUE(WIFEXITED(rc) && WEXITSTATUS(rc) == 0) << cmd << "\n" << slurp(dir / "err.txt");
+    EXPECT_EQ(slurp(dir / "out.txt"), "") << cmd;
+    EXPECT_NE(slurp(dir / "err.txt").find("info] simulate: 3 particles"), std::string::npos) << cmd;
+  }
+  std::filesystem::remove_all(dir);
 }

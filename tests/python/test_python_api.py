@@ -9,7 +9,9 @@ import os
 import pathlib
 import re
 import signal
+import subprocess
 import sys
+import textwrap
 import threading
 
 import gemmi
@@ -341,6 +343,26 @@ def test_exception_in_progress_callback_stops_the_job(tmp_path):
     t.start()
     t.join(60)
     assert done and events and events[-1]["done"] == events[-1]["total"]
+
+
+def run_python(code, timeout=120):
+    """Runs `code` in a fresh interpreter that imports the module from the build."""
+    script = f"import sys\nsys.path.insert(0, {str(BUILD / 'python')!r})\nimport regula\n" + textwrap.dedent(code)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout)
+
+
+def test_log_lines_go_to_stderr(tmp_path, capfd):
+    """The library's log lines go to stderr, never to stdout: in a fresh interpreter that imports the
+    module and runs a job (nothing there calls set_verbosity), and in this one."""
+    r = run_python(f"regula.simulate(map={str(MAP)!r}, out_dir={str(tmp_path / 'a')!r}, n=3, box=24, angpix=6.0)")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ""
+    assert "info] simulate: 3 particles" in r.stderr
+    capfd.readouterr()
+    regula.simulate(map=MAP, out_dir=tmp_path / "b", n=3, box=24, angpix=6.0)
+    out, err = capfd.readouterr()
+    assert out == ""
+    assert "info] simulate: 3 particles" in err
 
 
 def test_ctrl_c_stops_a_job_at_its_next_safe_point(tmp_path):

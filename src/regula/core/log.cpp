@@ -6,18 +6,28 @@
 namespace regula {
 namespace {
 int g_level = 1;
-struct Init {
-  Init() {
-    auto logger = spdlog::stderr_color_mt("regula");
+
+// Makes the "regula" logger (stderr, coloured on a terminal) spdlog's default logger, once.
+// spdlog's own default logger writes to stdout, where log lines would mix with a command's
+// output or a Python program's; so this runs before main() in every program linked with
+// regula_core (CMakeLists.txt makes the linker keep this file through regula_log_anchor), and
+// again, doing nothing, from the functions below.
+void install_logger() {
+  static const bool installed = [] {
+    auto logger = std::make_shared<spdlog::logger>("regula", std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
     logger->set_pattern("%^[%H:%M:%S %l]%$ %v");
-    spdlog::set_default_logger(logger);
+    spdlog::set_default_logger(logger);  // replaces (and unregisters) spdlog's stdout logger
     spdlog::set_level(spdlog::level::info);
-  }
-};
+    return true;
+  }();
+  (void)installed;
+}
+
+const bool g_installed_before_main = (install_logger(), true);
 }  // namespace
 
 void set_verbosity(int level) {
-  static Init init;
+  install_logger();
   g_level = level;
   spdlog::set_level(level <= 0 ? spdlog::level::err
                     : level == 1 ? spdlog::level::info
@@ -26,7 +36,7 @@ void set_verbosity(int level) {
 int verbosity() { return g_level; }
 
 void add_log_file(const std::string& path) {
-  set_verbosity(g_level);  // make sure the logger exists
+  install_logger();
   auto sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(path, false);
   sink->set_pattern("[%Y-%m-%d %H:%M:%S %l] %v");
   sink->set_level(spdlog::level::info);
@@ -35,3 +45,5 @@ void add_log_file(const std::string& path) {
 }
 
 }  // namespace regula
+
+extern "C" void regula_log_anchor() { (void)regula::g_installed_before_main; }
