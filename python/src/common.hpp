@@ -14,8 +14,10 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -152,15 +154,26 @@ class Fields {
 // Jobs run one at a time (the progress callback and the cancel flag are process-wide).
 std::mutex& job_mutex();
 
+// True on a thread while it runs a job's Python progress callback: a job started there would wait
+// for the job that is calling it, so run_job refuses it.
+inline bool& in_progress_callback() {
+  thread_local bool inside = false;
+  return inside;
+}
+
 // Runs f() (a library job) without the GIL. Progress events go to kw["progress"] (a callable
 // taking a dict {task, done, total, elapsed_s, eta_s}), called with the GIL held from whichever
 // thread reports. An exception raised by the callback, or Ctrl-C (seen when an event arrives on the
 // main thread), asks the job to stop at its next safe point and is re-raised when it returns. The
-// process-wide callback is cleared afterwards (ProgressSink has no getter for a previous one; jobs
-// are serialised, so none is set while the module runs one).
+// job's callback replaces the process-wide one for the job's duration and the previous one (e.g. a
+// host program's) is restored afterwards. A job started from inside a progress callback raises
+// RuntimeError (it would wait for the job that is calling it).
 template <class F>
 auto run_job(const py::kwargs& kw, F&& f) -> decltype(f()) {
   using R = decltype(f());
+  if (in_progress_callback())
+    throw std::runtime_error("a regula job cannot be started from inside another job's progress callback "
+                             "(jobs run one at a time)");
   struct State {
     py::object fn;
     std::exception_ptr error;  // first exception from the callback (guarded by the GIL)
@@ -172,6 +185,10 @@ auto run_job(const py::kwargs& kw, F&& f) -> decltype(f()) {
   std::function<void(const ProgressEvent&)> cb = [st](const ProgressEvent& e) {
     py::gil_scoped_acquire gil;
     if (st->error) return;
+    struct Inside {
+      bool before = std::exchange(in_progress_callback(), true);
+      ~Inside() { in_progress_callback() = before; }
+    } inside;
     try {
       if (PyErr_CheckSignals() != 0) throw py::error_already_set();
       if (!st->fn.is_none()) {
@@ -194,13 +211,14 @@ auto run_job(const py::kwargs& kw, F&& f) -> decltype(f()) {
     py::gil_scoped_release release;
     std::lock_guard lock(job_mutex());
     reset_cancel();
-    ProgressSink::set_callback(cb);
-    try {
-      result.emplace(f());
-    } catch (...) {
-      job_error = std::current_exception();
+    {
+      ScopedProgressCallback guard(cb);
+      try {
+        result.emplace(f());
+      } catch (...) {
+        job_error = std::current_exception();
+      }
     }
-    ProgressSink::set_callback(nullptr);
     reset_cancel();
   }
   if (st->error) std::rethrow_exception(st->error);

@@ -19,6 +19,7 @@
 #include "regula/core/fft.hpp"
 #include "regula/core/log.hpp"
 #include "regula/core/parallel.hpp"
+#include "regula/core/progress.hpp"
 #include "regula/core/random.hpp"
 
 using namespace regula;
@@ -151,4 +152,64 @@ TEST(Log, CommandLineLogsToStderrOnly) {
     EXPECT_NE(slurp(dir / "err.txt").find("info] simulate: 3 particles"), std::string::npos) << cmd;
   }
   std::filesystem::remove_all(dir);
+}
+
+// set_callback returns the callback it replaces; ScopedProgressCallback restores it, for nested
+// and consecutive guards, and a callback may install its own while it handles an event.
+TEST(Progress, ScopedCallbackRestoresThePreviousOne) {
+  ProgressSink::set_quiet(true);
+  ASSERT_FALSE(ProgressSink::callback());
+  std::vector<std::string> seen;
+  auto recorder = [&seen](const std::string& who) {
+    return [&seen, who](const ProgressEvent& e) {
+      if (e.done == e.total) seen.push_back(who + ":" + e.task);  // the final event of each Progress
+    };
+  };
+  auto run = [](const std::string& task) { Progress p(task, 1); };
+  {
+    ScopedProgressCallback outer(recorder("outer"));
+    run("a");
+    {
+      ScopedProgressCallback inner(recorder("inner"));
+      run("b");
+    }
+    run("c");
+    {
+      ScopedProgressCallback next(recorder("next"));
+      run("d");
+    }
+    run("e");
+  }
+  EXPECT_FALSE(ProgressSink::callback());
+  run("f");
+  EXPECT_EQ(seen, (std::vector<std::string>{"outer:a", "inner:b", "outer:c", "next:d", "outer:e"}));
+
+  seen.clear();
+  EXPECT_FALSE(ProgressSink::set_callback(recorder("first")));
+  ProgressCallback previous = ProgressSink::set_callback(recorder("second"));
+  ASSERT_TRUE(previous);
+  run("g");
+  EXPECT_TRUE(ProgressSink::set_callback(std::move(previous)));  // back to "first"
+  run("h");
+  ProgressCallback current = ProgressSink::callback();
+  ASSERT_TRUE(current);
+  current(ProgressEvent{"i", 1, 1, 0, 0});
+  ProgressSink::set_callback(nullptr);
+  EXPECT_EQ(seen, (std::vector<std::string>{"second:g", "first:h", "first:i"}));
+
+  // A job run from inside another job's callback: its guard, its events, then the outer's again.
+  seen.clear();
+  {
+    ScopedProgressCallback outer([&](const ProgressEvent& e) {
+      if (e.done == e.total) seen.push_back("outer:" + e.task);
+      if (e.task == "outer job" && e.done == e.total) {
+        ScopedProgressCallback inner(recorder("inner"));
+        run("inner job");
+      }
+    });
+    run("outer job");
+    run("after");
+  }
+  EXPECT_FALSE(ProgressSink::callback());
+  EXPECT_EQ(seen, (std::vector<std::string>{"outer:outer job", "inner:inner job", "outer:after"}));
 }

@@ -365,6 +365,39 @@ def test_log_lines_go_to_stderr(tmp_path, capfd):
     assert "info] simulate: 3 particles" in err
 
 
+def test_consecutive_jobs_report_to_their_own_callback_only(tmp_path):
+    a, b = [], []
+    regula.simulate(map=MAP, out_dir=tmp_path / "a", n=20, box=24, angpix=6.0, progress=a.append)
+    seen_by_a = len(a)
+    regula.simulate(map=MAP, out_dir=tmp_path / "b", n=20, box=24, angpix=6.0, progress=b.append)
+    regula.simulate(map=MAP, out_dir=tmp_path / "c", n=20, box=24, angpix=6.0)
+    assert seen_by_a > 0 and len(a) == seen_by_a
+    assert b and b[-1]["done"] == b[-1]["total"]
+
+
+def test_a_job_inside_a_progress_callback_raises_and_the_next_job_runs(tmp_path):
+    """A job started from a progress callback would wait for the job calling it: it raises
+    RuntimeError (which stops the outer job), and the next job runs with its own callback. In a
+    subprocess, so that a hang fails the test instead of stopping the run."""
+    r = run_python(f"""
+        def nested(event):
+            regula.simulate(map={str(MAP)!r}, out_dir={str(tmp_path / 'inner')!r}, n=2, box=24, angpix=6.0)
+        try:
+            regula.simulate(map={str(MAP)!r}, out_dir={str(tmp_path / 'outer')!r}, n=20, box=24, angpix=6.0,
+                            progress=nested)
+        except RuntimeError as e:
+            print("RuntimeError:", e)
+        events = []
+        regula.simulate(map={str(MAP)!r}, out_dir={str(tmp_path / 'after')!r}, n=5, box=24, angpix=6.0,
+                        progress=events.append)
+        print("after:", bool(events) and events[-1]["done"] == events[-1]["total"])
+        """, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "RuntimeError: a regula job cannot be started from inside another job's progress callback" in r.stdout
+    assert "after: True" in r.stdout
+    assert not (tmp_path / "inner").exists()
+
+
 def test_ctrl_c_stops_a_job_at_its_next_safe_point(tmp_path):
     sim = regula.simulate(map=MAP, out_dir=tmp_path / "sim", n=100, angpix=6.0, box=32, seed=2, threads=2)
     timer = threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT))

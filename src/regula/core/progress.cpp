@@ -9,10 +9,11 @@
 
 namespace regula {
 namespace {
-std::mutex g_mu;
+// Recursive: a callback called from emit() may emit events or install a callback itself.
+std::recursive_mutex g_mu;
 bool g_quiet = false;
 std::string g_json;
-std::function<void(const ProgressEvent&)> g_cb;
+ProgressCallback g_cb;
 
 std::string hms(double s) {
   if (s < 0) return "--:--";
@@ -24,14 +25,20 @@ std::string hms(double s) {
 
 void ProgressSink::set_quiet(bool q) { std::lock_guard lk(g_mu); g_quiet = q; }
 void ProgressSink::set_json_path(const std::string& p) { std::lock_guard lk(g_mu); g_json = p; }
-void ProgressSink::set_callback(std::function<void(const ProgressEvent&)> cb) {
+ProgressCallback ProgressSink::set_callback(ProgressCallback cb) {
   std::lock_guard lk(g_mu);
-  g_cb = std::move(cb);
+  std::swap(g_cb, cb);
+  return cb;
+}
+ProgressCallback ProgressSink::callback() {
+  std::lock_guard lk(g_mu);
+  return g_cb;
 }
 
 void ProgressSink::emit(const ProgressEvent& e, bool final) {
   std::lock_guard lk(g_mu);
-  if (g_cb) g_cb(e);
+  // A copy: the callback may replace g_cb while it runs.
+  if (const ProgressCallback cb = g_cb) cb(e);
   if (!g_json.empty()) {
     nlohmann::json j{{"task", e.task}, {"done", e.done}, {"total", e.total},
                      {"elapsed", e.elapsed_s}, {"eta", e.eta_s}, {"final", final},

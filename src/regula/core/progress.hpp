@@ -18,13 +18,36 @@ struct ProgressEvent {
   double eta_s = -1;    // -1 when unknown
 };
 
+using ProgressCallback = std::function<void(const ProgressEvent&)>;
+
 class ProgressSink {
  public:
   // Global settings for the command-line process.
   static void set_quiet(bool q);
   static void set_json_path(const std::string& path);  // "" = none
-  static void set_callback(std::function<void(const ProgressEvent&)> cb);
+  // Installs the process-wide callback (an empty one: none) and returns the one it replaces, so
+  // that a caller can put it back (ScopedProgressCallback does).
+  static ProgressCallback set_callback(ProgressCallback cb);
+  // The current callback (empty when none is installed).
+  static ProgressCallback callback();
+  // Calls the callback (one event at a time; a callback may itself emit or install callbacks),
+  // appends to the JSON file and draws the bar.
   static void emit(const ProgressEvent& e, bool final);
+};
+
+// Installs a callback for its lifetime and then restores the one it replaced: nested guards
+// (a job run inside another's callback, the Python module inside a program that has its own
+// callback) and consecutive ones each leave the previous callback in place. Guards must end in the
+// reverse order of their creation, as scopes do.
+class ScopedProgressCallback {
+ public:
+  explicit ScopedProgressCallback(ProgressCallback cb) : previous_(ProgressSink::set_callback(std::move(cb))) {}
+  ~ScopedProgressCallback() { ProgressSink::set_callback(std::move(previous_)); }
+  ScopedProgressCallback(const ScopedProgressCallback&) = delete;
+  ScopedProgressCallback& operator=(const ScopedProgressCallback&) = delete;
+
+ private:
+  ProgressCallback previous_;
 };
 
 class Progress {
