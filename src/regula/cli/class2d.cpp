@@ -23,6 +23,9 @@ void add_class2d(CLI::App& app) {
   s->add_option("--psi_step", opt->psi_step, "In-plane angular step, degrees")->capture_default_str();
   s->add_option("--offset_range", opt->offset_range, "Translation search range, pixels")->capture_default_str();
   s->add_option("--offset_step", opt->offset_step, "Translation step, pixels")->capture_default_str();
+  s->add_option("--offset", opt->offset_sigma,
+                "Initial standard deviation of the Gaussian prior on the origins, Å (re-estimated each iteration)")
+      ->capture_default_str();
   s->add_option("--oversampling", opt->oversampling,
                 "Adaptive oversampling order o: the significant coarse poses are refined on a grid 2^o times finer in "
                 "psi and in x and y (0: coarse pass only)")->capture_default_str();

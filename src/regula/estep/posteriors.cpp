@@ -171,8 +171,10 @@ void compute_pose_posteriors(const PoseList& poses, std::span<const float> score
   if (poses.offset.size() != n + 1 || poses.offset.back() != poses.pose.size() || scores.size() != poses.pose.size())
     runtime_error("estep: pose list of {} particles with {} poses and {} scores is inconsistent", n,
                   poses.pose.size(), scores.size());
-  const double* lpt = prior_row(priors.translation, poses.t, 1, 0, "translation");
-  const double* lpj = prior_row(priors.reference, poses.j, 1, 0, "reference");
+  if (n > 0) {  // sizes checked once
+    prior_row(priors.translation, poses.t, n, 0, "translation");
+    prior_row(priors.reference, poses.j, n, 0, "reference");
+  }
   for (const PoseList::Pose& p : poses.pose)
     if (p.t >= poses.t || p.j >= poses.j) runtime_error("estep: pose ({}, {}) out of range", p.t, p.j);
   out.particle.assign(n, ParticlePosterior{});
@@ -192,6 +194,8 @@ void compute_pose_posteriors(const PoseList& poses, std::span<const float> score
   std::vector<Scratch> scratch(size_t(pool.size()));
   pool.parallel_for(0, n, [&](size_t i, int thread) {
     Scratch& s = scratch[size_t(thread)];
+    const double* lpt = prior_row(priors.translation, poses.t, n, i, "translation");
+    const double* lpj = prior_row(priors.reference, poses.j, n, i, "reference");
     const size_t q0 = poses.offset[i], q1 = poses.offset[i + 1];
     s.e.resize(q1 - q0);
     s.weight.resize(q1 - q0);

@@ -90,8 +90,8 @@ struct PosePosteriors {
   SparseWeights weights;                    // every candidate, in the order of the list
   SparseWeights significant;                // when keep_significant: by decreasing weight
 };
-// scores: one per candidate (poses.pose order). Priors: each empty or shared (sizes poses.t and
-// poses.j); per-particle priors are not supported here.
+// scores: one per candidate (poses.pose order). Priors as for compute_posteriors: each empty,
+// shared (poses.t or poses.j values) or per particle (n times that).
 void compute_pose_posteriors(const PoseList& poses, std::span<const float> scores, const LogPriors& priors,
                              std::span<const double> log_constant, PosePosteriors& out, ThreadPool& pool,
                              const PosteriorOptions& opt = {});

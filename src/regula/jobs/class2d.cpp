@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <numbers>
 #include <numeric>
 
 #include <fmt/format.h>
@@ -54,6 +55,7 @@ std::string Class2DOptions::validate() const {
   if (reseed_until < 0) return fmt::format("--reseed_until: must be >= 0 (got {})", reseed_until);
   if (batch_size < 1) return fmt::format("batch size must be at least 1 (got {})", batch_size);
   if (mask_edge < 0) return fmt::format("mask edge must be >= 0 px (got {})", mask_edge);
+  if (!(offset_sigma > 0)) return fmt::format("--offset: the initial offset sigma must be positive Å (got {})", offset_sigma);
   if (oversampling < 0 || oversampling > 3)
     return fmt::format("--oversampling: must be 0 (coarse pass only), 1, 2 or 3 (got {})", oversampling);
   return "";
@@ -118,13 +120,14 @@ struct ChunkSums {
   std::vector<std::vector<double>> wdiff2, wcount;  // per optics group and shell
   std::vector<double> wclass;
   double loglik = 0, pmax = 0;
+  double offset2 = 0, offset_w = 0;  // sum of w |origin|^2 (Å^2) and of w over the significant poses
   void reset(size_t K, int n, int r, bool split, size_t groups, size_t shells) {
     acc.assign(K, mstep::class_accumulator(n, r));
     acc_half.assign(split ? K : 0, mstep::class_accumulator(n, r));
     wdiff2.assign(groups, std::vector<double>(shells, 0.0));
     wcount = wdiff2;
     wclass.assign(K, 0.0);
-    loglik = pmax = 0;
+    loglik = pmax = offset2 = offset_w = 0;
   }
   void add(const ChunkSums& o) {
     for (size_t k = 0; k < acc.size(); ++k) acc[k].add(o.acc[k]);
@@ -137,6 +140,8 @@ struct ChunkSums {
     for (size_t k = 0; k < wclass.size(); ++k) wclass[k] += o.wclass[k];
     loglik += o.loglik;
     pmax += o.pmax;
+    offset2 += o.offset2;
+    offset_w += o.offset_w;
   }
 };
 
@@ -181,6 +186,20 @@ class Job {
     return uniform01(rng) < 0.5;
   }
   size_t chunk_of_batches(size_t nbatch) const { return std::min<size_t>(4, nbatch); }
+  // Log-prior of the origins reached by the translations, per particle of a batch (count x T):
+  // a 2D Gaussian about 0 of variance sigma2_offset, as RELION's pdf_offset.
+  std::vector<double> offset_log_prior(size_t first, size_t count,
+                                       const std::vector<std::array<double, 2>>& trans) const {
+    std::vector<double> out(count * trans.size());
+    const double s2 = st_.sigma2_offset, c = -std::log(2 * std::numbers::pi * s2);
+    for (size_t i = 0; i < count; ++i)
+      for (size_t t = 0; t < trans.size(); ++t) {
+        const double dx = st_.origin_x[first + i] + trans[t][0] * angpix_;
+        const double dy = st_.origin_y[first + i] + trans[t][1] * angpix_;
+        out[i * trans.size() + t] = -(dx * dx + dy * dy) / (2 * s2) + c;
+      }
+    return out;
+  }
 
   Class2DOptions opt_;
   ThreadPool pool_;
@@ -191,7 +210,7 @@ class Job {
   double angpix_ = 0, mask_radius_ = 0;
   Sampling coarse_, fine_;            // fine_ == coarse_ without oversampling
   size_t t_children_ = 1, j_children_ = 1;  // fine poses per coarse translation / in-plane angle
-  std::vector<double> origin_x_, origin_y_;  // input origins, Å (the centre of the translation search)
+  std::vector<double> input_origin_x_, input_origin_y_;  // origins of the input STAR file, Å
   FourierPixels all_px_;
   std::vector<double> all_counts_;
   State st_;
@@ -237,8 +256,8 @@ void Job::setup() {
   fine_.trans = oversampled_translations(coarse_.trans, opt_.offset_step, opt_.oversampling);
   j_children_ = fine_.psi.size() / coarse_.psi.size();
   t_children_ = fine_.trans.size() / coarse_.trans.size();
-  origin_x_ = table_.origin_x;
-  origin_y_ = table_.origin_y;
+  input_origin_x_ = table_.origin_x;
+  input_origin_y_ = table_.origin_y;
   all_px_ = mstep::select_fourier_pixels(n_, n_ / 2);
   all_counts_ = all_px_.shell_counts();
   r_ini_ = std::clamp(int(std::lround(n_ * angpix_ / opt_.ini_high)), std::max(1, n_ / 8), n_ / 2 - 1);
@@ -265,8 +284,10 @@ void Job::load_batch(size_t first, size_t count, const FourierPixels& px, Batch&
     Image& img = imgs[i];
     apply_spherical_mask(img, mask_radius_, opt_.mask_edge, opt_.zero_mask ? MaskFill::Zero : MaskFill::BackgroundMean);
     Grid<cfloat> F = fourier_centred(img);
-    // Re-centre by the input origin (RELION 3.1: the particle is the projection moved by -origin).
-    if (origin_x_[p] != 0 || origin_y_[p] != 0) shift_phase(F, origin_x_[p] / angpix_, origin_y_[p] / angpix_, n_);
+    // Re-centre by the current origin, the centre of the translation search (RELION 3.1: the
+    // particle is the projection moved by -origin).
+    const double ox = st_.origin_x[p], oy = st_.origin_y[p];
+    if (ox != 0 || oy != 0) shift_phase(F, ox / angpix_, oy / angpix_, n_);
     for (size_t k = 0; k < all_px_.size(); ++k)
       b.power[i * hs + size_t(all_px_.shell[k])] += std::norm(F[all_px_.index[k]]);
     for (size_t k = 0; k < m; ++k) b.x[i * m + k] = F[px.index[k]];
@@ -295,6 +316,9 @@ std::vector<cfloat> translation_phases(const std::vector<std::array<double, 2>>&
 void Job::initialise() {
   const size_t N = table_.size(), K = size_t(opt_.classes), P = coarse_.psi.size(), J = K * P;
   const size_t hs = size_t(n_ / 2 + 1);
+  st_.origin_x = input_origin_x_;
+  st_.origin_y = input_origin_y_;
+  st_.sigma2_offset = opt_.offset_sigma * opt_.offset_sigma;
   FourierPixels px = mstep::select_fourier_pixels(n_, r_ini_);
   const size_t m = px.size();
   const Sampling at_origin{coarse_.psi, {{0.0, 0.0}}};
@@ -475,6 +499,8 @@ void Job::process_batch(size_t first, size_t count, const IterationData& it, Bat
   popt.keep_significant = true;
   estep::LogPriors priors;
   priors.reference = it.log_prior_j;
+  const std::vector<double> lpt = offset_log_prior(first, count, coarse_.trans);
+  priors.translation = lpt;
   estep::compute_posteriors(w.scores, priors, log_constant, w.post, pool_, popt);
   for (size_t i = 0; i < count; ++i) {
     const float* wrow = w.post.weight.data() + i * T * J;
@@ -508,6 +534,8 @@ void Job::process_batch(size_t first, size_t count, const IterationData& it, Bat
     for (size_t u = 0; u < Jf; ++u) lpj[u] = std::log(st_.fraction[global_j[u] / Pf]) - log_children;
     estep::LogPriors fine_priors;
     fine_priors.reference = lpj;
+    const std::vector<double> lpt_fine = offset_log_prior(first, count, fine_.trans);
+    fine_priors.translation = lpt_fine;
     estep::compute_pose_posteriors(poses, w.fine_scores, fine_priors, log_constant, w.fine, pool_, popt);
     sw = &w.fine.significant;
     stats = &w.fine.particle;
@@ -545,13 +573,19 @@ void Job::process_batch(size_t first, size_t count, const IterationData& it, Bat
     }
     if (den > 0 && num > 0) new_scale[p] = std::clamp(st_.scale[p] * num / den, 0.2, 5.0);
     else new_scale[p] = st_.scale[p];
-    for (size_t e = sw->offset[i]; e < sw->offset[i + 1]; ++e)
-      ch.wclass[global(sw->entry[e].j) / Pf] += sw->entry[e].weight;
+    for (size_t e = sw->offset[i]; e < sw->offset[i + 1]; ++e) {
+      const estep::PoseWeight& pw = sw->entry[e];
+      ch.wclass[global(pw.j) / Pf] += pw.weight;
+      const double dx = st_.origin_x[p] + fine_.trans[pw.t][0] * angpix_;
+      const double dy = st_.origin_y[p] + fine_.trans[pw.t][1] * angpix_;
+      ch.offset2 += double(pw.weight) * (dx * dx + dy * dy);
+      ch.offset_w += double(pw.weight);
+    }
     const uint32_t best = global(pp.best_j);
     rep.particle_class[p] = int(best / Pf) + 1;
     rep.psi[p] = fine_.psi[best % Pf];
-    rep.origin_x[p] = origin_x_[p] + fine_.trans[pp.best_t][0] * angpix_;
-    rep.origin_y[p] = origin_y_[p] + fine_.trans[pp.best_t][1] * angpix_;
+    rep.origin_x[p] = st_.origin_x[p] + fine_.trans[pp.best_t][0] * angpix_;
+    rep.origin_y[p] = st_.origin_y[p] + fine_.trans[pp.best_t][1] * angpix_;
     rep.pmax[p] = pp.max_posterior;
     rep.n_significant[p] = int(w.post.particle[i].n_significant);  // of the coarse pass, as RELION
     rep.log_likelihood[p] = pp.log_likelihood;
@@ -576,6 +610,8 @@ void Job::share_chunk(size_t c, size_t nbatch, ChunkSums& ch, IterationReport& r
   mpi::bcast(ch.wclass.data(), K * sizeof(double), owner);
   mpi::bcast(&ch.loglik, sizeof(double), owner);
   mpi::bcast(&ch.pmax, sizeof(double), owner);
+  mpi::bcast(&ch.offset2, sizeof(double), owner);
+  mpi::bcast(&ch.offset_w, sizeof(double), owner);
   const size_t N = table_.size(), C = chunk_of_batches(nbatch);
   const size_t b0 = nbatch * c / C, b1 = nbatch * (c + 1) / C;
   const size_t p0 = b0 * size_t(opt_.batch_size), p1 = std::min(N, b1 * size_t(opt_.batch_size));
@@ -699,8 +735,8 @@ IterationReport Job::iterate() {
   rep.used_shells = it.r;
   rep.particle_class.assign(N, 0);
   rep.psi.assign(N, 0.0);
-  rep.origin_x = origin_x_;
-  rep.origin_y = origin_y_;
+  rep.origin_x = st_.origin_x;
+  rep.origin_y = st_.origin_y;
   rep.pmax.assign(N, 0.0);
   rep.log_likelihood.assign(N, 0.0);
   rep.n_significant.assign(N, 0);
@@ -736,6 +772,11 @@ IterationReport Job::iterate() {
     mean /= double(N);
     for (size_t p = 0; p < N; ++p) st_.scale[p] = new_scale[p] / mean;
   }
+  // Origins: the best pose's (the next search is centred there); the prior's variance from the
+  // posterior-weighted squared origins (2 dimensions), at least 2 Å^2 (RELION's floor).
+  st_.origin_x = rep.origin_x;
+  st_.origin_y = rep.origin_y;
+  if (total.offset_w > 0) st_.sigma2_offset = std::max(2.0, total.offset2 / (2 * total.offset_w));
   st_.current_shells = std::clamp(r_best + opt_.incr_size, r_ini_, n_ / 2 - 1);
   st_.iteration += 1;
   return rep;
@@ -749,8 +790,13 @@ Class2DResult Job::run() {
   if (!msg.empty()) throw InputError(cont ? opt_.continue_from + ": " + msg : msg);
   if (!cont) input_star_ = std::filesystem::absolute(opt_.input).lexically_normal().string();
   setup();
+  if (cont && st_.origin_x.empty()) {  // a checkpoint from before origins were carried
+    st_.origin_x = input_origin_x_;
+    st_.origin_y = input_origin_y_;
+    st_.sigma2_offset = opt_.offset_sigma * opt_.offset_sigma;
+  }
   if (cont) {
-    if (st_.n != n_ || st_.scale.size() != table_.size() || st_.sigma2.size() != size_t(groups_) ||
+    if (st_.n != n_ || st_.scale.size() != table_.size() || st_.origin_x.size() != table_.size() || st_.sigma2.size() != size_t(groups_) ||
         st_.classes.size() != size_t(opt_.classes))
       input_error("{}: the checkpoint (box {}, {} particles, {} groups, {} classes) does not match {} "
                   "(box {}, {} particles, {} groups)",

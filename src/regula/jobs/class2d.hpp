@@ -38,6 +38,10 @@ struct Class2DOptions {
   double psi_step = 6;            // --psi_step, degrees
   double offset_range = 5;        // --offset_range, pixels
   double offset_step = 1;         // --offset_step, pixels
+  double offset_sigma = 10;       // --offset: initial standard deviation (Å) of the Gaussian prior on the
+                                  // particles' origins (about the box centre), re-estimated each iteration
+                                  // (at least sqrt(2) Å, as RELION); the search is centred on the origins
+                                  // found in the previous iteration
   int oversampling = 1;           // --oversampling o: the finer pass over the children of the significant
                                   // coarse poses has 2^o in-plane angles per coarse angle and 4^o translations
                                   // per coarse translation (RELION's adaptive oversampling); 0: coarse only

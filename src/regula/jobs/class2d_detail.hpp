@@ -23,6 +23,10 @@ struct State {
   std::vector<std::vector<double>> sigma2;  // per optics group, shells 0..n/2 (|X|^2 per component,
                                             // unnormalised FFT)
   std::vector<double> scale;        // per particle s_i (1 without --norm/--scale)
+  // Per particle, Å: the current origin (rlnOriginX/YAngst), the centre of the next translation
+  // search (RELION: the offsets found so far). Empty in a checkpoint of before they were kept.
+  std::vector<double> origin_x, origin_y;
+  double sigma2_offset = 0;         // Å^2: variance of the Gaussian prior on origins (about 0)
 };
 
 // What an iteration produced, for the output files (not carried to the next iteration).

@@ -23,7 +23,9 @@ namespace regula::class2d_detail {
 
 namespace {
 
-constexpr char kMagic[8] = {'R', 'G', 'C', '2', 'D', '0', '0', '1'};
+// Version 2 adds the origins and the offset prior; version 1 files still read (without them).
+constexpr char kMagic[8] = {'R', 'G', 'C', '2', 'D', '0', '0', '2'};
+constexpr char kMagic1[8] = {'R', 'G', 'C', '2', 'D', '0', '0', '1'};
 
 std::string num(double v) { return fmt::format("{}", v); }  // shortest text that reads back exactly
 
@@ -45,6 +47,9 @@ void write_state(const std::string& path, const State& st) {
   put_d(st.fraction);
   for (const auto& s : st.sigma2) put_d(s);
   put_d(st.scale);
+  put_d(st.origin_x);
+  put_d(st.origin_y);
+  put_d({st.sigma2_offset});
   f.commit();
 }
 
@@ -56,8 +61,9 @@ void read_state(const std::string& path, State& st) {
       input_error("{}: truncated class2d state file (byte offset {}, need {} more bytes)", path, pos, bytes);
   };
   need(sizeof kMagic);
-  if (std::memcmp(b.data(), kMagic, sizeof kMagic) != 0)
-    input_error("{}: not a Regula class2d state file (byte offset 0: expected 'RGC2D001')", path);
+  const bool v1 = std::memcmp(b.data(), kMagic1, sizeof kMagic1) == 0;
+  if (!v1 && std::memcmp(b.data(), kMagic, sizeof kMagic) != 0)
+    input_error("{}: not a Regula class2d state file (byte offset 0: expected 'RGC2D002' or 'RGC2D001')", path);
   pos = sizeof kMagic;
   auto get_i = [&]() {
     need(8);
@@ -83,6 +89,14 @@ void read_state(const std::string& path, State& st) {
   st.sigma2.clear();
   for (int64_t g = 0; g < G; ++g) st.sigma2.push_back(get_d(static_cast<size_t>(hs)));
   st.scale = get_d(size_t(N));
+  st.origin_x.clear();
+  st.origin_y.clear();
+  st.sigma2_offset = 0;
+  if (!v1) {
+    st.origin_x = get_d(size_t(N));
+    st.origin_y = get_d(size_t(N));
+    st.sigma2_offset = get_d(1)[0];
+  }
   if (pos != b.size()) input_error("{}: {} unexpected bytes at the end of the state file", path, b.size() - pos);
 }
 
@@ -124,6 +138,7 @@ static void write_model(const std::string& path, const Class2DOptions& opt, cons
   g.set("rlnNormCorrectionAverage", "1");
   g.set("rlnLogLikelihood", num(rep.log_likelihood_sum));
   g.set("rlnAveragePmax", num(rep.average_pmax));
+  g.set("rlnSigmaOffsetsAngst", num(std::sqrt(st.sigma2_offset)));
 
   star::Block& c = loop(doc, "model_classes", static_cast<size_t>(K));
   std::vector<std::string> ref(static_cast<size_t>(K));
@@ -227,6 +242,7 @@ Files write_iteration(const Class2DOptions& opt, const std::string& input_star, 
   o.set("rlnOffsetRange", num(opt.offset_range));
   o.set("rlnOffsetStep", num(opt.offset_step));
   o.set("rlnAdaptiveOversampleOrder", std::to_string(opt.oversampling));
+  o.set("regulaInitialOffsetSigma", num(opt.offset_sigma));
   o.set("rlnIncrementImageSize", std::to_string(opt.incr_size));
   o.set("rlnInitialLowPassFilter", num(opt.ini_high));
   o.set("regulaInputStarFile", input_star);
@@ -259,6 +275,7 @@ void read_checkpoint(const std::string& path, Class2DOptions& opt, std::string& 
   opt.offset_step = get_d("rlnOffsetStep");
   // Checkpoints written before the finer pass existed had the coarse pass only.
   opt.oversampling = o.has("rlnAdaptiveOversampleOrder") ? int(get_d("rlnAdaptiveOversampleOrder")) : 0;
+  if (o.has("regulaInitialOffsetSigma")) opt.offset_sigma = get_d("regulaInitialOffsetSigma");
   opt.incr_size = int(get_d("rlnIncrementImageSize"));
   opt.ini_high = get_d("rlnInitialLowPassFilter");
   opt.angpix = get_d("regulaPixelSize");
