@@ -270,13 +270,19 @@ ParticleResult search_particle(const IterationSetup& S, const ParticleInput& in,
   double rot = fang[bj].rot, tilt = fang[bj].tilt, psi = fang[bj].psi;
   if (S.pose_mean && !cc) {
     // The weighted average of the orientations of the best class (quaternions aligned with the
-    // best one) and of the translations.
-    const auto qb = to_quaternion(euler_to_matrix(rot, tilt, psi));
+    // best one) and of the translations. With symmetry, each orientation enters as its copy A R
+    // nearest the best one: the posterior may hold several copies of one pose (a particle on the
+    // edge of the asymmetric unit, or one looking down a Cn axis, whose copies A Rz(360/n) are in
+    // both local windows), and the mean of copies far apart is far from all of them.
+    const Mat3 Mb = euler_to_matrix(rot, tilt, psi);
+    const auto qb = to_quaternion(Mb);
     std::array<double, 4> qs{0, 0, 0, 0};
     for (size_t j = 0; j < fine.D; ++j) {
       const double w = fine.w_dir[j];
       if (w < 1e-6 || fclass[j] != fclass[bj]) continue;
-      auto q = to_quaternion(euler_to_matrix(fang[j].rot, fang[j].tilt, fang[j].psi));
+      Mat3 Mj = euler_to_matrix(fang[j].rot, fang[j].tilt, fang[j].psi);
+      if (S.symmetry && !S.symmetry->is_c1()) Mj = nearest_symmetry_copy(Mj, Mb, *S.symmetry);
+      auto q = to_quaternion(Mj);
       const double dot = q[0] * qb[0] + q[1] * qb[1] + q[2] * qb[2] + q[3] * qb[3];
       for (int c = 0; c < 4; ++c) qs[size_t(c)] += (dot < 0 ? -w : w) * q[size_t(c)];
     }

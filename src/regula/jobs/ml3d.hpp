@@ -12,6 +12,7 @@
 #include "regula/imaging/backprojector.hpp"
 #include "regula/imaging/projector.hpp"
 #include "regula/sampling/euler.hpp"
+#include "regula/sampling/symmetry.hpp"
 
 namespace regula::ml3d {
 
@@ -52,6 +53,9 @@ struct IterationSetup {
   double sigma_offset2 = 1;                // px^2 per component (prior on the total offset)
   bool cross_correlation = false;          // --firstiter_cc: hard assignment, scale fitted
   bool pose_mean = true;                   // posterior mean pose (else the maximum)
+  // The point group of the map (null: C1). The posterior mean averages each orientation's symmetry
+  // copy A R closest to the best orientation: copies of one pose are all the same pose.
+  const SymmetryGroup* symmetry = nullptr;
   bool fit_scale = false;                  // norm correction from the best pose
   size_t max_pairs = 48, max_trans = 9;    // caps of the significant coarse set
 };

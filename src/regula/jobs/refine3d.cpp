@@ -344,8 +344,9 @@ void Job::process_chunk(int h, int c, bool final, ChunkSums& out) {
     out.pmax_sum += pr.max_posterior;
     out.loglik_sum += pr.log_likelihood;
     if (st_.iteration > 0) {
-      out.ang_change += rotation_distance_deg(euler_to_matrix(rot, tilt, psi),
-                                              euler_to_matrix(st_.rot[i], st_.tilt[i], st_.psi[i]));
+      // Modulo the group: a particle moving to another copy of its pose has not changed.
+      out.ang_change += symmetric_distance_deg(euler_to_matrix(rot, tilt, psi),
+                                               euler_to_matrix(st_.rot[i], st_.tilt[i], st_.psi[i]), sym_);
       out.off_change += std::hypot(new_ox_[i] - st_.ox[i], new_oy_[i] - st_.oy[i]);
     }
     (void)final;
@@ -403,6 +404,7 @@ IterationReport Job::iterate(bool final) {
     S.sigma_offset2 = st_.sigma2_offset;
     S.cross_correlation = cc_iteration();
     S.pose_mean = opt_.pose_mean;
+    S.symmetry = &sym_;
     S.fit_scale = opt_.norm;
     S.max_pairs = kMaxSigPairs;
     S.max_trans = kMaxSigTrans;

@@ -103,6 +103,27 @@ SymmetryGroup SymmetryGroup::parse(std::string_view name) {
   return SymmetryGroup(up, close_group(gens));
 }
 
+Mat3 nearest_symmetry_copy(const Mat3& A, const Mat3& B, const SymmetryGroup& group) {
+  // The rotation angle of (A R)^T B falls as its trace grows: keep the copy of largest trace.
+  Mat3 best = A;
+  double best_trace = -4;
+  for (const Mat3& R : group.operators()) {
+    const Mat3 C = matmul(A, R);
+    double tr = 0;
+    for (int i = 0; i < 3; ++i)
+      for (int k = 0; k < 3; ++k) tr += C[k][i] * B[k][i];
+    if (tr > best_trace + 1e-12) {
+      best_trace = tr;
+      best = C;
+    }
+  }
+  return best;
+}
+
+double symmetric_distance_deg(const Mat3& A, const Mat3& B, const SymmetryGroup& group) {
+  return rotation_distance_deg(nearest_symmetry_copy(A, B, group), B);
+}
+
 Volume symmetrise(const Volume& in, const SymmetryGroup& group, int nthreads) {
   const int n = in.nx();
   if (in.ny() != n || in.nz() != n)

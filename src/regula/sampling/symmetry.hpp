@@ -58,6 +58,11 @@ class SymmetryGroup {
 // on column vectors: R = cos a I + sin a [axis]_x + (1 - cos a) axis axis^T.
 Mat3 axis_angle_matrix(const Vec3& axis, double angle_deg);
 
+// Orientations modulo the group (A and A R are equivalent): the copy A R closest to B, and the angle
+// between them (degrees, the smallest rotation_distance_deg(A R, B) over the operators R).
+Mat3 nearest_symmetry_copy(const Mat3& A, const Mat3& B, const SymmetryGroup& group);
+double symmetric_distance_deg(const Mat3& A, const Mat3& B, const SymmetryGroup& group);
+
 // Average of the rotated copies of a cubic volume: out(x) = 1/|G| sum_R
 // in(c + R (x - c)), with c = (n/2, n/2, n/2) (integer division, as RELION's
 // map centre) and trilinear interpolation; samples outside the box count as 0.
