@@ -88,7 +88,28 @@ ParticleResult search_particle(const IterationSetup& S, const ParticleInput& in,
   estep::SearchOptions so;
   so.cross_correlation = cc;
   const double step = healpix_angular_step(S.order), sigma_ang = S.sigma_ang;
-  const Vec3 prev_dir = euler_direction(in.rot, in.tilt);
+  // Local searches look around the previous pose A in its own angles, except near the poles of the
+  // Euler angles (tilt 0 or 180), where one orientation has any rot with psi -/+ rot fixed: a window
+  // of directions around (rot, tilt) times in-plane angles around psi holds it only for directions
+  // whose rot is near A's, and the HEALPix directions nearest a pole have rot 45 + 90 k. There the
+  // search runs in the angles of B = A Q^T, Q a quarter turn about y taking z to x (B's direction
+  // is on the equator), and each pose B' searched is the orientation B' Q.
+  const double pole_zone = std::cos(deg2rad(3 * sigma_ang + step));  // the window may reach a pole
+  const bool turned = S.local && std::abs(euler_direction(in.rot, in.tilt)[2]) > pole_zone;
+  const Mat3 Q = turned ? axis_angle_matrix({0, 1, 0}, 90) : identity3();
+  const Euler prev = turned ? matrix_to_euler(matmul(euler_to_matrix(in.rot, in.tilt, in.psi), transpose(Q)))
+                            : Euler{in.rot, in.tilt, in.psi};
+  const Vec3 prev_dir = euler_direction(prev.rot, prev.tilt);
+  auto map_frame = [&](double rot, double tilt, double psi) -> Euler {
+    return turned ? matrix_to_euler(matmul(euler_to_matrix(rot, tilt, psi), Q)) : Euler{rot, tilt, psi};
+  };
+  // Coarse slices (in-plane angle 0) of the local window's directions.
+  auto window_slices = [&](const Projector& proj, estep::Slices& out) {
+    if (!turned) return estep::project_slices(proj, *S.px_coarse, ws.cdirs, out);
+    std::vector<Euler> a;
+    for (const auto& d : ws.cdirs) a.push_back(map_frame(d[0], d[1], 0.0));
+    estep::project_orientations(proj, *S.px_coarse, a, out);
+  };
   auto trans_prior = [&](const std::vector<std::array<double, 2>>& tr) {
     std::vector<double> lp(tr.size(), 0.0);
     if (cc) return lp;
@@ -116,7 +137,7 @@ ParticleResult search_particle(const IterationSetup& S, const ParticleInput& in,
   } else {
     const int J = int(std::ceil(3 * sigma_ang / step - 1e-9));
     for (int j = -J; j <= J; ++j) {
-      ps.psi.push_back(wrap180(in.psi + j * step));
+      ps.psi.push_back(wrap180(prev.psi + j * step));
       ps.log_prior_psi.push_back(-(j * step) * (j * step) / (2 * sigma_ang * sigma_ang));
     }
     ws.cdirs.clear();
@@ -145,7 +166,7 @@ ParticleResult search_particle(const IterationSetup& S, const ParticleInput& in,
     d_per_class = ws.cdirs.size();
     if (K == 1) {
       ps.log_prior_dir = window_prior;
-      estep::project_slices(*S.proj[0], *S.px_coarse, ws.cdirs, ws.local_slices);
+      window_slices(*S.proj[0], ws.local_slices);
     } else {
       // One window per class, class-major.
       const size_t D = d_per_class, m = S.px_coarse->size();
@@ -155,7 +176,7 @@ ParticleResult search_particle(const IterationSetup& S, const ParticleInput& in,
       ws.local_slices.s.resize(K * D * 2 * m);
       ws.local_slices.s2.resize(K * D * m);
       for (size_t c = 0; c < K; ++c) {
-        estep::project_slices(*S.proj[c], *S.px_coarse, ws.cdirs, one);
+        window_slices(*S.proj[c], one);
         std::copy(one.s.begin(), one.s.end(), ws.local_slices.s.begin() + long(c * D * 2 * m));
         std::copy(one.s2.begin(), one.s2.end(), ws.local_slices.s2.begin() + long(c * D * m));
         for (size_t d = 0; d < D; ++d) ps.log_prior_dir.push_back(window_prior[d] + class_prior(c));
@@ -202,12 +223,12 @@ ParticleResult search_particle(const IterationSetup& S, const ParticleInput& in,
       const double a = S.local ? angle_between(prev_dir, euler_direction(crt[0], crt[1])) : 0.0;
       for (int sgn : {-1, 1}) {
         const double psi = wrap180(ps.psi[p] + sgn * step / 4);
-        fang.push_back({crt[0], crt[1], psi});
+        fang.push_back(map_frame(crt[0], crt[1], psi));
         fclass.push_back(c);
         if (fine_prior) {
           double lp = class_prior(c);
           if (S.local) {
-            const double dp = wrap180(psi - in.psi);
+            const double dp = wrap180(psi - prev.psi);
             lp += -(a * a + dp * dp) / (2 * sigma_ang * sigma_ang);
           }
           fang_prior.push_back(lp);
