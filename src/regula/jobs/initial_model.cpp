@@ -31,10 +31,8 @@ std::string InitialModelOptions::validate() const {
   return "";
 }
 
-namespace {
-
 // out(x) = in(R^T (x - c) + c), trilinear, zero outside: the object rotated by R about the centre.
-Volume rotate(const Volume& in, const Mat3& R) {
+Volume rotate_map(const Volume& in, const Mat3& R) {
   const int n = in.nx();
   const double c = n / 2;
   Volume out(n, n, n);
@@ -59,6 +57,8 @@ Volume rotate(const Volume& in, const Mat3& R) {
       }
   return out;
 }
+
+namespace {
 
 double correlation(const Volume& a, const Volume& b) {
   double sa = 0, sb = 0, saa = 0, sbb = 0, sab = 0;
@@ -85,7 +85,7 @@ Mat3 align_symmetry(const Volume& map, const SymmetryGroup& sym, double& corr_ou
   Volume small = n > 32 ? rescale(map, 32) : map;
   const bool cn = sym.name()[0] == 'C';
   auto score = [&](const Mat3& R) {
-    Volume r = rotate(small, R);
+    Volume r = rotate_map(small, R);
     return correlation(r, symmetrise(r, sym, 1));
   };
   struct Cand {
@@ -188,10 +188,10 @@ InitialModelResult run_initial_model(const InitialModelOptions& opt) {
   ParticleTable data = ParticleTable::read(r.data_star);
   if (!sym.is_c1()) {
     // Align the C1 map with the group's axes, symmetrise it, and move the poses with it
-    // (rotate(V, R) seen at A R^T projects as V at A).
+    // (rotate_map(V, R) seen at A R^T projects as V at A).
     double corr = 0;
     const Mat3 R = align_symmetry(map, sym, corr, opt.threads);
-    map = symmetrise(rotate(map, R), sym, opt.threads);
+    map = symmetrise(rotate_map(map, R), sym, opt.threads);
     res.symmetry_correlation = corr;
     const Mat3 Rt = transpose(R);
     for (size_t i = 0; i < data.size(); ++i) {

@@ -10,6 +10,9 @@
 #include <string>
 #include <vector>
 
+#include "regula/core/grid.hpp"
+#include "regula/sampling/symmetry.hpp"
+
 namespace regula {
 
 struct InitialModelOptions {
@@ -41,5 +44,13 @@ struct InitialModelResult {
 };
 
 InitialModelResult run_initial_model(const InitialModelOptions& opt);
+
+// out(x) = map(R^T (x - c) + c), c = n/2, trilinear, zero outside: the map turned by R about its centre.
+Volume rotate_map(const Volume& map, const Mat3& R);
+
+// The rotation R that puts the symmetry axes of `map` on the group's axes (as relion_align_symmetry):
+// rotate_map(map, R) is then as close as the search finds to its symmetrised
+// self; `corr_out` receives that correlation. Exposed for tests.
+Mat3 align_symmetry(const Volume& map, const SymmetryGroup& sym, double& corr_out, int threads);
 
 }  // namespace regula
