@@ -13,6 +13,7 @@
 
 #include <unistd.h>
 
+#include "regula/core/error.hpp"
 #include "regula/core/fft.hpp"
 #include "regula/core/random.hpp"
 #include "regula/imaging/filter.hpp"
@@ -332,4 +333,17 @@ TEST(Filter, WindowRoundTrip) {
   Grid<float> small = window(v, 10);
   EXPECT_EQ(small(5, 5, 5), v(10, 10, 10));
   EXPECT_EQ(small(0, 0, 0), v(5, 5, 5));
+}
+
+TEST(RealSpaceCorrelation, AffineCopiesAndConstants) {
+  Grid<float> a(6, 5, 4), b(6, 5, 4), c(6, 5, 4, 3.0f);
+  for (size_t i = 0; i < a.size(); ++i) {
+    a[i] = float(std::sin(0.7 * double(i)) + 0.01 * double(i));
+    b[i] = 2 * a[i] + 3;
+  }
+  EXPECT_NEAR(real_space_correlation(a, b), 1.0, 1e-6);
+  for (size_t i = 0; i < a.size(); ++i) b[i] = -a[i];
+  EXPECT_NEAR(real_space_correlation(a, b), -1.0, 1e-6);
+  EXPECT_EQ(real_space_correlation(a, c), 0.0);
+  EXPECT_THROW(real_space_correlation(a, Grid<float>(3)), regula::Error);
 }

@@ -59,4 +59,19 @@ double resolution_at(const std::vector<double>& f, double threshold, double pixe
   return n * pixel_size / double(last);
 }
 
+double real_space_correlation(const Grid<float>& a, const Grid<float>& b) {
+  if (a.size() != b.size()) runtime_error("correlation of grids of {} and {} values", a.size(), b.size());
+  double sa = 0, sb = 0, saa = 0, sbb = 0, sab = 0;
+  const double N = double(a.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    sa += a[i];
+    sb += b[i];
+    saa += double(a[i]) * a[i];
+    sbb += double(b[i]) * b[i];
+    sab += double(a[i]) * b[i];
+  }
+  const double va = saa - sa * sa / N, vb = sbb - sb * sb / N;
+  return va > 0 && vb > 0 ? (sab - sa * sb / N) / std::sqrt(va * vb) : 0.0;
+}
+
 }  // namespace regula

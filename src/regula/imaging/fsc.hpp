@@ -18,6 +18,9 @@ std::vector<double> fsc_fourier(const Grid<cfloat>& A, const Grid<cfloat>& B);
 // 2D Fourier ring correlation (same as fsc for images; named for clarity).
 inline std::vector<double> frc(const Grid<float>& a, const Grid<float>& b) { return fsc(a, b); }
 
+// Pearson correlation of all voxels (pixels) of two grids of equal size; 0 when either is constant.
+double real_space_correlation(const Grid<float>& a, const Grid<float>& b);
+
 // Resolution in Å at which the FSC first drops below `threshold`, as
 // relion_postprocess reports it: the last shell i >= 1 before the first shell
 // with FSC < threshold, giving n * pixel_size / i. With `interpolate`, the

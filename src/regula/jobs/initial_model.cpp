@@ -14,6 +14,7 @@
 #include "regula/io/mrc.hpp"
 #include "regula/jobs/class3d.hpp"
 #include "regula/model/particles.hpp"
+#include "regula/imaging/fsc.hpp"
 #include "regula/sampling/euler.hpp"
 #include "regula/sampling/healpix.hpp"
 #include "regula/sampling/symmetry.hpp"
@@ -58,23 +59,6 @@ Volume rotate_map(const Volume& in, const Mat3& R) {
   return out;
 }
 
-namespace {
-
-double correlation(const Volume& a, const Volume& b) {
-  double sa = 0, sb = 0, saa = 0, sbb = 0, sab = 0;
-  const double N = double(a.size());
-  for (size_t i = 0; i < a.size(); ++i) {
-    sa += a[i];
-    sb += b[i];
-    saa += double(a[i]) * a[i];
-    sbb += double(b[i]) * b[i];
-    sab += double(a[i]) * b[i];
-  }
-  const double va = saa - sa * sa / N, vb = sbb - sb * sb / N;
-  return va > 0 && vb > 0 ? (sab - sa * sb / N) / std::sqrt(va * vb) : 0.0;
-}
-
-}  // namespace
 
 // The rotation R that best aligns the map's features with the symmetry axes of `sym` (as
 // relion_align_symmetry): R maximising the correlation of rotate(map, R) with its symmetrised self,
@@ -86,7 +70,7 @@ Mat3 align_symmetry(const Volume& map, const SymmetryGroup& sym, double& corr_ou
   const bool cn = sym.name()[0] == 'C';
   auto score = [&](const Mat3& R) {
     Volume r = rotate_map(small, R);
-    return correlation(r, symmetrise(r, sym, 1));
+    return real_space_correlation(r, symmetrise(r, sym, 1));
   };
   struct Cand {
     double rot, tilt, psi, s;
