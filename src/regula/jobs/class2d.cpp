@@ -168,8 +168,21 @@ class Job {
   void initialise();
   IterationReport iterate();
   IterationData prepare_iteration();
+  // The weights that make the M-step of a batch, with the translations and references they refer
+  // to; reference j is reference global_j[j] of fine_ (global_j empty: j itself).
+  struct FinalPass {
+    const estep::SparseWeights* sw = nullptr;
+    const std::vector<estep::ParticlePosterior>* stats = nullptr;
+    estep::TranslationPhases tp;
+    estep::ReferenceSlices refs;
+    std::vector<uint32_t> global_j;
+  };
   void process_batch(size_t first, size_t count, const IterationData& it, BatchWork& w, ChunkSums& ch,
                      IterationReport& rep, std::vector<double>& new_scale);
+  FinalPass finer_pass(size_t first, size_t count, const IterationData& it, const estep::ParticleBatch& pb,
+                       std::span<const double> log_constant, BatchWork& w);
+  void record_particles(size_t first, size_t count, const IterationData& it, const FinalPass& fp, const BatchWork& w,
+                        ChunkSums& ch, IterationReport& rep, std::vector<double>& new_scale);
   void add_class_sums(const estep::ParticleBatch& pb, const estep::TranslationPhases& tp,
                       const estep::SparseWeights& sw, std::span<const uint32_t> global_j, const Sampling& s,
                       const FourierPixels& px, estep::ReferenceSums& sums, std::vector<BackProjector>& acc);
@@ -483,12 +496,10 @@ IterationData Job::prepare_iteration() {
 void Job::process_batch(size_t first, size_t count, const IterationData& it, BatchWork& w, ChunkSums& ch,
                         IterationReport& rep, std::vector<double>& new_scale) {
   const size_t P = coarse_.psi.size(), J = size_t(opt_.classes) * P, T = coarse_.trans.size();
-  const size_t hs = size_t(n_ / 2 + 1);
   const FourierPixels& px = it.px;
   const size_t m = px.size();
-  Batch& b = w.b;
-  load_batch(first, count, px, b);
-  const estep::ParticleBatch pb = b.view(m, it.inv_sigma2, true);
+  load_batch(first, count, px, w.b);
+  const estep::ParticleBatch pb = w.b.view(m, it.inv_sigma2, true);
   const estep::TranslationPhases tp{T, m, it.phase};
   const estep::ReferenceSlices rs{J, m, it.refs};
   estep::compute_scores(pb, tp, rs, w.scores, pool_);
@@ -506,55 +517,71 @@ void Job::process_batch(size_t first, size_t count, const IterationData& it, Bat
     const float* wrow = w.post.weight.data() + i * T * J;
     posterior_sum_[first + i] = std::accumulate(wrow, wrow + T * J, 0.0);
   }
-
   // The pass whose weights make the M-step: the finer one, or the coarse one without oversampling.
-  const estep::SparseWeights* sw = &w.post.significant;
-  const std::vector<estep::ParticlePosterior>* stats = &w.post.particle;
-  estep::TranslationPhases tpf = tp;
-  estep::ReferenceSlices rsf = rs;
-  std::vector<uint32_t> global_j;  // reference of the pass -> reference of fine_ (empty: the same)
-  const size_t Pf = fine_.psi.size();
-  if (opt_.oversampling > 0) {
-    estep::PoseList poses = estep::oversampled_poses(w.post.significant, t_children_, j_children_);
-    global_j = estep::compact_references(poses);
-    const size_t Jf = global_j.size();
-    w.fine_refs.resize(Jf * m);
-    std::vector<Grid<cfloat>> out(size_t(pool_.size()));
-    pool_.parallel_for(0, Jf, [&](size_t u, int thread) {
-      Grid<cfloat>& o = out[size_t(thread)];
-      it.proj[global_j[u] / Pf].project_psi(fine_.psi[global_j[u] % Pf], o);
-      for (size_t q = 0; q < m; ++q) w.fine_refs[u * m + q] = o[px.index[q]];
-    });
-    tpf = estep::TranslationPhases{fine_.trans.size(), m, it.phase_fine};
-    rsf = estep::ReferenceSlices{Jf, m, w.fine_refs};
-    fine_flops_ += estep::compute_pose_scores(pb, tpf, rsf, poses, w.fine_scores, pool_);
-    // Class priors spread over the children, so that log-likelihoods compare with the coarse pass.
-    std::vector<double> lpj(Jf);
-    const double log_children = std::log(double(t_children_ * j_children_));
-    for (size_t u = 0; u < Jf; ++u) lpj[u] = std::log(st_.fraction[global_j[u] / Pf]) - log_children;
-    estep::LogPriors fine_priors;
-    fine_priors.reference = lpj;
-    const std::vector<double> lpt_fine = offset_log_prior(first, count, fine_.trans);
-    fine_priors.translation = lpt_fine;
-    estep::compute_pose_posteriors(poses, w.fine_scores, fine_priors, log_constant, w.fine, pool_, popt);
-    sw = &w.fine.significant;
-    stats = &w.fine.particle;
-  }
-  add_class_sums(pb, tpf, *sw, global_j, fine_, px, w.sums, ch.acc);
+  const FinalPass fp = opt_.oversampling > 0
+                           ? finer_pass(first, count, it, pb, log_constant, w)
+                           : FinalPass{&w.post.significant, &w.post.particle, tp, rs, {}};
+  add_class_sums(pb, fp.tp, *fp.sw, fp.global_j, fine_, px, w.sums, ch.acc);
   if (it.split) {
     // The same sums over a fixed random half of the particles (seeded per particle), kept to split
     // the largest class in two when another class has emptied (maximise).
-    estep::SparseWeights half = *sw;
+    estep::SparseWeights half = *fp.sw;
     for (size_t i = 0; i < count; ++i)
       if (!in_split_half(first + i))
         for (size_t e = half.offset[i]; e < half.offset[i + 1]; ++e) half.entry[e].weight = 0.0f;
-    add_class_sums(pb, tpf, half, global_j, fine_, px, w.sums, ch.acc_half);
+    add_class_sums(pb, fp.tp, half, fp.global_j, fine_, px, w.sums, ch.acc_half);
   }
-  estep::compute_particle_sums(pb, tpf, rsf, *sw, w.psums, pool_);
-  auto global = [&](uint32_t j) { return global_j.empty() ? j : global_j[j]; };
+  estep::compute_particle_sums(pb, fp.tp, fp.refs, *fp.sw, w.psums, pool_);
+  record_particles(first, count, it, fp, w, ch, rep, new_scale);
+}
+
+// The finer pass of a batch: the children of the significant coarse poses (w.post), their fine
+// references projected for this batch only, scores and posteriors normalised over the children.
+Job::FinalPass Job::finer_pass(size_t first, size_t count, const IterationData& it, const estep::ParticleBatch& pb,
+                               std::span<const double> log_constant, BatchWork& w) {
+  const FourierPixels& px = it.px;
+  const size_t m = px.size(), Pf = fine_.psi.size();
+  estep::PoseList poses = estep::oversampled_poses(w.post.significant, t_children_, j_children_);
+  FinalPass fp;
+  fp.global_j = estep::compact_references(poses);
+  const size_t Jf = fp.global_j.size();
+  w.fine_refs.resize(Jf * m);
+  std::vector<Grid<cfloat>> out(size_t(pool_.size()));
+  pool_.parallel_for(0, Jf, [&](size_t u, int thread) {
+    Grid<cfloat>& o = out[size_t(thread)];
+    it.proj[fp.global_j[u] / Pf].project_psi(fine_.psi[fp.global_j[u] % Pf], o);
+    for (size_t q = 0; q < m; ++q) w.fine_refs[u * m + q] = o[px.index[q]];
+  });
+  fp.tp = estep::TranslationPhases{fine_.trans.size(), m, it.phase_fine};
+  fp.refs = estep::ReferenceSlices{Jf, m, w.fine_refs};
+  fine_flops_ += estep::compute_pose_scores(pb, fp.tp, fp.refs, poses, w.fine_scores, pool_);
+  // Class priors spread over the children, so that log-likelihoods compare with the coarse pass.
+  std::vector<double> lpj(Jf);
+  const double log_children = std::log(double(t_children_ * j_children_));
+  for (size_t u = 0; u < Jf; ++u) lpj[u] = std::log(st_.fraction[fp.global_j[u] / Pf]) - log_children;
+  estep::LogPriors priors;
+  priors.reference = lpj;
+  const std::vector<double> lpt = offset_log_prior(first, count, fine_.trans);
+  priors.translation = lpt;
+  estep::PosteriorOptions popt;
+  popt.keep_significant = true;
+  estep::compute_pose_posteriors(poses, w.fine_scores, priors, log_constant, w.fine, pool_, popt);
+  fp.sw = &w.fine.significant;
+  fp.stats = &w.fine.particle;
+  return fp;
+}
+
+// Per particle of a batch, from the final pass: noise and scale statistics, class and origin
+// weights, and the written pose (best class, psi and origin on the fine grid).
+void Job::record_particles(size_t first, size_t count, const IterationData& it, const FinalPass& fp,
+                           const BatchWork& w, ChunkSums& ch, IterationReport& rep, std::vector<double>& new_scale) {
+  const FourierPixels& px = it.px;
+  const size_t m = px.size(), hs = size_t(n_ / 2 + 1), Pf = fine_.psi.size();
+  const Batch& b = w.b;
+  auto global = [&](uint32_t j) { return fp.global_j.empty() ? j : fp.global_j[j]; };
   for (size_t i = 0; i < count; ++i) {
     const size_t p = first + i;
-    const estep::ParticlePosterior& pp = (*stats)[i];
+    const estep::ParticlePosterior& pp = (*fp.stats)[i];
     if (!pp.valid) continue;
     const size_t g = b.group[i];
     const double* d2 = w.psums.diff2.data() + i * m;
@@ -573,8 +600,8 @@ void Job::process_batch(size_t first, size_t count, const IterationData& it, Bat
     }
     if (den > 0 && num > 0) new_scale[p] = std::clamp(st_.scale[p] * num / den, 0.2, 5.0);
     else new_scale[p] = st_.scale[p];
-    for (size_t e = sw->offset[i]; e < sw->offset[i + 1]; ++e) {
-      const estep::PoseWeight& pw = sw->entry[e];
+    for (size_t e = fp.sw->offset[i]; e < fp.sw->offset[i + 1]; ++e) {
+      const estep::PoseWeight& pw = fp.sw->entry[e];
       ch.wclass[global(pw.j) / Pf] += pw.weight;
       const double dx = st_.origin_x[p] + fine_.trans[pw.t][0] * angpix_;
       const double dy = st_.origin_y[p] + fine_.trans[pw.t][1] * angpix_;
