@@ -14,7 +14,7 @@ t0=$(date +%s.%N)
   --K 2 --tau2_fudge 4 --iter 25 --firstiter_cc --ini_high 40 --ctf --healpix_order 1 --offset_range 4 \
   --offset_step 2 --particle_diameter 300 --zero_mask --flatten_solvent --j "${THREADS:-2}"
 t1=$(date +%s.%N)
-t_relion=$(awk -F'\t' '$1=="class3d"{split($3,a," "); print a[2]}' "$here/results/relion_times.tsv")
+t_relion=$(awk -F'\t' '$1=="class3d"{split($3,a," "); t=a[2]} END{print t}' "$here/results/relion_times.tsv")
 echo "regula class3d: $(echo "$t1 - $t0" | bc) s wall; RELION (recorded): $t_relion s"
 echo "== regula"; /usr/bin/python3 "$here/class3d_accuracy.py" "$out/hetero/truth.star" "$out/regula_class3d/run_it025_data.star"
 echo "== relion"; /usr/bin/python3 "$here/class3d_accuracy.py" "$out/hetero/truth.star" "$out/relion_class3d/run_it025_data.star"

@@ -25,8 +25,8 @@ t0=$(date +%s.%N)
   --offset_range 5 --offset_step 2 --low_resol_join_halves 40 --particle_diameter 300 --sym C1 --j "$threads"
 t1=$(date +%s.%N)
 t_regula=$(echo "$t1 - $t0" | bc)
-t_relion=$(awk -F'\t' '$1=="refine"{split($3,a," "); print a[2]}' "$repo/bench/results/relion_times.tsv")
-echo "regula refine3d: ${t_regula} s wall (--j $threads); RELION (recorded): ${t_relion} s; ratio $(echo "scale=3; $t_regula / $t_relion" | bc)"
+t_relion=$(awk -F'\t' '$1=="refine"{split($3,a," "); t=a[2]} END{print t}' "$repo/bench/results/relion_times.tsv")
+echo "regula refine3d: ${t_regula} s wall (--j $threads); RELION (last recorded run): ${t_relion} s; ratio $(echo "scale=3; $t_regula / $t_relion" | bc)"
 for who in regula relion; do
   d="$out/${who}_refine"
   echo "== $who"
