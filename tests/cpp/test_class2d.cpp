@@ -30,6 +30,7 @@
 #include "regula/core/error.hpp"
 #include "regula/core/random.hpp"
 #include "regula/imaging/ctf.hpp"
+#include "regula/imaging/mask.hpp"
 #include "regula/imaging/projector.hpp"
 #include "regula/io/mrc.hpp"
 #include "regula/io/star.hpp"
@@ -86,6 +87,7 @@ Image make_particle(int c, double psi_deg, double dx, double dy) {
 struct Truth {
   std::vector<int> shape;
   std::vector<double> psi, dx, dy;
+  double noise_sigma = 0;  // of the white noise added per pixel
 };
 
 // Writes DIR/particles.mrcs and DIR/particles.star (3.1 form) with n particles. With
@@ -128,6 +130,7 @@ Truth make_dataset(const fs::path& dir, int n, bool ctf, double snr, uint64_t se
   }
   signal_var /= n;
   const double sigma = std::sqrt(signal_var / snr);
+  t.noise_sigma = sigma;
   Grid<float> stack(kN, kN, n);
   for (int i = 0; i < n; ++i) {
     auto g = make_rng(seed + 1000, uint64_t(i));
@@ -213,6 +216,7 @@ Class2DOptions base_options(const fs::path& dir, int K, int iters) {
   o.offset_step = 1;
   o.particle_diameter = 60;  // Å: radius 15 px
   o.seed = 3;
+  o.zero_mask = true;  // as RELION's GUI default for classification (and our benches)
   return o;
 }
 
@@ -398,11 +402,58 @@ TEST(Class2D, OriginsFollowTheSearchBeyondTheOffsetRange) {
   if (!std::getenv("C2D_KEEP")) fs::remove_all(dir);
 }
 
+// Mean over shells 5..19 of the estimated noise spectrum (model.star, RELION's units) over the
+// truth: white noise of standard deviation sigma per pixel has sigma2 = sigma^2 / (2 n^2) in every
+// shell. Shells from 5 on hold little signal at SNR 0.1 (the shapes are 16-20 px across).
+double noise_estimate_ratio(const Class2DResult& r, double sigma) {
+  const star::Document model = star::read(r.model_star);
+  const star::Block& b = model.require("model_optics_group_1");
+  const std::vector<double> s2 = b.numbers(b.require_column("rlnSigma2Noise"));
+  const double truth = sigma * sigma / (2.0 * kN * kN);
+  double sum = 0;
+  for (size_t s = 5; s <= 19; ++s) sum += s2[s] / truth;
+  return sum / 15.0;
+}
+
+TEST(Class2D, SolventNoiseKeepsTheNoiseEstimateNearTheTruth) {
+  // Without --zero_mask the solvent outside the particle mask m is refilled each iteration with
+  // noise of the current spectrum s (RELION's default); with --zero_mask it is 0. For white noise
+  // of spectrum t the masked image's variance per pixel is then m^2 t + (1 - m)^2 s, so the
+  // estimate settles where s = t <m^2> + s <(1 - m)^2> (box averages): s / t = <m^2> /
+  // (1 - <(1 - m)^2>), 0.87 here (below 1 only because the soft edge mixes two independent
+  // noises); with zeros s / t = <m^2>, 0.56. Unmodelled signal adds a little to both (measured
+  // +0.04 and +0.01): tolerances -0.03 / +0.06. A constant fill gives the zero-mask value, noise
+  // of twice the variance about 1.9.
+  fs::path dir = temp_dir("solvent");
+  Truth t = make_dataset(dir, 240, false, 0.1, 11);
+  Class2DOptions o = base_options(dir, 4, 8);
+  o.zero_mask = false;
+  const Grid<float> m = spherical_mask(kN, kN, 1, o.particle_diameter / (2 * kAngpix), o.mask_edge);
+  double m2 = 0, c2 = 0;
+  for (float v : m) {
+    m2 += double(v) * v / double(m.size());
+    c2 += (1.0 - v) * (1.0 - v) / double(m.size());
+  }
+  const Class2DResult noise = run_class2d(o);
+  const double with_noise = noise_estimate_ratio(noise, t.noise_sigma);
+  o.zero_mask = true;
+  o.out_root = (dir / "zero").string();
+  const double with_zeros = noise_estimate_ratio(run_class2d(o), t.noise_sigma);
+  RecordProperty("noise_estimate_over_truth_noise_zero", fmt::format("{:.3f} {:.3f}", with_noise, with_zeros));
+  const double expect_noise = m2 / (1 - c2), expect_zeros = m2;
+  EXPECT_GT(with_noise, expect_noise - 0.03);
+  EXPECT_LT(with_noise, expect_noise + 0.06);
+  EXPECT_GT(with_zeros, expect_zeros - 0.03);
+  EXPECT_LT(with_zeros, expect_zeros + 0.06);
+  if (!std::getenv("C2D_KEEP")) fs::remove_all(dir);
+}
+
 TEST(Class2D, SameBitsForAnyThreadCountAndForContinuedRuns) {
   fs::path dir = temp_dir("det");
   make_dataset(dir, 160, true, 0.1, 13);
   Class2DOptions o = base_options(dir, 3, 4);
   o.ctf = true;
+  o.zero_mask = false;  // the solvent noise too is the same for any thread count and when continued
   o.out_root = (dir / "j1").string();
   o.threads = 1;
   Class2DResult r1 = run_class2d(o);

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -169,6 +170,75 @@ TEST(Mask, ApplyWithBackgroundMean) {
   apply_spherical_mask(img2, 8, 4, MaskFill::Zero);
   EXPECT_FLOAT_EQ(img2(16 + 10, 16), 1.0f);  // r = 10: mask 0.5
   EXPECT_FLOAT_EQ(img2(0, 0), 0.0f);
+}
+
+// A shifted mask is the centred one moved: at (16 + 3, 16 - 2) it is 1, at distance 10 from there
+// 0.5 (radius 8, edge 4), and at the box centre (distance sqrt(13) < 8) still 1; a background image
+// fills the outside.
+TEST(Mask, ShiftedCentreAndBackgroundImage) {
+  const MaskCentre c{3, -2};
+  Grid<float> img(32, 32, 1, 2.0f);
+  apply_spherical_mask(img, 8, 4, MaskFill::Zero, c);
+  EXPECT_FLOAT_EQ(img(19, 14), 2.0f);
+  EXPECT_FLOAT_EQ(img(19 + 10, 14), 1.0f);
+  EXPECT_FLOAT_EQ(img(19, 14 - 10), 1.0f);
+  EXPECT_FLOAT_EQ(img(19 - 12, 14), 0.0f);  // distance 12 = radius + edge
+  EXPECT_FLOAT_EQ(img(16 - 9, 16), 0.0f);   // distance 12 from the shifted centre (9 from the box's)
+  Grid<float> centred(32, 32, 1, 2.0f);
+  apply_spherical_mask(centred, 8, 4, MaskFill::Zero);
+  EXPECT_GT(centred(16 - 9, 16), 0.5f);
+  Grid<float> one(32, 32, 1, 1.0f), bg(32, 32, 1, 7.0f);
+  apply_spherical_mask(one, 8, 4, bg, c);
+  EXPECT_FLOAT_EQ(one(19, 14), 1.0f);
+  EXPECT_FLOAT_EQ(one(19 + 10, 14), 4.0f);  // 0.5 * 1 + 0.5 * 7
+  EXPECT_FLOAT_EQ(one(0, 31), 7.0f);
+  Grid<float> wrong(16, 16, 1, 0.0f);
+  EXPECT_THROW(apply_spherical_mask(one, 8, 4, wrong), std::invalid_argument);
+}
+
+// The noise has the spectrum asked for: over 400 images, the mean |F|^2 / 2 per shell is sigma2
+// (a spectrum falling 100-fold over the shells), on the x = 0 column (Hermitian mates) as
+// elsewhere, for even and odd boxes, and 0 beyond the last shell given. Relative standard error
+// of a shell's mean: 1 / sqrt(400 * coefficients in the shell) off the x = 0 column (|F|^2
+// exponential), sqrt(2 / (400 * coefficients)) on it (mates in pairs; the real DC chi-square with
+// 1 degree); tolerances 4 standard errors.
+TEST(Filter, ColouredNoiseHasTheSpectrum) {
+  for (int n : {32, 33}) {
+    const int hx = n / 2 + 1, last = 12;
+    std::vector<double> sigma2(size_t(last) + 1);
+    for (int s = 0; s <= last; ++s) sigma2[size_t(s)] = 50.0 * std::pow(0.01, s / double(last));
+    std::vector<double> p(size_t(hx) * 2, 0.0), cnt(p.size(), 0.0), p0(p.size(), 0.0), c0(p.size(), 0.0);
+    const int draws = 400;
+    for (int d = 0; d < draws; ++d) {
+      auto rng = make_rng(5, uint64_t(d));
+      Grid<float> img = coloured_noise(n, sigma2, rng);
+      ASSERT_EQ(img.nx(), n);
+      Grid<cfloat> F = fft_forward(img);
+      for (int y = 0; y < n; ++y)
+        for (int x = 0; x < hx; ++x) {
+          const int fy = fft_freq(y, n);
+          const size_t s = size_t(std::lround(std::sqrt(double(x * x + fy * fy))));
+          if (s >= p.size()) continue;
+          auto& pp = x == 0 ? p0 : p;
+          auto& cc = x == 0 ? c0 : cnt;
+          pp[s] += std::norm(F(x, y)) / 2;
+          cc[s] += 1;
+        }
+    }
+    for (size_t s = 0; s < p.size(); ++s) {
+      for (bool col0 : {false, true}) {
+        const double c = col0 ? c0[s] : cnt[s];
+        if (c == 0) continue;
+        const double mean = (col0 ? p0[s] : p[s]) / c;
+        if (s > size_t(last)) {
+          EXPECT_LT(mean, 1e-6 * sigma2[0]) << "n " << n << " shell " << s;
+          continue;
+        }
+        const double tol = 4.0 * std::sqrt((col0 ? 2.0 : 1.0) / c);  // x = 0: mates in pairs, or real
+        EXPECT_NEAR(mean / sigma2[s], 1.0, tol) << "n " << n << " shell " << s << (col0 ? " (x = 0)" : "");
+      }
+    }
+  }
 }
 
 // The distance transform equals brute force on a random sparse binary grid.

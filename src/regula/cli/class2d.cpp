@@ -18,7 +18,7 @@ void add_class2d(CLI::App& app) {
   s->add_option("--tau2_fudge", opt->tau2_fudge, "Regularisation parameter T (larger: weaker prior)")->capture_default_str();
   s->add_option("--particle_diameter", opt->particle_diameter, "Diameter of the circular mask, Å (default: box - 10 px)");
   s->add_flag("--ctf", opt->ctf, "CTF-correct (needs CTF columns)");
-  s->add_flag("--zero_mask", opt->zero_mask, "Fill the particles' solvent with zeros (else the background mean)");
+  s->add_flag("--zero_mask", opt->zero_mask, "Fill the particles' solvent with zeros (else with noise of the noise model's spectrum, as RELION)");
   s->add_flag("--flatten_solvent", opt->flatten_solvent, "Mask the class averages with the circular mask");
   s->add_option("--psi_step", opt->psi_step, "In-plane angular step, degrees")->capture_default_str();
   s->add_option("--offset_range", opt->offset_range, "Translation search range, pixels")->capture_default_str();

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cmath>
 #include <random>
+#include <utility>
 
 namespace regula {
 
@@ -27,6 +28,14 @@ inline double normal01(std::mt19937_64& g) {
   double u1 = (double(g() >> 11) + 0.5) * (1.0 / 9007199254740992.0);
   double u2 = (double(g() >> 11) + 0.5) * (1.0 / 9007199254740992.0);
   return std::sqrt(-2.0 * std::log(u1)) * std::cos(two_pi * u2);
+}
+// Two independent standard normals from one Box-Muller draw (both of its outputs).
+inline std::pair<double, double> normal_pair(std::mt19937_64& g) {
+  constexpr double two_pi = 6.283185307179586;
+  double u1 = (double(g() >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+  double u2 = (double(g() >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+  const double r = std::sqrt(-2.0 * std::log(u1));
+  return {r * std::cos(two_pi * u2), r * std::sin(two_pi * u2)};
 }
 inline double uniform01(std::mt19937_64& g) { return double(g() >> 11) * (1.0 / 9007199254740992.0); }
 

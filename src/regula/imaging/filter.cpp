@@ -5,6 +5,7 @@
 
 #include "regula/core/error.hpp"
 #include "regula/core/fft.hpp"
+#include "regula/core/random.hpp"
 
 namespace regula {
 namespace {
@@ -115,6 +116,31 @@ BackgroundStats normalise_background(Grid<float>& img, double bg_radius) {
 
 void invert_contrast(Grid<float>& img) {
   for (auto& v : img) v = -v;
+}
+
+Grid<float> coloured_noise(int n, const std::vector<double>& sigma2, std::mt19937_64& rng) {
+  if (n < 2) input_error("coloured_noise: box size {} must be >= 2", n);
+  const int hx = n / 2 + 1;
+  std::vector<double> sd(sigma2.size());
+  for (size_t s = 0; s < sd.size(); ++s) sd[s] = std::sqrt(std::max(0.0, sigma2[s]));
+  Grid<cfloat> F(hx, n, 1);
+  for (int y = 0; y < n; ++y) {
+    const int fy = fft_freq(y, n);
+    for (int x = 0; x < hx; ++x) {
+      const auto [a, b] = normal_pair(rng);  // drawn for every coefficient: the stream does not depend on sigma2
+      const size_t s = size_t(std::lround(std::sqrt(double(x * x + fy * fy))));
+      F(x, y) = s < sd.size() ? cfloat(float(sd[s] * a), float(sd[s] * b)) : cfloat(0, 0);
+    }
+  }
+  // Columns whose Hermitian mates are in the half grid (x = 0, and x = n/2 for even n): make them
+  // exact mates, and the self-conjugate coefficients real with the full variance.
+  std::vector<int> self_mated = {0};
+  if (n % 2 == 0) self_mated.push_back(n / 2);
+  for (int x : self_mated) {
+    for (int y = n / 2 + 1; y < n; ++y) F(x, y) = std::conj(F(x, n - y));
+    for (int y : self_mated) F(x, y) = cfloat(float(std::sqrt(2.0) * F(x, y).real()), 0.0f);
+  }
+  return fft_inverse(F, n);
 }
 
 Grid<float> rescale(const Grid<float>& img, int new_n) {

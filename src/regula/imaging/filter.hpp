@@ -5,6 +5,9 @@
 // Fourier-space versions act on a half-complex transform of a grid of size
 // n = F.ny() (centred or not: the filters are real and radial).
 #pragma once
+#include <random>
+#include <vector>
+
 #include "regula/core/grid.hpp"
 
 namespace regula {
@@ -34,6 +37,13 @@ BackgroundStats background_stats(const Grid<float>& img, double bg_radius_px);
 BackgroundStats normalise_background(Grid<float>& img, double bg_radius_px);
 
 void invert_contrast(Grid<float>& img);
+
+// An n x n image of Gaussian noise with a given spectrum: in our unnormalised transform every
+// coefficient in shell s = round(|k|) is complex Gaussian with E|F|^2 = 2 sigma2[s] (real and
+// imaginary parts of variance sigma2[s]; the self-conjugate ones real with variance 2 sigma2[s]),
+// 0 beyond the last shell given. That is the noise of the likelihood's model, and what RELION
+// puts outside the particle mask without --zero_mask.
+Grid<float> coloured_noise(int n, const std::vector<double>& sigma2, std::mt19937_64& rng);
 
 // Fourier re-scaling to a new box (pixel size scales by n / new_n): crop or
 // zero-pad the centred transform; pixel values keep their scale (a constant

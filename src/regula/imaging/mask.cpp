@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <limits>
+#include <stdexcept>
 #include <vector>
 
 #include "regula/core/error.hpp"
@@ -17,13 +18,13 @@ double soft_edge_value(double r, double radius, double edge) {
 
 namespace {
 template <class F>
-void for_each_radius(const Grid<float>& g, F f) {
-  const int cx = g.nx() / 2, cy = g.ny() / 2, cz = g.nz() / 2;
+void for_each_radius(const Grid<float>& g, F f, MaskCentre c = {}) {
+  const double cx = g.nx() / 2 + c.dx, cy = g.ny() / 2 + c.dy, cz = g.nz() / 2 + c.dz;
   for (int z = 0; z < g.nz(); ++z)
     for (int y = 0; y < g.ny(); ++y)
       for (int x = 0; x < g.nx(); ++x) {
         const double dz = g.nz() > 1 ? z - cz : 0;
-        f(g.index(x, y, z), std::sqrt(double(x - cx) * (x - cx) + double(y - cy) * (y - cy) + dz * dz));
+        f(g.index(x, y, z), std::sqrt((x - cx) * (x - cx) + (y - cy) * (y - cy) + dz * dz));
       }
 }
 }  // namespace
@@ -34,7 +35,7 @@ Grid<float> spherical_mask(int nx, int ny, int nz, double radius, double edge) {
   return m;
 }
 
-void apply_spherical_mask(Grid<float>& img, double radius, double edge, MaskFill fill) {
+void apply_spherical_mask(Grid<float>& img, double radius, double edge, MaskFill fill, MaskCentre c) {
   double bg = 0;
   if (fill == MaskFill::BackgroundMean) {
     double s = 0, sw = 0;
@@ -43,13 +44,22 @@ void apply_spherical_mask(Grid<float>& img, double radius, double edge, MaskFill
       const double w = 1.0 - soft_edge_value(r, radius, edge);
       s += w * img[i];
       sw += w;
-    });
+    }, c);
     bg = sw > 0 ? s / sw : 0.0;
   }
   for_each_radius(img, [&](size_t i, double r) {
     const double m = soft_edge_value(r, radius, edge);
     img[i] = float(m * img[i] + (1.0 - m) * bg);
-  });
+  }, c);
+}
+
+void apply_spherical_mask(Grid<float>& img, double radius, double edge, const Grid<float>& background, MaskCentre c) {
+  if (background.nx() != img.nx() || background.ny() != img.ny() || background.nz() != img.nz())
+    throw std::invalid_argument("apply_spherical_mask: background and image differ in shape");
+  for_each_radius(img, [&](size_t i, double r) {
+    const double m = soft_edge_value(r, radius, edge);
+    img[i] = float(m * img[i] + (1.0 - m) * background[i]);
+  }, c);
 }
 
 namespace {

@@ -18,7 +18,17 @@ enum class MaskFill {
   Zero,            // img *= mask
   BackgroundMean,  // img = mask * img + (1 - mask) * b, b the (1 - mask)-weighted mean outside radius (RELION)
 };
-void apply_spherical_mask(Grid<float>& img, double radius_px, double edge_px, MaskFill fill = MaskFill::Zero);
+// `centre_shift` moves the mask's centre from (n/2, n/2, n/2) by that many pixels (e.g. to a
+// particle's current position).
+struct MaskCentre {
+  double dx = 0, dy = 0, dz = 0;
+};
+void apply_spherical_mask(Grid<float>& img, double radius_px, double edge_px, MaskFill fill = MaskFill::Zero,
+                          MaskCentre centre_shift = {});
+// img = mask * img + (1 - mask) * background (same shape): RELION's particle mask without
+// --zero_mask, where the background is noise with the noise model's spectrum.
+void apply_spherical_mask(Grid<float>& img, double radius_px, double edge_px, const Grid<float>& background,
+                          MaskCentre centre_shift = {});
 
 struct MaskCreateOptions {
   double pixel_size = 1.0;      // Å

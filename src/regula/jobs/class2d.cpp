@@ -23,6 +23,7 @@
 #include "regula/estep/weighted_sums.hpp"
 #include "regula/imaging/backprojector.hpp"
 #include "regula/imaging/ctf.hpp"
+#include "regula/imaging/filter.hpp"
 #include "regula/imaging/particle_ctf.hpp"
 #include "regula/imaging/mask.hpp"
 #include "regula/imaging/projector.hpp"
@@ -67,6 +68,9 @@ using class2d_detail::IterationReport;
 using class2d_detail::State;
 using estep::cfloat;
 using mstep::FourierPixels;
+
+// Random substream of a particle's solvent noise (substream 0: its initial class and psi).
+constexpr uint64_t kSolventNoiseStream = 1;
 
 // One batch of preprocessed particles at the pixels of the current limit.
 struct Batch {
@@ -164,7 +168,9 @@ class Job {
 
  private:
   void setup();
-  void load_batch(size_t first, size_t count, const FourierPixels& px, Batch& b);
+  // `initial`: before the first noise spectrum (initialise); the power per shell is then the
+  // unmasked image's (as RELION's first sigma2 estimate without --zero_mask).
+  void load_batch(size_t first, size_t count, const FourierPixels& px, Batch& b, bool initial = false);
   void initialise();
   IterationReport iterate();
   IterationData prepare_iteration();
@@ -276,7 +282,7 @@ void Job::setup() {
   r_ini_ = std::clamp(int(std::lround(n_ * angpix_ / opt_.ini_high)), std::max(1, n_ / 8), n_ / 2 - 1);
 }
 
-void Job::load_batch(size_t first, size_t count, const FourierPixels& px, Batch& b) {
+void Job::load_batch(size_t first, size_t count, const FourierPixels& px, Batch& b, bool initial) {
   const size_t m = px.size(), hs = size_t(n_ / 2 + 1);
   b.first = first;
   b.count = count;
@@ -295,14 +301,28 @@ void Job::load_batch(size_t first, size_t count, const FourierPixels& px, Batch&
   pool_.parallel_for(0, count, [&](size_t i, int) {
     const size_t p = first + i;
     Image& img = imgs[i];
-    apply_spherical_mask(img, mask_radius_, opt_.mask_edge, opt_.zero_mask ? MaskFill::Zero : MaskFill::BackgroundMean);
-    Grid<cfloat> F = fourier_centred(img);
-    // Re-centre by the current origin, the centre of the translation search (RELION 3.1: the
-    // particle is the projection moved by -origin).
+    // The particle sits at the box centre moved by -origin (RELION 3.1): the mask follows it, as
+    // RELION masks after undoing the (rounded) current offset.
     const double ox = st_.origin_x[p], oy = st_.origin_y[p];
+    const MaskCentre at_particle{-ox / angpix_, -oy / angpix_};
+    auto add_power = [&](const Grid<cfloat>& F) {
+      for (size_t k = 0; k < all_px_.size(); ++k)
+        b.power[i * hs + size_t(all_px_.shell[k])] += std::norm(F[all_px_.index[k]]);
+    };
+    if (initial && !opt_.zero_mask) add_power(fourier_centred(img));
+    if (opt_.zero_mask) {
+      apply_spherical_mask(img, mask_radius_, opt_.mask_edge, MaskFill::Zero, at_particle);
+    } else if (initial) {  // no noise spectrum yet
+      apply_spherical_mask(img, mask_radius_, opt_.mask_edge, MaskFill::BackgroundMean, at_particle);
+    } else {  // the solvent filled with noise of the current spectrum (the same draw each iteration)
+      auto rng = make_rng(opt_.seed, p, kSolventNoiseStream);
+      apply_spherical_mask(img, mask_radius_, opt_.mask_edge,
+                           coloured_noise(n_, st_.sigma2[size_t(table_.optics_index[p])], rng), at_particle);
+    }
+    Grid<cfloat> F = fourier_centred(img);
+    // Re-centre by the current origin, the centre of the translation search.
     if (ox != 0 || oy != 0) shift_phase(F, ox / angpix_, oy / angpix_, n_);
-    for (size_t k = 0; k < all_px_.size(); ++k)
-      b.power[i * hs + size_t(all_px_.shell[k])] += std::norm(F[all_px_.index[k]]);
+    if (!(initial && !opt_.zero_mask)) add_power(F);
     for (size_t k = 0; k < m; ++k) b.x[i * m + k] = F[px.index[k]];
     if (opt_.ctf) {
       Grid<float> c = Ctf(particle_ctf_params(table_, p)).half_complex(n_, angpix_);
@@ -345,7 +365,7 @@ void Job::initialise() {
   Batch b;
   for (size_t first = 0; first < N; first += size_t(opt_.batch_size)) {
     size_t count = std::min(size_t(opt_.batch_size), N - first);
-    load_batch(first, count, px, b);
+    load_batch(first, count, px, b, true);
     estep::SparseWeights sw;
     sw.n = count;
     sw.t = 1;

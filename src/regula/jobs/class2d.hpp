@@ -32,8 +32,8 @@ struct Class2DOptions {
   double tau2_fudge = 2;          // --tau2_fudge (T)
   double particle_diameter = 0;   // --particle_diameter, Å (0: box - 2 * mask edge)
   bool ctf = false;               // --ctf: CTF-correct
-  bool zero_mask = false;         // --zero_mask: fill the particle's solvent with zeros (else the
-                                  // background mean outside the mask)
+  bool zero_mask = false;         // --zero_mask: fill the particle's solvent with zeros (else, as RELION,
+                                  // with noise of the current noise spectrum, seeded per particle)
   bool flatten_solvent = false;   // --flatten_solvent: mask class averages with the circular mask
   double psi_step = 6;            // --psi_step, degrees
   double offset_range = 5;        // --offset_range, pixels
