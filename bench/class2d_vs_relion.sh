@@ -27,7 +27,7 @@ t0=$(date +%s.%N)
 t1=$(date +%s.%N)
 t_regula=$(echo "$t1 - $t0" | bc)
 echo "regula class2d: ${t_regula} s (--j $threads, $(date -u +%F))"
-/usr/bin/python3 bench/view_recovery.py "$truth" "$OUT/regula_2d/run_it025_data.star" --label regula | head -1
+/usr/bin/python3 bench/view_recovery.py "$truth" "$OUT/regula_2d/run_it025_data.star" --label regula | sed -n 1p
 
 if [ "${RUN_RELION:-0}" = "1" ]; then
   rm -rf "$OUT/relion_2d" && mkdir -p "$OUT/relion_2d"
@@ -37,7 +37,7 @@ if [ "${RUN_RELION:-0}" = "1" ]; then
   t1=$(date +%s.%N)
   t_relion=$(echo "$t1 - $t0" | bc)
   echo "relion_refine: ${t_relion} s (now)"
-  /usr/bin/python3 bench/view_recovery.py "$truth" "$OUT/relion_2d/run_it025_data.star" --label relion | head -1
+  /usr/bin/python3 bench/view_recovery.py "$truth" "$OUT/relion_2d/run_it025_data.star" --label relion | sed -n 1p
 else
   t_relion=$(awk -F'\t' '$1 == "2d" { sub(/^wall /, "", $3); sub(/ s$/, "", $3); t = $3; d = $2 } END { print t }' \
     bench/results/relion_times.tsv)
