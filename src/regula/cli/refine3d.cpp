@@ -20,7 +20,7 @@ void add_refine3d(CLI::App& app) {
   s->add_option("--particle_diameter", opt->particle_diameter, "Diameter of the circular mask, Å (default: box - 10 px)");
   s->add_flag("--ctf", opt->ctf, "CTF-correct (needs CTF columns)");
   s->add_flag("--flatten_solvent", opt->flatten_solvent, "Mask the references with a soft sphere of the particle diameter");
-  s->add_flag("--zero_mask", opt->zero_mask, "Fill the particles' solvent with zeros (else the background mean)");
+  s->add_flag("--zero_mask", opt->zero_mask, "Fill the particles' solvent with zeros (else with noise of the noise model's spectrum, as RELION)");
   s->add_option("--solvent_mask", opt->solvent_mask, "Mask for the references (values in [0, 1])");
   s->add_option("--healpix_order", opt->healpix_order, "Initial angular sampling (order 2 = 15 degrees)")->capture_default_str();
   s->add_option("--auto_local_healpix_order", opt->auto_local_healpix_order,

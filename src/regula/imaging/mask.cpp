@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "regula/core/error.hpp"
+#include "regula/core/random.hpp"
 #include "regula/imaging/filter.hpp"
 
 namespace regula {
@@ -60,6 +61,20 @@ void apply_spherical_mask(Grid<float>& img, double radius, double edge, const Gr
     const double m = soft_edge_value(r, radius, edge);
     img[i] = float(m * img[i] + (1.0 - m) * background[i]);
   }, c);
+}
+
+void apply_particle_mask(Grid<float>& img, double radius, double edge, MaskCentre at, const ParticleSolvent& solvent) {
+  if (solvent.zero) {
+    apply_spherical_mask(img, radius, edge, MaskFill::Zero, at);
+  } else if (!solvent.noise_sigma2) {
+    apply_spherical_mask(img, radius, edge, MaskFill::BackgroundMean, at);
+  } else {
+    if (img.nz() != 1 || img.nx() != img.ny())
+      throw std::invalid_argument("apply_particle_mask: noise fill needs a square image");
+    constexpr uint64_t kSolventNoiseStream = 1;  // substream 0 is the particle's other random choices
+    auto rng = make_rng(solvent.seed, solvent.particle, kSolventNoiseStream);
+    apply_spherical_mask(img, radius, edge, coloured_noise(img.nx(), *solvent.noise_sigma2, rng), at);
+  }
 }
 
 namespace {

@@ -2,6 +2,9 @@
 // masks made from a map as relion_mask_create does. Distances in pixels from
 // the centre at n/2 along every axis.
 #pragma once
+#include <cstdint>
+#include <vector>
+
 #include "regula/core/grid.hpp"
 
 namespace regula {
@@ -29,6 +32,18 @@ void apply_spherical_mask(Grid<float>& img, double radius_px, double edge_px, Ma
 // --zero_mask, where the background is noise with the noise model's spectrum.
 void apply_spherical_mask(Grid<float>& img, double radius_px, double edge_px, const Grid<float>& background,
                           MaskCentre centre_shift = {});
+
+// The particle mask of RELION's refinement programs: a soft circle about the particle's current
+// position (box centre moved by -origin, `at`); outside it zeros (--zero_mask), or noise with the
+// current noise spectrum of the particle's group (coloured_noise, our FFT units), drawn from
+// make_rng(seed, particle, 1) so that it is the same in every iteration and on any thread or MPI
+// rank; before there is a spectrum (noise_sigma2 == nullptr), the mean outside the mask.
+struct ParticleSolvent {
+  bool zero = false;
+  const std::vector<double>* noise_sigma2 = nullptr;
+  uint64_t seed = 0, particle = 0;
+};
+void apply_particle_mask(Grid<float>& img, double radius_px, double edge_px, MaskCentre at, const ParticleSolvent& solvent);
 
 struct MaskCreateOptions {
   double pixel_size = 1.0;      // Å

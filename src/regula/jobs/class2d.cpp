@@ -23,7 +23,6 @@
 #include "regula/estep/weighted_sums.hpp"
 #include "regula/imaging/backprojector.hpp"
 #include "regula/imaging/ctf.hpp"
-#include "regula/imaging/filter.hpp"
 #include "regula/imaging/particle_ctf.hpp"
 #include "regula/imaging/mask.hpp"
 #include "regula/imaging/projector.hpp"
@@ -68,9 +67,6 @@ using class2d_detail::IterationReport;
 using class2d_detail::State;
 using estep::cfloat;
 using mstep::FourierPixels;
-
-// Random substream of a particle's solvent noise (substream 0: its initial class and psi).
-constexpr uint64_t kSolventNoiseStream = 1;
 
 // One batch of preprocessed particles at the pixels of the current limit.
 struct Batch {
@@ -310,15 +306,10 @@ void Job::load_batch(size_t first, size_t count, const FourierPixels& px, Batch&
         b.power[i * hs + size_t(all_px_.shell[k])] += std::norm(F[all_px_.index[k]]);
     };
     if (initial && !opt_.zero_mask) add_power(fourier_centred(img));
-    if (opt_.zero_mask) {
-      apply_spherical_mask(img, mask_radius_, opt_.mask_edge, MaskFill::Zero, at_particle);
-    } else if (initial) {  // no noise spectrum yet
-      apply_spherical_mask(img, mask_radius_, opt_.mask_edge, MaskFill::BackgroundMean, at_particle);
-    } else {  // the solvent filled with noise of the current spectrum (the same draw each iteration)
-      auto rng = make_rng(opt_.seed, p, kSolventNoiseStream);
-      apply_spherical_mask(img, mask_radius_, opt_.mask_edge,
-                           coloured_noise(n_, st_.sigma2[size_t(table_.optics_index[p])], rng), at_particle);
-    }
+    // Solvent: zeros, or noise of the current spectrum (none yet in iteration 0: the mean).
+    const ParticleSolvent solvent{opt_.zero_mask, initial ? nullptr : &st_.sigma2[size_t(table_.optics_index[p])],
+                                  opt_.seed, p};
+    apply_particle_mask(img, mask_radius_, opt_.mask_edge, at_particle, solvent);
     Grid<cfloat> F = fourier_centred(img);
     // Re-centre by the current origin, the centre of the translation search.
     if (ox != 0 || oy != 0) shift_phase(F, ox / angpix_, oy / angpix_, n_);

@@ -120,7 +120,11 @@ class Job {
   Report iterate();
   void process_chunk(int c, ChunkSums& out);
   void share_chunks(std::vector<ChunkSums>& sums);
-  Image read_particle(ParticleImages& images, size_t i) const;
+  // The particle masked (about the box centre); the solvent zeros (--zero_mask) or noise of
+  // `noise_sigma2` (nullptr before there is an estimate: the mean outside the mask). `unmasked`:
+  // as read (the first noise estimate without --zero_mask, as RELION's).
+  Image read_particle(ParticleImages& images, size_t i, const std::vector<double>* noise_sigma2,
+                      bool unmasked = false) const;
   Volume read_reference() const;
   std::vector<double> tau2_of(const Volume& map) const;
   double shell_to_A(double s) const { return s > 0 ? n_ * angpix_ / s : 999.0; }
@@ -201,11 +205,14 @@ void Job::setup() {
   radius_px_ = std::clamp(r, 2.0, n_ / 2.0);
 }
 
-Image Job::read_particle(ParticleImages& images, size_t i) const {
+Image Job::read_particle(ParticleImages& images, size_t i, const std::vector<double>* noise_sigma2,
+                         bool unmasked) const {
   Image img = images.read(i);
   if (img.nx() != n_ || img.ny() != n_)
     input_error("{}: image of particle {} is {}x{}, expected {}x{}", table_.where(i), i + 1, img.nx(), img.ny(), n_, n_);
-  apply_spherical_mask(img, radius_px_, opt_.mask_edge, opt_.zero_mask ? MaskFill::Zero : MaskFill::BackgroundMean);
+  if (unmasked) return img;
+  // About the box centre (class2d's mask follows the particle's origin, as RELION's; here not yet).
+  apply_particle_mask(img, radius_px_, opt_.mask_edge, {}, ParticleSolvent{opt_.zero_mask, noise_sigma2, opt_.seed, i});
   return img;
 }
 
@@ -271,7 +278,7 @@ void Job::initialise() {
     ParticleImages images(table_, 4);
     pw[c].assign(size_t(groups_), std::vector<double>(hs + 1, 0.0));
     for (size_t i = c * 64; i < std::min(N, (c + 1) * 64); ++i) {
-      estep::RotatableParticle x(read_particle(images, i), 0, 0, std::nullopt, angpix_);
+      estep::RotatableParticle x(read_particle(images, i, nullptr, !opt_.zero_mask), 0, 0, std::nullopt, angpix_);
       auto& row = pw[c][size_t(table_.optics_index[i])];
       for (size_t s = 0; s < hs; ++s) row[s] += x.shell_power()[s];
       row[hs] += 1;
@@ -319,7 +326,7 @@ void Job::process_chunk(int c, ChunkSums& out) {
     std::optional<Ctf> ctf;
     if (opt_.ctf) ctf.emplace(particle_ctf_params(table_, i));
     const double ox = st_.ox[i] / angpix_, oy = st_.oy[i] / angpix_;
-    estep::RotatableParticle x(read_particle(images, i), ox, oy, ctf, angpix_);
+    estep::RotatableParticle x(read_particle(images, i, &st_.sigma2[size_t(g)]), ox, oy, ctf, angpix_);
     // Iteration 1: each particle's sums go to a class drawn at random (seeded per particle): K
     // different starting maps from one reference, as RELION's random subsets.
     int random_class = 0;

@@ -87,7 +87,11 @@ class Job {
   IterationReport iterate(bool final);
   void process_chunk(int h, int c, bool final, ChunkSums& out);
   void update_sampling(const IterationReport& rep);
-  Image read_particle(ParticleImages& images, size_t i) const;
+  // The particle masked (about the box centre); the solvent zeros (--zero_mask) or noise of
+  // `noise_sigma2` (nullptr before there is an estimate: the mean outside the mask). `unmasked`:
+  // as read (the first noise estimate without --zero_mask, as RELION's).
+  Image read_particle(ParticleImages& images, size_t i, const std::vector<double>* noise_sigma2,
+                      bool unmasked = false) const;
   int coarse_shells(int order) const;
   int shell_of(double A) const { return int(std::lround(n_ * angpix_ / A)); }
   double shell_to_A(double s) const { return s > 0 ? n_ * angpix_ / s : 999.0; }
@@ -172,11 +176,14 @@ void Job::setup() {
   }
 }
 
-Image Job::read_particle(ParticleImages& images, size_t i) const {
+Image Job::read_particle(ParticleImages& images, size_t i, const std::vector<double>* noise_sigma2,
+                         bool unmasked) const {
   Image img = images.read(i);
   if (img.nx() != n_ || img.ny() != n_)
     input_error("{}: image of particle {} is {}x{}, expected {}x{}", table_.where(i), i + 1, img.nx(), img.ny(), n_, n_);
-  apply_spherical_mask(img, radius_px_, opt_.mask_edge, opt_.zero_mask ? MaskFill::Zero : MaskFill::BackgroundMean);
+  if (unmasked) return img;
+  // About the box centre (class2d's mask follows the particle's origin, as RELION's; here not yet).
+  apply_particle_mask(img, radius_px_, opt_.mask_edge, {}, ParticleSolvent{opt_.zero_mask, noise_sigma2, opt_.seed, i});
   return img;
 }
 
@@ -244,7 +251,7 @@ void Job::initialise() {
     ParticleImages images(table_, 4);
     pw[c].assign(size_t(2 * groups_), std::vector<double>(hs + 1, 0.0));
     for (size_t i = c * 64; i < std::min(N, (c + 1) * 64); ++i) {
-      Image img = read_particle(images, i);
+      Image img = read_particle(images, i, nullptr, !opt_.zero_mask);
       estep::RotatableParticle x(img, 0, 0, std::nullopt, angpix_);
       auto& row = pw[c][size_t((st_.half[i] - 1) * groups_ + table_.optics_index[i])];
       for (size_t s = 0; s < hs; ++s) row[s] += x.shell_power()[s];
@@ -301,7 +308,7 @@ void Job::process_chunk(int h, int c, bool final, ChunkSums& out) {
       const double v = st_.sigma2[size_t(h)][size_t(g)][s];
       inv_sigma2[s] = cc ? 1.0f : (v > 0 ? float(1.0 / v) : 0.0f);
     }
-    Image img = read_particle(images, i);
+    Image img = read_particle(images, i, &st_.sigma2[size_t(h)][size_t(g)]);
     std::optional<Ctf> ctf;
     if (opt_.ctf) ctf.emplace(particle_ctf_params(table_, i));
     const double ox = st_.ox[i] / angpix_, oy = st_.oy[i] / angpix_;  // current offsets, px

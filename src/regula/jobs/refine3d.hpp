@@ -31,7 +31,7 @@ struct Refine3DOptions {
   double particle_diameter = 0;     // --particle_diameter, Å (0: box - 2 * mask edge)
   bool ctf = false;                 // --ctf
   bool flatten_solvent = false;     // --flatten_solvent: mask the references with a soft sphere
-  bool zero_mask = false;           // --zero_mask: particle solvent set to 0 (else background mean)
+  bool zero_mask = false;           // --zero_mask: particle solvent set to 0 (else noise of the noise spectrum, as RELION)
   std::string solvent_mask;         // --solvent_mask: mask for the references instead of the sphere
   int healpix_order = 2;            // --healpix_order: initial angular sampling
   int auto_local_healpix_order = 4; // --auto_local_healpix_order: local searches from this order
