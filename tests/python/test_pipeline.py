@@ -164,6 +164,9 @@ def test_sigkilled_job_is_reported_failed(tmp_path):
         j = jobs["Simulate/job001/"]
         assert j["status"] == "failed" and str(proc.pid) in j["detail"] and j["end"] >= j["start"] > 0
     assert record(p)[0] == {"Simulate/job001/": 0}  # reading never rewrites the record
+    # The next job brings the record up to date: the dead job is failed (3) there too, for RELION's GUI.
+    regula("--project", p, "simulate", "--i", MAP, "--o", "sim", "--n", 4, "--angpix", 4, "--box", 64, "--seed", 1)
+    assert record(p)[0] == {"Simulate/job001/": 3, "Simulate/job002/": 2}
 
 
 def test_status_from_the_running_marker(project):

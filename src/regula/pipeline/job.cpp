@@ -171,6 +171,13 @@ Job Job::create(const JobType& type, const std::vector<std::string>& args, const
   job.args_ = args;
   auto inputs = input_files(args);
   pipeline::update_record(".", [&](Record& r) {
+    // Jobs the record still calls running that have ended without saying so (killed, or the
+    // machine restarted): their directories know (job_state). RELION's GUI reads the record.
+    for (auto& p : r.processes)
+      if (p.status == Status::Running) {
+        const JobState s = job_state(p.name);
+        if (s.status != Status::Running) p.status = s.status;
+      }
     // Skip numbers whose directory exists (e.g. made by hand or by RELION).
     for (;; ++r.job_counter) {
       job.dir_ = fmt::format("{}/job{:03d}/", type.dir_name, r.job_counter);
