@@ -4,6 +4,7 @@
 // called with keywords only are the jobs on files (bind_jobs.cpp): these overloads come first and
 // take an array as their first argument.
 #include "common.hpp"
+#include "regula/core/random.hpp"
 #include "regula/imaging/ctf.hpp"
 #include "regula/imaging/filter.hpp"
 #include "regula/imaging/fsc.hpp"
@@ -121,14 +122,41 @@ void bind_imaging(py::module_& m) {
     return to_numpy(std::move(g));
   }, py::arg("shape"), py::arg("radius"), py::arg("edge") = 0.0,
         "Soft sphere (circle) about the centre n/2 per axis: 1 within radius px, raised-cosine edge px wide");
-  m.def("apply_spherical_mask", [](const py::array& img, double radius, double edge, const std::string& fill) {
-    MaskFill f;
-    if (fill == "zero") f = MaskFill::Zero;
-    else if (fill == "background") f = MaskFill::BackgroundMean;
-    else throw py::value_error("apply_spherical_mask: fill is 'zero' or 'background', got '" + fill + "'");
-    return filtered(img, [&](Grid<float>& g) { apply_spherical_mask(g, radius, edge, f); });
+  m.def("apply_spherical_mask", [](const py::array& img, double radius, double edge, const py::object& fill,
+                                   std::vector<double> centre_shift) {
+    if (centre_shift.size() < 3) centre_shift.resize(3, 0.0);
+    if (centre_shift.size() != 3) throw py::value_error("apply_spherical_mask: centre_shift is (dx, dy) or (dx, dy, dz)");
+    const MaskCentre c{centre_shift[0], centre_shift[1], centre_shift[2]};
+    if (py::isinstance<py::str>(fill)) {
+      const std::string name = fill.cast<std::string>();
+      MaskFill f;
+      if (name == "zero") f = MaskFill::Zero;
+      else if (name == "background") f = MaskFill::BackgroundMean;
+      else throw py::value_error("apply_spherical_mask: fill is 'zero', 'background' or an array, got '" + name + "'");
+      return filtered(img, [&](Grid<float>& g) { apply_spherical_mask(g, radius, edge, f, c); });
+    }
+    const Grid<float> bg = from_numpy(fill.cast<py::array>(), "fill");
+    return filtered(img, [&](Grid<float>& g) {
+      if (bg.nx() != g.nx() || bg.ny() != g.ny() || bg.nz() != g.nz())
+        throw py::value_error("apply_spherical_mask: the fill array and the image differ in shape");
+      apply_spherical_mask(g, radius, edge, bg, c);
+    });
   }, py::arg("image"), py::arg("radius"), py::arg("edge") = 0.0, py::arg("fill") = "zero",
-        "Masked copy: fill='zero' multiplies by the soft sphere; 'background' blends to the mean outside (RELION)");
+        py::arg("centre_shift") = std::vector<double>{},
+        "Masked copy: fill='zero' multiplies by the soft sphere; 'background' blends to the mean outside (RELION); "
+        "an array of the image's shape is blended in outside (e.g. coloured_noise). centre_shift (dx, dy[, dz]) "
+        "moves the sphere's centre from n/2 by that many pixels");
+  m.def("coloured_noise", [](int n, const std::vector<double>& sigma2, uint64_t seed, uint64_t stream) {
+    Grid<float> g;
+    {
+      py::gil_scoped_release release;
+      auto rng = make_rng(seed, stream);
+      g = coloured_noise(n, sigma2, rng);
+    }
+    return to_numpy(std::move(g));
+  }, py::arg("n"), py::arg("sigma2"), py::arg("seed") = 0, py::arg("stream") = 0,
+        "n x n Gaussian noise whose unnormalised FFT (numpy's rfft2) has E|F|^2 = 2 sigma2[s] in shell s = round(|k|), "
+        "0 beyond the last shell: the noise of the likelihood's model, as class2d/refine3d fill the solvent");
   m.def("mask", [](const py::array& map, double ini_threshold, double angpix, double lowpass, double extend_px,
                    double soft_edge_px) {
     MaskCreateOptions o;

@@ -242,6 +242,26 @@ def test_masks_and_filters_against_numpy():
     assert m.shape == (n, n, n) and np.allclose(m, ref, atol=1e-6)
     img = np.random.default_rng(3).normal(size=(n, n)).astype(np.float32)
     assert np.allclose(regula.apply_spherical_mask(img, radius, edge), img * ref[n // 2], atol=1e-6)
+    # Moved by (dx, dy) = (3, -2) px, with an array blended in outside.
+    yy, xx = np.meshgrid(np.arange(n) - n // 2, np.arange(n) - n // 2, indexing="ij")
+    rs = np.hypot(xx - 3, yy + 2)
+    ms = np.where(rs <= radius, 1.0, np.where(rs < radius + edge, 0.5 + 0.5 * np.cos(np.pi * (rs - radius) / edge), 0.0))
+    bg = np.full((n, n), 5.0, np.float32)
+    assert np.allclose(regula.apply_spherical_mask(img, radius, edge, fill=bg, centre_shift=(3, -2)),
+                       img * ms + 5.0 * (1 - ms), atol=1e-5)
+    with pytest.raises(ValueError, match="differ in shape"):
+        regula.apply_spherical_mask(img, radius, edge, fill=bg[:8])
+    # Coloured noise: numpy's rfft2 of 200 draws has mean |F|^2 / 2 = sigma2 per shell (relative standard
+    # error <= 1/sqrt(200 * 6) in shells 1-10 for the off-axis coefficients; 4 of them).
+    sigma2 = 20.0 * np.exp(-np.arange(11) / 4.0)
+    ky, kx = np.fft.fftfreq(n)[:, None] * n, np.fft.rfftfreq(n)[None, :] * n
+    shell = np.rint(np.hypot(ky, kx)).astype(int)
+    off_axis = np.broadcast_to(kx > 0, shell.shape)
+    p2 = sum(np.abs(np.fft.rfft2(regula.coloured_noise(n, sigma2, seed=2, stream=d))) ** 2 / 2 for d in range(200)) / 200
+    for s in range(1, 11):
+        sel = (shell == s) & off_axis
+        assert p2[sel].mean() / sigma2[s] == pytest.approx(1.0, abs=4 / np.sqrt(200 * sel.sum()))
+    assert p2[shell > 10].max() < 1e-6 * sigma2[0]
     # B-factor: the rfft2 coefficients times exp(-B s^2 / 4), s = |k| / (n angpix).
     B, apix = 150.0, 2.0
     k2 = (np.fft.fftfreq(n)[:, None] ** 2 + np.fft.rfftfreq(n)[None, :] ** 2) / apix ** 2
