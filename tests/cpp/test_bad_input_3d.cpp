@@ -93,6 +93,13 @@ class BadInput3D : public ::testing::Test {
     regula::mrc::write((dir_ / "box32.mrc").string(), regula::Grid<float>(32, 32, 32, 0.0f), map_opt);
     regula::mrc::write((dir_ / "image.mrc").string(), regula::Grid<float>(24, 24, 1, 0.0f), map_opt);
     regula::mrc::write((dir_ / "stack24.mrcs").string(), regula::Grid<float>(24, 24, 24, 0.0f), stack_opt);
+    // The true map with another pixel size in its header (an error, as relion_refine's), and with
+    // none (taken at the particles' 6 Å).
+    const regula::Grid<float> truth = regula::mrc::read((dir_ / "sim" / "truth_map1.mrc").string());
+    map_opt.pixel_size = 5;
+    regula::mrc::write((dir_ / "px5.mrc").string(), truth, map_opt);
+    map_opt.pixel_size = 0;
+    regula::mrc::write((dir_ / "px0.mrc").string(), truth, map_opt);
   }
   void TearDown() override {
     if (!std::getenv("BAD3D_KEEP")) fs::remove_all(dir_);
@@ -183,9 +190,15 @@ TEST_F(BadInput3D, Class3D) {
   expect_failure("class3d --i nodefocus.star" + ref + ok + " --ctf", {"nodefocus.star", "--ctf", "rlnDefocusU"});
   expect_failure("class3d --i sim/particles.star" + ref + ok + " --sym X7", {"--sym", "'X7'"});
   expect_failure("class3d --i sim/particles.star" + ref + ok + " --sym C0", {"--sym", "'C0'"});
-  // The same data are good without the fault: no ctf columns are fine without --ctf.
+  expect_failure("class3d --i sim/particles.star --ref px5.mrc" + ok,
+                 {"--ref px5.mrc", "pixel size is 5 Å", "particles' is 6 Å", "--rescale_angpix 6 --new_box 24"});
+  expect_failure("refine3d --i sim/particles.star --ref px5.mrc --o run" + kFast,
+                 {"--ref px5.mrc", "pixel size is 5 Å", "particles' is 6 Å"});
+  // The same data are good without the fault: no ctf columns are fine without --ctf; a map
+  // without a pixel size is taken at the particles'.
   expect_success("class3d --i noctf.star" + ref + ok);
   EXPECT_TRUE(fs::exists(dir_ / "run_it001_optimiser.star"));
+  expect_success("class3d --i sim/particles.star --ref px0.mrc --o px0/run --K 1" + kFast);
 }
 
 TEST_F(BadInput3D, InitialModel) {

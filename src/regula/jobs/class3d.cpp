@@ -230,6 +230,7 @@ Volume Job::read_reference() const {
   if (h.size_x() != n_ || h.size_y() != n_ || h.size_z() != n_)
     input_error("--ref {}: the map is {}x{}x{} px, expected {}x{}x{} (the particles' box)", opt_.reference,
                 h.size_x(), h.size_y(), h.size_z(), n_, n_, n_);
+  ml3d::check_reference_pixel_size(opt_.reference, h, angpix_, n_);
   return mrc::read(opt_.reference);
 }
 

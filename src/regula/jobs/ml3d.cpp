@@ -8,6 +8,14 @@
 
 namespace regula::ml3d {
 
+void check_reference_pixel_size(const std::string& path, const mrc::Header& h, double angpix, int n) {
+  const double ref = h.pixel_size();
+  if (ref > 0 && std::abs(ref - angpix) > 1e-3 * angpix)
+    input_error("--ref {}: the map's pixel size is {:.6g} Å (header), the particles' is {:.6g} Å; re-sample it, "
+                "e.g. regula convert --i {} --o ref_{:.4g}A.mrc --rescale_angpix {:.6g} --new_box {}",
+                path, ref, angpix, path, angpix, angpix, n);
+}
+
 std::array<double, 4> to_quaternion(const Mat3& R) {
   const double tr = R[0][0] + R[1][1] + R[2][2];
   std::array<double, 4> q;

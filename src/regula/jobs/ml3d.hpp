@@ -6,15 +6,22 @@
 #include <array>
 #include <cstddef>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "regula/estep/pose_search.hpp"
 #include "regula/imaging/backprojector.hpp"
 #include "regula/imaging/projector.hpp"
+#include "regula/io/mrc.hpp"
 #include "regula/sampling/euler.hpp"
 #include "regula/sampling/symmetry.hpp"
 
 namespace regula::ml3d {
+
+// A reference whose header gives a pixel size (> 0) other than the particles' (by more than 0.1%)
+// is an input error naming both, as relion_refine's (which stops with "The reference pixel size
+// is ..."); a header without one is taken at the particles' pixel size.
+void check_reference_pixel_size(const std::string& path, const mrc::Header& h, double angpix, int n);
 
 // Unit quaternion (w, x, y, z) of a rotation and back (for posterior mean orientations).
 std::array<double, 4> to_quaternion(const Mat3& R);
