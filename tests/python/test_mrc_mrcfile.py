@@ -241,3 +241,27 @@ def test_shared_data_present():
     if not SHARED.is_dir():
         pytest.skip("../shared/data absent")
     assert len(shared_files()) > 50
+
+
+def test_convert_rescale_bad_input(tmp_path):
+    """--rescale_angpix/--new_box on a non-square image, without any pixel size, or to a box of under
+    2 px: exit status 1, the file (or the option) and what was expected named, no output."""
+    rect = tmp_path / "rect.mrc"
+    with mrcfile.new(str(rect)) as m:
+        m.set_data(np.zeros((20, 24), np.float32))
+        m.voxel_size = 2.0
+    nopix = tmp_path / "nopix.mrc"
+    with mrcfile.new(str(nopix)) as m:
+        m.set_data(np.zeros((24, 24), np.float32))  # cell 0: no pixel size
+    for src, extra, expected in [(rect, ["--rescale_angpix", 3], "need square images"),
+                                 (rect, ["--new_box", 16], "need square images"),
+                                 (nopix, ["--rescale_angpix", 3], "no pixel size"),
+                                 (nopix, ["--angpix", 1, "--rescale_angpix", 100], "would become 0 px")]:
+        r = convert(src, tmp_path / "out.mrc", *extra)
+        assert r.returncode == 1, r.stderr
+        assert expected in r.stderr and (str(src) in r.stderr or "--rescale_angpix" in r.stderr), r.stderr
+        assert not (tmp_path / "out.mrc").exists()
+    r = convert(nopix, tmp_path / "out.mrc", "--angpix", 1, "--rescale_angpix", 2)
+    assert r.returncode == 0, r.stderr
+    with mrcfile.open(str(tmp_path / "out.mrc")) as m:
+        assert m.data.shape == (12, 12) and float(m.voxel_size.x) == pytest.approx(2.0)
