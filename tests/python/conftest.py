@@ -1,5 +1,7 @@
 import os
 import pathlib
+
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -15,3 +17,24 @@ def regula_binary():
 @pytest.fixture
 def regula():
     return regula_binary()
+
+
+def euler(rot, tilt, psi):
+    """RELION's Euler matrix (docs/conventions.md), vectorised over arrays of angles: shape (..., 3, 3)."""
+    a, b, g = np.radians(rot), np.radians(tilt), np.radians(psi)
+    ca, sa, cb, sb, cg, sg = np.cos(a), np.sin(a), np.cos(b), np.sin(b), np.cos(g), np.sin(g)
+    return np.moveaxis(np.array([[cg * cb * ca - sg * sa, cg * cb * sa + sg * ca, -cg * sb],
+                                 [-sg * cb * ca - cg * sa, -sg * cb * sa + cg * ca, sg * sb],
+                                 [sb * ca, sb * sa, cb]]), (0, 1), (-2, -1))
+
+
+def fsc(a, b):
+    """numpy's FSC of two cubic maps per shell round(|k|), shells 0..n/2."""
+    A, B = np.fft.rfftn(a), np.fft.rfftn(b)
+    n = a.shape[0]
+    k = np.fft.fftfreq(n) * n
+    r = np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + np.arange(n // 2 + 1)[None, None, :] ** 2)
+    s = np.rint(r).astype(int).ravel()
+    num = np.bincount(s, (A * np.conj(B)).real.ravel())
+    den = np.sqrt(np.bincount(s, (abs(A) ** 2).ravel()) * np.bincount(s, (abs(B) ** 2).ravel()))
+    return (num / den)[: n // 2 + 1]

@@ -11,7 +11,7 @@ to image) give the same projection, as in relion_particle_symmetry_expand."""
 import numpy as np
 import mrcfile
 
-from conftest import DATA
+from conftest import DATA, euler, fsc
 
 SUBUNIT = DATA / "proj" / "clean70SRibosome_vol_65p.mrc"
 BOX = 40
@@ -29,15 +29,6 @@ def operators(group):
     if group == "D2":
         return [np.diag(d).astype(float) for d in ([1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1])]
     raise ValueError(group)
-
-
-def euler(rot, tilt, psi):
-    """RELION's Euler matrix (docs/conventions.md), vectorised over arrays of angles: shape (..., 3, 3)."""
-    a, b, g = np.radians(rot), np.radians(tilt), np.radians(psi)
-    ca, sa, cb, sb, cg, sg = np.cos(a), np.sin(a), np.cos(b), np.sin(b), np.cos(g), np.sin(g)
-    return np.moveaxis(np.array([[cg * cb * ca - sg * sa, cg * cb * sa + sg * ca, -cg * sb],
-                                 [-sg * cb * ca - cg * sa, -sg * cb * sa + cg * ca, sg * sb],
-                                 [sb * ca, sb * sa, cb]]), (0, 1), (-2, -1))
 
 
 def rotation_angle(R):
@@ -104,17 +95,6 @@ def asymmetry(v, group):
     v = np.asarray(v, np.float64)
     d, w = (v - symmetrise(v, group))[1:, 1:, 1:], v[1:, 1:, 1:]
     return float(np.linalg.norm(d) / np.linalg.norm(w - w.mean()))
-
-
-def fsc(a, b):
-    A, B = np.fft.rfftn(a), np.fft.rfftn(b)
-    n = a.shape[0]
-    k = np.fft.fftfreq(n) * n
-    r = np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + np.arange(n // 2 + 1)[None, None, :] ** 2)
-    s = np.rint(r).astype(int).ravel()
-    num = np.bincount(s, (A * np.conj(B)).real.ravel())
-    den = np.sqrt(np.bincount(s, (abs(A) ** 2).ravel()) * np.bincount(s, (abs(B) ** 2).ravel()))
-    return (num / den)[: n // 2 + 1]
 
 
 def rotate(v, R):

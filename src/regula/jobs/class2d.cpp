@@ -305,7 +305,8 @@ void Job::load_batch(size_t first, size_t count, const FourierPixels& px, Batch&
       for (size_t k = 0; k < all_px_.size(); ++k)
         b.power[i * hs + size_t(all_px_.shell[k])] += std::norm(F[all_px_.index[k]]);
     };
-    if (initial && !opt_.zero_mask) add_power(fourier_centred(img));
+    const bool power_unmasked = initial && !opt_.zero_mask;  // RELION's first sigma2 without --zero_mask
+    if (power_unmasked) add_power(fourier_centred(img));
     // Solvent: zeros, or noise of the current spectrum (none yet in iteration 0: the mean).
     const ParticleSolvent solvent{opt_.zero_mask, initial ? nullptr : &st_.sigma2[size_t(table_.optics_index[p])],
                                   opt_.seed, p};
@@ -313,7 +314,7 @@ void Job::load_batch(size_t first, size_t count, const FourierPixels& px, Batch&
     Grid<cfloat> F = fourier_centred(img);
     // Re-centre by the current origin, the centre of the translation search.
     if (ox != 0 || oy != 0) shift_phase(F, ox / angpix_, oy / angpix_, n_);
-    if (!(initial && !opt_.zero_mask)) add_power(F);
+    if (!power_unmasked) add_power(F);
     for (size_t k = 0; k < m; ++k) b.x[i * m + k] = F[px.index[k]];
     if (opt_.ctf) {
       Grid<float> c = Ctf(particle_ctf_params(table_, p)).half_complex(n_, angpix_);

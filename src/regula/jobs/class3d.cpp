@@ -125,7 +125,6 @@ class Job {
   // as read (the first noise estimate without --zero_mask, as RELION's).
   Image read_particle(ParticleImages& images, size_t i, const std::vector<double>* noise_sigma2,
                       bool unmasked = false) const;
-  Volume read_reference() const;
   std::vector<double> tau2_of(const Volume& map) const;
   double shell_to_A(double s) const { return s > 0 ? n_ * angpix_ / s : 999.0; }
   void write_iteration(const Report& rep);
@@ -216,24 +215,6 @@ Image Job::read_particle(ParticleImages& images, size_t i, const std::vector<dou
   return img;
 }
 
-Volume Job::read_reference() const {
-  mrc::Header h;
-  try {
-    h = mrc::read_header(opt_.reference);
-  } catch (const InputError& e) {
-    throw InputError(fmt::format("--ref: {}", e.what()));
-  }
-  if (!h.is_volume())
-    input_error("--ref {}: not a 3D map ({}x{}x{} {}; expected a volume of {}x{}x{} px, the particles' box)",
-                opt_.reference, h.size_x(), h.size_y(), h.size_z(), h.is_stack() ? "image stack" : "image", n_, n_,
-                n_);
-  if (h.size_x() != n_ || h.size_y() != n_ || h.size_z() != n_)
-    input_error("--ref {}: the map is {}x{}x{} px, expected {}x{}x{} (the particles' box)", opt_.reference,
-                h.size_x(), h.size_y(), h.size_z(), n_, n_, n_);
-  ml3d::check_reference_pixel_size(opt_.reference, h, angpix_, n_);
-  return mrc::read(opt_.reference);
-}
-
 std::vector<double> Job::tau2_of(const Volume& map) const {
   std::vector<double> t = shell_power(map);
   double last = 0;
@@ -261,7 +242,7 @@ void Job::initialise() {
   st_.nsig.assign(N, 0);
   st_.fraction.assign(size_t(K_), 1.0 / K_);
   st_.resolution.assign(size_t(K_), opt_.ini_high);
-  Volume ref = read_reference();
+  Volume ref = ml3d::read_reference(opt_.reference, angpix_, n_);
   low_pass(ref, opt_.ini_high, angpix_);
   if (opt_.flatten_solvent) apply_spherical_mask(ref, radius_px_, opt_.mask_edge, MaskFill::Zero);
   st_.maps.assign(size_t(K_), ref);

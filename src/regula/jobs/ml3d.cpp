@@ -3,17 +3,33 @@
 #include <algorithm>
 #include <cmath>
 
+#include <fmt/format.h>
+
 #include "regula/core/error.hpp"
 #include "regula/sampling/healpix.hpp"
 
 namespace regula::ml3d {
 
-void check_reference_pixel_size(const std::string& path, const mrc::Header& h, double angpix, int n) {
+Volume read_reference(const std::string& path, double angpix, int n) {
+  mrc::Header h;
+  try {
+    h = mrc::read_header(path);
+  } catch (const InputError& e) {
+    throw InputError(fmt::format("--ref: {}", e.what()));
+  }
+  if (!h.is_volume())
+    input_error("--ref {}: not a 3D map ({}x{}x{} {}; expected a volume of {}x{}x{} px, the particles' box)", path,
+                h.size_x(), h.size_y(), h.size_z(), h.is_stack() ? "image stack" : "image", n, n, n);
+  if (h.size_x() != n || h.size_y() != n || h.size_z() != n)
+    input_error("--ref {}: the map is {}x{}x{} px, expected {}x{}x{} (the particles' box; re-sample or re-window it "
+                "with regula convert --rescale_angpix/--new_box)",
+                path, h.size_x(), h.size_y(), h.size_z(), n, n, n);
   const double ref = h.pixel_size();
   if (ref > 0 && std::abs(ref - angpix) > 1e-3 * angpix)
     input_error("--ref {}: the map's pixel size is {:.6g} Å (header), the particles' is {:.6g} Å; re-sample it, "
                 "e.g. regula convert --i {} --o ref_{:.4g}A.mrc --rescale_angpix {:.6g} --new_box {}",
                 path, ref, angpix, path, angpix, angpix, n);
+  return mrc::read(path);
 }
 
 std::array<double, 4> to_quaternion(const Mat3& R) {

@@ -18,10 +18,11 @@
 
 namespace regula::ml3d {
 
-// A reference whose header gives a pixel size (> 0) other than the particles' (by more than 0.1%)
-// is an input error naming both, as relion_refine's (which stops with "The reference pixel size
-// is ..."); a header without one is taken at the particles' pixel size.
-void check_reference_pixel_size(const std::string& path, const mrc::Header& h, double angpix, int n);
+// The --ref map of a 3D job, checked before it is read: a 3D map of the particles' box (n px), and
+// of their pixel size when its header gives one (within 0.1%; relion_refine too stops with "The
+// reference pixel size is ..."); a header without one is taken at the particles' pixel size.
+// Input errors name the file and both values.
+Volume read_reference(const std::string& path, double angpix, int n);
 
 // Unit quaternion (w, x, y, z) of a rotation and back (for posterior mean orientations).
 std::array<double, 4> to_quaternion(const Mat3& R);

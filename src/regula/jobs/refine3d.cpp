@@ -226,13 +226,7 @@ void Job::initialise() {
     for (size_t k = 0; k < N; ++k) st_.half[key[k].second] = k < (N + 1) / 2 ? 1 : 2;
   }
   // Reference: low-passed to --ini_high, both halves alike.
-  mrc::Header hdr;
-  Volume ref = mrc::read(opt_.reference, &hdr);
-  if (ref.nx() != n_ || ref.ny() != n_ || ref.nz() != n_)
-    input_error("{}: the reference is {}x{}x{}, the particles are {} px (re-sample or re-window it with regula "
-                "convert --rescale_angpix/--new_box)",
-                opt_.reference, ref.nx(), ref.ny(), ref.nz(), n_);
-  ml3d::check_reference_pixel_size(opt_.reference, hdr, angpix_, n_);
+  Volume ref = ml3d::read_reference(opt_.reference, angpix_, n_);
   low_pass(ref, opt_.ini_high, angpix_);
   mask_reference(ref);
   st_.maps = {ref, ref};
