@@ -13,7 +13,7 @@ namespace regula {
 namespace {
 
 std::mutex g_plan_mu;
-using Key = std::tuple<int, int, int, int, bool>;  // nx, ny, nz, threads, forward
+using Key = std::tuple<int, int, int, int, bool, bool>;  // nx, ny, nz, threads, forward, in place
 std::map<Key, fftwf_plan>& plans() {
   static std::map<Key, fftwf_plan> p;
   return p;
@@ -26,25 +26,26 @@ int rank_dims(int nx, int ny, int nz, int dims[3]) {
   return 1;
 }
 
-fftwf_plan get_plan(int nx, int ny, int nz, int nthreads, bool forward) {
+fftwf_plan get_plan(int nx, int ny, int nz, int nthreads, bool forward, bool inplace = false) {
   std::lock_guard lk(g_plan_mu);
   static bool threads_init = [] { return fftwf_init_threads() != 0; }();
   (void)threads_init;
   if (nz == 1 && ny == 1 ) nthreads = 1;
-  Key key{nx, ny, nz, nthreads, forward};
+  Key key{nx, ny, nz, nthreads, forward, inplace};
   auto it = plans().find(key);
   if (it != plans().end()) return it->second;
   int dims[3];
   int rank = rank_dims(nx, ny, nz, dims);
   size_t nreal = size_t(nx) * ny * nz;
   size_t ncplx = size_t(nx / 2 + 1) * ny * nz;
-  float* r = fftwf_alloc_real(nreal);
+  float* r = inplace ? nullptr : fftwf_alloc_real(nreal);
   fftwf_complex* c = fftwf_alloc_complex(ncplx);
+  if (inplace) r = reinterpret_cast<float*>(c);
   fftwf_plan_with_nthreads(nthreads);
   unsigned flags = FFTW_ESTIMATE | FFTW_UNALIGNED;
   fftwf_plan p = forward ? fftwf_plan_dft_r2c(rank, dims, r, c, flags)
                          : fftwf_plan_dft_c2r(rank, dims, c, r, flags | FFTW_DESTROY_INPUT);
-  fftwf_free(r);
+  if (!inplace) fftwf_free(r);
   fftwf_free(c);
   if (!p) runtime_error("FFTW could not plan a transform of {}x{}x{}", nx, ny, nz);
   plans()[key] = p;
@@ -72,6 +73,26 @@ Grid<float> fft_inverse(const Grid<cfloat>& in, int nx, int nthreads) {
   float s = 1.0f / float(double(nx) * in.ny() * in.nz());
   for (auto& v : out) v *= s;
   return out;
+}
+
+void fft_forward_inplace(Grid<cfloat>& buf, int nx, int nthreads) {
+  if (buf.nx() != nx / 2 + 1) runtime_error("fft_forward_inplace: half-complex width {} does not match nx {}", buf.nx(), nx);
+  if (buf.empty()) return;
+  fftwf_plan p = get_plan(nx, buf.ny(), buf.nz(), nthreads, true, true);
+  auto* c = reinterpret_cast<fftwf_complex*>(buf.data());
+  fftwf_execute_dft_r2c(p, reinterpret_cast<float*>(c), c);
+}
+
+void fft_inverse_inplace(Grid<cfloat>& buf, int nx, int nthreads) {
+  if (buf.nx() != nx / 2 + 1) runtime_error("fft_inverse_inplace: half-complex width {} does not match nx {}", buf.nx(), nx);
+  if (buf.empty()) return;
+  fftwf_plan p = get_plan(nx, buf.ny(), buf.nz(), nthreads, false, true);
+  auto* c = reinterpret_cast<fftwf_complex*>(buf.data());
+  fftwf_execute_dft_c2r(p, c, reinterpret_cast<float*>(c));
+  const float s = 1.0f / float(double(nx) * buf.ny() * buf.nz());
+  float* r = reinterpret_cast<float*>(c);
+  const size_t total = buf.size() * 2;
+  for (size_t i = 0; i < total; ++i) r[i] *= s;
 }
 
 void centre_origin(Grid<cfloat>& F, int nx, bool undo) {

@@ -21,6 +21,16 @@ Grid<cfloat> fft_forward(const Grid<float>& in, int nthreads = 1);
 // `nx` is the real size along x (needed because nx/2+1 is ambiguous).
 Grid<float> fft_inverse(const Grid<cfloat>& in, int nx, int nthreads = 1);
 
+// In-place transforms of large grids (one buffer instead of two; FFTW's in-place layout): `buf`
+// holds (nx/2+1) * ny * nz complex values; the real grid nx * ny * nz lives in the same memory with
+// rows of 2 * (nx/2+1) floats (real_at). fft_forward_inplace: real -> transform (unnormalised);
+// fft_inverse_inplace: transform -> real (with 1/N).
+void fft_forward_inplace(Grid<cfloat>& buf, int nx, int nthreads = 1);
+void fft_inverse_inplace(Grid<cfloat>& buf, int nx, int nthreads = 1);
+inline float& real_at(Grid<cfloat>& buf, int x, int y, int z) {
+  return reinterpret_cast<float*>(buf.data())[(size_t(z) * size_t(buf.ny()) + size_t(y)) * size_t(2 * buf.nx()) + size_t(x)];
+}
+
 // In-place origin change for a transform whose real-space origin is at index
 // n/2 (integer division) along every axis, as RELION's images and maps.
 // After fft_forward of a centred grid, centre_origin(F, nx) makes F the

@@ -63,6 +63,40 @@ void bcast(void* data, size_t bytes, int root) {
 #endif
 }
 
+namespace {
+#ifdef REGULA_HAVE_MPI
+template <class T>
+void allreduce_chunks(T* data, size_t count, MPI_Datatype type) {
+  if (!g_active) return;
+  // In place, in chunks of 8 M values (the count argument is an int; memory for MPI's buffers).
+  while (count > 0) {
+    const size_t chunk = std::min(count, size_t(1) << 23);
+    MPI_Allreduce(MPI_IN_PLACE, data, int(chunk), type, MPI_SUM, MPI_COMM_WORLD);
+    data += chunk;
+    count -= chunk;
+  }
+}
+#endif
+}  // namespace
+
+void allreduce_sum(int64_t* data, size_t count) {
+#ifdef REGULA_HAVE_MPI
+  allreduce_chunks(data, count, MPI_INT64_T);
+#else
+  (void)data;
+  (void)count;
+#endif
+}
+
+void allreduce_sum(double* data, size_t count) {
+#ifdef REGULA_HAVE_MPI
+  allreduce_chunks(data, count, MPI_DOUBLE);
+#else
+  (void)data;
+  (void)count;
+#endif
+}
+
 void barrier() {
 #ifdef REGULA_HAVE_MPI
   if (g_active) MPI_Barrier(MPI_COMM_WORLD);

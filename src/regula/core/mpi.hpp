@@ -4,11 +4,13 @@
 // environment) and Regula was built with MPI (REGULA_HAVE_MPI); otherwise rank() is 0, size() is 1
 // and the collectives do nothing.
 //
-// Jobs split their particles across ranks and combine partial sums with ordered broadcasts (each
-// partial sum is sent by its owner and added in a fixed order on every rank), so a run under mpirun
-// gives the same numbers as one process.
+// Jobs split their particles across ranks and combine partial sums so that a run under mpirun gives
+// the same numbers as one process: exact (integer or ExactSum) partial sums are summed over all
+// ranks with allreduce_sum, whose result does not depend on the order; per-particle values are
+// filled by their owner and summed with zeros from the others.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 
 namespace regula::mpi {
 
@@ -19,6 +21,10 @@ int rank();
 int size();
 // Broadcasts `bytes` bytes from `root` to every rank (any size; split into chunks internally).
 void bcast(void* data, size_t bytes, int root);
+// In-place sums over all ranks (every rank gets the result). Integer sums are exact whatever the
+// order; double sums are exact when at most one rank contributes a non-zero value per element.
+void allreduce_sum(int64_t* data, size_t count);
+void allreduce_sum(double* data, size_t count);
 void barrier();
 // Aborts all ranks (after an error on one rank that the others cannot know about).
 [[noreturn]] void abort_all(int code);
