@@ -23,12 +23,6 @@ double det(const Mat3& a) {
          a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0]);
 }
 
-double wrap180(double a) {
-  a = std::fmod(a + 180.0, 360.0);
-  if (a < 0) a += 360.0;
-  return a - 180.0;
-}
-
 }  // namespace
 
 TEST(Euler, MatricesAreRotations) {

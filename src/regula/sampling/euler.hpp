@@ -117,4 +117,12 @@ inline double rotation_distance_deg(const Mat3& r, const Mat3& s) {
   return rad2deg(std::acos(c));
 }
 
+// Unit quaternion (w, x, y, z) of a rotation and back (for posterior-mean orientations).
+std::array<double, 4> to_quaternion(const Mat3& R);
+Mat3 from_quaternion(std::array<double, 4> q);  // normalises q first
+// An angle (degrees) wrapped to [-180, 180).
+double wrap180(double a);
+// Angle (degrees) between two unit vectors.
+double angle_between(const Vec3& a, const Vec3& b);
+
 }  // namespace regula

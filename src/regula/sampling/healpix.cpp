@@ -202,3 +202,19 @@ std::vector<Orientation> OrientationSampling::oversampled(size_t dir, size_t ips
 }
 
 }  // namespace regula
+
+namespace regula {
+
+void DirectionTable::build(int o) {
+  if (order == o) return;
+  order = o;
+  const long np = healpix_num_pixels(o);
+  rot_tilt.resize(size_t(np));
+  v.resize(size_t(np));
+  for (long p = 0; p < np; ++p) {
+    rot_tilt[size_t(p)] = healpix_direction(o, p);
+    v[size_t(p)] = euler_direction(rot_tilt[size_t(p)][0], rot_tilt[size_t(p)][1]);
+  }
+}
+
+}  // namespace regula

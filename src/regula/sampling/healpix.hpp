@@ -98,6 +98,15 @@ class OrientationSampling {
   std::vector<double> rot_, tilt_, psi_;
 };
 
+// HEALPix pixel centres of one order (NEST index = position) and their unit vectors, for local
+// searches (the directions within an angle of a given one).
+struct DirectionTable {
+  int order = -1;
+  std::vector<std::array<double, 2>> rot_tilt;  // degrees
+  std::vector<Vec3> v;
+  void build(int order);  // no-op when already built for this order
+};
+
 // Directions of order k kept for the asymmetric unit of `sym` (NEST pixel
 // indices, ascending). C1 keeps all 12 * 4^k.
 std::vector<long> asymmetric_unit_pixels(int order, const SymmetryGroup& sym);
