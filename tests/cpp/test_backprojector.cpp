@@ -226,12 +226,12 @@ TEST(BackProjector, DeterministicReduction) {
     return acc[0];
   };
   BackProjector a = run(2), b = run(2), one = run(1);
-  EXPECT_EQ(a.data().data.vec(), b.data().data.vec());
-  EXPECT_EQ(a.weight().vec(), b.weight().vec());
+  EXPECT_TRUE(std::equal(a.data_values().begin(), a.data_values().end(), b.data_values().begin()));
+  EXPECT_TRUE(std::equal(a.weight_values().begin(), a.weight_values().end(), b.weight_values().begin()));
   double maxd = 0, maxw = 0;
-  for (size_t i = 0; i < a.weight().size(); ++i) {
-    maxd = std::max(maxd, double(std::abs(a.data().data[i] - one.data().data[i])));
-    maxw = std::max(maxw, double(std::abs(one.data().data[i])));
+  for (size_t i = 0; i < a.weight_values().size(); ++i) {
+    maxd = std::max(maxd, double(std::abs(a.data_values()[i] - one.data_values()[i])));
+    maxw = std::max(maxw, double(std::abs(one.data_values()[i])));
   }
   EXPECT_LT(maxd, 1e-5 * maxw);
 }

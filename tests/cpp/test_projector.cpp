@@ -194,7 +194,8 @@ TEST(Projector, AdjointOfBackProjector) {
   for (int dim : {3, 2}) {
     const int n = 16, pad = 2;
     BackProjector bp(n, pad, -1, dim);
-    FourierLattice lat = bp.data();  // right geometry
+    FourierLattice lat;  // the back-projector's radius
+    lat.init(dim, bp.ball().R);
     for (auto& c : lat.data) c = cfloat(float(normal01(g)), float(normal01(g)));
     Projector P(n, pad, -1, lat);
     for (int t = 0; t < 4; ++t) {
@@ -210,8 +211,9 @@ TEST(Projector, AdjointOfBackProjector) {
       BackProjector b2(n, pad, -1, dim);
       b2.insert(y, Grid<float>(), A);
       double rhs = 0;
-      for (size_t i = 0; i < lat.data.size(); ++i)
-        rhs += (std::conj(cdouble(lat.data[i])) * cdouble(b2.data().data[i])).real();
+      b2.ball().for_each([&](size_t i, int x, int yy, int z) {
+        rhs += (std::conj(cdouble(lat.data[lat.index(x, yy, z)])) * cdouble(b2.data_values()[i])).real();
+      });
       EXPECT_NEAR(lhs, rhs, 1e-4 * (std::abs(lhs) + 1)) << "dim " << dim;
     }
   }

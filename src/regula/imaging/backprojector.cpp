@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cassert>
 #include <cmath>
+#include <atomic>
 #include <cstdint>
 
 #include <fmt/format.h>
@@ -14,50 +15,6 @@
 
 namespace regula {
 namespace {
-
-// Linear interpolation of a lattice-layout grid (x in [0, R], y, z in [-R, R])
-// at p; `flipped` tells whether the Hermitian mate (-p) was used.
-template <class T>
-T lattice_interp(const Grid<T>& g, int dim, int R, double px, double py, double pz, bool& flipped) {
-  flipped = px < 0;
-  if (flipped) {
-    px = -px;
-    py = -py;
-    pz = -pz;
-  }
-  const int x0 = int(std::floor(px)), y0 = int(std::floor(py)), z0 = dim == 3 ? int(std::floor(pz)) : 0;
-  const double fx = px - x0, fy = py - y0, fz = dim == 3 ? pz - z0 : 0.0;
-  auto at = [&](int x, int y, int z) -> T {
-    if (x > R || y < -R || y > R || (dim == 3 && (z < -R || z > R))) return T{};
-    return g(x, y + R, dim == 3 ? z + R : 0);
-  };
-  T r{};
-  for (int dz = 0; dz <= (dim == 3 ? 1 : 0); ++dz)
-    for (int dy = 0; dy <= 1; ++dy)
-      for (int dx = 0; dx <= 1; ++dx) {
-        double w = (dx ? fx : 1 - fx) * (dy ? fy : 1 - fy) * (dim == 3 ? (dz ? fz : 1 - fz) : 1.0);
-        if (w != 0) r += T(float(w)) * at(x0 + dx, y0 + dy, z0 + dz);
-      }
-  return r;
-}
-
-// Sums the x = 0 plane with its Hermitian mates: d(0,q) + conj(d(0,-q)).
-void hermitian_sum(FourierLattice& d, Grid<float>& w) {
-  const int R = d.R, dim = d.dim;
-  const int zlo = dim == 3 ? -R : 0, zhi = dim == 3 ? R : 0;
-  for (int z = zlo; z <= zhi; ++z)
-    for (int y = -R; y <= R; ++y) {
-      // visit each pair once: (y, z) before (-y, -z) in (z, y) order
-      if (z > 0 || (z == 0 && y >= 0)) continue;
-      size_t a = d.index(0, y, z), b = d.index(0, -y, -z);
-      cfloat s = d.data[a] + std::conj(d.data[b]);
-      d.data[a] = s;
-      d.data[b] = std::conj(s);
-      float ws = w[a] + w[b];
-      w[a] = ws;
-      w[b] = ws;
-    }
-}
 
 // Convolution of a function on the padded Fourier lattice with the gridding
 // blob, done as RELION: inverse FFT of an M^dim grid (lattice frequency q at
@@ -88,23 +45,23 @@ class BlobConvolution {
   }
 
   // In place on a half-complex M^dim transform (FFT order), whose input must
-  // be Hermitian (here: real and even, as sampling weights are).
+  // be Hermitian (here: real and even, as sampling weights are); one buffer (in-place FFTs).
   void apply(Grid<cfloat>& F) {
-    Grid<float> f = fft_inverse(F, M_, nthreads_);
+    fft_inverse_inplace(F, M_, nthreads_);
     const int M = M_, nz = dim_ == 3 ? M : 1;
     pool_.parallel_for(size_t(0), size_t(nz), [&](size_t zi, int) {
       const int z = int(zi), kz = dim_ == 3 ? fft_freq(z, M) : 0;
       for (int y = 0; y < M; ++y) {
         const int ky = fft_freq(y, M);
         const size_t base = size_t(kz * kz + ky * ky);
-        float* row = &f(0, y, z);
+        float* row = &real_at(F, 0, y, z);
         for (int x = 0; x < M; ++x) {
           const int kx = fft_freq(x, M);
           row[x] *= table_[base + size_t(kx * kx)];
         }
       }
     });
-    F = fft_forward(f, nthreads_);
+    fft_forward_inplace(F, M_, nthreads_);
   }
 
  private:
@@ -124,85 +81,38 @@ int fft_friendly(int m) {
 }
 
 
-// A lattice point that takes part in the reconstruction: its index in the
-// lattice, coordinates (padded px), weight (plus the Wiener term), and whether
-// its coefficient is kept (false for shells with tau2 == 0).
-struct LatticePoint {
-  double w;
-  size_t index;
-  int16_t x, y, z;
-  bool keep;
-};
 
-// Iterative gridding factors u (see ReconstructOptions) for the points `pts`
-// of a lattice of dimension `dim` (n: original box, rlim: frequency limit).
-std::vector<double> gridding_factors(const std::vector<LatticePoint>& pts, int dim, int n, int pad, int rlim,
-                                     const ReconstructOptions& opt) {
-  // FFT grid large enough that the blob (radius 2 * blob_radius padded px)
-  // does not couple the lattice edge with the opposite edge (as RELION's M_R).
-  int M = fft_friendly(2 * pad * rlim + int(std::ceil(2 * opt.blob_radius)));
-  while (M % 2) M = fft_friendly(M + 1);
-  const size_t hx = size_t(M / 2 + 1), count = pts.size();
-  std::vector<size_t> gpos(count);
-  for (size_t j = 0; j < count; ++j) {
-    const LatticePoint& p = pts[j];
-    gpos[j] = size_t(p.x) + hx * (size_t(fft_index(p.y, M)) + size_t(M) * size_t(dim == 3 ? fft_index(p.z, M) : 0));
-  }
-  BlobConvolution conv(M, dim, n, pad, rlim, opt);
-  // RELION's floor is 1e-6 in its weight units; relative to the mean weight it
-  // works for weights in any units (e.g. CTF^2 / sigma2 with unnormalised FFTs).
-  double wmean = 0;
-  for (const LatticePoint& p : pts) wmean += p.w;
-  const double wfloor = std::max(1e-6 * wmean / double(std::max<size_t>(count, 1)), 1e-300);
-  std::vector<double> u(count, 1.0);
-  Grid<cfloat> G(int(hx), M, dim == 3 ? M : 1);
-  for (int it = 0; it < opt.gridding_iterations; ++it) {
-    if (it > 0) G.fill(cfloat(0, 0));  // reuse the memory (cheaper than new pages)
-    for (size_t j = 0; j < count; ++j) G[gpos[j]] = cfloat(float(u[j] * pts[j].w), 0.0f);
-    conv.apply(G);
-    for (size_t j = 0; j < count; ++j) u[j] /= std::max(wfloor, double(std::abs(G[gpos[j]])));
-  }
-  return u;
-}
+// Quantised value for exact accumulation (rounded to the nearest integer multiple of the quantum).
+// (Truncation toward zero: one instruction; the error is below one quantum, as rounding's half.)
+inline int64_t quantise(double v, double inv_quantum) { return static_cast<int64_t>(v * inv_quantum); }
 
-// 1 / max(w, floor_fraction x mean w of the shell floor(|q| / pad)) (the last
-// shell rlim - 1 for points beyond it), as RELION's --skip_gridding.
-std::vector<double> floored_inverse_weights(const std::vector<LatticePoint>& pts, int pad, int rlim,
-                                            double floor_fraction) {
-  auto shell = [&](const LatticePoint& p) {
-    const double r = std::sqrt(double(p.x) * p.x + double(p.y) * p.y + double(p.z) * p.z);
-    return std::min(size_t(std::floor(r / pad)), size_t(std::max(rlim, 1) - 1));
-  };
-  std::vector<double> sum(size_t(std::max(rlim, 1)), 0.0), cnt(sum.size(), 0.0);
-  for (const LatticePoint& p : pts) {
-    sum[shell(p)] += p.w;
-    cnt[shell(p)] += 1;
-  }
-  std::vector<double> u(pts.size(), 0.0);
-  for (size_t j = 0; j < pts.size(); ++j) {
-    const size_t s = shell(pts[j]);
-    const double w = std::max(pts[j].w, cnt[s] > 0 ? floor_fraction * sum[s] / cnt[s] : 0.0);
-    u[j] = w > 0 ? 1.0 / w : 0.0;
-  }
-  return u;
+inline void atomic_add(int64_t& target, int64_t v) {
+  if (v != 0) std::atomic_ref<int64_t>(target).fetch_add(v, std::memory_order_relaxed);
 }
 
 }  // namespace
 
-double kaiser_bessel_ft(double w, double a, int m, double alpha) {
-  // (2 pi)^(3/2) a^3 alpha^m / I_m(alpha) * I_nu(s) / s^nu, nu = m + 3/2,
-  // s = sqrt(alpha^2 - (2 pi a w)^2); J_nu(|s|) / |s|^nu past the root (Lewitt 1990).
-  const double nu = m + 1.5;
-  const double t = 2 * kPi * a * std::abs(w);
-  const double s2 = alpha * alpha - t * t;
-  double g;
-  if (s2 > 1e-12)
-    g = std::cyl_bessel_i(nu, std::sqrt(s2)) / std::pow(std::sqrt(s2), nu);
-  else if (s2 < -1e-12)
-    g = std::cyl_bessel_j(nu, std::sqrt(-s2)) / std::pow(std::sqrt(-s2), nu);
-  else
-    g = 1.0 / (std::pow(2.0, nu) * std::tgamma(nu + 1));  // common limit at s -> 0
-  return std::pow(2 * kPi, 1.5) * a * a * a * std::pow(alpha, m) / std::cyl_bessel_i(double(m), alpha) * g;
+void LatticeBall::init(int dimension, int radius) {
+  dim = dimension;
+  R = radius;
+  const size_t rows = size_t(2 * R + 1) * size_t(dim == 3 ? 2 * R + 1 : 1);
+  start.assign(rows, 0);
+  len.assign(rows, 0);
+  const int zlo = dim == 3 ? -R : 0, zhi = dim == 3 ? R : 0;
+  int64_t next = 0;
+  for (int z = zlo; z <= zhi; ++z)
+    for (int y = -R; y <= R; ++y) {
+      const size_t r = row(y, z);
+      const int64_t rest = int64_t(R) * R - int64_t(y) * y - int64_t(z) * z;
+      start[r] = next;
+      if (rest < 0) continue;
+      int xm = int(std::floor(std::sqrt(double(rest))));
+      while (int64_t(xm + 1) * (xm + 1) <= rest) ++xm;
+      while (xm > 0 && int64_t(xm) * xm > rest) --xm;
+      len[r] = xm + 1;
+      next += xm + 1;
+    }
+  count = size_t(next);
 }
 
 BackProjector::BackProjector(int n, int padding, int r_max, int dim) {
@@ -212,12 +122,220 @@ BackProjector::BackProjector(int n, int padding, int r_max, int dim) {
   n_ = n;
   pad_ = padding;
   r_max_ = r_max <= 0 ? n / 2 : std::min(r_max, n / 2);
-  data_.init(dim, pad_ * r_max_ + 2);
-  weight_ = Grid<float>(data_.data.nx(), data_.data.ny(), data_.data.nz());
+  ball_.init(dim, pad_ * r_max_ + 2);
+  data_.assign(ball_.count, cfloat(0, 0));
+  weight_.assign(ball_.count, 0.0f);
+}
+
+void BackProjector::start_exact(double data_bound, double weight_bound) {
+  if (!(data_bound > 0) || !(weight_bound > 0) || !std::isfinite(data_bound) || !std::isfinite(weight_bound))
+    runtime_error("backprojector: exact accumulation needs positive finite bounds (got {}, {})", data_bound,
+                  weight_bound);
+  // 1 / quantum as a power of two: bound / quantum <= 2^61 (a margin of 2 below the int64 range).
+  qdata_ = std::ldexp(1.0, 61 - std::ilogb(data_bound) - 1);
+  qweight_ = std::ldexp(1.0, 61 - std::ilogb(weight_bound) - 1);
+  exact_.assign(3 * ball_.count, 0);
+  // The float accumulators are not used meanwhile: release their memory.
+  std::vector<cfloat>().swap(data_);
+  std::vector<float>().swap(weight_);
+}
+
+void BackProjector::finish_exact() {
+  if (exact_.empty()) return;
+  data_.assign(ball_.count, cfloat(0, 0));
+  weight_.assign(ball_.count, 0.0f);
+  const double sd = 1.0 / qdata_, sw = 1.0 / qweight_;
+  for (size_t i = 0; i < ball_.count; ++i) {
+    data_[i] = cfloat(float(double(exact_[3 * i]) * sd), float(double(exact_[3 * i + 1]) * sd));
+    weight_[i] = float(double(exact_[3 * i + 2]) * sw);
+  }
+  std::vector<int64_t>().swap(exact_);
+}
+
+cfloat BackProjector::data_at(int x, int y, int z) const {
+  const int64_t i = ball_.find(x, y, z);
+  return i < 0 || data_.empty() ? cfloat(0, 0) : data_[size_t(i)];
+}
+
+float BackProjector::weight_at(int x, int y, int z) const {
+  const int64_t i = ball_.find(x, y, z);
+  return i < 0 || weight_.empty() ? 0.0f : weight_[size_t(i)];
+}
+
+void BackProjector::effective(size_t i, int x, int y, int z, cfloat& d, float& w) const {
+  d = data_[i];
+  w = weight_[i];
+  if (x != 0 || hermitian_done_ || (y == 0 && z == 0)) return;
+  const int64_t j = ball_.find(0, -y, -z);
+  if (j < 0) return;
+  d += std::conj(data_[size_t(j)]);
+  w += weight_[size_t(j)];
+}
+
+// Linear spreading of pixel values into the ball: deposit(index, c, value, weight) for each of the
+// 4 (2D) or 8 (3D) lattice points around A^T k (scaled by the padding), with the Hermitian mate
+// for points at x < 0. Pixels beyond r_max are skipped.
+template <class Deposit>
+void BackProjector::spread_pixels(std::span<const float> kx, std::span<const float> ky, const float* v,
+                                  const float* wt, const Mat3& A, Deposit&& deposit) {
+  const double p = pad_;
+  const double m00 = p * A[0][0], m01 = p * A[1][0];
+  const double m10 = p * A[0][1], m11 = p * A[1][1];
+  const double m20 = p * A[0][2], m21 = p * A[1][2];
+  const double rmax2 = double(r_max_) * r_max_;
+  const int dim = ball_.dim;
+  for (size_t q = 0; q < kx.size(); ++q) {
+    const double x = kx[q], y = ky[q];
+    if (x * x + y * y > rmax2) continue;
+    cfloat val(v[2 * q], v[2 * q + 1]);
+    double px = m00 * x + m01 * y, py = m10 * x + m11 * y, pz = dim == 3 ? m20 * x + m21 * y : 0.0;
+    if (px < 0) {
+      px = -px;
+      py = -py;
+      pz = -pz;
+      val = std::conj(val);
+    }
+    const int x0 = int(std::floor(px)), y0 = int(std::floor(py)), z0 = dim == 3 ? int(std::floor(pz)) : 0;
+    const float fx = float(px - x0), fy = float(py - y0), fz = dim == 3 ? float(pz - z0) : 0.0f;
+    const float gx[2] = {1 - fx, fx}, gy[2] = {1 - fy, fy}, gz[2] = {1 - fz, fz};
+    for (int dz = 0; dz < (dim == 3 ? 2 : 1); ++dz)
+      for (int dy = 0; dy < 2; ++dy) {
+        const size_t r = ball_.row(y0 + dy, z0 + dz);
+        const size_t i0 = size_t(ball_.start[r] + x0);
+        const float cyz = gy[dy] * (dim == 3 ? gz[dz] : 1.0f);
+        deposit(i0, x0, y0 + dy, z0 + dz, gx[0] * cyz, val, wt[q]);
+        deposit(i0 + 1, x0 + 1, y0 + dy, z0 + dz, gx[1] * cyz, val, wt[q]);
+      }
+  }
+}
+
+void BackProjector::insert_pixels(std::span<const float> kx, std::span<const float> ky, const float* v,
+                                  const float* wt, const Mat3& A) {
+  assert(!hermitian_done_ && "insert_pixels() after symmetrise()");
+  if (!exact_.empty()) {
+    int64_t* e = exact_.data();
+    const double qd = qdata_, qw = qweight_;
+    spread_pixels(kx, ky, v, wt, A, [&](size_t i, int, int, int, float c, cfloat val, float w) {
+      atomic_add(e[3 * i], quantise(double(c) * val.real(), qd));
+      atomic_add(e[3 * i + 1], quantise(double(c) * val.imag(), qd));
+      atomic_add(e[3 * i + 2], quantise(double(c) * w, qw));
+    });
+    return;
+  }
+  cfloat* d = data_.data();
+  float* w = weight_.data();
+  spread_pixels(kx, ky, v, wt, A, [&](size_t i, int, int, int, float c, cfloat val, float wv) {
+    d[i] += c * val;
+    w[i] += c * wv;
+  });
+}
+
+void BackProjector::insert_slices(std::span<const float> kx, std::span<const float> ky, const float* data,
+                                  const float* weight, std::span<const Mat3> A) {
+  const size_t m = kx.size(), J = A.size();
+  if (exact_.empty() || J < 4) {
+    for (size_t j = 0; j < J; ++j) insert_pixels(kx, ky, data + j * 2 * m, weight + j * m, A[j]);
+    return;
+  }
+  // Groups of slices whose planes are close: each group is summed in a thread-private buffer of the
+  // lattice points within W of its first slice's plane (along the axis a closest to that plane's
+  // normal), non-atomically in double, then added to the shared integer sums once per point.
+  thread_local std::vector<double> buf;
+  constexpr size_t kBudget = size_t(4) << 20;  // doubles (32 MB) per thread at most
+  const int R = ball_.R, dim = ball_.dim;
+  double rmax_px = 0;
+  for (size_t q = 0; q < m; ++q) rmax_px = std::max(rmax_px, std::sqrt(double(kx[q]) * kx[q] + double(ky[q]) * ky[q]));
+  const double reach = std::min(double(pad_) * std::min<double>(rmax_px, r_max_), double(R));
+  std::vector<char> done(J, 0);
+  for (size_t j0 = 0; j0 < J; ++j0) {
+    if (done[j0]) continue;
+    const Vec3 n0 = {A[j0][2][0], A[j0][2][1], A[j0][2][2]};  // normal of slice j0's plane
+    int a = 0;
+    for (int c = 1; c < 3; ++c)
+      if (std::abs(n0[size_t(c)]) > std::abs(n0[size_t(a)])) a = c;
+    if (dim == 2) a = 2;  // 2D: rotations about z, the plane is the lattice itself
+    const double na = std::abs(n0[size_t(a)]);
+    // Members: planes within the angle that keeps W at most 12 points.
+    const double max_sin = dim == 2 ? 0.0 : std::min(1.0, 10.0 * na / std::max(reach, 1.0));
+    std::vector<size_t> members;
+    for (size_t j = j0; j < J; ++j) {
+      if (done[j]) continue;
+      const Vec3 nj = {A[j][2][0], A[j][2][1], A[j][2][2]};
+      const double c = std::abs(n0[0] * nj[0] + n0[1] * nj[1] + n0[2] * nj[2]);
+      if (std::sqrt(std::max(0.0, 1 - c * c)) <= max_sin + 1e-12) members.push_back(j), done[j] = 1;
+    }
+    double smax = 0;
+    for (size_t j : members) {
+      const Vec3 nj = {A[j][2][0], A[j][2][1], A[j][2][2]};
+      const double c = std::abs(n0[0] * nj[0] + n0[1] * nj[1] + n0[2] * nj[2]);
+      smax = std::max(smax, std::sqrt(std::max(0.0, 1 - c * c)));
+    }
+    // A spread point lies within reach * sin(angle) of plane j0 plus sqrt(3) (the linear spreading's
+    // cell), i.e. within that / n0_a along axis a, plus 1/2 for rounding the plane's position.
+    const int W = dim == 2 ? 0 : int(std::ceil(reach * smax / na)) + 4;
+    // Buffer axes: b, c the two others (x first when it is one of them: its range is [0, R]).
+    const int b = a == 0 ? 1 : 0, c = a == 2 ? 1 : 2;
+    const int b_lo = b == 0 ? 0 : -R, c_lo = -R;
+    const int nb = b == 0 ? R + 1 : 2 * R + 1, nc = 2 * R + 1, nw = 2 * W + 1;
+    const size_t slots = size_t(nb) * size_t(nc) * size_t(nw);
+    if (members.size() < 4 || slots * 3 > kBudget) {
+      for (size_t j : members) insert_pixels(kx, ky, data + j * 2 * m, weight + j * m, A[j]);
+      continue;
+    }
+    buf.assign(slots * 3, 0.0);
+    // Plane of slice j0: n0 . q = 0, i.e. q_a = -(n0_b q_b + n0_c q_c) / n0_a, tabulated per (b, c).
+    const double fb = -n0[size_t(b)] / n0[size_t(a)], fc = -n0[size_t(c)] / n0[size_t(a)];
+    std::vector<int> a0(size_t(nb) * size_t(nc));
+    for (int ib = 0; ib < nb; ++ib)
+      for (int ic = 0; ic < nc; ++ic) a0[size_t(ib) * size_t(nc) + size_t(ic)] = int(std::floor(fb * (ib + b_lo) + fc * (ic + c_lo) + 0.5));
+    auto deposit = [&](size_t, int x, int y, int z, float cw, cfloat val, float w) {
+      const int q[3] = {x, y, z};
+      const size_t bc = size_t(q[b] - b_lo) * size_t(nc) + size_t(q[c] - c_lo);
+      const int slot_w = q[a] - a0[bc] + W;
+      if (slot_w < 0 || slot_w >= nw) {  // outside the bound (never expected): straight into the sums
+        const size_t i = size_t(ball_.find(x, y, z));
+        atomic_add(exact_[3 * i], quantise(double(cw) * val.real(), qdata_));
+        atomic_add(exact_[3 * i + 1], quantise(double(cw) * val.imag(), qdata_));
+        atomic_add(exact_[3 * i + 2], quantise(double(cw) * w, qweight_));
+        return;
+      }
+      double* p = &buf[3 * (bc * size_t(nw) + size_t(slot_w))];
+      p[0] += double(cw) * val.real();
+      p[1] += double(cw) * val.imag();
+      p[2] += double(cw) * w;
+    };
+    // Pixel blocks outer, slices inner: nearby orientations put a block's pixels at nearby lattice
+    // points, which stay in cache (measured: the slice-major order was bound by cache misses).
+    constexpr size_t kPixBlock = 16;
+    for (size_t q0 = 0; q0 < m; q0 += kPixBlock) {
+      const size_t len = std::min(kPixBlock, m - q0);
+      const std::span<const float> bx = kx.subspan(q0, len), by = ky.subspan(q0, len);
+      for (size_t j : members)
+        spread_pixels(bx, by, data + j * 2 * m + 2 * q0, weight + j * m + q0, A[j], deposit);
+    }
+    // Flush: quantised, atomic, once per point.
+    int64_t* e = exact_.data();
+    for (int ib = 0; ib < nb; ++ib)
+      for (int ic = 0; ic < nc; ++ic) {
+        const size_t bc = size_t(ib) * size_t(nc) + size_t(ic);
+        const double* p = &buf[3 * bc * size_t(nw)];
+        for (int sw = 0; sw < nw; ++sw, p += 3) {
+          if (p[0] == 0 && p[1] == 0 && p[2] == 0) continue;
+          int q[3];
+          q[a] = a0[bc] + sw - W;
+          q[b] = ib + b_lo;
+          q[c] = ic + c_lo;
+          const int64_t i = ball_.find(q[0], q[1], q[2]);
+          if (i < 0) continue;  // spreading never leaves the ball; kept for safety
+          atomic_add(e[3 * size_t(i)], quantise(p[0], qdata_));
+          atomic_add(e[3 * size_t(i) + 1], quantise(p[1], qdata_));
+          atomic_add(e[3 * size_t(i) + 2], quantise(p[2], qweight_));
+        }
+      }
+  }
 }
 
 void BackProjector::insert(const Grid<cfloat>& img, const Grid<float>& wimg, const Mat3& A) {
-  assert(!hermitian_done_ && "insert() after symmetrise()");
   const int n_img = img.ny();
   if (img.nx() != n_img / 2 + 1 || img.nz() != 1 || n_img > n_)
     runtime_error("backprojector: image transform is {}x{}x{}, expected (m/2+1) x m with m <= {}", img.nx(),
@@ -225,121 +343,33 @@ void BackProjector::insert(const Grid<cfloat>& img, const Grid<float>& wimg, con
   const bool has_w = !wimg.empty();
   if (has_w && !wimg.same_shape(Grid<float>(img.nx(), img.ny())))
     runtime_error("backprojector: weight is {}x{}, image is {}x{}", wimg.nx(), wimg.ny(), img.nx(), img.ny());
-  const int dim = data_.dim;
   const int rmax = std::min(r_max_, n_img / 2);
-  const int rmax2 = rmax * rmax;
-  const double p = pad_;
-  const double m00 = p * A[0][0], m01 = p * A[1][0];
-  const double m10 = p * A[0][1], m11 = p * A[1][1];
-  const double m20 = p * A[0][2], m21 = p * A[1][2];
-  cfloat* d = data_.data.data();
-  float* w = weight_.data();
-  const size_t sy = size_t(data_.data.nx());
-  const size_t sz = sy * size_t(data_.data.ny());
+  // The x = 0 column holds Hermitian pairs (0, y) and (0, -y): only y >= 0 is inserted, so that
+  // each independent coefficient counts once (as RELION).
+  std::vector<float> kx, ky, d, w;
   for (int iy = 0; iy < n_img; ++iy) {
     const int y = fft_freq(iy, n_img);
     if (std::abs(y) > rmax) continue;
-    // The x = 0 column holds Hermitian pairs (0, y) and (0, -y): insert only
-    // y >= 0 so that each independent coefficient counts once (as RELION).
     for (int x = y < 0 ? 1 : 0; x <= rmax; ++x) {
-      if (x * x + y * y > rmax2) break;
-      cfloat v = img(x, iy);
-      const float wt = has_w ? wimg(x, iy) : 1.0f;
-      double px = m00 * x + m01 * y, py = m10 * x + m11 * y, pz = m20 * x + m21 * y;
-      if (px < 0) {
-        px = -px;
-        py = -py;
-        pz = -pz;
-        v = std::conj(v);
-      }
-      const int x0 = int(std::floor(px)), y0 = int(std::floor(py));
-      const float fx = float(px - x0), fy = float(py - y0);
-      if (dim == 2) {
-        const size_t i0 = data_.index(x0, y0, 0);
-        const float w00 = (1 - fx) * (1 - fy), w01 = fx * (1 - fy), w10 = (1 - fx) * fy, w11 = fx * fy;
-        d[i0] += w00 * v;
-        d[i0 + 1] += w01 * v;
-        d[i0 + sy] += w10 * v;
-        d[i0 + sy + 1] += w11 * v;
-        w[i0] += w00 * wt;
-        w[i0 + 1] += w01 * wt;
-        w[i0 + sy] += w10 * wt;
-        w[i0 + sy + 1] += w11 * wt;
-      } else {
-        const int z0 = int(std::floor(pz));
-        const float fz = float(pz - z0);
-        const size_t i0 = data_.index(x0, y0, z0);
-        const size_t off[8] = {0, 1, sy, sy + 1, sz, sz + 1, sz + sy, sz + sy + 1};
-        const float gx[2] = {1 - fx, fx}, gy[2] = {1 - fy, fy}, gz[2] = {1 - fz, fz};
-        for (int k = 0; k < 8; ++k) {
-          const float c = gx[k & 1] * gy[(k >> 1) & 1] * gz[k >> 2];
-          d[i0 + off[k]] += c * v;
-          w[i0 + off[k]] += c * wt;
-        }
-      }
+      if (x * x + y * y > rmax * rmax) break;
+      kx.push_back(float(x));
+      ky.push_back(float(y));
+      d.push_back(img(x, iy).real());
+      d.push_back(img(x, iy).imag());
+      w.push_back(has_w ? wimg(x, iy) : 1.0f);
     }
   }
-}
-
-void BackProjector::insert_pixels(std::span<const float> kx, std::span<const float> ky, const float* v,
-                                  const float* wt, const Mat3& A) {
-  assert(!hermitian_done_ && "insert_pixels() after symmetrise()");
-  const double p = pad_;
-  const double m00 = p * A[0][0], m01 = p * A[1][0];
-  const double m10 = p * A[0][1], m11 = p * A[1][1];
-  const double m20 = p * A[0][2], m21 = p * A[1][2];
-  const double rmax2 = double(r_max_) * r_max_;
-  cfloat* d = data_.data.data();
-  float* w = weight_.data();
-  const size_t sy = size_t(data_.data.nx());
-  const size_t sz = sy * size_t(data_.data.ny());
-  const size_t off[8] = {0, 1, sy, sy + 1, sz, sz + 1, sz + sy, sz + sy + 1};
-  for (size_t q = 0; q < kx.size(); ++q) {
-    const double x = kx[q], y = ky[q];
-    if (x * x + y * y > rmax2) continue;
-    cfloat val(v[2 * q], v[2 * q + 1]);
-    double px = m00 * x + m01 * y, py = m10 * x + m11 * y, pz = m20 * x + m21 * y;
-    if (px < 0) {
-      px = -px;
-      py = -py;
-      pz = -pz;
-      val = std::conj(val);
-    }
-    const int x0 = int(std::floor(px)), y0 = int(std::floor(py));
-    const float fx = float(px - x0), fy = float(py - y0);
-    if (data_.dim == 2) {  // the same bilinear spreading as insert()
-      const size_t i0 = data_.index(x0, y0, 0);
-      const float c[4] = {(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy};
-      for (int k = 0; k < 4; ++k) {
-        d[i0 + off[k]] += c[k] * val;
-        w[i0 + off[k]] += c[k] * wt[q];
-      }
-      continue;
-    }
-    const int z0 = int(std::floor(pz));
-    const float fz = float(pz - z0);
-    const size_t i0 = data_.index(x0, y0, z0);
-    const float gx[2] = {1 - fx, fx}, gy[2] = {1 - fy, fy}, gz[2] = {1 - fz, fz};
-    for (int k = 0; k < 8; ++k) {
-      const float c = gx[k & 1] * gy[(k >> 1) & 1] * gz[k >> 2];
-      d[i0 + off[k]] += c * val;
-      w[i0 + off[k]] += c * wt[q];
-    }
-  }
+  insert_pixels(kx, ky, d.data(), w.data(), A);
 }
 
 std::vector<double> BackProjector::lattice_fsc(const BackProjector& o) const {
-  if (o.n_ != n_ || o.pad_ != pad_ || o.r_max_ != r_max_ || o.data_.dim != data_.dim)
+  if (o.n_ != n_ || o.pad_ != pad_ || o.r_max_ != r_max_ || o.ball_.dim != ball_.dim)
     runtime_error("backprojector: FSC of accumulators of different geometry");
-  FourierLattice D1 = data_, D2 = o.data_;
-  Grid<float> W1 = weight_, W2 = o.weight_;
-  if (!hermitian_done_) hermitian_sum(D1, W1);
-  if (!o.hermitian_done_) hermitian_sum(D2, W2);
   // Data and weight summed over the padding^3 lattice points nearest to each point k of the
   // original grid (k = round(q / padding)), then the ratios: the FSC of the two unregularised
   // half reconstructions at the original sampling (per-point ratios on the padded lattice would be
   // dominated by the noise of low-weight points).
-  const int R = D1.R, dim = D1.dim;
+  const int dim = ball_.dim;
   const size_t hs = size_t(n_ / 2 + 1);
   const int K = r_max_ + 1, KY = 2 * K + 1, KZ = dim == 3 ? 2 * K + 1 : 1;
   const size_t cells = size_t(K + 1) * size_t(KY) * size_t(KZ);
@@ -347,21 +377,21 @@ std::vector<double> BackProjector::lattice_fsc(const BackProjector& o) const {
   std::vector<double> w1(cells, 0.0), w2(cells, 0.0);
   const double max_r2 = double(pad_ * r_max_) * (pad_ * r_max_);
   auto down = [&](int q) { return int(std::floor((q + pad_ / 2.0) / pad_)); };
-  const int zlo0 = dim == 3 ? -R : 0, zhi0 = dim == 3 ? R : 0;
-  for (int z = zlo0; z <= zhi0; ++z)
-    for (int y = -R; y <= R; ++y)
-      for (int x = 0; x <= R; ++x) {
-        const double r2 = double(x) * x + double(y) * y + double(z) * z;
-        if (r2 >= max_r2) continue;
-        const int kx = down(x), ky = down(y), kz = dim == 3 ? down(z) : 0;
-        if (kx > K || std::abs(ky) > K || std::abs(kz) > K) continue;
-        const size_t c = (size_t(kz + (dim == 3 ? K : 0)) * size_t(KY) + size_t(ky + K)) * size_t(K + 1) + size_t(kx);
-        const size_t i = D1.index(x, y, z);
-        s1[c] += std::complex<double>(D1.data[i]);
-        s2[c] += std::complex<double>(D2.data[i]);
-        w1[c] += W1[i];
-        w2[c] += W2[i];
-      }
+  ball_.for_each([&](size_t i, int x, int y, int z) {
+    const double r2 = double(x) * x + double(y) * y + double(z) * z;
+    if (r2 >= max_r2) return;
+    const int kx = down(x), ky = down(y), kz = dim == 3 ? down(z) : 0;
+    if (kx > K || std::abs(ky) > K || std::abs(kz) > K) return;
+    const size_t c = (size_t(kz + (dim == 3 ? K : 0)) * size_t(KY) + size_t(ky + K)) * size_t(K + 1) + size_t(kx);
+    cfloat d1, d2;
+    float a1, a2;
+    effective(i, x, y, z, d1, a1);
+    o.effective(i, x, y, z, d2, a2);
+    s1[c] += std::complex<double>(d1);
+    s2[c] += std::complex<double>(d2);
+    w1[c] += a1;
+    w2[c] += a2;
+  });
   std::vector<double> num(hs, 0.0), n1(hs, 0.0), n2(hs, 0.0);
   for (int kz = (dim == 3 ? -K : 0); kz <= (dim == 3 ? K : 0); ++kz)
     for (int ky = -K; ky <= K; ++ky)
@@ -382,90 +412,128 @@ std::vector<double> BackProjector::lattice_fsc(const BackProjector& o) const {
 }
 
 void BackProjector::join_below(BackProjector& o, double max_shell) {
-  if (o.n_ != n_ || o.pad_ != pad_ || o.r_max_ != r_max_ || o.data_.dim != data_.dim)
+  if (o.n_ != n_ || o.pad_ != pad_ || o.r_max_ != r_max_ || o.ball_.dim != ball_.dim)
     runtime_error("backprojector: cannot join accumulators of different geometry");
-  const int R = data_.R, dim = data_.dim;
   const double lim2 = double(pad_) * max_shell * double(pad_) * max_shell;
-  const int zlo = dim == 3 ? -R : 0, zhi = dim == 3 ? R : 0;
-  for (int z = zlo; z <= zhi; ++z)
-    for (int y = -R; y <= R; ++y)
-      for (int x = 0; x <= R; ++x) {
-        if (double(x) * x + double(y) * y + double(z) * z >= lim2) continue;
-        const size_t i = data_.index(x, y, z);
-        const cfloat d = data_.data[i] + o.data_.data[i];
-        const float w = weight_[i] + o.weight_[i];
-        data_.data[i] = o.data_.data[i] = d;
-        weight_[i] = o.weight_[i] = w;
-      }
+  ball_.for_each([&](size_t i, int x, int y, int z) {
+    if (double(x) * x + double(y) * y + double(z) * z >= lim2) return;
+    const cfloat d = data_[i] + o.data_[i];
+    const float w = weight_[i] + o.weight_[i];
+    data_[i] = o.data_[i] = d;
+    weight_[i] = o.weight_[i] = w;
+  });
 }
 
 void BackProjector::add(const BackProjector& o, float factor) {
-  if (o.n_ != n_ || o.pad_ != pad_ || o.r_max_ != r_max_ || o.data_.dim != data_.dim)
+  if (o.n_ != n_ || o.pad_ != pad_ || o.r_max_ != r_max_ || o.ball_.dim != ball_.dim)
     runtime_error("backprojector: cannot add accumulators of different geometry");
   assert(o.hermitian_done_ == hermitian_done_);
   if (factor == 1.0f) {
     for (size_t i = 0; i < weight_.size(); ++i) {
-      data_.data[i] += o.data_.data[i];
+      data_[i] += o.data_[i];
       weight_[i] += o.weight_[i];
     }
     return;
   }
   for (size_t i = 0; i < weight_.size(); ++i) {
-    data_.data[i] += factor * o.data_.data[i];
+    data_[i] += factor * o.data_[i];
     weight_[i] += factor * o.weight_[i];
   }
 }
 
 void BackProjector::clear() {
-  data_.data.fill(cfloat(0, 0));
-  weight_.fill(0.0f);
+  std::vector<int64_t>().swap(exact_);
+  data_.assign(ball_.count, cfloat(0, 0));
+  weight_.assign(ball_.count, 0.0f);
   hermitian_done_ = false;
 }
 
-void BackProjector::enforce_hermitian() {
+void BackProjector::make_hermitian() {
   if (hermitian_done_) return;
-  hermitian_sum(data_, weight_);
+  // d(0, q) + conj(d(0, -q)) for each pair of the x = 0 plane, once per pair.
+  const int R = ball_.R, dim = ball_.dim;
+  const int zlo = dim == 3 ? -R : 0, zhi = dim == 3 ? R : 0;
+  for (int z = zlo; z <= zhi; ++z)
+    for (int y = -R; y <= R; ++y) {
+      if (z > 0 || (z == 0 && y >= 0)) continue;
+      const int64_t a = ball_.find(0, y, z), b = ball_.find(0, -y, -z);
+      if (a < 0 || b < 0) continue;
+      const cfloat s = data_[size_t(a)] + std::conj(data_[size_t(b)]);
+      data_[size_t(a)] = s;
+      data_[size_t(b)] = std::conj(s);
+      const float ws = weight_[size_t(a)] + weight_[size_t(b)];
+      weight_[size_t(a)] = weight_[size_t(b)] = ws;
+    }
   hermitian_done_ = true;
 }
 
 void BackProjector::symmetrise(const std::vector<Mat3>& operators) {
-  enforce_hermitian();
+  make_hermitian();
   std::vector<Mat3> ops;
-  bool has_identity = false;
   for (const Mat3& R : operators) {
     double dev = 0;
     for (int i = 0; i < 3; ++i)
       for (int j = 0; j < 3; ++j) dev += std::abs(R[i][j] - (i == j ? 1.0 : 0.0));
-    if (dev < 1e-9)
-      has_identity = true;
-    else
-      ops.push_back(R);
+    if (dev >= 1e-9) ops.push_back(R);  // the identity term is the accumulator itself
   }
-  (void)has_identity;  // the identity term is the accumulator itself
   if (ops.empty()) return;
-  const int R = data_.R, dim = data_.dim;
+  const int dim = ball_.dim;
   const double max_r = double(pad_) * r_max_;
-  FourierLattice nd = data_;
-  Grid<float> nw = weight_;
-  const int zlo = dim == 3 ? -R : 0, zhi = dim == 3 ? R : 0;
-  for (int z = zlo; z <= zhi; ++z)
-    for (int y = -R; y <= R; ++y)
-      for (int x = 0; x <= R; ++x) {
-        if (double(x) * x + double(y) * y + double(z) * z > max_r * max_r) continue;
-        const size_t i = data_.index(x, y, z);
-        for (const Mat3& S : ops) {
-          // q' = S q (for 2D the upper-left block)
-          double qx = S[0][0] * x + S[0][1] * y + (dim == 3 ? S[0][2] * z : 0.0);
-          double qy = S[1][0] * x + S[1][1] * y + (dim == 3 ? S[1][2] * z : 0.0);
-          double qz = dim == 3 ? S[2][0] * x + S[2][1] * y + S[2][2] * z : 0.0;
-          bool flipped;
-          cfloat v = lattice_interp(data_.data, dim, R, qx, qy, qz, flipped);
-          nd.data[i] += flipped ? std::conj(v) : v;
-          nw[i] += lattice_interp(weight_, dim, R, qx, qy, qz, flipped);
+  // Linear interpolation at q (any sign of x: the Hermitian mate for x < 0); 0 outside the ball.
+  auto interp = [&](double px, double py, double pz, cfloat& d, float& w) {
+    const bool flip = px < 0;
+    if (flip) px = -px, py = -py, pz = -pz;
+    const int x0 = int(std::floor(px)), y0 = int(std::floor(py)), z0 = dim == 3 ? int(std::floor(pz)) : 0;
+    const double fx = px - x0, fy = py - y0, fz = dim == 3 ? pz - z0 : 0.0;
+    std::complex<double> ds(0, 0);
+    double ws = 0;
+    for (int dz = 0; dz <= (dim == 3 ? 1 : 0); ++dz)
+      for (int dy = 0; dy <= 1; ++dy)
+        for (int dx = 0; dx <= 1; ++dx) {
+          const double c = (dx ? fx : 1 - fx) * (dy ? fy : 1 - fy) * (dim == 3 ? (dz ? fz : 1 - fz) : 1.0);
+          if (c == 0) continue;
+          const int64_t j = ball_.find(x0 + dx, y0 + dy, z0 + dz);
+          if (j < 0) continue;
+          ds += c * std::complex<double>(data_[size_t(j)]);
+          ws += c * weight_[size_t(j)];
         }
-      }
+    d = cfloat(float(ds.real()), float(flip ? -ds.imag() : ds.imag()));
+    w = float(ws);
+  };
+  std::vector<cfloat> nd = data_;
+  std::vector<float> nw = weight_;
+  ball_.for_each([&](size_t i, int x, int y, int z) {
+    if (double(x) * x + double(y) * y + double(z) * z > max_r * max_r) return;
+    for (const Mat3& S : ops) {
+      // q' = S q (for 2D the upper-left block)
+      const double qx = S[0][0] * x + S[0][1] * y + (dim == 3 ? S[0][2] * z : 0.0);
+      const double qy = S[1][0] * x + S[1][1] * y + (dim == 3 ? S[1][2] * z : 0.0);
+      const double qz = dim == 3 ? S[2][0] * x + S[2][1] * y + S[2][2] * z : 0.0;
+      cfloat d;
+      float w;
+      interp(qx, qy, qz, d, w);
+      nd[i] += d;
+      nw[i] += w;
+    }
+  });
   data_ = std::move(nd);
   weight_ = std::move(nw);
+}
+
+double kaiser_bessel_ft(double w, double a, int m, double alpha) {
+  // (2 pi)^(3/2) a^3 alpha^m / I_m(alpha) * I_nu(s) / s^nu, nu = m + 3/2,
+  // s = sqrt(alpha^2 - (2 pi a w)^2); J_nu(|s|) / |s|^nu past the root (Lewitt 1990).
+  const double nu = m + 1.5;
+  const double t = 2 * kPi * a * std::abs(w);
+  const double s2 = alpha * alpha - t * t;
+  double g;
+  if (s2 > 1e-12)
+    g = std::cyl_bessel_i(nu, std::sqrt(s2)) / std::pow(std::sqrt(s2), nu);
+  else if (s2 < -1e-12)
+    g = std::cyl_bessel_j(nu, std::sqrt(-s2)) / std::pow(std::sqrt(-s2), nu);
+  else
+    g = 1.0 / (std::pow(2.0, nu) * std::tgamma(nu + 1));  // common limit at s -> 0
+  return std::pow(2 * kPi, 1.5) * a * a * a * std::pow(alpha, m) / std::cyl_bessel_i(double(m), alpha) * g;
 }
 
 std::string ReconstructOptions::validate() const {
@@ -481,59 +549,111 @@ std::string ReconstructOptions::validate() const {
 
 Grid<float> BackProjector::reconstruct(const ReconstructOptions& opt) const {
   if (auto msg = opt.validate(); !msg.empty()) input_error("backprojector: reconstruct: {}", msg);
-  FourierLattice D = data_;
-  Grid<float> W0 = weight_;
-  if (!hermitian_done_) hermitian_sum(D, W0);
-  const int dim = D.dim, R = D.R, pad = pad_;
+  if (!exact_.empty()) runtime_error("backprojector: reconstruct() before finish_exact()");
+  const int dim = ball_.dim, pad = pad_;
   const int rlim = opt.max_frequency > 0 ? std::min(opt.max_frequency, r_max_) : r_max_;
   const double max_r2 = double(pad * rlim) * (pad * rlim);
   const double oversampling = dim == 3 ? double(pad) * pad * pad : double(pad) * pad;
-  const int zlo = dim == 3 ? -R : 0, zhi = dim == 3 ? R : 0;
   const int nthreads = std::max(1, opt.nthreads);
 
-  // The lattice points that take part (|q| < pad * rlim), with their weights
-  // plus the Wiener term. Points of shells with tau2 == 0 (no signal expected)
-  // keep their plain weight in the density compensation, so that it does not
-  // see an edge at the cut, but their coefficients are zero.
-  std::vector<LatticePoint> pts;
-  const double rr = double(pad) * rlim + 1;  // half ball (3D) or half disc (2D), with margin
-  pts.reserve(size_t(dim == 3 ? 2.0 / 3.0 * kPi * rr * rr * rr : 0.5 * kPi * rr * rr) + size_t(8 * rr * rr));
-  for (int z = zlo; z <= zhi; ++z)
-    for (int y = -R; y <= R; ++y)
-      for (int x = 0; x <= R; ++x) {
-        const double r2 = double(x) * x + double(y) * y + double(z) * z;
-        if (r2 >= max_r2) continue;
-        LatticePoint p{W0[D.index(x, y, z)], D.index(x, y, z), int16_t(x), int16_t(y), int16_t(z), true};
-        if (!opt.tau2.empty()) {
-          const size_t shell = size_t(std::lround(std::sqrt(r2) / pad));
-          const double t2 = shell < opt.tau2.size() ? opt.tau2[shell] : 0.0;
-          if (t2 > 0)
-            p.w += 1.0 / (opt.tau2_fudge * oversampling * t2);
-          else
-            p.keep = false;
-        }
-        pts.push_back(p);
-      }
-  // The factor applied to the data.
-  const std::vector<double> u = opt.iterative_gridding && opt.gridding_iterations > 0
-                                    ? gridding_factors(pts, dim, n_, pad, rlim, opt)
-                                    : floored_inverse_weights(pts, pad, rlim, opt.weight_floor);
-  // Decentre u * data into the padded half-complex transform and invert.
-  const int N = pad * n_;
-  Grid<cfloat> G(N / 2 + 1, N, dim == 3 ? N : 1);
-  for (size_t j = 0; j < pts.size(); ++j) {
-    const LatticePoint& p = pts[j];
-    if (!p.keep) continue;
-    const cfloat d = D.data[p.index];
-    G(p.x, fft_index(p.y, N), dim == 3 ? fft_index(p.z, N) : 0) = cfloat(float(d.real() * u[j]), float(d.imag() * u[j]));
+  // The lattice points that take part (|q| < pad * rlim) get their weight plus the Wiener term
+  // (wt, per stored point; negative: not taking part). Points of shells with tau2 == 0 (no signal
+  // expected) keep their plain weight in the density compensation, so that it does not see an
+  // edge at the cut, but their coefficients are zero (keep = 0).
+  std::vector<float> wt(ball_.count, -1.0f);
+  std::vector<char> keep(ball_.count, 0);
+  double wsum = 0;
+  size_t count = 0;
+  ball_.for_each([&](size_t i, int x, int y, int z) {
+    const double r2 = double(x) * x + double(y) * y + double(z) * z;
+    if (r2 >= max_r2) return;
+    cfloat d;
+    float w;
+    effective(i, x, y, z, d, w);
+    double tw = w;
+    keep[i] = 1;
+    if (!opt.tau2.empty()) {
+      const size_t shell = size_t(std::lround(std::sqrt(r2) / pad));
+      const double t2 = shell < opt.tau2.size() ? opt.tau2[shell] : 0.0;
+      if (t2 > 0)
+        tw += 1.0 / (opt.tau2_fudge * oversampling * t2);
+      else
+        keep[i] = 0;
+    }
+    wt[i] = float(tw);
+    wsum += tw;
+    ++count;
+  });
+  // The factor u applied to the data (stored in place of wt).
+  std::vector<float>& u = wt;
+  if (opt.iterative_gridding && opt.gridding_iterations > 0) {
+    // Iterative gridding (see ReconstructOptions) on an FFT grid of size M large enough that the
+    // blob does not couple the lattice edge with the opposite edge (as RELION's M_R).
+    int M = fft_friendly(2 * pad * rlim + int(std::ceil(2 * opt.blob_radius)));
+    while (M % 2) M = fft_friendly(M + 1);
+    BlobConvolution conv(M, dim, n_, pad, rlim, opt);
+    // RELION's floor is 1e-6 in its weight units; relative to the mean weight it works for
+    // weights in any units (e.g. CTF^2 / sigma2 with unnormalised FFTs).
+    const double wfloor = std::max(1e-6 * wsum / double(std::max<size_t>(count, 1)), 1e-300);
+    std::vector<float> uf(ball_.count, 0.0f);
+    for (size_t i = 0; i < ball_.count; ++i) uf[i] = wt[i] >= 0 ? 1.0f : 0.0f;
+    Grid<cfloat> G(M / 2 + 1, M, dim == 3 ? M : 1);
+    auto gpos = [&](int x, int y, int z) {
+      return size_t(x) + size_t(M / 2 + 1) * (size_t(fft_index(y, M)) + size_t(M) * size_t(dim == 3 ? fft_index(z, M) : 0));
+    };
+    for (int it = 0; it < opt.gridding_iterations; ++it) {
+      G.fill(cfloat(0, 0));
+      ball_.for_each([&](size_t i, int x, int y, int z) {
+        if (wt[i] >= 0) G[gpos(x, y, z)] = cfloat(uf[i] * wt[i], 0.0f);
+      });
+      conv.apply(G);
+      ball_.for_each([&](size_t i, int x, int y, int z) {
+        if (wt[i] >= 0) uf[i] = float(uf[i] / std::max(wfloor, double(std::abs(G[gpos(x, y, z)]))));
+      });
+    }
+    u = std::move(uf);
+  } else {
+    // 1 / max(w, floor_fraction x mean w of the shell floor(|q| / pad)) (the last shell rlim - 1 for
+    // points beyond it), as RELION's --skip_gridding.
+    auto shell = [&](int x, int y, int z) {
+      const double r = std::sqrt(double(x) * x + double(y) * y + double(z) * z);
+      return std::min(size_t(std::floor(r / pad)), size_t(std::max(rlim, 1) - 1));
+    };
+    std::vector<double> ssum(size_t(std::max(rlim, 1)), 0.0), scnt(ssum.size(), 0.0);
+    ball_.for_each([&](size_t i, int x, int y, int z) {
+      if (wt[i] < 0) return;
+      ssum[shell(x, y, z)] += wt[i];
+      scnt[shell(x, y, z)] += 1;
+    });
+    ball_.for_each([&](size_t i, int x, int y, int z) {
+      if (wt[i] < 0) return;
+      const size_t s = shell(x, y, z);
+      const double w = std::max(double(wt[i]), scnt[s] > 0 ? opt.weight_floor * ssum[s] / scnt[s] : 0.0);
+      wt[i] = w > 0 ? float(1.0 / w) : 0.0f;
+    });
   }
-  Grid<float> padded = from_fourier_centred(G, N, nthreads);
+  // u * data into the padded half-complex transform (centred: FFT order in y, z), inverted in place.
+  const int N = pad * n_;
   const int off = N / 2 - n_ / 2, c = n_ / 2;
   const int nz = dim == 3 ? n_ : 1;
   Grid<float> out(n_, n_, nz);
+  {
+  Grid<cfloat> G(N / 2 + 1, N, dim == 3 ? N : 1);
+  ball_.for_each([&](size_t i, int x, int y, int z) {
+    if (!keep[i] || x > N / 2 || std::abs(y) > N / 2 || std::abs(z) > N / 2) return;
+    cfloat d;
+    float w;
+    effective(i, x, y, z, d, w);
+    G(x, fft_index(y, N), dim == 3 ? fft_index(z, N) : 0) = d * u[i];
+  });
+  std::vector<float>().swap(u);
+  std::vector<char>().swap(keep);
+  centre_origin(G, N, true);
+  fft_inverse_inplace(G, N, nthreads);
   for (int z = 0; z < nz; ++z)
     for (int y = 0; y < n_; ++y)
-      for (int x = 0; x < n_; ++x) out(x, y, z) = padded(x + off, y + off, dim == 3 ? z + off : 0);
+      for (int x = 0; x < n_; ++x) out(x, y, z) = real_at(G, x + off, y + off, dim == 3 ? z + off : 0);
+  }
   // RELION's softMaskOutsideMap with its defaults: beyond radius n/2 the map blends over a
   // 3 px cosine edge into the mean of the region outside it.
   if (opt.mask_corners && dim == 3) apply_spherical_mask(out, n_ / 2.0, 3.0, MaskFill::BackgroundMean);
@@ -549,24 +669,21 @@ Grid<float> BackProjector::reconstruct(const ReconstructOptions& opt) const {
 }
 
 std::vector<double> BackProjector::mean_weight_per_shell() const {
-  FourierLattice D = data_;
-  Grid<float> W = weight_;
-  if (!hermitian_done_) hermitian_sum(D, W);
-  const int dim = D.dim, R = D.R;
+  const int dim = ball_.dim;
   const double oversampling = dim == 3 ? double(pad_) * pad_ * pad_ : double(pad_) * pad_;
   std::vector<double> sum(size_t(n_ / 2 + 1), 0.0), cnt(sum.size(), 0.0);
   const double max_r2 = double(pad_ * r_max_) * (pad_ * r_max_);
-  const int zlo = dim == 3 ? -R : 0, zhi = dim == 3 ? R : 0;
-  for (int z = zlo; z <= zhi; ++z)
-    for (int y = -R; y <= R; ++y)
-      for (int x = 0; x <= R; ++x) {
-        const double r2 = double(x) * x + double(y) * y + double(z) * z;
-        if (r2 >= max_r2) continue;
-        const size_t shell = size_t(std::lround(std::sqrt(r2) / pad_));
-        if (shell >= sum.size()) continue;
-        sum[shell] += oversampling * W[D.index(x, y, z)];
-        cnt[shell] += 1;
-      }
+  ball_.for_each([&](size_t i, int x, int y, int z) {
+    const double r2 = double(x) * x + double(y) * y + double(z) * z;
+    if (r2 >= max_r2) return;
+    const size_t shell = size_t(std::lround(std::sqrt(r2) / pad_));
+    if (shell >= sum.size()) return;
+    cfloat d;
+    float w;
+    effective(i, x, y, z, d, w);
+    sum[shell] += oversampling * w;
+    cnt[shell] += 1;
+  });
   for (size_t i = 0; i < sum.size(); ++i) sum[i] = cnt[i] > 0 ? sum[i] / cnt[i] : 0.0;
   return sum;
 }

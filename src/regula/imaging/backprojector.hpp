@@ -10,10 +10,12 @@
 // kx == 0 and ky >= 0): the linear spreading is the transpose of the linear
 // interpolation. The redundant column (kx == 0, ky < 0) is not inserted.
 //
-// Accumulators are single precision (float). For threads, use one BackProjector
-// per thread and add() them in a fixed order: the result does not depend on the
-// thread count when the per-thread work split is fixed.
+// Accumulators are single precision (float), stored on the half ball of lattice points within
+// reach of the inserted frequencies (LatticeBall). For threads and processes, either one
+// BackProjector per thread added in a fixed order, or one shared accumulator in exact mode
+// (start_exact: 64-bit integer sums, atomic, independent of order), converted at the end.
 #pragma once
+#include <cstdint>
 #include <span>
 #include <string>
 #include <vector>
@@ -74,6 +76,36 @@ struct ReconstructOptions {
   std::string validate() const;
 };
 
+// The lattice points a BackProjector stores: the half ball (3D) or half disc (2D) x >= 0,
+// x^2 + y^2 + z^2 <= R^2 of radius R = padding * r_max + 2 (every point linear spreading can
+// reach), row by row: rows (y, z) in order z then y, x = 0..len-1 within a row. Memory is half that
+// of the enclosing box.
+struct LatticeBall {
+  int dim = 3, R = 0;
+  std::vector<int64_t> start;  // per row (y, z): index of x = 0 (rows outside the ball: len 0)
+  std::vector<int32_t> len;    // points per row (x = 0..len-1)
+  size_t count = 0;
+
+  void init(int dimension, int radius);
+  size_t row(int y, int z) const { return (dim == 3 ? size_t(z + R) * size_t(2 * R + 1) : 0) + size_t(y + R); }
+  // Index of (x, y, z), or -1 outside the stored points (x < 0 is not stored: use the mate).
+  int64_t find(int x, int y, int z) const {
+    if (x < 0 || y < -R || y > R || (dim == 3 ? (z < -R || z > R) : z != 0)) return -1;
+    const size_t r = row(y, z);
+    return x < len[r] ? start[r] + x : -1;
+  }
+  // Calls f(index, x, y, z) for every stored point, in storage order.
+  template <class F>
+  void for_each(F&& f) const {
+    const int zlo = dim == 3 ? -R : 0, zhi = dim == 3 ? R : 0;
+    for (int z = zlo; z <= zhi; ++z)
+      for (int y = -R; y <= R; ++y) {
+        const size_t r = row(y, z);
+        for (int x = 0; x < len[r]; ++x) f(size_t(start[r] + x), x, y, z);
+      }
+  }
+};
+
 class BackProjector {
  public:
   BackProjector() = default;
@@ -84,21 +116,47 @@ class BackProjector {
   int size() const { return n_; }
   int padding() const { return pad_; }
   int r_max() const { return r_max_; }
-  int dim() const { return data_.dim; }
+  int dim() const { return ball_.dim; }
+  const LatticeBall& ball() const { return ball_; }
+
+  // Exact accumulation (for any number of threads and processes): from this call until
+  // finish_exact(), insert() and insert_pixels() add every contribution rounded to a fixed quantum
+  // into 64-bit integers, with atomic additions. Integer sums do not depend on their order, so the
+  // result is the same bit for bit whatever the thread count, the split of the particles over
+  // threads or processes, and the order of the reduction (exact_sums() can be summed over MPI
+  // ranks). The quanta are chosen from bounds on the largest sum any lattice point can reach (data:
+  // |complex component|, weight): quantum = bound / 2^61. A contribution is rounded to within half a
+  // quantum, i.e. ~2^-62 of the bound; with bounds from the data (number of particles times the
+  // largest contribution of one particle) that is far below float precision. The accumulator must
+  // be empty (freshly made or cleared). Memory: 24 bytes per point until finish_exact().
+  void start_exact(double data_bound, double weight_bound);
+  bool exact() const { return !exact_.empty(); }
+  // The integer sums (3 per point: re, im, weight), e.g. for an MPI sum over ranks.
+  std::span<int64_t> exact_sums() { return exact_; }
+  // Converts the integer sums into the float accumulators (adding them) and frees them.
+  void finish_exact();
 
   // Adds a centred half-complex image (n_img/2+1) x n_img (n_img <= n; a
   // smaller image is a Fourier crop in units of the original box) at
   // orientation A. `weight_half` has the same shape (e.g. CTF^2, or CTF^2 /
   // sigma2), or is empty for weight 1 per coefficient. The caller multiplies
-  // the image by the CTF (and 1/sigma2) beforehand.
+  // the image by the CTF (and 1/sigma2) beforehand. Not thread-safe unless exact().
   void insert(const Grid<cfloat>& image_half, const Grid<float>& weight_half, const Mat3& A);
 
   // Adds a slice (3D) or rotated image (2D) given at a list of pixels (kx, ky in Fourier pixels
   // of the box, the non-redundant half plane: kx > 0, or kx == 0 and ky > 0): complex values
   // interleaved (re, im) and weights, at orientation A (as insert(), the same linear spreading).
-  // Pixels beyond r_max are skipped.
+  // Pixels beyond r_max are skipped. Thread-safe when exact().
   void insert_pixels(std::span<const float> kx, std::span<const float> ky, const float* data_interleaved,
                      const float* weight, const Mat3& A);
+
+  // Adds J slices at orientations A[j] (data: J rows of 2m interleaved floats, weight: J rows of m),
+  // as insert_pixels for each. In exact mode, slices with nearby planes (one particle's significant
+  // orientations) are first summed in a thread-private buffer around their plane (at most 32 MB per
+  // thread) and added to the shared sums once per lattice point: the same result as one
+  // insert_pixels per slice up to the rounding of the sums, much faster than per-slice atomics.
+  void insert_slices(std::span<const float> kx, std::span<const float> ky, const float* data, const float* weight,
+                     std::span<const Mat3> A);
 
   // Adds `factor` times another accumulator of the same geometry (deterministic reduction;
   // factor -1 removes a part that was added before).
@@ -114,6 +172,10 @@ class BackProjector {
   void join_below(BackProjector& other, double max_shell);
   void clear();
 
+  // Sums the x = 0 plane with its Hermitian mates (in place, once; every reader does it on the fly
+  // when it was not done). symmetrise() calls it.
+  void make_hermitian();
+
   // Applies point-group symmetry: data(q) and weight(q) become the sums over
   // the operators R of the (interpolated) values at R q. `operators` is the
   // whole group; the identity is added if missing. Enforces Hermitian
@@ -121,7 +183,9 @@ class BackProjector {
   void symmetrise(const std::vector<Mat3>& operators);
 
   // Reconstructed map (n^3, or n x n in 2D), origin at n/2, in the units of
-  // the map whose projections were inserted. Does not modify the accumulators.
+  // the map whose projections were inserted. Does not modify the accumulators. Memory beyond the
+  // accumulators: 8 bytes per stored point plus one in-place FFT buffer of the gridding grid, then
+  // one of the padded box.
   Grid<float> reconstruct(const ReconstructOptions& opt = {}) const;
 
   // Mean of padding^dim * weight over the lattice points of each shell
@@ -129,17 +193,29 @@ class BackProjector {
   // in the reconstruction; with an FSC-based SSNR, tau2 = SSNR / this.
   std::vector<double> mean_weight_per_shell() const;
 
-  const FourierLattice& data() const { return data_; }
-  const Grid<float>& weight() const { return weight_; }
+  // Stored values (x >= 0 half; the x = 0 plane as inserted, before the Hermitian sum unless
+  // make_hermitian() was called): 0 outside the stored points.
+  cfloat data_at(int x, int y, int z = 0) const;
+  float weight_at(int x, int y, int z = 0) const;
+  std::span<const cfloat> data_values() const { return data_; }
+  std::span<const float> weight_values() const { return weight_; }
   // Raw accumulators, for moving partial sums between processes (MPI).
-  Grid<cfloat>& raw_data() { return data_.data; }
-  Grid<float>& raw_weight() { return weight_; }
+  std::span<cfloat> raw_data() { return data_; }
+  std::span<float> raw_weight() { return weight_; }
 
  private:
-  void enforce_hermitian();
+  // (data, weight) of point i at (x, y, z), with the Hermitian mate added on the x = 0 plane
+  // when make_hermitian() was not called.
+  void effective(size_t i, int x, int y, int z, cfloat& d, float& w) const;
+  template <class Deposit>
+  void spread_pixels(std::span<const float> kx, std::span<const float> ky, const float* v, const float* wt,
+                     const Mat3& A, Deposit&& deposit);
   int n_ = 0, pad_ = 2, r_max_ = 0;
-  FourierLattice data_;
-  Grid<float> weight_;  // same layout as data_.data
+  LatticeBall ball_;
+  std::vector<cfloat> data_;
+  std::vector<float> weight_;
+  std::vector<int64_t> exact_;  // 3 per point while exact()
+  double qdata_ = 0, qweight_ = 0;  // 1 / quantum
   bool hermitian_done_ = false;
 };
 
