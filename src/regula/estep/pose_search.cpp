@@ -94,28 +94,29 @@ float RotatableParticle::ctf(double kx, double ky) const {
   return float(ctf_->value(kx * f, ky * f));
 }
 
+void project_orientation(const Projector& proj, const SearchPixels& px, const Euler& angle, float* s, float* s2) {
+  const size_t m = px.size();
+  const double p = proj.padding();
+  const FourierLattice& lat = proj.lattice();
+  const Mat3 A = euler_to_matrix(angle.rot, angle.tilt, angle.psi);
+  const double m00 = p * A[0][0], m01 = p * A[1][0], m10 = p * A[0][1], m11 = p * A[1][1], m20 = p * A[0][2],
+               m21 = p * A[1][2];
+  for (size_t q = 0; q < m; ++q) {
+    const double x = px.kx[q], y = px.ky[q];
+    const cfloat v = lat.interpolate(m00 * x + m01 * y, m10 * x + m11 * y, m20 * x + m21 * y);
+    s[2 * q] = v.real();
+    s[2 * q + 1] = v.imag();
+    s2[q] = std::norm(v);
+  }
+}
+
 void project_orientations(const Projector& proj, const SearchPixels& px, std::span<const Euler> angles, Slices& out) {
   const size_t m = px.size(), J = angles.size();
   out.d = J;
   out.m = m;
   out.s.resize(J * 2 * m);
   out.s2.resize(J * m);
-  const double p = proj.padding();
-  const FourierLattice& lat = proj.lattice();
-  for (size_t j = 0; j < J; ++j) {
-    const Mat3 A = euler_to_matrix(angles[j].rot, angles[j].tilt, angles[j].psi);
-    const double m00 = p * A[0][0], m01 = p * A[1][0], m10 = p * A[0][1], m11 = p * A[1][1], m20 = p * A[0][2],
-                 m21 = p * A[1][2];
-    float* s = out.s.data() + j * 2 * m;
-    float* s2 = out.s2.data() + j * m;
-    for (size_t q = 0; q < m; ++q) {
-      const double x = px.kx[q], y = px.ky[q];
-      const cfloat v = lat.interpolate(m00 * x + m01 * y, m10 * x + m11 * y, m20 * x + m21 * y);
-      s[2 * q] = v.real();
-      s[2 * q + 1] = v.imag();
-      s2[q] = std::norm(v);
-    }
-  }
+  for (size_t j = 0; j < J; ++j) project_orientation(proj, px, angles[j], out.s.data() + j * 2 * m, out.s2.data() + j * m);
 }
 
 void project_slices(const Projector& proj, const SearchPixels& px, std::span<const std::array<double, 2>> rot_tilt,
@@ -280,8 +281,6 @@ void search_poses(const RotatableParticle& x, const SearchPixels& px, std::span<
   posterior_from_scores(P, T, D, poses.log_prior_psi, poses.log_prior_trans, poses.log_prior_dir, opt, w, out);
 }
 
-namespace {
-
 // Q_t(k) = s C w X phase_t and B(k) = s^2 C^2 w on the particle's own grid (search_direct).
 void prepare_direct(const RotatableParticle& x, const SearchPixels& px, std::span<const float> inv_sigma2, float scale,
                     std::span<const std::array<double, 2>> trans, SearchWork& w) {
@@ -311,7 +310,6 @@ void prepare_direct(const RotatableParticle& x, const SearchPixels& px, std::spa
   }
 }
 
-}  // namespace
 
 void search_direct(const RotatableParticle& x, const SearchPixels& px, std::span<const float> inv_sigma2, float scale,
                    const Slices& refs, std::span<const std::array<double, 2>> trans,

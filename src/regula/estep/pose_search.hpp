@@ -84,6 +84,8 @@ void project_slices(const Projector& proj, const SearchPixels& px, std::span<con
 
 // Projections at full orientations (rot, tilt, psi) at the search pixels, as project_slices.
 void project_orientations(const Projector& proj, const SearchPixels& px, std::span<const Euler> angles, Slices& out);
+// One projection: s gets 2m interleaved floats, s2 m floats (|S|^2).
+void project_orientation(const Projector& proj, const SearchPixels& px, const Euler& angle, float* s, float* s2);
 
 struct SearchOptions {
   bool cross_correlation = false;  // score = A2 / sqrt(A1) (RELION's --firstiter_cc); hard assignment
@@ -135,6 +137,11 @@ void search_direct(const RotatableParticle& x, const SearchPixels& px, std::span
                    float scale, const Slices& refs, std::span<const std::array<double, 2>> trans,
                    std::span<const double> log_prior_trans, std::span<const double> log_prior_ref,
                    const SearchOptions& opt, SearchWork& work, PoseResult& out);
+
+// The particle's rows of the direct kernel on its own grid: work.q = Q_t(k) = s C w X phase_t (T rows of 2m
+// interleaved floats), work.b = s^2 C^2 w (m), work.xr = X(k) on the grid (m), work.cr = C(k) (m).
+void prepare_direct(const RotatableParticle& x, const SearchPixels& px, std::span<const float> inv_sigma2, float scale,
+                    std::span<const std::array<double, 2>> trans, SearchWork& work);
 
 // After search_poses (or search_direct) on the same arguments: the weighted sums per direction, data (d * 2m,
 // interleaved) and weight (d * m), for directions whose total weight exceeds `min_weight`

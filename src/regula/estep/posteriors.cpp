@@ -8,6 +8,7 @@
 
 #include "regula/core/error.hpp"
 #include "regula/core/parallel.hpp"
+#include "regula/estep/significance.hpp"
 
 namespace regula::estep {
 namespace {
@@ -62,38 +63,19 @@ void finish_posterior(std::vector<double>& e, double log_const, double fraction,
   st.best_j = bp.j;
   st.best_log_posterior = mx;
 
-  // Significant set: largest weights first until their sum reaches fraction * sum. Only the
-  // candidates e >= tau need sorting, for the largest tau whose candidates already hold the
-  // target mass (every non-candidate is smaller than every candidate, so the sorted prefix is
-  // the same as that of a full sort).
-  const double target = fraction * sum;
-  for (double tau = 1e-3;; tau *= 1e-3) {
-    if (tau < 1e-300) tau = 0;
-    order.clear();
-    double cand = 0;
-    for (size_t q = 0; q < q_count; ++q)
-      if (e[q] >= tau && e[q] > 0) {
-        order.push_back(uint32_t(q));
-        cand += e[q];
-      }
-    if (cand >= target || tau == 0) break;
-  }
-  std::sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return e[a] > e[b] || (e[a] == e[b] && a < b); });
-  double acc = 0;
-  size_t count = 0;
-  while (count < order.size()) {
-    acc += e[order[count]];
-    ++count;
-    if (acc >= target) break;
-  }
-  st.n_significant = count;
+  // Significant set: largest weights first until their sum reaches fraction * sum (the same
+  // selection as the 3D E-step's, estep/significance.hpp).
+  SignificantSet set;
+  set.index.swap(order);  // reuse the scratch vector's memory
+  significant_set(std::span<const double>(e), sum, fraction, 0, set);
+  st.n_significant = set.index.size();
   if (sig)
-    for (size_t c = 0; c < count; ++c) {
-      const uint32_t q = order[c];
+    for (uint32_t q : set.index) {
       PoseWeight pw = pose_of(q);
       pw.weight = weight[q];
       sig->push_back(pw);
     }
+  set.index.swap(order);
 }
 
 // One particle of a dense score array: fills weight row (T*J), stats and optionally the

@@ -1,0 +1,135 @@
+// The E-step of one particle in the 3D jobs (refine3d, class3d, initial_model): RELION's two passes
+// of adaptive oversampling over (class, direction, in-plane angle, translation), and the
+// posterior-weighted sums the M-step needs (docs/estep.md#the-3d-e-step).
+//
+//  1. Coarse pass, separable in direction and in-plane angle (pose_search.hpp: D slices x P rotated
+//     particles, two SGEMMs): the posterior over every coarse pose (p, t, d) of the search (global:
+//     the asymmetric unit; local: a window of 3 sigma around the previous pose with RELION's
+//     Gaussian angular prior).
+//  2. The significant coarse poses: the smallest set of joint poses (p, t, d) holding
+//     `adaptive_fraction` of the coarse posterior mass (at most `max_significants` when > 0: then
+//     the result says the bound was reached, as the job logs).
+//  3. Fine pass in the particle's own frame (references rotated, data never resampled): the
+//     children of exactly those poses on the grid 2^oversampling finer (HEALPix order + o, psi step
+//     / 2^o, translation step / 2^o per axis), scored with one SGEMM per block of orientations
+//     (the product of the distinct fine translations and fine orientations; pairs whose parents
+//     are not a significant coarse pose are excluded). The posterior is normalised over these fine
+//     poses (RELION's pass-2 weights).
+//  4. The significant fine poses (fraction of the fine mass, RELION's exp_significant_weight) carry
+//     their weights (normalised over all fine poses) into the M-step sums: the weighted slices per
+//     orientation into the SliceSink (the back-projectors), the noise residuals
+//     sum_w |X^t - s C P|^2 per shell, the scale products X.A and A.A, the offsets' second moment,
+//     and the posterior-mean (or best) pose.
+//
+// Units: frequencies in Fourier pixels of the box n; translations in pixels (content moved by +t);
+// angles in degrees. Residuals are in the units of |X|^2 of the unnormalised transform.
+#pragma once
+#include <array>
+#include <cstddef>
+#include <span>
+#include <vector>
+
+#include "regula/estep/pose_search.hpp"
+#include "regula/estep/significance.hpp"
+#include "regula/imaging/projector.hpp"
+#include "regula/sampling/euler.hpp"
+#include "regula/sampling/healpix.hpp"
+#include "regula/sampling/symmetry.hpp"
+
+namespace regula::estep {
+
+// Receives the weighted sums of one orientation: data (interleaved complex, m values) and weight
+// (m values) at the pixels (kx, ky) of the pass, to be inserted at orientation A into class `cls`.
+class SliceSink {
+ public:
+  virtual ~SliceSink() = default;
+  virtual void insert(int cls, std::span<const float> kx, std::span<const float> ky, const float* data,
+                      const float* weight, const Mat3& A) = 0;
+  // J slices of one class at once (data: J rows of 2m floats, weight: J rows of m); by default one
+  // insert() each.
+  virtual void insert_many(int cls, std::span<const float> kx, std::span<const float> ky, const float* data,
+                           const float* weight, std::span<const Mat3> A) {
+    const size_t m = kx.size();
+    for (size_t j = 0; j < A.size(); ++j) insert(cls, kx, ky, data + j * 2 * m, weight + j * m, A[j]);
+  }
+};
+
+// What all particles of an iteration share. Pointers must outlive the searches.
+struct Search3DSetup {
+  int classes = 1;
+  std::vector<const Projector*> proj;      // per class (r_max at least px_fine's limit)
+  std::vector<double> log_class_prior;     // per class; empty: uniform (no term)
+  const SearchPixels* px_coarse = nullptr;
+  const SearchPixels* px_fine = nullptr;
+  const SearchPixels* px_sums = nullptr;   // pixels of the back-projected sums (null: px_fine)
+  bool local = false;                      // local searches around the previous pose
+  int order = 2;                           // HEALPix order of the coarse pass
+  double sigma_ang = 15;                   // local: Gaussian prior sigma, degrees
+  // Global searches: the directions of the asymmetric unit and their NEST pixels (one copy per
+  // class, class-major), the in-plane angles, and the coarse slices of every class (class-major).
+  const std::vector<std::array<double, 2>>* global_dirs = nullptr;
+  const std::vector<long>* global_pix = nullptr;
+  const std::vector<double>* global_psi = nullptr;
+  const Slices* global_slices = nullptr;
+  const DirectionTable* table = nullptr;   // order `order`: local windows
+  std::vector<std::array<double, 2>> trans;  // coarse translations, px (relative to the current origin)
+  double offset_step = 1;                  // px (coarse)
+  double sigma_offset2 = 1;                // px^2 per component (prior on the total offset)
+  bool cross_correlation = false;          // --firstiter_cc: hard assignment to the best pose
+  bool pose_mean = true;                   // posterior mean pose (else the maximum)
+  const SymmetryGroup* symmetry = nullptr; // the mean averages each orientation's copy nearest the best
+  double adaptive_fraction = 0.999;        // --adaptive_fraction
+  long max_significants = 0;               // --maxsig (<= 0: no bound, RELION's -1)
+  int oversampling = 1;                    // --oversampling (0, 1 or 2)
+  // Shells whose products enter the scale correction (RELION: data_vs_prior > 3); empty: all.
+  std::vector<char> scale_shells;
+  // No alignment (--skip_align): only the classes at the particle's current pose (input rot, tilt,
+  // psi, no translation) are scored, in the particle's frame; no coarse pass.
+  bool fixed_pose = false;
+};
+
+struct Search3DInput {
+  const RotatableParticle* x = nullptr;  // moved by its current origin (and normalised)
+  std::span<const float> inv_sigma2;     // per shell
+  double scale = 1;                      // s multiplying the reference (group scale correction)
+  double rot = 0, tilt = 0, psi = 0;     // previous pose (local searches)
+  double ox_px = 0, oy_px = 0;           // current origin, px (offset prior)
+};
+
+struct Search3DResult {
+  bool valid = false;
+  int cls = 0;                        // 0-based class of the best pose
+  double rot = 0, tilt = 0, psi = 0;  // posterior mean (or best) orientation
+  std::array<double, 2> trans{0, 0};  // px, to add to the origin
+  double max_posterior = 0;           // rlnMaxValueProbDistribution (fine posterior)
+  size_t n_significant = 0;           // rlnNrOfSignificantSamples (coarse significant poses)
+  bool significance_bound = false;    // max_significants stopped the coarse set
+  size_t n_fine = 0, n_fine_significant = 0;
+  double log_likelihood = 0;          // log sum exp of the fine scores + priors (+ coarse-to-fine constant 0)
+  std::vector<double> class_weight;   // posterior mass per class (fine)
+  // Posterior-weighted sums over the significant fine poses (weights normalised over all fine poses):
+  double weight_sum = 0;              // sum of those weights (<= 1)
+  std::vector<double> diff2;          // per shell 0..n/2, pixels of px_fine: sum_w |X^t - s C P|^2
+  double xa = 0, aa = 0;              // sum_w sum_k C Re(conj(X^t) P) and C^2 |P|^2 (scale_shells)
+  double offset2 = 0;                 // sum_w |origin + t|^2, px^2 (the offsets' prior)
+};
+
+struct Search3DWork {
+  SearchWork work;
+  PoseResult coarse;
+  Slices local_slices, block, sig_slices;
+  std::vector<std::array<double, 2>> cdirs;
+  std::vector<long> cpix;
+  SignificantSet sig, fine_sig;
+  std::vector<float> score, a1, fweight, wmat, sdata, sweight, qsum, gsum;
+  std::vector<double> v;
+  std::vector<int> pair_slot;          // coarse pair (p * D + d) -> index of distinct pair, or -1
+  std::vector<char> allowed;           // [pair][trans parent]
+};
+
+// Searches one particle, sends its weighted slices to `sink` (when not null) and returns its
+// posterior statistics. Deterministic for the same inputs.
+void search_particle_3d(const Search3DSetup& setup, const Search3DInput& in, Search3DWork& ws, SliceSink* sink,
+                        Search3DResult& out);
+
+}  // namespace regula::estep
