@@ -258,8 +258,9 @@ void bind_jobs(py::module_& m) {
        REGULA_FIELD(T, flatten_solvent), REGULA_FIELD(T, zero_mask), REGULA_FIELD(T, healpix_order),
        REGULA_FIELD(T, offset_range), REGULA_FIELD(T, offset_step), REGULA_FIELD(T, skip_align),
        REGULA_FIELD(T, sigma_ang), REGULA_FIELD(T, threads), REGULA_FIELD(T, seed), REGULA_FIELD(T, continue_from),
-       REGULA_FIELD(T, angpix), REGULA_FIELD(T, norm), REGULA_FIELD(T, incr_size), REGULA_FIELD(T, mask_edge),
-       REGULA_FIELD(T, chunks), REGULA_FIELD(T, staged)},
+       REGULA_FIELD(T, angpix), REGULA_FIELD(T, norm), REGULA_FIELD(T, scale), REGULA_FIELD(T, incr_size),
+       REGULA_FIELD(T, mask_edge), REGULA_FIELD(T, adaptive_fraction), REGULA_FIELD(T, max_significants),
+       REGULA_FIELD(T, oversampling), REGULA_FIELD(T, staged)},
       [](const T& o) { return run_class3d(o); },
       [](const T&, Class3DResult r) {
         py::dict d;
@@ -287,8 +288,10 @@ void bind_jobs(py::module_& m) {
        REGULA_FIELD(G, healpix_order), REGULA_FIELD(G, auto_local_healpix_order), REGULA_FIELD(G, offset_range),
        REGULA_FIELD(G, offset_step), REGULA_FIELD(G, low_resol_join_halves), REGULA_FIELD(G, threads),
        REGULA_FIELD(G, seed), REGULA_FIELD(G, continue_from), REGULA_FIELD(G, angpix), REGULA_FIELD(G, norm),
-       REGULA_FIELD(G, max_iterations), REGULA_FIELD(G, mask_edge), REGULA_FIELD(G, max_healpix_order),
-       REGULA_FIELD(G, chunks), REGULA_FIELD(G, pose_mean), REGULA_FIELD(G, stop_after)},
+       REGULA_FIELD(G, scale), REGULA_FIELD(G, max_iterations), REGULA_FIELD(G, mask_edge),
+       REGULA_FIELD(G, max_healpix_order), REGULA_FIELD(G, pad), REGULA_FIELD(G, oversampling),
+       REGULA_FIELD(G, adaptive_fraction), REGULA_FIELD(G, max_significants), REGULA_FIELD(G, tau2_fudge),
+       REGULA_FIELD(G, pose_mean), REGULA_FIELD(G, stop_after)},
       [](const G& o) { return run_refine3d(o); },
       [](const G&, Refine3DResult r) {
         py::dict d;
@@ -337,7 +340,8 @@ void bind_jobs(py::module_& m) {
       {REGULA_FIELD(I, input), REGULA_FIELD(I, out_root), REGULA_FIELD(I, classes), REGULA_FIELD(I, sym),
        REGULA_FIELD(I, particle_diameter), REGULA_FIELD(I, ctf), REGULA_FIELD(I, iterations),
        REGULA_FIELD(I, ini_high), REGULA_FIELD(I, healpix_order), REGULA_FIELD(I, offset_range),
-       REGULA_FIELD(I, offset_step), REGULA_FIELD(I, tau2_fudge), REGULA_FIELD(I, threads), REGULA_FIELD(I, seed),
+       REGULA_FIELD(I, offset_step), REGULA_FIELD(I, tau2_fudge), REGULA_FIELD(I, max_significants),
+       REGULA_FIELD(I, threads), REGULA_FIELD(I, seed),
        REGULA_FIELD(I, continue_from), REGULA_FIELD(I, angpix)},
       [](const I& o) { return run_initial_model(o); },
       [](const I&, InitialModelResult r) {

@@ -18,7 +18,7 @@
 #include "regula/estep/pose_search.hpp"
 #include "regula/imaging/projector.hpp"
 #include "regula/io/mrc.hpp"
-#include "regula/jobs/ml3d.hpp"
+#include "regula/estep/search3d.hpp"
 #include "regula/sampling/euler.hpp"
 #include "regula/sampling/healpix.hpp"
 #include "regula/sampling/symmetry.hpp"
@@ -50,7 +50,7 @@ struct Fixture {
   int n = map.nx();
   Projector proj{map, 2, n / 2};
   estep::SearchPixels px_coarse, px_fine;
-  ml3d::DirectionTable table;
+  DirectionTable table;
   // Global searches: the asymmetric unit's directions and in-plane angles, and their coarse slices.
   std::vector<std::array<double, 2>> dirs;
   std::vector<long> pix;
@@ -72,7 +72,7 @@ struct Fixture {
     std::vector<float> inv_sigma2(size_t(n / 2 + 1), float(1.0 / (double(n) * n * sigma * sigma)));
     inv_sigma2[0] = 0;
     table.build(order);
-    ml3d::IterationSetup S;
+    estep::Search3DSetup S;
     if (!local) {
       OrientationSampling os(order, sym, healpix_angular_step(order));
       dirs.clear();
@@ -101,15 +101,15 @@ struct Fixture {
     S.sigma_offset2 = 4;
     S.pose_mean = true;
     S.symmetry = symmetry;
-    ml3d::ParticleInput in;
+    estep::Search3DInput in;
     in.x = &x;
     in.inv_sigma2 = inv_sigma2;
     in.rot = truth.rot;
     in.tilt = truth.tilt;
     in.psi = truth.psi;
-    ml3d::Workspace ws;
-    const std::vector<BackProjector*> none = {nullptr};
-    const ml3d::ParticleResult r = ml3d::search_particle(S, in, ws, none);
+    estep::Search3DWork ws;
+    estep::Search3DResult r;
+    estep::search_particle_3d(S, in, ws, nullptr, r);
     EXPECT_TRUE(r.valid);
     return {r.rot, r.tilt, r.psi};
   }

@@ -36,12 +36,16 @@ void add_class3d(CLI::App& app) {
   s->add_option("--continue", opt->continue_from, "Continue from ROOT_itNNN_optimiser.star (--o, --iter and --j "
                 "from the command line)");
   s->add_option("--angpix", opt->angpix, "Pixel size, Å, when the STAR file has none");
-  s->add_flag("--norm,!--no_norm", opt->norm, "Per-particle scale correction (default on)");
-  s->add_flag("--scale,!--no_scale", opt->norm, "Same as --norm (RELION compatibility)");
+  s->add_flag("--norm,!--no_norm", opt->norm, "Per-particle noise normalisation, RELION's rlnNormCorrection (default on)");
+  s->add_flag("--scale,!--no_scale", opt->scale, "Per-group intensity-scale correction (default on)");
+  s->add_option("--adaptive_fraction", opt->adaptive_fraction,
+                "Posterior mass of the significant coarse poses refined in the finer pass")->capture_default_str();
+  s->add_option("--maxsig", opt->max_significants, "At most this many significant coarse poses per particle (-1: no bound)")
+      ->capture_default_str();
+  s->add_option("--oversampling", opt->oversampling, "Finer pass on a grid 2^N finer (0, 1 or 2)")->capture_default_str();
   s->add_option("--incr_size", opt->incr_size, "Shells added above the best class resolution")->capture_default_str();
   auto ignored = std::make_shared<int>(0);
-  s->add_option("--pool", *ignored, "Ignored (RELION compatibility)");
-  s->add_option("--oversampling", *ignored, "Ignored (Regula always does one level of oversampling)");
+  s->add_option("--pool", *ignored, "Accepted (RELION compatibility: its batch size; no effect on results)");
   s->add_flag("--dont_combine_weights_via_disc")->description("Ignored (RELION compatibility)");
   s->callback([opt, ignored] { run_class3d(*opt); });
 }

@@ -34,8 +34,17 @@ void add_refine3d(CLI::App& app) {
   s->add_option("--continue", opt->continue_from, "Continue from ROOT_itNNN_optimiser.star (options from it; --o and --j "
                 "from the command line)");
   s->add_option("--angpix", opt->angpix, "Pixel size, Å, when the STAR file has none");
-  s->add_flag("--norm,!--no_norm", opt->norm, "Per-particle scale correction (default on)");
-  s->add_flag("--scale,!--no_scale", opt->norm, "Same as --norm (RELION compatibility)");
+  s->add_flag("--norm,!--no_norm", opt->norm, "Per-particle noise normalisation, RELION's rlnNormCorrection (default on)");
+  s->add_flag("--scale,!--no_scale", opt->scale, "Per-group intensity-scale correction, groups by rlnGroupName or "
+              "micrograph as RELION (default on)");
+  s->add_option("--pad", opt->pad, "Oversampling of the Fourier lattices (1 or 2)")->capture_default_str();
+  s->add_option("--oversampling", opt->oversampling, "Finer pass on a grid 2^N finer (0, 1 or 2)")->capture_default_str();
+  s->add_option("--adaptive_fraction", opt->adaptive_fraction,
+                "Posterior mass of the significant coarse poses refined in the finer pass")->capture_default_str();
+  s->add_option("--maxsig", opt->max_significants, "At most this many significant coarse poses per particle "
+                "(-1: no bound; when it binds, the number of particles is logged)")->capture_default_str();
+  s->add_option("--tau2_fudge", opt->tau2_fudge, "Multiplies the signal-to-noise ratio of the references' prior")
+      ->capture_default_str();
   s->add_option("--iter", opt->max_iterations, "Maximum number of iterations (safety limit)")->capture_default_str();
   s->add_option("--max_healpix_order", opt->max_healpix_order, "Finest HEALPix order of the auto-sampling")->capture_default_str();
   s->add_flag("--pose_mean,!--pose_map", opt->pose_mean,
@@ -46,8 +55,7 @@ void add_refine3d(CLI::App& app) {
   s->add_flag("--auto_refine")->description("Accepted (RELION compatibility; refine3d is always auto-refine)");
   s->add_flag("--split_random_halves")->description("Accepted (always on)");
   s->add_flag("--dont_combine_weights_via_disc")->description("Ignored (RELION compatibility)");
-  s->add_option("--pool", *ignored_i, "Ignored (RELION compatibility)");
-  s->add_option("--oversampling", *ignored_i, "Ignored (Regula always does one level of oversampling)");
+  s->add_option("--pool", *ignored_i, "Accepted (RELION compatibility: its batch size; no effect on results)");
   s->callback([opt, ignored_i, ignored_s] { run_refine3d(*opt); });
 }
 

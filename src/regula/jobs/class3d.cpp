@@ -29,6 +29,9 @@
 #include "regula/jobs/class2d_detail.hpp"
 #include "regula/jobs/ml3d.hpp"
 #include "regula/jobs/state_io.hpp"
+#include "regula/mstep/model_update.hpp"
+#include "regula/core/exact_sum.hpp"
+#include "regula/estep/search3d.hpp"
 #include "regula/model/particles.hpp"
 #include "regula/sampling/healpix.hpp"
 #include "regula/sampling/symmetry.hpp"
@@ -54,14 +57,18 @@ std::string Class3DOptions::validate() const {
   if (sigma_ang < 0) return fmt::format("--sigma_ang: must be >= 0 degrees (got {})", sigma_ang);
   if (threads < 1) return fmt::format("--j: must be at least 1 (got {})", threads);
   if (angpix < 0) return fmt::format("--angpix: must be positive (got {})", angpix);
-  if (chunks < 1 || chunks > 64) return "chunks must be 1 to 64";
+  if (oversampling < 0 || oversampling > 2) return fmt::format("--oversampling: must be 0, 1 or 2 (got {})", oversampling);
+  if (!(adaptive_fraction > 0 && adaptive_fraction <= 1))
+    return fmt::format("--adaptive_fraction: must be in (0, 1] (got {})", adaptive_fraction);
+  if (max_significants == 0 || max_significants < -1)
+    return fmt::format("--maxsig: must be -1 (no bound) or positive (got {})", max_significants);
   return "";
 }
 
 namespace {
 
-constexpr char kMagic[8] = {'R', 'G', 'C', '3', 'D', '0', '0', '1'};
-constexpr size_t kMaxSigPairs = 48, kMaxSigTrans = 9;
+constexpr char kMagic[8] = {'R', 'G', 'C', '3', 'D', '0', '0', '2'};
+constexpr size_t kBlock = 4;  // particles per work unit (ml3d::Blocks)
 // The staged start (--staged, default for K > 1): kConsensus iterations of one consensus map with
 // pose search, then kFixed iterations classifying at the consensus poses from random subsets with
 // unregularised class maps at the --ini_high limit and uniform class fractions, then the full search.
@@ -72,7 +79,9 @@ struct State {
   double sigma2_offset = 1;
   std::vector<std::vector<double>> sigma2;  // [group][shell]
   std::vector<double> fraction, resolution;  // per class
-  std::vector<double> rot, tilt, psi, ox, oy, scale, pmax, loglik;
+  double avg_norm = 1, x_l1_max = 0;
+  std::vector<double> group_scale;  // per group
+  std::vector<double> rot, tilt, psi, ox, oy, norm, pmax, loglik;
   std::vector<int> cls, nsig;
   std::vector<Volume> maps;
 };
@@ -83,11 +92,21 @@ struct Report {
   double average_pmax = 0, loglik_sum = 0;
 };
 
-struct ChunkSums {
-  std::vector<std::unique_ptr<BackProjector>> bp;  // per class
-  std::vector<std::vector<double>> diff2, count;
-  std::vector<double> class_weight;
-  double pmax_sum = 0, loglik_sum = 0;
+enum Scalar : size_t { kPmax, kLoglik, kOffset2, kOffsetWeight, kNormSum, kBound, kScalars };
+
+// One thread's share of an iteration's sums (exact: the same bits for any split).
+struct ThreadSums {
+  ml3d::ModelSums model;
+  ExactSums scalars{kScalars};
+  void merge(const ThreadSums& o) {
+    model.merge(o.model);
+    scalars.merge(o.scalars);
+  }
+  std::vector<ExactSums*> all() {
+    std::vector<ExactSums*> v = model.all();
+    v.push_back(&scalars);
+    return v;
+  }
 };
 
 std::string num(double v) { return fmt::format("{}", v); }
@@ -118,11 +137,12 @@ class Job {
   void setup();
   void initialise();
   Report iterate();
-  void process_chunk(int c, ChunkSums& out);
-  void share_chunks(std::vector<ChunkSums>& sums);
-  // The particle masked (about the box centre); the solvent zeros (--zero_mask) or noise of
-  // `noise_sigma2` (nullptr before there is an estimate: the mean outside the mask). `unmasked`:
-  // as read (the first noise estimate without --zero_mask, as RELION's).
+  void process_particle(size_t i, ParticleImages& images, estep::Search3DWork& ws, ThreadSums& sums);
+  double norm_factor(size_t i) const { return opt_.norm && st_.norm[i] > 0 ? st_.avg_norm / st_.norm[i] : 1.0; }
+  double group_scale(size_t i) const { return opt_.scale ? st_.group_scale[size_t(groups_.group_of[i])] : 1.0; }
+  // The particle times its norm correction factor, masked (about the box centre); the solvent zeros
+  // (--zero_mask) or noise of `noise_sigma2` (nullptr before there is an estimate: the mean outside
+  // the mask). `unmasked`: as read (the first noise estimate without --zero_mask, as RELION's).
   Image read_particle(ParticleImages& images, size_t i, const std::vector<double>* noise_sigma2,
                       bool unmasked = false) const;
   std::vector<double> tau2_of(const Volume& map) const;
@@ -139,7 +159,9 @@ class Job {
   SymmetryGroup sym_;
   std::string input_star_;
   ParticleTable table_;
-  int n_ = 0, groups_ = 1, K_ = 1;
+  int n_ = 0, optics_ = 1, K_ = 1;
+  ml3d::Groups groups_;
+  std::vector<double> all_counts_, fine_counts_;
   double angpix_ = 0, radius_px_ = 0;
   State st_;
   // Per iteration.
@@ -154,11 +176,13 @@ class Job {
   std::vector<long> global_pix_;
   std::vector<double> global_psi_;
   estep::Slices global_slices_;
-  ml3d::DirectionTable table_dirs_;
-  ml3d::IterationSetup setup_;
+  DirectionTable table_dirs_;
+  estep::Search3DSetup setup_;
+  std::vector<std::unique_ptr<BackProjector>> bp_;  // per class, exact sums
   std::unique_ptr<Progress> progress_;
-  std::vector<double> new_rot_, new_tilt_, new_psi_, new_ox_, new_oy_, new_scale_, new_pmax_, new_loglik_;
-  std::vector<int> new_cls_, new_nsig_;
+  // New per-particle values, filled by each particle's owner (zeros elsewhere until the MPI sum).
+  std::vector<double> new_rot_, new_tilt_, new_psi_, new_ox_, new_oy_, new_norm_, new_pmax_, new_loglik_, new_cls_,
+      new_nsig_;
   Class3DResult files_;
 };
 
@@ -198,7 +222,9 @@ void Job::setup() {
                   table_.particles_block().name);
     for (size_t i = 0; i < N; ++i) (void)particle_ctf_params(table_, i);
   }
-  groups_ = int(table_.optics.size());
+  optics_ = int(table_.optics.size());
+  groups_ = ml3d::particle_groups(table_);
+  all_counts_ = ml3d::shell_pixel_counts(n_);
   K_ = opt_.classes;
   const double r = opt_.particle_diameter > 0 ? opt_.particle_diameter / (2 * angpix_) : n_ / 2.0 - opt_.mask_edge;
   radius_px_ = std::clamp(r, 2.0, n_ / 2.0);
@@ -209,6 +235,9 @@ Image Job::read_particle(ParticleImages& images, size_t i, const std::vector<dou
   Image img = images.read(i);
   if (img.nx() != n_ || img.ny() != n_)
     input_error("{}: image of particle {} is {}x{}, expected {}x{}", table_.where(i), i + 1, img.nx(), img.ny(), n_, n_);
+  const double f = norm_factor(i);
+  if (f != 1.0)
+    for (float& v : img) v = float(v * f);
   if (unmasked) return img;
   // About the box centre (class2d's mask follows the particle's origin, as RELION's; here not yet).
   apply_particle_mask(img, radius_px_, opt_.mask_edge, {}, ParticleSolvent{opt_.zero_mask, noise_sigma2, opt_.seed, i});
@@ -235,7 +264,18 @@ void Job::initialise() {
   st_.psi = table_.psi;
   st_.ox = table_.origin_x;
   st_.oy = table_.origin_y;
-  st_.scale.assign(N, 1.0);
+  st_.norm.assign(N, 1.0);
+  {
+    const star::Block& pb = table_.particles_block();
+    const int c = pb.column("rlnNormCorrection");
+    if (c >= 0)
+      for (size_t i = 0; i < N; ++i) {
+        const double v = pb.number(i, c);
+        st_.norm[i] = v > 0 && std::isfinite(v) ? v : 1.0;
+      }
+    st_.avg_norm = std::accumulate(st_.norm.begin(), st_.norm.end(), 0.0) / double(N);
+  }
+  st_.group_scale.assign(groups_.names.size(), 1.0);
   st_.pmax.assign(N, 0.0);
   st_.loglik.assign(N, 0.0);
   st_.cls.assign(N, 0);
@@ -246,209 +286,108 @@ void Job::initialise() {
   low_pass(ref, opt_.ini_high, angpix_);
   if (opt_.flatten_solvent) apply_spherical_mask(ref, radius_px_, opt_.mask_edge, MaskFill::Zero);
   st_.maps.assign(size_t(K_), ref);
-  // Noise: half the mean power per shell and component of the masked particles, per optics group.
-  std::vector<double> counts(hs, 0.0);
-  for (int ky = -n_ / 2; ky < n_ / 2; ++ky)
-    for (int kx = 0; kx <= n_ / 2; ++kx) {
-      if (kx == 0 && ky <= 0) continue;
-      const int s = int(std::lround(std::sqrt(double(kx * kx + ky * ky))));
-      if (s <= n_ / 2) counts[size_t(s)] += 1;
-    }
+  // Noise: half the mean power per shell and component of the masked particles, per optics group;
+  // and the largest L1 norm of an image (bounds of the back-projectors' exact sums).
   const size_t nchunk = (N + 63) / 64;
-  std::vector<std::vector<std::vector<double>>> pw(nchunk);
-  pool_.parallel_for(0, nchunk, [&](size_t c, int) {
+  std::vector<ExactSums> pw(size_t(pool_.size()), ExactSums(size_t(optics_) * (hs + 1)));
+  std::vector<double> l1max(nchunk, 0.0);
+  pool_.parallel_for(0, nchunk, [&](size_t c, int thread) {
     ParticleImages images(table_, 4);
-    pw[c].assign(size_t(groups_), std::vector<double>(hs + 1, 0.0));
     for (size_t i = c * 64; i < std::min(N, (c + 1) * 64); ++i) {
-      estep::RotatableParticle x(read_particle(images, i, nullptr, !opt_.zero_mask), 0, 0, std::nullopt, angpix_);
-      auto& row = pw[c][size_t(table_.optics_index[i])];
-      for (size_t s = 0; s < hs; ++s) row[s] += x.shell_power()[s];
-      row[hs] += 1;
+      const Image img = read_particle(images, i, nullptr, !opt_.zero_mask);
+      double l1 = 0;
+      for (float v : img) l1 += std::abs(double(v));
+      l1max[c] = std::max(l1max[c], l1);
+      estep::RotatableParticle x(img, 0, 0, std::nullopt, angpix_);
+      const size_t row = size_t(table_.optics_index[i]) * (hs + 1);
+      for (size_t s = 0; s < hs; ++s) pw[size_t(thread)][row + s].add(x.shell_power()[s]);
+      pw[size_t(thread)][row + hs].add(1.0);
     }
   });
-  st_.sigma2.assign(size_t(groups_), std::vector<double>(hs, 0.0));
-  for (int g = 0; g < groups_; ++g) {
-    std::vector<double> tot(hs + 1, 0.0);
-    for (size_t c = 0; c < nchunk; ++c)
-      for (size_t s = 0; s <= hs; ++s) tot[s] += pw[c][size_t(g)][s];
-    for (size_t s = 1; s < hs; ++s) st_.sigma2[size_t(g)][s] = tot[hs] > 0 ? tot[s] / (2 * tot[hs] * counts[s]) : 1.0;
+  for (size_t t = 1; t < pw.size(); ++t) pw[0].merge(pw[t]);
+  const std::vector<double> tot = pw[0].values();
+  st_.sigma2.assign(size_t(optics_), std::vector<double>(hs, 0.0));
+  for (int g = 0; g < optics_; ++g) {
+    const size_t row = size_t(g) * (hs + 1);
+    for (size_t s = 1; s < hs; ++s)
+      st_.sigma2[size_t(g)][s] = tot[row + hs] > 0 && all_counts_[s] > 0 ? tot[row + s] / (2 * tot[row + hs] * all_counts_[s]) : 1.0;
   }
+  st_.x_l1_max = *std::max_element(l1max.begin(), l1max.end());
   st_.sigma2_offset = std::max(1.0, opt_.offset_range * opt_.offset_range / 4.0);
 }
 
-void Job::process_chunk(int c, ChunkSums& out) {
-  const size_t N = table_.size(), C = size_t(opt_.chunks), hs = size_t(n_ / 2 + 1);
-  const size_t i0 = N * size_t(c) / C, i1 = N * size_t(c + 1) / C;
-  out.bp.clear();
-  for (int k = 0; k < K_; ++k) out.bp.push_back(std::make_unique<BackProjector>(n_, 2, r_, 3));
-  out.diff2.assign(size_t(groups_), std::vector<double>(hs, 0.0));
-  out.count = out.diff2;
-  out.class_weight.assign(size_t(K_), 0.0);
-  std::vector<double> fine_counts(hs, 0.0), all_counts(hs, 0.0);
-  for (size_t q = 0; q < px_fine_.size(); ++q) fine_counts[size_t(px_fine_.shell[q])] += 1;
-  for (int ky = -n_ / 2; ky < n_ / 2; ++ky)
-    for (int kx = 0; kx <= n_ / 2; ++kx) {
-      if (kx == 0 && ky <= 0) continue;
-      const int s = int(std::lround(std::sqrt(double(kx * kx + ky * ky))));
-      if (s <= n_ / 2) all_counts[size_t(s)] += 1;
-    }
-  ParticleImages images(table_, 8);
-  ml3d::Workspace ws;
+void Job::process_particle(size_t i, ParticleImages& images, estep::Search3DWork& ws, ThreadSums& sums) {
+  const size_t hs = size_t(n_ / 2 + 1);
+  const int g = table_.optics_index[i];
   const bool cc = setup_.cross_correlation;
-  estep::Slices fixed;
-  std::vector<float> sdata, sweight;
-  for (size_t i = i0; i < i1; ++i) {
-    check_cancelled();
-    const int g = table_.optics_index[i];
-    std::vector<float> inv_sigma2(hs, 0.0f);
-    for (size_t s = 1; s < hs; ++s) {
-      const double v = st_.sigma2[size_t(g)][s];
-      inv_sigma2[s] = cc ? 1.0f : (v > 0 ? float(1.0 / v) : 0.0f);
-    }
-    std::optional<Ctf> ctf;
-    if (opt_.ctf) ctf.emplace(particle_ctf_params(table_, i));
-    const double ox = st_.ox[i] / angpix_, oy = st_.oy[i] / angpix_;
-    estep::RotatableParticle x(read_particle(images, i, &st_.sigma2[size_t(g)]), ox, oy, ctf, angpix_);
-    // Iteration 1: each particle's sums go to a class drawn at random (seeded per particle): K
-    // different starting maps from one reference, as RELION's random subsets.
-    int random_class = 0;
-    if (random_classes_) {
-      auto rng = make_rng(opt_.seed, i, 0x43334421);
-      random_class = std::min(K_ - 1, int(uniform01(rng) * K_));
-    }
-    ml3d::ParticleResult pr;
-    if (!fixed_poses_) {
-      ml3d::ParticleInput in;
-      in.x = &x;
-      in.inv_sigma2 = inv_sigma2;
-      in.scale = st_.scale[i];
-      in.rot = st_.rot[i];
-      in.tilt = st_.tilt[i];
-      in.psi = st_.psi[i];
-      in.ox_px = ox;
-      in.oy_px = oy;
-      std::vector<BackProjector*> bps;
-      if (random_classes_ || consensus_) bps = {out.bp[size_t(random_class)].get()};
-      else for (auto& b : out.bp) bps.push_back(b.get());
-      pr = ml3d::search_particle(setup_, in, ws, bps);
-      if (random_classes_ || consensus_)
-        pr.cls = random_class, pr.class_weight.assign(size_t(K_), 0.0), pr.class_weight[size_t(random_class)] = 1;
-    } else {
-      // Poses fixed: the K classes at the particle's own pose.
-      std::vector<Euler> ang(size_t(K_), Euler{st_.rot[i], st_.tilt[i], st_.psi[i]});
-      const size_t m = px_fine_.size();
-      fixed.d = size_t(K_);
-      fixed.m = m;
-      fixed.s.resize(size_t(K_) * 2 * m);
-      fixed.s2.resize(size_t(K_) * m);
-      estep::Slices one;
-      for (int k = 0; k < K_; ++k) {
-        estep::project_orientations(*proj_[size_t(k)], px_fine_, std::span<const Euler>(&ang[0], 1), one);
-        std::copy(one.s.begin(), one.s.end(), fixed.s.begin() + long(size_t(k) * 2 * m));
-        std::copy(one.s2.begin(), one.s2.end(), fixed.s2.begin() + long(size_t(k) * m));
-      }
-      std::vector<double> prior;
-      for (int k = 0; k < K_; ++k) prior.push_back(random_classes_ ? 0.0 : std::log(std::max(st_.fraction[size_t(k)], 1e-300)));
-      const std::array<double, 2> zero{0, 0};
-      estep::search_direct(x, px_fine_, inv_sigma2, float(st_.scale[i]), fixed, std::span(&zero, 1), {}, prior, {},
-                           ws.work, ws.fine);
-      if (!ws.fine.valid) continue;
-      if (random_classes_) {
-        std::fill(ws.fine.weight.begin(), ws.fine.weight.end(), 0.0f);
-        ws.fine.weight[size_t(random_class)] = 1.0f;
-        std::fill(ws.fine.w_dir.begin(), ws.fine.w_dir.end(), 0.0);
-        ws.fine.w_dir[size_t(random_class)] = 1.0;
-        ws.fine.best_d = size_t(random_class);
-      }
-      auto used = estep::pose_sums(ws.fine, m, ws.work, sdata, sweight, 1e-5);
-      for (size_t j : used)
-        out.bp[j]->insert_pixels(px_fine_.kx, px_fine_.ky, sdata.data() + j * 2 * m, sweight.data() + j * m,
-                                 euler_to_matrix(st_.rot[i], st_.tilt[i], st_.psi[i]));
-      pr.valid = true;
-      pr.cls = int(ws.fine.best_d);
-      pr.rot = st_.rot[i];
-      pr.tilt = st_.tilt[i];
-      pr.psi = st_.psi[i];
-      pr.max_posterior = ws.fine.max_posterior;
-      pr.n_significant = ws.fine.n_significant;
-      pr.log_likelihood = ws.fine.log_likelihood;
-      pr.class_weight = ws.fine.w_dir;
-      pr.residual = estep::pose_residual(x, px_fine_, inv_sigma2, float(st_.scale[i]), *proj_[size_t(pr.cls)], pr.rot,
-                                         pr.tilt, pr.psi, {0, 0});
-      pr.scale = st_.scale[i];
-      if (opt_.norm && pr.residual.aa > 0 && pr.residual.xa > 0)
-        pr.scale = std::clamp(st_.scale[i] * pr.residual.xa / pr.residual.aa, 0.2, 5.0);
-    }
-    if (!pr.valid) continue;
-    for (size_t s = 1; s < hs; ++s) {
-      out.diff2[size_t(g)][s] += pr.residual.diff2[s];
-      out.count[size_t(g)][s] += fine_counts[s];
-      if (int(s) > px_fine_.r_max) {
-        out.diff2[size_t(g)][s] += x.shell_power()[s];
-        out.count[size_t(g)][s] += all_counts[s];
-      }
-    }
-    for (int k = 0; k < K_; ++k) out.class_weight[size_t(k)] += pr.class_weight[size_t(k)];
-    new_cls_[i] = pr.cls + 1;
-    new_rot_[i] = pr.rot;
-    new_tilt_[i] = pr.tilt;
-    new_psi_[i] = pr.psi;
-    new_ox_[i] = st_.ox[i] + pr.trans[0] * angpix_;
-    new_oy_[i] = st_.oy[i] + pr.trans[1] * angpix_;
-    new_scale_[i] = pr.scale;
-    new_pmax_[i] = pr.max_posterior;
-    new_nsig_[i] = int(pr.n_significant);
-    new_loglik_[i] = pr.log_likelihood;
-    out.pmax_sum += pr.max_posterior;
-    out.loglik_sum += pr.log_likelihood;
-    progress_->advance(1);
+  std::vector<float> inv_sigma2(hs, 0.0f);
+  for (size_t s = 1; s < hs; ++s) {
+    const double v = st_.sigma2[size_t(g)][s];
+    inv_sigma2[s] = cc ? 1.0f : (v > 0 ? float(1.0 / v) : 0.0f);
   }
-}
-
-void Job::share_chunks(std::vector<ChunkSums>& sums) {
-  const size_t N = table_.size(), C = size_t(opt_.chunks), hs = size_t(n_ / 2 + 1);
-  for (size_t k = 0; k < C; ++k) {
-    const int owner = int(k % size_t(mpi::size()));
-    ChunkSums& cs = sums[k];
-    if (mpi::rank() != owner) {
-      cs.bp.clear();
-      for (int c = 0; c < K_; ++c) cs.bp.push_back(std::make_unique<BackProjector>(n_, 2, r_, 3));
-      cs.diff2.assign(size_t(groups_), std::vector<double>(hs, 0.0));
-      cs.count = cs.diff2;
-      cs.class_weight.assign(size_t(K_), 0.0);
-    }
-    for (auto& b : cs.bp) {
-      mpi::bcast(b->raw_data().data(), b->raw_data().size() * sizeof(cfloat), owner);
-      mpi::bcast(b->raw_weight().data(), b->raw_weight().size() * sizeof(float), owner);
-    }
-    for (int g = 0; g < groups_; ++g) {
-      mpi::bcast(cs.diff2[size_t(g)].data(), hs * sizeof(double), owner);
-      mpi::bcast(cs.count[size_t(g)].data(), hs * sizeof(double), owner);
-    }
-    mpi::bcast(cs.class_weight.data(), size_t(K_) * sizeof(double), owner);
-    double s2[2] = {cs.pmax_sum, cs.loglik_sum};
-    mpi::bcast(s2, sizeof s2, owner);
-    cs.pmax_sum = s2[0];
-    cs.loglik_sum = s2[1];
-    const size_t i0 = N * k / C, i1 = N * (k + 1) / C;
-    std::vector<double*> cols = {new_rot_.data(), new_tilt_.data(), new_psi_.data(), new_ox_.data(), new_oy_.data(),
-                                 new_scale_.data(), new_pmax_.data(), new_loglik_.data()};
-    const size_t w = cols.size() + 2;
-    std::vector<double> buf((i1 - i0) * w);
-    if (mpi::rank() == owner)
-      for (size_t i = i0; i < i1; ++i) {
-        for (size_t c = 0; c < cols.size(); ++c) buf[(i - i0) * w + c] = cols[c][i];
-        buf[(i - i0) * w + cols.size()] = new_nsig_[i];
-        buf[(i - i0) * w + cols.size() + 1] = new_cls_[i];
-      }
-    mpi::bcast(buf.data(), buf.size() * sizeof(double), owner);
-    if (mpi::rank() != owner)
-      for (size_t i = i0; i < i1; ++i) {
-        for (size_t c = 0; c < cols.size(); ++c) cols[c][i] = buf[(i - i0) * w + c];
-        new_nsig_[i] = int(buf[(i - i0) * w + cols.size()]);
-        new_cls_[i] = int(buf[(i - i0) * w + cols.size() + 1]);
-      }
+  std::optional<Ctf> ctf;
+  if (opt_.ctf) ctf.emplace(particle_ctf_params(table_, i));
+  const double ox = st_.ox[i] / angpix_, oy = st_.oy[i] / angpix_;
+  estep::RotatableParticle x(read_particle(images, i, &st_.sigma2[size_t(g)]), ox, oy, ctf, angpix_);
+  // Iteration 1 (or the staged start's first classification): each particle's sums go to a class
+  // drawn at random (seeded per particle): K different starting maps from one reference, as RELION's
+  // random subsets. The search is then against the one reference (class 0 of the setup).
+  int random_class = -1;
+  if (random_classes_) {
+    auto rng = make_rng(opt_.seed, i, 0x43334421);
+    random_class = std::min(K_ - 1, int(uniform01(rng) * K_));
   }
+  std::vector<BackProjector*> route;
+  if (random_class >= 0) route = {bp_[size_t(random_class)].get()};
+  else if (consensus_) route = {bp_[0].get()};
+  else for (auto& b : bp_) route.push_back(b.get());
+  ml3d::SliceRouter sink(route);
+  estep::Search3DInput in;
+  in.x = &x;
+  in.inv_sigma2 = inv_sigma2;
+  in.scale = group_scale(i);
+  in.rot = st_.rot[i];
+  in.tilt = st_.tilt[i];
+  in.psi = st_.psi[i];
+  in.ox_px = ox;
+  in.oy_px = oy;
+  estep::Search3DResult res;
+  estep::search_particle_3d(setup_, in, ws, &sink, res);
+  new_rot_[i] = st_.rot[i];
+  new_tilt_[i] = st_.tilt[i];
+  new_psi_[i] = st_.psi[i];
+  new_ox_[i] = st_.ox[i];
+  new_oy_[i] = st_.oy[i];
+  new_norm_[i] = st_.norm[i];
+  new_pmax_[i] = st_.pmax[i];
+  new_loglik_[i] = st_.loglik[i];
+  new_cls_[i] = st_.cls[i];
+  new_nsig_[i] = st_.nsig[i];
+  progress_->advance(1);
+  if (!res.valid) return;
+  if (random_class >= 0 || consensus_) {
+    res.cls = std::max(random_class, 0);
+    res.class_weight.assign(size_t(K_), 0.0);
+    res.class_weight[size_t(res.cls)] = 1;
+  }
+  const double total_d2 =
+      ml3d::add_particle(sums.model, res, x, g, groups_.group_of[i], fine_counts_, all_counts_, px_fine_.r_max);
+  new_cls_[i] = res.cls + 1;
+  new_rot_[i] = res.rot;
+  new_tilt_[i] = res.tilt;
+  new_psi_[i] = res.psi;
+  new_ox_[i] = st_.ox[i] + res.trans[0] * angpix_;
+  new_oy_[i] = st_.oy[i] + res.trans[1] * angpix_;
+  new_pmax_[i] = res.max_posterior;
+  new_nsig_[i] = double(res.n_significant);
+  new_loglik_[i] = res.log_likelihood;
+  if (opt_.norm && !cc) new_norm_[i] = ml3d::norm_correction(st_.norm[i], st_.avg_norm, total_d2, res.weight_sum, n_);
+  sums.scalars[kNormSum].add(new_norm_[i]);
+  sums.scalars[kOffset2].add(res.offset2);
+  sums.scalars[kOffsetWeight].add(res.weight_sum);
+  sums.scalars[kPmax].add(res.max_posterior);
+  sums.scalars[kLoglik].add(res.log_likelihood);
+  if (res.significance_bound) sums.scalars[kBound].add(1.0);
 }
 
 Report Job::iterate() {
@@ -472,17 +411,21 @@ Report Job::iterate() {
   // In iteration 1 all classes are the reference: search against it alone.
   const int Ksearch = (random_classes_ || consensus_) ? 1 : K_;
   px_fine_ = estep::search_pixels(n_, r_);
+  fine_counts_.assign(hs, 0.0);
+  for (size_t q = 0; q < px_fine_.size(); ++q) fine_counts_[size_t(px_fine_.shell[q])] += 1;
   const double step = deg2rad(healpix_angular_step(order));
   const int rc = std::clamp(int(std::ceil(2.0 * n_ / (radius_px_ * step))), 6, n_ / 2);
   px_coarse_ = estep::search_pixels(n_, cc ? r_ : std::min(r_, rc));
   proj_.clear();
   for (int k = 0; k < K_; ++k) proj_.push_back(std::make_unique<Projector>(st_.maps[size_t(k)], 2, std::min(r_ + 1, n_ / 2)));
-  table_dirs_.build(order);
-  setup_ = ml3d::IterationSetup();
+  if (local) table_dirs_.build(order);
+  setup_ = estep::Search3DSetup();
   setup_.classes = Ksearch;
   for (int k = 0; k < Ksearch; ++k) setup_.proj.push_back(proj_[size_t(k)].get());
   if (Ksearch > 1)
     for (int k = 0; k < K_; ++k) setup_.log_class_prior.push_back(std::log(std::max(st_.fraction[size_t(k)], 1e-300)));
+  // The staged classification at fixed poses uses uniform fractions (the prior stays out).
+  if (unregularised_) setup_.log_class_prior.clear();
   setup_.px_coarse = &px_coarse_;
   setup_.px_fine = &px_fine_;
   setup_.local = local;
@@ -494,9 +437,10 @@ Report Job::iterate() {
   setup_.sigma_offset2 = st_.sigma2_offset;
   setup_.cross_correlation = cc;
   setup_.pose_mean = false;  // classification: the maximum, as RELION
-  setup_.fit_scale = opt_.norm;
-  setup_.max_pairs = kMaxSigPairs;
-  setup_.max_trans = kMaxSigTrans;
+  setup_.adaptive_fraction = opt_.adaptive_fraction;
+  setup_.max_significants = opt_.max_significants > 0 ? opt_.max_significants : 0;
+  setup_.oversampling = opt_.oversampling;
+  setup_.fixed_pose = fixed_poses_;
   if (!local && !fixed_poses_) {
     OrientationSampling os(order, sym_, healpix_angular_step(order));
     const size_t D = os.num_directions(), m = px_coarse_.size();
@@ -525,63 +469,92 @@ Report Job::iterate() {
     setup_.global_psi = &global_psi_;
     setup_.global_slices = &global_slices_;
   }
-  new_rot_ = st_.rot;
-  new_tilt_ = st_.tilt;
-  new_psi_ = st_.psi;
-  new_ox_ = st_.ox;
-  new_oy_ = st_.oy;
-  new_scale_ = st_.scale;
-  new_pmax_ = st_.pmax;
-  new_nsig_ = st_.nsig;
-  new_loglik_ = st_.loglik;
-  new_cls_ = st_.cls;
-
-  const int C = opt_.chunks;
-  std::vector<ChunkSums> sums(static_cast<size_t>(C));
-  std::vector<size_t> mine;
-  double my_particles = 0;
-  for (int k = 0; k < C; ++k)
-    if (k % mpi::size() == mpi::rank()) {
-      mine.push_back(static_cast<size_t>(k));
-      my_particles += double(N * size_t(k + 1) / size_t(C) - N * size_t(k) / size_t(C));
-    }
-  progress_ = std::make_unique<Progress>(fmt::format("class3d: iteration {}/{}", st_.iteration + 1, opt_.iterations),
-                                         my_particles);
-  pool_.parallel_for(0, mine.size(), [&](size_t u, int) { process_chunk(int(mine[u]), sums[mine[u]]); });
-  progress_->finish();
-  if (mpi::active()) share_chunks(sums);
-
-  // Reduce in chunk order.
-  std::vector<std::unique_ptr<BackProjector>> bp(static_cast<size_t>(K_));
-  std::vector<std::vector<double>> d2(size_t(groups_), std::vector<double>(hs, 0.0)), cnt = d2;
-  std::vector<double> cw(size_t(K_), 0.0);
-  for (int c = 0; c < C; ++c) {
-    ChunkSums& cs = sums[size_t(c)];
+  // One back-projector per class, exact sums shared by the threads (bounds as refine3d's: a
+  // particle's poses carry weight <= 1, a lattice point gets <= 4 pixels per pose).
+  {
+    double inv_s2 = 1, smax = 1, max_norm = 1;
+    if (!cc)
+      for (const auto& g : st_.sigma2)
+        for (size_t s = 1; s <= size_t(r_) && s < g.size(); ++s)
+          if (g[s] > 0) inv_s2 = std::max(inv_s2, 1.0 / g[s]);
+    if (opt_.scale)
+      for (double v : st_.group_scale) smax = std::max(smax, v);
+    if (opt_.norm)
+      for (size_t i = 0; i < N; ++i) max_norm = std::max(max_norm, norm_factor(i));
+    const double np = double(N) + 1;
+    bp_.clear();
     for (int k = 0; k < K_; ++k) {
-      if (c == 0) bp[size_t(k)] = std::move(cs.bp[size_t(k)]);
-      else bp[size_t(k)]->add(*cs.bp[size_t(k)]);
-      cw[size_t(k)] += cs.class_weight[size_t(k)];
+      bp_.push_back(std::make_unique<BackProjector>(n_, 2, r_, 3));
+      bp_.back()->start_exact(4 * np * smax * inv_s2 * std::max(st_.x_l1_max, 1e-30) * max_norm * 4,
+                              4 * np * smax * smax * inv_s2);
     }
-    for (int g = 0; g < groups_; ++g)
-      for (size_t s = 0; s < hs; ++s) {
-        d2[size_t(g)][s] += cs.diff2[size_t(g)][s];
-        cnt[size_t(g)][s] += cs.count[size_t(g)][s];
-      }
-    rep.average_pmax += cs.pmax_sum;
-    rep.loglik_sum += cs.loglik_sum;
-    cs.bp.clear();
   }
-  rep.average_pmax /= double(N);
-  for (int g = 0; g < groups_; ++g)
-    for (size_t s = 1; s < hs; ++s)
-      if (cnt[size_t(g)][s] > 0) st_.sigma2[size_t(g)][s] = d2[size_t(g)][s] / (2 * cnt[size_t(g)][s]);
+  for (auto* v : {&new_rot_, &new_tilt_, &new_psi_, &new_ox_, &new_oy_, &new_norm_, &new_pmax_, &new_loglik_, &new_cls_,
+                  &new_nsig_})
+    v->assign(N, 0.0);
+
+  const ml3d::Blocks blocks(N, kBlock);
+  progress_ = std::make_unique<Progress>(fmt::format("{}: iteration {}/{}", job_, st_.iteration + 1, opt_.iterations),
+                                         blocks.my_particles);
+  const size_t T = size_t(pool_.size());
+  std::vector<ThreadSums> tsums(T);
+  std::vector<std::unique_ptr<ParticleImages>> readers(T);
+  std::vector<estep::Search3DWork> works(T);
+  for (size_t t = 0; t < T; ++t) {
+    tsums[t].model.init(size_t(optics_), hs, groups_.names.size(), size_t(K_));
+    readers[t] = std::make_unique<ParticleImages>(table_, 8);
+  }
+  pool_.parallel_for(0, blocks.mine.size(), [&](size_t u, int thread) {
+    const size_t b = blocks.mine[u];
+    for (size_t i = blocks.begin(b); i < blocks.end(b); ++i) {
+      check_cancelled();
+      process_particle(i, *readers[size_t(thread)], works[size_t(thread)], tsums[size_t(thread)]);
+    }
+  });
+  progress_->finish();
+  readers.clear();
+  works.clear();
+  for (size_t t = 1; t < T; ++t) tsums[0].merge(tsums[t]);
+  ThreadSums& sums = tsums[0];
+  if (mpi::active()) {
+    for (auto& b : bp_) {
+      std::span<int64_t> e = b->exact_sums();
+      mpi::allreduce_sum(e.data(), e.size());
+    }
+    ml3d::reduce_over_ranks(sums.all());
+    for (auto* v : {&new_rot_, &new_tilt_, &new_psi_, &new_ox_, &new_oy_, &new_norm_, &new_pmax_, &new_loglik_,
+                    &new_cls_, &new_nsig_})
+      mpi::allreduce_sum(v->data(), v->size());
+  }
+  for (auto& b : bp_) b->finish_exact();
+  const std::vector<double> sc = sums.scalars.values();
+  rep.average_pmax = sc[kPmax] / double(N);
+  rep.loglik_sum = sc[kLoglik];
+  if (sc[kBound] > 0)
+    spdlog::info("{}: --maxsig {} bound the significant poses of {} particles", job_, opt_.max_significants, sc[kBound]);
+
+  // Noise, scales, offsets prior and norm (not after the CC iteration, as RELION).
+  if (!cc) {
+    const std::vector<double> d2 = sums.model.d2.values(), npx = sums.model.npix.values();
+    for (int g = 0; g < optics_; ++g) {
+      const size_t base = size_t(g) * hs;
+      std::vector<double> a(d2.begin() + long(base), d2.begin() + long(base + hs)),
+          b(npx.begin() + long(base), npx.begin() + long(base + hs));
+      st_.sigma2[size_t(g)] = mstep::noise_spectrum(a, b, st_.sigma2[size_t(g)]);
+    }
+    if (opt_.scale)
+      st_.group_scale = mstep::group_scales(sums.model.xa.values(), sums.model.aa.values(), groups_.count, st_.group_scale);
+    if (sc[kOffsetWeight] > 0) st_.sigma2_offset = std::max(sc[kOffset2] / (2 * sc[kOffsetWeight]), 0.25);
+    if (opt_.norm) st_.avg_norm = sc[kNormSum] / double(N);
+  }
 
   // M-step per class: MAP reconstruction with the class's own power spectrum as prior.
   rep.ssnr.assign(size_t(K_), std::vector<double>(hs, 0.0));
   rep.tau2.assign(size_t(K_), {});
   std::vector<Volume> maps(static_cast<size_t>(K_));
-  pool_.parallel_for(0, size_t(K_), [&](size_t k, int) {
-    if (!sym_.is_c1()) bp[k]->symmetrise(sym_.operators());
+  for (size_t k = 0; k < size_t(K_); ++k) {
+    if (!sym_.is_c1()) bp_[k]->symmetrise(sym_.operators());
+    bp_[k]->make_hermitian();
     ReconstructOptions ro;
     ro.tau2 = tau2_of(st_.maps[k]);
     // Unregularised maps while classifying from random subsets: with the tau2 prior a class with
@@ -590,14 +563,20 @@ Report Job::iterate() {
     if (unregularised_) ro.tau2.clear();
     ro.tau2_fudge = opt_.tau2_fudge;
     ro.max_frequency = r_;
-    const std::vector<double> mw = bp[k]->mean_weight_per_shell();
-    for (size_t s = 0; s < hs; ++s) rep.ssnr[k][s] = s <= size_t(r_) ? mw[s] * ro.tau2[s] * opt_.tau2_fudge : 0.0;
+    ro.nthreads = opt_.threads;
+    const std::vector<double> mw = bp_[k]->mean_weight_per_shell();
+    for (size_t s = 0; s < hs; ++s)
+      rep.ssnr[k][s] = s <= size_t(r_) && !ro.tau2.empty() ? mw[s] * ro.tau2[s] * opt_.tau2_fudge : 0.0;
     rep.tau2[k] = ro.tau2;
-    maps[k] = bp[k]->reconstruct(ro);
+    maps[k] = bp_[k]->reconstruct(ro);
     if (opt_.flatten_solvent) apply_spherical_mask(maps[k], radius_px_, opt_.mask_edge, MaskFill::Zero);
-  });
+    bp_[k].reset();
+  }
+  bp_.clear();
+  proj_.clear();
   if (consensus_)
     for (int k = 1; k < K_; ++k) maps[size_t(k)] = maps[0];
+  const std::vector<double> cw = sums.model.cls.values();
   const double wtot = std::accumulate(cw.begin(), cw.end(), 0.0);
   int best = 0;
   for (int k = 0; k < K_; ++k) {
@@ -620,18 +599,12 @@ Report Job::iterate() {
   st_.ox = new_ox_;
   st_.oy = new_oy_;
   st_.pmax = new_pmax_;
-  st_.nsig = new_nsig_;
   st_.loglik = new_loglik_;
-  st_.cls = new_cls_;
-  if (opt_.norm) {
-    double mean = 0;
-    for (double s : new_scale_) mean += s;
-    mean /= double(N);
-    for (size_t i = 0; i < N; ++i) st_.scale[i] = cc ? 1.0 : new_scale_[i] / mean;
+  if (opt_.norm) st_.norm = new_norm_;
+  for (size_t i = 0; i < N; ++i) {
+    st_.nsig[i] = int(std::lround(new_nsig_[i]));
+    st_.cls[i] = int(std::lround(new_cls_[i]));
   }
-  double s2 = 0;
-  for (size_t i = 0; i < N; ++i) s2 += (st_.ox[i] * st_.ox[i] + st_.oy[i] * st_.oy[i]) / (angpix_ * angpix_);
-  st_.sigma2_offset = std::max(s2 / (2.0 * double(N)), 0.25);
   st_.iteration += 1;
   return rep;
 }
@@ -681,7 +654,10 @@ void Job::write_iteration(const Report& rep) {
     pb.set_column("rlnMaxValueProbDistribution", st_.pmax);
     pb.set_column("rlnNrOfSignificantSamples", st_.nsig);
     pb.set_column("rlnLogLikeliContribution", st_.loglik);
-    pb.set_column("rlnNormCorrection", st_.scale);
+    pb.set_column("rlnNormCorrection", st_.norm);
+    std::vector<int> gn(N);
+    for (size_t i = 0; i < N; ++i) gn[i] = groups_.group_of[i] + 1;
+    pb.set_column("rlnGroupNumber", gn);
     out.write(files_.data_star);
   }
   // Model.
@@ -722,7 +698,14 @@ void Job::write_iteration(const Report& rep) {
       b.set_column("rlnSsnrMap", ssnr);
       b.set_column("rlnReferenceTau2", tau2);
     }
-    for (int gi = 0; gi < groups_; ++gi) {
+    {
+      star::Block& gb = doc.add_block("model_groups", true);
+      std::vector<int> gnum(st_.group_scale.size());
+      for (size_t k = 0; k < gnum.size(); ++k) gb.add_row(), gnum[k] = int(k) + 1;
+      gb.set_column("rlnGroupNumber", gnum);
+      gb.set_column("rlnGroupScaleCorrection", st_.group_scale);
+    }
+    for (int gi = 0; gi < optics_; ++gi) {
       star::Block& b = doc.add_block(fmt::format("model_optics_group_{}", gi + 1), true);
       std::vector<int> idx;
       std::vector<double> s2;
@@ -757,10 +740,12 @@ void Job::write_iteration(const Report& rep) {
     w.buf_.append(kMagic, 8);
     for (int64_t v : {int64_t(st_.iteration), int64_t(st_.current_shells), int64_t(st_.n), int64_t(N)}) w.i(v);
     w.d(st_.sigma2_offset);
+    w.d(st_.avg_norm);
+    w.d(st_.x_l1_max);
     w.i(int64_t(st_.sigma2.size()));
     for (const auto& s : st_.sigma2) w.vd(s);
-    for (const auto* v : {&st_.fraction, &st_.resolution, &st_.rot, &st_.tilt, &st_.psi, &st_.ox, &st_.oy, &st_.scale,
-                          &st_.pmax, &st_.loglik})
+    for (const auto* v : {&st_.group_scale, &st_.fraction, &st_.resolution, &st_.rot, &st_.tilt, &st_.psi, &st_.ox,
+                          &st_.oy, &st_.norm, &st_.pmax, &st_.loglik})
       w.vd(*v);
     w.vi(st_.cls);
     w.vi(st_.nsig);
@@ -796,7 +781,10 @@ void Job::write_iteration(const Report& rep) {
   o.set("regulaReference", opt_.reference);
   o.set("regulaInputStarFile", input_star_);
   o.set("regulaPixelSize", num(opt_.angpix));
-  o.set("regulaChunks", std::to_string(opt_.chunks));
+  o.set("rlnDoScaleCorrection", opt_.scale ? "1" : "0");
+  o.set("rlnAdaptiveOversampleOrder", std::to_string(opt_.oversampling));
+  o.set("rlnAdaptiveOversampleFraction", num(opt_.adaptive_fraction));
+  o.set("rlnMaxNumberOfSignificantPoses", std::to_string(opt_.max_significants));
   o.set("regulaStateFile", state);
   for (int k = 0; k < K_; ++k) o.set(fmt::format("regulaClass{}Map", k + 1), files_.class_maps[size_t(k)]);
   star::write(files_.optimiser_star, doc);
@@ -830,7 +818,10 @@ void Job::read_checkpoint() {
   opt_.firstiter_cc = get_d("regulaFirstIterCc") != 0;
   opt_.reference = get("regulaReference");
   opt_.angpix = get_d("regulaPixelSize");
-  opt_.chunks = int(get_d("regulaChunks"));
+  opt_.scale = get_d("rlnDoScaleCorrection") != 0;
+  opt_.oversampling = int(get_d("rlnAdaptiveOversampleOrder"));
+  opt_.adaptive_fraction = get_d("rlnAdaptiveOversampleFraction");
+  opt_.max_significants = long(get_d("rlnMaxNumberOfSignificantPoses"));
   input_star_ = get("regulaInputStarFile");
   state_io::Reader r(get("regulaStateFile"), job_);
   r.magic(kMagic);
@@ -840,10 +831,12 @@ void Job::read_checkpoint() {
   st_.n = int(r.i());
   const size_t N = size_t(r.i());
   st_.sigma2_offset = r.d();
+  st_.avg_norm = r.d();
+  st_.x_l1_max = r.d();
   const size_t G = r.count();
   for (size_t g = 0; g < G; ++g) st_.sigma2.push_back(r.vd());
-  for (auto* v : {&st_.fraction, &st_.resolution, &st_.rot, &st_.tilt, &st_.psi, &st_.ox, &st_.oy, &st_.scale, &st_.pmax,
-                  &st_.loglik})
+  for (auto* v : {&st_.group_scale, &st_.fraction, &st_.resolution, &st_.rot, &st_.tilt, &st_.psi, &st_.ox, &st_.oy,
+                  &st_.norm, &st_.pmax, &st_.loglik})
     *v = r.vd();
   st_.cls = r.vi();
   st_.nsig = r.vi();
@@ -881,7 +874,8 @@ Class3DResult Job::run() {
   }
   if (!cont) input_star_ = std::filesystem::absolute(opt_.input).lexically_normal().string();
   setup();
-  if (cont && (st_.n != n_ || st_.rot.size() != table_.size() || st_.sigma2.size() != size_t(groups_)))
+  if (cont && (st_.n != n_ || st_.rot.size() != table_.size() || st_.sigma2.size() != size_t(optics_) ||
+               st_.group_scale.size() != groups_.names.size()))
     input_error("{}: the checkpoint (box {}, {} particles) does not match {}", opt_.continue_from, st_.n,
                 st_.rot.size(), input_star_);
   if (!cont) initialise();  // reads the reference and every image: the last input checks, before any output

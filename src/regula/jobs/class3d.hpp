@@ -38,10 +38,13 @@ struct Class3DOptions {
   uint64_t seed = 1;                // --seed: random initial subsets
   std::string continue_from;        // --continue ROOT_itNNN_optimiser.star
   double angpix = 0;                // --angpix
-  bool norm = true;                 // --norm/--scale
+  bool norm = true;                 // --norm: per-particle noise normalisation (rlnNormCorrection)
+  bool scale = true;                // --scale: per-group intensity-scale correction
   int incr_size = 10;               // shells added above the best class resolution
   double mask_edge = 5;             // px
-  int chunks = 8;                   // particle chunks (fixed: results do not depend on --j)
+  double adaptive_fraction = 0.999; // --adaptive_fraction
+  long max_significants = -1;       // --maxsig (-1: no bound)
+  int oversampling = 1;             // --oversampling (0, 1 or 2)
   bool staged = true;               // --staged / --random_subsets: for K > 1, consensus iterations, then
                                     // classification at fixed poses, then the full search (else
                                     // RELION's random subsets from iteration 1)

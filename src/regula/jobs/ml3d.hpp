@@ -1,7 +1,6 @@
-// The per-particle search of the 3D jobs (refine3d, class3d): a coarse pass over (class, direction,
-// in-plane angle, translation), separable in direction and angle, then a fine pass in the
-// particle's own frame on the poses holding 0.999 of the coarse posterior, one level finer; the
-// weighted sums go into one back-projector per class (docs/refine3d.md#the-e-step).
+// What the 3D jobs (refine3d, class3d, initial_model) share around the E-step of estep/search3d.hpp:
+// the reference reader, the routing of weighted slices into back-projectors, the fixed work units
+// over threads and MPI ranks, and the exact sums of the M-step's inputs.
 #pragma once
 #include <array>
 #include <cstddef>
@@ -9,7 +8,10 @@
 #include <string>
 #include <vector>
 
+#include "regula/core/exact_sum.hpp"
 #include "regula/estep/pose_search.hpp"
+#include "regula/estep/search3d.hpp"
+#include "regula/model/particles.hpp"
 #include "regula/imaging/backprojector.hpp"
 #include "regula/imaging/projector.hpp"
 #include "regula/io/mrc.hpp"
@@ -24,82 +26,70 @@ namespace regula::ml3d {
 // Input errors name the file and both values.
 Volume read_reference(const std::string& path, double angpix, int n);
 
-// Unit quaternion (w, x, y, z) of a rotation and back (for posterior mean orientations).
-std::array<double, 4> to_quaternion(const Mat3& R);
-Mat3 from_quaternion(std::array<double, 4> q);
-double wrap180(double a);
-double angle_between(const Vec3& a, const Vec3& b);  // degrees
+// Routes the E-step's weighted slices of class c into back-projector c (nullptr: dropped).
+class SliceRouter : public estep::SliceSink {
+ public:
+  explicit SliceRouter(std::vector<BackProjector*> bp) : bp_(std::move(bp)) {}
+  void insert(int cls, std::span<const float> kx, std::span<const float> ky, const float* data, const float* weight,
+              const Mat3& A) override {
+    if (BackProjector* b = bp_[size_t(cls)]) b->insert_pixels(kx, ky, data, weight, A);
+  }
+  void insert_many(int cls, std::span<const float> kx, std::span<const float> ky, const float* data,
+                   const float* weight, std::span<const Mat3> A) override {
+    if (BackProjector* b = bp_[size_t(cls)]) b->insert_slices(kx, ky, data, weight, A);
+  }
 
-// HEALPix pixel centres of one order (NEST index = position), with their unit vectors.
-struct DirectionTable {
-  int order = -1;
-  std::vector<std::array<double, 2>> rot_tilt;
-  std::vector<Vec3> v;
-  void build(int order);
+ private:
+  std::vector<BackProjector*> bp_;
 };
 
-// What all particles of an iteration share. Pointers must outlive the searches.
-struct IterationSetup {
-  int classes = 1;
-  std::vector<const Projector*> proj;      // per class (padding 2, r_max above px_fine's limit)
-  std::vector<double> log_class_prior;     // per class; empty: uniform (no term)
-  const estep::SearchPixels* px_coarse = nullptr;
-  const estep::SearchPixels* px_fine = nullptr;
-  const estep::SearchPixels* px_sums = nullptr;  // pixels of the weighted sums (null: px_fine)
-  bool local = false;                      // local searches around the previous pose
-  int order = 2;                           // HEALPix order of the coarse pass
-  double sigma_ang = 15;                   // local: Gaussian prior sigma, degrees
-  // Global searches: the directions of the asymmetric unit and their NEST pixels (one copy per
-  // class, class-major), the in-plane angles, and the coarse slices of every class (class-major).
-  const std::vector<std::array<double, 2>>* global_dirs = nullptr;
-  const std::vector<long>* global_pix = nullptr;
-  const std::vector<double>* global_psi = nullptr;
-  const estep::Slices* global_slices = nullptr;
-  const DirectionTable* table = nullptr;   // order `order`: local windows
-  std::vector<std::array<double, 2>> trans;  // coarse translations, px (relative to the current origin)
-  double offset_step = 1;                  // px
-  double sigma_offset2 = 1;                // px^2 per component (prior on the total offset)
-  bool cross_correlation = false;          // --firstiter_cc: hard assignment, scale fitted
-  bool pose_mean = true;                   // posterior mean pose (else the maximum)
-  // The point group of the map (null: C1). The posterior mean averages each orientation's symmetry
-  // copy A R closest to the best orientation: copies of one pose are all the same pose.
-  const SymmetryGroup* symmetry = nullptr;
-  bool fit_scale = false;                  // norm correction from the best pose
-  size_t max_pairs = 48, max_trans = 9;    // caps of the significant coarse set
+// The work units of an iteration: blocks of `block` particles in index order; block b belongs to
+// MPI rank b mod size. Threads take whole blocks of their rank. Every sum of the iteration is exact
+// (ExactSum, BackProjector::start_exact), so the split never changes a bit of the results.
+struct Blocks {
+  Blocks(size_t n_particles, size_t block);
+  size_t n = 0, block = 1;
+  std::vector<size_t> mine;  // this rank's blocks
+  double my_particles = 0;
+  size_t begin(size_t b) const { return b * block; }
+  size_t end(size_t b) const { return std::min(n, (b + 1) * block); }
 };
 
-struct ParticleInput {
-  const estep::RotatableParticle* x = nullptr;  // moved by its current origin
-  std::span<const float> inv_sigma2;            // per shell
-  double scale = 1;                             // s (the kernels use it in single precision)
-  double rot = 0, tilt = 0, psi = 0;            // previous pose (local searches)
-  double ox_px = 0, oy_px = 0;                  // current origin, px (offset prior)
+// The exact sums of one set of particles (a half set, or all) that the M-step needs.
+struct ModelSums {
+  ExactSums d2, npix;  // noise: [optics group * (n/2+1) + shell]: sum_w |X - s C P|^2, sum_w pixels
+  ExactSums xa, aa;    // scale correction per group: sum_w C Re(conj(X) P), sum_w C^2 |P|^2
+  ExactSums cls;       // posterior mass per class
+  void init(size_t optics, size_t shells, size_t groups, size_t classes);
+  void merge(const ModelSums& o);
+  std::vector<ExactSums*> all() { return {&d2, &npix, &xa, &aa, &cls}; }
 };
 
-struct ParticleResult {
-  bool valid = false;
-  int cls = 0;                       // 0-based class of the best pose
-  double rot = 0, tilt = 0, psi = 0;
-  std::array<double, 2> trans{0, 0};  // px, to add to the origin
-  double max_posterior = 0, log_likelihood = 0;
-  size_t n_significant = 0;
-  std::vector<double> class_weight;  // posterior mass per class
-  estep::PoseResidual residual;      // at the pose, at the scale below
-  double scale = 1;                  // new scale (fit_scale), else the input's
-};
+// Adds one particle's posterior-weighted sums: the residuals at the E-step's pixels (fine_counts
+// pixels per shell, up to r_fine), the particle's own power beyond them (no signal there), the
+// scale products and the class masses. Returns sum_s of the residuals (for the norm correction).
+double add_particle(ModelSums& sums, const estep::Search3DResult& res, const estep::RotatableParticle& x, int optics,
+                    int group, const std::vector<double>& fine_counts, const std::vector<double>& all_counts, int r_fine);
 
-struct Workspace {
-  estep::SearchWork work;
-  estep::PoseResult coarse, fine;
-  estep::Slices local_slices, fine_slices;
-  std::vector<float> sdata, sweight;
-  std::vector<std::array<double, 2>> cdirs;
-  std::vector<long> cpix;
-};
+// RELION's norm correction of a particle (rlnNormCorrection) from its weighted residual power over
+// the whole image (total_d2, our unnormalised FFT of an n x n image; weight_sum its posterior mass):
+// old / avg * sqrt(2 * total / weight) / n^2, i.e. the residual's standard deviation per pixel.
+double norm_correction(double old_norm, double avg_norm, double total_d2, double weight_sum, int n);
 
-// Searches one particle and adds its weighted sums to bp[class] (bp may hold nulls for classes
-// whose sums are not wanted).
-ParticleResult search_particle(const IterationSetup& setup, const ParticleInput& in, Workspace& ws,
-                               std::span<BackProjector* const> bp);
+// Sums every ExactSums over the MPI ranks (exact, so the same bits on every rank and for any
+// number of ranks). No-op without mpirun.
+void reduce_over_ranks(const std::vector<ExactSums*>& sums);
+
+// Pixels per shell 0..n/2 of the non-redundant half plane (kx > 0, or kx == 0 and ky > 0).
+std::vector<double> shell_pixel_counts(int n);
+
+// RELION's particle groups: by rlnGroupName when present, else by micrograph (rlnMicrographName),
+// else one group. group_of[i] is 0-based; names in order of first appearance.
+struct Groups {
+  std::vector<int> group_of;
+  std::vector<std::string> names;
+  std::vector<double> count;  // particles per group
+};
+Groups particle_groups(const ParticleTable& table);
 
 }  // namespace regula::ml3d

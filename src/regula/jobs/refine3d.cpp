@@ -12,13 +12,15 @@
 
 #include "regula/core/atomic_file.hpp"
 #include "regula/core/cancel.hpp"
-#include "regula/core/mpi.hpp"
 #include "regula/core/error.hpp"
+#include "regula/core/exact_sum.hpp"
+#include "regula/core/mpi.hpp"
 #include "regula/core/parallel.hpp"
 #include "regula/core/progress.hpp"
 #include "regula/core/random.hpp"
 #include "regula/estep/pose_search.hpp"
 #include "regula/estep/scores.hpp"
+#include "regula/estep/search3d.hpp"
 #include "regula/imaging/backprojector.hpp"
 #include "regula/imaging/filter.hpp"
 #include "regula/imaging/fsc.hpp"
@@ -29,6 +31,7 @@
 #include "regula/jobs/ml3d.hpp"
 #include "regula/jobs/refine3d_detail.hpp"
 #include "regula/model/particles.hpp"
+#include "regula/mstep/model_update.hpp"
 #include "regula/sampling/healpix.hpp"
 #include "regula/sampling/symmetry.hpp"
 
@@ -44,8 +47,8 @@ std::string Refine3DOptions::validate() const {
   if (particle_diameter < 0) return fmt::format("--particle_diameter: must be >= 0 Å (got {})", particle_diameter);
   if (healpix_order < 0 || healpix_order > 5)
     return fmt::format("--healpix_order: must be 0 to 5 (got {})", healpix_order);
-  if (auto_local_healpix_order < 0 || auto_local_healpix_order > 7)
-    return fmt::format("--auto_local_healpix_order: must be 0 to 7 (got {})", auto_local_healpix_order);
+  if (auto_local_healpix_order < 0 || auto_local_healpix_order > 9)
+    return fmt::format("--auto_local_healpix_order: must be 0 to 9 (got {})", auto_local_healpix_order);
   if (!(offset_range >= 0)) return fmt::format("--offset_range: must be >= 0 px (got {})", offset_range);
   if (!(offset_step > 0)) return fmt::format("--offset_step: must be > 0 px (got {})", offset_step);
   if (offset_range / offset_step > 20)
@@ -55,8 +58,15 @@ std::string Refine3DOptions::validate() const {
   if (threads < 1) return fmt::format("--j: must be at least 1 (got {})", threads);
   if (angpix < 0) return fmt::format("--angpix: must be positive (got {})", angpix);
   if (max_iterations < 1) return fmt::format("--iter: must be at least 1 (got {})", max_iterations);
-  if (chunks < 1 || chunks > 64) return "chunks per half must be 1 to 64";
-  if (max_healpix_order < healpix_order || max_healpix_order > 7) return "--max_healpix_order: must be in [healpix_order, 7]";
+  if (max_healpix_order < healpix_order || max_healpix_order > 9)
+    return "--max_healpix_order: must be in [healpix_order, 9]";
+  if (pad < 1 || pad > 3) return fmt::format("--pad: must be 1, 2 or 3 (got {})", pad);
+  if (oversampling < 0 || oversampling > 2) return fmt::format("--oversampling: must be 0, 1 or 2 (got {})", oversampling);
+  if (!(adaptive_fraction > 0 && adaptive_fraction <= 1))
+    return fmt::format("--adaptive_fraction: must be in (0, 1] (got {})", adaptive_fraction);
+  if (max_significants == 0 || max_significants < -1)
+    return fmt::format("--maxsig: must be -1 (no bound) or positive (got {})", max_significants);
+  if (!(tau2_fudge > 0)) return fmt::format("--tau2_fudge: must be positive (got {})", tau2_fudge);
   return "";
 }
 
@@ -65,15 +75,38 @@ namespace {
 using refine3d_detail::IterationReport;
 using refine3d_detail::State;
 constexpr double kFscThreshold = 0.143;
-// Caps on the coarse (direction, in-plane angle) pairs and translations whose children the fine
-// pass evaluates (in order of decreasing coarse posterior; the 0.999 mass usually needs fewer).
-constexpr size_t kMaxSigPairs = 48, kMaxSigTrans = 9;
+// Particles per work unit: threads and MPI ranks take whole blocks, so any number of them has work
+// (the results do not depend on the split: every sum is exact, see below).
+constexpr size_t kBlock = 4;
+// RELION's constants (ml_optimiser.h, ml_optimiser.cpp).
+constexpr int kMinresMap = 5;          // --minres_map: the current resolution is at least this shell
+constexpr int kIncrSize = 10;          // shells added beyond the current resolution
+constexpr double kAccPvalue = 4.60517; // exp(-4.6) = 0.01: the accuracy estimates' threshold
+constexpr size_t kAccTrials = 100;     // particles of the accuracy estimates
 
-// One task's accumulators: a back-projector and noise sums of a chunk of one half.
-struct ChunkSums {
-  std::unique_ptr<BackProjector> bp;
-  std::vector<std::vector<double>> diff2, count;  // [group][shell]
-  double pmax_sum = 0, loglik_sum = 0, ang_change = 0, off_change = 0;
+// Scalars of an iteration, summed exactly.
+enum Scalar : size_t {
+  kPmax, kLoglik, kAngChange, kOffChange2, kChangeCount, kOffset2, kOffsetWeight, kNormSum, kBound, kScalars
+};
+
+// One thread's share of an iteration's sums: the M-step's inputs per half, and scalars. All exact,
+// so merging threads' and ranks' sums in any order gives the same bits.
+struct ThreadSums {
+  std::array<ml3d::ModelSums, 2> half;
+  ExactSums scalars{kScalars};
+  void init(size_t optics, size_t hs, size_t groups) {
+    for (auto& h : half) h.init(optics, hs, groups, 1);
+  }
+  void merge(const ThreadSums& o) {
+    for (int h = 0; h < 2; ++h) half[size_t(h)].merge(o.half[size_t(h)]);
+    scalars.merge(o.scalars);
+  }
+  std::vector<ExactSums*> all() {
+    std::vector<ExactSums*> v = half[0].all(), w = half[1].all();
+    v.insert(v.end(), w.begin(), w.end());
+    v.push_back(&scalars);
+    return v;
+  }
 };
 
 class Job {
@@ -85,55 +118,61 @@ class Job {
   void setup();
   void initialise();
   IterationReport iterate(bool final);
-  void process_chunk(int h, int c, bool final, ChunkSums& out);
-  void update_sampling(const IterationReport& rep);
-  // The particle masked (about the box centre); the solvent zeros (--zero_mask) or noise of
-  // `noise_sigma2` (nullptr before there is an estimate: the mean outside the mask). `unmasked`:
-  // as read (the first noise estimate without --zero_mask, as RELION's).
+  void estimate_accuracy();
+  void update_sampling();
+  void update_after(const IterationReport& rep);
+  void process_particle(size_t i, bool final, ParticleImages& images, estep::Search3DWork& ws, ThreadSums& sums);
+  // The particle masked about the box centre; the solvent zeros (--zero_mask) or noise of
+  // `noise_sigma2` (nullptr before there is an estimate: the mean outside the mask); multiplied by
+  // RELION's norm correction factor. `unmasked`: as read (the first noise estimate).
   Image read_particle(ParticleImages& images, size_t i, const std::vector<double>* noise_sigma2,
                       bool unmasked = false) const;
-  int coarse_shells(int order) const;
+  int coarse_shells() const;
   int shell_of(double A) const { return int(std::lround(n_ * angpix_ / A)); }
   double shell_to_A(double s) const { return s > 0 ? n_ * angpix_ / s : 999.0; }
   bool cc_iteration() const { return opt_.firstiter_cc && st_.iteration == 0; }
+  double fine_step() const { return healpix_angular_step(st_.order) / double(1 << opt_.oversampling); }
+  double norm_factor(size_t i) const { return opt_.norm && st_.norm[i] > 0 ? st_.avg_norm / st_.norm[i] : 1.0; }
+  double group_scale(int h, size_t i) const {
+    return opt_.scale ? st_.group_scale[size_t(h) * groups_.names.size() + size_t(groups_.group_of[i])] : 1.0;
+  }
   void mask_reference(Volume& map) const;
+  refine3d_detail::Files write_final(const IterationReport& rep);
 
   Refine3DOptions opt_;
   ThreadPool pool_;
   SymmetryGroup sym_;
   std::string input_star_;
   ParticleTable table_;
-  int n_ = 0, groups_ = 1;
+  ml3d::Groups groups_;
+  int n_ = 0, optics_ = 1;
   double angpix_ = 0, radius_px_ = 0;
   Volume solvent_mask_;
   std::array<std::vector<size_t>, 2> members_;  // particle indices per half
   State st_;
   // Per iteration:
   int r_ = 0, rc_ = 0;
-  bool local_ = false;
   estep::SearchPixels px_fine_, px_coarse_, px_all_;
+  std::vector<double> fine_counts_, all_counts_;
   std::array<std::unique_ptr<Projector>, 2> proj_;
   std::vector<std::array<double, 2>> global_dirs_;
+  std::vector<long> global_pix_;
   std::vector<double> global_psi_;
   std::array<estep::Slices, 2> global_slices_;
-  ml3d::DirectionTable local_table_;
-  std::array<ml3d::IterationSetup, 2> setup_;  // per half
-  std::vector<std::array<double, 2>> trans_;
+  DirectionTable local_table_;
+  std::array<estep::Search3DSetup, 2> setup_;  // per half
+  std::array<std::unique_ptr<BackProjector>, 2> bp_;
   std::unique_ptr<Progress> progress_;
-  // New per-particle values of the iteration.
-  std::vector<double> new_rot_, new_tilt_, new_psi_, new_ox_, new_oy_, new_scale_, new_pmax_, new_loglik_;
-  std::vector<int> new_nsig_;
-  // Convergence and the final iteration.
-  bool converged_ = false;
+  // New per-particle values of the iteration (filled by the owner of each particle; zeros elsewhere
+  // until the MPI sum).
+  std::vector<double> new_rot_, new_tilt_, new_psi_, new_ox_, new_oy_, new_norm_, new_pmax_, new_loglik_, new_nsig_;
+  // The final iteration.
   Volume final_map_;
   std::vector<double> final_fsc_;
   double final_resolution_ = 0;
   struct FinalFiles {
     std::string map, half1, half2, data, model, bild, png;
   } final_files_;
-  std::vector<long> global_pix_;
-  refine3d_detail::Files write_final(const IterationReport& rep);
-  void share_chunks(std::vector<ChunkSums>& sums);
 };
 
 void Job::setup() {
@@ -162,7 +201,8 @@ void Job::setup() {
   }
   if (opt_.ctf)
     for (size_t i = 0; i < N; ++i) (void)particle_ctf_params(table_, i);
-  groups_ = int(table_.optics.size());
+  optics_ = int(table_.optics.size());
+  groups_ = ml3d::particle_groups(table_);
   const double r = opt_.particle_diameter > 0 ? opt_.particle_diameter / (2 * angpix_) : n_ / 2.0 - opt_.mask_edge;
   radius_px_ = std::clamp(r, 2.0, n_ / 2.0);
   if (!opt_.solvent_mask.empty()) {
@@ -174,6 +214,7 @@ void Job::setup() {
       if (!(solvent_mask_[i] >= -1e-3f && solvent_mask_[i] <= 1.001f))
         input_error("{}: mask values must be in [0, 1] (voxel {} is {})", opt_.solvent_mask, i, solvent_mask_[i]);
   }
+  all_counts_ = ml3d::shell_pixel_counts(n_);
 }
 
 Image Job::read_particle(ParticleImages& images, size_t i, const std::vector<double>* noise_sigma2,
@@ -181,6 +222,9 @@ Image Job::read_particle(ParticleImages& images, size_t i, const std::vector<dou
   Image img = images.read(i);
   if (img.nx() != n_ || img.ny() != n_)
     input_error("{}: image of particle {} is {}x{}, expected {}x{}", table_.where(i), i + 1, img.nx(), img.ny(), n_, n_);
+  const double f = norm_factor(i);
+  if (f != 1.0)
+    for (float& v : img) v = float(v * f);
   if (unmasked) return img;
   // About the box centre (class2d's mask follows the particle's origin, as RELION's; here not yet).
   apply_particle_mask(img, radius_px_, opt_.mask_edge, {}, ParticleSolvent{opt_.zero_mask, noise_sigma2, opt_.seed, i});
@@ -201,15 +245,29 @@ void Job::initialise() {
   st_ = State();
   st_.n = n_;
   st_.order = opt_.healpix_order;
+  st_.local = opt_.healpix_order >= opt_.auto_local_healpix_order;
   st_.offset_range = opt_.offset_range;
   st_.offset_step = opt_.offset_step;
   st_.current_shells = std::clamp(shell_of(opt_.ini_high), 4, n_ / 2);
+  st_.res_shell = st_.current_shells;
   st_.rot = table_.rot;
   st_.tilt = table_.tilt;
   st_.psi = table_.psi;
   st_.ox = table_.origin_x;
   st_.oy = table_.origin_y;
-  st_.scale.assign(N, 1.0);
+  // rlnNormCorrection of the input when present (RELION keeps it), else 1.
+  st_.norm.assign(N, 1.0);
+  {
+    const star::Block& pb = table_.particles_block();
+    const int c = pb.column("rlnNormCorrection");
+    if (c >= 0)
+      for (size_t i = 0; i < N; ++i) {
+        const double v = pb.number(i, c);
+        st_.norm[i] = v > 0 && std::isfinite(v) ? v : 1.0;
+      }
+    st_.avg_norm = std::accumulate(st_.norm.begin(), st_.norm.end(), 0.0) / double(N);
+  }
+  st_.group_scale.assign(2 * groups_.names.size(), 1.0);
   st_.pmax.assign(N, 0.0);
   st_.loglik.assign(N, 0.0);
   st_.nsig.assign(N, 0);
@@ -230,151 +288,238 @@ void Job::initialise() {
   low_pass(ref, opt_.ini_high, angpix_);
   mask_reference(ref);
   st_.maps = {ref, ref};
-  // Noise: half the mean power per shell and component, per half and optics group.
+  // Noise: half the mean power per shell and component, per half and optics group; and the largest
+  // L1 norm of an image (a bound of the back-projectors' exact sums).
   const size_t hs = size_t(n_ / 2 + 1);
-  st_.sigma2.assign(2, std::vector<std::vector<double>>(size_t(groups_), std::vector<double>(hs, 0.0)));
-  std::vector<double> counts(hs, 0.0);
-  for (int ky = -n_ / 2; ky < n_ / 2; ++ky)
-    for (int kx = 0; kx <= n_ / 2; ++kx) {
-      if (kx == 0 && ky <= 0) continue;
-      const int s = int(std::lround(std::sqrt(double(kx * kx + ky * ky))));
-      if (s <= n_ / 2) counts[size_t(s)] += 1;
-    }
-  const size_t nchunk = (N + 63) / 64;
-  std::vector<std::vector<std::vector<double>>> pw(nchunk);
+  st_.sigma2.assign(2, std::vector<std::vector<double>>(size_t(optics_), std::vector<double>(hs, 0.0)));
+  const size_t nblocks = (N + 63) / 64;
+  std::vector<ExactSums> pw(size_t(pool_.size()), ExactSums(size_t(2 * optics_) * (hs + 1)));
+  std::vector<double> l1max(nblocks, 0.0);
   Progress prog("refine3d: noise spectra", double(N));
-  pool_.parallel_for(0, nchunk, [&](size_t c, int) {
+  pool_.parallel_for(0, nblocks, [&](size_t c, int thread) {
     ParticleImages images(table_, 4);
-    pw[c].assign(size_t(2 * groups_), std::vector<double>(hs + 1, 0.0));
     for (size_t i = c * 64; i < std::min(N, (c + 1) * 64); ++i) {
       Image img = read_particle(images, i, nullptr, !opt_.zero_mask);
+      double l1 = 0;
+      for (float v : img) l1 += std::abs(double(v));
+      l1max[c] = std::max(l1max[c], l1);
       estep::RotatableParticle x(img, 0, 0, std::nullopt, angpix_);
-      auto& row = pw[c][size_t((st_.half[i] - 1) * groups_ + table_.optics_index[i])];
-      for (size_t s = 0; s < hs; ++s) row[s] += x.shell_power()[s];
-      row[hs] += 1;
+      const size_t row = size_t((st_.half[i] - 1) * optics_ + table_.optics_index[i]) * (hs + 1);
+      for (size_t s = 0; s < hs; ++s) pw[size_t(thread)][row + s].add(x.shell_power()[s]);
+      pw[size_t(thread)][row + hs].add(1.0);
     }
     prog.advance(double(std::min(N, (c + 1) * 64) - c * 64));
   });
   prog.finish();
+  for (size_t t = 1; t < pw.size(); ++t) pw[0].merge(pw[t]);
+  const std::vector<double> tot = pw[0].values();
   for (int h = 0; h < 2; ++h)
-    for (int g = 0; g < groups_; ++g) {
-      std::vector<double> tot(hs + 1, 0.0);
-      for (size_t c = 0; c < nchunk; ++c)
-        for (size_t s = 0; s <= hs; ++s) tot[s] += pw[c][size_t(h * groups_ + g)][s];
+    for (int g = 0; g < optics_; ++g) {
+      const size_t row = size_t(h * optics_ + g) * (hs + 1);
       for (size_t s = 1; s < hs; ++s)
-        st_.sigma2[size_t(h)][size_t(g)][s] = tot[hs] > 0 ? tot[s] / (2 * tot[hs] * counts[s]) : 1.0;
+        st_.sigma2[size_t(h)][size_t(g)][s] =
+            tot[row + hs] > 0 && all_counts_[s] > 0 ? tot[row + s] / (2 * tot[row + hs] * all_counts_[s]) : 1.0;
     }
+  st_.x_l1_max = *std::max_element(l1max.begin(), l1max.end());
   st_.sigma2_offset = std::max(1.0, opt_.offset_range * opt_.offset_range / 4.0);
 }
 
-// Frequency limit of the coarse pass: where one angular step moves the particle edge by one pixel.
-int Job::coarse_shells(int order) const {
-  const double step = deg2rad(healpix_angular_step(order));
-  const int r = int(std::ceil(n_ / (2.0 * kPi * radius_px_ * step) * 2.0 * kPi));
-  return std::clamp(r, 6, n_ / 2);
+// Frequency limit of the coarse pass (RELION: the resolution at which one angular step moves the
+// particle edge by 1/1.2 of it, rounded up; never beyond the E-step's limit).
+int Job::coarse_shells() const {
+  const double D = 2 * radius_px_ * angpix_;
+  const double rotated = healpix_angular_step(st_.order) / 360.0 * kPi * D;  // Å moved by one step
+  const double coarse_res = rotated / 1.2;
+  return std::clamp(int(std::ceil(n_ * angpix_ / coarse_res)), 6, n_ / 2);
 }
 
-void Job::process_chunk(int h, int c, bool final, ChunkSums& out) {
-  const std::vector<size_t>& mem = members_[size_t(h)];
-  const size_t C = size_t(opt_.chunks);
-  const size_t i0 = mem.size() * size_t(c) / C, i1 = mem.size() * size_t(c + 1) / C;
-  const size_t hs = size_t(n_ / 2 + 1);
-  out.bp = std::make_unique<BackProjector>(n_, 2, r_, 3);
-  out.diff2.assign(size_t(groups_), std::vector<double>(hs, 0.0));
-  out.count = out.diff2;
-  ParticleImages images(table_, 8);
-  ml3d::Workspace ws;
-  const bool cc = cc_iteration();
-  std::vector<double> fine_counts(hs, 0.0);
-  for (size_t q = 0; q < px_fine_.size(); ++q) fine_counts[size_t(px_fine_.shell[q])] += 1;
-  std::vector<double> all_counts(hs, 0.0);
-  for (int ky = -n_ / 2; ky < n_ / 2; ++ky)
-    for (int kx = 0; kx <= n_ / 2; ++kx) {
-      if (kx == 0 && ky <= 0) continue;
-      const int s = int(std::lround(std::sqrt(double(kx * kx + ky * ky))));
-      if (s <= n_ / 2) all_counts[size_t(s)] += 1;
-    }
-
-  for (size_t k = i0; k < i1; ++k) {
-    check_cancelled();
-    const size_t i = mem[k];
-    const int g = table_.optics_index[i];
-    std::vector<float> inv_sigma2(hs, 0.0f);
-    for (size_t s = 1; s < hs; ++s) {
-      const double v = st_.sigma2[size_t(h)][size_t(g)][s];
-      inv_sigma2[s] = cc ? 1.0f : (v > 0 ? float(1.0 / v) : 0.0f);
-    }
-    Image img = read_particle(images, i, &st_.sigma2[size_t(h)][size_t(g)]);
+// RELION's calculateExpectedAngularErrors: for particles of the data set at their current poses,
+// the smallest rotation (of rot, tilt or psi, chosen at random) and shift (of x or y) of the
+// reference whose CTF-weighted difference over the E-step's pixels reaches exp(-4.6) = 0.01 in the
+// likelihood ratio; averaged over the particles.
+void Job::estimate_accuracy() {
+  const size_t N = table_.size();
+  const size_t trials = std::min(kAccTrials, N);
+  const estep::SearchPixels px = estep::search_pixels(n_, st_.current_shells);
+  const size_t m = px.size();
+  std::vector<double> rot_err(trials, 0.0), trans_err(trials, 0.0);
+  std::array<std::unique_ptr<Projector>, 2> P;
+  for (int h = 0; h < 2; ++h) P[size_t(h)] = std::make_unique<Projector>(st_.maps[size_t(h)], opt_.pad, std::min(st_.current_shells + 1, n_ / 2));
+  pool_.parallel_for(0, trials, [&](size_t t, int) {
+    const size_t i = t * N / trials;  // spread over the data set
+    const int h = st_.half[i] - 1, g = table_.optics_index[i];
     std::optional<Ctf> ctf;
     if (opt_.ctf) ctf.emplace(particle_ctf_params(table_, i));
-    const double ox = st_.ox[i] / angpix_, oy = st_.oy[i] / angpix_;  // current offsets, px
-    estep::RotatableParticle x(img, ox, oy, ctf, angpix_);
-    ml3d::ParticleInput in;
-    in.x = &x;
-    in.inv_sigma2 = inv_sigma2;
-    in.scale = st_.scale[i];
-    in.rot = st_.rot[i];
-    in.tilt = st_.tilt[i];
-    in.psi = st_.psi[i];
-    in.ox_px = ox;
-    in.oy_px = oy;
-    BackProjector* bps[1] = {out.bp.get()};
-    const ml3d::ParticleResult pr = ml3d::search_particle(setup_[size_t(h)], in, ws, bps);
-    if (!pr.valid) {
-      spdlog::warn("refine3d: particle {} has no finite likelihood; its pose is kept", i + 1);
-      continue;
-    }
-    const double rot = pr.rot, tilt = pr.tilt, psi = pr.psi;
-    const std::array<double, 2> bt = pr.trans;
-    const estep::PoseResidual& res = pr.residual;
-    for (size_t s = 1; s < hs; ++s) {
-      out.diff2[size_t(g)][s] += res.diff2[s];
-      out.count[size_t(g)][s] += fine_counts[s];
-      if (int(s) > px_fine_.r_max) {
-        out.diff2[size_t(g)][s] += x.shell_power()[s];
-        out.count[size_t(g)][s] += all_counts[s];
+    std::vector<double> c2(m, 1.0), w(m);
+    for (size_t q = 0; q < m; ++q) {
+      if (ctf) {
+        const double f = 1.0 / (n_ * angpix_), c = ctf->value(px.kx[q] * f, px.ky[q] * f);
+        c2[q] = c * c;
       }
+      const double s2 = st_.sigma2[size_t(h)][size_t(g)][size_t(px.shell[q])];
+      w[q] = s2 > 0 ? c2[q] / (2 * s2) : 0.0;
     }
-    new_scale_[i] = pr.scale;
-    new_rot_[i] = rot;
-    new_tilt_[i] = tilt;
-    new_psi_[i] = psi;
-    new_ox_[i] = st_.ox[i] + bt[0] * angpix_;
-    new_oy_[i] = st_.oy[i] + bt[1] * angpix_;
-    new_pmax_[i] = pr.max_posterior;
-    new_nsig_[i] = int(pr.n_significant);
-    new_loglik_[i] = pr.log_likelihood;
-    out.pmax_sum += pr.max_posterior;
-    out.loglik_sum += pr.log_likelihood;
-    if (st_.iteration > 0) {
-      // Modulo the group: a particle moving to another copy of its pose has not changed.
-      out.ang_change += symmetric_distance_deg(euler_to_matrix(rot, tilt, psi),
-                                               euler_to_matrix(st_.rot[i], st_.tilt[i], st_.psi[i]), sym_);
-      out.off_change += std::hypot(new_ox_[i] - st_.ox[i], new_oy_[i] - st_.oy[i]);
+    const double sc = group_scale(h, i);
+    std::vector<float> a(2 * m), a2(m), b(2 * m), b2(m);
+    estep::project_orientation(*P[size_t(h)], px, {st_.rot[i], st_.tilt[i], st_.psi[i]}, a.data(), a2.data());
+    auto rng = make_rng(opt_.seed, 0x414343, uint64_t(st_.iteration) * N + i);  // "ACC"
+    for (int mode = 0; mode < 2; ++mode) {
+      double err = 0, snr = 0;
+      while (snr <= kAccPvalue) {
+        double step;
+        if (mode == 0)
+          step = err < 0.2 ? 0.05 : err < 1 ? 0.1 : err < 2 ? 0.2 : err < 5 ? 0.5 : err < 10 ? 1.0 : err < 20 ? 2.0 : 5.0;
+        else
+          step = err < 1 ? 0.1 : err < 2 ? 0.2 : err < 5 ? 0.5 : err < 10 ? 1.0 : 2.0;
+        err += step;
+        if ((mode == 0 && err > 30) || (mode == 1 && err > 10)) break;
+        const double u = uniform01(rng);
+        snr = 0;
+        if (mode == 0) {
+          Euler e{st_.rot[i], st_.tilt[i], st_.psi[i]};
+          (u < 1.0 / 3 ? e.rot : u < 2.0 / 3 ? e.tilt : e.psi) += err;
+          estep::project_orientation(*P[size_t(h)], px, e, b.data(), b2.data());
+          for (size_t q = 0; q < m; ++q) {
+            const double dr = a[2 * q] - b[2 * q], di = a[2 * q + 1] - b[2 * q + 1];
+            snr += sc * sc * w[q] * (dr * dr + di * di);
+          }
+        } else {
+          const double dx = u < 0.5 ? err : 0.0, dy = u < 0.5 ? 0.0 : err;
+          for (size_t q = 0; q < m; ++q) {
+            // |F - F exp(-2 pi i k.d / n)|^2 = 2 |F|^2 (1 - cos(2 pi k.d / n))
+            const double ph = 2 * kPi * (px.kx[q] * dx + px.ky[q] * dy) / n_;
+            snr += sc * sc * w[q] * 2.0 * a2[q] * (1 - std::cos(ph));
+          }
+        }
+      }
+      (mode == 0 ? rot_err : trans_err)[t] = err;
     }
-    (void)final;
-    progress_->advance(1);
+  });
+  st_.acc_rot = std::accumulate(rot_err.begin(), rot_err.end(), 0.0) / double(trials);
+  st_.acc_trans = std::accumulate(trans_err.begin(), trans_err.end(), 0.0) / double(trials) * angpix_;
+}
+
+// RELION's updateAngularSampling for auto-refine: a finer sampling once the resolution and the poses
+// have stopped improving, until the fine angular step is below 75% of the estimated accuracy.
+void Job::update_sampling() {
+  const bool proceed_res = st_.nr_iter_wo_resol_gain >= 1;
+  const bool proceed_changes = st_.nr_iter_wo_large_changes >= 1;
+  if (!(proceed_res && proceed_changes)) return;
+  const double step = fine_step();
+  if (step < 0.75 * st_.acc_rot || st_.order >= opt_.max_healpix_order) {
+    st_.fine_enough = 1;
+    return;
   }
+  st_.fine_enough = 0;
+  const double os = double(1 << opt_.oversampling);
+  double new_step = std::min(1.5, 0.75 * st_.acc_trans) * os;  // Å, coarse
+  double new_range = 5 * st_.current_change_off;                // Å
+  const double old_step = st_.offset_step * angpix_, old_range = st_.offset_range * angpix_;
+  new_range = std::min(1.3 * old_range, new_range);
+  new_range = std::max(new_range, 1.5 * new_step);
+  if (new_range > 4 * new_step) new_range /= 2;
+  if (new_range > 4 * new_step) new_step = new_range / 4;
+  if (new_step > old_step) {
+    new_step = old_step;
+    new_range = old_range;
+  }
+  st_.order += 1;
+  st_.offset_step = new_step / angpix_;
+  st_.offset_range = new_range / angpix_;
+  st_.nr_iter_wo_resol_gain = 0;
+  st_.nr_iter_wo_large_changes = 0;
+  st_.smallest_change_ang = st_.smallest_change_off = 999;
+  if (st_.order >= opt_.auto_local_healpix_order) st_.local = 1;
+}
+
+void Job::process_particle(size_t i, bool final, ParticleImages& images, estep::Search3DWork& ws, ThreadSums& sums) {
+  const size_t hs = size_t(n_ / 2 + 1);
+  const int h = st_.half[i] - 1, g = table_.optics_index[i];
+  const size_t grp = size_t(groups_.group_of[i]);
+  const bool cc = cc_iteration();
+  std::vector<float> inv_sigma2(hs, 0.0f);
+  for (size_t s = 1; s < hs; ++s) {
+    const double v = st_.sigma2[size_t(h)][size_t(g)][s];
+    inv_sigma2[s] = cc ? 1.0f : (v > 0 ? float(1.0 / v) : 0.0f);
+  }
+  Image img = read_particle(images, i, &st_.sigma2[size_t(h)][size_t(g)]);
+  std::optional<Ctf> ctf;
+  if (opt_.ctf) ctf.emplace(particle_ctf_params(table_, i));
+  const double ox = st_.ox[i] / angpix_, oy = st_.oy[i] / angpix_;  // current offsets, px
+  estep::RotatableParticle x(img, ox, oy, ctf, angpix_);
+  estep::Search3DInput in;
+  in.x = &x;
+  in.inv_sigma2 = inv_sigma2;
+  in.scale = group_scale(h, i);
+  in.rot = st_.rot[i];
+  in.tilt = st_.tilt[i];
+  in.psi = st_.psi[i];
+  in.ox_px = ox;
+  in.oy_px = oy;
+  ml3d::SliceRouter sink({bp_[size_t(h)].get()});
+  estep::Search3DResult res;
+  estep::search_particle_3d(setup_[size_t(h)], in, ws, &sink, res);
+  // Values of particles that are not searched keep the previous ones.
+  new_rot_[i] = st_.rot[i];
+  new_tilt_[i] = st_.tilt[i];
+  new_psi_[i] = st_.psi[i];
+  new_ox_[i] = st_.ox[i];
+  new_oy_[i] = st_.oy[i];
+  new_norm_[i] = st_.norm[i];
+  new_pmax_[i] = st_.pmax[i];
+  new_loglik_[i] = st_.loglik[i];
+  new_nsig_[i] = st_.nsig[i];
+  progress_->advance(1);
+  if (!res.valid) {
+    spdlog::warn("refine3d: particle {} has no finite likelihood; its pose is kept", i + 1);
+    return;
+  }
+  new_rot_[i] = res.rot;
+  new_tilt_[i] = res.tilt;
+  new_psi_[i] = res.psi;
+  new_ox_[i] = st_.ox[i] + res.trans[0] * angpix_;
+  new_oy_[i] = st_.oy[i] + res.trans[1] * angpix_;
+  new_pmax_[i] = res.max_posterior;
+  new_nsig_[i] = double(res.n_significant);
+  new_loglik_[i] = res.log_likelihood;
+  const double total_d2 = ml3d::add_particle(sums.half[size_t(h)], res, x, g, int(grp), fine_counts_, all_counts_,
+                                             px_fine_.r_max);
+  sums.scalars[kOffset2].add(res.offset2);
+  sums.scalars[kOffsetWeight].add(res.weight_sum);
+  if (opt_.norm && !cc) new_norm_[i] = ml3d::norm_correction(st_.norm[i], st_.avg_norm, total_d2, res.weight_sum, n_);
+  sums.scalars[kNormSum].add(new_norm_[i]);
+  sums.scalars[kPmax].add(res.max_posterior);
+  sums.scalars[kLoglik].add(res.log_likelihood);
+  if (res.significance_bound) sums.scalars[kBound].add(1.0);
+  // Changes of the best pose (RELION's hidden-variable changes), modulo the group.
+  sums.scalars[kAngChange].add(symmetric_distance_deg(euler_to_matrix(res.rot, res.tilt, res.psi),
+                                                      euler_to_matrix(st_.rot[i], st_.tilt[i], st_.psi[i]), sym_));
+  const double dx = new_ox_[i] - st_.ox[i], dy = new_oy_[i] - st_.oy[i];
+  sums.scalars[kOffChange2].add(dx * dx + dy * dy);
+  sums.scalars[kChangeCount].add(1.0);
+  (void)final;
 }
 
 IterationReport Job::iterate(bool final) {
   const size_t N = table_.size(), hs = size_t(n_ / 2 + 1);
+  const bool cc = cc_iteration();
   IterationReport rep;
   // The E-step scores pixels up to the current limit; the final iteration reconstructs at all
   // frequencies (r_ = n/2) from the same posteriors.
   const int r_score = st_.current_shells;
   r_ = final ? n_ / 2 : r_score;
-  local_ = st_.order >= opt_.auto_local_healpix_order;
-  rc_ = std::min(r_score, 2 * coarse_shells(st_.order));
-  if (cc_iteration()) rc_ = r_score;
+  rc_ = cc ? r_score : std::min(r_score, coarse_shells());
   rep.used_shells = r_;
   px_fine_ = estep::search_pixels(n_, r_score);
   if (final) px_all_ = estep::search_pixels(n_, r_);
   px_coarse_ = estep::search_pixels(n_, rc_);
-  local_table_.build(st_.order);
-  trans_ = translations(st_.offset_range, st_.offset_step);
-  for (int h = 0; h < 2; ++h) proj_[size_t(h)] = std::make_unique<Projector>(st_.maps[size_t(h)], 2, std::min(r_ + 1, n_ / 2));
-  if (!local_) {
+  fine_counts_.assign(hs, 0.0);
+  for (size_t q = 0; q < px_fine_.size(); ++q) fine_counts_[size_t(px_fine_.shell[q])] += 1;
+  if (st_.local) local_table_.build(st_.order);
+  const std::vector<std::array<double, 2>> trans = translations(st_.offset_range, st_.offset_step);
+  for (int h = 0; h < 2; ++h)
+    proj_[size_t(h)] = std::make_unique<Projector>(st_.maps[size_t(h)], opt_.pad, std::min(r_score + 1, n_ / 2));
+  if (!st_.local) {
     OrientationSampling os(st_.order, sym_, healpix_angular_step(st_.order));
     global_dirs_.resize(os.num_directions());
     global_pix_.resize(os.num_directions());
@@ -386,96 +531,137 @@ IterationReport Job::iterate(bool final) {
     for (size_t p = 0; p < os.num_psi(); ++p) global_psi_[p] = os.psi(p);
     pool_.parallel_for(0, 2, [&](size_t h, int) { estep::project_slices(*proj_[h], px_coarse_, global_dirs_, global_slices_[h]); });
   }
+  // The scale correction uses the shells where the signal is strong (RELION: data_vs_prior > 3,
+  // i.e. FSC > 0.75 of the last iteration).
+  std::vector<char> scale_shells(hs, 0);
+  for (size_t s = 1; s < hs && s < st_.fsc.size(); ++s) scale_shells[s] = st_.fsc[s] > 0.75;
   for (int h = 0; h < 2; ++h) {
-    ml3d::IterationSetup& S = setup_[size_t(h)];
-    S = ml3d::IterationSetup();
+    estep::Search3DSetup& S = setup_[size_t(h)];
+    S = estep::Search3DSetup();
     S.classes = 1;
     S.proj = {proj_[size_t(h)].get()};
     S.px_coarse = &px_coarse_;
     S.px_fine = &px_fine_;
     S.px_sums = final ? &px_all_ : nullptr;
-    S.local = local_;
+    S.local = st_.local;
     S.order = st_.order;
-    S.sigma_ang = healpix_angular_step(st_.order);  // RELION: 2 x the oversampled step
+    S.sigma_ang = 2 * fine_step();  // RELION: sigma2_rot = (2 x the oversampled step)^2
     S.global_dirs = &global_dirs_;
     S.global_pix = &global_pix_;
     S.global_psi = &global_psi_;
     S.global_slices = &global_slices_[size_t(h)];
     S.table = &local_table_;
-    S.trans = trans_;
+    S.trans = trans;
     S.offset_step = st_.offset_step;
     S.sigma_offset2 = st_.sigma2_offset;
-    S.cross_correlation = cc_iteration();
+    S.cross_correlation = cc;
     S.pose_mean = opt_.pose_mean;
     S.symmetry = &sym_;
-    S.fit_scale = opt_.norm;
-    S.max_pairs = kMaxSigPairs;
-    S.max_trans = kMaxSigTrans;
+    S.adaptive_fraction = opt_.adaptive_fraction;
+    S.max_significants = opt_.max_significants > 0 ? opt_.max_significants : 0;
+    S.oversampling = opt_.oversampling;
+    S.scale_shells = scale_shells;
   }
-  new_rot_ = st_.rot;
-  new_tilt_ = st_.tilt;
-  new_psi_ = st_.psi;
-  new_ox_ = st_.ox;
-  new_oy_ = st_.oy;
-  new_scale_ = st_.scale;
-  new_pmax_ = st_.pmax;
-  new_nsig_ = st_.nsig;
-  new_loglik_ = st_.loglik;
+  // One back-projector per half, exact sums shared by all threads. Bounds of the sums (see
+  // BackProjector::start_exact): per particle, the weights of its poses sum to at most 1 and a
+  // lattice point gets at most 4 pixels' spreading; a pixel's weight is s^2 C^2 / sigma2 <= s^2 /
+  // min sigma2 and its data |s C X / sigma2| <= s L1(image) / min sigma2 (|X(k)| <= L1), the image
+  // scaled by the norm correction and, outside the mask, noise (margin 4).
+  double max_norm = 1;
+  if (opt_.norm)
+    for (size_t i = 0; i < N; ++i) max_norm = std::max(max_norm, norm_factor(i));
+  for (int h = 0; h < 2; ++h) {
+    double inv_s2 = 1, smax = 1;
+    if (!cc)
+      for (const auto& g : st_.sigma2[size_t(h)])
+        for (size_t s = 1; s <= size_t(r_) && s < g.size(); ++s)
+          if (g[s] > 0) inv_s2 = std::max(inv_s2, 1.0 / g[s]);
+    if (opt_.scale)
+      for (size_t k = 0; k < groups_.names.size(); ++k) smax = std::max(smax, st_.group_scale[size_t(h) * groups_.names.size() + k]);
+    const double np = double(members_[size_t(h)].size()) + 1;
+    bp_[size_t(h)] = std::make_unique<BackProjector>(n_, opt_.pad, r_, 3);
+    bp_[size_t(h)]->start_exact(4 * np * smax * inv_s2 * std::max(st_.x_l1_max, 1e-30) * max_norm * 4,
+                                4 * np * smax * smax * inv_s2);
+  }
+  for (auto* v : {&new_rot_, &new_tilt_, &new_psi_, &new_ox_, &new_oy_, &new_norm_, &new_pmax_, &new_loglik_, &new_nsig_})
+    v->assign(N, 0.0);
 
-  // Tasks = (half, chunk); under MPI task k belongs to rank k mod size.
-  const int C = opt_.chunks;
-  std::vector<ChunkSums> sums(size_t(2 * C));
-  std::vector<size_t> mine;
-  double my_particles = 0;
-  for (int k = 0; k < 2 * C; ++k)
-    if (k % mpi::size() == mpi::rank()) {
-      mine.push_back(size_t(k));
-      const auto& mem = members_[size_t(k / C)];
-      my_particles += double(mem.size() * size_t(k % C + 1) / size_t(C) - mem.size() * size_t(k % C) / size_t(C));
-    }
+  const ml3d::Blocks blocks(N, kBlock);
   progress_ = std::make_unique<Progress>(
-      fmt::format("refine3d: iteration {}{}", st_.iteration + 1, final ? " (final)" : ""), my_particles);
-  pool_.parallel_for(0, mine.size(), [&](size_t u, int) {
-    const size_t task = mine[u];
-    process_chunk(int(task) / C, int(task) % C, final, sums[task]);
+      fmt::format("refine3d: iteration {}{}", st_.iteration + 1, final ? " (final)" : ""), blocks.my_particles);
+  const size_t T = size_t(pool_.size());
+  std::vector<ThreadSums> tsums(T);
+  std::vector<std::unique_ptr<ParticleImages>> readers(T);
+  std::vector<estep::Search3DWork> works(T);
+  for (size_t t = 0; t < T; ++t) {
+    tsums[t].init(size_t(optics_), hs, groups_.names.size());
+    readers[t] = std::make_unique<ParticleImages>(table_, 8);
+  }
+  pool_.parallel_for(0, blocks.mine.size(), [&](size_t u, int thread) {
+    const size_t b = blocks.mine[u];
+    for (size_t i = blocks.begin(b); i < blocks.end(b); ++i) {
+      check_cancelled();
+      process_particle(i, final, *readers[size_t(thread)], works[size_t(thread)], tsums[size_t(thread)]);
+    }
   });
   progress_->finish();
-  if (mpi::active()) share_chunks(sums);
-
-  // Reduce in a fixed order.
-  std::array<std::unique_ptr<BackProjector>, 2> bp;
-  for (int h = 0; h < 2; ++h) {
-    bp[size_t(h)] = std::move(sums[size_t(h * C)].bp);
-    for (int c = 1; c < C; ++c) {
-      bp[size_t(h)]->add(*sums[size_t(h * C + c)].bp);
-      sums[size_t(h * C + c)].bp.reset();
+  readers.clear();
+  works.clear();
+  for (size_t t = 1; t < T; ++t) tsums[0].merge(tsums[t]);
+  ThreadSums& sums = tsums[0];
+  // Over the ranks: exact sums of the integers; per-particle values have one non-zero owner.
+  if (mpi::active()) {
+    for (int h = 0; h < 2; ++h) {
+      std::span<int64_t> e = bp_[size_t(h)]->exact_sums();
+      mpi::allreduce_sum(e.data(), e.size());
     }
-    std::vector<std::vector<double>> d2(size_t(groups_), std::vector<double>(hs, 0.0)), cnt = d2;
-    for (int c = 0; c < C; ++c) {
-      const ChunkSums& cs = sums[size_t(h * C + c)];
-      for (int g = 0; g < groups_; ++g)
-        for (size_t s = 0; s < hs; ++s) {
-          d2[size_t(g)][s] += cs.diff2[size_t(g)][s];
-          cnt[size_t(g)][s] += cs.count[size_t(g)][s];
-        }
-      rep.average_pmax += cs.pmax_sum;
-      rep.loglik_sum += cs.loglik_sum;
-      rep.angular_change += cs.ang_change;
-      rep.offset_change += cs.off_change;
-    }
-    for (int g = 0; g < groups_; ++g)
-      for (size_t s = 1; s < hs; ++s)
-        if (cnt[size_t(g)][s] > 0) st_.sigma2[size_t(h)][size_t(g)][s] = d2[size_t(g)][s] / (2 * cnt[size_t(g)][s]);
+    ml3d::reduce_over_ranks(sums.all());
+    for (auto* v : {&new_rot_, &new_tilt_, &new_psi_, &new_ox_, &new_oy_, &new_norm_, &new_pmax_, &new_loglik_, &new_nsig_})
+      mpi::allreduce_sum(v->data(), v->size());
   }
-  rep.average_pmax /= double(N);
-  rep.angular_change /= double(N);
-  rep.offset_change /= double(N);
+  for (int h = 0; h < 2; ++h) bp_[size_t(h)]->finish_exact();
+  const std::vector<double> sc = sums.scalars.values();
+  rep.average_pmax = sc[kPmax] / double(N);
+  rep.loglik_sum = sc[kLoglik];
+  rep.significance_bound = size_t(std::lround(sc[kBound]));
+  const double cnt = std::max(1.0, sc[kChangeCount]);
+  rep.angular_change = sc[kAngChange] / cnt;
+  rep.offset_change = std::sqrt(sc[kOffChange2] / (2 * cnt));  // RELION: sqrt(sum |d|^2 / (2 count))
+  if (rep.significance_bound > 0)
+    spdlog::info("refine3d: --maxsig {} bound the significant poses of {} particles", opt_.max_significants,
+                 rep.significance_bound);
+
+  // ---- M-step: noise, scales, offsets prior, norm ----
+  if (!cc) {
+    for (int h = 0; h < 2; ++h) {
+      const std::vector<double> d2 = sums.half[size_t(h)].d2.values(), npx = sums.half[size_t(h)].npix.values();
+      for (int g = 0; g < optics_; ++g) {
+        const size_t base = size_t(g) * hs;
+        std::vector<double> a(d2.begin() + long(base), d2.begin() + long(base + hs)),
+            b(npx.begin() + long(base), npx.begin() + long(base + hs));
+        st_.sigma2[size_t(h)][size_t(g)] = mstep::noise_spectrum(a, b, st_.sigma2[size_t(h)][size_t(g)]);
+      }
+      if (opt_.scale) {
+        const size_t G = groups_.names.size();
+        std::vector<double> old(st_.group_scale.begin() + long(size_t(h) * G), st_.group_scale.begin() + long(size_t(h + 1) * G));
+        std::vector<double> cnt_h(G, 0.0);
+        for (size_t i = 0; i < N; ++i)
+          if (st_.half[i] == h + 1) cnt_h[size_t(groups_.group_of[i])] += 1;
+        const std::vector<double> ns =
+            mstep::group_scales(sums.half[size_t(h)].xa.values(), sums.half[size_t(h)].aa.values(), cnt_h, old);
+        std::copy(ns.begin(), ns.end(), st_.group_scale.begin() + long(size_t(h) * G));
+      }
+    }
+    if (sc[kOffsetWeight] > 0) st_.sigma2_offset = std::max(sc[kOffset2] / (2 * sc[kOffsetWeight]), 0.25);
+    if (opt_.norm) st_.avg_norm = sc[kNormSum] / double(N);
+  }
   if (!sym_.is_c1())
-    for (auto& b : bp) b->symmetrise(sym_.operators());
+    for (auto& b : bp_) b->symmetrise(sym_.operators());
+  for (auto& b : bp_) b->make_hermitian();
 
   // Gold-standard FSC of the unregularised halves, then join the low frequencies.
-  std::vector<double> fsc = bp[0]->lattice_fsc(*bp[1]);
-  for (size_t s = size_t(r_) + 1; s < fsc.size(); ++s) fsc[s] = 0;
+  std::vector<double> fsc = bp_[0]->lattice_fsc(*bp_[1]);
+  for (size_t s = size_t(r_score) + 1; s < fsc.size(); ++s) fsc[s] = final ? fsc[s] : 0;
   int res_shell = 0;
   for (size_t s = 1; s < fsc.size(); ++s) {
     if (fsc[s] < kFscThreshold) break;
@@ -483,48 +669,46 @@ IterationReport Job::iterate(bool final) {
   }
   rep.fsc = fsc;
   rep.resolution_A = shell_to_A(std::max(res_shell, 1));
-  rep.ssnr.assign(hs, 0.0);
-  for (size_t s = 0; s < hs; ++s) {
-    const double f = std::clamp(fsc[s], 1e-3, 0.999);
-    rep.ssnr[s] = s <= size_t(r_) ? f / (1 - f) : 0.0;
-  }
-  if (!final && opt_.low_resol_join_halves > 0) bp[0]->join_below(*bp[1], n_ * angpix_ / opt_.low_resol_join_halves);
+  if (!final && opt_.low_resol_join_halves > 0) bp_[0]->join_below(*bp_[1], n_ * angpix_ / opt_.low_resol_join_halves);
 
   if (!final) {
-    pool_.parallel_for(0, 2, [&](size_t h, int) {
+    for (int h = 0; h < 2; ++h) {
+      const mstep::Prior prior = mstep::prior_from_fsc(fsc, bp_[size_t(h)]->mean_weight_per_shell(), r_, opt_.tau2_fudge, false);
+      if (h == 0) rep.ssnr = prior.ssnr;
+      rep.tau2[size_t(h)] = prior.tau2;
       ReconstructOptions ro;
-      std::vector<double> mw = bp[h]->mean_weight_per_shell();
-      ro.tau2.assign(hs, 0.0);
-      for (size_t s = 0; s < hs; ++s) ro.tau2[s] = mw[s] > 0 ? rep.ssnr[s] / mw[s] : 0.0;
-      ro.tau2[0] = ro.tau2.size() > 1 ? ro.tau2[1] : 0.0;
-      rep.tau2[h] = ro.tau2;
+      ro.tau2 = prior.tau2;
       ro.max_frequency = r_;
-      ro.nthreads = 1;
-      Volume map = bp[h]->reconstruct(ro);
+      ro.nthreads = opt_.threads;
+      Volume map = bp_[size_t(h)]->reconstruct(ro);
       mask_reference(map);
-      st_.maps[h] = std::move(map);
-    });
+      st_.maps[size_t(h)] = std::move(map);
+    }
   } else {
-    // Final: unregularised halves and the joined map (SSNR of the full set 2 FSC / (1 - FSC)).
-    pool_.parallel_for(0, 2, [&](size_t h, int) {
+    // Final: unregularised halves and the joined map, regularised as RELION's final reconstruction
+    // (SSNR from the FSC of the whole set, sqrt(2 FSC / (1 + FSC))).
+    for (int h = 0; h < 2; ++h) {
       ReconstructOptions ro;
       ro.max_frequency = r_;
-      st_.maps[h] = bp[h]->reconstruct(ro);
-    });
-    BackProjector& all = *bp[0];
-    all.add(*bp[1]);
-    ReconstructOptions ro;
-    std::vector<double> mw = all.mean_weight_per_shell();
-    ro.tau2.assign(hs, 0.0);
-    for (size_t s = 0; s < hs; ++s) {
-      const double f = std::clamp(fsc[s], 1e-3, 0.999);
-      ro.tau2[s] = mw[s] > 0 ? 2 * f / (1 - f) / mw[s] : 0.0;
+      ro.nthreads = opt_.threads;
+      st_.maps[size_t(h)] = bp_[size_t(h)]->reconstruct(ro);
     }
-    ro.tau2[0] = ro.tau2[1];
+    BackProjector& all = *bp_[0];
+    all.add(*bp_[1]);
+    bp_[1].reset();
+    const mstep::Prior prior = mstep::prior_from_fsc(fsc, all.mean_weight_per_shell(), r_, opt_.tau2_fudge, true);
+    rep.ssnr = prior.ssnr;
+    rep.tau2[0] = prior.tau2;
+    ReconstructOptions ro;
+    ro.tau2 = prior.tau2;
     ro.max_frequency = r_;
     ro.nthreads = opt_.threads;
     final_map_ = all.reconstruct(ro);
   }
+  bp_[0].reset();
+  bp_[1].reset();
+  proj_[0].reset();
+  proj_[1].reset();
 
   // Pose bookkeeping.
   st_.rot = new_rot_;
@@ -533,113 +717,56 @@ IterationReport Job::iterate(bool final) {
   st_.ox = new_ox_;
   st_.oy = new_oy_;
   st_.pmax = new_pmax_;
-  st_.nsig = new_nsig_;
   st_.loglik = new_loglik_;
-  if (opt_.norm) {
-    double mean = 0;
-    for (double s : new_scale_) mean += s;
-    mean /= double(N);
-    for (size_t i = 0; i < N; ++i) st_.scale[i] = new_scale_[i] / mean;
-  }
-  // Offsets prior: mean squared offset per component.
-  {
-    double s2 = 0;
-    for (size_t i = 0; i < N; ++i) s2 += (st_.ox[i] * st_.ox[i] + st_.oy[i] * st_.oy[i]) / (angpix_ * angpix_);
-    st_.sigma2_offset = std::max(s2 / (2.0 * double(N)), 0.25);
-  }
+  if (opt_.norm) st_.norm = new_norm_;
+  for (size_t i = 0; i < N; ++i) st_.nsig[i] = int(std::lround(new_nsig_[i]));
   st_.fsc = fsc;
+  st_.average_pmax = rep.average_pmax;
   st_.iteration += 1;
   if (final) st_.final_done = 1;
   return rep;
 }
 
-// RELION-like auto-sampling: finer angles (and translations) when resolution and pose changes stall;
-// convergence when the sampling is fine enough for the resolution and nothing improves for 2 iterations.
-void Job::update_sampling(const IterationReport& rep) {
-  int res_shell = int(std::lround(n_ * angpix_ / rep.resolution_A));
-  if (res_shell > st_.best_shell) {
-    st_.best_shell = res_shell;
-    st_.no_gain_res = 0;
-  } else {
-    st_.no_gain_res += 1;
-  }
-  if (st_.iteration >= 2) {
-    // A change counts as a gain when it drops by a fifth and is still above a quarter of the fine
-    // angular step (or of the fine translation step): below that the poses only wobble within the
-    // sampling.
-    const double fine_step = healpix_angular_step(st_.order) / 2, fine_off = st_.offset_step / 2 * angpix_;
-    const bool ang_gain = rep.angular_change < 0.8 * st_.best_angular_change && rep.angular_change > fine_step / 4;
-    const bool off_gain = rep.offset_change < 0.8 * st_.best_offset_change && rep.offset_change > fine_off / 4;
-    if (ang_gain || off_gain) {
-      st_.best_angular_change = std::min(st_.best_angular_change, rep.angular_change);
-      st_.best_offset_change = std::min(st_.best_offset_change, rep.offset_change);
-      st_.no_gain_change = 0;
-    } else {
-      st_.no_gain_change += 1;
-    }
-  }
-  st_.current_shells = std::clamp(st_.best_shell + 10, shell_of(opt_.ini_high), n_ / 2);
-  // Angular step needed at this resolution (RELION prints it): 360 d / (pi D) degrees; our finest
-  // useful order has its fine (oversampled) step at most a sixth of it.
-  const double D_A = 2 * radius_px_ * angpix_;
-  const double needed = 360.0 * rep.resolution_A / (kPi * D_A);
-  const bool fine_enough = healpix_angular_step(st_.order) / 2 <= needed / 6 || st_.order >= opt_.max_healpix_order;
-  if (!fine_enough && st_.iteration >= 2 && st_.no_gain_res >= 1) {
-    st_.order += 1;
-    st_.offset_range = std::max(st_.offset_range / 2, st_.offset_step / 2 * 1.5);
-    st_.offset_step /= 2;
-    st_.no_gain_res = 0;
-    st_.no_gain_change = 0;
-    st_.best_angular_change = 1e30;
-    st_.best_offset_change = 1e30;
-  }
-  converged_ = fine_enough && st_.no_gain_res >= 2 && st_.no_gain_change >= 1;
-}
-
-// MPI: every task's partial sums and particle results go from its owner to all ranks, so that every
-// rank then reduces them in the same fixed order as a single process would.
-void Job::share_chunks(std::vector<ChunkSums>& sums) {
-  const int C = opt_.chunks;
-  const size_t hs = size_t(n_ / 2 + 1);
-  for (int k = 0; k < 2 * C; ++k) {
-    const int owner = k % mpi::size();
-    ChunkSums& cs = sums[size_t(k)];
-    if (mpi::rank() != owner) {
-      cs.bp = std::make_unique<BackProjector>(n_, 2, r_, 3);
-      cs.diff2.assign(size_t(groups_), std::vector<double>(hs, 0.0));
-      cs.count = cs.diff2;
-    }
-    Grid<cfloat>& d = cs.bp->raw_data();
-    Grid<float>& w = cs.bp->raw_weight();
-    mpi::bcast(d.data(), d.size() * sizeof(cfloat), owner);
-    mpi::bcast(w.data(), w.size() * sizeof(float), owner);
-    for (int g = 0; g < groups_; ++g) {
-      mpi::bcast(cs.diff2[size_t(g)].data(), hs * sizeof(double), owner);
-      mpi::bcast(cs.count[size_t(g)].data(), hs * sizeof(double), owner);
-    }
-    double s4[4] = {cs.pmax_sum, cs.loglik_sum, cs.ang_change, cs.off_change};
-    mpi::bcast(s4, sizeof s4, owner);
-    cs.pmax_sum = s4[0];
-    cs.loglik_sum = s4[1];
-    cs.ang_change = s4[2];
-    cs.off_change = s4[3];
-    const std::vector<size_t>& mem = members_[size_t(k / C)];
-    const size_t i0 = mem.size() * size_t(k % C) / size_t(C), i1 = mem.size() * size_t(k % C + 1) / size_t(C);
-    std::vector<double*> cols = {new_rot_.data(), new_tilt_.data(), new_psi_.data(), new_ox_.data(), new_oy_.data(),
-                                 new_scale_.data(), new_pmax_.data(), new_loglik_.data()};
-    std::vector<double> buf((i1 - i0) * (cols.size() + 1));
-    if (mpi::rank() == owner)
-      for (size_t u = i0; u < i1; ++u) {
-        for (size_t c = 0; c < cols.size(); ++c) buf[(u - i0) * (cols.size() + 1) + c] = cols[c][mem[u]];
-        buf[(u - i0) * (cols.size() + 1) + cols.size()] = new_nsig_[mem[u]];
-      }
-    mpi::bcast(buf.data(), buf.size() * sizeof(double), owner);
-    if (mpi::rank() != owner)
-      for (size_t u = i0; u < i1; ++u) {
-        for (size_t c = 0; c < cols.size(); ++c) cols[c][mem[u]] = buf[(u - i0) * (cols.size() + 1) + c];
-        new_nsig_[mem[u]] = int(buf[(u - i0) * (cols.size() + 1) + cols.size()]);
-      }
-  }
+// After an iteration: RELION's updateOverallChangesInHiddenVariables, updateCurrentResolution, the
+// next E-step limit (updateImageSizeAndResolutionPointers) and checkConvergence.
+void Job::update_after(const IterationReport& rep) {
+  // Changes in the hidden variables.
+  st_.current_change_ang = rep.angular_change;
+  st_.current_change_off = rep.offset_change;
+  const double ratio_orient = rep.angular_change / fine_step();
+  const double ratio_trans = rep.offset_change / (st_.offset_step * angpix_ / double(1 << opt_.oversampling));
+  if ((ratio_trans < 0.4 || 1.03 * rep.offset_change >= st_.smallest_change_off) &&
+      (ratio_orient < 0.4 || 1.03 * rep.angular_change >= st_.smallest_change_ang))
+    st_.nr_iter_wo_large_changes += 1;
+  else
+    st_.nr_iter_wo_large_changes = 0;
+  st_.smallest_change_off = std::min(st_.smallest_change_off, rep.offset_change);
+  st_.smallest_change_ang = std::min(st_.smallest_change_ang, rep.angular_change);
+  // Current resolution: the last shell before the SSNR FSC / (1 - FSC) drops below 1 (FSC 0.5),
+  // or a higher one where it rises again more than 3 shells further (RELION's check from the
+  // high-resolution side); at least minres_map.
+  int ires = 1;
+  const auto& f = rep.fsc;
+  const int lim = std::min<int>(int(f.size()) - 1, n_ / 2 - 1);
+  for (ires = 1; ires < lim; ++ires)
+    if (f[size_t(ires)] < 0.5) break;
+  ires -= 1;
+  int ires2 = lim;
+  for (; ires2 >= ires; --ires2)
+    if (f[size_t(ires2)] > 0.5) break;
+  if (ires2 > ires + 3) ires = ires2;
+  const int res_shell = std::max(ires, kMinresMap);
+  if (res_shell <= st_.res_shell)
+    st_.nr_iter_wo_resol_gain += 1;
+  else
+    st_.nr_iter_wo_resol_gain = 0;
+  st_.res_shell = res_shell;
+  // Next limit: 25% of the box more while far from convergence (high FSC at the limit with a
+  // sharp posterior), else 10 shells.
+  const bool high_fsc_at_limit = size_t(rep.used_shells) < f.size() && f[size_t(rep.used_shells)] > 0.2;
+  const int incr = rep.average_pmax > 0.1 && high_fsc_at_limit ? int(std::lround(0.25 * n_ / 2)) : kIncrSize;
+  st_.current_shells = std::clamp(res_shell + incr, 4, n_ / 2);
+  st_.converged = st_.fine_enough && st_.nr_iter_wo_resol_gain >= 1 && st_.nr_iter_wo_large_changes >= 1;
 }
 
 refine3d_detail::Files Job::write_final(const IterationReport& rep) {
@@ -687,7 +814,7 @@ Refine3DResult Job::run() {
   if (!cont) input_star_ = std::filesystem::absolute(opt_.input).lexically_normal().string();
   setup();
   if (cont && (st_.n != n_ || st_.half.size() != table_.size() || st_.sigma2.size() != 2 ||
-               st_.sigma2[0].size() != size_t(groups_)))
+               st_.sigma2[0].size() != size_t(optics_) || st_.group_scale.size() != 2 * groups_.names.size()))
     input_error("{}: the checkpoint (box {}, {} particles) does not match {} (box {}, {} particles)",
                 opt_.continue_from, st_.n, st_.half.size(), input_star_, n_, table_.size());
   std::filesystem::path root_dir = std::filesystem::path(opt_.out_root).parent_path();
@@ -702,24 +829,32 @@ Refine3DResult Job::run() {
     files = refine3d_detail::write_iteration(opt_, input_star_, table_, angpix_, st_, rep0);
   }
   for (size_t i = 0; i < table_.size(); ++i) members_[size_t(st_.half[i] - 1)].push_back(i);
-  spdlog::info("refine3d: {} particles ({} + {} in the halves), box {} px, {:.3f} Å/px, symmetry {}, mask radius {:.1f} px",
-               table_.size(), members_[0].size(), members_[1].size(), n_, angpix_, sym_.name(), radius_px_);
-  converged_ = false;
+  spdlog::info("refine3d: {} particles ({} + {} in the halves, {} groups), box {} px, {:.3f} Å/px, symmetry {}, mask "
+               "radius {:.1f} px",
+               table_.size(), members_[0].size(), members_[1].size(), groups_.names.size(), n_, angpix_, sym_.name(),
+               radius_px_);
   while (!st_.final_done) {
     check_cancelled();
-    const bool final = converged_ || st_.iteration >= opt_.max_iterations - 1;
+    const bool final = st_.converged || st_.iteration >= opt_.max_iterations - 1;
     auto t0 = std::chrono::steady_clock::now();
+    // RELION's order: accuracies from the current references (not after the CC iteration), then the
+    // sampling (from the second iteration on).
+    if (!final && !cc_iteration()) estimate_accuracy();
+    if (!final && st_.iteration >= 1) update_sampling();
     Refine3DIterationStats s;
     s.healpix_order = st_.order;
     s.offset_range_px = st_.offset_range;
     s.offset_step_px = st_.offset_step;
+    s.acc_rot_deg = st_.acc_rot;
+    s.acc_trans_A = st_.acc_trans;
     IterationReport rep = iterate(final);
     s.current_shells = rep.used_shells;
-    if (!final) update_sampling(rep);
+    s.significance_bound = rep.significance_bound;
     if (final) {
       files = write_final(rep);
-      res.converged = converged_;
+      res.converged = st_.converged;
     } else {
+      update_after(rep);
       files = refine3d_detail::write_iteration(opt_, input_star_, table_, angpix_, st_, rep);
     }
     s.iteration = st_.iteration;
@@ -730,10 +865,10 @@ Refine3DResult Job::run() {
     s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     res.stats.push_back(s);
     spdlog::info("refine3d: iteration {}{}: order {} ({}), offsets {:.2f}/{:.2f} px, limit {} shells, resolution {:.2f} Å, "
-                 "<Pmax> {:.3f}, changes {:.2f} deg {:.2f} Å, {:.1f} s",
-                 s.iteration, final ? " (final)" : "", s.healpix_order, local_ ? "local" : "global", s.offset_range_px,
-                 s.offset_step_px, s.current_shells, s.resolution_A, s.average_pmax, s.angular_change_deg,
-                 s.offset_change_A, s.seconds);
+                 "<Pmax> {:.3f}, changes {:.2f} deg {:.2f} Å, accuracy {:.2f} deg {:.2f} Å, {:.1f} s",
+                 s.iteration, final ? " (final)" : "", s.healpix_order, st_.local ? "local" : "global",
+                 s.offset_range_px, s.offset_step_px, s.current_shells, s.resolution_A, s.average_pmax,
+                 s.angular_change_deg, s.offset_change_A, s.acc_rot_deg, s.acc_trans_A, s.seconds);
     if (opt_.stop_after > 0 && st_.iteration >= opt_.stop_after && !st_.final_done) break;
   }
   res.last_iteration = st_.iteration;

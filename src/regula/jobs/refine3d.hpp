@@ -42,11 +42,16 @@ struct Refine3DOptions {
   uint64_t seed = 1;                // --seed: random half sets
   std::string continue_from;        // --continue ROOT_itNNN_optimiser.star
   double angpix = 0;                // --angpix when the STAR file has none
-  bool norm = true;                 // --norm/--scale: per-particle scale correction
-  int max_iterations = 30;          // --iter: safety limit on the number of iterations
+  bool norm = true;                 // --norm: per-particle noise normalisation (RELION's rlnNormCorrection)
+  bool scale = true;                // --scale: per-group scale correction (rlnGroupScaleCorrection)
+  int max_iterations = 50;          // --iter: safety limit on the number of iterations
   double mask_edge = 5;             // soft edge of the masks, px
-  int max_healpix_order = 6;        // finest order the auto-sampling may reach
-  int chunks = 4;                   // particle chunks per half (fixed: results do not depend on --j)
+  int max_healpix_order = 8;        // finest order the auto-sampling may reach (RELION: none)
+  int pad = 2;                      // --pad: oversampling of the Fourier lattices (1 or 2)
+  int oversampling = 1;             // --oversampling: finer pass 2^o finer (0, 1 or 2)
+  double adaptive_fraction = 0.999; // --adaptive_fraction: posterior mass of the significant poses
+  long max_significants = -1;       // --maxsig: at most this many significant coarse poses (-1: no bound)
+  double tau2_fudge = 1;            // --tau2_fudge: multiplies the SSNR of the references' prior
   bool pose_mean = true;            // --pose_mean / --pose_map: write the posterior mean pose (else the
                                     // maximum, as RELION)
   int stop_after = 0;               // stop after this iteration (0 = run to convergence); for tests
@@ -62,6 +67,8 @@ struct Refine3DIterationStats {
   double resolution_A = 0;   // gold-standard FSC 0.143
   double angular_change_deg = 0, offset_change_A = 0;
   double average_pmax = 0;
+  double acc_rot_deg = 0, acc_trans_A = 0;  // RELION's estimated accuracies (999: not estimated)
+  size_t significance_bound = 0;            // particles whose coarse significant set reached --maxsig
   double seconds = 0;
 };
 

@@ -14,16 +14,26 @@ namespace regula::refine3d_detail {
 struct State {
   int iteration = 0;              // last completed iteration (0 = initial)
   int order = 2;                  // HEALPix order of the next iteration
-  double offset_range = 5, offset_step = 1;  // px, next iteration
-  int current_shells = 0;         // frequency limit of the next iteration
-  int best_shell = 0;             // best gold-standard resolution shell so far
-  int no_gain_res = 0, no_gain_change = 0;
-  double best_angular_change = 1e30, best_offset_change = 1e30;
+  double offset_range = 5, offset_step = 1;  // px, next iteration (coarse)
+  int local = 0;                  // local angular searches (RELION's orientational prior on)
+  int current_shells = 0;         // frequency limit of the next iteration's E-step
+  // RELION's auto-sampling and convergence (ml_optimiser.cpp updateAngularSampling, checkConvergence):
+  int res_shell = 0;              // current resolution: last shell before the FSC drops below 0.5
+  int nr_iter_wo_resol_gain = 0, nr_iter_wo_large_changes = 0;
+  double smallest_change_ang = 999, smallest_change_off = 999;  // degrees, Å
+  double current_change_ang = 0, current_change_off = 0;        // of the last iteration
+  double acc_rot = 999, acc_trans = 999;  // estimated accuracies, degrees and Å
+  int fine_enough = 0;            // the angular sampling is fine enough for the estimated accuracy
+  int converged = 0;              // the next iteration is the final one
+  double average_pmax = 0;        // of the last iteration
   int final_done = 0;             // 1 after the final (joined, full-resolution) iteration
   int n = 0;
   double sigma2_offset = 0;       // px^2, per component
-  std::vector<std::vector<std::vector<double>>> sigma2;  // [half][group][shell], |X|^2 per component
-  std::vector<double> rot, tilt, psi, ox, oy, scale;     // per particle; offsets in Å
+  double avg_norm = 1;            // RELION's average norm correction
+  double x_l1_max = 0;            // largest L1 norm of a particle image (bounds of the exact sums)
+  std::vector<std::vector<std::vector<double>>> sigma2;  // [half][optics group][shell], |X|^2 per component
+  std::vector<double> group_scale;                       // per group (RELION's scale correction)
+  std::vector<double> rot, tilt, psi, ox, oy, norm;      // per particle; offsets in Å
   std::vector<int> half;                                  // 1 or 2
   std::vector<double> pmax, loglik;
   std::vector<int> nsig;
@@ -38,6 +48,7 @@ struct IterationReport {
   std::array<std::vector<double>, 2> tau2;
   double average_pmax = 0, loglik_sum = 0;
   double angular_change = 0, offset_change = 0;
+  size_t significance_bound = 0;           // particles whose coarse set reached --maxsig
 };
 
 struct Files {
@@ -56,6 +67,7 @@ void read_checkpoint(const std::string& optimiser_star, Refine3DOptions& opt, st
 ParticleTable data_table(const ParticleTable& table, const State& st);
 void write_model(const std::string& path, const Refine3DOptions& opt, double angpix, const State& st,
                  const IterationReport& rep);
+
 
 // Angular distribution: BILD (RELION's cylinders per HEALPix order-`order` pixel, length and colour
 // by count) and a PNG (tilt vs rot histogram).

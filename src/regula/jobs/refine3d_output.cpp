@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <unordered_map>
 
 #include <fmt/format.h>
 
@@ -12,6 +13,7 @@
 #include "regula/imaging/plot.hpp"
 #include "regula/io/mrc.hpp"
 #include "regula/io/star.hpp"
+#include "regula/jobs/ml3d.hpp"
 #include "regula/jobs/refine3d_detail.hpp"
 #include "regula/jobs/state_io.hpp"
 #include "regula/sampling/euler.hpp"
@@ -21,30 +23,29 @@ namespace regula::refine3d_detail {
 
 namespace {
 
-constexpr char kMagic[8] = {'R', 'G', 'R', '3', 'D', '0', '0', '1'};
+constexpr char kMagic[8] = {'R', 'G', 'R', '3', 'D', '0', '0', '2'};
 
 std::string num(double v) { return fmt::format("{}", v); }
-double wrap(double a) {
-  a = std::fmod(a + 180.0, 360.0);
-  if (a < 0) a += 360.0;
-  return a - 180.0;
-}
 double relion_power(double v, int n) { return v / (double(n) * n * double(n) * n); }
 
 void write_state(const std::string& path, const State& st) {
   state_io::Writer w;
   w.buf_.append(kMagic, 8);
-  for (int64_t v : {int64_t(st.iteration), int64_t(st.order), int64_t(st.current_shells), int64_t(st.best_shell),
-                    int64_t(st.no_gain_res), int64_t(st.no_gain_change), int64_t(st.final_done), int64_t(st.n)})
+  for (int64_t v : {int64_t(st.iteration), int64_t(st.order), int64_t(st.local), int64_t(st.current_shells),
+                    int64_t(st.res_shell), int64_t(st.nr_iter_wo_resol_gain), int64_t(st.nr_iter_wo_large_changes),
+                    int64_t(st.fine_enough), int64_t(st.converged), int64_t(st.final_done), int64_t(st.n)})
     w.i(v);
-  for (double v : {st.offset_range, st.offset_step, st.best_angular_change, st.best_offset_change, st.sigma2_offset})
+  for (double v : {st.offset_range, st.offset_step, st.smallest_change_ang, st.smallest_change_off,
+                   st.current_change_ang, st.current_change_off, st.acc_rot, st.acc_trans, st.average_pmax,
+                   st.sigma2_offset, st.avg_norm, st.x_l1_max})
     w.d(v);
   w.i(int64_t(st.sigma2.size()));
   for (const auto& h : st.sigma2) {
     w.i(int64_t(h.size()));
     for (const auto& g : h) w.vd(g);
   }
-  for (const auto* v : {&st.rot, &st.tilt, &st.psi, &st.ox, &st.oy, &st.scale, &st.pmax, &st.loglik, &st.fsc}) w.vd(*v);
+  w.vd(st.group_scale);
+  for (const auto* v : {&st.rot, &st.tilt, &st.psi, &st.ox, &st.oy, &st.norm, &st.pmax, &st.loglik, &st.fsc}) w.vd(*v);
   w.vi(st.half);
   w.vi(st.nsig);
   write_file_atomic(path, w.buf_);
@@ -53,19 +54,13 @@ void write_state(const std::string& path, const State& st) {
 void read_state(const std::string& path, State& st) {
   state_io::Reader r(path, "refine3d");
   r.magic(kMagic);
-  st.iteration = int(r.i());
-  st.order = int(r.i());
-  st.current_shells = int(r.i());
-  st.best_shell = int(r.i());
-  st.no_gain_res = int(r.i());
-  st.no_gain_change = int(r.i());
-  st.final_done = int(r.i());
-  st.n = int(r.i());
-  st.offset_range = r.d();
-  st.offset_step = r.d();
-  st.best_angular_change = r.d();
-  st.best_offset_change = r.d();
-  st.sigma2_offset = r.d();
+  for (int* v : {&st.iteration, &st.order, &st.local, &st.current_shells, &st.res_shell, &st.nr_iter_wo_resol_gain,
+                 &st.nr_iter_wo_large_changes, &st.fine_enough, &st.converged, &st.final_done, &st.n})
+    *v = int(r.i());
+  for (double* v : {&st.offset_range, &st.offset_step, &st.smallest_change_ang, &st.smallest_change_off,
+                    &st.current_change_ang, &st.current_change_off, &st.acc_rot, &st.acc_trans, &st.average_pmax,
+                    &st.sigma2_offset, &st.avg_norm, &st.x_l1_max})
+    *v = r.d();
   size_t H = r.count();
   if (H != 2) input_error("{}: expected 2 half sets in the state file, found {}", path, H);
   st.sigma2.assign(H, {});
@@ -74,12 +69,13 @@ void read_state(const std::string& path, State& st) {
     h.resize(G);
     for (auto& g : h) g = r.vd();
   }
-  for (auto* v : {&st.rot, &st.tilt, &st.psi, &st.ox, &st.oy, &st.scale, &st.pmax, &st.loglik, &st.fsc}) *v = r.vd();
+  st.group_scale = r.vd();
+  for (auto* v : {&st.rot, &st.tilt, &st.psi, &st.ox, &st.oy, &st.norm, &st.pmax, &st.loglik, &st.fsc}) *v = r.vd();
   st.half = r.vi();
   st.nsig = r.vi();
   r.end();
   const size_t N = st.rot.size();
-  for (const auto* v : {&st.tilt, &st.psi, &st.ox, &st.oy, &st.scale, &st.pmax, &st.loglik})
+  for (const auto* v : {&st.tilt, &st.psi, &st.ox, &st.oy, &st.norm, &st.pmax, &st.loglik})
     if (v->size() != N) input_error("{}: inconsistent per-particle vectors in the state file", path);
   if (st.half.size() != N || st.nsig.size() != N) input_error("{}: inconsistent per-particle vectors", path);
 }
@@ -115,7 +111,11 @@ ParticleTable data_table(const ParticleTable& table, const State& st) {
   pb.set_column("rlnMaxValueProbDistribution", st.pmax);
   pb.set_column("rlnNrOfSignificantSamples", st.nsig);
   pb.set_column("rlnLogLikeliContribution", st.loglik);
-  pb.set_column("rlnNormCorrection", st.scale);
+  pb.set_column("rlnNormCorrection", st.norm);
+  const ml3d::Groups groups = ml3d::particle_groups(table);
+  std::vector<int> gn(table.size());
+  for (size_t i = 0; i < gn.size(); ++i) gn[i] = groups.group_of[i] + 1;
+  pb.set_column("rlnGroupNumber", gn);
   return out;
 }
 
@@ -129,13 +129,13 @@ void write_model(const std::string& path, const Refine3DOptions& opt, double ang
   g.set("rlnOriginalImageSize", std::to_string(n));
   g.set("rlnCurrentResolution", num(rep.resolution_A));
   g.set("rlnCurrentImageSize", std::to_string(std::min(n, 2 * (rep.used_shells + 1))));
-  g.set("rlnPaddingFactor", "2");
+  g.set("rlnPaddingFactor", std::to_string(opt.pad));
   g.set("rlnPixelSize", num(angpix));
   g.set("rlnNrClasses", "1");
   g.set("rlnNrBodies", "1");
   g.set("rlnNrGroups", std::to_string(st.sigma2.empty() ? 0 : st.sigma2[0].size()));
   g.set("rlnNrOpticsGroups", std::to_string(st.sigma2.empty() ? 0 : st.sigma2[0].size()));
-  g.set("rlnTau2FudgeFactor", "1");
+  g.set("rlnTau2FudgeFactor", num(opt.tau2_fudge));
   g.set("rlnLogLikelihood", num(rep.loglik_sum));
   g.set("rlnAveragePmax", num(rep.average_pmax));
   g.set("rlnSigmaOffsetsAngst", num(std::sqrt(st.sigma2_offset) * angpix));
@@ -172,6 +172,13 @@ void write_model(const std::string& path, const Refine3DOptions& opt, double ang
       o.set_column("rlnResolution", res1);
       o.set_column("rlnSigma2Noise", s2);
     }
+  if (!st.group_scale.empty()) {
+    star::Block& gb = loop(doc, "model_groups", st.group_scale.size());
+    std::vector<int> gnum(st.group_scale.size());
+    for (size_t k = 0; k < gnum.size(); ++k) gnum[k] = int(k) + 1;
+    gb.set_column("rlnGroupNumber", gnum);
+    gb.set_column("rlnGroupScaleCorrection", st.group_scale);
+  }
   star::write(path, doc);
 }
 
@@ -216,7 +223,12 @@ Files write_iteration(const Refine3DOptions& opt, const std::string& input_star,
   o.set("regulaInputStarFile", input_star);
   o.set("regulaPixelSize", num(opt.angpix));
   o.set("regulaMaxHealpixOrder", std::to_string(opt.max_healpix_order));
-  o.set("regulaChunks", std::to_string(opt.chunks));
+  o.set("rlnDoScaleCorrection", opt.scale ? "1" : "0");
+  o.set("rlnPaddingFactor", std::to_string(opt.pad));
+  o.set("rlnAdaptiveOversampleOrder", std::to_string(opt.oversampling));
+  o.set("rlnAdaptiveOversampleFraction", num(opt.adaptive_fraction));
+  o.set("rlnMaxNumberOfSignificantPoses", std::to_string(opt.max_significants));
+  o.set("rlnTau2FudgeFactor", num(opt.tau2_fudge));
   o.set("regulaHalf1Map", f.half1);
   o.set("regulaHalf2Map", f.half2);
   o.set("regulaStateFile", f.state);
@@ -248,7 +260,12 @@ void read_checkpoint(const std::string& path, Refine3DOptions& opt, std::string&
   opt.reference = get("regulaReference");
   opt.angpix = get_d("regulaPixelSize");
   opt.max_healpix_order = int(get_d("regulaMaxHealpixOrder"));
-  opt.chunks = int(get_d("regulaChunks"));
+  opt.scale = get_d("rlnDoScaleCorrection") != 0;
+  opt.pad = int(get_d("rlnPaddingFactor"));
+  opt.oversampling = int(get_d("rlnAdaptiveOversampleOrder"));
+  opt.adaptive_fraction = get_d("rlnAdaptiveOversampleFraction");
+  opt.max_significants = long(get_d("rlnMaxNumberOfSignificantPoses"));
+  opt.tau2_fudge = get_d("rlnTau2FudgeFactor");
   input_star = get("regulaInputStarFile");
   read_state(get("regulaStateFile"), st);
   for (int h = 0; h < 2; ++h) {
@@ -303,7 +320,7 @@ std::string angular_distribution_png(const std::vector<double>& rot, const std::
   const int bx = 180, by = 90, s = 2;
   std::vector<double> h(size_t(bx * by), 0.0);
   for (size_t i = 0; i < rot.size(); ++i) {
-    int x = std::clamp(int((wrap(rot[i]) + 180.0) / 2.0), 0, bx - 1);
+    int x = std::clamp(int((wrap180(rot[i]) + 180.0) / 2.0), 0, bx - 1);
     int y = std::clamp(int(tilt[i] / 2.0), 0, by - 1);
     h[size_t(y * bx + x)] += 1;
   }
