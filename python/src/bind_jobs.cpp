@@ -16,6 +16,7 @@
 #include "regula/jobs/reconstruct.hpp"
 #include "regula/jobs/refine3d.hpp"
 #include "regula/jobs/simulate.hpp"
+#include "regula/jobs/symmetry_expand.hpp"
 
 namespace regula::python {
 namespace {
@@ -384,6 +385,25 @@ void bind_jobs(py::module_& m) {
       "Post-processing of two unfiltered half maps as relion_postprocess (jobs/postprocess.hpp).",
       "dict(resolution (Å), bfactor (Å^2), guinier_slope/intercept/correlation, randomise_from (Å),\n"
       "fsc_corrected, fsc_unmasked, fsc_masked, fsc_random_masked, map, masked_map, star, fsc_png, guinier_png)");
+
+  using E = SymmetryExpandOptions;
+  def_job<E>(
+      m, "symmetry_expand", "SymmetryExpandOptions",
+      {REGULA_FIELD(E, input), REGULA_FIELD(E, output), REGULA_FIELD(E, sym), REGULA_FIELD(E, helix),
+       REGULA_FIELD(E, twist), REGULA_FIELD(E, rise), REGULA_FIELD(E, asu), REGULA_FIELD(E, frac_sampling),
+       REGULA_FIELD(E, frac_range)},
+      [](const E& o) { return symmetry_expand(o); },
+      [](const E& o, SymmetryExpandResult r) {
+        py::dict d;
+        d["output"] = o.output;
+        d["particles_in"] = r.particles_in;
+        d["particles_out"] = r.particles_out;
+        d["copies"] = r.copies;
+        return d;
+      },
+      "One row per symmetry copy of each particle as relion_particle_symmetry_expand (jobs/symmetry_expand.hpp):\n"
+      "sym='C4' (point group) or helix=True with twist, rise and asu or frac_sampling.",
+      "dict(output, particles_in, particles_out, copies)");
 
   m.def("job_options", [](const std::string& name) {
     auto it = job_registry().find(name);

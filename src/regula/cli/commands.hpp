@@ -30,5 +30,6 @@ void add_class3d(CLI::App& app);
 void add_postprocess(CLI::App& app);
 void add_serve(CLI::App& app);
 void add_initial_model(CLI::App& app);
+void add_symmetry_expand(CLI::App& app);
 
 }  // namespace regula::cli

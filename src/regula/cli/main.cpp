@@ -38,6 +38,7 @@ const regula::cli::Command kCommands[] = {
     {"mask", regula::cli::add_mask},
     {"fsc", regula::cli::add_fsc},
     {"convert", regula::cli::add_convert},
+    {"symmetry_expand", regula::cli::add_symmetry_expand},
     {"pipeline", regula::cli::add_pipeline},
 };
 

@@ -27,6 +27,7 @@ const JobType kTypes[] = {
     {"class2d", "Class2D", 8, false},          {"class3d", "Class3D", 9, false},
     {"refine3d", "Refine3D", 10, false},       {"initial_model", "InitialModel", 18, false},
     {"postprocess", "PostProcess", 15, false}, {"select", "Select", 7, false},
+    {"symmetry_expand", "SymmetryExpand", 99, false, "expanded.star"},
 };
 
 const char* kMarkers[] = {"REGULA_JOB_RUNNING", "RELION_JOB_EXIT_SUCCESS", "RELION_JOB_EXIT_FAILURE",
@@ -222,13 +223,19 @@ Job Job::open(const std::string& job_dir) {
 std::vector<std::string> Job::rewritten_args() const {
   std::vector<std::string> out = args_;
   std::string job = dir_.substr(0, dir_.size() - 1);
+  bool has_output = false;
   for (size_t i = 0; i < out.size(); ++i) {
     if (out[i] == "--o" && i + 1 < out.size()) {
+      has_output = true;
       std::string& v = out[i + 1];
       if (v.rfind(dir_, 0) == 0) break;  // already inside the job directory
       v = type_->output_is_directory ? job : dir_ + fs::path(v).filename().string();
       break;
     }
+  }
+  if (!has_output && !type_->default_output.empty()) {
+    out.push_back("--o");
+    out.push_back(type_->output_is_directory ? job : dir_ + std::string(type_->default_output));
   }
   return out;
 }

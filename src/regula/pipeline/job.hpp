@@ -20,6 +20,7 @@ struct JobType {
   std::string_view dir_name;  // "Class2D"
   int relion_type;            // RELION process type code (99: no RELION equivalent)
   bool output_is_directory;   // --o names a directory (simulate) rather than a root name
+  std::string_view default_output = {};  // --o when the command line has none ("": --o is required)
 };
 // The job type of a subcommand, or nullptr when it does not run as a job (info...).
 const JobType* job_type(std::string_view command);
