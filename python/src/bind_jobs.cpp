@@ -10,6 +10,7 @@
 #include "regula/jobs/fsc.hpp"
 #include "regula/jobs/initial_model.hpp"
 #include "regula/jobs/mask.hpp"
+#include "regula/jobs/particle_subtract.hpp"
 #include "regula/jobs/postprocess.hpp"
 #include "regula/jobs/preprocess.hpp"
 #include "regula/jobs/project.hpp"
@@ -404,6 +405,27 @@ void bind_jobs(py::module_& m) {
       "One row per symmetry copy of each particle as relion_particle_symmetry_expand (jobs/symmetry_expand.hpp):\n"
       "sym='C4' (point group) or helix=True with twist, rise and asu or frac_sampling.",
       "dict(output, particles_in, particles_out, copies)");
+
+  using U = ParticleSubtractOptions;
+  def_job<U>(
+      m, "particle_subtract", "ParticleSubtractOptions",
+      {REGULA_FIELD(U, optimiser), REGULA_FIELD(U, out_dir), REGULA_FIELD(U, mask), REGULA_FIELD(U, data),
+       REGULA_FIELD(U, ignore_class), REGULA_FIELD(U, revert), REGULA_FIELD(U, recenter_on_mask),
+       REGULA_FIELD(U, center_x), REGULA_FIELD(U, center_y), REGULA_FIELD(U, center_z), REGULA_FIELD(U, new_box),
+       REGULA_FIELD(U, threads)},
+      [](const U& o) { return particle_subtract(o); },
+      [](const U&, ParticleSubtractResult r) {
+        py::dict d;
+        d["star"] = r.star;
+        d["particles"] = r.particles;
+        d["box"] = r.box;
+        d["recentred"] = r.recentred;
+        d["centre"] = py::make_tuple(r.centre[0], r.centre[1], r.centre[2]);
+        return d;
+      },
+      "Signal subtraction as relion_particle_subtract (jobs/particle_subtract.hpp): optimiser=ROOT_itNNN_optimiser.star,\n"
+      "mask of the density to keep; or revert=subtracted STAR file.",
+      "dict(star, particles, box, recentred, centre (px from the map centre))");
 
   m.def("job_options", [](const std::string& name) {
     auto it = job_registry().find(name);

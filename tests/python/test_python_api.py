@@ -309,7 +309,8 @@ JOBS = {"simulate": ("jobs/simulate.hpp", "SimulateOptions"), "preprocess": ("jo
         "class3d": ("jobs/class3d.hpp", "Class3DOptions"), "refine3d": ("jobs/refine3d.hpp", "Refine3DOptions"),
         "initial_model": ("jobs/initial_model.hpp", "InitialModelOptions"),
         "postprocess": ("jobs/postprocess.hpp", "PostprocessOptions"),
-        "symmetry_expand": ("jobs/symmetry_expand.hpp", "SymmetryExpandOptions")}
+        "symmetry_expand": ("jobs/symmetry_expand.hpp", "SymmetryExpandOptions"),
+        "particle_subtract": ("jobs/particle_subtract.hpp", "ParticleSubtractOptions")}
 
 
 @pytest.mark.parametrize("job", sorted(JOBS))

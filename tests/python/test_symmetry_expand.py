@@ -10,19 +10,11 @@ import gemmi
 import numpy as np
 import pytest
 
-from conftest import euler, regula_binary
+from conftest import euler, run_regula as run
 
 RELION = shutil.which("relion_particle_symmetry_expand")
 need_relion = pytest.mark.skipif(RELION is None, reason="relion_particle_symmetry_expand not installed")
 ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
-
-
-def run(*args, cwd=None, check=True):
-    r = subprocess.run([regula_binary(), "--quiet", *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                       timeout=120)
-    if check:
-        assert r.returncode == 0, r.stderr
-    return r
 
 
 def write_input(path, n=25, seed=4, origins=True):

@@ -31,5 +31,6 @@ void add_postprocess(CLI::App& app);
 void add_serve(CLI::App& app);
 void add_initial_model(CLI::App& app);
 void add_symmetry_expand(CLI::App& app);
+void add_particle_subtract(CLI::App& app);
 
 }  // namespace regula::cli

@@ -39,6 +39,7 @@ const regula::cli::Command kCommands[] = {
     {"fsc", regula::cli::add_fsc},
     {"convert", regula::cli::add_convert},
     {"symmetry_expand", regula::cli::add_symmetry_expand},
+    {"particle_subtract", regula::cli::add_particle_subtract},
     {"pipeline", regula::cli::add_pipeline},
 };
 

@@ -206,4 +206,20 @@ Grid<float> window(const Grid<float>& img, int new_n, float fill) {
   return out;
 }
 
+Grid<float> shift_wrapped(const Grid<float>& img, int dx, int dy, int dz) {
+  const int nx = img.nx(), ny = img.ny(), nz = img.nz();
+  Grid<float> out(nx, ny, nz);
+  auto mod = [](int a, int n) { return ((a % n) + n) % n; };
+  for (int z = 0; z < nz; ++z) {
+    const int tz = mod(z + dz, nz);
+    for (int y = 0; y < ny; ++y) {
+      const int ty = mod(y + dy, ny);
+      const float* src = img.data() + img.index(0, y, z);
+      float* dst = out.data() + out.index(0, ty, tz);
+      for (int x = 0; x < nx; ++x) dst[mod(x + dx, nx)] = src[x];
+    }
+  }
+  return out;
+}
+
 }  // namespace regula

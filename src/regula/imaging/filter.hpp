@@ -59,4 +59,8 @@ Grid<float> rescale(const Grid<float>& img, int new_n);
 // or pad with `fill`.
 Grid<float> window(const Grid<float>& img, int new_n, float fill = 0.0f);
 
+// Integer shift with wrap-around: out(x + dx, y + dy, z + dz) = in(x, y, z), indices modulo the
+// size (the content moves by +d pixels, as RELION's selfTranslate with WRAP). Any grid shape.
+Grid<float> shift_wrapped(const Grid<float>& img, int dx, int dy, int dz = 0);
+
 }  // namespace regula

@@ -28,6 +28,7 @@ const JobType kTypes[] = {
     {"refine3d", "Refine3D", 10, false},       {"initial_model", "InitialModel", 18, false},
     {"postprocess", "PostProcess", 15, false}, {"select", "Select", 7, false},
     {"symmetry_expand", "SymmetryExpand", 99, false, "expanded.star"},
+    {"particle_subtract", "Subtract", 14, true, "Subtract/"},
 };
 
 const char* kMarkers[] = {"REGULA_JOB_RUNNING", "RELION_JOB_EXIT_SUCCESS", "RELION_JOB_EXIT_FAILURE",
@@ -134,7 +135,7 @@ JobState job_state(const std::string& job_dir) {
 }
 
 std::vector<std::string> input_files(const std::vector<std::string>& args) {
-  static const char* kInputs[] = {"i", "i1", "i2", "ref", "mask", "solvent_mask", "ang", "mtf"};
+  static const char* kInputs[] = {"i", "i1", "i2", "ref", "mask", "solvent_mask", "ang", "mtf", "data", "revert"};
   std::vector<std::string> out;
   for (auto& o : parse_options(args))
     for (const char* k : kInputs)
