@@ -310,7 +310,8 @@ JOBS = {"simulate": ("jobs/simulate.hpp", "SimulateOptions"), "preprocess": ("jo
         "initial_model": ("jobs/initial_model.hpp", "InitialModelOptions"),
         "postprocess": ("jobs/postprocess.hpp", "PostprocessOptions"),
         "symmetry_expand": ("jobs/symmetry_expand.hpp", "SymmetryExpandOptions"),
-        "particle_subtract": ("jobs/particle_subtract.hpp", "ParticleSubtractOptions")}
+        "particle_subtract": ("jobs/particle_subtract.hpp", "ParticleSubtractOptions"),
+        "locres": ("jobs/locres.hpp", "LocresOptions")}
 
 
 @pytest.mark.parametrize("job", sorted(JOBS))

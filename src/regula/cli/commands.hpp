@@ -32,5 +32,6 @@ void add_serve(CLI::App& app);
 void add_initial_model(CLI::App& app);
 void add_symmetry_expand(CLI::App& app);
 void add_particle_subtract(CLI::App& app);
+void add_locres(CLI::App& app);
 
 }  // namespace regula::cli

@@ -21,6 +21,12 @@ Grid<cfloat> fft_forward(const Grid<float>& in, int nthreads = 1);
 // `nx` is the real size along x (needed because nx/2+1 is ambiguous).
 Grid<float> fft_inverse(const Grid<cfloat>& in, int nx, int nthreads = 1);
 
+// The same into existing grids, for loops that transform many grids of one shape: `out` is
+// reshaped only when its shape differs (no allocation otherwise). fft_inverse_destroy overwrites
+// `in` (FFTW's complex-to-real transform uses it as scratch) instead of copying it.
+void fft_forward(const Grid<float>& in, Grid<cfloat>& out, int nthreads = 1);
+void fft_inverse_destroy(Grid<cfloat>& in, int nx, Grid<float>& out, int nthreads = 1);
+
 // In-place origin change for a transform whose real-space origin is at index
 // n/2 (integer division) along every axis, as RELION's images and maps.
 // After fft_forward of a centred grid, centre_origin(F, nx) makes F the

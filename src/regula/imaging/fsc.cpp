@@ -37,6 +37,30 @@ std::vector<double> fsc_fourier(const Grid<cfloat>& A, const Grid<cfloat>& B) {
   return out;
 }
 
+std::vector<double> fsc_weights(const std::vector<double>& f) {
+  std::vector<double> w(f.size(), 0.0);
+  for (size_t i = 0; i < f.size(); ++i) {
+    if (f[i] < 0.0001) break;
+    w[i] = f[i] > 0 ? std::sqrt(2 * f[i] / (1 + f[i])) : 0.0;
+  }
+  return w;
+}
+
+void apply_fsc_weighting(Grid<cfloat>& F, const std::vector<double>& f) {
+  const std::vector<double> w = fsc_weights(f);
+  const int n = F.ny();
+  for (int z = 0; z < F.nz(); ++z) {
+    const int kz = F.nz() > 1 ? fft_freq(z, F.nz()) : 0;
+    for (int y = 0; y < F.ny(); ++y) {
+      const int ky = fft_freq(y, n);
+      for (int x = 0; x < F.nx(); ++x) {
+        const size_t i = size_t(std::lround(std::sqrt(double(x * x + ky * ky + kz * kz))));
+        F(x, y, z) *= i < w.size() ? float(w[i]) : 0.0f;
+      }
+    }
+  }
+}
+
 std::vector<double> fsc(const Grid<float>& a, const Grid<float>& b) {
   if (!a.same_shape(b))
     input_error("fsc: maps differ in shape ({}x{}x{} vs {}x{}x{})", a.nx(), a.ny(), a.nz(), b.nx(), b.ny(),

@@ -18,6 +18,14 @@ std::vector<double> fsc_fourier(const Grid<cfloat>& A, const Grid<cfloat>& B);
 // 2D Fourier ring correlation (same as fsc for images; named for clarity).
 inline std::vector<double> frc(const Grid<float>& a, const Grid<float>& b) { return fsc(a, b); }
 
+// FSC weighting of a half-complex transform (n = F.ny(); centred or not): the coefficients in shell
+// i = round(|k|) are multiplied by sqrt(2 FSC_i / (1 + FSC_i)) (0 where FSC_i <= 0), and set to 0 beyond
+// the last shell before the FSC first drops below 1e-4 (RELION's applyFscWeighting, Rosenthal &
+// Henderson 2003). `fsc` has one value per shell 0..n/2.
+void apply_fsc_weighting(Grid<cfloat>& F, const std::vector<double>& fsc);
+// The multiplier of each shell in apply_fsc_weighting.
+std::vector<double> fsc_weights(const std::vector<double>& fsc);
+
 // Pearson correlation of all voxels (pixels) of two grids of equal size; 0 when either is constant.
 double real_space_correlation(const Grid<float>& a, const Grid<float>& b);
 

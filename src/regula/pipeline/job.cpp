@@ -29,6 +29,7 @@ const JobType kTypes[] = {
     {"postprocess", "PostProcess", 15, false}, {"select", "Select", 7, false},
     {"symmetry_expand", "SymmetryExpand", 99, false, "expanded.star"},
     {"particle_subtract", "Subtract", 14, true, "Subtract/"},
+    {"locres", "LocalRes", 16, false, "relion"},
 };
 
 const char* kMarkers[] = {"REGULA_JOB_RUNNING", "RELION_JOB_EXIT_SUCCESS", "RELION_JOB_EXIT_FAILURE",
@@ -147,7 +148,10 @@ std::vector<std::string> input_files(const std::vector<std::string>& args) {
 int output_node_type(const std::string& path, std::string_view command) {
   const std::string f = fs::path(path).filename().string();
   auto ends = [&](std::string_view s) { return f.size() >= s.size() && f.compare(f.size() - s.size(), s.size(), s) == 0; };
-  if (command == "postprocess") {
+  if (command == "postprocess" || command == "locres") {
+    // relion_postprocess --locres: the local-resolution map (12) and the locally filtered map (11).
+    if (ends("_locres.mrc")) return kNodeResMap;
+    if (ends("_locres_fscs.star")) return -1;
     if (ends(".mrc")) return kNodeFinalMap;
     if (ends(".star")) return kNodePost;
     if (ends(".png") || ends(".pdf")) return kNodeLogfile;
