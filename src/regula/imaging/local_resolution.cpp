@@ -88,40 +88,6 @@ void accumulate(Grid<float>& out, const std::vector<LocalResolutionPoint>& point
   });
 }
 
-// Shell round(|k|) of every coefficient of the half-complex transform of an m^3 box (-1 beyond m/2).
-std::vector<int16_t> shell_table(int m) {
-  std::vector<int16_t> t(size_t(m / 2 + 1) * size_t(m) * size_t(m));
-  size_t i = 0;
-  for (int z = 0; z < m; ++z)
-    for (int y = 0; y < m; ++y)
-      for (int x = 0; x <= m / 2; ++x) {
-        const int kz = fft_freq(z, m), ky = fft_freq(y, m);
-        const long s = std::lround(std::sqrt(double(x * x + ky * ky + kz * kz)));
-        t[i++] = int16_t(s <= m / 2 ? s : -1);
-      }
-  return t;
-}
-
-// FSC per shell 0..m/2 of two transforms of an m^3 box (shell 0 set to 1, as fsc_fourier).
-std::vector<double> shell_fsc(const Grid<cfloat>& A, const Grid<cfloat>& B, const std::vector<int16_t>& shells, int m) {
-  std::vector<double> num(size_t(m / 2 + 1), 0.0), da(num.size(), 0.0), db(num.size(), 0.0);
-  for (size_t i = 0; i < A.size(); ++i) {
-    if (shells[i] < 0) continue;
-    const size_t s = size_t(shells[i]);
-    const cfloat a = A[i], b = B[i];
-    num[s] += double(a.real()) * b.real() + double(a.imag()) * b.imag();
-    da[s] += std::norm(a);
-    db[s] += std::norm(b);
-  }
-  std::vector<double> out(num.size(), 0.0);
-  for (size_t s = 0; s < out.size(); ++s) {
-    const double d = std::sqrt(da[s] * db[s]);
-    out[s] = d > 0 ? num[s] / d : 0.0;
-  }
-  out[0] = 1.0;
-  return out;
-}
-
 // Buffers of one thread for window_fsc (allocated once).
 struct FscWork {
   Grid<float> wa, wb;
@@ -159,7 +125,7 @@ std::vector<double> window_fsc(const Grid<float>& a, const Grid<float>& b, const
   }
   fft_forward(wa, work.A);
   fft_forward(wb, work.B);
-  return resample_shells(shell_fsc(work.A, work.B, shells, m), m, n);
+  return resample_shells(fsc_fourier(work.A, work.B, shells), m, n);
 }
 
 // The local FSCs and resolutions of every point (in parallel over points).
@@ -167,7 +133,7 @@ void point_fscs(const Grid<float>& h1, const Grid<float>& h2, LocalResolutionRes
                 const LocalResolutionOptions& opt, const Window& win, ThreadPool& pool) {
   const int n = h1.nx();
   const size_t nshell = size_t(n / 2 + 1);
-  const std::vector<int16_t> shells = shell_table(res.window);
+  const std::vector<int16_t> shells = fourier_shells(res.window);
   std::vector<FscWork> work(size_t(pool.size()));
   const int K = opt.randomisations;
   Progress progress("locres: local FSCs", double(res.points.size()) * (K + 1));
