@@ -1,6 +1,7 @@
 // The page of `regula serve` (docs/web.md): the jobs of the project, live, and for a job what people
-// look at: class galleries, maps in 3D with a threshold, central slices, FSC curves, angular
-// distributions, resolution per iteration, Guinier plots, and the files behind them.
+// look at: class galleries, maps in 3D with a threshold (coloured by local resolution when there is a
+// local-resolution map), central slices, FSC curves, angular distributions, resolution per iteration,
+// Guinier plots, and the files behind them.
 // three.js (npm, embedded at build time) draws the isosurface; everything else is plain canvas.
 
 let THREE = null;
@@ -85,8 +86,8 @@ function linePlot(canvas, series, {xmin, xmax, ymin, ymax, hlines = [], xlabel =
 }
 
 // ---------------- maps ----------------
-async function loadMap(dir, file) {
-  const r = await fetch(`/api/map?dir=${q(dir)}&file=${q(file)}&size=64`);
+async function loadMap(dir, file, positive = false) {
+  const r = await fetch(`/api/map?dir=${q(dir)}&file=${q(file)}&size=64${positive ? '&positive=1' : ''}`);
   if (!r.ok) throw new Error((await r.json()).error);
   const n = +r.headers.get('X-Box-Size');
   return {n, apix: +r.headers.get('X-Pixel-Size'), data: new Float32Array(await r.arrayBuffer())};
@@ -121,7 +122,50 @@ function isosurface(map, level) {
   return new Float32Array(pos);
 }
 
-function mapViewer(container, map) {
+// Colour ramp for local resolution: blue (best) through cyan, green and yellow to red (worst), t in [0, 1].
+function ramp(t) {
+  const stops = [[0.19, 0.3, 0.85], [0.1, 0.75, 0.85], [0.2, 0.75, 0.25], [0.95, 0.85, 0.15], [0.85, 0.15, 0.1]];
+  t = Math.max(0, Math.min(1, t)) * (stops.length - 1);
+  const i = Math.min(stops.length - 2, Math.floor(t)), f = t - i;
+  return stops[i].map((a, k) => a + f * (stops[i + 1][k] - a));
+}
+
+// Trilinear value of a map at voxel coordinates, from its positive voxels only (0 where none).
+function positiveSampler({n, data}) {
+  return (x, y, z) => {
+    const x0 = Math.floor(x), y0 = Math.floor(y), z0 = Math.floor(z);
+    let s = 0, w = 0;
+    for (let c = 0; c < 2; c++) for (let b = 0; b < 2; b++) for (let a = 0; a < 2; a++) {
+      const xi = x0 + a, yi = y0 + b, zi = z0 + c;
+      if (xi < 0 || yi < 0 || zi < 0 || xi >= n || yi >= n || zi >= n) continue;
+      const v = data[(zi * n + yi) * n + xi];
+      if (!(v > 0)) continue;
+      const wt = (a ? x - x0 : 1 - x + x0) * (b ? y - y0 : 1 - y + y0) * (c ? z - z0 : 1 - z + z0);
+      s += wt * v; w += wt;
+    }
+    return w > 0 ? s / w : 0;
+  };
+}
+
+// The local-resolution colour scale: a bar from the best (left) to the worst resolution, in Å. Returns
+// the function that draws it for a range.
+function legend(container) {
+  const c = h('canvas', {width: '420', height: '34', id: 'locres-legend'});
+  container.append(h('div', {}, 'local resolution (Å) on the surface'), c);
+  const x = c.getContext('2d');
+  return (lo, hi) => {
+    x.fillStyle = 'white'; x.fillRect(0, 0, c.width, c.height);
+    for (let i = 0; i < 400; i++) { const [r, g, b] = ramp(i / 399); x.fillStyle = `rgb(${r * 255},${g * 255},${b * 255})`; x.fillRect(10 + i, 0, 1, 16); }
+    x.fillStyle = '#000'; x.font = '12px sans-serif';
+    for (let k = 0; k <= 4; k++) {
+      x.textAlign = k === 0 ? 'left' : k === 4 ? 'right' : 'center';
+      x.fillText((lo + (hi - lo) * k / 4).toFixed(1), 10 + 400 * k / 4, 30);
+    }
+  };
+}
+
+// `colour` (optional): a local-resolution map on the same grid; the surface is coloured by its value.
+function mapViewer(container, map, colour = null) {
   const sorted = Array.from(map.data).sort((a, b) => a - b);
   const initial = sorted[Math.floor(sorted.length * 0.95)];
   const slider = h('input', {type: 'range', min: '0', max: '1000', value: '950', id: 'threshold'});
@@ -136,13 +180,31 @@ function mapViewer(container, map) {
   scene.add(new THREE.AmbientLight(0xffffff, 0.5));
   const light = new THREE.DirectionalLight(0xffffff, 2.0); light.position.set(1, 1, 2); scene.add(light);
   const group = new THREE.Group(); scene.add(group);
-  const material = new THREE.MeshPhongMaterial({color: 0x6f9fd8, side: THREE.DoubleSide});
+  const material = colour ? new THREE.MeshPhongMaterial({vertexColors: true, side: THREE.DoubleSide})
+                          : new THREE.MeshPhongMaterial({color: 0x6f9fd8, side: THREE.DoubleSide});
+  // The colour scale spans the local resolutions on the surface shown (2nd to 98th percentile).
+  const bar = colour ? legend(container) : null;
+  const sample = colour ? positiveSampler(colour) : null;
   let mesh = null;
   const update = () => {
     const level = sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * slider.value / 1000))];
     label.textContent = level.toPrecision(3);
     const g = new THREE.BufferGeometry();
-    g.setAttribute('position', new THREE.BufferAttribute(isosurface(map, level), 3));
+    const pos = isosurface(map, level);
+    g.setAttribute('position', new THREE.BufferAttribute(pos, 3));
+    if (colour) {
+      const rgb = new Float32Array(pos.length), c = map.n / 2, d = new Float32Array(pos.length / 3);
+      for (let i = 0; i < d.length; i++) d[i] = sample(pos[3 * i] + c, pos[3 * i + 1] + c, pos[3 * i + 2] + c);
+      const v = Array.from(d).filter(x => x > 0).sort((a, b) => a - b);
+      const lo = v.length ? v[Math.floor(0.02 * (v.length - 1))] : 0;
+      const hi = v.length ? Math.max(v[Math.floor(0.98 * (v.length - 1))], lo + 0.1) : 1;
+      for (let i = 0; i < d.length; i++) {
+        const col = d[i] > 0 ? ramp((d[i] - lo) / (hi - lo)) : [0.6, 0.6, 0.6];
+        rgb[3 * i] = col[0]; rgb[3 * i + 1] = col[1]; rgb[3 * i + 2] = col[2];
+      }
+      g.setAttribute('color', new THREE.BufferAttribute(rgb, 3));
+      bar(lo, hi);
+    }
     g.computeVertexNormals();
     if (mesh) { group.remove(mesh); mesh.geometry.dispose(); }
     mesh = new THREE.Mesh(g, material); group.add(mesh);
@@ -236,10 +298,13 @@ async function show3D(view, job) {
   view.append(panels);
   if (final) {
     const map = await loadMap(job.dir, final);
-    const p3 = h('div', {class: 'panel'}, h('h3', {}, `${final} (3D)`));
+    // A local-resolution map in the job's directory (regula locres --o into it) colours the surface.
+    const lr = job.files.find(f => /_locres\.mrc$/.test(f));
+    const colour = lr ? await loadMap(job.dir, lr, true) : null;
+    const p3 = h('div', {class: 'panel'}, h('h3', {}, `${final} (3D)${lr ? ', coloured by ' + lr : ''}`));
     const ps = h('div', {class: 'panel'}, h('h3', {}, 'Central slices (xy, xz, yz)'));
     panels.append(p3, ps);
-    mapViewer(p3, map);
+    mapViewer(p3, map, colour && colour.n === map.n ? colour : null);
     slices(ps, map);
   }
   try { await showFsc(view, job); } catch (e) { view.append(h('p', {class: 'hint'}, `FSC: ${e.message}`)); }
@@ -255,6 +320,23 @@ async function show3D(view, job) {
   }
 }
 
+// Local resolution (regula locres, postprocess --locres): the locally filtered map as an isosurface coloured
+// by the local resolution, slices of both, the histogram in the mask when there is one.
+async function showLocres(view, job) {
+  const lr = job.files.find(f => /_locres\.mrc$/.test(f));
+  const filtered = job.files.find(f => /_locres_filtered\.mrc$/.test(f));
+  const [map, colour] = await Promise.all([loadMap(job.dir, filtered || lr), loadMap(job.dir, lr, true)]);
+  const panels = h('div', {class: 'panels'});
+  view.append(panels);
+  const p3 = h('div', {class: 'panel'}, h('h3', {}, `${filtered || lr} coloured by local resolution`));
+  const ps = h('div', {class: 'panel'}, h('h3', {}, 'Central slices of the local resolution (xy, xz, yz)'));
+  panels.append(p3, ps);
+  mapViewer(p3, map, colour);
+  slices(ps, colour);
+  const hist = job.files.find(f => /_locres_histogram\.png$/.test(f));
+  if (hist) view.append(h('div', {class: 'panel'}, h('h3', {}, 'Local resolution in the mask'), h('img', {src: `/files/${job.dir}${hist}`, id: 'locres-histogram'})));
+}
+
 async function showJob(j) {
   selected = j.dir;
   const view = $('#view');
@@ -264,6 +346,7 @@ async function showJob(j) {
     const job = await api(`/api/job?dir=${q(j.dir)}`);
     if (job.type === 'Class2D') await showClass2D(view, job);
     else if (['Refine3D', 'Class3D', 'InitialModel'].includes(job.type)) await show3D(view, job);
+    else if (job.files.some(f => /_locres\.mrc$/.test(f))) await showLocres(view, job);
     else if (job.type === 'PostProcess') await showFsc(view, job);
     view.append(downloads(job));
   } catch (e) {

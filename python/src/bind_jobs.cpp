@@ -9,13 +9,16 @@
 #include "regula/jobs/class3d.hpp"
 #include "regula/jobs/fsc.hpp"
 #include "regula/jobs/initial_model.hpp"
+#include "regula/jobs/locres.hpp"
 #include "regula/jobs/mask.hpp"
+#include "regula/jobs/particle_subtract.hpp"
 #include "regula/jobs/postprocess.hpp"
 #include "regula/jobs/preprocess.hpp"
 #include "regula/jobs/project.hpp"
 #include "regula/jobs/reconstruct.hpp"
 #include "regula/jobs/refine3d.hpp"
 #include "regula/jobs/simulate.hpp"
+#include "regula/jobs/symmetry_expand.hpp"
 
 namespace regula::python {
 namespace {
@@ -364,7 +367,9 @@ void bind_jobs(py::module_& m) {
        REGULA_FIELD(Q, autob_highres), REGULA_FIELD(Q, adhoc_bfac), REGULA_FIELD(Q, mtf), REGULA_FIELD(Q, mtf_angpix),
        REGULA_FIELD(Q, low_pass), REGULA_FIELD(Q, randomize_at_fsc), REGULA_FIELD(Q, skip_fsc_weighting),
        REGULA_FIELD(Q, force_mask), REGULA_FIELD(Q, filter_edge_width), REGULA_FIELD(Q, seed),
-       REGULA_FIELD(Q, threads)},
+       REGULA_FIELD(Q, threads), REGULA_FIELD(Q, locres), REGULA_FIELD(Q, locres_sampling),
+       REGULA_FIELD(Q, locres_maskrad), REGULA_FIELD(Q, locres_edgwidth), REGULA_FIELD(Q, locres_randomize_at),
+       REGULA_FIELD(Q, locres_minres), REGULA_FIELD(Q, locres_randomisations), REGULA_FIELD(Q, locres_fsc_box)},
       [](const Q& o) { return run_postprocess(o); },
       [](const Q&, PostprocessResult r) {
         py::dict d;
@@ -383,11 +388,82 @@ void bind_jobs(py::module_& m) {
         d["star"] = r.star;
         d["fsc_png"] = r.fsc_png;
         d["guinier_png"] = r.guinier_png;
+        d["locres_map"] = r.locres_map;
+        d["locres_filtered"] = r.locres_filtered;
+        d["locres_star"] = r.locres_star;
+        d["locres_histogram"] = r.locres_histogram;
         return d;
       },
       "Post-processing of two unfiltered half maps as relion_postprocess (jobs/postprocess.hpp).",
       "dict(resolution (Å), bfactor (Å^2), guinier_slope/intercept/correlation, randomise_from (Å),\n"
-      "fsc_corrected, fsc_unmasked, fsc_masked, fsc_random_masked, map, masked_map, star, fsc_png, guinier_png)");
+      "fsc_corrected, fsc_unmasked, fsc_masked, fsc_random_masked, map, masked_map, star, fsc_png, guinier_png,\n"
+      "locres_map, locres_filtered, locres_star, locres_histogram (with locres=True, the only outputs))");
+
+  using Lr = LocresOptions;
+  def_job<Lr>(
+      m, "locres", "LocresOptions",
+      {REGULA_FIELD(Lr, half1), REGULA_FIELD(Lr, half2), REGULA_FIELD(Lr, out_root), REGULA_FIELD(Lr, mask),
+       REGULA_FIELD(Lr, angpix), REGULA_FIELD(Lr, adhoc_bfac), REGULA_FIELD(Lr, mtf), REGULA_FIELD(Lr, mtf_angpix),
+       REGULA_FIELD(Lr, sampling), REGULA_FIELD(Lr, maskrad), REGULA_FIELD(Lr, edgwidth), REGULA_FIELD(Lr, randomize_at),
+       REGULA_FIELD(Lr, minres), REGULA_FIELD(Lr, filter_edge_width), REGULA_FIELD(Lr, randomisations), REGULA_FIELD(Lr, fsc_box), REGULA_FIELD(Lr, seed),
+       REGULA_FIELD(Lr, threads)},
+      [](const Lr& o) { return run_locres(o); },
+      [](const Lr&, LocresResult r) {
+        py::dict d;
+        d["locres"] = read_map(r.locres_map);
+        d["locres_map"] = r.locres_map;
+        d["filtered_map"] = r.filtered_map;
+        d["fscs_star"] = r.fscs_star;
+        d["histogram_png"] = r.histogram_png;
+        d["points"] = r.points;
+        d["min_resolution"] = r.min_resolution;
+        d["max_resolution"] = r.max_resolution;
+        d["mask_percentiles"] = r.mask_percentiles;
+        return d;
+      },
+      "Local resolution from two half maps as relion_postprocess --locres (jobs/locres.hpp).",
+      "dict(locres (array of locres_map, Å), locres_map, filtered_map, fscs_star, histogram_png, points,\n"
+      "min_resolution, max_resolution (Å, over the sampling points), mask_percentiles (5/25/50/75/95 %))");
+
+  using E = SymmetryExpandOptions;
+  def_job<E>(
+      m, "symmetry_expand", "SymmetryExpandOptions",
+      {REGULA_FIELD(E, input), REGULA_FIELD(E, output), REGULA_FIELD(E, sym), REGULA_FIELD(E, helix),
+       REGULA_FIELD(E, twist), REGULA_FIELD(E, rise), REGULA_FIELD(E, asu), REGULA_FIELD(E, frac_sampling),
+       REGULA_FIELD(E, frac_range)},
+      [](const E& o) { return symmetry_expand(o); },
+      [](const E& o, SymmetryExpandResult r) {
+        py::dict d;
+        d["output"] = o.output;
+        d["particles_in"] = r.particles_in;
+        d["particles_out"] = r.particles_out;
+        d["copies"] = r.copies;
+        return d;
+      },
+      "One row per symmetry copy of each particle as relion_particle_symmetry_expand (jobs/symmetry_expand.hpp):\n"
+      "sym='C4' (point group) or helix=True with twist, rise and asu or frac_sampling.",
+      "dict(output, particles_in, particles_out, copies)");
+
+  using U = ParticleSubtractOptions;
+  def_job<U>(
+      m, "particle_subtract", "ParticleSubtractOptions",
+      {REGULA_FIELD(U, optimiser), REGULA_FIELD(U, out_dir), REGULA_FIELD(U, mask), REGULA_FIELD(U, data),
+       REGULA_FIELD(U, ignore_class), REGULA_FIELD(U, revert), REGULA_FIELD(U, recenter_on_mask),
+       REGULA_FIELD(U, center_x), REGULA_FIELD(U, center_y), REGULA_FIELD(U, center_z), REGULA_FIELD(U, new_box),
+       REGULA_FIELD(U, threads)},
+      [](const U& o) { return particle_subtract(o); },
+      [](const U&, ParticleSubtractResult r) {
+        py::dict d;
+        d["star"] = r.star;
+        d["particles"] = r.particles;
+        d["box"] = r.box;
+        d["recentred"] = r.recentred;
+        d["centre"] = py::make_tuple(r.centre[0], r.centre[1], r.centre[2]);
+        return d;
+      },
+      "Signal subtraction as relion_particle_subtract (jobs/particle_subtract.hpp): optimiser=ROOT_itNNN_optimiser.star,\n"
+      "mask of the density to keep; or revert=subtracted STAR file.",
+      "dict(star, particles, box, recentred, centre (px from the map centre))");
 
   m.def("job_options", [](const std::string& name) {
     auto it = job_registry().find(name);

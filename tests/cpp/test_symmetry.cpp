@@ -126,6 +126,24 @@ TEST(Symmetry, RelionAxisConventions) {
   EXPECT_TRUE(has_axis(i4, {0.894427190999916, 0, 0.447213595499958}, 5));
 }
 
+// RELION's list: every operator but the identity once; a cyclic group lists the turns by
+// -90, -180, -270 deg (R^T of RELION's rotation by +k 360/n), then nothing else.
+TEST(Symmetry, RelionOrderedOperatorsAreTheGroup) {
+  for (const char* name : kAll) {
+    const auto g = SymmetryGroup::parse(name);
+    const auto list = g.relion_ordered_operators();
+    ASSERT_EQ(list.size() + 1, size_t(g.order())) << name;
+    for (size_t i = 0; i < list.size(); ++i) {
+      EXPECT_TRUE(contains(g, list[i], 1e-5)) << name << " " << i;
+      EXPECT_GT(max_abs_diff(list[i], identity3()), 1e-3) << name << " " << i;
+      for (size_t j = 0; j < i; ++j) EXPECT_GT(max_abs_diff(list[i], list[j]), 1e-3) << name << " " << i << " " << j;
+    }
+  }
+  const auto c4 = SymmetryGroup::parse("C4").relion_ordered_operators();
+  for (int k = 1; k <= 3; ++k)
+    EXPECT_LT(max_abs_diff(c4[size_t(k - 1)], axis_angle_matrix({0, 0, 1}, -90.0 * k)), 1e-12) << k;
+}
+
 // relion_particle_symmetry_expand on one particle at (0, 0, 0) lists the
 // Euler angles of every group operator: both sets must be identical.
 TEST(Symmetry, MatchesRelionSymmetryExpand) {
@@ -153,10 +171,16 @@ TEST(Symmetry, MatchesRelionSymmetryExpand) {
               cp = p.require_column("rlnAnglePsi");
     const auto g = SymmetryGroup::parse(name);
     ASSERT_EQ(int(p.rows()), g.order()) << name;
+    const std::vector<Mat3> ordered = g.relion_ordered_operators();
+    ASSERT_EQ(ordered.size() + 1, p.rows()) << name;
     for (size_t r = 0; r < p.rows(); ++r) {
       const Mat3 m = euler_to_matrix(p.number(r, cr), p.number(r, ct), p.number(r, cp));
       // Angles are printed with 6 decimals: matrix elements agree to ~1e-7.
       EXPECT_TRUE(contains(g, m, 1e-5)) << name << " row " << r;
+      // Row r (after the input row) is the identity times RELION's operator r-1: same order.
+      if (r > 0) {
+        EXPECT_LT(max_abs_diff(m, ordered[r - 1]), 1e-5) << name << " row " << r;
+      }
     }
   }
   std::filesystem::remove_all(dir);

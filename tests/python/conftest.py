@@ -1,5 +1,6 @@
 import os
 import pathlib
+import subprocess
 
 import numpy as np
 import pytest
@@ -17,6 +18,15 @@ def regula_binary():
 @pytest.fixture
 def regula():
     return regula_binary()
+
+
+def run_regula(*args, cwd=None, check=True, timeout=300):
+    """Runs `regula --quiet ARGS` (arguments converted to str); asserts exit status 0 unless check=False."""
+    r = subprocess.run([regula_binary(), "--quiet", *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                       timeout=timeout)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
 
 
 def euler(rot, tilt, psi):

@@ -308,7 +308,10 @@ JOBS = {"simulate": ("jobs/simulate.hpp", "SimulateOptions"), "preprocess": ("jo
         "class2d": ("jobs/class2d.hpp", "Class2DOptions"), "select": ("jobs/class2d.hpp", "SelectOptions"),
         "class3d": ("jobs/class3d.hpp", "Class3DOptions"), "refine3d": ("jobs/refine3d.hpp", "Refine3DOptions"),
         "initial_model": ("jobs/initial_model.hpp", "InitialModelOptions"),
-        "postprocess": ("jobs/postprocess.hpp", "PostprocessOptions")}
+        "postprocess": ("jobs/postprocess.hpp", "PostprocessOptions"),
+        "symmetry_expand": ("jobs/symmetry_expand.hpp", "SymmetryExpandOptions"),
+        "particle_subtract": ("jobs/particle_subtract.hpp", "ParticleSubtractOptions"),
+        "locres": ("jobs/locres.hpp", "LocresOptions")}
 
 
 @pytest.mark.parametrize("job", sorted(JOBS))

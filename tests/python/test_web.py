@@ -39,6 +39,8 @@ def project(tmp_path_factory):
         "--extend_inimask", 2, "--width_soft_edge", 4)
     run("--project", p, "postprocess", "--i", "Refine3D/job003/run_half1_class001_unfil.mrc", "--o", "postprocess",
         "--mask", "MaskCreate/job004/mask.mrc", "--auto_bfac", "--autob_lowres", 30)
+    run("--project", p, "locres", "--i", "Refine3D/job003/run_half1_class001_unfil.mrc", "--mask",
+        "MaskCreate/job004/mask.mrc", "--locres_sampling", 30, "--locres_minres", 80)
     # A running job whose progress file grows while the tests run.
     r = p / "Running" / "job099"
     r.mkdir(parents=True)
@@ -119,6 +121,20 @@ def test_api(server, project):
     assert s == 200 and f["curves"]["rlnGoldStandardFsc"][0] == 1.0 and f["final_resolution"] > 0
     s, _, body = get(server + "files/Refine3D/job003/run_class001.mrc")
     assert s == 200 and body == (project / "Refine3D/job003/run_class001.mrc").read_bytes()
+    # A local-resolution map (0 where undefined) downsampled by the mean of its positive voxels: no block
+    # mixes in the zeros, so no value is below the smallest resolution of the map.
+    import mrcfile
+    import numpy as np
+    lr = next((project / "LocalRes").iterdir()) / "relion_locres.mrc"
+    full = mrcfile.read(lr)
+    rel = lr.relative_to(project).parent
+    s, h, data = get(server + f"api/map?dir={rel}/&file=relion_locres.mrc&size=16&positive=1")
+    pos = np.frombuffer(data, np.float32)
+    s2, _, data2 = get(server + f"api/map?dir={rel}/&file=relion_locres.mrc&size=16")
+    plain = np.frombuffer(data2, np.float32)
+    assert s == s2 == 200 and int(h["X-Box-Size"]) == 16
+    assert pos[pos > 0].min() >= full[full > 0].min() - 1e-4
+    assert plain[plain > 0].min() < full[full > 0].min()  # the plain mean mixes the zeros in at the edge
 
 
 def test_refusals(server, project):
@@ -162,9 +178,10 @@ def test_page_in_headless_chromium(server, project, tmp_path):
     t.start()
     try:
         pp = "PostProcess/" + sorted((project / "PostProcess").iterdir())[0].name + "/"
+        lr = "LocalRes/" + sorted((project / "LocalRes").iterdir())[0].name + "/"
         env = dict(os.environ)
         r = subprocess.run(["node", str(ROOT / "tests/web/e2e.mjs"), server, str(tmp_path), str(BUILD / "web/node_modules"),
-                            pp], capture_output=True, text=True, timeout=180, env=env)
+                            pp, lr], capture_output=True, text=True, timeout=180, env=env)
     finally:
         stop.set()
         t.join()
@@ -177,3 +194,8 @@ def test_page_in_headless_chromium(server, project, tmp_path):
     assert res["progress_later"] != res["progress_first"]
     assert res["page_errors"] == []
     assert (tmp_path / "refine3d.png").stat().st_size > 10000
+    # Local resolution: the surface covers part of the canvas and is coloured by the local resolution: at
+    # least two hue bins (of 30 degrees) each hold 2% of the drawn pixels (the plain surface is one blue).
+    hues = res["locres_hues"]
+    assert hues["drawn"] > 0.02 * res["view3d_pixels"]
+    assert sum(b > 0.02 * hues["drawn"] for b in hues["bins"]) >= 2, hues

@@ -1,10 +1,11 @@
 // End-to-end test of the `regula serve` page in headless Chromium (Debian's chromium, driven by
 // playwright-core from npm). Run by tests/python/test_web.py:
 //   node tests/web/e2e.mjs URL OUT_DIR NODE_MODULES_DIR POSTPROCESS_JOB_DIR
-// Prints one JSON line with what it measured; the Python side asserts on it.
+// Prints one JSON line with what it measured; the Python side asserts on it. LOCRES_JOB_DIR (optional, 5th
+// argument): a local-resolution job whose isosurface must be coloured.
 import { createRequire } from 'module';
 
-const [url, outDir, modules, postprocessDir] = process.argv.slice(2);
+const [url, outDir, modules, postprocessDir, locresDir] = process.argv.slice(2);
 const require = createRequire(modules + '/');
 const { chromium } = require('playwright-core');
 
@@ -18,7 +19,8 @@ try {
   const errors = [];
   page.on('pageerror', e => errors.push(String(e)));
   await page.goto(url);
-  await page.waitForSelector('tr.job[data-dir="Class2D/job002/"]', { timeout: 15000 });
+  // Generous: loading three.js takes seconds on a busy machine.
+  await page.waitForSelector('tr.job[data-dir="Class2D/job002/"]', { timeout: 60000 });
 
   // 2D classification: the gallery's images load.
   await page.click('tr.job[data-dir="Class2D/job002/"]');
@@ -58,6 +60,34 @@ try {
   await page.click(`tr.job[data-dir="${postprocessDir}"]`);
   await page.waitForSelector('#guinier', { timeout: 15000 });
   result.has_guinier = true;
+
+  // Local resolution: the isosurface is coloured (hues of the drawn pixels, in 12 bins) and has a legend.
+  if (locresDir) {
+    await page.click(`tr.job[data-dir="${locresDir}"]`);
+    await page.waitForSelector('#locres-legend', { timeout: 20000 });
+    await page.waitForSelector('#view3d', { timeout: 20000 });
+    await page.waitForTimeout(1000);
+    result.locres_hues = await page.evaluate(() => {
+      const c = document.querySelector('#view3d'), t = document.createElement('canvas');
+      t.width = c.width; t.height = c.height;
+      const x = t.getContext('2d');
+      x.drawImage(c, 0, 0);
+      const d = x.getImageData(0, 0, t.width, t.height).data;
+      const bins = new Array(12).fill(0);
+      let drawn = 0;
+      for (let i = 0; i < d.length; i += 4) {
+        const r = d[i] / 255, g = d[i + 1] / 255, b = d[i + 2] / 255, mx = Math.max(r, g, b), mn = Math.min(r, g, b);
+        if (mx > 0.94 && mn > 0.94) continue;  // background
+        drawn++;
+        if (mx - mn < 0.15) continue;           // grey: no hue
+        let hue = mx === r ? (g - b) / (mx - mn) : mx === g ? 2 + (b - r) / (mx - mn) : 4 + (r - g) / (mx - mn);
+        hue = ((hue * 60) + 360) % 360;
+        bins[Math.floor(hue / 30)]++;
+      }
+      return { drawn, bins };
+    });
+    await page.screenshot({ path: outDir + '/locres.png' });
+  }
 
   // A running job: its progress cell changes while the test appends to its progress file.
   const cell = 'tr.job[data-dir="Running/job099/"] td.progress';

@@ -30,5 +30,8 @@ void add_class3d(CLI::App& app);
 void add_postprocess(CLI::App& app);
 void add_serve(CLI::App& app);
 void add_initial_model(CLI::App& app);
+void add_symmetry_expand(CLI::App& app);
+void add_particle_subtract(CLI::App& app);
+void add_locres(CLI::App& app);
 
 }  // namespace regula::cli

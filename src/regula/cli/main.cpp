@@ -38,6 +38,9 @@ const regula::cli::Command kCommands[] = {
     {"mask", regula::cli::add_mask},
     {"fsc", regula::cli::add_fsc},
     {"convert", regula::cli::add_convert},
+    {"symmetry_expand", regula::cli::add_symmetry_expand},
+    {"particle_subtract", regula::cli::add_particle_subtract},
+    {"locres", regula::cli::add_locres},
     {"pipeline", regula::cli::add_pipeline},
 };
 

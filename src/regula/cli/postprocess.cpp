@@ -30,6 +30,23 @@ void add_postprocess(CLI::App& app) {
   s->add_option("--filter_edge_width", opt->filter_edge_width, "Width of the low-pass edge, shells")->capture_default_str();
   s->add_option("--random_seed,--seed", opt->seed, "Seed of the phase randomisation")->capture_default_str();
   s->add_option("--j", opt->threads, "Threads")->capture_default_str();
+  s->add_flag("--locres", opt->locres,
+              "Local resolution instead (as relion_postprocess --locres): OUT_locres.mrc, OUT_locres_filtered.mrc, "
+              "OUT_locres_fscs.star; the mask only for the histogram");
+  s->add_option("--locres_sampling", opt->locres_sampling, "Distance between sampling points, Å")->capture_default_str();
+  s->add_option("--locres_maskrad", opt->locres_maskrad, "Radius of the local window, Å (-1: sampling / 2)")
+      ->capture_default_str();
+  s->add_option("--locres_edgwidth", opt->locres_edgwidth, "Soft edge of the local window, Å (-1: sampling)")
+      ->capture_default_str();
+  s->add_option("--locres_randomize_at", opt->locres_randomize_at, "Randomise phases from this resolution, Å")
+      ->capture_default_str();
+  s->add_option("--locres_minres", opt->locres_minres, "Worst local resolution reported, Å")->capture_default_str();
+  s->add_option("--locres_randomisations", opt->locres_randomisations,
+                "Phase randomisations averaged for the correction (RELION: 1)")
+      ->capture_default_str();
+  s->add_option("--locres_fsc_box", opt->locres_fsc_box,
+                "Box of the local FSCs, px (0: the smallest that holds the window; the map's box: RELION's sampling)")
+      ->capture_default_str();
   s->callback([opt] { run_postprocess(*opt); });
 }
 

@@ -54,24 +54,35 @@ fftwf_plan get_plan(int nx, int ny, int nz, int nthreads, bool forward, bool inp
 
 }  // namespace
 
-Grid<cfloat> fft_forward(const Grid<float>& in, int nthreads) {
-  Grid<cfloat> out(in.nx() / 2 + 1, in.ny(), in.nz());
-  if (in.empty()) return out;
+void fft_forward(const Grid<float>& in, Grid<cfloat>& out, int nthreads) {
+  if (out.nx() != in.nx() / 2 + 1 || out.ny() != in.ny() || out.nz() != in.nz())
+    out = Grid<cfloat>(in.nx() / 2 + 1, in.ny(), in.nz());
+  if (in.empty()) return;
   fftwf_plan p = get_plan(in.nx(), in.ny(), in.nz(), nthreads, true);
   // r2c does not modify its input.
   fftwf_execute_dft_r2c(p, const_cast<float*>(in.data()), reinterpret_cast<fftwf_complex*>(out.data()));
+}
+
+Grid<cfloat> fft_forward(const Grid<float>& in, int nthreads) {
+  Grid<cfloat> out;
+  fft_forward(in, out, nthreads);
   return out;
 }
 
-Grid<float> fft_inverse(const Grid<cfloat>& in, int nx, int nthreads) {
+void fft_inverse_destroy(Grid<cfloat>& in, int nx, Grid<float>& out, int nthreads) {
   if (in.nx() != nx / 2 + 1) runtime_error("fft_inverse: half-complex width {} does not match nx {}", in.nx(), nx);
-  Grid<float> out(nx, in.ny(), in.nz());
-  if (in.empty()) return out;
-  Grid<cfloat> tmp = in;  // c2r destroys its input
+  if (out.nx() != nx || out.ny() != in.ny() || out.nz() != in.nz()) out = Grid<float>(nx, in.ny(), in.nz());
+  if (in.empty()) return;
   fftwf_plan p = get_plan(nx, in.ny(), in.nz(), nthreads, false);
-  fftwf_execute_dft_c2r(p, reinterpret_cast<fftwf_complex*>(tmp.data()), out.data());
+  fftwf_execute_dft_c2r(p, reinterpret_cast<fftwf_complex*>(in.data()), out.data());
   float s = 1.0f / float(double(nx) * in.ny() * in.nz());
   for (auto& v : out) v *= s;
+}
+
+Grid<float> fft_inverse(const Grid<cfloat>& in, int nx, int nthreads) {
+  Grid<cfloat> tmp = in;  // c2r destroys its input
+  Grid<float> out;
+  fft_inverse_destroy(tmp, nx, out, nthreads);
   return out;
 }
 

@@ -30,6 +30,11 @@ void fft_inverse_inplace(Grid<cfloat>& buf, int nx, int nthreads = 1);
 inline float& real_at(Grid<cfloat>& buf, int x, int y, int z) {
   return reinterpret_cast<float*>(buf.data())[(size_t(z) * size_t(buf.ny()) + size_t(y)) * size_t(2 * buf.nx()) + size_t(x)];
 }
+// The same into existing grids, for loops that transform many grids of one shape: `out` is
+// reshaped only when its shape differs (no allocation otherwise). fft_inverse_destroy overwrites
+// `in` (FFTW's complex-to-real transform uses it as scratch) instead of copying it.
+void fft_forward(const Grid<float>& in, Grid<cfloat>& out, int nthreads = 1);
+void fft_inverse_destroy(Grid<cfloat>& in, int nx, Grid<float>& out, int nthreads = 1);
 
 // In-place origin change for a transform whose real-space origin is at index
 // n/2 (integer division) along every axis, as RELION's images and maps.

@@ -28,23 +28,24 @@ void for_each_freq(Grid<cfloat>& G, F f) {
   }
 }
 
-void pass_filter(Grid<cfloat>& F, double resolution, double pixel, int edge, bool high) {
-  if (!(resolution > 0) || !(pixel > 0))
-    input_error("filter: resolution {} Å and pixel size {} Å must be positive", resolution, pixel);
-  const int n = F.ny();
+// The high-pass gain (0 below the edge, 1 above, a raised cosine between) at |k| = k px.
+double high_pass_gain(double k, int n, double resolution, double pixel, int edge) {
   const int ishell = int(std::lround(n * pixel / resolution));
   const int half = std::max(0, edge) / 2;
   const double lo = std::max(0.0, double(ishell - half));
   const double hi = double(ishell + half);
   const double width = hi - lo;
+  if (k < lo) return 0.0;
+  if (k > hi || width <= 0) return 1.0;
+  return 0.5 - 0.5 * std::cos(M_PI * (k - lo) / width);
+}
+
+void pass_filter(Grid<cfloat>& F, double resolution, double pixel, int edge, bool high) {
+  if (!(resolution > 0) || !(pixel > 0))
+    input_error("filter: resolution {} Å and pixel size {} Å must be positive", resolution, pixel);
+  const int n = F.ny();
   for_each_freq(F, [&](cfloat& v, double k) {
-    double g;
-    if (k < lo)
-      g = 0.0;
-    else if (k > hi || width <= 0)
-      g = 1.0;
-    else
-      g = 0.5 - 0.5 * std::cos(M_PI * (k - lo) / width);
+    double g = high_pass_gain(k, n, resolution, pixel, edge);
     if (!high) g = 1.0 - g;
     v *= float(g);
   });
@@ -61,6 +62,9 @@ void via_fourier(Grid<float>& img, Fn fn) {
 }  // namespace
 
 void low_pass(Grid<cfloat>& F, double res, double px, int edge) { pass_filter(F, res, px, edge, false); }
+double low_pass_gain(double k, int n, double res, double px, int edge) {
+  return 1.0 - high_pass_gain(k, n, res, px, edge);
+}
 void high_pass(Grid<cfloat>& F, double res, double px, int edge) { pass_filter(F, res, px, edge, true); }
 void low_pass(Grid<float>& img, double res, double px, int edge) {
   via_fourier(img, [&](Grid<cfloat>& F) { low_pass(F, res, px, edge); });
@@ -203,6 +207,45 @@ Grid<float> window(const Grid<float>& img, int new_n, float fill) {
       }
     }
   }
+  return out;
+}
+
+Grid<float> shift_wrapped(const Grid<float>& img, int dx, int dy, int dz) {
+  const int nx = img.nx(), ny = img.ny(), nz = img.nz();
+  Grid<float> out(nx, ny, nz);
+  auto mod = [](int a, int n) { return ((a % n) + n) % n; };
+  for (int z = 0; z < nz; ++z) {
+    const int tz = mod(z + dz, nz);
+    for (int y = 0; y < ny; ++y) {
+      const int ty = mod(y + dy, ny);
+      const float* src = img.data() + img.index(0, y, z);
+      float* dst = out.data() + out.index(0, ty, tz);
+      for (int x = 0; x < nx; ++x) dst[mod(x + dx, nx)] = src[x];
+    }
+  }
+  return out;
+}
+
+Grid<float> randomize_phases(const Grid<float>& map, double radius_px, uint64_t seed, uint64_t stream,
+                             int nthreads) {
+  check_square(map, "randomize_phases");
+  const int n = map.nx();
+  Grid<cfloat> F = fft_forward(map, nthreads);
+  auto rng = make_rng(seed, stream, 0x50484153);  // "PHAS"
+  const double r2min = radius_px * radius_px;
+  for (int z = 0; z < F.nz(); ++z) {
+    const int kz = F.nz() > 1 ? fft_freq(z, n) : 0;
+    for (int y = 0; y < F.ny(); ++y) {
+      const int ky = fft_freq(y, n);
+      for (int x = 0; x < F.nx(); ++x) {
+        if (double(x * x + ky * ky + kz * kz) < r2min) continue;
+        cfloat& v = F(x, y, z);
+        v = std::polar(std::abs(v), float(2 * 3.14159265358979323846 * uniform01(rng)));
+      }
+    }
+  }
+  Grid<float> out;
+  fft_inverse_destroy(F, n, out, nthreads);
   return out;
 }
 

@@ -5,6 +5,7 @@
 // Fourier-space versions act on a half-complex transform of a grid of size
 // n = F.ny() (centred or not: the filters are real and radial).
 #pragma once
+#include <cstdint>
 #include <random>
 #include <vector>
 
@@ -16,6 +17,8 @@ namespace regula {
 // coefficients below shell (i - edge/2) are kept, above (i + edge/2) set to 0,
 // with a raised cosine in between (edge/2 is integer division, as RELION).
 void low_pass(Grid<cfloat>& F_half, double resolution_A, double pixel_A, int edge_px = 2);
+// The gain of low_pass at |k| = k_px Fourier pixels of a box of side n.
+double low_pass_gain(double k_px, int n, double resolution_A, double pixel_A, int edge_px = 2);
 void low_pass(Grid<float>& img, double resolution_A, double pixel_A, int edge_px = 2);
 // High-pass: the complement (0 below the edge, 1 above, raised cosine rising in between).
 void high_pass(Grid<cfloat>& F_half, double resolution_A, double pixel_A, int edge_px = 2);
@@ -58,5 +61,16 @@ Grid<float> rescale(const Grid<float>& img, int new_n);
 // Real-space windowing to a new box about the centre (n/2 -> new_n/2): crop,
 // or pad with `fill`.
 Grid<float> window(const Grid<float>& img, int new_n, float fill = 0.0f);
+
+// Phase randomisation (RELION's randomizePhasesBeyond): the coefficients of the map's transform at
+// |k| >= radius_px (Fourier pixels) get uniform random phases, amplitudes kept; the random numbers
+// come from make_rng(seed, stream, "PHAS") in the transform's storage order (z, y, x), so a seed
+// gives the same map on any thread count (`nthreads` is for the FFTs). Cubic maps or square images.
+Grid<float> randomize_phases(const Grid<float>& map, double radius_px, uint64_t seed, uint64_t stream,
+                             int nthreads = 1);
+
+// Integer shift with wrap-around: out(x + dx, y + dy, z + dz) = in(x, y, z), indices modulo the
+// size (the content moves by +d pixels, as RELION's selfTranslate with WRAP). Any grid shape.
+Grid<float> shift_wrapped(const Grid<float>& img, int dx, int dy, int dz = 0);
 
 }  // namespace regula

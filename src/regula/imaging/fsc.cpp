@@ -8,6 +8,22 @@
 
 namespace regula {
 
+namespace {
+
+// num / sqrt(da db) per shell (0 where either has no power); shell 0 set to 1, as RELION.
+std::vector<double> fsc_from_sums(const std::vector<double>& num, const std::vector<double>& da,
+                                  const std::vector<double>& db) {
+  std::vector<double> out(num.size(), 0.0);
+  for (size_t s = 0; s < out.size(); ++s) {
+    const double d = std::sqrt(da[s] * db[s]);
+    out[s] = d > 0 ? num[s] / d : 0.0;
+  }
+  if (!out.empty()) out[0] = 1.0;
+  return out;
+}
+
+}  // namespace
+
 std::vector<double> fsc_fourier(const Grid<cfloat>& A, const Grid<cfloat>& B) {
   if (!A.same_shape(B))
     runtime_error("fsc: transforms differ in shape ({}x{}x{} vs {}x{}x{})", A.nx(), A.ny(), A.nz(), B.nx(),
@@ -28,13 +44,61 @@ std::vector<double> fsc_fourier(const Grid<cfloat>& A, const Grid<cfloat>& B) {
       }
     }
   }
-  std::vector<double> out(num.size(), 0.0);
-  for (size_t s = 0; s < out.size(); ++s) {
-    const double d = std::sqrt(da[s] * db[s]);
-    out[s] = d > 0 ? num[s] / d : 0.0;
+  return fsc_from_sums(num, da, db);
+}
+
+std::vector<int16_t> fourier_shells(int n) {
+  std::vector<int16_t> t(size_t(n / 2 + 1) * size_t(n) * size_t(n));
+  size_t i = 0;
+  for (int z = 0; z < n; ++z)
+    for (int y = 0; y < n; ++y)
+      for (int x = 0; x <= n / 2; ++x) {
+        const int kz = fft_freq(z, n), ky = fft_freq(y, n);
+        const long s = std::lround(std::sqrt(double(x * x + ky * ky + kz * kz)));
+        t[i++] = int16_t(s <= n / 2 ? s : -1);
+      }
+  return t;
+}
+
+std::vector<double> fsc_fourier(const Grid<cfloat>& A, const Grid<cfloat>& B, const std::vector<int16_t>& shells) {
+  if (!A.same_shape(B) || shells.size() != A.size())
+    runtime_error("fsc: transforms of {}x{}x{} and {}x{}x{} with a shell table of {}", A.nx(), A.ny(), A.nz(),
+                  B.nx(), B.ny(), B.nz(), shells.size());
+  const int n = A.ny();
+  std::vector<double> num(size_t(n / 2 + 1), 0.0), da(num.size(), 0.0), db(num.size(), 0.0);
+  for (size_t i = 0; i < A.size(); ++i) {
+    if (shells[i] < 0) continue;
+    const size_t s = size_t(shells[i]);
+    const cfloat a = A[i], b = B[i];
+    num[s] += double(a.real()) * b.real() + double(a.imag()) * b.imag();
+    da[s] += std::norm(a);
+    db[s] += std::norm(b);
   }
-  if (!out.empty()) out[0] = 1.0;
-  return out;
+  return fsc_from_sums(num, da, db);
+}
+
+std::vector<double> fsc_weights(const std::vector<double>& f) {
+  std::vector<double> w(f.size(), 0.0);
+  for (size_t i = 0; i < f.size(); ++i) {
+    if (f[i] < 0.0001) break;
+    w[i] = f[i] > 0 ? std::sqrt(2 * f[i] / (1 + f[i])) : 0.0;
+  }
+  return w;
+}
+
+void apply_fsc_weighting(Grid<cfloat>& F, const std::vector<double>& f) {
+  const std::vector<double> w = fsc_weights(f);
+  const int n = F.ny();
+  for (int z = 0; z < F.nz(); ++z) {
+    const int kz = F.nz() > 1 ? fft_freq(z, F.nz()) : 0;
+    for (int y = 0; y < F.ny(); ++y) {
+      const int ky = fft_freq(y, n);
+      for (int x = 0; x < F.nx(); ++x) {
+        const size_t i = size_t(std::lround(std::sqrt(double(x * x + ky * ky + kz * kz))));
+        F(x, y, z) *= i < w.size() ? float(w[i]) : 0.0f;
+      }
+    }
+  }
 }
 
 std::vector<double> fsc(const Grid<float>& a, const Grid<float>& b) {

@@ -1,6 +1,7 @@
 // Fourier shell (ring) correlation between two maps (images) and the
 // resolution at a threshold.
 #pragma once
+#include <cstdint>
 #include <vector>
 
 #include "regula/core/grid.hpp"
@@ -15,8 +16,20 @@ std::vector<double> fsc(const Grid<float>& a, const Grid<float>& b);
 // The same from centred or uncentred half-complex transforms of equal shape
 // ((n/2+1) x n [x n]); both must use the same origin convention.
 std::vector<double> fsc_fourier(const Grid<cfloat>& A, const Grid<cfloat>& B);
+// For many FSCs of transforms of one cubic shape: the shell round(|k|) of every coefficient of the
+// half-complex transform of an n^3 map (-1 beyond n/2), and the FSC from that table (as fsc_fourier).
+std::vector<int16_t> fourier_shells(int n);
+std::vector<double> fsc_fourier(const Grid<cfloat>& A, const Grid<cfloat>& B, const std::vector<int16_t>& shells);
 // 2D Fourier ring correlation (same as fsc for images; named for clarity).
 inline std::vector<double> frc(const Grid<float>& a, const Grid<float>& b) { return fsc(a, b); }
+
+// FSC weighting of a half-complex transform (n = F.ny(); centred or not): the coefficients in shell
+// i = round(|k|) are multiplied by sqrt(2 FSC_i / (1 + FSC_i)) (0 where FSC_i <= 0), and set to 0 beyond
+// the last shell before the FSC first drops below 1e-4 (RELION's applyFscWeighting, Rosenthal &
+// Henderson 2003). `fsc` has one value per shell 0..n/2.
+void apply_fsc_weighting(Grid<cfloat>& F, const std::vector<double>& fsc);
+// The multiplier of each shell in apply_fsc_weighting.
+std::vector<double> fsc_weights(const std::vector<double>& fsc);
 
 // Pearson correlation of all voxels (pixels) of two grids of equal size; 0 when either is constant.
 double real_space_correlation(const Grid<float>& a, const Grid<float>& b);

@@ -170,4 +170,23 @@ Grid<float> create_mask(const Grid<float>& map, const MaskCreateOptions& opt) {
   return m;
 }
 
+std::array<double, 3> centre_of_mass(const Grid<float>& map) {
+  const int cx = map.nx() / 2, cy = map.ny() / 2, cz = map.nz() / 2;
+  double sum = 0, sx = 0, sy = 0, sz = 0;
+  for (int z = 0; z < map.nz(); ++z)
+    for (int y = 0; y < map.ny(); ++y) {
+      const float* row = map.data() + map.index(0, y, z);
+      for (int x = 0; x < map.nx(); ++x) {
+        const double v = row[x];
+        if (!(v > 0)) continue;
+        sum += v;
+        sx += v * (x - cx);
+        sy += v * (y - cy);
+        sz += v * (z - cz);
+      }
+    }
+  if (sum == 0) input_error("centre of mass: the map has no positive values");
+  return {sx / sum, sy / sum, sz / sum};
+}
+
 }  // namespace regula

@@ -2,6 +2,7 @@
 // masks made from a map as relion_mask_create does. Distances in pixels from
 // the centre at n/2 along every axis.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <vector>
 
@@ -55,6 +56,11 @@ struct MaskCreateOptions {
 // A mask from a map, as relion_mask_create --ini_threshold --extend_inimask
 // --width_soft_edge [--lowpass]: values in [0, 1].
 Grid<float> create_mask(const Grid<float>& map, const MaskCreateOptions& opt);
+
+// Centre of mass of a map (weights = the positive voxel values; others ignored) in pixels
+// relative to the centre (n/2 per axis), x, y, z: RELION's centerOfMass with its logical origin.
+// InputError when no value is positive.
+std::array<double, 3> centre_of_mass(const Grid<float>& map);
 
 // Exact squared Euclidean distance (pixels^2) from every voxel to the nearest
 // voxel with value > 0.5 in `binary` (0 on those voxels; +inf when there is none).

@@ -11,12 +11,13 @@
 #include "regula/core/atomic_file.hpp"
 #include "regula/core/error.hpp"
 #include "regula/core/fft.hpp"
-#include "regula/core/random.hpp"
 #include "regula/imaging/filter.hpp"
 #include "regula/imaging/fsc.hpp"
+#include "regula/imaging/mtf.hpp"
 #include "regula/imaging/plot.hpp"
 #include "regula/io/mrc.hpp"
 #include "regula/io/star.hpp"
+#include "regula/jobs/locres.hpp"
 
 namespace regula {
 
@@ -31,6 +32,12 @@ std::string PostprocessOptions::validate() const {
   if (filter_edge_width < 0) return "--filter_edge_width: must be >= 0";
   if (auto_bfac && adhoc_bfac != 0) return "--auto_bfac and --adhoc_bfac exclude each other";
   if (threads < 1) return "--j: must be at least 1";
+  const PostprocessOptions d;
+  if (!locres && (locres_sampling != d.locres_sampling || locres_maskrad != d.locres_maskrad ||
+                  locres_edgwidth != d.locres_edgwidth || locres_randomize_at != d.locres_randomize_at ||
+                  locres_minres != d.locres_minres || locres_randomisations != d.locres_randomisations ||
+                  locres_fsc_box != d.locres_fsc_box))
+    return "--locres_sampling/maskrad/edgwidth/randomize_at/minres/randomisations/fsc_box are used only with --locres";
   return "";
 }
 
@@ -66,21 +73,47 @@ std::vector<double> guinier(Grid<cfloat>& F, int n) {
   return out;
 }
 
-// Phases replaced by uniform random ones beyond shell `shell` (RELION's randomizePhasesBeyond).
-Volume randomize_phases(const Volume& map, int shell, uint64_t seed, uint64_t stream) {
-  const int n = map.nx();
-  Grid<cfloat> F = fft_forward(map);
-  auto rng = make_rng(seed, stream, 0x50484153);  // "PHAS"
-  for_each_coefficient(F, n, [&](cfloat& v, double r) {
-    if (std::lround(r) > shell) v = std::polar(std::abs(v), float(2 * 3.14159265358979323846 * uniform01(rng)));
-  });
-  return fft_inverse(F, n);
-}
-
 Volume times(const Volume& a, const Volume& m) {
   Volume r = a;
   for (size_t i = 0; i < r.size(); ++i) r[i] *= m[i];
   return r;
+}
+
+// relion_postprocess --locres: the local resolution only.
+PostprocessResult run_postprocess_locres(const PostprocessOptions& opt) {
+  if (opt.auto_bfac)
+    input_error("postprocess --locres: --auto_bfac is not possible with --locres (as RELION); give --adhoc_bfac");
+  const PostprocessOptions d;
+  if (opt.low_pass != d.low_pass || opt.skip_fsc_weighting || opt.force_mask || opt.randomize_at_fsc != d.randomize_at_fsc ||
+      opt.autob_lowres != d.autob_lowres || opt.autob_highres != d.autob_highres)
+    input_error("postprocess --locres: --low_pass, --skip_fsc_weighting, --force_mask, --randomize_at_fsc and "
+                "--autob_lowres/highres are for the global post-processing, not used with --locres");
+  LocresOptions lo;
+  lo.half1 = opt.half1;
+  lo.half2 = opt.half2;
+  lo.out_root = opt.out_root;
+  lo.mask = opt.mask;
+  lo.angpix = opt.angpix;
+  lo.adhoc_bfac = opt.adhoc_bfac;
+  lo.mtf = opt.mtf;
+  lo.mtf_angpix = opt.mtf_angpix;
+  lo.sampling = opt.locres_sampling;
+  lo.maskrad = opt.locres_maskrad;
+  lo.edgwidth = opt.locres_edgwidth;
+  lo.randomize_at = opt.locres_randomize_at;
+  lo.minres = opt.locres_minres;
+  lo.randomisations = opt.locres_randomisations;
+  lo.fsc_box = opt.locres_fsc_box;
+  lo.filter_edge_width = opt.filter_edge_width;
+  lo.seed = opt.seed;
+  lo.threads = opt.threads;
+  const LocresResult r = run_locres(lo);
+  PostprocessResult res;
+  res.locres_map = r.locres_map;
+  res.locres_filtered = r.filtered_map;
+  res.locres_star = r.fscs_star;
+  res.locres_histogram = r.histogram_png;
+  return res;
 }
 
 }  // namespace
@@ -88,12 +121,8 @@ Volume times(const Volume& a, const Volume& m) {
 PostprocessResult run_postprocess(const PostprocessOptions& in) {
   PostprocessOptions opt = in;
   if (auto msg = opt.validate(); !msg.empty()) throw InputError("postprocess: " + msg);
-  if (opt.half2.empty()) {
-    const size_t p = opt.half1.rfind("half1");
-    if (p == std::string::npos)
-      input_error("--i {}: the name has no 'half1' to replace by 'half2'; give the second half map with --i2", opt.half1);
-    opt.half2 = opt.half1.substr(0, p) + "half2" + opt.half1.substr(p + 5);
-  }
+  if (opt.locres) return run_postprocess_locres(opt);
+  if (opt.half2.empty()) opt.half2 = second_half_name(opt.half1);
   mrc::Header h1h;
   const Volume h1 = mrc::read(opt.half1, &h1h), h2 = mrc::read(opt.half2);
   const int n = h1.nx();
@@ -132,7 +161,9 @@ PostprocessResult run_postprocess(const PostprocessOptions& in) {
     if (randomize_at < 0)
       input_error("{}: the unmasked FSC never drops below {} (--randomize_at_fsc): nothing to randomise", opt.half1,
                   opt.randomize_at_fsc);
-    const Volume r1 = randomize_phases(h1, randomize_at, opt.seed, 1), r2 = randomize_phases(h2, randomize_at, opt.seed, 2);
+    // Shells round(|k|) > randomize_at, i.e. |k| >= randomize_at + 0.5.
+    const Volume r1 = randomize_phases(h1, randomize_at + 0.5, opt.seed, 1);
+    const Volume r2 = randomize_phases(h2, randomize_at + 0.5, opt.seed, 2);
     res.fsc_random_masked = fsc(times(r1, mask), times(r2, mask));
     if (res.fsc_masked[0] <= 0) res.fsc_masked[0] = 1;
     if (res.fsc_random_masked[0] <= 0) res.fsc_random_masked[0] = 1;
@@ -183,44 +214,10 @@ PostprocessResult run_postprocess(const PostprocessOptions& in) {
   const std::vector<double> g_in = guinier(F, n);
   std::vector<double> g_mtf = g_in;
   if (!opt.mtf.empty()) {
-    star::Document d = star::read(opt.mtf);
-    if (d.blocks.empty()) input_error("{}: no data block", opt.mtf);
-    const star::Block& b = d.blocks.front();
-    const std::vector<double> fx = b.numbers(b.require_column("rlnResolutionInversePixel"));
-    const std::vector<double> fy = b.numbers(b.require_column("rlnMtfValue"));
-    if (fx.size() < 2) input_error("{}: the MTF table needs at least 2 rows", opt.mtf);
-    for (size_t i = 1; i < fx.size(); ++i)
-      if (!(fx[i] > fx[i - 1])) input_error("{}: rlnResolutionInversePixel must increase (row {})", b.where(i), i + 1);
-    const double det = opt.mtf_angpix > 0 ? opt.mtf_angpix : angpix;
-    for_each_coefficient(F, n, [&](cfloat& v, double r) {
-      const double x = r / (n * angpix) * det;  // 1/detector pixel
-      double m;
-      if (x <= fx.front()) m = fy.front();
-      else if (x >= fx.back()) m = fy.back();
-      else {
-        const size_t j = size_t(std::upper_bound(fx.begin(), fx.end(), x) - fx.begin());
-        m = fy[j - 1] + (fy[j] - fy[j - 1]) * (x - fx[j - 1]) / (fx[j] - fx[j - 1]);
-      }
-      if (m > 0) v /= float(m);
-    });
+    divide_by_mtf(F, n, angpix, Mtf::read(opt.mtf), opt.mtf_angpix > 0 ? opt.mtf_angpix : angpix);
     g_mtf = guinier(F, n);
   }
-  if (!opt.skip_fsc_weighting) {
-    int imax = 0;
-    for (size_t i = 0; i < hs; ++i) {
-      if (res.fsc_corrected[i] < 0.0001) break;
-      imax = int(i);
-    }
-    for_each_coefficient(F, n, [&](cfloat& v, double r) {
-      const long i = std::lround(r);
-      if (i <= imax) {
-        const double f = res.fsc_corrected[size_t(i)];
-        v *= f > 0 ? float(std::sqrt(2 * f / (1 + f))) : 0.0f;
-      } else {
-        v = 0;
-      }
-    });
-  }
+  if (!opt.skip_fsc_weighting) apply_fsc_weighting(F, res.fsc_corrected);
   const std::vector<double> g_weighted = guinier(F, n);
   // RELION 3.1 fits from --autob_lowres to --autob_highres, whose default 0 means every shell up to
   // Nyquist that the FSC weighting leaves non-zero (not only to the final resolution).

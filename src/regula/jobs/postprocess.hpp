@@ -28,6 +28,17 @@ struct PostprocessOptions {
   int filter_edge_width = 2;      // --filter_edge_width, shells
   uint64_t seed = 1;              // --random_seed: phase randomisation
   int threads = 1;                // --j
+  // --locres: local resolution instead of the global post-processing, as relion_postprocess --locres
+  // (jobs/locres.hpp; OUT_locres.mrc, OUT_locres_filtered.mrc, OUT_locres_fscs.star; the mask only
+  // for the histogram; --adhoc_bfac sharpens the filtered map; not with --auto_bfac).
+  bool locres = false;
+  double locres_sampling = 25;     // --locres_sampling, Å
+  double locres_maskrad = -1;      // --locres_maskrad, Å (-1: sampling / 2)
+  double locres_edgwidth = -1;     // --locres_edgwidth, Å (-1: sampling)
+  double locres_randomize_at = 25;  // --locres_randomize_at, Å
+  double locres_minres = 50;       // --locres_minres, Å
+  int locres_randomisations = 4;   // --locres_randomisations (RELION: 1)
+  int locres_fsc_box = 0;          // --locres_fsc_box, px (0: automatic)
 
   std::string validate() const;
 };
@@ -39,6 +50,8 @@ struct PostprocessResult {
   double randomise_from = 0;      // rlnRandomiseFrom, Å
   std::vector<double> fsc_corrected, fsc_unmasked, fsc_masked, fsc_random_masked;  // per shell
   std::string map, masked_map, star, fsc_png, guinier_png;
+  // With --locres: the local-resolution outputs (and nothing above but the file names' root).
+  std::string locres_map, locres_filtered, locres_star, locres_histogram;
 };
 
 PostprocessResult run_postprocess(const PostprocessOptions& opt);

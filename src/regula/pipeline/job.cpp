@@ -27,6 +27,9 @@ const JobType kTypes[] = {
     {"class2d", "Class2D", 8, false},          {"class3d", "Class3D", 9, false},
     {"refine3d", "Refine3D", 10, false},       {"initial_model", "InitialModel", 18, false},
     {"postprocess", "PostProcess", 15, false}, {"select", "Select", 7, false},
+    {"symmetry_expand", "SymmetryExpand", 99, false, "expanded.star"},
+    {"particle_subtract", "Subtract", 14, true, "Subtract/"},
+    {"locres", "LocalRes", 16, false, "relion"},
 };
 
 const char* kMarkers[] = {"REGULA_JOB_RUNNING", "RELION_JOB_EXIT_SUCCESS", "RELION_JOB_EXIT_FAILURE",
@@ -133,7 +136,7 @@ JobState job_state(const std::string& job_dir) {
 }
 
 std::vector<std::string> input_files(const std::vector<std::string>& args) {
-  static const char* kInputs[] = {"i", "i1", "i2", "ref", "mask", "solvent_mask", "ang", "mtf"};
+  static const char* kInputs[] = {"i", "i1", "i2", "ref", "mask", "solvent_mask", "ang", "mtf", "data", "revert"};
   std::vector<std::string> out;
   for (auto& o : parse_options(args))
     for (const char* k : kInputs)
@@ -145,7 +148,10 @@ std::vector<std::string> input_files(const std::vector<std::string>& args) {
 int output_node_type(const std::string& path, std::string_view command) {
   const std::string f = fs::path(path).filename().string();
   auto ends = [&](std::string_view s) { return f.size() >= s.size() && f.compare(f.size() - s.size(), s.size(), s) == 0; };
-  if (command == "postprocess") {
+  if (command == "postprocess" || command == "locres") {
+    // relion_postprocess --locres: the local-resolution map (12) and the locally filtered map (11).
+    if (ends("_locres.mrc")) return kNodeResMap;
+    if (ends("_locres_fscs.star")) return -1;
     if (ends(".mrc")) return kNodeFinalMap;
     if (ends(".star")) return kNodePost;
     if (ends(".png") || ends(".pdf")) return kNodeLogfile;
@@ -222,13 +228,19 @@ Job Job::open(const std::string& job_dir) {
 std::vector<std::string> Job::rewritten_args() const {
   std::vector<std::string> out = args_;
   std::string job = dir_.substr(0, dir_.size() - 1);
+  bool has_output = false;
   for (size_t i = 0; i < out.size(); ++i) {
     if (out[i] == "--o" && i + 1 < out.size()) {
+      has_output = true;
       std::string& v = out[i + 1];
       if (v.rfind(dir_, 0) == 0) break;  // already inside the job directory
       v = type_->output_is_directory ? job : dir_ + fs::path(v).filename().string();
       break;
     }
+  }
+  if (!has_output && !type_->default_output.empty()) {
+    out.push_back("--o");
+    out.push_back(type_->output_is_directory ? job : dir_ + std::string(type_->default_output));
   }
   return out;
 }

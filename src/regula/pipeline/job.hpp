@@ -20,6 +20,7 @@ struct JobType {
   std::string_view dir_name;  // "Class2D"
   int relion_type;            // RELION process type code (99: no RELION equivalent)
   bool output_is_directory;   // --o names a directory (simulate) rather than a root name
+  std::string_view default_output = {};  // --o when the command line has none ("": --o is required)
 };
 // The job type of a subcommand, or nullptr when it does not run as a job (info...).
 const JobType* job_type(std::string_view command);
@@ -70,7 +71,9 @@ std::vector<std::string> input_files(const std::vector<std::string>& args);
 // The node type RELION would give an output file of a job of `command` ("" when the job is not
 // known, e.g. for an input file), or -1 to leave it out. As RELION's post-processing job, every
 // map of a postprocess job is a final map (OUT.mrc and OUT_masked.mrc: not masks) and its STAR
-// file the post-processing node.
+// file the post-processing node; of a local-resolution job (locres, or postprocess --locres)
+// OUT_locres.mrc is a local-resolution map (12), OUT_locres_filtered.mrc a final map and the FSC
+// STAR file no node (as RELION's LocalRes job).
 int output_node_type(const std::string& path, std::string_view command = {});
 
 }  // namespace regula::pipeline

@@ -68,6 +68,11 @@ SymmetryGroup SymmetryGroup::parse(std::string_view name) {
 
   const Vec3 z{0, 0, 1}, x{1, 0, 0};
   std::vector<Generator> gens;
+  // RELION's symmetry definitions list these axes; the icosahedral groups also list a 3-fold
+  // (implied by the 2- and 5-fold, so the group is generated from the exact 2- and 5-fold axes
+  // only: RELION's 3-fold values are rounded at 1e-8 to 1e-10). Only the order of the list
+  // depends on them (relion_ordered_operators).
+  std::vector<Generator> relion_extra;
   if (up[0] == 'C' || up[0] == 'D') {
     if (up.size() < 2) unknown_group(name);
     int n = 0;
@@ -83,24 +88,68 @@ SymmetryGroup SymmetryGroup::parse(std::string_view name) {
   } else if (up == "O") {
     gens = {{{1, 1, 1}, 3}, {z, 4}};
   } else if (up[0] == 'I') {
-    // RELION also lists a 3-fold per icosahedral group; it is implied by the
-    // 2-fold and the 5-fold (and RELION's I3/I4 3-fold values are rounded at
-    // 1e-8), so the group is generated from the exact 2- and 5-fold axes only.
     const double a = 0.525731112119133606, b = 0.850650808352039932;  // (1, 0, phi) / |(1, 0, phi)|
-    if (up == "I" || up == "I2")
+    if (up == "I" || up == "I2") {
       gens = {{z, 2}, {{a, 0, b}, 5}};
-    else if (up == "I1")
+      relion_extra = {{{0, 0.356822076, 0.934172364}, 3}};
+    } else if (up == "I1") {
       gens = {{x, 2}, {{b, 0, -a}, 5}};
-    else if (up == "I3")
+      relion_extra = {{{0.9341723640, 0.3568220765, 0}, 3}};
+    } else if (up == "I3") {
       gens = {{{-a, 0, b}, 2}, {z, 5}};
-    else if (up == "I4")
+      relion_extra = {{{-0.4911234778630044, 0.3568220764705179, 0.7946544753759428}, 3}};
+    } else if (up == "I4") {
       gens = {{{a, 0, b}, 2}, {{2 / std::sqrt(5.0), 0, 1 / std::sqrt(5.0)}, 5}};
-    else
+      relion_extra = {{{0.4911234778630044, 0.3568220764705179, 0.7946544753759428}, 3}};
+    } else {
       unknown_group(name);
+    }
   } else {
     unknown_group(name);
   }
-  return SymmetryGroup(up, close_group(gens));
+  std::vector<Axis> axes;
+  for (const auto& g : gens) axes.push_back({g.axis, g.fold});
+  for (const auto& g : relion_extra) axes.push_back({g.axis, g.fold});
+  return SymmetryGroup(up, close_group(gens), std::move(axes));
+}
+
+std::vector<Mat3> SymmetryGroup::relion_ordered_operators() const {
+  constexpr double kTol = 1e-6;  // RELION's equality and rounding threshold
+  auto rounded = [](Mat3 m) {
+    for (auto& row : m)
+      for (double& v : row)
+        if (std::abs(v) < kTol) v = 0;
+    return m;
+  };
+  std::vector<Mat3> list;
+  for (const Axis& ax : relion_axes_)
+    for (int k = 1; k < ax.fold; ++k)
+      list.push_back(rounded(axis_angle_matrix(normalised(ax.direction), -360.0 * k / ax.fold)));
+  auto known = [&](const Mat3& m) {
+    if (max_abs_diff(m, identity3()) <= kTol) return true;
+    for (const auto& o : list)
+      if (max_abs_diff(o, m) <= kTol) return true;
+    return false;
+  };
+  auto try_pair = [&](size_t i, size_t j) {
+    const Mat3 p = matmul(list[i], list[j]);
+    if (!known(p)) list.push_back(rounded(p));
+    if (list.size() > 200) runtime_error("symmetry list of {} did not close (bug)", name_);
+  };
+  // Products appended to the list only add pairs to later shells, so one pass over the shells
+  // visits every pair in RELION's order.
+  for (size_t m = 0; m < list.size(); ++m) {
+    for (size_t i = 0; i <= m; ++i) try_pair(i, m);
+    for (size_t j = m; j-- > 0;) try_pair(m, j);
+  }
+  if (list.size() + 1 != ops_.size())
+    runtime_error("symmetry list of {} has {} operators, expected {} (bug)", name_, list.size() + 1, ops_.size());
+  for (const auto& m : list) {
+    bool found = false;
+    for (const auto& o : ops_) found = found || max_abs_diff(o, m) < 1e-5;
+    if (!found) runtime_error("symmetry list of {}: an operator outside the group (bug)", name_);
+  }
+  return list;
 }
 
 Mat3 nearest_symmetry_copy(const Mat3& A, const Mat3& B, const SymmetryGroup& group) {

@@ -47,10 +47,25 @@ class SymmetryGroup {
   const std::string& name() const { return name_; }
   bool is_c1() const { return ops_.size() == 1; }
 
+  // The operators other than the identity in the order in which RELION 3.1 lists them (its
+  // SymList, used by relion_particle_symmetry_expand): for each axis RELION names for the group
+  // (the generators above, plus the 3-fold of the icosahedral groups), the rotations by -k 360/n
+  // deg, k = 1..n-1; then the products P_i P_j of the list in its closure order (pairs (0,m),
+  // (1,m), ..., (m,m), (m,m-1), ..., (m,0) for m = 0, 1, ...; each new product appended), elements
+  // below 1e-6 set to 0 as RELION does. Symmetry copy k of an orientation A is A * list[k]
+  // (tests/cpp/test_symmetry.cpp checks the order against relion_particle_symmetry_expand).
+  std::vector<Mat3> relion_ordered_operators() const;
+
  private:
-  SymmetryGroup(std::string name, std::vector<Mat3> ops) : name_(std::move(name)), ops_(std::move(ops)) {}
+  struct Axis {
+    Vec3 direction;  // as RELION writes it (normalised when used)
+    int fold;
+  };
+  SymmetryGroup(std::string name, std::vector<Mat3> ops, std::vector<Axis> relion_axes)
+      : name_(std::move(name)), ops_(std::move(ops)), relion_axes_(std::move(relion_axes)) {}
   std::string name_;
   std::vector<Mat3> ops_;
+  std::vector<Axis> relion_axes_;  // the axes RELION's symmetry definition lists, in its order
 };
 
 // Rotation by `angle_deg` (right-handed, counter-clockwise looking down the

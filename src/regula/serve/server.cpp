@@ -245,15 +245,23 @@ struct Server::Impl {
     Volume v = mrc::read(f.string(), &h);
     if (v.nz() < 2 || v.nx() != v.ny() || v.nx() != v.nz()) throw HttpError(422, f.filename().string() + ": not a cubic map");
     const int n = v.nx(), step = (n + want - 1) / want, m = n / step;
+    // positive=1 (a local-resolution map, 0 where undefined): the mean of the positive voxels only.
+    const bool positive = req.has_param("positive") && req.get_param_value("positive") == "1";
     std::vector<float> out(size_t(m) * size_t(m) * size_t(m), 0.0f);
     for (int z = 0; z < m; ++z)
       for (int y = 0; y < m; ++y)
         for (int x = 0; x < m; ++x) {
           double s = 0;
+          int count = 0;
           for (int c = 0; c < step; ++c)
             for (int b = 0; b < step; ++b)
-              for (int a = 0; a < step; ++a) s += v(x * step + a, y * step + b, z * step + c);
-          out[(size_t(z) * size_t(m) + size_t(y)) * size_t(m) + size_t(x)] = float(s / (step * step * step));
+              for (int a = 0; a < step; ++a) {
+                const float val = v(x * step + a, y * step + b, z * step + c);
+                if (positive && !(val > 0)) continue;
+                s += val;
+                ++count;
+              }
+          out[(size_t(z) * size_t(m) + size_t(y)) * size_t(m) + size_t(x)] = count ? float(s / count) : 0.0f;
         }
     box = m;
     apix = h.pixel_size() * step;

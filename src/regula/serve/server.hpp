@@ -5,8 +5,10 @@
 //   GET /api/job?dir=D                     files of the job and its iterations
 //   GET /api/class2d?dir=D[&iter=N]        classes of iteration N (count, fraction, resolution), counts over iterations
 //   GET /api/class_image?dir=D&iter=N&k=K  PNG of class K (1-based)
-//   GET /api/map?dir=D&file=F[&size=S]     map F downsampled to at most S^3 voxels: float32 little-endian,
-//                                          headers X-Box-Size and X-Pixel-Size
+//   GET /api/map?dir=D&file=F[&size=S][&positive=1]  map F downsampled to at most S^3 voxels (means of
+//                                          blocks; positive=1: of the positive voxels only, for local-resolution
+//                                          maps that are 0 where undefined): float32 little-endian, headers
+//                                          X-Box-Size and X-Pixel-Size
 //   GET /api/fsc?dir=D                     FSC curves (refine3d model.star or postprocess.star) and Guinier plot
 //   GET /api/iterations?dir=D              resolution per iteration (ROOT_itNNN_model.star)
 //   GET /files/PATH                        a file of the project (MRC, STAR, PNG, ...)
