@@ -23,6 +23,9 @@ void add_initial_model(CLI::App& app) {
   s->add_option("--offset_range", opt->offset_range, "Translation range, px")->capture_default_str();
   s->add_option("--offset_step", opt->offset_step, "Translation step, px")->capture_default_str();
   s->add_option("--tau2_fudge", opt->tau2_fudge, "Regularisation parameter T")->capture_default_str();
+  s->add_option("--maxsig", opt->max_significants,
+                "At most this many significant coarse poses per particle (-1: no bound; logged when it binds)")
+      ->capture_default_str();
   s->add_option("--j", opt->threads, "Threads (results do not depend on it)")->capture_default_str();
   s->add_option("--seed,--random_seed", opt->seed, "Random seed")->capture_default_str();
   s->add_option("--continue", opt->continue_from, "Continue from ROOT_em_itNNN_optimiser.star");

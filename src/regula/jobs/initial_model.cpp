@@ -29,6 +29,8 @@ std::string InitialModelOptions::validate() const {
   if (!(ini_high > 0)) return fmt::format("--ini_high: must be positive Å (got {})", ini_high);
   if (particle_diameter < 0) return fmt::format("--particle_diameter: must be >= 0 Å (got {})", particle_diameter);
   if (threads < 1) return fmt::format("--j: must be at least 1 (got {})", threads);
+  if (max_significants == 0 || max_significants < -1)
+    return fmt::format("--maxsig: -1 (no bound) or at least 1 (got {})", max_significants);
   return "";
 }
 
@@ -113,6 +115,9 @@ InitialModelResult run_initial_model(const InitialModelOptions& opt) {
   c.classes = opt.classes;
   c.iterations = opt.iterations;
   c.tau2_fudge = opt.tau2_fudge;
+  c.max_significants = opt.max_significants;
+  c.norm = false;  // RELION's initial model runs without --norm and --scale
+  c.scale = false;
   c.ini_high = opt.ini_high;
   c.particle_diameter = opt.particle_diameter;
   c.ctf = opt.ctf;

@@ -28,6 +28,10 @@ struct InitialModelOptions {
   double offset_range = 4;        // --offset_range, px
   double offset_step = 2;         // --offset_step, px
   double tau2_fudge = 4;          // --tau2_fudge
+  // --maxsig: at most this many significant coarse poses per particle (-1: no bound). From a featureless
+  // start the posteriors are flat for the first iterations, and the fine pass over all their poses
+  // dominates the run; the bound is logged per iteration when it binds.
+  long max_significants = 20;
   int threads = 1;                // --j
   uint64_t seed = 1;              // --seed
   std::string continue_from;      // --continue ROOT_em_itNNN_optimiser.star
