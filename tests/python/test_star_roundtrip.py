@@ -24,7 +24,8 @@ RELION = shutil.which("relion_star_handler") or (
 # Columns that --particles moves or converts (RELION 3.0 -> 3.1).
 CONVERTED = {"_rlnVoltage", "_rlnSphericalAberration", "_rlnAmplitudeContrast", "_rlnMagnification",
              "_rlnDetectorPixelSize", "_rlnImagePixelSize", "_rlnImageDimensionality", "_rlnImageSize",
-             "_rlnOriginX", "_rlnOriginY", "_rlnOpticsGroup", "_rlnOriginXAngst", "_rlnOriginYAngst"}
+             "_rlnOriginX", "_rlnOriginY", "_rlnOpticsGroup", "_rlnOriginXAngst", "_rlnOriginYAngst",
+             "_rlnBeamTiltX", "_rlnBeamTiltY"}
 # In a RELION 3.1 file only the origins may change form (pixels -> Å) and the optics group be added.
 ORIGINS = {"_rlnOriginX", "_rlnOriginY", "_rlnOriginXAngst", "_rlnOriginYAngst", "_rlnOpticsGroup"}
 
