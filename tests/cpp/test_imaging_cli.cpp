@@ -242,6 +242,24 @@ TEST_F(ImagingCli, ImagesAtTheStarFilesSampling) {
   EXPECT_NEAR(h.pixel_size(), 1.5, 1e-6);
 }
 
+TEST_F(ImagingCli, OpticsOptionsBadInput) {
+  const std::string sim = "simulate --i map48.mrc --o s --n 4 --angpix 2 ";
+  expect_failure(sim + "--mag 1,0,0", "--mag");
+  expect_failure(sim + "--mag 1,2,2,4", "--mag: the matrix is singular");
+  expect_failure(sim + "--no_ctf --beamtilt_x 1", "need the CTF (not with --no_ctf)");
+  expect_failure(sim + "--og2_angpix 1.5", "--og2_angpix/--og2_box need --og2_fraction");
+  expect_failure(sim + "--og2_fraction 1.5", "--og2_fraction: must be in [0, 1]");
+  ASSERT_EQ(run("project --i map48.mrc --ang poses48.star --o proj").status, 0);
+  expect_failure("reconstruct --i proj.star --o rec.mrc --ctf_phase_flipped", "--ctf_phase_flipped needs --ctf");
+  expect_failure("reconstruct --i proj.star --o rec.mrc --newbox 1", "--newbox: must be at least 2");
+  expect_failure("project --i map48.mrc --nr_uniform 2 --o x --ctf_phase_flip", "--ctf_phase_flip needs --ctf");
+  // A STAR file whose optics do not make sense.
+  write_text("both.star", "data_optics\nloop_\n_rlnOpticsGroup\n_rlnVoltage\n_rlnImagePixelSize\n"
+                          "_rlnCtfDataAreCtfPremultiplied\n_rlnCtfDataArePhaseFlipped\n1 300 1 1 1\n\n"
+                          "data_particles\nloop_\n_rlnImageName\n_rlnDefocusU\n_rlnOpticsGroup\n1@proj.mrcs 10000 1\n");
+  expect_failure("reconstruct --i both.star --o rec.mrc --ctf", "images cannot be both");
+}
+
 TEST_F(ImagingCli, UnknownSymmetry) {
   ASSERT_EQ(run("project --i map48.mrc --ang poses48.star --o proj").status, 0);
   expect_failure("reconstruct --i proj.star --o rec.mrc --sym X7", "unknown symmetry group 'X7'");

@@ -5,6 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
+#include <functional>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -289,4 +292,16 @@ TEST(Projection, ScaledImageSamplesTheMapAtItsOwnFrequencies) {
         EXPECT_EQ(b(x, iy), cfloat(0, 0)) << x << " " << y;
       }
     }
+}
+
+TEST(ImageLabels, DocumentedInFormatsMd) {
+  // docs/formats.md shows the list as a table "| `label` | use | meaning |": every entry is there.
+  std::ifstream f(std::string(REGULA_TEST_DATA) + "/../../docs/formats.md");
+  ASSERT_TRUE(f.good());
+  const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  for (const ImageLabel& l : image_labels()) {
+    const char* use = l.use == LabelUse::Modelled ? "modelled" : l.use == LabelUse::NoEffect ? "no effect" : "refused";
+    const std::string row = "| `" + std::string(l.name) + "` | " + use + " | " + std::string(l.meaning) + " |";
+    EXPECT_NE(text.find(row), std::string::npos) << row;
+  }
 }

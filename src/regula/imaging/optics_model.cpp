@@ -103,16 +103,16 @@ CtfOptions ctf_options(const OpticsGroupModel& g) {
 }  // namespace
 
 ParticleOptics::ParticleOptics(const OpticsGroupModel& group, const CtfParams& ctf)
-    : group_(&group), ctf_(ctf, ctf_options(group)) {}
+    : group_(&group), ctf_(ctf, ctf_options(group)), gamma_offset_(group.has_gamma_offset()) {}
 
 double ParticleOptics::ctf_value(double kx, double ky) const {
   const auto f = group_->frequency(kx, ky);
-  return ctf_.value(f[0], f[1], group_->has_gamma_offset() ? group_->gamma_offset_at(f[0], f[1]) : 0.0);
+  return ctf_.value(f[0], f[1], gamma_offset_ ? group_->gamma_offset_at(f[0], f[1]) : 0.0);
 }
 
 void ParticleOptics::evaluate_ctf(std::span<const float> kx, std::span<const float> ky, const float* gamma_offset,
                                   float* ctf) const {
-  const bool go = group_->has_gamma_offset();
+  const bool go = gamma_offset_;
   for (size_t q = 0; q < kx.size(); ++q) {
     const auto f = group_->frequency(kx[q], ky[q]);
     const double off = !go ? 0.0 : gamma_offset ? double(gamma_offset[q]) : group_->gamma_offset_at(f[0], f[1]);

@@ -124,6 +124,7 @@ class ParticleOptics {
  private:
   const OpticsGroupModel* group_;
   Ctf ctf_;
+  bool gamma_offset_ = false;  // the group has even Zernikes
 };
 
 class OpticsModel {

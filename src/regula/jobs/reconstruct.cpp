@@ -125,6 +125,7 @@ ReconstructResult reconstruct(const ReconstructJobOptions& opt) {
       } else {
         weight = Grid<float>();
       }
+      F(0, 0) = cfloat(0, 0);  // the image's mean carries no signal (relion_reconstruct zeroes it too)
       const Mat3 A = euler_to_matrix(table.rot[i], table.tilt[i], table.psi[i]);
       if (g.maps_to_reference() || m != n) bp.insert_mapped(F, weight, A, g.to_reference);
       else bp.insert(F, weight, A);

@@ -15,7 +15,8 @@
 // RELION). Each image keeps its own box and pixel size: coefficient k of an image
 // of box m and pixel p goes to the map frequency M k (N P) / (m p) (N, P: the
 // map's box and pixel size, M the magnification matrix), so optics groups of
-// different sampling are reconstructed together. Threads work on fixed contiguous ranges of
+// different sampling are reconstructed together. As relion_reconstruct, the origin
+// coefficient (the image's mean) of each image is set to 0 (its weight is kept). Threads work on fixed contiguous ranges of
 // particles, each with its own accumulator, summed in range order: the result
 // is the same for every run with the same --j (float rounding differs between
 // different --j). Then point-group symmetry (--sym) is applied to the
