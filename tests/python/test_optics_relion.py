@@ -308,10 +308,11 @@ def test_labels_without_effect_are_accepted(rec_work):
     run([regula_binary(), "reconstruct", "--i", d / "benign.star", "--o", d / "x.mrc", "--ctf"], rec_work)
 
 
-@pytest.mark.parametrize("command", ["refine3d", "class3d", "class2d"])
+@pytest.mark.parametrize("command", ["refine3d", "class3d", "class2d", "initial_model"])
 def test_engines_refuse_optics_they_do_not_model(rec_work, command):
-    """refine3d, class3d and class2d stop with one line naming the label, the file and the command
-    when the particles have optics they do not model yet (here: beam tilt), instead of ignoring it."""
+    """refine3d, class3d, class2d and initial_model stop with one line naming the label, the file and
+    the command when the particles have optics they do not model yet (here: beam tilt), instead of
+    ignoring it, and leave no output."""
     d = rec_work / "refuse"
     if not (d / "truth.star").exists():
         run([regula_binary(), "simulate", "--i", MAP65, "--o", d, *sim_args(20), "--beamtilt_x", 0.5], rec_work)
@@ -319,7 +320,10 @@ def test_engines_refuse_optics_they_do_not_model(rec_work, command):
     args = {"refine3d": ["--ref", d / "truth_map1.mrc", "--healpix_order", 0, "--offset_range", 1, "--offset_step", 1,
                          "--ctf"],
             "class3d": ["--ref", d / "truth_map1.mrc", "--K", 1, "--healpix_order", 0, *fast],
-            "class2d": ["--K", 2, *fast]}[command]
+            "class2d": ["--K", 2, *fast],
+            "initial_model": ["--iter", 1, "--ctf"]}[command]
+    (d / command).mkdir(exist_ok=True)
     r = run([regula_binary(), command, "--i", d / "particles.star", "--o", d / command / "run", *args], rec_work,
             ok=False)
     one_line_error(r, "_rlnBeamTiltX", str(d / "particles.star"), f"not yet supported by {command}")
+    assert not list((d / command).iterdir())
