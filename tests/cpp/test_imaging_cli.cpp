@@ -242,6 +242,37 @@ TEST_F(ImagingCli, ImagesAtTheStarFilesSampling) {
   EXPECT_NEAR(h.pixel_size(), 1.5, 1e-6);
 }
 
+TEST_F(ImagingCli, OpticsGroupsOfDifferentBoxes) {
+  // Two optics groups, 48 px at 1 Å and 40 px at 1.2 Å: one stack per group, named in the STAR
+  // file, each image of its group's box and pixel size; reconstruct takes both back together.
+  std::string s =
+      "data_optics\nloop_\n_rlnOpticsGroup\n_rlnOpticsGroupName\n_rlnImagePixelSize\n_rlnImageSize\n"
+      "_rlnVoltage\n_rlnSphericalAberration\n_rlnAmplitudeContrast\n1 og1 1.0 48 300 2.7 0.1\n"
+      "2 og2 1.2 40 300 2.7 0.1\n\ndata_particles\nloop_\n_rlnAngleRot\n_rlnAngleTilt\n_rlnAnglePsi\n"
+      "_rlnDefocusU\n_rlnOpticsGroup\n";
+  for (int i = 0; i < 6; ++i)
+    s += std::to_string(31 * i) + " " + std::to_string(17 + 25 * i) + " " + std::to_string(-40 + 13 * i) +
+         " 12000 " + std::to_string(1 + i % 2) + "\n";
+  write_text("two.star", s);
+  ASSERT_EQ(run("project --i map48.mrc --ang two.star --ctf --o out").status, 0);
+  regula::mrc::Header h1, h2;
+  const Grid<float> s1 = regula::mrc::read((dir_ / "out_opticsgroup1.mrcs").string(), &h1);
+  const Grid<float> s2 = regula::mrc::read((dir_ / "out_opticsgroup2.mrcs").string(), &h2);
+  EXPECT_EQ(s1.nx(), 48);
+  EXPECT_EQ(s1.nz(), 3);
+  EXPECT_NEAR(h1.pixel_size(), 1.0, 1e-6);
+  EXPECT_EQ(s2.nx(), 40);
+  EXPECT_EQ(s2.nz(), 3);
+  EXPECT_NEAR(h2.pixel_size(), 1.2, 1e-6);
+  const std::string star = slurp(dir_ / "out.star");
+  EXPECT_NE(star.find("000002@out_opticsgroup2.mrcs"), std::string::npos) << star;
+  EXPECT_EQ(run("reconstruct --i out.star --o rec.mrc --ctf").status, 0);
+  regula::mrc::Header hr;
+  const Grid<float> rec = regula::mrc::read((dir_ / "rec.mrc").string(), &hr);
+  EXPECT_EQ(rec.nx(), 48);  // the first particle's box and the first group's pixel size
+  EXPECT_NEAR(hr.pixel_size(), 1.0, 1e-6);
+}
+
 TEST_F(ImagingCli, OpticsOptionsBadInput) {
   const std::string sim = "simulate --i map48.mrc --o s --n 4 --angpix 2 ";
   expect_failure(sim + "--mag 1,0,0", "--mag");

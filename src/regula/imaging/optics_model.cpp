@@ -69,6 +69,10 @@ void OpticsGroupModel::evaluate(std::span<const float> kx, std::span<const float
 
 void OpticsGroupModel::phase_half(Grid<cfloat>& out) const {
   const int n = box, nxh = n / 2 + 1;
+  if (phase_grid.nx() == nxh && phase_grid.ny() == n) {
+    out = phase_grid;
+    return;
+  }
   if (out.nx() != nxh || out.ny() != n || out.nz() != 1) out = Grid<cfloat>(nxh, n);
   for (int j = 0; j < n; ++j)
     for (int i = 0; i < nxh; ++i) {
@@ -81,8 +85,9 @@ namespace {
 // F <- F * exp(sign i phi).
 void apply_phase(const OpticsGroupModel& g, Grid<cfloat>& F, bool conjugate) {
   if (!g.has_phase()) return;
-  Grid<cfloat> p;
-  g.phase_half(p);
+  Grid<cfloat> computed;
+  if (!g.phase_grid.same_shape(F)) g.phase_half(computed);
+  const Grid<cfloat>& p = g.phase_grid.same_shape(F) ? g.phase_grid : computed;
   if (!F.same_shape(p))
     runtime_error("aberration phase: transform is {}x{}, the optics group's box is {}", F.nx(), F.ny(), g.box);
   for (size_t k = 0; k < F.size(); ++k) F[k] *= conjugate ? std::conj(p[k]) : p[k];
@@ -125,8 +130,17 @@ void ParticleOptics::ctf_half(Grid<float>& out) const {
   if (n <= 0 || !(group_->pixel_size > 0))
     runtime_error("ParticleOptics: optics group {} has no box or pixel size", group_->number);
   if (out.nx() != nxh || out.ny() != n || out.nz() != 1) out = Grid<float>(nxh, n);
+  const Grid<float>& go = group_->gamma_offset_grid;
+  const bool cached = gamma_offset_ && go.same_shape(out);
   for (int j = 0; j < n; ++j)
-    for (int i = 0; i < nxh; ++i) out(i, j) = float(ctf_value(i, fft_freq(j, n)));
+    for (int i = 0; i < nxh; ++i) {
+      if (!cached) {
+        out(i, j) = float(ctf_value(i, fft_freq(j, n)));
+        continue;
+      }
+      const auto f = group_->frequency(i, fft_freq(j, n));
+      out(i, j) = float(ctf_.value(f[0], f[1], go(i, j)));
+    }
 }
 
 // ------------------------------------------------------------------ OpticsModel
@@ -192,6 +206,21 @@ void OpticsModel::update_mapping() {
       for (int c = 0; c < 2; ++c) g.to_reference[size_t(r)][size_t(c)] = g.mag[size_t(r)][size_t(c)] * s;
     // Exactly the identity for the same sampling and no magnification (fast paths).
     if (std::abs(s - 1.0) < 1e-12 && g.mag == kIdentity2) g.to_reference = kIdentity2;
+    // The aberrations on the box's grid, once per group.
+    g.phase_grid = Grid<cfloat>();
+    g.gamma_offset_grid = Grid<float>();
+    if (g.box > 0 && g.pixel_size > 0) {
+      if (g.has_phase()) g.phase_half(g.phase_grid);
+      if (g.has_gamma_offset()) {
+        const int n = g.box;
+        g.gamma_offset_grid = Grid<float>(n / 2 + 1, n);
+        for (int j = 0; j < n; ++j)
+          for (int i = 0; i <= n / 2; ++i) {
+            const auto f = g.frequency(i, fft_freq(j, n));
+            g.gamma_offset_grid(i, j) = float(g.gamma_offset_at(f[0], f[1]));
+          }
+      }
+    }
   }
 }
 

@@ -72,6 +72,10 @@ struct OpticsGroupModel {
   std::vector<double> even;    // symmetric Zernike coefficients (radians)
   Mat2 mag = kIdentity2;       // rlnMagMat
   Mat2 to_reference = kIdentity2;  // T_g: image Fourier px -> reference Fourier px
+  // exp(i phi) and the gamma offsets on the half-complex grid of the box, computed once by
+  // OpticsModel (empty when the group has no such aberration or no box yet).
+  Grid<cfloat> phase_grid;
+  Grid<float> gamma_offset_grid;
 
   // Physical frequency f = M k / (box * pixel_size) (1/Å) of image pixel k (Fourier px of the box).
   std::array<double, 2> frequency(double kx, double ky) const;
