@@ -15,7 +15,7 @@
 //                              |C| for phase-flipped data, C^2 for CTF-premultiplied data)
 //   phi_g(k) = sum_j o_j Z_j(f)    o = rlnOddZernike in RELION's odd order, plus the beam tilt
 //                              (tx, ty) in mrad as o_1 += 2a tx, o_0 += 2a ty, o_4 += a tx,
-//                              o_3 += a ty with a = -2 pi Cs(Å) lambda^2 1e-3 / 6, which is
+//                              o_3 += a ty with a = -2 pi Cs(Å) lambda^2 1e-3 / 3, which is
 //                              phi = -2 pi Cs lambda^2 |f|^2 (f . t)  (t in radians)
 //   S_i(k) = exp(+2 pi i k . o_i / n_i)   the origin shift (rlnOriginX/YAngst / p_i, px)
 //   T_g    = M_g (N P) / (n_i p_i)        image Fourier px -> reference Fourier px for a
