@@ -71,20 +71,24 @@ void bind_jobs(py::module_& m) {
        REGULA_FIELD(S, n), REGULA_FIELD(S, angpix), REGULA_FIELD(S, box), REGULA_FIELD(S, snr), REGULA_FIELD(S, ctf),
        REGULA_FIELD(S, defocus_min), REGULA_FIELD(S, defocus_max), REGULA_FIELD(S, voltage), REGULA_FIELD(S, cs),
        REGULA_FIELD(S, amplitude_contrast), REGULA_FIELD(S, max_shift), REGULA_FIELD(S, views),
-       REGULA_FIELD(S, bg_radius), REGULA_FIELD(S, seed), REGULA_FIELD(S, threads)},
+       REGULA_FIELD(S, bg_radius), REGULA_FIELD(S, beamtilt_x), REGULA_FIELD(S, beamtilt_y),
+       REGULA_FIELD(S, odd_zernike), REGULA_FIELD(S, even_zernike), REGULA_FIELD(S, mag),
+       REGULA_FIELD(S, premultiply), REGULA_FIELD(S, og2_fraction), REGULA_FIELD(S, og2_angpix),
+       REGULA_FIELD(S, og2_box), REGULA_FIELD(S, seed), REGULA_FIELD(S, threads)},
       [](const S& o) { return simulate(o); },
       [](const S&, SimulateResult r) {
         py::dict d;
         d["particles_star"] = r.particles_star;
         d["truth_star"] = r.truth_star;
         d["stack"] = r.stack;
+        d["stack2"] = r.stack2;
         d["noise_sigma"] = r.noise_sigma;
         d["signal_variance"] = r.signal_variance;
         return d;
       },
       "Simulated particles from one or two maps (jobs/simulate.hpp): out_dir/particles.mrcs, particles.star,\n"
       "truth.star, truth_map1.mrc.",
-      "dict(particles_star, truth_star, stack, noise_sigma, signal_variance)");
+      "dict(particles_star, truth_star, stack, stack2, noise_sigma, signal_variance)");
 
   using P = PreprocessOptions;
   def_job<P>(
@@ -109,12 +113,14 @@ void bind_jobs(py::module_& m) {
   def_job<J>(
       m, "project", "ProjectOptions",
       {REGULA_FIELD(J, map), REGULA_FIELD(J, out_root), REGULA_FIELD(J, ang_star), REGULA_FIELD(J, nr_uniform),
-       REGULA_FIELD(J, ctf), REGULA_FIELD(J, angpix), REGULA_FIELD(J, add_noise), REGULA_FIELD(J, white_noise),
+       REGULA_FIELD(J, ctf), REGULA_FIELD(J, ctf_phase_flip), REGULA_FIELD(J, angpix), REGULA_FIELD(J, add_noise),
+       REGULA_FIELD(J, white_noise),
        REGULA_FIELD(J, maxres), REGULA_FIELD(J, pad), REGULA_FIELD(J, seed), REGULA_FIELD(J, threads)},
       [](const J& o) { return project(o); },
       [](const J&, ProjectResult r) {
         py::dict d;
         d["stack"] = r.stack;
+        d["stacks"] = r.stacks;
         d["star"] = r.star;
         d["count"] = r.count;
         d["box"] = r.box;
@@ -123,12 +129,13 @@ void bind_jobs(py::module_& m) {
       },
       "Projections of a map file as relion_project (jobs/project.hpp): out_root.mrcs and out_root.star.\n"
       "project(map_array, rot, tilt, psi) is the in-memory projection.",
-      "dict(stack, star, count, box, angpix)");
+      "dict(stack, stacks, star, count, box, angpix)");
 
   using R = ReconstructJobOptions;
   def_job<R>(
       m, "reconstruct", "ReconstructJobOptions",
-      {REGULA_FIELD(R, star), REGULA_FIELD(R, out_map), REGULA_FIELD(R, ctf), REGULA_FIELD(R, sym),
+      {REGULA_FIELD(R, star), REGULA_FIELD(R, out_map), REGULA_FIELD(R, ctf), REGULA_FIELD(R, ctf_phase_flipped),
+       REGULA_FIELD(R, newbox), REGULA_FIELD(R, sym),
        REGULA_FIELD(R, maxres), REGULA_FIELD(R, angpix), REGULA_FIELD(R, pad), REGULA_FIELD(R, gridding_iterations),
        REGULA_FIELD(R, blob_r), REGULA_FIELD(R, blob_m), REGULA_FIELD(R, blob_a), REGULA_FIELD(R, threads)},
       [](const R& o) { return reconstruct(o); },

@@ -211,6 +211,8 @@ TEST(Star, EditingColumnsRowsAndQuoting) {
   EXPECT_EQ(star::quote_if_needed("say\" hi"), "'say\" hi'");
   EXPECT_EQ(star::quote_if_needed("data_x"), "\"data_x\"");
   EXPECT_EQ(star::quote_if_needed("1@x.mrcs"), "1@x.mrcs");
+  EXPECT_EQ(star::quote_if_needed("[0.5,-1,0]"), "[0.5,-1,0]");  // RELION's vectors, bare as RELION writes them
+  EXPECT_EQ(star::quote_if_needed("[a"), "\"[a\"");
 }
 
 TEST(Star, NumberErrorsNameFileLineLabelAndText) {

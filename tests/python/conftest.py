@@ -8,6 +8,22 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data"
 SHARED = ROOT.parent / "shared" / "data"
+SHARED_ABSENT = f"{SHARED} is absent (the steering repository's data, beside a checkout; CI has it)"
+
+
+def shared_params(paths):
+    """pytest parameters for files under ../shared/data, named by their path there; when the folder is
+    absent (a fresh clone on its own), one parameter that skips with a message saying so, instead of an
+    empty parameter set."""
+    if not SHARED.is_dir():
+        return [pytest.param(None, marks=pytest.mark.skip(reason=SHARED_ABSENT), id="shared-data-absent")]
+    return [pytest.param(p, id=str(p.relative_to(SHARED))) for p in paths]
+
+
+def need_shared():
+    """Skips the calling test, with a message, when ../shared/data is absent."""
+    if not SHARED.is_dir():
+        pytest.skip(SHARED_ABSENT)
 
 
 def regula_binary():

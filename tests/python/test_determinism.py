@@ -52,9 +52,10 @@ def test_threads_and_ranks_give_identical_files(data, tmp_path, job, opts, ref_a
     def go(name, prefix=(), j=1):
         out = tmp_path / name
         out.mkdir()
+        # Relative output names (the model file names the maps as given), one directory per run.
         cmd = [*prefix, regula_binary(), "--quiet", job, "--i", data / "sim/particles.star", "--ref",
-               data / "sim" / ref_arg, "--o", out / "run", "--j", j, "--seed", 3, *opts]
-        r = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=600)
+               data / "sim" / ref_arg, "--o", "run", "--j", j, "--seed", 3, *opts]
+        r = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=600, cwd=out)
         assert r.returncode == 0, r.stderr
         return out
     ref = go("j1")

@@ -9,7 +9,7 @@ import warnings
 import mrcfile
 import pytest
 
-from conftest import SHARED, regula_binary
+from conftest import SHARED, need_shared, regula_binary, shared_params
 
 MRC_EXT = {".mrc", ".mrcs", ".map", ".ccp4", ".st", ".bz2"}
 
@@ -51,7 +51,7 @@ def mrcfile_can_read(path):
             return False
 
 
-@pytest.mark.parametrize("path", shared_files(), ids=lambda p: str(p.relative_to(SHARED)))
+@pytest.mark.parametrize("path", shared_params(shared_files()))
 def test_info_every_shared_file(path):
     r = subprocess.run([regula_binary(), "info", str(path)], capture_output=True, text=True, timeout=120)
     if path.suffix == ".star":
@@ -84,6 +84,5 @@ def test_info_every_shared_file(path):
 
 
 def test_info_has_shared_files():
-    if not SHARED.is_dir():
-        pytest.skip("../shared/data absent")
+    need_shared()
     assert len(shared_files()) > 50

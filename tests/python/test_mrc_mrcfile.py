@@ -17,7 +17,7 @@ import mrcfile
 import numpy as np
 import pytest
 
-from conftest import DATA, SHARED, regula_binary
+from conftest import DATA, SHARED, need_shared, regula_binary, shared_params
 
 MRC_EXT = {".mrc", ".mrcs", ".map", ".ccp4", ".st"}
 
@@ -225,7 +225,7 @@ def shared_files():
     return sorted(p for p in SHARED.rglob("*") if p.is_file() and (p.suffix in MRC_EXT or p.suffix == ".bz2"))
 
 
-@pytest.mark.parametrize("path", shared_files(), ids=lambda p: str(p.relative_to(SHARED)))
+@pytest.mark.parametrize("path", shared_params(shared_files()))
 def test_convert_every_shared_file(path, tmp_path):
     if path.suffix == ".bz2":
         # Regula does not decompress: a one-line error; the decompressed copy converts.
@@ -238,8 +238,7 @@ def test_convert_every_shared_file(path, tmp_path):
 
 
 def test_shared_data_present():
-    if not SHARED.is_dir():
-        pytest.skip("../shared/data absent")
+    need_shared()
     assert len(shared_files()) > 50
 
 

@@ -15,17 +15,17 @@ import pytest
 
 gemmi = pytest.importorskip("gemmi")
 
-from conftest import SHARED
+from conftest import SHARED, need_shared, shared_params
 
 STAR_FILES = sorted(SHARED.glob("star/*.star")) + sorted(SHARED.glob("particles/**/*.star"))
-IDS = [str(p.relative_to(SHARED)) for p in STAR_FILES]
 RELION = shutil.which("relion_star_handler") or (
     "/usr/bin/relion_star_handler" if pathlib.Path("/usr/bin/relion_star_handler").exists() else None)
 
 # Columns that --particles moves or converts (RELION 3.0 -> 3.1).
 CONVERTED = {"_rlnVoltage", "_rlnSphericalAberration", "_rlnAmplitudeContrast", "_rlnMagnification",
              "_rlnDetectorPixelSize", "_rlnImagePixelSize", "_rlnImageDimensionality", "_rlnImageSize",
-             "_rlnOriginX", "_rlnOriginY", "_rlnOpticsGroup", "_rlnOriginXAngst", "_rlnOriginYAngst"}
+             "_rlnOriginX", "_rlnOriginY", "_rlnOpticsGroup", "_rlnOriginXAngst", "_rlnOriginYAngst",
+             "_rlnBeamTiltX", "_rlnBeamTiltY"}
 # In a RELION 3.1 file only the origins may change form (pixels -> Å) and the optics group be added.
 ORIGINS = {"_rlnOriginX", "_rlnOriginY", "_rlnOriginXAngst", "_rlnOriginYAngst", "_rlnOpticsGroup"}
 
@@ -76,12 +76,11 @@ def same_value(a, b):
 
 
 @pytest.fixture(autouse=True)
-def need_shared():
-    if not SHARED.is_dir():
-        pytest.skip("../shared/data is absent")
+def shared_data_present():
+    need_shared()
 
 
-@pytest.mark.parametrize("path", STAR_FILES, ids=IDS)
+@pytest.mark.parametrize("path", shared_params(STAR_FILES))
 def test_generic_round_trip(regula, tmp_path, path):
     ref = gemmi_read(path)
     out = tmp_path / "out.star"
@@ -99,7 +98,7 @@ def test_generic_round_trip(regula, tmp_path, path):
         assert items(gb) == items(rb), rb.name
 
 
-@pytest.mark.parametrize("path", STAR_FILES, ids=IDS)
+@pytest.mark.parametrize("path", shared_params(STAR_FILES))
 def test_particles_round_trip(regula, tmp_path, path):
     ref = gemmi_read(path)
     if isinstance(ref, Exception):
@@ -160,7 +159,7 @@ def relion30_files():
 
 
 @pytest.mark.skipif(RELION is None, reason="relion_star_handler not installed")
-@pytest.mark.parametrize("path", relion30_files(), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", shared_params(relion30_files()))
 def test_relion30_conversion_matches_relion(regula, tmp_path, path):
     ours, theirs = tmp_path / "ours.star", tmp_path / "relion.star"
     assert run(regula, "--particles", "--i", str(path), "--o", str(ours)).returncode == 0

@@ -11,7 +11,8 @@ void add_project(CLI::App& app) {
   s->add_option("--o", opt->out_root, "Output root: writes ROOT.mrcs and ROOT.star")->required();
   s->add_option("--ang", opt->ang_star, "Particle STAR file with the poses (rot/tilt/psi, origins in Å) and CTFs");
   s->add_option("--nr_uniform", opt->nr_uniform, "OR this many random poses uniform over all orientations");
-  s->add_flag("--ctf", opt->ctf, "Multiply each projection by its particle's CTF (needs --ang)");
+  s->add_flag("--ctf", opt->ctf, "Multiply each projection by its particle's CTF and aberrations (needs --ang)");
+  s->add_flag("--ctf_phase_flip", opt->ctf_phase_flip, "Multiply by |CTF| (phase-flipped images)");
   s->add_option("--angpix", opt->angpix, "Pixel size in Å (default: from the map header)");
   s->add_flag("--add_noise", opt->add_noise, "Add white Gaussian noise (see --white_noise)");
   s->add_option("--white_noise", opt->white_noise, "Standard deviation of the added noise (image units)");

@@ -27,6 +27,24 @@ void add_simulate(CLI::App& app) {
   s->add_option("--i2", opt->map2, "Second map (heterogeneity); rlnClassNumber 2 in truth.star");
   s->add_option("--frac2", opt->frac2, "Fraction of particles from --i2")->capture_default_str();
   s->add_option("--bg_radius", opt->bg_radius, "Background radius for normalisation, px (default 0.75 * box/2)");
+  s->add_option("--beamtilt_x", opt->beamtilt_x, "Beam tilt along x, mrad (rlnBeamTiltX of every optics group)");
+  s->add_option("--beamtilt_y", opt->beamtilt_y, "Beam tilt along y, mrad (rlnBeamTiltY)");
+  s->add_option("--odd_zernike", opt->odd_zernike,
+                "Antisymmetric aberrations: Zernike coefficients c0,c1,... in RELION's order (rlnOddZernike)")
+      ->delimiter(',');
+  s->add_option("--even_zernike", opt->even_zernike,
+                "Symmetric aberrations: Zernike coefficients c0,c1,... in RELION's order (rlnEvenZernike)")
+      ->delimiter(',');
+  s->add_option("--mag", opt->mag, "Anisotropic magnification matrix m00,m01,m10,m11 (rlnMagMat00..11)")
+      ->delimiter(',')
+      ->expected(4);
+  s->add_flag("--premultiply", opt->premultiply,
+              "Multiply the (noisy) images by their CTF (rlnCtfDataAreCtfPremultiplied 1)");
+  s->add_option("--og2_fraction", opt->og2_fraction,
+                "Fraction of the particles in a second optics group (see --og2_angpix, --og2_box)")
+      ->capture_default_str();
+  s->add_option("--og2_angpix", opt->og2_angpix, "Pixel size of optics group 2, Å (default: as group 1)");
+  s->add_option("--og2_box", opt->og2_box, "Box size of optics group 2, px (default: as group 1)");
   s->add_option("--seed", opt->seed, "Random seed")->capture_default_str();
   s->add_option("--j", opt->threads, "Threads")->capture_default_str();
   s->callback([opt] { simulate(*opt); });

@@ -362,6 +362,33 @@ void BackProjector::insert(const Grid<cfloat>& img, const Grid<float>& wimg, con
   insert_pixels(kx, ky, d.data(), w.data(), A);
 }
 
+void BackProjector::insert_mapped(const Grid<cfloat>& img, const Grid<float>& wimg, const Mat3& A, const Mat2& T) {
+  assert(!hermitian_done_ && "insert_mapped() after symmetrise()");
+  const int m = img.ny();
+  if (img.nx() != m / 2 + 1 || img.nz() != 1)
+    runtime_error("backprojector: image transform is {}x{}x{}, expected (m/2+1) x m", img.nx(), img.ny(), img.nz());
+  const bool has_w = !wimg.empty();
+  if (has_w && !wimg.same_shape(Grid<float>(img.nx(), img.ny())))
+    runtime_error("backprojector: weight is {}x{}, image is {}x{}", wimg.nx(), wimg.ny(), img.nx(), img.ny());
+  // The image's pixels (x = 0, y < 0 are the Hermitian mates: not inserted) mapped by T.
+  std::vector<float> kx, ky, v, w;
+  const double rmax2 = double(r_max_) * r_max_;
+  for (int iy = 0; iy < m; ++iy) {
+    const int y = fft_freq(iy, m);
+    for (int x = y < 0 ? 1 : 0; x < img.nx(); ++x) {
+      const double qx = T[0][0] * x + T[0][1] * y, qy = T[1][0] * x + T[1][1] * y;
+      if (qx * qx + qy * qy > rmax2) continue;
+      kx.push_back(float(qx));
+      ky.push_back(float(qy));
+      const cfloat c = img(x, iy);
+      v.push_back(c.real());
+      v.push_back(c.imag());
+      w.push_back(has_w ? wimg(x, iy) : 1.0f);
+    }
+  }
+  insert_pixels(kx, ky, v.data(), w.data(), A);
+}
+
 std::vector<double> BackProjector::lattice_fsc(const BackProjector& o) const {
   if (o.n_ != n_ || o.pad_ != pad_ || o.r_max_ != r_max_ || o.ball_.dim != ball_.dim)
     runtime_error("backprojector: FSC of accumulators of different geometry");

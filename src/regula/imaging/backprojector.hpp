@@ -142,6 +142,12 @@ class BackProjector {
   // sigma2), or is empty for weight 1 per coefficient. The caller multiplies
   // the image by the CTF (and 1/sigma2) beforehand. Not thread-safe unless exact().
   void insert(const Grid<cfloat>& image_half, const Grid<float>& weight_half, const Mat3& A);
+  // The same for an image of another sampling (imaging/optics_model.hpp): coefficient k of an
+  // image of any box m (Fourier px of that box) goes to A^T (T k, 0), T mapping image Fourier px
+  // to Fourier px of this accumulator's box; every coefficient with |T k| <= r_max is inserted,
+  // the image's corners too (as RELION's backproject2Dto3D). T = identity, m = n is insert().
+  void insert_mapped(const Grid<cfloat>& image_half, const Grid<float>& weight_half, const Mat3& A,
+                     const Mat2& T);
 
   // Adds a slice (3D) or rotated image (2D) given at a list of pixels (kx, ky in Fourier pixels
   // of the box, the non-redundant half plane: kx > 0, or kx == 0 and ky > 0): complex values

@@ -41,8 +41,8 @@ double Ctf::gamma(double kx, double ky) const {
   return k1_ * (axx_ * kx * kx + 2 * axy_ * kx * ky + ayy_ * ky * ky) + k2_ * k2 * k2 - k5_ - k3_;
 }
 
-double Ctf::value(double kx, double ky) const {
-  const double g = gamma(kx, ky);
+double Ctf::value(double kx, double ky, double gamma_offset) const {
+  const double g = gamma(kx, ky) + gamma_offset;
   double v = (opt_.intact_until_first_peak && std::abs(g) < kPiCtf / 2) ? 1.0 : -std::sin(g);
   if (opt_.damping && k4_ != 0) v *= std::exp(k4_ * (kx * kx + ky * ky));
   if (opt_.abs)

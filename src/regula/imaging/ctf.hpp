@@ -12,7 +12,8 @@
 // +Q0 at k = 0 and stays positive up to the first zero for underfocus (the
 // value RELION multiplies projections by). Like RELION, values with
 // |CTF| < 1e-8 are returned as ±1e-8 (never exactly 0, so divisions are safe).
-// Anisotropic magnification and higher-order aberrations are not modelled.
+// Anisotropic magnification, even and odd Zernike aberrations and beam tilt are
+// modelled on top of this by imaging/optics_model.hpp (RELION's observation model).
 #pragma once
 #include "regula/core/grid.hpp"
 
@@ -51,8 +52,9 @@ class Ctf {
 
   // Phase aberration gamma (radians) at spatial frequency (kx, ky) in 1/Å.
   double gamma(double kx, double ky) const;
-  // CTF value at spatial frequency (kx, ky) in 1/Å.
-  double value(double kx, double ky) const;
+  // CTF value at spatial frequency (kx, ky) in 1/Å; `gamma_offset` (radians) is added to gamma
+  // (RELION's symmetric aberrations, rlnEvenZernike: imaging/optics_model.hpp).
+  double value(double kx, double ky, double gamma_offset = 0) const;
 
   // Fill `out` with the CTF on the half-complex grid of an n x n image of
   // pixel size `pixel_size_A` (Å): out has nx = n/2+1, ny = n; element (i, j)

@@ -78,6 +78,12 @@ class Projector {
   // |k| > min(r_max, n_out/2) are zero. Thread-safe (const).
   void project(const Mat3& A, Grid<cfloat>& out_half, int n_out = 0) const;
   Grid<cfloat> project(const Mat3& A, int n_out = 0) const;
+  // Central slice for an image of another sampling (imaging/optics_model.hpp): image coefficient
+  // k (Fourier px of an n_out box, |k| <= n_out/2) is the transform at A^T (T k, 0), T mapping
+  // image Fourier px to Fourier px of this map (magnification and pixel/box size ratio);
+  // coefficients with |T k| > r_max are zero. T = identity and n_out = n is project().
+  void project_mapped(const Mat3& A, const Mat2& T, Grid<cfloat>& out_half,
+                      int n_out) const;
 
   // Real-space projection (n x n, origin at n/2) for orientation A, with the
   // content shifted by (+dx, +dy) pixels, scaled as relion_project (sum over z).

@@ -644,6 +644,8 @@ namespace {
 bool needs_quote(std::string_view v) {
   if (v.empty()) return true;
   char c = v.front();
+  // RELION's vectors ("[0.1,-2,0]", e.g. rlnOddZernike) are written bare, as RELION writes them.
+  if (c == '[' && v.back() == ']' && v.find_first_of(" \t'\"") == std::string_view::npos) return false;
   if (c == '\'' || c == '"' || c == '_' || c == '#' || c == '$' || c == ';' || c == '[' ||
       c == ']')
     return true;

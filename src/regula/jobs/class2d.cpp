@@ -21,6 +21,7 @@
 #include "regula/estep/scores.hpp"
 #include "regula/estep/sparse_scores.hpp"
 #include "regula/estep/weighted_sums.hpp"
+#include "regula/imaging/optics_model.hpp"
 #include "regula/imaging/backprojector.hpp"
 #include "regula/imaging/ctf.hpp"
 #include "regula/imaging/particle_ctf.hpp"
@@ -237,6 +238,8 @@ void Job::setup() {
   ParticleReadOptions ro;
   ro.angpix = opt_.angpix;
   table_ = ParticleTable::read(input_star_, ro);
+  // Labels and optics this engine does not model yet are refused (imaging/optics_model.hpp).
+  OpticsModel(table_).require_only(0, "class2d");
   const size_t N = table_.size();
   if (N == 0) input_error("{}: no particles", input_star_);
   if (size_t(opt_.classes) > N) input_error("--K {}: more classes than the {} particles of {}", opt_.classes, N, input_star_);

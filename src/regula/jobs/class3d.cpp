@@ -19,6 +19,7 @@
 #include "regula/core/random.hpp"
 #include "regula/estep/pose_search.hpp"
 #include "regula/estep/scores.hpp"
+#include "regula/imaging/optics_model.hpp"
 #include "regula/imaging/backprojector.hpp"
 #include "regula/imaging/filter.hpp"
 #include "regula/imaging/mask.hpp"
@@ -190,6 +191,8 @@ void Job::setup() {
   ParticleReadOptions ro;
   ro.angpix = opt_.angpix;
   table_ = ParticleTable::read(input_star_, ro);
+  // Labels and optics this engine does not model yet are refused (imaging/optics_model.hpp).
+  OpticsModel(table_).require_only(0, job_);
   const size_t N = table_.size();
   if (N == 0) input_error("{}: no particles", input_star_);
   if (N < size_t(opt_.classes))

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <vector>
 
 #include <fmt/format.h>
@@ -12,6 +13,7 @@
 #include "regula/core/parallel.hpp"
 #include "regula/core/progress.hpp"
 #include "regula/core/random.hpp"
+#include "regula/imaging/optics_model.hpp"
 #include "regula/imaging/projector.hpp"
 #include "regula/io/mrc.hpp"
 #include "regula/io/star.hpp"
@@ -27,6 +29,7 @@ std::string ProjectOptions::validate() const {
                             : "--ang and --nr_uniform cannot be combined";
   if (nr_uniform < 0) return fmt::format("--nr_uniform: must be positive (got {})", nr_uniform);
   if (ctf && ang_star.empty()) return "--ctf needs --ang (the CTF parameters come from the STAR file)";
+  if (ctf_phase_flip && !ctf) return "--ctf_phase_flip needs --ctf";
   if (angpix < 0) return fmt::format("--angpix: must be positive (got {})", angpix);
   if (white_noise < 0) return fmt::format("--white_noise: must be >= 0 (got {})", white_noise);
   if (add_noise && !(white_noise > 0)) return "--add_noise needs --white_noise SIGMA > 0";
@@ -96,37 +99,61 @@ ProjectResult project(const ProjectOptions& opt) {
     ro.angpix = angpix;
     table = ParticleTable::read(opt.ang_star, ro);
     if (table.size() == 0) input_error("{}: no particles (the particles table has no rows)", opt.ang_star);
-    if (opt.ctf) {
-      const char* what = opt.angpix > 0 ? "--angpix" : "the map header";
-      for (const OpticsGroup& og : table.optics)
-        if (og.pixel_size > 0 && std::abs(og.pixel_size - angpix) > 0.01 * angpix)
-          input_error("{}: optics group {} has pixel size {} Å but {} gives {} Å (they must agree within 1%)",
-                      opt.ang_star, og.number, og.pixel_size, what, angpix);
-      for (size_t i = 0; i < table.size(); ++i) (void)particle_ctf_params(table, i);  // fail early
-    }
-    for (OpticsGroup& og : table.optics) {
-      if (!(og.pixel_size > 0)) og.pixel_size = angpix;
-      og.image_size = n;
-      og.dimensionality = 2;
-    }
-    for (size_t i = 0; i < table.size(); ++i) table.set_image(i, long(i) + 1, res.stack);
   } else {
     star::Document doc = uniform_poses(opt.nr_uniform, opt.seed, n, angpix, res.stack);
     doc.source = "uniform poses";
     table = ParticleTable::from_document(std::move(doc));
   }
+  // Each particle at its optics group's sampling (rlnImagePixelSize, rlnImageSize; else the map's).
+  OpticsOptions oo;
+  oo.phase_flipped = opt.ctf_phase_flip;
+  OpticsModel optics(table, oo);
+  for (size_t g = 0; g < optics.groups(); ++g)
+    if (optics.group(g).box <= 0) optics.set_box(g, n);
+  optics.set_reference(n, angpix);
+  if (opt.ctf)
+    for (size_t i = 0; i < table.size(); ++i) (void)optics.particle(i);  // fail early
+  for (size_t g = 0; g < optics.groups(); ++g) {
+    table.optics[g].image_size = optics.group(g).box;
+    table.optics[g].dimensionality = 2;
+  }
   const size_t count = table.size();
   res.count = long(count);
+
+  // One stack when every group has the same box, else one per optics group.
+  std::vector<int> boxes;
+  for (size_t g = 0; g < optics.groups(); ++g) boxes.push_back(optics.group(g).box);
+  const bool one_stack = std::all_of(boxes.begin(), boxes.end(), [&](int b) { return b == boxes[0]; });
+  std::vector<size_t> writer_of(optics.groups(), 0);
+  if (one_stack) {
+    res.stacks = {res.stack};
+  } else {
+    for (size_t g = 0; g < optics.groups(); ++g) {
+      writer_of[g] = g;
+      res.stacks.push_back(fmt::format("{}_opticsgroup{}.mrcs", opt.out_root, optics.group(g).number));
+    }
+    res.stack = res.stacks.front();
+  }
+  std::vector<long> next(res.stacks.size(), 1);
+  for (size_t i = 0; i < count; ++i) {
+    const size_t w = writer_of[size_t(table.optics_index[i])];
+    table.set_image(i, next[w]++, res.stacks[w]);
+  }
 
   int r_max = n / 2;
   if (opt.maxres > 0) r_max = std::clamp(int(std::lround(n * angpix / opt.maxres)), 1, n / 2);
   Projector projector(map, opt.pad, r_max, opt.threads);
   map = Volume();
 
-  mrc::WriteOptions wo;
-  wo.pixel_size = angpix;
-  wo.is_stack = true;
-  mrc::StackWriter writer(res.stack, n, n, wo);
+  std::vector<std::unique_ptr<mrc::StackWriter>> writers;
+  for (size_t w = 0; w < res.stacks.size(); ++w) {
+    size_t g = 0;
+    while (writer_of[g] != w && !one_stack) ++g;
+    mrc::WriteOptions wo;
+    wo.pixel_size = optics.group(g).pixel_size;
+    wo.is_stack = true;
+    writers.push_back(std::make_unique<mrc::StackWriter>(res.stacks[w], boxes[g], boxes[g], wo));
+  }
   ThreadPool pool(opt.threads);
   Progress progress("project: images", double(count));
   const size_t batch = 256;
@@ -134,25 +161,33 @@ ProjectResult project(const ProjectOptions& opt) {
   for (size_t b0 = 0; b0 < count; b0 += batch) {
     const size_t b1 = std::min(count, b0 + batch);
     pool.parallel_for(b0, b1, [&](size_t i, int) {
-      Grid<cfloat> F = projector.project(euler_to_matrix(table.rot[i], table.tilt[i], table.psi[i]));
-      const double px = table.optics_of(i).pixel_size > 0 ? table.optics_of(i).pixel_size : angpix;
+      const OpticsGroupModel& g = optics.group_of(i);
+      const Mat3 A = euler_to_matrix(table.rot[i], table.tilt[i], table.psi[i]);
+      Grid<cfloat> F;
+      if (g.maps_to_reference() || g.box != n) projector.project_mapped(A, g.to_reference, F, g.box);
+      else projector.project(A, F);
       if (opt.ctf) {
-        Grid<float> c = Ctf(particle_ctf_params(table, i)).half_complex(n, px);
-        for (size_t k = 0; k < F.size(); ++k) F[k] *= c[k];
+        // As RELION's observation model: C (|C| phase-flipped, C^2 premultiplied) and the
+        // antisymmetric aberrations' phase.
+        const ParticleOptics po = optics.particle(i);
+        Grid<float> c;
+        po.ctf_half(c);
+        for (size_t k = 0; k < F.size(); ++k) F[k] *= po.predicted(c[k]);
+        g.modulate(F);
       }
-      shift_phase(F, -table.origin_x[i] / px, -table.origin_y[i] / px, n);
-      Image img = from_fourier_centred(F, n);
+      shift_phase(F, -table.origin_x[i] / g.pixel_size, -table.origin_y[i] / g.pixel_size, g.box);
+      Image img = from_fourier_centred(F, g.box);
       if (opt.add_noise) {
-        auto g = make_rng(opt.seed, i, 1);
-        for (float& v : img) v += float(opt.white_noise * normal01(g));
+        auto rng = make_rng(opt.seed, i, 1);
+        for (float& v : img) v += float(opt.white_noise * normal01(rng));
       }
       images[i - b0] = std::move(img);
     });
-    for (size_t i = b0; i < b1; ++i) writer.append(images[i - b0]);
+    for (size_t i = b0; i < b1; ++i) writers[writer_of[size_t(table.optics_index[i])]]->append(images[i - b0]);
     progress.advance(double(b1 - b0));
   }
   const std::string star_text = star::to_string(table.sync());
-  writer.commit();
+  for (auto& w : writers) w->commit();
   write_file_atomic(res.star, star_text);
   progress.finish();
   spdlog::info("project: {} images of {} px at {} Å/px; wrote {} and {}", count, n, angpix, res.stack, res.star);

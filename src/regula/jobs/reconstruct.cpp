@@ -13,10 +13,9 @@
 #include "regula/core/parallel.hpp"
 #include "regula/core/progress.hpp"
 #include "regula/imaging/backprojector.hpp"
-#include "regula/imaging/ctf.hpp"
 #include "regula/imaging/projector.hpp"
 #include "regula/io/mrc.hpp"
-#include "regula/imaging/particle_ctf.hpp"
+#include "regula/imaging/optics_model.hpp"
 #include "regula/model/particles.hpp"
 #include "regula/sampling/symmetry.hpp"
 
@@ -30,6 +29,8 @@ std::string ReconstructJobOptions::validate() const {
   if (pad < 1 || pad > 4) return fmt::format("--pad: must be 1 to 4 (got {})", pad);
   if (gridding_iterations < 0) return fmt::format("--iter: must be >= 0 (got {})", gridding_iterations);
   if (threads < 1) return fmt::format("--j: must be at least 1 (got {})", threads);
+  if (newbox < 0 || newbox == 1) return fmt::format("--newbox: must be at least 2 (got {})", newbox);
+  if (ctf_phase_flipped && !ctf) return "--ctf_phase_flipped needs --ctf";
   ReconstructOptions ro;
   ro.blob_radius = blob_r;
   ro.blob_order = blob_m;
@@ -37,6 +38,29 @@ std::string ReconstructJobOptions::validate() const {
   if (auto msg = ro.validate(); !msg.empty()) return "--blob_r/--blob_m/--blob_a: " + msg;
   return "";
 }
+
+namespace {
+
+// Box of every optics group: rlnImageSize, else the first image of the group; the output box is
+// --newbox or the first particle's image (as relion_reconstruct).
+int image_sizes(const ParticleTable& table, OpticsModel& optics, int newbox) {
+  ParticleImages images(table, 1);
+  int first = 0;
+  std::vector<bool> seen(optics.groups(), false);
+  for (size_t i = 0; i < table.size(); ++i) {
+    const size_t g = size_t(table.optics_index[i]);
+    if (i > 0 && (seen[g] || optics.group(g).box > 0)) continue;
+    seen[g] = true;
+    Image img = images.read(i);
+    if (img.nx() != img.ny() || img.nz() != 1)
+      input_error("{}: image is {}x{}x{}, expected a square 2D image", table.where(i), img.nx(), img.ny(), img.nz());
+    if (optics.group(g).box <= 0) optics.set_box(g, img.nx());
+    if (i == 0) first = img.nx();
+  }
+  return newbox > 0 ? newbox : first;
+}
+
+}  // namespace
 
 ReconstructResult reconstruct(const ReconstructJobOptions& opt) {
   if (auto msg = opt.validate(); !msg.empty()) throw InputError("reconstruct: " + msg);
@@ -46,21 +70,19 @@ ReconstructResult reconstruct(const ReconstructJobOptions& opt) {
   ParticleTable table = ParticleTable::read(opt.star, ro);
   const size_t count = table.size();
   if (count == 0) input_error("{}: no particles (the particles table has no rows)", opt.star);
+  OpticsOptions oo;
+  oo.phase_flipped = opt.ctf_phase_flipped;
+  OpticsModel optics(table, oo);
+  for (const OpticsGroup& og : table.optics)
+    if (!(og.pixel_size > 0))
+      input_error("{}: optics group {} has no rlnImagePixelSize; give --angpix", opt.star, og.number);
 
-  // Box and pixel size from the first particle (its image and optics group).
-  int n = 0;
-  {
-    ParticleImages images(table, 1);
-    Image first = images.read(0);
-    if (first.nx() != first.ny() || first.nz() != 1)
-      input_error("{}: image of particle 1 is {}x{}x{}, expected a square 2D image", table.where(0), first.nx(),
-                  first.ny(), first.nz());
-    n = first.nx();
-  }
-  double angpix = opt.angpix > 0 ? opt.angpix : table.optics_of(0).pixel_size;
-  if (!(angpix > 0)) input_error("{}: no rlnImagePixelSize in the optics group; give --angpix", opt.star);
+  // The map's sampling: --newbox or the first particle's box; --angpix or the first optics group's.
+  const int n = image_sizes(table, optics, opt.newbox);
+  const double angpix = opt.angpix > 0 ? opt.angpix : table.optics.front().pixel_size;
+  optics.set_reference(n, angpix);
   if (opt.ctf)
-    for (size_t i = 0; i < count; ++i) (void)particle_ctf_params(table, i);  // fail before the long part
+    for (size_t i = 0; i < count; ++i) (void)optics.particle(i);  // fail before the long part
   int r_max = n / 2;
   if (opt.maxres > 0) r_max = std::clamp(int(std::ceil(n * angpix / opt.maxres)), 1, n / 2);
 
@@ -81,22 +103,32 @@ ReconstructResult reconstruct(const ReconstructJobOptions& opt) {
     ParticleImages images(table);
     Grid<float> ctf, weight;
     for (size_t i = i0; i < i1; ++i) {
+      const OpticsGroupModel& g = optics.group_of(i);
+      const int m = g.box;
       Image img = images.read(i);
-      if (img.nx() != n || img.ny() != n || img.nz() != 1)
-        input_error("{}: image is {}x{}x{}, expected {}x{} as particle 1", table.where(i), img.nx(), img.ny(),
-                    img.nz(), n, n);
+      if (img.nx() != m || img.ny() != m || img.nz() != 1)
+        input_error("{}: image is {}x{}x{}, expected {}x{} (the box of optics group {})", table.where(i), img.nx(),
+                    img.ny(), img.nz(), m, m, g.number);
       Grid<cfloat> F = fourier_centred(img);
-      const double px = table.optics_of(i).pixel_size > 0 ? table.optics_of(i).pixel_size : angpix;
-      shift_phase(F, table.origin_x[i] / px, table.origin_y[i] / px, n);
+      shift_phase(F, table.origin_x[i] / g.pixel_size, table.origin_y[i] / g.pixel_size, m);
       if (opt.ctf) {
-        Ctf(particle_ctf_params(table, i)).evaluate_half_complex(ctf, n, px);
+        // As relion_reconstruct: aberration phases corrected, data times C (not for premultiplied
+        // images, which carry it), weights C^2; C is |C| for phase-flipped images.
+        const ParticleOptics po = optics.particle(i);
+        po.ctf_half(ctf);
+        g.demodulate(F);
         if (!weight.same_shape(ctf)) weight = Grid<float>(ctf.nx(), ctf.ny());
         for (size_t k = 0; k < F.size(); ++k) {
-          F[k] *= ctf[k];
-          weight[k] = ctf[k] * ctf[k];
+          F[k] *= po.backprojected(ctf[k]);
+          weight[k] = ParticleOptics::weight(ctf[k]);
         }
+      } else {
+        weight = Grid<float>();
       }
-      bp.insert(F, weight, euler_to_matrix(table.rot[i], table.tilt[i], table.psi[i]));
+      F(0, 0) = cfloat(0, 0);  // the image's mean carries no signal (relion_reconstruct zeroes it too)
+      const Mat3 A = euler_to_matrix(table.rot[i], table.tilt[i], table.psi[i]);
+      if (g.maps_to_reference() || m != n) bp.insert_mapped(F, weight, A, g.to_reference);
+      else bp.insert(F, weight, A);
       if ((i - i0) % 64 == 63) progress.advance(64);
     }
   });

@@ -21,6 +21,7 @@
 #include "regula/estep/pose_search.hpp"
 #include "regula/estep/scores.hpp"
 #include "regula/estep/search3d.hpp"
+#include "regula/imaging/optics_model.hpp"
 #include "regula/imaging/backprojector.hpp"
 #include "regula/imaging/filter.hpp"
 #include "regula/imaging/fsc.hpp"
@@ -179,6 +180,8 @@ void Job::setup() {
   ParticleReadOptions ro;
   ro.angpix = opt_.angpix;
   table_ = ParticleTable::read(input_star_, ro);
+  // Labels and optics this engine does not model yet are refused (imaging/optics_model.hpp).
+  OpticsModel(table_).require_only(0, "refine3d");
   const size_t N = table_.size();
   if (N < 2) input_error("{}: refine3d needs at least 2 particles (got {})", input_star_, N);
   {

@@ -1,6 +1,8 @@
 #include "regula/jobs/simulate.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <memory>
 #include <filesystem>
 #include <vector>
 
@@ -12,11 +14,12 @@
 #include "regula/core/parallel.hpp"
 #include "regula/core/progress.hpp"
 #include "regula/core/random.hpp"
-#include "regula/imaging/ctf.hpp"
+#include "regula/imaging/optics_model.hpp"
 #include "regula/imaging/filter.hpp"
 #include "regula/imaging/projector.hpp"
 #include "regula/io/mrc.hpp"
 #include "regula/io/star.hpp"
+#include "regula/model/particles.hpp"
 
 namespace regula {
 
@@ -35,6 +38,16 @@ std::string SimulateOptions::validate() const {
   if (threads < 1) return fmt::format("--j: must be at least 1 (got {})", threads);
   if (amplitude_contrast < 0 || amplitude_contrast >= 1)
     return fmt::format("--Q0: amplitude contrast must be in [0, 1) (got {})", amplitude_contrast);
+  if (!mag.empty() && mag.size() != 4)
+    return fmt::format("--mag: give the 4 elements m00,m01,m10,m11 (got {})", mag.size());
+  if (mag.size() == 4 && !(std::abs(mag[0] * mag[3] - mag[1] * mag[2]) > 1e-6)) return "--mag: the matrix is singular";
+  if (!ctf && (beamtilt_x != 0 || beamtilt_y != 0 || !odd_zernike.empty() || !even_zernike.empty() || premultiply))
+    return "--beamtilt_x/y, --odd_zernike, --even_zernike and --premultiply need the CTF (not with --no_ctf)";
+  if (og2_fraction < 0 || og2_fraction > 1)
+    return fmt::format("--og2_fraction: must be in [0, 1] (got {})", og2_fraction);
+  if (og2_angpix < 0) return fmt::format("--og2_angpix: must be positive (got {})", og2_angpix);
+  if (og2_box < 0 || og2_box == 1) return fmt::format("--og2_box: must be at least 2 (got {})", og2_box);
+  if (og2_fraction == 0 && (og2_angpix > 0 || og2_box > 0)) return "--og2_angpix/--og2_box need --og2_fraction";
   return "";
 }
 
@@ -85,6 +98,16 @@ star::Block& make_loop(star::Document& doc, const std::string& name, size_t rows
 
 }  // namespace
 
+namespace {
+
+std::string vector_text(const std::vector<double>& v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) s += fmt::format("{}{}", i ? "," : "", v[i]);
+  return s + "]";
+}
+
+}  // namespace
+
 SimulateResult simulate(const SimulateOptions& opt) {
   if (auto msg = opt.validate(); !msg.empty()) throw InputError("simulate: " + msg);
   double angpix = opt.angpix;
@@ -116,7 +139,7 @@ SimulateResult simulate(const SimulateOptions& opt) {
     }
   }
 
-  auto draw = [&](long i, std::mt19937_64& g) {
+  auto draw = [&](std::mt19937_64& g) {
     Truth t{};
     if (opt.views > 0) {
       int v = int(g() % uint64_t(opt.views));
@@ -135,114 +158,84 @@ SimulateResult simulate(const SimulateOptions& opt) {
     t.du = opt.defocus_min + (opt.defocus_max - opt.defocus_min) * uniform01(g);
     t.dv = t.du - 300.0 * uniform01(g);
     t.dangle = 180.0 * uniform01(g);
-    (void)i;
     return t;
   };
 
-  auto signal = [&](const Truth& t) {
-    const Projector& p = t.cls == 2 && !map2.empty() ? proj2 : proj1;
-    Grid<cfloat> F = p.project(euler_to_matrix(t.rot, t.tilt, t.psi));
-    if (opt.ctf) {
-      CtfParams cp;
-      cp.voltage_kv = opt.voltage;
-      cp.cs_mm = opt.cs;
-      cp.amplitude_contrast = opt.amplitude_contrast;
-      cp.defocus_u = t.du;
-      cp.defocus_v = t.dv;
-      cp.defocus_angle = t.dangle;
-      Grid<float> c = Ctf(cp).half_complex(n, angpix);
-      for (size_t k = 0; k < F.size(); ++k) F[k] *= c[k];
-    }
-    shift_phase(F, t.dx, t.dy, n);
-    return from_fourier_centred(F, n);
-  };
-
-  // Pass 1: signal variance from the first particles (deterministic).
-  const long nvar = std::min<long>(opt.n, 200);
-  std::vector<double> vars(static_cast<size_t>(nvar));
-  ThreadPool pool(opt.threads);
-  pool.parallel_for(0, size_t(nvar), [&](size_t i, int) {
+  // Every particle's truth and optics group (own streams: the data do not depend on --j).
+  const size_t N = size_t(opt.n);
+  std::vector<Truth> truth(N);
+  std::vector<int> group(N, 1);
+  for (size_t i = 0; i < N; ++i) {
     auto g = make_rng(opt.seed, i);
-    vars[i] = variance(signal(draw(long(i), g)));
-  });
-  double var_signal = 0;
-  for (double v : vars) var_signal += v;
-  var_signal /= double(nvar);
-  if (!(var_signal > 0)) input_error("{}: the map projects to empty images (zero variance)", opt.map);
-  const double sigma = opt.snr > 0 ? std::sqrt(var_signal / opt.snr) : 0.0;
-  const double bg_radius = opt.bg_radius > 0 ? opt.bg_radius : 0.75 * (n / 2);
+    truth[i] = draw(g);
+    if (opt.og2_fraction > 0) {
+      auto go = make_rng(opt.seed, i, 2);
+      group[i] = uniform01(go) < opt.og2_fraction ? 2 : 1;
+    }
+  }
+  const bool two_groups = std::find(group.begin(), group.end(), 2) != group.end();
+  const double angpix2 = opt.og2_angpix > 0 ? opt.og2_angpix : angpix;
+  const int n2 = opt.og2_box > 0 ? opt.og2_box : n;
 
   SimulateResult res;
-  res.noise_sigma = sigma;
-  res.signal_variance = var_signal;
   namespace fs = std::filesystem;
   res.stack = (fs::path(opt.out_dir) / "particles.mrcs").string();
+  if (two_groups) res.stack2 = (fs::path(opt.out_dir) / "particles_og2.mrcs").string();
   res.particles_star = (fs::path(opt.out_dir) / "particles.star").string();
   res.truth_star = (fs::path(opt.out_dir) / "truth.star").string();
-
-  mrc::WriteOptions wo;
-  wo.pixel_size = angpix;
-  wo.is_stack = true;
-  mrc::StackWriter writer(res.stack, n, n, wo);
-  std::vector<Truth> truth(size_t(opt.n));
-  const size_t batch = 256;
-  Progress progress("simulate: particles", double(opt.n));
-  std::vector<Image> images(batch);
-  for (size_t b0 = 0; b0 < size_t(opt.n); b0 += batch) {
-    size_t b1 = std::min(size_t(opt.n), b0 + batch);
-    pool.parallel_for(b0, b1, [&](size_t i, int) {
-      auto g = make_rng(opt.seed, i);
-      Truth t = draw(long(i), g);
-      Image img = signal(t);
-      auto gn = make_rng(opt.seed, i, 1);  // noise stream
-      if (sigma > 0)
-        for (auto& v : img) v += float(sigma * normal01(gn));
-      normalise_background(img, bg_radius);
-      truth[i] = t;
-      images[i - b0] = std::move(img);
-    });
-    for (size_t i = b0; i < b1; ++i) writer.append(images[i - b0]);
-    progress.advance(double(b1 - b0));
-    check_cancelled();  // SIGINT/SIGTERM: stop; the unfinished stack is removed
-  }
 
   // STAR files: optics + particles (CTF only), and the truth (poses and classes).
   auto make_doc = [&](bool with_truth) {
     star::Document doc;
-    star::Block& optics = make_loop(doc, "optics", 1);
-    optics.set_column("rlnOpticsGroup", std::vector<int>{1});
-    optics.set_column("rlnOpticsGroupName", std::vector<std::string>{"opticsGroup1"});
-    optics.set_column("rlnAmplitudeContrast", std::vector<double>{opt.amplitude_contrast});
-    optics.set_column("rlnSphericalAberration", std::vector<double>{opt.cs});
-    optics.set_column("rlnVoltage", std::vector<double>{opt.voltage});
-    optics.set_column("rlnImagePixelSize", std::vector<double>{angpix});
-    optics.set_column("rlnImageSize", std::vector<int>{n});
-    optics.set_column("rlnImageDimensionality", std::vector<int>{2});
-    const size_t N = size_t(opt.n);
+    const size_t ng = two_groups ? 2 : 1;
+    star::Block& optics = make_loop(doc, "optics", ng);
+    auto per_group = [&](auto a, auto b) { return two_groups ? std::vector<decltype(a)>{a, b} : std::vector<decltype(a)>{a}; };
+    optics.set_column("rlnOpticsGroup", per_group(1, 2));
+    optics.set_column("rlnOpticsGroupName", per_group(std::string("opticsGroup1"), std::string("opticsGroup2")));
+    optics.set_column("rlnAmplitudeContrast", per_group(opt.amplitude_contrast, opt.amplitude_contrast));
+    optics.set_column("rlnSphericalAberration", per_group(opt.cs, opt.cs));
+    optics.set_column("rlnVoltage", per_group(opt.voltage, opt.voltage));
+    optics.set_column("rlnImagePixelSize", per_group(angpix, angpix2));
+    optics.set_column("rlnImageSize", per_group(n, n2));
+    optics.set_column("rlnImageDimensionality", per_group(2, 2));
+    if (opt.premultiply) optics.set_column("rlnCtfDataAreCtfPremultiplied", per_group(1, 1));
+    if (opt.beamtilt_x != 0 || opt.beamtilt_y != 0) {
+      optics.set_column("rlnBeamTiltX", per_group(opt.beamtilt_x, opt.beamtilt_x));
+      optics.set_column("rlnBeamTiltY", per_group(opt.beamtilt_y, opt.beamtilt_y));
+    }
+    if (!opt.odd_zernike.empty())
+      optics.set_column("rlnOddZernike", per_group(vector_text(opt.odd_zernike), vector_text(opt.odd_zernike)));
+    if (!opt.even_zernike.empty())
+      optics.set_column("rlnEvenZernike", per_group(vector_text(opt.even_zernike), vector_text(opt.even_zernike)));
+    if (opt.mag.size() == 4) {
+      const char* labels[4] = {"rlnMagMat00", "rlnMagMat01", "rlnMagMat10", "rlnMagMat11"};
+      for (size_t k = 0; k < 4; ++k) optics.set_column(labels[k], per_group(opt.mag[k], opt.mag[k]));
+    }
     star::Block& parts = make_loop(doc, "particles", N);
     std::vector<std::string> names(N);
     std::vector<double> du(N), dv(N), da(N), rot(N), tilt(N), psi(N), ox(N), oy(N);
-    std::vector<int> og(N, 1), cls(N);
+    std::vector<int> cls(N);
+    long next1 = 1, next2 = 1;
     for (size_t i = 0; i < N; ++i) {
-      names[i] = fmt::format("{:06d}@{}", i + 1, res.stack);
+      names[i] = group[i] == 2 ? fmt::format("{:06d}@{}", next2++, res.stack2)
+                               : fmt::format("{:06d}@{}", next1++, res.stack);
       const Truth& t = truth[i];
       du[i] = std::round(t.du * 100) / 100;
       dv[i] = std::round(t.dv * 100) / 100;
       da[i] = std::round(t.dangle * 100) / 100;
       rot[i] = t.rot; tilt[i] = t.tilt; psi[i] = t.psi;
-      ox[i] = -t.dx * angpix;
-      oy[i] = -t.dy * angpix;
+      const double px = group[i] == 2 ? angpix2 : angpix;
+      ox[i] = -t.dx * px;
+      oy[i] = -t.dy * px;
       cls[i] = t.cls;
     }
     parts.set_column("rlnImageName", names);
     parts.set_column("rlnMicrographName", std::vector<std::string>(N, "simulated.mrc"));
-    parts.set_column("rlnOpticsGroup", og);
+    parts.set_column("rlnOpticsGroup", group);
     if (opt.ctf) {
       parts.set_column("rlnDefocusU", du);
       parts.set_column("rlnDefocusV", dv);
       parts.set_column("rlnDefocusAngle", da);
-    } else {
-      // RELION needs CTF columns only with --ctf; write defocus 0 for clarity.
     }
     if (with_truth) {
       parts.set_column("rlnAngleRot", rot);
@@ -254,6 +247,91 @@ SimulateResult simulate(const SimulateOptions& opt) {
     }
     return doc;
   };
+
+  // The image model of the truth (imaging/optics_model.hpp), as `project` and `reconstruct` use it.
+  star::Document truth_doc = make_doc(true);
+  truth_doc.source = res.truth_star;
+  const ParticleTable table = ParticleTable::from_document(truth_doc);
+  OpticsModel optics(table);
+  optics.set_reference(n, angpix);
+
+  // Noise-free image of particle i: projection at its group's sampling, CTF (with even
+  // Zernikes and magnification) and aberration phase, moved by its shift (group px).
+  auto signal = [&](size_t i) {
+    const Truth& t = truth[i];
+    const Projector& p = t.cls == 2 && !map2.empty() ? proj2 : proj1;
+    const OpticsGroupModel& g = optics.group_of(i);
+    const Mat3 A = euler_to_matrix(t.rot, t.tilt, t.psi);
+    Grid<cfloat> F;
+    if (g.maps_to_reference() || g.box != n) p.project_mapped(A, g.to_reference, F, g.box);
+    else p.project(A, F);
+    if (opt.ctf) {
+      Grid<float> c;
+      optics.particle(i).ctf_half(c);
+      for (size_t k = 0; k < F.size(); ++k) F[k] *= c[k];
+      g.modulate(F);
+    }
+    shift_phase(F, t.dx, t.dy, g.box);
+    return from_fourier_centred(F, g.box);
+  };
+
+  // Pass 1: signal variance per optics group from its first particles (deterministic).
+  ThreadPool pool(opt.threads);
+  double var_signal[2] = {0, 0};
+  for (int gi = 1; gi <= 2; ++gi) {
+    std::vector<size_t> first;
+    for (size_t i = 0; i < N && first.size() < 200; ++i)
+      if (group[i] == gi) first.push_back(i);
+    if (first.empty()) continue;
+    std::vector<double> vars(first.size());
+    pool.parallel_for(0, first.size(), [&](size_t k, int) { vars[k] = variance(signal(first[k])); });
+    for (double v : vars) var_signal[gi - 1] += v;
+    var_signal[gi - 1] /= double(vars.size());
+    if (!(var_signal[gi - 1] > 0)) input_error("{}: the map projects to empty images (zero variance)", opt.map);
+  }
+  const double sigma[2] = {opt.snr > 0 ? std::sqrt(var_signal[0] / opt.snr) : 0.0,
+                           opt.snr > 0 ? std::sqrt(var_signal[1] / opt.snr) : 0.0};
+  res.noise_sigma = sigma[0];
+  res.signal_variance = var_signal[0];
+
+  mrc::WriteOptions wo;
+  wo.pixel_size = angpix;
+  wo.is_stack = true;
+  mrc::StackWriter writer(res.stack, n, n, wo);
+  std::unique_ptr<mrc::StackWriter> writer2;
+  if (two_groups) {
+    mrc::WriteOptions wo2 = wo;
+    wo2.pixel_size = angpix2;
+    writer2 = std::make_unique<mrc::StackWriter>(res.stack2, n2, n2, wo2);
+  }
+  const size_t batch = 256;
+  Progress progress("simulate: particles", double(opt.n));
+  std::vector<Image> images(batch);
+  for (size_t b0 = 0; b0 < N; b0 += batch) {
+    size_t b1 = std::min(N, b0 + batch);
+    pool.parallel_for(b0, b1, [&](size_t i, int) {
+      const OpticsGroupModel& g = optics.group_of(i);
+      Image img = signal(i);
+      auto gn = make_rng(opt.seed, i, 1);  // noise stream
+      const double s = sigma[group[i] - 1];
+      if (s > 0)
+        for (auto& v : img) v += float(s * normal01(gn));
+      if (opt.premultiply) {  // the whole (noisy) image times its CTF, as extraction with premultiplication
+        Grid<cfloat> F = fourier_centred(img);
+        Grid<float> c;
+        optics.particle(i).ctf_half(c);
+        for (size_t k = 0; k < F.size(); ++k) F[k] *= c[k];
+        img = from_fourier_centred(F, g.box);
+      }
+      const double bg = opt.bg_radius > 0 ? opt.bg_radius : 0.75 * (g.box / 2);
+      normalise_background(img, bg);
+      images[i - b0] = std::move(img);
+    });
+    for (size_t i = b0; i < b1; ++i) (group[i] == 2 ? *writer2 : writer).append(images[i - b0]);
+    progress.advance(double(b1 - b0));
+    check_cancelled();  // SIGINT/SIGTERM: stop; the unfinished stack is removed
+  }
+
   // The ground-truth maps as projected (after --box), for FSC against results.
   mrc::WriteOptions mo;
   mo.pixel_size = angpix;
@@ -262,9 +340,12 @@ SimulateResult simulate(const SimulateOptions& opt) {
   star::write(res.particles_star, make_doc(false));
   star::write(res.truth_star, make_doc(true));
   writer.commit();
+  if (writer2) writer2->commit();
   progress.finish();
-  spdlog::info("simulate: {} particles of {} px at {} Å/px, SNR {}, noise sigma {:.4g}; wrote {}, {}, {}",
-               opt.n, n, angpix, opt.snr, sigma, res.stack, res.particles_star, res.truth_star);
+  spdlog::info("simulate: {} particles of {} px at {} Å/px{}, SNR {}, noise sigma {:.4g}; wrote {}, {}, {}",
+               opt.n, n, angpix,
+               two_groups ? fmt::format(" (optics group 2: {} px at {} Å/px)", n2, angpix2) : std::string(),
+               opt.snr, sigma[0], res.stack, res.particles_star, res.truth_star);
   return res;
 }
 

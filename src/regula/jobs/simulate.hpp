@@ -17,6 +17,15 @@
 //   6. normalised as `relion_preprocess --norm` does: minus the mean and divided by
 //      the standard deviation of the pixels outside a circle of radius bg_radius
 //      (default 0.75 * box/2).
+// Optics (imaging/optics_model.hpp, the image model `reconstruct` and `project` use):
+// --beamtilt_x/y (mrad), --odd_zernike and --even_zernike (RELION's coefficient order,
+// radians) and --mag (the 2x2 magnification matrix) apply to every optics group and are
+// written to data_optics; with --og2_fraction F a fraction F of the particles (drawn from
+// their own stream, seed and particle index) form optics group 2 with pixel size
+// --og2_angpix and box --og2_box (rendered at that sampling from the same map; own noise
+// level from its own signal variance; stack DIR/particles_og2.mrcs); with --premultiply
+// the noisy images are multiplied by their CTF once more (rlnCtfDataAreCtfPremultiplied 1),
+// as RELION's extraction with CTF premultiplication.
 // Outputs: DIR/particles.mrcs, DIR/particles.star (3.1 form, CTF, no poses),
 // DIR/truth.star (the same plus rlnAngleRot/Tilt/Psi, rlnOriginX/YAngst,
 // rlnClassNumber), DIR/truth_map1.mrc (and truth_map2.mrc): the maps as projected,
@@ -25,6 +34,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace regula {
 
@@ -46,6 +56,15 @@ struct SimulateOptions {
   double max_shift = 0;       // px
   int views = 0;              // --views V (0 = uniform orientations)
   double bg_radius = 0;       // px; 0 = 0.75 * box/2
+  double beamtilt_x = 0;                    // --beamtilt_x: mrad
+  double beamtilt_y = 0;                    // --beamtilt_y: mrad
+  std::vector<double> odd_zernike;          // --odd_zernike c0,c1,...: rlnOddZernike
+  std::vector<double> even_zernike;         // --even_zernike c0,c1,...: rlnEvenZernike
+  std::vector<double> mag;                  // --mag m00,m01,m10,m11 (empty: identity)
+  bool premultiply = false;                 // --premultiply: CTF-premultiplied images
+  double og2_fraction = 0;                  // --og2_fraction: particles in optics group 2
+  double og2_angpix = 0;                    // --og2_angpix: its pixel size, Å (0: as group 1)
+  int og2_box = 0;                          // --og2_box: its box, px (0: as group 1)
   uint64_t seed = 1;
   int threads = 1;
 
@@ -55,7 +74,8 @@ struct SimulateOptions {
 
 struct SimulateResult {
   std::string particles_star, truth_star, stack;
-  double noise_sigma = 0;  // before normalisation
+  std::string stack2;      // optics group 2's stack ("" without --og2_fraction)
+  double noise_sigma = 0;  // before normalisation (optics group 1)
   double signal_variance = 0;
 };
 

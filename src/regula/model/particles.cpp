@@ -24,18 +24,21 @@ struct DoubleField {
   const char* label;
   std::vector<double> ParticleTable::*member;
   double fallback;
+  bool ctf;  // a CTF value: read from data_optics when the particles do not have it (as RELION)
+  std::vector<double> ParticleTable::*same_as = nullptr;  // fallback: this column (defocus V = U)
 };
 
+// Loaded in this order (defocus U before V).
 const DoubleField kDoubleFields[] = {
-    {"rlnDefocusU", &ParticleTable::defocus_u, 0.0},
-    {"rlnDefocusV", &ParticleTable::defocus_v, 0.0},
-    {"rlnDefocusAngle", &ParticleTable::defocus_angle, 0.0},
-    {"rlnPhaseShift", &ParticleTable::phase_shift, 0.0},
-    {"rlnCtfBfactor", &ParticleTable::ctf_bfactor, 0.0},
-    {"rlnCtfScalefactor", &ParticleTable::ctf_scale, 1.0},
-    {"rlnAngleRot", &ParticleTable::rot, 0.0},
-    {"rlnAngleTilt", &ParticleTable::tilt, 0.0},
-    {"rlnAnglePsi", &ParticleTable::psi, 0.0},
+    {"rlnDefocusU", &ParticleTable::defocus_u, 0.0, true},
+    {"rlnDefocusV", &ParticleTable::defocus_v, 0.0, true, &ParticleTable::defocus_u},
+    {"rlnDefocusAngle", &ParticleTable::defocus_angle, 0.0, true},
+    {"rlnPhaseShift", &ParticleTable::phase_shift, 0.0, true},
+    {"rlnCtfBfactor", &ParticleTable::ctf_bfactor, 0.0, true},
+    {"rlnCtfScalefactor", &ParticleTable::ctf_scale, 1.0, true},
+    {"rlnAngleRot", &ParticleTable::rot, 0.0, false},
+    {"rlnAngleTilt", &ParticleTable::tilt, 0.0, false},
+    {"rlnAnglePsi", &ParticleTable::psi, 0.0, false},
 };
 
 struct IntField {
@@ -49,10 +52,50 @@ const IntField kIntFields[] = {
 };
 
 // RELION 3.0 per-particle optics columns, moved to data_optics on conversion.
-const char* const k30OpticsLabels[] = {"rlnVoltage",          "rlnSphericalAberration",
+const char* const k30OpticsLabels[] = {"rlnVoltage",           "rlnSphericalAberration",
                                        "rlnAmplitudeContrast", "rlnMagnification",
                                        "rlnDetectorPixelSize", "rlnImagePixelSize",
-                                       "rlnImageDimensionality", "rlnImageSize"};
+                                       "rlnImageDimensionality", "rlnImageSize",
+                                       "rlnBeamTiltX",         "rlnBeamTiltY"};
+
+// "[c0,c1,...]" (RELION's vector text; brackets optional, no spaces inside a STAR value).
+std::vector<double> parse_vector(const star::Table& t, size_t row, int col) {
+  std::string_view v = t.value(row, col);
+  if (!v.empty() && v.front() == '[') v.remove_prefix(1);
+  if (!v.empty() && v.back() == ']') v.remove_suffix(1);
+  std::vector<double> out;
+  while (!v.empty()) {
+    const size_t comma = v.find(',');
+    std::string_view item = v.substr(0, comma);
+    double x = 0;
+    auto r = std::from_chars(item.data(), item.data() + item.size(), x);
+    if (r.ec != std::errc() || r.ptr != item.data() + item.size() || !std::isfinite(x))
+      input_error("{}: _{}: expected a list of numbers like [0.1,-0.2,0], got '{}'", t.where(row), t.label(col),
+                  t.value(row, col));
+    out.push_back(x);
+    if (comma == std::string_view::npos) break;
+    v.remove_prefix(comma + 1);
+  }
+  return out;
+}
+
+std::string format_vector(const std::vector<double>& v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) s += fmt::format("{}{}", i ? "," : "", v[i]);
+  return s + "]";
+}
+
+double finite_number(const star::Table& t, size_t row, int col) {
+  const double x = t.number(row, col);
+  if (!std::isfinite(x)) input_error("{}: _{} must be a finite number, got '{}'", t.where(row), t.label(col), t.value(row, col));
+  return x;
+}
+
+bool to_bool(const star::Table& t, size_t row, int col) {
+  const long v = t.integer(row, col);
+  if (v != 0 && v != 1) input_error("{}: _{} must be 0 or 1, got '{}'", t.where(row), t.label(col), t.value(row, col));
+  return v == 1;
+}
 
 int to_int(const star::Table& t, size_t row, int col) {
   long v = t.integer(row, col);
@@ -91,6 +134,11 @@ void intern_column(const star::Table& t, int col, std::vector<uint32_t>& index,
 }
 
 }  // namespace
+
+bool OpticsGroup::has_aberrations() const {
+  auto nonzero = [](const std::vector<double>& v) { return std::any_of(v.begin(), v.end(), [](double x) { return x != 0; }); };
+  return beam_tilt_x != 0 || beam_tilt_y != 0 || nonzero(odd_zernike) || nonzero(even_zernike);
+}
 
 // ------------------------------------------------------------------ image names
 
@@ -180,6 +228,11 @@ void ParticleTable::load_optics_31(const ParticleReadOptions& opt) {
   int c_mag = ob.column("rlnMagnification"), c_det = ob.column("rlnDetectorPixelSize");
   int c_volt = ob.column("rlnVoltage"), c_cs = ob.column("rlnSphericalAberration");
   int c_ac = ob.column("rlnAmplitudeContrast"), c_dim = ob.column("rlnImageDimensionality");
+  int c_pre = ob.column("rlnCtfDataAreCtfPremultiplied"), c_flip = ob.column("rlnCtfDataArePhaseFlipped");
+  int c_btx = ob.column("rlnBeamTiltX"), c_bty = ob.column("rlnBeamTiltY");
+  int c_odd = ob.column("rlnOddZernike"), c_even = ob.column("rlnEvenZernike");
+  const int c_mm[4] = {ob.column("rlnMagMat00"), ob.column("rlnMagMat01"), ob.column("rlnMagMat10"),
+                        ob.column("rlnMagMat11")};
   optics.clear();
   for (size_t r = 0; r < ob.rows(); ++r) {
     OpticsGroup g;
@@ -194,6 +247,15 @@ void ParticleTable::load_optics_31(const ParticleReadOptions& opt) {
     if (c_cs >= 0) g.cs = ob.number(r, c_cs);
     if (c_ac >= 0) g.amplitude_contrast = ob.number(r, c_ac);
     if (c_dim >= 0) g.dimensionality = to_int(ob, r, c_dim);
+    if (c_pre >= 0) g.ctf_premultiplied = to_bool(ob, r, c_pre);
+    if (c_flip >= 0) g.ctf_phase_flipped = to_bool(ob, r, c_flip);
+    if (c_btx >= 0) g.beam_tilt_x = finite_number(ob, r, c_btx);
+    if (c_bty >= 0) g.beam_tilt_y = finite_number(ob, r, c_bty);
+    if (c_odd >= 0) g.odd_zernike = parse_vector(ob, r, c_odd);
+    if (c_even >= 0) g.even_zernike = parse_vector(ob, r, c_even);
+    // A missing element keeps its identity value (as RELION).
+    for (int k = 0; k < 4; ++k)
+      if (c_mm[k] >= 0) g.mag_matrix[size_t(k)] = finite_number(ob, r, c_mm[k]);
     for (const auto& o : optics)
       if (o.number == g.number)
         input_error("{}: optics group {} appears twice in data_optics", ob.where(r), g.number);
@@ -234,8 +296,11 @@ void ParticleTable::convert_30(const ParticleReadOptions& opt) {
   int c_det = pb.column("rlnDetectorPixelSize"), c_pix = pb.column("rlnImagePixelSize");
   int c_og = pb.column("rlnOpticsGroup"), c_dim = pb.column("rlnImageDimensionality");
   int c_size = pb.column("rlnImageSize");
+  int c_btx = pb.column("rlnBeamTiltX"), c_bty = pb.column("rlnBeamTiltY");
   auto group_of_row = [&](size_t r) {
     OpticsGroup g;
+    if (c_btx >= 0) g.beam_tilt_x = finite_number(pb, r, c_btx);
+    if (c_bty >= 0) g.beam_tilt_y = finite_number(pb, r, c_bty);
     if (c_volt >= 0) g.voltage = pb.number(r, c_volt);
     if (c_cs >= 0) g.cs = pb.number(r, c_cs);
     if (c_ac >= 0) g.amplitude_contrast = pb.number(r, c_ac);
@@ -270,11 +335,12 @@ void ParticleTable::convert_30(const ParticleReadOptions& opt) {
       optics_index[r] = it->second;
     }
   } else {
-    using Key = std::tuple<double, double, double, double, int, int>;
+    using Key = std::tuple<double, double, double, double, int, int, double, double>;
     std::map<Key, int> index;
     for (size_t r = 0; r < n; ++r) {
       OpticsGroup g = group_of_row(r);
-      Key k{g.voltage, g.cs, g.amplitude_contrast, g.pixel_size, g.dimensionality, g.image_size};
+      Key k{g.voltage, g.cs, g.amplitude_contrast, g.pixel_size, g.dimensionality, g.image_size,
+            g.beam_tilt_x, g.beam_tilt_y};
       auto it = index.find(k);
       if (it == index.end()) {
         g.number = int(optics.size()) + 1;
@@ -328,12 +394,28 @@ void ParticleTable::load_columns(const ParticleReadOptions& opt) {
   size_t n = pb.rows();
   std::vector<std::function<void()>> tasks;
   tasks.emplace_back([&] { load_images(opt); });
+  // CTF values missing from the particles: from data_optics if it has them (per group).
+  const star::Block* ob = doc_.find("optics");
   for (const auto& f : kDoubleFields)
-    tasks.emplace_back([&, f] {
-      int c = pb.column(f.label);
-      if (c >= 0) this->*f.member = pb.numbers(c);
-      else (this->*f.member).assign(n, f.fallback);
-    });
+    if (f.ctf && !pb.has(f.label) && ob && ob->has(f.label)) {
+      const int c = ob->column(f.label);
+      std::vector<double> per_group(optics.size());
+      for (size_t g = 0; g < optics.size() && g < ob->rows(); ++g) per_group[g] = finite_number(*ob, g, c);
+      std::vector<double>& v = this->*f.member;
+      v.resize(n);
+      for (size_t r = 0; r < n; ++r) v[r] = per_group[size_t(optics_index[r])];
+      from_optics_.emplace_back(f.label);
+    }
+  auto loaded = [&](const DoubleField& f) {
+    return std::find(from_optics_.begin(), from_optics_.end(), f.label) != from_optics_.end();
+  };
+  for (const auto& f : kDoubleFields)
+    if (!f.same_as && !loaded(f))
+      tasks.emplace_back([&, f] {
+        int c = pb.column(f.label);
+        if (c >= 0) this->*f.member = pb.numbers(c);
+        else (this->*f.member).assign(n, f.fallback);
+      });
   for (const auto& f : kIntFields)
     tasks.emplace_back([&, f] {
       int c = pb.column(f.label);
@@ -367,6 +449,12 @@ void ParticleTable::load_columns(const ParticleReadOptions& opt) {
     });
   tasks.emplace_back([&] { intern_column(pb, pb.column("rlnMicrographName"), micrograph, micrographs); });
   run_tasks(tasks, n);
+  // Columns whose default is another column (defocus V = U), after that one is loaded.
+  for (const auto& f : kDoubleFields)
+    if (f.same_as && !loaded(f)) {
+      int c = pb.column(f.label);
+      this->*f.member = c >= 0 ? pb.numbers(c) : this->*f.same_as;
+    }
 }
 
 void ParticleTable::load_images(const ParticleReadOptions& opt) {
@@ -463,6 +551,30 @@ void ParticleTable::sync_optics() {
   col_d("rlnImagePixelSize", [](const OpticsGroup& o) { return o.pixel_size; }, false);
   col_i("rlnImageSize", [](const OpticsGroup& o) { return o.image_size; }, false);
   col_i("rlnImageDimensionality", [](const OpticsGroup& o) { return o.dimensionality; }, true);
+  col_i("rlnCtfDataAreCtfPremultiplied", [](const OpticsGroup& o) { return int(o.ctf_premultiplied); }, false);
+  col_i("rlnCtfDataArePhaseFlipped", [](const OpticsGroup& o) { return int(o.ctf_phase_flipped); }, false);
+  col_d("rlnBeamTiltX", [](const OpticsGroup& o) { return o.beam_tilt_x; }, false);
+  col_d("rlnBeamTiltY", [](const OpticsGroup& o) { return o.beam_tilt_y; }, false);
+  auto col_v = [&](const char* label, std::vector<double> OpticsGroup::*member) {
+    std::vector<std::string> v(g);
+    bool any = false;
+    for (size_t i = 0; i < g; ++i) {
+      v[i] = format_vector(optics[i].*member);
+      any = any || !(optics[i].*member).empty();
+    }
+    if (any || ob->has(label)) ob->set_column(label, v);
+  };
+  col_v("rlnOddZernike", &OpticsGroup::odd_zernike);
+  col_v("rlnEvenZernike", &OpticsGroup::even_zernike);
+  const bool any_mag = std::any_of(optics.begin(), optics.end(),
+                                   [](const OpticsGroup& o) { return o.has_anisotropic_magnification(); });
+  static const char* const mag_labels[4] = {"rlnMagMat00", "rlnMagMat01", "rlnMagMat10", "rlnMagMat11"};
+  for (size_t k = 0; k < 4; ++k)
+    if (any_mag || ob->has(mag_labels[k])) {
+      std::vector<double> v(g);
+      for (size_t i = 0; i < g; ++i) v[i] = optics[i].mag_matrix[k];
+      ob->set_column(mag_labels[k], v);
+    }
 }
 
 const star::Document& ParticleTable::sync() {
@@ -486,8 +598,10 @@ const star::Document& ParticleTable::sync() {
   };
   sync_optics();
   for (const auto& f : kDoubleFields) {
+    if (std::find(from_optics_.begin(), from_optics_.end(), f.label) != from_optics_.end()) continue;
     const auto& v = this->*f.member;
-    bool any = std::any_of(v.begin(), v.end(), [&](double x) { return x != f.fallback; });
+    bool any = false;
+    for (size_t i = 0; i < v.size() && !any; ++i) any = v[i] != (f.same_as ? (this->*f.same_as)[i] : f.fallback);
     if (present(f.label) || any) pb.set_column(f.label, v);
   }
   bool any_origin = std::any_of(origin_x.begin(), origin_x.end(), [](double x) { return x != 0; }) ||

@@ -21,10 +21,18 @@
 // with only rlnOriginX (pixels) is converted with its optics group's pixel size
 // (InputError if that is unknown and an origin is non-zero).
 //
+// CTF values (rlnDefocusU/V/Angle, rlnPhaseShift, rlnCtfBfactor, rlnCtfScalefactor) are read per
+// particle, else from the particle's optics group when data_optics has the column, else the
+// default (as RELION's CTF reader): 0, except rlnDefocusV = rlnDefocusU and rlnCtfScalefactor = 1.
+// RELION 3.0 files with rlnBeamTiltX/Y per particle get optics groups that differ in them too.
+//
+// Which labels are read, ignored or refused: model/image_labels.hpp.
+//
 // Image names are "N@stack.mrcs" (N 1-based) or "file.mrc" (the whole file).
 // Relative stack paths are resolved like RELION does: against the current
 // working directory (at read time), NOT the directory of the STAR file.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <list>
 #include <memory>
@@ -42,6 +50,8 @@ namespace mrc {
 class StackReader;
 }
 
+// One row of data_optics. The aberration fields are read as written; what they mean for the
+// image (signs, units, matrix orientation) is imaging/optics_model.hpp.
 struct OpticsGroup {
   int number = 1;                   // rlnOpticsGroup (1-based as in the file)
   std::string name;                 // rlnOpticsGroupName
@@ -51,6 +61,15 @@ struct OpticsGroup {
   double cs = 0;                    // mm (rlnSphericalAberration)
   double amplitude_contrast = 0;    // fraction (rlnAmplitudeContrast)
   int dimensionality = 2;           // rlnImageDimensionality (2 or 3)
+  bool ctf_premultiplied = false;   // rlnCtfDataAreCtfPremultiplied: images are CTF x signal + CTF x noise
+  bool ctf_phase_flipped = false;   // rlnCtfDataArePhaseFlipped: images are sign(CTF) x (signal + noise)
+  double beam_tilt_x = 0, beam_tilt_y = 0;  // mrad (rlnBeamTiltX, rlnBeamTiltY)
+  std::vector<double> odd_zernike;   // rlnOddZernike "[c0,c1,...]" (radians; empty = none)
+  std::vector<double> even_zernike;  // rlnEvenZernike
+  std::array<double, 4> mag_matrix{1, 0, 0, 1};  // rlnMagMat00, 01, 10, 11 (identity when absent)
+
+  bool has_aberrations() const;  // beam tilt, odd or even Zernikes other than zero
+  bool has_anisotropic_magnification() const { return mag_matrix != std::array<double, 4>{1, 0, 0, 1}; }
 };
 
 struct ImageRef {
@@ -142,6 +161,7 @@ class ParticleTable {
   size_t particles_ = 0;
   bool converted_ = false;
   std::vector<std::string> present_;  // typed labels present in the input
+  std::vector<std::string> from_optics_;  // per-particle labels filled from data_optics (not written back)
 };
 
 // Lazy access to particle images: opens mrc::StackReaders on demand and keeps

@@ -22,6 +22,10 @@ namespace regula {
 
 using Mat3 = std::array<std::array<double, 3>, 3>;
 using Vec3 = std::array<double, 3>;
+// 2x2 matrix acting on column vectors (kx, ky), row-major m[r][c] (e.g. image frequency maps,
+// imaging/optics_model.hpp).
+using Mat2 = std::array<std::array<double, 2>, 2>;
+inline constexpr Mat2 kIdentity2{{{1.0, 0.0}, {0.0, 1.0}}};
 
 inline constexpr double kPi = 3.14159265358979323846;
 inline double deg2rad(double d) { return d * kPi / 180.0; }
