@@ -459,6 +459,29 @@ size_t encode(const float* data, size_t n, Mode mode, std::vector<unsigned char>
       }
     }
     rounded.assign(data, data + n);
+  } else if (mode == Mode::Int8 || mode == Mode::Int16 || mode == Mode::UInt16) {
+    // Integer modes: rounded to the nearest integer and clamped to the mode's range (a clamped
+    // value counts as an overflow); NaN is written as 0.
+    const double lo = mode == Mode::Int8 ? -128.0 : mode == Mode::Int16 ? -32768.0 : 0.0;
+    const double hi = mode == Mode::Int8 ? 127.0 : mode == Mode::Int16 ? 32767.0 : 65535.0;
+    const size_t w = mode == Mode::Int8 ? 1 : 2;
+    out.resize(w * n);
+    rounded.resize(n);
+    for (size_t i = 0; i < n; ++i) {
+      double v = std::isnan(data[i]) ? 0.0 : std::nearbyint(double(data[i]));
+      if (v < lo || v > hi) {
+        v = std::clamp(v, lo, hi);
+        ++overflow;
+      }
+      rounded[i] = float(v);
+      if (w == 1) {
+        out[i] = (unsigned char)int8_t(v);
+      } else {
+        const uint16_t u = mode == Mode::UInt16 ? uint16_t(v) : uint16_t(int16_t(v));
+        out[2 * i] = (unsigned char)(u & 0xffu);
+        out[2 * i + 1] = (unsigned char)(u >> 8);
+      }
+    }
   } else {
     out.resize(2 * n);
     rounded.resize(n);
@@ -474,12 +497,17 @@ size_t encode(const float* data, size_t n, Mode mode, std::vector<unsigned char>
 }
 
 void check_write_options(const WriteOptions& opt, const std::string& path) {
-  if (opt.mode != Mode::Float32 && opt.mode != Mode::Float16)
-    input_error("{}: can only write mode 2 (float32) or 12 (float16), not mode {}", path, int(opt.mode));
+  if (opt.mode == Mode::Packed4Bit || !mode_supported(int(opt.mode)))
+    input_error("{}: can only write modes 0 (int8), 1 (int16), 2 (float32), 6 (uint16) or 12 (float16), not mode {}",
+                path, int(opt.mode));
 }
 
-void warn_overflow(const std::string& path, size_t n) {
-  if (n) spdlog::warn("{}: {} values beyond the float16 range (+-65504) were written as infinity", path, n);
+void warn_overflow(const std::string& path, size_t n, Mode mode) {
+  if (!n) return;
+  if (mode == Mode::Float16)
+    spdlog::warn("{}: {} values beyond the float16 range (+-65504) were written as infinity", path, n);
+  else
+    spdlog::warn("{}: {} values outside the range of mode {} were clamped", path, n, mode_name(int(mode)));
 }
 
 }  // namespace
@@ -626,7 +654,7 @@ void write(const std::string& path, const Grid<float>& data, const WriteOptions&
   if (data.empty()) input_error("{}: refusing to write an empty image", path);
   std::vector<unsigned char> bytes;
   std::vector<float> rounded;
-  warn_overflow(path, encode(data.data(), data.size(), opt.mode, bytes, rounded));
+  warn_overflow(path, encode(data.data(), data.size(), opt.mode, bytes, rounded), opt.mode);
   const Stats st = compute_stats(rounded.data(), rounded.size());
   unsigned char raw[kHeaderBytes];
   fill_header(raw, data.nx(), data.ny(), data.nz(), opt, st);
@@ -686,7 +714,7 @@ void StackWriter::commit() {
   FILE* f = impl_->file->handle();
   if (std::fflush(f) != 0 || std::fseek(f, 0, SEEK_SET) != 0 || std::fwrite(raw, 1, kHeaderBytes, f) != kHeaderBytes)
     runtime_error("{}: could not write the header", impl_->file->path());
-  warn_overflow(impl_->file->path(), impl_->overflow);
+  warn_overflow(impl_->file->path(), impl_->overflow, impl_->opt.mode);
   impl_->file->commit();
 }
 
