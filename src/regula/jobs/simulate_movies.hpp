@@ -53,7 +53,7 @@ struct SimulateMoviesOptions {
   double voltage = 300, cs = 2.7, amplitude_contrast = 0.1, bfactor = 0;
   double defocus_min = 5000, defocus_max = 40000, astigmatism_max = 2000;  // Å
   int particles = 100;               // per micrograph
-  double ice_rms = 0.05;
+  double ice_rms = 0.15;
   int aggregates = 1, ice_crystals = 1;
   double carbon = 0.3;               // probability of a carbon edge
   double drift_min = 5, drift_max = 30, local_max = 2.0;  // px

@@ -44,7 +44,7 @@ struct SceneOptions {
   double bfactor = 0;              // Å², CTF envelope
   int particles = 100;             // particles per micrograph (fewer when they do not fit)
   std::vector<double> type_fractions;  // relative abundance of each map (empty: equal)
-  double ice_rms = 0.05;           // rad per pixel
+  double ice_rms = 0.15;           // rad per pixel
   int aggregates = 1;              // clumps of 4-12 particles
   int ice_crystals = 1;
   double carbon_probability = 0.3; // chance that the micrograph has a carbon edge
