@@ -30,5 +30,8 @@ void add_class3d(CLI::App& app);
 void add_postprocess(CLI::App& app);
 void add_serve(CLI::App& app);
 void add_initial_model(CLI::App& app);
+void add_simulate_movies(CLI::App& app);
+void add_motioncorr(CLI::App& app);
+void add_ctffind(CLI::App& app);
 
 }  // namespace regula::cli
