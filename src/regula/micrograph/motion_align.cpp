@@ -18,6 +18,33 @@ void phases(std::vector<cfloat>& out, int n, int len, double s, bool fft_order) 
     out[size_t(i)] = cfloat(float(std::cos(a)), float(std::sin(a)));
   }
 }
+// Penalised least squares: minimise sum (s_f - m_f)^2 + lambda sum (s_{f+1} - 2 s_f + s_{f-1})^2
+// (dense elimination of the symmetric pentadiagonal system; T is small).
+void smooth_trajectory(std::vector<double>& m, double lambda) {
+  const size_t T = m.size();
+  std::vector<double> A(T * T, 0.0), b = m;
+  for (size_t i = 0; i < T; ++i) A[i * T + i] = 1;
+  for (size_t f = 1; f + 1 < T; ++f) {
+    const size_t idx[3] = {f - 1, f, f + 1};
+    const double c[3] = {1, -2, 1};
+    for (int a = 0; a < 3; ++a)
+      for (int q = 0; q < 3; ++q) A[idx[a] * T + idx[q]] += lambda * c[a] * c[q];
+  }
+  for (size_t col = 0; col < T; ++col) {
+    for (size_t r = col + 1; r < std::min(T, col + 3); ++r) {
+      const double fct = A[r * T + col] / A[col * T + col];
+      if (fct == 0) continue;
+      for (size_t k = col; k < std::min(T, col + 3); ++k) A[r * T + k] -= fct * A[col * T + k];
+      b[r] -= fct * b[col];
+    }
+  }
+  for (size_t r = T; r-- > 0;) {
+    double v = b[r];
+    for (size_t k = r + 1; k < std::min(T, r + 3); ++k) v -= A[r * T + k] * m[k];
+    m[r] = v / A[r * T + r];
+  }
+}
+
 }  // namespace
 
 void shift_half_complex(Grid<cfloat>& F, int nx, double sx, double sy) {
@@ -160,21 +187,26 @@ AlignResult align_frames(const std::vector<const Grid<cfloat>*>& frames, int nx,
         }
         ux += dx;
         uy += dy;
-        if (len < 1e-4) break;
+        if (len < 1e-3) break;
       }
       tx[f] = ux;
       ty[f] = uy;
     });
     double ss = 0;
+    const std::vector<double> px = res.sx, py = res.sy;
     for (size_t f = 0; f < T; ++f) {
       res.sx[f] += tx[f];
       res.sy[f] += ty[f];
+    }
+    if (p.smoothness > 0 && T >= 4) {
+      smooth_trajectory(res.sx, p.smoothness);
+      smooth_trajectory(res.sy, p.smoothness);
     }
     const double x0 = res.sx[0], y0 = res.sy[0];
     for (size_t f = 0; f < T; ++f) {
       res.sx[f] -= x0;
       res.sy[f] -= y0;
-      const double dx = tx[f] - tx[0], dy = ty[f] - ty[0];
+      const double dx = res.sx[f] - px[f], dy = res.sy[f] - py[f];  // change of the trajectory this round
       ss += dx * dx + dy * dy;
     }
     res.iterations = it;

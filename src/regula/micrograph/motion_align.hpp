@@ -11,7 +11,9 @@
 //  * the peak is then refined by Newton's method on the cross-correlation as an exact function of
 //    a continuous shift (its gradient and Hessian are sums over the Fourier coefficients), not by a
 //    parabola through three samples of a coarse grid;
-//  * iterations stop when the rms change is below 0.005 px (RELION: 0.5 px).
+//  * iterations stop when the rms change is below 0.005 px (RELION: 0.5 px);
+//  * optionally (motioncorr uses it for the global trajectory) the shifts of each round are
+//    smoothed over time by a penalty on their second differences.
 // Shifts follow RELION's convention: the shift that moves frame f onto the reference (content
 // moved by +s), relative to the first frame (s_0 = 0), in pixels of the frames given.
 #pragma once
@@ -27,6 +29,9 @@ struct AlignParams {
   int max_iterations = 20;
   double tolerance = 0.005;  // px, rms change of the shifts
   double search = 50;      // px, largest shift of the first round
+  // Temporal regularisation: after each round the trajectory is replaced by the penalised
+  // least-squares fit sum (s - measured)^2 + smoothness sum (second difference)^2 (0: none).
+  double smoothness = 0;
 };
 
 struct AlignResult {

@@ -171,7 +171,9 @@ CorrectOutput correct_movie(CorrectInput& in, const CorrectParams& p, ThreadPool
   ap.max_iterations = p.max_iter;
   std::vector<const Grid<cfloat>*> ptr;
   for (auto& g : F) ptr.push_back(&g);
-  AlignResult g = align_frames(ptr, nx, ny, ap, pool);
+  AlignParams gp = ap;
+  gp.smoothness = p.smoothness;
+  AlignResult g = align_frames(ptr, nx, ny, gp, pool);
   out.log += fmt::format("global alignment: {} iterations{}\n", g.iterations, g.converged ? "" : " (not converged)");
   out.shift_x.resize(size_t(T));
   out.shift_y.resize(size_t(T));

@@ -18,6 +18,7 @@ struct CorrectParams {
   double bfactor = 150;
   int patch_x = 1, patch_y = 1, group_frames = 1;
   int max_iter = 20;
+  double smoothness = 1.0;  // temporal regularisation of the global trajectory (AlignParams)
   bool dose_weighting = false, save_noDW = false, skip_defect = false;
   double angpix = 1, voltage = 300, dose_per_frame = 1, preexposure = 0;
   int grouping_for_ps = -1, ps_size = 512;
