@@ -577,7 +577,7 @@ TEST(Mrc, BadInputsGiveOneLineMessagesNamingFileAndPlace) {
 
   mrc::WriteOptions o;
   o.mode = mrc::Mode::Packed4Bit;
-  expect_input_error([&] { mrc::write(t.file("w.mrc"), Grid<float>(2, 2), o); }, {"w.mrc", "mode 2", "12", "101"});
+  expect_input_error([&] { mrc::write(t.file("w.mrc"), Grid<float>(2, 2), o); }, {"w.mrc", "2 (float32)", "12", "101"});
   EXPECT_FALSE(fs::exists(t.file("w.mrc")));
 }
 
