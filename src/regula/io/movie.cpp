@@ -31,11 +31,12 @@ double MovieReader::pixel_size() const {
   return impl_->tif ? impl_->tif->pixel_size() : impl_->mrc->header().pixel_size();
 }
 const std::string& MovieReader::path() const { return impl_->path; }
-void MovieReader::read_into(int index, float* out) {
+void MovieReader::read_into(int index, float* out) { read_into(index, out, size_t(nx())); }
+void MovieReader::read_into(int index, float* out, size_t row_stride) {
   if (impl_->tif)
-    impl_->tif->read_into(index, out);
+    impl_->tif->read_into(index, out, row_stride);
   else
-    impl_->mrc->read_into(index, out);
+    impl_->mrc->read_into(index, out, row_stride);
 }
 Grid<float> MovieReader::read(int index) {
   Grid<float> g(nx(), ny());

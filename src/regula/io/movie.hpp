@@ -25,6 +25,7 @@ class MovieReader {
   const std::string& path() const;
   // Frame `index` (0-based) into out[nx * ny]. Not thread-safe per reader.
   void read_into(int index, float* out);
+  void read_into(int index, float* out, size_t row_stride);  // row y at out + y * row_stride
   Grid<float> read(int index);
 
  private:

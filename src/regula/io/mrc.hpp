@@ -103,6 +103,7 @@ class StackReader {
   // the stack has M images" when out of range. Not thread-safe per reader object.
   Grid<float> read(int index);
   void read_into(int index, float* out);  // out has nx*ny floats
+  void read_into(int index, float* out, size_t row_stride);  // row y at out + y * row_stride
 
  private:
   struct Impl;

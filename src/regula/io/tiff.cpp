@@ -109,7 +109,9 @@ bool TiffReader::is_float() const { return impl_->format == SAMPLEFORMAT_IEEEFP;
 double TiffReader::pixel_size() const { return impl_->pixel; }
 const std::string& TiffReader::path() const { return impl_->path; }
 
-void TiffReader::read_into(int index, float* out) {
+void TiffReader::read_into(int index, float* out) { read_into(index, out, size_t(impl_->nx)); }
+
+void TiffReader::read_into(int index, float* out, size_t row_stride) {
   Impl& m = *impl_;
   if (index < 0 || index >= m.pages)
     input_error("{}: frame {} (1-based) requested but the file has {} pages", m.path, index + 1, m.pages);
@@ -159,7 +161,7 @@ void TiffReader::read_into(int index, float* out) {
   }
   for (int y = 0; y < m.ny; ++y) {
     const unsigned char* src = m.buf.data() + size_t(m.ny - 1 - y) * row;  // row 0 of the file is the top
-    float* dst = out + size_t(y) * size_t(m.nx);
+    float* dst = out + size_t(y) * row_stride;
     if (m.bits == 8 && m.format == SAMPLEFORMAT_UINT)
       for (int x = 0; x < m.nx; ++x) dst[x] = float(src[x]);
     else if (m.bits == 8)

@@ -40,6 +40,7 @@ class TiffReader {
   const std::string& path() const;
   // Page `index` (0-based) into out[nx * ny]. Not thread-safe per reader object.
   void read_into(int index, float* out);
+  void read_into(int index, float* out, size_t row_stride);  // row y at out + y * row_stride
   Grid<float> read(int index);
 
  private:
