@@ -146,7 +146,7 @@ bool finished(const Movie& m, const MotioncorrOptions& o) {
 }
 
 void process(const Movie& m, const MotioncorrOptions& o, const std::optional<Grid<float>>& gain, size_t index,
-             ThreadPool& pool) {
+             MovieWorkspace& ws, ThreadPool& pool) {
   MovieReader r(m.name);
   const int n = r.frames();
   const int first = o.first_frame, last = o.last_frame > 0 ? o.last_frame : n;
@@ -160,23 +160,19 @@ void process(const Movie& m, const MotioncorrOptions& o, const std::optional<Gri
   if (gain && (gain->nx() != r.nx() || gain->ny() != r.ny()))
     input_error("{}: the movie is {}x{} but the gain reference {} is {}x{} (after --gain_rot {} --gain_flip {})", m.name,
                 r.nx(), r.ny(), o.gainref, gain->nx(), gain->ny(), o.gain_rot, o.gain_flip);
-  CorrectInput in;
-  in.frames.resize(size_t(used));
-  for (int f = 0; f < used; ++f) {
-    in.frames[size_t(f)] = r.read(first - 1 + f);
-    in.frame_index.push_back(first - 1 + f);
-    check_cancelled();
-  }
-  if (gain)
-    pool.parallel_for(0, size_t(used), [&](size_t f, int) {
-      for (size_t k = 0; k < gain->size(); ++k) in.frames[f][k] *= (*gain)[k];
-    });
+  Grid<unsigned char> bad;
   if (!o.defect_file.empty() || gain) {
-    in.bad = read_defects(o.defect_file, r.nx(), r.ny());
+    bad = read_defects(o.defect_file, r.nx(), r.ny());
     if (gain)
       for (size_t k = 0; k < gain->size(); ++k)
-        if ((*gain)[k] == 0) in.bad[k] = 1;
+        if ((*gain)[k] == 0) bad[k] = 1;
   }
+  CorrectInput in;
+  in.movie = &r;
+  in.first = first - 1;
+  in.count = used;
+  in.gain = gain ? &*gain : nullptr;
+  in.bad = &bad;
   CorrectParams p;
   p.bin_factor = o.bin_factor;
   p.bfactor = o.bfactor;
@@ -196,7 +192,7 @@ void process(const Movie& m, const MotioncorrOptions& o, const std::optional<Gri
   p.seed = o.seed;
   p.stream = index;
   const int nx0 = r.nx(), ny0 = r.ny();
-  CorrectOutput c = correct_movie(in, p, pool);
+  CorrectOutput c = correct_movie(in, p, ws, pool);
 
   const std::string root = without_extension(m.out);
   fs::create_directories(fs::path(m.out).parent_path());
@@ -277,11 +273,12 @@ MotioncorrResult motioncorr(const MotioncorrOptions& o) {
   MotioncorrResult res;
   res.skipped = int(movies.size()) - int(todo.size());
   ThreadPool pool(o.threads);
+  MovieWorkspace ws;  // memory reused from movie to movie
   Progress progress("motioncorr: movies", double(todo.size()));
   for (size_t i : todo) {
     const auto t0 = std::chrono::steady_clock::now();
     try {
-      process(movies[i], eff, gain, i, pool);
+      process(movies[i], eff, gain, i, ws, pool);
       ++res.done;
       spdlog::info("motioncorr: {} -> {} ({:.1f} s)", movies[i].name, movies[i].out,
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());

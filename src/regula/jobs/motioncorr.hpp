@@ -49,7 +49,7 @@ struct MotioncorrOptions {
   double angpix = -1, voltage = -1;  // when the STAR file has none
   double dose_per_frame = 1, preexposure = 0;
   bool save_noDW = false, skip_defect = false;
-  int max_iter = 20;           // --max_iter
+  int max_iter = 5;            // --max_iter (RELION's default)
   int grouping_for_ps = -1, ps_size = 512;
   bool only_unfinished = false;
   double dose_motionstats_cutoff = 4;

@@ -55,6 +55,20 @@ void bspline_prefilter(Grid<float>& img) {
     for (int x = 0; x < nx; ++x) prefilter_line(img.data() + x, ny, size_t(nx), buf);
 }
 
+void bspline_prefilter(Grid<float>& img, ThreadPool& pool) {
+  const int nx = img.nx(), ny = img.ny();
+  if (nx >= 2)
+    pool.parallel_for(0, size_t(ny), [&](size_t y, int) {
+      std::vector<double> buf;
+      prefilter_line(img.data() + y * size_t(nx), nx, 1, buf);
+    }, 16);
+  if (ny >= 2)
+    pool.parallel_for(0, size_t(nx), [&](size_t x, int) {
+      std::vector<double> buf;
+      prefilter_line(img.data() + x, ny, size_t(nx), buf);
+    }, 16);
+}
+
 float bspline_sample(const Grid<float>& c, double x, double y) {
   const int nx = c.nx(), ny = c.ny();
   const double fx = std::floor(x), fy = std::floor(y);

@@ -6,11 +6,14 @@
 // sub-pixel local motion without losing the high frequencies that matter for CTF and alignment.
 #pragma once
 #include "regula/core/grid.hpp"
+#include "regula/core/parallel.hpp"
 
 namespace regula {
 
-// In place: pixel values -> cubic B-spline coefficients (nx, ny >= 2).
+// In place: pixel values -> cubic B-spline coefficients (nx, ny >= 2). With a pool, rows and
+// columns in parallel (the same result).
 void bspline_prefilter(Grid<float>& img);
+void bspline_prefilter(Grid<float>& img, ThreadPool& pool);
 
 // Value of the interpolant at (x, y) (pixels; (0, 0) is the centre of the first pixel) from
 // prefiltered coefficients; positions outside the image use mirrored coefficients.

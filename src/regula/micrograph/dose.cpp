@@ -20,26 +20,34 @@ double dose_voltage_factor(double kv) {
   input_error("dose weighting: voltage {} kV; only 100, 200 and 300 kV have a known critical exposure", kv);
 }
 
-std::vector<Grid<float>> dose_weights(int nx, int ny, double angpix, const std::vector<double>& exposures) {
+DoseWeighting::DoseWeighting(int nx, int ny, double angpix, double first, double increment, int frames)
+    : nx_(nx), ny_(ny), frames_(frames), angpix_(angpix), first_(first), increment_(increment) {
   const int nxh = nx / 2 + 1;
-  std::vector<Grid<float>> w(exposures.size(), Grid<float>(nxh, ny));
-  std::vector<double> a(exposures.size());
+  w0_ = Grid<float>(nxh, ny);
+  q_ = Grid<float>(nxh, ny);
   for (int j = 0; j < ny; ++j) {
     const double ky = fft_freq(j, ny) / (ny * angpix);
     for (int i = 0; i < nxh; ++i) {
       const double kx = i / (nx * angpix);
       const double k = std::sqrt(kx * kx + ky * ky);
-      double s = 0;
-      const double rate = k > 0 ? 1.0 / (2.0 * critical_exposure(k)) : 0.0;  // one pow per pixel
-      for (size_t f = 0; f < exposures.size(); ++f) {
-        a[f] = std::exp(-exposures[f] * rate);
-        s += a[f] * a[f];
-      }
-      const double norm = s > 0 ? 1.0 / std::sqrt(s) : 0.0;
-      for (size_t f = 0; f < exposures.size(); ++f) w[f](i, j) = float(a[f] * norm);
+      const double r = k > 0 ? 1.0 / (2.0 * critical_exposure(k)) : 0.0;  // amplitude decay per e/Å²
+      // sum_g exp(-2 N_g r) = exp(-2 first r) (1 - q^(2T)) / (1 - q^2), q = exp(-increment r).
+      const double t = 2 * increment * r;
+      const double series = t > 1e-12 ? std::expm1(-t * frames) / std::expm1(-t) : double(frames);
+      const double norm = 1.0 / std::sqrt(std::exp(-2 * first * r) * series);
+      w0_(i, j) = float(std::exp(-first * r) * norm);
+      q_(i, j) = float(std::exp(-increment * r));
     }
   }
-  return w;
+}
+
+bool DoseWeighting::same(int nx, int ny, double angpix, double first, double increment, int frames) const {
+  return nx == nx_ && ny == ny_ && frames == frames_ && angpix == angpix_ && first == first_ &&
+         increment == increment_;
+}
+
+float DoseWeighting::weight(int f, int i, int j) const {
+  return float(double(w0_(i, j)) * std::pow(double(q_(i, j)), f));
 }
 
 }  // namespace regula

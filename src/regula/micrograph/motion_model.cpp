@@ -26,6 +26,21 @@ void PolynomialMotion::shift_at(double z, double x, double y, double& sx, double
   }
 }
 
+void PolynomialMotion::row_quadratic(double z, double y, double ax[3], double ay[3]) const {
+  // Spatial terms (1, x, x^2, y, y^2, xy), each times c z + c z^2 + c z^3.
+  double px[6], py[6];
+  for (int a = 0; a < 6; ++a) {
+    px[a] = cx[size_t(3 * a)] * z + cx[size_t(3 * a + 1)] * z * z + cx[size_t(3 * a + 2)] * z * z * z;
+    py[a] = cy[size_t(3 * a)] * z + cy[size_t(3 * a + 1)] * z * z + cy[size_t(3 * a + 2)] * z * z * z;
+  }
+  ax[0] = px[0] + px[3] * y + px[4] * y * y;
+  ax[1] = px[1] + px[5] * y;
+  ax[2] = px[2];
+  ay[0] = py[0] + py[3] * y + py[4] * y * y;
+  ay[1] = py[1] + py[5] * y;
+  ay[2] = py[2];
+}
+
 bool fit_polynomial_motion(const std::vector<double>& z, const std::vector<double>& x, const std::vector<double>& y,
                            const std::vector<double>& sx, const std::vector<double>& sy, PolynomialMotion& m) {
   const size_t n = z.size();

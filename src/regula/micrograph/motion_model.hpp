@@ -24,6 +24,9 @@ namespace regula {
 struct PolynomialMotion {
   std::array<double, 18> cx{}, cy{};
   void shift_at(double z, double x, double y, double& sx, double& sy) const;  // x, y normalised
+  // The shift along a row: for frame z and normalised y, shift_x = ax[0] + ax[1] x + ax[2] x^2
+  // (and likewise y), x normalised.
+  void row_quadratic(double z, double y, double ax[3], double ay[3]) const;
 };
 
 // Weighted least-squares fit of the 36 coefficients to observations (z, x, y normalised) of local

@@ -1,7 +1,8 @@
-// Motion correction of one movie held in memory (the mathematics of jobs/motioncorr): defects and
-// hot pixels, Fourier transforms and binning, global and patch alignment, the polynomial local
-// model, dose weighting and the corrected sums, and RELION's power-spectrum sum. See
-// jobs/motioncorr.hpp for the steps and where they differ from relion_run_motioncorr --use_own.
+// Motion correction of one movie (the mathematics of jobs/motioncorr): frames read into a reusable
+// workspace, defects and hot pixels, Fourier transforms (in place) and binning, global and patch
+// alignment, the polynomial local model, dose weighting and the corrected sums, and RELION's
+// power-spectrum sum. See jobs/motioncorr.hpp for the steps and where they differ from
+// relion_run_motioncorr --use_own.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -9,26 +10,35 @@
 
 #include "regula/core/grid.hpp"
 #include "regula/core/parallel.hpp"
+#include "regula/io/movie.hpp"
+#include "regula/micrograph/dose.hpp"
+#include "regula/micrograph/frame_store.hpp"
 #include "regula/micrograph/motion_model.hpp"
 
 namespace regula {
 
 struct CorrectParams {
   double bin_factor = 1;
-  double bfactor = 150;
+  double bfactor = 150;       // px^2 of the movie (RELION's --bfactor)
+  double highpass = 0.02;     // cycles per pixel of the binned frames (motion_align.hpp)
   int patch_x = 1, patch_y = 1, group_frames = 1;
-  int max_iter = 20;
-  double smoothness = 1.0;  // temporal regularisation of the global trajectory (AlignParams)
+  int max_iter = 5;
+  double tolerance = 0.005;   // px, rms change of a trajectory between rounds
+  bool smooth = true;         // temporal regularisation of the global trajectory (smooth_trajectory)
+  double early_exposure = 4;  // e/Å²: frames ending before this exposure keep their curvature free
   bool dose_weighting = false, save_noDW = false, skip_defect = false;
   double angpix = 1, voltage = 300, dose_per_frame = 1, preexposure = 0;
   int grouping_for_ps = -1, ps_size = 512;
   uint64_t seed = 1, stream = 0;
 };
 
+// Frames [first, first + count) of `movie` (0-based), times `gain` when given; `bad` marks defect
+// pixels (1 = bad; may be empty).
 struct CorrectInput {
-  std::vector<Grid<float>> frames;   // the frames used, gain already applied
-  std::vector<int> frame_index;      // their 0-based index in the movie
-  Grid<unsigned char> bad;           // defect mask (1 = bad), empty for none; same size as a frame
+  MovieReader* movie = nullptr;
+  int first = 0, count = 0;
+  const Grid<float>* gain = nullptr;
+  const Grid<unsigned char>* bad = nullptr;
 };
 
 struct CorrectOutput {
@@ -44,7 +54,14 @@ struct CorrectOutput {
   std::string log;                   // what happened, for ROOT.log
 };
 
-// Consumes `in.frames` (they are freed as the work proceeds).
-CorrectOutput correct_movie(CorrectInput& in, const CorrectParams& p, ThreadPool& pool);
+// Memory kept from one movie to the next (frames, crops, dose weights).
+struct MovieWorkspace {
+  FrameStore store;
+  std::vector<Grid<cfloat>> crops;
+  std::vector<float> edge_rows, edge_cols;
+  DoseWeighting dose;
+};
+
+CorrectOutput correct_movie(const CorrectInput& in, const CorrectParams& p, MovieWorkspace& ws, ThreadPool& pool);
 
 }  // namespace regula
