@@ -1,12 +1,13 @@
 """regula motioncorr: global shifts against the truth, RELION's output files (corrected_micrographs.star,
-per-movie STAR read back by relion_run_ctffind's companion readers), power spectra that ctffind
---use_given_ps fits, bad movies skipped, --only_do_unfinished, gain orientation."""
+per-movie STAR files that relion_motion_refine reads), power spectra that ctffind --use_given_ps
+fits, bad movies skipped, --only_do_unfinished, gain orientation."""
 import os
 import shutil
 
 import gemmi
 import mrcfile
 import numpy as np
+import pytest
 
 from movie_data import blob_map, run, star_loop
 
@@ -111,3 +112,70 @@ def test_bad_movies_are_skipped(regula, tmp_path):
     r = run(args + ["--only_do_unfinished"], cwd=tmp_path)
     assert r.returncode == 0 and "2 already done" in r.stderr
     assert os.path.getmtime(tmp_path / mics[0]) == t
+
+
+RELION_MOTION_REFINE = shutil.which("relion_motion_refine")
+
+
+def write_particles_for_polishing(tmp_path, mc_dir, box):
+    """particles.star for relion_motion_refine: the simulator's true coordinates, poses and CTF of
+    every particle, with rlnMicrographName the micrograph motioncorr made of its movie (the way RELION
+    links particles to the per-movie STAR files); a flat FSC table (rlnSpectralIndex and
+    rlnFourierShellCorrelationCorrected, what relion_motion_refine reads from --f)."""
+    t = star_loop(tmp_path / "sim" / "truth_particles.star", "particles")
+    mics = star_loop(tmp_path / mc_dir / "corrected_micrographs.star", "micrographs")["rlnMicrographName"]
+    by_stem = {os.path.splitext(os.path.basename(m))[0]: m for m in mics}
+    labels = ["rlnCoordinateX", "rlnCoordinateY", "rlnImageName", "rlnMicrographName", "rlnOpticsGroup",
+              "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst", "rlnDefocusU",
+              "rlnDefocusV", "rlnDefocusAngle", "rlnRandomSubset"]
+    optics = ["rlnOpticsGroupName", "rlnOpticsGroup", "rlnMicrographOriginalPixelSize", "rlnVoltage",
+              "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnImagePixelSize", "rlnImageSize",
+              "rlnImageDimensionality"]
+    out = ["# version 30001", "", "data_optics", "", "loop_"] + [f"_{l} #{i + 1}" for i, l in enumerate(optics)]
+    out += [f"opticsGroup1 1 1.0 300 2.7 0.1 1.0 {box} 2", "", "data_particles", "", "loop_"]
+    out += [f"_{l} #{i + 1}" for i, l in enumerate(labels)]
+    for k in range(len(t["rlnCoordinateX"])):
+        out.append(" ".join([t["rlnCoordinateX"][k], t["rlnCoordinateY"][k], f"{k + 1:06d}@Extract/none.mrcs",
+                             by_stem[os.path.splitext(os.path.basename(t["rlnMicrographMovieName"][k]))[0]], "1", t["rlnAngleRot"][k],
+                             t["rlnAngleTilt"][k], t["rlnAnglePsi"][k], "0", "0", t["rlnDefocusU"][k],
+                             t["rlnDefocusV"][k], t["rlnDefocusAngle"][k], str(k % 2 + 1)]))
+    (tmp_path / "particles.star").write_text("\n".join(out) + "\n\n")
+    fsc = ["# version 30001", "", "data_fsc", "", "loop_", "_rlnSpectralIndex #1", "_rlnResolution #2",
+           "_rlnFourierShellCorrelationCorrected #3"]
+    fsc += [f"{i} {i / box:.6f} 0.9" for i in range(box // 2 + 1)]
+    (tmp_path / "postprocess.star").write_text("\n".join(fsc) + "\n\n")
+
+
+@pytest.mark.skipif(RELION_MOTION_REFINE is None, reason="relion_motion_refine (RELION 3.1) not installed")
+def test_relion_motion_refine_reads_our_motion(regula, tmp_path):
+    """RELION's Bayesian polishing (relion_motion_refine, 3.1.3) runs on motioncorr's outputs: it
+    takes the movie, pixel size and dose from our per-movie STAR file and the global trajectory as its
+    starting point, and its per-particle tracks follow the simulated drift."""
+    mp = blob_map(tmp_path / "map.mrc", n=64)
+    simulate(regula, tmp_path / "sim", mp, "--n", 1, "--size", 512, "--frames", 16, "--dose_per_frame", 2.0,
+             "--particles", 20, "--local_max", 0, "--seed", 53)
+    r = run([regula, "motioncorr", "--i", "sim/movies.star", "--o", "MC/", "--dose_weighting", "--dose_per_frame",
+             2.0, "--j", 2], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    write_particles_for_polishing(tmp_path, "MC", 64)
+    r = run([RELION_MOTION_REFINE, "--i", "particles.star", "--o", "Polish/", "--f", "postprocess.star", "--m1", mp,
+             "--m2", mp, "--angpix_ref", 1, "--corr_mic", "MC/corrected_micrographs.star", "--j", 2], cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+    mic = star_loop(tmp_path / "MC" / "corrected_micrographs.star", "micrographs")
+    meta, name = mic["rlnMicrographMetadata"][0], mic["rlnMicrographName"][0]
+    # It read our metadata (RELION prints where each value came from).
+    assert f"Using movie pixel size from {meta}: 1 A" in r.stdout, r.stdout[-2000:]
+    assert f"Using dose per frame from {meta}: 2 e/A^2" in r.stdout, r.stdout[-2000:]
+    doc = gemmi.cif.read_file(str(tmp_path / "Polish" / (os.path.splitext(name)[0] + "_tracks.star")))
+    tracks = np.array([[[float(v) for v in row] for row in b.find(["_rlnOriginXAngst", "_rlnOriginYAngst"])]
+                       for b in doc if b.name.isdigit()])
+    truth = star_loop(tmp_path / "sim" / "Truth" / "movie_001_motion.star", "global_shift")
+    drift = np.stack([np.array(truth["rlnMicrographShiftX"], float), np.array(truth["rlnMicrographShiftY"], float)], 1)
+    assert tracks.shape == (20, 16, 2), tracks.shape
+    # RELION's tracks are particle positions (minus our re-aligning shifts) up to one offset; the mean
+    # over the particles follows the drift within about 1-1.5 px rms (this 512 px movie at seeds
+    # 53-55: 1.19-1.44 px for drifts of 6-10 px; 4 movies of 1024 px: 0.9-1.4 px); a sign error gives
+    # twice the drift's own spread, 10 px or more on 1024 px movies.
+    d = -tracks.mean(axis=0) - drift
+    d -= d.mean(axis=0)
+    assert np.sqrt(np.mean(np.sum(d ** 2, axis=1))) < 2.5, d
