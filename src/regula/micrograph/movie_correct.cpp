@@ -187,7 +187,6 @@ void alignment_spectra(const FrameStore& st, MovieWorkspace& ws, int nx0, int ny
     Grid<cfloat>& c = ws.crops[f];
     if (c.nx() != cx / 2 + 1 || c.ny() != cy) c = Grid<cfloat>(cx / 2 + 1, cy);
     crop_spectrum(st.spectrum(int(f)), st.nx(), st.ny(), cx, cy, c.data());
-    if (!std::getenv("REGULA_MC_NOMOISAN"))  // TEMP-EXPERIMENT
     remove_smooth_component(c.data(), cx, cy, nx0, ny0, ws.edge_rows.data() + f * size_t(nx0),
                             ws.edge_cols.data() + f * size_t(ny0));
   });
@@ -254,16 +253,7 @@ void local_motion(const FrameStore& st, const std::vector<double>& gx, const std
       });
       std::vector<const Grid<cfloat>*> pp;
       for (auto& q : PF) pp.push_back(&q);
-      AlignParams pap = ap;  // TEMP-EXPERIMENT
-      if (const char* e = std::getenv("REGULA_MC_PATCH_HP")) pap.highpass = std::atof(e);
-      if (const char* e = std::getenv("REGULA_MC_PATCH_SEARCH")) pap.search = std::atof(e);
-      if (std::getenv("REGULA_MC_PATCH_NOMOISAN")) for (auto& q : PF) { (void)q; }
-      AlignResult a = align_frames(pp, w * sx, h * sy, false, pap, pool);
-      if (std::getenv("REGULA_MC_DEBUG")) {  // TEMP-EXPERIMENT
-        out.log += fmt::format("patch {} {} w {} h {} x0 {} y0 {} sx {} sy {}:", ix, iy, w, h, x0, y0, sx, sy);
-        for (int g = 0; g < ng; ++g) out.log += fmt::format(" ({:.2f},{:.2f})", a.sx[size_t(g)], a.sy[size_t(g)]);
-        out.log += "\n";
-      }
+      AlignResult a = align_frames(pp, w * sx, h * sy, false, ap, pool);
       if (!a.converged)
         out.log += fmt::format("patch ({}, {}): not converged in {} iterations; used as it is\n", ix + 1, iy + 1,
                                a.iterations);
@@ -425,7 +415,6 @@ CorrectOutput correct_movie(const CorrectInput& in, const CorrectParams& p, Movi
   AlignParams ap;
   ap.bfactor = p.bfactor / (prescale * prescale);
   ap.highpass = p.highpass;
-  if (const char* e = std::getenv("REGULA_MC_HIGHPASS")) ap.highpass = std::atof(e);  // TEMP-EXPERIMENT
   ap.max_iterations = p.max_iter;
   ap.tolerance = p.tolerance;
   int cx, cy;
@@ -437,7 +426,7 @@ CorrectOutput correct_movie(const CorrectInput& in, const CorrectParams& p, Movi
   AlignResult g = align_frames(ptr, nx, ny, cx < nx, ap, pool);
   lap("global alignment");
   out.log += fmt::format("global alignment: {} iterations{}\n", g.iterations, g.converged ? "" : " (not converged)");
-  if (p.smooth && !std::getenv("REGULA_MC_NOSMOOTH")) {  // TEMP-EXPERIMENT
+  if (p.smooth) {
     // Curvature is free while the exposure at the end of frame c - 1 is below early_exposure.
     int first_penalised = 1;
     while (first_penalised < T && p.preexposure + p.dose_per_frame * first_penalised <= p.early_exposure)
