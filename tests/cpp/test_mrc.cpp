@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -17,6 +18,7 @@
 #include <fstream>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "regula/core/error.hpp"
@@ -574,9 +576,36 @@ TEST(Mrc, BadInputsGiveOneLineMessagesNamingFileAndPlace) {
   expect_input_error([&] { mrc::read(t.file("x.mrc.gz")); }, {"x.mrc.gz", "gzip"});
 
   mrc::WriteOptions o;
-  o.mode = mrc::Mode::Int16;
-  expect_input_error([&] { mrc::write(t.file("w.mrc"), Grid<float>(2, 2), o); }, {"w.mrc", "mode 2", "12"});
+  o.mode = mrc::Mode::Packed4Bit;
+  expect_input_error([&] { mrc::write(t.file("w.mrc"), Grid<float>(2, 2), o); }, {"w.mrc", "2 (float32)", "12", "101"});
   EXPECT_FALSE(fs::exists(t.file("w.mrc")));
+}
+
+// Integer modes (movies of counts): values round to the nearest integer and clamp to the mode's
+// range; the header statistics describe the values as stored.
+TEST(Mrc, WritesIntegerModes) {
+  TempDir t;
+  Grid<float> g(4, 2, 3);
+  const float vals[] = {-300.f, -128.4f, -1.6f, 0.f, 0.49f, 1.5f, 126.6f, 300.f, 40000.f, 70000.f, 2.f, 3.f};
+  for (size_t i = 0; i < 12; ++i) g[i] = vals[i];
+  for (auto [mode, lo, hi] : {std::tuple{mrc::Mode::Int8, -128.f, 127.f}, std::tuple{mrc::Mode::Int16, -32768.f, 32767.f},
+                              std::tuple{mrc::Mode::UInt16, 0.f, 65535.f}}) {
+    mrc::WriteOptions o;
+    o.mode = mode;
+    o.is_stack = true;
+    const std::string f = t.file(fmt::format("m{}.mrcs", int(mode)));
+    mrc::write(f, g, o);
+    mrc::Header h;
+    Grid<float> r = mrc::read(f, &h);
+    EXPECT_EQ(h.mode, int(mode));
+    float mx = -1e9f;
+    for (size_t i = 0; i < 12; ++i) {
+      const float want = std::clamp(std::nearbyint(vals[i]), lo, hi);
+      EXPECT_EQ(r[i], want) << "mode " << int(mode) << " value " << vals[i];
+      mx = std::max(mx, want);
+    }
+    EXPECT_EQ(h.dmax, mx);
+  }
 }
 
 TEST(Mrc, DescribeSummarisesAStack) {

@@ -1,6 +1,11 @@
 #include "regula/core/fft.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <new>
+
+#include <sys/mman.h>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -52,7 +57,113 @@ fftwf_plan get_plan(int nx, int ny, int nz, int nthreads, bool forward, bool inp
   return p;
 }
 
+// Plans of the in-place 2D transforms: kind 0 rows r2c, 1 rows c2r, 2 columns forward, 3 columns
+// backward (n: transform length, m: howmany).
+std::map<std::tuple<int, int, int>, fftwf_plan>& inplace_plans() {
+  static std::map<std::tuple<int, int, int>, fftwf_plan> p;
+  return p;
+}
+// Columns are copied kColumnBlock at a time into a buffer whose columns are kColumnPad longer than
+// the transform (so that they do not fall on the same cache sets).
+constexpr int kColumnBlock = 8, kColumnPad = 16;
+
+fftwf_plan inplace_plan(int kind, int n, int m) {
+  std::lock_guard lk(g_plan_mu);
+  auto key = std::make_tuple(kind, n, m);
+  auto it = inplace_plans().find(key);
+  if (it != inplace_plans().end()) return it->second;
+  fftwf_plan_with_nthreads(1);
+  const int nh = n / 2 + 1;
+  fftwf_plan p = nullptr;
+  if (kind <= 1) {  // m rows of length n, padded to 2 nh floats
+    float* r = fftwf_alloc_real(size_t(2 * nh) * size_t(m));
+    auto* c = reinterpret_cast<fftwf_complex*>(r);
+    p = kind == 0 ? fftwf_plan_many_dft_r2c(1, &n, m, r, nullptr, 1, 2 * nh, c, nullptr, 1, nh, FFTW_ESTIMATE)
+                  : fftwf_plan_many_dft_c2r(1, &n, m, c, nullptr, 1, nh, r, nullptr, 1, 2 * nh,
+                                            FFTW_ESTIMATE | FFTW_DESTROY_INPUT);
+    fftwf_free(r);
+  } else {  // m contiguous complex transforms of length n, n + kColumnPad apart
+    const int ld = n + kColumnPad;
+    fftwf_complex* c = fftwf_alloc_complex(size_t(ld) * size_t(m));
+    p = fftwf_plan_many_dft(1, &n, m, c, nullptr, 1, ld, c, nullptr, 1, ld, kind == 2 ? FFTW_FORWARD : FFTW_BACKWARD,
+                            FFTW_ESTIMATE);
+    fftwf_free(c);
+  }
+  if (!p) runtime_error("FFTW could not plan an in-place transform of length {} (x{})", n, m);
+  inplace_plans()[key] = p;
+  return p;
+}
+
+// Column transforms of an nxh x ny half-complex grid, kColumnBlock columns at a time.
+void columns_inplace(cfloat* data, int nxh, int ny, bool forward) {
+  thread_local AlignedArray<cfloat> buf;
+  const size_t ld = size_t(ny + kColumnPad);
+  buf.resize(size_t(kColumnBlock) * ld);
+  for (int x0 = 0; x0 < nxh; x0 += kColumnBlock) {
+    const int b = std::min(kColumnBlock, nxh - x0);
+    fftwf_plan p = inplace_plan(forward ? 2 : 3, ny, b);
+    for (int y = 0; y < ny; ++y) {
+      const cfloat* row = data + size_t(y) * size_t(nxh) + size_t(x0);
+      for (int c = 0; c < b; ++c) buf[size_t(c) * ld + size_t(y)] = row[c];
+    }
+    auto* f = reinterpret_cast<fftwf_complex*>(buf.data());
+    fftwf_execute_dft(p, f, f);
+    for (int y = 0; y < ny; ++y) {
+      cfloat* row = data + size_t(y) * size_t(nxh) + size_t(x0);
+      for (int c = 0; c < b; ++c) row[c] = buf[size_t(c) * ld + size_t(y)];
+    }
+  }
+}
+
 }  // namespace
+
+template <class T>
+void AlignedArray<T>::resize(size_t n) {
+  if (n > cap_) {
+    release();
+    constexpr size_t kHuge = size_t(2) << 20;
+    const size_t bytes = n * sizeof(T);
+    if (bytes >= 4 * kHuge) {
+      const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
+      p_ = static_cast<T*>(std::aligned_alloc(kHuge, rounded));
+#ifdef MADV_HUGEPAGE
+      if (p_) ::madvise(p_, rounded, MADV_HUGEPAGE);  // advice only: failure is harmless
+#endif
+      huge_ = true;
+    } else {
+      p_ = static_cast<T*>(fftwf_malloc(bytes));
+      huge_ = false;
+    }
+    if (!p_) throw std::bad_alloc();
+    cap_ = n;
+  }
+  n_ = n;
+}
+template <class T>
+void AlignedArray<T>::release() {
+  if (p_) {
+    if (huge_)
+      std::free(p_);
+    else
+      fftwf_free(p_);
+  }
+  p_ = nullptr;
+  n_ = cap_ = 0;
+}
+template class AlignedArray<float>;
+template class AlignedArray<cfloat>;
+
+void fft2_forward_inplace(float* data, int nx, int ny) {
+  fftwf_plan rows = inplace_plan(0, nx, ny);
+  fftwf_execute_dft_r2c(rows, data, reinterpret_cast<fftwf_complex*>(data));
+  columns_inplace(reinterpret_cast<cfloat*>(data), nx / 2 + 1, ny, true);
+}
+
+void fft2_inverse_inplace(cfloat* data, int nx, int ny) {
+  columns_inplace(data, nx / 2 + 1, ny, false);
+  fftwf_plan rows = inplace_plan(1, nx, ny);
+  fftwf_execute_dft_c2r(rows, reinterpret_cast<fftwf_complex*>(data), reinterpret_cast<float*>(data));
+}
 
 void fft_forward(const Grid<float>& in, Grid<cfloat>& out, int nthreads) {
   if (out.nx() != in.nx() / 2 + 1 || out.ny() != in.ny() || out.nz() != in.nz())

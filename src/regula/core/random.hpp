@@ -39,4 +39,25 @@ inline std::pair<double, double> normal_pair(std::mt19937_64& g) {
 }
 inline double uniform01(std::mt19937_64& g) { return double(g() >> 11) * (1.0 / 9007199254740992.0); }
 
+// A Poisson count of mean `lambda` (>= 0): exact inversion (sequential search from 0) for
+// lambda < 30, which costs about lambda + 1 steps; beyond that the normal approximation
+// round(lambda + sqrt(lambda) z), clamped at 0 (relative error of the variance below 1/lambda).
+// Independent of the standard library's poisson_distribution.
+inline long poisson(std::mt19937_64& g, double lambda) {
+  if (!(lambda > 0)) return 0;
+  if (lambda >= 30) {
+    const double v = std::nearbyint(lambda + std::sqrt(lambda) * normal01(g));
+    return v < 0 ? 0 : long(v);
+  }
+  double p = std::exp(-lambda), cdf = p;
+  const double u = uniform01(g);
+  long k = 0;
+  while (u > cdf && k < 1000) {
+    ++k;
+    p *= lambda / double(k);
+    cdf += p;
+  }
+  return k;
+}
+
 }  // namespace regula

@@ -273,50 +273,66 @@ Header read_checked_header(FILE* f, const std::string& path, uint64_t size) {
 }
 
 // Convert `count` sections in the file's layout to floats (count*nx*ny values).
-void convert_sections(const Header& h, const unsigned char* in, size_t count, float* out) {
-  const size_t n = size_t(h.nx) * size_t(h.ny) * count;
+// File rows (nx values each, `rows` of them) to floats, row r at out + r * stride.
+void convert_rows(const Header& h, const unsigned char* in, size_t rows, float* out, size_t stride) {
+  const size_t nx = size_t(h.nx);
   const bool swap = h.big_endian != (std::endian::native == std::endian::big);
-  auto u16 = [&](size_t i) {
+  auto u16 = [&](const unsigned char* p, size_t i) {
     uint16_t v;
-    std::memcpy(&v, in + 2 * i, 2);
-    return swap ? bswap16(v) : v;
+    std::memcpy(&v, p + 2 * i, 2);
+    return v;
   };
-  switch (h.mode) {
-    case 0:
-      for (size_t i = 0; i < n; ++i) out[i] = float(int8_t(in[i]));
-      break;
-    case 1:
-      for (size_t i = 0; i < n; ++i) out[i] = float(int16_t(u16(i)));
-      break;
-    case 6:
-      for (size_t i = 0; i < n; ++i) out[i] = float(u16(i));
-      break;
-    case 12:
-      for (size_t i = 0; i < n; ++i) out[i] = half_to_float(u16(i));
-      break;
-    case 2:
-      if (!swap) {
-        std::memcpy(out, in, 4 * n);
-      } else {
-        for (size_t i = 0; i < n; ++i) {
-          uint32_t v;
-          std::memcpy(&v, in + 4 * i, 4);
-          out[i] = std::bit_cast<float>(bswap32(v));
-        }
+  for (size_t r = 0; r < rows; ++r) {
+    float* o = out + r * stride;
+    switch (h.mode) {
+      case 0: {
+        const unsigned char* p = in + r * nx;
+        for (size_t i = 0; i < nx; ++i) o[i] = float(int8_t(p[i]));
+        break;
       }
-      break;
-    case 101: {
-      const size_t rowb = (size_t(h.nx) + 1) / 2;
-      const size_t rows = size_t(h.ny) * count;
-      for (size_t y = 0; y < rows; ++y)
-        for (size_t x = 0; x < size_t(h.nx); ++x) {
-          const unsigned char b = in[y * rowb + x / 2];
-          out[y * size_t(h.nx) + x] = float((x & 1) ? (b >> 4) : (b & 0x0f));
+      case 1:
+      case 6:
+      case 12: {
+        const unsigned char* p = in + 2 * r * nx;
+        if (h.mode == 6 && !swap)
+          for (size_t i = 0; i < nx; ++i) o[i] = float(u16(p, i));
+        else if (h.mode == 1 && !swap)
+          for (size_t i = 0; i < nx; ++i) o[i] = float(int16_t(u16(p, i)));
+        else
+          for (size_t i = 0; i < nx; ++i) {
+            const uint16_t v = swap ? bswap16(u16(p, i)) : u16(p, i);
+            o[i] = h.mode == 6 ? float(v) : h.mode == 1 ? float(int16_t(v)) : half_to_float(v);
+          }
+        break;
+      }
+      case 2: {
+        const unsigned char* p = in + 4 * r * nx;
+        if (!swap) {
+          std::memcpy(o, p, 4 * nx);
+        } else {
+          for (size_t i = 0; i < nx; ++i) {
+            uint32_t v;
+            std::memcpy(&v, p + 4 * i, 4);
+            o[i] = std::bit_cast<float>(bswap32(v));
+          }
         }
-      break;
+        break;
+      }
+      case 101: {
+        const unsigned char* p = in + r * ((nx + 1) / 2);
+        for (size_t x = 0; x < nx; ++x) {
+          const unsigned char b = p[x / 2];
+          o[x] = float((x & 1) ? (b >> 4) : (b & 0x0f));
+        }
+        break;
+      }
+      default: break;
     }
-    default: break;
   }
+}
+
+void convert_sections(const Header& h, const unsigned char* in, size_t count, float* out) {
+  convert_rows(h, in, size_t(h.ny) * count, out, size_t(h.nx));
 }
 
 // Read sections [first, first + count) in chunks of about kChunkBytes and hand each
@@ -459,6 +475,29 @@ size_t encode(const float* data, size_t n, Mode mode, std::vector<unsigned char>
       }
     }
     rounded.assign(data, data + n);
+  } else if (mode == Mode::Int8 || mode == Mode::Int16 || mode == Mode::UInt16) {
+    // Integer modes: rounded to the nearest integer and clamped to the mode's range (a clamped
+    // value counts as an overflow); NaN is written as 0.
+    const double lo = mode == Mode::Int8 ? -128.0 : mode == Mode::Int16 ? -32768.0 : 0.0;
+    const double hi = mode == Mode::Int8 ? 127.0 : mode == Mode::Int16 ? 32767.0 : 65535.0;
+    const size_t w = mode == Mode::Int8 ? 1 : 2;
+    out.resize(w * n);
+    rounded.resize(n);
+    for (size_t i = 0; i < n; ++i) {
+      double v = std::isnan(data[i]) ? 0.0 : std::nearbyint(double(data[i]));
+      if (v < lo || v > hi) {
+        v = std::clamp(v, lo, hi);
+        ++overflow;
+      }
+      rounded[i] = float(v);
+      if (w == 1) {
+        out[i] = (unsigned char)int8_t(v);
+      } else {
+        const uint16_t u = mode == Mode::UInt16 ? uint16_t(v) : uint16_t(int16_t(v));
+        out[2 * i] = (unsigned char)(u & 0xffu);
+        out[2 * i + 1] = (unsigned char)(u >> 8);
+      }
+    }
   } else {
     out.resize(2 * n);
     rounded.resize(n);
@@ -474,12 +513,17 @@ size_t encode(const float* data, size_t n, Mode mode, std::vector<unsigned char>
 }
 
 void check_write_options(const WriteOptions& opt, const std::string& path) {
-  if (opt.mode != Mode::Float32 && opt.mode != Mode::Float16)
-    input_error("{}: can only write mode 2 (float32) or 12 (float16), not mode {}", path, int(opt.mode));
+  if (opt.mode == Mode::Packed4Bit || !mode_supported(int(opt.mode)))
+    input_error("{}: can only write modes 0 (int8), 1 (int16), 2 (float32), 6 (uint16) or 12 (float16), not mode {}",
+                path, int(opt.mode));
 }
 
-void warn_overflow(const std::string& path, size_t n) {
-  if (n) spdlog::warn("{}: {} values beyond the float16 range (+-65504) were written as infinity", path, n);
+void warn_overflow(const std::string& path, size_t n, Mode mode) {
+  if (!n) return;
+  if (mode == Mode::Float16)
+    spdlog::warn("{}: {} values beyond the float16 range (+-65504) were written as infinity", path, n);
+  else
+    spdlog::warn("{}: {} values outside the range of mode {} were clamped", path, n, mode_name(int(mode)));
 }
 
 }  // namespace
@@ -580,13 +624,17 @@ int StackReader::ny() const { return impl_->h.size_y(); }
 const Header& StackReader::header() const { return impl_->h; }
 const std::string& StackReader::path() const { return impl_->path; }
 
-void StackReader::read_into(int index, float* out) {
+void StackReader::read_into(int index, float* out) { read_into(index, out, size_t(nx())); }
+
+void StackReader::read_into(int index, float* out, size_t row_stride) {
   if (index < 0 || index >= count())
     input_error("{}: image {} (1-based) requested but the stack has {} images", impl_->path, int64_t(index) + 1,
                 count());
   const size_t ns = size_t(nx()) * size_t(ny());
   if (!impl_->whole.empty()) {
-    std::memcpy(out, impl_->whole.section(index), ns * sizeof(float));
+    for (int y = 0; y < ny(); ++y)
+      std::memcpy(out + size_t(y) * row_stride, impl_->whole.section(index) + size_t(y) * size_t(nx()),
+                  size_t(nx()) * sizeof(float));
     return;
   }
   const Header& h = impl_->h;
@@ -594,14 +642,14 @@ void StackReader::read_into(int index, float* out) {
   impl_->buf.resize(sb);
   read_at(impl_->f.get(), impl_->path, h.data_offset() + uint64_t(sb) * uint64_t(index), impl_->buf.data(), sb);
   if (h.mapc == 1) {
-    convert_sections(h, impl_->buf.data(), 1, out);
+    convert_rows(h, impl_->buf.data(), size_t(h.ny), out, row_stride);
     return;
   }
   // MAPC = 2, MAPR = 1: file columns run along y; transpose.
   impl_->sec.resize(ns);
   convert_sections(h, impl_->buf.data(), 1, impl_->sec.data());
   for (size_t r = 0; r < size_t(h.ny); ++r)
-    for (size_t c = 0; c < size_t(h.nx); ++c) out[c * size_t(h.ny) + r] = impl_->sec[r * size_t(h.nx) + c];
+    for (size_t c = 0; c < size_t(h.nx); ++c) out[c * row_stride + r] = impl_->sec[r * size_t(h.nx) + c];
 }
 
 Grid<float> StackReader::read(int index) {
@@ -626,7 +674,7 @@ void write(const std::string& path, const Grid<float>& data, const WriteOptions&
   if (data.empty()) input_error("{}: refusing to write an empty image", path);
   std::vector<unsigned char> bytes;
   std::vector<float> rounded;
-  warn_overflow(path, encode(data.data(), data.size(), opt.mode, bytes, rounded));
+  warn_overflow(path, encode(data.data(), data.size(), opt.mode, bytes, rounded), opt.mode);
   const Stats st = compute_stats(rounded.data(), rounded.size());
   unsigned char raw[kHeaderBytes];
   fill_header(raw, data.nx(), data.ny(), data.nz(), opt, st);
@@ -686,7 +734,7 @@ void StackWriter::commit() {
   FILE* f = impl_->file->handle();
   if (std::fflush(f) != 0 || std::fseek(f, 0, SEEK_SET) != 0 || std::fwrite(raw, 1, kHeaderBytes, f) != kHeaderBytes)
     runtime_error("{}: could not write the header", impl_->file->path());
-  warn_overflow(impl_->file->path(), impl_->overflow);
+  warn_overflow(impl_->file->path(), impl_->overflow, impl_->opt.mode);
   impl_->file->commit();
 }
 

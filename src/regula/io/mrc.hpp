@@ -7,7 +7,9 @@
 // bytes), axis order MAPC/MAPR/MAPS permuted to x fastest, then y, then z. Data
 // always come back as float. An axis order that is not a permutation of 1,2,3 is
 // read as 1,2,3 with a warning (what mrcfile does in permissive mode).
-// Writing: mode 2 (float32) by default, mode 12 (float16) on request; the header
+// Writing: mode 2 (float32) by default; modes 12 (float16), 0 (int8), 1 (int16) and 6 (uint16)
+// on request (integer modes round to the nearest integer and clamp to the mode's range, with a
+// warning counting the clamped values); the header
 // carries pixel size (cell = pixel size x MX/MY/MZ), min/max/mean/rms of the data
 // as stored, "MAP " stamp, little-endian machine stamp 0x44 0x44 0 0, nversion
 // 20140, ISPG 0 and MZ = 1 for images and stacks, ISPG 1 and MZ = NZ for volumes.
@@ -101,6 +103,7 @@ class StackReader {
   // the stack has M images" when out of range. Not thread-safe per reader object.
   Grid<float> read(int index);
   void read_into(int index, float* out);  // out has nx*ny floats
+  void read_into(int index, float* out, size_t row_stride);  // row y at out + y * row_stride
 
  private:
   struct Impl;
@@ -108,7 +111,7 @@ class StackReader {
 };
 
 struct WriteOptions {
-  Mode mode = Mode::Float32;   // Float32 or Float16
+  Mode mode = Mode::Float32;   // any mode but Packed4Bit
   double pixel_size = 1.0;     // Å; 0 writes an unset cell
   bool is_stack = false;       // true: ISPG 0 and mz = 1 (image stack); false: volume, ISPG 1
   std::array<float, 3> origin{0, 0, 0};  // Å

@@ -22,6 +22,8 @@ namespace {
 
 const JobType kTypes[] = {
     {"simulate", "Simulate", 99, true},       {"project", "Project", 99, false},
+    {"simulate_movies", "SimulateMovies", 99, true}, {"ctffind", "CtfFind", 2, true},
+    {"motioncorr", "MotionCorr", 1, true},
     {"reconstruct", "Reconstruct", 99, false}, {"preprocess", "Preprocess", 5, false},
     {"mask", "MaskCreate", 12, false},         {"fsc", "Fsc", 99, false},
     {"class2d", "Class2D", 8, false},          {"class3d", "Class3D", 9, false},
@@ -155,6 +157,13 @@ int output_node_type(const std::string& path, std::string_view command) {
     if (ends(".mrc")) return kNodeFinalMap;
     if (ends(".star")) return kNodePost;
     if (ends(".png") || ends(".pdf")) return kNodeLogfile;
+    return -1;
+  }
+  if (f == "movies.star") return kNodeMovies;
+  if (f == "corrected_micrographs.star" || f == "micrographs_ctf.star") return kNodeMics;
+  if (command == "motioncorr" || command == "ctffind" || command == "simulate_movies") {
+    // Per-movie files (ROOT.star, ROOT.ctf...) are not nodes; the truth of simulated particles is.
+    if (f == "truth_particles.star") return kNodeParticles;
     return -1;
   }
   if (ends("_data.star") || f == "particles.star" || f == "truth.star") return kNodeParticles;

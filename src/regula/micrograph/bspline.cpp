@@ -1,0 +1,96 @@
+#include "regula/micrograph/bspline.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace regula {
+namespace {
+
+constexpr double kPole = -0.2679491924311228;  // sqrt(3) - 2
+
+// Causal + anti-causal recursion on n samples with stride s (mirror-symmetric boundaries).
+void prefilter_line(float* c, int n, size_t s, std::vector<double>& buf) {
+  buf.resize(size_t(n));
+  for (int i = 0; i < n; ++i) buf[size_t(i)] = 6.0 * c[size_t(i) * s];  // gain (1 - z)(1 - 1/z) = 6
+  // Initial causal coefficient: sum over a horizon where z^k is negligible.
+  const int horizon = std::min(n, 30);
+  double zk = kPole, sum = buf[0];
+  for (int k = 1; k < horizon; ++k) {
+    sum += zk * buf[size_t(k)];
+    zk *= kPole;
+  }
+  buf[0] = sum;
+  for (int i = 1; i < n; ++i) buf[size_t(i)] += kPole * buf[size_t(i) - 1];
+  buf[size_t(n) - 1] = (kPole / (kPole * kPole - 1.0)) * (buf[size_t(n) - 1] + kPole * buf[size_t(n) - 2]);
+  for (int i = n - 2; i >= 0; --i) buf[size_t(i)] = kPole * (buf[size_t(i) + 1] - buf[size_t(i)]);
+  for (int i = 0; i < n; ++i) c[size_t(i) * s] = float(buf[size_t(i)]);
+}
+
+inline int mirror(int i, int n) {
+  if (n == 1) return 0;
+  const int period = 2 * n - 2;
+  i %= period;
+  if (i < 0) i += period;
+  return i < n ? i : period - i;
+}
+
+inline void weights(double t, double w[4]) {
+  // B-spline weights for offsets -1, 0, 1, 2 of a point at fraction t in [0, 1).
+  const double t2 = t * t, t3 = t2 * t, u = 1.0 - t;
+  w[0] = u * u * u / 6.0;
+  w[1] = (3 * t3 - 6 * t2 + 4) / 6.0;
+  w[2] = (-3 * t3 + 3 * t2 + 3 * t + 1) / 6.0;
+  w[3] = t3 / 6.0;
+}
+
+}  // namespace
+
+void bspline_prefilter(Grid<float>& img) {
+  const int nx = img.nx(), ny = img.ny();
+  std::vector<double> buf;
+  if (nx >= 2)
+    for (int y = 0; y < ny; ++y) prefilter_line(img.data() + size_t(y) * size_t(nx), nx, 1, buf);
+  if (ny >= 2)
+    for (int x = 0; x < nx; ++x) prefilter_line(img.data() + x, ny, size_t(nx), buf);
+}
+
+void bspline_prefilter(Grid<float>& img, ThreadPool& pool) {
+  const int nx = img.nx(), ny = img.ny();
+  if (nx >= 2)
+    pool.parallel_for(0, size_t(ny), [&](size_t y, int) {
+      std::vector<double> buf;
+      prefilter_line(img.data() + y * size_t(nx), nx, 1, buf);
+    }, 16);
+  if (ny >= 2)
+    pool.parallel_for(0, size_t(nx), [&](size_t x, int) {
+      std::vector<double> buf;
+      prefilter_line(img.data() + x, ny, size_t(nx), buf);
+    }, 16);
+}
+
+float bspline_sample(const Grid<float>& c, double x, double y) {
+  const int nx = c.nx(), ny = c.ny();
+  const double fx = std::floor(x), fy = std::floor(y);
+  const int ix = int(fx), iy = int(fy);
+  double wx[4], wy[4];
+  weights(x - fx, wx);
+  weights(y - fy, wy);
+  double v = 0;
+  const bool inside = ix >= 1 && iy >= 1 && ix + 2 < nx && iy + 2 < ny;
+  for (int j = 0; j < 4; ++j) {
+    const int yy = inside ? iy - 1 + j : mirror(iy - 1 + j, ny);
+    const float* row = c.data() + size_t(yy) * size_t(nx);
+    double r = 0;
+    if (inside) {
+      const float* p = row + ix - 1;
+      r = wx[0] * p[0] + wx[1] * p[1] + wx[2] * p[2] + wx[3] * p[3];
+    } else {
+      for (int i = 0; i < 4; ++i) r += wx[i] * row[mirror(ix - 1 + i, nx)];
+    }
+    v += wy[j] * r;
+  }
+  return float(v);
+}
+
+}  // namespace regula

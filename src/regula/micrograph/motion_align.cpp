@@ -1,0 +1,348 @@
+#include "regula/micrograph/motion_align.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "regula/core/fft.hpp"
+#include "regula/micrograph/scene.hpp"
+
+namespace regula {
+namespace {
+constexpr double kTwoPi = 6.283185307179586;
+
+// Value, gradient and Hessian of c(t) = sum_k m(kx) Re(X(k) exp(2 pi i k.t)) (k in cycles per
+// pixel; m = 2 for the columns standing for a Hermitian pair). Separable: the sums along x are
+// done once per row for the three x-weights 1, kx, kx^2.
+struct Peak {
+  double gx, gy, hxx, hxy, hyy;
+};
+Peak correlation_derivatives(const cfloat* X, int cxh, int cy, const std::vector<float>& kx,
+                             const std::vector<float>& ky, const std::vector<float>& mult, double ux, double uy,
+                             std::vector<float>& e0r, std::vector<float>& e0i) {
+  e0r.resize(size_t(cxh));
+  e0i.resize(size_t(cxh));
+  for (int i = 0; i < cxh; ++i) {
+    const double a = kTwoPi * kx[size_t(i)] * ux;
+    e0r[size_t(i)] = float(mult[size_t(i)] * std::cos(a));
+    e0i[size_t(i)] = float(mult[size_t(i)] * std::sin(a));
+  }
+  double gx = 0, gy = 0, hxx = 0, hxy = 0, hyy = 0;
+  const float* xk = kx.data();
+  for (int j = 0; j < cy; ++j) {
+    const float* row = reinterpret_cast<const float*>(X + size_t(j) * size_t(cxh));
+    // Sums with the weights 1, kx, kx^2 in 8 lanes (so that the compiler vectorises them; the lane
+    // order is fixed, so the result does not depend on anything but the data).
+    constexpr int L = 8;
+    float acc[6][L] = {};
+    int i = 0;
+    for (; i + L <= cxh; i += L)
+      for (int l = 0; l < L; ++l) {
+        const float xr = row[2 * (i + l)], xi = row[2 * (i + l) + 1];
+        const float er = e0r[size_t(i + l)], ei = e0i[size_t(i + l)], k = xk[i + l];
+        const float tr = xr * er - xi * ei, ti = xr * ei + xi * er;
+        acc[0][l] += tr;
+        acc[1][l] += ti;
+        acc[2][l] += k * tr;
+        acc[3][l] += k * ti;
+        acc[4][l] += k * k * tr;
+        acc[5][l] += k * k * ti;
+      }
+    for (; i < cxh; ++i) {
+      const float xr = row[2 * i], xi = row[2 * i + 1];
+      const float er = e0r[size_t(i)], ei = e0i[size_t(i)], k = xk[i];
+      const float tr = xr * er - xi * ei, ti = xr * ei + xi * er;
+      acc[0][0] += tr;
+      acc[1][0] += ti;
+      acc[2][0] += k * tr;
+      acc[3][0] += k * ti;
+      acc[4][0] += k * k * tr;
+      acc[5][0] += k * k * ti;
+    }
+    double sum[6] = {};
+    for (int a = 0; a < 6; ++a)
+      for (int l = 0; l < L; ++l) sum[a] += acc[a][l];
+    const double ar = sum[0], ai = sum[1], br = sum[2], bi = sum[3], cr = sum[4], ci = sum[5];
+    const double a = kTwoPi * ky[size_t(j)] * uy, c = std::cos(a), s = std::sin(a), q = ky[size_t(j)];
+    // Re and Im of (row sums) * exp(2 pi i ky uy).
+    const double Ar = ar * c - ai * s, Ai = ar * s + ai * c;
+    const double Br = br * c - bi * s, Bi = br * s + bi * c;
+    const double Cr = cr * c - ci * s;
+    gx -= Bi;
+    gy -= q * Ai;
+    hxx -= Cr;
+    hxy -= q * Br;
+    hyy -= q * q * Ar;
+  }
+  const double w = kTwoPi * kTwoPi;
+  return {kTwoPi * gx, kTwoPi * gy, w * hxx, w * hxy, w * hyy};
+}
+
+// Newton's method from (ux, uy) on the correlation; steps of at most 0.5 px.
+void refine_peak(const cfloat* X, int cxh, int cy, const std::vector<float>& kx, const std::vector<float>& ky,
+                 const std::vector<float>& mult, double& ux, double& uy) {
+  std::vector<float> er, ei;
+  for (int step = 0; step < 12; ++step) {
+    const Peak d = correlation_derivatives(X, cxh, cy, kx, ky, mult, ux, uy, er, ei);
+    const double det = d.hxx * d.hyy - d.hxy * d.hxy;
+    double dx, dy;
+    if (d.hxx < 0 && det > 0) {
+      dx = -(d.hyy * d.gx - d.hxy * d.gy) / det;
+      dy = -(-d.hxy * d.gx + d.hxx * d.gy) / det;
+    } else {  // not concave here: a small step uphill
+      dx = d.gx > 0 ? 0.25 : -0.25;
+      dy = d.gy > 0 ? 0.25 : -0.25;
+    }
+    const double len = std::hypot(dx, dy);
+    if (len > 0.5) {
+      dx *= 0.5 / len;
+      dy *= 0.5 / len;
+    }
+    ux += dx;
+    uy += dy;
+    if (len < 1e-4) break;
+  }
+}
+
+// Solves the symmetric positive definite system A x = b (n x n, row-major) in place of b
+// (Cholesky; A is overwritten).
+void cholesky_solve(std::vector<double>& A, size_t n, double* b, size_t nrhs) {
+  for (size_t i = 0; i < n; ++i)
+    for (size_t j = 0; j <= i; ++j) {
+      double s = A[i * n + j];
+      for (size_t k = 0; k < j; ++k) s -= A[i * n + k] * A[j * n + k];
+      A[i * n + j] = i == j ? std::sqrt(std::max(s, 1e-300)) : s / A[j * n + j];
+    }
+  for (size_t r = 0; r < nrhs; ++r) {
+    double* x = b + r * n;
+    for (size_t i = 0; i < n; ++i) {
+      double s = x[i];
+      for (size_t k = 0; k < i; ++k) s -= A[i * n + k] * x[k];
+      x[i] = s / A[i * n + i];
+    }
+    for (size_t i = n; i-- > 0;) {
+      double s = x[i];
+      for (size_t k = i + 1; k < n; ++k) s -= A[k * n + i] * x[k];
+      x[i] = s / A[i * n + i];
+    }
+  }
+}
+
+}  // namespace
+
+void alignment_crop(int nx, int ny, double bfactor, int& cx, int& cy) {
+  const double kc = std::min(0.5, std::sqrt(std::log(1e3) / (2 * std::max(1e-3, bfactor))));
+  const int hx = std::min(nx / 2, int(std::ceil(kc * nx)) + 1), hy = std::min(ny / 2, int(std::ceil(kc * ny)) + 1);
+  cx = std::min(nx, good_fft_size(2 * hx));
+  cy = std::min(ny, good_fft_size(2 * hy));
+}
+
+void crop_spectrum(const cfloat* F, int nx, int ny, int cx, int cy, cfloat* out) {
+  const int nxh = nx / 2 + 1, cxh = cx / 2 + 1;
+  for (int j = 0; j < cy; ++j) {
+    cfloat* o = out + size_t(j) * size_t(cxh);
+    const int ky = fft_freq(j, cy);
+    if (cy < ny && ky == cy / 2) {
+      std::fill(o, o + cxh, cfloat(0));
+      continue;
+    }
+    const cfloat* row = F + size_t(fft_index(ky, ny)) * size_t(nxh);
+    std::copy(row, row + cxh, o);
+  }
+}
+
+void edge_differences(const float* img, size_t stride, int nx, int ny, float* rows, float* cols) {
+  const float* top = img + size_t(ny - 1) * stride;
+  for (int x = 0; x < nx; ++x) rows[x] = top[x] - img[x];
+  for (int y = 0; y < ny; ++y) {
+    const float* r = img + size_t(y) * stride;
+    cols[y] = r[nx - 1] - r[0];
+  }
+}
+
+void remove_smooth_component(cfloat* crop, int cx, int cy, int nx, int ny, const float* rows, const float* cols) {
+  // 1D spectra of the edge differences (A along x, B along y).
+  Grid<float> a(nx), b(ny);
+  std::copy(rows, rows + nx, a.data());
+  std::copy(cols, cols + ny, b.data());
+  const Grid<cfloat> A = fft_forward(a), B = fft_forward(b);
+  const int cxh = cx / 2 + 1;
+  std::vector<cfloat> ex(static_cast<size_t>(cxh));
+  std::vector<double> cosx(static_cast<size_t>(cxh));
+  for (int q = 0; q < cxh; ++q) {
+    const double t = kTwoPi * q / nx;
+    ex[size_t(q)] = cfloat(float(1 - std::cos(t)), float(-std::sin(t)));  // 1 - exp(2 pi i q / nx)
+    cosx[size_t(q)] = 2 * std::cos(t);
+  }
+  for (int j = 0; j < cy; ++j) {
+    const int r = fft_freq(j, cy);
+    const double t = kTwoPi * r / ny;
+    const cfloat ey(float(1 - std::cos(t)), float(-std::sin(t)));  // 1 - exp(2 pi i r / ny)
+    const cfloat Br = r >= 0 ? B[size_t(r)] : std::conj(B[size_t(-r)]);
+    const double cy2 = 2 * std::cos(t) - 4;
+    cfloat* o = crop + size_t(j) * size_t(cxh);
+    for (int q = 0; q < cxh; ++q) {
+      if (q == 0 && r == 0) continue;
+      const cfloat v = A[size_t(q)] * ey + Br * ex[size_t(q)];
+      o[q] -= v / float(cosx[size_t(q)] + cy2);
+    }
+  }
+}
+
+AlignResult align_frames(const std::vector<const Grid<cfloat>*>& spectra, double nx, double ny, bool cropped,
+                         const AlignParams& p, ThreadPool& pool) {
+  const size_t T = spectra.size();
+  AlignResult res;
+  res.sx.assign(T, 0.0);
+  res.sy.assign(T, 0.0);
+  if (T < 2) {
+    res.converged = true;
+    return res;
+  }
+  const int cxh = spectra[0]->nx(), cy = spectra[0]->ny(), cx = 2 * (cxh - 1);
+  const size_t nk = size_t(cxh) * size_t(cy);
+  std::vector<float> kx(static_cast<size_t>(cxh)), ky(static_cast<size_t>(cy)), mult(static_cast<size_t>(cxh));
+  for (int i = 0; i < cxh; ++i) {
+    kx[size_t(i)] = float(double(i) / nx);
+    mult[size_t(i)] = (i == 0 || (i == cx / 2 && !cropped)) ? 1.0f : 2.0f;
+  }
+  for (int j = 0; j < cy; ++j) ky[size_t(j)] = float(double(fft_freq(j, cy)) / ny);
+  // Weights: B-factor and high-pass, on each spectrum.
+  std::vector<float> w(nk);
+  for (int j = 0; j < cy; ++j)
+    for (int i = 0; i < cxh; ++i) {
+      const double k2 = double(kx[size_t(i)]) * kx[size_t(i)] + double(ky[size_t(j)]) * ky[size_t(j)];
+      double v = std::exp(-p.bfactor * k2);
+      if (p.highpass > 0) v *= 1 - std::exp(-k2 / (2 * p.highpass * p.highpass));
+      w[size_t(j) * size_t(cxh) + size_t(i)] = float(v);
+    }
+
+  std::vector<Grid<cfloat>> G(T, Grid<cfloat>(cxh, cy));
+  Grid<cfloat> S(cxh, cy);
+  std::vector<AlignedArray<cfloat>> X(static_cast<size_t>(pool.size()));
+  std::vector<double> tx(T), ty(T);
+  for (int it = 1; it <= p.max_iterations; ++it) {
+    // Weighted spectra moved by the current shifts, and their sum (frames added in order).
+    pool.parallel_for(0, T, [&](size_t f, int) {
+      std::vector<cfloat> px(static_cast<size_t>(cxh));
+      for (int i = 0; i < cxh; ++i) {
+        const double a = -kTwoPi * kx[size_t(i)] * res.sx[f];
+        px[size_t(i)] = cfloat(float(std::cos(a)), float(std::sin(a)));
+      }
+      const cfloat* in = spectra[f]->data();
+      cfloat* g = G[f].data();
+      for (int j = 0; j < cy; ++j) {
+        const double a = -kTwoPi * ky[size_t(j)] * res.sy[f];
+        const cfloat py(float(std::cos(a)), float(std::sin(a)));
+        const size_t o = size_t(j) * size_t(cxh);
+        for (int i = 0; i < cxh; ++i) g[o + size_t(i)] = in[o + size_t(i)] * (px[size_t(i)] * py * w[o + size_t(i)]);
+      }
+    });
+    pool.parallel_for(0, size_t(cy), [&](size_t j, int) {
+      cfloat* s = S.data() + j * size_t(cxh);
+      std::fill(s, s + cxh, cfloat(0));
+      for (size_t f = 0; f < T; ++f) {
+        const cfloat* g = G[f].data() + j * size_t(cxh);
+        for (int i = 0; i < cxh; ++i) s[i] += g[i];
+      }
+    }, 8);
+    pool.parallel_for(0, T, [&](size_t f, int thread) {
+      AlignedArray<cfloat>& x = X[size_t(thread)];
+      x.resize(nk);
+      const cfloat* g = G[f].data();
+      for (size_t k = 0; k < nk; ++k) x[k] = (S[k] - g[k]) * std::conj(g[k]);
+      double ux = 0, uy = 0;
+      if (it == 1) {
+        // Integer peak of the cross-correlation on the cropped grid (in place: x is consumed).
+        AlignedArray<cfloat> cc(nk);
+        std::copy(x.data(), x.data() + nk, cc.data());
+        fft2_inverse_inplace(cc.data(), cx, cy);
+        const float* r = reinterpret_cast<const float*>(cc.data());
+        const size_t stride = size_t(2 * cxh);
+        const int rx = std::max(1, std::min(cx / 2 - 2, int(p.search * cx / nx)));
+        const int ry = std::max(1, std::min(cy / 2 - 2, int(p.search * cy / ny)));
+        // (a crop's real image is the frame binned to cx x cy samples)
+        float best = -1e30f;
+        int bx = 0, by = 0;
+        for (int y = -ry; y <= ry; ++y)
+          for (int xx = -rx; xx <= rx; ++xx) {
+            const float v = r[size_t(fft_index(y, cy)) * stride + size_t(fft_index(xx, cx))];
+            if (v > best) {
+              best = v;
+              bx = xx;
+              by = y;
+            }
+          }
+        ux = double(bx) * nx / cx;
+        uy = double(by) * ny / cy;
+      }
+      refine_peak(x.data(), cxh, cy, kx, ky, mult, ux, uy);
+      tx[f] = ux;
+      ty[f] = uy;
+    });
+    double ss = 0;
+    for (size_t f = 0; f < T; ++f) {
+      const double dx = tx[f] - tx[0], dy = ty[f] - ty[0];  // change of the trajectory this round
+      res.sx[f] += dx;
+      res.sy[f] += dy;
+      ss += dx * dx + dy * dy;
+    }
+    res.iterations = it;
+    if (std::sqrt(ss / double(T)) < p.tolerance) {
+      res.converged = true;
+      break;
+    }
+  }
+  return res;
+}
+
+double smooth_trajectory(std::vector<double>& sx, std::vector<double>& sy, int first_penalised) {
+  const size_t T = sx.size();
+  first_penalised = std::max(first_penalised, 1);
+  if (T < 4 || size_t(first_penalised) + 1 >= T) return 0;
+  const size_t n = T - 1;  // unknowns s_1 .. s_{T-1}
+  // Penalty matrix P = sum over centres c >= first_penalised of d_c d_c^T, d_c = (1, -2, 1) at c-1, c, c+1
+  // (column of s_0 dropped: s_0 = 0).
+  std::vector<double> P(n * n, 0.0);
+  for (size_t c = size_t(first_penalised); c + 1 < T; ++c) {
+    const size_t idx[3] = {c - 1, c, c + 1};
+    const double d[3] = {1, -2, 1};
+    for (int a = 0; a < 3; ++a)
+      for (int b = 0; b < 3; ++b)
+        if (idx[a] > 0 && idx[b] > 0) P[(idx[a] - 1) * n + (idx[b] - 1)] += d[a] * d[b];
+  }
+  double best_score = 1e300, best_lambda = 0;
+  std::vector<double> best_x, best_y;
+  for (int l = 0; l <= 40; ++l) {
+    const double lambda = std::exp(std::log(0.01) + (std::log(1000.0) - std::log(0.01)) * l / 40.0);
+    std::vector<double> A(n * n);
+    for (size_t k = 0; k < n * n; ++k) A[k] = lambda * P[k];
+    for (size_t i = 0; i < n; ++i) A[i * n + i] += 1;
+    // Right-hand sides: the data (x, y) and the identity (for the trace of the hat matrix).
+    std::vector<double> b((n + 2) * n, 0.0);
+    for (size_t i = 0; i < n; ++i) {
+      b[i] = sx[i + 1];
+      b[n + i] = sy[i + 1];
+      b[(2 + i) * n + i] = 1;
+    }
+    cholesky_solve(A, n, b.data(), n + 2);
+    double trace = 0, rss = 0;
+    for (size_t i = 0; i < n; ++i) {
+      trace += b[(2 + i) * n + i];
+      rss += (sx[i + 1] - b[i]) * (sx[i + 1] - b[i]) + (sy[i + 1] - b[n + i]) * (sy[i + 1] - b[n + i]);
+    }
+    const double score = double(n) * rss / std::max(1e-12, (double(n) - trace) * (double(n) - trace));
+    if (score < best_score) {
+      best_score = score;
+      best_lambda = lambda;
+      best_x.assign(b.begin(), b.begin() + long(n));
+      best_y.assign(b.begin() + long(n), b.begin() + long(2 * n));
+    }
+  }
+  for (size_t i = 0; i < n; ++i) {
+    sx[i + 1] = best_x[i];
+    sy[i + 1] = best_y[i];
+  }
+  return best_lambda;
+}
+
+}  // namespace regula

@@ -1,0 +1,480 @@
+#include "regula/micrograph/movie_correct.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <memory>
+
+#include <fmt/format.h>
+
+#include "regula/core/cancel.hpp"
+#include "regula/core/error.hpp"
+#include "regula/core/fft.hpp"
+#include "regula/core/random.hpp"
+#include "regula/micrograph/bspline.hpp"
+#include "regula/micrograph/frame_sum.hpp"
+#include "regula/micrograph/motion_align.hpp"
+
+namespace regula {
+namespace {
+
+// Frames into the store (rows padded for the in-place transforms), times the gain; with several
+// threads, each reads its frames with a reader of its own.
+void read_frames(const CorrectInput& in, FrameStore& st, ThreadPool& pool) {
+  const int nx = st.nx(), ny = st.ny();
+  std::vector<std::unique_ptr<MovieReader>> readers(static_cast<size_t>(pool.size()));
+  pool.parallel_for(0, size_t(in.count), [&](size_t f, int thread) {
+    MovieReader* r = in.movie;
+    if (thread > 0) {
+      if (!readers[size_t(thread)]) readers[size_t(thread)] = std::make_unique<MovieReader>(in.movie->path());
+      r = readers[size_t(thread)].get();
+    }
+    r->read_into(in.first + int(f), st.real(int(f)), st.row_stride());
+    if (in.gain) {
+      float* p = st.real(int(f));
+      for (int y = 0; y < ny; ++y) {
+        float* row = p + size_t(y) * st.row_stride();
+        const float* g = in.gain->data() + size_t(y) * size_t(nx);
+        for (int x = 0; x < nx; ++x) row[x] *= g[x];
+      }
+    }
+    check_cancelled();
+  });
+}
+
+// Hot pixels (RELION's rule: above mean + 6 sd of the unaligned sum) and defects replaced by a
+// random good neighbour within 2 px (or a draw of the frame's mean and sd when there are few).
+void fix_pixels(FrameStore& st, const Grid<unsigned char>* defects, const CorrectParams& p, CorrectOutput& out,
+                ThreadPool& pool) {
+  const int nx = st.nx(), ny = st.ny(), T = st.frames();
+  const size_t npx = size_t(nx) * size_t(ny), stride = st.row_stride();
+  Grid<float> sum(nx, ny);
+  pool.parallel_for(0, size_t(ny), [&](size_t y, int) {
+    float* s = sum.data() + y * size_t(nx);
+    for (int f = 0; f < T; ++f) {
+      const float* r = st.real(f) + y * stride;
+      for (int x = 0; x < nx; ++x) s[x] += r[x];
+    }
+  }, 16);
+  double mean = 0, sd = 0;
+  for (float v : sum) mean += v;
+  mean /= double(npx);
+  for (float v : sum) sd += (v - mean) * (v - mean);
+  sd = std::sqrt(sd / double(npx));
+  const double thr = mean + 6 * sd;
+  Grid<unsigned char> bad = defects && !defects->empty() ? *defects : Grid<unsigned char>(nx, ny);
+  int nhot = 0;
+  if (!p.skip_defect)
+    for (size_t k = 0; k < npx; ++k)
+      if (sum[k] > thr && !bad[k]) {
+        bad[k] = 1;
+        out.hot_x.push_back(int(k % size_t(nx)));
+        out.hot_y.push_back(int(k / size_t(nx)));
+        ++nhot;
+      }
+  std::vector<size_t> list;
+  for (size_t k = 0; k < npx; ++k)
+    if (bad[k]) list.push_back(k);
+  out.log += fmt::format("unaligned sum: mean {:.4g}, sd {:.4g}; {} hot pixels above {:.4g}; {} pixels replaced\n", mean,
+                         sd, nhot, thr, list.size());
+  if (list.empty()) return;
+  const double fmean = mean / double(T), fsd = sd / double(T);
+  pool.parallel_for(0, size_t(T), [&](size_t f, int) {
+    auto g = make_rng(p.seed, p.stream, 1000 + f);
+    float* fr = st.real(int(f));
+    float buf[25];
+    for (size_t k : list) {
+      const int x = int(k % size_t(nx)), y = int(k / size_t(nx));
+      int n = 0;
+      for (int dy = -2; dy <= 2; ++dy)
+        for (int dx = -2; dx <= 2; ++dx) {
+          const int xx = x + dx, yy = y + dy;
+          if (xx < 0 || yy < 0 || xx >= nx || yy >= ny || bad(xx, yy)) continue;
+          buf[n++] = fr[size_t(yy) * stride + size_t(xx)];
+        }
+      fr[size_t(y) * stride + size_t(x)] = n > 6 ? buf[g() % uint64_t(n)] : float(fmean + fsd * normal01(g));
+    }
+  });
+}
+
+// RELION's grouping: n_frames / group groups, the remainder spread over the last groups (never
+// the first, where motion is fastest).
+void make_groups(int n, int group, std::vector<int>& start, std::vector<int>& size) {
+  const int ng = n / group;
+  start.assign(size_t(ng), 0);
+  size.assign(size_t(ng), group);
+  int rem = n % group;
+  while (rem > 0)
+    for (int i = ng - 1; i >= 1 && rem > 0; --i, --rem) ++size[size_t(i)];
+  for (int i = 1; i < ng; ++i) start[size_t(i)] = start[size_t(i) - 1] + size[size_t(i) - 1];
+}
+
+// Band-limited resampling of a centred n x m image (origin at (n/2, m/2)) to p x q samples over
+// the same field (Fourier cropping, or zero-padding where p > n or q > m; even sizes); the values
+// are kept (mean preserved) and sample p/2 of the output lies where sample n/2 of the input did.
+Grid<float> fourier_resample(const Grid<float>& img, int p, int q) {
+  const int n = img.nx(), m = img.ny();
+  if (p == n && q == m) return img;
+  const Grid<cfloat> F = fft_forward(img);
+  Grid<cfloat> G(p / 2 + 1, q);
+  const int hx = std::min(n, p) / 2, hy = std::min(m, q) / 2;  // shared frequencies |k| < h (and h itself when equal)
+  for (int j = 0; j < q; ++j) {
+    const int ky = fft_freq(j, q);
+    if (std::abs(ky) > hy || (std::abs(ky) == hy && q != m)) continue;
+    for (int i = 0; i < p / 2 + 1; ++i) {
+      if (i > hx || (i == hx && p != n)) continue;
+      G(i, j) = F(i, fft_index(ky, m));
+    }
+  }
+  // fft_forward is unnormalised and fft_inverse divides by p q.
+  Grid<float> out = fft_inverse(G, p);
+  const float s = float(double(p) * q / (double(n) * m));
+  for (auto& v : out) v *= s;
+  return out;
+}
+
+// The power spectrum as RELION writes it (relion_run_motioncorr --grouping_for_ps): the sum over
+// groups of |F| of the group's (unaligned) sum on the centred grid; made square by resampling; the
+// centre cropped to frequencies up to 1 / (2 x 1.4 Å) when the pixels are smaller than 1.4 Å (the
+// spectrum's pixel size becomes ps_angpix = sq angpix / cropped size); resampled to ps_size. Pixel
+// (i, j) of the result is at frequency ((i - ps_size/2), (j - ps_size/2)) / (ps_size ps_angpix) 1/Å,
+// and ps_angpix is the pixel size written in its header.
+Grid<float> power_spectrum(const FrameStore& st, double angpix, int grouping, int ps_size, double& ps_angpix,
+                           ThreadPool& pool) {
+  const int nx = st.nx(), ny = st.ny(), nxh = st.nxh(), T = st.frames();
+  Grid<float> amp(nxh, ny);
+  pool.parallel_for(0, size_t(ny), [&](size_t j, int) {
+    std::vector<cfloat> s(static_cast<size_t>(nxh));
+    float* a = amp.data() + j * size_t(nxh);
+    for (int f0 = 0; f0 < T; f0 += grouping) {
+      std::fill(s.begin(), s.end(), cfloat(0));
+      for (int f = f0; f < std::min(T, f0 + grouping); ++f) {
+        const cfloat* F = st.spectrum(f) + j * size_t(nxh);
+        for (int i = 0; i < nxh; ++i) s[size_t(i)] += F[i];
+      }
+      for (int i = 0; i < nxh; ++i) a[i] += std::abs(s[size_t(i)]);
+    }
+  }, 8);
+  // The whole spectrum on the centred nx x ny grid (frequency (x - nx/2, y - ny/2)).
+  Grid<float> full(nx, ny);
+  for (int y = 0; y < ny; ++y)
+    for (int x = 0; x < nx; ++x) {
+      const int kx = x - nx / 2, ky = y - ny / 2;
+      full(x, y) = kx >= 0 ? amp(kx, fft_index(ky, ny)) : amp(-kx, fft_index(-ky, ny));  // |F(-k)| = |F(k)|
+    }
+  const int sq = std::min(nx, ny);
+  Grid<float> square = fourier_resample(full, sq, sq);
+  ps_angpix = angpix;
+  int needed = sq;
+  constexpr double kTarget = 1.4;  // Å, as RELION (from CTFFIND 4.1)
+  if (angpix < kTarget) {
+    needed = int(std::ceil(sq * angpix / kTarget));
+    needed += needed % 2;
+    ps_angpix = sq * angpix / needed;
+  }
+  Grid<float> crop(needed, needed);
+  for (int y = 0; y < needed; ++y)
+    for (int x = 0; x < needed; ++x) crop(x, y) = square(x - needed / 2 + sq / 2, y - needed / 2 + sq / 2);
+  return fourier_resample(crop, ps_size, ps_size);
+}
+
+// The low-frequency crop of every frame for alignment, without the smooth component.
+void alignment_spectra(const FrameStore& st, MovieWorkspace& ws, int nx0, int ny0, int cx, int cy, ThreadPool& pool) {
+  const int T = st.frames();
+  ws.crops.resize(size_t(T));
+  pool.parallel_for(0, size_t(T), [&](size_t f, int) {
+    Grid<cfloat>& c = ws.crops[f];
+    if (c.nx() != cx / 2 + 1 || c.ny() != cy) c = Grid<cfloat>(cx / 2 + 1, cy);
+    crop_spectrum(st.spectrum(int(f)), st.nx(), st.ny(), cx, cy, c.data());
+    remove_smooth_component(c.data(), cx, cy, nx0, ny0, ws.edge_rows.data() + f * size_t(nx0),
+                            ws.edge_cols.data() + f * size_t(ny0));
+  });
+}
+
+// Patch alignment and the polynomial model (RELION's scheme on images binned to the alignment
+// crop: the frames' information above the crop's frequency is weighted away by the B-factor).
+void local_motion(const FrameStore& st, const std::vector<double>& gx, const std::vector<double>& gy, int cx, int cy,
+                  const CorrectParams& p, const AlignParams& ap, int first_frame, double prescale, CorrectOutput& out,
+                  ThreadPool& pool) {
+  const int T = st.frames(), nx = st.nx(), ny = st.ny(), cxh = cx / 2 + 1;
+  std::vector<int> gs, gz;
+  make_groups(T, std::max(1, p.group_frames), gs, gz);
+  const int ng = int(gs.size());
+  if (ng < 3) input_error("too few frames ({}) for groups of {}: at least 3 groups are needed", T, p.group_frames);
+  // Group sums, globally aligned, as images binned to cx x cy.
+  std::vector<AlignedArray<cfloat>> groups(static_cast<size_t>(ng));
+  pool.parallel_for(0, size_t(ng), [&](size_t g, int) {
+    AlignedArray<cfloat>& a = groups[g];
+    a.resize(size_t(cxh) * size_t(cy));
+    std::fill(a.data(), a.data() + a.size(), cfloat(0));
+    std::vector<cfloat> c(size_t(cxh) * size_t(cy)), px(static_cast<size_t>(cxh));
+    for (int f = gs[g]; f < gs[g] + gz[g]; ++f) {
+      crop_spectrum(st.spectrum(f), nx, ny, cx, cy, c.data());
+      for (int i = 0; i < cxh; ++i) {
+        const double ax = -6.283185307179586 * i * gx[size_t(f)] / nx;
+        px[size_t(i)] = cfloat(float(std::cos(ax)), float(std::sin(ax)));
+      }
+      for (int j = 0; j < cy; ++j) {
+        const double ay = -6.283185307179586 * fft_freq(j, cy) * gy[size_t(f)] / ny;
+        const cfloat py(float(std::cos(ay)), float(std::sin(ay)));
+        for (int i = 0; i < cxh; ++i) {
+          const size_t k = size_t(j) * size_t(cxh) + size_t(i);
+          a[k] += c[k] * (px[size_t(i)] * py);
+        }
+      }
+    }
+    fft2_inverse_inplace(a.data(), cx, cy);
+  });
+  const double sx = double(nx) / cx, sy = double(ny) / cy;  // binned frame px per crop px
+  const int pnx = nx / p.patch_x, pny = ny / p.patch_y;
+  std::vector<double> oz, ox, oy, osx, osy;
+  for (int iy = 0; iy < p.patch_y; ++iy)
+    for (int ix = 0; ix < p.patch_x; ++ix) {
+      // The patch in crop pixels.
+      const int x0 = int(std::lround(ix * pnx / sx)), y0 = int(std::lround(iy * pny / sy));
+      const int w = (int(std::lround((ix + 1) * pnx / sx)) - x0) & ~1, h = (int(std::lround((iy + 1) * pny / sy)) - y0) & ~1;
+      if (w < 8 || h < 8) input_error("patches of {} x {} px are too small to align", pnx, pny);
+      std::vector<Grid<cfloat>> PF(static_cast<size_t>(ng));
+      pool.parallel_for(0, size_t(ng), [&](size_t g, int) {
+        AlignedArray<float> buf(size_t(w + 2) * size_t(h));
+        const float* img = reinterpret_cast<const float*>(groups[g].data());
+        const size_t in_stride = size_t(2 * cxh), stride = size_t(w + 2);
+        for (int y = 0; y < h; ++y)
+          std::copy(img + size_t(y0 + y) * in_stride + size_t(x0), img + size_t(y0 + y) * in_stride + size_t(x0 + w),
+                    buf.data() + size_t(y) * stride);
+        std::vector<float> er(static_cast<size_t>(w)), ec(static_cast<size_t>(h));
+        edge_differences(buf.data(), stride, w, h, er.data(), ec.data());
+        fft2_forward_inplace(buf.data(), w, h);
+        PF[g] = Grid<cfloat>(w / 2 + 1, h);
+        const cfloat* spec = reinterpret_cast<const cfloat*>(buf.data());
+        std::copy(spec, spec + PF[g].size(), PF[g].data());
+        remove_smooth_component(PF[g].data(), w, h, w, h, er.data(), ec.data());
+      });
+      std::vector<const Grid<cfloat>*> pp;
+      for (auto& q : PF) pp.push_back(&q);
+      AlignResult a = align_frames(pp, w * sx, h * sy, false, ap, pool);
+      if (!a.converged)
+        out.log += fmt::format("patch ({}, {}): not converged in {} iterations; used as it is\n", ix + 1, iy + 1,
+                               a.iterations);
+      // Shifts at the groups' middle frames, re-centred so that the shift extrapolated to the
+      // first frame is 0 (RELION).
+      const double c0 = gs[0] + gz[0] / 2.0, c1 = gs[1] + gz[1] / 2.0;
+      const double sx0 = (a.sx[0] * c1 - a.sx[1] * c0) / (c1 - c0), sy0 = (a.sy[0] * c1 - a.sy[1] * c0) / (c1 - c0);
+      const double pcx = (x0 + (w - 1) / 2.0) * sx, pcy = (y0 + (h - 1) / 2.0) * sy;  // centre, binned frame px
+      for (int g = 0; g < ng; ++g) {
+        oz.push_back(gs[size_t(g)] + gz[size_t(g)] / 2.0);
+        ox.push_back(pcx / nx - 0.5);
+        oy.push_back(pcy / ny - 0.5);
+        osx.push_back(a.sx[size_t(g)] - sx0);
+        osy.push_back(a.sy[size_t(g)] - sy0);
+        out.local.push_back({oz.back() + first_frame + 1, pcx * prescale, pcy * prescale, osx.back() * prescale,
+                             osy.back() * prescale});
+      }
+      check_cancelled();
+    }
+  PolynomialMotion m;
+  if (!fit_polynomial_motion(oz, ox, oy, osx, osy, m)) {
+    out.log += "local model: too few patch observations; none\n";
+    return;
+  }
+  double rx = 0, ry = 0;
+  for (size_t i = 0; i < oz.size(); ++i) {
+    double fx, fy;
+    m.shift_at(oz[i], ox[i], oy[i], fx, fy);
+    rx += (osx[i] - fx) * (osx[i] - fx);
+    ry += (osy[i] - fy) * (osy[i] - fy);
+  }
+  rx = std::sqrt(rx / double(oz.size())) * prescale;
+  ry = std::sqrt(ry / double(oz.size())) * prescale;
+  out.log += fmt::format("local model: rms misfit {:.3f} / {:.3f} px over {} observations\n", rx, ry, oz.size());
+  if (rx < 10 && ry < 10) {
+    out.has_model = true;
+    out.model = m;
+  }
+}
+
+// Image of a half-complex sum (consumed), scaled by 1 / (nx ny).
+Grid<float> to_image(AlignedArray<cfloat>& spec, int nx, int ny) {
+  fft2_inverse_inplace(spec.data(), nx, ny);
+  Grid<float> img(nx, ny);
+  const float* r = reinterpret_cast<const float*>(spec.data());
+  const float s = 1.0f / (float(nx) * float(ny));
+  const size_t stride = size_t(2 * (nx / 2 + 1));
+  for (int y = 0; y < ny; ++y)
+    for (int x = 0; x < nx; ++x) img(x, y) = r[size_t(y) * stride + size_t(x)] * s;
+  return img;
+}
+
+// The sums with the local model: runs of consecutive frames whose model shifts differ by less
+// than 0.05 px everywhere are summed in Fourier space (global shifts, dose weights), then moved by
+// the model at the run's middle frame by cubic B-spline interpolation; added in run order.
+void local_sums(const FrameStore& st, const std::vector<double>& gx, const std::vector<double>& gy,
+                const PolynomialMotion& model, const DoseWeighting* dose, Grid<float>* weighted, Grid<float>* plain,
+                ThreadPool& pool) {
+  const int T = st.frames(), nx = st.nx(), ny = st.ny(), nxh = st.nxh();
+  std::vector<std::pair<int, int>> runs;
+  for (int f = 0; f < T;) {
+    int e = f + 1;
+    while (e < T) {
+      double worst = 0;
+      for (int j = 0; j <= 4; ++j)
+        for (int i = 0; i <= 4; ++i) {
+          double ax, ay, bx, by;
+          model.shift_at(f, i / 4.0 - 0.5, j / 4.0 - 0.5, ax, ay);
+          model.shift_at(e, i / 4.0 - 0.5, j / 4.0 - 0.5, bx, by);
+          worst = std::max(worst, std::hypot(ax - bx, ay - by));
+        }
+      if (worst >= 0.05) break;
+      ++e;
+    }
+    runs.emplace_back(f, e);
+    f = e;
+  }
+  if (weighted) *weighted = Grid<float>(nx, ny);
+  if (plain) *plain = Grid<float>(nx, ny);
+  AlignedArray<cfloat> sw, sp;
+  for (auto [f0, f1] : runs) {
+    if (weighted) {
+      sw.resize(size_t(nxh) * size_t(ny));
+      std::fill(sw.data(), sw.data() + sw.size(), cfloat(0));
+    }
+    if (plain) {
+      sp.resize(size_t(nxh) * size_t(ny));
+      std::fill(sp.data(), sp.data() + sp.size(), cfloat(0));
+    }
+    sum_frames(st, f0, f1, gx, gy, dose, weighted ? sw.data() : nullptr, plain ? sp.data() : nullptr, pool);
+    const double z = 0.5 * (f0 + f1 - 1);
+    for (int which = 0; which < 2; ++which) {
+      Grid<float>* total = which ? plain : weighted;
+      if (!total) continue;
+      Grid<float> img = to_image(which ? sp : sw, nx, ny);
+      bspline_prefilter(img, pool);
+      pool.parallel_for(0, size_t(ny), [&](size_t yy, int) {
+        const int y = int(yy);
+        double ax[3], ay[3];
+        model.row_quadratic(z, double(y) / ny - 0.5, ax, ay);
+        float* o = total->data() + yy * size_t(nx);
+        for (int x = 0; x < nx; ++x) {
+          const double u = double(x) / nx - 0.5;
+          const double sx = ax[0] + u * (ax[1] + u * ax[2]), sy = ay[0] + u * (ay[1] + u * ay[2]);
+          o[x] += bspline_sample(img, x - sx, y - sy);
+        }
+      }, 16);
+    }
+    check_cancelled();
+  }
+}
+
+}  // namespace
+
+CorrectOutput correct_movie(const CorrectInput& in, const CorrectParams& p, MovieWorkspace& ws, ThreadPool& pool) {
+  CorrectOutput out;
+  // Wall time of each step, for ROOT.log.
+  auto t_last = std::chrono::steady_clock::now();
+  std::string times;
+  auto lap = [&](const char* what) {
+    const auto t = std::chrono::steady_clock::now();
+    times += fmt::format("{}{} {:.2f} s", times.empty() ? "" : ", ", what, std::chrono::duration<double>(t - t_last).count());
+    t_last = t;
+  };
+  const int T = in.count;
+  if (T < 1 || !in.movie) input_error("no frames to correct");
+  const int nx0 = in.movie->nx(), ny0 = in.movie->ny();
+  if (nx0 % 2 || ny0 % 2) input_error("{}: frames of {} x {} px; even sizes are needed", in.movie->path(), nx0, ny0);
+  FrameStore& st = ws.store;
+  st.reset(T, nx0, ny0);
+  read_frames(in, st, pool);
+  lap("read");
+  if (!p.skip_defect || (in.bad && !in.bad->empty())) fix_pixels(st, in.bad, p, out, pool);
+  lap("defects");
+
+  // Edges (for the periodic part of each frame), then the transforms, binned by cropping.
+  ws.edge_rows.resize(size_t(T) * size_t(nx0));
+  ws.edge_cols.resize(size_t(T) * size_t(ny0));
+  pool.parallel_for(0, size_t(T), [&](size_t f, int) {
+    edge_differences(st.real(int(f)), st.row_stride(), nx0, ny0, ws.edge_rows.data() + f * size_t(nx0),
+                     ws.edge_cols.data() + f * size_t(ny0));
+    st.transform(int(f));
+  });
+  check_cancelled();
+  lap("transforms");
+  int nx = nx0, ny = ny0;
+  if (std::abs(p.bin_factor - 1) > 0.01) {
+    nx = int(nx0 / p.bin_factor) & ~1;
+    ny = int(ny0 / p.bin_factor) & ~1;
+    st.crop_spectra(nx, ny);
+  }
+  const double prescale = double(nx0) / nx;  // movie px per binned px
+  const double apix = p.angpix * prescale;
+  out.out_angpix = apix;
+  if (p.grouping_for_ps > 0) out.ps = power_spectrum(st, apix, p.grouping_for_ps, p.ps_size, out.ps_angpix, pool);
+  lap("power spectrum");
+
+  // Global alignment (binned pixels), then the smoothed trajectory.
+  AlignParams ap;
+  ap.bfactor = p.bfactor / (prescale * prescale);
+  ap.highpass = p.highpass;
+  ap.max_iterations = p.max_iter;
+  ap.tolerance = p.tolerance;
+  int cx, cy;
+  alignment_crop(nx, ny, ap.bfactor, cx, cy);
+  alignment_spectra(st, ws, nx0, ny0, cx, cy, pool);
+  std::vector<const Grid<cfloat>*> ptr;
+  for (int f = 0; f < T; ++f) ptr.push_back(&ws.crops[size_t(f)]);
+  lap("crops");
+  AlignResult g = align_frames(ptr, nx, ny, cx < nx, ap, pool);
+  lap("global alignment");
+  out.log += fmt::format("global alignment: {} iterations{}\n", g.iterations, g.converged ? "" : " (not converged)");
+  if (p.smooth) {
+    // Curvature is free while the exposure at the end of frame c - 1 is below early_exposure.
+    int first_penalised = 1;
+    while (first_penalised < T && p.preexposure + p.dose_per_frame * first_penalised <= p.early_exposure)
+      ++first_penalised;
+    const double lambda = smooth_trajectory(g.sx, g.sy, first_penalised);
+    out.log += fmt::format("trajectory smoothed from frame {} with lambda {:.3g}\n", first_penalised + 1, lambda);
+  }
+  out.shift_x.resize(size_t(T));
+  out.shift_y.resize(size_t(T));
+  for (int f = 0; f < T; ++f) {
+    out.shift_x[size_t(f)] = g.sx[size_t(f)] * prescale;
+    out.shift_y[size_t(f)] = g.sy[size_t(f)] * prescale;
+  }
+  check_cancelled();
+
+  if (p.patch_x > 2 && p.patch_y > 2) local_motion(st, g.sx, g.sy, cx, cy, p, ap, in.first, prescale, out, pool);
+  lap("patches");
+
+  // Sums.
+  const DoseWeighting* dose = nullptr;
+  if (p.dose_weighting) {
+    const double factor = dose_voltage_factor(p.voltage);
+    const double first = (p.preexposure + p.dose_per_frame * (in.first + 1)) * factor, step = p.dose_per_frame * factor;
+    if (!ws.dose.same(nx, ny, apix, first, step, T)) ws.dose = DoseWeighting(nx, ny, apix, first, step, T);
+    dose = &ws.dose;
+  }
+  const bool want_plain = !p.dose_weighting || p.save_noDW;
+  if (out.has_model) {
+    local_sums(st, g.sx, g.sy, out.model, dose, dose ? &out.sum : nullptr,
+               want_plain ? (dose ? &out.sum_noDW : &out.sum) : nullptr, pool);
+  } else {
+    AlignedArray<cfloat> sw, sp;
+    const size_t n = size_t(st.nxh()) * size_t(ny);
+    if (dose) {
+      sw.resize(n);
+      std::fill(sw.data(), sw.data() + n, cfloat(0));
+    }
+    if (want_plain) {
+      sp.resize(n);
+      std::fill(sp.data(), sp.data() + n, cfloat(0));
+    }
+    sum_frames(st, 0, T, g.sx, g.sy, dose, dose ? sw.data() : nullptr, want_plain ? sp.data() : nullptr, pool);
+    if (dose) out.sum = to_image(sw, nx, ny);
+    if (want_plain) (dose ? out.sum_noDW : out.sum) = to_image(sp, nx, ny);
+  }
+  lap("sums");
+  out.log += "wall time: " + times + "\n";
+  return out;
+}
+
+}  // namespace regula
