@@ -33,6 +33,7 @@ void add_initial_model(CLI::App& app);
 void add_simulate_movies(CLI::App& app);
 void add_motioncorr(CLI::App& app);
 void add_ctffind(CLI::App& app);
+void add_autopick(CLI::App& app);
 void add_extract(CLI::App& app);
 
 }  // namespace regula::cli

@@ -28,6 +28,7 @@ const regula::cli::Command kCommands[] = {
     {"simulate_movies", regula::cli::add_simulate_movies},
     {"ctffind", regula::cli::add_ctffind},
     {"motioncorr", regula::cli::add_motioncorr},
+    {"autopick", regula::cli::add_autopick},
     {"extract", regula::cli::add_extract},
     {"class2d", regula::cli::add_class2d},
     {"refine3d", regula::cli::add_refine3d},

@@ -13,6 +13,9 @@
 // by a mutex and execution uses the new-array interface, so the functions are
 // safe to call from several threads at once.
 #pragma once
+#include <functional>
+#include <vector>
+
 #include "regula/core/grid.hpp"
 
 namespace regula {
@@ -20,6 +23,16 @@ namespace regula {
 Grid<cfloat> fft_forward(const Grid<float>& in, int nthreads = 1);
 // `nx` is the real size along x (needed because nx/2+1 is ambiguous).
 Grid<float> fft_inverse(const Grid<cfloat>& in, int nx, int nthreads = 1);
+
+// The transforms of `count` n x n real images cropped to m x m (m <= n, m even), i.e. for each image
+// fft_forward followed by imaging/filter.hpp's window_fourier(F, n, m): coefficients (kx, ky) with
+// 0 <= kx <= m/2 and ky = fft_freq(iy, m) (the +m/2 row included), computed from the images' rows
+// without forming their full transforms: one transform per row, kept for kx <= m/2 only, then
+// transforms along y of those m/2 + 1 columns only. `rows(y, out)` writes row y (n floats) of image
+// c into out[c], c < count; it is called once per y, from several threads at once when nthreads > 1.
+std::vector<Grid<cfloat>> fft_forward_cropped(int n, int m, int count,
+                                              const std::function<void(int y, float* const* out)>& rows,
+                                              int nthreads = 1);
 
 // In-place origin change for a transform whose real-space origin is at index
 // n/2 (integer division) along every axis, as RELION's images and maps.
