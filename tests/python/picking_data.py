@@ -51,7 +51,7 @@ def read_picks(path):
     if not os.path.exists(path):
         return np.zeros((0, 2)), np.zeros(0)
     import gemmi
-    doc = gemmi.cif.read_file(path)
+    doc = gemmi.cif.read_file(str(path))
     for b in doc:
         t = b.find(["_rlnCoordinateX", "_rlnCoordinateY"])
         if t is not None and len(t):

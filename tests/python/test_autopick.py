@@ -213,3 +213,72 @@ def test_bad_micrograph_skipped_and_bad_options(regula, tmp_path):
         r = run([regula, "autopick", "--i", "mics.star", "--o", "B/", *extra], cwd=tmp_path)
         assert r.returncode == 1 and msg in r.stderr, (extra, r.stderr)
         assert not os.path.exists(tmp_path / "B" / "autopick.star")
+
+
+REAL = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "micrographs", "mce",
+                    "Ucsf_stack_1142_DW.mrc")
+REAL_STAR = """# version 30001
+
+data_optics
+
+loop_
+_rlnOpticsGroupName #1
+_rlnOpticsGroup #2
+_rlnMicrographOriginalPixelSize #3
+_rlnVoltage #4
+_rlnSphericalAberration #5
+_rlnAmplitudeContrast #6
+_rlnMicrographPixelSize #7
+opticsGroup1 1 1.0 300 2.7 0.1 1.0
+
+# version 30001
+
+data_micrographs
+
+loop_
+_rlnMicrographName #1
+_rlnOpticsGroup #2
+mic.mrc 1
+"""
+
+
+@needs_relion
+@pytest.mark.skipif(not os.path.exists(REAL), reason="../shared/data/micrographs is absent")
+@pytest.mark.skipif(shutil.which("relion_preprocess") is None, reason="relion_preprocess is not installed")
+def test_real_micrograph_log_and_extract(regula, tmp_path):
+    """The real micrograph (959 x 927, non-square: padded with noise before picking, by RELION with its own random
+    numbers) through LoG picking and extraction: the same picks as relion_autopick --LoG (figures of merit within
+    2%, the padding noise differs), then the same particles as relion_preprocess --extract on those picks
+    (correlation >= 0.999)."""
+    os.symlink(os.path.abspath(REAL), tmp_path / "mic.mrc")
+    (tmp_path / "mics.star").write_text(REAL_STAR)
+    log = ["--LoG", "--LoG_diam_min", 150, "--LoG_diam_max", 250, "--LoG_adjust_threshold", -0.5]
+    r = run([RELION, "--i", "mics.star", "--odir", "R/", "--pickname", "autopick", *log, "--shrink", 0,
+             "--lowpass", 20], cwd=tmp_path)
+    assert "Total number of particles" in r.stdout, r.stdout + r.stderr
+    r = run([regula, "autopick", "--i", "mics.star", "--o", "G/", *log], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rxy, rf = pdd.read_picks(tmp_path / "R" / "mic_autopick.star")
+    gxy, gf = pdd.read_picks(tmp_path / "G" / "mic_autopick.star")
+    assert len(rxy) >= 10 and len(gxy) == len(rxy), (len(rxy), len(gxy))
+    np.testing.assert_allclose(gxy, rxy, atol=0.01)
+    np.testing.assert_allclose(gf, rf, rtol=0.02)
+
+    ext = ["--extract_size", 128, "--scale", 64, "--norm", "--bg_radius", 24, "--invert_contrast"]
+    r = run([shutil.which("relion_preprocess"), "--i", "mics.star", "--coord_dir", "G/", "--coord_suffix",
+             "_autopick.star", "--part_star", "RE/particles.star", "--part_dir", "RE/", "--extract", *ext],
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run([regula, "extract", "--i", "mics.star", "--coord_dir", "G/", "--coord_suffix", "_autopick.star", "--o",
+             "GE/", *ext], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    import mrcfile
+    with mrcfile.open(tmp_path / "RE" / "mic.mrcs") as m:
+        a = np.asarray(m.data, np.float64)
+    with mrcfile.open(tmp_path / "GE" / "mic.mrcs") as m:
+        b = np.asarray(m.data, np.float64)
+    assert a.shape == b.shape == (len(gxy), 64, 64)
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
+    c = (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))
+    assert c.min() >= 0.999, c
