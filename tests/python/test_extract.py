@@ -222,3 +222,92 @@ def test_bad_options(regula, tmp_path):
         r = run(base + extra, cwd=tmp_path)
         assert r.returncode == 1 and msg in r.stderr, (extra, r.stderr)
         assert not os.path.exists(tmp_path / "G" / "particles.star")
+
+
+def write_run_data(path, offsets, angpix=1.5, box=64):
+    """A refinement's run_data.star (RELION 3.1) for the particles of COORDS picked off-centre by `offsets` (px):
+    coordinates = truth + offset, refined origins = the offsets in Å (RELION: the centre is at coordinate - origin),
+    the optics groups of mics.star with the particles' pixel size and box."""
+    lines = ["# version 30001", "", "data_optics", "", "loop_"]
+    cols = ["rlnOpticsGroupName", "rlnOpticsGroup", "rlnMicrographOriginalPixelSize", "rlnVoltage",
+            "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnImagePixelSize", "rlnImageSize",
+            "rlnImageDimensionality"]
+    lines += [f"_{c} #{i + 1}" for i, c in enumerate(cols)]
+    lines += [f"opticsGroup1 1 1.5 300 2.7 0.1 {angpix} {box} 2", f"opticsGroup2 2 1.5 200 2.0 0.07 {angpix} {box} 2"]
+    lines += ["", "# version 30001", "", "data_particles", "", "loop_"]
+    cols = ["rlnCoordinateX", "rlnCoordinateY", "rlnImageName", "rlnMicrographName", "rlnOpticsGroup",
+            "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi",
+            "rlnOriginXAngst", "rlnOriginYAngst", "rlnClassNumber"]
+    lines += [f"_{c} #{i + 1}" for i, c in enumerate(cols)]
+    k = 0
+    for g, (mic, coords) in enumerate(COORDS.items()):
+        for i, (x, y) in enumerate(coords):
+            dx, dy = offsets[k]
+            k += 1
+            lines.append(f"{x + dx:.4f} {y + dy:.4f} {i + 1:06d}@Old/{mic[:-4]}.mrcs {mic} {g + 1} 15000 14000 30 "
+                         f"{10 * i} {5 * i} {3 * i} {dx * angpix:.6f} {dy * angpix:.6f} 1")
+    path.write_text("\n".join(lines) + "\n")
+
+
+@needs_relion
+def test_reextract_recenter(regula, tmp_path):
+    """--reextract_data_star --recenter: the refined origins are folded into the coordinates as relion_preprocess
+    3.1.3 does (coordinate -= round(origin), the remainder stays as the origin); the new coordinate minus the new
+    origin is the true centre; the images are RELION's; with --scale the origins are in the new pixels."""
+    make_micrographs(tmp_path)
+    rng = np.random.default_rng(7)
+    n = sum(len(c) for c in COORDS.values())
+    offsets = rng.uniform(-6, 6, size=(n, 2))
+    write_run_data(tmp_path / "run_data.star", offsets)
+    truth = np.array([xy for c in COORDS.values() for xy in c], float)
+    for extra in ([], ["--scale", 48]):
+        opts = ["--reextract_data_star", "run_data.star", "--recenter", "--extract_size", 64, "--norm", "--bg_radius",
+                16 if extra else 24, *extra]
+        r = run([RELION, "--i", "mics.star", "--part_star", "R/particles.star", "--part_dir", "R/", "--extract",
+                 *opts], cwd=tmp_path)
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = run([regula, "extract", "--i", "mics.star", "--o", "G/", *opts], cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        cwd = os.getcwd()
+        os.chdir(tmp_path)
+        try:
+            rel, pr = images("R/particles.star")
+            reg, pg = images("G/particles.star")
+            for lab in ("rlnCoordinateX", "rlnCoordinateY", "rlnOriginXAngst", "rlnOriginYAngst", "rlnAngleRot",
+                        "rlnDefocusU"):
+                np.testing.assert_allclose(np.array(pg[lab], float), np.array(pr[lab], float), atol=1e-4,
+                                           err_msg=lab)
+            px = float(star_loop("G/particles.star", "optics")["rlnImagePixelSize"][0])
+            assert px == pytest.approx(1.5 * 64 / (48 if extra else 64))
+            xy = np.array([pg["rlnCoordinateX"], pg["rlnCoordinateY"]], float).T
+            org = np.array([pg["rlnOriginXAngst"], pg["rlnOriginYAngst"]], float).T
+            # Centre = coordinate - origin (origin in micrograph pixels = Å / micrograph pixel size).
+            np.testing.assert_allclose(xy - org / 1.5, truth, atol=1e-3)
+            # What is left of the origin is below half a micrograph pixel.
+            assert np.abs(org / 1.5).max() <= 0.5 + 1e-4, np.abs(org / 1.5).max()
+            c = correlations(rel, reg)
+            assert c.min() >= 0.999, c
+        finally:
+            os.chdir(cwd)
+        shutil.rmtree(tmp_path / "R")
+        shutil.rmtree(tmp_path / "G")
+
+
+@pytest.mark.skipif(shutil.which("relion_refine") is None, reason="relion_refine (RELION 3.1.3) is not installed")
+def test_particles_star_readable_by_relion_refine(regula, tmp_path):
+    """particles.star and its stacks as relion_refine reads them: one iteration of 2D classification (K 1) on the
+    extracted particles runs and keeps every particle with its optics group and CTF."""
+    make_micrographs(tmp_path)
+    r = run([regula, "extract", "--i", "mics.star", "--coord_dir", "./", "--coord_suffix", "_pick.star", "--o", "G/",
+             "--extract_size", 64, "--scale", 48, "--norm", "--bg_radius", 18, "--invert_contrast"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "C").mkdir()
+    r = run([shutil.which("relion_refine"), "--i", "G/particles.star", "--o", "C/run", "--K", 1, "--iter", 1,
+             "--tau2_fudge", 2, "--particle_diameter", 80, "--ctf", "--zero_mask", "--oversampling", 1, "--psi_step",
+             30, "--offset_range", 3, "--offset_step", 3, "--norm", "--scale", "--j", 1], cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = star_loop(tmp_path / "C" / "run_it001_data.star", "particles")
+    src = star_loop(tmp_path / "G" / "particles.star", "particles")
+    assert out["rlnImageName"] == src["rlnImageName"]
+    np.testing.assert_allclose(np.array(out["rlnDefocusU"], float), np.array(src["rlnDefocusU"], float))
+    assert [int(g) for g in out["rlnOpticsGroup"]] == [int(g) for g in src["rlnOpticsGroup"]]
