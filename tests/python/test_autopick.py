@@ -282,3 +282,28 @@ def test_real_micrograph_log_and_extract(regula, tmp_path):
     a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
     c = (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))
     assert c.min() >= 0.999, c
+
+
+def test_project_jobs_and_continue(regula, tmp_path):
+    """AutoPick and Extract as jobs of a project: RELION's node types in default_pipeline.star (2: coordinates,
+    3: particles), the coordinates node as Extract's input, and `run --continue` keeping finished micrographs."""
+    names, _ = simulate(regula, tmp_path, 6, n=2, size=512)
+    r = run([regula, "--project", ".", "autopick", "--i", "mics.star", "--o", "x", *LOG], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = run([regula, "--project", ".", "extract", "--i", "mics.star", "--coord_list", "AutoPick/job001/autopick.star",
+             "--o", "x", "--extract_size", 96, "--norm", "--invert_contrast"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    nodes = star_loop(tmp_path / "default_pipeline.star", "pipeline_nodes")
+    types = dict(zip(nodes["rlnPipeLineNodeName"], nodes["rlnPipeLineNodeType"]))
+    assert types["AutoPick/job001/autopick.star"] == "2"
+    assert types["AutoPick/job001/coords_suffix_autopick.star"] == "2"
+    assert types["Extract/job002/particles.star"] == "3"
+    edges = star_loop(tmp_path / "default_pipeline.star", "pipeline_input_edges")
+    assert ("AutoPick/job001/autopick.star", "Extract/job002/") in zip(edges["rlnPipeLineEdgeFromNode"],
+                                                                       edges["rlnPipeLineEdgeProcess"])
+    before = (tmp_path / "Extract" / "job002" / "particles.star").read_text()
+    for job, word in (("AutoPick/job001/", "0 micrographs picked now (2 already done"),
+                      ("Extract/job002/", "0 extracted now, 2 already done")):
+        r = run([regula, "--project", ".", "run", "--job", job, "--continue"], cwd=tmp_path)
+        assert r.returncode == 0 and word in r.stderr, r.stderr
+    assert (tmp_path / "Extract" / "job002" / "particles.star").read_text() == before
