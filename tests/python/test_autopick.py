@@ -209,7 +209,10 @@ def test_bad_micrograph_skipped_and_bad_options(regula, tmp_path):
     assert lst["rlnMicrographName"] == names
     for extra, msg in [([], "either --LoG"), ([*LOG, "--ref", "type1.mrc"], "either --LoG"),
                        (["--LoG", "--LoG_diam_min", 90], "--LoG_diam_max"),
-                       ([*LOG, "--ctf"], "template options")]:
+                       ([*LOG, "--ctf"], "template options"),
+                       ([*LOG, "--helix"], "--helix: not implemented yet"),
+                       ([*LOG, "--write_fom_maps"], "--write_fom_maps: not implemented yet"),
+                       (["--ref", "gauss"], "not implemented yet")]:
         r = run([regula, "autopick", "--i", "mics.star", "--o", "B/", *extra], cwd=tmp_path)
         assert r.returncode == 1 and msg in r.stderr, (extra, r.stderr)
         assert not os.path.exists(tmp_path / "B" / "autopick.star")

@@ -218,7 +218,11 @@ def test_bad_options(regula, tmp_path):
                        (["--extract_size", 64], "exactly one of"),
                        (["--coord_suffix", "_pick.star", "--extract_size", 64, "--bg_radius", 10], "--norm"),
                        (["--coord_suffix", "_pick.star", "--extract_size", 64, "--norm", "--bg_radius", 40], "half"),
-                       (["--coord_suffix", "_pick.star", "--extract_size", 64, "--recenter"], "reextract")]:
+                       (["--coord_suffix", "_pick.star", "--extract_size", 64, "--recenter"], "reextract"),
+                       (["--coord_suffix", "_pick.star", "--extract_size", 64, "--phase_flip"],
+                        "--phase_flip: not implemented yet"),
+                       (["--coord_suffix", "_pick.star", "--extract_size", 64, "--helical_outer_diameter", 100],
+                        "--helical_outer_diameter: not implemented yet")]:
         r = run(base + extra, cwd=tmp_path)
         assert r.returncode == 1 and msg in r.stderr, (extra, r.stderr)
         assert not os.path.exists(tmp_path / "G" / "particles.star")

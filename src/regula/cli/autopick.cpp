@@ -68,7 +68,15 @@ void add_autopick(CLI::App& app) {
   s->add_flag("--only_do_unfinished", o->only_unfinished, "Skip micrographs that already have a pick file");
   s->add_option("--random_seed", o->seed, "Seed (noise in the padding of non-square micrographs)")->capture_default_str();
   s->add_option("--j", o->threads, "Threads (results do not depend on it)")->capture_default_str();
-  s->callback([o] { autopick(*o); });
+  auto refuse = refuse_options(s, {"--helix", "--amyloid", "--helical_tube_outer_diameter", "--helical_tube_length_min",
+                                   "--helical_tube_kappa_max", "--write_fom_maps", "--read_fom_maps", "--gauss_max",
+                                   "--gpu", "--topaz_extract", "--topaz_train", "--fn_topaz_exec"},
+                               "see docs/autopick.md");
+  s->callback([o, refuse] {
+    refuse();
+    if (o->ref == "gauss") throw InputError("--ref gauss: Gaussian-blob references are not implemented yet");
+    autopick(*o);
+  });
 }
 
 }  // namespace regula::cli

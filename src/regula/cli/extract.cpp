@@ -45,7 +45,16 @@ void add_extract(CLI::App& app) {
   s->add_option("--angpix", o->angpix, "Micrograph pixel size (Å) when the input has no rlnMicrographPixelSize");
   s->add_option("--random_seed", o->seed, "Seed of the dust replacement noise")->capture_default_str();
   s->add_option("--j", o->threads, "Threads (results do not depend on it)")->capture_default_str();
-  s->callback([o] { extract(*o); });
+  auto refuse = refuse_options(s, {"--premultiply_ctf", "--phase_flip", "--ctf_intact_first_peak", "--helix",
+                                   "--helical_outer_diameter", "--helical_nr_asu", "--helical_rise",
+                                   "--helical_tubes", "--helical_cut_into_segments", "--extract_movies",
+                                   "--first_movie_frame", "--last_movie_frame", "--avg_movie_frames",
+                                   "--tomo", "--operate_on"},
+                               "see docs/extract.md");
+  s->callback([o, refuse] {
+    refuse();
+    extract(*o);
+  });
 }
 
 }  // namespace regula::cli
