@@ -3,7 +3,14 @@
 // Callbacks throw regula::Error / InputError; main() turns those into a one-line
 // message and exit status 1.
 #pragma once
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
 #include <CLI/CLI.hpp>
+
+#include "regula/core/error.hpp"
 
 namespace regula::cli {
 
@@ -11,6 +18,19 @@ struct Command {
   const char* name;
   void (*add)(CLI::App& app);
 };
+
+// RELION options a command does not implement yet: parsed (hidden from --help, with or without a
+// value) so that using one gives a message naming it rather than being ignored. Call the returned
+// function first in the subcommand's callback.
+inline std::function<void()> refuse_options(CLI::App* s, const std::vector<std::string>& names,
+                                            const std::string& note) {
+  std::vector<std::pair<std::string, CLI::Option*>> opts;
+  for (const auto& n : names) opts.emplace_back(n, s->add_option(n)->expected(0, 1)->group(""));
+  return [opts, note] {
+    for (const auto& [name, o] : opts)
+      if (o->count() > 0) throw InputError(name + ": not implemented yet (" + note + ")");
+  };
+}
 
 // Each subcommand file implements one of these.
 void add_info(CLI::App& app);
@@ -36,5 +56,7 @@ void add_locres(CLI::App& app);
 void add_simulate_movies(CLI::App& app);
 void add_motioncorr(CLI::App& app);
 void add_ctffind(CLI::App& app);
+void add_autopick(CLI::App& app);
+void add_extract(CLI::App& app);
 
 }  // namespace regula::cli

@@ -28,6 +28,8 @@ const regula::cli::Command kCommands[] = {
     {"simulate_movies", regula::cli::add_simulate_movies},
     {"ctffind", regula::cli::add_ctffind},
     {"motioncorr", regula::cli::add_motioncorr},
+    {"autopick", regula::cli::add_autopick},
+    {"extract", regula::cli::add_extract},
     {"class2d", regula::cli::add_class2d},
     {"refine3d", regula::cli::add_refine3d},
     {"class3d", regula::cli::add_class3d},
@@ -190,12 +192,19 @@ int main(int argc, char** argv) {
       if (help || !dir) {
         std::puts("Usage: regula [--project DIR] run --job <Type>/jobNNN/ [--continue]\n"
                   "Re-runs a job of the project with its recorded command line; with --continue it resumes\n"
-                  "from the job's last *_optimiser.star (iterative jobs).");
+                  "from the job's last *_optimiser.star (iterative jobs), or keeps the finished micrographs\n"
+                  "(motioncorr, ctffind, autopick, extract: --only_do_unfinished).");
         return help ? 0 : 1;
       }
       if (!rest.empty()) regula::input_error("run: unexpected argument '{}'", rest[0]);
       auto job = regula::pipeline::Job::open(*dir);
-      if (cont) {
+      // Micrograph jobs resume micrograph by micrograph: the finished ones are kept.
+      const std::string_view cmd = job.type().command;
+      const bool per_micrograph = cmd == "motioncorr" || cmd == "ctffind" || cmd == "autopick" || cmd == "extract";
+      if (cont && per_micrograph) {
+        auto& a = job.mutable_args();
+        if (std::find(a.begin(), a.end(), "--only_do_unfinished") == a.end()) a.push_back("--only_do_unfinished");
+      } else if (cont) {
         std::string opt = last_optimiser(job.dir());
         if (opt.empty()) regula::input_error("run: {} has no *_optimiser.star to continue from", job.dir());
         auto& a = job.mutable_args();

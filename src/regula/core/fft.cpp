@@ -13,6 +13,7 @@
 #include <fftw3.h>
 
 #include "regula/core/error.hpp"
+#include "regula/core/parallel.hpp"
 
 namespace regula {
 namespace {
@@ -115,6 +116,30 @@ void columns_inplace(cfloat* data, int nxh, int ny, bool forward) {
   }
 }
 
+// 1D plans (kind 0: r2c, 1: c2c forward in place) of length n, cached.
+fftwf_plan get_plan_1d(int n, int kind) {
+  std::lock_guard lk(g_plan_mu);
+  static std::map<std::pair<int, int>, fftwf_plan> p1;
+  auto it = p1.find({n, kind});
+  if (it != p1.end()) return it->second;
+  fftwf_plan_with_nthreads(1);
+  fftwf_plan p;
+  if (kind == 0) {
+    float* r = fftwf_alloc_real(size_t(n));
+    fftwf_complex* c = fftwf_alloc_complex(size_t(n / 2 + 1));
+    p = fftwf_plan_dft_r2c_1d(n, r, c, FFTW_ESTIMATE | FFTW_UNALIGNED);
+    fftwf_free(r);
+    fftwf_free(c);
+  } else {
+    fftwf_complex* c = fftwf_alloc_complex(size_t(n));
+    p = fftwf_plan_dft_1d(n, c, c, FFTW_FORWARD, FFTW_ESTIMATE | FFTW_UNALIGNED);
+    fftwf_free(c);
+  }
+  if (!p) runtime_error("FFTW could not plan a 1D transform of {}", n);
+  p1[{n, kind}] = p;
+  return p;
+}
+
 }  // namespace
 
 template <class T>
@@ -163,6 +188,53 @@ void fft2_inverse_inplace(cfloat* data, int nx, int ny) {
   columns_inplace(data, nx / 2 + 1, ny, false);
   fftwf_plan rows = inplace_plan(1, nx, ny);
   fftwf_execute_dft_c2r(rows, reinterpret_cast<fftwf_complex*>(data), reinterpret_cast<float*>(data));
+}
+
+
+std::vector<Grid<cfloat>> fft_forward_cropped(int n, int m, int count,
+                                              const std::function<void(int, float* const*)>& rows, int nthreads) {
+  if (m > n || m < 2 || m % 2 || count < 1)
+    runtime_error("fft_forward_cropped: cannot crop a transform of {} to {} ({} images)", n, m, count);
+  const int hx = m / 2 + 1;  // kept columns
+  const int nh = n / 2 + 1;
+  // Columns kept, y contiguous: col[c][kx][y].
+  std::vector<std::vector<cfloat>> col(size_t(count), std::vector<cfloat>(size_t(hx) * size_t(n)));
+  const fftwf_plan pr = get_plan_1d(n, 0), pc = get_plan_1d(n, 1);
+  ThreadPool pool(std::max(1, nthreads));
+  struct Buf {
+    std::vector<float> in;
+    std::vector<cfloat> out;
+    std::vector<float*> ptr;
+  };
+  std::vector<Buf> bufs(size_t(pool.size()));
+  for (auto& b : bufs) {
+    b.in.resize(size_t(count) * size_t(n));
+    b.out.resize(size_t(nh));
+    for (int c = 0; c < count; ++c) b.ptr.push_back(b.in.data() + size_t(c) * size_t(n));
+  }
+  pool.parallel_for(0, size_t(n), [&](size_t y, int t) {
+    Buf& b = bufs[size_t(t)];
+    rows(int(y), b.ptr.data());
+    for (int c = 0; c < count; ++c) {
+      fftwf_execute_dft_r2c(pr, b.ptr[size_t(c)], reinterpret_cast<fftwf_complex*>(b.out.data()));
+      cfloat* dst = col[size_t(c)].data() + y;
+      for (int kx = 0; kx < hx; ++kx) dst[size_t(kx) * size_t(n)] = b.out[size_t(kx)];
+    }
+  }, 8);
+  pool.parallel_for(0, size_t(count) * size_t(hx), [&](size_t j, int) {
+    cfloat* v = col[j / size_t(hx)].data() + (j % size_t(hx)) * size_t(n);
+    fftwf_execute_dft(pc, reinterpret_cast<fftwf_complex*>(v), reinterpret_cast<fftwf_complex*>(v));
+  });
+  std::vector<Grid<cfloat>> out;
+  for (int c = 0; c < count; ++c) {
+    Grid<cfloat> G(hx, m);
+    for (int iy = 0; iy < m; ++iy) {
+      const size_t sy = size_t(fft_index(fft_freq(iy, m), n));
+      for (int kx = 0; kx < hx; ++kx) G(kx, iy) = col[size_t(c)][size_t(kx) * size_t(n) + sy];
+    }
+    out.push_back(std::move(G));
+  }
+  return out;
 }
 
 void fft_forward(const Grid<float>& in, Grid<cfloat>& out, int nthreads) {

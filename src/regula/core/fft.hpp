@@ -14,6 +14,8 @@
 // safe to call from several threads at once.
 #pragma once
 #include <cstddef>
+#include <functional>
+#include <vector>
 
 #include "regula/core/grid.hpp"
 
@@ -37,6 +39,15 @@ inline float& real_at(Grid<cfloat>& buf, int x, int y, int z) {
 // `in` (FFTW's complex-to-real transform uses it as scratch) instead of copying it.
 void fft_forward(const Grid<float>& in, Grid<cfloat>& out, int nthreads = 1);
 void fft_inverse_destroy(Grid<cfloat>& in, int nx, Grid<float>& out, int nthreads = 1);
+// The transforms of `count` n x n real images cropped to m x m (m <= n, m even), i.e. for each image
+// fft_forward followed by imaging/filter.hpp's window_fourier(F, n, m): coefficients (kx, ky) with
+// 0 <= kx <= m/2 and ky = fft_freq(iy, m) (the +m/2 row included), computed from the images' rows
+// without forming their full transforms: one transform per row, kept for kx <= m/2 only, then
+// transforms along y of those m/2 + 1 columns only. `rows(y, out)` writes row y (n floats) of image
+// c into out[c], c < count; it is called once per y, from several threads at once when nthreads > 1.
+std::vector<Grid<cfloat>> fft_forward_cropped(int n, int m, int count,
+                                              const std::function<void(int y, float* const* out)>& rows,
+                                              int nthreads = 1);
 
 // In-place origin change for a transform whose real-space origin is at index
 // n/2 (integer division) along every axis, as RELION's images and maps.

@@ -147,6 +147,38 @@ Grid<float> coloured_noise(int n, const std::vector<double>& sigma2, std::mt1993
   return fft_inverse(F, n);
 }
 
+Grid<cfloat> window_fourier(const Grid<cfloat>& F, int n, int new_n) {
+  if (new_n == n) return F;
+  const bool vol = F.nz() > 1;
+  Grid<cfloat> G(new_n / 2 + 1, new_n, vol ? new_n : 1);
+  if (new_n < n) {
+    // Every coefficient of the smaller transform from the same frequency of the larger one,
+    // including the new Nyquist row/column (+new_n/2 in FFT order).
+    for (int iz = 0; iz < G.nz(); ++iz) {
+      const int kz = vol ? fft_freq(iz, new_n) : 0;
+      for (int iy = 0; iy < new_n; ++iy) {
+        const int ky = fft_freq(iy, new_n);
+        const cfloat* src = &F(0, fft_index(ky, n), vol ? fft_index(kz, n) : 0);
+        std::copy(src, src + G.nx(), &G(0, iy, iz));
+      }
+    }
+  } else {
+    // Enlarging: the coefficients with |k| <= n/2 (a sphere, in FFT order of the old transform,
+    // so its +n/2 entries included).
+    const double r2max = double(F.nx() - 1) * (F.nx() - 1);
+    for (int iz = 0; iz < F.nz(); ++iz) {
+      const int kz = vol ? fft_freq(iz, n) : 0;
+      for (int iy = 0; iy < n; ++iy) {
+        const int ky = fft_freq(iy, n);
+        for (int kx = 0; kx < F.nx(); ++kx)
+          if (double(kx) * kx + double(ky) * ky + double(kz) * kz <= r2max)
+            G(kx, fft_index(ky, new_n), vol ? fft_index(kz, new_n) : 0) = F(kx, iy, iz);
+      }
+    }
+  }
+  return G;
+}
+
 Grid<float> rescale(const Grid<float>& img, int new_n) {
   check_square(img, "rescale");
   if (new_n < 2) input_error("rescale: new box size {} must be >= 2", new_n);
@@ -155,34 +187,9 @@ Grid<float> rescale(const Grid<float>& img, int new_n) {
   if (new_n == n) return img;
   Grid<cfloat> F = fft_forward(img);
   centre_origin(F, n);
-  Grid<cfloat> G(new_n / 2 + 1, new_n, vol ? new_n : 1);
-  const double scale = vol ? std::pow(double(new_n) / n, 3) : std::pow(double(new_n) / n, 2);
-  if (new_n < n) {
-    // Every coefficient of the smaller transform from the same frequency of
-    // the larger one, including the new Nyquist row/column (+new_n/2 in FFT
-    // order), as RELION's windowFourierTransform.
-    for (int iz = 0; iz < G.nz(); ++iz) {
-      const int kz = vol ? fft_freq(iz, new_n) : 0;
-      for (int iy = 0; iy < new_n; ++iy) {
-        const int ky = fft_freq(iy, new_n);
-        for (int kx = 0; kx < G.nx(); ++kx)
-          G(kx, iy, iz) = F(kx, fft_index(ky, n), vol ? fft_index(kz, n) : 0) * float(scale);
-      }
-    }
-  } else {
-    // Enlarging: the coefficients with |k| <= n/2 (a sphere, in FFT order of
-    // the old transform, so its +n/2 entries included), as RELION.
-    const double r2max = double(F.nx() - 1) * (F.nx() - 1);
-    for (int iz = 0; iz < F.nz(); ++iz) {
-      const int kz = vol ? fft_freq(iz, n) : 0;
-      for (int iy = 0; iy < n; ++iy) {
-        const int ky = fft_freq(iy, n);
-        for (int kx = 0; kx < F.nx(); ++kx)
-          if (double(kx) * kx + double(ky) * ky + double(kz) * kz <= r2max)
-            G(kx, fft_index(ky, new_n), vol ? fft_index(kz, new_n) : 0) = F(kx, iy, iz) * float(scale);
-      }
-    }
-  }
+  Grid<cfloat> G = window_fourier(F, n, new_n);
+  const float scale = float(vol ? std::pow(double(new_n) / n, 3) : std::pow(double(new_n) / n, 2));
+  for (auto& v : G) v *= scale;
   centre_origin(G, new_n, true);
   return fft_inverse(G, new_n);
 }

@@ -58,6 +58,12 @@ Grid<float> coloured_noise(int n, const std::vector<double>& sigma2, std::mt1993
 // Hermitian transform, the same as RELION's.)
 Grid<float> rescale(const Grid<float>& img, int new_n);
 
+// The half-complex transform of an n-pixel square image (or cube) cropped or zero-padded to new_n,
+// frequency by frequency, as RELION's windowFourierTransform: cropping keeps the new Nyquist
+// row/column from the old +new_n/2 frequency; padding copies the coefficients with |k| <= n/2 (a
+// disc or sphere). No scaling. Works on centred and uncentred transforms alike.
+Grid<cfloat> window_fourier(const Grid<cfloat>& F, int n, int new_n);
+
 // Real-space windowing to a new box about the centre (n/2 -> new_n/2): crop,
 // or pad with `fill`.
 Grid<float> window(const Grid<float>& img, int new_n, float fill = 0.0f);

@@ -23,7 +23,8 @@ namespace {
 const JobType kTypes[] = {
     {"simulate", "Simulate", 99, true},       {"project", "Project", 99, false},
     {"simulate_movies", "SimulateMovies", 99, true}, {"ctffind", "CtfFind", 2, true},
-    {"motioncorr", "MotionCorr", 1, true},
+    {"motioncorr", "MotionCorr", 1, true},       {"autopick", "AutoPick", 4, true},
+    {"extract", "Extract", 5, true},
     {"reconstruct", "Reconstruct", 99, false}, {"preprocess", "Preprocess", 5, false},
     {"mask", "MaskCreate", 12, false},         {"fsc", "Fsc", 99, false},
     {"class2d", "Class2D", 8, false},          {"class3d", "Class3D", 9, false},
@@ -138,12 +139,22 @@ JobState job_state(const std::string& job_dir) {
 }
 
 std::vector<std::string> input_files(const std::vector<std::string>& args) {
-  static const char* kInputs[] = {"i", "i1", "i2", "ref", "mask", "solvent_mask", "ang", "mtf", "data", "revert"};
+  static const char* kInputs[] = {"i", "i1", "i2", "ref", "mask", "solvent_mask", "ang", "mtf", "data", "revert",
+                                  "coord_list", "reextract_data_star"};
   std::vector<std::string> out;
-  for (auto& o : parse_options(args))
+  std::string coord_dir, coord_suffix;
+  for (auto& o : parse_options(args)) {
     for (const char* k : kInputs)
       if (o.name == k && !o.value.empty() && fs::is_regular_file(o.value))
         out.push_back(fs::path(o.value).lexically_normal().string());
+    if (o.name == "coord_dir") coord_dir = o.value;
+    if (o.name == "coord_suffix") coord_suffix = o.value;
+  }
+  // RELION 3.1's coordinates node: <coord_dir>/coords_suffix<suffix> (written by the picking job).
+  if (!coord_dir.empty() && !coord_suffix.empty()) {
+    const fs::path f = fs::path(coord_dir) / ("coords_suffix" + coord_suffix);
+    if (fs::is_regular_file(f)) out.push_back(f.lexically_normal().string());
+  }
   return out;
 }
 
@@ -159,6 +170,15 @@ int output_node_type(const std::string& path, std::string_view command) {
     if (ends(".png") || ends(".pdf")) return kNodeLogfile;
     return -1;
   }
+  if (f.rfind("coords_suffix", 0) == 0 && ends(".star")) return kNodeMicCoords;
+  if (command == "autopick") {
+    // The lists of coordinate files (RELION 4's autopick.star, RELION 3.1's coords_suffix_autopick.star)
+    // are nodes; the per-micrograph pick files and the reference projections are not.
+    if (f == "autopick.star") return kNodeMicCoords;
+    if (ends(".png") || ends(".pdf")) return kNodeLogfile;
+    return -1;
+  }
+  if (command == "extract") return f == "particles.star" ? kNodeParticles : -1;
   if (f == "movies.star") return kNodeMovies;
   if (f == "corrected_micrographs.star" || f == "micrographs_ctf.star") return kNodeMics;
   if (command == "motioncorr" || command == "ctffind" || command == "simulate_movies") {
