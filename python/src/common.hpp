@@ -10,6 +10,9 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <future>
+#include <thread>
+#include <chrono>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -214,11 +217,27 @@ auto run_job(const py::kwargs& kw, F&& f) -> decltype(f()) {
     reset_cancel();
     {
       ScopedProgressCallback guard(cb);
-      try {
-        result.emplace(f());
-      } catch (...) {
-        job_error = std::current_exception();
+      // The job runs on its own thread; this (Python's main) thread checks for Ctrl-C every 50 ms, since
+      // Python handles signals only on the main thread and progress events may all come from workers.
+      std::promise<void> finished;
+      std::future<void> done = finished.get_future();
+      std::thread worker([&] {
+        try {
+          result.emplace(f());
+        } catch (...) {
+          job_error = std::current_exception();
+        }
+        finished.set_value();
+      });
+      while (done.wait_for(std::chrono::milliseconds(50)) != std::future_status::ready) {
+        py::gil_scoped_acquire gil;
+        if (st->error) continue;
+        if (PyErr_CheckSignals() != 0) {
+          st->error = std::make_exception_ptr(py::error_already_set());
+          request_cancel();
+        }
       }
+      worker.join();
     }
     reset_cancel();
   }
