@@ -281,53 +281,37 @@ AutopickResult autopick(const AutopickOptions& o) {
     }
   }
 
-  Progress progress("autopick: micrographs", double(todo.size()));
   const int outer = int(std::min<size_t>(size_t(o.threads), std::max<size_t>(1, todo.size())));
   const int inner = std::max(1, o.threads / outer);
-  ThreadPool pool(outer);
-  std::vector<std::string> errors(todo.size());
   std::vector<long> counts(todo.size(), 0);
   std::vector<Grid<float>> buffers(static_cast<size_t>(outer));  // one micrograph per thread, reused
-  pool.parallel_for(0, todo.size(), [&](size_t k, int thread) {
-    const Item& it = items[todo[k]];
-    const auto t0 = std::chrono::steady_clock::now();
-    try {
-      Grid<float>& mic = buffers[size_t(thread)];
-      read_micrograph(it.name, mic);
-      const uint64_t noise_seed = splitmix64(o.seed ^ splitmix64(todo[k]));
-      std::vector<Pick> picks;
-      if (o.log) {
-        LogPickOptions l = lo;
-        if (l.use_ctf) l.ctf = micrograph_ctf(set, it);
-        picks = pick_log(mic, l, noise_seed, inner).picks;
-      } else {
-        if (!refs) input_error("{}: no readable micrograph to prepare the references for", it.name);
-        const CtfParams ctf = o.ctf ? micrograph_ctf(set, it) : CtfParams{};
-        picks = pick_templates(mic, *refs, to, ctf, noise_seed, inner).picks;
-      }
-      write_picks(it.pick_file, picks, o.log);
-      counts[k] = long(picks.size());
-      spdlog::info("autopick: {}: {} particles ({:.2f} s)", it.name, picks.size(),
-                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    } catch (const Cancelled&) {
-      throw;
-    } catch (const std::exception& e) {
-      errors[k] = e.what();
-    }
-    progress.advance();
-    check_cancelled();
-  });
-  for (size_t k = 0; k < todo.size(); ++k) {
-    if (!errors[k].empty()) {
-      spdlog::error("autopick: skipping {}: {}", items[todo[k]].name, errors[k]);
-      ++res.failed;
-    } else {
-      ++res.done;
-      res.picks += counts[k];
-    }
-  }
-  progress.finish();
-  mpi::barrier();
+  const BatchOutcome batch = run_micrograph_batch(
+      todo.size(), outer, "autopick", "micrographs", [&](size_t k) { return items[todo[k]].name; },
+      [&](size_t k, int thread) {
+        const Item& it = items[todo[k]];
+        const auto t0 = std::chrono::steady_clock::now();
+        Grid<float>& mic = buffers[size_t(thread)];
+        read_micrograph(it.name, mic);
+        const uint64_t noise_seed = splitmix64(o.seed ^ splitmix64(todo[k]));
+        std::vector<Pick> picks;
+        if (o.log) {
+          LogPickOptions l = lo;
+          if (l.use_ctf) l.ctf = micrograph_ctf(set, it);
+          picks = pick_log(mic, l, noise_seed, inner).picks;
+        } else {
+          if (!refs) input_error("{}: no readable micrograph to prepare the references for", it.name);
+          const CtfParams ctf = o.ctf ? micrograph_ctf(set, it) : CtfParams{};
+          picks = pick_templates(mic, *refs, to, ctf, noise_seed, inner).picks;
+        }
+        write_picks(it.pick_file, picks, o.log);
+        counts[k] = long(picks.size());
+        spdlog::info("autopick: {}: {} particles ({:.2f} s)", it.name, picks.size(),
+                     std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      });
+  res.done = batch.done;
+  res.failed = batch.failed;
+  for (size_t k = 0; k < todo.size(); ++k)
+    if (batch.ok[k]) res.picks += counts[k];
 
   res.list_star = dir + o.pickname + ".star";
   res.pick_files.resize(items.size());

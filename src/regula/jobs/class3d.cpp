@@ -139,6 +139,8 @@ class Job {
   void initialise();
   Report iterate();
   void process_particle(size_t i, ParticleImages& images, estep::Search3DWork& ws, ThreadSums& sums);
+  // The previous values of particle i (not searched, or no finite likelihood).
+  void keep_particle(size_t i);
   double norm_factor(size_t i) const { return opt_.norm && st_.norm[i] > 0 ? st_.avg_norm / st_.norm[i] : 1.0; }
   double group_scale(size_t i) const { return opt_.scale ? st_.group_scale[size_t(groups_.group_of[i])] : 1.0; }
   // The particle times its norm correction factor, masked (about the box centre); the solvent zeros
@@ -319,6 +321,20 @@ void Job::initialise() {
   st_.sigma2_offset = std::max(1.0, opt_.offset_range * opt_.offset_range / 4.0);
 }
 
+void Job::keep_particle(size_t i) {
+  new_rot_[i] = st_.rot[i];
+  new_tilt_[i] = st_.tilt[i];
+  new_psi_[i] = st_.psi[i];
+  new_ox_[i] = st_.ox[i];
+  new_oy_[i] = st_.oy[i];
+  new_norm_[i] = st_.norm[i];
+  new_pmax_[i] = st_.pmax[i];
+  new_loglik_[i] = st_.loglik[i];
+  new_cls_[i] = st_.cls[i];
+  new_nsig_[i] = st_.nsig[i];
+  progress_->advance(1);
+}
+
 void Job::process_particle(size_t i, ParticleImages& images, estep::Search3DWork& ws, ThreadSums& sums) {
   const size_t hs = size_t(n_ / 2 + 1);
   const int g = table_.optics_index[i];
@@ -356,17 +372,7 @@ void Job::process_particle(size_t i, ParticleImages& images, estep::Search3DWork
   in.oy_px = oy;
   estep::Search3DResult res;
   estep::search_particle_3d(setup_, in, ws, &sink, res);
-  new_rot_[i] = st_.rot[i];
-  new_tilt_[i] = st_.tilt[i];
-  new_psi_[i] = st_.psi[i];
-  new_ox_[i] = st_.ox[i];
-  new_oy_[i] = st_.oy[i];
-  new_norm_[i] = st_.norm[i];
-  new_pmax_[i] = st_.pmax[i];
-  new_loglik_[i] = st_.loglik[i];
-  new_cls_[i] = st_.cls[i];
-  new_nsig_[i] = st_.nsig[i];
-  progress_->advance(1);
+  keep_particle(i);
   if (!res.valid) return;
   if (random_class >= 0 || consensus_) {
     res.cls = std::max(random_class, 0);

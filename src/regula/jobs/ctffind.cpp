@@ -188,36 +188,20 @@ CtffindResult ctffind(const CtffindOptions& o) {
   }
   CtffindResult res;
   res.skipped = int(items.size()) - int(todo.size());
-  Progress progress("ctffind: micrographs", double(todo.size()));
   const int outer = int(std::min<size_t>(size_t(o.threads), std::max<size_t>(1, todo.size())));
   const int inner = std::max(1, o.threads / outer);
-  ThreadPool pool(outer);
-  std::vector<std::string> errors(todo.size());
-  pool.parallel_for(0, todo.size(), [&](size_t k, int) {
-    const Item& it = items[todo[k]];
-    const auto t0 = std::chrono::steady_clock::now();
-    try {
-      const CtfFitResult r = process(it, o, inner);
-      spdlog::info("ctffind: {}: defocus {:.0f} / {:.0f} Å at {:.1f}°, figure of merit {:.3f}, fit to {:.1f} Å ({:.2f} s)",
-                   it.name, r.defocus_u, r.defocus_v, r.defocus_angle, r.figure_of_merit, r.max_resolution,
-                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    } catch (const Cancelled&) {
-      throw;
-    } catch (const std::exception& e) {
-      errors[k] = e.what();
-    }
-    progress.advance();
-    check_cancelled();
-  });
-  for (size_t k = 0; k < todo.size(); ++k)
-    if (!errors[k].empty()) {
-      spdlog::error("ctffind: skipping {}: {}", items[todo[k]].name, errors[k]);
-      ++res.failed;
-    } else {
-      ++res.done;
-    }
-  progress.finish();
-  mpi::barrier();
+  const BatchOutcome batch = run_micrograph_batch(
+      todo.size(), outer, "ctffind", "micrographs", [&](size_t k) { return items[todo[k]].name; },
+      [&](size_t k, int) {
+        const Item& it = items[todo[k]];
+        const auto t0 = std::chrono::steady_clock::now();
+        const CtfFitResult r = process(it, o, inner);
+        spdlog::info("ctffind: {}: defocus {:.0f} / {:.0f} Å at {:.1f}°, figure of merit {:.3f}, fit to {:.1f} Å ({:.2f} s)",
+                     it.name, r.defocus_u, r.defocus_v, r.defocus_angle, r.figure_of_merit, r.max_resolution,
+                     std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      });
+  res.done = batch.done;
+  res.failed = batch.failed;
 
   // Join (rank 0): every micrograph with a result.
   res.star = dir + "micrographs_ctf.star";

@@ -378,47 +378,32 @@ ExtractResult extract(const ExtractOptions& o_in) {
   ExtractResult res;
   res.skipped = int(mics.size()) - int(todo.size());
   Extractor ex(o, set);
-  Progress progress("extract: micrographs", double(todo.size()));
-  ThreadPool pool(std::max(1, int(std::min<size_t>(size_t(o.threads), std::max<size_t>(1, todo.size())))));
-  std::vector<std::string> errors(todo.size());
   std::vector<Done> done(todo.size());
-  pool.parallel_for(0, todo.size(), [&](size_t k, int) {
-    const Mic& m = mics[todo[k]];
-    try {
-      star::Block rows;
-      bool rows_have_ctf = false;
-      if (re) {
-        rows = reextraction_rows(o, *re, m);
-        rows_have_ctf = rows.has("rlnDefocusU");
-      } else {
-        if (m.coords.empty()) input_error("no coordinate file listed in {}", o.coord_list);
-        if (!fs::exists(m.coords)) input_error("no coordinate file {}", m.coords);
-        rows = read_coordinates(m.coords);
-      }
-      if (rows.rows() == 0) {
-        spdlog::warn("extract: {}: no particles", m.name);
-      } else {
-        done[k] = ex.run(m, todo[k], std::move(rows), rows_have_ctf);
-      }
-    } catch (const Cancelled&) {
-      throw;
-    } catch (const std::exception& e) {
-      errors[k] = e.what();
-    }
-    progress.advance();
-    check_cancelled();
-  });
-  for (size_t k = 0; k < todo.size(); ++k) {
-    if (!errors[k].empty()) {
-      spdlog::error("extract: skipping {}: {}", mics[todo[k]].name, errors[k]);
-      ++res.failed;
-    } else {
-      ++res.done;
-      res.outside += done[k].outside;
-    }
-  }
-  progress.finish();
-  mpi::barrier();
+  const BatchOutcome batch = run_micrograph_batch(
+      todo.size(), int(std::min<size_t>(size_t(o.threads), std::max<size_t>(1, todo.size()))), "extract",
+      "micrographs", [&](size_t k) { return mics[todo[k]].name; },
+      [&](size_t k, int) {
+        const Mic& m = mics[todo[k]];
+        star::Block rows;
+        bool rows_have_ctf = false;
+        if (re) {
+          rows = reextraction_rows(o, *re, m);
+          rows_have_ctf = rows.has("rlnDefocusU");
+        } else {
+          if (m.coords.empty()) input_error("no coordinate file listed in {}", o.coord_list);
+          if (!fs::exists(m.coords)) input_error("no coordinate file {}", m.coords);
+          rows = read_coordinates(m.coords);
+        }
+        if (rows.rows() == 0) {
+          spdlog::warn("extract: {}: no particles", m.name);
+        } else {
+          done[k] = ex.run(m, todo[k], std::move(rows), rows_have_ctf);
+        }
+      });
+  res.done = batch.done;
+  res.failed = batch.failed;
+  for (size_t k = 0; k < todo.size(); ++k)
+    if (batch.ok[k]) res.outside += done[k].outside;
 
   res.star = dir + "particles.star";
   if (mpi::rank() == 0) {

@@ -6,7 +6,13 @@
 
 #include <glob.h>
 
+#include <spdlog/spdlog.h>
+
+#include "regula/core/cancel.hpp"
 #include "regula/core/error.hpp"
+#include "regula/core/mpi.hpp"
+#include "regula/core/parallel.hpp"
+#include "regula/core/progress.hpp"
 
 namespace regula {
 namespace fs = std::filesystem;
@@ -126,6 +132,45 @@ std::string without_extension(const std::string& path) {
   const auto dot = path.find_last_of('.');
   if (dot == std::string::npos || (slash != std::string::npos && dot < slash)) return path;
   return path.substr(0, dot);
+}
+
+BatchOutcome run_micrograph_batch(size_t count, int threads, const std::string& job, const std::string& what,
+                                  const std::function<std::string(size_t)>& name,
+                                  const std::function<void(size_t, int)>& work) {
+  Progress progress(job + ": " + what, double(count));
+  std::vector<std::string> errors(count);
+  auto one = [&](size_t k, int thread) {
+    try {
+      work(k, thread);
+    } catch (const Cancelled&) {
+      throw;
+    } catch (const std::exception& e) {
+      errors[k] = e.what();
+      if (errors[k].empty()) errors[k] = "unknown error";
+    }
+    progress.advance();
+    check_cancelled();
+  };
+  if (threads <= 1) {
+    for (size_t k = 0; k < count; ++k) one(k, 0);
+  } else {
+    ThreadPool pool(threads);
+    pool.parallel_for(0, count, one);
+  }
+  BatchOutcome out;
+  out.ok.assign(count, 0);
+  for (size_t k = 0; k < count; ++k) {
+    if (errors[k].empty()) {
+      out.ok[k] = 1;
+      ++out.done;
+    } else {
+      spdlog::error("{}: skipping {}: {}", job, name(k), errors[k]);
+      ++out.failed;
+    }
+  }
+  progress.finish();
+  mpi::barrier();
+  return out;
 }
 
 }  // namespace regula

@@ -7,6 +7,7 @@
 // (blank lines and '#' comments skipped). Optics groups are kept as read (all columns), and the
 // rows' other columns too, so that outputs can carry them on.
 #pragma once
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,20 @@ MicrographSet read_micrograph_set(const std::string& input, const std::string& b
 // a leading "<Type>/jobNNN/" is kept (MotionCorr/job002/Movies/a.mrc -> CtfFind/job003/Movies/a.mrc),
 // otherwise the whole relative name (Movies/a.tiff -> MotionCorr/job002/Movies/a.tiff).
 std::string pipeline_output_name(const std::string& input, const std::string& out_dir);
+
+// One batch of a per-micrograph (or per-movie) job: work(k, thread) for k in [0, count) on
+// `threads` threads (1: in the calling thread, in order). An item whose work throws (anything but
+// Cancelled, which stops the batch) is skipped and the rest go on; once all are done each skipped
+// item is logged in order as "<job>: skipping <name(k)>: <message>". Shows a progress bar
+// "<job>: <what>", checks for cancellation between items and ends with an MPI barrier (every rank
+// calls it). ok[k] says whether item k succeeded.
+struct BatchOutcome {
+  std::vector<char> ok;
+  int done = 0, failed = 0;
+};
+BatchOutcome run_micrograph_batch(size_t count, int threads, const std::string& job, const std::string& what,
+                                  const std::function<std::string(size_t)>& name,
+                                  const std::function<void(size_t k, int thread)>& work);
 
 // The name without its extension ("a/b.c.mrc" -> "a/b.c").
 std::string without_extension(const std::string& path);

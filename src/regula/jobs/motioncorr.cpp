@@ -274,25 +274,18 @@ MotioncorrResult motioncorr(const MotioncorrOptions& o) {
   res.skipped = int(movies.size()) - int(todo.size());
   ThreadPool pool(o.threads);
   MovieWorkspace ws;  // memory reused from movie to movie
-  Progress progress("motioncorr: movies", double(todo.size()));
-  for (size_t i : todo) {
-    const auto t0 = std::chrono::steady_clock::now();
-    try {
-      process(movies[i], eff, gain, i, ws, pool);
-      ++res.done;
-      spdlog::info("motioncorr: {} -> {} ({:.1f} s)", movies[i].name, movies[i].out,
-                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    } catch (const Cancelled&) {
-      throw;
-    } catch (const std::exception& e) {
-      ++res.failed;
-      spdlog::error("motioncorr: skipping {}: {}", movies[i].name, e.what());
-    }
-    progress.advance();
-    check_cancelled();
-  }
-  progress.finish();
-  mpi::barrier();
+  // One movie at a time (the threads work inside each movie).
+  const BatchOutcome batch = run_micrograph_batch(
+      todo.size(), 1, "motioncorr", "movies", [&](size_t k) { return movies[todo[k]].name; },
+      [&](size_t k, int) {
+        const size_t i = todo[k];
+        const auto t0 = std::chrono::steady_clock::now();
+        process(movies[i], eff, gain, i, ws, pool);
+        spdlog::info("motioncorr: {} -> {} ({:.1f} s)", movies[i].name, movies[i].out,
+                     std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      });
+  res.done = batch.done;
+  res.failed = batch.failed;
 
   res.star = dir + "corrected_micrographs.star";
   if (mpi::rank() == 0) {

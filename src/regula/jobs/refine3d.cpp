@@ -123,6 +123,8 @@ class Job {
   void update_sampling();
   void update_after(const IterationReport& rep);
   void process_particle(size_t i, bool final, ParticleImages& images, estep::Search3DWork& ws, ThreadSums& sums);
+  // The previous values of particle i (kept when its search finds no finite likelihood).
+  void keep_particle(size_t i);
   // The particle masked about the box centre; the solvent zeros (--zero_mask) or noise of
   // `noise_sigma2` (nullptr before there is an estimate: the mean outside the mask); multiplied by
   // RELION's norm correction factor. `unmasked`: as read (the first noise estimate).
@@ -435,6 +437,19 @@ void Job::update_sampling() {
   if (st_.order >= opt_.auto_local_healpix_order) st_.local = 1;
 }
 
+void Job::keep_particle(size_t i) {
+  new_rot_[i] = st_.rot[i];
+  new_tilt_[i] = st_.tilt[i];
+  new_psi_[i] = st_.psi[i];
+  new_ox_[i] = st_.ox[i];
+  new_oy_[i] = st_.oy[i];
+  new_norm_[i] = st_.norm[i];
+  new_pmax_[i] = st_.pmax[i];
+  new_loglik_[i] = st_.loglik[i];
+  new_nsig_[i] = st_.nsig[i];
+  progress_->advance(1);
+}
+
 void Job::process_particle(size_t i, bool final, ParticleImages& images, estep::Search3DWork& ws, ThreadSums& sums) {
   const size_t hs = size_t(n_ / 2 + 1);
   const int h = st_.half[i] - 1, g = table_.optics_index[i];
@@ -462,17 +477,7 @@ void Job::process_particle(size_t i, bool final, ParticleImages& images, estep::
   ml3d::SliceRouter sink({bp_[size_t(h)].get()});
   estep::Search3DResult res;
   estep::search_particle_3d(setup_[size_t(h)], in, ws, &sink, res);
-  // Values of particles that are not searched keep the previous ones.
-  new_rot_[i] = st_.rot[i];
-  new_tilt_[i] = st_.tilt[i];
-  new_psi_[i] = st_.psi[i];
-  new_ox_[i] = st_.ox[i];
-  new_oy_[i] = st_.oy[i];
-  new_norm_[i] = st_.norm[i];
-  new_pmax_[i] = st_.pmax[i];
-  new_loglik_[i] = st_.loglik[i];
-  new_nsig_[i] = st_.nsig[i];
-  progress_->advance(1);
+  keep_particle(i);
   if (!res.valid) {
     spdlog::warn("refine3d: particle {} has no finite likelihood; its pose is kept", i + 1);
     return;
