@@ -82,8 +82,8 @@ struct State {
   std::vector<double> fraction, resolution;  // per class
   double avg_norm = 1, x_l1_max = 0;
   std::vector<double> group_scale;  // per group
-  std::vector<double> rot, tilt, psi, ox, oy, norm, pmax, loglik;
-  std::vector<int> cls, nsig;
+  ml3d::ParticleValues p;  // per particle: poses, offsets in Å, norm...
+  std::vector<int> cls;
   std::vector<Volume> maps;
 };
 
@@ -141,7 +141,7 @@ class Job {
   void process_particle(size_t i, ParticleImages& images, estep::Search3DWork& ws, ThreadSums& sums);
   // The previous values of particle i (not searched, or no finite likelihood).
   void keep_particle(size_t i);
-  double norm_factor(size_t i) const { return opt_.norm && st_.norm[i] > 0 ? st_.avg_norm / st_.norm[i] : 1.0; }
+  double norm_factor(size_t i) const { return opt_.norm && st_.p.norm[i] > 0 ? st_.avg_norm / st_.p.norm[i] : 1.0; }
   double group_scale(size_t i) const { return opt_.scale ? st_.group_scale[size_t(groups_.group_of[i])] : 1.0; }
   // The particle times its norm correction factor, masked (about the box centre); the solvent zeros
   // (--zero_mask) or noise of `noise_sigma2` (nullptr before there is an estimate: the mean outside
@@ -184,8 +184,8 @@ class Job {
   std::vector<std::unique_ptr<BackProjector>> bp_;  // per class, exact sums
   std::unique_ptr<Progress> progress_;
   // New per-particle values, filled by each particle's owner (zeros elsewhere until the MPI sum).
-  std::vector<double> new_rot_, new_tilt_, new_psi_, new_ox_, new_oy_, new_norm_, new_pmax_, new_loglik_, new_cls_,
-      new_nsig_;
+  ml3d::ParticleValues next_;     // this iteration's new per-particle values
+  std::vector<double> new_cls_;  // and classes (1-based; doubles to be summed over ranks)
   Class3DResult files_;
 };
 
@@ -264,27 +264,11 @@ void Job::initialise() {
   st_ = State();
   st_.n = n_;
   st_.current_shells = std::clamp(int(std::lround(n_ * angpix_ / opt_.ini_high)), 4, n_ / 2);
-  st_.rot = table_.rot;
-  st_.tilt = table_.tilt;
-  st_.psi = table_.psi;
-  st_.ox = table_.origin_x;
-  st_.oy = table_.origin_y;
-  st_.norm.assign(N, 1.0);
-  {
-    const star::Block& pb = table_.particles_block();
-    const int c = pb.column("rlnNormCorrection");
-    if (c >= 0)
-      for (size_t i = 0; i < N; ++i) {
-        const double v = pb.number(i, c);
-        st_.norm[i] = v > 0 && std::isfinite(v) ? v : 1.0;
-      }
-    st_.avg_norm = std::accumulate(st_.norm.begin(), st_.norm.end(), 0.0) / double(N);
-  }
+  // Poses and origins of the input, its rlnNormCorrection when present (RELION keeps it), else 1.
+  st_.p = ml3d::ParticleValues::from_table(table_);
+  st_.avg_norm = st_.p.average_norm();
   st_.group_scale.assign(groups_.names.size(), 1.0);
-  st_.pmax.assign(N, 0.0);
-  st_.loglik.assign(N, 0.0);
   st_.cls.assign(N, 0);
-  st_.nsig.assign(N, 0);
   st_.fraction.assign(size_t(K_), 1.0 / K_);
   st_.resolution.assign(size_t(K_), opt_.ini_high);
   Volume ref = ml3d::read_reference(opt_.reference, angpix_, n_);
@@ -322,16 +306,8 @@ void Job::initialise() {
 }
 
 void Job::keep_particle(size_t i) {
-  new_rot_[i] = st_.rot[i];
-  new_tilt_[i] = st_.tilt[i];
-  new_psi_[i] = st_.psi[i];
-  new_ox_[i] = st_.ox[i];
-  new_oy_[i] = st_.oy[i];
-  new_norm_[i] = st_.norm[i];
-  new_pmax_[i] = st_.pmax[i];
-  new_loglik_[i] = st_.loglik[i];
+  next_.copy(i, st_.p);
   new_cls_[i] = st_.cls[i];
-  new_nsig_[i] = st_.nsig[i];
   progress_->advance(1);
 }
 
@@ -346,7 +322,7 @@ void Job::process_particle(size_t i, ParticleImages& images, estep::Search3DWork
   }
   std::optional<Ctf> ctf;
   if (opt_.ctf) ctf.emplace(particle_ctf_params(table_, i));
-  const double ox = st_.ox[i] / angpix_, oy = st_.oy[i] / angpix_;
+  const double ox = st_.p.ox[i] / angpix_, oy = st_.p.oy[i] / angpix_;
   estep::RotatableParticle x(read_particle(images, i, &st_.sigma2[size_t(g)]), ox, oy, ctf, angpix_);
   // Iteration 1 (or the staged start's first classification): each particle's sums go to a class
   // drawn at random (seeded per particle): K different starting maps from one reference, as RELION's
@@ -365,9 +341,9 @@ void Job::process_particle(size_t i, ParticleImages& images, estep::Search3DWork
   in.x = &x;
   in.inv_sigma2 = inv_sigma2;
   in.scale = group_scale(i);
-  in.rot = st_.rot[i];
-  in.tilt = st_.tilt[i];
-  in.psi = st_.psi[i];
+  in.rot = st_.p.rot[i];
+  in.tilt = st_.p.tilt[i];
+  in.psi = st_.p.psi[i];
   in.ox_px = ox;
   in.oy_px = oy;
   estep::Search3DResult res;
@@ -382,16 +358,9 @@ void Job::process_particle(size_t i, ParticleImages& images, estep::Search3DWork
   const double total_d2 =
       ml3d::add_particle(sums.model, res, x, g, groups_.group_of[i], fine_counts_, all_counts_, px_fine_.r_max);
   new_cls_[i] = res.cls + 1;
-  new_rot_[i] = res.rot;
-  new_tilt_[i] = res.tilt;
-  new_psi_[i] = res.psi;
-  new_ox_[i] = st_.ox[i] + res.trans[0] * angpix_;
-  new_oy_[i] = st_.oy[i] + res.trans[1] * angpix_;
-  new_pmax_[i] = res.max_posterior;
-  new_nsig_[i] = double(res.n_significant);
-  new_loglik_[i] = res.log_likelihood;
-  if (opt_.norm && !cc) new_norm_[i] = ml3d::norm_correction(st_.norm[i], st_.avg_norm, total_d2, res.weight_sum, n_);
-  sums.scalars[kNormSum].add(new_norm_[i]);
+  next_.take(i, st_.p, res, angpix_);
+  if (opt_.norm && !cc) next_.norm[i] = ml3d::norm_correction(st_.p.norm[i], st_.avg_norm, total_d2, res.weight_sum, n_);
+  sums.scalars[kNormSum].add(next_.norm[i]);
   sums.scalars[kOffset2].add(res.offset2);
   sums.scalars[kOffsetWeight].add(res.weight_sum);
   sums.scalars[kPmax].add(res.max_posterior);
@@ -498,9 +467,8 @@ Report Job::iterate() {
                               4 * np * smax * smax * inv_s2);
     }
   }
-  for (auto* v : {&new_rot_, &new_tilt_, &new_psi_, &new_ox_, &new_oy_, &new_norm_, &new_pmax_, &new_loglik_, &new_cls_,
-                  &new_nsig_})
-    v->assign(N, 0.0);
+  next_.assign(N);
+  new_cls_.assign(N, 0.0);
 
   const ml3d::Blocks blocks(N, kBlock);
   progress_ = std::make_unique<Progress>(fmt::format("{}: iteration {}/{}", job_, st_.iteration + 1, opt_.iterations),
@@ -531,9 +499,8 @@ Report Job::iterate() {
       mpi::allreduce_sum(e.data(), e.size());
     }
     ml3d::reduce_over_ranks(sums.all());
-    for (auto* v : {&new_rot_, &new_tilt_, &new_psi_, &new_ox_, &new_oy_, &new_norm_, &new_pmax_, &new_loglik_,
-                    &new_cls_, &new_nsig_})
-      mpi::allreduce_sum(v->data(), v->size());
+    next_.sum_over_ranks();
+    mpi::allreduce_sum(new_cls_.data(), new_cls_.size());
   }
   for (auto& b : bp_) b->finish_exact();
   const std::vector<double> sc = sums.scalars.values();
@@ -602,18 +569,9 @@ Report Job::iterate() {
   st_.current_shells = std::clamp(best + opt_.incr_size, int(std::lround(n_ * angpix_ / opt_.ini_high)), n_ / 2);
   if (unregularised_) st_.current_shells = int(std::lround(n_ * angpix_ / opt_.ini_high));
   if (consensus_ || unregularised_) std::fill(st_.fraction.begin(), st_.fraction.end(), 1.0 / K_);
-  st_.rot = new_rot_;
-  st_.tilt = new_tilt_;
-  st_.psi = new_psi_;
-  st_.ox = new_ox_;
-  st_.oy = new_oy_;
-  st_.pmax = new_pmax_;
-  st_.loglik = new_loglik_;
-  if (opt_.norm) st_.norm = new_norm_;
-  for (size_t i = 0; i < N; ++i) {
-    st_.nsig[i] = int(std::lround(new_nsig_[i]));
-    st_.cls[i] = int(std::lround(new_cls_[i]));
-  }
+  if (!opt_.norm) next_.norm = st_.p.norm;
+  st_.p = std::move(next_);
+  for (size_t i = 0; i < N; ++i) st_.cls[i] = int(std::lround(new_cls_[i]));
   st_.iteration += 1;
   return rep;
 }
@@ -651,19 +609,12 @@ void Job::write_iteration(const Report& rep) {
   const size_t N = table_.size(), hs = size_t(n_ / 2 + 1);
   {
     ParticleTable out = table_;
-    out.rot = st_.rot;
-    out.tilt = st_.tilt;
-    out.psi = st_.psi;
-    out.origin_x = st_.ox;
-    out.origin_y = st_.oy;
+    st_.p.set_poses(out);
     out.class_number = st_.cls;
     out.sync();
     star::Block& pb = out.particles_block();
     pb.set_column("rlnClassNumber", st_.cls);
-    pb.set_column("rlnMaxValueProbDistribution", st_.pmax);
-    pb.set_column("rlnNrOfSignificantSamples", st_.nsig);
-    pb.set_column("rlnLogLikeliContribution", st_.loglik);
-    pb.set_column("rlnNormCorrection", st_.norm);
+    st_.p.write_columns(pb);
     std::vector<int> gn(N);
     for (size_t i = 0; i < N; ++i) gn[i] = groups_.group_of[i] + 1;
     pb.set_column("rlnGroupNumber", gn);
@@ -753,11 +704,11 @@ void Job::write_iteration(const Report& rep) {
     w.d(st_.x_l1_max);
     w.i(int64_t(st_.sigma2.size()));
     for (const auto& s : st_.sigma2) w.vd(s);
-    for (const auto* v : {&st_.group_scale, &st_.fraction, &st_.resolution, &st_.rot, &st_.tilt, &st_.psi, &st_.ox,
-                          &st_.oy, &st_.norm, &st_.pmax, &st_.loglik})
+    for (const auto* v : {&st_.group_scale, &st_.fraction, &st_.resolution, &st_.p.rot, &st_.p.tilt, &st_.p.psi, &st_.p.ox,
+                          &st_.p.oy, &st_.p.norm, &st_.p.pmax, &st_.p.loglik})
       w.vd(*v);
     w.vi(st_.cls);
-    w.vi(st_.nsig);
+    w.vi(st_.p.nsig_int());
     write_file_atomic(state, w.buf_);
   }
   star::Document doc;
@@ -844,13 +795,14 @@ void Job::read_checkpoint() {
   st_.x_l1_max = r.d();
   const size_t G = r.count();
   for (size_t g = 0; g < G; ++g) st_.sigma2.push_back(r.vd());
-  for (auto* v : {&st_.group_scale, &st_.fraction, &st_.resolution, &st_.rot, &st_.tilt, &st_.psi, &st_.ox, &st_.oy,
-                  &st_.norm, &st_.pmax, &st_.loglik})
+  for (auto* v : {&st_.group_scale, &st_.fraction, &st_.resolution, &st_.p.rot, &st_.p.tilt, &st_.p.psi, &st_.p.ox, &st_.p.oy,
+                  &st_.p.norm, &st_.p.pmax, &st_.p.loglik})
     *v = r.vd();
   st_.cls = r.vi();
-  st_.nsig = r.vi();
+  const std::vector<int> nsig = r.vi();
+  st_.p.nsig.assign(nsig.begin(), nsig.end());
   r.end();
-  if (st_.fraction.size() != size_t(opt_.classes) || st_.rot.size() != N || st_.cls.size() != N)
+  if (st_.fraction.size() != size_t(opt_.classes) || st_.p.rot.size() != N || st_.cls.size() != N)
     input_error("{}: inconsistent {} state ({} classes, {} particles)", path, job_, st_.fraction.size(), N);
   // The checkpoint's own files: the result when --iter asks for no further iteration.
   files_ = Class3DResult();
@@ -883,10 +835,10 @@ Class3DResult Job::run() {
   }
   if (!cont) input_star_ = std::filesystem::absolute(opt_.input).lexically_normal().string();
   setup();
-  if (cont && (st_.n != n_ || st_.rot.size() != table_.size() || st_.sigma2.size() != size_t(optics_) ||
+  if (cont && (st_.n != n_ || st_.p.rot.size() != table_.size() || st_.sigma2.size() != size_t(optics_) ||
                st_.group_scale.size() != groups_.names.size()))
     input_error("{}: the checkpoint (box {}, {} particles) does not match {}", opt_.continue_from, st_.n,
-                st_.rot.size(), input_star_);
+                st_.p.rot.size(), input_star_);
   if (!cont) initialise();  // reads the reference and every image: the last input checks, before any output
   const std::filesystem::path dir = std::filesystem::path(opt_.out_root).parent_path();
   if (!dir.empty()) std::filesystem::create_directories(dir);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <unordered_map>
 
 #include <fmt/format.h>
@@ -129,6 +130,84 @@ Groups particle_groups(const ParticleTable& table) {
     g.count[size_t(it->second)] += 1;
   }
   return g;
+}
+
+ParticleValues ParticleValues::from_table(const ParticleTable& table) {
+  const size_t N = table.size();
+  ParticleValues v;
+  v.assign(N);
+  v.rot = table.rot;
+  v.tilt = table.tilt;
+  v.psi = table.psi;
+  v.ox = table.origin_x;
+  v.oy = table.origin_y;
+  v.norm.assign(N, 1.0);
+  const star::Block& pb = table.particles_block();
+  const int c = pb.column("rlnNormCorrection");
+  if (c >= 0)
+    for (size_t i = 0; i < N; ++i) {
+      const double x = pb.number(i, c);
+      v.norm[i] = x > 0 && std::isfinite(x) ? x : 1.0;
+    }
+  return v;
+}
+
+std::vector<std::vector<double>*> ParticleValues::columns() {
+  return {&rot, &tilt, &psi, &ox, &oy, &norm, &pmax, &loglik, &nsig};
+}
+std::vector<const std::vector<double>*> ParticleValues::columns() const {
+  return {&rot, &tilt, &psi, &ox, &oy, &norm, &pmax, &loglik, &nsig};
+}
+
+void ParticleValues::assign(size_t n) {
+  for (auto* c : columns()) c->assign(n, 0.0);
+}
+
+void ParticleValues::copy(size_t i, const ParticleValues& from) {
+  auto to = columns();
+  auto src = from.columns();
+  for (size_t c = 0; c < to.size(); ++c) (*to[c])[i] = (*src[c])[i];
+}
+
+void ParticleValues::take(size_t i, const ParticleValues& prev, const estep::Search3DResult& res, double angpix) {
+  rot[i] = res.rot;
+  tilt[i] = res.tilt;
+  psi[i] = res.psi;
+  ox[i] = prev.ox[i] + res.trans[0] * angpix;
+  oy[i] = prev.oy[i] + res.trans[1] * angpix;
+  pmax[i] = res.max_posterior;
+  loglik[i] = res.log_likelihood;
+  nsig[i] = double(res.n_significant);
+}
+
+void ParticleValues::sum_over_ranks() {
+  if (!mpi::active()) return;
+  for (auto* c : columns()) mpi::allreduce_sum(c->data(), c->size());
+}
+
+double ParticleValues::average_norm() const {
+  return norm.empty() ? 1.0 : std::accumulate(norm.begin(), norm.end(), 0.0) / double(norm.size());
+}
+
+void ParticleValues::set_poses(ParticleTable& out) const {
+  out.rot = rot;
+  out.tilt = tilt;
+  out.psi = psi;
+  out.origin_x = ox;
+  out.origin_y = oy;
+}
+
+std::vector<int> ParticleValues::nsig_int() const {
+  std::vector<int> n(nsig.size());
+  for (size_t i = 0; i < n.size(); ++i) n[i] = int(std::lround(nsig[i]));
+  return n;
+}
+
+void ParticleValues::write_columns(star::Block& pb) const {
+  pb.set_column("rlnMaxValueProbDistribution", pmax);
+  pb.set_column("rlnNrOfSignificantSamples", nsig_int());
+  pb.set_column("rlnLogLikeliContribution", loglik);
+  pb.set_column("rlnNormCorrection", norm);
 }
 
 }  // namespace regula::ml3d

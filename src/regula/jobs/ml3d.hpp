@@ -83,6 +83,35 @@ void reduce_over_ranks(const std::vector<ExactSums*>& sums);
 // Pixels per shell 0..n/2 of the non-redundant half plane (kx > 0, or kx == 0 and ky > 0).
 std::vector<double> shell_pixel_counts(int n);
 
+// The per-particle values a 3D job carries from iteration to iteration and writes in its data.star:
+// pose (degrees), origin (Å), RELION's norm correction, and the last E-step's Pmax, log-likelihood
+// contribution and number of significant poses. All doubles, so that an iteration's new values can
+// be summed over MPI ranks (every particle is set on the one rank that searched it, 0 elsewhere).
+struct ParticleValues {
+  std::vector<double> rot, tilt, psi, ox, oy, norm, pmax, loglik, nsig;
+
+  // The input's poses and origins, rlnNormCorrection where present and positive (RELION keeps it),
+  // else 1; Pmax, log-likelihood and significant count 0.
+  static ParticleValues from_table(const ParticleTable& table);
+  std::vector<std::vector<double>*> columns();
+  std::vector<const std::vector<double>*> columns() const;
+  size_t size() const { return rot.size(); }
+  void assign(size_t n);                              // n particles, all values 0
+  void copy(size_t i, const ParticleValues& from);    // particle i's values from `from`
+  // Particle i after its E-step: the result's pose, the origin moved by its shift (px -> Å at
+  // `angpix`) from `prev`'s, its Pmax, log-likelihood and significant count (norm: left as is).
+  void take(size_t i, const ParticleValues& prev, const estep::Search3DResult& res, double angpix);
+  void sum_over_ranks();                             // MPI: every rank gets every particle's values
+  double average_norm() const;
+  // Into a particle table about to be written: poses and origins, and the columns
+  // rlnMaxValueProbDistribution, rlnNrOfSignificantSamples, rlnLogLikeliContribution and
+  // rlnNormCorrection (call before and after ParticleTable::sync as the table requires: sets the
+  // pose vectors, then `write_columns` the block's columns).
+  void set_poses(ParticleTable& out) const;
+  void write_columns(star::Block& particles) const;
+  std::vector<int> nsig_int() const;
+};
+
 // RELION's particle groups: by rlnGroupName when present, else by micrograph (rlnMicrographName),
 // else one group. group_of[i] is 0-based; names in order of first appearance.
 struct Groups {

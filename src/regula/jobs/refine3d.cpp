@@ -135,7 +135,7 @@ class Job {
   double shell_to_A(double s) const { return s > 0 ? n_ * angpix_ / s : 999.0; }
   bool cc_iteration() const { return opt_.firstiter_cc && st_.iteration == 0; }
   double fine_step() const { return healpix_angular_step(st_.order) / double(1 << opt_.oversampling); }
-  double norm_factor(size_t i) const { return opt_.norm && st_.norm[i] > 0 ? st_.avg_norm / st_.norm[i] : 1.0; }
+  double norm_factor(size_t i) const { return opt_.norm && st_.p.norm[i] > 0 ? st_.avg_norm / st_.p.norm[i] : 1.0; }
   double group_scale(int h, size_t i) const {
     return opt_.scale ? st_.group_scale[size_t(h) * groups_.names.size() + size_t(groups_.group_of[i])] : 1.0;
   }
@@ -168,7 +168,7 @@ class Job {
   std::unique_ptr<Progress> progress_;
   // New per-particle values of the iteration (filled by the owner of each particle; zeros elsewhere
   // until the MPI sum).
-  std::vector<double> new_rot_, new_tilt_, new_psi_, new_ox_, new_oy_, new_norm_, new_pmax_, new_loglik_, new_nsig_;
+  ml3d::ParticleValues next_;  // this iteration's new per-particle values
   // The final iteration.
   Volume final_map_;
   std::vector<double> final_fsc_;
@@ -255,27 +255,10 @@ void Job::initialise() {
   st_.offset_step = opt_.offset_step;
   st_.current_shells = std::clamp(shell_of(opt_.ini_high), 4, n_ / 2);
   st_.res_shell = st_.current_shells;
-  st_.rot = table_.rot;
-  st_.tilt = table_.tilt;
-  st_.psi = table_.psi;
-  st_.ox = table_.origin_x;
-  st_.oy = table_.origin_y;
-  // rlnNormCorrection of the input when present (RELION keeps it), else 1.
-  st_.norm.assign(N, 1.0);
-  {
-    const star::Block& pb = table_.particles_block();
-    const int c = pb.column("rlnNormCorrection");
-    if (c >= 0)
-      for (size_t i = 0; i < N; ++i) {
-        const double v = pb.number(i, c);
-        st_.norm[i] = v > 0 && std::isfinite(v) ? v : 1.0;
-      }
-    st_.avg_norm = std::accumulate(st_.norm.begin(), st_.norm.end(), 0.0) / double(N);
-  }
+  // Poses and origins of the input, its rlnNormCorrection when present (RELION keeps it), else 1.
+  st_.p = ml3d::ParticleValues::from_table(table_);
+  st_.avg_norm = st_.p.average_norm();
   st_.group_scale.assign(2 * groups_.names.size(), 1.0);
-  st_.pmax.assign(N, 0.0);
-  st_.loglik.assign(N, 0.0);
-  st_.nsig.assign(N, 0);
   // Random halves unless every particle has rlnRandomSubset 1 or 2.
   bool keep = std::all_of(table_.random_subset.begin(), table_.random_subset.end(), [](int s) { return s == 1 || s == 2; });
   st_.half.assign(N, 1);
@@ -366,7 +349,7 @@ void Job::estimate_accuracy() {
     }
     const double sc = group_scale(h, i);
     std::vector<float> a(2 * m), a2(m), b(2 * m), b2(m);
-    estep::project_orientation(*P[size_t(h)], px, {st_.rot[i], st_.tilt[i], st_.psi[i]}, a.data(), a2.data());
+    estep::project_orientation(*P[size_t(h)], px, {st_.p.rot[i], st_.p.tilt[i], st_.p.psi[i]}, a.data(), a2.data());
     auto rng = make_rng(opt_.seed, 0x414343, uint64_t(st_.iteration) * N + i);  // "ACC"
     for (int mode = 0; mode < 2; ++mode) {
       double err = 0, snr = 0;
@@ -381,7 +364,7 @@ void Job::estimate_accuracy() {
         const double u = uniform01(rng);
         snr = 0;
         if (mode == 0) {
-          Euler e{st_.rot[i], st_.tilt[i], st_.psi[i]};
+          Euler e{st_.p.rot[i], st_.p.tilt[i], st_.p.psi[i]};
           (u < 1.0 / 3 ? e.rot : u < 2.0 / 3 ? e.tilt : e.psi) += err;
           estep::project_orientation(*P[size_t(h)], px, e, b.data(), b2.data());
           for (size_t q = 0; q < m; ++q) {
@@ -438,15 +421,7 @@ void Job::update_sampling() {
 }
 
 void Job::keep_particle(size_t i) {
-  new_rot_[i] = st_.rot[i];
-  new_tilt_[i] = st_.tilt[i];
-  new_psi_[i] = st_.psi[i];
-  new_ox_[i] = st_.ox[i];
-  new_oy_[i] = st_.oy[i];
-  new_norm_[i] = st_.norm[i];
-  new_pmax_[i] = st_.pmax[i];
-  new_loglik_[i] = st_.loglik[i];
-  new_nsig_[i] = st_.nsig[i];
+  next_.copy(i, st_.p);
   progress_->advance(1);
 }
 
@@ -463,15 +438,15 @@ void Job::process_particle(size_t i, bool final, ParticleImages& images, estep::
   Image img = read_particle(images, i, &st_.sigma2[size_t(h)][size_t(g)]);
   std::optional<Ctf> ctf;
   if (opt_.ctf) ctf.emplace(particle_ctf_params(table_, i));
-  const double ox = st_.ox[i] / angpix_, oy = st_.oy[i] / angpix_;  // current offsets, px
+  const double ox = st_.p.ox[i] / angpix_, oy = st_.p.oy[i] / angpix_;  // current offsets, px
   estep::RotatableParticle x(img, ox, oy, ctf, angpix_);
   estep::Search3DInput in;
   in.x = &x;
   in.inv_sigma2 = inv_sigma2;
   in.scale = group_scale(h, i);
-  in.rot = st_.rot[i];
-  in.tilt = st_.tilt[i];
-  in.psi = st_.psi[i];
+  in.rot = st_.p.rot[i];
+  in.tilt = st_.p.tilt[i];
+  in.psi = st_.p.psi[i];
   in.ox_px = ox;
   in.oy_px = oy;
   ml3d::SliceRouter sink({bp_[size_t(h)].get()});
@@ -482,27 +457,20 @@ void Job::process_particle(size_t i, bool final, ParticleImages& images, estep::
     spdlog::warn("refine3d: particle {} has no finite likelihood; its pose is kept", i + 1);
     return;
   }
-  new_rot_[i] = res.rot;
-  new_tilt_[i] = res.tilt;
-  new_psi_[i] = res.psi;
-  new_ox_[i] = st_.ox[i] + res.trans[0] * angpix_;
-  new_oy_[i] = st_.oy[i] + res.trans[1] * angpix_;
-  new_pmax_[i] = res.max_posterior;
-  new_nsig_[i] = double(res.n_significant);
-  new_loglik_[i] = res.log_likelihood;
+  next_.take(i, st_.p, res, angpix_);
   const double total_d2 = ml3d::add_particle(sums.half[size_t(h)], res, x, g, int(grp), fine_counts_, all_counts_,
                                              px_fine_.r_max);
   sums.scalars[kOffset2].add(res.offset2);
   sums.scalars[kOffsetWeight].add(res.weight_sum);
-  if (opt_.norm && !cc) new_norm_[i] = ml3d::norm_correction(st_.norm[i], st_.avg_norm, total_d2, res.weight_sum, n_);
-  sums.scalars[kNormSum].add(new_norm_[i]);
+  if (opt_.norm && !cc) next_.norm[i] = ml3d::norm_correction(st_.p.norm[i], st_.avg_norm, total_d2, res.weight_sum, n_);
+  sums.scalars[kNormSum].add(next_.norm[i]);
   sums.scalars[kPmax].add(res.max_posterior);
   sums.scalars[kLoglik].add(res.log_likelihood);
   if (res.significance_bound) sums.scalars[kBound].add(1.0);
   // Changes of the best pose (RELION's hidden-variable changes), modulo the group.
   sums.scalars[kAngChange].add(symmetric_distance_deg(euler_to_matrix(res.rot, res.tilt, res.psi),
-                                                      euler_to_matrix(st_.rot[i], st_.tilt[i], st_.psi[i]), sym_));
-  const double dx = new_ox_[i] - st_.ox[i], dy = new_oy_[i] - st_.oy[i];
+                                                      euler_to_matrix(st_.p.rot[i], st_.p.tilt[i], st_.p.psi[i]), sym_));
+  const double dx = next_.ox[i] - st_.p.ox[i], dy = next_.oy[i] - st_.p.oy[i];
   sums.scalars[kOffChange2].add(dx * dx + dy * dy);
   sums.scalars[kChangeCount].add(1.0);
   (void)final;
@@ -591,8 +559,7 @@ IterationReport Job::iterate(bool final) {
     bp_[size_t(h)]->start_exact(4 * np * smax * inv_s2 * std::max(st_.x_l1_max, 1e-30) * max_norm * 4,
                                 4 * np * smax * smax * inv_s2);
   }
-  for (auto* v : {&new_rot_, &new_tilt_, &new_psi_, &new_ox_, &new_oy_, &new_norm_, &new_pmax_, &new_loglik_, &new_nsig_})
-    v->assign(N, 0.0);
+  next_.assign(N);
 
   const ml3d::Blocks blocks(N, kBlock);
   progress_ = std::make_unique<Progress>(
@@ -624,8 +591,7 @@ IterationReport Job::iterate(bool final) {
       mpi::allreduce_sum(e.data(), e.size());
     }
     ml3d::reduce_over_ranks(sums.all());
-    for (auto* v : {&new_rot_, &new_tilt_, &new_psi_, &new_ox_, &new_oy_, &new_norm_, &new_pmax_, &new_loglik_, &new_nsig_})
-      mpi::allreduce_sum(v->data(), v->size());
+    next_.sum_over_ranks();
   }
   for (int h = 0; h < 2; ++h) bp_[size_t(h)]->finish_exact();
   const std::vector<double> sc = sums.scalars.values();
@@ -719,15 +685,8 @@ IterationReport Job::iterate(bool final) {
   proj_[1].reset();
 
   // Pose bookkeeping.
-  st_.rot = new_rot_;
-  st_.tilt = new_tilt_;
-  st_.psi = new_psi_;
-  st_.ox = new_ox_;
-  st_.oy = new_oy_;
-  st_.pmax = new_pmax_;
-  st_.loglik = new_loglik_;
-  if (opt_.norm) st_.norm = new_norm_;
-  for (size_t i = 0; i < N; ++i) st_.nsig[i] = int(std::lround(new_nsig_[i]));
+  if (!opt_.norm) next_.norm = st_.p.norm;
+  st_.p = std::move(next_);
   st_.fsc = fsc;
   st_.average_pmax = rep.average_pmax;
   st_.iteration += 1;
@@ -805,8 +764,8 @@ refine3d_detail::Files Job::write_final(const IterationReport& rep) {
     refine3d_detail::write_model(final_files_.model, opt_, angpix_, st_, fr);
     refine3d_detail::data_table(table_, st_).write(final_files_.data);
     write_file_atomic(final_files_.bild,
-                      refine3d_detail::angular_distribution_bild(st_.rot, st_.tilt, n_, angpix_, radius_px_));
-    write_file_atomic(final_files_.png, refine3d_detail::angular_distribution_png(st_.rot, st_.tilt));
+                      refine3d_detail::angular_distribution_bild(st_.p.rot, st_.p.tilt, n_, angpix_, radius_px_));
+    write_file_atomic(final_files_.png, refine3d_detail::angular_distribution_png(st_.p.rot, st_.p.tilt));
   }
   spdlog::info("refine3d: final resolution {:.2f} Å (FSC 0.143 of the unfiltered half maps); wrote {}",
                final_resolution_, final_files_.map);
@@ -882,11 +841,11 @@ Refine3DResult Job::run() {
   res.last_iteration = st_.iteration;
   res.fsc = final_fsc_;
   res.resolution_A = final_resolution_;
-  res.rot = st_.rot;
-  res.tilt = st_.tilt;
-  res.psi = st_.psi;
-  res.origin_x = st_.ox;
-  res.origin_y = st_.oy;
+  res.rot = st_.p.rot;
+  res.tilt = st_.p.tilt;
+  res.psi = st_.p.psi;
+  res.origin_x = st_.p.ox;
+  res.origin_y = st_.p.oy;
   res.random_subset = st_.half;
   res.map = final_files_.map;
   res.half1_unfil = final_files_.half1;

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "regula/core/grid.hpp"
+#include "regula/jobs/ml3d.hpp"
 #include "regula/jobs/refine3d.hpp"
 #include "regula/model/particles.hpp"
 
@@ -33,10 +34,8 @@ struct State {
   double x_l1_max = 0;            // largest L1 norm of a particle image (bounds of the exact sums)
   std::vector<std::vector<std::vector<double>>> sigma2;  // [half][optics group][shell], |X|^2 per component
   std::vector<double> group_scale;                       // per group (RELION's scale correction)
-  std::vector<double> rot, tilt, psi, ox, oy, norm;      // per particle; offsets in Å
+  ml3d::ParticleValues p;                                 // per particle: poses, offsets in Å, norm...
   std::vector<int> half;                                  // 1 or 2
-  std::vector<double> pmax, loglik;
-  std::vector<int> nsig;
   std::vector<double> fsc;        // last gold-standard FSC per shell
   std::array<Volume, 2> maps;     // references of the next iteration
 };

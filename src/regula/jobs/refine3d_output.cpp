@@ -45,9 +45,9 @@ void write_state(const std::string& path, const State& st) {
     for (const auto& g : h) w.vd(g);
   }
   w.vd(st.group_scale);
-  for (const auto* v : {&st.rot, &st.tilt, &st.psi, &st.ox, &st.oy, &st.norm, &st.pmax, &st.loglik, &st.fsc}) w.vd(*v);
+  for (const auto* v : {&st.p.rot, &st.p.tilt, &st.p.psi, &st.p.ox, &st.p.oy, &st.p.norm, &st.p.pmax, &st.p.loglik, &st.fsc}) w.vd(*v);
   w.vi(st.half);
-  w.vi(st.nsig);
+  w.vi(st.p.nsig_int());
   write_file_atomic(path, w.buf_);
 }
 
@@ -70,14 +70,15 @@ void read_state(const std::string& path, State& st) {
     for (auto& g : h) g = r.vd();
   }
   st.group_scale = r.vd();
-  for (auto* v : {&st.rot, &st.tilt, &st.psi, &st.ox, &st.oy, &st.norm, &st.pmax, &st.loglik, &st.fsc}) *v = r.vd();
+  for (auto* v : {&st.p.rot, &st.p.tilt, &st.p.psi, &st.p.ox, &st.p.oy, &st.p.norm, &st.p.pmax, &st.p.loglik, &st.fsc}) *v = r.vd();
   st.half = r.vi();
-  st.nsig = r.vi();
+  const std::vector<int> nsig = r.vi();
+  st.p.nsig.assign(nsig.begin(), nsig.end());
   r.end();
-  const size_t N = st.rot.size();
-  for (const auto* v : {&st.tilt, &st.psi, &st.ox, &st.oy, &st.norm, &st.pmax, &st.loglik})
+  const size_t N = st.p.rot.size();
+  for (const auto* v : {&st.p.tilt, &st.p.psi, &st.p.ox, &st.p.oy, &st.p.norm, &st.p.pmax, &st.p.loglik})
     if (v->size() != N) input_error("{}: inconsistent per-particle vectors in the state file", path);
-  if (st.half.size() != N || st.nsig.size() != N) input_error("{}: inconsistent per-particle vectors", path);
+  if (st.half.size() != N || st.p.nsig.size() != N) input_error("{}: inconsistent per-particle vectors", path);
 }
 
 star::Block& pairs(star::Document& doc, const std::string& name) { return doc.add_block(name, false); }
@@ -97,21 +98,14 @@ Files iteration_files(const std::string& root, int it) {
 
 ParticleTable data_table(const ParticleTable& table, const State& st) {
   ParticleTable out = table;
-  out.rot = st.rot;
-  out.tilt = st.tilt;
-  out.psi = st.psi;
-  out.origin_x = st.ox;
-  out.origin_y = st.oy;
+  st.p.set_poses(out);
   out.random_subset = st.half;
   out.class_number.assign(table.size(), 1);
   out.sync();
   star::Block& pb = out.particles_block();
   pb.set_column("rlnRandomSubset", st.half);
   pb.set_column("rlnClassNumber", out.class_number);
-  pb.set_column("rlnMaxValueProbDistribution", st.pmax);
-  pb.set_column("rlnNrOfSignificantSamples", st.nsig);
-  pb.set_column("rlnLogLikeliContribution", st.loglik);
-  pb.set_column("rlnNormCorrection", st.norm);
+  st.p.write_columns(pb);
   const ml3d::Groups groups = ml3d::particle_groups(table);
   std::vector<int> gn(table.size());
   for (size_t i = 0; i < gn.size(); ++i) gn[i] = groups.group_of[i] + 1;
