@@ -75,6 +75,29 @@ TEST(ReadFile, MissingFileNamesThePath) {
 }
 
 // FFT against a direct DFT (double precision) on random data, odd and even sizes.
+// Against a brute-force definition: the smallest k >= m (even if asked) whose prime factors are all
+// in the allowed set.
+TEST(FFT, FriendlySizes) {
+  auto smooth = [](int k, int largest) {
+    for (int p = 2; p <= k; ++p)
+      while (k % p == 0) {
+        if (p > largest) return false;
+        k /= p;
+      }
+    return true;
+  };
+  for (int largest : {5, 7})
+    for (bool even : {false, true})
+      for (int m = -3; m <= 600; ++m) {
+        int k = std::max(m, even ? 2 : 1);
+        while ((even && k % 2) || !smooth(k, largest)) ++k;
+        ASSERT_EQ(regula::fft_friendly_size(m, even, largest), k) << m << " " << even << " " << largest;
+      }
+  EXPECT_EQ(regula::fft_friendly_size(97), 100);
+  EXPECT_EQ(regula::fft_friendly_size(99, true), 100);
+  EXPECT_EQ(regula::fft_friendly_size(13, false, 7), 14);
+}
+
 TEST(FFT, MatchesDirectDFT2D) {
   for (int n : {6, 7}) {
     Grid<float> img(n, n);

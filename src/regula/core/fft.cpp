@@ -312,4 +312,17 @@ void centre_origin(Grid<cfloat>& F, int nx, bool undo) {
   }
 }
 
+int fft_friendly_size(int m, bool even, int largest_prime) {
+  const int step = even ? 2 : 1;
+  int k = std::max(m, even ? 2 : 1);
+  if (even && k % 2) ++k;
+  for (;; k += step) {
+    int r = k;
+    for (int p : {2, 3, 5, 7})
+      if (p <= largest_prime)
+        while (r % p == 0) r /= p;
+    if (r == 1) return k;
+  }
+}
+
 }  // namespace regula

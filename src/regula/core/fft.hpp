@@ -113,4 +113,8 @@ inline int fft_freq(int i, int n) { return i <= n / 2 ? i : i - n; }
 // Index in FFT order for signed frequency f of an axis of length n.
 inline int fft_index(int f, int n) { return f >= 0 ? f : f + n; }
 
+// The smallest size >= m (and >= 1) whose prime factors are all at most `largest_prime` (5: FFTW's
+// fastest sizes; 7 allowed too), even when `even`.
+int fft_friendly_size(int m, bool even = false, int largest_prime = 5);
+
 }  // namespace regula

@@ -70,15 +70,6 @@ class BlobConvolution {
   std::vector<float> table_;
 };
 
-// Smallest size >= m whose only prime factors are 2, 3 and 5 (fast FFTs).
-int fft_friendly(int m) {
-  for (int k = std::max(m, 1);; ++k) {
-    int r = k;
-    for (int p : {2, 3, 5})
-      while (r % p == 0) r /= p;
-    if (r == 1) return k;
-  }
-}
 
 
 
@@ -616,8 +607,7 @@ Grid<float> BackProjector::reconstruct(const ReconstructOptions& opt) const {
   if (opt.iterative_gridding && opt.gridding_iterations > 0) {
     // Iterative gridding (see ReconstructOptions) on an FFT grid of size M large enough that the
     // blob does not couple the lattice edge with the opposite edge (as RELION's M_R).
-    int M = fft_friendly(2 * pad * rlim + int(std::ceil(2 * opt.blob_radius)));
-    while (M % 2) M = fft_friendly(M + 1);
+    const int M = fft_friendly_size(2 * pad * rlim + int(std::ceil(2 * opt.blob_radius)), true);
     BlobConvolution conv(M, dim, n_, pad, rlim, opt);
     // RELION's floor is 1e-6 in its weight units; relative to the mean weight it works for
     // weights in any units (e.g. CTF^2 / sigma2 with unnormalised FFTs).

@@ -18,16 +18,6 @@ namespace regula {
 
 namespace {
 
-// Smallest even size >= m whose only prime factors are 2, 3 and 5 (fast FFTW sizes).
-int fft_friendly(int m) {
-  for (int s = m + (m % 2);; s += 2) {
-    int r = s;
-    for (int p : {2, 3, 5})
-      while (r % p == 0) r /= p;
-    if (r == 1) return s;
-  }
-}
-
 // A value per shell 0..n/2 of the whole box from a curve per shell 0..m/2 of a window of side m:
 // linear interpolation at the same spatial frequency (shell i of n is shell i m / n of m).
 std::vector<double> resample_shells(const std::vector<double>& f, int m, int n) {
@@ -251,7 +241,7 @@ LocalResolutionResult local_resolution(const Grid<float>& h1, const Grid<float>&
   if (myrad <= 0)
     input_error("local resolution: the window radius {} Å ({} px) leaves no sampling points in a {} px box", mask_radius,
                 res.mask_radius_px, n);
-  res.window = opt.fsc_box > 0 ? opt.fsc_box : std::min(n, fft_friendly(2 * win.r2 + 2));
+  res.window = opt.fsc_box > 0 ? opt.fsc_box : std::min(n, fft_friendly_size(2 * win.r2 + 2, true));
   if (res.window < 2 * win.r2 + 2 && res.window != n)
     input_error("local resolution: a box of {} px for the local FSCs cannot hold the window (radius {} + {} px; "
                 "at least {} px, or the map's box {})", res.window, res.mask_radius_px, res.edge_px, 2 * win.r2 + 2, n);

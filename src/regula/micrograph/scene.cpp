@@ -11,14 +11,7 @@
 
 namespace regula {
 
-int good_fft_size(int n) {
-  for (int m = std::max(2, n + (n & 1));; m += 2) {
-    int r = m;
-    for (int p : {2, 3, 5, 7})
-      while (r % p == 0) r /= p;
-    if (r == 1) return m;
-  }
-}
+int good_fft_size(int n) { return fft_friendly_size(n, true, 7); }
 
 double interaction_constant(double kv) {
   const double e0 = 510.99895;  // electron rest energy, keV
