@@ -152,10 +152,10 @@ ParticleValues ParticleValues::from_table(const ParticleTable& table) {
   return v;
 }
 
-std::vector<std::vector<double>*> ParticleValues::columns() {
+std::array<std::vector<double>*, 9> ParticleValues::columns() {
   return {&rot, &tilt, &psi, &ox, &oy, &norm, &pmax, &loglik, &nsig};
 }
-std::vector<const std::vector<double>*> ParticleValues::columns() const {
+std::array<const std::vector<double>*, 9> ParticleValues::columns() const {
   return {&rot, &tilt, &psi, &ox, &oy, &norm, &pmax, &loglik, &nsig};
 }
 
@@ -164,8 +164,8 @@ void ParticleValues::assign(size_t n) {
 }
 
 void ParticleValues::copy(size_t i, const ParticleValues& from) {
-  auto to = columns();
-  auto src = from.columns();
+  const auto to = columns();
+  const auto src = from.columns();
   for (size_t c = 0; c < to.size(); ++c) (*to[c])[i] = (*src[c])[i];
 }
 

@@ -93,8 +93,8 @@ struct ParticleValues {
   // The input's poses and origins, rlnNormCorrection where present and positive (RELION keeps it),
   // else 1; Pmax, log-likelihood and significant count 0.
   static ParticleValues from_table(const ParticleTable& table);
-  std::vector<std::vector<double>*> columns();
-  std::vector<const std::vector<double>*> columns() const;
+  std::array<std::vector<double>*, 9> columns();  // no allocation: copy() runs once per particle
+  std::array<const std::vector<double>*, 9> columns() const;
   size_t size() const { return rot.size(); }
   void assign(size_t n);                              // n particles, all values 0
   void copy(size_t i, const ParticleValues& from);    // particle i's values from `from`
@@ -103,10 +103,9 @@ struct ParticleValues {
   void take(size_t i, const ParticleValues& prev, const estep::Search3DResult& res, double angpix);
   void sum_over_ranks();                             // MPI: every rank gets every particle's values
   double average_norm() const;
-  // Into a particle table about to be written: poses and origins, and the columns
-  // rlnMaxValueProbDistribution, rlnNrOfSignificantSamples, rlnLogLikeliContribution and
-  // rlnNormCorrection (call before and after ParticleTable::sync as the table requires: sets the
-  // pose vectors, then `write_columns` the block's columns).
+  // Into a particle table to be written: set_poses the pose and origin vectors (before
+  // ParticleTable::sync), write_columns the block's rlnMaxValueProbDistribution,
+  // rlnNrOfSignificantSamples, rlnLogLikeliContribution and rlnNormCorrection (after it).
   void set_poses(ParticleTable& out) const;
   void write_columns(star::Block& particles) const;
   std::vector<int> nsig_int() const;
