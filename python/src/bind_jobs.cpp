@@ -83,12 +83,13 @@ void bind_jobs(py::module_& m) {
         d["stack"] = r.stack;
         d["stack2"] = r.stack2;
         d["noise_sigma"] = r.noise_sigma;
+        d["map_scale"] = r.map_scale;
         d["signal_variance"] = r.signal_variance;
         return d;
       },
       "Simulated particles from one or two maps (jobs/simulate.hpp): out_dir/particles.mrcs, particles.star,\n"
       "truth.star, truth_map1.mrc.",
-      "dict(particles_star, truth_star, stack, stack2, noise_sigma, signal_variance)");
+      "dict(particles_star, truth_star, stack, stack2, noise_sigma, signal_variance, map_scale)");
 
   using P = PreprocessOptions;
   def_job<P>(

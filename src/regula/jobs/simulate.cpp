@@ -307,6 +307,7 @@ SimulateResult simulate(const SimulateOptions& opt) {
   const size_t batch = 256;
   Progress progress("simulate: particles", double(opt.n));
   std::vector<Image> images(batch);
+  std::vector<double> grey(N, 0.0);  // the factor that put each image on its grey scale
   for (size_t b0 = 0; b0 < N; b0 += batch) {
     size_t b1 = std::min(N, b0 + batch);
     pool.parallel_for(b0, b1, [&](size_t i, int) {
@@ -324,7 +325,8 @@ SimulateResult simulate(const SimulateOptions& opt) {
         img = from_fourier_centred(F, g.box);
       }
       const double bg = opt.bg_radius > 0 ? opt.bg_radius : 0.75 * (g.box / 2);
-      normalise_background(img, bg);
+      const BackgroundStats st = normalise_background(img, bg);
+      grey[i] = st.stddev > 0 ? 1.0 / st.stddev : 1.0;
       images[i - b0] = std::move(img);
     });
     for (size_t i = b0; i < b1; ++i) (group[i] == 2 ? *writer2 : writer).append(images[i - b0]);
@@ -332,7 +334,15 @@ SimulateResult simulate(const SimulateOptions& opt) {
     check_cancelled();  // SIGINT/SIGTERM: stop; the unfinished stack is removed
   }
 
-  // The ground-truth maps as projected (after --box), for FSC against results.
+  // The ground-truth maps as projected (after --box), for FSC against results, on the particles'
+  // grey scale (times the mean normalisation factor of optics group 1's images): a reference on the
+  // absolute grey scale, as a map refined from these particles would be.
+  double grey_sum = 0, grey_count = 0;
+  for (size_t i = 0; i < N; ++i)
+    if (group[i] == 1) grey_sum += grey[i], grey_count += 1;
+  res.map_scale = grey_count > 0 ? grey_sum / grey_count : 1.0;
+  for (float& v : map1) v = float(v * res.map_scale);
+  for (float& v : map2) v = float(v * res.map_scale);
   mrc::WriteOptions mo;
   mo.pixel_size = angpix;
   mrc::write((fs::path(opt.out_dir) / "truth_map1.mrc").string(), map1, mo);
@@ -342,10 +352,10 @@ SimulateResult simulate(const SimulateOptions& opt) {
   writer.commit();
   if (writer2) writer2->commit();
   progress.finish();
-  spdlog::info("simulate: {} particles of {} px at {} Å/px{}, SNR {}, noise sigma {:.4g}; wrote {}, {}, {}",
+  spdlog::info("simulate: {} particles of {} px at {} Å/px{}, SNR {}, noise sigma {:.4g}, truth map scale {:.4g}; wrote {}, {}, {}",
                opt.n, n, angpix,
                two_groups ? fmt::format(" (optics group 2: {} px at {} Å/px)", n2, angpix2) : std::string(),
-               opt.snr, sigma[0], res.stack, res.particles_star, res.truth_star);
+               opt.snr, sigma[0], res.map_scale, res.stack, res.particles_star, res.truth_star);
   return res;
 }
 

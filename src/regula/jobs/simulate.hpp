@@ -77,6 +77,7 @@ struct SimulateResult {
   std::string stack2;      // optics group 2's stack ("" without --og2_fraction)
   double noise_sigma = 0;  // before normalisation (optics group 1)
   double signal_variance = 0;
+  double map_scale = 1;    // truth maps = input map (after --box) times this: the particles' grey scale
 };
 
 SimulateResult simulate(const SimulateOptions& opt);
