@@ -1,6 +1,7 @@
 // M-step of 2D classification (mstep/class_average.hpp): the class average recovered from rotated
 // noiseless copies, the 2D insert_pixels path against insert(), the rotational correlation, and
-// the centre of mass.
+// the centre of mass. The first noise estimate (mstep/first_noise.hpp) against white noise of known
+// variance under a strong common signal.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -12,7 +13,10 @@
 #include "regula/core/error.hpp"
 #include "regula/imaging/backprojector.hpp"
 #include "regula/imaging/projector.hpp"
+#include "regula/core/random.hpp"
+#include "regula/core/parallel.hpp"
 #include "regula/mstep/class_average.hpp"
+#include "regula/mstep/first_noise.hpp"
 #include "regula/sampling/euler.hpp"
 #include "regula/sampling/healpix.hpp"
 
@@ -143,4 +147,49 @@ TEST(ClassAverage, CentreOfMassOfPositiveValues) {
   auto c1 = positive_centre_of_mass(moved, 22);
   EXPECT_NEAR(c1[0] - c0[0], 3, 0.05);
   EXPECT_NEAR(c1[1] - c0[1], -2, 0.05);
+}
+
+// Images = a common L (strong, low resolution) + white Gaussian noise of variance v per pixel, in
+// two groups of different v. The unnormalised FFT's noise has E|N(k)|^2 = n^2 v, so the noise
+// spectrum per complex component is n^2 v / 2 in every shell, whatever the signal. Each shell's
+// estimate averages M images x (>= 8 pixels x 2 components): relative standard deviation
+// <= 1/sqrt(2 M 8) = 2.5% for M = 100, so 12% is about 5 sigma; the bias (1 - 1/M) is 1%.
+// Without the subtraction of the average image's power the L's power (here over 100 times the
+// noise's at shell 1) would be counted as noise. Threads add images in any order: same bits.
+TEST(FirstNoiseEstimate, WhiteNoiseUnderACommonSignal) {
+  for (uint64_t seed : {1u, 2u, 3u}) {
+    const size_t M = 100;
+    const double v[2] = {1.0, 4.0};
+    std::vector<Image> imgs(2 * M);
+    for (size_t i = 0; i < imgs.size(); ++i) {
+      auto g = make_rng(seed, i);
+      imgs[i] = l_shape();
+      for (float& x : imgs[i]) x = float(30.0 * x + std::sqrt(v[i % 2]) * normal01(g));
+    }
+    std::vector<std::vector<double>> first;
+    for (int threads : {1, 2, 3}) {
+      FirstNoiseEstimate est(kN, 2);
+      ThreadPool pool(threads);
+      pool.parallel_for(0, imgs.size(), [&](size_t i, int) { est.add(i % 2, imgs[i]); });
+      EXPECT_EQ(est.count(0), M);
+      const auto s2 = est.sigma2();
+      if (first.empty()) {
+        first = s2;
+        for (size_t g = 0; g < 2; ++g) {
+          const double expect = double(kN) * kN * v[g] / 2;
+          EXPECT_EQ(s2[g][0], 0.0);
+          for (size_t s = 1; s < s2[g].size(); ++s)
+            EXPECT_NEAR(s2[g][s] / expect, 1.0, 0.12) << "seed " << seed << " group " << g << " shell " << s;
+        }
+        // The signal is strong: its power at shell 1 is far above the noise's.
+        Image l = l_shape();
+        for (float& x : l) x *= 30.0f;
+        EXPECT_GT(shell_power(l)[1], 100 * double(kN) * kN * v[1]);
+        // Without the subtraction (class2d's choice) the L's power counts as noise.
+        for (size_t g = 0; g < 2; ++g) EXPECT_GT(est.sigma2(1.0, false)[g][1], 50 * double(kN) * kN * v[g] / 2);
+      } else {
+        EXPECT_EQ(s2, first) << threads << " threads";
+      }
+    }
+  }
 }

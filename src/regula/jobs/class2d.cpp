@@ -29,6 +29,7 @@
 #include "regula/imaging/projector.hpp"
 #include "regula/jobs/class2d_detail.hpp"
 #include "regula/model/particles.hpp"
+#include "regula/mstep/first_noise.hpp"
 #include "regula/mstep/class_average.hpp"
 #include "regula/sampling/healpix.hpp"
 
@@ -165,9 +166,10 @@ class Job {
 
  private:
   void setup();
-  // `initial`: before the first noise spectrum (initialise); the power per shell is then the
-  // unmasked image's (as RELION's first sigma2 estimate without --zero_mask).
-  void load_batch(size_t first, size_t count, const FourierPixels& px, Batch& b, bool initial = false);
+  // `first_noise` (initialise): before the first noise spectrum; each image goes into that estimate,
+  // and the power per shell is the unmasked image's (as RELION's first sigma2 without --zero_mask).
+  void load_batch(size_t first, size_t count, const FourierPixels& px, Batch& b,
+                  mstep::FirstNoiseEstimate* first_noise = nullptr);
   void initialise();
   IterationReport iterate();
   IterationData prepare_iteration();
@@ -281,7 +283,9 @@ void Job::setup() {
   r_ini_ = std::clamp(int(std::lround(n_ * angpix_ / opt_.ini_high)), std::max(1, n_ / 8), n_ / 2 - 1);
 }
 
-void Job::load_batch(size_t first, size_t count, const FourierPixels& px, Batch& b, bool initial) {
+void Job::load_batch(size_t first, size_t count, const FourierPixels& px, Batch& b,
+                     mstep::FirstNoiseEstimate* first_noise) {
+  const bool initial = first_noise != nullptr;
   const size_t m = px.size(), hs = size_t(n_ / 2 + 1);
   b.first = first;
   b.count = count;
@@ -310,10 +314,12 @@ void Job::load_batch(size_t first, size_t count, const FourierPixels& px, Batch&
     };
     const bool power_unmasked = initial && !opt_.zero_mask;  // RELION's first sigma2 without --zero_mask
     if (power_unmasked) add_power(fourier_centred(img));
+    if (power_unmasked) first_noise->add(size_t(table_.optics_index[p]), img);
     // Solvent: zeros, or noise of the current spectrum (none yet in iteration 0: the mean).
     const ParticleSolvent solvent{opt_.zero_mask, initial ? nullptr : &st_.sigma2[size_t(table_.optics_index[p])],
                                   opt_.seed, p};
     apply_particle_mask(img, mask_radius_, opt_.mask_edge, at_particle, solvent);
+    if (initial && !power_unmasked) first_noise->add(size_t(table_.optics_index[p]), img);
     Grid<cfloat> F = fourier_centred(img);
     // Re-centre by the current origin, the centre of the translation search.
     if (ox != 0 || oy != 0) shift_phase(F, ox / angpix_, oy / angpix_, n_);
@@ -340,10 +346,10 @@ std::vector<cfloat> translation_phases(const std::vector<std::array<double, 2>>&
 }
 
 // Iteration 0: classes = CTF-corrected averages of random subsets, each particle with a random
-// psi (seeded per particle); sigma2 = half the mean power per shell of the particles.
+// psi (seeded per particle); sigma2 = half the mean power per shell of the particles
+// (mstep/first_noise.hpp without RELION's subtraction of the average image's power: docs/class2d.md).
 void Job::initialise() {
   const size_t N = table_.size(), K = size_t(opt_.classes), P = coarse_.psi.size(), J = K * P;
-  const size_t hs = size_t(n_ / 2 + 1);
   st_.origin_x = input_origin_x_;
   st_.origin_y = input_origin_y_;
   st_.sigma2_offset = opt_.offset_sigma * opt_.offset_sigma;
@@ -355,12 +361,12 @@ void Job::initialise() {
   std::vector<float> ones(m, 1.0f);
   std::vector<BackProjector> acc(K, mstep::class_accumulator(n_, r_ini_));
   estep::ReferenceSums sums;
-  std::vector<std::vector<double>> pw(size_t(groups_), std::vector<double>(hs, 0.0)), cnt = pw;
+  mstep::FirstNoiseEstimate noise(n_, size_t(groups_));
   Progress prog("initial classes", double(N));
   Batch b;
   for (size_t first = 0; first < N; first += size_t(opt_.batch_size)) {
     size_t count = std::min(size_t(opt_.batch_size), N - first);
-    load_batch(first, count, px, b, true);
+    load_batch(first, count, px, b, &noise);
     estep::SparseWeights sw;
     sw.n = count;
     sw.t = 1;
@@ -372,10 +378,6 @@ void Job::initialise() {
       size_t p = std::min(P - 1, size_t(uniform01(rng) * double(P)));
       sw.offset[i] = i;
       sw.entry.push_back({0, uint32_t(k * P + p), 1.0f});
-      for (size_t s = 0; s < hs; ++s) {
-        pw[b.group[i]][s] += b.power[i * hs + s];
-        cnt[b.group[i]][s] += all_counts_[s];
-      }
     }
     sw.offset[count] = count;
     add_class_sums(b.view(m, ones, false), tp, sw, {}, at_origin, px, sums, acc);
@@ -385,9 +387,7 @@ void Job::initialise() {
   st_.iteration = 0;
   st_.n = n_;
   st_.current_shells = r_ini_;
-  st_.sigma2.assign(size_t(groups_), std::vector<double>(hs, 0.0));
-  for (size_t g = 0; g < size_t(groups_); ++g)
-    for (size_t s = 0; s < hs; ++s) st_.sigma2[g][s] = cnt[g][s] > 0 ? pw[g][s] / (2 * cnt[g][s]) : 0.0;
+  st_.sigma2 = noise.sigma2(0.0, /*subtract_average=*/false);  // see docs/class2d.md
   // The prior for the random-subset averages: tau2 = power spectrum of the average of all
   // particles (each at its random psi), as RELION's initial tau2 from the average image.
   // Without it the CTF-corrected subset averages carry amplified noise near the CTF zeros, and

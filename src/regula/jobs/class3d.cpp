@@ -30,6 +30,7 @@
 #include "regula/jobs/class2d_detail.hpp"
 #include "regula/jobs/ml3d.hpp"
 #include "regula/jobs/state_io.hpp"
+#include "regula/mstep/first_noise.hpp"
 #include "regula/mstep/model_update.hpp"
 #include "regula/core/exact_sum.hpp"
 #include "regula/estep/search3d.hpp"
@@ -143,9 +144,8 @@ class Job {
   void keep_particle(size_t i);
   double norm_factor(size_t i) const { return opt_.norm && st_.p.norm[i] > 0 ? st_.avg_norm / st_.p.norm[i] : 1.0; }
   double group_scale(size_t i) const { return opt_.scale ? st_.group_scale[size_t(groups_.group_of[i])] : 1.0; }
-  // The particle times its norm correction factor, masked (about the box centre); the solvent zeros
-  // (--zero_mask) or noise of `noise_sigma2` (nullptr before there is an estimate: the mean outside
-  // the mask). `unmasked`: as read (the first noise estimate without --zero_mask, as RELION's).
+  // ml3d::read_particle with this job's mask, norm correction and the particle's current origin.
+  // `unmasked`: as read (the first noise estimate without --zero_mask, as RELION's).
   Image read_particle(ParticleImages& images, size_t i, const std::vector<double>* noise_sigma2,
                       bool unmasked = false) const;
   std::vector<double> tau2_of(const Volume& map) const;
@@ -237,16 +237,9 @@ void Job::setup() {
 
 Image Job::read_particle(ParticleImages& images, size_t i, const std::vector<double>* noise_sigma2,
                          bool unmasked) const {
-  Image img = images.read(i);
-  if (img.nx() != n_ || img.ny() != n_)
-    input_error("{}: image of particle {} is {}x{}, expected {}x{}", table_.where(i), i + 1, img.nx(), img.ny(), n_, n_);
-  const double f = norm_factor(i);
-  if (f != 1.0)
-    for (float& v : img) v = float(v * f);
-  if (unmasked) return img;
-  // About the box centre (class2d's mask follows the particle's origin, as RELION's; here not yet).
-  apply_particle_mask(img, radius_px_, opt_.mask_edge, {}, ParticleSolvent{opt_.zero_mask, noise_sigma2, opt_.seed, i});
-  return img;
+  const ml3d::ParticleMasking m{n_, radius_px_, opt_.mask_edge, opt_.zero_mask, opt_.seed};
+  return ml3d::read_particle(images, table_, i, m, norm_factor(i), {st_.p.ox[i] / angpix_, st_.p.oy[i] / angpix_},
+                             noise_sigma2, unmasked);
 }
 
 std::vector<double> Job::tau2_of(const Volume& map) const {
@@ -260,7 +253,7 @@ std::vector<double> Job::tau2_of(const Volume& map) const {
 }
 
 void Job::initialise() {
-  const size_t N = table_.size(), hs = size_t(n_ / 2 + 1);
+  const size_t N = table_.size();
   st_ = State();
   st_.n = n_;
   st_.current_shells = std::clamp(int(std::lround(n_ * angpix_ / opt_.ini_high)), 4, n_ / 2);
@@ -275,32 +268,22 @@ void Job::initialise() {
   low_pass(ref, opt_.ini_high, angpix_);
   if (opt_.flatten_solvent) apply_spherical_mask(ref, radius_px_, opt_.mask_edge, MaskFill::Zero);
   st_.maps.assign(size_t(K_), ref);
-  // Noise: half the mean power per shell and component of the masked particles, per optics group;
-  // and the largest L1 norm of an image (bounds of the back-projectors' exact sums).
+  // Noise: RELION's first estimate per optics group (mstep/first_noise.hpp); and the largest L1
+  // norm of an image (bounds of the back-projectors' exact sums).
   const size_t nchunk = (N + 63) / 64;
-  std::vector<ExactSums> pw(size_t(pool_.size()), ExactSums(size_t(optics_) * (hs + 1)));
+  mstep::FirstNoiseEstimate noise(n_, size_t(optics_));
   std::vector<double> l1max(nchunk, 0.0);
-  pool_.parallel_for(0, nchunk, [&](size_t c, int thread) {
+  pool_.parallel_for(0, nchunk, [&](size_t c, int) {
     ParticleImages images(table_, 4);
     for (size_t i = c * 64; i < std::min(N, (c + 1) * 64); ++i) {
       const Image img = read_particle(images, i, nullptr, !opt_.zero_mask);
       double l1 = 0;
       for (float v : img) l1 += std::abs(double(v));
       l1max[c] = std::max(l1max[c], l1);
-      estep::RotatableParticle x(img, 0, 0, std::nullopt, angpix_);
-      const size_t row = size_t(table_.optics_index[i]) * (hs + 1);
-      for (size_t s = 0; s < hs; ++s) pw[size_t(thread)][row + s].add(x.shell_power()[s]);
-      pw[size_t(thread)][row + hs].add(1.0);
+      noise.add(size_t(table_.optics_index[i]), img);
     }
   });
-  for (size_t t = 1; t < pw.size(); ++t) pw[0].merge(pw[t]);
-  const std::vector<double> tot = pw[0].values();
-  st_.sigma2.assign(size_t(optics_), std::vector<double>(hs, 0.0));
-  for (int g = 0; g < optics_; ++g) {
-    const size_t row = size_t(g) * (hs + 1);
-    for (size_t s = 1; s < hs; ++s)
-      st_.sigma2[size_t(g)][s] = tot[row + hs] > 0 && all_counts_[s] > 0 ? tot[row + s] / (2 * tot[row + hs] * all_counts_[s]) : 1.0;
-  }
+  st_.sigma2 = noise.sigma2();
   st_.x_l1_max = *std::max_element(l1max.begin(), l1max.end());
   st_.sigma2_offset = std::max(1.0, opt_.offset_range * opt_.offset_range / 4.0);
 }

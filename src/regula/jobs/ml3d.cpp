@@ -13,6 +13,21 @@
 
 namespace regula::ml3d {
 
+Image read_particle(ParticleImages& images, const ParticleTable& table, size_t i, const ParticleMasking& m,
+                    double norm_factor, std::array<double, 2> origin_px, const std::vector<double>* noise_sigma2,
+                    bool unmasked) {
+  Image img = images.read(i);
+  if (img.nx() != m.n || img.ny() != m.n)
+    input_error("{}: image of particle {} is {}x{}, expected {}x{}", table.where(i), i + 1, img.nx(), img.ny(), m.n,
+                m.n);
+  if (norm_factor != 1.0)
+    for (float& v : img) v = float(v * norm_factor);
+  if (unmasked) return img;
+  apply_particle_mask(img, m.radius_px, m.edge_px, MaskCentre{-origin_px[0], -origin_px[1]},
+                      ParticleSolvent{m.zero_mask, noise_sigma2, m.seed, i});
+  return img;
+}
+
 Volume read_reference(const std::string& path, double angpix, int n) {
   mrc::Header h;
   try {

@@ -13,6 +13,7 @@
 #include "regula/estep/search3d.hpp"
 #include "regula/model/particles.hpp"
 #include "regula/imaging/backprojector.hpp"
+#include "regula/imaging/mask.hpp"
 #include "regula/imaging/projector.hpp"
 #include "regula/io/mrc.hpp"
 #include "regula/sampling/euler.hpp"
@@ -25,6 +26,24 @@ namespace regula::ml3d {
 // reference pixel size is ..."); a header without one is taken at the particles' pixel size.
 // Input errors name the file and both values.
 Volume read_reference(const std::string& path, double angpix, int n);
+
+// How the 3D jobs mask a particle image: a soft circle of radius_px (edge edge_px) about the
+// particle's current position, the solvent zeros (zero_mask) or noise of the current spectrum drawn
+// from (seed, particle) (imaging/mask.hpp's apply_particle_mask).
+struct ParticleMasking {
+  int n = 0;
+  double radius_px = 0, edge_px = 0;
+  bool zero_mask = false;
+  uint64_t seed = 0;
+};
+// Particle i as the E-step sees it: read (an input error unless n x n), times `norm_factor`, and
+// unless `unmasked`, masked about the box centre moved by -origin (origin_px: the current
+// rlnOriginX/Y in pixels; the particle sits there, so an off-centre particle is not cut; as RELION,
+// which masks after undoing the current offset). noise_sigma2: the solvent's spectrum (nullptr
+// before there is one: the mean outside the mask).
+Image read_particle(ParticleImages& images, const ParticleTable& table, size_t i, const ParticleMasking& m,
+                    double norm_factor, std::array<double, 2> origin_px, const std::vector<double>* noise_sigma2,
+                    bool unmasked = false);
 
 // Routes the E-step's weighted slices of class c into back-projector c (nullptr: dropped).
 class SliceRouter : public estep::SliceSink {

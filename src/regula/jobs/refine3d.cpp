@@ -32,6 +32,7 @@
 #include "regula/jobs/ml3d.hpp"
 #include "regula/jobs/refine3d_detail.hpp"
 #include "regula/model/particles.hpp"
+#include "regula/mstep/first_noise.hpp"
 #include "regula/mstep/model_update.hpp"
 #include "regula/sampling/healpix.hpp"
 #include "regula/sampling/symmetry.hpp"
@@ -125,9 +126,8 @@ class Job {
   void process_particle(size_t i, bool final, ParticleImages& images, estep::Search3DWork& ws, ThreadSums& sums);
   // The previous values of particle i (kept when its search finds no finite likelihood).
   void keep_particle(size_t i);
-  // The particle masked about the box centre; the solvent zeros (--zero_mask) or noise of
-  // `noise_sigma2` (nullptr before there is an estimate: the mean outside the mask); multiplied by
-  // RELION's norm correction factor. `unmasked`: as read (the first noise estimate).
+  // ml3d::read_particle with this job's mask, norm correction and the particle's current origin.
+  // `unmasked`: as read (the first noise estimate without --zero_mask, as RELION's).
   Image read_particle(ParticleImages& images, size_t i, const std::vector<double>* noise_sigma2,
                       bool unmasked = false) const;
   int coarse_shells() const;
@@ -224,16 +224,9 @@ void Job::setup() {
 
 Image Job::read_particle(ParticleImages& images, size_t i, const std::vector<double>* noise_sigma2,
                          bool unmasked) const {
-  Image img = images.read(i);
-  if (img.nx() != n_ || img.ny() != n_)
-    input_error("{}: image of particle {} is {}x{}, expected {}x{}", table_.where(i), i + 1, img.nx(), img.ny(), n_, n_);
-  const double f = norm_factor(i);
-  if (f != 1.0)
-    for (float& v : img) v = float(v * f);
-  if (unmasked) return img;
-  // About the box centre (class2d's mask follows the particle's origin, as RELION's; here not yet).
-  apply_particle_mask(img, radius_px_, opt_.mask_edge, {}, ParticleSolvent{opt_.zero_mask, noise_sigma2, opt_.seed, i});
-  return img;
+  const ml3d::ParticleMasking m{n_, radius_px_, opt_.mask_edge, opt_.zero_mask, opt_.seed};
+  return ml3d::read_particle(images, table_, i, m, norm_factor(i), {st_.p.ox[i] / angpix_, st_.p.oy[i] / angpix_},
+                             noise_sigma2, unmasked);
 }
 
 void Job::mask_reference(Volume& map) const {
@@ -276,38 +269,28 @@ void Job::initialise() {
   low_pass(ref, opt_.ini_high, angpix_);
   mask_reference(ref);
   st_.maps = {ref, ref};
-  // Noise: half the mean power per shell and component, per half and optics group; and the largest
-  // L1 norm of an image (a bound of the back-projectors' exact sums).
-  const size_t hs = size_t(n_ / 2 + 1);
-  st_.sigma2.assign(2, std::vector<std::vector<double>>(size_t(optics_), std::vector<double>(hs, 0.0)));
+  // Noise: RELION's first estimate per half and optics group (mstep/first_noise.hpp); and the
+  // largest L1 norm of an image (a bound of the back-projectors' exact sums).
   const size_t nblocks = (N + 63) / 64;
-  std::vector<ExactSums> pw(size_t(pool_.size()), ExactSums(size_t(2 * optics_) * (hs + 1)));
+  mstep::FirstNoiseEstimate noise(n_, size_t(2 * optics_));
   std::vector<double> l1max(nblocks, 0.0);
   Progress prog("refine3d: noise spectra", double(N));
-  pool_.parallel_for(0, nblocks, [&](size_t c, int thread) {
+  pool_.parallel_for(0, nblocks, [&](size_t c, int) {
     ParticleImages images(table_, 4);
     for (size_t i = c * 64; i < std::min(N, (c + 1) * 64); ++i) {
       Image img = read_particle(images, i, nullptr, !opt_.zero_mask);
       double l1 = 0;
       for (float v : img) l1 += std::abs(double(v));
       l1max[c] = std::max(l1max[c], l1);
-      estep::RotatableParticle x(img, 0, 0, std::nullopt, angpix_);
-      const size_t row = size_t((st_.half[i] - 1) * optics_ + table_.optics_index[i]) * (hs + 1);
-      for (size_t s = 0; s < hs; ++s) pw[size_t(thread)][row + s].add(x.shell_power()[s]);
-      pw[size_t(thread)][row + hs].add(1.0);
+      noise.add(size_t((st_.half[i] - 1) * optics_ + table_.optics_index[i]), img);
     }
     prog.advance(double(std::min(N, (c + 1) * 64) - c * 64));
   });
   prog.finish();
-  for (size_t t = 1; t < pw.size(); ++t) pw[0].merge(pw[t]);
-  const std::vector<double> tot = pw[0].values();
+  const auto s2 = noise.sigma2();
+  st_.sigma2.assign(2, std::vector<std::vector<double>>(size_t(optics_)));
   for (int h = 0; h < 2; ++h)
-    for (int g = 0; g < optics_; ++g) {
-      const size_t row = size_t(h * optics_ + g) * (hs + 1);
-      for (size_t s = 1; s < hs; ++s)
-        st_.sigma2[size_t(h)][size_t(g)][s] =
-            tot[row + hs] > 0 && all_counts_[s] > 0 ? tot[row + s] / (2 * tot[row + hs] * all_counts_[s]) : 1.0;
-    }
+    for (int g = 0; g < optics_; ++g) st_.sigma2[size_t(h)][size_t(g)] = s2[size_t(h * optics_ + g)];
   st_.x_l1_max = *std::max_element(l1max.begin(), l1max.end());
   st_.sigma2_offset = std::max(1.0, opt_.offset_range * opt_.offset_range / 4.0);
 }
