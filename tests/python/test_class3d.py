@@ -56,3 +56,29 @@ def test_skip_align_keeps_the_poses(data, tmp_path):
     t = gemmi.cif.read(str(data / "sim/truth.star")).find_block("particles").find_loop("_rlnAngleRot")
     d = gemmi.cif.read(str(tmp_path / "run_it002_data.star")).find_block("particles").find_loop("_rlnAngleRot")
     assert [float(v) for v in t] == pytest.approx([float(v) for v in d])
+
+
+def test_solvent_mask_focuses_the_class_maps(data, tmp_path):
+    """--solvent_mask (focused classification): the class maps are multiplied by the mask instead of
+    the sphere of --flatten_solvent: zero where it is zero, the mask's name in optimiser.star (RELION's
+    rlnSolventMaskName) so that --continue keeps it. A mask of the wrong size is a clear error with no
+    output."""
+    n = 48
+    z, y, x = np.mgrid[0:n, 0:n, 0:n]
+    mask = (np.hypot(np.hypot(x - 30, y - 24), z - 24) < 10).astype(np.float32)  # off-centre ball
+    mrcfile.new(tmp_path / "mask.mrc", data=mask, overwrite=True).close()
+    args = [a for a in COMMON if a != "--flatten_solvent"]
+    args[args.index("--iter") + 1] = 2
+    run("class3d", "--i", data / "sim/particles.star", "--ref", data / "sim/truth_map1.mrc", "--o", tmp_path / "run",
+        "--j", 2, "--solvent_mask", tmp_path / "mask.mrc", *args)
+    for it in (0, 2):
+        for k in (1, 2):
+            m = mrcfile.read(tmp_path / f"run_it{it:03d}_class00{k}.mrc")
+            assert np.all(m[mask == 0] == 0) and np.abs(m[mask == 1]).max() > 0
+    o = gemmi.cif.read(str(tmp_path / "run_it002_optimiser.star")).find_block("optimiser_general")
+    assert o.find_value("_rlnSolventMaskName") == str(tmp_path / "mask.mrc")
+    mrcfile.new(tmp_path / "small.mrc", data=mask[:40, :40, :40].copy(), overwrite=True).close()
+    r = run("class3d", "--i", data / "sim/particles.star", "--ref", data / "sim/truth_map1.mrc", "--o",
+            tmp_path / "bad/run", "--solvent_mask", tmp_path / "small.mrc", *args, check=False)
+    assert r.returncode == 1 and "small.mrc: the solvent mask is 40x40x40, the particles are 48 px" in r.stderr
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())

@@ -22,6 +22,8 @@ void add_class3d(CLI::App& app) {
   s->add_option("--particle_diameter", opt->particle_diameter, "Diameter of the circular mask, Å");
   s->add_flag("--ctf", opt->ctf, "CTF-correct");
   s->add_flag("--flatten_solvent", opt->flatten_solvent, "Mask the class maps with a soft sphere");
+  s->add_option("--solvent_mask", opt->solvent_mask,
+                "Mask for the class maps (values in [0, 1]) instead of the sphere: focused classification");
   s->add_flag("--zero_mask", opt->zero_mask, "Fill the particles' solvent with zeros (else with noise of the noise model's spectrum, as RELION)");
   s->add_option("--healpix_order", opt->healpix_order, "Angular sampling (order 1 = 30 degrees, 2 = 15)")->capture_default_str();
   s->add_option("--offset_range", opt->offset_range, "Translation search range, pixels")->capture_default_str();

@@ -149,6 +149,7 @@ class Job {
   Image read_particle(ParticleImages& images, size_t i, const std::vector<double>* noise_sigma2,
                       bool unmasked = false) const;
   std::vector<double> tau2_of(const Volume& map) const;
+  void mask_reference(Volume& map) const;
   double shell_to_A(double s) const { return s > 0 ? n_ * angpix_ / s : 999.0; }
   void write_iteration(const Report& rep);
   void read_checkpoint();
@@ -166,6 +167,7 @@ class Job {
   ml3d::Groups groups_;
   std::vector<double> all_counts_, fine_counts_;
   double angpix_ = 0, radius_px_ = 0;
+  Volume solvent_mask_;  // --solvent_mask (empty: none)
   State st_;
   // Per iteration.
   int r_ = 0;
@@ -233,6 +235,16 @@ void Job::setup() {
   K_ = opt_.classes;
   const double r = opt_.particle_diameter > 0 ? opt_.particle_diameter / (2 * angpix_) : n_ / 2.0 - opt_.mask_edge;
   radius_px_ = std::clamp(r, 2.0, n_ / 2.0);
+  if (!opt_.solvent_mask.empty()) solvent_mask_ = ml3d::read_solvent_mask(opt_.solvent_mask, n_);
+}
+
+// --solvent_mask multiplies the maps, else --flatten_solvent applies the soft sphere (as refine3d).
+void Job::mask_reference(Volume& map) const {
+  if (!solvent_mask_.empty()) {
+    for (size_t i = 0; i < map.size(); ++i) map[i] *= solvent_mask_[i];
+  } else if (opt_.flatten_solvent) {
+    apply_spherical_mask(map, radius_px_, opt_.mask_edge, MaskFill::Zero);
+  }
 }
 
 Image Job::read_particle(ParticleImages& images, size_t i, const std::vector<double>* noise_sigma2,
@@ -266,7 +278,7 @@ void Job::initialise() {
   st_.resolution.assign(size_t(K_), opt_.ini_high);
   Volume ref = ml3d::read_reference(opt_.reference, angpix_, n_);
   low_pass(ref, opt_.ini_high, angpix_);
-  if (opt_.flatten_solvent) apply_spherical_mask(ref, radius_px_, opt_.mask_edge, MaskFill::Zero);
+  mask_reference(ref);
   st_.maps.assign(size_t(K_), ref);
   // Noise: RELION's first estimate per optics group (mstep/first_noise.hpp); and the largest L1
   // norm of an image (bounds of the back-projectors' exact sums).
@@ -528,7 +540,7 @@ Report Job::iterate() {
       rep.ssnr[k][s] = s <= size_t(r_) && !ro.tau2.empty() ? mw[s] * ro.tau2[s] * opt_.tau2_fudge : 0.0;
     rep.tau2[k] = ro.tau2;
     maps[k] = bp_[k]->reconstruct(ro);
-    if (opt_.flatten_solvent) apply_spherical_mask(maps[k], radius_px_, opt_.mask_edge, MaskFill::Zero);
+    mask_reference(maps[k]);
     bp_[k].reset();
   }
   bp_.clear();
@@ -709,6 +721,7 @@ void Job::write_iteration(const Report& rep) {
   o.set("rlnWidthMaskEdge", num(opt_.mask_edge));
   o.set("rlnDoZeroMask", opt_.zero_mask ? "1" : "0");
   o.set("rlnDoSolventFlattening", opt_.flatten_solvent ? "1" : "0");
+  o.set("rlnSolventMaskName", opt_.solvent_mask.empty() ? "None" : opt_.solvent_mask);
   o.set("rlnDoCorrectCtf", opt_.ctf ? "1" : "0");
   o.set("rlnDoCorrectNorm", opt_.norm ? "1" : "0");
   o.set("rlnInitialLowPassFilter", num(opt_.ini_high));
@@ -747,6 +760,7 @@ void Job::read_checkpoint() {
   opt_.mask_edge = get_d("rlnWidthMaskEdge");
   opt_.zero_mask = get_d("rlnDoZeroMask") != 0;
   opt_.flatten_solvent = get_d("rlnDoSolventFlattening") != 0;
+  if (o.has("rlnSolventMaskName") && get("rlnSolventMaskName") != "None") opt_.solvent_mask = get("rlnSolventMaskName");
   opt_.ctf = get_d("rlnDoCorrectCtf") != 0;
   opt_.norm = get_d("rlnDoCorrectNorm") != 0;
   opt_.ini_high = get_d("rlnInitialLowPassFilter");

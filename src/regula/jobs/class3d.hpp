@@ -28,6 +28,7 @@ struct Class3DOptions {
   double particle_diameter = 0;     // --particle_diameter, Å
   bool ctf = false;                 // --ctf
   bool flatten_solvent = false;     // --flatten_solvent
+  std::string solvent_mask;         // --solvent_mask: mask for the class maps (focused classification) instead of the sphere
   bool zero_mask = false;           // --zero_mask: particle solvent set to 0 (else noise of the noise spectrum, as RELION)
   int healpix_order = 2;            // --healpix_order (fixed: no auto-sampling in classification)
   double offset_range = 5;          // --offset_range, px

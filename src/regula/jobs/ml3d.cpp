@@ -28,6 +28,16 @@ Image read_particle(ParticleImages& images, const ParticleTable& table, size_t i
   return img;
 }
 
+Volume read_solvent_mask(const std::string& path, int n) {
+  Volume m = mrc::read(path);
+  if (m.nx() != n || m.ny() != n || m.nz() != n)
+    input_error("{}: the solvent mask is {}x{}x{}, the particles are {} px", path, m.nx(), m.ny(), m.nz(), n);
+  for (size_t i = 0; i < m.size(); ++i)
+    if (!(m[i] >= -1e-3f && m[i] <= 1.001f))
+      input_error("{}: mask values must be in [0, 1] (voxel {} is {})", path, i, m[i]);
+  return m;
+}
+
 Volume read_reference(const std::string& path, double angpix, int n) {
   mrc::Header h;
   try {

@@ -27,6 +27,10 @@ namespace regula::ml3d {
 // Input errors name the file and both values.
 Volume read_reference(const std::string& path, double angpix, int n);
 
+// --solvent_mask of a 3D job: an n^3 map of values in [0, 1] (input errors name the file and what is
+// wrong). The jobs multiply their references by it (instead of --flatten_solvent's sphere).
+Volume read_solvent_mask(const std::string& path, int n);
+
 // How the 3D jobs mask a particle image: a soft circle of radius_px (edge edge_px) about the
 // particle's current position, the solvent zeros (zero_mask) or noise of the current spectrum drawn
 // from (seed, particle) (imaging/mask.hpp's apply_particle_mask).

@@ -210,15 +210,7 @@ void Job::setup() {
   groups_ = ml3d::particle_groups(table_);
   const double r = opt_.particle_diameter > 0 ? opt_.particle_diameter / (2 * angpix_) : n_ / 2.0 - opt_.mask_edge;
   radius_px_ = std::clamp(r, 2.0, n_ / 2.0);
-  if (!opt_.solvent_mask.empty()) {
-    solvent_mask_ = mrc::read(opt_.solvent_mask);
-    if (solvent_mask_.nx() != n_ || solvent_mask_.ny() != n_ || solvent_mask_.nz() != n_)
-      input_error("{}: the solvent mask is {}x{}x{}, the particles are {} px", opt_.solvent_mask, solvent_mask_.nx(),
-                  solvent_mask_.ny(), solvent_mask_.nz(), n_);
-    for (size_t i = 0; i < solvent_mask_.size(); ++i)
-      if (!(solvent_mask_[i] >= -1e-3f && solvent_mask_[i] <= 1.001f))
-        input_error("{}: mask values must be in [0, 1] (voxel {} is {})", opt_.solvent_mask, i, solvent_mask_[i]);
-  }
+  if (!opt_.solvent_mask.empty()) solvent_mask_ = ml3d::read_solvent_mask(opt_.solvent_mask, n_);
   all_counts_ = ml3d::shell_pixel_counts(n_);
 }
 
