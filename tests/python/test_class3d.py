@@ -67,9 +67,9 @@ def test_solvent_mask_focuses_the_class_maps(data, tmp_path):
     z, y, x = np.mgrid[0:n, 0:n, 0:n]
     mask = (np.hypot(np.hypot(x - 30, y - 24), z - 24) < 10).astype(np.float32)  # off-centre ball
     mrcfile.new(tmp_path / "mask.mrc", data=mask, overwrite=True).close()
-    args = [a for a in COMMON if a != "--flatten_solvent"]
-    args[args.index("--iter") + 1] = 2
-    run("class3d", "--i", data / "sim/particles.star", "--ref", data / "sim/truth_map1.mrc", "--o", tmp_path / "run",
+    # As RELION's focused classification: at the input poses (--skip_align), here the true ones.
+    args = ["--K", 2, "--iter", 2, "--ctf", "--skip_align", "--ini_high", 40]
+    run("class3d", "--i", data / "sim/truth.star", "--ref", data / "sim/truth_map1.mrc", "--o", tmp_path / "run",
         "--j", 2, "--solvent_mask", tmp_path / "mask.mrc", *args)
     for it in (0, 2):
         for k in (1, 2):
@@ -78,7 +78,7 @@ def test_solvent_mask_focuses_the_class_maps(data, tmp_path):
     o = gemmi.cif.read(str(tmp_path / "run_it002_optimiser.star")).find_block("optimiser_general")
     assert o.find_value("_rlnSolventMaskName") == str(tmp_path / "mask.mrc")
     mrcfile.new(tmp_path / "small.mrc", data=mask[:40, :40, :40].copy(), overwrite=True).close()
-    r = run("class3d", "--i", data / "sim/particles.star", "--ref", data / "sim/truth_map1.mrc", "--o",
+    r = run("class3d", "--i", data / "sim/truth.star", "--ref", data / "sim/truth_map1.mrc", "--o",
             tmp_path / "bad/run", "--solvent_mask", tmp_path / "small.mrc", *args, check=False)
     assert r.returncode == 1 and "small.mrc: the solvent mask is 40x40x40, the particles are 48 px" in r.stderr
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
