@@ -6,6 +6,7 @@
 #include <cmath>
 #include <vector>
 
+#include "regula/core/fft.hpp"
 #include "regula/core/random.hpp"
 #include "regula/estep/pose_search.hpp"
 #include "regula/estep/scores.hpp"
@@ -42,6 +43,14 @@ double direct_score(const estep::RotatableParticle& x, const estep::SearchPixels
   return sum;
 }
 
+// The image model of a particle of box n at 4 Å/px (CTF only).
+OpticsGroupModel plain_group(int n) {
+  OpticsGroupModel g;
+  g.box = n;
+  g.pixel_size = 4.0;
+  return g;
+}
+
 }  // namespace
 
 TEST(PoseSearch, ScoresMatchTheDirectParticleFrameScores) {
@@ -55,7 +64,8 @@ TEST(PoseSearch, ScoresMatchTheDirectParticleFrameScores) {
   apply_spherical_mask(img, 20, 3, MaskFill::BackgroundMean);
   CtfParams cp;
   cp.defocus_u = cp.defocus_v = 15000;
-  estep::RotatableParticle x(img, 0, 0, Ctf(cp), 4.0);
+  const OpticsGroupModel group = plain_group(n);
+  estep::RotatableParticle x(img, 0, 0, ParticleOptics(group, cp));
   const estep::SearchPixels px = estep::search_pixels(n, 14);
   std::vector<float> w(size_t(n / 2 + 1), 0.0f);
   for (size_t s = 1; s < w.size(); ++s) w[s] = float(1.0 / (1.0 + 0.1 * double(s)));
@@ -107,7 +117,8 @@ TEST(PoseSearch, DirectSearchEqualsTheParticleFrameScores) {
   cp.defocus_u = 14000;
   cp.defocus_v = 16000;
   cp.defocus_angle = 30;
-  estep::RotatableParticle x(img, 0, 0, Ctf(cp), 4.0);
+  const OpticsGroupModel group = plain_group(n);
+  estep::RotatableParticle x(img, 0, 0, ParticleOptics(group, cp));
   const estep::SearchPixels px = estep::search_pixels(n, 14);
   std::vector<float> w(size_t(n / 2 + 1), 0.0f);
   for (size_t s = 1; s < w.size(); ++s) w[s] = float(1.0 / (1.0 + 0.1 * double(s)));
@@ -136,7 +147,7 @@ TEST(PoseSearch, FindsTheTruePoseOfANoiseFreeProjection) {
   const double rot = -50, tilt = 70, psi = 120, dx = 2, dy = -1;
   // Particle = projection moved by -origin: origin (dx, dy) -> content moved by (-dx, -dy).
   Image img = proj.project_real(euler_to_matrix(rot, tilt, psi), -dx, -dy);
-  estep::RotatableParticle x(img, 0, 0, std::nullopt, 4.0);
+  estep::RotatableParticle x(img, 0, 0, std::nullopt);
   const estep::SearchPixels px = estep::search_pixels(n, 16);
   std::vector<float> w(size_t(n / 2 + 1), 1e-3f);
   estep::PoseSet ps;
@@ -185,7 +196,7 @@ TEST(PoseSearch, WeightedSumsBackProjectToTheMap) {
     const double rot = 360 * uniform01(rng) - 180, tilt = rad2deg(std::acos(2 * uniform01(rng) - 1)),
                  psi = 360 * uniform01(rng) - 180;
     Image img = proj.project_real(euler_to_matrix(rot, tilt, psi));
-    estep::RotatableParticle x(img, 0, 0, std::nullopt, 4.0);
+    estep::RotatableParticle x(img, 0, 0, std::nullopt);
     estep::PoseSet ps;
     ps.psi = {psi};
     ps.trans = {{0, 0}};
@@ -202,4 +213,103 @@ TEST(PoseSearch, WeightedSumsBackProjectToTheMap) {
   Volume rec = bp.reconstruct(ro);
   std::vector<double> f = fsc(rec, map);
   for (int s = 1; s <= 12; ++s) EXPECT_GT(f[size_t(s)], 0.9) << "shell " << s;
+}
+
+// The particle's image model (imaging/optics_model.hpp): a beam-tilted image is corrected once by
+// exp(-i phi) (RELION's demodulatePhase), so the particle's transform is that of the image without
+// the tilt, both on the grid and interpolated (analytic: the phase is applied here in Fourier space).
+TEST(PoseSearch, ParticleRemovesTheAberrationPhase) {
+  const int n = 48;
+  Image img(n, n);
+  auto rng = make_rng(5, 2);
+  for (auto& v : img) v = float(normal01(rng));
+  {  // band-limited below Nyquist: at the Nyquist row and column an odd phase has no real image
+    Grid<cfloat> G = fourier_centred(img);
+    for (int y = 0; y < n; ++y)
+      for (int kx = 0; kx <= n / 2; ++kx) {
+        const int ky = fft_freq(y, n);
+        if (kx * kx + ky * ky > (n / 2 - 2) * (n / 2 - 2)) G(kx, y) = 0;
+      }
+    img = from_fourier_centred(G, n);
+  }
+  OpticsGroupModel tilted = plain_group(n);
+  tilted.pixel_size = 1.2;
+  // 3 mrad along x at 300 kV, Cs 2.7 mm: up to about 6 rad at Nyquist (2.4 Å).
+  const double a = -2 * kPi * 2.7e7 * std::pow(electron_wavelength(300), 2) * 1e-3 / 3;
+  tilted.odd = {0.0, 2 * a * 3.0, 0.0, 0.0, a * 3.0, 0.0};
+  ASSERT_TRUE(tilted.has_phase());
+  Grid<cfloat> F = fourier_centred(img);
+  tilted.modulate(F);  // the tilted image
+  const Image observed = from_fourier_centred(F, n);
+  CtfParams cp;
+  cp.defocus_u = cp.defocus_v = 12000;
+  const estep::RotatableParticle x(observed, 0, 0, ParticleOptics(tilted, cp));
+  const estep::RotatableParticle plain(img, 0, 0, std::nullopt);
+  double max_phase = 0, err = 0, ref = 0, err_i = 0, ref_i = 0;
+  for (int ky = -n / 2; ky < n / 2; ++ky)
+    for (int kx = 0; kx <= n / 2; ++kx) {
+      const auto f = tilted.frequency(kx, ky);
+      max_phase = std::max(max_phase, std::abs(tilted.phase_at(f[0], f[1])));
+      err += std::norm(x.on_grid(kx, ky) - plain.on_grid(kx, ky));
+      ref += std::norm(plain.on_grid(kx, ky));
+      if (kx * kx + ky * ky < (n / 2 - 2) * (n / 2 - 2)) {  // interpolated, away from the edge
+        err_i += std::norm(x.value(kx + 0.5, ky + 0.25) - plain.value(kx + 0.5, ky + 0.25));
+        ref_i += std::norm(plain.value(kx + 0.5, ky + 0.25));
+      }
+    }
+  EXPECT_GT(max_phase, 3.0);                    // the phase is large, so the check can fail
+  EXPECT_LT(std::sqrt(err / ref), 1e-5);        // float round-off of two transforms
+  EXPECT_LT(std::sqrt(err_i / ref_i), 1e-5);
+  // Uncorrected, the same transform differs at the level of the phase.
+  OpticsGroupModel untilted = tilted;
+  untilted.odd.clear();
+  const estep::RotatableParticle wrong(observed, 0, 0, ParticleOptics(untilted, cp));
+  double err_w = 0;
+  for (int ky = -n / 2; ky < n / 2; ++ky)
+    for (int kx = 0; kx <= n / 2; ++kx) err_w += std::norm(wrong.on_grid(kx, ky) - plain.on_grid(kx, ky));
+  EXPECT_GT(std::sqrt(err_w / ref), 0.3);
+}
+
+// CTF-premultiplied data (RELION's ctf_premultiplied): the likelihood's factor is CTF^2, and the
+// back-projected rows are data s w X with weight s^2 CTF^2 w (RELION's storeWeightedSums), not the
+// scoring rows s CTF^2 w X and s^2 CTF^4 w; phase-flipped data: |CTF| in both, weight CTF^2.
+TEST(PoseSearch, PremultipliedAndPhaseFlippedFactors) {
+  const int n = 32;
+  Image img(n, n);
+  auto rng = make_rng(6, 2);
+  for (auto& v : img) v = float(normal01(rng));
+  CtfParams cp;
+  cp.defocus_u = 9000;
+  cp.defocus_v = 11000;
+  cp.defocus_angle = 20;
+  OpticsGroupModel normal = plain_group(n), pre = plain_group(n), flip = plain_group(n);
+  pre.premultiplied = true;
+  flip.phase_flipped = true;
+  const ParticleOptics po(normal, cp);
+  const estep::RotatableParticle xn(img, 0, 0, po), xp(img, 0, 0, ParticleOptics(pre, cp)),
+      xf(img, 0, 0, ParticleOptics(flip, cp));
+  const estep::SearchPixels px = estep::search_pixels(n, 14);
+  const std::vector<float> w(size_t(n / 2 + 1), 0.5f);
+  const std::vector<std::array<double, 2>> trans{{0.0, 0.0}};
+  const float s = 1.3f;
+  estep::SearchWork score, sums, fl;
+  estep::prepare_direct(xp, px, w, s, trans, score);
+  estep::prepare_direct(xp, px, w, s, trans, sums, true);
+  estep::prepare_direct(xf, px, w, s, trans, fl, true);
+  int negative = 0;
+  for (size_t q = 0; q < px.size(); ++q) {
+    const double c = po.ctf_value(px.kx[q], px.ky[q]);
+    negative += c < 0;
+    const std::complex<double> X(xn.on_grid(int(px.kx[q]), int(px.ky[q])));
+    auto row = [&](const estep::SearchWork& wk) { return std::complex<double>(wk.q[2 * q], wk.q[2 * q + 1]); };
+    const double tol = 1e-5 * (std::abs(X) + 1);
+    EXPECT_NEAR(xp.ctf(px.kx[q], px.ky[q]), c * c, 1e-6);
+    EXPECT_NEAR(std::abs(row(score) - s * c * c * 0.5 * X), 0.0, tol);
+    EXPECT_NEAR(score.b[q], s * s * c * c * c * c * 0.5, 1e-5);
+    EXPECT_NEAR(std::abs(row(sums) - s * 0.5 * X), 0.0, tol);
+    EXPECT_NEAR(sums.b[q], s * s * c * c * 0.5, 1e-5);
+    EXPECT_NEAR(std::abs(row(fl) - s * std::abs(c) * 0.5 * X), 0.0, tol);
+    EXPECT_NEAR(fl.b[q], s * s * c * c * 0.5, 1e-5);
+  }
+  EXPECT_GT(negative, 50);  // the CTF changes sign, so |CTF| and CTF differ
 }

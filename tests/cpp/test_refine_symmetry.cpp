@@ -67,7 +67,7 @@ struct Fixture {
     const double sigma = std::sqrt(var / double(img.size()) / 0.5);
     auto rng = make_rng(17, 3);
     for (auto& v : img) v += float(sigma * normal01(rng));
-    estep::RotatableParticle x(img, 0, 0, std::nullopt, 4.0);
+    estep::RotatableParticle x(img, 0, 0, std::nullopt);
     // White noise: the same variance n^2 sigma^2 for every Fourier component (unnormalised FFT).
     std::vector<float> inv_sigma2(size_t(n / 2 + 1), float(1.0 / (double(n) * n * sigma * sigma)));
     inv_sigma2[0] = 0;

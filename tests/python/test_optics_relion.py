@@ -17,7 +17,7 @@
    fail); and `regula reconstruct` of them must equal relion_reconstruct's map.
 3. Labels that are not modelled: an unknown label that would change the image model (a made-up
    rlnCtfSomething, ...) is reported, naming the label and the file; labels that do not change the
-   image are accepted; refine3d, class3d and class2d refuse the optics they do not model yet.
+   image are accepted. (The engines' own optics: test_optics_engines.py.)
 
 About 60 s on 2 cores (box 64, 500 particles per case).
 """
@@ -309,24 +309,3 @@ def test_labels_without_effect_are_accepted(rec_work):
                  "rlnCtfFigureOfMerit": 0.2, "rlnAngleTiltPrior": 90, "rlnOriginXPriorAngst": 0,
                  "rlnNormCorrection": 1, "rlnHelicalTubeID": 1, "cryosparcBlob": "x"})
     run([regula_binary(), "reconstruct", "--i", d / "benign.star", "--o", d / "x.mrc", "--ctf"], rec_work)
-
-
-@pytest.mark.parametrize("command", ["refine3d", "class3d", "class2d", "initial_model"])
-def test_engines_refuse_optics_they_do_not_model(rec_work, command):
-    """refine3d, class3d, class2d and initial_model stop with one line naming the label, the file and
-    the command when the particles have optics they do not model yet (here: beam tilt), instead of
-    ignoring it, and leave no output."""
-    d = rec_work / "refuse"
-    if not (d / "truth.star").exists():
-        run([regula_binary(), "simulate", "--i", MAP65, "--o", d, *sim_args(20), "--beamtilt_x", 0.5], rec_work)
-    fast = ["--iter", 1, "--offset_range", 1, "--offset_step", 1, "--ctf"]
-    args = {"refine3d": ["--ref", d / "truth_map1.mrc", "--healpix_order", 0, "--offset_range", 1, "--offset_step", 1,
-                         "--ctf"],
-            "class3d": ["--ref", d / "truth_map1.mrc", "--K", 1, "--healpix_order", 0, *fast],
-            "class2d": ["--K", 2, *fast],
-            "initial_model": ["--iter", 1, "--ctf"]}[command]
-    (d / command).mkdir(exist_ok=True)
-    r = run([regula_binary(), command, "--i", d / "particles.star", "--o", d / command / "run", *args], rec_work,
-            ok=False)
-    one_line_error(r, "_rlnBeamTiltX", str(d / "particles.star"), f"not yet supported by {command}")
-    assert not list((d / command).iterdir())

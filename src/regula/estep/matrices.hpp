@@ -11,14 +11,18 @@
 namespace regula::estep::detail {
 
 // The T rows (t = 0..T-1, m complex values each) of particle i of the matrix
-// a(i,t,k) = s_i C_i(k) w_i(k) X_i(k) phase_t(k), written to dst[t*m + k].
-void shifted_weighted_rows(const ParticleBatch& pb, const TranslationPhases& tp, size_t i, cfloat* dst);
+// a(i,t,k) = s_i C_i(k) w_i(k) X_i(k) phase_t(k), written to dst[t*m + k]. `for_sums`: the rows of
+// the reference sums, which for a CTF-premultiplied particle have no C (data X, as RELION).
+void shifted_weighted_rows(const ParticleBatch& pb, const TranslationPhases& tp, size_t i, cfloat* dst,
+                           bool for_sums = false);
 
 // One of those rows: translation t only, written to dst[k].
-void shifted_weighted_row(const ParticleBatch& pb, const TranslationPhases& tp, size_t i, size_t t, cfloat* dst);
+void shifted_weighted_row(const ParticleBatch& pb, const TranslationPhases& tp, size_t i, size_t t, cfloat* dst,
+                          bool for_sums = false);
 
-// Row i of c2w(i,k) = s_i^2 C_i(k)^2 w_i(k), written to dst[k].
-void ctf2_weight_row(const ParticleBatch& pb, size_t i, float* dst);
+// Row i of c2w(i,k) = s_i^2 C_i(k)^2 w_i(k), written to dst[k]. `for_sums`: the weight of the
+// reference sums, s_i^2 C_i(k) w_i(k) for a CTF-premultiplied particle (C = CTF^2: weight CTF^2).
+void ctf2_weight_row(const ParticleBatch& pb, size_t i, float* dst, bool for_sums = false);
 
 // |P_j(k)|^2, j*m.
 std::vector<float> reference_power(const ReferenceSlices& refs);

@@ -29,10 +29,21 @@ SearchPixels search_pixels(int n, int r_max) {
   return px;
 }
 
-RotatableParticle::RotatableParticle(const Image& img, double dx_px, double dy_px, std::optional<Ctf> ctf,
-                                     double angpix)
-    : n_(img.nx()), angpix_(angpix), ctf_(std::move(ctf)) {
+RotatableParticle::RotatableParticle(const Image& in, double dx_px, double dy_px, std::optional<ParticleOptics> optics)
+    : n_(in.nx()), optics_(std::move(optics)) {
   const int n = n_, N2 = kPad * n;
+  if (optics_ && optics_->group().box != n)
+    runtime_error("RotatableParticle: a {} px image with the model of optics group {} ({} px)", n,
+                  optics_->group().number, optics_->group().box);
+  // The aberration phase is removed from the masked image's own transform (RELION's order); the
+  // padded transform below is then that of the corrected image.
+  Image corrected;
+  if (optics_ && optics_->group().has_phase()) {
+    G_ = fourier_centred(in);
+    optics_->group().demodulate(G_);
+    corrected = from_fourier_centred(G_, n);
+  }
+  const Image& img = corrected.empty() ? in : corrected;
   Image big(N2, N2);
   const int off = N2 / 2 - n / 2;  // the image centre n/2 goes to the padded centre
   // Bilinear interpolation of the padded transform multiplies the image by the transform of the
@@ -48,7 +59,7 @@ RotatableParticle::RotatableParticle(const Image& img, double dx_px, double dy_p
   F_ = fourier_centred(big);
   if (dx_px != 0 || dy_px != 0) shift_phase(F_, dx_px, dy_px, N2);
   // On-grid values (residuals, power spectrum) from the plain transform.
-  G_ = fourier_centred(img);
+  if (corrected.empty()) G_ = fourier_centred(img);
   if (dx_px != 0 || dy_px != 0) shift_phase(G_, dx_px, dy_px, n);
   power_.assign(size_t(n / 2 + 1), 0.0);
   const int h = n / 2;
@@ -89,9 +100,7 @@ cfloat RotatableParticle::on_grid(int kx, int ky) const {
 }
 
 float RotatableParticle::ctf(double kx, double ky) const {
-  if (!ctf_) return 1.0f;
-  const double f = 1.0 / (n_ * angpix_);
-  return float(ctf_->value(kx * f, ky * f));
+  return optics_ ? optics_->predicted(float(optics_->ctf_value(kx, ky))) : 1.0f;
 }
 
 void project_orientation(const Projector& proj, const SearchPixels& px, const Euler& angle, float* s, float* s2) {
@@ -283,17 +292,21 @@ void search_poses(const RotatableParticle& x, const SearchPixels& px, std::span<
 
 // Q_t(k) = s C w X phase_t and B(k) = s^2 C^2 w on the particle's own grid (search_direct).
 void prepare_direct(const RotatableParticle& x, const SearchPixels& px, std::span<const float> inv_sigma2, float scale,
-                    std::span<const std::array<double, 2>> trans, SearchWork& w) {
+                    std::span<const std::array<double, 2>> trans, SearchWork& w, bool for_sums) {
   const size_t m = px.size(), T = trans.size();
   const int n = px.n, r = px.r_max;
+  const bool pre = for_sums && x.premultiplied();
   w.b.resize(m);
   w.q.resize(T * 2 * m);
   w.xr.resize(m);
   w.cr.resize(m);
+  std::vector<float> qf(m);  // the factor of X in the Q rows
   for (size_t q = 0; q < m; ++q) {
+    const float c = x.ctf(px.kx[q], px.ky[q]), is2 = inv_sigma2[size_t(px.shell[q])];
     w.xr[q] = x.on_grid(int(px.kx[q]), int(px.ky[q]));
-    w.cr[q] = x.ctf(px.kx[q], px.ky[q]);
-    w.b[q] = scale * scale * w.cr[q] * w.cr[q] * inv_sigma2[size_t(px.shell[q])];
+    w.cr[q] = c;
+    w.b[q] = scale * scale * (pre ? c : c * c) * is2;
+    qf[q] = scale * (pre ? 1.0f : c) * is2;
   }
   std::vector<cfloat> ex(size_t(r + 1)), ey(size_t(2 * r + 1));
   const double two_pi_n = 2.0 * std::numbers::pi / n;
@@ -302,8 +315,7 @@ void prepare_direct(const RotatableParticle& x, const SearchPixels& px, std::spa
     for (int k = -r; k <= r; ++k) ey[size_t(k + r)] = std::polar(1.0f, float(-two_pi_n * k * trans[t][1]));
     float* qrow = w.q.data() + t * 2 * m;
     for (size_t q = 0; q < m; ++q) {
-      const float f = scale * w.cr[q] * inv_sigma2[size_t(px.shell[q])];
-      const cfloat v = f * w.xr[q] * ex[size_t(px.kx[q])] * ey[size_t(int(px.ky[q]) + r)];
+      const cfloat v = qf[q] * w.xr[q] * ex[size_t(px.kx[q])] * ey[size_t(int(px.ky[q]) + r)];
       qrow[2 * q] = v.real();
       qrow[2 * q + 1] = v.imag();
     }
@@ -331,7 +343,7 @@ std::vector<size_t> direct_sums(const RotatableParticle& x, const SearchPixels& 
                                 float scale, std::span<const std::array<double, 2>> trans, const PoseResult& post,
                                 SearchWork& work, std::vector<float>& data, std::vector<float>& weight,
                                 double min_weight) {
-  prepare_direct(x, px, inv_sigma2, scale, trans, work);
+  prepare_direct(x, px, inv_sigma2, scale, trans, work, true);
   return pose_sums(post, px.size(), work, data, weight, min_weight);
 }
 

@@ -29,6 +29,7 @@
 
 #include "regula/core/grid.hpp"
 #include "regula/imaging/ctf.hpp"
+#include "regula/imaging/optics_model.hpp"
 #include "regula/imaging/projector.hpp"
 #include "regula/sampling/euler.hpp"
 
@@ -46,29 +47,37 @@ struct SearchPixels {
 SearchPixels search_pixels(int n, int r_max);
 
 // A particle ready to be rotated: the centred transform of the masked image zero-padded to 2n
-// (interpolated bilinearly at 2k), already moved by its current origin, plus its CTF.
+// (interpolated bilinearly at 2k), already moved by its current origin, plus its image model
+// (imaging/optics_model.hpp): the transform is corrected once for the optics group's aberration
+// phase (beam tilt, odd Zernikes: RELION's demodulatePhase, after masking), and ctf() is the
+// factor the likelihood multiplies the reference by (C with the even Zernikes, |C| for
+// phase-flipped data, C^2 for CTF-premultiplied data, as RELION's Fctf).
 class RotatableParticle {
  public:
   static constexpr int kPad = 2;  // real-space zero padding before the transform
   // `img`: n x n masked particle; (dx, dy): pixels to move it by before the search (the current
   // origin, RELION: the particle is the projection moved by -origin, so dx = +originX / angpix).
-  RotatableParticle(const Image& img, double dx_px, double dy_px, std::optional<Ctf> ctf, double angpix);
+  // `optics`: the particle's image model, whose group must have box n and outlive this object
+  // (none: no CTF, no aberrations).
+  RotatableParticle(const Image& img, double dx_px, double dy_px, std::optional<ParticleOptics> optics);
   int size() const { return n_; }
   // X(k) at a continuous frequency (Fourier pixels of the n box), |k| <= n/2.
   cfloat value(double kx, double ky) const;
   // X(k) at an integer frequency (the plain n x n transform, no interpolation).
   cfloat on_grid(int kx, int ky) const;
-  // CTF at a frequency in Fourier pixels of the box (1 without CTF).
+  // The likelihood's CTF factor at a frequency in Fourier pixels of the box (1 without CTF).
   float ctf(double kx, double ky) const;
+  // CTF-premultiplied data: the back-projected data is X itself (not ctf() X) and its weight ctf()
+  // (= C^2), as RELION (prepare_direct's `for_sums`).
+  bool premultiplied() const { return optics_ && optics_->group().premultiplied; }
   // sum over the pixels of |X(k)|^2 per shell 0..n/2 (whole half plane, non-redundant).
   const std::vector<double>& shell_power() const { return power_; }
 
  private:
   int n_ = 0;
-  double angpix_ = 0;
   Grid<cfloat> F_;  // padded, gridding-corrected: (kPad n/2+1) x kPad n half-complex, FFT order in y
   Grid<cfloat> G_;  // plain: (n/2+1) x n
-  std::optional<Ctf> ctf_;
+  std::optional<ParticleOptics> optics_;
   std::vector<double> power_;
 };
 
@@ -140,8 +149,10 @@ void search_direct(const RotatableParticle& x, const SearchPixels& px, std::span
 
 // The particle's rows of the direct kernel on its own grid: work.q = Q_t(k) = s C w X phase_t (T rows of 2m
 // interleaved floats), work.b = s^2 C^2 w (m), work.xr = X(k) on the grid (m), work.cr = C(k) (m).
+// `for_sums`: the rows of the back-projected sums instead; they differ only for CTF-premultiplied
+// data (Q_t = s w X phase_t, b = s^2 C w with C = ctf() = CTF^2: data X, weight CTF^2, as RELION).
 void prepare_direct(const RotatableParticle& x, const SearchPixels& px, std::span<const float> inv_sigma2, float scale,
-                    std::span<const std::array<double, 2>> trans, SearchWork& work);
+                    std::span<const std::array<double, 2>> trans, SearchWork& work, bool for_sums = false);
 
 // After search_poses (or search_direct) on the same arguments: the weighted sums per direction, data (d * 2m,
 // interleaved) and weight (d * m), for directions whose total weight exceeds `min_weight`

@@ -63,29 +63,36 @@ size_t default_particles_per_batch(size_t n, size_t t, size_t m) {
 
 namespace detail {
 
-void shifted_weighted_row(const ParticleBatch& pb, const TranslationPhases& tp, size_t i, size_t t, cfloat* row) {
+void shifted_weighted_row(const ParticleBatch& pb, const TranslationPhases& tp, size_t i, size_t t, cfloat* row,
+                          bool for_sums) {
   const size_t m = pb.m;
   const float s = pb.scale_of(i);
   const float* w = pb.inv_sigma2_row(i);
   const cfloat* x = pb.x.data() + i * m;
   const float* c = pb.ctf.data() + i * m;
+  const bool no_ctf = for_sums && pb.premultiplied_of(i);
   const cfloat* ph = tp.phase.data() + t * m;
   for (size_t k = 0; k < m; ++k) {
     // Written out so that the compiler does not use the NaN-safe complex multiply.
-    const float f = s * c[k] * w[k];
+    const float f = s * (no_ctf ? 1.0f : c[k]) * w[k];
     const float br = x[k].real() * f, bi = x[k].imag() * f, pr = ph[k].real(), pi = ph[k].imag();
     row[k] = cfloat(br * pr - bi * pi, br * pi + bi * pr);
   }
 }
 
-void shifted_weighted_rows(const ParticleBatch& pb, const TranslationPhases& tp, size_t i, cfloat* dst) {
-  for (size_t t = 0; t < tp.t; ++t) shifted_weighted_row(pb, tp, i, t, dst + t * pb.m);
+void shifted_weighted_rows(const ParticleBatch& pb, const TranslationPhases& tp, size_t i, cfloat* dst,
+                           bool for_sums) {
+  for (size_t t = 0; t < tp.t; ++t) shifted_weighted_row(pb, tp, i, t, dst + t * pb.m, for_sums);
 }
 
-void ctf2_weight_row(const ParticleBatch& pb, size_t i, float* dst) {
+void ctf2_weight_row(const ParticleBatch& pb, size_t i, float* dst, bool for_sums) {
   const float s = pb.scale_of(i);
   const float* w = pb.inv_sigma2_row(i);
   const float* c = pb.ctf.data() + i * pb.m;
+  if (for_sums && pb.premultiplied_of(i)) {
+    for (size_t k = 0; k < pb.m; ++k) dst[k] = s * s * c[k] * w[k];
+    return;
+  }
   for (size_t k = 0; k < pb.m; ++k) {
     const float sc = s * c[k];
     dst[k] = sc * sc * w[k];

@@ -40,12 +40,17 @@ struct ParticleBatch {
                                          // when inv_sigma2 has exactly n rows (row i) or 1 row
   std::span<const float> scale;          // n: s_i multiplying the CTF (RELION's scale correction);
                                          // empty means 1
+  // n: 1 where particle i's image is CTF-premultiplied (its ctf row then holds CTF^2, the
+  // likelihood's factor, and the reference sums take X itself with weight CTF^2, as RELION);
+  // empty means none.
+  std::span<const uint8_t> premultiplied;
 
   // Throws regula::Error when sizes are inconsistent (a programming error of the caller).
   void validate() const;
   // Row of inv_sigma2 for particle i.
   const float* inv_sigma2_row(size_t i) const;
   float scale_of(size_t i) const { return scale.empty() ? 1.0f : scale[i]; }
+  bool premultiplied_of(size_t i) const { return !premultiplied.empty() && premultiplied[i]; }
 };
 
 // T translations as per-pixel phase factors: X^t(k) = X(k) * phase[t*m + k]. |phase| = 1

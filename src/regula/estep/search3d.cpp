@@ -474,7 +474,7 @@ void search_particle_3d(const Search3DSetup& S, const Search3DInput& in, Search3
   const SearchPixels& pxs = S.px_sums ? *S.px_sums : *S.px_fine;
   std::vector<std::array<double, 2>> tsig(nt);
   for (size_t a = 0; a < nt; ++a) tsig[a] = fp.trans[ts[a]];
-  prepare_direct(x, pxs, in.inv_sigma2, float(in.scale), tsig, ws.work);
+  prepare_direct(x, pxs, in.inv_sigma2, float(in.scale), tsig, ws.work, true);
   const size_t ms = pxs.size();
   ws.sdata.resize(nj * 2 * ms);
   ws.sweight.resize(nj * ms);

@@ -78,8 +78,8 @@ void accumulate_reference_sums(const ParticleBatch& pb, const TranslationPhases&
     wm.resize(rows * nj);
     const float* wb = weights.data() + i0 * nt * nj;
     pool.parallel_for(i0, i1, [&](size_t i, int) {
-      detail::shifted_weighted_rows(pb, tp, i, a.data() + (i - i0) * nt * m);
-      detail::ctf2_weight_row(pb, i, c2w.data() + (i - i0) * m);
+      detail::shifted_weighted_rows(pb, tp, i, a.data() + (i - i0) * nt * m, true);
+      detail::ctf2_weight_row(pb, i, c2w.data() + (i - i0) * m, true);
       marginal_over_t(wb + (i - i0) * nt * nj, 1, nt, nj, wm.data() + (i - i0) * nj);
     });
     pool.parallel_for(0, nchunk, [&](size_t c, int thread) {
@@ -161,8 +161,8 @@ void accumulate_reference_sums(const ParticleBatch& pb, const TranslationPhases&
     pool.parallel_for(i0, i1, [&](size_t i, int) {
       if (!(lw[i].sum > 0)) return;
       for (size_t u = 0; u < lw[i].t.size(); ++u)
-        detail::shifted_weighted_row(pb, tp, i, lw[i].t[u], a.data() + (row0[i - i0] + u) * m);
-      detail::ctf2_weight_row(pb, i, c2w.data() + (i - i0) * m);
+        detail::shifted_weighted_row(pb, tp, i, lw[i].t[u], a.data() + (row0[i - i0] + u) * m, true);
+      detail::ctf2_weight_row(pb, i, c2w.data() + (i - i0) * m, true);
     });
     pool.parallel_for(0, nchunk, [&](size_t c, int thread) {
       const size_t k0 = c * cw, k1 = std::min(m, k0 + cw), w = k1 - k0;

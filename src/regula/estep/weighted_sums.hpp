@@ -4,6 +4,8 @@
 // and inverse noise w_i(k) = 1/sigma2_i(k) (RELION's Minvsigma2, no factor 1/2):
 //   per reference   S_j(k) = sum_{i,t} w_itj s_i C_i(k) w_i(k) X_i(k) phase_t(k)        (complex)
 //                   W_j(k) = sum_{i,t} w_itj s_i^2 C_i(k)^2 w_i(k)
+//     (CTF-premultiplied particles, whose C is CTF^2: S_j without C_i and W_j with C_i instead of
+//      C_i^2, i.e. data X and weight CTF^2, as RELION's storeWeightedSums)
 //     (the data and weight that the caller inserts once per reference slice into the 3D
 //      back-projector or 2D class sums);
 //   per particle    diff2_i(k) = sum_{t,j} w_itj |X_i^t(k) - s_i C_i(k) P_j(k)|^2   (noise update)

@@ -179,4 +179,13 @@ class OpticsModel {
   double ref_pixel_ = 0;
 };
 
+// The optics model of the likelihood engines (class2d, class3d, refine3d, initial_model) for
+// particle images of n px: with --ctf (`ctf`) they model the CTF with the even Zernikes, beam tilt
+// and odd Zernikes (the images' aberration phase is removed, RELION's demodulatePhase),
+// phase-flipped (|CTF|) and CTF-premultiplied data (CTF^2 in the likelihood; back-projected data X
+// with weight CTF^2, as RELION). Refused, naming the file, group and `command`: anisotropic
+// magnification, optics groups of different sampling, a group whose rlnImageSize is not n, and,
+// without --ctf, every label above (the images would be compared without the CTF they carry).
+OpticsModel engine_optics(const ParticleTable& table, int n, bool ctf, std::string_view command);
+
 }  // namespace regula

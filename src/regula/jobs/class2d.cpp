@@ -74,7 +74,8 @@ using mstep::FourierPixels;
 struct Batch {
   size_t first = 0, count = 0;
   std::vector<cfloat> x;         // count * m
-  std::vector<float> ctf;        // count * m
+  std::vector<float> ctf;        // count * m: the likelihood's CTF factor (CTF^2 for premultiplied data)
+  std::vector<uint8_t> premultiplied;  // count
   std::vector<uint32_t> group;   // count
   std::vector<float> scale;      // count
   std::vector<double> power;     // count * (n/2+1): sum of |X|^2 per shell over all non-redundant pixels
@@ -87,6 +88,7 @@ struct Batch {
     pb.m = m;
     pb.x = x;
     pb.ctf = ctf;
+    pb.premultiplied = premultiplied;
     pb.inv_sigma2 = inv_sigma2;
     if (per_group) {
       pb.noise_row = group;
@@ -223,6 +225,7 @@ class Job {
   ThreadPool pool_;
   std::string input_star_;
   ParticleTable table_;
+  OpticsModel optics_model_;  // of table_ (engine_optics)
   std::unique_ptr<ParticleImages> images_;
   int n_ = 0, groups_ = 1, r_ini_ = 1;
   double angpix_ = 0, mask_radius_ = 0;
@@ -240,8 +243,6 @@ void Job::setup() {
   ParticleReadOptions ro;
   ro.angpix = opt_.angpix;
   table_ = ParticleTable::read(input_star_, ro);
-  // Labels and optics this engine does not model yet are refused (imaging/optics_model.hpp).
-  OpticsModel(table_).require_only(0, "class2d");
   const size_t N = table_.size();
   if (N == 0) input_error("{}: no particles", input_star_);
   if (size_t(opt_.classes) > N) input_error("--K {}: more classes than the {} particles of {}", opt_.classes, N, input_star_);
@@ -250,6 +251,8 @@ void Job::setup() {
   n_ = first.nx();
   if (first.ny() != n_ || n_ < 8)
     input_error("{}: particle images must be square and at least 8 px (got {}x{})", input_star_, first.nx(), first.ny());
+  // The optics this E-step models; the rest is refused.
+  optics_model_ = engine_optics(table_, n_, opt_.ctf, "class2d");
   angpix_ = table_.optics.front().pixel_size;
   for (const auto& g : table_.optics) {
     if (g.pixel_size <= 0) input_error("{}: optics group {} has no pixel size; give --angpix", input_star_, g.number);
@@ -291,6 +294,7 @@ void Job::load_batch(size_t first, size_t count, const FourierPixels& px, Batch&
   b.count = count;
   b.x.assign(count * m, cfloat(0, 0));
   b.ctf.assign(count * m, 1.0f);
+  b.premultiplied.assign(count, 0);
   b.group.assign(count, 0);
   b.scale.assign(count, 1.0f);
   b.power.assign(count * hs, 0.0);
@@ -324,11 +328,15 @@ void Job::load_batch(size_t first, size_t count, const FourierPixels& px, Batch&
     // Re-centre by the current origin, the centre of the translation search.
     if (ox != 0 || oy != 0) shift_phase(F, ox / angpix_, oy / angpix_, n_);
     if (!power_unmasked) add_power(F);
-    for (size_t k = 0; k < m; ++k) b.x[i * m + k] = F[px.index[k]];
     if (opt_.ctf) {
-      Grid<float> c = Ctf(particle_ctf_params(table_, p)).half_complex(n_, angpix_);
-      for (size_t k = 0; k < m; ++k) b.ctf[i * m + k] = c[px.index[k]];
+      const ParticleOptics po = optics_model_.particle(p);
+      if (po.group().has_phase()) po.group().demodulate(F);  // beam tilt, odd Zernikes (RELION's order)
+      Grid<float> c;
+      po.ctf_half(c);
+      for (size_t k = 0; k < m; ++k) b.ctf[i * m + k] = po.predicted(c[px.index[k]]);
+      b.premultiplied[i] = po.group().premultiplied;
     }
+    for (size_t k = 0; k < m; ++k) b.x[i * m + k] = F[px.index[k]];
     b.group[i] = uint32_t(table_.optics_index[p]);
     b.scale[i] = float(st_.scale.empty() ? 1.0 : st_.scale[p]);
   });

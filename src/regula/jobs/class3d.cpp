@@ -163,6 +163,7 @@ class Job {
   SymmetryGroup sym_;
   std::string input_star_;
   ParticleTable table_;
+  OpticsModel optics_model_;  // of table_ (engine_optics)
   int n_ = 0, optics_ = 1, K_ = 1;
   ml3d::Groups groups_;
   std::vector<double> all_counts_, fine_counts_;
@@ -195,8 +196,6 @@ void Job::setup() {
   ParticleReadOptions ro;
   ro.angpix = opt_.angpix;
   table_ = ParticleTable::read(input_star_, ro);
-  // Labels and optics this engine does not model yet are refused (imaging/optics_model.hpp).
-  OpticsModel(table_).require_only(0, job_);
   const size_t N = table_.size();
   if (N == 0) input_error("{}: no particles", input_star_);
   if (N < size_t(opt_.classes))
@@ -209,6 +208,8 @@ void Job::setup() {
       input_error("{}: particle images must be square 2D images, even and at least 16 px (got {}x{}x{})",
                   table_.where(0), first.nx(), first.ny(), first.nz());
   }
+  // The optics this E-step models; the rest is refused.
+  optics_model_ = engine_optics(table_, n_, opt_.ctf, job_);
   angpix_ = table_.optics.front().pixel_size;
   for (const auto& g : table_.optics) {
     if (g.pixel_size <= 0) input_error("{}: optics group {} has no pixel size; give --angpix", input_star_, g.number);
@@ -315,10 +316,9 @@ void Job::process_particle(size_t i, ParticleImages& images, estep::Search3DWork
     const double v = st_.sigma2[size_t(g)][s];
     inv_sigma2[s] = cc ? 1.0f : (v > 0 ? float(1.0 / v) : 0.0f);
   }
-  std::optional<Ctf> ctf;
-  if (opt_.ctf) ctf.emplace(particle_ctf_params(table_, i));
   const double ox = st_.p.ox[i] / angpix_, oy = st_.p.oy[i] / angpix_;
-  estep::RotatableParticle x(read_particle(images, i, &st_.sigma2[size_t(g)]), ox, oy, ctf, angpix_);
+  estep::RotatableParticle x(read_particle(images, i, &st_.sigma2[size_t(g)]), ox, oy,
+                             ml3d::particle_optics(optics_model_, i, opt_.ctf));
   // Iteration 1 (or the staged start's first classification): each particle's sums go to a class
   // drawn at random (seeded per particle): K different starting maps from one reference, as RELION's
   // random subsets. The search is then against the one reference (class 0 of the setup).

@@ -4,8 +4,10 @@
 #pragma once
 #include <array>
 #include <cstddef>
+#include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "regula/core/exact_sum.hpp"
@@ -14,6 +16,7 @@
 #include "regula/model/particles.hpp"
 #include "regula/imaging/backprojector.hpp"
 #include "regula/imaging/mask.hpp"
+#include "regula/imaging/optics_model.hpp"
 #include "regula/imaging/projector.hpp"
 #include "regula/io/mrc.hpp"
 #include "regula/sampling/euler.hpp"
@@ -30,6 +33,12 @@ Volume read_reference(const std::string& path, double angpix, int n);
 // --solvent_mask of a 3D job: an n^3 map of values in [0, 1] (input errors name the file and what is
 // wrong). The jobs multiply their references by it (instead of --flatten_solvent's sphere).
 Volume read_solvent_mask(const std::string& path, int n);
+
+// Particle i's model for the E-step (imaging/optics_model.hpp's engine_optics; nullopt without --ctf).
+inline std::optional<ParticleOptics> particle_optics(const OpticsModel& model, size_t i, bool ctf) {
+  if (!ctf) return std::nullopt;
+  return model.particle(i);
+}
 
 // How the 3D jobs mask a particle image: a soft circle of radius_px (edge edge_px) about the
 // particle's current position, the solvent zeros (zero_mask) or noise of the current spectrum drawn

@@ -147,6 +147,7 @@ class Job {
   SymmetryGroup sym_;
   std::string input_star_;
   ParticleTable table_;
+  OpticsModel optics_model_;  // of table_ (engine_optics)
   ml3d::Groups groups_;
   int n_ = 0, optics_ = 1;
   double angpix_ = 0, radius_px_ = 0;
@@ -182,8 +183,6 @@ void Job::setup() {
   ParticleReadOptions ro;
   ro.angpix = opt_.angpix;
   table_ = ParticleTable::read(input_star_, ro);
-  // Labels and optics this engine does not model yet are refused (imaging/optics_model.hpp).
-  OpticsModel(table_).require_only(0, "refine3d");
   const size_t N = table_.size();
   if (N < 2) input_error("{}: refine3d needs at least 2 particles (got {})", input_star_, N);
   {
@@ -194,6 +193,8 @@ void Job::setup() {
       input_error("{}: particle images must be square, even and at least 16 px (got {}x{})", table_.where(0),
                   first.nx(), first.ny());
   }
+  // The optics this E-step models; the rest is refused.
+  optics_model_ = engine_optics(table_, n_, opt_.ctf, "refine3d");
   angpix_ = table_.optics.front().pixel_size;
   for (const auto& g : table_.optics) {
     if (g.pixel_size <= 0) input_error("{}: optics group {} has no pixel size; give --angpix", input_star_, g.number);
@@ -311,12 +312,11 @@ void Job::estimate_accuracy() {
   pool_.parallel_for(0, trials, [&](size_t t, int) {
     const size_t i = t * N / trials;  // spread over the data set
     const int h = st_.half[i] - 1, g = table_.optics_index[i];
-    std::optional<Ctf> ctf;
-    if (opt_.ctf) ctf.emplace(particle_ctf_params(table_, i));
+    const std::optional<ParticleOptics> ctf = ml3d::particle_optics(optics_model_, i, opt_.ctf);
     std::vector<double> c2(m, 1.0), w(m);
     for (size_t q = 0; q < m; ++q) {
       if (ctf) {
-        const double f = 1.0 / (n_ * angpix_), c = ctf->value(px.kx[q] * f, px.ky[q] * f);
+        const double c = ctf->predicted(float(ctf->ctf_value(px.kx[q], px.ky[q])));
         c2[q] = c * c;
       }
       const double s2 = st_.sigma2[size_t(h)][size_t(g)][size_t(px.shell[q])];
@@ -411,10 +411,8 @@ void Job::process_particle(size_t i, bool final, ParticleImages& images, estep::
     inv_sigma2[s] = cc ? 1.0f : (v > 0 ? float(1.0 / v) : 0.0f);
   }
   Image img = read_particle(images, i, &st_.sigma2[size_t(h)][size_t(g)]);
-  std::optional<Ctf> ctf;
-  if (opt_.ctf) ctf.emplace(particle_ctf_params(table_, i));
   const double ox = st_.p.ox[i] / angpix_, oy = st_.p.oy[i] / angpix_;  // current offsets, px
-  estep::RotatableParticle x(img, ox, oy, ctf, angpix_);
+  estep::RotatableParticle x(img, ox, oy, ml3d::particle_optics(optics_model_, i, opt_.ctf));
   estep::Search3DInput in;
   in.x = &x;
   in.inv_sigma2 = inv_sigma2;
