@@ -1,8 +1,9 @@
 """The likelihood engines model the optics labels they accept (imaging/optics_model.hpp's
 engine_optics): beam tilt and odd Zernikes (the images' aberration phase removed once, RELION's
 demodulatePhase), even Zernikes (in the CTF), CTF-premultiplied data (CTF^2 in the likelihood, data
-X with weight CTF^2 in the sums) and phase-flipped data (|CTF|); anisotropic magnification and
-optics groups of different sampling are refused with a message.
+X with weight CTF^2 in the sums), phase-flipped data (|CTF|) and, in the 3D engines, anisotropic
+magnification (references projected and sums inserted at T k); class2d's anisotropic
+magnification and every engine's optics groups of different sampling are refused with a message.
 
 Each case is a pair of data sets simulated with the same seed, so with the same poses, defoci and
 noise: the plain set and the set with the label. Run on the labelled set, an engine must do as
@@ -29,12 +30,15 @@ LABELLED = {  # set: simulate options
     "beam_tilt": ["--beamtilt_x", 2, "--beamtilt_y", -1],
     "even_zernike": ["--even_zernike", EVEN],
     "premultiplied": ["--premultiply"],
+    "magnification": ["--mag", 1.02, 0.01, -0.005, 0.985],
+    "mixed_sampling": ["--og2_fraction", 0.5, "--og2_angpix", 1.0, "--og2_box", 56],
 }
 HIDDEN = {  # case: data_optics values of the copy without the label
     "beam_tilt": {"rlnBeamTiltX": 0, "rlnBeamTiltY": 0},
     "even_zernike": {"rlnEvenZernike": "[" + ",".join("0" for _ in EVEN.split(",")) + "]"},
     "premultiplied": {"rlnCtfDataAreCtfPremultiplied": 0},
     "phase_flipped": {"rlnCtfDataArePhaseFlipped": 0},
+    "magnification": {"rlnMagMat00": 1, "rlnMagMat01": 0, "rlnMagMat10": 0, "rlnMagMat11": 1},
 }
 
 
@@ -154,9 +158,10 @@ def test_class2d_models_beam_tilt(sets):
 
 @pytest.mark.parametrize("command", ["refine3d", "class3d", "class2d", "initial_model"])
 def test_engines_take_the_modelled_labels_and_refuse_the_rest(sets, command):
-    """Every engine runs on beam-tilted, premultiplied and phase-flipped data with --ctf. It stops with
-    one line naming the label, the file and the command, and no output, for anisotropic
-    magnification (not modelled by the engines yet), and for the labels above without --ctf."""
+    """Every engine runs on beam-tilted, premultiplied and phase-flipped data with --ctf, the 3D engines
+    also on anisotropically magnified data. It stops with one line naming the label, the file and the
+    command, and no output, for optics groups of different sampling (not modelled by the engines
+    yet), class2d for anisotropic magnification, and every engine for the labels without --ctf."""
     d = sets
     fast = {"refine3d": ["--ref", d / "plain/truth_map1.mrc", "--healpix_order", 0, "--offset_range", 1,
                          "--offset_step", 1, "--iter", 1, "--ini_high", 10],
@@ -164,7 +169,7 @@ def test_engines_take_the_modelled_labels_and_refuse_the_rest(sets, command):
                         "--offset_range", 1, "--offset_step", 1],
             "class2d": ["--K", 2, "--iter", 1, "--offset_range", 1, "--offset_step", 1],
             "initial_model": ["--iter", 1]}[command]
-    for case in ("beam_tilt", "premultiplied", "phase_flipped"):
+    for case in ("beam_tilt", "premultiplied", "phase_flipped") + (("magnification",) if command != "class2d" else ()):
         run_regula(command, "--i", d / case / "particles.star", "--o", d / case / command / "run", "--ctf", "--j", 2,
                    *fast)
         r = run_regula(command, "--i", d / case / "particles.star", "--o", d / case / f"{command}_noctf" / "run",
@@ -172,11 +177,14 @@ def test_engines_take_the_modelled_labels_and_refuse_the_rest(sets, command):
         assert r.returncode == 1 and f"not yet supported by {command} without --ctf" in r.stderr, r.stderr
         assert str(d / case / "particles.star") in r.stderr and len(r.stderr.strip().splitlines()) == 1
         assert not (d / case / f"{command}_noctf").exists() or not any((d / case / f"{command}_noctf").iterdir())
-    set_optics(d / "plain/particles.star", d / "plain/mag.star",
-               {"rlnMagMat00": 1.01, "rlnMagMat01": 0, "rlnMagMat10": 0, "rlnMagMat11": 0.99})
-    r = run_regula(command, "--i", d / "plain/mag.star", "--o", d / "plain" / f"{command}_mag" / "run", "--ctf", *fast,
-                   check=False)
-    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    for words in ("_rlnMagMat00", str(d / "plain/mag.star"), f"not yet supported by {command}"):
-        assert words in r.stderr, (words, r.stderr)
-    assert not (d / "plain" / f"{command}_mag").exists() or not any((d / "plain" / f"{command}_mag").iterdir())
+    refused = [("mixed_sampling", "_rlnImagePixelSize")] + ([("magnification", "_rlnMagMat00")] if command == "class2d"
+                                                             else [])
+    for case, label in refused:
+        star = d / case / "particles.star"
+        r = run_regula(command, "--i", star, "--o", d / case / f"{command}_refused" / "run", "--ctf", *fast,
+                       check=False)
+        assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        for words in (label, str(star), f"not yet supported by {command}"):
+            assert words in r.stderr, (words, r.stderr)
+        out = d / case / f"{command}_refused"
+        assert not out.exists() or not any(out.iterdir())

@@ -35,6 +35,12 @@ RotatableParticle::RotatableParticle(const Image& in, double dx_px, double dy_px
   if (optics_ && optics_->group().box != n)
     runtime_error("RotatableParticle: a {} px image with the model of optics group {} ({} px)", n,
                   optics_->group().number, optics_->group().box);
+  if (optics_ && optics_->group().maps_to_reference()) {
+    const Mat2& T = optics_->group().to_reference;
+    const double det = T[0][0] * T[1][1] - T[0][1] * T[1][0];
+    mapped_ = true;
+    to_image_ = {{{T[1][1] / det, -T[0][1] / det}, {-T[1][0] / det, T[0][0] / det}}};
+  }
   // The aberration phase is removed from the masked image's own transform (RELION's order); the
   // padded transform below is then that of the corrected image.
   Image corrected;
@@ -99,6 +105,16 @@ cfloat RotatableParticle::on_grid(int kx, int ky) const {
   return G_(kx, fft_index(ky, n_));
 }
 
+cfloat RotatableParticle::reference_value(double qx, double qy) const {
+  if (!mapped_) return value(qx, qy);
+  return value(to_image_[0][0] * qx + to_image_[0][1] * qy, to_image_[1][0] * qx + to_image_[1][1] * qy);
+}
+
+float RotatableParticle::reference_ctf(double qx, double qy) const {
+  if (!mapped_) return ctf(qx, qy);
+  return ctf(to_image_[0][0] * qx + to_image_[0][1] * qy, to_image_[1][0] * qx + to_image_[1][1] * qy);
+}
+
 float RotatableParticle::ctf(double kx, double ky) const {
   return optics_ ? optics_->predicted(float(optics_->ctf_value(kx, ky))) : 1.0f;
 }
@@ -110,9 +126,13 @@ void project_orientation(const Projector& proj, const SearchPixels& px, const Eu
   const Mat3 A = euler_to_matrix(angle.rot, angle.tilt, angle.psi);
   const double m00 = p * A[0][0], m01 = p * A[1][0], m10 = p * A[0][1], m11 = p * A[1][1], m20 = p * A[0][2],
                m21 = p * A[1][2];
+  // Pixels beyond the projector's limit (only reference-frame pixels T k of a magnified group can
+  // be) have no reference there: 0, as the back-projector skips them.
+  const double lim2 = (proj.r_max() + 0.5) * (proj.r_max() + 0.5);
   for (size_t q = 0; q < m; ++q) {
     const double x = px.kx[q], y = px.ky[q];
-    const cfloat v = lat.interpolate(m00 * x + m01 * y, m10 * x + m11 * y, m20 * x + m21 * y);
+    const cfloat v = x * x + y * y > lim2 ? cfloat(0.0f, 0.0f)
+                                          : lat.interpolate(m00 * x + m01 * y, m10 * x + m11 * y, m20 * x + m21 * y);
     s[2 * q] = v.real();
     s[2 * q + 1] = v.imag();
     s2[q] = std::norm(v);
@@ -146,8 +166,8 @@ void rotate_particle(const RotatableParticle& x, const SearchPixels& px, std::sp
     const double c = std::cos(deg2rad(psi[p])), s = std::sin(deg2rad(psi[p]));
     for (size_t q = 0; q < m; ++q) {
       const double kx = c * px.kx[q] + s * px.ky[q], ky = -s * px.kx[q] + c * px.ky[q];
-      w.xr[p * m + q] = x.value(kx, ky);
-      w.cr[p * m + q] = x.ctf(kx, ky);
+      w.xr[p * m + q] = x.reference_value(kx, ky);
+      w.cr[p * m + q] = x.reference_ctf(kx, ky);
     }
   }
 }

@@ -67,6 +67,11 @@ class RotatableParticle {
   cfloat on_grid(int kx, int ky) const;
   // The likelihood's CTF factor at a frequency in Fourier pixels of the box (1 without CTF).
   float ctf(double kx, double ky) const;
+  // The same at a frequency q of the reference frame (Fourier pixels of the reference box): at the
+  // image frequency T_g^-1 q of the group's mapping (anisotropic magnification; the identity
+  // otherwise). The coarse pass reads the particle there.
+  cfloat reference_value(double qx, double qy) const;
+  float reference_ctf(double qx, double qy) const;
   // CTF-premultiplied data: the back-projected data is X itself (not ctf() X) and its weight ctf()
   // (= C^2), as RELION (prepare_direct's `for_sums`).
   bool premultiplied() const { return optics_ && optics_->group().premultiplied; }
@@ -78,6 +83,8 @@ class RotatableParticle {
   Grid<cfloat> F_;  // padded, gridding-corrected: (kPad n/2+1) x kPad n half-complex, FFT order in y
   Grid<cfloat> G_;  // plain: (n/2+1) x n
   std::optional<ParticleOptics> optics_;
+  bool mapped_ = false;
+  Mat2 to_image_ = kIdentity2;  // T_g^-1
   std::vector<double> power_;
 };
 

@@ -209,8 +209,8 @@ void fine_poses(const Search3DSetup& S, const Search3DInput& in, const PoseSet& 
 // for the residuals of the significant poses; else blocks of about 2 M floats are reused.
 constexpr size_t kKeepProjections = size_t(16) << 20;  // floats (64 MB per thread)
 
-bool score_fine(const Search3DSetup& S, const FinePoses& fp, Search3DWork& ws) {
-  const SearchPixels& px = *S.px_fine;
+bool score_fine(const Search3DSetup& S, const Search3DInput& in, const FinePoses& fp, Search3DWork& ws) {
+  const SearchPixels& px = in.ref_fine ? *in.ref_fine : *S.px_fine;  // where the references are projected
   const size_t m = px.size(), T = fp.trans.size(), J = fp.ang.size();
   ws.score.resize(T * J);
   ws.a1.resize(J);
@@ -239,6 +239,7 @@ void residual_sums(const Search3DSetup& S, const Search3DInput& in, const FinePo
                    const std::vector<uint32_t>& js, const std::vector<uint32_t>& ts, bool kept, Search3DWork& ws,
                    Search3DResult& res) {
   const SearchPixels& px = *S.px_fine;
+  const SearchPixels& ref_px = in.ref_fine ? *in.ref_fine : px;  // where the references are projected
   const size_t m = px.size(), nj = js.size(), nt = ts.size();
   const int n = px.n, r = px.r_max;
   // Projections of the significant orientations.
@@ -251,7 +252,7 @@ void residual_sums(const Search3DSetup& S, const Search3DInput& in, const FinePo
       std::copy_n(ws.block.s.data() + size_t(js[u]) * 2 * m, 2 * m, ws.sig_slices.s.data() + u * 2 * m);
       std::copy_n(ws.block.s2.data() + size_t(js[u]) * m, m, ws.sig_slices.s2.data() + u * m);
     } else {
-      project_orientation(*S.proj[size_t(fp.cls[js[u]])], px, fp.ang[js[u]], ws.sig_slices.s.data() + u * 2 * m,
+      project_orientation(*S.proj[size_t(fp.cls[js[u]])], ref_px, fp.ang[js[u]], ws.sig_slices.s.data() + u * 2 * m,
                           ws.sig_slices.s2.data() + u * m);
     }
   }
@@ -398,7 +399,7 @@ void search_particle_3d(const Search3DSetup& S, const Search3DInput& in, Search3
   }
   const size_t T = fp.trans.size(), J = fp.ang.size(), nT = fp.n_trans_parents;
   prepare_direct(x, *S.px_fine, in.inv_sigma2, float(in.scale), fp.trans, ws.work);
-  const bool kept = score_fine(S, fp, ws);
+  const bool kept = score_fine(S, in, fp, ws);
   ws.v.resize(T * J);
   double mx = kNegInf;
   size_t arg = 0, n_fine = 0;
@@ -472,6 +473,7 @@ void search_particle_3d(const Search3DSetup& S, const Search3DInput& in, Search3
   if (!sink) return;
   // Weighted slices: data_j = sum_t w_tj Q_t, weight_j = (sum_t w_tj) B, at the pixels of the sums.
   const SearchPixels& pxs = S.px_sums ? *S.px_sums : *S.px_fine;
+  const SearchPixels& ref_pxs = S.px_sums ? (in.ref_sums ? *in.ref_sums : pxs) : (in.ref_fine ? *in.ref_fine : pxs);
   std::vector<std::array<double, 2>> tsig(nt);
   for (size_t a = 0; a < nt; ++a) tsig[a] = fp.trans[ts[a]];
   prepare_direct(x, pxs, in.inv_sigma2, float(in.scale), tsig, ws.work, true);
@@ -494,7 +496,7 @@ void search_particle_3d(const Search3DSetup& S, const Search3DInput& in, Search3
   for (size_t u0 = 0; u0 < nj;) {
     size_t u1 = u0 + 1;
     while (u1 < nj && fp.cls[js[u1]] == fp.cls[js[u0]]) ++u1;
-    sink->insert_many(fp.cls[js[u0]], pxs.kx, pxs.ky, ws.sdata.data() + u0 * 2 * ms, ws.sweight.data() + u0 * ms,
+    sink->insert_many(fp.cls[js[u0]], ref_pxs.kx, ref_pxs.ky, ws.sdata.data() + u0 * 2 * ms, ws.sweight.data() + u0 * ms,
                       std::span<const Mat3>(A.data() + u0, u1 - u0));
     u0 = u1;
   }

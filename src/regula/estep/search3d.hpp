@@ -94,6 +94,13 @@ struct Search3DInput {
   double scale = 1;                      // s multiplying the reference (group scale correction)
   double rot = 0, tilt = 0, psi = 0;     // previous pose (local searches)
   double ox_px = 0, oy_px = 0;           // current origin, px (offset prior)
+  // Anisotropic magnification (imaging/optics_model.hpp): the pixels px_fine and px_sums of the
+  // setup mapped to the reference frame, T_g k, where the fine pass projects the references and
+  // inserts the sums (the particle's own data stay on its grid, as RELION); the coarse pass, which
+  // interpolates the particle anyway, reads it at T_g^-1 of the reference pixels
+  // (RotatableParticle::reference_value). Null: the identity.
+  const SearchPixels* ref_fine = nullptr;
+  const SearchPixels* ref_sums = nullptr;
 };
 
 struct Search3DResult {

@@ -281,12 +281,14 @@ void OpticsModel::require_only(unsigned supported, std::string_view command) con
   }
 }
 
-OpticsModel engine_optics(const ParticleTable& table, int n, bool ctf, std::string_view command) {
+OpticsModel engine_optics(const ParticleTable& table, int n, bool ctf, std::string_view command,
+                          bool magnification) {
   OpticsModel model(table);
   for (size_t g = 0; g < model.groups(); ++g)
     if (model.group(g).box <= 0) model.set_box(g, n);  // a file without rlnImageSize: the images' size
   const unsigned modelled = OpticsModel::kPhaseFlipped | OpticsModel::kPremultiplied | OpticsModel::kBeamTilt |
-                            OpticsModel::kOddZernike | OpticsModel::kEvenZernike;
+                            OpticsModel::kOddZernike | OpticsModel::kEvenZernike |
+                            (magnification ? unsigned(OpticsModel::kAnisoMag) : 0u);
   model.require_only(ctf ? modelled : 0u, ctf ? std::string(command) : fmt::format("{} without --ctf", command));
   for (size_t g = 0; g < model.groups(); ++g)
     if (model.group(g).box != n)

@@ -184,8 +184,10 @@ class OpticsModel {
 // and odd Zernikes (the images' aberration phase is removed, RELION's demodulatePhase),
 // phase-flipped (|CTF|) and CTF-premultiplied data (CTF^2 in the likelihood; back-projected data X
 // with weight CTF^2, as RELION). Refused, naming the file, group and `command`: anisotropic
-// magnification, optics groups of different sampling, a group whose rlnImageSize is not n, and,
-// without --ctf, every label above (the images would be compared without the CTF they carry).
-OpticsModel engine_optics(const ParticleTable& table, int n, bool ctf, std::string_view command);
+// magnification (unless `magnification`: the 3D engines model it), optics groups of different
+// sampling, a group whose rlnImageSize is not n, and, without --ctf, every label above (the images
+// would be compared without the CTF they carry). The reference is at the first group's sampling.
+OpticsModel engine_optics(const ParticleTable& table, int n, bool ctf, std::string_view command,
+                          bool magnification = false);
 
 }  // namespace regula

@@ -177,6 +177,7 @@ class Job {
   bool fixed_poses_ = false;     // --skip_align, or the staged start's classification at fixed poses
   bool unregularised_ = false;   // staged start: class maps without the tau2 prior, uniform fractions
   estep::SearchPixels px_fine_, px_coarse_;
+  std::vector<estep::SearchPixels> ref_fine_;  // per optics group, anisotropic magnification
   std::vector<std::unique_ptr<Projector>> proj_;
   std::vector<std::array<double, 2>> global_dirs_;
   std::vector<long> global_pix_;
@@ -209,7 +210,7 @@ void Job::setup() {
                   table_.where(0), first.nx(), first.ny(), first.nz());
   }
   // The optics this E-step models; the rest is refused.
-  optics_model_ = engine_optics(table_, n_, opt_.ctf, job_);
+  optics_model_ = engine_optics(table_, n_, opt_.ctf, job_, true);
   angpix_ = table_.optics.front().pixel_size;
   for (const auto& g : table_.optics) {
     if (g.pixel_size <= 0) input_error("{}: optics group {} has no pixel size; give --angpix", input_star_, g.number);
@@ -341,6 +342,7 @@ void Job::process_particle(size_t i, ParticleImages& images, estep::Search3DWork
   in.psi = st_.p.psi[i];
   in.ox_px = ox;
   in.oy_px = oy;
+  in.ref_fine = ml3d::group_pixels(ref_fine_, g);
   estep::Search3DResult res;
   estep::search_particle_3d(setup_, in, ws, &sink, res);
   keep_particle(i);
@@ -384,6 +386,7 @@ Report Job::iterate() {
   // In iteration 1 all classes are the reference: search against it alone.
   const int Ksearch = (random_classes_ || consensus_) ? 1 : K_;
   px_fine_ = estep::search_pixels(n_, r_);
+  ref_fine_ = ml3d::reference_pixels(px_fine_, optics_model_);
   fine_counts_.assign(hs, 0.0);
   for (size_t q = 0; q < px_fine_.size(); ++q) fine_counts_[size_t(px_fine_.shell[q])] += 1;
   const double step = deg2rad(healpix_angular_step(order));

@@ -13,6 +13,22 @@
 
 namespace regula::ml3d {
 
+std::vector<estep::SearchPixels> reference_pixels(const estep::SearchPixels& px, const OpticsModel& model) {
+  std::vector<estep::SearchPixels> out(model.groups());
+  for (size_t g = 0; g < model.groups(); ++g) {
+    const OpticsGroupModel& grp = model.group(g);
+    if (!grp.maps_to_reference()) continue;
+    estep::SearchPixels& r = out[g];
+    r = px;
+    const Mat2& T = grp.to_reference;
+    for (size_t q = 0; q < px.size(); ++q) {
+      r.kx[q] = float(T[0][0] * px.kx[q] + T[0][1] * px.ky[q]);
+      r.ky[q] = float(T[1][0] * px.kx[q] + T[1][1] * px.ky[q]);
+    }
+  }
+  return out;
+}
+
 Image read_particle(ParticleImages& images, const ParticleTable& table, size_t i, const ParticleMasking& m,
                     double norm_factor, std::array<double, 2> origin_px, const std::vector<double>* noise_sigma2,
                     bool unmasked) {

@@ -40,6 +40,14 @@ inline std::optional<ParticleOptics> particle_optics(const OpticsModel& model, s
   return model.particle(i);
 }
 
+// The pixels `px` (image frame) of each optics group mapped to the reference frame, T_g k, for the
+// groups with anisotropic magnification (Search3DInput::ref_fine / ref_sums); empty for the others.
+std::vector<estep::SearchPixels> reference_pixels(const estep::SearchPixels& px, const OpticsModel& model);
+// Group g's list, or nullptr when it is the identity (empty).
+inline const estep::SearchPixels* group_pixels(const std::vector<estep::SearchPixels>& ref, int g) {
+  return size_t(g) < ref.size() && ref[size_t(g)].size() > 0 ? &ref[size_t(g)] : nullptr;
+}
+
 // How the 3D jobs mask a particle image: a soft circle of radius_px (edge edge_px) about the
 // particle's current position, the solvent zeros (zero_mask) or noise of the current spectrum drawn
 // from (seed, particle) (imaging/mask.hpp's apply_particle_mask).

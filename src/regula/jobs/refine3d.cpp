@@ -157,6 +157,7 @@ class Job {
   // Per iteration:
   int r_ = 0, rc_ = 0;
   estep::SearchPixels px_fine_, px_coarse_, px_all_;
+  std::vector<estep::SearchPixels> ref_fine_, ref_all_;  // per optics group, anisotropic magnification
   std::vector<double> fine_counts_, all_counts_;
   std::array<std::unique_ptr<Projector>, 2> proj_;
   std::vector<std::array<double, 2>> global_dirs_;
@@ -194,7 +195,7 @@ void Job::setup() {
                   first.nx(), first.ny());
   }
   // The optics this E-step models; the rest is refused.
-  optics_model_ = engine_optics(table_, n_, opt_.ctf, "refine3d");
+  optics_model_ = engine_optics(table_, n_, opt_.ctf, "refine3d", true);
   angpix_ = table_.optics.front().pixel_size;
   for (const auto& g : table_.optics) {
     if (g.pixel_size <= 0) input_error("{}: optics group {} has no pixel size; give --angpix", input_star_, g.number);
@@ -306,6 +307,7 @@ void Job::estimate_accuracy() {
   const size_t trials = std::min(kAccTrials, N);
   const estep::SearchPixels px = estep::search_pixels(n_, st_.current_shells);
   const size_t m = px.size();
+  const std::vector<estep::SearchPixels> ref_px = ml3d::reference_pixels(px, optics_model_);
   std::vector<double> rot_err(trials, 0.0), trans_err(trials, 0.0);
   std::array<std::unique_ptr<Projector>, 2> P;
   for (int h = 0; h < 2; ++h) P[size_t(h)] = std::make_unique<Projector>(st_.maps[size_t(h)], opt_.pad, std::min(st_.current_shells + 1, n_ / 2));
@@ -324,7 +326,9 @@ void Job::estimate_accuracy() {
     }
     const double sc = group_scale(h, i);
     std::vector<float> a(2 * m), a2(m), b(2 * m), b2(m);
-    estep::project_orientation(*P[size_t(h)], px, {st_.p.rot[i], st_.p.tilt[i], st_.p.psi[i]}, a.data(), a2.data());
+    const estep::SearchPixels* rp = ml3d::group_pixels(ref_px, g);  // where the reference is projected
+    estep::project_orientation(*P[size_t(h)], rp ? *rp : px, {st_.p.rot[i], st_.p.tilt[i], st_.p.psi[i]}, a.data(),
+                               a2.data());
     auto rng = make_rng(opt_.seed, 0x414343, uint64_t(st_.iteration) * N + i);  // "ACC"
     for (int mode = 0; mode < 2; ++mode) {
       double err = 0, snr = 0;
@@ -341,7 +345,7 @@ void Job::estimate_accuracy() {
         if (mode == 0) {
           Euler e{st_.p.rot[i], st_.p.tilt[i], st_.p.psi[i]};
           (u < 1.0 / 3 ? e.rot : u < 2.0 / 3 ? e.tilt : e.psi) += err;
-          estep::project_orientation(*P[size_t(h)], px, e, b.data(), b2.data());
+          estep::project_orientation(*P[size_t(h)], rp ? *rp : px, e, b.data(), b2.data());
           for (size_t q = 0; q < m; ++q) {
             const double dr = a[2 * q] - b[2 * q], di = a[2 * q + 1] - b[2 * q + 1];
             snr += sc * sc * w[q] * (dr * dr + di * di);
@@ -421,6 +425,8 @@ void Job::process_particle(size_t i, bool final, ParticleImages& images, estep::
   in.tilt = st_.p.tilt[i];
   in.psi = st_.p.psi[i];
   in.ox_px = ox;
+  in.ref_fine = ml3d::group_pixels(ref_fine_, g);
+  in.ref_sums = ml3d::group_pixels(ref_all_, g);
   in.oy_px = oy;
   ml3d::SliceRouter sink({bp_[size_t(h)].get()});
   estep::Search3DResult res;
@@ -461,6 +467,8 @@ IterationReport Job::iterate(bool final) {
   rep.used_shells = r_;
   px_fine_ = estep::search_pixels(n_, r_score);
   if (final) px_all_ = estep::search_pixels(n_, r_);
+  ref_fine_ = ml3d::reference_pixels(px_fine_, optics_model_);
+  ref_all_ = final ? ml3d::reference_pixels(px_all_, optics_model_) : std::vector<estep::SearchPixels>();
   px_coarse_ = estep::search_pixels(n_, rc_);
   fine_counts_.assign(hs, 0.0);
   for (size_t q = 0; q < px_fine_.size(); ++q) fine_counts_[size_t(px_fine_.shell[q])] += 1;
