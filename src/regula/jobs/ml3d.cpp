@@ -29,6 +29,14 @@ std::vector<estep::SearchPixels> reference_pixels(const estep::SearchPixels& px,
   return out;
 }
 
+void mask_reference(Volume& map, const Volume& solvent_mask, bool flatten_solvent, double radius_px, double edge_px) {
+  if (!solvent_mask.empty()) {
+    for (size_t i = 0; i < map.size(); ++i) map[i] *= solvent_mask[i];
+  } else if (flatten_solvent) {
+    apply_spherical_mask(map, radius_px, edge_px, MaskFill::Zero);
+  }
+}
+
 Image read_particle(ParticleImages& images, const ParticleTable& table, size_t i, const ParticleMasking& m,
                     double norm_factor, std::array<double, 2> origin_px, const std::vector<double>* noise_sigma2,
                     bool unmasked) {

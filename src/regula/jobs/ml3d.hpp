@@ -48,6 +48,10 @@ inline const estep::SearchPixels* group_pixels(const std::vector<estep::SearchPi
   return size_t(g) < ref.size() && ref[size_t(g)].size() > 0 ? &ref[size_t(g)] : nullptr;
 }
 
+// How the 3D jobs mask their references: times the --solvent_mask when there is one (non-empty),
+// else with --flatten_solvent a sphere of radius_px (soft edge edge_px, zeros outside), else not.
+void mask_reference(Volume& map, const Volume& solvent_mask, bool flatten_solvent, double radius_px, double edge_px);
+
 // How the 3D jobs mask a particle image: a soft circle of radius_px (edge edge_px) about the
 // particle's current position, the solvent zeros (zero_mask) or noise of the current spectrum drawn
 // from (seed, particle) (imaging/mask.hpp's apply_particle_mask).

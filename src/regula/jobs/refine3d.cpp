@@ -224,11 +224,7 @@ Image Job::read_particle(ParticleImages& images, size_t i, const std::vector<dou
 }
 
 void Job::mask_reference(Volume& map) const {
-  if (!solvent_mask_.empty()) {
-    for (size_t i = 0; i < map.size(); ++i) map[i] *= solvent_mask_[i];
-  } else if (opt_.flatten_solvent) {
-    apply_spherical_mask(map, radius_px_, opt_.mask_edge, MaskFill::Zero);
-  }
+  ml3d::mask_reference(map, solvent_mask_, opt_.flatten_solvent, radius_px_, opt_.mask_edge);
 }
 
 // Iteration 0: half sets, reference, noise spectra from the particles' power.
