@@ -22,6 +22,9 @@ void add_refine3d(CLI::App& app) {
   s->add_flag("--flatten_solvent", opt->flatten_solvent, "Mask the references with a soft sphere of the particle diameter");
   s->add_flag("--zero_mask", opt->zero_mask, "Fill the particles' solvent with zeros (else with noise of the noise model's spectrum, as RELION)");
   s->add_option("--solvent_mask", opt->solvent_mask, "Mask for the references (values in [0, 1])");
+  s->add_flag("--solvent_correct_fsc", opt->solvent_correct_fsc,
+              "Gold-standard FSC of the half maps under --solvent_mask, corrected for the mask by phase "
+              "randomisation (as relion_refine_mpi); it sets the resolution and the references' prior");
   s->add_option("--healpix_order", opt->healpix_order, "Initial angular sampling (order 2 = 15 degrees)")->capture_default_str();
   s->add_option("--auto_local_healpix_order", opt->auto_local_healpix_order,
                 "Local searches from this HEALPix order on")->capture_default_str();

@@ -5,6 +5,7 @@
 
 #include "regula/core/error.hpp"
 #include "regula/core/fft.hpp"
+#include "regula/imaging/filter.hpp"
 
 namespace regula {
 
@@ -136,6 +137,46 @@ double real_space_correlation(const Grid<float>& a, const Grid<float>& b) {
   }
   const double va = saa - sa * sa / N, vb = sbb - sb * sb / N;
   return va > 0 && vb > 0 ? (sab - sa * sb / N) / std::sqrt(va * vb) : 0.0;
+}
+
+SolventCorrectedFsc solvent_corrected_fsc(const Grid<float>& h1, const Grid<float>& h2, const Grid<float>& mask,
+                                          double randomize_at_fsc, uint64_t seed) {
+  if (!h1.same_shape(h2) || !h1.same_shape(mask))
+    runtime_error("solvent_corrected_fsc: half maps and mask of different shapes");
+  auto times = [&](const Grid<float>& a) {
+    Grid<float> out = a;
+    for (size_t i = 0; i < out.size(); ++i) out[i] *= mask[i];
+    return out;
+  };
+  SolventCorrectedFsc r;
+  r.unmasked = fsc(h1, h2);
+  r.masked = fsc(times(h1), times(h2));
+  if (r.masked[0] <= 0) r.masked[0] = 1;
+  const size_t hs = r.unmasked.size();
+  for (size_t i = 1; i < hs; ++i)
+    if (r.unmasked[i] < randomize_at_fsc) {
+      r.randomize_at = int(i);
+      break;
+    }
+  if (r.randomize_at < 0) {
+    r.corrected = r.masked;
+    return r;
+  }
+  // Shells round(|k|) > randomize_at, i.e. |k| >= randomize_at + 0.5.
+  const Grid<float> r1 = randomize_phases(h1, r.randomize_at + 0.5, seed, 1);
+  const Grid<float> r2 = randomize_phases(h2, r.randomize_at + 0.5, seed, 2);
+  r.random = fsc(times(r1), times(r2));
+  if (r.random[0] <= 0) r.random[0] = 1;
+  r.corrected.resize(hs);
+  for (size_t i = 0; i < hs; ++i) {
+    if (int(i) < r.randomize_at + 2) {
+      r.corrected[i] = r.masked[i];
+    } else {
+      const double t = r.masked[i], q = r.random[i];
+      r.corrected[i] = (t - q) / (1 - q);
+    }
+  }
+  return r;
 }
 
 }  // namespace regula

@@ -31,6 +31,20 @@ void apply_fsc_weighting(Grid<cfloat>& F, const std::vector<double>& fsc);
 // The multiplier of each shell in apply_fsc_weighting.
 std::vector<double> fsc_weights(const std::vector<double>& fsc);
 
+// RELION's solvent-corrected FSC of two half maps under a mask (Chen et al. 2013; relion_postprocess
+// and relion_refine --solvent_correct_fsc): the FSC of the masked halves, corrected by the FSC of the
+// masked halves whose phases were randomised beyond the first shell where the unmasked FSC drops
+// below `randomize_at_fsc` (RELION: 0.8): corrected = (masked - random) / (1 - random) from two
+// shells above that shell, the masked FSC below. randomize_at -1 when the unmasked FSC never drops
+// below the threshold: then `random` is empty and corrected = masked. The random phases are drawn
+// from (seed, streams 1 and 2). Shell 0 of the masked and random curves is 1 where it would be <= 0.
+struct SolventCorrectedFsc {
+  std::vector<double> unmasked, masked, random, corrected;
+  int randomize_at = -1;
+};
+SolventCorrectedFsc solvent_corrected_fsc(const Grid<float>& h1, const Grid<float>& h2, const Grid<float>& mask,
+                                          double randomize_at_fsc, uint64_t seed);
+
 // Pearson correlation of all voxels (pixels) of two grids of equal size; 0 when either is constant.
 double real_space_correlation(const Grid<float>& a, const Grid<float>& b);
 

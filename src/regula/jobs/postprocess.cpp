@@ -149,35 +149,20 @@ PostprocessResult run_postprocess(const PostprocessOptions& in) {
   }
   const size_t hs = size_t(n / 2 + 1);
   PostprocessResult res;
-  res.fsc_unmasked = fsc(h1, h2);
   int randomize_at = -1;
   if (do_mask) {
-    res.fsc_masked = fsc(times(h1, mask), times(h2, mask));
-    for (size_t i = 1; i < hs; ++i)
-      if (res.fsc_unmasked[i] < opt.randomize_at_fsc) {
-        randomize_at = int(i);
-        break;
-      }
-    if (randomize_at < 0)
+    SolventCorrectedFsc sc = solvent_corrected_fsc(h1, h2, mask, opt.randomize_at_fsc, opt.seed);
+    res.fsc_unmasked = std::move(sc.unmasked);
+    if (sc.randomize_at < 0)
       input_error("{}: the unmasked FSC never drops below {} (--randomize_at_fsc): nothing to randomise", opt.half1,
                   opt.randomize_at_fsc);
-    // Shells round(|k|) > randomize_at, i.e. |k| >= randomize_at + 0.5.
-    const Volume r1 = randomize_phases(h1, randomize_at + 0.5, opt.seed, 1);
-    const Volume r2 = randomize_phases(h2, randomize_at + 0.5, opt.seed, 2);
-    res.fsc_random_masked = fsc(times(r1, mask), times(r2, mask));
-    if (res.fsc_masked[0] <= 0) res.fsc_masked[0] = 1;
-    if (res.fsc_random_masked[0] <= 0) res.fsc_random_masked[0] = 1;
-    res.fsc_corrected.resize(hs);
-    for (size_t i = 0; i < hs; ++i) {
-      if (int(i) < randomize_at + 2) {
-        res.fsc_corrected[i] = res.fsc_masked[i];
-      } else {
-        const double t = res.fsc_masked[i], r = res.fsc_random_masked[i];
-        res.fsc_corrected[i] = (t - r) / (1 - r);
-      }
-    }
+    randomize_at = sc.randomize_at;
+    res.fsc_masked = std::move(sc.masked);
+    res.fsc_random_masked = std::move(sc.random);
+    res.fsc_corrected = std::move(sc.corrected);
     res.randomise_from = n * angpix / randomize_at;
   } else {
+    res.fsc_unmasked = fsc(h1, h2);
     res.fsc_corrected = res.fsc_unmasked;
   }
   // Final resolution: the last shell before the corrected FSC falls below 0.143 (RELION's).

@@ -212,6 +212,8 @@ void Job::setup() {
   groups_ = ml3d::particle_groups(table_);
   const double r = opt_.particle_diameter > 0 ? opt_.particle_diameter / (2 * angpix_) : n_ / 2.0 - opt_.mask_edge;
   radius_px_ = std::clamp(r, 2.0, n_ / 2.0);
+  if (opt_.solvent_correct_fsc && opt_.solvent_mask.empty())
+    input_error("--solvent_correct_fsc needs --solvent_mask (the mask the FSC is corrected for)");
   if (!opt_.solvent_mask.empty()) solvent_mask_ = ml3d::read_solvent_mask(opt_.solvent_mask, n_);
   all_counts_ = ml3d::shell_pixel_counts(n_);
 }
@@ -618,9 +620,31 @@ IterationReport Job::iterate(bool final) {
     if (fsc[s] < kFscThreshold) break;
     res_shell = int(s);
   }
+  if (!final && opt_.low_resol_join_halves > 0) bp_[0]->join_below(*bp_[1], n_ * angpix_ / opt_.low_resol_join_halves);
+  if (opt_.solvent_correct_fsc) {
+    // RELION's reconstructUnregularisedMapAndCalculateSolventCorrectedFSC: after the low-resolution
+    // join, the unregularised halves (up to the E-step's limit, or all frequencies at the end)
+    // under the solvent mask, corrected by phase randomisation from where their unmasked FSC
+    // drops below 0.8 (imaging/fsc.hpp).
+    std::array<Volume, 2> unreg;
+    for (int h = 0; h < 2; ++h) {
+      ReconstructOptions ro;
+      ro.max_frequency = final ? r_ : r_score;
+      ro.nthreads = opt_.threads;
+      unreg[size_t(h)] = bp_[size_t(h)]->reconstruct(ro);
+    }
+    const SolventCorrectedFsc sc =
+        solvent_corrected_fsc(unreg[0], unreg[1], solvent_mask_, 0.8, opt_.seed ^ (0x534346ull + uint64_t(st_.iteration)));
+    fsc = sc.corrected;
+    for (size_t s = size_t(final ? r_ : r_score) + 1; s < fsc.size(); ++s) fsc[s] = 0;
+    res_shell = 0;
+    for (size_t s = 1; s < fsc.size(); ++s) {
+      if (fsc[s] < kFscThreshold) break;
+      res_shell = int(s);
+    }
+  }
   rep.fsc = fsc;
   rep.resolution_A = shell_to_A(std::max(res_shell, 1));
-  if (!final && opt_.low_resol_join_halves > 0) bp_[0]->join_below(*bp_[1], n_ * angpix_ / opt_.low_resol_join_halves);
 
   if (!final) {
     for (int h = 0; h < 2; ++h) {
@@ -725,7 +749,10 @@ refine3d_detail::Files Job::write_final(const IterationReport& rep) {
   final_files_.data = root + "_data.star";
   final_files_.bild = root + "_class001_angdist.bild";
   final_files_.png = root + "_class001_angdist.png";
-  final_fsc_ = fsc(st_.maps[0], st_.maps[1]);
+  // With --solvent_correct_fsc the final FSC is the solvent-corrected one, as RELION's run_model.star.
+  final_fsc_ = opt_.solvent_correct_fsc
+                   ? solvent_corrected_fsc(st_.maps[0], st_.maps[1], solvent_mask_, 0.8, opt_.seed ^ 0x534346ull).corrected
+                   : fsc(st_.maps[0], st_.maps[1]);
   final_resolution_ = resolution_at(final_fsc_, kFscThreshold, angpix_, n_);  // a shell, as RELION reports it
   IterationReport fr = rep;
   fr.fsc = final_fsc_;
@@ -744,8 +771,9 @@ refine3d_detail::Files Job::write_final(const IterationReport& rep) {
                       refine3d_detail::angular_distribution_bild(st_.p.rot, st_.p.tilt, n_, angpix_, radius_px_));
     write_file_atomic(final_files_.png, refine3d_detail::angular_distribution_png(st_.p.rot, st_.p.tilt));
   }
-  spdlog::info("refine3d: final resolution {:.2f} Å (FSC 0.143 of the unfiltered half maps); wrote {}",
-               final_resolution_, final_files_.map);
+  spdlog::info("refine3d: final resolution {:.2f} Å (FSC 0.143 of the unfiltered half maps{}); wrote {}",
+               final_resolution_, opt_.solvent_correct_fsc ? ", solvent-corrected under --solvent_mask" : "",
+               final_files_.map);
   return f;
 }
 

@@ -33,6 +33,8 @@ struct Refine3DOptions {
   bool flatten_solvent = false;     // --flatten_solvent: mask the references with a soft sphere
   bool zero_mask = false;           // --zero_mask: particle solvent set to 0 (else noise of the noise spectrum, as RELION)
   std::string solvent_mask;         // --solvent_mask: mask for the references instead of the sphere
+  bool solvent_correct_fsc = false; // --solvent_correct_fsc: gold-standard FSC of the halves under the
+                                    // solvent mask, corrected by phase randomisation (needs --solvent_mask)
   int healpix_order = 2;            // --healpix_order: initial angular sampling
   int auto_local_healpix_order = 4; // --auto_local_healpix_order: local searches from this order
   double offset_range = 5;          // --offset_range, px

@@ -202,6 +202,7 @@ Files write_iteration(const Refine3DOptions& opt, const std::string& input_star,
   o.set("rlnDoZeroMask", opt.zero_mask ? "1" : "0");
   o.set("rlnDoSolventFlattening", opt.flatten_solvent ? "1" : "0");
   o.set("rlnSolventMaskName", opt.solvent_mask.empty() ? "None" : opt.solvent_mask);
+  o.set("rlnDoSolventFscCorrection", opt.solvent_correct_fsc ? "1" : "0");
   o.set("rlnDoCorrectCtf", opt.ctf ? "1" : "0");
   o.set("rlnDoCorrectNorm", opt.norm ? "1" : "0");
   o.set("rlnInitialLowPassFilter", num(opt.ini_high));
@@ -241,6 +242,7 @@ void read_checkpoint(const std::string& path, Refine3DOptions& opt, std::string&
   opt.flatten_solvent = get_d("rlnDoSolventFlattening") != 0;
   opt.solvent_mask = get("rlnSolventMaskName");
   if (opt.solvent_mask == "None") opt.solvent_mask.clear();
+  opt.solvent_correct_fsc = get_d("rlnDoSolventFscCorrection") != 0;
   opt.ctf = get_d("rlnDoCorrectCtf") != 0;
   opt.norm = get_d("rlnDoCorrectNorm") != 0;
   opt.ini_high = get_d("rlnInitialLowPassFilter");
