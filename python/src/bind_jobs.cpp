@@ -297,6 +297,7 @@ void bind_jobs(py::module_& m) {
       {REGULA_FIELD(G, input), REGULA_FIELD(G, out_root), REGULA_FIELD(G, reference), REGULA_FIELD(G, ini_high),
        REGULA_FIELD(G, firstiter_cc), REGULA_FIELD(G, sym), REGULA_FIELD(G, particle_diameter), REGULA_FIELD(G, ctf),
        REGULA_FIELD(G, flatten_solvent), REGULA_FIELD(G, zero_mask), REGULA_FIELD(G, solvent_mask),
+       REGULA_FIELD(G, solvent_correct_fsc),
        REGULA_FIELD(G, healpix_order), REGULA_FIELD(G, auto_local_healpix_order), REGULA_FIELD(G, offset_range),
        REGULA_FIELD(G, offset_step), REGULA_FIELD(G, low_resol_join_halves), REGULA_FIELD(G, threads),
        REGULA_FIELD(G, seed), REGULA_FIELD(G, continue_from), REGULA_FIELD(G, angpix), REGULA_FIELD(G, norm),
