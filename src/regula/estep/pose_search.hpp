@@ -163,7 +163,9 @@ void prepare_direct(const RotatableParticle& x, const SearchPixels& px, std::spa
 
 // After search_poses (or search_direct) on the same arguments: the weighted sums per direction, data (d * 2m,
 // interleaved) and weight (d * m), for directions whose total weight exceeds `min_weight`
-// (others are zero rows). Returns the list of directions with non-zero rows.
+// (others are zero rows). Returns the list of directions with non-zero rows. These sums are built
+// from the scoring rows, which for CTF-premultiplied particles are not the back-projected ones
+// (prepare_direct's `for_sums`): use direct_sums for those.
 std::vector<size_t> pose_sums(const PoseResult& post, size_t m, SearchWork& work, std::vector<float>& data,
                               std::vector<float>& weight, double min_weight = 1e-6);
 
