@@ -621,12 +621,12 @@ IterationReport Job::iterate(bool final) {
     res_shell = int(s);
   }
   if (!final && opt_.low_resol_join_halves > 0) bp_[0]->join_below(*bp_[1], n_ * angpix_ / opt_.low_resol_join_halves);
+  std::array<Volume, 2> unreg;  // the unregularised halves, when --solvent_correct_fsc made them
   if (opt_.solvent_correct_fsc) {
     // RELION's reconstructUnregularisedMapAndCalculateSolventCorrectedFSC: after the low-resolution
     // join, the unregularised halves (up to the E-step's limit, or all frequencies at the end)
     // under the solvent mask, corrected by phase randomisation from where their unmasked FSC
     // drops below 0.8 (imaging/fsc.hpp).
-    std::array<Volume, 2> unreg;
     for (int h = 0; h < 2; ++h) {
       ReconstructOptions ro;
       ro.max_frequency = final ? r_ : r_score;
@@ -662,7 +662,12 @@ IterationReport Job::iterate(bool final) {
   } else {
     // Final: unregularised halves and the joined map, regularised as RELION's final reconstruction
     // (SSNR from the FSC of the whole set, sqrt(2 FSC / (1 + FSC))).
+    // (--solvent_correct_fsc made exactly these above: the same back-projectors, options and limit.)
     for (int h = 0; h < 2; ++h) {
+      if (!unreg[size_t(h)].empty()) {
+        st_.maps[size_t(h)] = std::move(unreg[size_t(h)]);
+        continue;
+      }
       ReconstructOptions ro;
       ro.max_frequency = r_;
       ro.nthreads = opt_.threads;
