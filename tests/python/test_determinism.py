@@ -1,6 +1,6 @@
-"""refine3d and class3d give byte-identical outputs for any number of threads (--j 1/2/7) and MPI ranks
-(mpirun -np 1/3/5): every sum of an iteration is exact (integers), so its value does not depend on how
-particles were split over threads and ranks nor on the order the parts were added."""
+"""refine3d, class3d and class2d give byte-identical outputs for any number of threads (--j 1/2/7) and MPI
+ranks (mpirun -np 1/3/5): every sum of an iteration is exact (integers), so its value does not depend on
+how particles were split over threads and ranks nor on the order the parts were added."""
 import filecmp
 import shutil
 import subprocess
@@ -17,8 +17,11 @@ CLASS3D = ["--K", 2, "--iter", 3, "--tau2_fudge", 4, "--ini_high", 40, "--ctf", 
            "--offset_range", 2, "--offset_step", 1, "--flatten_solvent", "--random_subsets", "--maxsig", 10]
 # (--maxsig: from random subsets the first posteriors are flat and the unbounded fine pass takes minutes
 # per run; the bound, which also puts its code path under test, makes each run about 2 s.)
+# class2d in batches of 16 particles: 10 work units for 150 particles, so 5 ranks all have work.
+CLASS2D = ["--K", 3, "--iter", 3, "--ctf", "--batch", 16, "--psi_step", 10, "--offset_range", 2, "--offset_step", 1]
 # Files whose content is the same whatever the split (the optimiser file records the command line).
-COMPARED = ["data.star", "model.star", "half1_class001.mrc", "half2_class001.mrc", "class001.mrc", "class002.mrc"]
+COMPARED = ["data.star", "model.star", "half1_class001.mrc", "half2_class001.mrc", "class001.mrc", "class002.mrc",
+            "classes.mrcs"]
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +52,16 @@ def same_as(ref, other):
 
 
 @pytest.mark.parametrize("job,opts,ref_arg", [("refine3d", REFINE, "truth_map1.mrc"),
-                                              ("class3d", CLASS3D, "truth_map1.mrc")])
+                                              ("class3d", CLASS3D, "truth_map1.mrc"),
+                                              ("class2d", CLASS2D, None)])
 def test_threads_and_ranks_give_identical_files(data, tmp_path, job, opts, ref_arg):
     def go(name, prefix=(), j=1):
         out = tmp_path / name
         out.mkdir()
         # Relative output names (the model file names the maps as given), one directory per run.
-        cmd = [*prefix, regula_binary(), "--quiet", job, "--i", data / "sim/particles.star", "--ref",
-               data / "sim" / ref_arg, "--o", "run", "--j", j, "--seed", 3, *opts]
+        ref = ["--ref", data / "sim" / ref_arg] if ref_arg else []
+        cmd = [*prefix, regula_binary(), "--quiet", job, "--i", data / "sim/particles.star", *ref, "--o", "run",
+               "--j", j, "--seed", 3, *opts]
         r = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=600, cwd=out)
         assert r.returncode == 0, r.stderr
         return out

@@ -223,16 +223,7 @@ def test_mpirun_gives_the_single_process_result(data, refined, tmp_path):
     assert r.returncode == 0, r.stderr
     run("reconstruct", "--i", data / "sim/truth.star", "--o", tmp_path / "s.mrc", "--ctf", "--j", 3)
     assert np.array_equal(mrcfile.read(tmp_path / "m.mrc"), mrcfile.read(tmp_path / "s.mrc"))
-    # class2d: batches in fixed chunks, chunk c on rank c mod 3, reduced in chunk order: identical.
-    r = subprocess.run(mpi + ["class2d", "--i", str(data / "sim/particles.star"), "--o", str(tmp_path / "cm/run"),
-                              "--K", "3", "--iter", "3", "--ctf", "--batch", "64", "--j", "1"],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    run("class2d", "--i", data / "sim/particles.star", "--o", tmp_path / "cs/run", "--K", 3, "--iter", 3, "--ctf",
-        "--batch", 64, "--j", 2)
-    for f in ["run_it003_classes.mrcs", "run_it003_data.star", "run_it003_model.star"]:
-        a = (tmp_path / "cm" / f).read_bytes().replace(b"/cm/run", b"/cs/run")  # the model names the class stack
-        assert a == (tmp_path / "cs" / f).read_bytes(), f
+    # (class2d under mpirun: test_determinism.py.)
 
 
 def test_solvent_correct_fsc(data, tmp_path):

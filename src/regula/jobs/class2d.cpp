@@ -13,6 +13,7 @@
 
 #include "regula/core/cancel.hpp"
 #include "regula/core/error.hpp"
+#include "regula/core/exact_sum.hpp"
 #include "regula/core/mpi.hpp"
 #include "regula/core/parallel.hpp"
 #include "regula/core/progress.hpp"
@@ -28,6 +29,7 @@
 #include "regula/imaging/mask.hpp"
 #include "regula/imaging/projector.hpp"
 #include "regula/jobs/class2d_detail.hpp"
+#include "regula/jobs/ml3d.hpp"
 #include "regula/model/particles.hpp"
 #include "regula/mstep/first_noise.hpp"
 #include "regula/mstep/class_average.hpp"
@@ -79,6 +81,8 @@ struct Batch {
   std::vector<uint32_t> group;   // count
   std::vector<float> scale;      // count
   std::vector<double> power;     // count * (n/2+1): sum of |X|^2 per shell over all non-redundant pixels
+  std::vector<double> ctf_max;   // count: max(1, largest |CTF factor|)
+  std::vector<double> x_bound;   // count: L1 norm of the masked image (bounds every |X(k)|) times ctf_max
 
   // The kernels' view of the batch at m pixels, with inverse noise rows per optics group (or one
   // row shared by all particles, without scales).
@@ -118,35 +122,16 @@ struct IterationData {
   bool split = false;                     // keep the sums of a random half (class re-seeding)
 };
 
-// Sums over the batches of one chunk (added in chunk order: independent of --j and of MPI).
-struct ChunkSums {
+// The sums of an iteration's E-step. All are exact (64-bit integer class sums, BackProjector::
+// start_exact; ExactSums for the statistics), so their values do not depend on how the batches
+// were split over threads and MPI ranks nor on the order in which they were added.
+enum Stat : size_t { kLoglik, kPmax, kOffset2, kOffsetW, kStats };  // kOffset2: sum w |origin|^2 (Å^2)
+struct IterationSums {
   std::vector<BackProjector> acc, acc_half;  // per class
-  std::vector<std::vector<double>> wdiff2, wcount;  // per optics group and shell
-  std::vector<double> wclass;
-  double loglik = 0, pmax = 0;
-  double offset2 = 0, offset_w = 0;  // sum of w |origin|^2 (Å^2) and of w over the significant poses
-  void reset(size_t K, int n, int r, bool split, size_t groups, size_t shells) {
-    acc.assign(K, mstep::class_accumulator(n, r));
-    acc_half.assign(split ? K : 0, mstep::class_accumulator(n, r));
-    wdiff2.assign(groups, std::vector<double>(shells, 0.0));
-    wcount = wdiff2;
-    wclass.assign(K, 0.0);
-    loglik = pmax = offset2 = offset_w = 0;
-  }
-  void add(const ChunkSums& o) {
-    for (size_t k = 0; k < acc.size(); ++k) acc[k].add(o.acc[k]);
-    for (size_t k = 0; k < acc_half.size(); ++k) acc_half[k].add(o.acc_half[k]);
-    for (size_t g = 0; g < wdiff2.size(); ++g)
-      for (size_t s = 0; s < wdiff2[g].size(); ++s) {
-        wdiff2[g][s] += o.wdiff2[g][s];
-        wcount[g][s] += o.wcount[g][s];
-      }
-    for (size_t k = 0; k < wclass.size(); ++k) wclass[k] += o.wclass[k];
-    loglik += o.loglik;
-    pmax += o.pmax;
-    offset2 += o.offset2;
-    offset_w += o.offset_w;
-  }
+  ExactSums wdiff2, wcount;                  // [optics group * (n/2+1) + shell]
+  ExactSums wclass;                          // per class
+  ExactSums stats;                           // Stat
+  size_t shells = 0;
 };
 
 // Buffers reused from batch to batch.
@@ -184,17 +169,19 @@ class Job {
     estep::ReferenceSlices refs;
     std::vector<uint32_t> global_j;
   };
-  void process_batch(size_t first, size_t count, const IterationData& it, BatchWork& w, ChunkSums& ch,
+  void process_batch(size_t first, size_t count, const IterationData& it, BatchWork& w, IterationSums& sums,
                      IterationReport& rep, std::vector<double>& new_scale);
   FinalPass finer_pass(size_t first, size_t count, const IterationData& it, const estep::ParticleBatch& pb,
                        std::span<const double> log_constant, BatchWork& w);
   void record_particles(size_t first, size_t count, const IterationData& it, const FinalPass& fp, const BatchWork& w,
-                        ChunkSums& ch, IterationReport& rep, std::vector<double>& new_scale);
+                        IterationSums& sums, IterationReport& rep, std::vector<double>& new_scale);
   void add_class_sums(const estep::ParticleBatch& pb, const estep::TranslationPhases& tp,
                       const estep::SparseWeights& sw, std::span<const uint32_t> global_j, const Sampling& s,
                       const FourierPixels& px, estep::ReferenceSums& sums, std::vector<BackProjector>& acc);
-  ChunkSums expectation(const IterationData& it, IterationReport& rep, std::vector<double>& new_scale);
-  void share_chunk(size_t c, size_t nbatch, ChunkSums& ch, IterationReport& rep, std::vector<double>& new_scale);
+  IterationSums expectation(const IterationData& it, IterationReport& rep, std::vector<double>& new_scale);
+  void start_exact_sums(const IterationData& it, IterationSums& sums) const;
+  void update_bounds(const Batch& b);
+  bool owns_batch(size_t batch) const { return int(batch % size_t(mpi::size())) == mpi::rank(); }
   std::vector<mstep::ClassAverage> maximise(const IterationData& it, const std::vector<BackProjector>& acc,
                                             const std::vector<BackProjector>& acc_half, std::vector<double>& wclass);
   mstep::ClassAverage class_average(const IterationData& it, const BackProjector& acc, size_t k) const;
@@ -205,7 +192,6 @@ class Job {
     auto rng = make_rng(opt_.seed, p, 0x53504c54);  // "SPLT"
     return uniform01(rng) < 0.5;
   }
-  size_t chunk_of_batches(size_t nbatch) const { return std::min<size_t>(4, nbatch); }
   // Log-prior of the origins reached by the translations, per particle of a batch (count x T):
   // a 2D Gaussian about 0 of variance sigma2_offset, as RELION's pdf_offset.
   std::vector<double> offset_log_prior(size_t first, size_t count,
@@ -298,6 +284,8 @@ void Job::load_batch(size_t first, size_t count, const FourierPixels& px, Batch&
   b.group.assign(count, 0);
   b.scale.assign(count, 1.0f);
   b.power.assign(count * hs, 0.0);
+  b.ctf_max.assign(count, 1.0);
+  b.x_bound.assign(count, 0.0);
   std::vector<Image> imgs(count);
   for (size_t i = 0; i < count; ++i) {  // reads are serial (the reader is not thread-safe)
     imgs[i] = images_->read(first + i);
@@ -324,6 +312,8 @@ void Job::load_batch(size_t first, size_t count, const FourierPixels& px, Batch&
                                   opt_.seed, p};
     apply_particle_mask(img, mask_radius_, opt_.mask_edge, at_particle, solvent);
     if (initial && !power_unmasked) first_noise->add(size_t(table_.optics_index[p]), img);
+    double l1 = 0;
+    for (float v : img) l1 += std::abs(double(v));
     Grid<cfloat> F = fourier_centred(img);
     // Re-centre by the current origin, the centre of the translation search.
     if (ox != 0 || oy != 0) shift_phase(F, ox / angpix_, oy / angpix_, n_);
@@ -333,9 +323,13 @@ void Job::load_batch(size_t first, size_t count, const FourierPixels& px, Batch&
       if (po.group().has_phase()) po.group().demodulate(F);  // beam tilt, odd Zernikes (RELION's order)
       Grid<float> c;
       po.ctf_half(c);
-      for (size_t k = 0; k < m; ++k) b.ctf[i * m + k] = po.predicted(c[px.index[k]]);
+      for (size_t k = 0; k < m; ++k) {
+        b.ctf[i * m + k] = po.predicted(c[px.index[k]]);
+        b.ctf_max[i] = std::max(b.ctf_max[i], double(std::abs(b.ctf[i * m + k])));
+      }
       b.premultiplied[i] = po.group().premultiplied;
     }
+    b.x_bound[i] = l1 * b.ctf_max[i];
     for (size_t k = 0; k < m; ++k) b.x[i * m + k] = F[px.index[k]];
     b.group[i] = uint32_t(table_.optics_index[p]);
     b.scale[i] = float(st_.scale.empty() ? 1.0 : st_.scale[p]);
@@ -389,6 +383,10 @@ void Job::initialise() {
     }
     sw.offset[count] = count;
     add_class_sums(b.view(m, ones, false), tp, sw, {}, at_origin, px, sums, acc);
+    for (size_t i = 0; i < count; ++i) {
+      st_.ctf_max = std::max(st_.ctf_max, b.ctf_max[i]);
+      st_.x_bound = std::max(st_.x_bound, b.x_bound[i]);
+    }
     prog.advance(double(count));
   }
   prog.finish();
@@ -515,8 +513,8 @@ IterationData Job::prepare_iteration() {
 
 // E-step of one batch: the coarse pass over every (class, psi, translation), then (with
 // oversampling) the finer pass over the children of each particle's significant coarse poses;
-// the weights of the last pass go into the chunk's class sums, noise and scale statistics.
-void Job::process_batch(size_t first, size_t count, const IterationData& it, BatchWork& w, ChunkSums& ch,
+// the weights of the last pass go into the iteration's class sums, noise and scale statistics.
+void Job::process_batch(size_t first, size_t count, const IterationData& it, BatchWork& w, IterationSums& sums,
                         IterationReport& rep, std::vector<double>& new_scale) {
   const size_t P = coarse_.psi.size(), J = size_t(opt_.classes) * P, T = coarse_.trans.size();
   const FourierPixels& px = it.px;
@@ -544,7 +542,7 @@ void Job::process_batch(size_t first, size_t count, const IterationData& it, Bat
   const FinalPass fp = opt_.oversampling > 0
                            ? finer_pass(first, count, it, pb, log_constant, w)
                            : FinalPass{&w.post.significant, &w.post.particle, tp, rs, {}};
-  add_class_sums(pb, fp.tp, *fp.sw, fp.global_j, fine_, px, w.sums, ch.acc);
+  add_class_sums(pb, fp.tp, *fp.sw, fp.global_j, fine_, px, w.sums, sums.acc);
   if (it.split) {
     // The same sums over a fixed random half of the particles (seeded per particle), kept to split
     // the largest class in two when another class has emptied (maximise).
@@ -552,10 +550,10 @@ void Job::process_batch(size_t first, size_t count, const IterationData& it, Bat
     for (size_t i = 0; i < count; ++i)
       if (!in_split_half(first + i))
         for (size_t e = half.offset[i]; e < half.offset[i + 1]; ++e) half.entry[e].weight = 0.0f;
-    add_class_sums(pb, fp.tp, half, fp.global_j, fine_, px, w.sums, ch.acc_half);
+    add_class_sums(pb, fp.tp, half, fp.global_j, fine_, px, w.sums, sums.acc_half);
   }
   estep::compute_particle_sums(pb, fp.tp, fp.refs, *fp.sw, w.psums, pool_);
-  record_particles(first, count, it, fp, w, ch, rep, new_scale);
+  record_particles(first, count, it, fp, w, sums, rep, new_scale);
 }
 
 // The finer pass of a batch: the children of the significant coarse poses (w.post), their fine
@@ -597,40 +595,55 @@ Job::FinalPass Job::finer_pass(size_t first, size_t count, const IterationData& 
 // Per particle of a batch, from the final pass: noise and scale statistics, class and origin
 // weights, and the written pose (best class, psi and origin on the fine grid).
 void Job::record_particles(size_t first, size_t count, const IterationData& it, const FinalPass& fp,
-                           const BatchWork& w, ChunkSums& ch, IterationReport& rep, std::vector<double>& new_scale) {
+                           const BatchWork& w, IterationSums& sums, IterationReport& rep,
+                           std::vector<double>& new_scale) {
   const FourierPixels& px = it.px;
-  const size_t m = px.size(), hs = size_t(n_ / 2 + 1), Pf = fine_.psi.size();
+  const size_t m = px.size(), hs = size_t(n_ / 2 + 1), Pf = fine_.psi.size(), K = size_t(opt_.classes);
   const Batch& b = w.b;
   auto global = [&](uint32_t j) { return fp.global_j.empty() ? j : fp.global_j[j]; };
+  // One particle's statistics are summed in double in a fixed order, then added exactly.
+  std::vector<double> d2s(hs), cnt(hs), wk(K);
   for (size_t i = 0; i < count; ++i) {
     const size_t p = first + i;
     const estep::ParticlePosterior& pp = (*fp.stats)[i];
     if (!pp.valid) continue;
     const size_t g = b.group[i];
     const double* d2 = w.psums.diff2.data() + i * m;
+    std::fill(d2s.begin(), d2s.end(), 0.0);
+    std::fill(cnt.begin(), cnt.end(), 0.0);
     double num = 0, den = 0;
     for (size_t q = 0; q < m; ++q) {
       const size_t s = size_t(px.shell[q]);
-      ch.wdiff2[g][s] += d2[q];
-      ch.wcount[g][s] += w.psums.sum_weight[i];
+      d2s[s] += d2[q];
+      cnt[s] += w.psums.sum_weight[i];
       const double iw = it.inv_sigma2[g * m + q];
       num += iw * w.psums.xa[i * m + q];
       den += iw * w.psums.aa[i * m + q];
     }
     for (size_t s = size_t(it.r) + 1; s < hs; ++s) {
-      ch.wdiff2[g][s] += b.power[i * hs + s];
-      ch.wcount[g][s] += all_counts_[s];
+      d2s[s] += b.power[i * hs + s];
+      cnt[s] += all_counts_[s];
+    }
+    for (size_t s = 0; s < hs; ++s) {
+      sums.wdiff2[g * hs + s].add(d2s[s]);
+      sums.wcount[g * hs + s].add(cnt[s]);
     }
     if (den > 0 && num > 0) new_scale[p] = std::clamp(st_.scale[p] * num / den, 0.2, 5.0);
     else new_scale[p] = st_.scale[p];
+    std::fill(wk.begin(), wk.end(), 0.0);
+    double offset2 = 0, offset_w = 0;
     for (size_t e = fp.sw->offset[i]; e < fp.sw->offset[i + 1]; ++e) {
       const estep::PoseWeight& pw = fp.sw->entry[e];
-      ch.wclass[global(pw.j) / Pf] += pw.weight;
+      wk[global(pw.j) / Pf] += pw.weight;
       const double dx = st_.origin_x[p] + fine_.trans[pw.t][0] * angpix_;
       const double dy = st_.origin_y[p] + fine_.trans[pw.t][1] * angpix_;
-      ch.offset2 += double(pw.weight) * (dx * dx + dy * dy);
-      ch.offset_w += double(pw.weight);
+      offset2 += double(pw.weight) * (dx * dx + dy * dy);
+      offset_w += double(pw.weight);
     }
+    for (size_t k = 0; k < K; ++k)
+      if (wk[k] != 0) sums.wclass[k].add(wk[k]);
+    sums.stats[kOffset2].add(offset2);
+    sums.stats[kOffsetW].add(offset_w);
     const uint32_t best = global(pp.best_j);
     rep.particle_class[p] = int(best / Pf) + 1;
     rep.psi[p] = fine_.psi[best % Pf];
@@ -639,35 +652,9 @@ void Job::record_particles(size_t first, size_t count, const IterationData& it, 
     rep.pmax[p] = pp.max_posterior;
     rep.n_significant[p] = int(w.post.particle[i].n_significant);  // of the coarse pass, as RELION
     rep.log_likelihood[p] = pp.log_likelihood;
-    ch.loglik += pp.log_likelihood;
-    ch.pmax += pp.max_posterior;
+    sums.stats[kLoglik].add(pp.log_likelihood);
+    sums.stats[kPmax].add(pp.max_posterior);
   }
-}
-
-// MPI: the sums and particle results of chunk c go from its owner (rank c mod size) to all ranks.
-void Job::share_chunk(size_t c, size_t nbatch, ChunkSums& ch, IterationReport& rep, std::vector<double>& new_scale) {
-  const int owner = int(c % size_t(mpi::size()));
-  for (auto* accs : {&ch.acc, &ch.acc_half})
-    for (BackProjector& a : *accs) {
-      mpi::bcast(a.raw_data().data(), a.raw_data().size() * sizeof(cfloat), owner);
-      mpi::bcast(a.raw_weight().data(), a.raw_weight().size() * sizeof(float), owner);
-    }
-  const size_t hs = size_t(n_ / 2 + 1), K = ch.wclass.size();
-  for (size_t g = 0; g < size_t(groups_); ++g) {
-    mpi::bcast(ch.wdiff2[g].data(), hs * sizeof(double), owner);
-    mpi::bcast(ch.wcount[g].data(), hs * sizeof(double), owner);
-  }
-  mpi::bcast(ch.wclass.data(), K * sizeof(double), owner);
-  mpi::bcast(&ch.loglik, sizeof(double), owner);
-  mpi::bcast(&ch.pmax, sizeof(double), owner);
-  mpi::bcast(&ch.offset2, sizeof(double), owner);
-  mpi::bcast(&ch.offset_w, sizeof(double), owner);
-  const size_t N = table_.size(), C = chunk_of_batches(nbatch);
-  const size_t b0 = nbatch * c / C, b1 = nbatch * (c + 1) / C;
-  const size_t p0 = b0 * size_t(opt_.batch_size), p1 = std::min(N, b1 * size_t(opt_.batch_size));
-  for (auto* v : {&rep.psi, &rep.origin_x, &rep.origin_y, &rep.pmax, &rep.log_likelihood, &new_scale, &posterior_sum_})
-    mpi::bcast(v->data() + p0, (p1 - p0) * sizeof(double), owner);
-  for (auto* v : {&rep.particle_class, &rep.n_significant}) mpi::bcast(v->data() + p0, (p1 - p0) * sizeof(int), owner);
 }
 
 // The class average of accumulator `acc` with the prior of class k, masked and centred.
@@ -738,43 +725,94 @@ std::vector<mstep::ClassAverage> Job::maximise(const IterationData& it, const st
   return avg;
 }
 
-// The E-step over all particles. Batches are grouped into a fixed number of chunks, each with its
-// own sums, added in chunk order: the result does not depend on --j, and under mpirun (chunk c on
-// rank c mod size) it is the same as in one process. One process adds each chunk as soon as it is
-// done; under MPI a rank keeps its own chunks until they are shared.
-ChunkSums Job::expectation(const IterationData& it, IterationReport& rep, std::vector<double>& new_scale) {
-  const size_t N = table_.size(), K = size_t(opt_.classes), hs = size_t(n_ / 2 + 1);
-  const size_t nbatch = (N + size_t(opt_.batch_size) - 1) / size_t(opt_.batch_size);
-  const size_t C = chunk_of_batches(nbatch), B = size_t(opt_.batch_size);
-  auto owns = [&](size_t c) { return int(c % size_t(mpi::size())) == mpi::rank(); };
+// Starts the exact class sums of an iteration, with quanta from bounds on what any lattice point
+// can reach: every particle adds at most s C X / sigma2 (data; |X(k)| <= the L1 norm of the masked
+// image) and s^2 C^2 / sigma2 (weight) per pose, its pose weights sum to 1, and one rotated image
+// reaches a lattice point from at most 4 pixels; a further factor 4 covers images whose norm grew
+// since the bounds were measured (they are updated after every E-step).
+void Job::start_exact_sums(const IterationData& it, IterationSums& sums) const {
+  const size_t K = size_t(opt_.classes), G = size_t(groups_), hs = size_t(n_ / 2 + 1);
+  sums.acc.assign(K, mstep::class_accumulator(n_, it.r));
+  sums.acc_half.assign(it.split ? K : 0, mstep::class_accumulator(n_, it.r));
+  double inv_s2 = 0, smax = 1;
+  for (float v : it.inv_sigma2) inv_s2 = std::max(inv_s2, double(v));
+  for (double v : st_.scale) smax = std::max(smax, v);
+  const double np = double(table_.size()) + 1, c = std::max(st_.ctf_max, 1.0);
+  const double data = 16 * np * smax * std::max(inv_s2, 1e-30) * std::max(st_.x_bound, 1e-30);
+  const double weight = 16 * np * smax * smax * std::max(inv_s2, 1e-30) * c * c;
+  for (auto* accs : {&sums.acc, &sums.acc_half})
+    for (BackProjector& a : *accs) a.start_exact(data, weight);
+  sums.shells = hs;
+  sums.wdiff2.resize(G * hs);
+  sums.wcount.resize(G * hs);
+  sums.wclass.resize(K);
+  sums.stats.resize(kStats);
+}
+
+// The E-step over all particles, in batches of --batch particles in index order: batch b runs on MPI
+// rank b mod size (any number of ranks up to the number of batches has work), its particles split
+// over the threads inside the kernels. The sums are exact (IterationSums), so the result does not
+// depend on --j nor on the number of ranks; per-particle results are filled by their owner and
+// summed with zeros from the other ranks.
+IterationSums Job::expectation(const IterationData& it, IterationReport& rep, std::vector<double>& new_scale) {
+  const size_t N = table_.size(), B = size_t(opt_.batch_size), nbatch = (N + B - 1) / B;
   double mine = 0;
-  for (size_t c = 0; c < C; ++c)
-    if (owns(c)) mine += double(std::min(N, nbatch * (c + 1) / C * B) - nbatch * c / C * B);
-  ChunkSums total;
-  total.reset(K, n_, it.r, it.split, size_t(groups_), hs);
+  for (size_t bi = 0; bi < nbatch; ++bi)
+    if (owns_batch(bi)) mine += double(std::min(N, (bi + 1) * B) - bi * B);
+  IterationSums sums;
+  start_exact_sums(it, sums);
   Progress prog(fmt::format("iteration {}/{}", st_.iteration + 1, opt_.iterations), mine);
   BatchWork work;
-  std::vector<ChunkSums> kept(mpi::active() ? C : 0);
-  for (size_t c = 0; c < C; ++c) {
-    if (!owns(c)) continue;
-    ChunkSums ch;
-    ch.reset(K, n_, it.r, it.split, size_t(groups_), hs);
-    for (size_t first = nbatch * c / C * B; first < std::min(N, nbatch * (c + 1) / C * B); first += B) {
-      const size_t count = std::min(B, N - first);
-      process_batch(first, count, it, work, ch, rep, new_scale);
-      prog.advance(double(count));
+  double ctf_max = 0, x_bound = 0;  // of the images read by this rank
+  for (size_t bi = 0; bi < nbatch; ++bi) {
+    if (!owns_batch(bi)) continue;
+    const size_t first = bi * B, count = std::min(B, N - first);
+    process_batch(first, count, it, work, sums, rep, new_scale);
+    for (size_t i = 0; i < count; ++i) {
+      ctf_max = std::max(ctf_max, work.b.ctf_max[i]);
+      x_bound = std::max(x_bound, work.b.x_bound[i]);
     }
-    if (mpi::active()) kept[c] = std::move(ch);
-    else total.add(ch);
+    prog.advance(double(count));
   }
   prog.finish();
-  for (size_t c = 0; c < C && mpi::active(); ++c) {
-    if (!owns(c)) kept[c].reset(K, n_, it.r, it.split, size_t(groups_), hs);
-    share_chunk(c, nbatch, kept[c], rep, new_scale);
-    total.add(kept[c]);
-    kept[c] = ChunkSums{};
+  if (mpi::active()) {
+    for (auto* accs : {&sums.acc, &sums.acc_half})
+      for (BackProjector& a : *accs) {
+        std::span<int64_t> e = a.exact_sums();
+        mpi::allreduce_sum(e.data(), e.size());
+      }
+    ml3d::reduce_over_ranks({&sums.wdiff2, &sums.wcount, &sums.wclass, &sums.stats});
+    // Per-particle results: the owner's values, zeros elsewhere, summed.
+    auto owner_only = [&](auto& v) {
+      for (size_t p = 0; p < N; ++p)
+        if (!owns_batch(p / B)) v[p] = 0;
+    };
+    for (auto* v : {&rep.psi, &rep.origin_x, &rep.origin_y, &rep.pmax, &rep.log_likelihood, &new_scale,
+                    &posterior_sum_}) {
+      owner_only(*v);
+      mpi::allreduce_sum(v->data(), N);
+    }
+    for (auto* v : {&rep.particle_class, &rep.n_significant}) {
+      std::vector<int64_t> t(v->begin(), v->end());
+      owner_only(t);
+      mpi::allreduce_sum(t.data(), N);
+      std::copy(t.begin(), t.end(), v->begin());
+    }
+    // Largest bounds over the ranks (each rank's at its own slot).
+    std::vector<double> c(size_t(mpi::size()) * 2, 0.0);
+    c[size_t(mpi::rank()) * 2] = ctf_max;
+    c[size_t(mpi::rank()) * 2 + 1] = x_bound;
+    mpi::allreduce_sum(c.data(), c.size());
+    for (size_t r = 0; r < size_t(mpi::size()); ++r) {
+      ctf_max = std::max(ctf_max, c[2 * r]);
+      x_bound = std::max(x_bound, c[2 * r + 1]);
+    }
   }
-  return total;
+  for (auto* accs : {&sums.acc, &sums.acc_half})
+    for (BackProjector& a : *accs) a.finish_exact();
+  st_.ctf_max = std::max(st_.ctf_max, ctf_max);
+  st_.x_bound = std::max(st_.x_bound, x_bound);
+  return sums;
 }
 
 IterationReport Job::iterate() {
@@ -793,20 +831,22 @@ IterationReport Job::iterate() {
   posterior_sum_.assign(N, 0.0);
   std::vector<double> new_scale(N, 1.0);
   fine_flops_ = 0;
-  ChunkSums total = expectation(it, rep, new_scale);
-  rep.log_likelihood_sum = total.loglik;
-  rep.average_pmax = total.pmax / double(N);
+  IterationSums total = expectation(it, rep, new_scale);
+  const std::vector<double> stats = total.stats.values(), d2 = total.wdiff2.values(), cnt = total.wcount.values();
+  std::vector<double> wclass = total.wclass.values();
+  rep.log_likelihood_sum = stats[kLoglik];
+  rep.average_pmax = stats[kPmax] / double(N);
 
   // M-step: class averages, fractions, SSNR, resolution, noise, scales, next frequency limit.
-  std::vector<mstep::ClassAverage> avg = maximise(it, total.acc, total.acc_half, total.wclass);
-  const double wtot = std::accumulate(total.wclass.begin(), total.wclass.end(), 0.0);
+  std::vector<mstep::ClassAverage> avg = maximise(it, total.acc, total.acc_half, wclass);
+  const double wtot = std::accumulate(wclass.begin(), wclass.end(), 0.0);
   int r_best = 0;
   rep.ssnr.resize(K);
   rep.tau2 = it.tau2;
   rep.class_resolution_A.resize(K);
   for (size_t k = 0; k < K; ++k) {
     st_.classes[k] = std::move(avg[k].image);
-    st_.fraction[k] = wtot > 0 ? total.wclass[k] / wtot : 1.0 / double(K);
+    st_.fraction[k] = wtot > 0 ? wclass[k] / wtot : 1.0 / double(K);
     rep.ssnr[k] = avg[k].ssnr;
     int rk = resolution_shell(avg[k].ssnr);
     rep.class_resolution_A[k] = shell_to_A(rk);
@@ -815,7 +855,7 @@ IterationReport Job::iterate() {
   rep.resolution_A = shell_to_A(r_best);
   for (size_t g = 0; g < size_t(groups_); ++g)
     for (size_t s = 1; s < hs; ++s)
-      if (total.wcount[g][s] > 0) st_.sigma2[g][s] = total.wdiff2[g][s] / (2 * total.wcount[g][s]);
+      if (cnt[g * hs + s] > 0) st_.sigma2[g][s] = d2[g * hs + s] / (2 * cnt[g * hs + s]);
   if (opt_.norm || opt_.scale) {
     double mean = 0;
     for (double s : new_scale) mean += s;
@@ -826,7 +866,7 @@ IterationReport Job::iterate() {
   // posterior-weighted squared origins (2 dimensions), at least 2 Å^2 (RELION's floor).
   st_.origin_x = rep.origin_x;
   st_.origin_y = rep.origin_y;
-  if (total.offset_w > 0) st_.sigma2_offset = std::max(2.0, total.offset2 / (2 * total.offset_w));
+  if (stats[kOffsetW] > 0) st_.sigma2_offset = std::max(2.0, stats[kOffset2] / (2 * stats[kOffsetW]));
   st_.current_shells = std::clamp(r_best + opt_.incr_size, r_ini_, n_ / 2 - 1);
   st_.iteration += 1;
   return rep;
@@ -852,6 +892,17 @@ Class2DResult Job::run() {
                   "(box {}, {} particles, {} groups)",
                   opt_.continue_from, st_.n, st_.scale.size(), st_.sigma2.size(), st_.classes.size(), input_star_, n_,
                   table_.size(), groups_);
+  }
+  if (cont && st_.x_bound == 0) {  // a checkpoint of before the bounds of the exact sums were kept
+    const FourierPixels px = mstep::select_fourier_pixels(n_, st_.current_shells);
+    Batch b;
+    for (size_t first = 0; first < table_.size(); first += size_t(opt_.batch_size)) {
+      load_batch(first, std::min(size_t(opt_.batch_size), table_.size() - first), px, b);
+      for (size_t i = 0; i < b.count; ++i) {
+        st_.ctf_max = std::max(st_.ctf_max, b.ctf_max[i]);
+        st_.x_bound = std::max(st_.x_bound, b.x_bound[i]);
+      }
+    }
   }
   std::filesystem::path root_dir = std::filesystem::path(opt_.out_root).parent_path();
   if (!root_dir.empty()) std::filesystem::create_directories(root_dir);

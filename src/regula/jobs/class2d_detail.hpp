@@ -27,6 +27,10 @@ struct State {
   // search (RELION: the offsets found so far). Empty in a checkpoint of before they were kept.
   std::vector<double> origin_x, origin_y;
   double sigma2_offset = 0;         // Å^2: variance of the Gaussian prior on origins (about 0)
+  // Largest value seen so far of |CTF factor| (at least 1) and of a particle image's L1 norm (as the
+  // E-step sees it) times that factor: the bounds of the exact class sums (BackProjector::
+  // start_exact). 0 in a checkpoint of before they were kept (recomputed from the images).
+  double ctf_max = 0, x_bound = 0;
 };
 
 // What an iteration produced, for the output files (not carried to the next iteration).

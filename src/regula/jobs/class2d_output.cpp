@@ -23,8 +23,10 @@ namespace regula::class2d_detail {
 
 namespace {
 
-// Version 2 adds the origins and the offset prior; version 1 files still read (without them).
-constexpr char kMagic[8] = {'R', 'G', 'C', '2', 'D', '0', '0', '2'};
+// Version 2 adds the origins and the offset prior, version 3 the bounds of the exact sums; files of
+// versions 1 and 2 still read (without them).
+constexpr char kMagic[8] = {'R', 'G', 'C', '2', 'D', '0', '0', '3'};
+constexpr char kMagic2[8] = {'R', 'G', 'C', '2', 'D', '0', '0', '2'};
 constexpr char kMagic1[8] = {'R', 'G', 'C', '2', 'D', '0', '0', '1'};
 
 std::string num(double v) { return fmt::format("{}", v); }  // shortest text that reads back exactly
@@ -49,7 +51,7 @@ void write_state(const std::string& path, const State& st) {
   put_d(st.scale);
   put_d(st.origin_x);
   put_d(st.origin_y);
-  put_d({st.sigma2_offset});
+  put_d({st.sigma2_offset, st.ctf_max, st.x_bound});
   f.commit();
 }
 
@@ -62,8 +64,10 @@ void read_state(const std::string& path, State& st) {
   };
   need(sizeof kMagic);
   const bool v1 = std::memcmp(b.data(), kMagic1, sizeof kMagic1) == 0;
-  if (!v1 && std::memcmp(b.data(), kMagic, sizeof kMagic) != 0)
-    input_error("{}: not a Regula class2d state file (byte offset 0: expected 'RGC2D002' or 'RGC2D001')", path);
+  const bool v2 = std::memcmp(b.data(), kMagic2, sizeof kMagic2) == 0;
+  if (!v1 && !v2 && std::memcmp(b.data(), kMagic, sizeof kMagic) != 0)
+    input_error("{}: not a Regula class2d state file (byte offset 0: expected 'RGC2D003', 'RGC2D002' or 'RGC2D001')",
+                path);
   pos = sizeof kMagic;
   auto get_i = [&]() {
     need(8);
@@ -91,11 +95,16 @@ void read_state(const std::string& path, State& st) {
   st.scale = get_d(size_t(N));
   st.origin_x.clear();
   st.origin_y.clear();
-  st.sigma2_offset = 0;
+  st.sigma2_offset = st.ctf_max = st.x_bound = 0;
   if (!v1) {
     st.origin_x = get_d(size_t(N));
     st.origin_y = get_d(size_t(N));
     st.sigma2_offset = get_d(1)[0];
+  }
+  if (!v1 && !v2) {
+    const std::vector<double> bounds = get_d(2);
+    st.ctf_max = bounds[0];
+    st.x_bound = bounds[1];
   }
   if (pos != b.size()) input_error("{}: {} unexpected bytes at the end of the state file", path, b.size() - pos);
 }
