@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # High-resolution data sets of the real-scale engine issue: signal to Nyquist, deterministic by seed.
 #
-#   bench/make_hires_datasets.sh [OUT (bench/out)] [SET...]      SET: apo 1u6g trpv55 (default: all)
+#   bench/make_hires_datasets.sh [OUT (bench/out)] [SET...]      SET: apo 1u6g trpv55 big320 (default: the
+#                                                                first three)
 #
 # Maps from atomic models (../shared/data/models) by ../shared/tools/model_to_map.py (band-limited at
 # Nyquist, atomic B-factors only), particles by `regula simulate` (CTF, defocus 0.5-2.5 µm, white noise
@@ -11,6 +12,8 @@
 #   1u6g:   1U6G (Cand1-Cul1-Roc1, asymmetric), 1.5 Å/px, box 160, 4,000 particles, SNR 0.05
 #   trpv55: TRPV1 3J5P Fourier-cropped to 5.5 Å/px (signal to Nyquist, 11 Å), box 96, C1,
 #           2,000 particles, SNR 0.05
+#   big320: 1U6G at 1.0 Å/px, box 320, 200 particles, SNR 0.05 (peak memory at a real box size,
+#           bench/refine3d_memory.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${REGULA:-$PWD/build/bin/regula}
@@ -35,6 +38,7 @@ for s in "${sets[@]}"; do
     apo) make_set apo 6z6u 1.0 192 O 2000 0.05 21 4 ;;
     1u6g) make_set 1u6g 1u6g 1.5 160 none 4000 0.05 22 4 ;;
     trpv55) make_set trpv55 3j5p 5.5 96 none 2000 0.05 23 3 ;;
+    big320) make_set big320 1u6g 1.0 320 none 200 0.05 24 4 ;;
     *) echo "unknown set $s"; exit 2 ;;
   esac
 done

@@ -55,8 +55,12 @@ struct DistinctPoses {
   }
 };
 
-// Row-major single-precision C[m x n] = op(A) op(B) (+ beta C), thin wrapper over cblas_sgemm.
+// Row-major single-precision C[m x n] = op(A) op(B) (+ beta C), thin wrapper over cblas_sgemm
+// (denormals flushed for the call; its 2 m n k flops counted in sgemm_flops()).
 void sgemm(bool trans_a, bool trans_b, size_t m, size_t n, size_t k, const float* a, size_t lda,
            const float* b, size_t ldb, float beta, float* c, size_t ldc);
+
+// Flops of every sgemm() call of the process so far (all threads): the jobs log their E-step rate.
+uint64_t sgemm_flops();
 
 }  // namespace regula::estep::detail

@@ -8,6 +8,7 @@
 
 #include "regula/core/error.hpp"
 #include "regula/core/fft.hpp"
+#include "regula/estep/matrices.hpp"
 #include "regula/sampling/euler.hpp"
 #include "regula/core/grid.hpp"
 
@@ -302,10 +303,10 @@ void search_poses(const RotatableParticle& x, const SearchPixels& px, std::span<
   }
   w.a2.resize(PT * D);
   w.a1.resize(P * D);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(PT), int(D), int(2 * m), 1.0f, w.q.data(), int(2 * m),
-              slices.s.data(), int(2 * m), 0.0f, w.a2.data(), int(D));
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(P), int(D), int(m), 1.0f, w.b.data(), int(m),
-              slices.s2.data(), int(m), 0.0f, w.a1.data(), int(D));
+  detail::sgemm(false, true, PT, D, 2 * m, w.q.data(), 2 * m,
+                slices.s.data(), 2 * m, 0.0f, w.a2.data(), D);
+  detail::sgemm(false, true, P, D, m, w.b.data(), m,
+                slices.s2.data(), m, 0.0f, w.a1.data(), D);
 
   posterior_from_scores(P, T, D, poses.log_prior_psi, poses.log_prior_trans, poses.log_prior_dir, opt, w, out);
 }
@@ -352,8 +353,8 @@ void search_direct(const RotatableParticle& x, const SearchPixels& px, std::span
   prepare_direct(x, px, inv_sigma2, scale, trans, w);
   w.a2.resize(T * J);
   w.a1.resize(J);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(J), int(2 * m), 1.0f, w.q.data(), int(2 * m),
-              refs.s.data(), int(2 * m), 0.0f, w.a2.data(), int(J));
+  detail::sgemm(false, true, T, J, 2 * m, w.q.data(), 2 * m,
+                refs.s.data(), 2 * m, 0.0f, w.a2.data(), J);
   cblas_sgemv(CblasRowMajor, CblasNoTrans, int(J), int(m), 1.0f, refs.s2.data(), int(m), w.b.data(), 1, 0.0f,
               w.a1.data(), 1);
   posterior_from_scores(1, T, J, {}, log_prior_trans, log_prior_ref, opt, w, out);
@@ -384,10 +385,10 @@ std::vector<size_t> pose_sums(const PoseResult& post, size_t m, SearchWork& w, s
       float* o = w.wsum_pd.data() + p * D;
       for (size_t d = 0; d < D; ++d) o[d] += wr[d];
     }
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(D), int(2 * m), int(PT), 1.0f, post.weight.data(), int(D),
-              w.q.data(), int(2 * m), 0.0f, data.data(), int(2 * m));
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(D), int(m), int(P), 1.0f, w.wsum_pd.data(), int(D),
-              w.b.data(), int(m), 0.0f, weight.data(), int(m));
+  detail::sgemm(true, false, D, 2 * m, PT, post.weight.data(), D,
+                w.q.data(), 2 * m, 0.0f, data.data(), 2 * m);
+  detail::sgemm(true, false, D, m, P, w.wsum_pd.data(), D,
+                w.b.data(), m, 0.0f, weight.data(), m);
   return used;
 }
 

@@ -6,6 +6,7 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cmath>
 #include <mutex>
@@ -105,11 +106,18 @@ std::vector<float> reference_power(const ReferenceSlices& refs) {
   return out;
 }
 
+namespace {
+std::atomic<uint64_t> g_sgemm_flops{0};
+}
+
+uint64_t sgemm_flops() { return g_sgemm_flops.load(std::memory_order_relaxed); }
+
 void sgemm(bool trans_a, bool trans_b, size_t m, size_t n, size_t k, const float* a, size_t lda,
            const float* b, size_t ldb, float beta, float* c, size_t ldc) {
   for (size_t v : {m, n, k, lda, ldb, ldc})
     if (v > size_t(INT_MAX)) runtime_error("estep: matrix dimension {} exceeds the BLAS integer range", v);
   if (m == 0 || n == 0) return;
+  g_sgemm_flops.fetch_add(uint64_t(2) * m * n * k, std::memory_order_relaxed);
   // Flush denormals to zero (FTZ) and read them as zero (DAZ) for this call: tiny posterior
   // weights times small pixel values otherwise produce denormals that slow SGEMM down tens of
   // times. Changes only values below 1.2e-38. OpenBLAS runs in this thread (one BLAS thread).

@@ -8,6 +8,7 @@
 #include <numbers>
 
 #include "regula/core/error.hpp"
+#include "regula/estep/matrices.hpp"
 
 namespace regula::estep {
 namespace {
@@ -226,8 +227,8 @@ bool score_fine(const Search3DSetup& S, const Search3DInput& in, const FinePoses
     for (size_t j = j0; j < j1; ++j)
       project_orientation(*S.proj[size_t(fp.cls[j])], px, fp.ang[j], ws.block.s.data() + (j - j0) * 2 * m,
                           ws.block.s2.data() + (j - j0) * m);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(nb), int(2 * m), 1.0f, ws.work.q.data(),
-                int(2 * m), ws.block.s.data(), int(2 * m), 0.0f, ws.score.data() + j0, int(J));
+    detail::sgemm(false, true, T, nb, 2 * m, ws.work.q.data(), 2 * m, ws.block.s.data(), 2 * m, 0.0f,
+                  ws.score.data() + j0, J);
     cblas_sgemv(CblasRowMajor, CblasNoTrans, int(nb), int(m), 1.0f, ws.block.s2.data(), int(m), ws.work.b.data(), 1,
                 0.0f, ws.a1.data() + j0, 1);
   }
@@ -262,8 +263,8 @@ void residual_sums(const Search3DSetup& S, const Search3DInput& in, const FinePo
     for (size_t u = 0; u < nj; ++u) wj[u] += ws.wmat[a * nj + u];
   ws.qsum.resize(nt * 2 * m);
   ws.gsum.resize(m);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(nt), int(2 * m), int(nj), 1.0f, ws.wmat.data(), int(nj),
-              ws.sig_slices.s.data(), int(2 * m), 0.0f, ws.qsum.data(), int(2 * m));
+  detail::sgemm(false, false, nt, 2 * m, nj, ws.wmat.data(), nj,
+                ws.sig_slices.s.data(), 2 * m, 0.0f, ws.qsum.data(), 2 * m);
   cblas_sgemv(CblasRowMajor, CblasTrans, int(nj), int(m), 1.0f, ws.sig_slices.s2.data(), int(m), wj.data(), 1, 0.0f,
               ws.gsum.data(), 1);
   // Xbar(k) = sum_t conj(phase_t(k)) qsum_t(k), phase_t(k) = exp(-2 pi i k.t / n).
@@ -480,8 +481,8 @@ void search_particle_3d(const Search3DSetup& S, const Search3DInput& in, Search3
   const size_t ms = pxs.size();
   ws.sdata.resize(nj * 2 * ms);
   ws.sweight.resize(nj * ms);
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(nj), int(2 * ms), int(nt), 1.0f, ws.wmat.data(), int(nj),
-              ws.work.q.data(), int(2 * ms), 0.0f, ws.sdata.data(), int(2 * ms));
+  detail::sgemm(true, false, nj, 2 * ms, nt, ws.wmat.data(), nj,
+                ws.work.q.data(), 2 * ms, 0.0f, ws.sdata.data(), 2 * ms);
   std::vector<Mat3> A(nj);
   for (size_t u = 0; u < nj; ++u) {
     float wj = 0;

@@ -18,6 +18,7 @@
 #include "regula/core/parallel.hpp"
 #include "regula/core/progress.hpp"
 #include "regula/core/random.hpp"
+#include "regula/estep/matrices.hpp"
 #include "regula/estep/pose_search.hpp"
 #include "regula/estep/scores.hpp"
 #include "regula/estep/search3d.hpp"
@@ -551,6 +552,8 @@ IterationReport Job::iterate(bool final) {
     tsums[t].init(size_t(optics_), hs, groups_.names.size());
     readers[t] = std::make_unique<ParticleImages>(table_, 8);
   }
+  const auto estep_t0 = std::chrono::steady_clock::now();
+  const uint64_t flops0 = estep::detail::sgemm_flops();
   pool_.parallel_for(0, blocks.mine.size(), [&](size_t u, int thread) {
     const size_t b = blocks.mine[u];
     for (size_t i = blocks.begin(b); i < blocks.end(b); ++i) {
@@ -558,6 +561,8 @@ IterationReport Job::iterate(bool final) {
       process_particle(i, final, *readers[size_t(thread)], works[size_t(thread)], tsums[size_t(thread)]);
     }
   });
+  rep.estep_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - estep_t0).count();
+  rep.estep_sgemm_flops = double(estep::detail::sgemm_flops() - flops0);
   progress_->finish();
   readers.clear();
   works.clear();
@@ -846,6 +851,11 @@ Refine3DResult Job::run() {
                  s.iteration, final ? " (final)" : "", s.healpix_order, st_.local ? "local" : "global",
                  s.offset_range_px, s.offset_step_px, s.current_shells, s.resolution_A, s.average_pmax,
                  s.angular_change_deg, s.offset_change_A, s.acc_rot_deg, s.acc_trans_A, s.seconds);
+    spdlog::info("refine3d: iteration {} E-step {:.1f} s, {:.1f} GFLOP in SGEMMs ({:.1f} GFLOP/s over the E-step's wall "
+                 "time, {} threads{})",
+                 s.iteration, rep.estep_seconds, rep.estep_sgemm_flops * 1e-9,
+                 rep.estep_seconds > 0 ? rep.estep_sgemm_flops * 1e-9 / rep.estep_seconds : 0.0, opt_.threads,
+                 mpi::active() ? ", this rank" : "");
     if (opt_.stop_after > 0 && st_.iteration >= opt_.stop_after && !st_.final_done) break;
   }
   res.last_iteration = st_.iteration;
