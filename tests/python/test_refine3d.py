@@ -201,16 +201,9 @@ def test_mpirun_gives_the_single_process_result(data, refined, tmp_path):
     # Three ranks on this machine: the partial sums are combined in the same order as one process,
     # so the maps are identical (the issue asks for the same resolution within one shell).
     mpi = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "3", regula_binary(), "--quiet"]
-    # The first two iterations (global searches) from the start, then the last two (local searches and the
-    # joined final iteration) continued under mpirun from the single process's checkpoint: the same bits.
-    # (test_determinism.py compares 1, 3 and 5 ranks for three iterations on other data.)
-    r = subprocess.run(mpi + ["refine3d", "--i", str(data / "sim/particles.star"), "--ref",
-                              str(data / "sim/truth_map1.mrc"), "--o", str(tmp_path / "run"), "--j", "1",
-                              "--stop_after", "2", *map(str, REFINE)], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
-    for f in ["run_it002_half1_class001.mrc", "run_it002_half2_class001.mrc"]:
-        assert np.array_equal(mrcfile.read(tmp_path / f), mrcfile.read(refined / f)), f
-    assert (tmp_path / "run_it002_data.star").read_bytes() == (refined / "run_it002_data.star").read_bytes()
+    # The last two iterations (local searches and the joined final iteration) continued under mpirun from
+    # the single process's checkpoint: the same bits. (test_determinism.py compares 1, 3 and 5 ranks from
+    # the start for three iterations on other data; the final iteration is checked here.)
     its = sorted(int(f.name[6:9]) for f in refined.glob("run_it*_optimiser.star"))
     assert len(its) >= 5, its
     r = subprocess.run(mpi + ["refine3d", "--continue", str(refined / f"run_it{its[-3]:03d}_optimiser.star"), "--o",
