@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,7 @@
 #include "regula/core/random.hpp"
 #include "regula/imaging/backprojector.hpp"
 #include "regula/imaging/fsc.hpp"
+#include "regula/sampling/symmetry.hpp"
 #include "regula/imaging/projector.hpp"
 #include "regula/sampling/euler.hpp"
 
@@ -168,6 +170,23 @@ TEST(BackProjector, SymmetriseGivesGroupAverage) {
   // and it is not the unsymmetrised map
   std::vector<double> f0 = fsc(v, r);
   EXPECT_LT(f0[8], 0.8);
+}
+
+// Symmetrising on several threads (planes split among them) gives the one-thread bits (octahedral
+// group: rotations mixing every axis).
+TEST(BackProjector, SymmetriseIsTheSameOnAnyThreadCount) {
+  const int n = 24;
+  BackProjector bp = project_and_insert(test_volume(n), 500, 5);
+  const std::vector<Mat3> ops = SymmetryGroup::parse("O").operators();
+  BackProjector one = bp, three = bp;
+  one.symmetrise(ops, 1);
+  three.symmetrise(ops, 3);
+  ASSERT_EQ(one.raw_weight().size(), three.raw_weight().size());
+  EXPECT_EQ(0, std::memcmp(one.raw_data().data(), three.raw_data().data(), one.raw_data().size() * sizeof(cfloat)));
+  EXPECT_EQ(0, std::memcmp(one.raw_weight().data(), three.raw_weight().data(), one.raw_weight().size() * sizeof(float)));
+  double moved = 0;  // and the operation did something
+  for (size_t i = 0; i < bp.raw_weight().size(); ++i) moved += std::abs(one.raw_weight()[i] - bp.raw_weight()[i]);
+  EXPECT_GT(moved, 0.0);
 }
 
 // Wiener regularisation: tau2 -> infinity gives the plain reconstruction;

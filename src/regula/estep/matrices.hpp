@@ -60,7 +60,9 @@ struct DistinctPoses {
 void sgemm(bool trans_a, bool trans_b, size_t m, size_t n, size_t k, const float* a, size_t lda,
            const float* b, size_t ldb, float beta, float* c, size_t ldc);
 
-// Flops of every sgemm() call of the process so far (all threads): the jobs log their E-step rate.
+// Flops of every sgemm() call of the process so far, and the time spent in them summed over the
+// threads: the jobs log their E-step's SGEMM rate against the machine's.
 uint64_t sgemm_flops();
+double sgemm_thread_seconds();
 
 }  // namespace regula::estep::detail

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <climits>
 #include <cmath>
 #include <mutex>
@@ -107,10 +108,11 @@ std::vector<float> reference_power(const ReferenceSlices& refs) {
 }
 
 namespace {
-std::atomic<uint64_t> g_sgemm_flops{0};
+std::atomic<uint64_t> g_sgemm_flops{0}, g_sgemm_ns{0};
 }
 
 uint64_t sgemm_flops() { return g_sgemm_flops.load(std::memory_order_relaxed); }
+double sgemm_thread_seconds() { return 1e-9 * double(g_sgemm_ns.load(std::memory_order_relaxed)); }
 
 void sgemm(bool trans_a, bool trans_b, size_t m, size_t n, size_t k, const float* a, size_t lda,
            const float* b, size_t ldb, float beta, float* c, size_t ldc) {
@@ -128,8 +130,12 @@ void sgemm(bool trans_a, bool trans_b, size_t m, size_t n, size_t k, const float
     ~CsrGuard() { _mm_setcsr(saved); }
   } guard;
 #endif
+  const auto t0 = std::chrono::steady_clock::now();
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
               int(m), int(n), int(k), 1.0f, a, int(lda), b, int(ldb), beta, c, int(ldc));
+  g_sgemm_ns.fetch_add(uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                    std::chrono::steady_clock::now() - t0).count()),
+                       std::memory_order_relaxed);
 }
 
 }  // namespace detail

@@ -485,7 +485,7 @@ void BackProjector::make_hermitian() {
   hermitian_done_ = true;
 }
 
-void BackProjector::symmetrise(const std::vector<Mat3>& operators) {
+void BackProjector::symmetrise(const std::vector<Mat3>& operators, int nthreads) {
   make_hermitian();
   std::vector<Mat3> ops;
   for (const Mat3& R : operators) {
@@ -520,18 +520,31 @@ void BackProjector::symmetrise(const std::vector<Mat3>& operators) {
   };
   std::vector<cfloat> nd = data_;
   std::vector<float> nw = weight_;
-  ball_.for_each([&](size_t i, int x, int y, int z) {
-    if (double(x) * x + double(y) * y + double(z) * z > max_r * max_r) return;
-    for (const Mat3& S : ops) {
-      // q' = S q (for 2D the upper-left block)
-      const double qx = S[0][0] * x + S[0][1] * y + (dim == 3 ? S[0][2] * z : 0.0);
-      const double qy = S[1][0] * x + S[1][1] * y + (dim == 3 ? S[1][2] * z : 0.0);
-      const double qz = dim == 3 ? S[2][0] * x + S[2][1] * y + S[2][2] * z : 0.0;
-      cfloat d;
-      float w;
-      interp(qx, qy, qz, d, w);
-      nd[i] += d;
-      nw[i] += w;
+  // Plane by plane (z; the single plane of 2D split by rows y): each point reads the old values
+  // and writes only its own new ones.
+  const int R = ball_.R, zlo = dim == 3 ? -R : 0, zhi = dim == 3 ? R : 0;
+  const size_t units = dim == 3 ? size_t(zhi - zlo + 1) : size_t(2 * R + 1);
+  ThreadPool pool(std::max(1, std::min(nthreads, int(units))));
+  pool.parallel_for(0, units, [&](size_t u, int) {
+    const int z = dim == 3 ? zlo + int(u) : 0;
+    const int y0 = dim == 3 ? -R : -R + int(u), y1 = dim == 3 ? R : y0;
+    for (int y = y0; y <= y1; ++y) {
+      const size_t r = ball_.row(y, z);
+      for (int x = 0; x < ball_.len[r]; ++x) {
+        if (double(x) * x + double(y) * y + double(z) * z > max_r * max_r) continue;
+        const size_t i = size_t(ball_.start[r] + x);
+        for (const Mat3& S : ops) {
+          // q' = S q (for 2D the upper-left block)
+          const double qx = S[0][0] * x + S[0][1] * y + (dim == 3 ? S[0][2] * z : 0.0);
+          const double qy = S[1][0] * x + S[1][1] * y + (dim == 3 ? S[1][2] * z : 0.0);
+          const double qz = dim == 3 ? S[2][0] * x + S[2][1] * y + S[2][2] * z : 0.0;
+          cfloat d;
+          float w;
+          interp(qx, qy, qz, d, w);
+          nd[i] += d;
+          nw[i] += w;
+        }
+      }
     }
   });
   data_ = std::move(nd);

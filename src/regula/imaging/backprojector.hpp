@@ -185,8 +185,9 @@ class BackProjector {
   // Applies point-group symmetry: data(q) and weight(q) become the sums over
   // the operators R of the (interpolated) values at R q. `operators` is the
   // whole group; the identity is added if missing. Enforces Hermitian
-  // symmetry of the x = 0 plane first. Call once, after all insertions.
-  void symmetrise(const std::vector<Mat3>& operators);
+  // symmetry of the x = 0 plane first. Call once, after all insertions. `nthreads` split the
+  // lattice planes; each point's sum is formed in the same order whatever their number.
+  void symmetrise(const std::vector<Mat3>& operators, int nthreads = 1);
 
   // Reconstructed map (n^3, or n x n in 2D), origin at n/2, in the units of
   // the map whose projections were inserted. Does not modify the accumulators. Memory beyond the

@@ -523,7 +523,7 @@ Report Job::iterate() {
   rep.tau2.assign(size_t(K_), {});
   std::vector<Volume> maps(static_cast<size_t>(K_));
   for (size_t k = 0; k < size_t(K_); ++k) {
-    if (!sym_.is_c1()) bp_[k]->symmetrise(sym_.operators());
+    if (!sym_.is_c1()) bp_[k]->symmetrise(sym_.operators(), opt_.threads);
     bp_[k]->make_hermitian();
     ReconstructOptions ro;
     ro.tau2 = tau2_of(st_.maps[k]);

@@ -144,7 +144,7 @@ ReconstructResult reconstruct(const ReconstructJobOptions& opt) {
     total.add(*acc[r]);
     acc[r].reset();
   }
-  if (!sym.is_c1()) total.symmetrise(sym.operators());
+  if (!sym.is_c1()) total.symmetrise(sym.operators(), opt.threads);
   ReconstructOptions rec;
   rec.iterative_gridding = opt.gridding_iterations > 0;
   rec.gridding_iterations = opt.gridding_iterations;

@@ -554,6 +554,7 @@ IterationReport Job::iterate(bool final) {
   }
   const auto estep_t0 = std::chrono::steady_clock::now();
   const uint64_t flops0 = estep::detail::sgemm_flops();
+  const double sgemm_s0 = estep::detail::sgemm_thread_seconds();
   pool_.parallel_for(0, blocks.mine.size(), [&](size_t u, int thread) {
     const size_t b = blocks.mine[u];
     for (size_t i = blocks.begin(b); i < blocks.end(b); ++i) {
@@ -563,6 +564,7 @@ IterationReport Job::iterate(bool final) {
   });
   rep.estep_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - estep_t0).count();
   rep.estep_sgemm_flops = double(estep::detail::sgemm_flops() - flops0);
+  rep.estep_sgemm_seconds = estep::detail::sgemm_thread_seconds() - sgemm_s0;
   progress_->finish();
   readers.clear();
   works.clear();
@@ -614,7 +616,7 @@ IterationReport Job::iterate(bool final) {
     if (opt_.norm) st_.avg_norm = sc[kNormSum] / double(N);
   }
   if (!sym_.is_c1())
-    for (auto& b : bp_) b->symmetrise(sym_.operators());
+    for (auto& b : bp_) b->symmetrise(sym_.operators(), opt_.threads);
   for (auto& b : bp_) b->make_hermitian();
 
   // Gold-standard FSC of the unregularised halves, then join the low frequencies.
@@ -851,11 +853,12 @@ Refine3DResult Job::run() {
                  s.iteration, final ? " (final)" : "", s.healpix_order, st_.local ? "local" : "global",
                  s.offset_range_px, s.offset_step_px, s.current_shells, s.resolution_A, s.average_pmax,
                  s.angular_change_deg, s.offset_change_A, s.acc_rot_deg, s.acc_trans_A, s.seconds);
-    spdlog::info("refine3d: iteration {} E-step {:.1f} s, {:.1f} GFLOP in SGEMMs ({:.1f} GFLOP/s over the E-step's wall "
-                 "time, {} threads{})",
-                 s.iteration, rep.estep_seconds, rep.estep_sgemm_flops * 1e-9,
-                 rep.estep_seconds > 0 ? rep.estep_sgemm_flops * 1e-9 / rep.estep_seconds : 0.0, opt_.threads,
-                 mpi::active() ? ", this rank" : "");
+    spdlog::info("refine3d: iteration {} E-step {:.1f} s ({} threads{}): SGEMMs {:.1f} GFLOP in {:.1f} thread-s "
+                 "({:.1f} GFLOP/s per thread), {:.0f}% of the threads' time",
+                 s.iteration, rep.estep_seconds, opt_.threads, mpi::active() ? ", this rank" : "",
+                 rep.estep_sgemm_flops * 1e-9, rep.estep_sgemm_seconds,
+                 rep.estep_sgemm_seconds > 0 ? rep.estep_sgemm_flops * 1e-9 / rep.estep_sgemm_seconds : 0.0,
+                 rep.estep_seconds > 0 ? 100 * rep.estep_sgemm_seconds / (rep.estep_seconds * opt_.threads) : 0.0);
     if (opt_.stop_after > 0 && st_.iteration >= opt_.stop_after && !st_.final_done) break;
   }
   res.last_iteration = st_.iteration;

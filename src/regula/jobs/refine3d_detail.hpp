@@ -48,7 +48,8 @@ struct IterationReport {
   double average_pmax = 0, loglik_sum = 0;
   double angular_change = 0, offset_change = 0;
   size_t significance_bound = 0;           // particles whose coarse set reached --maxsig
-  double estep_seconds = 0, estep_sgemm_flops = 0;  // this process's E-step: wall time, SGEMM flops
+  // This process's E-step: wall time, SGEMM flops and the time in SGEMMs summed over the threads.
+  double estep_seconds = 0, estep_sgemm_flops = 0, estep_sgemm_seconds = 0;
 };
 
 struct Files {
