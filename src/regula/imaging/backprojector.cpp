@@ -118,7 +118,8 @@ BackProjector::BackProjector(int n, int padding, int r_max, int dim) {
   weight_.assign(ball_.count, 0.0f);
 }
 
-void BackProjector::start_exact(double data_bound, double weight_bound) {
+void BackProjector::start_exact(double data_bound, double weight_bound, bool shared) {
+  exact_shared_ = shared;
   if (!(data_bound > 0) || !(weight_bound > 0) || !std::isfinite(data_bound) || !std::isfinite(weight_bound))
     runtime_error("backprojector: exact accumulation needs positive finite bounds (got {}, {})", data_bound,
                   weight_bound);
@@ -206,6 +207,14 @@ void BackProjector::insert_pixels(std::span<const float> kx, std::span<const flo
   if (!exact_.empty()) {
     int64_t* e = exact_.data();
     const double qd = qdata_, qw = qweight_;
+    if (!exact_shared_) {
+      spread_pixels(kx, ky, v, wt, A, [&](size_t i, int, int, int, float c, cfloat val, float w) {
+        e[3 * i] += quantise(double(c) * val.real(), qd);
+        e[3 * i + 1] += quantise(double(c) * val.imag(), qd);
+        e[3 * i + 2] += quantise(double(c) * w, qw);
+      });
+      return;
+    }
     spread_pixels(kx, ky, v, wt, A, [&](size_t i, int, int, int, float c, cfloat val, float w) {
       atomic_add(e[3 * i], quantise(double(c) * val.real(), qd));
       atomic_add(e[3 * i + 1], quantise(double(c) * val.imag(), qd));

@@ -129,7 +129,9 @@ class BackProjector {
   // quantum, i.e. ~2^-62 of the bound; with bounds from the data (number of particles times the
   // largest contribution of one particle) that is far below float precision. The accumulator must
   // be empty (freshly made or cleared). Memory: 24 bytes per point until finish_exact().
-  void start_exact(double data_bound, double weight_bound);
+  // `shared` false: one thread at a time inserts into this accumulator (e.g. one per class), so
+  // the integer additions need not be atomic (several times faster; the same sums).
+  void start_exact(double data_bound, double weight_bound, bool shared = true);
   bool exact() const { return !exact_.empty(); }
   // The integer sums (3 per point: re, im, weight), e.g. for an MPI sum over ranks.
   std::span<int64_t> exact_sums() { return exact_; }
@@ -223,6 +225,7 @@ class BackProjector {
   std::vector<float> weight_;
   std::vector<int64_t> exact_;  // 3 per point while exact()
   double qdata_ = 0, qweight_ = 0;  // 1 / quantum
+  bool exact_shared_ = true;        // atomic integer additions
   bool hermitian_done_ = false;
 };
 

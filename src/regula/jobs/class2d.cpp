@@ -740,8 +740,9 @@ void Job::start_exact_sums(const IterationData& it, IterationSums& sums) const {
   const double np = double(table_.size()) + 1, c = std::max(st_.ctf_max, 1.0);
   const double data = 16 * np * smax * std::max(inv_s2, 1e-30) * std::max(st_.x_bound, 1e-30);
   const double weight = 16 * np * smax * smax * std::max(inv_s2, 1e-30) * c * c;
+  // One thread at a time inserts into a class's sums (add_class_sums splits the classes).
   for (auto* accs : {&sums.acc, &sums.acc_half})
-    for (BackProjector& a : *accs) a.start_exact(data, weight);
+    for (BackProjector& a : *accs) a.start_exact(data, weight, /*shared=*/false);
   sums.shells = hs;
   sums.wdiff2.resize(G * hs);
   sums.wcount.resize(G * hs);
