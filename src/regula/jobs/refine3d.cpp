@@ -590,6 +590,15 @@ IterationReport Job::iterate(bool final) {
   if (rep.significance_bound > 0)
     spdlog::info("refine3d: --maxsig {} bound the significant poses of {} particles", opt_.max_significants,
                  rep.significance_bound);
+  {
+    // Flat posteriors (an unrelated reference, junk) make every pose significant: each is then
+    // projected, scored and back-projected, and the final iteration does that at all frequencies.
+    const double mean_sig = std::accumulate(next_.nsig.begin(), next_.nsig.end(), 0.0) / double(std::max<size_t>(N, 1));
+    if (opt_.max_significants < 0 && mean_sig > 5000 && rep.average_pmax < 0.01)
+      spdlog::warn("refine3d: {:.0f} significant poses per particle on average (flat posteriors: <Pmax> {:.3f}); "
+                   "iterations will be slow, the final one most; --maxsig N bounds them (RELION's option)",
+                   mean_sig, rep.average_pmax);
+  }
 
   // ---- M-step: noise, scales, offsets prior, norm ----
   if (!cc) {
