@@ -514,16 +514,26 @@ void BackProjector::symmetrise(const std::vector<Mat3>& operators, int nthreads)
     const double fx = px - x0, fy = py - y0, fz = dim == 3 ? pz - z0 : 0.0;
     std::complex<double> ds(0, 0);
     double ws = 0;
-    for (int dz = 0; dz <= (dim == 3 ? 1 : 0); ++dz)
-      for (int dy = 0; dy <= 1; ++dy)
+    // The 4 (2D: 2) rows of the 8 corners looked up once each (x0 >= 0 here).
+    const int R = ball_.R;
+    for (int dz = 0; dz <= (dim == 3 ? 1 : 0); ++dz) {
+      const int z = z0 + dz;
+      if (dim == 3 && (z < -R || z > R)) continue;
+      for (int dy = 0; dy <= 1; ++dy) {
+        const int y = y0 + dy;
+        if (y < -R || y > R) continue;
+        const size_t r = ball_.row(y, z);
+        const int len = ball_.len[r];
+        const int64_t st = ball_.start[r];
         for (int dx = 0; dx <= 1; ++dx) {
           const double c = (dx ? fx : 1 - fx) * (dy ? fy : 1 - fy) * (dim == 3 ? (dz ? fz : 1 - fz) : 1.0);
-          if (c == 0) continue;
-          const int64_t j = ball_.find(x0 + dx, y0 + dy, z0 + dz);
-          if (j < 0) continue;
-          ds += c * std::complex<double>(data_[size_t(j)]);
-          ws += c * weight_[size_t(j)];
+          if (c == 0 || x0 + dx >= len) continue;
+          const size_t j = size_t(st + x0 + dx);
+          ds += c * std::complex<double>(data_[j]);
+          ws += c * weight_[j];
         }
+      }
+    }
     d = cfloat(float(ds.real()), float(flip ? -ds.imag() : ds.imag()));
     w = float(ws);
   };
