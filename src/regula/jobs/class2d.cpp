@@ -102,6 +102,14 @@ struct Batch {
   }
 };
 
+// Raises (ctf_max, x_bound) to the largest of a batch's particles (the bounds of the exact sums).
+void raise_bounds(const Batch& b, double& ctf_max, double& x_bound) {
+  for (size_t i = 0; i < b.count; ++i) {
+    ctf_max = std::max(ctf_max, b.ctf_max[i]);
+    x_bound = std::max(x_bound, b.x_bound[i]);
+  }
+}
+
 // The poses of one pass: in-plane angles (degrees) and translations (px). Reference j of the pass
 // is class j / psi.size() at angle psi[j % psi.size()].
 struct Sampling {
@@ -180,7 +188,6 @@ class Job {
                       const FourierPixels& px, estep::ReferenceSums& sums, std::vector<BackProjector>& acc);
   IterationSums expectation(const IterationData& it, IterationReport& rep, std::vector<double>& new_scale);
   void start_exact_sums(const IterationData& it, IterationSums& sums) const;
-  void update_bounds(const Batch& b);
   bool owns_batch(size_t batch) const { return int(batch % size_t(mpi::size())) == mpi::rank(); }
   std::vector<mstep::ClassAverage> maximise(const IterationData& it, const std::vector<BackProjector>& acc,
                                             const std::vector<BackProjector>& acc_half, std::vector<double>& wclass);
@@ -383,10 +390,7 @@ void Job::initialise() {
     }
     sw.offset[count] = count;
     add_class_sums(b.view(m, ones, false), tp, sw, {}, at_origin, px, sums, acc);
-    for (size_t i = 0; i < count; ++i) {
-      st_.ctf_max = std::max(st_.ctf_max, b.ctf_max[i]);
-      st_.x_bound = std::max(st_.x_bound, b.x_bound[i]);
-    }
+    raise_bounds(b, st_.ctf_max, st_.x_bound);
     prog.advance(double(count));
   }
   prog.finish();
@@ -769,10 +773,7 @@ IterationSums Job::expectation(const IterationData& it, IterationReport& rep, st
     if (!owns_batch(bi)) continue;
     const size_t first = bi * B, count = std::min(B, N - first);
     process_batch(first, count, it, work, sums, rep, new_scale);
-    for (size_t i = 0; i < count; ++i) {
-      ctf_max = std::max(ctf_max, work.b.ctf_max[i]);
-      x_bound = std::max(x_bound, work.b.x_bound[i]);
-    }
+    raise_bounds(work.b, ctf_max, x_bound);
     prog.advance(double(count));
   }
   prog.finish();
@@ -899,10 +900,7 @@ Class2DResult Job::run() {
     Batch b;
     for (size_t first = 0; first < table_.size(); first += size_t(opt_.batch_size)) {
       load_batch(first, std::min(size_t(opt_.batch_size), table_.size() - first), px, b);
-      for (size_t i = 0; i < b.count; ++i) {
-        st_.ctf_max = std::max(st_.ctf_max, b.ctf_max[i]);
-        st_.x_bound = std::max(st_.x_bound, b.x_bound[i]);
-      }
+      raise_bounds(b, st_.ctf_max, st_.x_bound);
     }
   }
   std::filesystem::path root_dir = std::filesystem::path(opt_.out_root).parent_path();
