@@ -45,6 +45,7 @@ const regula::cli::Command kCommands[] = {
     {"convert", regula::cli::add_convert},
     {"symmetry_expand", regula::cli::add_symmetry_expand},
     {"particle_subtract", regula::cli::add_particle_subtract},
+    {"ctf_refine", regula::cli::add_ctf_refine},
     {"locres", regula::cli::add_locres},
     {"pipeline", regula::cli::add_pipeline},
 };

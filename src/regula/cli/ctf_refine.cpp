@@ -1,0 +1,55 @@
+// regula ctf_refine: per-particle defocus, beam tilt, odd and even aberrations and anisotropic
+// magnification from a refinement (relion_ctf_refine).
+#include <memory>
+
+#include "regula/cli/commands.hpp"
+#include "regula/jobs/ctf_refine.hpp"
+
+namespace regula::cli {
+
+void add_ctf_refine(CLI::App& app) {
+  auto opt = std::make_shared<CtfRefineOptions>();
+  auto* s = app.add_subcommand(
+      "ctf_refine",
+      "Refine the CTF of refined particles against the half maps (as relion_ctf_refine): anisotropic\n"
+      "magnification, beam tilt and odd aberrations, even aberrations, per-particle defocus, in that order;\n"
+      "writes OUT/particles_ctf_refine.star and PNG images of the fitted phases");
+  s->add_option("--i", opt->particles, "Particles with refined poses and half sets (run_data.star)");
+  s->add_option("--f", opt->postprocess, "Postprocess STAR file: half maps and mask from its data_general");
+  s->add_option("--o", opt->out_dir, "Output directory");
+  s->add_option("--m1", opt->half1, "Unfiltered half map 1");
+  s->add_option("--m2", opt->half2, "Unfiltered half map 2");
+  s->add_option("--mask", opt->mask, "Mask multiplied into both half maps (values in [0, 1])");
+  s->add_option("--angpix_ref", opt->angpix_ref, "Pixel size of the maps, Å (<= 0: from the header)")
+      ->capture_default_str();
+  s->add_option("--pad", opt->pad, "Fourier padding of the projections")->capture_default_str();
+  s->add_flag("--fit_defocus", opt->fit_defocus, "Refine defocus (and astigmatism, see --fit_mode)");
+  s->add_option("--fit_mode", opt->fit_mode,
+                "Five letters for phase shift, defocus, astigmatism, Cs, B-factor: p (per particle), m (per\n"
+                "micrograph) or f (fixed); supported: defocus p or m, astigmatism f, m or p, the others f")
+      ->capture_default_str();
+  s->add_option("--kmin_defocus", opt->kmin_defocus, "Lowest resolution used for the defocus, Å")->capture_default_str();
+  s->add_option("--bf_range", opt->defocus_range, "Width of the defocus scan around the input value, Å")
+      ->capture_default_str();
+  s->add_flag("--fit_beamtilt", opt->fit_beamtilt, "Refine the beam tilt (and odd aberrations) per optics group");
+  s->add_option("--kmin_tilt", opt->kmin_tilt, "Lowest resolution used for the beam tilt, Å")->capture_default_str();
+  s->add_option("--odd_aberr_max_n", opt->odd_aberr_max_n,
+                "Highest order of odd Zernike terms (0: beam tilt only; 3, 5...: rlnOddZernike too)")
+      ->capture_default_str();
+  s->add_flag("--fit_aberr", opt->fit_aberr, "Refine even (symmetric) aberrations per optics group (rlnEvenZernike)");
+  s->add_option("--kmin_aberr", opt->kmin_aberr, "Lowest resolution used for the even aberrations, Å")
+      ->capture_default_str();
+  s->add_option("--even_aberr_max_n", opt->even_aberr_max_n, "Highest order of even Zernike terms")
+      ->capture_default_str();
+  s->add_flag("--fit_aniso", opt->fit_aniso, "Refine the anisotropic magnification per optics group (rlnMagMat)");
+  s->add_option("--kmin_mag", opt->kmin_mag, "Lowest resolution used for the magnification, Å")->capture_default_str();
+  s->add_flag("--keep_astig", opt->keep_astig,
+              "After a magnification fit, keep the defoci as they are (default: re-express them so that each CTF\n"
+              "in image pixels is unchanged, as RELION)");
+  s->add_option("--mag_iter", opt->mag_iterations, "Linearised magnification fits (each one pass over the particles)")
+      ->capture_default_str();
+  s->add_option("--j", opt->threads, "Threads")->capture_default_str();
+  s->callback([opt] { ctf_refine(*opt); });
+}
+
+}  // namespace regula::cli

@@ -1,0 +1,1064 @@
+#include "regula/jobs/ctf_refine.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <numeric>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <spdlog/spdlog.h>
+
+#include "regula/core/atomic_file.hpp"
+#include "regula/core/error.hpp"
+#include "regula/core/fft.hpp"
+#include "regula/core/parallel.hpp"
+#include "regula/core/progress.hpp"
+#include "regula/imaging/aberration_fit.hpp"
+#include "regula/imaging/ctf.hpp"
+#include "regula/imaging/fsc.hpp"
+#include "regula/imaging/optics_model.hpp"
+#include "regula/imaging/particle_ctf.hpp"
+#include "regula/imaging/plot.hpp"
+#include "regula/imaging/projector.hpp"
+#include "regula/io/mrc.hpp"
+#include "regula/io/star.hpp"
+#include "regula/model/particles.hpp"
+#include "regula/sampling/euler.hpp"
+
+namespace regula {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+using cf = std::complex<float>;
+
+// The pixels of one optics group that are compared: half-complex grid of the group's box, x = 0
+// only for y > 0 (the other half of that column are the Hermitian mates), 0 < |f| <= f_max and
+// |T k| inside the projector.
+struct PixelList {
+  int box = 0;
+  std::vector<uint32_t> index;  // x + iy * (box/2 + 1)
+  std::vector<double> kx, ky;   // image Fourier px
+  std::vector<double> fx, fy;   // physical frequency (1/Å), after the magnification
+  std::vector<double> qx, qy;   // reference Fourier px (T k)
+  std::vector<int> shell;       // round(|k|)
+  std::vector<float> phase;     // the model's odd phase (radians)
+  std::vector<float> gamma_offset;  // the model's even offset (radians)
+  size_t size() const { return index.size(); }
+};
+
+PixelList make_pixels(const OpticsGroupModel& g, double f_max, int r_max) {
+  PixelList p;
+  const int m = g.box;
+  p.box = m;
+  const int hx = m / 2 + 1;
+  const double lim = double(r_max - 1) * (r_max - 1);
+  for (int iy = 0; iy < m; ++iy) {
+    const int y = fft_freq(iy, m);
+    for (int x = 0; x < hx; ++x) {
+      if (x == 0 && y <= 0) continue;
+      if (x * x + y * y > (m / 2) * (m / 2)) continue;
+      const auto f = g.frequency(x, y);
+      if (std::hypot(f[0], f[1]) > f_max) continue;
+      const double qx = g.to_reference[0][0] * x + g.to_reference[0][1] * y;
+      const double qy = g.to_reference[1][0] * x + g.to_reference[1][1] * y;
+      if (qx * qx + qy * qy > lim) continue;
+      p.index.push_back(uint32_t(x + iy * hx));
+      p.kx.push_back(x);
+      p.ky.push_back(y);
+      p.fx.push_back(f[0]);
+      p.fy.push_back(f[1]);
+      p.qx.push_back(qx);
+      p.qy.push_back(qy);
+      p.shell.push_back(int(std::lround(std::sqrt(double(x * x + y * y)))));
+      p.phase.push_back(float(g.phase_at(f[0], f[1])));
+      p.gamma_offset.push_back(float(g.gamma_offset_at(f[0], f[1])));
+    }
+  }
+  return p;
+}
+
+// V(A^T (q, 0)) from a projector's lattice (q in the map's Fourier px), as Projector::project_mapped.
+cf sample(const Projector& P, const Mat3& A, double qx, double qy) {
+  const double p = P.padding();
+  return P.lattice().interpolate(p * (A[0][0] * qx + A[1][0] * qy), p * (A[0][1] * qx + A[1][1] * qy),
+                                 p * (A[0][2] * qx + A[1][2] * qy));
+}
+
+// Everything a pass needs about the current model.
+struct Model {
+  ParticleTable* table = nullptr;
+  OpticsModel optics;
+  std::vector<PixelList> pixels;               // per optics group
+  std::vector<std::vector<double>> weight;     // per group, per shell: 1 / noise power
+  std::vector<double> scale;                   // per group: grey scale of the particles
+};
+
+void build_model(Model& md, int ref_box, double ref_pixel, const std::vector<int>& boxes, double f_max, int r_max) {
+  md.optics = OpticsModel(*md.table);
+  for (size_t g = 0; g < boxes.size(); ++g)
+    if (md.optics.group(g).box <= 0) md.optics.set_box(g, boxes[g]);
+  md.optics.set_reference(ref_box, ref_pixel);
+  md.pixels.clear();
+  for (size_t g = 0; g < md.optics.groups(); ++g) md.pixels.push_back(make_pixels(md.optics.group(g), f_max, r_max));
+}
+
+// The observed and predicted coefficients of one particle on its group's pixel list.
+struct Observation {
+  std::vector<cf> X;   // observed
+  std::vector<cf> Q;   // reference at the pose, origin shift and the model's odd phase (no CTF)
+  std::vector<float> c;  // the model's CTF factor as predicted (C, |C| or C^2)
+};
+
+struct Context {
+  const ParticleTable* table = nullptr;
+  const std::vector<std::unique_ptr<Projector>>* maps = nullptr;  // per half
+  std::vector<int> half;  // per particle, 0 or 1
+};
+
+void observe(const Context& cx, const Model& md, size_t i, ParticleImages& images, Observation& o) {
+  const ParticleTable& t = *cx.table;
+  const size_t gi = size_t(t.optics_index[i]);
+  const OpticsGroupModel& g = md.optics.group(gi);
+  const PixelList& pl = md.pixels[gi];
+  const Image img = images.read(i);
+  if (img.nx() != g.box || img.ny() != g.box || img.nz() != 1)
+    input_error("{}: image is {}x{}x{}, expected {}x{} (the box of optics group {})", t.where(i), img.nx(), img.ny(),
+                img.nz(), g.box, g.box, g.number);
+  const Grid<cfloat> F = fourier_centred(img);
+  const Projector& P = *(*cx.maps)[size_t(cx.half[i])];
+  const Mat3 A = euler_to_matrix(t.rot[i], t.tilt[i], t.psi[i]);
+  const double ox = t.origin_x[i] / g.pixel_size, oy = t.origin_y[i] / g.pixel_size;
+  const size_t n = pl.size();
+  o.X.resize(n);
+  o.Q.resize(n);
+  o.c.resize(n);
+  std::vector<float> kx(pl.kx.begin(), pl.kx.end()), ky(pl.ky.begin(), pl.ky.end());
+  const ParticleOptics po = md.optics.particle(i);
+  po.evaluate_ctf(kx, ky, pl.gamma_offset.data(), o.c.data());
+  for (size_t k = 0; k < n; ++k) {
+    o.X[k] = F[pl.index[k]];
+    const double ph = 2 * M_PI * (pl.kx[k] * ox + pl.ky[k] * oy) / g.box + pl.phase[k];
+    o.Q[k] = sample(P, A, pl.qx[k], pl.qy[k]) * cf(float(std::cos(ph)), float(std::sin(ph)));
+    o.c[k] = po.predicted(o.c[k]);
+  }
+}
+
+// Work units: the particles of one micrograph each (or blocks of 64 without micrograph names).
+std::vector<std::vector<size_t>> make_units(const ParticleTable& t, bool* by_micrograph) {
+  std::vector<std::vector<size_t>> units;
+  const star::Block& pb = t.particles_block();
+  *by_micrograph = pb.has("rlnMicrographName") && !t.micrograph.empty();
+  if (*by_micrograph) {
+    std::map<uint32_t, size_t> at;
+    for (size_t i = 0; i < t.size(); ++i) {
+      auto [it, added] = at.emplace(t.micrograph[i], units.size());
+      if (added) units.emplace_back();
+      units[it->second].push_back(i);
+    }
+  } else {
+    for (size_t i = 0; i < t.size(); i += 64) {
+      units.emplace_back();
+      for (size_t j = i; j < std::min(t.size(), i + 64); ++j) units.back().push_back(j);
+    }
+  }
+  return units;
+}
+
+// Runs `fn(unit, acc, images, thread)` over the units with one accumulator per unit (made by
+// `make`), added into `total` by `merge(total, acc)` in unit order.
+template <class Acc, class Make, class Fn, class Merge>
+void run_pass(const std::vector<std::vector<size_t>>& units, const ParticleTable& t, ThreadPool& pool, const char* what,
+              Acc& total, Make make, Fn fn, Merge merge) {
+  std::vector<std::unique_ptr<ParticleImages>> readers(size_t(pool.size()));
+  for (auto& r : readers) r = std::make_unique<ParticleImages>(t, 16);
+  const size_t chunk = size_t(4 * pool.size());
+  Progress progress(fmt::format("ctf_refine: {}", what), double(t.size()));
+  for (size_t u0 = 0; u0 < units.size(); u0 += chunk) {
+    const size_t u1 = std::min(units.size(), u0 + chunk);
+    std::vector<Acc> acc(u1 - u0);
+    pool.parallel_for(u0, u1, [&](size_t u, int th) {
+      acc[u - u0] = make();
+      fn(units[u], acc[u - u0], *readers[size_t(th)]);
+    });
+    size_t done = 0;
+    for (size_t u = u0; u < u1; ++u) {
+      merge(total, acc[u - u0]);
+      done += units[u].size();
+    }
+    progress.advance(double(done));
+  }
+  progress.finish();
+}
+
+// ---- noise power and grey scale (per optics group and shell) ----
+
+struct ShellSums {
+  std::vector<std::vector<double>> xx, xp, pp, count;  // [group][shell]
+};
+
+void estimate_noise(const Context& cx, Model& md, const std::vector<std::vector<size_t>>& units, ThreadPool& pool) {
+  const size_t G = md.pixels.size();
+  auto make = [&] {
+    ShellSums s;
+    for (auto* v : {&s.xx, &s.xp, &s.pp, &s.count}) {
+      v->resize(G);
+      for (size_t g = 0; g < G; ++g) (*v)[g].assign(size_t(md.pixels[g].box / 2 + 1), 0.0);
+    }
+    return s;
+  };
+  ShellSums total = make();
+  run_pass(units, *cx.table, pool, "noise spectrum", total, make,
+           [&](const std::vector<size_t>& unit, ShellSums& s, ParticleImages& images) {
+             Observation o;
+             for (size_t i : unit) {
+               observe(cx, md, i, images, o);
+               const size_t g = size_t(cx.table->optics_index[i]);
+               const PixelList& pl = md.pixels[g];
+               for (size_t k = 0; k < pl.size(); ++k) {
+                 const size_t sh = size_t(pl.shell[k]);
+                 const cf p = o.c[k] * o.Q[k];
+                 s.xx[g][sh] += std::norm(o.X[k]);
+                 s.xp[g][sh] += std::real(o.X[k] * std::conj(p));
+                 s.pp[g][sh] += std::norm(p);
+                 s.count[g][sh] += 1;
+               }
+             }
+           },
+           [](ShellSums& t, const ShellSums& a) {
+             for (size_t g = 0; g < t.xx.size(); ++g)
+               for (size_t sh = 0; sh < t.xx[g].size(); ++sh) {
+                 t.xx[g][sh] += a.xx[g][sh];
+                 t.xp[g][sh] += a.xp[g][sh];
+                 t.pp[g][sh] += a.pp[g][sh];
+                 t.count[g][sh] += a.count[g][sh];
+               }
+           });
+  md.weight.assign(G, {});
+  md.scale.assign(G, 1.0);
+  for (size_t g = 0; g < G; ++g) {
+    const auto &xx = total.xx[g], &xp = total.xp[g], &pp = total.pp[g], &cnt = total.count[g];
+    double sxp = 0, spp = 0;
+    for (size_t sh = 0; sh < xx.size(); ++sh) {
+      sxp += xp[sh];
+      spp += pp[sh];
+    }
+    double s = spp > 0 ? sxp / spp : 1.0;
+    std::vector<double> w(xx.size(), 0.0);
+    for (int round = 0; round < 2; ++round) {
+      double nw = 0, dw = 0;
+      for (size_t sh = 0; sh < xx.size(); ++sh) {
+        if (cnt[sh] < 1) continue;
+        const double noise = (xx[sh] - 2 * s * xp[sh] + s * s * pp[sh]) / cnt[sh];
+        w[sh] = noise > 0 ? 1.0 / noise : 0.0;
+        nw += w[sh] * xp[sh];
+        dw += w[sh] * pp[sh];
+      }
+      if (dw > 0 && nw > 0) s = nw / dw;
+    }
+    md.weight[g] = w;
+    md.scale[g] = s;
+    spdlog::info("ctf_refine: optics group {}: grey scale of the particles {:.4g} x the maps' projections",
+                 md.optics.group(g).number, s);
+  }
+}
+
+// ---- diagnostic images ----
+
+// A phase image (box x box, origin at the centre) from per-pixel values on a pixel list (and their
+// Hermitian mates, negated: the odd phase is antisymmetric, `odd`) or symmetric (even).
+void write_phase_png(const std::string& path, const PixelList& pl, const std::vector<double>& value, bool odd) {
+  const int m = pl.box;
+  std::vector<double> img(size_t(m) * m, std::nan(""));
+  for (size_t k = 0; k < pl.size(); ++k) {
+    const int x = int(pl.kx[k]), y = int(pl.ky[k]);
+    const int cx = m / 2, cy = m / 2;
+    const double v = value[k];
+    auto put = [&](int px, int py, double val) {
+      if (px >= 0 && px < m && py >= 0 && py < m) img[size_t(py) * m + size_t(px)] = val;
+    };
+    put(cx + x, cy - y, v);
+    put(cx - x, cy + y, odd ? -v : v);
+  }
+  std::vector<uint8_t> rgb(size_t(m) * m * 3, 255);
+  for (size_t p = 0; p < img.size(); ++p) {
+    if (std::isnan(img[p])) {
+      rgb[3 * p] = rgb[3 * p + 1] = rgb[3 * p + 2] = 200;
+      continue;
+    }
+    const double v = std::remainder(img[p], 2 * M_PI) / M_PI;  // [-1, 1]: blue - white - red
+    const double a = std::min(1.0, std::abs(v));
+    const auto c = uint8_t(std::lround(255 * (1 - a)));
+    rgb[3 * p] = v > 0 ? 255 : c;
+    rgb[3 * p + 1] = c;
+    rgb[3 * p + 2] = v > 0 ? c : 255;
+  }
+  write_file_atomic(path, encode_png_rgb(rgb, m, m));
+}
+
+// ---- optics-group estimates ----
+
+double cs_angstrom(const OpticsGroup& og) { return og.cs * 1e7; }
+
+// The same model with some aberrations left out of the prediction (restored afterwards).
+template <class Edit>
+void without(Model& md, const Context&, Edit edit, int ref_box, double ref_pixel, const std::vector<int>& boxes,
+             double f_max, int r_max) {
+  std::vector<OpticsGroup> saved = md.table->optics;
+  for (OpticsGroup& og : md.table->optics) edit(og);
+  build_model(md, ref_box, ref_pixel, boxes, f_max, r_max);
+  md.table->optics = saved;
+}
+
+struct Geometry {
+  int ref_box = 0;
+  double ref_pixel = 0;
+  std::vector<int> boxes;
+  double f_max = 0;
+  int r_max = 0;
+};
+
+void rebuild(Model& md, const Geometry& geo) {
+  build_model(md, geo.ref_box, geo.ref_pixel, geo.boxes, geo.f_max, geo.r_max);
+}
+
+void fit_odd(const CtfRefineOptions& opt, const Context& cx, Model& md, const Geometry& geo,
+             const std::vector<std::vector<size_t>>& units, ThreadPool& pool) {
+  const bool zernike = opt.odd_aberr_max_n >= 3;
+  without(md, cx, [&](OpticsGroup& og) {
+    og.beam_tilt_x = og.beam_tilt_y = 0;
+    if (zernike) og.odd_zernike.clear();
+  }, geo.ref_box, geo.ref_pixel, geo.boxes, geo.f_max, geo.r_max);
+  const size_t G = md.pixels.size();
+  using Acc = std::vector<std::vector<cdouble>>;
+  auto make = [&] {
+    Acc a(G);
+    for (size_t g = 0; g < G; ++g) a[g].assign(md.pixels[g].size(), cdouble(0, 0));
+    return a;
+  };
+  Acc total = make();
+  run_pass(units, *cx.table, pool, "beam tilt", total, make,
+           [&](const std::vector<size_t>& unit, Acc& a, ParticleImages& images) {
+             Observation o;
+             for (size_t i : unit) {
+               observe(cx, md, i, images, o);
+               const size_t g = size_t(cx.table->optics_index[i]);
+               const PixelList& pl = md.pixels[g];
+               const double s = md.scale[g];
+               for (size_t k = 0; k < pl.size(); ++k) {
+                 const double w = md.weight[g][size_t(pl.shell[k])];
+                 a[g][k] += w * cdouble(o.X[k]) * std::conj(cdouble(o.Q[k]) * double(o.c[k]) * s);
+               }
+             }
+           },
+           [](Acc& t, const Acc& a) {
+             for (size_t g = 0; g < t.size(); ++g)
+               for (size_t k = 0; k < t[g].size(); ++k) t[g][k] += a[g][k];
+           });
+  for (size_t g = 0; g < G; ++g) {
+    OpticsGroup& og = md.table->optics[g];
+    const PixelList& pl = md.pixels[g];
+    const double fmin = 1.0 / opt.kmin_tilt;
+    std::vector<double> fx, fy, remaining_phase;
+    std::vector<cdouble> xy;
+    for (size_t k = 0; k < pl.size(); ++k) {
+      if (std::hypot(pl.fx[k], pl.fy[k]) < fmin) continue;
+      fx.push_back(pl.fx[k]);
+      fy.push_back(pl.fy[k]);
+      xy.push_back(total[g][k]);
+    }
+    const double lambda = electron_wavelength(og.voltage);
+    const double cs = cs_angstrom(og);
+    std::vector<double> c;
+    PhaseBasis basis;
+    if (!zernike) {
+      basis = beam_tilt_basis(cs, lambda);
+      c = fit_odd_phase(fx, fy, xy, basis, {og.beam_tilt_x, og.beam_tilt_y, 0, 0});
+      og.beam_tilt_x = c[0];
+      og.beam_tilt_y = c[1];
+      spdlog::info("ctf_refine: optics group {}: beam tilt ({:.4f}, {:.4f}) mrad (image shift ({:.3g}, {:.3g}) "
+                   "rad Å, not kept)",
+                   og.number, c[0], c[1], c[2], c[3]);
+    } else {
+      basis = odd_zernike_basis(opt.odd_aberr_max_n);
+      std::vector<double> c0 = og.odd_zernike;
+      c0.resize(size_t(basis.size), 0.0);
+      const double a = -2 * M_PI * cs * lambda * lambda * 1e-3 / 3;
+      c0[1] += 2 * a * og.beam_tilt_x;
+      c0[0] += 2 * a * og.beam_tilt_y;
+      c0[4] += a * og.beam_tilt_x;
+      c0[3] += a * og.beam_tilt_y;
+      c = fit_odd_phase(fx, fy, xy, basis, c0);
+      std::vector<double> z = c;
+      const auto t = extract_beam_tilt(z, cs, lambda);
+      og.beam_tilt_x = t[0];
+      og.beam_tilt_y = t[1];
+      og.odd_zernike = z;
+      spdlog::info("ctf_refine: optics group {}: beam tilt ({:.4f}, {:.4f}) mrad, odd Zernike [{:.4g}]", og.number,
+                   t[0], t[1], fmt::join(z, ", "));
+    }
+    // Diagnostics: the per-pixel phase of the sums and the fitted phase.
+    std::vector<double> measured(pl.size()), fitted(pl.size()), b(size_t(basis.size));
+    for (size_t k = 0; k < pl.size(); ++k) {
+      measured[k] = std::arg(total[g][k]);
+      basis.eval(pl.fx[k], pl.fy[k], b.data());
+      fitted[k] = std::inner_product(b.begin(), b.end(), c.begin(), 0.0);
+    }
+    const std::string out = opt.out_dir + "/";
+    write_phase_png(fmt::format("{}beamtilt_delta-phase_per-pixel_optics-group_{}.png", out, og.number), pl, measured,
+                    true);
+    write_phase_png(fmt::format("{}beamtilt_delta-phase_fit_optics-group_{}.png", out, og.number), pl, fitted, true);
+  }
+  rebuild(md, geo);
+}
+
+void fit_even(const CtfRefineOptions& opt, const Context& cx, Model& md, const Geometry& geo,
+              const std::vector<std::vector<size_t>>& units, ThreadPool& pool) {
+  for (const OpticsGroup& og : md.table->optics)
+    if (og.ctf_premultiplied || og.ctf_phase_flipped)
+      input_error("{}: optics group {} has {} images: --fit_aberr needs the CTF's sign (not yet supported for them)",
+                  md.table->source(), og.number, og.ctf_premultiplied ? "CTF-premultiplied" : "phase-flipped");
+  without(md, cx, [](OpticsGroup& og) { og.even_zernike.clear(); }, geo.ref_box, geo.ref_pixel, geo.boxes, geo.f_max,
+          geo.r_max);
+  const size_t G = md.pixels.size();
+  using Acc = std::vector<std::vector<EvenSums>>;
+  auto make = [&] {
+    Acc a(G);
+    for (size_t g = 0; g < G; ++g) a[g].assign(md.pixels[g].size(), EvenSums{});
+    return a;
+  };
+  Acc total = make();
+  run_pass(units, *cx.table, pool, "symmetric aberrations", total, make,
+           [&](const std::vector<size_t>& unit, Acc& a, ParticleImages& images) {
+             Observation o;
+             for (size_t i : unit) {
+               observe(cx, md, i, images, o);
+               const size_t g = size_t(cx.table->optics_index[i]);
+               const PixelList& pl = md.pixels[g];
+               const double s = md.scale[g];
+               const CtfParams cp = particle_ctf_params(*cx.table, i);
+               const Ctf ctf(cp);
+               for (size_t k = 0; k < pl.size(); ++k) {
+                 const double w = md.weight[g][size_t(pl.shell[k])];
+                 const double f2 = pl.fx[k] * pl.fx[k] + pl.fy[k] * pl.fy[k];
+                 const double env = std::exp(-cp.bfactor * f2 / 4) * cp.scale;
+                 const double gam = ctf.gamma(pl.fx[k], pl.fy[k]);
+                 const double t0 = std::sin(gam), t1 = std::cos(gam);
+                 const cdouble q = cdouble(o.Q[k]) * s;
+                 const double R = w * std::real(cdouble(o.X[k]) * std::conj(q)) * env;
+                 const double P = w * std::norm(q) * env * env;
+                 EvenSums& e = a[g][k];
+                 e.b0 += R * t0;
+                 e.b1 += R * t1;
+                 e.m00 += P * t0 * t0;
+                 e.m01 += P * t0 * t1;
+                 e.m11 += P * t1 * t1;
+               }
+             }
+           },
+           [](Acc& t, const Acc& a) {
+             for (size_t g = 0; g < t.size(); ++g)
+               for (size_t k = 0; k < t[g].size(); ++k) {
+                 EvenSums& x = t[g][k];
+                 const EvenSums& y = a[g][k];
+                 x.b0 += y.b0;
+                 x.b1 += y.b1;
+                 x.m00 += y.m00;
+                 x.m01 += y.m01;
+                 x.m11 += y.m11;
+               }
+           });
+  for (size_t g = 0; g < G; ++g) {
+    OpticsGroup& og = md.table->optics[g];
+    const PixelList& pl = md.pixels[g];
+    const double fmin = 1.0 / opt.kmin_aberr;
+    std::vector<double> fx, fy;
+    std::vector<EvenSums> sums;
+    for (size_t k = 0; k < pl.size(); ++k) {
+      if (std::hypot(pl.fx[k], pl.fy[k]) < fmin) continue;
+      fx.push_back(pl.fx[k]);
+      fy.push_back(pl.fy[k]);
+      sums.push_back(total[g][k]);
+    }
+    const PhaseBasis basis = even_zernike_basis(opt.even_aberr_max_n);
+    std::vector<double> c = fit_even_phase(fx, fy, sums, basis, og.even_zernike);
+    og.even_zernike = c;
+    spdlog::info("ctf_refine: optics group {}: even Zernike [{:.4g}]", og.number, fmt::join(c, ", "));
+    std::vector<double> measured(pl.size()), fitted(pl.size()), b(size_t(basis.size));
+    for (size_t k = 0; k < pl.size(); ++k) {
+      measured[k] = best_even_offset(total[g][k]);
+      basis.eval(pl.fx[k], pl.fy[k], b.data());
+      fitted[k] = std::inner_product(b.begin(), b.end(), c.begin(), 0.0);
+    }
+    const std::string out = opt.out_dir + "/";
+    write_phase_png(fmt::format("{}aberr_delta-phase_per-pixel_optics-group_{}.png", out, og.number), pl, measured,
+                    false);
+    write_phase_png(fmt::format("{}aberr_delta-phase_fit_optics-group_{}.png", out, og.number), pl, fitted, false);
+  }
+  rebuild(md, geo);
+}
+
+Mat2 mul(const Mat2& a, const Mat2& b) {
+  Mat2 r{};
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 2; ++j) r[i][j] = a[i][0] * b[0][j] + a[i][1] * b[1][j];
+  return r;
+}
+Mat2 inverse(const Mat2& a) {
+  const double det = a[0][0] * a[1][1] - a[0][1] * a[1][0];
+  return Mat2{{{a[1][1] / det, -a[0][1] / det}, {-a[1][0] / det, a[0][0] / det}}};
+}
+Mat2 as_mat(const std::array<double, 4>& m) { return Mat2{{{m[0], m[1]}, {m[2], m[3]}}}; }
+
+void fit_mag(const CtfRefineOptions& opt, const Context& cx, Model& md, const Geometry& geo,
+             const std::vector<std::vector<size_t>>& units, ThreadPool& pool) {
+  ParticleTable& table = *md.table;
+  const size_t G = md.pixels.size();
+  for (int it = 0; it < opt.mag_iterations; ++it) {
+    using Acc = std::vector<std::vector<MagSums>>;
+    auto make = [&] {
+      Acc a(G);
+      for (size_t g = 0; g < G; ++g) a[g].assign(md.pixels[g].size(), MagSums{});
+      return a;
+    };
+    Acc total = make();
+    run_pass(units, table, pool, "magnification", total, make,
+             [&](const std::vector<size_t>& unit, Acc& a, ParticleImages& images) {
+               Observation o;
+               for (size_t i : unit) {
+                 observe(cx, md, i, images, o);
+                 const size_t g = size_t(table.optics_index[i]);
+                 const PixelList& pl = md.pixels[g];
+                 const OpticsGroupModel& gm = md.optics.group(g);
+                 const Projector& P = *(*cx.maps)[size_t(cx.half[i])];
+                 const Mat3 A = euler_to_matrix(table.rot[i], table.tilt[i], table.psi[i]);
+                 const double ox = table.origin_x[i] / gm.pixel_size, oy = table.origin_y[i] / gm.pixel_size;
+                 const double s = md.scale[g];
+                 const Mat2& T = gm.to_reference;
+                 const double h = 0.5;
+                 for (size_t k = 0; k < pl.size(); ++k) {
+                   const double w = md.weight[g][size_t(pl.shell[k])];
+                   const double ph = 2 * M_PI * (pl.kx[k] * ox + pl.ky[k] * oy) / pl.box + pl.phase[k];
+                   const cdouble rot(std::cos(ph), std::sin(ph));
+                   cdouble grad[2];
+                   for (int d = 0; d < 2; ++d) {
+                     const double ex = d == 0 ? h : 0, ey = d == 0 ? 0 : h;
+                     const double dqx = T[0][0] * ex + T[0][1] * ey, dqy = T[1][0] * ex + T[1][1] * ey;
+                     const cdouble vp = cdouble(sample(P, A, pl.qx[k] + dqx, pl.qy[k] + dqy));
+                     const cdouble vm = cdouble(sample(P, A, pl.qx[k] - dqx, pl.qy[k] - dqy));
+                     grad[d] = (vp - vm) / (2 * h) * rot * (s * double(o.c[k]));
+                   }
+                   const cdouble r = cdouble(o.X[k]) - s * double(o.c[k]) * cdouble(o.Q[k]);
+                   MagSums& m = a[g][k];
+                   m.a00 += w * std::norm(grad[0]);
+                   m.a01 += w * std::real(std::conj(grad[0]) * grad[1]);
+                   m.a11 += w * std::norm(grad[1]);
+                   m.b0 += w * std::real(std::conj(grad[0]) * r);
+                   m.b1 += w * std::real(std::conj(grad[1]) * r);
+                 }
+               }
+             },
+             [](Acc& t, const Acc& a) {
+               for (size_t g = 0; g < t.size(); ++g)
+                 for (size_t k = 0; k < t[g].size(); ++k) {
+                   MagSums& x = t[g][k];
+                   const MagSums& y = a[g][k];
+                   x.a00 += y.a00;
+                   x.a01 += y.a01;
+                   x.a11 += y.a11;
+                   x.b0 += y.b0;
+                   x.b1 += y.b1;
+                 }
+             });
+    double largest = 0;
+    std::vector<Mat2> E(G, kIdentity2);
+    for (size_t g = 0; g < G; ++g) {
+      const PixelList& pl = md.pixels[g];
+      const double fmin = 1.0 / opt.kmin_mag;
+      std::vector<double> kx, ky;
+      std::vector<MagSums> sums;
+      for (size_t k = 0; k < pl.size(); ++k) {
+        if (std::hypot(pl.fx[k], pl.fy[k]) < fmin) continue;
+        kx.push_back(pl.kx[k]);
+        ky.push_back(pl.ky[k]);
+        sums.push_back(total[g][k]);
+      }
+      const Mat2 D = fit_displacement(kx, ky, sums);
+      OpticsGroup& og = table.optics[g];
+      const Mat2 M_old = as_mat(og.mag_matrix);
+      const Mat2 ID{{{1 + D[0][0], D[0][1]}, {D[1][0], 1 + D[1][1]}}};
+      const Mat2 M_new = mul(M_old, ID);
+      og.mag_matrix = {M_new[0][0], M_new[0][1], M_new[1][0], M_new[1][1]};
+      E[g] = mul(M_old, inverse(M_new));
+      largest = std::max({largest, std::abs(D[0][0]), std::abs(D[0][1]), std::abs(D[1][0]), std::abs(D[1][1])});
+      spdlog::info("ctf_refine: optics group {}: magnification matrix [[{:.5f}, {:.5f}], [{:.5f}, {:.5f}]] "
+                   "(iteration {}, change {:.2e})",
+                   og.number, M_new[0][0], M_new[0][1], M_new[1][0], M_new[1][1], it + 1,
+                   std::max({std::abs(D[0][0]), std::abs(D[0][1]), std::abs(D[1][0]), std::abs(D[1][1])}));
+    }
+    if (!opt.keep_astig) {
+      // The CTF in image pixels stays the same: Q_new = E^T Q_old E (RELION's astigmatism translation).
+      for (size_t i = 0; i < table.size(); ++i) {
+        const Mat2& e = E[size_t(table.optics_index[i])];
+        const DefocusForm f = defocus_form(table.defocus_u[i], table.defocus_v[i], table.defocus_angle[i]);
+        const Mat2 Q{{{f.d + f.a1, f.a2}, {f.a2, f.d - f.a1}}};
+        const Mat2 Et{{{e[0][0], e[1][0]}, {e[0][1], e[1][1]}}};
+        const Mat2 Qn = mul(Et, mul(Q, e));
+        const double a2 = 0.5 * (Qn[0][1] + Qn[1][0]);
+        const auto uva = defocus_uva(DefocusForm{0.5 * (Qn[0][0] + Qn[1][1]), 0.5 * (Qn[0][0] - Qn[1][1]), a2});
+        table.defocus_u[i] = uva[0];
+        table.defocus_v[i] = uva[1];
+        table.defocus_angle[i] = uva[2];
+      }
+    }
+    rebuild(md, geo);
+    if (largest < 1e-5) break;
+  }
+}
+
+// ---- per-particle defocus ----
+
+// One particle's terms of the defocus likelihood over the pixels of |f| >= 1/kmin_defocus.
+struct DefocusTerms {
+  std::vector<float> R, P, gamma0, cd, c2, s2;  // per pixel
+  DefocusForm form;
+  int kind = 0;  // 0: C, 1: |C|, 2: C^2
+  double score(double dd, double da1, double da2) const {
+    double N = 0, D = 0;
+    for (size_t k = 0; k < R.size(); ++k) {
+      const double g = gamma0[k] + cd[k] * (dd + da1 * c2[k] + da2 * s2[k]);
+      double c = -std::sin(g);
+      if (kind == 1) c = std::abs(c);
+      else if (kind == 2) c = c * c;
+      N += c * R[k];
+      D += c * c * P[k];
+    }
+    return N > 0 && D > 0 ? N * N / D : 0.0;
+  }
+};
+
+void defocus_terms(const Context& cx, const Model& md, size_t i, const Observation& o, double fmin,
+                   DefocusTerms& t) {
+  const ParticleTable& table = *cx.table;
+  const size_t g = size_t(table.optics_index[i]);
+  const PixelList& pl = md.pixels[g];
+  const OpticsGroup& og = table.optics[g];
+  const CtfParams cp = particle_ctf_params(table, i);
+  const Ctf ctf(cp);
+  const double lambda = ctf.wavelength();
+  t.kind = og.ctf_premultiplied ? 2 : (og.ctf_phase_flipped || md.optics.group(g).phase_flipped) ? 1 : 0;
+  t.form = defocus_form(cp.defocus_u, cp.defocus_v, cp.defocus_angle);
+  t.R.clear();
+  t.P.clear();
+  t.gamma0.clear();
+  t.cd.clear();
+  t.c2.clear();
+  t.s2.clear();
+  const double s = md.scale[g];
+  for (size_t k = 0; k < pl.size(); ++k) {
+    const double f2 = pl.fx[k] * pl.fx[k] + pl.fy[k] * pl.fy[k];
+    if (f2 < fmin * fmin) continue;
+    const double w = md.weight[g][size_t(pl.shell[k])];
+    double env = std::exp(-cp.bfactor * f2 / 4) * cp.scale;
+    if (t.kind == 2) env *= env;
+    const cdouble q = cdouble(o.Q[k]) * s;
+    t.R.push_back(float(w * std::real(cdouble(o.X[k]) * std::conj(q)) * env));
+    t.P.push_back(float(w * std::norm(q) * env * env));
+    t.gamma0.push_back(float(ctf.gamma(pl.fx[k], pl.fy[k]) + pl.gamma_offset[k]));
+    t.cd.push_back(float(-M_PI * lambda * f2));
+    const double a = std::atan2(pl.fy[k], pl.fx[k]);
+    t.c2.push_back(float(std::cos(2 * a)));
+    t.s2.push_back(float(std::sin(2 * a)));
+  }
+}
+
+// Maximum of f on [lo, hi] by golden section (f unimodal near the optimum).
+template <class F>
+double golden(F f, double lo, double hi, double tol) {
+  const double r = 0.3819660112501051;
+  double a = lo + r * (hi - lo), b = hi - r * (hi - lo);
+  double fa = f(a), fb = f(b);
+  while (hi - lo > tol) {
+    if (fa > fb) {
+      hi = b;
+      b = a;
+      fb = fa;
+      a = lo + r * (hi - lo);
+      fa = f(a);
+    } else {
+      lo = a;
+      a = b;
+      fa = fb;
+      b = hi - r * (hi - lo);
+      fb = f(b);
+    }
+  }
+  return 0.5 * (lo + hi);
+}
+
+// Nelder-Mead maximisation from x0 with initial steps `step`.
+std::vector<double> nelder_mead(const std::function<double(const std::vector<double>&)>& f, std::vector<double> x0,
+                                double step, double tol, int max_iter) {
+  const size_t n = x0.size();
+  std::vector<std::vector<double>> p(n + 1, x0);
+  for (size_t j = 0; j < n; ++j) p[j + 1][j] += step;
+  std::vector<double> v(n + 1);
+  for (size_t j = 0; j <= n; ++j) v[j] = -f(p[j]);
+  for (int it = 0; it < max_iter; ++it) {
+    std::vector<size_t> o(n + 1);
+    std::iota(o.begin(), o.end(), size_t(0));
+    std::sort(o.begin(), o.end(), [&](size_t a, size_t b) { return v[a] < v[b]; });
+    std::vector<std::vector<double>> pp(n + 1);
+    std::vector<double> vv(n + 1);
+    for (size_t j = 0; j <= n; ++j) {
+      pp[j] = p[o[j]];
+      vv[j] = v[o[j]];
+    }
+    p = pp;
+    v = vv;
+    double size = 0;
+    for (size_t j = 1; j <= n; ++j)
+      for (size_t d = 0; d < n; ++d) size = std::max(size, std::abs(p[j][d] - p[0][d]));
+    if (size < tol) break;
+    std::vector<double> c(n, 0.0);
+    for (size_t j = 0; j < n; ++j)
+      for (size_t d = 0; d < n; ++d) c[d] += p[j][d] / double(n);
+    auto along = [&](double t) {
+      std::vector<double> x(n);
+      for (size_t d = 0; d < n; ++d) x[d] = c[d] + t * (p[n][d] - c[d]);
+      return x;
+    };
+    const std::vector<double> xr = along(-1);
+    const double vr = -f(xr);
+    if (vr < v[0]) {
+      const std::vector<double> xe = along(-2);
+      const double ve = -f(xe);
+      if (ve < vr) {
+        p[n] = xe;
+        v[n] = ve;
+      } else {
+        p[n] = xr;
+        v[n] = vr;
+      }
+    } else if (vr < v[n - 1]) {
+      p[n] = xr;
+      v[n] = vr;
+    } else {
+      const std::vector<double> xc = along(vr < v[n] ? -0.5 : 0.5);
+      const double vc = -f(xc);
+      if (vc < std::min(vr, v[n])) {
+        p[n] = xc;
+        v[n] = vc;
+      } else {
+        for (size_t j = 1; j <= n; ++j) {
+          for (size_t d = 0; d < n; ++d) p[j][d] = p[0][d] + 0.5 * (p[j][d] - p[0][d]);
+          v[j] = -f(p[j]);
+        }
+      }
+    }
+  }
+  size_t best = size_t(std::min_element(v.begin(), v.end()) - v.begin());
+  return p[best];
+}
+
+struct DefocusChange {
+  double dd = 0, da1 = 0, da2 = 0;
+};
+
+// The defocus changes of one micrograph's particles (fit_mode letters 2 and 3).
+std::vector<DefocusChange> fit_unit_defocus(const std::vector<DefocusTerms>& terms, char mode_defocus, char mode_astig,
+                                            double range, double step) {
+  const size_t n = terms.size();
+  std::vector<DefocusChange> out(n);
+  const int nscan = std::max(2, int(std::ceil(range / step)));
+  auto scan = [&](auto score) {  // best offset over [-range/2, range/2], then golden section
+    double best = 0, bestv = -1;
+    for (int j = 0; j <= nscan; ++j) {
+      const double d = -0.5 * range + range * j / nscan;
+      const double v = score(d);
+      if (v > bestv) {
+        bestv = v;
+        best = d;
+      }
+    }
+    const double h = range / nscan;
+    return golden(score, best - h, best + h, 0.05);
+  };
+  if (mode_defocus == 'p') {
+    for (size_t i = 0; i < n; ++i) out[i].dd = scan([&](double d) { return terms[i].score(d, 0, 0); });
+    if (mode_astig == 'p') {
+      for (size_t i = 0; i < n; ++i) {
+        const auto x = nelder_mead([&](const std::vector<double>& v) { return terms[i].score(v[0], v[1], v[2]); },
+                                   {out[i].dd, 0, 0}, 0.5 * step, 0.05, 400);
+        out[i] = {x[0], x[1], x[2]};
+      }
+    } else if (mode_astig == 'm') {
+      const double h = range / nscan;
+      auto best_dd = [&](size_t i, double a1, double a2, double* value) {
+        const double d = golden([&](double dd) { return terms[i].score(dd, a1, a2); }, out[i].dd - h, out[i].dd + h, 0.05);
+        if (value) *value = terms[i].score(d, a1, a2);
+        return d;
+      };
+      const auto x = nelder_mead(
+          [&](const std::vector<double>& v) {
+            double s = 0, val = 0;
+            for (size_t i = 0; i < n; ++i) {
+              best_dd(i, v[0], v[1], &val);
+              s += val;
+            }
+            return s;
+          },
+          {0, 0}, 0.5 * step, 0.05, 200);
+      for (size_t i = 0; i < n; ++i) out[i] = {best_dd(i, x[0], x[1], nullptr), x[0], x[1]};
+    }
+  } else {  // 'm': one defocus change for the micrograph
+    auto total = [&](double d, double a1, double a2) {
+      double s = 0;
+      for (const DefocusTerms& t : terms) s += t.score(d, a1, a2);
+      return s;
+    };
+    DefocusChange c;
+    c.dd = scan([&](double d) { return total(d, 0, 0); });
+    if (mode_astig == 'm') {
+      const auto x = nelder_mead([&](const std::vector<double>& v) { return total(v[0], v[1], v[2]); }, {c.dd, 0, 0},
+                                 0.5 * step, 0.05, 400);
+      c = {x[0], x[1], x[2]};
+    }
+    std::fill(out.begin(), out.end(), c);
+  }
+  return out;
+}
+
+double fit_defocus(const CtfRefineOptions& opt, const Context& cx, Model& md, const Geometry& geo,
+                   const std::vector<std::vector<size_t>>& units, ThreadPool& pool) {
+  ParticleTable& table = *md.table;
+  const char mode_defocus = opt.fit_mode[1], mode_astig = opt.fit_mode[2];
+  // Scan step: a quarter turn of the defocus phase at the highest frequency used (or the range / 20).
+  double lambda_max = 0;
+  for (const OpticsGroup& og : table.optics) lambda_max = std::max(lambda_max, electron_wavelength(og.voltage));
+  const double step = std::min(opt.defocus_range / 20, 1.0 / (4 * lambda_max * geo.f_max * geo.f_max));
+  std::vector<DefocusChange> change(table.size());
+  struct None {};
+  None none;
+  run_pass(units, table, pool, "defocus", none, [] { return None{}; },
+           [&](const std::vector<size_t>& unit, None&, ParticleImages& images) {
+             std::vector<DefocusTerms> terms(unit.size());
+             Observation o;
+             for (size_t u = 0; u < unit.size(); ++u) {
+               observe(cx, md, unit[u], images, o);
+               defocus_terms(cx, md, unit[u], o, 1.0 / opt.kmin_defocus, terms[u]);
+             }
+             const auto c = fit_unit_defocus(terms, mode_defocus, mode_astig, opt.defocus_range, step);
+             for (size_t u = 0; u < unit.size(); ++u) change[unit[u]] = c[u];
+           },
+           [](None&, const None&) {});
+  double sum2 = 0;
+  for (size_t i = 0; i < table.size(); ++i) {
+    DefocusForm f = defocus_form(table.defocus_u[i], table.defocus_v[i], table.defocus_angle[i]);
+    f.d += change[i].dd;
+    f.a1 += change[i].da1;
+    f.a2 += change[i].da2;
+    const auto uva = defocus_uva(f);
+    table.defocus_u[i] = uva[0];
+    table.defocus_v[i] = uva[1];
+    table.defocus_angle[i] = uva[2];
+    sum2 += change[i].dd * change[i].dd;
+  }
+  const double rms = table.size() ? std::sqrt(sum2 / double(table.size())) : 0.0;
+  spdlog::info("ctf_refine: defocus of {} particles refined (scan {} Å in steps of {:.1f} Å); RMS change {:.1f} Å",
+               table.size(), opt.defocus_range, step, rms);
+  rebuild(md, geo);
+  return rms;
+}
+
+}  // namespace
+
+std::string CtfRefineOptions::validate() const {
+  if (particles.empty()) return "--i: a particle STAR file with poses is required";
+  if (out_dir.empty()) return "--o: an output directory is required";
+  if (postprocess.empty() && (half1.empty() || half2.empty()))
+    return "give the half maps (--m1 and --m2) or a postprocess STAR file (--f)";
+  if (!fit_defocus && !fit_beamtilt && !fit_aberr && !fit_aniso)
+    return "nothing to do: give at least one of --fit_defocus, --fit_beamtilt, --fit_aberr, --fit_aniso";
+  if (fit_mode.size() != 5) return fmt::format("--fit_mode: 5 letters expected (got \"{}\")", fit_mode);
+  for (char ch : fit_mode)
+    if (ch != 'f' && ch != 'm' && ch != 'p')
+      return fmt::format("--fit_mode \"{}\": each letter must be f, m or p", fit_mode);
+  if (fit_defocus) {
+    if (fit_mode[0] != 'f') return "--fit_mode: fitting the phase shift (letter 1) is not supported yet; use 'f'";
+    if (fit_mode[3] != 'f') return "--fit_mode: fitting Cs (letter 4) is not supported yet; use 'f'";
+    if (fit_mode[4] != 'f') return "--fit_mode: fitting B-factors (letter 5) is not supported yet; use 'f'";
+    if (fit_mode[1] == 'f') return "--fit_mode: with --fit_defocus the defocus (letter 2) must be 'p' or 'm'";
+    if (fit_mode[1] == 'm' && fit_mode[2] == 'p')
+      return "--fit_mode: per-particle astigmatism with a per-micrograph defocus is not supported";
+  }
+  if (kmin_defocus <= 0 || kmin_tilt <= 0 || kmin_aberr <= 0 || kmin_mag <= 0)
+    return "--kmin_defocus, --kmin_tilt, --kmin_aberr, --kmin_mag: must be positive (Å)";
+  if (defocus_range <= 0) return "--bf_range: must be positive (Å)";
+  if (odd_aberr_max_n < 0 || odd_aberr_max_n > 9 || (odd_aberr_max_n > 0 && odd_aberr_max_n % 2 == 0))
+    return fmt::format("--odd_aberr_max_n: 0 or an odd order up to 9 (got {})", odd_aberr_max_n);
+  if (odd_aberr_max_n == 1)
+    return "--odd_aberr_max_n 1: order-1 terms are image shifts, absorbed by the particles' origins; use 0 (beam "
+           "tilt only) or 3 and more";
+  if (even_aberr_max_n < 2 || even_aberr_max_n > 10 || even_aberr_max_n % 2 != 0)
+    return fmt::format("--even_aberr_max_n: an even order from 2 to 10 (got {})", even_aberr_max_n);
+  if (pad < 1 || pad > 4) return fmt::format("--pad: 1 to 4 (got {})", pad);
+  if (mag_iterations < 1) return "--mag_iter: at least 1";
+  if (threads < 1) return fmt::format("--j: must be at least 1 (got {})", threads);
+  return "";
+}
+
+CtfRefineResult ctf_refine(const CtfRefineOptions& opt_in) {
+  if (auto msg = opt_in.validate(); !msg.empty()) throw InputError("ctf_refine: " + msg);
+  CtfRefineOptions opt = opt_in;
+  if (!opt.out_dir.empty() && opt.out_dir.back() == '/') opt.out_dir.pop_back();
+
+  // Maps and mask: from --f (postprocess STAR) unless given.
+  if (!opt.postprocess.empty()) {
+    const star::Document pp = star::read(opt.postprocess);
+    const star::Block* gen = pp.find("general");
+    if (!gen) input_error("{}: no data_general block (a postprocess STAR file is expected)", opt.postprocess);
+    auto get = [&](const char* label) { return std::string(gen->get(label)); };
+    if (opt.half1.empty()) opt.half1 = get("rlnUnfilteredMapHalf1");
+    if (opt.half2.empty()) opt.half2 = get("rlnUnfilteredMapHalf2");
+    if (opt.mask.empty()) opt.mask = get("rlnMaskName");
+    if (opt.half1.empty() || opt.half2.empty())
+      input_error("{}: data_general has no _rlnUnfilteredMapHalf1/2 (give --m1 and --m2)", opt.postprocess);
+  }
+  mrc::Header h1;
+  Grid<float> map1 = mrc::read(opt.half1, &h1);
+  Grid<float> map2 = mrc::read(opt.half2);
+  const int N = map1.nx();
+  if (map1.ny() != N || map1.nz() != N)
+    input_error("{}: map is {}x{}x{}, expected a cube", opt.half1, map1.nx(), map1.ny(), map1.nz());
+  if (!map2.same_shape(map1))
+    input_error("{}: map is {}x{}x{}, expected {}^3 as {}", opt.half2, map2.nx(), map2.ny(), map2.nz(), N, opt.half1);
+  const double ref_pixel = opt.angpix_ref > 0 ? opt.angpix_ref : h1.pixel_size();
+  if (!(ref_pixel > 0)) input_error("{}: no pixel size in the header; give --angpix_ref", opt.half1);
+  if (!opt.mask.empty()) {
+    const Grid<float> mask = mrc::read(opt.mask);
+    if (!mask.same_shape(map1))
+      input_error("{}: mask is {}x{}x{}, expected {}^3 as the maps", opt.mask, mask.nx(), mask.ny(), mask.nz(), N);
+    for (size_t v = 0; v < map1.size(); ++v) {
+      if (!(mask[v] >= -1e-6f && mask[v] <= 1 + 1e-6f))
+        input_error("{}: mask value {} at voxel {}: values in [0, 1] expected", opt.mask, mask[v], v);
+      map1[v] *= mask[v];
+      map2[v] *= mask[v];
+    }
+  }
+  // Highest frequency: the half maps' FSC (masked when a mask is given) at 0.143.
+  const std::vector<double> curve = fsc(map1, map2);
+  int shell_max = N / 2 - 1;
+  for (int s = 1; s < int(curve.size()); ++s)
+    if (curve[size_t(s)] < 0.143) {
+      shell_max = std::max(1, s - 1);
+      break;
+    }
+  const double f_max = shell_max / (N * ref_pixel);
+  // Each half map times the half-map FSC per shell: the expected map given one noisy half (Wiener,
+  // FSC = signal / (signal + noise) per shell). Without it the noise of unfiltered halves inflates
+  // the references' power at high frequency and shrinks every estimate (most visibly the
+  // linearised magnification fit).
+  for (Grid<float>* m : {&map1, &map2}) {
+    Grid<cfloat> F = fourier_centred(*m, opt.threads);
+    for (int z = 0; z < F.nz(); ++z)
+      for (int y = 0; y < F.ny(); ++y)
+        for (int x = 0; x < F.nx(); ++x) {
+          const int ky = fft_freq(y, N), kz = fft_freq(z, N);
+          const size_t s = size_t(std::lround(std::sqrt(double(x * x + ky * ky + kz * kz))));
+          F(x, y, z) *= s < curve.size() ? float(std::max(0.0, curve[s])) : 0.0f;
+        }
+    *m = from_fourier_centred(F, N, opt.threads);
+  }
+  spdlog::info("ctf_refine: half maps {}^3 px at {} Å/px; FSC 0.143 at {:.2f} Å: frequencies up to there", N,
+               ref_pixel, 1.0 / f_max);
+
+  ParticleTable table = ParticleTable::read(opt.particles);
+  const size_t count = table.size();
+  if (count == 0) input_error("{}: no particles (the particles table has no rows)", opt.particles);
+  for (const char* label : {"rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"})
+    if (!table.particles_block().has(label))
+      input_error("{}: the particles table has no _{} (CTF refinement needs refined poses)", opt.particles, label);
+  if (!table.particles_block().has("rlnRandomSubset"))
+    input_error("{}: the particles table has no _rlnRandomSubset (each particle is compared with the map of its own "
+                "half set)",
+                opt.particles);
+  Context cx;
+  cx.table = &table;
+  cx.half.resize(count);
+  for (size_t i = 0; i < count; ++i) {
+    const int h = table.random_subset[i];
+    if (h != 1 && h != 2) input_error("{}: _rlnRandomSubset is {}, expected 1 or 2", table.where(i), h);
+    cx.half[i] = h - 1;
+  }
+  for (const OpticsGroup& og : table.optics) {
+    if (!(og.voltage > 0)) input_error("{}: optics group {} has no _rlnVoltage", opt.particles, og.number);
+    if (!(og.pixel_size > 0)) input_error("{}: optics group {} has no _rlnImagePixelSize", opt.particles, og.number);
+  }
+  bool by_micrograph = false;
+  const auto units = make_units(table, &by_micrograph);
+  if (opt.fit_defocus && (opt.fit_mode[1] == 'm' || opt.fit_mode[2] == 'm') && !by_micrograph)
+    input_error("{}: --fit_mode {} fits per micrograph but the particles have no _rlnMicrographName", opt.particles,
+                opt.fit_mode);
+
+  // Boxes of the groups (rlnImageSize, else the first image).
+  Geometry geo;
+  geo.ref_box = N;
+  geo.ref_pixel = ref_pixel;
+  geo.f_max = f_max;
+  geo.r_max = N / 2;
+  geo.boxes.assign(table.optics.size(), 0);
+  {
+    ParticleImages images(table, 1);
+    for (size_t i = 0; i < count; ++i) {
+      const size_t g = size_t(table.optics_index[i]);
+      if (geo.boxes[g] > 0) continue;
+      geo.boxes[g] = table.optics[g].image_size;
+      if (geo.boxes[g] <= 0) geo.boxes[g] = images.read(i).nx();
+    }
+  }
+  fs::create_directories(opt.out_dir);
+  std::vector<std::unique_ptr<Projector>> maps;
+  maps.push_back(std::make_unique<Projector>(map1, opt.pad, N / 2, opt.threads));
+  maps.push_back(std::make_unique<Projector>(map2, opt.pad, N / 2, opt.threads));
+  map1 = Grid<float>();
+  map2 = Grid<float>();
+  cx.maps = &maps;
+
+  Model md;
+  md.table = &table;
+  rebuild(md, geo);
+  for (size_t i = 0; i < count; ++i) (void)md.optics.particle(i);  // CTF parameters checked before the long part
+  ThreadPool pool(opt.threads);
+  estimate_noise(cx, md, units, pool);
+
+  CtfRefineResult res;
+  if (opt.fit_aniso) fit_mag(opt, cx, md, geo, units, pool);
+  if (opt.fit_beamtilt) fit_odd(opt, cx, md, geo, units, pool);
+  if (opt.fit_aberr) fit_even(opt, cx, md, geo, units, pool);
+  if (opt.fit_defocus) res.rms_defocus_change = fit_defocus(opt, cx, md, geo, units, pool);
+
+  res.star = opt.out_dir + "/particles_ctf_refine.star";
+  table.write(res.star);
+  res.particles = long(count);
+  res.max_resolution = 1.0 / f_max;
+  for (size_t g = 0; g < table.optics.size(); ++g) {
+    const OpticsGroup& og = table.optics[g];
+    CtfRefineGroupResult gr;
+    gr.number = og.number;
+    gr.beam_tilt = {og.beam_tilt_x, og.beam_tilt_y};
+    gr.odd = og.odd_zernike;
+    gr.even = og.even_zernike;
+    gr.mag = og.mag_matrix;
+    gr.scale = md.scale[g];
+    res.groups.push_back(gr);
+  }
+  spdlog::info("ctf_refine: {} particles; wrote {}", count, res.star);
+  return res;
+}
+
+}  // namespace regula

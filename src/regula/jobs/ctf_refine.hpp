@@ -1,0 +1,83 @@
+// CTF refinement after a 3D refinement: `regula ctf_refine`, the counterpart of relion_ctf_refine
+// (RELION's CtfRefine job).
+//
+// Input: particles with refined poses and half sets (a refine3d run_data.star), the two unfiltered
+// half maps (--m1/--m2, or the rlnUnfilteredMapHalf1/2 and rlnMaskName of a postprocess STAR file
+// given with --f) and optionally a mask (multiplied into both maps). Each particle is compared only
+// with the map of its own half set (rlnRandomSubset; gold standard kept).
+//
+// The image model is imaging/optics_model.hpp's, the likelihood the Gaussian one with a noise
+// power per shell and optics group measured first from the residuals of the input model
+// (X - s C exp(i phi) Q, s one grey-scale factor per optics group, fitted in the same pass).
+// Frequencies up to the half maps' FSC = 0.143 (masked when --mask is given) are used, each
+// estimate from its own inner limit (--kmin_*). The estimates run one after the other, each on the
+// result of the previous ones, in this order:
+//   1. --fit_aniso: anisotropic magnification per optics group (rlnMagMat00..11), linearised fits
+//      repeated --mag_iter times; as RELION, each particle's astigmatism is then re-expressed so
+//      that its CTF in image pixels is unchanged (--keep_astig: leave the defoci as they are);
+//   2. --fit_beamtilt: beam tilt per optics group (rlnBeamTiltX/Y, with an image shift that is not
+//      kept) or, with --odd_aberr_max_n N >= 3, all odd Zernike coefficients up to order N with the
+//      beam tilt taken out of them (rlnOddZernike with coefficients 3 and 4 zero, as RELION 3.1);
+//   3. --fit_aberr: even Zernike coefficients up to --even_aberr_max_n (rlnEvenZernike);
+//   4. --fit_defocus: per-particle defocus (--fit_mode, RELION's five letters for phase shift,
+//      defocus, astigmatism, Cs, B-factor: defocus 'p' (per particle) or 'm' (per micrograph),
+//      astigmatism 'f' (kept), 'm' (per micrograph, rlnMicrographName) or 'p'; phase shift, Cs and
+//      B-factor must be 'f'): a scan over --bf_range Å around the input value, then a local
+//      search, with a per-particle grey scale profiled out.
+// Output: OUT/particles_ctf_refine.star (the input with the refined values) and, per optics group
+// and estimate, PNG images of the per-pixel phases and their fit (OUT/beamtilt_*.png,
+// OUT/aberr_*.png). Micrographs are the work units (one thread each; sums added in micrograph
+// order), so results do not depend on --j. Not yet: --fit_bfacs, MPI, phase shift and Cs fits.
+#pragma once
+#include <array>
+#include <string>
+#include <vector>
+
+namespace regula {
+
+struct CtfRefineOptions {
+  std::string particles;          // --i: particles with poses (run_data.star)
+  std::string postprocess;        // --f: postprocess STAR (half maps and mask from it)
+  std::string out_dir;            // --o
+  std::string half1, half2;       // --m1, --m2
+  std::string mask;               // --mask
+  double angpix_ref = -1;         // --angpix_ref (Å; <= 0: map header)
+  int pad = 2;                    // --pad
+  bool fit_defocus = false;       // --fit_defocus
+  std::string fit_mode = "fpmfm"; // --fit_mode
+  double kmin_defocus = 30;       // --kmin_defocus (Å)
+  double defocus_range = 2000;    // --bf_range (Å): width of the defocus scan
+  bool fit_beamtilt = false;      // --fit_beamtilt
+  double kmin_tilt = 20;          // --kmin_tilt (Å)
+  int odd_aberr_max_n = 0;        // --odd_aberr_max_n
+  bool fit_aberr = false;         // --fit_aberr
+  double kmin_aberr = 20;         // --kmin_aberr (Å)
+  int even_aberr_max_n = 4;       // --even_aberr_max_n
+  bool fit_aniso = false;         // --fit_aniso
+  double kmin_mag = 20;           // --kmin_mag (Å)
+  bool keep_astig = false;        // --keep_astig
+  int mag_iterations = 3;         // --mag_iter
+  int threads = 1;                // --j
+
+  std::string validate() const;
+};
+
+struct CtfRefineGroupResult {
+  int number = 1;
+  std::array<double, 2> beam_tilt{0, 0};  // mrad
+  std::vector<double> odd, even;
+  std::array<double, 4> mag{1, 0, 0, 1};
+  double scale = 1;  // grey scale of the particles relative to the maps' projections
+};
+
+struct CtfRefineResult {
+  std::string star;                   // OUT/particles_ctf_refine.star
+  long particles = 0;
+  double max_resolution = 0;          // Å: highest frequency used (half-map FSC 0.143)
+  double rms_defocus_change = 0;      // Å (mean of U and V), 0 without --fit_defocus
+  std::vector<CtfRefineGroupResult> groups;
+};
+
+CtfRefineResult ctf_refine(const CtfRefineOptions& opt);
+
+}  // namespace regula
