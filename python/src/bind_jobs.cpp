@@ -11,6 +11,7 @@
 #include "regula/jobs/initial_model.hpp"
 #include "regula/jobs/locres.hpp"
 #include "regula/jobs/mask.hpp"
+#include "regula/jobs/ctf_refine.hpp"
 #include "regula/jobs/particle_subtract.hpp"
 #include "regula/jobs/postprocess.hpp"
 #include "regula/jobs/preprocess.hpp"
@@ -74,7 +75,8 @@ void bind_jobs(py::module_& m) {
        REGULA_FIELD(S, bg_radius), REGULA_FIELD(S, beamtilt_x), REGULA_FIELD(S, beamtilt_y),
        REGULA_FIELD(S, odd_zernike), REGULA_FIELD(S, even_zernike), REGULA_FIELD(S, mag),
        REGULA_FIELD(S, premultiply), REGULA_FIELD(S, og2_fraction), REGULA_FIELD(S, og2_angpix),
-       REGULA_FIELD(S, og2_box), REGULA_FIELD(S, seed), REGULA_FIELD(S, threads)},
+       REGULA_FIELD(S, og2_box), REGULA_FIELD(S, micrographs), REGULA_FIELD(S, defocus_spread), REGULA_FIELD(S, seed),
+       REGULA_FIELD(S, threads)},
       [](const S& o) { return simulate(o); },
       [](const S&, SimulateResult r) {
         py::dict d;
@@ -474,6 +476,42 @@ void bind_jobs(py::module_& m) {
       "Signal subtraction as relion_particle_subtract (jobs/particle_subtract.hpp): optimiser=ROOT_itNNN_optimiser.star,\n"
       "mask of the density to keep; or revert=subtracted STAR file.",
       "dict(star, particles, box, recentred, centre (px from the map centre))");
+
+  using CR = CtfRefineOptions;
+  def_job<CR>(
+      m, "ctf_refine", "CtfRefineOptions",
+      {REGULA_FIELD(CR, particles), REGULA_FIELD(CR, postprocess), REGULA_FIELD(CR, out_dir), REGULA_FIELD(CR, half1),
+       REGULA_FIELD(CR, half2), REGULA_FIELD(CR, mask), REGULA_FIELD(CR, angpix_ref), REGULA_FIELD(CR, pad),
+       REGULA_FIELD(CR, fit_defocus), REGULA_FIELD(CR, fit_mode), REGULA_FIELD(CR, kmin_defocus),
+       REGULA_FIELD(CR, defocus_range), REGULA_FIELD(CR, fit_beamtilt), REGULA_FIELD(CR, kmin_tilt),
+       REGULA_FIELD(CR, odd_aberr_max_n), REGULA_FIELD(CR, fit_aberr), REGULA_FIELD(CR, kmin_aberr),
+       REGULA_FIELD(CR, even_aberr_max_n), REGULA_FIELD(CR, fit_aniso), REGULA_FIELD(CR, kmin_mag),
+       REGULA_FIELD(CR, keep_astig), REGULA_FIELD(CR, mag_iterations), REGULA_FIELD(CR, threads)},
+      [](const CR& o) { return ctf_refine(o); },
+      [](const CR&, CtfRefineResult r) {
+        py::dict d;
+        d["star"] = r.star;
+        d["particles"] = r.particles;
+        d["max_resolution"] = r.max_resolution;
+        d["rms_defocus_change"] = r.rms_defocus_change;
+        py::list groups;
+        for (const auto& g : r.groups) {
+          py::dict gd;
+          gd["number"] = g.number;
+          gd["beam_tilt"] = py::make_tuple(g.beam_tilt[0], g.beam_tilt[1]);
+          gd["odd_zernike"] = g.odd;
+          gd["even_zernike"] = g.even;
+          gd["mag"] = py::make_tuple(g.mag[0], g.mag[1], g.mag[2], g.mag[3]);
+          gd["scale"] = g.scale;
+          groups.append(gd);
+        }
+        d["groups"] = groups;
+        return d;
+      },
+      "CTF refinement as relion_ctf_refine (jobs/ctf_refine.hpp): particles=run_data.star, half1/half2 (or\n"
+      "postprocess=postprocess.star), fit_defocus / fit_beamtilt / fit_aberr / fit_aniso.",
+      "dict(star, particles, max_resolution, rms_defocus_change, groups=[dict(number, beam_tilt, odd_zernike,\n"
+      "even_zernike, mag, scale)])");
 
   m.def("job_options", [](const std::string& name) {
     auto it = job_registry().find(name);

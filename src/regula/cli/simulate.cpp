@@ -45,6 +45,12 @@ void add_simulate(CLI::App& app) {
       ->capture_default_str();
   s->add_option("--og2_angpix", opt->og2_angpix, "Pixel size of optics group 2, Å (default: as group 1)");
   s->add_option("--og2_box", opt->og2_box, "Box size of optics group 2, px (default: as group 1)");
+  s->add_option("--micrographs", opt->micrographs,
+                "Particles in this many micrographs sharing a defocus and astigmatism (0: each particle its own)")
+      ->capture_default_str();
+  s->add_option("--defocus_spread", opt->defocus_spread,
+                "With --micrographs: particle heights in the ice, uniform over this range, Å")
+      ->capture_default_str();
   s->add_option("--seed", opt->seed, "Random seed")->capture_default_str();
   s->add_option("--j", opt->threads, "Threads")->capture_default_str();
   s->callback([opt] { simulate(*opt); });

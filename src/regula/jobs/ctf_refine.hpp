@@ -22,8 +22,10 @@
 //   4. --fit_defocus: per-particle defocus (--fit_mode, RELION's five letters for phase shift,
 //      defocus, astigmatism, Cs, B-factor: defocus 'p' (per particle) or 'm' (per micrograph),
 //      astigmatism 'f' (kept), 'm' (per micrograph, rlnMicrographName) or 'p'; phase shift, Cs and
-//      B-factor must be 'f'): a scan over --bf_range Å around the input value, then a local
-//      search, with a per-particle grey scale profiled out.
+//      B-factor must be 'f', so the default is fpmff where RELION's is fpmfm): a scan over
+//      --bf_range Å around the input value, then a local search (golden section; Nelder-Mead for
+//      astigmatism; for a micrograph's astigmatism, two rounds alternating between the
+//      particles' defoci and the astigmatism), with a per-particle grey scale profiled out.
 // Output: OUT/particles_ctf_refine.star (the input with the refined values) and, per optics group
 // and estimate, PNG images of the per-pixel phases and their fit (OUT/beamtilt_*.png,
 // OUT/aberr_*.png). Micrographs are the work units (one thread each; sums added in micrograph
@@ -44,7 +46,7 @@ struct CtfRefineOptions {
   double angpix_ref = -1;         // --angpix_ref (Å; <= 0: map header)
   int pad = 2;                    // --pad
   bool fit_defocus = false;       // --fit_defocus
-  std::string fit_mode = "fpmfm"; // --fit_mode
+  std::string fit_mode = "fpmff"; // --fit_mode (RELION's default fpmfm also fits B-factors)
   double kmin_defocus = 30;       // --kmin_defocus (Å)
   double defocus_range = 2000;    // --bf_range (Å): width of the defocus scan
   bool fit_beamtilt = false;      // --fit_beamtilt

@@ -30,6 +30,9 @@ std::string SimulateOptions::validate() const {
   if (angpix < 0) return fmt::format("--angpix: must be positive (got {})", angpix);
   if (box < 0 || box == 1) return fmt::format("--box: must be at least 2 (got {})", box);
   if (frac2 < 0 || frac2 > 1) return fmt::format("--frac2: must be in [0, 1] (got {})", frac2);
+  if (micrographs < 0 || micrographs > n) return fmt::format("--micrographs: 0 to --n (got {})", micrographs);
+  if (defocus_spread < 0) return fmt::format("--defocus_spread: must be >= 0 (got {})", defocus_spread);
+  if (defocus_spread > 0 && micrographs == 0) return "--defocus_spread needs --micrographs";
   if (defocus_min <= 0 || defocus_max < defocus_min)
     return fmt::format("--defocus_min/--defocus_max: need 0 < min <= max (got {} and {})", defocus_min, defocus_max);
   if (max_shift < 0) return fmt::format("--max_shift: must be >= 0 (got {})", max_shift);
@@ -163,11 +166,25 @@ SimulateResult simulate(const SimulateOptions& opt) {
 
   // Every particle's truth and optics group (own streams: the data do not depend on --j).
   const size_t N = size_t(opt.n);
+  auto micrograph_of = [&](size_t i) { return opt.micrographs > 0 ? i * size_t(opt.micrographs) / N : 0; };
   std::vector<Truth> truth(N);
   std::vector<int> group(N, 1);
   for (size_t i = 0; i < N; ++i) {
     auto g = make_rng(opt.seed, i);
     truth[i] = draw(g);
+    if (opt.micrographs > 0) {
+      // The micrograph's defocus and astigmatism (its own stream), then the particle's height in the ice.
+      auto gm = make_rng(opt.seed, micrograph_of(i), 3);
+      Truth m{};
+      m.du = opt.defocus_min + (opt.defocus_max - opt.defocus_min) * uniform01(gm);
+      m.dv = m.du - 300.0 * uniform01(gm);
+      m.dangle = 180.0 * uniform01(gm);
+      auto gz = make_rng(opt.seed, i, 4);
+      const double dz = opt.defocus_spread * (uniform01(gz) - 0.5);
+      truth[i].du = m.du + dz;
+      truth[i].dv = m.dv + dz;
+      truth[i].dangle = m.dangle;
+    }
     if (opt.og2_fraction > 0) {
       auto go = make_rng(opt.seed, i, 2);
       group[i] = uniform01(go) < opt.og2_fraction ? 2 : 1;
@@ -230,7 +247,10 @@ SimulateResult simulate(const SimulateOptions& opt) {
       cls[i] = t.cls;
     }
     parts.set_column("rlnImageName", names);
-    parts.set_column("rlnMicrographName", std::vector<std::string>(N, "simulated.mrc"));
+    std::vector<std::string> mics(N, "simulated.mrc");
+    if (opt.micrographs > 0)
+      for (size_t i = 0; i < N; ++i) mics[i] = fmt::format("mic{:04d}.mrc", micrograph_of(i) + 1);
+    parts.set_column("rlnMicrographName", mics);
     parts.set_column("rlnOpticsGroup", group);
     if (opt.ctf) {
       parts.set_column("rlnDefocusU", du);

@@ -10,7 +10,11 @@
 //      moved by (dx, dy) px, so the truth has rlnOriginX/YAngst = (-dx, -dy) * angpix
 //      (RELION 3.1 convention: the origin is the shift that re-centres the particle);
 //   4. CTF: defocus U uniform in [defocus_min, defocus_max] Å, V = U - astigmatism
-//      with astigmatism uniform in [0, 300] Å, angle uniform in [0, 180) degrees;
+//      with astigmatism uniform in [0, 300] Å, angle uniform in [0, 180) degrees; with
+//      --micrographs M, particle i is on micrograph floor(i M / n) (rlnMicrographName
+//      micNNNN.mrc), whose defocus, astigmatism and angle are drawn so from the micrograph's
+//      own stream, and the particle's U and V are those plus a height in the ice uniform in
+//      +-defocus_spread/2 Å;
 //   5. noise: white Gaussian with variance var(signal) / snr, where var(signal) is
 //      the mean over the first min(n, 200) particles of the variance of the noise-free,
 //      CTF-modulated image over the whole box;
@@ -65,6 +69,8 @@ struct SimulateOptions {
   double og2_fraction = 0;                  // --og2_fraction: particles in optics group 2
   double og2_angpix = 0;                    // --og2_angpix: its pixel size, Å (0: as group 1)
   int og2_box = 0;                          // --og2_box: its box, px (0: as group 1)
+  long micrographs = 0;                     // --micrographs M: particles in M micrographs (0: one)
+  double defocus_spread = 0;                // --defocus_spread: Å, particle heights within a micrograph
   uint64_t seed = 1;
   int threads = 1;
 
