@@ -3,7 +3,10 @@
 with known errors (tests/python/ctf_refine_data.py: two optics groups with their own beam tilt and
 anisotropic magnification, particles at their own heights around their micrograph's defocus).
 
-    bench/ctf_refine_vs_relion.py OUT [--n N] [--box B] [--seeds 11,12,13] [--map_seeds 5]
+    bench/ctf_refine_vs_relion.py OUT [--n N] [--box B] [--seeds 11,12,13] [--map_seeds 5] [--map MAP.mrc]
+
+(--map: a map of its own box and pixel size instead of the pseudo-atomic ones, e.g. from
+../shared/tools/model_to_map.py)
 
 RELION runs as its users run it: one CtfRefine job for the magnification (--fit_aniso), then one for
 defocus (fpmff: per-particle defocus, per-micrograph astigmatism) and beam tilt on its output; both get
@@ -70,26 +73,29 @@ def main():
     ap.add_argument("--box", type=int, default=64)
     ap.add_argument("--seeds", default="11")
     ap.add_argument("--map_seeds", default="5")
+    ap.add_argument("--map", default=None)
     a = ap.parse_args()
     regula = str(ROOT / "build/bin/regula")
     for ms in map(int, a.map_seeds.split(",")):
         for seed in map(int, a.seeds.split(",")):
-            d = pathlib.Path(a.out) / f"map{ms}_seed{seed}"
-            paths = cd.make(regula, d, GROUPS, n=a.n, seed=seed, box=a.box, map_seed=ms)
-            n = a.box
+            d = pathlib.Path(a.out) / (f"{pathlib.Path(a.map).stem}_seed{seed}" if a.map else f"map{ms}_seed{seed}")
+            paths = cd.make(regula, d, GROUPS, n=a.n, seed=seed, box=a.box, map_seed=ms,
+                            map_path=str(pathlib.Path(a.map).resolve()) if a.map else None)
+            with mrcfile.open(paths["map"]) as f:
+                n, apix = f.data.shape[0], float(f.voxel_size.x)
             z, y, x = np.mgrid[0:n, 0:n, 0:n] - n // 2
             r = np.sqrt(x * x + y * y + z * z)
             m = np.clip((0.4 * n - r) / 5, 0, 1)
             with mrcfile.new(d / "mask.mrc", overwrite=True) as f:
                 f.set_data((0.5 - 0.5 * np.cos(np.pi * m)).astype(np.float32))
-                f.voxel_size = 1.0
+                f.voxel_size = apix
             (d / "pp").mkdir(exist_ok=True)
             subprocess.run(["relion_postprocess", "--i", "half1.mrc", "--i2", "half2.mrc", "--mask", "mask.mrc",
-                            "--angpix", "1.0", "--o", "pp/postprocess", "--auto_bfac", "false", "--adhoc_bfac", "0"],
+                            "--angpix", str(apix), "--o", "pp/postprocess", "--auto_bfac", "false", "--adhoc_bfac", "0"],
                            cwd=d, check=True, capture_output=True)
             with mrcfile.open(paths["map"]) as f:
                 truth = f.data.astype(float)
-            print(f"map seed {ms}, data seed {seed}: {a.n} particles per optics group, box {a.box}")
+            print(f"map {a.map or f'pseudo-atomic seed {ms}'}, data seed {seed}: {a.n} particles per optics group, box {n}, {apix} Å/px")
             t1 = timed(["relion_ctf_refine", "--i", "input.star", "--f", "pp/postprocess.star", "--o", "rel_mag/",
                         "--fit_aniso", "--j", "2"], d, "rel_mag.log")
             t2 = timed(["relion_ctf_refine", "--i", "rel_mag/particles_ctf_refine.star", "--f", "pp/postprocess.star",

@@ -2,7 +2,9 @@
 // Parseval, shifts, and agreement with relion_project output (tests/data/proj).
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
+#include <random>
 #include <cstdint>
 #include <cstring>
 #include <fstream>
@@ -329,4 +331,28 @@ TEST(Projector, MatchesRelionProjectEvenBox) {
 TEST(Projector, MatchesRelionProjectOddBox) {
   compare_with_relion("clean70SRibosome_vol_65p.mrc", "rln_proj_65", true);
   compare_with_relion("clean70SRibosome_vol_65p.mrc", "rln_proj_65_shifted", true);
+}
+
+TEST(FourierLattice, GradientIsTheInterpolantsDerivative) {
+  // interpolate_gradient returns interpolate's value and, inside a cell, its derivative (central
+  // differences of the trilinear interpolant are exact there up to float rounding), also on the
+  // Hermitian-mirrored side (px < 0).
+  FourierLattice lat;
+  lat.init(3, 8);
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  for (auto& v : lat.data) v = cfloat(nd(rng), nd(rng));
+  for (const auto& p : std::vector<std::array<double, 3>>{{2.3, -1.6, 0.4}, {-3.2, 2.7, -1.3}, {0.6, 0.2, 3.45}}) {
+    cfloat g[3];
+    const cfloat v = lat.interpolate_gradient(p[0], p[1], p[2], g);
+    EXPECT_NEAR(std::abs(v - lat.interpolate(p[0], p[1], p[2])), 0.0, 1e-5);
+    const double h = 0.01;
+    for (int j = 0; j < 3; ++j) {
+      std::array<double, 3> a = p, b = p;
+      a[size_t(j)] += h;
+      b[size_t(j)] -= h;
+      const cfloat fd = (lat.interpolate(a[0], a[1], a[2]) - lat.interpolate(b[0], b[1], b[2])) / float(2 * h);
+      EXPECT_NEAR(std::abs(fd - g[j]), 0.0, 2e-3) << j;
+    }
+  }
 }

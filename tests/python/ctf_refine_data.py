@@ -13,6 +13,7 @@ mean over its particles), re-expressed in image pixels as CTFFIND measures it on
 """
 import copy
 import pathlib
+import shutil
 import subprocess
 
 import numpy as np
@@ -90,12 +91,16 @@ def set_defocus_matrices(particles, Q):
     set_column(particles, "rlnDefocusAngle", [f"{x:.4f}" for x in np.degrees(np.arctan2(V[:, 1, 1], V[:, 0, 1]))])
 
 
-def make(regula, d, groups, n=1500, snr=0.3, seed=11, spread=1000.0, box=64, angpix=1.0, map_seed=5):
-    """groups: list of dicts with 'tilt' (tx, ty) mrad and 'mag' (4 values). Returns a dict of paths."""
+def make(regula, d, groups, n=1500, snr=0.3, seed=11, spread=1000.0, box=64, angpix=1.0, map_seed=5, map_path=None):
+    """groups: list of dicts with 'tilt' (tx, ty) mrad and 'mag' (4 values); map_path: a map to use instead
+    of the pseudo-atomic one (its own box and pixel size). Returns a dict of paths."""
     d = pathlib.Path(d)
     d.mkdir(parents=True, exist_ok=True)
     mp = d / "truth_map.mrc"
-    atoms_map(mp, box, angpix, map_seed)
+    if map_path:
+        shutil.copyfile(map_path, mp)
+    else:
+        atoms_map(mp, box, angpix, map_seed)
     merged = None
     for g, grp in enumerate(groups):
         sd = d / f"og{g + 1}"

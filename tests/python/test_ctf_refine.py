@@ -117,3 +117,28 @@ def test_bad_input_stops_with_a_message(data, case):
     assert r.returncode == 1
     assert word in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (d / f"bad_{case}" / "particles_ctf_refine.star").exists()
+
+
+@pytest.mark.skipif(shutil.which("relion_refine") is None, reason="relion_refine (RELION 3.1.3) is not installed")
+def test_output_read_by_relion_refine(data):
+    """relion_refine reads the refined file: one iteration of 2D classification (K 1) on 40 particles of each
+    optics group keeps every particle's defocus and every group's beam tilt and magnification."""
+    d, _ = data
+    b = cd.read_star(d / "out" / "particles_ctf_refine.star")
+    og = cd.column(b["particles"], "rlnOpticsGroup", int)
+    keep = np.concatenate([np.flatnonzero(og == 1)[:40], np.flatnonzero(og == 2)[:40]])
+    b["particles"]["rows"] = [b["particles"]["rows"][i] for i in keep]
+    cd.write_star(d / "subset.star", b)
+    (d / "R").mkdir(exist_ok=True)
+    r = subprocess.run(["relion_refine", "--i", "subset.star", "--o", "R/run", "--K", "1", "--iter", "1",
+                        "--tau2_fudge", "2", "--particle_diameter", "50", "--ctf", "--zero_mask", "--psi_step", "30",
+                        "--offset_range", "2", "--offset_step", "2", "--j", "1"], cwd=d, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+    out = cd.read_star(d / "R" / "run_it001_data.star")
+    assert len(out["particles"]["rows"]) == 80
+    np.testing.assert_allclose(cd.column(out["particles"], "rlnDefocusU"), cd.column(b["particles"], "rlnDefocusU"),
+                               atol=1e-3)
+    ours, theirs = cd.optics_values(d / "subset.star"), cd.optics_values(d / "R" / "run_it001_data.star")
+    for a, e in zip(ours, theirs):
+        np.testing.assert_allclose(a["tilt"], e["tilt"], atol=1e-5)
+        np.testing.assert_allclose(a["mag"], e["mag"], atol=1e-5)

@@ -47,6 +47,29 @@ cfloat FourierLattice::interpolate(double px, double py, double pz) const {
   return conj ? std::conj(v) : v;
 }
 
+cfloat FourierLattice::interpolate_gradient(double px, double py, double pz, cfloat* grad) const {
+  bool conj = false;
+  if (px < 0) {
+    px = -px;
+    py = -py;
+    pz = -pz;
+    conj = true;
+  }
+  const int x0 = int(std::floor(px)), y0 = int(std::floor(py)), z0 = int(std::floor(pz));
+  const float fx = float(px - x0), fy = float(py - y0), fz = float(pz - z0);
+  const size_t sy = size_t(data.nx()), sz = sy * size_t(data.ny());
+  const cfloat* p = data.data() + index(x0, y0, z0);
+  const cfloat d00 = p[1] - p[0], d10 = p[sy + 1] - p[sy], d01 = p[sz + 1] - p[sz], d11 = p[sz + sy + 1] - p[sz + sy];
+  const cfloat a00 = p[0] + fx * d00, a10 = p[sy] + fx * d10, a01 = p[sz] + fx * d01, a11 = p[sz + sy] + fx * d11;
+  const cfloat b0 = a00 + fy * (a10 - a00), b1 = a01 + fy * (a11 - a01);
+  const cfloat gx0 = d00 + fy * (d10 - d00), gx1 = d01 + fy * (d11 - d01);
+  cfloat g[3] = {gx0 + fz * (gx1 - gx0), (a10 - a00) + fz * ((a11 - a01) - (a10 - a00)), b1 - b0};
+  const cfloat v = b0 + fz * (b1 - b0);
+  // V(p) = conj(L(-p)) on the mirrored side, so dV/dp = -conj(dL/dq) at q = -p.
+  for (int j = 0; j < 3; ++j) grad[j] = conj ? -std::conj(g[j]) : g[j];
+  return conj ? std::conj(v) : v;
+}
+
 double gridding_sinc2(double r_px, int padded_size) {
   if (r_px <= 0) return 1.0;
   double a = kPi * r_px / padded_size;

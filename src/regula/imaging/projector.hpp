@@ -47,6 +47,9 @@ struct FourierLattice {
   // pz is ignored in 2D. Points with px < 0 use Hermitian symmetry.
   // Requires |p| <= R - 1 per component.
   cfloat interpolate(double px, double py, double pz) const;
+  // The same value and its gradient (per lattice coordinate, 3 entries; 3D lattices only): the exact
+  // derivative of the trilinear interpolant, from the same 8 lattice points.
+  cfloat interpolate_gradient(double px, double py, double pz, cfloat* grad) const;
 };
 
 // Radial gridding correction factor sinc^2(pi r / padded_size) for a distance r

@@ -7,6 +7,10 @@
 #include <memory>
 #include <numeric>
 
+#if defined(__SSE4_1__)
+#include <smmintrin.h>
+#endif
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
@@ -326,44 +330,60 @@ void rebuild(Model& md, const Geometry& geo) {
   build_model(md, geo.ref_box, geo.ref_pixel, geo.boxes, geo.f_max, geo.r_max);
 }
 
-void fit_odd(const CtfRefineOptions& opt, const Context& cx, Model& md, const Geometry& geo,
-             const std::vector<std::vector<size_t>>& units, ThreadPool& pool) {
+// The part of each pixel's odd phase that the odd fit replaces (per group): the beam tilt's phase,
+// or with --odd_aberr_max_n >= 3 the whole odd phase.
+std::vector<std::vector<float>> refitted_phase(const CtfRefineOptions& opt, const Model& md) {
+  std::vector<std::vector<float>> out(md.pixels.size());
+  for (size_t g = 0; g < md.pixels.size(); ++g) {
+    const PixelList& pl = md.pixels[g];
+    const OpticsGroup& og = md.table->optics[g];
+    if (opt.odd_aberr_max_n >= 3) {
+      out[g] = pl.phase;
+      continue;
+    }
+    const PhaseBasis b = beam_tilt_basis(cs_angstrom(og), electron_wavelength(og.voltage));
+    out[g].resize(pl.size());
+    double v[4];
+    for (size_t k = 0; k < pl.size(); ++k) {
+      b.eval(pl.fx[k], pl.fy[k], v);
+      out[g][k] = float(v[0] * og.beam_tilt_x + v[1] * og.beam_tilt_y);
+    }
+  }
+  return out;
+}
+
+using OddSums = std::vector<std::vector<cdouble>>;  // [group][pixel]: sum of w X conj(prediction without the part)
+
+OddSums make_odd_sums(const Model& md) {
+  OddSums a(md.pixels.size());
+  for (size_t g = 0; g < a.size(); ++g) a[g].assign(md.pixels[g].size(), cdouble(0, 0));
+  return a;
+}
+
+void add_odd(const Model& md, const std::vector<std::vector<float>>& refit, size_t g, const Observation& o,
+             OddSums& a) {
+  const PixelList& pl = md.pixels[g];
+  const double s = md.scale[g];
+  for (size_t k = 0; k < pl.size(); ++k) {
+    const double w = md.weight[g][size_t(pl.shell[k])];
+    const cdouble back = std::polar(1.0, double(refit[g][k]));  // conj of exp(-i phi_refit)
+    a[g][k] += w * cdouble(o.X[k]) * std::conj(cdouble(o.Q[k]) * double(o.c[k]) * s) * back;
+  }
+}
+
+void merge_odd(OddSums& t, const OddSums& a) {
+  for (size_t g = 0; g < t.size(); ++g)
+    for (size_t k = 0; k < t[g].size(); ++k) t[g][k] += a[g][k];
+}
+
+// The odd phase per optics group from its sums (updates the table's optics groups, writes the PNGs).
+void solve_odd(const CtfRefineOptions& opt, Model& md, const OddSums& total) {
   const bool zernike = opt.odd_aberr_max_n >= 3;
-  without(md, cx, [&](OpticsGroup& og) {
-    og.beam_tilt_x = og.beam_tilt_y = 0;
-    if (zernike) og.odd_zernike.clear();
-  }, geo.ref_box, geo.ref_pixel, geo.boxes, geo.f_max, geo.r_max);
-  const size_t G = md.pixels.size();
-  using Acc = std::vector<std::vector<cdouble>>;
-  auto make = [&] {
-    Acc a(G);
-    for (size_t g = 0; g < G; ++g) a[g].assign(md.pixels[g].size(), cdouble(0, 0));
-    return a;
-  };
-  Acc total = make();
-  run_pass(units, *cx.table, pool, "beam tilt", total, make,
-           [&](const std::vector<size_t>& unit, Acc& a, ParticleImages& images) {
-             Observation o;
-             for (size_t i : unit) {
-               observe(cx, md, i, images, o);
-               const size_t g = size_t(cx.table->optics_index[i]);
-               const PixelList& pl = md.pixels[g];
-               const double s = md.scale[g];
-               for (size_t k = 0; k < pl.size(); ++k) {
-                 const double w = md.weight[g][size_t(pl.shell[k])];
-                 a[g][k] += w * cdouble(o.X[k]) * std::conj(cdouble(o.Q[k]) * double(o.c[k]) * s);
-               }
-             }
-           },
-           [](Acc& t, const Acc& a) {
-             for (size_t g = 0; g < t.size(); ++g)
-               for (size_t k = 0; k < t[g].size(); ++k) t[g][k] += a[g][k];
-           });
-  for (size_t g = 0; g < G; ++g) {
+  for (size_t g = 0; g < md.pixels.size(); ++g) {
     OpticsGroup& og = md.table->optics[g];
     const PixelList& pl = md.pixels[g];
     const double fmin = 1.0 / opt.kmin_tilt;
-    std::vector<double> fx, fy, remaining_phase;
+    std::vector<double> fx, fy;
     std::vector<cdouble> xy;
     for (size_t k = 0; k < pl.size(); ++k) {
       if (std::hypot(pl.fx[k], pl.fy[k]) < fmin) continue;
@@ -413,6 +433,22 @@ void fit_odd(const CtfRefineOptions& opt, const Context& cx, Model& md, const Ge
                     true);
     write_phase_png(fmt::format("{}beamtilt_delta-phase_fit_optics-group_{}.png", out, og.number), pl, fitted, true);
   }
+}
+
+void fit_odd(const CtfRefineOptions& opt, const Context& cx, Model& md, const Geometry& geo,
+             const std::vector<std::vector<size_t>>& units, ThreadPool& pool) {
+  const auto refit = refitted_phase(opt, md);
+  OddSums total = make_odd_sums(md);
+  run_pass(units, *cx.table, pool, "beam tilt", total, [&] { return make_odd_sums(md); },
+           [&](const std::vector<size_t>& unit, OddSums& a, ParticleImages& images) {
+             Observation o;
+             for (size_t i : unit) {
+               observe(cx, md, i, images, o);
+               add_odd(md, refit, size_t(cx.table->optics_index[i]), o, a);
+             }
+           },
+           merge_odd);
+  solve_odd(opt, md, total);
   rebuild(md, geo);
 }
 
@@ -515,16 +551,25 @@ Mat2 inverse(const Mat2& a) {
 Mat2 as_mat(const std::array<double, 4>& m) { return Mat2{{{m[0], m[1]}, {m[2], m[3]}}}; }
 
 // `iterations` linearised fits; returns the largest change of a matrix entry in the last one.
+// With `with_odd`, the same passes also give the odd-phase sums, and the odd phase is refitted after
+// each magnification update (from the same pass: one pass per iteration for both).
 double fit_mag(const CtfRefineOptions& opt, const Context& cx, Model& md, const Geometry& geo,
-               const std::vector<std::vector<size_t>>& units, ThreadPool& pool, int iterations, int first) {
+               const std::vector<std::vector<size_t>>& units, ThreadPool& pool, bool with_odd) {
   ParticleTable& table = *md.table;
   const size_t G = md.pixels.size();
   double largest = 0;
-  for (int it = 0; it < iterations; ++it) {
-    using Acc = std::vector<std::vector<MagSums>>;
+  std::vector<Mat2> previous(G, Mat2{{{0, 0}, {0, 0}}});
+  for (int it = 0; it < opt.mag_iterations; ++it) {
+    struct Acc {
+      std::vector<std::vector<MagSums>> mag;
+      OddSums odd;
+    };
+    const auto refit = with_odd ? refitted_phase(opt, md) : std::vector<std::vector<float>>();
     auto make = [&] {
-      Acc a(G);
-      for (size_t g = 0; g < G; ++g) a[g].assign(md.pixels[g].size(), MagSums{});
+      Acc a;
+      a.mag.resize(G);
+      for (size_t g = 0; g < G; ++g) a.mag[g].assign(md.pixels[g].size(), MagSums{});
+      if (with_odd) a.odd = make_odd_sums(md);
       return a;
     };
     Acc total = make();
@@ -541,34 +586,44 @@ double fit_mag(const CtfRefineOptions& opt, const Context& cx, Model& md, const 
                  const double ox = table.origin_x[i] / gm.pixel_size, oy = table.origin_y[i] / gm.pixel_size;
                  const double s = md.scale[g];
                  const Mat2& T = gm.to_reference;
-                 const double h = 0.5;
                  for (size_t k = 0; k < pl.size(); ++k) {
                    const double w = md.weight[g][size_t(pl.shell[k])];
                    const double ph = 2 * M_PI * (pl.kx[k] * ox + pl.ky[k] * oy) / pl.box + pl.phase[k];
                    const cdouble rot(std::cos(ph), std::sin(ph));
+                   // The reference's gradient along the image frequency: the trilinear interpolant's own
+                   // derivative at A^T T k (from the same 8 lattice points as the value), chained
+                   // through the lattice position p = pad A^T (T k, 0).
                    cdouble grad[2];
-                   for (int d = 0; d < 2; ++d) {
-                     const double ex = d == 0 ? h : 0, ey = d == 0 ? 0 : h;
-                     const double dqx = T[0][0] * ex + T[0][1] * ey, dqy = T[1][0] * ex + T[1][1] * ey;
-                     const cdouble vp = cdouble(sample(P, A, pl.qx[k] + dqx, pl.qy[k] + dqy));
-                     const cdouble vm = cdouble(sample(P, A, pl.qx[k] - dqx, pl.qy[k] - dqy));
-                     grad[d] = (vp - vm) / (2 * h) * rot * (s * double(o.c[k]));
+                   {
+                     const double pad = P.padding(), qx = pl.qx[k], qy = pl.qy[k];
+                     cfloat g3[3];
+                     (void)P.lattice().interpolate_gradient(pad * (A[0][0] * qx + A[1][0] * qy),
+                                                            pad * (A[0][1] * qx + A[1][1] * qy),
+                                                            pad * (A[0][2] * qx + A[1][2] * qy), g3);
+                     for (int d = 0; d < 2; ++d) {
+                       const double tx = T[0][d], ty = T[1][d];  // T e_d
+                       cdouble acc(0, 0);
+                       for (int j = 0; j < 3; ++j) acc += cdouble(g3[j]) * (pad * (A[0][j] * tx + A[1][j] * ty));
+                       grad[d] = acc * rot * (s * double(o.c[k]));
+                     }
                    }
                    const cdouble r = cdouble(o.X[k]) - s * double(o.c[k]) * cdouble(o.Q[k]);
-                   MagSums& m = a[g][k];
+                   MagSums& m = a.mag[g][k];
                    m.a00 += w * std::norm(grad[0]);
                    m.a01 += w * std::real(std::conj(grad[0]) * grad[1]);
                    m.a11 += w * std::norm(grad[1]);
                    m.b0 += w * std::real(std::conj(grad[0]) * r);
                    m.b1 += w * std::real(std::conj(grad[1]) * r);
                  }
+                 if (with_odd) add_odd(md, refit, g, o, a.odd);
                }
              },
-             [](Acc& t, const Acc& a) {
-               for (size_t g = 0; g < t.size(); ++g)
-                 for (size_t k = 0; k < t[g].size(); ++k) {
-                   MagSums& x = t[g][k];
-                   const MagSums& y = a[g][k];
+             [&](Acc& t, const Acc& a) {
+               if (with_odd) merge_odd(t.odd, a.odd);
+               for (size_t g = 0; g < t.mag.size(); ++g)
+                 for (size_t k = 0; k < t.mag[g].size(); ++k) {
+                   MagSums& x = t.mag[g][k];
+                   const MagSums& y = a.mag[g][k];
                    x.a00 += y.a00;
                    x.a01 += y.a01;
                    x.a11 += y.a11;
@@ -587,9 +642,17 @@ double fit_mag(const CtfRefineOptions& opt, const Context& cx, Model& md, const 
         if (std::hypot(pl.fx[k], pl.fy[k]) < fmin) continue;
         kx.push_back(pl.kx[k]);
         ky.push_back(pl.ky[k]);
-        sums.push_back(total[g][k]);
+        sums.push_back(total.mag[g][k]);
       }
-      const Mat2 D = fit_displacement(kx, ky, sums);
+      Mat2 D = fit_displacement(kx, ky, sums);
+      // A step that reverses the previous one (an overshoot: seen with noisy half maps) is halved.
+      double along = 0;
+      for (int a = 0; a < 2; ++a)
+        for (int b = 0; b < 2; ++b) along += D[a][b] * previous[g][a][b];
+      if (along < 0)
+        for (auto& row : D)
+          for (double& v : row) v *= 0.5;
+      previous[g] = D;
       OpticsGroup& og = table.optics[g];
       const Mat2 M_old = as_mat(og.mag_matrix);
       const Mat2 ID{{{1 + D[0][0], D[0][1]}, {D[1][0], 1 + D[1][1]}}};
@@ -599,7 +662,7 @@ double fit_mag(const CtfRefineOptions& opt, const Context& cx, Model& md, const 
       largest = std::max({largest, std::abs(D[0][0]), std::abs(D[0][1]), std::abs(D[1][0]), std::abs(D[1][1])});
       spdlog::info("ctf_refine: optics group {}: magnification matrix [[{:.5f}, {:.5f}], [{:.5f}, {:.5f}]] "
                    "(iteration {}, change {:.2e})",
-                   og.number, M_new[0][0], M_new[0][1], M_new[1][0], M_new[1][1], first + it + 1,
+                   og.number, M_new[0][0], M_new[0][1], M_new[1][0], M_new[1][1], it + 1,
                    std::max({std::abs(D[0][0]), std::abs(D[0][1]), std::abs(D[1][0]), std::abs(D[1][1])}));
     }
     if (!opt.keep_astig) {
@@ -617,6 +680,7 @@ double fit_mag(const CtfRefineOptions& opt, const Context& cx, Model& md, const 
         table.defocus_angle[i] = uva[2];
       }
     }
+    if (with_odd) solve_odd(opt, md, total.odd);  // on this pass's pixel lists, before the rebuild
     rebuild(md, geo);
     if (largest < 1e-5) break;
   }
@@ -645,10 +709,50 @@ struct DefocusTerms {
   int kind = 0;  // 0: C, 1: |C|, 2: C^2
   template <int Kind>
   double score_kind(float dd, float da1, float da2) const {
-    // Eight partial sums (padded arrays: a multiple of 8 terms, the padding with R = P = 0), so the
-    // loop vectorises without reordering a single sum.
-    float Nl[8] = {}, Dl[8] = {};
+    // Sums over the pixels in 4 (SSE) or 8 (scalar) lanes, padded arrays (a multiple of 8 terms, the
+    // padding with R = P = 0); the lanes are added in a fixed order, so the value does not depend on
+    // anything but the terms.
     const size_t n = R.size();
+    double N = 0, D = 0;
+#if defined(__SSE4_1__)
+    __m128 vn = _mm_setzero_ps(), vd = _mm_setzero_ps();
+    const __m128 vdd = _mm_set1_ps(dd), va1 = _mm_set1_ps(da1), va2 = _mm_set1_ps(da2);
+    const __m128 inv2pi = _mm_set1_ps(0.15915494309189535f), hi = _mm_set1_ps(6.28125f),
+                 lo = _mm_set1_ps(1.9353071795864769e-3f), halfpi = _mm_set1_ps(1.5707963267948966f),
+                 pi = _mm_set1_ps(3.14159265358979f), sign = _mm_set1_ps(-0.0f);
+    for (size_t k = 0; k < n; k += 4) {
+      const __m128 arg = _mm_add_ps(_mm_loadu_ps(&gamma0[k]),
+                                    _mm_mul_ps(_mm_loadu_ps(&cd[k]),
+                                               _mm_add_ps(vdd, _mm_add_ps(_mm_mul_ps(va1, _mm_loadu_ps(&c2[k])),
+                                                                          _mm_mul_ps(va2, _mm_loadu_ps(&s2[k]))))));
+      const __m128 q = _mm_round_ps(_mm_mul_ps(arg, inv2pi), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      __m128 r = _mm_sub_ps(_mm_sub_ps(arg, _mm_mul_ps(q, hi)), _mm_mul_ps(q, lo));
+      // Fold to [-pi/2, pi/2]: |r| > pi/2 -> sign(r) pi - r.
+      const __m128 ar = _mm_andnot_ps(sign, r);
+      const __m128 fold = _mm_cmpgt_ps(ar, halfpi);
+      const __m128 spi = _mm_or_ps(pi, _mm_and_ps(sign, r));
+      r = _mm_blendv_ps(r, _mm_sub_ps(spi, r), fold);
+      const __m128 r2 = _mm_mul_ps(r, r);
+      __m128 p = _mm_set1_ps(2.7525562e-6f);
+      p = _mm_add_ps(_mm_set1_ps(-1.9840874e-4f), _mm_mul_ps(r2, p));
+      p = _mm_add_ps(_mm_set1_ps(8.3333310e-3f), _mm_mul_ps(r2, p));
+      p = _mm_add_ps(_mm_set1_ps(-1.6666667e-1f), _mm_mul_ps(r2, p));
+      p = _mm_add_ps(_mm_set1_ps(1.0f), _mm_mul_ps(r2, p));
+      __m128 c = _mm_xor_ps(_mm_mul_ps(r, p), sign);  // -sin
+      if constexpr (Kind == 1) c = _mm_andnot_ps(sign, c);
+      if constexpr (Kind == 2) c = _mm_mul_ps(c, c);
+      vn = _mm_add_ps(vn, _mm_mul_ps(c, _mm_loadu_ps(&R[k])));
+      vd = _mm_add_ps(vd, _mm_mul_ps(_mm_mul_ps(c, c), _mm_loadu_ps(&P[k])));
+    }
+    alignas(16) float ln[4], ld[4];
+    _mm_store_ps(ln, vn);
+    _mm_store_ps(ld, vd);
+    for (int l = 0; l < 4; ++l) {
+      N += ln[l];
+      D += ld[l];
+    }
+#else
+    float Nl[8] = {}, Dl[8] = {};
     for (size_t k0 = 0; k0 < n; k0 += 8)
       for (size_t l = 0; l < 8; ++l) {
         const size_t k = k0 + l;
@@ -659,11 +763,11 @@ struct DefocusTerms {
         Nl[l] += c * R[k];
         Dl[l] += c * c * P[k];
       }
-    double N = 0, D = 0;
     for (size_t l = 0; l < 8; ++l) {
       N += Nl[l];
       D += Dl[l];
     }
+#endif
     return N > 0 && D > 0 ? N * N / D : 0.0;
   }
   double score(double dd, double da1, double da2) const {
@@ -1081,17 +1185,12 @@ CtfRefineResult ctf_refine(const CtfRefineOptions& opt_in) {
   // Order (measured on the tests' data): the beam tilt and the magnification bias each other when
   // the other is unmodelled (1 mrad of tilt moved the magnification by 0.5%, 1.5% of magnification
   // the tilt by 0.9 mrad), and defocus errors of 300 Å moved the magnification's isotropic part by
-  // 0.3%. So: odd phase, defocus (when the magnification is fitted too), then each linearised
-  // magnification fit followed by a new odd-phase fit, then even aberrations and defocus.
+  // 0.3%. So: odd phase, defocus (when the magnification is fitted too), then the linearised
+  // magnification fits, each pass also refitting the odd phase, then even aberrations and defocus.
   if (opt.fit_beamtilt) fit_odd(opt, cx, md, geo, units, pool);
   if (opt.fit_aniso) {
     if (opt.fit_defocus) fit_defocus(opt, cx, md, geo, units, pool, true);
-    for (int it = 0; it < opt.mag_iterations; ++it) {
-      const double change = fit_mag(opt, cx, md, geo, units, pool, opt.fit_beamtilt ? 1 : opt.mag_iterations, it);
-      if (!opt.fit_beamtilt) break;
-      fit_odd(opt, cx, md, geo, units, pool);
-      if (change < 1e-5) break;
-    }
+    fit_mag(opt, cx, md, geo, units, pool, opt.fit_beamtilt);
   }
   if (opt.fit_aberr) fit_even(opt, cx, md, geo, units, pool);
   if (opt.fit_defocus) fit_defocus(opt, cx, md, geo, units, pool);

@@ -9,23 +9,27 @@
 // The image model is imaging/optics_model.hpp's, the likelihood the Gaussian one with a noise
 // power per shell and optics group measured first from the residuals of the input model
 // (X - s C exp(i phi) Q, s one grey-scale factor per optics group, fitted in the same pass).
-// Frequencies up to the half maps' FSC = 0.143 (masked when --mask is given) are used, each
-// estimate from its own inner limit (--kmin_*). The estimates run one after the other, each on the
-// result of the previous ones, in this order:
-//   1. --fit_aniso: anisotropic magnification per optics group (rlnMagMat00..11), linearised fits
-//      repeated --mag_iter times; as RELION, each particle's astigmatism is then re-expressed so
-//      that its CTF in image pixels is unchanged (--keep_astig: leave the defoci as they are);
-//   2. --fit_beamtilt: beam tilt per optics group (rlnBeamTiltX/Y, with an image shift that is not
+// The half maps are filtered by their FSC (the expected map given one noisy half); frequencies up
+// to the half maps' FSC = 0.143 (masked when --mask is given) are used, each estimate from its own
+// inner limit (--kmin_*). The estimates (docs/ctf_refine.md):
+//   --fit_beamtilt: beam tilt per optics group (rlnBeamTiltX/Y, with an image shift that is not
 //      kept) or, with --odd_aberr_max_n N >= 3, all odd Zernike coefficients up to order N with the
 //      beam tilt taken out of them (rlnOddZernike with coefficients 3 and 4 zero, as RELION 3.1);
-//   3. --fit_aberr: even Zernike coefficients up to --even_aberr_max_n (rlnEvenZernike);
-//   4. --fit_defocus: per-particle defocus (--fit_mode, RELION's five letters for phase shift,
+//   --fit_aniso: anisotropic magnification per optics group (rlnMagMat00..11), --mag_iter linearised
+//      fits; as RELION, each particle's astigmatism is then re-expressed so that its CTF in image
+//      pixels is unchanged (--keep_astig: leave the defoci as they are);
+//   --fit_aberr: even Zernike coefficients up to --even_aberr_max_n (rlnEvenZernike);
+//   --fit_defocus: per-particle defocus (--fit_mode, RELION's five letters for phase shift,
 //      defocus, astigmatism, Cs, B-factor: defocus 'p' (per particle) or 'm' (per micrograph),
 //      astigmatism 'f' (kept), 'm' (per micrograph, rlnMicrographName) or 'p'; phase shift, Cs and
 //      B-factor must be 'f', so the default is fpmff where RELION's is fpmfm): a scan over
 //      --bf_range Å around the input value, then a local search (golden section; Nelder-Mead for
 //      astigmatism; for a micrograph's astigmatism, two rounds alternating between the
 //      particles' defoci and the astigmatism), with a per-particle grey scale profiled out.
+// They run in this order, each on the results of the previous ones (the order measured on two-group
+// data: beam tilt and magnification bias each other when either is unmodelled, defocus errors bias
+// the magnification): odd phase; defocus with the astigmatism kept (only with --fit_aniso);
+// magnification passes that also refit the odd phase; even aberrations; defocus.
 // Output: OUT/particles_ctf_refine.star (the input with the refined values) and, per optics group
 // and estimate, PNG images of the per-pixel phases and their fit (OUT/beamtilt_*.png,
 // OUT/aberr_*.png). Micrographs are the work units (one thread each; sums added in micrograph
