@@ -5,10 +5,10 @@ with the true values. The estimates are compared with the truth; the output is r
 reconstruction and must give the map Regula's reconstruction gives from it; the result does not
 depend on --j; bad input stops with one message and no output. About 40 s on 2 cores, no ../shared data.
 
-Tolerances are from measured spreads (3 seeds, 1,500 particles per group at box 64, SNR 0.3; docs/ctf_refine.md):
-beam tilt within 0.05 mrad of the truth (spread 0.02), magnification matrix entries within 0.006
-(the estimates spread by about 0.003 at this size; at this noise the input identity is 0.015 away),
-defocus RMS error under a third of the input's.
+Tolerances from measured errors on this data (seeds 11 and 12, 1,500 particles per group at box 64,
+SNR 0.3, no mask): beam tilt within 0.05 mrad of the truth (largest error seen 0.011), magnification
+matrix entries within 0.004 (largest seen 0.0017; the input identity is 0.015 away), defocus RMS error
+under a fifth of the input's (seen: 30-32 Å from 290 Å).
 """
 import filecmp
 import shutil
@@ -42,12 +42,12 @@ def test_estimates_against_the_truth(data):
     assert len(est) == 2
     for g, truth in enumerate(GROUPS):
         assert np.allclose(est[g]["tilt"], truth["tilt"], atol=0.05), (g, est[g]["tilt"], truth["tilt"])
-        assert np.allclose(est[g]["mag"], truth["mag"], atol=0.006), (g, est[g]["mag"], truth["mag"])
+        assert np.allclose(est[g]["mag"], truth["mag"], atol=0.004), (g, est[g]["mag"], truth["mag"])
     before, _ = cd.defocus_errors(paths["input"], paths["truth"])
     after, _ = cd.defocus_errors(d / "out" / "particles_ctf_refine.star", paths["truth"])
     rms_before, rms_after = np.sqrt(np.mean(before ** 2)), np.sqrt(np.mean(after ** 2))
     assert rms_before > 250
-    assert rms_after < rms_before / 3, (rms_before, rms_after)
+    assert rms_after < rms_before / 5, (rms_before, rms_after)
     # The diagnostic images of the odd phase, per optics group.
     for g in (1, 2):
         assert (d / "out" / f"beamtilt_delta-phase_per-pixel_optics-group_{g}.png").stat().st_size > 100
