@@ -27,6 +27,7 @@ import mrcfile
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "python"))
 import ctf_refine_data as cd  # noqa: E402
+from conftest import fsc  # noqa: E402  (numpy's FSC per shell round(|k|))
 
 GROUPS = [{"tilt": (1.0, -0.6), "mag": (1.015, 0.004, 0.004, 0.99)},
           {"tilt": (-0.5, 0.8), "mag": (0.988, -0.003, -0.003, 1.008)}]
@@ -37,17 +38,6 @@ def timed(cmd, cwd, log):
     with open(pathlib.Path(cwd) / log, "w") as f:
         subprocess.run(cmd, cwd=cwd, check=True, stdout=f, stderr=subprocess.STDOUT)
     return time.time() - t
-
-
-def fsc(a, b):
-    A, B = np.fft.rfftn(a), np.fft.rfftn(b)
-    n = a.shape[0]
-    k = np.fft.fftfreq(n) * n
-    r = np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + np.arange(n // 2 + 1)[None, None, :] ** 2)
-    s = np.rint(r).astype(int).ravel()
-    num = np.bincount(s, (A * np.conj(B)).real.ravel())
-    den = np.sqrt(np.bincount(s, (abs(A) ** 2).ravel()) * np.bincount(s, (abs(B) ** 2).ravel()))
-    return (num / den)[: n // 2 + 1]
 
 
 def report(name, d, star, truth_map, t):

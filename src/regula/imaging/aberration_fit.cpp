@@ -105,30 +105,26 @@ struct TermValue {
 
 }  // namespace
 
-PhaseBasis odd_zernike_basis(int max_order) {
+namespace {
+PhaseBasis zernike_basis(int count, ZernikeIndex (*index)(int)) {
   PhaseBasis b;
-  b.size = max_order < 1 ? 0 : (max_order + 1) * (max_order + 3) / 4;
-  const int n = b.size;
-  b.eval = [n](double fx, double fy, double* out) {
-    for (int i = 0; i < n; ++i) {
-      const ZernikeIndex z = odd_zernike_index(i);
+  b.size = count;
+  b.eval = [count, index](double fx, double fy, double* out) {
+    for (int i = 0; i < count; ++i) {
+      const ZernikeIndex z = index(i);
       out[i] = zernike(z.n, z.m, fx, fy);
     }
   };
   return b;
 }
+}  // namespace
+
+PhaseBasis odd_zernike_basis(int max_order) {
+  return zernike_basis(max_order < 1 ? 0 : (max_order + 1) * (max_order + 3) / 4, odd_zernike_index);
+}
 
 PhaseBasis even_zernike_basis(int max_order) {
-  PhaseBasis b;
-  b.size = max_order < 0 ? 0 : (max_order + 2) * (max_order + 2) / 4;
-  const int n = b.size;
-  b.eval = [n](double fx, double fy, double* out) {
-    for (int i = 0; i < n; ++i) {
-      const ZernikeIndex z = even_zernike_index(i);
-      out[i] = zernike(z.n, z.m, fx, fy);
-    }
-  };
-  return b;
+  return zernike_basis(max_order < 0 ? 0 : (max_order + 2) * (max_order + 2) / 4, even_zernike_index);
 }
 
 PhaseBasis beam_tilt_basis(double cs_angstrom, double lambda) {

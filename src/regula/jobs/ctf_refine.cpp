@@ -86,6 +86,26 @@ PixelList make_pixels(const OpticsGroupModel& g, double f_max, int r_max) {
   return p;
 }
 
+// The pixels of a list at or beyond an inner resolution limit (Å): their coordinates (physical
+// frequency, or image Fourier px with `image_px`) and their per-pixel sums.
+template <class T>
+struct Band {
+  std::vector<double> x, y;
+  std::vector<T> sums;
+};
+template <class T>
+Band<T> band(const PixelList& pl, const std::vector<T>& per_pixel, double kmin_angstrom, bool image_px = false) {
+  Band<T> b;
+  const double fmin = 1.0 / kmin_angstrom;
+  for (size_t k = 0; k < pl.size(); ++k) {
+    if (std::hypot(pl.fx[k], pl.fy[k]) < fmin) continue;
+    b.x.push_back(image_px ? pl.kx[k] : pl.fx[k]);
+    b.y.push_back(image_px ? pl.ky[k] : pl.fy[k]);
+    b.sums.push_back(per_pixel[k]);
+  }
+  return b;
+}
+
 // V(A^T (q, 0)) from a projector's lattice (q in the map's Fourier px), as Projector::project_mapped.
 cf sample(const Projector& P, const Mat3& A, double qx, double qy) {
   const double p = P.padding();
@@ -382,22 +402,14 @@ void solve_odd(const CtfRefineOptions& opt, Model& md, const OddSums& total) {
   for (size_t g = 0; g < md.pixels.size(); ++g) {
     OpticsGroup& og = md.table->optics[g];
     const PixelList& pl = md.pixels[g];
-    const double fmin = 1.0 / opt.kmin_tilt;
-    std::vector<double> fx, fy;
-    std::vector<cdouble> xy;
-    for (size_t k = 0; k < pl.size(); ++k) {
-      if (std::hypot(pl.fx[k], pl.fy[k]) < fmin) continue;
-      fx.push_back(pl.fx[k]);
-      fy.push_back(pl.fy[k]);
-      xy.push_back(total[g][k]);
-    }
+    const Band<cdouble> bd = band(pl, total[g], opt.kmin_tilt);
     const double lambda = electron_wavelength(og.voltage);
     const double cs = cs_angstrom(og);
     std::vector<double> c;
     PhaseBasis basis;
     if (!zernike) {
       basis = beam_tilt_basis(cs, lambda);
-      c = fit_odd_phase(fx, fy, xy, basis, {og.beam_tilt_x, og.beam_tilt_y, 0, 0});
+      c = fit_odd_phase(bd.x, bd.y, bd.sums, basis, {og.beam_tilt_x, og.beam_tilt_y, 0, 0});
       og.beam_tilt_x = c[0];
       og.beam_tilt_y = c[1];
       spdlog::info("ctf_refine: optics group {}: beam tilt ({:.4f}, {:.4f}) mrad (image shift ({:.3g}, {:.3g}) "
@@ -412,7 +424,7 @@ void solve_odd(const CtfRefineOptions& opt, Model& md, const OddSums& total) {
       c0[0] += 2 * a * og.beam_tilt_y;
       c0[4] += a * og.beam_tilt_x;
       c0[3] += a * og.beam_tilt_y;
-      c = fit_odd_phase(fx, fy, xy, basis, c0);
+      c = fit_odd_phase(bd.x, bd.y, bd.sums, basis, c0);
       std::vector<double> z = c;
       const auto t = extract_beam_tilt(z, cs, lambda);
       og.beam_tilt_x = t[0];
@@ -511,17 +523,9 @@ void fit_even(const CtfRefineOptions& opt, const Context& cx, Model& md, const G
   for (size_t g = 0; g < G; ++g) {
     OpticsGroup& og = md.table->optics[g];
     const PixelList& pl = md.pixels[g];
-    const double fmin = 1.0 / opt.kmin_aberr;
-    std::vector<double> fx, fy;
-    std::vector<EvenSums> sums;
-    for (size_t k = 0; k < pl.size(); ++k) {
-      if (std::hypot(pl.fx[k], pl.fy[k]) < fmin) continue;
-      fx.push_back(pl.fx[k]);
-      fy.push_back(pl.fy[k]);
-      sums.push_back(total[g][k]);
-    }
+    const Band<EvenSums> bd = band(pl, total[g], opt.kmin_aberr);
     const PhaseBasis basis = even_zernike_basis(opt.even_aberr_max_n);
-    std::vector<double> c = fit_even_phase(fx, fy, sums, basis, og.even_zernike);
+    std::vector<double> c = fit_even_phase(bd.x, bd.y, bd.sums, basis, og.even_zernike);
     og.even_zernike = c;
     spdlog::info("ctf_refine: optics group {}: even Zernike [{:.4g}]", og.number, fmt::join(c, ", "));
     std::vector<double> measured(pl.size()), fitted(pl.size()), b(size_t(basis.size));
@@ -635,16 +639,8 @@ double fit_mag(const CtfRefineOptions& opt, const Context& cx, Model& md, const 
     std::vector<Mat2> E(G, kIdentity2);
     for (size_t g = 0; g < G; ++g) {
       const PixelList& pl = md.pixels[g];
-      const double fmin = 1.0 / opt.kmin_mag;
-      std::vector<double> kx, ky;
-      std::vector<MagSums> sums;
-      for (size_t k = 0; k < pl.size(); ++k) {
-        if (std::hypot(pl.fx[k], pl.fy[k]) < fmin) continue;
-        kx.push_back(pl.kx[k]);
-        ky.push_back(pl.ky[k]);
-        sums.push_back(total.mag[g][k]);
-      }
-      Mat2 D = fit_displacement(kx, ky, sums);
+      const Band<MagSums> bd = band(pl, total.mag[g], opt.kmin_mag, true);
+      Mat2 D = fit_displacement(bd.x, bd.y, bd.sums);
       // A step that reverses the previous one (an overshoot: seen with noisy half maps) is halved.
       double along = 0;
       for (int a = 0; a < 2; ++a)
