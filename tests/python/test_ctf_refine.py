@@ -53,6 +53,23 @@ def test_estimates_against_the_truth(data):
         assert (d / "out" / f"beamtilt_delta-phase_per-pixel_optics-group_{g}.png").stat().st_size > 100
 
 
+def test_simulated_micrographs_share_their_defocus(data):
+    """simulate --micrographs/--defocus_spread: a micrograph's particles share astigmatism and angle, and
+    their defoci spread over at most --defocus_spread (1,000 Å here), nearly all of it."""
+    _, paths = data
+    p = cd.read_star(paths["truth"])["particles"]
+    mics = cd.column(p, "rlnMicrographName", str)
+    u, v = cd.column(p, "rlnDefocusU"), cd.column(p, "rlnDefocusV")
+    angle = cd.column(p, "rlnDefocusAngle")
+    assert len(np.unique(mics)) == 60  # 30 per optics group
+    spans = []
+    for m in np.unique(mics):
+        sel = mics == m
+        assert np.ptp(angle[sel]) < 0.02 and np.ptp(u[sel] - v[sel]) < 0.1
+        spans.append(np.ptp(u[sel]))
+    assert max(spans) <= 1000.1 and min(spans) > 800
+
+
 def test_same_result_with_one_thread(data):
     d, _ = data
     run_regula("ctf_refine", "--i", "input.star", "--m1", "half1.mrc", "--m2", "half2.mrc", "--o", "out_j1", *FIT,
