@@ -102,6 +102,21 @@ def test_refined_values_improve_the_reconstruction(data):
     assert fsc(relion, ours)[1:30].min() > 0.99
 
 
+def test_project_job(data):
+    """As a job of a project: CtfRefine/jobNNN/ (RELION's process type 21) with particles_ctf_refine.star a
+    particles node (3) in default_pipeline.star."""
+    d, _ = data
+    run_regula("--project", ".", "ctf_refine", "--i", "input.star", "--m1", "half1.mrc", "--m2", "half2.mrc",
+               "--fit_beamtilt", "--j", 2, cwd=d)
+    jobs = sorted((d / "CtfRefine").iterdir())
+    star = jobs[-1] / "particles_ctf_refine.star"
+    assert star.is_file() and (jobs[-1] / "RELION_JOB_EXIT_SUCCESS").exists()
+    text = (d / "default_pipeline.star").read_text()
+    assert f"{star.relative_to(d)} 3" in " ".join(text.split())
+    procs = [line.split() for line in text.splitlines() if line.startswith("CtfRefine/")]
+    assert procs and procs[0][2] == "21", procs
+
+
 @pytest.mark.parametrize("case", ["no_subset", "no_poses", "bad_mode", "nothing", "missing_map"])
 def test_bad_input_stops_with_a_message(data, case):
     d, _ = data

@@ -32,6 +32,7 @@ const JobType kTypes[] = {
     {"postprocess", "PostProcess", 15, false}, {"select", "Select", 7, false},
     {"symmetry_expand", "SymmetryExpand", 99, false, "expanded.star"},
     {"particle_subtract", "Subtract", 14, true, "Subtract/"},
+    {"ctf_refine", "CtfRefine", 21, true, "CtfRefine/"},
     {"locres", "LocalRes", 16, false, "relion"},
 };
 
