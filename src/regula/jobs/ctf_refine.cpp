@@ -51,7 +51,10 @@ struct PixelList {
   std::vector<double> qx, qy;   // reference Fourier px (T k)
   std::vector<int> shell;       // round(|k|)
   std::vector<float> phase;     // the model's odd phase (radians)
+  std::vector<cf> phase_factor; // exp(i phase)
   std::vector<float> gamma_offset;  // the model's even offset (radians)
+  std::vector<float> kxf, kyf;  // kx, ky as float (the CTF's pixel lists)
+  std::vector<float> cos2a, sin2a;  // cos, sin of twice the direction of f (astigmatism)
   size_t size() const { return index.size(); }
 };
 
@@ -80,6 +83,12 @@ PixelList make_pixels(const OpticsGroupModel& g, double f_max, int r_max) {
       p.qy.push_back(qy);
       p.shell.push_back(int(std::lround(std::sqrt(double(x * x + y * y)))));
       p.phase.push_back(float(g.phase_at(f[0], f[1])));
+      p.phase_factor.push_back(std::polar(1.0f, p.phase.back()));
+      p.kxf.push_back(float(x));
+      p.kyf.push_back(float(y));
+      const double a = std::atan2(f[1], f[0]);
+      p.cos2a.push_back(float(std::cos(2 * a)));
+      p.sin2a.push_back(float(std::sin(2 * a)));
       p.gamma_offset.push_back(float(g.gamma_offset_at(f[0], f[1])));
     }
   }
@@ -136,6 +145,9 @@ struct Observation {
   std::vector<cf> X;   // observed
   std::vector<cf> Q;   // reference at the pose, origin shift and the model's odd phase (no CTF)
   std::vector<float> c;  // the model's CTF factor as predicted (C, |C| or C^2)
+  // With `gradient`: the reference's derivative along image kx and ky, times the same shift and
+  // phase factor as Q (the trilinear interpolant's own derivative, from the same 8 lattice points).
+  std::vector<cf> Gx, Gy;
 };
 
 struct Context {
@@ -144,7 +156,8 @@ struct Context {
   std::vector<int> half;  // per particle, 0 or 1
 };
 
-void observe(const Context& cx, const Model& md, size_t i, ParticleImages& images, Observation& o) {
+void observe(const Context& cx, const Model& md, size_t i, ParticleImages& images, Observation& o,
+             bool gradient = false) {
   const ParticleTable& t = *cx.table;
   const size_t gi = size_t(t.optics_index[i]);
   const OpticsGroupModel& g = md.optics.group(gi);
@@ -156,18 +169,46 @@ void observe(const Context& cx, const Model& md, size_t i, ParticleImages& image
   const Grid<cfloat> F = fourier_centred(img);
   const Projector& P = *(*cx.maps)[size_t(cx.half[i])];
   const Mat3 A = euler_to_matrix(t.rot[i], t.tilt[i], t.psi[i]);
+  const int m = g.box;
   const double ox = t.origin_x[i] / g.pixel_size, oy = t.origin_y[i] / g.pixel_size;
+  // The origin shift exp(2 pi i (kx ox + ky oy) / m) as a product of a row and a column factor.
+  std::vector<cf> ex(size_t(m / 2 + 1)), ey(size_t(m + 1));
+  for (int x = 0; x <= m / 2; ++x) ex[size_t(x)] = cf(std::polar(1.0, 2 * M_PI * x * ox / m));
+  for (int y = -m / 2; y <= m / 2; ++y) ey[size_t(y + m / 2)] = cf(std::polar(1.0, 2 * M_PI * y * oy / m));
   const size_t n = pl.size();
   o.X.resize(n);
   o.Q.resize(n);
   o.c.resize(n);
-  std::vector<float> kx(pl.kx.begin(), pl.kx.end()), ky(pl.ky.begin(), pl.ky.end());
+  if (gradient) {
+    o.Gx.resize(n);
+    o.Gy.resize(n);
+  }
   const ParticleOptics po = md.optics.particle(i);
-  po.evaluate_ctf(kx, ky, pl.gamma_offset.data(), o.c.data());
+  po.evaluate_ctf(pl.kxf, pl.kyf, pl.gamma_offset.data(), o.c.data());
+  const double pad = P.padding();
+  const Mat2& T = g.to_reference;
+  // d(lattice position)/d(image kx, ky) = pad A^T (T e_d, 0).
+  double dp[2][3];
+  for (int d = 0; d < 2; ++d)
+    for (int j = 0; j < 3; ++j) dp[d][j] = pad * (A[0][j] * T[0][d] + A[1][j] * T[1][d]);
   for (size_t k = 0; k < n; ++k) {
     o.X[k] = F[pl.index[k]];
-    const double ph = 2 * M_PI * (pl.kx[k] * ox + pl.ky[k] * oy) / g.box + pl.phase[k];
-    o.Q[k] = sample(P, A, pl.qx[k], pl.qy[k]) * cf(float(std::cos(ph)), float(std::sin(ph)));
+    const cf factor = ex[size_t(pl.kx[k])] * ey[size_t(int(pl.ky[k]) + m / 2)] * pl.phase_factor[k];
+    const double qx = pl.qx[k], qy = pl.qy[k];
+    if (gradient) {
+      cfloat g3[3];
+      const cf v = P.lattice().interpolate_gradient(pad * (A[0][0] * qx + A[1][0] * qy),
+                                                    pad * (A[0][1] * qx + A[1][1] * qy),
+                                                    pad * (A[0][2] * qx + A[1][2] * qy), g3);
+      o.Q[k] = v * factor;
+      cf gd[2];
+      for (int d = 0; d < 2; ++d)
+        gd[d] = g3[0] * float(dp[d][0]) + g3[1] * float(dp[d][1]) + g3[2] * float(dp[d][2]);
+      o.Gx[k] = gd[0] * factor;
+      o.Gy[k] = gd[1] * factor;
+    } else {
+      o.Q[k] = sample(P, A, qx, qy) * factor;
+    }
     o.c[k] = po.predicted(o.c[k]);
   }
 }
@@ -581,36 +622,14 @@ double fit_mag(const CtfRefineOptions& opt, const Context& cx, Model& md, const 
              [&](const std::vector<size_t>& unit, Acc& a, ParticleImages& images) {
                Observation o;
                for (size_t i : unit) {
-                 observe(cx, md, i, images, o);
+                 observe(cx, md, i, images, o, true);
                  const size_t g = size_t(table.optics_index[i]);
                  const PixelList& pl = md.pixels[g];
-                 const OpticsGroupModel& gm = md.optics.group(g);
-                 const Projector& P = *(*cx.maps)[size_t(cx.half[i])];
-                 const Mat3 A = euler_to_matrix(table.rot[i], table.tilt[i], table.psi[i]);
-                 const double ox = table.origin_x[i] / gm.pixel_size, oy = table.origin_y[i] / gm.pixel_size;
                  const double s = md.scale[g];
-                 const Mat2& T = gm.to_reference;
                  for (size_t k = 0; k < pl.size(); ++k) {
                    const double w = md.weight[g][size_t(pl.shell[k])];
-                   const double ph = 2 * M_PI * (pl.kx[k] * ox + pl.ky[k] * oy) / pl.box + pl.phase[k];
-                   const cdouble rot(std::cos(ph), std::sin(ph));
-                   // The reference's gradient along the image frequency: the trilinear interpolant's own
-                   // derivative at A^T T k (from the same 8 lattice points as the value), chained
-                   // through the lattice position p = pad A^T (T k, 0).
-                   cdouble grad[2];
-                   {
-                     const double pad = P.padding(), qx = pl.qx[k], qy = pl.qy[k];
-                     cfloat g3[3];
-                     (void)P.lattice().interpolate_gradient(pad * (A[0][0] * qx + A[1][0] * qy),
-                                                            pad * (A[0][1] * qx + A[1][1] * qy),
-                                                            pad * (A[0][2] * qx + A[1][2] * qy), g3);
-                     for (int d = 0; d < 2; ++d) {
-                       const double tx = T[0][d], ty = T[1][d];  // T e_d
-                       cdouble acc(0, 0);
-                       for (int j = 0; j < 3; ++j) acc += cdouble(g3[j]) * (pad * (A[0][j] * tx + A[1][j] * ty));
-                       grad[d] = acc * rot * (s * double(o.c[k]));
-                     }
-                   }
+                   const double sc = s * double(o.c[k]);
+                   const cdouble grad[2] = {cdouble(o.Gx[k]) * sc, cdouble(o.Gy[k]) * sc};
                    const cdouble r = cdouble(o.X[k]) - s * double(o.c[k]) * cdouble(o.Q[k]);
                    MagSums& m = a.mag[g][k];
                    m.a00 += w * std::norm(grad[0]);
@@ -802,9 +821,8 @@ void defocus_terms(const Context& cx, const Model& md, size_t i, const Observati
     t.P.push_back(float(w * std::norm(q) * env * env));
     t.gamma0.push_back(float(ctf.gamma(pl.fx[k], pl.fy[k]) + pl.gamma_offset[k]));
     t.cd.push_back(float(-M_PI * lambda * f2));
-    const double a = std::atan2(pl.fy[k], pl.fx[k]);
-    t.c2.push_back(float(std::cos(2 * a)));
-    t.s2.push_back(float(std::sin(2 * a)));
+    t.c2.push_back(pl.cos2a[k]);
+    t.s2.push_back(pl.sin2a[k]);
   }
   while (t.R.size() % 8 != 0)
     for (auto* v : {&t.R, &t.P, &t.gamma0, &t.cd, &t.c2, &t.s2}) v->push_back(0.0f);
