@@ -123,18 +123,12 @@ def test_bad_input_stops_with_a_message(data, case):
     b = cd.read_star(d / "input.star")
     args = ["--m1", "half1.mrc", "--m2", "half2.mrc", "--fit_defocus"]
     p = b["particles"]
-    if case == "no_subset":
-        j = p["labels"].index("rlnRandomSubset")
+    if case in ("no_subset", "no_poses"):
+        word = "rlnRandomSubset" if case == "no_subset" else "rlnAngleTilt"
+        j = p["labels"].index(word)
         p["labels"].pop(j)
         for r in p["rows"]:
             r.pop(j)
-        word = "rlnRandomSubset"
-    elif case == "no_poses":
-        j = p["labels"].index("rlnAngleTilt")
-        p["labels"].pop(j)
-        for r in p["rows"]:
-            r.pop(j)
-        word = "rlnAngleTilt"
     elif case == "bad_mode":
         args += ["--fit_mode", "fpffp"]
         word = "B-factors"

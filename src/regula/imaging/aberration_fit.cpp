@@ -48,7 +48,11 @@ double dot(const double* a, const std::vector<double>& c) {
 // Maximises sum over the pixels of a band of f_k(phi_k), phi_k = B_k . c, by damped Newton steps with
 // a positive curvature h_k >= 0 supplied by `term` (value, slope, curvature to use).
 template <class Term>
-void newton_bands(const Bands& bands, const std::vector<double>& B, int nb, std::vector<double>& c, Term term) {
+void newton_bands(std::span<const double> fx, std::span<const double> fy, const PhaseBasis& basis,
+                  std::vector<double>& c, Term term) {
+  const Bands bands = make_bands(fx, fy);
+  const std::vector<double> B = basis_matrix(fx, fy, basis);
+  const int nb = basis.size;
   const size_t m = size_t(nb);
   for (size_t end : bands.ends) {
     auto objective = [&](const std::vector<double>& cc) {
@@ -145,14 +149,12 @@ std::vector<double> fit_odd_phase(std::span<const double> fx, std::span<const do
                                   std::span<const cdouble> xy, const PhaseBasis& basis, std::vector<double> c) {
   c.resize(size_t(basis.size), 0.0);
   if (fx.empty() || basis.size == 0) return c;
-  const Bands bands = make_bands(fx, fy);
-  const std::vector<double> B = basis_matrix(fx, fy, basis);
   std::vector<double> amp(xy.size()), theta(xy.size());
   for (size_t k = 0; k < xy.size(); ++k) {
     amp[k] = std::abs(xy[k]);
     theta[k] = std::arg(xy[k]);
   }
-  newton_bands(bands, B, basis.size, c, [&](size_t k, double phi) {
+  newton_bands(fx, fy, basis, c, [&](size_t k, double phi) {
     const double d = theta[k] - phi;
     return TermValue{amp[k] * std::cos(d), amp[k] * std::sin(d), amp[k]};
   });
@@ -168,9 +170,7 @@ std::vector<double> fit_even_phase(std::span<const double> fx, std::span<const d
                                    std::span<const EvenSums> sums, const PhaseBasis& basis, std::vector<double> c) {
   c.resize(size_t(basis.size), 0.0);
   if (fx.empty() || basis.size == 0) return c;
-  const Bands bands = make_bands(fx, fy);
-  const std::vector<double> B = basis_matrix(fx, fy, basis);
-  newton_bands(bands, B, basis.size, c, [&](size_t k, double d) {
+  newton_bands(fx, fy, basis, c, [&](size_t k, double d) {
     const EvenSums& s = sums[k];
     const double cd = std::cos(d), sd = std::sin(d);
     // u = (cd, sd), u' = (-sd, cd); L = -2 b.u - u^T M u.

@@ -166,7 +166,6 @@ void Projector::project_mapped(const Mat3& A, const Mat2& T, Grid<cfloat>& out,
     out.fill(cfloat(0, 0));
   const int rimg = n_out / 2;
   const double rmax2 = double(r_max_) * r_max_;
-  const double p = pad_;
   for (int iy = 0; iy < n_out; ++iy) {
     const int y = fft_freq(iy, n_out);
     cfloat* row = out.data() + size_t(iy) * out.nx();
@@ -174,8 +173,7 @@ void Projector::project_mapped(const Mat3& A, const Mat2& T, Grid<cfloat>& out,
       if (x * x + y * y > rimg * rimg) break;
       const double qx = T[0][0] * x + T[0][1] * y, qy = T[1][0] * x + T[1][1] * y;
       if (qx * qx + qy * qy > rmax2) continue;
-      row[x] = lat_.interpolate(p * (A[0][0] * qx + A[1][0] * qy), p * (A[0][1] * qx + A[1][1] * qy),
-                                p * (A[0][2] * qx + A[1][2] * qy));
+      row[x] = value_at(A, qx, qy);
     }
   }
 }

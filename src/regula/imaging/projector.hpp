@@ -87,6 +87,19 @@ class Projector {
   // coefficients with |T k| > r_max are zero. T = identity and n_out = n is project().
   void project_mapped(const Mat3& A, const Mat2& T, Grid<cfloat>& out_half,
                       int n_out) const;
+  // One coefficient of such a slice: the transform at A^T (q, 0), q in Fourier px of this map
+  // (|q| <= r_max - 1); with `grad`, also the interpolant's gradient per lattice coordinate
+  // (FourierLattice::interpolate_gradient; 3D only).
+  cfloat value_at(const Mat3& A, double qx, double qy) const {
+    const double p = pad_;
+    return lat_.interpolate(p * (A[0][0] * qx + A[1][0] * qy), p * (A[0][1] * qx + A[1][1] * qy),
+                            p * (A[0][2] * qx + A[1][2] * qy));
+  }
+  cfloat value_at(const Mat3& A, double qx, double qy, cfloat* grad) const {
+    const double p = pad_;
+    return lat_.interpolate_gradient(p * (A[0][0] * qx + A[1][0] * qy), p * (A[0][1] * qx + A[1][1] * qy),
+                                     p * (A[0][2] * qx + A[1][2] * qy), grad);
+  }
 
   // Real-space projection (n x n, origin at n/2) for orientation A, with the
   // content shifted by (+dx, +dy) pixels, scaled as relion_project (sum over z).

@@ -115,13 +115,6 @@ Band<T> band(const PixelList& pl, const std::vector<T>& per_pixel, double kmin_a
   return b;
 }
 
-// V(A^T (q, 0)) from a projector's lattice (q in the map's Fourier px), as Projector::project_mapped.
-cf sample(const Projector& P, const Mat3& A, double qx, double qy) {
-  const double p = P.padding();
-  return P.lattice().interpolate(p * (A[0][0] * qx + A[1][0] * qy), p * (A[0][1] * qx + A[1][1] * qy),
-                                 p * (A[0][2] * qx + A[1][2] * qy));
-}
-
 // Everything a pass needs about the current model.
 struct Model {
   ParticleTable* table = nullptr;
@@ -197,9 +190,7 @@ void observe(const Context& cx, const Model& md, size_t i, ParticleImages& image
     const double qx = pl.qx[k], qy = pl.qy[k];
     if (gradient) {
       cfloat g3[3];
-      const cf v = P.lattice().interpolate_gradient(pad * (A[0][0] * qx + A[1][0] * qy),
-                                                    pad * (A[0][1] * qx + A[1][1] * qy),
-                                                    pad * (A[0][2] * qx + A[1][2] * qy), g3);
+      const cf v = P.value_at(A, qx, qy, g3);
       o.Q[k] = v * factor;
       cf gd[2];
       for (int d = 0; d < 2; ++d)
@@ -207,7 +198,7 @@ void observe(const Context& cx, const Model& md, size_t i, ParticleImages& image
       o.Gx[k] = gd[0] * factor;
       o.Gy[k] = gd[1] * factor;
     } else {
-      o.Q[k] = sample(P, A, qx, qy) * factor;
+      o.Q[k] = P.value_at(A, qx, qy) * factor;
     }
     o.c[k] = po.predicted(o.c[k]);
   }
