@@ -28,6 +28,7 @@
 #include "regula/imaging/plot.hpp"
 #include "regula/imaging/projector.hpp"
 #include "regula/io/mrc.hpp"
+#include "regula/jobs/half_references.hpp"
 #include "regula/io/star.hpp"
 #include "regula/model/particles.hpp"
 #include "regula/sampling/euler.hpp"
@@ -1066,65 +1067,18 @@ CtfRefineResult ctf_refine(const CtfRefineOptions& opt_in) {
   CtfRefineOptions opt = opt_in;
   if (!opt.out_dir.empty() && opt.out_dir.back() == '/') opt.out_dir.pop_back();
 
-  // Maps and mask: from --f (postprocess STAR) unless given.
-  if (!opt.postprocess.empty()) {
-    const star::Document pp = star::read(opt.postprocess);
-    const star::Block* gen = pp.find("general");
-    if (!gen) input_error("{}: no data_general block (a postprocess STAR file is expected)", opt.postprocess);
-    auto get = [&](const char* label) { return std::string(gen->get(label)); };
-    if (opt.half1.empty()) opt.half1 = get("rlnUnfilteredMapHalf1");
-    if (opt.half2.empty()) opt.half2 = get("rlnUnfilteredMapHalf2");
-    if (opt.mask.empty()) opt.mask = get("rlnMaskName");
-    if (opt.half1.empty() || opt.half2.empty())
-      input_error("{}: data_general has no _rlnUnfilteredMapHalf1/2 (give --m1 and --m2)", opt.postprocess);
-  }
-  mrc::Header h1;
-  Grid<float> map1 = mrc::read(opt.half1, &h1);
-  Grid<float> map2 = mrc::read(opt.half2);
-  const int N = map1.nx();
-  if (map1.ny() != N || map1.nz() != N)
-    input_error("{}: map is {}x{}x{}, expected a cube", opt.half1, map1.nx(), map1.ny(), map1.nz());
-  if (!map2.same_shape(map1))
-    input_error("{}: map is {}x{}x{}, expected {}^3 as {}", opt.half2, map2.nx(), map2.ny(), map2.nz(), N, opt.half1);
-  const double ref_pixel = opt.angpix_ref > 0 ? opt.angpix_ref : h1.pixel_size();
-  if (!(ref_pixel > 0)) input_error("{}: no pixel size in the header; give --angpix_ref", opt.half1);
-  if (!opt.mask.empty()) {
-    const Grid<float> mask = mrc::read(opt.mask);
-    if (!mask.same_shape(map1))
-      input_error("{}: mask is {}x{}x{}, expected {}^3 as the maps", opt.mask, mask.nx(), mask.ny(), mask.nz(), N);
-    for (size_t v = 0; v < map1.size(); ++v) {
-      if (!(mask[v] >= -1e-6f && mask[v] <= 1 + 1e-6f))
-        input_error("{}: mask value {} at voxel {}: values in [0, 1] expected", opt.mask, mask[v], v);
-      map1[v] *= mask[v];
-      map2[v] *= mask[v];
-    }
-  }
-  // Highest frequency: the half maps' FSC (masked when a mask is given) at 0.143.
-  const std::vector<double> curve = fsc(map1, map2);
-  int shell_max = N / 2 - 1;
-  for (int s = 1; s < int(curve.size()); ++s)
-    if (curve[size_t(s)] < 0.143) {
-      shell_max = std::max(1, s - 1);
-      break;
-    }
-  const double f_max = shell_max / (N * ref_pixel);
-  // Each half map times the half-map FSC per shell: the expected map given one noisy half (Wiener,
-  // FSC = signal / (signal + noise) per shell). Without it the noise of unfiltered halves inflates
-  // the references' power at high frequency and shrinks every estimate (most visibly the
-  // linearised magnification fit).
-  for (Grid<float>* m : {&map1, &map2}) {
-    Grid<cfloat> F = fourier_centred(*m, opt.threads);
-    for (int z = 0; z < F.nz(); ++z)
-      for (int y = 0; y < F.ny(); ++y)
-        for (int x = 0; x < F.nx(); ++x) {
-          const int ky = fft_freq(y, N), kz = fft_freq(z, N);
-          const size_t s = size_t(std::lround(std::sqrt(double(x * x + ky * ky + kz * kz))));
-          F(x, y, z) *= s < curve.size() ? float(std::max(0.0, curve[s])) : 0.0f;
-        }
-    *m = from_fourier_centred(F, N, opt.threads);
-  }
-  spdlog::info("ctf_refine: half maps {}^3 px at {} Å/px; FSC 0.143 at {:.2f} Å: frequencies up to there", N,
-               ref_pixel, 1.0 / f_max);
+  HalfReferenceOptions ro;
+  ro.command = "ctf_refine";
+  ro.postprocess = opt.postprocess;
+  ro.half1 = opt.half1;
+  ro.half2 = opt.half2;
+  ro.mask = opt.mask;
+  ro.angpix_ref = opt.angpix_ref;
+  ro.pad = opt.pad;
+  ro.threads = opt.threads;
+  HalfReferences refs = load_half_references(ro);
+  const int N = refs.box;
+  const double ref_pixel = refs.pixel_size, f_max = refs.f_max;
 
   ParticleTable table = ParticleTable::read(opt.particles);
   const size_t count = table.size();
@@ -1171,12 +1125,7 @@ CtfRefineResult ctf_refine(const CtfRefineOptions& opt_in) {
     }
   }
   fs::create_directories(opt.out_dir);
-  std::vector<std::unique_ptr<Projector>> maps;
-  maps.push_back(std::make_unique<Projector>(map1, opt.pad, N / 2, opt.threads));
-  maps.push_back(std::make_unique<Projector>(map2, opt.pad, N / 2, opt.threads));
-  map1 = Grid<float>();
-  map2 = Grid<float>();
-  cx.maps = &maps;
+  cx.maps = &refs.maps;
 
   const std::vector<double> input_u = table.defocus_u, input_v = table.defocus_v;
   Model md;
