@@ -172,6 +172,30 @@ void write_motion_truth(const std::string& path, const Drift& drift, int nx, int
   star::write(path, d);
 }
 
+
+// Truth of every particle's motion in RELION's tracks format (relion_motion_refine's
+// <micrograph>_tracks.star): data_general with rlnParticleNumber, then per particle (in the order
+// of truth_particles.star) a block data_<k> with one row per frame: rlnOriginXAngst/YAngst, the
+// displacement D_f at the particle's position in Å (0 in the first frame).
+void write_tracks_truth(const std::string& path, const Drift& drift, const Scene& scene, double angpix) {
+  star::Document d;
+  d.add_block("general", false).set("rlnParticleNumber", std::to_string(scene.particles.size()));
+  for (size_t k = 0; k < scene.particles.size(); ++k) {
+    auto& b = d.add_block(std::to_string(k), true);
+    for (int f = 0; f < drift.frames(); ++f) b.add_row();
+    std::vector<double> tx, ty;
+    for (int f = 0; f < drift.frames(); ++f) {
+      double dx, dy;
+      drift.displacement(f, scene.particles[k].x, scene.particles[k].y, dx, dy);
+      tx.push_back(dx * angpix);
+      ty.push_back(dy * angpix);
+    }
+    b.set_column("rlnOriginXAngst", tx);
+    b.set_column("rlnOriginYAngst", ty);
+  }
+  star::write(path, d);
+}
+
 }  // namespace
 
 SimulateMoviesResult simulate_movies(const SimulateMoviesOptions& o) {
@@ -266,6 +290,7 @@ SimulateMoviesResult simulate_movies(const SimulateMoviesOptions& o) {
       sink.commit();
     }
     write_motion_truth((fs::path(o.out_dir) / "Truth" / (stem + "_motion.star")).string(), drift, o.nx, o.ny);
+    write_tracks_truth((fs::path(o.out_dir) / "Truth" / (stem + "_tracks.star")).string(), drift, scene, o.angpix);
     if (o.ideal) {
       mrc::WriteOptions w;
       w.pixel_size = o.angpix;

@@ -31,6 +31,10 @@
 //     rlnMicrographShiftX/Y: RELION's convention, the shift that re-aligns frame f onto frame 1,
 //     i.e. minus the drift) and data_local_shift (the total shift on an 8 x 8 grid of positions
 //     rlnCoordinateX/Y, per frame);
+//   Truth/movie_NNN_tracks.star: every particle's displacement per frame at its position (global
+//     plus local, in Å, 0 in the first frame), in relion_motion_refine's tracks format (data_general
+//     rlnParticleNumber; data_0, data_1...: rlnOriginXAngst/YAngst per frame; particles in the order
+//     of truth_particles.star);
 //   Truth/movie_NNN_ideal.mrc (unless --no_ideal): the drift-free, undamaged, noise-free image
 //     (intensity, mean about 1), the reference for the FRC of a motion-corrected sum.
 #pragma once
