@@ -12,6 +12,7 @@
 #include "regula/jobs/locres.hpp"
 #include "regula/jobs/mask.hpp"
 #include "regula/jobs/ctf_refine.hpp"
+#include "regula/jobs/polish.hpp"
 #include "regula/jobs/particle_subtract.hpp"
 #include "regula/jobs/postprocess.hpp"
 #include "regula/jobs/preprocess.hpp"
@@ -512,6 +513,34 @@ void bind_jobs(py::module_& m) {
       "postprocess=postprocess.star), fit_defocus / fit_beamtilt / fit_aberr / fit_aniso.",
       "dict(star, particles, max_resolution, rms_defocus_change, groups=[dict(number, beam_tilt, odd_zernike,\n"
       "even_zernike, mag, scale)])");
+
+  using PO = PolishOptions;
+  def_job<PO>(
+      m, "polish", "PolishOptions",
+      {REGULA_FIELD(PO, particles), REGULA_FIELD(PO, out_dir), REGULA_FIELD(PO, postprocess), REGULA_FIELD(PO, half1),
+       REGULA_FIELD(PO, half2), REGULA_FIELD(PO, mask), REGULA_FIELD(PO, angpix_ref), REGULA_FIELD(PO, pad),
+       REGULA_FIELD(PO, corr_mic), REGULA_FIELD(PO, first_frame), REGULA_FIELD(PO, last_frame), REGULA_FIELD(PO, s_vel),
+       REGULA_FIELD(PO, s_div), REGULA_FIELD(PO, s_acc), REGULA_FIELD(PO, params_file), REGULA_FIELD(PO, fdose),
+       REGULA_FIELD(PO, range), REGULA_FIELD(PO, max_iters), REGULA_FIELD(PO, combine_frames),
+       REGULA_FIELD(PO, bfac_minfreq), REGULA_FIELD(PO, bfac_maxfreq), REGULA_FIELD(PO, threads)},
+      [](const PO& o) { return polish(o); },
+      [](const PO&, PolishResult r) {
+        py::dict d;
+        d["shiny_star"] = r.shiny_star;
+        d["bfactors_star"] = r.bfactors_star;
+        d["particles"] = r.particles;
+        d["skipped"] = r.skipped;
+        d["micrographs"] = r.micrographs;
+        d["micrographs_skipped"] = r.micrographs_skipped;
+        py::list frames;
+        for (const auto& f : r.frames) frames.append(py::make_tuple(f.frame, f.bfactor, f.intercept));
+        d["frames"] = frames;
+        return d;
+      },
+      "Bayesian polishing as relion_motion_refine (jobs/polish.hpp): particles=run_data.star, half1/half2 (or\n"
+      "postprocess=postprocess.star), corr_mic=corrected_micrographs.star, combine_frames for shiny particles.",
+      "dict(shiny_star, bfactors_star, particles, skipped, micrographs, micrographs_skipped,\n"
+      "frames=[(frame, bfactor, intercept)])");
 
   m.def("job_options", [](const std::string& name) {
     auto it = job_registry().find(name);

@@ -53,6 +53,7 @@ void add_initial_model(CLI::App& app);
 void add_symmetry_expand(CLI::App& app);
 void add_particle_subtract(CLI::App& app);
 void add_ctf_refine(CLI::App& app);
+void add_polish(CLI::App& app);
 void add_locres(CLI::App& app);
 void add_simulate_movies(CLI::App& app);
 void add_motioncorr(CLI::App& app);

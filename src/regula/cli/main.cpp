@@ -46,6 +46,7 @@ const regula::cli::Command kCommands[] = {
     {"symmetry_expand", regula::cli::add_symmetry_expand},
     {"particle_subtract", regula::cli::add_particle_subtract},
     {"ctf_refine", regula::cli::add_ctf_refine},
+    {"polish", regula::cli::add_polish},
     {"locres", regula::cli::add_locres},
     {"pipeline", regula::cli::add_pipeline},
 };

@@ -33,6 +33,7 @@ const JobType kTypes[] = {
     {"symmetry_expand", "SymmetryExpand", 99, false, "expanded.star"},
     {"particle_subtract", "Subtract", 14, true, "Subtract/"},
     {"ctf_refine", "CtfRefine", 21, true, "CtfRefine/"},
+    {"polish", "Polish", 20, true, "Polish/"},
     {"locres", "LocalRes", 16, false, "relion"},
 };
 
@@ -172,6 +173,12 @@ int output_node_type(const std::string& path, std::string_view command) {
     return -1;
   }
   if (f.rfind("coords_suffix", 0) == 0 && ends(".star")) return kNodeMicCoords;
+  if (command == "polish") {
+    // The shiny particles are the node (RELION's); bfactors.star and the per-micrograph tracks are not.
+    if (f == "shiny.star") return kNodeParticles;
+    if (ends(".png") || ends(".pdf")) return kNodeLogfile;
+    return -1;
+  }
   if (command == "autopick") {
     // The lists of coordinate files (RELION 4's autopick.star, RELION 3.1's coords_suffix_autopick.star)
     // are nodes; the per-micrograph pick files and the reference projections are not.

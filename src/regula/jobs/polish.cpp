@@ -1,0 +1,817 @@
+#include "regula/jobs/polish.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <regex>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "regula/core/atomic_file.hpp"
+#include "regula/core/error.hpp"
+#include "regula/core/fft.hpp"
+#include "regula/core/parallel.hpp"
+#include "regula/core/progress.hpp"
+#include "regula/imaging/normalise.hpp"
+#include "regula/imaging/optics_model.hpp"
+#include "regula/imaging/plot.hpp"
+#include "regula/io/movie.hpp"
+#include "regula/io/mrc.hpp"
+#include "regula/io/star.hpp"
+#include "regula/jobs/half_references.hpp"
+#include "regula/micrograph/dose.hpp"
+#include "regula/micrograph/extract.hpp"
+#include "regula/micrograph/motion_model.hpp"
+#include "regula/micrograph/particle_motion.hpp"
+#include "regula/model/particles.hpp"
+#include "regula/sampling/euler.hpp"
+
+namespace regula {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+using cf = std::complex<float>;
+
+// The compared pixels of one optics group's box: half plane (x > 0, or x = 0 and y > 0),
+// 0 < |f| <= f_max, T k inside the references.
+struct Pixels {
+  int box = 0;
+  std::vector<float> kx, ky;       // Fourier px of the particle box
+  std::vector<float> freq;         // |f|, 1/Å (after the magnification)
+  std::vector<int> ref_shell;      // round(|f| N P): shell of the references' box
+  std::vector<int> shell;          // round(|k|): shell of the particle box
+  std::vector<float> gamma_offset, qx, qy;
+  std::vector<cf> phase_factor;
+  size_t size() const { return kx.size(); }
+};
+
+Pixels make_pixels(const OpticsGroupModel& g, double f_max, int ref_box, double ref_pixel, int r_max) {
+  Pixels p;
+  p.box = g.box;
+  const int m = g.box;
+  for (int y = -m / 2 + 1; y < m / 2; ++y)
+    for (int x = 0; x < m / 2; ++x) {
+      if (x == 0 && y <= 0) continue;
+      const auto f = g.frequency(x, y);
+      const double a = std::hypot(f[0], f[1]);
+      if (a > f_max) continue;
+      const double qx = g.to_reference[0][0] * x + g.to_reference[0][1] * y;
+      const double qy = g.to_reference[1][0] * x + g.to_reference[1][1] * y;
+      if (qx * qx + qy * qy > double(r_max - 1) * (r_max - 1)) continue;
+      p.kx.push_back(float(x));
+      p.ky.push_back(float(y));
+      p.freq.push_back(float(a));
+      p.ref_shell.push_back(int(std::lround(a * ref_box * ref_pixel)));
+      p.shell.push_back(int(std::lround(std::sqrt(double(x * x + y * y)))));
+      p.qx.push_back(float(qx));
+      p.qy.push_back(float(qy));
+    }
+  const size_t n = p.size();
+  std::vector<float> phase(n);
+  p.gamma_offset.resize(n);
+  g.evaluate(p.kx, p.ky, phase.data(), p.gamma_offset.data(), nullptr, nullptr);
+  p.phase_factor.resize(n);
+  for (size_t k = 0; k < n; ++k) p.phase_factor[k] = std::polar(1.0f, phase[k]);
+  return p;
+}
+
+// Index of Fourier pixel (kx >= 0, ky) in a half-complex grid of an n-px box.
+inline size_t half_index(int kx, int ky, int n) { return size_t(kx) + size_t(ky < 0 ? ky + n : ky) * size_t(n / 2 + 1); }
+
+struct Micrograph {
+  std::string name, metadata;
+  std::vector<size_t> particles;
+};
+
+// ROOT of a micrograph's outputs (RELION's rule): the name without its job directory
+// ("Type/jobNNN/", when it has one) and without its extension.
+std::string output_root(const std::string& out_dir, const std::string& name) {
+  std::string rel = name;
+  static const std::regex job(R"((^|.*/)job[0-9]+/)");
+  std::smatch m;
+  if (std::regex_search(rel, m, job) && m.position(0) == 0) rel = rel.substr(size_t(m.length(0)));
+  const fs::path p(rel);
+  return out_dir + "/" + (p.parent_path() / p.stem()).string();
+}
+
+// Replaces listed hot pixels by the mean of their neighbours that are not hot.
+void fix_hot_pixels(Grid<float>& frame, const std::vector<int>& hx, const std::vector<int>& hy,
+                    const std::vector<unsigned char>& is_hot) {
+  const int nx = frame.nx(), ny = frame.ny();
+  for (size_t h = 0; h < hx.size(); ++h) {
+    const int x = hx[h], y = hy[h];
+    if (x < 0 || y < 0 || x >= nx || y >= ny) continue;
+    double s = 0;
+    int c = 0;
+    for (int dy = -1; dy <= 1; ++dy)
+      for (int dx = -1; dx <= 1; ++dx) {
+        const int u = x + dx, v = y + dy;
+        if ((dx == 0 && dy == 0) || u < 0 || v < 0 || u >= nx || v >= ny) continue;
+        if (is_hot[size_t(v) * size_t(nx) + size_t(u)]) continue;
+        s += frame(u, v);
+        ++c;
+      }
+    if (c > 0) frame(x, y) = float(s / c);
+  }
+}
+
+// Everything about one micrograph's movie that both passes need.
+struct MovieFrames {
+  MovieMotion meta;
+  double angpix = 0, coords_angpix = 0, dose = 0, pre = 0, voltage_factor = 1;
+  int first = 0, count = 0;  // movie frames [first, first + count), 0-based
+  Grid<float> gain;
+  std::vector<unsigned char> hot;
+};
+
+MovieFrames open_movie(const Micrograph& mic, const PolishOptions& opt, double voltage) {
+  MovieFrames mf;
+  mf.meta = read_movie_motion(mic.metadata);
+  const MovieMotion& m = mf.meta;
+  if (m.movie.empty()) input_error("{}: data_general has no _rlnMicrographMovieName", mic.metadata);
+  if (!(m.angpix > 0)) input_error("{}: data_general has no _rlnMicrographOriginalPixelSize", mic.metadata);
+  mf.angpix = m.angpix;
+  mf.coords_angpix = m.angpix * m.binning;
+  mf.dose = opt.fdose > 0 ? opt.fdose : m.dose_per_frame;
+  if (!(mf.dose > 0))
+    input_error("{}: no _rlnMicrographDoseRate (give --fdose, the dose per frame in e/Å²)", mic.metadata);
+  mf.pre = std::max(0.0, m.preexposure);
+  mf.voltage_factor = dose_voltage_factor(m.voltage > 0 ? m.voltage : voltage);
+  const int total = m.frames > 0 ? m.frames : int(m.shift_x.size());
+  mf.first = opt.first_frame - 1;
+  const int last = opt.last_frame > 0 ? std::min(opt.last_frame, total) : total;
+  mf.count = last - mf.first;
+  if (mf.count < 2)
+    input_error("{}: frames {}..{} of a movie of {} frames: at least 2 are needed", mic.metadata, opt.first_frame, last,
+                total);
+  for (int f = mf.first; f < last; ++f)
+    if (size_t(f) >= m.shift_x.size() || m.shift_x[size_t(f)] < -9990)
+      input_error("{}: frame {} has no global shift (motion correction did not use it; see --first_frame/--last_frame)",
+                  mic.metadata, f + 1);
+  return mf;
+}
+
+// Movie-pixel displacement of the content at movie position (x, y) in movie frame `f` (0-based)
+// relative to the micrograph: minus motion correction's shift (global plus local model).
+void initial_track(const MovieFrames& mf, int f, double x, double y, double& tx, double& ty) {
+  const MovieMotion& m = mf.meta;
+  double sx = m.shift_x[size_t(f)], sy = m.shift_y[size_t(f)];
+  if (m.has_model && m.width > 0 && m.height > 0) {
+    double lx, ly;
+    m.model.shift_at(double(f - (m.first_frame - 1)), x / m.width - 0.5, y / m.height - 0.5, lx, ly);
+    sx += lx;
+    sy += ly;
+  }
+  tx = -sx;
+  ty = -sy;
+}
+
+// Reads frame f of the movie with the gain and hot pixels applied.
+Grid<float> read_frame(MovieReader& reader, const MovieFrames& mf, int f, const std::string& metadata) {
+  Grid<float> frame = reader.read(f);
+  if (!mf.gain.empty()) {
+    if (!mf.gain.same_shape(frame))
+      input_error("{}: gain reference {} is {}x{}, the movie's frames {}x{}", metadata, mf.meta.gain, mf.gain.nx(),
+                  mf.gain.ny(), frame.nx(), frame.ny());
+    for (size_t v = 0; v < frame.size(); ++v) frame[v] *= mf.gain[v];
+  }
+  if (!mf.meta.hot_x.empty()) fix_hot_pixels(frame, mf.meta.hot_x, mf.meta.hot_y, mf.hot);
+  return frame;
+}
+
+// The particle's box in a frame: s_mov px at movie position (x, y), Fourier-cropped to `box`, the
+// content moved by the sub-pixel remainder so that (x, y) is at the box centre; coefficients in
+// the half-complex layout of the particle box.
+Grid<cfloat> frame_box(const Grid<float>& frame, double x, double y, int s_mov, int box) {
+  const double xi = std::floor(x + 0.5), yi = std::floor(y + 0.5);
+  Grid<float> b;
+  extract_box(frame, xi, yi, s_mov, b);
+  if (b.empty()) {
+    b = Grid<float>(s_mov, s_mov, 1);
+    float mean = 0;
+    for (size_t v = 0; v < frame.size(); ++v) mean += frame[v];
+    b.fill(mean / float(frame.size()));
+  }
+  const Grid<cfloat> F = fourier_centred(b);
+  const double dx = x - xi, dy = y - yi;
+  Grid<cfloat> out(box / 2 + 1, box, 1);
+  std::vector<cf> ex(size_t(box / 2 + 1));
+  for (int kx = 0; kx <= box / 2; ++kx) ex[size_t(kx)] = std::polar(1.0f, float(2 * M_PI * kx * dx / s_mov));
+  for (int ky = -box / 2; ky < box / 2; ++ky) {
+    const cf ey = std::polar(1.0f, float(2 * M_PI * ky * dy / s_mov));
+    for (int kx = 0; kx <= box / 2; ++kx)
+      out[half_index(kx, ky, box)] = F[half_index(kx, ky, s_mov)] * ex[size_t(kx)] * ey;
+  }
+  out[0] = 0;  // no mean
+  return out;
+}
+
+// Sums per frame and reference shell for the per-frame Fourier shell correlations.
+struct FccSums {
+  int frames = 0, shells = 0;
+  std::vector<double> cc, w0, w1;  // [frame * shells + shell]
+  void init(int f, int s) {
+    frames = f;
+    shells = s;
+    cc.assign(size_t(f * s), 0.0);
+    w0 = w1 = cc;
+  }
+};
+
+double sq(double x) { return x * x; }
+
+}  // namespace
+
+std::string PolishOptions::validate() const {
+  if (particles.empty()) return "--i (particles with refined poses) is required";
+  if (out_dir.empty()) return "--o (output directory) is required";
+  if (corr_mic.empty()) return "--corr_mic (motion correction's corrected_micrographs.star) is required";
+  if (postprocess.empty() && (half1.empty() || half2.empty())) return "give --f postprocess.star or --m1 and --m2";
+  if (first_frame < 1) return fmt::format("--first_frame {}: frames are counted from 1", first_frame);
+  if (last_frame > 0 && last_frame < first_frame + 1)
+    return fmt::format("--last_frame {} with --first_frame {}: at least 2 frames are needed", last_frame, first_frame);
+  if (params_file.empty() && (!(s_vel > 0) || !(s_div > 0)))
+    return "--s_vel and --s_div must be positive";
+  if (range < 2) return fmt::format("--range {}: at least 2 px", range);
+  if (max_iters < 1) return "--max_iters must be at least 1";
+  if (!(bfac_minfreq > 0)) return "--bfac_minfreq must be positive (Å)";
+  if (threads < 1) return "--j must be at least 1";
+  if (pad < 1) return "--pad must be at least 1";
+  return {};
+}
+
+PolishResult polish(const PolishOptions& opt_in) {
+  if (auto msg = opt_in.validate(); !msg.empty()) throw InputError("polish: " + msg);
+  PolishOptions opt = opt_in;
+  while (opt.out_dir.size() > 1 && opt.out_dir.back() == '/') opt.out_dir.pop_back();
+  if (!opt.params_file.empty()) {
+    std::ifstream in(opt.params_file);
+    if (!in) input_error("{}: cannot read (--params_file: a text file with s_vel s_div s_acc)", opt.params_file);
+    if (!(in >> opt.s_vel >> opt.s_div >> opt.s_acc) || !(opt.s_vel > 0) || !(opt.s_div > 0))
+      input_error("{}: expected three numbers s_vel s_div s_acc (positive s_vel and s_div)", opt.params_file);
+  }
+
+  HalfReferenceOptions ro;
+  ro.command = "polish";
+  ro.postprocess = opt.postprocess;
+  ro.half1 = opt.half1;
+  ro.half2 = opt.half2;
+  ro.mask = opt.mask;
+  ro.angpix_ref = opt.angpix_ref;
+  ro.pad = opt.pad;
+  ro.threads = opt.threads;
+  const HalfReferences refs = load_half_references(ro);
+  double f_fit_max = refs.f_max;
+  if (opt.bfac_maxfreq > 0) f_fit_max = 1.0 / opt.bfac_maxfreq;
+
+  ParticleTable table = ParticleTable::read(opt.particles);
+  const size_t count = table.size();
+  if (count == 0) input_error("{}: no particles (the particles table has no rows)", opt.particles);
+  const star::Block& pb = table.particles_block();
+  for (const char* label : {"rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnRandomSubset", "rlnMicrographName",
+                            "rlnCoordinateX", "rlnCoordinateY"})
+    if (!pb.has(label)) input_error("{}: the particles table has no _{} (polishing needs it)", opt.particles, label);
+  const int col_x = pb.column("rlnCoordinateX"), col_y = pb.column("rlnCoordinateY");
+  std::vector<double> coord_x(count), coord_y(count);
+  for (size_t i = 0; i < count; ++i) {
+    coord_x[i] = pb.number(i, col_x);
+    coord_y[i] = pb.number(i, col_y);
+    const int h = table.random_subset[i];
+    if (h != 1 && h != 2) input_error("{}: _rlnRandomSubset is {}, expected 1 or 2", table.where(i), h);
+  }
+  OpticsModel optics(table);
+  {
+    ParticleImages images(table, 1);
+    for (size_t g = 0; g < table.optics.size(); ++g)
+      if (optics.group(g).box <= 0)
+        for (size_t i = 0; i < count; ++i)
+          if (size_t(table.optics_index[i]) == g) {
+            optics.set_box(g, table.optics[g].image_size > 0 ? table.optics[g].image_size : images.read(i).nx());
+            break;
+          }
+  }
+  optics.set_reference(refs.box, refs.pixel_size);
+  for (size_t g = 0; g < optics.groups(); ++g) {
+    if (!(table.optics[g].voltage > 0)) input_error("{}: optics group {} has no _rlnVoltage", opt.particles, table.optics[g].number);
+    if (!(optics.group(g).pixel_size > 0))
+      input_error("{}: optics group {} has no _rlnImagePixelSize", opt.particles, table.optics[g].number);
+  }
+  std::vector<Pixels> pixels;
+  for (size_t g = 0; g < optics.groups(); ++g)
+    pixels.push_back(make_pixels(optics.group(g), refs.f_max, refs.box, refs.pixel_size, refs.box / 2));
+
+  // Micrographs: metadata from --corr_mic.
+  std::map<std::string, std::string> metadata_of;
+  {
+    const star::Document cm = star::read(opt.corr_mic);
+    const star::Block* mb = cm.find("micrographs");
+    if (!mb) input_error("{}: no data_micrographs block (motion correction's corrected_micrographs.star expected)",
+                         opt.corr_mic);
+    const int cn = mb->require_column("rlnMicrographName"), cmd = mb->require_column("rlnMicrographMetadata");
+    for (size_t r = 0; r < mb->rows(); ++r) metadata_of[std::string(mb->value(r, cn))] = std::string(mb->value(r, cmd));
+  }
+  std::vector<Micrograph> mics;
+  PolishResult res;
+  {
+    std::map<std::string, size_t> at;
+    std::map<std::string, long> missing;
+    for (size_t i = 0; i < count; ++i) {
+      const std::string& name = table.micrographs[table.micrograph[i]];
+      auto it = metadata_of.find(name);
+      if (it == metadata_of.end()) {
+        ++missing[name];
+        continue;
+      }
+      auto [a, added] = at.emplace(name, mics.size());
+      if (added) mics.push_back({name, it->second, {}});
+      mics[a->second].particles.push_back(i);
+    }
+    for (const auto& [name, n] : missing) {
+      spdlog::warn("polish: micrograph {} is not in {}: its {} particles are skipped", name, opt.corr_mic, n);
+      res.skipped += n;
+    }
+  }
+  if (mics.empty()) input_error("{}: none of the particles' micrographs is listed in {}", opt.particles, opt.corr_mic);
+
+  fs::create_directories(opt.out_dir);
+  ThreadPool pool(opt.threads);
+  const int ref_shells = refs.box / 2 + 1;
+  FccSums fcc;
+  int frames_used = -1;
+  std::map<std::string, Grid<float>> gains;
+
+  struct Fitted {
+    std::vector<std::array<double, 2>> track;  // [p * F + f]: movie px, from the micrograph position
+    double scale = 1;
+    bool ok = false;
+  };
+  std::vector<Fitted> fitted(mics.size());
+  const double ref_voltage = table.optics.front().voltage;
+  Progress progress("polish: motion", double(mics.size()));
+  for (size_t mi = 0; mi < mics.size(); ++mi) {
+    const Micrograph& mic = mics[mi];
+    MovieFrames mf;
+    std::unique_ptr<MovieReader> reader;
+    try {
+      mf = open_movie(mic, opt, ref_voltage);
+      reader = std::make_unique<MovieReader>(mf.meta.movie);
+      if (reader->frames() < mf.first + mf.count)
+        input_error("{}: the movie has {} frames, {} expected", mf.meta.movie, reader->frames(), mf.first + mf.count);
+      if (!mf.meta.gain.empty()) {
+        auto it = gains.find(mf.meta.gain);
+        if (it == gains.end()) it = gains.emplace(mf.meta.gain, mrc::read(mf.meta.gain)).first;
+        mf.gain = it->second;
+      }
+    } catch (const InputError& e) {
+      spdlog::warn("polish: micrograph {} skipped ({} particles): {}", mic.name, mic.particles.size(), e.what());
+      ++res.micrographs_skipped;
+      res.skipped += long(mic.particles.size());
+      progress.advance(1);
+      continue;
+    }
+    if (frames_used < 0) {
+      frames_used = mf.count;
+      fcc.init(frames_used, ref_shells);
+    } else if (mf.count != frames_used) {
+      spdlog::warn("polish: micrograph {} skipped: {} frames used where the first movie had {}", mic.name, mf.count,
+                   frames_used);
+      ++res.micrographs_skipped;
+      res.skipped += long(mic.particles.size());
+      progress.advance(1);
+      continue;
+    }
+    if (!mf.meta.hot_x.empty()) {
+      mf.hot.assign(size_t(reader->nx()) * size_t(reader->ny()), 0);
+      for (size_t h = 0; h < mf.meta.hot_x.size(); ++h)
+        if (mf.meta.hot_x[h] >= 0 && mf.meta.hot_y[h] >= 0 && mf.meta.hot_x[h] < reader->nx() && mf.meta.hot_y[h] < reader->ny())
+          mf.hot[size_t(mf.meta.hot_y[h]) * size_t(reader->nx()) + size_t(mf.meta.hot_x[h])] = 1;
+    }
+    const int F = mf.count;
+    const size_t P = mic.particles.size();
+    // Movie box of each particle (its group's box and pixel size).
+    std::vector<int> s_mov(P);
+    for (size_t q = 0; q < P; ++q) {
+      const size_t i = mic.particles[q];
+      const OpticsGroupModel& g = optics.group_of(i);
+      const double s = g.box * g.pixel_size / mf.angpix;
+      s_mov[q] = int(std::lround(s));
+      if (std::abs(s - s_mov[q]) > 1e-3 * s || s_mov[q] % 2 || s_mov[q] < g.box)
+        input_error("{}: a box of {} px at {} Å/px is {:.3f} px of the movie ({} Å/px): an even number of movie "
+                    "pixels at least the box is needed",
+                    table.where(i), g.box, g.pixel_size, s, mf.angpix);
+    }
+    // Initial tracks (movie px) and the observed boxes on each group's pixel list.
+    std::vector<std::array<double, 2>> init(P * size_t(F));
+    for (size_t q = 0; q < P; ++q) {
+      const size_t i = mic.particles[q];
+      const double mx = std::trunc(coord_x[i]) * mf.meta.binning, my = std::trunc(coord_y[i]) * mf.meta.binning;
+      for (int f = 0; f < F; ++f) initial_track(mf, mf.first + f, mx, my, init[q * F + f][0], init[q * F + f][1]);
+    }
+    std::vector<std::vector<cf>> X(P * size_t(F));
+    bool readable = true;
+    for (int f = 0; f < F && readable; ++f) {
+      Grid<float> frame;
+      try {
+        frame = read_frame(*reader, mf, mf.first + f, mic.metadata);
+      } catch (const InputError& e) {
+        spdlog::warn("polish: micrograph {} skipped ({} particles): {}", mic.name, P, e.what());
+        readable = false;
+        break;
+      }
+      pool.parallel_for(0, P, [&](size_t q, int) {
+        const size_t i = mic.particles[q];
+        const Pixels& pl = pixels[size_t(table.optics_index[i])];
+        const double mx = std::trunc(coord_x[i]) * mf.meta.binning, my = std::trunc(coord_y[i]) * mf.meta.binning;
+        const auto& t = init[q * F + size_t(f)];
+        const Grid<cfloat> B = frame_box(frame, mx + t[0], my + t[1], s_mov[q], pl.box);
+        auto& x = X[q * F + size_t(f)];
+        x.resize(pl.size());
+        for (size_t k = 0; k < pl.size(); ++k) x[k] = B[half_index(int(pl.kx[k]), int(pl.ky[k]), pl.box)];
+      });
+    }
+    if (!readable) {
+      ++res.micrographs_skipped;
+      res.skipped += long(P);
+      progress.advance(1);
+      continue;
+    }
+    // Predictions from the own and the other half map, and the damage per frame.
+    std::vector<std::vector<cf>> pred(P), other(P);
+    pool.parallel_for(0, P, [&](size_t q, int) {
+      const size_t i = mic.particles[q];
+      const size_t gi = size_t(table.optics_index[i]);
+      const Pixels& pl = pixels[gi];
+      const OpticsGroupModel& g = optics.group(gi);
+      const ParticleOptics po = optics.particle(i);
+      std::vector<float> c(pl.size());
+      po.evaluate_ctf(pl.kx, pl.ky, pl.gamma_offset.data(), c.data());
+      const Mat3 A = euler_to_matrix(table.rot[i], table.tilt[i], table.psi[i]);
+      const double ox = table.origin_x[i] / g.pixel_size, oy = table.origin_y[i] / g.pixel_size;
+      const int h = table.random_subset[i] - 1;
+      pred[q].resize(pl.size());
+      other[q].resize(pl.size());
+      for (size_t k = 0; k < pl.size(); ++k) {
+        const cf shift = std::polar(1.0f, float(2 * M_PI * (pl.kx[k] * ox + pl.ky[k] * oy) / g.box));
+        const cf factor = po.predicted(c[k]) * shift * pl.phase_factor[k];
+        pred[q][k] = refs.maps[size_t(h)]->value_at(A, pl.qx[k], pl.qy[k]) * factor;
+        other[q][k] = refs.maps[size_t(1 - h)]->value_at(A, pl.qx[k], pl.qy[k]) * factor;
+      }
+    });
+    // Damage per group, frame and pixel: exp(-N / (2 Ne(|f|))), N the exposure at the middle of the frame.
+    std::vector<std::vector<float>> damage(pixels.size());
+    for (size_t gi = 0; gi < pixels.size(); ++gi) {
+      const Pixels& pl = pixels[gi];
+      damage[gi].resize(size_t(F) * pl.size());
+      for (int f = 0; f < F; ++f) {
+        const double exposure = mf.voltage_factor * (mf.pre + (mf.first + f + 0.5) * mf.dose);
+        for (size_t k = 0; k < pl.size(); ++k)
+          damage[gi][size_t(f) * pl.size() + k] = float(damage_attenuation(exposure, pl.freq[k]));
+      }
+    }
+    // Grey scale and noise per shell of the particle box (two rounds), at the initial tracks.
+    const int max_box = *std::max_element(s_mov.begin(), s_mov.end());
+    const size_t shells = size_t(max_box / 2 + 1);
+    std::vector<double> xx(shells), xp(shells), pp(shells), cnt(shells), w(shells, 1.0);
+    for (size_t q = 0; q < P; ++q) {
+      const size_t gi = size_t(table.optics_index[mic.particles[q]]);
+      const Pixels& pl = pixels[gi];
+      for (int f = 0; f < F; ++f) {
+        const auto& x = X[q * F + size_t(f)];
+        const float* dmg = damage[gi].data() + size_t(f) * pl.size();
+        for (size_t k = 0; k < pl.size(); ++k) {
+          const size_t sh = size_t(pl.shell[k]);
+          const cf p = dmg[k] * pred[q][k];
+          xx[sh] += std::norm(x[k]);
+          xp[sh] += std::real(x[k] * std::conj(p));
+          pp[sh] += std::norm(p);
+          cnt[sh] += 1;
+        }
+      }
+    }
+    double scale = 0;
+    for (int round = 0; round < 3; ++round) {
+      double nw = 0, dw = 0;
+      for (size_t sh = 0; sh < shells; ++sh) {
+        nw += w[sh] * xp[sh];
+        dw += w[sh] * pp[sh];
+      }
+      scale = dw > 0 ? nw / dw : 0.0;
+      for (size_t sh = 0; sh < shells; ++sh) {
+        const double noise = cnt[sh] > 0 ? (xx[sh] - 2 * scale * xp[sh] + scale * scale * pp[sh]) / cnt[sh] : 0.0;
+        w[sh] = noise > 0 ? 1.0 / noise : 0.0;
+      }
+    }
+    // Log-likelihood maps of the displacement (particle px).
+    std::vector<ShiftMap> maps(P * size_t(F));
+    pool.parallel_for(0, P * size_t(F), [&](size_t pf, int) {
+      const size_t q = pf / size_t(F);
+      const int f = int(pf % size_t(F));
+      const size_t gi = size_t(table.optics_index[mic.particles[q]]);
+      const Pixels& pl = pixels[gi];
+      const int n = pl.box;
+      Grid<cfloat> Z(n / 2 + 1, n, 1);
+      const auto& x = X[pf];
+      const float* dmg = damage[gi].data() + size_t(f) * pl.size();
+      for (size_t k = 0; k < pl.size(); ++k) {
+        const cf z = x[k] * std::conj(float(scale) * dmg[k] * pred[q][k]) * float(w[size_t(pl.shell[k])]);
+        Z[half_index(int(pl.kx[k]), int(pl.ky[k]), n)] = z;
+        if (pl.kx[k] == 0) Z[half_index(0, -int(pl.ky[k]), n)] = std::conj(z);
+      }
+      const Grid<float> cc = fft_inverse(Z, n);
+      ShiftMap& m = maps[pf];
+      m.range = std::min(opt.range, n / 2 - 2);
+      m.value.resize(size_t(m.size()) * size_t(m.size()));
+      const float norm = float(n) * float(n);
+      for (int dy = -m.range; dy <= m.range; ++dy)
+        for (int dx = -m.range; dx <= m.range; ++dx)
+          m.value[size_t((dy + m.range) * m.size() + dx + m.range)] = norm * cc((dx + n) % n, (dy + n) % n);
+    });
+    // Tracks: all particles of the micrograph together. Positions in Å for the kernel; velocities in
+    // particle px (all the micrograph's particles share one pixel size for the prior: the first's).
+    const double part_px = optics.group_of(mic.particles[0]).pixel_size;
+    std::vector<double> px(P), py(P);
+    for (size_t q = 0; q < P; ++q) {
+      px[q] = coord_x[mic.particles[q]] * mf.coords_angpix;
+      py[q] = coord_y[mic.particles[q]] * mf.coords_angpix;
+    }
+    const MotionPrior prior{mf.dose * opt.s_vel / part_px, opt.s_div, mf.dose * opt.s_acc / part_px};
+    const VelocityBasis basis = velocity_basis(px, py, prior);
+    MotionFitOptions fo;
+    fo.max_iterations = opt.max_iters;
+    const MotionFitResult fit = fit_particle_motion(maps, int(P), F, basis, prior, fo, pool);
+    Fitted& out = fitted[mi];
+    out.ok = true;
+    out.scale = scale;
+    out.track.resize(P * size_t(F));
+    for (size_t q = 0; q < P; ++q) {
+      const OpticsGroupModel& g = optics.group_of(mic.particles[q]);
+      const double to_movie = double(s_mov[q]) / g.box;
+      for (int f = 0; f < F; ++f)
+        for (int a = 0; a < 2; ++a)
+          out.track[q * F + size_t(f)][size_t(a)] = init[q * F + size_t(f)][size_t(a)] + fit.d[q * F + size_t(f)][size_t(a)] * to_movie;
+    }
+    // Per-frame FCC sums with the other half map, the frames aligned by the fitted displacement, with
+    // the frames' contrast (the sign of the grey scale).
+    const double sign = scale < 0 ? -1.0 : 1.0;
+    std::vector<cf> ex(size_t(max_box / 2 + 1)), ey(size_t(max_box + 1));
+    for (size_t q = 0; q < P; ++q) {
+      const Pixels& pl = pixels[size_t(table.optics_index[mic.particles[q]])];
+      for (int f = 0; f < F; ++f) {
+        const auto& d = fit.d[q * F + size_t(f)];
+        const auto& x = X[q * F + size_t(f)];
+        const int n = pl.box;
+        for (int a = 0; a <= n / 2; ++a) ex[size_t(a)] = std::polar(1.0f, float(2 * M_PI * a * d[0] / n));
+        for (int a = -n / 2; a <= n / 2; ++a) ey[size_t(a + n / 2)] = std::polar(1.0f, float(2 * M_PI * a * d[1] / n));
+        for (size_t k = 0; k < pl.size(); ++k) {
+          const int sh = pl.ref_shell[k];
+          if (sh >= ref_shells) continue;
+          const cf al = x[k] * ex[size_t(pl.kx[k])] * ey[size_t(int(pl.ky[k]) + n / 2)];
+          const size_t at = size_t(f) * size_t(ref_shells) + size_t(sh);
+          fcc.cc[at] += sign * std::real(al * std::conj(other[q][k]));
+          fcc.w0[at] += std::norm(al);
+          fcc.w1[at] += std::norm(other[q][k]);
+        }
+      }
+    }
+    // Tracks file (RELION's): per particle, the displacement in Å from its micrograph position.
+    star::Document doc;
+    star::Block& gen = doc.add_block("general", false);
+    gen.set("rlnParticleNumber", std::to_string(P));
+    for (size_t q = 0; q < P; ++q) {
+      star::Block& b = doc.add_block(std::to_string(q), true);
+      for (int f = 0; f < F; ++f) b.add_row();
+      std::vector<double> tx(static_cast<size_t>(F)), ty(static_cast<size_t>(F));
+      for (int f = 0; f < F; ++f) {
+        tx[size_t(f)] = out.track[q * F + size_t(f)][0] * mf.angpix;
+        ty[size_t(f)] = out.track[q * F + size_t(f)][1] * mf.angpix;
+      }
+      b.set_column("rlnOriginXAngst", tx);
+      b.set_column("rlnOriginYAngst", ty);
+    }
+    const std::string root = output_root(opt.out_dir, mic.name);
+    fs::create_directories(fs::path(root).parent_path());
+    star::write(root + "_tracks.star", doc);
+    spdlog::info("polish: {}: {} particles, {} frames, grey scale {:.3g}, {} L-BFGS iterations", mic.name, P, F, scale,
+                 fit.iterations);
+    ++res.micrographs;
+    res.particles += long(P);
+    progress.advance(1);
+  }
+  progress.finish();
+  if (frames_used < 0) input_error("{}: no micrograph could be read (see the messages above)", opt.particles);
+
+  // Per-frame B-factors and scales: FCC_f(k) ~ g(k) a_f exp(B_f q_k), q = k^2 / 4, by alternating
+  // least squares over the shells between --bfac_minfreq and the highest frequency.
+  const int F = frames_used;
+  const double ref_len = refs.box * refs.pixel_size;
+  const int k0 = std::max(1, int(std::ceil(ref_len / opt.bfac_minfreq)));
+  const int k1 = std::min(ref_shells - 1, int(std::floor(f_fit_max * ref_len)));
+  if (k1 - k0 < 2)
+    input_error("polish: frequencies {:.1f}-{:.1f} Å leave fewer than 3 shells for the B-factors (--bfac_minfreq, "
+                "--bfac_maxfreq)", opt.bfac_minfreq, 1.0 / f_fit_max);
+  std::vector<double> fccv(size_t(F * ref_shells), 0.0);
+  for (size_t a = 0; a < fccv.size(); ++a) {
+    const double d = std::sqrt(fcc.w0[a] * fcc.w1[a]);
+    fccv[a] = d > 0 ? fcc.cc[a] / d : 0.0;
+  }
+  std::vector<double> B(size_t(F), 0.0), amp(size_t(F), 1.0), g(size_t(ref_shells), 0.0);
+  auto qk = [&](int k) { return sq(k / ref_len) / 4.0; };
+  for (int round = 0; round < 8; ++round) {
+    for (int k = k0; k <= k1; ++k) {
+      double n = 0, d = 0;
+      for (int f = 0; f < F; ++f) {
+        const double m = amp[size_t(f)] * std::exp(B[size_t(f)] * qk(k));
+        n += m * fccv[size_t(f * ref_shells + k)];
+        d += m * m;
+      }
+      g[size_t(k)] = d > 0 ? std::max(0.0, n / d) : 0.0;
+    }
+    for (int f = 0; f < F; ++f) {
+      auto err = [&](double b, double* a_out) {
+        double n = 0, d = 0;
+        for (int k = k0; k <= k1; ++k) {
+          const double m = g[size_t(k)] * std::exp(b * qk(k));
+          n += m * fccv[size_t(f * ref_shells + k)];
+          d += m * m;
+        }
+        const double a = d > 0 ? std::max(0.0, n / d) : 0.0;
+        double e = 0;
+        for (int k = k0; k <= k1; ++k) e += sq(fccv[size_t(f * ref_shells + k)] - a * g[size_t(k)] * std::exp(b * qk(k)));
+        if (a_out) *a_out = a;
+        return e;
+      };
+      // Grid search over B (Å^2) refined three times around the best value.
+      double lo = -1500, hi = 500, best = B[size_t(f)];
+      for (int depth = 0; depth < 4; ++depth) {
+        double best_e = err(best, nullptr);
+        const int steps = 40;
+        for (int s = 0; s <= steps; ++s) {
+          const double b = lo + (hi - lo) * s / steps;
+          const double e = err(b, nullptr);
+          if (e < best_e) {
+            best_e = e;
+            best = b;
+          }
+        }
+        const double width = (hi - lo) / steps;
+        lo = best - width;
+        hi = best + width;
+      }
+      B[size_t(f)] = best;
+      err(best, &amp[size_t(f)]);
+    }
+    // Gauge: the best frame has B = 0 and amplitude 1 (g takes up the rest).
+    const double bmax = *std::max_element(B.begin(), B.end());
+    const double amax = *std::max_element(amp.begin(), amp.end());
+    for (int f = 0; f < F; ++f) {
+      B[size_t(f)] -= bmax;
+      if (amax > 0) amp[size_t(f)] /= amax;
+    }
+  }
+  // Frame weights W_f(k) at physical frequency |f| (1/Å), normalised over the frames.
+  auto frame_weights = [&](double freq, std::vector<float>& wf) {
+    double s = 0;
+    for (int f = 0; f < F; ++f) s += (wf[size_t(f)] = float(amp[size_t(f)] * std::exp(B[size_t(f)] * freq * freq / 4)));
+    for (int f = 0; f < F; ++f) wf[size_t(f)] = s > 0 ? float(wf[size_t(f)] / s) : 1.0f / float(F);
+  };
+  {
+    star::Document doc;
+    star::Block& b = doc.add_block("perframe_bfactors", true);
+    for (int f = 0; f < F; ++f) b.add_row();
+    std::vector<int> idx(static_cast<size_t>(F));
+    std::vector<double> bf(static_cast<size_t>(F)), ic(static_cast<size_t>(F));
+    for (int f = 0; f < F; ++f) {
+      idx[size_t(f)] = f;
+      bf[size_t(f)] = B[size_t(f)];
+      ic[size_t(f)] = amp[size_t(f)] > 0 ? std::log(amp[size_t(f)]) : -99.0;
+      res.frames.push_back({f, bf[size_t(f)], ic[size_t(f)]});
+    }
+    b.set_column("rlnMovieFrameNumber", idx);
+    b.set_column("rlnBfactorUsedForSharpening", bf);
+    b.set_column("rlnFittedInterceptGuinierPlot", ic);
+    res.bfactors_star = opt.out_dir + "/bfactors.star";
+    star::write(res.bfactors_star, doc);
+    LinePlot plot;
+    for (int f = 0; f < F; ++f) {
+      plot.x.push_back(f + 1);
+      plot.y.push_back(B[size_t(f)]);
+    }
+    plot.x_min = 1;
+    plot.x_max = std::max(2, F);
+    plot.y_min = std::min(-10.0, *std::min_element(B.begin(), B.end()) * 1.1);
+    plot.y_max = 0;
+    plot.hlines = {0};
+    write_file_atomic(opt.out_dir + "/bfactors.png", render_line_plot_png(plot));
+    std::string line;
+    for (int f = 0; f < F; ++f) line += fmt::format(" {:.0f}", B[size_t(f)]);
+    spdlog::info("polish: per-frame B-factors (Å², relative to the best frame):{}", line);
+  }
+
+  if (opt.combine_frames) {
+    // W_f on each group's half-complex grid, per frame.
+    std::vector<std::vector<Grid<float>>> weights(optics.groups());
+    for (size_t gi = 0; gi < optics.groups(); ++gi) {
+      const OpticsGroupModel& g = optics.group(gi);
+      const int n = g.box;
+      weights[gi].assign(size_t(F), Grid<float>(n / 2 + 1, n, 1));
+      std::vector<float> wf(static_cast<size_t>(F));
+      for (int ky = -n / 2; ky < n / 2; ++ky)
+        for (int kx = 0; kx <= n / 2; ++kx) {
+          const auto fr = g.frequency(kx, ky);
+          frame_weights(std::hypot(fr[0], fr[1]), wf);
+          for (int f = 0; f < F; ++f) weights[gi][size_t(f)][half_index(kx, ky, n)] = wf[size_t(f)];
+        }
+    }
+    auto weight_grid = [&](size_t gi, int f) -> const Grid<float>& { return weights[gi][size_t(f)]; };
+    std::vector<std::string> image_names(count);
+    std::vector<char> kept(count, 0);
+    Progress progress2("polish: shiny particles", double(mics.size()));
+    for (size_t mi = 0; mi < mics.size(); ++mi) {
+      const Micrograph& mic = mics[mi];
+      const Fitted& fit = fitted[mi];
+      if (!fit.ok) {
+        progress2.advance(1);
+        continue;
+      }
+      MovieFrames mf = open_movie(mic, opt, ref_voltage);
+      MovieReader reader(mf.meta.movie);
+      if (!mf.meta.gain.empty()) mf.gain = gains.at(mf.meta.gain);
+      if (!mf.meta.hot_x.empty()) {
+        mf.hot.assign(size_t(reader.nx()) * size_t(reader.ny()), 0);
+        for (size_t h = 0; h < mf.meta.hot_x.size(); ++h)
+          if (mf.meta.hot_x[h] >= 0 && mf.meta.hot_y[h] >= 0 && mf.meta.hot_x[h] < reader.nx() && mf.meta.hot_y[h] < reader.ny())
+            mf.hot[size_t(mf.meta.hot_y[h]) * size_t(reader.nx()) + size_t(mf.meta.hot_x[h])] = 1;
+      }
+      const size_t P = mic.particles.size();
+      std::vector<Grid<cfloat>> acc(P);
+      std::vector<int> s_mov(P);
+      for (size_t q = 0; q < P; ++q) {
+        const OpticsGroupModel& g = optics.group_of(mic.particles[q]);
+        s_mov[q] = int(std::lround(g.box * g.pixel_size / mf.angpix));
+        acc[q] = Grid<cfloat>(g.box / 2 + 1, g.box, 1);
+      }
+      for (int f = 0; f < F; ++f) {
+        const Grid<float> frame = read_frame(reader, mf, mf.first + f, mic.metadata);
+        pool.parallel_for(0, P, [&](size_t q, int) {
+          const size_t i = mic.particles[q];
+          const OpticsGroupModel& g = optics.group_of(i);
+          const double mx = std::trunc(coord_x[i]) * mf.meta.binning, my = std::trunc(coord_y[i]) * mf.meta.binning;
+          const auto& t = fit.track[q * F + size_t(f)];
+          const Grid<cfloat> Bx = frame_box(frame, mx + t[0], my + t[1], s_mov[q], g.box);
+          const Grid<float>& W = weight_grid(size_t(table.optics_index[i]), f);
+          for (size_t at = 0; at < W.size(); ++at) acc[q][at] += Bx[at] * W[at];
+        });
+      }
+      const std::string root = output_root(opt.out_dir, mic.name);
+      const std::string stack = root + "_shiny.mrcs";
+      std::vector<Grid<float>> images(P);
+      pool.parallel_for(0, P, [&](size_t q, int) {
+        const OpticsGroupModel& g = optics.group_of(mic.particles[q]);
+        Grid<float> img = from_fourier_centred(acc[q], g.box);
+        if (fit.scale < 0)
+          for (size_t v = 0; v < img.size(); ++v) img[v] = -img[v];
+        NormaliseOptions no;
+        no.bg_radius_px = 0.75 * g.box / 2;
+        normalise_particle(img, no);
+        images[q] = std::move(img);
+      });
+      mrc::WriteOptions wo;
+      wo.is_stack = true;
+      wo.pixel_size = optics.group_of(mic.particles[0]).pixel_size;
+      {
+        // One stack per micrograph; groups of another box would need their own stack.
+        const int n0 = images[0].nx();
+        for (size_t q = 1; q < P; ++q)
+          if (images[q].nx() != n0)
+            input_error("{}: particles of micrograph {} have boxes {} and {}: one box per micrograph is needed",
+                        opt.particles, mic.name, n0, images[q].nx());
+        mrc::StackWriter w(stack, n0, n0, wo);
+        for (size_t q = 0; q < P; ++q) w.append(images[q]);
+        w.commit();
+      }
+      for (size_t q = 0; q < P; ++q) {
+        image_names[mic.particles[q]] = fmt::format("{:06d}@{}", q + 1, stack);
+        kept[mic.particles[q]] = 1;
+      }
+      progress2.advance(1);
+    }
+    progress2.finish();
+    std::vector<size_t> keep;
+    for (size_t i = 0; i < count; ++i)
+      if (kept[i]) keep.push_back(i);
+    for (size_t i = 0; i < count; ++i)
+      if (kept[i]) table.set_image(i, std::stol(image_names[i]), image_names[i].substr(image_names[i].find('@') + 1));
+    table.select(keep);
+    res.shiny_star = opt.out_dir + "/shiny.star";
+    table.write(res.shiny_star);
+    spdlog::info("polish: {} shiny particles; wrote {}", keep.size(), res.shiny_star);
+  }
+  return res;
+}
+
+}  // namespace regula
