@@ -311,7 +311,8 @@ JOBS = {"simulate": ("jobs/simulate.hpp", "SimulateOptions"), "preprocess": ("jo
         "postprocess": ("jobs/postprocess.hpp", "PostprocessOptions"),
         "symmetry_expand": ("jobs/symmetry_expand.hpp", "SymmetryExpandOptions"),
         "particle_subtract": ("jobs/particle_subtract.hpp", "ParticleSubtractOptions"),
-        "locres": ("jobs/locres.hpp", "LocresOptions"), "ctf_refine": ("jobs/ctf_refine.hpp", "CtfRefineOptions")}
+        "locres": ("jobs/locres.hpp", "LocresOptions"), "ctf_refine": ("jobs/ctf_refine.hpp", "CtfRefineOptions"),
+        "polish": ("jobs/polish.hpp", "PolishOptions")}
 
 
 @pytest.mark.parametrize("job", sorted(JOBS))
