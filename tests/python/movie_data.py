@@ -1,4 +1,5 @@
 """Helpers for the movie and micrograph tests: a small particle map, reading STAR loops, numpy's CTF."""
+import os
 import subprocess
 
 import gemmi
@@ -53,3 +54,29 @@ def ctf2(shape, angpix, du, dv, angle_deg, kv=300.0, cs=2.7, q0=0.1):
 def run(cmd, cwd=None):
     r = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True)
     return r
+
+
+def write_truth_particles(d, mc_dir, box, image="none.mrcs"):
+    """d/particles.star for polishing: the simulator's true coordinates, poses and CTF of every particle
+    (d/sim/truth_particles.star), rlnMicrographName the micrograph motion correction (d/mc_dir) made of its
+    movie (the way RELION links particles to the per-movie STAR files), origins the sub-pixel part of the
+    coordinates (what extraction at the truncated coordinate leaves), rlnRandomSubset alternating."""
+    t = star_loop(d / "sim" / "truth_particles.star", "particles")
+    mics = star_loop(d / mc_dir / "corrected_micrographs.star", "micrographs")["rlnMicrographName"]
+    by_stem = {os.path.splitext(os.path.basename(m))[0]: m for m in mics}
+    labels = ["rlnCoordinateX", "rlnCoordinateY", "rlnImageName", "rlnMicrographName", "rlnOpticsGroup",
+              "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst", "rlnDefocusU",
+              "rlnDefocusV", "rlnDefocusAngle", "rlnRandomSubset"]
+    optics = ["rlnOpticsGroupName", "rlnOpticsGroup", "rlnMicrographOriginalPixelSize", "rlnVoltage",
+              "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnImagePixelSize", "rlnImageSize",
+              "rlnImageDimensionality"]
+    out = ["# version 30001", "", "data_optics", "", "loop_"] + [f"_{l} #{i + 1}" for i, l in enumerate(optics)]
+    out += [f"opticsGroup1 1 1.0 300 2.7 0.1 1.0 {box} 2", "", "data_particles", "", "loop_"]
+    out += [f"_{l} #{i + 1}" for i, l in enumerate(labels)]
+    for k in range(len(t["rlnCoordinateX"])):
+        x, y = float(t["rlnCoordinateX"][k]), float(t["rlnCoordinateY"][k])
+        mic = by_stem[os.path.splitext(os.path.basename(t["rlnMicrographMovieName"][k]))[0]]
+        out.append(" ".join([str(x), str(y), f"{k + 1:06d}@{image}", mic, "1", t["rlnAngleRot"][k],
+                             t["rlnAngleTilt"][k], t["rlnAnglePsi"][k], f"{-(x - int(x)):.4f}", f"{-(y - int(y)):.4f}",
+                             t["rlnDefocusU"][k], t["rlnDefocusV"][k], t["rlnDefocusAngle"][k], str(k % 2 + 1)]))
+    (d / "particles.star").write_text("\n".join(out) + "\n\n")

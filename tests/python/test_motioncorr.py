@@ -9,7 +9,7 @@ import mrcfile
 import numpy as np
 import pytest
 
-from movie_data import blob_map, run, star_loop
+from movie_data import blob_map, run, star_loop, write_truth_particles
 
 
 def simulate(regula, out, mp, *args):
@@ -118,28 +118,9 @@ RELION_MOTION_REFINE = shutil.which("relion_motion_refine")
 
 
 def write_particles_for_polishing(tmp_path, mc_dir, box):
-    """particles.star for relion_motion_refine: the simulator's true coordinates, poses and CTF of
-    every particle, with rlnMicrographName the micrograph motioncorr made of its movie (the way RELION
-    links particles to the per-movie STAR files); a flat FSC table (rlnSpectralIndex and
-    rlnFourierShellCorrelationCorrected, what relion_motion_refine reads from --f)."""
-    t = star_loop(tmp_path / "sim" / "truth_particles.star", "particles")
-    mics = star_loop(tmp_path / mc_dir / "corrected_micrographs.star", "micrographs")["rlnMicrographName"]
-    by_stem = {os.path.splitext(os.path.basename(m))[0]: m for m in mics}
-    labels = ["rlnCoordinateX", "rlnCoordinateY", "rlnImageName", "rlnMicrographName", "rlnOpticsGroup",
-              "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst", "rlnDefocusU",
-              "rlnDefocusV", "rlnDefocusAngle", "rlnRandomSubset"]
-    optics = ["rlnOpticsGroupName", "rlnOpticsGroup", "rlnMicrographOriginalPixelSize", "rlnVoltage",
-              "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnImagePixelSize", "rlnImageSize",
-              "rlnImageDimensionality"]
-    out = ["# version 30001", "", "data_optics", "", "loop_"] + [f"_{l} #{i + 1}" for i, l in enumerate(optics)]
-    out += [f"opticsGroup1 1 1.0 300 2.7 0.1 1.0 {box} 2", "", "data_particles", "", "loop_"]
-    out += [f"_{l} #{i + 1}" for i, l in enumerate(labels)]
-    for k in range(len(t["rlnCoordinateX"])):
-        out.append(" ".join([t["rlnCoordinateX"][k], t["rlnCoordinateY"][k], f"{k + 1:06d}@Extract/none.mrcs",
-                             by_stem[os.path.splitext(os.path.basename(t["rlnMicrographMovieName"][k]))[0]], "1", t["rlnAngleRot"][k],
-                             t["rlnAngleTilt"][k], t["rlnAnglePsi"][k], "0", "0", t["rlnDefocusU"][k],
-                             t["rlnDefocusV"][k], t["rlnDefocusAngle"][k], str(k % 2 + 1)]))
-    (tmp_path / "particles.star").write_text("\n".join(out) + "\n\n")
+    """particles.star for relion_motion_refine (movie_data.write_truth_particles) and a flat FSC table
+    (rlnSpectralIndex and rlnFourierShellCorrelationCorrected, what relion_motion_refine reads from --f)."""
+    write_truth_particles(tmp_path, mc_dir, box, image="Extract/none.mrcs")
     fsc = ["# version 30001", "", "data_fsc", "", "loop_", "_rlnSpectralIndex #1", "_rlnResolution #2",
            "_rlnFourierShellCorrelationCorrected #3"]
     fsc += [f"{i} {i / box:.6f} 0.9" for i in range(box // 2 + 1)]

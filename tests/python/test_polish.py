@@ -26,7 +26,7 @@ mrcfile = pytest.importorskip("mrcfile")
 
 from conftest import fsc, regula_binary, run_regula
 from ctf_refine_data import atoms_map
-from movie_data import star_loop
+from movie_data import star_loop, write_truth_particles
 
 RELION_RECONSTRUCT = shutil.which("relion_reconstruct")
 BOX = 96
@@ -36,30 +36,6 @@ def tracks(path):
     doc = gemmi.cif.read_file(str(path))
     return np.array([[[float(v) for v in row] for row in b.find(["_rlnOriginXAngst", "_rlnOriginYAngst"])]
                      for b in doc if b.name.isdigit()])
-
-
-def write_particles(d):
-    """particles.star from the simulator's truth (coordinates, poses, CTF; origins the sub-pixel part of the
-    coordinates, as extraction at the truncated coordinate leaves it), rlnRandomSubset alternating."""
-    t = star_loop(d / "sim" / "truth_particles.star", "particles")
-    mics = star_loop(d / "MC" / "corrected_micrographs.star", "micrographs")["rlnMicrographName"]
-    by_stem = {os.path.splitext(os.path.basename(m))[0]: m for m in mics}
-    labels = ["rlnCoordinateX", "rlnCoordinateY", "rlnImageName", "rlnMicrographName", "rlnOpticsGroup",
-              "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst", "rlnDefocusU",
-              "rlnDefocusV", "rlnDefocusAngle", "rlnRandomSubset"]
-    optics = ["rlnOpticsGroupName", "rlnOpticsGroup", "rlnMicrographOriginalPixelSize", "rlnVoltage",
-              "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnImagePixelSize", "rlnImageSize",
-              "rlnImageDimensionality"]
-    out = ["# version 30001", "", "data_optics", "", "loop_"] + [f"_{l} #{i + 1}" for i, l in enumerate(optics)]
-    out += [f"opticsGroup1 1 1.0 300 2.7 0.1 1.0 {BOX} 2", "", "data_particles", "", "loop_"]
-    out += [f"_{l} #{i + 1}" for i, l in enumerate(labels)]
-    for k in range(len(t["rlnCoordinateX"])):
-        x, y = float(t["rlnCoordinateX"][k]), float(t["rlnCoordinateY"][k])
-        mic = by_stem[os.path.splitext(os.path.basename(t["rlnMicrographMovieName"][k]))[0]]
-        out.append(" ".join([str(x), str(y), f"{k + 1:06d}@none.mrcs", mic, "1", t["rlnAngleRot"][k],
-                             t["rlnAngleTilt"][k], t["rlnAnglePsi"][k], f"{-(x - int(x)):.4f}", f"{-(y - int(y)):.4f}",
-                             t["rlnDefocusU"][k], t["rlnDefocusV"][k], t["rlnDefocusAngle"][k], str(k % 2 + 1)]))
-    (d / "particles.star").write_text("\n".join(out) + "\n\n")
 
 
 def errors(d, out):
@@ -92,7 +68,7 @@ def data(request, tmp_path_factory):
     assert r.returncode == 0, r.stderr
     run_regula("motioncorr", "--i", "sim/movies.star", "--o", "MC/", "--dose_weighting", "--dose_per_frame", "3",
                "--j", "2", cwd=d)
-    write_particles(d)
+    write_truth_particles(d, "MC", BOX)
     run_regula("polish", *POLISH, "--o", "Polish/", "--combine_frames", "--j", "2", cwd=d)
     return d
 

@@ -267,6 +267,16 @@ PolishResult polish(const PolishOptions& opt_in) {
   ro.threads = opt.threads;
   const HalfReferences refs = load_half_references(ro);
   double f_fit_max = refs.f_max;
+  // The motion fit uses every frequency where the half maps still agree (FSC > 0): the references
+  // are FSC-weighted, so shells of low FSC count little, and stopping at FSC 0.143 (as the B-factor
+  // fit does) left offsets of about 2 px with half maps of 14 Å (bench/polish_vs_relion.py).
+  int shell_pos = refs.box / 2 - 1;
+  for (int s = 1; s < int(refs.fsc.size()) && s < refs.box / 2; ++s)
+    if (!(refs.fsc[size_t(s)] > 0)) {
+      shell_pos = std::max(refs.shell_max, s - 1);
+      break;
+    }
+  const double f_motion = shell_pos / (refs.box * refs.pixel_size);
   if (opt.bfac_maxfreq > 0) f_fit_max = 1.0 / opt.bfac_maxfreq;
 
   ParticleTable table = ParticleTable::read(opt.particles);
@@ -303,7 +313,7 @@ PolishResult polish(const PolishOptions& opt_in) {
   }
   std::vector<Pixels> pixels;
   for (size_t g = 0; g < optics.groups(); ++g)
-    pixels.push_back(make_pixels(optics.group(g), refs.f_max, refs.box, refs.pixel_size, refs.box / 2));
+    pixels.push_back(make_pixels(optics.group(g), f_motion, refs.box, refs.pixel_size, refs.box / 2));
 
   // Micrographs: metadata from --corr_mic.
   std::map<std::string, std::string> metadata_of;

@@ -21,6 +21,7 @@
 //     a grey scale (sign included: frames are raw counts) and the noise power per shell from the
 //     residuals of all the micrograph's frames (two rounds);
 //  3. per particle and frame, the Gaussian log-likelihood of a displacement d from the initial track
+//     (frequencies up to where the half maps' FSC first falls to 0; the references are FSC-weighted)
 //     on the pixel grid |d| <= --range (one inverse FFT per particle and frame), and the tracks of
 //     all the micrograph's particles fitted together with the Gaussian-process prior of
 //     micrograph/particle_motion.hpp: velocity s.d. --s_vel x dose per frame (Å per e/Å²),
