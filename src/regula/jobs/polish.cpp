@@ -125,7 +125,7 @@ struct MovieFrames {
   MovieMotion meta;
   double angpix = 0, coords_angpix = 0, dose = 0, pre = 0, voltage_factor = 1;
   int first = 0, count = 0;  // movie frames [first, first + count), 0-based
-  Grid<float> gain;
+  const Grid<float>* gain = nullptr;  // the gain reference (kept once per file), or none
   std::vector<unsigned char> hot;
 };
 
@@ -174,11 +174,11 @@ void initial_track(const MovieFrames& mf, int f, double x, double y, double& tx,
 // Reads frame f of the movie with the gain and hot pixels applied.
 Grid<float> read_frame(MovieReader& reader, const MovieFrames& mf, int f, const std::string& metadata) {
   Grid<float> frame = reader.read(f);
-  if (!mf.gain.empty()) {
-    if (!mf.gain.same_shape(frame))
-      input_error("{}: gain reference {} is {}x{}, the movie's frames {}x{}", metadata, mf.meta.gain, mf.gain.nx(),
-                  mf.gain.ny(), frame.nx(), frame.ny());
-    for (size_t v = 0; v < frame.size(); ++v) frame[v] *= mf.gain[v];
+  if (mf.gain) {
+    if (!mf.gain->same_shape(frame))
+      input_error("{}: gain reference {} is {}x{}, the movie's frames {}x{}", metadata, mf.meta.gain, mf.gain->nx(),
+                  mf.gain->ny(), frame.nx(), frame.ny());
+    for (size_t v = 0; v < frame.size(); ++v) frame[v] *= (*mf.gain)[v];
   }
   if (!mf.meta.hot_x.empty()) fix_hot_pixels(frame, mf.meta.hot_x, mf.meta.hot_y, mf.hot);
   return frame;
@@ -375,7 +375,7 @@ PolishResult polish(const PolishOptions& opt_in) {
       if (!mf.meta.gain.empty()) {
         auto it = gains.find(mf.meta.gain);
         if (it == gains.end()) it = gains.emplace(mf.meta.gain, mrc::read(mf.meta.gain)).first;
-        mf.gain = it->second;
+        mf.gain = &it->second;
       }
     } catch (const InputError& e) {
       spdlog::warn("polish: micrograph {} skipped ({} particles): {}", mic.name, mic.particles.size(), e.what());
@@ -620,7 +620,17 @@ PolishResult polish(const PolishOptions& opt_in) {
   const int F = frames_used;
   const double ref_len = refs.box * refs.pixel_size;
   const int k0 = std::max(1, int(std::ceil(ref_len / opt.bfac_minfreq)));
-  const int k1 = std::min(ref_shells - 1, int(std::floor(f_fit_max * ref_len)));
+  int k1 = std::min(ref_shells - 1, int(std::floor(f_fit_max * ref_len)));
+  if (k1 - k0 < 2 && opt.bfac_maxfreq <= 0) {
+    // Half maps whose FSC falls to 0.143 before --bfac_minfreq: fit up to where it reaches 0.
+    const int k_motion = std::min(ref_shells - 1, int(std::floor(f_motion * ref_len)));
+    if (k_motion > k1) {
+      spdlog::warn("polish: the half maps' FSC reaches 0.143 at {:.1f} Å, beyond --bfac_minfreq {:.1f} Å: B-factors "
+                   "fitted up to {:.1f} Å (where the FSC reaches 0)",
+                   ref_len / std::max(1, k1), opt.bfac_minfreq, ref_len / k_motion);
+      k1 = k_motion;
+    }
+  }
   if (k1 - k0 < 2)
     input_error("polish: frequencies {:.1f}-{:.1f} Å leave fewer than 3 shells for the B-factors (--bfac_minfreq, "
                 "--bfac_maxfreq)", opt.bfac_minfreq, 1.0 / f_fit_max);
@@ -750,7 +760,7 @@ PolishResult polish(const PolishOptions& opt_in) {
       }
       MovieFrames mf = open_movie(mic, opt, ref_voltage);
       MovieReader reader(mf.meta.movie);
-      if (!mf.meta.gain.empty()) mf.gain = gains.at(mf.meta.gain);
+      if (!mf.meta.gain.empty()) mf.gain = &gains.at(mf.meta.gain);
       if (!mf.meta.hot_x.empty()) {
         mf.hot.assign(size_t(reader.nx()) * size_t(reader.ny()), 0);
         for (size_t h = 0; h < mf.meta.hot_x.size(); ++h)
