@@ -173,12 +173,14 @@ def polish(d, *args):
     return r
 
 
-@pytest.mark.parametrize("case", ["no_corr_mic", "missing_map", "no_subset"])
+@pytest.mark.parametrize("case", ["no_corr_mic", "missing_map", "no_subset", "training_mode"])
 def test_bad_input_stops_with_a_message(data, case):
     d = data
     args = list(POLISH)
     if case == "no_corr_mic":
         args = args[:-2]
+    elif case == "training_mode":
+        args += ["--params3"]
     elif case == "missing_map":
         args[3] = "nothing.mrc"
     else:
@@ -195,6 +197,7 @@ def test_bad_input_stops_with_a_message(data, case):
     r = run_regula("polish", *args, "--o", f"Bad_{case}/", cwd=d, check=False)
     assert r.returncode == 1, r.stderr
     assert "error" in r.stderr and "Traceback" not in r.stderr
-    msg = {"no_corr_mic": "--corr_mic", "missing_map": "nothing.mrc", "no_subset": "rlnRandomSubset"}[case]
+    msg = {"no_corr_mic": "--corr_mic", "missing_map": "nothing.mrc", "no_subset": "rlnRandomSubset",
+           "training_mode": "--params3: not implemented yet"}[case]
     assert msg in r.stderr, r.stderr
     assert not any((d / f"Bad_{case}").glob("**/*.star")) if (d / f"Bad_{case}").exists() else True

@@ -32,6 +32,19 @@ inline std::function<void()> refuse_options(CLI::App* s, const std::vector<std::
   };
 }
 
+// The half-map options of the correction jobs (ctf_refine, polish), RELION's names, for options
+// with the fields postprocess, half1, half2, mask, angpix_ref and pad.
+template <class JobOptions>
+void add_half_map_options(CLI::App* s, JobOptions& o) {
+  s->add_option("--f", o.postprocess, "Postprocess STAR file: half maps and mask from its data_general");
+  s->add_option("--m1", o.half1, "Unfiltered half map 1");
+  s->add_option("--m2", o.half2, "Unfiltered half map 2");
+  s->add_option("--mask", o.mask, "Mask multiplied into both half maps (values in [0, 1])");
+  s->add_option("--angpix_ref", o.angpix_ref, "Pixel size of the maps, Å (<= 0: from the header)")
+      ->capture_default_str();
+  s->add_option("--pad", o.pad, "Fourier padding of the projections")->capture_default_str();
+}
+
 // Each subcommand file implements one of these.
 void add_info(CLI::App& app);
 void add_star_handler(CLI::App& app);

@@ -15,14 +15,8 @@ void add_ctf_refine(CLI::App& app) {
       "magnification, beam tilt and odd aberrations, even aberrations, per-particle defocus, in that order;\n"
       "writes OUT/particles_ctf_refine.star and PNG images of the fitted phases");
   s->add_option("--i", opt->particles, "Particles with refined poses and half sets (run_data.star)");
-  s->add_option("--f", opt->postprocess, "Postprocess STAR file: half maps and mask from its data_general");
   s->add_option("--o", opt->out_dir, "Output directory");
-  s->add_option("--m1", opt->half1, "Unfiltered half map 1");
-  s->add_option("--m2", opt->half2, "Unfiltered half map 2");
-  s->add_option("--mask", opt->mask, "Mask multiplied into both half maps (values in [0, 1])");
-  s->add_option("--angpix_ref", opt->angpix_ref, "Pixel size of the maps, Å (<= 0: from the header)")
-      ->capture_default_str();
-  s->add_option("--pad", opt->pad, "Fourier padding of the projections")->capture_default_str();
+  add_half_map_options(s, *opt);
   s->add_flag("--fit_defocus", opt->fit_defocus, "Refine defocus (and astigmatism, see --fit_mode)");
   s->add_option("--fit_mode", opt->fit_mode,
                 "Five letters for phase shift, defocus, astigmatism, Cs, B-factor: p (per particle), m (per\n"

@@ -15,13 +15,7 @@ void add_polish(CLI::App& app) {
       "writes OUT/<micrograph>_tracks.star, OUT/bfactors.star and OUT/shiny.star");
   s->add_option("--i", opt->particles, "Particles with refined poses and half sets (run_data.star)");
   s->add_option("--o", opt->out_dir, "Output directory");
-  s->add_option("--f", opt->postprocess, "Postprocess STAR file: half maps and mask from its data_general");
-  s->add_option("--m1", opt->half1, "Unfiltered half map 1");
-  s->add_option("--m2", opt->half2, "Unfiltered half map 2");
-  s->add_option("--mask", opt->mask, "Mask multiplied into both half maps (values in [0, 1])");
-  s->add_option("--angpix_ref", opt->angpix_ref, "Pixel size of the maps, Å (<= 0: from the header)")
-      ->capture_default_str();
-  s->add_option("--pad", opt->pad, "Fourier padding of the projections")->capture_default_str();
+  add_half_map_options(s, *opt);
   s->add_option("--corr_mic", opt->corr_mic,
                 "Motion correction's corrected_micrographs.star (rlnMicrographMetadata of every micrograph)");
   s->add_option("--first_frame", opt->first_frame, "First frame used (1-based)")->capture_default_str();
@@ -44,7 +38,16 @@ void add_polish(CLI::App& app) {
                 "Highest resolution of the per-frame B-factor fit, Å (<= 0: the half maps' FSC 0.143)")
       ->capture_default_str();
   s->add_option("--j", opt->threads, "Threads")->capture_default_str();
-  s->callback([opt] { polish(*opt); });
+  auto refuse = refuse_options(
+      s, {"--params2", "--params3", "--min_p", "--eval_frac", "--align_frac", "--only_do_unfinished", "--window",
+          "--scale", "--crop", "--ctf_multiply", "--float16", "--recenter", "--bfactors", "--suffix", "--unreg_glob",
+          "--glob_off", "--no_whiten", "--cc_pad", "--sq_exp_ker", "--absolute_params", "--gi", "--max_ed",
+          "--out_cut", "--B_parts", "--eer_upsampling", "--eer_grouping", "--hot"},
+      "regula polish: see docs/polish.md for what it does not do yet");
+  s->callback([opt, refuse] {
+    refuse();
+    polish(*opt);
+  });
 }
 
 }  // namespace regula::cli

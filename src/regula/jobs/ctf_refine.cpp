@@ -1067,16 +1067,7 @@ CtfRefineResult ctf_refine(const CtfRefineOptions& opt_in) {
   CtfRefineOptions opt = opt_in;
   if (!opt.out_dir.empty() && opt.out_dir.back() == '/') opt.out_dir.pop_back();
 
-  HalfReferenceOptions ro;
-  ro.command = "ctf_refine";
-  ro.postprocess = opt.postprocess;
-  ro.half1 = opt.half1;
-  ro.half2 = opt.half2;
-  ro.mask = opt.mask;
-  ro.angpix_ref = opt.angpix_ref;
-  ro.pad = opt.pad;
-  ro.threads = opt.threads;
-  HalfReferences refs = load_half_references(ro);
+  HalfReferences refs = load_half_references(half_reference_options(opt, "ctf_refine"));
   const int N = refs.box;
   const double ref_pixel = refs.pixel_size, f_max = refs.f_max;
 

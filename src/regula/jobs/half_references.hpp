@@ -34,4 +34,20 @@ struct HalfReferences {
 
 HalfReferences load_half_references(const HalfReferenceOptions& opt);
 
+// The reference options of a job whose options have the fields postprocess, half1, half2, mask,
+// angpix_ref, pad and threads (CtfRefineOptions, PolishOptions).
+template <class JobOptions>
+HalfReferenceOptions half_reference_options(const JobOptions& o, std::string command) {
+  HalfReferenceOptions r;
+  r.command = std::move(command);
+  r.postprocess = o.postprocess;
+  r.half1 = o.half1;
+  r.half2 = o.half2;
+  r.mask = o.mask;
+  r.angpix_ref = o.angpix_ref;
+  r.pad = o.pad;
+  r.threads = o.threads;
+  return r;
+}
+
 }  // namespace regula

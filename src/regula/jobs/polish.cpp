@@ -256,16 +256,7 @@ PolishResult polish(const PolishOptions& opt_in) {
       input_error("{}: expected three numbers s_vel s_div s_acc (positive s_vel and s_div)", opt.params_file);
   }
 
-  HalfReferenceOptions ro;
-  ro.command = "polish";
-  ro.postprocess = opt.postprocess;
-  ro.half1 = opt.half1;
-  ro.half2 = opt.half2;
-  ro.mask = opt.mask;
-  ro.angpix_ref = opt.angpix_ref;
-  ro.pad = opt.pad;
-  ro.threads = opt.threads;
-  const HalfReferences refs = load_half_references(ro);
+  const HalfReferences refs = load_half_references(half_reference_options(opt, "polish"));
   double f_fit_max = refs.f_max;
   // The motion fit uses every frequency where the half maps still agree (FSC > 0): the references
   // are FSC-weighted, so shells of low FSC count little, and stopping at FSC 0.143 (as the B-factor
