@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <regex>
 
 #include <fmt/format.h>
@@ -125,11 +126,15 @@ struct MovieFrames {
   MovieMotion meta;
   double angpix = 0, coords_angpix = 0, dose = 0, pre = 0, voltage_factor = 1;
   int first = 0, count = 0;  // movie frames [first, first + count), 0-based
+  std::unique_ptr<MovieReader> reader;
   const Grid<float>* gain = nullptr;  // the gain reference (kept once per file), or none
-  std::vector<unsigned char> hot;
+  std::vector<unsigned char> hot;     // 1 at the metadata's hot pixels (empty: none)
 };
 
-MovieFrames open_movie(const Micrograph& mic, const PolishOptions& opt, double voltage) {
+// The movie of a micrograph ready to read: its metadata, reader, gain (read once per file into
+// `gains`) and hot-pixel mask. InputError for anything missing or inconsistent.
+MovieFrames open_movie(const Micrograph& mic, const PolishOptions& opt, double voltage,
+                       std::map<std::string, Grid<float>>& gains) {
   MovieFrames mf;
   mf.meta = read_movie_motion(mic.metadata);
   const MovieMotion& m = mf.meta;
@@ -153,6 +158,21 @@ MovieFrames open_movie(const Micrograph& mic, const PolishOptions& opt, double v
     if (size_t(f) >= m.shift_x.size() || m.shift_x[size_t(f)] < -9990)
       input_error("{}: frame {} has no global shift (motion correction did not use it; see --first_frame/--last_frame)",
                   mic.metadata, f + 1);
+  mf.reader = std::make_unique<MovieReader>(m.movie);
+  const MovieReader& r = *mf.reader;
+  if (r.frames() < mf.first + mf.count)
+    input_error("{}: the movie has {} frames, {} expected", m.movie, r.frames(), mf.first + mf.count);
+  if (!m.gain.empty()) {
+    auto it = gains.find(m.gain);
+    if (it == gains.end()) it = gains.emplace(m.gain, mrc::read(m.gain)).first;
+    mf.gain = &it->second;
+  }
+  if (!m.hot_x.empty()) {
+    mf.hot.assign(size_t(r.nx()) * size_t(r.ny()), 0);
+    for (size_t h = 0; h < m.hot_x.size(); ++h)
+      if (m.hot_x[h] >= 0 && m.hot_y[h] >= 0 && m.hot_x[h] < r.nx() && m.hot_y[h] < r.ny())
+        mf.hot[size_t(m.hot_y[h]) * size_t(r.nx()) + size_t(m.hot_x[h])] = 1;
+  }
   return mf;
 }
 
@@ -172,8 +192,8 @@ void initial_track(const MovieFrames& mf, int f, double x, double y, double& tx,
 }
 
 // Reads frame f of the movie with the gain and hot pixels applied.
-Grid<float> read_frame(MovieReader& reader, const MovieFrames& mf, int f, const std::string& metadata) {
-  Grid<float> frame = reader.read(f);
+Grid<float> read_frame(const MovieFrames& mf, int f, const std::string& metadata) {
+  Grid<float> frame = mf.reader->read(f);
   if (mf.gain) {
     if (!mf.gain->same_shape(frame))
       input_error("{}: gain reference {} is {}x{}, the movie's frames {}x{}", metadata, mf.meta.gain, mf.gain->nx(),
@@ -357,17 +377,8 @@ PolishResult polish(const PolishOptions& opt_in) {
   for (size_t mi = 0; mi < mics.size(); ++mi) {
     const Micrograph& mic = mics[mi];
     MovieFrames mf;
-    std::unique_ptr<MovieReader> reader;
     try {
-      mf = open_movie(mic, opt, ref_voltage);
-      reader = std::make_unique<MovieReader>(mf.meta.movie);
-      if (reader->frames() < mf.first + mf.count)
-        input_error("{}: the movie has {} frames, {} expected", mf.meta.movie, reader->frames(), mf.first + mf.count);
-      if (!mf.meta.gain.empty()) {
-        auto it = gains.find(mf.meta.gain);
-        if (it == gains.end()) it = gains.emplace(mf.meta.gain, mrc::read(mf.meta.gain)).first;
-        mf.gain = &it->second;
-      }
+      mf = open_movie(mic, opt, ref_voltage, gains);
     } catch (const InputError& e) {
       spdlog::warn("polish: micrograph {} skipped ({} particles): {}", mic.name, mic.particles.size(), e.what());
       ++res.micrographs_skipped;
@@ -385,12 +396,6 @@ PolishResult polish(const PolishOptions& opt_in) {
       res.skipped += long(mic.particles.size());
       progress.advance(1);
       continue;
-    }
-    if (!mf.meta.hot_x.empty()) {
-      mf.hot.assign(size_t(reader->nx()) * size_t(reader->ny()), 0);
-      for (size_t h = 0; h < mf.meta.hot_x.size(); ++h)
-        if (mf.meta.hot_x[h] >= 0 && mf.meta.hot_y[h] >= 0 && mf.meta.hot_x[h] < reader->nx() && mf.meta.hot_y[h] < reader->ny())
-          mf.hot[size_t(mf.meta.hot_y[h]) * size_t(reader->nx()) + size_t(mf.meta.hot_x[h])] = 1;
     }
     const int F = mf.count;
     const size_t P = mic.particles.size();
@@ -418,7 +423,7 @@ PolishResult polish(const PolishOptions& opt_in) {
     for (int f = 0; f < F && readable; ++f) {
       Grid<float> frame;
       try {
-        frame = read_frame(*reader, mf, mf.first + f, mic.metadata);
+        frame = read_frame(mf, mf.first + f, mic.metadata);
       } catch (const InputError& e) {
         spdlog::warn("polish: micrograph {} skipped ({} particles): {}", mic.name, P, e.what());
         readable = false;
@@ -749,15 +754,7 @@ PolishResult polish(const PolishOptions& opt_in) {
         progress2.advance(1);
         continue;
       }
-      MovieFrames mf = open_movie(mic, opt, ref_voltage);
-      MovieReader reader(mf.meta.movie);
-      if (!mf.meta.gain.empty()) mf.gain = &gains.at(mf.meta.gain);
-      if (!mf.meta.hot_x.empty()) {
-        mf.hot.assign(size_t(reader.nx()) * size_t(reader.ny()), 0);
-        for (size_t h = 0; h < mf.meta.hot_x.size(); ++h)
-          if (mf.meta.hot_x[h] >= 0 && mf.meta.hot_y[h] >= 0 && mf.meta.hot_x[h] < reader.nx() && mf.meta.hot_y[h] < reader.ny())
-            mf.hot[size_t(mf.meta.hot_y[h]) * size_t(reader.nx()) + size_t(mf.meta.hot_x[h])] = 1;
-      }
+      const MovieFrames mf = open_movie(mic, opt, ref_voltage, gains);
       const size_t P = mic.particles.size();
       std::vector<Grid<cfloat>> acc(P);
       std::vector<int> s_mov(P);
@@ -767,7 +764,7 @@ PolishResult polish(const PolishOptions& opt_in) {
         acc[q] = Grid<cfloat>(g.box / 2 + 1, g.box, 1);
       }
       for (int f = 0; f < F; ++f) {
-        const Grid<float> frame = read_frame(reader, mf, mf.first + f, mic.metadata);
+        const Grid<float> frame = read_frame(mf, mf.first + f, mic.metadata);
         pool.parallel_for(0, P, [&](size_t q, int) {
           const size_t i = mic.particles[q];
           const OpticsGroupModel& g = optics.group_of(i);
