@@ -1,9 +1,14 @@
 """Accuracy of a 3D refinement against the simulation truth (numpy + gemmi + mrcfile only).
 
-Usage: evaluate_refine.py TRUTH_STAR DATA_STAR FINAL_MAP TRUE_MAP [OUT_TSV]
+Usage: evaluate_refine.py [--sym GROUP] TRUTH_STAR DATA_STAR FINAL_MAP TRUE_MAP [OUT_TSV]
 Prints the median angular error (degrees; the angle of the rotation between the true and the
 refined orientation, RELION's ZYZ convention), the median origin error (Å), and the FSC of the
-final map against the true map per shell (also written to OUT_TSV)."""
+final map against the true map per shell (also written to OUT_TSV).
+
+With --sym (Cn, Dn, T or O, RELION's axes: n-fold about z, 2-folds of Dn about x, T and O with the
+3-fold about (1,1,1) and the 2- or 4-fold about z) the angular error is the smallest over the
+estimate's symmetry copies A_est R: the orientations A and A R give the same projection
+(docs/conventions.md)."""
 import sys
 import numpy as np
 import gemmi
@@ -42,14 +47,53 @@ def fsc(a, b):
     return np.array(out)
 
 
+def axis_rotation(axis, degrees):
+    u = np.asarray(axis, float) / np.linalg.norm(axis)
+    t = np.radians(degrees)
+    K = np.array([[0, -u[2], u[1]], [u[2], 0, -u[0]], [-u[1], u[0], 0]])
+    return np.eye(3) + np.sin(t) * K + (1 - np.cos(t)) * K @ K
+
+
+def group_operators(name):
+    """All rotations of the point group, as the closure of its generators."""
+    name = name.upper()
+    if name[0] == "C":
+        gens = [axis_rotation((0, 0, 1), 360 / int(name[1:]))]
+    elif name[0] == "D":
+        gens = [axis_rotation((0, 0, 1), 360 / int(name[1:])), axis_rotation((1, 0, 0), 180)]
+    elif name == "T":
+        gens = [axis_rotation((0, 0, 1), 180), axis_rotation((1, 1, 1), 120)]
+    elif name == "O":
+        gens = [axis_rotation((0, 0, 1), 90), axis_rotation((1, 1, 1), 120)]
+    else:
+        sys.exit(f"evaluate_refine.py: symmetry {name} not supported (Cn, Dn, T, O)")
+    ops = [np.eye(3)]
+    grew = True
+    while grew:
+        grew = False
+        for a in list(ops):
+            for g in gens:
+                m = g @ a
+                if not any(np.allclose(m, o, atol=1e-9) for o in ops):
+                    ops.append(m)
+                    grew = True
+    return ops
+
+
+args = sys.argv[1:]
+ops = [np.eye(3)]
+if args and args[0] == "--sym":
+    ops = group_operators(args[1])
+    args = args[2:]
+sys.argv = sys.argv[:1] + args
 truth, data = table(sys.argv[1]), table(sys.argv[2])
 errs, oerr = [], []
 for name, t in truth.items():
     if name not in data:
         continue
     d = data[name]
-    R = euler_matrix(*t[:3]).T @ euler_matrix(*d[:3])
-    errs.append(np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1, 1))))
+    At, Ae = euler_matrix(*t[:3]), euler_matrix(*d[:3])
+    errs.append(min(np.degrees(np.arccos(np.clip((np.trace(At.T @ Ae @ S) - 1) / 2, -1, 1))) for S in ops))
     oerr.append(np.hypot(t[3] - d[3], t[4] - d[4]))
 final = mrcfile.read(sys.argv[3]).astype(np.float64)
 true = mrcfile.read(sys.argv[4]).astype(np.float64)
@@ -61,6 +105,9 @@ print(f"particles compared: {len(errs)}")
 print(f"median angular error: {np.median(errs):.2f} deg; median origin error: {np.median(oerr):.2f} A")
 below = np.nonzero(curve[1:] < 0.143)[0]
 s143 = below[0] if len(below) else n // 2
+below5 = np.nonzero(curve[1:] < 0.5)[0]
+s05 = below5[0] if len(below5) else n // 2
+print(f"FSC(final, truth) = 0.5 near shell {s05} ({n * px / max(s05, 1):.2f} A)")
 print(f"FSC(final, truth) = 0.143 near shell {s143} ({n * px / max(s143, 1):.2f} A)")
 if len(sys.argv) > 5:
     with open(sys.argv[5], "w") as f:

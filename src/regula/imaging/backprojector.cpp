@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cassert>
 #include <cmath>
+#include <limits>
 #include <atomic>
 #include <cstdint>
 
@@ -496,16 +497,33 @@ void BackProjector::make_hermitian() {
 
 void BackProjector::symmetrise(const std::vector<Mat3>& operators, int nthreads) {
   make_hermitian();
-  std::vector<Mat3> ops;
+  // The operators other than the identity (the identity term is the accumulator itself). Entries
+  // within 1e-9 of an integer are snapped to it: operators made of 0 and +-1 (the 2- and 4-folds on
+  // the axes, the 3-folds on the cube diagonals: C2, C4, D2, D4, T, O) then map lattice points onto
+  // lattice points and are applied by lookup, exactly, instead of by interpolation.
+  struct Op {
+    Mat3 S;
+    bool integral = true;
+  };
+  std::vector<Op> ops;
   for (const Mat3& R : operators) {
     double dev = 0;
+    Op op;
     for (int i = 0; i < 3; ++i)
-      for (int j = 0; j < 3; ++j) dev += std::abs(R[i][j] - (i == j ? 1.0 : 0.0));
-    if (dev >= 1e-9) ops.push_back(R);  // the identity term is the accumulator itself
+      for (int j = 0; j < 3; ++j) {
+        dev += std::abs(R[i][j] - (i == j ? 1.0 : 0.0));
+        const double r = std::round(R[i][j]);
+        if (std::abs(R[i][j] - r) < 1e-9)
+          op.S[i][j] = r;
+        else
+          op.S[i][j] = R[i][j], op.integral = false;
+      }
+    if (dev >= 1e-9) ops.push_back(op);
   }
   if (ops.empty()) return;
   const int dim = ball_.dim;
   const double max_r = double(pad_) * r_max_;
+  const int R = ball_.R;
   // Linear interpolation at q (any sign of x: the Hermitian mate for x < 0); 0 outside the ball.
   auto interp = [&](double px, double py, double pz, cfloat& d, float& w) {
     const bool flip = px < 0;
@@ -515,7 +533,6 @@ void BackProjector::symmetrise(const std::vector<Mat3>& operators, int nthreads)
     std::complex<double> ds(0, 0);
     double ws = 0;
     // The 4 (2D: 2) rows of the 8 corners looked up once each (x0 >= 0 here).
-    const int R = ball_.R;
     for (int dz = 0; dz <= (dim == 3 ? 1 : 0); ++dz) {
       const int z = z0 + dz;
       if (dim == 3 && (z < -R || z > R)) continue;
@@ -537,34 +554,62 @@ void BackProjector::symmetrise(const std::vector<Mat3>& operators, int nthreads)
     d = cfloat(float(ds.real()), float(flip ? -ds.imag() : ds.imag()));
     w = float(ws);
   };
+  // The value at the lattice point S p of an integral operator (its mate for x < 0; 0 outside).
+  auto lookup = [&](int qx, int qy, int qz, cfloat& d, float& w) {
+    const bool flip = qx < 0;
+    if (flip) qx = -qx, qy = -qy, qz = -qz;
+    const int64_t j = ball_.find(qx, qy, dim == 3 ? qz : 0);
+    if (j < 0) {
+      d = cfloat(0, 0);
+      w = 0;
+      return;
+    }
+    d = flip ? std::conj(data_[size_t(j)]) : data_[size_t(j)];
+    w = weight_[size_t(j)];
+  };
   std::vector<cfloat> nd = data_;
   std::vector<float> nw = weight_;
-  // Plane by plane (z; the single plane of 2D split by rows y): each point reads the old values
-  // and writes only its own new ones.
-  const int R = ball_.R, zlo = dim == 3 ? -R : 0, zhi = dim == 3 ? R : 0;
-  const size_t units = dim == 3 ? size_t(zhi - zlo + 1) : size_t(2 * R + 1);
+  // In tiles of kTile^3 points (2D: rows, split by y): the points of a tile and their images under
+  // one operator lie close together in memory, so an operator's reads stay in the cache. A unit is
+  // a slab of kTile planes (z); each point reads the old values and writes only its own new ones,
+  // adding the operators' terms in the order given whatever the tiling and the number of threads.
+  constexpr int kTile = 8;
+  const int zlo = dim == 3 ? -R : 0, zhi = dim == 3 ? R : 0;
+  const size_t units = dim == 3 ? size_t((zhi - zlo) / kTile + 1) : size_t(2 * R + 1);
   ThreadPool pool(std::max(1, std::min(nthreads, int(units))));
   pool.parallel_for(0, units, [&](size_t u, int) {
-    const int z = dim == 3 ? zlo + int(u) : 0;
-    const int y0 = dim == 3 ? -R : -R + int(u), y1 = dim == 3 ? R : y0;
-    for (int y = y0; y <= y1; ++y) {
-      const size_t r = ball_.row(y, z);
-      for (int x = 0; x < ball_.len[r]; ++x) {
-        if (double(x) * x + double(y) * y + double(z) * z > max_r * max_r) continue;
-        const size_t i = size_t(ball_.start[r] + x);
-        for (const Mat3& S : ops) {
-          // q' = S q (for 2D the upper-left block)
-          const double qx = S[0][0] * x + S[0][1] * y + (dim == 3 ? S[0][2] * z : 0.0);
-          const double qy = S[1][0] * x + S[1][1] * y + (dim == 3 ? S[1][2] * z : 0.0);
-          const double qz = dim == 3 ? S[2][0] * x + S[2][1] * y + S[2][2] * z : 0.0;
-          cfloat d;
-          float w;
-          interp(qx, qy, qz, d, w);
-          nd[i] += d;
-          nw[i] += w;
+    const int z0 = dim == 3 ? zlo + int(u) * kTile : 0, z1 = dim == 3 ? std::min(zhi, z0 + kTile - 1) : 0;
+    const int ya = dim == 3 ? -R : -R + int(u), yb = dim == 3 ? R : ya;
+    for (int yt = ya; yt <= yb; yt += kTile)
+      for (int xt = 0; xt <= R; xt += kTile)
+        for (const Op& op : ops) {
+          const Mat3& S = op.S;
+          for (int z = z0; z <= z1; ++z)
+            for (int y = yt; y <= std::min(yb, yt + kTile - 1); ++y) {
+              const size_t r = ball_.row(y, z);
+              const int xe = std::min(ball_.len[r], xt + kTile);
+              for (int x = xt; x < xe; ++x) {
+                if (double(x) * x + double(y) * y + double(z) * z > max_r * max_r) continue;
+                const size_t i = size_t(ball_.start[r] + x);
+                cfloat d;
+                float w;
+                if (op.integral) {
+                  // q' = S q in integers (for 2D the upper-left block)
+                  const int qx = int(S[0][0]) * x + int(S[0][1]) * y + (dim == 3 ? int(S[0][2]) * z : 0);
+                  const int qy = int(S[1][0]) * x + int(S[1][1]) * y + (dim == 3 ? int(S[1][2]) * z : 0);
+                  const int qz = dim == 3 ? int(S[2][0]) * x + int(S[2][1]) * y + int(S[2][2]) * z : 0;
+                  lookup(qx, qy, qz, d, w);
+                } else {
+                  const double qx = S[0][0] * x + S[0][1] * y + (dim == 3 ? S[0][2] * z : 0.0);
+                  const double qy = S[1][0] * x + S[1][1] * y + (dim == 3 ? S[1][2] * z : 0.0);
+                  const double qz = dim == 3 ? S[2][0] * x + S[2][1] * y + S[2][2] * z : 0.0;
+                  interp(qx, qy, qz, d, w);
+                }
+                nd[i] += d;
+                nw[i] += w;
+              }
+            }
         }
-      }
-    }
   });
   data_ = std::move(nd);
   weight_ = std::move(nw);
@@ -657,7 +702,13 @@ Grid<float> BackProjector::reconstruct(const ReconstructOptions& opt) const {
       });
       conv.apply(G);
       ball_.for_each([&](size_t i, int x, int y, int z) {
-        if (wt[i] >= 0) uf[i] = float(uf[i] / std::max(wfloor, double(std::abs(G[gpos(x, y, z)]))));
+        // Points without weight (no slice reached them: few particles, a forced final iteration)
+        // take no part: their u multiplies nothing. Elsewhere u stays a finite float (where the
+        // weights around a point are tiny, 1 / floor per iteration would overflow it to inf, and
+        // inf x 0 = NaN would spread over the whole map through the FFTs).
+        if (wt[i] > 0)
+          uf[i] = float(std::min(double(uf[i]) / std::max(wfloor, double(std::abs(G[gpos(x, y, z)]))),
+                                 double(std::numeric_limits<float>::max())));
       });
     }
     u = std::move(uf);

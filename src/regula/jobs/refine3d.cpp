@@ -454,7 +454,14 @@ void Job::process_particle(size_t i, bool final, ParticleImages& images, estep::
   (void)final;
 }
 
+namespace {
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+}  // namespace
+
 IterationReport Job::iterate(bool final) {
+  const auto setup_t0 = std::chrono::steady_clock::now();
   const size_t N = table_.size(), hs = size_t(n_ / 2 + 1);
   const bool cc = cc_iteration();
   IterationReport rep;
@@ -553,6 +560,7 @@ IterationReport Job::iterate(bool final) {
     readers[t] = std::make_unique<ParticleImages>(table_, 8);
   }
   const auto estep_t0 = std::chrono::steady_clock::now();
+  rep.setup_seconds = seconds_since(setup_t0);
   const uint64_t flops0 = estep::detail::sgemm_flops();
   const double sgemm_s0 = estep::detail::sgemm_thread_seconds();
   pool_.parallel_for(0, blocks.mine.size(), [&](size_t u, int thread) {
@@ -624,8 +632,16 @@ IterationReport Job::iterate(bool final) {
     if (sc[kOffsetWeight] > 0) st_.sigma2_offset = std::max(sc[kOffset2] / (2 * sc[kOffsetWeight]), 0.25);
     if (opt_.norm) st_.avg_norm = sc[kNormSum] / double(N);
   }
+  auto reconstruct = [&rep](const BackProjector& bp, const ReconstructOptions& ro) {
+    const auto t = std::chrono::steady_clock::now();
+    Volume v = bp.reconstruct(ro);
+    rep.reconstruct_seconds += seconds_since(t);
+    return v;
+  };
+  const auto sym_t0 = std::chrono::steady_clock::now();
   if (!sym_.is_c1())
     for (auto& b : bp_) b->symmetrise(sym_.operators(), opt_.threads);
+  rep.symmetrise_seconds = seconds_since(sym_t0);
   for (auto& b : bp_) b->make_hermitian();
 
   // Gold-standard FSC of the unregularised halves, then join the low frequencies.
@@ -647,7 +663,7 @@ IterationReport Job::iterate(bool final) {
       ReconstructOptions ro;
       ro.max_frequency = final ? r_ : r_score;
       ro.nthreads = opt_.threads;
-      unreg[size_t(h)] = bp_[size_t(h)]->reconstruct(ro);
+      unreg[size_t(h)] = reconstruct(*bp_[size_t(h)], ro);
     }
     const SolventCorrectedFsc sc =
         solvent_corrected_fsc(unreg[0], unreg[1], solvent_mask_, 0.8, opt_.seed ^ (0x534346ull + uint64_t(st_.iteration)));
@@ -671,7 +687,7 @@ IterationReport Job::iterate(bool final) {
       ro.tau2 = prior.tau2;
       ro.max_frequency = r_;
       ro.nthreads = opt_.threads;
-      Volume map = bp_[size_t(h)]->reconstruct(ro);
+      Volume map = reconstruct(*bp_[size_t(h)], ro);
       mask_reference(map);
       st_.maps[size_t(h)] = std::move(map);
     }
@@ -687,7 +703,7 @@ IterationReport Job::iterate(bool final) {
       ReconstructOptions ro;
       ro.max_frequency = r_;
       ro.nthreads = opt_.threads;
-      st_.maps[size_t(h)] = bp_[size_t(h)]->reconstruct(ro);
+      st_.maps[size_t(h)] = reconstruct(*bp_[size_t(h)], ro);
     }
     BackProjector& all = *bp_[0];
     all.add(*bp_[1]);
@@ -699,7 +715,7 @@ IterationReport Job::iterate(bool final) {
     ro.tau2 = prior.tau2;
     ro.max_frequency = r_;
     ro.nthreads = opt_.threads;
-    final_map_ = all.reconstruct(ro);
+    final_map_ = reconstruct(all, ro);
   }
   bp_[0].reset();
   bp_[1].reset();
@@ -833,6 +849,7 @@ Refine3DResult Job::run() {
     // RELION's order: accuracies from the current references (not after the CC iteration), then the
     // sampling (from the second iteration on).
     if (!final && !cc_iteration()) estimate_accuracy();
+    const double accuracy_seconds = seconds_since(t0);
     if (!final && st_.iteration >= 1) update_sampling();
     Refine3DIterationStats s;
     s.healpix_order = st_.order;
@@ -868,6 +885,11 @@ Refine3DResult Job::run() {
                  rep.estep_sgemm_flops * 1e-9, rep.estep_sgemm_seconds,
                  rep.estep_sgemm_seconds > 0 ? rep.estep_sgemm_flops * 1e-9 / rep.estep_sgemm_seconds : 0.0,
                  rep.estep_seconds > 0 ? 100 * rep.estep_sgemm_seconds / (rep.estep_seconds * opt_.threads) : 0.0);
+    spdlog::info("refine3d: iteration {} besides the E-step: accuracy estimate {:.1f} s, projectors {:.1f} s, "
+                 "symmetrisation {:.1f} s, reconstructions {:.1f} s, the rest (sums, FSC, outputs) {:.1f} s",
+                 s.iteration, accuracy_seconds, rep.setup_seconds, rep.symmetrise_seconds, rep.reconstruct_seconds,
+                 s.seconds - accuracy_seconds - rep.setup_seconds - rep.estep_seconds - rep.symmetrise_seconds -
+                     rep.reconstruct_seconds);
     if (opt_.stop_after > 0 && st_.iteration >= opt_.stop_after && !st_.final_done) break;
   }
   res.last_iteration = st_.iteration;

@@ -50,6 +50,9 @@ struct IterationReport {
   size_t significance_bound = 0;           // particles whose coarse set reached --maxsig
   // This process's E-step: wall time, SGEMM flops and the time in SGEMMs summed over the threads.
   double estep_seconds = 0, estep_sgemm_flops = 0, estep_sgemm_seconds = 0;
+  // Wall time of the other parts: the setup before the E-step (projectors, coarse slices), the
+  // symmetrisation of the back-projectors and the reconstructions of the M-step.
+  double setup_seconds = 0, symmetrise_seconds = 0, reconstruct_seconds = 0;
 };
 
 struct Files {
