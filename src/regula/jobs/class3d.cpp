@@ -389,7 +389,7 @@ Report Job::iterate() {
   const int rc = std::clamp(int(std::ceil(2.0 * n_ / (radius_px_ * step))), 6, n_ / 2);
   px_coarse_ = estep::search_pixels(n_, cc ? r_ : std::min(r_, rc));
   proj_.clear();
-  for (int k = 0; k < K_; ++k) proj_.push_back(std::make_unique<Projector>(st_.maps[size_t(k)], 2, std::min(r_ + 1, n_ / 2)));
+  for (int k = 0; k < K_; ++k) proj_.push_back(std::make_unique<Projector>(st_.maps[size_t(k)], 2, std::min(r_ + 1, n_ / 2), opt_.threads));
   if (local) table_dirs_.build(order);
   setup_ = estep::Search3DSetup();
   setup_.classes = Ksearch;

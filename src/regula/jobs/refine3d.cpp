@@ -122,6 +122,7 @@ class Job {
   void initialise();
   IterationReport iterate(bool final);
   void estimate_accuracy();
+  void make_projectors();
   void update_sampling();
   void update_after(const IterationReport& rep);
   void process_particle(size_t i, bool final, ParticleImages& images, estep::Search3DWork& ws, ThreadSums& sums);
@@ -297,6 +298,15 @@ int Job::coarse_shells() const {
   return std::clamp(int(std::ceil(n_ * angpix_ / coarse_res)), 6, n_ / 2);
 }
 
+// The projectors of the two half references up to the E-step's limit (+1 for interpolation): made
+// once per iteration, for the accuracy estimate and the E-step; the M-step drops them.
+void Job::make_projectors() {
+  const int r = std::min(st_.current_shells + 1, n_ / 2);
+  for (int h = 0; h < 2; ++h)
+    if (!proj_[size_t(h)] || proj_[size_t(h)]->r_max() != r)
+      proj_[size_t(h)] = std::make_unique<Projector>(st_.maps[size_t(h)], opt_.pad, r, opt_.threads);
+}
+
 // RELION's calculateExpectedAngularErrors: for particles of the data set at their current poses,
 // the smallest rotation (of rot, tilt or psi, chosen at random) and shift (of x or y) of the
 // reference whose CTF-weighted difference over the E-step's pixels reaches exp(-4.6) = 0.01 in the
@@ -308,8 +318,8 @@ void Job::estimate_accuracy() {
   const size_t m = px.size();
   const std::vector<estep::SearchPixels> ref_px = ml3d::reference_pixels(px, optics_model_);
   std::vector<double> rot_err(trials, 0.0), trans_err(trials, 0.0);
-  std::array<std::unique_ptr<Projector>, 2> P;
-  for (int h = 0; h < 2; ++h) P[size_t(h)] = std::make_unique<Projector>(st_.maps[size_t(h)], opt_.pad, std::min(st_.current_shells + 1, n_ / 2));
+  make_projectors();
+  const auto& P = proj_;
   pool_.parallel_for(0, trials, [&](size_t t, int) {
     const size_t i = t * N / trials;  // spread over the data set
     const int h = st_.half[i] - 1, g = table_.optics_index[i];
@@ -480,8 +490,7 @@ IterationReport Job::iterate(bool final) {
   for (size_t q = 0; q < px_fine_.size(); ++q) fine_counts_[size_t(px_fine_.shell[q])] += 1;
   if (st_.local) local_table_.build(st_.order);
   const std::vector<std::array<double, 2>> trans = translations(st_.offset_range, st_.offset_step);
-  for (int h = 0; h < 2; ++h)
-    proj_[size_t(h)] = std::make_unique<Projector>(st_.maps[size_t(h)], opt_.pad, std::min(r_score + 1, n_ / 2));
+  make_projectors();
   if (!st_.local) {
     OrientationSampling os(st_.order, sym_, healpix_angular_step(st_.order));
     global_dirs_.resize(os.num_directions());
