@@ -16,6 +16,7 @@
 
 #include "regula/core/random.hpp"
 #include "regula/estep/pose_search.hpp"
+#include "regula/imaging/mask.hpp"
 #include "regula/imaging/projector.hpp"
 #include "regula/io/mrc.hpp"
 #include "regula/estep/search3d.hpp"
@@ -187,4 +188,85 @@ TEST(RefineSymmetry, DistanceModuloTheGroup) {
       }
     }
   }
+}
+
+// The weighted slices of the M-step come from Search3DInput::x_sums, the unmasked particle (RELION
+// back-projects Fimg_nomask: at high defocus and resolution the CTF spreads the signal far outside
+// the mask), the posterior from x, the masked one. With one translation and no CTF, a slice's data
+// over its weight is the transform of the particle it was made from, at every pixel.
+TEST(RefineSums, BackProjectTheUnmaskedParticle) {
+  struct Capture : estep::SliceSink {
+    std::vector<std::vector<float>> data, weight;
+    std::vector<float> kx, ky;
+    void insert(int, std::span<const float> x, std::span<const float> y, const float* d, const float* w,
+                const Mat3&) override {
+      kx.assign(x.begin(), x.end());
+      ky.assign(y.begin(), y.end());
+      data.emplace_back(d, d + 2 * x.size());
+      weight.emplace_back(w, w + x.size());
+    }
+  };
+  Fixture f("C1");
+  const Euler truth{20, 60, 30};
+  Image img = f.proj.project_real(euler_to_matrix(truth.rot, truth.tilt, truth.psi));
+  double var = 0;
+  for (float v : img) var += double(v) * v;
+  const double sigma = std::sqrt(var / double(img.size()) / 0.5);
+  auto rng = make_rng(23, 1);
+  for (auto& v : img) v += float(sigma * normal01(rng));
+  Image masked = img;
+  apply_particle_mask(masked, 14, 3, MaskCentre{}, ParticleSolvent{true, nullptr, 1, 0});
+  const estep::RotatableParticle x(masked, 0, 0, std::nullopt);
+  const estep::RotatableParticle raw(img, 0, 0, std::nullopt, estep::RotatableParticle::PlainOnly{});
+  const int n = f.n;
+  std::vector<float> inv_sigma2(size_t(n / 2 + 1), float(1.0 / (double(n) * n * sigma * sigma)));
+  inv_sigma2[0] = 0;
+  f.table.build(3);
+  estep::Search3DSetup S;
+  S.proj = {&f.proj};
+  S.px_coarse = &f.px_coarse;
+  S.px_fine = &f.px_fine;
+  S.local = true;
+  S.order = 3;
+  S.sigma_ang = healpix_angular_step(3);
+  S.table = &f.table;
+  S.trans = {{0, 0}};
+  S.oversampling = 0;
+  estep::Search3DInput in;
+  in.x = &x;
+  in.inv_sigma2 = inv_sigma2;
+  in.rot = truth.rot;
+  in.tilt = truth.tilt;
+  in.psi = truth.psi;
+  auto run = [&](const estep::RotatableParticle* sums, Capture& c) {
+    in.x_sums = sums;
+    estep::Search3DWork ws;
+    estep::Search3DResult r;
+    estep::search_particle_3d(S, in, ws, &c, r);
+    EXPECT_TRUE(r.valid);
+    return r;
+  };
+  Capture with_raw, with_masked;
+  const estep::Search3DResult a = run(&raw, with_raw), b = run(nullptr, with_masked);
+  EXPECT_EQ(a.max_posterior, b.max_posterior);  // the posterior is the masked particle's
+  ASSERT_EQ(with_raw.data.size(), with_masked.data.size());
+  ASSERT_GT(with_raw.data.size(), 1u);
+  double worst_raw = 0, worst_masked = 0, differ = 0;
+  for (size_t j = 0; j < with_raw.data.size(); ++j)
+    for (size_t q = 0; q < with_raw.kx.size(); ++q) {
+      const float w = with_raw.weight[j][q];
+      EXPECT_EQ(w, with_masked.weight[j][q]);
+      if (w <= 0) continue;
+      const int kx = int(with_raw.kx[q]), ky = int(with_raw.ky[q]);
+      const cfloat xr = raw.on_grid(kx, ky), xm = x.on_grid(kx, ky);
+      const cfloat dr(with_raw.data[j][2 * q] / w, with_raw.data[j][2 * q + 1] / w);
+      const cfloat dm(with_masked.data[j][2 * q] / w, with_masked.data[j][2 * q + 1] / w);
+      const double scale = std::abs(xr) + std::abs(xm) + 1e-30;
+      worst_raw = std::max(worst_raw, double(std::abs(dr - xr)) / scale);
+      worst_masked = std::max(worst_masked, double(std::abs(dm - xm)) / scale);
+      differ = std::max(differ, double(std::abs(xr - xm)) / scale);
+    }
+  EXPECT_LT(worst_raw, 1e-4);
+  EXPECT_LT(worst_masked, 1e-4);
+  EXPECT_GT(differ, 0.1) << "the mask changed nothing: the test lost its point";
 }

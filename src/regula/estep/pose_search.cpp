@@ -31,6 +31,14 @@ SearchPixels search_pixels(int n, int r_max) {
 }
 
 RotatableParticle::RotatableParticle(const Image& in, double dx_px, double dy_px, std::optional<ParticleOptics> optics)
+    : RotatableParticle(in, dx_px, dy_px, std::move(optics), true) {}
+
+RotatableParticle::RotatableParticle(const Image& in, double dx_px, double dy_px, std::optional<ParticleOptics> optics,
+                                     PlainOnly)
+    : RotatableParticle(in, dx_px, dy_px, std::move(optics), false) {}
+
+RotatableParticle::RotatableParticle(const Image& in, double dx_px, double dy_px, std::optional<ParticleOptics> optics,
+                                     bool padded)
     : n_(in.nx()), optics_(std::move(optics)) {
   const int n = n_, N2 = kPad * n;
   if (optics_ && optics_->group().box != n)
@@ -42,7 +50,7 @@ RotatableParticle::RotatableParticle(const Image& in, double dx_px, double dy_px
     mapped_ = true;
     to_image_ = {{{T[1][1] / det, -T[0][1] / det}, {-T[1][0] / det, T[0][0] / det}}};
   }
-  // The aberration phase is removed from the masked image's own transform (RELION's order); the
+  // The aberration phase is removed from the image's own transform (RELION's order); the
   // padded transform below is then that of the corrected image.
   Image corrected;
   if (optics_ && optics_->group().has_phase()) {
@@ -51,20 +59,22 @@ RotatableParticle::RotatableParticle(const Image& in, double dx_px, double dy_px
     corrected = from_fourier_centred(G_, n);
   }
   const Image& img = corrected.empty() ? in : corrected;
-  Image big(N2, N2);
-  const int off = N2 / 2 - n / 2;  // the image centre n/2 goes to the padded centre
-  // Bilinear interpolation of the padded transform multiplies the image by the transform of the
-  // triangle kernel, sinc^2(pi x / N2) sinc^2(pi y / N2) (x, y from the centre); dividing by it
-  // first (as the projector does for its maps) makes interpolated values unbiased.
-  std::vector<double> corr(static_cast<size_t>(n));
-  for (int x = 0; x < n; ++x) {
-    const double a = kPi * double(x - n / 2) / N2;
-    corr[size_t(x)] = a == 0 ? 1.0 : (std::sin(a) / a) * (std::sin(a) / a);
+  if (padded) {
+    Image big(N2, N2);
+    const int off = N2 / 2 - n / 2;  // the image centre n/2 goes to the padded centre
+    // Bilinear interpolation of the padded transform multiplies the image by the transform of the
+    // triangle kernel, sinc^2(pi x / N2) sinc^2(pi y / N2) (x, y from the centre); dividing by it
+    // first (as the projector does for its maps) makes interpolated values unbiased.
+    std::vector<double> corr(static_cast<size_t>(n));
+    for (int x = 0; x < n; ++x) {
+      const double a = kPi * double(x - n / 2) / N2;
+      corr[size_t(x)] = a == 0 ? 1.0 : (std::sin(a) / a) * (std::sin(a) / a);
+    }
+    for (int y = 0; y < n; ++y)
+      for (int x = 0; x < n; ++x) big(x + off, y + off) = float(img(x, y) / (corr[size_t(x)] * corr[size_t(y)]));
+    F_ = fourier_centred(big);
+    if (dx_px != 0 || dy_px != 0) shift_phase(F_, dx_px, dy_px, N2);
   }
-  for (int y = 0; y < n; ++y)
-    for (int x = 0; x < n; ++x) big(x + off, y + off) = float(img(x, y) / (corr[size_t(x)] * corr[size_t(y)]));
-  F_ = fourier_centred(big);
-  if (dx_px != 0 || dy_px != 0) shift_phase(F_, dx_px, dy_px, N2);
   // On-grid values (residuals, power spectrum) from the plain transform.
   if (corrected.empty()) G_ = fourier_centred(img);
   if (dx_px != 0 || dy_px != 0) shift_phase(G_, dx_px, dy_px, n);
@@ -80,6 +90,7 @@ RotatableParticle::RotatableParticle(const Image& in, double dx_px, double dy_px
 }
 
 cfloat RotatableParticle::value(double kx, double ky) const {
+  if (F_.empty()) runtime_error("RotatableParticle::value: a plain-only particle has no interpolation grid");
   double px = kPad * kx, py = kPad * ky;
   bool conj = false;
   if (px < 0) {

@@ -60,6 +60,10 @@ class RotatableParticle {
   // `optics`: the particle's image model, whose group must have box n and outlive this object
   // (none: no CTF, no aberrations).
   RotatableParticle(const Image& img, double dx_px, double dy_px, std::optional<ParticleOptics> optics);
+  // Only the plain transform (on_grid, ctf, shell_power; not value or reference_value): the
+  // unmasked particle whose weighted slices the 3D jobs back-project (Search3DInput::x_sums).
+  struct PlainOnly {};
+  RotatableParticle(const Image& img, double dx_px, double dy_px, std::optional<ParticleOptics> optics, PlainOnly);
   int size() const { return n_; }
   // X(k) at a continuous frequency (Fourier pixels of the n box), |k| <= n/2.
   cfloat value(double kx, double ky) const;
@@ -79,6 +83,7 @@ class RotatableParticle {
   const std::vector<double>& shell_power() const { return power_; }
 
  private:
+  RotatableParticle(const Image& img, double dx_px, double dy_px, std::optional<ParticleOptics> optics, bool padded);
   int n_ = 0;
   Grid<cfloat> F_;  // padded, gridding-corrected: (kPad n/2+1) x kPad n half-complex, FFT order in y
   Grid<cfloat> G_;  // plain: (n/2+1) x n

@@ -145,9 +145,11 @@ class Job {
   double norm_factor(size_t i) const { return opt_.norm && st_.p.norm[i] > 0 ? st_.avg_norm / st_.p.norm[i] : 1.0; }
   double group_scale(size_t i) const { return opt_.scale ? st_.group_scale[size_t(groups_.group_of[i])] : 1.0; }
   // ml3d::read_particle with this job's mask, norm correction and the particle's current origin.
-  // `unmasked`: as read (the first noise estimate without --zero_mask, as RELION's).
+  // `unmasked`: as read (the back-projected particle; the first noise estimate without --zero_mask,
+  // as RELION's).
   Image read_particle(ParticleImages& images, size_t i, const std::vector<double>* noise_sigma2,
                       bool unmasked = false) const;
+  ml3d::ParticleMasking masking() const;
   std::vector<double> tau2_of(const Volume& map) const;
   void mask_reference(Volume& map) const;
   double shell_to_A(double s) const { return s > 0 ? n_ * angpix_ / s : 999.0; }
@@ -245,10 +247,13 @@ void Job::mask_reference(Volume& map) const {
   ml3d::mask_reference(map, solvent_mask_, opt_.flatten_solvent, radius_px_, opt_.mask_edge);
 }
 
+ml3d::ParticleMasking Job::masking() const {
+  return ml3d::ParticleMasking{n_, radius_px_, opt_.mask_edge, opt_.zero_mask, opt_.seed};
+}
+
 Image Job::read_particle(ParticleImages& images, size_t i, const std::vector<double>* noise_sigma2,
                          bool unmasked) const {
-  const ml3d::ParticleMasking m{n_, radius_px_, opt_.mask_edge, opt_.zero_mask, opt_.seed};
-  return ml3d::read_particle(images, table_, i, m, norm_factor(i), {st_.p.ox[i] / angpix_, st_.p.oy[i] / angpix_},
+  return ml3d::read_particle(images, table_, i, masking(), norm_factor(i), {st_.p.ox[i] / angpix_, st_.p.oy[i] / angpix_},
                              noise_sigma2, unmasked);
 }
 
@@ -286,10 +291,12 @@ void Job::initialise() {
   pool_.parallel_for(0, nchunk, [&](size_t c, int) {
     ParticleImages images(table_, 4);
     for (size_t i = c * 64; i < std::min(N, (c + 1) * 64); ++i) {
-      const Image img = read_particle(images, i, nullptr, !opt_.zero_mask);
+      Image img = read_particle(images, i, nullptr, true);  // back-projected unmasked: its L1 bounds the sums
       double l1 = 0;
       for (float v : img) l1 += std::abs(double(v));
       l1max[c] = std::max(l1max[c], l1);
+      if (opt_.zero_mask)
+        ml3d::mask_particle(img, masking(), i, {st_.p.ox[i] / angpix_, st_.p.oy[i] / angpix_}, nullptr);
       noise.add(size_t(table_.optics_index[i]), img);
     }
   });
@@ -314,8 +321,13 @@ void Job::process_particle(size_t i, ParticleImages& images, estep::Search3DWork
     inv_sigma2[s] = cc ? 1.0f : (v > 0 ? float(1.0 / v) : 0.0f);
   }
   const double ox = st_.p.ox[i] / angpix_, oy = st_.p.oy[i] / angpix_;
-  estep::RotatableParticle x(read_particle(images, i, &st_.sigma2[size_t(g)]), ox, oy,
-                             ml3d::particle_optics(optics_model_, i, opt_.ctf));
+  // The masked particle is scored; the unmasked one is back-projected (as RELION).
+  const Image raw = read_particle(images, i, nullptr, true);
+  Image img = raw;
+  ml3d::mask_particle(img, masking(), i, {ox, oy}, &st_.sigma2[size_t(g)]);
+  estep::RotatableParticle x(img, ox, oy, ml3d::particle_optics(optics_model_, i, opt_.ctf));
+  const estep::RotatableParticle x_sums(raw, ox, oy, ml3d::particle_optics(optics_model_, i, opt_.ctf),
+                                        estep::RotatableParticle::PlainOnly{});
   // Iteration 1 (or the staged start's first classification): each particle's sums go to a class
   // drawn at random (seeded per particle): K different starting maps from one reference, as RELION's
   // random subsets. The search is then against the one reference (class 0 of the setup).
@@ -331,6 +343,7 @@ void Job::process_particle(size_t i, ParticleImages& images, estep::Search3DWork
   ml3d::SliceRouter sink(route);
   estep::Search3DInput in;
   in.x = &x;
+  in.x_sums = &x_sums;
   in.inv_sigma2 = inv_sigma2;
   in.scale = group_scale(i);
   in.rot = st_.p.rot[i];

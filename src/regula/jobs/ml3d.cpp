@@ -46,10 +46,14 @@ Image read_particle(ParticleImages& images, const ParticleTable& table, size_t i
                 m.n);
   if (norm_factor != 1.0)
     for (float& v : img) v = float(v * norm_factor);
-  if (unmasked) return img;
+  if (!unmasked) mask_particle(img, m, i, origin_px, noise_sigma2);
+  return img;
+}
+
+void mask_particle(Image& img, const ParticleMasking& m, size_t i, std::array<double, 2> origin_px,
+                   const std::vector<double>* noise_sigma2) {
   apply_particle_mask(img, m.radius_px, m.edge_px, MaskCentre{-origin_px[0], -origin_px[1]},
                       ParticleSolvent{m.zero_mask, noise_sigma2, m.seed, i});
-  return img;
 }
 
 Volume read_solvent_mask(const std::string& path, int n) {

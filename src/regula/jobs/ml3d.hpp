@@ -69,6 +69,11 @@ struct ParticleMasking {
 Image read_particle(ParticleImages& images, const ParticleTable& table, size_t i, const ParticleMasking& m,
                     double norm_factor, std::array<double, 2> origin_px, const std::vector<double>* noise_sigma2,
                     bool unmasked = false);
+// The masking of read_particle, on an image read unmasked: particle i's soft circle about the box
+// centre moved by -origin_px. The jobs keep the unmasked image too: it is what they back-project
+// (RELION's Fimg_nomask), while the masked one is scored.
+void mask_particle(Image& img, const ParticleMasking& m, size_t i, std::array<double, 2> origin_px,
+                   const std::vector<double>* noise_sigma2);
 
 // Routes the E-step's weighted slices of class c into back-projector c (nullptr: dropped).
 class SliceRouter : public estep::SliceSink {

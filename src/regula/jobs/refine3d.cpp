@@ -129,9 +129,11 @@ class Job {
   // The previous values of particle i (kept when its search finds no finite likelihood).
   void keep_particle(size_t i);
   // ml3d::read_particle with this job's mask, norm correction and the particle's current origin.
-  // `unmasked`: as read (the first noise estimate without --zero_mask, as RELION's).
+  // `unmasked`: as read (the back-projected particle; the first noise estimate without --zero_mask,
+  // as RELION's).
   Image read_particle(ParticleImages& images, size_t i, const std::vector<double>* noise_sigma2,
                       bool unmasked = false) const;
+  ml3d::ParticleMasking masking() const;
   int coarse_shells() const;
   int shell_of(double A) const { return int(std::lround(n_ * angpix_ / A)); }
   double shell_to_A(double s) const { return s > 0 ? n_ * angpix_ / s : 999.0; }
@@ -220,10 +222,13 @@ void Job::setup() {
   all_counts_ = ml3d::shell_pixel_counts(n_);
 }
 
+ml3d::ParticleMasking Job::masking() const {
+  return ml3d::ParticleMasking{n_, radius_px_, opt_.mask_edge, opt_.zero_mask, opt_.seed};
+}
+
 Image Job::read_particle(ParticleImages& images, size_t i, const std::vector<double>* noise_sigma2,
                          bool unmasked) const {
-  const ml3d::ParticleMasking m{n_, radius_px_, opt_.mask_edge, opt_.zero_mask, opt_.seed};
-  return ml3d::read_particle(images, table_, i, m, norm_factor(i), {st_.p.ox[i] / angpix_, st_.p.oy[i] / angpix_},
+  return ml3d::read_particle(images, table_, i, masking(), norm_factor(i), {st_.p.ox[i] / angpix_, st_.p.oy[i] / angpix_},
                              noise_sigma2, unmasked);
 }
 
@@ -272,10 +277,12 @@ void Job::initialise() {
   pool_.parallel_for(0, nblocks, [&](size_t c, int) {
     ParticleImages images(table_, 4);
     for (size_t i = c * 64; i < std::min(N, (c + 1) * 64); ++i) {
-      Image img = read_particle(images, i, nullptr, !opt_.zero_mask);
+      Image img = read_particle(images, i, nullptr, true);  // back-projected unmasked: its L1 bounds the sums
       double l1 = 0;
       for (float v : img) l1 += std::abs(double(v));
       l1max[c] = std::max(l1max[c], l1);
+      if (opt_.zero_mask)
+        ml3d::mask_particle(img, masking(), i, {st_.p.ox[i] / angpix_, st_.p.oy[i] / angpix_}, nullptr);
       noise.add(size_t((st_.half[i] - 1) * optics_ + table_.optics_index[i]), img);
     }
     prog.advance(double(std::min(N, (c + 1) * 64) - c * 64));
@@ -423,11 +430,17 @@ void Job::process_particle(size_t i, bool final, ParticleImages& images, estep::
     const double v = st_.sigma2[size_t(h)][size_t(g)][s];
     inv_sigma2[s] = cc ? 1.0f : (v > 0 ? float(1.0 / v) : 0.0f);
   }
-  Image img = read_particle(images, i, &st_.sigma2[size_t(h)][size_t(g)]);
+  // The masked particle is scored; the unmasked one is back-projected (as RELION).
+  const Image raw = read_particle(images, i, nullptr, true);
+  Image img = raw;
   const double ox = st_.p.ox[i] / angpix_, oy = st_.p.oy[i] / angpix_;  // current offsets, px
+  ml3d::mask_particle(img, masking(), i, {ox, oy}, &st_.sigma2[size_t(h)][size_t(g)]);
   estep::RotatableParticle x(img, ox, oy, ml3d::particle_optics(optics_model_, i, opt_.ctf));
+  const estep::RotatableParticle x_sums(raw, ox, oy, ml3d::particle_optics(optics_model_, i, opt_.ctf),
+                                        estep::RotatableParticle::PlainOnly{});
   estep::Search3DInput in;
   in.x = &x;
+  in.x_sums = &x_sums;
   in.inv_sigma2 = inv_sigma2;
   in.scale = group_scale(h, i);
   in.rot = st_.p.rot[i];
