@@ -380,6 +380,47 @@ TEST(EstepWeightedSums, DeterministicOverThreads) {
   EXPECT_EQ(p1.aa, p2.aa);
 }
 
+// ParticleBatch::x_sums (the particles unmasked, RELION's Fimg_nomask): the reference sums, dense
+// and sparse, are those of a batch whose images are x_sums, bit for bit; the particle sums (noise,
+// scale) stay those of x.
+TEST(EstepWeightedSums, ReferenceSumsTakeTheUnmaskedParticles) {
+  Problem pr(19, 0.05, Noise::Groups);
+  Posteriors post;
+  const std::vector<float> wf = test_weights(pr, &post);
+  std::vector<cfloat> raw(pr.x.size());
+  auto g = make_rng(19, 2);
+  for (auto& v : raw) v = cfloat(float(normal01(g)), float(normal01(g)));
+  ParticleBatch both = pr.batch(), as_raw = pr.batch();
+  both.x_sums = raw;
+  as_raw.x = raw;
+  ThreadPool pool(2);
+  ReferenceSums a, b, sa, sb;
+  a.reset(pr.nj, pr.m);
+  b.reset(pr.nj, pr.m);
+  sa.reset(pr.nj, pr.m);
+  sb.reset(pr.nj, pr.m);
+  accumulate_reference_sums(both, pr.shifts(), pr.nj, wf, a, pool);
+  accumulate_reference_sums(as_raw, pr.shifts(), pr.nj, wf, b, pool);
+  accumulate_reference_sums(both, pr.shifts(), post.significant, sa, pool);
+  accumulate_reference_sums(as_raw, pr.shifts(), post.significant, sb, pool);
+  EXPECT_EQ(a.data, b.data);
+  EXPECT_EQ(a.weight, b.weight);
+  EXPECT_EQ(sa.data, sb.data);
+  ReferenceSums masked;
+  masked.reset(pr.nj, pr.m);
+  accumulate_reference_sums(pr.batch(), pr.shifts(), pr.nj, wf, masked, pool);
+  EXPECT_NE(masked.data, a.data) << "x_sums changed nothing: the test lost its point";
+  ParticleSums p1, p2;
+  compute_particle_sums(both, pr.shifts(), pr.refs(), wf, p1, pool);
+  compute_particle_sums(pr.batch(), pr.shifts(), pr.refs(), wf, p2, pool);
+  EXPECT_EQ(p1.diff2, p2.diff2);
+  EXPECT_EQ(p1.xa, p2.xa);
+  std::vector<cfloat> short_raw(raw.begin(), raw.end() - 1);
+  ParticleBatch bad = pr.batch();
+  bad.x_sums = short_raw;
+  EXPECT_THROW(bad.validate(), Error);
+}
+
 TEST(EstepWeightedSums, SparseMatchesDenseReferenceOnSignificantSet) {
   Problem pr(18, 0.02, Noise::Shared);
   Posteriors post;

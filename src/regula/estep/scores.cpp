@@ -21,6 +21,8 @@ namespace regula::estep {
 
 void ParticleBatch::validate() const {
   if (x.size() != n * m) runtime_error("estep: particle images have {} values, expected n*m = {}", x.size(), n * m);
+  if (!x_sums.empty() && x_sums.size() != n * m)
+    runtime_error("estep: unmasked particle images have {} values, expected n*m = {}", x_sums.size(), n * m);
   if (ctf.size() != n * m) runtime_error("estep: CTF has {} values, expected n*m = {}", ctf.size(), n * m);
   if (m == 0 || inv_sigma2.size() % m != 0 || inv_sigma2.empty())
     runtime_error("estep: inverse noise variances have {} values, expected a positive multiple of m = {}",
@@ -70,7 +72,7 @@ void shifted_weighted_row(const ParticleBatch& pb, const TranslationPhases& tp, 
   const size_t m = pb.m;
   const float s = pb.scale_of(i);
   const float* w = pb.inv_sigma2_row(i);
-  const cfloat* x = pb.x.data() + i * m;
+  const cfloat* x = (for_sums && !pb.x_sums.empty() ? pb.x_sums : pb.x).data() + i * m;
   const float* c = pb.ctf.data() + i * m;
   const bool no_ctf = for_sums && pb.premultiplied_of(i);
   const cfloat* ph = tp.phase.data() + t * m;

@@ -34,6 +34,9 @@ struct ParticleBatch {
   size_t n = 0;                          // particles
   size_t m = 0;                          // selected Fourier pixels per particle
   std::span<const cfloat> x;             // n*m: X_i(k), the (unshifted) particle image
+  // n*m: the same particles unmasked (RELION's Fimg_nomask), which the reference sums take (the
+  // CTF spreads the signal outside the particle mask); empty: x. Scores and particle sums use x.
+  std::span<const cfloat> x_sums;
   std::span<const float> ctf;            // n*m: C_i(k), real CTF (1 where no CTF)
   std::span<const float> inv_sigma2;     // rows*m: w(k) = 1/sigma2(k), one row per noise group
   std::span<const uint32_t> noise_row;   // n: row of inv_sigma2 used by particle i; may be empty

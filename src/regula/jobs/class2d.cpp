@@ -75,14 +75,15 @@ using mstep::FourierPixels;
 // One batch of preprocessed particles at the pixels of the current limit.
 struct Batch {
   size_t first = 0, count = 0;
-  std::vector<cfloat> x;         // count * m
+  std::vector<cfloat> x;         // count * m: masked (scored)
+  std::vector<cfloat> x_sums;    // count * m: unmasked (averaged into the classes, as RELION)
   std::vector<float> ctf;        // count * m: the likelihood's CTF factor (CTF^2 for premultiplied data)
   std::vector<uint8_t> premultiplied;  // count
   std::vector<uint32_t> group;   // count
   std::vector<float> scale;      // count
   std::vector<double> power;     // count * (n/2+1): sum of |X|^2 per shell over all non-redundant pixels
   std::vector<double> ctf_max;   // count: max(1, largest |CTF factor|)
-  std::vector<double> x_bound;   // count: L1 norm of the masked image (bounds every |X(k)|) times ctf_max
+  std::vector<double> x_bound;   // count: L1 norm of the image, masked or not (bounds every |X(k)|), times ctf_max
 
   // The kernels' view of the batch at m pixels, with inverse noise rows per optics group (or one
   // row shared by all particles, without scales).
@@ -91,6 +92,7 @@ struct Batch {
     pb.n = count;
     pb.m = m;
     pb.x = x;
+    pb.x_sums = x_sums;
     pb.ctf = ctf;
     pb.premultiplied = premultiplied;
     pb.inv_sigma2 = inv_sigma2;
@@ -286,6 +288,7 @@ void Job::load_batch(size_t first, size_t count, const FourierPixels& px, Batch&
   b.first = first;
   b.count = count;
   b.x.assign(count * m, cfloat(0, 0));
+  b.x_sums.assign(count * m, cfloat(0, 0));
   b.ctf.assign(count * m, 1.0f);
   b.premultiplied.assign(count, 0);
   b.group.assign(count, 0);
@@ -312,7 +315,11 @@ void Job::load_batch(size_t first, size_t count, const FourierPixels& px, Batch&
         b.power[i * hs + size_t(all_px_.shell[k])] += std::norm(F[all_px_.index[k]]);
     };
     const bool power_unmasked = initial && !opt_.zero_mask;  // RELION's first sigma2 without --zero_mask
-    if (power_unmasked) add_power(fourier_centred(img));
+    // The unmasked particle is what the class averages take (RELION's Fimg_nomask).
+    Grid<cfloat> F_raw = fourier_centred(img);
+    double l1_raw = 0;
+    for (float v : img) l1_raw += std::abs(double(v));
+    if (power_unmasked) add_power(F_raw);
     if (power_unmasked) first_noise->add(size_t(table_.optics_index[p]), img);
     // Solvent: zeros, or noise of the current spectrum (none yet in iteration 0: the mean).
     const ParticleSolvent solvent{opt_.zero_mask, initial ? nullptr : &st_.sigma2[size_t(table_.optics_index[p])],
@@ -324,10 +331,14 @@ void Job::load_batch(size_t first, size_t count, const FourierPixels& px, Batch&
     Grid<cfloat> F = fourier_centred(img);
     // Re-centre by the current origin, the centre of the translation search.
     if (ox != 0 || oy != 0) shift_phase(F, ox / angpix_, oy / angpix_, n_);
+    if (ox != 0 || oy != 0) shift_phase(F_raw, ox / angpix_, oy / angpix_, n_);
     if (!power_unmasked) add_power(F);
     if (opt_.ctf) {
       const ParticleOptics po = optics_model_.particle(p);
-      if (po.group().has_phase()) po.group().demodulate(F);  // beam tilt, odd Zernikes (RELION's order)
+      if (po.group().has_phase()) {  // beam tilt, odd Zernikes (RELION's order)
+        po.group().demodulate(F);
+        po.group().demodulate(F_raw);
+      }
       Grid<float> c;
       po.ctf_half(c);
       for (size_t k = 0; k < m; ++k) {
@@ -336,8 +347,11 @@ void Job::load_batch(size_t first, size_t count, const FourierPixels& px, Batch&
       }
       b.premultiplied[i] = po.group().premultiplied;
     }
-    b.x_bound[i] = l1 * b.ctf_max[i];
-    for (size_t k = 0; k < m; ++k) b.x[i * m + k] = F[px.index[k]];
+    b.x_bound[i] = std::max(l1, l1_raw) * b.ctf_max[i];
+    for (size_t k = 0; k < m; ++k) {
+      b.x[i * m + k] = F[px.index[k]];
+      b.x_sums[i * m + k] = F_raw[px.index[k]];
+    }
     b.group[i] = uint32_t(table_.optics_index[p]);
     b.scale[i] = float(st_.scale.empty() ? 1.0 : st_.scale[p]);
   });
