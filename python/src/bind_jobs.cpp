@@ -48,6 +48,9 @@ void def_job(py::module_& m, const char* name, const char* struct_name,
   m.def(name, [f, run, convert, setup](py::kwargs kw) {
     Opt o{};
     f->apply(o, kw);
+    // With continue_from, the checkpoint's number of iterations unless the keyword gives one (as --iter).
+    if constexpr (requires { o.iterations_given; })
+      o.iterations_given = kw.contains("iterations") || kw.contains("max_iterations");
     if (setup) setup(o, kw);
     auto r = run_job(kw, [&] { return run(o); });
     return convert(o, std::move(r));

@@ -474,6 +474,7 @@ TEST(Class2D, SameBitsForAnyThreadCountAndForContinuedRuns) {
   c.continue_from = a.optimiser_star;
   c.out_root = (dir / "cont").string();
   c.iterations = 4;
+  c.iterations_given = true;  // else the checkpoint's 2
   c.threads = 2;
   Class2DResult b = run_class2d(c);
   EXPECT_EQ(b.last_iteration, 4);

@@ -41,9 +41,10 @@ def test_outputs_and_fractions(data):
 
 
 def test_continue_equals_uninterrupted_for_any_thread_count(data, tmp_path):
-    # The fixture ran four iterations with two threads; continue its iteration-2 checkpoint with one.
-    run("class3d", "--continue", data / "c" / "run_it002_optimiser.star", "--o", tmp_path / "run", "--iter", 4,
-        "--j", 1)
+    # The fixture ran four iterations (--iter 4) with two threads; continue its iteration-2 checkpoint
+    # with one. --iter is not given: the checkpoint's (4) holds, as RELION's --continue.
+    run("class3d", "--continue", data / "c" / "run_it002_optimiser.star", "--o", tmp_path / "run", "--j", 1)
+    assert not (tmp_path / "run_it005_optimiser.star").exists()
     for k in (1, 2):
         a = mrcfile.read(tmp_path / f"run_it004_class00{k}.mrc")
         b = mrcfile.read(data / "c" / f"run_it004_class00{k}.mrc")

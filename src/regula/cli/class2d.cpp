@@ -32,7 +32,7 @@ void add_class2d(CLI::App& app) {
   s->add_option("--j", opt->threads, "Threads (results do not depend on it)")->capture_default_str();
   s->add_option("--seed,--random_seed", opt->seed, "Random seed (initial classes)")->capture_default_str();
   s->add_option("--continue", opt->continue_from, "Continue from ROOT_itNNN_optimiser.star (options are read from it; "
-                "--o, --iter and --j from the command line)");
+                "--o and --j from the command line, --iter when given)");
   s->add_option("--angpix", opt->angpix, "Pixel size, Å, when the STAR file has none");
   s->add_option("--ini_high", opt->ini_high, "Initial frequency limit, Å")->capture_default_str();
   s->add_option("--incr_size", opt->incr_size, "Shells added above the SSNR >= 1 resolution for the next limit")
@@ -50,7 +50,10 @@ void add_class2d(CLI::App& app) {
   s->add_flag("--dont_combine_weights_via_disc")->description("Ignored (RELION compatibility)");
   s->add_flag("--dont_check_norm")->description("Ignored (RELION compatibility)");
   // The ignored values must live as long as the parser writes them.
-  s->callback([opt, pool] { run_class2d(*opt); });
+  s->callback([opt, pool, s] {
+    opt->iterations_given = s->count("--iter") > 0;
+    run_class2d(*opt);
+  });
 }
 
 }  // namespace regula::cli

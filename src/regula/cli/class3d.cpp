@@ -35,8 +35,8 @@ void add_class3d(CLI::App& app) {
   s->add_option("--sigma_ang", opt->sigma_ang, "Local searches around the input poses with this angular sigma, degrees");
   s->add_option("--j", opt->threads, "Threads (results do not depend on it)")->capture_default_str();
   s->add_option("--seed,--random_seed", opt->seed, "Random seed (initial random subsets)")->capture_default_str();
-  s->add_option("--continue", opt->continue_from, "Continue from ROOT_itNNN_optimiser.star (--o, --iter and --j "
-                "from the command line)");
+  s->add_option("--continue", opt->continue_from, "Continue from ROOT_itNNN_optimiser.star (options from it; --o and --j "
+                "from the command line, --iter when given)");
   s->add_option("--angpix", opt->angpix, "Pixel size, Å, when the STAR file has none");
   s->add_flag("--norm,!--no_norm", opt->norm, "Per-particle noise normalisation, RELION's rlnNormCorrection (default on)");
   s->add_flag("--scale,!--no_scale", opt->scale, "Per-group intensity-scale correction (default on)");
@@ -49,7 +49,10 @@ void add_class3d(CLI::App& app) {
   auto ignored = std::make_shared<int>(0);
   s->add_option("--pool", *ignored, "Accepted (RELION compatibility: its batch size; no effect on results)");
   s->add_flag("--dont_combine_weights_via_disc")->description("Ignored (RELION compatibility)");
-  s->callback([opt, ignored] { run_class3d(*opt); });
+  s->callback([opt, ignored, s] {
+    opt->iterations_given = s->count("--iter") > 0;
+    run_class3d(*opt);
+  });
 }
 
 }  // namespace regula::cli

@@ -28,9 +28,13 @@ void add_initial_model(CLI::App& app) {
       ->capture_default_str();
   s->add_option("--j", opt->threads, "Threads (results do not depend on it)")->capture_default_str();
   s->add_option("--seed,--random_seed", opt->seed, "Random seed")->capture_default_str();
-  s->add_option("--continue", opt->continue_from, "Continue from ROOT_em_itNNN_optimiser.star");
+  s->add_option("--continue", opt->continue_from, "Continue from ROOT_em_itNNN_optimiser.star (options from it; --o and --j "
+                "from the command line, --iter when given)");
   s->add_option("--angpix", opt->angpix, "Pixel size, Å, when the STAR file has none");
-  s->callback([opt] { run_initial_model(*opt); });
+  s->callback([opt, s] {
+    opt->iterations_given = s->count("--iter") > 0;
+    run_initial_model(*opt);
+  });
 }
 
 }  // namespace regula::cli

@@ -35,7 +35,7 @@ void add_refine3d(CLI::App& app) {
   s->add_option("--j", opt->threads, "Threads (results do not depend on it)")->capture_default_str();
   s->add_option("--seed,--random_seed", opt->seed, "Random seed (half sets)")->capture_default_str();
   s->add_option("--continue", opt->continue_from, "Continue from ROOT_itNNN_optimiser.star (options from it; --o and --j "
-                "from the command line)");
+                "from the command line, --iter when given)");
   s->add_option("--angpix", opt->angpix, "Pixel size, Å, when the STAR file has none");
   s->add_flag("--norm,!--no_norm", opt->norm, "Per-particle noise normalisation, RELION's rlnNormCorrection (default on)");
   s->add_flag("--scale,!--no_scale", opt->scale, "Per-group intensity-scale correction, groups by rlnGroupName or "
@@ -59,7 +59,10 @@ void add_refine3d(CLI::App& app) {
   s->add_flag("--split_random_halves")->description("Accepted (always on)");
   s->add_flag("--dont_combine_weights_via_disc")->description("Ignored (RELION compatibility)");
   s->add_option("--pool", *ignored_i, "Accepted (RELION compatibility: its batch size; no effect on results)");
-  s->callback([opt, ignored_i, ignored_s] { run_refine3d(*opt); });
+  s->callback([opt, ignored_i, ignored_s, s] {
+    opt->iterations_given = s->count("--iter") > 0;
+    run_refine3d(*opt);
+  });
 }
 
 }  // namespace regula::cli

@@ -29,6 +29,7 @@ struct Class2DOptions {
   std::string out_root;           // --o: output root (ROOT_itNNN_*)
   int classes = 0;                // --K
   int iterations = 25;            // --iter: last iteration number
+  bool iterations_given = false;  // --iter on the command line (with --continue, else the checkpoint's)
   double tau2_fudge = 2;          // --tau2_fudge (T)
   double particle_diameter = 0;   // --particle_diameter, Å (0: box - 2 * mask edge)
   bool ctf = false;               // --ctf: CTF-correct

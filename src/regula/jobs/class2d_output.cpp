@@ -270,6 +270,7 @@ void read_checkpoint(const std::string& path, Class2DOptions& opt, std::string& 
   auto get = [&](const std::string& key) { return o.get(key); };
   auto get_d = [&](const std::string& key) { return o.number(key); };
   opt.classes = int(get_d("rlnNrClasses"));
+  if (!opt.iterations_given) opt.iterations = int(get_d("rlnNumberOfIterations"));
   opt.seed = uint64_t(get_d("rlnRandomSeed"));
   opt.tau2_fudge = get_d("rlnTau2FudgeFactor");
   opt.particle_diameter = get_d("rlnParticleDiameter");

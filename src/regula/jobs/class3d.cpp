@@ -766,6 +766,7 @@ void Job::read_checkpoint() {
   auto get = [&](const std::string& key) { return o.get(key); };
   auto get_d = [&](const std::string& key) { return o.number(key); };
   opt_.classes = int(get_d("rlnNrClasses"));
+  if (!opt_.iterations_given) opt_.iterations = int(get_d("rlnNumberOfIterations"));
   opt_.seed = uint64_t(get_d("rlnRandomSeed"));
   opt_.tau2_fudge = get_d("rlnTau2FudgeFactor");
   opt_.particle_diameter = get_d("rlnParticleDiameter");

@@ -21,6 +21,7 @@ struct Class3DOptions {
   std::string reference;            // --ref
   int classes = 0;                  // --K
   int iterations = 25;              // --iter
+  bool iterations_given = false;    // --iter on the command line (with --continue, else the checkpoint's)
   double tau2_fudge = 4;            // --tau2_fudge (T)
   double ini_high = 40;             // --ini_high, Å
   bool firstiter_cc = false;        // --firstiter_cc

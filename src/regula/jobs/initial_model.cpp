@@ -114,6 +114,7 @@ InitialModelResult run_initial_model(const InitialModelOptions& opt) {
   c.out_root = opt.out_root + "_em";
   c.classes = opt.classes;
   c.iterations = opt.iterations;
+  c.iterations_given = opt.iterations_given;
   c.tau2_fudge = opt.tau2_fudge;
   c.max_significants = opt.max_significants;
   c.norm = false;  // RELION's initial model runs without --norm and --scale

@@ -23,6 +23,7 @@ struct InitialModelOptions {
   double particle_diameter = 0;   // --particle_diameter, Å (0: box - 10 px)
   bool ctf = false;               // --ctf
   int iterations = 15;            // --iter
+  bool iterations_given = false;  // --iter on the command line (with --continue, else the checkpoint's)
   double ini_high = 50;           // --ini_high, Å: first frequency limit
   int healpix_order = 2;          // --healpix_order
   double offset_range = 4;        // --offset_range, px

@@ -47,6 +47,7 @@ struct Refine3DOptions {
   bool norm = true;                 // --norm: per-particle noise normalisation (RELION's rlnNormCorrection)
   bool scale = true;                // --scale: per-group scale correction (rlnGroupScaleCorrection)
   int max_iterations = 50;          // --iter: safety limit on the number of iterations
+  bool iterations_given = false;    // --iter on the command line (with --continue, else the checkpoint's)
   double mask_edge = 5;             // soft edge of the masks, px
   int max_healpix_order = 8;        // finest order the auto-sampling may reach (RELION: none)
   int pad = 2;                      // --pad: oversampling of the Fourier lattices (1 or 2)

@@ -236,6 +236,7 @@ void read_checkpoint(const std::string& path, Refine3DOptions& opt, std::string&
   auto get = [&](const std::string& key) { return o.get(key); };
   auto get_d = [&](const std::string& key) { return o.number(key); };
   opt.seed = uint64_t(get_d("rlnRandomSeed"));
+  if (!opt.iterations_given) opt.max_iterations = int(get_d("rlnNumberOfIterations"));
   opt.particle_diameter = get_d("rlnParticleDiameter");
   opt.mask_edge = get_d("rlnWidthMaskEdge");
   opt.zero_mask = get_d("rlnDoZeroMask") != 0;
