@@ -325,9 +325,9 @@ void Job::process_particle(size_t i, ParticleImages& images, estep::Search3DWork
   const Image raw = read_particle(images, i, nullptr, true);
   Image img = raw;
   ml3d::mask_particle(img, masking(), i, {ox, oy}, &st_.sigma2[size_t(g)]);
-  estep::RotatableParticle x(img, ox, oy, ml3d::particle_optics(optics_model_, i, opt_.ctf));
-  const estep::RotatableParticle x_sums(raw, ox, oy, ml3d::particle_optics(optics_model_, i, opt_.ctf),
-                                        estep::RotatableParticle::PlainOnly{});
+  const auto optics = ml3d::particle_optics(optics_model_, i, opt_.ctf);
+  estep::RotatableParticle x(img, ox, oy, optics);
+  const estep::RotatableParticle x_sums(raw, ox, oy, optics, estep::RotatableParticle::PlainOnly{});
   // Iteration 1 (or the staged start's first classification): each particle's sums go to a class
   // drawn at random (seeded per particle): K different starting maps from one reference, as RELION's
   // random subsets. The search is then against the one reference (class 0 of the setup).

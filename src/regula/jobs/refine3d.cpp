@@ -435,9 +435,9 @@ void Job::process_particle(size_t i, bool final, ParticleImages& images, estep::
   Image img = raw;
   const double ox = st_.p.ox[i] / angpix_, oy = st_.p.oy[i] / angpix_;  // current offsets, px
   ml3d::mask_particle(img, masking(), i, {ox, oy}, &st_.sigma2[size_t(h)][size_t(g)]);
-  estep::RotatableParticle x(img, ox, oy, ml3d::particle_optics(optics_model_, i, opt_.ctf));
-  const estep::RotatableParticle x_sums(raw, ox, oy, ml3d::particle_optics(optics_model_, i, opt_.ctf),
-                                        estep::RotatableParticle::PlainOnly{});
+  const auto optics = ml3d::particle_optics(optics_model_, i, opt_.ctf);
+  estep::RotatableParticle x(img, ox, oy, optics);
+  const estep::RotatableParticle x_sums(raw, ox, oy, optics, estep::RotatableParticle::PlainOnly{});
   estep::Search3DInput in;
   in.x = &x;
   in.x_sums = &x_sums;
