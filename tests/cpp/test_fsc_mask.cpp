@@ -17,6 +17,7 @@
 #include "regula/core/error.hpp"
 #include "regula/core/fft.hpp"
 #include "regula/core/random.hpp"
+#include "regula/imaging/ctf.hpp"
 #include "regula/imaging/filter.hpp"
 #include "regula/imaging/fsc.hpp"
 #include "regula/imaging/mask.hpp"
@@ -202,6 +203,122 @@ TEST(Mask, ShiftedCentreAndBackgroundImage) {
 // of a shell's mean: 1 / sqrt(400 * coefficients in the shell) off the x = 0 column (|F|^2
 // exponential), sqrt(2 / (400 * coefficients)) on it (mates in pairs; the real DC chi-square with
 // 1 degree); tolerances 4 standard errors.
+namespace {
+// Per shell 0..n/2 of two images' transforms: sum Re(A conj B) and sum |B|^2.
+void shell_sums(const Image& a, const Image& b, std::vector<double>& ab, std::vector<double>& bb) {
+  const int n = a.nx(), h = n / 2;
+  const Grid<cfloat> A = fft_forward(a), B = fft_forward(b);
+  ab.assign(size_t(h + 1), 0.0);
+  bb.assign(size_t(h + 1), 0.0);
+  for (int y = 0; y < n; ++y)
+    for (int x = 0; x <= h; ++x) {
+      const int ky = fft_freq(y, n), s = int(std::lround(std::sqrt(double(x * x + ky * ky))));
+      if (s > h) continue;
+      const size_t k = A.index(x, y, 0);
+      ab[size_t(s)] += double((A[k] * std::conj(B[k])).real());
+      bb[size_t(s)] += double(std::norm(B[k]));
+    }
+}
+CtfReach reach_of(const CtfParams& p, double angpix) {
+  return CtfReach{electron_wavelength(p.voltage_kv), p.defocus_u, p.defocus_v, p.cs_mm * 1e7, angpix, 1.0};
+}
+}  // namespace
+
+// The particle's signal at frequency s, moved by the CTF to a ring of radius R(s): the reach mask
+// keeps it where the particle mask cuts it. Image: a point (Gaussian, sigma 1 px) at the centre
+// through the CTF (underfocus 5000/4000 Å, Cs 2.7 mm, 1 Å/px, box 128): its rings reach 26 px at
+// shell 48 (R = lambda df s - Cs lambda^3 s^3 = 36.9 - 10.9 px; the sum of the two terms would give
+// 48 px and keep much more of the box: checked below).
+TEST(Mask, ReachMaskKeepsTheDelocalisedSignal) {
+  const int n = 128, r_max = 48;
+  const double angpix = 1.0, radius = 8, edge = 3;
+  CtfParams p;
+  p.defocus_u = 5000;
+  p.defocus_v = 4000;
+  p.defocus_angle = 30;
+  const Ctf ctf(p);
+  Grid<cfloat> F = fft_forward(gaussian(n, 1, 1.0));
+  const Grid<float> c = ctf.half_complex(n, angpix);
+  for (size_t k = 0; k < F.size(); ++k) F[k] *= c[k];
+  const Image img = fft_inverse(F, n);
+  const CtfReach reach = reach_of(p, angpix);
+  EXPECT_NEAR(reach.at_shell_px(48, n), 26.05, 0.05);  // 36.91 - 10.86 px
+  Image wide = img, plain = img;
+  const std::vector<double> kept = apply_reach_mask(wide, radius, edge, {}, reach, r_max);
+  apply_spherical_mask(plain, radius, edge, MaskFill::Zero);
+  std::vector<double> ab, bb, pb, pbb;
+  shell_sums(wide, img, ab, bb);
+  shell_sums(plain, img, pb, pbb);
+  // Shares of the signal kept over groups of 8 shells (single shells near a CTF zero hold little).
+  double worst = 1, plain_best = 0;
+  for (int s0 = 1; s0 < r_max; s0 += 8) {
+    double a = 0, b = 0, pa = 0;
+    for (int s = s0; s < s0 + 8; ++s) {
+      a += ab[size_t(s)];
+      b += bb[size_t(s)];
+      pa += pb[size_t(s)];
+    }
+    worst = std::min(worst, a / b);
+    if (s0 >= 25) plain_best = std::max(plain_best, pa / b);
+  }
+  EXPECT_GT(worst, 0.98);       // the reach mask keeps the signal (0.997 measured)
+  EXPECT_LT(plain_best, 0.3);   // the particle mask loses most of it at shells 25-48 (0.05)
+  // And it keeps less of the box than no mask: the widened circle at shell 48 is ~34 px of 64.
+  EXPECT_LT(kept[size_t(r_max)], 0.35);
+  EXPECT_GT(kept[size_t(r_max)], 0.15);
+  // A reach that would take the sum of the two terms (45 px) instead keeps more of the box.
+  CtfReach wrong = reach;
+  wrong.cs = -wrong.cs;
+  Image w2 = img;
+  EXPECT_GT(apply_reach_mask(w2, radius, edge, {}, wrong, r_max)[size_t(r_max)], kept[size_t(r_max)] + 0.15);
+}
+
+// No reach: the particle mask itself (to float rounding), and the share of noise it keeps is the
+// mean of mask^2. A reach beyond the box: the image is left as it is.
+TEST(Mask, ReachMaskLimits) {
+  const int n = 96;
+  const Image img = noise(n, n, 1, 5);
+  Image a = img, b = img;
+  const CtfReach none{0.0197, 0, 0, 0, 1.0, 1.0};
+  const std::vector<double> kept = apply_reach_mask(a, 20, 4, MaskCentre{3, -2}, none, n / 2);
+  apply_spherical_mask(b, 20, 4, MaskFill::Zero, MaskCentre{3, -2});
+  double worst = 0, m2 = 0;
+  for (size_t k = 0; k < a.size(); ++k) worst = std::max(worst, double(std::abs(a[k] - b[k])));
+  EXPECT_LT(worst, 1e-4);
+  const Grid<float> m = spherical_mask(n, n, 1, 20, 4);
+  Image shifted(n, n, 1);
+  for (auto& v : shifted) v = 1.0f;
+  apply_spherical_mask(shifted, 20, 4, MaskFill::Zero, MaskCentre{3, -2});
+  for (float v : shifted) m2 += double(v) * v;
+  (void)m;
+  for (double v : kept) EXPECT_NEAR(v, m2 / double(n * n), 1e-9);
+  Image c = img;
+  const CtfReach far{0.0197, 1e7, 1e7, 0, 1.0, 1.0};
+  for (double v : apply_reach_mask(c, 20, 4, {}, far, n / 2)) EXPECT_EQ(v, 1.0);
+  for (size_t k = 0; k < c.size(); ++k) EXPECT_NEAR(c[k], img[k], 1e-5);
+}
+
+// White noise through the reach mask keeps, per shell, about the share `kept` reports (the weights
+// of the sums rest on it): the mean ratio over shells 8-40 within 5%, at three seeds.
+TEST(Mask, ReachMaskNoiseShareMatches) {
+  const int n = 128;
+  CtfParams p;
+  p.defocus_u = p.defocus_v = 8000;
+  const CtfReach reach = reach_of(p, 1.0);
+  for (uint64_t seed : {1u, 2u, 3u}) {
+    const Image img = noise(n, n, 1, seed);
+    Image out = img;
+    const std::vector<double> kept = apply_reach_mask(out, 15, 4, MaskCentre{-2, 1}, reach, n / 2);
+    std::vector<double> oo, ii, dummy;
+    shell_sums(out, out, oo, dummy);
+    shell_sums(img, img, ii, dummy);
+    double ratio = 0;
+    for (int s = 8; s <= 40; ++s) ratio += oo[size_t(s)] / ii[size_t(s)] / kept[size_t(s)];
+    EXPECT_NEAR(ratio / 33, 1.0, 0.05) << "seed " << seed;
+    EXPECT_LT(kept[8], kept[40]);
+  }
+}
+
 TEST(Filter, ColouredNoiseHasTheSpectrum) {
   for (int n : {32, 33}) {
     const int hx = n / 2 + 1, last = 12;

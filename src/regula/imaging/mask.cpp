@@ -1,11 +1,13 @@
 #include "regula/imaging/mask.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
 #include <vector>
 
 #include "regula/core/error.hpp"
+#include "regula/core/fft.hpp"
 #include "regula/core/random.hpp"
 #include "regula/imaging/filter.hpp"
 
@@ -15,6 +17,12 @@ double soft_edge_value(double r, double radius, double edge) {
   if (r <= radius) return 1.0;
   if (edge <= 0 || r >= radius + edge) return 0.0;
   return 0.5 + 0.5 * std::cos(M_PI * (r - radius) / edge);
+}
+
+double CtfReach::at_shell_px(double shell, int n) const {
+  const double f = shell / (n * pixel_size), c = cs * wavelength * wavelength * wavelength * f * f * f;
+  const double r = std::max(std::abs(wavelength * defocus_u * f - c), std::abs(wavelength * defocus_v * f - c));
+  return factor * r / pixel_size;
 }
 
 namespace {
@@ -187,6 +195,115 @@ std::array<double, 3> centre_of_mass(const Grid<float>& map) {
     }
   if (sum == 0) input_error("centre of mass: the map has no positive values");
   return {sx / sum, sy / sum, sz / sum};
+}
+
+double particle_mask_share(int n, double radius, double edge, MaskCentre at) {
+  double s = 0;
+  Grid<float> g(n, n, 1);
+  for_each_radius(g, [&](size_t, double r) {
+    const double m = soft_edge_value(r, radius, edge);
+    s += m * m;
+  }, at);
+  return s / (double(n) * n);
+}
+
+std::vector<double> apply_reach_mask(Grid<float>& img, double radius, double edge, MaskCentre at,
+                                     const CtfReach& reach, int r_max) {
+  const int n = img.nx();
+  if (img.ny() != n || img.nz() != 1) throw std::invalid_argument("apply_reach_mask: a square image is expected");
+  const int h = n / 2;
+  r_max = std::clamp(r_max, 0, h);
+  const double cx = h + at.dx, cy = h + at.dy;
+  std::vector<float> dist(size_t(n) * size_t(n));
+  double far = 0;  // the farthest pixel from the centre
+  for (int y = 0; y < n; ++y)
+    for (int x = 0; x < n; ++x) {
+      const double d = std::hypot(x - cx, y - cy);
+      dist[size_t(y) * size_t(n) + size_t(x)] = float(d);
+      far = std::max(far, d);
+    }
+  // Bands of shells [lo, hi] masked at radius rad (infinity: unmasked); the last holds every shell
+  // above r_max too.
+  struct Band {
+    int lo, hi;
+    double rad;
+  };
+  constexpr double kAll = std::numeric_limits<double>::infinity();
+  auto rad_at = [&](int s) { return radius + reach.at_shell_px(s, n); };
+  std::vector<Band> bands;
+  // Bands of w shells: a band of w shells has a real-space packet about n / w px wide, and the
+  // reach grows by `slope` px per shell, so w = sqrt(n / slope) balances the two (the circle of a
+  // band is then as much wider than the ring it must hold as the packet is).
+  const double slope = r_max > 0 ? std::max(1e-6, (reach.at_shell_px(r_max, n) - reach.at_shell_px(0, n)) / r_max) : 1.0;
+  const int w = std::clamp(int(std::lround(std::sqrt(n / slope))), 2, std::max(2, h));
+  for (int s = 0; s <= h;) {
+    Band b{s, std::min(s + w - 1, h), 0.0};
+    for (int t = b.lo; t <= std::min(b.hi, r_max); ++t) b.rad = std::max(b.rad, rad_at(t));
+    if (b.rad >= far || b.hi >= r_max) b.hi = h;
+    if (b.rad >= far) b.rad = kAll;
+    bands.push_back(b);
+    s = b.hi + 1;
+  }
+  std::vector<double> kept(size_t(h + 1), 1.0);
+  if (bands.size() == 1 && bands[0].rad == kAll) return kept;
+  // Smooth windows over |k| (a partition of unity: band b rises from the centre of band b-1 to its
+  // own and falls to the centre of band b+1), so that no band's image has the long real-space tails
+  // of a sharp band-pass; each band's circle covers the reach of every shell its window touches.
+  const size_t B = bands.size();
+  std::vector<double> c(B);
+  for (size_t b = 0; b < B; ++b) c[b] = b + 1 < B ? 0.5 * (bands[b].lo + bands[b].hi) : bands[b].lo;
+  if (B > 1) c[0] = std::min(c[0], 0.5 * c[1]);
+  for (size_t b = 0; b < B; ++b) {
+    if (bands[b].rad == kAll) continue;
+    const int s0 = b > 0 ? int(std::floor(c[b - 1])) : 0, s1 = std::min(b + 1 < B ? int(std::ceil(c[b + 1])) : h, r_max);
+    for (int s = s0; s <= s1; ++s) bands[b].rad = std::max(bands[b].rad, rad_at(s));
+    if (bands[b].rad >= far) bands[b].rad = kAll;
+  }
+  auto window = [&](size_t b, double k) {
+    if (k <= c[b]) return b == 0 ? 1.0 : std::clamp((k - c[b - 1]) / (c[b] - c[b - 1]), 0.0, 1.0);
+    return b + 1 == B ? 1.0 : std::clamp((c[b + 1] - k) / (c[b + 1] - c[b]), 0.0, 1.0);
+  };
+  const Grid<cfloat> F = fft_forward(img);
+  std::vector<double> kabs(F.size());
+  for (int y = 0; y < n; ++y)
+    for (int x = 0; x <= h; ++x) {
+      const int ky = fft_freq(y, n);
+      kabs[F.index(x, y, 0)] = std::sqrt(double(x * x + ky * ky));
+    }
+  Grid<double> acc(n, n, 1);
+  Grid<cfloat> G(F.nx(), F.ny(), 1);
+  Grid<float> g;
+  std::vector<float> m_prev, m_cur(acc.size());
+  std::vector<double> m2(B, 0.0), mm(B, 0.0);  // mean m_b^2, mean m_b m_{b+1}
+  for (size_t b = 0; b < B; ++b) {
+    for (size_t k = 0; k < F.size(); ++k) {
+      const double w = window(b, kabs[k]);
+      G[k] = w > 0 ? F[k] * float(w) : cfloat(0, 0);
+    }
+    fft_inverse_destroy(G, n, g);
+    for (size_t k = 0; k < acc.size(); ++k) {
+      const double m = bands[b].rad == kAll ? 1.0 : soft_edge_value(dist[k], bands[b].rad, edge);
+      m_cur[k] = float(m);
+      acc[k] += m * g[k];
+      m2[b] += m * m;
+      if (b > 0) mm[b - 1] += m * m_prev[k];
+    }
+    std::swap(m_prev, m_cur);
+    m_cur.resize(acc.size());
+  }
+  const double N = double(acc.size());
+  for (int s = 0; s <= h; ++s) {
+    double v = 0;
+    for (size_t b = 0; b < B; ++b) {
+      const double w = window(b, s);
+      if (w == 0) continue;
+      v += w * w * m2[b] / N;
+      if (b + 1 < B) v += 2 * w * window(b + 1, s) * mm[b] / N;
+    }
+    kept[size_t(s)] = v;
+  }
+  for (size_t k = 0; k < acc.size(); ++k) img[k] = float(acc[k]);
+  return kept;
 }
 
 }  // namespace regula

@@ -46,6 +46,34 @@ struct ParticleSolvent {
 };
 void apply_particle_mask(Grid<float>& img, double radius_px, double edge_px, MaskCentre at, const ParticleSolvent& solvent);
 
+// How far the CTF moves a particle's signal: the part at spatial frequency s (1/Å) lies on a ring of
+// radius R(s) = factor |lambda defocus s - Cs lambda^3 s^3| Å about where it was (the group delay of
+// the CTF's phase; the larger over the two defoci of the astigmatic pair; factor 2 for CTF-
+// premultiplied images, where the CTF is applied twice). At 300 kV and 2 µm underfocus the signal
+// at 3 Å lies 130 Å away; at 15 Å, 26 Å.
+struct CtfReach {
+  double wavelength = 0;             // Å
+  double defocus_u = 0, defocus_v = 0;  // Å, positive = underfocus
+  double cs = 0;                     // Å
+  double pixel_size = 1;             // Å
+  double factor = 1;
+  // R at Fourier shell `shell` of an n-pixel box, in pixels.
+  double at_shell_px(double shell, int n) const;
+};
+// The particle image a reconstruction takes: frequency band by band, the image times the particle
+// mask (a soft circle of radius_px + R(s) px about `at`, edge edge_px, zeros outside) widened by
+// the CTF's reach over the band's shells, so the particle's delocalised signal is kept and the
+// noise of the rest of the box is not (the unmasked image keeps both; the particle mask, the first
+// only at low resolution). Bands overlap in smooth windows; shells above r_max (not used) go with
+// the last band; once the widened circle covers the box the rest is unmasked.
+// Returns, per shell 0..n/2, the mean of mask^2 over the box (the share of white noise kept: 1 for
+// unmasked shells). Square images only.
+// The mean of mask^2 over an n x n box of the particle mask (radius_px, edge_px, centre moved by
+// `at`): the share of white noise a masked image keeps.
+double particle_mask_share(int n, double radius_px, double edge_px, MaskCentre at);
+std::vector<double> apply_reach_mask(Grid<float>& img, double radius_px, double edge_px, MaskCentre at,
+                                     const CtfReach& reach, int r_max);
+
 struct MaskCreateOptions {
   double pixel_size = 1.0;      // Å
   double lowpass_A = 0;         // low-pass the map to this resolution first (<= 0: no filter)
