@@ -341,15 +341,26 @@ TEST(Class2D, RecoversShapesWithoutCtf) {
 }
 
 TEST(Class2D, RecoversShapesWithCtf) {
+  // EM with K = the number of shapes ends in a local optimum merging two shapes at some seeds
+  // (docs/class2d.md): measured 2026-12-04, seeds 2 and 4 of 1-12 (the masked-then-unmasked class
+  // averages before: seeds 1 and 4 of 1-6). Required: at least 4 of seeds 1-6 recover every shape
+  // (95% of the particles of a class share its shape), and those are aligned.
   fs::path dir = temp_dir("ctf");
   Truth t = make_dataset(dir, 240, true, 0.1, 12);
-  Class2DOptions o = base_options(dir, 4, 10);
-  // Seed 3 on this set ends in a local optimum merging two shapes (EM with K = number of
-  // shapes; docs/class2d.md); seeds 1, 2 and 4 recover them.
-  o.seed = 2;
-  o.ctf = true;
-  Class2DResult r = run_class2d(o);
-  check_recovery_and_alignment(r, t, 0.80);
+  int recovered = 0;
+  for (uint64_t seed = 1; seed <= 6; ++seed) {
+    Class2DOptions o = base_options(dir, 4, 10);
+    o.seed = seed;
+    o.ctf = true;
+    o.out_root = (dir / fmt::format("run{}", seed)).string();
+    Class2DResult r = run_class2d(o);
+    const auto [frac, all] = view_recovery(r.particle_class, t.shape);
+    if (frac < 0.95 || !all) continue;
+    ++recovered;
+    SCOPED_TRACE(fmt::format("seed {}", seed));
+    check_recovery_and_alignment(r, t, 0.80);
+  }
+  EXPECT_GE(recovered, 4);
   if (!std::getenv("C2D_KEEP")) fs::remove_all(dir);
 }
 

@@ -415,10 +415,31 @@ TEST(EstepWeightedSums, ReferenceSumsTakeTheUnmaskedParticles) {
   compute_particle_sums(pr.batch(), pr.shifts(), pr.refs(), wf, p2, pool);
   EXPECT_EQ(p1.diff2, p2.diff2);
   EXPECT_EQ(p1.xa, p2.xa);
+  // The sums' weight factor (class2d's reach mask): times 2 doubles data and weights of the
+  // reference sums (exactly), dense and sparse; the particle sums do not see it.
+  const std::vector<float> twice(pr.x.size(), 2.0f);
+  ParticleBatch weighted = both;
+  weighted.sums_weight = twice;
+  ReferenceSums c, sc;
+  c.reset(pr.nj, pr.m);
+  sc.reset(pr.nj, pr.m);
+  accumulate_reference_sums(weighted, pr.shifts(), pr.nj, wf, c, pool);
+  accumulate_reference_sums(weighted, pr.shifts(), post.significant, sc, pool);
+  for (size_t q = 0; q < a.data.size(); ++q) {
+    EXPECT_EQ(c.data[q], 2.0 * a.data[q]);
+    EXPECT_EQ(sc.data[q], 2.0 * sa.data[q]);
+  }
+  for (size_t q = 0; q < a.weight.size(); ++q) EXPECT_EQ(c.weight[q], 2.0 * a.weight[q]);
+  ParticleSums p3;
+  compute_particle_sums(weighted, pr.shifts(), pr.refs(), wf, p3, pool);
+  EXPECT_EQ(p3.diff2, p1.diff2);
   std::vector<cfloat> short_raw(raw.begin(), raw.end() - 1);
   ParticleBatch bad = pr.batch();
   bad.x_sums = short_raw;
   EXPECT_THROW(bad.validate(), Error);
+  ParticleBatch bad_w = pr.batch();
+  bad_w.sums_weight = std::span<const float>(twice.data(), twice.size() - 1);
+  EXPECT_THROW(bad_w.validate(), Error);
 }
 
 TEST(EstepWeightedSums, SparseMatchesDenseReferenceOnSignificantSet) {

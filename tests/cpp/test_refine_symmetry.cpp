@@ -269,4 +269,30 @@ TEST(RefineSums, BackProjectTheUnmaskedParticle) {
   EXPECT_LT(worst_raw, 1e-4);
   EXPECT_LT(worst_masked, 1e-4);
   EXPECT_GT(differ, 0.1) << "the mask changed nothing: the test lost its point";
+  // The sums' own weights per shell (ml3d::particle_views): slices and weights scale with them at
+  // each shell; the posterior does not move.
+  std::vector<float> w_sums(inv_sigma2.size());
+  for (size_t s = 0; s < w_sums.size(); ++s) w_sums[s] = inv_sigma2[s] * float(1 + s % 3);
+  in.inv_sigma2_sums = w_sums;
+  Capture with_own;
+  const estep::Search3DResult c = run(&raw, with_own);
+  EXPECT_EQ(c.max_posterior, a.max_posterior);
+  ASSERT_EQ(with_own.data.size(), with_raw.data.size());
+  double worst_w = 0, worst_d = 0;
+  size_t checked = 0;
+  for (size_t j = 0; j < with_own.data.size(); ++j)
+    for (size_t q = 0; q < with_own.kx.size(); ++q) {
+      const double k = std::hypot(with_own.kx[q], with_own.ky[q]);
+      const double f = 1 + int(std::lround(k)) % 3, w = with_raw.weight[j][q];
+      if (w <= 0) continue;
+      ++checked;
+      worst_w = std::max(worst_w, std::abs(with_own.weight[j][q] / w - f));
+      for (int c2 = 0; c2 < 2; ++c2) {
+        const double d = with_raw.data[j][2 * q + c2];
+        if (std::abs(d) > 1e-6 * w) worst_d = std::max(worst_d, std::abs(with_own.data[j][2 * q + c2] / d - f));
+      }
+    }
+  EXPECT_GT(checked, 100u);
+  EXPECT_LT(worst_w, 1e-5);
+  EXPECT_LT(worst_d, 1e-4);
 }

@@ -23,6 +23,8 @@ void ParticleBatch::validate() const {
   if (x.size() != n * m) runtime_error("estep: particle images have {} values, expected n*m = {}", x.size(), n * m);
   if (!x_sums.empty() && x_sums.size() != n * m)
     runtime_error("estep: unmasked particle images have {} values, expected n*m = {}", x_sums.size(), n * m);
+  if (!sums_weight.empty() && sums_weight.size() != n * m)
+    runtime_error("estep: sums weights have {} values, expected n*m = {}", sums_weight.size(), n * m);
   if (ctf.size() != n * m) runtime_error("estep: CTF has {} values, expected n*m = {}", ctf.size(), n * m);
   if (m == 0 || inv_sigma2.size() % m != 0 || inv_sigma2.empty())
     runtime_error("estep: inverse noise variances have {} values, expected a positive multiple of m = {}",
@@ -76,9 +78,10 @@ void shifted_weighted_row(const ParticleBatch& pb, const TranslationPhases& tp, 
   const float* c = pb.ctf.data() + i * m;
   const bool no_ctf = for_sums && pb.premultiplied_of(i);
   const cfloat* ph = tp.phase.data() + t * m;
+  const float* sw = for_sums && !pb.sums_weight.empty() ? pb.sums_weight.data() + i * m : nullptr;
   for (size_t k = 0; k < m; ++k) {
     // Written out so that the compiler does not use the NaN-safe complex multiply.
-    const float f = s * (no_ctf ? 1.0f : c[k]) * w[k];
+    const float f = s * (no_ctf ? 1.0f : c[k]) * w[k] * (sw ? sw[k] : 1.0f);
     const float br = x[k].real() * f, bi = x[k].imag() * f, pr = ph[k].real(), pi = ph[k].imag();
     row[k] = cfloat(br * pr - bi * pi, br * pi + bi * pr);
   }
@@ -95,12 +98,14 @@ void ctf2_weight_row(const ParticleBatch& pb, size_t i, float* dst, bool for_sum
   const float* c = pb.ctf.data() + i * pb.m;
   if (for_sums && pb.premultiplied_of(i)) {
     for (size_t k = 0; k < pb.m; ++k) dst[k] = s * s * c[k] * w[k];
-    return;
+  } else {
+    for (size_t k = 0; k < pb.m; ++k) {
+      const float sc = s * c[k];
+      dst[k] = sc * sc * w[k];
+    }
   }
-  for (size_t k = 0; k < pb.m; ++k) {
-    const float sc = s * c[k];
-    dst[k] = sc * sc * w[k];
-  }
+  if (for_sums && !pb.sums_weight.empty())
+    for (size_t k = 0; k < pb.m; ++k) dst[k] *= pb.sums_weight[i * pb.m + k];
 }
 
 std::vector<float> reference_power(const ReferenceSlices& refs) {

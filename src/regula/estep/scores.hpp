@@ -34,9 +34,12 @@ struct ParticleBatch {
   size_t n = 0;                          // particles
   size_t m = 0;                          // selected Fourier pixels per particle
   std::span<const cfloat> x;             // n*m: X_i(k), the (unshifted) particle image
-  // n*m: the same particles unmasked (RELION's Fimg_nomask), which the reference sums take (the
-  // CTF spreads the signal outside the particle mask); empty: x. Scores and particle sums use x.
+  // n*m: the particles as the reference sums take them (RELION: unmasked, Fimg_nomask, as the CTF
+  // spreads the signal outside the particle mask); empty: x. Scores and particle sums use x.
   std::span<const cfloat> x_sums;
+  // n*m: a factor of the weights of the reference sums (the noise the scored x keeps over the noise
+  // x_sums keeps, class2d's reach mask); empty: 1.
+  std::span<const float> sums_weight;
   std::span<const float> ctf;            // n*m: C_i(k), real CTF (1 where no CTF)
   std::span<const float> inv_sigma2;     // rows*m: w(k) = 1/sigma2(k), one row per noise group
   std::span<const uint32_t> noise_row;   // n: row of inv_sigma2 used by particle i; may be empty

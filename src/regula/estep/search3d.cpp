@@ -477,7 +477,8 @@ void search_particle_3d(const Search3DSetup& S, const Search3DInput& in, Search3
   const SearchPixels& ref_pxs = S.px_sums ? (in.ref_sums ? *in.ref_sums : pxs) : (in.ref_fine ? *in.ref_fine : pxs);
   std::vector<std::array<double, 2>> tsig(nt);
   for (size_t a = 0; a < nt; ++a) tsig[a] = fp.trans[ts[a]];
-  prepare_direct(in.x_sums ? *in.x_sums : x, pxs, in.inv_sigma2, float(in.scale), tsig, ws.work, true);
+  prepare_direct(in.x_sums ? *in.x_sums : x, pxs, in.inv_sigma2_sums.empty() ? in.inv_sigma2 : in.inv_sigma2_sums,
+                 float(in.scale), tsig, ws.work, true);
   const size_t ms = pxs.size();
   ws.sdata.resize(nj * 2 * ms);
   ws.sweight.resize(nj * ms);

@@ -90,11 +90,12 @@ struct Search3DSetup {
 
 struct Search3DInput {
   const RotatableParticle* x = nullptr;  // moved by its current origin (and normalised)
-  // The same particle unmasked (RELION's Fimg_nomask): its weighted slices are what the sink
-  // receives, as RELION back-projects the unmasked image (the CTF spreads a particle's signal far
-  // beyond the mask at high defocus and resolution). Scores, residuals and scale use x. Null: x.
+  // The particle as back-projected (RELION's Fimg_nomask; the jobs' ml3d::particle_views): its
+  // weighted slices are what the sink receives (the CTF spreads a particle's signal far beyond the
+  // mask at high defocus and resolution). Scores, residuals and scale use x. Null: x.
   const RotatableParticle* x_sums = nullptr;
   std::span<const float> inv_sigma2;     // per shell
+  std::span<const float> inv_sigma2_sums;  // per shell, the weights of x_sums' slices (empty: inv_sigma2)
   double scale = 1;                      // s multiplying the reference (group scale correction)
   double rot = 0, tilt = 0, psi = 0;     // previous pose (local searches)
   double ox_px = 0, oy_px = 0;           // current origin, px (offset prior)

@@ -197,16 +197,6 @@ std::array<double, 3> centre_of_mass(const Grid<float>& map) {
   return {sx / sum, sy / sum, sz / sum};
 }
 
-double particle_mask_share(int n, double radius, double edge, MaskCentre at) {
-  double s = 0;
-  Grid<float> g(n, n, 1);
-  for_each_radius(g, [&](size_t, double r) {
-    const double m = soft_edge_value(r, radius, edge);
-    s += m * m;
-  }, at);
-  return s / (double(n) * n);
-}
-
 std::vector<double> apply_reach_mask(Grid<float>& img, double radius, double edge, MaskCentre at,
                                      const CtfReach& reach, int r_max) {
   const int n = img.nx();

@@ -68,9 +68,6 @@ struct CtfReach {
 // the last band; once the widened circle covers the box the rest is unmasked.
 // Returns, per shell 0..n/2, the mean of mask^2 over the box (the share of white noise kept: 1 for
 // unmasked shells). Square images only.
-// The mean of mask^2 over an n x n box of the particle mask (radius_px, edge_px, centre moved by
-// `at`): the share of white noise a masked image keeps.
-double particle_mask_share(int n, double radius_px, double edge_px, MaskCentre at);
 std::vector<double> apply_reach_mask(Grid<float>& img, double radius_px, double edge_px, MaskCentre at,
                                      const CtfReach& reach, int r_max);
 

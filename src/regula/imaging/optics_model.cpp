@@ -297,4 +297,10 @@ OpticsModel engine_optics(const ParticleTable& table, int n, bool ctf, std::stri
   return model;
 }
 
+CtfReach ctf_reach(const ParticleOptics& po) {
+  const CtfParams& p = po.ctf().params();
+  return CtfReach{po.ctf().wavelength(), p.defocus_u, p.defocus_v, p.cs_mm * 1e7, po.group().pixel_size,
+                  po.group().premultiplied ? 2.0 : 1.0};
+}
+
 }  // namespace regula

@@ -54,6 +54,7 @@
 #include <vector>
 
 #include "regula/core/grid.hpp"
+#include "regula/imaging/mask.hpp"
 #include "regula/imaging/ctf.hpp"
 #include "regula/model/particles.hpp"
 #include "regula/sampling/euler.hpp"
@@ -130,6 +131,10 @@ class ParticleOptics {
   Ctf ctf_;
   bool gamma_offset_ = false;  // the group has even Zernikes
 };
+
+// How far the particle's CTF moves its signal (imaging/mask.hpp's CtfReach): its defoci, Cs and
+// wavelength, at its group's pixel size; twice as far for CTF-premultiplied images.
+CtfReach ctf_reach(const ParticleOptics& po);
 
 class OpticsModel {
  public:

@@ -76,7 +76,8 @@ using mstep::FourierPixels;
 struct Batch {
   size_t first = 0, count = 0;
   std::vector<cfloat> x;         // count * m: masked (scored)
-  std::vector<cfloat> x_sums;    // count * m: unmasked (averaged into the classes, as RELION)
+  std::vector<cfloat> x_sums;    // count * m: masked to the CTF's reach (averaged into the classes)
+  std::vector<float> sums_weight;  // count * m: their weights' factor (ml3d::particle_views)
   std::vector<float> ctf;        // count * m: the likelihood's CTF factor (CTF^2 for premultiplied data)
   std::vector<uint8_t> premultiplied;  // count
   std::vector<uint32_t> group;   // count
@@ -93,6 +94,7 @@ struct Batch {
     pb.m = m;
     pb.x = x;
     pb.x_sums = x_sums;
+    pb.sums_weight = sums_weight;
     pb.ctf = ctf;
     pb.premultiplied = premultiplied;
     pb.inv_sigma2 = inv_sigma2;
@@ -289,6 +291,7 @@ void Job::load_batch(size_t first, size_t count, const FourierPixels& px, Batch&
   b.count = count;
   b.x.assign(count * m, cfloat(0, 0));
   b.x_sums.assign(count * m, cfloat(0, 0));
+  b.sums_weight.assign(count * m, 1.0f);
   b.ctf.assign(count * m, 1.0f);
   b.premultiplied.assign(count, 0);
   b.group.assign(count, 0);
@@ -315,12 +318,20 @@ void Job::load_batch(size_t first, size_t count, const FourierPixels& px, Batch&
         b.power[i * hs + size_t(all_px_.shell[k])] += std::norm(F[all_px_.index[k]]);
     };
     const bool power_unmasked = initial && !opt_.zero_mask;  // RELION's first sigma2 without --zero_mask
-    // The unmasked particle is what the class averages take (RELION's Fimg_nomask).
-    Grid<cfloat> F_raw = fourier_centred(img);
-    double l1_raw = 0;
-    for (float v : img) l1_raw += std::abs(double(v));
-    if (power_unmasked) add_power(F_raw);
+    if (power_unmasked) add_power(fourier_centred(img));
     if (power_unmasked) first_noise->add(size_t(table_.optics_index[p]), img);
+    // What the class averages take: RELION takes the unmasked particle (Fimg_nomask), as the CTF
+    // moves its signal outside the particle mask; here it is masked band by band to the CTF's reach
+    // (as the 3D jobs, ml3d::particle_views), and its weights follow the noise it keeps.
+    std::optional<ParticleOptics> po;
+    if (opt_.ctf) po = optics_model_.particle(p);
+    Image wide = img;
+    const std::vector<double> kept = apply_reach_mask(wide, mask_radius_, opt_.mask_edge, at_particle,
+                                                      po ? ctf_reach(*po) : CtfReach{}, px.r_max);
+    for (size_t k = 0; k < m; ++k) b.sums_weight[i * m + k] = float(1.0 / kept[size_t(px.shell[k])]);
+    Grid<cfloat> F_raw = fourier_centred(wide);
+    double l1_raw = 0;
+    for (float v : wide) l1_raw += std::abs(double(v));
     // Solvent: zeros, or noise of the current spectrum (none yet in iteration 0: the mean).
     const ParticleSolvent solvent{opt_.zero_mask, initial ? nullptr : &st_.sigma2[size_t(table_.optics_index[p])],
                                   opt_.seed, p};
@@ -333,19 +344,18 @@ void Job::load_batch(size_t first, size_t count, const FourierPixels& px, Batch&
     if (ox != 0 || oy != 0) shift_phase(F, ox / angpix_, oy / angpix_, n_);
     if (ox != 0 || oy != 0) shift_phase(F_raw, ox / angpix_, oy / angpix_, n_);
     if (!power_unmasked) add_power(F);
-    if (opt_.ctf) {
-      const ParticleOptics po = optics_model_.particle(p);
-      if (po.group().has_phase()) {  // beam tilt, odd Zernikes (RELION's order)
-        po.group().demodulate(F);
-        po.group().demodulate(F_raw);
+    if (po) {
+      if (po->group().has_phase()) {  // beam tilt, odd Zernikes (RELION's order)
+        po->group().demodulate(F);
+        po->group().demodulate(F_raw);
       }
       Grid<float> c;
-      po.ctf_half(c);
+      po->ctf_half(c);
       for (size_t k = 0; k < m; ++k) {
-        b.ctf[i * m + k] = po.predicted(c[px.index[k]]);
+        b.ctf[i * m + k] = po->predicted(c[px.index[k]]);
         b.ctf_max[i] = std::max(b.ctf_max[i], double(std::abs(b.ctf[i * m + k])));
       }
-      b.premultiplied[i] = po.group().premultiplied;
+      b.premultiplied[i] = po->group().premultiplied;
     }
     b.x_bound[i] = std::max(l1, l1_raw) * b.ctf_max[i];
     for (size_t k = 0; k < m; ++k) {

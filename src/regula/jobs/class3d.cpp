@@ -321,13 +321,10 @@ void Job::process_particle(size_t i, ParticleImages& images, estep::Search3DWork
     inv_sigma2[s] = cc ? 1.0f : (v > 0 ? float(1.0 / v) : 0.0f);
   }
   const double ox = st_.p.ox[i] / angpix_, oy = st_.p.oy[i] / angpix_;
-  // The masked particle is scored; the unmasked one is back-projected (as RELION).
-  const Image raw = read_particle(images, i, nullptr, true);
-  Image img = raw;
-  ml3d::mask_particle(img, masking(), i, {ox, oy}, &st_.sigma2[size_t(g)]);
   const auto optics = ml3d::particle_optics(optics_model_, i, opt_.ctf);
-  estep::RotatableParticle x(img, ox, oy, optics);
-  const estep::RotatableParticle x_sums(raw, ox, oy, optics, estep::RotatableParticle::PlainOnly{});
+  const ml3d::ParticleViews v = ml3d::particle_views(read_particle(images, i, nullptr, true), masking(), i, {ox, oy},
+                                                     &st_.sigma2[size_t(g)], optics, inv_sigma2, px_fine_.r_max);
+  const estep::RotatableParticle& x = v.x;
   // Iteration 1 (or the staged start's first classification): each particle's sums go to a class
   // drawn at random (seeded per particle): K different starting maps from one reference, as RELION's
   // random subsets. The search is then against the one reference (class 0 of the setup).
@@ -343,8 +340,9 @@ void Job::process_particle(size_t i, ParticleImages& images, estep::Search3DWork
   ml3d::SliceRouter sink(route);
   estep::Search3DInput in;
   in.x = &x;
-  in.x_sums = &x_sums;
+  in.x_sums = &v.x_sums;
   in.inv_sigma2 = inv_sigma2;
+  in.inv_sigma2_sums = v.inv_sigma2_sums;
   in.scale = group_scale(i);
   in.rot = st_.p.rot[i];
   in.tilt = st_.p.tilt[i];

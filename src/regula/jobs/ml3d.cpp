@@ -56,6 +56,26 @@ void mask_particle(Image& img, const ParticleMasking& m, size_t i, std::array<do
                       ParticleSolvent{m.zero_mask, noise_sigma2, m.seed, i});
 }
 
+ParticleViews particle_views(const Image& raw, const ParticleMasking& m, size_t i, std::array<double, 2> origin_px,
+                             const std::vector<double>* noise_sigma2, const std::optional<ParticleOptics>& optics,
+                             std::span<const float> inv_sigma2, int r_max_sums) {
+  Image img = raw, wide = raw;
+  mask_particle(img, m, i, origin_px, noise_sigma2);
+  const MaskCentre at{-origin_px[0], -origin_px[1]};
+  const CtfReach reach = optics ? ctf_reach(*optics) : CtfReach{};  // none without a CTF
+  const std::vector<double> kept = apply_reach_mask(wide, m.radius_px, m.edge_px, at, reach, r_max_sums);
+  // RELION weighs the unmasked image by inv_sigma2; an image keeping a share `kept` of the box's noise
+  // gets inv_sigma2 / kept, so particles and shells are weighed by the noise they carry, on RELION's
+  // scale (which class3d's prior, from the map's power, is balanced against).
+  std::vector<float> w(inv_sigma2.size());
+  for (size_t s = 0; s < w.size(); ++s)
+    w[s] = s < kept.size() && kept[s] > 0 ? float(inv_sigma2[s] / kept[s]) : inv_sigma2[s];
+  return ParticleViews{estep::RotatableParticle(img, origin_px[0], origin_px[1], optics),
+                       estep::RotatableParticle(wide, origin_px[0], origin_px[1], optics,
+                                                estep::RotatableParticle::PlainOnly{}),
+                       std::move(w)};
+}
+
 Volume read_solvent_mask(const std::string& path, int n) {
   Volume m = mrc::read(path);
   if (m.nx() != n || m.ny() != n || m.nz() != n)

@@ -75,6 +75,22 @@ Image read_particle(ParticleImages& images, const ParticleTable& table, size_t i
 void mask_particle(Image& img, const ParticleMasking& m, size_t i, std::array<double, 2> origin_px,
                    const std::vector<double>* noise_sigma2);
 
+// The two images of particle i the 3D E-step takes, from the image read unmasked (`raw`): `x`, masked
+// as mask_particle, is scored; `x_sums` is back-projected: RELION back-projects the unmasked image,
+// because the CTF moves the signal of high frequencies far beyond the particle mask; Regula masks
+// it band by band with the particle mask widened by that reach (imaging/mask.hpp's
+// apply_reach_mask, up to shell r_max_sums), which keeps the signal RELION keeps without the noise
+// of the rest of the box. inv_sigma2_sums: the weights of its sums per shell, inv_sigma2 / (the share
+// of the box's noise x_sums keeps): RELION's weight for an unmasked image, and more for a masked one
+// in proportion to the noise it sheds.
+struct ParticleViews {
+  estep::RotatableParticle x, x_sums;
+  std::vector<float> inv_sigma2_sums;
+};
+ParticleViews particle_views(const Image& raw, const ParticleMasking& m, size_t i, std::array<double, 2> origin_px,
+                             const std::vector<double>* noise_sigma2, const std::optional<ParticleOptics>& optics,
+                             std::span<const float> inv_sigma2, int r_max_sums);
+
 // Routes the E-step's weighted slices of class c into back-projector c (nullptr: dropped).
 class SliceRouter : public estep::SliceSink {
  public:

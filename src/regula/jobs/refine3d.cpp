@@ -430,18 +430,17 @@ void Job::process_particle(size_t i, bool final, ParticleImages& images, estep::
     const double v = st_.sigma2[size_t(h)][size_t(g)][s];
     inv_sigma2[s] = cc ? 1.0f : (v > 0 ? float(1.0 / v) : 0.0f);
   }
-  // The masked particle is scored; the unmasked one is back-projected (as RELION).
-  const Image raw = read_particle(images, i, nullptr, true);
-  Image img = raw;
   const double ox = st_.p.ox[i] / angpix_, oy = st_.p.oy[i] / angpix_;  // current offsets, px
-  ml3d::mask_particle(img, masking(), i, {ox, oy}, &st_.sigma2[size_t(h)][size_t(g)]);
   const auto optics = ml3d::particle_optics(optics_model_, i, opt_.ctf);
-  estep::RotatableParticle x(img, ox, oy, optics);
-  const estep::RotatableParticle x_sums(raw, ox, oy, optics, estep::RotatableParticle::PlainOnly{});
+  const ml3d::ParticleViews v =
+      ml3d::particle_views(read_particle(images, i, nullptr, true), masking(), i, {ox, oy},
+                           &st_.sigma2[size_t(h)][size_t(g)], optics, inv_sigma2, (final ? px_all_ : px_fine_).r_max);
+  const estep::RotatableParticle& x = v.x;
   estep::Search3DInput in;
   in.x = &x;
-  in.x_sums = &x_sums;
+  in.x_sums = &v.x_sums;
   in.inv_sigma2 = inv_sigma2;
+  in.inv_sigma2_sums = v.inv_sigma2_sums;
   in.scale = group_scale(h, i);
   in.rot = st_.p.rot[i];
   in.tilt = st_.p.tilt[i];
@@ -474,7 +473,6 @@ void Job::process_particle(size_t i, bool final, ParticleImages& images, estep::
   const double dx = next_.ox[i] - st_.p.ox[i], dy = next_.oy[i] - st_.p.oy[i];
   sums.scalars[kOffChange2].add(dx * dx + dy * dy);
   sums.scalars[kChangeCount].add(1.0);
-  (void)final;
 }
 
 namespace {
