@@ -70,6 +70,12 @@ struct CtfReach {
 // unmasked shells). Square images only.
 std::vector<double> apply_reach_mask(Grid<float>& img, double radius_px, double edge_px, MaskCentre at,
                                      const CtfReach& reach, int r_max);
+// The weight of an image masked by apply_reach_mask at `shell`, relative to the unmasked image's
+// (RELION weighs the unmasked image by 1/sigma2): 1/kept, as the image carries that share of the noise;
+// 1 for shells it does not cover.
+inline double reach_weight(const std::vector<double>& kept, size_t shell) {
+  return shell < kept.size() && kept[shell] > 0 ? 1.0 / kept[shell] : 1.0;
+}
 
 struct MaskCreateOptions {
   double pixel_size = 1.0;      // Å

@@ -328,7 +328,7 @@ void Job::load_batch(size_t first, size_t count, const FourierPixels& px, Batch&
     Image wide = img;
     const std::vector<double> kept = apply_reach_mask(wide, mask_radius_, opt_.mask_edge, at_particle,
                                                       po ? ctf_reach(*po) : CtfReach{}, px.r_max);
-    for (size_t k = 0; k < m; ++k) b.sums_weight[i * m + k] = float(1.0 / kept[size_t(px.shell[k])]);
+    for (size_t k = 0; k < m; ++k) b.sums_weight[i * m + k] = float(reach_weight(kept, size_t(px.shell[k])));
     Grid<cfloat> F_raw = fourier_centred(wide);
     double l1_raw = 0;
     for (float v : wide) l1_raw += std::abs(double(v));

@@ -64,12 +64,10 @@ ParticleViews particle_views(const Image& raw, const ParticleMasking& m, size_t 
   const MaskCentre at{-origin_px[0], -origin_px[1]};
   const CtfReach reach = optics ? ctf_reach(*optics) : CtfReach{};  // none without a CTF
   const std::vector<double> kept = apply_reach_mask(wide, m.radius_px, m.edge_px, at, reach, r_max_sums);
-  // RELION weighs the unmasked image by inv_sigma2; an image keeping a share `kept` of the box's noise
-  // gets inv_sigma2 / kept, so particles and shells are weighed by the noise they carry, on RELION's
-  // scale (which class3d's prior, from the map's power, is balanced against).
+  // Particles and shells weighed by the noise they carry, on RELION's scale for the unmasked image
+  // (which class3d's prior, from the map's power, is balanced against).
   std::vector<float> w(inv_sigma2.size());
-  for (size_t s = 0; s < w.size(); ++s)
-    w[s] = s < kept.size() && kept[s] > 0 ? float(inv_sigma2[s] / kept[s]) : inv_sigma2[s];
+  for (size_t s = 0; s < w.size(); ++s) w[s] = float(inv_sigma2[s] * reach_weight(kept, s));
   return ParticleViews{estep::RotatableParticle(img, origin_px[0], origin_px[1], optics),
                        estep::RotatableParticle(wide, origin_px[0], origin_px[1], optics,
                                                 estep::RotatableParticle::PlainOnly{}),
