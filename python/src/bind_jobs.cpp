@@ -20,6 +20,7 @@
 #include "regula/jobs/reconstruct.hpp"
 #include "regula/jobs/refine3d.hpp"
 #include "regula/jobs/simulate.hpp"
+#include "regula/jobs/import.hpp"
 #include "regula/jobs/symmetry_expand.hpp"
 
 namespace regula::python {
@@ -544,6 +545,28 @@ void bind_jobs(py::module_& m) {
       "postprocess=postprocess.star), corr_mic=corrected_micrographs.star, combine_frames for shiny particles.",
       "dict(shiny_star, bfactors_star, particles, skipped, micrographs, micrographs_skipped,\n"
       "frames=[(frame, bfactor, intercept)])");
+
+  using Im = ImportOptions;
+  def_job<Im>(
+      m, "import_", "ImportOptions",
+      {REGULA_FIELD(Im, kind), REGULA_FIELD(Im, input), REGULA_FIELD(Im, out_dir), REGULA_FIELD(Im, out_file),
+       REGULA_FIELD(Im, optics_group_name), REGULA_FIELD(Im, optics_group_mtf), REGULA_FIELD(Im, angpix),
+       REGULA_FIELD(Im, voltage), REGULA_FIELD(Im, cs), REGULA_FIELD(Im, q0), REGULA_FIELD(Im, beamtilt_x),
+       REGULA_FIELD(Im, beamtilt_y), REGULA_FIELD(Im, particles_optics_group_name), REGULA_FIELD(Im, continue_run)},
+      [](const Im& o) { return run_import(o); },
+      [](const Im&, ImportResult r) {
+        py::dict d;
+        d["output"] = r.output;
+        d["files"] = r.files;
+        d["items"] = r.items;
+        d["new_items"] = r.new_items;
+        d["optics_group"] = r.optics_group;
+        return d;
+      },
+      "Import as relion_import (jobs/import.hpp): kind='movies' (or micrographs, coordinates, halfmaps, particles,\n"
+      "other), input='Movies/*.tiff' (a wildcard or a file), out_dir, optics group values; continue_run=True adds\n"
+      "the files not yet listed. (import_: 'import' is a Python keyword.)",
+      "dict(output, files, items, new_items, optics_group)");
 
   m.def("job_options", [](const std::string& name) {
     auto it = job_registry().find(name);

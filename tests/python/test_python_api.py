@@ -312,7 +312,7 @@ JOBS = {"simulate": ("jobs/simulate.hpp", "SimulateOptions"), "preprocess": ("jo
         "symmetry_expand": ("jobs/symmetry_expand.hpp", "SymmetryExpandOptions"),
         "particle_subtract": ("jobs/particle_subtract.hpp", "ParticleSubtractOptions"),
         "locres": ("jobs/locres.hpp", "LocresOptions"), "ctf_refine": ("jobs/ctf_refine.hpp", "CtfRefineOptions"),
-        "polish": ("jobs/polish.hpp", "PolishOptions")}
+        "polish": ("jobs/polish.hpp", "PolishOptions"), "import_": ("jobs/import.hpp", "ImportOptions")}
 
 
 @pytest.mark.parametrize("job", sorted(JOBS))

@@ -47,6 +47,7 @@ void add_half_map_options(CLI::App* s, JobOptions& o) {
 
 // Each subcommand file implements one of these.
 void add_info(CLI::App& app);
+void add_import(CLI::App& app);
 void add_star_handler(CLI::App& app);
 void add_simulate(CLI::App& app);
 void add_class2d(CLI::App& app);

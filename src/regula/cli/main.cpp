@@ -44,6 +44,7 @@ const regula::cli::Command kCommands[] = {
     {"fsc", regula::cli::add_fsc},
     {"convert", regula::cli::add_convert},
     {"symmetry_expand", regula::cli::add_symmetry_expand},
+    {"import", regula::cli::add_import},
     {"particle_subtract", regula::cli::add_particle_subtract},
     {"ctf_refine", regula::cli::add_ctf_refine},
     {"polish", regula::cli::add_polish},

@@ -29,8 +29,6 @@ double MicrographSet::optics_value(int g, const std::string& label, double fallb
   input_error("{}: no optics group {} in data_optics", source, g);
 }
 
-namespace {
-
 std::vector<std::string> glob_files(const std::string& pattern) {
   glob_t g{};
   std::vector<std::string> out;
@@ -39,8 +37,6 @@ std::vector<std::string> glob_files(const std::string& pattern) {
   globfree(&g);
   return out;
 }
-
-}  // namespace
 
 MicrographSet read_micrograph_set(const std::string& input, const std::string& block, const std::string& name_label) {
   MicrographSet s;

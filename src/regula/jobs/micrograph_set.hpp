@@ -28,6 +28,9 @@ struct MicrographSet {
   double optics_value(int g, const std::string& label, double fallback, const std::string& option) const;
 };
 
+// The files a wildcard matches, sorted by name (glob(3)); none: empty.
+std::vector<std::string> glob_files(const std::string& pattern);
+
 // Reads --i. `block` is "movies" or "micrographs", `name_label` the column with the file names.
 MicrographSet read_micrograph_set(const std::string& input, const std::string& block, const std::string& name_label);
 

@@ -21,6 +21,7 @@ namespace fs = std::filesystem;
 namespace {
 
 const JobType kTypes[] = {
+    {"import", "Import", 0, true, "Import/"},
     {"simulate", "Simulate", 99, true},       {"project", "Project", 99, false},
     {"simulate_movies", "SimulateMovies", 99, true}, {"ctffind", "CtfFind", 2, true},
     {"motioncorr", "MotionCorr", 1, true},       {"autopick", "AutoPick", 4, true},
@@ -173,6 +174,23 @@ int output_node_type(const std::string& path, std::string_view command) {
     return -1;
   }
   if (f.rfind("coords_suffix", 0) == 0 && ends(".star")) return kNodeMicCoords;
+  if (command == "import") {
+    // What the file holds: a list of movies or micrographs, particles, half maps; the copied
+    // per-micrograph coordinate files are not nodes (their coords_suffix file is).
+    if (ends(".star")) {
+      try {
+        const star::Document d = star::read(path);
+        if (d.find("movies")) return kNodeMovies;
+        if (d.find("micrographs")) return kNodeMics;
+        if (d.find("particles")) return kNodeParticles;
+      } catch (const std::exception&) {
+      }
+      return -1;
+    }
+    if ((f.find("half1") != std::string::npos || f.find("half2") != std::string::npos) && ends(".mrc"))
+      return kNodeHalfMap;
+    if (ends(".mrcs")) return kNode2DRefs;
+  }
   if (command == "polish") {
     // The shiny particles are the node (RELION's); bfactors.star and the per-micrograph tracks are not.
     if (f == "shiny.star") return kNodeParticles;
@@ -212,7 +230,8 @@ Job Job::create(const JobType& type, const std::vector<std::string>& args, const
   Job job;
   job.type_ = &type;
   job.args_ = args;
-  auto inputs = input_files(args);
+  // An import's --i is outside the pipeline (RELION's Import job has no input nodes).
+  auto inputs = type.command == "import" ? std::vector<std::string>{} : input_files(args);
   pipeline::update_record(".", [&](Record& r) {
     // Jobs the record still calls running that have ended without saying so (killed, or the
     // machine restarted): their directories know (job_state). RELION's GUI reads the record.
@@ -267,7 +286,7 @@ std::vector<std::string> Job::rewritten_args() const {
   std::string job = dir_.substr(0, dir_.size() - 1);
   bool has_output = false;
   for (size_t i = 0; i < out.size(); ++i) {
-    if (out[i] == "--o" && i + 1 < out.size()) {
+    if ((out[i] == "--o" || out[i] == "--odir") && i + 1 < out.size()) {
       has_output = true;
       std::string& v = out[i + 1];
       if (v.rfind(dir_, 0) == 0) break;  // already inside the job directory
