@@ -18,6 +18,7 @@
 #include "regula/core/progress.hpp"
 #include "regula/core/version.hpp"
 #include "regula/pipeline/job.hpp"
+#include "regula/pipeline/queue.hpp"
 
 namespace {
 
@@ -160,6 +161,28 @@ int main(int argc, char** argv) {
     if (project && regula::mpi::active())
       regula::input_error("--project is not supported under mpirun yet: run the MPI job without --project");
     auto alias = take_option(args, "--alias").value_or("");
+    // Submission to a cluster queue (pipeline/queue.hpp), RELION's options.
+    regula::pipeline::QueueOptions queue;
+    const auto queue_name = take_option(args, "--queue");
+    bool submit = queue_name.has_value();
+    if (queue_name) queue.queue = *queue_name;
+    if (auto v = take_option(args, "--qsub")) queue.qsub = *v, submit = true;
+    if (auto v = take_option(args, "--qsubscript")) queue.script = *v, submit = true;
+    if (auto v = take_option(args, "--min_dedicated")) {
+      submit = true;
+      try {
+        queue.min_dedicated = std::stoi(*v);
+      } catch (const std::exception&) {
+        regula::input_error("--min_dedicated {}: expected an integer", *v);
+      }
+    }
+    for (int k = 0; k < 4; ++k)
+      if (auto v = take_option(args, fmt::format("--qsub_extra{}", k + 1))) queue.extra[size_t(k)] = *v, submit = true;
+    if (submit && !project)
+      regula::input_error("--queue, --qsub, --qsubscript: a job is submitted to a queue as a job of a project "
+                          "(add --project DIR)");
+    if (submit && !queue.script.empty() && !std::filesystem::path(queue.script).is_absolute())
+      queue.script = std::filesystem::absolute(queue.script).string();  // before changing into the project
     if (project) {
       // Only a command that runs as a job makes its project; the others (serve, pipeline,
       // run, info...) read an existing one, so a mistyped directory is an error, not a new
@@ -200,6 +223,7 @@ int main(int argc, char** argv) {
         return help ? 0 : 1;
       }
       if (!rest.empty()) regula::input_error("run: unexpected argument '{}'", rest[0]);
+      if (submit) regula::input_error("run --job with --queue: not implemented yet (submit a new job instead)");
       auto job = regula::pipeline::Job::open(*dir);
       // Micrograph jobs resume micrograph by micrograph: the finished ones are kept.
       const std::string_view cmd = job.type().command;
@@ -227,7 +251,28 @@ int main(int argc, char** argv) {
       if (const auto* type = regula::pipeline::job_type(*sub)) {
         std::vector<std::string> before(args.begin(), sub), after(sub + 1, args.end());
         for (auto& b : before) global.push_back(b);
+        if (submit) {
+          if (queue.script.empty()) regula::input_error("--queue needs --qsubscript, the submission script template");
+          if (!std::filesystem::is_regular_file(queue.script))
+            regula::input_error("--qsubscript {}: no such file", queue.script);
+        }
         auto job = regula::pipeline::Job::create(*type, after, alias);
+        if (submit) {
+          // The job runs where the queue puts it as `regula --project P run --job DIR`.
+          std::vector<std::string> cmd{std::filesystem::read_symlink("/proc/self/exe").string(), "--project",
+                                       std::filesystem::current_path().string()};
+          for (auto& g : global) cmd.push_back(g);
+          for (auto& a : std::vector<std::string>{"run", "--job", job.dir()}) cmd.push_back(a);
+          std::string command;
+          for (auto& c : cmd) {
+            const bool plain = c.find_first_of(" \t'\"$`\\;&|<>()*?[]#~") == std::string::npos && !c.empty();
+            command += (command.empty() ? "" : " ") + (plain ? c : "'" + c + "'");
+          }
+          const std::string said = regula::pipeline::submit_job(job, queue, command);
+          std::printf("%s: submitted (%s)%s%s\n", job.dir().c_str(), queue.qsub.c_str(), said.empty() ? "" : ": ",
+                      said.c_str());
+          return 0;
+        }
         return run_job(job, global);
       }
     }

@@ -38,8 +38,9 @@ const JobType kTypes[] = {
     {"locres", "LocalRes", 16, false, "relion"},
 };
 
+// [4]: submitted to a queue and not started (what the submit command said).
 const char* kMarkers[] = {"REGULA_JOB_RUNNING", "RELION_JOB_EXIT_SUCCESS", "RELION_JOB_EXIT_FAILURE",
-                          "RELION_JOB_EXIT_ABORTED"};
+                          "RELION_JOB_EXIT_ABORTED", "REGULA_JOB_QUEUED"};
 
 bool takes_value(const std::vector<std::string>& args, size_t i) {
   return i + 1 < args.size() && (args[i + 1].size() < 2 || args[i + 1].rfind("--", 0) != 0);
@@ -106,6 +107,7 @@ void set_marker(const std::string& dir, const char* keep) {
     std::string p = dir + m;
     if (m != keep) std::filesystem::remove(p);
     else if (m == kMarkers[0]) write_file_atomic(p, to_json(current_process()) + "\n");
+    else if (m == kMarkers[4]) continue;  // written by mark_queued
     else write_file_atomic(p, fmt::format("{}\n", ::getpid()));
   }
 }
@@ -130,7 +132,15 @@ JobState job_state(const std::string& job_dir) {
   if (present(d / kMarkers[3])) return {Status::Aborted, ""};
   const fs::path running = d / kMarkers[0];
   std::error_code ec;
-  if (fs::symlink_status(running, ec).type() != fs::file_type::regular) return {Status::Running, ""};
+  if (fs::symlink_status(running, ec).type() != fs::file_type::regular) {
+    if (fs::symlink_status(d / kMarkers[4], ec).type() == fs::file_type::regular) {
+      std::ifstream q(d / kMarkers[4]);
+      std::string said;
+      std::getline(q, said);
+      return {Status::Running, "queued, not started yet" + (said.empty() ? std::string() : ": " + said)};
+    }
+    return {Status::Running, ""};
+  }
   std::ifstream f(running);
   std::string text(4096, '\0');
   f.read(text.data(), std::streamsize(text.size()));
@@ -306,6 +316,13 @@ void Job::mark_running() {
   pipeline::update_record(".", [&](Record& r) {
     if (auto* p = r.find_process(dir_)) p->status = Status::Running;
   });
+}
+
+void Job::mark_queued(const std::string& submitted) {
+  std::string line = submitted;
+  std::replace(line.begin(), line.end(), '\n', ' ');
+  write_file_atomic(dir_ + kMarkers[4], line + "\n");
+  set_marker(dir_, kMarkers[4]);
 }
 
 void Job::finish(Status status) {

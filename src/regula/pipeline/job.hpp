@@ -47,6 +47,10 @@ class Job {
   std::vector<std::string> rewritten_args() const;
   // Marks the job running (again) in the record and on disk.
   void mark_running();
+  // Submitted to a queue, not started: REGULA_JOB_QUEUED (holding `submitted`, what the submit
+  // command said) replaces the running marker, so readers do not take the submitting process's end
+  // for the job's; the job's own `regula run` marks it running when it starts.
+  void mark_queued(const std::string& submitted);
   // Final status: writes the marker, registers output nodes and edges.
   void finish(Status status);
 

@@ -1,0 +1,45 @@
+// Submitting a job of a project to a cluster queue, as RELION does: a submission script made from a
+// template by replacing RELION's variables, handed to the queue's submit command (SLURM's sbatch by
+// default); the job itself runs later as `regula --project P run --job <Type>/jobNNN/`, which writes
+// its markers, so its status is followed as any other job's.
+//
+// Template variables (RELION 3.1's): XXXcommandXXX (the command that runs the job), XXXqueueXXX,
+// XXXmpinodesXXX (MPI processes; 1: jobs of a project do not run under mpirun yet), XXXthreadsXXX
+// (the job's --j, 1 when absent), XXXcoresXXX (mpinodes x threads), XXXdedicatedXXX (minimum cores
+// per node), XXXnodesXXX (ceil(cores / dedicated)), XXXnameXXX (the job directory), XXXoutfileXXX and
+// XXXerrfileXXX (the queue's own stdout and stderr: <job>/run_queue.out and .err; the job's log is
+// <job>/run.out as always), XXXextra1XXX..XXXextra4XXX.
+#pragma once
+#include <array>
+#include <string>
+#include <vector>
+
+namespace regula::pipeline {
+
+class Job;
+
+struct QueueOptions {
+  std::string queue;           // --queue: the queue (partition) name
+  std::string qsub = "sbatch";  // --qsub: the submit command (run by /bin/sh with the script's path appended)
+  std::string script;          // --qsubscript: the template
+  int min_dedicated = 1;       // --min_dedicated: cores per node at least
+  std::array<std::string, 4> extra;  // --qsub_extra1..4
+};
+
+struct QueueVariables {
+  std::string command, queue, name, outfile, errfile;
+  int mpinodes = 1, threads = 1, dedicated = 1;
+  std::array<std::string, 4> extra;
+};
+
+// The template with every variable replaced; InputError naming `template_name` for an XXX...XXX
+// variable it does not know (a typo would otherwise reach the queue).
+std::string fill_queue_template(const std::string& text, const QueueVariables& v, const std::string& template_name);
+
+// Writes <job>/run_submit.script from the template, runs `qsub script` in the project directory and
+// marks the job queued with what it printed. A submit command that fails (exit status not 0) marks
+// the job failed and throws InputError with its output. `command` is XXXcommandXXX. Returns the
+// submit command's output.
+std::string submit_job(Job& job, const QueueOptions& q, const std::string& command);
+
+}  // namespace regula::pipeline
