@@ -20,7 +20,7 @@ threads="${THREADS:-2}"
 case $set_name in
   apo) diameter=150 sym=O ;;
   1u6g) diameter=180 sym=C1 ;;
-  trpv55) diameter=200 sym=C1 ;;
+  trpv55) diameter=200 sym=C1 eval_sym=C4 ;;  # refined in C1; TRPV1 is C4, so poses are compared modulo C4
   *) echo "unknown set $set_name"; exit 2 ;;
 esac
 d="$out/$set_name"
@@ -49,7 +49,7 @@ for who in regula relion; do
   [ -f "$r/run_class001.mrc" ] || { echo "== $who: no final map in $r"; continue; }
   echo "== $who"
   "$regula" --quiet fsc --i1 "$r/run_half1_class001_unfil.mrc" --i2 "$r/run_half2_class001_unfil.mrc" | tail -1
-  /usr/bin/python3 "$here/evaluate_refine.py" --sym "$sym" "$d/truth.star" "$r/run_data.star" "$r/run_class001.mrc" \
+  /usr/bin/python3 "$here/evaluate_refine.py" --sym "${eval_sym:-$sym}" "$d/truth.star" "$r/run_data.star" "$r/run_class001.mrc" \
     "$d/truth_model.mrc" "$r/fsc_vs_truth.tsv"
 done
 if [ -f "$out/relion_$set_name/fsc_vs_truth.tsv" ]; then
