@@ -48,6 +48,14 @@ void add_simulate(CLI::App& app) {
   s->add_option("--micrographs", opt->micrographs,
                 "Particles in this many micrographs sharing a defocus and astigmatism (0: each particle its own)")
       ->capture_default_str();
+  s->add_option("--noise_spread", opt->noise_spread,
+                "With --micrographs: noise level per micrograph varying by this max/min ratio (ice thickness)")
+      ->capture_default_str();
+  s->add_option("--junk_fraction", opt->junk_fraction,
+                "Share of junk images: empty ice, carbon edges, aggregates, contamination (and --junk_map); "
+                "truth.star's rlnRegulaTruthKind says which")
+      ->capture_default_str();
+  s->add_option("--junk_map", opt->junk_map, "With --junk_fraction: a map whose projections are wrong particles");
   s->add_option("--defocus_spread", opt->defocus_spread,
                 "With --micrographs: particle heights in the ice, uniform over this range, Å")
       ->capture_default_str();

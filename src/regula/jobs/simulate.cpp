@@ -11,6 +11,7 @@
 
 #include "regula/core/cancel.hpp"
 #include "regula/core/error.hpp"
+#include "regula/core/fft.hpp"
 #include "regula/core/parallel.hpp"
 #include "regula/core/progress.hpp"
 #include "regula/core/random.hpp"
@@ -51,6 +52,11 @@ std::string SimulateOptions::validate() const {
   if (og2_angpix < 0) return fmt::format("--og2_angpix: must be positive (got {})", og2_angpix);
   if (og2_box < 0 || og2_box == 1) return fmt::format("--og2_box: must be at least 2 (got {})", og2_box);
   if (og2_fraction == 0 && (og2_angpix > 0 || og2_box > 0)) return "--og2_angpix/--og2_box need --og2_fraction";
+  if (!(noise_spread >= 1)) return fmt::format("--noise_spread: max/min noise ratio, >= 1 (got {})", noise_spread);
+  if (noise_spread > 1 && micrographs == 0) return "--noise_spread needs --micrographs";
+  if (junk_fraction < 0 || junk_fraction >= 1)
+    return fmt::format("--junk_fraction: must be in [0, 1) (got {})", junk_fraction);
+  if (!junk_map.empty() && junk_fraction == 0) return "--junk_map needs --junk_fraction";
   return "";
 }
 
@@ -130,6 +136,13 @@ SimulateResult simulate(const SimulateOptions& opt) {
   Projector proj1(map1, 2, -1, opt.threads);
   Projector proj2;
   if (!map2.empty()) proj2 = Projector(map2, 2, -1, opt.threads);
+  Projector proj_junk;
+  if (!opt.junk_map.empty()) {
+    double aj = angpix;
+    Volume vj = load_map(opt.junk_map, opt.box, aj);
+    if (vj.nx() != n) input_error("{}: size {} differs from --i map size {} (after --box)", opt.junk_map, vj.nx(), n);
+    proj_junk = Projector(vj, 2, -1, opt.threads);
+  }
 
   // Fixed viewing directions for --views, drawn from their own stream.
   std::vector<std::pair<double, double>> view_dirs;
@@ -168,10 +181,16 @@ SimulateResult simulate(const SimulateOptions& opt) {
   const size_t N = size_t(opt.n);
   auto micrograph_of = [&](size_t i) { return opt.micrographs > 0 ? i * size_t(opt.micrographs) / N : 0; };
   std::vector<Truth> truth(N);
-  std::vector<int> group(N, 1);
+  std::vector<int> group(N, 1), junk(N, 0);
+  std::vector<double> noise_factor(N, 1.0);
+  const int junk_kinds = opt.junk_map.empty() ? 4 : 5;
   for (size_t i = 0; i < N; ++i) {
     auto g = make_rng(opt.seed, i);
     truth[i] = draw(g);
+    if (opt.junk_fraction > 0) {
+      auto gj = make_rng(opt.seed, i, 5);
+      if (uniform01(gj) < opt.junk_fraction) junk[i] = 1 + int(gj() % uint64_t(junk_kinds));
+    }
     if (opt.micrographs > 0) {
       // The micrograph's defocus and astigmatism (its own stream), then the particle's height in the ice.
       auto gm = make_rng(opt.seed, micrograph_of(i), 3);
@@ -184,6 +203,7 @@ SimulateResult simulate(const SimulateOptions& opt) {
       truth[i].du = m.du + dz;
       truth[i].dv = m.dv + dz;
       truth[i].dangle = m.dangle;
+      if (opt.noise_spread > 1) noise_factor[i] = std::pow(opt.noise_spread, uniform01(gm) - 0.5);
     }
     if (opt.og2_fraction > 0) {
       auto go = make_rng(opt.seed, i, 2);
@@ -264,6 +284,7 @@ SimulateResult simulate(const SimulateOptions& opt) {
       parts.set_column("rlnOriginXAngst", ox);
       parts.set_column("rlnOriginYAngst", oy);
       parts.set_column("rlnClassNumber", cls);
+      if (opt.junk_fraction > 0) parts.set_column("rlnRegulaTruthKind", junk);
     }
     return doc;
   };
@@ -295,13 +316,96 @@ SimulateResult simulate(const SimulateOptions& opt) {
     return from_fourier_centred(F, g.box);
   };
 
+  // A junk image (noise-free, with its CTF): kind junk[i], drawn on a canvas twice the box (so the
+  // CTF spreads it without wrapping around the box) and cut to the box, then scaled to a multiple of
+  // the particles' signal variance where it has no scale of its own; from the image's own stream.
+  auto junk_signal = [&](size_t i, double var_particles) {
+    const OpticsGroupModel& g = optics.group_of(i);
+    const int m = g.box, P = 2 * m;
+    auto gj = make_rng(opt.seed, i, 6);
+    Image canvas(P, P, 1, 0.0f);
+    auto finish = [&](double target_var) {
+      Grid<cfloat> F = fourier_centred(canvas);
+      if (opt.ctf) {
+        const ParticleOptics po = optics.particle(i);
+        for (int y = 0; y < P; ++y)
+          for (int x = 0; x <= P / 2; ++x) F(x, y, 0) *= float(po.ctf_value(0.5 * x, 0.5 * fft_freq(y, P)));
+      }
+      const Image big = from_fourier_centred(F, P);
+      Image out(m, m, 1);
+      for (int y = 0; y < m; ++y)
+        for (int x = 0; x < m; ++x) out(x, y, 0) = big(x + m / 2, y + m / 2, 0);
+      const double v = variance(out);
+      if (target_var > 0 && v > 0)
+        for (float& x : out) x = float(x * std::sqrt(target_var / v));
+      return out;
+    };
+    const double c = P / 2;
+    switch (junk[i]) {
+      case 1: return Image(m, m, 1, 0.0f);  // empty ice: noise only
+      case 2: {                            // carbon edge
+        const double a = 2 * kPi * uniform01(gj), d = (uniform01(gj) - 0.5) * m / 2;
+        Image tex(P, P, 1);
+        for (auto& x : tex) x = float(normal01(gj));
+        low_pass(tex, 8.0, 1.0);  // texture of a few pixels
+        const double tv = std::sqrt(std::max(1e-12, variance(tex)));
+        for (int y = 0; y < P; ++y)
+          for (int x = 0; x < P; ++x) {
+            const double t = (x - c) * std::cos(a) + (y - c) * std::sin(a) - d;
+            const double step = 0.5 * (1 + std::tanh(t / 3.0));
+            // Carbon fades out at the canvas edge, so it has no edge of its own there.
+            const double fade = std::min(1.0, std::min({x, y, P - 1 - x, P - 1 - y}) / (0.25 * m));
+            canvas(x, y, 0) = float(step * fade * (1 + 0.3 * tex(x, y, 0) / tv));
+          }
+        return finish(3 * var_particles);
+      }
+      case 3: {  // aggregate
+        const int copies = 2 + int(gj() % 3);
+        for (int k = 0; k < copies; ++k) {
+          const double rot = 360 * uniform01(gj), tilt = rad2deg(std::acos(2 * uniform01(gj) - 1)),
+                       psi = 360 * uniform01(gj);
+          const double r = k > 0 ? (0.15 + 0.2 * uniform01(gj)) * m : 0.0, b = 2 * kPi * uniform01(gj);
+          Grid<cfloat> F;
+          const Mat3 A = euler_to_matrix(rot, tilt, psi);
+          if (g.maps_to_reference() || g.box != n) proj1.project_mapped(A, g.to_reference, F, g.box);
+          else proj1.project(A, F);
+          const Image one = from_fourier_centred(F, m);
+          const int ox = int(std::lround(r * std::cos(b))), oy = int(std::lround(r * std::sin(b)));
+          for (int y = 0; y < m; ++y)
+            for (int x = 0; x < m; ++x) canvas(x + m / 2 + ox, y + m / 2 + oy, 0) += one(x, y, 0);
+        }
+        return finish(0);
+      }
+      case 4: {  // contamination: a dense disc
+        const double rad = (0.08 + 0.17 * uniform01(gj)) * m, off = uniform01(gj) * m / 3, b = 2 * kPi * uniform01(gj);
+        const double cx = c + off * std::cos(b), cy = c + off * std::sin(b);
+        for (int y = 0; y < P; ++y)
+          for (int x = 0; x < P; ++x)
+            canvas(x, y, 0) = float(0.5 * (1 - std::tanh((std::hypot(x - cx, y - cy) - rad) / 2.0)));
+        return finish(4 * var_particles);
+      }
+      default: {  // a wrong particle
+        const Truth& t = truth[i];
+        Grid<cfloat> F;
+        const Mat3 A = euler_to_matrix(t.rot, t.tilt, t.psi);
+        if (g.maps_to_reference() || g.box != n) proj_junk.project_mapped(A, g.to_reference, F, g.box);
+        else proj_junk.project(A, F);
+        shift_phase(F, t.dx, t.dy, m);
+        const Image one = from_fourier_centred(F, m);
+        for (int y = 0; y < m; ++y)
+          for (int x = 0; x < m; ++x) canvas(x + m / 2, y + m / 2, 0) = one(x, y, 0);
+        return finish(var_particles);
+      }
+    }
+  };
+
   // Pass 1: signal variance per optics group from its first particles (deterministic).
   ThreadPool pool(opt.threads);
   double var_signal[2] = {0, 0};
   for (int gi = 1; gi <= 2; ++gi) {
     std::vector<size_t> first;
     for (size_t i = 0; i < N && first.size() < 200; ++i)
-      if (group[i] == gi) first.push_back(i);
+      if (group[i] == gi && junk[i] == 0) first.push_back(i);
     if (first.empty()) continue;
     std::vector<double> vars(first.size());
     pool.parallel_for(0, first.size(), [&](size_t k, int) { vars[k] = variance(signal(first[k])); });
@@ -332,9 +436,9 @@ SimulateResult simulate(const SimulateOptions& opt) {
     size_t b1 = std::min(N, b0 + batch);
     pool.parallel_for(b0, b1, [&](size_t i, int) {
       const OpticsGroupModel& g = optics.group_of(i);
-      Image img = signal(i);
+      Image img = junk[i] ? junk_signal(i, var_signal[group[i] - 1]) : signal(i);
       auto gn = make_rng(opt.seed, i, 1);  // noise stream
-      const double s = sigma[group[i] - 1];
+      const double s = sigma[group[i] - 1] * noise_factor[i];
       if (s > 0)
         for (auto& v : img) v += float(s * normal01(gn));
       if (opt.premultiply) {  // the whole (noisy) image times its CTF, as extraction with premultiplication
@@ -359,7 +463,7 @@ SimulateResult simulate(const SimulateOptions& opt) {
   // absolute grey scale, as a map refined from these particles would be.
   double grey_sum = 0, grey_count = 0;
   for (size_t i = 0; i < N; ++i)
-    if (group[i] == 1) grey_sum += grey[i], grey_count += 1;
+    if (group[i] == 1 && junk[i] == 0) grey_sum += grey[i], grey_count += 1;
   res.map_scale = grey_count > 0 ? grey_sum / grey_count : 1.0;
   for (float& v : map1) v = float(v * res.map_scale);
   for (float& v : map2) v = float(v * res.map_scale);
@@ -372,6 +476,12 @@ SimulateResult simulate(const SimulateOptions& opt) {
   writer.commit();
   if (writer2) writer2->commit();
   progress.finish();
+  if (opt.junk_fraction > 0) {
+    size_t count[6] = {0, 0, 0, 0, 0, 0};
+    for (int k : junk) ++count[k];
+    spdlog::info("simulate: junk: {} empty, {} carbon edges, {} aggregates, {} contamination, {} wrong particles "
+                 "(rlnRegulaTruthKind in {})", count[1], count[2], count[3], count[4], count[5], res.truth_star);
+  }
   spdlog::info("simulate: {} particles of {} px at {} Å/px{}, SNR {}, noise sigma {:.4g}, truth map scale {:.4g}; wrote {}, {}, {}",
                opt.n, n, angpix,
                two_groups ? fmt::format(" (optics group 2: {} px at {} Å/px)", n2, angpix2) : std::string(),

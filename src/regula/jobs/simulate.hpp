@@ -30,6 +30,18 @@
 // level from its own signal variance; stack DIR/particles_og2.mrcs); with --premultiply
 // the noisy images are multiplied by their CTF once more (rlnCtfDataAreCtfPremultiplied 1),
 // as RELION's extraction with CTF premultiplication.
+// Junk (--junk_fraction F; drawn per image from its own stream, and its kind too): a fraction F of
+// the images holds no particle but one of, equally likely,
+//   1 empty ice: noise only;
+//   2 carbon edge: a half-plane of carbon (a step across the box at a random angle and distance
+//     <= box/4 from the centre, 3 px soft edge, with 30% low-passed texture), 3x the particles'
+//     signal variance;
+//   3 aggregate: 2-4 copies of the particle at random poses, 0.15-0.35 box apart, overlapping;
+//   4 contamination (ice crystal, ethane): a dense disc of radius 0.08-0.25 box anywhere within
+//     box/3 of the centre, soft edge, 4x the particles' signal variance;
+//   5 a wrong particle: a projection of --junk_map (when given) at the particles' signal variance;
+// all through the same CTF and noise as the particles. truth.star marks each image with
+// rlnRegulaTruthKind (0 particle, 1-5 the kinds above); particles.star does not tell.
 // Outputs: DIR/particles.mrcs, DIR/particles.star (3.1 form, CTF, no poses),
 // DIR/truth.star (the same plus rlnAngleRot/Tilt/Psi, rlnOriginX/YAngst,
 // rlnClassNumber), DIR/truth_map1.mrc (and truth_map2.mrc): the maps as projected,
@@ -71,6 +83,10 @@ struct SimulateOptions {
   int og2_box = 0;                          // --og2_box: its box, px (0: as group 1)
   long micrographs = 0;                     // --micrographs M: particles in M micrographs (0: one)
   double defocus_spread = 0;                // --defocus_spread: Å, particle heights within a micrograph
+  double noise_spread = 1;                  // --noise_spread R: with --micrographs, noise sigma per micrograph
+                                            // times R^(u - 1/2), u uniform (ice thickness; max/min = R)
+  double junk_fraction = 0;                 // --junk_fraction: share of the images that are junk
+  std::string junk_map;                     // --junk_map: a wrong particle, one more kind of junk
   uint64_t seed = 1;
   int threads = 1;
 
