@@ -2,24 +2,16 @@
 installed) and on its own: --continue over a growing folder, coordinates, half maps, particles (a RELION 3.0 file
 converted), bad input, and the import as a job of a project whose pipeline RELION's pipeliner reads."""
 import shutil
-import subprocess
 
 import mrcfile
 import numpy as np
 import pytest
 
 from conftest import DATA, regula_binary
+from conftest import run_regula as rg
 from movie_data import blob_map, run, star_loop
 
 RELION = shutil.which("relion_import")
-
-
-def rg(*args, cwd, check=True):
-    r = subprocess.run([regula_binary(), "--quiet", *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                       timeout=300)
-    if check:
-        assert r.returncode == 0, r.stderr
-    return r
 
 
 @pytest.fixture

@@ -1,23 +1,14 @@
 """Jobs of a project submitted to a cluster queue with a RELION-style template (pipeline/queue.hpp), with stand-ins
 for sbatch: one that runs the script at once, one that only queues it, one that fails."""
 import os
-import pathlib
 import subprocess
 
-import pytest
 
 from conftest import DATA, ROOT, regula_binary
+from conftest import run_regula as regula
 
 MAP = DATA / "proj" / "clean70SRibosome_vol_65p.mrc"
 SIM = ["simulate", "--i", MAP, "--o", "sim", "--n", 20, "--angpix", 4, "--box", 64, "--seed", 1, "--j", 2]
-
-
-def regula(*args, cwd=None, check=True):
-    r = subprocess.run([regula_binary(), "--quiet", *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                       timeout=300)
-    if check:
-        assert r.returncode == 0, r.stderr
-    return r
 
 
 def stand_in(tmp_path, name, body):
