@@ -56,11 +56,6 @@ std::vector<std::string> matches_or_fail(const ImportOptions& o, bool allow_none
   return files;
 }
 
-// The optics columns relion_import writes, in its order, for one group of the options.
-struct OpticsRow {
-  std::vector<std::pair<std::string, std::string>> cells;
-};
-
 std::string num(double v) { return fmt::format("{}", v); }
 
 ImportResult import_list(const ImportOptions& o) {
@@ -225,10 +220,11 @@ ImportResult import_coordinates(const ImportOptions& o) {
   return res;
 }
 
-void check_map(const std::string& f) {
+// The header of an MRC file; InputError with the file and what is wrong.
+mrc::Header check_map(const std::string& f) {
   const std::string e = lower_extension(f);
   if (e != ".mrc" && e != ".mrcs" && e != ".map") input_error("import: {}: expected an MRC file (.mrc, .mrcs, .map)", f);
-  (void)mrc::read_header(f);  // InputError with the file and what is wrong
+  return mrc::read_header(f);
 }
 
 ImportResult import_halfmaps(const ImportOptions& o) {
@@ -241,9 +237,7 @@ ImportResult import_halfmaps(const ImportOptions& o) {
   const std::string h2 = (fs::path(h1).parent_path() / (name.substr(0, at) + "half2" + name.substr(at + 5))).string();
   for (auto& f : {h1, h2})
     if (!fs::is_regular_file(f)) input_error("import: {}: no such file (half maps come in pairs: {} and {})", f, h1, h2);
-  check_map(h1);
-  check_map(h2);
-  const mrc::Header a = mrc::read_header(h1), b = mrc::read_header(h2);
+  const mrc::Header a = check_map(h1), b = check_map(h2);
   if (a.nx != b.nx || a.ny != b.ny || a.nz != b.nz)
     input_error("import: {} is {}x{}x{} and {} is {}x{}x{}: half maps of one refinement are the same size", h1, a.nx,
                 a.ny, a.nz, h2, b.nx, b.ny, b.nz);
