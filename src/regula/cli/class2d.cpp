@@ -37,8 +37,11 @@ void add_class2d(CLI::App& app) {
   s->add_option("--ini_high", opt->ini_high, "Initial frequency limit, Å")->capture_default_str();
   s->add_option("--incr_size", opt->incr_size, "Shells added above the SSNR >= 1 resolution for the next limit")
       ->capture_default_str();
-  s->add_flag("--norm,!--no_norm", opt->norm, "Per-particle scale correction (default on)");
-  s->add_flag("--scale,!--no_scale", opt->scale, "Scale correction (default on; same correction as --norm)");
+  s->add_flag("--norm,!--no_norm", opt->norm,
+              "Per-particle noise normalisation, RELION's rlnNormCorrection (default on)");
+  s->add_flag("--scale,!--no_scale", opt->scale,
+              "Per-group scale correction, RELION's rlnGroupScaleCorrection; groups by rlnGroupName, else micrograph "
+              "(default on)");
   s->add_flag("--center_classes,!--no_center_classes", opt->center_classes, "Centre classes on their centre of mass (default on)");
   s->add_option("--reseed_until", opt->reseed_until,
                 "Up to this iteration an almost empty class, or one of two classes with the same view, takes half of "

@@ -32,6 +32,7 @@
 #include "regula/jobs/ml3d.hpp"
 #include "regula/model/particles.hpp"
 #include "regula/mstep/first_noise.hpp"
+#include "regula/mstep/model_update.hpp"
 #include "regula/mstep/class_average.hpp"
 #include "regula/sampling/healpix.hpp"
 
@@ -81,10 +82,11 @@ struct Batch {
   std::vector<float> ctf;        // count * m: the likelihood's CTF factor (CTF^2 for premultiplied data)
   std::vector<uint8_t> premultiplied;  // count
   std::vector<uint32_t> group;   // count
-  std::vector<float> scale;      // count
+  std::vector<float> scale;      // count: the group's scale correction
   std::vector<double> power;     // count * (n/2+1): sum of |X|^2 per shell over all non-redundant pixels
   std::vector<double> ctf_max;   // count: max(1, largest |CTF factor|)
-  std::vector<double> x_bound;   // count: L1 norm of the image, masked or not (bounds every |X(k)|), times ctf_max
+  std::vector<double> x_bound;   // count: L1 norm of the image, masked or not (bounds every |X(k)|), times ctf_max,
+                                 // before the norm correction (start_exact_sums multiplies by the largest factor)
 
   // The kernels' view of the batch at m pixels, with inverse noise rows per optics group (or one
   // row shared by all particles, without scales).
@@ -142,6 +144,7 @@ struct IterationSums {
   std::vector<BackProjector> acc, acc_half;  // per class
   ExactSums wdiff2, wcount;                  // [optics group * (n/2+1) + shell]
   ExactSums wclass;                          // per class
+  ExactSums xa, aa;                          // per particle group: the scale correction's products
   ExactSums stats;                           // Stat
   size_t shells = 0;
 };
@@ -182,15 +185,15 @@ class Job {
     std::vector<uint32_t> global_j;
   };
   void process_batch(size_t first, size_t count, const IterationData& it, BatchWork& w, IterationSums& sums,
-                     IterationReport& rep, std::vector<double>& new_scale);
+                     IterationReport& rep, std::vector<double>& new_norm);
   FinalPass finer_pass(size_t first, size_t count, const IterationData& it, const estep::ParticleBatch& pb,
                        std::span<const double> log_constant, BatchWork& w);
   void record_particles(size_t first, size_t count, const IterationData& it, const FinalPass& fp, const BatchWork& w,
-                        IterationSums& sums, IterationReport& rep, std::vector<double>& new_scale);
+                        IterationSums& sums, IterationReport& rep, std::vector<double>& new_norm);
   void add_class_sums(const estep::ParticleBatch& pb, const estep::TranslationPhases& tp,
                       const estep::SparseWeights& sw, std::span<const uint32_t> global_j, const Sampling& s,
                       const FourierPixels& px, estep::ReferenceSums& sums, std::vector<BackProjector>& acc);
-  IterationSums expectation(const IterationData& it, IterationReport& rep, std::vector<double>& new_scale);
+  IterationSums expectation(const IterationData& it, IterationReport& rep, std::vector<double>& new_norm);
   void start_exact_sums(const IterationData& it, IterationSums& sums) const;
   bool owns_batch(size_t batch) const { return int(batch % size_t(mpi::size())) == mpi::rank(); }
   std::vector<mstep::ClassAverage> maximise(const IterationData& it, const std::vector<BackProjector>& acc,
@@ -199,6 +202,14 @@ class Job {
   std::vector<double> tau2_of(const Image& cls) const;
   int resolution_shell(const std::vector<double>& ssnr) const;
   double shell_to_A(double s) const { return s > 0 ? double(n_) * angpix_ / s : 999.0; }
+  // RELION's factor on particle p's image (avg_norm / norm, --norm) and its group's scale (--scale).
+  double norm_factor(size_t p) const {
+    return opt_.norm && p < st_.norm.size() && st_.norm[p] > 0 ? st_.avg_norm / st_.norm[p] : 1.0;
+  }
+  double group_scale(size_t p) const {
+    const size_t g = size_t(groups_.group_of[p]);
+    return opt_.scale && g < st_.group_scale.size() ? st_.group_scale[g] : 1.0;
+  }
   bool in_split_half(size_t p) const {
     auto rng = make_rng(opt_.seed, p, 0x53504c54);  // "SPLT"
     return uniform01(rng) < 0.5;
@@ -224,7 +235,8 @@ class Job {
   ParticleTable table_;
   OpticsModel optics_model_;  // of table_ (engine_optics)
   std::unique_ptr<ParticleImages> images_;
-  int n_ = 0, groups_ = 1, r_ini_ = 1;
+  int n_ = 0, optics_ = 1, r_ini_ = 1;  // optics_: optics groups (noise spectra)
+  ml3d::Groups groups_;                   // particle groups (scale correction)
   double angpix_ = 0, mask_radius_ = 0;
   Sampling coarse_, fine_;            // fine_ == coarse_ without oversampling
   size_t t_children_ = 1, j_children_ = 1;  // fine poses per coarse translation / in-plane angle
@@ -266,7 +278,8 @@ void Job::setup() {
         input_error("{}: --ctf needs rlnVoltage, rlnSphericalAberration and rlnAmplitudeContrast (optics group {})",
                     input_star_, g.number);
   }
-  groups_ = int(table_.optics.size());
+  optics_ = int(table_.optics.size());
+  groups_ = ml3d::particle_groups(table_);
   double radius_px = opt_.particle_diameter > 0 ? opt_.particle_diameter / (2 * angpix_)
                                                  : n_ / 2.0 - opt_.mask_edge;
   mask_radius_ = std::clamp(radius_px, 1.0, n_ / 2.0);
@@ -309,6 +322,10 @@ void Job::load_batch(size_t first, size_t count, const FourierPixels& px, Batch&
   pool_.parallel_for(0, count, [&](size_t i, int) {
     const size_t p = first + i;
     Image& img = imgs[i];
+    // RELION's norm correction, before anything else.
+    const double nf = norm_factor(p);
+    if (nf != 1.0)
+      for (float& v : img) v = float(v * nf);
     // The particle sits at the box centre moved by -origin (RELION 3.1): the mask follows it, as
     // RELION masks after undoing the (rounded) current offset.
     const double ox = st_.origin_x[p], oy = st_.origin_y[p];
@@ -357,13 +374,13 @@ void Job::load_batch(size_t first, size_t count, const FourierPixels& px, Batch&
       }
       b.premultiplied[i] = po->group().premultiplied;
     }
-    b.x_bound[i] = std::max(l1, l1_raw) * b.ctf_max[i];
+    b.x_bound[i] = std::max(l1, l1_raw) * b.ctf_max[i] / nf;
     for (size_t k = 0; k < m; ++k) {
       b.x[i * m + k] = F[px.index[k]];
       b.x_sums[i * m + k] = F_raw[px.index[k]];
     }
     b.group[i] = uint32_t(table_.optics_index[p]);
-    b.scale[i] = float(st_.scale.empty() ? 1.0 : st_.scale[p]);
+    b.scale[i] = float(group_scale(p));
   });
 }
 
@@ -383,6 +400,10 @@ std::vector<cfloat> translation_phases(const std::vector<std::array<double, 2>>&
 // (mstep/first_noise.hpp without RELION's subtraction of the average image's power: docs/class2d.md).
 void Job::initialise() {
   const size_t N = table_.size(), K = size_t(opt_.classes), P = coarse_.psi.size(), J = K * P;
+  st_.norm = ml3d::input_norms(table_);
+  st_.avg_norm = ml3d::average(st_.norm);
+  st_.group_scale.assign(groups_.names.size(), 1.0);
+  st_.ssnr.clear();
   st_.origin_x = input_origin_x_;
   st_.origin_y = input_origin_y_;
   st_.sigma2_offset = opt_.offset_sigma * opt_.offset_sigma;
@@ -394,7 +415,7 @@ void Job::initialise() {
   std::vector<float> ones(m, 1.0f);
   std::vector<BackProjector> acc(K, mstep::class_accumulator(n_, r_ini_));
   estep::ReferenceSums sums;
-  mstep::FirstNoiseEstimate noise(n_, size_t(groups_));
+  mstep::FirstNoiseEstimate noise(n_, size_t(optics_));
   Progress prog("initial classes", double(N));
   Batch b;
   for (size_t first = 0; first < N; first += size_t(opt_.batch_size)) {
@@ -446,7 +467,6 @@ void Job::initialise() {
     st_.classes[k] = std::move(img);
   });
   st_.fraction.assign(K, 1.0 / double(K));
-  st_.scale.assign(N, 1.0);
 }
 
 // Adds the weighted sums of the poses `sw` to the class accumulators: reference j of `sw` is
@@ -524,8 +544,8 @@ IterationData Job::prepare_iteration() {
   });
   it.phase = translation_phases(coarse_.trans, it.px);
   if (opt_.oversampling > 0) it.phase_fine = translation_phases(fine_.trans, it.px);
-  it.inv_sigma2.resize(size_t(groups_) * m);
-  for (size_t g = 0; g < size_t(groups_); ++g)
+  it.inv_sigma2.resize(size_t(optics_) * m);
+  for (size_t g = 0; g < size_t(optics_); ++g)
     for (size_t q = 0; q < m; ++q) {
       const double s2 = st_.sigma2[g][size_t(it.px.shell[q])];
       it.inv_sigma2[g * m + q] = s2 > 0 ? float(1.0 / s2) : 0.0f;
@@ -543,7 +563,7 @@ IterationData Job::prepare_iteration() {
 // oversampling) the finer pass over the children of each particle's significant coarse poses;
 // the weights of the last pass go into the iteration's class sums, noise and scale statistics.
 void Job::process_batch(size_t first, size_t count, const IterationData& it, BatchWork& w, IterationSums& sums,
-                        IterationReport& rep, std::vector<double>& new_scale) {
+                        IterationReport& rep, std::vector<double>& new_norm) {
   const size_t P = coarse_.psi.size(), J = size_t(opt_.classes) * P, T = coarse_.trans.size();
   const FourierPixels& px = it.px;
   const size_t m = px.size();
@@ -581,7 +601,7 @@ void Job::process_batch(size_t first, size_t count, const IterationData& it, Bat
     add_class_sums(pb, fp.tp, half, fp.global_j, fine_, px, w.sums, sums.acc_half);
   }
   estep::compute_particle_sums(pb, fp.tp, fp.refs, *fp.sw, w.psums, pool_);
-  record_particles(first, count, it, fp, w, sums, rep, new_scale);
+  record_particles(first, count, it, fp, w, sums, rep, new_norm);
 }
 
 // The finer pass of a batch: the children of the significant coarse poses (w.post), their fine
@@ -624,40 +644,18 @@ Job::FinalPass Job::finer_pass(size_t first, size_t count, const IterationData& 
 // weights, and the written pose (best class, psi and origin on the fine grid).
 void Job::record_particles(size_t first, size_t count, const IterationData& it, const FinalPass& fp,
                            const BatchWork& w, IterationSums& sums, IterationReport& rep,
-                           std::vector<double>& new_scale) {
+                           std::vector<double>& new_norm) {
   const FourierPixels& px = it.px;
   const size_t m = px.size(), hs = size_t(n_ / 2 + 1), Pf = fine_.psi.size(), K = size_t(opt_.classes);
   const Batch& b = w.b;
   auto global = [&](uint32_t j) { return fp.global_j.empty() ? j : fp.global_j[j]; };
   // One particle's statistics are summed in double in a fixed order, then added exactly.
-  std::vector<double> d2s(hs), cnt(hs), wk(K);
+  std::vector<double> d2s(hs), cnt(hs), wk(K), share(hs);
   for (size_t i = 0; i < count; ++i) {
     const size_t p = first + i;
     const estep::ParticlePosterior& pp = (*fp.stats)[i];
     if (!pp.valid) continue;
     const size_t g = b.group[i];
-    const double* d2 = w.psums.diff2.data() + i * m;
-    std::fill(d2s.begin(), d2s.end(), 0.0);
-    std::fill(cnt.begin(), cnt.end(), 0.0);
-    double num = 0, den = 0;
-    for (size_t q = 0; q < m; ++q) {
-      const size_t s = size_t(px.shell[q]);
-      d2s[s] += d2[q];
-      cnt[s] += w.psums.sum_weight[i];
-      const double iw = it.inv_sigma2[g * m + q];
-      num += iw * w.psums.xa[i * m + q];
-      den += iw * w.psums.aa[i * m + q];
-    }
-    for (size_t s = size_t(it.r) + 1; s < hs; ++s) {
-      d2s[s] += b.power[i * hs + s];
-      cnt[s] += all_counts_[s];
-    }
-    for (size_t s = 0; s < hs; ++s) {
-      sums.wdiff2[g * hs + s].add(d2s[s]);
-      sums.wcount[g * hs + s].add(cnt[s]);
-    }
-    if (den > 0 && num > 0) new_scale[p] = std::clamp(st_.scale[p] * num / den, 0.2, 5.0);
-    else new_scale[p] = st_.scale[p];
     std::fill(wk.begin(), wk.end(), 0.0);
     double offset2 = 0, offset_w = 0;
     for (size_t e = fp.sw->offset[i]; e < fp.sw->offset[i + 1]; ++e) {
@@ -667,6 +665,46 @@ void Job::record_particles(size_t first, size_t count, const IterationData& it, 
       const double dy = st_.origin_y[p] + fine_.trans[pw.t][1] * angpix_;
       offset2 += double(pw.weight) * (dx * dx + dy * dy);
       offset_w += double(pw.weight);
+    }
+    // The scale correction takes the shells where the class's SSNR exceeds 3 (RELION's
+    // data_vs_prior_class); the products are summed over all classes, so each shell counts with
+    // the share of the particle's posterior mass in classes that pass there.
+    std::fill(share.begin(), share.end(), 0.0);
+    const double wsum = w.psums.sum_weight[i];
+    if (opt_.scale && st_.ssnr.size() == K && wsum > 0)
+      for (size_t k = 0; k < K; ++k)
+        if (wk[k] != 0)
+          for (size_t s = 1; s < hs && s < st_.ssnr[k].size(); ++s)
+            if (st_.ssnr[k][s] > 3) share[s] += wk[k] / wsum;
+    const double* d2 = w.psums.diff2.data() + i * m;
+    std::fill(d2s.begin(), d2s.end(), 0.0);
+    std::fill(cnt.begin(), cnt.end(), 0.0);
+    double xa = 0, aa = 0;
+    for (size_t q = 0; q < m; ++q) {
+      const size_t s = size_t(px.shell[q]);
+      d2s[s] += d2[q];
+      cnt[s] += wsum;
+      if (share[s] != 0) {
+        xa += share[s] * w.psums.xa[i * m + q];
+        aa += share[s] * w.psums.aa[i * m + q];
+      }
+    }
+    for (size_t s = size_t(it.r) + 1; s < hs; ++s) {
+      d2s[s] += b.power[i * hs + s];
+      cnt[s] += all_counts_[s];
+    }
+    double total_d2 = 0;  // the norm correction's residual power (shells >= 1, as ml3d::add_particle)
+    for (size_t s = 0; s < hs; ++s) {
+      sums.wdiff2[g * hs + s].add(d2s[s]);
+      sums.wcount[g * hs + s].add(cnt[s]);
+      if (s >= 1) total_d2 += d2s[s];
+    }
+    if (opt_.norm) new_norm[p] = ml3d::norm_correction(st_.norm[p], st_.avg_norm, total_d2, wsum, n_);
+    // The products carry the group's current scale (in the CTF): divided out, as RELION.
+    const double sc = double(b.scale[i]);
+    if (aa > 0 && sc > 0) {
+      sums.xa[size_t(groups_.group_of[p])].add(xa / sc);
+      sums.aa[size_t(groups_.group_of[p])].add(aa / (sc * sc));
     }
     for (size_t k = 0; k < K; ++k)
       if (wk[k] != 0) sums.wclass[k].add(wk[k]);
@@ -759,14 +797,17 @@ std::vector<mstep::ClassAverage> Job::maximise(const IterationData& it, const st
 // reaches a lattice point from at most 4 pixels; a further factor 4 covers images whose norm grew
 // since the bounds were measured (they are updated after every E-step).
 void Job::start_exact_sums(const IterationData& it, IterationSums& sums) const {
-  const size_t K = size_t(opt_.classes), G = size_t(groups_), hs = size_t(n_ / 2 + 1);
+  const size_t K = size_t(opt_.classes), G = size_t(optics_), hs = size_t(n_ / 2 + 1);
   sums.acc.assign(K, mstep::class_accumulator(n_, it.r));
   sums.acc_half.assign(it.split ? K : 0, mstep::class_accumulator(n_, it.r));
-  double inv_s2 = 0, smax = 1;
+  double inv_s2 = 0, smax = 1, fmax = 1;
   for (float v : it.inv_sigma2) inv_s2 = std::max(inv_s2, double(v));
-  for (double v : st_.scale) smax = std::max(smax, v);
+  for (size_t p = 0; p < table_.size(); ++p) {
+    smax = std::max(smax, group_scale(p));
+    fmax = std::max(fmax, norm_factor(p));
+  }
   const double np = double(table_.size()) + 1, c = std::max(st_.ctf_max, 1.0);
-  const double data = 16 * np * smax * std::max(inv_s2, 1e-30) * std::max(st_.x_bound, 1e-30);
+  const double data = 16 * np * smax * std::max(inv_s2, 1e-30) * std::max(st_.x_bound, 1e-30) * fmax;
   const double weight = 16 * np * smax * smax * std::max(inv_s2, 1e-30) * c * c;
   // One thread at a time inserts into a class's sums (add_class_sums splits the classes).
   for (auto* accs : {&sums.acc, &sums.acc_half})
@@ -775,6 +816,8 @@ void Job::start_exact_sums(const IterationData& it, IterationSums& sums) const {
   sums.wdiff2.resize(G * hs);
   sums.wcount.resize(G * hs);
   sums.wclass.resize(K);
+  sums.xa.resize(groups_.names.size());
+  sums.aa.resize(groups_.names.size());
   sums.stats.resize(kStats);
 }
 
@@ -783,7 +826,7 @@ void Job::start_exact_sums(const IterationData& it, IterationSums& sums) const {
 // over the threads inside the kernels. The sums are exact (IterationSums), so the result does not
 // depend on --j nor on the number of ranks; per-particle results are filled by their owner and
 // summed with zeros from the other ranks.
-IterationSums Job::expectation(const IterationData& it, IterationReport& rep, std::vector<double>& new_scale) {
+IterationSums Job::expectation(const IterationData& it, IterationReport& rep, std::vector<double>& new_norm) {
   const size_t N = table_.size(), B = size_t(opt_.batch_size), nbatch = (N + B - 1) / B;
   double mine = 0;
   for (size_t bi = 0; bi < nbatch; ++bi)
@@ -796,7 +839,7 @@ IterationSums Job::expectation(const IterationData& it, IterationReport& rep, st
   for (size_t bi = 0; bi < nbatch; ++bi) {
     if (!owns_batch(bi)) continue;
     const size_t first = bi * B, count = std::min(B, N - first);
-    process_batch(first, count, it, work, sums, rep, new_scale);
+    process_batch(first, count, it, work, sums, rep, new_norm);
     raise_bounds(work.b, ctf_max, x_bound);
     prog.advance(double(count));
   }
@@ -807,13 +850,13 @@ IterationSums Job::expectation(const IterationData& it, IterationReport& rep, st
         std::span<int64_t> e = a.exact_sums();
         mpi::allreduce_sum(e.data(), e.size());
       }
-    ml3d::reduce_over_ranks({&sums.wdiff2, &sums.wcount, &sums.wclass, &sums.stats});
+    ml3d::reduce_over_ranks({&sums.wdiff2, &sums.wcount, &sums.wclass, &sums.xa, &sums.aa, &sums.stats});
     // Per-particle results: the owner's values, zeros elsewhere, summed.
     auto owner_only = [&](auto& v) {
       for (size_t p = 0; p < N; ++p)
         if (!owns_batch(p / B)) v[p] = 0;
     };
-    for (auto* v : {&rep.psi, &rep.origin_x, &rep.origin_y, &rep.pmax, &rep.log_likelihood, &new_scale,
+    for (auto* v : {&rep.psi, &rep.origin_x, &rep.origin_y, &rep.pmax, &rep.log_likelihood, &new_norm,
                     &posterior_sum_}) {
       owner_only(*v);
       mpi::allreduce_sum(v->data(), N);
@@ -855,9 +898,9 @@ IterationReport Job::iterate() {
   rep.log_likelihood.assign(N, 0.0);
   rep.n_significant.assign(N, 0);
   posterior_sum_.assign(N, 0.0);
-  std::vector<double> new_scale(N, 1.0);
+  std::vector<double> new_norm = st_.norm;  // particles without a finite likelihood keep theirs
   fine_flops_ = 0;
-  IterationSums total = expectation(it, rep, new_scale);
+  IterationSums total = expectation(it, rep, new_norm);
   const std::vector<double> stats = total.stats.values(), d2 = total.wdiff2.values(), cnt = total.wcount.values();
   std::vector<double> wclass = total.wclass.values();
   rep.log_likelihood_sum = stats[kLoglik];
@@ -879,15 +922,20 @@ IterationReport Job::iterate() {
     if (st_.fraction[k] > 0) r_best = std::max(r_best, rk);
   }
   rep.resolution_A = shell_to_A(r_best);
-  for (size_t g = 0; g < size_t(groups_); ++g)
+  for (size_t g = 0; g < size_t(optics_); ++g)
     for (size_t s = 1; s < hs; ++s)
       if (cnt[g * hs + s] > 0) st_.sigma2[g][s] = d2[g * hs + s] / (2 * cnt[g * hs + s]);
-  if (opt_.norm || opt_.scale) {
-    double mean = 0;
-    for (double s : new_scale) mean += s;
-    mean /= double(N);
-    for (size_t p = 0; p < N; ++p) st_.scale[p] = new_scale[p] / mean;
+  if (opt_.norm) {
+    st_.norm = std::move(new_norm);
+    st_.avg_norm = ml3d::average(st_.norm);
+    const size_t high = size_t(std::count_if(st_.norm.begin(), st_.norm.end(), [](double v) { return v > 10; }));
+    if (high > 0)
+      spdlog::warn("class2d: {} particles have a norm correction above 10 (RELION warns of the same: are the "
+                   "particle groups large enough, are the images normalised?)", high);
   }
+  if (opt_.scale)
+    st_.group_scale = mstep::group_scales(total.xa.values(), total.aa.values(), groups_.count, st_.group_scale);
+  st_.ssnr = rep.ssnr;
   // Origins: the best pose's (the next search is centred there); the prior's variance from the
   // posterior-weighted squared origins (2 dimensions), at least 2 Å^2 (RELION's floor).
   st_.origin_x = rep.origin_x;
@@ -912,12 +960,16 @@ Class2DResult Job::run() {
     st_.sigma2_offset = opt_.offset_sigma * opt_.offset_sigma;
   }
   if (cont) {
-    if (st_.n != n_ || st_.scale.size() != table_.size() || st_.origin_x.size() != table_.size() || st_.sigma2.size() != size_t(groups_) ||
+    if (st_.group_scale.empty()) st_.group_scale.assign(groups_.names.size(), 1.0);  // a checkpoint of before version 4
+    if (st_.group_scale.size() != groups_.names.size())
+      input_error("{}: the checkpoint has {} particle groups, {} has {}", opt_.continue_from, st_.group_scale.size(),
+                  input_star_, groups_.names.size());
+    if (st_.n != n_ || st_.norm.size() != table_.size() || st_.origin_x.size() != table_.size() || st_.sigma2.size() != size_t(optics_) ||
         st_.classes.size() != size_t(opt_.classes))
       input_error("{}: the checkpoint (box {}, {} particles, {} groups, {} classes) does not match {} "
                   "(box {}, {} particles, {} groups)",
-                  opt_.continue_from, st_.n, st_.scale.size(), st_.sigma2.size(), st_.classes.size(), input_star_, n_,
-                  table_.size(), groups_);
+                  opt_.continue_from, st_.n, st_.norm.size(), st_.sigma2.size(), st_.classes.size(), input_star_, n_,
+                  table_.size(), optics_);
   }
   if (cont && st_.x_bound == 0) {  // a checkpoint of before the bounds of the exact sums were kept
     const FourierPixels px = mstep::select_fourier_pixels(n_, st_.current_shells);
@@ -937,7 +989,7 @@ Class2DResult Job::run() {
     IterationReport rep0;
     rep0.used_shells = r_ini_;
     rep0.resolution_A = shell_to_A(r_ini_);
-    files = class2d_detail::write_iteration(opt_, input_star_, table_, angpix_, st_, rep0);
+    files = class2d_detail::write_iteration(opt_, input_star_, table_, groups_, angpix_, st_, rep0);
   }
   spdlog::info("class2d: {} particles, box {} px, {:.3f} Å/px, K = {}, {} psi x {} translations (fine pass: {} x {}), "
                "mask radius {:.1f} px",
@@ -949,7 +1001,7 @@ Class2DResult Job::run() {
     auto t0 = std::chrono::steady_clock::now();
     const int r = st_.current_shells;
     rep = iterate();
-    files = class2d_detail::write_iteration(opt_, input_star_, table_, angpix_, st_, rep);
+    files = class2d_detail::write_iteration(opt_, input_star_, table_, groups_, angpix_, st_, rep);
     Class2DIterationStats s;
     s.iteration = st_.iteration;
     s.resolution_A = rep.resolution_A;

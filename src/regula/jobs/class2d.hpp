@@ -5,7 +5,8 @@
 //   X_i(k) phase_t(k) = s_i C_i(k) R_psi(A_c)(k) + noise,  noise variance sigma2_g(shell(k))
 // per component, g the optics group of i; A_c the class average of class c, R_psi its rotation
 // by psi (Projector2D::project_psi), phase_t the phase factor moving the particle by t pixels,
-// s_i a per-particle scale (RELION's --norm/--scale; see docs/class2d.md). Full marginalisation
+// s_i the scale correction of i's particle group (RELION's --scale); X_i is the image multiplied by
+// RELION's norm correction avg_norm / norm_i (--norm; see docs/class2d.md). Full marginalisation
 // over (class, psi, translation); class priors = class fractions; uniform psi and translation
 // priors. M-step: CTF-corrected class averages A = sum w C X / sigma2 / (sum w C^2 / sigma2
 // + 1 / (T tau2)), tau2 the power spectrum of the current class (RELION's tau2_class), T the
@@ -50,8 +51,8 @@ struct Class2DOptions {
   uint64_t seed = 1;              // --seed: random initial classes
   std::string continue_from;      // --continue: ROOT_itNNN_optimiser.star
   double angpix = 0;              // --angpix: pixel size (Å) when the STAR file has none
-  bool norm = true;               // --norm / --no_norm: per-particle scale correction
-  bool scale = true;              // --scale: same correction (RELION's per-group scale); either flag enables it
+  bool norm = true;               // --norm / --no_norm: RELION's per-particle norm correction (rlnNormCorrection)
+  bool scale = true;              // --scale / --no_scale: RELION's per-group scale correction (rlnGroupScaleCorrection)
   double ini_high = 25;           // --ini_high: initial frequency limit, Å (at least box/8 shells)
   int incr_size = 10;             // --incr_size: shells added above the SSNR >= 1 resolution
   bool center_classes = true;     // --center_classes / --no_center_classes: centre of mass to the origin

@@ -7,6 +7,7 @@
 
 #include "regula/core/grid.hpp"
 #include "regula/jobs/class2d.hpp"
+#include "regula/jobs/ml3d.hpp"
 #include "regula/model/particles.hpp"
 
 namespace regula::class2d_detail {
@@ -22,7 +23,16 @@ struct State {
   std::vector<double> fraction;     // K class prior fractions
   std::vector<std::vector<double>> sigma2;  // per optics group, shells 0..n/2 (|X|^2 per component,
                                             // unnormalised FFT)
-  std::vector<double> scale;        // per particle s_i (1 without --norm/--scale)
+  // Per particle: RELION's norm correction (rlnNormCorrection): the image is multiplied by
+  // avg_norm / norm[i] before anything else (--norm), from the input's rlnNormCorrection or 1.
+  std::vector<double> norm;
+  double avg_norm = 1;              // rlnNormCorrectionAverage: the mean of norm
+  // Per particle group (ml3d::particle_groups: rlnGroupName, else micrograph): RELION's scale
+  // correction (rlnGroupScaleCorrection, --scale) multiplying the CTF. Empty: all 1.
+  std::vector<double> group_scale;
+  // Per class, shells 0..n/2: the last M-step's SSNR (RELION's data_vs_prior_class); the scale
+  // correction takes only shells where it exceeds 3. Empty before the first M-step.
+  std::vector<std::vector<double>> ssnr;
   // Per particle, Å: the current origin (rlnOriginX/YAngst), the centre of the next translation
   // search (RELION: the offsets found so far). Empty in a checkpoint of before they were kept.
   std::vector<double> origin_x, origin_y;
@@ -50,10 +60,11 @@ struct Files {
 };
 Files iteration_files(const std::string& root, int iteration);
 
-// Writes all files of an iteration (optimiser.star last). `input_star` is stored (absolute) so
+// Writes all files of an iteration (optimiser.star last); `groups` are the particle groups of the
+// scale correction (model_groups). `input_star` is stored (absolute) so
 // that --continue re-reads the particles.
 Files write_iteration(const Class2DOptions& opt, const std::string& input_star, const ParticleTable& table,
-                      double angpix, const State& st, const IterationReport& rep);
+                      const ml3d::Groups& groups, double angpix, const State& st, const IterationReport& rep);
 
 // Reads a checkpoint: options (except --o, --iter, --j, which the caller keeps from the command
 // line), the input STAR path and the state.

@@ -18,14 +18,18 @@
 #include "regula/io/star.hpp"
 #include "regula/jobs/state_io.hpp"
 #include "regula/jobs/class2d_detail.hpp"
+#include "regula/jobs/ml3d.hpp"
 
 namespace regula::class2d_detail {
 
 namespace {
 
-// Version 2 adds the origins and the offset prior, version 3 the bounds of the exact sums; files of
-// versions 1 and 2 still read (without them).
-constexpr char kMagic[8] = {'R', 'G', 'C', '2', 'D', '0', '0', '3'};
+// Version 2 adds the origins and the offset prior, version 3 the bounds of the exact sums, version 4
+// replaces the per-particle signal scale by RELION's norm correction and adds the group scales and
+// the classes' SSNR. Files of versions 1-3 still read: their per-particle scale meant something else
+// and is dropped (norm corrections 1, group scales 1).
+constexpr char kMagic[8] = {'R', 'G', 'C', '2', 'D', '0', '0', '4'};
+constexpr char kMagic3[8] = {'R', 'G', 'C', '2', 'D', '0', '0', '3'};
 constexpr char kMagic2[8] = {'R', 'G', 'C', '2', 'D', '0', '0', '2'};
 constexpr char kMagic1[8] = {'R', 'G', 'C', '2', 'D', '0', '0', '1'};
 
@@ -45,13 +49,20 @@ void write_state(const std::string& path, const State& st) {
   put_i(int64_t(st.fraction.size()));
   put_i(int64_t(st.sigma2.size()));
   put_i(st.sigma2.empty() ? 0 : int64_t(st.sigma2.front().size()));
-  put_i(int64_t(st.scale.size()));
+  put_i(int64_t(st.norm.size()));
   put_d(st.fraction);
   for (const auto& s : st.sigma2) put_d(s);
-  put_d(st.scale);
+  put_d(st.norm);
   put_d(st.origin_x);
   put_d(st.origin_y);
-  put_d({st.sigma2_offset, st.ctf_max, st.x_bound});
+  put_d({st.sigma2_offset, st.ctf_max, st.x_bound, st.avg_norm});
+  put_i(int64_t(st.group_scale.size()));
+  put_d(st.group_scale);
+  put_i(int64_t(st.ssnr.size()));
+  for (const auto& s : st.ssnr) {
+    put_i(int64_t(s.size()));
+    put_d(s);
+  }
   f.commit();
 }
 
@@ -65,9 +76,10 @@ void read_state(const std::string& path, State& st) {
   need(sizeof kMagic);
   const bool v1 = std::memcmp(b.data(), kMagic1, sizeof kMagic1) == 0;
   const bool v2 = std::memcmp(b.data(), kMagic2, sizeof kMagic2) == 0;
-  if (!v1 && !v2 && std::memcmp(b.data(), kMagic, sizeof kMagic) != 0)
-    input_error("{}: not a Regula class2d state file (byte offset 0: expected 'RGC2D003', 'RGC2D002' or 'RGC2D001')",
-                path);
+  const bool v3 = std::memcmp(b.data(), kMagic3, sizeof kMagic3) == 0;
+  if (!v1 && !v2 && !v3 && std::memcmp(b.data(), kMagic, sizeof kMagic) != 0)
+    input_error("{}: not a Regula class2d state file (byte offset 0: expected 'RGC2D004' or an earlier version)", path);
+  const bool v4 = !v1 && !v2 && !v3;
   pos = sizeof kMagic;
   auto get_i = [&]() {
     need(8);
@@ -92,7 +104,11 @@ void read_state(const std::string& path, State& st) {
   st.fraction = get_d(static_cast<size_t>(K));
   st.sigma2.clear();
   for (int64_t g = 0; g < G; ++g) st.sigma2.push_back(get_d(static_cast<size_t>(hs)));
-  st.scale = get_d(size_t(N));
+  st.norm = get_d(size_t(N));
+  if (!v4) st.norm.assign(size_t(N), 1.0);  // versions 1-3: a per-particle signal scale, not a norm correction
+  st.avg_norm = 1;
+  st.group_scale.clear();
+  st.ssnr.clear();
   st.origin_x.clear();
   st.origin_y.clear();
   st.sigma2_offset = st.ctf_max = st.x_bound = 0;
@@ -102,9 +118,22 @@ void read_state(const std::string& path, State& st) {
     st.sigma2_offset = get_d(1)[0];
   }
   if (!v1 && !v2) {
-    const std::vector<double> bounds = get_d(2);
+    const std::vector<double> bounds = get_d(v4 ? 3 : 2);
     st.ctf_max = bounds[0];
     st.x_bound = bounds[1];
+    if (v4) st.avg_norm = bounds[2];
+  }
+  if (v4) {
+    const int64_t G2 = get_i();
+    if (G2 < 0 || G2 > N) input_error("{}: implausible number of particle groups {} in the state file", path, G2);
+    st.group_scale = get_d(size_t(G2));
+    const int64_t K2 = get_i();
+    if (K2 != 0 && K2 != K) input_error("{}: SSNR of {} classes in the state file, expected {}", path, K2, K);
+    for (int64_t k = 0; k < K2; ++k) {
+      const int64_t len = get_i();
+      if (len != hs) input_error("{}: SSNR of class {} has {} shells in the state file, expected {}", path, k + 1, len, hs);
+      st.ssnr.push_back(get_d(size_t(len)));
+    }
   }
   if (pos != b.size()) input_error("{}: {} unexpected bytes at the end of the state file", path, b.size() - pos);
 }
@@ -126,7 +155,7 @@ Files iteration_files(const std::string& root, int it) {
 }
 
 static void write_model(const std::string& path, const Class2DOptions& opt, const Files& f, double angpix,
-                        const State& st, const IterationReport& rep) {
+                        const State& st, const IterationReport& rep, const ml3d::Groups& groups) {
   const int n = st.n, K = int(st.classes.size()), hs = n / 2 + 1;
   star::Document doc;
   star::Block& g = pairs(doc, "model_general");
@@ -141,10 +170,10 @@ static void write_model(const std::string& path, const Class2DOptions& opt, cons
   g.set("rlnPixelSize", num(angpix));
   g.set("rlnNrClasses", std::to_string(K));
   g.set("rlnNrBodies", "1");
-  g.set("rlnNrGroups", std::to_string(st.sigma2.size()));
+  g.set("rlnNrGroups", std::to_string(groups.names.size()));
   g.set("rlnNrOpticsGroups", std::to_string(st.sigma2.size()));
   g.set("rlnTau2FudgeFactor", num(opt.tau2_fudge));
-  g.set("rlnNormCorrectionAverage", "1");
+  g.set("rlnNormCorrectionAverage", num(st.avg_norm));
   g.set("rlnLogLikelihood", num(rep.log_likelihood_sum));
   g.set("rlnAveragePmax", num(rep.average_pmax));
   g.set("rlnSigmaOffsetsAngst", num(std::sqrt(st.sigma2_offset)));
@@ -189,11 +218,22 @@ static void write_model(const std::string& path, const Class2DOptions& opt, cons
     b.set_column("rlnResolution", res1);
     b.set_column("rlnSigma2Noise", s2);
   }
+  // RELION 3.1's model_groups: number, name, particles, scale correction.
+  const size_t G = groups.names.size();
+  star::Block& gb = loop(doc, "model_groups", G);
+  std::vector<int> gnum(G);
+  for (size_t k = 0; k < G; ++k) gnum[k] = int(k) + 1;
+  std::vector<double> gscale = st.group_scale;
+  gscale.resize(G, 1.0);
+  gb.set_column("rlnGroupNumber", gnum);
+  gb.set_column("rlnGroupName", groups.names);
+  gb.set_column("rlnGroupNrParticles", groups.count);
+  gb.set_column("rlnGroupScaleCorrection", gscale);
   star::write(path, doc);
 }
 
 Files write_iteration(const Class2DOptions& opt, const std::string& input_star, const ParticleTable& table,
-                      double angpix, const State& st, const IterationReport& rep) {
+                      const ml3d::Groups& groups, double angpix, const State& st, const IterationReport& rep) {
   Files f = iteration_files(opt.out_root, st.iteration);
   if (mpi::rank() != 0) return f;  // under mpirun, rank 0 writes
   const size_t K = st.classes.size();
@@ -210,7 +250,7 @@ Files write_iteration(const Class2DOptions& opt, const std::string& input_star, 
   for (int c : rep.particle_class)
     if (c >= 1 && size_t(c) <= K) counts[size_t(c - 1)] += 1;
   write_state(f.state, st);
-  write_model(f.model, opt, f, angpix, st, rep);
+  write_model(f.model, opt, f, angpix, st, rep, groups);
   // Particles with their assignments.
   if (!rep.particle_class.empty()) {
     ParticleTable out = table;
@@ -223,7 +263,7 @@ Files write_iteration(const Class2DOptions& opt, const std::string& input_star, 
     pb.set_column("rlnMaxValueProbDistribution", rep.pmax);
     pb.set_column("rlnNrOfSignificantSamples", rep.n_significant);
     pb.set_column("rlnLogLikeliContribution", rep.log_likelihood);
-    pb.set_column("rlnNormCorrection", st.scale);
+    pb.set_column("rlnNormCorrection", st.norm);
     out.write(f.data);
   } else {
     f.data.clear();

@@ -212,15 +212,25 @@ ParticleValues ParticleValues::from_table(const ParticleTable& table) {
   v.psi = table.psi;
   v.ox = table.origin_x;
   v.oy = table.origin_y;
-  v.norm.assign(N, 1.0);
+  v.norm = input_norms(table);
+  return v;
+}
+
+std::vector<double> input_norms(const ParticleTable& table) {
+  const size_t N = table.size();
+  std::vector<double> norm(N, 1.0);
   const star::Block& pb = table.particles_block();
   const int c = pb.column("rlnNormCorrection");
   if (c >= 0)
     for (size_t i = 0; i < N; ++i) {
       const double x = pb.number(i, c);
-      v.norm[i] = x > 0 && std::isfinite(x) ? x : 1.0;
+      norm[i] = x > 0 && std::isfinite(x) ? x : 1.0;
     }
-  return v;
+  return norm;
+}
+
+double average(const std::vector<double>& v) {
+  return v.empty() ? 1.0 : std::accumulate(v.begin(), v.end(), 0.0) / double(v.size());
 }
 
 std::array<std::vector<double>*, 9> ParticleValues::columns() {
@@ -257,7 +267,7 @@ void ParticleValues::sum_over_ranks() {
 }
 
 double ParticleValues::average_norm() const {
-  return norm.empty() ? 1.0 : std::accumulate(norm.begin(), norm.end(), 0.0) / double(norm.size());
+  return average(norm);
 }
 
 void ParticleValues::set_poses(ParticleTable& out) const {

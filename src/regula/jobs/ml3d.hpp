@@ -176,6 +176,11 @@ struct ParticleValues {
   std::vector<int> nsig_int() const;
 };
 
+// rlnNormCorrection of every particle where present, positive and finite (RELION keeps it), else 1.
+std::vector<double> input_norms(const ParticleTable& table);
+// The mean of v (1 when empty): the average norm correction.
+double average(const std::vector<double>& v);
+
 // RELION's particle groups: by rlnGroupName when present, else by micrograph (rlnMicrographName),
 // else one group. group_of[i] is 0-based; names in order of first appearance.
 struct Groups {
