@@ -80,7 +80,7 @@ void bind_jobs(py::module_& m) {
        REGULA_FIELD(S, bg_radius), REGULA_FIELD(S, beamtilt_x), REGULA_FIELD(S, beamtilt_y),
        REGULA_FIELD(S, odd_zernike), REGULA_FIELD(S, even_zernike), REGULA_FIELD(S, mag),
        REGULA_FIELD(S, premultiply), REGULA_FIELD(S, og2_fraction), REGULA_FIELD(S, og2_angpix),
-       REGULA_FIELD(S, og2_box), REGULA_FIELD(S, micrographs), REGULA_FIELD(S, defocus_spread), REGULA_FIELD(S, noise_spread),
+       REGULA_FIELD(S, og2_box), REGULA_FIELD(S, micrographs), REGULA_FIELD(S, defocus_spread), REGULA_FIELD(S, noise_spread), REGULA_FIELD(S, noise_bfactor),
        REGULA_FIELD(S, junk_fraction), REGULA_FIELD(S, junk_map), REGULA_FIELD(S, seed),
        REGULA_FIELD(S, threads)},
       [](const S& o) { return simulate(o); },

@@ -51,6 +51,10 @@ void add_simulate(CLI::App& app) {
   s->add_option("--noise_spread", opt->noise_spread,
                 "With --micrographs: noise level per micrograph varying by this max/min ratio (ice thickness)")
       ->capture_default_str();
+  s->add_option("--noise_bfactor", opt->noise_bfactor,
+                "Coloured noise: amplitude falling as exp(-B s^2/4) with spatial frequency s, per-pixel variance kept "
+                "(B in Å^2; 0: white)")
+      ->capture_default_str();
   s->add_option("--junk_fraction", opt->junk_fraction,
                 "Share of junk images: empty ice, carbon edges, aggregates, contamination (and --junk_map); "
                 "truth.star's rlnRegulaTruthKind says which")

@@ -54,6 +54,8 @@ std::string SimulateOptions::validate() const {
   if (og2_fraction == 0 && (og2_angpix > 0 || og2_box > 0)) return "--og2_angpix/--og2_box need --og2_fraction";
   if (!(noise_spread >= 1)) return fmt::format("--noise_spread: max/min noise ratio, >= 1 (got {})", noise_spread);
   if (noise_spread > 1 && micrographs == 0) return "--noise_spread needs --micrographs";
+  if (!(noise_bfactor >= 0) || !std::isfinite(noise_bfactor))
+    return fmt::format("--noise_bfactor: must be >= 0 Å^2 (got {})", noise_bfactor);
   if (junk_fraction < 0 || junk_fraction >= 1)
     return fmt::format("--junk_fraction: must be in [0, 1) (got {})", junk_fraction);
   if (!junk_map.empty() && junk_fraction == 0) return "--junk_map needs --junk_fraction";
@@ -97,6 +99,26 @@ double variance(const Image& img) {
   for (float v : img) { s += v; s2 += double(v) * v; }
   double m = s / double(img.size());
   return s2 / double(img.size()) - m * m;
+}
+
+// White noise of unit variance per pixel filtered to amplitude exp(-B s^2 / 4) at spatial frequency s
+// (1/Å), then scaled by 1 / sqrt(mean of the filter's square over the full n x n transform), so that
+// its expected per-pixel variance stays 1.
+Image colour_noise(const Image& white, double bfactor, double angpix) {
+  const int n = white.nx();
+  auto filter = [&](double kx, double ky) {
+    const double s2 = (kx * kx + ky * ky) / (double(n) * n * angpix * angpix);
+    return std::exp(-bfactor * s2 / 4);
+  };
+  double mean2 = 0;
+  for (int y = 0; y < n; ++y)
+    for (int x = 0; x < n; ++x) mean2 += std::pow(filter(fft_freq(x, n), fft_freq(y, n)), 2);
+  mean2 /= double(n) * n;
+  Grid<cfloat> F = fourier_centred(white);
+  const float norm = float(1 / std::sqrt(mean2));
+  for (int y = 0; y < n; ++y)
+    for (int x = 0; x <= n / 2; ++x) F(x, y, 0) *= float(filter(x, fft_freq(y, n))) * norm;
+  return from_fourier_centred(F, n);
 }
 
 star::Block& make_loop(star::Document& doc, const std::string& name, size_t rows) {
@@ -439,8 +461,14 @@ SimulateResult simulate(const SimulateOptions& opt) {
       Image img = junk[i] ? junk_signal(i, var_signal[group[i] - 1]) : signal(i);
       auto gn = make_rng(opt.seed, i, 1);  // noise stream
       const double s = sigma[group[i] - 1] * noise_factor[i];
-      if (s > 0)
+      if (s > 0 && opt.noise_bfactor > 0) {
+        Image noise(g.box, g.box, 1);
+        for (auto& v : noise) v = float(normal01(gn));
+        noise = colour_noise(noise, opt.noise_bfactor, group[i] == 2 ? angpix2 : angpix);
+        for (size_t k = 0; k < img.size(); ++k) img[k] += float(s * noise[k]);
+      } else if (s > 0) {
         for (auto& v : img) v += float(s * normal01(gn));
+      }
       if (opt.premultiply) {  // the whole (noisy) image times its CTF, as extraction with premultiplication
         Grid<cfloat> F = fourier_centred(img);
         Grid<float> c;

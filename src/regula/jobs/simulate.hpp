@@ -85,6 +85,9 @@ struct SimulateOptions {
   double defocus_spread = 0;                // --defocus_spread: Å, particle heights within a micrograph
   double noise_spread = 1;                  // --noise_spread R: with --micrographs, noise sigma per micrograph
                                             // times R^(u - 1/2), u uniform (ice thickness; max/min = R)
+  double noise_bfactor = 0;                 // --noise_bfactor B (Å^2): coloured noise, amplitude exp(-B s^2 / 4)
+                                            // at spatial frequency s (1/Å), rescaled to keep the per-pixel
+                                            // variance (and so --snr); 0: white
   double junk_fraction = 0;                 // --junk_fraction: share of the images that are junk
   std::string junk_map;                     // --junk_map: a wrong particle, one more kind of junk
   uint64_t seed = 1;
