@@ -342,8 +342,8 @@ TEST(Class2D, RecoversShapesWithoutCtf) {
 
 TEST(Class2D, RecoversShapesWithCtf) {
   // EM with K = the number of shapes ends in a local optimum merging two shapes at some seeds
-  // (docs/class2d.md): measured 2026-12-04, seeds 2 and 4 of 1-12 (the masked-then-unmasked class
-  // averages before: seeds 1 and 4 of 1-6). Required: at least 4 of seeds 1-6 recover every shape
+  // (docs/class2d.md): measured 2026-12-04 with RELION's norm and group scale corrections, seed 6 of
+  // 1-12 (with the per-particle scale before: seeds 2 and 4; without any recentring: 6 of 12 seeds). Required: at least 4 of seeds 1-6 recover every shape
   // (95% of the particles of a class share its shape), and those are aligned.
   fs::path dir = temp_dir("ctf");
   Truth t = make_dataset(dir, 240, true, 0.1, 12);

@@ -68,6 +68,9 @@ std::string Class2DOptions::validate() const {
 
 namespace {
 
+// --center_classes moves a class only when its centre of mass is within this share of the mask radius.
+constexpr double kMaxCentring = 0.25;
+
 using class2d_detail::IterationReport;
 using class2d_detail::State;
 using estep::cfloat;
@@ -733,8 +736,12 @@ mstep::ClassAverage Job::class_average(const IterationData& it, const BackProjec
   Image& img = avg.image;
   if (opt_.flatten_solvent) apply_spherical_mask(img, mask_radius_, opt_.mask_edge, MaskFill::Zero);
   if (opt_.center_classes) {
+    // Only a compact object is recentred: the positive centre of mass of a class that fills a side of
+    // the mask (a carbon edge: 0.42 R off centre for a half-plane) says nothing about a particle's
+    // centre, and moving such a class every iteration spreads it over the particle classes.
     auto c = mstep::positive_centre_of_mass(img, mask_radius_);
-    if (c[0] != 0 || c[1] != 0) mstep::shift_image(img, -c[0], -c[1]);
+    if ((c[0] != 0 || c[1] != 0) && std::hypot(c[0], c[1]) <= kMaxCentring * mask_radius_)
+      mstep::shift_image(img, -c[0], -c[1]);
   }
   return avg;
 }
