@@ -1,6 +1,7 @@
 #include "regula/jobs/simulate.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <memory>
 #include <filesystem>
@@ -101,11 +102,10 @@ double variance(const Image& img) {
   return s2 / double(img.size()) - m * m;
 }
 
-// White noise of unit variance per pixel filtered to amplitude exp(-B s^2 / 4) at spatial frequency s
-// (1/Å), then scaled by 1 / sqrt(mean of the filter's square over the full n x n transform), so that
-// its expected per-pixel variance stays 1.
-Image colour_noise(const Image& white, double bfactor, double angpix) {
-  const int n = white.nx();
+// The amplitude filter of --noise_bfactor on the half-complex grid of an n x n image (F(x, y) with
+// 0 <= x <= n/2): exp(-B s^2 / 4) at spatial frequency s (1/Å), divided by sqrt(mean of its square
+// over the full n x n transform), so that white noise of unit per-pixel variance keeps it.
+Grid<float> noise_filter(int n, double bfactor, double angpix) {
   auto filter = [&](double kx, double ky) {
     const double s2 = (kx * kx + ky * ky) / (double(n) * n * angpix * angpix);
     return std::exp(-bfactor * s2 / 4);
@@ -114,11 +114,17 @@ Image colour_noise(const Image& white, double bfactor, double angpix) {
   for (int y = 0; y < n; ++y)
     for (int x = 0; x < n; ++x) mean2 += std::pow(filter(fft_freq(x, n), fft_freq(y, n)), 2);
   mean2 /= double(n) * n;
-  Grid<cfloat> F = fourier_centred(white);
-  const float norm = float(1 / std::sqrt(mean2));
+  Grid<float> f(n / 2 + 1, n, 1);
   for (int y = 0; y < n; ++y)
-    for (int x = 0; x <= n / 2; ++x) F(x, y, 0) *= float(filter(x, fft_freq(y, n))) * norm;
-  return from_fourier_centred(F, n);
+    for (int x = 0; x <= n / 2; ++x) f(x, y, 0) = float(filter(x, fft_freq(y, n)) / std::sqrt(mean2));
+  return f;
+}
+
+// White noise filtered by `filter` (noise_filter).
+Image colour_noise(const Image& white, const Grid<float>& filter) {
+  Grid<cfloat> F = fourier_centred(white);
+  for (size_t k = 0; k < F.size(); ++k) F[k] *= filter[k];
+  return from_fourier_centred(F, white.nx());
 }
 
 star::Block& make_loop(star::Document& doc, const std::string& name, size_t rows) {
@@ -454,6 +460,11 @@ SimulateResult simulate(const SimulateOptions& opt) {
   Progress progress("simulate: particles", double(opt.n));
   std::vector<Image> images(batch);
   std::vector<double> grey(N, 0.0);  // the factor that put each image on its grey scale
+  std::array<Grid<float>, 2> filters;  // --noise_bfactor, per optics group
+  if (opt.noise_bfactor > 0) {
+    filters[0] = noise_filter(n, opt.noise_bfactor, angpix);
+    if (two_groups) filters[1] = noise_filter(n2, opt.noise_bfactor, angpix2);
+  }
   for (size_t b0 = 0; b0 < N; b0 += batch) {
     size_t b1 = std::min(N, b0 + batch);
     pool.parallel_for(b0, b1, [&](size_t i, int) {
@@ -464,7 +475,7 @@ SimulateResult simulate(const SimulateOptions& opt) {
       if (s > 0 && opt.noise_bfactor > 0) {
         Image noise(g.box, g.box, 1);
         for (auto& v : noise) v = float(normal01(gn));
-        noise = colour_noise(noise, opt.noise_bfactor, group[i] == 2 ? angpix2 : angpix);
+        noise = colour_noise(noise, filters[size_t(group[i] - 1)]);
         for (size_t k = 0; k < img.size(); ++k) img[k] += float(s * noise[k]);
       } else if (s > 0) {
         for (auto& v : img) v += float(s * normal01(gn));
