@@ -127,6 +127,16 @@ float RotatableParticle::reference_ctf(double qx, double qy) const {
   return ctf(to_image_[0][0] * qx + to_image_[0][1] * qy, to_image_[1][0] * qx + to_image_[1][1] * qy);
 }
 
+int RotatableParticle::image_shell(double qx, double qy) const {
+  const double kx = to_image_[0][0] * qx + to_image_[0][1] * qy, ky = to_image_[1][0] * qx + to_image_[1][1] * qy;
+  const int s = int(std::lround(std::sqrt(kx * kx + ky * ky)));
+  return s > n_ / 2 ? -1 : s;
+}
+
+double RotatableParticle::reference_density() const {
+  return std::abs(to_image_[0][0] * to_image_[1][1] - to_image_[0][1] * to_image_[1][0]);
+}
+
 float RotatableParticle::ctf(double kx, double ky) const {
   return optics_ ? optics_->predicted(float(optics_->ctf_value(kx, ky))) : 1.0f;
 }
@@ -290,22 +300,33 @@ void search_poses(const RotatableParticle& x, const SearchPixels& px, std::span<
   w.q.resize(PT * 2 * m);
   std::vector<cfloat> ex(size_t(r + 1)), ey(size_t(2 * r + 1));
   const double two_pi_n = 2.0 * std::numbers::pi / n;
+  // Per-pixel noise weights: the pixel's shell, or for a mapped particle the image shell it reads
+  // (rotated: R k') times the image pixels per reference pixel (RotatableParticle::image_shell).
+  std::vector<float> iw(m);
+  const float density = x.mapped() ? float(x.reference_density()) : 1.0f;
   for (size_t p = 0; p < P; ++p) {
     const double c = std::cos(deg2rad(poses.psi[p])), s = std::sin(deg2rad(poses.psi[p]));
     float* b = w.b.data() + p * m;
     for (size_t q = 0; q < m; ++q) {
+      if (x.mapped()) {
+        const int sh = x.image_shell(c * px.kx[q] + s * px.ky[q], -s * px.kx[q] + c * px.ky[q]);
+        iw[q] = sh < 0 || size_t(sh) >= inv_sigma2.size() ? 0.0f : density * inv_sigma2[size_t(sh)];
+      } else {
+        iw[q] = inv_sigma2[size_t(px.shell[q])];
+      }
       const float cw = w.cr[p * m + q];
-      b[q] = scale * scale * cw * cw * inv_sigma2[size_t(px.shell[q])];
+      b[q] = scale * scale * cw * cw * iw[q];
     }
     for (size_t t = 0; t < T; ++t) {
-      // phase_t(R k') = exp(-2 pi i k'.(R^T t) / n); R = [[c, s], [-s, c]].
-      const double tx = c * poses.trans[t][0] - s * poses.trans[t][1];
-      const double ty = s * poses.trans[t][0] + c * poses.trans[t][1];
+      // phase_t(R k') = exp(-2 pi i k'.(R^T t) / n); R = [[c, s], [-s, c]]; t in the reference frame.
+      const std::array<double, 2> tr = x.reference_shift(poses.trans[t]);
+      const double tx = c * tr[0] - s * tr[1];
+      const double ty = s * tr[0] + c * tr[1];
       for (int k = 0; k <= r; ++k) ex[size_t(k)] = std::polar(1.0f, float(-two_pi_n * k * tx));
       for (int k = -r; k <= r; ++k) ey[size_t(k + r)] = std::polar(1.0f, float(-two_pi_n * k * ty));
       float* qrow = w.q.data() + (p * T + t) * 2 * m;
       for (size_t q = 0; q < m; ++q) {
-        const float f = scale * w.cr[p * m + q] * inv_sigma2[size_t(px.shell[q])];
+        const float f = scale * w.cr[p * m + q] * iw[q];
         const cfloat v = f * w.xr[p * m + q] * ex[size_t(px.kx[q])] * ey[size_t(int(px.ky[q]) + r)];
         qrow[2 * q] = v.real();
         qrow[2 * q + 1] = v.imag();

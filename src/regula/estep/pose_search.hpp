@@ -76,6 +76,19 @@ class RotatableParticle {
   // otherwise). The coarse pass reads the particle there.
   cfloat reference_value(double qx, double qy) const;
   float reference_ctf(double qx, double qy) const;
+  // For the coarse pass, which sums over reference pixels: whether the particle is read through a
+  // mapping, the image shell of reference pixel q (round |T_g^-1 q|; -1 beyond the image's Nyquist, where
+  // it has no data), and the image pixels per reference pixel, 1 / |det T_g| (the fine pass sums over
+  // image pixels: so both passes weigh the same data alike).
+  bool mapped() const { return mapped_; }
+  int image_shell(double qx, double qy) const;
+  double reference_density() const;
+  // A translation t of the image (its own pixels) as the reference frame's phase sees it: the
+  // phase k.t at k = T_g^-1 q is q.(T_g^-T t), so the coarse pass moves the particle by T_g^-T t.
+  std::array<double, 2> reference_shift(std::array<double, 2> t) const {
+    if (!mapped_) return t;
+    return {to_image_[0][0] * t[0] + to_image_[1][0] * t[1], to_image_[0][1] * t[0] + to_image_[1][1] * t[1]};
+  }
   // CTF-premultiplied data: the back-projected data is X itself (not ctf() X) and its weight ctf()
   // (= C^2), as RELION (prepare_direct's `for_sums`).
   bool premultiplied() const { return optics_ && optics_->group().premultiplied; }
