@@ -15,6 +15,11 @@ namespace regula {
 
 namespace {
 
+// Pixel sizes within 1e-6 of each other are one (STAR files round-trip them through float).
+bool same_pixel_size(double a, double b) {
+  return std::abs(a - b) <= 1e-6 * std::max(std::abs(a), std::abs(b));
+}
+
 bool any_nonzero(const std::vector<double>& v) {
   return std::any_of(v.begin(), v.end(), [](double x) { return x != 0; });
 }
@@ -205,7 +210,7 @@ void OpticsModel::update_mapping() {
     for (int r = 0; r < 2; ++r)
       for (int c = 0; c < 2; ++c) g.to_reference[size_t(r)][size_t(c)] = g.mag[size_t(r)][size_t(c)] * s;
     // Exactly the identity for the same sampling and no magnification (fast paths).
-    if (std::abs(s - 1.0) < 1e-12 && g.mag == kIdentity2) g.to_reference = kIdentity2;
+    if (std::abs(s - 1.0) <= 1e-6 && g.mag == kIdentity2) g.to_reference = kIdentity2;
     // The aberrations on the box's grid, once per group.
     g.phase_grid = Grid<cfloat>();
     g.gamma_offset_grid = Grid<float>();
@@ -243,7 +248,8 @@ unsigned OpticsModel::features() const {
     if (any_nonzero(og.odd_zernike)) f |= kOddZernike;
     if (g.has_gamma_offset()) f |= kEvenZernike;
     if (g.mag != kIdentity2) f |= kAnisoMag;
-    if (g.pixel_size != groups_[0].pixel_size || g.box != groups_[0].box) f |= kMixedSampling;
+    if (!same_pixel_size(g.pixel_size, groups_[0].pixel_size)) f |= kMixedPixel;
+    if (g.box != groups_[0].box) f |= kMixedBox;
   }
   return f;
 }
@@ -270,10 +276,14 @@ void OpticsModel::require_only(unsigned supported, std::string_view command) con
     else if ((missing & kAnisoMag) && g.mag != kIdentity2)
       what = fmt::format("_rlnMagMat00.._rlnMagMat11 = [[{}, {}], [{}, {}]] (anisotropic magnification)",
                          g.mag[0][0], g.mag[0][1], g.mag[1][0], g.mag[1][1]);
-    else if ((missing & kMixedSampling) && (g.pixel_size != groups_[0].pixel_size || g.box != groups_[0].box))
-      what = fmt::format("_rlnImagePixelSize {} Å and _rlnImageSize {} px, unlike optics group {} ({} Å, {} px) "
-                         "(optics groups of different sampling)",
-                         g.pixel_size, g.box, groups_[0].number, groups_[0].pixel_size, groups_[0].box);
+    else if ((missing & kMixedBox) && g.box != groups_[0].box)
+      what = fmt::format("_rlnImageSize {} px, unlike optics group {} ({} px) (optics groups of different box "
+                         "sizes)",
+                         g.box, groups_[0].number, groups_[0].box);
+    else if ((missing & kMixedPixel) && !same_pixel_size(g.pixel_size, groups_[0].pixel_size))
+      what = fmt::format("_rlnImagePixelSize {} Å, unlike optics group {} ({} Å) (optics groups of different pixel "
+                         "sizes)",
+                         g.pixel_size, groups_[0].number, groups_[0].pixel_size);
     if (!what.empty())
       input_error("{}: optics group {} ({}) has {}: not yet supported by {} (reconstruct, project and simulate "
                   "model it)",
@@ -286,10 +296,13 @@ OpticsModel engine_optics(const ParticleTable& table, int n, bool ctf, std::stri
   OpticsModel model(table);
   for (size_t g = 0; g < model.groups(); ++g)
     if (model.group(g).box <= 0) model.set_box(g, n);  // a file without rlnImageSize: the images' size
+  const unsigned geometry = magnification ? unsigned(OpticsModel::kAnisoMag | OpticsModel::kMixedPixel) : 0u;
   const unsigned modelled = OpticsModel::kPhaseFlipped | OpticsModel::kPremultiplied | OpticsModel::kBeamTilt |
-                            OpticsModel::kOddZernike | OpticsModel::kEvenZernike |
-                            (magnification ? unsigned(OpticsModel::kAnisoMag) : 0u);
-  model.require_only(ctf ? modelled : 0u, ctf ? std::string(command) : fmt::format("{} without --ctf", command));
+                            OpticsModel::kOddZernike | OpticsModel::kEvenZernike | geometry;
+  // Box sizes first: a group of another box is refused with or without --ctf.
+  model.require_only(OpticsModel::kAll & ~unsigned(OpticsModel::kMixedBox), command);
+  model.require_only(ctf ? modelled : 0u,
+                     ctf ? std::string(command) : fmt::format("{} without --ctf", command));
   for (size_t g = 0; g < model.groups(); ++g)
     if (model.group(g).box != n)
       input_error("{}: optics group {} says rlnImageSize {} but the images are {} px", table.source(),

@@ -146,8 +146,9 @@ class OpticsModel {
     kOddZernike = 1u << 3,     // rlnOddZernike other than 0
     kEvenZernike = 1u << 4,    // rlnEvenZernike other than 0
     kAnisoMag = 1u << 5,       // rlnMagMat other than the identity
-    kMixedSampling = 1u << 6,  // optics groups of different pixel or box sizes
-    kAll = (1u << 7) - 1,
+    kMixedPixel = 1u << 6,     // optics groups of different pixel sizes
+    kMixedBox = 1u << 7,       // optics groups of different box sizes
+    kAll = (1u << 8) - 1,
   };
   OpticsModel() = default;
   // Reads the optics groups of `table` (which must outlive this model) after checking its labels
@@ -189,9 +190,10 @@ class OpticsModel {
 // and odd Zernikes (the images' aberration phase is removed, RELION's demodulatePhase),
 // phase-flipped (|CTF|) and CTF-premultiplied data (CTF^2 in the likelihood; back-projected data X
 // with weight CTF^2, as RELION). Refused, naming the file, group and `command`: anisotropic
-// magnification (unless `magnification`: the 3D engines model it), optics groups of different
-// sampling, a group whose rlnImageSize is not n, and, without --ctf, every label above (the images
-// would be compared without the CTF they carry). The reference is at the first group's sampling.
+// magnification and optics groups of different pixel sizes (unless `magnification`: the 3D engines
+// model both, as T_g of the file comment), optics groups of different box sizes, a group whose
+// rlnImageSize is not n, and, without --ctf, every label above (the images would be compared without
+// the CTF they carry). The reference is at the first group's sampling.
 OpticsModel engine_optics(const ParticleTable& table, int n, bool ctf, std::string_view command,
                           bool magnification = false);
 

@@ -149,7 +149,7 @@ class Job {
   // as RELION's).
   Image read_particle(ParticleImages& images, size_t i, const std::vector<double>* noise_sigma2,
                       bool unmasked = false) const;
-  ml3d::ParticleMasking masking() const;
+  ml3d::ParticleMasking masking(size_t i) const;  // particle i's (its own pixels)
   std::vector<double> tau2_of(const Volume& map) const;
   void mask_reference(Volume& map) const;
   double shell_to_A(double s) const { return s > 0 ? n_ * angpix_ / s : 999.0; }
@@ -169,7 +169,8 @@ class Job {
   int n_ = 0, optics_ = 1, K_ = 1;
   ml3d::Groups groups_;
   std::vector<double> all_counts_, fine_counts_;
-  double angpix_ = 0, radius_px_ = 0;
+  double angpix_ = 0, radius_px_ = 0;  // the reference's pixel size; mask radius in its pixels
+  ml3d::PixelScale scale_;             // optics groups of different pixel sizes
   Volume solvent_mask_;  // --solvent_mask (empty: none)
   State st_;
   // Per iteration.
@@ -187,6 +188,7 @@ class Job {
   estep::Slices global_slices_;
   DirectionTable table_dirs_;
   estep::Search3DSetup setup_;
+  std::vector<estep::Search3DSetup> group_setup_;  // per optics group (PixelScale)
   std::vector<std::unique_ptr<BackProjector>> bp_;  // per class, exact sums
   std::unique_ptr<Progress> progress_;
   // New per-particle values, filled by each particle's owner (zeros elsewhere until the MPI sum).
@@ -216,9 +218,6 @@ void Job::setup() {
   angpix_ = table_.optics.front().pixel_size;
   for (const auto& g : table_.optics) {
     if (g.pixel_size <= 0) input_error("{}: optics group {} has no pixel size; give --angpix", input_star_, g.number);
-    if (std::abs(g.pixel_size - angpix_) > 1e-6 * angpix_)
-      input_error("{}: optics groups have different pixel sizes ({} and {} Å); {} needs one", input_star_, angpix_,
-                  g.pixel_size, job_);
     if (g.image_size > 0 && g.image_size != n_)
       input_error("{}: optics group {} says rlnImageSize {} but the images are {} px (the first: {})", input_star_,
                   g.number, g.image_size, n_, table_.image_name(0));
@@ -234,6 +233,8 @@ void Job::setup() {
     for (size_t i = 0; i < N; ++i) (void)particle_ctf_params(table_, i);
   }
   optics_ = int(table_.optics.size());
+  scale_ = ml3d::PixelScale(table_, angpix_);
+  if (!scale_.uniform()) ml3d::log_pixel_sizes(job_, table_, angpix_);
   groups_ = ml3d::particle_groups(table_);
   all_counts_ = ml3d::shell_pixel_counts(n_);
   K_ = opt_.classes;
@@ -247,13 +248,13 @@ void Job::mask_reference(Volume& map) const {
   ml3d::mask_reference(map, solvent_mask_, opt_.flatten_solvent, radius_px_, opt_.mask_edge);
 }
 
-ml3d::ParticleMasking Job::masking() const {
-  return ml3d::ParticleMasking{n_, radius_px_, opt_.mask_edge, opt_.zero_mask, opt_.seed};
+ml3d::ParticleMasking Job::masking(size_t i) const {
+  return ml3d::particle_masking({n_, radius_px_, opt_.mask_edge, opt_.zero_mask, opt_.seed}, scale_, i);
 }
 
 Image Job::read_particle(ParticleImages& images, size_t i, const std::vector<double>* noise_sigma2,
                          bool unmasked) const {
-  return ml3d::read_particle(images, table_, i, masking(), norm_factor(i), {st_.p.ox[i] / angpix_, st_.p.oy[i] / angpix_},
+  return ml3d::read_particle(images, table_, i, masking(i), norm_factor(i), ml3d::origin_px(st_.p, scale_, i),
                              noise_sigma2, unmasked);
 }
 
@@ -296,7 +297,7 @@ void Job::initialise() {
       for (float v : img) l1 += std::abs(double(v));
       l1max[c] = std::max(l1max[c], l1);
       if (opt_.zero_mask)
-        ml3d::mask_particle(img, masking(), i, {st_.p.ox[i] / angpix_, st_.p.oy[i] / angpix_}, nullptr);
+        ml3d::mask_particle(img, masking(i), i, ml3d::origin_px(st_.p, scale_, i), nullptr);
       noise.add(size_t(table_.optics_index[i]), img);
     }
   });
@@ -320,9 +321,9 @@ void Job::process_particle(size_t i, ParticleImages& images, estep::Search3DWork
     const double v = st_.sigma2[size_t(g)][s];
     inv_sigma2[s] = cc ? 1.0f : (v > 0 ? float(1.0 / v) : 0.0f);
   }
-  const double ox = st_.p.ox[i] / angpix_, oy = st_.p.oy[i] / angpix_;
+  const auto [ox, oy] = ml3d::origin_px(st_.p, scale_, i);  // its own px
   const auto optics = ml3d::particle_optics(optics_model_, i, opt_.ctf);
-  const ml3d::ParticleViews v = ml3d::particle_views(read_particle(images, i, nullptr, true), masking(), i, {ox, oy},
+  const ml3d::ParticleViews v = ml3d::particle_views(read_particle(images, i, nullptr, true), masking(i), i, {ox, oy},
                                                      &st_.sigma2[size_t(g)], optics, inv_sigma2, px_fine_.r_max);
   const estep::RotatableParticle& x = v.x;
   // Iteration 1 (or the staged start's first classification): each particle's sums go to a class
@@ -351,7 +352,7 @@ void Job::process_particle(size_t i, ParticleImages& images, estep::Search3DWork
   in.oy_px = oy;
   in.ref_fine = ml3d::group_pixels(ref_fine_, g);
   estep::Search3DResult res;
-  estep::search_particle_3d(setup_, in, ws, &sink, res);
+  estep::search_particle_3d(group_setup_[size_t(g)], in, ws, &sink, res);
   keep_particle(i);
   if (!res.valid) return;
   if (random_class >= 0 || consensus_) {
@@ -362,10 +363,10 @@ void Job::process_particle(size_t i, ParticleImages& images, estep::Search3DWork
   const double total_d2 =
       ml3d::add_particle(sums.model, res, x, g, groups_.group_of[i], fine_counts_, all_counts_, px_fine_.r_max);
   new_cls_[i] = res.cls + 1;
-  next_.take(i, st_.p, res, angpix_);
+  next_.take(i, st_.p, res, scale_.pixel(i));
   if (opt_.norm && !cc) next_.norm[i] = ml3d::norm_correction(st_.p.norm[i], st_.avg_norm, total_d2, res.weight_sum, n_);
   sums.scalars[kNormSum].add(next_.norm[i]);
-  sums.scalars[kOffset2].add(res.offset2);
+  sums.scalars[kOffset2].add(res.offset2 / (scale_.of(i) * scale_.of(i)));  // reference px^2
   sums.scalars[kOffsetWeight].add(res.weight_sum);
   sums.scalars[kPmax].add(res.max_posterior);
   sums.scalars[kLoglik].add(res.log_likelihood);
@@ -400,7 +401,10 @@ Report Job::iterate() {
   const int rc = std::clamp(int(std::ceil(2.0 * n_ / (radius_px_ * step))), 6, n_ / 2);
   px_coarse_ = estep::search_pixels(n_, cc ? r_ : std::min(r_, rc));
   proj_.clear();
-  for (int k = 0; k < K_; ++k) proj_.push_back(std::make_unique<Projector>(st_.maps[size_t(k)], 2, std::min(r_ + 1, n_ / 2), opt_.threads));
+  // Images of a finer pixel size than the reference's reach further into it (PixelScale).
+  const int r_proj = std::min(int(std::ceil(r_ * scale_.max_ratio())) + 1, n_ / 2);
+  for (int k = 0; k < K_; ++k)
+    proj_.push_back(std::make_unique<Projector>(st_.maps[size_t(k)], 2, r_proj, opt_.threads));
   if (local) table_dirs_.build(order);
   setup_ = estep::Search3DSetup();
   setup_.classes = Ksearch;
@@ -452,6 +456,7 @@ Report Job::iterate() {
     setup_.global_psi = &global_psi_;
     setup_.global_slices = &global_slices_;
   }
+  group_setup_ = ml3d::group_setups(setup_, scale_);
   // One back-projector per class, exact sums shared by the threads (bounds as refine3d's: a
   // particle's poses carry weight <= 1, a lattice point gets <= 4 pixels per pose).
   {

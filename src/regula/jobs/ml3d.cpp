@@ -6,6 +6,7 @@
 #include <unordered_map>
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include "regula/core/error.hpp"
 #include "regula/core/mpi.hpp"
@@ -25,6 +26,45 @@ std::vector<estep::SearchPixels> reference_pixels(const estep::SearchPixels& px,
       r.kx[q] = float(T[0][0] * px.kx[q] + T[0][1] * px.ky[q]);
       r.ky[q] = float(T[1][0] * px.kx[q] + T[1][1] * px.ky[q]);
     }
+  }
+  return out;
+}
+
+PixelScale::PixelScale(const ParticleTable& t, double ref)
+    : ref_pixel(ref), table(&t) {
+  for (const auto& g : t.optics) {
+    const double r = g.pixel_size > 0 ? ref / g.pixel_size : 1.0;
+    ratio.push_back(std::abs(r - 1.0) <= 1e-6 ? 1.0 : r);  // as imaging/optics_model's same sampling
+  }
+}
+
+bool PixelScale::uniform() const {
+  return std::all_of(ratio.begin(), ratio.end(), [](double r) { return r == 1.0; });
+}
+
+double PixelScale::max_ratio() const {
+  double m = 1.0;
+  for (double r : ratio) m = std::max(m, r);
+  return m;
+}
+
+void log_pixel_sizes(std::string_view command, const ParticleTable& table, double ref_pixel) {
+  std::string groups;
+  for (const auto& g : table.optics)
+    groups += fmt::format("{}{} ({} Å)", groups.empty() ? "" : ", ", g.number, g.pixel_size);
+  spdlog::info("{}: optics groups of different pixel sizes: {}; each compared with the reference at {} Å through "
+               "its own sampling",
+               command, groups, ref_pixel);
+}
+
+std::vector<estep::Search3DSetup> group_setups(const estep::Search3DSetup& S, const PixelScale& scale) {
+  std::vector<estep::Search3DSetup> out(scale.ratio.size(), S);
+  for (size_t g = 0; g < out.size(); ++g) {
+    const double r = scale.ratio[g];
+    if (r == 1.0) continue;
+    for (auto& t : out[g].trans) t = {t[0] * r, t[1] * r};
+    out[g].offset_step *= r;
+    out[g].sigma_offset2 *= r * r;
   }
   return out;
 }

@@ -2,6 +2,7 @@
 // the reference reader, the routing of weighted slices into back-projectors, the fixed work units
 // over threads and MPI ranks, and the exact sums of the M-step's inputs.
 #pragma once
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <optional>
@@ -47,6 +48,30 @@ std::vector<estep::SearchPixels> reference_pixels(const estep::SearchPixels& px,
 inline const estep::SearchPixels* group_pixels(const std::vector<estep::SearchPixels>& ref, int g) {
   return size_t(g) < ref.size() && ref[size_t(g)].size() > 0 ? &ref[size_t(g)] : nullptr;
 }
+
+// Optics groups of different pixel sizes (one box size n for all): the reference has the first
+// group's pixel size P, group g's images p_g, so one reference pixel is r_g = P / p_g pixels of
+// group g's images (and T_g = M_g r_g maps their frequencies to the reference's, imaging/
+// optics_model.hpp). RELION 3.1 samples translations in Å and converts them per optics group; so does
+// PixelScale: the jobs keep their translation grid, step and offset prior in reference pixels and
+// each particle searches them in its own pixels (group_setups), its origin in its own pixels too.
+struct PixelScale {
+  double ref_pixel = 0;         // P, Å
+  std::vector<double> ratio;    // r_g = P / p_g per optics group
+  const ParticleTable* table = nullptr;
+  PixelScale() = default;
+  PixelScale(const ParticleTable& t, double ref_pixel);
+  double of(size_t particle) const { return ratio[size_t(table->optics_index[particle])]; }
+  double pixel(size_t particle) const { return ref_pixel / of(particle); }  // p_g, Å
+  bool uniform() const;
+  // The largest r_g (at least 1): image shell s of any group reaches reference shell s * max_ratio().
+  double max_ratio() const;
+};
+// Logs the pixel size of each optics group and the reference's (once, at setup).
+void log_pixel_sizes(std::string_view command, const ParticleTable& table, double ref_pixel);
+// The setup of each optics group: S with its translations and step times r_g and its offset prior
+// (px^2) times r_g^2 (a copy of S for each group; the pointers are shared).
+std::vector<estep::Search3DSetup> group_setups(const estep::Search3DSetup& S, const PixelScale& scale);
 
 // How the 3D jobs mask their references: times the --solvent_mask when there is one (non-empty),
 // else with --flatten_solvent a sphere of radius_px (soft edge edge_px, zeros outside), else not.
@@ -175,6 +200,17 @@ struct ParticleValues {
   void write_columns(star::Block& particles) const;
   std::vector<int> nsig_int() const;
 };
+
+// Particle i's current origin (rlnOriginX/YAngst) in its own pixels (PixelScale).
+inline std::array<double, 2> origin_px(const ParticleValues& p, const PixelScale& scale, size_t i) {
+  const double a = scale.pixel(i);
+  return {p.ox[i] / a, p.oy[i] / a};
+}
+// The masking `m` (radius in reference pixels) for particle i: the radius in its own pixels.
+inline ParticleMasking particle_masking(ParticleMasking m, const PixelScale& scale, size_t i) {
+  m.radius_px = std::min(m.radius_px * scale.of(i), m.n / 2.0);
+  return m;
+}
 
 // rlnNormCorrection of every particle where present, positive and finite (RELION keeps it), else 1.
 std::vector<double> input_norms(const ParticleTable& table);

@@ -133,7 +133,7 @@ class Job {
   // as RELION's).
   Image read_particle(ParticleImages& images, size_t i, const std::vector<double>* noise_sigma2,
                       bool unmasked = false) const;
-  ml3d::ParticleMasking masking() const;
+  ml3d::ParticleMasking masking(size_t i) const;  // particle i's (its own pixels)
   int coarse_shells() const;
   int shell_of(double A) const { return int(std::lround(n_ * angpix_ / A)); }
   double shell_to_A(double s) const { return s > 0 ? n_ * angpix_ / s : 999.0; }
@@ -154,7 +154,8 @@ class Job {
   OpticsModel optics_model_;  // of table_ (engine_optics)
   ml3d::Groups groups_;
   int n_ = 0, optics_ = 1;
-  double angpix_ = 0, radius_px_ = 0;
+  double angpix_ = 0, radius_px_ = 0;  // the reference's pixel size; mask radius in its pixels
+  ml3d::PixelScale scale_;             // optics groups of different pixel sizes
   Volume solvent_mask_;
   std::array<std::vector<size_t>, 2> members_;  // particle indices per half
   State st_;
@@ -170,6 +171,7 @@ class Job {
   std::array<estep::Slices, 2> global_slices_;
   DirectionTable local_table_;
   std::array<estep::Search3DSetup, 2> setup_;  // per half
+  std::array<std::vector<estep::Search3DSetup>, 2> group_setup_;  // per half and optics group (PixelScale)
   std::array<std::unique_ptr<BackProjector>, 2> bp_;
   std::unique_ptr<Progress> progress_;
   // New per-particle values of the iteration (filled by the owner of each particle; zeros elsewhere
@@ -203,9 +205,6 @@ void Job::setup() {
   angpix_ = table_.optics.front().pixel_size;
   for (const auto& g : table_.optics) {
     if (g.pixel_size <= 0) input_error("{}: optics group {} has no pixel size; give --angpix", input_star_, g.number);
-    if (std::abs(g.pixel_size - angpix_) > 1e-6 * angpix_)
-      input_error("{}: optics groups have different pixel sizes ({} and {} Å); refine3d needs one", input_star_,
-                  angpix_, g.pixel_size);
     if (opt_.ctf && g.voltage <= 0)
       input_error("{}: --ctf needs rlnVoltage, rlnSphericalAberration and rlnAmplitudeContrast (optics group {})",
                   input_star_, g.number);
@@ -213,6 +212,8 @@ void Job::setup() {
   if (opt_.ctf)
     for (size_t i = 0; i < N; ++i) (void)particle_ctf_params(table_, i);
   optics_ = int(table_.optics.size());
+  scale_ = ml3d::PixelScale(table_, angpix_);
+  if (!scale_.uniform()) ml3d::log_pixel_sizes("refine3d", table_, angpix_);
   groups_ = ml3d::particle_groups(table_);
   const double r = opt_.particle_diameter > 0 ? opt_.particle_diameter / (2 * angpix_) : n_ / 2.0 - opt_.mask_edge;
   radius_px_ = std::clamp(r, 2.0, n_ / 2.0);
@@ -222,13 +223,13 @@ void Job::setup() {
   all_counts_ = ml3d::shell_pixel_counts(n_);
 }
 
-ml3d::ParticleMasking Job::masking() const {
-  return ml3d::ParticleMasking{n_, radius_px_, opt_.mask_edge, opt_.zero_mask, opt_.seed};
+ml3d::ParticleMasking Job::masking(size_t i) const {
+  return ml3d::particle_masking({n_, radius_px_, opt_.mask_edge, opt_.zero_mask, opt_.seed}, scale_, i);
 }
 
 Image Job::read_particle(ParticleImages& images, size_t i, const std::vector<double>* noise_sigma2,
                          bool unmasked) const {
-  return ml3d::read_particle(images, table_, i, masking(), norm_factor(i), {st_.p.ox[i] / angpix_, st_.p.oy[i] / angpix_},
+  return ml3d::read_particle(images, table_, i, masking(i), norm_factor(i), ml3d::origin_px(st_.p, scale_, i),
                              noise_sigma2, unmasked);
 }
 
@@ -282,7 +283,7 @@ void Job::initialise() {
       for (float v : img) l1 += std::abs(double(v));
       l1max[c] = std::max(l1max[c], l1);
       if (opt_.zero_mask)
-        ml3d::mask_particle(img, masking(), i, {st_.p.ox[i] / angpix_, st_.p.oy[i] / angpix_}, nullptr);
+        ml3d::mask_particle(img, masking(i), i, ml3d::origin_px(st_.p, scale_, i), nullptr);
       noise.add(size_t((st_.half[i] - 1) * optics_ + table_.optics_index[i]), img);
     }
     prog.advance(double(std::min(N, (c + 1) * 64) - c * 64));
@@ -308,7 +309,8 @@ int Job::coarse_shells() const {
 // The projectors of the two half references up to the E-step's limit (+1 for interpolation): made
 // once per iteration, for the accuracy estimate and the E-step; the M-step drops them.
 void Job::make_projectors() {
-  const int r = std::min(st_.current_shells + 1, n_ / 2);
+  // Images of a finer pixel size than the reference's reach further into it (PixelScale).
+  const int r = std::min(int(std::ceil(st_.current_shells * scale_.max_ratio())) + 1, n_ / 2);
   for (int h = 0; h < 2; ++h)
     if (!proj_[size_t(h)] || proj_[size_t(h)]->r_max() != r)
       proj_[size_t(h)] = std::make_unique<Projector>(st_.maps[size_t(h)], opt_.pad, r, opt_.threads);
@@ -375,11 +377,12 @@ void Job::estimate_accuracy() {
           }
         }
       }
-      (mode == 0 ? rot_err : trans_err)[t] = err;
+      if (mode == 0) rot_err[t] = err;
+      else trans_err[t] = err * scale_.pixel(i);  // Å
     }
   });
   st_.acc_rot = std::accumulate(rot_err.begin(), rot_err.end(), 0.0) / double(trials);
-  st_.acc_trans = std::accumulate(trans_err.begin(), trans_err.end(), 0.0) / double(trials) * angpix_;
+  st_.acc_trans = std::accumulate(trans_err.begin(), trans_err.end(), 0.0) / double(trials);
 }
 
 // RELION's updateAngularSampling for auto-refine: a finer sampling once the resolution and the poses
@@ -430,10 +433,10 @@ void Job::process_particle(size_t i, bool final, ParticleImages& images, estep::
     const double v = st_.sigma2[size_t(h)][size_t(g)][s];
     inv_sigma2[s] = cc ? 1.0f : (v > 0 ? float(1.0 / v) : 0.0f);
   }
-  const double ox = st_.p.ox[i] / angpix_, oy = st_.p.oy[i] / angpix_;  // current offsets, px
+  const auto [ox, oy] = ml3d::origin_px(st_.p, scale_, i);  // current offsets, its own px
   const auto optics = ml3d::particle_optics(optics_model_, i, opt_.ctf);
   const ml3d::ParticleViews v =
-      ml3d::particle_views(read_particle(images, i, nullptr, true), masking(), i, {ox, oy},
+      ml3d::particle_views(read_particle(images, i, nullptr, true), masking(i), i, {ox, oy},
                            &st_.sigma2[size_t(h)][size_t(g)], optics, inv_sigma2, (final ? px_all_ : px_fine_).r_max);
   const estep::RotatableParticle& x = v.x;
   estep::Search3DInput in;
@@ -451,16 +454,16 @@ void Job::process_particle(size_t i, bool final, ParticleImages& images, estep::
   in.oy_px = oy;
   ml3d::SliceRouter sink({bp_[size_t(h)].get()});
   estep::Search3DResult res;
-  estep::search_particle_3d(setup_[size_t(h)], in, ws, &sink, res);
+  estep::search_particle_3d(group_setup_[size_t(h)][size_t(g)], in, ws, &sink, res);
   keep_particle(i);
   if (!res.valid) {
     spdlog::warn("refine3d: particle {} has no finite likelihood; its pose is kept", i + 1);
     return;
   }
-  next_.take(i, st_.p, res, angpix_);
+  next_.take(i, st_.p, res, scale_.pixel(i));
   const double total_d2 = ml3d::add_particle(sums.half[size_t(h)], res, x, g, int(grp), fine_counts_, all_counts_,
                                              px_fine_.r_max);
-  sums.scalars[kOffset2].add(res.offset2);
+  sums.scalars[kOffset2].add(res.offset2 / (scale_.of(i) * scale_.of(i)));  // reference px^2
   sums.scalars[kOffsetWeight].add(res.weight_sum);
   if (opt_.norm && !cc) next_.norm[i] = ml3d::norm_correction(st_.p.norm[i], st_.avg_norm, total_d2, res.weight_sum, n_);
   sums.scalars[kNormSum].add(next_.norm[i]);
@@ -544,6 +547,7 @@ IterationReport Job::iterate(bool final) {
     S.max_significants = opt_.max_significants > 0 ? opt_.max_significants : 0;
     S.oversampling = opt_.oversampling;
     S.scale_shells = scale_shells;
+    group_setup_[size_t(h)] = ml3d::group_setups(S, scale_);
   }
   // One back-projector per half, exact sums shared by all threads. Bounds of the sums (see
   // BackProjector::start_exact): per particle, the weights of its poses sum to at most 1 and a
