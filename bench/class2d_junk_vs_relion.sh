@@ -7,7 +7,8 @@
 #
 # Sets: the 70S map at 4 Å/px (seeds 1 and 3) and beta-galactosidase from ../shared/data (seed 2, skipped
 # when absent); 1,500 images of 64 px, 30 micrographs, noise spread 3, SNR 0.05, defocus 0.8-2.5 µm.
-# Prints bench/junk_selection.py's shares per kind of junk and the wall times.
+# Prints bench/junk_selection.py's shares per kind of junk (junk-majority classes, a resolution rule and
+# `regula select --auto`, on Regula's and RELION's classes) and the wall times.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"
@@ -29,15 +30,17 @@ for s in "${sets[@]}"; do
   "$regula" --quiet class2d --i "$d/data/particles.star" --o "$d/regula/run" "${common[@]}" --particle_diameter "$diam" \
     --seed 1
   echo "$name regula: $(echo "$(date +%s.%N) - $t0" | bc) s ($(date -u +%F))"
+  "$regula" --quiet select --i "$d/regula/run_it020_data.star" --o "$d/regula/selected.star" --auto
   /usr/bin/python3 "$here/junk_selection.py" "$d/data/truth.star" "$d/regula/run_it020_data.star" \
-    "$d/regula/run_it020_model.star" --label "$name regula"
+    "$d/regula/run_it020_model.star" --label "$name regula" --selected "$d/regula/selected.star"
   if [ "${RUN_RELION:-0}" = "1" ]; then
     rm -rf "$d/relion" && mkdir -p "$d/relion"
     t0=$(date +%s.%N)
     relion_refine --i "$d/data/particles.star" --o "$d/relion/run" "${common[@]}" --particle_diameter "$diam" \
       --dont_combine_weights_via_disc --pool 30 --random_seed 1 > "$d/relion/run.log" 2>&1
     echo "$name relion_refine: $(echo "$(date +%s.%N) - $t0" | bc) s ($(date -u +%F))"
+    "$regula" --quiet select --i "$d/relion/run_it020_data.star" --o "$d/relion/selected.star" --auto
     /usr/bin/python3 "$here/junk_selection.py" "$d/data/truth.star" "$d/relion/run_it020_data.star" \
-      "$d/relion/run_it020_model.star" --label "$name relion"
+      "$d/relion/run_it020_model.star" --label "$name relion" --selected "$d/relion/selected.star"
   fi
 done

@@ -9,7 +9,8 @@ class2d data.star of Regula or RELION (rlnClassNumber). Prints, per kind of junk
 ends in classes made of at least 50% junk (what a perfect class-level selection would remove) and
 the share of true particles lost with them. With MODEL.star (the same iteration's model.star) also
 a simple automatic score: classes whose rlnEstimatedResolution is worse than 1.5 times the median
-over the classes holding particles are rejected; the same shares for that selection.
+over the classes holding particles are rejected; the same shares for that selection. With
+--selected SEL.star (the particles `regula select --auto` kept), the shares it rejected.
 """
 import argparse
 import sys
@@ -48,6 +49,7 @@ def main():
     ap.add_argument("data")
     ap.add_argument("model", nargs="?")
     ap.add_argument("--label", default="")
+    ap.add_argument("--selected", help="a STAR file of the kept particles (regula select --auto): its shares too")
     a = ap.parse_args()
     kind = np.array([int(v) for v in column(a.truth, "particles", "_rlnRegulaTruthKind")])
     cls = np.array([int(v) for v in column(a.data, "particles", "_rlnClassNumber")])
@@ -61,6 +63,14 @@ def main():
         med = float(np.median(resol[[c - 1 for c in used]]))
         rejected = {c for c in used if resol[c - 1] > 1.5 * med}
         res[f"resolution > 1.5 x median ({1.5 * med:.1f} A)"] = shares(kind, cls, rejected)
+    if a.selected:
+        names = column(a.truth, "particles", "_rlnImageName")
+        kept = set(column(a.selected, "particles", "_rlnImageName"))
+        gone = np.array([n not in kept for n in names])
+        s = {name: float(gone[kind == k].mean()) for k, name in KINDS.items() if (kind == k).any()}
+        s["particles lost"] = float(gone[kind == 0].mean())
+        s["all junk"] = float(gone[kind != 0].mean())
+        res["select --auto"] = s
     for sel, s in res.items():
         print(f"{a.label} {sel}: " + ", ".join(f"{k} {v:.2f}" for k, v in s.items()))
 

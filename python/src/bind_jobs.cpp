@@ -257,7 +257,9 @@ void bind_jobs(py::module_& m) {
   using L = SelectOptions;
   def_job<L>(
       m, "select", "SelectOptions",
-      {REGULA_FIELD(L, input), REGULA_FIELD(L, output), REGULA_FIELD(L, classes), REGULA_FIELD(L, min_count)},
+      {REGULA_FIELD(L, input), REGULA_FIELD(L, output), REGULA_FIELD(L, classes), REGULA_FIELD(L, min_count),
+       REGULA_FIELD(L, automatic), REGULA_FIELD(L, auto_min_contrast), REGULA_FIELD(L, auto_max_contrast),
+       REGULA_FIELD(L, auto_max_edge), REGULA_FIELD(L, particle_diameter)},
       [](const L& o) { return select_classes(o); },
       [](const L& o, size_t count) {
         py::dict d;
@@ -265,7 +267,8 @@ void bind_jobs(py::module_& m) {
         d["output"] = o.output;
         return d;
       },
-      "Particles of some classes of a class2d data.star (jobs/class2d.hpp): classes=[1, 3] or min_count=N.",
+      "Particles of some classes of a class2d data.star (jobs/class2d.hpp): classes=[1, 3], min_count=N or\n"
+      "automatic=True (jobs/class_selection.hpp's score; also writes OUTPUT_class_scores.star).",
       "dict(count, output)");
 
   using T = Class3DOptions;

@@ -15,6 +15,23 @@ void add_select(CLI::App& app) {
   s->add_option("--o", opt->output, "Output STAR file")->required();
   s->add_option("--classes", opt->classes, "Class numbers to keep (1-based), e.g. 1,4,7")->delimiter(',');
   s->add_option("--min_count", opt->min_count, "Keep classes with at least this many particles");
+  auto* automatic = s->add_flag("--auto", opt->automatic,
+                                "Keep the classes whose average looks like a centred particle: contrast within "
+                                "[--auto_min_contrast, --auto_max_contrast] times the median class's and edge "
+                                "ratio at most --auto_max_edge (docs/class2d.md); writes OUT_class_scores.star");
+  s->add_option("--auto_min_contrast", opt->auto_min_contrast, "--auto: lowest contrast / median (empty ice)")
+      ->capture_default_str()
+      ->needs(automatic);
+  s->add_option("--auto_max_contrast", opt->auto_max_contrast, "--auto: highest contrast / median (contamination)")
+      ->capture_default_str()
+      ->needs(automatic);
+  s->add_option("--auto_max_edge", opt->auto_max_edge,
+                "--auto: highest RMS of the outer ring (0.7-1 R) over the inner disc (< 0.5 R) (edges, aggregates)")
+      ->capture_default_str()
+      ->needs(automatic);
+  s->add_option("--particle_diameter", opt->particle_diameter,
+                "--auto: particle diameter, Å (default: the classification's, from its optimiser.star)")
+      ->needs(automatic);
   s->callback([opt] {
     size_t n = select_classes(*opt);
     spdlog::info("select: wrote {} particles to {}", n, opt->output);

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "regula/core/grid.hpp"
+#include "regula/jobs/class_selection.hpp"
 
 namespace regula {
 
@@ -106,6 +107,14 @@ struct SelectOptions {
   std::string output;           // --o
   std::vector<int> classes;     // --classes
   long min_count = -1;          // --min_count (-1 = unused)
+  bool automatic = false;       // --auto: jobs/class_selection.hpp's score, with
+  double auto_min_contrast = AutoSelectOptions{}.min_contrast;  // --auto_min_contrast
+  double auto_max_contrast = AutoSelectOptions{}.max_contrast;  // --auto_max_contrast
+  double auto_max_edge = AutoSelectOptions{}.max_edge;          // --auto_max_edge
+  double particle_diameter = 0;                                 // --particle_diameter (Å; 0: the optimiser's)
+  AutoSelectOptions auto_options() const {
+    return {auto_min_contrast, auto_max_contrast, auto_max_edge, particle_diameter};
+  }
   std::string validate() const;
 };
 size_t select_classes(const SelectOptions& opt);

@@ -9,6 +9,7 @@
 #include <numeric>
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include "regula/core/atomic_file.hpp"
 #include "regula/core/error.hpp"
@@ -411,7 +412,13 @@ namespace regula {
 std::string SelectOptions::validate() const {
   if (input.empty()) return "--i: a class2d data.star is required";
   if (output.empty()) return "--o: an output STAR file is required";
-  if (classes.empty() == (min_count < 0)) return "give exactly one of --classes and --min_count";
+  if (int(!classes.empty()) + int(min_count >= 0) + int(automatic) != 1)
+    return "give exactly one of --classes, --min_count and --auto";
+  if (automatic) return auto_options().validate();
+  const AutoSelectOptions d;
+  if (auto_min_contrast != d.min_contrast || auto_max_contrast != d.max_contrast || auto_max_edge != d.max_edge ||
+      particle_diameter != 0)
+    return "--auto_min_contrast, --auto_max_contrast, --auto_max_edge and --particle_diameter need --auto";
   for (int c : classes)
     if (c < 1) return fmt::format("--classes: class numbers start at 1 (got {})", c);
   return "";
@@ -424,11 +431,24 @@ size_t select_classes(const SelectOptions& opt) {
   if (!t.particles_block().has("rlnClassNumber")) input_error("{}: the particles have no _rlnClassNumber", opt.input);
   std::map<int, long> count;
   for (int c : t.class_number) count[c] += 1;
+  std::vector<int> chosen = opt.classes;
+  if (opt.automatic) {
+    const std::vector<ClassScore> scores = score_classes(opt.input, t, opt.auto_options());
+    spdlog::info("select --auto: class, particles, contrast / median, edge ratio, kept");
+    for (const auto& s : scores) {
+      if (s.particles == 0) continue;
+      spdlog::info("  {:3d} {:7d} {:6.2f} {:6.2f} {}", s.number, s.particles, s.contrast_ratio, s.edge_ratio,
+                   s.kept ? "yes" : "no");
+      if (s.kept) chosen.push_back(s.number);
+    }
+    std::string scores_path = opt.output;
+    if (scores_path.size() > 5 && scores_path.ends_with(".star")) scores_path.resize(scores_path.size() - 5);
+    write_class_scores(scores_path + "_class_scores.star", scores);
+  }
   std::vector<size_t> keep;
   for (size_t i = 0; i < t.size(); ++i) {
     int c = t.class_number[i];
-    bool k = opt.min_count >= 0 ? count[c] >= opt.min_count
-                                : std::find(opt.classes.begin(), opt.classes.end(), c) != opt.classes.end();
+    bool k = opt.min_count >= 0 ? count[c] >= opt.min_count : std::find(chosen.begin(), chosen.end(), c) != chosen.end();
     if (k) keep.push_back(i);
   }
   t.select(keep);

@@ -1,0 +1,145 @@
+"""regula select --auto (jobs/class_selection.hpp) on a class2d iteration made here with known class
+averages: a compact particle and a second view of it, empty ice (flat), a carbon edge (a step across
+the circle), a dense blob (contamination, 5x the particle's contrast), an aggregate (a blob reaching
+the rim) and a class without particles. The scores written to OUT_class_scores.star are checked
+against numpy's evaluation of the documented formula, and the kept particles are those of the two
+particle classes. Also: options that need --auto are refused without it, and files that are not a
+class2d iteration are named in a one-line error with no output."""
+import pathlib
+
+import gemmi
+import mrcfile
+import numpy as np
+import pytest
+
+from conftest import run_regula
+
+N, APIX, DIAM = 64, 4.0, 200.0  # R = 25 px
+COUNTS = [300, 250, 80, 60, 40, 50, 0]
+KEEP = {1, 2}
+
+
+def class_images(rng):
+    y, x = np.mgrid[0:N, 0:N] - N // 2
+    r = np.hypot(x, y)
+    noise = lambda: 0.02 * rng.standard_normal((N, N))
+    particle = np.exp(-(r / 8.0) ** 2)
+    view2 = np.exp(-((x / 11.0) ** 2 + (y / 6.0) ** 2)) + 0.5 * np.exp(-(((x - 5) / 4.0) ** 2 + (y / 4.0) ** 2))
+    empty = np.zeros((N, N))
+    edge = 0.8 / (1 + np.exp(-(x - 4) / 1.5))
+    blob = 5 * np.exp(-(r / 8.0) ** 2)
+    aggregate = np.exp(-(np.hypot(x - 17, y) / 8.0) ** 2) + np.exp(-(np.hypot(x + 13, y + 12) / 8.0) ** 2)
+    imgs = [particle, view2, empty, edge, blob, aggregate, particle]
+    return np.stack([(im + noise()).astype(np.float32) for im in imgs])
+
+
+def expected_scores(imgs):
+    """numpy's contrast and edge ratio of each class (the header's definition)."""
+    y, x = np.mgrid[0:N, 0:N] - N // 2
+    r = np.hypot(x, y)
+    R = DIAM / 2 / APIX
+    inside = r < R
+    out = []
+    for a in imgs:
+        d = a - a[inside].mean()
+        c = np.sqrt((d[inside] ** 2).mean())
+        ring = inside & (r >= 0.7 * R)
+        disc = r < 0.5 * R
+        out.append((c, np.sqrt((d[ring] ** 2).mean()) / np.sqrt((d[disc] ** 2).mean())))
+    return out
+
+
+def write_iteration(d, imgs):
+    root = d / "run_it010"
+    mrcfile.new(f"{root}_classes.mrcs", data=imgs, overwrite=True).close()
+    refs = "\n".join(f"{k + 1:06d}@{root}_classes.mrcs {c / sum(COUNTS):.4f} 20" for k, c in enumerate(COUNTS))
+    pathlib.Path(f"{root}_model.star").write_text(
+        "data_model_general\n\n_rlnPixelSize 4.0\n_rlnNrClasses 7\n\n"
+        "data_model_classes\n\nloop_\n_rlnReferenceImage #1\n_rlnClassDistribution #2\n"
+        f"_rlnEstimatedResolution #3\n{refs}\n")
+    pathlib.Path(f"{root}_optimiser.star").write_text(f"data_optimiser_general\n\n_rlnParticleDiameter {DIAM}\n")
+    rows = []
+    for k, c in enumerate(COUNTS):
+        rows += [f"{len(rows) + i + 1:06d}@stack.mrcs {k + 1} 1" for i in range(c)]
+    pathlib.Path(f"{root}_data.star").write_text(
+        "# version 30001\n\ndata_optics\n\nloop_\n_rlnOpticsGroup #1\n_rlnOpticsGroupName #2\n"
+        "_rlnImagePixelSize #3\n_rlnImageSize #4\n_rlnImageDimensionality #5\n1 opticsGroup1 4.0 64 2\n\n"
+        "# version 30001\n\ndata_particles\n\nloop_\n_rlnImageName #1\n_rlnClassNumber #2\n_rlnOpticsGroup #3\n"
+        + "\n".join(rows) + "\n")
+    return f"{root}_data.star"
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_auto_keeps_the_particle_classes(tmp_path, seed):
+    imgs = class_images(np.random.default_rng(seed))
+    data = write_iteration(tmp_path, imgs)
+    out = tmp_path / "selected.star"
+    run_regula("select", "--i", data, "--o", out, "--auto")
+    kept = gemmi.cif.read(str(out)).find_block("particles").find_loop("_rlnClassNumber")
+    assert sorted({int(v) for v in kept}) == sorted(KEEP)
+    assert len(kept) == sum(COUNTS[k - 1] for k in KEEP)
+    scores = gemmi.cif.read(str(tmp_path / "selected_class_scores.star")).find_block("class_scores")
+    table = {int(r[0]): [float(r[i]) for i in range(1, 6)] for r in scores.find(
+        "_", ["rlnClassNumber", "regulaClassParticles", "regulaClassContrast", "regulaClassContrastRatio",
+              "regulaClassEdgeRatio", "regulaClassSelected"])}
+    exp = expected_scores(imgs)
+    # The reference contrast: the particle-weighted median (here class 2's, 550 of 780 particles in 1-2).
+    per_particle = sorted((exp[k][0], c) for k, c in enumerate(COUNTS) if c > 0)
+    total, seen, ref = sum(COUNTS), 0, None
+    for c, n in per_particle:
+        seen += n
+        if 2 * seen >= total:
+            ref = c
+            break
+    for k, c in enumerate(COUNTS):
+        particles, contrast, ratio, edge, selected = table[k + 1]
+        assert particles == c
+        if c == 0:
+            assert selected == 0
+            continue
+        assert contrast == pytest.approx(exp[k][0], rel=1e-4)  # float images; the sums in double
+        assert ratio == pytest.approx(exp[k][0] / ref, rel=1e-4)
+        assert edge == pytest.approx(exp[k][1], rel=1e-4)
+        assert selected == (k + 1 in KEEP)
+
+
+def test_auto_options_and_bad_input(tmp_path):
+    imgs = class_images(np.random.default_rng(3))
+    data = write_iteration(tmp_path, imgs)
+    out = tmp_path / "s.star"
+    r = run_regula("select", "--i", data, "--o", out, "--auto_max_edge", 2, check=False)
+    assert r.returncode != 0 and "--auto" in r.stderr and not out.exists()
+    r = run_regula("select", "--i", data, "--o", out, "--auto", "--classes", 1, check=False)
+    assert r.returncode == 1 and "exactly one of" in r.stderr and not out.exists()
+    r = run_regula("select", "--i", data, "--o", out, "--auto", "--auto_min_contrast", 3, "--auto_max_contrast", 2,
+                   check=False)
+    assert r.returncode == 1 and "--auto_min_contrast" in r.stderr and not out.exists()
+    other = tmp_path / "particles.star"
+    other.write_text(pathlib.Path(data).read_text())
+    r = run_regula("select", "--i", other, "--o", out, "--auto", check=False)
+    assert r.returncode == 1 and str(other) in r.stderr and "ROOT_itNNN_data.star" in r.stderr and not out.exists()
+    pathlib.Path(str(data).replace("_data.star", "_model.star")).unlink()
+    r = run_regula("select", "--i", data, "--o", out, "--auto", check=False)
+    assert r.returncode == 1 and "_model.star" in r.stderr and not out.exists()
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_python_api_select_automatic(tmp_path):
+    """regula.select(automatic=True, ...) is the command line's --auto; its thresholds without automatic
+    are refused (regula.InputError), not ignored."""
+    import os
+    import sys
+
+    from conftest import ROOT
+    build = pathlib.Path(os.environ.get("REGULA_BUILD", str(ROOT / "build")))
+    if not list((build / "python").glob("regula*.so")):
+        pytest.skip(f"the Python module was not built in {build}/python")
+    sys.path.insert(0, str(build / "python"))
+    import regula
+
+    data = write_iteration(tmp_path, class_images(np.random.default_rng(4)))
+    r = regula.select(input=data, output=str(tmp_path / "p.star"), automatic=True)
+    assert r["count"] == sum(COUNTS[k - 1] for k in KEEP)
+    assert (tmp_path / "p_class_scores.star").exists()
+    with pytest.raises(regula.InputError, match="need --auto"):
+        regula.select(input=data, output=str(tmp_path / "q.star"), classes=[1], auto_max_edge=2.0)
