@@ -168,7 +168,7 @@ class Job {
   OpticsModel optics_model_;  // of table_ (engine_optics)
   int n_ = 0, optics_ = 1, K_ = 1;
   ml3d::Groups groups_;
-  std::vector<double> all_counts_, fine_counts_;
+  std::vector<double> all_counts_;
   double angpix_ = 0, radius_px_ = 0;  // the reference's pixel size; mask radius in its pixels
   ml3d::PixelScale scale_;             // optics groups of different pixel sizes
   Volume solvent_mask_;  // --solvent_mask (empty: none)
@@ -179,8 +179,8 @@ class Job {
   bool consensus_ = false;       // staged start: one consensus map, poses searched
   bool fixed_poses_ = false;     // --skip_align, or the staged start's classification at fixed poses
   bool unregularised_ = false;   // staged start: class maps without the tau2 prior, uniform fractions
-  estep::SearchPixels px_fine_, px_coarse_;
-  std::vector<estep::SearchPixels> ref_fine_;  // per optics group, anisotropic magnification
+  estep::SearchPixels px_coarse_;
+  ml3d::FinePixels fine_;  // per optics group
   std::vector<std::unique_ptr<Projector>> proj_;
   std::vector<std::array<double, 2>> global_dirs_;
   std::vector<long> global_pix_;
@@ -324,7 +324,8 @@ void Job::process_particle(size_t i, ParticleImages& images, estep::Search3DWork
   const auto [ox, oy] = ml3d::origin_px(st_.p, scale_, i);  // its own px
   const auto optics = ml3d::particle_optics(optics_model_, i, opt_.ctf);
   const ml3d::ParticleViews v = ml3d::particle_views(read_particle(images, i, nullptr, true), masking(i), i, {ox, oy},
-                                                     &st_.sigma2[size_t(g)], optics, inv_sigma2, px_fine_.r_max);
+                                                     &st_.sigma2[size_t(g)], optics, inv_sigma2,
+                                                     fine_.px[size_t(g)].r_max);
   const estep::RotatableParticle& x = v.x;
   // Iteration 1 (or the staged start's first classification): each particle's sums go to a class
   // drawn at random (seeded per particle): K different starting maps from one reference, as RELION's
@@ -350,7 +351,7 @@ void Job::process_particle(size_t i, ParticleImages& images, estep::Search3DWork
   in.psi = st_.p.psi[i];
   in.ox_px = ox;
   in.oy_px = oy;
-  in.ref_fine = ml3d::group_pixels(ref_fine_, g);
+  in.ref_fine = ml3d::group_pixels(fine_.ref, g);
   estep::Search3DResult res;
   estep::search_particle_3d(group_setup_[size_t(g)], in, ws, &sink, res);
   keep_particle(i);
@@ -361,7 +362,8 @@ void Job::process_particle(size_t i, ParticleImages& images, estep::Search3DWork
     res.class_weight[size_t(res.cls)] = 1;
   }
   const double total_d2 =
-      ml3d::add_particle(sums.model, res, x, g, groups_.group_of[i], fine_counts_, all_counts_, px_fine_.r_max);
+      ml3d::add_particle(sums.model, res, x, g, groups_.group_of[i], fine_.counts[size_t(g)], all_counts_,
+                         fine_.px[size_t(g)].r_max);
   new_cls_[i] = res.cls + 1;
   next_.take(i, st_.p, res, scale_.pixel(i));
   if (opt_.norm && !cc) next_.norm[i] = ml3d::norm_correction(st_.p.norm[i], st_.avg_norm, total_d2, res.weight_sum, n_);
@@ -393,16 +395,13 @@ Report Job::iterate() {
   const bool local = opt_.sigma_ang > 0 || after_fixed;
   // In iteration 1 all classes are the reference: search against it alone.
   const int Ksearch = (random_classes_ || consensus_) ? 1 : K_;
-  px_fine_ = estep::search_pixels(n_, r_);
-  ref_fine_ = ml3d::reference_pixels(px_fine_, optics_model_);
-  fine_counts_.assign(hs, 0.0);
-  for (size_t q = 0; q < px_fine_.size(); ++q) fine_counts_[size_t(px_fine_.shell[q])] += 1;
+  fine_ = ml3d::fine_pixels(n_, r_, scale_, optics_model_);
   const double step = deg2rad(healpix_angular_step(order));
   const int rc = std::clamp(int(std::ceil(2.0 * n_ / (radius_px_ * step))), 6, n_ / 2);
   px_coarse_ = estep::search_pixels(n_, cc ? r_ : std::min(r_, rc));
   proj_.clear();
-  // Images of a finer pixel size than the reference's reach further into it (PixelScale).
-  const int r_proj = std::min(int(std::ceil(r_ * scale_.max_ratio())) + 1, n_ / 2);
+  // Each group's pixels map to at most half a shell beyond the limit (ml3d::fine_pixels' rounding).
+  const int r_proj = std::min(r_ + (scale_.uniform() ? 1 : 2), n_ / 2);
   for (int k = 0; k < K_; ++k)
     proj_.push_back(std::make_unique<Projector>(st_.maps[size_t(k)], 2, r_proj, opt_.threads));
   if (local) table_dirs_.build(order);
@@ -414,7 +413,7 @@ Report Job::iterate() {
   // The staged classification at fixed poses uses uniform fractions (the prior stays out).
   if (unregularised_) setup_.log_class_prior.clear();
   setup_.px_coarse = &px_coarse_;
-  setup_.px_fine = &px_fine_;
+  setup_.px_fine = &fine_.px[0];  // each group's own below
   setup_.local = local;
   setup_.order = order;
   setup_.sigma_ang = opt_.sigma_ang > 0 ? opt_.sigma_ang : healpix_angular_step(order);
@@ -457,6 +456,7 @@ Report Job::iterate() {
     setup_.global_slices = &global_slices_;
   }
   group_setup_ = ml3d::group_setups(setup_, scale_);
+  for (size_t g = 0; g < fine_.px.size(); ++g) group_setup_[g].px_fine = &fine_.px[g];
   // One back-projector per class, exact sums shared by the threads (bounds as refine3d's: a
   // particle's poses carry weight <= 1, a lattice point gets <= 4 pixels per pose).
   {

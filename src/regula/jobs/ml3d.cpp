@@ -42,10 +42,28 @@ bool PixelScale::uniform() const {
   return std::all_of(ratio.begin(), ratio.end(), [](double r) { return r == 1.0; });
 }
 
-double PixelScale::max_ratio() const {
-  double m = 1.0;
-  for (double r : ratio) m = std::max(m, r);
-  return m;
+FinePixels fine_pixels(int n, int r, const PixelScale& scale, const OpticsModel& model) {
+  FinePixels f;
+  const size_t G = model.groups();
+  f.px.resize(G);
+  f.ref.resize(G);
+  f.counts.assign(G, std::vector<double>(size_t(n / 2 + 1), 0.0));
+  for (size_t g = 0; g < G; ++g) {
+    const double ratio = g < scale.ratio.size() ? scale.ratio[g] : 1.0;
+    const int rg = ratio == 1.0 ? r : std::clamp(int(std::lround(r / ratio)), 1, n / 2);
+    f.px[g] = estep::search_pixels(n, rg);
+    const OpticsGroupModel& grp = model.group(g);
+    if (grp.maps_to_reference()) {
+      const Mat2& T = grp.to_reference;
+      f.ref[g] = f.px[g];
+      for (size_t q = 0; q < f.px[g].size(); ++q) {
+        f.ref[g].kx[q] = float(T[0][0] * f.px[g].kx[q] + T[0][1] * f.px[g].ky[q]);
+        f.ref[g].ky[q] = float(T[1][0] * f.px[g].kx[q] + T[1][1] * f.px[g].ky[q]);
+      }
+    }
+    for (size_t q = 0; q < f.px[g].size(); ++q) f.counts[g][size_t(f.px[g].shell[q])] += 1;
+  }
+  return f;
 }
 
 void log_pixel_sizes(std::string_view command, const ParticleTable& table, double ref_pixel) {

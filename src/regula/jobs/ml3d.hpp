@@ -64,9 +64,17 @@ struct PixelScale {
   double of(size_t particle) const { return ratio[size_t(table->optics_index[particle])]; }
   double pixel(size_t particle) const { return ref_pixel / of(particle); }  // p_g, Å
   bool uniform() const;
-  // The largest r_g (at least 1): image shell s of any group reaches reference shell s * max_ratio().
-  double max_ratio() const;
 };
+// The fine pass's pixels of each optics group: image shells up to the E-step's limit r (in reference
+// shells) at the group's own sampling, round(r / r_g), at most n/2 (RELION 3.1 sizes each optics
+// group's images from the current resolution in Å); mapped to the reference frame (T_g k) where T_g is
+// not the identity; and their number per shell (0..n/2), which the noise sums take.
+struct FinePixels {
+  std::vector<estep::SearchPixels> px;      // per optics group, image frame
+  std::vector<estep::SearchPixels> ref;     // per optics group, T_g k (empty for the identity)
+  std::vector<std::vector<double>> counts;  // per optics group
+};
+FinePixels fine_pixels(int n, int r, const PixelScale& scale, const OpticsModel& model);
 // Logs the pixel size of each optics group and the reference's (once, at setup).
 void log_pixel_sizes(std::string_view command, const ParticleTable& table, double ref_pixel);
 // The setup of each optics group: S with its translations and step times r_g and its offset prior

@@ -161,9 +161,10 @@ class Job {
   State st_;
   // Per iteration:
   int r_ = 0, rc_ = 0;
-  estep::SearchPixels px_fine_, px_coarse_, px_all_;
-  std::vector<estep::SearchPixels> ref_fine_, ref_all_;  // per optics group, anisotropic magnification
-  std::vector<double> fine_counts_, all_counts_;
+  estep::SearchPixels px_coarse_, px_all_;
+  ml3d::FinePixels fine_;                      // per optics group
+  std::vector<estep::SearchPixels> ref_all_;  // per optics group, T_g k (final iteration)
+  std::vector<double> all_counts_;
   std::array<std::unique_ptr<Projector>, 2> proj_;
   std::vector<std::array<double, 2>> global_dirs_;
   std::vector<long> global_pix_;
@@ -309,8 +310,8 @@ int Job::coarse_shells() const {
 // The projectors of the two half references up to the E-step's limit (+1 for interpolation): made
 // once per iteration, for the accuracy estimate and the E-step; the M-step drops them.
 void Job::make_projectors() {
-  // Images of a finer pixel size than the reference's reach further into it (PixelScale).
-  const int r = std::min(int(std::ceil(st_.current_shells * scale_.max_ratio())) + 1, n_ / 2);
+  // Each group's pixels map to at most half a shell beyond the limit (ml3d::fine_pixels' rounding).
+  const int r = std::min(st_.current_shells + (scale_.uniform() ? 1 : 2), n_ / 2);
   for (int h = 0; h < 2; ++h)
     if (!proj_[size_t(h)] || proj_[size_t(h)]->r_max() != r)
       proj_[size_t(h)] = std::make_unique<Projector>(st_.maps[size_t(h)], opt_.pad, r, opt_.threads);
@@ -437,7 +438,8 @@ void Job::process_particle(size_t i, bool final, ParticleImages& images, estep::
   const auto optics = ml3d::particle_optics(optics_model_, i, opt_.ctf);
   const ml3d::ParticleViews v =
       ml3d::particle_views(read_particle(images, i, nullptr, true), masking(i), i, {ox, oy},
-                           &st_.sigma2[size_t(h)][size_t(g)], optics, inv_sigma2, (final ? px_all_ : px_fine_).r_max);
+                           &st_.sigma2[size_t(h)][size_t(g)], optics, inv_sigma2,
+                           (final ? px_all_ : fine_.px[size_t(g)]).r_max);
   const estep::RotatableParticle& x = v.x;
   estep::Search3DInput in;
   in.x = &x;
@@ -449,7 +451,7 @@ void Job::process_particle(size_t i, bool final, ParticleImages& images, estep::
   in.tilt = st_.p.tilt[i];
   in.psi = st_.p.psi[i];
   in.ox_px = ox;
-  in.ref_fine = ml3d::group_pixels(ref_fine_, g);
+  in.ref_fine = ml3d::group_pixels(fine_.ref, g);
   in.ref_sums = ml3d::group_pixels(ref_all_, g);
   in.oy_px = oy;
   ml3d::SliceRouter sink({bp_[size_t(h)].get()});
@@ -461,8 +463,8 @@ void Job::process_particle(size_t i, bool final, ParticleImages& images, estep::
     return;
   }
   next_.take(i, st_.p, res, scale_.pixel(i));
-  const double total_d2 = ml3d::add_particle(sums.half[size_t(h)], res, x, g, int(grp), fine_counts_, all_counts_,
-                                             px_fine_.r_max);
+  const double total_d2 = ml3d::add_particle(sums.half[size_t(h)], res, x, g, int(grp), fine_.counts[size_t(g)],
+                                             all_counts_, fine_.px[size_t(g)].r_max);
   sums.scalars[kOffset2].add(res.offset2 / (scale_.of(i) * scale_.of(i)));  // reference px^2
   sums.scalars[kOffsetWeight].add(res.weight_sum);
   if (opt_.norm && !cc) next_.norm[i] = ml3d::norm_correction(st_.p.norm[i], st_.avg_norm, total_d2, res.weight_sum, n_);
@@ -495,13 +497,10 @@ IterationReport Job::iterate(bool final) {
   r_ = final ? n_ / 2 : r_score;
   rc_ = cc ? r_score : std::min(r_score, coarse_shells());
   rep.used_shells = r_;
-  px_fine_ = estep::search_pixels(n_, r_score);
+  fine_ = ml3d::fine_pixels(n_, r_score, scale_, optics_model_);
   if (final) px_all_ = estep::search_pixels(n_, r_);
-  ref_fine_ = ml3d::reference_pixels(px_fine_, optics_model_);
   ref_all_ = final ? ml3d::reference_pixels(px_all_, optics_model_) : std::vector<estep::SearchPixels>();
   px_coarse_ = estep::search_pixels(n_, rc_);
-  fine_counts_.assign(hs, 0.0);
-  for (size_t q = 0; q < px_fine_.size(); ++q) fine_counts_[size_t(px_fine_.shell[q])] += 1;
   if (st_.local) local_table_.build(st_.order);
   const std::vector<std::array<double, 2>> trans = translations(st_.offset_range, st_.offset_step);
   make_projectors();
@@ -527,7 +526,7 @@ IterationReport Job::iterate(bool final) {
     S.classes = 1;
     S.proj = {proj_[size_t(h)].get()};
     S.px_coarse = &px_coarse_;
-    S.px_fine = &px_fine_;
+    S.px_fine = &fine_.px[0];  // each group's own below
     S.px_sums = final ? &px_all_ : nullptr;
     S.local = st_.local;
     S.order = st_.order;
@@ -548,6 +547,7 @@ IterationReport Job::iterate(bool final) {
     S.oversampling = opt_.oversampling;
     S.scale_shells = scale_shells;
     group_setup_[size_t(h)] = ml3d::group_setups(S, scale_);
+    for (size_t g = 0; g < fine_.px.size(); ++g) group_setup_[size_t(h)][g].px_fine = &fine_.px[g];
   }
   // One back-projector per half, exact sums shared by all threads. Bounds of the sums (see
   // BackProjector::start_exact): per particle, the weights of its poses sum to at most 1 and a
