@@ -81,6 +81,41 @@ Image mapped_particle(const Projector& proj, int n, const Mat2& T, const Euler& 
   return from_fourier_centred(F, n);
 }
 
+// The coarse pass (search_poses, reference frame) at one orientation and the translations `trans`.
+estep::PoseResult coarse_at(const Projector& proj, const estep::RotatableParticle& x, const estep::SearchPixels& px,
+                            const std::vector<float>& w, const Euler& pose,
+                            const std::vector<std::array<double, 2>>& trans) {
+  estep::PoseSet ps;
+  ps.psi = {pose.psi};
+  ps.trans = trans;
+  std::vector<std::array<double, 2>> dirs = {{pose.rot, pose.tilt}};
+  ps.dirs = dirs;
+  estep::Slices sl;
+  estep::project_slices(proj, px, dirs, sl);
+  estep::SearchWork work;
+  estep::PoseResult res;
+  estep::search_poses(x, px, w, 1.0f, sl, ps, {}, work, res);
+  return res;
+}
+
+// The fine pass (search_direct over the image pixels px, the reference projected at T k).
+estep::PoseResult fine_at(const Projector& proj, const estep::RotatableParticle& x, const estep::SearchPixels& px,
+                          const Mat2& T, const std::vector<float>& w, const Euler& pose,
+                          const std::vector<std::array<double, 2>>& trans) {
+  estep::SearchPixels ref = px;
+  for (size_t q = 0; q < px.size(); ++q) {
+    ref.kx[q] = float(T[0][0] * px.kx[q] + T[0][1] * px.ky[q]);
+    ref.ky[q] = float(T[1][0] * px.kx[q] + T[1][1] * px.ky[q]);
+  }
+  std::vector<Euler> angles{pose};
+  estep::Slices refs;
+  estep::project_orientations(proj, ref, angles, refs);
+  estep::SearchWork work;
+  estep::PoseResult res;
+  estep::search_direct(x, px, w, 1.0f, refs, trans, {}, {}, {}, work, res);
+  return res;
+}
+
 }  // namespace
 
 TEST(PoseSearch, ScoresMatchTheDirectParticleFrameScores) {
@@ -369,34 +404,12 @@ TEST(PoseSearch, MagnifiedParticleScoresBestWithItsOwnMatrix) {
     // The mapping comes with a particle model, which has a CTF: flat_ctf() is +-1 everywhere, and
     // the image carries the same sign.
     const estep::RotatableParticle x(img, 0, 0, ParticleOptics(g, flat_ctf()));
-    estep::PoseSet ps;
-    ps.psi = {pose.psi};
-    ps.trans = {{0, 0}};
-    std::vector<std::array<double, 2>> dirs = {{pose.rot, pose.tilt}};
-    ps.dirs = dirs;
-    estep::Slices sl;
-    estep::project_slices(proj, px, dirs, sl);
-    estep::SearchWork work;
-    estep::PoseResult res;
-    estep::search_poses(x, px, w, 1.0f, sl, ps, {}, work, res);
     EXPECT_NEAR(std::abs(x.ctf(3, 4)), 1.0, 1e-6);
-    return res.log_likelihood;
+    return coarse_at(proj, x, px, w, pose, {{0.0, 0.0}}).log_likelihood;
   };
   auto fine = [&](const OpticsGroupModel& g) {
     const estep::RotatableParticle x(img, 0, 0, ParticleOptics(g, flat_ctf()));
-    estep::SearchPixels ref = px;
-    for (size_t q = 0; q < px.size(); ++q) {
-      ref.kx[q] = float(g.to_reference[0][0] * px.kx[q] + g.to_reference[0][1] * px.ky[q]);
-      ref.ky[q] = float(g.to_reference[1][0] * px.kx[q] + g.to_reference[1][1] * px.ky[q]);
-    }
-    std::vector<Euler> angles{pose};
-    estep::Slices refs;
-    estep::project_orientations(proj, ref, angles, refs);
-    const std::vector<std::array<double, 2>> trans{{0.0, 0.0}};
-    estep::SearchWork work;
-    estep::PoseResult res;
-    estep::search_direct(x, px, w, 1.0f, refs, trans, {}, {}, {}, work, res);
-    return res.log_likelihood;
+    return fine_at(proj, x, px, g.to_reference, w, pose, {{0.0, 0.0}}).log_likelihood;
   };
   const double c_mag = coarse(mag), c_tr = coarse(transposed), c_none = coarse(none);
   const double f_mag = fine(mag), f_tr = fine(transposed), f_none = fine(none);
@@ -442,28 +455,10 @@ TEST(PoseSearch, ParticleOfAnotherPixelSizeIsFoundAtItsOwnShift) {
     // the wrong frame would prefer), and none.
     const std::vector<std::array<double, 2>> trans{
         {-d[0], -d[1]}, {-r * d[0], -r * d[1]}, {-d[0] / r, -d[1] / r}, {0.0, 0.0}};
-    estep::PoseSet ps;
-    ps.psi = {pose.psi};
-    ps.trans = trans;
-    std::vector<std::array<double, 2>> dirs = {{pose.rot, pose.tilt}};
-    ps.dirs = dirs;
-    estep::Slices sl;
-    estep::project_slices(proj, px, dirs, sl);
-    estep::SearchWork work;
-    estep::PoseResult coarse;
-    estep::search_poses(x, px, w, 1.0f, sl, ps, {}, work, coarse);
+    const estep::PoseResult coarse = coarse_at(proj, x, px, w, pose, trans);
     // The fine pass over the image pixels of the same region (image shells up to 12 / r).
     const estep::SearchPixels own = estep::search_pixels(n, int(std::lround(12 / r)));
-    estep::SearchPixels ref = own;
-    for (size_t q = 0; q < own.size(); ++q) {
-      ref.kx[q] = float(r * own.kx[q]);
-      ref.ky[q] = float(r * own.ky[q]);
-    }
-    std::vector<Euler> angles{pose};
-    estep::Slices refs;
-    estep::project_orientations(proj, ref, angles, refs);
-    estep::PoseResult fine;
-    estep::search_direct(x, own, w, 1.0f, refs, trans, {}, {}, {}, work, fine);
+    const estep::PoseResult fine = fine_at(proj, x, own, g.to_reference, w, pose, trans);
     // Scores of the four translations (one pose): the posterior's order follows them.
     ASSERT_EQ(coarse.w_trans.size(), trans.size());
     ASSERT_EQ(fine.w_trans.size(), trans.size());
