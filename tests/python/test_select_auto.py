@@ -143,3 +143,16 @@ def test_python_api_select_automatic(tmp_path):
     assert (tmp_path / "p_class_scores.star").exists()
     with pytest.raises(regula.InputError, match="need --auto"):
         regula.select(input=data, output=str(tmp_path / "q.star"), classes=[1], auto_max_edge=2.0)
+
+
+def test_auto_as_a_project_job(tmp_path):
+    """In a project (RELION's Select job, process type 7) the kept particles are the job's output node
+    (type 3); the table of class scores is written beside them but is not a node."""
+    data = write_iteration(tmp_path, class_images(np.random.default_rng(5)))
+    run_regula("--project", tmp_path / "P", "select", "--i", data, "--o", "sel.star", "--auto")
+    doc = gemmi.cif.read(str(tmp_path / "P/default_pipeline.star"))
+    procs = doc.find_block("pipeline_processes").find("_rlnPipeLineProcess", ["Name", "Type", "Status"])
+    assert [(r[0], r[1], r[2]) for r in procs] == [("Select/job001/", "7", "2")]
+    nodes = doc.find_block("pipeline_nodes").find("_rlnPipeLineNode", ["Name", "Type"])
+    assert [(r[0], r[1]) for r in nodes if r[0].startswith("Select/")] == [("Select/job001/sel.star", "3")]
+    assert (tmp_path / "P/Select/job001/sel_class_scores.star").exists()

@@ -215,6 +215,9 @@ int output_node_type(const std::string& path, std::string_view command) {
     return -1;
   }
   if (command == "extract") return f == "particles.star" ? kNodeParticles : -1;
+  // select --auto's table of class scores is not particles (RELION's auto-selection writes its
+  // scores into a model-like file, not a node either).
+  if (command == "select" && ends("_class_scores.star")) return -1;
   if (f == "movies.star") return kNodeMovies;
   if (f == "corrected_micrographs.star" || f == "micrographs_ctf.star") return kNodeMics;
   if (command == "motioncorr" || command == "ctffind" || command == "simulate_movies") {
