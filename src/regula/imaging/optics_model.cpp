@@ -284,10 +284,14 @@ void OpticsModel::require_only(unsigned supported, std::string_view command) con
       what = fmt::format("_rlnImagePixelSize {} Å, unlike optics group {} ({} Å) (optics groups of different pixel "
                          "sizes)",
                          g.pixel_size, groups_[0].number, groups_[0].pixel_size);
+    // Which commands do model it (the 3D engines model the geometry but need --ctf for it).
+    const bool geometry = what.find("(anisotropic magnification)") != std::string::npos ||
+                          what.find("(optics groups of different pixel sizes)") != std::string::npos;
     if (!what.empty())
       input_error("{}: optics group {} ({}) has {}: not yet supported by {} (reconstruct, project and simulate "
-                  "model it)",
-                  src, g.number, g.name, what, command);
+                  "model it{})",
+                  src, g.number, g.name, what, command,
+                  geometry ? "; so do refine3d, class3d and initial_model with --ctf" : "");
   }
 }
 
