@@ -80,37 +80,42 @@ def group_operators(name):
     return ops
 
 
-args = sys.argv[1:]
-ops = [np.eye(3)]
-if args and args[0] == "--sym":
-    ops = group_operators(args[1])
-    args = args[2:]
-sys.argv = sys.argv[:1] + args
-truth, data = table(sys.argv[1]), table(sys.argv[2])
-errs, oerr = [], []
-for name, t in truth.items():
-    if name not in data:
-        continue
-    d = data[name]
-    At, Ae = euler_matrix(*t[:3]), euler_matrix(*d[:3])
-    errs.append(min(np.degrees(np.arccos(np.clip((np.trace(At.T @ Ae @ S) - 1) / 2, -1, 1))) for S in ops))
-    oerr.append(np.hypot(t[3] - d[3], t[4] - d[4]))
-final = mrcfile.read(sys.argv[3]).astype(np.float64)
-true = mrcfile.read(sys.argv[4]).astype(np.float64)
-with mrcfile.open(sys.argv[4], permissive=True) as m:
-    px = float(m.voxel_size.x)
-curve = fsc(final, true)
-n = final.shape[0]
-print(f"particles compared: {len(errs)}")
-print(f"median angular error: {np.median(errs):.2f} deg; median origin error: {np.median(oerr):.2f} A")
-below = np.nonzero(curve[1:] < 0.143)[0]
-s143 = below[0] if len(below) else n // 2
-below5 = np.nonzero(curve[1:] < 0.5)[0]
-s05 = below5[0] if len(below5) else n // 2
-print(f"FSC(final, truth) = 0.5 near shell {s05} ({n * px / max(s05, 1):.2f} A)")
-print(f"FSC(final, truth) = 0.143 near shell {s143} ({n * px / max(s143, 1):.2f} A)")
-if len(sys.argv) > 5:
-    with open(sys.argv[5], "w") as f:
-        f.write("shell\tresolution_A\tfsc_vs_truth\n")
-        for s, v in enumerate(curve):
-            f.write(f"{s}\t{(n * px / s) if s else float('inf'):.3f}\t{v:.5f}\n")
+def main():
+    args = sys.argv[1:]
+    ops = [np.eye(3)]
+    if args and args[0] == "--sym":
+        ops = group_operators(args[1])
+        args = args[2:]
+    sys.argv = sys.argv[:1] + args
+    truth, data = table(sys.argv[1]), table(sys.argv[2])
+    errs, oerr = [], []
+    for name, t in truth.items():
+        if name not in data:
+            continue
+        d = data[name]
+        At, Ae = euler_matrix(*t[:3]), euler_matrix(*d[:3])
+        errs.append(min(np.degrees(np.arccos(np.clip((np.trace(At.T @ Ae @ S) - 1) / 2, -1, 1))) for S in ops))
+        oerr.append(np.hypot(t[3] - d[3], t[4] - d[4]))
+    final = mrcfile.read(sys.argv[3]).astype(np.float64)
+    true = mrcfile.read(sys.argv[4]).astype(np.float64)
+    with mrcfile.open(sys.argv[4], permissive=True) as m:
+        px = float(m.voxel_size.x)
+    curve = fsc(final, true)
+    n = final.shape[0]
+    print(f"particles compared: {len(errs)}")
+    print(f"median angular error: {np.median(errs):.2f} deg; median origin error: {np.median(oerr):.2f} A")
+    below = np.nonzero(curve[1:] < 0.143)[0]
+    s143 = below[0] if len(below) else n // 2
+    below5 = np.nonzero(curve[1:] < 0.5)[0]
+    s05 = below5[0] if len(below5) else n // 2
+    print(f"FSC(final, truth) = 0.5 near shell {s05} ({n * px / max(s05, 1):.2f} A)")
+    print(f"FSC(final, truth) = 0.143 near shell {s143} ({n * px / max(s143, 1):.2f} A)")
+    if len(sys.argv) > 5:
+        with open(sys.argv[5], "w") as f:
+            f.write("shell\tresolution_A\tfsc_vs_truth\n")
+            for s, v in enumerate(curve):
+                f.write(f"{s}\t{(n * px / s) if s else float('inf'):.3f}\t{v:.5f}\n")
+
+
+if __name__ == "__main__":
+    main()

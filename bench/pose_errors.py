@@ -6,7 +6,8 @@
 TRUTH.star: `regula simulate` truth; DATA.star: a refinement's particles (matched by rlnImageName).
 Prints per optics group the median angle (degrees) between the true and estimated orientations and
 the median origin error (Å); with the maps, the FSC with the truth averaged over shells 4-14 and
-9-14 and the shells where it crosses 0.5 and 0.143 (in Å).
+9-14 and the first shells below 0.5 and 0.143 (in Å; bench/evaluate_refine.py prints the last
+shell above).
 """
 import sys
 
@@ -14,14 +15,7 @@ import gemmi
 import mrcfile
 import numpy as np
 
-
-def euler(rot, tilt, psi):
-    """RELION's ZYZ rotation matrix (Euler angles in degrees)."""
-    a, b, g = np.radians([rot, tilt, psi])
-    ca, sa, cb, sb, cg, sg = np.cos(a), np.sin(a), np.cos(b), np.sin(b), np.cos(g), np.sin(g)
-    return np.array([[cg * cb * ca - sg * sa, cg * cb * sa + sg * ca, -cg * sb],
-                     [-sg * cb * ca - cg * sa, -sg * cb * sa + cg * ca, sg * sb],
-                     [sb * ca, sb * sa, cb]])
+from evaluate_refine import euler_matrix as euler, fsc  # the same bench's RELION Euler matrix and FSC
 
 
 def poses(path):
@@ -29,18 +23,6 @@ def poses(path):
     t = b.find("_rln", ["ImageName", "AngleRot", "AngleTilt", "AnglePsi", "OriginXAngst", "OriginYAngst",
                         "OpticsGroup"])
     return {r[0]: np.array([float(r[i]) for i in range(1, 7)]) for r in t}
-
-
-def fsc(a, b):
-    A, B = np.fft.fftn(a), np.fft.fftn(b)
-    n = a.shape[0]
-    f = np.fft.fftfreq(n) * n
-    r = np.sqrt(f[:, None, None] ** 2 + f[None, :, None] ** 2 + f[None, None, :] ** 2).round().astype(int)
-    out = []
-    for s in range(n // 2):
-        m = r == s
-        out.append((A[m] * B[m].conj()).sum().real / np.sqrt((abs(A[m]) ** 2).sum() * (abs(B[m]) ** 2).sum()))
-    return np.array(out)
 
 
 def main():

@@ -15,11 +15,6 @@ namespace regula {
 
 namespace {
 
-// Pixel sizes within 1e-6 of each other are one (STAR files round-trip them through float).
-bool same_pixel_size(double a, double b) {
-  return std::abs(a - b) <= 1e-6 * std::max(std::abs(a), std::abs(b));
-}
-
 bool any_nonzero(const std::vector<double>& v) {
   return std::any_of(v.begin(), v.end(), [](double x) { return x != 0; });
 }
@@ -293,6 +288,10 @@ void OpticsModel::require_only(unsigned supported, std::string_view command) con
                   src, g.number, g.name, what, command,
                   geometry ? "; so do refine3d, class3d and initial_model with --ctf" : "");
   }
+}
+
+bool same_pixel_size(double a, double b) {
+  return std::abs(a - b) <= 1e-6 * std::max(std::abs(a), std::abs(b));
 }
 
 OpticsModel engine_optics(const ParticleTable& table, int n, bool ctf, std::string_view command,

@@ -197,4 +197,7 @@ class OpticsModel {
 OpticsModel engine_optics(const ParticleTable& table, int n, bool ctf, std::string_view command,
                           bool magnification = false);
 
+// Pixel sizes within 1e-6 of each other are one (STAR files round-trip them through float).
+bool same_pixel_size(double a, double b);
+
 }  // namespace regula

@@ -14,27 +14,29 @@
 
 namespace regula::ml3d {
 
+namespace {
+// The pixels px at T k (the reference frame).
+estep::SearchPixels mapped(const estep::SearchPixels& px, const Mat2& T) {
+  estep::SearchPixels r = px;
+  for (size_t q = 0; q < px.size(); ++q) {
+    r.kx[q] = float(T[0][0] * px.kx[q] + T[0][1] * px.ky[q]);
+    r.ky[q] = float(T[1][0] * px.kx[q] + T[1][1] * px.ky[q]);
+  }
+  return r;
+}
+}  // namespace
+
 std::vector<estep::SearchPixels> reference_pixels(const estep::SearchPixels& px, const OpticsModel& model) {
   std::vector<estep::SearchPixels> out(model.groups());
-  for (size_t g = 0; g < model.groups(); ++g) {
-    const OpticsGroupModel& grp = model.group(g);
-    if (!grp.maps_to_reference()) continue;
-    estep::SearchPixels& r = out[g];
-    r = px;
-    const Mat2& T = grp.to_reference;
-    for (size_t q = 0; q < px.size(); ++q) {
-      r.kx[q] = float(T[0][0] * px.kx[q] + T[0][1] * px.ky[q]);
-      r.ky[q] = float(T[1][0] * px.kx[q] + T[1][1] * px.ky[q]);
-    }
-  }
+  for (size_t g = 0; g < model.groups(); ++g)
+    if (model.group(g).maps_to_reference()) out[g] = mapped(px, model.group(g).to_reference);
   return out;
 }
 
 PixelScale::PixelScale(const ParticleTable& t, double ref)
     : ref_pixel(ref), table(&t) {
   for (const auto& g : t.optics) {
-    const double r = g.pixel_size > 0 ? ref / g.pixel_size : 1.0;
-    ratio.push_back(std::abs(r - 1.0) <= 1e-6 ? 1.0 : r);  // as imaging/optics_model's same sampling
+    ratio.push_back(g.pixel_size > 0 && !same_pixel_size(g.pixel_size, ref) ? ref / g.pixel_size : 1.0);
   }
 }
 
@@ -52,15 +54,7 @@ FinePixels fine_pixels(int n, int r, const PixelScale& scale, const OpticsModel&
     const double ratio = g < scale.ratio.size() ? scale.ratio[g] : 1.0;
     const int rg = ratio == 1.0 ? r : std::clamp(int(std::lround(r / ratio)), 1, n / 2);
     f.px[g] = estep::search_pixels(n, rg);
-    const OpticsGroupModel& grp = model.group(g);
-    if (grp.maps_to_reference()) {
-      const Mat2& T = grp.to_reference;
-      f.ref[g] = f.px[g];
-      for (size_t q = 0; q < f.px[g].size(); ++q) {
-        f.ref[g].kx[q] = float(T[0][0] * f.px[g].kx[q] + T[0][1] * f.px[g].ky[q]);
-        f.ref[g].ky[q] = float(T[1][0] * f.px[g].kx[q] + T[1][1] * f.px[g].ky[q]);
-      }
-    }
+    if (model.group(g).maps_to_reference()) f.ref[g] = mapped(f.px[g], model.group(g).to_reference);
     for (size_t q = 0; q < f.px[g].size(); ++q) f.counts[g][size_t(f.px[g].shell[q])] += 1;
   }
   return f;
