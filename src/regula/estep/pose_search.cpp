@@ -312,14 +312,15 @@ void search_poses(const RotatableParticle& x, const SearchPixels& px, std::span<
         const int sh = x.image_shell(c * px.kx[q] + s * px.ky[q], -s * px.kx[q] + c * px.ky[q]);
         iw[q] = sh < 0 || size_t(sh) >= inv_sigma2.size() ? 0.0f : density * inv_sigma2[size_t(sh)];
       } else {
-        iw[q] = inv_sigma2[size_t(px.shell[q])];
+        // (An image of another box at the same frequencies has no data beyond its own Nyquist.)
+        iw[q] = size_t(px.shell[q]) < inv_sigma2.size() ? inv_sigma2[size_t(px.shell[q])] : 0.0f;
       }
       const float cw = w.cr[p * m + q];
       b[q] = scale * scale * cw * cw * iw[q];
     }
     for (size_t t = 0; t < T; ++t) {
       // phase_t(R k') = exp(-2 pi i k'.(R^T t) / n); R = [[c, s], [-s, c]]; t in the reference frame.
-      const std::array<double, 2> tr = x.reference_shift(poses.trans[t]);
+      const std::array<double, 2> tr = x.reference_shift(poses.trans[t], n);
       const double tx = c * tr[0] - s * tr[1];
       const double ty = s * tr[0] + c * tr[1];
       for (int k = 0; k <= r; ++k) ex[size_t(k)] = std::polar(1.0f, float(-two_pi_n * k * tx));

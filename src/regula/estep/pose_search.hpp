@@ -84,10 +84,12 @@ class RotatableParticle {
   int image_shell(double qx, double qy) const;
   double reference_density() const;
   // A translation t of the image (its own pixels) as the reference frame's phase sees it: the
-  // phase k.t at k = T_g^-1 q is q.(T_g^-T t), so the coarse pass moves the particle by T_g^-T t.
-  std::array<double, 2> reference_shift(std::array<double, 2> t) const {
-    if (!mapped_) return t;
-    return {to_image_[0][0] * t[0] + to_image_[1][0] * t[1], to_image_[0][1] * t[0] + to_image_[1][1] * t[1]};
+  // phase 2 pi k.t / n at k = T_g^-1 q is 2 pi q.(T_g^-T t) (n_ref / n) / n_ref, so the coarse pass,
+  // whose phases divide by the reference box n_ref, moves the particle by T_g^-T t n_ref / n.
+  std::array<double, 2> reference_shift(std::array<double, 2> t, int n_ref) const {
+    const double b = double(n_ref) / double(n_);
+    if (!mapped_) return {t[0] * b, t[1] * b};
+    return {b * (to_image_[0][0] * t[0] + to_image_[1][0] * t[1]), b * (to_image_[0][1] * t[0] + to_image_[1][1] * t[1])};
   }
   // CTF-premultiplied data: the back-projected data is X itself (not ctf() X) and its weight ctf()
   // (= C^2), as RELION (prepare_direct's `for_sums`).

@@ -281,7 +281,8 @@ void OpticsModel::require_only(unsigned supported, std::string_view command) con
                          g.pixel_size, groups_[0].number, groups_[0].pixel_size);
     // Which commands do model it (the 3D engines model the geometry but need --ctf for it).
     const bool geometry = what.find("(anisotropic magnification)") != std::string::npos ||
-                          what.find("(optics groups of different pixel sizes)") != std::string::npos;
+                          what.find("(optics groups of different pixel sizes)") != std::string::npos ||
+                          what.find("(optics groups of different box sizes)") != std::string::npos;
     if (!what.empty())
       input_error("{}: optics group {} ({}) has {}: not yet supported by {} (reconstruct, project and simulate "
                   "model it{})",
@@ -299,17 +300,28 @@ OpticsModel engine_optics(const ParticleTable& table, int n, bool ctf, std::stri
   OpticsModel model(table);
   for (size_t g = 0; g < model.groups(); ++g)
     if (model.group(g).box <= 0) model.set_box(g, n);  // a file without rlnImageSize: the images' size
-  const unsigned geometry = magnification ? unsigned(OpticsModel::kAnisoMag | OpticsModel::kMixedPixel) : 0u;
+  if (model.groups() > 0 && model.group(0).pixel_size > 0)
+    model.set_reference(model.group(0).box, model.group(0).pixel_size);  // the first group's sampling
+  const unsigned geometry =
+      magnification ? unsigned(OpticsModel::kAnisoMag | OpticsModel::kMixedPixel | OpticsModel::kMixedBox) : 0u;
   const unsigned modelled = OpticsModel::kPhaseFlipped | OpticsModel::kPremultiplied | OpticsModel::kBeamTilt |
                             OpticsModel::kOddZernike | OpticsModel::kEvenZernike | geometry;
-  // Box sizes first: a group of another box is refused with or without --ctf.
-  model.require_only(OpticsModel::kAll & ~unsigned(OpticsModel::kMixedBox), command);
+  // Box sizes first where they are not modelled: refused with or without --ctf.
+  if (!magnification) model.require_only(OpticsModel::kAll & ~unsigned(OpticsModel::kMixedBox), command);
   model.require_only(ctf ? modelled : 0u,
                      ctf ? std::string(command) : fmt::format("{} without --ctf", command));
+  // The first image (n px) against its group's rlnImageSize; the others are checked as they are read.
+  if (table.size() > 0) {
+    const OpticsGroupModel& g = model.group(size_t(table.optics_index[0]));
+    if (g.box != n)
+      input_error("{}: optics group {} says rlnImageSize {} but its images are {} px", table.source(), g.number,
+                  g.box, n);
+  }
   for (size_t g = 0; g < model.groups(); ++g)
-    if (model.group(g).box != n)
-      input_error("{}: optics group {} says rlnImageSize {} but the images are {} px", table.source(),
-                  model.group(g).number, model.group(g).box, n);
+    if (model.group(g).box < 16 || model.group(g).box % 2)
+      input_error("{}: optics group {} has rlnImageSize {}: particle images must be square, even and at least "
+                  "16 px",
+                  table.source(), model.group(g).number, model.group(g).box);
   return model;
 }
 

@@ -186,14 +186,15 @@ class OpticsModel {
 };
 
 // The optics model of the likelihood engines (class2d, class3d, refine3d, initial_model) for
-// particle images of n px: with --ctf (`ctf`) they model the CTF with the even Zernikes, beam tilt
-// and odd Zernikes (the images' aberration phase is removed, RELION's demodulatePhase),
+// particle images whose first is n px: with --ctf (`ctf`) they model the CTF with the even Zernikes,
+// beam tilt and odd Zernikes (the images' aberration phase is removed, RELION's demodulatePhase),
 // phase-flipped (|CTF|) and CTF-premultiplied data (CTF^2 in the likelihood; back-projected data X
 // with weight CTF^2, as RELION). Refused, naming the file, group and `command`: anisotropic
-// magnification and optics groups of different pixel sizes (unless `magnification`: the 3D engines
-// model both, as T_g of the file comment), optics groups of different box sizes, a group whose
-// rlnImageSize is not n, and, without --ctf, every label above (the images would be compared without
-// the CTF they carry). The reference is at the first group's sampling.
+// magnification and optics groups of different pixel or box sizes (unless `magnification`: the 3D
+// engines model all three, as T_g of the file comment, with the reference at the first group's box
+// and pixel size), a group whose rlnImageSize is odd or below 16, the first image's group's
+// rlnImageSize other than n, and, without --ctf, every label above (the images would be compared
+// without the CTF they carry). The reference is at the first group's sampling.
 OpticsModel engine_optics(const ParticleTable& table, int n, bool ctf, std::string_view command,
                           bool magnification = false);
 

@@ -166,11 +166,11 @@ class Job {
   std::string input_star_;
   ParticleTable table_;
   OpticsModel optics_model_;  // of table_ (engine_optics)
-  int n_ = 0, optics_ = 1, K_ = 1;
+  int n_ = 0, optics_ = 1, K_ = 1;    // n_: the reference's box (the first optics group's)
   ml3d::Groups groups_;
-  std::vector<double> all_counts_;
+  std::vector<std::vector<double>> all_counts_;  // per optics group
   double angpix_ = 0, radius_px_ = 0;  // the reference's pixel size; mask radius in its pixels
-  ml3d::PixelScale scale_;             // optics groups of different pixel sizes
+  ml3d::PixelScale scale_;             // optics groups of different pixel and box sizes
   Volume solvent_mask_;  // --solvent_mask (empty: none)
   State st_;
   // Per iteration.
@@ -213,14 +213,13 @@ void Job::setup() {
       input_error("{}: particle images must be square 2D images, even and at least 16 px (got {}x{}x{})",
                   table_.where(0), first.nx(), first.ny(), first.nz());
   }
-  // The optics this E-step models; the rest is refused.
+  // The optics this E-step models; the rest is refused (engine_optics checks each group's
+  // rlnImageSize against the first image). The reference has the first optics group's box.
   optics_model_ = engine_optics(table_, n_, opt_.ctf, job_, true);
+  n_ = optics_model_.reference_box();
   angpix_ = table_.optics.front().pixel_size;
   for (const auto& g : table_.optics) {
     if (g.pixel_size <= 0) input_error("{}: optics group {} has no pixel size; give --angpix", input_star_, g.number);
-    if (g.image_size > 0 && g.image_size != n_)
-      input_error("{}: optics group {} says rlnImageSize {} but the images are {} px (the first: {})", input_star_,
-                  g.number, g.image_size, n_, table_.image_name(0));
     if (opt_.ctf && g.voltage <= 0)
       input_error("{}: --ctf needs rlnVoltage, rlnSphericalAberration and rlnAmplitudeContrast (optics group {})",
                   input_star_, g.number);
@@ -233,10 +232,10 @@ void Job::setup() {
     for (size_t i = 0; i < N; ++i) (void)particle_ctf_params(table_, i);
   }
   optics_ = int(table_.optics.size());
-  scale_ = ml3d::PixelScale(table_, angpix_);
-  if (!scale_.uniform()) ml3d::log_pixel_sizes(job_, table_, angpix_);
+  scale_ = ml3d::PixelScale(table_, optics_model_);
+  if (!scale_.uniform()) ml3d::log_pixel_sizes(job_, scale_);
   groups_ = ml3d::particle_groups(table_);
-  all_counts_ = ml3d::shell_pixel_counts(n_);
+  all_counts_ = ml3d::shell_pixel_counts(scale_);
   K_ = opt_.classes;
   const double r = opt_.particle_diameter > 0 ? opt_.particle_diameter / (2 * angpix_) : n_ / 2.0 - opt_.mask_edge;
   radius_px_ = std::clamp(r, 2.0, n_ / 2.0);
@@ -287,7 +286,7 @@ void Job::initialise() {
   // Noise: RELION's first estimate per optics group (mstep/first_noise.hpp); and the largest L1
   // norm of an image (bounds of the back-projectors' exact sums).
   const size_t nchunk = (N + 63) / 64;
-  mstep::FirstNoiseEstimate noise(n_, size_t(optics_));
+  mstep::FirstNoiseEstimate noise(scale_.box);
   std::vector<double> l1max(nchunk, 0.0);
   pool_.parallel_for(0, nchunk, [&](size_t c, int) {
     ParticleImages images(table_, 4);
@@ -313,8 +312,8 @@ void Job::keep_particle(size_t i) {
 }
 
 void Job::process_particle(size_t i, ParticleImages& images, estep::Search3DWork& ws, ThreadSums& sums) {
-  const size_t hs = size_t(n_ / 2 + 1);
   const int g = table_.optics_index[i];
+  const size_t hs = st_.sigma2[size_t(g)].size();  // the group's shells, n_g/2 + 1
   const bool cc = setup_.cross_correlation;
   std::vector<float> inv_sigma2(hs, 0.0f);
   for (size_t s = 1; s < hs; ++s) {
@@ -362,11 +361,11 @@ void Job::process_particle(size_t i, ParticleImages& images, estep::Search3DWork
     res.class_weight[size_t(res.cls)] = 1;
   }
   const double total_d2 =
-      ml3d::add_particle(sums.model, res, x, g, groups_.group_of[i], fine_.counts[size_t(g)], all_counts_,
-                         fine_.px[size_t(g)].r_max);
+      ml3d::add_particle(sums.model, res, x, g, groups_.group_of[i], fine_.counts[size_t(g)],
+                         all_counts_[size_t(g)], fine_.px[size_t(g)].r_max, size_t(scale_.max_box() / 2 + 1));
   new_cls_[i] = res.cls + 1;
   next_.take(i, st_.p, res, scale_.pixel(i));
-  if (opt_.norm && !cc) next_.norm[i] = ml3d::norm_correction(st_.p.norm[i], st_.avg_norm, total_d2, res.weight_sum, n_);
+  if (opt_.norm && !cc) next_.norm[i] = ml3d::norm_correction(st_.p.norm[i], st_.avg_norm, total_d2, res.weight_sum, x.size());
   sums.scalars[kNormSum].add(next_.norm[i]);
   sums.scalars[kOffset2].add(res.offset2 / (scale_.of(i) * scale_.of(i)));  // reference px^2
   sums.scalars[kOffsetWeight].add(res.weight_sum);
@@ -395,7 +394,7 @@ Report Job::iterate() {
   const bool local = opt_.sigma_ang > 0 || after_fixed;
   // In iteration 1 all classes are the reference: search against it alone.
   const int Ksearch = (random_classes_ || consensus_) ? 1 : K_;
-  fine_ = ml3d::fine_pixels(n_, r_, scale_, optics_model_);
+  fine_ = ml3d::fine_pixels(r_, scale_, optics_model_);
   const double step = deg2rad(healpix_angular_step(order));
   const int rc = std::clamp(int(std::ceil(2.0 * n_ / (radius_px_ * step))), 6, n_ / 2);
   px_coarse_ = estep::search_pixels(n_, cc ? r_ : std::min(r_, rc));
@@ -488,7 +487,7 @@ Report Job::iterate() {
   std::vector<std::unique_ptr<ParticleImages>> readers(T);
   std::vector<estep::Search3DWork> works(T);
   for (size_t t = 0; t < T; ++t) {
-    tsums[t].model.init(size_t(optics_), hs, groups_.names.size(), size_t(K_));
+    tsums[t].model.init(size_t(optics_), size_t(scale_.max_box() / 2 + 1), groups_.names.size(), size_t(K_));
     readers[t] = std::make_unique<ParticleImages>(table_, 8);
   }
   pool_.parallel_for(0, blocks.mine.size(), [&](size_t u, int thread) {
@@ -522,10 +521,11 @@ Report Job::iterate() {
   // Noise, scales, offsets prior and norm (not after the CC iteration, as RELION).
   if (!cc) {
     const std::vector<double> d2 = sums.model.d2.values(), npx = sums.model.npix.values();
+    const size_t stride = size_t(scale_.max_box() / 2 + 1);
     for (int g = 0; g < optics_; ++g) {
-      const size_t base = size_t(g) * hs;
-      std::vector<double> a(d2.begin() + long(base), d2.begin() + long(base + hs)),
-          b(npx.begin() + long(base), npx.begin() + long(base + hs));
+      const size_t base = size_t(g) * stride, hg = st_.sigma2[size_t(g)].size();
+      std::vector<double> a(d2.begin() + long(base), d2.begin() + long(base + hg)),
+          b(npx.begin() + long(base), npx.begin() + long(base + hg));
       st_.sigma2[size_t(g)] = mstep::noise_spectrum(a, b, st_.sigma2[size_t(g)]);
     }
     if (opt_.scale)
@@ -679,10 +679,13 @@ void Job::write_iteration(const Report& rep) {
       star::Block& b = doc.add_block(fmt::format("model_optics_group_{}", gi + 1), true);
       std::vector<int> idx;
       std::vector<double> s2;
-      for (size_t s = 0; s < hs; ++s) {
+      // At the group's own box (RELION's normalisation by it).
+      const std::vector<double>& v = st_.sigma2[size_t(gi)];
+      const double ng = 2.0 * double(v.size() - 1);
+      for (size_t s = 0; s < v.size(); ++s) {
         b.add_row();
         idx.push_back(int(s));
-        s2.push_back(st_.sigma2[size_t(gi)][s] / (double(n_) * n_ * double(n_) * n_));
+        s2.push_back(v[s] / (ng * ng * ng * ng));
       }
       b.set_column("rlnSpectralIndex", idx);
       b.set_column("rlnSigma2Noise", s2);

@@ -26,57 +26,80 @@ estep::SearchPixels mapped(const estep::SearchPixels& px, const Mat2& T) {
 }
 }  // namespace
 
-std::vector<estep::SearchPixels> reference_pixels(const estep::SearchPixels& px, const OpticsModel& model) {
-  std::vector<estep::SearchPixels> out(model.groups());
-  for (size_t g = 0; g < model.groups(); ++g)
-    if (model.group(g).maps_to_reference()) out[g] = mapped(px, model.group(g).to_reference);
-  return out;
-}
-
-PixelScale::PixelScale(const ParticleTable& t, double ref)
-    : ref_pixel(ref), table(&t) {
-  for (const auto& g : t.optics) {
-    ratio.push_back(g.pixel_size > 0 && !same_pixel_size(g.pixel_size, ref) ? ref / g.pixel_size : 1.0);
+PixelScale::PixelScale(const ParticleTable& t, const OpticsModel& model)
+    : ref_pixel(model.reference_pixel_size()), ref_box(model.reference_box()), table(&t) {
+  for (size_t g = 0; g < model.groups(); ++g) {
+    const double p = model.group(g).pixel_size;
+    ratio.push_back(p > 0 && !same_pixel_size(p, ref_pixel) ? ref_pixel / p : 1.0);
+    box.push_back(model.group(g).box > 0 ? model.group(g).box : ref_box);
   }
 }
 
 bool PixelScale::uniform() const {
-  return std::all_of(ratio.begin(), ratio.end(), [](double r) { return r == 1.0; });
+  return std::all_of(ratio.begin(), ratio.end(), [](double r) { return r == 1.0; }) &&
+         std::all_of(box.begin(), box.end(), [&](int b) { return b == ref_box; });
 }
 
-FinePixels fine_pixels(int n, int r, const PixelScale& scale, const OpticsModel& model) {
+int PixelScale::max_box() const {
+  return box.empty() ? ref_box : *std::max_element(box.begin(), box.end());
+}
+
+namespace {
+FinePixels group_pixels_up_to(const PixelScale& scale, const OpticsModel& model, int r, bool all) {
   FinePixels f;
   const size_t G = model.groups();
   f.px.resize(G);
   f.ref.resize(G);
-  f.counts.assign(G, std::vector<double>(size_t(n / 2 + 1), 0.0));
+  f.counts.resize(G);
   for (size_t g = 0; g < G; ++g) {
-    const double ratio = g < scale.ratio.size() ? scale.ratio[g] : 1.0;
-    const int rg = ratio == 1.0 ? r : std::clamp(int(std::lround(r / ratio)), 1, n / 2);
+    const int n = g < scale.box.size() ? scale.box[g] : scale.ref_box;
+    const double freq = g < scale.ratio.size() ? scale.frequency(g) : 1.0;
+    const int rg = all ? n / 2 : freq == 1.0 ? std::min(r, n / 2) : std::clamp(int(std::lround(r / freq)), 1, n / 2);
     f.px[g] = estep::search_pixels(n, rg);
     if (model.group(g).maps_to_reference()) f.ref[g] = mapped(f.px[g], model.group(g).to_reference);
+    f.counts[g].assign(size_t(n / 2 + 1), 0.0);
     for (size_t q = 0; q < f.px[g].size(); ++q) f.counts[g][size_t(f.px[g].shell[q])] += 1;
   }
   return f;
 }
+}  // namespace
 
-void log_pixel_sizes(std::string_view command, const ParticleTable& table, double ref_pixel) {
+FinePixels fine_pixels(int r, const PixelScale& scale, const OpticsModel& model) {
+  return group_pixels_up_to(scale, model, r, false);
+}
+
+FinePixels all_pixels(const PixelScale& scale, const OpticsModel& model) {
+  return group_pixels_up_to(scale, model, 0, true);
+}
+
+void log_pixel_sizes(std::string_view command, const PixelScale& scale) {
   std::string groups;
-  for (const auto& g : table.optics)
-    groups += fmt::format("{}{} ({} Å)", groups.empty() ? "" : ", ", g.number, g.pixel_size);
-  spdlog::info("{}: optics groups of different pixel sizes: {}; each compared with the reference at {} Å through "
-               "its own sampling",
-               command, groups, ref_pixel);
+  for (size_t g = 0; g < scale.ratio.size(); ++g)
+    groups += fmt::format("{}{} ({:.6g} Å, {} px)", groups.empty() ? "" : ", ", g + 1, scale.ref_pixel / scale.ratio[g],
+                          scale.box[g]);
+  spdlog::info("{}: optics groups of different samplings: {}; each compared with the reference ({:.6g} Å, {} px) "
+               "through its own sampling",
+               command, groups, scale.ref_pixel, scale.ref_box);
 }
 
 std::vector<estep::Search3DSetup> group_setups(const estep::Search3DSetup& S, const PixelScale& scale) {
   std::vector<estep::Search3DSetup> out(scale.ratio.size(), S);
   for (size_t g = 0; g < out.size(); ++g) {
-    const double r = scale.ratio[g];
-    if (r == 1.0) continue;
-    for (auto& t : out[g].trans) t = {t[0] * r, t[1] * r};
-    out[g].offset_step *= r;
-    out[g].sigma_offset2 *= r * r;
+    const double r = scale.ratio[g], f = scale.frequency(g);
+    if (r != 1.0) {
+      for (auto& t : out[g].trans) t = {t[0] * r, t[1] * r};
+      out[g].offset_step *= r;
+      out[g].sigma_offset2 *= r * r;
+    }
+    if (f != 1.0 && !S.scale_shells.empty()) {
+      // Image shell s of the group reads reference shell round(s f_g).
+      std::vector<char> shells(size_t(scale.box[g] / 2 + 1), 0);
+      for (size_t s = 0; s < shells.size(); ++s) {
+        const size_t rs = size_t(std::lround(double(s) * f));
+        shells[s] = rs < S.scale_shells.size() ? S.scale_shells[rs] : 0;
+      }
+      out[g].scale_shells = std::move(shells);
+    }
   }
   return out;
 }
@@ -184,8 +207,11 @@ void ModelSums::merge(const ModelSums& o) {
 }
 
 double add_particle(ModelSums& sums, const estep::Search3DResult& res, const estep::RotatableParticle& x, int optics,
-                    int group, const std::vector<double>& fine_counts, const std::vector<double>& all_counts, int r_fine) {
-  const size_t hs = fine_counts.size(), base = size_t(optics) * hs;
+                    int group, const std::vector<double>& fine_counts, const std::vector<double>& all_counts, int r_fine,
+                    size_t stride) {
+  const size_t hs = fine_counts.size(), base = size_t(optics) * stride;
+  if (hs > stride || all_counts.size() != hs)
+    runtime_error("add_particle: {} shells in a stride of {} ({} counted)", hs, stride, all_counts.size());
   double total = 0;
   for (size_t s = 1; s < hs; ++s) {
     double v = s < res.diff2.size() ? res.diff2[s] : 0.0, c = res.weight_sum * fine_counts[s];
@@ -227,6 +253,12 @@ std::vector<double> shell_pixel_counts(int n) {
       const int s = int(std::lround(std::sqrt(double(kx * kx + ky * ky))));
       if (s <= n / 2) c[size_t(s)] += 1;
     }
+  return c;
+}
+
+std::vector<std::vector<double>> shell_pixel_counts(const PixelScale& scale) {
+  std::vector<std::vector<double>> c;
+  for (int n : scale.box) c.push_back(shell_pixel_counts(n));
   return c;
 }
 

@@ -41,44 +41,53 @@ inline std::optional<ParticleOptics> particle_optics(const OpticsModel& model, s
   return model.particle(i);
 }
 
-// The pixels `px` (image frame) of each optics group mapped to the reference frame, T_g k, for the
-// groups with anisotropic magnification (Search3DInput::ref_fine / ref_sums); empty for the others.
-std::vector<estep::SearchPixels> reference_pixels(const estep::SearchPixels& px, const OpticsModel& model);
-// Group g's list, or nullptr when it is the identity (empty).
+// Group g's list of pixels mapped to the reference frame (FinePixels::ref, Search3DInput::ref_fine /
+// ref_sums), or nullptr when its mapping is the identity (empty).
 inline const estep::SearchPixels* group_pixels(const std::vector<estep::SearchPixels>& ref, int g) {
   return size_t(g) < ref.size() && ref[size_t(g)].size() > 0 ? &ref[size_t(g)] : nullptr;
 }
 
-// Optics groups of different pixel sizes (one box size n for all): the reference has the first
-// group's pixel size P, group g's images p_g, so one reference pixel is r_g = P / p_g pixels of
-// group g's images (and T_g = M_g r_g maps their frequencies to the reference's, imaging/
-// optics_model.hpp). RELION 3.1 samples translations in Å and converts them per optics group; so does
-// PixelScale: the jobs keep their translation grid, step and offset prior in reference pixels and
-// each particle searches them in its own pixels (group_setups), its origin in its own pixels too.
+// Optics groups of different pixel and box sizes: the reference has the first group's box N and
+// pixel size P, group g's images n_g px of p_g Å, so one reference pixel is r_g = P / p_g pixels of
+// group g's images, and one image Fourier pixel is f_g = (N P) / (n_g p_g) reference Fourier pixels
+// (T_g = M_g f_g maps their frequencies to the reference's, imaging/optics_model.hpp). RELION 3.1
+// samples translations in Å and converts them per optics group; so does PixelScale: the jobs keep
+// their translation grid, step and offset prior in reference pixels and each particle searches them
+// in its own pixels (group_setups), its origin and mask in its own pixels and box too.
 struct PixelScale {
   double ref_pixel = 0;         // P, Å
+  int ref_box = 0;              // N, px
   std::vector<double> ratio;    // r_g = P / p_g per optics group
+  std::vector<int> box;         // n_g per optics group
   const ParticleTable* table = nullptr;
   PixelScale() = default;
-  PixelScale(const ParticleTable& t, double ref_pixel);
+  // From the engine's optics model (its reference and each group's box and pixel size).
+  PixelScale(const ParticleTable& t, const OpticsModel& model);
   double of(size_t particle) const { return ratio[size_t(table->optics_index[particle])]; }
   double pixel(size_t particle) const { return ref_pixel / of(particle); }  // p_g, Å
-  bool uniform() const;
+  int box_of(size_t particle) const { return box[size_t(table->optics_index[particle])]; }
+  // f_g: reference Fourier pixels per image Fourier pixel of group g.
+  double frequency(size_t g) const { return ratio[g] * double(ref_box) / double(box[g]); }
+  bool uniform() const;          // every group at the reference's box and pixel size
+  int max_box() const;           // the largest n_g
 };
 // The fine pass's pixels of each optics group: image shells up to the E-step's limit r (in reference
-// shells) at the group's own sampling, round(r / r_g), at most n/2 (RELION 3.1 sizes each optics
+// shells) at the group's own sampling, round(r / f_g), at most n_g/2 (RELION 3.1 sizes each optics
 // group's images from the current resolution in Å); mapped to the reference frame (T_g k) where T_g is
-// not the identity; and their number per shell (0..n/2), which the noise sums take.
+// not the identity; and their number per shell (0..n_g/2), which the noise sums take.
 struct FinePixels {
   std::vector<estep::SearchPixels> px;      // per optics group, image frame
   std::vector<estep::SearchPixels> ref;     // per optics group, T_g k (empty for the identity)
   std::vector<std::vector<double>> counts;  // per optics group
 };
-FinePixels fine_pixels(int n, int r, const PixelScale& scale, const OpticsModel& model);
-// Logs the pixel size of each optics group and the reference's (once, at setup).
-void log_pixel_sizes(std::string_view command, const ParticleTable& table, double ref_pixel);
-// The setup of each optics group: S with its translations and step times r_g and its offset prior
-// (px^2) times r_g^2 (a copy of S for each group; the pointers are shared).
+FinePixels fine_pixels(int r, const PixelScale& scale, const OpticsModel& model);
+// Every pixel of each group's box (shells 1..n_g/2; the final iteration's sums), mapped likewise.
+FinePixels all_pixels(const PixelScale& scale, const OpticsModel& model);
+// Logs the pixel and box size of each optics group and the reference's (once, at setup).
+void log_pixel_sizes(std::string_view command, const PixelScale& scale);
+// The setup of each optics group: S with its translations and step times r_g, its offset prior
+// (px^2) times r_g^2, and its scale shells (reference shells) indexed by the group's image shells
+// (a copy of S for each group; the pointers are shared).
 std::vector<estep::Search3DSetup> group_setups(const estep::Search3DSetup& S, const PixelScale& scale);
 
 // How the 3D jobs mask their references: times the --solvent_mask when there is one (non-empty),
@@ -155,7 +164,7 @@ struct Blocks {
 
 // The exact sums of one set of particles (a half set, or all) that the M-step needs.
 struct ModelSums {
-  ExactSums d2, npix;  // noise: [optics group * (n/2+1) + shell]: sum_w |X - s C P|^2, sum_w pixels
+  ExactSums d2, npix;  // noise: [optics group * stride + shell]: sum_w |X - s C P|^2, sum_w pixels
   ExactSums xa, aa;    // scale correction per group: sum_w C Re(conj(X) P), sum_w C^2 |P|^2
   ExactSums cls;       // posterior mass per class
   void init(size_t optics, size_t shells, size_t groups, size_t classes);
@@ -164,10 +173,12 @@ struct ModelSums {
 };
 
 // Adds one particle's posterior-weighted sums: the residuals at the E-step's pixels (fine_counts
-// pixels per shell, up to r_fine), the particle's own power beyond them (no signal there), the
-// scale products and the class masses. Returns sum_s of the residuals (for the norm correction).
+// pixels per shell of its optics group's box, up to r_fine), the particle's own power beyond them (no
+// signal there), the scale products and the class masses. The noise sums hold `stride` shells per
+// optics group (the largest box's n/2 + 1). Returns sum_s of the residuals (for the norm correction).
 double add_particle(ModelSums& sums, const estep::Search3DResult& res, const estep::RotatableParticle& x, int optics,
-                    int group, const std::vector<double>& fine_counts, const std::vector<double>& all_counts, int r_fine);
+                    int group, const std::vector<double>& fine_counts, const std::vector<double>& all_counts, int r_fine,
+                    size_t stride);
 
 // RELION's norm correction of a particle (rlnNormCorrection) from its weighted residual power over
 // the whole image (total_d2, our unnormalised FFT of an n x n image; weight_sum its posterior mass):
@@ -180,6 +191,8 @@ void reduce_over_ranks(const std::vector<ExactSums*>& sums);
 
 // Pixels per shell 0..n/2 of the non-redundant half plane (kx > 0, or kx == 0 and ky > 0).
 std::vector<double> shell_pixel_counts(int n);
+// The same for each optics group's box.
+std::vector<std::vector<double>> shell_pixel_counts(const PixelScale& scale);
 
 // The per-particle values a 3D job carries from iteration to iteration and writes in its data.star:
 // pose (degrees), origin (Å), RELION's norm correction, and the last E-step's Pmax, log-likelihood
@@ -214,8 +227,9 @@ inline std::array<double, 2> origin_px(const ParticleValues& p, const PixelScale
   const double a = scale.pixel(i);
   return {p.ox[i] / a, p.oy[i] / a};
 }
-// The masking `m` (radius in reference pixels) for particle i: the radius in its own pixels.
+// The masking `m` (radius in reference pixels) for particle i: its box, the radius in its own pixels.
 inline ParticleMasking particle_masking(ParticleMasking m, const PixelScale& scale, size_t i) {
+  m.n = scale.box_of(i);
   m.radius_px = std::min(m.radius_px * scale.of(i), m.n / 2.0);
   return m;
 }

@@ -153,18 +153,18 @@ class Job {
   ParticleTable table_;
   OpticsModel optics_model_;  // of table_ (engine_optics)
   ml3d::Groups groups_;
-  int n_ = 0, optics_ = 1;
+  int n_ = 0, optics_ = 1;             // n_: the reference's box (the first optics group's)
   double angpix_ = 0, radius_px_ = 0;  // the reference's pixel size; mask radius in its pixels
-  ml3d::PixelScale scale_;             // optics groups of different pixel sizes
+  ml3d::PixelScale scale_;             // optics groups of different pixel and box sizes
   Volume solvent_mask_;
   std::array<std::vector<size_t>, 2> members_;  // particle indices per half
   State st_;
   // Per iteration:
   int r_ = 0, rc_ = 0;
-  estep::SearchPixels px_coarse_, px_all_;
+  estep::SearchPixels px_coarse_;
   ml3d::FinePixels fine_;                      // per optics group
-  std::vector<estep::SearchPixels> ref_all_;  // per optics group, T_g k (final iteration)
-  std::vector<double> all_counts_;
+  ml3d::FinePixels all_;                       // per optics group, every pixel (final iteration)
+  std::vector<std::vector<double>> all_counts_;  // per optics group
   std::array<std::unique_ptr<Projector>, 2> proj_;
   std::vector<std::array<double, 2>> global_dirs_;
   std::vector<long> global_pix_;
@@ -201,8 +201,9 @@ void Job::setup() {
       input_error("{}: particle images must be square, even and at least 16 px (got {}x{})", table_.where(0),
                   first.nx(), first.ny());
   }
-  // The optics this E-step models; the rest is refused.
+  // The optics this E-step models; the rest is refused. The reference has the first optics group's box.
   optics_model_ = engine_optics(table_, n_, opt_.ctf, "refine3d", true);
+  n_ = optics_model_.reference_box();
   angpix_ = table_.optics.front().pixel_size;
   for (const auto& g : table_.optics) {
     if (g.pixel_size <= 0) input_error("{}: optics group {} has no pixel size; give --angpix", input_star_, g.number);
@@ -213,15 +214,15 @@ void Job::setup() {
   if (opt_.ctf)
     for (size_t i = 0; i < N; ++i) (void)particle_ctf_params(table_, i);
   optics_ = int(table_.optics.size());
-  scale_ = ml3d::PixelScale(table_, angpix_);
-  if (!scale_.uniform()) ml3d::log_pixel_sizes("refine3d", table_, angpix_);
+  scale_ = ml3d::PixelScale(table_, optics_model_);
+  if (!scale_.uniform()) ml3d::log_pixel_sizes("refine3d", scale_);
   groups_ = ml3d::particle_groups(table_);
   const double r = opt_.particle_diameter > 0 ? opt_.particle_diameter / (2 * angpix_) : n_ / 2.0 - opt_.mask_edge;
   radius_px_ = std::clamp(r, 2.0, n_ / 2.0);
   if (opt_.solvent_correct_fsc && opt_.solvent_mask.empty())
     input_error("--solvent_correct_fsc needs --solvent_mask (the mask the FSC is corrected for)");
   if (!opt_.solvent_mask.empty()) solvent_mask_ = ml3d::read_solvent_mask(opt_.solvent_mask, n_);
-  all_counts_ = ml3d::shell_pixel_counts(n_);
+  all_counts_ = ml3d::shell_pixel_counts(scale_);
 }
 
 ml3d::ParticleMasking Job::masking(size_t i) const {
@@ -273,7 +274,9 @@ void Job::initialise() {
   // Noise: RELION's first estimate per half and optics group (mstep/first_noise.hpp); and the
   // largest L1 norm of an image (a bound of the back-projectors' exact sums).
   const size_t nblocks = (N + 63) / 64;
-  mstep::FirstNoiseEstimate noise(n_, size_t(2 * optics_));
+  std::vector<int> boxes(scale_.box);
+  boxes.insert(boxes.end(), scale_.box.begin(), scale_.box.end());  // [half][optics group]
+  mstep::FirstNoiseEstimate noise(boxes);
   std::vector<double> l1max(nblocks, 0.0);
   Progress prog("refine3d: noise spectra", double(N));
   pool_.parallel_for(0, nblocks, [&](size_t c, int) {
@@ -324,15 +327,15 @@ void Job::make_projectors() {
 void Job::estimate_accuracy() {
   const size_t N = table_.size();
   const size_t trials = std::min(kAccTrials, N);
-  const estep::SearchPixels px = estep::search_pixels(n_, st_.current_shells);
-  const size_t m = px.size();
-  const std::vector<estep::SearchPixels> ref_px = ml3d::reference_pixels(px, optics_model_);
+  const ml3d::FinePixels gpx = ml3d::fine_pixels(st_.current_shells, scale_, optics_model_);
   std::vector<double> rot_err(trials, 0.0), trans_err(trials, 0.0);
   make_projectors();
   const auto& P = proj_;
   pool_.parallel_for(0, trials, [&](size_t t, int) {
     const size_t i = t * N / trials;  // spread over the data set
     const int h = st_.half[i] - 1, g = table_.optics_index[i];
+    const estep::SearchPixels& px = gpx.px[size_t(g)];  // the particle's own pixels
+    const size_t m = px.size();
     const std::optional<ParticleOptics> ctf = ml3d::particle_optics(optics_model_, i, opt_.ctf);
     std::vector<double> c2(m, 1.0), w(m);
     for (size_t q = 0; q < m; ++q) {
@@ -345,7 +348,7 @@ void Job::estimate_accuracy() {
     }
     const double sc = group_scale(h, i);
     std::vector<float> a(2 * m), a2(m), b(2 * m), b2(m);
-    const estep::SearchPixels* rp = ml3d::group_pixels(ref_px, g);  // where the reference is projected
+    const estep::SearchPixels* rp = ml3d::group_pixels(gpx.ref, g);  // where the reference is projected
     estep::project_orientation(*P[size_t(h)], rp ? *rp : px, {st_.p.rot[i], st_.p.tilt[i], st_.p.psi[i]}, a.data(),
                                a2.data());
     auto rng = make_rng(opt_.seed, 0x414343, uint64_t(st_.iteration) * N + i);  // "ACC"
@@ -373,7 +376,7 @@ void Job::estimate_accuracy() {
           const double dx = u < 0.5 ? err : 0.0, dy = u < 0.5 ? 0.0 : err;
           for (size_t q = 0; q < m; ++q) {
             // |F - F exp(-2 pi i k.d / n)|^2 = 2 |F|^2 (1 - cos(2 pi k.d / n))
-            const double ph = 2 * kPi * (px.kx[q] * dx + px.ky[q] * dy) / n_;
+            const double ph = 2 * kPi * (px.kx[q] * dx + px.ky[q] * dy) / px.n;
             snr += sc * sc * w[q] * 2.0 * a2[q] * (1 - std::cos(ph));
           }
         }
@@ -425,8 +428,8 @@ void Job::keep_particle(size_t i) {
 }
 
 void Job::process_particle(size_t i, bool final, ParticleImages& images, estep::Search3DWork& ws, ThreadSums& sums) {
-  const size_t hs = size_t(n_ / 2 + 1);
   const int h = st_.half[i] - 1, g = table_.optics_index[i];
+  const size_t hs = st_.sigma2[size_t(h)][size_t(g)].size();  // the group's shells, n_g/2 + 1
   const size_t grp = size_t(groups_.group_of[i]);
   const bool cc = cc_iteration();
   std::vector<float> inv_sigma2(hs, 0.0f);
@@ -439,7 +442,7 @@ void Job::process_particle(size_t i, bool final, ParticleImages& images, estep::
   const ml3d::ParticleViews v =
       ml3d::particle_views(read_particle(images, i, nullptr, true), masking(i), i, {ox, oy},
                            &st_.sigma2[size_t(h)][size_t(g)], optics, inv_sigma2,
-                           (final ? px_all_ : fine_.px[size_t(g)]).r_max);
+                           (final ? all_ : fine_).px[size_t(g)].r_max);
   const estep::RotatableParticle& x = v.x;
   estep::Search3DInput in;
   in.x = &x;
@@ -452,7 +455,7 @@ void Job::process_particle(size_t i, bool final, ParticleImages& images, estep::
   in.psi = st_.p.psi[i];
   in.ox_px = ox;
   in.ref_fine = ml3d::group_pixels(fine_.ref, g);
-  in.ref_sums = ml3d::group_pixels(ref_all_, g);
+  in.ref_sums = ml3d::group_pixels(all_.ref, g);
   in.oy_px = oy;
   ml3d::SliceRouter sink({bp_[size_t(h)].get()});
   estep::Search3DResult res;
@@ -464,10 +467,11 @@ void Job::process_particle(size_t i, bool final, ParticleImages& images, estep::
   }
   next_.take(i, st_.p, res, scale_.pixel(i));
   const double total_d2 = ml3d::add_particle(sums.half[size_t(h)], res, x, g, int(grp), fine_.counts[size_t(g)],
-                                             all_counts_, fine_.px[size_t(g)].r_max);
+                                             all_counts_[size_t(g)], fine_.px[size_t(g)].r_max,
+                                             size_t(scale_.max_box() / 2 + 1));
   sums.scalars[kOffset2].add(res.offset2 / (scale_.of(i) * scale_.of(i)));  // reference px^2
   sums.scalars[kOffsetWeight].add(res.weight_sum);
-  if (opt_.norm && !cc) next_.norm[i] = ml3d::norm_correction(st_.p.norm[i], st_.avg_norm, total_d2, res.weight_sum, n_);
+  if (opt_.norm && !cc) next_.norm[i] = ml3d::norm_correction(st_.p.norm[i], st_.avg_norm, total_d2, res.weight_sum, x.size());
   sums.scalars[kNormSum].add(next_.norm[i]);
   sums.scalars[kPmax].add(res.max_posterior);
   sums.scalars[kLoglik].add(res.log_likelihood);
@@ -497,9 +501,8 @@ IterationReport Job::iterate(bool final) {
   r_ = final ? n_ / 2 : r_score;
   rc_ = cc ? r_score : std::min(r_score, coarse_shells());
   rep.used_shells = r_;
-  fine_ = ml3d::fine_pixels(n_, r_score, scale_, optics_model_);
-  if (final) px_all_ = estep::search_pixels(n_, r_);
-  ref_all_ = final ? ml3d::reference_pixels(px_all_, optics_model_) : std::vector<estep::SearchPixels>();
+  fine_ = ml3d::fine_pixels(r_score, scale_, optics_model_);
+  all_ = final ? ml3d::all_pixels(scale_, optics_model_) : ml3d::FinePixels();
   px_coarse_ = estep::search_pixels(n_, rc_);
   if (st_.local) local_table_.build(st_.order);
   const std::vector<std::array<double, 2>> trans = translations(st_.offset_range, st_.offset_step);
@@ -527,7 +530,7 @@ IterationReport Job::iterate(bool final) {
     S.proj = {proj_[size_t(h)].get()};
     S.px_coarse = &px_coarse_;
     S.px_fine = &fine_.px[0];  // each group's own below
-    S.px_sums = final ? &px_all_ : nullptr;
+    S.px_sums = nullptr;  // each group's own below
     S.local = st_.local;
     S.order = st_.order;
     S.sigma_ang = 2 * fine_step();  // RELION: sigma2_rot = (2 x the oversampled step)^2
@@ -547,7 +550,10 @@ IterationReport Job::iterate(bool final) {
     S.oversampling = opt_.oversampling;
     S.scale_shells = scale_shells;
     group_setup_[size_t(h)] = ml3d::group_setups(S, scale_);
-    for (size_t g = 0; g < fine_.px.size(); ++g) group_setup_[size_t(h)][g].px_fine = &fine_.px[g];
+    for (size_t g = 0; g < fine_.px.size(); ++g) {
+      group_setup_[size_t(h)][g].px_fine = &fine_.px[g];
+      group_setup_[size_t(h)][g].px_sums = final ? &all_.px[g] : nullptr;
+    }
   }
   // One back-projector per half, exact sums shared by all threads. Bounds of the sums (see
   // BackProjector::start_exact): per particle, the weights of its poses sum to at most 1 and a
@@ -580,7 +586,7 @@ IterationReport Job::iterate(bool final) {
   std::vector<std::unique_ptr<ParticleImages>> readers(T);
   std::vector<estep::Search3DWork> works(T);
   for (size_t t = 0; t < T; ++t) {
-    tsums[t].init(size_t(optics_), hs, groups_.names.size());
+    tsums[t].init(size_t(optics_), size_t(scale_.max_box() / 2 + 1), groups_.names.size());
     readers[t] = std::make_unique<ParticleImages>(table_, 8);
   }
   const auto estep_t0 = std::chrono::steady_clock::now();
@@ -636,10 +642,11 @@ IterationReport Job::iterate(bool final) {
   if (!cc) {
     for (int h = 0; h < 2; ++h) {
       const std::vector<double> d2 = sums.half[size_t(h)].d2.values(), npx = sums.half[size_t(h)].npix.values();
+      const size_t stride = size_t(scale_.max_box() / 2 + 1);
       for (int g = 0; g < optics_; ++g) {
-        const size_t base = size_t(g) * hs;
-        std::vector<double> a(d2.begin() + long(base), d2.begin() + long(base + hs)),
-            b(npx.begin() + long(base), npx.begin() + long(base + hs));
+        const size_t base = size_t(g) * stride, hg = st_.sigma2[size_t(h)][size_t(g)].size();
+        std::vector<double> a(d2.begin() + long(base), d2.begin() + long(base + hg)),
+            b(npx.begin() + long(base), npx.begin() + long(base + hg));
         st_.sigma2[size_t(h)][size_t(g)] = mstep::noise_spectrum(a, b, st_.sigma2[size_t(h)][size_t(g)]);
       }
       if (opt_.scale) {
@@ -826,7 +833,8 @@ refine3d_detail::Files Job::write_final(const IterationReport& rep) {
     mrc::write(final_files_.half1, st_.maps[0], wo);
     mrc::write(final_files_.half2, st_.maps[1], wo);
     mrc::write(final_files_.map, final_map_, wo);
-    refine3d_detail::write_model(final_files_.model, opt_, angpix_, st_, fr);
+    refine3d_detail::write_model(final_files_.model, opt_, angpix_, st_, fr,
+                                 refine3d_detail::group_pixel_sizes(table_));
     refine3d_detail::data_table(table_, st_).write(final_files_.data);
     write_file_atomic(final_files_.bild,
                       refine3d_detail::angular_distribution_bild(st_.p.rot, st_.p.tilt, n_, angpix_, radius_px_));

@@ -69,8 +69,10 @@ void read_checkpoint(const std::string& optimiser_star, Refine3DOptions& opt, st
 
 // Particle table with the current poses and per-particle values (RELION's columns).
 ParticleTable data_table(const ParticleTable& table, const State& st);
+// group_pixel: each optics group's pixel size (its noise spectrum's resolutions; empty: angpix).
 void write_model(const std::string& path, const Refine3DOptions& opt, double angpix, const State& st,
-                 const IterationReport& rep);
+                 const IterationReport& rep, const std::vector<double>& group_pixel);
+std::vector<double> group_pixel_sizes(const ParticleTable& table);
 
 
 // Angular distribution: BILD (RELION's cylinders per HEALPix order-`order` pixel, length and colour

@@ -27,6 +27,15 @@ constexpr char kMagic[8] = {'R', 'G', 'R', '3', 'D', '0', '0', '2'};
 
 std::string num(double v) { return fmt::format("{}", v); }
 double relion_power(double v, int n) { return v / (double(n) * n * double(n) * n); }
+}  // namespace
+
+std::vector<double> group_pixel_sizes(const ParticleTable& table) {
+  std::vector<double> p;
+  for (const auto& g : table.optics) p.push_back(g.pixel_size);
+  return p;
+}
+
+namespace {
 
 void write_state(const std::string& path, const State& st) {
   state_io::Writer w;
@@ -114,7 +123,7 @@ ParticleTable data_table(const ParticleTable& table, const State& st) {
 }
 
 void write_model(const std::string& path, const Refine3DOptions& opt, double angpix, const State& st,
-                 const IterationReport& rep) {
+                 const IterationReport& rep, const std::vector<double>& group_pixel) {
   const int n = st.n, hs = n / 2 + 1;
   star::Document doc;
   star::Block& g = pairs(doc, "model_general");
@@ -159,11 +168,20 @@ void write_model(const std::string& path, const Refine3DOptions& opt, double ang
   b.set_column("rlnReferenceTau2", tau2);
   for (size_t h = 0; h < st.sigma2.size(); ++h)
     for (size_t grp = 0; grp < st.sigma2[h].size(); ++grp) {
-      star::Block& o = loop(doc, fmt::format("model_optics_group_{}{}", grp + 1, h == 0 ? "" : "_half2"), size_t(hs));
-      std::vector<double> s2(static_cast<size_t>(hs));
-      for (int s = 0; s < hs; ++s) s2[size_t(s)] = relion_power(st.sigma2[h][grp][size_t(s)], n);
-      o.set_column("rlnSpectralIndex", idx);
-      o.set_column("rlnResolution", res1);
+      // Each optics group's spectrum at its own box and pixel size (RELION's normalisation by its box).
+      const std::vector<double>& v = st.sigma2[h][grp];
+      const int ng = 2 * (int(v.size()) - 1);
+      const double pg = grp < group_pixel.size() && group_pixel[grp] > 0 ? group_pixel[grp] : angpix;
+      star::Block& o = loop(doc, fmt::format("model_optics_group_{}{}", grp + 1, h == 0 ? "" : "_half2"), v.size());
+      std::vector<int> gidx(v.size());
+      std::vector<double> s2(v.size()), gres(v.size());
+      for (size_t s = 0; s < v.size(); ++s) {
+        gidx[s] = int(s);
+        gres[s] = double(s) / (ng * pg);
+        s2[s] = relion_power(v[s], ng);
+      }
+      o.set_column("rlnSpectralIndex", gidx);
+      o.set_column("rlnResolution", gres);
       o.set_column("rlnSigma2Noise", s2);
     }
   if (!st.group_scale.empty()) {
@@ -185,7 +203,7 @@ Files write_iteration(const Refine3DOptions& opt, const std::string& input_star,
   mrc::write(f.half1, st.maps[0], wo);
   mrc::write(f.half2, st.maps[1], wo);
   write_state(f.state, st);
-  write_model(f.model, opt, angpix, st, rep);
+  write_model(f.model, opt, angpix, st, rep, group_pixel_sizes(table));
   data_table(table, st).write(f.data);
   star::Document doc;
   star::Block& o = pairs(doc, "optimiser_general");

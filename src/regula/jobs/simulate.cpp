@@ -441,8 +441,12 @@ SimulateResult simulate(const SimulateOptions& opt) {
     var_signal[gi - 1] /= double(vars.size());
     if (!(var_signal[gi - 1] > 0)) input_error("{}: the map projects to empty images (zero variance)", opt.map);
   }
+  // Group 2's SNR per pixel is --snr on group 1's box: the variance of a box's signal falls as the
+  // box grows around the same particle, so group 2's noise per pixel is that of its signal variance
+  // times (n2 / n)^2 (at one pixel size, the same noise per pixel in both boxes, as one dose gives).
+  const double box2 = double(n2) / double(n);
   const double sigma[2] = {opt.snr > 0 ? std::sqrt(var_signal[0] / opt.snr) : 0.0,
-                           opt.snr > 0 ? std::sqrt(var_signal[1] / opt.snr) : 0.0};
+                           opt.snr > 0 ? std::sqrt(var_signal[1] / opt.snr) * box2 : 0.0};
   res.noise_sigma = sigma[0];
   res.signal_variance = var_signal[0];
 

@@ -27,7 +27,8 @@
 // written to data_optics; with --og2_fraction F a fraction F of the particles (drawn from
 // their own stream, seed and particle index) form optics group 2 with pixel size
 // --og2_angpix and box --og2_box (rendered at that sampling from the same map; own noise
-// level from its own signal variance; stack DIR/particles_og2.mrcs); with --premultiply
+// level from its own signal variance at --snr per pixel, times --og2_box / the box: the same noise
+// per pixel in a larger box around the same particle; stack DIR/particles_og2.mrcs); with --premultiply
 // the noisy images are multiplied by their CTF once more (rlnCtfDataAreCtfPremultiplied 1),
 // as RELION's extraction with CTF premultiplication.
 // Junk (--junk_fraction F; drawn per image from its own stream, and its kind too): a fraction F of

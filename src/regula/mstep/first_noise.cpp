@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "regula/core/error.hpp"
 #include "regula/core/fft.hpp"
 
 namespace regula::mstep {
@@ -37,15 +38,20 @@ void add_shell_power(const Image& img, std::vector<double>& power, std::vector<d
 }  // namespace
 
 struct FirstNoiseEstimate::Group {
+  int n = 0;
   std::mutex m;
   std::vector<Fixed> sum;
   ExactSums power;
   ExactSum count;
 };
 
-FirstNoiseEstimate::FirstNoiseEstimate(int n, size_t groups) : n_(n) {
-  for (size_t g = 0; g < groups; ++g) {
+FirstNoiseEstimate::FirstNoiseEstimate(int n, size_t groups)
+    : FirstNoiseEstimate(std::vector<int>(groups, n)) {}
+
+FirstNoiseEstimate::FirstNoiseEstimate(const std::vector<int>& box) {
+  for (int n : box) {
     auto p = std::make_unique<Group>();
+    p->n = n;
     p->sum.assign(size_t(n) * size_t(n), 0);
     p->power.resize(size_t(n / 2 + 1));
     g_.push_back(std::move(p));
@@ -55,9 +61,11 @@ FirstNoiseEstimate::FirstNoiseEstimate(int n, size_t groups) : n_(n) {
 FirstNoiseEstimate::~FirstNoiseEstimate() = default;
 
 void FirstNoiseEstimate::add(size_t group, const Image& img) {
-  std::vector<double> power(size_t(n_ / 2 + 1), 0.0);
-  add_shell_power(img, power, nullptr);
   Group& g = *g_.at(group);
+  if (img.nx() != g.n || img.ny() != g.n)
+    runtime_error("FirstNoiseEstimate: a {}x{} image for group {} of {} px", img.nx(), img.ny(), group, g.n);
+  std::vector<double> power(size_t(g.n / 2 + 1), 0.0);
+  add_shell_power(img, power, nullptr);
   std::lock_guard lock(g.m);
   size_t i = 0;
   for (float v : img) g.sum[i++] += to_fixed(v);
@@ -68,13 +76,14 @@ void FirstNoiseEstimate::add(size_t group, const Image& img) {
 size_t FirstNoiseEstimate::count(size_t group) const { return size_t(g_.at(group)->count.value()); }
 
 std::vector<std::vector<double>> FirstNoiseEstimate::sigma2(double empty_value, bool subtract_average) const {
-  const size_t hs = size_t(n_ / 2 + 1);
-  std::vector<std::vector<double>> out(g_.size(), std::vector<double>(hs, empty_value));
+  std::vector<std::vector<double>> out(g_.size());
   for (size_t gi = 0; gi < g_.size(); ++gi) {
     const Group& g = *g_[gi];
+    const size_t hs = size_t(g.n / 2 + 1);
+    out[gi].assign(hs, empty_value);
     const double count = g.count.value();
     if (count <= 0) continue;
-    Image avg(n_, n_);
+    Image avg(g.n, g.n);
     size_t i = 0;
     for (float& v : avg) v = float(double(g.sum[i++]) / kFixedScale / count);
     std::vector<double> avg_power(hs, 0.0), pixels(hs, 0.0);

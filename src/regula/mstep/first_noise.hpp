@@ -29,19 +29,20 @@ namespace regula::mstep {
 class FirstNoiseEstimate {
  public:
   FirstNoiseEstimate(int n, size_t groups);
+  // Groups of different box sizes (optics groups of different rlnImageSize): box[g] px for group g.
+  explicit FirstNoiseEstimate(const std::vector<int>& box);
   ~FirstNoiseEstimate();
-  // `img`: an n x n particle image of group `group`, as the E-step will see its noise (unmasked,
+  // `img`: a particle image of group `group` (its box), as the E-step will see its noise (unmasked,
   // or masked with zeros under --zero_mask).
   void add(size_t group, const Image& img);
   size_t count(size_t group) const;
-  // sigma2 per group, shells 0..n/2 (shell 0 is 0: the mean is not modelled). A group without
+  // sigma2 per group, shells 0..n/2 of the group's box (shell 0 is 0: the mean is not modelled). A group without
   // images gets `empty_value` in every shell. `subtract_average` false: half the images' mean power
   // only (class2d: see docs/class2d.md).
   std::vector<std::vector<double>> sigma2(double empty_value = 1.0, bool subtract_average = true) const;
 
  private:
   struct Group;
-  int n_ = 0;
   std::vector<std::unique_ptr<Group>> g_;
 };
 
