@@ -300,8 +300,14 @@ OpticsModel engine_optics(const ParticleTable& table, int n, bool ctf, std::stri
   OpticsModel model(table);
   for (size_t g = 0; g < model.groups(); ++g)
     if (model.group(g).box <= 0) model.set_box(g, n);  // a file without rlnImageSize: the images' size
-  if (model.groups() > 0 && model.group(0).pixel_size > 0)
-    model.set_reference(model.group(0).box, model.group(0).pixel_size);  // the first group's sampling
+  for (size_t g = 0; g < model.groups(); ++g)  // (the 3D engines' boxes; class2d takes odd ones)
+    if (magnification && (model.group(g).box < 16 || model.group(g).box % 2))
+      input_error("{}: optics group {} has rlnImageSize {}: particle images must be square, even and at least "
+                  "16 px",
+                  table.source(), model.group(g).number, model.group(g).box);
+  // The reference at the first group's sampling (a pixel size of 0 is refused by the jobs: --angpix).
+  if (model.groups() > 0)
+    model.set_reference(model.group(0).box, model.group(0).pixel_size > 0 ? model.group(0).pixel_size : 1.0);
   const unsigned geometry =
       magnification ? unsigned(OpticsModel::kAnisoMag | OpticsModel::kMixedPixel | OpticsModel::kMixedBox) : 0u;
   const unsigned modelled = OpticsModel::kPhaseFlipped | OpticsModel::kPremultiplied | OpticsModel::kBeamTilt |
@@ -317,11 +323,6 @@ OpticsModel engine_optics(const ParticleTable& table, int n, bool ctf, std::stri
       input_error("{}: optics group {} says rlnImageSize {} but its images are {} px", table.source(), g.number,
                   g.box, n);
   }
-  for (size_t g = 0; g < model.groups(); ++g)
-    if (model.group(g).box < 16 || model.group(g).box % 2)
-      input_error("{}: optics group {} has rlnImageSize {}: particle images must be square, even and at least "
-                  "16 px",
-                  table.source(), model.group(g).number, model.group(g).box);
   return model;
 }
 

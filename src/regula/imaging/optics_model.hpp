@@ -192,7 +192,7 @@ class OpticsModel {
 // with weight CTF^2, as RELION). Refused, naming the file, group and `command`: anisotropic
 // magnification and optics groups of different pixel or box sizes (unless `magnification`: the 3D
 // engines model all three, as T_g of the file comment, with the reference at the first group's box
-// and pixel size), a group whose rlnImageSize is odd or below 16, the first image's group's
+// and pixel size; they also refuse a group whose rlnImageSize is odd or below 16), the first image's group's
 // rlnImageSize other than n, and, without --ctf, every label above (the images would be compared
 // without the CTF they carry). The reference is at the first group's sampling.
 OpticsModel engine_optics(const ParticleTable& table, int n, bool ctf, std::string_view command,
