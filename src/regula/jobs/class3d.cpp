@@ -852,7 +852,7 @@ Class3DResult Job::run() {
   if (!cont) input_star_ = std::filesystem::absolute(opt_.input).lexically_normal().string();
   setup();
   if (cont && (st_.n != n_ || st_.p.rot.size() != table_.size() || st_.sigma2.size() != size_t(optics_) ||
-               st_.group_scale.size() != groups_.names.size()))
+               st_.group_scale.size() != groups_.names.size() || !ml3d::spectra_fit(st_.sigma2, scale_)))
     input_error("{}: the checkpoint (box {}, {} particles) does not match {}", opt_.continue_from, st_.n,
                 st_.p.rot.size(), input_star_);
   if (!cont) initialise();  // reads the reference and every image: the last input checks, before any output

@@ -262,6 +262,13 @@ std::vector<std::vector<double>> shell_pixel_counts(const PixelScale& scale) {
   return c;
 }
 
+bool spectra_fit(const std::vector<std::vector<double>>& sigma2, const PixelScale& scale) {
+  if (sigma2.size() != scale.box.size()) return false;
+  for (size_t g = 0; g < sigma2.size(); ++g)
+    if (sigma2[g].size() != size_t(scale.box[g] / 2 + 1)) return false;
+  return true;
+}
+
 Groups particle_groups(const ParticleTable& table) {
   Groups g;
   const size_t N = table.size();

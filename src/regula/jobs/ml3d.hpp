@@ -193,6 +193,8 @@ void reduce_over_ranks(const std::vector<ExactSums*>& sums);
 std::vector<double> shell_pixel_counts(int n);
 // The same for each optics group's box.
 std::vector<std::vector<double>> shell_pixel_counts(const PixelScale& scale);
+// Whether noise spectra (one per optics group, a checkpoint's) have each group's n_g/2 + 1 shells.
+bool spectra_fit(const std::vector<std::vector<double>>& sigma2, const PixelScale& scale);
 
 // The per-particle values a 3D job carries from iteration to iteration and writes in its data.star:
 // pose (degrees), origin (Å), RELION's norm correction, and the last E-step's Pmax, log-likelihood

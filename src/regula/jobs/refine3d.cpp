@@ -855,7 +855,9 @@ Refine3DResult Job::run() {
   if (!cont) input_star_ = std::filesystem::absolute(opt_.input).lexically_normal().string();
   setup();
   if (cont && (st_.n != n_ || st_.half.size() != table_.size() || st_.sigma2.size() != 2 ||
-               st_.sigma2[0].size() != size_t(optics_) || st_.group_scale.size() != 2 * groups_.names.size()))
+               st_.sigma2[0].size() != size_t(optics_) || st_.sigma2[1].size() != size_t(optics_) ||
+               st_.group_scale.size() != 2 * groups_.names.size() || !ml3d::spectra_fit(st_.sigma2[0], scale_) ||
+               !ml3d::spectra_fit(st_.sigma2[1], scale_)))
     input_error("{}: the checkpoint (box {}, {} particles) does not match {} (box {}, {} particles)",
                 opt_.continue_from, st_.n, st_.half.size(), input_star_, n_, table_.size());
   std::filesystem::path root_dir = std::filesystem::path(opt_.out_root).parent_path();
