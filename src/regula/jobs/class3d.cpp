@@ -550,6 +550,7 @@ Report Job::iterate() {
     ro.tau2_fudge = opt_.tau2_fudge;
     ro.max_frequency = r_;
     ro.nthreads = opt_.threads;
+    ro.corners_from_edge = true;  // the particles were back-projected masked (ml3d::particle_views)
     const std::vector<double> mw = bp_[k]->mean_weight_per_shell();
     for (size_t s = 0; s < hs; ++s)
       rep.ssnr[k][s] = s <= size_t(r_) && !ro.tau2.empty() ? mw[s] * ro.tau2[s] * opt_.tau2_fudge : 0.0;

@@ -663,8 +663,9 @@ IterationReport Job::iterate(bool final) {
     if (sc[kOffsetWeight] > 0) st_.sigma2_offset = std::max(sc[kOffset2] / (2 * sc[kOffsetWeight]), 0.25);
     if (opt_.norm) st_.avg_norm = sc[kNormSum] / double(N);
   }
-  auto reconstruct = [&rep](const BackProjector& bp, const ReconstructOptions& ro) {
+  auto reconstruct = [&rep](const BackProjector& bp, ReconstructOptions ro) {
     const auto t = std::chrono::steady_clock::now();
+    ro.corners_from_edge = true;  // the particles were back-projected masked (ml3d::particle_views)
     Volume v = bp.reconstruct(ro);
     rep.reconstruct_seconds += seconds_since(t);
     return v;
