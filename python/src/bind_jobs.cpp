@@ -212,7 +212,7 @@ void bind_jobs(py::module_& m) {
        REGULA_FIELD(C, threads), REGULA_FIELD(C, seed),
        REGULA_FIELD(C, continue_from), REGULA_FIELD(C, angpix), REGULA_FIELD(C, norm), REGULA_FIELD(C, scale),
        REGULA_FIELD(C, ini_high), REGULA_FIELD(C, incr_size), REGULA_FIELD(C, center_classes),
-       REGULA_FIELD(C, reseed_until), REGULA_FIELD(C, batch_size), REGULA_FIELD(C, mask_edge)},
+       REGULA_FIELD(C, reseed_until), REGULA_FIELD(C, reseed_empty), REGULA_FIELD(C, batch_size), REGULA_FIELD(C, mask_edge)},
       [](const C& o) { return run_class2d(o); },
       [](const C&, Class2DResult r) {
         py::dict d;

@@ -43,6 +43,9 @@ void add_class2d(CLI::App& app) {
               "Per-group scale correction, RELION's rlnGroupScaleCorrection; groups by rlnGroupName, else micrograph "
               "(default on)");
   s->add_flag("--center_classes,!--no_center_classes", opt->center_classes, "Centre classes on their centre of mass (default on)");
+  s->add_option("--reseed_empty", opt->reseed_empty,
+                "Re-seeding: a class whose posterior mass is below this fraction of the mean class mass is almost "
+                "empty")->capture_default_str();
   s->add_option("--reseed_until", opt->reseed_until,
                 "Up to this iteration an almost empty class, or one of two classes with the same view, takes half of "
                 "the largest class (0: never)")->capture_default_str();

@@ -58,6 +58,8 @@ std::string Class2DOptions::validate() const {
   if (!(ini_high > 0)) return fmt::format("--ini_high: must be positive Å (got {})", ini_high);
   if (incr_size < 0) return fmt::format("--incr_size: must be >= 0 (got {})", incr_size);
   if (reseed_until < 0) return fmt::format("--reseed_until: must be >= 0 (got {})", reseed_until);
+  if (!(reseed_empty >= 0 && reseed_empty < 1))
+    return fmt::format("--reseed_empty: must be in [0, 1) (got {})", reseed_empty);
   if (batch_size < 1) return fmt::format("batch size must be at least 1 (got {})", batch_size);
   if (mask_edge < 0) return fmt::format("mask edge must be >= 0 px (got {})", mask_edge);
   if (!(offset_sigma > 0)) return fmt::format("--offset: the initial offset sigma must be positive Å (got {})", offset_sigma);
@@ -756,11 +758,11 @@ std::vector<mstep::ClassAverage> Job::maximise(const IterationData& it, const st
   pool_.parallel_for(0, K, [&](size_t k, int) { avg[k] = class_average(it, acc[k], k); });
   const double wtot = std::accumulate(wclass.begin(), wclass.end(), 0.0);
   if (!it.split || !(wtot > 0)) return avg;
-  // The smallest class below a quarter of the mean fraction takes the average of a random half of
-  // the largest class's particles, the largest keeps the other half; both share its fraction.
+  // The smallest class below --reseed_empty of the mean fraction takes the average of a random half
+  // of the largest class's particles, the largest keeps the other half; both share its fraction.
   size_t small = size_t(std::min_element(wclass.begin(), wclass.end()) - wclass.begin());
   const size_t large = size_t(std::max_element(wclass.begin(), wclass.end()) - wclass.begin());
-  bool reseed = wclass[small] / wtot < 0.25 / double(K);
+  bool reseed = wclass[small] / wtot < opt_.reseed_empty / double(K);
   if (!reseed && st_.iteration + 1 >= 3) {
     // Two classes showing the same view: their rotational correlation (up to 15 shells) is above
     // 0.85 and stands out from all other pairs by 0.15 (on the benchmark 0.97 against at most 0.67;

@@ -61,6 +61,8 @@ struct Class2DOptions {
                                   // two classes showing the same view, takes half of the largest class
                                   // (0: never). Fixed, not a fraction of --iter, so that a run stopped
                                   // early and continued equals an uninterrupted one.
+  double reseed_empty = 0.25;     // --reseed_empty F: "almost empty" is a posterior mass below F times
+                                  // the mean class mass
   int batch_size = 128;           // particles per E-step batch (memory grows with it; results
                                   // depend on it at float rounding, never on --j)
   double mask_edge = 5;           // soft edge of the circular masks, px

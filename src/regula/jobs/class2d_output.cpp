@@ -300,6 +300,7 @@ Files write_iteration(const Class2DOptions& opt, const std::string& input_star, 
   o.set("regulaCenterClasses", opt.center_classes ? "1" : "0");
   o.set("regulaBatchSize", std::to_string(opt.batch_size));
   o.set("regulaReseedUntil", std::to_string(opt.reseed_until));
+  o.set("regulaReseedEmpty", fmt::format("{}", opt.reseed_empty));
   o.set("regulaClassesFile", f.classes);
   o.set("regulaStateFile", f.state);
   star::write(f.optimiser, doc);
@@ -333,6 +334,7 @@ void read_checkpoint(const std::string& path, Class2DOptions& opt, std::string& 
   opt.center_classes = get_d("regulaCenterClasses") != 0;
   opt.batch_size = int(get_d("regulaBatchSize"));
   if (o.has("regulaReseedUntil")) opt.reseed_until = int(get_d("regulaReseedUntil"));
+  if (o.has("regulaReseedEmpty")) opt.reseed_empty = get_d("regulaReseedEmpty");
   if (opt.out_root.empty()) opt.out_root = get("rlnOutputRootName");
   input_star = get("regulaInputStarFile");
   opt.input = input_star;
