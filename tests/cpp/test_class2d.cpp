@@ -465,6 +465,7 @@ TEST(Class2D, SameBitsForAnyThreadCountAndForContinuedRuns) {
   Class2DOptions o = base_options(dir, 3, 4);
   o.ctf = true;
   o.zero_mask = false;  // the solvent noise too is the same for any thread count and when continued
+  o.reseed_empty = 0.1;  // not the default: the continued run takes it from the checkpoint
   o.out_root = (dir / "j1").string();
   o.threads = 1;
   Class2DResult r1 = run_class2d(o);
@@ -517,6 +518,9 @@ TEST(Class2D, ValidateNamesTheOption) {
   EXPECT_NE(msg([](Class2DOptions& c) { c.offset_step = 0; }).find("--offset_step"), std::string::npos);
   EXPECT_NE(msg([](Class2DOptions& c) { c.threads = 0; }).find("--j"), std::string::npos);
   EXPECT_NE(msg([](Class2DOptions& c) { c.iterations = 0; }).find("--iter"), std::string::npos);
+  EXPECT_NE(msg([](Class2DOptions& c) { c.reseed_empty = 1.0; }).find("--reseed_empty"), std::string::npos);
+  EXPECT_NE(msg([](Class2DOptions& c) { c.reseed_empty = -0.1; }).find("--reseed_empty"), std::string::npos);
+  EXPECT_NE(msg([](Class2DOptions& c) { c.reseed_until = -1; }).find("--reseed_until"), std::string::npos);
   EXPECT_THROW(run_class2d([&] { Class2DOptions c = o; c.classes = 0; return c; }()), InputError);
   SelectOptions s;
   s.input = "a.star";
