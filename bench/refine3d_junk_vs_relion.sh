@@ -27,7 +27,7 @@ last=$(ls "$set_dir"/regula/run_it*_data.star | sort | tail -1)
 evaluate() {  # label data.star final_map
   echo "== $1"
   /usr/bin/python3 "$here/evaluate_refine.py" --sym D2 "$set_dir/data/truth.star" "$2" "$3" \
-    "$set_dir/data/truth_map1.mrc" | head -3
+    "$set_dir/data/truth_map1.mrc" | awk 'NR <= 4'  # (awk reads it all: head would break the pipe)
 }
 for s in all selected; do
   star="$set_dir/data/particles.star"
