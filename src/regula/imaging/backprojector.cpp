@@ -756,18 +756,8 @@ Grid<float> BackProjector::reconstruct(const ReconstructOptions& opt) const {
   }
   // RELION's softMaskOutsideMap with its defaults: beyond radius n/2 the map blends over a
   // 3 px cosine edge into the mean of the region outside it.
-  if (opt.mask_corners && dim == 3 && opt.corners_from_edge) {
-    double s = 0, cnt = 0;
-    for (int z = 0; z < nz; ++z)
-      for (int y = 0; y < n_; ++y)
-        for (int x = 0; x < n_; ++x) {
-          const double r = std::sqrt(double(x - c) * (x - c) + double(y - c) * (y - c) + double(z - c) * (z - c));
-          if (r > n_ / 2.0 - 2 && r <= n_ / 2.0) s += out(x, y, z), cnt += 1;
-        }
-    apply_spherical_mask(out, n_ / 2.0, 3.0, Grid<float>(n_, n_, nz, float(cnt > 0 ? s / cnt : 0.0)));
-  } else if (opt.mask_corners && dim == 3) {
-    apply_spherical_mask(out, n_ / 2.0, 3.0, MaskFill::BackgroundMean);
-  }
+  if (opt.mask_corners && dim == 3)
+    apply_spherical_mask(out, n_ / 2.0, 3.0, opt.corners_from_edge ? MaskFill::EdgeMean : MaskFill::BackgroundMean);
   if (opt.gridding_correction)
     for (int z = 0; z < nz; ++z)
       for (int y = 0; y < n_; ++y)

@@ -55,6 +55,12 @@ void apply_spherical_mask(Grid<float>& img, double radius, double edge, MaskFill
       sw += w;
     }, c);
     bg = sw > 0 ? s / sw : 0.0;
+  } else if (fill == MaskFill::EdgeMean) {
+    double s = 0, cnt = 0;
+    for_each_radius(img, [&](size_t i, double r) {
+      if (r > radius - 2 && r <= radius) s += img[i], cnt += 1;
+    }, c);
+    bg = cnt > 0 ? s / cnt : 0.0;
   }
   for_each_radius(img, [&](size_t i, double r) {
     const double m = soft_edge_value(r, radius, edge);

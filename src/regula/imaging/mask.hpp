@@ -21,6 +21,7 @@ Grid<float> spherical_mask(int nx, int ny, int nz, double radius_px, double edge
 enum class MaskFill {
   Zero,            // img *= mask
   BackgroundMean,  // img = mask * img + (1 - mask) * b, b the (1 - mask)-weighted mean outside radius (RELION)
+  EdgeMean,        // the same with b the mean of the shell (radius - 2, radius] just inside the edge
 };
 // `centre_shift` moves the mask's centre from (n/2, n/2, n/2) by that many pixels (e.g. to a
 // particle's current position).

@@ -362,7 +362,7 @@ void Job::process_particle(size_t i, ParticleImages& images, estep::Search3DWork
   }
   const double total_d2 =
       ml3d::add_particle(sums.model, res, x, g, groups_.group_of[i], fine_.counts[size_t(g)],
-                         all_counts_[size_t(g)], fine_.px[size_t(g)].r_max, size_t(scale_.max_box() / 2 + 1));
+                         all_counts_[size_t(g)], fine_.px[size_t(g)].r_max, scale_.noise_stride());
   new_cls_[i] = res.cls + 1;
   next_.take(i, st_.p, res, scale_.pixel(i));
   if (opt_.norm && !cc) next_.norm[i] = ml3d::norm_correction(st_.p.norm[i], st_.avg_norm, total_d2, res.weight_sum, x.size());
@@ -487,7 +487,7 @@ Report Job::iterate() {
   std::vector<std::unique_ptr<ParticleImages>> readers(T);
   std::vector<estep::Search3DWork> works(T);
   for (size_t t = 0; t < T; ++t) {
-    tsums[t].model.init(size_t(optics_), size_t(scale_.max_box() / 2 + 1), groups_.names.size(), size_t(K_));
+    tsums[t].model.init(size_t(optics_), scale_.noise_stride(), groups_.names.size(), size_t(K_));
     readers[t] = std::make_unique<ParticleImages>(table_, 8);
   }
   pool_.parallel_for(0, blocks.mine.size(), [&](size_t u, int thread) {
@@ -521,7 +521,7 @@ Report Job::iterate() {
   // Noise, scales, offsets prior and norm (not after the CC iteration, as RELION).
   if (!cc) {
     const std::vector<double> d2 = sums.model.d2.values(), npx = sums.model.npix.values();
-    const size_t stride = size_t(scale_.max_box() / 2 + 1);
+    const size_t stride = scale_.noise_stride();
     for (int g = 0; g < optics_; ++g) {
       const size_t base = size_t(g) * stride, hg = st_.sigma2[size_t(g)].size();
       std::vector<double> a(d2.begin() + long(base), d2.begin() + long(base + hg)),

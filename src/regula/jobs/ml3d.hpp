@@ -70,6 +70,8 @@ struct PixelScale {
   double frequency(size_t g) const { return ratio[g] * double(ref_box) / double(box[g]); }
   bool uniform() const;          // every group at the reference's box and pixel size
   int max_box() const;           // the largest n_g
+  // Shells per optics group in the noise sums (ModelSums, add_particle): the largest box's n/2 + 1.
+  size_t noise_stride() const { return size_t(max_box() / 2 + 1); }
 };
 // The fine pass's pixels of each optics group: image shells up to the E-step's limit r (in reference
 // shells) at the group's own sampling, round(r / f_g), at most n_g/2 (RELION 3.1 sizes each optics

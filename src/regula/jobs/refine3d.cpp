@@ -468,7 +468,7 @@ void Job::process_particle(size_t i, bool final, ParticleImages& images, estep::
   next_.take(i, st_.p, res, scale_.pixel(i));
   const double total_d2 = ml3d::add_particle(sums.half[size_t(h)], res, x, g, int(grp), fine_.counts[size_t(g)],
                                              all_counts_[size_t(g)], fine_.px[size_t(g)].r_max,
-                                             size_t(scale_.max_box() / 2 + 1));
+                                             scale_.noise_stride());
   sums.scalars[kOffset2].add(res.offset2 / (scale_.of(i) * scale_.of(i)));  // reference px^2
   sums.scalars[kOffsetWeight].add(res.weight_sum);
   if (opt_.norm && !cc) next_.norm[i] = ml3d::norm_correction(st_.p.norm[i], st_.avg_norm, total_d2, res.weight_sum, x.size());
@@ -586,7 +586,7 @@ IterationReport Job::iterate(bool final) {
   std::vector<std::unique_ptr<ParticleImages>> readers(T);
   std::vector<estep::Search3DWork> works(T);
   for (size_t t = 0; t < T; ++t) {
-    tsums[t].init(size_t(optics_), size_t(scale_.max_box() / 2 + 1), groups_.names.size());
+    tsums[t].init(size_t(optics_), scale_.noise_stride(), groups_.names.size());
     readers[t] = std::make_unique<ParticleImages>(table_, 8);
   }
   const auto estep_t0 = std::chrono::steady_clock::now();
@@ -642,7 +642,7 @@ IterationReport Job::iterate(bool final) {
   if (!cc) {
     for (int h = 0; h < 2; ++h) {
       const std::vector<double> d2 = sums.half[size_t(h)].d2.values(), npx = sums.half[size_t(h)].npix.values();
-      const size_t stride = size_t(scale_.max_box() / 2 + 1);
+      const size_t stride = scale_.noise_stride();
       for (int g = 0; g < optics_; ++g) {
         const size_t base = size_t(g) * stride, hg = st_.sigma2[size_t(h)][size_t(g)].size();
         std::vector<double> a(d2.begin() + long(base), d2.begin() + long(base + hg)),
