@@ -9,6 +9,7 @@
 #include "regula/core/error.hpp"
 #include "regula/core/fft.hpp"
 #include "regula/estep/matrices.hpp"
+#include "regula/estep/posteriors.hpp"
 #include "regula/sampling/euler.hpp"
 #include "regula/core/grid.hpp"
 
@@ -194,6 +195,46 @@ void rotate_particle(const RotatableParticle& x, const SearchPixels& px, std::sp
   }
 }
 
+// Runs of a pixel list: consecutive pixels of one row ky whose kx grows by 1 (search_pixels'
+// order), so that a translation's phase exp(-2 pi i (kx tx + ky ty) / n) is a row factor times a
+// contiguous stretch of the kx table.
+struct PixelRun {
+  int ky = 0, kx0 = 0;
+  size_t q0 = 0, len = 0;
+};
+
+std::vector<PixelRun> pixel_runs(const SearchPixels& px) {
+  std::vector<PixelRun> runs;
+  for (size_t q = 0; q < px.size(); ++q) {
+    const int kx = int(px.kx[q]), ky = int(px.ky[q]);
+    if (!runs.empty() && runs.back().ky == ky && runs.back().kx0 + int(runs.back().len) == kx)
+      ++runs.back().len;
+    else
+      runs.push_back({ky, kx, q, 1});
+  }
+  return runs;
+}
+
+// out(k) = g(k) exp(-2 pi i k.t / n) for the pixels of `runs`: ex[kx] = exp(-2 pi i kx tx / n)
+// for kx in [0, r], ey[ky + r] likewise for ky in [-r, r]. Interleaved complex floats, written
+// as real arithmetic so that the loop vectorises (std::complex<float> products check for NaN).
+void shifted_row(const float* g, std::span<const PixelRun> runs, const cfloat* ex, const cfloat* ey, int r,
+                 float* out) {
+  const float* exf = reinterpret_cast<const float*>(ex);
+  for (const PixelRun& run : runs) {
+    const cfloat y = ey[size_t(run.ky + r)];
+    const float yr = y.real(), yi = y.imag();
+    const float* e = exf + 2 * size_t(run.kx0);
+    const float* a = g + 2 * run.q0;
+    float* o = out + 2 * run.q0;
+    for (size_t i = 0; i < run.len; ++i) {
+      const float pr = e[2 * i] * yr - e[2 * i + 1] * yi, pi = e[2 * i] * yi + e[2 * i + 1] * yr;
+      o[2 * i] = a[2 * i] * pr - a[2 * i + 1] * pi;
+      o[2 * i + 1] = a[2 * i] * pi + a[2 * i + 1] * pr;
+    }
+  }
+}
+
 }  // namespace
 
 namespace {
@@ -245,42 +286,45 @@ void posterior_from_scores(size_t P, size_t T, size_t D, std::span<const double>
     out.max_posterior = 1;
     out.n_significant = 1;
     out.log_likelihood = mx;
-  } else {
-    double sum = 0;
-    for (size_t j = 0; j < J; ++j) sum += std::exp(w.v[j] - mx);
-    out.log_likelihood = mx + std::log(sum);
-    for (size_t j = 0; j < J; ++j) {
-      const double e = std::exp(w.v[j] - mx) / sum;
-      out.weight[j] = e < 1e-30 ? 0.0f : float(e);
-    }
-    out.max_posterior = 1.0 / sum;
-    // Smallest number of poses holding the significant fraction.
-    std::vector<float> sorted;
-    sorted.reserve(256);
-    const float floor = float(1e-9 / sum);
-    for (float e : out.weight)
-      if (e > floor) sorted.push_back(e);
-    std::sort(sorted.begin(), sorted.end(), std::greater<float>());
-    double acc = 0;
-    size_t cnt = 0;
-    for (float e : sorted) {
-      acc += e;
-      ++cnt;
-      if (acc >= opt.significant_fraction) break;
-    }
-    out.n_significant = std::max<size_t>(cnt, 1);
+    out.w_dir[out.best_d] = out.w_psi[out.best_p] = out.w_trans[out.best_t] = 1;
+    return;
   }
+  const double sum = exp_relative(w.v, mx);
+  out.log_likelihood = mx + std::log(sum);
+  out.max_posterior = 1.0 / sum;
+  // Weights (below 1e-30: 0), their marginals, and the weights above 1e-9 of the maximum, from
+  // which the smallest number of poses holding the significant fraction. Most poses are far below
+  // the best one: exp_relative left them 0, and they are skipped (adding 0 changes no sum).
+  std::vector<float> sorted;
+  sorted.reserve(256);
+  const float floor = float(1e-9 / sum);
   for (size_t p = 0; p < P; ++p)
     for (size_t t = 0; t < T; ++t) {
-      const float* wr = out.weight.data() + (p * T + t) * D;
+      const double* vr = w.v.data() + (p * T + t) * D;
+      float* wr = out.weight.data() + (p * T + t) * D;
       double s = 0;
       for (size_t d = 0; d < D; ++d) {
-        s += wr[d];
-        out.w_dir[d] += wr[d];
+        if (vr[d] == 0) continue;
+        const double e = vr[d] / sum;
+        if (e < 1e-30) continue;
+        const float f = float(e);
+        wr[d] = f;
+        s += f;
+        out.w_dir[d] += f;
+        if (f > floor) sorted.push_back(f);
       }
       out.w_psi[p] += s;
       out.w_trans[t] += s;
     }
+  std::sort(sorted.begin(), sorted.end(), std::greater<float>());
+  double acc = 0;
+  size_t cnt = 0;
+  for (float e : sorted) {
+    acc += e;
+    ++cnt;
+    if (acc >= opt.significant_fraction) break;
+  }
+  out.n_significant = std::max<size_t>(cnt, 1);
 }
 
 }  // namespace
@@ -302,7 +346,8 @@ void search_poses(const RotatableParticle& x, const SearchPixels& px, std::span<
   const double two_pi_n = 2.0 * std::numbers::pi / n;
   // Per-pixel noise weights: the pixel's shell, or for a mapped particle the image shell it reads
   // (rotated: R k') times the image pixels per reference pixel (RotatableParticle::image_shell).
-  std::vector<float> iw(m);
+  std::vector<float> iw(m), g(2 * m);
+  const std::vector<PixelRun> runs = pixel_runs(px);
   const float density = x.mapped() ? float(x.reference_density()) : 1.0f;
   for (size_t p = 0; p < P; ++p) {
     const double c = std::cos(deg2rad(poses.psi[p])), s = std::sin(deg2rad(poses.psi[p]));
@@ -317,6 +362,9 @@ void search_poses(const RotatableParticle& x, const SearchPixels& px, std::span<
       }
       const float cw = w.cr[p * m + q];
       b[q] = scale * scale * cw * cw * iw[q];
+      const cfloat v = (scale * cw * iw[q]) * w.xr[p * m + q];  // s C w X(R k')
+      g[2 * q] = v.real();
+      g[2 * q + 1] = v.imag();
     }
     for (size_t t = 0; t < T; ++t) {
       // phase_t(R k') = exp(-2 pi i k'.(R^T t) / n); R = [[c, s], [-s, c]]; t in the reference frame.
@@ -325,13 +373,7 @@ void search_poses(const RotatableParticle& x, const SearchPixels& px, std::span<
       const double ty = s * tr[0] + c * tr[1];
       for (int k = 0; k <= r; ++k) ex[size_t(k)] = std::polar(1.0f, float(-two_pi_n * k * tx));
       for (int k = -r; k <= r; ++k) ey[size_t(k + r)] = std::polar(1.0f, float(-two_pi_n * k * ty));
-      float* qrow = w.q.data() + (p * T + t) * 2 * m;
-      for (size_t q = 0; q < m; ++q) {
-        const float f = scale * w.cr[p * m + q] * iw[q];
-        const cfloat v = f * w.xr[p * m + q] * ex[size_t(px.kx[q])] * ey[size_t(int(px.ky[q]) + r)];
-        qrow[2 * q] = v.real();
-        qrow[2 * q + 1] = v.imag();
-      }
+      shifted_row(g.data(), runs, ex.data(), ey.data(), r, w.q.data() + (p * T + t) * 2 * m);
     }
   }
   w.a2.resize(PT * D);
@@ -354,25 +396,23 @@ void prepare_direct(const RotatableParticle& x, const SearchPixels& px, std::spa
   w.q.resize(T * 2 * m);
   w.xr.resize(m);
   w.cr.resize(m);
-  std::vector<float> qf(m);  // the factor of X in the Q rows
+  std::vector<float> g(2 * m);  // the unshifted Q row, s C w X (s w X for premultiplied sums)
   for (size_t q = 0; q < m; ++q) {
     const float c = x.ctf(px.kx[q], px.ky[q]), is2 = inv_sigma2[size_t(px.shell[q])];
     w.xr[q] = x.on_grid(int(px.kx[q]), int(px.ky[q]));
     w.cr[q] = c;
     w.b[q] = scale * scale * (pre ? c : c * c) * is2;
-    qf[q] = scale * (pre ? 1.0f : c) * is2;
+    const cfloat v = (scale * (pre ? 1.0f : c) * is2) * w.xr[q];
+    g[2 * q] = v.real();
+    g[2 * q + 1] = v.imag();
   }
+  const std::vector<PixelRun> runs = pixel_runs(px);
   std::vector<cfloat> ex(size_t(r + 1)), ey(size_t(2 * r + 1));
   const double two_pi_n = 2.0 * std::numbers::pi / n;
   for (size_t t = 0; t < T; ++t) {
     for (int k = 0; k <= r; ++k) ex[size_t(k)] = std::polar(1.0f, float(-two_pi_n * k * trans[t][0]));
     for (int k = -r; k <= r; ++k) ey[size_t(k + r)] = std::polar(1.0f, float(-two_pi_n * k * trans[t][1]));
-    float* qrow = w.q.data() + t * 2 * m;
-    for (size_t q = 0; q < m; ++q) {
-      const cfloat v = qf[q] * w.xr[q] * ex[size_t(px.kx[q])] * ey[size_t(int(px.ky[q]) + r)];
-      qrow[2 * q] = v.real();
-      qrow[2 * q + 1] = v.imag();
-    }
+    shifted_row(g.data(), runs, ex.data(), ey.data(), r, w.q.data() + t * 2 * m);
   }
 }
 

@@ -43,11 +43,7 @@ void finish_posterior(std::vector<double>& e, double log_const, double fraction,
     std::fill(weight, weight + q_count, 0.0f);
     return;
   }
-  double sum = 0;
-  for (size_t q = 0; q < q_count; ++q) {
-    e[q] = std::exp(e[q] - mx);  // exp(-inf) = 0
-    sum += e[q];
-  }
+  const double sum = exp_relative(std::span<double>(e.data(), q_count), mx);
   // sum >= 1 (the maximum contributes exactly 1).
   // Weights below the smallest normal float are stored as 0: denormal weights would make the
   // SGEMMs of the weighted sums tens of times slower, for a mass below 1e-38 * T * J.
@@ -196,6 +192,16 @@ void compute_pose_posteriors(const PoseList& poses, std::span<const float> score
   });
   out.significant = SparseWeights{};
   if (opt.keep_significant) gather_csr(sig, n, poses.t, poses.j, out.significant);
+}
+
+double exp_relative(std::span<double> v, double mx) {
+  double sum = 0;
+  for (double& x : v) {
+    const double d = x - mx;  // -inf for an excluded pose
+    x = d > kExpCut ? std::exp(d) : 0.0;
+    sum += x;
+  }
+  return sum;
 }
 
 std::vector<double> gaussian_log_prior(std::span<const double> d2, double sigma2, int dims, bool normalise_over_set) {

@@ -104,6 +104,15 @@ void compute_pose_posteriors(const PoseList& poses, std::span<const float> score
 std::vector<double> gaussian_log_prior(std::span<const double> d2, double sigma2, int dims,
                                        bool normalise_over_set);
 
+// v[q] <- exp(v[q] - mx) for every q, and their sum. Terms below exp(kExpCut) (1e-38, under the
+// smallest normal float) are set to 0 without calling exp: every caller stores normalised weights
+// below FLT_MIN (or 1e-30) as 0, and the maximum contributes exactly 1, so the sum (>= 1) does not
+// see them in double precision. Most poses of a search are far below the best one, and exp of a
+// large negative argument is the slow path of libm (the underflow handling took 6% of a global
+// refinement's time).
+inline constexpr double kExpCut = -87.5;
+double exp_relative(std::span<double> v, double mx);
+
 // Log class fractions spread over references: out[j] = log(fraction[class_of[j]]).
 std::vector<double> class_log_prior(std::span<const double> fraction, std::span<const uint32_t> class_of);
 

@@ -9,6 +9,7 @@
 
 #include "regula/core/error.hpp"
 #include "regula/estep/matrices.hpp"
+#include "regula/estep/posteriors.hpp"
 
 namespace regula::estep {
 namespace {
@@ -434,10 +435,9 @@ void search_particle_3d(const Search3DSetup& S, const Search3DInput& in, Search3
     res.log_likelihood = mx;
     ws.fine_sig.index = {uint32_t(arg)};
   } else {
-    double sum = 0;
-    for (size_t q = 0; q < T * J; ++q) sum += std::exp(ws.v[q] - mx);
+    const double sum = exp_relative(ws.v, mx);
     for (size_t q = 0; q < T * J; ++q) {
-      const double e = std::exp(ws.v[q] - mx) / sum;
+      const double e = ws.v[q] / sum;
       ws.fweight[q] = e < double(std::numeric_limits<float>::min()) ? 0.0f : float(e);
     }
     res.max_posterior = 1.0 / sum;
