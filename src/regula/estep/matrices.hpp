@@ -64,5 +64,9 @@ void sgemm(bool trans_a, bool trans_b, size_t m, size_t n, size_t k, const float
 // threads: the jobs log their E-step's SGEMM rate against the machine's.
 uint64_t sgemm_flops();
 double sgemm_thread_seconds();
+// The OpenBLAS kernel family in use (e.g. "Haswell", "SkylakeX"): the environment variable
+// OPENBLAS_CORETYPE overrides OpenBLAS's own choice, and on an AVX-512 machine the AVX2 kernel
+// runs the SGEMMs at about half the rate (docs/estep.md).
+const char* blas_kernel();
 
 }  // namespace regula::estep::detail

@@ -121,6 +121,8 @@ std::atomic<uint64_t> g_sgemm_flops{0}, g_sgemm_ns{0};
 uint64_t sgemm_flops() { return g_sgemm_flops.load(std::memory_order_relaxed); }
 double sgemm_thread_seconds() { return 1e-9 * double(g_sgemm_ns.load(std::memory_order_relaxed)); }
 
+const char* blas_kernel() { return openblas_get_corename(); }
+
 void sgemm(bool trans_a, bool trans_b, size_t m, size_t n, size_t k, const float* a, size_t lda,
            const float* b, size_t ldb, float beta, float* c, size_t ldc) {
   for (size_t v : {m, n, k, lda, ldb, ldc})

@@ -915,11 +915,11 @@ Refine3DResult Job::run() {
                  s.offset_range_px, s.offset_step_px, s.current_shells, s.resolution_A, s.average_pmax,
                  s.angular_change_deg, s.offset_change_A, s.acc_rot_deg, s.acc_trans_A, s.seconds);
     spdlog::info("refine3d: iteration {} E-step {:.1f} s ({} threads{}): SGEMMs {:.1f} GFLOP in {:.1f} thread-s "
-                 "({:.1f} GFLOP/s per thread), {:.0f}% of the threads' time",
+                 "({:.1f} GFLOP/s per thread, OpenBLAS kernel {}), {:.0f}% of the threads' time",
                  s.iteration, rep.estep_seconds, opt_.threads, mpi::active() ? ", this rank" : "",
                  rep.estep_sgemm_flops * 1e-9, rep.estep_sgemm_seconds,
                  rep.estep_sgemm_seconds > 0 ? rep.estep_sgemm_flops * 1e-9 / rep.estep_sgemm_seconds : 0.0,
-                 rep.estep_seconds > 0 ? 100 * rep.estep_sgemm_seconds / (rep.estep_seconds * opt_.threads) : 0.0);
+                 estep::detail::blas_kernel(), rep.estep_seconds > 0 ? 100 * rep.estep_sgemm_seconds / (rep.estep_seconds * opt_.threads) : 0.0);
     spdlog::info("refine3d: iteration {} besides the E-step: accuracy estimate {:.1f} s, projectors {:.1f} s, "
                  "symmetrisation {:.1f} s, reconstructions {:.1f} s, the rest (sums, FSC, outputs) {:.1f} s",
                  s.iteration, accuracy_seconds, rep.setup_seconds, rep.symmetrise_seconds, rep.reconstruct_seconds,
