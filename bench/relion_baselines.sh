@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # Run RELION 3.1.3 on the acceptance data sets once and record wall times.
-# Usage: bench/relion_baselines.sh [2d] [class3d] [refine] [trpv55] [apo] [1u6g]   (default: the first three)
-# (trpv55, apo, 1u6g: auto-refine on the high-resolution sets of bench/make_hires_datasets.sh)
+# Usage: bench/relion_baselines.sh [2d] [class3d] [refine] [trpv55] [apo] [1u6g] [trpv55_acc]   (default: the first
+# three)
+# (trpv55, apo, 1u6g: auto-refine on the high-resolution sets of bench/make_hires_datasets.sh with RELION's GUI
+# defaults; trpv55_acc: the trpv55 set with the sampling of the 70S acceptance command, `refine` below:
+# --auto_local_healpix_order 3 --offset_step 2)
 # Results: bench/out/relion_<job>/ and a line per job in bench/out/relion_times.tsv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/out}
 jobs=("$@"); [ ${#jobs[@]} -gt 0 ] || jobs=(2d class3d refine)
 bench/make_datasets.sh "$OUT"
-hires() {  # set, particle diameter (Å), symmetry: RELION's GUI defaults for auto-refine otherwise
+hires() {  # set, particle diameter (Å), symmetry[, job name, local order, offset step]: RELION's GUI defaults
+  local job=${4:-$1}
   bench/make_hires_datasets.sh "$OUT" "$1"
-  run "$1" mpirun --allow-run-as-root --oversubscribe -np 3 relion_refine_mpi \
-    --i "$OUT/$1/particles.star" --o "$OUT/relion_$1/run" --ref "$OUT/$1/ref30.mrc" \
+  run "$job" mpirun --allow-run-as-root --oversubscribe -np 3 relion_refine_mpi \
+    --i "$OUT/$1/particles.star" --o "$OUT/relion_$job/run" --ref "$OUT/$1/ref30.mrc" \
     --auto_refine --split_random_halves --firstiter_cc --ini_high 30 --ctf --flatten_solvent --zero_mask \
-    --healpix_order 2 --auto_local_healpix_order 4 --offset_range 5 --offset_step 1 \
+    --healpix_order 2 --auto_local_healpix_order "${5:-4}" --offset_range 5 --offset_step "${6:-1}" \
     --low_resol_join_halves 40 --norm --scale --j 1 --particle_diameter "$2" --sym "$3" --pad 2 \
     --dont_combine_weights_via_disc --pool 30 --random_seed 1
 }
@@ -48,6 +52,7 @@ for j in "${jobs[@]}"; do
     trpv55) hires trpv55 200 C1 ;;
     apo) hires apo 150 O ;;
     1u6g) hires 1u6g 180 C1 ;;
+    trpv55_acc) hires trpv55 200 C1 trpv55_acc 3 2 ;;
     *) echo "unknown job $j"; exit 2 ;;
   esac
 done
