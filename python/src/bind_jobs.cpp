@@ -314,7 +314,7 @@ void bind_jobs(py::module_& m) {
        REGULA_FIELD(G, seed), REGULA_FIELD(G, continue_from), REGULA_FIELD(G, angpix), REGULA_FIELD(G, norm),
        REGULA_FIELD(G, scale), REGULA_FIELD(G, max_iterations), REGULA_FIELD(G, mask_edge),
        REGULA_FIELD(G, max_healpix_order), REGULA_FIELD(G, pad), REGULA_FIELD(G, oversampling),
-       REGULA_FIELD(G, adaptive_fraction), REGULA_FIELD(G, max_significants), REGULA_FIELD(G, tau2_fudge),
+       REGULA_FIELD(G, adaptive_fraction), REGULA_FIELD(G, max_significants), REGULA_FIELD(G, tau2_fudge), REGULA_FIELD(G, perturb),
        REGULA_FIELD(G, pose_mean), REGULA_FIELD(G, stop_after)},
       [](const G& o) { return run_refine3d(o); },
       [](const G&, Refine3DResult r) {

@@ -48,6 +48,8 @@ void add_refine3d(CLI::App& app) {
                 "(-1: no bound; when it binds, the number of particles is logged)")->capture_default_str();
   s->add_option("--tau2_fudge", opt->tau2_fudge, "Multiplies the signal-to-noise ratio of the references' prior")
       ->capture_default_str();
+  s->add_option("--perturb", opt->perturb, "Random perturbation of the angular and translational grids every "
+                "iteration, as a fraction of their steps (RELION's; 0: fixed grids)")->capture_default_str();
   s->add_option("--iter", opt->max_iterations, "Maximum number of iterations (safety limit)")->capture_default_str();
   s->add_option("--max_healpix_order", opt->max_healpix_order, "Finest HEALPix order of the auto-sampling")->capture_default_str();
   s->add_flag("--pose_mean,!--pose_map", opt->pose_mean,

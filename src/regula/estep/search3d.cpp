@@ -21,12 +21,18 @@ constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 struct CoarseFrame {
   bool turned = false;  // local search in the angles of B = A Q^T (near a pole of the Euler angles)
   Mat3 Q = identity3();
+  bool perturbed = false;
+  Mat3 P = identity3();  // Search3DSetup::perturb
   Euler prev;           // previous pose in the search frame
   Vec3 prev_dir{0, 0, 1};
   size_t d_per_class = 0;
-  // Orientation of a pose (rot, tilt, psi) of the search frame.
+  // Orientation of a pose (rot, tilt, psi) of the search frame (then perturbed).
   Euler map(double rot, double tilt, double psi) const {
-    return turned ? matrix_to_euler(matmul(euler_to_matrix(rot, tilt, psi), Q)) : Euler{rot, tilt, psi};
+    if (!turned && !perturbed) return Euler{rot, tilt, psi};
+    Mat3 A = euler_to_matrix(rot, tilt, psi);
+    if (turned) A = matmul(A, Q);
+    if (perturbed) A = matmul(A, P);
+    return matrix_to_euler(A);
   }
 };
 
@@ -60,6 +66,8 @@ PoseSet coarse_pass(const Search3DSetup& S, const Search3DInput& in, Search3DWor
   f.prev = f.turned ? matrix_to_euler(matmul(euler_to_matrix(in.rot, in.tilt, in.psi), transpose(f.Q)))
                     : Euler{in.rot, in.tilt, in.psi};
   f.prev_dir = euler_direction(f.prev.rot, f.prev.tilt);
+  f.P = S.perturb;
+  f.perturbed = S.perturb != identity3();
 
   PoseSet ps;
   ps.trans = S.trans;

@@ -83,6 +83,11 @@ struct Search3DSetup {
   int oversampling = 1;                    // --oversampling (0, 1 or 2)
   // Shells whose products enter the scale correction (RELION: data_vs_prior > 3); empty: all.
   std::vector<char> scale_shells;
+  // RELION's random perturbation of the sampling (--perturb): every orientation A of both passes
+  // is A P (P a small rotation, the same for all particles of an iteration; the map seen rotated
+  // by P), so that the grids do not stay in one place relative to the map from one iteration to
+  // the next. The job perturbs the global slices and the translations itself. Identity: none.
+  Mat3 perturb = identity3();
   // No alignment (--skip_align): only the classes at the particle's current pose (input rot, tilt,
   // psi, no translation) are scored, in the particle's frame; no coarse pass.
   bool fixed_pose = false;

@@ -10,6 +10,7 @@
 
 #include "regula/core/error.hpp"
 #include "regula/core/mpi.hpp"
+#include "regula/core/random.hpp"
 #include "regula/sampling/healpix.hpp"
 
 namespace regula::ml3d {
@@ -380,6 +381,30 @@ void ParticleValues::write_columns(star::Block& pb) const {
   pb.set_column("rlnNrOfSignificantSamples", nsig_int());
   pb.set_column("rlnLogLikeliContribution", loglik);
   pb.set_column("rlnNormCorrection", norm);
+}
+
+Perturbation sampling_perturbation(uint64_t seed, int iteration, double factor, double angular_step_deg,
+                                   double offset_step_px) {
+  Perturbation p;
+  if (!(factor > 0)) return p;
+  double r = 0;
+  for (int k = 1; k <= iteration; ++k) {
+    auto g = make_rng(seed, 0x505442, uint64_t(k));  // "PTB"
+    r += factor * (0.5 + 0.5 * uniform01(g));
+    r -= 2 * factor * std::floor((r + factor) / (2 * factor));  // into [-f, f)
+  }
+  p.fraction = r;
+  const double a = r * angular_step_deg;
+  p.rotation = euler_to_matrix(a, a, a);
+  p.shift_px = r * offset_step_px;
+  return p;
+}
+
+std::vector<Euler> perturbed_directions(std::span<const std::array<double, 2>> rot_tilt, const Mat3& P) {
+  std::vector<Euler> out(rot_tilt.size());
+  for (size_t d = 0; d < rot_tilt.size(); ++d)
+    out[d] = matrix_to_euler(matmul(euler_to_matrix(rot_tilt[d][0], rot_tilt[d][1], 0.0), P));
+  return out;
 }
 
 }  // namespace regula::ml3d

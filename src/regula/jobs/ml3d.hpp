@@ -252,4 +252,20 @@ struct Groups {
 };
 Groups particle_groups(const ParticleTable& table);
 
+// RELION's random perturbation of the sampling grids (--perturb f; HealpixSampling's
+// resetRandomlyPerturbedSampling): a fraction r in [-f, f] that moves on by U(f/2, f) every
+// iteration (wrapped), from 0 before the first; drawn from the seed, the same on every rank.
+// Every orientation A of an iteration's search becomes A P(r step), P(a) = the Euler matrix of
+// (a, a, a) degrees for the coarse angular step `step`, and every translation moves by r times the
+// coarse offset step along x and y.
+struct Perturbation {
+  double fraction = 0;      // r
+  Mat3 rotation = identity3();
+  double shift_px = 0;      // r x offset step
+};
+Perturbation sampling_perturbation(uint64_t seed, int iteration, double factor, double angular_step_deg,
+                                   double offset_step_px);
+// The global search's slices (rot, tilt, 0) as the perturbed orientations they stand for.
+std::vector<Euler> perturbed_directions(std::span<const std::array<double, 2>> rot_tilt, const Mat3& P);
+
 }  // namespace regula::ml3d

@@ -67,6 +67,7 @@ std::string Refine3DOptions::validate() const {
   if (oversampling < 0 || oversampling > 2) return fmt::format("--oversampling: must be 0, 1 or 2 (got {})", oversampling);
   if (!(adaptive_fraction > 0 && adaptive_fraction <= 1))
     return fmt::format("--adaptive_fraction: must be in (0, 1] (got {})", adaptive_fraction);
+  if (!(perturb >= 0 && perturb <= 1)) return fmt::format("--perturb: must be in [0, 1] (got {})", perturb);
   if (max_significants == 0 || max_significants < -1)
     return fmt::format("--maxsig: must be -1 (no bound) or positive (got {})", max_significants);
   if (!(tau2_fudge > 0)) return fmt::format("--tau2_fudge: must be positive (got {})", tau2_fudge);
@@ -505,7 +506,11 @@ IterationReport Job::iterate(bool final) {
   all_ = final ? ml3d::all_pixels(scale_, optics_model_) : ml3d::FinePixels();
   px_coarse_ = estep::search_pixels(n_, rc_);
   if (st_.local) local_table_.build(st_.order);
-  const std::vector<std::array<double, 2>> trans = translations(st_.offset_range, st_.offset_step);
+  // RELION's random perturbation of the grids (--perturb), the iteration's own (st_.iteration + 1).
+  const ml3d::Perturbation perturb = ml3d::sampling_perturbation(opt_.seed, st_.iteration + 1, opt_.perturb,
+                                                                 healpix_angular_step(st_.order), st_.offset_step);
+  std::vector<std::array<double, 2>> trans = translations(st_.offset_range, st_.offset_step);
+  for (auto& t : trans) t = {t[0] + perturb.shift_px, t[1] + perturb.shift_px};
   make_projectors();
   if (!st_.local) {
     OrientationSampling os(st_.order, sym_, healpix_angular_step(st_.order));
@@ -517,7 +522,10 @@ IterationReport Job::iterate(bool final) {
     }
     global_psi_.resize(os.num_psi());
     for (size_t p = 0; p < os.num_psi(); ++p) global_psi_[p] = os.psi(p);
-    pool_.parallel_for(0, 2, [&](size_t h, int) { estep::project_slices(*proj_[h], px_coarse_, global_dirs_, global_slices_[h]); });
+    const std::vector<Euler> slice_angles = ml3d::perturbed_directions(global_dirs_, perturb.rotation);
+    pool_.parallel_for(0, 2, [&](size_t h, int) {
+      estep::project_orientations(*proj_[h], px_coarse_, slice_angles, global_slices_[h]);
+    });
   }
   // The scale correction uses the shells where the signal is strong (RELION: data_vs_prior > 3,
   // i.e. FSC > 0.75 of the last iteration).
@@ -549,6 +557,7 @@ IterationReport Job::iterate(bool final) {
     S.max_significants = opt_.max_significants > 0 ? opt_.max_significants : 0;
     S.oversampling = opt_.oversampling;
     S.scale_shells = scale_shells;
+    S.perturb = perturb.rotation;
     group_setup_[size_t(h)] = ml3d::group_setups(S, scale_);
     for (size_t g = 0; g < fine_.px.size(); ++g) {
       group_setup_[size_t(h)][g].px_fine = &fine_.px[g];

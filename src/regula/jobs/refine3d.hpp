@@ -55,6 +55,8 @@ struct Refine3DOptions {
   double adaptive_fraction = 0.999; // --adaptive_fraction: posterior mass of the significant poses
   long max_significants = -1;       // --maxsig: at most this many significant coarse poses (-1: no bound)
   double tau2_fudge = 1;            // --tau2_fudge: multiplies the SSNR of the references' prior
+  double perturb = 0.5;             // --perturb: RELION's random perturbation of the sampling grids, as a
+                                    // fraction of their steps (0: none)
   bool pose_mean = true;            // --pose_mean / --pose_map: write the posterior mean pose (else the
                                     // maximum, as RELION)
   int stop_after = 0;               // stop after this iteration (0 = run to convergence); for tests

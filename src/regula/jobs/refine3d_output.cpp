@@ -242,6 +242,7 @@ Files write_iteration(const Refine3DOptions& opt, const std::string& input_star,
   o.set("rlnAdaptiveOversampleFraction", num(opt.adaptive_fraction));
   o.set("rlnMaxNumberOfSignificantPoses", std::to_string(opt.max_significants));
   o.set("rlnTau2FudgeFactor", num(opt.tau2_fudge));
+  o.set("rlnSamplingPerturbFactor", num(opt.perturb));
   o.set("regulaHalf1Map", f.half1);
   o.set("regulaHalf2Map", f.half2);
   o.set("regulaStateFile", f.state);
@@ -281,6 +282,8 @@ void read_checkpoint(const std::string& path, Refine3DOptions& opt, std::string&
   opt.adaptive_fraction = get_d("rlnAdaptiveOversampleFraction");
   opt.max_significants = long(get_d("rlnMaxNumberOfSignificantPoses"));
   opt.tau2_fudge = get_d("rlnTau2FudgeFactor");
+  // (Checkpoints written before --perturb existed ran with fixed grids.)
+  opt.perturb = o.has("rlnSamplingPerturbFactor") ? get_d("rlnSamplingPerturbFactor") : 0.0;
   input_star = get("regulaInputStarFile");
   read_state(get("regulaStateFile"), st);
   for (int h = 0; h < 2; ++h) {
