@@ -2,8 +2,10 @@
 # 3D auto-refinement on a high-resolution set (bench/make_hires_datasets.sh): Regula against RELION 3.1.3's
 # recorded run of the same set (bench/relion_baselines.sh SET).
 #
-#   bench/refine3d_hires_vs_relion.sh SET [OUT (bench/out)]    SET: apo 1u6g trpv55; REGULA, THREADS (2)
+#   bench/refine3d_hires_vs_relion.sh SET [OUT (bench/out)]    SET: apo 1u6g trpv55 trpv55_acc; REGULA, THREADS (2)
 #
+# trpv55_acc: the trpv55 data with the 70S acceptance command's sampling (--auto_local_healpix_order 3
+# --offset_step 2) instead of RELION's GUI defaults (4, 1).
 # Runs `regula refine3d` with the options of RELION's command (bench/relion_baselines.sh hires()), timed by
 # /usr/bin/time -v (wall and peak memory), unless OUT/regula_SET/run_class001.mrc exists (REDO=1 to run it
 # again). Then for each program that has a final map: the gold-standard resolution (FSC 0.143 of the
@@ -17,20 +19,22 @@ set_name="${1:?usage: refine3d_hires_vs_relion.sh apo|1u6g|trpv55 [OUT]}"
 out="${2:-$repo/bench/out}"
 regula="${REGULA:-$repo/build/bin/regula}"
 threads="${THREADS:-2}"
+data=$set_name local_order=4 offset_step=1
 case $set_name in
   apo) diameter=150 sym=O ;;
   1u6g) diameter=180 sym=C1 ;;
   trpv55) diameter=200 sym=C1 eval_sym=C4 ;;  # refined in C1; TRPV1 is C4, so poses are compared modulo C4
+  trpv55_acc) diameter=200 sym=C1 eval_sym=C4 data=trpv55 local_order=3 offset_step=2 ;;
   *) echo "unknown set $set_name"; exit 2 ;;
 esac
-d="$out/$set_name"
-[ -f "$d/particles.star" ] || REGULA="$regula" "$here/make_hires_datasets.sh" "$out" "$set_name"
-mine="$out/regula_$set_name"
+d="$out/$data"
+[ -f "$d/particles.star" ] || REGULA="$regula" "$here/make_hires_datasets.sh" "$out" "$data"
+mine="$out/regula_$set_name${TAG:-}"  # TAG: a suffix to keep runs apart (e.g. under another OPENBLAS_CORETYPE)
 if [ ! -f "$mine/run_class001.mrc" ] || [ "${REDO:-0}" = 1 ]; then
   mkdir -p "$mine"
   /usr/bin/time -v -o "$mine/time.txt" "$regula" --quiet refine3d --i "$d/particles.star" --o "$mine/run" \
     --ref "$d/ref30.mrc" --firstiter_cc --ini_high 30 --ctf --flatten_solvent --zero_mask --healpix_order 2 \
-    --auto_local_healpix_order 4 --offset_range 5 --offset_step 1 --low_resol_join_halves 40 \
+    --auto_local_healpix_order "$local_order" --offset_range 5 --offset_step "$offset_step" --low_resol_join_halves 40 \
     --particle_diameter "$diameter" --sym "$sym" --pad 2 --j "$threads" 2> "$mine/log.txt"
 fi
 wall() {  # seconds from /usr/bin/time -v's "Elapsed (wall clock) time (h:mm:ss or m:ss): ..."
@@ -46,6 +50,7 @@ if [ -n "$t_relion" ]; then
 fi
 for who in regula relion; do
   r="$out/${who}_$set_name"
+  [ $who = regula ] && r=$mine
   [ -f "$r/run_class001.mrc" ] || { echo "== $who: no final map in $r"; continue; }
   echo "== $who"
   "$regula" --quiet fsc --i1 "$r/run_half1_class001_unfil.mrc" --i2 "$r/run_half2_class001_unfil.mrc" | tail -1
