@@ -71,3 +71,28 @@ TEST(Ml3d, ParticleMaskFollowsTheOrigin) {
   EXPECT_EQ(ml3d::read_particle(images, table, 0, m, 1.0, {0, 0}, nullptr, true)(0, 0), 0.0f);
   fs::remove_all(dir);
 }
+
+// RELION's perturbation sequence (--perturb f): 0 before the first iteration, then moves of
+// U(f/2, f) wrapped into [-f, f); the same for the same seed and iteration, and none for f = 0.
+TEST(Ml3d, SamplingPerturbationFollowsRelionsRule) {
+  const double f = 0.5, step = 7.5, offset = 2;
+  EXPECT_EQ(ml3d::sampling_perturbation(1, 0, f, step, offset).fraction, 0.0);
+  EXPECT_EQ(ml3d::sampling_perturbation(1, 5, 0.0, step, offset).rotation, identity3());
+  double prev = 0;
+  for (int k = 1; k <= 40; ++k) {
+    const ml3d::Perturbation p = ml3d::sampling_perturbation(7, k, f, step, offset);
+    EXPECT_GE(p.fraction, -f);
+    EXPECT_LT(p.fraction, f);
+    double move = p.fraction - prev;  // U(f/2, f) modulo 2f
+    if (move < 0) move += 2 * f;
+    EXPECT_GE(move, 0.5 * f - 1e-12) << k;
+    EXPECT_LE(move, f + 1e-12) << k;
+    EXPECT_DOUBLE_EQ(p.shift_px, p.fraction * offset);
+    EXPECT_NEAR(rotation_distance_deg(p.rotation, euler_to_matrix(p.fraction * step, p.fraction * step,
+                                                                   p.fraction * step)), 0.0, 1e-4);  // acos near 1: about 1e-6 for equal matrices
+    EXPECT_EQ(p.fraction, ml3d::sampling_perturbation(7, k, f, step, offset).fraction);
+    prev = p.fraction;
+  }
+  EXPECT_NE(ml3d::sampling_perturbation(7, 3, f, step, offset).fraction,
+            ml3d::sampling_perturbation(8, 3, f, step, offset).fraction);
+}

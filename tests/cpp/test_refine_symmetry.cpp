@@ -296,3 +296,53 @@ TEST(RefineSums, BackProjectTheUnmaskedParticle) {
   EXPECT_LT(worst_w, 1e-5);
   EXPECT_LT(worst_d, 1e-4);
 }
+
+// --perturb (RELION's): the search's orientations are the grid's times P. A noise-free particle at a
+// perturbed grid orientation G P is found exactly there with the perturbation, and not without it
+// (then the best pose is a grid pose, a fraction of the step away).
+TEST(RefineSampling, TheSearchUsesThePerturbedGrid) {
+  Fixture f("C1");
+  const int order = 3;
+  const double step = healpix_angular_step(order);
+  f.table.build(order);
+  size_t d = 0;
+  while (d < f.table.rot_tilt.size() && std::abs(f.table.rot_tilt[d][1] - 70) > step) ++d;
+  ASSERT_LT(d, f.table.rot_tilt.size());
+  const Euler G{f.table.rot_tilt[d][0], f.table.rot_tilt[d][1], 30};
+  const double a = 0.4 * step;
+  const Mat3 P = euler_to_matrix(a, a, a);
+  const Mat3 GP = matmul(euler_to_matrix(G.rot, G.tilt, G.psi), P);
+  const Image img = f.proj.project_real(GP);
+  const estep::RotatableParticle x(img, 0, 0, std::nullopt);
+  std::vector<float> inv_sigma2(size_t(f.n / 2 + 1), 1.0f);
+  inv_sigma2[0] = 0;
+  for (bool perturbed : {true, false}) {
+    estep::Search3DSetup S;
+    S.proj = {&f.proj};
+    S.px_coarse = &f.px_coarse;
+    S.px_fine = &f.px_fine;
+    S.local = true;
+    S.order = order;
+    S.sigma_ang = step;
+    S.table = &f.table;
+    S.trans = {{0, 0}};
+    S.oversampling = 0;
+    S.cross_correlation = true;
+    if (perturbed) S.perturb = P;
+    estep::Search3DInput in;
+    in.x = &x;
+    in.inv_sigma2 = inv_sigma2;
+    in.rot = G.rot;
+    in.tilt = G.tilt;
+    in.psi = G.psi;
+    estep::Search3DWork ws;
+    estep::Search3DResult r;
+    estep::search_particle_3d(S, in, ws, nullptr, r);
+    ASSERT_TRUE(r.valid);
+    const double err = rotation_distance_deg(euler_to_matrix(r.rot, r.tilt, r.psi), GP);
+    if (perturbed)
+      EXPECT_LT(err, 1e-4) << r.rot << " " << r.tilt << " " << r.psi;  // acos near 1: ~1e-6 when equal
+    else
+      EXPECT_GT(err, 0.5 * a) << r.rot << " " << r.tilt << " " << r.psi;
+  }
+}
