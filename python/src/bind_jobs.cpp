@@ -283,7 +283,7 @@ void bind_jobs(py::module_& m) {
        REGULA_FIELD(T, sigma_ang), REGULA_FIELD(T, threads), REGULA_FIELD(T, seed), REGULA_FIELD(T, continue_from),
        REGULA_FIELD(T, angpix), REGULA_FIELD(T, norm), REGULA_FIELD(T, scale), REGULA_FIELD(T, incr_size),
        REGULA_FIELD(T, mask_edge), REGULA_FIELD(T, adaptive_fraction), REGULA_FIELD(T, max_significants),
-       REGULA_FIELD(T, oversampling), REGULA_FIELD(T, staged)},
+       REGULA_FIELD(T, oversampling), REGULA_FIELD(T, staged), REGULA_FIELD(T, perturb)},
       [](const T& o) { return run_class3d(o); },
       [](const T&, Class3DResult r) {
         py::dict d;

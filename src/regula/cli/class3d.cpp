@@ -44,6 +44,8 @@ void add_class3d(CLI::App& app) {
                 "Posterior mass of the significant coarse poses refined in the finer pass")->capture_default_str();
   s->add_option("--maxsig", opt->max_significants, "At most this many significant coarse poses per particle (-1: no bound)")
       ->capture_default_str();
+  s->add_option("--perturb", opt->perturb, "Random perturbation of the angular and translational grids every "
+                "iteration, as a fraction of their steps (RELION's default 0.5; here 0: fixed grids, measured better)")->capture_default_str();
   s->add_option("--oversampling", opt->oversampling, "Finer pass on a grid 2^N finer (0, 1 or 2)")->capture_default_str();
   s->add_option("--incr_size", opt->incr_size, "Shells added above the best class resolution")->capture_default_str();
   auto ignored = std::make_shared<int>(0);

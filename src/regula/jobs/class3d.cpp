@@ -49,6 +49,7 @@ std::string Class3DOptions::validate() const {
   if (out_root.empty()) return "--o: an output root is required";
   if (iterations < 1) return fmt::format("--iter: must be at least 1 (got {})", iterations);
   if (!(tau2_fudge > 0)) return fmt::format("--tau2_fudge: must be positive (got {})", tau2_fudge);
+  if (!(perturb >= 0 && perturb <= 1)) return fmt::format("--perturb: must be in [0, 1] (got {})", perturb);
   if (!(ini_high > 0)) return fmt::format("--ini_high: must be positive Å (got {})", ini_high);
   if (particle_diameter < 0) return fmt::format("--particle_diameter: must be >= 0 Å (got {})", particle_diameter);
   if (healpix_order < 0 || healpix_order > 5)
@@ -417,7 +418,12 @@ Report Job::iterate() {
   setup_.order = order;
   setup_.sigma_ang = opt_.sigma_ang > 0 ? opt_.sigma_ang : healpix_angular_step(order);
   setup_.table = &table_dirs_;
+  // RELION's random perturbation of the grids (--perturb; none when the poses are fixed).
+  const ml3d::Perturbation perturb = ml3d::sampling_perturbation(
+      opt_.seed, st_.iteration + 1, fixed_poses_ ? 0.0 : opt_.perturb, healpix_angular_step(order), opt_.offset_step);
   setup_.trans = translations(opt_.offset_range, opt_.offset_step);
+  for (auto& t : setup_.trans) t = {t[0] + perturb.shift_px, t[1] + perturb.shift_px};
+  setup_.perturb = perturb.rotation;
   setup_.offset_step = opt_.offset_step;
   setup_.sigma_offset2 = st_.sigma2_offset;
   setup_.cross_correlation = cc;
@@ -444,8 +450,9 @@ Report Job::iterate() {
     global_slices_.s2.resize(global_slices_.d * m);
     pool_.parallel_for(0, size_t(Ksearch), [&](size_t k, int) {
       estep::Slices one;
-      std::vector<std::array<double, 2>> dirs(global_dirs_.begin() + long(k * D), global_dirs_.begin() + long((k + 1) * D));
-      estep::project_slices(*proj_[k], px_coarse_, dirs, one);
+      const std::vector<std::array<double, 2>> dirs(global_dirs_.begin() + long(k * D),
+                                                    global_dirs_.begin() + long((k + 1) * D));
+      estep::project_orientations(*proj_[k], px_coarse_, ml3d::perturbed_directions(dirs, perturb.rotation), one);
       std::copy(one.s.begin(), one.s.end(), global_slices_.s.begin() + long(k * D * 2 * m));
       std::copy(one.s2.begin(), one.s2.end(), global_slices_.s2.begin() + long(k * D * m));
     });
@@ -739,6 +746,7 @@ void Job::write_iteration(const Report& rep) {
   o.set("rlnRandomSeed", std::to_string(opt_.seed));
   o.set("rlnNrClasses", std::to_string(K_));
   o.set("rlnTau2FudgeFactor", num(opt_.tau2_fudge));
+  o.set("rlnSamplingPerturbFactor", num(opt_.perturb));
   o.set("rlnParticleDiameter", num(opt_.particle_diameter));
   o.set("rlnWidthMaskEdge", num(opt_.mask_edge));
   o.set("rlnDoZeroMask", opt_.zero_mask ? "1" : "0");
@@ -779,6 +787,8 @@ void Job::read_checkpoint() {
   if (!opt_.iterations_given) opt_.iterations = int(get_d("rlnNumberOfIterations"));
   opt_.seed = uint64_t(get_d("rlnRandomSeed"));
   opt_.tau2_fudge = get_d("rlnTau2FudgeFactor");
+  // (Checkpoints written before --perturb existed ran with fixed grids.)
+  opt_.perturb = o.has("rlnSamplingPerturbFactor") ? get_d("rlnSamplingPerturbFactor") : 0.0;
   opt_.particle_diameter = get_d("rlnParticleDiameter");
   opt_.mask_edge = get_d("rlnWidthMaskEdge");
   opt_.zero_mask = get_d("rlnDoZeroMask") != 0;

@@ -47,6 +47,8 @@ struct Class3DOptions {
   double adaptive_fraction = 0.999; // --adaptive_fraction
   long max_significants = -1;       // --maxsig (-1: no bound)
   int oversampling = 1;             // --oversampling (0, 1 or 2)
+  double perturb = 0;               // --perturb: random moves of the sampling grids (RELION's default is 0.5;
+                                    // here 0: it cost 2-5% of the classification, docs/class3d.md)
   bool staged = true;               // --staged / --random_subsets: for K > 1, consensus iterations, then
                                     // classification at fixed poses, then the full search (else
                                     // RELION's random subsets from iteration 1)

@@ -402,8 +402,10 @@ Perturbation sampling_perturbation(uint64_t seed, int iteration, double factor, 
 
 std::vector<Euler> perturbed_directions(std::span<const std::array<double, 2>> rot_tilt, const Mat3& P) {
   std::vector<Euler> out(rot_tilt.size());
+  const bool none = P == identity3();  // the directions as they are (no round trip through a matrix)
   for (size_t d = 0; d < rot_tilt.size(); ++d)
-    out[d] = matrix_to_euler(matmul(euler_to_matrix(rot_tilt[d][0], rot_tilt[d][1], 0.0), P));
+    out[d] = none ? Euler{rot_tilt[d][0], rot_tilt[d][1], 0.0}
+                  : matrix_to_euler(matmul(euler_to_matrix(rot_tilt[d][0], rot_tilt[d][1], 0.0), P));
   return out;
 }
 
