@@ -421,8 +421,7 @@ Report Job::iterate() {
   // RELION's random perturbation of the grids (--perturb; none when the poses are fixed).
   const ml3d::Perturbation perturb = ml3d::sampling_perturbation(
       opt_.seed, st_.iteration + 1, fixed_poses_ ? 0.0 : opt_.perturb, healpix_angular_step(order), opt_.offset_step);
-  setup_.trans = translations(opt_.offset_range, opt_.offset_step);
-  for (auto& t : setup_.trans) t = {t[0] + perturb.shift_px, t[1] + perturb.shift_px};
+  setup_.trans = perturb.shifted(translations(opt_.offset_range, opt_.offset_step));
   setup_.perturb = perturb.rotation;
   setup_.offset_step = opt_.offset_step;
   setup_.sigma_offset2 = st_.sigma2_offset;

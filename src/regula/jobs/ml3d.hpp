@@ -262,6 +262,11 @@ struct Perturbation {
   double fraction = 0;      // r
   Mat3 rotation = identity3();
   double shift_px = 0;      // r x offset step
+  // A translation grid (px) moved by shift_px along x and y.
+  std::vector<std::array<double, 2>> shifted(std::vector<std::array<double, 2>> trans) const {
+    for (auto& t : trans) t = {t[0] + shift_px, t[1] + shift_px};
+    return trans;
+  }
 };
 Perturbation sampling_perturbation(uint64_t seed, int iteration, double factor, double angular_step_deg,
                                    double offset_step_px);

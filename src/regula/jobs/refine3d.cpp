@@ -509,8 +509,7 @@ IterationReport Job::iterate(bool final) {
   // RELION's random perturbation of the grids (--perturb), the iteration's own (st_.iteration + 1).
   const ml3d::Perturbation perturb = ml3d::sampling_perturbation(opt_.seed, st_.iteration + 1, opt_.perturb,
                                                                  healpix_angular_step(st_.order), st_.offset_step);
-  std::vector<std::array<double, 2>> trans = translations(st_.offset_range, st_.offset_step);
-  for (auto& t : trans) t = {t[0] + perturb.shift_px, t[1] + perturb.shift_px};
+  const std::vector<std::array<double, 2>> trans = perturb.shifted(translations(st_.offset_range, st_.offset_step));
   make_projectors();
   if (!st_.local) {
     OrientationSampling os(st_.order, sym_, healpix_angular_step(st_.order));
