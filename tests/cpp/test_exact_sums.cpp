@@ -8,6 +8,7 @@
 #include <cmath>
 #include <numeric>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "regula/core/exact_sum.hpp"
@@ -139,48 +140,63 @@ TEST(BackProjectorExact, SameBitsForAnySplitAndCloseToFloat) {
   EXPECT_GT(mag, 0);
 }
 
-// insert_slices (one particle's orientations summed in a private buffer around their plane, then
-// added once per point) gives the sums of one insert_pixels per slice: the same values up to the
-// quanta and the order of the double additions, for orientations close together (one group) and
-// far apart (several groups), in 3D and 2D, over two calls.
+// insert_slices and shared insert_pixels (each call's contributions summed in a thread-private
+// buffer of bricks, then added once per point) give the sums of the direct per-contribution path
+// (unshared insert_pixels, one slice at a time): the same values up to the float rounding of the
+// buffer, for orientations close together and far apart, in 3D and 2D, over several calls, and
+// with a buffer of 40 bricks (emptied into the sums and refilled many times during a call).
 TEST(BackProjectorExact, InsertSlicesMatchesSliceBySlice) {
   auto g = make_rng(21);
-  for (int dim : {3, 2}) {
-    const int n = 32, r = 14;
+  for (const auto& [dim, n, J, bricks] : {std::tuple{3, 32, 60, 0}, std::tuple{2, 32, 60, 0},
+                                          std::tuple{3, 32, 60, 40}, std::tuple{2, 32, 60, 40}}) {
+    if (bricks > 0) BackProjector::set_insert_buffer_bricks(size_t(bricks));
+    const int r = n / 2 - 2;
     std::vector<float> kx, ky;
     for (int y = -r; y <= r; ++y)
       for (int x = 0; x <= r; ++x)
         if ((x > 0 || y > 0) && x * x + y * y <= r * r) kx.push_back(float(x)), ky.push_back(float(y));
-    const size_t m = kx.size(), J = 60;
-    std::vector<float> data(J * 2 * m), weight(J * m);
+    const size_t m = kx.size();
+    std::vector<float> data(size_t(J) * 2 * m), weight(size_t(J) * m);
     for (float& v : data) v = float(normal01(g));
     for (float& v : weight) v = float(uniform01(g));
-    std::vector<Mat3> A(J);
-    for (size_t j = 0; j < J; ++j) {
+    std::vector<Mat3> A(static_cast<size_t>(J));
+    for (size_t j = 0; j < A.size(); ++j) {
       // Two clusters within 4 degrees of two orientations, and a few anywhere.
-      const double spread = j % 13 == 0 ? 180.0 : 4.0;
+      const double spread = j % 13 == 0 ? 360.0 : 4.0;
       const double base = j % 2 ? 40.0 : 110.0;
       A[j] = dim == 3 ? euler_to_matrix(base + spread * (uniform01(g) - 0.5), 70 + spread * (uniform01(g) - 0.5),
                                         spread * (uniform01(g) - 0.5))
                       : euler_to_matrix(0, 0, 360 * uniform01(g));
     }
-    BackProjector a(n, 2, r, dim), b(n, 2, r, dim);
-    a.start_exact(1e4, 1e4);
+    BackProjector a(n, 2, r, dim), b(n, 2, r, dim), c(n, 2, r, dim);
+    a.start_exact(1e4, 1e4, false);  // unshared: contribution by contribution, no buffer for single slices
     b.start_exact(1e4, 1e4);
-    for (size_t j = 0; j < J; ++j) a.insert_pixels(kx, ky, data.data() + j * 2 * m, weight.data() + j * m, A[j]);
-    // In two calls (one thread's buffer reused by groups of other shapes: it must be left clean).
+    c.start_exact(1e4, 1e4);
+    for (size_t j = 0; j < A.size(); ++j) a.insert_pixels(kx, ky, data.data() + j * 2 * m, weight.data() + j * m, A[j]);
+    // In two calls (one thread's buffer reused: it must be left clean).
     const size_t J1 = 23;
     b.insert_slices(kx, ky, data.data(), weight.data(), std::span<const Mat3>(A.data(), J1));
-    b.insert_slices(kx, ky, data.data() + J1 * 2 * m, weight.data() + J1 * m, std::span<const Mat3>(A.data() + J1, J - J1));
+    b.insert_slices(kx, ky, data.data() + J1 * 2 * m, weight.data() + J1 * m,
+                    std::span<const Mat3>(A.data() + J1, A.size() - J1));
+    // Shared insert_pixels: the buffer, one slice per call.
+    for (size_t j = 0; j < A.size(); ++j) c.insert_pixels(kx, ky, data.data() + j * 2 * m, weight.data() + j * m, A[j]);
     a.finish_exact();
     b.finish_exact();
-    double err = 0, mag = 0;
+    c.finish_exact();
+    double err_b = 0, err_c = 0, mag = 0;
     for (size_t i = 0; i < a.data_values().size(); ++i) {
-      err = std::max(err, double(std::abs(a.data_values()[i] - b.data_values()[i])));
-      err = std::max(err, double(std::abs(a.weight_values()[i] - b.weight_values()[i])));
+      err_b = std::max({err_b, double(std::abs(a.data_values()[i] - b.data_values()[i])),
+                        double(std::abs(a.weight_values()[i] - b.weight_values()[i]))});
+      err_c = std::max({err_c, double(std::abs(a.data_values()[i] - c.data_values()[i])),
+                        double(std::abs(a.weight_values()[i] - c.weight_values()[i]))});
       mag = std::max(mag, double(std::abs(a.data_values()[i])));
     }
     EXPECT_GT(mag, 1.0) << "dim " << dim;
-    EXPECT_LT(err, 1e-6 * mag) << "dim " << dim;  // float storage of the sums; the quanta are 1e4 / 2^61
+    // Float sums in the buffer of up to J x 8 terms per point: about sqrt(J x 8) roundings of
+    // 2^-24 of the sum each (1.3e-6 for 480 terms; the bound of the worst case, J x 8 x 2^-24, is
+    // 3e-5); the quanta are 1e4 / 2^61, negligible.
+    EXPECT_LT(err_b, 4e-6 * mag) << "dim " << dim << " n " << n;
+    EXPECT_LT(err_c, 4e-6 * mag) << "dim " << dim << " n " << n;
   }
+  BackProjector::set_insert_buffer_bricks(size_t(1) << 15);
 }

@@ -205,6 +205,41 @@ TEST(PoseSearch, DirectSearchEqualsTheParticleFrameScores) {
     }
 }
 
+// project_orientations fills its rows by pixel blocks over all orientations at once: each row is the
+// orientation's own projection, bit for bit (pixels over several blocks, beyond the limit too).
+TEST(PoseSearch, BlockedProjectionsEqualOneByOne) {
+  const Volume map = test_map();
+  const int n = map.nx();
+  Projector proj(map, 2, n / 2 - 4);
+  const estep::SearchPixels px = estep::search_pixels(n, n / 2);
+  ASSERT_GT(px.size(), 200u);
+  const std::vector<Euler> ang = {{30, 60, 10}, {30.4, 60.2, 10.5}, {-120, 100, 17}, {75, 10, -40}, {31, 61, 12}};
+  std::vector<float> s(ang.size() * 2 * px.size()), s2(ang.size() * px.size());
+  estep::project_orientations(proj, px, ang, s.data(), s2.data());
+  std::vector<float> a(2 * px.size()), a2(px.size());
+  for (size_t j = 0; j < ang.size(); ++j) {
+    estep::project_orientation(proj, px, ang[j], a.data(), a2.data());
+    for (size_t q = 0; q < px.size(); ++q) {
+      ASSERT_EQ(s[j * 2 * px.size() + 2 * q], a[2 * q]) << j << " " << q;
+      ASSERT_EQ(s[j * 2 * px.size() + 2 * q + 1], a[2 * q + 1]) << j << " " << q;
+      ASSERT_EQ(s2[j * px.size() + q], a2[q]) << j << " " << q;
+    }
+  }
+  // And a row is the central slice: the value at pixel q equals Projector::project's at (kx, ky).
+  Grid<cfloat> slice;
+  proj.project(euler_to_matrix(ang[2].rot, ang[2].tilt, ang[2].psi), slice);
+  double err = 0, mag = 0;
+  for (size_t q = 0; q < px.size(); ++q) {
+    const int kx = int(px.kx[q]), ky = int(px.ky[q]);
+    if (kx * kx + ky * ky > (n / 2 - 4) * (n / 2 - 4)) continue;
+    const cfloat v = slice(kx, ky < 0 ? ky + n : ky);
+    err = std::max(err, double(std::abs(v - cfloat(s[2 * 2 * px.size() + 2 * q], s[2 * 2 * px.size() + 2 * q + 1]))));
+    mag = std::max(mag, double(std::abs(v)));
+  }
+  EXPECT_GT(mag, 0);
+  EXPECT_LT(err, 1e-5 * mag);
+}
+
 TEST(PoseSearch, FindsTheTruePoseOfANoiseFreeProjection) {
   const Volume map = test_map();
   const int n = map.nx();

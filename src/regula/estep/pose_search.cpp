@@ -142,24 +142,53 @@ float RotatableParticle::ctf(double kx, double ky) const {
   return optics_ ? optics_->predicted(float(optics_->ctf_value(kx, ky))) : 1.0f;
 }
 
-void project_orientation(const Projector& proj, const SearchPixels& px, const Euler& angle, float* s, float* s2) {
-  const size_t m = px.size();
-  const double p = proj.padding();
-  const FourierLattice& lat = proj.lattice();
-  const Mat3 A = euler_to_matrix(angle.rot, angle.tilt, angle.psi);
-  const double m00 = p * A[0][0], m01 = p * A[1][0], m10 = p * A[0][1], m11 = p * A[1][1], m20 = p * A[0][2],
-               m21 = p * A[1][2];
-  // Pixels beyond the projector's limit (only reference-frame pixels T k of a magnified group can
-  // be) have no reference there: 0, as the back-projector skips them.
-  const double lim2 = (proj.r_max() + 0.5) * (proj.r_max() + 0.5);
-  for (size_t q = 0; q < m; ++q) {
+namespace {
+
+// The central-slice coefficients of one orientation: lattice position = (p A^T) (kx, ky, 0).
+struct SliceMap {
+  double m00, m01, m10, m11, m20, m21;
+  SliceMap(const Euler& angle, double p) {
+    const Mat3 A = euler_to_matrix(angle.rot, angle.tilt, angle.psi);
+    m00 = p * A[0][0], m01 = p * A[1][0], m10 = p * A[0][1], m11 = p * A[1][1], m20 = p * A[0][2], m21 = p * A[1][2];
+  }
+};
+
+// Pixels [q0, q1) of one projection (s, s2: the whole rows).
+void project_pixels(const FourierLattice& lat, const SearchPixels& px, const SliceMap& c, double lim2, size_t q0,
+                    size_t q1, float* s, float* s2) {
+  for (size_t q = q0; q < q1; ++q) {
     const double x = px.kx[q], y = px.ky[q];
-    const cfloat v = x * x + y * y > lim2 ? cfloat(0.0f, 0.0f)
-                                          : lat.interpolate(m00 * x + m01 * y, m10 * x + m11 * y, m20 * x + m21 * y);
+    const cfloat v = x * x + y * y > lim2
+                         ? cfloat(0.0f, 0.0f)
+                         : lat.interpolate(c.m00 * x + c.m01 * y, c.m10 * x + c.m11 * y, c.m20 * x + c.m21 * y);
     s[2 * q] = v.real();
     s[2 * q + 1] = v.imag();
     s2[q] = std::norm(v);
   }
+}
+
+}  // namespace
+
+void project_orientations(const Projector& proj, const SearchPixels& px, std::span<const Euler> angles, float* s,
+                          float* s2) {
+  const size_t m = px.size(), J = angles.size();
+  const FourierLattice& lat = proj.lattice();
+  // Pixels beyond the projector's limit (only reference-frame pixels T k of a magnified group can
+  // be) have no reference there: 0, as the back-projector skips them.
+  const double lim2 = (proj.r_max() + 0.5) * (proj.r_max() + 0.5);
+  std::vector<SliceMap> maps;
+  maps.reserve(J);
+  for (const Euler& e : angles) maps.emplace_back(e, double(proj.padding()));
+  // Pixel blocks outer, orientations inner: nearby orientations (a local search's) read nearby
+  // lattice points, which stay in cache for the next orientation (measured: 2x faster at box 192).
+  constexpr size_t kBlock = 64;
+  for (size_t q0 = 0; q0 < m; q0 += kBlock)
+    for (size_t j = 0; j < J; ++j)
+      project_pixels(lat, px, maps[j], lim2, q0, std::min(m, q0 + kBlock), s + j * 2 * m, s2 + j * m);
+}
+
+void project_orientation(const Projector& proj, const SearchPixels& px, const Euler& angle, float* s, float* s2) {
+  project_orientations(proj, px, std::span<const Euler>(&angle, 1), s, s2);
 }
 
 void project_orientations(const Projector& proj, const SearchPixels& px, std::span<const Euler> angles, Slices& out) {
@@ -168,7 +197,7 @@ void project_orientations(const Projector& proj, const SearchPixels& px, std::sp
   out.m = m;
   out.s.resize(J * 2 * m);
   out.s2.resize(J * m);
-  for (size_t j = 0; j < J; ++j) project_orientation(proj, px, angles[j], out.s.data() + j * 2 * m, out.s2.data() + j * m);
+  project_orientations(proj, px, angles, out.s.data(), out.s2.data());
 }
 
 void project_slices(const Projector& proj, const SearchPixels& px, std::span<const std::array<double, 2>> rot_tilt,

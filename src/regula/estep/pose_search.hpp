@@ -120,6 +120,10 @@ void project_slices(const Projector& proj, const SearchPixels& px, std::span<con
 
 // Projections at full orientations (rot, tilt, psi) at the search pixels, as project_slices.
 void project_orientations(const Projector& proj, const SearchPixels& px, std::span<const Euler> angles, Slices& out);
+// The same into rows s + j 2m, s2 + j m (pixel blocks outer, orientations inner: the lattice points of
+// nearby orientations stay in cache).
+void project_orientations(const Projector& proj, const SearchPixels& px, std::span<const Euler> angles, float* s,
+                          float* s2);
 // One projection: s gets 2m interleaved floats, s2 m floats (|S|^2).
 void project_orientation(const Projector& proj, const SearchPixels& px, const Euler& angle, float* s, float* s2);
 

@@ -233,9 +233,13 @@ bool score_fine(const Search3DSetup& S, const Search3DInput& in, const FinePoses
     ws.block.m = m;
     ws.block.s.resize(nb * 2 * m);
     ws.block.s2.resize(nb * m);
-    for (size_t j = j0; j < j1; ++j)
-      project_orientation(*S.proj[size_t(fp.cls[j])], px, fp.ang[j], ws.block.s.data() + (j - j0) * 2 * m,
-                          ws.block.s2.data() + (j - j0) * m);
+    for (size_t ja = j0; ja < j1;) {  // runs of one class
+      size_t jb = ja + 1;
+      while (jb < j1 && fp.cls[jb] == fp.cls[ja]) ++jb;
+      project_orientations(*S.proj[size_t(fp.cls[ja])], px, std::span<const Euler>(fp.ang.data() + ja, jb - ja),
+                           ws.block.s.data() + (ja - j0) * 2 * m, ws.block.s2.data() + (ja - j0) * m);
+      ja = jb;
+    }
     detail::sgemm(false, true, T, nb, 2 * m, ws.work.q.data(), 2 * m, ws.block.s.data(), 2 * m, 0.0f,
                   ws.score.data() + j0, J);
     cblas_sgemv(CblasRowMajor, CblasNoTrans, int(nb), int(m), 1.0f, ws.block.s2.data(), int(m), ws.work.b.data(), 1,

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <limits>
 #include <atomic>
+#include <mutex>
 #include <cstdint>
 
 #include <fmt/format.h>
@@ -78,9 +79,50 @@ class BlobConvolution {
 // (Truncation toward zero: one instruction; the error is below one quantum, as rounding's half.)
 inline int64_t quantise(double v, double inv_quantum) { return static_cast<int64_t>(v * inv_quantum); }
 
-inline void atomic_add(int64_t& target, int64_t v) {
-  if (v != 0) std::atomic_ref<int64_t>(target).fetch_add(v, std::memory_order_relaxed);
-}
+
+
+// Fewer slices than this go straight into unshared exact sums (the buffer pays off from about 4 on:
+// bench_imaging BM_InsertSlicesExact).
+constexpr size_t kMinBuffered = 4;
+
+// Thread-private sums of one insert_slices() call: lattice points in bricks of 4 x 4 x 4 (x, y + R,
+// z + R; the z side is 1 in 2D), a brick's storage taken when one of its points is first touched.
+// Storage is zero when taken: flush() zeroes what it reads.
+struct BrickSums {
+  static constexpr unsigned kSide = 4;
+  static constexpr size_t kValues = 3 * kSide * kSide * kSide;  // re, im, weight per point
+  // At most max_bricks (default 2^15: 24 MB) at once; beyond, insert_buffered adds them to the sums
+  // first (BackProjector::set_insert_buffer_bricks).
+  static inline std::atomic<size_t> max_bricks{size_t(1) << 15};
+  int R = -1, dim = 0, nbx = 0, nby = 0, nbz = 0;
+  std::vector<int32_t> slot;     // per brick: its storage, or -1
+  std::vector<int32_t> touched;  // bricks with storage
+  std::vector<float> sums;
+  void fit(int radius, int dimension) {
+    if (radius == R && dimension == dim) return;
+    R = radius;
+    dim = dimension;
+    nbx = (R + 2) / int(kSide) + 1;
+    nby = (2 * R + 2) / int(kSide) + 1;
+    nbz = dim == 3 ? nby : 1;
+    slot.assign(size_t(nbx) * size_t(nby) * size_t(nbz), -1);
+    touched.clear();
+  }
+  // The sums of the point at (X, Y, Z) = (x, y + R, z + R), nullptr when it needs a new brick and
+  // max_bricks are in use.
+  float* point(unsigned X, unsigned Y, unsigned Z) {
+    const size_t b = (size_t(Z / kSide) * size_t(nby) + size_t(Y / kSide)) * size_t(nbx) + size_t(X / kSide);
+    int32_t s = slot[b];
+    if (s < 0) {
+      if (touched.size() >= max_bricks.load(std::memory_order_relaxed)) return nullptr;
+      s = int32_t(touched.size());
+      slot[b] = s;
+      touched.push_back(int32_t(b));
+      if (sums.size() < touched.size() * kValues) sums.resize(touched.size() * kValues, 0.0f);
+    }
+    return sums.data() + size_t(s) * kValues + 3 * (((Z % kSide) * kSide + Y % kSide) * kSide + X % kSide);
+  }
+};
 
 }  // namespace
 
@@ -121,6 +163,8 @@ BackProjector::BackProjector(int n, int padding, int r_max, int dim) {
 
 void BackProjector::start_exact(double data_bound, double weight_bound, bool shared) {
   exact_shared_ = shared;
+  // One lock per z slab of insert_buffered's bricks.
+  slab_locks_ = LockSet(shared ? size_t(ball_.dim == 3 ? (2 * ball_.R + 2) / 4 + 1 : 1) : 0);
   if (!(data_bound > 0) || !(weight_bound > 0) || !std::isfinite(data_bound) || !std::isfinite(weight_bound))
     runtime_error("backprojector: exact accumulation needs positive finite bounds (got {}, {})", data_bound,
                   weight_bound);
@@ -132,6 +176,8 @@ void BackProjector::start_exact(double data_bound, double weight_bound, bool sha
   std::vector<cfloat>().swap(data_);
   std::vector<float>().swap(weight_);
 }
+
+void BackProjector::set_insert_buffer_bricks(size_t bricks) { BrickSums::max_bricks = std::max<size_t>(bricks, 1); }
 
 void BackProjector::finish_exact() {
   if (exact_.empty()) return;
@@ -165,12 +211,13 @@ void BackProjector::effective(size_t i, int x, int y, int z, cfloat& d, float& w
   w += weight_[size_t(j)];
 }
 
-// Linear spreading of pixel values into the ball: deposit(index, c, value, weight) for each of the
-// 4 (2D) or 8 (3D) lattice points around A^T k (scaled by the padding), with the Hermitian mate
-// for points at x < 0. Pixels beyond r_max are skipped.
-template <class Deposit>
-void BackProjector::spread_pixels(std::span<const float> kx, std::span<const float> ky, const float* v,
-                                  const float* wt, const Mat3& A, Deposit&& deposit) {
+// Linear spreading of pixel values into the ball, one cell per pixel: cell(x0, y0, z0, fx, fy, fz,
+// value, weight) for the lattice cell whose corner (x0, y0, z0) is the floor of A^T k (scaled by the
+// padding; the Hermitian mate, conjugated, when that has x < 0) and f the fractional parts (z0 = 0
+// and fz = 0 in 2D). Pixels beyond r_max are skipped.
+template <class Cell>
+void BackProjector::spread_cells(std::span<const float> kx, std::span<const float> ky, const float* v,
+                                 const float* wt, const Mat3& A, Cell&& cell) const {
   const double p = pad_;
   const double m00 = p * A[0][0], m01 = p * A[1][0];
   const double m10 = p * A[0][1], m11 = p * A[1][1];
@@ -189,37 +236,43 @@ void BackProjector::spread_pixels(std::span<const float> kx, std::span<const flo
       val = std::conj(val);
     }
     const int x0 = int(std::floor(px)), y0 = int(std::floor(py)), z0 = dim == 3 ? int(std::floor(pz)) : 0;
-    const float fx = float(px - x0), fy = float(py - y0), fz = dim == 3 ? float(pz - z0) : 0.0f;
+    cell(x0, y0, z0, float(px - x0), float(py - y0), dim == 3 ? float(pz - z0) : 0.0f, val, wt[q]);
+  }
+}
+
+// The same as deposit(index, x, y, z, c, value, weight) for each of the 4 (2D) or 8 (3D) corners of
+// the cells, c the corner's linear weight.
+template <class Deposit>
+void BackProjector::spread_pixels(std::span<const float> kx, std::span<const float> ky, const float* v,
+                                  const float* wt, const Mat3& A, Deposit&& deposit) {
+  const int dim = ball_.dim;
+  spread_cells(kx, ky, v, wt, A, [&](int x0, int y0, int z0, float fx, float fy, float fz, cfloat val, float w) {
     const float gx[2] = {1 - fx, fx}, gy[2] = {1 - fy, fy}, gz[2] = {1 - fz, fz};
     for (int dz = 0; dz < (dim == 3 ? 2 : 1); ++dz)
       for (int dy = 0; dy < 2; ++dy) {
         const size_t r = ball_.row(y0 + dy, z0 + dz);
         const size_t i0 = size_t(ball_.start[r] + x0);
         const float cyz = gy[dy] * (dim == 3 ? gz[dz] : 1.0f);
-        deposit(i0, x0, y0 + dy, z0 + dz, gx[0] * cyz, val, wt[q]);
-        deposit(i0 + 1, x0 + 1, y0 + dy, z0 + dz, gx[1] * cyz, val, wt[q]);
+        deposit(i0, x0, y0 + dy, z0 + dz, gx[0] * cyz, val, w);
+        deposit(i0 + 1, x0 + 1, y0 + dy, z0 + dz, gx[1] * cyz, val, w);
       }
-  }
+  });
 }
 
 void BackProjector::insert_pixels(std::span<const float> kx, std::span<const float> ky, const float* v,
                                   const float* wt, const Mat3& A) {
   assert(!hermitian_done_ && "insert_pixels() after symmetrise()");
   if (!exact_.empty()) {
-    int64_t* e = exact_.data();
-    const double qd = qdata_, qw = qweight_;
-    if (!exact_shared_) {
-      spread_pixels(kx, ky, v, wt, A, [&](size_t i, int, int, int, float c, cfloat val, float w) {
-        e[3 * i] += quantise(double(c) * val.real(), qd);
-        e[3 * i + 1] += quantise(double(c) * val.imag(), qd);
-        e[3 * i + 2] += quantise(double(c) * w, qw);
-      });
+    if (exact_shared_) {  // shared sums are only added to by flush_bricks, under its locks
+      insert_buffered(kx, ky, v, wt, std::span<const Mat3>(&A, 1));
       return;
     }
+    int64_t* e = exact_.data();
+    const double qd = qdata_, qw = qweight_;
     spread_pixels(kx, ky, v, wt, A, [&](size_t i, int, int, int, float c, cfloat val, float w) {
-      atomic_add(e[3 * i], quantise(double(c) * val.real(), qd));
-      atomic_add(e[3 * i + 1], quantise(double(c) * val.imag(), qd));
-      atomic_add(e[3 * i + 2], quantise(double(c) * w, qw));
+      e[3 * i] += quantise(double(c) * val.real(), qd);
+      e[3 * i + 1] += quantise(double(c) * val.imag(), qd);
+      e[3 * i + 2] += quantise(double(c) * w, qw);
     });
     return;
   }
@@ -234,108 +287,121 @@ void BackProjector::insert_pixels(std::span<const float> kx, std::span<const flo
 void BackProjector::insert_slices(std::span<const float> kx, std::span<const float> ky, const float* data,
                                   const float* weight, std::span<const Mat3> A) {
   const size_t m = kx.size(), J = A.size();
-  if (exact_.empty() || J < 4) {
-    for (size_t j = 0; j < J; ++j) insert_pixels(kx, ky, data + j * 2 * m, weight + j * m, A[j]);
+  if (!exact_.empty() && (exact_shared_ || J >= kMinBuffered)) {
+    insert_buffered(kx, ky, data, weight, A);
     return;
   }
-  // Groups of slices whose planes are close: each group is summed in a thread-private buffer of the
-  // lattice points within W of its first slice's plane (along the axis a closest to that plane's
-  // normal), non-atomically in double, then added to the shared integer sums once per point.
-  thread_local std::vector<double> buf;
-  constexpr size_t kBudget = size_t(4) << 20;  // doubles (32 MB) per thread at most
-  const int R = ball_.R, dim = ball_.dim;
-  double rmax_px = 0;
-  for (size_t q = 0; q < m; ++q) rmax_px = std::max(rmax_px, std::sqrt(double(kx[q]) * kx[q] + double(ky[q]) * ky[q]));
-  const double reach = std::min(double(pad_) * std::min<double>(rmax_px, r_max_), double(R));
-  std::vector<char> done(J, 0);
-  for (size_t j0 = 0; j0 < J; ++j0) {
-    if (done[j0]) continue;
-    const Vec3 n0 = {A[j0][2][0], A[j0][2][1], A[j0][2][2]};  // normal of slice j0's plane
-    int a = 0;
-    for (int c = 1; c < 3; ++c)
-      if (std::abs(n0[size_t(c)]) > std::abs(n0[size_t(a)])) a = c;
-    if (dim == 2) a = 2;  // 2D: rotations about z, the plane is the lattice itself
-    const double na = std::abs(n0[size_t(a)]);
-    // Members: planes within the angle that keeps W at most 12 points.
-    const double max_sin = dim == 2 ? 0.0 : std::min(1.0, 10.0 * na / std::max(reach, 1.0));
-    std::vector<size_t> members;
-    for (size_t j = j0; j < J; ++j) {
-      if (done[j]) continue;
-      const Vec3 nj = {A[j][2][0], A[j][2][1], A[j][2][2]};
-      const double c = std::abs(n0[0] * nj[0] + n0[1] * nj[1] + n0[2] * nj[2]);
-      if (std::sqrt(std::max(0.0, 1 - c * c)) <= max_sin + 1e-12) members.push_back(j), done[j] = 1;
-    }
-    double smax = 0;
-    for (size_t j : members) {
-      const Vec3 nj = {A[j][2][0], A[j][2][1], A[j][2][2]};
-      const double c = std::abs(n0[0] * nj[0] + n0[1] * nj[1] + n0[2] * nj[2]);
-      smax = std::max(smax, std::sqrt(std::max(0.0, 1 - c * c)));
-    }
-    // A spread point lies within reach * sin(angle) of plane j0 plus sqrt(3) (the linear spreading's
-    // cell), i.e. within that / n0_a along axis a, plus 1/2 for rounding the plane's position.
-    const int W = dim == 2 ? 0 : int(std::ceil(reach * smax / na)) + 4;
-    // Buffer axes: b, c the two others (x first when it is one of them: its range is [0, R]).
-    const int b = a == 0 ? 1 : 0, c = a == 2 ? 1 : 2;
-    const int b_lo = b == 0 ? 0 : -R, c_lo = -R;
-    const int nb = b == 0 ? R + 1 : 2 * R + 1, nc = 2 * R + 1, nw = 2 * W + 1;
-    const size_t slots = size_t(nb) * size_t(nc) * size_t(nw);
-    if (members.size() < 4 || slots * 3 > kBudget) {
-      for (size_t j : members) insert_pixels(kx, ky, data + j * 2 * m, weight + j * m, A[j]);
-      continue;
-    }
-    buf.assign(slots * 3, 0.0);
-    // Plane of slice j0: n0 . q = 0, i.e. q_a = -(n0_b q_b + n0_c q_c) / n0_a, tabulated per (b, c).
-    const double fb = -n0[size_t(b)] / n0[size_t(a)], fc = -n0[size_t(c)] / n0[size_t(a)];
-    std::vector<int> a0(size_t(nb) * size_t(nc));
-    for (int ib = 0; ib < nb; ++ib)
-      for (int ic = 0; ic < nc; ++ic) a0[size_t(ib) * size_t(nc) + size_t(ic)] = int(std::floor(fb * (ib + b_lo) + fc * (ic + c_lo) + 0.5));
-    auto deposit = [&](size_t, int x, int y, int z, float cw, cfloat val, float w) {
-      const int q[3] = {x, y, z};
-      const size_t bc = size_t(q[b] - b_lo) * size_t(nc) + size_t(q[c] - c_lo);
-      const int slot_w = q[a] - a0[bc] + W;
-      if (slot_w < 0 || slot_w >= nw) {  // outside the bound (never expected): straight into the sums
-        const size_t i = size_t(ball_.find(x, y, z));
-        atomic_add(exact_[3 * i], quantise(double(cw) * val.real(), qdata_));
-        atomic_add(exact_[3 * i + 1], quantise(double(cw) * val.imag(), qdata_));
-        atomic_add(exact_[3 * i + 2], quantise(double(cw) * w, qweight_));
-        return;
-      }
-      double* p = &buf[3 * (bc * size_t(nw) + size_t(slot_w))];
-      p[0] += double(cw) * val.real();
-      p[1] += double(cw) * val.imag();
-      p[2] += double(cw) * w;
-    };
-    // Pixel blocks outer, slices inner: nearby orientations put a block's pixels at nearby lattice
-    // points, which stay in cache (measured: the slice-major order was bound by cache misses).
-    constexpr size_t kPixBlock = 16;
-    for (size_t q0 = 0; q0 < m; q0 += kPixBlock) {
-      const size_t len = std::min(kPixBlock, m - q0);
-      const std::span<const float> bx = kx.subspan(q0, len), by = ky.subspan(q0, len);
-      for (size_t j : members)
-        spread_pixels(bx, by, data + j * 2 * m + 2 * q0, weight + j * m + q0, A[j], deposit);
-    }
-    // Flush: quantised, atomic, once per point.
-    int64_t* e = exact_.data();
-    for (int ib = 0; ib < nb; ++ib)
-      for (int ic = 0; ic < nc; ++ic) {
-        const size_t bc = size_t(ib) * size_t(nc) + size_t(ic);
-        const double* p = &buf[3 * bc * size_t(nw)];
-        for (int sw = 0; sw < nw; ++sw, p += 3) {
-          if (p[0] == 0 && p[1] == 0 && p[2] == 0) continue;
-          int q[3];
-          q[a] = a0[bc] + sw - W;
-          q[b] = ib + b_lo;
-          q[c] = ic + c_lo;
-          const int64_t i = ball_.find(q[0], q[1], q[2]);
-          if (i < 0) continue;  // spreading never leaves the ball; kept for safety
-          atomic_add(e[3 * size_t(i)], quantise(p[0], qdata_));
-          atomic_add(e[3 * size_t(i) + 1], quantise(p[1], qdata_));
-          atomic_add(e[3 * size_t(i) + 2], quantise(p[2], qweight_));
-        }
-      }
-  }
+  for (size_t j = 0; j < J; ++j) insert_pixels(kx, ky, data + j * 2 * m, weight + j * m, A[j]);
 }
 
+// The slices are spread into a thread-private buffer of bricks of lattice points (made when first
+// touched), summed there in float, then added to the integer sums once per touched point, brick by
+// brick in storage order. Shared sums are added to under the lock of the brick's z slab (plain
+// additions, which pipeline; atomic ones wait for each other), so all additions to shared sums go
+// through here.
+void BackProjector::insert_buffered(std::span<const float> kx, std::span<const float> ky, const float* data,
+                                    const float* weight, std::span<const Mat3> A) {
+  const size_t m = kx.size(), J = A.size();
+  thread_local BrickSums buf;
+  buf.fit(ball_.R, ball_.dim);
+  const int R = ball_.R, dim = ball_.dim;
+  constexpr int S = int(BrickSums::kSide);
+  const auto flush = [&] {
+    std::sort(buf.touched.begin(), buf.touched.end());
+    int64_t* e = exact_.data();
+    const double qd = qdata_, qw = qweight_;
+    const int nz = dim == 3 ? S : 1;
+    // Brick k + kAhead and its lattice rows are fetched while brick k is added.
+    constexpr size_t kAhead = 2;
+    const auto prefetch = [&](int32_t b) {
+      const char* own = reinterpret_cast<const char*>(buf.sums.data() + size_t(buf.slot[size_t(b)]) * BrickSums::kValues);
+      for (size_t o = 0; o < BrickSums::kValues * sizeof(float); o += 64) __builtin_prefetch(own + o);
+      const int bx = b % buf.nbx, by = (b / buf.nbx) % buf.nby, bz = b / (buf.nbx * buf.nby);
+      for (int lz = 0; lz < nz; ++lz) {
+        const int z = dim == 3 ? bz * S + lz - R : 0;
+        if (z > R) break;
+        for (int ly = 0; ly < S; ++ly) {
+          const int y = by * S + ly - R;
+          if (y > R) break;
+          const size_t r = ball_.row(y, z);
+          const int x = bx * S;
+          if (x >= ball_.len[r]) continue;
+          const int64_t* t = e + 3 * size_t(ball_.start[r] + x);
+          __builtin_prefetch(t, 1);
+          __builtin_prefetch(t + 3 * S - 1, 1);
+        }
+      }
+    };
+    for (size_t k = 0; k < std::min(kAhead, buf.touched.size()); ++k) prefetch(buf.touched[k]);
+    std::unique_lock<std::mutex> lock;
+    for (size_t k = 0; k < buf.touched.size(); ++k) {
+      const int32_t b = buf.touched[k];
+      if (k + kAhead < buf.touched.size()) prefetch(buf.touched[k + kAhead]);
+      float* brick = buf.sums.data() + size_t(buf.slot[size_t(b)]) * BrickSums::kValues;
+      buf.slot[size_t(b)] = -1;
+      const int bx = b % buf.nbx, by = (b / buf.nbx) % buf.nby, bz = b / (buf.nbx * buf.nby);
+      if (exact_shared_ && lock.mutex() != &slab_locks_[size_t(bz)]) {  // bricks come slab by slab
+        if (lock.owns_lock()) lock.unlock();
+        lock = std::unique_lock<std::mutex>(slab_locks_[size_t(bz)]);
+      }
+      for (int lz = 0; lz < nz; ++lz) {
+        const int z = dim == 3 ? bz * S + lz - R : 0;
+        for (int ly = 0; ly < S; ++ly) {
+          const int y = by * S + ly - R;
+          for (int lx = 0; lx < S; ++lx) {
+            float* p = brick + 3 * size_t((lz * S + ly) * S + lx);
+            if (p[0] == 0 && p[1] == 0 && p[2] == 0) continue;
+            const int x = bx * S + lx;
+            const int64_t i = ball_.find(x, y, z);
+            assert(i >= 0 && "spreading left the ball");
+            int64_t* t = e + 3 * size_t(i);
+            t[0] += quantise(p[0], qd);
+            t[1] += quantise(p[1], qd);
+            t[2] += quantise(p[2], qw);
+            p[0] = p[1] = p[2] = 0;
+          }
+        }
+      }
+    }
+    buf.touched.clear();
+  };
+  BrickSums& B = buf;
+  // The storage of point (X, Y, Z) (brick coordinates), made room for when the buffer is full.
+  const auto point = [&](unsigned X, unsigned Y, unsigned Z) {
+    float* p = B.point(X, Y, Z);
+    if (p) return p;
+    flush();  // the buffer is full: add what it holds to the sums and start again
+    return B.point(X, Y, Z);
+  };
+  const int nzc = dim == 3 ? 2 : 1;
+  const auto cell = [&](int x0, int y0, int z0, float fx, float fy, float fz, cfloat val, float w) {
+    const unsigned X = unsigned(x0), Y = unsigned(y0 + R), Z = dim == 3 ? unsigned(z0 + R) : 0u;
+    const float vr = val.real(), vi = val.imag();
+    const float gy[2] = {1 - fy, fy}, gz[2] = {1 - fz, fz};
+    const bool x_inside = X % BrickSums::kSide != BrickSums::kSide - 1;  // X + 1 in the same brick
+    for (int dz = 0; dz < nzc; ++dz)
+      for (unsigned dy = 0; dy < 2; ++dy) {
+        const float cyz = gy[dy] * gz[dz], c0 = (1 - fx) * cyz, c1 = fx * cyz;
+        float* p = point(X, Y + dy, Z + unsigned(dz));
+        p[0] += c0 * vr;
+        p[1] += c0 * vi;
+        p[2] += c0 * w;
+        p = x_inside ? p + 3 : point(X + 1, Y + dy, Z + unsigned(dz));
+        p[0] += c1 * vr;
+        p[1] += c1 * vi;
+        p[2] += c1 * w;
+      }
+  };
+  // Pixel blocks outer, slices inner: one particle's significant orientations are near each other,
+  // so a block's pixels land on the same bricks for every slice, which stay in cache.
+  constexpr size_t kPixBlock = 16;
+  for (size_t q0 = 0; q0 < m; q0 += kPixBlock) {
+    const size_t len = std::min(kPixBlock, m - q0);
+    const std::span<const float> bx = kx.subspan(q0, len), by = ky.subspan(q0, len);
+    for (size_t j = 0; j < J; ++j) spread_cells(bx, by, data + j * 2 * m + 2 * q0, weight + j * m + q0, A[j], cell);
+  }
+  flush();
+}
 void BackProjector::insert(const Grid<cfloat>& img, const Grid<float>& wimg, const Mat3& A) {
   const int n_img = img.ny();
   if (img.nx() != n_img / 2 + 1 || img.nz() != 1 || n_img > n_)

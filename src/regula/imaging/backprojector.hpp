@@ -18,6 +18,8 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #include "regula/core/grid.hpp"
@@ -127,18 +129,24 @@ class BackProjector {
   const LatticeBall& ball() const { return ball_; }
 
   // Exact accumulation (for any number of threads and processes): from this call until
-  // finish_exact(), insert() and insert_pixels() add every contribution rounded to a fixed quantum
-  // into 64-bit integers, with atomic additions. Integer sums do not depend on their order, so the
-  // result is the same bit for bit whatever the thread count, the split of the particles over
-  // threads or processes, and the order of the reduction (exact_sums() can be summed over MPI
-  // ranks). The quanta are chosen from bounds on the largest sum any lattice point can reach (data:
-  // |complex component|, weight): quantum = bound / 2^61. A contribution is rounded to within half a
-  // quantum, i.e. ~2^-62 of the bound; with bounds from the data (number of particles times the
-  // largest contribution of one particle) that is far below float precision. The accumulator must
-  // be empty (freshly made or cleared). Memory: 24 bytes per point until finish_exact().
-  // `shared` false: one thread at a time inserts into this accumulator (e.g. one per class), so
-  // the integer additions need not be atomic (several times faster; the same sums).
+  // finish_exact(), each call of insert(), insert_pixels() or insert_slices() sums its own
+  // contributions per lattice point (in float, in an order fixed by its arguments) and adds those
+  // sums rounded to a fixed quantum into 64-bit integers. Integer sums do not depend on their
+  // order, so the result is the same bit for bit whatever the thread count, the split of the calls
+  // (particles) over threads or processes, and the order of the reduction (exact_sums() can be
+  // summed over MPI ranks). The quanta are chosen from bounds on the largest sum any lattice point
+  // can reach (data: |complex component|, weight): quantum = bound / 2^61, far below float
+  // precision with bounds from the data (number of particles times the largest contribution of
+  // one particle). The accumulator must be empty (freshly made or cleared). Memory: 24 bytes per
+  // point until finish_exact(), plus per inserting thread a buffer of at most 24 MB (bricks of the
+  // points one call touches) and its index (4 bytes per 64 lattice points).
+  // `shared` true: several threads insert at once; their integer additions go in z slabs under a
+  // lock each. `shared` false: one thread at a time (e.g. one per class), without locks.
   void start_exact(double data_bound, double weight_bound, bool shared = true);
+  // The most bricks of 64 points (768 bytes) an inserting thread's buffer holds (default 32,768:
+  // 24 MB); a call that touches more adds what the buffer holds to the sums and goes on. Changes
+  // only speed and memory, and the float rounding of the buffer (for tests).
+  static void set_insert_buffer_bricks(size_t bricks);
   bool exact() const { return !exact_.empty(); }
   // The integer sums (3 per point: re, im, weight), e.g. for an MPI sum over ranks.
   std::span<int64_t> exact_sums() { return exact_; }
@@ -161,15 +169,15 @@ class BackProjector {
   // Adds a slice (3D) or rotated image (2D) given at a list of pixels (kx, ky in Fourier pixels
   // of the box, the non-redundant half plane: kx > 0, or kx == 0 and ky > 0): complex values
   // interleaved (re, im) and weights, at orientation A (as insert(), the same linear spreading).
-  // Pixels beyond r_max are skipped. Thread-safe when exact().
+  // Pixels beyond r_max are skipped. Thread-safe when exact() and shared.
   void insert_pixels(std::span<const float> kx, std::span<const float> ky, const float* data_interleaved,
                      const float* weight, const Mat3& A);
 
   // Adds J slices at orientations A[j] (data: J rows of 2m interleaved floats, weight: J rows of m),
-  // as insert_pixels for each. In exact mode, slices with nearby planes (one particle's significant
-  // orientations) are first summed in a thread-private buffer around their plane (at most 32 MB per
-  // thread) and added to the shared sums once per lattice point: the same result as one
-  // insert_pixels per slice up to the rounding of the sums, much faster than per-slice atomics.
+  // as insert_pixels for each. In exact mode the slices are first summed in a thread-private buffer
+  // of the lattice points they touch and added to the integer sums once per point: the same result
+  // as one insert_pixels per slice up to the float rounding of the buffer, and fast when the slices
+  // are near each other (one particle's significant orientations share most points).
   void insert_slices(std::span<const float> kx, std::span<const float> ky, const float* data, const float* weight,
                      std::span<const Mat3> A);
 
@@ -223,6 +231,11 @@ class BackProjector {
   // (data, weight) of point i at (x, y, z), with the Hermitian mate added on the x = 0 plane
   // when make_hermitian() was not called.
   void effective(size_t i, int x, int y, int z, cfloat& d, float& w) const;
+  void insert_buffered(std::span<const float> kx, std::span<const float> ky, const float* data,
+                       const float* weight, std::span<const Mat3> A);
+  template <class Cell>
+  void spread_cells(std::span<const float> kx, std::span<const float> ky, const float* v, const float* wt,
+                    const Mat3& A, Cell&& cell) const;
   template <class Deposit>
   void spread_pixels(std::span<const float> kx, std::span<const float> ky, const float* v, const float* wt,
                      const Mat3& A, Deposit&& deposit);
@@ -232,7 +245,23 @@ class BackProjector {
   std::vector<float> weight_;
   std::vector<int64_t> exact_;  // 3 per point while exact()
   double qdata_ = 0, qweight_ = 0;  // 1 / quantum
-  bool exact_shared_ = true;        // atomic integer additions
+  bool exact_shared_ = true;        // added to by several threads: under slab_locks_
+  // Mutexes that a copy does not share (it gets as many of its own).
+  class LockSet {
+   public:
+    LockSet() = default;
+    explicit LockSet(size_t n) : n_(n), m_(n ? std::make_unique<std::mutex[]>(n) : nullptr) {}
+    LockSet(const LockSet& o) : LockSet(o.n_) {}
+    LockSet(LockSet&&) noexcept = default;
+    LockSet& operator=(const LockSet& o) { return *this = LockSet(o.n_); }
+    LockSet& operator=(LockSet&&) noexcept = default;
+    std::mutex& operator[](size_t i) { return m_[i]; }
+
+   private:
+    size_t n_ = 0;
+    std::unique_ptr<std::mutex[]> m_;
+  };
+  LockSet slab_locks_;
   bool hermitian_done_ = false;
 };
 

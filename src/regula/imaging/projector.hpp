@@ -26,6 +26,8 @@
 //    keep the origin at n/2, so relion_project's odd-box images equal ours moved
 //    by (+1, +1) pixel (tests/cpp/test_projector.cpp pins this).
 #pragma once
+#include <cmath>
+
 #include "regula/core/grid.hpp"
 #include "regula/sampling/euler.hpp"
 
@@ -51,6 +53,40 @@ struct FourierLattice {
   // derivative of the trilinear interpolant, from the same 8 lattice points.
   cfloat interpolate_gradient(double px, double py, double pz, cfloat* grad) const;
 };
+
+// (Inline: called per pixel of every projection.)
+inline cfloat FourierLattice::interpolate(double px, double py, double pz) const {
+  bool conj = false;
+  if (px < 0) {
+    px = -px;
+    py = -py;
+    pz = -pz;
+    conj = true;
+  }
+  const int x0 = int(std::floor(px)), y0 = int(std::floor(py));
+  const float fx = float(px - x0), fy = float(py - y0);
+  const size_t sy = size_t(data.nx());
+  cfloat v;
+  if (dim == 2) {
+    const cfloat* p = data.data() + index(x0, y0, 0);
+    cfloat a = p[0] + fx * (p[1] - p[0]);
+    cfloat b = p[sy] + fx * (p[sy + 1] - p[sy]);
+    v = a + fy * (b - a);
+  } else {
+    const int z0 = int(std::floor(pz));
+    const float fz = float(pz - z0);
+    const size_t sz = sy * size_t(data.ny());
+    const cfloat* p = data.data() + index(x0, y0, z0);
+    cfloat a00 = p[0] + fx * (p[1] - p[0]);
+    cfloat a10 = p[sy] + fx * (p[sy + 1] - p[sy]);
+    cfloat a01 = p[sz] + fx * (p[sz + 1] - p[sz]);
+    cfloat a11 = p[sz + sy] + fx * (p[sz + sy + 1] - p[sz + sy]);
+    cfloat b0 = a00 + fy * (a10 - a00);
+    cfloat b1 = a01 + fy * (a11 - a01);
+    v = b0 + fz * (b1 - b0);
+  }
+  return conj ? std::conj(v) : v;
+}
 
 // Radial gridding correction factor sinc^2(pi r / padded_size) for a distance r
 // in pixels from the centre (1 at r = 0).
