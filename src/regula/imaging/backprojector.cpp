@@ -402,6 +402,7 @@ void BackProjector::insert_buffered(std::span<const float> kx, std::span<const f
   }
   flush();
 }
+
 void BackProjector::insert(const Grid<cfloat>& img, const Grid<float>& wimg, const Mat3& A) {
   const int n_img = img.ny();
   if (img.nx() != n_img / 2 + 1 || img.nz() != 1 || n_img > n_)
