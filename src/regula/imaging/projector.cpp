@@ -15,13 +15,7 @@ void FourierLattice::init(int dimension, int radius) {
 }
 
 cfloat FourierLattice::interpolate_gradient(double px, double py, double pz, cfloat* grad) const {
-  bool conj = false;
-  if (px < 0) {
-    px = -px;
-    py = -py;
-    pz = -pz;
-    conj = true;
-  }
+  const bool conj = to_stored_half(px, py, pz);
   const int x0 = int(std::floor(px)), y0 = int(std::floor(py)), z0 = int(std::floor(pz));
   const float fx = float(px - x0), fy = float(py - y0), fz = float(pz - z0);
   const size_t sy = size_t(data.nx()), sz = sy * size_t(data.ny());

@@ -52,17 +52,19 @@ struct FourierLattice {
   // The same value and its gradient (per lattice coordinate, 3 entries; 3D lattices only): the exact
   // derivative of the trilinear interpolant, from the same 8 lattice points.
   cfloat interpolate_gradient(double px, double py, double pz, cfloat* grad) const;
+  // Moves p < 0 in x to its Hermitian mate -p (stored); true when it did (the value is conjugated).
+  static bool to_stored_half(double& px, double& py, double& pz) {
+    if (px >= 0) return false;
+    px = -px;
+    py = -py;
+    pz = -pz;
+    return true;
+  }
 };
 
 // (Inline: called per pixel of every projection.)
 inline cfloat FourierLattice::interpolate(double px, double py, double pz) const {
-  bool conj = false;
-  if (px < 0) {
-    px = -px;
-    py = -py;
-    pz = -pz;
-    conj = true;
-  }
+  const bool conj = to_stored_half(px, py, pz);
   const int x0 = int(std::floor(px)), y0 = int(std::floor(py));
   const float fx = float(px - x0), fy = float(py - y0);
   const size_t sy = size_t(data.nx());
