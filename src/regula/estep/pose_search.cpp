@@ -144,17 +144,8 @@ float RotatableParticle::ctf(double kx, double ky) const {
 
 namespace {
 
-// The central-slice coefficients of one orientation: lattice position = (p A^T) (kx, ky, 0).
-struct SliceMap {
-  double m00, m01, m10, m11, m20, m21;
-  SliceMap(const Euler& angle, double p) {
-    const Mat3 A = euler_to_matrix(angle.rot, angle.tilt, angle.psi);
-    m00 = p * A[0][0], m01 = p * A[1][0], m10 = p * A[0][1], m11 = p * A[1][1], m20 = p * A[0][2], m21 = p * A[1][2];
-  }
-};
-
 // Pixels [q0, q1) of one projection (s, s2: the whole rows).
-void project_pixels(const FourierLattice& lat, const SearchPixels& px, const SliceMap& c, double lim2, size_t q0,
+void project_pixels(const FourierLattice& lat, const SearchPixels& px, const CentralSlice& c, double lim2, size_t q0,
                     size_t q1, float* s, float* s2) {
   for (size_t q = q0; q < q1; ++q) {
     const double x = px.kx[q], y = px.ky[q];
@@ -176,11 +167,12 @@ void project_orientations(const Projector& proj, const SearchPixels& px, std::sp
   // Pixels beyond the projector's limit (only reference-frame pixels T k of a magnified group can
   // be) have no reference there: 0, as the back-projector skips them.
   const double lim2 = (proj.r_max() + 0.5) * (proj.r_max() + 0.5);
-  std::vector<SliceMap> maps;
+  std::vector<CentralSlice> maps;
   maps.reserve(J);
-  for (const Euler& e : angles) maps.emplace_back(e, double(proj.padding()));
+  for (const Euler& e : angles) maps.emplace_back(euler_to_matrix(e.rot, e.tilt, e.psi), double(proj.padding()));
   // Pixel blocks outer, orientations inner: nearby orientations (a local search's) read nearby
-  // lattice points, which stay in cache for the next orientation (measured: 2x faster at box 192).
+  // lattice points, which stay in cache for the next orientation (measured with the inline
+  // interpolation: the E-step of the apoferritin final iteration 94 s -> 65 s).
   constexpr size_t kBlock = 64;
   for (size_t q0 = 0; q0 < m; q0 += kBlock)
     for (size_t j = 0; j < J; ++j)
@@ -500,15 +492,12 @@ PoseResidual pose_residual(const RotatableParticle& x, const SearchPixels& px, s
   PoseResidual res;
   const int n = px.n;
   res.diff2.assign(size_t(n / 2 + 1), 0.0);
-  const Mat3 A = euler_to_matrix(rot, tilt, psi);
-  const double p = proj.padding();
-  const double m00 = p * A[0][0], m01 = p * A[1][0], m10 = p * A[0][1], m11 = p * A[1][1], m20 = p * A[0][2],
-               m21 = p * A[1][2];
+  const CentralSlice c(euler_to_matrix(rot, tilt, psi), proj.padding());
   const double two_pi_n = 2.0 * std::numbers::pi / n;
   const FourierLattice& lat = proj.lattice();
   for (size_t q = 0; q < px.size(); ++q) {
     const double kx = px.kx[q], ky = px.ky[q];
-    const cfloat S = lat.interpolate(m00 * kx + m01 * ky, m10 * kx + m11 * ky, m20 * kx + m21 * ky);
+    const cfloat S = lat.interpolate(c.m00 * kx + c.m01 * ky, c.m10 * kx + c.m11 * ky, c.m20 * kx + c.m21 * ky);
     const cfloat X = x.on_grid(int(kx), int(ky)) * std::polar(1.0f, float(-two_pi_n * (kx * trans[0] + ky * trans[1])));
     const cfloat M = scale * x.ctf(kx, ky) * S;
     res.diff2[size_t(px.shell[q])] += std::norm(X - M);

@@ -98,13 +98,21 @@ struct BrickSums {
   std::vector<int32_t> slot;     // per brick: its storage, or -1
   std::vector<int32_t> touched;  // bricks with storage
   std::vector<float> sums;
+  // Bricks along y, and along z (the lock slabs of a shared accumulator), for a ball of radius R.
+  static size_t slabs(int R, int dim) { return dim == 3 ? size_t((2 * R + 2) / int(kSide) + 1) : 1; }
+  // Brick b's position in bricks.
+  void coords(int32_t b, int& bx, int& by, int& bz) const {
+    bx = b % nbx;
+    by = (b / nbx) % nby;
+    bz = b / (nbx * nby);
+  }
   void fit(int radius, int dimension) {
     if (radius == R && dimension == dim) return;
     R = radius;
     dim = dimension;
     nbx = (R + 2) / int(kSide) + 1;
     nby = (2 * R + 2) / int(kSide) + 1;
-    nbz = dim == 3 ? nby : 1;
+    nbz = int(slabs(R, dim));
     slot.assign(size_t(nbx) * size_t(nby) * size_t(nbz), -1);
     touched.clear();
   }
@@ -164,7 +172,7 @@ BackProjector::BackProjector(int n, int padding, int r_max, int dim) {
 void BackProjector::start_exact(double data_bound, double weight_bound, bool shared) {
   exact_shared_ = shared;
   // One lock per z slab of insert_buffered's bricks.
-  slab_locks_ = LockSet(shared ? size_t(ball_.dim == 3 ? (2 * ball_.R + 2) / 4 + 1 : 1) : 0);
+  slab_locks_ = LockSet(shared ? BrickSums::slabs(ball_.R, ball_.dim) : 0);
   if (!(data_bound > 0) || !(weight_bound > 0) || !std::isfinite(data_bound) || !std::isfinite(weight_bound))
     runtime_error("backprojector: exact accumulation needs positive finite bounds (got {}, {})", data_bound,
                   weight_bound);
@@ -218,23 +226,15 @@ void BackProjector::effective(size_t i, int x, int y, int z, cfloat& d, float& w
 template <class Cell>
 void BackProjector::spread_cells(std::span<const float> kx, std::span<const float> ky, const float* v,
                                  const float* wt, const Mat3& A, Cell&& cell) const {
-  const double p = pad_;
-  const double m00 = p * A[0][0], m01 = p * A[1][0];
-  const double m10 = p * A[0][1], m11 = p * A[1][1];
-  const double m20 = p * A[0][2], m21 = p * A[1][2];
+  const CentralSlice c(A, pad_);
   const double rmax2 = double(r_max_) * r_max_;
   const int dim = ball_.dim;
   for (size_t q = 0; q < kx.size(); ++q) {
     const double x = kx[q], y = ky[q];
     if (x * x + y * y > rmax2) continue;
     cfloat val(v[2 * q], v[2 * q + 1]);
-    double px = m00 * x + m01 * y, py = m10 * x + m11 * y, pz = dim == 3 ? m20 * x + m21 * y : 0.0;
-    if (px < 0) {
-      px = -px;
-      py = -py;
-      pz = -pz;
-      val = std::conj(val);
-    }
+    double px = c.m00 * x + c.m01 * y, py = c.m10 * x + c.m11 * y, pz = dim == 3 ? c.m20 * x + c.m21 * y : 0.0;
+    if (FourierLattice::to_stored_half(px, py, pz)) val = std::conj(val);
     const int x0 = int(std::floor(px)), y0 = int(std::floor(py)), z0 = dim == 3 ? int(std::floor(pz)) : 0;
     cell(x0, y0, z0, float(px - x0), float(py - y0), dim == 3 ? float(pz - z0) : 0.0f, val, wt[q]);
   }
@@ -263,7 +263,7 @@ void BackProjector::insert_pixels(std::span<const float> kx, std::span<const flo
                                   const float* wt, const Mat3& A) {
   assert(!hermitian_done_ && "insert_pixels() after symmetrise()");
   if (!exact_.empty()) {
-    if (exact_shared_) {  // shared sums are only added to by flush_bricks, under its locks
+    if (exact_shared_) {  // shared sums are only added to by insert_buffered, under its locks
       insert_buffered(kx, ky, v, wt, std::span<const Mat3>(&A, 1));
       return;
     }
@@ -316,7 +316,8 @@ void BackProjector::insert_buffered(std::span<const float> kx, std::span<const f
     const auto prefetch = [&](int32_t b) {
       const char* own = reinterpret_cast<const char*>(buf.sums.data() + size_t(buf.slot[size_t(b)]) * BrickSums::kValues);
       for (size_t o = 0; o < BrickSums::kValues * sizeof(float); o += 64) __builtin_prefetch(own + o);
-      const int bx = b % buf.nbx, by = (b / buf.nbx) % buf.nby, bz = b / (buf.nbx * buf.nby);
+      int bx, by, bz;
+      buf.coords(b, bx, by, bz);
       for (int lz = 0; lz < nz; ++lz) {
         const int z = dim == 3 ? bz * S + lz - R : 0;
         if (z > R) break;
@@ -339,7 +340,8 @@ void BackProjector::insert_buffered(std::span<const float> kx, std::span<const f
       if (k + kAhead < buf.touched.size()) prefetch(buf.touched[k + kAhead]);
       float* brick = buf.sums.data() + size_t(buf.slot[size_t(b)]) * BrickSums::kValues;
       buf.slot[size_t(b)] = -1;
-      const int bx = b % buf.nbx, by = (b / buf.nbx) % buf.nby, bz = b / (buf.nbx * buf.nby);
+      int bx, by, bz;
+      buf.coords(b, bx, by, bz);
       if (exact_shared_ && lock.mutex() != &slab_locks_[size_t(bz)]) {  // bricks come slab by slab
         if (lock.owns_lock()) lock.unlock();
         lock = std::unique_lock<std::mutex>(slab_locks_[size_t(bz)]);

@@ -103,18 +103,14 @@ void Projector::project(const Mat3& A, Grid<cfloat>& out, int n_out) const {
     out.fill(cfloat(0, 0));
   const int rmax = std::min(r_max_, n_out / 2);
   const int rmax2 = rmax * rmax;
-  const double p = pad_;
-  // p = padding * A^T (kx, ky, 0)
-  const double m00 = p * A[0][0], m01 = p * A[1][0];
-  const double m10 = p * A[0][1], m11 = p * A[1][1];
-  const double m20 = p * A[0][2], m21 = p * A[1][2];
+  const CentralSlice c(A, pad_);
   for (int iy = 0; iy < n_out; ++iy) {
     const int y = fft_freq(iy, n_out);
     if (std::abs(y) > rmax) continue;
     cfloat* row = out.data() + size_t(iy) * out.nx();
     for (int x = 0; x <= rmax; ++x) {
       if (x * x + y * y > rmax2) break;
-      row[x] = lat_.interpolate(m00 * x + m01 * y, m10 * x + m11 * y, m20 * x + m21 * y);
+      row[x] = lat_.interpolate(c.m00 * x + c.m01 * y, c.m10 * x + c.m11 * y, c.m20 * x + c.m21 * y);
     }
   }
 }

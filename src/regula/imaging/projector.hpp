@@ -62,6 +62,14 @@ struct FourierLattice {
   }
 };
 
+// The central slice of orientation A on a lattice of padding p: pixel (kx, ky) of the image sits at
+// lattice position p A^T (kx, ky, 0) = (m00 kx + m01 ky, m10 kx + m11 ky, m20 kx + m21 ky).
+struct CentralSlice {
+  double m00, m01, m10, m11, m20, m21;
+  CentralSlice(const Mat3& A, double p)
+      : m00(p * A[0][0]), m01(p * A[1][0]), m10(p * A[0][1]), m11(p * A[1][1]), m20(p * A[0][2]), m21(p * A[1][2]) {}
+};
+
 // (Inline: called per pixel of every projection.)
 inline cfloat FourierLattice::interpolate(double px, double py, double pz) const {
   const bool conj = to_stored_half(px, py, pz);
