@@ -9,6 +9,7 @@
 #include "regula/imaging/mask.hpp"
 #include "regula/imaging/projector.hpp"
 #include "regula/sampling/euler.hpp"
+#include "regula/sampling/symmetry.hpp"
 
 using namespace regula;
 
@@ -113,6 +114,44 @@ void BM_InsertSlicesExact(benchmark::State& st) {
   }
 }
 BENCHMARK(BM_InsertSlicesExact)->Arg(1)->Arg(4)->Arg(16)->Arg(64)->Threads(1)->Threads(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// A refinement's M-step at n = 192, padding 2: the back-projector of 400 slices (every pixel to
+// Nyquist), symmetrised under O (Arg 0) or reconstructed with a Wiener term and 10 gridding
+// iterations up to shell Arg (RELION's refine defaults), with 2 threads.
+BackProjector filled_backprojector(int n) {
+  BackProjector bp(n, 2);
+  Grid<cfloat> img = fft_forward(random_grid(n, 1));
+  Grid<float> w(img.nx(), img.ny(), 1, 1.0f);
+  for (int j = 0; j < 400; ++j) bp.insert(img, w, euler_to_matrix(13.7 * j, 180.0 * ((j * 0.618) - std::floor(j * 0.618)), 7.1 * j));
+  return bp;
+}
+
+void BM_SymmetriseO(benchmark::State& st) {
+  static const BackProjector filled = filled_backprojector(192);
+  const SymmetryGroup O = SymmetryGroup::parse("O");
+  for (auto _ : st) {
+    st.PauseTiming();
+    BackProjector bp = filled;
+    st.ResumeTiming();
+    bp.symmetrise(O.operators(), 2);
+    benchmark::DoNotOptimize(bp.r_max());
+  }
+}
+BENCHMARK(BM_SymmetriseO)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+void BM_Reconstruct(benchmark::State& st) {
+  static BackProjector filled = [] {
+    BackProjector bp = filled_backprojector(192);
+    bp.make_hermitian();
+    return bp;
+  }();
+  ReconstructOptions ro;
+  ro.max_frequency = int(st.range(0));
+  ro.tau2.assign(97, 1e3);
+  ro.nthreads = 2;
+  for (auto _ : st) benchmark::DoNotOptimize(filled.reconstruct(ro));
+}
+BENCHMARK(BM_Reconstruct)->Arg(83)->Arg(96)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

@@ -192,13 +192,18 @@ TEST(BackProjector, SymmetriseIsTheSameOnAnyThreadCount) {
 
 // Symmetrisation against a plain reference written here: every stored point gets the sum over the
 // operators of the trilinear interpolation of the (Hermitian-completed) lattice at S q, 0 outside
-// the ball (points of the ball's margin beyond padding x r_max keep their value). For O every operator is a signed permutation (applied by lookup, tiled); for I and C5
-// the operators interpolate. Agreement to float rounding (sums of up to 60 terms).
+// the ball (points of the ball's margin beyond padding x r_max keep their value). For O, T, D4, D2
+// and C4 every operator is a signed permutation: the sum goes through a chain of subgroups (passes
+// over transversals, exact lookups); for I and C5 the operators interpolate; a set of signed
+// permutations that is not a group ({E, 4-fold}) is summed as given. Agreement to float rounding
+// (sums of up to 60 terms).
 TEST(BackProjector, SymmetriseMatchesPlainInterpolation) {
   const int n = 24;
   const BackProjector bp = project_and_insert(test_volume(n), 400, 7);
-  for (const char* group : {"O", "I", "C5"}) {
-    const std::vector<Mat3> ops = SymmetryGroup::parse(group).operators();
+  for (const char* group : {"O", "T", "D4", "D2", "C4", "I", "C5", "E+4fold"}) {
+    const std::vector<Mat3> ops = std::string(group) == "E+4fold"
+                                      ? std::vector<Mat3>{euler_to_matrix(0, 0, 0), euler_to_matrix(90, 0, 0)}
+                                      : SymmetryGroup::parse(group).operators();
     BackProjector ref = bp;
     ref.make_hermitian();
     const LatticeBall& b = ref.ball();

@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "regula/core/big_vector.hpp"
+
 namespace regula {
 
 using cfloat = std::complex<float>;
@@ -32,8 +34,8 @@ class Grid {
 
   T* data() { return data_.data(); }
   const T* data() const { return data_.data(); }
-  std::vector<T>& vec() { return data_; }
-  const std::vector<T>& vec() const { return data_; }
+  BigVector<T>& vec() { return data_; }
+  const BigVector<T>& vec() const { return data_; }
   auto begin() { return data_.begin(); }
   auto end() { return data_.end(); }
   auto begin() const { return data_.begin(); }
@@ -57,7 +59,7 @@ class Grid {
 
  private:
   int nx_ = 0, ny_ = 0, nz_ = 0;
-  std::vector<T> data_;
+  BigVector<T> data_;
 };
 
 using Image = Grid<float>;   // nz == 1

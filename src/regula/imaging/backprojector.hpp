@@ -241,9 +241,9 @@ class BackProjector {
                      const Mat3& A, Deposit&& deposit);
   int n_ = 0, pad_ = 2, r_max_ = 0;
   LatticeBall ball_;
-  std::vector<cfloat> data_;
-  std::vector<float> weight_;
-  std::vector<int64_t> exact_;  // 3 per point while exact()
+  BigVector<cfloat> data_;
+  BigVector<float> weight_;
+  BigVector<int64_t> exact_;  // 3 per point while exact()
   double qdata_ = 0, qweight_ = 0;  // 1 / quantum
   bool exact_shared_ = true;        // added to by several threads: under slab_locks_
   // Mutexes that a copy does not share (it gets as many of its own).

@@ -5,6 +5,7 @@
 
 #include "regula/core/error.hpp"
 #include "regula/core/fft.hpp"
+#include "regula/core/parallel.hpp"
 
 namespace regula {
 
@@ -69,23 +70,39 @@ Projector::Projector(const Grid<float>& map, int padding, int r_max, int nthread
   const int N = pad_ * n;
   const int off = N / 2 - n / 2;
   const int c = n / 2;
-  Grid<float> padded(N, N, dim == 3 ? N : 1);
-  const int nz = dim == 3 ? n : 1;
-  for (int z = 0; z < nz; ++z)
+  const int Nz = dim == 3 ? N : 1, nz = dim == 3 ? n : 1;
+  ThreadPool pool(std::max(1, nthreads));
+  // The map divided by the gridding correction, padded with zeros, transformed in place; planes
+  // of the padded grid are the threads' work units.
+  Grid<cfloat> F(N / 2 + 1, N, Nz);
+  pool.parallel_for(0, size_t(Nz), [&](size_t zi, int) {
+    const int Z = int(zi);
+    float* plane = &real_at(F, 0, 0, Z);
+    std::fill(plane, plane + size_t(2 * (N / 2 + 1)) * size_t(N), 0.0f);
+    const int z = dim == 3 ? Z - off : 0;
+    if (z < 0 || z >= nz) return;
     for (int y = 0; y < n; ++y)
       for (int x = 0; x < n; ++x) {
-        double dz = dim == 3 ? z - c : 0;
-        double r = std::sqrt(double(x - c) * (x - c) + double(y - c) * (y - c) + dz * dz);
-        padded(x + off, y + off, dim == 3 ? z + off : 0) = float(map(x, y, z) / gridding_sinc2(r, N));
+        const double dz = dim == 3 ? z - c : 0;
+        const double r = std::sqrt(double(x - c) * (x - c) + double(y - c) * (y - c) + dz * dz);
+        real_at(F, x + off, y + off, Z) = float(map(x, y, z) / gridding_sinc2(r, N));
       }
-  Grid<cfloat> F = fft_forward(padded, nthreads);
-  centre_origin(F, N);
+  });
+  fft_forward_inplace(F, N, nthreads);
+  // Centred about N/2: for even N the sign (-1)^(kx + ky + kz), applied while copying.
+  const bool even = N % 2 == 0;
+  if (!even) centre_origin(F, N);
   lat_.init(dim, pad_ * r_max_ + 2);
   const int R = lat_.R;
   const int zlo = dim == 3 ? -R : 0, zhi = dim == 3 ? R : 0;
-  for (int z = zlo; z <= zhi; ++z)
+  pool.parallel_for(0, size_t(zhi - zlo + 1), [&](size_t u, int) {
+    const int z = zlo + int(u);
     for (int y = -R; y <= R; ++y)
-      for (int x = 0; x <= R; ++x) lat_.data[lat_.index(x, y, z)] = full_value(F, N, dim, x, y, z);
+      for (int x = 0; x <= R; ++x) {
+        const cfloat v = full_value(F, N, dim, x, y, z);
+        lat_.data[lat_.index(x, y, z)] = even && ((x + y + z) & 1) ? -v : v;
+      }
+  });
 }
 
 Projector::Projector(int n, int padding, int r_max, FourierLattice lattice)
