@@ -103,7 +103,7 @@ void BM_InsertSlicesExact(benchmark::State& st) {
   double a = 17.0 * st.thread_index();
   for (auto _ : st) {
     std::vector<Mat3> A(static_cast<size_t>(J));
-    for (int j = 0; j < J; ++j) A[size_t(j)] = euler_to_matrix(a + 0.1 * (j % 5), 37.0 + 0.1 * (j / 5), 11.0 + 3.0 * j);
+    for (int j = 0; j < J; ++j) A[size_t(j)] = euler_to_matrix(a + 0.1 * (j % 5), 37.0 + 0.1 * (j / 5), 11.0 + 0.05 * j);
     bp->insert_slices(kx, ky, d.data(), w.data(), A);
     a += 7.3;
   }
