@@ -5,7 +5,6 @@
 #include <cstdlib>
 #include <new>
 
-#include <sys/mman.h>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -59,7 +58,8 @@ fftwf_plan get_plan(int nx, int ny, int nz, int nthreads, bool forward, bool inp
 }
 
 // Plans of the in-place 2D transforms: kind 0 rows r2c, 1 rows c2r, 2 columns forward, 3 columns
-// backward (n: transform length, m: howmany).
+// backward, 4 and 5 rows as 0 and 1 at any alignment (a volume's planes) (n: transform length, m:
+// howmany).
 std::map<std::tuple<int, int, int>, fftwf_plan>& inplace_plans() {
   static std::map<std::tuple<int, int, int>, fftwf_plan> p;
   return p;
@@ -76,12 +76,13 @@ fftwf_plan inplace_plan(int kind, int n, int m) {
   fftwf_plan_with_nthreads(1);
   const int nh = n / 2 + 1;
   fftwf_plan p = nullptr;
-  if (kind <= 1) {  // m rows of length n, padded to 2 nh floats
+  if (kind <= 1 || kind >= 4) {  // m rows of length n, padded to 2 nh floats
     float* r = fftwf_alloc_real(size_t(2 * nh) * size_t(m));
     auto* c = reinterpret_cast<fftwf_complex*>(r);
-    p = kind == 0 ? fftwf_plan_many_dft_r2c(1, &n, m, r, nullptr, 1, 2 * nh, c, nullptr, 1, nh, FFTW_ESTIMATE)
-                  : fftwf_plan_many_dft_c2r(1, &n, m, c, nullptr, 1, nh, r, nullptr, 1, 2 * nh,
-                                            FFTW_ESTIMATE | FFTW_DESTROY_INPUT);
+    const unsigned flags = FFTW_ESTIMATE | (kind >= 4 ? FFTW_UNALIGNED : 0u);
+    p = kind % 4 == 0 ? fftwf_plan_many_dft_r2c(1, &n, m, r, nullptr, 1, 2 * nh, c, nullptr, 1, nh, flags)
+                      : fftwf_plan_many_dft_c2r(1, &n, m, c, nullptr, 1, nh, r, nullptr, 1, 2 * nh,
+                                                flags | FFTW_DESTROY_INPUT);
     fftwf_free(r);
   } else {  // m contiguous complex transforms of length n, n + kColumnPad apart
     const int ld = n + kColumnPad;
@@ -118,27 +119,6 @@ void columns_inplace(cfloat* data, int nxh, int n, size_t stride, bool forward) 
 }
 void columns_inplace(cfloat* data, int nxh, int ny, bool forward) { columns_inplace(data, nxh, ny, size_t(nxh), forward); }
 
-// Rows of a plane (ny rows of nx reals in FFTW's in-place layout) at any alignment: kind 4 r2c,
-// 5 c2r.
-fftwf_plan unaligned_rows_plan(int kind, int n, int m) {
-  std::lock_guard lk(g_plan_mu);
-  auto key = std::make_tuple(kind, n, m);
-  auto it = inplace_plans().find(key);
-  if (it != inplace_plans().end()) return it->second;
-  fftwf_plan_with_nthreads(1);
-  const int nh = n / 2 + 1;
-  float* r = fftwf_alloc_real(size_t(2 * nh) * size_t(m));
-  auto* c = reinterpret_cast<fftwf_complex*>(r);
-  fftwf_plan p = kind == 4 ? fftwf_plan_many_dft_r2c(1, &n, m, r, nullptr, 1, 2 * nh, c, nullptr, 1, nh,
-                                                     FFTW_ESTIMATE | FFTW_UNALIGNED)
-                           : fftwf_plan_many_dft_c2r(1, &n, m, c, nullptr, 1, nh, r, nullptr, 1, 2 * nh,
-                                                     FFTW_ESTIMATE | FFTW_UNALIGNED | FFTW_DESTROY_INPUT);
-  fftwf_free(r);
-  if (!p) runtime_error("FFTW could not plan {} rows of length {}", m, n);
-  inplace_plans()[key] = p;
-  return p;
-}
-
 // A 3D in-place transform as planes and z columns: forward, each plane's rows (r2c) then its y
 // columns, then the z columns; inverse the other way round, each plane scaled by `scale` after its
 // rows. Planes and z-column rows are handed out to the threads; every 1D transform is the same
@@ -147,7 +127,7 @@ fftwf_plan unaligned_rows_plan(int kind, int n, int m) {
 void fft3_inplace(cfloat* data, int nx, int ny, int nz, bool forward, float scale, int nthreads) {
   const int nxh = nx / 2 + 1;
   const size_t plane = size_t(nxh) * size_t(ny);
-  const fftwf_plan rows = unaligned_rows_plan(forward ? 4 : 5, nx, ny);
+  const fftwf_plan rows = inplace_plan(forward ? 4 : 5, nx, ny);
   ThreadPool pool(std::max(1, std::min(nthreads, std::max(ny, nz))));
   const auto planes = [&] {
     pool.parallel_for(0, size_t(nz), [&](size_t z, int) {
@@ -207,19 +187,9 @@ template <class T>
 void AlignedArray<T>::resize(size_t n) {
   if (n > cap_) {
     release();
-    constexpr size_t kHuge = size_t(2) << 20;
     const size_t bytes = n * sizeof(T);
-    if (bytes >= 4 * kHuge) {
-      const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
-      p_ = static_cast<T*>(std::aligned_alloc(kHuge, rounded));
-#ifdef MADV_HUGEPAGE
-      if (p_) ::madvise(p_, rounded, MADV_HUGEPAGE);  // advice only: failure is harmless
-#endif
-      huge_ = true;
-    } else {
-      p_ = static_cast<T*>(fftwf_malloc(bytes));
-      huge_ = false;
-    }
+    huge_ = bytes >= BigAllocator<T>::kThreshold;
+    p_ = huge_ ? BigAllocator<T>().allocate(n) : static_cast<T*>(fftwf_malloc(bytes));
     if (!p_) throw std::bad_alloc();
     cap_ = n;
   }
@@ -229,7 +199,7 @@ template <class T>
 void AlignedArray<T>::release() {
   if (p_) {
     if (huge_)
-      std::free(p_);
+      BigAllocator<T>().deallocate(p_, cap_);
     else
       fftwf_free(p_);
   }

@@ -58,9 +58,8 @@ std::vector<Grid<cfloat>> fft_forward_cropped(int n, int m, int count,
 void centre_origin(Grid<cfloat>& F, int nx, bool undo = false);
 
 // Memory for the in-place transforms below, aligned as FFTW's SIMD code wants. resize() keeps
-// the contents only when the size does not grow; new elements are not zeroed. Blocks of 8 MB and
-// more are aligned to 2 MB and advised to use transparent huge pages (Linux), so that filling them
-// the first time costs a few hundred page faults instead of hundreds of thousands.
+// the contents only when the size does not grow; new elements are not zeroed. Blocks of 4 MB and
+// more come from BigAllocator (2 MB aligned, on transparent huge pages).
 template <class T>
 class AlignedArray {
  public:

@@ -742,7 +742,6 @@ void BackProjector::symmetrise(const std::vector<Mat3>& operators, int nthreads)
     });
     data_ = std::move(nd);
     weight_ = std::move(nw);
-
   };
   // A closed group of integral operators (C2, C4, D2, D4, T, O in RELION's frames): passes over the
   // transversals of a chain of subgroups, innermost first (exact lookups: the result equals the
