@@ -28,7 +28,8 @@ Grid<float> fft_inverse(const Grid<cfloat>& in, int nx, int nthreads = 1);
 // In-place transforms of large grids (one buffer instead of two; FFTW's in-place layout): `buf`
 // holds (nx/2+1) * ny * nz complex values; the real grid nx * ny * nz lives in the same memory with
 // rows of 2 * (nx/2+1) floats (real_at). fft_forward_inplace: real -> transform (unnormalised);
-// fft_inverse_inplace: transform -> real (with 1/N).
+// fft_inverse_inplace: transform -> real (with 1/N). Volumes go as the planes' 2D transforms and the
+// z columns in blocks, split over `nthreads`: the result is the same for any thread count.
 void fft_forward_inplace(Grid<cfloat>& buf, int nx, int nthreads = 1);
 void fft_inverse_inplace(Grid<cfloat>& buf, int nx, int nthreads = 1);
 inline float& real_at(Grid<cfloat>& buf, int x, int y, int z) {
