@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstring>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -119,6 +120,27 @@ TEST(FFT, MatchesDirectDFT2D) {
     auto back = fft_inverse(F, n);
     for (size_t i = 0; i < img.size(); ++i) EXPECT_NEAR(back[i], img[i], 1e-5);
   }
+}
+
+// BigVector: large blocks 2 MB-aligned (huge pages where the kernel gives them), small ones as
+// usual; copies, growth and release behave as std::vector's.
+TEST(BigVector, LargeBlocksAreHugePageAlignedAndBehaveAsVectors) {
+  BigVector<float> big(size_t(3) << 20, 1.5f);  // 12 MB
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(big.data()) % (size_t(2) << 20), 0u);
+  BigVector<float> copy = big;
+  EXPECT_EQ(copy, big);
+  copy.resize(copy.size() * 2, -1.0f);
+  EXPECT_EQ(copy[big.size() - 1], 1.5f);
+  EXPECT_EQ(copy.back(), -1.0f);
+  BigVector<double> small(10, 2.0);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(small.data()) % 16, 0u);
+  small.push_back(3.0);
+  EXPECT_EQ(small.size(), 11u);
+  BigVector<float>().swap(big);
+  EXPECT_TRUE(big.empty());
+  Grid<cfloat> g(256, 256, 16);  // 8 MB: on the large path
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(g.data()) % (size_t(2) << 20), 0u);
+  EXPECT_EQ(g(255, 255, 15), cfloat(0, 0));
 }
 
 // The in-place 3D transforms (planes, then z columns, over a thread pool) against a direct DFT
