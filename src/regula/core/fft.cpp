@@ -188,8 +188,7 @@ void AlignedArray<T>::resize(size_t n) {
   if (n > cap_) {
     release();
     const size_t bytes = n * sizeof(T);
-    huge_ = bytes >= BigAllocator<T>::kThreshold;
-    p_ = huge_ ? BigAllocator<T>().allocate(n) : static_cast<T*>(fftwf_malloc(bytes));
+    p_ = big(n) ? BigAllocator<T>().allocate(n) : static_cast<T*>(fftwf_malloc(bytes));
     if (!p_) throw std::bad_alloc();
     cap_ = n;
   }
@@ -198,7 +197,7 @@ void AlignedArray<T>::resize(size_t n) {
 template <class T>
 void AlignedArray<T>::release() {
   if (p_) {
-    if (huge_)
+    if (big(cap_))
       BigAllocator<T>().deallocate(p_, cap_);
     else
       fftwf_free(p_);

@@ -69,14 +69,14 @@ class AlignedArray {
   ~AlignedArray() { release(); }
   AlignedArray(const AlignedArray&) = delete;
   AlignedArray& operator=(const AlignedArray&) = delete;
-  AlignedArray(AlignedArray&& o) noexcept : p_(o.p_), n_(o.n_), cap_(o.cap_), huge_(o.huge_) {
+  AlignedArray(AlignedArray&& o) noexcept : p_(o.p_), n_(o.n_), cap_(o.cap_) {
     o.p_ = nullptr;
     o.n_ = o.cap_ = 0;
   }
   AlignedArray& operator=(AlignedArray&& o) noexcept {
     if (this != &o) {
       release();
-      p_ = o.p_; n_ = o.n_; cap_ = o.cap_; huge_ = o.huge_;
+      p_ = o.p_; n_ = o.n_; cap_ = o.cap_;
       o.p_ = nullptr; o.n_ = o.cap_ = 0;
     }
     return *this;
@@ -90,9 +90,10 @@ class AlignedArray {
 
  private:
   void release();
+  // Blocks from BigAllocator (else fftwf_malloc), decided by the capacity.
+  static bool big(size_t n) { return n * sizeof(T) >= BigAllocator<T>::kThreshold; }
   T* p_ = nullptr;
   size_t n_ = 0, cap_ = 0;
-  bool huge_ = false;
 };
 extern template class AlignedArray<float>;
 extern template class AlignedArray<cfloat>;
