@@ -160,3 +160,37 @@ def test_relion_motion_refine_reads_our_motion(regula, tmp_path):
     d = -tracks.mean(axis=0) - drift
     d -= d.mean(axis=0)
     assert np.sqrt(np.mean(np.sum(d ** 2, axis=1))) < 2.5, d
+
+
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="OpenMPI not installed")
+def test_mpirun_splits_movies_and_micrographs(regula, tmp_path):
+    """Under mpirun, motioncorr splits the movies and ctffind the micrographs over the ranks; rank 0 writes
+    the STAR files. The results are those of one process: the same shifts, the same micrographs (bytes),
+    the same CTF parameters, every movie once and in the input order."""
+    mp = blob_map(tmp_path / "map.mrc")
+    simulate(regula, tmp_path / "sim", mp, "--n", 3, "--size", 512, "--frames", 8, "--dose_per_frame", 4,
+             "--particles", 10, "--local_max", 0, "--seed", 53)
+    mpi = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2"]
+
+    def go(prefix, out):
+        r = run([*prefix, regula, "motioncorr", "--i", "sim/movies.star", "--o", f"{out}/", "--dose_weighting",
+                 "--dose_per_frame", 4, "--j", 1], cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        r = run([*prefix, regula, "ctffind", "--i", f"{out}/corrected_micrographs.star", "--o", f"C{out}/",
+                 "--Box", 128, *["--ResMin", 30, "--ResMax", 5, "--dFMin", 3000, "--dFMax", 50000, "--j", 1]],
+                cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        return (star_loop(tmp_path / out / "corrected_micrographs.star", "micrographs"),
+                star_loop(tmp_path / f"C{out}" / "micrographs_ctf.star", "micrographs"))
+
+    mc1, ctf1 = go([], "M1")
+    mc2, ctf2 = go(mpi, "M2")
+    assert len(mc1["rlnMicrographName"]) == 3
+    assert [n.replace("M1/", "M2/") for n in mc1["rlnMicrographName"]] == mc2["rlnMicrographName"]
+    for a, b in zip(mc1["rlnMicrographName"], mc2["rlnMicrographName"]):
+        assert open(tmp_path / a, "rb").read()[1024:] == open(tmp_path / b, "rb").read()[1024:], b
+    for a, b in zip(mc1["rlnMicrographMetadata"], mc2["rlnMicrographMetadata"]):
+        assert star_loop(tmp_path / a, "global_shift") == star_loop(tmp_path / b, "global_shift")
+    assert [n.replace("M1/", "M2/") for n in ctf1["rlnMicrographName"]] == ctf2["rlnMicrographName"]
+    for c in ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnCtfFigureOfMerit", "rlnCtfMaxResolution"):
+        assert ctf1[c] == ctf2[c], c
