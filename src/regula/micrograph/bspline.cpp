@@ -93,4 +93,49 @@ float bspline_sample(const Grid<float>& c, double x, double y) {
   return float(v);
 }
 
+void bspline_prefilter_spectrum(cfloat* spec, int nx, int ny) {
+  const int nxh = nx / 2 + 1;
+  constexpr double kTwoPi = 6.283185307179586;
+  std::vector<float> fx(static_cast<size_t>(nxh));
+  for (int i = 0; i < nxh; ++i) fx[size_t(i)] = float(6.0 / (4.0 + 2.0 * std::cos(kTwoPi * i / nx)));
+  for (int j = 0; j < ny; ++j) {
+    const int k = j <= ny / 2 ? j : j - ny;
+    const float fy = float(6.0 / (4.0 + 2.0 * std::cos(kTwoPi * k / ny)));
+    cfloat* row = spec + size_t(j) * size_t(nxh);
+    for (int i = 0; i < nxh; ++i) row[i] *= fx[size_t(i)] * fy;
+  }
+}
+
+void bspline_add_row_periodic(const float* coeff, size_t stride, int nx, int ny, int y, const float* dx,
+                              const float* dy, float* out) {
+  const auto wrap = [](int i, int n) {
+    i %= n;
+    return i < 0 ? i + n : i;
+  };
+  for (int x = 0; x < nx; ++x) {
+    const float px = float(x) - dx[x], py = float(y) - dy[x];
+    const float fx = std::floor(px), fy = std::floor(py);
+    const int ix = int(fx), iy = int(fy);
+    const float tx = px - fx, ty = py - fy;
+    const float ux = 1 - tx, uy = 1 - ty, tx2 = tx * tx, ty2 = ty * ty;
+    const float wx[4] = {ux * ux * ux * (1.0f / 6), (3 * tx2 * tx - 6 * tx2 + 4) * (1.0f / 6),
+                         (-3 * tx2 * tx + 3 * tx2 + 3 * tx + 1) * (1.0f / 6), tx2 * tx * (1.0f / 6)};
+    const float wy[4] = {uy * uy * uy * (1.0f / 6), (3 * ty2 * ty - 6 * ty2 + 4) * (1.0f / 6),
+                         (-3 * ty2 * ty + 3 * ty2 + 3 * ty + 1) * (1.0f / 6), ty2 * ty * (1.0f / 6)};
+    float v = 0;
+    if (ix >= 1 && iy >= 1 && ix + 2 < nx && iy + 2 < ny) {
+      const float* p = coeff + size_t(iy - 1) * stride + size_t(ix - 1);
+      for (int j = 0; j < 4; ++j, p += stride) v += wy[j] * (wx[0] * p[0] + wx[1] * p[1] + wx[2] * p[2] + wx[3] * p[3]);
+    } else {
+      for (int j = 0; j < 4; ++j) {
+        const float* row = coeff + size_t(wrap(iy - 1 + j, ny)) * stride;
+        float r = 0;
+        for (int i = 0; i < 4; ++i) r += wx[i] * row[wrap(ix - 1 + i, nx)];
+        v += wy[j] * r;
+      }
+    }
+    out[x] += v;
+  }
+}
+
 }  // namespace regula

@@ -1,6 +1,8 @@
 #include "regula/micrograph/motion_model.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "regula/core/error.hpp"
 #include "regula/io/star.hpp"
@@ -42,50 +44,131 @@ void PolynomialMotion::row_quadratic(double z, double y, double ax[3], double ay
 }
 
 bool fit_polynomial_motion(const std::vector<double>& z, const std::vector<double>& x, const std::vector<double>& y,
-                           const std::vector<double>& sx, const std::vector<double>& sy, PolynomialMotion& m) {
+                           const std::vector<double>& sx, const std::vector<double>& sy, PolynomialMotion& m,
+                           const std::vector<int>* track, std::vector<double>* offset_x, std::vector<double>* offset_y,
+                           double* ridge) {
   const size_t n = z.size();
   if (n <= 18) return false;
-  double A[18][18] = {}, bx[18] = {}, by[18] = {};
+  // With tracks, the constants are eliminated: terms and observations minus their track's means.
+  size_t K = 0;
+  if (track)
+    for (int k : *track) K = std::max(K, size_t(k) + 1);
+  std::vector<double> mean_t(K * 18, 0.0), mean_x(K, 0.0), mean_y(K, 0.0), count(K, 0.0);
   double t[18];
+  for (size_t i = 0; track && i < n; ++i) {
+    const size_t k = size_t((*track)[i]);
+    terms(z[i], x[i], y[i], t);
+    for (int a = 0; a < 18; ++a) mean_t[k * 18 + size_t(a)] += t[a];
+    mean_x[k] += sx[i];
+    mean_y[k] += sy[i];
+    count[k] += 1;
+  }
+  for (size_t k = 0; k < K; ++k) {
+    if (count[k] == 0) continue;
+    for (int a = 0; a < 18; ++a) mean_t[k * 18 + size_t(a)] /= count[k];
+    mean_x[k] /= count[k];
+    mean_y[k] /= count[k];
+  }
+  double A[18][18] = {}, bx[18] = {}, by[18] = {}, vv = 0;
   for (size_t i = 0; i < n; ++i) {
     terms(z[i], x[i], y[i], t);
+    double vx = sx[i], vy = sy[i];
+    if (track) {
+      const size_t k = size_t((*track)[i]);
+      for (int a = 0; a < 18; ++a) t[a] -= mean_t[k * 18 + size_t(a)];
+      vx -= mean_x[k];
+      vy -= mean_y[k];
+    }
+    vv += vx * vx + vy * vy;
     for (int a = 0; a < 18; ++a) {
-      bx[a] += t[a] * sx[i];
-      by[a] += t[a] * sy[i];
+      bx[a] += t[a] * vx;
+      by[a] += t[a] * vy;
       for (int b = 0; b < 18; ++b) A[a][b] += t[a] * t[b];
     }
   }
-  // Cholesky with a tiny ridge (columns differ in scale by z^3).
-  double L[18][18] = {};
-  double tr = 0;
-  for (int a = 0; a < 18; ++a) tr += A[a][a];
-  for (int a = 0; a < 18; ++a) A[a][a] += 1e-12 * tr / 18;
-  for (int i = 0; i < 18; ++i)
-    for (int j = 0; j <= i; ++j) {
-      double s = A[i][j];
-      for (int k = 0; k < j; ++k) s -= L[i][k] * L[j][k];
-      if (i == j) {
-        if (s <= 0) return false;
-        L[i][i] = std::sqrt(s);
-      } else {
-        L[i][j] = s / L[j][j];
+  // Solves (A + (eps + lambda) diag(A)) c = rhs for `nrhs` right-hand sides (columns of 18), by
+  // Cholesky; eps is a tiny ridge (the columns differ in scale by z^3). False when not positive.
+  const auto solve = [&](double lambda, const double* rhs, double* out, int nrhs) {
+    double L[18][18] = {};
+    for (int i = 0; i < 18; ++i)
+      for (int j = 0; j <= i; ++j) {
+        double v = A[i][j] + (i == j ? (1e-12 + lambda) * A[i][i] : 0.0);
+        for (int k = 0; k < j; ++k) v -= L[i][k] * L[j][k];
+        if (i == j) {
+          if (!(v > 0)) return false;
+          L[i][i] = std::sqrt(v);
+        } else {
+          L[i][j] = v / L[j][j];
+        }
+      }
+    for (int r = 0; r < nrhs; ++r) {
+      double w[18];
+      for (int i = 0; i < 18; ++i) {
+        double v = rhs[r * 18 + i];
+        for (int k = 0; k < i; ++k) v -= L[i][k] * w[k];
+        w[i] = v / L[i][i];
+      }
+      for (int i = 17; i >= 0; --i) {
+        double v = w[i];
+        for (int k = i + 1; k < 18; ++k) v -= L[k][i] * out[r * 18 + k];
+        out[r * 18 + i] = v / L[i][i];
       }
     }
-  auto solve = [&](const double* b, std::array<double, 18>& out) {
-    double w[18];
-    for (int i = 0; i < 18; ++i) {
-      double s = b[i];
-      for (int k = 0; k < i; ++k) s -= L[i][k] * w[k];
-      w[i] = s / L[i][i];
-    }
-    for (int i = 17; i >= 0; --i) {
-      double s = w[i];
-      for (int k = i + 1; k < 18; ++k) s -= L[k][i] * out[size_t(k)];
-      out[size_t(i)] = s / L[i][i];
-    }
+    return true;
   };
-  solve(bx, m.cx);
-  solve(by, m.cy);
+  double rhs[2 * 18];
+  std::copy(bx, bx + 18, rhs);
+  std::copy(by, by + 18, rhs + 18);
+  double best_lambda = 0;
+  if (ridge) {
+    // Generalised cross-validation over lambda (x and y together): n' RSS / (n' - 2 tr H)^2 with
+    // n' = 2 (n - K) data left after the track constants and H = (A + lambda diag A)^-1 A per axis.
+    double AA[18 * 18];
+    for (int i = 0; i < 18; ++i)
+      for (int j = 0; j < 18; ++j) AA[j * 18 + i] = A[i][j];
+    const double dof = 2.0 * double(n - K);
+    double best = std::numeric_limits<double>::infinity();
+    for (int l = -1; l <= 40; ++l) {
+      const double lambda = l < 0 ? 0.0 : std::pow(10.0, -6.0 + 9.0 * l / 40.0);
+      double c[2 * 18], h[18 * 18];
+      if (!solve(lambda, rhs, c, 2) || !solve(lambda, AA, h, 18)) continue;
+      double trace = 0, rss = vv;
+      for (int i = 0; i < 18; ++i) trace += h[i * 18 + i];
+      for (int r = 0; r < 2; ++r) {
+        double cb = 0, cac = 0;
+        for (int i = 0; i < 18; ++i) {
+          cb += c[r * 18 + i] * rhs[r * 18 + i];
+          for (int j = 0; j < 18; ++j) cac += c[r * 18 + i] * A[i][j] * c[r * 18 + j];
+        }
+        rss += cac - 2 * cb;
+      }
+      const double left = dof - 2 * trace;
+      if (left <= 0) continue;
+      const double score = dof * std::max(rss, 0.0) / (left * left);
+      if (score < best) {
+        best = score;
+        best_lambda = lambda;
+      }
+    }
+    *ridge = best_lambda;
+  }
+  double c[2 * 18];
+  if (!solve(best_lambda, rhs, c, 2)) return false;
+  std::copy(c, c + 18, m.cx.begin());
+  std::copy(c + 18, c + 36, m.cy.begin());
+  if (offset_x && offset_y) {  // each track's constant: its mean misfit
+    offset_x->assign(K, 0.0);
+    offset_y->assign(K, 0.0);
+    for (size_t k = 0; k < K; ++k) {
+      double fx = 0, fy = 0;
+      for (int a = 0; a < 18; ++a) {
+        fx += m.cx[size_t(a)] * mean_t[k * 18 + size_t(a)];
+        fy += m.cy[size_t(a)] * mean_t[k * 18 + size_t(a)];
+      }
+      (*offset_x)[k] = mean_x[k] - fx;
+      (*offset_y)[k] = mean_y[k] - fy;
+    }
+  }
   return true;
 }
 

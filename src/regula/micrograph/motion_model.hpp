@@ -29,10 +29,18 @@ struct PolynomialMotion {
   void row_quadratic(double z, double y, double ax[3], double ay[3]) const;
 };
 
-// Weighted least-squares fit of the 36 coefficients to observations (z, x, y normalised) of local
-// shifts; returns false (and leaves `m`) when there are too few observations (<= 18).
+// Least-squares fit of the 36 coefficients to observations (z, x, y normalised) of local shifts;
+// returns false (and leaves `m`) when there are too few observations (<= 18) or they do not
+// determine the model. With `track` (one id 0..K-1 per observation), the observations of a track
+// share an unknown constant, fitted too and returned in `offset_x/y` (K each): a patch's trajectory
+// is measured relative to its own first frame, whose error moves all of it. With `ridge`, the
+// coefficients are shrunk towards 0 (no local motion) by a ridge penalty lambda |diag(A)^(1/2) c|^2
+// (A the normal matrix) with lambda chosen by generalised cross-validation and returned: noisy
+// observations give a model near zero instead of fitted noise.
 bool fit_polynomial_motion(const std::vector<double>& z, const std::vector<double>& x, const std::vector<double>& y,
-                           const std::vector<double>& sx, const std::vector<double>& sy, PolynomialMotion& m);
+                           const std::vector<double>& sx, const std::vector<double>& sy, PolynomialMotion& m,
+                           const std::vector<int>* track = nullptr, std::vector<double>* offset_x = nullptr,
+                           std::vector<double>* offset_y = nullptr, double* ridge = nullptr);
 
 struct MovieMotion {
   int width = 0, height = 0, frames = 0;  // of the movie (unbinned)

@@ -23,6 +23,7 @@ struct CorrectParams {
   double highpass = 0.02;     // cycles per pixel of the binned frames (motion_align.hpp)
   int patch_x = 1, patch_y = 1, group_frames = 1;
   int max_iter = 5;
+  double patch_search = 10;   // px of the binned frames: largest local shift beyond the global one
   double tolerance = 0.005;   // px, rms change of a trajectory between rounds
   bool smooth = true;         // temporal regularisation of the global trajectory (smooth_trajectory)
   double early_exposure = 4;  // e/Å²: frames ending before this exposure keep their curvature free
