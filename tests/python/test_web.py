@@ -367,8 +367,9 @@ def test_page_in_headless_chromium(server, project, tmp_path):
         pp = "PostProcess/" + sorted((project / "PostProcess").iterdir())[0].name + "/"
         lr = "LocalRes/" + sorted((project / "LocalRes").iterdir())[0].name + "/"
         env = dict(os.environ)
+        picking = [AUTOPICK, EXTRACT] + ([AUTOPICK_REAL] if REAL.exists() else [])
         r = subprocess.run(["node", str(ROOT / "tests/web/e2e.mjs"), server, str(tmp_path), str(BUILD / "web/node_modules"),
-                            pp, lr], capture_output=True, text=True, timeout=180, env=env)
+                            pp, lr, *picking], capture_output=True, text=True, timeout=300, env=env)
     finally:
         stop.set()
         t.join()
@@ -386,3 +387,17 @@ def test_page_in_headless_chromium(server, project, tmp_path):
     hues = res["locres_hues"]
     assert hues["drawn"] > 0.02 * res["view3d_pixels"]
     assert sum(b > 0.02 * hues["drawn"] for b in hues["bins"]) >= 2, hues
+    # Picking jobs: each micrograph's image loads and is not blank, with one circle per pick of its coordinate file
+    # (per particle of particles.star for Extract), drawn over the picture; no console errors (failed requests
+    # included). The real micrograph is shown when ../shared is there.
+    expected = []
+    for job in picking:
+        info = json.loads(get(server + f"api/picks?dir={job}")[2])
+        expected += [(m["micrograph"], m["count"], (m["width"], m["height"])) for m in info["micrographs"]]
+    assert len(res["picks"]) == len(expected) == 4 + REAL.exists()
+    for shown, (name, count, size) in zip(res["picks"], expected):
+        assert shown["micrograph"] == name and shown["circles"] == shown["listed"] == count > 0, shown
+        assert shown["circles_inside"] == count and shown["overlay_matches"], shown
+        assert f": {count} " in shown["caption"] and shown["grey_std"] > 20, shown
+        assert (shown["width"], shown["height"]) == size  # at most 1024 a side: not binned here
+    assert res["picks_console_errors"] == []
