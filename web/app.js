@@ -1,7 +1,7 @@
 // The page of `regula serve` (docs/web.md): the jobs of the project, live, and for a job what people
 // look at: class galleries, maps in 3D with a threshold (coloured by local resolution when there is a
 // local-resolution map), central slices, FSC curves, angular distributions, resolution per iteration,
-// Guinier plots, and the files behind them.
+// Guinier plots, micrographs with their picks, and the files behind them.
 // three.js (npm, embedded at build time) draws the isosurface; everything else is plain canvas.
 
 let THREE = null;
@@ -337,6 +337,73 @@ async function showLocres(view, job) {
   if (hist) view.append(h('div', {class: 'panel'}, h('h3', {}, 'Local resolution in the mask'), h('img', {src: `/files/${job.dir}${hist}`, id: 'locres-histogram'})));
 }
 
+// AutoPick and Extract jobs: the micrographs with their pick counts; the selected one binned, low-pass
+// filtered and contrast-stretched by the server (/api/micrograph), with the picks drawn on top as circles
+// of the particle diameter (from the job's options; the field changes it).
+async function showPicks(view, job) {
+  const info = await api(`/api/picks?dir=${q(job.dir)}`);
+  const svgNS = 'http://www.w3.org/2000/svg', noun = info.kind === 'extract' ? 'particles' : 'picks';
+  let diameter = info.diameter, current = null, token = 0;
+  const input = h('input', {type: 'number', id: 'pick-diameter', min: '1', step: '10', value: String(Math.round(diameter)),
+                            title: `from ${info.diameter_from}`});
+  const caption = h('div', {id: 'pick-count'});
+  const img = h('img', {id: 'micrograph', alt: 'micrograph'});
+  const svg = document.createElementNS(svgNS, 'svg');
+  svg.id = 'picks';
+  svg.setAttribute('preserveAspectRatio', 'none');
+  const rows = info.micrographs.map(m => h('tr', {class: 'mic' + (m.count === null ? ' error' : ''), 'data-index': String(m.index),
+                                                  title: [m.micrograph, m.error, m.micrograph_error].filter(Boolean).join('\n'),
+                                                  onclick: () => select(m)},
+    h('td', {}, m.micrograph.split('/').pop()), h('td', {class: 'count'}, m.count ?? '?')));
+  view.append(h('div', {class: 'panel'}, h('span', {id: 'picks-summary'},
+                  `${info.micrographs.length} micrograph${info.micrographs.length === 1 ? '' : 's'}, ${info.total} ${noun} (${info.source}); circles of `), input, ' Å'),
+    h('div', {class: 'picks-layout'},
+      h('div', {class: 'mic-list'}, h('table', {id: 'micrographs'},
+        h('thead', {}, h('tr', {}, h('th', {}, 'micrograph'), h('th', {}, noun))), h('tbody', {}, ...rows))),
+      h('div', {class: 'picks-figure'}, caption, h('div', {class: 'micrograph-view'}, img, svg))));
+  const describe = () => {
+    if (current) caption.textContent = `${current.m.micrograph}: ${current.picks.x.length} ${noun}, circles of ${diameter} Å`;
+  };
+  const draw = () => {
+    if (!current) return;
+    const {m, picks} = current, apix = m.pixel_size > 0 ? m.pixel_size : info.pixel_size > 0 ? info.pixel_size : 1;
+    const r = String(diameter / 2 / apix);
+    // Micrograph pixel x covers [x, x + 1) of the picture's coordinates (micrograph pixels): centres at x + 0.5.
+    svg.replaceChildren(...picks.x.map((x, k) => {
+      const c = document.createElementNS(svgNS, 'circle');
+      c.setAttribute('cx', String(x + 0.5)); c.setAttribute('cy', String(picks.y[k] + 0.5)); c.setAttribute('r', r);
+      return c;
+    }));
+    describe();
+  };
+  input.addEventListener('change', () => { if (+input.value > 0) { diameter = +input.value; draw(); } });
+  async function select(m) {
+    const mine = ++token;
+    rows.forEach(tr => tr.classList.toggle('selected', tr.dataset.index === String(m.index)));
+    current = null;
+    svg.replaceChildren();
+    caption.textContent = `${m.micrograph}: loading`;
+    caption.className = '';
+    try {
+      const [picks, image] = await Promise.all([api(`/api/picks?dir=${q(job.dir)}&mic=${m.index}`),
+                                                 fetch(`/api/micrograph?dir=${q(job.dir)}&mic=${m.index}&size=1024`)]);
+      if (!image.ok) throw new Error((await image.json().catch(() => ({error: image.statusText}))).error);
+      const bin = +image.headers.get('X-Bin'), url = URL.createObjectURL(await image.blob());
+      await new Promise((ok, bad) => { img.onload = ok; img.onerror = () => bad(new Error('the micrograph image did not load')); img.src = url; });
+      if (mine !== token) return;
+      svg.setAttribute('viewBox', `0 0 ${img.naturalWidth * bin} ${img.naturalHeight * bin}`);
+      current = {m, picks};
+      draw();
+    } catch (e) {
+      if (mine !== token) return;
+      caption.textContent = `${m.micrograph}: ${e.message}`;
+      caption.className = 'error';
+    }
+  }
+  const first = info.micrographs.find(m => m.count !== null && !m.micrograph_error);
+  if (first) await select(first);
+}
+
 async function showJob(j) {
   selected = j.dir;
   const view = $('#view');
@@ -346,6 +413,7 @@ async function showJob(j) {
     const job = await api(`/api/job?dir=${q(j.dir)}`);
     if (job.type === 'Class2D') await showClass2D(view, job);
     else if (['Refine3D', 'Class3D', 'InitialModel'].includes(job.type)) await show3D(view, job);
+    else if (['AutoPick', 'Extract'].includes(job.type)) await showPicks(view, job);
     else if (job.files.some(f => /_locres\.mrc$/.test(f))) await showLocres(view, job);
     else if (job.type === 'PostProcess') await showFsc(view, job);
     view.append(downloads(job));

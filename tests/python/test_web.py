@@ -11,12 +11,18 @@ import time
 import urllib.error
 import urllib.request
 
+import numpy as np
 import pytest
 
-from conftest import DATA, ROOT, regula_binary
+import picking_data as pdd
+from conftest import DATA, ROOT, SHARED, SHARED_ABSENT, regula_binary
 
 BUILD = pathlib.Path(os.environ.get("REGULA_BUILD", str(ROOT / "build")))
 MAP = DATA / "proj" / "clean70S_crop48.mrc"
+REAL = SHARED / "micrographs" / "mce" / "Ucsf_stack_1142_DW.mrc"
+# The picking jobs of the project (fixture order): LoG picks on two simulated micrographs, their extraction, and
+# LoG picks on the real micrograph of ../shared/data/micrographs when it is there.
+AUTOPICK, EXTRACT, AUTOPICK_REAL, BAD_PICKS = "AutoPick/job007/", "Extract/job008/", "AutoPick/job009/", "AutoPick/job097/"
 
 
 def run(*args, cwd=None):
@@ -41,6 +47,7 @@ def project(tmp_path_factory):
         "--mask", "MaskCreate/job004/mask.mrc", "--auto_bfac", "--autob_lowres", 30)
     run("--project", p, "locres", "--i", "Refine3D/job003/run_half1_class001_unfil.mrc", "--mask",
         "MaskCreate/job004/mask.mrc", "--locres_sampling", 30, "--locres_minres", 80)
+    add_picking_jobs(p)
     # A running job whose progress file grows while the tests run.
     r = p / "Running" / "job099"
     r.mkdir(parents=True)
@@ -55,6 +62,41 @@ def project(tmp_path_factory):
     # A link inside a job directory to a file outside the project: never read by the directory scans.
     (p / "Refine3D/job003/leak.star").symlink_to("/etc/passwd")
     return p
+
+
+def add_picking_jobs(p):
+    """AutoPick (LoG) on two simulated 512 x 512 micrographs at 2 Å (one-frame movies, as test_autopick.py), Extract
+    of those picks, LoG on a copy of the real micrograph when ../shared is there (a link out of the project would be
+    refused), and a forged AutoPick job whose list names files outside the project, missing or malformed."""
+    maps = [str(pdd.globular_map(p / f"type{c}.mrc", d, 2.0, seed=c)) for c, d in ((1, 100.0), (2, 160.0))]
+    pdd.simulate(regula_binary(), str(p / "sim"), maps, 2, 512, 35, 6,
+                 extra=["--angpix", 2.0, "--defocus_min", 15000, "--defocus_max", 35000])
+    names = pdd.micrographs_star(p / "sim", p / "mics.star", 2.0)
+    (p / "mics.star").write_text((p / "mics.star").read_text().replace(f"{p}/", ""))
+    run("--project", p, "autopick", "--i", "mics.star", "--o", "x", "--LoG", "--LoG_diam_min", 90, "--LoG_diam_max", 170)
+    run("--project", p, "extract", "--i", "mics.star", "--coord_list", AUTOPICK + "autopick.star", "--o", "x",
+        "--extract_size", 96, "--norm", "--invert_contrast")
+    if REAL.exists():
+        (p / "Real").mkdir()
+        shutil.copy(REAL, p / "Real" / REAL.name)
+        (p / "real_mics.star").write_text(
+            "data_optics\nloop_\n_rlnOpticsGroupName\n_rlnOpticsGroup\n_rlnMicrographOriginalPixelSize\n_rlnVoltage\n"
+            "_rlnSphericalAberration\n_rlnAmplitudeContrast\n_rlnMicrographPixelSize\nopticsGroup1 1 1.0 300 2.7 0.1 1.0\n\n"
+            f"data_micrographs\nloop_\n_rlnMicrographName\n_rlnOpticsGroup\nReal/{REAL.name} 1\n")
+        run("--project", p, "autopick", "--i", "real_mics.star", "--o", "x", "--LoG", "--LoG_diam_min", 150,
+            "--LoG_diam_max", 250, "--LoG_adjust_threshold", -0.5)
+    import mrcfile
+    with mrcfile.new(p.parent / "outside.mrc", overwrite=True) as m:
+        m.set_data(np.ones((64, 64), np.float32))
+    bad = p / BAD_PICKS
+    bad.mkdir(parents=True)
+    mic0 = os.path.relpath(names[0], p)
+    good = AUTOPICK + os.path.splitext(mic0)[0] + "_autopick.star"
+    (bad / "bad_autopick.star").write_text("data_\nloop_\n_rlnCoordinateX\n_rlnCoordinateY\n1 'unterminated\n")
+    rows = [("../outside.mrc", good), (mic0, "/etc/passwd"), (mic0, BAD_PICKS + "bad_autopick.star"),
+            ("missing.mrc", good), ("escape/passwd", good), ("mics.star", good)]
+    (bad / "autopick.star").write_text("data_coordinate_files\nloop_\n_rlnMicrographName\n_rlnMicrographCoordinates\n"
+                                       + "".join(f"{m} {c}\n" for m, c in rows))
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +201,151 @@ def test_refusals(server, project):
     assert sorted(str(p) for p in project.rglob("*")) == before
 
 
+def png_rgb(data):
+    """An 8-bit RGB PNG (what the server writes) as an array (height, width, 3): chunks, zlib, row filters."""
+    import struct
+    import zlib
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, w = 8, b"", 0
+    while pos < len(data):
+        n, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        chunk = data[pos + 8:pos + 8 + n]
+        if kind == b"IHDR":
+            w, h, depth, colour = struct.unpack(">IIBB", chunk[:10])
+            assert (depth, colour) == (8, 2)
+        elif kind == b"IDAT":
+            idat += chunk
+        pos += 12 + n
+    raw, stride = zlib.decompress(idat), 3 * w
+    out, prev = bytearray(), bytearray(stride)
+    for y in range(h):
+        f, row = raw[y * (stride + 1)], raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)]
+        if f == 0:
+            cur = bytearray(row)
+        elif f == 2:
+            cur = bytearray(((np.frombuffer(row, np.uint8).astype(np.int32) + np.frombuffer(prev, np.uint8)) & 255)
+                            .astype(np.uint8).tobytes())
+        else:
+            cur = bytearray(stride)
+            for i in range(stride):
+                a, b, c = (cur[i - 3] if i >= 3 else 0), prev[i], (prev[i - 3] if i >= 3 else 0)
+                if f == 1:
+                    pred = a
+                elif f == 3:
+                    pred = (a + b) // 2
+                else:
+                    pa, pb, pc = abs(b - c), abs(a - c), abs(a + b - 2 * c)
+                    pred = a if pa <= pb and pa <= pc else b if pb <= pc else c
+                cur[i] = (row[i] + pred) & 255
+        out += cur
+        prev = cur
+    return np.frombuffer(bytes(out), np.uint8).reshape(h, w, 3)
+
+
+def test_picks_api(server, project):
+    """An AutoPick job: its micrographs with the rows of their coordinate files, the picks of one, the micrograph
+    binned to the size asked for, with the picks on its dark particles; an Extract job: its particles per
+    micrograph."""
+    s, _, body = get(server + f"api/picks?dir={AUTOPICK}")
+    info = json.loads(body)
+    assert s == 200 and info["kind"] == "autopick" and info["source"] == AUTOPICK + "autopick.star"
+    assert len(info["micrographs"]) == 2
+    for m in info["micrographs"]:
+        xy, _ = pdd.read_picks(project / m["coordinates"])
+        assert m["count"] == len(xy) >= 10, m
+        assert (m["width"], m["height"]) == (512, 512) and m["pixel_size"] == pytest.approx(2.0)
+    assert info["total"] == sum(m["count"] for m in info["micrographs"])
+    assert info["diameter"] == pytest.approx(130) and "LoG_diam" in info["diameter_from"]
+    m = info["micrographs"][1]
+    s, _, body = get(server + f"api/picks?dir={AUTOPICK}&mic=1")
+    picks = json.loads(body)
+    xy, fom = pdd.read_picks(project / m["coordinates"])
+    assert s == 200 and picks["micrograph"] == m["micrograph"]
+    np.testing.assert_allclose(np.c_[picks["x"], picks["y"]], xy)
+    np.testing.assert_allclose(picks["fom"], fom)
+    # Binned to at most `size` pixels a side, whole blocks of bin x bin micrograph pixels (the last one partial).
+    for size, n, b in ((None, 512, 1), (128, 128, 4), (100, 86, 6), (5000, 512, 1)):
+        s, h, png = get(server + f"api/micrograph?dir={AUTOPICK}&mic=1" + (f"&size={size}" if size else ""))
+        img = png_rgb(png)
+        assert s == 200 and h["Content-Type"] == "image/png" and img.shape == (n, n, 3), (size, img.shape)
+        assert int(h["X-Bin"]) == b and int(h["X-Micrograph-Width"]) == int(h["X-Micrograph-Height"]) == 512
+        assert img.std() > 20  # contrast-stretched, not blank
+    # Row 0 is y = 0, as the coordinates count: the preview at 128 px follows the micrograph's 4 x 4 block means (less
+    # than 1 as the contrast stretch clips the ice), not their mirror image; and LoG picks dark blobs, so the preview is darker at the picks than in the median.
+    import mrcfile
+    img = png_rgb(get(server + f"api/micrograph?dir={AUTOPICK}&mic=1&size=128")[2])[..., 0].astype(float)
+    blocks = mrcfile.read(project / m["micrograph"]).astype(float).reshape(128, 4, 128, 4).mean((1, 3))
+    corr = lambda a, b: np.corrcoef(a.ravel(), b.ravel())[0, 1]
+    assert corr(img, blocks) > 0.7 and corr(img, blocks[::-1]) < 0.3 and corr(img, blocks[:, ::-1]) < 0.3  # 0.84, -0.05, -0.07
+    at = img[(xy[:, 1] // 4).astype(int), (xy[:, 0] // 4).astype(int)]
+    q25, q50, q75 = np.percentile(img, [25, 50, 75])
+    assert np.median(at) < q50 - 0.25 * (q75 - q25), (np.median(at), q25, q50, q75)
+
+    # Extract: the particles of particles.star per micrograph, circles of 75% of the box (RELION's background circle).
+    from movie_data import star_loop
+    parts = star_loop(project / EXTRACT / "particles.star", "particles")
+    s, _, body = get(server + f"api/picks?dir={EXTRACT}")
+    e = json.loads(body)
+    assert s == 200 and e["kind"] == "extract" and e["diameter"] == pytest.approx(0.75 * 96 * 2.0)
+    assert [(m["micrograph"], m["count"]) for m in e["micrographs"]] == \
+        [(n, parts["rlnMicrographName"].count(n)) for n in dict.fromkeys(parts["rlnMicrographName"])]
+    assert e["total"] == len(parts["rlnMicrographName"]) == info["total"]
+    s, _, body = get(server + f"api/picks?dir={EXTRACT}&mic=0")
+    rows = [i for i, n in enumerate(parts["rlnMicrographName"]) if n == e["micrographs"][0]["micrograph"]]
+    np.testing.assert_allclose(json.loads(body)["x"], [float(parts["rlnCoordinateX"][i]) for i in rows])
+    s, _, png = get(server + f"api/micrograph?dir={EXTRACT}&mic=0&size=256")
+    assert s == 200 and png_rgb(png).shape == (256, 256, 3)
+
+
+def test_picks_refusals(server, project):
+    """Bad parameters 400, unknown micrographs and missing files 404, files outside the project 403 (the listed
+    micrograph, the coordinate file, through a symbolic link), malformed files 422: JSON errors, nothing written."""
+    before = sorted(str(p) for p in project.rglob("*"))
+    for path, status in [(f"api/picks?dir={AUTOPICK}&mic=x", 400), (f"api/picks?dir={AUTOPICK}&mic=1.5", 400),
+                         (f"api/picks?dir={AUTOPICK}&mic=", 400), (f"api/picks?dir={AUTOPICK}&mic=99999999999999999999", 400),
+                         (f"api/picks?dir={AUTOPICK}&mic=2", 404), (f"api/picks?dir={AUTOPICK}&mic=-1", 404),
+                         (f"api/micrograph?dir={AUTOPICK}", 400), (f"api/micrograph?dir={AUTOPICK}&mic=0&size=big", 400),
+                         (f"api/micrograph?dir={AUTOPICK}&mic=0&lowpass=-1", 400),
+                         (f"api/micrograph?dir={AUTOPICK}&mic=0&lowpass=nan", 400),
+                         ("api/picks?dir=Class2D/job002/", 404), ("api/picks?dir=Nope/job001/", 404),
+                         ("api/picks?dir=../", 403), ("api/picks", 400),
+                         (f"api/micrograph?dir={BAD_PICKS}&mic=0", 403),  # ../outside.mrc
+                         (f"api/picks?dir={BAD_PICKS}&mic=1", 403),       # coordinates /etc/passwd
+                         (f"api/picks?dir={BAD_PICKS}&mic=2", 422),       # a malformed coordinate file
+                         (f"api/micrograph?dir={BAD_PICKS}&mic=3", 404),  # missing.mrc
+                         (f"api/micrograph?dir={BAD_PICKS}&mic=4", 403),  # escape/passwd: a link to /etc
+                         (f"api/micrograph?dir={BAD_PICKS}&mic=5", 422)]: # mics.star is no MRC file
+        s, _, body = get(server + path)
+        assert s == status, (path, s, body)
+        assert b"root:" not in body and "error" in json.loads(body), path
+    # The list of the forged job: each bad row says what is wrong with it; the others are counted.
+    s, _, body = get(server + f"api/picks?dir={BAD_PICKS}")
+    rows = json.loads(body)["micrographs"]
+    assert s == 200 and len(rows) == 6 and b"root:" not in body
+    assert rows[0]["count"] >= 10 and "outside the project" in rows[0]["micrograph_error"]
+    assert rows[1]["count"] is None and "outside the project" in rows[1]["error"]
+    assert rows[2]["count"] is None and "bad_autopick.star" in rows[2]["error"]
+    assert "missing.mrc" in rows[3]["micrograph_error"] and "outside the project" in rows[4]["micrograph_error"]
+    assert sorted(str(p) for p in project.rglob("*")) == before
+
+
+def test_picks_real_micrograph(server, project):
+    """The real micrograph of ../shared/data/micrographs (959 x 927 at 1 Å) picked by LoG: counted, and binned to the
+    size asked for (the last block of a row or column partial)."""
+    if not REAL.exists():
+        pytest.skip(SHARED_ABSENT if not SHARED.is_dir() else f"{REAL} is absent")
+    s, _, body = get(server + f"api/picks?dir={AUTOPICK_REAL}")
+    info = json.loads(body)
+    m = info["micrographs"][0]
+    xy, _ = pdd.read_picks(project / m["coordinates"])
+    assert s == 200 and len(info["micrographs"]) == 1 and m["count"] == len(xy) >= 10
+    assert (m["width"], m["height"]) == (959, 927) and info["diameter"] == pytest.approx(200)
+    for size, shape, b in ((None, (927, 959), 1), (512, (464, 480), 2), (300, (232, 240), 4)):
+        s, h, png = get(server + f"api/micrograph?dir={AUTOPICK_REAL}&mic=0" + (f"&size={size}" if size else ""))
+        img = png_rgb(png)
+        assert s == 200 and img.shape[:2] == shape and int(h["X-Bin"]) == b and img.std() > 20, (size, img.shape)
+
+
 @pytest.mark.skipif(shutil.which("node") is None or not pathlib.Path(os.environ.get("CHROMIUM", "/usr/bin/chromium")).exists()
                     or not (BUILD / "web/node_modules/playwright-core").is_dir(),
                     reason="node, chromium or the npm packages (build/web/node_modules) are missing")
@@ -180,8 +367,9 @@ def test_page_in_headless_chromium(server, project, tmp_path):
         pp = "PostProcess/" + sorted((project / "PostProcess").iterdir())[0].name + "/"
         lr = "LocalRes/" + sorted((project / "LocalRes").iterdir())[0].name + "/"
         env = dict(os.environ)
+        picking = [AUTOPICK, EXTRACT] + ([AUTOPICK_REAL] if REAL.exists() else [])
         r = subprocess.run(["node", str(ROOT / "tests/web/e2e.mjs"), server, str(tmp_path), str(BUILD / "web/node_modules"),
-                            pp, lr], capture_output=True, text=True, timeout=180, env=env)
+                            pp, lr, *picking], capture_output=True, text=True, timeout=300, env=env)
     finally:
         stop.set()
         t.join()
@@ -199,3 +387,17 @@ def test_page_in_headless_chromium(server, project, tmp_path):
     hues = res["locres_hues"]
     assert hues["drawn"] > 0.02 * res["view3d_pixels"]
     assert sum(b > 0.02 * hues["drawn"] for b in hues["bins"]) >= 2, hues
+    # Picking jobs: each micrograph's image loads and is not blank, with one circle per pick of its coordinate file
+    # (per particle of particles.star for Extract), drawn over the picture; no console errors (failed requests
+    # included). The real micrograph is shown when ../shared is there.
+    expected = []
+    for job in picking:
+        info = json.loads(get(server + f"api/picks?dir={job}")[2])
+        expected += [(m["micrograph"], m["count"], (m["width"], m["height"])) for m in info["micrographs"]]
+    assert len(res["picks"]) == len(expected) == 4 + REAL.exists()
+    for shown, (name, count, size) in zip(res["picks"], expected):
+        assert shown["micrograph"] == name and shown["circles"] == shown["listed"] == count > 0, shown
+        assert shown["circles_inside"] == count and shown["overlay_matches"], shown
+        assert f": {count} " in shown["caption"] and shown["grey_std"] > 20, shown
+        assert (shown["width"], shown["height"]) == size  # at most 1024 a side: not binned here
+    assert res["picks_console_errors"] == []

@@ -1,11 +1,12 @@
 // End-to-end test of the `regula serve` page in headless Chromium (Debian's chromium, driven by
 // playwright-core from npm). Run by tests/python/test_web.py:
-//   node tests/web/e2e.mjs URL OUT_DIR NODE_MODULES_DIR POSTPROCESS_JOB_DIR
-// Prints one JSON line with what it measured; the Python side asserts on it. LOCRES_JOB_DIR (optional, 5th
-// argument): a local-resolution job whose isosurface must be coloured.
+//   node tests/web/e2e.mjs URL OUT_DIR NODE_MODULES_DIR POSTPROCESS_JOB_DIR [LOCRES_JOB_DIR [AUTOPICK_JOB_DIR...]]
+// Prints one JSON line with what it measured; the Python side asserts on it. LOCRES_JOB_DIR: a local-resolution
+// job whose isosurface must be coloured ("" for none). AUTOPICK_JOB_DIR...: picking jobs (AutoPick, Extract) whose
+// micrographs are shown one after the other with their picks.
 import { createRequire } from 'module';
 
-const [url, outDir, modules, postprocessDir, locresDir] = process.argv.slice(2);
+const [url, outDir, modules, postprocessDir, locresDir, ...pickDirs] = process.argv.slice(2);
 const require = createRequire(modules + '/');
 const { chromium } = require('playwright-core');
 
@@ -18,6 +19,9 @@ try {
   const page = await browser.newPage({ viewport: { width: 1400, height: 1600 } });
   const errors = [];
   page.on('pageerror', e => errors.push(String(e)));
+  // Console errors (failed requests included), counted from the picking views on.
+  const consoleErrors = [];
+  page.on('console', m => { if (m.type() === 'error') consoleErrors.push(m.text()); });
   await page.goto(url);
   // Generous: loading three.js takes seconds on a busy machine.
   await page.waitForSelector('tr.job[data-dir="Class2D/job002/"]', { timeout: 60000 });
@@ -88,6 +92,47 @@ try {
     });
     await page.screenshot({ path: outDir + '/locres.png' });
   }
+
+  // Picking jobs: every micrograph of the list in turn; the image loads and is not blank, one circle per pick.
+  const firstConsoleError = consoleErrors.length;
+  result.picks = [];
+  for (const dir of pickDirs) {
+    await page.click(`tr.job[data-dir="${dir}"]`);
+    await page.waitForSelector('#micrographs tr.mic', { timeout: 20000 });
+    const n = await page.$$eval('#micrographs tr.mic', x => x.length);
+    for (let i = 0; i < n; i++) {
+      await page.click(`#micrographs tr.mic[data-index="${i}"]`);
+      await page.waitForFunction(i => {
+        const row = document.querySelector('#micrographs tr.mic.selected'), img = document.querySelector('#micrograph');
+        return row && row.dataset.index === String(i) && img.complete && img.naturalWidth > 0 &&
+               /: \d+ (picks|particles), /.test(document.querySelector('#pick-count').textContent);
+      }, i, { timeout: 20000 });
+      result.picks.push(await page.evaluate(() => {
+        const img = document.querySelector('#micrograph'), c = document.createElement('canvas');
+        c.width = img.naturalWidth; c.height = img.naturalHeight;
+        const x = c.getContext('2d');
+        x.drawImage(img, 0, 0);
+        const d = x.getImageData(0, 0, c.width, c.height).data;
+        let s = 0, s2 = 0;
+        for (let k = 0; k < d.length; k += 4) { s += d[k]; s2 += d[k] * d[k]; }
+        const n = d.length / 4, svg = document.querySelector('#picks'), box = svg.getBoundingClientRect(), ib = img.getBoundingClientRect();
+        const circles = [...svg.querySelectorAll('circle')];
+        return {
+          micrograph: document.querySelector('#micrographs tr.mic.selected').title.split('\n')[0],
+          listed: +document.querySelector('#micrographs tr.mic.selected td.count').textContent,
+          caption: document.querySelector('#pick-count').textContent,
+          width: img.naturalWidth, height: img.naturalHeight, grey_std: Math.sqrt(Math.max(0, s2 / n - (s / n) ** 2)),
+          circles: circles.length,
+          // circles drawn inside the picture (screen pixels), and the overlay laid exactly over the image
+          circles_inside: circles.filter(e => { const r = e.getBoundingClientRect(); return r.width > 2 && r.left >= ib.left - r.width &&
+                                                  r.right <= ib.right + r.width && r.top >= ib.top - r.height && r.bottom <= ib.bottom + r.height; }).length,
+          overlay_matches: Math.abs(box.width - ib.width) < 1 && Math.abs(box.height - ib.height) < 1,
+        };
+      }));
+      if (i === 0) await page.screenshot({ path: `${outDir}/picks_${dir.replace(/\W+/g, '_')}.png` });
+    }
+  }
+  result.picks_console_errors = consoleErrors.slice(firstConsoleError);
 
   // A running job: its progress cell changes while the test appends to its progress file.
   const cell = 'tr.job[data-dir="Running/job099/"] td.progress';

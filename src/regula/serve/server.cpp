@@ -3,6 +3,7 @@
 #include <httplib.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -17,6 +18,8 @@
 #include "regula/imaging/plot.hpp"
 #include "regula/io/mrc.hpp"
 #include "regula/io/star.hpp"
+#include "regula/jobs/coordinates.hpp"
+#include "regula/micrograph/preview.hpp"
 #include "regula/pipeline/job.hpp"
 
 namespace regula::serve {
@@ -46,6 +49,36 @@ std::string mime_of(const std::string& path) {
   if (ends(".star") || ends(".txt") || ends(".out") || ends(".jsonl") || ends(".bild")) return "text/plain";
   if (ends(".json")) return "application/json";
   return "application/octet-stream";
+}
+
+// An integer parameter (the whole value, else 400); `fallback` when absent.
+long int_param(const httplib::Request& req, const char* name, long fallback) {
+  if (!req.has_param(name)) return fallback;
+  const std::string v = req.get_param_value(name);
+  long out = 0;
+  const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
+  if (ec != std::errc() || end != v.data() + v.size()) throw HttpError(400, fmt::format("bad parameter {}: '{}'", name, v));
+  return out;
+}
+
+// A finite number parameter (the whole value, else 400); `fallback` when absent.
+double number_param(const httplib::Request& req, const char* name, double fallback) {
+  if (!req.has_param(name)) return fallback;
+  const std::string v = req.get_param_value(name);
+  char* end = nullptr;
+  const double out = v.empty() ? 0.0 : std::strtod(v.c_str(), &end);
+  if (v.empty() || end != v.c_str() + v.size() || !std::isfinite(out))
+    throw HttpError(400, fmt::format("bad parameter {}: '{}'", name, v));
+  return out;
+}
+
+// A number among a job's options (job.star), or `fallback` when absent or not a number.
+double option_number(const std::map<std::string, std::string>& o, const char* name, double fallback) {
+  const auto it = o.find(name);
+  if (it == o.end()) return fallback;
+  char* end = nullptr;
+  const double v = std::strtod(it->second.c_str(), &end);
+  return end != it->second.c_str() && std::isfinite(v) ? v : fallback;
 }
 
 bool is_job_name(const std::string& s) { return s.size() > 3 && s.rfind("job", 0) == 0 &&
@@ -338,6 +371,206 @@ struct Server::Impl {
     return out;
   }
 
+  // ---------------- picks: AutoPick (coordinate list) and Extract (particles.star) jobs ----------------
+
+  // The options of a job as its job.star records them (name without dashes -> value, "Yes" for flags);
+  // empty when there is none or it cannot be read (the options only choose the circle diameter).
+  static std::map<std::string, std::string> job_options(const fs::path& d) {
+    std::map<std::string, std::string> out;
+    const fs::path f = d / "job.star";
+    if (fs::is_symlink(f) || !fs::is_regular_file(f)) return out;
+    try {
+      const star::Document doc = star::read(f.string());
+      if (const star::Block* b = doc.find("joboptions_values")) {
+        const int n = b->column("rlnJobOptionVariable"), v = b->column("rlnJobOptionValue");
+        for (size_t r = 0; n >= 0 && v >= 0 && r < b->rows(); ++r)
+          out[std::string(b->value(r, n))] = std::string(b->value(r, v));
+      }
+    } catch (const std::exception&) {
+      out.clear();  // a malformed job.star: the default diameter
+    }
+    return out;
+  }
+
+  // The micrographs of a job with their picks: an AutoPick job's coordinate list (<pickname>.star,
+  // data_coordinate_files: rlnMicrographName, rlnMicrographCoordinates, in its order) or an Extract
+  // job's particles.star (rows grouped by rlnMicrographName, in order of first appearance).
+  struct PickSet {
+    std::string kind;  // "autopick" or "extract"
+    fs::path list;
+    struct Micrograph {
+      std::string name, coordinates;  // as written (relative to the project); coordinates "" for extract
+      std::vector<size_t> rows;       // extract: the rows of `particles`
+    };
+    std::vector<Micrograph> micrographs;
+    star::Document particles;  // extract
+    std::map<std::string, std::string> options;
+  };
+
+  PickSet pick_set(const fs::path& d) const {
+    PickSet s;
+    s.options = job_options(d);
+    std::string pickname = s.options.count("pickname") ? s.options.at("pickname") : "autopick";
+    if (pickname.empty() || pickname.find('/') != std::string::npos) pickname = "autopick";
+    const fs::path list = d / (pickname + ".star"), parts = d / "particles.star";
+    if (!fs::is_symlink(list) && fs::is_regular_file(list)) {
+      s.kind = "autopick";
+      s.list = list;
+      const star::Document doc = star::read(list.string());
+      const star::Block& b = block(doc, "coordinate_files", list);
+      const int m = b.require_column("rlnMicrographName"), c = b.require_column("rlnMicrographCoordinates");
+      for (size_t r = 0; r < b.rows(); ++r)
+        s.micrographs.push_back({std::string(b.value(r, m)), std::string(b.value(r, c)), {}});
+      return s;
+    }
+    if (!fs::is_symlink(parts) && fs::is_regular_file(parts)) {
+      s.kind = "extract";
+      s.list = parts;
+      s.particles = star::read(parts.string());
+      const star::Block& b = block(s.particles, "particles", parts);
+      const int m = b.require_column("rlnMicrographName");
+      b.require_column("rlnCoordinateX");
+      b.require_column("rlnCoordinateY");
+      std::map<std::string, size_t> index;
+      for (size_t r = 0; r < b.rows(); ++r) {
+        const std::string name(b.value(r, m));
+        auto [it, fresh] = index.emplace(name, s.micrographs.size());
+        if (fresh) s.micrographs.push_back({name, "", {}});
+        s.micrographs[it->second].rows.push_back(r);
+      }
+      return s;
+    }
+    throw HttpError(404, fmt::format("no picks in this job (neither {}.star nor particles.star)", pickname));
+  }
+
+  // The picks of micrograph i: x, y (micrograph pixels) and the figure of merit when there is one.
+  struct Picks {
+    std::vector<double> x, y, fom;
+  };
+  Picks picks_of(const PickSet& s, size_t i) const {
+    Picks p;
+    const auto take = [&](const star::Table& b, const std::vector<size_t>& rows) {
+      const int cx = b.require_column("rlnCoordinateX"), cy = b.require_column("rlnCoordinateY");
+      const int cf = b.column("rlnAutopickFigureOfMerit");
+      for (size_t r : rows) {
+        p.x.push_back(b.number(r, cx));
+        p.y.push_back(b.number(r, cy));
+        if (cf >= 0) p.fom.push_back(b.number(r, cf));
+      }
+    };
+    const PickSet::Micrograph& m = s.micrographs[i];
+    if (s.kind == "extract") {
+      take(s.particles.require("particles"), m.rows);
+    } else {
+      const fs::path f = inside(m.coordinates);
+      if (!fs::is_regular_file(f)) throw HttpError(404, "not a file: " + m.coordinates);
+      const star::Block b = read_coordinates(f.string());
+      std::vector<size_t> rows(b.rows());
+      for (size_t r = 0; r < rows.size(); ++r) rows[r] = r;
+      take(b, rows);
+    }
+    return p;
+  }
+
+  // ?mic=I: an index into the job's micrographs (400 when malformed or missing, 404 when out of range).
+  static size_t micrograph_index(const httplib::Request& req, const PickSet& s) {
+    if (!req.has_param("mic")) throw HttpError(400, "missing parameter mic");
+    const long i = int_param(req, "mic", 0);
+    if (i < 0 || size_t(i) >= s.micrographs.size())
+      throw HttpError(404, fmt::format("no micrograph {} (the job has {})", i, s.micrographs.size()));
+    return size_t(i);
+  }
+
+  // The diameter (Å) of the circles drawn around picks and where it comes from (the job's options).
+  static std::pair<double, std::string> pick_diameter(const PickSet& s, double angpix) {
+    const auto& o = s.options;
+    if (const double d = option_number(o, "particle_diameter", -1); d > 0) return {d, "--particle_diameter"};
+    const double lo = option_number(o, "LoG_diam_min", -1), hi = option_number(o, "LoG_diam_max", -1);
+    if (lo > 0 && hi >= lo) return {(lo + hi) / 2, "the mean of --LoG_diam_min and --LoG_diam_max"};
+    const double box = option_number(o, "extract_size", -1);
+    if (s.kind == "extract" && box > 0 && angpix > 0) {
+      // --bg_radius is in pixels of the final box (after --scale and --window); RELION's GUI default is
+      // 75% of its half.
+      const double scale = option_number(o, "scale", -1), window = option_number(o, "window", -1);
+      const double factor = scale > 0 ? box / scale : 1.0;
+      const double final_box = window > 0 ? window : scale > 0 ? scale : box;
+      const double bg = option_number(o, "bg_radius", -1);
+      if (bg > 0) return {2 * bg * factor * angpix, "twice --bg_radius"};
+      return {0.75 * final_box * factor * angpix, "75% of the extracted box"};
+    }
+    return {200.0, "a default (no diameter among the job's options)"};
+  }
+
+  json picks(const httplib::Request& req) const {
+    const fs::path d = job_dir(req);
+    const PickSet s = pick_set(d);
+    if (req.has_param("mic")) {
+      const size_t i = micrograph_index(req, s);
+      const Picks p = picks_of(s, i);
+      json j{{"index", i}, {"micrograph", s.micrographs[i].name}, {"x", p.x}, {"y", p.y}};
+      if (!p.fom.empty()) j["fom"] = p.fom;
+      return j;
+    }
+    json mics = json::array();
+    long total = 0;
+    double angpix = option_number(s.options, "angpix", 0);
+    for (size_t i = 0; i < s.micrographs.size(); ++i) {
+      const PickSet::Micrograph& m = s.micrographs[i];
+      json e{{"index", i}, {"micrograph", m.name}, {"count", nullptr}};
+      if (!m.coordinates.empty()) e["coordinates"] = m.coordinates;
+      // One unreadable micrograph or coordinate file is reported on its row, not for the job.
+      try {
+        const long n = s.kind == "extract" ? long(m.rows.size()) : long(picks_of(s, i).x.size());
+        e["count"] = n;
+        total += n;
+      } catch (const std::exception& ex) {
+        e["error"] = ex.what();
+      }
+      try {
+        const fs::path f = inside(m.name);
+        if (!fs::is_regular_file(f)) throw HttpError(404, "not a file: " + m.name);
+        const mrc::Header h = mrc::read_header(f.string());
+        e["width"] = h.size_x();
+        e["height"] = h.size_y();
+        e["pixel_size"] = h.pixel_size();
+        if (!(angpix > 0)) angpix = h.pixel_size();
+      } catch (const std::exception& ex) {
+        e["micrograph_error"] = ex.what();
+      }
+      mics.push_back(e);
+    }
+    const auto [diameter, from] = pick_diameter(s, angpix);
+    return {{"kind", s.kind}, {"source", rel(s.list)}, {"micrographs", mics}, {"total", total},
+            {"pixel_size", angpix}, {"diameter", diameter}, {"diameter_from", from}};
+  }
+
+  // Micrograph I of the job as a PNG of at most size x size pixels (micrograph/preview.hpp): binned,
+  // low-pass filtered at `lowpass` Å, contrast-stretched between the 1st and 99th percentiles.
+  std::string micrograph(const httplib::Request& req, httplib::Response& res) const {
+    const fs::path d = job_dir(req);
+    const PickSet s = pick_set(d);
+    const size_t i = micrograph_index(req, s);
+    PreviewOptions o;
+    o.max_size = int(std::clamp(int_param(req, "size", 1024), 64L, 2048L));
+    o.lowpass = number_param(req, "lowpass", 20);
+    if (o.lowpass < 0) throw HttpError(400, "bad parameter lowpass: must be >= 0 (Å; 0: none)");
+    const fs::path f = inside(s.micrographs[i].name);
+    if (!fs::is_regular_file(f)) throw HttpError(404, "not a file: " + s.micrographs[i].name);
+    mrc::StackReader r(f.string());
+    if (r.count() != 1) throw HttpError(422, fmt::format("{}: {} sections, not a micrograph", s.micrographs[i].name, r.count()));
+    Grid<float> mic(r.nx(), r.ny());
+    r.read_into(0, mic.data());
+    o.angpix = r.header().pixel_size() > 0 ? r.header().pixel_size() : option_number(s.options, "angpix", 0);
+    const Preview p = micrograph_preview(mic, o);
+    std::vector<uint8_t> rgb(p.grey.size() * 3);
+    for (size_t k = 0; k < p.grey.size(); ++k) rgb[3 * k] = rgb[3 * k + 1] = rgb[3 * k + 2] = p.grey[k];
+    res.set_header("X-Micrograph-Width", std::to_string(mic.nx()));
+    res.set_header("X-Micrograph-Height", std::to_string(mic.ny()));
+    res.set_header("X-Bin", std::to_string(p.bin));
+    res.set_header("X-Pixel-Size", fmt::format("{}", o.angpix));
+    return encode_png_rgb(rgb, p.width, p.height);
+  }
+
   // Wraps a handler: HttpError -> its status, InputError (a malformed file) -> 422, others -> 500.
   template <class F>
   httplib::Server::Handler guard(F f) {
@@ -371,6 +604,11 @@ struct Server::Impl {
                res.set_header("X-Box-Size", std::to_string(box));
                res.set_header("X-Pixel-Size", fmt::format("{}", apix));
                res.set_content(std::move(data), "application/octet-stream");
+             }));
+    http.Get("/api/picks", guard([this](const httplib::Request& q, httplib::Response& res) { json_reply(res, picks(q)); }));
+    http.Get("/api/micrograph", guard([this](const httplib::Request& q, httplib::Response& res) {
+               std::string png = micrograph(q, res);
+               res.set_content(std::move(png), "image/png");
              }));
     http.Get("/api/fsc", guard([this](const httplib::Request& q, httplib::Response& res) { json_reply(res, fsc(q)); }));
     http.Get("/api/iterations", guard([this](const httplib::Request& q, httplib::Response& res) {
