@@ -106,36 +106,91 @@ void bspline_prefilter_spectrum(cfloat* spec, int nx, int ny) {
   }
 }
 
+namespace {
+// Weights of the cubic B-spline for offsets -1, 0, 1, 2 of a point at fraction t in [0, 1).
+inline void weights4(float t, float& w0, float& w1, float& w2, float& w3) {
+  const float u = 1 - t, t2 = t * t;
+  w0 = u * u * u * (1.0f / 6);
+  w1 = (3 * t2 * t - 6 * t2 + 4) * (1.0f / 6);
+  w2 = (-3 * t2 * t + 3 * t2 + 3 * t + 1) * (1.0f / 6);
+  w3 = t2 * t * (1.0f / 6);
+}
+}  // namespace
+
 void bspline_add_row_periodic(const float* coeff, size_t stride, int nx, int ny, int y, const float* dx,
                               const float* dy, float* out) {
   const auto wrap = [](int i, int n) {
     i %= n;
     return i < 0 ? i + n : i;
   };
-  for (int x = 0; x < nx; ++x) {
+  const auto one = [&](int x) {
     const float px = float(x) - dx[x], py = float(y) - dy[x];
     const float fx = std::floor(px), fy = std::floor(py);
     const int ix = int(fx), iy = int(fy);
-    const float tx = px - fx, ty = py - fy;
-    const float ux = 1 - tx, uy = 1 - ty, tx2 = tx * tx, ty2 = ty * ty;
-    const float wx[4] = {ux * ux * ux * (1.0f / 6), (3 * tx2 * tx - 6 * tx2 + 4) * (1.0f / 6),
-                         (-3 * tx2 * tx + 3 * tx2 + 3 * tx + 1) * (1.0f / 6), tx2 * tx * (1.0f / 6)};
-    const float wy[4] = {uy * uy * uy * (1.0f / 6), (3 * ty2 * ty - 6 * ty2 + 4) * (1.0f / 6),
-                         (-3 * ty2 * ty + 3 * ty2 + 3 * ty + 1) * (1.0f / 6), ty2 * ty * (1.0f / 6)};
+    float wx[4], wy[4];
+    weights4(px - fx, wx[0], wx[1], wx[2], wx[3]);
+    weights4(py - fy, wy[0], wy[1], wy[2], wy[3]);
     float v = 0;
-    if (ix >= 1 && iy >= 1 && ix + 2 < nx && iy + 2 < ny) {
-      const float* p = coeff + size_t(iy - 1) * stride + size_t(ix - 1);
-      for (int j = 0; j < 4; ++j, p += stride) v += wy[j] * (wx[0] * p[0] + wx[1] * p[1] + wx[2] * p[2] + wx[3] * p[3]);
-    } else {
-      for (int j = 0; j < 4; ++j) {
-        const float* row = coeff + size_t(wrap(iy - 1 + j, ny)) * stride;
-        float r = 0;
-        for (int i = 0; i < 4; ++i) r += wx[i] * row[wrap(ix - 1 + i, nx)];
-        v += wy[j] * r;
-      }
+    for (int j = 0; j < 4; ++j) {
+      const float* row = coeff + size_t(wrap(iy - 1 + j, ny)) * stride;
+      float r = 0;
+      for (int i = 0; i < 4; ++i) r += wx[i] * row[wrap(ix - 1 + i, nx)];
+      v += wy[j] * r;
     }
     out[x] += v;
+  };
+  // Blocks of 8 pixels: the shifts vary slowly along a row, so the 8 usually share the integer
+  // offset floor(x - dx) - x and the row floor(y - dy); then the 4 x 4 neighbourhoods of the 8 are
+  // 4 rows of 11 consecutive coefficients and the sums vectorise. Otherwise, and near the edges,
+  // pixel by pixel (the same arithmetic up to float rounding).
+  constexpr int L = 8;
+  int x0 = 0;
+  for (; x0 + L <= nx; x0 += L) {
+    // (Simple loops over the lanes, so that the compiler vectorises them.)
+    float fx[L], fy[L], tx[L], ty[L];
+    for (int l = 0; l < L; ++l) {
+      const float px = float(x0 + l) - dx[x0 + l], py = float(y) - dy[x0 + l];
+      fx[l] = std::floor(px);
+      fy[l] = std::floor(py);
+      tx[l] = px - fx[l];
+      ty[l] = py - fy[l];
+    }
+    bool same = true;
+    for (int l = 1; l < L; ++l) same = same && fx[l] - fx[0] == float(l) && fy[l] == fy[0];
+    if (!same) {
+      for (int l = 0; l < L; ++l) one(x0 + l);
+      continue;
+    }
+    float wx[4][L], wy[4][L];
+    for (int l = 0; l < L; ++l) {
+      const float u = 1 - tx[l], t2 = tx[l] * tx[l];
+      wx[0][l] = u * u * u * (1.0f / 6);
+      wx[1][l] = (3 * t2 * tx[l] - 6 * t2 + 4) * (1.0f / 6);
+      wx[2][l] = (-3 * t2 * tx[l] + 3 * t2 + 3 * tx[l] + 1) * (1.0f / 6);
+      wx[3][l] = t2 * tx[l] * (1.0f / 6);
+    }
+    for (int l = 0; l < L; ++l) {
+      const float u = 1 - ty[l], t2 = ty[l] * ty[l];
+      wy[0][l] = u * u * u * (1.0f / 6);
+      wy[1][l] = (3 * t2 * ty[l] - 6 * t2 + 4) * (1.0f / 6);
+      wy[2][l] = (-3 * t2 * ty[l] + 3 * t2 + 3 * ty[l] + 1) * (1.0f / 6);
+      wy[3][l] = t2 * ty[l] * (1.0f / 6);
+    }
+    int ox[1] = {int(fx[0]) - x0}, oy[1] = {int(fy[0])};
+    const int first = x0 + ox[0] - 1, iy = oy[0];
+    if (first < 0 || first + L + 3 > nx || iy < 1 || iy + 2 >= ny) {
+      for (int l = 0; l < L; ++l) one(x0 + l);
+      continue;
+    }
+    float acc[L] = {};
+    for (int j = 0; j < 4; ++j) {
+      const float* r = coeff + size_t(iy - 1 + j) * stride + size_t(first);
+      for (int l = 0; l < L; ++l)
+        acc[l] += wy[j][l] * (wx[0][l] * r[l] + wx[1][l] * r[l + 1] + wx[2][l] * r[l + 2] + wx[3][l] * r[l + 3]);
+    }
+    for (int l = 0; l < L; ++l) out[x0 + l] += acc[l];
   }
+  for (; x0 < nx; ++x0) one(x0);
 }
 
 }  // namespace regula
