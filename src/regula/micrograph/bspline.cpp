@@ -93,14 +93,14 @@ float bspline_sample(const Grid<float>& c, double x, double y) {
   return float(v);
 }
 
-void bspline_prefilter_spectrum(cfloat* spec, int nx, int ny) {
+void bspline_prefilter_spectrum(cfloat* spec, int nx, int ny, float scale) {
   const int nxh = nx / 2 + 1;
   constexpr double kTwoPi = 6.283185307179586;
   std::vector<float> fx(static_cast<size_t>(nxh));
   for (int i = 0; i < nxh; ++i) fx[size_t(i)] = float(6.0 / (4.0 + 2.0 * std::cos(kTwoPi * i / nx)));
   for (int j = 0; j < ny; ++j) {
     const int k = j <= ny / 2 ? j : j - ny;
-    const float fy = float(6.0 / (4.0 + 2.0 * std::cos(kTwoPi * k / ny)));
+    const float fy = float(6.0 / (4.0 + 2.0 * std::cos(kTwoPi * k / ny))) * scale;
     cfloat* row = spec + size_t(j) * size_t(nxh);
     for (int i = 0; i < nxh; ++i) row[i] *= fx[size_t(i)] * fy;
   }

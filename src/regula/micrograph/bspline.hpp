@@ -22,8 +22,8 @@ float bspline_sample(const Grid<float>& coeff, double x, double y);
 // The prefilter for a periodic image, in Fourier space: multiplies the half-complex spectrum
 // ((nx/2+1) x ny, FFT-order rows) of an nx x ny image by 1 / (B(kx) B(ky)), B(k) = (4 + 2 cos(2 pi k / n)) / 6,
 // so that its inverse transform holds the periodic B-spline coefficients (the same as
-// bspline_prefilter but for the boundaries: periodic instead of mirrored).
-void bspline_prefilter_spectrum(cfloat* spec, int nx, int ny);
+// bspline_prefilter but for the boundaries: periodic instead of mirrored), times `scale`.
+void bspline_prefilter_spectrum(cfloat* spec, int nx, int ny, float scale = 1.0f);
 
 // Adds to out[x], x = 0 .. nx-1, the interpolant of periodic coefficients (nx x ny, row r at
 // coeff + r * stride) at (x - dx[x], y - dy[x]).
