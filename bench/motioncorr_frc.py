@@ -4,6 +4,10 @@ programs' outputs side by side (the commands are in docs/benchmarks.md, section 
 
   * the RMS error of the per-frame global shifts (rlnMicrographShiftX/Y of each movie's STAR file)
     against the truth (SIM/Truth/movie_NNN_motion.star), per movie and over all movies;
+  * where the truth has local motion, the RMS error of the whole shift (global plus local) at the truth's 8 x 8 grid
+    of points in every frame (SIM/Truth/movie_NNN_motion.star, data_local_shift): the program's local model
+    (rlnMotionModelVersion 1, RELION's third-order polynomial) added to its global shifts, or the global
+    shifts alone when it wrote none;
   * the FRC of each corrected (dose-weighted) micrograph against the drift-free, noise-free truth
     (SIM/Truth/movie_NNN_ideal.mrc), in shells of 4 Fourier pixels, averaged over the movies, and the
     paired difference between the programs per shell with its standard error over the movies.
@@ -34,6 +38,27 @@ def loop(path, block):
 def shifts(path):
     g = loop(path, "global_shift")
     return np.array(g["rlnMicrographShiftX"], float), np.array(g["rlnMicrographShiftY"], float)
+
+
+def local_shifts(path, frames, px, py, width, height):
+    """Global plus local shift of a program's per-movie STAR file at points (px, py) (pixels) of frames
+    (1-based): RELION's ThirdOrderPolynomialModel, x = X / width - 0.5, y = Y / height - 0.5, z = frame - 1,
+    18 coefficients per axis: (1, x, x^2, y, y^2, xy) times (z, z^2, z^3). Without a model (version 0)
+    the global shift is the estimate everywhere."""
+    gx, gy = shifts(path)
+    doc = gemmi.cif.read_file(path)
+    if doc.find_block("general").find_value("_rlnMotionModelVersion") != "1":
+        return gx[frames - 1], gy[frames - 1]
+    c = np.array(loop(path, "local_motion_model")["rlnMotionModelCoeff"], float)
+    z = frames - 1.0
+    x, y = px / width - 0.5, py / height - 0.5
+    terms = [np.ones_like(x), x, x * x, y, y * y, x * y]
+    sx, sy = gx[frames - 1].copy(), gy[frames - 1].copy()
+    for t, term in enumerate(terms):
+        for p, zp in enumerate((z, z * z, z * z * z)):
+            sx += c[3 * t + p] * zp * term
+            sy += c[18 + 3 * t + p] * zp * term
+    return sx, sy
 
 
 def taper(n, m=64):
@@ -78,6 +103,7 @@ def main(argv):
     movies = sorted(glob.glob(os.path.join(sim, "Movies", "movie_*.mrc")))
     rel = os.path.relpath(sim)
     rms = {p: [] for p, _ in progs}
+    local = {p: [] for p, _ in progs}
     curves = {p: [] for p, _ in progs}
     freq = None
     for mv in movies:
@@ -90,14 +116,27 @@ def main(argv):
             sx, sy = shifts(root + ".star")
             e = np.sqrt(np.mean((sx - tx) ** 2 + (sy - ty) ** 2))
             rms[name].append(e)
+            truth_local = loop(os.path.join(sim, "Truth", stem + "_motion.star"), "local_shift")
+            f = np.array(truth_local["rlnMicrographFrameNumber"], int)
+            lx, ly = (np.array(truth_local[c], float) for c in ("rlnCoordinateX", "rlnCoordinateY"))
+            ltx, lty = (np.array(truth_local[c], float) for c in ("rlnMicrographShiftX", "rlnMicrographShiftY"))
+            if np.any(ltx != tx[f - 1]) or np.any(lty != ty[f - 1]):  # the truth has local motion
+                with mrcfile.open(mv, header_only=True) as m:
+                    width, height = int(m.header.nx), int(m.header.ny)
+                est = local_shifts(root + ".star", f, lx, ly, width, height)
+                local[name].append(np.sqrt(np.mean((est[0] - ltx) ** 2 + (est[1] - lty) ** 2)))
+            row.append(f"{name} {e:.3f}" + (f" whole {local[name][-1]:.3f}" if local[name] else ""))
             img = mrcfile.read(root + ".mrc").astype(np.float64)
             c, freq = frc(img, ideal)
             curves[name].append(c)
-            row.append(f"{name} {e:.3f}")
         print("  ".join(row), flush=True)
     print("RMS error of the global shifts over all movies (px): " +
           ", ".join(f"{n} {np.sqrt(np.mean(np.square(v))):.3f} (per movie {min(v):.3f}-{max(v):.3f})"
                     for n, v in rms.items()))
+    if any(local.values()):
+        print("RMS error of the whole shift (global + local model) at 8 x 8 points per frame (px): " +
+              ", ".join(f"{n} {np.sqrt(np.mean(np.square(v))):.3f} over {len(v)} movies "
+                        f"(per movie {min(v):.3f}-{max(v):.3f})" for n, v in local.items() if v))
     names = [p for p, _ in progs]
     mean = {n: np.mean(curves[n], axis=0) for n in names}
     print("FRC against the drift-free truth (mean over movies), by frequency (1/px):")
