@@ -12,17 +12,9 @@ usage: ctffind_accuracy.py SIM RESULT.star [RESULT.star ...]
 import os
 import sys
 
-import gemmi
 import numpy as np
 
-
-def loop(path, block):
-    b = gemmi.cif.read_file(path).find_block(block)
-    for item in b:
-        if item.loop is not None:
-            t = item.loop
-            return {tag[1:]: [t.val(i, j) for i in range(t.length())] for j, tag in enumerate(t.tags)}
-    raise ValueError(f"{path}: no loop in data_{block}")
+from motioncorr_frc import loop
 
 
 def stem(name):

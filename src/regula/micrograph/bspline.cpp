@@ -162,22 +162,9 @@ void bspline_add_row_periodic(const float* coeff, size_t stride, int nx, int ny,
       continue;
     }
     float wx[4][L], wy[4][L];
-    for (int l = 0; l < L; ++l) {
-      const float u = 1 - tx[l], t2 = tx[l] * tx[l];
-      wx[0][l] = u * u * u * (1.0f / 6);
-      wx[1][l] = (3 * t2 * tx[l] - 6 * t2 + 4) * (1.0f / 6);
-      wx[2][l] = (-3 * t2 * tx[l] + 3 * t2 + 3 * tx[l] + 1) * (1.0f / 6);
-      wx[3][l] = t2 * tx[l] * (1.0f / 6);
-    }
-    for (int l = 0; l < L; ++l) {
-      const float u = 1 - ty[l], t2 = ty[l] * ty[l];
-      wy[0][l] = u * u * u * (1.0f / 6);
-      wy[1][l] = (3 * t2 * ty[l] - 6 * t2 + 4) * (1.0f / 6);
-      wy[2][l] = (-3 * t2 * ty[l] + 3 * t2 + 3 * ty[l] + 1) * (1.0f / 6);
-      wy[3][l] = t2 * ty[l] * (1.0f / 6);
-    }
-    int ox[1] = {int(fx[0]) - x0}, oy[1] = {int(fy[0])};
-    const int first = x0 + ox[0] - 1, iy = oy[0];
+    for (int l = 0; l < L; ++l) weights4(tx[l], wx[0][l], wx[1][l], wx[2][l], wx[3][l]);
+    for (int l = 0; l < L; ++l) weights4(ty[l], wy[0][l], wy[1][l], wy[2][l], wy[3][l]);
+    const int first = int(fx[0]) - 1, iy = int(fy[0]);
     if (first < 0 || first + L + 3 > nx || iy < 1 || iy + 2 >= ny) {
       for (int l = 0; l < L; ++l) one(x0 + l);
       continue;
