@@ -310,3 +310,29 @@ def test_project_jobs_and_continue(regula, tmp_path):
         r = run([regula, "--project", ".", "run", "--job", job, "--continue"], cwd=tmp_path)
         assert r.returncode == 0 and word in r.stderr, r.stderr
     assert (tmp_path / "Extract" / "job002" / "particles.star").read_text() == before
+
+
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="OpenMPI not installed")
+def test_mpirun_splits_micrographs(regula, tmp_path):
+    """Under mpirun, autopick and extract split the micrographs over the ranks and rank 0 writes the STAR
+    files: the same picks, the same particles.star and the same image bytes as one process."""
+    names, _ = simulate(regula, tmp_path, 7, n=3, size=512)
+    mpi = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2"]
+    for prefix, out in (([], "A1"), (mpi, "A2")):
+        r = run([*prefix, regula, "autopick", "--i", "mics.star", "--o", f"{out}/", *LOG], cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        r = run([*prefix, regula, "extract", "--i", "mics.star", "--coord_list", f"{out}/autopick.star",
+                 "--o", f"E{out}/", "--extract_size", 96, "--norm", "--invert_contrast"], cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    one = star_loop(tmp_path / "A1" / "autopick.star", "coordinate_files")
+    two = star_loop(tmp_path / "A2" / "autopick.star", "coordinate_files")
+    assert one["rlnMicrographName"] == two["rlnMicrographName"] == names
+    for a, b in zip(one["rlnMicrographCoordinates"], two["rlnMicrographCoordinates"]):
+        assert (tmp_path / a).read_text() == (tmp_path / b).read_text()
+        assert len(pdd.read_picks(str(tmp_path / a))[0]) > 5
+    p1 = star_loop(tmp_path / "EA1" / "particles.star", "particles")
+    p2 = star_loop(tmp_path / "EA2" / "particles.star", "particles")
+    assert len(p1["rlnImageName"]) > 15
+    assert [n.replace("EA1/", "EA2/") for n in p1["rlnImageName"]] == p2["rlnImageName"]
+    for stack in sorted({n.split("@")[1] for n in p1["rlnImageName"]}):
+        assert open(tmp_path / stack, "rb").read() == open(tmp_path / stack.replace("EA1/", "EA2/"), "rb").read()
