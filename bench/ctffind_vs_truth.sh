@@ -14,12 +14,8 @@ regula="${REGULA:-$(dirname "$here")/build/bin/regula}"
 threads="${THREADS:-2}"
 mkdir -p "$out"
 cd "$out"
-if [ ! -f sim/movies.star ]; then
-  /usr/bin/python3 -c "import sys; sys.path.insert(0, '$here/../tests/python'); import movie_data; movie_data.blob_map('map.mrc', n=64)"
-  "$regula" --quiet simulate_movies --i map.mrc --o sim --n "$n" --size "${SIZE:-2048}" --frames "${FRAMES:-40}" \
-    --dose_per_frame 1.0 --particles 200 --voltage "$kv" --defocus_min 5000 --defocus_max 40000 \
-    --astigmatism_max 2000 --seed "$seed" --no_ideal --j "$threads"
-fi
+"$here/simulated_movies.sh" "$n" "$seed" --voltage "$kv" --defocus_min 5000 --defocus_max 40000 \
+  --astigmatism_max 2000 --no_ideal
 g="${PS_GROUP:-4}"
 mc="MC"; [ "$g" != 4 ] && mc="MC_g$g"
 if [ ! -f "$mc/corrected_micrographs.star" ]; then

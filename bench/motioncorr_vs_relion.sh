@@ -18,11 +18,7 @@ regula="${REGULA:-$(dirname "$here")/build/bin/regula}"
 threads="${THREADS:-2}"
 mkdir -p "$out"
 cd "$out"
-if [ ! -f sim/movies.star ]; then
-  /usr/bin/python3 -c "import sys; sys.path.insert(0, '$here/../tests/python'); import movie_data; movie_data.blob_map('map.mrc', n=64)"
-  "$regula" --quiet simulate_movies --i map.mrc --o sim --n "$n" --size "${SIZE:-2048}" --frames "${FRAMES:-40}" \
-    --dose_per_frame 1.0 --particles 200 --local_max "$local_max" --seed "$seed" --j "$threads"
-fi
+"$here/simulated_movies.sh" "$n" "$seed" --local_max "$local_max"
 opts=(--j "$threads" --bfactor 150 --patch_x "$patches" --patch_y "$patches" --group_frames "${GROUP:-1}"
       --dose_weighting --dose_per_frame 1.0 --preexposure 0)
 if [ -z "${SKIP_RELION:-}" ] || [ ! -d RELION ]; then

@@ -29,6 +29,32 @@ struct Waves {
   }
 };
 
+// Observations of `truth` at the centres of a g x g grid of patches in frames 0 .. frames-1, each plus
+// extra(patch) (its offset or noise; x and y).
+struct Observations {
+  std::vector<double> z, x, y, sx, sy;
+  std::vector<int> track;
+};
+template <class Extra>
+Observations observe(const PolynomialMotion& truth, int g, int frames, Extra&& extra) {
+  Observations o;
+  for (int p = 0; p < g * g; ++p) {
+    const double px = (p % g + 0.5) / g - 0.5, py = (p / g + 0.5) / g - 0.5;
+    for (int f = 0; f < frames; ++f) {
+      double vx, vy, ex, ey;
+      truth.shift_at(f, px, py, vx, vy);
+      extra(p, ex, ey);
+      o.z.push_back(f);
+      o.x.push_back(px);
+      o.y.push_back(py);
+      o.sx.push_back(vx + ex);
+      o.sy.push_back(vy + ey);
+      o.track.push_back(p);
+    }
+  }
+  return o;
+}
+
 PolynomialMotion some_model() {
   PolynomialMotion m;
   for (int a = 0; a < 18; ++a) {
@@ -76,23 +102,16 @@ TEST(PolynomialMotionFit, RecoversTheModelWithAFreeOffsetPerTrack) {
   const PolynomialMotion truth = some_model();
   std::mt19937 rng(3);
   std::uniform_real_distribution<double> off(-2, 2);
-  std::vector<double> z, x, y, sx, sy, tox, toy;
-  std::vector<int> track;
-  for (int p = 0; p < 16; ++p) {
-    const double px = (p % 4 + 0.5) / 4 - 0.5, py = (p / 4 + 0.5) / 4 - 0.5;
-    tox.push_back(off(rng));
-    toy.push_back(off(rng));
-    for (int f = 0; f < 12; ++f) {
-      double vx, vy;
-      truth.shift_at(f, px, py, vx, vy);
-      z.push_back(f);
-      x.push_back(px);
-      y.push_back(py);
-      sx.push_back(vx + tox.back());
-      sy.push_back(vy + toy.back());
-      track.push_back(p);
-    }
+  std::vector<double> tox(16), toy(16);
+  for (size_t p = 0; p < 16; ++p) {
+    tox[p] = off(rng);
+    toy[p] = off(rng);
   }
+  const Observations o = observe(truth, 4, 12, [&](int p, double& ex, double& ey) {
+    ex = tox[size_t(p)];
+    ey = toy[size_t(p)];
+  });
+  const auto& [z, x, y, sx, sy, track] = o;
   PolynomialMotion m;
   std::vector<double> ox, oy;
   ASSERT_TRUE(fit_polynomial_motion(z, x, y, sx, sy, m, &track, &ox, &oy));
@@ -117,22 +136,15 @@ TEST(PolynomialMotionFit, CrossValidatedRidgeKeepsSignalAndShrinksNoise) {
   const PolynomialMotion truth = some_model();
   std::mt19937 rng(5);
   std::normal_distribution<double> noise(0, 1);
-  const auto observe = [&](double signal, double sigma, std::vector<double>& z, std::vector<double>& x,
-                           std::vector<double>& y, std::vector<double>& sx, std::vector<double>& sy,
-                           std::vector<int>& track) {
-    for (int p = 0; p < 25; ++p) {
-      const double px = (p % 5 + 0.5) / 5 - 0.5, py = (p / 5 + 0.5) / 5 - 0.5;
-      for (int f = 0; f < 20; ++f) {
-        double vx, vy;
-        truth.shift_at(f, px, py, vx, vy);
-        z.push_back(f);
-        x.push_back(px);
-        y.push_back(py);
-        sx.push_back(signal * vx + sigma * noise(rng));
-        sy.push_back(signal * vy + sigma * noise(rng));
-        track.push_back(p);
-      }
-    }
+  // The model times `signal` plus Gaussian noise of `sigma` px, on a 5 x 5 grid of patches, 20 frames.
+  const auto noisy = [&](double signal, double sigma) {
+    PolynomialMotion m = truth;
+    for (auto& c : m.cx) c *= signal;
+    for (auto& c : m.cy) c *= signal;
+    return observe(m, 5, 20, [&](int, double& ex, double& ey) {
+      ex = sigma * noise(rng);
+      ey = sigma * noise(rng);
+    });
   };
   // Model error: rms over the field and frames of the fitted minus the true shift.
   const auto error = [&](const PolynomialMotion& m, double signal) {
@@ -150,23 +162,19 @@ TEST(PolynomialMotionFit, CrossValidatedRidgeKeepsSignalAndShrinksNoise) {
     return std::sqrt(s / cnt);
   };
   {  // Clean data: (almost) no shrinkage, the model recovered.
-    std::vector<double> z, x, y, sx, sy;
-    std::vector<int> track;
-    observe(1.0, 1e-3, z, x, y, sx, sy, track);
+    const Observations o = noisy(1.0, 1e-3);
     PolynomialMotion m;
     double ridge = -1;
-    ASSERT_TRUE(fit_polynomial_motion(z, x, y, sx, sy, m, &track, nullptr, nullptr, &ridge));
+    ASSERT_TRUE(fit_polynomial_motion(o.z, o.x, o.y, o.sx, o.sy, m, &o.track, nullptr, nullptr, &ridge));
     EXPECT_LT(ridge, 1e-3);
     EXPECT_LT(error(m, 1.0), 0.01);
   }
   {  // Pure noise (no motion): the ridge grows and the model stays closer to zero than least squares'.
-    std::vector<double> z, x, y, sx, sy;
-    std::vector<int> track;
-    observe(0.0, 1.0, z, x, y, sx, sy, track);
+    const Observations o = noisy(0.0, 1.0);
     PolynomialMotion shrunk, plain;
     double ridge = -1;
-    ASSERT_TRUE(fit_polynomial_motion(z, x, y, sx, sy, shrunk, &track, nullptr, nullptr, &ridge));
-    ASSERT_TRUE(fit_polynomial_motion(z, x, y, sx, sy, plain, &track));
+    ASSERT_TRUE(fit_polynomial_motion(o.z, o.x, o.y, o.sx, o.sy, shrunk, &o.track, nullptr, nullptr, &ridge));
+    ASSERT_TRUE(fit_polynomial_motion(o.z, o.x, o.y, o.sx, o.sy, plain, &o.track));
     EXPECT_GT(ridge, 0.01);
     EXPECT_LT(error(shrunk, 0.0), 0.5 * error(plain, 0.0));
   }

@@ -36,22 +36,17 @@ void gaussian_blur(Grid<float>& img, double sigma) {
   for (int t = -r; t <= r; ++t) sum += k[size_t(t + r)] = std::exp(-0.5 * t * t / (sigma * sigma));
   for (double& v : k) v /= sum;
   std::vector<float> line(static_cast<size_t>(std::max(w, h)));
-  for (int y = 0; y < h; ++y) {
-    for (int x = 0; x < w; ++x) line[size_t(x)] = img(x, y);
-    for (int x = 0; x < w; ++x) {
-      double s = 0;
-      for (int t = -r; t <= r; ++t) s += k[size_t(t + r)] * line[size_t(std::clamp(x + t, 0, w - 1))];
-      img(x, y) = float(s);
+  // One line of n values at `first` with `step` between them, blurred in place.
+  const auto blur = [&](float* first, size_t step, int n) {
+    for (int i = 0; i < n; ++i) line[size_t(i)] = first[size_t(i) * step];
+    for (int i = 0; i < n; ++i) {
+      double v = 0;
+      for (int t = -r; t <= r; ++t) v += k[size_t(t + r)] * line[size_t(std::clamp(i + t, 0, n - 1))];
+      first[size_t(i) * step] = float(v);
     }
-  }
-  for (int x = 0; x < w; ++x) {
-    for (int y = 0; y < h; ++y) line[size_t(y)] = img(x, y);
-    for (int y = 0; y < h; ++y) {
-      double s = 0;
-      for (int t = -r; t <= r; ++t) s += k[size_t(t + r)] * line[size_t(std::clamp(y + t, 0, h - 1))];
-      img(x, y) = float(s);
-    }
-  }
+  };
+  for (int y = 0; y < h; ++y) blur(img.data() + size_t(y) * size_t(w), 1, w);
+  for (int x = 0; x < w; ++x) blur(img.data() + x, size_t(w), h);
 }
 
 }  // namespace
