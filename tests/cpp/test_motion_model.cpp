@@ -1,6 +1,7 @@
 // The local motion model of motion correction (fit_polynomial_motion) and the periodic B-spline
 // interpolation that applies it (bspline_prefilter_spectrum, bspline_add_row_periodic), against
-// analytic results.
+// analytic results; and the misplacement a frame may have in the sums with the local model
+// (misplacement_tolerance).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -10,6 +11,7 @@
 #include "regula/core/fft.hpp"
 #include "regula/core/grid.hpp"
 #include "regula/micrograph/bspline.hpp"
+#include "regula/micrograph/dose.hpp"
 #include "regula/micrograph/motion_model.hpp"
 
 using namespace regula;
@@ -177,5 +179,34 @@ TEST(PolynomialMotionFit, CrossValidatedRidgeKeepsSignalAndShrinksNoise) {
     ASSERT_TRUE(fit_polynomial_motion(o.z, o.x, o.y, o.sx, o.sy, plain, &o.track));
     EXPECT_GT(ridge, 0.01);
     EXPECT_LT(error(shrunk, 0.0), 0.5 * error(plain, 0.0));
+  }
+}
+
+TEST(MisplacementTolerance, TenthOfAPixelUndamagedAndTheLossBoundAtEveryFrequency) {
+  const double loss = 1 - std::cos(0.1 * kTwoPi / 2);
+  // An undamaged frame: the bound binds at Nyquist, cos(2 pi 0.5 d) = cos(0.1 pi).
+  EXPECT_NEAR(misplacement_tolerance(0, 1.0, loss), 0.1, 1e-9);
+  EXPECT_NEAR(misplacement_tolerance(0, 0.5, loss), 0.1, 1e-9);
+  double last = 0;
+  for (double extra : {2.0, 5.0, 10.0, 20.0, 39.0}) {
+    for (double angpix : {0.8, 1.0, 1.6}) {
+      const double d = misplacement_tolerance(extra, angpix, loss);
+      EXPECT_GT(d, 0.1) << extra << " " << angpix;
+      // Brute force on a finer grid of frequencies: the loss at d stays within the bound (up to the
+      // function's grid of 512 frequencies), and 5% more misplacement exceeds it somewhere.
+      double worst = 0, worst_more = 0;
+      for (int s = 1; s <= 20000; ++s) {
+        const double k = 0.5 * s / 20000;
+        const double r = damage_attenuation(extra, k / angpix);
+        worst = std::max(worst, r * (1 - std::cos(kTwoPi * k * d)));
+        worst_more = std::max(worst_more, r * (1 - std::cos(kTwoPi * k * d * 1.05)));
+      }
+      EXPECT_LT(worst, loss * 1.001) << extra << " " << angpix;
+      EXPECT_GT(worst_more, loss) << extra << " " << angpix;
+    }
+    // More exposure, more tolerance.
+    const double d = misplacement_tolerance(extra, 1.0, loss);
+    EXPECT_GT(d, last);
+    last = d;
   }
 }

@@ -1,7 +1,9 @@
 #include "regula/micrograph/dose.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numbers>
 
 #include "regula/core/error.hpp"
 #include "regula/core/fft.hpp"
@@ -11,6 +13,18 @@ namespace regula {
 double critical_exposure(double k) {
   if (k <= 0) return std::numeric_limits<double>::infinity();
   return 0.245 * std::pow(k, -1.665) + 2.81;
+}
+
+double misplacement_tolerance(double extra, double angpix, double loss) {
+  double d = 1e300;
+  constexpr int kSteps = 512;
+  for (int s = 1; s <= kSteps; ++s) {
+    const double k = 0.5 * s / kSteps;  // cycles / px
+    const double r = damage_attenuation(std::max(0.0, extra), k / angpix);
+    if (loss >= 2 * r) continue;  // even a half-period shift loses less
+    d = std::min(d, std::acos(1 - loss / r) / (2 * std::numbers::pi * k));
+  }
+  return d;
 }
 
 double dose_voltage_factor(double kv) {

@@ -22,6 +22,14 @@ inline double damage_attenuation(double exposure_300kv, double k_inv_A) {
   return k_inv_A <= 0 ? 1.0 : std::exp(-exposure_300kv / (2.0 * critical_exposure(k_inv_A)));
 }
 
+// The largest misplacement d (px) of a frame in a dose-weighted sum such that, at every spatial
+// frequency k up to Nyquist (0.5 / px), the signal it loses, (1 - cos(2 pi k d)) in the worst direction
+// times its amplitude exp(-extra / (2 Ne(k))) relative to the first frame's (extra: its additional
+// 300 kV-equivalent exposure, e/Å²), is at most `loss`. The first frame (extra 0) may move by
+// acos(1 - loss) / pi px (0.1 px for loss = 1 - cos(0.1 pi) = 0.049); a damaged frame, whose
+// high frequencies carry little weight, by more.
+double misplacement_tolerance(double extra_exposure_300kv, double angpix, double loss);
+
 // Grant & Grigorieff's optimal weights for the half-complex transforms of frames of nx x ny pixels
 // of `angpix` Å (Fourier index (i, j): kx = i / (nx angpix), ky = fft_freq(j, ny) / (ny angpix)):
 //   w_f(k) = exp(-N_f / (2 Ne(k))) / sqrt(sum_g exp(-N_g / Ne(k)))

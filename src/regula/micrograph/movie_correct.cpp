@@ -13,6 +13,7 @@
 #include "regula/core/fft.hpp"
 #include "regula/core/random.hpp"
 #include "regula/micrograph/bspline.hpp"
+#include "regula/micrograph/dose.hpp"
 #include "regula/micrograph/frame_sum.hpp"
 #include "regula/micrograph/motion_align.hpp"
 
@@ -370,33 +371,42 @@ Grid<float> to_image(AlignedArray<cfloat>& spec, int nx, int ny) {
   return img;
 }
 
-// The sums with the local model: runs of consecutive frames whose model shifts differ by less
-// than kRunSpan everywhere are summed in Fourier space (global shifts, dose weights), then moved by
-// the model at the run's middle frame by cubic B-spline interpolation; added in run order. A frame
-// is then misplaced by at most kRunSpan / 2 = 0.1 px, which attenuates its signal at Nyquist by at
-// most cos(pi 0.1) = 0.95 (on 20 simulated 2048 px movies with local motion the FRC against the
-// truth did not change in any shell from a span of 0.05 px, with 2-3 times fewer runs).
-constexpr double kRunSpan = 0.2;  // px
+// The sums with the local model: runs of consecutive frames are summed in Fourier space (global
+// shifts, dose weights), then moved by the model at the run's middle by cubic B-spline interpolation;
+// added in run order. A run is as long as every frame in it stays, at every point of the field,
+// within its tolerance of the model at the middle: misplacement_tolerance() with a loss of
+// 1 - cos(0.1 pi) = 0.049, i.e. 0.1 px for an undamaged frame (its signal at Nyquist attenuated by
+// at most cos(0.1 pi) = 0.95) and more for damaged frames in a dose-weighted sum, whose high
+// frequencies carry little weight (the same bound at every frequency). Without dose weighting (or
+// when the plain sum is made too) every frame gets 0.1 px.
+constexpr double kRunLoss = 0.04894348370484647;  // 1 - cos(0.1 pi)
 // Returns the number of runs.
 size_t local_sums(const FrameStore& st, const std::vector<double>& gx, const std::vector<double>& gy,
                   const PolynomialMotion& model, const DoseWeighting* dose, Grid<float>* weighted, Grid<float>* plain,
-                  ThreadPool& pool) {
+                  const std::vector<double>& tolerance, ThreadPool& pool) {
   const int T = st.frames(), nx = st.nx(), ny = st.ny(), nxh = st.nxh();
+  // Model shifts on a 5 x 5 grid over the field, per frame and at half frames.
+  constexpr int G = 5;
+  const auto at = [&](double z, int p, double& sx, double& sy) {
+    model.shift_at(z, (p % G) / double(G - 1) - 0.5, (p / G) / double(G - 1) - 0.5, sx, sy);
+  };
+  const auto fits = [&](int f, int e) {  // frames f .. e - 1 as one run
+    const double z = 0.5 * (f + e - 1);
+    for (int p = 0; p < G * G; ++p) {
+      double mx, my;
+      at(z, p, mx, my);
+      for (int g = f; g < e; ++g) {
+        double sx, sy;
+        at(g, p, sx, sy);
+        if (std::hypot(sx - mx, sy - my) > tolerance[size_t(g)]) return false;
+      }
+    }
+    return true;
+  };
   std::vector<std::pair<int, int>> runs;
   for (int f = 0; f < T;) {
     int e = f + 1;
-    while (e < T) {
-      double worst = 0;
-      for (int j = 0; j <= 4; ++j)
-        for (int i = 0; i <= 4; ++i) {
-          double ax, ay, bx, by;
-          model.shift_at(f, i / 4.0 - 0.5, j / 4.0 - 0.5, ax, ay);
-          model.shift_at(e, i / 4.0 - 0.5, j / 4.0 - 0.5, bx, by);
-          worst = std::max(worst, std::hypot(ax - bx, ay - by));
-        }
-      if (worst >= kRunSpan) break;
-      ++e;
-    }
+    while (e < T && fits(f, e + 1)) ++e;
     runs.emplace_back(f, e);
     f = e;
   }
@@ -555,8 +565,14 @@ CorrectOutput correct_movie(const CorrectInput& in, const CorrectParams& p, Movi
   }
   const bool want_plain = !p.dose_weighting || p.save_noDW;
   if (out.has_model) {
+    // Each frame's tolerance (binned px): by its extra exposure when only the dose-weighted sum is made.
+    std::vector<double> tolerance(size_t(T), misplacement_tolerance(0, apix, kRunLoss));
+    if (dose && !want_plain)
+      for (int f = 1; f < T; ++f)
+        tolerance[size_t(f)] =
+            misplacement_tolerance(p.dose_per_frame * dose_voltage_factor(p.voltage) * f, apix, kRunLoss);
     const size_t runs = local_sums(st, g.sx, g.sy, out.model, dose, dose ? &out.sum : nullptr,
-                                   want_plain ? (dose ? &out.sum_noDW : &out.sum) : nullptr, pool);
+                                   want_plain ? (dose ? &out.sum_noDW : &out.sum) : nullptr, tolerance, pool);
     out.log += fmt::format("sums with the local model: {} runs of frames\n", runs);
   } else {
     AlignedArray<cfloat> sw, sp;
