@@ -147,11 +147,13 @@ Grid<float> coloured_noise(int n, const std::vector<double>& sigma2, std::mt1993
   return fft_inverse(F, n);
 }
 
-Grid<cfloat> window_fourier(const Grid<cfloat>& F, int n, int new_n) {
-  if (new_n == n) return F;
+void window_fourier(const Grid<cfloat>& F, int n, int new_n, Grid<cfloat>& G) {
   const bool vol = F.nz() > 1;
-  Grid<cfloat> G(new_n / 2 + 1, new_n, vol ? new_n : 1);
-  if (new_n < n) {
+  if (G.nx() != new_n / 2 + 1 || G.ny() != new_n || G.nz() != (vol ? new_n : 1))
+    G = Grid<cfloat>(new_n / 2 + 1, new_n, vol ? new_n : 1);
+  if (new_n == n) {
+    std::copy(F.begin(), F.end(), G.begin());
+  } else if (new_n < n) {
     // Every coefficient of the smaller transform from the same frequency of the larger one,
     // including the new Nyquist row/column (+new_n/2 in FFT order).
     for (int iz = 0; iz < G.nz(); ++iz) {
@@ -165,6 +167,7 @@ Grid<cfloat> window_fourier(const Grid<cfloat>& F, int n, int new_n) {
   } else {
     // Enlarging: the coefficients with |k| <= n/2 (a sphere, in FFT order of the old transform,
     // so its +n/2 entries included).
+    std::fill(G.begin(), G.end(), cfloat(0));
     const double r2max = double(F.nx() - 1) * (F.nx() - 1);
     for (int iz = 0; iz < F.nz(); ++iz) {
       const int kz = vol ? fft_freq(iz, n) : 0;
@@ -176,6 +179,12 @@ Grid<cfloat> window_fourier(const Grid<cfloat>& F, int n, int new_n) {
       }
     }
   }
+}
+
+Grid<cfloat> window_fourier(const Grid<cfloat>& F, int n, int new_n) {
+  if (new_n == n) return F;
+  Grid<cfloat> G;
+  window_fourier(F, n, new_n, G);
   return G;
 }
 

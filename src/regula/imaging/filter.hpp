@@ -63,6 +63,8 @@ Grid<float> rescale(const Grid<float>& img, int new_n);
 // row/column from the old +new_n/2 frequency; padding copies the coefficients with |k| <= n/2 (a
 // disc or sphere). No scaling. Works on centred and uncentred transforms alike.
 Grid<cfloat> window_fourier(const Grid<cfloat>& F, int n, int new_n);
+// The same into `out` (reshaped only when its shape differs: no allocation in a loop).
+void window_fourier(const Grid<cfloat>& F, int n, int new_n, Grid<cfloat>& out);
 
 // Real-space windowing to a new box about the centre (n/2 -> new_n/2): crop,
 // or pad with `fill`.

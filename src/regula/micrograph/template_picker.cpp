@@ -151,6 +151,7 @@ FourierLattice fine_lattice(const Grid<float>& img, int size, int R) {
 struct TemplateReferences::Impl {
   TemplatePickOptions opt;
   PickingGrid grid;
+  int band = 0;           // RELION's working size: the micrograph's transform is kept within it
   int downsize = 0;       // RELION's downsize_mic: the references' Fourier radius is downsize / 2
   int box = 0;            // reference box at the micrograph's pixel size
   double diameter = 0;    // Å
@@ -201,6 +202,18 @@ TemplateReferences::TemplateReferences(const std::vector<Grid<float>>& refs_in, 
   long r = std::lround(diameter / (2.0 * o.angpix)) - o.shrink_mask;
   im.radius2 = r * r;
   im.grid = picking_grid(mic_nx, mic_ny, o.angpix, o.lowpass, o.shrink, o.optimise_size);
+  // RELION's working size allows prime factors up to 41 (4096 px at 2 Å low-passed at 20 Å: 820 =
+  // 4 x 5 x 41, whose inverse transform takes 7 times as long as 840's). The correlations are made on
+  // the next size with factors up to 7 instead, the micrograph's transform kept within RELION's band:
+  // the same band-limited figure-of-merit function, sampled on a slightly finer grid.
+  im.band = im.grid.work;
+  if (o.optimise_size) {
+    const int w = fft_friendly_size(im.grid.work, true, 7);
+    if (w <= im.grid.size) {
+      im.grid.work = w;
+      im.grid.scale = float(w) / float(im.grid.size);
+    }
+  }
   const int size = im.grid.size;
   im.downsize = o.lowpass > 0 ? 2 * int(std::lround(size * o.angpix / o.lowpass)) : size;
   im.downsize = std::min(im.downsize, size);
@@ -275,6 +288,16 @@ MicrographMaps micrograph_maps(const Grid<float>& mic, const TemplateReferences:
     mm.F = std::move(t[0]);
     F2 = std::move(t[1]);
   }
+  if (im.band < work) {
+    // RELION's band: the square of its working grid's frequencies, -band/2 < ky <= band/2 and
+    // kx <= band/2 (its Nyquist row holds the +band/2 coefficient).
+    const int h = im.band / 2;
+    for (int j = 0; j < work; ++j) {
+      const int ky = fft_freq(j, work);
+      for (int i = 0; i <= work / 2; ++i)
+        if (i > h || ky > h || ky <= -h) mm.F(i, j) = F2(i, j) = cfloat(0);
+    }
+  }
   // Local statistics over the ring: correlations with the ring on the working grid.
   const double f = double(work) * work / (double(size) * size) / double(im.n_ring);
   Grid<cfloat> G = mm.F;
@@ -304,13 +327,13 @@ MicrographMaps micrograph_maps(const Grid<float>& mic, const TemplateReferences:
   return mm;
 }
 
-// The reference's transform at in-plane angle psi with the CTF, on the working grid.
-Grid<cfloat> reference_at(const TemplateReferences::Impl& im, size_t k, double psi, const MicrographMaps& mm,
-                          Grid<cfloat>& buf) {
+// The reference's transform at in-plane angle psi with the CTF, on the working grid, into T.
+void reference_at(const TemplateReferences::Impl& im, size_t k, double psi, const MicrographMaps& mm,
+                  Grid<cfloat>& buf, Grid<cfloat>& T) {
   im.refs[k].project(euler_to_matrix(0, 0, psi), buf, im.downsize);
   if (!mm.ctf.empty())
     for (size_t i = 0; i < buf.size(); ++i) buf[i] *= mm.ctf[i];
-  return window_fourier(buf, im.downsize, im.grid.work);
+  window_fourier(buf, im.downsize, im.grid.work, T);
 }
 
 // Peaks of one reference: the best correlation over in-plane angles, its FOM map, the peak search
@@ -319,11 +342,12 @@ std::vector<Peak> reference_peaks(const TemplateReferences::Impl& im, size_t k, 
   const TemplatePickOptions& o = im.opt;
   const int size = im.grid.size, work = im.grid.work;
   const size_t np = size_t(work) * size_t(work);
-  Grid<cfloat> buf;
+  Grid<cfloat> buf, T, P;
+  Grid<float> cc;
   // Sums of the CTF-filtered reference over the mask (RELION takes them at the first angle).
   double a1 = 0, a2 = 0;
   {
-    Grid<cfloat> T = reference_at(im, k, im.psis[0], mm, buf);
+    reference_at(im, k, im.psis[0], mm, buf, T);
     centre_origin(T, work, true);
     const Grid<float> t = fft_inverse(T, work);
     const double f = double(work) * work / (double(size) * size);
@@ -348,15 +372,24 @@ std::vector<Peak> reference_peaks(const TemplateReferences::Impl& im, size_t k, 
   const double expected = std::exp(a2 / 2.0);
   std::vector<float> best(np, -3.4e38f), best_psi(np, 0.0f);
   const double ccf = double(work) * work / (double(size) * size) / double(im.n_mask);
-  for (double psi : im.psis) {
-    Grid<cfloat> T = reference_at(im, k, psi, mm, buf);
-    for (size_t i = 0; i < T.size(); ++i) T[i] = std::conj(T[i]) * mm.F[i];
-    const Grid<float> cc = fft_inverse(T, work);
+  const auto correlate = [&](bool conj_ref, double psi) {
+    // The cross-correlation with the reference (conj_ref) or with it turned by 180 degrees: a real
+    // image turned by 180 degrees has the complex conjugate transform (the CTF is real and even).
+    if (P.nx() != T.nx() || P.ny() != T.ny()) P = Grid<cfloat>(T.nx(), T.ny());
+    for (size_t i = 0; i < T.size(); ++i) P[i] = (conj_ref ? std::conj(T[i]) : T[i]) * mm.F[i];
+    fft_inverse_destroy(P, work, cc);
     for (size_t p = 0; p < np; ++p)
       if (cc[p] > best[p]) {
         best[p] = cc[p];
         best_psi[p] = float(psi);
       }
+  };
+  // With an even number of angles, psi and psi + 180 share one projection (in that order).
+  const size_t npsi = im.psis.size(), half = npsi % 2 == 0 ? npsi / 2 : npsi;
+  for (size_t i = 0; i < half; ++i) {
+    reference_at(im, k, im.psis[i], mm, buf, T);
+    correlate(true, im.psis[i]);
+    if (half < npsi) correlate(false, im.psis[i + half]);
   }
   std::vector<double> fom(np);
   for (size_t p = 0; p < np; ++p) {
