@@ -337,9 +337,42 @@ async function showLocres(view, job) {
   if (hist) view.append(h('div', {class: 'panel'}, h('h3', {}, 'Local resolution in the mask'), h('img', {src: `/files/${job.dir}${hist}`, id: 'locres-histogram'})));
 }
 
+// Colour of a figure of merit t in [0, 1]: blue (low) through green and yellow to red (high).
+const fomColour = t => `hsl(${Math.round(240 * (1 - Math.min(1, Math.max(0, t))))}, 100%, 50%)`;
+
+// Histogram of the job's figures of merit (counts of equal bins from min to max, /api/picks) as SVG bars
+// coloured as the circles.
+function fomHistogram(fom, noun) {
+  const svgNS = 'http://www.w3.org/2000/svg', W = 360, H = 140, pad = 24, n = fom.counts.length;
+  const top = Math.max(1, ...fom.counts), svg = document.createElementNS(svgNS, 'svg');
+  svg.id = 'fom-histogram';
+  svg.setAttribute('width', W); svg.setAttribute('height', H); svg.setAttribute('viewBox', `0 0 ${W} ${H}`);
+  const add = (tag, attrs, text) => {
+    const e = document.createElementNS(svgNS, tag);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+    if (text !== undefined) e.textContent = text;
+    svg.append(e);
+    return e;
+  };
+  const bw = (W - 2 * pad) / n;
+  fom.counts.forEach((c, k) => {
+    const hgt = (H - 2 * pad) * c / top;
+    add('rect', {class: 'fom-bar', x: pad + k * bw, y: H - pad - hgt, width: Math.max(1, bw - 1), height: hgt,
+                 fill: fomColour((k + 0.5) / n), 'data-count': c});
+  });
+  add('line', {x1: pad, y1: H - pad, x2: W - pad, y2: H - pad, stroke: '#444'});
+  const fmt = v => Math.abs(v) >= 100 || v === 0 ? v.toFixed(0) : v.toPrecision(3);
+  add('text', {x: pad, y: H - 6, 'font-size': 11}, fmt(fom.min));
+  add('text', {x: W - pad, y: H - 6, 'font-size': 11, 'text-anchor': 'end'}, fmt(fom.max));
+  add('text', {x: W / 2, y: H - 6, 'font-size': 11, 'text-anchor': 'middle'}, 'figure of merit');
+  add('text', {x: pad, y: 14, 'font-size': 11}, `${noun} per bin (largest ${top})`);
+  return svg;
+}
+
 // AutoPick and Extract jobs: the micrographs with their pick counts; the selected one binned, low-pass
 // filtered and contrast-stretched by the server (/api/micrograph), with the picks drawn on top as circles
-// of the particle diameter (from the job's options; the field changes it).
+// of the particle diameter (from the job's options; the field changes it), coloured by their figure of
+// merit when there is one, with its histogram over the job; for Extract, a sample of the particles.
 async function showPicks(view, job) {
   const info = await api(`/api/picks?dir=${q(job.dir)}`);
   const svgNS = 'http://www.w3.org/2000/svg', noun = info.kind === 'extract' ? 'particles' : 'picks';
@@ -361,6 +394,15 @@ async function showPicks(view, job) {
       h('div', {class: 'mic-list'}, h('table', {id: 'micrographs'},
         h('thead', {}, h('tr', {}, h('th', {}, 'micrograph'), h('th', {}, noun))), h('tbody', {}, ...rows))),
       h('div', {class: 'picks-figure'}, caption, h('div', {class: 'micrograph-view'}, img, svg))));
+  if (info.fom)
+    view.append(h('div', {class: 'panel'}, h('h3', {}, `Figures of merit of the ${info.total} ${noun}`),
+                  fomHistogram(info.fom, noun),
+                  h('p', {class: 'note'}, 'Circles are coloured by figure of merit: blue lowest, red highest.')));
+  if (info.kind === 'extract' && info.total > 0) {
+    const n = Math.min(48, info.total);
+    view.append(h('div', {class: 'panel'}, h('h3', {}, `A sample of ${n} of the ${info.total} extracted particles`),
+                  h('img', {id: 'particle-sample', alt: 'extracted particles', src: `/api/particles?dir=${q(job.dir)}&n=${n}`})));
+  }
   const describe = () => {
     if (current) caption.textContent = `${current.m.micrograph}: ${current.picks.x.length} ${noun}, circles of ${diameter} Å`;
   };
@@ -372,6 +414,10 @@ async function showPicks(view, job) {
     svg.replaceChildren(...picks.x.map((x, k) => {
       const c = document.createElementNS(svgNS, 'circle');
       c.setAttribute('cx', String(x + 0.5)); c.setAttribute('cy', String(picks.y[k] + 0.5)); c.setAttribute('r', r);
+      if (info.fom && picks.fom) {
+        const span = info.fom.max - info.fom.min;
+        c.style.stroke = fomColour(span > 0 ? (picks.fom[k] - info.fom.min) / span : 1);
+      }
       return c;
     }));
     describe();

@@ -297,6 +297,43 @@ def test_picks_api(server, project):
     assert s == 200 and png_rgb(png).shape == (256, 256, 3)
 
 
+def test_fom_histogram_and_particle_sample(server, project):
+    """The figures of merit of all a job's picks: range and 40 equal bins (the last closed), as numpy counts them
+    from the coordinate files; a sample of an Extract job's particles as one PNG: n images at even steps through
+    particles.star, each its particle scaled from mean - 3 sd to mean + 3 sd, row 0 at the top."""
+    info = json.loads(get(server + f"api/picks?dir={AUTOPICK}")[2])
+    foms = np.concatenate([pdd.read_picks(project / m["coordinates"])[1] for m in info["micrographs"]])
+    h = info["fom"]
+    assert h["min"] == pytest.approx(foms.min()) and h["max"] == pytest.approx(foms.max()) and foms.max() > foms.min()
+    k = np.clip(np.floor((foms - foms.min()) / (foms.max() - foms.min()) * 40).astype(int), 0, 39)
+    assert h["counts"] == np.bincount(k, minlength=40).tolist() and sum(h["counts"]) == info["total"]
+
+    import mrcfile
+    from movie_data import star_loop
+    parts = star_loop(project / EXTRACT / "particles.star", "particles")
+    rows = len(parts["rlnImageName"])
+    for n in (10, 1, 48):
+        s, hd, png = get(server + f"api/particles?dir={EXTRACT}&n={n}")
+        img = png_rgb(png)[..., 0].astype(float)
+        n = min(n, rows)
+        cols = int(np.ceil(np.sqrt(n)))
+        nr = (n + cols - 1) // cols
+        assert s == 200 and int(hd["X-Particles"]) == n and int(hd["X-Columns"]) == cols and int(hd["X-Box"]) == 96
+        assert img.shape == (nr * 96 + (nr - 1) * 2, cols * 96 + (cols - 1) * 2)
+        for t in range(n):
+            idx, stack = parts["rlnImageName"][t * rows // n].split("@")
+            want = mrcfile.read(project / stack)[int(idx) - 1].astype(float)
+            want = np.clip((want - want.mean()) / (6 * want.std()) * 255 + 127.5, 0, 255)
+            y0, x0 = (t // cols) * 98, (t % cols) * 98
+            tile = img[y0:y0 + 96, x0:x0 + 96]
+            assert np.abs(tile - want).max() <= 1.0, t  # 8-bit rounding
+    for path, status in [(f"api/particles?dir={EXTRACT}&n=0", 400), (f"api/particles?dir={EXTRACT}&n=101", 400),
+                         (f"api/particles?dir={EXTRACT}&n=x", 400), (f"api/particles?dir={AUTOPICK}", 404),
+                         ("api/particles?dir=../", 403)]:
+        s, _, body = get(server + path)
+        assert s == status and "error" in json.loads(body), (path, s, body)
+
+
 def test_picks_refusals(server, project):
     """Bad parameters 400, unknown micrographs and missing files 404, files outside the project 403 (the listed
     micrograph, the coordinate file, through a symbolic link), malformed files 422: JSON errors, nothing written."""
@@ -401,3 +438,21 @@ def test_page_in_headless_chromium(server, project, tmp_path):
         assert f": {count} " in shown["caption"] and shown["grey_std"] > 20, shown
         assert (shown["width"], shown["height"]) == size  # at most 1024 a side: not binned here
     assert res["picks_console_errors"] == []
+    # The figure-of-merit histogram (one bar per bin of /api/picks) and circles coloured by figure of merit (LoG
+    # picks have one), and the sample of extracted particles, loaded.
+    assert len(res["picks_jobs"]) == len(picking)
+    for job, shown in zip(picking, res["picks_jobs"]):
+        info = json.loads(get(server + f"api/picks?dir={job}")[2])
+        if "fom" in info:
+            assert shown["bars"] == len(info["fom"]["counts"]) and shown["circle_colours"] >= 2, (job, shown)
+            # drawn as bars: heights (screen px) in proportion to the counts, the tallest at least 50 px, side by side
+            counts, heights = np.array(info["fom"]["counts"], float), np.array(shown["bar_heights"])
+            assert heights.max() >= 50 and np.abs(heights / heights.max() - counts / counts.max()).max() < 0.02, shown
+            assert max(shown["bar_widths"]) < 400 / len(counts), shown
+        else:
+            assert shown["bars"] == 0, (job, shown)
+        if info["kind"] == "extract":  # min(48, total) particles in ceil(sqrt(n)) columns of 96 px and 2 px gaps
+            cols = int(np.ceil(np.sqrt(min(48, info["total"]))))
+            assert shown["sample_width"] == cols * 96 + (cols - 1) * 2, (job, shown)
+        else:
+            assert shown["sample_width"] == 0, (job, shown)

@@ -28,16 +28,16 @@ try {
 
   // 2D classification: the gallery's images load.
   await page.click('tr.job[data-dir="Class2D/job002/"]');
-  await page.waitForSelector('#gallery img', { timeout: 15000 });
+  await page.waitForSelector('#gallery img', { timeout: 60000 });
   await page.waitForFunction(() => [...document.querySelectorAll('#gallery img')].every(i => i.complete && i.naturalWidth > 0),
-                             null, { timeout: 15000 });
+                             null, { timeout: 60000 });
   result.gallery_images = await page.$$eval('#gallery img', x => x.length);
   result.gallery_captions = await page.$$eval('#gallery figcaption', x => x.map(e => e.textContent));
 
   // Refinement: FSC plot, 3D view, slices.
   await page.click('tr.job[data-dir="Refine3D/job003/"]');
-  await page.waitForSelector('#fsc', { timeout: 20000 });
-  await page.waitForSelector('#view3d', { timeout: 20000 });
+  await page.waitForSelector('#fsc', { timeout: 60000 });
+  await page.waitForSelector('#view3d', { timeout: 60000 });
   await page.waitForTimeout(1000);
   result.fsc_colours = await page.evaluate(() => {
     const c = document.querySelector('#fsc'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
@@ -62,14 +62,14 @@ try {
 
   // Post-processing: FSC curves and the Guinier plot.
   await page.click(`tr.job[data-dir="${postprocessDir}"]`);
-  await page.waitForSelector('#guinier', { timeout: 15000 });
+  await page.waitForSelector('#guinier', { timeout: 60000 });
   result.has_guinier = true;
 
   // Local resolution: the isosurface is coloured (hues of the drawn pixels, in 12 bins) and has a legend.
   if (locresDir) {
     await page.click(`tr.job[data-dir="${locresDir}"]`);
-    await page.waitForSelector('#locres-legend', { timeout: 20000 });
-    await page.waitForSelector('#view3d', { timeout: 20000 });
+    await page.waitForSelector('#locres-legend', { timeout: 60000 });
+    await page.waitForSelector('#view3d', { timeout: 60000 });
     await page.waitForTimeout(1000);
     result.locres_hues = await page.evaluate(() => {
       const c = document.querySelector('#view3d'), t = document.createElement('canvas');
@@ -96,17 +96,28 @@ try {
   // Picking jobs: every micrograph of the list in turn; the image loads and is not blank, one circle per pick.
   const firstConsoleError = consoleErrors.length;
   result.picks = [];
+  result.picks_jobs = [];
   for (const dir of pickDirs) {
     await page.click(`tr.job[data-dir="${dir}"]`);
-    await page.waitForSelector('#micrographs tr.mic', { timeout: 20000 });
+    await page.waitForSelector('#micrographs tr.mic', { timeout: 60000 });
     const n = await page.$$eval('#micrographs tr.mic', x => x.length);
+    // The job's figure-of-merit histogram and, for Extract, the sample of particles (once loaded).
+    if (await page.$('#particle-sample'))
+      await page.waitForFunction(() => { const i = document.querySelector('#particle-sample'); return i.complete && i.naturalWidth > 0; },
+                                 null, { timeout: 60000 });
+    const job = await page.evaluate(() => {
+      const s = document.querySelector('#particle-sample');
+      const bars = [...document.querySelectorAll('#fom-histogram rect.fom-bar')].map(e => e.getBoundingClientRect());
+      return { bars: bars.length, bar_heights: bars.map(r => r.height), bar_widths: bars.map(r => r.width),
+               sample_width: s ? s.naturalWidth : 0 };
+    });
     for (let i = 0; i < n; i++) {
       await page.click(`#micrographs tr.mic[data-index="${i}"]`);
       await page.waitForFunction(i => {
         const row = document.querySelector('#micrographs tr.mic.selected'), img = document.querySelector('#micrograph');
         return row && row.dataset.index === String(i) && img.complete && img.naturalWidth > 0 &&
                /: \d+ (picks|particles), /.test(document.querySelector('#pick-count').textContent);
-      }, i, { timeout: 20000 });
+      }, i, { timeout: 60000 });
       result.picks.push(await page.evaluate(() => {
         const img = document.querySelector('#micrograph'), c = document.createElement('canvas');
         c.width = img.naturalWidth; c.height = img.naturalHeight;
@@ -127,16 +138,20 @@ try {
           circles_inside: circles.filter(e => { const r = e.getBoundingClientRect(); return r.width > 2 && r.left >= ib.left - r.width &&
                                                   r.right <= ib.right + r.width && r.top >= ib.top - r.height && r.bottom <= ib.bottom + r.height; }).length,
           overlay_matches: Math.abs(box.width - ib.width) < 1 && Math.abs(box.height - ib.height) < 1,
+          colours: [...new Set(circles.map(e => getComputedStyle(e).stroke))],
         };
       }));
-      if (i === 0) await page.screenshot({ path: `${outDir}/picks_${dir.replace(/\W+/g, '_')}.png` });
+      if (i === 0) await page.screenshot({ path: `${outDir}/picks_${dir.replace(/\W+/g, '_')}.png`, fullPage: true });
     }
+    const shown = result.picks.slice(result.picks.length - n);
+    job.circle_colours = new Set(shown.flatMap(p => p.colours)).size;
+    result.picks_jobs.push(job);
   }
   result.picks_console_errors = consoleErrors.slice(firstConsoleError);
 
   // A running job: its progress cell changes while the test appends to its progress file.
   const cell = 'tr.job[data-dir="Running/job099/"] td.progress';
-  await page.waitForSelector(cell, { timeout: 15000 });
+  await page.waitForSelector(cell, { timeout: 60000 });
   const first = await page.$eval(cell, e => e.textContent);
   let now = first;
   for (let i = 0; i < 60 && now === first; i++) {

@@ -20,6 +20,7 @@
 #include "regula/io/star.hpp"
 #include "regula/jobs/coordinates.hpp"
 #include "regula/micrograph/preview.hpp"
+#include "regula/model/particles.hpp"
 #include "regula/pipeline/job.hpp"
 
 namespace regula::serve {
@@ -513,6 +514,7 @@ struct Server::Impl {
     }
     json mics = json::array();
     long total = 0;
+    std::vector<double> foms;
     double angpix = option_number(s.options, "angpix", 0);
     for (size_t i = 0; i < s.micrographs.size(); ++i) {
       const PickSet::Micrograph& m = s.micrographs[i];
@@ -520,9 +522,11 @@ struct Server::Impl {
       if (!m.coordinates.empty()) e["coordinates"] = m.coordinates;
       // One unreadable micrograph or coordinate file is reported on its row, not for the job.
       try {
-        const long n = s.kind == "extract" ? long(m.rows.size()) : long(picks_of(s, i).x.size());
+        const Picks p = picks_of(s, i);
+        const long n = long(p.x.size());
         e["count"] = n;
         total += n;
+        foms.insert(foms.end(), p.fom.begin(), p.fom.end());
       } catch (const std::exception& ex) {
         e["error"] = ex.what();
       }
@@ -540,8 +544,81 @@ struct Server::Impl {
       mics.push_back(e);
     }
     const auto [diameter, from] = pick_diameter(s, angpix);
-    return {{"kind", s.kind}, {"source", rel(s.list)}, {"micrographs", mics}, {"total", total},
-            {"pixel_size", angpix}, {"diameter", diameter}, {"diameter_from", from}};
+    json out{{"kind", s.kind}, {"source", rel(s.list)}, {"micrographs", mics}, {"total", total},
+             {"pixel_size", angpix}, {"diameter", diameter}, {"diameter_from", from}};
+    if (!foms.empty()) out["fom"] = fom_histogram(foms, 40);
+    return out;
+  }
+
+  // The figures of merit of all picks: their range and a histogram of `bins` equal bins over it (the
+  // last bin closed; one bin when all are equal).
+  static json fom_histogram(const std::vector<double>& v, int bins) {
+    const auto [lo, hi] = std::minmax_element(v.begin(), v.end());
+    const double a = *lo, b = *hi;
+    if (!(b > a)) bins = 1;
+    std::vector<long> counts(size_t(bins), 0);
+    for (double x : v) {
+      const int k = b > a ? int((x - a) / (b - a) * bins) : 0;
+      counts[size_t(std::clamp(k, 0, bins - 1))] += 1;
+    }
+    return {{"min", a}, {"max", b}, {"counts", counts}};
+  }
+
+  // A sample of an Extract job's particles as one PNG: n images (at most 100) taken at even steps through
+  // particles.star, each scaled from its mean - 3 sd (black) to mean + 3 sd (white), side by side in rows
+  // (row 0 of an image at the top, as the micrograph preview), 2 px of white between them.
+  std::string particles(const httplib::Request& req, httplib::Response& res) const {
+    const fs::path d = job_dir(req);
+    const PickSet s = pick_set(d);
+    if (s.kind != "extract") throw HttpError(404, "no particles in this job (it has no particles.star)");
+    const star::Table& b = s.particles.require("particles");
+    const int col = b.require_column("rlnImageName");
+    const long want = int_param(req, "n", 48);
+    if (want < 1 || want > 100) throw HttpError(400, "bad parameter n: 1 to 100 particles");
+    const size_t n = std::min(size_t(want), b.rows());
+    if (n == 0) throw HttpError(404, "particles.star has no particles");
+    std::vector<Grid<float>> imgs;
+    std::map<std::string, std::unique_ptr<mrc::StackReader>> stacks;
+    for (size_t k = 0; k < n; ++k) {
+      const size_t r = k * b.rows() / n;
+      const ImageRef ref = parse_image_name(b.value(r, col), rel(s.list));
+      const std::string path = inside(ref.path).string();
+      auto& st = stacks[path];
+      if (!st) st = std::make_unique<mrc::StackReader>(path);
+      const long idx = ref.index > 0 ? ref.index - 1 : 0;
+      if (idx >= st->count()) throw HttpError(422, fmt::format("{}: no image {} in {}", rel(s.list), ref.index, ref.path));
+      Grid<float> g(st->nx(), st->ny());
+      st->read_into(int(idx), g.data());
+      if (!imgs.empty() && (g.nx() != imgs[0].nx() || g.ny() != imgs[0].ny()))
+        throw HttpError(422, fmt::format("{}: particles of different sizes ({} and {} px)", rel(s.list), imgs[0].nx(), g.nx()));
+      imgs.push_back(std::move(g));
+    }
+    const int w = imgs[0].nx(), h = imgs[0].ny(), gap = 2;
+    const int cols = int(std::ceil(std::sqrt(double(n)))), rows = int((n + size_t(cols) - 1) / size_t(cols));
+    const int W = cols * w + (cols - 1) * gap, H = rows * h + (rows - 1) * gap;
+    std::vector<uint8_t> rgb(size_t(W) * size_t(H) * 3, 255);
+    for (size_t k = 0; k < n; ++k) {
+      const Grid<float>& g = imgs[k];
+      double m = 0, m2 = 0;
+      for (float v : g) {
+        m += v;
+        m2 += double(v) * v;
+      }
+      m /= double(g.size());
+      const double sd = std::sqrt(std::max(0.0, m2 / double(g.size()) - m * m));
+      const double lo = m - 3 * sd, span = sd > 0 ? 6 * sd : 1.0;
+      const int x0 = int(k % size_t(cols)) * (w + gap), y0 = int(k / size_t(cols)) * (h + gap);
+      for (int y = 0; y < h; ++y)
+        for (int x = 0; x < w; ++x) {
+          const uint8_t v = uint8_t(std::clamp((g(x, y) - lo) / span * 255.0 + 0.5, 0.0, 255.0));
+          uint8_t* q = &rgb[(size_t(y0 + y) * size_t(W) + size_t(x0 + x)) * 3];
+          q[0] = q[1] = q[2] = v;
+        }
+    }
+    res.set_header("X-Particles", std::to_string(n));
+    res.set_header("X-Columns", std::to_string(cols));
+    res.set_header("X-Box", std::to_string(w));
+    return encode_png_rgb(rgb, W, H);
   }
 
   // Micrograph I of the job as a PNG of at most size x size pixels (micrograph/preview.hpp): binned,
@@ -608,6 +685,10 @@ struct Server::Impl {
     http.Get("/api/picks", guard([this](const httplib::Request& q, httplib::Response& res) { json_reply(res, picks(q)); }));
     http.Get("/api/micrograph", guard([this](const httplib::Request& q, httplib::Response& res) {
                std::string png = micrograph(q, res);
+               res.set_content(std::move(png), "image/png");
+             }));
+    http.Get("/api/particles", guard([this](const httplib::Request& q, httplib::Response& res) {
+               std::string png = particles(q, res);
                res.set_content(std::move(png), "image/png");
              }));
     http.Get("/api/fsc", guard([this](const httplib::Request& q, httplib::Response& res) { json_reply(res, fsc(q)); }));

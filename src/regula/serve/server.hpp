@@ -11,12 +11,15 @@
 //                                          X-Box-Size and X-Pixel-Size
 //   GET /api/picks?dir=D                   an AutoPick job's micrographs (its <pickname>.star list) or an Extract job's
 //                                          (particles.star): name, coordinate file, pick count, size and pixel size
-//                                          from the MRC header; the circle diameter (Å) and which option gave it
+//                                          from the MRC header; the circle diameter (Å) and which option gave it;
+//                                          fom: min, max and counts of 40 bins of all picks' figures of merit
 //   GET /api/picks?dir=D&mic=I             picks of micrograph I (0-based in that list): x, y (pixels), fom
 //   GET /api/micrograph?dir=D&mic=I[&size=S][&lowpass=L]  PNG of micrograph I binned to at most S px a side (64..2048,
 //                                          default 1024), low-pass L Å (default 20, 0 none), clipped at the 1st and
 //                                          99th percentiles (micrograph/preview.hpp); headers X-Micrograph-Width,
 //                                          X-Micrograph-Height, X-Bin (micrograph px per image px), X-Pixel-Size
+//   GET /api/particles?dir=D[&n=N]         PNG of N (1..100, default 48) of an Extract job's particles at even steps
+//                                          through particles.star, side by side; headers X-Particles, X-Columns, X-Box
 //   GET /api/fsc?dir=D                     FSC curves (refine3d model.star or postprocess.star) and Guinier plot
 //   GET /api/iterations?dir=D              resolution per iteration (ROOT_itNNN_model.star)
 //   GET /files/PATH                        a file of the project (MRC, STAR, PNG, ...)
