@@ -228,7 +228,8 @@ std::vector<Grid<cfloat>> fft_forward_cropped(int n, int m, int count,
   const int hx = m / 2 + 1;  // kept columns
   const int nh = n / 2 + 1;
   // Columns kept, y contiguous: col[c][kx][y].
-  std::vector<std::vector<cfloat>> col(size_t(count), std::vector<cfloat>(size_t(hx) * size_t(n)));
+  std::vector<AlignedArray<cfloat>> col(static_cast<size_t>(count));  // every value written below
+  for (auto& c : col) c.resize(size_t(hx) * size_t(n));
   const fftwf_plan pr = get_plan_1d(n, 0), pc = get_plan_1d(n, 1);
   ThreadPool pool(std::max(1, nthreads));
   struct Buf {

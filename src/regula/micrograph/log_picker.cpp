@@ -71,34 +71,32 @@ LogPickResult pick_log(const Grid<float>& mic, const LogPickOptions& o, uint64_t
   // RELION's transform is normalised by size^2 and its inverse is not; ours the other way round.
   const double norm = double(work) * work / (double(size) * size);
   const std::vector<double> diams = o.diameters();
-  std::vector<Grid<float>> maps(diams.size());
-  ThreadPool pool(std::max(1, std::min(nthreads, int(diams.size()))));
-  const int inner = std::max(1, nthreads / int(diams.size()));
-  pool.parallel_for(0, diams.size(), [&](size_t k, int) {
-    const double is = 0.5 * size * o.angpix / diams[k];
+  // Best response and its diameter per pixel over the ladder of diameters, taken in order (the first
+  // diameter of the ladder wins ties); one filtered transform and one map at a time, reused.
+  const size_t npx = size_t(work) * size_t(work);
+  Grid<float> best(work, work, 1, -999.0f), map;
+  std::vector<float> best_d(npx, -999.0f);
+  Grid<cfloat> G(F.nx(), F.ny());
+  ThreadPool pool(std::max(1, nthreads));
+  for (double diam : diams) {
+    const double is = 0.5 * size * o.angpix / diam;
     const double is2 = is * is;
-    Grid<cfloat> G = F;
-    for (int iy = 0; iy < work; ++iy) {
+    pool.parallel_for(0, size_t(work), [&](size_t y, int) {
+      const int iy = int(y);
       const double ky = fft_freq(iy, work);
       for (int ix = 0; ix < G.nx(); ++ix) {
         const double r2 = double(ix) * ix + ky * ky;
-        G(ix, iy) *= float(norm * r2 * std::exp(-0.5 * r2 / is2) / is2);
+        G(ix, iy) = F(ix, iy) * float(norm * r2 * std::exp(-0.5 * r2 / is2) / is2);
       }
-    }
-    maps[k] = fft_inverse(G, work, inner);
-  });
-
-  // Best response and its diameter per pixel (the first diameter of the ladder wins ties).
-  const size_t npx = size_t(work) * size_t(work);
-  Grid<float> best(work, work, 1, -999.0f);
-  std::vector<float> best_d(npx, -999.0f);
-  for (size_t k = 0; k < diams.size(); ++k)
+    }, 16);
+    fft_inverse_destroy(G, work, map);  // single-threaded plans: the same numbers for any --j
+    const float d = float(diam);
     for (size_t p = 0; p < npx; ++p)
-      if (maps[k][p] > best[p]) {
-        best[p] = maps[k][p];
-        best_d[p] = float(diams[k]);
+      if (map[p] > best[p]) {
+        best[p] = map[p];
+        best_d[p] = d;
       }
-  maps.clear();
+  }
 
   // Edges: RELION keeps at least half the smallest diameter from the sides.
   const int skip_px = int(std::max(double(o.skip_side), 0.5 * o.diam_min / o.angpix));

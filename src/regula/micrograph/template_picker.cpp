@@ -151,7 +151,6 @@ FourierLattice fine_lattice(const Grid<float>& img, int size, int R) {
 struct TemplateReferences::Impl {
   TemplatePickOptions opt;
   PickingGrid grid;
-  int band = 0;           // RELION's working size: the micrograph's transform is kept within it
   int downsize = 0;       // RELION's downsize_mic: the references' Fourier radius is downsize / 2
   int box = 0;            // reference box at the micrograph's pixel size
   double diameter = 0;    // Å
@@ -202,18 +201,6 @@ TemplateReferences::TemplateReferences(const std::vector<Grid<float>>& refs_in, 
   long r = std::lround(diameter / (2.0 * o.angpix)) - o.shrink_mask;
   im.radius2 = r * r;
   im.grid = picking_grid(mic_nx, mic_ny, o.angpix, o.lowpass, o.shrink, o.optimise_size);
-  // RELION's working size allows prime factors up to 41 (4096 px at 2 Å low-passed at 20 Å: 820 =
-  // 4 x 5 x 41, whose inverse transform takes 7 times as long as 840's). The correlations are made on
-  // the next size with factors up to 7 instead, the micrograph's transform kept within RELION's band:
-  // the same band-limited figure-of-merit function, sampled on a slightly finer grid.
-  im.band = im.grid.work;
-  if (o.optimise_size) {
-    const int w = fft_friendly_size(im.grid.work, true, 7);
-    if (w <= im.grid.size) {
-      im.grid.work = w;
-      im.grid.scale = float(w) / float(im.grid.size);
-    }
-  }
   const int size = im.grid.size;
   im.downsize = o.lowpass > 0 ? 2 * int(std::lround(size * o.angpix / o.lowpass)) : size;
   im.downsize = std::min(im.downsize, size);
@@ -287,16 +274,6 @@ MicrographMaps micrograph_maps(const Grid<float>& mic, const TemplateReferences:
     auto t = prepared_transforms(mic, o.outlier_z, noise_seed, im.grid, 1.0f, true, nthreads);
     mm.F = std::move(t[0]);
     F2 = std::move(t[1]);
-  }
-  if (im.band < work) {
-    // RELION's band: the square of its working grid's frequencies, -band/2 < ky <= band/2 and
-    // kx <= band/2 (its Nyquist row holds the +band/2 coefficient).
-    const int h = im.band / 2;
-    for (int j = 0; j < work; ++j) {
-      const int ky = fft_freq(j, work);
-      for (int i = 0; i <= work / 2; ++i)
-        if (i > h || ky > h || ky <= -h) mm.F(i, j) = F2(i, j) = cfloat(0);
-    }
   }
   // Local statistics over the ring: correlations with the ring on the working grid.
   const double f = double(work) * work / (double(size) * size) / double(im.n_ring);
