@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <filesystem>
 #include <fmt/format.h>
 #include <limits>
@@ -335,6 +336,23 @@ void convert_sections(const Header& h, const unsigned char* in, size_t count, fl
   convert_rows(h, in, size_t(h.ny) * count, out, size_t(h.nx));
 }
 
+// A byte buffer that is not zero-filled when it grows (it is always read into before use): a
+// micrograph's 64 MB would otherwise be written twice per read.
+class RawBuffer {
+ public:
+  void resize(size_t n) {
+    if (n > cap_) {
+      p_.reset(new unsigned char[n]);
+      cap_ = n;
+    }
+  }
+  unsigned char* data() { return p_.get(); }
+
+ private:
+  std::unique_ptr<unsigned char[]> p_;
+  size_t cap_ = 0;
+};
+
 // Read sections [first, first + count) in chunks of about kChunkBytes and hand each
 // chunk to fn(first_section, n_sections, floats).
 template <class Fn>
@@ -342,7 +360,7 @@ void stream_sections(FILE* f, const std::string& path, const Header& h, int firs
   const size_t sb = section_bytes(h);
   const size_t ns = size_t(h.nx) * size_t(h.ny);
   const size_t per_chunk = std::max<size_t>(1, kChunkBytes / std::max<size_t>(sb, 1));
-  std::vector<unsigned char> buf;
+  RawBuffer buf;
   std::vector<float> vals;
   for (int s = first; s < first + count;) {
     const size_t k = std::min<size_t>(per_chunk, size_t(first + count - s));
@@ -599,7 +617,7 @@ struct StackReader::Impl {
   std::string path;
   Header h;
   FilePtr f;
-  std::vector<unsigned char> buf;
+  RawBuffer buf;
   std::vector<float> sec;  // a file section, when rows and columns are swapped
   Grid<float> whole;       // only for files whose sections are not z-slices (MAPS != 3)
 };
@@ -639,12 +657,27 @@ void StackReader::read_into(int index, float* out, size_t row_stride) {
   }
   const Header& h = impl_->h;
   const size_t sb = section_bytes(h);
-  impl_->buf.resize(sb);
-  read_at(impl_->f.get(), impl_->path, h.data_offset() + uint64_t(sb) * uint64_t(index), impl_->buf.data(), sb);
-  if (h.mapc == 1) {
-    convert_rows(h, impl_->buf.data(), size_t(h.ny), out, row_stride);
+  if (h.mapc == 1 && h.mode == 2 && row_stride == size_t(nx()) &&
+      h.big_endian == (std::endian::native == std::endian::big)) {  // floats as stored: straight into out
+    read_at(impl_->f.get(), impl_->path, h.data_offset() + uint64_t(sb) * uint64_t(index),
+            reinterpret_cast<unsigned char*>(out), sb);
     return;
   }
+  if (h.mapc == 1) {
+    // In chunks of rows through a buffer of about 1 MB (kept in cache, and no large buffer to fault in
+    // for every micrograph).
+    const size_t rb = size_t(row_bytes(h)), rows = std::max<size_t>(1, (size_t(1) << 20) / std::max<size_t>(rb, 1));
+    impl_->buf.resize(std::min(size_t(h.ny), rows) * rb);
+    for (size_t r0 = 0; r0 < size_t(h.ny); r0 += rows) {
+      const size_t k = std::min(rows, size_t(h.ny) - r0);
+      read_at(impl_->f.get(), impl_->path, h.data_offset() + uint64_t(sb) * uint64_t(index) + uint64_t(r0 * rb),
+              impl_->buf.data(), k * rb);
+      convert_rows(h, impl_->buf.data(), k, out + r0 * row_stride, row_stride);
+    }
+    return;
+  }
+  impl_->buf.resize(sb);
+  read_at(impl_->f.get(), impl_->path, h.data_offset() + uint64_t(sb) * uint64_t(index), impl_->buf.data(), sb);
   // MAPC = 2, MAPR = 1: file columns run along y; transpose.
   impl_->sec.resize(ns);
   convert_sections(h, impl_->buf.data(), 1, impl_->sec.data());
