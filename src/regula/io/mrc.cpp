@@ -6,10 +6,10 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
-#include <memory>
 #include <filesystem>
 #include <fmt/format.h>
 #include <limits>
+#include <memory>
 #include <spdlog/spdlog.h>
 #include <vector>
 
@@ -336,8 +336,7 @@ void convert_sections(const Header& h, const unsigned char* in, size_t count, fl
   convert_rows(h, in, size_t(h.ny) * count, out, size_t(h.nx));
 }
 
-// A byte buffer that is not zero-filled when it grows (it is always read into before use): a
-// micrograph's 64 MB would otherwise be written twice per read.
+// A byte buffer that is not zero-filled when it grows (it is always read into before use).
 class RawBuffer {
  public:
   void resize(size_t n) {
@@ -657,12 +656,6 @@ void StackReader::read_into(int index, float* out, size_t row_stride) {
   }
   const Header& h = impl_->h;
   const size_t sb = section_bytes(h);
-  if (h.mapc == 1 && h.mode == 2 && row_stride == size_t(nx()) &&
-      h.big_endian == (std::endian::native == std::endian::big)) {  // floats as stored: straight into out
-    read_at(impl_->f.get(), impl_->path, h.data_offset() + uint64_t(sb) * uint64_t(index),
-            reinterpret_cast<unsigned char*>(out), sb);
-    return;
-  }
   if (h.mapc == 1) {
     // In chunks of rows through a buffer of about 1 MB (kept in cache, and no large buffer to fault in
     // for every micrograph).

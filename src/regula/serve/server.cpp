@@ -41,6 +41,13 @@ void json_reply(httplib::Response& res, const json& j, int status = 200) {
   res.set_content(j.dump(), "application/json");
 }
 
+// A grey image (one byte per pixel, rows top to bottom) as PNG bytes.
+std::string encode_png_grey(const std::vector<uint8_t>& grey, int width, int height) {
+  std::vector<uint8_t> rgb(grey.size() * 3);
+  for (size_t k = 0; k < grey.size(); ++k) rgb[3 * k] = rgb[3 * k + 1] = rgb[3 * k + 2] = grey[k];
+  return encode_png_rgb(rgb, width, height);
+}
+
 std::string mime_of(const std::string& path) {
   auto ends = [&](const char* e) {
     const std::string s(e);
@@ -260,14 +267,12 @@ struct Server::Impl {
     const int n = img.nx();
     auto [mn, mx] = std::minmax_element(img.begin(), img.end());
     const double lo = *mn, span = *mx > *mn ? double(*mx - *mn) : 1.0;
-    std::vector<uint8_t> rgb(size_t(n) * size_t(img.ny()) * 3);
+    std::vector<uint8_t> grey(size_t(n) * size_t(img.ny()));
     for (int y = 0; y < img.ny(); ++y)
-      for (int x = 0; x < n; ++x) {
-        const uint8_t g = uint8_t(std::clamp((img(x, img.ny() - 1 - y) - lo) / span * 255.0 + 0.5, 0.0, 255.0));
-        uint8_t* p = &rgb[(size_t(y) * size_t(n) + size_t(x)) * 3];
-        p[0] = p[1] = p[2] = g;
-      }
-    return encode_png_rgb(rgb, n, img.ny());
+      for (int x = 0; x < n; ++x)
+        grey[size_t(y) * size_t(n) + size_t(x)] =
+            uint8_t(std::clamp((img(x, img.ny() - 1 - y) - lo) / span * 255.0 + 0.5, 0.0, 255.0));
+    return encode_png_grey(grey, n, img.ny());
   }
 
   std::string map(const httplib::Request& req, int& box, double& apix) const {
@@ -596,7 +601,7 @@ struct Server::Impl {
     const int w = imgs[0].nx(), h = imgs[0].ny(), gap = 2;
     const int cols = int(std::ceil(std::sqrt(double(n)))), rows = int((n + size_t(cols) - 1) / size_t(cols));
     const int W = cols * w + (cols - 1) * gap, H = rows * h + (rows - 1) * gap;
-    std::vector<uint8_t> rgb(size_t(W) * size_t(H) * 3, 255);
+    std::vector<uint8_t> grey(size_t(W) * size_t(H), 255);
     for (size_t k = 0; k < n; ++k) {
       const Grid<float>& g = imgs[k];
       double m = 0, m2 = 0;
@@ -609,16 +614,14 @@ struct Server::Impl {
       const double lo = m - 3 * sd, span = sd > 0 ? 6 * sd : 1.0;
       const int x0 = int(k % size_t(cols)) * (w + gap), y0 = int(k / size_t(cols)) * (h + gap);
       for (int y = 0; y < h; ++y)
-        for (int x = 0; x < w; ++x) {
-          const uint8_t v = uint8_t(std::clamp((g(x, y) - lo) / span * 255.0 + 0.5, 0.0, 255.0));
-          uint8_t* q = &rgb[(size_t(y0 + y) * size_t(W) + size_t(x0 + x)) * 3];
-          q[0] = q[1] = q[2] = v;
-        }
+        for (int x = 0; x < w; ++x)
+          grey[size_t(y0 + y) * size_t(W) + size_t(x0 + x)] =
+              uint8_t(std::clamp((g(x, y) - lo) / span * 255.0 + 0.5, 0.0, 255.0));
     }
     res.set_header("X-Particles", std::to_string(n));
     res.set_header("X-Columns", std::to_string(cols));
     res.set_header("X-Box", std::to_string(w));
-    return encode_png_rgb(rgb, W, H);
+    return encode_png_grey(grey, W, H);
   }
 
   // Micrograph I of the job as a PNG of at most size x size pixels (micrograph/preview.hpp): binned,
@@ -639,13 +642,11 @@ struct Server::Impl {
     r.read_into(0, mic.data());
     o.angpix = r.header().pixel_size() > 0 ? r.header().pixel_size() : option_number(s.options, "angpix", 0);
     const Preview p = micrograph_preview(mic, o);
-    std::vector<uint8_t> rgb(p.grey.size() * 3);
-    for (size_t k = 0; k < p.grey.size(); ++k) rgb[3 * k] = rgb[3 * k + 1] = rgb[3 * k + 2] = p.grey[k];
     res.set_header("X-Micrograph-Width", std::to_string(mic.nx()));
     res.set_header("X-Micrograph-Height", std::to_string(mic.ny()));
     res.set_header("X-Bin", std::to_string(p.bin));
     res.set_header("X-Pixel-Size", fmt::format("{}", o.angpix));
-    return encode_png_rgb(rgb, p.width, p.height);
+    return encode_png_grey(p.grey, p.width, p.height);
   }
 
   // Wraps a handler: HttpError -> its status, InputError (a malformed file) -> 422, others -> 500.
