@@ -29,6 +29,7 @@
 #include "regula/core/atomic_file.hpp"
 #include "regula/core/error.hpp"
 #include "regula/core/random.hpp"
+#include "regula/estep/scores.hpp"
 #include "regula/imaging/ctf.hpp"
 #include "regula/imaging/mask.hpp"
 #include "regula/imaging/projector.hpp"
@@ -36,6 +37,7 @@
 #include "regula/io/star.hpp"
 #include "regula/jobs/class2d.hpp"
 #include "regula/model/particles.hpp"
+#include "regula/sampling/healpix.hpp"
 
 namespace fs = std::filesystem;
 using namespace regula;
@@ -388,6 +390,56 @@ TEST(Class2D, FinePassSharpensTheAlignment) {
   for (double psi : r.particle_psi) {
     EXPECT_GT(psi, -180.0);
     EXPECT_LE(psi, 180.0);
+  }
+  if (!std::getenv("C2D_KEEP")) fs::remove_all(dir);
+}
+
+TEST(Class2D, CoarsePassStopsAtRelionsCoarseLimit) {
+  // With oversampling, RELION's first pass scores the pixels up to the resolution at which one
+  // coarse in-plane step moves the particle's edge by 1.5 times it (image_coarse_size for 2D): with
+  // 30 degree steps and a 60 Å mask, 30/360 pi 60 / 1.5 = 10.47 Å, so ceil(40 px * 2 Å / 10.47 Å) = 8
+  // shells, below the current limit. The coarse SGEMMs' flop count shows the pixels they took,
+  // counted here independently (the non-redundant half-plane without DC, round(|k|) <= limit).
+  fs::path dir = temp_dir("coarse");
+  make_dataset(dir, 120, false, 0.1, 11);
+  Class2DOptions o = base_options(dir, 3, 3);
+  o.psi_step = 30;
+  const auto pixels_up_to = [](int r) {
+    size_t c = 0;
+    for (int ky = -kN / 2; ky < kN / 2; ++ky)
+      for (int kx = 0; kx <= kN / 2; ++kx) {
+        if (kx == 0 && ky <= 0) continue;
+        const long s = std::lround(std::hypot(double(kx), double(ky)));
+        if (s >= 1 && s <= r) ++c;
+      }
+    return c;
+  };
+  const double coarse_res = 30.0 / 360.0 * std::numbers::pi * 60.0 / 1.5;
+  const int rc = int(std::ceil(kN * kAngpix / coarse_res));
+  ASSERT_EQ(rc, 8);
+  const size_t T = translations(o.offset_range, o.offset_step).size(), J = 3 * 12;
+  for (int os : {1, 0}) {
+    o.oversampling = os;
+    o.out_root = (dir / fmt::format("os{}", os)).string();
+    const Class2DResult r = run_class2d(o);
+    bool binds = false;
+    for (const Class2DIterationStats& s : r.stats) {
+      if (s.iteration == 0) continue;
+      const int used = os > 0 ? std::min(rc, s.current_shells) : s.current_shells;
+      binds = binds || used < s.current_shells;
+      EXPECT_DOUBLE_EQ(s.estep_flops, estep::score_flops(120, T, J, pixels_up_to(used)))
+          << "oversampling " << os << ", iteration " << s.iteration << ", limit " << s.current_shells;
+    }
+    EXPECT_EQ(binds, os > 0);  // without oversampling the only pass takes every pixel
+    if (os == 1) {  // the coarse pixels gathered per batch: the same bits on 3 threads
+      Class2DOptions o3 = o;
+      o3.threads = 3;
+      o3.out_root = (dir / "os1_j3").string();
+      const Class2DResult r3 = run_class2d(o3);
+      EXPECT_EQ(r.particle_class, r3.particle_class);
+      EXPECT_EQ(r.particle_psi, r3.particle_psi);
+      EXPECT_EQ(read_file(r.classes_mrcs).substr(1024), read_file(r3.classes_mrcs).substr(1024));
+    }
   }
   if (!std::getenv("C2D_KEEP")) fs::remove_all(dir);
 }

@@ -132,11 +132,18 @@ struct Sampling {
 struct IterationData {
   int r = 0;                              // frequency limit, shells
   FourierPixels px;                       // the pixels up to r
+  // The coarse pass's limit rc <= r (RELION's coarse image size; r without oversampling), its
+  // pixels (those of px up to rc, in px's order) and their positions in px.
+  int rc = 0;
+  FourierPixels px_coarse;
+  std::vector<uint32_t> coarse_q;
   std::vector<Projector2D> proj;          // per class
   std::vector<std::vector<double>> tau2;  // per class, shells 0..n/2
-  std::vector<cfloat> refs;               // coarse references, (k * P + p) * m
-  std::vector<cfloat> phase, phase_fine;  // coarse and fine translations, t * m
+  std::vector<cfloat> refs;               // coarse references, (k * P + p) * mc
+  std::vector<cfloat> phase;              // coarse translations, t * mc
+  std::vector<cfloat> phase_fine;         // fine translations, t * m
   std::vector<float> inv_sigma2;          // per optics group, g * m
+  std::vector<float> inv_sigma2_coarse;   // per optics group, g * mc
   std::vector<double> log_prior_j;        // coarse references: log class fraction
   bool split = false;                     // keep the sums of a random half (class re-seeding)
 };
@@ -157,6 +164,8 @@ struct IterationSums {
 // Buffers reused from batch to batch.
 struct BatchWork {
   Batch b;
+  std::vector<cfloat> x_coarse;    // the batch at the coarse pass's pixels (when rc < r)
+  std::vector<float> ctf_coarse;
   estep::Scores scores;
   estep::Posteriors post;
   estep::PosePosteriors fine;
@@ -180,6 +189,7 @@ class Job {
   void initialise();
   IterationReport iterate();
   IterationData prepare_iteration();
+  int coarse_shells(int r) const;
   // The weights that make the M-step of a batch, with the translations and references they refer
   // to; reference j is reference global_j[j] of fine_ (global_j empty: j itself).
   struct FinalPass {
@@ -527,14 +537,30 @@ int Job::resolution_shell(const std::vector<double>& ssnr) const {
   return r;
 }
 
+// Frequency limit of the coarse pass (RELION's coarse image size for 2D: the resolution at which
+// one coarse in-plane step moves the particle's edge by 1.5 times it, rounded up; never beyond the
+// E-step's limit r). Without oversampling the coarse pass is the only one and takes r.
+int Job::coarse_shells(int r) const {
+  if (opt_.oversampling == 0) return r;
+  const double D = 2 * mask_radius_ * angpix_;
+  const double rotated = 360.0 / double(coarse_.psi.size()) / 360.0 * std::numbers::pi * D;  // Å moved by one step
+  const double coarse_res = rotated / 1.5;
+  return std::clamp(int(std::ceil(n_ * angpix_ / coarse_res)), 1, r);
+}
+
 IterationData Job::prepare_iteration() {
   const size_t K = size_t(opt_.classes), P = coarse_.psi.size();
   IterationData it;
   it.r = st_.current_shells;
   it.px = mstep::select_fourier_pixels(n_, it.r);
-  const size_t m = it.px.size();
-  // References: every class rotated by every coarse psi, j = k * P + p.
-  it.refs.resize(K * P * m);
+  it.rc = coarse_shells(it.r);
+  it.px_coarse = mstep::select_fourier_pixels(n_, it.rc);
+  for (size_t q = 0; q < it.px.size(); ++q)
+    if (it.px.shell[q] <= it.rc) it.coarse_q.push_back(uint32_t(q));
+  const size_t m = it.px.size(), mc = it.px_coarse.size();
+  if (it.coarse_q.size() != mc) runtime_error("class2d: the coarse pixels are not a subset of the pixels");
+  // References: every class rotated by every coarse psi, j = k * P + p, at the coarse pixels.
+  it.refs.resize(K * P * mc);
   it.tau2.resize(K);
   it.proj.resize(K);
   pool_.parallel_for(0, K, [&](size_t k, int) {
@@ -543,18 +569,21 @@ IterationData Job::prepare_iteration() {
     Grid<cfloat> out;
     for (size_t p = 0; p < P; ++p) {
       it.proj[k].project_psi(coarse_.psi[p], out);
-      cfloat* dst = it.refs.data() + (k * P + p) * m;
-      for (size_t q = 0; q < m; ++q) dst[q] = out[it.px.index[q]];
+      cfloat* dst = it.refs.data() + (k * P + p) * mc;
+      for (size_t q = 0; q < mc; ++q) dst[q] = out[it.px_coarse.index[q]];
     }
   });
-  it.phase = translation_phases(coarse_.trans, it.px);
+  it.phase = translation_phases(coarse_.trans, it.px_coarse);
   if (opt_.oversampling > 0) it.phase_fine = translation_phases(fine_.trans, it.px);
   it.inv_sigma2.resize(size_t(optics_) * m);
-  for (size_t g = 0; g < size_t(optics_); ++g)
+  it.inv_sigma2_coarse.resize(size_t(optics_) * mc);
+  for (size_t g = 0; g < size_t(optics_); ++g) {
     for (size_t q = 0; q < m; ++q) {
       const double s2 = st_.sigma2[g][size_t(it.px.shell[q])];
       it.inv_sigma2[g * m + q] = s2 > 0 ? float(1.0 / s2) : 0.0f;
     }
+    for (size_t q = 0; q < mc; ++q) it.inv_sigma2_coarse[g * mc + q] = it.inv_sigma2[g * m + it.coarse_q[q]];
+  }
   std::vector<uint32_t> class_of(K * P);
   for (size_t j = 0; j < K * P; ++j) class_of[j] = uint32_t(j / P);
   it.log_prior_j = estep::class_log_prior(st_.fraction, class_of);
@@ -571,12 +600,30 @@ void Job::process_batch(size_t first, size_t count, const IterationData& it, Bat
                         IterationReport& rep, std::vector<double>& new_norm) {
   const size_t P = coarse_.psi.size(), J = size_t(opt_.classes) * P, T = coarse_.trans.size();
   const FourierPixels& px = it.px;
-  const size_t m = px.size();
+  const size_t m = px.size(), mc = it.px_coarse.size();
   load_batch(first, count, px, w.b);
   const estep::ParticleBatch pb = w.b.view(m, it.inv_sigma2, true);
-  const estep::TranslationPhases tp{T, m, it.phase};
-  const estep::ReferenceSlices rs{J, m, it.refs};
-  estep::compute_scores(pb, tp, rs, w.scores, pool_);
+  // The coarse pass scores the pixels up to rc (the same batch when rc = r); the per-particle
+  // constants cancel in its posteriors, which only choose the significant poses.
+  estep::ParticleBatch pbc = pb;
+  if (mc != m) {
+    w.x_coarse.resize(count * mc);
+    w.ctf_coarse.resize(count * mc);
+    for (size_t i = 0; i < count; ++i)
+      for (size_t q = 0; q < mc; ++q) {
+        w.x_coarse[i * mc + q] = w.b.x[i * m + it.coarse_q[q]];
+        w.ctf_coarse[i * mc + q] = w.b.ctf[i * m + it.coarse_q[q]];
+      }
+    pbc.m = mc;
+    pbc.x = w.x_coarse;
+    pbc.x_sums = {};
+    pbc.sums_weight = {};
+    pbc.ctf = w.ctf_coarse;
+    pbc.inv_sigma2 = it.inv_sigma2_coarse;
+  }
+  const estep::TranslationPhases tp{T, mc, it.phase};
+  const estep::ReferenceSlices rs{J, mc, it.refs};
+  estep::compute_scores(pbc, tp, rs, w.scores, pool_);
   const estep::ParticleConstants pc = estep::particle_constants(pb);
   std::vector<double> log_constant(count);
   for (size_t i = 0; i < count; ++i) log_constant[i] = -pc.half_x2[i] - pc.log_norm[i];
@@ -899,6 +946,7 @@ IterationReport Job::iterate() {
   const IterationData it = prepare_iteration();
   IterationReport rep;
   rep.used_shells = it.r;
+  rep.coarse_shells = it.rc;
   rep.particle_class.assign(N, 0);
   rep.psi.assign(N, 0.0);
   rep.origin_x = st_.origin_x;
@@ -1019,7 +1067,7 @@ Class2DResult Job::run() {
     s.average_pmax = rep.average_pmax;
     s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     s.estep_flops = estep::score_flops(table_.size(), coarse_.trans.size(), coarse_.psi.size() * size_t(opt_.classes),
-                                       mstep::select_fourier_pixels(n_, r).size());
+                                       mstep::select_fourier_pixels(n_, rep.coarse_shells).size());
     s.fine_flops = fine_flops_;
     res.stats.push_back(s);
     spdlog::info("class2d: iteration {}: limit {} shells ({:.1f} Å), resolution {:.1f} Å, <Pmax> {:.3f}, {:.1f} s",

@@ -46,6 +46,7 @@ struct State {
 // What an iteration produced, for the output files (not carried to the next iteration).
 struct IterationReport {
   int used_shells = 0;              // limit used in the E-step
+  int coarse_shells = 0;            // limit of its coarse pass
   double resolution_A = 0;          // from the SSNR of the new classes
   std::vector<std::vector<double>> ssnr, tau2;  // per class, shells 0..n/2
   std::vector<double> class_resolution_A;       // per class (rlnEstimatedResolution)
