@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -319,12 +320,14 @@ std::vector<Peak> reference_peaks(const TemplateReferences::Impl& im, size_t k, 
   const TemplatePickOptions& o = im.opt;
   const int size = im.grid.size, work = im.grid.work;
   const size_t np = size_t(work) * size_t(work);
-  Grid<cfloat> buf, T, P;
+  Grid<cfloat> buf, T, T0, P;
   Grid<float> cc;
-  // Sums of the CTF-filtered reference over the mask (RELION takes them at the first angle).
+  // Sums of the CTF-filtered reference over the mask (RELION takes them at the first angle); the
+  // projection at the first angle (T0) is kept for the angle loop.
   double a1 = 0, a2 = 0;
   {
-    reference_at(im, k, im.psis[0], mm, buf, T);
+    reference_at(im, k, im.psis[0], mm, buf, T0);
+    T = T0;
     centre_origin(T, work, true);
     const Grid<float> t = fft_inverse(T, work);
     const double f = double(work) * work / (double(size) * size);
@@ -364,7 +367,8 @@ std::vector<Peak> reference_peaks(const TemplateReferences::Impl& im, size_t k, 
   // With an even number of angles, psi and psi + 180 share one projection (in that order).
   const size_t npsi = im.psis.size(), half = npsi % 2 == 0 ? npsi / 2 : npsi;
   for (size_t i = 0; i < half; ++i) {
-    reference_at(im, k, im.psis[i], mm, buf, T);
+    if (i == 0) std::swap(T, T0);
+    else reference_at(im, k, im.psis[i], mm, buf, T);
     correlate(true, im.psis[i]);
     if (half < npsi) correlate(false, im.psis[i + half]);
   }
