@@ -15,6 +15,11 @@
 
 namespace regula::estep {
 
+int coarse_limit_shells(int n, double angpix, double diameter_A, double step_deg, double keepsafe) {
+  const double rotated = step_deg / 360.0 * kPi * diameter_A;  // Å moved by one step at the edge
+  return int(std::ceil(n * angpix / (rotated / keepsafe)));
+}
+
 SearchPixels search_pixels(int n, int r_max) {
   SearchPixels px;
   px.n = n;

@@ -46,6 +46,11 @@ struct SearchPixels {
 };
 SearchPixels search_pixels(int n, int r_max);
 
+// RELION's coarse image size as a frequency limit (shells, not clamped): the resolution at which one
+// angular step of `step_deg` moves the edge of a particle of diameter D by `keepsafe` times it,
+// ceil(n angpix / (step / 360 pi D / keepsafe)). RELION's keepsafe is 1.2 in 3D and 1.5 in 2D.
+int coarse_limit_shells(int n, double angpix, double diameter_A, double step_deg, double keepsafe);
+
 // A particle ready to be rotated: the centred transform of the masked image zero-padded to 2n
 // (interpolated bilinearly at 2k), already moved by its current origin, plus its image model
 // (imaging/optics_model.hpp): the transform is corrected once for the optics group's aberration

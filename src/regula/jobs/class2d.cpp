@@ -18,6 +18,7 @@
 #include "regula/core/parallel.hpp"
 #include "regula/core/progress.hpp"
 #include "regula/core/random.hpp"
+#include "regula/estep/pose_search.hpp"
 #include "regula/estep/posteriors.hpp"
 #include "regula/estep/scores.hpp"
 #include "regula/estep/sparse_scores.hpp"
@@ -542,10 +543,8 @@ int Job::resolution_shell(const std::vector<double>& ssnr) const {
 // E-step's limit r). Without oversampling the coarse pass is the only one and takes r.
 int Job::coarse_shells(int r) const {
   if (opt_.oversampling == 0) return r;
-  const double D = 2 * mask_radius_ * angpix_;
-  const double rotated = 360.0 / double(coarse_.psi.size()) / 360.0 * std::numbers::pi * D;  // Å moved by one step
-  const double coarse_res = rotated / 1.5;
-  return std::clamp(int(std::ceil(n_ * angpix_ / coarse_res)), 1, r);
+  const double step = 360.0 / double(coarse_.psi.size());
+  return std::clamp(estep::coarse_limit_shells(n_, angpix_, 2 * mask_radius_ * angpix_, step, 1.5), 1, r);
 }
 
 IterationData Job::prepare_iteration() {

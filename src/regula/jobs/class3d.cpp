@@ -396,8 +396,9 @@ Report Job::iterate() {
   // In iteration 1 all classes are the reference: search against it alone.
   const int Ksearch = (random_classes_ || consensus_) ? 1 : K_;
   fine_ = ml3d::fine_pixels(r_, scale_, optics_model_);
-  const double step = deg2rad(healpix_angular_step(order));
-  const int rc = std::clamp(int(std::ceil(2.0 * n_ / (radius_px_ * step))), 6, n_ / 2);
+  // (keepsafe 2 rather than RELION's 1.2 in 3D: a higher coarse limit)
+  const int rc = std::clamp(estep::coarse_limit_shells(n_, angpix_, 2 * radius_px_ * angpix_, healpix_angular_step(order), 2.0),
+                            6, n_ / 2);
   px_coarse_ = estep::search_pixels(n_, cc ? r_ : std::min(r_, rc));
   proj_.clear();
   // Each group's pixels map to at most half a shell beyond the limit (ml3d::fine_pixels' rounding).

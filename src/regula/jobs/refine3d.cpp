@@ -305,10 +305,8 @@ void Job::initialise() {
 // Frequency limit of the coarse pass (RELION: the resolution at which one angular step moves the
 // particle edge by 1/1.2 of it, rounded up; never beyond the E-step's limit).
 int Job::coarse_shells() const {
-  const double D = 2 * radius_px_ * angpix_;
-  const double rotated = healpix_angular_step(st_.order) / 360.0 * kPi * D;  // Å moved by one step
-  const double coarse_res = rotated / 1.2;
-  return std::clamp(int(std::ceil(n_ * angpix_ / coarse_res)), 6, n_ / 2);
+  return std::clamp(estep::coarse_limit_shells(n_, angpix_, 2 * radius_px_ * angpix_, healpix_angular_step(st_.order), 1.2),
+                    6, n_ / 2);
 }
 
 // The projectors of the two half references up to the E-step's limit (+1 for interpolation): made
