@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdio>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "regula/core/random.hpp"
@@ -345,4 +346,89 @@ TEST(RefineSampling, TheSearchUsesThePerturbedGrid) {
     else
       EXPECT_GT(err, 0.5 * a) << r.rot << " " << r.tilt << " " << r.psi;
   }
+}
+
+// The local windows' slices shared by the particles of an iteration (estep::DirectionSliceCache):
+// searches with the cache give bit for bit the results without it, for windows in the plain frame
+// and turned away from a pole, two classes, a perturbed grid, particles searched on two threads at
+// once (one cache), and with a bound too small for any slice (then it says it bound).
+TEST(RefineSampling, SharedWindowSlicesChangeNothing) {
+  Fixture f("C1");
+  const int order = 2;
+  f.table.build(order);
+  Volume other = f.map;
+  for (size_t i = 0; i < other.size(); i += 7) other[i] *= 0.5f;  // a second, different class
+  const Projector proj2(other, 2, f.n / 2);
+  const double step = healpix_angular_step(order);
+  const Mat3 P = euler_to_matrix(0.3 * step, 0.2 * step, 0.1 * step);
+  const std::vector<Euler> poses{{20, 60, 30}, {-100, 100, -40}, {45, 4, 10}, {170, 178, 80}, {5, 50, 0}, {-60, 20, 120}};
+  std::vector<estep::RotatableParticle> xs;
+  std::vector<float> inv_sigma2(size_t(f.n / 2 + 1), 0.0f);
+  for (size_t k = 0; k < poses.size(); ++k) {
+    const Euler& e = poses[k];
+    Image img = f.proj.project_real(euler_to_matrix(e.rot + 3, e.tilt - 2, e.psi + 4));
+    double var = 0;
+    for (float v : img) var += double(v) * v;
+    const double sigma = std::sqrt(var / double(img.size()));
+    auto rng = make_rng(31, k);
+    for (auto& v : img) v += float(sigma * normal01(rng));
+    xs.emplace_back(img, 0, 0, std::nullopt);
+    if (k == 0)
+      for (size_t s = 1; s < inv_sigma2.size(); ++s) inv_sigma2[s] = float(1.0 / (double(f.n) * f.n * sigma * sigma));
+  }
+  estep::Search3DSetup S;
+  S.classes = 2;
+  S.proj = {&f.proj, &proj2};
+  S.px_coarse = &f.px_coarse;
+  S.px_fine = &f.px_fine;
+  S.local = true;
+  S.order = order;
+  S.sigma_ang = step;  // windows of 3 sigma = 45 degrees: the poses with tilt < 60 or > 120 turn
+  S.table = &f.table;
+  S.trans = {{0, 0}, {1, 0}, {0, -1}};
+  S.perturb = P;
+  auto search_all = [&](estep::DirectionSliceCache* cache, int threads) {
+    S.table_slices = cache;
+    std::vector<estep::Search3DResult> out(poses.size());
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t)
+      pool.emplace_back([&, t] {
+        estep::Search3DWork ws;
+        for (size_t k = size_t(t); k < poses.size(); k += size_t(threads)) {
+          estep::Search3DInput in;
+          in.x = &xs[k];
+          in.inv_sigma2 = inv_sigma2;
+          in.rot = poses[k].rot;
+          in.tilt = poses[k].tilt;
+          in.psi = poses[k].psi;
+          estep::search_particle_3d(S, in, ws, nullptr, out[k]);
+        }
+      });
+    for (auto& th : pool) th.join();
+    return out;
+  };
+  const auto plain = search_all(nullptr, 1);
+  estep::DirectionSliceCache roomy(2, f.table.v.size(), f.px_coarse.size(), size_t(1) << 30);
+  estep::DirectionSliceCache tight(2, f.table.v.size(), f.px_coarse.size(), 16);
+  const auto shared = search_all(&roomy, 2), bounded = search_all(&tight, 2);
+  EXPECT_FALSE(roomy.bound());
+  EXPECT_TRUE(tight.bound());
+  int turned = 0;
+  for (const Euler& e : poses) turned += std::abs(std::cos(deg2rad(e.tilt))) > std::cos(deg2rad(4 * step));
+  EXPECT_GE(turned, 2);
+  EXPECT_LE(turned, 4);
+  for (const auto* other_run : {&shared, &bounded})
+    for (size_t k = 0; k < poses.size(); ++k) {
+      const auto &a = plain[k], &b = (*other_run)[k];
+      ASSERT_TRUE(a.valid && b.valid);
+      EXPECT_EQ(a.cls, b.cls);
+      EXPECT_EQ(a.rot, b.rot);
+      EXPECT_EQ(a.tilt, b.tilt);
+      EXPECT_EQ(a.psi, b.psi);
+      EXPECT_EQ(a.max_posterior, b.max_posterior);
+      EXPECT_EQ(a.log_likelihood, b.log_likelihood);
+      EXPECT_EQ(a.n_significant, b.n_significant);
+      EXPECT_EQ(a.diff2, b.diff2);
+      EXPECT_EQ(a.class_weight, b.class_weight);
+    }
 }

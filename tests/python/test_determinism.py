@@ -17,6 +17,8 @@ CLASS3D = ["--K", 2, "--iter", 3, "--tau2_fudge", 4, "--ini_high", 40, "--ctf", 
            "--offset_range", 2, "--offset_step", 1, "--flatten_solvent", "--random_subsets", "--maxsig", 10]
 # (--maxsig: from random subsets the first posteriors are flat and the unbounded fine pass takes minutes
 # per run; the bound, which also puts its code path under test, makes each run about 2 s.)
+# Local searches (around the input poses) share their windows' slices between threads: the same files too.
+CLASS3D_LOCAL = CLASS3D + ["--sigma_ang", 10]
 # class2d in batches of 16 particles: 10 work units for 150 particles, so 5 ranks all have work.
 CLASS2D = ["--K", 3, "--iter", 3, "--ctf", "--batch", 16, "--psi_step", 10, "--offset_range", 2, "--offset_step", 1]
 # Files whose content is the same whatever the split (the optimiser file records the command line).
@@ -53,6 +55,7 @@ def same_as(ref, other):
 
 @pytest.mark.parametrize("job,opts,ref_arg", [("refine3d", REFINE, "truth_map1.mrc"),
                                               ("class3d", CLASS3D, "truth_map1.mrc"),
+                                              ("class3d", CLASS3D_LOCAL, "truth_map1.mrc"),
                                               ("class2d", CLASS2D, None)])
 def test_threads_and_ranks_give_identical_files(data, tmp_path, job, opts, ref_arg):
     def go(name, prefix=(), j=1):

@@ -112,22 +112,26 @@ PoseSet coarse_pass(const Search3DSetup& S, const Search3DInput& in, Search3DWor
   const size_t D = f.d_per_class, m = S.px_coarse->size();
   std::vector<Euler> a;
   for (const auto& d : ws.cdirs) a.push_back(f.map(d[0], d[1], 0.0));
+  // One window per class, class-major.
+  ws.local_slices.d = K * D;
+  ws.local_slices.m = m;
+  ws.local_slices.s.resize(K * D * 2 * m);
+  ws.local_slices.s2.resize(K * D * m);
+  DirectionSliceCache* cache = S.table_slices;
+  if (cache && cache->pixels() != m) runtime_error("search_particle_3d: slice cache of {} pixels for {}", cache->pixels(), m);
+  for (size_t c = 0; c < K; ++c) {
+    float* s = ws.local_slices.s.data() + c * D * 2 * m;
+    float* s2 = ws.local_slices.s2.data() + c * D * m;
+    if (cache)
+      for (size_t d = 0; d < D; ++d) cache->get(f.turned, c, size_t(ws.cpix[d]), *S.proj[c], *S.px_coarse, a[d], s + d * 2 * m, s2 + d * m);
+    else
+      project_orientations(*S.proj[c], *S.px_coarse, a, s, s2);
+  }
   if (K == 1) {
     ps.log_prior_dir = window_prior;
-    project_orientations(*S.proj[0], *S.px_coarse, a, ws.local_slices);
   } else {
-    // One window per class, class-major.
-    Slices one;
-    ws.local_slices.d = K * D;
-    ws.local_slices.m = m;
-    ws.local_slices.s.resize(K * D * 2 * m);
-    ws.local_slices.s2.resize(K * D * m);
-    for (size_t c = 0; c < K; ++c) {
-      project_orientations(*S.proj[c], *S.px_coarse, a, one);
-      std::copy(one.s.begin(), one.s.end(), ws.local_slices.s.begin() + long(c * D * 2 * m));
-      std::copy(one.s2.begin(), one.s2.end(), ws.local_slices.s2.begin() + long(c * D * m));
+    for (size_t c = 0; c < K; ++c)
       for (size_t d = 0; d < D; ++d) ps.log_prior_dir.push_back(window_prior[d] + class_prior(S, c));
-    }
     const auto dirs = ws.cdirs;
     const auto pix = ws.cpix;
     for (size_t c = 1; c < K; ++c) {
@@ -361,6 +365,37 @@ void pose_estimate(const Search3DSetup& S, const FinePoses& fp, const std::vecto
 }
 
 }  // namespace
+
+DirectionSliceCache::DirectionSliceCache(size_t classes, size_t directions, size_t m, size_t max_bytes)
+    : classes_(classes), directions_(directions), m_(m), max_bytes_(max_bytes),
+      state_(new std::atomic<uint8_t>[2 * classes * directions]),
+      data_(new std::unique_ptr<float[]>[2 * classes * directions]) {
+  for (size_t i = 0; i < 2 * classes * directions; ++i) state_[i].store(0, std::memory_order_relaxed);
+}
+
+void DirectionSliceCache::get(bool turned, size_t c, size_t d, const Projector& proj, const SearchPixels& px,
+                              const Euler& a, float* s, float* s2) {
+  const size_t i = ((turned ? classes_ : 0) + c) * directions_ + d, m = m_;
+  auto copy_out = [&](const float* v) {
+    std::copy_n(v, 2 * m, s);
+    std::copy_n(v + 2 * m, m, s2);
+  };
+  if (state_[i].load(std::memory_order_acquire) == 2) return copy_out(data_[i].get());
+  uint8_t expected = 0;
+  const size_t bytes = 3 * m * sizeof(float);
+  if (state_[i].compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) {
+    if (bytes_.fetch_add(bytes, std::memory_order_relaxed) + bytes <= max_bytes_) {
+      data_[i].reset(new float[3 * m]);
+      project_orientation(proj, px, a, data_[i].get(), data_[i].get() + 2 * m);
+      state_[i].store(2, std::memory_order_release);
+      return copy_out(data_[i].get());
+    }
+    bytes_.fetch_sub(bytes, std::memory_order_relaxed);
+    bound_.store(true, std::memory_order_relaxed);
+    state_[i].store(0, std::memory_order_release);
+  }
+  project_orientation(proj, px, a, s, s2);  // being made by another thread, or over the bound
+}
 
 void search_particle_3d(const Search3DSetup& S, const Search3DInput& in, Search3DWork& ws, SliceSink* sink,
                         Search3DResult& res) {

@@ -25,6 +25,8 @@
 // angles in degrees. Residuals are in the units of |X|^2 of the unnormalised transform.
 #pragma once
 #include <array>
+#include <atomic>
+#include <memory>
 #include <cstddef>
 #include <span>
 #include <vector>
@@ -54,6 +56,32 @@ class SliceSink {
   }
 };
 
+// The coarse slices of a local search: Search3DSetup::table's directions at psi 0, in the plain
+// frame or in the frame turned away from a pole of the Euler angles (search3d.cpp's CoarseFrame),
+// perturbed by Search3DSetup::perturb, per class. Each is made by the first particle whose window
+// holds it and then copied by every other: the windows of an iteration's particles overlap, and a
+// slice is the same whoever makes it (results do not change). Thread-safe. At most `max_bytes` of
+// slices are kept; beyond that, slices are projected per particle as without a cache (bound()).
+class DirectionSliceCache {
+ public:
+  DirectionSliceCache(size_t classes, size_t directions, size_t m, size_t max_bytes);
+  DirectionSliceCache(const DirectionSliceCache&) = delete;
+  DirectionSliceCache& operator=(const DirectionSliceCache&) = delete;
+  // The slice of table direction d of class c (turned frame or not), whose orientation is `a`, into
+  // s (2m floats) and s2 (m).
+  void get(bool turned, size_t c, size_t d, const Projector& proj, const SearchPixels& px, const Euler& a, float* s,
+           float* s2);
+  size_t pixels() const { return m_; }
+  bool bound() const { return bound_.load(std::memory_order_relaxed); }
+
+ private:
+  size_t classes_, directions_, m_, max_bytes_;
+  std::unique_ptr<std::atomic<uint8_t>[]> state_;  // 0 empty, 1 being made, 2 ready
+  std::unique_ptr<std::unique_ptr<float[]>[]> data_;  // 3m floats per slice: s then s2
+  std::atomic<size_t> bytes_{0};
+  std::atomic<bool> bound_{false};
+};
+
 // What all particles of an iteration share. Pointers must outlive the searches.
 struct Search3DSetup {
   int classes = 1;
@@ -72,6 +100,7 @@ struct Search3DSetup {
   const std::vector<double>* global_psi = nullptr;
   const Slices* global_slices = nullptr;
   const DirectionTable* table = nullptr;   // order `order`: local windows
+  DirectionSliceCache* table_slices = nullptr;  // of `table` and px_coarse (null: none)
   std::vector<std::array<double, 2>> trans;  // coarse translations, px (relative to the current origin)
   double offset_step = 1;                  // px (coarse)
   double sigma_offset2 = 1;                // px^2 per component (prior on the total offset)

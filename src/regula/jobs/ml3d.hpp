@@ -36,6 +36,10 @@ Volume read_reference(const std::string& path, double angpix, int n);
 Volume read_solvent_mask(const std::string& path, int n);
 
 // Particle i's model for the E-step (imaging/optics_model.hpp's engine_optics; nullopt without --ctf).
+// Memory for the slices of the local windows' directions shared by an iteration's particles
+// (estep::DirectionSliceCache), per job; beyond it slices are projected per particle (logged).
+inline constexpr size_t kTableSliceBytes = size_t(512) << 20;
+
 inline std::optional<ParticleOptics> particle_optics(const OpticsModel& model, size_t i, bool ctf) {
   if (!ctf) return std::nullopt;
   return model.particle(i);
