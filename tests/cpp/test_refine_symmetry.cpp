@@ -348,7 +348,7 @@ TEST(RefineSampling, TheSearchUsesThePerturbedGrid) {
   }
 }
 
-// The local windows' slices shared by the particles of an iteration (estep::DirectionSliceCache):
+// The local windows' slices shared by the particles of an iteration (estep::SliceCache):
 // searches with the cache give bit for bit the results without it, for windows in the plain frame
 // and turned away from a pole, two classes, a perturbed grid, particles searched on two threads at
 // once (one cache), and with a bound too small for any slice (then it says it bound).
@@ -387,7 +387,7 @@ TEST(RefineSampling, SharedWindowSlicesChangeNothing) {
   S.table = &f.table;
   S.trans = {{0, 0}, {1, 0}, {0, -1}};
   S.perturb = P;
-  auto search_all = [&](estep::DirectionSliceCache* cache, int threads) {
+  auto search_all = [&](estep::SliceCache* cache, int threads) {
     S.table_slices = cache;
     std::vector<estep::Search3DResult> out(poses.size());
     std::vector<std::thread> pool;
@@ -408,8 +408,8 @@ TEST(RefineSampling, SharedWindowSlicesChangeNothing) {
     return out;
   };
   const auto plain = search_all(nullptr, 1);
-  estep::DirectionSliceCache roomy(2, f.table.v.size(), f.px_coarse.size(), size_t(1) << 30);
-  estep::DirectionSliceCache tight(2, f.table.v.size(), f.px_coarse.size(), 16);
+  estep::SliceCache roomy(2 * 2 * f.table.v.size(), f.px_coarse, size_t(1) << 30);
+  estep::SliceCache tight(2 * 2 * f.table.v.size(), f.px_coarse, 16);
   const auto shared = search_all(&roomy, 2), bounded = search_all(&tight, 2);
   EXPECT_FALSE(roomy.bound());
   EXPECT_TRUE(tight.bound());
@@ -428,6 +428,110 @@ TEST(RefineSampling, SharedWindowSlicesChangeNothing) {
       EXPECT_EQ(a.max_posterior, b.max_posterior);
       EXPECT_EQ(a.log_likelihood, b.log_likelihood);
       EXPECT_EQ(a.n_significant, b.n_significant);
+      EXPECT_EQ(a.diff2, b.diff2);
+      EXPECT_EQ(a.class_weight, b.class_weight);
+    }
+}
+
+// The same for a global search's fine poses (Search3DSetup::fine_slices): two classes, a perturbed
+// grid, oversampling 1, two threads sharing one cache, and a bound too small for any slice.
+TEST(RefineSampling, SharedFineSlicesChangeNothing) {
+  Fixture f("C1");
+  const int order = 1;
+  Volume other = f.map;
+  for (size_t i = 0; i < other.size(); i += 5) other[i] *= 0.3f;
+  const Projector proj2(other, 2, f.n / 2);
+  const double step = healpix_angular_step(order);
+  const Mat3 P = euler_to_matrix(0.3 * step, 0.2 * step, 0.1 * step);
+  OrientationSampling os(order, f.sym, step);
+  std::vector<std::array<double, 2>> dirs1;
+  std::vector<long> pix1;
+  for (size_t d = 0; d < os.num_directions(); ++d) {
+    dirs1.push_back({os.rot(d), os.tilt(d)});
+    pix1.push_back(os.pixel(d));
+  }
+  for (size_t p = 0; p < os.num_psi(); ++p) f.psis.push_back(os.psi(p));
+  // Two classes, class-major, the slices perturbed as the jobs do.
+  std::vector<Euler> angles;
+  for (const auto& d : dirs1) {
+    const Euler e = matrix_to_euler(matmul(euler_to_matrix(d[0], d[1], 0), P));
+    angles.push_back(e);
+  }
+  estep::Slices s1, s2;
+  estep::project_orientations(f.proj, f.px_coarse, angles, s1);
+  estep::project_orientations(proj2, f.px_coarse, angles, s2);
+  f.slices.d = 2 * s1.d;
+  f.slices.m = s1.m;
+  f.slices.s = s1.s;
+  f.slices.s.insert(f.slices.s.end(), s2.s.begin(), s2.s.end());
+  f.slices.s2 = s1.s2;
+  f.slices.s2.insert(f.slices.s2.end(), s2.s2.begin(), s2.s2.end());
+  f.dirs = dirs1;
+  f.dirs.insert(f.dirs.end(), dirs1.begin(), dirs1.end());
+  f.pix = pix1;
+  f.pix.insert(f.pix.end(), pix1.begin(), pix1.end());
+  estep::Search3DSetup S;
+  S.classes = 2;
+  S.proj = {&f.proj, &proj2};
+  S.px_coarse = &f.px_coarse;
+  S.px_fine = &f.px_fine;
+  S.order = order;
+  S.global_dirs = &f.dirs;
+  S.global_pix = &f.pix;
+  S.global_psi = &f.psis;
+  S.global_slices = &f.slices;
+  S.trans = {{0, 0}, {1, 0}, {0, 1}};
+  S.perturb = P;
+  S.oversampling = 1;
+  const std::vector<Euler> poses{{20, 60, 30}, {-100, 100, -40}, {45, 4, 10}, {5, 50, 0}};
+  std::vector<estep::RotatableParticle> xs;
+  std::vector<float> inv_sigma2(size_t(f.n / 2 + 1), 0.0f);
+  for (size_t k = 0; k < poses.size(); ++k) {
+    const Euler& e = poses[k];
+    Image img = (k % 2 ? proj2 : f.proj).project_real(euler_to_matrix(e.rot, e.tilt, e.psi));
+    double var = 0;
+    for (float v : img) var += double(v) * v;
+    const double sigma = std::sqrt(var / double(img.size()) / 2);
+    auto rng = make_rng(37, k);
+    for (auto& v : img) v += float(sigma * normal01(rng));
+    xs.emplace_back(img, 0, 0, std::nullopt);
+    if (k == 0)
+      for (size_t s = 1; s < inv_sigma2.size(); ++s) inv_sigma2[s] = float(1.0 / (double(f.n) * f.n * sigma * sigma));
+  }
+  auto search_all = [&](estep::SliceCache* cache, int threads) {
+    S.fine_slices = cache;
+    std::vector<estep::Search3DResult> out(poses.size());
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t)
+      pool.emplace_back([&, t] {
+        estep::Search3DWork ws;
+        for (size_t k = size_t(t); k < poses.size(); k += size_t(threads)) {
+          estep::Search3DInput in;
+          in.x = &xs[k];
+          in.inv_sigma2 = inv_sigma2;
+          estep::search_particle_3d(S, in, ws, nullptr, out[k]);
+        }
+      });
+    for (auto& th : pool) th.join();
+    return out;
+  };
+  const size_t entries = f.psis.size() * f.dirs.size() * 8;
+  const auto plain = search_all(nullptr, 1);
+  estep::SliceCache roomy(entries, f.px_fine, size_t(1) << 30), tight(entries, f.px_fine, 16);
+  const auto shared = search_all(&roomy, 2), bounded = search_all(&tight, 2);
+  EXPECT_FALSE(roomy.bound());
+  EXPECT_TRUE(tight.bound());
+  for (const auto* other_run : {&shared, &bounded})
+    for (size_t k = 0; k < poses.size(); ++k) {
+      const auto &a = plain[k], &b = (*other_run)[k];
+      ASSERT_TRUE(a.valid && b.valid);
+      EXPECT_GT(a.n_fine, 8u);
+      EXPECT_EQ(a.cls, b.cls);
+      EXPECT_EQ(a.rot, b.rot);
+      EXPECT_EQ(a.tilt, b.tilt);
+      EXPECT_EQ(a.psi, b.psi);
+      EXPECT_EQ(a.max_posterior, b.max_posterior);
+      EXPECT_EQ(a.log_likelihood, b.log_likelihood);
       EXPECT_EQ(a.diff2, b.diff2);
       EXPECT_EQ(a.class_weight, b.class_weight);
     }

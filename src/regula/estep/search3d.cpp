@@ -117,13 +117,16 @@ PoseSet coarse_pass(const Search3DSetup& S, const Search3DInput& in, Search3DWor
   ws.local_slices.m = m;
   ws.local_slices.s.resize(K * D * 2 * m);
   ws.local_slices.s2.resize(K * D * m);
-  DirectionSliceCache* cache = S.table_slices;
-  if (cache && cache->pixels() != m) runtime_error("search_particle_3d: slice cache of {} pixels for {}", cache->pixels(), m);
+  SliceCache* cache = S.table_slices;
+  const size_t TD = S.table->v.size();
+  if (cache && (&cache->pixels() != S.px_coarse || cache->entries() != 2 * K * TD))
+    runtime_error("search_particle_3d: a window slice cache not made for this search");
   for (size_t c = 0; c < K; ++c) {
     float* s = ws.local_slices.s.data() + c * D * 2 * m;
     float* s2 = ws.local_slices.s2.data() + c * D * m;
     if (cache)
-      for (size_t d = 0; d < D; ++d) cache->get(f.turned, c, size_t(ws.cpix[d]), *S.proj[c], *S.px_coarse, a[d], s + d * 2 * m, s2 + d * m);
+      for (size_t d = 0; d < D; ++d)
+        cache->get(((f.turned ? K : 0) + c) * TD + size_t(ws.cpix[d]), *S.proj[c], a[d], s + d * 2 * m, s2 + d * m);
     else
       project_orientations(*S.proj[c], *S.px_coarse, a, s, s2);
   }
@@ -149,6 +152,7 @@ struct FinePoses {
   std::vector<int> cls;                       // their class
   std::vector<double> ang_prior;              // log-prior (class + local angular), empty if none
   std::vector<uint32_t> ang_parent;           // index of the distinct coarse (p, d) pair
+  std::vector<size_t> grid;                   // global searches: entry of Search3DSetup::fine_slices
   std::vector<std::array<double, 2>> trans;   // fine translations, px
   std::vector<double> trans_prior;
   std::vector<uint32_t> trans_parent;         // index of the distinct coarse translation
@@ -186,7 +190,9 @@ void fine_poses(const Search3DSetup& S, const Search3DInput& in, const PoseSet& 
   for (size_t qi = 0; qi < pairs.size(); ++qi) {
     const size_t p = pairs[qi] / cD, d = pairs[qi] % cD, c = d / f.d_per_class;
     const long pix = S.local ? ws.cpix[d] : (*S.global_pix)[d];
-    for (long child : healpix_children(pix, os)) {
+    const std::vector<long> children = healpix_children(pix, os);
+    for (size_t ci = 0; ci < children.size(); ++ci) {
+      const long child = children[ci];
       const auto crt = healpix_direction(S.order + os, child);
       const double a = S.local ? angle_between(f.prev_dir, euler_direction(crt[0], crt[1])) : 0.0;
       for (int b = 0; b < npsi; ++b) {
@@ -194,6 +200,7 @@ void fine_poses(const Search3DSetup& S, const Search3DInput& in, const PoseSet& 
         fp.ang.push_back(f.map(crt[0], crt[1], psi));
         fp.cls.push_back(int(c));
         fp.ang_parent.push_back(uint32_t(qi));
+        if (!S.local) fp.grid.push_back(((p * cD + d) * children.size() + ci) * size_t(npsi) + size_t(b));
         if (with_prior) {
           double lp = class_prior(S, c);
           if (S.local) {
@@ -229,6 +236,9 @@ bool score_fine(const Search3DSetup& S, const Search3DInput& in, const FinePoses
   ws.score.resize(T * J);
   ws.a1.resize(J);
   const bool keep = J * 3 * m <= kKeepProjections;
+  // The fine poses of a global search are on the iteration's grid (fp.grid): shared slices, when the
+  // cache was made for these pixels (not for another group's pixel set or a magnified particle's).
+  SliceCache* cache = (!S.local && !S.fixed_pose && S.fine_slices && &S.fine_slices->pixels() == &px) ? S.fine_slices : nullptr;
   const size_t block = keep ? std::max<size_t>(J, 1)
                             : std::clamp<size_t>((size_t(1) << 21) / std::max<size_t>(2 * m, 1), 8, std::max<size_t>(J, 8));
   for (size_t j0 = 0; j0 < J; j0 += block) {
@@ -237,12 +247,18 @@ bool score_fine(const Search3DSetup& S, const Search3DInput& in, const FinePoses
     ws.block.m = m;
     ws.block.s.resize(nb * 2 * m);
     ws.block.s2.resize(nb * m);
-    for (size_t ja = j0; ja < j1;) {  // runs of one class
-      size_t jb = ja + 1;
-      while (jb < j1 && fp.cls[jb] == fp.cls[ja]) ++jb;
-      project_orientations(*S.proj[size_t(fp.cls[ja])], px, std::span<const Euler>(fp.ang.data() + ja, jb - ja),
-                           ws.block.s.data() + (ja - j0) * 2 * m, ws.block.s2.data() + (ja - j0) * m);
-      ja = jb;
+    if (cache) {
+      for (size_t j = j0; j < j1; ++j)
+        cache->get(fp.grid[j], *S.proj[size_t(fp.cls[j])], fp.ang[j], ws.block.s.data() + (j - j0) * 2 * m,
+                   ws.block.s2.data() + (j - j0) * m);
+    } else {
+      for (size_t ja = j0; ja < j1;) {  // runs of one class
+        size_t jb = ja + 1;
+        while (jb < j1 && fp.cls[jb] == fp.cls[ja]) ++jb;
+        project_orientations(*S.proj[size_t(fp.cls[ja])], px, std::span<const Euler>(fp.ang.data() + ja, jb - ja),
+                             ws.block.s.data() + (ja - j0) * 2 * m, ws.block.s2.data() + (ja - j0) * m);
+        ja = jb;
+      }
     }
     detail::sgemm(false, true, T, nb, 2 * m, ws.work.q.data(), 2 * m, ws.block.s.data(), 2 * m, 0.0f,
                   ws.score.data() + j0, J);
@@ -366,16 +382,16 @@ void pose_estimate(const Search3DSetup& S, const FinePoses& fp, const std::vecto
 
 }  // namespace
 
-DirectionSliceCache::DirectionSliceCache(size_t classes, size_t directions, size_t m, size_t max_bytes)
-    : classes_(classes), directions_(directions), m_(m), max_bytes_(max_bytes),
-      state_(new std::atomic<uint8_t>[2 * classes * directions]),
-      data_(new std::unique_ptr<float[]>[2 * classes * directions]) {
-  for (size_t i = 0; i < 2 * classes * directions; ++i) state_[i].store(0, std::memory_order_relaxed);
+SliceCache::SliceCache(size_t entries, const SearchPixels& px, size_t max_bytes)
+    : entries_(entries), px_(px), max_bytes_(max_bytes), state_(new std::atomic<uint8_t>[entries]),
+      data_(new std::unique_ptr<float[]>[entries]) {
+  for (size_t i = 0; i < entries; ++i) state_[i].store(0, std::memory_order_relaxed);
 }
 
-void DirectionSliceCache::get(bool turned, size_t c, size_t d, const Projector& proj, const SearchPixels& px,
-                              const Euler& a, float* s, float* s2) {
-  const size_t i = ((turned ? classes_ : 0) + c) * directions_ + d, m = m_;
+void SliceCache::get(size_t i, const Projector& proj, const Euler& a, float* s, float* s2) {
+  const SearchPixels& px = px_;
+  const size_t m = px.size();
+  if (i >= entries_) runtime_error("SliceCache: entry {} of {}", i, entries_);
   auto copy_out = [&](const float* v) {
     std::copy_n(v, 2 * m, s);
     std::copy_n(v + 2 * m, m, s2);

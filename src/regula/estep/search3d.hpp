@@ -56,26 +56,31 @@ class SliceSink {
   }
 };
 
-// The coarse slices of a local search: Search3DSetup::table's directions at psi 0, in the plain
-// frame or in the frame turned away from a pole of the Euler angles (search3d.cpp's CoarseFrame),
-// perturbed by Search3DSetup::perturb, per class. Each is made by the first particle whose window
-// holds it and then copied by every other: the windows of an iteration's particles overlap, and a
-// slice is the same whoever makes it (results do not change). Thread-safe. At most `max_bytes` of
-// slices are kept; beyond that, slices are projected per particle as without a cache (bound()).
-class DirectionSliceCache {
+// Slices of orientations on a grid shared by all particles of an iteration, projected by the first
+// particle that needs one and then copied by every other (a slice is the same whoever makes it, so
+// results do not change). Thread-safe. Entry i is the caller's numbering of the grid:
+//  - local searches' coarse windows (Search3DSetup::table_slices): the table's directions at psi 0,
+//    in the plain frame or the one turned away from a pole of the Euler angles (CoarseFrame), per
+//    class: entry (turned K + class) D + direction, at px_coarse;
+//  - global searches' fine poses (Search3DSetup::fine_slices): the children of every coarse pose,
+//    entry ((psi P-index) D_all + direction) 4^o 2^o + (child direction) 2^o + child psi, at the
+//    pixels px_fine of the setup (particles of other pixel sets, or magnified, project their own).
+// At most `max_bytes` of slices are kept; beyond that they are projected per particle (bound()).
+class SliceCache {
  public:
-  DirectionSliceCache(size_t classes, size_t directions, size_t m, size_t max_bytes);
-  DirectionSliceCache(const DirectionSliceCache&) = delete;
-  DirectionSliceCache& operator=(const DirectionSliceCache&) = delete;
-  // The slice of table direction d of class c (turned frame or not), whose orientation is `a`, into
-  // s (2m floats) and s2 (m).
-  void get(bool turned, size_t c, size_t d, const Projector& proj, const SearchPixels& px, const Euler& a, float* s,
-           float* s2);
-  size_t pixels() const { return m_; }
+  SliceCache(size_t entries, const SearchPixels& px, size_t max_bytes);
+  SliceCache(const SliceCache&) = delete;
+  SliceCache& operator=(const SliceCache&) = delete;
+  // The slice of entry i, whose orientation is `a`, into s (2m floats) and s2 (m).
+  void get(size_t i, const Projector& proj, const Euler& a, float* s, float* s2);
+  const SearchPixels& pixels() const { return px_; }
+  size_t entries() const { return entries_; }
   bool bound() const { return bound_.load(std::memory_order_relaxed); }
 
  private:
-  size_t classes_, directions_, m_, max_bytes_;
+  size_t entries_;
+  const SearchPixels& px_;
+  size_t max_bytes_;
   std::unique_ptr<std::atomic<uint8_t>[]> state_;  // 0 empty, 1 being made, 2 ready
   std::unique_ptr<std::unique_ptr<float[]>[]> data_;  // 3m floats per slice: s then s2
   std::atomic<size_t> bytes_{0};
@@ -100,7 +105,8 @@ struct Search3DSetup {
   const std::vector<double>* global_psi = nullptr;
   const Slices* global_slices = nullptr;
   const DirectionTable* table = nullptr;   // order `order`: local windows
-  DirectionSliceCache* table_slices = nullptr;  // of `table` and px_coarse (null: none)
+  SliceCache* table_slices = nullptr;      // local: the windows' coarse slices (null: none)
+  SliceCache* fine_slices = nullptr;       // global: the fine poses' slices (null: none)
   std::vector<std::array<double, 2>> trans;  // coarse translations, px (relative to the current origin)
   double offset_step = 1;                  // px (coarse)
   double sigma_offset2 = 1;                // px^2 per component (prior on the total offset)

@@ -188,7 +188,7 @@ class Job {
   std::vector<double> global_psi_;
   estep::Slices global_slices_;
   DirectionTable table_dirs_;
-  std::unique_ptr<estep::DirectionSliceCache> table_slices_;  // local searches: the window slices
+  std::unique_ptr<estep::SliceCache> shared_slices_;  // local windows' coarse or global fine slices
   estep::Search3DSetup setup_;
   std::vector<estep::Search3DSetup> group_setup_;  // per optics group (PixelScale)
   std::vector<std::unique_ptr<BackProjector>> bp_;  // per class, exact sums
@@ -421,11 +421,11 @@ Report Job::iterate() {
   setup_.order = order;
   setup_.sigma_ang = opt_.sigma_ang > 0 ? opt_.sigma_ang : healpix_angular_step(order);
   setup_.table = &table_dirs_;
-  table_slices_.reset();
+  shared_slices_.reset();
   if (local && !fixed_poses_) {
-    table_slices_ = std::make_unique<estep::DirectionSliceCache>(size_t(Ksearch), table_dirs_.v.size(), px_coarse_.size(),
-                                                                 ml3d::kTableSliceBytes);
-    setup_.table_slices = table_slices_.get();
+    shared_slices_ = std::make_unique<estep::SliceCache>(2 * size_t(Ksearch) * table_dirs_.v.size(), px_coarse_,
+                                                         ml3d::kSharedSliceBytes);
+    setup_.table_slices = shared_slices_.get();
   }
   // RELION's random perturbation of the grids (--perturb; none when the poses are fixed).
   const ml3d::Perturbation perturb = ml3d::sampling_perturbation(
@@ -468,6 +468,9 @@ Report Job::iterate() {
     setup_.global_pix = &global_pix_;
     setup_.global_psi = &global_psi_;
     setup_.global_slices = &global_slices_;
+    shared_slices_ = ml3d::global_fine_cache(global_psi_.size(), global_dirs_.size(), opt_.oversampling, fine_.px[0],
+                                             ml3d::kSharedSliceBytes);
+    setup_.fine_slices = shared_slices_.get();
   }
   group_setup_ = ml3d::group_setups(setup_, scale_);
   for (size_t g = 0; g < fine_.px.size(); ++g) group_setup_[g].px_fine = &fine_.px[g];
@@ -513,10 +516,10 @@ Report Job::iterate() {
     }
   });
   progress_->finish();
-  if (table_slices_ && table_slices_->bound())
-    spdlog::info("{}: the local windows' slices exceeded {} MB; the rest were projected per particle", job_,
-                 ml3d::kTableSliceBytes >> 20);
-  table_slices_.reset();
+  if (shared_slices_ && shared_slices_->bound())
+    spdlog::info("{}: the shared slices exceeded {} MB; the rest were projected per particle", job_,
+                 ml3d::kSharedSliceBytes >> 20);
+  shared_slices_.reset();
   readers.clear();
   works.clear();
   for (size_t t = 1; t < T; ++t) tsums[0].merge(tsums[t]);

@@ -83,6 +83,13 @@ void log_pixel_sizes(std::string_view command, const PixelScale& scale) {
                command, groups, scale.ref_pixel, scale.ref_box);
 }
 
+std::unique_ptr<estep::SliceCache> global_fine_cache(size_t P, size_t D, int oversampling,
+                                                     const estep::SearchPixels& px, size_t max_bytes) {
+  const size_t os = size_t(std::max(0, oversampling)), entries = P * D * (size_t(1) << (3 * os));
+  if (entries == 0 || entries > kSharedSliceEntries) return nullptr;
+  return std::make_unique<estep::SliceCache>(entries, px, max_bytes);
+}
+
 std::vector<estep::Search3DSetup> group_setups(const estep::Search3DSetup& S, const PixelScale& scale) {
   std::vector<estep::Search3DSetup> out(scale.ratio.size(), S);
   for (size_t g = 0; g < out.size(); ++g) {

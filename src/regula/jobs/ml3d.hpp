@@ -36,9 +36,17 @@ Volume read_reference(const std::string& path, double angpix, int n);
 Volume read_solvent_mask(const std::string& path, int n);
 
 // Particle i's model for the E-step (imaging/optics_model.hpp's engine_optics; nullopt without --ctf).
-// Memory for the slices of the local windows' directions shared by an iteration's particles
-// (estep::DirectionSliceCache), per job; beyond it slices are projected per particle (logged).
-inline constexpr size_t kTableSliceBytes = size_t(512) << 20;
+// Memory for the slices an iteration's particles share (estep::SliceCache: local windows' coarse
+// slices, global searches' fine ones), per search setup; beyond it slices are projected per
+// particle (logged). Grids of more entries than kSharedSliceEntries get no cache (its index alone
+// would take 9 bytes per entry).
+inline constexpr size_t kSharedSliceBytes = size_t(512) << 20;
+inline constexpr size_t kSharedSliceEntries = size_t(1) << 22;
+
+// The cache of a global search's fine poses (null when the grid is too large): P in-plane angles,
+// D directions (all classes), oversampling o.
+std::unique_ptr<estep::SliceCache> global_fine_cache(size_t P, size_t D, int oversampling,
+                                                     const estep::SearchPixels& px, size_t max_bytes);
 
 inline std::optional<ParticleOptics> particle_optics(const OpticsModel& model, size_t i, bool ctf) {
   if (!ctf) return std::nullopt;

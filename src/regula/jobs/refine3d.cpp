@@ -82,6 +82,9 @@ constexpr double kFscThreshold = 0.143;
 // Particles per work unit: threads and MPI ranks take whole blocks, so any number of them has work
 // (the results do not depend on the split: every sum is exact, see below).
 constexpr size_t kBlock = 4;
+// Per half: the fine slices shared by the particles of a global iteration (estep::SliceCache); a
+// quarter of the 3D jobs' budget each, so that the peak memory of a large box grows little.
+constexpr size_t kFineSliceBytes = ml3d::kSharedSliceBytes / 4;
 // RELION's constants (ml_optimiser.h, ml_optimiser.cpp).
 constexpr int kMinresMap = 5;          // --minres_map: the current resolution is at least this shell
 constexpr int kIncrSize = 10;          // shells added beyond the current resolution
@@ -174,6 +177,7 @@ class Job {
   DirectionTable local_table_;
   std::array<estep::Search3DSetup, 2> setup_;  // per half
   std::array<std::vector<estep::Search3DSetup>, 2> group_setup_;  // per half and optics group (PixelScale)
+  std::array<std::unique_ptr<estep::SliceCache>, 2> fine_slices_;  // global searches: the fine poses' slices
   std::array<std::unique_ptr<BackProjector>, 2> bp_;
   std::unique_ptr<Progress> progress_;
   // New per-particle values of the iteration (filled by the owner of each particle; zeros elsewhere
@@ -555,6 +559,12 @@ IterationReport Job::iterate(bool final) {
     S.oversampling = opt_.oversampling;
     S.scale_shells = scale_shells;
     S.perturb = perturb.rotation;
+    fine_slices_[size_t(h)].reset();
+    if (!st_.local) {
+      fine_slices_[size_t(h)] = ml3d::global_fine_cache(global_psi_.size(), global_dirs_.size(), opt_.oversampling,
+                                                        fine_.px[0], kFineSliceBytes);
+      S.fine_slices = fine_slices_[size_t(h)].get();
+    }
     group_setup_[size_t(h)] = ml3d::group_setups(S, scale_);
     for (size_t g = 0; g < fine_.px.size(); ++g) {
       group_setup_[size_t(h)][g].px_fine = &fine_.px[g];
@@ -610,6 +620,12 @@ IterationReport Job::iterate(bool final) {
   rep.estep_sgemm_flops = double(estep::detail::sgemm_flops() - flops0);
   rep.estep_sgemm_seconds = estep::detail::sgemm_thread_seconds() - sgemm_s0;
   progress_->finish();
+  for (auto& c : fine_slices_) {
+    if (c && c->bound())
+      spdlog::info("refine3d: the shared fine slices of a half exceeded {} MB; the rest were projected per particle",
+                   kFineSliceBytes >> 20);
+    c.reset();
+  }
   readers.clear();
   works.clear();
   for (size_t t = 1; t < T; ++t) tsums[0].merge(tsums[t]);
