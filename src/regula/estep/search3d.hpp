@@ -26,8 +26,8 @@
 #pragma once
 #include <array>
 #include <atomic>
-#include <memory>
 #include <cstddef>
+#include <memory>
 #include <span>
 #include <vector>
 

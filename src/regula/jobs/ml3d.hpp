@@ -35,7 +35,6 @@ Volume read_reference(const std::string& path, double angpix, int n);
 // wrong). The jobs multiply their references by it (instead of --flatten_solvent's sphere).
 Volume read_solvent_mask(const std::string& path, int n);
 
-// Particle i's model for the E-step (imaging/optics_model.hpp's engine_optics; nullopt without --ctf).
 // Memory for the slices an iteration's particles share (estep::SliceCache: local windows' coarse
 // slices, global searches' fine ones), per search setup; beyond it slices are projected per
 // particle (logged). Grids of more entries than kSharedSliceEntries get no cache (its index alone
@@ -48,6 +47,7 @@ inline constexpr size_t kSharedSliceEntries = size_t(1) << 22;
 std::unique_ptr<estep::SliceCache> global_fine_cache(size_t P, size_t D, int oversampling,
                                                      const estep::SearchPixels& px, size_t max_bytes);
 
+// Particle i's model for the E-step (imaging/optics_model.hpp's engine_optics; nullopt without --ctf).
 inline std::optional<ParticleOptics> particle_optics(const OpticsModel& model, size_t i, bool ctf) {
   if (!ctf) return std::nullopt;
   return model.particle(i);
