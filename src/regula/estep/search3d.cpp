@@ -152,7 +152,7 @@ struct FinePoses {
   std::vector<int> cls;                       // their class
   std::vector<double> ang_prior;              // log-prior (class + local angular), empty if none
   std::vector<uint32_t> ang_parent;           // index of the distinct coarse (p, d) pair
-  std::vector<size_t> grid;                   // global searches: entry of Search3DSetup::fine_slices
+  std::vector<size_t> grid;                   // global searches with fine_slices: their entries
   std::vector<std::array<double, 2>> trans;   // fine translations, px
   std::vector<double> trans_prior;
   std::vector<uint32_t> trans_parent;         // index of the distinct coarse translation
@@ -200,7 +200,7 @@ void fine_poses(const Search3DSetup& S, const Search3DInput& in, const PoseSet& 
         fp.ang.push_back(f.map(crt[0], crt[1], psi));
         fp.cls.push_back(int(c));
         fp.ang_parent.push_back(uint32_t(qi));
-        if (!S.local) fp.grid.push_back(((p * cD + d) * children.size() + ci) * size_t(npsi) + size_t(b));
+        if (!S.local && S.fine_slices) fp.grid.push_back(((p * cD + d) * children.size() + ci) * size_t(npsi) + size_t(b));
         if (with_prior) {
           double lp = class_prior(S, c);
           if (S.local) {
