@@ -356,3 +356,41 @@ TEST(FourierLattice, GradientIsTheInterpolantsDerivative) {
     }
   }
 }
+
+// fourier_centred_resampled: at s = 1 and N = n the centred FFT (to float round-off); at other s the
+// DFT sum_x img(x) exp(-2 pi i s k.(x - n/2) / n) written out in double at every pixel (an
+// independent, O(n^2) per pixel evaluation); zero beyond the image's Nyquist in both cases.
+TEST(FourierResampled, IsTheDftAtScaledFrequencies) {
+  std::mt19937_64 rng(11);
+  std::normal_distribution<double> nd;
+  const int n = 20;
+  Grid<float> img(n, n);
+  for (float& v : img) v = float(nd(rng));
+  const Grid<cfloat> F = fourier_centred(img);
+  const Grid<cfloat> R1 = fourier_centred_resampled(img, n, 1.0);
+  double worst = 0, scale = 0;
+  for (int iy = 0; iy < n; ++iy)
+    for (int kx = 0; kx <= n / 2; ++kx) {
+      scale = std::max(scale, double(std::abs(F(kx, iy))));
+      const bool inside = std::lround(std::hypot(double(kx), double(fft_freq(iy, n)))) <= n / 2;
+      worst = std::max(worst, double(std::abs((inside ? F(kx, iy) : cfloat(0, 0)) - R1(kx, iy))));
+    }
+  EXPECT_LT(worst, 1e-5 * scale);
+  for (const auto& [N, s] : {std::pair{16, 1.3}, std::pair{24, 0.8}, std::pair{20, 0.95}}) {
+    const Grid<cfloat> R = fourier_centred_resampled(img, N, s);
+    ASSERT_EQ(R.nx(), N / 2 + 1);
+    ASSERT_EQ(R.ny(), N);
+    for (int iy = 0; iy < N; ++iy)
+      for (int kx = 0; kx <= N / 2; ++kx) {
+        const double fx = s * kx, fy = s * fft_freq(iy, N);
+        std::complex<double> want = 0;
+        if (std::lround(std::hypot(fx, fy)) <= n / 2) {
+          for (int y = 0; y < n; ++y)
+            for (int x = 0; x < n; ++x)
+              want += double(img(x, y)) *
+                      std::polar(1.0, -2.0 * kPi * (fx * (x - n / 2) + fy * (y - n / 2)) / n);
+        }
+        EXPECT_LT(std::abs(std::complex<double>(R(kx, iy)) - want), 1e-4 * scale) << N << " " << s << " " << kx << " " << iy;
+      }
+  }
+}

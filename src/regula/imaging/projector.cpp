@@ -203,4 +203,48 @@ Grid<float> from_fourier_centred(const Grid<cfloat>& F_half, int n, int nthreads
   return fft_inverse(G, n, nthreads);
 }
 
+Grid<cfloat> fourier_centred_resampled(const Grid<float>& img, int N, double s) {
+  using cd = std::complex<double>;
+  const int n = img.nx(), hx = N / 2 + 1, c = n / 2;
+  if (img.ny() != n || N < 2 || !(s > 0)) runtime_error("fourier_centred_resampled: a {}x{} image to box {} at {}", n, img.ny(), N, s);
+  // exp(-2 pi i s k (x - n/2) / n) per frequency k of each axis and image column/row x.
+  auto phases = [&](int nk, bool signed_k) {
+    std::vector<cd> e(size_t(nk) * size_t(n));
+    for (int i = 0; i < nk; ++i) {
+      const int k = signed_k ? fft_freq(i, N) : i;
+      for (int x = 0; x < n; ++x) e[size_t(i) * n + x] = std::polar(1.0, -2.0 * kPi * s * k * double(x - c) / n);
+    }
+    return e;
+  };
+  const std::vector<cd> ex = phases(hx, false), ey = phases(N, true);
+  // Along x: T(kx, y) = sum_x img(x, y) ex(kx, x).
+  std::vector<cd> t(size_t(n) * hx);
+  for (int y = 0; y < n; ++y)
+    for (int kx = 0; kx < hx; ++kx) {
+      const cd* e = ex.data() + size_t(kx) * n;
+      cd acc = 0;
+      for (int x = 0; x < n; ++x) acc += double(img(x, y)) * e[x];
+      t[size_t(y) * hx + kx] = acc;
+    }
+  // Along y, for the pixels within the image's Nyquist.
+  Grid<cfloat> F(hx, N, 1, cfloat(0, 0));
+  std::vector<cd> row(static_cast<size_t>(hx));
+  const double lim = double(n / 2) + 0.5;  // round(|s k|) <= n/2
+  for (int iy = 0; iy < N; ++iy) {
+    const double ky = s * fft_freq(iy, N);
+    if (std::abs(ky) >= lim) continue;
+    std::fill(row.begin(), row.end(), cd(0));
+    const cd* e = ey.data() + size_t(iy) * n;
+    for (int y = 0; y < n; ++y) {
+      const cd* ty = t.data() + size_t(y) * hx;
+      for (int kx = 0; kx < hx; ++kx) row[size_t(kx)] += e[y] * ty[kx];
+    }
+    for (int kx = 0; kx < hx; ++kx) {
+      const double kxs = s * kx;
+      if (std::lround(std::sqrt(kxs * kxs + ky * ky)) <= n / 2) F(kx, iy) = cfloat(row[size_t(kx)]);
+    }
+  }
+  return F;
+}
+
 }  // namespace regula

@@ -180,5 +180,11 @@ Image project_real(const Volume& map, const Mat3& A, double dx_px = 0, double dy
 // fft_forward followed by centre_origin. Inverse: from_fourier_centred.
 Grid<cfloat> fourier_centred(const Grid<float>& img, int nthreads = 1);
 Grid<float> from_fourier_centred(const Grid<cfloat>& F_half, int n, int nthreads = 1);
+// The centred transform of an n x n image at the frequencies s k, k on the half-complex grid of a box
+// N ((N/2+1) x N, FFT order in y; k in Fourier px of N, s in image Fourier px per px of N): the exact
+// DFT there, sum_x img(x) exp(-2 pi i s k.(x - n/2) / n), computed separably in O(n^2 N + n N^2).
+// fourier_centred(img) when s = 1 and N = n. Pixels with round(|s k|) > n/2 (beyond the image's
+// Nyquist) are 0. Optics groups of another pixel or box size seen at a reference's sampling.
+Grid<cfloat> fourier_centred_resampled(const Grid<float>& img, int N, double s);
 
 }  // namespace regula

@@ -14,6 +14,7 @@
 #include "regula/core/cancel.hpp"
 #include "regula/core/error.hpp"
 #include "regula/core/exact_sum.hpp"
+#include "regula/core/fft.hpp"
 #include "regula/core/mpi.hpp"
 #include "regula/core/parallel.hpp"
 #include "regula/core/progress.hpp"
@@ -93,6 +94,8 @@ struct Batch {
   std::vector<double> ctf_max;   // count: max(1, largest |CTF factor|)
   std::vector<double> x_bound;   // count: L1 norm of the image, masked or not (bounds every |X(k)|), times ctf_max,
                                  // before the norm correction (start_exact_sums multiplies by the largest factor)
+  std::vector<double> norm_extra;  // count: a resampled particle's power at its own frequencies beyond the
+                                   // reference's Nyquist (its norm correction counts them; 0 otherwise)
 
   // The kernels' view of the batch at m pixels, with inverse noise rows per optics group (or one
   // row shared by all particles, without scales).
@@ -145,6 +148,9 @@ struct IterationData {
   std::vector<cfloat> phase_fine;         // fine translations, t * m
   std::vector<float> inv_sigma2;          // per optics group, g * m
   std::vector<float> inv_sigma2_coarse;   // per optics group, g * mc
+  // Per optics group, g * m: whether the group's images have data at the pixel (a resampled group has
+  // none beyond its own Nyquist). Empty when every group is at the reference's sampling.
+  std::vector<uint8_t> reach;
   std::vector<double> log_prior_j;        // coarse references: log class fraction
   bool split = false;                     // keep the sums of a random half (class re-seeding)
 };
@@ -187,6 +193,34 @@ class Job {
   // and the power per shell is the unmasked image's (as RELION's first sigma2 without --zero_mask).
   void load_batch(size_t first, size_t count, const FourierPixels& px, Batch& b,
                   mstep::FirstNoiseEstimate* first_noise = nullptr);
+  // load_batch's work for particle p (row i) of an optics group sampled differently from the reference:
+  // `img` (its own box, norm-corrected) masked at its own sampling, then resampled at the reference's grid.
+  void load_resampled(size_t i, size_t p, Image& img, double nf, const FourierPixels& px, Batch& b,
+                      mstep::FirstNoiseEstimate* first_noise) const;
+  // Optics groups sampled differently from the reference (another pixel or box size, anisotropic
+  // magnification), as RELION 3.1: the reference (classes) has the first group's box and pixel size;
+  // a particle of another group is masked at its own sampling, corrected for its aberration phase and
+  // resampled at the reference's Fourier grid through its group's mapping T_g (imaging/
+  // optics_model.hpp; RotatableParticle::reference_value: bilinear on its 2x padded transform),
+  // where the whole E-step and M-step then work; its pixels beyond its own Nyquist carry no data.
+  struct GroupSampling {
+    bool mapped = false;          // T_g is not the identity
+    int box = 0;                  // px of the group's images
+    double pixel = 0;             // Å of the group's images
+    double scale = 1;             // T_g^-1 = scale I: image Fourier px per reference Fourier px, box p / (n P)
+    double density = 1;           // image pixels per reference pixel, scale^2: the noise weight's factor
+    Grid<cfloat> demodulate;      // exp(-i phi) of the group's aberration phase on the reference's grid (or empty)
+    std::vector<double> counts;   // per reference shell: its pixels where the group's images have data
+  };
+  std::vector<GroupSampling> sampling_;  // per optics group; empty: every group at the reference's sampling
+  bool resampled(size_t g) const { return !sampling_.empty() && sampling_[g].mapped; }
+  // Image shell of reference pixel q for group g; -1 beyond the image's Nyquist (no data), as
+  // fourier_centred_resampled.
+  int image_shell(size_t g, double qx, double qy) const {
+    const double kx = sampling_[g].scale * qx, ky = sampling_[g].scale * qy;
+    const int s = int(std::lround(std::sqrt(kx * kx + ky * ky)));
+    return s > sampling_[g].box / 2 ? -1 : s;
+  }
   void initialise();
   IterationReport iterate();
   IterationData prepare_iteration();
@@ -276,15 +310,24 @@ void Job::setup() {
   n_ = first.nx();
   if (first.ny() != n_ || n_ < 8)
     input_error("{}: particle images must be square and at least 8 px (got {}x{})", input_star_, first.nx(), first.ny());
+  // Optics groups of different sampling (GroupSampling) are resampled at the first group's; their
+  // boxes must then be even and at least 16 px (engine_optics), other sets keep odd and small boxes.
+  bool geometry = false;
+  {
+    OpticsModel probe(table_);
+    for (size_t g = 0; g < probe.groups(); ++g)
+      if (probe.group(g).box <= 0) probe.set_box(g, n_);
+    geometry = (probe.features() & (OpticsModel::kAnisoMag | OpticsModel::kMixedPixel | OpticsModel::kMixedBox)) != 0;
+  }
   // The optics this E-step models; the rest is refused.
-  optics_model_ = engine_optics(table_, n_, opt_.ctf, "class2d");
+  optics_model_ = engine_optics(table_, n_, opt_.ctf, "class2d", geometry);
+  // Anisotropic magnification would need the particles resampled through a general T_g (not yet).
+  optics_model_.require_only(OpticsModel::kAll & ~unsigned(OpticsModel::kAnisoMag), "class2d");
+  n_ = optics_model_.reference_box();
   angpix_ = table_.optics.front().pixel_size;
   for (const auto& g : table_.optics) {
     if (g.pixel_size <= 0) input_error("{}: optics group {} has no pixel size; give --angpix", input_star_, g.number);
-    if (std::abs(g.pixel_size - angpix_) > 1e-6 * angpix_)
-      input_error("{}: optics groups have different pixel sizes ({} and {} Å); class2d needs one", input_star_,
-                  angpix_, g.pixel_size);
-    if (g.image_size > 0 && g.image_size != n_)
+    if (!geometry && g.image_size > 0 && g.image_size != n_)
       input_error("{}: optics group {} says rlnImageSize {} but the images are {} px", input_star_, g.number,
                   g.image_size, n_);
   }
@@ -309,6 +352,35 @@ void Job::setup() {
   input_origin_y_ = table_.origin_y;
   all_px_ = mstep::select_fourier_pixels(n_, n_ / 2);
   all_counts_ = all_px_.shell_counts();
+  if (geometry) {
+    sampling_.resize(size_t(optics_));
+    std::string log;
+    for (size_t g = 0; g < size_t(optics_); ++g) {
+      const OpticsGroupModel& og = optics_model_.group(g);
+      GroupSampling& gs = sampling_[g];
+      gs.mapped = og.maps_to_reference();
+      gs.box = og.box;
+      gs.pixel = og.pixel_size;
+      gs.scale = 1.0 / og.to_reference[0][0];  // isotropic: anisotropic magnification is refused above
+      gs.density = gs.scale * gs.scale;
+      if (gs.mapped && og.has_phase()) {
+        gs.demodulate = Grid<cfloat>(n_ / 2 + 1, n_, 1, cfloat(1, 0));
+        for (int iy = 0; iy < n_; ++iy)
+          for (int kx = 0; kx <= n_ / 2; ++kx) {
+            const std::array<double, 2> f = og.frequency(gs.scale * kx, gs.scale * fft_freq(iy, n_));
+            gs.demodulate(kx, iy) = std::polar(1.0f, float(-og.phase_at(f[0], f[1])));
+          }
+      }
+      gs.counts.assign(size_t(n_ / 2 + 1), 0.0);
+      for (size_t q = 0; q < all_px_.size(); ++q)
+        if (image_shell(g, all_px_.kx[q], all_px_.ky[q]) >= 0) gs.counts[size_t(all_px_.shell[q])] += 1;
+      if (gs.mapped)
+        log += fmt::format("{}group {} ({:.6g} Å, {} px: {:.3g} image pixels per reference pixel)", log.empty() ? "" : ", ",
+                           og.number, gs.pixel, gs.box, gs.density);
+    }
+    spdlog::info("class2d: classes at optics group {}'s sampling ({} px, {:.6g} Å); resampled to it: {}",
+                 optics_model_.group(0).number, n_, angpix_, log);
+  }
   r_ini_ = std::clamp(int(std::lround(n_ * angpix_ / opt_.ini_high)), std::max(1, n_ / 8), n_ / 2 - 1);
 }
 
@@ -328,12 +400,14 @@ void Job::load_batch(size_t first, size_t count, const FourierPixels& px, Batch&
   b.power.assign(count * hs, 0.0);
   b.ctf_max.assign(count, 1.0);
   b.x_bound.assign(count, 0.0);
+  b.norm_extra.assign(count, 0.0);
   std::vector<Image> imgs(count);
   for (size_t i = 0; i < count; ++i) {  // reads are serial (the reader is not thread-safe)
     imgs[i] = images_->read(first + i);
-    if (imgs[i].nx() != n_ || imgs[i].ny() != n_)
+    const int box = sampling_.empty() ? n_ : sampling_[size_t(table_.optics_index[first + i])].box;
+    if (imgs[i].nx() != box || imgs[i].ny() != box)
       input_error("{}: image of particle {} is {}x{}, expected {}x{}", table_.where(first + i), first + i + 1,
-                  imgs[i].nx(), imgs[i].ny(), n_, n_);
+                  imgs[i].nx(), imgs[i].ny(), box, box);
   }
   pool_.parallel_for(0, count, [&](size_t i, int) {
     const size_t p = first + i;
@@ -342,6 +416,12 @@ void Job::load_batch(size_t first, size_t count, const FourierPixels& px, Batch&
     const double nf = norm_factor(p);
     if (nf != 1.0)
       for (float& v : img) v = float(v * nf);
+    b.group[i] = uint32_t(table_.optics_index[p]);
+    b.scale[i] = float(group_scale(p));
+    if (resampled(b.group[i])) {
+      load_resampled(i, p, img, nf, px, b, first_noise);
+      return;
+    }
     // The particle sits at the box centre moved by -origin (RELION 3.1): the mask follows it, as
     // RELION masks after undoing the (rounded) current offset.
     const double ox = st_.origin_x[p], oy = st_.origin_y[p];
@@ -395,9 +475,83 @@ void Job::load_batch(size_t first, size_t count, const FourierPixels& px, Batch&
       b.x[i * m + k] = F[px.index[k]];
       b.x_sums[i * m + k] = F_raw[px.index[k]];
     }
-    b.group[i] = uint32_t(table_.optics_index[p]);
-    b.scale[i] = float(group_scale(p));
   });
+}
+
+void Job::load_resampled(size_t i, size_t p, Image& img, double nf, const FourierPixels& px, Batch& b,
+                         mstep::FirstNoiseEstimate* first_noise) const {
+  const bool initial = first_noise != nullptr;
+  const size_t m = px.size(), hs = size_t(n_ / 2 + 1), g = size_t(table_.optics_index[p]);
+  const GroupSampling& gs = sampling_[g];
+  // Own pixels for the mask: the origin (Å of the image), the radius and edge (Å as the reference's).
+  const double ox = st_.origin_x[p], oy = st_.origin_y[p];
+  const MaskCentre at_particle{-ox / gs.pixel, -oy / gs.pixel};
+  const double own = angpix_ / gs.pixel;
+  const double radius = std::clamp(mask_radius_ * own, 1.0, gs.box / 2.0), edge = opt_.mask_edge * own;
+  const ParticleOptics po = optics_model_.particle(p);  // (engine_optics refuses this geometry without --ctf)
+  // The image's transform at the reference's grid (exact DFT at s q), its aberration phase removed
+  // and moved by its origin, as the reference-sampled particles are.
+  auto at_reference = [&](const Image& im) {
+    Grid<cfloat> F = fourier_centred_resampled(im, n_, gs.scale);
+    if (!gs.demodulate.empty())
+      for (size_t k = 0; k < F.size(); ++k) F[k] *= gs.demodulate[k];
+    if (ox != 0 || oy != 0) shift_phase(F, ox / angpix_, oy / angpix_, n_);
+    return F;
+  };
+  auto add_power = [&](const Grid<cfloat>& F) {
+    for (size_t k = 0; k < all_px_.size(); ++k)
+      b.power[i * hs + size_t(all_px_.shell[k])] += std::norm(F[all_px_.index[k]]);
+  };
+  const bool power_unmasked = initial && !opt_.zero_mask;
+  if (power_unmasked) {
+    const Grid<cfloat> U = at_reference(img);
+    add_power(U);
+    first_noise->add(g, from_fourier_centred(U, n_));
+  }
+  Image wide = img;
+  const int r_own = std::min(gs.box / 2, int(std::ceil(double(px.r_max) * gs.scale)) + 1);
+  const std::vector<double> kept = apply_reach_mask(wide, radius, edge, at_particle, ctf_reach(po), r_own);
+  // The solvent's noise at the image's own shells: the group's spectrum (reference shells, the same
+  // transform's scale) at the matching reference shell.
+  std::vector<double> s2own;
+  if (!initial) {
+    s2own.resize(size_t(gs.box / 2 + 1));
+    for (size_t s = 0; s < s2own.size(); ++s)
+      s2own[s] = st_.sigma2[g][std::min(hs - 1, size_t(std::lround(double(s) / gs.scale)))];
+  }
+  apply_particle_mask(img, radius, edge, at_particle, ParticleSolvent{opt_.zero_mask, initial ? nullptr : &s2own, opt_.seed, p});
+  const Grid<cfloat> F = at_reference(img), F_raw = at_reference(wide);
+  if (initial && !power_unmasked) first_noise->add(g, from_fourier_centred(F, n_));
+  if (!power_unmasked) add_power(F);
+  // A finer group's power at its own shells beyond the reference's Nyquist (the norm correction's residual).
+  if (double(gs.box / 2) > gs.scale * double(n_ / 2) + 0.5) {
+    const Grid<cfloat> G = fourier_centred(img);
+    const int h = gs.box / 2;
+    for (int iy = 0; iy < gs.box; ++iy)
+      for (int kx = 0; kx <= h; ++kx) {
+        const int ky = fft_freq(iy, gs.box);
+        if (kx == 0 && ky <= 0) continue;  // the non-redundant half plane, as b.power
+        const double r = std::sqrt(double(kx * kx + ky * ky));
+        if (std::lround(r) <= h && std::lround(r / gs.scale) > n_ / 2) b.norm_extra[i] += std::norm(G(kx, iy));
+      }
+  }
+  // The bound of the exact sums: the largest value of either transform anywhere on the grid.
+  double fmax = 0;
+  for (size_t k = 0; k < F.size(); ++k) fmax = std::max({fmax, double(std::abs(F[k])), double(std::abs(F_raw[k]))});
+  for (size_t k = 0; k < m; ++k) {
+    b.x[i * m + k] = F[px.index[k]];
+    b.x_sums[i * m + k] = F_raw[px.index[k]];
+    const int sh = image_shell(g, px.kx[k], px.ky[k]);
+    if (sh < 0) {
+      b.ctf[i * m + k] = 0.0f;
+      continue;
+    }
+    b.sums_weight[i * m + k] = float(reach_weight(kept, size_t(sh)));
+    b.ctf[i * m + k] = po.predicted(float(po.ctf_value(gs.scale * px.kx[k], gs.scale * px.ky[k])));
+    b.ctf_max[i] = std::max(b.ctf_max[i], double(std::abs(b.ctf[i * m + k])));
+  }
+  b.premultiplied[i] = po.group().premultiplied;
+  b.x_bound[i] = fmax * b.ctf_max[i] / nf;
 }
 
 // Phase factors moving a particle by each translation (+dx, +dy) px, at the selected pixels.
@@ -576,10 +730,19 @@ IterationData Job::prepare_iteration() {
   if (opt_.oversampling > 0) it.phase_fine = translation_phases(fine_.trans, it.px);
   it.inv_sigma2.resize(size_t(optics_) * m);
   it.inv_sigma2_coarse.resize(size_t(optics_) * mc);
+  if (!sampling_.empty()) it.reach.assign(size_t(optics_) * m, 1);
   for (size_t g = 0; g < size_t(optics_); ++g) {
     for (size_t q = 0; q < m; ++q) {
       const double s2 = st_.sigma2[g][size_t(it.px.shell[q])];
       it.inv_sigma2[g * m + q] = s2 > 0 ? float(1.0 / s2) : 0.0f;
+      if (!resampled(g)) continue;
+      // A resampled group: no data beyond its Nyquist; each reference pixel stands for `density` of its pixels.
+      if (image_shell(g, it.px.kx[q], it.px.ky[q]) < 0) {
+        it.inv_sigma2[g * m + q] = 0.0f;
+        it.reach[g * m + q] = 0;
+      } else if (s2 > 0) {
+        it.inv_sigma2[g * m + q] = float(sampling_[g].density / s2);
+      }
     }
     for (size_t q = 0; q < mc; ++q) it.inv_sigma2_coarse[g * mc + q] = it.inv_sigma2[g * m + it.coarse_q[q]];
   }
@@ -731,18 +894,20 @@ void Job::record_particles(size_t first, size_t count, const IterationData& it, 
     std::fill(d2s.begin(), d2s.end(), 0.0);
     std::fill(cnt.begin(), cnt.end(), 0.0);
     double xa = 0, aa = 0;
+    const uint8_t* reach = it.reach.empty() ? nullptr : it.reach.data() + g * m;
     for (size_t q = 0; q < m; ++q) {
       const size_t s = size_t(px.shell[q]);
       d2s[s] += d2[q];
-      cnt[s] += wsum;
+      if (!reach || reach[q]) cnt[s] += wsum;
       if (share[s] != 0) {
         xa += share[s] * w.psums.xa[i * m + q];
         aa += share[s] * w.psums.aa[i * m + q];
       }
     }
+    const std::vector<double>& counts = resampled(g) ? sampling_[g].counts : all_counts_;
     for (size_t s = size_t(it.r) + 1; s < hs; ++s) {
       d2s[s] += b.power[i * hs + s];
-      cnt[s] += all_counts_[s];
+      cnt[s] += counts[s];
     }
     double total_d2 = 0;  // the norm correction's residual power (shells >= 1, as ml3d::add_particle)
     for (size_t s = 0; s < hs; ++s) {
@@ -750,7 +915,13 @@ void Job::record_particles(size_t first, size_t count, const IterationData& it, 
       sums.wcount[g * hs + s].add(cnt[s]);
       if (s >= 1) total_d2 += d2s[s];
     }
-    if (opt_.norm) new_norm[p] = ml3d::norm_correction(st_.norm[p], st_.avg_norm, total_d2, wsum, n_);
+    // A resampled particle's residual over its own pixels: each reference pixel stands for `density`
+    // of them, plus its power beyond the reference's Nyquist.
+    if (opt_.norm)
+      new_norm[p] = resampled(g) ? ml3d::norm_correction(st_.norm[p], st_.avg_norm,
+                                                         sampling_[g].density * total_d2 + b.norm_extra[i], wsum,
+                                                         sampling_[g].box)
+                                 : ml3d::norm_correction(st_.norm[p], st_.avg_norm, total_d2, wsum, n_);
     // The products carry the group's current scale (in the CTF): divided out, as RELION.
     const double sc = double(b.scale[i]);
     if (aa > 0 && sc > 0) {
