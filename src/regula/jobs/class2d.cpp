@@ -197,12 +197,12 @@ class Job {
   // `img` (its own box, norm-corrected) masked at its own sampling, then resampled at the reference's grid.
   void load_resampled(size_t i, size_t p, Image& img, double nf, const FourierPixels& px, Batch& b,
                       mstep::FirstNoiseEstimate* first_noise) const;
-  // Optics groups sampled differently from the reference (another pixel or box size, anisotropic
-  // magnification), as RELION 3.1: the reference (classes) has the first group's box and pixel size;
-  // a particle of another group is masked at its own sampling, corrected for its aberration phase and
-  // resampled at the reference's Fourier grid through its group's mapping T_g (imaging/
-  // optics_model.hpp; RotatableParticle::reference_value: bilinear on its 2x padded transform),
-  // where the whole E-step and M-step then work; its pixels beyond its own Nyquist carry no data.
+  // Optics groups sampled differently from the reference (another pixel or box size; anisotropic
+  // magnification is refused), as RELION 3.1: the reference (classes) has the first group's box and
+  // pixel size; a particle of another group is masked at its own sampling, and its transform is taken
+  // exactly at its own frequencies s q of the reference's grid (fourier_centred_resampled; T_g = I / s,
+  // imaging/optics_model.hpp), corrected for its aberration phase and moved by its origin there, where
+  // the whole E-step and M-step then work; its pixels beyond its own Nyquist carry no data.
   struct GroupSampling {
     bool mapped = false;          // T_g is not the identity
     int box = 0;                  // px of the group's images
