@@ -204,47 +204,81 @@ Grid<float> from_fourier_centred(const Grid<cfloat>& F_half, int n, int nthreads
 }
 
 Grid<cfloat> fourier_centred_resampled(const Grid<float>& img, int N, double s) {
-  using cd = std::complex<double>;
-  const int n = img.nx(), hx = N / 2 + 1, c = n / 2;
-  if (img.ny() != n || N < 2 || !(s > 0)) runtime_error("fourier_centred_resampled: a {}x{} image to box {} at {}", n, img.ny(), N, s);
-  // exp(-2 pi i s k (x - n/2) / n) per frequency k of each axis and image column/row x.
-  auto phases = [&](int nk, bool signed_k) {
-    std::vector<cd> e(size_t(nk) * size_t(n));
-    for (int i = 0; i < nk; ++i) {
-      const int k = signed_k ? fft_freq(i, N) : i;
-      for (int x = 0; x < n; ++x) e[size_t(i) * n + x] = std::polar(1.0, -2.0 * kPi * s * k * double(x - c) / n);
-    }
-    return e;
-  };
-  const std::vector<cd> ex = phases(hx, false), ey = phases(N, true);
-  // Along x: T(kx, y) = sum_x img(x, y) ex(kx, x).
-  std::vector<cd> t(size_t(n) * hx);
-  for (int y = 0; y < n; ++y)
-    for (int kx = 0; kx < hx; ++kx) {
-      const cd* e = ex.data() + size_t(kx) * n;
-      cd acc = 0;
-      for (int x = 0; x < n; ++x) acc += double(img(x, y)) * e[x];
-      t[size_t(y) * hx + kx] = acc;
-    }
-  // Along y, for the pixels within the image's Nyquist.
-  Grid<cfloat> F(hx, N, 1, cfloat(0, 0));
-  std::vector<cd> row(static_cast<size_t>(hx));
+  Grid<cfloat> F;
+  FourierResampler(img.nx(), N, s).transform(img, F);
+  return F;
+}
+
+FourierResampler::FourierResampler(int n, int N, double s) : n_(n), N_(N), hx_(N / 2 + 1), s_(s) {
+  if (n < 2 || N < 2 || !(s > 0)) runtime_error("FourierResampler: an {} px image to box {} at {}", n, N, s);
+  const int c = n / 2;
   const double lim = double(n / 2) + 0.5;  // round(|s k|) <= n/2
+  cx_.resize(size_t(n) * hx_);
+  sx_.resize(size_t(n) * hx_);
+  for (int x = 0; x < n; ++x)
+    for (int kx = 0; kx < hx_; ++kx) {
+      const double a = -2.0 * kPi * s * kx * double(x - c) / n;
+      cx_[size_t(x) * hx_ + kx] = float(std::cos(a));
+      sx_[size_t(x) * hx_ + kx] = float(std::sin(a));
+    }
+  keep_.assign(size_t(N) * hx_, 0);
   for (int iy = 0; iy < N; ++iy) {
     const double ky = s * fft_freq(iy, N);
     if (std::abs(ky) >= lim) continue;
-    std::fill(row.begin(), row.end(), cd(0));
-    const cd* e = ey.data() + size_t(iy) * n;
+    rows_.push_back(iy);
     for (int y = 0; y < n; ++y) {
-      const cd* ty = t.data() + size_t(y) * hx;
-      for (int kx = 0; kx < hx; ++kx) row[size_t(kx)] += e[y] * ty[kx];
+      const double a = -2.0 * kPi * ky * double(y - c) / n;
+      cy_.push_back(float(std::cos(a)));
+      sy_.push_back(float(std::sin(a)));
     }
-    for (int kx = 0; kx < hx; ++kx) {
+    for (int kx = 0; kx < hx_; ++kx) {
       const double kxs = s * kx;
-      if (std::lround(std::sqrt(kxs * kxs + ky * ky)) <= n / 2) F(kx, iy) = cfloat(row[size_t(kx)]);
+      keep_[size_t(iy) * hx_ + kx] = std::lround(std::sqrt(kxs * kxs + ky * ky)) <= n / 2;
     }
   }
-  return F;
+}
+
+void FourierResampler::transform(const Grid<float>& img, Grid<cfloat>& out) const {
+  if (img.nx() != n_ || img.ny() != n_) runtime_error("FourierResampler: a {}x{} image for {} px", img.nx(), img.ny(), n_);
+  if (out.nx() != hx_ || out.ny() != N_ || out.nz() != 1) out = Grid<cfloat>(hx_, N_);
+  std::fill(out.begin(), out.end(), cfloat(0, 0));
+  const size_t hx = size_t(hx_), n = size_t(n_);
+  // Along x: T(kx, y) = sum_x img(x, y) exp(...), real and imaginary parts apart (the loops vectorise).
+  std::vector<float> tr(n * hx, 0.0f), ti(n * hx, 0.0f);
+  for (size_t y = 0; y < n; ++y) {
+    float* r = tr.data() + y * hx;
+    float* i = ti.data() + y * hx;
+    for (size_t x = 0; x < n; ++x) {
+      const float v = img(int(x), int(y));
+      const float* c = cx_.data() + x * hx;
+      const float* sn = sx_.data() + x * hx;
+      for (size_t k = 0; k < hx; ++k) {
+        r[k] += v * c[k];
+        i[k] += v * sn[k];
+      }
+    }
+  }
+  // Along y, for the rows within the image's Nyquist.
+  std::vector<float> rr(hx), ri(hx);
+  for (size_t q = 0; q < rows_.size(); ++q) {
+    std::fill(rr.begin(), rr.end(), 0.0f);
+    std::fill(ri.begin(), ri.end(), 0.0f);
+    const float* ec = cy_.data() + q * n;
+    const float* es = sy_.data() + q * n;
+    for (size_t y = 0; y < n; ++y) {
+      const float a = ec[y], b = es[y];
+      const float* r = tr.data() + y * hx;
+      const float* i = ti.data() + y * hx;
+      for (size_t k = 0; k < hx; ++k) {
+        rr[k] += a * r[k] - b * i[k];
+        ri[k] += a * i[k] + b * r[k];
+      }
+    }
+    const int iy = rows_[q];
+    const uint8_t* keep = keep_.data() + size_t(iy) * hx;
+    for (size_t k = 0; k < hx; ++k)
+      if (keep[k]) out(int(k), iy) = cfloat(rr[k], ri[k]);
+  }
 }
 
 }  // namespace regula

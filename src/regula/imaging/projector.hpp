@@ -27,6 +27,8 @@
 //    by (+1, +1) pixel (tests/cpp/test_projector.cpp pins this).
 #pragma once
 #include <cmath>
+#include <cstdint>
+#include <vector>
 
 #include "regula/core/grid.hpp"
 #include "regula/sampling/euler.hpp"
@@ -186,5 +188,22 @@ Grid<float> from_fourier_centred(const Grid<cfloat>& F_half, int n, int nthreads
 // fourier_centred(img) when s = 1 and N = n. Pixels with round(|s k|) > n/2 (beyond the image's
 // Nyquist) are 0. Optics groups of another pixel or box size seen at a reference's sampling.
 Grid<cfloat> fourier_centred_resampled(const Grid<float>& img, int N, double s);
+// The same for many n x n images: the phase tables made once (float; sums in float, as the FFTs).
+class FourierResampler {
+ public:
+  FourierResampler() = default;
+  FourierResampler(int n, int N, double s);
+  int image_size() const { return n_; }
+  // out becomes (N/2+1) x N.
+  void transform(const Grid<float>& img, Grid<cfloat>& out) const;
+
+ private:
+  int n_ = 0, N_ = 0, hx_ = 0;
+  double s_ = 1;
+  std::vector<float> cx_, sx_;   // [x * hx + kx]: cos, sin of -2 pi s kx (x - n/2) / n
+  std::vector<int> rows_;        // rows iy of the grid within the image's Nyquist
+  std::vector<float> cy_, sy_;   // [r * n + y] for row rows_[r]
+  std::vector<uint8_t> keep_;    // [iy * hx + kx]: round(|s k|) <= n/2
+};
 
 }  // namespace regula

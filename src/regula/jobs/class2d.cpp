@@ -210,6 +210,7 @@ class Job {
     double scale = 1;             // T_g^-1 = scale I: image Fourier px per reference Fourier px, box p / (n P)
     double density = 1;           // image pixels per reference pixel, scale^2: the noise weight's factor
     Grid<cfloat> demodulate;      // exp(-i phi) of the group's aberration phase on the reference's grid (or empty)
+    FourierResampler resample;    // its images' transforms at the reference's grid
     std::vector<double> counts;   // per reference shell: its pixels where the group's images have data
   };
   std::vector<GroupSampling> sampling_;  // per optics group; empty: every group at the reference's sampling
@@ -363,6 +364,7 @@ void Job::setup() {
       gs.pixel = og.pixel_size;
       gs.scale = 1.0 / og.to_reference[0][0];  // isotropic: anisotropic magnification is refused above
       gs.density = gs.scale * gs.scale;
+      if (gs.mapped) gs.resample = FourierResampler(gs.box, n_, gs.scale);
       if (gs.mapped && og.has_phase()) {
         gs.demodulate = Grid<cfloat>(n_ / 2 + 1, n_, 1, cfloat(1, 0));
         for (int iy = 0; iy < n_; ++iy)
@@ -492,7 +494,8 @@ void Job::load_resampled(size_t i, size_t p, Image& img, double nf, const Fourie
   // The image's transform at the reference's grid (exact DFT at s q), its aberration phase removed
   // and moved by its origin, as the reference-sampled particles are.
   auto at_reference = [&](const Image& im) {
-    Grid<cfloat> F = fourier_centred_resampled(im, n_, gs.scale);
+    Grid<cfloat> F;
+    gs.resample.transform(im, F);
     if (!gs.demodulate.empty())
       for (size_t k = 0; k < F.size(); ++k) F[k] *= gs.demodulate[k];
     if (ox != 0 || oy != 0) shift_phase(F, ox / angpix_, oy / angpix_, n_);
