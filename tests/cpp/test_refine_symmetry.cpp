@@ -381,6 +381,17 @@ void expect_same_results(const std::vector<estep::Search3DResult>& a, const std:
   }
 }
 
+// The search setup of the two cache tests: two classes (f's map and `second`) at f's pixels.
+estep::Search3DSetup two_class_setup(const Fixture& f, const Projector& second, int order) {
+  estep::Search3DSetup S;
+  S.classes = 2;
+  S.proj = {&f.proj, &second};
+  S.px_coarse = &f.px_coarse;
+  S.px_fine = &f.px_fine;
+  S.order = order;
+  return S;
+}
+
 }  // namespace
 
 // The local windows' slices shared by the particles of an iteration (estep::SliceCache):
@@ -411,13 +422,8 @@ TEST(RefineSampling, SharedWindowSlicesChangeNothing) {
     if (k == 0)
       for (size_t s = 1; s < inv_sigma2.size(); ++s) inv_sigma2[s] = float(1.0 / (double(f.n) * f.n * sigma * sigma));
   }
-  estep::Search3DSetup S;
-  S.classes = 2;
-  S.proj = {&f.proj, &proj2};
-  S.px_coarse = &f.px_coarse;
-  S.px_fine = &f.px_fine;
+  estep::Search3DSetup S = two_class_setup(f, proj2, order);
   S.local = true;
-  S.order = order;
   S.sigma_ang = step;  // windows of 3 sigma = 45 degrees: the poses with tilt < 60 or > 120 turn
   S.table = &f.table;
   S.trans = {{0, 0}, {1, 0}, {0, -1}};
@@ -485,12 +491,7 @@ TEST(RefineSampling, SharedFineSlicesChangeNothing) {
   f.dirs.insert(f.dirs.end(), dirs1.begin(), dirs1.end());
   f.pix = pix1;
   f.pix.insert(f.pix.end(), pix1.begin(), pix1.end());
-  estep::Search3DSetup S;
-  S.classes = 2;
-  S.proj = {&f.proj, &proj2};
-  S.px_coarse = &f.px_coarse;
-  S.px_fine = &f.px_fine;
-  S.order = order;
+  estep::Search3DSetup S = two_class_setup(f, proj2, order);
   S.global_dirs = &f.dirs;
   S.global_pix = &f.pix;
   S.global_psi = &f.psis;

@@ -516,10 +516,7 @@ Report Job::iterate() {
     }
   });
   progress_->finish();
-  if (shared_slices_ && shared_slices_->bound())
-    spdlog::info("{}: the shared slices exceeded {} MB; the rest were projected per particle", job_,
-                 ml3d::kSharedSliceBytes >> 20);
-  shared_slices_.reset();
+  ml3d::release_slice_cache(shared_slices_, fmt::format("{}: the shared slices", job_), ml3d::kSharedSliceBytes);
   readers.clear();
   works.clear();
   for (size_t t = 1; t < T; ++t) tsums[0].merge(tsums[t]);

@@ -90,6 +90,12 @@ std::unique_ptr<estep::SliceCache> global_fine_cache(size_t P, size_t D, int ove
   return std::make_unique<estep::SliceCache>(entries, px, max_bytes);
 }
 
+void release_slice_cache(std::unique_ptr<estep::SliceCache>& cache, std::string_view what, size_t max_bytes) {
+  if (cache && cache->bound())
+    spdlog::info("{} exceeded {} MB; the rest were projected per particle", what, max_bytes >> 20);
+  cache.reset();
+}
+
 std::vector<estep::Search3DSetup> group_setups(const estep::Search3DSetup& S, const PixelScale& scale) {
   std::vector<estep::Search3DSetup> out(scale.ratio.size(), S);
   for (size_t g = 0; g < out.size(); ++g) {

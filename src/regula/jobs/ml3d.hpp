@@ -46,6 +46,8 @@ inline constexpr size_t kSharedSliceEntries = size_t(1) << 22;
 // D directions (all classes), oversampling o.
 std::unique_ptr<estep::SliceCache> global_fine_cache(size_t P, size_t D, int oversampling,
                                                      const estep::SearchPixels& px, size_t max_bytes);
+// At the end of an iteration: logs "`what` exceeded max_bytes MB" when the cache bound, then frees it.
+void release_slice_cache(std::unique_ptr<estep::SliceCache>& cache, std::string_view what, size_t max_bytes);
 
 // Particle i's model for the E-step (imaging/optics_model.hpp's engine_optics; nullopt without --ctf).
 inline std::optional<ParticleOptics> particle_optics(const OpticsModel& model, size_t i, bool ctf) {

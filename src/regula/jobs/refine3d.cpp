@@ -620,12 +620,7 @@ IterationReport Job::iterate(bool final) {
   rep.estep_sgemm_flops = double(estep::detail::sgemm_flops() - flops0);
   rep.estep_sgemm_seconds = estep::detail::sgemm_thread_seconds() - sgemm_s0;
   progress_->finish();
-  for (auto& c : fine_slices_) {
-    if (c && c->bound())
-      spdlog::info("refine3d: the shared fine slices of a half exceeded {} MB; the rest were projected per particle",
-                   kFineSliceBytes >> 20);
-    c.reset();
-  }
+  for (auto& c : fine_slices_) ml3d::release_slice_cache(c, "refine3d: the shared fine slices of a half", kFineSliceBytes);
   readers.clear();
   works.clear();
   for (size_t t = 1; t < T; ++t) tsums[0].merge(tsums[t]);
