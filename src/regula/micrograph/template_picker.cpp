@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <utility>
 
 #include <fmt/format.h>
@@ -11,6 +12,7 @@
 #include "regula/core/parallel.hpp"
 #include "regula/imaging/filter.hpp"
 #include "regula/imaging/projector.hpp"
+#include "regula/micrograph/paired_dft.hpp"
 #include "regula/sampling/healpix.hpp"
 #include "regula/sampling/symmetry.hpp"
 
@@ -352,17 +354,41 @@ std::vector<Peak> reference_peaks(const TemplateReferences::Impl& im, size_t k, 
   const double expected = std::exp(a2 / 2.0);
   std::vector<float> best(np, -3.4e38f), best_psi(np, 0.0f);
   const double ccf = double(work) * work / (double(size) * size) / double(im.n_mask);
-  const auto correlate = [&](bool conj_ref, double psi) {
-    // The cross-correlation with the reference (conj_ref) or with it turned by 180 degrees: a real
-    // image turned by 180 degrees has the complex conjugate transform (the CTF is real and even).
-    if (P.nx() != T.nx() || P.ny() != T.ny()) P = Grid<cfloat>(T.nx(), T.ny());
-    for (size_t i = 0; i < T.size(); ++i) P[i] = (conj_ref ? std::conj(T[i]) : T[i]) * mm.F[i];
-    fft_inverse_destroy(P, work, cc);
+  // Cross-correlations with the reference at each angle: P = conj(T) F, or T F for the reference
+  // turned by 180 degrees (a real image turned by 180 degrees has the complex conjugate transform;
+  // the CTF is real and even). Each correlation map updates the best value per pixel in the order
+  // of the angles (the first of equal values is kept). Where the working size has a large prime
+  // factor the maps are transformed two at a time (PairedInverseDft, the same numbers to rounding,
+  // several times faster than FFTW_ESTIMATE there).
+  const auto update = [&](const Grid<float>& c, double psi) {
     for (size_t p = 0; p < np; ++p)
-      if (cc[p] > best[p]) {
-        best[p] = cc[p];
+      if (c[p] > best[p]) {
+        best[p] = c[p];
         best_psi[p] = float(psi);
       }
+  };
+  std::unique_ptr<PairedInverseDft> paired;
+  if (PairedInverseDft::preferred(work)) paired = std::make_unique<PairedInverseDft>(work);
+  Grid<cfloat> P2;
+  Grid<float> cc2;
+  double pending_psi = 0;
+  bool pending = false;
+  const auto correlate = [&](bool conj_ref, double psi) {
+    Grid<cfloat>& Q = paired && pending ? P2 : P;
+    if (Q.nx() != T.nx() || Q.ny() != T.ny()) Q = Grid<cfloat>(T.nx(), T.ny());
+    for (size_t i = 0; i < T.size(); ++i) Q[i] = (conj_ref ? std::conj(T[i]) : T[i]) * mm.F[i];
+    if (!paired) {
+      fft_inverse_destroy(P, work, cc);
+      update(cc, psi);
+    } else if (!pending) {
+      pending = true;
+      pending_psi = psi;
+    } else {
+      paired->inverse(P, P2, cc, cc2);
+      update(cc, pending_psi);
+      update(cc2, psi);
+      pending = false;
+    }
   };
   // With an even number of angles, psi and psi + 180 share one projection (in that order).
   const size_t npsi = im.psis.size(), half = npsi % 2 == 0 ? npsi / 2 : npsi;
@@ -371,6 +397,10 @@ std::vector<Peak> reference_peaks(const TemplateReferences::Impl& im, size_t k, 
     else reference_at(im, k, im.psis[i], mm, buf, T);
     correlate(true, im.psis[i]);
     if (half < npsi) correlate(false, im.psis[i + half]);
+  }
+  if (pending) {  // an odd number of maps: the last one alone
+    fft_inverse_destroy(P, work, cc);
+    update(cc, pending_psi);
   }
   std::vector<double> fom(np);
   for (size_t p = 0; p < np; ++p) {
