@@ -16,6 +16,7 @@ void add_class3d(CLI::App& app) {
   s->add_option("--K", opt->classes, "Number of classes");
   s->add_option("--iter", opt->iterations, "Number of iterations")->capture_default_str();
   s->add_option("--tau2_fudge", opt->tau2_fudge, "Regularisation parameter T")->capture_default_str();
+  s->add_option("--pad", opt->pad, "Oversampling of the Fourier lattices (1, 2 or 3)")->capture_default_str();
   s->add_option("--ini_high", opt->ini_high, "Low-pass of the reference and first frequency limit, Å")->capture_default_str();
   s->add_flag("--firstiter_cc", opt->firstiter_cc, "Cross-correlation with hard assignment in the first iteration");
   s->add_option("--sym", opt->sym, "Point group")->capture_default_str();

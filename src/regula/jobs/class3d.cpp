@@ -49,6 +49,7 @@ std::string Class3DOptions::validate() const {
   if (out_root.empty()) return "--o: an output root is required";
   if (iterations < 1) return fmt::format("--iter: must be at least 1 (got {})", iterations);
   if (!(tau2_fudge > 0)) return fmt::format("--tau2_fudge: must be positive (got {})", tau2_fudge);
+  if (pad < 1 || pad > 3) return fmt::format("--pad: must be 1, 2 or 3 (got {})", pad);
   if (!(perturb >= 0 && perturb <= 1)) return fmt::format("--perturb: must be in [0, 1] (got {})", perturb);
   if (!(ini_high > 0)) return fmt::format("--ini_high: must be positive Å (got {})", ini_high);
   if (particle_diameter < 0) return fmt::format("--particle_diameter: must be >= 0 Å (got {})", particle_diameter);
@@ -406,7 +407,7 @@ Report Job::iterate() {
   // Each group's pixels map to at most half a shell beyond the limit (ml3d::fine_pixels' rounding).
   const int r_proj = std::min(r_ + (scale_.uniform() ? 1 : 2), n_ / 2);
   for (int k = 0; k < K_; ++k)
-    proj_.push_back(std::make_unique<Projector>(st_.maps[size_t(k)], 2, r_proj, opt_.threads));
+    proj_.push_back(std::make_unique<Projector>(st_.maps[size_t(k)], opt_.pad, r_proj, opt_.threads));
   if (local) table_dirs_.build(order);
   setup_ = estep::Search3DSetup();
   setup_.classes = Ksearch;
@@ -489,7 +490,7 @@ Report Job::iterate() {
     const double np = double(N) + 1;
     bp_.clear();
     for (int k = 0; k < K_; ++k) {
-      bp_.push_back(std::make_unique<BackProjector>(n_, 2, r_, 3));
+      bp_.push_back(std::make_unique<BackProjector>(n_, opt_.pad, r_, 3));
       bp_.back()->start_exact(4 * np * smax * inv_s2 * std::max(st_.x_l1_max, 1e-30) * max_norm * 4,
                               4 * np * smax * smax * inv_s2);
     }
@@ -758,6 +759,7 @@ void Job::write_iteration(const Report& rep) {
   o.set("rlnRandomSeed", std::to_string(opt_.seed));
   o.set("rlnNrClasses", std::to_string(K_));
   o.set("rlnTau2FudgeFactor", num(opt_.tau2_fudge));
+  o.set("rlnPaddingFactor", std::to_string(opt_.pad));
   o.set("rlnSamplingPerturbFactor", num(opt_.perturb));
   o.set("rlnParticleDiameter", num(opt_.particle_diameter));
   o.set("rlnWidthMaskEdge", num(opt_.mask_edge));
@@ -799,6 +801,7 @@ void Job::read_checkpoint() {
   if (!opt_.iterations_given) opt_.iterations = int(get_d("rlnNumberOfIterations"));
   opt_.seed = uint64_t(get_d("rlnRandomSeed"));
   opt_.tau2_fudge = get_d("rlnTau2FudgeFactor");
+  opt_.pad = o.has("rlnPaddingFactor") ? int(get_d("rlnPaddingFactor")) : 2;  // (older checkpoints: 2)
   // (Checkpoints written before --perturb existed ran with fixed grids.)
   opt_.perturb = o.has("rlnSamplingPerturbFactor") ? get_d("rlnSamplingPerturbFactor") : 0.0;
   opt_.particle_diameter = get_d("rlnParticleDiameter");

@@ -23,6 +23,7 @@ struct Class3DOptions {
   int iterations = 25;              // --iter
   bool iterations_given = false;    // --iter on the command line (with --continue, else the checkpoint's)
   double tau2_fudge = 4;            // --tau2_fudge (T)
+  int pad = 2;                      // --pad: oversampling of the Fourier lattices (1, 2 or 3)
   double ini_high = 40;             // --ini_high, Å
   bool firstiter_cc = false;        // --firstiter_cc
   std::string sym = "C1";           // --sym
