@@ -57,6 +57,11 @@ def test_skip_align_keeps_the_poses(data, tmp_path):
     t = gemmi.cif.read(str(data / "sim/truth.star")).find_block("particles").find_loop("_rlnAngleRot")
     d = gemmi.cif.read(str(tmp_path / "run_it002_data.star")).find_block("particles").find_loop("_rlnAngleRot")
     assert [float(v) for v in t] == pytest.approx([float(v) for v in d])
+    # A particles file without poses is an error, not poses of zero.
+    r = run("class3d", "--i", data / "sim/particles.star", "--ref", data / "sim/truth_map1.mrc", "--o",
+            tmp_path / "bad/run", "--K", 2, "--iter", 2, "--ctf", "--skip_align", check=False)
+    assert r.returncode == 1 and "has no _rlnAngleRot (--skip_align keeps the input poses)" in r.stderr, r.stderr
+    assert not (tmp_path / "bad").exists()
 
 
 def test_pad(data, tmp_path):

@@ -206,6 +206,10 @@ void Job::setup() {
   table_ = ParticleTable::read(input_star_, ro);
   const size_t N = table_.size();
   if (N == 0) input_error("{}: no particles", input_star_);
+  if (opt_.skip_align)  // (RELION would take absent angles as zeros: almost surely the wrong file)
+    for (const char* label : {"rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"})
+      if (!table_.particles_block().has(label))
+        input_error("{}: the particles table has no _{} (--skip_align keeps the input poses)", input_star_, label);
   if (N < size_t(opt_.classes))
     input_error("--K {}: more classes than the {} particles of {}", opt_.classes, N, input_star_);
   {
