@@ -57,6 +57,16 @@ fftwf_plan get_plan(int nx, int ny, int nz, int nthreads, bool forward, bool inp
   return p;
 }
 
+}  // namespace
+
+void with_fftw_planner(const std::function<void()>& plan) {
+  std::lock_guard lk(g_plan_mu);
+  fftwf_plan_with_nthreads(1);
+  plan();
+}
+
+namespace {
+
 // Plans of the in-place 2D transforms: kind 0 rows r2c, 1 rows c2r, 2 columns forward, 3 columns
 // backward, 4 and 5 rows as 0 and 1 at any alignment (a volume's planes) (n: transform length, m:
 // howmany).

@@ -22,6 +22,10 @@
 namespace regula {
 
 Grid<cfloat> fft_forward(const Grid<float>& in, int nthreads = 1);
+// Runs `plan` (code that creates or destroys FFTW plans of its own, e.g. fftwf_plan_guru_dft) under
+// the lock that guards FFTW's planner here, with single-threaded plans: FFTW's planner is not
+// thread-safe, and every plan of the process must be made under one lock.
+void with_fftw_planner(const std::function<void()>& plan);
 // `nx` is the real size along x (needed because nx/2+1 is ambiguous).
 Grid<float> fft_inverse(const Grid<cfloat>& in, int nx, int nthreads = 1);
 

@@ -9,16 +9,11 @@
 #include <numbers>
 
 #include "regula/core/error.hpp"
+#include "regula/core/fft.hpp"
 
 namespace regula {
 
 namespace {
-
-// FFTW's planner is not thread-safe: plans are made under one lock (execution is).
-std::mutex& planner_mutex() {
-  static std::mutex m;
-  return m;
-}
 
 constexpr int kRowsPerChunk = 16;  // rows of the row pass's p-point stage per pair of SGEMMs
 
@@ -61,35 +56,44 @@ PairedInverseDft::PairedInverseDft(int n) : n_(n) {
   const size_t nn = size_t(n) * size_t(n);
   z_ = reinterpret_cast<cfloat*>(fftwf_malloc(nn * sizeof(cfloat)));
   y_ = reinterpret_cast<cfloat*>(fftwf_malloc(nn * sizeof(cfloat)));
-  if (!z_ || !y_) runtime_error("PairedInverseDft: out of memory for {} x {}", n, n);
+  if (!z_ || !y_) {
+    release();
+    runtime_error("PairedInverseDft: out of memory for {} x {}", n, n);
+  }
   // The m-point transforms, in place: along the columns (stride p rows) of z_ and along the rows
   // (stride p) of y_, for every k1 < p and every column / row.
-  std::lock_guard<std::mutex> lock(planner_mutex());
   auto* zc = reinterpret_cast<fftwf_complex*>(z_);
   auto* yc = reinterpret_cast<fftwf_complex*>(y_);
-  {
+  with_fftw_planner([&] {
     fftwf_iodim d{m_, p_ * n, p_ * n};
     fftwf_iodim many[2] = {{p_, n, n}, {n, 1, 1}};
     cols_ = fftwf_plan_guru_dft(1, &d, 2, many, zc, zc, FFTW_BACKWARD, FFTW_ESTIMATE);
+    fftwf_iodim e{m_, p_, p_};
+    fftwf_iodim many_rows[2] = {{n, n, n}, {p_, 1, 1}};
+    rows_ = fftwf_plan_guru_dft(1, &e, 2, many_rows, yc, yc, FFTW_BACKWARD, FFTW_ESTIMATE);
+  });
+  if (!cols_ || !rows_) {
+    release();
+    runtime_error("PairedInverseDft: FFTW could not plan the {}-point transforms", m_);
   }
-  {
-    fftwf_iodim d{m_, p_, p_};
-    fftwf_iodim many[2] = {{n, n, n}, {p_, 1, 1}};
-    rows_ = fftwf_plan_guru_dft(1, &d, 2, many, yc, yc, FFTW_BACKWARD, FFTW_ESTIMATE);
-  }
-  if (!cols_ || !rows_) runtime_error("PairedInverseDft: FFTW could not plan the {}-point transforms", m_);
   u_.resize(std::max(size_t(h_) * 2 * size_t(n), size_t(kRowsPerChunk) * m_ * 2 * h_));
   v_.resize(u_.size());
   au_.resize(u_.size());
   bv_.resize(u_.size());
 }
 
-PairedInverseDft::~PairedInverseDft() {
-  std::lock_guard<std::mutex> lock(planner_mutex());
-  if (cols_) fftwf_destroy_plan(cols_);
-  if (rows_) fftwf_destroy_plan(rows_);
+PairedInverseDft::~PairedInverseDft() { release(); }
+
+void PairedInverseDft::release() {
+  if (cols_ || rows_)
+    with_fftw_planner([&] {
+      if (cols_) fftwf_destroy_plan(cols_);
+      if (rows_) fftwf_destroy_plan(rows_);
+    });
+  cols_ = rows_ = nullptr;
   fftwf_free(z_);
   fftwf_free(y_);
+  z_ = y_ = nullptr;
 }
 
 void PairedInverseDft::inverse(const Grid<cfloat>& A, const Grid<cfloat>& B, Grid<float>& a, Grid<float>& b) {

@@ -42,6 +42,7 @@ class PairedInverseDft {
   void inverse(const Grid<cfloat>& A, const Grid<cfloat>& B, Grid<float>& a, Grid<float>& b);
 
  private:
+  void release();  // plans and buffers (destructor, and a constructor that fails)
   void build(const Grid<cfloat>& A, const Grid<cfloat>& B);
   void pass_columns();
   void pass_rows(Grid<float>& a, Grid<float>& b);
