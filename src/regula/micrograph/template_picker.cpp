@@ -316,14 +316,73 @@ void reference_at(const TemplateReferences::Impl& im, size_t k, double psi, cons
   window_fourier(buf, im.downsize, im.grid.work, T);
 }
 
+// The best cross-correlation per pixel over in-plane angles and the angle giving it. The correlation
+// maps come as spectra (next_spectrum, then add) and update the maxima in the order they were given
+// (the first of equal values is kept). Where the working size has a large prime factor the spectra
+// are inverse-transformed two at a time (PairedInverseDft: the same numbers to rounding, several
+// times faster than FFTW_ESTIMATE there), otherwise one at a time by FFTW.
+class BestCorrelation {
+ public:
+  explicit BestCorrelation(int work)
+      : work_(work), best_(size_t(work) * size_t(work), -3.4e38f), psi_(best_.size(), 0.0f) {
+    if (PairedInverseDft::preferred(work)) paired_ = std::make_unique<PairedInverseDft>(work);
+  }
+  // The buffer to fill with the next correlation map's spectrum (nx x ny, fft_forward's layout).
+  Grid<cfloat>& next_spectrum(int nx, int ny) {
+    Grid<cfloat>& q = paired_ && pending_ ? spectra_[1] : spectra_[0];
+    if (q.nx() != nx || q.ny() != ny) q = Grid<cfloat>(nx, ny);
+    return q;
+  }
+  // The map just written to next_spectrum() is that of in-plane angle psi (degrees).
+  void add(double psi) {
+    if (!paired_) {
+      fft_inverse_destroy(spectra_[0], work_, maps_[0]);
+      update(maps_[0], psi);
+    } else if (!pending_) {
+      pending_ = true;
+      pending_psi_ = psi;
+    } else {
+      paired_->inverse(spectra_[0], spectra_[1], maps_[0], maps_[1]);
+      update(maps_[0], pending_psi_);
+      update(maps_[1], psi);
+      pending_ = false;
+    }
+  }
+  // After the last add(): a map still waiting for its pair is transformed alone.
+  void finish() {
+    if (!pending_) return;
+    fft_inverse_destroy(spectra_[0], work_, maps_[0]);
+    update(maps_[0], pending_psi_);
+    pending_ = false;
+  }
+  const std::vector<float>& best() const { return best_; }
+  const std::vector<float>& best_psi() const { return psi_; }
+
+ private:
+  void update(const Grid<float>& c, double psi) {
+    for (size_t p = 0; p < best_.size(); ++p)
+      if (c[p] > best_[p]) {
+        best_[p] = c[p];
+        psi_[p] = float(psi);
+      }
+  }
+
+  int work_;
+  std::vector<float> best_, psi_;
+  std::unique_ptr<PairedInverseDft> paired_;
+  Grid<cfloat> spectra_[2];
+  Grid<float> maps_[2];
+  bool pending_ = false;
+  double pending_psi_ = 0;
+};
+
 // Peaks of one reference: the best correlation over in-plane angles, its FOM map, the peak search
 // and the pruning of its peaks.
 std::vector<Peak> reference_peaks(const TemplateReferences::Impl& im, size_t k, const MicrographMaps& mm) {
   const TemplatePickOptions& o = im.opt;
   const int size = im.grid.size, work = im.grid.work;
   const size_t np = size_t(work) * size_t(work);
-  Grid<cfloat> buf, T, T0, P;
-  Grid<float> cc;
+  Grid<cfloat> buf, T, T0;
   // Sums of the CTF-filtered reference over the mask (RELION takes them at the first angle); the
   // projection at the first angle (T0) is kept for the angle loop.
   double a1 = 0, a2 = 0;
@@ -352,43 +411,15 @@ std::vector<Peak> reference_peaks(const TemplateReferences::Impl& im, size_t k, 
     a2 = ss / double(cnt) * n / (n + 1);
   }
   const double expected = std::exp(a2 / 2.0);
-  std::vector<float> best(np, -3.4e38f), best_psi(np, 0.0f);
   const double ccf = double(work) * work / (double(size) * size) / double(im.n_mask);
   // Cross-correlations with the reference at each angle: P = conj(T) F, or T F for the reference
   // turned by 180 degrees (a real image turned by 180 degrees has the complex conjugate transform;
-  // the CTF is real and even). Each correlation map updates the best value per pixel in the order
-  // of the angles (the first of equal values is kept). Where the working size has a large prime
-  // factor the maps are transformed two at a time (PairedInverseDft, the same numbers to rounding,
-  // several times faster than FFTW_ESTIMATE there).
-  const auto update = [&](const Grid<float>& c, double psi) {
-    for (size_t p = 0; p < np; ++p)
-      if (c[p] > best[p]) {
-        best[p] = c[p];
-        best_psi[p] = float(psi);
-      }
-  };
-  std::unique_ptr<PairedInverseDft> paired;
-  if (PairedInverseDft::preferred(work)) paired = std::make_unique<PairedInverseDft>(work);
-  Grid<cfloat> P2;
-  Grid<float> cc2;
-  double pending_psi = 0;
-  bool pending = false;
+  // the CTF is real and even).
+  BestCorrelation bc(work);
   const auto correlate = [&](bool conj_ref, double psi) {
-    Grid<cfloat>& Q = paired && pending ? P2 : P;
-    if (Q.nx() != T.nx() || Q.ny() != T.ny()) Q = Grid<cfloat>(T.nx(), T.ny());
+    Grid<cfloat>& Q = bc.next_spectrum(T.nx(), T.ny());
     for (size_t i = 0; i < T.size(); ++i) Q[i] = (conj_ref ? std::conj(T[i]) : T[i]) * mm.F[i];
-    if (!paired) {
-      fft_inverse_destroy(P, work, cc);
-      update(cc, psi);
-    } else if (!pending) {
-      pending = true;
-      pending_psi = psi;
-    } else {
-      paired->inverse(P, P2, cc, cc2);
-      update(cc, pending_psi);
-      update(cc2, psi);
-      pending = false;
-    }
+    bc.add(psi);
   };
   // With an even number of angles, psi and psi + 180 share one projection (in that order).
   const size_t npsi = im.psis.size(), half = npsi % 2 == 0 ? npsi / 2 : npsi;
@@ -398,10 +429,9 @@ std::vector<Peak> reference_peaks(const TemplateReferences::Impl& im, size_t k, 
     correlate(true, im.psis[i]);
     if (half < npsi) correlate(false, im.psis[i + half]);
   }
-  if (pending) {  // an odd number of maps: the last one alone
-    fft_inverse_destroy(P, work, cc);
-    update(cc, pending_psi);
-  }
+  bc.finish();
+  const std::vector<float>& best = bc.best();
+  const std::vector<float>& best_psi = bc.best_psi();
   std::vector<double> fom(np);
   for (size_t p = 0; p < np; ++p) {
     double d = -2.0 * ccf * best[p] + 2.0 * mm.mean[p] * a1;
