@@ -275,7 +275,7 @@ void bind_jobs(py::module_& m) {
   def_job<T>(
       m, "class3d", "Class3DOptions",
       {REGULA_FIELD(T, input), REGULA_FIELD(T, out_root), REGULA_FIELD(T, reference), REGULA_FIELD(T, classes),
-       REGULA_FIELD(T, iterations), REGULA_FIELD(T, tau2_fudge), REGULA_FIELD(T, ini_high),
+       REGULA_FIELD(T, iterations), REGULA_FIELD(T, tau2_fudge), REGULA_FIELD(T, pad), REGULA_FIELD(T, ini_high),
        REGULA_FIELD(T, firstiter_cc), REGULA_FIELD(T, sym), REGULA_FIELD(T, particle_diameter), REGULA_FIELD(T, ctf),
        REGULA_FIELD(T, flatten_solvent), REGULA_FIELD(T, solvent_mask), REGULA_FIELD(T, zero_mask),
        REGULA_FIELD(T, healpix_order),
