@@ -13,6 +13,7 @@
 #include <complex>
 #include <vector>
 
+#include "regula/core/blas.hpp"
 #include "regula/core/parallel.hpp"
 #include "regula/core/random.hpp"
 #include "regula/estep/posteriors.hpp"

@@ -10,9 +10,9 @@
 #include <chrono>
 #include <climits>
 #include <cmath>
-#include <mutex>
 #include <numbers>
 
+#include "regula/core/blas.hpp"
 #include "regula/core/error.hpp"
 #include "regula/core/parallel.hpp"
 #include "regula/estep/matrices.hpp"
@@ -54,11 +54,6 @@ void TranslationPhases::validate(size_t m_expected) const {
 void ReferenceSlices::validate(size_t m_expected) const {
   if (m != m_expected) runtime_error("estep: references have m = {}, particles m = {}", m, m_expected);
   if (j == 0 || p.size() != j * m) runtime_error("estep: {} reference values, expected j*m = {} (j > 0)", p.size(), j * m);
-}
-
-void set_blas_single_threaded() {
-  static std::once_flag once;
-  std::call_once(once, [] { openblas_set_num_threads(1); });
 }
 
 size_t default_particles_per_batch(size_t n, size_t t, size_t m) {

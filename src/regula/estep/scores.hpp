@@ -94,7 +94,7 @@ struct ScoreOptions {
 // SGEMMs per batch: A1 = (s^2 C^2 w)[n x m] |P|^2^T and A2 = (s C w X^t)[n*T x 2m] P^T[2m x J]
 // (complex as interleaved re/im so the real inner product is Re(conj(a) P)); L = A2 - A1/2.
 // Flops: 4*n*T*m*J (A2) + 2*n*m*J (A1). Threads: particle batches in parallel over `pool`,
-// OpenBLAS itself single-threaded (set_blas_single_threaded).
+// OpenBLAS itself single-threaded (core/blas.hpp).
 void compute_scores(const ParticleBatch& particles, const TranslationPhases& shifts,
                     const ReferenceSlices& refs, Scores& out, ThreadPool& pool,
                     const ScoreOptions& opt = {});
@@ -113,10 +113,6 @@ struct ParticleConstants {
   std::vector<double> log_norm;
 };
 ParticleConstants particle_constants(const ParticleBatch& particles);
-
-// Sets OpenBLAS to one thread (once per process). Called by every kernel of this layer: we
-// parallelise over batches ourselves, which keeps results independent of the thread count.
-void set_blas_single_threaded();
 
 // Particles per batch used when ScoreOptions::particles_per_batch == 0.
 size_t default_particles_per_batch(size_t n, size_t t, size_t m);

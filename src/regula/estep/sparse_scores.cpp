@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "regula/core/blas.hpp"
 #include "regula/core/error.hpp"
 #include "regula/core/parallel.hpp"
 #include "regula/estep/matrices.hpp"

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <numeric>
 
+#include "regula/core/blas.hpp"
 #include "regula/core/error.hpp"
 #include "regula/core/parallel.hpp"
 #include "regula/estep/matrices.hpp"

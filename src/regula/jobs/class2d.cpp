@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "regula/core/blas.hpp"
 #include "regula/core/cancel.hpp"
 #include "regula/core/error.hpp"
 #include "regula/core/exact_sum.hpp"
@@ -1177,7 +1178,7 @@ IterationReport Job::iterate() {
 }
 
 Class2DResult Job::run() {
-  estep::set_blas_single_threaded();
+  set_blas_single_threaded();
   const bool cont = !opt_.continue_from.empty();
   if (cont) class2d_detail::read_checkpoint(opt_.continue_from, opt_, input_star_, st_, 0);
   std::string msg = opt_.validate();

@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "regula/core/blas.hpp"
 #include "regula/core/atomic_file.hpp"
 #include "regula/core/cancel.hpp"
 #include "regula/core/error.hpp"
@@ -206,10 +207,7 @@ void Job::setup() {
   table_ = ParticleTable::read(input_star_, ro);
   const size_t N = table_.size();
   if (N == 0) input_error("{}: no particles", input_star_);
-  if (opt_.skip_align)  // (RELION would take absent angles as zeros: almost surely the wrong file)
-    for (const char* label : {"rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"})
-      if (!table_.particles_block().has(label))
-        input_error("{}: the particles table has no _{} (--skip_align keeps the input poses)", input_star_, label);
+  if (opt_.skip_align) table_.require_angles(input_star_, "--skip_align keeps the input poses");
   if (N < size_t(opt_.classes))
     input_error("--K {}: more classes than the {} particles of {}", opt_.classes, N, input_star_);
   {
@@ -866,7 +864,7 @@ void Job::read_checkpoint() {
 }
 
 Class3DResult Job::run() {
-  estep::set_blas_single_threaded();
+  set_blas_single_threaded();
   const bool cont = !opt_.continue_from.empty();
   if (cont) {
     try {

@@ -313,9 +313,7 @@ ParticleSubtractResult particle_subtract(const ParticleSubtractOptions& opt) {
   ParticleTable table = ParticleTable::read(data_star);
   const size_t count = table.size();
   if (count == 0) input_error("{}: no particles (the particles table has no rows)", data_star);
-  for (const char* label : {"rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"})
-    if (!table.particles_block().has(label))
-      input_error("{}: the particles table has no _{} (subtraction needs refined poses)", data_star, label);
+  table.require_angles(data_star, "subtraction needs refined poses");
 
   Subtraction s;
   s.files = &files;

@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "regula/core/blas.hpp"
 #include "regula/core/atomic_file.hpp"
 #include "regula/core/cancel.hpp"
 #include "regula/core/error.hpp"
@@ -865,7 +866,7 @@ refine3d_detail::Files Job::write_final(const IterationReport& rep) {
 }
 
 Refine3DResult Job::run() {
-  estep::set_blas_single_threaded();
+  set_blas_single_threaded();
   const bool cont = !opt_.continue_from.empty();
   if (cont) refine3d_detail::read_checkpoint(opt_.continue_from, opt_, input_star_, st_);
   if (auto msg = opt_.validate(); !msg.empty()) throw InputError(cont ? opt_.continue_from + ": " + msg : msg);

@@ -5,9 +5,9 @@
 #include <algorithm>
 #include <cmath>
 #include <complex>
-#include <mutex>
 #include <numbers>
 
+#include "regula/core/blas.hpp"
 #include "regula/core/error.hpp"
 #include "regula/core/fft.hpp"
 
@@ -37,10 +37,7 @@ PairedInverseDft::PairedInverseDft(int n) : n_(n) {
   if (p_ < 3) runtime_error("PairedInverseDft: {} has no odd prime factor", n);
   m_ = n / p_;
   h_ = (p_ - 1) / 2;
-  {
-    static std::once_flag once;  // the p-point stages are small products: OpenBLAS single-threaded
-    std::call_once(once, [] { openblas_set_num_threads(1); });
-  }
+  set_blas_single_threaded();  // the p-point stages are small products
   const double w = 2.0 * std::numbers::pi / double(n);
   twiddle_.resize(size_t(p_) * size_t(m_));
   for (int k1 = 0; k1 < p_; ++k1)

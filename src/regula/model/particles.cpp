@@ -692,6 +692,11 @@ void ParticleTable::select(const std::vector<size_t>& keep) {
   pick(micrograph);
 }
 
+void ParticleTable::require_angles(const std::string& file, const std::string& why) const {
+  for (const char* label : {"rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"})
+    if (!particles_block().has(label)) input_error("{}: the particles table has no _{} ({})", file, label, why);
+}
+
 std::string ParticleTable::where(size_t i) const {
   const star::Block& pb = particles_block();
   size_t line = pb.line(i);

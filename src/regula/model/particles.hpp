@@ -131,6 +131,9 @@ class ParticleTable {
   // "<file>:<line> (particle row R)" for messages about particle i.
   std::string where(size_t i) const;
   const std::string& source() const { return doc_.source; }
+  // Refuses a table without rlnAngleRot/Tilt/Psi (RELION would read absent angles as zeros):
+  // InputError naming `file` (the name the user gave), the label and `why` the poses are needed.
+  void require_angles(const std::string& file, const std::string& why) const;
   // True when the file was RELION 3.0 (no optics block) and was converted.
   bool converted_from_30() const { return converted_; }
 
