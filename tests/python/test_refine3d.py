@@ -121,6 +121,10 @@ def test_outputs_named_as_relion(refined):
     assert sorted(set(subsets)) == [1, 2] and subsets.count(1) == 200
     bild = (refined / "run_class001_angdist.bild").read_text().splitlines()
     assert bild[0].startswith(".color") and bild[1].startswith(".cylinder")
+    # rlnNormCorrectionAverage: the mean of the particles' norm corrections (particle_subtract scales by it).
+    norms = [float(v) for v in b.find_loop("_rlnNormCorrection")]
+    general = gemmi.cif.read(str(refined / "run_model.star")).find_block("model_general")
+    assert float(general.find_value("_rlnNormCorrectionAverage")) == pytest.approx(np.mean(norms), rel=1e-5)
 
 
 @pytest.mark.skipif(shutil.which("relion_reconstruct") is None, reason="RELION not installed")

@@ -671,6 +671,8 @@ void Job::write_iteration(const Report& rep) {
     g.set("rlnTau2FudgeFactor", num(opt_.tau2_fudge));
     g.set("rlnLogLikelihood", num(rep.loglik_sum));
     g.set("rlnAveragePmax", num(rep.average_pmax));
+    // The mean of the particles' rlnNormCorrection (particle_subtract scales by it / each one's).
+    g.set("rlnNormCorrectionAverage", num(st_.avg_norm));
     star::Block& c = doc.add_block("model_classes", true);
     for (int k = 0; k < K_; ++k) c.add_row();
     c.set_column("rlnReferenceImage", files_.class_maps);

@@ -141,6 +141,8 @@ void write_model(const std::string& path, const Refine3DOptions& opt, double ang
   g.set("rlnTau2FudgeFactor", num(opt.tau2_fudge));
   g.set("rlnLogLikelihood", num(rep.loglik_sum));
   g.set("rlnAveragePmax", num(rep.average_pmax));
+  // The mean of the particles' rlnNormCorrection (particle_subtract scales by it / each one's).
+  g.set("rlnNormCorrectionAverage", num(st.avg_norm));
   g.set("rlnSigmaOffsetsAngst", num(std::sqrt(st.sigma2_offset) * angpix));
   g.set("rlnAutoLocalSearchesHealpixOrder", std::to_string(opt.auto_local_healpix_order));
   star::Block& c = loop(doc, "model_classes", 1);
