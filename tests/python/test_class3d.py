@@ -67,17 +67,27 @@ def test_skip_align_keeps_the_poses(data, tmp_path):
 def test_pad(data, tmp_path):
     """--pad as RELION's (the oversampling of the projector's and back-projector's lattices): at the true poses
     (--skip_align) both --pad 1 and the default 2 recover the map, 2 better (the reason for RELION's default:
-    interpolation on the unpadded lattice; measured 0.84 and 0.96 against the truth); the factor is written as
+    interpolation on the unpadded lattice). Compared with the truth to 24 Å (shell 12), where the data determine
+    the map after 2 iterations (measured 0.88 and 0.965; over the whole band 0.57 and 0.83: the first iteration
+    reconstructs the shells beyond --ini_high without prior, as RELION's); the factor is written as
     rlnPaddingFactor and kept by --continue; --pad 4 is refused."""
     args = ["--i", data / "sim/truth.star", "--ref", data / "sim/truth_map1.mrc", "--K", 1, "--iter", 2, "--ctf",
             "--skip_align", "--ini_high", 20, "--j", 2]
     run("class3d", "--o", tmp_path / "p1/run", "--pad", 1, *args)
     run("class3d", "--o", tmp_path / "p2/run", *args)
-    a = mrcfile.read(tmp_path / "p1/run_it002_class001.mrc").ravel()
-    b = mrcfile.read(tmp_path / "p2/run_it002_class001.mrc").ravel()
-    t = mrcfile.read(data / "sim/truth_map1.mrc").ravel()
-    ca, cb = np.corrcoef(a, t)[0, 1], np.corrcoef(b, t)[0, 1]
-    assert ca > 0.75 and cb > 0.9 and cb > ca, (ca, cb)
+    a = mrcfile.read(tmp_path / "p1/run_it002_class001.mrc")
+    b = mrcfile.read(tmp_path / "p2/run_it002_class001.mrc")
+    t = mrcfile.read(data / "sim/truth_map1.mrc")
+
+    def low_pass(m, shell=12):
+        f = np.fft.fftfreq(m.shape[0]) * m.shape[0]
+        r = np.sqrt(f[:, None, None] ** 2 + f[None, :, None] ** 2 + f[None, None, :] ** 2)
+        return np.fft.ifftn(np.where(r <= shell, np.fft.fftn(m), 0)).real.ravel()
+
+    ca, cb = np.corrcoef(low_pass(a), low_pass(t))[0, 1], np.corrcoef(low_pass(b), low_pass(t))[0, 1]
+    assert ca > 0.8 and cb > 0.93 and cb > ca, (ca, cb)
+    assert np.corrcoef(b.ravel(), t.ravel())[0, 1] > np.corrcoef(a.ravel(), t.ravel())[0, 1]
+    a = a.ravel()
     o = gemmi.cif.read(str(tmp_path / "p1/run_it002_optimiser.star")).find_block("optimiser_general")
     assert o.find_value("_rlnPaddingFactor") == "1"
     run("class3d", "--continue", tmp_path / "p1/run_it001_optimiser.star", "--o", tmp_path / "c1/run", "--j", 1)

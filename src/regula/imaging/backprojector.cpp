@@ -828,7 +828,8 @@ Grid<float> BackProjector::reconstruct(const ReconstructOptions& opt) const {
   // The lattice points that take part (|q| < pad * rlim) get their weight plus the Wiener term
   // (wt, per stored point; negative: not taking part). Points of shells with tau2 == 0 (no signal
   // expected) keep their plain weight in the density compensation, so that it does not see an
-  // edge at the cut, but their coefficients are zero (keep = 0). Sums per plane, added in order.
+  // edge at the cut, but their coefficients are zero (keep = 0), unless zero_tau2_unregularised
+  // (then they are reconstructed without the prior term). Sums per plane, added in order.
   std::vector<float> wt(ball_.count, -1.0f);
   std::vector<char> keep(ball_.count, 0);
   std::vector<double> plane_wsum(size_t(zhi - zlo + 1), 0.0);
@@ -849,7 +850,7 @@ Grid<float> BackProjector::reconstruct(const ReconstructOptions& opt) const {
         const double t2 = shell < opt.tau2.size() ? opt.tau2[shell] : 0.0;
         if (t2 > 0)
           tw += 1.0 / (opt.tau2_fudge * oversampling * t2);
-        else
+        else if (!opt.zero_tau2_unregularised)
           keep[i] = 0;
       }
       wt[i] = float(tw);

@@ -32,8 +32,11 @@ struct ReconstructOptions {
   // Per-shell signal power tau2(shell) for shells 0..n/2, in the units of
   // |Projector::project|^2 (i.e. shell_power() of the map, see below). When
   // non-empty, 1 / (tau2_fudge * padding^dim * tau2) is added to the weights
-  // (MAP / Wiener regularisation as in RELION); shells with tau2 == 0 are set to 0.
+  // (MAP / Wiener regularisation as in RELION); shells with tau2 == 0 are set to 0, or with
+  // zero_tau2_unregularised reconstructed without the prior term (RELION's classification adds
+  // 1 / (0.001 w) there, negligible against w in its units: no prior where nothing is known).
   std::vector<double> tau2;
+  bool zero_tau2_unregularised = false;
   double tau2_fudge = 1.0;
   // Iterative gridding as RELION's BackProjector::reconstruct (Pipe & Menon
   // 1999 density compensation): starting from u = 1 on the lattice points with

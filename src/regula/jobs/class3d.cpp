@@ -78,6 +78,8 @@ constexpr size_t kBlock = 4;  // particles per work unit (ml3d::Blocks)
 // pose search, then kFixed iterations classifying at the consensus poses from random subsets with
 // unregularised class maps at the --ini_high limit and uniform class fractions, then the full search.
 constexpr int kConsensus = 3, kFixed = 10;
+constexpr int kMinresMap = 5;         // RELION's --minres_map: the resolution shell is at least this
+constexpr double kNoPriorSsnr = 999;  // the written SSNR of a shell reconstructed without prior
 
 struct State {
   int iteration = 0, current_shells = 0, n = 0;
@@ -153,7 +155,12 @@ class Job {
   Image read_particle(ParticleImages& images, size_t i, const std::vector<double>* noise_sigma2,
                       bool unmasked = false) const;
   ml3d::ParticleMasking masking(size_t i) const;  // particle i's (its own pixels)
+  // The prior of the next reconstruction: the signal's variance per real Fourier component, half
+  // the map's mean |F|^2 per shell (on the scale of the noise sigma2, which is per real component
+  // too; RELION's Projector::computeFourierTransformMap). The --ini_high low-passed reference says
+  // nothing beyond its band: 0 there (no prior; see iterate()).
   std::vector<double> tau2_of(const Volume& map) const;
+  int ini_shell() const { return int(std::lround(n_ * angpix_ / opt_.ini_high)); }
   void mask_reference(Volume& map) const;
   double shell_to_A(double s) const { return s > 0 ? n_ * angpix_ / s : 999.0; }
   void write_iteration(const Report& rep);
@@ -263,12 +270,30 @@ Image Job::read_particle(ParticleImages& images, size_t i, const std::vector<dou
 }
 
 std::vector<double> Job::tau2_of(const Volume& map) const {
-  std::vector<double> t = shell_power(map);
-  double last = 0;
-  for (size_t s = 1; s < t.size(); ++s) {
-    if (t[s] > 0) last = t[s];
-    else t[s] = last;
+  if (!opt_.relion_prior) {  // (initial_model's: the whole power, the last value held beyond the band)
+    std::vector<double> t = shell_power(map);
+    double last = 0;
+    for (size_t s = 1; s < t.size(); ++s) {
+      if (t[s] > 0) last = t[s];
+      else t[s] = last;
+    }
+    return t;
   }
+  // Measured as RELION's on the map the projector transforms: divided by the gridding correction
+  // (Projector, pad * n); this raises the power by 5-20% where the particle's mass lies far from
+  // the centre, and the resolution grows as RELION's (measured in docs/class3d.md).
+  Volume g = map;
+  const int c = n_ / 2, N = opt_.pad * n_;
+  for (int z = 0; z < n_; ++z)
+    for (int y = 0; y < n_; ++y)
+      for (int x = 0; x < n_; ++x) {
+        const double r = std::sqrt(double((x - c) * (x - c) + (y - c) * (y - c) + (z - c) * (z - c)));
+        g(x, y, z) = float(g(x, y, z) / gridding_sinc2(r, N));
+      }
+  std::vector<double> t = shell_power(g);
+  // (low_pass's gain is 0 from its shell + 1 on.)
+  const size_t band = st_.iteration == 0 ? size_t(ini_shell() + 1) : t.size();
+  for (size_t s = 0; s < t.size(); ++s) t[s] = s <= band ? 0.5 * t[s] : 0.0;
   return t;
 }
 
@@ -276,7 +301,9 @@ void Job::initialise() {
   const size_t N = table_.size();
   st_ = State();
   st_.n = n_;
-  st_.current_shells = std::clamp(int(std::lround(n_ * angpix_ / opt_.ini_high)), 4, n_ / 2);
+  // RELION's first limit: the --ini_high shell + --incr_size (the shells beyond the reference's band
+  // are reconstructed without prior in the first iteration).
+  st_.current_shells = opt_.relion_prior ? std::min(ini_shell() + opt_.incr_size, n_ / 2) : std::clamp(ini_shell(), 4, n_ / 2);
   // Poses and origins of the input, its rlnNormCorrection when present (RELION keeps it), else 1.
   st_.p = ml3d::ParticleValues::from_table(table_);
   st_.avg_norm = st_.p.average_norm();
@@ -390,7 +417,6 @@ Report Job::iterate() {
   unregularised_ = staged && it0 >= kConsensus && it0 < kConsensus + kFixed;
   fixed_poses_ = opt_.skip_align || unregularised_;
   random_classes_ = K_ > 1 && (staged ? it0 == kConsensus : it0 == 0);
-  if (staged && it0 == kConsensus) st_.current_shells = int(std::lround(n_ * angpix_ / opt_.ini_high));
   const bool cc = opt_.firstiter_cc && st_.iteration == 0;
   // The staged start refines its consensus one HEALPix order finer than --healpix_order, and after
   // the classification at fixed poses searches locally around them (sigma = that order's step).
@@ -576,9 +602,16 @@ Report Job::iterate() {
     // next iteration's prior is this map's power spectrum, which beyond the E-step's limit is mostly
     // the corners' edge; measured at the true poses, 2 iterations, FSC 4-14 0.854 with RELION's fill
     // against 0.826 with the edge's level.)
+    // Shells without prior (tau2 0: beyond the first reference's band) reconstructed from the data
+    // alone: their data-to-prior ratio is unbounded (RELION's 1 / (0.001 w) prior makes it 0.001 w^2,
+    // far above 1 in its units); written as RELION's 999 for a shell without a ratio.
+    ro.zero_tau2_unregularised = opt_.relion_prior;
     const std::vector<double> mw = bp_[k]->mean_weight_per_shell();
-    for (size_t s = 0; s < hs; ++s)
-      rep.ssnr[k][s] = s <= size_t(r_) && !ro.tau2.empty() ? mw[s] * ro.tau2[s] * opt_.tau2_fudge : 0.0;
+    for (size_t s = 0; s < hs; ++s) {
+      if (s > size_t(r_) || ro.tau2.empty()) continue;
+      const bool no_prior = opt_.relion_prior && ro.tau2[s] == 0 && mw[s] > 0;
+      rep.ssnr[k][s] = no_prior ? kNoPriorSsnr : mw[s] * ro.tau2[s] * opt_.tau2_fudge;
+    }
     rep.tau2[k] = ro.tau2;
     maps[k] = bp_[k]->reconstruct(ro);
     mask_reference(maps[k]);
@@ -602,8 +635,12 @@ Report Job::iterate() {
     if (st_.fraction[size_t(k)] > 0) best = std::max(best, rk);
     st_.maps[size_t(k)] = std::move(maps[size_t(k)]);
   }
-  st_.current_shells = std::clamp(best + opt_.incr_size, int(std::lround(n_ * angpix_ / opt_.ini_high)), n_ / 2);
-  if (unregularised_) st_.current_shells = int(std::lround(n_ * angpix_ / opt_.ini_high));
+  // RELION's next limit: the resolution shell (at least --minres_map's 5; after a --firstiter_cc
+  // iteration the --ini_high shell) + --incr_size.
+  const int res_shell = cc ? ini_shell() : std::max(best, kMinresMap);
+  st_.current_shells = opt_.relion_prior ? std::min(res_shell + opt_.incr_size, n_ / 2)
+                                         : std::clamp(best + opt_.incr_size, std::min(ini_shell(), n_ / 2), n_ / 2);
+  if (unregularised_) st_.current_shells = std::min(ini_shell(), n_ / 2);
   if (consensus_ || unregularised_) std::fill(st_.fraction.begin(), st_.fraction.end(), 1.0 / K_);
   if (!opt_.norm) next_.norm = st_.p.norm;
   st_.p = std::move(next_);

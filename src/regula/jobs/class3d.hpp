@@ -44,6 +44,13 @@ struct Class3DOptions {
   bool norm = true;                 // --norm: per-particle noise normalisation (rlnNormCorrection)
   bool scale = true;                // --scale: per-group intensity-scale correction
   int incr_size = 10;               // shells added above the best class resolution
+  // RELION's prior (docs/class3d.md): tau2 half the power of the map as the projector sees it, the first
+  // limit the --ini_high shell + incr_size with no prior beyond the reference's band, the next limit at
+  // least 5 shells + incr_size. Not an option of the command: initial_model sets it false and keeps the
+  // schedule it was measured with (tau2 the whole power, the last value held beyond the band, limits
+  // from the --ini_high shell; docs/initial_model.md): its EM from a sphere has no RELION counterpart,
+  // and on its acceptance set RELION's prior gave a worse map.
+  bool relion_prior = true;
   double mask_edge = 5;             // px
   double adaptive_fraction = 0.999; // --adaptive_fraction
   long max_significants = -1;       // --maxsig (-1: no bound)

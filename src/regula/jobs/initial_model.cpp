@@ -120,6 +120,7 @@ InitialModelResult run_initial_model(const InitialModelOptions& opt) {
   c.norm = false;  // RELION's initial model runs without --norm and --scale
   c.scale = false;
   c.ini_high = opt.ini_high;
+  c.relion_prior = false;
   c.particle_diameter = opt.particle_diameter;
   c.ctf = opt.ctf;
   c.flatten_solvent = true;
