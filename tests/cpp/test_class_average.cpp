@@ -17,6 +17,7 @@
 #include "regula/core/parallel.hpp"
 #include "regula/mstep/class_average.hpp"
 #include "regula/mstep/first_noise.hpp"
+#include "regula/mstep/model_update.hpp"
 #include "regula/sampling/euler.hpp"
 #include "regula/sampling/healpix.hpp"
 
@@ -88,6 +89,68 @@ TEST(ClassAverage, RotatedNoiselessCopiesGiveTheImageBack) {
   // Geometry mismatch is a programming error with a message.
   co.r_max = r + 3;
   EXPECT_THROW(reconstruct_class_2d(acc, co), Error);
+}
+
+TEST(ClassAverage, ShellsWithoutPriorAreMadeFromTheDataAlone) {
+  // Rotated noiseless copies as above, with a prior only up to shell 8 (tau2 0 beyond: a reference
+  // whose band stopped there). zero_tau2_unregularised: shells 9..r are the plain reconstruction's
+  // (the prior, 1e6 times the data's power, changes the shells below by ~1e-6) and their SSNR is
+  // kNoPriorSsnr; without it they are cut (what is left is the gridding correction's spread).
+  const Image L = l_shape(1.5, -2);
+  const int r = 16, band = 8;
+  const FourierPixels px = select_fourier_pixels(kN, r);
+  const Projector2D proj(L, 2, r + 1);
+  const std::vector<double> psi = psi_angles(6);
+  std::vector<std::complex<double>> data;
+  std::vector<double> weight;
+  for (double a : psi) {
+    const auto row = rotated_row(proj, px, a);
+    data.insert(data.end(), row.begin(), row.end());
+    weight.insert(weight.end(), px.size(), 1.0);
+  }
+  ClassAverageOptions plain;
+  plain.r_max = r;
+  const std::vector<double> p0 = shell_power(reconstruct_class_2d(px, psi, data, weight, plain).image);
+  ClassAverageOptions co = plain;
+  co.tau2.assign(kN / 2 + 1, 0.0);
+  for (int s = 0; s <= band; ++s) co.tau2[size_t(s)] = 1e6 * (p0[size_t(s)] + 1);
+  co.zero_tau2_unregularised = true;
+  const ClassAverage with = reconstruct_class_2d(px, psi, data, weight, co);
+  const std::vector<double> p1 = shell_power(with.image);
+  for (int s = 1; s <= r; ++s) {
+    EXPECT_NEAR(p1[size_t(s)], p0[size_t(s)], 1e-3 * p0[size_t(s)] + 1e-9) << "shell " << s;
+    if (s > band) EXPECT_EQ(with.ssnr[size_t(s)], kNoPriorSsnr) << "shell " << s;
+    else EXPECT_NEAR(with.ssnr[size_t(s)] / co.tau2[size_t(s)], with.ssnr[1] / co.tau2[1], 0.5 * with.ssnr[1] / co.tau2[1])
+        << "shell " << s;  // the data-to-prior ratio, proportional to tau2 (weights vary by shell)
+  }
+  co.zero_tau2_unregularised = false;
+  const ClassAverage cut = reconstruct_class_2d(px, psi, data, weight, co);
+  const std::vector<double> p2 = shell_power(cut.image);
+  for (int s = band + 2; s <= r; ++s) {
+    EXPECT_LT(p2[size_t(s)], 0.05 * p0[size_t(s)]) << "shell " << s;
+    EXPECT_EQ(cut.ssnr[size_t(s)], 0.0) << "shell " << s;
+  }
+}
+
+TEST(MapPriorTau2, HalfThePowerOfTheGriddingCorrectedMap) {
+  // A point at distance d from the centre: after division by the gridding correction sinc^2(pi d / N)
+  // (N = padding * n) its transform has modulus 1 / sinc^2 at every frequency, so tau2 is
+  // 0.5 / sinc^4 in every shell; at the centre 0.5. In 2D and in 3D.
+  for (int pad : {1, 2}) {
+    for (int dim : {2, 3}) {
+      const int n = 24, c = n / 2;
+      Grid<float> g(n, n, dim == 3 ? n : 1);
+      const int dx = 5, dy = -3, dz = dim == 3 ? 2 : 0;
+      g(c + dx, c + dy, dim == 3 ? c + dz : 0) = 1.0f;
+      const double s2 = gridding_sinc2(std::sqrt(double(dx * dx + dy * dy + dz * dz)), pad * n);
+      const std::vector<double> t = map_prior_tau2(g, pad);
+      ASSERT_EQ(t.size(), size_t(n / 2 + 1));
+      for (size_t s = 0; s < t.size(); ++s) EXPECT_NEAR(t[s], 0.5 / (s2 * s2), 1e-5) << "pad " << pad << " dim " << dim;
+      Grid<float> centre(n, n, dim == 3 ? n : 1);
+      centre(c, c, dim == 3 ? c : 0) = 2.0f;
+      for (double v : map_prior_tau2(centre, pad)) EXPECT_NEAR(v, 0.5 * 4.0, 1e-5);
+    }
+  }
 }
 
 TEST(ClassAverage, InsertPixelsIn2DSpreadsAsInsert) {

@@ -636,6 +636,7 @@ void Job::initialise() {
     co.r_max = r_ini_;
     co.tau2 = tau2_ini;
     co.tau2_fudge = opt_.tau2_fudge;
+    co.zero_tau2_unregularised = true;
     Image img = mstep::reconstruct_class_2d(acc[k], co).image;
     if (opt_.flatten_solvent) apply_spherical_mask(img, mask_radius_, opt_.mask_edge, MaskFill::Zero);
     st_.classes[k] = std::move(img);
@@ -674,17 +675,10 @@ void Job::add_class_sums(const estep::ParticleBatch& pb, const estep::Translatio
   });
 }
 
-std::vector<double> Job::tau2_of(const Image& cls) const {
-  std::vector<double> t = shell_power(cls);
-  // Shells beyond the class's band limit have no power yet: hold the last non-zero value so the
-  // prior does not forbid the frequency limit from growing.
-  double last = 0;
-  for (size_t s = 1; s < t.size(); ++s) {
-    if (t[s] > 0) last = t[s];
-    else t[s] = last;
-  }
-  return t;
-}
+// RELION's prior of a class: half the power of its gridding-corrected average (the projector's
+// padding 2); 0 beyond its band, where the next average is made from the data alone
+// (ClassAverageOptions::zero_tau2_unregularised).
+std::vector<double> Job::tau2_of(const Image& cls) const { return mstep::map_prior_tau2(cls, 2); }
 
 // Last shell of the first run of shells (from 1) with SSNR >= 1.
 int Job::resolution_shell(const std::vector<double>& ssnr) const {
@@ -955,6 +949,7 @@ mstep::ClassAverage Job::class_average(const IterationData& it, const BackProjec
   co.r_max = it.r;
   co.tau2 = it.tau2[k];
   co.tau2_fudge = opt_.tau2_fudge;
+  co.zero_tau2_unregularised = true;
   mstep::ClassAverage avg = mstep::reconstruct_class_2d(acc, co);
   Image& img = avg.image;
   if (opt_.flatten_solvent) apply_spherical_mask(img, mask_radius_, opt_.mask_edge, MaskFill::Zero);

@@ -79,7 +79,6 @@ constexpr size_t kBlock = 4;  // particles per work unit (ml3d::Blocks)
 // unregularised class maps at the --ini_high limit and uniform class fractions, then the full search.
 constexpr int kConsensus = 3, kFixed = 10;
 constexpr int kMinresMap = 5;         // RELION's --minres_map: the resolution shell is at least this
-constexpr double kNoPriorSsnr = 999;  // the written SSNR of a shell reconstructed without prior
 
 struct State {
   int iteration = 0, current_shells = 0, n = 0;
@@ -270,30 +269,14 @@ Image Job::read_particle(ParticleImages& images, size_t i, const std::vector<dou
 }
 
 std::vector<double> Job::tau2_of(const Volume& map) const {
-  if (!opt_.relion_prior) {  // (initial_model's: the whole power, the last value held beyond the band)
-    std::vector<double> t = shell_power(map);
-    double last = 0;
-    for (size_t s = 1; s < t.size(); ++s) {
-      if (t[s] > 0) last = t[s];
-      else t[s] = last;
-    }
-    return t;
-  }
-  // Measured as RELION's on the map the projector transforms: divided by the gridding correction
-  // (Projector, pad * n); this raises the power by 5-20% where the particle's mass lies far from
-  // the centre, and the resolution grows as RELION's (measured in docs/class3d.md).
-  Volume g = map;
-  const int c = n_ / 2, N = opt_.pad * n_;
-  for (int z = 0; z < n_; ++z)
-    for (int y = 0; y < n_; ++y)
-      for (int x = 0; x < n_; ++x) {
-        const double r = std::sqrt(double((x - c) * (x - c) + (y - c) * (y - c) + (z - c) * (z - c)));
-        g(x, y, z) = float(g(x, y, z) / gridding_sinc2(r, N));
-      }
-  std::vector<double> t = shell_power(g);
+  if (!opt_.relion_prior) return mstep::held_shell_power(map);  // (initial_model's)
+  // Measured as RELION's on the map the projector transforms (gridding-corrected); this raises the
+  // power by 5-20% where the particle's mass lies far from the centre, and the resolution grows as
+  // RELION's (measured in docs/class3d.md).
+  std::vector<double> t = mstep::map_prior_tau2(map, opt_.pad);
   // (low_pass's gain is 0 from its shell + 1 on.)
   const size_t band = st_.iteration == 0 ? size_t(ini_shell() + 1) : t.size();
-  for (size_t s = 0; s < t.size(); ++s) t[s] = s <= band ? 0.5 * t[s] : 0.0;
+  for (size_t s = band + 1; s < t.size(); ++s) t[s] = 0.0;
   return t;
 }
 
@@ -610,7 +593,7 @@ Report Job::iterate() {
     for (size_t s = 0; s < hs; ++s) {
       if (s > size_t(r_) || ro.tau2.empty()) continue;
       const bool no_prior = opt_.relion_prior && ro.tau2[s] == 0 && mw[s] > 0;
-      rep.ssnr[k][s] = no_prior ? kNoPriorSsnr : mw[s] * ro.tau2[s] * opt_.tau2_fudge;
+      rep.ssnr[k][s] = no_prior ? mstep::kNoPriorSsnr : mw[s] * ro.tau2[s] * opt_.tau2_fudge;
     }
     rep.tau2[k] = ro.tau2;
     maps[k] = bp_[k]->reconstruct(ro);

@@ -7,6 +7,7 @@
 #include "regula/core/fft.hpp"
 #include "regula/imaging/backprojector.hpp"
 #include "regula/imaging/projector.hpp"
+#include "regula/mstep/model_update.hpp"
 #include "regula/sampling/euler.hpp"
 
 namespace regula::mstep {
@@ -72,13 +73,16 @@ ClassAverage reconstruct_class_2d(const BackProjector& acc, const ClassAverageOp
   ro.tau2_fudge = opt.tau2_fudge;
   ro.iterative_gridding = opt.iterative_gridding;
   ro.max_frequency = r_lat;
+  ro.zero_tau2_unregularised = opt.zero_tau2_unregularised;
   ClassAverage out;
   out.image = acc.reconstruct(ro);
   out.ssnr.assign(size_t(n / 2 + 1), 0.0);
   if (!opt.tau2.empty()) {
     std::vector<double> mw = acc.mean_weight_per_shell();
-    for (size_t s = 0; s < out.ssnr.size() && s < opt.tau2.size() && s < mw.size(); ++s)
-      out.ssnr[s] = mw[s] * opt.tau2_fudge * opt.tau2[s];
+    for (size_t s = 0; s < out.ssnr.size() && s < opt.tau2.size() && s < mw.size(); ++s) {
+      const bool no_prior = opt.zero_tau2_unregularised && opt.tau2[s] == 0 && mw[s] > 0 && int(s) <= opt.r_max;
+      out.ssnr[s] = no_prior ? kNoPriorSsnr : mw[s] * opt.tau2_fudge * opt.tau2[s];
+    }
   }
   return out;
 }

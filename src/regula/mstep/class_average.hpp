@@ -39,11 +39,15 @@ struct ClassAverageOptions {
   std::vector<double> tau2;    // per shell 0..n/2 (BackProjector units); empty: no prior
   double tau2_fudge = 1;
   bool iterative_gridding = true;
+  // Shells where tau2 is 0 (beyond the reference's band) reconstructed from the data alone (RELION),
+  // their SSNR written kNoPriorSsnr; otherwise their coefficients are 0.
+  bool zero_tau2_unregularised = false;
 };
 
 struct ClassAverage {
   Image image;                 // n x n, origin at n/2
-  std::vector<double> ssnr;    // per shell 0..n/2: mean data weight / prior weight (0 without tau2)
+  std::vector<double> ssnr;    // per shell 0..n/2: mean data weight / prior weight (0 without tau2;
+                               // kNoPriorSsnr where zero_tau2_unregularised took a shell without prior)
 };
 
 // The accumulator of one class for sums at shells up to r_max (a 2D BackProjector whose lattice

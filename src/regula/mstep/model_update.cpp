@@ -3,7 +3,35 @@
 #include <algorithm>
 #include <cmath>
 
+#include "regula/imaging/backprojector.hpp"
+#include "regula/imaging/projector.hpp"
+
 namespace regula::mstep {
+
+std::vector<double> map_prior_tau2(const Grid<float>& map, int padding) {
+  Grid<float> g = map;
+  const int n = map.nx(), c = n / 2, N = padding * n;
+  const int cz = map.nz() == 1 ? 0 : c;
+  for (int z = 0; z < map.nz(); ++z)
+    for (int y = 0; y < map.ny(); ++y)
+      for (int x = 0; x < n; ++x) {
+        const double r = std::sqrt(double((x - c) * (x - c) + (y - c) * (y - c) + (z - cz) * (z - cz)));
+        g(x, y, z) = float(g(x, y, z) / gridding_sinc2(r, N));
+      }
+  std::vector<double> t = shell_power(g);
+  for (double& v : t) v *= 0.5;
+  return t;
+}
+
+std::vector<double> held_shell_power(const Grid<float>& map) {
+  std::vector<double> t = shell_power(map);
+  double last = 0;
+  for (size_t s = 1; s < t.size(); ++s) {
+    if (t[s] > 0) last = t[s];
+    else t[s] = last;
+  }
+  return t;
+}
 
 std::vector<double> noise_spectrum(const std::vector<double>& diff2, const std::vector<double>& weighted_pixels,
                                    const std::vector<double>& previous) {

@@ -8,7 +8,23 @@
 #include <cstddef>
 #include <vector>
 
+#include "regula/core/grid.hpp"
+
 namespace regula::mstep {
+
+// The SSNR written for a shell reconstructed without prior (tau2 0 there: no power in the reference
+// yet), RELION's value for a shell without a data-to-prior ratio.
+inline constexpr double kNoPriorSsnr = 999;
+
+// The prior of a class's next reconstruction as RELION measures it on the map its projector
+// transforms (Projector::computeFourierTransformMap): per shell 0..n/2, half the shell power
+// (the variance of each real component, the noise sigma2's scale) of the image or map divided by
+// the gridding correction of a projector padded `padding` times. Shells without power get 0.
+std::vector<double> map_prior_tau2(const Grid<float>& map, int padding);
+
+// The rule initial_model's EM keeps (docs/initial_model.md): the whole shell power of the map, the
+// last non-zero value held beyond its band so that the prior does not stop the limit growing.
+std::vector<double> held_shell_power(const Grid<float>& map);
 
 // sigma2(s) = sum_w |X^t - s C P|^2 / (2 * sum_w npix(s)) for shells with data (RELION: wsum
 // sigma2_noise / (2 sumw_group Npix_per_shell)); shells without data keep `previous`. `diff2` and
