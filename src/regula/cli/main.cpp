@@ -19,6 +19,7 @@
 #include "regula/core/version.hpp"
 #include "regula/pipeline/job.hpp"
 #include "regula/pipeline/queue.hpp"
+#include "regula/pipeline/workflow.hpp"
 
 namespace {
 
@@ -137,17 +138,6 @@ int run_job(regula::pipeline::Job& job, const std::vector<std::string>& global) 
   }
 }
 
-// The newest ROOT_itNNN_optimiser.star in a job directory ("" if none).
-std::string last_optimiser(const std::string& dir) {
-  std::string best;
-  std::error_code ec;
-  for (auto& e : std::filesystem::directory_iterator(dir, ec)) {
-    std::string f = e.path().string();
-    if (f.size() > 15 && f.compare(f.size() - 15, 15, "_optimiser.star") == 0 && f > best) best = f;
-  }
-  return best;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -190,7 +180,9 @@ int main(int argc, char** argv) {
       const auto sub = std::find_if(args.begin(), args.end(), is_command);
       const bool help = std::find(args.begin(), args.end(), "--help") != args.end() ||
                         std::find(args.begin(), args.end(), "-h") != args.end();
-      const bool makes_job = sub != args.end() && regula::pipeline::job_type(*sub) && !help;
+      const bool workflow = !args.empty() && std::find(args.begin(), args.end(), "workflow") != args.end() &&
+                            std::find_if(args.begin(), args.end(), is_command) == args.end();
+      const bool makes_job = ((sub != args.end() && regula::pipeline::job_type(*sub)) || workflow) && !help;
       namespace fs = std::filesystem;
       std::error_code ec;
       const auto kind = fs::status(*project, ec).type();
@@ -226,13 +218,11 @@ int main(int argc, char** argv) {
       if (submit) regula::input_error("run --job with --queue: not implemented yet (submit a new job instead)");
       auto job = regula::pipeline::Job::open(*dir);
       // Micrograph jobs resume micrograph by micrograph: the finished ones are kept.
-      const std::string_view cmd = job.type().command;
-      const bool per_micrograph = cmd == "motioncorr" || cmd == "ctffind" || cmd == "autopick" || cmd == "extract";
-      if (cont && per_micrograph) {
+      if (cont && regula::pipeline::resumes_per_micrograph(job.type().command)) {
         auto& a = job.mutable_args();
         if (std::find(a.begin(), a.end(), "--only_do_unfinished") == a.end()) a.push_back("--only_do_unfinished");
       } else if (cont) {
-        std::string opt = last_optimiser(job.dir());
+        std::string opt = regula::pipeline::last_optimiser(job.dir());
         if (opt.empty()) regula::input_error("run: {} has no *_optimiser.star to continue from", job.dir());
         auto& a = job.mutable_args();
         take_option(a, "--continue");
@@ -243,6 +233,26 @@ int main(int argc, char** argv) {
       return run_job(job, global);
     }
 
+    // regula workflow --i FILE: the steps of a workflow file as jobs of the project (pipeline/workflow.hpp).
+    if (!args.empty() && args[0] == "workflow") {
+      std::vector<std::string> rest(args.begin() + 1, args.end());
+      bool help = take_flag(rest, "--help") || take_flag(rest, "-h");
+      auto file = take_option(rest, "--i");
+      if (help || !file) {
+        std::puts("Usage: regula [--project DIR] workflow --i FILE\n"
+                  "Runs the steps of a workflow file (lines 'NAME: SUBCOMMAND ARGS...', {NAME} standing for the job\n"
+                  "directory of an earlier step) as jobs of the project, in order, each with its name as alias.\n"
+                  "Run again, it skips the finished steps and resumes a failed or killed one (docs/pipeline.md).\n"
+                  "FILE is read relative to the project directory.");
+        return help ? 0 : 1;
+      }
+      if (!rest.empty()) regula::input_error("workflow: unexpected argument '{}'", rest[0]);
+      if (submit) regula::input_error("workflow with --queue: not implemented yet (submit its jobs one by one)");
+      regula::set_verbosity(std::find(global.begin(), global.end(), "--quiet") == global.end() ? 1 : 0);
+      const auto steps = regula::pipeline::read_workflow(*file);
+      regula::pipeline::run_workflow(steps, std::filesystem::read_symlink("/proc/self/exe").string(), global);
+      return 0;
+    }
     // A subcommand that runs as a job when a project is given.
     auto sub = std::find_if(args.begin(), args.end(), is_command);
     bool help = std::find(args.begin(), args.end(), "--help") != args.end() ||

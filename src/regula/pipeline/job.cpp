@@ -151,6 +151,20 @@ JobState job_state(const std::string& job_dir) {
                                       "restarted)", who->pid, who->host)};
 }
 
+bool resumes_per_micrograph(std::string_view command) {
+  return command == "motioncorr" || command == "ctffind" || command == "autopick" || command == "extract";
+}
+
+std::string last_optimiser(const std::string& job_dir) {
+  std::string best;
+  std::error_code ec;
+  for (auto& e : fs::directory_iterator(job_dir, ec)) {
+    std::string f = e.path().string();
+    if (f.size() > 15 && f.compare(f.size() - 15, 15, "_optimiser.star") == 0 && f > best) best = f;
+  }
+  return best;
+}
+
 std::vector<std::string> input_files(const std::vector<std::string>& args) {
   static const char* kInputs[] = {"i", "i1", "i2", "ref", "mask", "solvent_mask", "ang", "mtf", "data", "revert",
                                   "coord_list", "reextract_data_star"};

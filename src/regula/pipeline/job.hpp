@@ -70,6 +70,12 @@ struct JobState {
 };
 JobState job_state(const std::string& job_dir);
 
+// Jobs that resume micrograph by micrograph (`run --job DIR --continue` adds --only_do_unfinished):
+// motioncorr, ctffind, autopick, extract.
+bool resumes_per_micrograph(std::string_view command);
+// The newest ROOT_itNNN_optimiser.star in a job directory ("" if none): where an iterative job resumes.
+std::string last_optimiser(const std::string& job_dir);
+
 // Input files named by the usual options (--i, --ref, --mask, ...) that exist.
 std::vector<std::string> input_files(const std::vector<std::string>& args);
 // The node type RELION would give an output file of a job of `command` ("" when the job is not

@@ -1,0 +1,220 @@
+#include "regula/pipeline/workflow.hpp"
+
+#include <cctype>
+#include <fstream>
+#include <map>
+#include <set>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "regula/core/error.hpp"
+#include "regula/pipeline/job.hpp"
+#include "regula/pipeline/pipeline.hpp"
+
+namespace regula::pipeline {
+
+namespace {
+
+bool valid_name(const std::string& s) {
+  if (s.empty()) return false;
+  for (char c : s)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '-') return false;
+  return true;
+}
+
+// Splits at white space; '...' and "..." keep spaces (the quotes are removed).
+std::vector<std::string> split_words(const std::string& text, const std::string& where) {
+  std::vector<std::string> out;
+  std::string cur;
+  bool in_word = false;
+  char quote = 0;
+  for (char c : text) {
+    if (quote) {
+      if (c == quote) quote = 0;
+      else cur += c;
+    } else if (c == '\'' || c == '"') {
+      quote = c;
+      in_word = true;
+    } else if (std::isspace(static_cast<unsigned char>(c))) {
+      if (in_word) out.push_back(cur);
+      cur.clear();
+      in_word = false;
+    } else {
+      cur += c;
+      in_word = true;
+    }
+  }
+  if (quote) input_error("{}: a quote ({}) is not closed", where, quote);
+  if (in_word) out.push_back(cur);
+  return out;
+}
+
+// {NAME} replaced by the job directory of step NAME.
+std::string expand(const std::string& arg, const std::map<std::string, std::string>& dirs, const std::string& where) {
+  std::string out;
+  for (size_t i = 0; i < arg.size();) {
+    if (arg[i] != '{') {
+      out += arg[i++];
+      continue;
+    }
+    const size_t end = arg.find('}', i);
+    if (end == std::string::npos) input_error("{}: '{{' without '}}' in '{}'", where, arg);
+    const std::string name = arg.substr(i + 1, end - i - 1);
+    auto it = dirs.find(name);
+    if (it == dirs.end()) input_error("{}: {{{}}} names no earlier step", where, name);
+    out += it->second;
+    i = end + 1;
+  }
+  return out;
+}
+
+// Runs `cmd` as a child process (same output streams) and returns its exit status (128 + signal
+// when a signal ended it).
+int spawn_and_wait(const std::vector<std::string>& cmd) {
+  std::vector<char*> argv;
+  for (const auto& c : cmd) argv.push_back(const_cast<char*>(c.c_str()));
+  argv.push_back(nullptr);
+  std::fflush(stdout);
+  std::fflush(stderr);
+  const pid_t pid = fork();
+  if (pid < 0) runtime_error("workflow: fork failed");
+  if (pid == 0) {
+    execv(argv[0], argv.data());
+    std::fprintf(stderr, "regula: error: workflow: cannot run %s\n", argv[0]);
+    _exit(127);
+  }
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0) {
+  }
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return 1;
+}
+
+const Process* step_job(const Record& r, const std::string& alias) {
+  const Process* found = nullptr;
+  for (const auto& p : r.processes)
+    if (p.alias == alias) found = &p;  // the newest of that alias
+  return found;
+}
+
+}  // namespace
+
+std::vector<WorkflowStep> read_workflow(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) input_error("{}: cannot read the workflow file", path);
+  std::vector<WorkflowStep> steps;
+  std::set<std::string> names;
+  std::string line, text;
+  int number = 0, first = 0;
+  auto finish = [&] {
+    const std::string where = fmt::format("{}, line {}", path, first);
+    const size_t colon = text.find(':');
+    if (colon == std::string::npos) input_error("{}: expected 'NAME: SUBCOMMAND ARGS...'", where);
+    WorkflowStep s;
+    s.line = first;
+    s.name = text.substr(0, colon);
+    s.name.erase(0, s.name.find_first_not_of(" \t"));
+    s.name.erase(s.name.find_last_not_of(" \t") + 1);
+    if (!valid_name(s.name)) input_error("{}: step name '{}': use letters, digits, _ and -", where, s.name);
+    if (!names.insert(s.name).second) input_error("{}: a second step named '{}'", where, s.name);
+    std::vector<std::string> words = split_words(text.substr(colon + 1), where);
+    if (words.empty()) input_error("{}: step '{}' has no subcommand", where, s.name);
+    s.command = words[0];
+    if (!job_type(s.command))
+      input_error("{}: '{}' is not a subcommand that runs as a job", where, s.command);
+    s.args.assign(words.begin() + 1, words.end());
+    for (const auto& a : s.args) {
+      if (a == "--project" || a.rfind("--project=", 0) == 0 || a == "--alias" || a.rfind("--alias=", 0) == 0)
+        input_error("{}: {} is set by the workflow (the step's name is its alias)", where, a.substr(0, a.find('=')));
+      // Check the references now: each must name an earlier step.
+      std::map<std::string, std::string> known;
+      for (const auto& st : steps) known[st.name] = "";
+      expand(a, known, where);
+    }
+    steps.push_back(std::move(s));
+    text.clear();
+  };
+  bool continued = false;
+  while (std::getline(in, line)) {
+    ++number;
+    // Comments: # at the start or after white space (a # inside a word, e.g. a file name, stays).
+    for (size_t i = 0; i < line.size(); ++i)
+      if (line[i] == '#' && (i == 0 || std::isspace(static_cast<unsigned char>(line[i - 1])))) {
+        line.resize(i);
+        break;
+      }
+    while (!line.empty() && std::isspace(static_cast<unsigned char>(line.back()))) line.pop_back();
+    const bool more = !line.empty() && line.back() == '\\';
+    if (more) line.pop_back();
+    if (!continued) {
+      if (line.find_first_not_of(" \t") == std::string::npos) {
+        if (more) input_error("{}, line {}: a continuation (\\) of nothing", path, number);
+        continue;
+      }
+      first = number;
+    }
+    text += " " + line;
+    continued = more;
+    if (!more) finish();
+  }
+  if (continued) input_error("{}, line {}: the file ends after a continuation (\\)", path, number);
+  if (steps.empty()) input_error("{}: no steps (expected lines 'NAME: SUBCOMMAND ARGS...')", path);
+  return steps;
+}
+
+void run_workflow(const std::vector<WorkflowStep>& steps, const std::string& exe,
+                  const std::vector<std::string>& global) {
+  std::map<std::string, std::string> dirs;
+  for (const auto& s : steps) {
+    const JobType* type = job_type(s.command);
+    const std::string alias = fmt::format("{}/{}/", type->dir_name, s.name);
+    const std::string where = fmt::format("step '{}' (line {})", s.name, s.line);
+    std::vector<std::string> args;
+    for (const auto& a : s.args) args.push_back(expand(a, dirs, where));
+    std::vector<std::string> cmd{exe};
+    cmd.insert(cmd.end(), global.begin(), global.end());
+    cmd.insert(cmd.end(), {"--project", "."});
+    const Record before = read_record(".");
+    if (const Process* p = step_job(before, alias)) {
+      const JobState state = p->status == Status::Running ? job_state(p->name) : JobState{p->status, ""};
+      const Job job = Job::open(p->name);
+      if (job.args() != args || job.type().command != s.command)
+        input_error("{}: its job {} was made with other arguments ({} {}); give the step another name to run it "
+                    "again", where, p->name, job.type().command, fmt::join(job.args(), " "));
+      if (state.status == Status::Succeeded) {
+        spdlog::info("workflow: {} finished already ({})", s.name, p->name);
+        dirs[s.name] = p->name;
+        continue;
+      }
+      if (state.status == Status::Running)
+        input_error("{}: its job {} is still running{}; start the workflow again when it has ended", where, p->name,
+                    state.detail.empty() ? "" : " (" + state.detail + ")");
+      // Failed, aborted or killed: resume where it can, else from its start.
+      const bool resume = resumes_per_micrograph(s.command) || !last_optimiser(p->name).empty();
+      spdlog::info("workflow: {} {} ({}{})", resume ? "resuming" : "running again", p->name, status_name(state.status),
+                   state.detail.empty() ? "" : ": " + state.detail);
+      cmd.insert(cmd.end(), {"run", "--job", p->name});
+      if (resume) cmd.push_back("--continue");
+    } else {
+      spdlog::info("workflow: {}: regula {} {}", s.name, s.command, fmt::join(args, " "));
+      cmd.insert(cmd.end(), {"--alias", s.name, s.command});
+      cmd.insert(cmd.end(), args.begin(), args.end());
+    }
+    const int status = spawn_and_wait(cmd);
+    const Record after = read_record(".");
+    const Process* p = step_job(after, alias);
+    const std::string dir = p ? p->name : std::string("(no job made)");
+    if (status != 0)
+      runtime_error("{}: {} ended with status {}{}; fix the cause and run the workflow again to go on", where, dir,
+                    status, p ? fmt::format(" (its log: {}run.out)", dir) : "");
+    if (!p) runtime_error("{}: the job left no record under the alias {}", where, alias);
+    dirs[s.name] = dir;
+  }
+  spdlog::info("workflow: all {} steps finished", steps.size());
+}
+
+}  // namespace regula::pipeline

@@ -1,0 +1,41 @@
+// A workflow: jobs of a project listed in a text file and run in order, each as a job of the project
+// (`<Type>/jobNNN/` with the step's name as its alias), resumable after a crash
+// (docs/pipeline.md#workflows). The file:
+//
+//   # a comment (from # at the start of a line, or after white space)
+//   sim:  simulate --i map.mrc --o sim --n 2000 --seed 1
+//   c2d:  class2d --i {sim}particles.star --o run --K 10 --iter 25 --ctf --j 2
+//
+// One step per line (a line ending in a backslash continues on the next): a name (letters, digits, _ and -,
+// unique), a colon, a subcommand that runs as a job, its arguments (split at white space; '...' or
+// "..." keep spaces). {NAME} in an argument is replaced by the job directory of the earlier step NAME
+// ("Simulate/job001/"). --project and --alias are the runner's.
+//
+// Running it again does what is left: a step whose job (the project's job with the step's alias)
+// has finished is skipped; one that failed, was aborted or was killed (no exit marker and its
+// process gone) is resumed with `regula run --job DIR --continue` when it can be (iterative jobs with
+// an optimiser file, per-micrograph jobs), otherwise run again from its start; a step without a job
+// gets a new one. A finished step whose recorded arguments differ from the file's is an error (give
+// the step another name to run it again).
+#pragma once
+#include <string>
+#include <vector>
+
+namespace regula::pipeline {
+
+struct WorkflowStep {
+  std::string name, command;
+  std::vector<std::string> args;  // as written ({NAME} not yet replaced)
+  int line = 0;                   // 1-based, of the step's first line
+};
+
+// Reads and checks a workflow file; errors name the file and line.
+std::vector<WorkflowStep> read_workflow(const std::string& path);
+
+// Runs the steps in the project that is the current directory; each job is a child process
+// `exe [global...] --project . ...` whose output goes to this process's. Returns when every step has
+// finished; throws (naming the step and its job directory) when one fails or is still running.
+void run_workflow(const std::vector<WorkflowStep>& steps, const std::string& exe,
+                  const std::vector<std::string>& global);
+
+}  // namespace regula::pipeline

@@ -1,0 +1,112 @@
+"""regula workflow: the steps of a workflow file run as jobs of a project; killed with SIGKILL in the
+middle of a job and started again, it finishes with the same bytes as an uninterrupted run."""
+import glob
+import os
+import signal
+import subprocess
+import time
+
+import gemmi
+import pytest
+
+from conftest import DATA, regula_binary
+
+MAP = DATA / "proj" / "clean70SRibosome_vol_65p.mrc"
+
+# 2D classification of simulated particles, then the automatic class selection. The class2d step is long
+# enough (12 iterations) to be killed in its middle.
+WORKFLOW = f"""# a small project: particles, 2D classes, selection
+sim:  simulate --i {MAP} --o sim --n 300 --box 64 --angpix 4 --snr 0.1 --seed 3   # simulated images
+c2d:  class2d --i {{sim}}particles.star --o run --K 3 --iter 12 --ctf \\
+      --psi_step 10 --offset_range 4 --offset_step 2 --particle_diameter 230 --j 1 --seed 2
+good: select --i {{c2d}}run_it012_data.star --o selected.star --auto
+"""
+OUTPUTS = ["Class2D/job002/run_it012_classes.mrcs", "Class2D/job002/run_it012_data.star", "Select/job003/selected.star"]
+
+
+def workflow(project, *extra, **kw):
+    return subprocess.run([regula_binary(), "--quiet", "--project", str(project), "workflow", *extra],
+                          capture_output=True, text=True, timeout=600, **kw)
+
+
+def statuses(project):
+    doc = gemmi.cif.read(str(project / "default_pipeline.star"))
+    rows = doc.find_block("pipeline_processes").find("_rlnPipeLineProcess", ["Name", "Alias", "Status"])
+    return {r[0]: (r[1], int(r[2])) for r in rows}
+
+
+def listed(project):
+    r = subprocess.run([regula_binary(), "--project", str(project), "pipeline"], capture_output=True, text=True)
+    return r.stdout
+
+
+def test_workflow_resumes_after_sigkill_with_the_same_result(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    for p in (whole, killed):
+        p.mkdir()
+        (p / "workflow.txt").write_text(WORKFLOW)
+    r = workflow(whole, "--i", "workflow.txt")
+    assert r.returncode == 0, r.stderr
+    assert statuses(whole) == {"Simulate/job001/": ("Simulate/sim/", 2), "Class2D/job002/": ("Class2D/c2d/", 2),
+                               "Select/job003/": ("Select/good/", 2)}
+    # Again: nothing left to do, nothing new made.
+    r = workflow(whole, "--i", "workflow.txt")
+    assert r.returncode == 0, r.stderr
+    assert len(statuses(whole)) == 3
+
+    # The same workflow killed (runner and job, one process group) once class2d has written iteration 3.
+    proc = subprocess.Popen([regula_binary(), "--quiet", "--project", str(killed), "workflow", "--i", "workflow.txt"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not glob.glob(str(killed / "Class2D/job002/run_it003_optimiser.star")):
+        assert proc.poll() is None and time.time() < deadline, "the workflow ended before class2d's iteration 3"
+        time.sleep(0.02)
+    killed_at = time.time()
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not (killed / "Class2D/job002/run_it012_optimiser.star").exists(), "killed too late to test resuming"
+    assert "Class2D/job002/" in listed(killed) and "failed" in listed(killed).split("Class2D/job002/")[1].split("\n")[0]
+    r = workflow(killed, "--i", "workflow.txt")
+    assert r.returncode == 0, r.stderr
+    assert statuses(killed) == statuses(whole)
+    for f in OUTPUTS:
+        assert (killed / f).read_bytes() == (whole / f).read_bytes(), f
+    # The resumed job continued from its last optimiser file: its first iterations were not made again.
+    assert os.path.getmtime(killed / "Class2D/job002/run_it001_data.star") < killed_at
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a: simulate --i m.mrc --o s\nb: class2d --i {c}x.star --o r\n", "line 2: {c} names no earlier step"),
+    ("a: info --i m.mrc\n", "line 1: 'info' is not a subcommand that runs as a job"),
+    ("a simulate --i m.mrc\n", "line 1: expected 'NAME: SUBCOMMAND ARGS...'"),
+    ("a: simulate --o s\na: simulate --o t\n", "line 2: a second step named 'a'"),
+    ("# only a comment\n", "no steps"),
+    ("a: simulate --alias x --o s\n", "line 1: --alias is set by the workflow"),
+    ("a: simulate --i 'm.mrc --o s\n", "line 1: a quote (') is not closed"),
+    ("a: simulate --o s \\\n", "the file ends after a continuation"),
+])
+def test_bad_workflow_files_are_refused_before_any_job(tmp_path, text, message):
+    p = tmp_path / "p"
+    p.mkdir()
+    (p / "w.txt").write_text(text)
+    r = workflow(p, "--i", "w.txt")
+    assert r.returncode == 1
+    assert f"w.txt" in r.stderr and message in r.stderr, r.stderr
+    assert not (p / "default_pipeline.star").exists()
+
+
+def test_a_failed_step_stops_the_workflow_and_a_changed_step_is_refused(tmp_path):
+    p = tmp_path / "p"
+    p.mkdir()
+    (p / "w.txt").write_text(f"sim: simulate --i {MAP} --o sim --n 4 --box 64 --angpix 4 --seed 1\n"
+                             "rec: reconstruct --i missing.star --o rec.mrc\n"
+                             "after: reconstruct --i {sim}particles.star --o rec.mrc\n")
+    r = workflow(p, "--i", "w.txt")
+    assert r.returncode == 1
+    assert "step 'rec' (line 2): Reconstruct/job002/ ended with status 1" in r.stderr, r.stderr
+    assert "missing.star" in r.stderr  # the job's own message, printed as it ran
+    assert sorted(statuses(p)) == ["Reconstruct/job002/", "Simulate/job001/"]
+    # The finished step with other arguments in the file: refused, naming what it was run with.
+    (p / "w.txt").write_text(f"sim: simulate --i {MAP} --o sim --n 5 --box 64 --angpix 4 --seed 1\n")
+    r = workflow(p, "--i", "w.txt")
+    assert r.returncode == 1 and "its job Simulate/job001/ was made with other arguments" in r.stderr, r.stderr
