@@ -51,6 +51,19 @@ std::vector<std::complex<double>> rotated_row(const Projector2D& proj, const Fou
   return row;
 }
 
+// The sum rows of noiseless unit-weight particles of `img` at every angle of `psi`: a particle at
+// angle a is the reference rotated (project_psi), its sum row that image (data and weight rows of
+// px.size() values, angle by angle).
+void rotated_copies(const Image& img, const FourierPixels& px, const std::vector<double>& psi,
+                    std::vector<std::complex<double>>& data, std::vector<double>& weight) {
+  const Projector2D proj(img, 2, px.r_max + 1);
+  for (double a : psi) {
+    const auto row = rotated_row(proj, px, a);
+    data.insert(data.end(), row.begin(), row.end());
+    weight.insert(weight.end(), px.size(), 1.0);
+  }
+}
+
 double correlation_to_shell(const Image& a, const Image& b, int r) {
   const std::vector<double> one = {0.0};
   return rotational_correlation(a, b, one, r);
@@ -65,16 +78,10 @@ TEST(ClassAverage, RotatedNoiselessCopiesGiveTheImageBack) {
   const Image L = l_shape(1.5, -2);
   const int r = 16;
   const FourierPixels px = select_fourier_pixels(kN, r);
-  const Projector2D proj(L, 2, r + 1);
   const std::vector<double> psi = psi_angles(6);
   std::vector<std::complex<double>> data;
   std::vector<double> weight;
-  for (double a : psi) {
-    // A particle at angle a is the reference rotated (project_psi); its sum row is that image.
-    const auto row = rotated_row(proj, px, a);
-    data.insert(data.end(), row.begin(), row.end());
-    weight.insert(weight.end(), px.size(), 1.0);
-  }
+  rotated_copies(L, px, psi, data, weight);
   ClassAverageOptions co;
   co.r_max = r;
   const ClassAverage avg = reconstruct_class_2d(px, psi, data, weight, co);
@@ -99,15 +106,10 @@ TEST(ClassAverage, ShellsWithoutPriorAreMadeFromTheDataAlone) {
   const Image L = l_shape(1.5, -2);
   const int r = 16, band = 8;
   const FourierPixels px = select_fourier_pixels(kN, r);
-  const Projector2D proj(L, 2, r + 1);
   const std::vector<double> psi = psi_angles(6);
   std::vector<std::complex<double>> data;
   std::vector<double> weight;
-  for (double a : psi) {
-    const auto row = rotated_row(proj, px, a);
-    data.insert(data.end(), row.begin(), row.end());
-    weight.insert(weight.end(), px.size(), 1.0);
-  }
+  rotated_copies(L, px, psi, data, weight);
   ClassAverageOptions plain;
   plain.r_max = r;
   const std::vector<double> p0 = shell_power(reconstruct_class_2d(px, psi, data, weight, plain).image);
