@@ -1,5 +1,5 @@
 // M-step updates of the model's nuisance parameters from the E-step's posterior-weighted sums
-// (RELION's maximizationOtherParameters and updateSSNRarrays), shared by the 3D jobs.
+// (RELION's maximizationOtherParameters, updateSSNRarrays and tau2_class), shared by the jobs.
 //
 // Units: noise variances per shell sigma2(s) are per complex component, in |X|^2 of the
 // unnormalised FFT of the images (RELION's sigma2_noise times n^4); shells s = round(|k|) in
