@@ -75,6 +75,30 @@ def test_workflow_resumes_after_sigkill_with_the_same_result(tmp_path):
     assert os.path.getmtime(killed / "Class2D/job002/run_it001_data.star") < killed_at
 
 
+def test_a_job_that_outlived_its_runner_is_waited_for(tmp_path):
+    """Only the runner killed: its class2d job goes on; the workflow started again waits for that job to
+    end, then goes on from there, with the bytes of an uninterrupted run (made in another project)."""
+    whole, p = tmp_path / "whole", tmp_path / "p"
+    for d in (whole, p):
+        d.mkdir()
+        (d / "workflow.txt").write_text(WORKFLOW)
+    assert workflow(whole, "--i", "workflow.txt").returncode == 0
+    proc = subprocess.Popen([regula_binary(), "--project", str(p), "workflow", "--i", "workflow.txt"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not (p / "Class2D/job002/run_it002_optimiser.star").exists():
+        assert proc.poll() is None and time.time() < deadline, "the workflow ended before class2d's iteration 2"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # the runner only
+    proc.wait(timeout=60)
+    assert not (p / "Class2D/job002/RELION_JOB_EXIT_SUCCESS").exists(), "class2d ended before the runner was killed"
+    r = workflow(p, "--i", "workflow.txt")
+    assert r.returncode == 0, r.stderr
+    assert statuses(p) == statuses(whole)
+    for f in OUTPUTS:
+        assert (p / f).read_bytes() == (whole / f).read_bytes(), f
+
+
 @pytest.mark.parametrize("text, message", [
     ("a: simulate --i m.mrc --o s\nb: class2d --i {c}x.star --o r\n", "line 2: {c} names no earlier step"),
     ("a: info --i m.mrc\n", "line 1: 'info' is not a subcommand that runs as a job"),

@@ -146,7 +146,8 @@ JobState job_state(const std::string& job_dir) {
   f.read(text.data(), std::streamsize(text.size()));
   text.resize(size_t(f.gcount()));
   auto who = parse_process_identity(text);
-  if (!who || liveness(*who) != Liveness::Gone) return {Status::Running, ""};
+  const Liveness live = who ? liveness(*who) : Liveness::Unknown;
+  if (live != Liveness::Gone) return {Status::Running, "", live == Liveness::Alive};
   return {Status::Failed, fmt::format("process {} on {} ended without an exit marker (killed, or the machine "
                                       "restarted)", who->pid, who->host)};
 }

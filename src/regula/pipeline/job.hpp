@@ -67,6 +67,7 @@ class Job {
 struct JobState {
   Status status = Status::Running;
   std::string detail;  // why a job without an exit marker counts as failed ("" otherwise)
+  bool alive = false;  // running, and its recorded process is seen alive on this host
 };
 JobState job_state(const std::string& job_dir);
 

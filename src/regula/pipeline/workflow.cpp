@@ -1,9 +1,11 @@
 #include "regula/pipeline/workflow.hpp"
 
 #include <cctype>
+#include <chrono>
 #include <fstream>
 #include <map>
 #include <set>
+#include <thread>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -180,7 +182,15 @@ void run_workflow(const std::vector<WorkflowStep>& steps, const std::string& exe
     cmd.insert(cmd.end(), {"--project", "."});
     const Record before = read_record(".");
     if (const Process* p = step_job(before, alias)) {
-      const JobState state = p->status == Status::Running ? job_state(p->name) : JobState{p->status, ""};
+      JobState state = p->status == Status::Running ? job_state(p->name) : JobState{p->status, ""};
+      if (state.status == Status::Running && state.alive) {
+        // The job outlived an earlier runner (only the runner was killed): wait for its end.
+        spdlog::info("workflow: {} is still running ({}); waiting for it to end", s.name, p->name);
+        while (state.status == Status::Running && state.alive) {
+          std::this_thread::sleep_for(std::chrono::seconds(1));
+          state = job_state(p->name);
+        }
+      }
       const Job job = Job::open(p->name);
       if (job.args() != args || job.type().command != s.command)
         input_error("{}: its job {} was made with other arguments ({} {}); give the step another name to run it "
