@@ -185,7 +185,7 @@ void bind_jobs(py::module_& m) {
   def_job<F>(
       m, "fsc", "FscJobOptions",
       {REGULA_FIELD(F, map1), REGULA_FIELD(F, map2), REGULA_FIELD(F, mask), REGULA_FIELD(F, out_root),
-       REGULA_FIELD(F, angpix)},
+       REGULA_FIELD(F, angpix), REGULA_FIELD(F, align), REGULA_FIELD(F, threads)},
       [](const F& o) { return fsc_compare(o); },
       [](const F&, FscJobResult r) {
         py::dict d;
@@ -195,11 +195,18 @@ void bind_jobs(py::module_& m) {
         d["resolution_0143"] = r.resolution_0143;
         d["star"] = r.star;
         d["png"] = r.png;
+        d["aligned"] = r.aligned;
+        d["rot"] = r.rot;
+        d["tilt"] = r.tilt;
+        d["psi"] = r.psi;
+        d["mirrored"] = r.mirrored;
+        d["shift"] = py::make_tuple(r.shift[0], r.shift[1], r.shift[2]);
+        d["correlation"] = r.correlation;
         return d;
       },
       "FSC between two map files, optionally masked, as relion_image_handler --fsc (jobs/fsc.hpp).\n"
       "fsc(a, b) on arrays is the in-memory version.",
-      "dict(fsc, box, angpix, resolution_0143, star, png)");
+      "dict(fsc, box, angpix, resolution_0143, star, png; with align: aligned, rot, tilt, psi, mirrored, shift, correlation)");
 
   using C = Class2DOptions;
   def_job<C>(

@@ -8,6 +8,12 @@
 
 #include "regula/core/atomic_file.hpp"
 #include "regula/core/error.hpp"
+#include "regula/core/fft.hpp"
+#include "regula/core/parallel.hpp"
+#include "regula/imaging/filter.hpp"
+#include "regula/jobs/initial_model.hpp"
+#include "regula/sampling/euler.hpp"
+#include "regula/sampling/healpix.hpp"
 #include "regula/imaging/fsc.hpp"
 #include "regula/imaging/plot.hpp"
 #include "regula/io/mrc.hpp"
@@ -18,6 +24,7 @@ namespace regula {
 std::string FscJobOptions::validate() const {
   if (map1.empty() || map2.empty()) return "--i1 and --i2: two maps are required";
   if (angpix < 0) return fmt::format("--angpix: must be positive (got {})", angpix);
+  if (threads < 1) return fmt::format("--j: must be at least 1 (got {})", threads);
   return "";
 }
 
@@ -30,7 +37,130 @@ Volume read_cubic(const std::string& path, mrc::Header* h) {
   return v;
 }
 
+Volume mirrored_z(const Volume& v) {
+  const int n = v.nz();
+  Volume out(v.nx(), v.ny(), n);
+  for (int z = 0; z < n; ++z)
+    for (int y = 0; y < v.ny(); ++y)
+      for (int x = 0; x < v.nx(); ++x) out(x, y, z) = v(x, y, (n - z) % n);
+  return out;
+}
+
+void remove_mean(Volume& v) {
+  double s = 0;
+  for (float x : v) s += x;
+  const float m = float(s / double(v.size()));
+  for (float& x : v) x -= m;
+}
+
+double sum_sq(const Volume& v) {
+  double s = 0;
+  for (float x : v) s += double(x) * x;
+  return s;
+}
+
+// The best circular shift t (|t| <= n/4 per axis) of b onto a, and the correlation there:
+// c(t) = sum_x a(x + t) b(x) / (|a| |b|), through FFTs (a, b zero-mean).
+struct ShiftScore {
+  double score = -2;
+  int t[3] = {0, 0, 0};
+};
+ShiftScore best_shift(const Grid<cfloat>& A, double norm_a, const Volume& b) {
+  const int n = b.nx();
+  Grid<cfloat> B = fft_forward(b);
+  for (size_t i = 0; i < B.size(); ++i) B[i] = A[i] * std::conj(B[i]);
+  const Volume c = fft_inverse(B, n);
+  const double norm = std::sqrt(norm_a * sum_sq(b));
+  ShiftScore r;
+  if (!(norm > 0)) return r;
+  const int lim = n / 4;
+  for (int z = -lim; z <= lim; ++z)
+    for (int y = -lim; y <= lim; ++y)
+      for (int x = -lim; x <= lim; ++x) {
+        const double v = c((x + n) % n, (y + n) % n, (z + n) % n) / norm;
+        if (v > r.score) r = ShiftScore{v, {x, y, z}};
+      }
+  return r;
+}
+
 }  // namespace
+
+Volume align_map(const Volume& ref, const Volume& map, FscJobResult& out, int threads) {
+  const int n = ref.nx(), m = std::min(n, 24);
+  Volume ref_small = m < n ? rescale(ref, m) : ref;
+  remove_mean(ref_small);
+  const Grid<cfloat> A = fft_forward(ref_small);
+  const double norm_a = sum_sq(ref_small);
+  struct Cand {
+    double rot = 0, tilt = 0, psi = 0;
+    ShiftScore s;
+  };
+  ThreadPool pool(threads);
+  Cand best;
+  int best_hand = 0;
+  for (int hand = 0; hand < 2; ++hand) {
+    const Volume small = m < n ? rescale(hand ? mirrored_z(map) : map, m) : (hand ? mirrored_z(map) : map);
+    auto score = [&](Cand& c) {
+      Volume r = rotate_map(small, euler_to_matrix(c.rot, c.tilt, c.psi));
+      remove_mean(r);
+      c.s = best_shift(A, norm_a, r);
+    };
+    std::vector<Cand> cands;
+    const int order = 2;
+    for (long p = 0; p < healpix_num_pixels(order); ++p) {
+      const auto d = healpix_direction(order, p);
+      for (double psi = 0; psi < 360; psi += 15) cands.push_back({d[0], d[1], psi, {}});
+    }
+    pool.parallel_for(0, cands.size(), [&](size_t i, int) { score(cands[i]); }, 16);
+    // (Ties go to the first candidate: the result does not depend on the thread count.)
+    Cand b = cands.front();
+    for (const Cand& c : cands)
+      if (c.s.score > b.s.score) b = c;
+    for (double step : {5.0, 2.0}) {
+      std::vector<Cand> local;
+      for (int i = -1; i <= 1; ++i)
+        for (int j = -1; j <= 1; ++j)
+          for (int k = -1; k <= 1; ++k) local.push_back({b.rot + i * step, b.tilt + j * step, b.psi + k * step, {}});
+      pool.parallel_for(0, local.size(), [&](size_t i, int) { score(local[i]); });
+      for (const Cand& c : local)
+        if (c.s.score > b.s.score) b = c;
+    }
+    if (hand == 0 || b.s.score > best.s.score) {
+      best = b;
+      best_hand = hand;
+    }
+  }
+  // At full size: local steps of 2° and 1° with the best shift at each rotation.
+  const Volume hand = best_hand ? mirrored_z(map) : map;
+  Volume a = ref;
+  remove_mean(a);
+  const Grid<cfloat> A_full = fft_forward(a);
+  const double norm_full = sum_sq(a);
+  auto score_full = [&](Cand& c) {
+    Volume r = rotate_map(hand, euler_to_matrix(c.rot, c.tilt, c.psi));
+    remove_mean(r);
+    c.s = best_shift(A_full, norm_full, r);
+  };
+  score_full(best);
+  for (double step : {2.0, 1.0}) {
+    std::vector<Cand> local;
+    for (int i = -1; i <= 1; ++i)
+      for (int j = -1; j <= 1; ++j)
+        for (int k = -1; k <= 1; ++k) local.push_back({best.rot + i * step, best.tilt + j * step, best.psi + k * step, {}});
+    pool.parallel_for(0, local.size(), [&](size_t i, int) { score_full(local[i]); });
+    for (const Cand& c : local)
+      if (c.s.score > best.s.score) best = c;
+  }
+  const Volume turned = rotate_map(hand, euler_to_matrix(best.rot, best.tilt, best.psi));
+  const ShiftScore s = best.s;
+  out.rot = best.rot;
+  out.tilt = best.tilt;
+  out.psi = best.psi;
+  out.mirrored = best_hand == 1;
+  for (int i = 0; i < 3; ++i) out.shift[i] = s.t[i];
+  out.correlation = s.score;
+  return shift_wrapped(turned, s.t[0], s.t[1], s.t[2]);
+}
 
 FscJobResult fsc_compare(const FscJobOptions& opt) {
   if (auto msg = opt.validate(); !msg.empty()) throw InputError("fsc: " + msg);
@@ -41,6 +171,15 @@ FscJobResult fsc_compare(const FscJobOptions& opt) {
     input_error("{}: size {}^3 differs from {} ({}^3)", opt.map2, b.nx(), opt.map1, a.nx());
   const double angpix = opt.angpix > 0 ? opt.angpix : h1.pixel_size();
   if (!(angpix > 0)) input_error("{}: the header has no pixel size; give --angpix", opt.map1);
+  FscJobResult res;
+  // (Aligned before the mask, which is in --i1's frame.)
+  if (opt.align) {
+    b = align_map(a, b, res, opt.threads);
+    spdlog::info("fsc: {} turned onto {}{}: rot {:.1f}, tilt {:.1f}, psi {:.1f}°, shift {} {} {} px, correlation {:.3f}",
+                 opt.map2, opt.map1, res.mirrored ? " (mirrored)" : "", res.rot, res.tilt, res.psi, res.shift[0],
+                 res.shift[1], res.shift[2], res.correlation);
+  }
+  const Volume aligned = opt.align && !opt.out_root.empty() ? b : Volume();  // (unmasked)
   if (!opt.mask.empty()) {
     Volume m = read_cubic(opt.mask, nullptr);
     if (!m.same_shape(a)) input_error("{}: size {}^3 differs from the maps ({}^3)", opt.mask, m.nx(), a.nx());
@@ -50,7 +189,6 @@ FscJobResult fsc_compare(const FscJobOptions& opt) {
     }
   }
   const int n = a.nx();
-  FscJobResult res;
   res.fsc = fsc(a, b);
   res.box = n;
   res.angpix = angpix;
@@ -86,6 +224,12 @@ FscJobResult fsc_compare(const FscJobOptions& opt) {
     const std::string png = render_line_plot_png(plot);
     star::write(res.star, doc);
     write_file_atomic(res.png, png);
+    if (opt.align) {
+      res.aligned = opt.out_root + "_aligned.mrc";
+      mrc::WriteOptions wo;
+      wo.pixel_size = angpix;
+      mrc::write(res.aligned, aligned, wo);
+    }
   }
   spdlog::info("fsc: {} px box at {} Å/px; FSC = 0.143 at {:.2f} Å", n, angpix, res.resolution_0143);
   return res;
