@@ -119,6 +119,16 @@ def test_bad_workflow_files_are_refused_before_any_job(tmp_path, text, message):
     assert not (p / "default_pipeline.star").exists()
 
 
+def test_a_new_project_is_not_made_for_a_bad_workflow_file(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a simulate --i m.mrc\n")
+    for f, message in (("missing.txt", "new/missing.txt: cannot read the workflow file"),
+                       (str(bad), "bad.txt, line 1: expected")):
+        r = workflow(tmp_path / "new", "--i", f)
+        assert r.returncode == 1 and message in r.stderr, r.stderr
+        assert not (tmp_path / "new").exists()
+
+
 def test_a_failed_step_stops_the_workflow_and_a_changed_step_is_refused(tmp_path):
     p = tmp_path / "p"
     p.mkdir()

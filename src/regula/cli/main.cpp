@@ -187,6 +187,13 @@ int main(int argc, char** argv) {
       std::error_code ec;
       const auto kind = fs::status(*project, ec).type();
       if (kind == fs::file_type::not_found && makes_job) {
+        // A workflow's file is checked before its new project is made (a mistyped or malformed file
+        // leaves no empty project behind); it is read relative to the project directory.
+        if (workflow && !help)
+          if (auto it = std::find(args.begin(), args.end(), "--i"); it != args.end() && it + 1 != args.end()) {
+            const fs::path f = fs::path(*(it + 1)).is_absolute() ? fs::path(*(it + 1)) : fs::path(*project) / *(it + 1);
+            (void)regula::pipeline::read_workflow(f.string());
+          }
         fs::create_directories(*project);
       } else if (!help) {
         if (kind == fs::file_type::not_found)
