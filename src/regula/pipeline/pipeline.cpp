@@ -161,7 +161,8 @@ class Lock {
 
 Record read_record(const std::string& project_dir) {
   std::string p = record_path(project_dir);
-  if (!fs::exists(p)) return Record{};
+  // An empty file (`touch default_pipeline.star`, what relion_pipeliner needs to start) is RELION's empty project.
+  if (!fs::exists(p) || fs::file_size(p) == 0) return Record{};
   return parse(star::read(p));
 }
 
