@@ -373,7 +373,10 @@ void bind_jobs(py::module_& m) {
        REGULA_FIELD(I, ini_high), REGULA_FIELD(I, healpix_order), REGULA_FIELD(I, offset_range),
        REGULA_FIELD(I, offset_step), REGULA_FIELD(I, tau2_fudge), REGULA_FIELD(I, max_significants),
        REGULA_FIELD(I, threads), REGULA_FIELD(I, seed),
-       REGULA_FIELD(I, continue_from), REGULA_FIELD(I, angpix)},
+       REGULA_FIELD(I, continue_from), REGULA_FIELD(I, angpix), REGULA_FIELD(I, grad_em_iters),
+       REGULA_FIELD(I, grad_ini_subset), REGULA_FIELD(I, grad_fin_subset), REGULA_FIELD(I, grad_ini_frac),
+       REGULA_FIELD(I, grad_fin_frac), REGULA_FIELD(I, grad_ini_stepsize), REGULA_FIELD(I, grad_stepsize),
+       REGULA_FIELD(I, grad_write_iter)},
       [](const I& o) { return run_initial_model(o); },
       [](const I&, InitialModelResult r) {
         py::dict d;
@@ -384,7 +387,7 @@ void bind_jobs(py::module_& m) {
         d["symmetry_correlation"] = r.symmetry_correlation;
         return d;
       },
-      "De novo initial model by EM from a featureless sphere (jobs/initial_model.hpp).",
+      "De novo initial model by mini-batch then full-batch EM from a featureless sphere (jobs/initial_model.hpp).",
       "dict(map, data_star, class_maps, class_fraction, symmetry_correlation)");
 
   using Q = PostprocessOptions;

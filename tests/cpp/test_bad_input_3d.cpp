@@ -205,6 +205,10 @@ TEST_F(BadInput3D, InitialModel) {
   const std::string ok = " --o run" + kFast;
   expect_failure("initial_model --i missing.star" + ok, {"missing.star", "not found"});
   expect_failure("initial_model --o run" + kFast, {"--i"});
+  expect_failure("initial_model --i sim/particles.star --grad_ini_frac 0.8 --grad_fin_frac 0.5" + ok,
+                 {"--grad_ini_frac", "sum of at most 1"});
+  expect_failure("initial_model --i sim/particles.star --grad_stepsize 0" + ok, {"--grad_stepsize", "(0, 1]"});
+  expect_failure("initial_model --i sim/particles.star --grad_ini_subset 0" + ok, {"--grad_ini_subset"});
   expect_failure("initial_model --i sim/particles.star --K 9" + ok, {"--K 9", "8 particles"});
   expect_failure("initial_model --i sim/particles.star --K 0" + ok, {"--K", "at least 1"});
   expect_failure("initial_model --i empty.star" + ok, {"empty.star", "no particles"});

@@ -43,3 +43,27 @@ def test_several_classes(sim, tmp_path):
     run("initial_model", "--i", sim / "sim/particles.star", "--o", tmp_path / "run", "--iter", 2, "--K", 2, "--ctf")
     for f in ["run_initial_model.mrc", "run_class001.mrc", "run_class002.mrc", "run_data.star"]:
         assert (tmp_path / f).is_file(), f
+
+
+def test_mini_batches_deterministic_and_resumed(sim, tmp_path):
+    """The mini-batch iterations (random subsets, forgetting sums): the same bytes for --j 1 and 2, and
+    when continued from a checkpoint of the mini-batch phase; files every --grad_write_iter iterations."""
+    common = ["--ctf", "--grad_em_iters", 2, "--grad_ini_subset", 30, "--grad_fin_subset", 60, "--grad_write_iter", 2]
+    for j in (1, 2):
+        run("initial_model", "--i", sim / "sim/particles.star", "--o", tmp_path / f"j{j}/run", "--iter", 6, "--j", j,
+            *common)
+    a = mrcfile.read(tmp_path / "j1/run_initial_model.mrc")
+    assert np.isfinite(a).all() and a.std() > 0
+    assert np.array_equal(a, mrcfile.read(tmp_path / "j2/run_initial_model.mrc"))
+    root = tmp_path / "j1/run_em"
+    for it in range(7):  # mini-batch iterations 1-4 write at 2 and 4; the EM ones (5, 6) every iteration
+        assert (tmp_path / f"j1/run_em_it{it:03d}_optimiser.star").is_file() == (it in (0, 2, 4, 5, 6)), it
+    assert (tmp_path / "j1/run_em_it002_batch_sums.bin").is_file()  # the next iteration (3) is a mini-batch one
+    assert not (tmp_path / "j1/run_em_it004_batch_sums.bin").exists()  # iteration 5 is full-batch EM
+    log = (tmp_path / "j1/run_em_it002_optimiser.star").read_text()
+    assert "regulaBatchSums" in log
+    # Stopped after iteration 2 and continued: the same map as the uninterrupted run.
+    run("initial_model", "--i", sim / "sim/particles.star", "--o", tmp_path / "c/run", "--iter", 6, "--j", 2, *common)
+    (tmp_path / "c/run_initial_model.mrc").unlink()
+    run("initial_model", "--o", tmp_path / "c/run", "--continue", tmp_path / "c/run_em_it002_optimiser.star", "--j", 1)
+    assert np.array_equal(a, mrcfile.read(tmp_path / "c/run_initial_model.mrc"))

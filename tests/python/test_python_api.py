@@ -322,8 +322,8 @@ def test_every_option_field_is_a_keyword(job):
     fields = header_fields(*JOBS[job])
     opts = regula.job_options(job)
     # Implied by another keyword: mask's threshold_given (ini_threshold), iterations_given (iterations).
-    # Not an option of the command: class3d's relion_prior (set false by initial_model only).
-    names = [f for f, _ in fields if f not in ("threshold_given", "iterations_given", "relion_prior")]
+    # Not options of the command: class3d's relion_prior and batches (set by initial_model only).
+    names = [f for f, _ in fields if f not in ("threshold_given", "iterations_given", "relion_prior", "batches")]
     assert sorted(opts) == sorted(names)
     for name, default in fields:
         if default is None or name not in opts:

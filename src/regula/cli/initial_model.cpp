@@ -17,7 +17,24 @@ void add_initial_model(CLI::App& app) {
       ->capture_default_str();
   s->add_option("--particle_diameter", opt->particle_diameter, "Particle diameter, Å (the start is a sphere of it)");
   s->add_flag("--ctf", opt->ctf, "CTF-correct");
-  s->add_option("--iter", opt->iterations, "Iterations")->capture_default_str();
+  s->add_option("--iter", opt->iterations, "Iterations: mini-batch ones, then --grad_em_iters full-batch ones")
+      ->capture_default_str();
+  s->add_option("--grad_em_iters", opt->grad_em_iters,
+                "Full-batch EM iterations at the end (>= --iter: no mini-batches)")->capture_default_str();
+  s->add_option("--grad_ini_subset", opt->grad_ini_subset,
+                "Mini-batch size in the initial phase (-1: 0.5% of the particles, 200 to 5,000)")->capture_default_str();
+  s->add_option("--grad_fin_subset", opt->grad_fin_subset,
+                "Mini-batch size in the final phase (-1: 10% of the particles, 1,000 to 50,000)")->capture_default_str();
+  s->add_option("--grad_ini_frac", opt->grad_ini_frac, "Fraction of the mini-batch iterations in the initial phase")
+      ->capture_default_str();
+  s->add_option("--grad_fin_frac", opt->grad_fin_frac, "Fraction of the mini-batch iterations in the final phase")
+      ->capture_default_str();
+  s->add_option("--grad_ini_stepsize", opt->grad_ini_stepsize,
+                "Step (weight of a mini-batch against the forgetting sums) in the initial phase")->capture_default_str();
+  s->add_option("--grad_stepsize", opt->grad_stepsize, "Step in the final phase (linear in between)")
+      ->capture_default_str();
+  s->add_option("--grad_write_iter", opt->grad_write_iter, "Write the iteration files every so many mini-batch iterations")
+      ->capture_default_str();
   s->add_option("--ini_high", opt->ini_high, "First frequency limit, Å")->capture_default_str();
   s->add_option("--healpix_order", opt->healpix_order, "Angular sampling")->capture_default_str();
   s->add_option("--offset_range", opt->offset_range, "Translation range, px")->capture_default_str();

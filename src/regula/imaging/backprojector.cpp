@@ -540,6 +540,13 @@ void BackProjector::add(const BackProjector& o, float factor) {
   }
 }
 
+void BackProjector::scale(float factor) {
+  for (size_t i = 0; i < weight_.size(); ++i) {
+    data_[i] *= factor;
+    weight_[i] *= factor;
+  }
+}
+
 void BackProjector::clear() {
   BigVector<int64_t>().swap(exact_);
   data_.assign(ball_.count, cfloat(0, 0));

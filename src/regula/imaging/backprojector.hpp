@@ -187,6 +187,8 @@ class BackProjector {
   // Adds `factor` times another accumulator of the same geometry (deterministic reduction;
   // factor -1 removes a part that was added before).
   void add(const BackProjector& other, float factor = 1.0f);
+  // Multiplies every data and weight value by `factor` (forgetting sums of mini-batches).
+  void scale(float factor);
 
   // Gold-standard helpers for two independent accumulators of the same geometry (3D):
   // FSC per shell 0..n/2 between the unregularised ratios data/weight of this and `other`, with

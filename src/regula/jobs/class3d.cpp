@@ -90,7 +90,27 @@ struct State {
   ml3d::ParticleValues p;  // per particle: poses, offsets in Å, norm...
   std::vector<int> cls;
   std::vector<Volume> maps;
+  // Mini-batch iterations: the particles' worth of data in the forgetting sums (at most N).
+  double batch_count = 0;
 };
+
+// The mini-batch schedule of iteration `it` (0-based; RELION's phases: the initial fraction at the
+// initial subset size and step, the final fraction at the final ones, linear in between).
+struct BatchStep {
+  size_t subset = 0;  // particles searched (N: all)
+  double eta = 1;     // weight of this subset's sums against the forgetting sums
+};
+BatchStep batch_step(const MiniBatchSchedule& b, int it, size_t N) {
+  const int G = b.iterations;
+  const int ini = int(G * b.ini_frac), fin = int(G * b.fin_frac), mid = std::max(G - ini - fin, 0);
+  double f = 0;
+  if (it >= ini + mid) f = 1;
+  else if (it >= ini && mid > 0) f = double(it - ini) / mid;
+  BatchStep r;
+  r.subset = std::min(N, size_t(std::llround(double(b.ini_subset) + f * double(b.fin_subset - b.ini_subset))));
+  r.eta = b.ini_step + f * (b.step - b.ini_step);
+  return r;
+}
 
 struct Report {
   int used_shells = 0;
@@ -163,6 +183,9 @@ class Job {
   void mask_reference(Volume& map) const;
   double shell_to_A(double s) const { return s > 0 ? n_ * angpix_ / s : 999.0; }
   void write_iteration(const Report& rep);
+  bool mini_batch() const { return st_.iteration < opt_.batches.iterations; }
+  void write_batch_sums(const std::string& path) const;
+  void read_batch_sums(const std::string& path);
   void read_checkpoint();
   std::string iter_name(int it, const std::string& what) const {
     return fmt::format("{}_it{:03d}_{}", opt_.out_root, it, what);
@@ -201,6 +224,10 @@ class Job {
   std::vector<estep::Search3DSetup> group_setup_;  // per optics group (PixelScale)
   std::vector<std::unique_ptr<BackProjector>> bp_;  // per class, exact sums
   std::unique_ptr<Progress> progress_;
+  // Mini-batch iterations: this iteration's subset, and the forgetting sums per class (State::batch_count).
+  std::vector<char> in_batch_;
+  std::vector<BackProjector> batch_sums_;
+  std::string last_batch_sums_;  // the newest checkpoint's file of them (removed when a newer is written)
   // New per-particle values, filled by each particle's owner (zeros elsewhere until the MPI sum).
   ml3d::ParticleValues next_;     // this iteration's new per-particle values
   std::vector<double> new_cls_;  // and classes (1-based; doubles to be summed over ranks)
@@ -394,6 +421,19 @@ Report Job::iterate() {
   Report rep;
   r_ = st_.current_shells;
   rep.used_shells = r_;
+  // Mini-batch iterations: a random subset (the same on every rank and for any thread count).
+  const bool batch = mini_batch();
+  const BatchStep bs = batch ? batch_step(opt_.batches, st_.iteration, N) : BatchStep{N, 1.0};
+  in_batch_.assign(N, 1);
+  if (bs.subset < N) {
+    std::vector<size_t> order(N);
+    std::iota(order.begin(), order.end(), size_t(0));
+    auto rng = make_rng(opt_.seed, uint64_t(st_.iteration), 0x4d424154);
+    for (size_t j = 0; j < bs.subset; ++j)
+      std::swap(order[j], order[j + std::min(N - j - 1, size_t(uniform01(rng) * double(N - j)))]);
+    in_batch_.assign(N, 0);
+    for (size_t j = 0; j < bs.subset; ++j) in_batch_[order[j]] = 1;
+  }
   const bool staged = opt_.staged && K_ > 1 && !opt_.skip_align && opt_.sigma_ang == 0;
   const int it0 = st_.iteration;
   consensus_ = staged && it0 < kConsensus;
@@ -501,7 +541,8 @@ Report Job::iterate() {
     const double np = double(N) + 1;
     bp_.clear();
     for (int k = 0; k < K_; ++k) {
-      bp_.push_back(std::make_unique<BackProjector>(n_, opt_.pad, r_, 3));
+      // (Mini-batch iterations: the forgetting sums keep one geometry while the limit grows.)
+      bp_.push_back(std::make_unique<BackProjector>(n_, opt_.pad, batch ? n_ / 2 : r_, 3));
       bp_.back()->start_exact(4 * np * smax * inv_s2 * std::max(st_.x_l1_max, 1e-30) * max_norm * 4,
                               4 * np * smax * smax * inv_s2);
     }
@@ -524,6 +565,10 @@ Report Job::iterate() {
     const size_t b = blocks.mine[u];
     for (size_t i = blocks.begin(b); i < blocks.end(b); ++i) {
       check_cancelled();
+      if (!in_batch_[i]) {
+        keep_particle(i);
+        continue;
+      }
       process_particle(i, *readers[size_t(thread)], works[size_t(thread)], tsums[size_t(thread)]);
     }
   });
@@ -543,8 +588,28 @@ Report Job::iterate() {
     mpi::allreduce_sum(new_cls_.data(), new_cls_.size());
   }
   for (auto& b : bp_) b->finish_exact();
+  if (batch) {
+    // The forgetting sums: S <- (1 - eta) S + s_subset, scaled to at most N particles' worth of data
+    // (a particle drawn again is not counted twice beyond that); the reconstruction is made from them.
+    const double count = (1 - bs.eta) * st_.batch_count + double(bs.subset);
+    const double shrink = count > double(N) ? double(N) / count : 1.0;
+    if (batch_sums_.size() != size_t(K_)) {
+      batch_sums_.clear();
+      for (int k = 0; k < K_; ++k) batch_sums_.emplace_back(n_, opt_.pad, n_ / 2, 3);
+    }
+    for (int k = 0; k < K_; ++k) {
+      BackProjector& S = batch_sums_[size_t(k)];
+      S.scale(float(1 - bs.eta));
+      S.add(*bp_[size_t(k)]);
+      if (shrink < 1) S.scale(float(shrink));
+      *bp_[size_t(k)] = S;
+    }
+    st_.batch_count = count * shrink;
+  } else {
+    batch_sums_.clear();
+  }
   const std::vector<double> sc = sums.scalars.values();
-  rep.average_pmax = sc[kPmax] / double(N);
+  rep.average_pmax = sc[kPmax] / double(bs.subset);
   rep.loglik_sum = sc[kLoglik];
   if (sc[kBound] > 0)
     spdlog::info("{}: --maxsig {} bound the significant poses of {} particles", job_, opt_.max_significants, sc[kBound]);
@@ -557,12 +622,15 @@ Report Job::iterate() {
       const size_t base = size_t(g) * stride, hg = st_.sigma2[size_t(g)].size();
       std::vector<double> a(d2.begin() + long(base), d2.begin() + long(base + hg)),
           b(npx.begin() + long(base), npx.begin() + long(base + hg));
-      st_.sigma2[size_t(g)] = mstep::noise_spectrum(a, b, st_.sigma2[size_t(g)]);
+      std::vector<double> fresh = mstep::noise_spectrum(a, b, st_.sigma2[size_t(g)]);
+      if (batch)  // the subset's estimate moves the spectrum by eta
+        for (size_t s = 0; s < fresh.size(); ++s) fresh[s] = (1 - bs.eta) * st_.sigma2[size_t(g)][s] + bs.eta * fresh[s];
+      st_.sigma2[size_t(g)] = std::move(fresh);
     }
     if (opt_.scale)
       st_.group_scale = mstep::group_scales(sums.model.xa.values(), sums.model.aa.values(), groups_.count, st_.group_scale);
     if (sc[kOffsetWeight] > 0) st_.sigma2_offset = std::max(sc[kOffset2] / (2 * sc[kOffsetWeight]), 0.25);
-    if (opt_.norm) st_.avg_norm = sc[kNormSum] / double(N);
+    if (opt_.norm) st_.avg_norm = sc[kNormSum] / double(bs.subset);
   }
 
   // M-step per class: MAP reconstruction with the class's own power spectrum as prior.
@@ -608,7 +676,8 @@ Report Job::iterate() {
   const double wtot = std::accumulate(cw.begin(), cw.end(), 0.0);
   int best = 0;
   for (int k = 0; k < K_; ++k) {
-    st_.fraction[size_t(k)] = wtot > 0 ? cw[size_t(k)] / wtot : 1.0 / K_;
+    const double f = wtot > 0 ? cw[size_t(k)] / wtot : 1.0 / K_;
+    st_.fraction[size_t(k)] = batch ? (1 - bs.eta) * st_.fraction[size_t(k)] + bs.eta * f : f;
     int rk = 0;
     for (size_t s = 1; s < hs; ++s) {
       if (rep.ssnr[size_t(k)][s] < 1) break;
@@ -810,8 +879,62 @@ void Job::write_iteration(const Report& rep) {
   o.set("rlnAdaptiveOversampleFraction", num(opt_.adaptive_fraction));
   o.set("rlnMaxNumberOfSignificantPoses", std::to_string(opt_.max_significants));
   o.set("regulaStateFile", state);
+  o.set("regulaBatchIterations", std::to_string(opt_.batches.iterations));
+  o.set("regulaBatchIniSubset", std::to_string(opt_.batches.ini_subset));
+  o.set("regulaBatchFinSubset", std::to_string(opt_.batches.fin_subset));
+  o.set("regulaBatchIniFrac", num(opt_.batches.ini_frac));
+  o.set("regulaBatchFinFrac", num(opt_.batches.fin_frac));
+  o.set("regulaBatchIniStep", num(opt_.batches.ini_step));
+  o.set("regulaBatchStep", num(opt_.batches.step));
+  o.set("regulaBatchWriteEvery", std::to_string(opt_.batches.write_every));
+  if (mini_batch() && !batch_sums_.empty()) {
+    // The forgetting sums (the next iteration is a mini-batch one). Only the newest are kept: they
+    // are the size of the back-projectors; an older checkpoint of the mini-batch phase cannot be
+    // continued (its file is gone, and --continue says so).
+    const std::string sums = iter_name(it, "batch_sums.bin");
+    write_batch_sums(sums);
+    o.set("regulaBatchSums", sums);
+    if (!last_batch_sums_.empty() && last_batch_sums_ != sums) std::filesystem::remove(last_batch_sums_);
+    last_batch_sums_ = sums;
+  }
   for (int k = 0; k < K_; ++k) o.set(fmt::format("regulaClass{}Map", k + 1), files_.class_maps[size_t(k)]);
   star::write(files_.optimiser_star, doc);
+}
+
+constexpr char kSumsMagic[8] = {'R', 'G', 'B', 'S', 'U', 'M', '0', '1'};
+
+void Job::write_batch_sums(const std::string& path) const {
+  state_io::Writer w;
+  w.buf_.append(kSumsMagic, 8);
+  const BackProjector& b0 = batch_sums_.front();
+  for (int64_t v : {int64_t(b0.size()), int64_t(b0.padding()), int64_t(b0.r_max()), int64_t(batch_sums_.size()),
+                    int64_t(b0.weight_values().size())})
+    w.i(v);
+  w.d(st_.batch_count);
+  for (const BackProjector& b : batch_sums_) {
+    w.buf_.append(reinterpret_cast<const char*>(b.data_values().data()), b.data_values().size_bytes());
+    w.buf_.append(reinterpret_cast<const char*>(b.weight_values().data()), b.weight_values().size_bytes());
+  }
+  write_file_atomic(path, w.buf_);
+}
+
+void Job::read_batch_sums(const std::string& path) {
+  state_io::Reader r(path, job_);
+  r.magic(kSumsMagic);
+  const int n = int(r.i()), pad = int(r.i()), rmax = int(r.i());
+  const size_t K = size_t(r.i()), points = size_t(r.i());
+  st_.batch_count = r.d();
+  if (n != st_.n || pad != opt_.pad || K != size_t(opt_.classes) || rmax != n / 2)
+    input_error("{}: forgetting sums of box {}, padding {}, {} classes do not match the checkpoint", path, n, pad, K);
+  for (size_t k = 0; k < K; ++k) {
+    BackProjector b(n, pad, rmax, 3);
+    if (b.weight_values().size() != points) input_error("{}: {} lattice points, expected {}", path, points, b.weight_values().size());
+    r.bytes(b.raw_data().data(), b.raw_data().size_bytes());
+    r.bytes(b.raw_weight().data(), b.raw_weight().size_bytes());
+    batch_sums_.push_back(std::move(b));
+  }
+  r.end();
+  last_batch_sums_ = path;
 }
 
 void Job::read_checkpoint() {
@@ -852,6 +975,16 @@ void Job::read_checkpoint() {
   opt_.adaptive_fraction = get_d("rlnAdaptiveOversampleFraction");
   opt_.max_significants = long(get_d("rlnMaxNumberOfSignificantPoses"));
   input_star_ = get("regulaInputStarFile");
+  if (o.has("regulaBatchIterations")) {  // (older checkpoints: no mini-batch iterations)
+    opt_.batches.iterations = int(get_d("regulaBatchIterations"));
+    opt_.batches.ini_subset = long(get_d("regulaBatchIniSubset"));
+    opt_.batches.fin_subset = long(get_d("regulaBatchFinSubset"));
+    opt_.batches.ini_frac = get_d("regulaBatchIniFrac");
+    opt_.batches.fin_frac = get_d("regulaBatchFinFrac");
+    opt_.batches.ini_step = get_d("regulaBatchIniStep");
+    opt_.batches.step = get_d("regulaBatchStep");
+    opt_.batches.write_every = int(get_d("regulaBatchWriteEvery"));
+  }
   state_io::Reader r(get("regulaStateFile"), job_);
   r.magic(kMagic);
   st_ = State();
@@ -871,6 +1004,11 @@ void Job::read_checkpoint() {
   const std::vector<int> nsig = r.vi();
   st_.p.nsig.assign(nsig.begin(), nsig.end());
   r.end();
+  batch_sums_.clear();
+  if (o.has("regulaBatchSums")) read_batch_sums(get("regulaBatchSums"));
+  else if (mini_batch() && st_.iteration > 0)
+    input_error("{}: iteration {} of the mini-batch phase without its forgetting sums (regulaBatchSums)", path,
+                st_.iteration);
   if (st_.fraction.size() != size_t(opt_.classes) || st_.p.rot.size() != N || st_.cls.size() != N)
     input_error("{}: inconsistent {} state ({} classes, {} particles)", path, job_, st_.fraction.size(), N);
   // The checkpoint's own files: the result when --iter asks for no further iteration.
@@ -917,11 +1055,20 @@ Class3DResult Job::run() {
   while (st_.iteration < opt_.iterations) {
     check_cancelled();
     const auto t0 = std::chrono::steady_clock::now();
+    const bool batch = mini_batch();
     const Report rep = iterate();
-    write_iteration(rep);
+    // Mini-batch iterations write their files every batches.write_every iterations (and at the last).
+    if (!batch || st_.iteration % std::max(opt_.batches.write_every, 1) == 0 || !mini_batch() ||
+        st_.iteration == opt_.iterations)
+      write_iteration(rep);
     std::string fr;
     for (int k = 0; k < K_; ++k) fr += fmt::format("{}{:.3f} ({:.1f} Å)", k ? ", " : "", st_.fraction[size_t(k)], st_.resolution[size_t(k)]);
-    spdlog::info("class3d: iteration {}: limit {} shells, <Pmax> {:.3f}, classes {}, {:.1f} s", st_.iteration,
+    std::string subset;
+    if (batch) {
+      const BatchStep bs = batch_step(opt_.batches, st_.iteration - 1, table_.size());
+      subset = fmt::format(" (mini-batch of {}, step {:.2f})", bs.subset, bs.eta);
+    }
+    spdlog::info("class3d: iteration {}{}: limit {} shells, <Pmax> {:.3f}, classes {}, {:.1f} s", st_.iteration, subset,
                  rep.used_shells, rep.average_pmax, fr,
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }

@@ -15,6 +15,17 @@
 
 namespace regula {
 
+// Mini-batch iterations (initial_model's; docs/initial_model.md): the first `iterations` iterations each search a random subset of the particles (its size and the step eta on
+// a schedule) and reconstruct from forgetting sums S <- (1 - eta) S + s_subset, scaled down to at
+// most the data set's worth of particles; the noise spectra and class fractions move by eta too.
+struct MiniBatchSchedule {
+  int iterations = 0;                      // 0: none (full-batch EM from the first iteration)
+  long ini_subset = 200, fin_subset = 1000;  // subset sizes of the initial and final phase
+  double ini_frac = 0.3, fin_frac = 0.2;   // fractions of the mini-batch iterations in those phases
+  double ini_step = 0.9, step = 0.5;       // eta in the initial phase, and in the final phase
+  int write_every = 10;                    // iteration files every so many mini-batch iterations
+};
+
 struct Class3DOptions {
   std::string input;                // --i
   std::string out_root;             // --o
@@ -57,6 +68,8 @@ struct Class3DOptions {
   int oversampling = 1;             // --oversampling (0, 1 or 2)
   double perturb = 0;               // --perturb: random moves of the sampling grids (RELION's default is 0.5;
                                     // here 0: it cost 2-5% of the classification, docs/class3d.md)
+  // Mini-batch iterations (initial_model's; not an option of class3d): MiniBatchSchedule.
+  MiniBatchSchedule batches;
   bool staged = true;               // --staged / --random_subsets: for K > 1, consensus iterations, then
                                     // classification at fixed poses, then the full search (else
                                     // RELION's random subsets from iteration 1)

@@ -31,6 +31,18 @@ std::string InitialModelOptions::validate() const {
   if (threads < 1) return fmt::format("--j: must be at least 1 (got {})", threads);
   if (max_significants == 0 || max_significants < -1)
     return fmt::format("--maxsig: -1 (no bound) or at least 1 (got {})", max_significants);
+  if (grad_em_iters < 0) return fmt::format("--grad_em_iters: must be >= 0 (got {})", grad_em_iters);
+  if (grad_ini_subset == 0 || grad_ini_subset < -1)
+    return fmt::format("--grad_ini_subset: -1 (from the data set's size) or at least 1 (got {})", grad_ini_subset);
+  if (grad_fin_subset == 0 || grad_fin_subset < -1)
+    return fmt::format("--grad_fin_subset: -1 (from the data set's size) or at least 1 (got {})", grad_fin_subset);
+  if (!(grad_ini_frac >= 0 && grad_fin_frac >= 0 && grad_ini_frac + grad_fin_frac <= 1))
+    return fmt::format("--grad_ini_frac, --grad_fin_frac: >= 0 with a sum of at most 1 (got {}, {})", grad_ini_frac,
+                       grad_fin_frac);
+  if (!(grad_ini_stepsize > 0 && grad_ini_stepsize <= 1))
+    return fmt::format("--grad_ini_stepsize: must be in (0, 1] (got {})", grad_ini_stepsize);
+  if (!(grad_stepsize > 0 && grad_stepsize <= 1)) return fmt::format("--grad_stepsize: must be in (0, 1] (got {})", grad_stepsize);
+  if (grad_write_iter < 1) return fmt::format("--grad_write_iter: must be at least 1 (got {})", grad_write_iter);
   return "";
 }
 
@@ -132,6 +144,13 @@ InitialModelResult run_initial_model(const InitialModelOptions& opt) {
   c.seed = opt.seed;
   c.angpix = opt.angpix;
   c.continue_from = opt.continue_from;
+  c.batches.iterations = std::max(0, opt.iterations - opt.grad_em_iters);
+  c.batches.ini_frac = opt.grad_ini_frac;
+  c.batches.fin_frac = opt.grad_fin_frac;
+  c.batches.ini_step = opt.grad_ini_stepsize;
+  c.batches.step = opt.grad_stepsize;
+  c.batches.write_every = opt.grad_write_iter;
+  c.staged = false;  // K > 1: random classes in the first iteration, as RELION's initial model
   const std::filesystem::path dir = std::filesystem::path(opt.out_root).parent_path();
   std::string start_written;  // the start map, removed again if class3d rejects its input
   if (opt.continue_from.empty()) {
@@ -142,6 +161,11 @@ InitialModelResult run_initial_model(const InitialModelOptions& opt) {
     if (table.size() == 0) input_error("{}: no particles", opt.input);
     ParticleImages images(table, 1);
     const Image first = images.read(0);
+    // RELION's default subset sizes of its 3D initial model: 0.5% of the particles (200 to 5,000), then
+    // 10% (1,000 to 50,000).
+    const double N = double(table.size());
+    c.batches.ini_subset = opt.grad_ini_subset > 0 ? opt.grad_ini_subset : long(std::clamp(0.005 * N, 200.0, 5000.0));
+    c.batches.fin_subset = opt.grad_fin_subset > 0 ? opt.grad_fin_subset : long(std::clamp(0.1 * N, 1000.0, 50000.0));
     const int n = first.nx();
     const double angpix = opt.angpix > 0 ? opt.angpix : table.optics.front().pixel_size;
     if (!(angpix > 0)) input_error("{}: no pixel size; give --angpix", opt.input);

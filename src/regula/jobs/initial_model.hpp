@@ -4,7 +4,8 @@
 // frequency marching, started from a featureless soft sphere of the particle's diameter (K > 1:
 // the same sphere for every class and random particle subsets in the first iteration); this is
 // `regula class3d` with global searches on the HEALPix grid, run for --iter iterations from a 50 Å
-// limit that grows with the SSNR-based resolution. Not stochastic gradient descent.
+// limit that grows with the SSNR-based resolution; all but the last --grad_em_iters of them on random
+// subsets of the particles with forgetting sums (a stochastic EM, Class3DOptions::MiniBatches).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -22,8 +23,21 @@ struct InitialModelOptions {
   std::string sym = "C1";         // --sym: searched in C1; the result is then aligned to the group's axes
   double particle_diameter = 0;   // --particle_diameter, Å (0: box - 10 px)
   bool ctf = false;               // --ctf
-  int iterations = 15;            // --iter
+  int iterations = 60;            // --iter: all iterations, the mini-batch ones first
   bool iterations_given = false;  // --iter on the command line (with --continue, else the checkpoint's)
+  // The mini-batch schedule (RELION's option names; docs/initial_model.md): the last --grad_em_iters
+  // iterations are full-batch EM (>= --iter: no mini-batches), the others search random subsets of
+  // --grad_ini_subset growing to --grad_fin_subset particles (-1: RELION's defaults from the data set's
+  // size), the step eta from --grad_ini_stepsize to --grad_stepsize, over phases of --grad_ini_frac,
+  // the rest, --grad_fin_frac of the mini-batch iterations.
+  int grad_em_iters = 5;          // --grad_em_iters
+  long grad_ini_subset = -1;      // --grad_ini_subset
+  long grad_fin_subset = -1;      // --grad_fin_subset
+  double grad_ini_frac = 0.3;     // --grad_ini_frac
+  double grad_fin_frac = 0.2;     // --grad_fin_frac
+  double grad_ini_stepsize = 0.9; // --grad_ini_stepsize
+  double grad_stepsize = 0.5;     // --grad_stepsize
+  int grad_write_iter = 10;       // --grad_write_iter: iteration files every so many mini-batch iterations
   double ini_high = 50;           // --ini_high, Å: first frequency limit
   int healpix_order = 2;          // --healpix_order
   double offset_range = 4;        // --offset_range, px

@@ -69,6 +69,11 @@ class Reader {
     for (auto& x : v) x = int(i());
     return v;
   }
+  void bytes(void* out, size_t n) {
+    need(n);
+    if (n) std::memcpy(out, b_.data() + pos_, n);
+    pos_ += n;
+  }
   void magic(const char (&m)[8]) {
     need(8);
     if (std::memcmp(b_.data(), m, 8) != 0)
