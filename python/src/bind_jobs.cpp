@@ -21,6 +21,11 @@
 #include "regula/jobs/refine3d.hpp"
 #include "regula/jobs/simulate.hpp"
 #include "regula/jobs/import.hpp"
+#include "regula/jobs/autopick.hpp"
+#include "regula/jobs/ctffind.hpp"
+#include "regula/jobs/extract.hpp"
+#include "regula/jobs/motioncorr.hpp"
+#include "regula/jobs/simulate_movies.hpp"
 #include "regula/jobs/symmetry_expand.hpp"
 
 namespace regula::python {
@@ -559,6 +564,132 @@ void bind_jobs(py::module_& m) {
       "postprocess=postprocess.star), corr_mic=corrected_micrographs.star, combine_frames for shiny particles.",
       "dict(shiny_star, bfactors_star, particles, skipped, micrographs, micrographs_skipped,\n"
       "frames=[(frame, bfactor, intercept)])");
+
+  // The micrograph jobs (the front end): movies to particles.
+  using SM = SimulateMoviesOptions;
+  def_job<SM>(
+      m, "simulate_movies", "SimulateMoviesOptions",
+      {REGULA_FIELD(SM, maps), REGULA_FIELD(SM, fractions), REGULA_FIELD(SM, out_dir), REGULA_FIELD(SM, movies),
+       REGULA_FIELD(SM, nx), REGULA_FIELD(SM, ny), REGULA_FIELD(SM, angpix), REGULA_FIELD(SM, frames),
+       REGULA_FIELD(SM, dose_per_frame), REGULA_FIELD(SM, preexposure), REGULA_FIELD(SM, voltage), REGULA_FIELD(SM, cs),
+       REGULA_FIELD(SM, amplitude_contrast), REGULA_FIELD(SM, bfactor), REGULA_FIELD(SM, defocus_min),
+       REGULA_FIELD(SM, defocus_max), REGULA_FIELD(SM, astigmatism_max), REGULA_FIELD(SM, particles),
+       REGULA_FIELD(SM, ice_rms), REGULA_FIELD(SM, aggregates), REGULA_FIELD(SM, ice_crystals), REGULA_FIELD(SM, carbon),
+       REGULA_FIELD(SM, drift_min), REGULA_FIELD(SM, drift_max), REGULA_FIELD(SM, local_max), REGULA_FIELD(SM, gain),
+       REGULA_FIELD(SM, gain_rot), REGULA_FIELD(SM, gain_flip), REGULA_FIELD(SM, hot_pixels), REGULA_FIELD(SM, format),
+       REGULA_FIELD(SM, mode), REGULA_FIELD(SM, tiff_bits), REGULA_FIELD(SM, lzw), REGULA_FIELD(SM, ideal),
+       REGULA_FIELD(SM, damage), REGULA_FIELD(SM, seed), REGULA_FIELD(SM, threads)},
+      [](const SM& o) { return simulate_movies(o); },
+      [](const SM&, SimulateMoviesResult r) {
+        py::dict d;
+        d["movies_star"] = r.movies_star;
+        d["truth_micrographs"] = r.truth_micrographs;
+        d["truth_particles"] = r.truth_particles;
+        d["gain"] = r.gain;
+        d["movie_files"] = r.movie_files;
+        d["particles"] = r.particles;
+        return d;
+      },
+      "Movies with ground truth (jobs/simulate_movies.hpp; maps=[...] is --i).",
+      "dict(movies_star, truth_micrographs, truth_particles, gain, movie_files, particles)");
+
+  using MC = MotioncorrOptions;
+  def_job<MC>(
+      m, "motioncorr", "MotioncorrOptions",
+      {REGULA_FIELD(MC, input), REGULA_FIELD(MC, out_dir), REGULA_FIELD(MC, first_frame), REGULA_FIELD(MC, last_frame),
+       REGULA_FIELD(MC, bin_factor), REGULA_FIELD(MC, bfactor), REGULA_FIELD(MC, gainref), REGULA_FIELD(MC, gain_rot),
+       REGULA_FIELD(MC, gain_flip), REGULA_FIELD(MC, defect_file), REGULA_FIELD(MC, patch_x), REGULA_FIELD(MC, patch_y),
+       REGULA_FIELD(MC, group_frames), REGULA_FIELD(MC, dose_weighting), REGULA_FIELD(MC, angpix),
+       REGULA_FIELD(MC, voltage), REGULA_FIELD(MC, dose_per_frame), REGULA_FIELD(MC, preexposure),
+       REGULA_FIELD(MC, save_noDW), REGULA_FIELD(MC, skip_defect), REGULA_FIELD(MC, max_iter),
+       REGULA_FIELD(MC, grouping_for_ps), REGULA_FIELD(MC, ps_size), REGULA_FIELD(MC, only_unfinished),
+       REGULA_FIELD(MC, dose_motionstats_cutoff), REGULA_FIELD(MC, threads), REGULA_FIELD(MC, seed)},
+      [](const MC& o) { return motioncorr(o); },
+      [](const MC&, MotioncorrResult r) {
+        py::dict d;
+        d["star"] = r.star;
+        d["done"] = r.done;
+        d["skipped"] = r.skipped;
+        d["failed"] = r.failed;
+        return d;
+      },
+      "Beam-induced motion correction as relion_run_motioncorr --use_own (jobs/motioncorr.hpp).",
+      "dict(star, done, skipped, failed)");
+
+  using CF = CtffindOptions;
+  def_job<CF>(
+      m, "ctffind", "CtffindOptions",
+      {REGULA_FIELD(CF, input), REGULA_FIELD(CF, out_dir), REGULA_FIELD(CF, box), REGULA_FIELD(CF, res_min),
+       REGULA_FIELD(CF, res_max), REGULA_FIELD(CF, df_min), REGULA_FIELD(CF, df_max), REGULA_FIELD(CF, df_step),
+       REGULA_FIELD(CF, astigmatism), REGULA_FIELD(CF, use_given_ps), REGULA_FIELD(CF, use_noDW),
+       REGULA_FIELD(CF, only_unfinished), REGULA_FIELD(CF, cs), REGULA_FIELD(CF, voltage),
+       REGULA_FIELD(CF, amplitude_contrast), REGULA_FIELD(CF, angpix), REGULA_FIELD(CF, threads)},
+      [](const CF& o) { return ctffind(o); },
+      [](const CF&, CtffindResult r) {
+        py::dict d;
+        d["star"] = r.star;
+        d["done"] = r.done;
+        d["skipped"] = r.skipped;
+        d["failed"] = r.failed;
+        return d;
+      },
+      "CTF estimation of micrographs, as RELION's CtfFind job (jobs/ctffind.hpp).", "dict(star, done, skipped, failed)");
+
+  using AP = AutopickOptions;
+  def_job<AP>(
+      m, "autopick", "AutopickOptions",
+      {REGULA_FIELD(AP, input), REGULA_FIELD(AP, out_dir), REGULA_FIELD(AP, pickname), REGULA_FIELD(AP, angpix),
+       REGULA_FIELD(AP, log), REGULA_FIELD(AP, log_diam_min), REGULA_FIELD(AP, log_diam_max),
+       REGULA_FIELD(AP, log_neighbour), REGULA_FIELD(AP, log_invert), REGULA_FIELD(AP, log_adjust_threshold),
+       REGULA_FIELD(AP, log_upper_threshold), REGULA_FIELD(AP, log_max_search), REGULA_FIELD(AP, log_use_ctf),
+       REGULA_FIELD(AP, ref), REGULA_FIELD(AP, select_classes), REGULA_FIELD(AP, angpix_ref),
+       REGULA_FIELD(AP, particle_diameter), REGULA_FIELD(AP, shrink_particle_mask), REGULA_FIELD(AP, psi_step),
+       REGULA_FIELD(AP, invert), REGULA_FIELD(AP, ctf), REGULA_FIELD(AP, ctf_intact_first_peak),
+       REGULA_FIELD(AP, threshold), REGULA_FIELD(AP, min_distance), REGULA_FIELD(AP, max_stddev_noise),
+       REGULA_FIELD(AP, min_avg_noise), REGULA_FIELD(AP, healpix_order), REGULA_FIELD(AP, sym),
+       REGULA_FIELD(AP, lowpass), REGULA_FIELD(AP, highpass), REGULA_FIELD(AP, shrink),
+       REGULA_FIELD(AP, skip_optimise_scale), REGULA_FIELD(AP, outlier_removal_zscore), REGULA_FIELD(AP, skip_side),
+       REGULA_FIELD(AP, only_unfinished), REGULA_FIELD(AP, seed), REGULA_FIELD(AP, threads)},
+      [](const AP& o) { return autopick(o); },
+      [](const AP&, AutopickResult r) {
+        py::dict d;
+        d["list_star"] = r.list_star;
+        d["picks"] = r.picks;
+        d["done"] = r.done;
+        d["skipped"] = r.skipped;
+        d["failed"] = r.failed;
+        d["pick_files"] = r.pick_files;
+        return d;
+      },
+      "Particle picking, LoG (log=True) or templates (ref=), as relion_autopick (jobs/autopick.hpp).",
+      "dict(list_star, picks, done, skipped, failed, pick_files)");
+
+  using EX = ExtractOptions;
+  def_job<EX>(
+      m, "extract", "ExtractOptions",
+      {REGULA_FIELD(EX, input), REGULA_FIELD(EX, out_dir), REGULA_FIELD(EX, coord_dir), REGULA_FIELD(EX, coord_suffix),
+       REGULA_FIELD(EX, coord_list), REGULA_FIELD(EX, reextract), REGULA_FIELD(EX, recenter),
+       REGULA_FIELD(EX, recenter_x), REGULA_FIELD(EX, recenter_y), REGULA_FIELD(EX, recenter_z),
+       REGULA_FIELD(EX, ref_angpix), REGULA_FIELD(EX, reset_offsets), REGULA_FIELD(EX, keep_ctfs_micrographs),
+       REGULA_FIELD(EX, extract_size), REGULA_FIELD(EX, scale), REGULA_FIELD(EX, window), REGULA_FIELD(EX, norm),
+       REGULA_FIELD(EX, bg_radius), REGULA_FIELD(EX, no_ramp), REGULA_FIELD(EX, white_dust),
+       REGULA_FIELD(EX, black_dust), REGULA_FIELD(EX, invert_contrast), REGULA_FIELD(EX, float16),
+       REGULA_FIELD(EX, bias_x), REGULA_FIELD(EX, bias_y), REGULA_FIELD(EX, only_unfinished), REGULA_FIELD(EX, angpix),
+       REGULA_FIELD(EX, seed), REGULA_FIELD(EX, threads)},
+      [](const EX& o) { return extract(o); },
+      [](const EX&, ExtractResult r) {
+        py::dict d;
+        d["star"] = r.star;
+        d["particles"] = r.particles;
+        d["micrographs"] = r.micrographs;
+        d["done"] = r.done;
+        d["skipped"] = r.skipped;
+        d["failed"] = r.failed;
+        d["outside"] = r.outside;
+        return d;
+      },
+      "Particle extraction from micrographs, as relion_preprocess --extract (jobs/extract.hpp).",
+      "dict(star, particles, micrographs, done, skipped, failed, outside)");
 
   using Im = ImportOptions;
   def_job<Im>(

@@ -64,7 +64,7 @@ template <class T>
 class Fields {
  public:
   using Member = std::variant<std::string T::*, double T::*, int T::*, long T::*, bool T::*, uint64_t T::*,
-                              std::vector<int> T::*, std::vector<double> T::*>;
+                              std::vector<int> T::*, std::vector<double> T::*, std::vector<std::string> T::*>;
   Fields(std::string job, std::initializer_list<std::pair<const char*, Member>> fields) : job_(std::move(job)) {
     for (const auto& [name, m] : fields) table_.emplace_back(name, m);
   }
@@ -144,6 +144,7 @@ class Fields {
     else if constexpr (std::is_same_v<V, double>) return "a number";
     else if constexpr (std::is_same_v<V, std::vector<int>>) return "a sequence of int";
     else if constexpr (std::is_same_v<V, std::vector<double>>) return "a sequence of numbers";
+    else if constexpr (std::is_same_v<V, std::vector<std::string>>) return "a sequence of str";
     else return "an int";
   }
 

@@ -296,9 +296,24 @@ def header_fields(header, struct):
     out = []
     for line in body.splitlines():
         line = line.split("//")[0].strip()
-        mm = re.match(r"^[\w:<>]+\s+([\w\s,]+?)(?:\s*=\s*(.+?)|\{.*\})?;$", line)
-        if mm and "(" not in line:
-            out += [(nm.strip(), mm.group(2)) for nm in mm.group(1).split(",")]
+        mm = re.match(r"^([\w:<>]+)\s+(.+);$", line)
+        if not mm or "(" in line or mm.group(1) in ("using", "return"):
+            continue
+        # Declarators separated by commas outside braces and quotes: `int a = 1, b = 2;`, `std::string x, y;`.
+        parts, depth, cur, quote = [], 0, "", False
+        for ch in mm.group(2):
+            quote ^= ch == '"'
+            depth += (ch == "{") - (ch == "}")
+            if ch == "," and depth == 0 and not quote:
+                parts.append(cur)
+                cur = ""
+            else:
+                cur += ch
+        parts.append(cur)
+        for part in parts:
+            pm = re.match(r"^(\w+)\s*(?:=\s*(.+?)|\{.*\})?$", part.strip())
+            if pm:
+                out.append((pm.group(1), pm.group(2)))
     return out
 
 
@@ -312,7 +327,10 @@ JOBS = {"simulate": ("jobs/simulate.hpp", "SimulateOptions"), "preprocess": ("jo
         "symmetry_expand": ("jobs/symmetry_expand.hpp", "SymmetryExpandOptions"),
         "particle_subtract": ("jobs/particle_subtract.hpp", "ParticleSubtractOptions"),
         "locres": ("jobs/locres.hpp", "LocresOptions"), "ctf_refine": ("jobs/ctf_refine.hpp", "CtfRefineOptions"),
-        "polish": ("jobs/polish.hpp", "PolishOptions"), "import_": ("jobs/import.hpp", "ImportOptions")}
+        "polish": ("jobs/polish.hpp", "PolishOptions"), "import_": ("jobs/import.hpp", "ImportOptions"),
+        "motioncorr": ("jobs/motioncorr.hpp", "MotioncorrOptions"), "ctffind": ("jobs/ctffind.hpp", "CtffindOptions"),
+        "autopick": ("jobs/autopick.hpp", "AutopickOptions"), "extract": ("jobs/extract.hpp", "ExtractOptions"),
+        "simulate_movies": ("jobs/simulate_movies.hpp", "SimulateMoviesOptions")}
 
 
 @pytest.mark.parametrize("job", sorted(JOBS))
@@ -499,3 +517,63 @@ def test_simulate_class2d_pipeline_through_the_api(tmp_path, monkeypatch):
     pp = regula.postprocess(half1="r3/run_it001_half1_class001.mrc", out_root="pp/post", angpix=6.0)
     assert float(gemmi_tables(pp["star"])["general"]["rlnFinalResolution"]) == pytest.approx(pp["resolution"])
     assert np.array_equal(regula.read_mrc(pp["map"])[0], mrcfile.read(pp["map"]))
+
+
+def test_front_end_through_the_api_equals_the_command_line(tmp_path, monkeypatch):
+    """simulate_movies -> motioncorr -> ctffind -> autopick (LoG) -> extract through the API and through the
+    command line, with the same options: the same movies, micrographs, defocus values, picks and particles."""
+    monkeypatch.chdir(tmp_path)
+    movie_map = str(DATA / "proj" / "clean70SRibosome_vol_65p.mrc")
+    sim = dict(movies=2, nx=256, ny=256, frames=4, dose_per_frame=10.0, particles=5, drift_min=2.0, drift_max=5.0,
+               ice_crystals=0, aggregates=0, carbon=0.0, ideal=False, threads=2)
+    cli = ["--n", 2, "--size", 256, "--frames", 4, "--dose_per_frame", 10, "--particles", 5, "--drift_min", 2,
+           "--drift_max", 5, "--ice_crystals", 0, "--aggregates", 0, "--carbon", 0, "--no_ideal", "--j", 2]
+
+    def rg(*args):
+        r = subprocess.run([str(BUILD / "bin" / "regula"), "--quiet", *map(str, args)], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, r.stderr
+
+    s = regula.simulate_movies(maps=[movie_map], out_dir="py/sim", **sim)
+    rg("simulate_movies", "--i", movie_map, "--o", "cli/sim", *cli)
+    assert s["particles"] == 10 and len(s["movie_files"]) == 2
+    for f in s["movie_files"]:
+        assert np.array_equal(mrcfile.read(f), mrcfile.read(f.replace("py/", "cli/"))), f
+    mc = regula.motioncorr(input=s["movies_star"], out_dir="py/mc", dose_weighting=True, dose_per_frame=10.0,
+                           threads=2)
+    rg("motioncorr", "--i", "cli/sim/movies.star", "--o", "cli/mc", "--dose_weighting", "--dose_per_frame", 10,
+       "--j", 2)
+    assert mc["done"] == 2 and mc["failed"] == 0
+    mics = [r["rlnMicrographName"] for r in star_rows(mc["star"], "micrographs")]
+    for f in mics:
+        assert np.array_equal(mrcfile.read(f), mrcfile.read(f.replace("py/", "cli/"))), f
+    cf = regula.ctffind(input=mc["star"], out_dir="py/ctf", res_min=40.0, res_max=6.0, threads=2)
+    rg("ctffind", "--i", "cli/mc/corrected_micrographs.star", "--o", "cli/ctf", "--ResMin", 40, "--ResMax", 6,
+       "--j", 2)
+    a, b = star_rows(cf["star"], "micrographs"), star_rows("cli/ctf/micrographs_ctf.star", "micrographs")
+    assert cf["done"] == 2 and [r["rlnDefocusU"] for r in a] == [r["rlnDefocusU"] for r in b]
+    ap = regula.autopick(input=cf["star"], out_dir="py/pick", log=True, log_diam_min=150.0, log_diam_max=250.0,
+                         threads=2)
+    rg("autopick", "--i", "cli/ctf/micrographs_ctf.star", "--o", "cli/pick", "--LoG", "--LoG_diam_min", 150,
+       "--LoG_diam_max", 250, "--j", 2)
+    assert ap["done"] == 2 and ap["picks"] > 0
+    for f in ap["pick_files"]:
+        assert (tmp_path / f).read_text() == (tmp_path / f.replace("py/", "cli/")).read_text(), f
+    ex = regula.extract(input=cf["star"], coord_list=ap["list_star"], out_dir="py/ext", extract_size=64, norm=True,
+                        invert_contrast=True, threads=2)
+    rg("extract", "--i", "cli/ctf/micrographs_ctf.star", "--coord_list", "cli/pick/autopick.star", "--o", "cli/ext",
+       "--extract_size", 64, "--norm", "--invert_contrast", "--j", 2)
+    assert ex["particles"] > 0 and ex["failed"] == 0
+    py_rows, cli_rows = star_rows(ex["star"], "particles"), star_rows("cli/ext/particles.star", "particles")
+    assert len(py_rows) == len(cli_rows) == ex["particles"]
+    for p, c in zip(py_rows, cli_rows):
+        ip, sp = p["rlnImageName"].split("@")
+        ic, sc = c["rlnImageName"].split("@")
+        assert ip == ic and np.array_equal(mrcfile.read(sp)[int(ip) - 1], mrcfile.read(sc)[int(ic) - 1])
+
+
+def star_rows(path, block):
+    """The rows of a STAR block's loop as dicts (gemmi_tables)."""
+    cols = {k: v for k, v in gemmi_tables(path)[block].items() if isinstance(v, list)}
+    n = len(next(iter(cols.values())))
+    return [{k: v[i] for k, v in cols.items()} for i in range(n)]
