@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -85,26 +86,58 @@ ShiftScore best_shift(const Grid<cfloat>& A, double norm_a, const Volume& b) {
 
 }  // namespace
 
+namespace {
+
+// A rotation tried by align_map and its score (with the best shift there).
+struct Cand {
+  double rot = 0, tilt = 0, psi = 0;
+  ShiftScore s;
+};
+
+// Scores rotations of `map` against `ref` (same box): the correlation at the best shift.
+struct RotationScorer {
+  RotationScorer(const Volume& ref, const Volume& map) : map_(map) {
+    Volume a = ref;
+    remove_mean(a);
+    A_ = fft_forward(a);
+    norm_ = sum_sq(a);
+  }
+  void operator()(Cand& c) const {
+    Volume r = rotate_map(map_, euler_to_matrix(c.rot, c.tilt, c.psi));
+    remove_mean(r);
+    c.s = best_shift(A_, norm_, r);
+  }
+  const Volume& map_;
+  Grid<cfloat> A_;
+  double norm_ = 0;
+};
+
+// Local steps about `best` (every combination of -step, 0, +step in the three angles), for each step in
+// turn; ties go to the earlier candidate (the result does not depend on the thread count).
+void refine_locally(Cand& best, std::initializer_list<double> steps, const RotationScorer& score, ThreadPool& pool) {
+  for (double step : steps) {
+    std::vector<Cand> local;
+    for (int i = -1; i <= 1; ++i)
+      for (int j = -1; j <= 1; ++j)
+        for (int k = -1; k <= 1; ++k) local.push_back({best.rot + i * step, best.tilt + j * step, best.psi + k * step, {}});
+    pool.parallel_for(0, local.size(), [&](size_t i, int) { score(local[i]); });
+    for (const Cand& c : local)
+      if (c.s.score > best.s.score) best = c;
+  }
+}
+
+}  // namespace
+
 Volume align_map(const Volume& ref, const Volume& map, FscJobResult& out, int threads) {
   const int n = ref.nx(), m = std::min(n, 24);
-  Volume ref_small = m < n ? rescale(ref, m) : ref;
-  remove_mean(ref_small);
-  const Grid<cfloat> A = fft_forward(ref_small);
-  const double norm_a = sum_sq(ref_small);
-  struct Cand {
-    double rot = 0, tilt = 0, psi = 0;
-    ShiftScore s;
-  };
+  const Volume ref_small = m < n ? rescale(ref, m) : ref;
   ThreadPool pool(threads);
   Cand best;
   int best_hand = 0;
   for (int hand = 0; hand < 2; ++hand) {
-    const Volume small = m < n ? rescale(hand ? mirrored_z(map) : map, m) : (hand ? mirrored_z(map) : map);
-    auto score = [&](Cand& c) {
-      Volume r = rotate_map(small, euler_to_matrix(c.rot, c.tilt, c.psi));
-      remove_mean(r);
-      c.s = best_shift(A, norm_a, r);
-    };
+    const Volume turned = hand ? mirrored_z(map) : map;
+    const Volume small = m < n ? rescale(turned, m) : turned;
+    const RotationScorer score(ref_small, small);
     std::vector<Cand> cands;
     const int order = 2;
     for (long p = 0; p < healpix_num_pixels(order); ++p) {
@@ -112,19 +145,10 @@ Volume align_map(const Volume& ref, const Volume& map, FscJobResult& out, int th
       for (double psi = 0; psi < 360; psi += 15) cands.push_back({d[0], d[1], psi, {}});
     }
     pool.parallel_for(0, cands.size(), [&](size_t i, int) { score(cands[i]); }, 16);
-    // (Ties go to the first candidate: the result does not depend on the thread count.)
     Cand b = cands.front();
     for (const Cand& c : cands)
       if (c.s.score > b.s.score) b = c;
-    for (double step : {5.0, 2.0}) {
-      std::vector<Cand> local;
-      for (int i = -1; i <= 1; ++i)
-        for (int j = -1; j <= 1; ++j)
-          for (int k = -1; k <= 1; ++k) local.push_back({b.rot + i * step, b.tilt + j * step, b.psi + k * step, {}});
-      pool.parallel_for(0, local.size(), [&](size_t i, int) { score(local[i]); });
-      for (const Cand& c : local)
-        if (c.s.score > b.s.score) b = c;
-    }
+    refine_locally(b, {5.0, 2.0}, score, pool);
     if (hand == 0 || b.s.score > best.s.score) {
       best = b;
       best_hand = hand;
@@ -132,34 +156,17 @@ Volume align_map(const Volume& ref, const Volume& map, FscJobResult& out, int th
   }
   // At full size: local steps of 2° and 1° with the best shift at each rotation.
   const Volume hand = best_hand ? mirrored_z(map) : map;
-  Volume a = ref;
-  remove_mean(a);
-  const Grid<cfloat> A_full = fft_forward(a);
-  const double norm_full = sum_sq(a);
-  auto score_full = [&](Cand& c) {
-    Volume r = rotate_map(hand, euler_to_matrix(c.rot, c.tilt, c.psi));
-    remove_mean(r);
-    c.s = best_shift(A_full, norm_full, r);
-  };
-  score_full(best);
-  for (double step : {2.0, 1.0}) {
-    std::vector<Cand> local;
-    for (int i = -1; i <= 1; ++i)
-      for (int j = -1; j <= 1; ++j)
-        for (int k = -1; k <= 1; ++k) local.push_back({best.rot + i * step, best.tilt + j * step, best.psi + k * step, {}});
-    pool.parallel_for(0, local.size(), [&](size_t i, int) { score_full(local[i]); });
-    for (const Cand& c : local)
-      if (c.s.score > best.s.score) best = c;
-  }
+  const RotationScorer score(ref, hand);
+  score(best);
+  refine_locally(best, {2.0, 1.0}, score, pool);
   const Volume turned = rotate_map(hand, euler_to_matrix(best.rot, best.tilt, best.psi));
-  const ShiftScore s = best.s;
   out.rot = best.rot;
   out.tilt = best.tilt;
   out.psi = best.psi;
   out.mirrored = best_hand == 1;
-  for (int i = 0; i < 3; ++i) out.shift[i] = s.t[i];
-  out.correlation = s.score;
-  return shift_wrapped(turned, s.t[0], s.t[1], s.t[2]);
+  for (int i = 0; i < 3; ++i) out.shift[i] = best.s.t[i];
+  out.correlation = best.s.score;
+  return shift_wrapped(turned, best.s.t[0], best.s.t[1], best.s.t[2]);
 }
 
 FscJobResult fsc_compare(const FscJobOptions& opt) {
