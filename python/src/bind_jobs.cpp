@@ -294,7 +294,7 @@ void bind_jobs(py::module_& m) {
        REGULA_FIELD(T, offset_range), REGULA_FIELD(T, offset_step), REGULA_FIELD(T, skip_align),
        REGULA_FIELD(T, sigma_ang), REGULA_FIELD(T, threads), REGULA_FIELD(T, seed), REGULA_FIELD(T, continue_from),
        REGULA_FIELD(T, angpix), REGULA_FIELD(T, norm), REGULA_FIELD(T, scale), REGULA_FIELD(T, incr_size),
-       REGULA_FIELD(T, mask_edge), REGULA_FIELD(T, adaptive_fraction), REGULA_FIELD(T, max_significants),
+       REGULA_FIELD(T, mask_edge), REGULA_FIELD(T, adaptive_fraction), REGULA_FIELD(T, max_significants), REGULA_FIELD(T, strict_highres_exp),
        REGULA_FIELD(T, oversampling), REGULA_FIELD(T, staged), REGULA_FIELD(T, perturb)},
       [](const T& o) { return run_class3d(o); },
       [](const T&, Class3DResult r) {
@@ -381,7 +381,7 @@ void bind_jobs(py::module_& m) {
        REGULA_FIELD(I, continue_from), REGULA_FIELD(I, angpix), REGULA_FIELD(I, grad_em_iters),
        REGULA_FIELD(I, grad_ini_subset), REGULA_FIELD(I, grad_fin_subset), REGULA_FIELD(I, grad_ini_frac),
        REGULA_FIELD(I, grad_fin_frac), REGULA_FIELD(I, grad_ini_stepsize), REGULA_FIELD(I, grad_stepsize),
-       REGULA_FIELD(I, grad_write_iter)},
+       REGULA_FIELD(I, grad_write_iter), REGULA_FIELD(I, strict_highres_exp)},
       [](const I& o) { return run_initial_model(o); },
       [](const I&, InitialModelResult r) {
         py::dict d;

@@ -67,3 +67,16 @@ def test_mini_batches_deterministic_and_resumed(sim, tmp_path):
     (tmp_path / "c/run_initial_model.mrc").unlink()
     run("initial_model", "--o", tmp_path / "c/run", "--continue", tmp_path / "c/run_em_it002_optimiser.star", "--j", 1)
     assert np.array_equal(a, mrcfile.read(tmp_path / "c/run_initial_model.mrc"))
+
+
+def test_strict_highres_exp_bounds_every_iteration(sim, tmp_path):
+    """--strict_highres_exp 30 at 6 Å/px in a 48-px box: the frequency limit stays at shell 9 (288 / 30 Å), so
+    the image size the model files record is at most 2 (9 + 1) in every iteration; without it, it grows past."""
+    def sizes(root, iters):
+        return [int(gemmi.cif.read(str(tmp_path / f"{root}_em_it{i:03d}_model.star")).find_block("model_general")
+                    .find_value("_rlnCurrentImageSize")) for i in iters]
+    common = ["--i", sim / "sim/particles.star", "--ctf", "--iter", 4, "--grad_em_iters", 4, "--ini_high", 40]
+    run("initial_model", "--o", tmp_path / "lim", "--strict_highres_exp", 30, *common)
+    run("initial_model", "--o", tmp_path / "free", "--strict_highres_exp", -1, *common)
+    assert max(sizes("lim", range(1, 5))) <= 20
+    assert max(sizes("free", range(1, 5))) > 20

@@ -43,6 +43,8 @@ void add_class3d(CLI::App& app) {
   s->add_flag("--scale,!--no_scale", opt->scale, "Per-group intensity-scale correction (default on)");
   s->add_option("--adaptive_fraction", opt->adaptive_fraction,
                 "Posterior mass of the significant coarse poses refined in the finer pass")->capture_default_str();
+  s->add_option("--strict_highres_exp", opt->strict_highres_exp,
+                "High-resolution limit of the E-step and the maps, Å (<= 0: none; as RELION's)")->capture_default_str();
   s->add_option("--maxsig", opt->max_significants, "At most this many significant coarse poses per particle (-1: no bound)")
       ->capture_default_str();
   s->add_option("--perturb", opt->perturb, "Random perturbation of the angular and translational grids every "

@@ -33,6 +33,8 @@ void add_initial_model(CLI::App& app) {
                 "Step (weight of a mini-batch against the forgetting sums) in the initial phase")->capture_default_str();
   s->add_option("--grad_stepsize", opt->grad_stepsize, "Step in the final phase (linear in between)")
       ->capture_default_str();
+  s->add_option("--strict_highres_exp", opt->strict_highres_exp,
+                "High-resolution limit of every iteration, Å (<= 0: none)")->capture_default_str();
   s->add_option("--grad_write_iter", opt->grad_write_iter, "Write the iteration files every so many mini-batch iterations")
       ->capture_default_str();
   s->add_option("--ini_high", opt->ini_high, "First frequency limit, Å")->capture_default_str();

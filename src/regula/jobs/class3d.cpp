@@ -180,6 +180,10 @@ class Job {
   // nothing beyond its band: 0 there (no prior; see iterate()).
   std::vector<double> tau2_of(const Volume& map) const;
   int ini_shell() const { return int(std::lround(n_ * angpix_ / opt_.ini_high)); }
+  // --strict_highres_exp: the E-step's (and so the maps') highest shell, at least 1 (else Nyquist).
+  int max_shells() const {
+    return opt_.strict_highres_exp > 0 ? std::clamp(int(n_ * angpix_ / opt_.strict_highres_exp), 1, n_ / 2) : n_ / 2;
+  }
   void mask_reference(Volume& map) const;
   double shell_to_A(double s) const { return s > 0 ? n_ * angpix_ / s : 999.0; }
   void write_iteration(const Report& rep);
@@ -314,6 +318,7 @@ void Job::initialise() {
   // RELION's first limit: the --ini_high shell + --incr_size (the shells beyond the reference's band
   // are reconstructed without prior in the first iteration).
   st_.current_shells = opt_.relion_prior ? std::min(ini_shell() + opt_.incr_size, n_ / 2) : std::clamp(ini_shell(), 4, n_ / 2);
+  st_.current_shells = std::min(st_.current_shells, max_shells());
   // Poses and origins of the input, its rlnNormCorrection when present (RELION keeps it), else 1.
   st_.p = ml3d::ParticleValues::from_table(table_);
   st_.avg_norm = st_.p.average_norm();
@@ -693,6 +698,7 @@ Report Job::iterate() {
   st_.current_shells = opt_.relion_prior ? std::min(res_shell + opt_.incr_size, n_ / 2)
                                          : std::clamp(best + opt_.incr_size, std::min(ini_shell(), n_ / 2), n_ / 2);
   if (unregularised_) st_.current_shells = std::min(ini_shell(), n_ / 2);
+  st_.current_shells = std::min(st_.current_shells, max_shells());
   if (consensus_ || unregularised_) std::fill(st_.fraction.begin(), st_.fraction.end(), 1.0 / K_);
   if (!opt_.norm) next_.norm = st_.p.norm;
   st_.p = std::move(next_);
@@ -878,6 +884,7 @@ void Job::write_iteration(const Report& rep) {
   o.set("rlnAdaptiveOversampleOrder", std::to_string(opt_.oversampling));
   o.set("rlnAdaptiveOversampleFraction", num(opt_.adaptive_fraction));
   o.set("rlnMaxNumberOfSignificantPoses", std::to_string(opt_.max_significants));
+  o.set("regulaStrictHighResExp", num(opt_.strict_highres_exp));
   o.set("regulaStateFile", state);
   o.set("regulaBatchIterations", std::to_string(opt_.batches.iterations));
   o.set("regulaBatchIniSubset", std::to_string(opt_.batches.ini_subset));
@@ -974,6 +981,8 @@ void Job::read_checkpoint() {
   opt_.oversampling = int(get_d("rlnAdaptiveOversampleOrder"));
   opt_.adaptive_fraction = get_d("rlnAdaptiveOversampleFraction");
   opt_.max_significants = long(get_d("rlnMaxNumberOfSignificantPoses"));
+  // (Older checkpoints: no limit.)
+  opt_.strict_highres_exp = o.has("regulaStrictHighResExp") ? get_d("regulaStrictHighResExp") : -1.0;
   input_star_ = get("regulaInputStarFile");
   if (o.has("regulaBatchIterations")) {  // (older checkpoints: no mini-batch iterations)
     opt_.batches.iterations = int(get_d("regulaBatchIterations"));

@@ -65,6 +65,7 @@ struct Class3DOptions {
   double mask_edge = 5;             // px
   double adaptive_fraction = 0.999; // --adaptive_fraction
   long max_significants = -1;       // --maxsig (-1: no bound)
+  double strict_highres_exp = -1;   // --strict_highres_exp, Å: no E-step (nor map) beyond it (<= 0: none)
   int oversampling = 1;             // --oversampling (0, 1 or 2)
   double perturb = 0;               // --perturb: random moves of the sampling grids (RELION's default is 0.5;
                                     // here 0: it cost 2-5% of the classification, docs/class3d.md)

@@ -145,6 +145,7 @@ InitialModelResult run_initial_model(const InitialModelOptions& opt) {
   c.angpix = opt.angpix;
   c.continue_from = opt.continue_from;
   c.batches.iterations = std::max(0, opt.iterations - opt.grad_em_iters);
+  c.strict_highres_exp = opt.strict_highres_exp;
   c.batches.ini_frac = opt.grad_ini_frac;
   c.batches.fin_frac = opt.grad_fin_frac;
   c.batches.ini_step = opt.grad_ini_stepsize;

@@ -38,6 +38,10 @@ struct InitialModelOptions {
   double grad_ini_stepsize = 0.9; // --grad_ini_stepsize
   double grad_stepsize = 0.5;     // --grad_stepsize
   int grad_write_iter = 10;       // --grad_write_iter: iteration files every so many mini-batch iterations
+  // --strict_highres_exp, Å: no E-step (nor map) beyond it in any iteration (<= 0: none). An initial model
+  // is used low-passed (refinement starts from it at 40-60 Å); RELION 3's SGD ended at 15 Å, cryoSPARC's
+  // ab initio at 12 Å.
+  double strict_highres_exp = 15;
   double ini_high = 50;           // --ini_high, Å: first frequency limit
   int healpix_order = 2;          // --healpix_order
   double offset_range = 4;        // --offset_range, px
