@@ -63,6 +63,18 @@ void def_job(py::module_& m, const char* name, const char* struct_name,
   }, doc.c_str());
 }
 
+// The result of a job run micrograph by micrograph: its output STAR file and how many it did, skipped
+// (already done) and could not do.
+template <class R>
+py::dict micrograph_counts(const R& r) {
+  py::dict d;
+  d["star"] = r.star;
+  d["done"] = r.done;
+  d["skipped"] = r.skipped;
+  d["failed"] = r.failed;
+  return d;
+}
+
 py::array_t<float> read_map(const std::string& path) {
   Grid<float> g;
   {
@@ -605,14 +617,7 @@ void bind_jobs(py::module_& m) {
        REGULA_FIELD(MC, grouping_for_ps), REGULA_FIELD(MC, ps_size), REGULA_FIELD(MC, only_unfinished),
        REGULA_FIELD(MC, dose_motionstats_cutoff), REGULA_FIELD(MC, threads), REGULA_FIELD(MC, seed)},
       [](const MC& o) { return motioncorr(o); },
-      [](const MC&, MotioncorrResult r) {
-        py::dict d;
-        d["star"] = r.star;
-        d["done"] = r.done;
-        d["skipped"] = r.skipped;
-        d["failed"] = r.failed;
-        return d;
-      },
+      [](const MC&, MotioncorrResult r) { return micrograph_counts(r); },
       "Beam-induced motion correction as relion_run_motioncorr --use_own (jobs/motioncorr.hpp).",
       "dict(star, done, skipped, failed)");
 
@@ -625,14 +630,7 @@ void bind_jobs(py::module_& m) {
        REGULA_FIELD(CF, only_unfinished), REGULA_FIELD(CF, cs), REGULA_FIELD(CF, voltage),
        REGULA_FIELD(CF, amplitude_contrast), REGULA_FIELD(CF, angpix), REGULA_FIELD(CF, threads)},
       [](const CF& o) { return ctffind(o); },
-      [](const CF&, CtffindResult r) {
-        py::dict d;
-        d["star"] = r.star;
-        d["done"] = r.done;
-        d["skipped"] = r.skipped;
-        d["failed"] = r.failed;
-        return d;
-      },
+      [](const CF&, CtffindResult r) { return micrograph_counts(r); },
       "CTF estimation of micrographs, as RELION's CtfFind job (jobs/ctffind.hpp).", "dict(star, done, skipped, failed)");
 
   using AP = AutopickOptions;
