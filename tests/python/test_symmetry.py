@@ -116,9 +116,6 @@ def test_initial_model_is_symmetrised_with_its_poses(denovo):
     assert sd.correlation(sd.symmetrise(aligned, "C4"), out) > 0.999
 
 
-@pytest.mark.xfail(reason="needs a C4-like de novo map, which the de novo start does not reliably give (with "
-                          "--iter 60 of mini-batches, 2026-12-06: seeds 21 and 22 of 21-23 pass, 23 fails; "
-                          "docs/initial_model.md)", strict=False)
 def test_initial_model_is_aligned_to_the_axes(denovo):
     d = denovo
     em, Rt = aligned_em_map(d)
@@ -148,9 +145,9 @@ def test_initial_model_is_aligned_to_the_axes(denovo):
     assert found > sd.correlation(em, sd.symmetrise(em, "C4")) + 0.1
 
 
-@pytest.mark.xfail(reason="the de novo start does not find the truth at every seed (with --iter 60 of "
-                          "mini-batches, 2026-12-06: seeds 21 and 22 of 21-23 pass, 23 fails; "
-                          "docs/initial_model.md)", strict=False)
+@pytest.mark.xfail(reason="the de novo start does not find the truth at every seed (2026-12-06, --iter 60 of "
+                          "mini-batches limited to 15 A: simulation seeds 22 and 23 pass, 21, this fixture's, "
+                          "fails; docs/initial_model.md)", strict=False)
 def test_initial_model_resembles_the_truth(denovo):
     d = denovo
     out = mrcfile.read(d / "im/run_initial_model.mrc").astype(np.float64)
