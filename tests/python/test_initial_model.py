@@ -1,12 +1,15 @@
 """regula initial_model mechanics on a tiny data set (outputs, poses, determinism for --j, K > 1).
 The de novo accuracy on the acceptance data (2,000 particles, box 96) is measured by
 bench/initial_model_check.sh (minutes, not a CI test): docs/initial_model.md."""
+import shutil
+import subprocess
+
 import gemmi
 import mrcfile
 import numpy as np
 import pytest
 
-from conftest import DATA
+from conftest import DATA, regula_binary
 from test_refine3d import run
 
 MAP = DATA / "proj" / "clean70S_crop48.mrc"
@@ -80,3 +83,20 @@ def test_strict_highres_exp_bounds_every_iteration(sim, tmp_path):
     run("initial_model", "--o", tmp_path / "free", "--strict_highres_exp", -1, *common)
     assert max(sizes("lim", range(1, 5))) <= 20
     assert max(sizes("free", range(1, 5))) > 20
+
+
+def test_mini_batches_do_not_depend_on_ranks(sim, tmp_path):
+    """The subsets are drawn from the seed alone and the sums are exact: mpirun -np 2 and 3 write the same map as
+    one process (and every rank finds the files rank 0 wrote)."""
+    if shutil.which("mpirun") is None:
+        pytest.skip("mpirun is not installed")
+    common = ["--i", sim / "sim/particles.star", "--ctf", "--iter", 6, "--grad_em_iters", 2, "--grad_ini_subset", 30,
+              "--grad_fin_subset", 60, "--grad_write_iter", 2, "--j", 1]
+    run("initial_model", "--o", tmp_path / "one/run", *common)
+    one = mrcfile.read(tmp_path / "one/run_initial_model.mrc")
+    for n in (2, 3):
+        cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(n), str(regula_binary()), "--quiet",
+               "initial_model", "--o", str(tmp_path / f"np{n}/run"), *map(str, common)]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert np.array_equal(one, mrcfile.read(tmp_path / f"np{n}/run_initial_model.mrc")), n

@@ -1081,6 +1081,8 @@ Class3DResult Job::run() {
                  rep.used_shells, rep.average_pmax, fr,
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
+  // Every rank returns the files rank 0 wrote (initial_model reads the last class map on each rank).
+  mpi::barrier();
   files_.last_iteration = st_.iteration;
   files_.class_fraction = st_.fraction;
   files_.class_resolution_A = st_.resolution;
