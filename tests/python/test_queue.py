@@ -1,6 +1,7 @@
 """Jobs of a project submitted to a cluster queue with a RELION-style template (pipeline/queue.hpp), with stand-ins
 for sbatch: one that runs the script at once, one that only queues it, one that fails."""
 import os
+import time
 import subprocess
 
 
@@ -95,3 +96,123 @@ def test_example_slurm_template_has_only_known_variables(tmp_path):
     r = regula("--project", p, "--queue", "cpu", "--qsub", qsub, "--qsubscript", ROOT / "scripts/queue/slurm.sh",
                *SIM)
     assert "#SBATCH --partition=cpu" in r.stdout and "#SBATCH --cpus-per-task=2" in r.stdout, r.stdout
+
+
+# A small workflow for the queue: particles, a short 2D classification, the selection.
+QWORKFLOW = f"""sim:  simulate --i {MAP} --o sim --n 60 --box 64 --angpix 4 --snr 0.1 --seed 3
+c2d:  class2d --i {{sim}}particles.star --o run --K 2 --iter 3 --ctf --psi_step 10 --offset_range 4 \\
+      --offset_step 2 --particle_diameter 230 --j 1 --seed 2
+good: select --i {{c2d}}run_it003_data.star --o selected.star --classes 1
+"""
+QOUTPUTS = ["Simulate/job001/particles.mrcs", "Class2D/job002/run_it003_classes.mrcs",
+            "Class2D/job002/run_it003_data.star", "Select/job003/selected.star"]
+
+
+def later_queue(tmp_path):
+    """A stand-in for sbatch that starts the script a moment later in the background and returns at once,
+    as a queue does."""
+    return stand_in(tmp_path, "sbatch", '(sleep 1; sh "$1") > /dev/null 2>&1 < /dev/null &\n'
+                                        'echo "Submitted batch job $$"\n')
+
+
+def run_workflow(project, *extra, check=True):
+    r = subprocess.run([regula_binary(), "--project", str(project), *map(str, extra), "workflow", "--i",
+                        "workflow.txt"], capture_output=True, text=True, timeout=600)
+    assert not check or r.returncode == 0, r.stderr
+    return r
+
+
+def test_workflow_steps_go_through_the_queue(tmp_path):
+    """workflow --queue: each step submitted with the template, the runner waits for its exit marker before the
+    next; the bytes are those of the same workflow run directly."""
+    tmpl = tmp_path / "tmpl.sh"
+    tmpl.write_text("#!/bin/sh\nXXXcommandXXX\n")
+    direct, queued = tmp_path / "direct", tmp_path / "queued"
+    for p in (direct, queued):
+        p.mkdir()
+        (p / "workflow.txt").write_text(QWORKFLOW)
+    run_workflow(direct)
+    r = run_workflow(queued, "--queue", "q", "--qsub", later_queue(tmp_path), "--qsubscript", tmpl)
+    assert r.stderr.count(" submitted (") == 3 and "all 3 steps finished" in r.stderr, r.stderr
+    for job in ("Simulate/job001", "Class2D/job002", "Select/job003"):
+        assert (queued / job / "run_submit.script").exists(), job
+        assert (queued / job / "RELION_JOB_EXIT_SUCCESS").exists(), job
+    for f in QOUTPUTS:
+        assert (queued / f).read_bytes() == (direct / f).read_bytes(), f
+    # Nothing left: started again, nothing is submitted.
+    r = run_workflow(queued, "--queue", "q", "--qsub", later_queue(tmp_path), "--qsubscript", tmpl)
+    assert "submitted" not in r.stderr and len(list(queued.glob("*/job00*"))) == 3, r.stderr
+
+
+def test_a_queued_step_is_waited_for_after_the_runner_was_killed(tmp_path):
+    """The runner killed while its first job waits in the queue: started again, it waits for that job (it does
+    not submit it twice nor call it failed), then goes on."""
+    tmpl = tmp_path / "tmpl.sh"
+    tmpl.write_text("#!/bin/sh\nXXXcommandXXX\n")
+    hold = stand_in(tmp_path, "hold", 'echo "$1" >> "$(dirname "$0")/held"\necho "Submitted batch job 1"\n')
+    p = tmp_path / "P"
+    p.mkdir()
+    (p / "workflow.txt").write_text(QWORKFLOW)
+    proc = subprocess.Popen([regula_binary(), "--project", str(p), "--queue", "q", "--qsub", str(hold),
+                             "--qsubscript", str(tmpl), "workflow", "--i", "workflow.txt"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not (tmp_path / "held").exists() or not (p / "Simulate/job001/REGULA_JOB_QUEUED").exists():
+        assert proc.poll() is None and time.time() < deadline, "the runner ended before its first job was queued"
+        time.sleep(0.05)
+    time.sleep(1.5)  # the runner is waiting for the queue
+    assert proc.poll() is None, "the runner did not wait for the queued job"
+    proc.kill()
+    proc.wait(timeout=30)
+    assert "queued" in listed(p) and "failed" not in listed(p)
+    # The queue starts the held job 2 s from now; the runner, started again, waits for it.
+    script = (tmp_path / "held").read_text().split()[0]
+    later = subprocess.Popen(["sh", "-c", f'sleep 2; sh "{script}"'], cwd=p, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    r = run_workflow(p, "--queue", "q", "--qsub", later_queue(tmp_path), "--qsubscript", tmpl)
+    later.wait(timeout=60)
+    assert "sim is still queued" in r.stderr and "all 3 steps finished" in r.stderr, r.stderr
+    assert len((tmp_path / "held").read_text().split()) == 1  # submitted once
+    assert sorted(x.parent.name + "/" + x.name for x in p.glob("*/job00*")) == [
+        "Class2D/job002", "Select/job003", "Simulate/job001"]
+
+
+def test_a_step_failing_in_the_queue_stops_the_workflow(tmp_path):
+    tmpl = tmp_path / "tmpl.sh"
+    tmpl.write_text("#!/bin/sh\nXXXcommandXXX\n")
+    p = tmp_path / "P"
+    p.mkdir()
+    (p / "workflow.txt").write_text("bad: select --i missing.star --o selected.star --classes 1\n"
+                                    f"sim: simulate --i {MAP} --o sim --n 5 --box 64 --angpix 4 --seed 3\n")
+    r = run_workflow(p, "--queue", "q", "--qsub", later_queue(tmp_path), "--qsubscript", tmpl, check=False)
+    assert r.returncode == 1, r.stderr
+    assert "Select/job001/ failed" in r.stderr and "run_queue.out" in r.stderr, r.stderr
+    assert not (p / "Simulate").exists()
+
+
+def test_an_ended_job_is_submitted_again(tmp_path):
+    """run --job DIR with --queue: a job whose submission failed is submitted again and runs; a job still
+    queued is not submitted twice."""
+    tmpl = tmp_path / "tmpl.sh"
+    tmpl.write_text("#!/bin/sh\nXXXcommandXXX\n")
+    fail = stand_in(tmp_path, "fail", 'echo "sbatch: error: queue full" >&2\nexit 1\n')
+    run_now = stand_in(tmp_path, "run_now", 'sh "$1" > /dev/null 2>&1\necho "Submitted batch job 3"\n')
+    hold = stand_in(tmp_path, "hold", 'echo "Submitted batch job 4"\n')
+    p = tmp_path / "P"
+    r = regula("--project", p, "--queue", "q", "--qsub", fail, "--qsubscript", tmpl, *SIM, check=False)
+    assert r.returncode == 1 and "queue full" in r.stderr
+    r = regula("--project", p, "--queue", "q", "--qsub", run_now, "--qsubscript", tmpl, "run", "--job",
+               "Simulate/job001/")
+    assert "Simulate/job001/: submitted" in r.stdout, r.stdout
+    assert (p / "Simulate/job001/RELION_JOB_EXIT_SUCCESS").exists() and (p / "Simulate/job001/particles.star").exists()
+    assert not (p / "Simulate/job001/RELION_JOB_EXIT_FAILURE").exists()
+    assert "Simulate/job001/         finished" in listed(p)
+    # Queued (held) and submitted again: refused, the job stays queued.
+    regula("--project", p, "--queue", "q", "--qsub", hold, "--qsubscript", tmpl, *SIM)
+    r = regula("--project", p, "--queue", "q", "--qsub", hold, "--qsubscript", tmpl, "run", "--job",
+               "Simulate/job002/", check=False)
+    assert r.returncode == 1 and "queued" in r.stderr, r.stderr
+    # --continue of a job with nothing to continue from: refused before anything is submitted.
+    r = regula("--project", p, "--queue", "q", "--qsub", run_now, "--qsubscript", tmpl, "run", "--job",
+               "Simulate/job001/", "--continue", check=False)
+    assert r.returncode == 1 and "optimiser" in r.stderr, r.stderr

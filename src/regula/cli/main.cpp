@@ -138,6 +138,30 @@ int run_job(regula::pipeline::Job& job, const std::vector<std::string>& global) 
   }
 }
 
+void check_queue_script(const regula::pipeline::QueueOptions& queue) {
+  if (queue.script.empty()) regula::input_error("--queue needs --qsubscript, the submission script template");
+  if (!std::filesystem::is_regular_file(queue.script))
+    regula::input_error("--qsubscript {}: no such file", queue.script);
+}
+
+// Submits `regula --project <this project> [global] tail...` for the job (pipeline/queue.hpp).
+int submit_to_queue(regula::pipeline::Job& job, const regula::pipeline::QueueOptions& queue,
+                    const std::vector<std::string>& global, const std::vector<std::string>& tail) {
+  std::vector<std::string> cmd{std::filesystem::read_symlink("/proc/self/exe").string(), "--project",
+                               std::filesystem::current_path().string()};
+  cmd.insert(cmd.end(), global.begin(), global.end());
+  cmd.insert(cmd.end(), tail.begin(), tail.end());
+  std::string command;
+  for (auto& c : cmd) {
+    const bool plain = c.find_first_of(" \t'\"$`\\;&|<>()*?[]#~") == std::string::npos && !c.empty();
+    command += (command.empty() ? "" : " ") + (plain ? c : "'" + c + "'");
+  }
+  const std::string said = regula::pipeline::submit_job(job, queue, command);
+  std::printf("%s: submitted (%s)%s%s\n", job.dir().c_str(), queue.qsub.c_str(), said.empty() ? "" : ": ",
+              said.c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -153,13 +177,16 @@ int main(int argc, char** argv) {
     auto alias = take_option(args, "--alias").value_or("");
     // Submission to a cluster queue (pipeline/queue.hpp), RELION's options.
     regula::pipeline::QueueOptions queue;
-    const auto queue_name = take_option(args, "--queue");
-    bool submit = queue_name.has_value();
-    if (queue_name) queue.queue = *queue_name;
-    if (auto v = take_option(args, "--qsub")) queue.qsub = *v, submit = true;
-    if (auto v = take_option(args, "--qsubscript")) queue.script = *v, submit = true;
-    if (auto v = take_option(args, "--min_dedicated")) {
-      submit = true;
+    std::vector<std::string> queue_args;  // the same options, for a workflow's steps
+    auto queue_option = [&](const std::string& name) {
+      auto v = take_option(args, name);
+      if (v) queue_args.insert(queue_args.end(), {name, *v});
+      return v;
+    };
+    if (auto v = queue_option("--queue")) queue.queue = *v;
+    if (auto v = queue_option("--qsub")) queue.qsub = *v;
+    if (auto v = queue_option("--qsubscript")) queue.script = *v;
+    if (auto v = queue_option("--min_dedicated")) {
       try {
         queue.min_dedicated = std::stoi(*v);
       } catch (const std::exception&) {
@@ -167,12 +194,16 @@ int main(int argc, char** argv) {
       }
     }
     for (int k = 0; k < 4; ++k)
-      if (auto v = take_option(args, fmt::format("--qsub_extra{}", k + 1))) queue.extra[size_t(k)] = *v, submit = true;
+      if (auto v = queue_option(fmt::format("--qsub_extra{}", k + 1))) queue.extra[size_t(k)] = *v;
+    const bool submit = !queue_args.empty();
     if (submit && !project)
       regula::input_error("--queue, --qsub, --qsubscript: a job is submitted to a queue as a job of a project "
                           "(add --project DIR)");
-    if (submit && !queue.script.empty() && !std::filesystem::path(queue.script).is_absolute())
+    if (submit && !queue.script.empty() && !std::filesystem::path(queue.script).is_absolute()) {
       queue.script = std::filesystem::absolute(queue.script).string();  // before changing into the project
+      for (size_t i = 0; i + 1 < queue_args.size(); i += 2)
+        if (queue_args[i] == "--qsubscript") queue_args[i + 1] = queue.script;
+    }
     if (project) {
       // Only a command that runs as a job makes its project; the others (serve, pipeline,
       // run, info...) read an existing one, so a mistyped directory is an error, not a new
@@ -222,8 +253,22 @@ int main(int argc, char** argv) {
         return help ? 0 : 1;
       }
       if (!rest.empty()) regula::input_error("run: unexpected argument '{}'", rest[0]);
-      if (submit) regula::input_error("run --job with --queue: not implemented yet (submit a new job instead)");
       auto job = regula::pipeline::Job::open(*dir);
+      if (submit) {
+        // Submitted again: the queue runs `regula --project P run --job DIR [--continue]`, which does
+        // what follows (the resume point is found when the job starts).
+        const auto state = regula::pipeline::job_state(job.dir());
+        if (state.status == regula::pipeline::Status::Running)
+          regula::input_error("run --job {} --queue: the job is {}; it can be submitted again when it has ended",
+                              job.dir(), state.detail.empty() ? "running" : state.detail);
+        if (cont && !regula::pipeline::resumes_per_micrograph(job.type().command) &&
+            regula::pipeline::last_optimiser(job.dir()).empty())
+          regula::input_error("run: {} has no *_optimiser.star to continue from", job.dir());
+        check_queue_script(queue);
+        std::vector<std::string> tail{"run", "--job", job.dir()};
+        if (cont) tail.push_back("--continue");
+        return submit_to_queue(job, queue, global, tail);
+      }
       // Micrograph jobs resume micrograph by micrograph: the finished ones are kept.
       if (cont && regula::pipeline::resumes_per_micrograph(job.type().command)) {
         auto& a = job.mutable_args();
@@ -254,10 +299,11 @@ int main(int argc, char** argv) {
         return help ? 0 : 1;
       }
       if (!rest.empty()) regula::input_error("workflow: unexpected argument '{}'", rest[0]);
-      if (submit) regula::input_error("workflow with --queue: not implemented yet (submit its jobs one by one)");
+      if (submit) check_queue_script(queue);
       regula::set_verbosity(std::find(global.begin(), global.end(), "--quiet") == global.end() ? 1 : 0);
       const auto steps = regula::pipeline::read_workflow(*file);
-      regula::pipeline::run_workflow(steps, std::filesystem::read_symlink("/proc/self/exe").string(), global);
+      regula::pipeline::run_workflow(steps, std::filesystem::read_symlink("/proc/self/exe").string(), global,
+                                     queue_args);
       return 0;
     }
     // A subcommand that runs as a job when a project is given.
@@ -268,28 +314,10 @@ int main(int argc, char** argv) {
       if (const auto* type = regula::pipeline::job_type(*sub)) {
         std::vector<std::string> before(args.begin(), sub), after(sub + 1, args.end());
         for (auto& b : before) global.push_back(b);
-        if (submit) {
-          if (queue.script.empty()) regula::input_error("--queue needs --qsubscript, the submission script template");
-          if (!std::filesystem::is_regular_file(queue.script))
-            regula::input_error("--qsubscript {}: no such file", queue.script);
-        }
+        if (submit) check_queue_script(queue);
         auto job = regula::pipeline::Job::create(*type, after, alias);
-        if (submit) {
-          // The job runs where the queue puts it as `regula --project P run --job DIR`.
-          std::vector<std::string> cmd{std::filesystem::read_symlink("/proc/self/exe").string(), "--project",
-                                       std::filesystem::current_path().string()};
-          for (auto& g : global) cmd.push_back(g);
-          for (auto& a : std::vector<std::string>{"run", "--job", job.dir()}) cmd.push_back(a);
-          std::string command;
-          for (auto& c : cmd) {
-            const bool plain = c.find_first_of(" \t'\"$`\\;&|<>()*?[]#~") == std::string::npos && !c.empty();
-            command += (command.empty() ? "" : " ") + (plain ? c : "'" + c + "'");
-          }
-          const std::string said = regula::pipeline::submit_job(job, queue, command);
-          std::printf("%s: submitted (%s)%s%s\n", job.dir().c_str(), queue.qsub.c_str(), said.empty() ? "" : ": ",
-                      said.c_str());
-          return 0;
-        }
+        // Submitted: the job runs where the queue puts it as `regula --project P run --job DIR`.
+        if (submit) return submit_to_queue(job, queue, global, {"run", "--job", job.dir()});
         return run_job(job, global);
       }
     }

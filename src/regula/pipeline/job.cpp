@@ -341,6 +341,10 @@ void Job::mark_queued(const std::string& submitted) {
   std::replace(line.begin(), line.end(), '\n', ' ');
   write_file_atomic(dir_ + kMarkers[4], line + "\n");
   set_marker(dir_, kMarkers[4]);
+  // A job submitted again after it had ended is running (queued) again in the record too.
+  pipeline::update_record(".", [&](Record& r) {
+    if (auto* p = r.find_process(dir_)) p->status = Status::Running;
+  });
 }
 
 void Job::finish(Status status) {

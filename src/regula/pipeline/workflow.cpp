@@ -168,8 +168,22 @@ std::vector<WorkflowStep> read_workflow(const std::string& path) {
   return steps;
 }
 
+// Waits while the job has no exit marker and is running on this host or (queued) is in the queue's
+// hands; returns its state then.
+JobState wait_for_end(const std::string& dir, bool queued) {
+  JobState state = job_state(dir);
+  auto waiting = [&] { return state.status == Status::Running && (state.alive || queued); };
+  for (int polls = 0; waiting(); ++polls) {
+    // Each second for a minute, then every 5 s: a queue may take hours to start a job.
+    std::this_thread::sleep_for(std::chrono::seconds(polls < 60 ? 1 : 5));
+    state = job_state(dir);
+  }
+  return state;
+}
+
 void run_workflow(const std::vector<WorkflowStep>& steps, const std::string& exe,
-                  const std::vector<std::string>& global) {
+                  const std::vector<std::string>& global, const std::vector<std::string>& queue) {
+  const bool queued = !queue.empty();
   std::map<std::string, std::string> dirs;
   for (const auto& s : steps) {
     const JobType* type = job_type(s.command);
@@ -179,17 +193,17 @@ void run_workflow(const std::vector<WorkflowStep>& steps, const std::string& exe
     for (const auto& a : s.args) args.push_back(expand(a, dirs, where));
     std::vector<std::string> cmd{exe};
     cmd.insert(cmd.end(), global.begin(), global.end());
+    cmd.insert(cmd.end(), queue.begin(), queue.end());
     cmd.insert(cmd.end(), {"--project", "."});
     const Record before = read_record(".");
     if (const Process* p = step_job(before, alias)) {
       JobState state = p->status == Status::Running ? job_state(p->name) : JobState{p->status, ""};
-      if (state.status == Status::Running && state.alive) {
-        // The job outlived an earlier runner (only the runner was killed): wait for its end.
-        spdlog::info("workflow: {} is still running ({}); waiting for it to end", s.name, p->name);
-        while (state.status == Status::Running && state.alive) {
-          std::this_thread::sleep_for(std::chrono::seconds(1));
-          state = job_state(p->name);
-        }
+      if (state.status == Status::Running && (state.alive || queued)) {
+        // The job outlived an earlier runner (only the runner was killed), or is in the queue's hands:
+        // wait for its end.
+        spdlog::info("workflow: {} is still {} ({}); waiting for it to end", s.name,
+                     state.detail.empty() ? "running" : state.detail, p->name);
+        state = wait_for_end(p->name, queued);
       }
       const Job job = Job::open(p->name);
       if (job.args() != args || job.type().command != s.command)
@@ -219,9 +233,18 @@ void run_workflow(const std::vector<WorkflowStep>& steps, const std::string& exe
     const Process* p = step_job(after, alias);
     const std::string dir = p ? p->name : std::string("(no job made)");
     if (status != 0)
-      runtime_error("{}: {} ended with status {}{}; fix the cause and run the workflow again to go on", where, dir,
-                    status, p ? fmt::format(" (its log: {}run.out)", dir) : "");
+      runtime_error("{}: {} {} with status {}{}; fix the cause and run the workflow again to go on", where, dir,
+                    queued ? "could not be submitted: the submission ended" : "ended", status,
+                    p ? fmt::format(" (its log: {}run.out)", dir) : "");
     if (!p) runtime_error("{}: the job left no record under the alias {}", where, alias);
+    if (queued) {
+      spdlog::info("workflow: {} submitted ({}); waiting for it to end", s.name, dir);
+      const JobState state = wait_for_end(dir, true);
+      if (state.status != Status::Succeeded)
+        runtime_error("{}: {} {}{}; its log: {}run.out, the queue's: {}run_queue.out and .err; fix the cause and run "
+                      "the workflow again to go on", where, dir, status_name(state.status),
+                      state.detail.empty() ? "" : " (" + state.detail + ")", dir, dir);
+    }
     dirs[s.name] = dir;
   }
   spdlog::info("workflow: all {} steps finished", steps.size());

@@ -36,7 +36,11 @@ std::vector<WorkflowStep> read_workflow(const std::string& path);
 // Runs the steps in the project that is the current directory; each job is a child process
 // `exe [global...] --project . ...` whose output goes to this process's. Returns when every step has
 // finished; throws (naming the step and its job directory) when one fails or is still running.
+// With `queue` (the queue options, e.g. {"--queue", "cpu", "--qsubscript", "/abs/slurm.sh"}) each step
+// is submitted to the queue instead (`exe [global...] QUEUE... --project . ...` returns once it is
+// submitted) and the runner follows the job's markers until it has ended; a step whose job is queued or
+// running elsewhere is then waited for rather than an error.
 void run_workflow(const std::vector<WorkflowStep>& steps, const std::string& exe,
-                  const std::vector<std::string>& global);
+                  const std::vector<std::string>& global, const std::vector<std::string>& queue = {});
 
 }  // namespace regula::pipeline
