@@ -250,5 +250,6 @@ auto run_job(const py::kwargs& kw, F&& f) -> decltype(f()) {
 void bind_io(py::module_& m);
 void bind_imaging(py::module_& m);
 void bind_jobs(py::module_& m);
+void bind_project(py::module_& m);
 
 }  // namespace regula::python

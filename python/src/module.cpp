@@ -76,4 +76,5 @@ PYBIND11_MODULE(regula, m) {
   bind_io(m);
   bind_imaging(m);
   bind_jobs(m);
+  bind_project(m);
 }
