@@ -144,3 +144,86 @@ def test_a_failed_step_stops_the_workflow_and_a_changed_step_is_refused(tmp_path
     (p / "w.txt").write_text(f"sim: simulate --i {MAP} --o sim --n 5 --box 64 --angpix 4 --seed 1\n")
     r = workflow(p, "--i", "w.txt")
     assert r.returncode == 1 and "its job Simulate/job001/ was made with other arguments" in r.stderr, r.stderr
+
+
+# The front end of a project on movies that arrive while it runs (--watch).
+WATCHED = """imp:  import --do_movies --i "watch/*.mrc" --angpix 4 --kV 300 --Cs 2.7 --Q0 0.1
+mc:   motioncorr --i {imp}movies.star --o mc --dose_weighting --dose_per_frame 4 --patch_x 1 --patch_y 1 --j 2
+ctf:  ctffind --i {mc}corrected_micrographs.star --o ctf --ResMin 40 --ResMax 10 --dFMin 5000 --dFMax 50000 \\
+      --FStep 500 --j 2
+pick: autopick --i {ctf}micrographs_ctf.star --o pick --LoG --LoG_diam_min 200 --LoG_diam_max 280 --j 2
+ext:  extract --i {ctf}micrographs_ctf.star --coord_list {pick}autopick.star --o ext --extract_size 64 --norm \\
+      --bg_radius 24 --invert_contrast --j 2
+c2d:  class2d --i {ext}particles.star --o run --K 2 --iter 2 --ctf --particle_diameter 230 --j 2 --seed 1
+"""
+WATCHED_OUTPUTS = ["Import/job001/movies.star", "MotionCorr/job002/corrected_micrographs.star",
+                   "CtfFind/job003/micrographs_ctf.star", "AutoPick/job004/autopick.star",
+                   "Extract/job005/particles.star", "Extract/job005/watch/movie_004.mrcs",
+                   "Class2D/job006/run_it002_classes.mrcs", "Class2D/job006/run_it002_data.star"]
+
+
+@pytest.fixture(scope="module")
+def movies(tmp_path_factory):
+    d = tmp_path_factory.mktemp("movies")
+    subprocess.run([regula_binary(), "--quiet", "simulate_movies", "--i", str(MAP), "--o", str(d), "--n", "4",
+                    "--size", "512", "--angpix", "4", "--frames", "8", "--dose_per_frame", "4", "--particles", "30",
+                    "--defocus_min", "10000", "--defocus_max", "30000", "--seed", "2", "--j", "2"], check=True)
+    return sorted((d / "Movies").glob("*.mrc"))
+
+
+def arrive(movie, folder):
+    """As a microscope's copy should: written under another name, then renamed into the watched folder."""
+    tmp = folder / ("." + movie.name + ".part")
+    tmp.write_bytes(movie.read_bytes())
+    tmp.rename(folder / movie.name)
+
+
+def test_watch_mode_follows_new_movies_then_runs_the_rest(tmp_path, movies):
+    """--watch: two movies at the start, two more while it watches; the front steps go on with the new ones,
+    the rest runs once after --watch_idle seconds without new movies. Every file equals that of the workflow
+    run once with all four movies there from the start."""
+    once, watched = tmp_path / "once", tmp_path / "watched"
+    for p in (once, watched):
+        (p / "watch").mkdir(parents=True)
+        (p / "workflow.txt").write_text(WATCHED)
+    for m in movies:
+        arrive(m, once / "watch")
+    r = workflow(once, "--i", "workflow.txt")
+    assert r.returncode == 0, r.stderr
+    for m in movies[:2]:
+        arrive(m, watched / "watch")
+    proc = subprocess.Popen([regula_binary(), "--project", str(watched), "workflow", "--i", "workflow.txt",
+                             "--watch", "0.5", "--watch_idle", "5"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (watched / "Extract/job005/RELION_JOB_EXIT_SUCCESS").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.1)
+    assert not (watched / "Class2D").exists()  # the rest waits for the end of the watching
+    first = (watched / "Extract/job005/particles.star").read_text()
+    for m in movies[2:]:
+        arrive(m, watched / "watch")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert "new files in Import/job001/movies.star" in out and "no new files for 5 s: watching ends" in out, out
+    assert "movie_004" not in first and "movie_004" in (watched / "Extract/job005/particles.star").read_text()
+    for f in WATCHED_OUTPUTS:
+        assert (watched / f).read_bytes() == (once / f).read_bytes(), f
+    # The same jobs, each once, all finished.
+    assert statuses(watched) == statuses(once)
+
+
+def test_watch_needs_an_import_first(tmp_path):
+    p = tmp_path / "p"
+    p.mkdir()
+    (p / "w.txt").write_text(f"sim: simulate --i {MAP} --o sim --n 4 --box 64 --angpix 4 --seed 1\n")
+    r = workflow(p, "--i", "w.txt", "--watch", "1")
+    assert r.returncode == 1 and "first step ('sim', line 1) must import movies or micrographs" in r.stderr, r.stderr
+    for args, message in ((["--watch", "0"], "--watch 0: expected seconds > 0"),
+                          (["--watch_idle", "3"], "only with --watch")):
+        r = workflow(p, "--i", "w.txt", *args)
+        assert r.returncode == 1 and message in r.stderr, r.stderr
+    # Nothing arrives: an error after --watch_idle seconds, naming the pattern.
+    (p / "w.txt").write_text('imp: import --do_movies --i "watch/*.mrc" --angpix 4\n')
+    r = workflow(p, "--i", "w.txt", "--watch", "0.2", "--watch_idle", "1")
+    assert r.returncode == 1 and "nothing matched watch/*.mrc in 1 s" in r.stderr, r.stderr

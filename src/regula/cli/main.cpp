@@ -249,7 +249,8 @@ int main(int argc, char** argv) {
         std::puts("Usage: regula [--project DIR] run --job <Type>/jobNNN/ [--continue]\n"
                   "Re-runs a job of the project with its recorded command line; with --continue it resumes\n"
                   "from the job's last *_optimiser.star (iterative jobs), or keeps the finished micrographs\n"
-                  "(motioncorr, ctffind, autopick, extract: --only_do_unfinished).");
+                  "(motioncorr, ctffind, autopick, extract: --only_do_unfinished), or adds the new files (import\n"
+                  "of movies or micrographs: --continue).");
         return help ? 0 : 1;
       }
       if (!rest.empty()) regula::input_error("run: unexpected argument '{}'", rest[0]);
@@ -262,7 +263,7 @@ int main(int argc, char** argv) {
           regula::input_error("run --job {} --queue: the job is {}; it can be submitted again when it has ended",
                               job.dir(), state.detail.empty() ? "running" : state.detail);
         if (cont && !regula::pipeline::resumes_per_micrograph(job.type().command) &&
-            regula::pipeline::last_optimiser(job.dir()).empty())
+            job.type().command != "import" && regula::pipeline::last_optimiser(job.dir()).empty())
           regula::input_error("run: {} has no *_optimiser.star to continue from", job.dir());
         check_queue_script(queue);
         std::vector<std::string> tail{"run", "--job", job.dir()};
@@ -273,6 +274,10 @@ int main(int argc, char** argv) {
       if (cont && regula::pipeline::resumes_per_micrograph(job.type().command)) {
         auto& a = job.mutable_args();
         if (std::find(a.begin(), a.end(), "--only_do_unfinished") == a.end()) a.push_back("--only_do_unfinished");
+      } else if (cont && job.type().command == "import") {
+        // Movies or micrographs: the files not yet listed are added (relion_import --continue).
+        auto& a = job.mutable_args();
+        if (std::find(a.begin(), a.end(), "--continue") == a.end()) a.push_back("--continue");
       } else if (cont) {
         std::string opt = regula::pipeline::last_optimiser(job.dir());
         if (opt.empty()) regula::input_error("run: {} has no *_optimiser.star to continue from", job.dir());
@@ -290,12 +295,32 @@ int main(int argc, char** argv) {
       std::vector<std::string> rest(args.begin() + 1, args.end());
       bool help = take_flag(rest, "--help") || take_flag(rest, "-h");
       auto file = take_option(rest, "--i");
+      regula::pipeline::WatchOptions watch;
+      auto seconds = [&](const char* name, double& to) {
+        if (auto v = take_option(rest, name)) {
+          try {
+            size_t used = 0;
+            to = std::stod(*v, &used);
+            if (used != v->size() || !(to > 0)) throw std::invalid_argument(*v);
+          } catch (const std::exception&) {
+            regula::input_error("workflow {} {}: expected seconds > 0", name, *v);
+          }
+          return true;
+        }
+        return false;
+      };
+      seconds("--watch", watch.interval);
+      if (seconds("--watch_idle", watch.idle) && watch.interval <= 0)
+        regula::input_error("workflow --watch_idle: only with --watch SECONDS");
       if (help || !file) {
-        std::puts("Usage: regula [--project DIR] workflow --i FILE\n"
+        std::puts("Usage: regula [--project DIR] workflow --i FILE [--watch SECONDS [--watch_idle SECONDS]]\n"
                   "Runs the steps of a workflow file (lines 'NAME: SUBCOMMAND ARGS...', {NAME} standing for the job\n"
                   "directory of an earlier step) as jobs of the project, in order, each with its name as alias.\n"
                   "Run again, it skips the finished steps and resumes a failed or killed one (docs/pipeline.md).\n"
-                  "FILE is read relative to the project directory.");
+                  "FILE is read relative to the project directory.\n"
+                  "--watch S: the first step imports movies or micrographs; every S seconds it adds the new files\n"
+                  "and the per-micrograph steps after it (motioncorr, ctffind, autopick, extract) go on with them;\n"
+                  "after --watch_idle seconds (600) without new files, the rest of the workflow runs once.");
         return help ? 0 : 1;
       }
       if (!rest.empty()) regula::input_error("workflow: unexpected argument '{}'", rest[0]);
@@ -303,7 +328,7 @@ int main(int argc, char** argv) {
       regula::set_verbosity(std::find(global.begin(), global.end(), "--quiet") == global.end() ? 1 : 0);
       const auto steps = regula::pipeline::read_workflow(*file);
       regula::pipeline::run_workflow(steps, std::filesystem::read_symlink("/proc/self/exe").string(), global,
-                                     queue_args);
+                                     queue_args, watch);
       return 0;
     }
     // A subcommand that runs as a job when a project is given.

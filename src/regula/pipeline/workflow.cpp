@@ -3,12 +3,14 @@
 #include <cctype>
 #include <chrono>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <set>
 #include <thread>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+#include <glob.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -168,6 +170,8 @@ std::vector<WorkflowStep> read_workflow(const std::string& path) {
   return steps;
 }
 
+namespace {
+
 // Waits while the job has no exit marker and is running on this host or (queued) is in the queue's
 // hands; returns its state then.
 JobState wait_for_end(const std::string& dir, bool queued) {
@@ -181,11 +185,90 @@ JobState wait_for_end(const std::string& dir, bool queued) {
   return state;
 }
 
+// The import step of a watched workflow: its list of movies or micrographs (the job's output node of that type).
+std::string import_list(const std::string& job_dir) {
+  const Record r = read_record(".");
+  for (const auto& e : r.outputs)
+    if (e.from == job_dir)
+      for (const auto& n : r.nodes)
+        if (n.name == e.to && (n.type == kNodeMovies || n.type == kNodeMics)) return n.name;
+  runtime_error("workflow --watch: {} wrote no list of movies or micrographs", job_dir);
+}
+
+std::string value_of(const std::vector<std::string>& args, const std::string& name) {
+  for (size_t i = 0; i + 1 < args.size(); ++i)
+    if (args[i] == name) return args[i + 1];
+  return "";
+}
+
+size_t glob_count(const std::string& pattern) {
+  glob_t g{};
+  const int rc = ::glob(pattern.c_str(), 0, nullptr, &g);
+  const size_t n = rc == 0 ? g.gl_pathc : 0;
+  globfree(&g);
+  return n;
+}
+
+std::string file_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+}  // namespace
+
 void run_workflow(const std::vector<WorkflowStep>& steps, const std::string& exe,
-                  const std::vector<std::string>& global, const std::vector<std::string>& queue) {
+                  const std::vector<std::string>& global, const std::vector<std::string>& queue,
+                  const WatchOptions& watch) {
   const bool queued = !queue.empty();
   std::map<std::string, std::string> dirs;
-  for (const auto& s : steps) {
+  // The steps that follow new files when watching: the import step and the per-micrograph jobs after it.
+  size_t front = 0;
+  if (watch.interval > 0) {
+    const auto& first = steps.front();
+    const std::vector<std::string>& a = first.args;
+    if (first.command != "import" ||
+        (std::find(a.begin(), a.end(), "--do_movies") == a.end() &&
+         std::find(a.begin(), a.end(), "--do_micrographs") == a.end()))
+      input_error("workflow --watch: the first step ('{}', line {}) must import movies or micrographs (import "
+                  "--do_movies or --do_micrographs), the files it watches for", first.name, first.line);
+    if (watch.idle <= 0) input_error("--watch_idle {}: expected seconds > 0", watch.idle);
+    front = 1;
+    while (front < steps.size() && resumes_per_micrograph(steps[front].command)) ++front;
+    // Files may not be there yet: wait for the first (import refuses a wildcard that matches nothing).
+    const std::string pattern = value_of(a, "--i");
+    const auto start = Clock::now();
+    if (glob_count(pattern) == 0) {
+      spdlog::info("workflow: watching for {} (nothing there yet)", pattern);
+      while (glob_count(pattern) == 0) {
+        if (seconds_since(start) >= watch.idle)
+          input_error("workflow --watch: nothing matched {} in {} s (--watch_idle)", pattern, watch.idle);
+        std::this_thread::sleep_for(std::chrono::duration<double>(watch.interval));
+      }
+    }
+  }
+  // Runs `regula [global] [queue] --project . run --job DIR [--continue]` and waits for the job's end.
+  auto rerun = [&](const WorkflowStep& s, const std::string& dir, bool resume) {
+    std::vector<std::string> cmd{exe};
+    cmd.insert(cmd.end(), global.begin(), global.end());
+    cmd.insert(cmd.end(), queue.begin(), queue.end());
+    cmd.insert(cmd.end(), {"--project", ".", "run", "--job", dir});
+    if (resume) cmd.push_back("--continue");
+    const int status = spawn_and_wait(cmd);
+    const std::string where = fmt::format("step '{}' (line {})", s.name, s.line);
+    if (status != 0)
+      runtime_error("{}: {} ended with status {} (its log: {}run.out); fix the cause and run the workflow again to "
+                    "go on", where, dir, status, dir);
+    if (queued) {
+      const JobState state = wait_for_end(dir, true);
+      if (state.status != Status::Succeeded)
+        runtime_error("{}: {} {}; its log: {}run.out, the queue's: {}run_queue.out and .err", where, dir,
+                      status_name(state.status), dir, dir);
+    }
+  };
+  auto run_step = [&](const WorkflowStep& s) {
     const JobType* type = job_type(s.command);
     const std::string alias = fmt::format("{}/{}/", type->dir_name, s.name);
     const std::string where = fmt::format("step '{}' (line {})", s.name, s.line);
@@ -212,7 +295,7 @@ void run_workflow(const std::vector<WorkflowStep>& steps, const std::string& exe
       if (state.status == Status::Succeeded) {
         spdlog::info("workflow: {} finished already ({})", s.name, p->name);
         dirs[s.name] = p->name;
-        continue;
+        return;
       }
       if (state.status == Status::Running)
         input_error("{}: its job {} is still running{}; start the workflow again when it has ended", where, p->name,
@@ -246,7 +329,29 @@ void run_workflow(const std::vector<WorkflowStep>& steps, const std::string& exe
                       state.detail.empty() ? "" : " (" + state.detail + ")", dir, dir);
     }
     dirs[s.name] = dir;
+  };
+  for (size_t i = 0; i < front; ++i) run_step(steps[i]);
+  if (front > 0) {
+    // Watching: each --watch seconds the import job adds what is new (import --continue); when it did, the
+    // per-micrograph jobs after it continue on the new files (--only_do_unfinished). Ends after --watch_idle
+    // seconds without new files; then the rest of the workflow runs once, on everything.
+    const std::string list = import_list(dirs[steps[0].name]);
+    auto last_new = Clock::now();
+    spdlog::info("workflow: watching for new files every {} s (steps {} to {}); ends after {} s without any",
+                 watch.interval, steps[0].name, steps[front - 1].name, watch.idle);
+    while (seconds_since(last_new) < watch.idle) {
+      std::this_thread::sleep_for(std::chrono::duration<double>(watch.interval));
+      const std::string before = file_text(list);
+      rerun(steps[0], dirs[steps[0].name], true);
+      if (file_text(list) == before) continue;
+      last_new = Clock::now();
+      spdlog::info("workflow: new files in {}; {} to {} go on with them", list, steps[std::min<size_t>(1, front - 1)].name,
+                   steps[front - 1].name);
+      for (size_t i = 1; i < front; ++i) rerun(steps[i], dirs[steps[i].name], true);
+    }
+    spdlog::info("workflow: no new files for {} s: watching ends", watch.idle);
   }
+  for (size_t i = front; i < steps.size(); ++i) run_step(steps[i]);
   spdlog::info("workflow: all {} steps finished", steps.size());
 }
 

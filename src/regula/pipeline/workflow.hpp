@@ -40,7 +40,18 @@ std::vector<WorkflowStep> read_workflow(const std::string& path);
 // is submitted to the queue instead (`exe [global...] QUEUE... --project . ...` returns once it is
 // submitted) and the runner follows the job's markers until it has ended; a step whose job is queued or
 // running elsewhere is then waited for rather than an error.
+//
+// Watching (`interval` > 0; RELION's on-the-fly processing, cryoSPARC Live): the first step must import
+// movies or micrographs; it and the per-micrograph steps right after it (motioncorr, ctffind, autopick,
+// extract) run, then every `interval` seconds the import job adds the new files (`run --job DIR
+// --continue`) and, when there were some, those steps continue on them; after `idle` seconds without new
+// files the watching ends and the remaining steps run once on everything.
+struct WatchOptions {
+  double interval = 0;  // --watch: seconds between looks (0: no watching)
+  double idle = 600;    // --watch_idle: seconds without new files that end the watching
+};
 void run_workflow(const std::vector<WorkflowStep>& steps, const std::string& exe,
-                  const std::vector<std::string>& global, const std::vector<std::string>& queue = {});
+                  const std::vector<std::string>& global, const std::vector<std::string>& queue = {},
+                  const WatchOptions& watch = {});
 
 }  // namespace regula::pipeline
