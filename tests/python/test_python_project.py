@@ -62,3 +62,13 @@ def test_workflow_errors(tmp_path):
         regula.workflow(str(p), "workflow.txt", queue={"queue_name": "cpu"})
     with pytest.raises(regula.InputError, match="no such project"):
         regula.project_jobs(str(tmp_path / "none"))
+
+
+def test_workflow_watch_options_reach_the_runner(tmp_path):
+    p = tmp_path / "P"
+    p.mkdir()
+    (p / "workflow.txt").write_text(WORKFLOW)
+    with pytest.raises(regula.Error, match=r"first step \('sim', line 1\) must import movies or micrographs"):
+        regula.workflow(str(p), "workflow.txt", watch=1, watch_idle=2)
+    with pytest.raises(regula.InputError, match="watch=-1"):
+        regula.workflow(str(p), "workflow.txt", watch=-1)
