@@ -1,7 +1,8 @@
 // The page of `regula serve` (docs/web.md): the jobs of the project, live, and for a job what people
 // look at: class galleries, maps in 3D with a threshold (coloured by local resolution when there is a
 // local-resolution map), central slices, FSC curves, angular distributions, resolution per iteration,
-// Guinier plots, micrographs with their picks, and the files behind them.
+// Guinier plots, micrographs with their picks, motion trajectories and CTF fits, the pipeline as a graph, and the
+// files behind them.
 // three.js (npm, embedded at build time) draws the isosurface; everything else is plain canvas.
 
 let THREE = null;
@@ -450,6 +451,130 @@ async function showPicks(view, job) {
   if (first) await select(first);
 }
 
+// ---------------- the pipeline as a graph (polled every 2 s) ----------------
+// Jobs in columns by depth (the longest chain of inputs before them), edges from the job that wrote a file to
+// each job that read it; a box per job coloured by status; a click opens the job.
+let graphText = '';
+async function refreshGraph() {
+  let g;
+  try { g = await api('/api/graph'); } catch (e) { return; }
+  const text = JSON.stringify(g) + selected;
+  if (text === graphText) return;
+  graphText = text;
+  const svgNS = 'http://www.w3.org/2000/svg', el = (tag, attrs) => {
+    const e = document.createElementNS(svgNS, tag);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+    return e;
+  };
+  const depth = new Map(g.jobs.map(j => [j.dir, 0]));
+  for (let pass = 0; pass < g.jobs.length; pass++)  // longest path; the record is acyclic
+    for (const e of g.edges) if (depth.has(e.from) && depth.has(e.to)) depth.set(e.to, Math.max(depth.get(e.to), depth.get(e.from) + 1));
+  const columns = [];
+  for (const j of g.jobs) (columns[depth.get(j.dir)] ??= []).push(j);
+  const W = 150, H = 34, GX = 40, GY = 12, pos = new Map();
+  columns.forEach((col, c) => col.forEach((j, r) => pos.set(j.dir, {x: 8 + c * (W + GX), y: 8 + r * (H + GY)})));
+  const width = 16 + columns.length * (W + GX) - GX, height = 16 + Math.max(1, ...columns.map(c => c.length)) * (H + GY) - GY;
+  const svg = el('svg', {id: 'graph', width, height, viewBox: `0 0 ${width} ${height}`});
+  for (const e of g.edges) {
+    const a = pos.get(e.from), b = pos.get(e.to);
+    if (!a || !b) continue;
+    const path = el('path', {class: 'edge', d: `M${a.x + W},${a.y + H / 2} C${a.x + W + GX / 2},${a.y + H / 2} ${b.x - GX / 2},${b.y + H / 2} ${b.x},${b.y + H / 2}`,
+                             'data-from': e.from, 'data-to': e.to});
+    path.append(el('title', {}));
+    path.lastChild.textContent = e.file;
+    svg.append(path);
+  }
+  for (const j of g.jobs) {
+    const {x, y} = pos.get(j.dir);
+    const node = el('g', {class: `node status-${j.status}` + (selected === j.dir ? ' selected' : ''), 'data-dir': j.dir, transform: `translate(${x},${y})`});
+    node.append(el('rect', {width: W, height: H, rx: 5}));
+    const t1 = el('text', {x: 6, y: 14}), t2 = el('text', {x: 6, y: 28, class: 'alias'});
+    t1.textContent = j.dir;
+    t2.textContent = `${j.alias ? j.alias.split('/').slice(-2, -1)[0] + ' · ' : ''}${j.status}`;
+    node.append(t1, t2);
+    node.addEventListener('click', () => showJob({dir: j.dir, type: j.type, status: j.status}));
+    svg.append(node);
+  }
+  $('#pipeline').replaceChildren(...(g.jobs.length ? [svg] : [h('span', {class: 'hint'}, 'No jobs recorded in default_pipeline.star yet.')]));
+}
+setInterval(refreshGraph, 2000);
+refreshGraph();
+
+// ---------------- micrographs of MotionCorr and CtfFind jobs ----------------
+// Trajectory of the whole-frame shifts (px) as an SVG: a line through the frames, a dot per frame, the first red.
+function trajectory(m) {
+  const svgNS = 'http://www.w3.org/2000/svg', S = 300, pad = 20;
+  const svg = document.createElementNS(svgNS, 'svg');
+  svg.id = 'trajectory';
+  svg.setAttribute('width', S); svg.setAttribute('height', S);
+  const xs = m.shift_x, ys = m.shift_y;
+  const cx = (Math.min(...xs) + Math.max(...xs)) / 2, cy = (Math.min(...ys) + Math.max(...ys)) / 2;
+  const span = Math.max(2, Math.max(...xs) - Math.min(...xs), Math.max(...ys) - Math.min(...ys));
+  const X = x => S / 2 + (x - cx) / span * (S - 2 * pad), Y = y => S / 2 + (y - cy) / span * (S - 2 * pad);
+  const line = document.createElementNS(svgNS, 'polyline');
+  line.setAttribute('points', xs.map((x, k) => `${X(x).toFixed(1)},${Y(ys[k]).toFixed(1)}`).join(' '));
+  svg.append(line);
+  xs.forEach((x, k) => {
+    const c = document.createElementNS(svgNS, 'circle');
+    c.setAttribute('cx', X(x).toFixed(1)); c.setAttribute('cy', Y(ys[k]).toFixed(1)); c.setAttribute('r', k === 0 ? 4 : 2.5);
+    c.setAttribute('class', k === 0 ? 'frame first' : 'frame');
+    const t = document.createElementNS(svgNS, 'title');
+    t.textContent = `frame ${m.frame[k]}: ${x.toFixed(2)}, ${ys[k].toFixed(2)} px`;
+    c.append(t);
+    svg.append(c);
+  });
+  const label = document.createElementNS(svgNS, 'text');
+  label.setAttribute('x', 6); label.setAttribute('y', S - 6);
+  label.textContent = `${xs.length} frames; the box spans ${span.toFixed(1)} px`;
+  svg.append(label);
+  return svg;
+}
+
+async function showMics(view, job) {
+  const info = await api(`/api/mics?dir=${q(job.dir)}`);
+  const cols = [['motion_total', 'motion (px)'], ['motion_early', 'early'], ['motion_late', 'late'], ['defocus_u', 'defocus U (Å)'],
+                ['defocus_v', 'defocus V'], ['astigmatism', 'astig.'], ['ctf_max_resolution', 'fit to (Å)'], ['ctf_fom', 'FOM']]
+    .filter(([k]) => info.micrographs.some(m => k in m));
+  const fmt = (k, v) => v === undefined ? '' : k.startsWith('defocus') || k === 'astigmatism' ? Math.round(v) : v.toFixed(k === 'ctf_fom' ? 3 : 2);
+  const rows = info.micrographs.map(m => h('tr', {class: 'mic', 'data-index': String(m.index), title: m.micrograph, onclick: () => select(m)},
+    h('td', {}, m.micrograph.split('/').pop()), ...cols.map(([k]) => h('td', {class: 'count'}, fmt(k, m[k])))));
+  const caption = h('div', {id: 'mic-caption'});
+  const figure = h('div', {class: 'mic-figures'});
+  view.append(h('div', {class: 'panel', id: 'mics-summary'}, `${info.micrographs.length} micrographs (${info.source})`),
+    h('div', {class: 'picks-layout'},
+      h('div', {class: 'mic-list'}, h('table', {id: 'micrographs'},
+        h('thead', {}, h('tr', {}, h('th', {}, 'micrograph'), ...cols.map(([, t]) => h('th', {}, t)))), h('tbody', {}, ...rows))),
+      h('div', {class: 'picks-figure'}, caption, figure)));
+  let token = 0;
+  async function select(m) {
+    const mine = ++token;
+    rows.forEach(tr => tr.classList.toggle('selected', tr.dataset.index === String(m.index)));
+    caption.textContent = `${m.micrograph}: loading`;
+    caption.className = '';
+    try {
+      const [detail, image] = await Promise.all([api(`/api/mics?dir=${q(job.dir)}&mic=${m.index}`),
+                                                  fetch(`/api/micrograph?dir=${q(job.dir)}&mic=${m.index}&size=512`)]);
+      if (!image.ok) throw new Error((await image.json().catch(() => ({error: image.statusText}))).error);
+      const img = h('img', {id: 'micrograph', alt: 'micrograph'});
+      await new Promise(async (ok, bad) => { img.onload = ok; img.onerror = () => bad(new Error('the micrograph image did not load')); img.src = URL.createObjectURL(await image.blob()); });
+      if (mine !== token) return;
+      const parts = [h('figure', {}, img, h('figcaption', {}, 'the micrograph (low-pass 20 Å)'))];
+      if (detail.shift_x) parts.push(h('figure', {}, trajectory(detail), h('figcaption', {}, 'whole-frame trajectory')));
+      if (detail.ctf_png) parts.push(h('figure', {}, h('img', {id: 'ctf-fit', alt: 'CTF fit', src: `/files/${detail.ctf_png}`}),
+                                       h('figcaption', {}, 'power spectrum (left) and the fitted CTF (right)')));
+      figure.replaceChildren(...parts);
+      const d = detail;
+      caption.textContent = `${d.micrograph}` + (d.motion_total !== undefined ? `: motion ${d.motion_total.toFixed(1)} px` : '') +
+        (d.defocus_u !== undefined ? `, defocus ${Math.round(d.defocus_u)} / ${Math.round(d.defocus_v)} Å at ${d.defocus_angle.toFixed(0)}°` : '');
+    } catch (e) {
+      if (mine !== token) return;
+      caption.textContent = `${m.micrograph}: ${e.message}`;
+      caption.className = 'error';
+    }
+  }
+  if (info.micrographs.length) await select(info.micrographs[0]);
+}
+
 async function showJob(j) {
   selected = j.dir;
   const view = $('#view');
@@ -460,6 +585,7 @@ async function showJob(j) {
     if (job.type === 'Class2D') await showClass2D(view, job);
     else if (['Refine3D', 'Class3D', 'InitialModel'].includes(job.type)) await show3D(view, job);
     else if (['AutoPick', 'Extract'].includes(job.type)) await showPicks(view, job);
+    else if (['MotionCorr', 'CtfFind'].includes(job.type)) await showMics(view, job);
     else if (job.files.some(f => /_locres\.mrc$/.test(f))) await showLocres(view, job);
     else if (job.type === 'PostProcess') await showFsc(view, job);
     view.append(downloads(job));
@@ -467,5 +593,6 @@ async function showJob(j) {
     view.append(h('p', {class: 'error'}, e.message));
   }
   refreshJobs();
+  refreshGraph();
 }
 window.regulaShowJob = dir => showJob({dir, type: '', status: ''});

@@ -48,6 +48,16 @@ def project(tmp_path_factory):
     run("--project", p, "locres", "--i", "Refine3D/job003/run_half1_class001_unfil.mrc", "--mask",
         "MaskCreate/job004/mask.mrc", "--locres_sampling", 30, "--locres_minres", 80)
     add_picking_jobs(p)
+    # Movies -> motion correction -> CTF estimation (the micrograph views and the pipeline graph).
+    run("--project", p, "simulate_movies", "--i", DATA / "proj" / "clean70SRibosome_vol_65p.mrc", "--o", "mov", "--n", 2,
+        "--size", 384, "--angpix", 4,
+        "--frames", 6, "--dose_per_frame", 5, "--particles", 10, "--defocus_min", 10000, "--defocus_max", 30000,
+        "--seed", 4)
+    movies = job_of(p, "SimulateMovies")
+    run("--project", p, "motioncorr", "--i", movies + "movies.star", "--o", "mc", "--dose_weighting",
+        "--dose_per_frame", 5, "--patch_x", 1, "--patch_y", 1)
+    run("--project", p, "ctffind", "--i", job_of(p, "MotionCorr") + "corrected_micrographs.star", "--o", "ctf",
+        "--ResMin", 40, "--ResMax", 10, "--dFMin", 5000, "--dFMax", 50000, "--FStep", 500)
     # A running job whose progress file grows while the tests run.
     r = p / "Running" / "job099"
     r.mkdir(parents=True)
@@ -62,6 +72,47 @@ def project(tmp_path_factory):
     # A link inside a job directory to a file outside the project: never read by the directory scans.
     (p / "Refine3D/job003/leak.star").symlink_to("/etc/passwd")
     return p
+
+
+def job_of(p, kind):
+    """The (one) job directory of that type, e.g. 'MotionCorr/job011/'."""
+    (d,) = (p / kind).iterdir()
+    return f"{kind}/{d.name}/"
+
+
+def test_graph_and_micrograph_lists(server, project):
+    """/api/graph: the recorded jobs and an edge per file one job wrote and another read (as default_pipeline.star
+    says, read with gemmi); /api/mics: a MotionCorr and a CtfFind job's values per micrograph as their STAR files
+    have them, the trajectory of a micrograph as its metadata file has it, and the diagnostic pictures."""
+    import gemmi
+    g = json.loads(get(server + "api/graph")[2])
+    doc = gemmi.cif.read(str(project / "default_pipeline.star"))
+    procs = [r[0] for r in doc.find_block("pipeline_processes").find("_rlnPipeLineProcess", ["Name"])]
+    outs = {r[1]: r[0] for r in doc.find_block("pipeline_output_edges").find("_rlnPipeLineEdge", ["Process", "ToNode"])}
+    ins = [(r[0], r[1]) for r in doc.find_block("pipeline_input_edges").find("_rlnPipeLineEdge", ["FromNode", "Process"])]
+    assert [j["dir"] for j in g["jobs"]] == procs and all(j["status"] == "finished" for j in g["jobs"])
+    want = sorted((outs[f], p, f) for f, p in ins if f in outs and outs[f] != p)
+    assert sorted((e["from"], e["to"], e["file"]) for e in g["edges"]) == want and len(want) >= 8, g["edges"]
+    mc, ctf = job_of(project, "MotionCorr"), job_of(project, "CtfFind")
+    from movie_data import star_loop
+    for job, star in ((mc, "corrected_micrographs.star"), (ctf, "micrographs_ctf.star")):
+        info = json.loads(get(server + f"api/mics?dir={job}")[2])
+        rows = star_loop(project / job / star, "micrographs")
+        assert [m["micrograph"] for m in info["micrographs"]] == rows["rlnMicrographName"] and len(rows["rlnMicrographName"]) == 2
+        for m, total in zip(info["micrographs"], rows["rlnAccumMotionTotal"]):
+            assert m["motion_total"] == pytest.approx(float(total)) and m["shifts_png"].endswith("_shifts.png")
+        if job == ctf:
+            for m, du, ci in zip(info["micrographs"], rows["rlnDefocusU"], rows["rlnCtfImage"]):
+                assert m["defocus_u"] == pytest.approx(float(du)) and m["ctf_png"] == ci.split(":")[0][:-4] + ".png"
+        d = json.loads(get(server + f"api/mics?dir={job}&mic=1")[2])
+        shifts = star_loop(project / rows["rlnMicrographMetadata"][1], "global_shift")
+        assert d["shift_x"] == pytest.approx([float(v) for v in shifts["rlnMicrographShiftX"]]) and len(d["frame"]) == 6
+        s, h, png = get(server + f"api/micrograph?dir={job}&mic=1&size=256")
+        assert s == 200 and png_rgb(png).shape[:2] == (192, 192) and int(h["X-Bin"]) == 2
+    for path, status in [(f"api/mics?dir={mc}&mic=2", 404), (f"api/mics?dir={mc}&mic=x", 400),
+                         (f"api/mics?dir={AUTOPICK}", 404), ("api/mics?dir=../", 403), (f"api/micrograph?dir={ctf}&mic=5", 404)]:
+        s, _, body = get(server + path)
+        assert s == status and "error" in json.loads(body), (path, s, body)
 
 
 def add_picking_jobs(p):
@@ -405,6 +456,7 @@ def test_page_in_headless_chromium(server, project, tmp_path):
         lr = "LocalRes/" + sorted((project / "LocalRes").iterdir())[0].name + "/"
         env = dict(os.environ)
         picking = [AUTOPICK, EXTRACT] + ([AUTOPICK_REAL] if REAL.exists() else [])
+        env["MIC_JOBS"] = job_of(project, "MotionCorr") + "," + job_of(project, "CtfFind")
         r = subprocess.run(["node", str(ROOT / "tests/web/e2e.mjs"), server, str(tmp_path), str(BUILD / "web/node_modules"),
                             pp, lr, *picking], capture_output=True, text=True, timeout=300, env=env)
     finally:
@@ -438,6 +490,20 @@ def test_page_in_headless_chromium(server, project, tmp_path):
         assert f": {count} " in shown["caption"] and shown["grey_std"] > 20, shown
         assert (shown["width"], shown["height"]) == size  # at most 1024 a side: not binned here
     assert res["picks_console_errors"] == []
+    # The pipeline graph: a box per recorded job, a curve per edge of /api/graph.
+    g = json.loads(get(server + "api/graph")[2])
+    assert res["graph"]["nodes"] == [j["dir"] for j in g["jobs"]]
+    assert sorted(map(tuple, res["graph"]["edges"])) == sorted((e["from"], e["to"]) for e in g["edges"])
+    # MotionCorr and CtfFind opened from the graph: each micrograph's picture, its trajectory with a dot per frame,
+    # and for CtfFind the diagnostic picture, loaded.
+    mics = res["mics"]
+    assert [(m["dir"], m["micrograph"]) for m in mics] == [
+        (job, m["micrograph"]) for job in env["MIC_JOBS"].split(",")
+        for m in json.loads(get(server + f"api/mics?dir={job}")[2])["micrographs"]]
+    for m in mics:
+        assert m["heading"].startswith(m["dir"]) and m["width"] == 384 and m["frames"] == 6, m
+        assert m["trajectory_width"] >= 200 and "motion" in m["caption"], m
+        assert (m["ctf_width"] > 100) == m["dir"].startswith("CtfFind"), m
     # The figure-of-merit histogram (one bar per bin of /api/picks) and circles coloured by figure of merit (LoG
     # picks have one), and the sample of extracted particles, loaded.
     assert len(res["picks_jobs"]) == len(picking)

@@ -3,7 +3,8 @@
 //   node tests/web/e2e.mjs URL OUT_DIR NODE_MODULES_DIR POSTPROCESS_JOB_DIR [LOCRES_JOB_DIR [AUTOPICK_JOB_DIR...]]
 // Prints one JSON line with what it measured; the Python side asserts on it. LOCRES_JOB_DIR: a local-resolution
 // job whose isosurface must be coloured ("" for none). AUTOPICK_JOB_DIR...: picking jobs (AutoPick, Extract) whose
-// micrographs are shown one after the other with their picks.
+// micrographs are shown one after the other with their picks. Environment: MIC_JOBS, MotionCorr and CtfFind jobs
+// (comma-separated) opened from the pipeline graph, each micrograph with its trajectory and CTF fit.
 import { createRequire } from 'module';
 
 const [url, outDir, modules, postprocessDir, locresDir, ...pickDirs] = process.argv.slice(2);
@@ -148,6 +149,41 @@ try {
     result.picks_jobs.push(job);
   }
   result.picks_console_errors = consoleErrors.slice(firstConsoleError);
+
+  // The pipeline graph: one box per recorded job, one curve per edge; a click on a box opens that job.
+  await page.waitForSelector('#graph g.node', { timeout: 60000 });
+  result.graph = await page.evaluate(() => ({
+    nodes: [...document.querySelectorAll('#graph g.node')].map(n => n.dataset.dir),
+    edges: [...document.querySelectorAll('#graph path.edge')].map(e => [e.dataset.from, e.dataset.to]),
+  }));
+  // MotionCorr and CtfFind jobs (MIC_JOBS, comma-separated), opened from the graph: every micrograph in turn, its
+  // picture, the trajectory (a dot per frame) and the CTF diagnostic image.
+  result.mics = [];
+  for (const dir of (process.env.MIC_JOBS || '').split(',').filter(Boolean)) {
+    await page.click(`#graph g.node[data-dir="${dir}"]`);
+    await page.waitForSelector('#micrographs tr.mic', { timeout: 60000 });
+    const heading = await page.$eval('#view h2', e => e.textContent);
+    const n = await page.$$eval('#micrographs tr.mic', x => x.length);
+    for (let i = 0; i < n; i++) {
+      await page.click(`#micrographs tr.mic[data-index="${i}"]`);
+      await page.waitForFunction(i => {
+        const row = document.querySelector('#micrographs tr.mic.selected'), img = document.querySelector('#micrograph');
+        const ctf = document.querySelector('#ctf-fit');
+        return row && row.dataset.index === String(i) && img && img.complete && img.naturalWidth > 0 &&
+               !/loading/.test(document.querySelector('#mic-caption').textContent) && (!ctf || (ctf.complete && ctf.naturalWidth > 0));
+      }, i, { timeout: 60000 });
+      result.mics.push(await page.evaluate(([dir, heading]) => {
+        const ctf = document.querySelector('#ctf-fit'), t = document.querySelector('#trajectory');
+        return { dir, heading, micrograph: document.querySelector('#micrographs tr.mic.selected').title,
+                 caption: document.querySelector('#mic-caption').textContent,
+                 width: document.querySelector('#micrograph').naturalWidth,
+                 frames: t ? t.querySelectorAll('circle.frame').length : 0,
+                 trajectory_width: t ? t.getBoundingClientRect().width : 0,
+                 ctf_width: ctf ? ctf.naturalWidth : 0 };
+      }, [dir, heading]));
+    }
+    await page.screenshot({ path: `${outDir}/mics_${dir.replace(/\W+/g, '_')}.png`, fullPage: true });
+  }
 
   // A running job: its progress cell changes while the test appends to its progress file.
   const cell = 'tr.job[data-dir="Running/job099/"] td.progress';

@@ -22,6 +22,7 @@
 #include "regula/micrograph/preview.hpp"
 #include "regula/model/particles.hpp"
 #include "regula/pipeline/job.hpp"
+#include "regula/pipeline/pipeline.hpp"
 
 namespace regula::serve {
 
@@ -624,11 +625,133 @@ struct Server::Impl {
     return encode_png_grey(grey, W, H);
   }
 
+  // The project's jobs as a graph (default_pipeline.star): each recorded job with its alias, type and
+  // status, and an edge from job A to job B for each file A wrote that B read.
+  json graph() const {
+    const pipeline::Record r = pipeline::read_record(root.string());
+    std::map<std::string, std::string> producer;  // node -> the job that wrote it
+    for (const auto& e : r.outputs) producer[e.to] = e.from;
+    json jobs = json::array(), edges = json::array();
+    for (const auto& p : r.processes) {
+      pipeline::JobState state{p.status, "", false};
+      if (p.status == pipeline::Status::Running) state = pipeline::job_state((root / p.name).string());
+      const std::string type = fs::path(p.name).parent_path().parent_path().string();
+      jobs.push_back({{"dir", p.name}, {"alias", p.alias == "None" ? "" : p.alias},
+                      {"type", type.empty() ? fs::path(p.name).parent_path().string() : type},
+                      {"status", status_of(state)}});
+    }
+    for (const auto& e : r.inputs) {
+      const auto it = producer.find(e.from);
+      if (it != producer.end() && it->second != e.to) edges.push_back({{"from", it->second}, {"to", e.to}, {"file", e.from}});
+    }
+    return {{"jobs", jobs}, {"edges", edges}};
+  }
+
+  // A MotionCorr or CtfFind job's micrographs: its corrected_micrographs.star or micrographs_ctf.star.
+  struct MicList {
+    fs::path list;
+    star::Document doc;
+    std::vector<std::string> names;
+  };
+  MicList mic_list(const fs::path& d) const {
+    MicList m;
+    for (const char* f : {"micrographs_ctf.star", "corrected_micrographs.star"}) {
+      const fs::path p = d / f;
+      if (!fs::is_symlink(p) && fs::is_regular_file(p)) {
+        m.list = p;
+        break;
+      }
+    }
+    if (m.list.empty()) throw HttpError(404, "no micrographs in this job (neither micrographs_ctf.star nor corrected_micrographs.star)");
+    m.doc = star::read(m.list.string());
+    const star::Block& b = block(m.doc, "micrographs", m.list);
+    const int c = b.require_column("rlnMicrographName");
+    for (size_t r = 0; r < b.rows(); ++r) m.names.emplace_back(b.value(r, c));
+    return m;
+  }
+
+  // A file of the project named in a list, "" unless it exists inside the project as a regular file.
+  std::string existing(const std::string& name) const {
+    try {
+      const fs::path f = inside(name);
+      return fs::is_regular_file(f) ? rel(f) : "";
+    } catch (const HttpError&) {
+      return "";
+    }
+  }
+
+  // /api/mics?dir=D: per micrograph the motion (rlnAccumMotionTotal/Early/Late) and CTF values the list has, and
+  // the diagnostic pictures the job wrote (motioncorr ROOT_shifts.png, ctffind ROOT.png); with &mic=I also the
+  // whole-frame trajectory of micrograph I from its metadata STAR file (data_global_shift, px).
+  json mics(const httplib::Request& req) const {
+    const fs::path d = job_dir(req);
+    const MicList m = mic_list(d);
+    const star::Block& b = *m.doc.find("micrographs");
+    static const std::pair<const char*, const char*> kValues[] = {
+        {"rlnAccumMotionTotal", "motion_total"}, {"rlnAccumMotionEarly", "motion_early"},
+        {"rlnAccumMotionLate", "motion_late"},   {"rlnDefocusU", "defocus_u"},
+        {"rlnDefocusV", "defocus_v"},            {"rlnDefocusAngle", "defocus_angle"},
+        {"rlnCtfAstigmatism", "astigmatism"},    {"rlnCtfFigureOfMerit", "ctf_fom"},
+        {"rlnCtfMaxResolution", "ctf_max_resolution"}};
+    auto row = [&](size_t r) {
+      json e{{"index", r}, {"micrograph", m.names[r]}};
+      for (const auto& [label, key] : kValues)
+        if (const int c = b.column(label); c >= 0 && b.is_number(r, c)) e[key] = b.number(r, c);
+      const std::string stem = fs::path(m.names[r]).replace_extension().string();
+      if (std::string f = existing(stem + "_shifts.png"); !f.empty()) e["shifts_png"] = f;
+      if (const int c = b.column("rlnCtfImage"); c >= 0) {
+        std::string ctf(b.value(r, c));
+        if (const size_t colon = ctf.rfind(':'); colon != std::string::npos) ctf.resize(colon);  // "X.ctf:mrc"
+        if (std::string f = existing(fs::path(ctf).replace_extension(".png").string()); !f.empty()) e["ctf_png"] = f;
+      }
+      if (const int c = b.column("rlnMicrographMetadata"); c >= 0) e["metadata"] = std::string(b.value(r, c));
+      return e;
+    };
+    if (req.has_param("mic")) {
+      const long i = int_param(req, "mic", 0);
+      if (i < 0 || size_t(i) >= m.names.size())
+        throw HttpError(404, fmt::format("no micrograph {} (the job has {})", i, m.names.size()));
+      json e = row(size_t(i));
+      if (e.contains("metadata")) {
+        const fs::path f = inside(e["metadata"].get<std::string>());
+        if (!fs::is_regular_file(f)) throw HttpError(404, "not a file: " + e["metadata"].get<std::string>());
+        const star::Document md = star::read(f.string());
+        if (const star::Block* g = md.find("global_shift")) {
+          const int cx = g->require_column("rlnMicrographShiftX"), cy = g->require_column("rlnMicrographShiftY");
+          const int cf = g->column("rlnMicrographFrameNumber");
+          std::vector<double> x, y, frame;
+          for (size_t r = 0; r < g->rows(); ++r) {
+            x.push_back(g->number(r, cx));
+            y.push_back(g->number(r, cy));
+            frame.push_back(cf >= 0 ? g->number(r, cf) : double(r + 1));
+          }
+          e["shift_x"] = x;
+          e["shift_y"] = y;
+          e["frame"] = frame;
+        }
+      }
+      return e;
+    }
+    json rows = json::array();
+    for (size_t r = 0; r < m.names.size(); ++r) rows.push_back(row(r));
+    return {{"source", rel(m.list)}, {"micrographs", rows}};
+  }
+
   // Micrograph I of the job as a PNG of at most size x size pixels (micrograph/preview.hpp): binned,
   // low-pass filtered at `lowpass` Å, contrast-stretched between the 1st and 99th percentiles.
   std::string micrograph(const httplib::Request& req, httplib::Response& res) const {
     const fs::path d = job_dir(req);
-    const PickSet s = pick_set(d);
+    // A picking job's micrographs, else a MotionCorr or CtfFind job's.
+    PickSet s;
+    try {
+      s = pick_set(d);
+    } catch (const HttpError& e) {
+      if (e.status != 404) throw;
+      MicList m = mic_list(d);
+      s.kind = "micrographs";
+      s.options = job_options(d);
+      for (auto& n : m.names) s.micrographs.push_back({n, "", {}});
+    }
     const size_t i = micrograph_index(req, s);
     PreviewOptions o;
     o.max_size = int(std::clamp(int_param(req, "size", 1024), 64L, 2048L));
@@ -683,6 +806,8 @@ struct Server::Impl {
                res.set_header("X-Pixel-Size", fmt::format("{}", apix));
                res.set_content(std::move(data), "application/octet-stream");
              }));
+    http.Get("/api/graph", guard([this](const httplib::Request&, httplib::Response& res) { json_reply(res, graph()); }));
+    http.Get("/api/mics", guard([this](const httplib::Request& q, httplib::Response& res) { json_reply(res, mics(q)); }));
     http.Get("/api/picks", guard([this](const httplib::Request& q, httplib::Response& res) { json_reply(res, picks(q)); }));
     http.Get("/api/micrograph", guard([this](const httplib::Request& q, httplib::Response& res) {
                std::string png = micrograph(q, res);

@@ -9,12 +9,16 @@
 //                                          blocks; positive=1: of the positive voxels only, for local-resolution
 //                                          maps that are 0 where undefined): float32 little-endian, headers
 //                                          X-Box-Size and X-Pixel-Size
+//   GET /api/graph                         the recorded jobs (dir, alias, type, status) and edges from the job that
+//                                          wrote a file to each job that read it (default_pipeline.star)
+//   GET /api/mics?dir=D[&mic=I]            a MotionCorr or CtfFind job's micrographs with their motion and CTF values
+//                                          and diagnostic PNGs; with mic=I micrograph I's trajectory (data_global_shift)
 //   GET /api/picks?dir=D                   an AutoPick job's micrographs (its <pickname>.star list) or an Extract job's
 //                                          (particles.star): name, coordinate file, pick count, size and pixel size
 //                                          from the MRC header; the circle diameter (Å) and which option gave it;
 //                                          fom: min, max and counts of 40 bins of all picks' figures of merit
 //   GET /api/picks?dir=D&mic=I             picks of micrograph I (0-based in that list): x, y (pixels), fom
-//   GET /api/micrograph?dir=D&mic=I[&size=S][&lowpass=L]  PNG of micrograph I binned to at most S px a side (64..2048,
+//   GET /api/micrograph?dir=D&mic=I[&size=S][&lowpass=L]  PNG of micrograph I (of /api/picks or /api/mics) binned to at most S px a side (64..2048,
 //                                          default 1024), low-pass L Å (default 20, 0 none), clipped at the 1st and
 //                                          99th percentiles (micrograph/preview.hpp); headers X-Micrograph-Width,
 //                                          X-Micrograph-Height, X-Bin (micrograph px per image px), X-Pixel-Size
