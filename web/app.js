@@ -500,6 +500,21 @@ async function refreshGraph() {
 setInterval(refreshGraph, 2000);
 refreshGraph();
 
+// ---------------- a selection of 2D classes ----------------
+async function showSelect(view, job) {
+  let sel;
+  try { sel = await api(`/api/selection?dir=${q(job.dir)}`); } catch (e) { return; }  // not a selection of classes
+  const cls = [...sel.classes].sort((a, b) => (b.kept - a.kept) || b.count - a.count);
+  const nkept = sel.classes.filter(c => c.kept).length;
+  view.append(h('div', {class: 'panel', id: 'selection-summary'},
+    `${sel.kept} of ${sel.total} particles kept, in ${nkept} of ${sel.classes.length} classes of ${sel.classification} iteration ${sel.iteration}` +
+    (sel.auto ? ' (select --auto: contrast / median and edge ratio under each class)' : '')),
+    h('div', {class: 'gallery', id: 'selection'}, ...cls.map(c => h('figure', {class: c.kept ? 'kept' : 'rejected', 'data-class': String(c.class)},
+      h('img', {src: `/api/class_image?dir=${q(sel.classification)}&iter=${sel.iteration}&k=${c.class}`, alt: `class ${c.class}`}),
+      h('figcaption', {}, `#${c.class}: ${c.count}${c.kept ? ' kept' : ''}`,
+        ...(c.contrast_ratio !== undefined ? [h('br'), `${c.contrast_ratio.toFixed(2)} / ${c.edge_ratio.toFixed(2)}`] : []))))));
+}
+
 // ---------------- micrographs of MotionCorr and CtfFind jobs ----------------
 // Trajectory of the whole-frame shifts (px) as an SVG: a line through the frames, a dot per frame, the first red.
 function trajectory(m) {
@@ -586,6 +601,7 @@ async function showJob(j) {
     else if (['Refine3D', 'Class3D', 'InitialModel'].includes(job.type)) await show3D(view, job);
     else if (['AutoPick', 'Extract'].includes(job.type)) await showPicks(view, job);
     else if (['MotionCorr', 'CtfFind'].includes(job.type)) await showMics(view, job);
+    else if (job.type === 'Select' && job.files.some(f => f.endsWith('.star') && f !== 'job.star')) await showSelect(view, job);
     else if (job.files.some(f => /_locres\.mrc$/.test(f))) await showLocres(view, job);
     else if (job.type === 'PostProcess') await showFsc(view, job);
     view.append(downloads(job));

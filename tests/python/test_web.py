@@ -48,6 +48,10 @@ def project(tmp_path_factory):
     run("--project", p, "locres", "--i", "Refine3D/job003/run_half1_class001_unfil.mrc", "--mask",
         "MaskCreate/job004/mask.mrc", "--locres_sampling", 30, "--locres_minres", 80)
     add_picking_jobs(p)
+    # Selections of the 2D classes: automatic (scores) and by hand.
+    run("--project", p, "select", "--i", "Class2D/job002/run_it003_data.star", "--o", "auto.star", "--auto",
+        "--particle_diameter", 240)
+    run("--project", p, "select", "--i", "Class2D/job002/run_it003_data.star", "--o", "one.star", "--classes", 2)
     # Movies -> motion correction -> CTF estimation (the micrograph views and the pipeline graph).
     run("--project", p, "simulate_movies", "--i", DATA / "proj" / "clean70SRibosome_vol_65p.mrc", "--o", "mov", "--n", 2,
         "--size", 384, "--angpix", 4,
@@ -111,6 +115,32 @@ def test_graph_and_micrograph_lists(server, project):
         assert s == 200 and png_rgb(png).shape[:2] == (192, 192) and int(h["X-Bin"]) == 2
     for path, status in [(f"api/mics?dir={mc}&mic=2", 404), (f"api/mics?dir={mc}&mic=x", 400),
                          (f"api/mics?dir={AUTOPICK}", 404), ("api/mics?dir=../", 403), (f"api/micrograph?dir={ctf}&mic=5", 404)]:
+        s, _, body = get(server + path)
+        assert s == status and "error" in json.loads(body), (path, s, body)
+
+
+def test_selection_of_classes(server, project):
+    """/api/selection: per class of the classification's iteration the particles in the input and in the Select job's
+    output (counted here from the STAR files), kept or not, and select --auto's scores as its scores file has them."""
+    from movie_data import star_loop
+    before = star_loop(project / "Class2D/job002/run_it003_data.star", "particles")["rlnClassNumber"]
+    sel_dirs = sorted(f"Select/{d.name}/" for d in (project / "Select").iterdir())
+    for job, out in zip(sel_dirs, ("auto.star", "one.star")):
+        s, _, body = get(server + f"api/selection?dir={job}")
+        info = json.loads(body)
+        after = star_loop(project / job / out, "particles")["rlnClassNumber"]
+        assert s == 200 and info["classification"] == "Class2D/job002/" and info["iteration"] == 3
+        assert [c["count"] for c in info["classes"]] == [before.count(str(k)) for k in (1, 2, 3)]
+        assert [c["kept_count"] for c in info["classes"]] == [after.count(str(k)) for k in (1, 2, 3)]
+        assert info["kept"] == len(after) and info["total"] == len(before) and info["auto"] == (out == "auto.star")
+        if out == "auto.star":
+            sc = star_loop(project / job / "auto_class_scores.star", "class_scores")
+            assert [c["kept"] for c in info["classes"]] == [v == "1" for v in sc["regulaClassSelected"]]
+            assert [c["edge_ratio"] for c in info["classes"]] == pytest.approx([float(v) for v in sc["regulaClassEdgeRatio"]])
+        else:
+            assert [c["kept"] for c in info["classes"]] == [False, True, False]
+    for path, status in [("api/selection?dir=Class2D/job002/", 404), ("api/selection?dir=../", 403),
+                         ("api/selection", 400)]:
         s, _, body = get(server + path)
         assert s == status and "error" in json.loads(body), (path, s, body)
 
@@ -457,6 +487,7 @@ def test_page_in_headless_chromium(server, project, tmp_path):
         env = dict(os.environ)
         picking = [AUTOPICK, EXTRACT] + ([AUTOPICK_REAL] if REAL.exists() else [])
         env["MIC_JOBS"] = job_of(project, "MotionCorr") + "," + job_of(project, "CtfFind")
+        env["SELECT_JOBS"] = ",".join(sorted(f"Select/{d.name}/" for d in (project / "Select").iterdir()))
         r = subprocess.run(["node", str(ROOT / "tests/web/e2e.mjs"), server, str(tmp_path), str(BUILD / "web/node_modules"),
                             pp, lr, *picking], capture_output=True, text=True, timeout=300, env=env)
     finally:
@@ -504,6 +535,13 @@ def test_page_in_headless_chromium(server, project, tmp_path):
         assert m["heading"].startswith(m["dir"]) and m["width"] == 384 and m["frames"] == 6, m
         assert m["trajectory_width"] >= 200 and "motion" in m["caption"], m
         assert (m["ctf_width"] > 100) == m["dir"].startswith("CtfFind"), m
+    # Selections: every class of the iteration shown with its image loaded, marked kept or rejected as the API says.
+    for job, shown in zip(env["SELECT_JOBS"].split(","), res["selections"]):
+        info = json.loads(get(server + f"api/selection?dir={job}")[2])
+        assert shown["loaded"] == len(info["classes"]) == 3, shown
+        assert sorted(shown["kept"]) == sorted(c["class"] for c in info["classes"] if c["kept"]), shown
+        assert sorted(shown["rejected"]) == sorted(c["class"] for c in info["classes"] if not c["kept"]), shown
+    assert len(res["selections"]) == 2
     # The figure-of-merit histogram (one bar per bin of /api/picks) and circles coloured by figure of merit (LoG
     # picks have one), and the sample of extracted particles, loaded.
     assert len(res["picks_jobs"]) == len(picking)

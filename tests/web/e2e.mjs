@@ -4,7 +4,8 @@
 // Prints one JSON line with what it measured; the Python side asserts on it. LOCRES_JOB_DIR: a local-resolution
 // job whose isosurface must be coloured ("" for none). AUTOPICK_JOB_DIR...: picking jobs (AutoPick, Extract) whose
 // micrographs are shown one after the other with their picks. Environment: MIC_JOBS, MotionCorr and CtfFind jobs
-// (comma-separated) opened from the pipeline graph, each micrograph with its trajectory and CTF fit.
+// (comma-separated) opened from the pipeline graph, each micrograph with its trajectory and CTF fit; SELECT_JOBS,
+// Select jobs whose classes are shown kept or rejected.
 import { createRequire } from 'module';
 
 const [url, outDir, modules, postprocessDir, locresDir, ...pickDirs] = process.argv.slice(2);
@@ -183,6 +184,20 @@ try {
       }, [dir, heading]));
     }
     await page.screenshot({ path: `${outDir}/mics_${dir.replace(/\W+/g, '_')}.png`, fullPage: true });
+  }
+
+  // Select jobs (SELECT_JOBS, comma-separated): the classes with their images, marked kept or rejected.
+  result.selections = [];
+  for (const dir of (process.env.SELECT_JOBS || '').split(',').filter(Boolean)) {
+    await page.click(`tr.job[data-dir="${dir}"]`);
+    await page.waitForSelector('#selection figure', { timeout: 60000 });
+    await page.waitForFunction(() => [...document.querySelectorAll('#selection img')].every(i => i.complete && i.naturalWidth > 0),
+                               null, { timeout: 60000 });
+    result.selections.push(await page.evaluate(() => ({
+      loaded: [...document.querySelectorAll('#selection img')].filter(i => i.naturalWidth > 0).length,
+      kept: [...document.querySelectorAll('#selection figure.kept')].map(f => +f.dataset.class),
+      rejected: [...document.querySelectorAll('#selection figure.rejected')].map(f => +f.dataset.class),
+    })));
   }
 
   // A running job: its progress cell changes while the test appends to its progress file.

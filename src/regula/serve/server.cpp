@@ -737,6 +737,63 @@ struct Server::Impl {
     return {{"source", rel(m.list)}, {"micrographs", rows}};
   }
 
+  // /api/selection?dir=D: a Select job on a classification's ROOT_itNNN_data.star (its --i): per class of
+  // that iteration the particles in the input and in the job's output (--o), whether it was kept, and
+  // select --auto's scores (OUT_class_scores.star) when there are some.
+  json selection(const httplib::Request& req) const {
+    const fs::path d = job_dir(req);
+    const auto o = job_options(d);
+    const auto in_opt = o.find("i"), out_opt = o.find("o");
+    if (in_opt == o.end() || out_opt == o.end()) throw HttpError(404, "not a selection (no --i and --o among the job's options)");
+    const fs::path in = inside(in_opt->second);
+    const std::string name = in.filename().string();
+    const size_t at = name.rfind("_it");
+    if (at == std::string::npos || name.size() != at + 16 || name.compare(at + 6, 10, "_data.star") != 0 ||
+        !std::all_of(name.begin() + long(at) + 3, name.begin() + long(at) + 6, ::isdigit) ||
+        !is_job_name(in.parent_path().filename().string()))
+      throw HttpError(404, "the input is not a classification's ROOT_itNNN_data.star: " + in_opt->second);
+    const int iteration = std::stoi(name.substr(at + 3, 3));
+    auto counts = [&](const fs::path& f) {
+      const star::Document doc = star::read(f.string());
+      const star::Block& b = block(doc, "particles", f);
+      const int c = b.require_column("rlnClassNumber");
+      std::map<long, long> n;
+      for (size_t r = 0; r < b.rows(); ++r) n[b.integer(r, c)] += 1;
+      return n;
+    };
+    const std::map<long, long> before = counts(in);
+    const fs::path out = d / fs::path(out_opt->second).filename();
+    if (fs::is_symlink(out) || !fs::is_regular_file(out)) throw HttpError(404, "no output yet: " + rel(out));
+    const std::map<long, long> after = counts(out);
+    std::map<long, json> scores;
+    const fs::path sf = d / (fs::path(out_opt->second).stem().string() + "_class_scores.star");
+    if (!fs::is_symlink(sf) && fs::is_regular_file(sf)) {
+      const star::Document doc = star::read(sf.string());
+      const star::Block& b = block(doc, "class_scores", sf);
+      const int ck = b.require_column("rlnClassNumber");
+      for (size_t r = 0; r < b.rows(); ++r) {
+        json e;
+        for (const auto& [label, key] : {std::pair{"regulaClassContrastRatio", "contrast_ratio"},
+                                         std::pair{"regulaClassEdgeRatio", "edge_ratio"}})
+          if (const int c = b.column(label); c >= 0) e[key] = b.number(r, c);
+        scores[b.integer(r, ck)] = e;
+      }
+    }
+    long K = before.empty() ? 0 : before.rbegin()->first;
+    json classes = json::array();
+    long total = 0, kept_total = 0;
+    for (long k = 1; k <= K; ++k) {
+      const long n = before.count(k) ? before.at(k) : 0, kept = after.count(k) ? after.at(k) : 0;
+      json e{{"class", k}, {"count", n}, {"kept_count", kept}, {"kept", kept > 0}};
+      if (scores.count(k)) e.update(scores.at(k));
+      classes.push_back(e);
+      total += n;
+      kept_total += kept;
+    }
+    return {{"classification", rel(in.parent_path()) + "/"}, {"iteration", iteration}, {"auto", !scores.empty()},
+            {"classes", classes}, {"total", total}, {"kept", kept_total}, {"output", rel(out)}};
+  }
+
   // Micrograph I of the job as a PNG of at most size x size pixels (micrograph/preview.hpp): binned,
   // low-pass filtered at `lowpass` Å, contrast-stretched between the 1st and 99th percentiles.
   std::string micrograph(const httplib::Request& req, httplib::Response& res) const {
@@ -807,6 +864,9 @@ struct Server::Impl {
                res.set_content(std::move(data), "application/octet-stream");
              }));
     http.Get("/api/graph", guard([this](const httplib::Request&, httplib::Response& res) { json_reply(res, graph()); }));
+    http.Get("/api/selection", guard([this](const httplib::Request& q, httplib::Response& res) {
+               json_reply(res, selection(q));
+             }));
     http.Get("/api/mics", guard([this](const httplib::Request& q, httplib::Response& res) { json_reply(res, mics(q)); }));
     http.Get("/api/picks", guard([this](const httplib::Request& q, httplib::Response& res) { json_reply(res, picks(q)); }));
     http.Get("/api/micrograph", guard([this](const httplib::Request& q, httplib::Response& res) {

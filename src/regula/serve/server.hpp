@@ -13,6 +13,8 @@
 //                                          wrote a file to each job that read it (default_pipeline.star)
 //   GET /api/mics?dir=D[&mic=I]            a MotionCorr or CtfFind job's micrographs with their motion and CTF values
 //                                          and diagnostic PNGs; with mic=I micrograph I's trajectory (data_global_shift)
+//   GET /api/selection?dir=D               a Select job on ROOT_itNNN_data.star: per class the particles before and
+//                                          kept, kept or not, select --auto's scores; the classification job and iteration
 //   GET /api/picks?dir=D                   an AutoPick job's micrographs (its <pickname>.star list) or an Extract job's
 //                                          (particles.star): name, coordinate file, pick count, size and pixel size
 //                                          from the MRC header; the circle diameter (Å) and which option gave it;
