@@ -426,6 +426,7 @@ async function showPicks(view, job) {
   input.addEventListener('change', () => { if (+input.value > 0) { diameter = +input.value; draw(); } });
   async function select(m) {
     const mine = ++token;
+    remembered.set(job.dir, m.index);
     rows.forEach(tr => tr.classList.toggle('selected', tr.dataset.index === String(m.index)));
     current = null;
     svg.replaceChildren();
@@ -447,7 +448,8 @@ async function showPicks(view, job) {
       caption.className = 'error';
     }
   }
-  const first = info.micrographs.find(m => m.count !== null && !m.micrograph_error);
+  const again = info.micrographs.find(m => m.index === remembered.get(job.dir));
+  const first = again || info.micrographs.find(m => m.count !== null && !m.micrograph_error);
   if (first) await select(first);
 }
 
@@ -563,6 +565,7 @@ async function showMics(view, job) {
   let token = 0;
   async function select(m) {
     const mine = ++token;
+    remembered.set(job.dir, m.index);
     rows.forEach(tr => tr.classList.toggle('selected', tr.dataset.index === String(m.index)));
     caption.textContent = `${m.micrograph}: loading`;
     caption.className = '';
@@ -587,16 +590,40 @@ async function showMics(view, job) {
       caption.className = 'error';
     }
   }
-  if (info.micrographs.length) await select(info.micrographs[0]);
+  if (info.micrographs.length) await select(info.micrographs.find(m => m.index === remembered.get(job.dir)) || info.micrographs[0]);
 }
 
-async function showJob(j) {
+// The micrograph chosen in each job's view, kept when the view is drawn again.
+const remembered = new Map();
+// The job shown and the signature of its results when drawn: a job whose results change (a running job's new
+// iteration or micrographs, its end) is drawn again by itself.
+let shown = null;
+const signature = job => `${job.status}|${job.modified}|${job.files.length}`;
+setInterval(async () => {
+  if (!shown || shown.drawing) return;
+  const now = shown;
+  let job;
+  try { job = await api(`/api/job?dir=${q(now.dir)}`); } catch (e) { return; }
+  if (shown === now && !now.drawing && signature(job) !== now.sig)
+    showJob({dir: job.dir, type: job.type, status: job.status, detail: job.detail}, true);
+}, 2000);
+
+// Draws a job's view; a redraw (its results changed) is built aside and then put in place of the old one.
+async function showJob(j, redraw = false) {
   selected = j.dir;
-  const view = $('#view');
+  const mine = shown = {dir: j.dir, sig: null, drawing: true};
+  const page = $('#view');
+  const view = redraw ? h('main', {}) : page;
+  const scroll = window.scrollY;
   view.replaceChildren(h('h2', {}, `${j.dir} (${j.type}, ${j.status})`));
   if (j.detail) view.append(h('p', {class: 'error'}, j.detail));
+  if (redraw) {
+    view.style.cssText = `position: absolute; visibility: hidden; left: 0; top: 0; width: ${page.clientWidth}px`;
+    page.after(view);  // attached (hidden) while it loads, so that its elements can be measured and found
+  }
   try {
     const job = await api(`/api/job?dir=${q(j.dir)}`);
+    mine.sig = signature(job);
     if (job.type === 'Class2D') await showClass2D(view, job);
     else if (['Refine3D', 'Class3D', 'InitialModel'].includes(job.type)) await show3D(view, job);
     else if (['AutoPick', 'Extract'].includes(job.type)) await showPicks(view, job);
@@ -608,6 +635,12 @@ async function showJob(j) {
   } catch (e) {
     view.append(h('p', {class: 'error'}, e.message));
   }
+  if (redraw) {
+    view.remove();
+    if (shown === mine) page.replaceChildren(...view.childNodes);
+    window.scrollTo(0, scroll);
+  }
+  mine.drawing = false;
   refreshJobs();
   refreshGraph();
 }

@@ -23,6 +23,7 @@ REAL = SHARED / "micrographs" / "mce" / "Ucsf_stack_1142_DW.mrc"
 # The picking jobs of the project (fixture order): LoG picks on two simulated micrographs, their extraction, and
 # LoG picks on the real micrograph of ../shared/data/micrographs when it is there.
 AUTOPICK, EXTRACT, AUTOPICK_REAL, BAD_PICKS = "AutoPick/job007/", "Extract/job008/", "AutoPick/job009/", "AutoPick/job097/"
+LIVE_JOB = "CtfFind/job095/"
 
 
 def run(*args, cwd=None):
@@ -62,6 +63,12 @@ def project(tmp_path_factory):
         "--dose_per_frame", 5, "--patch_x", 1, "--patch_y", 1)
     run("--project", p, "ctffind", "--i", job_of(p, "MotionCorr") + "corrected_micrographs.star", "--o", "ctf",
         "--ResMin", 40, "--ResMax", 10, "--dFMin", 5000, "--dFMax", 50000, "--FStep", 500)
+    # A running CtfFind job (no exit marker) with one micrograph so far; the page test adds the second one (LIVE_JOB).
+    full = (p / job_of(p, "CtfFind") / "micrographs_ctf.star").read_text()
+    live = p / LIVE_JOB
+    live.mkdir(parents=True)
+    (live / "micrographs_ctf.star").write_text(full.rstrip("\n").rsplit("\n", 1)[0] + "\n")
+    (p.parent / "live_full.star").write_text(full)
     # A running job whose progress file grows while the tests run.
     r = p / "Running" / "job099"
     r.mkdir(parents=True)
@@ -80,7 +87,7 @@ def project(tmp_path_factory):
 
 def job_of(p, kind):
     """The (one) job directory of that type, e.g. 'MotionCorr/job011/'."""
-    (d,) = (p / kind).iterdir()
+    (d,) = [d for d in (p / kind).iterdir() if f"{kind}/{d.name}/" != LIVE_JOB]
     return f"{kind}/{d.name}/"
 
 
@@ -487,6 +494,8 @@ def test_page_in_headless_chromium(server, project, tmp_path):
         env = dict(os.environ)
         picking = [AUTOPICK, EXTRACT] + ([AUTOPICK_REAL] if REAL.exists() else [])
         env["MIC_JOBS"] = job_of(project, "MotionCorr") + "," + job_of(project, "CtfFind")
+        env["LIVE_JOB"], env["LIVE_JOB_NEXT"] = LIVE_JOB, str(project.parent / "live_full.star")
+        env["LIVE_PROJECT"] = str(project)
         env["SELECT_JOBS"] = ",".join(sorted(f"Select/{d.name}/" for d in (project / "Select").iterdir()))
         r = subprocess.run(["node", str(ROOT / "tests/web/e2e.mjs"), server, str(tmp_path), str(BUILD / "web/node_modules"),
                             pp, lr, *picking], capture_output=True, text=True, timeout=300, env=env)
@@ -542,6 +551,8 @@ def test_page_in_headless_chromium(server, project, tmp_path):
         assert sorted(shown["kept"]) == sorted(c["class"] for c in info["classes"] if c["kept"]), shown
         assert sorted(shown["rejected"]) == sorted(c["class"] for c in info["classes"] if not c["kept"]), shown
     assert len(res["selections"]) == 2
+    # A running job's view follows its results: the second micrograph appears without a click, the first stays chosen.
+    assert res["live"] == {"before": 1, "after": 2, "selected_after": "0", "image_after": True}, res["live"]
     # The figure-of-merit histogram (one bar per bin of /api/picks) and circles coloured by figure of merit (LoG
     # picks have one), and the sample of extracted particles, loaded.
     assert len(res["picks_jobs"]) == len(picking)

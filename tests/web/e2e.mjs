@@ -5,7 +5,8 @@
 // job whose isosurface must be coloured ("" for none). AUTOPICK_JOB_DIR...: picking jobs (AutoPick, Extract) whose
 // micrographs are shown one after the other with their picks. Environment: MIC_JOBS, MotionCorr and CtfFind jobs
 // (comma-separated) opened from the pipeline graph, each micrograph with its trajectory and CTF fit; SELECT_JOBS,
-// Select jobs whose classes are shown kept or rejected.
+// Select jobs whose classes are shown kept or rejected; LIVE_JOB, LIVE_JOB_NEXT, LIVE_PROJECT: a running job whose list
+// is replaced by a longer one during the test.
 import { createRequire } from 'module';
 
 const [url, outDir, modules, postprocessDir, locresDir, ...pickDirs] = process.argv.slice(2);
@@ -198,6 +199,25 @@ try {
       kept: [...document.querySelectorAll('#selection figure.kept')].map(f => +f.dataset.class),
       rejected: [...document.querySelectorAll('#selection figure.rejected')].map(f => +f.dataset.class),
     })));
+  }
+
+  // A running job's view redraws itself when its results change (LIVE_JOB: a CtfFind job with one micrograph;
+  // LIVE_JOB_NEXT: its list with two, moved into place here), keeping the chosen micrograph.
+  if (process.env.LIVE_JOB) {
+    const dir = process.env.LIVE_JOB;
+    await page.click(`tr.job[data-dir="${dir}"]`);
+    await page.waitForSelector('#micrographs tr.mic.selected', { timeout: 60000 });
+    const before = await page.$$eval('#micrographs tr.mic', x => x.length);
+    const fs = await import('fs');
+    const list = new URL(`file://${process.env.LIVE_PROJECT}/${dir}micrographs_ctf.star`).pathname;
+    fs.copyFileSync(process.env.LIVE_JOB_NEXT, list + '.tmp');
+    fs.renameSync(list + '.tmp', list);
+    await page.waitForFunction(() => document.querySelectorAll('#micrographs tr.mic').length === 2, null, { timeout: 30000 });
+    await page.waitForFunction(() => { const i = document.querySelector('#micrograph'); return i && i.complete && i.naturalWidth > 0; },
+                               null, { timeout: 30000 });
+    result.live = { before, after: await page.$$eval('#micrographs tr.mic', x => x.length),
+                    selected_after: await page.$eval('#micrographs tr.mic.selected', e => e.dataset.index),
+                    image_after: await page.$eval('#micrograph', i => i.naturalWidth > 0) };
   }
 
   // A running job: its progress cell changes while the test appends to its progress file.

@@ -204,10 +204,24 @@ struct Server::Impl {
     j["status"] = status_of(state);
     if (!state.detail.empty()) j["detail"] = state.detail;
     json files = json::array();
-    for (const auto& e : fs::directory_iterator(d))
-      if (e.is_regular_file() && !e.is_symlink()) files.push_back(e.path().filename().string());
+    // The newest change of a result (not of the log, progress or notes): the page redraws the job's view when
+    // it moves (ns since the epoch).
+    std::error_code ec;
+    long long modified = 0;
+    for (const auto& e : fs::directory_iterator(d)) {
+      if (!e.is_regular_file() || e.is_symlink()) continue;
+      const std::string name = e.path().filename().string();
+      files.push_back(name);
+      if (name == "progress.jsonl" || name == "note.txt" || name.rfind("run.", 0) == 0 || name.rfind("run_queue.", 0) == 0)
+        continue;
+      const auto t = fs::last_write_time(e.path(), ec);
+      if (!ec)
+        modified = std::max<long long>(modified, std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                                     std::chrono::file_clock::to_sys(t).time_since_epoch()).count());
+    }
     std::sort(files.begin(), files.end());
     j["files"] = files;
+    j["modified"] = std::to_string(modified);
     json its = json::array();
     for (const auto& [it, p] : iterations(d, "model.star")) its.push_back(it);
     j["iterations"] = its;

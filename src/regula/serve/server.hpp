@@ -2,7 +2,8 @@
 //
 // JSON API (every `dir` is a job directory relative to the project, e.g. "Refine3D/job002/"):
 //   GET /api/jobs                          jobs with type, status, progress (last line of progress.jsonl), times
-//   GET /api/job?dir=D                     files of the job and its iterations
+//   GET /api/job?dir=D                     files of the job and its iterations; modified: the newest change of a
+//                                          result file (ns, as a string; logs and progress not counted)
 //   GET /api/class2d?dir=D[&iter=N]        classes of iteration N (count, fraction, resolution), counts over iterations
 //   GET /api/class_image?dir=D&iter=N&k=K  PNG of class K (1-based)
 //   GET /api/map?dir=D&file=F[&size=S][&positive=1]  map F downsampled to at most S^3 voxels (means of
