@@ -184,6 +184,9 @@ class Job {
   int max_shells() const {
     return opt_.strict_highres_exp > 0 ? std::clamp(int(n_ * angpix_ / opt_.strict_highres_exp), 1, n_ / 2) : n_ / 2;
   }
+  // The mini-batch phase's back-projectors and forgetting sums: up to the E-step's highest shell plus the
+  // two that the interpolation of its slices reaches beyond it.
+  int batch_radius() const { return std::min(max_shells() + 2, n_ / 2); }
   void mask_reference(Volume& map) const;
   double shell_to_A(double s) const { return s > 0 ? n_ * angpix_ / s : 999.0; }
   void write_iteration(const Report& rep);
@@ -546,8 +549,8 @@ Report Job::iterate() {
     const double np = double(N) + 1;
     bp_.clear();
     for (int k = 0; k < K_; ++k) {
-      // (Mini-batch iterations: the forgetting sums keep one geometry while the limit grows.)
-      bp_.push_back(std::make_unique<BackProjector>(n_, opt_.pad, batch ? n_ / 2 : r_, 3));
+      // (Mini-batch iterations: the forgetting sums keep one geometry while the limit grows: batch_radius().)
+      bp_.push_back(std::make_unique<BackProjector>(n_, opt_.pad, batch ? batch_radius() : r_, 3));
       bp_.back()->start_exact(4 * np * smax * inv_s2 * std::max(st_.x_l1_max, 1e-30) * max_norm * 4,
                               4 * np * smax * smax * inv_s2);
     }
@@ -600,8 +603,11 @@ Report Job::iterate() {
     const double shrink = count > double(N) ? double(N) / count : 1.0;
     if (batch_sums_.size() != size_t(K_)) {
       batch_sums_.clear();
-      for (int k = 0; k < K_; ++k) batch_sums_.emplace_back(n_, opt_.pad, n_ / 2, 3);
+      for (int k = 0; k < K_; ++k) batch_sums_.emplace_back(n_, opt_.pad, batch_radius(), 3);
     }
+    if (batch_sums_.front().r_max() != batch_radius())
+      input_error("--continue: the checkpoint's forgetting sums reach shell {}, this run's reach shell {} (another "
+                  "--strict_highres_exp or pixel size)", batch_sums_.front().r_max(), batch_radius());
     for (int k = 0; k < K_; ++k) {
       BackProjector& S = batch_sums_[size_t(k)];
       S.scale(float(1 - bs.eta));
@@ -931,8 +937,10 @@ void Job::read_batch_sums(const std::string& path) {
   const int n = int(r.i()), pad = int(r.i()), rmax = int(r.i());
   const size_t K = size_t(r.i()), points = size_t(r.i());
   st_.batch_count = r.d();
-  if (n != st_.n || pad != opt_.pad || K != size_t(opt_.classes) || rmax != n / 2)
-    input_error("{}: forgetting sums of box {}, padding {}, {} classes do not match the checkpoint", path, n, pad, K);
+  // (rmax is checked against the run's limit once the data are read: Job::iterate.)
+  if (n != st_.n || pad != opt_.pad || K != size_t(opt_.classes) || rmax < 1 || rmax > n / 2)
+    input_error("{}: forgetting sums of box {}, padding {}, {} classes, radius {} do not match the checkpoint", path, n,
+                pad, K, rmax);
   for (size_t k = 0; k < K; ++k) {
     BackProjector b(n, pad, rmax, 3);
     if (b.weight_values().size() != points) input_error("{}: {} lattice points, expected {}", path, points, b.weight_values().size());
