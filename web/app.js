@@ -374,6 +374,14 @@ function fomHistogram(fom, noun) {
 // filtered and contrast-stretched by the server (/api/micrograph), with the picks drawn on top as circles
 // of the particle diameter (from the job's options; the field changes it), coloured by their figure of
 // merit when there is one, with its histogram over the job; for Extract, a sample of the particles.
+// Puts the PNG of a fetch() response (/api/micrograph) into an <img> and waits until it has loaded; an error
+// response's message is thrown.
+async function showImage(img, response) {
+  if (!response.ok) throw new Error((await response.json().catch(() => ({error: response.statusText}))).error);
+  const url = URL.createObjectURL(await response.blob());
+  await new Promise((ok, bad) => { img.onload = ok; img.onerror = () => bad(new Error('the micrograph image did not load')); img.src = url; });
+}
+
 async function showPicks(view, job) {
   const info = await api(`/api/picks?dir=${q(job.dir)}`);
   const svgNS = 'http://www.w3.org/2000/svg', noun = info.kind === 'extract' ? 'particles' : 'picks';
@@ -435,9 +443,8 @@ async function showPicks(view, job) {
     try {
       const [picks, image] = await Promise.all([api(`/api/picks?dir=${q(job.dir)}&mic=${m.index}`),
                                                  fetch(`/api/micrograph?dir=${q(job.dir)}&mic=${m.index}&size=1024`)]);
-      if (!image.ok) throw new Error((await image.json().catch(() => ({error: image.statusText}))).error);
-      const bin = +image.headers.get('X-Bin'), url = URL.createObjectURL(await image.blob());
-      await new Promise((ok, bad) => { img.onload = ok; img.onerror = () => bad(new Error('the micrograph image did not load')); img.src = url; });
+      const bin = +image.headers.get('X-Bin');
+      await showImage(img, image);
       if (mine !== token) return;
       svg.setAttribute('viewBox', `0 0 ${img.naturalWidth * bin} ${img.naturalHeight * bin}`);
       current = {m, picks};
@@ -572,9 +579,8 @@ async function showMics(view, job) {
     try {
       const [detail, image] = await Promise.all([api(`/api/mics?dir=${q(job.dir)}&mic=${m.index}`),
                                                   fetch(`/api/micrograph?dir=${q(job.dir)}&mic=${m.index}&size=512`)]);
-      if (!image.ok) throw new Error((await image.json().catch(() => ({error: image.statusText}))).error);
       const img = h('img', {id: 'micrograph', alt: 'micrograph'});
-      await new Promise(async (ok, bad) => { img.onload = ok; img.onerror = () => bad(new Error('the micrograph image did not load')); img.src = URL.createObjectURL(await image.blob()); });
+      await showImage(img, image);
       if (mine !== token) return;
       const parts = [h('figure', {}, img, h('figcaption', {}, 'the micrograph (low-pass 20 Å)'))];
       if (detail.shift_x) parts.push(h('figure', {}, trajectory(detail), h('figcaption', {}, 'whole-frame trajectory')));

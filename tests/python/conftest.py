@@ -64,3 +64,17 @@ def fsc(a, b):
     num = np.bincount(s, (A * np.conj(B)).real.ravel())
     den = np.sqrt(np.bincount(s, (abs(A) ** 2).ravel()) * np.bincount(s, (abs(B) ** 2).ravel()))
     return (num / den)[: n // 2 + 1]
+
+
+# A small workflow (docs/pipeline.md#workflows) for the tests of its runners: particles, a short 2D
+# classification, a selection; and the files it makes in a new project.
+def small_workflow():
+    m = DATA / "proj" / "clean70SRibosome_vol_65p.mrc"
+    return (f"sim:  simulate --i {m} --o sim --n 60 --box 64 --angpix 4 --snr 0.1 --seed 3\n"
+            "c2d:  class2d --i {sim}particles.star --o run --K 2 --iter 3 --ctf --psi_step 10 --offset_range 4 \\\n"
+            "      --offset_step 2 --particle_diameter 230 --j 1 --seed 2\n"
+            "good: select --i {c2d}run_it003_data.star --o selected.star --classes 1\n")
+
+
+SMALL_WORKFLOW_OUTPUTS = ["Simulate/job001/particles.mrcs", "Class2D/job002/run_it003_classes.mrcs",
+                          "Class2D/job002/run_it003_data.star", "Select/job003/selected.star"]

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import DATA, ROOT, regula_binary
+from conftest import ROOT, SMALL_WORKFLOW_OUTPUTS, regula_binary, small_workflow
 
 BUILD = pathlib.Path(os.environ.get("REGULA_BUILD", str(ROOT / "build")))
 if not list((BUILD / "python").glob("regula*.so")):
@@ -16,14 +16,8 @@ if not list((BUILD / "python").glob("regula*.so")):
 sys.path.insert(0, str(BUILD / "python"))
 import regula  # noqa: E402
 
-MAP = DATA / "proj" / "clean70SRibosome_vol_65p.mrc"
-WORKFLOW = f"""sim:  simulate --i {MAP} --o sim --n 60 --box 64 --angpix 4 --snr 0.1 --seed 3
-c2d:  class2d --i {{sim}}particles.star --o run --K 2 --iter 3 --ctf --psi_step 10 --offset_range 4 \\
-      --offset_step 2 --particle_diameter 230 --j 1 --seed 2
-good: select --i {{c2d}}run_it003_data.star --o selected.star --classes 1
-"""
-OUTPUTS = ["Simulate/job001/particles.mrcs", "Class2D/job002/run_it003_classes.mrcs",
-           "Class2D/job002/run_it003_data.star", "Select/job003/selected.star"]
+WORKFLOW = small_workflow()
+OUTPUTS = SMALL_WORKFLOW_OUTPUTS
 
 
 def test_workflow_as_the_command_line_and_its_jobs(tmp_path):

@@ -5,7 +5,7 @@ import time
 import subprocess
 
 
-from conftest import DATA, ROOT, regula_binary
+from conftest import DATA, ROOT, SMALL_WORKFLOW_OUTPUTS, regula_binary, small_workflow
 from conftest import run_regula as regula
 
 MAP = DATA / "proj" / "clean70SRibosome_vol_65p.mrc"
@@ -98,14 +98,8 @@ def test_example_slurm_template_has_only_known_variables(tmp_path):
     assert "#SBATCH --partition=cpu" in r.stdout and "#SBATCH --cpus-per-task=2" in r.stdout, r.stdout
 
 
-# A small workflow for the queue: particles, a short 2D classification, the selection.
-QWORKFLOW = f"""sim:  simulate --i {MAP} --o sim --n 60 --box 64 --angpix 4 --snr 0.1 --seed 3
-c2d:  class2d --i {{sim}}particles.star --o run --K 2 --iter 3 --ctf --psi_step 10 --offset_range 4 \\
-      --offset_step 2 --particle_diameter 230 --j 1 --seed 2
-good: select --i {{c2d}}run_it003_data.star --o selected.star --classes 1
-"""
-QOUTPUTS = ["Simulate/job001/particles.mrcs", "Class2D/job002/run_it003_classes.mrcs",
-            "Class2D/job002/run_it003_data.star", "Select/job003/selected.star"]
+QWORKFLOW = small_workflow()
+QOUTPUTS = SMALL_WORKFLOW_OUTPUTS
 
 
 def later_queue(tmp_path):
