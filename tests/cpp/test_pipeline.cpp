@@ -1,4 +1,4 @@
-// Job liveness (the identity in REGULA_JOB_RUNNING) and the node types of job outputs.
+// Job liveness (the identity in REGULA_JOB_RUNNING), how a job continues and the node types of job outputs.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -81,6 +81,35 @@ TEST(JobState, FromMarkers) {
   EXPECT_TRUE(job_state(d.string()).detail.empty());
   write("RELION_JOB_EXIT_SUCCESS", "");
   EXPECT_EQ(job_state(d.string()).status, Status::Succeeded);
+  fs::remove_all(d);
+}
+
+TEST(Continuation, AsEachKindOfJobGoesOn) {
+  const fs::path d = fs::temp_directory_path() / ("regula_test_continuation_" + std::to_string(::getpid()));
+  fs::remove_all(d);
+  auto job = [&](const std::string& name, const std::string& command, const std::string& args) {
+    fs::create_directories(d / name);
+    std::ofstream(d / name / "command.json") << "{\"command\": \"" << command << "\", \"args\": [" << args << "]}";
+    return Job::open((d / name).string());
+  };
+  using Args = std::vector<std::string>;
+  const Job mc = job("mc", "motioncorr", R"("--i", "m.star")");
+  EXPECT_EQ(continuation(mc).args, (Args{"--i", "m.star", "--only_do_unfinished"}));
+  EXPECT_TRUE(continuation(mc).cannot.empty());
+  const Job mc2 = job("mc2", "motioncorr", R"("--only_do_unfinished")");
+  EXPECT_EQ(continuation(mc2).args, Args{"--only_do_unfinished"});  // not twice
+  EXPECT_EQ(continuation(job("mov", "import", R"("--do_movies", "--i", "M/*.tiff")")).args,
+            (Args{"--do_movies", "--i", "M/*.tiff", "--continue"}));
+  const Continuation particles = continuation(job("par", "import", R"("--do_particles", "--i", "p.star")"));
+  EXPECT_TRUE(particles.args.empty());
+  EXPECT_NE(particles.cannot.find("imports its files once"), std::string::npos) << particles.cannot;
+  // An iterative job: from its newest optimiser file, in place of one it was itself continued from.
+  const Job c2d = job("c2d", "class2d", R"("--i", "p.star", "--continue", "Old/run_it002_optimiser.star", "--K", "3")");
+  EXPECT_NE(continuation(c2d).cannot.find("has no *_optimiser.star"), std::string::npos);
+  for (const char* f : {"run_it002_optimiser.star", "run_it010_optimiser.star", "run_it010_model.star"})
+    std::ofstream(d / "c2d" / f) << "";
+  EXPECT_EQ(continuation(c2d).args,
+            (Args{"--i", "p.star", "--K", "3", "--continue", c2d.dir() + "run_it010_optimiser.star"}));
   fs::remove_all(d);
 }
 

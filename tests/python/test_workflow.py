@@ -2,6 +2,7 @@
 middle of a job and started again, it finishes with the same bytes as an uninterrupted run."""
 import glob
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -9,7 +10,8 @@ import time
 import gemmi
 import pytest
 
-from conftest import DATA, regula_binary
+from conftest import DATA, regula_binary, run_regula
+from movie_data import star_loop
 
 MAP = DATA / "proj" / "clean70SRibosome_vol_65p.mrc"
 
@@ -27,6 +29,14 @@ OUTPUTS = ["Class2D/job002/run_it012_classes.mrcs", "Class2D/job002/run_it012_da
 def workflow(project, *extra, **kw):
     return subprocess.run([regula_binary(), "--quiet", "--project", str(project), "workflow", *extra],
                           capture_output=True, text=True, timeout=600, **kw)
+
+
+def logged_workflow(project):
+    """The workflow of w.txt run (again) with its log, which names what it does with each step; returns the log."""
+    r = subprocess.run([regula_binary(), "--project", str(project), "workflow", "--i", "w.txt"], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    return r.stdout + r.stderr
 
 
 def statuses(project):
@@ -144,6 +154,46 @@ def test_a_failed_step_stops_the_workflow_and_a_changed_step_is_refused(tmp_path
     (p / "w.txt").write_text(f"sim: simulate --i {MAP} --o sim --n 5 --box 64 --angpix 4 --seed 1\n")
     r = workflow(p, "--i", "w.txt")
     assert r.returncode == 1 and "its job Simulate/job001/ was made with other arguments" in r.stderr, r.stderr
+
+
+def test_a_failed_import_step_is_continued(tmp_path):
+    """An import step whose job failed (its `run --continue`, as a watching runner makes it, met an EER movie) is
+    continued when the workflow is started again: the movies it had listed stay, even one moved out of the folder
+    since (archived), and the new one is added; run again from its start, it would have lost the moved one."""
+    p = tmp_path / "p"
+    (p / "watch").mkdir(parents=True)
+    (p / "w.txt").write_text('imp: import --do_movies --i "watch/*" --angpix 4\n')
+    for name in ("a.mrc", "b.mrc"):
+        (p / "watch" / name).write_bytes(b"x")  # import does not read the movies
+    assert workflow(p, "--i", "w.txt").returncode == 0
+    (p / "watch" / "x.eer").write_bytes(b"x")
+    r = run_regula("--project", p, "run", "--job", "Import/job001/", "--continue", check=False)
+    assert r.returncode == 1 and "EER" in r.stderr, r.stderr
+    assert statuses(p) == {"Import/job001/": ("Import/imp/", 3)}
+    (p / "watch" / "x.eer").unlink()
+    (p / "watch" / "a.mrc").rename(tmp_path / "a.mrc")
+    (p / "watch" / "c.mrc").write_bytes(b"x")
+    log = logged_workflow(p)
+    assert "resuming Import/job001/ (failed)" in log, log
+    assert statuses(p) == {"Import/job001/": ("Import/imp/", 2)}
+    movies = star_loop(p / "Import/job001/movies.star", "movies")["rlnMicrographMovieName"]
+    assert movies == ["watch/a.mrc", "watch/b.mrc", "watch/c.mrc"]
+
+
+def test_a_failed_import_of_particles_is_run_again(tmp_path):
+    """Only an import of movies or micrographs continues: a failed import of particles runs again from its start,
+    and `run --continue` refuses it, saying why, before it runs."""
+    p = tmp_path / "p"
+    p.mkdir()
+    (p / "w.txt").write_text("imp: import --do_particles --i p.star\n")
+    r = workflow(p, "--i", "w.txt")
+    assert r.returncode == 1 and "p.star" in r.stderr, r.stderr
+    shutil.copy(DATA / "relion31_small.star", p / "p.star")
+    r = run_regula("--project", p, "run", "--job", "Import/job001/", "--continue", check=False)
+    assert r.returncode == 1 and "Import/job001/ imports its files once" in r.stderr, r.stderr
+    log = logged_workflow(p)
+    assert "running again Import/job001/ (failed)" in log, log
+    assert statuses(p) == {"Import/job001/": ("Import/imp/", 2)}
 
 
 # The front end of a project on movies that arrive while it runs (--watch).

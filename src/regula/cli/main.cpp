@@ -256,36 +256,23 @@ int main(int argc, char** argv) {
       if (!rest.empty()) regula::input_error("run: unexpected argument '{}'", rest[0]);
       auto job = regula::pipeline::Job::open(*dir);
       if (submit) {
-        // Submitted again: the queue runs `regula --project P run --job DIR [--continue]`, which does
-        // what follows (the resume point is found when the job starts).
         const auto state = regula::pipeline::job_state(job.dir());
         if (state.status == regula::pipeline::Status::Running)
           regula::input_error("run --job {} --queue: the job is {}; it can be submitted again when it has ended",
                               job.dir(), state.detail.empty() ? "running" : state.detail);
-        if (cont && !regula::pipeline::resumes_per_micrograph(job.type().command) &&
-            job.type().command != "import" && regula::pipeline::last_optimiser(job.dir()).empty())
-          regula::input_error("run: {} has no *_optimiser.star to continue from", job.dir());
+      }
+      // A job that cannot be continued is refused here, before it runs or is submitted.
+      const auto continued = cont ? regula::pipeline::continuation(job) : regula::pipeline::Continuation{};
+      if (!continued.cannot.empty()) regula::input_error("run: {}", continued.cannot);
+      if (submit) {
+        // Submitted again: the queue runs `regula --project P run --job DIR [--continue]`, which continues
+        // the job as below (the resume point is found when the job starts).
         check_queue_script(queue);
         std::vector<std::string> tail{"run", "--job", job.dir()};
         if (cont) tail.push_back("--continue");
         return submit_to_queue(job, queue, global, tail);
       }
-      // Micrograph jobs resume micrograph by micrograph: the finished ones are kept.
-      if (cont && regula::pipeline::resumes_per_micrograph(job.type().command)) {
-        auto& a = job.mutable_args();
-        if (std::find(a.begin(), a.end(), "--only_do_unfinished") == a.end()) a.push_back("--only_do_unfinished");
-      } else if (cont && job.type().command == "import") {
-        // Movies or micrographs: the files not yet listed are added (relion_import --continue).
-        auto& a = job.mutable_args();
-        if (std::find(a.begin(), a.end(), "--continue") == a.end()) a.push_back("--continue");
-      } else if (cont) {
-        std::string opt = regula::pipeline::last_optimiser(job.dir());
-        if (opt.empty()) regula::input_error("run: {} has no *_optimiser.star to continue from", job.dir());
-        auto& a = job.mutable_args();
-        take_option(a, "--continue");
-        a.push_back("--continue");
-        a.push_back(opt);
-      }
+      if (cont) job.mutable_args() = continued.args;
       job.mark_running();
       return run_job(job, global);
     }

@@ -112,6 +112,26 @@ void set_marker(const std::string& dir, const char* keep) {
   }
 }
 
+// The newest ROOT_itNNN_optimiser.star in a job directory ("" if none): where an iterative job resumes.
+std::string last_optimiser(const std::string& job_dir) {
+  std::string best;
+  std::error_code ec;
+  for (auto& e : fs::directory_iterator(job_dir, ec)) {
+    std::string f = e.path().string();
+    if (f.size() > 15 && f.compare(f.size() - 15, 15, "_optimiser.star") == 0 && f > best) best = f;
+  }
+  return best;
+}
+
+// Removes "--name VALUE" and "--name=VALUE" from args.
+void erase_option(std::vector<std::string>& args, const std::string& name) {
+  for (auto it = args.begin(); it != args.end();) {
+    if (*it == name && it + 1 != args.end()) it = args.erase(it, it + 2);
+    else if (it->rfind(name + "=", 0) == 0) it = args.erase(it);
+    else ++it;
+  }
+}
+
 bool present(const fs::path& p) {
   std::error_code ec;
   return fs::symlink_status(p, ec).type() != fs::file_type::not_found && !ec;
@@ -156,14 +176,29 @@ bool resumes_per_micrograph(std::string_view command) {
   return command == "motioncorr" || command == "ctffind" || command == "autopick" || command == "extract";
 }
 
-std::string last_optimiser(const std::string& job_dir) {
-  std::string best;
-  std::error_code ec;
-  for (auto& e : fs::directory_iterator(job_dir, ec)) {
-    std::string f = e.path().string();
-    if (f.size() > 15 && f.compare(f.size() - 15, 15, "_optimiser.star") == 0 && f > best) best = f;
+bool imports_a_list(const std::vector<std::string>& import_args) {
+  return std::any_of(import_args.begin(), import_args.end(),
+                     [](const std::string& a) { return a == "--do_movies" || a == "--do_micrographs"; });
+}
+
+Continuation continuation(const Job& job) {
+  std::vector<std::string> args = job.args();
+  const std::string_view command = job.type().command;
+  auto with_flag = [&](const char* flag) {
+    if (std::find(args.begin(), args.end(), flag) == args.end()) args.push_back(flag);
+    return Continuation{args, ""};
+  };
+  if (resumes_per_micrograph(command)) return with_flag("--only_do_unfinished");
+  if (command == "import") {
+    if (imports_a_list(args)) return with_flag("--continue");
+    return {{}, fmt::format("{} imports its files once (only an import of movies or micrographs continues, adding "
+                            "the new ones)", job.dir())};
   }
-  return best;
+  const std::string optimiser = last_optimiser(job.dir());
+  if (optimiser.empty()) return {{}, fmt::format("{} has no *_optimiser.star to continue from", job.dir())};
+  erase_option(args, "--continue");  // the job may itself have continued another's optimiser file
+  args.insert(args.end(), {"--continue", optimiser});
+  return {args, ""};
 }
 
 std::vector<std::string> input_files(const std::vector<std::string>& args) {

@@ -74,8 +74,19 @@ JobState job_state(const std::string& job_dir);
 // Jobs that resume micrograph by micrograph (`run --job DIR --continue` adds --only_do_unfinished):
 // motioncorr, ctffind, autopick, extract.
 bool resumes_per_micrograph(std::string_view command);
-// The newest ROOT_itNNN_optimiser.star in a job directory ("" if none): where an iterative job resumes.
-std::string last_optimiser(const std::string& job_dir);
+// Whether import arguments import movies or micrographs: a list that --continue adds new files to.
+bool imports_a_list(const std::vector<std::string>& import_args);
+
+// How a job goes on from where it stopped (`run --job DIR --continue`, a workflow's failed step): its
+// recorded arguments with what resumes it, or why it cannot (it can only run again from its start).
+// An iterative job continues from its last ROOT_itNNN_optimiser.star (--continue FILE), a per-micrograph
+// job keeps its finished micrographs (--only_do_unfinished), an import of movies or micrographs adds the
+// files not yet listed (--continue, as relion_import).
+struct Continuation {
+  std::vector<std::string> args;  // the arguments that continue the job (empty when it cannot)
+  std::string cannot;             // why it cannot be continued ("" when it can)
+};
+Continuation continuation(const Job& job);
 
 // Input files named by the usual options (--i, --ref, --mask, ...) that exist.
 std::vector<std::string> input_files(const std::vector<std::string>& args);

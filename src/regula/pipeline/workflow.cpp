@@ -229,9 +229,7 @@ void run_workflow(const std::vector<WorkflowStep>& steps, const std::string& exe
   if (watch.interval > 0) {
     const auto& first = steps.front();
     const std::vector<std::string>& a = first.args;
-    if (first.command != "import" ||
-        (std::find(a.begin(), a.end(), "--do_movies") == a.end() &&
-         std::find(a.begin(), a.end(), "--do_micrographs") == a.end()))
+    if (first.command != "import" || !imports_a_list(a))
       input_error("workflow --watch: the first step ('{}', line {}) must import movies or micrographs (import "
                   "--do_movies or --do_micrographs), the files it watches for", first.name, first.line);
     if (watch.idle <= 0) input_error("--watch_idle {}: expected seconds > 0", watch.idle);
@@ -301,7 +299,7 @@ void run_workflow(const std::vector<WorkflowStep>& steps, const std::string& exe
         input_error("{}: its job {} is still running{}; start the workflow again when it has ended", where, p->name,
                     state.detail.empty() ? "" : " (" + state.detail + ")");
       // Failed, aborted or killed: resume where it can, else from its start.
-      const bool resume = resumes_per_micrograph(s.command) || !last_optimiser(p->name).empty();
+      const bool resume = continuation(job).cannot.empty();
       spdlog::info("workflow: {} {} ({}{})", resume ? "resuming" : "running again", p->name, status_name(state.status),
                    state.detail.empty() ? "" : ": " + state.detail);
       cmd.insert(cmd.end(), {"run", "--job", p->name});

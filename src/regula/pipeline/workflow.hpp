@@ -13,10 +13,10 @@
 //
 // Running it again does what is left: a step whose job (the project's job with the step's alias)
 // has finished is skipped; one that failed, was aborted or was killed (no exit marker and its
-// process gone) is resumed with `regula run --job DIR --continue` when it can be (iterative jobs with
-// an optimiser file, per-micrograph jobs), otherwise run again from its start; a step whose job is
-// still running on this host (an earlier runner was killed, its job was not) is waited for; a step
-// without a job gets a new one. A finished step whose recorded arguments differ from the file's is an error (give
+// process gone) is resumed with `regula run --job DIR --continue` when it can be (pipeline/job.hpp's
+// continuation: iterative jobs with an optimiser file, per-micrograph jobs, imports of movies or
+// micrographs), otherwise run again from its start; a step whose job is still running on this host
+// (an earlier runner was killed, its job was not) is waited for; a step without a job gets a new one. A finished step whose recorded arguments differ from the file's is an error (give
 // the step another name to run it again).
 #pragma once
 #include <string>
