@@ -1,6 +1,8 @@
-// Job liveness (the identity in REGULA_JOB_RUNNING), how a job continues and the node types of job outputs.
+// Job liveness (the identity in REGULA_JOB_RUNNING), how a job continues, shell quoting for a queue and the
+// node types of job outputs.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 
@@ -9,6 +11,7 @@
 
 #include "regula/pipeline/job.hpp"
 #include "regula/pipeline/process.hpp"
+#include "regula/pipeline/queue.hpp"
 
 using namespace regula::pipeline;
 namespace fs = std::filesystem;
@@ -111,6 +114,20 @@ TEST(Continuation, AsEachKindOfJobGoesOn) {
   EXPECT_EQ(continuation(c2d).args,
             (Args{"--i", "p.star", "--K", "3", "--continue", c2d.dir() + "run_it010_optimiser.star"}));
   fs::remove_all(d);
+}
+
+TEST(ShellQuote, PlainWordsStayAndOthersComeBackWhole) {
+  EXPECT_EQ(shell_quote("Class2D/job001/"), "Class2D/job001/");
+  EXPECT_EQ(shell_quote("--j"), "--j");
+  for (const std::string w : {"a b", "it's", "$HOME", "", "x;y", "*", "a\nb", "'\\"}) {
+    FILE* p = ::popen(("printf %s " + shell_quote(w)).c_str(), "r");
+    ASSERT_TRUE(p);
+    std::string back;
+    char buf[256];
+    for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) back.append(buf, n);
+    ::pclose(p);
+    EXPECT_EQ(back, w) << shell_quote(w);
+  }
 }
 
 TEST(OutputNodeType, PostprocessAsRelion31) {

@@ -152,10 +152,7 @@ int submit_to_queue(regula::pipeline::Job& job, const regula::pipeline::QueueOpt
   cmd.insert(cmd.end(), global.begin(), global.end());
   cmd.insert(cmd.end(), tail.begin(), tail.end());
   std::string command;
-  for (auto& c : cmd) {
-    const bool plain = c.find_first_of(" \t'\"$`\\;&|<>()*?[]#~") == std::string::npos && !c.empty();
-    command += (command.empty() ? "" : " ") + (plain ? c : "'" + c + "'");
-  }
+  for (auto& c : cmd) command += (command.empty() ? "" : " ") + regula::pipeline::shell_quote(c);
   const std::string said = regula::pipeline::submit_job(job, queue, command);
   std::printf("%s: submitted (%s)%s%s\n", job.dir().c_str(), queue.qsub.c_str(), said.empty() ? "" : ": ",
               said.c_str());

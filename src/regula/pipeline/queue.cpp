@@ -63,13 +63,14 @@ int threads_of(const std::vector<std::string>& args) {
   return 1;
 }
 
+}  // namespace
+
 std::string shell_quote(const std::string& s) {
+  if (!s.empty() && s.find_first_of(" \t\n'\"$`\\;&|<>()*?[]#~") == std::string::npos) return s;
   std::string q = "'";
   for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
   return q + "'";
 }
-
-}  // namespace
 
 std::string submit_job(Job& job, const QueueOptions& q, const std::string& command) {
   if (q.script.empty()) input_error("--queue needs --qsubscript, the submission script template");

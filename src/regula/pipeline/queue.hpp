@@ -36,6 +36,10 @@ struct QueueVariables {
 // variable it does not know (a typo would otherwise reach the queue).
 std::string fill_queue_template(const std::string& text, const QueueVariables& v, const std::string& template_name);
 
+// `s` as one word of a /bin/sh command line: as it is when no character of it is special to the shell,
+// else in single quotes (a quote inside as '\'').
+std::string shell_quote(const std::string& s);
+
 // Writes <job>/run_submit.script from the template, runs `qsub script` in the project directory and
 // marks the job queued with what it printed. A submit command that fails (exit status not 0) marks
 // the job failed and throws InputError with its output. `command` is XXXcommandXXX. Returns the
