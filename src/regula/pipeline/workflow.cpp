@@ -98,6 +98,19 @@ int spawn_and_wait(const std::vector<std::string>& cmd) {
   return 1;
 }
 
+// How messages name a step.
+std::string step_where(const WorkflowStep& s) { return fmt::format("step '{}' (line {})", s.name, s.line); }
+
+// The alias of a step's job: "Class2D/c2d/".
+std::string step_alias(const WorkflowStep& s) { return fmt::format("{}/{}/", job_type(s.command)->dir_name, s.name); }
+
+// The arguments that run a job of the project again: `run --job DIR`, with --continue to resume it.
+std::vector<std::string> run_again(const std::string& dir, bool resume) {
+  std::vector<std::string> args{"run", "--job", dir};
+  if (resume) args.push_back("--continue");
+  return args;
+}
+
 const Process* step_job(const Record& r, const std::string& alias) {
   const Process* found = nullptr;
   for (const auto& p : r.processes)
@@ -247,37 +260,41 @@ void run_workflow(const std::vector<WorkflowStep>& steps, const std::string& exe
       }
     }
   }
-  // Runs `regula [global] [queue] --project . run --job DIR [--continue]` and waits for the job's end.
-  auto rerun = [&](const WorkflowStep& s, const std::string& dir, bool resume) {
-    std::vector<std::string> cmd{exe};
-    cmd.insert(cmd.end(), global.begin(), global.end());
-    cmd.insert(cmd.end(), queue.begin(), queue.end());
-    cmd.insert(cmd.end(), {"--project", ".", "run", "--job", dir});
-    if (resume) cmd.push_back("--continue");
-    const int status = spawn_and_wait(cmd);
-    const std::string where = fmt::format("step '{}' (line {})", s.name, s.line);
-    if (status != 0)
-      runtime_error("{}: {} ended with status {} (its log: {}run.out); fix the cause and run the workflow again to "
-                    "go on", where, dir, status, dir);
-    if (queued) {
-      const JobState state = wait_for_end(dir, true);
-      if (state.status != Status::Succeeded)
-        runtime_error("{}: {} {}; its log: {}run.out, the queue's: {}run_queue.out and .err", where, dir,
-                      status_name(state.status), dir, dir);
-    }
-  };
-  auto run_step = [&](const WorkflowStep& s) {
-    const JobType* type = job_type(s.command);
-    const std::string alias = fmt::format("{}/{}/", type->dir_name, s.name);
-    const std::string where = fmt::format("step '{}' (line {})", s.name, s.line);
-    std::vector<std::string> args;
-    for (const auto& a : s.args) args.push_back(expand(a, dirs, where));
+  // Runs `regula [global] [queue] --project . TAIL...` for step s (a new job, or `run --job DIR [--continue]`)
+  // and, when the job went to a queue, waits for its end. Returns the job's directory; throws, naming the
+  // step, its job and its logs, when it fails.
+  auto launch = [&](const WorkflowStep& s, const std::vector<std::string>& tail) {
     std::vector<std::string> cmd{exe};
     cmd.insert(cmd.end(), global.begin(), global.end());
     cmd.insert(cmd.end(), queue.begin(), queue.end());
     cmd.insert(cmd.end(), {"--project", "."});
+    cmd.insert(cmd.end(), tail.begin(), tail.end());
+    const int status = spawn_and_wait(cmd);
+    const Record after = read_record(".");
+    const Process* p = step_job(after, step_alias(s));
+    const std::string dir = p ? p->name : std::string("(no job made)");
+    const std::string where = step_where(s);
+    if (status != 0)
+      runtime_error("{}: {} {} with status {}{}; fix the cause and run the workflow again to go on", where, dir,
+                    queued ? "could not be submitted: the submission ended" : "ended", status,
+                    p ? fmt::format(" (its log: {}run.out)", dir) : "");
+    if (!p) runtime_error("{}: the job left no record under the alias {}", where, step_alias(s));
+    if (queued) {
+      spdlog::info("workflow: {} submitted ({}); waiting for it to end", s.name, dir);
+      const JobState state = wait_for_end(dir, true);
+      if (state.status != Status::Succeeded)
+        runtime_error("{}: {} {}{}; its log: {}run.out, the queue's: {}run_queue.out and .err; fix the cause and run "
+                      "the workflow again to go on", where, dir, status_name(state.status),
+                      state.detail.empty() ? "" : " (" + state.detail + ")", dir, dir);
+    }
+    return dir;
+  };
+  auto run_step = [&](const WorkflowStep& s) {
+    const std::string where = step_where(s);
+    std::vector<std::string> args;
+    for (const auto& a : s.args) args.push_back(expand(a, dirs, where));
     const Record before = read_record(".");
-    if (const Process* p = step_job(before, alias)) {
+    if (const Process* p = step_job(before, step_alias(s))) {
       JobState state = p->status == Status::Running ? job_state(p->name) : JobState{p->status, ""};
       if (state.status == Status::Running && (state.alive || queued)) {
         // The job outlived an earlier runner (only the runner was killed), or is in the queue's hands:
@@ -302,31 +319,13 @@ void run_workflow(const std::vector<WorkflowStep>& steps, const std::string& exe
       const bool resume = continuation(job).cannot.empty();
       spdlog::info("workflow: {} {} ({}{})", resume ? "resuming" : "running again", p->name, status_name(state.status),
                    state.detail.empty() ? "" : ": " + state.detail);
-      cmd.insert(cmd.end(), {"run", "--job", p->name});
-      if (resume) cmd.push_back("--continue");
+      dirs[s.name] = launch(s, run_again(p->name, resume));
     } else {
       spdlog::info("workflow: {}: regula {} {}", s.name, s.command, fmt::join(args, " "));
-      cmd.insert(cmd.end(), {"--alias", s.name, s.command});
-      cmd.insert(cmd.end(), args.begin(), args.end());
+      std::vector<std::string> tail{"--alias", s.name, s.command};
+      tail.insert(tail.end(), args.begin(), args.end());
+      dirs[s.name] = launch(s, tail);
     }
-    const int status = spawn_and_wait(cmd);
-    const Record after = read_record(".");
-    const Process* p = step_job(after, alias);
-    const std::string dir = p ? p->name : std::string("(no job made)");
-    if (status != 0)
-      runtime_error("{}: {} {} with status {}{}; fix the cause and run the workflow again to go on", where, dir,
-                    queued ? "could not be submitted: the submission ended" : "ended", status,
-                    p ? fmt::format(" (its log: {}run.out)", dir) : "");
-    if (!p) runtime_error("{}: the job left no record under the alias {}", where, alias);
-    if (queued) {
-      spdlog::info("workflow: {} submitted ({}); waiting for it to end", s.name, dir);
-      const JobState state = wait_for_end(dir, true);
-      if (state.status != Status::Succeeded)
-        runtime_error("{}: {} {}{}; its log: {}run.out, the queue's: {}run_queue.out and .err; fix the cause and run "
-                      "the workflow again to go on", where, dir, status_name(state.status),
-                      state.detail.empty() ? "" : " (" + state.detail + ")", dir, dir);
-    }
-    dirs[s.name] = dir;
   };
   for (size_t i = 0; i < front; ++i) run_step(steps[i]);
   if (front > 0) {
@@ -340,12 +339,12 @@ void run_workflow(const std::vector<WorkflowStep>& steps, const std::string& exe
     while (seconds_since(last_new) < watch.idle) {
       std::this_thread::sleep_for(std::chrono::duration<double>(watch.interval));
       const std::string before = file_text(list);
-      rerun(steps[0], dirs[steps[0].name], true);
+      launch(steps[0], run_again(dirs[steps[0].name], true));
       if (file_text(list) == before) continue;
       last_new = Clock::now();
       spdlog::info("workflow: new files in {}; {} to {} go on with them", list, steps[std::min<size_t>(1, front - 1)].name,
                    steps[front - 1].name);
-      for (size_t i = 1; i < front; ++i) rerun(steps[i], dirs[steps[i].name], true);
+      for (size_t i = 1; i < front; ++i) launch(steps[i], run_again(dirs[steps[i].name], true));
     }
     spdlog::info("workflow: no new files for {} s: watching ends", watch.idle);
   }
