@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
-#include <map>
 
 #include <fmt/format.h>
 
@@ -26,30 +25,20 @@ py::list jobs_of(const std::string& project) {
   namespace pl = regula::pipeline;
   std::error_code ec;
   if (!fs::is_directory(project, ec)) input_error("{}: no such project directory", project);
-  const pl::Record r = pl::read_record(project);
-  std::multimap<std::string, std::string> in, out;
-  for (const auto& e : r.inputs) in.emplace(e.to, e.from);
-  for (const auto& e : r.outputs) out.emplace(e.from, e.to);
   py::list jobs;
-  for (const auto& p : r.processes) {
-    // As `regula pipeline`: a job the record calls running is looked at in its directory.
-    pl::JobState state{p.status, "", false};
-    if (p.status == pl::Status::Running) state = pl::job_state((fs::path(project) / p.name).string());
+  for (const auto& j : pl::list_jobs(project)) {
     py::dict d;
-    d["job"] = p.name;
-    d["alias"] = p.alias == "None" ? std::string() : p.alias;
-    d["status"] = std::string(pl::status_name(state.status));
-    d["detail"] = state.detail;
-    std::vector<std::string> ins, outs;
-    for (auto [b, e] = in.equal_range(p.name); b != e; ++b) ins.push_back(b->second);
-    for (auto [b, e] = out.equal_range(p.name); b != e; ++b) outs.push_back(b->second);
-    d["inputs"] = ins;
-    d["outputs"] = outs;
+    d["job"] = j.name;
+    d["alias"] = j.alias;
+    d["status"] = std::string(pl::status_name(j.state.status));
+    d["detail"] = j.state.detail;
+    d["inputs"] = j.inputs;
+    d["outputs"] = j.outputs;
     // The command line (jobs made by Regula; RELION's own jobs have none).
     std::string command;
     std::vector<std::string> args;
-    if (fs::exists(fs::path(project) / p.name / "command.json")) {
-      const auto job = pl::Job::open((fs::path(project) / p.name).string());
+    if (fs::exists(fs::path(project) / j.name / "command.json")) {
+      const auto job = pl::Job::open((fs::path(project) / j.name).string());
       command = job.type().command;
       args = job.args();
     }

@@ -172,6 +172,22 @@ JobState job_state(const std::string& job_dir) {
                                       "restarted)", who->pid, who->host)};
 }
 
+std::vector<JobListing> list_jobs(const std::string& project_dir) {
+  const Record r = read_record(project_dir);
+  std::vector<JobListing> jobs;
+  for (const auto& p : r.processes) {
+    JobListing j{p.name, p.alias == "None" ? "" : p.alias, {p.status, ""}, {}, {}};
+    // The record says running until the job writes its end: its directory tells more.
+    if (p.status == Status::Running) j.state = job_state((fs::path(project_dir) / p.name).string());
+    for (const auto& e : r.inputs)
+      if (e.to == p.name) j.inputs.push_back(e.from);
+    for (const auto& e : r.outputs)
+      if (e.from == p.name) j.outputs.push_back(e.to);
+    jobs.push_back(std::move(j));
+  }
+  return jobs;
+}
+
 bool resumes_per_micrograph(std::string_view command) {
   return command == "motioncorr" || command == "ctffind" || command == "autopick" || command == "extract";
 }

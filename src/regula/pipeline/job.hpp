@@ -71,6 +71,17 @@ struct JobState {
 };
 JobState job_state(const std::string& job_dir);
 
+// A job of a project as the record lists it (default_pipeline.star), with the state its directory tells
+// while the record says running (an exit marker, a process gone without one, queued).
+struct JobListing {
+  std::string name;   // "Class2D/job003/"
+  std::string alias;  // "Class2D/first/", "" for none
+  JobState state;
+  std::vector<std::string> inputs, outputs;  // the files of its input and output edges, in the record's order
+};
+// The jobs of the project in `project_dir`, oldest first (none without a record).
+std::vector<JobListing> list_jobs(const std::string& project_dir);
+
 // Jobs that resume micrograph by micrograph (`run --job DIR --continue` adds --only_do_unfinished):
 // motioncorr, ctffind, autopick, extract.
 bool resumes_per_micrograph(std::string_view command);

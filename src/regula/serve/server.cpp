@@ -642,21 +642,20 @@ struct Server::Impl {
   // The project's jobs as a graph (default_pipeline.star): each recorded job with its alias, type and
   // status, and an edge from job A to job B for each file A wrote that B read.
   json graph() const {
-    const pipeline::Record r = pipeline::read_record(root.string());
-    std::map<std::string, std::string> producer;  // node -> the job that wrote it
-    for (const auto& e : r.outputs) producer[e.to] = e.from;
+    const auto listed = pipeline::list_jobs(root.string());
+    std::map<std::string, std::string> producer;  // file -> the job that wrote it
+    for (const auto& j : listed)
+      for (const auto& f : j.outputs) producer[f] = j.name;
     json jobs = json::array(), edges = json::array();
-    for (const auto& p : r.processes) {
-      pipeline::JobState state{p.status, "", false};
-      if (p.status == pipeline::Status::Running) state = pipeline::job_state((root / p.name).string());
-      const std::string type = fs::path(p.name).parent_path().parent_path().string();
-      jobs.push_back({{"dir", p.name}, {"alias", p.alias == "None" ? "" : p.alias},
-                      {"type", type.empty() ? fs::path(p.name).parent_path().string() : type},
-                      {"status", status_of(state)}});
-    }
-    for (const auto& e : r.inputs) {
-      const auto it = producer.find(e.from);
-      if (it != producer.end() && it->second != e.to) edges.push_back({{"from", it->second}, {"to", e.to}, {"file", e.from}});
+    for (const auto& j : listed) {
+      const std::string type = fs::path(j.name).parent_path().parent_path().string();
+      jobs.push_back({{"dir", j.name}, {"alias", j.alias},
+                      {"type", type.empty() ? fs::path(j.name).parent_path().string() : type},
+                      {"status", status_of(j.state)}});
+      for (const auto& f : j.inputs) {
+        const auto it = producer.find(f);
+        if (it != producer.end() && it->second != j.name) edges.push_back({{"from", it->second}, {"to", j.name}, {"file", f}});
+      }
     }
     return {{"jobs", jobs}, {"edges", edges}};
   }
