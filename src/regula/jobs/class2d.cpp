@@ -891,10 +891,13 @@ void Job::record_particles(size_t first, size_t count, const IterationData& it, 
     const double* d2 = w.psums.diff2.data() + i * m;
     std::fill(d2s.begin(), d2s.end(), 0.0);
     std::fill(cnt.begin(), cnt.end(), 0.0);
-    double xa = 0, aa = 0;
+    double xa = 0, aa = 0, xa_w = 0, aa_w = 0;
     const uint8_t* reach = it.reach.empty() ? nullptr : it.reach.data() + g * m;
+    const float* inv_sigma2 = it.inv_sigma2.data() + g * m;
     for (size_t q = 0; q < m; ++q) {
       const size_t s = size_t(px.shell[q]);
+      xa_w += w.psums.xa[i * m + q] * double(inv_sigma2[q]);
+      aa_w += w.psums.aa[i * m + q] * double(inv_sigma2[q]);
       d2s[s] += d2[q];
       if (!reach || reach[q]) cnt[s] += wsum;
       if (share[s] != 0) {
@@ -938,6 +941,7 @@ void Job::record_particles(size_t first, size_t count, const IterationData& it, 
     rep.pmax[p] = pp.max_posterior;
     rep.n_significant[p] = int(w.post.particle[i].n_significant);  // of the coarse pass, as RELION
     rep.log_likelihood[p] = pp.log_likelihood;
+    rep.signal_z[p] = aa_w > 0 && wsum > 0 ? xa_w / std::sqrt(aa_w * wsum) : 0.0;
     sums.stats[kLoglik].add(pp.log_likelihood);
     sums.stats[kPmax].add(pp.max_posterior);
   }
@@ -1081,8 +1085,8 @@ IterationSums Job::expectation(const IterationData& it, IterationReport& rep, st
       for (size_t p = 0; p < N; ++p)
         if (!owns_batch(p / B)) v[p] = 0;
     };
-    for (auto* v : {&rep.psi, &rep.origin_x, &rep.origin_y, &rep.pmax, &rep.log_likelihood, &new_norm,
-                    &posterior_sum_}) {
+    for (auto* v : {&rep.psi, &rep.origin_x, &rep.origin_y, &rep.pmax, &rep.log_likelihood, &rep.signal_z,
+                    &new_norm, &posterior_sum_}) {
       owner_only(*v);
       mpi::allreduce_sum(v->data(), N);
     }
@@ -1122,6 +1126,7 @@ IterationReport Job::iterate() {
   rep.origin_y = st_.origin_y;
   rep.pmax.assign(N, 0.0);
   rep.log_likelihood.assign(N, 0.0);
+  rep.signal_z.assign(N, 0.0);
   rep.n_significant.assign(N, 0);
   posterior_sum_.assign(N, 0.0);
   std::vector<double> new_norm = st_.norm;  // particles without a finite likelihood keep theirs

@@ -52,6 +52,12 @@ struct IterationReport {
   std::vector<double> class_resolution_A;       // per class (rlnEstimatedResolution)
   std::vector<int> particle_class;              // 1-based; empty for iteration 0
   std::vector<double> psi, origin_x, origin_y, pmax, log_likelihood;
+  // Per particle (_regulaSignalZ): how clearly the image holds its class, the matched-filter statistic of
+  // the E-step's whitened likelihood, sum w Re(X* s C A) / sigma2 over sqrt(sum w |s C A|^2 / sigma2)
+  // (posterior-weighted over its poses). At a fixed pose N(0, 1) for an image of noise alone (raised by
+  // the pose search to about the largest of its poses' values, 2-4), about the class's whitened norm for
+  // a member (select --auto compares each particle with its class's median).
+  std::vector<double> signal_z;
   std::vector<int> n_significant;
   double log_likelihood_sum = 0, average_pmax = 0;
 };

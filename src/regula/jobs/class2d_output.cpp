@@ -265,6 +265,7 @@ Files write_iteration(const Class2DOptions& opt, const std::string& input_star, 
     pb.set_column("rlnNrOfSignificantSamples", rep.n_significant);
     pb.set_column("rlnLogLikeliContribution", rep.log_likelihood);
     pb.set_column("rlnNormCorrection", st.norm);
+    pb.set_column("regulaSignalZ", rep.signal_z);
     out.write(f.data);
   } else {
     f.data.clear();
