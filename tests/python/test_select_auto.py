@@ -6,13 +6,14 @@ against numpy's evaluation of the documented formula, and the kept particles are
 particle classes. Also: options that need --auto are refused without it, and files that are not a
 class2d iteration are named in a one-line error with no output."""
 import pathlib
+import subprocess
 
 import gemmi
 import mrcfile
 import numpy as np
 import pytest
 
-from conftest import run_regula
+from conftest import regula_binary, run_regula
 
 N, APIX, DIAM = 64, 4.0, 200.0  # R = 25 px
 COUNTS = [300, 250, 80, 60, 40, 50, 0]
@@ -49,7 +50,8 @@ def expected_scores(imgs):
     return out
 
 
-def write_iteration(d, imgs):
+def write_iteration(d, imgs, columns=None):
+    """The iteration's files; `columns` ({label: per-particle values}) are added to data_particles."""
     root = d / "run_it010"
     mrcfile.new(f"{root}_classes.mrcs", data=imgs, overwrite=True).close()
     refs = "\n".join(f"{k + 1:06d}@{root}_classes.mrcs {c / sum(COUNTS):.4f} 20" for k, c in enumerate(COUNTS))
@@ -58,14 +60,17 @@ def write_iteration(d, imgs):
         "data_model_classes\n\nloop_\n_rlnReferenceImage #1\n_rlnClassDistribution #2\n"
         f"_rlnEstimatedResolution #3\n{refs}\n")
     pathlib.Path(f"{root}_optimiser.star").write_text(f"data_optimiser_general\n\n_rlnParticleDiameter {DIAM}\n")
+    columns = columns or {}
     rows = []
     for k, c in enumerate(COUNTS):
         rows += [f"{len(rows) + i + 1:06d}@stack.mrcs {k + 1} 1" for i in range(c)]
+    rows = [r + "".join(f" {v[i]!r}" for v in columns.values()) for i, r in enumerate(rows)]
+    labels = "".join(f"_{name} #{4 + j}\n" for j, name in enumerate(columns))
     pathlib.Path(f"{root}_data.star").write_text(
         "# version 30001\n\ndata_optics\n\nloop_\n_rlnOpticsGroup #1\n_rlnOpticsGroupName #2\n"
         "_rlnImagePixelSize #3\n_rlnImageSize #4\n_rlnImageDimensionality #5\n1 opticsGroup1 4.0 64 2\n\n"
         "# version 30001\n\ndata_particles\n\nloop_\n_rlnImageName #1\n_rlnClassNumber #2\n_rlnOpticsGroup #3\n"
-        + "\n".join(rows) + "\n")
+        + labels + "\n".join(rows) + "\n")
     return f"{root}_data.star"
 
 
@@ -101,6 +106,75 @@ def test_auto_keeps_the_particle_classes(tmp_path, seed):
         assert ratio == pytest.approx(exp[k][0] / ref, rel=1e-4)
         assert edge == pytest.approx(exp[k][1], rel=1e-4)
         assert selected == (k + 1 in KEEP)
+
+
+def screened(classes, columns, sd):
+    """numpy's evaluation of the particle screen (jobs/class_selection.hpp): in each kept class of at least
+    20 particles, reject signal z below median - sd * 1.4826 MAD or norm above median + sd * 1.4826 MAD."""
+    keep = np.isin(classes, sorted(KEEP))
+    for c in KEEP:
+        m = classes == c
+        if m.sum() < 20:
+            continue
+        for label, sign in (("regulaSignalZ", -1), ("rlnNormCorrection", 1)):
+            if label not in columns:
+                continue
+            v = np.asarray(columns[label])[m]
+            med = np.median(v)
+            spread = 1.4826 * np.median(np.abs(v - med))
+            bad = np.zeros(len(classes), bool)
+            bad[m] = sign * (v - med) > sd * spread
+            keep &= ~bad
+    return keep
+
+
+@pytest.mark.parametrize("seed,sd", [(6, None), (7, 2.0), (8, 3.5)])
+def test_auto_screens_the_particles_of_kept_classes(tmp_path, seed, sd):
+    """Per-particle columns as Regula's class2d writes them: members of the particle classes with signal z
+    about N(8, 1.5) and norm about N(0.77, 0.02), with some empty ice (z about N(0, 1)) and neighbours (norm
+    + 0.1) among them; the kept particles are numpy's evaluation of the rule, in their input order."""
+    rng = np.random.default_rng(seed)
+    classes = np.concatenate([np.full(c, k + 1) for k, c in enumerate(COUNTS)])
+    z = rng.normal(8, 1.5, len(classes))
+    norm = rng.normal(0.77, 0.02, len(classes))
+    junk = rng.random(len(classes))
+    z[junk < 0.06] = rng.normal(0, 1, (junk < 0.06).sum())
+    norm[junk > 0.94] += 0.1
+    columns = {"rlnNormCorrection": norm.round(6).tolist(), "regulaSignalZ": z.round(6).tolist()}
+    data = write_iteration(tmp_path, class_images(rng), columns)
+    out = tmp_path / "sel.star"
+    args = ["select", "--i", data, "--o", out, "--auto"] + ([] if sd is None else ["--auto_particle_sd", sd])
+    run_regula(*args)
+    expect = screened(classes, {k: np.array(v) for k, v in columns.items()}, 2.5 if sd is None else sd)
+    names = list(gemmi.cif.read(str(out)).find_block("particles").find_loop("_rlnImageName"))
+    assert names == [f"{i + 1:06d}@stack.mrcs" for i in np.flatnonzero(expect)]
+    assert 0 < (~expect & np.isin(classes, sorted(KEEP))).sum() < 0.2 * sum(COUNTS[k - 1] for k in KEEP)
+    table = gemmi.cif.read(str(tmp_path / "sel_class_scores.star")).find_block("class_scores")
+    out_per_class = {int(a): int(float(b)) for a, b in table.find("_", ["rlnClassNumber",
+                                                                        "regulaClassParticlesScreenedOut"])}
+    for c in range(1, len(COUNTS) + 1):
+        assert out_per_class[c] == (int((~expect & (classes == c)).sum()) if c in KEEP else 0)
+
+
+def test_auto_screen_without_signal_column_and_off(tmp_path):
+    """A classification without _regulaSignalZ (RELION's) gets the residual test alone, with a message naming
+    the file; --auto_particle_sd 0 keeps every particle of the kept classes."""
+    rng = np.random.default_rng(9)
+    classes = np.concatenate([np.full(c, k + 1) for k, c in enumerate(COUNTS)])
+    norm = rng.normal(0.77, 0.02, len(classes))
+    norm[rng.random(len(classes)) < 0.05] += 0.1
+    data = write_iteration(tmp_path, class_images(rng), {"rlnNormCorrection": norm.round(6).tolist()})
+    out = tmp_path / "sel.star"
+    r = subprocess.run([regula_binary(), "select", "--i", data, "--o", out, "--auto"], capture_output=True, text=True)
+    assert r.returncode == 0 and "no _regulaSignalZ" in r.stderr and data in r.stderr, r.stderr
+    expect = screened(classes, {"rlnNormCorrection": np.round(norm, 6)}, 2.5)
+    assert len(gemmi.cif.read(str(out)).find_block("particles").find_loop("_rlnImageName")) == expect.sum()
+    assert expect.sum() < np.isin(classes, sorted(KEEP)).sum()
+    run_regula("select", "--i", data, "--o", out, "--auto", "--auto_particle_sd", 0)
+    assert len(gemmi.cif.read(str(out)).find_block("particles").find_loop("_rlnImageName")) == \
+        sum(COUNTS[k - 1] for k in KEEP)
+    r = run_regula("select", "--i", data, "--o", tmp_path / "x.star", "--auto", "--auto_particle_sd", -1, check=False)
+    assert r.returncode == 1 and "--auto_particle_sd" in r.stderr and not (tmp_path / "x.star").exists()
 
 
 def test_auto_options_and_bad_input(tmp_path):

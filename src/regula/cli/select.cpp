@@ -18,7 +18,8 @@ void add_select(CLI::App& app) {
   auto* automatic = s->add_flag("--auto", opt->automatic,
                                 "Keep the classes whose average looks like a centred particle: contrast within "
                                 "[--auto_min_contrast, --auto_max_contrast] times the median class's and edge "
-                                "ratio at most --auto_max_edge (docs/class2d.md); writes OUT_class_scores.star");
+                                "ratio at most --auto_max_edge, then screen their particles (--auto_particle_sd; docs/class2d.md); "
+                                "writes OUT_class_scores.star");
   s->add_option("--auto_min_contrast", opt->auto_min_contrast, "--auto: lowest contrast / median (empty ice)")
       ->capture_default_str()
       ->needs(automatic);
@@ -27,6 +28,12 @@ void add_select(CLI::App& app) {
       ->needs(automatic);
   s->add_option("--auto_max_edge", opt->auto_max_edge,
                 "--auto: highest RMS of the outer ring (0.7-1 R) over the inner disc (< 0.5 R) (edges, aggregates)")
+      ->capture_default_str()
+      ->needs(automatic);
+  s->add_option("--auto_particle_sd", opt->auto_particle_sd,
+                "--auto: then reject a particle of a kept class whose _regulaSignalZ is below, or rlnNormCorrection "
+                "above, its class's median by more than this many robust SDs (empty ice, neighbours, edges among "
+                "the particles); 0: classes only")
       ->capture_default_str()
       ->needs(automatic);
   s->add_option("--particle_diameter", opt->particle_diameter,

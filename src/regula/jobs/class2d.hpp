@@ -113,9 +113,10 @@ struct SelectOptions {
   double auto_min_contrast = AutoSelectOptions{}.min_contrast;  // --auto_min_contrast
   double auto_max_contrast = AutoSelectOptions{}.max_contrast;  // --auto_max_contrast
   double auto_max_edge = AutoSelectOptions{}.max_edge;          // --auto_max_edge
+  double auto_particle_sd = AutoSelectOptions{}.particle_sd;    // --auto_particle_sd
   double particle_diameter = 0;                                 // --particle_diameter (Å; 0: the optimiser's)
   AutoSelectOptions auto_options() const {
-    return {auto_min_contrast, auto_max_contrast, auto_max_edge, particle_diameter};
+    return {auto_min_contrast, auto_max_contrast, auto_max_edge, particle_diameter, auto_particle_sd};
   }
   std::string validate() const;
 };

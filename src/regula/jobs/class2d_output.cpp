@@ -420,8 +420,9 @@ std::string SelectOptions::validate() const {
   if (automatic) return auto_options().validate();
   const AutoSelectOptions d;
   if (auto_min_contrast != d.min_contrast || auto_max_contrast != d.max_contrast || auto_max_edge != d.max_edge ||
-      particle_diameter != 0)
-    return "--auto_min_contrast, --auto_max_contrast, --auto_max_edge and --particle_diameter need --auto";
+      auto_particle_sd != d.particle_sd || particle_diameter != 0)
+    return "--auto_min_contrast, --auto_max_contrast, --auto_max_edge, --auto_particle_sd and --particle_diameter "
+           "need --auto";
   for (int c : classes)
     if (c < 1) return fmt::format("--classes: class numbers start at 1 (got {})", c);
   return "";
@@ -434,25 +435,25 @@ size_t select_classes(const SelectOptions& opt) {
   if (!t.particles_block().has("rlnClassNumber")) input_error("{}: the particles have no _rlnClassNumber", opt.input);
   std::map<int, long> count;
   for (int c : t.class_number) count[c] += 1;
-  std::vector<int> chosen = opt.classes;
+  std::vector<size_t> keep;
   if (opt.automatic) {
-    const std::vector<ClassScore> scores = score_classes(opt.input, t, opt.auto_options());
-    spdlog::info("select --auto: class, particles, contrast / median, edge ratio, kept");
-    for (const auto& s : scores) {
-      if (s.particles == 0) continue;
-      spdlog::info("  {:3d} {:7d} {:6.2f} {:6.2f} {}", s.number, s.particles, s.contrast_ratio, s.edge_ratio,
-                   s.kept ? "yes" : "no");
-      if (s.kept) chosen.push_back(s.number);
-    }
+    std::vector<ClassScore> scores = score_classes(opt.input, t, opt.auto_options());
+    keep = screen_particles(opt.input, t, scores, opt.auto_options());
+    spdlog::info("select --auto: class, particles, contrast / median, edge ratio, kept, particles screened out");
+    for (const auto& s : scores)
+      if (s.particles > 0)
+        spdlog::info("  {:3d} {:7d} {:6.2f} {:6.2f} {:>3} {:7d}", s.number, s.particles, s.contrast_ratio, s.edge_ratio,
+                     s.kept ? "yes" : "no", s.screened_out);
     std::string scores_path = opt.output;
     if (scores_path.size() > 5 && scores_path.ends_with(".star")) scores_path.resize(scores_path.size() - 5);
     write_class_scores(scores_path + "_class_scores.star", scores);
-  }
-  std::vector<size_t> keep;
-  for (size_t i = 0; i < t.size(); ++i) {
-    int c = t.class_number[i];
-    bool k = opt.min_count >= 0 ? count[c] >= opt.min_count : std::find(chosen.begin(), chosen.end(), c) != chosen.end();
-    if (k) keep.push_back(i);
+  } else {
+    for (size_t i = 0; i < t.size(); ++i) {
+      int c = t.class_number[i];
+      bool k = opt.min_count >= 0 ? count[c] >= opt.min_count
+                                  : std::find(opt.classes.begin(), opt.classes.end(), c) != opt.classes.end();
+      if (k) keep.push_back(i);
+    }
   }
   t.select(keep);
   t.write(opt.output);

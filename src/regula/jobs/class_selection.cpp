@@ -7,6 +7,7 @@
 #include <map>
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include "regula/core/error.hpp"
 #include "regula/io/mrc.hpp"
@@ -21,6 +22,8 @@ std::string AutoSelectOptions::validate() const {
     return fmt::format("--auto_min_contrast {} and --auto_max_contrast {}: need 0 <= min < max (finite)", min_contrast,
                        max_contrast);
   if (!(max_edge > 0)) return fmt::format("--auto_max_edge {}: must be positive", max_edge);
+  if (!(particle_sd >= 0) || !std::isfinite(particle_sd))
+    return fmt::format("--auto_particle_sd {}: must be 0 (no screen) or positive", particle_sd);
   if (!(particle_diameter >= 0) || !std::isfinite(particle_diameter))
     return fmt::format("--particle_diameter {}: must be positive (Å)", particle_diameter);
   return "";
@@ -149,10 +152,66 @@ std::vector<ClassScore> score_classes(const std::string& data_star, const Partic
   return out;
 }
 
+namespace {
+
+// Median and robust spread (1.4826 x the median absolute deviation) of v.
+std::pair<double, double> median_spread(std::vector<double> v) {
+  auto median = [](std::vector<double>& x) {
+    const size_t h = x.size() / 2;
+    std::nth_element(x.begin(), x.begin() + long(h), x.end());
+    double m = x[h];
+    if (x.size() % 2 == 0) m = 0.5 * (m + *std::max_element(x.begin(), x.begin() + long(h)));
+    return m;
+  };
+  const double m = median(v);
+  for (double& x : v) x = std::abs(x - m);
+  return {m, 1.4826 * median(v)};
+}
+
+}  // namespace
+
+std::vector<size_t> screen_particles(const std::string& data_star, const ParticleTable& table,
+                                     std::vector<ClassScore>& scores, const AutoSelectOptions& opt) {
+  const star::Block& pb = table.particles_block();
+  const int cz = pb.column("regulaSignalZ"), cn = pb.column("rlnNormCorrection");
+  std::vector<std::vector<size_t>> members(scores.size());
+  for (size_t i = 0; i < table.size(); ++i) {
+    const int c = table.class_number[i];
+    if (c >= 1 && size_t(c) <= scores.size() && scores[size_t(c - 1)].kept) members[size_t(c - 1)].push_back(i);
+  }
+  const bool screen = opt.particle_sd > 0;
+  if (screen && cz < 0)
+    spdlog::info("select --auto: {} has no _regulaSignalZ (not Regula's class2d): no signal test of particles",
+                 data_star);
+  if (screen && cn < 0)
+    spdlog::info("select --auto: {} has no _rlnNormCorrection: no residual test of particles", data_star);
+  std::vector<size_t> keep;
+  std::vector<char> out(table.size(), 0);
+  for (size_t k = 0; k < scores.size(); ++k) {
+    const std::vector<size_t>& idx = members[k];
+    if (screen && long(idx.size()) >= kScreenMinParticles)
+      for (const auto& [col, sign] : {std::pair{cz, -1.0}, std::pair{cn, 1.0}}) {
+        if (col < 0) continue;
+        std::vector<double> v;
+        for (size_t i : idx) v.push_back(pb.number(i, col));
+        const auto [m, d] = median_spread(v);
+        for (size_t j = 0; j < idx.size(); ++j)
+          if (sign * (v[j] - m) > opt.particle_sd * d) out[idx[j]] = 1;
+      }
+    for (size_t i : idx) {
+      if (out[i]) scores[k].screened_out += 1;
+      else keep.push_back(i);
+    }
+  }
+  std::sort(keep.begin(), keep.end());
+  return keep;
+}
+
 void write_class_scores(const std::string& path, const std::vector<ClassScore>& scores) {
   star::Document doc;
   star::Block& b = doc.add_block("class_scores");
   std::vector<int> number, selected;
+  std::vector<double> screened;
   std::vector<double> particles, contrast, ratio, edge;
   for (const auto& s : scores) {
     number.push_back(s.number);
@@ -161,6 +220,7 @@ void write_class_scores(const std::string& path, const std::vector<ClassScore>& 
     ratio.push_back(s.contrast_ratio);
     edge.push_back(std::isfinite(s.edge_ratio) ? s.edge_ratio : 1e30);
     selected.push_back(s.kept ? 1 : 0);
+    screened.push_back(double(s.screened_out));
   }
   for (size_t i = 0; i < scores.size(); ++i) b.add_row();
   b.set_column("rlnClassNumber", number);
@@ -169,6 +229,7 @@ void write_class_scores(const std::string& path, const std::vector<ClassScore>& 
   b.set_column("regulaClassContrastRatio", ratio);
   b.set_column("regulaClassEdgeRatio", edge);
   b.set_column("regulaClassSelected", selected);
+  b.set_column("regulaClassParticlesScreenedOut", screened);
   star::write(path, doc);
 }
 

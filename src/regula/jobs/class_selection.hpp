@@ -16,9 +16,20 @@
 // are much denser than protein (contrast several times the median); edges and aggregates cross the
 // rim. Defaults 0.5, 2.0 and 1.0 (measured on simulated junk sets of two structures: particle
 // classes between 0.74 and 1.41 in contrast and 0.31 and 0.78 in edge ratio; docs/class2d.md).
-// Not seen by this score: junk that class2d put among the particles (it selects classes, not
-// particles), and good classes of unusual density (a view much denser than the others, beyond
-// max_contrast times the median) would be lost: check the table it prints.
+// Good classes of unusual density (a view much denser than the others, beyond max_contrast times the
+// median) would be lost: check the table it prints.
+//
+// Then the particles of each kept class of at least kScreenMinParticles (screen_particles): junk that
+// class2d put among the particles differs from its class mates. Against the class's median m and robust
+// spread d (1.4826 x the median absolute deviation), a particle is rejected when
+//   _regulaSignalZ < m - particle_sd d   the image holds much less of the class than its mates (empty
+//                                        ice: 2-4, the best fit of its poses to noise, where members have
+//                                        the class's whitened norm; Regula's class2d writes it), or
+//   rlnNormCorrection > m + particle_sd d  it has much more residual power than its mates (a neighbour's
+//                                        density, contamination, an edge; RELION and Regula write it).
+// A test whose column is absent (RELION's class2d has no _regulaSignalZ) is skipped, with a message.
+// particle_sd 2.5 by default (measured on the junk sets of docs/class2d.md: 0.5-3% of the particles
+// lost, 6-11 points more junk rejected); 0 turns the screen off.
 #pragma once
 #include <string>
 #include <vector>
@@ -32,6 +43,7 @@ struct AutoSelectOptions {
   double max_contrast = 2.0;      // --auto_max_contrast
   double max_edge = 1.0;          // --auto_max_edge
   double particle_diameter = 0;   // --particle_diameter, Å (0: the optimiser file's)
+  double particle_sd = 2.5;       // --auto_particle_sd (0: classes only)
   std::string validate() const;
 };
 
@@ -42,7 +54,11 @@ struct ClassScore {
   double contrast_ratio = 0; // over the reference contrast
   double edge_ratio = 0;     // outer ring over inner disc (infinite for a flat centre)
   bool kept = false;
+  long screened_out = 0;     // particles of a kept class rejected by screen_particles
 };
+
+// Classes smaller than this are not screened (too few particles for a median and a spread).
+inline constexpr long kScreenMinParticles = 20;
 
 // The scores of every class of `table` (the particles of data_star, read by the caller), from the
 // class averages of the iteration of `data_star`. InputError naming the file for a data file that is
@@ -50,9 +66,14 @@ struct ClassScore {
 std::vector<ClassScore> score_classes(const std::string& data_star, const ParticleTable& table,
                                       const AutoSelectOptions& opt);
 
+// The particles of kept classes that pass the screen above (indices into `table`); counts each class's
+// rejected particles in scores[k].screened_out. Logs a skipped test (its column absent).
+std::vector<size_t> screen_particles(const std::string& data_star, const ParticleTable& table,
+                                     std::vector<ClassScore>& scores, const AutoSelectOptions& opt);
+
 // The class table as STAR (block class_scores: rlnClassNumber, rlnReferenceImage-free Regula labels
 // _regulaClassParticles, _regulaClassContrast, _regulaClassContrastRatio, _regulaClassEdgeRatio,
-// _regulaClassSelected), written atomically.
+// _regulaClassSelected, _regulaClassParticlesScreenedOut), written atomically.
 void write_class_scores(const std::string& path, const std::vector<ClassScore>& scores);
 
 }  // namespace regula
