@@ -101,6 +101,8 @@ TEST(Continuation, AsEachKindOfJobGoesOn) {
   EXPECT_TRUE(continuation(mc).cannot.empty());
   const Job mc2 = job("mc2", "motioncorr", R"("--only_do_unfinished")");
   EXPECT_EQ(continuation(mc2).args, Args{"--only_do_unfinished"});  // not twice
+  EXPECT_EQ(continuation(job("pol", "polish", R"("--i", "p.star")")).args,
+            (Args{"--i", "p.star", "--only_do_unfinished"}));
   EXPECT_EQ(continuation(job("mov", "import", R"("--do_movies", "--i", "M/*.tiff")")).args,
             (Args{"--do_movies", "--i", "M/*.tiff", "--continue"}));
   const Continuation particles = continuation(job("par", "import", R"("--do_particles", "--i", "p.star")"));

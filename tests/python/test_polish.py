@@ -201,3 +201,39 @@ def test_bad_input_stops_with_a_message(data, case):
            "training_mode": "--params3: not implemented yet"}[case]
     assert msg in r.stderr, r.stderr
     assert not any((d / f"Bad_{case}").glob("**/*.star")) if (d / f"Bad_{case}").exists() else True
+
+
+def test_only_do_unfinished_gives_the_uninterrupted_bytes(data):
+    """A run stopped after its first micrograph (the second's tracks removed, as if killed while fitting it)
+    and started again with --only_do_unfinished keeps the first micrograph (not fitted again: its message),
+    fits the second, and writes every file of the uninterrupted run byte for byte (tracks, B-factors, shiny
+    stacks and STAR file); a run with every micrograph done fits none. The project job's `run --continue`
+    adds the flag (tests/cpp/test_pipeline.cpp)."""
+    d = data
+    mics = star_loop(d / "MC" / "corrected_micrographs.star", "micrographs")["rlnMicrographName"]
+    roots = [os.path.splitext(m)[0] for m in mics]
+    shutil.copytree(d / "Polish", d / "PolishCont")
+    for suffix in ("_tracks.star", "_polish_sums.bin", "_shiny.mrcs"):
+        (d / "PolishCont" / (roots[1] + suffix)).unlink()
+    for name in ("bfactors.star", "bfactors.png", "shiny.star"):
+        (d / "PolishCont" / name).unlink()
+    # A damaged file of sums: that micrograph is fitted again, with a message.
+    sums0 = d / "PolishCont" / (roots[0] + "_polish_sums.bin")
+    good = sums0.read_bytes()
+    sums0.write_bytes(good[:100])
+    r = polish(d, *POLISH, "--o", "PolishCont/", "--combine_frames", "--only_do_unfinished")
+    assert "truncated" in r.stderr and "done before" not in r.stderr, r.stderr[-2000:]
+    assert sums0.read_bytes() == good
+    (d / "PolishCont" / (roots[1] + "_tracks.star")).unlink()
+    r = polish(d, *POLISH, "--o", "PolishCont/", "--combine_frames", "--only_do_unfinished")
+    assert r.stderr.count("done before (--only_do_unfinished)") == 1 and mics[0] in r.stderr, r.stderr[-2000:]
+    files = [root + s for root in roots for s in ("_tracks.star", "_polish_sums.bin", "_shiny.mrcs")]
+    for f in files + ["bfactors.star"]:
+        assert filecmp.cmp(d / "Polish" / f, d / "PolishCont" / f, shallow=False), f
+    # The image names name the output folder.
+    assert (d / "PolishCont/shiny.star").read_text() == (d / "Polish/shiny.star").read_text().replace(
+        "Polish/", "PolishCont/")
+    r = polish(d, *POLISH, "--o", "PolishCont/", "--combine_frames", "--only_do_unfinished")
+    assert r.stderr.count("done before (--only_do_unfinished)") == 2, r.stderr[-2000:]
+    for f in files + ["bfactors.star"]:
+        assert filecmp.cmp(d / "Polish" / f, d / "PolishCont" / f, shallow=False), f

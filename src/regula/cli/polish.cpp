@@ -37,9 +37,11 @@ void add_polish(CLI::App& app) {
   s->add_option("--bfac_maxfreq", opt->bfac_maxfreq,
                 "Highest resolution of the per-frame B-factor fit, Å (<= 0: the half maps' FSC 0.143)")
       ->capture_default_str();
+  s->add_flag("--only_do_unfinished", opt->only_do_unfinished,
+              "Keep the micrographs done before (their tracks and ROOT_polish_sums.bin); fit the others");
   s->add_option("--j", opt->threads, "Threads")->capture_default_str();
   auto refuse = refuse_options(
-      s, {"--params2", "--params3", "--min_p", "--eval_frac", "--align_frac", "--only_do_unfinished", "--window",
+      s, {"--params2", "--params3", "--min_p", "--eval_frac", "--align_frac", "--window",
           "--scale", "--crop", "--ctf_multiply", "--float16", "--recenter", "--bfactors", "--suffix", "--unreg_glob",
           "--glob_off", "--no_whiten", "--cc_pad", "--sq_exp_ker", "--absolute_params", "--gi", "--max_ed",
           "--out_cut", "--B_parts", "--eer_upsampling", "--eer_grouping", "--hot"},

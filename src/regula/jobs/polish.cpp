@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -241,9 +242,72 @@ struct FccSums {
     cc.assign(size_t(f * s), 0.0);
     w0 = w1 = cc;
   }
+  // Adds another's sums (the same frames and shells), in the order the micrographs come.
+  void add(const FccSums& o) {
+    for (size_t a = 0; a < cc.size(); ++a) {
+      cc[a] += o.cc[a];
+      w0[a] += o.w0[a];
+      w1[a] += o.w1[a];
+    }
+  }
 };
 
 double sq(double x) { return x * x; }
+
+// What the motion pass found for one micrograph (grey scale, tracks, its FCC sums), kept beside its
+// tracks as ROOT_polish_sums.bin so that --only_do_unfinished takes it up unchanged (doubles, bit for
+// bit): a continued run writes the bytes of an uninterrupted one.
+constexpr std::string_view kSumsMagic = "RGPOLSH1";
+
+void write_micrograph_sums(const std::string& path, double scale, const std::vector<std::array<double, 2>>& track,
+                           const FccSums& fcc) {
+  std::string out(kSumsMagic);
+  auto put = [&](const void* p, size_t n) { out.append(static_cast<const char*>(p), n); };
+  const int32_t f = fcc.frames, sh = fcc.shells;
+  const int64_t n = int64_t(track.size());
+  put(&f, 4);
+  put(&sh, 4);
+  put(&n, 8);
+  put(&scale, 8);
+  put(track.data(), track.size() * sizeof(track[0]));
+  for (const auto* v : {&fcc.cc, &fcc.w0, &fcc.w1}) put(v->data(), v->size() * sizeof(double));
+  write_file_atomic(path, out);
+}
+
+// The sums of a micrograph done before, when `path` holds them for `particles` particles, `frames` frames
+// (-1: any) and `shells` shells; false (and a message) otherwise: the micrograph is then done again.
+bool read_micrograph_sums(const std::string& path, size_t particles, int frames, int shells, double& scale,
+                          std::vector<std::array<double, 2>>& track, FccSums& fcc) {
+  std::string in;
+  try {
+    in = read_file(path);
+  } catch (const Error&) {
+    return false;
+  }
+  size_t at = kSumsMagic.size();
+  auto get = [&](void* p, size_t n) {
+    if (at + n > in.size()) return false;
+    std::memcpy(p, in.data() + at, n);
+    at += n;
+    return true;
+  };
+  int32_t f = 0, sh = 0;
+  int64_t n = 0;
+  if (in.compare(0, kSumsMagic.size(), kSumsMagic) != 0 || !get(&f, 4) || !get(&sh, 4) || !get(&n, 8) ||
+      !get(&scale, 8) || f <= 0 || n != int64_t(particles) * f || sh != shells || (frames >= 0 && f != frames)) {
+    spdlog::warn("polish: {} does not hold this micrograph's sums: it is done again", path);
+    return false;
+  }
+  track.resize(size_t(n));
+  fcc.init(f, sh);
+  bool ok = get(track.data(), track.size() * sizeof(track[0]));
+  for (auto* v : {&fcc.cc, &fcc.w0, &fcc.w1}) ok = ok && get(v->data(), v->size() * sizeof(double));
+  if (!ok || at != in.size()) {
+    spdlog::warn("polish: {} is truncated: the micrograph is done again", path);
+    return false;
+  }
+  return true;
+}
 
 }  // namespace
 
@@ -376,6 +440,25 @@ PolishResult polish(const PolishOptions& opt_in) {
   Progress progress("polish: motion", double(mics.size()));
   for (size_t mi = 0; mi < mics.size(); ++mi) {
     const Micrograph& mic = mics[mi];
+    const std::string root = output_root(opt.out_dir, mic.name);
+    if (opt.only_do_unfinished && fs::exists(root + "_tracks.star")) {
+      Fitted& done = fitted[mi];
+      FccSums mine;
+      if (read_micrograph_sums(root + "_polish_sums.bin", mic.particles.size(), frames_used, ref_shells, done.scale,
+                               done.track, mine)) {
+        if (frames_used < 0) {
+          frames_used = mine.frames;
+          fcc.init(frames_used, ref_shells);
+        }
+        fcc.add(mine);
+        done.ok = true;
+        spdlog::info("polish: {}: done before (--only_do_unfinished)", mic.name);
+        ++res.micrographs;
+        res.particles += long(mic.particles.size());
+        progress.advance(1);
+        continue;
+      }
+    }
     MovieFrames mf;
     try {
       mf = open_movie(mic, opt, ref_voltage, gains);
@@ -564,6 +647,8 @@ PolishResult polish(const PolishOptions& opt_in) {
     // Per-frame FCC sums with the other half map, the frames aligned by the fitted displacement, with
     // the frames' contrast (the sign of the grey scale).
     const double sign = scale < 0 ? -1.0 : 1.0;
+    FccSums mine;
+    mine.init(F, ref_shells);
     std::vector<cf> ex(size_t(max_box / 2 + 1)), ey(size_t(max_box + 1));
     for (size_t q = 0; q < P; ++q) {
       const Pixels& pl = pixels[size_t(table.optics_index[mic.particles[q]])];
@@ -578,9 +663,9 @@ PolishResult polish(const PolishOptions& opt_in) {
           if (sh >= ref_shells) continue;
           const cf al = x[k] * ex[size_t(pl.kx[k])] * ey[size_t(int(pl.ky[k]) + n / 2)];
           const size_t at = size_t(f) * size_t(ref_shells) + size_t(sh);
-          fcc.cc[at] += sign * std::real(al * std::conj(other[q][k]));
-          fcc.w0[at] += std::norm(al);
-          fcc.w1[at] += std::norm(other[q][k]);
+          mine.cc[at] += sign * std::real(al * std::conj(other[q][k]));
+          mine.w0[at] += std::norm(al);
+          mine.w1[at] += std::norm(other[q][k]);
         }
       }
     }
@@ -599,9 +684,11 @@ PolishResult polish(const PolishOptions& opt_in) {
       b.set_column("rlnOriginXAngst", tx);
       b.set_column("rlnOriginYAngst", ty);
     }
-    const std::string root = output_root(opt.out_dir, mic.name);
     fs::create_directories(fs::path(root).parent_path());
+    // The sums first: a micrograph counts as done when its tracks exist (RELION's rule).
+    write_micrograph_sums(root + "_polish_sums.bin", scale, out.track, mine);
     star::write(root + "_tracks.star", doc);
+    fcc.add(mine);
     spdlog::info("polish: {}: {} particles, {} frames, grey scale {:.3g}, {} L-BFGS iterations", mic.name, P, F, scale,
                  fit.iterations);
     ++res.micrographs;

@@ -45,8 +45,10 @@
 // the measured noise and the prior a normalised Gaussian (RELION's cross-correlation of whitened
 // images and a prior without the 1/2: its s_vel, s_div, s_acc mean somewhat different amounts of
 // smoothing); the shiny particles keep the particles' box and pixel size (--window / --scale are
-// not offered) and are normalised as extracted particles. Not yet: the parameter training mode
-// (--params2/--params3), MPI, --only_do_unfinished, EER movies.
+// not offered) and are normalised as extracted particles. With --only_do_unfinished a micrograph whose
+// ROOT_tracks.star exists is not fitted again: its tracks, grey scale and FCC sums are read from
+// ROOT_polish_sums.bin (written beside the tracks, in binary), so the B-factors and shiny particles are
+// those of an uninterrupted run. Not yet: the parameter training mode (--params2/--params3), MPI, EER movies.
 #pragma once
 #include <string>
 #include <vector>
@@ -73,6 +75,7 @@ struct PolishOptions {
   bool combine_frames = false;    // --combine_frames
   double bfac_minfreq = 20;       // --bfac_minfreq, Å
   double bfac_maxfreq = -1;       // --bfac_maxfreq, Å (<= 0: FSC 0.143)
+  bool only_do_unfinished = false;  // --only_do_unfinished: micrographs with tracks (and their sums) are kept
   int threads = 1;                // --j
 
   std::string validate() const;

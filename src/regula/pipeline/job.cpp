@@ -204,7 +204,9 @@ Continuation continuation(const Job& job) {
     if (std::find(args.begin(), args.end(), flag) == args.end()) args.push_back(flag);
     return Continuation{args, ""};
   };
-  if (resumes_per_micrograph(command)) return with_flag("--only_do_unfinished");
+  // Polishing keeps the micrographs fitted before too (their tracks and sums), then fits the B-factors
+  // and writes the shiny particles of all: not a front step of a watched workflow.
+  if (resumes_per_micrograph(command) || command == "polish") return with_flag("--only_do_unfinished");
   if (command == "import") {
     if (imports_a_list(args)) return with_flag("--continue");
     return {{}, fmt::format("{} imports its files once (only an import of movies or micrographs continues, adding "

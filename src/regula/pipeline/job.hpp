@@ -91,7 +91,7 @@ bool imports_a_list(const std::vector<std::string>& import_args);
 // How a job goes on from where it stopped (`run --job DIR --continue`, a workflow's failed step): its
 // recorded arguments with what resumes it, or why it cannot (it can only run again from its start).
 // An iterative job continues from its last ROOT_itNNN_optimiser.star (--continue FILE), a per-micrograph
-// job keeps its finished micrographs (--only_do_unfinished), an import of movies or micrographs adds the
+// job or polishing keeps its finished micrographs (--only_do_unfinished), an import of movies or micrographs adds the
 // files not yet listed (--continue, as relion_import).
 struct Continuation {
   std::vector<std::string> args;  // the arguments that continue the job (empty when it cannot)
