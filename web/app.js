@@ -517,10 +517,11 @@ async function showSelect(view, job) {
   const nkept = sel.classes.filter(c => c.kept).length;
   view.append(h('div', {class: 'panel', id: 'selection-summary'},
     `${sel.kept} of ${sel.total} particles kept, in ${nkept} of ${sel.classes.length} classes of ${sel.classification} iteration ${sel.iteration}` +
-    (sel.auto ? ' (select --auto: contrast / median and edge ratio under each class)' : '')),
+    (sel.auto ? ' (select --auto: contrast / median and edge ratio under each class, and how many of a kept class\'s particles passed its particle screen)' : '')),
     h('div', {class: 'gallery', id: 'selection'}, ...cls.map(c => h('figure', {class: c.kept ? 'kept' : 'rejected', 'data-class': String(c.class)},
       h('img', {src: `/api/class_image?dir=${q(sel.classification)}&iter=${sel.iteration}&k=${c.class}`, alt: `class ${c.class}`}),
-      h('figcaption', {}, `#${c.class}: ${c.count}${c.kept ? ' kept' : ''}`,
+      // A kept class may have lost some particles to select --auto's particle screen: say how many stay.
+      h('figcaption', {}, `#${c.class}: ${c.count}${!c.kept ? '' : c.kept_count < c.count ? `, ${c.kept_count} kept` : ' kept'}`,
         ...(c.contrast_ratio !== undefined ? [h('br'), `${c.contrast_ratio.toFixed(2)} / ${c.edge_ratio.toFixed(2)}`] : []))))));
 }
 
