@@ -4,6 +4,7 @@
 #include <cmath>
 #include <deque>
 
+#include "regula/core/blas.hpp"
 #include "regula/core/error.hpp"
 
 extern "C" void dsyev_(const char* jobz, const char* uplo, const int* n, double* a, const int* lda, double* w,
@@ -78,6 +79,9 @@ VelocityBasis velocity_basis(const std::vector<double>& x, const std::vector<dou
   std::vector<double> w(static_cast<size_t>(P));
   int lwork = -1, info = 0;
   double query = 0;
+  // LAPACK runs on OpenBLAS: one thread, or the eigenvectors would depend on how many cores OpenBLAS sees
+  // (under mpirun, bound to one core, it saw one and the tracks changed in the 4th decimal).
+  set_blas_single_threaded();
   dsyev_("V", "U", &P, K.data(), &P, w.data(), &query, &lwork, &info);
   lwork = std::max(1, int(query));
   std::vector<double> work(static_cast<size_t>(lwork));
