@@ -237,3 +237,20 @@ def test_only_do_unfinished_gives_the_uninterrupted_bytes(data):
     assert r.stderr.count("done before (--only_do_unfinished)") == 2, r.stderr[-2000:]
     for f in files + ["bfactors.star"]:
         assert filecmp.cmp(d / "Polish" / f, d / "PolishCont" / f, shallow=False), f
+
+
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="OpenMPI not installed")
+def test_mpirun_splits_the_micrographs(data):
+    """Under mpirun -np 2 each rank fits one of the two micrographs and writes its shiny stack; the B-factors,
+    tracks, sums and stacks are the bytes of one process, shiny.star the same text (its folder aside)."""
+    d = data
+    r = subprocess.run(["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", regula_binary(), "polish",
+                        *POLISH, "--o", "PolishMPI/", "--combine_frames", "--j", "1"], cwd=d, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    mics = star_loop(d / "MC" / "corrected_micrographs.star", "micrographs")["rlnMicrographName"]
+    files = [os.path.splitext(m)[0] + s for m in mics for s in ("_tracks.star", "_polish_sums.bin", "_shiny.mrcs")]
+    for f in files + ["bfactors.star"]:
+        assert filecmp.cmp(d / "Polish" / f, d / "PolishMPI" / f, shallow=False), f
+    assert (d / "PolishMPI/shiny.star").read_text() == (d / "Polish/shiny.star").read_text().replace(
+        "Polish/", "PolishMPI/")

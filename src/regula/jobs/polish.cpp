@@ -13,6 +13,7 @@
 #include <spdlog/spdlog.h>
 
 #include "regula/core/atomic_file.hpp"
+#include "regula/core/mpi.hpp"
 #include "regula/core/error.hpp"
 #include "regula/core/fft.hpp"
 #include "regula/core/parallel.hpp"
@@ -275,9 +276,9 @@ void write_micrograph_sums(const std::string& path, double scale, const std::vec
 }
 
 // The sums of a micrograph done before, when `path` holds them for `particles` particles, `frames` frames
-// (-1: any) and `shells` shells; false (and a message) otherwise: the micrograph is then done again.
+// (-1: any) and `shells` shells; false otherwise (with a message unless `quiet`, or the file is absent).
 bool read_micrograph_sums(const std::string& path, size_t particles, int frames, int shells, double& scale,
-                          std::vector<std::array<double, 2>>& track, FccSums& fcc) {
+                          std::vector<std::array<double, 2>>& track, FccSums& fcc, bool quiet) {
   std::string in;
   try {
     in = read_file(path);
@@ -295,7 +296,7 @@ bool read_micrograph_sums(const std::string& path, size_t particles, int frames,
   int64_t n = 0;
   if (in.compare(0, kSumsMagic.size(), kSumsMagic) != 0 || !get(&f, 4) || !get(&sh, 4) || !get(&n, 8) ||
       !get(&scale, 8) || f <= 0 || n != int64_t(particles) * f || sh != shells || (frames >= 0 && f != frames)) {
-    spdlog::warn("polish: {} does not hold this micrograph's sums: it is done again", path);
+    if (!quiet) spdlog::warn("polish: {} does not hold this micrograph's sums: it is done again", path);
     return false;
   }
   track.resize(size_t(n));
@@ -303,7 +304,7 @@ bool read_micrograph_sums(const std::string& path, size_t particles, int frames,
   bool ok = get(track.data(), track.size() * sizeof(track[0]));
   for (auto* v : {&fcc.cc, &fcc.w0, &fcc.w1}) ok = ok && get(v->data(), v->size() * sizeof(double));
   if (!ok || at != in.size()) {
-    spdlog::warn("polish: {} is truncated: the micrograph is done again", path);
+    if (!quiet) spdlog::warn("polish: {} is truncated: the micrograph is done again", path);
     return false;
   }
   return true;
@@ -438,26 +439,38 @@ PolishResult polish(const PolishOptions& opt_in) {
   std::vector<Fitted> fitted(mics.size());
   const double ref_voltage = table.optics.front().voltage;
   Progress progress("polish: motion", double(mics.size()));
+  // A micrograph's sums from its file (fitted before, or by another rank) into fitted[mi] and fcc.
+  auto take_sums = [&](size_t mi, bool quiet) {
+    const Micrograph& mic = mics[mi];
+    Fitted& done = fitted[mi];
+    FccSums mine;
+    if (!read_micrograph_sums(output_root(opt.out_dir, mic.name) + "_polish_sums.bin", mic.particles.size(),
+                              frames_used, ref_shells, done.scale, done.track, mine, quiet))
+      return false;
+    if (frames_used < 0) {
+      frames_used = mine.frames;
+      fcc.init(frames_used, ref_shells);
+    }
+    fcc.add(mine);
+    done.ok = true;
+    ++res.micrographs;
+    res.particles += long(mic.particles.size());
+    return true;
+  };
+  // Under mpirun each rank fits the micrographs mi = rank (mod ranks); then every rank reads all their
+  // sums in micrograph order, so the B-factors and the files are those of one process.
+  const bool split = mpi::size() > 1;
   for (size_t mi = 0; mi < mics.size(); ++mi) {
     const Micrograph& mic = mics[mi];
     const std::string root = output_root(opt.out_dir, mic.name);
-    if (opt.only_do_unfinished && fs::exists(root + "_tracks.star")) {
-      Fitted& done = fitted[mi];
-      FccSums mine;
-      if (read_micrograph_sums(root + "_polish_sums.bin", mic.particles.size(), frames_used, ref_shells, done.scale,
-                               done.track, mine)) {
-        if (frames_used < 0) {
-          frames_used = mine.frames;
-          fcc.init(frames_used, ref_shells);
-        }
-        fcc.add(mine);
-        done.ok = true;
-        spdlog::info("polish: {}: done before (--only_do_unfinished)", mic.name);
-        ++res.micrographs;
-        res.particles += long(mic.particles.size());
-        progress.advance(1);
-        continue;
-      }
+    if (int(mi % size_t(mpi::size())) != mpi::rank()) {
+      progress.advance(1);
+      continue;
+    }
+    if (opt.only_do_unfinished && fs::exists(root + "_tracks.star") && take_sums(mi, false)) {
+      spdlog::info("polish: {}: done before (--only_do_unfinished)", mic.name);
+      progress.advance(1);
+      continue;
     }
     MovieFrames mf;
     try {
@@ -696,6 +709,20 @@ PolishResult polish(const PolishOptions& opt_in) {
     progress.advance(1);
   }
   progress.finish();
+  if (split) {
+    mpi::barrier();
+    fitted.assign(mics.size(), Fitted{});
+    frames_used = -1;
+    res.micrographs = res.particles = 0;
+    for (size_t mi = 0; mi < mics.size(); ++mi)
+      if (!take_sums(mi, true)) {
+        ++res.micrographs_skipped;
+        res.skipped += long(mics[mi].particles.size());
+        if (mpi::rank() == 0 && int(mi % size_t(mpi::size())) != 0)
+          spdlog::warn("polish: micrograph {} skipped by rank {} (see its messages in run.out)", mics[mi].name,
+                       int(mi % size_t(mpi::size())));
+      }
+  }
   if (frames_used < 0) input_error("{}: no micrograph could be read (see the messages above)", opt.particles);
 
   // Per-frame B-factors and scales: FCC_f(k) ~ g(k) a_f exp(B_f q_k), q = k^2 / 4, by alternating
@@ -798,7 +825,7 @@ PolishResult polish(const PolishOptions& opt_in) {
     b.set_column("rlnBfactorUsedForSharpening", bf);
     b.set_column("rlnFittedInterceptGuinierPlot", ic);
     res.bfactors_star = opt.out_dir + "/bfactors.star";
-    star::write(res.bfactors_star, doc);
+    if (mpi::rank() == 0) star::write(res.bfactors_star, doc);
     LinePlot plot;
     for (int f = 0; f < F; ++f) {
       plot.x.push_back(f + 1);
@@ -809,7 +836,7 @@ PolishResult polish(const PolishOptions& opt_in) {
     plot.y_min = std::min(-10.0, *std::min_element(B.begin(), B.end()) * 1.1);
     plot.y_max = 0;
     plot.hlines = {0};
-    write_file_atomic(opt.out_dir + "/bfactors.png", render_line_plot_png(plot));
+    if (mpi::rank() == 0) write_file_atomic(opt.out_dir + "/bfactors.png", render_line_plot_png(plot));
     std::string line;
     for (int f = 0; f < F; ++f) line += fmt::format(" {:.0f}", B[size_t(f)]);
     spdlog::info("polish: per-frame B-factors (Å², relative to the best frame):{}", line);
@@ -841,6 +868,15 @@ PolishResult polish(const PolishOptions& opt_in) {
         progress2.advance(1);
         continue;
       }
+      const std::string stack = output_root(opt.out_dir, mic.name) + "_shiny.mrcs";
+      for (size_t q = 0; q < mic.particles.size(); ++q) {
+        image_names[mic.particles[q]] = fmt::format("{:06d}@{}", q + 1, stack);
+        kept[mic.particles[q]] = 1;
+      }
+      if (int(mi % size_t(mpi::size())) != mpi::rank()) {  // another rank's micrograph
+        progress2.advance(1);
+        continue;
+      }
       const MovieFrames mf = open_movie(mic, opt, ref_voltage, gains);
       const size_t P = mic.particles.size();
       std::vector<Grid<cfloat>> acc(P);
@@ -862,8 +898,6 @@ PolishResult polish(const PolishOptions& opt_in) {
           for (size_t at = 0; at < W.size(); ++at) acc[q][at] += Bx[at] * W[at];
         });
       }
-      const std::string root = output_root(opt.out_dir, mic.name);
-      const std::string stack = root + "_shiny.mrcs";
       std::vector<Grid<float>> images(P);
       pool.parallel_for(0, P, [&](size_t q, int) {
         const OpticsGroupModel& g = optics.group_of(mic.particles[q]);
@@ -889,10 +923,6 @@ PolishResult polish(const PolishOptions& opt_in) {
         for (size_t q = 0; q < P; ++q) w.append(images[q]);
         w.commit();
       }
-      for (size_t q = 0; q < P; ++q) {
-        image_names[mic.particles[q]] = fmt::format("{:06d}@{}", q + 1, stack);
-        kept[mic.particles[q]] = 1;
-      }
       progress2.advance(1);
     }
     progress2.finish();
@@ -903,7 +933,8 @@ PolishResult polish(const PolishOptions& opt_in) {
       if (kept[i]) table.set_image(i, std::stol(image_names[i]), image_names[i].substr(image_names[i].find('@') + 1));
     table.select(keep);
     res.shiny_star = opt.out_dir + "/shiny.star";
-    table.write(res.shiny_star);
+    mpi::barrier();  // every rank's stacks written
+    if (mpi::rank() == 0) table.write(res.shiny_star);
     spdlog::info("polish: {} shiny particles; wrote {}", keep.size(), res.shiny_star);
   }
   return res;

@@ -48,7 +48,10 @@
 // not offered) and are normalised as extracted particles. With --only_do_unfinished a micrograph whose
 // ROOT_tracks.star exists is not fitted again: its tracks, grey scale and FCC sums are read from
 // ROOT_polish_sums.bin (written beside the tracks, in binary), so the B-factors and shiny particles are
-// those of an uninterrupted run. Not yet: the parameter training mode (--params2/--params3), MPI, EER movies.
+// those of an uninterrupted run. Under mpirun the ranks take the micrographs in turn (mi = rank mod ranks),
+// then each reads all the micrographs' sums files in order: the files are those of one process; rank 0
+// writes bfactors.star/png and shiny.star. Not yet: the parameter training mode (--params2/--params3),
+// EER movies.
 #pragma once
 #include <string>
 #include <vector>
