@@ -13,9 +13,9 @@
 #include <spdlog/spdlog.h>
 
 #include "regula/core/atomic_file.hpp"
-#include "regula/core/mpi.hpp"
 #include "regula/core/error.hpp"
 #include "regula/core/fft.hpp"
+#include "regula/core/mpi.hpp"
 #include "regula/core/parallel.hpp"
 #include "regula/core/progress.hpp"
 #include "regula/imaging/normalise.hpp"
@@ -472,6 +472,9 @@ PolishResult polish(const PolishOptions& opt_in) {
       progress.advance(1);
       continue;
     }
+    // Fitted anew: sums left by an earlier run must not stand for it if this one fails (the ranks read
+    // every micrograph's sums after the fit).
+    fs::remove(root + "_polish_sums.bin");
     MovieFrames mf;
     try {
       mf = open_movie(mic, opt, ref_voltage, gains);
