@@ -519,7 +519,9 @@ void bind_jobs(py::module_& m) {
       {REGULA_FIELD(CR, particles), REGULA_FIELD(CR, postprocess), REGULA_FIELD(CR, out_dir), REGULA_FIELD(CR, half1),
        REGULA_FIELD(CR, half2), REGULA_FIELD(CR, mask), REGULA_FIELD(CR, angpix_ref), REGULA_FIELD(CR, pad),
        REGULA_FIELD(CR, fit_defocus), REGULA_FIELD(CR, fit_mode), REGULA_FIELD(CR, kmin_defocus),
-       REGULA_FIELD(CR, defocus_range), REGULA_FIELD(CR, fit_beamtilt), REGULA_FIELD(CR, kmin_tilt),
+       REGULA_FIELD(CR, defocus_range), REGULA_FIELD(CR, fit_bfacs), REGULA_FIELD(CR, bfac_per_mg),
+       REGULA_FIELD(CR, bfac_min_B), REGULA_FIELD(CR, bfac_max_B), REGULA_FIELD(CR, bfac_min_scale),
+       REGULA_FIELD(CR, kmin_bfac), REGULA_FIELD(CR, fit_beamtilt), REGULA_FIELD(CR, kmin_tilt),
        REGULA_FIELD(CR, odd_aberr_max_n), REGULA_FIELD(CR, fit_aberr), REGULA_FIELD(CR, kmin_aberr),
        REGULA_FIELD(CR, even_aberr_max_n), REGULA_FIELD(CR, fit_aniso), REGULA_FIELD(CR, kmin_mag),
        REGULA_FIELD(CR, keep_astig), REGULA_FIELD(CR, mag_iterations), REGULA_FIELD(CR, threads)},
@@ -545,7 +547,7 @@ void bind_jobs(py::module_& m) {
         return d;
       },
       "CTF refinement as relion_ctf_refine (jobs/ctf_refine.hpp): particles=run_data.star, half1/half2 (or\n"
-      "postprocess=postprocess.star), fit_defocus / fit_beamtilt / fit_aberr / fit_aniso.",
+      "postprocess=postprocess.star), fit_defocus / fit_bfacs / fit_beamtilt / fit_aberr / fit_aniso.",
       "dict(star, particles, max_resolution, rms_defocus_change, groups=[dict(number, beam_tilt, odd_zernike,\n"
       "even_zernike, mag, scale)])");
 

@@ -173,3 +173,61 @@ def optics_values(star):
                     "mag": tuple(get(label, 1.0 if label in ("rlnMagMat00", "rlnMagMat11") else 0.0)
                                  for label in MAG_LABELS)})
     return out
+
+
+def make_envelopes(regula, d, n=1500, snr=0.3, seed=21, per_micrograph=False, b_range=(0.0, 200.0),
+                   scale_range=(0.6, 1.4), box=64, map_seed=5):
+    """Particles whose CTFs have known envelopes (rlnCtfBfactor, rlnCtfScalefactor): poses and CTFs from
+    `regula simulate` (micrographs of 50 particles), then each particle's B-factor and scale drawn uniformly
+    from the ranges (one draw per micrograph with `per_micrograph`), the images `regula project --ctf` of the
+    map with those values plus white Gaussian noise of variance (mean signal variance without envelope) / snr
+    (numpy, seeded). Half maps reconstructed with the true values. The input file: the truth with B 0 and
+    scale 1. Returns a dict of paths and the true B and scale per particle."""
+    d = pathlib.Path(d)
+    d.mkdir(parents=True, exist_ok=True)
+    atoms_map(d / "truth_map.mrc", box, 1.0, map_seed)
+    subprocess.run([regula, "--quiet", "simulate", "--i", "truth_map.mrc", "--o", "sim", "--n", str(n), "--snr", "1",
+                    "--seed", str(seed), "--defocus_min", "5000", "--defocus_max", "20000", "--max_shift", "2",
+                    "--micrographs", str(n // 50), "--defocus_spread", "1000", "--j", "2"], check=True, cwd=d)
+    b = read_star(d / "sim" / "truth.star")
+    p = b["particles"]
+    rng = np.random.default_rng(seed)
+    mics = column(p, "rlnMicrographName", str)
+    if per_micrograph:
+        names, inv = np.unique(mics, return_inverse=True)
+        bf = rng.uniform(*b_range, len(names))[inv]
+        sc = rng.uniform(*scale_range, len(names))[inv]
+    else:
+        bf = rng.uniform(*b_range, len(mics))
+        sc = rng.uniform(*scale_range, len(mics))
+    set_column(p, "rlnCtfBfactor", [f"{x:.3f}" for x in bf])
+    set_column(p, "rlnCtfScalefactor", [f"{x:.5f}" for x in sc])
+    write_star(d / "poses.star", b)
+    flat = copy.deepcopy(b)
+    set_column(flat["particles"], "rlnCtfBfactor", ["0"] * len(mics))
+    set_column(flat["particles"], "rlnCtfScalefactor", ["1"] * len(mics))
+    write_star(d / "flat_poses.star", flat)
+    for name, star in (("clean", "poses.star"), ("flat", "flat_poses.star")):
+        subprocess.run([regula, "--quiet", "project", "--i", "truth_map.mrc", "--ang", star, "--ctf", "--o", name,
+                        "--j", "2"], check=True, cwd=d)
+    clean = mrcfile.read(d / "clean.mrcs").astype(np.float64)
+    sigma = np.sqrt(mrcfile.read(d / "flat.mrcs").astype(np.float64).var(axis=(1, 2)).mean() / snr)
+    noisy = clean + rng.normal(0.0, sigma, clean.shape)
+    with mrcfile.new(d / "particles.mrcs", overwrite=True) as f:
+        f.set_data(noisy.astype(np.float32))
+        f.voxel_size = 1.0
+    subset = rng.permutation(np.arange(len(mics)) % 2) + 1
+    set_column(p, "rlnRandomSubset", subset)
+    set_column(p, "rlnImageName", [f"{i + 1:06d}@particles.mrcs" for i in range(len(mics))])
+    write_star(d / "truth.star", b)
+    for h in (1, 2):
+        bh = copy.deepcopy(b)
+        bh["particles"]["rows"] = [r for r, s in zip(bh["particles"]["rows"], subset) if s == h]
+        write_star(d / f"half{h}.star", bh)
+        subprocess.run([regula, "--quiet", "reconstruct", "--i", f"half{h}.star", "--o", f"half{h}.mrc", "--ctf",
+                        "--j", "2"], check=True, cwd=d)
+    inp = copy.deepcopy(b)
+    set_column(inp["particles"], "rlnCtfBfactor", ["0"] * len(mics))
+    set_column(inp["particles"], "rlnCtfScalefactor", ["1"] * len(mics))
+    write_star(d / "input.star", inp)
+    return {"truth": d / "truth.star", "input": d / "input.star", "bfactor": bf, "scale": sc, "micrograph": mics}

@@ -130,8 +130,8 @@ def test_bad_input_stops_with_a_message(data, case):
         for r in p["rows"]:
             r.pop(j)
     elif case == "bad_mode":
-        args += ["--fit_mode", "fpffp"]
-        word = "B-factors"
+        args += ["--fit_mode", "fpmpf"]
+        word = "Cs"
     elif case == "nothing":
         args = ["--m1", "half1.mrc", "--m2", "half2.mrc"]
         word = "nothing to do"

@@ -12,7 +12,8 @@ void add_ctf_refine(CLI::App& app) {
   auto* s = app.add_subcommand(
       "ctf_refine",
       "Refine the CTF of refined particles against the half maps (as relion_ctf_refine): anisotropic\n"
-      "magnification, beam tilt and odd aberrations, even aberrations, per-particle defocus, in that order;\n"
+      "magnification, beam tilt and odd aberrations, even aberrations, per-particle defocus, B-factors and\n"
+      "scales, in that order;\n"
       "writes OUT/particles_ctf_refine.star and PNG images of the fitted phases");
   s->add_option("--i", opt->particles, "Particles with refined poses and half sets (run_data.star)");
   s->add_option("--o", opt->out_dir, "Output directory");
@@ -20,10 +21,20 @@ void add_ctf_refine(CLI::App& app) {
   s->add_flag("--fit_defocus", opt->fit_defocus, "Refine defocus (and astigmatism, see --fit_mode)");
   s->add_option("--fit_mode", opt->fit_mode,
                 "Five letters for phase shift, defocus, astigmatism, Cs, B-factor: p (per particle), m (per\n"
-                "micrograph) or f (fixed); supported: defocus p or m, astigmatism f, m or p, the others f")
+                "micrograph) or f (fixed); supported: defocus p or m, astigmatism f, m or p, B-factor (and scale) f,\n"
+                "m or p, phase shift and Cs f")
       ->capture_default_str();
   s->add_option("--kmin_defocus", opt->kmin_defocus, "Lowest resolution used for the defocus, Å")->capture_default_str();
   s->add_option("--bf_range", opt->defocus_range, "Width of the defocus scan around the input value, Å")
+      ->capture_default_str();
+  s->add_flag("--fit_bfacs", opt->fit_bfacs,
+              "Refine the CTF envelope: B-factor and scale (rlnCtfBfactor, rlnCtfScalefactor) per particle");
+  s->add_flag("--bfac_per_mg", opt->bfac_per_mg, "With --fit_bfacs: one B-factor and scale per micrograph");
+  s->add_option("--bfac_min_B", opt->bfac_min_B, "Lowest B-factor allowed, Å²")->capture_default_str();
+  s->add_option("--bfac_max_B", opt->bfac_max_B, "Highest B-factor allowed, Å²")->capture_default_str();
+  s->add_option("--bfac_min_scale", opt->bfac_min_scale, "Lowest scale allowed (outliers stop there)")
+      ->capture_default_str();
+  s->add_option("--kmin_bfac", opt->kmin_bfac, "Lowest resolution used for the B-factors, Å")
       ->capture_default_str();
   s->add_flag("--fit_beamtilt", opt->fit_beamtilt, "Refine the beam tilt (and odd aberrations) per optics group");
   s->add_option("--kmin_tilt", opt->kmin_tilt, "Lowest resolution used for the beam tilt, Å")->capture_default_str();

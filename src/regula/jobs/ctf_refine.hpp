@@ -21,19 +21,27 @@
 //   --fit_aberr: even Zernike coefficients up to --even_aberr_max_n (rlnEvenZernike);
 //   --fit_defocus: per-particle defocus (--fit_mode, RELION's five letters for phase shift,
 //      defocus, astigmatism, Cs, B-factor: defocus 'p' (per particle) or 'm' (per micrograph),
-//      astigmatism 'f' (kept), 'm' (per micrograph, rlnMicrographName) or 'p'; phase shift, Cs and
-//      B-factor must be 'f', so the default is fpmff where RELION's is fpmfm): a scan over
-//      --bf_range Å around the input value, then a local search (golden section; Nelder-Mead for
-//      astigmatism; for a micrograph's astigmatism, two rounds alternating between the
-//      particles' defoci and the astigmatism), with a per-particle grey scale profiled out.
+//      astigmatism 'f' (kept), 'm' (per micrograph, rlnMicrographName) or 'p'; B-factor 'f', 'p' or
+//      'm' (below); phase shift and Cs must be 'f'. The default is fpmff, as RELION's GUI with "Fit
+//      B-factor? No"; relion_ctf_refine's own default is fpmfm): a scan over --bf_range Å around the
+//      input value, then a local search (golden section; Nelder-Mead for astigmatism; for a
+//      micrograph's astigmatism, two rounds alternating between the particles' defoci and the
+//      astigmatism), with a per-particle grey scale profiled out;
+//   --fit_bfacs (or --fit_mode letter 5 'p'/'m' with --fit_defocus): the CTF envelope, B-factor and
+//      scale (rlnCtfBfactor, rlnCtfScalefactor), per particle or per micrograph (--bfac_per_mg),
+//      maximising the same Gaussian likelihood over B in [--bfac_min_B, --bfac_max_B] and scale >=
+//      --bfac_min_scale from --kmin_bfac Å (letter 5: from --kmin_defocus); the scale of the images
+//      against the maps' projections, as RELION's. Unlike RELION's --fit_bfacs, which writes B - min_B
+//      (30 Å² more than it fitted), the fitted B is written.
 // They run in this order, each on the results of the previous ones (the order measured on two-group
 // data: beam tilt and magnification bias each other when either is unmodelled, defocus errors bias
 // the magnification): odd phase; defocus with the astigmatism kept (only with --fit_aniso);
-// magnification passes that also refit the odd phase; even aberrations; defocus.
+// magnification passes that also refit the odd phase; even aberrations; defocus; B-factor and scale.
 // Output: OUT/particles_ctf_refine.star (the input with the refined values) and, per optics group
 // and estimate, PNG images of the per-pixel phases and their fit (OUT/beamtilt_*.png,
 // OUT/aberr_*.png). Micrographs are the work units (one thread each; sums added in micrograph
-// order), so results do not depend on --j. Not yet: --fit_bfacs, MPI, phase shift and Cs fits.
+// order), so results do not depend on --j. Not yet: MPI, --only_do_unfinished, phase shift and Cs
+// fits.
 #pragma once
 #include <array>
 #include <string>
@@ -50,9 +58,15 @@ struct CtfRefineOptions {
   double angpix_ref = -1;         // --angpix_ref (Å; <= 0: map header)
   int pad = 2;                    // --pad
   bool fit_defocus = false;       // --fit_defocus
-  std::string fit_mode = "fpmff"; // --fit_mode (RELION's default fpmfm also fits B-factors)
+  std::string fit_mode = "fpmff"; // --fit_mode (RELION's command-line default is fpmfm, its GUI's fpmff)
   double kmin_defocus = 30;       // --kmin_defocus (Å)
   double defocus_range = 2000;    // --bf_range (Å): width of the defocus scan
+  bool fit_bfacs = false;         // --fit_bfacs: CTF B-factor and scale per particle
+  bool bfac_per_mg = false;       // --bfac_per_mg: per micrograph instead
+  double bfac_min_B = -30;        // --bfac_min_B (Å²)
+  double bfac_max_B = 300;        // --bfac_max_B (Å²)
+  double bfac_min_scale = 0.2;    // --bfac_min_scale
+  double kmin_bfac = 30;          // --kmin_bfac (Å)
   bool fit_beamtilt = false;      // --fit_beamtilt
   double kmin_tilt = 20;          // --kmin_tilt (Å)
   int odd_aberr_max_n = 0;        // --odd_aberr_max_n
