@@ -433,8 +433,6 @@ size_t select_classes(const SelectOptions& opt) {
   if (!msg.empty()) throw InputError(msg);
   ParticleTable t = ParticleTable::read(opt.input);
   if (!t.particles_block().has("rlnClassNumber")) input_error("{}: the particles have no _rlnClassNumber", opt.input);
-  std::map<int, long> count;
-  for (int c : t.class_number) count[c] += 1;
   std::vector<size_t> keep;
   if (opt.automatic) {
     std::vector<ClassScore> scores = score_classes(opt.input, t, opt.auto_options());
@@ -448,6 +446,8 @@ size_t select_classes(const SelectOptions& opt) {
     if (scores_path.size() > 5 && scores_path.ends_with(".star")) scores_path.resize(scores_path.size() - 5);
     write_class_scores(scores_path + "_class_scores.star", scores);
   } else {
+    std::map<int, long> count;
+    for (int c : t.class_number) count[c] += 1;
     for (size_t i = 0; i < t.size(); ++i) {
       int c = t.class_number[i];
       bool k = opt.min_count >= 0 ? count[c] >= opt.min_count

@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 
 #include "regula/core/error.hpp"
+#include "regula/core/stats.hpp"
 #include "regula/io/mrc.hpp"
 #include "regula/io/star.hpp"
 
@@ -151,24 +152,6 @@ std::vector<ClassScore> score_classes(const std::string& data_star, const Partic
   }
   return out;
 }
-
-namespace {
-
-// Median and robust spread (1.4826 x the median absolute deviation) of v.
-std::pair<double, double> median_spread(std::vector<double> v) {
-  auto median = [](std::vector<double>& x) {
-    const size_t h = x.size() / 2;
-    std::nth_element(x.begin(), x.begin() + long(h), x.end());
-    double m = x[h];
-    if (x.size() % 2 == 0) m = 0.5 * (m + *std::max_element(x.begin(), x.begin() + long(h)));
-    return m;
-  };
-  const double m = median(v);
-  for (double& x : v) x = std::abs(x - m);
-  return {m, 1.4826 * median(v)};
-}
-
-}  // namespace
 
 std::vector<size_t> screen_particles(const std::string& data_star, const ParticleTable& table,
                                      std::vector<ClassScore>& scores, const AutoSelectOptions& opt) {
