@@ -176,13 +176,16 @@ def optics_values(star):
 
 
 def make_envelopes(regula, d, n=1500, snr=0.3, seed=21, per_micrograph=False, b_range=(0.0, 200.0),
-                   scale_range=(0.6, 1.4), box=64, map_seed=5):
+                   scale_range=(0.6, 1.4), box=64, map_seed=5, phase_range=None, phase_error=0.0):
     """Particles whose CTFs have known envelopes (rlnCtfBfactor, rlnCtfScalefactor): poses and CTFs from
     `regula simulate` (micrographs of 50 particles), then each particle's B-factor and scale drawn uniformly
-    from the ranges (one draw per micrograph with `per_micrograph`), the images `regula project --ctf` of the
-    map with those values plus white Gaussian noise of variance (mean signal variance without envelope) / snr
-    (numpy, seeded). Half maps reconstructed with the true values. The input file: the truth with B 0 and
-    scale 1. Returns a dict of paths and the true B and scale per particle."""
+    from the ranges (one draw per micrograph with `per_micrograph`; b_range None: B 0 and scale 1), the images
+    `regula project --ctf` of the map with those values plus white Gaussian noise of variance (mean signal
+    variance without envelope) / snr (numpy, seeded). With `phase_range` (degrees), a phase-plate shift
+    (rlnPhaseShift) per micrograph drawn uniformly from it, and in the input file the true value plus a
+    normal error of `phase_error` degrees per micrograph (as a CTFFIND estimate). Half maps reconstructed
+    with the true values. The input file: the truth with B 0 and scale 1 (and the phase errors). Returns a
+    dict of paths and the true values per particle."""
     d = pathlib.Path(d)
     d.mkdir(parents=True, exist_ok=True)
     atoms_map(d / "truth_map.mrc", box, 1.0, map_seed)
@@ -193,8 +196,10 @@ def make_envelopes(regula, d, n=1500, snr=0.3, seed=21, per_micrograph=False, b_
     p = b["particles"]
     rng = np.random.default_rng(seed)
     mics = column(p, "rlnMicrographName", str)
-    if per_micrograph:
-        names, inv = np.unique(mics, return_inverse=True)
+    names, inv = np.unique(mics, return_inverse=True)
+    if b_range is None:
+        bf, sc = np.zeros(len(mics)), np.ones(len(mics))
+    elif per_micrograph:
         bf = rng.uniform(*b_range, len(names))[inv]
         sc = rng.uniform(*scale_range, len(names))[inv]
     else:
@@ -202,6 +207,11 @@ def make_envelopes(regula, d, n=1500, snr=0.3, seed=21, per_micrograph=False, b_
         sc = rng.uniform(*scale_range, len(mics))
     set_column(p, "rlnCtfBfactor", [f"{x:.3f}" for x in bf])
     set_column(p, "rlnCtfScalefactor", [f"{x:.5f}" for x in sc])
+    phase = phase_in = None
+    if phase_range is not None:
+        phase = rng.uniform(*phase_range, len(names))[inv]
+        phase_in = phase + rng.normal(0.0, phase_error, len(names))[inv]
+        set_column(p, "rlnPhaseShift", [f"{x:.4f}" for x in phase])
     write_star(d / "poses.star", b)
     flat = copy.deepcopy(b)
     set_column(flat["particles"], "rlnCtfBfactor", ["0"] * len(mics))
@@ -229,5 +239,8 @@ def make_envelopes(regula, d, n=1500, snr=0.3, seed=21, per_micrograph=False, b_
     inp = copy.deepcopy(b)
     set_column(inp["particles"], "rlnCtfBfactor", ["0"] * len(mics))
     set_column(inp["particles"], "rlnCtfScalefactor", ["1"] * len(mics))
+    if phase is not None:
+        set_column(inp["particles"], "rlnPhaseShift", [f"{x:.4f}" for x in phase_in])
     write_star(d / "input.star", inp)
-    return {"truth": d / "truth.star", "input": d / "input.star", "bfactor": bf, "scale": sc, "micrograph": mics}
+    return {"truth": d / "truth.star", "input": d / "input.star", "bfactor": bf, "scale": sc, "micrograph": mics,
+            "phase": phase, "phase_input": phase_in}

@@ -21,8 +21,8 @@ void add_ctf_refine(CLI::App& app) {
   s->add_flag("--fit_defocus", opt->fit_defocus, "Refine defocus (and astigmatism, see --fit_mode)");
   s->add_option("--fit_mode", opt->fit_mode,
                 "Five letters for phase shift, defocus, astigmatism, Cs, B-factor: p (per particle), m (per\n"
-                "micrograph) or f (fixed); supported: defocus p or m, astigmatism f, m or p, B-factor (and scale) f,\n"
-                "m or p, phase shift and Cs f")
+                "micrograph) or f (fixed); supported: phase shift, defocus, astigmatism and B-factor (and scale) f,\n"
+                "m or p (defocus not f; not p with a per-micrograph defocus), Cs f")
       ->capture_default_str();
   s->add_option("--kmin_defocus", opt->kmin_defocus, "Lowest resolution used for the defocus, Å")->capture_default_str();
   s->add_option("--bf_range", opt->defocus_range, "Width of the defocus scan around the input value, Å")

@@ -716,8 +716,9 @@ struct DefocusTerms {
   std::vector<float> R, P, gamma0, cd, c2, s2;  // per pixel
   DefocusForm form;
   int kind = 0;  // 0: C, 1: |C|, 2: C^2
+  // dphi: a change of the phase gamma (radians) at every pixel (a phase shift of -dphi).
   template <int Kind>
-  double score_kind(float dd, float da1, float da2) const {
+  double score_kind(float dd, float da1, float da2, float dphi) const {
     // Sums over the pixels in 4 (SSE) or 8 (scalar) lanes, padded arrays (a multiple of 8 terms, the
     // padding with R = P = 0); the lanes are added in a fixed order, so the value does not depend on
     // anything but the terms.
@@ -725,12 +726,12 @@ struct DefocusTerms {
     double N = 0, D = 0;
 #if defined(__SSE4_1__)
     __m128 vn = _mm_setzero_ps(), vd = _mm_setzero_ps();
-    const __m128 vdd = _mm_set1_ps(dd), va1 = _mm_set1_ps(da1), va2 = _mm_set1_ps(da2);
+    const __m128 vdd = _mm_set1_ps(dd), va1 = _mm_set1_ps(da1), va2 = _mm_set1_ps(da2), vph = _mm_set1_ps(dphi);
     const __m128 inv2pi = _mm_set1_ps(0.15915494309189535f), hi = _mm_set1_ps(6.28125f),
                  lo = _mm_set1_ps(1.9353071795864769e-3f), halfpi = _mm_set1_ps(1.5707963267948966f),
                  pi = _mm_set1_ps(3.14159265358979f), sign = _mm_set1_ps(-0.0f);
     for (size_t k = 0; k < n; k += 4) {
-      const __m128 arg = _mm_add_ps(_mm_loadu_ps(&gamma0[k]),
+      const __m128 arg = _mm_add_ps(_mm_add_ps(_mm_loadu_ps(&gamma0[k]), vph),
                                     _mm_mul_ps(_mm_loadu_ps(&cd[k]),
                                                _mm_add_ps(vdd, _mm_add_ps(_mm_mul_ps(va1, _mm_loadu_ps(&c2[k])),
                                                                           _mm_mul_ps(va2, _mm_loadu_ps(&s2[k]))))));
@@ -765,7 +766,7 @@ struct DefocusTerms {
     for (size_t k0 = 0; k0 < n; k0 += 8)
       for (size_t l = 0; l < 8; ++l) {
         const size_t k = k0 + l;
-        const float g = gamma0[k] + cd[k] * (dd + da1 * c2[k] + da2 * s2[k]);
+        const float g = (gamma0[k] + dphi) + cd[k] * (dd + da1 * c2[k] + da2 * s2[k]);
         float c = -fast_sin(g);
         if constexpr (Kind == 1) c = std::abs(c);
         if constexpr (Kind == 2) c = c * c;
@@ -779,10 +780,10 @@ struct DefocusTerms {
 #endif
     return N > 0 && D > 0 ? N * N / D : 0.0;
   }
-  double score(double dd, double da1, double da2) const {
-    if (kind == 1) return score_kind<1>(float(dd), float(da1), float(da2));
-    if (kind == 2) return score_kind<2>(float(dd), float(da1), float(da2));
-    return score_kind<0>(float(dd), float(da1), float(da2));
+  double score(double dd, double da1, double da2, double dphi = 0) const {
+    if (kind == 1) return score_kind<1>(float(dd), float(da1), float(da2), float(dphi));
+    if (kind == 2) return score_kind<2>(float(dd), float(da1), float(da2), float(dphi));
+    return score_kind<0>(float(dd), float(da1), float(da2), float(dphi));
   }
 };
 
@@ -913,11 +914,99 @@ std::vector<double> nelder_mead(const std::function<double(const std::vector<dou
 
 struct DefocusChange {
   double dd = 0, da1 = 0, da2 = 0;
+  double dphi = 0;  // change of the CTF phase (radians): the phase shift changes by -dphi
 };
 
-// The defocus changes of one micrograph's particles (fit_mode letters 2 and 3).
+// The phase shift (fit_mode letter 1) of one micrograph's particles, from the defocus fit's result
+// `out`: per particle ('p'), a local search of its defocus, phase and (astigmatism 'p') astigmatism;
+// per micrograph ('m'), two rounds alternating between the micrograph's phase (and astigmatism 'm')
+// and its particles' defoci (and astigmatism 'p'); with a per-micrograph defocus, all together. The
+// phase is searched in units where 0.3 radian is one defocus scan step, so Nelder-Mead's simplex
+// is balanced; the search is local (the input phase shift is CTFFIND's estimate).
+void fit_unit_phase(const std::vector<DefocusTerms>& terms, char mode_defocus, char mode_astig, char mode_phase,
+                    double h, double step, std::vector<DefocusChange>& out) {
+  const size_t n = terms.size();
+  const double S = step / 0.3;
+  if (mode_defocus == 'm') {  // all per micrograph
+    DefocusChange c = out.empty() ? DefocusChange{} : out[0];
+    auto total = [&](double d, double a1, double a2, double u) {
+      double v = 0;
+      for (const DefocusTerms& t : terms) v += t.score(d, a1, a2, u / S);
+      return v;
+    };
+    if (mode_astig == 'm') {
+      const auto x = nelder_mead([&](const std::vector<double>& v) { return total(v[0], v[1], v[2], v[3]); },
+                                 {c.dd, c.da1, c.da2, 0}, 0.5 * step, 0.5, 600);
+      c = {x[0], x[1], x[2], x[3] / S};
+    } else {
+      const auto x = nelder_mead([&](const std::vector<double>& v) { return total(v[0], c.da1, c.da2, v[1]); },
+                                 {c.dd, 0}, 0.5 * step, 0.5, 400);
+      c.dd = x[0];
+      c.dphi = x[1] / S;
+    }
+    std::fill(out.begin(), out.end(), c);
+    return;
+  }
+  // A particle's defocus (and astigmatism 'p') at a given phase (and astigmatism when not 'p').
+  auto refit_particle = [&](size_t i, double u) {
+    DefocusChange& c = out[i];
+    if (mode_astig == 'p') {
+      const auto x = nelder_mead([&](const std::vector<double>& v) { return terms[i].score(v[0], v[1], v[2], u / S); },
+                                 {c.dd, c.da1, c.da2}, 0.1 * step, 0.5, 400);
+      c.dd = x[0];
+      c.da1 = x[1];
+      c.da2 = x[2];
+    } else {
+      c.dd = golden([&](double dd) { return terms[i].score(dd, c.da1, c.da2, u / S); }, c.dd - h, c.dd + h, 0.5);
+    }
+    c.dphi = u / S;
+  };
+  if (mode_phase == 'p') {
+    for (size_t i = 0; i < n; ++i) {
+      DefocusChange& c = out[i];
+      if (mode_astig == 'p') {
+        const auto x = nelder_mead(
+            [&](const std::vector<double>& v) { return terms[i].score(v[0], v[1], v[2], v[3]); },
+            {c.dd, c.da1, c.da2, 0}, 0.5 * step, 0.5, 600);
+        c = {x[0], x[1], x[2], x[3] / S};
+      } else {
+        const auto x = nelder_mead(
+            [&](const std::vector<double>& v) { return terms[i].score(v[0], c.da1, c.da2, v[1] / S); }, {c.dd, 0},
+            0.5 * step, 0.5, 400);
+        c.dd = x[0];
+        c.dphi = x[1] / S;
+      }
+    }
+    return;
+  }
+  // Per micrograph: its phase (and astigmatism 'm'), then each particle's defocus; two rounds.
+  std::vector<double> y{0};
+  if (mode_astig == 'm') y = {0, n ? out[0].da1 : 0.0, n ? out[0].da2 : 0.0};
+  for (int round = 0; round < 2; ++round) {
+    y = nelder_mead(
+        [&](const std::vector<double>& v) {
+          double t = 0;
+          for (size_t i = 0; i < n; ++i) {
+            const double a1 = mode_astig == 'm' ? v[1] : out[i].da1, a2 = mode_astig == 'm' ? v[2] : out[i].da2;
+            t += terms[i].score(out[i].dd, a1, a2, v[0] / S);
+          }
+          return t;
+        },
+        y, round == 0 ? 0.5 * step : 0.1 * step, 0.5, 400);
+    for (size_t i = 0; i < n; ++i) {
+      if (mode_astig == 'm') {
+        out[i].da1 = y[1];
+        out[i].da2 = y[2];
+      }
+      refit_particle(i, y[0]);
+    }
+  }
+}
+
+// The defocus changes of one micrograph's particles (fit_mode letters 2 and 3), then the phase shift
+// (letter 1) with them.
 std::vector<DefocusChange> fit_unit_defocus(const std::vector<DefocusTerms>& terms, char mode_defocus, char mode_astig,
-                                            double range, double step) {
+                                            char mode_phase, double range, double step) {
   const size_t n = terms.size();
   std::vector<DefocusChange> out(n);
   const int nscan = std::max(2, int(std::ceil(range / step)));
@@ -981,6 +1070,7 @@ std::vector<DefocusChange> fit_unit_defocus(const std::vector<DefocusTerms>& ter
     }
     std::fill(out.begin(), out.end(), c);
   }
+  if (mode_phase != 'f') fit_unit_phase(terms, mode_defocus, mode_astig, mode_phase, range / nscan, step, out);
   return out;
 }
 
@@ -989,6 +1079,7 @@ double fit_defocus(const CtfRefineOptions& opt, const Context& cx, Model& md, co
                    const std::vector<std::vector<size_t>>& units, ThreadPool& pool, bool preliminary = false) {
   ParticleTable& table = *md.table;
   const char mode_defocus = opt.fit_mode[1], mode_astig = preliminary ? 'f' : opt.fit_mode[2];
+  const char mode_phase = preliminary ? 'f' : opt.fit_mode[0];
   // Scan step: a quarter turn of the defocus phase at the highest frequency used (or the range / 20).
   double lambda_max = 0;
   for (const OpticsGroup& og : table.optics) lambda_max = std::max(lambda_max, electron_wavelength(og.voltage));
@@ -1004,11 +1095,11 @@ double fit_defocus(const CtfRefineOptions& opt, const Context& cx, Model& md, co
                observe(cx, md, unit[u], images, o);
                defocus_terms(cx, md, unit[u], o, 1.0 / opt.kmin_defocus, terms[u]);
              }
-             const auto c = fit_unit_defocus(terms, mode_defocus, mode_astig, opt.defocus_range, step);
+             const auto c = fit_unit_defocus(terms, mode_defocus, mode_astig, mode_phase, opt.defocus_range, step);
              for (size_t u = 0; u < unit.size(); ++u) change[unit[u]] = c[u];
            },
            [](None&, const None&) {});
-  double sum2 = 0;
+  double sum2 = 0, phase2 = 0;
   for (size_t i = 0; i < table.size(); ++i) {
     DefocusForm f = defocus_form(table.defocus_u[i], table.defocus_v[i], table.defocus_angle[i]);
     f.d += change[i].dd;
@@ -1019,10 +1110,16 @@ double fit_defocus(const CtfRefineOptions& opt, const Context& cx, Model& md, co
     table.defocus_v[i] = uva[1];
     table.defocus_angle[i] = uva[2];
     sum2 += change[i].dd * change[i].dd;
+    table.phase_shift[i] -= change[i].dphi * 180.0 / M_PI;
+    phase2 += change[i].dphi * change[i].dphi;
   }
   const double rms = table.size() ? std::sqrt(sum2 / double(table.size())) : 0.0;
   spdlog::info("ctf_refine: defocus of {} particles refined (scan {} Å in steps of {:.1f} Å); RMS change {:.1f} Å",
                table.size(), opt.defocus_range, step, rms);
+  if (mode_phase != 'f')
+    spdlog::info("ctf_refine: phase shift refined {}; RMS change {:.2f}°",
+                 mode_phase == 'm' ? "per micrograph" : "per particle",
+                 table.size() ? std::sqrt(phase2 / double(table.size())) * 180.0 / M_PI : 0.0);
   rebuild(md, geo);
   return rms;
 }
@@ -1100,8 +1197,8 @@ EnvelopeFit fit_envelope_terms(const EnvelopeTerms& t, double b_lo, double b_hi,
 
 // Fits each particle's CTF envelope (or one per micrograph, `per_micrograph`) from the pixels at or
 // beyond `kmin` Å. The scale is that of the images against the maps' projections (as RELION's).
-void fit_envelope(const CtfRefineOptions& opt, const Context& cx, Model& md, const std::vector<std::vector<size_t>>& units,
-                  ThreadPool& pool, bool per_micrograph, double kmin) {
+void fit_envelope(const CtfRefineOptions& opt, const Context& cx, Model& md,
+                  const std::vector<std::vector<size_t>>& units, ThreadPool& pool, bool per_micrograph, double kmin) {
   ParticleTable& table = *md.table;
   // The prediction without envelope: B = 0 and scale 1 while the terms are measured.
   std::fill(table.ctf_bfactor.begin(), table.ctf_bfactor.end(), 0.0);
@@ -1199,7 +1296,8 @@ std::string CtfRefineOptions::validate() const {
     if (ch != 'f' && ch != 'm' && ch != 'p')
       return fmt::format("--fit_mode \"{}\": each letter must be f, m or p", fit_mode);
   if (fit_defocus) {
-    if (fit_mode[0] != 'f') return "--fit_mode: fitting the phase shift (letter 1) is not supported yet; use 'f'";
+    if (fit_mode[1] == 'm' && fit_mode[0] == 'p')
+      return "--fit_mode: a per-particle phase shift with a per-micrograph defocus is not supported";
     if (fit_mode[3] != 'f') return "--fit_mode: fitting Cs (letter 4) is not supported yet; use 'f'";
     if (fit_mode[1] == 'f') return "--fit_mode: with --fit_defocus the defocus (letter 2) must be 'p' or 'm'";
     if (fit_mode[1] == 'm' && fit_mode[2] == 'p')
@@ -1260,7 +1358,8 @@ CtfRefineResult ctf_refine(const CtfRefineOptions& opt_in) {
   }
   bool by_micrograph = false;
   const auto units = make_units(table, &by_micrograph);
-  if (opt.fit_defocus && (opt.fit_mode[1] == 'm' || opt.fit_mode[2] == 'm' || opt.fit_mode[4] == 'm') &&
+  if (opt.fit_defocus &&
+      (opt.fit_mode[0] == 'm' || opt.fit_mode[1] == 'm' || opt.fit_mode[2] == 'm' || opt.fit_mode[4] == 'm') &&
       !by_micrograph)
     input_error("{}: --fit_mode {} fits per micrograph but the particles have no _rlnMicrographName", opt.particles,
                 opt.fit_mode);

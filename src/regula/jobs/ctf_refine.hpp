@@ -21,8 +21,9 @@
 //   --fit_aberr: even Zernike coefficients up to --even_aberr_max_n (rlnEvenZernike);
 //   --fit_defocus: per-particle defocus (--fit_mode, RELION's five letters for phase shift,
 //      defocus, astigmatism, Cs, B-factor: defocus 'p' (per particle) or 'm' (per micrograph),
-//      astigmatism 'f' (kept), 'm' (per micrograph, rlnMicrographName) or 'p'; B-factor 'f', 'p' or
-//      'm' (below); phase shift and Cs must be 'f'. The default is fpmff, as RELION's GUI with "Fit
+//      astigmatism 'f' (kept), 'm' (per micrograph, rlnMicrographName) or 'p'; phase shift 'f', 'm'
+//      or 'p' (a local search after the defocus scan); B-factor 'f', 'p' or 'm' (below); Cs must be
+//      'f'. The default is fpmff, as RELION's GUI with "Fit
 //      B-factor? No"; relion_ctf_refine's own default is fpmfm): a scan over --bf_range Å around the
 //      input value, then a local search (golden section; Nelder-Mead for astigmatism; for a
 //      micrograph's astigmatism, two rounds alternating between the particles' defoci and the
@@ -40,8 +41,7 @@
 // Output: OUT/particles_ctf_refine.star (the input with the refined values) and, per optics group
 // and estimate, PNG images of the per-pixel phases and their fit (OUT/beamtilt_*.png,
 // OUT/aberr_*.png). Micrographs are the work units (one thread each; sums added in micrograph
-// order), so results do not depend on --j. Not yet: MPI, --only_do_unfinished, phase shift and Cs
-// fits.
+// order), so results do not depend on --j. Not yet: MPI, --only_do_unfinished, Cs fits.
 #pragma once
 #include <array>
 #include <string>
