@@ -176,7 +176,7 @@ def optics_values(star):
 
 
 def make_envelopes(regula, d, n=1500, snr=0.3, seed=21, per_micrograph=False, b_range=(0.0, 200.0),
-                   scale_range=(0.6, 1.4), box=64, map_seed=5, phase_range=None, phase_error=0.0):
+                   scale_range=(0.6, 1.4), box=64, map_seed=5, phase_range=None, phase_error=0.0, map_path=None):
     """Particles whose CTFs have known envelopes (rlnCtfBfactor, rlnCtfScalefactor): poses and CTFs from
     `regula simulate` (micrographs of 50 particles), then each particle's B-factor and scale drawn uniformly
     from the ranges (one draw per micrograph with `per_micrograph`; b_range None: B 0 and scale 1), the images
@@ -185,10 +185,14 @@ def make_envelopes(regula, d, n=1500, snr=0.3, seed=21, per_micrograph=False, b_
     (rlnPhaseShift) per micrograph drawn uniformly from it, and in the input file the true value plus a
     normal error of `phase_error` degrees per micrograph (as a CTFFIND estimate). Half maps reconstructed
     with the true values. The input file: the truth with B 0 and scale 1 (and the phase errors). Returns a
-    dict of paths and the true values per particle."""
+    dict of paths and the true values per particle. map_path: a map to use instead of the pseudo-atomic one
+    (its own box and pixel size)."""
     d = pathlib.Path(d)
     d.mkdir(parents=True, exist_ok=True)
-    atoms_map(d / "truth_map.mrc", box, 1.0, map_seed)
+    if map_path:
+        shutil.copyfile(map_path, d / "truth_map.mrc")
+    else:
+        atoms_map(d / "truth_map.mrc", box, 1.0, map_seed)
     subprocess.run([regula, "--quiet", "simulate", "--i", "truth_map.mrc", "--o", "sim", "--n", str(n), "--snr", "1",
                     "--seed", str(seed), "--defocus_min", "5000", "--defocus_max", "20000", "--max_shift", "2",
                     "--micrographs", str(n // 50), "--defocus_spread", "1000", "--j", "2"], check=True, cwd=d)
@@ -225,7 +229,7 @@ def make_envelopes(regula, d, n=1500, snr=0.3, seed=21, per_micrograph=False, b_
     noisy = clean + rng.normal(0.0, sigma, clean.shape)
     with mrcfile.new(d / "particles.mrcs", overwrite=True) as f:
         f.set_data(noisy.astype(np.float32))
-        f.voxel_size = 1.0
+        f.voxel_size = mrcfile.open(d / "truth_map.mrc", header_only=True).voxel_size.x
     subset = rng.permutation(np.arange(len(mics)) % 2) + 1
     set_column(p, "rlnRandomSubset", subset)
     set_column(p, "rlnImageName", [f"{i + 1:06d}@particles.mrcs" for i in range(len(mics))])

@@ -4,10 +4,10 @@ with a phase shift per micrograph uniform over 20-120 degrees and input values o
 degrees per micrograph (as CTFFIND's estimates), true defoci as input (spread over 1,000 Å per micrograph),
 box 64, 1,500 particles, SNR 0.3; two data seeds and two pseudo-atomic maps. About 40 s with RELION.
 
-Tolerances from measured errors (2026-12-06, seeds 41 and 42): per micrograph (mpmff) 1.60-1.68 degrees RMS
-from 6.4-7.5 (relion_ctf_refine 3.1.3: 1.95-2.10), with the defocus per micrograph too (mmmff) 1.39 (RELION
-4.68); per particle (ppmff) 6.7-6.9 (RELION 6.7-7.0: one particle at this SNR barely fixes its phase); the
-defocus errors stay at 26-36 Å (RELION 25-33 Å).
+Tolerances from measured errors (2026-12-06, seeds 41 and 42): per micrograph (mpmff) 1.72-1.82 degrees RMS
+from 6.4-7.5 (relion_ctf_refine 3.1.3: 1.95-2.10), with the defocus per micrograph too (mmmff) 1.75-1.87
+(RELION 4.68); per particle (ppmff) 6.7-7.0 (RELION 6.7-7.0: one particle at this SNR barely fixes its
+phase); the defocus errors stay at 5-33 Å (RELION 25-33 Å; 300 Å with a per-micrograph defocus).
 """
 import shutil
 import subprocess
