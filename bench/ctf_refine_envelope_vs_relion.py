@@ -36,11 +36,7 @@ def timed(cmd, cwd, log):
 def prepare(d):
     with mrcfile.open(d / "truth_map.mrc") as f:
         n, apix = f.data.shape[0], float(f.voxel_size.x)
-    z, y, x = np.mgrid[0:n, 0:n, 0:n] - n // 2
-    m = np.clip((0.4 * n - np.sqrt(x * x + y * y + z * z)) / 5, 0, 1)
-    with mrcfile.new(d / "mask.mrc", overwrite=True) as f:
-        f.set_data((0.5 - 0.5 * np.cos(np.pi * m)).astype(np.float32))
-        f.voxel_size = apix
+    cd.soft_sphere_mask(d / "mask.mrc", n, apix)
     (d / "pp").mkdir(exist_ok=True)
     subprocess.run(["relion_postprocess", "--i", "half1.mrc", "--i2", "half2.mrc", "--mask", "mask.mrc", "--angpix",
                     str(apix), "--o", "pp/postprocess", "--auto_bfac", "false", "--adhoc_bfac", "0"], cwd=d, check=True,

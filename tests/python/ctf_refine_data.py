@@ -37,6 +37,16 @@ def atoms_map(path, n=64, angpix=1.0, seed=5, atoms=3000, radius=0.3, sigma=0.7)
         f.voxel_size = angpix
 
 
+def soft_sphere_mask(path, n, angpix):
+    """The correction jobs' mask in tests and benches: 1 inside radius 0.4 n - 5 px, a raised-cosine edge
+    of 5 px."""
+    z, y, x = np.mgrid[0:n, 0:n, 0:n] - n // 2
+    m = np.clip((0.4 * n - np.sqrt(x * x + y * y + z * z)) / 5, 0, 1)
+    with mrcfile.new(path, overwrite=True) as f:
+        f.set_data((0.5 - 0.5 * np.cos(np.pi * m)).astype(np.float32))
+        f.voxel_size = angpix
+
+
 def read_star(path):
     blocks, cur = {}, None
     for line in pathlib.Path(path).read_text().splitlines():

@@ -26,20 +26,12 @@ from conftest import fsc, regula_binary, run_regula
 HALVES = ["--m1", "half1.mrc", "--m2", "half2.mrc", "--mask", "mask.mrc"]
 
 
-def _mask(d, n=64):
-    z, y, x = np.mgrid[0:n, 0:n, 0:n] - n // 2
-    m = np.clip((0.4 * n - np.sqrt(x * x + y * y + z * z)) / 5, 0, 1)
-    with mrcfile.new(d / "mask.mrc", overwrite=True) as f:
-        f.set_data((0.5 - 0.5 * np.cos(np.pi * m)).astype(np.float32))
-        f.voxel_size = 1.0
-
-
 @pytest.fixture(scope="module", params=[(21, 5), (22, 6)], ids=["seed21", "seed22"])
 def per_particle(tmp_path_factory, request):
     seed, map_seed = request.param
     d = tmp_path_factory.mktemp(f"bfac_p{seed}")
     truth = cd.make_envelopes(regula_binary(), d, seed=seed, map_seed=map_seed)
-    _mask(d)
+    cd.soft_sphere_mask(d / "mask.mrc", 64, 1.0)
     run_regula("ctf_refine", "--i", "input.star", *HALVES, "--o", "out", "--fit_bfacs", "--j", 2, cwd=d)
     return d, truth
 
@@ -48,7 +40,7 @@ def per_particle(tmp_path_factory, request):
 def per_micrograph(tmp_path_factory):
     d = tmp_path_factory.mktemp("bfac_m")
     truth = cd.make_envelopes(regula_binary(), d, seed=31, map_seed=5, per_micrograph=True)
-    _mask(d)
+    cd.soft_sphere_mask(d / "mask.mrc", 64, 1.0)
     run_regula("ctf_refine", "--i", "input.star", *HALVES, "--o", "out", "--fit_bfacs", "--bfac_per_mg", "--j", 2,
                cwd=d)
     return d, truth

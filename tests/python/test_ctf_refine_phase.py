@@ -29,12 +29,7 @@ def data(tmp_path_factory, request):
     d = tmp_path_factory.mktemp(f"phase{seed}")
     truth = cd.make_envelopes(regula_binary(), d, seed=seed, map_seed=map_seed, b_range=None, phase_range=(20, 120),
                               phase_error=8.0)
-    n = 64
-    z, y, x = np.mgrid[0:n, 0:n, 0:n] - n // 2
-    m = np.clip((0.4 * n - np.sqrt(x * x + y * y + z * z)) / 5, 0, 1)
-    with mrcfile.new(d / "mask.mrc", overwrite=True) as f:
-        f.set_data((0.5 - 0.5 * np.cos(np.pi * m)).astype(np.float32))
-        f.voxel_size = 1.0
+    cd.soft_sphere_mask(d / "mask.mrc", 64, 1.0)
     return d, truth
 
 
