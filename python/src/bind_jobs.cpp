@@ -524,7 +524,8 @@ void bind_jobs(py::module_& m) {
        REGULA_FIELD(CR, kmin_bfac), REGULA_FIELD(CR, fit_beamtilt), REGULA_FIELD(CR, kmin_tilt),
        REGULA_FIELD(CR, odd_aberr_max_n), REGULA_FIELD(CR, fit_aberr), REGULA_FIELD(CR, kmin_aberr),
        REGULA_FIELD(CR, even_aberr_max_n), REGULA_FIELD(CR, fit_aniso), REGULA_FIELD(CR, kmin_mag),
-       REGULA_FIELD(CR, keep_astig), REGULA_FIELD(CR, mag_iterations), REGULA_FIELD(CR, threads)},
+       REGULA_FIELD(CR, keep_astig), REGULA_FIELD(CR, mag_iterations), REGULA_FIELD(CR, threads),
+       REGULA_FIELD(CR, only_do_unfinished)},
       [](const CR& o) { return ctf_refine(o); },
       [](const CR&, CtfRefineResult r) {
         py::dict d;

@@ -103,6 +103,8 @@ TEST(Continuation, AsEachKindOfJobGoesOn) {
   EXPECT_EQ(continuation(mc2).args, Args{"--only_do_unfinished"});  // not twice
   EXPECT_EQ(continuation(job("pol", "polish", R"("--i", "p.star")")).args,
             (Args{"--i", "p.star", "--only_do_unfinished"}));
+  EXPECT_EQ(continuation(job("ctf", "ctf_refine", R"("--i", "r.star", "--fit_defocus")")).args,
+            (Args{"--i", "r.star", "--fit_defocus", "--only_do_unfinished"}));
   EXPECT_EQ(continuation(job("mov", "import", R"("--do_movies", "--i", "M/*.tiff")")).args,
             (Args{"--do_movies", "--i", "M/*.tiff", "--continue"}));
   const Continuation particles = continuation(job("par", "import", R"("--do_particles", "--i", "p.star")"));

@@ -102,6 +102,22 @@ def test_refined_values_improve_the_reconstruction(data):
     assert fsc(relion, ours)[1:30].min() > 0.99
 
 
+def test_only_do_unfinished(data):
+    """--only_do_unfinished (RELION's continue): a finished job is left as it is (the file not rewritten);
+    without its output the job runs from the start."""
+    d, _ = data
+    out = d / "out" / "particles_ctf_refine.star"
+    stamp = out.stat().st_mtime_ns
+    run_regula("ctf_refine", "--i", "input.star", "--m1", "half1.mrc", "--m2", "half2.mrc", "--o", "out", *FIT,
+               "--only_do_unfinished", "--j", 2, cwd=d)
+    assert out.stat().st_mtime_ns == stamp
+    shutil.copytree(d / "out", d / "out_again")
+    (d / "out_again" / "particles_ctf_refine.star").unlink()
+    run_regula("ctf_refine", "--i", "input.star", "--m1", "half1.mrc", "--m2", "half2.mrc", "--o", "out_again", *FIT,
+               "--only_do_unfinished", "--j", 2, cwd=d)
+    assert filecmp.cmp(out, d / "out_again" / "particles_ctf_refine.star", shallow=False)
+
+
 def test_project_job(data):
     """As a job of a project: CtfRefine/jobNNN/ (RELION's process type 21) with particles_ctf_refine.star a
     particles node (3) in default_pipeline.star."""

@@ -54,6 +54,9 @@ void add_ctf_refine(CLI::App& app) {
   s->add_option("--mag_iter", opt->mag_iterations, "Linearised magnification fits (each one pass over the particles)")
       ->capture_default_str();
   s->add_option("--j", opt->threads, "Threads")->capture_default_str();
+  s->add_flag("--only_do_unfinished", opt->only_do_unfinished,
+              "Do nothing if OUT/particles_ctf_refine.star exists (the fits are global over the micrographs, so\n"
+              "an unfinished job runs again from the start)");
   s->callback([opt] { ctf_refine(*opt); });
 }
 

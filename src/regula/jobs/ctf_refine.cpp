@@ -1345,6 +1345,23 @@ CtfRefineResult ctf_refine(const CtfRefineOptions& opt_in) {
   if (auto msg = opt_in.validate(); !msg.empty()) throw InputError("ctf_refine: " + msg);
   CtfRefineOptions opt = opt_in;
   if (!opt.out_dir.empty() && opt.out_dir.back() == '/') opt.out_dir.pop_back();
+  if (opt.only_do_unfinished && fs::exists(opt.out_dir + "/particles_ctf_refine.star")) {
+    CtfRefineResult done;
+    done.star = opt.out_dir + "/particles_ctf_refine.star";
+    const ParticleTable t = ParticleTable::read(done.star);
+    done.particles = long(t.size());
+    for (const OpticsGroup& og : t.optics) {
+      CtfRefineGroupResult gr;
+      gr.number = og.number;
+      gr.beam_tilt = {og.beam_tilt_x, og.beam_tilt_y};
+      gr.odd = og.odd_zernike;
+      gr.even = og.even_zernike;
+      gr.mag = og.mag_matrix;
+      done.groups.push_back(gr);
+    }
+    spdlog::info("ctf_refine: {} exists: done before (--only_do_unfinished)", done.star);
+    return done;
+  }
 
   HalfReferences refs = load_half_references(half_reference_options(opt, "ctf_refine"));
   const int N = refs.box;

@@ -41,7 +41,10 @@
 // Output: OUT/particles_ctf_refine.star (the input with the refined values) and, per optics group
 // and estimate, PNG images of the per-pixel phases and their fit (OUT/beamtilt_*.png,
 // OUT/aberr_*.png). Micrographs are the work units (one thread each; sums added in micrograph
-// order), so results do not depend on --j. Not yet: MPI, --only_do_unfinished, Cs fits.
+// order), so results do not depend on --j. --only_do_unfinished: as RELION's, skip what is done; the
+// fits here are global over the micrographs (no per-micrograph results to keep), so a job whose
+// OUT/particles_ctf_refine.star exists is done, and one without it runs from the start. Not yet: MPI,
+// Cs fits.
 #pragma once
 #include <array>
 #include <string>
@@ -78,6 +81,7 @@ struct CtfRefineOptions {
   bool keep_astig = false;        // --keep_astig
   int mag_iterations = 3;         // --mag_iter
   int threads = 1;                // --j
+  bool only_do_unfinished = false;  // --only_do_unfinished: nothing to do when the output exists
 
   std::string validate() const;
 };

@@ -206,7 +206,9 @@ Continuation continuation(const Job& job) {
   };
   // Polishing keeps the micrographs fitted before too (their tracks and sums), then fits the B-factors
   // and writes the shiny particles of all: not a front step of a watched workflow.
-  if (resumes_per_micrograph(command) || command == "polish") return with_flag("--only_do_unfinished");
+  // CTF refinement: done if its output exists, else from the start (global fits: nothing to keep).
+  if (resumes_per_micrograph(command) || command == "polish" || command == "ctf_refine")
+    return with_flag("--only_do_unfinished");
   if (command == "import") {
     if (imports_a_list(args)) return with_flag("--continue");
     return {{}, fmt::format("{} imports its files once (only an import of movies or micrographs continues, adding "
