@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <filesystem>
 #include <limits>
 #include <map>
@@ -934,13 +933,15 @@ struct DefocusChange {
 };
 
 // The phase shift (fit_mode letter 1) of one micrograph's particles, from the defocus fit's result
-// `out`, on terms whose prediction is the own half map unfiltered (with the FSC-filtered map the phase
-// and the defocus traded off: on 1U6G at 1.5 Å/px, +3-4 degrees and -20-28 Å on average from the
-// true values as input; unfiltered +0.4-1.0 degrees and -2-6 Å, as the envelope fit's argument says): per particle ('p'), a local search of its defocus, phase and (astigmatism 'p') astigmatism;
-// per micrograph ('m'), two rounds alternating between the micrograph's phase (and astigmatism 'm')
-// and its particles' defoci (and astigmatism 'p'); with a per-micrograph defocus, all together. The
-// phase is searched in units where 0.3 radian is one defocus scan step, so Nelder-Mead's simplex
-// is balanced; the search is local (the input phase shift is CTFFIND's estimate).
+// `out`: per particle ('p'), a local search of its defocus, phase and (astigmatism 'p') astigmatism;
+// per micrograph ('m'), rounds alternating between the micrograph's phase (and astigmatism 'm') and
+// its particles' defoci (and astigmatism 'p'), up to 8, until the phase moves by less than 0.02
+// degrees; with a per-micrograph defocus, all together. The phase is searched in units where 0.3
+// radian is one defocus scan step, so Nelder-Mead's simplex is balanced; the search is local (the
+// input phase shift is CTFFIND's estimate). `terms` predict from the own half map unfiltered: with the
+// FSC-filtered map the phase and the defocus traded off (on 1U6G at 1.5 Å/px, +3-4 degrees and
+// -20-28 Å on average from the true values as input; unfiltered +1 degree and -5 Å, as the envelope
+// fit's argument says).
 void fit_unit_phase(const std::vector<DefocusTerms>& terms, char mode_defocus, char mode_astig, char mode_phase,
                     double h, double step, std::vector<DefocusChange>& out) {
   const size_t n = terms.size();
