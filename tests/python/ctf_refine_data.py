@@ -20,6 +20,8 @@ import numpy as np
 import mrcfile
 
 MAG_LABELS = ("rlnMagMat00", "rlnMagMat01", "rlnMagMat10", "rlnMagMat11")
+# ctf_refine's reference options on a data set made here with soft_sphere_mask's mask.mrc.
+HALVES = ["--m1", "half1.mrc", "--m2", "half2.mrc", "--mask", "mask.mrc"]
 
 
 def atoms_map(path, n=64, angpix=1.0, seed=5, atoms=3000, radius=0.3, sigma=0.7):

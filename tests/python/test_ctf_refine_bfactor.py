@@ -23,7 +23,7 @@ mrcfile = pytest.importorskip("mrcfile")
 import ctf_refine_data as cd
 from conftest import fsc, regula_binary, run_regula
 
-HALVES = ["--m1", "half1.mrc", "--m2", "half2.mrc", "--mask", "mask.mrc"]
+HALVES = cd.HALVES
 
 
 @pytest.fixture(scope="module", params=[(21, 5), (22, 6)], ids=["seed21", "seed22"])

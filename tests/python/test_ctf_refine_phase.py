@@ -20,7 +20,7 @@ mrcfile = pytest.importorskip("mrcfile")
 import ctf_refine_data as cd
 from conftest import regula_binary, run_regula
 
-HALVES = ["--m1", "half1.mrc", "--m2", "half2.mrc", "--mask", "mask.mrc"]
+HALVES = cd.HALVES
 
 
 @pytest.fixture(scope="module", params=[(41, 5), (42, 6)], ids=["seed41", "seed42"])

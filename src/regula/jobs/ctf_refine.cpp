@@ -1239,8 +1239,11 @@ void fit_envelope(const CtfRefineOptions& opt, const Context& cx, Model& md,
   run_pass(units, table, pool, "CTF B-factors and scales", none, [] { return None{}; },
            [&](const std::vector<size_t>& unit, None&, ParticleImages& images) {
              Observation o;
-             EnvelopeTerms sum{std::vector<double>(bins, 0.0), std::vector<double>(bins, 0.0),
-                               std::vector<double>(bins, 0.0)};
+             auto zeros = [&] {
+               return EnvelopeTerms{std::vector<double>(bins, 0.0), std::vector<double>(bins, 0.0),
+                                    std::vector<double>(bins, 0.0)};
+             };
+             EnvelopeTerms sum = zeros(), t = zeros();
              int power = 1;  // a micrograph's particles share their optics group (else: the last one's)
              for (size_t i : unit) {
                observe(cx, md, i, images, o);
@@ -1248,8 +1251,7 @@ void fit_envelope(const CtfRefineOptions& opt, const Context& cx, Model& md,
                const OpticsGroup& og = table.optics[g];
                power = og.ctf_premultiplied ? 2 : 1;
                const PixelList& pl = md.pixels[g];
-               EnvelopeTerms t{std::vector<double>(bins, 0.0), std::vector<double>(bins, 0.0),
-                               std::vector<double>(bins, 0.0)};
+               for (auto* v : {&t.S, &t.T, &t.F}) std::fill(v->begin(), v->end(), 0.0);
                for (size_t k = 0; k < pl.size(); ++k) {
                  const double f2 = pl.fx[k] * pl.fx[k] + pl.fy[k] * pl.fy[k];
                  if (f2 < fmin2) continue;
@@ -1296,6 +1298,21 @@ void fit_envelope(const CtfRefineOptions& opt, const Context& cx, Model& md,
     spdlog::warn("ctf_refine: {} of {} particles have a B-factor or scale at a limit of the allowed range "
                  "(--bfac_min_B {}, --bfac_max_B {}, --bfac_min_scale {})",
                  bound, table.size(), opt.bfac_min_B, opt.bfac_max_B, opt.bfac_min_scale);
+}
+
+// The optics groups' values of a particle table, as a result reports them (scale 1: not known here).
+std::vector<CtfRefineGroupResult> group_results(const ParticleTable& t) {
+  std::vector<CtfRefineGroupResult> out;
+  for (const OpticsGroup& og : t.optics) {
+    CtfRefineGroupResult gr;
+    gr.number = og.number;
+    gr.beam_tilt = {og.beam_tilt_x, og.beam_tilt_y};
+    gr.odd = og.odd_zernike;
+    gr.even = og.even_zernike;
+    gr.mag = og.mag_matrix;
+    out.push_back(gr);
+  }
+  return out;
 }
 
 }  // namespace
@@ -1351,15 +1368,7 @@ CtfRefineResult ctf_refine(const CtfRefineOptions& opt_in) {
     done.star = opt.out_dir + "/particles_ctf_refine.star";
     const ParticleTable t = ParticleTable::read(done.star);
     done.particles = long(t.size());
-    for (const OpticsGroup& og : t.optics) {
-      CtfRefineGroupResult gr;
-      gr.number = og.number;
-      gr.beam_tilt = {og.beam_tilt_x, og.beam_tilt_y};
-      gr.odd = og.odd_zernike;
-      gr.even = og.even_zernike;
-      gr.mag = og.mag_matrix;
-      done.groups.push_back(gr);
-    }
+    done.groups = group_results(t);
     spdlog::info("ctf_refine: {} exists: done before (--only_do_unfinished)", done.star);
     return done;
   }
@@ -1464,17 +1473,8 @@ CtfRefineResult ctf_refine(const CtfRefineOptions& opt_in) {
   table.write(res.star);
   res.particles = long(count);
   res.max_resolution = 1.0 / f_max;
-  for (size_t g = 0; g < table.optics.size(); ++g) {
-    const OpticsGroup& og = table.optics[g];
-    CtfRefineGroupResult gr;
-    gr.number = og.number;
-    gr.beam_tilt = {og.beam_tilt_x, og.beam_tilt_y};
-    gr.odd = og.odd_zernike;
-    gr.even = og.even_zernike;
-    gr.mag = og.mag_matrix;
-    gr.scale = md.scale[g];
-    res.groups.push_back(gr);
-  }
+  res.groups = group_results(table);
+  for (size_t g = 0; g < res.groups.size(); ++g) res.groups[g].scale = md.scale[g];
   spdlog::info("ctf_refine: {} particles; wrote {}", count, res.star);
   return res;
 }
