@@ -37,6 +37,9 @@ void add_polish(CLI::App& app) {
   s->add_option("--bfac_maxfreq", opt->bfac_maxfreq,
                 "Highest resolution of the per-frame B-factor fit, Å (<= 0: the half maps' FSC 0.143)")
       ->capture_default_str();
+  s->add_flag("--bfac_per_frame", opt->bfac_per_frame,
+              "Fit each frame's B-factor on its own (RELION's fit); default: B-factors smooth in the frame number "
+              "(quadratic), each frame's scale free");
   s->add_flag("--only_do_unfinished", opt->only_do_unfinished,
               "Keep the micrographs done before (their tracks and ROOT_polish_sums.bin); fit the others");
   s->add_option("--j", opt->threads, "Threads")->capture_default_str();

@@ -644,7 +644,8 @@ PolishResult polish(const PolishOptions& opt_in) {
       px[q] = coord_x[mic.particles[q]] * mf.coords_angpix;
       py[q] = coord_y[mic.particles[q]] * mf.coords_angpix;
     }
-    const MotionPrior prior{mf.dose * opt.s_vel / part_px, opt.s_div, mf.dose * opt.s_acc / part_px};
+    MotionPrior prior{mf.dose * opt.s_vel / part_px, opt.s_div, mf.dose * opt.s_acc / part_px};
+    prior.sigma_off = offset_prior_sigma(maps, int(P), F);
     const VelocityBasis basis = velocity_basis(px, py, prior);
     MotionFitOptions fo;
     fo.max_iterations = opt.max_iters;
@@ -705,8 +706,8 @@ PolishResult polish(const PolishOptions& opt_in) {
     write_micrograph_sums(root + "_polish_sums.bin", scale, out.track, mine);
     star::write(root + "_tracks.star", doc);
     fcc.add(mine);
-    spdlog::info("polish: {}: {} particles, {} frames, grey scale {:.3g}, {} L-BFGS iterations", mic.name, P, F, scale,
-                 fit.iterations);
+    spdlog::info("polish: {}: {} particles, {} frames, grey scale {:.3g}, offsets prior s.d. {:.2f} px, {} L-BFGS "
+                 "iterations", mic.name, P, F, scale, prior.sigma_off, fit.iterations);
     ++res.micrographs;
     res.particles += long(P);
     progress.advance(1);
@@ -754,6 +755,7 @@ PolishResult polish(const PolishOptions& opt_in) {
   }
   std::vector<double> B(size_t(F), 0.0), amp(size_t(F), 1.0), g(size_t(ref_shells), 0.0);
   auto qk = [&](int k) { return sq(k / ref_len) / 4.0; };
+  std::array<double, 2> smooth_b{0.0, 0.0};
   for (int round = 0; round < 8; ++round) {
     for (int k = k0; k <= k1; ++k) {
       double n = 0, d = 0;
@@ -764,39 +766,78 @@ PolishResult polish(const PolishOptions& opt_in) {
       }
       g[size_t(k)] = d > 0 ? std::max(0.0, n / d) : 0.0;
     }
-    for (int f = 0; f < F; ++f) {
-      auto err = [&](double b, double* a_out) {
-        double n = 0, d = 0;
-        for (int k = k0; k <= k1; ++k) {
-          const double m = g[size_t(k)] * std::exp(b * qk(k));
-          n += m * fccv[size_t(f * ref_shells + k)];
-          d += m * m;
+    // The error of frame f with B-factor b, its best scale in *a_out.
+    auto err = [&](int f, double b, double* a_out) {
+      double n = 0, d = 0;
+      for (int k = k0; k <= k1; ++k) {
+        const double m = g[size_t(k)] * std::exp(b * qk(k));
+        n += m * fccv[size_t(f * ref_shells + k)];
+        d += m * m;
+      }
+      const double a = d > 0 ? std::max(0.0, n / d) : 0.0;
+      double e = 0;
+      for (int k = k0; k <= k1; ++k) e += sq(fccv[size_t(f * ref_shells + k)] - a * g[size_t(k)] * std::exp(b * qk(k)));
+      if (a_out) *a_out = a;
+      return e;
+    };
+    if (opt.bfac_per_frame) {
+      for (int f = 0; f < F; ++f) {
+        // Grid search over B (Å^2) refined three times around the best value.
+        double lo = -1500, hi = 500, best = B[size_t(f)];
+        for (int depth = 0; depth < 4; ++depth) {
+          double best_e = err(f, best, nullptr);
+          const int steps = 40;
+          for (int s = 0; s <= steps; ++s) {
+            const double b = lo + (hi - lo) * s / steps;
+            const double e = err(f, b, nullptr);
+            if (e < best_e) {
+              best_e = e;
+              best = b;
+            }
+          }
+          const double width = (hi - lo) / steps;
+          lo = best - width;
+          hi = best + width;
         }
-        const double a = d > 0 ? std::max(0.0, n / d) : 0.0;
+        B[size_t(f)] = best;
+        err(f, best, &amp[size_t(f)]);
+      }
+    } else {
+      // B_f = b1 t + b2 t^2 with t = f / (F - 1) (the gauge takes up a constant), a_f free: a grid
+      // over (b1, b2) refined three times around the best pair.
+      auto total = [&](double b1, double b2) {
         double e = 0;
-        for (int k = k0; k <= k1; ++k) e += sq(fccv[size_t(f * ref_shells + k)] - a * g[size_t(k)] * std::exp(b * qk(k)));
-        if (a_out) *a_out = a;
+        for (int f = 0; f < F; ++f) {
+          const double t = F > 1 ? double(f) / (F - 1) : 0.0;
+          e += err(f, b1 * t + b2 * t * t, nullptr);
+        }
         return e;
       };
-      // Grid search over B (Å^2) refined three times around the best value.
-      double lo = -1500, hi = 500, best = B[size_t(f)];
+      double c1 = smooth_b[0], c2 = smooth_b[1], w1 = 1000, w2 = 1000;
       for (int depth = 0; depth < 4; ++depth) {
-        double best_e = err(best, nullptr);
-        const int steps = 40;
-        for (int s = 0; s <= steps; ++s) {
-          const double b = lo + (hi - lo) * s / steps;
-          const double e = err(b, nullptr);
-          if (e < best_e) {
-            best_e = e;
-            best = b;
+        double best_e = total(c1, c2), b1 = c1, b2 = c2;
+        const int steps = 20;
+        for (int s1 = 0; s1 <= steps; ++s1)
+          for (int s2 = 0; s2 <= steps; ++s2) {
+            const double x1 = c1 - w1 + 2 * w1 * s1 / steps, x2 = c2 - w2 + 2 * w2 * s2 / steps;
+            const double e = total(x1, x2);
+            if (e < best_e) {
+              best_e = e;
+              b1 = x1;
+              b2 = x2;
+            }
           }
-        }
-        const double width = (hi - lo) / steps;
-        lo = best - width;
-        hi = best + width;
+        c1 = b1;
+        c2 = b2;
+        w1 /= steps / 2.0;
+        w2 /= steps / 2.0;
       }
-      B[size_t(f)] = best;
-      err(best, &amp[size_t(f)]);
+      smooth_b = {c1, c2};
+      for (int f = 0; f < F; ++f) {
+        const double t = F > 1 ? double(f) / (F - 1) : 0.0;
+        B[size_t(f)] = c1 * t + c2 * t * t;
+        err(f, B[size_t(f)], &amp[size_t(f)]);
+      }
     }
     // Gauge: the best frame has B = 0 and amplitude 1 (g takes up the rest).
     const double bmax = *std::max_element(B.begin(), B.end());

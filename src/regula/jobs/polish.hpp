@@ -78,6 +78,7 @@ struct PolishOptions {
   bool combine_frames = false;    // --combine_frames
   double bfac_minfreq = 20;       // --bfac_minfreq, Å
   double bfac_maxfreq = -1;       // --bfac_maxfreq, Å (<= 0: FSC 0.143)
+  bool bfac_per_frame = false;    // --bfac_per_frame: each frame's B-factor on its own (RELION's fit)
   bool only_do_unfinished = false;  // --only_do_unfinished: micrographs with tracks (and their sums) are kept
   int threads = 1;                // --j
 

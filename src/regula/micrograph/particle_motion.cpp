@@ -103,6 +103,48 @@ VelocityBasis velocity_basis(const std::vector<double>& x, const std::vector<dou
   return b;
 }
 
+double offset_prior_sigma(const std::vector<ShiftMap>& maps, int particles, int frames) {
+  if (particles <= 0 || frames <= 0) return 0.05;
+  const int R = maps[0].range, n = maps[0].size();
+  const size_t cells = size_t(n) * size_t(n);
+  // The log-likelihood of a constant displacement, per particle on the grid, less its maximum.
+  std::vector<double> S(size_t(particles) * cells, 0.0);
+  for (int p = 0; p < particles; ++p) {
+    double* s = S.data() + size_t(p) * cells;
+    for (int f = 0; f < frames; ++f) {
+      const ShiftMap& m = maps[size_t(p) * size_t(frames) + size_t(f)];
+      if (m.range != R) throw std::logic_error("offset_prior_sigma: maps of different ranges");
+      for (size_t c = 0; c < cells; ++c) s[c] += m.value[c];
+    }
+    const double top = *std::max_element(s, s + cells);
+    for (size_t c = 0; c < cells; ++c) s[c] -= top;
+  }
+  std::vector<double> r2(cells);
+  for (int dy = -R; dy <= R; ++dy)
+    for (int dx = -R; dx <= R; ++dx) r2[size_t((dy + R) * n + dx + R)] = double(dx * dx + dy * dy);
+  double s2 = double(R) * R / 4;  // start wide: (R/2)^2
+  for (int it = 0; it < 200; ++it) {
+    double sum = 0;
+    for (int p = 0; p < particles; ++p) {
+      const double* s = S.data() + size_t(p) * cells;
+      double top = -1e300;
+      for (size_t c = 0; c < cells; ++c) top = std::max(top, s[c] - r2[c] / (2 * s2));
+      double z = 0, m2 = 0;
+      for (size_t c = 0; c < cells; ++c) {
+        const double w = std::exp(s[c] - r2[c] / (2 * s2) - top);
+        z += w;
+        m2 += w * r2[c];
+      }
+      sum += m2 / z;
+    }
+    const double next = std::max(0.0025, sum / (2.0 * particles));
+    const bool done = std::abs(next - s2) <= 1e-4 * s2;
+    s2 = next;
+    if (done) break;
+  }
+  return std::sqrt(s2);
+}
+
 namespace {
 
 struct Problem {
@@ -110,6 +152,7 @@ struct Problem {
   int P, F, B;
   const VelocityBasis& basis;
   double acc_weight;  // s_vel^2 / s_acc^2 (0: none)
+  double off_weight;  // 1 / s_off^2 (0: none)
   ThreadPool& pool;
 
   size_t size() const { return size_t(2 * P) + size_t(2) * size_t(std::max(0, F - 1)) * size_t(B); }
@@ -141,18 +184,27 @@ struct Problem {
     std::vector<std::array<double, 2>> d;
     displacements(x, d);
     grad.assign(size(), 0.0);
-    std::vector<double> e(size_t(P), 0.0);
+    std::vector<double> e(size_t(P), 0.0), eo(size_t(P), 0.0);
     // Suffix sums of the data gradient per particle: S[p][g] = sum_{f > g} dE/dd_pf.
     std::vector<double> S(size_t(P) * size_t(std::max(1, F - 1)) * 2, 0.0);
     pool.parallel_for(0, size_t(P), [&](size_t p, int) {
       double acc[2] = {0, 0};
       double sum = 0;
+      // The prior on the mean displacement m: 1/2 |m|^2 / s_off^2, gradient m / (F s_off^2) per frame.
+      double pm[2] = {0, 0};
+      if (off_weight > 0) {
+        double m[2] = {0, 0};
+        for (int f = 0; f < F; ++f)
+          for (int a = 0; a < 2; ++a) m[a] += d[p * size_t(F) + size_t(f)][size_t(a)] / F;
+        eo[p] = 0.5 * off_weight * (m[0] * m[0] + m[1] * m[1]);
+        for (int a = 0; a < 2; ++a) pm[a] = off_weight * m[a] / F;
+      }
       for (int f = F - 1; f >= 0; --f) {
         const auto& dd = d[p * size_t(F) + size_t(f)];
         double gx, gy;
         sum -= maps[p * size_t(F) + size_t(f)].interpolate(dd[0], dd[1], &gx, &gy);
-        acc[0] -= gx;
-        acc[1] -= gy;
+        acc[0] += pm[0] - gx;
+        acc[1] += pm[1] - gy;
         if (f >= 1) {
           S[(p * size_t(F - 1) + size_t(f - 1)) * 2] = acc[0];
           S[(p * size_t(F - 1) + size_t(f - 1)) * 2 + 1] = acc[1];
@@ -162,9 +214,11 @@ struct Problem {
       grad[2 * p] = acc[0];
       grad[2 * p + 1] = acc[1];
     });
-    double E = 0;
+    double E = 0, Eo = 0;
     for (double v : e) E += v;
+    for (double v : eo) Eo += v;
     if (data_term) *data_term = -E;
+    E += Eo;
     if (F < 2) return E;
     // dE/dc_g = L^T S_g, plus the prior.
     pool.parallel_for(0, size_t(B), [&](size_t b, int) {
@@ -211,7 +265,8 @@ MotionFitResult fit_particle_motion(const std::vector<ShiftMap>& maps, int parti
   if (basis.particles != particles) throw std::logic_error("fit_particle_motion: basis of another particle set");
   const double acc_weight =
       prior.sigma_acc > 0 ? prior.sigma_vel * prior.sigma_vel / (prior.sigma_acc * prior.sigma_acc) : 0.0;
-  const Problem pr{maps, particles, frames, basis.size(), basis, acc_weight, pool};
+  const double off_weight = prior.sigma_off > 0 ? 1.0 / (prior.sigma_off * prior.sigma_off) : 0.0;
+  const Problem pr{maps, particles, frames, basis.size(), basis, acc_weight, off_weight, pool};
   const size_t n = pr.size();
   std::vector<double> x(n, 0.0), g, xn(n), gn;
   double f = pr.evaluate(x, g);

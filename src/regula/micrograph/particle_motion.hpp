@@ -17,6 +17,9 @@
 // The data term: for each particle and frame, a map of the log-likelihood of d (up to a constant)
 // on the integer grid |dx|, |dy| <= R, interpolated by Catmull-Rom cubic convolution (continuous
 // gradient); beyond the grid the map's value at its edge and no gradient (the prior pulls back).
+// Optionally a Gaussian prior on each particle's mean displacement over the frames, m_p = (1/F) sum_f
+// d_pf ~ N(0, s_off^2) per axis: the particle's position was refined from the movie's average, so the
+// track's mean stays near it unless the data say otherwise (offset_prior_sigma: see below).
 // The objective -sum log-likelihood + prior is minimised by L-BFGS from d = 0.
 // All sums are over particles in a fixed order, so the result does not depend on the threads.
 #pragma once
@@ -41,6 +44,7 @@ struct MotionPrior {
   double sigma_vel = 0;  // px per frame
   double sigma_div = 0;  // px
   double sigma_acc = 0;  // px per frame (<= 0: no acceleration term)
+  double sigma_off = 0;  // px: prior s.d. of a track's mean displacement per axis (<= 0: none)
 };
 
 struct VelocityBasis {
@@ -63,6 +67,13 @@ struct MotionFitResult {
   double objective = 0, data_term = 0;
   int iterations = 0;
 };
+
+// The s.d. per axis of the particles' displacement o from their initial tracks, estimated from the
+// data by expectation-maximisation as RELION estimates its offsets prior: with one constant o per
+// particle and the log-likelihood sum_f maps[p * frames + f](o) on the grid, the prior N(0, s^2 I) is
+// iterated s^2 <- mean_p E[|o|^2 | data, s] / 2 (the posterior over the grid exactly) to convergence.
+// Returns s (px), at least 0.05 px.
+double offset_prior_sigma(const std::vector<ShiftMap>& maps, int particles, int frames);
 
 // maps[p * frames + f]: the log-likelihood map of particle p in frame f.
 MotionFitResult fit_particle_motion(const std::vector<ShiftMap>& maps, int particles, int frames,
