@@ -84,7 +84,9 @@ TEST(ParticleMotion, BasisReproducesTheKernel) {
 TEST(ParticleMotion, ModeOfQuadraticLikelihoodsSolvesTheLinearSystem) {
   // P particles, F frames, log-likelihood -kappa/2 |d_pf - t_pf|^2 around random targets t: the
   // posterior mode minimises sum kappa/2 |d - t|^2 + 1/2 sum_g v_g^T (s_vel^2 K)^-1 v_g
-  // + 1/(2 s_acc^2) sum_g |v_{g+1} - v_g|^2 per axis with v_g = d_{g+1} - d_g; the offsets are free.
+  // + 1/(2 s_acc^2) sum_g |v_{g+1} - v_g|^2 per axis with v_g = d_{g+1} - d_g; the offsets free, or
+  // with the prior 1/(2 s_off^2) |mean_f d_pf|^2 on each particle's mean displacement.
+  for (double s_off : {0.0, 0.6})
   for (unsigned seed : {1u, 2u, 3u}) {
     const int P = 5, F = 6;
     std::mt19937_64 rng(seed);
@@ -94,7 +96,7 @@ TEST(ParticleMotion, ModeOfQuadraticLikelihoodsSolvesTheLinearSystem) {
       x[size_t(p)] = pos(rng);
       y[size_t(p)] = pos(rng);
     }
-    const MotionPrior prior{0.4, 300, 0.3};
+    const MotionPrior prior{0.4, 300, 0.3, s_off};
     const double kappa = 1.7;
     std::vector<ShiftMap> maps;
     std::vector<double> tx(P * F), ty(P * F);
@@ -149,6 +151,10 @@ TEST(ParticleMotion, ModeOfQuadraticLikelihoodsSolvesTheLinearSystem) {
         for (int a = 0; a < 3; ++a)
           for (int c = 0; c < 3; ++c) H[size_t(i3[a] * n + i3[c])] += wa * s3[a] * s3[c];
       }
+    if (s_off > 0)
+      for (int p = 0; p < P; ++p)
+        for (int f = 0; f < F; ++f)
+          for (int f2 = 0; f2 < F; ++f2) H[idx(p, f) * size_t(n) + idx(p, f2)] += 1.0 / (s_off * s_off * F * F);
     std::vector<double> bx(n), by(n);
     for (int i = 0; i < n; ++i) {
       bx[size_t(i)] = kappa * tx[size_t(i)];
@@ -156,8 +162,8 @@ TEST(ParticleMotion, ModeOfQuadraticLikelihoodsSolvesTheLinearSystem) {
     }
     const auto dx = solve(H, bx), dy = solve(H, by);
     for (int i = 0; i < n; ++i) {
-      EXPECT_NEAR(r.d[size_t(i)][0], dx[size_t(i)], 1e-4) << "seed " << seed << " i " << i;
-      EXPECT_NEAR(r.d[size_t(i)][1], dy[size_t(i)], 1e-4) << "seed " << seed << " i " << i;
+      EXPECT_NEAR(r.d[size_t(i)][0], dx[size_t(i)], 1e-4) << "seed " << seed << " s_off " << s_off << " i " << i;
+      EXPECT_NEAR(r.d[size_t(i)][1], dy[size_t(i)], 1e-4) << "seed " << seed << " s_off " << s_off << " i " << i;
     }
     // The prior matters here: the mode is not the data's own maximum.
     double moved = 0;
@@ -192,4 +198,31 @@ TEST(ParticleMotion, SameResultForAnyThreadCount) {
     EXPECT_EQ(a.d[i][0], b.d[i][0]);
     EXPECT_EQ(a.d[i][1], b.d[i][1]);
   }
+}
+
+TEST(ParticleMotion, OffsetsPriorIsTheMaximumLikelihoodWidth) {
+  // Each particle's log-likelihood of a constant displacement o is -|o - u_p|^2 / (2 tau^2) (split
+  // evenly over the frames) with u_p ~ N(0, (s^2 + tau^2) I): the marginal likelihood of s is
+  // maximal at s^2 = mean_p |u_p|^2 / 2 - tau^2 (per axis), which EM must reach. The grid's spacing
+  // (1 px) is fine for a posterior s.d. over 1 px: its moments are those of the continuous Gaussian.
+  for (unsigned seed : {11u, 12u, 13u}) {
+    const int P = 400, F = 4, R = 16;
+    const double s_true = 2.0, tau = 1.5;
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<double> u(0.0, std::sqrt(s_true * s_true + tau * tau));
+    std::vector<ShiftMap> maps;
+    double sum2 = 0;
+    for (int p = 0; p < P; ++p) {
+      const double ux = u(rng), uy = u(rng);
+      sum2 += ux * ux + uy * uy;
+      for (int f = 0; f < F; ++f) maps.push_back(quadratic_map(R, ux, uy, 1.0 / (tau * tau * F)));
+    }
+    const double mle = std::sqrt(std::max(0.0, sum2 / (2.0 * P) - tau * tau));
+    const double est = offset_prior_sigma(maps, P, F);
+    EXPECT_NEAR(est, mle, 2e-3 * mle) << "seed " << seed;
+    EXPECT_NEAR(est, s_true, 0.25) << "seed " << seed;  // the MLE's sampling spread at 400 particles: ~0.1
+  }
+  // Data that do not move the particles at all: the width goes to its floor, no NaN.
+  std::vector<ShiftMap> maps(6, quadratic_map(5, 0.0, 0.0, 4.0));
+  EXPECT_NEAR(offset_prior_sigma(maps, 3, 2), 0.05, 1e-9);
 }

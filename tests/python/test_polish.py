@@ -104,7 +104,24 @@ def test_output_files(data):
     assert b["rlnMovieFrameNumber"] == [str(i) for i in range(12)]
     bf = np.array(b["rlnBfactorUsedForSharpening"], float)
     assert bf.max() == 0 and bf.min() < 0
+    # B-factors smooth in the frame number: a quadratic, whose third differences vanish
+    assert np.abs(np.diff(bf, 3)).max() < 1e-6 * np.abs(bf).max(), bf
     assert (d / "Polish" / "bfactors.png").stat().st_size > 0
+
+
+def test_bfac_per_frame_fits_each_frame(data):
+    d = data
+    run_regula("polish", *POLISH, "--o", "PolishPF/", "--bfac_per_frame", "--j", "2", cwd=d)
+    bf = np.array(star_loop(d / "PolishPF" / "bfactors.star", "perframe_bfactors")["rlnBfactorUsedForSharpening"],
+                  float)
+    assert len(bf) == 12 and bf.max() == 0 and bf.min() < 0
+    # fitted frame by frame: not a quadratic in the frame number
+    assert np.abs(np.diff(bf, 3)).max() > 1.0, bf
+    # the tracks do not depend on the B-factor model (they are fitted before it)
+    mics = star_loop(d / "MC" / "corrected_micrographs.star", "micrographs")["rlnMicrographName"]
+    for m in mics:
+        stem = os.path.splitext(m)[0] + "_tracks.star"
+        assert np.array_equal(tracks(d / "Polish" / stem), tracks(d / "PolishPF" / stem))
 
 
 @pytest.mark.skipif(RELION_RECONSTRUCT is None, reason="relion_reconstruct (RELION 3.1) not installed")

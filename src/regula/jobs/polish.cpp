@@ -611,31 +611,39 @@ PolishResult polish(const PolishOptions& opt_in) {
         w[sh] = noise > 0 ? 1.0 / noise : 0.0;
       }
     }
-    // Log-likelihood maps of the displacement (particle px).
-    std::vector<ShiftMap> maps(P * size_t(F));
-    pool.parallel_for(0, P * size_t(F), [&](size_t pf, int) {
-      const size_t q = pf / size_t(F);
-      const int f = int(pf % size_t(F));
+    // Log-likelihood maps of the displacement (particle px) of particle q's frames [f0, f1) together,
+    // against the prediction `ref` (one inverse FFT).
+    auto likelihood_map = [&](size_t q, int f0, int f1, const std::vector<cf>& ref, ShiftMap& m) {
       const size_t gi = size_t(table.optics_index[mic.particles[q]]);
       const Pixels& pl = pixels[gi];
       const int n = pl.box;
       Grid<cfloat> Z(n / 2 + 1, n, 1);
-      const auto& x = X[pf];
-      const float* dmg = damage[gi].data() + size_t(f) * pl.size();
-      for (size_t k = 0; k < pl.size(); ++k) {
-        const cf z = x[k] * std::conj(float(scale) * dmg[k] * pred[q][k]) * float(w[size_t(pl.shell[k])]);
-        Z[half_index(int(pl.kx[k]), int(pl.ky[k]), n)] = z;
-        if (pl.kx[k] == 0) Z[half_index(0, -int(pl.ky[k]), n)] = std::conj(z);
+      for (int f = f0; f < f1; ++f) {
+        const auto& x = X[q * F + size_t(f)];
+        const float* dmg = damage[gi].data() + size_t(f) * pl.size();
+        for (size_t k = 0; k < pl.size(); ++k) {
+          const cf z = x[k] * std::conj(float(scale) * dmg[k] * ref[k]) * float(w[size_t(pl.shell[k])]);
+          Z[half_index(int(pl.kx[k]), int(pl.ky[k]), n)] += z;
+          if (pl.kx[k] == 0) Z[half_index(0, -int(pl.ky[k]), n)] += std::conj(z);
+        }
       }
       const Grid<float> cc = fft_inverse(Z, n);
-      ShiftMap& m = maps[pf];
       m.range = std::min(opt.range, n / 2 - 2);
       m.value.resize(size_t(m.size()) * size_t(m.size()));
       const float norm = float(n) * float(n);
       for (int dy = -m.range; dy <= m.range; ++dy)
         for (int dx = -m.range; dx <= m.range; ++dx)
           m.value[size_t((dy + m.range) * m.size() + dx + m.range)] = norm * cc((dx + n) % n, (dy + n) % n);
+    };
+    std::vector<ShiftMap> maps(P * size_t(F));
+    pool.parallel_for(0, P * size_t(F), [&](size_t pf, int) {
+      likelihood_map(pf / size_t(F), int(pf % size_t(F)), int(pf % size_t(F)) + 1, pred[pf / size_t(F)], maps[pf]);
     });
+    // The offsets prior's width from the likelihood of a constant displacement against the OTHER half
+    // map: the own half map holds the particle's own noise at its refined position, which would pull
+    // the estimate towards 0.
+    std::vector<ShiftMap> constant(P);
+    pool.parallel_for(0, P, [&](size_t q, int) { likelihood_map(q, 0, F, other[q], constant[q]); });
     // Tracks: all particles of the micrograph together. Positions in Å for the kernel; velocities in
     // particle px (all the micrograph's particles share one pixel size for the prior: the first's).
     const double part_px = optics.group_of(mic.particles[0]).pixel_size;
@@ -645,7 +653,7 @@ PolishResult polish(const PolishOptions& opt_in) {
       py[q] = coord_y[mic.particles[q]] * mf.coords_angpix;
     }
     MotionPrior prior{mf.dose * opt.s_vel / part_px, opt.s_div, mf.dose * opt.s_acc / part_px};
-    prior.sigma_off = offset_prior_sigma(maps, int(P), F);
+    prior.sigma_off = offset_prior_sigma(constant, int(P), 1);
     const VelocityBasis basis = velocity_basis(px, py, prior);
     MotionFitOptions fo;
     fo.max_iterations = opt.max_iters;

@@ -25,11 +25,15 @@
 //     on the pixel grid |d| <= --range (one inverse FFT per particle and frame), and the tracks of
 //     all the micrograph's particles fitted together with the Gaussian-process prior of
 //     micrograph/particle_motion.hpp: velocity s.d. --s_vel x dose per frame (Å per e/Å²),
-//     spatial correlation exp(-distance / --s_div) (Å), acceleration s.d. --s_acc x dose per frame;
+//     spatial correlation exp(-distance / --s_div) (Å), acceleration s.d. --s_acc x dose per frame,
+//     and a Gaussian prior on each track's mean displacement whose width is estimated per micrograph by
+//     EM from the likelihood of a constant displacement against the OTHER half map (own noise in the
+//     own half map would pull it to 0);
 //  4. the sums of the per-frame Fourier shell correlation with the OTHER half map (so the
 //     particle's own noise does not correlate), over all micrographs.
 // Then per frame a B-factor and scale (FCC_f(k) ~ g(k) a_f exp(B_f k^2 / 4) by least squares over
-// --bfac_minfreq .. --bfac_maxfreq (default: the half maps' FSC 0.143); B_f relative to the best
+// --bfac_minfreq .. --bfac_maxfreq (default: the half maps' FSC 0.143); B_f quadratic in the frame
+// number, a_f free (--bfac_per_frame: each B_f on its own, as RELION); B_f relative to the best
 // frame) and the frame weights W_f(k) = a_f exp(B_f k^2 / 4), normalised to sum to 1 over the
 // frames at every frequency. With --combine_frames, each movie is read again and each particle's
 // frames moved by its track, weighted and summed (Fourier space), normalised as relion_preprocess

@@ -122,18 +122,33 @@ double offset_prior_sigma(const std::vector<ShiftMap>& maps, int particles, int 
   std::vector<double> r2(cells);
   for (int dy = -R; dy <= R; ++dy)
     for (int dx = -R; dx <= R; ++dx) r2[size_t((dy + R) * n + dx + R)] = double(dx * dx + dy * dy);
+  // exp(S) once; per iteration only the prior's factor per cell. A particle whose likelihood is
+  // negligible wherever the prior is not (the products underflow) is summed in logarithms.
+  std::vector<double> L(S.size());
+  for (size_t c = 0; c < S.size(); ++c) L[c] = std::exp(S[c]);
+  std::vector<double> prior(cells);
   double s2 = double(R) * R / 4;  // start wide: (R/2)^2
   for (int it = 0; it < 200; ++it) {
+    for (size_t c = 0; c < cells; ++c) prior[c] = std::exp(-r2[c] / (2 * s2));
     double sum = 0;
     for (int p = 0; p < particles; ++p) {
-      const double* s = S.data() + size_t(p) * cells;
-      double top = -1e300;
-      for (size_t c = 0; c < cells; ++c) top = std::max(top, s[c] - r2[c] / (2 * s2));
+      const double* l = L.data() + size_t(p) * cells;
       double z = 0, m2 = 0;
       for (size_t c = 0; c < cells; ++c) {
-        const double w = std::exp(s[c] - r2[c] / (2 * s2) - top);
+        const double w = l[c] * prior[c];
         z += w;
         m2 += w * r2[c];
+      }
+      if (!(z > 1e-250)) {
+        const double* sp = S.data() + size_t(p) * cells;
+        double top = -1e300;
+        for (size_t c = 0; c < cells; ++c) top = std::max(top, sp[c] - r2[c] / (2 * s2));
+        z = m2 = 0;
+        for (size_t c = 0; c < cells; ++c) {
+          const double w = std::exp(sp[c] - r2[c] / (2 * s2) - top);
+          z += w;
+          m2 += w * r2[c];
+        }
       }
       sum += m2 / z;
     }
