@@ -194,8 +194,11 @@ void initial_track(const MovieFrames& mf, int f, double x, double y, double& tx,
 }
 
 // Reads frame f of the movie with the gain and hot pixels applied.
-Grid<float> read_frame(const MovieFrames& mf, int f, const std::string& metadata) {
-  Grid<float> frame = mf.reader->read(f);
+// Frame f of the movie into `frame` (reshaped only when its shape differs: no allocation per frame).
+void read_frame(const MovieFrames& mf, int f, const std::string& metadata, Grid<float>& frame) {
+  if (frame.nx() != mf.reader->nx() || frame.ny() != mf.reader->ny() || frame.nz() != 1)
+    frame = Grid<float>(mf.reader->nx(), mf.reader->ny(), 1);
+  mf.reader->read_into(f, frame.data());
   if (mf.gain) {
     if (!mf.gain->same_shape(frame))
       input_error("{}: gain reference {} is {}x{}, the movie's frames {}x{}", metadata, mf.meta.gain, mf.gain->nx(),
@@ -203,7 +206,6 @@ Grid<float> read_frame(const MovieFrames& mf, int f, const std::string& metadata
     for (size_t v = 0; v < frame.size(); ++v) frame[v] *= (*mf.gain)[v];
   }
   if (!mf.meta.hot_x.empty()) fix_hot_pixels(frame, mf.meta.hot_x, mf.meta.hot_y, mf.hot);
-  return frame;
 }
 
 // The particle's box in a frame: s_mov px at movie position (x, y), Fourier-cropped to `box`, the
@@ -211,7 +213,7 @@ Grid<float> read_frame(const MovieFrames& mf, int f, const std::string& metadata
 // the half-complex layout of the particle box.
 Grid<cfloat> frame_box(const Grid<float>& frame, double x, double y, int s_mov, int box) {
   const double xi = std::floor(x + 0.5), yi = std::floor(y + 0.5);
-  Grid<float> b;
+  thread_local Grid<float> b;
   extract_box(frame, xi, yi, s_mov, b);
   if (b.empty()) {
     b = Grid<float>(s_mov, s_mov, 1);
@@ -219,15 +221,25 @@ Grid<cfloat> frame_box(const Grid<float>& frame, double x, double y, int s_mov, 
     for (size_t v = 0; v < frame.size(); ++v) mean += frame[v];
     b.fill(mean / float(frame.size()));
   }
-  const Grid<cfloat> F = fourier_centred(b);
+  // The box's transform in place (rows of 2 (s/2 + 1) floats), about its centre s/2 (s even: the
+  // sign (-1)^(kx+ky)), times the sub-pixel shift, cropped to the particle box.
+  const int sh = s_mov / 2 + 1;
+  thread_local AlignedArray<cfloat> buf;
+  buf.resize(size_t(sh) * size_t(s_mov));
+  float* r = reinterpret_cast<float*>(buf.data());
+  for (int v = 0; v < s_mov; ++v) std::copy_n(&b(0, v), s_mov, r + size_t(v) * size_t(2 * sh));
+  fft2_forward_inplace(r, s_mov, s_mov);
   const double dx = x - xi, dy = y - yi;
   Grid<cfloat> out(box / 2 + 1, box, 1);
-  std::vector<cf> ex(size_t(box / 2 + 1));
-  for (int kx = 0; kx <= box / 2; ++kx) ex[size_t(kx)] = std::polar(1.0f, float(2 * M_PI * kx * dx / s_mov));
+  thread_local std::vector<cf> ex;
+  ex.resize(size_t(box / 2 + 1));
+  for (int kx = 0; kx <= box / 2; ++kx)
+    ex[size_t(kx)] = std::polar(1.0f, float(2 * M_PI * kx * dx / s_mov)) * float(kx % 2 ? -1 : 1);
   for (int ky = -box / 2; ky < box / 2; ++ky) {
-    const cf ey = std::polar(1.0f, float(2 * M_PI * ky * dy / s_mov));
-    for (int kx = 0; kx <= box / 2; ++kx)
-      out[half_index(kx, ky, box)] = F[half_index(kx, ky, s_mov)] * ex[size_t(kx)] * ey;
+    const cf ey = std::polar(1.0f, float(2 * M_PI * ky * dy / s_mov)) * float((ky + s_mov) % 2 ? -1 : 1);
+    const cf* in = buf.data() + size_t(ky < 0 ? ky + s_mov : ky) * size_t(sh);
+    cf* o = &out[half_index(0, ky, box)];
+    for (int kx = 0; kx <= box / 2; ++kx) o[kx] = in[kx] * (ex[size_t(kx)] * ey);
   }
   out[0] = 0;  // no mean
   return out;
@@ -519,10 +531,10 @@ PolishResult polish(const PolishOptions& opt_in) {
     }
     std::vector<std::vector<cf>> X(P * size_t(F));
     bool readable = true;
+    Grid<float> frame;
     for (int f = 0; f < F && readable; ++f) {
-      Grid<float> frame;
       try {
-        frame = read_frame(mf, mf.first + f, mic.metadata);
+        read_frame(mf, mf.first + f, mic.metadata, frame);
       } catch (const InputError& e) {
         spdlog::warn("polish: micrograph {} skipped ({} particles): {}", mic.name, P, e.what());
         readable = false;
@@ -617,23 +629,27 @@ PolishResult polish(const PolishOptions& opt_in) {
       const size_t gi = size_t(table.optics_index[mic.particles[q]]);
       const Pixels& pl = pixels[gi];
       const int n = pl.box;
-      Grid<cfloat> Z(n / 2 + 1, n, 1);
+      thread_local AlignedArray<cfloat> Zbuf;
+      Zbuf.resize(size_t(n / 2 + 1) * size_t(n));
+      std::fill_n(Zbuf.data(), Zbuf.size(), cf(0));
+      auto Z = [&](size_t i) -> cf& { return Zbuf[i]; };
       for (int f = f0; f < f1; ++f) {
         const auto& x = X[q * F + size_t(f)];
         const float* dmg = damage[gi].data() + size_t(f) * pl.size();
         for (size_t k = 0; k < pl.size(); ++k) {
           const cf z = x[k] * std::conj(float(scale) * dmg[k] * ref[k]) * float(w[size_t(pl.shell[k])]);
-          Z[half_index(int(pl.kx[k]), int(pl.ky[k]), n)] += z;
-          if (pl.kx[k] == 0) Z[half_index(0, -int(pl.ky[k]), n)] += std::conj(z);
+          Z(half_index(int(pl.kx[k]), int(pl.ky[k]), n)) += z;
+          if (pl.kx[k] == 0) Z(half_index(0, -int(pl.ky[k]), n)) += std::conj(z);
         }
       }
-      const Grid<float> cc = fft_inverse(Z, n);
+      fft2_inverse_inplace(Zbuf.data(), n, n);  // unnormalised: the sum over the frequencies
+      const float* cc = reinterpret_cast<const float*>(Zbuf.data());
+      const size_t row = size_t(2 * (n / 2 + 1));
       m.range = std::min(opt.range, n / 2 - 2);
       m.value.resize(size_t(m.size()) * size_t(m.size()));
-      const float norm = float(n) * float(n);
       for (int dy = -m.range; dy <= m.range; ++dy)
         for (int dx = -m.range; dx <= m.range; ++dx)
-          m.value[size_t((dy + m.range) * m.size() + dx + m.range)] = norm * cc((dx + n) % n, (dy + n) % n);
+          m.value[size_t((dy + m.range) * m.size() + dx + m.range)] = cc[size_t((dy + n) % n) * row + size_t((dx + n) % n)];
     };
     std::vector<ShiftMap> maps(P * size_t(F));
     pool.parallel_for(0, P * size_t(F), [&](size_t pf, int) {
@@ -938,8 +954,9 @@ PolishResult polish(const PolishOptions& opt_in) {
         s_mov[q] = int(std::lround(g.box * g.pixel_size / mf.angpix));
         acc[q] = Grid<cfloat>(g.box / 2 + 1, g.box, 1);
       }
+      Grid<float> frame;
       for (int f = 0; f < F; ++f) {
-        const Grid<float> frame = read_frame(mf, mf.first + f, mic.metadata);
+        read_frame(mf, mf.first + f, mic.metadata, frame);
         pool.parallel_for(0, P, [&](size_t q, int) {
           const size_t i = mic.particles[q];
           const OpticsGroupModel& g = optics.group_of(i);

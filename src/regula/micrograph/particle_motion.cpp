@@ -4,6 +4,8 @@
 #include <cmath>
 #include <deque>
 
+#include <cblas.h>
+
 #include "regula/core/blas.hpp"
 #include "regula/core/error.hpp"
 
@@ -176,21 +178,24 @@ struct Problem {
     return size_t(2 * P) + (size_t(g) * 2 + size_t(axis)) * size_t(B) + size_t(b);
   }
 
-  // Displacements from the parameters.
+  // Displacements from the parameters. The velocities of all frame intervals are one product per
+  // axis, V_a = C_a L^T ((F-1) x B times B x P; BLAS, one thread per axis), then summed over frames.
   void displacements(const std::vector<double>& x, std::vector<std::array<double, 2>>& d) const {
     d.assign(size_t(P) * size_t(F), {0.0, 0.0});
+    std::vector<double> V(F > 1 ? size_t(2) * size_t(F - 1) * size_t(P) : 0);
+    if (F > 1 && B > 0) {
+      set_blas_single_threaded();
+      pool.parallel_for(0, 2, [&](size_t axis, int) {
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, F - 1, P, B, 1.0, x.data() + c_index(0, int(axis), 0),
+                    2 * B, basis.L.data(), B, 0.0, V.data() + axis * size_t(F - 1) * size_t(P), P);
+      });
+    }
     pool.parallel_for(0, size_t(P), [&](size_t p, int) {
       double pos[2] = {x[2 * p], x[2 * p + 1]};
-      const double* Lrow = basis.L.data() + p * size_t(B);
       for (int f = 0; f < F; ++f) {
         d[p * size_t(F) + size_t(f)] = {pos[0], pos[1]};
-        if (f == F - 1) break;
-        for (int axis = 0; axis < 2; ++axis) {
-          const double* c = x.data() + c_index(f, axis, 0);
-          double v = 0;
-          for (int b = 0; b < B; ++b) v += Lrow[b] * c[b];
-          pos[axis] += v;
-        }
+        if (f == F - 1 || B == 0) continue;
+        for (int axis = 0; axis < 2; ++axis) pos[axis] += V[(size_t(axis) * size_t(F - 1) + size_t(f)) * size_t(P) + p];
       }
     });
   }
@@ -200,8 +205,11 @@ struct Problem {
     displacements(x, d);
     grad.assign(size(), 0.0);
     std::vector<double> e(size_t(P), 0.0), eo(size_t(P), 0.0);
-    // Suffix sums of the data gradient per particle: S[p][g] = sum_{f > g} dE/dd_pf.
+    // Suffix sums of the data gradient per particle: S[axis][g][p] = sum_{f > g} dE/dd_pf.
     std::vector<double> S(size_t(P) * size_t(std::max(1, F - 1)) * 2, 0.0);
+    auto s_at = [&](int axis, int g, size_t p) -> double& {
+      return S[(size_t(axis) * size_t(std::max(1, F - 1)) + size_t(g)) * size_t(P) + p];
+    };
     pool.parallel_for(0, size_t(P), [&](size_t p, int) {
       double acc[2] = {0, 0};
       double sum = 0;
@@ -221,8 +229,8 @@ struct Problem {
         acc[0] += pm[0] - gx;
         acc[1] += pm[1] - gy;
         if (f >= 1) {
-          S[(p * size_t(F - 1) + size_t(f - 1)) * 2] = acc[0];
-          S[(p * size_t(F - 1) + size_t(f - 1)) * 2 + 1] = acc[1];
+          s_at(0, f - 1, p) = acc[0];
+          s_at(1, f - 1, p) = acc[1];
         }
       }
       e[p] = sum;
@@ -235,16 +243,14 @@ struct Problem {
     if (data_term) *data_term = -E;
     E += Eo;
     if (F < 2) return E;
-    // dE/dc_g = L^T S_g, plus the prior.
-    pool.parallel_for(0, size_t(B), [&](size_t b, int) {
-      for (int g = 0; g < F - 1; ++g)
-        for (int axis = 0; axis < 2; ++axis) {
-          double s = 0;
-          for (int p = 0; p < P; ++p)
-            s += basis.L[size_t(p) * size_t(B) + b] * S[(size_t(p) * size_t(F - 1) + size_t(g)) * 2 + size_t(axis)];
-          grad[c_index(g, axis, int(b))] = s;
-        }
-    });
+    // dE/dc_g = L^T S_g (one product per axis: (F-1) x P times P x B), plus the prior.
+    if (B > 0) {
+      set_blas_single_threaded();
+      pool.parallel_for(0, 2, [&](size_t axis, int) {
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, F - 1, B, P, 1.0, &s_at(int(axis), 0, 0), P,
+                    basis.L.data(), B, 0.0, grad.data() + c_index(0, int(axis), 0), 2 * B);
+      });
+    }
     double prior = 0;
     for (int g = 0; g < F - 1; ++g)
       for (int axis = 0; axis < 2; ++axis)
