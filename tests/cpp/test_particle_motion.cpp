@@ -205,8 +205,9 @@ TEST(ParticleMotion, OffsetsPriorIsTheMaximumLikelihoodWidth) {
   // evenly over the frames) with u_p ~ N(0, (s^2 + tau^2) I): the marginal likelihood of s is
   // maximal at s^2 = mean_p |u_p|^2 / 2 - tau^2 (per axis), which EM must reach. The grid's spacing
   // (1 px) is fine for a posterior s.d. over 1 px: its moments are those of the continuous Gaussian.
+  // Grids of two ranges (particles of two boxes), both wide enough for the Gaussians.
   for (unsigned seed : {11u, 12u, 13u}) {
-    const int P = 400, F = 4, R = 16;
+    const int P = 400, F = 4;
     const double s_true = 2.0, tau = 1.5;
     std::mt19937_64 rng(seed);
     std::normal_distribution<double> u(0.0, std::sqrt(s_true * s_true + tau * tau));
@@ -215,7 +216,7 @@ TEST(ParticleMotion, OffsetsPriorIsTheMaximumLikelihoodWidth) {
     for (int p = 0; p < P; ++p) {
       const double ux = u(rng), uy = u(rng);
       sum2 += ux * ux + uy * uy;
-      for (int f = 0; f < F; ++f) maps.push_back(quadratic_map(R, ux, uy, 1.0 / (tau * tau * F)));
+      for (int f = 0; f < F; ++f) maps.push_back(quadratic_map(p % 2 ? 14 : 18, ux, uy, 1.0 / (tau * tau * F)));
     }
     const double mle = std::sqrt(std::max(0.0, sum2 / (2.0 * P) - tau * tau));
     const double est = offset_prior_sigma(maps, P, F);

@@ -107,50 +107,60 @@ VelocityBasis velocity_basis(const std::vector<double>& x, const std::vector<dou
 
 double offset_prior_sigma(const std::vector<ShiftMap>& maps, int particles, int frames) {
   if (particles <= 0 || frames <= 0) return 0.05;
-  const int R = maps[0].range, n = maps[0].size();
-  const size_t cells = size_t(n) * size_t(n);
-  // The log-likelihood of a constant displacement, per particle on the grid, less its maximum.
-  std::vector<double> S(size_t(particles) * cells, 0.0);
+  // Per particle, the log-likelihood of a constant displacement on its grid (particles of different
+  // boxes have grids of different ranges), less its maximum; exp of it once.
+  std::vector<size_t> start(size_t(particles) + 1, 0);
+  int R_max = 0;
   for (int p = 0; p < particles; ++p) {
-    double* s = S.data() + size_t(p) * cells;
+    const int R = maps[size_t(p) * size_t(frames)].range;
+    R_max = std::max(R_max, R);
+    start[size_t(p) + 1] = start[size_t(p)] + size_t(2 * R + 1) * size_t(2 * R + 1);
+  }
+  std::vector<double> S(start.back(), 0.0);
+  for (int p = 0; p < particles; ++p) {
+    double* s = S.data() + start[size_t(p)];
+    const size_t cells = start[size_t(p) + 1] - start[size_t(p)];
     for (int f = 0; f < frames; ++f) {
       const ShiftMap& m = maps[size_t(p) * size_t(frames) + size_t(f)];
-      if (m.range != R) throw std::logic_error("offset_prior_sigma: maps of different ranges");
+      if (m.value.size() != cells) throw std::logic_error("offset_prior_sigma: one particle's maps of different ranges");
       for (size_t c = 0; c < cells; ++c) s[c] += m.value[c];
     }
     const double top = *std::max_element(s, s + cells);
     for (size_t c = 0; c < cells; ++c) s[c] -= top;
   }
-  std::vector<double> r2(cells);
-  for (int dy = -R; dy <= R; ++dy)
-    for (int dx = -R; dx <= R; ++dx) r2[size_t((dy + R) * n + dx + R)] = double(dx * dx + dy * dy);
-  // exp(S) once; per iteration only the prior's factor per cell. A particle whose likelihood is
-  // negligible wherever the prior is not (the products underflow) is summed in logarithms.
   std::vector<double> L(S.size());
   for (size_t c = 0; c < S.size(); ++c) L[c] = std::exp(S[c]);
-  std::vector<double> prior(cells);
-  double s2 = double(R) * R / 4;  // start wide: (R/2)^2
+  // Per iteration the prior's factor exp(-(dx^2 + dy^2) / (2 s^2)) = e[|dx|] e[|dy|]. A particle whose
+  // likelihood is negligible wherever the prior is not (the products underflow) is summed in logarithms.
+  std::vector<double> e(size_t(R_max) + 1);
+  double s2 = double(R_max) * R_max / 4;  // start wide: (R/2)^2
   for (int it = 0; it < 200; ++it) {
-    for (size_t c = 0; c < cells; ++c) prior[c] = std::exp(-r2[c] / (2 * s2));
+    for (int a = 0; a <= R_max; ++a) e[size_t(a)] = std::exp(-double(a) * a / (2 * s2));
     double sum = 0;
     for (int p = 0; p < particles; ++p) {
-      const double* l = L.data() + size_t(p) * cells;
+      const int R = maps[size_t(p) * size_t(frames)].range, n = 2 * R + 1;
+      const double* l = L.data() + start[size_t(p)];
       double z = 0, m2 = 0;
-      for (size_t c = 0; c < cells; ++c) {
-        const double w = l[c] * prior[c];
-        z += w;
-        m2 += w * r2[c];
-      }
-      if (!(z > 1e-250)) {
-        const double* sp = S.data() + size_t(p) * cells;
-        double top = -1e300;
-        for (size_t c = 0; c < cells; ++c) top = std::max(top, sp[c] - r2[c] / (2 * s2));
-        z = m2 = 0;
-        for (size_t c = 0; c < cells; ++c) {
-          const double w = std::exp(sp[c] - r2[c] / (2 * s2) - top);
+      for (int dy = -R; dy <= R; ++dy)
+        for (int dx = -R; dx <= R; ++dx) {
+          const double w = l[size_t((dy + R) * n + dx + R)] * e[size_t(std::abs(dx))] * e[size_t(std::abs(dy))];
           z += w;
-          m2 += w * r2[c];
+          m2 += w * double(dx * dx + dy * dy);
         }
+      if (!(z > 1e-250)) {
+        const double* sp = S.data() + start[size_t(p)];
+        double top = -1e300;
+        for (int dy = -R; dy <= R; ++dy)
+          for (int dx = -R; dx <= R; ++dx)
+            top = std::max(top, sp[size_t((dy + R) * n + dx + R)] - double(dx * dx + dy * dy) / (2 * s2));
+        z = m2 = 0;
+        for (int dy = -R; dy <= R; ++dy)
+          for (int dx = -R; dx <= R; ++dx) {
+            const double r2 = double(dx * dx + dy * dy);
+            const double w = std::exp(sp[size_t((dy + R) * n + dx + R)] - r2 / (2 * s2) - top);
+            z += w;
+            m2 += w * r2;
+          }
       }
       sum += m2 / z;
     }
