@@ -560,7 +560,8 @@ void bind_jobs(py::module_& m) {
        REGULA_FIELD(PO, corr_mic), REGULA_FIELD(PO, first_frame), REGULA_FIELD(PO, last_frame), REGULA_FIELD(PO, s_vel),
        REGULA_FIELD(PO, s_div), REGULA_FIELD(PO, s_acc), REGULA_FIELD(PO, params_file), REGULA_FIELD(PO, fdose),
        REGULA_FIELD(PO, range), REGULA_FIELD(PO, max_iters), REGULA_FIELD(PO, combine_frames),
-       REGULA_FIELD(PO, bfac_minfreq), REGULA_FIELD(PO, bfac_maxfreq), REGULA_FIELD(PO, only_do_unfinished),
+       REGULA_FIELD(PO, bfac_minfreq), REGULA_FIELD(PO, bfac_maxfreq), REGULA_FIELD(PO, bfac_per_frame),
+       REGULA_FIELD(PO, only_do_unfinished),
        REGULA_FIELD(PO, threads)},
       [](const PO& o) { return polish(o); },
       [](const PO&, PolishResult r) {
