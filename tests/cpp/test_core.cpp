@@ -21,6 +21,7 @@
 #include "regula/core/error.hpp"
 #include "regula/core/fft.hpp"
 #include "regula/core/log.hpp"
+#include "regula/core/nelder_mead.hpp"
 #include "regula/core/stats.hpp"
 #include "regula/core/parallel.hpp"
 #include "regula/core/progress.hpp"
@@ -347,4 +348,50 @@ TEST(Stats, MedianAndRobustSpread) {
   const auto [m2, d2] = regula::median_spread(v);
   EXPECT_NEAR(m2, 5.0, 0.05);
   EXPECT_NEAR(d2, 2.0, 0.1);
+}
+
+// Nelder-Mead: the Rosenbrock valley's maximum of -f at (1, 1) from the classic start (-1.2, 1), and
+// tilted quadratics with their maxima at random places (three seeds): the tolerance on x bounds the
+// error by the simplex size at the stop; the value and evaluation budgets stop it where they say.
+TEST(NelderMead, FindsKnownMaxima) {
+  auto rosen = [](const std::vector<double>& x) { return -(100 * std::pow(x[1] - x[0] * x[0], 2) + std::pow(1 - x[0], 2)); };
+  NelderMeadOptions o;
+  o.step = {0.5};
+  o.x_tol = 1e-9;
+  o.max_iterations = 10000;
+  int reports = 0;
+  o.report = [&](int it, const std::vector<double>&, double) { EXPECT_EQ(it, ++reports); };
+  const NelderMeadResult r = nelder_mead_maximise(rosen, {-1.2, 1.0}, o);
+  EXPECT_NEAR(r.x[0], 1.0, 1e-5);
+  EXPECT_NEAR(r.x[1], 1.0, 1e-5);
+  EXPECT_NEAR(r.value, 0.0, 1e-9);
+  EXPECT_EQ(reports, r.iterations);
+  EXPECT_LT(r.iterations, o.max_iterations);
+  for (unsigned seed : {1u, 2u, 3u}) {
+    std::mt19937 rng(seed);
+    std::uniform_real_distribution<double> u(-5, 5);
+    const std::vector<double> c{u(rng), u(rng), u(rng)};
+    auto quad = [&](const std::vector<double>& x) {
+      const double a = x[0] - c[0], b = x[1] - c[1], d = x[2] - c[2];
+      return 7 - (a * a + 2 * b * b + 3 * d * d + a * b + 0.5 * b * d);
+    };
+    NelderMeadOptions q;
+    q.step = {1.0, 2.0, 0.5};
+    q.x_tol = 1e-7;
+    const NelderMeadResult m = nelder_mead_maximise(quad, {0, 0, 0}, q);
+    for (int d = 0; d < 3; ++d) EXPECT_NEAR(m.x[size_t(d)], c[size_t(d)], 1e-5) << "seed " << seed;
+    EXPECT_NEAR(m.value, 7.0, 1e-10);
+    NelderMeadOptions fv = q;
+    fv.x_tol = 0;
+    fv.f_tol = 1e-3;
+    const NelderMeadResult coarse = nelder_mead_maximise(quad, {0, 0, 0}, fv);
+    EXPECT_LT(coarse.evaluations, m.evaluations);
+    EXPECT_GT(coarse.value, 7.0 - 0.1);
+    NelderMeadOptions budget = q;
+    budget.max_evaluations = 20;
+    const NelderMeadResult b = nelder_mead_maximise(quad, {0, 0, 0}, budget);
+    EXPECT_GE(b.evaluations, 20);
+    EXPECT_LE(b.evaluations, 20 + 4);  // the iteration that crosses the budget ends (a reflection, a contraction, a shrink of n)
+  }
+  EXPECT_THROW(nelder_mead_maximise(rosen, {0, 0}, NelderMeadOptions{}), std::logic_error);
 }

@@ -19,6 +19,7 @@
 #include "regula/core/atomic_file.hpp"
 #include "regula/core/error.hpp"
 #include "regula/core/fft.hpp"
+#include "regula/core/nelder_mead.hpp"
 #include "regula/core/parallel.hpp"
 #include "regula/core/progress.hpp"
 #include "regula/imaging/aberration_fit.hpp"
@@ -862,69 +863,14 @@ double golden(F f, double lo, double hi, double tol) {
   return 0.5 * (lo + hi);
 }
 
-// Nelder-Mead maximisation from x0 with initial steps `step`.
+// Nelder-Mead maximisation from x0 with initial steps `step`, until the simplex is smaller than `tol`.
 std::vector<double> nelder_mead(const std::function<double(const std::vector<double>&)>& f, std::vector<double> x0,
                                 double step, double tol, int max_iter) {
-  const size_t n = x0.size();
-  std::vector<std::vector<double>> p(n + 1, x0);
-  for (size_t j = 0; j < n; ++j) p[j + 1][j] += step;
-  std::vector<double> v(n + 1);
-  for (size_t j = 0; j <= n; ++j) v[j] = -f(p[j]);
-  for (int it = 0; it < max_iter; ++it) {
-    std::vector<size_t> o(n + 1);
-    std::iota(o.begin(), o.end(), size_t(0));
-    std::sort(o.begin(), o.end(), [&](size_t a, size_t b) { return v[a] < v[b]; });
-    std::vector<std::vector<double>> pp(n + 1);
-    std::vector<double> vv(n + 1);
-    for (size_t j = 0; j <= n; ++j) {
-      pp[j] = p[o[j]];
-      vv[j] = v[o[j]];
-    }
-    p = pp;
-    v = vv;
-    double size = 0;
-    for (size_t j = 1; j <= n; ++j)
-      for (size_t d = 0; d < n; ++d) size = std::max(size, std::abs(p[j][d] - p[0][d]));
-    if (size < tol) break;
-    std::vector<double> c(n, 0.0);
-    for (size_t j = 0; j < n; ++j)
-      for (size_t d = 0; d < n; ++d) c[d] += p[j][d] / double(n);
-    auto along = [&](double t) {
-      std::vector<double> x(n);
-      for (size_t d = 0; d < n; ++d) x[d] = c[d] + t * (p[n][d] - c[d]);
-      return x;
-    };
-    const std::vector<double> xr = along(-1);
-    const double vr = -f(xr);
-    if (vr < v[0]) {
-      const std::vector<double> xe = along(-2);
-      const double ve = -f(xe);
-      if (ve < vr) {
-        p[n] = xe;
-        v[n] = ve;
-      } else {
-        p[n] = xr;
-        v[n] = vr;
-      }
-    } else if (vr < v[n - 1]) {
-      p[n] = xr;
-      v[n] = vr;
-    } else {
-      const std::vector<double> xc = along(vr < v[n] ? -0.5 : 0.5);
-      const double vc = -f(xc);
-      if (vc < std::min(vr, v[n])) {
-        p[n] = xc;
-        v[n] = vc;
-      } else {
-        for (size_t j = 1; j <= n; ++j) {
-          for (size_t d = 0; d < n; ++d) p[j][d] = p[0][d] + 0.5 * (p[j][d] - p[0][d]);
-          v[j] = -f(p[j]);
-        }
-      }
-    }
-  }
-  size_t best = size_t(std::min_element(v.begin(), v.end()) - v.begin());
-  return p[best];
+  NelderMeadOptions o;
+  o.step = {step};
+  o.x_tol = tol;
+  o.max_iterations = max_iter;
+  return nelder_mead_maximise(f, x0, o).x;
 }
 
 struct DefocusChange {

@@ -8,6 +8,7 @@
 
 #include "regula/core/error.hpp"
 #include "regula/core/fft.hpp"
+#include "regula/core/nelder_mead.hpp"
 #include "regula/core/parallel.hpp"
 #include "regula/sampling/euler.hpp"
 
@@ -49,69 +50,17 @@ std::vector<double> solve(std::vector<double> A, std::vector<double> b, int n) {
   return x;
 }
 
-// Nelder-Mead maximisation of f from x0 with initial steps `step`.
+// Nelder-Mead maximisation of f from x0 with initial steps `step`, until the vertices' values agree
+// to 1e-7 or `max_evals` evaluations were made.
 std::vector<double> nelder_mead(const std::function<double(const std::vector<double>&)>& f, std::vector<double> x0,
                                 const std::vector<double>& step, int max_evals, double* best_value) {
-  const size_t n = x0.size();
-  std::vector<std::vector<double>> s(n + 1, x0);
-  std::vector<double> v(n + 1);
-  for (size_t i = 0; i < n; ++i) s[i + 1][i] += step[i];
-  for (size_t i = 0; i <= n; ++i) v[i] = f(s[i]);
-  int evals = int(n) + 1;
-  while (evals < max_evals) {
-    std::vector<size_t> idx(n + 1);
-    for (size_t i = 0; i <= n; ++i) idx[i] = i;
-    std::sort(idx.begin(), idx.end(), [&](size_t a, size_t b) { return v[a] > v[b]; });
-    const size_t best = idx[0], worst = idx[n], second = idx[n - 1];
-    if (std::abs(v[best] - v[worst]) < 1e-7) break;
-    std::vector<double> c(n, 0.0);
-    for (size_t j = 0; j <= n; ++j)
-      if (j != worst)
-        for (size_t k = 0; k < n; ++k) c[k] += s[j][k] / double(n);
-    auto along = [&](double t) {
-      std::vector<double> p(n);
-      for (size_t k = 0; k < n; ++k) p[k] = c[k] + t * (s[worst][k] - c[k]);
-      return p;
-    };
-    auto r = along(-1.0);
-    const double vr = f(r);
-    ++evals;
-    if (vr > v[best]) {
-      auto e = along(-2.0);
-      const double ve = f(e);
-      ++evals;
-      if (ve > vr) {
-        s[worst] = e;
-        v[worst] = ve;
-      } else {
-        s[worst] = r;
-        v[worst] = vr;
-      }
-    } else if (vr > v[second]) {
-      s[worst] = r;
-      v[worst] = vr;
-    } else {
-      auto k = along(vr > v[worst] ? -0.5 : 0.5);
-      const double vk = f(k);
-      ++evals;
-      if (vk > std::max(vr, v[worst])) {
-        s[worst] = k;
-        v[worst] = vk;
-      } else {
-        for (size_t j = 0; j <= n; ++j)
-          if (j != best) {
-            for (size_t q = 0; q < n; ++q) s[j][q] = s[best][q] + 0.5 * (s[j][q] - s[best][q]);
-            v[j] = f(s[j]);
-            ++evals;
-          }
-      }
-    }
-  }
-  size_t b = 0;
-  for (size_t i = 1; i <= n; ++i)
-    if (v[i] > v[b]) b = i;
-  if (best_value) *best_value = v[b];
-  return s[b];
+  NelderMeadOptions o;
+  o.step = step;
+  o.f_tol = 1e-7;
+  o.max_evaluations = max_evals;
+  NelderMeadResult r = nelder_mead_maximise(f, x0, o);
+  if (best_value) *best_value = r.value;
+  return r.x;
 }
 
 // Cubic B-spline basis (uniform knots, `m` intervals over [k0, k1]): values of the m + 3 functions.
