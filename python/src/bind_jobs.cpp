@@ -561,8 +561,10 @@ void bind_jobs(py::module_& m) {
        REGULA_FIELD(PO, s_div), REGULA_FIELD(PO, s_acc), REGULA_FIELD(PO, params_file), REGULA_FIELD(PO, fdose),
        REGULA_FIELD(PO, range), REGULA_FIELD(PO, max_iters), REGULA_FIELD(PO, combine_frames),
        REGULA_FIELD(PO, bfac_minfreq), REGULA_FIELD(PO, bfac_maxfreq), REGULA_FIELD(PO, bfac_per_frame),
-       REGULA_FIELD(PO, only_do_unfinished),
-       REGULA_FIELD(PO, threads)},
+       REGULA_FIELD(PO, only_do_unfinished), REGULA_FIELD(PO, threads), REGULA_FIELD(PO, params2),
+       REGULA_FIELD(PO, params3), REGULA_FIELD(PO, align_frac), REGULA_FIELD(PO, eval_frac), REGULA_FIELD(PO, min_p),
+       REGULA_FIELD(PO, par_group), REGULA_FIELD(PO, s_vel_0), REGULA_FIELD(PO, s_div_0), REGULA_FIELD(PO, s_acc_0),
+       REGULA_FIELD(PO, in_step), REGULA_FIELD(PO, conv), REGULA_FIELD(PO, par_iters), REGULA_FIELD(PO, seed)},
       [](const PO& o) { return polish(o); },
       [](const PO&, PolishResult r) {
         py::dict d;
@@ -575,12 +577,19 @@ void bind_jobs(py::module_& m) {
         py::list frames;
         for (const auto& f : r.frames) frames.append(py::make_tuple(f.frame, f.bfactor, f.intercept));
         d["frames"] = frames;
+        if (!r.params_out.empty()) {
+          d["trained"] = py::make_tuple(r.trained[0], r.trained[1], r.trained[2]);
+          d["score_start"] = r.score_start;
+          d["score_end"] = r.score_end;
+          d["params_file"] = r.params_out;
+        }
         return d;
       },
       "Bayesian polishing as relion_motion_refine (jobs/polish.hpp): particles=run_data.star, half1/half2 (or\n"
       "postprocess=postprocess.star), corr_mic=corrected_micrographs.star, combine_frames for shiny particles.",
       "dict(shiny_star, bfactors_star, particles, skipped, micrographs, micrographs_skipped,\n"
-      "frames=[(frame, bfactor, intercept)])");
+      "frames=[(frame, bfactor, intercept)]; with params2/params3: trained=(s_vel, s_div, s_acc), score_start,\n"
+      "score_end, params_file)");
 
   // The micrograph jobs (the front end): movies to particles.
   using SM = SimulateMoviesOptions;

@@ -43,8 +43,26 @@ void add_polish(CLI::App& app) {
   s->add_flag("--only_do_unfinished", opt->only_do_unfinished,
               "Keep the micrographs done before (their tracks and ROOT_polish_sums.bin); fit the others");
   s->add_option("--j", opt->threads, "Threads")->capture_default_str();
+  auto* t = s->add_option_group("Parameter training", "Fit --s_vel/--s_div/--s_acc on the data instead of polishing");
+  t->add_flag("--params2", opt->params2, "Estimate s_vel and s_div (s_acc fixed at --s_acc_0) instead of motion");
+  t->add_flag("--params3", opt->params3, "Estimate s_vel, s_div and s_acc instead of motion");
+  t->add_option("--align_frac", opt->align_frac, "Fraction of the fitted pixels (lowest frequencies) used to align")
+      ->capture_default_str();
+  t->add_option("--eval_frac", opt->eval_frac, "Fraction of the fitted pixels (highest frequencies) used to score")
+      ->capture_default_str();
+  t->add_option("--min_p", opt->min_p, "Particles to train on (whole micrographs drawn at random)")->capture_default_str();
+  t->add_option("--par_group", opt->par_group, "Train on this optics group only (1-based; <= 0: all)")
+      ->capture_default_str();
+  t->add_option("--s_vel_0", opt->s_vel_0, "Initial s_vel")->capture_default_str();
+  t->add_option("--s_div_0", opt->s_div_0, "Initial s_div")->capture_default_str();
+  t->add_option("--s_acc_0", opt->s_acc_0, "Initial s_acc (with --params2: the fixed value)")->capture_default_str();
+  t->add_option("--in_step", opt->in_step, "Initial simplex step (s_vel x 1e4, s_div, s_acc x 1e3)")
+      ->capture_default_str();
+  t->add_option("--conv", opt->conv, "Stop when the simplex is smaller than this (same units)")->capture_default_str();
+  t->add_option("--par_iters", opt->par_iters, "Most Nelder-Mead iterations")->capture_default_str();
+  t->add_option("--seed", opt->seed, "Random seed of the micrographs' draw")->capture_default_str();
   auto refuse = refuse_options(
-      s, {"--params2", "--params3", "--min_p", "--eval_frac", "--align_frac", "--window",
+      s, {"--window",
           "--scale", "--crop", "--ctf_multiply", "--float16", "--recenter", "--bfactors", "--suffix", "--unreg_glob",
           "--glob_off", "--no_whiten", "--cc_pad", "--sq_exp_ker", "--absolute_params", "--gi", "--max_ed",
           "--out_cut", "--B_parts", "--eer_upsampling", "--eer_grouping", "--hot"},

@@ -5,8 +5,11 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <memory>
+#include <numeric>
+#include <random>
 #include <regex>
 
 #include <fmt/format.h>
@@ -16,8 +19,10 @@
 #include "regula/core/error.hpp"
 #include "regula/core/fft.hpp"
 #include "regula/core/mpi.hpp"
+#include "regula/core/nelder_mead.hpp"
 #include "regula/core/parallel.hpp"
 #include "regula/core/progress.hpp"
+#include "regula/core/random.hpp"
 #include "regula/imaging/normalise.hpp"
 #include "regula/imaging/optics_model.hpp"
 #include "regula/imaging/plot.hpp"
@@ -177,6 +182,23 @@ MovieFrames open_movie(const Micrograph& mic, const PolishOptions& opt, double v
   }
   return mf;
 }
+
+// One micrograph's data for the motion fit (and the training of its prior): the particles' frame
+// boxes on their groups' pixel lists, the predictions from the own and the other half map, the damage
+// per frame, and the grey scale and noise per shell.
+struct Prepared {
+  MovieFrames mf;
+  int F = 0;
+  size_t P = 0;
+  std::vector<int> s_mov;                      // movie box per particle
+  std::vector<std::array<double, 2>> init;     // [q * F + f]: initial track, movie px
+  std::vector<std::vector<cf>> X;              // [q * F + f]: observed frame box
+  std::vector<std::vector<cf>> pred, other;    // [q]: own and other half map's prediction
+  std::vector<std::vector<float>> damage;      // per optics group: [f * pixels + k]
+  double scale = 0;                            // grey scale (sign included)
+  std::vector<double> w;                       // 1 / noise power per shell of the particle box
+  int max_box = 0;
+};
 
 // Movie-pixel displacement of the content at movie position (x, y) in movie frame `f` (0-based)
 // relative to the micrograph: minus motion correction's shift (global plus local model).
@@ -339,6 +361,20 @@ std::string PolishOptions::validate() const {
   if (!(bfac_minfreq > 0)) return "--bfac_minfreq must be positive (Å)";
   if (threads < 1) return "--j must be at least 1";
   if (pad < 1) return "--pad must be at least 1";
+  if (params2 && params3) return "give --params2 or --params3, not both";
+  if (params2 || params3) {
+    if (combine_frames) return "--combine_frames with --params2/--params3: training estimates parameters only";
+    if (only_do_unfinished) return "--only_do_unfinished with --params2/--params3: training estimates parameters only";
+    if (!params_file.empty()) return "--params_file with --params2/--params3: the start is --s_vel_0/--s_div_0/--s_acc_0";
+    if (!(align_frac > 0 && align_frac <= 1) || !(eval_frac > 0 && eval_frac <= 1))
+      return "--align_frac and --eval_frac must lie in (0, 1]";
+    if (align_frac + eval_frac > 1 + 1e-6)
+      return fmt::format("--align_frac {} and --eval_frac {} overlap: their sum must not exceed 1", align_frac, eval_frac);
+    if (min_p < 2) return "--min_p must be at least 2";
+    if (!(s_vel_0 > 0) || !(s_div_0 > 0)) return "--s_vel_0 and --s_div_0 must be positive";
+    if (!(in_step > 0) || !(conv > 0)) return "--in_step and --conv must be positive";
+    if (par_iters < 1) return "--par_iters must be at least 1";
+  }
   return {};
 }
 
@@ -469,49 +505,21 @@ PolishResult polish(const PolishOptions& opt_in) {
     res.particles += long(mic.particles.size());
     return true;
   };
-  // Under mpirun each rank fits the micrographs mi = rank (mod ranks); then every rank reads all their
-  // sums in micrograph order, so the B-factors and the files are those of one process.
-  const bool split = mpi::size() > 1;
-  for (size_t mi = 0; mi < mics.size(); ++mi) {
-    const Micrograph& mic = mics[mi];
-    const std::string root = output_root(opt.out_dir, mic.name);
-    if (int(mi % size_t(mpi::size())) != mpi::rank()) {
-      progress.advance(1);
-      continue;
-    }
-    if (opt.only_do_unfinished && fs::exists(root + "_tracks.star") && take_sums(mi, false)) {
-      spdlog::info("polish: {}: done before (--only_do_unfinished)", mic.name);
-      progress.advance(1);
-      continue;
-    }
-    // Fitted anew: sums left by an earlier run must not stand for it if this one fails (the ranks read
-    // every micrograph's sums after the fit).
-    fs::remove(root + "_polish_sums.bin");
-    MovieFrames mf;
+  // A micrograph's movie opened and its particles prepared for the motion fit, or the reason it
+  // cannot be (the micrograph is then skipped). frames: how many frames the movie must give (-1: any).
+  auto prepare = [&](const Micrograph& mic, int frames, Prepared& d) -> std::string {
     try {
-      mf = open_movie(mic, opt, ref_voltage, gains);
+      d.mf = open_movie(mic, opt, ref_voltage, gains);
     } catch (const InputError& e) {
-      spdlog::warn("polish: micrograph {} skipped ({} particles): {}", mic.name, mic.particles.size(), e.what());
-      ++res.micrographs_skipped;
-      res.skipped += long(mic.particles.size());
-      progress.advance(1);
-      continue;
+      return e.what();
     }
-    if (frames_used < 0) {
-      frames_used = mf.count;
-      fcc.init(frames_used, ref_shells);
-    } else if (mf.count != frames_used) {
-      spdlog::warn("polish: micrograph {} skipped: {} frames used where the first movie had {}", mic.name, mf.count,
-                   frames_used);
-      ++res.micrographs_skipped;
-      res.skipped += long(mic.particles.size());
-      progress.advance(1);
-      continue;
-    }
-    const int F = mf.count;
-    const size_t P = mic.particles.size();
+    const MovieFrames& mf = d.mf;
+    if (frames >= 0 && mf.count != frames) return fmt::format("{} frames used where the first movie had {}", mf.count, frames);
+    const int F = d.F = mf.count;
+    const size_t P = d.P = mic.particles.size();
     // Movie box of each particle (its group's box and pixel size).
-    std::vector<int> s_mov(P);
+    std::vector<int>& s_mov = d.s_mov;
+    s_mov.resize(P);
     for (size_t q = 0; q < P; ++q) {
       const size_t i = mic.particles[q];
       const OpticsGroupModel& g = optics.group_of(i);
@@ -523,22 +531,21 @@ PolishResult polish(const PolishOptions& opt_in) {
                     table.where(i), g.box, g.pixel_size, s, mf.angpix);
     }
     // Initial tracks (movie px) and the observed boxes on each group's pixel list.
-    std::vector<std::array<double, 2>> init(P * size_t(F));
+    std::vector<std::array<double, 2>>& init = d.init;
+    init.resize(P * size_t(F));
     for (size_t q = 0; q < P; ++q) {
       const size_t i = mic.particles[q];
       const double mx = std::trunc(coord_x[i]) * mf.meta.binning, my = std::trunc(coord_y[i]) * mf.meta.binning;
       for (int f = 0; f < F; ++f) initial_track(mf, mf.first + f, mx, my, init[q * F + f][0], init[q * F + f][1]);
     }
-    std::vector<std::vector<cf>> X(P * size_t(F));
-    bool readable = true;
+    std::vector<std::vector<cf>>& X = d.X;
+    X.resize(P * size_t(F));
     Grid<float> frame;
-    for (int f = 0; f < F && readable; ++f) {
+    for (int f = 0; f < F; ++f) {
       try {
         read_frame(mf, mf.first + f, mic.metadata, frame);
       } catch (const InputError& e) {
-        spdlog::warn("polish: micrograph {} skipped ({} particles): {}", mic.name, P, e.what());
-        readable = false;
-        break;
+        return e.what();
       }
       pool.parallel_for(0, P, [&](size_t q, int) {
         const size_t i = mic.particles[q];
@@ -551,14 +558,11 @@ PolishResult polish(const PolishOptions& opt_in) {
         for (size_t k = 0; k < pl.size(); ++k) x[k] = B[half_index(int(pl.kx[k]), int(pl.ky[k]), pl.box)];
       });
     }
-    if (!readable) {
-      ++res.micrographs_skipped;
-      res.skipped += long(P);
-      progress.advance(1);
-      continue;
-    }
     // Predictions from the own and the other half map, and the damage per frame.
-    std::vector<std::vector<cf>> pred(P), other(P);
+    std::vector<std::vector<cf>>& pred = d.pred;
+    std::vector<std::vector<cf>>& other = d.other;
+    pred.resize(P);
+    other.resize(P);
     pool.parallel_for(0, P, [&](size_t q, int) {
       const size_t i = mic.particles[q];
       const size_t gi = size_t(table.optics_index[i]);
@@ -580,7 +584,8 @@ PolishResult polish(const PolishOptions& opt_in) {
       }
     });
     // Damage per group, frame and pixel: exp(-N / (2 Ne(|f|))), N the exposure at the middle of the frame.
-    std::vector<std::vector<float>> damage(pixels.size());
+    std::vector<std::vector<float>>& damage = d.damage;
+    damage.resize(pixels.size());
     for (size_t gi = 0; gi < pixels.size(); ++gi) {
       const Pixels& pl = pixels[gi];
       damage[gi].resize(size_t(F) * pl.size());
@@ -591,9 +596,11 @@ PolishResult polish(const PolishOptions& opt_in) {
       }
     }
     // Grey scale and noise per shell of the particle box (two rounds), at the initial tracks.
-    const int max_box = *std::max_element(s_mov.begin(), s_mov.end());
+    const int max_box = d.max_box = *std::max_element(s_mov.begin(), s_mov.end());
     const size_t shells = size_t(max_box / 2 + 1);
-    std::vector<double> xx(shells), xp(shells), pp(shells), cnt(shells), w(shells, 1.0);
+    std::vector<double> xx(shells), xp(shells), pp(shells), cnt(shells);
+    std::vector<double>& w = d.w;
+    w.assign(shells, 1.0);
     for (size_t q = 0; q < P; ++q) {
       const size_t gi = size_t(table.optics_index[mic.particles[q]]);
       const Pixels& pl = pixels[gi];
@@ -610,7 +617,7 @@ PolishResult polish(const PolishOptions& opt_in) {
         }
       }
     }
-    double scale = 0;
+    double& scale = d.scale;
     for (int round = 0; round < 3; ++round) {
       double nw = 0, dw = 0;
       for (size_t sh = 0; sh < shells; ++sh) {
@@ -623,43 +630,264 @@ PolishResult polish(const PolishOptions& opt_in) {
         w[sh] = noise > 0 ? 1.0 / noise : 0.0;
       }
     }
-    // Log-likelihood maps of the displacement (particle px) of particle q's frames [f0, f1) together,
-    // against the prediction `ref` (one inverse FFT).
-    auto likelihood_map = [&](size_t q, int f0, int f1, const std::vector<cf>& ref, ShiftMap& m) {
-      const size_t gi = size_t(table.optics_index[mic.particles[q]]);
-      const Pixels& pl = pixels[gi];
-      const int n = pl.box;
-      thread_local AlignedArray<cfloat> Zbuf;
-      Zbuf.resize(size_t(n / 2 + 1) * size_t(n));
-      std::fill_n(Zbuf.data(), Zbuf.size(), cf(0));
-      auto Z = [&](size_t i) -> cf& { return Zbuf[i]; };
-      for (int f = f0; f < f1; ++f) {
-        const auto& x = X[q * F + size_t(f)];
-        const float* dmg = damage[gi].data() + size_t(f) * pl.size();
-        for (size_t k = 0; k < pl.size(); ++k) {
-          const cf z = x[k] * std::conj(float(scale) * dmg[k] * ref[k]) * float(w[size_t(pl.shell[k])]);
-          Z(half_index(int(pl.kx[k]), int(pl.ky[k]), n)) += z;
-          if (pl.kx[k] == 0) Z(half_index(0, -int(pl.ky[k]), n)) += std::conj(z);
+    return {};
+  };
+  // Log-likelihood map of the displacement (particle px) of particle q's frames [f0, f1) together,
+  // against the prediction `ref` (one inverse FFT), from the pixels below the frequency f_hi (1/Å).
+  auto likelihood_map = [&](const Micrograph& mic, const Prepared& d, size_t q, int f0, int f1,
+                            const std::vector<cf>& ref, ShiftMap& m, double f_hi) {
+    const size_t gi = size_t(table.optics_index[mic.particles[q]]);
+    const Pixels& pl = pixels[gi];
+    const int n = pl.box;
+    thread_local AlignedArray<cfloat> Z;
+    Z.resize(size_t(n / 2 + 1) * size_t(n));
+    std::fill_n(Z.data(), Z.size(), cf(0));
+    const float scale = float(d.scale);
+    for (int f = f0; f < f1; ++f) {
+      const auto& x = d.X[q * size_t(d.F) + size_t(f)];
+      const float* dmg = d.damage[gi].data() + size_t(f) * pl.size();
+      for (size_t k = 0; k < pl.size(); ++k) {
+        if (!(pl.freq[k] < f_hi)) continue;
+        const cf z = x[k] * std::conj(scale * dmg[k] * ref[k]) * float(d.w[size_t(pl.shell[k])]);
+        Z[half_index(int(pl.kx[k]), int(pl.ky[k]), n)] += z;
+        if (pl.kx[k] == 0) Z[half_index(0, -int(pl.ky[k]), n)] += std::conj(z);
+      }
+    }
+    fft2_inverse_inplace(Z.data(), n, n);  // unnormalised: the sum over the frequencies
+    const float* cc = reinterpret_cast<const float*>(Z.data());
+    const size_t row = size_t(2 * (n / 2 + 1));
+    m.range = std::min(opt.range, n / 2 - 2);
+    m.value.resize(size_t(m.size()) * size_t(m.size()));
+    for (int dy = -m.range; dy <= m.range; ++dy)
+      for (int dx = -m.range; dx <= m.range; ++dx)
+        m.value[size_t((dy + m.range) * m.size() + dx + m.range)] = cc[size_t((dy + n) % n) * row + size_t((dx + n) % n)];
+  };
+  constexpr double kAll = std::numeric_limits<double>::infinity();
+  // Training mode (--params2/--params3, RELION's parameter estimation): micrographs drawn at random
+  // (--seed) until --min_p particles; tracks fitted with the frequencies below f_motion sqrt(align_frac)
+  // only, and scored by the correlation of the frames moved by them with the OTHER half map's prediction
+  // at the frequencies above f_motion sqrt(1 - eval_frac), weighted by the damage and the noise per
+  // shell (held-out pixels: a prior that smooths too much or too little scores lower there); Nelder-Mead
+  // over (s_vel x 1e4, s_div, s_acc x 1e3), the result rounded to --conv / 2 in those units.
+  if (opt.params2 || opt.params3) {
+    if (mpi::size() > 1) input_error("polish: --params2/--params3 run in one process (start them without mpirun)");
+    const double f_align = f_motion * std::sqrt(opt.align_frac), f_eval = f_motion * std::sqrt(1 - opt.eval_frac);
+    std::vector<size_t> order(mics.size());
+    std::iota(order.begin(), order.end(), size_t(0));
+    std::mt19937_64 rng = make_rng(uint64_t(opt.seed));
+    for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[size_t(rng() % i)]);
+    if (opt.par_group > 0 && size_t(opt.par_group) > optics.groups())
+      input_error("{}: --par_group {}: the particles have {} optics groups", opt.particles, opt.par_group,
+                  optics.groups());
+    struct Training {
+      Micrograph mic;
+      int F = 0;
+      size_t P = 0;
+      double dose = 0, part_px = 0, sigma_off = 0, sign = 1;
+      std::vector<ShiftMap> maps;
+      std::vector<double> px, py;
+      std::vector<std::vector<cf>> obs;      // [q * F + f]: the frame box at the scored pixels
+      std::vector<std::vector<cf>> ref;      // [q]: the other half map's prediction there
+      std::vector<std::vector<float>> wgt;   // per group: [f * scored + j], damage x noise weight
+    };
+    std::vector<std::vector<size_t>> scored(pixels.size());  // per group: the scored pixels
+    for (size_t gi = 0; gi < pixels.size(); ++gi)
+      for (size_t k = 0; k < pixels[gi].size(); ++k)
+        if (pixels[gi].freq[k] >= f_eval) scored[gi].push_back(k);
+    std::vector<Training> train;
+    long chosen = 0;
+    size_t held = 0;
+    for (size_t oi = 0; oi < order.size() && chosen < opt.min_p; ++oi) {
+      Micrograph mic = mics[order[oi]];
+      if (opt.par_group > 0)
+        std::erase_if(mic.particles, [&](size_t i) { return table.optics_index[i] != opt.par_group - 1; });
+      if (mic.particles.size() < 2) continue;  // the prior couples particles: one alone says nothing
+      Prepared d;
+      if (const std::string why = prepare(mic, -1, d); !why.empty()) {
+        spdlog::warn("polish: micrograph {} not used for training: {}", mic.name, why);
+        continue;
+      }
+      Training t;
+      t.F = d.F;
+      t.P = d.P;
+      const size_t F = size_t(d.F), P = d.P;
+      t.maps.resize(P * F);
+      pool.parallel_for(0, P * F, [&](size_t pf, int) {
+        likelihood_map(mic, d, pf / F, int(pf % F), int(pf % F) + 1, d.pred[pf / F], t.maps[pf], f_align);
+      });
+      std::vector<ShiftMap> constant(P);
+      pool.parallel_for(0, P, [&](size_t q, int) { likelihood_map(mic, d, q, 0, int(F), d.other[q], constant[q], f_align); });
+      t.sigma_off = offset_prior_sigma(constant, int(P), 1);
+      t.dose = d.mf.dose;
+      t.part_px = optics.group_of(mic.particles[0]).pixel_size;
+      t.sign = d.scale < 0 ? -1.0 : 1.0;
+      for (size_t q = 0; q < P; ++q) {
+        t.px.push_back(coord_x[mic.particles[q]] * d.mf.coords_angpix);
+        t.py.push_back(coord_y[mic.particles[q]] * d.mf.coords_angpix);
+      }
+      t.obs.resize(P * F);
+      t.ref.resize(P);
+      for (size_t q = 0; q < P; ++q) {
+        const std::vector<size_t>& sk = scored[size_t(table.optics_index[mic.particles[q]])];
+        for (size_t f = 0; f < F; ++f) {
+          auto& o = t.obs[q * F + f];
+          for (size_t k : sk) o.push_back(d.X[q * F + f][k]);
+          held += o.size() * sizeof(cf);
+        }
+        for (size_t k : sk) t.ref[q].push_back(d.other[q][k]);
+      }
+      t.wgt.resize(pixels.size());
+      for (size_t gi = 0; gi < pixels.size(); ++gi)
+        for (size_t f = 0; f < F; ++f)
+          for (size_t k : scored[gi])
+            t.wgt[gi].push_back(d.damage[gi][f * pixels[gi].size() + k] * float(d.w[size_t(pixels[gi].shell[k])]));
+      held += P * F * t.maps[0].value.size() * sizeof(float);
+      t.mic = std::move(mic);
+      chosen += long(P);
+      spdlog::info("polish: training on micrograph {} ({} particles)", t.mic.name, P);
+      train.push_back(std::move(t));
+    }
+    if (train.empty()) input_error("{}: no micrograph with 2 or more particles could be read for training", opt.particles);
+    if (chosen < opt.min_p)
+      spdlog::warn("polish: training on {} particles: the data have fewer than --min_p {} in readable micrographs "
+                   "with 2 or more particles", chosen, opt.min_p);
+    spdlog::info("polish: training on {} particles of {} micrographs ({:.0f} MB held); aligned below {:.2f} Å, "
+                 "scored from {:.2f} to {:.2f} Å", chosen, train.size(), double(held) / 1e6, 1 / f_align, 1 / f_eval,
+                 1 / f_motion);
+    MotionFitOptions fo;
+    fo.max_iterations = opt.max_iters;
+    // The score of (s_vel, s_div, s_acc): the correlation over all training particles (sums in a fixed
+    // order: the result does not depend on the threads).
+    auto score = [&](double sv, double sd, double sa) {
+      if (!(sv > 0) || !(sd > 0)) return -std::numeric_limits<double>::infinity();
+      double cc = 0, w0 = 0, w1 = 0;
+      for (const Training& t : train) {
+        const size_t F = size_t(t.F);
+        MotionPrior prior{t.dose * sv / t.part_px, sd, sa > 0 ? t.dose * sa / t.part_px : 0.0, t.sigma_off};
+        const VelocityBasis basis = velocity_basis(t.px, t.py, prior);
+        const MotionFitResult fit = fit_particle_motion(t.maps, int(t.P), t.F, basis, prior, fo, pool);
+        std::vector<std::array<double, 3>> part(t.P);
+        pool.parallel_for(0, t.P, [&](size_t q, int) {
+          const size_t gi = size_t(table.optics_index[t.mic.particles[q]]);
+          const Pixels& pl = pixels[gi];
+          const std::vector<size_t>& sk = scored[gi];
+          std::array<double, 3> acc{};
+          for (size_t f = 0; f < F; ++f) {
+            const auto& dd = fit.d[q * F + f];
+            const auto& o = t.obs[q * F + f];
+            const float* wt = t.wgt[gi].data() + f * sk.size();
+            for (size_t j = 0; j < sk.size(); ++j) {
+              const size_t k = sk[j];
+              const double ph = 2 * M_PI * (pl.kx[k] * dd[0] + pl.ky[k] * dd[1]) / pl.box;
+              const cf al = o[j] * cf(float(std::cos(ph)), float(std::sin(ph)));
+              acc[0] += wt[j] * t.sign * std::real(al * std::conj(t.ref[q][j]));
+              acc[1] += wt[j] * std::norm(al);
+              acc[2] += wt[j] * std::norm(t.ref[q][j]);
+            }
+          }
+          part[q] = acc;
+        });
+        for (const auto& a : part) {
+          cc += a[0];
+          w0 += a[1];
+          w1 += a[2];
         }
       }
-      fft2_inverse_inplace(Zbuf.data(), n, n);  // unnormalised: the sum over the frequencies
-      const float* cc = reinterpret_cast<const float*>(Zbuf.data());
-      const size_t row = size_t(2 * (n / 2 + 1));
-      m.range = std::min(opt.range, n / 2 - 2);
-      m.value.resize(size_t(m.size()) * size_t(m.size()));
-      for (int dy = -m.range; dy <= m.range; ++dy)
-        for (int dx = -m.range; dx <= m.range; ++dx)
-          m.value[size_t((dy + m.range) * m.size() + dx + m.range)] = cc[size_t((dy + n) % n) * row + size_t((dx + n) % n)];
+      return w0 > 0 && w1 > 0 ? cc / std::sqrt(w0 * w1) : 0.0;
     };
+    constexpr double kVel = 1e4, kDiv = 1, kAcc = 1e3;  // RELION's scaling of the three parameters
+    const int n = opt.params3 ? 3 : 2;
+    auto params = [&](const std::vector<double>& x) {
+      return std::array<double, 3>{x[0] / kVel, x[1] / kDiv, n == 3 ? x[2] / kAcc : opt.s_acc_0};
+    };
+    auto objective = [&](const std::vector<double>& x) {
+      const auto p = params(x);
+      return score(p[0], p[1], p[2]);
+    };
+    std::vector<double> x0{opt.s_vel_0 * kVel, opt.s_div_0 * kDiv};
+    if (n == 3) x0.push_back(opt.s_acc_0 * kAcc);
+    res.score_start = objective(x0);
+    spdlog::info("polish: training start: s_vel {:.4f} s_div {:.0f} s_acc {:.3f}, score {:.8f}", opt.s_vel_0,
+                 opt.s_div_0, opt.s_acc_0, res.score_start);
+    NelderMeadOptions nm;
+    nm.step = {opt.in_step};
+    nm.x_tol = opt.conv;
+    nm.max_iterations = opt.par_iters;
+    nm.report = [&](int it, const std::vector<double>& x, double v) {
+      const auto p = params(x);
+      spdlog::info("polish: training iteration {}: s_vel {:.4f} s_div {:.0f} s_acc {:.3f}, score {:.8f}", it, p[0], p[1],
+                   p[2], v);
+    };
+    const NelderMeadResult best = nelder_mead_maximise(objective, x0, nm);
+    res.score_end = best.value;
+    // Rounded to conv / 2 (the simplex's final size) in the scaled units, as RELION writes them.
+    const std::array<double, 3> unit{kVel, kDiv, kAcc};
+    for (int a = 0; a < n; ++a)
+      res.trained[size_t(a)] = opt.conv * 0.5 * std::round(2 * best.x[size_t(a)] / opt.conv) / unit[size_t(a)];
+    if (n == 2) res.trained[2] = opt.s_acc_0;  // --params2: as given
+    if (!(res.trained[2] > 0)) res.trained[2] = -1;  // no acceleration term
+    if (res.trained[0] <= 0) res.trained[0] = opt.conv * 0.5 / kVel;
+    if (res.trained[1] <= 0) res.trained[1] = opt.conv * 0.5 / kDiv;
+    res.params_out = opt.out_dir + "/" +
+                     (opt.par_group > 0 ? "opt_params_group_" + table.optics[size_t(opt.par_group - 1)].name + ".txt"
+                                        : std::string("opt_params_all_groups.txt"));
+    write_file_atomic(res.params_out, fmt::format("{} {} {}\n", res.trained[0], res.trained[1], res.trained[2]));
+    spdlog::info("polish: good parameters: --s_vel {} --s_div {} --s_acc {} (score {:.8f} from {:.8f}; {} iterations); "
+                 "written to {} (give it to --params_file)", res.trained[0], res.trained[1], res.trained[2],
+                 res.score_end, res.score_start, best.iterations, res.params_out);
+    res.particles = chosen;
+    res.micrographs = int(train.size());
+    return res;
+  }
+  // Under mpirun each rank fits the micrographs mi = rank (mod ranks); then every rank reads all their
+  // sums in micrograph order, so the B-factors and the files are those of one process.
+  const bool split = mpi::size() > 1;
+  for (size_t mi = 0; mi < mics.size(); ++mi) {
+    const Micrograph& mic = mics[mi];
+    const std::string root = output_root(opt.out_dir, mic.name);
+    if (int(mi % size_t(mpi::size())) != mpi::rank()) {
+      progress.advance(1);
+      continue;
+    }
+    if (opt.only_do_unfinished && fs::exists(root + "_tracks.star") && take_sums(mi, false)) {
+      spdlog::info("polish: {}: done before (--only_do_unfinished)", mic.name);
+      progress.advance(1);
+      continue;
+    }
+    // Fitted anew: sums left by an earlier run must not stand for it if this one fails (the ranks read
+    // every micrograph's sums after the fit).
+    fs::remove(root + "_polish_sums.bin");
+    Prepared d;
+    if (const std::string why = prepare(mic, frames_used, d); !why.empty()) {
+      spdlog::warn("polish: micrograph {} skipped ({} particles): {}", mic.name, mic.particles.size(), why);
+      ++res.micrographs_skipped;
+      res.skipped += long(mic.particles.size());
+      progress.advance(1);
+      continue;
+    }
+    if (frames_used < 0) {
+      frames_used = d.F;
+      fcc.init(frames_used, ref_shells);
+    }
+    const MovieFrames& mf = d.mf;
+    const int F = d.F;
+    const size_t P = d.P;
+    const std::vector<int>& s_mov = d.s_mov;
+    const std::vector<std::array<double, 2>>& init = d.init;
+    const std::vector<std::vector<cf>>& X = d.X;
+    const std::vector<std::vector<cf>>& other = d.other;
+    const double scale = d.scale;
+    const int max_box = d.max_box;
     std::vector<ShiftMap> maps(P * size_t(F));
     pool.parallel_for(0, P * size_t(F), [&](size_t pf, int) {
-      likelihood_map(pf / size_t(F), int(pf % size_t(F)), int(pf % size_t(F)) + 1, pred[pf / size_t(F)], maps[pf]);
+      const size_t q = pf / size_t(F);
+      likelihood_map(mic, d, q, int(pf % size_t(F)), int(pf % size_t(F)) + 1, d.pred[q], maps[pf], kAll);
     });
     // The offsets prior's width from the likelihood of a constant displacement against the OTHER half
     // map: the own half map holds the particle's own noise at its refined position, which would pull
     // the estimate towards 0.
     std::vector<ShiftMap> constant(P);
-    pool.parallel_for(0, P, [&](size_t q, int) { likelihood_map(q, 0, F, other[q], constant[q]); });
+    pool.parallel_for(0, P, [&](size_t q, int) { likelihood_map(mic, d, q, 0, F, other[q], constant[q], kAll); });
     // Tracks: all particles of the micrograph together. Positions in Å for the kernel; velocities in
     // particle px (all the micrograph's particles share one pixel size for the prior: the first's).
     const double part_px = optics.group_of(mic.particles[0]).pixel_size;

@@ -54,9 +54,13 @@
 // ROOT_polish_sums.bin (written beside the tracks, in binary), so the B-factors and shiny particles are
 // those of an uninterrupted run. Under mpirun the ranks take the micrographs in turn (mi = rank mod ranks),
 // then each reads all the micrographs' sums files in order: the files are those of one process; rank 0
-// writes bfactors.star/png and shiny.star. Not yet: the parameter training mode (--params2/--params3),
-// EER movies.
+// writes bfactors.star/png and shiny.star. With --params2/--params3 (RELION's parameter training) the job
+// fits the prior's s_vel, s_div (and s_acc) instead: tracks from the lower frequencies of micrographs
+// drawn until --min_p particles, scored by the correlation of the moved frames with the other half map
+// at the higher frequencies, Nelder-Mead; writes opt_params_all_groups.txt for --params_file
+// (docs/polish.md). Not yet: EER movies.
 #pragma once
+#include <array>
 #include <string>
 #include <vector>
 
@@ -85,6 +89,18 @@ struct PolishOptions {
   bool bfac_per_frame = false;    // --bfac_per_frame: each frame's B-factor on its own (RELION's fit)
   bool only_do_unfinished = false;  // --only_do_unfinished: micrographs with tracks (and their sums) are kept
   int threads = 1;                // --j
+  // Training mode (RELION's --params2/--params3): the prior's parameters instead of tracks.
+  bool params2 = false;           // --params2: s_vel and s_div (s_acc fixed at --s_acc_0)
+  bool params3 = false;           // --params3: s_vel, s_div and s_acc
+  double align_frac = 0.5;        // --align_frac: fraction of the fitted pixels (lowest) to align with
+  double eval_frac = 0.5;         // --eval_frac: fraction of the fitted pixels (highest) to score with
+  int min_p = 1000;               // --min_p: particles to train on (whole micrographs, drawn at random)
+  int par_group = -1;             // --par_group: train on this optics group only (1-based; <= 0: all)
+  double s_vel_0 = 0.6, s_div_0 = 10000, s_acc_0 = 3;  // --s_vel_0, --s_div_0, --s_acc_0: the start
+  double in_step = 3000;          // --in_step: initial simplex step (scaled units: s_vel x 1e4, s_div, s_acc x 1e3)
+  double conv = 30;               // --conv: stop when the simplex is smaller than this (scaled units)
+  int par_iters = 100;            // --par_iters: most Nelder-Mead iterations
+  int seed = 23;                  // --seed: the micrographs' random draw
 
   std::string validate() const;
 };
@@ -99,6 +115,11 @@ struct PolishResult {
   long particles = 0, skipped = 0;
   int micrographs = 0, micrographs_skipped = 0;
   std::vector<PolishFrame> frames;
+  // Training mode: the parameters found (s_vel, s_div, s_acc; s_acc -1: no acceleration term), the
+  // score (correlation of the evaluation pixels) at the start and at the end, and the file written.
+  std::array<double, 3> trained{};
+  double score_start = 0, score_end = 0;
+  std::string params_out;
 };
 
 PolishResult polish(const PolishOptions& opt);
