@@ -227,7 +227,8 @@ def test_ctf_of_the_micrograph_matches_the_truth(regula, tmp_path):
                 q += np.abs(np.fft.fftshift(np.fft.fft2(tile - tile.mean()))) ** 2
         c2, k = ctf2(q.shape, 1.0, du, dv, ang)
         r = np.rint(k * b).astype(int)
-        q = q / (np.bincount(r.ravel(), q.ravel()) / np.maximum(1, np.bincount(r.ravel())))[r]
+        avg = (np.bincount(r.ravel(), q.ravel()) / np.maximum(1, np.bincount(r.ravel())))[r]
+        q = np.divide(q, avg, out=np.zeros_like(q), where=avg > 0)  # the DC ring (mean removed) is 0
         band = (k > 1 / 30) & (k < 1 / 4)
 
         def corr(c):

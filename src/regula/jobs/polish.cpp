@@ -232,8 +232,9 @@ void read_frame(const MovieFrames& mf, int f, const std::string& metadata, Grid<
 
 // The particle's box in a frame: s_mov px at movie position (x, y), Fourier-cropped to `box`, the
 // content moved by the sub-pixel remainder so that (x, y) is at the box centre; coefficients in
-// the half-complex layout of the particle box.
-Grid<cfloat> frame_box(const Grid<float>& frame, double x, double y, int s_mov, int box) {
+// the half-complex layout of the particle box, into `out` (every value written; reshaped only when its
+// shape differs: a caller's grid is reused from particle to particle).
+void frame_box(const Grid<float>& frame, double x, double y, int s_mov, int box, Grid<cfloat>& out) {
   const double xi = std::floor(x + 0.5), yi = std::floor(y + 0.5);
   thread_local Grid<float> b;
   extract_box(frame, xi, yi, s_mov, b);
@@ -252,7 +253,7 @@ Grid<cfloat> frame_box(const Grid<float>& frame, double x, double y, int s_mov, 
   for (int v = 0; v < s_mov; ++v) std::copy_n(&b(0, v), s_mov, r + size_t(v) * size_t(2 * sh));
   fft2_forward_inplace(r, s_mov, s_mov);
   const double dx = x - xi, dy = y - yi;
-  Grid<cfloat> out(box / 2 + 1, box, 1);
+  if (out.nx() != box / 2 + 1 || out.ny() != box || out.nz() != 1) out = Grid<cfloat>(box / 2 + 1, box, 1);
   thread_local std::vector<cf> ex;
   ex.resize(size_t(box / 2 + 1));
   for (int kx = 0; kx <= box / 2; ++kx)
@@ -264,7 +265,6 @@ Grid<cfloat> frame_box(const Grid<float>& frame, double x, double y, int s_mov, 
     for (int kx = 0; kx <= box / 2; ++kx) o[kx] = in[kx] * (ex[size_t(kx)] * ey);
   }
   out[0] = 0;  // no mean
-  return out;
 }
 
 // Sums per frame and reference shell for the per-frame Fourier shell correlations.
@@ -552,7 +552,8 @@ PolishResult polish(const PolishOptions& opt_in) {
         const Pixels& pl = pixels[size_t(table.optics_index[i])];
         const double mx = std::trunc(coord_x[i]) * mf.meta.binning, my = std::trunc(coord_y[i]) * mf.meta.binning;
         const auto& t = init[q * F + size_t(f)];
-        const Grid<cfloat> B = frame_box(frame, mx + t[0], my + t[1], s_mov[q], pl.box);
+        thread_local Grid<cfloat> B;
+        frame_box(frame, mx + t[0], my + t[1], s_mov[q], pl.box, B);
         auto& x = X[q * F + size_t(f)];
         x.resize(pl.size());
         for (size_t k = 0; k < pl.size(); ++k) x[k] = B[half_index(int(pl.kx[k]), int(pl.ky[k]), pl.box)];
@@ -1190,7 +1191,8 @@ PolishResult polish(const PolishOptions& opt_in) {
           const OpticsGroupModel& g = optics.group_of(i);
           const double mx = std::trunc(coord_x[i]) * mf.meta.binning, my = std::trunc(coord_y[i]) * mf.meta.binning;
           const auto& t = fit.track[q * F + size_t(f)];
-          const Grid<cfloat> Bx = frame_box(frame, mx + t[0], my + t[1], s_mov[q], g.box);
+          thread_local Grid<cfloat> Bx;
+          frame_box(frame, mx + t[0], my + t[1], s_mov[q], g.box, Bx);
           const Grid<float>& W = weight_grid(size_t(table.optics_index[i]), f);
           for (size_t at = 0; at < W.size(); ++at) acc[q][at] += Bx[at] * W[at];
         });
