@@ -140,6 +140,10 @@ TEST(OutputNodeType, PostprocessAsRelion31) {
   EXPECT_EQ(output_node_type("PostProcess/job005/sharp_masked.mrc", "postprocess"), kNodeFinalMap);
   EXPECT_EQ(output_node_type("PostProcess/job005/postprocess.star", "postprocess"), kNodePost);
   EXPECT_EQ(output_node_type("PostProcess/job005/postprocess_fsc.png", "postprocess"), kNodeLogfile);
+  EXPECT_EQ(output_node_type("Polish/job020/shiny.star", "polish"), kNodeParticles);
+  EXPECT_EQ(output_node_type("Polish/job020/opt_params_all_groups.txt", "polish"), kNodePolishParams);
+  EXPECT_EQ(output_node_type("Polish/job020/opt_params_group_opticsGroup1.txt", "polish"), kNodePolishParams);
+  EXPECT_EQ(output_node_type("Polish/job020/bfactors.star", "polish"), -1);
   EXPECT_EQ(kNodePost, 14);
   // Without the job: a masked map is still no mask; masks are.
   EXPECT_EQ(output_node_type("x/postprocess_masked.mrc"), kNodeFinalMap);

@@ -259,6 +259,10 @@ def test_training_mode_fits_the_prior(data):
     r = polish(d, *POLISH, "--min_p", "50", "--par_iters", "5", "--o", "Train2/", "--params2", "--s_acc_0", "2.5")
     values, end, start = trained(r, d / "Train2/opt_params_all_groups.txt")
     assert values[2] == 2.5 and end >= start, values
+    # One optics group's particles (--par_group): the file named after the group.
+    r = polish(d, *POLISH, "--min_p", "50", "--par_iters", "2", "--o", "TrainG/", "--params2", "--par_group", "1")
+    name = star_loop(d / "particles.star", "optics").get("rlnOpticsGroupName", ["opticsGroup1"])[0]
+    assert len(trained(r, d / f"TrainG/opt_params_group_{name}.txt")[0]) == 3
     polish(d, *POLISH, "--o", "PolishTrained/", "--params_file", "Train/opt_params_all_groups.txt")
     ours, glob = errors(d, "PolishTrained")
     assert ours.mean() < 1.5 * glob.mean(), (ours, glob)

@@ -829,8 +829,11 @@ PolishResult polish(const PolishOptions& opt_in) {
     if (!(res.trained[2] > 0)) res.trained[2] = -1;  // no acceleration term
     if (res.trained[0] <= 0) res.trained[0] = opt.conv * 0.5 / kVel;
     if (res.trained[1] <= 0) res.trained[1] = opt.conv * 0.5 / kDiv;
+    auto group_name = [&](size_t g) {
+      return table.optics[g].name.empty() ? fmt::format("opticsGroup{}", table.optics[g].number) : table.optics[g].name;
+    };
     res.params_out = opt.out_dir + "/" +
-                     (opt.par_group > 0 ? "opt_params_group_" + table.optics[size_t(opt.par_group - 1)].name + ".txt"
+                     (opt.par_group > 0 ? "opt_params_group_" + group_name(size_t(opt.par_group - 1)) + ".txt"
                                         : std::string("opt_params_all_groups.txt"));
     write_file_atomic(res.params_out, fmt::format("{} {} {}\n", res.trained[0], res.trained[1], res.trained[2]));
     spdlog::info("polish: good parameters: --s_vel {} --s_div {} --s_acc {} (score {:.8f} from {:.8f}; {} iterations); "

@@ -273,7 +273,10 @@ int output_node_type(const std::string& path, std::string_view command) {
   }
   if (command == "polish") {
     // The shiny particles are the node (RELION's); bfactors.star and the per-micrograph tracks are not.
+    // In training mode (--params2/--params3) the parameter file is (RELION's polishing parameters).
     if (f == "shiny.star") return kNodeParticles;
+    if (f == "opt_params_all_groups.txt" || (f.rfind("opt_params_group_", 0) == 0 && ends(".txt")))
+      return kNodePolishParams;
     if (ends(".png") || ends(".pdf")) return kNodeLogfile;
     return -1;
   }
