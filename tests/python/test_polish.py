@@ -3,8 +3,8 @@ particle: two 1024 px movies of 12 frames of 3 e/Å² with a global drift and a 
 of up to 8 px that motion correction's global alignment does not follow; the particles' true coordinates, poses
 and CTF; the true map as both half maps. The tracks are compared with the truth, the outputs with
 RELION's formats (relion_reconstruct reads the shiny particles), results do not depend on --j, the
-project job is recorded as RELION's Polish (type 20), and bad input is reported. About 40 s on 2 cores,
-no ../shared data.
+project job is recorded as RELION's Polish (type 20), the training mode fits the prior, and bad input is
+reported. About 60 s on 2 cores, no ../shared data.
 
 Tolerances from measured errors on this data (seeds 31-33): the tracks' RMS error after removing each
 particle's mean was 0.75-0.92 px per movie against 0.78-1.32 px for motion correction's global tracks
