@@ -664,6 +664,23 @@ PolishResult polish(const PolishOptions& opt_in) {
         m.value[size_t((dy + m.range) * m.size() + dx + m.range)] = cc[size_t((dy + n) % n) * row + size_t((dx + n) % n)];
   };
   constexpr double kAll = std::numeric_limits<double>::infinity();
+  // The offsets prior's width (px) for a micrograph, from the likelihood of a constant displacement
+  // against the OTHER half map below f_hi: the own half map holds the particle's own noise at its
+  // refined position, which would pull the estimate towards 0.
+  auto offsets_sigma = [&](const Micrograph& mic, const Prepared& d, double f_hi) {
+    std::vector<ShiftMap> constant(d.P);
+    pool.parallel_for(0, d.P, [&](size_t q, int) { likelihood_map(mic, d, q, 0, d.F, d.other[q], constant[q], f_hi); });
+    return offset_prior_sigma(constant, int(d.P), 1);
+  };
+  // The particles' positions in the micrograph (Å), for the velocity kernel.
+  auto positions = [&](const Micrograph& mic, const Prepared& d, std::vector<double>& px, std::vector<double>& py) {
+    px.resize(d.P);
+    py.resize(d.P);
+    for (size_t q = 0; q < d.P; ++q) {
+      px[q] = coord_x[mic.particles[q]] * d.mf.coords_angpix;
+      py[q] = coord_y[mic.particles[q]] * d.mf.coords_angpix;
+    }
+  };
   // Training mode (--params2/--params3, RELION's parameter estimation): micrographs drawn at random
   // (--seed) until --min_p particles; tracks fitted with the frequencies below f_motion sqrt(align_frac)
   // only, and scored by the correlation of the frames moved by them with the OTHER half map's prediction
@@ -716,16 +733,11 @@ PolishResult polish(const PolishOptions& opt_in) {
       pool.parallel_for(0, P * F, [&](size_t pf, int) {
         likelihood_map(mic, d, pf / F, int(pf % F), int(pf % F) + 1, d.pred[pf / F], t.maps[pf], f_align);
       });
-      std::vector<ShiftMap> constant(P);
-      pool.parallel_for(0, P, [&](size_t q, int) { likelihood_map(mic, d, q, 0, int(F), d.other[q], constant[q], f_align); });
-      t.sigma_off = offset_prior_sigma(constant, int(P), 1);
+      t.sigma_off = offsets_sigma(mic, d, f_align);
       t.dose = d.mf.dose;
       t.part_px = optics.group_of(mic.particles[0]).pixel_size;
       t.sign = d.scale < 0 ? -1.0 : 1.0;
-      for (size_t q = 0; q < P; ++q) {
-        t.px.push_back(coord_x[mic.particles[q]] * d.mf.coords_angpix);
-        t.py.push_back(coord_y[mic.particles[q]] * d.mf.coords_angpix);
-      }
+      positions(mic, d, t.px, t.py);
       t.obs.resize(P * F);
       t.ref.resize(P);
       for (size_t q = 0; q < P; ++q) {
@@ -887,21 +899,13 @@ PolishResult polish(const PolishOptions& opt_in) {
       const size_t q = pf / size_t(F);
       likelihood_map(mic, d, q, int(pf % size_t(F)), int(pf % size_t(F)) + 1, d.pred[q], maps[pf], kAll);
     });
-    // The offsets prior's width from the likelihood of a constant displacement against the OTHER half
-    // map: the own half map holds the particle's own noise at its refined position, which would pull
-    // the estimate towards 0.
-    std::vector<ShiftMap> constant(P);
-    pool.parallel_for(0, P, [&](size_t q, int) { likelihood_map(mic, d, q, 0, F, other[q], constant[q], kAll); });
     // Tracks: all particles of the micrograph together. Positions in Å for the kernel; velocities in
     // particle px (all the micrograph's particles share one pixel size for the prior: the first's).
     const double part_px = optics.group_of(mic.particles[0]).pixel_size;
-    std::vector<double> px(P), py(P);
-    for (size_t q = 0; q < P; ++q) {
-      px[q] = coord_x[mic.particles[q]] * mf.coords_angpix;
-      py[q] = coord_y[mic.particles[q]] * mf.coords_angpix;
-    }
+    std::vector<double> px, py;
+    positions(mic, d, px, py);
     MotionPrior prior{mf.dose * opt.s_vel / part_px, opt.s_div, mf.dose * opt.s_acc / part_px};
-    prior.sigma_off = offset_prior_sigma(constant, int(P), 1);
+    prior.sigma_off = offsets_sigma(mic, d, kAll);
     const VelocityBasis basis = velocity_basis(px, py, prior);
     MotionFitOptions fo;
     fo.max_iterations = opt.max_iters;
