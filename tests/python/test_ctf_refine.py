@@ -78,6 +78,31 @@ def test_same_result_with_one_thread(data):
                        shallow=False)
 
 
+ALL = ["--fit_beamtilt", "--fit_aniso", "--fit_defocus", "--fit_aberr", "--fit_bfacs", "--fit_mode", "mpmff"]
+
+
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="OpenMPI not installed")
+@pytest.mark.parametrize("ranks,threads", [(2, 1), (3, 2)])
+def test_mpirun_gives_the_bytes_of_one_process(data, ranks, threads):
+    """Under mpirun the ranks fit alternate blocks of micrographs and exchange their sums and per-particle
+    results: every pass (noise, beam tilt, magnification, even aberrations, defocus with a per-micrograph
+    phase shift, B-factors) gives the bytes of one process, whatever the ranks and threads; one set of
+    images (rank 0's)."""
+    d, _ = data
+    if not (d / "all_one").exists():
+        run_regula("ctf_refine", "--i", "input.star", "--m1", "half1.mrc", "--m2", "half2.mrc", "--o", "all_one", *ALL,
+                   "--j", 2, cwd=d)
+    out = f"all_mpi{ranks}"
+    r = subprocess.run(["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(ranks), regula_binary(),
+                        "ctf_refine", "--i", "input.star", "--m1", "half1.mrc", "--m2", "half2.mrc", "--o", out, *ALL,
+                        "--j", str(threads)], cwd=d, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    one = sorted(p.name for p in (d / "all_one").iterdir())
+    assert sorted(p.name for p in (d / out).iterdir()) == one and len(one) == 9, one
+    for name in one:
+        assert filecmp.cmp(d / "all_one" / name, d / out / name, shallow=False), name
+
+
 def test_refined_values_improve_the_reconstruction(data):
     """The refined file, reconstructed, is closer to the true map than the input file (the values are used
     by reconstruct), and relion_reconstruct reads the file to the same map as Regula's reconstruct."""

@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <limits>
 #include <map>
 #include <memory>
 #include <numeric>
+#include <type_traits>
 
 #if defined(__SSE4_1__)
 #include <smmintrin.h>
@@ -19,6 +21,7 @@
 #include "regula/core/atomic_file.hpp"
 #include "regula/core/error.hpp"
 #include "regula/core/fft.hpp"
+#include "regula/core/mpi.hpp"
 #include "regula/core/nelder_mead.hpp"
 #include "regula/core/parallel.hpp"
 #include "regula/core/progress.hpp"
@@ -229,30 +232,106 @@ std::vector<std::vector<size_t>> make_units(const ParticleTable& t, bool* by_mic
   return units;
 }
 
-// Runs `fn(unit, acc, images, thread)` over the units with one accumulator per unit (made by
-// `make`), added into `total` by `merge(total, acc)` in unit order.
-template <class Acc, class Make, class Fn, class Merge>
+// Under mpirun the units go to the ranks in blocks of kUnitsPerBlock consecutive units, block b to
+// rank b mod ranks; a rank reads and fits only its blocks' particles.
+constexpr size_t kUnitsPerBlock = 4;
+bool this_rank_fits(size_t unit) {
+  return (unit / kUnitsPerBlock) % size_t(mpi::size()) == size_t(mpi::rank());
+}
+
+// The doubles of an accumulator made of vectors of vectors of T (T: doubles only, e.g. complex or a
+// struct of sums), for `flat` below.
+template <class T, class Visit>
+void each_array(std::vector<std::vector<T>>& v, Visit&& visit) {
+  static_assert(std::is_trivially_copyable_v<T> && sizeof(T) % sizeof(double) == 0);
+  for (auto& x : v) visit(static_cast<void*>(x.data()), x.size() * (sizeof(T) / sizeof(double)));
+}
+
+// Runs `fn(unit, acc, images)` over the units with one accumulator per unit (made by `make`, zero).
+// A block's units are added in unit order into a block sum (from zero) by `merge(sum, acc)`, and the
+// block sums into `total` in block order: the same additions in the same order whatever the threads
+// and ranks. Under mpirun every rank computes its blocks' sums, the ranks exchange them (each value
+// comes from one rank, the others add zeros: exact), and every rank adds them all. `flat(acc, visit)`
+// calls visit(data, count) for each array of doubles the accumulator holds.
+template <class Acc, class Make, class Fn, class Merge, class Flat>
 void run_pass(const std::vector<std::vector<size_t>>& units, const ParticleTable& t, ThreadPool& pool, const char* what,
-              Acc& total, Make make, Fn fn, Merge merge) {
+              Acc& total, Make make, Fn fn, Merge merge, Flat flat) {
   std::vector<std::unique_ptr<ParticleImages>> readers(size_t(pool.size()));
   for (auto& r : readers) r = std::make_unique<ParticleImages>(t, 16);
-  const size_t chunk = size_t(4 * pool.size());
-  Progress progress(fmt::format("ctf_refine: {}", what), double(t.size()));
-  for (size_t u0 = 0; u0 < units.size(); u0 += chunk) {
-    const size_t u1 = std::min(units.size(), u0 + chunk);
-    std::vector<Acc> acc(u1 - u0);
-    pool.parallel_for(u0, u1, [&](size_t u, int th) {
-      acc[u - u0] = make();
-      fn(units[u], acc[u - u0], *readers[size_t(th)]);
+  const size_t ranks = size_t(mpi::size());
+  const size_t blocks = (units.size() + kUnitsPerBlock - 1) / kUnitsPerBlock;
+  // Blocks per round: enough units for every thread of every rank (the same on all ranks: --j is).
+  const size_t per_round = ranks * std::max<size_t>(1, (4 * size_t(pool.size()) + kUnitsPerBlock - 1) / kUnitsPerBlock);
+  double mine = 0;
+  for (size_t u = 0; u < units.size(); ++u)
+    if (this_rank_fits(u)) mine += double(units[u].size());
+  Progress progress(fmt::format("ctf_refine: {}", what), mine);
+  std::vector<double> buffer;
+  for (size_t b0 = 0; b0 < blocks; b0 += per_round) {
+    const size_t b1 = std::min(blocks, b0 + per_round);
+    std::vector<size_t> todo;
+    for (size_t u = b0 * kUnitsPerBlock; u < std::min(units.size(), b1 * kUnitsPerBlock); ++u)
+      if (this_rank_fits(u)) todo.push_back(u);
+    std::vector<Acc> acc(todo.size());
+    pool.parallel_for(0, todo.size(), [&](size_t k, int th) {
+      acc[k] = make();
+      fn(units[todo[k]], acc[k], *readers[size_t(th)]);
     });
-    size_t done = 0;
-    for (size_t u = u0; u < u1; ++u) {
-      merge(total, acc[u - u0]);
-      done += units[u].size();
+    std::vector<Acc> sums;
+    sums.reserve(b1 - b0);
+    for (size_t b = b0; b < b1; ++b) sums.push_back(make());
+    double done = 0;
+    for (size_t k = 0; k < todo.size(); ++k) {
+      merge(sums[todo[k] / kUnitsPerBlock - b0], acc[k]);
+      done += double(units[todo[k]].size());
     }
-    progress.advance(double(done));
+    acc.clear();
+    if (ranks > 1) {
+      size_t n = 0;
+      for (Acc& s : sums) flat(s, [&](void*, size_t c) { n += c; });
+      if (n > 0) {
+        buffer.resize(n);
+        size_t at = 0;
+        for (Acc& s : sums)
+          flat(s, [&](void* p, size_t c) {
+            std::memcpy(buffer.data() + at, p, c * sizeof(double));
+            at += c;
+          });
+        mpi::allreduce_sum(buffer.data(), n);
+        at = 0;
+        for (Acc& s : sums)
+          flat(s, [&](void* p, size_t c) {
+            std::memcpy(p, buffer.data() + at, c * sizeof(double));
+            at += c;
+          });
+      }
+    }
+    for (Acc& s : sums) merge(total, s);
+    progress.advance(done);
   }
   progress.finish();
+}
+
+// Per-particle results (T) filled by the rank that fitted the particle's unit, made whole on every
+// rank: the others add zeros (exact). `fields(value, visit)` calls visit(double&) for each value.
+template <class T, class Fields>
+void share_per_particle(const std::vector<std::vector<size_t>>& units, std::vector<T>& v, Fields fields) {
+  if (mpi::size() == 1) return;
+  size_t per = 0;
+  T probe{};
+  fields(probe, [&](double&) { ++per; });
+  std::vector<double> buffer(v.size() * per, 0.0);
+  for (size_t u = 0; u < units.size(); ++u)
+    if (this_rank_fits(u))
+      for (size_t i : units[u]) {
+        size_t j = 0;
+        fields(v[i], [&](double& x) { buffer[i * per + j++] = x; });
+      }
+  mpi::allreduce_sum(buffer.data(), buffer.size());
+  for (size_t i = 0; i < v.size(); ++i) {
+    size_t j = 0;
+    fields(v[i], [&](double& x) { x = buffer[i * per + j++]; });
+  }
 }
 
 // ---- noise power and grey scale (per optics group and shell) ----
@@ -297,6 +376,9 @@ void estimate_noise(const Context& cx, Model& md, const std::vector<std::vector<
                  t.pp[g][sh] += a.pp[g][sh];
                  t.count[g][sh] += a.count[g][sh];
                }
+           },
+           [](ShellSums& a, auto&& visit) {
+             for (auto* v : {&a.xx, &a.xp, &a.pp, &a.count}) each_array(*v, visit);
            });
   md.weight.assign(G, {});
   md.scale.assign(G, 1.0);
@@ -332,6 +414,7 @@ void estimate_noise(const Context& cx, Model& md, const std::vector<std::vector<
 // A phase image (box x box, origin at the centre) from per-pixel values on a pixel list (and their
 // Hermitian mates, negated: the odd phase is antisymmetric, `odd`) or symmetric (even).
 void write_phase_png(const std::string& path, const PixelList& pl, const std::vector<double>& value, bool odd) {
+  if (mpi::rank() != 0) return;  // under mpirun: every rank has the same values; one writes
   const int m = pl.box;
   std::vector<double> img(size_t(m) * m, std::nan(""));
   for (size_t k = 0; k < pl.size(); ++k) {
@@ -495,7 +578,7 @@ void fit_odd(const CtfRefineOptions& opt, const Context& cx, Model& md, const Ge
                add_odd(md, refit, size_t(cx.table->optics_index[i]), o, a);
              }
            },
-           merge_odd);
+           merge_odd, [](OddSums& a, auto&& visit) { each_array(a, visit); });
   solve_odd(opt, md, total);
   rebuild(md, geo);
 }
@@ -555,7 +638,8 @@ void fit_even(const CtfRefineOptions& opt, const Context& cx, Model& md, const G
                  x.m01 += y.m01;
                  x.m11 += y.m11;
                }
-           });
+           },
+           [](Acc& a, auto&& visit) { each_array(a, visit); });
   for (size_t g = 0; g < G; ++g) {
     OpticsGroup& og = md.table->optics[g];
     const PixelList& pl = md.pixels[g];
@@ -648,6 +732,10 @@ double fit_mag(const CtfRefineOptions& opt, const Context& cx, Model& md, const 
                    x.b0 += y.b0;
                    x.b1 += y.b1;
                  }
+             },
+             [](Acc& a, auto&& visit) {
+               each_array(a.mag, visit);
+               each_array(a.odd, visit);
              });
     largest = 0;
     std::vector<Mat2> E(G, kIdentity2);
@@ -1068,7 +1156,13 @@ double fit_defocus(const CtfRefineOptions& opt, const Context& cx, Model& md, co
                  fit_unit_defocus(terms, mode_defocus, mode_astig, mode_phase, opt.defocus_range, step, phase_terms);
              for (size_t u = 0; u < unit.size(); ++u) change[unit[u]] = c[u];
            },
-           [](None&, const None&) {});
+           [](None&, const None&) {}, [](None&, auto&&) {});
+  share_per_particle(units, change, [](DefocusChange& c, auto&& visit) {
+    visit(c.dd);
+    visit(c.da1);
+    visit(c.da2);
+    visit(c.dphi);
+  });
   double sum2 = 0, phase2 = 0;
   for (size_t i = 0; i < table.size(); ++i) {
     DefocusForm f = defocus_form(table.defocus_u[i], table.defocus_v[i], table.defocus_angle[i]);
@@ -1223,7 +1317,14 @@ void fit_envelope(const CtfRefineOptions& opt, const Context& cx, Model& md,
                for (size_t i : unit) fits[i] = f;
              }
            },
-           [](None&, const None&) {});
+           [](None&, const None&) {}, [](None&, auto&&) {});
+  share_per_particle(units, fits, [](EnvelopeFit& f, auto&& visit) {
+    visit(f.bfactor);
+    visit(f.scale);
+    double bound = f.at_bound ? 1 : 0;
+    visit(bound);
+    f.at_bound = bound != 0;
+  });
   double sb = 0, sb2 = 0, ss = 0, ss2 = 0;
   size_t bound = 0;
   for (size_t i = 0; i < table.size(); ++i) {
@@ -1416,7 +1517,8 @@ CtfRefineResult ctf_refine(const CtfRefineOptions& opt_in) {
   res.rms_defocus_change = std::sqrt(change2 / double(count));
 
   res.star = opt.out_dir + "/particles_ctf_refine.star";
-  table.write(res.star);
+  if (mpi::rank() == 0) table.write(res.star);
+  mpi::barrier();  // the file exists when any rank returns
   res.particles = long(count);
   res.max_resolution = 1.0 / f_max;
   res.groups = group_results(table);
