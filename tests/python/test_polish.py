@@ -263,6 +263,17 @@ def test_training_mode_fits_the_prior(data):
     r = polish(d, *POLISH, "--min_p", "50", "--par_iters", "2", "--o", "TrainG/", "--params2", "--par_group", "1")
     name = star_loop(d / "particles.star", "optics").get("rlnOpticsGroupName", ["opticsGroup1"])[0]
     assert len(trained(r, d / f"TrainG/opt_params_group_{name}.txt")[0]) == 3
+    # --only_do_unfinished (a project job's --continue): a finished training is kept (the file not
+    # rewritten); without its file the training runs again, to the same bytes.
+    out = d / f"TrainG/opt_params_group_{name}.txt"
+    stamp, first = out.stat().st_mtime_ns, out.read_bytes()
+    again = [*POLISH, "--min_p", "50", "--par_iters", "2", "--o", "TrainG/", "--params2", "--par_group", "1",
+             "--only_do_unfinished"]
+    r = polish(d, *again)
+    assert "trained before (--only_do_unfinished)" in r.stderr and out.stat().st_mtime_ns == stamp, r.stderr[-2000:]
+    out.unlink()
+    r = polish(d, *again)
+    assert "trained before" not in r.stderr and out.read_bytes() == first, r.stderr[-2000:]
     polish(d, *POLISH, "--o", "PolishTrained/", "--params_file", "Train/opt_params_all_groups.txt")
     ours, glob = errors(d, "PolishTrained")
     assert ours.mean() < 1.5 * glob.mean(), (ours, glob)

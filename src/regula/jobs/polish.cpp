@@ -364,7 +364,6 @@ std::string PolishOptions::validate() const {
   if (params2 && params3) return "give --params2 or --params3, not both";
   if (params2 || params3) {
     if (combine_frames) return "--combine_frames with --params2/--params3: training estimates parameters only";
-    if (only_do_unfinished) return "--only_do_unfinished with --params2/--params3: training estimates parameters only";
     if (!params_file.empty()) return "--params_file with --params2/--params3: the start is --s_vel_0/--s_div_0/--s_acc_0";
     if (!(align_frac > 0 && align_frac <= 1) || !(eval_frac > 0 && eval_frac <= 1))
       return "--align_frac and --eval_frac must lie in (0, 1]";
@@ -697,6 +696,23 @@ PolishResult polish(const PolishOptions& opt_in) {
     if (opt.par_group > 0 && size_t(opt.par_group) > optics.groups())
       input_error("{}: --par_group {}: the particles have {} optics groups", opt.particles, opt.par_group,
                   optics.groups());
+    auto group_name = [&](size_t g) {
+      return table.optics[g].name.empty() ? fmt::format("opticsGroup{}", table.optics[g].number) : table.optics[g].name;
+    };
+    res.params_out = opt.out_dir + "/" +
+                     (opt.par_group > 0 ? "opt_params_group_" + group_name(size_t(opt.par_group - 1)) + ".txt"
+                                        : std::string("opt_params_all_groups.txt"));
+    // --only_do_unfinished (a project job's --continue): a training that wrote its file is done.
+    if (opt.only_do_unfinished && fs::exists(res.params_out)) {
+      std::ifstream in(res.params_out);
+      if (!(in >> res.trained[0] >> res.trained[1] >> res.trained[2]) || !(res.trained[0] > 0) ||
+          !(res.trained[1] > 0))
+        input_error("{}: expected three numbers s_vel s_div s_acc (written by an earlier training; remove it to "
+                    "train again)", res.params_out);
+      spdlog::info("polish: {} exists: trained before (--only_do_unfinished): --s_vel {} --s_div {} --s_acc {}",
+                   res.params_out, res.trained[0], res.trained[1], res.trained[2]);
+      return res;
+    }
     struct Training {
       Micrograph mic;
       int F = 0;
@@ -841,12 +857,6 @@ PolishResult polish(const PolishOptions& opt_in) {
     if (!(res.trained[2] > 0)) res.trained[2] = -1;  // no acceleration term
     if (res.trained[0] <= 0) res.trained[0] = opt.conv * 0.5 / kVel;
     if (res.trained[1] <= 0) res.trained[1] = opt.conv * 0.5 / kDiv;
-    auto group_name = [&](size_t g) {
-      return table.optics[g].name.empty() ? fmt::format("opticsGroup{}", table.optics[g].number) : table.optics[g].name;
-    };
-    res.params_out = opt.out_dir + "/" +
-                     (opt.par_group > 0 ? "opt_params_group_" + group_name(size_t(opt.par_group - 1)) + ".txt"
-                                        : std::string("opt_params_all_groups.txt"));
     write_file_atomic(res.params_out, fmt::format("{} {} {}\n", res.trained[0], res.trained[1], res.trained[2]));
     spdlog::info("polish: good parameters: --s_vel {} --s_div {} --s_acc {} (score {:.8f} from {:.8f}; {} iterations); "
                  "written to {} (give it to --params_file)", res.trained[0], res.trained[1], res.trained[2],
