@@ -4,8 +4,9 @@ demodulatePhase), even Zernikes (in the CTF), CTF-premultiplied data (CTF^2 in t
 X with weight CTF^2 in the sums), phase-flipped data (|CTF|) and, in the 3D engines, anisotropic
 magnification and optics groups of different pixel and box sizes (references projected and sums
 inserted at T k, translations searched in each image's own pixels, noise per group at its own box);
-class2d resamples optics groups of other pixel and box sizes at the first group's Fourier grid and
-refuses anisotropic magnification with a message.
+class2d keeps its classes in the first optics group's image frame (its magnification included, the
+CTF at the magnified frequencies) and resamples the groups of another pixel size, box size or
+magnification there.
 
 Each case is a pair of data sets simulated with the same seed, so with the same poses, defoci and
 noise: the plain set and the set with the label. Run on the labelled set, an engine must do as
@@ -227,6 +228,34 @@ def test_class2d_resamples_optics_groups_of_other_sampling(tmp_path, seed):
         assert a.replace(b"mixed/run", b"j1/run") == b, f
 
 
+def test_class2d_models_anisotropic_magnification(sets):
+    """class2d on one view (random psi) of the map with anisotropic magnification (1.02, 0.01, -0.005,
+    0.985), K 1, 8 iterations: the classes are in the optics group's own image frame, so the images are
+    not resampled, and the CTF is evaluated at the magnified frequencies: the plain set's resolution and
+    psi accuracy; with the magnification removed from the STAR file (the CTF then at the wrong
+    frequencies) a worse resolution and psi. Measured 2026-12-07 (seeds 3 / 4 of this set): resolution
+    2.62 / 2.74 Å plain and modelled, 3.39 / 3.39 Å hidden; median psi error 0.70 / 0.75 degrees modelled,
+    0.94 / 1.01 hidden."""
+    d = sets
+    for name, opts in (("plain", []), ("magnified", LABELLED["magnification"])):
+        if not (d / f"view_{name}").exists():
+            run_regula("simulate", "--i", d / "atoms.mrc", "--o", d / f"view_{name}", *SIM, "--views", 1, *opts)
+    set_optics(d / "view_magnified/particles.star", d / "view_magnified/hidden.star", HIDDEN["magnification"])
+    res, psi = {}, {}
+    for tag, star, truth in (("plain", "view_plain/particles.star", "view_plain/truth.star"),
+                             ("modelled", "view_magnified/particles.star", "view_magnified/truth.star"),
+                             ("hidden", "view_magnified/hidden.star", "view_magnified/truth.star")):
+        run_regula("class2d", "--i", d / star, "--o", d / f"c2m_{tag}/run", "--K", 1, "--iter", 8, "--ctf", "--no_norm",
+                   "--j", 2)
+        res[tag] = model_general(d / f"c2m_{tag}/run_it008_model.star")["rlnCurrentResolution"]
+        dev, _ = psi_deviation(d / truth, d / f"c2m_{tag}/run_it008_data.star")
+        psi[tag] = float(np.median(np.abs(dev)))
+    print(res, psi)
+    assert res["modelled"] <= res["plain"] * 1.02, res
+    assert res["hidden"] > res["modelled"] * 1.1, res
+    assert psi["modelled"] < 1.1 * psi["plain"] and psi["modelled"] < 0.9 * psi["hidden"], psi
+
+
 def test_class2d_models_beam_tilt(sets):
     """class2d (its own 2D E-step, estep/) on one view (simulate --views 1, random psi) of the map with
     beam tilt, K 1, 8 iterations: modelled, it reaches the plain set's resolution and a
@@ -238,7 +267,8 @@ def test_class2d_models_beam_tilt(sets):
     d = sets
     res = {}
     for name, opts in (("plain", []), ("tilted", LABELLED["beam_tilt"])):
-        run_regula("simulate", "--i", d / "atoms.mrc", "--o", d / f"view_{name}", *SIM, "--views", 1, *opts)
+        if not (d / f"view_{name}").exists():
+            run_regula("simulate", "--i", d / "atoms.mrc", "--o", d / f"view_{name}", *SIM, "--views", 1, *opts)
     set_optics(d / "view_tilted/particles.star", d / "view_tilted/hidden.star", HIDDEN["beam_tilt"])
     for tag, star in (("plain", "view_plain/particles.star"), ("modelled", "view_tilted/particles.star"),
                       ("hidden", "view_tilted/hidden.star")):
@@ -267,8 +297,7 @@ def test_engines_take_the_modelled_labels_and_refuse_the_rest(sets, command):
                         "--offset_range", 1, "--offset_step", 1],
             "class2d": ["--K", 2, "--iter", 1, "--offset_range", 1, "--offset_step", 1],
             "initial_model": ["--iter", 1]}[command]
-    geometry = ("magnification", "mixed_pixel", "mixed_sampling") if command != "class2d" else ("mixed_pixel",
-                                                                                               "mixed_sampling")
+    geometry = ("magnification", "mixed_pixel", "mixed_sampling")
     for case in ("beam_tilt", "premultiplied", "phase_flipped") + geometry:
         run_regula(command, "--i", d / case / "particles.star", "--o", d / case / command / "run", "--ctf", "--j", 2,
                    *fast)
@@ -277,16 +306,6 @@ def test_engines_take_the_modelled_labels_and_refuse_the_rest(sets, command):
         assert r.returncode == 1 and f"not yet supported by {command} without --ctf" in r.stderr, r.stderr
         assert str(d / case / "particles.star") in r.stderr and len(r.stderr.strip().splitlines()) == 1
         assert not (d / case / f"{command}_noctf").exists() or not any((d / case / f"{command}_noctf").iterdir())
-    refused = [("magnification", "_rlnMagMat00")] if command == "class2d" else []
-    for case, label in refused:
-        star = d / case / "particles.star"
-        r = run_regula(command, "--i", star, "--o", d / case / f"{command}_refused" / "run", "--ctf", *fast,
-                       check=False)
-        assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-        for words in (label, str(star), f"not yet supported by {command}"):
-            assert words in r.stderr, (words, r.stderr)
-        out = d / case / f"{command}_refused"
-        assert not out.exists() or not any(out.iterdir())
 
 
 def pose_errors(truth, est):

@@ -238,8 +238,103 @@ FourierResampler::FourierResampler(int n, int N, double s) : n_(n), N_(N), hx_(N
   }
 }
 
+namespace {
+// Kaiser-Bessel kernel of width W (padded-grid px) for oversampling 2 (Beatty et al. 2005's beta).
+struct KbKernel {
+  double W, beta;
+  explicit KbKernel(int w) : W(w), beta(kPi * std::sqrt(W * W / 4.0 * 2.25 - 0.8)) {}
+  double operator()(double u) const {
+    const double t = 2 * u / W;
+    return std::abs(t) >= 1 ? 0.0 : std::cyl_bessel_i(0.0, beta * std::sqrt(1 - t * t));
+  }
+  // Its continuous transform at real-space offset r of a grid of `len` px: the integral of
+  // kernel(u) cos(2 pi u r / len), by the trapezoid rule on 4,096 intervals (the kernel is smooth
+  // and near 0 at its ends).
+  double transform(double r, int len) const {
+    const int steps = 4096;
+    const double h = W / steps;
+    double sum = 0;
+    for (int i = 0; i <= steps; ++i) {
+      const double u = -W / 2 + i * h;
+      sum += (i == 0 || i == steps ? 0.5 : 1.0) * (*this)(u) * std::cos(2 * kPi * u * r / len);
+    }
+    return sum * h;
+  }
+};
+}  // namespace
+
+FourierResampler::FourierResampler(int n, int N, const std::array<std::array<double, 2>, 2>& M)
+    : n_(n), N_(N), hx_(N / 2 + 1) {
+  if (M[0][1] == 0 && M[1][0] == 0 && M[0][0] == M[1][1]) {
+    *this = FourierResampler(n, N, M[0][0]);
+    return;
+  }
+  const double det = M[0][0] * M[1][1] - M[0][1] * M[1][0];
+  if (n < 2 || N < 2 || !(std::abs(det) > 0))
+    runtime_error("FourierResampler: an {} px image to box {} through a singular matrix", n, N);
+  const int P = 2 * n;  // the padded grid
+  const KbKernel kb(kTaps);
+  nu_deapod_.resize(size_t(n));
+  for (int x = 0; x < n; ++x) nu_deapod_[size_t(x)] = float(1.0 / kb.transform(double(x - n / 2), P));
+  for (int iy = 0; iy < N; ++iy)
+    for (int kx = 0; kx < hx_; ++kx) {
+      const double qx = kx, qy = fft_freq(iy, N);
+      const double fx = M[0][0] * qx + M[0][1] * qy, fy = M[1][0] * qx + M[1][1] * qy;
+      if (std::lround(std::sqrt(fx * fx + fy * fy)) > n / 2) continue;
+      nu_out_.push_back(uint32_t(iy * hx_ + kx));
+      for (int axis = 0; axis < 2; ++axis) {
+        const double kappa = 2.0 * (axis == 0 ? fx : fy);  // padded-grid Fourier px
+        const int m0 = int(std::floor(kappa - kTaps / 2.0)) + 1;
+        auto& w = axis == 0 ? nu_wx_ : nu_wy_;
+        auto& ix = axis == 0 ? nu_ix_ : nu_iy_;
+        for (int t = 0; t < kTaps; ++t) {
+          const int m = m0 + t;
+          w.push_back(float(kb(kappa - m)));
+          ix.push_back(((m % P) + P) % P);
+        }
+      }
+    }
+}
+
+void FourierResampler::transform_nonuniform(const Grid<float>& img, Grid<cfloat>& out) const {
+  const int P = 2 * n_, c = n_ / 2;
+  // The image divided by the kernel's transform, its centre at the padded grid's origin.
+  Grid<float> pad(P, P, 1, 0.0f);
+  for (int y = 0; y < n_; ++y)
+    for (int x = 0; x < n_; ++x)
+      pad(((x - c) % P + P) % P, ((y - c) % P + P) % P) = img(x, y) * nu_deapod_[size_t(x)] * nu_deapod_[size_t(y)];
+  Grid<cfloat> G;
+  fft_forward(pad, G);
+  // The whole padded transform from its half (Hermitian: G(-m) = conj G(m)).
+  std::vector<cfloat> full(size_t(P) * size_t(P));
+  for (int my = 0; my < P; ++my)
+    for (int mx = 0; mx < P; ++mx)
+      full[size_t(my) * size_t(P) + size_t(mx)] =
+          mx <= P / 2 ? G(mx, my) : std::conj(G(P - mx, (P - my) % P));
+  for (size_t o = 0; o < nu_out_.size(); ++o) {
+    const float* wx = nu_wx_.data() + o * kTaps;
+    const float* wy = nu_wy_.data() + o * kTaps;
+    const int32_t* ix = nu_ix_.data() + o * kTaps;
+    const int32_t* iy = nu_iy_.data() + o * kTaps;
+    cfloat sum(0, 0);
+    for (int b = 0; b < kTaps; ++b) {
+      const cfloat* row = full.data() + size_t(iy[b]) * size_t(P);
+      cfloat r(0, 0);
+      for (int a = 0; a < kTaps; ++a) r += wx[a] * row[ix[a]];
+      sum += wy[b] * r;
+    }
+    out[nu_out_[o]] = sum;
+  }
+}
+
 void FourierResampler::transform(const Grid<float>& img, Grid<cfloat>& out) const {
   if (img.nx() != n_ || img.ny() != n_) runtime_error("FourierResampler: a {}x{} image for {} px", img.nx(), img.ny(), n_);
+  if (!nu_out_.empty() || !nu_deapod_.empty()) {
+    if (out.nx() != hx_ || out.ny() != N_ || out.nz() != 1) out = Grid<cfloat>(hx_, N_);
+    std::fill(out.begin(), out.end(), cfloat(0, 0));
+    transform_nonuniform(img, out);
+    return;
+  }
   if (out.nx() != hx_ || out.ny() != N_ || out.nz() != 1) out = Grid<cfloat>(hx_, N_);
   std::fill(out.begin(), out.end(), cfloat(0, 0));
   const size_t hx = size_t(hx_), n = size_t(n_);

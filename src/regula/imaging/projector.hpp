@@ -26,6 +26,7 @@
 //    keep the origin at n/2, so relion_project's odd-box images equal ours moved
 //    by (+1, +1) pixel (tests/cpp/test_projector.cpp pins this).
 #pragma once
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -189,17 +190,33 @@ Grid<float> from_fourier_centred(const Grid<cfloat>& F_half, int n, int nthreads
 // Nyquist) are 0. Optics groups of another pixel or box size seen at a reference's sampling.
 Grid<cfloat> fourier_centred_resampled(const Grid<float>& img, int N, double s);
 // The same for many n x n images: the phase tables made once (float; sums in float, as the FFTs).
+// With a matrix M (image Fourier px per reference Fourier px; an optics group with anisotropic
+// magnification, M = T_g^-1) the frequencies M k are off the separable grid: the DFT there is
+// evaluated by a type-2 non-uniform FFT (the image divided by the kernel's transform, zero-padded
+// twice, transformed, then interpolated at 2 M k with a Kaiser-Bessel kernel of 8 x 8 taps: error
+// 1e-7 of the largest coefficient, float round-off, tests/cpp/test_projector.cpp); pixels with
+// round(|M k|) > n/2 are 0. M = s I takes the exact separable path above.
 class FourierResampler {
  public:
   FourierResampler() = default;
   FourierResampler(int n, int N, double s);
+  FourierResampler(int n, int N, const std::array<std::array<double, 2>, 2>& M);
   int image_size() const { return n_; }
   // out becomes (N/2+1) x N.
   void transform(const Grid<float>& img, Grid<cfloat>& out) const;
 
  private:
+  void transform_nonuniform(const Grid<float>& img, Grid<cfloat>& out) const;
   int n_ = 0, N_ = 0, hx_ = 0;
   double s_ = 1;
+  // Non-uniform path (empty otherwise): per kept pixel of the grid, its index in `out` and its
+  // kernel's taps (kTaps weights and padded-grid indices along x and along y); the deapodisation
+  // factor per image row/column.
+  static constexpr int kTaps = 8;
+  std::vector<uint32_t> nu_out_;
+  std::vector<float> nu_wx_, nu_wy_;
+  std::vector<int32_t> nu_ix_, nu_iy_;
+  std::vector<float> nu_deapod_;
   std::vector<float> cx_, sx_;   // [x * hx + kx]: cos, sin of -2 pi s kx (x - n/2) / n
   std::vector<int> rows_;        // rows iy of the grid within the image's Nyquist
   std::vector<float> cy_, sy_;   // [r * n + y] for row rows_[r]

@@ -198,18 +198,27 @@ class Job {
   // `img` (its own box, norm-corrected) masked at its own sampling, then resampled at the reference's grid.
   void load_resampled(size_t i, size_t p, Image& img, double nf, const FourierPixels& px, Batch& b,
                       mstep::FirstNoiseEstimate* first_noise) const;
-  // Optics groups sampled differently from the reference (another pixel or box size; anisotropic
-  // magnification is refused), as RELION 3.1: the reference (classes) has the first group's box and
-  // pixel size; a particle of another group is masked at its own sampling, and its transform is taken
-  // exactly at its own frequencies s q of the reference's grid (fourier_centred_resampled; T_g = I / s,
-  // imaging/optics_model.hpp), corrected for its aberration phase and moved by its origin there, where
-  // the whole E-step and M-step then work; its pixels beyond its own Nyquist carry no data.
+  // Optics groups sampled differently from the reference (another pixel or box size, anisotropic
+  // magnification), as RELION 3.1: the reference (classes) has the first group's box and pixel size;
+  // a particle of another group is masked at its own sampling, and its transform is taken at its own
+  // frequencies M q of the reference's grid (M = T_g^-1, imaging/optics_model.hpp; the exact DFT,
+  // fourier_centred_resampled, when M = s I, else the non-uniform FFT of FourierResampler),
+  // corrected for its aberration phase and moved by its origin there, where the whole E-step and
+  // M-step then work; its pixels beyond its own Nyquist carry no data. Origins stay in the image's
+  // own frame (Å of its pixels, as RELION's): the image shift t (px) is the reference frame's shift
+  // M^T t N / p (N the reference's box, p the image's).
   struct GroupSampling {
     bool mapped = false;          // T_g is not the identity
+    bool isotropic = true;        // M = scale I
     int box = 0;                  // px of the group's images
     double pixel = 0;             // Å of the group's images
-    double scale = 1;             // T_g^-1 = scale I: image Fourier px per reference Fourier px, box p / (n P)
-    double density = 1;           // image pixels per reference pixel, scale^2: the noise weight's factor
+    Mat2 to_reference = kIdentity2;  // T: image Fourier px -> reference Fourier px (T_1^-1 T_g)
+    Mat2 to_image = kIdentity2;   // M = T^-1: image Fourier px per reference Fourier px
+    double scale = 1;             // sqrt |det M| (M = scale I when isotropic: box p / (n P))
+    double stretch = 1;           // the largest singular value of M
+    Mat2 origin_to_ref = kIdentity2;  // image origin (Å) -> reference px (anisotropic groups)
+    Mat2 ref_to_origin = kIdentity2;  // its inverse
+    double density = 1;           // image pixels per reference pixel, |det M|: the noise weight's factor
     Grid<cfloat> demodulate;      // exp(-i phi) of the group's aberration phase on the reference's grid (or empty)
     FourierResampler resample;    // its images' transforms at the reference's grid
     std::vector<double> counts;   // per reference shell: its pixels where the group's images have data
@@ -219,9 +228,40 @@ class Job {
   // Image shell of reference pixel q for group g; -1 beyond the image's Nyquist (no data), as
   // fourier_centred_resampled.
   int image_shell(size_t g, double qx, double qy) const {
-    const double kx = sampling_[g].scale * qx, ky = sampling_[g].scale * qy;
+    const auto [kx, ky] = image_frequency(sampling_[g], qx, qy);
     const int s = int(std::lround(std::sqrt(kx * kx + ky * ky)));
     return s > sampling_[g].box / 2 ? -1 : s;
+  }
+  // T_1^-1 T_g (optics_model.hpp's T_g: image Fourier px -> the undistorted reference frame's), the
+  // identity when it is within 1e-9 of it (rounding of equal groups).
+  Mat2 relative_to_first(size_t g) const {
+    if (g == 0) return kIdentity2;
+    const Mat2& A = optics_model_.group(0).to_reference;
+    const Mat2& B = optics_model_.group(g).to_reference;
+    const double det = A[0][0] * A[1][1] - A[0][1] * A[1][0];
+    const Mat2 Ai{{{A[1][1] / det, -A[0][1] / det}, {-A[1][0] / det, A[0][0] / det}}};
+    Mat2 T{};
+    bool identity = true;
+    for (int r = 0; r < 2; ++r)
+      for (int c = 0; c < 2; ++c) {
+        T[size_t(r)][size_t(c)] = Ai[size_t(r)][0] * B[0][size_t(c)] + Ai[size_t(r)][1] * B[1][size_t(c)];
+        identity = identity && std::abs(T[size_t(r)][size_t(c)] - (r == c ? 1.0 : 0.0)) < 1e-9;
+      }
+    return identity ? kIdentity2 : T;
+  }
+  // Image Fourier px of reference pixel q for a resampled group: M q.
+  static std::array<double, 2> image_frequency(const GroupSampling& gs, double qx, double qy) {
+    if (gs.isotropic) return {gs.scale * qx, gs.scale * qy};
+    const Mat2& M = gs.to_image;
+    return {M[0][0] * qx + M[0][1] * qy, M[1][0] * qx + M[1][1] * qy};
+  }
+  // The origin (Å) reached from particle p's origin by a translation t (reference px).
+  std::array<double, 2> origin_after(size_t p, const std::array<double, 2>& t) const {
+    const size_t g = size_t(table_.optics_index[p]);
+    if (sampling_.empty() || sampling_[g].isotropic)
+      return {st_.origin_x[p] + t[0] * angpix_, st_.origin_y[p] + t[1] * angpix_};
+    const Mat2& R = sampling_[g].ref_to_origin;
+    return {st_.origin_x[p] + R[0][0] * t[0] + R[0][1] * t[1], st_.origin_y[p] + R[1][0] * t[0] + R[1][1] * t[1]};
   }
   void initialise();
   IterationReport iterate();
@@ -274,8 +314,7 @@ class Job {
     const double s2 = st_.sigma2_offset, c = -std::log(2 * std::numbers::pi * s2);
     for (size_t i = 0; i < count; ++i)
       for (size_t t = 0; t < trans.size(); ++t) {
-        const double dx = st_.origin_x[first + i] + trans[t][0] * angpix_;
-        const double dy = st_.origin_y[first + i] + trans[t][1] * angpix_;
+        const auto [dx, dy] = origin_after(first + i, trans[t]);
         out[i * trans.size() + t] = -(dx * dx + dy * dy) / (2 * s2) + c;
       }
     return out;
@@ -323,8 +362,6 @@ void Job::setup() {
   }
   // The optics this E-step models; the rest is refused.
   optics_model_ = engine_optics(table_, n_, opt_.ctf, "class2d", geometry);
-  // Anisotropic magnification would need the particles resampled through a general T_g (not yet).
-  optics_model_.require_only(OpticsModel::kAll & ~unsigned(OpticsModel::kAnisoMag), "class2d");
   n_ = optics_model_.reference_box();
   angpix_ = table_.optics.front().pixel_size;
   for (const auto& g : table_.optics) {
@@ -360,17 +397,42 @@ void Job::setup() {
     for (size_t g = 0; g < size_t(optics_); ++g) {
       const OpticsGroupModel& og = optics_model_.group(g);
       GroupSampling& gs = sampling_[g];
-      gs.mapped = og.maps_to_reference();
+      // The classes are in the first group's image frame (its magnification included): group g's
+      // image Fourier px k is T_1^-1 T_g k there, so the first group is never resampled, nor is any
+      // group of its sampling and magnification.
+      const Mat2 T = relative_to_first(g);
+      gs.to_reference = T;
+      gs.mapped = T != kIdentity2;
       gs.box = og.box;
       gs.pixel = og.pixel_size;
-      gs.scale = 1.0 / og.to_reference[0][0];  // isotropic: anisotropic magnification is refused above
-      gs.density = gs.scale * gs.scale;
-      if (gs.mapped) gs.resample = FourierResampler(gs.box, n_, gs.scale);
+      gs.isotropic = T[0][1] == 0 && T[1][0] == 0 && T[0][0] == T[1][1];
+      if (gs.isotropic) {
+        gs.scale = 1.0 / T[0][0];
+        gs.to_image = {{{gs.scale, 0}, {0, gs.scale}}};
+        gs.stretch = gs.scale;
+        gs.density = gs.scale * gs.scale;
+      } else {
+        const double det = T[0][0] * T[1][1] - T[0][1] * T[1][0];
+        const Mat2 M{{{T[1][1] / det, -T[0][1] / det}, {-T[1][0] / det, T[0][0] / det}}};
+        gs.to_image = M;
+        gs.density = std::abs(M[0][0] * M[1][1] - M[0][1] * M[1][0]);
+        gs.scale = std::sqrt(gs.density);
+        const double a = M[0][0] * M[0][0] + M[0][1] * M[0][1] + M[1][0] * M[1][0] + M[1][1] * M[1][1];
+        gs.stretch = std::sqrt(0.5 * (a + std::sqrt(std::max(0.0, a * a - 4 * gs.density * gs.density))));
+        // Shift t (image px) = origin / pixel; reference px: M^T t N / p.
+        const double f = double(n_) / (double(gs.box) * gs.pixel);
+        const Mat2 O{{{f * M[0][0], f * M[1][0]}, {f * M[0][1], f * M[1][1]}}};
+        const double dO = O[0][0] * O[1][1] - O[0][1] * O[1][0];
+        gs.origin_to_ref = O;
+        gs.ref_to_origin = {{{O[1][1] / dO, -O[0][1] / dO}, {-O[1][0] / dO, O[0][0] / dO}}};
+      }
+      if (gs.mapped) gs.resample = FourierResampler(gs.box, n_, gs.to_image);
       if (gs.mapped && og.has_phase()) {
         gs.demodulate = Grid<cfloat>(n_ / 2 + 1, n_, 1, cfloat(1, 0));
         for (int iy = 0; iy < n_; ++iy)
           for (int kx = 0; kx <= n_ / 2; ++kx) {
-            const std::array<double, 2> f = og.frequency(gs.scale * kx, gs.scale * fft_freq(iy, n_));
+            const auto [ix, iy_] = image_frequency(gs, kx, fft_freq(iy, n_));
+            const std::array<double, 2> f = og.frequency(ix, iy_);
             gs.demodulate(kx, iy) = std::polar(1.0f, float(-og.phase_at(f[0], f[1])));
           }
       }
@@ -378,8 +440,9 @@ void Job::setup() {
       for (size_t q = 0; q < all_px_.size(); ++q)
         if (image_shell(g, all_px_.kx[q], all_px_.ky[q]) >= 0) gs.counts[size_t(all_px_.shell[q])] += 1;
       if (gs.mapped)
-        log += fmt::format("{}group {} ({:.6g} Å, {} px: {:.3g} image pixels per reference pixel)", log.empty() ? "" : ", ",
-                           og.number, gs.pixel, gs.box, gs.density);
+        log += fmt::format("{}group {} ({:.6g} Å, {} px{}: {:.3g} image pixels per reference pixel)",
+                           log.empty() ? "" : ", ", og.number, gs.pixel, gs.box,
+                           gs.isotropic ? "" : ", anisotropic magnification", gs.density);
     }
     spdlog::info("class2d: classes at optics group {}'s sampling ({} px, {:.6g} Å); resampled to it: {}",
                  optics_model_.group(0).number, n_, angpix_, log);
@@ -499,7 +562,14 @@ void Job::load_resampled(size_t i, size_t p, Image& img, double nf, const Fourie
     gs.resample.transform(im, F);
     if (!gs.demodulate.empty())
       for (size_t k = 0; k < F.size(); ++k) F[k] *= gs.demodulate[k];
-    if (ox != 0 || oy != 0) shift_phase(F, ox / angpix_, oy / angpix_, n_);
+    if (ox != 0 || oy != 0) {
+      if (gs.isotropic) {
+        shift_phase(F, ox / angpix_, oy / angpix_, n_);
+      } else {
+        const Mat2& O = gs.origin_to_ref;
+        shift_phase(F, O[0][0] * ox + O[0][1] * oy, O[1][0] * ox + O[1][1] * oy, n_);
+      }
+    }
     return F;
   };
   auto add_power = [&](const Grid<cfloat>& F) {
@@ -513,7 +583,7 @@ void Job::load_resampled(size_t i, size_t p, Image& img, double nf, const Fourie
     first_noise->add(g, from_fourier_centred(U, n_));
   }
   Image wide = img;
-  const int r_own = std::min(gs.box / 2, int(std::ceil(double(px.r_max) * gs.scale)) + 1);
+  const int r_own = std::min(gs.box / 2, int(std::ceil(double(px.r_max) * gs.stretch)) + 1);
   const std::vector<double> kept = apply_reach_mask(wide, radius, edge, at_particle, ctf_reach(po), r_own);
   // The solvent's noise at the image's own shells: the group's spectrum (reference shells, the same
   // transform's scale) at the matching reference shell.
@@ -528,7 +598,7 @@ void Job::load_resampled(size_t i, size_t p, Image& img, double nf, const Fourie
   if (initial && !power_unmasked) first_noise->add(g, from_fourier_centred(F, n_));
   if (!power_unmasked) add_power(F);
   // A finer group's power at its own shells beyond the reference's Nyquist (the norm correction's residual).
-  if (double(gs.box / 2) > gs.scale * double(n_ / 2) + 0.5) {
+  if (double(gs.box / 2) > (gs.isotropic ? gs.scale : gs.stretch) * double(n_ / 2) + 0.5) {
     const Grid<cfloat> G = fourier_centred(img);
     const int h = gs.box / 2;
     for (int iy = 0; iy < gs.box; ++iy)
@@ -536,7 +606,10 @@ void Job::load_resampled(size_t i, size_t p, Image& img, double nf, const Fourie
         const int ky = fft_freq(iy, gs.box);
         if (kx == 0 && ky <= 0) continue;  // the non-redundant half plane, as b.power
         const double r = std::sqrt(double(kx * kx + ky * ky));
-        if (std::lround(r) <= h && std::lround(r / gs.scale) > n_ / 2) b.norm_extra[i] += std::norm(G(kx, iy));
+        if (std::lround(r) > h) continue;
+        const Mat2& T = gs.to_reference;
+        const double rr = gs.isotropic ? r / gs.scale : std::hypot(T[0][0] * kx + T[0][1] * ky, T[1][0] * kx + T[1][1] * ky);
+        if (std::lround(rr) > n_ / 2) b.norm_extra[i] += std::norm(G(kx, iy));
       }
   }
   // The bound of the exact sums: the largest value of either transform anywhere on the grid.
@@ -551,7 +624,8 @@ void Job::load_resampled(size_t i, size_t p, Image& img, double nf, const Fourie
       continue;
     }
     b.sums_weight[i * m + k] = float(reach_weight(kept, size_t(sh)));
-    b.ctf[i * m + k] = po.predicted(float(po.ctf_value(gs.scale * px.kx[k], gs.scale * px.ky[k])));
+    const auto [ikx, iky] = image_frequency(gs, px.kx[k], px.ky[k]);
+    b.ctf[i * m + k] = po.predicted(float(po.ctf_value(ikx, iky)));
     b.ctf_max[i] = std::max(b.ctf_max[i], double(std::abs(b.ctf[i * m + k])));
   }
   b.premultiplied[i] = po.group().premultiplied;
@@ -873,8 +947,7 @@ void Job::record_particles(size_t first, size_t count, const IterationData& it, 
     for (size_t e = fp.sw->offset[i]; e < fp.sw->offset[i + 1]; ++e) {
       const estep::PoseWeight& pw = fp.sw->entry[e];
       wk[global(pw.j) / Pf] += pw.weight;
-      const double dx = st_.origin_x[p] + fine_.trans[pw.t][0] * angpix_;
-      const double dy = st_.origin_y[p] + fine_.trans[pw.t][1] * angpix_;
+      const auto [dx, dy] = origin_after(p, fine_.trans[pw.t]);
       offset2 += double(pw.weight) * (dx * dx + dy * dy);
       offset_w += double(pw.weight);
     }
@@ -936,8 +1009,9 @@ void Job::record_particles(size_t first, size_t count, const IterationData& it, 
     const uint32_t best = global(pp.best_j);
     rep.particle_class[p] = int(best / Pf) + 1;
     rep.psi[p] = fine_.psi[best % Pf];
-    rep.origin_x[p] = st_.origin_x[p] + fine_.trans[pp.best_t][0] * angpix_;
-    rep.origin_y[p] = st_.origin_y[p] + fine_.trans[pp.best_t][1] * angpix_;
+    const auto [best_x, best_y] = origin_after(p, fine_.trans[pp.best_t]);
+    rep.origin_x[p] = best_x;
+    rep.origin_y[p] = best_y;
     rep.pmax[p] = pp.max_posterior;
     rep.n_significant[p] = int(w.post.particle[i].n_significant);  // of the coarse pass, as RELION
     rep.log_likelihood[p] = pp.log_likelihood;
