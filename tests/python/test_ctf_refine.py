@@ -103,6 +103,27 @@ def test_mpirun_gives_the_bytes_of_one_process(data, ranks, threads):
         assert filecmp.cmp(d / "all_one" / name, d / out / name, shallow=False), name
 
 
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="OpenMPI not installed")
+def test_mpirun_stops_every_rank_on_a_bad_image(data):
+    """A missing image stack in one rank's share under mpirun: that rank's error stops all ranks (mpirun
+    exits with status 1 within the timeout instead of the other ranks waiting forever in the exchange of
+    sums), the message names the file and row, no particles file is written."""
+    d, _ = data
+    lines = (d / "input.star").read_text().splitlines()
+    rows = [k for k, l in enumerate(lines) if l.split() and "@" in l.split()[0]]
+    for k in rows[800:900]:
+        cells = lines[k].split()
+        cells[0] = cells[0].split("@")[0] + "@og1/missing.mrcs"
+        lines[k] = " ".join(cells)
+    (d / "bad_mpi.star").write_text("\n".join(lines) + "\n")
+    r = subprocess.run(["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", regula_binary(), "ctf_refine",
+                        "--i", "bad_mpi.star", "--m1", "half1.mrc", "--m2", "half2.mrc", "--o", "bad_mpi",
+                        "--fit_defocus", "--j", "1"], cwd=d, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "missing.mrcs" in r.stderr and "bad_mpi.star:" in r.stderr, r.stderr[-2000:]
+    assert not (d / "bad_mpi" / "particles_ctf_refine.star").exists()
+
+
 def test_refined_values_improve_the_reconstruction(data):
     """The refined file, reconstructed, is closer to the true map than the input file (the values are used
     by reconstruct), and relion_reconstruct reads the file to the same map as Regula's reconstruct."""

@@ -110,6 +110,12 @@ int run_cli(std::vector<std::string> args) {
 
 int report(const std::exception& e) {
   std::fprintf(stderr, "regula: error: %s\n", e.what());
+  // Under mpirun an error on one rank (a bad image in its share) would leave the others waiting in a
+  // collective: stop them all (mpirun then exits with status 1).
+  if (regula::mpi::size() > 1) {
+    std::fflush(stderr);
+    regula::mpi::abort_all(1);
+  }
   return 1;
 }
 
@@ -335,6 +341,7 @@ int main(int argc, char** argv) {
     return run_cli(full);
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "regula: error: out of memory\n");
+    if (regula::mpi::size() > 1) regula::mpi::abort_all(1);
     return 1;
   } catch (const std::exception& e) {
     return report(e);
