@@ -232,8 +232,9 @@ class Job {
     const int s = int(std::lround(std::sqrt(kx * kx + ky * ky)));
     return s > sampling_[g].box / 2 ? -1 : s;
   }
-  // T_1^-1 T_g (optics_model.hpp's T_g: image Fourier px -> the undistorted reference frame's), the
-  // identity when it is within 1e-9 of it (rounding of equal groups).
+  // T_1^-1 T_g (optics_model.hpp's T_g: image Fourier px -> the undistorted reference frame's), made
+  // exactly s I when it is within 1e-9 of a multiple of the identity (rounding of groups of one
+  // magnification), so that such groups take the identity or the separable resampling.
   Mat2 relative_to_first(size_t g) const {
     if (g == 0) return kIdentity2;
     const Mat2& A = optics_model_.group(0).to_reference;
@@ -241,13 +242,13 @@ class Job {
     const double det = A[0][0] * A[1][1] - A[0][1] * A[1][0];
     const Mat2 Ai{{{A[1][1] / det, -A[0][1] / det}, {-A[1][0] / det, A[0][0] / det}}};
     Mat2 T{};
-    bool identity = true;
     for (int r = 0; r < 2; ++r)
-      for (int c = 0; c < 2; ++c) {
+      for (int c = 0; c < 2; ++c)
         T[size_t(r)][size_t(c)] = Ai[size_t(r)][0] * B[0][size_t(c)] + Ai[size_t(r)][1] * B[1][size_t(c)];
-        identity = identity && std::abs(T[size_t(r)][size_t(c)] - (r == c ? 1.0 : 0.0)) < 1e-9;
-      }
-    return identity ? kIdentity2 : T;
+    const double s = 0.5 * (T[0][0] + T[1][1]);
+    if (std::abs(T[0][1]) < 1e-9 && std::abs(T[1][0]) < 1e-9 && std::abs(T[0][0] - T[1][1]) < 1e-9)
+      return std::abs(s - 1.0) < 1e-9 ? kIdentity2 : Mat2{{{s, 0}, {0, s}}};
+    return T;
   }
   // Image Fourier px of reference pixel q for a resampled group: M q.
   static std::array<double, 2> image_frequency(const GroupSampling& gs, double qx, double qy) {
