@@ -86,64 +86,79 @@ ReconstructResult reconstruct(const ReconstructJobOptions& opt) {
   int r_max = n / 2;
   if (opt.maxres > 0) r_max = std::clamp(int(std::ceil(n * angpix / opt.maxres)), 1, n / 2);
 
-  // Fixed contiguous ranges, one accumulator each, reduced in order. Under mpirun the ranges are
-  // spread over the ranks (range k on rank k mod size) and sent to every rank in order.
-  const size_t nranges = std::min(size_t(opt.threads) * size_t(mpi::size()), count);
-  std::vector<std::unique_ptr<BackProjector>> acc(nranges);
-  std::vector<size_t> mine;
-  for (size_t r = 0; r < nranges; ++r)
-    if (int(r % size_t(mpi::size())) == mpi::rank()) mine.push_back(r);
+  // Fixed ranges of consecutive particles, their number set by the particle count alone (at most 64,
+  // of at least 64 particles each): each is back-projected from zero by one thread, in particle order,
+  // and the ranges are added into the total in range order, so the sums are the same whatever the
+  // threads and ranks. They go in waves of one range per thread and rank (range r to rank r mod
+  // ranks); after a wave every rank adds the wave's ranges in order, each sent by its owner, so memory
+  // holds at most a wave's ranges (one per thread) and one received range besides the total.
+  const size_t nranges = std::min<size_t>(64, (count + 63) / 64);
+  const size_t ranks = size_t(mpi::size()), rank = size_t(mpi::rank());
+  const size_t per_wave = size_t(opt.threads) * ranks;
   ThreadPool pool(opt.threads);
-  Progress progress("reconstruct: back-projecting", double(count) / mpi::size());
-  pool.parallel_for(0, mine.size(), [&](size_t u, int) {
-    const size_t r = mine[u];
-    const size_t i0 = count * r / nranges, i1 = count * (r + 1) / nranges;
-    acc[r] = std::make_unique<BackProjector>(n, opt.pad, r_max, 3);
-    BackProjector& bp = *acc[r];
-    ParticleImages images(table);
-    Grid<float> ctf, weight;
-    for (size_t i = i0; i < i1; ++i) {
-      const OpticsGroupModel& g = optics.group_of(i);
-      const int m = g.box;
-      Image img = images.read(i);
-      if (img.nx() != m || img.ny() != m || img.nz() != 1)
-        input_error("{}: image is {}x{}x{}, expected {}x{} (the box of optics group {})", table.where(i), img.nx(),
-                    img.ny(), img.nz(), m, m, g.number);
-      Grid<cfloat> F = fourier_centred(img);
-      shift_phase(F, table.origin_x[i] / g.pixel_size, table.origin_y[i] / g.pixel_size, m);
-      if (opt.ctf) {
-        // As relion_reconstruct: aberration phases corrected, data times C (not for premultiplied
-        // images, which carry it), weights C^2; C is |C| for phase-flipped images.
-        const ParticleOptics po = optics.particle(i);
-        po.ctf_half(ctf);
-        g.demodulate(F);
-        if (!weight.same_shape(ctf)) weight = Grid<float>(ctf.nx(), ctf.ny());
-        for (size_t k = 0; k < F.size(); ++k) {
-          F[k] *= po.backprojected(ctf[k]);
-          weight[k] = ParticleOptics::weight(ctf[k]);
+  Progress progress("reconstruct: back-projecting", double(count) / double(ranks));
+  std::unique_ptr<BackProjector> sum;
+  for (size_t w0 = 0; w0 < nranges; w0 += per_wave) {
+    const size_t w1 = std::min(nranges, w0 + per_wave);
+    std::vector<size_t> mine;
+    for (size_t r = w0; r < w1; ++r)
+      if (r % ranks == rank) mine.push_back(r);
+    std::vector<std::unique_ptr<BackProjector>> acc(w1 - w0);
+    pool.parallel_for(0, mine.size(), [&](size_t u, int) {
+      const size_t r = mine[u];
+      const size_t i0 = count * r / nranges, i1 = count * (r + 1) / nranges;
+      acc[r - w0] = std::make_unique<BackProjector>(n, opt.pad, r_max, 3);
+      BackProjector& bp = *acc[r - w0];
+      ParticleImages images(table);
+      Grid<float> ctf, weight;
+      for (size_t i = i0; i < i1; ++i) {
+        const OpticsGroupModel& g = optics.group_of(i);
+        const int m = g.box;
+        Image img = images.read(i);
+        if (img.nx() != m || img.ny() != m || img.nz() != 1)
+          input_error("{}: image is {}x{}x{}, expected {}x{} (the box of optics group {})", table.where(i), img.nx(),
+                      img.ny(), img.nz(), m, m, g.number);
+        Grid<cfloat> F = fourier_centred(img);
+        shift_phase(F, table.origin_x[i] / g.pixel_size, table.origin_y[i] / g.pixel_size, m);
+        if (opt.ctf) {
+          // As relion_reconstruct: aberration phases corrected, data times C (not for premultiplied
+          // images, which carry it), weights C^2; C is |C| for phase-flipped images.
+          const ParticleOptics po = optics.particle(i);
+          po.ctf_half(ctf);
+          g.demodulate(F);
+          if (!weight.same_shape(ctf)) weight = Grid<float>(ctf.nx(), ctf.ny());
+          for (size_t k = 0; k < F.size(); ++k) {
+            F[k] *= po.backprojected(ctf[k]);
+            weight[k] = ParticleOptics::weight(ctf[k]);
+          }
+        } else {
+          weight = Grid<float>();
         }
-      } else {
-        weight = Grid<float>();
+        F(0, 0) = cfloat(0, 0);  // the image's mean carries no signal (relion_reconstruct zeroes it too)
+        const Mat3 A = euler_to_matrix(table.rot[i], table.tilt[i], table.psi[i]);
+        if (g.maps_to_reference() || m != n) bp.insert_mapped(F, weight, A, g.to_reference);
+        else bp.insert(F, weight, A);
+        if ((i - i0) % 64 == 63) progress.advance(64);
       }
-      F(0, 0) = cfloat(0, 0);  // the image's mean carries no signal (relion_reconstruct zeroes it too)
-      const Mat3 A = euler_to_matrix(table.rot[i], table.tilt[i], table.psi[i]);
-      if (g.maps_to_reference() || m != n) bp.insert_mapped(F, weight, A, g.to_reference);
-      else bp.insert(F, weight, A);
-      if ((i - i0) % 64 == 63) progress.advance(64);
+    });
+    for (size_t r = w0; r < w1; ++r) {
+      std::unique_ptr<BackProjector>& a = acc[r - w0];
+      if (ranks > 1) {
+        const int owner = int(r % ranks);
+        if (!a) a = std::make_unique<BackProjector>(n, opt.pad, r_max, 3);
+        mpi::bcast(a->raw_data().data(), a->raw_data().size() * sizeof(cfloat), owner);
+        mpi::bcast(a->raw_weight().data(), a->raw_weight().size() * sizeof(float), owner);
+      }
+      if (!sum) {
+        sum = std::move(a);
+      } else {
+        sum->add(*a);
+        a.reset();
+      }
     }
-  });
+  }
   progress.finish();
-  for (size_t r = 0; r < nranges && mpi::active(); ++r) {
-    const int owner = int(r % size_t(mpi::size()));
-    if (!acc[r]) acc[r] = std::make_unique<BackProjector>(n, opt.pad, r_max, 3);
-    mpi::bcast(acc[r]->raw_data().data(), acc[r]->raw_data().size() * sizeof(cfloat), owner);
-    mpi::bcast(acc[r]->raw_weight().data(), acc[r]->raw_weight().size() * sizeof(float), owner);
-  }
-  BackProjector& total = *acc[0];
-  for (size_t r = 1; r < nranges; ++r) {
-    total.add(*acc[r]);
-    acc[r].reset();
-  }
+  BackProjector& total = *sum;
   if (!sym.is_c1()) total.symmetrise(sym.operators(), opt.threads);
   ReconstructOptions rec;
   rec.iterative_gridding = opt.gridding_iterations > 0;
