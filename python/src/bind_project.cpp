@@ -79,10 +79,10 @@ void bind_project(py::module_& m) {
         cmd.insert(cmd.end(), {"--project", project});
         for (auto [k, v] : queue) {
           const std::string key = py::str(k);
-          static const char* kKnown[] = {"queue", "qsub", "qsubscript", "min_dedicated", "qsub_extra1",
+          static const char* kKnown[] = {"queue", "qsub", "qsubscript", "nr_mpi", "min_dedicated", "qsub_extra1",
                                          "qsub_extra2", "qsub_extra3", "qsub_extra4"};
           if (std::find(std::begin(kKnown), std::end(kKnown), key) == std::end(kKnown))
-            input_error("workflow: queue option '{}' unknown (queue, qsub, qsubscript, min_dedicated, "
+            input_error("workflow: queue option '{}' unknown (queue, qsub, qsubscript, nr_mpi, min_dedicated, "
                         "qsub_extra1..4)", key);
           cmd.insert(cmd.end(), {"--" + key, std::string(py::str(v))});
         }

@@ -1,8 +1,11 @@
 """Jobs of a project submitted to a cluster queue with a RELION-style template (pipeline/queue.hpp), with stand-ins
 for sbatch: one that runs the script at once, one that only queues it, one that fails."""
 import os
+import shutil
 import time
 import subprocess
+
+import pytest
 
 
 from conftest import DATA, ROOT, SMALL_WORKFLOW_OUTPUTS, regula_binary, small_workflow
@@ -51,6 +54,45 @@ def test_template_is_filled_and_the_job_runs(tmp_path):
     q = tmp_path / "Q"
     regula("--project", q, *SIM)
     assert (job / "particles.mrcs").read_bytes() == (q / "Simulate/job001/particles.mrcs").read_bytes()
+
+
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="OpenMPI not installed")
+def test_mpi_job_through_the_queue(tmp_path):
+    """--nr_mpi 2 fills XXXmpinodesXXX; a template that starts `mpirun -n XXXmpinodesXXX XXXcommandXXX` (RELION's
+    form) runs the job as two ranks: one job in the pipeline (rank 0 keeps the records), its map the bytes of the
+    same job run in one process. A command that does not split its work is refused under mpirun, and through the
+    queue it gets XXXmpinodesXXX 1."""
+    qsub = stand_in(tmp_path, "sbatch", 'cp "$1" "$(dirname "$1")/seen.script"\necho "Submitted batch job 7"\n'
+                                        'sh "$1"\n')
+    tmpl = tmp_path / "tmpl.sh"
+    tmpl.write_text("#!/bin/sh\n# mpi XXXmpinodesXXX threads XXXthreadsXXX\n"
+                    "mpirun --allow-run-as-root --oversubscribe -n XXXmpinodesXXX XXXcommandXXX\n")
+    p = tmp_path / "P"
+    regula("--project", p, *SIM)
+    rec = ["reconstruct", "--i", "Simulate/job001/particles.star", "--o", "rec.mrc", "--j", 1]
+    r = regula("--project", p, "--queue", "q", "--qsub", qsub, "--qsubscript", tmpl, "--nr_mpi", 2, *rec)
+    assert "Reconstruct/job002/: submitted" in r.stdout, r.stdout
+    job = p / "Reconstruct" / "job002"
+    assert (job / "seen.script").read_text().splitlines()[1] == "# mpi 2 threads 1"
+    assert (job / "RELION_JOB_EXIT_SUCCESS").exists(), (job / "run_queue.err").read_text()[-2000:]
+    procs = [l.split() for l in (p / "default_pipeline.star").read_text().splitlines()
+             if l.startswith("Reconstruct/job002/ None")]
+    assert len(procs) == 1 and procs[0][3] == "2", procs  # one process, finished (RELION's status 2)
+    regula("--project", p, *rec)
+    assert (job / "rec.mrc").read_bytes() == (p / "Reconstruct/job003/rec.mrc").read_bytes()
+    assert sorted(d.name for d in (p / "Reconstruct").iterdir()) == ["job002", "job003"]
+    # Under mpirun a command that would run whole on every rank is refused (one job is not made).
+    r = subprocess.run(["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", "2", regula_binary(), "--project",
+                        str(p), "mask", "--i", "Reconstruct/job003/rec.mrc", "--o", "m.mrc"], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 1 and "does not split its work over MPI ranks" in r.stderr, r.stderr[-2000:]
+    assert not (p / "MaskCreate").exists()
+    # Through the queue such a command gets XXXmpinodesXXX 1 (the template's mpirun then starts one rank).
+    r = regula("--project", p, "--queue", "q", "--qsub", qsub, "--qsubscript", tmpl, "--nr_mpi", 2, "mask", "--i",
+               "Reconstruct/job003/rec.mrc", "--o", "m.mrc", "--ini_threshold", 0.01)
+    mask = next((p / "MaskCreate").iterdir())
+    assert (mask / "seen.script").read_text().splitlines()[1] == "# mpi 1 threads 1"
+    assert (mask / "RELION_JOB_EXIT_SUCCESS").exists(), (mask / "run_queue.err").read_text()[-2000:]
 
 
 def test_queued_job_is_listed_running_then_runs(tmp_path):

@@ -58,6 +58,17 @@ bool is_command(const std::string& s) {
   return std::any_of(std::begin(kCommands), std::end(kCommands), [&](const auto& c) { return s == c.name; });
 }
 
+// Under mpirun with more than one rank: the commands that split their work over the ranks (the others
+// would run whole on every rank, writing the same files) are let through; the rest are refused.
+void check_splits_over_ranks(const std::string& command) {
+  if (regula::mpi::size() < 2) return;
+  if (!regula::pipeline::splits_over_ranks(command))
+    regula::input_error("{} does not split its work over MPI ranks (under mpirun every rank would run all of it): run "
+                        "it without mpirun (these do: refine3d, class2d, class3d, initial_model, reconstruct, "
+                        "motioncorr, ctffind, autopick, extract, ctf_refine, polish)",
+                        command);
+}
+
 // Removes "--name VALUE" or "--name=VALUE" from args and returns VALUE.
 std::optional<std::string> take_option(std::vector<std::string>& args, const std::string& name) {
   for (size_t i = 0; i < args.size(); ++i) {
@@ -125,21 +136,26 @@ int run_job(regula::pipeline::Job& job, const std::vector<std::string>& global) 
   std::vector<std::string> full = global;
   full.push_back(std::string(job.type().command));
   for (auto& a : job.rewritten_args()) full.push_back(a);
-  regula::add_log_file(job.dir() + "run.out");
-  regula::ProgressSink::set_json_path(job.dir() + "progress.jsonl");
+  // Under mpirun rank 0 keeps the job's log, progress and status.
+  const bool records = regula::mpi::rank() == 0;
+  if (records) {
+    regula::add_log_file(job.dir() + "run.out");
+    regula::ProgressSink::set_json_path(job.dir() + "progress.jsonl");
+  }
   regula::install_cancel_handlers();
   if (std::find(global.begin(), global.end(), "--quiet") == global.end())
     spdlog::info("job {}: regula {}", job.dir(), fmt::join(full, " "));
   try {
     run_cli(full);
-    job.finish(pl::Status::Succeeded);
+    regula::mpi::barrier();  // every rank's share done before the job is marked finished
+    if (records) job.finish(pl::Status::Succeeded);
     spdlog::info("job {}: finished", job.dir());
     return 0;
   } catch (const regula::Cancelled& e) {
-    job.finish(pl::Status::Aborted);
+    if (records) job.finish(pl::Status::Aborted);
     return report(e);
   } catch (const std::exception& e) {
-    job.finish(pl::Status::Failed);
+    if (records) job.finish(pl::Status::Failed);
     return report(e);
   }
 }
@@ -175,9 +191,12 @@ int main(int argc, char** argv) {
     args.insert(args.begin(), "--quiet");
   try {
     auto project = take_option(args, "--project");
-    if (project && regula::mpi::active())
-      regula::input_error("--project is not supported under mpirun yet: run the MPI job without --project");
+    // Under mpirun a project's job is run by every rank; rank 0 alone keeps the project's records
+    // (creates the job, writes its log, status and the pipeline), the others open the job it made.
+    const bool mpi_job = project && regula::mpi::size() > 1;
     auto alias = take_option(args, "--alias").value_or("");
+    if (auto sub = std::find_if(args.begin(), args.end(), is_command); sub != args.end())
+      check_splits_over_ranks(*sub);
     // Submission to a cluster queue (pipeline/queue.hpp), RELION's options.
     regula::pipeline::QueueOptions queue;
     std::vector<std::string> queue_args;  // the same options, for a workflow's steps
@@ -189,6 +208,13 @@ int main(int argc, char** argv) {
     if (auto v = queue_option("--queue")) queue.queue = *v;
     if (auto v = queue_option("--qsub")) queue.qsub = *v;
     if (auto v = queue_option("--qsubscript")) queue.script = *v;
+    if (auto v = queue_option("--nr_mpi")) {
+      try {
+        queue.nr_mpi = std::stoi(*v);
+      } catch (const std::exception&) {
+        regula::input_error("--nr_mpi {}: expected an integer", *v);
+      }
+    }
     if (auto v = queue_option("--min_dedicated")) {
       try {
         queue.min_dedicated = std::stoi(*v);
@@ -228,7 +254,8 @@ int main(int argc, char** argv) {
             const fs::path f = fs::path(*(it + 1)).is_absolute() ? fs::path(*(it + 1)) : fs::path(*project) / *(it + 1);
             (void)regula::pipeline::read_workflow(f.string());
           }
-        fs::create_directories(*project);
+        if (regula::mpi::rank() == 0) fs::create_directories(*project);
+        regula::mpi::barrier();
       } else if (!help) {
         if (kind == fs::file_type::not_found)
           regula::input_error("--project {}: no such directory (only a command run as a job creates its project)",
@@ -241,6 +268,8 @@ int main(int argc, char** argv) {
     // Global flags stay in front of the subcommand.
     std::vector<std::string> global;
     if (take_flag(args, "--quiet")) global.push_back("--quiet");
+    if (mpi_job && submit)
+      regula::input_error("--queue under mpirun: submit the job without mpirun (the queue's script starts mpirun)");
 
     // regula run --job DIR [--continue]: re-run (or continue) a job of the project.
     if (!args.empty() && args[0] == "run") {
@@ -258,6 +287,7 @@ int main(int argc, char** argv) {
       }
       if (!rest.empty()) regula::input_error("run: unexpected argument '{}'", rest[0]);
       auto job = regula::pipeline::Job::open(*dir);
+      if (!submit) check_splits_over_ranks(std::string(job.type().command));
       if (submit) {
         const auto state = regula::pipeline::job_state(job.dir());
         if (state.status == regula::pipeline::Status::Running)
@@ -276,7 +306,8 @@ int main(int argc, char** argv) {
         return submit_to_queue(job, queue, global, tail);
       }
       if (cont) job.mutable_args() = continued.args;
-      job.mark_running();
+      regula::mpi::barrier();  // every rank has read the job before rank 0 marks it running
+      if (regula::mpi::rank() == 0) job.mark_running();
       return run_job(job, global);
     }
 
@@ -314,6 +345,9 @@ int main(int argc, char** argv) {
         return help ? 0 : 1;
       }
       if (!rest.empty()) regula::input_error("workflow: unexpected argument '{}'", rest[0]);
+      if (mpi_job)
+        regula::input_error("workflow under mpirun: run the workflow without mpirun (its steps are jobs; a job "
+                            "runs under mpirun as `mpirun -np N regula --project DIR run --job DIR`)");
       if (submit) check_queue_script(queue);
       regula::set_verbosity(std::find(global.begin(), global.end(), "--quiet") == global.end() ? 1 : 0);
       const auto steps = regula::pipeline::read_workflow(*file);
@@ -330,12 +364,26 @@ int main(int argc, char** argv) {
         std::vector<std::string> before(args.begin(), sub), after(sub + 1, args.end());
         for (auto& b : before) global.push_back(b);
         if (submit) check_queue_script(queue);
-        auto job = regula::pipeline::Job::create(*type, after, alias);
+        auto make_job = [&] {
+          if (!mpi_job) return regula::pipeline::Job::create(*type, after, alias);
+          // Rank 0 creates the job; the others open it by the directory it sends.
+          std::string dir;
+          if (regula::mpi::rank() == 0) dir = regula::pipeline::Job::create(*type, after, alias).dir();
+          uint64_t size = dir.size();
+          regula::mpi::bcast(&size, sizeof size, 0);
+          dir.resize(size_t(size));
+          regula::mpi::bcast(dir.data(), size_t(size), 0);
+          return regula::pipeline::Job::open(dir);
+        };
+        auto job = make_job();
         // Submitted: the job runs where the queue puts it as `regula --project P run --job DIR`.
         if (submit) return submit_to_queue(job, queue, global, {"run", "--job", job.dir()});
         return run_job(job, global);
       }
     }
+    if (mpi_job)
+      regula::input_error("--project under mpirun: only a job runs there (a subcommand that runs as a job, or run "
+                          "--job DIR)");
     std::vector<std::string> full = global;
     full.insert(full.end(), args.begin(), args.end());
     return run_cli(full);

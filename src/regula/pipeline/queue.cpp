@@ -72,9 +72,16 @@ std::string shell_quote(const std::string& s) {
   return q + "'";
 }
 
+bool splits_over_ranks(const std::string& command) {
+  static const char* const kSplit[] = {"refine3d", "class2d",  "class3d", "initial_model", "reconstruct", "motioncorr",
+                                       "ctffind",  "autopick", "extract", "ctf_refine",    "polish"};
+  return std::any_of(std::begin(kSplit), std::end(kSplit), [&](const char* c) { return command == c; });
+}
+
 std::string submit_job(Job& job, const QueueOptions& q, const std::string& command) {
   if (q.script.empty()) input_error("--queue needs --qsubscript, the submission script template");
   if (q.min_dedicated < 1) input_error("--min_dedicated {}: expected at least 1", q.min_dedicated);
+  if (q.nr_mpi < 1) input_error("--nr_mpi {}: expected at least 1", q.nr_mpi);
   const std::string text = read_file(q.script);
   QueueVariables v;
   v.command = command;
@@ -84,6 +91,7 @@ std::string submit_job(Job& job, const QueueOptions& q, const std::string& comma
   v.errfile = job.dir() + "run_queue.err";
   v.threads = threads_of(job.args());
   v.dedicated = q.min_dedicated;
+  v.mpinodes = splits_over_ranks(std::string(job.type().command)) ? q.nr_mpi : 1;
   v.extra = q.extra;
   std::string script;
   try {

@@ -4,7 +4,8 @@
 // its markers, so its status is followed as any other job's.
 //
 // Template variables (RELION 3.1's): XXXcommandXXX (the command that runs the job), XXXqueueXXX,
-// XXXmpinodesXXX (MPI processes; 1: jobs of a project do not run under mpirun yet), XXXthreadsXXX
+// XXXmpinodesXXX (MPI processes: --nr_mpi, 1 by default; the template starts them, e.g.
+// `mpirun -n XXXmpinodesXXX XXXcommandXXX`, as RELION's templates do), XXXthreadsXXX
 // (the job's --j, 1 when absent), XXXcoresXXX (mpinodes x threads), XXXdedicatedXXX (minimum cores
 // per node), XXXnodesXXX (ceil(cores / dedicated)), XXXnameXXX (the job directory), XXXoutfileXXX and
 // XXXerrfileXXX (the queue's own stdout and stderr: <job>/run_queue.out and .err; the job's log is
@@ -23,8 +24,14 @@ struct QueueOptions {
   std::string qsub = "sbatch";  // --qsub: the submit command (run by /bin/sh with the script's path appended)
   std::string script;          // --qsubscript: the template
   int min_dedicated = 1;       // --min_dedicated: cores per node at least
+  int nr_mpi = 1;              // --nr_mpi: MPI processes (XXXmpinodesXXX)
   std::array<std::string, 4> extra;  // --qsub_extra1..4
 };
+
+// Whether a command splits its work over MPI ranks (refine3d, class2d, class3d, initial_model,
+// reconstruct, motioncorr, ctffind, autopick, extract, ctf_refine, polish); the others would run whole
+// on every rank, so they are refused under mpirun and get XXXmpinodesXXX 1 in a queue's script.
+bool splits_over_ranks(const std::string& command);
 
 struct QueueVariables {
   std::string command, queue, name, outfile, errfile;
