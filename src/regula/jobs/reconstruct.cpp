@@ -87,28 +87,29 @@ ReconstructResult reconstruct(const ReconstructJobOptions& opt) {
   if (opt.maxres > 0) r_max = std::clamp(int(std::ceil(n * angpix / opt.maxres)), 1, n / 2);
 
   // Fixed ranges of consecutive particles, their number set by the particle count alone (at most 64,
-  // of at least 64 particles each): each is back-projected from zero by one thread, in particle order,
+  // of at least 256 particles each): each is back-projected from zero by one thread, in particle order,
   // and the ranges are added into the total in range order, so the sums are the same whatever the
   // threads and ranks. They go in waves of one range per thread and rank (range r to rank r mod
   // ranks); after a wave every rank adds the wave's ranges in order, each sent by its owner, so memory
-  // holds at most a wave's ranges (one per thread) and one received range besides the total.
-  const size_t nranges = std::min<size_t>(64, (count + 63) / 64);
+  // holds at most a wave's ranges (one per thread, reused from wave to wave) and one received range
+  // besides the total.
+  const size_t nranges = std::min<size_t>(64, (count + 255) / 256);
   const size_t ranks = size_t(mpi::size()), rank = size_t(mpi::rank());
   const size_t per_wave = size_t(opt.threads) * ranks;
   ThreadPool pool(opt.threads);
   Progress progress("reconstruct: back-projecting", double(count) / double(ranks));
-  std::unique_ptr<BackProjector> sum;
+  std::unique_ptr<BackProjector> sum, received;
+  std::vector<std::unique_ptr<BackProjector>> slot(size_t(opt.threads));  // this rank's ranges of a wave
   for (size_t w0 = 0; w0 < nranges; w0 += per_wave) {
     const size_t w1 = std::min(nranges, w0 + per_wave);
     std::vector<size_t> mine;
     for (size_t r = w0; r < w1; ++r)
       if (r % ranks == rank) mine.push_back(r);
-    std::vector<std::unique_ptr<BackProjector>> acc(w1 - w0);
     pool.parallel_for(0, mine.size(), [&](size_t u, int) {
       const size_t r = mine[u];
       const size_t i0 = count * r / nranges, i1 = count * (r + 1) / nranges;
-      acc[r - w0] = std::make_unique<BackProjector>(n, opt.pad, r_max, 3);
-      BackProjector& bp = *acc[r - w0];
+      if (!slot[u]) slot[u] = std::make_unique<BackProjector>(n, opt.pad, r_max, 3);
+      BackProjector& bp = *slot[u];
       ParticleImages images(table);
       Grid<float> ctf, weight;
       for (size_t i = i0; i < i1; ++i) {
@@ -142,18 +143,23 @@ ReconstructResult reconstruct(const ReconstructJobOptions& opt) {
       }
     });
     for (size_t r = w0; r < w1; ++r) {
-      std::unique_ptr<BackProjector>& a = acc[r - w0];
+      const size_t owner = r % ranks;
+      std::unique_ptr<BackProjector>* a = nullptr;
+      if (owner == rank) {
+        a = &slot[size_t(std::find(mine.begin(), mine.end(), r) - mine.begin())];
+      } else {
+        if (!received) received = std::make_unique<BackProjector>(n, opt.pad, r_max, 3);
+        a = &received;
+      }
       if (ranks > 1) {
-        const int owner = int(r % ranks);
-        if (!a) a = std::make_unique<BackProjector>(n, opt.pad, r_max, 3);
-        mpi::bcast(a->raw_data().data(), a->raw_data().size() * sizeof(cfloat), owner);
-        mpi::bcast(a->raw_weight().data(), a->raw_weight().size() * sizeof(float), owner);
+        mpi::bcast((*a)->raw_data().data(), (*a)->raw_data().size() * sizeof(cfloat), int(owner));
+        mpi::bcast((*a)->raw_weight().data(), (*a)->raw_weight().size() * sizeof(float), int(owner));
       }
       if (!sum) {
-        sum = std::move(a);
+        sum = std::move(*a);  // the first range is the total's start (its slot is made again if needed)
       } else {
-        sum->add(*a);
-        a.reset();
+        sum->add(**a);
+        (*a)->clear();
       }
     }
   }
