@@ -72,7 +72,7 @@ void bind_project(py::module_& m) {
   m.def(
       "workflow",
       [](const std::string& project, const std::string& file, const py::object& regula, const py::dict& queue,
-         bool quiet, double watch, double watch_idle) {
+         bool quiet, double watch, double watch_idle, long watch_class2d) {
         // regula [--quiet] --project P [--queue ...] workflow --i FILE, its output on this process's streams.
         std::vector<std::string> cmd{regula_exe(regula)};
         if (quiet) cmd.push_back("--quiet");
@@ -89,6 +89,12 @@ void bind_project(py::module_& m) {
         cmd.insert(cmd.end(), {"workflow", "--i", file});
         if (watch > 0) cmd.insert(cmd.end(), {"--watch", fmt::format("{}", watch), "--watch_idle", fmt::format("{}", watch_idle)});
         else if (watch < 0) input_error("workflow: watch={}: expected seconds > 0 (0: no watching)", watch);
+        if (watch_class2d > 0) {
+          if (!(watch > 0)) input_error("workflow: watch_class2d={}: only with watch=SECONDS", watch_class2d);
+          cmd.insert(cmd.end(), {"--watch_class2d", std::to_string(watch_class2d)});
+        } else if (watch_class2d < 0) {
+          input_error("workflow: watch_class2d={}: expected a number of particles >= 1 (0: none)", watch_class2d);
+        }
         // Its output (stdout and stderr, merged) passed on line by line to sys.stderr, as the jobs' logs are.
         py::module_ subprocess = py::module_::import("subprocess");
         py::object proc = subprocess.attr("Popen")(cmd, py::arg("stdout") = subprocess.attr("PIPE"),
@@ -110,12 +116,13 @@ void bind_project(py::module_& m) {
         return jobs_of(project);
       },
       py::arg("project"), py::arg("file"), py::arg("regula") = py::none(), py::arg("queue") = py::dict(),
-      py::arg("quiet") = false, py::arg("watch") = 0.0, py::arg("watch_idle") = 600.0,
+      py::arg("quiet") = false, py::arg("watch") = 0.0, py::arg("watch_idle") = 600.0, py::arg("watch_class2d") = 0,
       "Runs a workflow file (docs/pipeline.md#workflows) in a project, as `regula --project PROJECT workflow --i\n"
       "FILE` (FILE relative to the project; the project is made when it does not exist): the steps in order, each\n"
       "a job, the finished ones skipped and a failed or killed one resumed when run again. queue={'queue': 'cpu',\n"
       "'qsubscript': 'slurm.sh', ...} submits each step to a cluster queue; watch=S, watch_idle=S as --watch and\n"
-      "--watch_idle (the front steps follow new movies). regula= the executable (default:\n"
+      "--watch_idle (the front steps follow new movies), watch_class2d=N as --watch_class2d (a live 2D\n"
+      "classification every N new particles). regula= the executable (default:\n"
       "$REGULA_EXE, the one built with this module, or PATH's). Raises regula.Error with the runner's message when\n"
       "a step fails. Returns project_jobs(project).",
       "list of dict (project_jobs)");

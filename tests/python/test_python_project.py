@@ -66,3 +66,7 @@ def test_workflow_watch_options_reach_the_runner(tmp_path):
         regula.workflow(str(p), "workflow.txt", watch=1, watch_idle=2)
     with pytest.raises(regula.InputError, match="watch=-1"):
         regula.workflow(str(p), "workflow.txt", watch=-1)
+    with pytest.raises(regula.InputError, match="watch_class2d=-1"):
+        regula.workflow(str(p), "workflow.txt", watch=1, watch_class2d=-1)
+    with pytest.raises(regula.InputError, match="watch_class2d=5: only with watch"):
+        regula.workflow(str(p), "workflow.txt", watch_class2d=5)

@@ -263,6 +263,46 @@ def test_watch_mode_follows_new_movies_then_runs_the_rest(tmp_path, movies):
     assert statuses(watched) == statuses(once)
 
 
+def test_watch_class2d_classifies_the_particles_so_far(tmp_path, movies):
+    """--watch_class2d N: while watching, the first class2d step runs as the job c2d_live on the particles
+    extracted so far, again when N more have come (RELION's on-the-fly 2D classification); the class2d step
+    itself runs once at the end, on everything, as without the option (the same files as the workflow run
+    once)."""
+    once, watched = tmp_path / "once", tmp_path / "watched"
+    for p in (once, watched):
+        (p / "watch").mkdir(parents=True)
+        (p / "workflow.txt").write_text(WATCHED)
+    for m in movies:
+        arrive(m, once / "watch")
+    assert workflow(once, "--i", "workflow.txt").returncode == 0
+    for m in movies[:2]:
+        arrive(m, watched / "watch")
+    proc = subprocess.Popen([regula_binary(), "--project", str(watched), "workflow", "--i", "workflow.txt",
+                             "--watch", "0.5", "--watch_idle", "5", "--watch_class2d", "5"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    live = watched / "Class2D/job006"
+    deadline = time.time() + 180
+    while not (live / "RELION_JOB_EXIT_SUCCESS").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.1)
+    first = (live / "run_it002_data.star").read_text()
+    for m in movies[2:]:
+        arrive(m, watched / "watch")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert out.count("live 2D classification of") == 2, out
+    assert "movie_004" not in first and "movie_004" in (live / "run_it002_data.star").read_text()
+    assert "c2d_live" in (live / "job.star").read_text() or "c2d_live" in (watched / "default_pipeline.star").read_text()
+    # The step itself: job007, the files of the workflow run once (its job006).
+    for name in ("run_it002_classes.mrcs", "run_it002_data.star"):
+        assert (watched / "Class2D/job007" / name).read_bytes() == (once / "Class2D/job006" / name).read_bytes().replace(
+            b"Class2D/job006", b"Class2D/job007"), name
+    # Without a class2d step after the front the option is an error.
+    (watched / "front.txt").write_text("\n".join(WATCHED.splitlines()[:4]) + "\n")
+    r = workflow(watched, "--i", "front.txt", "--watch", "0.5", "--watch_class2d", "5")
+    assert r.returncode == 1 and "no class2d step after the per-micrograph steps" in r.stderr, r.stderr
+
+
 def test_watch_needs_an_import_first(tmp_path):
     p = tmp_path / "p"
     p.mkdir()

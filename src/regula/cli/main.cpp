@@ -333,15 +333,28 @@ int main(int argc, char** argv) {
       seconds("--watch", watch.interval);
       if (seconds("--watch_idle", watch.idle) && watch.interval <= 0)
         regula::input_error("workflow --watch_idle: only with --watch SECONDS");
+      if (auto v = take_option(rest, "--watch_class2d")) {
+        try {
+          size_t used = 0;
+          watch.class2d_every = std::stol(*v, &used);
+          if (used != v->size() || watch.class2d_every < 1) throw std::invalid_argument(*v);
+        } catch (const std::exception&) {
+          regula::input_error("workflow --watch_class2d {}: expected a number of particles >= 1", *v);
+        }
+        if (watch.interval <= 0) regula::input_error("workflow --watch_class2d: only with --watch SECONDS");
+      }
       if (help || !file) {
-        std::puts("Usage: regula [--project DIR] workflow --i FILE [--watch SECONDS [--watch_idle SECONDS]]\n"
+        std::puts("Usage: regula [--project DIR] workflow --i FILE [--watch SECONDS [--watch_idle SECONDS]\n"
+                  "       [--watch_class2d N]]\n"
                   "Runs the steps of a workflow file (lines 'NAME: SUBCOMMAND ARGS...', {NAME} standing for the job\n"
                   "directory of an earlier step) as jobs of the project, in order, each with its name as alias.\n"
                   "Run again, it skips the finished steps and resumes a failed or killed one (docs/pipeline.md).\n"
                   "FILE is read relative to the project directory.\n"
                   "--watch S: the first step imports movies or micrographs; every S seconds it adds the new files\n"
                   "and the per-micrograph steps after it (motioncorr, ctffind, autopick, extract) go on with them;\n"
-                  "after --watch_idle seconds (600) without new files, the rest of the workflow runs once.");
+                  "after --watch_idle seconds (600) without new files, the rest of the workflow runs once.\n"
+                  "--watch_class2d N: while watching, the first class2d step after them runs (as the job <name>_live)\n"
+                  "on the particles so far whenever N more have been extracted.");
         return help ? 0 : 1;
       }
       if (!rest.empty()) regula::input_error("workflow: unexpected argument '{}'", rest[0]);

@@ -1,7 +1,9 @@
 #include "regula/pipeline/workflow.hpp"
 
 #include <cctype>
+#include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <map>
@@ -15,6 +17,7 @@
 #include <unistd.h>
 
 #include "regula/core/error.hpp"
+#include "regula/io/star.hpp"
 #include "regula/pipeline/job.hpp"
 #include "regula/pipeline/pipeline.hpp"
 
@@ -248,6 +251,10 @@ void run_workflow(const std::vector<WorkflowStep>& steps, const std::string& exe
     if (watch.idle <= 0) input_error("--watch_idle {}: expected seconds > 0", watch.idle);
     front = 1;
     while (front < steps.size() && resumes_per_micrograph(steps[front].command)) ++front;
+    if (watch.class2d_every > 0 &&
+        std::none_of(steps.begin() + long(front), steps.end(), [](const WorkflowStep& s) { return s.command == "class2d"; }))
+      input_error("workflow --watch_class2d: no class2d step after the per-micrograph steps (the live 2D "
+                  "classification runs the first one on the particles so far)");
     // Files may not be there yet: wait for the first (import refuses a wildcard that matches nothing).
     const std::string pattern = value_of(a, "--i");
     const auto start = Clock::now();
@@ -327,8 +334,38 @@ void run_workflow(const std::vector<WorkflowStep>& steps, const std::string& exe
       dirs[s.name] = launch(s, tail);
     }
   };
+  // Live 2D classification while watching (--watch_class2d N): the first class2d step after the front,
+  // as the job <name>_live, on the particles extracted so far, again whenever N more have come; each run
+  // starts from the beginning (RELION's on-the-fly schemes re-run 2D classification alike).
+  long live_particles = 0;
+  auto live_class2d = [&] {
+    if (watch.class2d_every <= 0) return;
+    const auto it = std::find_if(steps.begin() + long(front), steps.end(),
+                                 [](const WorkflowStep& s) { return s.command == "class2d"; });
+    WorkflowStep live = *it;
+    live.name += "_live";
+    const std::string where = step_where(*it);
+    std::vector<std::string> args;
+    for (const auto& a : it->args) args.push_back(expand(a, dirs, where));
+    const std::string input = value_of(args, "--i");
+    if (input.empty() || !std::filesystem::exists(input)) return;  // nothing extracted yet
+    const star::Document doc = star::read(input);
+    const star::Block* b = doc.find("particles");
+    const long n = b ? long(b->rows()) : 0;
+    if (n < live_particles + watch.class2d_every) return;
+    spdlog::info("workflow: live 2D classification of {} particles ({})", n, live.name);
+    if (const Process* p = step_job(read_record("."), step_alias(live))) {
+      launch(live, run_again(p->name, false));
+    } else {
+      std::vector<std::string> tail{"--alias", live.name, live.command};
+      tail.insert(tail.end(), args.begin(), args.end());
+      launch(live, tail);
+    }
+    live_particles = n;
+  };
   for (size_t i = 0; i < front; ++i) run_step(steps[i]);
   if (front > 0) {
+    live_class2d();
     // Watching: each --watch seconds the import job adds what is new (import --continue); when it did, the
     // per-micrograph jobs after it continue on the new files (--only_do_unfinished). Ends after --watch_idle
     // seconds without new files; then the rest of the workflow runs once, on everything.
@@ -345,6 +382,7 @@ void run_workflow(const std::vector<WorkflowStep>& steps, const std::string& exe
       spdlog::info("workflow: new files in {}; {} to {} go on with them", list, steps[std::min<size_t>(1, front - 1)].name,
                    steps[front - 1].name);
       for (size_t i = 1; i < front; ++i) launch(steps[i], run_again(dirs[steps[i].name], true));
+      live_class2d();
     }
     spdlog::info("workflow: no new files for {} s: watching ends", watch.idle);
   }

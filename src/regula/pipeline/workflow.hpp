@@ -49,6 +49,10 @@ std::vector<WorkflowStep> read_workflow(const std::string& path);
 struct WatchOptions {
   double interval = 0;  // --watch: seconds between looks (0: no watching)
   double idle = 600;    // --watch_idle: seconds without new files that end the watching
+  // --watch_class2d N: while watching, the workflow's first class2d step after the per-micrograph steps
+  // runs again as the job of alias <name>_live on the particles so far whenever N more have been
+  // extracted since its last run (0: not run while watching); the step itself runs once at the end.
+  long class2d_every = 0;
 };
 void run_workflow(const std::vector<WorkflowStep>& steps, const std::string& exe,
                   const std::vector<std::string>& global, const std::vector<std::string>& queue = {},
