@@ -179,6 +179,42 @@ def test_project_job(data):
     assert procs and procs[0][2] == "21", procs
 
 
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="OpenMPI not installed")
+def test_project_job_under_mpirun(data):
+    """`mpirun -np 2 regula --project . ctf_refine ...` is one job (rank 0 makes it and keeps its records) with the
+    bytes of the job run in one process; with a missing stack in rank 1's share (micrographs 5-8: block 1) the
+    job is marked failed (RELION_JOB_EXIT_FAILURE, pipeline status 3) by the rank that failed, and mpirun
+    exits with status 1."""
+    d, _ = data
+    mpirun = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", regula_binary(), "--project", "."]
+    args = ["ctf_refine", "--i", "input.star", "--m1", "half1.mrc", "--m2", "half2.mrc", "--fit_beamtilt", "--j", "1"]
+    before = set((d / "CtfRefine").iterdir()) if (d / "CtfRefine").exists() else set()
+    r = subprocess.run(mpirun + args, cwd=d, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (job,) = set((d / "CtfRefine").iterdir()) - before
+    assert (job / "RELION_JOB_EXIT_SUCCESS").exists()
+    run_regula("--project", ".", *args, cwd=d)
+    (alone,) = set((d / "CtfRefine").iterdir()) - before - {job}
+    assert (job / "particles_ctf_refine.star").read_bytes() == (alone / "particles_ctf_refine.star").read_bytes()
+    lines = (d / "input.star").read_text().splitlines()
+    rows = [k for k, l in enumerate(lines) if l.split() and "@" in l.split()[0]]
+    for k in rows[200:400]:
+        cells = lines[k].split()
+        cells[0] = cells[0].split("@")[0] + "@og1/missing.mrcs"
+        lines[k] = " ".join(cells)
+    (d / "bad_rank1.star").write_text("\n".join(lines) + "\n")
+    bad = ["ctf_refine", "--i", "bad_rank1.star", "--m1", "half1.mrc", "--m2", "half2.mrc", "--fit_beamtilt",
+           "--j", "1"]
+    known = set((d / "CtfRefine").iterdir())
+    r = subprocess.run(mpirun + bad, cwd=d, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "missing.mrcs" in r.stderr, r.stderr[-3000:]
+    (failed,) = set((d / "CtfRefine").iterdir()) - known
+    assert (failed / "RELION_JOB_EXIT_FAILURE").exists() and not (failed / "particles_ctf_refine.star").exists()
+    procs = [l.split() for l in (d / "default_pipeline.star").read_text().splitlines()
+             if l.startswith(f"CtfRefine/{failed.name}/ ")]
+    assert len(procs) == 1 and procs[0][3] == "3", procs
+
+
 @pytest.mark.parametrize("case", ["no_subset", "no_poses", "bad_mode", "nothing", "missing_map"])
 def test_bad_input_stops_with_a_message(data, case):
     d, _ = data

@@ -152,10 +152,10 @@ int run_job(regula::pipeline::Job& job, const std::vector<std::string>& global) 
     spdlog::info("job {}: finished", job.dir());
     return 0;
   } catch (const regula::Cancelled& e) {
-    if (records) job.finish(pl::Status::Aborted);
+    job.finish(pl::Status::Aborted);  // any rank (the pipeline's update is under its lock)
     return report(e);
   } catch (const std::exception& e) {
-    if (records) job.finish(pl::Status::Failed);
+    job.finish(pl::Status::Failed);  // any rank: the others are stopped after it (report)
     return report(e);
   }
 }
@@ -215,6 +215,10 @@ int main(int argc, char** argv) {
         regula::input_error("--nr_mpi {}: expected an integer", *v);
       }
     }
+    if (queue.nr_mpi != 1 && queue.script.empty())
+      regula::input_error("--nr_mpi {}: the MPI processes of a job submitted to a queue (with --queue and "
+                          "--qsubscript); to run a job under MPI here, start it with mpirun -np N",
+                          queue.nr_mpi);
     if (auto v = queue_option("--min_dedicated")) {
       try {
         queue.min_dedicated = std::stoi(*v);
