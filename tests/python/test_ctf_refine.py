@@ -103,19 +103,24 @@ def test_mpirun_gives_the_bytes_of_one_process(data, ranks, threads):
         assert filecmp.cmp(d / "all_one" / name, d / out / name, shallow=False), name
 
 
+def with_missing_stack(d, name, first, last):
+    """A copy of input.star whose particle rows first..last-1 name a stack that does not exist."""
+    lines = (d / "input.star").read_text().splitlines()
+    rows = [k for k, l in enumerate(lines) if l.split() and "@" in l.split()[0]]
+    for k in rows[first:last]:
+        cells = lines[k].split()
+        cells[0] = cells[0].split("@")[0] + "@og1/missing.mrcs"
+        lines[k] = " ".join(cells)
+    (d / name).write_text("\n".join(lines) + "\n")
+
+
 @pytest.mark.skipif(shutil.which("mpirun") is None, reason="OpenMPI not installed")
 def test_mpirun_stops_every_rank_on_a_bad_image(data):
     """A missing image stack in one rank's share under mpirun: that rank's error stops all ranks (mpirun
     exits with status 1 within the timeout instead of the other ranks waiting forever in the exchange of
     sums), the message names the file and row, no particles file is written."""
     d, _ = data
-    lines = (d / "input.star").read_text().splitlines()
-    rows = [k for k, l in enumerate(lines) if l.split() and "@" in l.split()[0]]
-    for k in rows[800:900]:
-        cells = lines[k].split()
-        cells[0] = cells[0].split("@")[0] + "@og1/missing.mrcs"
-        lines[k] = " ".join(cells)
-    (d / "bad_mpi.star").write_text("\n".join(lines) + "\n")
+    with_missing_stack(d, "bad_mpi.star", 800, 900)
     r = subprocess.run(["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", regula_binary(), "ctf_refine",
                         "--i", "bad_mpi.star", "--m1", "half1.mrc", "--m2", "half2.mrc", "--o", "bad_mpi",
                         "--fit_defocus", "--j", "1"], cwd=d, capture_output=True, text=True, timeout=300)
@@ -196,13 +201,7 @@ def test_project_job_under_mpirun(data):
     run_regula("--project", ".", *args, cwd=d)
     (alone,) = set((d / "CtfRefine").iterdir()) - before - {job}
     assert (job / "particles_ctf_refine.star").read_bytes() == (alone / "particles_ctf_refine.star").read_bytes()
-    lines = (d / "input.star").read_text().splitlines()
-    rows = [k for k, l in enumerate(lines) if l.split() and "@" in l.split()[0]]
-    for k in rows[200:400]:
-        cells = lines[k].split()
-        cells[0] = cells[0].split("@")[0] + "@og1/missing.mrcs"
-        lines[k] = " ".join(cells)
-    (d / "bad_rank1.star").write_text("\n".join(lines) + "\n")
+    with_missing_stack(d, "bad_rank1.star", 200, 400)
     bad = ["ctf_refine", "--i", "bad_rank1.star", "--m1", "half1.mrc", "--m2", "half2.mrc", "--fit_beamtilt",
            "--j", "1"]
     known = set((d / "CtfRefine").iterdir())

@@ -228,10 +228,9 @@ def arrive(movie, folder):
     tmp.rename(folder / movie.name)
 
 
-def test_watch_mode_follows_new_movies_then_runs_the_rest(tmp_path, movies):
-    """--watch: two movies at the start, two more while it watches; the front steps go on with the new ones,
-    the rest runs once after --watch_idle seconds without new movies. Every file equals that of the workflow
-    run once with all four movies there from the start."""
+def once_and_watched(tmp_path, movies):
+    """Two projects of the WATCHED workflow: `once` run with all four movies there, `watched` with the first two
+    (its runner started by the caller)."""
     once, watched = tmp_path / "once", tmp_path / "watched"
     for p in (once, watched):
         (p / "watch").mkdir(parents=True)
@@ -242,6 +241,14 @@ def test_watch_mode_follows_new_movies_then_runs_the_rest(tmp_path, movies):
     assert r.returncode == 0, r.stderr
     for m in movies[:2]:
         arrive(m, watched / "watch")
+    return once, watched
+
+
+def test_watch_mode_follows_new_movies_then_runs_the_rest(tmp_path, movies):
+    """--watch: two movies at the start, two more while it watches; the front steps go on with the new ones,
+    the rest runs once after --watch_idle seconds without new movies. Every file equals that of the workflow
+    run once with all four movies there from the start."""
+    once, watched = once_and_watched(tmp_path, movies)
     proc = subprocess.Popen([regula_binary(), "--project", str(watched), "workflow", "--i", "workflow.txt",
                              "--watch", "0.5", "--watch_idle", "5"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -268,15 +275,7 @@ def test_watch_class2d_classifies_the_particles_so_far(tmp_path, movies):
     extracted so far, again when N more have come (RELION's on-the-fly 2D classification); the class2d step
     itself runs once at the end, on everything, as without the option (the same files as the workflow run
     once)."""
-    once, watched = tmp_path / "once", tmp_path / "watched"
-    for p in (once, watched):
-        (p / "watch").mkdir(parents=True)
-        (p / "workflow.txt").write_text(WATCHED)
-    for m in movies:
-        arrive(m, once / "watch")
-    assert workflow(once, "--i", "workflow.txt").returncode == 0
-    for m in movies[:2]:
-        arrive(m, watched / "watch")
+    once, watched = once_and_watched(tmp_path, movies)
     proc = subprocess.Popen([regula_binary(), "--project", str(watched), "workflow", "--i", "workflow.txt",
                              "--watch", "0.5", "--watch_idle", "5", "--watch_class2d", "5"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
