@@ -27,6 +27,8 @@
 #include "regula/jobs/motioncorr.hpp"
 #include "regula/jobs/simulate_movies.hpp"
 #include "regula/jobs/symmetry_expand.hpp"
+#include "regula/jobs/multibody.hpp"
+#include "regula/jobs/flex_analyse.hpp"
 
 namespace regula::python {
 namespace {
@@ -491,6 +493,51 @@ void bind_jobs(py::module_& m) {
       "One row per symmetry copy of each particle as relion_particle_symmetry_expand (jobs/symmetry_expand.hpp):\n"
       "sym='C4' (point group) or helix=True with twist, rise and asu or frac_sampling.",
       "dict(output, particles_in, particles_out, copies)");
+
+  using MB = MultibodyOptions;
+  def_job<MB>(
+      m, "multibody", "MultibodyOptions",
+      {REGULA_FIELD(MB, continue_from), REGULA_FIELD(MB, bodies), REGULA_FIELD(MB, out_root),
+       REGULA_FIELD(MB, healpix_order), REGULA_FIELD(MB, oversampling), REGULA_FIELD(MB, offset_range),
+       REGULA_FIELD(MB, offset_step), REGULA_FIELD(MB, max_iterations), REGULA_FIELD(MB, threads), REGULA_FIELD(MB, seed),
+       REGULA_FIELD(MB, particle_diameter), REGULA_FIELD(MB, tau2_fudge), REGULA_FIELD(MB, adaptive_fraction),
+       REGULA_FIELD(MB, pad), REGULA_FIELD(MB, zero_mask), REGULA_FIELD(MB, mask_edge)},
+      [](const MB& o) { return run_multibody(o); },
+      [](const MB&, MultibodyResult r) {
+        py::dict d;
+        d["iterations"] = r.iterations;
+        d["resolution"] = r.resolution;
+        d["data_star"] = r.data_star;
+        d["model_star"] = r.model_star;
+        d["maps"] = r.maps;
+        return d;
+      },
+      "Multi-body refinement as relion_refine --multibody_masks (jobs/multibody.hpp; the command line's refine3d\n"
+      "--continue ... --multibody_masks): continue_from=the consensus's ROOT_itNNN_optimiser.star, bodies=STAR file.",
+      "dict(iterations, resolution (Å per body), data_star, model_star, maps (one per body))");
+
+  using FA = FlexAnalyseOptions;
+  def_job<FA>(
+      m, "flex_analyse", "FlexAnalyseOptions",
+      {REGULA_FIELD(FA, data), REGULA_FIELD(FA, bodies), REGULA_FIELD(FA, model), REGULA_FIELD(FA, out_root),
+       REGULA_FIELD(FA, do_maps), REGULA_FIELD(FA, components), REGULA_FIELD(FA, maps_per_component),
+       REGULA_FIELD(FA, select_component), REGULA_FIELD(FA, select_min), REGULA_FIELD(FA, select_max)},
+      [](const FA& o) { return flex_analyse(o); },
+      [](const FA&, FlexAnalyseResult r) {
+        py::dict d;
+        d["variance"] = r.variance;
+        d["fraction"] = r.fraction;
+        d["eigenvectors"] = r.eigenvectors;
+        d["projections"] = r.projections;
+        d["maps"] = r.maps;
+        d["selection"] = r.selection;
+        d["selected"] = r.selected;
+        return d;
+      },
+      "Principal components of the body motions of a multi-body refinement as relion_flex_analyse --PCA_orient\n"
+      "(jobs/flex_analyse.hpp).",
+      "dict(variance, fraction (per component), eigenvectors, projections ([particle][component]), maps, selection,\n"
+      "selected)");
 
   using U = ParticleSubtractOptions;
   def_job<U>(

@@ -330,7 +330,9 @@ JOBS = {"simulate": ("jobs/simulate.hpp", "SimulateOptions"), "preprocess": ("jo
         "polish": ("jobs/polish.hpp", "PolishOptions"), "import_": ("jobs/import.hpp", "ImportOptions"),
         "motioncorr": ("jobs/motioncorr.hpp", "MotioncorrOptions"), "ctffind": ("jobs/ctffind.hpp", "CtffindOptions"),
         "autopick": ("jobs/autopick.hpp", "AutopickOptions"), "extract": ("jobs/extract.hpp", "ExtractOptions"),
-        "simulate_movies": ("jobs/simulate_movies.hpp", "SimulateMoviesOptions")}
+        "simulate_movies": ("jobs/simulate_movies.hpp", "SimulateMoviesOptions"),
+        "multibody": ("jobs/multibody.hpp", "MultibodyOptions"),
+        "flex_analyse": ("jobs/flex_analyse.hpp", "FlexAnalyseOptions")}
 
 
 @pytest.mark.parametrize("job", sorted(JOBS))

@@ -65,6 +65,7 @@ void add_postprocess(CLI::App& app);
 void add_serve(CLI::App& app);
 void add_initial_model(CLI::App& app);
 void add_symmetry_expand(CLI::App& app);
+void add_flex_analyse(CLI::App& app);
 void add_particle_subtract(CLI::App& app);
 void add_ctf_refine(CLI::App& app);
 void add_polish(CLI::App& app);

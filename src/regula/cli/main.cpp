@@ -46,6 +46,7 @@ const regula::cli::Command kCommands[] = {
     {"fsc", regula::cli::add_fsc},
     {"convert", regula::cli::add_convert},
     {"symmetry_expand", regula::cli::add_symmetry_expand},
+    {"flex_analyse", regula::cli::add_flex_analyse},
     {"import", regula::cli::add_import},
     {"particle_subtract", regula::cli::add_particle_subtract},
     {"ctf_refine", regula::cli::add_ctf_refine},

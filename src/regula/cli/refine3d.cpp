@@ -2,6 +2,7 @@
 #include <memory>
 
 #include "regula/cli/commands.hpp"
+#include "regula/jobs/multibody.hpp"
 #include "regula/jobs/refine3d.hpp"
 
 namespace regula::cli {
@@ -61,7 +62,45 @@ void add_refine3d(CLI::App& app) {
   s->add_flag("--split_random_halves")->description("Accepted (always on)");
   s->add_flag("--dont_combine_weights_via_disc")->description("Ignored (RELION compatibility)");
   s->add_option("--pool", *ignored_i, "Accepted (RELION compatibility: its batch size; no effect on results)");
-  s->callback([opt, ignored_i, ignored_s, s] {
+  auto bodies = std::make_shared<std::string>();
+  s->add_option("--multibody_masks", *bodies,
+                "Multi-body refinement (with --continue from a consensus refinement): STAR file of the bodies' "
+                "masks and priors, as RELION's (docs/multibody.md)");
+  s->add_flag("--reconstruct_subtracted_bodies")
+      ->description("With --multibody_masks: accepted (each body is always reconstructed from the images minus the "
+                    "other bodies, RELION's option)");
+  s->callback([opt, ignored_i, ignored_s, bodies, s] {
+    if (bodies->empty() && s->count("--reconstruct_subtracted_bodies") > 0)
+      throw InputError("--reconstruct_subtracted_bodies: only with --multibody_masks");
+    if (!bodies->empty()) {
+      // Options that a multi-body refinement takes from the command line; the rest come from the
+      // consensus, and giving one is an error rather than ignored.
+      for (const char* name : {"--i", "--ref", "--ini_high", "--firstiter_cc", "--sym", "--ctf", "--flatten_solvent",
+                               "--solvent_mask", "--auto_local_healpix_order", "--low_resol_join_halves", "--angpix",
+                               "--norm", "--scale", "--maxsig", "--perturb", "--max_healpix_order", "--pose_mean",
+                               "--stop_after"})
+        if (s->count(name) > 0)
+          throw InputError(std::string(name) + ": not used by a multi-body refinement (it continues from the "
+                           "consensus given by --continue; docs/multibody.md lists its options)");
+      MultibodyOptions m;
+      m.continue_from = opt->continue_from;
+      m.bodies = *bodies;
+      m.out_root = opt->out_root;
+      if (s->count("--healpix_order") > 0) m.healpix_order = opt->healpix_order;
+      if (s->count("--offset_range") > 0) m.offset_range = opt->offset_range;
+      if (s->count("--offset_step") > 0) m.offset_step = opt->offset_step;
+      m.oversampling = opt->oversampling;
+      if (s->count("--iter") > 0) m.max_iterations = opt->max_iterations;
+      m.threads = opt->threads;
+      m.seed = opt->seed;
+      m.particle_diameter = opt->particle_diameter;
+      m.tau2_fudge = opt->tau2_fudge;
+      m.adaptive_fraction = opt->adaptive_fraction;
+      m.pad = opt->pad;
+      m.zero_mask = opt->zero_mask;
+      run_multibody(m);
+      return;
+    }
     opt->iterations_given = s->count("--iter") > 0;
     run_refine3d(*opt);
   });

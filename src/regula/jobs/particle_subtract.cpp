@@ -39,8 +39,9 @@ std::string as_dir(std::string d) {
   return d;
 }
 
-// What Regula's CTF and projection do not model: refuse optics groups that need it.
-void check_optics(const ParticleTable& table, double model_pixel, int model_box) {
+}  // namespace
+
+void check_subtraction_optics(const ParticleTable& table, double model_pixel, int model_box) {
   const star::Block* ob = table.document().find("optics");
   std::string mtf;
   for (size_t g = 0; g < table.optics.size(); ++g) {
@@ -112,6 +113,8 @@ std::vector<int> relion_group_index(const ParticleTable& table) {
   }
   return out;
 }
+
+namespace {
 
 struct Subtraction {
   const RefinementFiles* files = nullptr;
@@ -318,7 +321,7 @@ ParticleSubtractResult particle_subtract(const ParticleSubtractOptions& opt) {
   Subtraction s;
   s.files = &files;
   s.n = files.models[0].original_size;
-  check_optics(table, files.models[0].pixel_size, s.n);
+  check_subtraction_optics(table, files.models[0].pixel_size, s.n);
 
   Grid<float> keep;
   if (!opt.mask.empty()) {

@@ -34,6 +34,9 @@
 // such groups; Regula does not model them).
 #pragma once
 #include <string>
+#include <vector>
+
+#include "regula/model/particles.hpp"
 
 namespace regula {
 
@@ -63,5 +66,14 @@ struct ParticleSubtractResult {
 };
 
 ParticleSubtractResult particle_subtract(const ParticleSubtractOptions& opt);
+
+// What the subtraction's CTF and projection do not model (also refine3d --multibody_masks): InputError
+// for optics groups of another pixel or box size than the refinement's model (model_pixel Å,
+// model_box px), beam tilt, Zernike aberrations, anisotropic magnification, or different MTFs.
+void check_subtraction_optics(const ParticleTable& table, double model_pixel, int model_box);
+// The group of each particle (0-based) as RELION's Experiment numbers them, the index into a model's
+// data_model_groups: groups in order of first appearance of rlnGroupName, or else of the micrograph
+// name without its "Job/jobNNN/" prefix; a single group when the file has neither.
+std::vector<int> relion_group_index(const ParticleTable& table);
 
 }  // namespace regula
