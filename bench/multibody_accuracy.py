@@ -1,6 +1,6 @@
 """Accuracy of a multi-body refinement of bench/multibody_sim.py's particles.
 
-Usage: multibody_accuracy.py TRUTH_STAR BODIES_STAR HINGE_TXT DATA_STAR [PROJECTIONS_TXT]
+Usage: multibody_accuracy.py TRUTH_STAR BODIES_STAR HINGE_TXT DATA_STAR [PROJECTIONS_TXT [MAPS_ROOT]]
 
 DATA_STAR: a multi-body refinement's _data.star (RELION's or Regula's: the consensus poses in
 data_particles, the bodies' residual angles and offsets in data_images_body_N). Each body's orientation
@@ -13,7 +13,10 @@ rlnImageName. Printed:
   - the rotation of body 2 relative to body 1 (R1^T R2): its median angular distance to the true hinge
     rotation, and the correlation of its angle about the hinge axis with the true hinge angle;
   - with PROJECTIONS_TXT (RELION's flex_analyse --write_pca_projections format: image name, then the
-    projections on the components), |correlation| of each of the first 3 components with the hinge angle."""
+    projections on the components), |correlation| of each of the first 3 components with the hinge angle;
+  - with MAPS_ROOT (ROOT of MAPS_ROOT_body001.mrc ...), each body's map against the true body map at hinge
+    angle 0 (body1.mrc, body2.mrc beside the bodies file), both times the body's mask: the resolution where
+    their FSC first drops below 0.5."""
 import sys
 
 import mrcfile
@@ -21,6 +24,7 @@ import numpy as np
 
 truth_star, bodies_star, hinge_txt, data_star = sys.argv[1:5]
 proj_txt = sys.argv[5] if len(sys.argv) > 5 else None
+maps_root = sys.argv[6] if len(sys.argv) > 6 else None
 
 
 def blocks(path):
@@ -150,4 +154,24 @@ if proj_txt:
     P = np.array([pr[nm] for nm in names])
     cs = [abs(np.corrcoef(P[:, k], theta)[0, 1]) for k in range(min(3, P.shape[1]))]
     out.append("|corr(PC, hinge)| " + " ".join(f"{c:.3f}" for c in cs))
+if maps_root:
+    res = []
+    for b in range(len(masks)):
+        mpath = os.path.join(base, masks[b]) if not os.path.exists(masks[b]) else masks[b]
+        m = mrcfile.read(mpath).astype(np.float64)
+        t = mrcfile.read(os.path.join(base, f"body{b + 1}.mrc")).astype(np.float64) * m
+        e = mrcfile.read(f"{maps_root}_body{b + 1:03d}.mrc").astype(np.float64) * m
+        F, G = np.fft.rfftn(t), np.fft.rfftn(e)
+        n = t.shape[0]
+        k = np.fft.fftfreq(n) * n
+        r = np.rint(np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + np.arange(n // 2 + 1)[None, None, :] ** 2))
+        sh = r.astype(int).ravel()
+        num = np.bincount(sh, (F * np.conj(G)).real.ravel())
+        den = np.sqrt(np.bincount(sh, (abs(F) ** 2).ravel()) * np.bincount(sh, (abs(G) ** 2).ravel()))
+        fsc = (num / np.maximum(den, 1e-30))[: n // 2 + 1]
+        below = np.nonzero(fsc[1:] < 0.5)[0]
+        shell = (below[0] if len(below) else n // 2)
+        apix = mrcfile.open(mpath, header_only=True).voxel_size.x
+        res.append(f"{n * apix / max(shell, 1):.2f}")
+    out.append("body maps vs truth (FSC 0.5) " + " / ".join(res) + " Å")
 print("; ".join(out))

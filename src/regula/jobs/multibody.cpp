@@ -736,8 +736,8 @@ MultibodyResult Job::run() {
   const size_t B = bodies_.size();
   int r_score = files_.models[0].current_size > 0 ? std::min(files_.models[0].current_size / 2, n_ / 2) : n_ / 2;
   r_score = std::max(r_score, 8);
-  const double fine_step = healpix_angular_step(opt_.healpix_order) / std::pow(2.0, opt_.oversampling);
   std::vector<int> best(B, 0);
+  std::vector<double> smallest_change(B, 999.0);
   MultibodyResult res;
   bool final = false;
   for (int it = 1; it <= opt_.max_iterations; ++it) {
@@ -758,11 +758,17 @@ MultibodyResult Job::run() {
                  r_score, seconds_since(t0), line);
     res.iterations = it;
     if (final) break;
-    const bool small = std::all_of(ang_change_.begin(), ang_change_.end(), [&](double a) { return a < 0.5 * fine_step; });
-    if (it >= 2 && !gained && small) {
-      spdlog::info("refine3d --multibody_masks: converged (no body's resolution improved; mean angular changes below "
-                   "half the fine step, {:.2f}°); a final iteration at every frequency follows",
-                   0.5 * fine_step);
+    // RELION's convergence of auto-refine: no body's resolution improved, and no body's mean angular
+    // change fell below its smallest so far (the changes in the hidden variables have stopped shrinking).
+    bool shrinking = false;
+    for (size_t b = 0; b < B; ++b)
+      if (ang_change_[b] < smallest_change[b]) {
+        smallest_change[b] = ang_change_[b];
+        shrinking = true;
+      }
+    if (it >= 2 && !gained && !shrinking) {
+      spdlog::info("refine3d --multibody_masks: converged (no body's resolution improved and the angular changes "
+                   "stopped shrinking); a final iteration at every frequency follows");
       final = true;
     }
     const int mx = *std::max_element(res_shell_.begin(), res_shell_.end());
