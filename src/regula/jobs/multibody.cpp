@@ -737,7 +737,9 @@ MultibodyResult Job::run() {
   int r_score = files_.models[0].current_size > 0 ? std::min(files_.models[0].current_size / 2, n_ / 2) : n_ / 2;
   r_score = std::max(r_score, 8);
   std::vector<int> best(B, 0);
-  std::vector<double> smallest_change(B, 999.0);
+  std::vector<double> smallest_change(B, 999.0), smallest_offset(B, 999.0);
+  const double fine_step = healpix_angular_step(opt_.healpix_order) / std::pow(2.0, opt_.oversampling);
+  const double fine_trans_A = opt_.offset_step / std::pow(2.0, opt_.oversampling) * angpix_;
   MultibodyResult res;
   bool final = false;
   for (int it = 1; it <= opt_.max_iterations; ++it) {
@@ -758,17 +760,21 @@ MultibodyResult Job::run() {
                  r_score, seconds_since(t0), line);
     res.iterations = it;
     if (final) break;
-    // RELION's convergence of auto-refine: no body's resolution improved, and no body's mean angular
-    // change fell below its smallest so far (the changes in the hidden variables have stopped shrinking).
-    bool shrinking = false;
-    for (size_t b = 0; b < B; ++b)
-      if (ang_change_[b] < smallest_change[b]) {
-        smallest_change[b] = ang_change_[b];
-        shrinking = true;
-      }
-    if (it >= 2 && !gained && !shrinking) {
-      spdlog::info("refine3d --multibody_masks: converged (no body's resolution improved and the angular changes "
-                   "stopped shrinking); a final iteration at every frequency follows");
+    // RELION's convergence of auto-refine (updateOverallChangesInHiddenVariables, checkConvergence): no
+    // body's resolution improved, and no large changes in the hidden variables: for every body, the mean
+    // angular change within 3% of its smallest so far or below 40% of the fine angular step, and the
+    // offsets' change likewise against the fine translational step.
+    bool large = false;
+    for (size_t b = 0; b < B; ++b) {
+      const bool ang_ok = ang_change_[b] < 0.4 * fine_step || 1.03 * ang_change_[b] >= smallest_change[b];
+      const bool off_ok = off_change_[b] < 0.4 * fine_trans_A || 1.03 * off_change_[b] >= smallest_offset[b];
+      large |= !(ang_ok && off_ok);
+      smallest_change[b] = std::min(smallest_change[b], ang_change_[b]);
+      smallest_offset[b] = std::min(smallest_offset[b], off_change_[b]);
+    }
+    if (it >= 2 && !gained && !large) {
+      spdlog::info("refine3d --multibody_masks: converged (no body's resolution improved, no large changes of the "
+                   "poses); a final iteration at every frequency follows");
       final = true;
     }
     const int mx = *std::max_element(res_shell_.begin(), res_shell_.end());
