@@ -2,9 +2,14 @@
 
 #include <algorithm>
 
+#include "regula/core/blas.hpp"
+
 namespace regula {
 
 ThreadPool::ThreadPool(int nthreads) : nthreads_(std::max(1, nthreads)) {
+  // The library parallelises over its own work units: OpenBLAS's threads inside them would compete
+  // with the pool's (measured: a third of multi-body refinement's time went to their hand-offs).
+  set_blas_single_threaded();
   for (int i = 1; i < nthreads_; ++i) threads_.emplace_back([this, i] { worker(i); });
 }
 

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <numbers>
 
+#include "regula/core/blas.hpp"
 #include "regula/core/error.hpp"
 #include "regula/core/fft.hpp"
 #include "regula/estep/matrices.hpp"
@@ -358,6 +359,7 @@ void posterior_from_scores(size_t P, size_t T, size_t D, std::span<const double>
 void search_poses(const RotatableParticle& x, const SearchPixels& px, std::span<const float> inv_sigma2, float scale,
                   const Slices& slices, const PoseSet& poses, const SearchOptions& opt, SearchWork& w,
                   PoseResult& out) {
+  set_blas_single_threaded();
   const size_t m = px.size(), P = poses.psi.size(), T = poses.trans.size(), D = slices.d;
   if (slices.m != m || poses.dirs.size() != D)
     runtime_error("search_poses: {} slices of {} pixels for {} directions and {} pixels", D, slices.m,

@@ -7,6 +7,7 @@
 #include <limits>
 #include <numbers>
 
+#include "regula/core/blas.hpp"
 #include "regula/core/error.hpp"
 #include "regula/estep/matrices.hpp"
 #include "regula/estep/posteriors.hpp"
@@ -415,6 +416,7 @@ void SliceCache::get(size_t i, const Projector& proj, const Euler& a, float* s, 
 
 void search_particle_3d(const Search3DSetup& S, const Search3DInput& in, Search3DWork& ws, SliceSink* sink,
                         Search3DResult& res) {
+  set_blas_single_threaded();
   res = Search3DResult();
   const size_t K = size_t(S.classes);
   const RotatableParticle& x = *in.x;
