@@ -17,10 +17,13 @@ rlnImageName. Printed:
   - with MAPS_ROOT (ROOT of MAPS_ROOT_body001.mrc ...), each body's map against the true body map at hinge
     angle 0 (body1.mrc, body2.mrc beside the bodies file), both times the body's mask: the resolution where
     their FSC first drops below 0.5."""
+import os
 import sys
 
 import mrcfile
 import numpy as np
+
+from evaluate_refine import euler_matrix as euler  # RELION's Euler matrix, as the other benches
 
 truth_star, bodies_star, hinge_txt, data_star = sys.argv[1:5]
 proj_txt = sys.argv[5] if len(sys.argv) > 5 else None
@@ -53,15 +56,6 @@ def col(tab, label, conv=float):
     return [conv(r[i]) for r in rows]
 
 
-def euler(rot, tilt, psi):
-    a, b, g = np.deg2rad([rot, tilt, psi])
-    ca, sa, cb, sb, cg, sg = np.cos(a), np.sin(a), np.cos(b), np.sin(b), np.cos(g), np.sin(g)
-    cc, cs, sc, ss = cb * ca, cb * sa, sb * ca, sb * sa
-    return np.array([[cg * cc - sg * sa, cg * cs + sg * ca, -cg * sb],
-                     [-sg * cc - cg * sa, -sg * cs + cg * ca, sg * sb],
-                     [sc, ss, cb]])
-
-
 def align_with_z(axis):
     a = np.asarray(axis, float) / np.linalg.norm(axis)
     p = np.hypot(a[1], a[2])
@@ -88,7 +82,6 @@ bt = blocks(bodies_star)
 btab = next(t for t in bt.values() if "rlnBodyMaskName" in t[0])
 masks = col(btab, "rlnBodyMaskName", str)
 rel = col(btab, "rlnBodyRotateRelativeTo", int) if "rlnBodyRotateRelativeTo" in btab[0] else [0] * len(masks)
-import os
 base = os.path.dirname(bodies_star)
 com = []
 for m in masks:

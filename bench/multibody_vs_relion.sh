@@ -58,7 +58,7 @@ rm -rf G_mb; mkdir -p G_mb
 timed G_mb "$regula" refine3d --continue "$cons" --o G_mb/run --multibody_masks bodies.star --oversampling 1 \
   --healpix_order 4 --offset_range 3 --offset_step 1.5 --particle_diameter "$diameter" --j 2 --seed 1
 timed G_flex "$regula" flex_analyse --data G_mb/run_data.star --bodies bodies.star --model G_mb/run_model.star \
-  --o G_mb/analyse --k 3 --bins 10
+  --o G_mb/analyse --do_maps --k 3 --maps_per_movie 10
 echo "RELION 3.1.3: $(/usr/bin/python3 "$here/multibody_accuracy.py" truth.star bodies.star hinge.txt R_mb/run_data.star \
   R_mb/analyse_projections_along_eigenvectors_all_particles.txt)"
 echo "Regula:       $(/usr/bin/python3 "$here/multibody_accuracy.py" truth.star bodies.star hinge.txt G_mb/run_data.star \

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import multibody_data
+from movie_data import star_loop as read_loop
 from conftest import euler, run_regula
 
 
@@ -31,24 +32,6 @@ def align_with_z(axis):
         s = 1.0 if a[0] > 0 else -1.0
         return np.array([[0, 0, -s], [0, 1, 0], [s, 0, 0]])
     return np.array([[p, -a[0] * a[1] / p, -a[0] * a[2] / p], [0, a[2] / p, -a[1] / p], list(a)])
-
-
-def read_loop(path, block):
-    labels, rows, inside = [], [], False
-    for ln in open(path).read().split("\n"):
-        s = ln.strip()
-        if s.startswith("data_"):
-            if inside and rows:
-                break
-            inside = s == "data_" + block
-            continue
-        if not inside:
-            continue
-        if s.startswith("_"):
-            labels.append(s.split()[0][1:])
-        elif s and s != "loop_" and not s.startswith("#"):
-            rows.append(s.split())
-    return {lab: [r[i] for r in rows] for i, lab in enumerate(labels)}
 
 
 def centre_of_mass(path):

@@ -265,4 +265,31 @@ Grid<float> randomize_phases(const Grid<float>& map, double radius_px, uint64_t 
   return out;
 }
 
+Grid<float> transform_map(const Grid<float>& in, const Mat3& R, const Vec3& c, const Vec3& t) {
+  const int n = in.nx();
+  if (in.ny() != n || in.nz() != n) runtime_error("transform_map: {}x{}x{} is not a cube", in.nx(), in.ny(), in.nz());
+  const double h = n / 2;
+  Grid<float> out(n, n, n);
+  for (int z = 0; z < n; ++z)
+    for (int y = 0; y < n; ++y)
+      for (int x = 0; x < n; ++x) {
+        const double X = x - h - c[0] - t[0], Y = y - h - c[1] - t[1], Z = z - h - c[2] - t[2];
+        const double sx = R[0][0] * X + R[1][0] * Y + R[2][0] * Z + h + c[0];  // R^T (y - h - c - t) + h + c
+        const double sy = R[0][1] * X + R[1][1] * Y + R[2][1] * Z + h + c[1];
+        const double sz = R[0][2] * X + R[1][2] * Y + R[2][2] * Z + h + c[2];
+        const int x0 = int(std::floor(sx)), y0 = int(std::floor(sy)), z0 = int(std::floor(sz));
+        const double fx = sx - x0, fy = sy - y0, fz = sz - z0;
+        double v = 0;
+        for (int dz = 0; dz < 2; ++dz)
+          for (int dy = 0; dy < 2; ++dy)
+            for (int dx = 0; dx < 2; ++dx) {
+              const int xi = x0 + dx, yi = y0 + dy, zi = z0 + dz;
+              if (xi < 0 || yi < 0 || zi < 0 || xi >= n || yi >= n || zi >= n) continue;
+              v += (dx ? fx : 1 - fx) * (dy ? fy : 1 - fy) * (dz ? fz : 1 - fz) * in(xi, yi, zi);
+            }
+        out(x, y, z) = float(v);
+      }
+  return out;
+}
+
 }  // namespace regula

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "regula/core/grid.hpp"
+#include "regula/sampling/euler.hpp"
 
 namespace regula {
 
@@ -80,5 +81,10 @@ Grid<float> randomize_phases(const Grid<float>& map, double radius_px, uint64_t 
 // Integer shift with wrap-around: out(x + dx, y + dy, z + dz) = in(x, y, z), indices modulo the
 // size (the content moves by +d pixels, as RELION's selfTranslate with WRAP). Any grid shape.
 Grid<float> shift_wrapped(const Grid<float>& img, int dx, int dy, int dz = 0);
+
+// A cubic map turned by R about the point c and moved by t (px from the box centre n/2):
+// out(y) = in(R^T (y - n/2 - c - t) + n/2 + c), trilinear, zero outside the box.
+Grid<float> transform_map(const Grid<float>& in, const Mat3& R, const Vec3& c = {0, 0, 0},
+                          const Vec3& t = {0, 0, 0});
 
 }  // namespace regula

@@ -10,6 +10,7 @@
 
 #include "regula/core/atomic_file.hpp"
 #include "regula/core/error.hpp"
+#include "regula/imaging/filter.hpp"
 #include "regula/io/mrc.hpp"
 #include "regula/io/star.hpp"
 #include "regula/jobs/multibody.hpp"
@@ -108,29 +109,6 @@ Mat3 rotation_from_vector(const Vec3& w) {
   return R;
 }
 
-// The map turned about c by R and moved by t (px): out(y) = in(R^T (y - c - t) + c), trilinear, zero outside.
-Grid<float> moved(const Grid<float>& in, const Mat3& R, const std::array<int, 3>& c, const Vec3& t) {
-  const int n = in.nx();
-  Grid<float> out(n, n, n);
-  const Mat3 Rt = transpose(R);
-  for (int z = 0; z < n; ++z)
-    for (int y = 0; y < n; ++y)
-      for (int x = 0; x < n; ++x) {
-        const Vec3 q{x - n / 2 - c[0] - t[0], y - n / 2 - c[1] - t[1], z - n / 2 - c[2] - t[2]};
-        const Vec3 p = matvec(Rt, q);
-        const double sx = p[0] + c[0] + n / 2, sy = p[1] + c[1] + n / 2, sz = p[2] + c[2] + n / 2;
-        const int x0 = int(std::floor(sx)), y0 = int(std::floor(sy)), z0 = int(std::floor(sz));
-        if (x0 < 0 || y0 < 0 || z0 < 0 || x0 + 1 >= n || y0 + 1 >= n || z0 + 1 >= n) continue;
-        const double fx = sx - x0, fy = sy - y0, fz = sz - z0;
-        double v = 0;
-        for (int dz = 0; dz < 2; ++dz)
-          for (int dy = 0; dy < 2; ++dy)
-            for (int dx = 0; dx < 2; ++dx)
-              v += (dx ? fx : 1 - fx) * (dy ? fy : 1 - fy) * (dz ? fz : 1 - fz) * in(x0 + dx, y0 + dy, z0 + dz);
-        out(x, y, z) = float(v);
-      }
-  return out;
-}
 
 }  // namespace
 
@@ -264,9 +242,11 @@ FlexAnalyseResult flex_analyse(const FlexAnalyseOptions& opt) {
             t[size_t(a)] = (mean[6 * b + 3 + size_t(a)] + avg * res.eigenvectors[k][6 * b + 3 + size_t(a)]) / angpix;
           }
           const Mat3 R = rotation_from_vector(w);
+          const auto& c = bodies[b].com;
+          const Vec3 com{double(c[0]), double(c[1]), double(c[2])};
           Grid<float> body = maps[b];
           for (size_t v = 0; v < body.size(); ++v) body[v] *= bodies[b].mask[v];
-          const Grid<float> mb = moved(body, R, bodies[b].com, t), mm = moved(bodies[b].mask, R, bodies[b].com, t);
+          const Grid<float> mb = transform_map(body, R, com, t), mm = transform_map(bodies[b].mask, R, com, t);
           for (size_t v = 0; v < sum.size(); ++v) {
             sum[v] += mb[v];
             wsum[v] += mm[v];

@@ -46,32 +46,7 @@ std::string InitialModelOptions::validate() const {
   return "";
 }
 
-// out(x) = in(R^T (x - c) + c), trilinear, zero outside: the object rotated by R about the centre.
-Volume rotate_map(const Volume& in, const Mat3& R) {
-  const int n = in.nx();
-  const double c = n / 2;
-  Volume out(n, n, n);
-  for (int z = 0; z < n; ++z)
-    for (int y = 0; y < n; ++y)
-      for (int x = 0; x < n; ++x) {
-        const double X = x - c, Y = y - c, Z = z - c;
-        const double sx = R[0][0] * X + R[1][0] * Y + R[2][0] * Z + c;  // R^T (x - c) + c
-        const double sy = R[0][1] * X + R[1][1] * Y + R[2][1] * Z + c;
-        const double sz = R[0][2] * X + R[1][2] * Y + R[2][2] * Z + c;
-        const int x0 = int(std::floor(sx)), y0 = int(std::floor(sy)), z0 = int(std::floor(sz));
-        const double fx = sx - x0, fy = sy - y0, fz = sz - z0;
-        double v = 0;
-        for (int dz = 0; dz < 2; ++dz)
-          for (int dy = 0; dy < 2; ++dy)
-            for (int dx = 0; dx < 2; ++dx) {
-              const int xi = x0 + dx, yi = y0 + dy, zi = z0 + dz;
-              if (xi < 0 || yi < 0 || zi < 0 || xi >= n || yi >= n || zi >= n) continue;
-              v += (dx ? fx : 1 - fx) * (dy ? fy : 1 - fy) * (dz ? fz : 1 - fz) * in(xi, yi, zi);
-            }
-        out(x, y, z) = float(v);
-      }
-  return out;
-}
+Volume rotate_map(const Volume& in, const Mat3& R) { return transform_map(in, R); }
 
 
 // The rotation R that best aligns the map's features with the symmetry axes of `sym` (as

@@ -246,20 +246,8 @@ std::array<double, 2> subtract_one(const Subtraction& s, const ParticleTable& ta
   Grid<cfloat> P = s.projectors[size_t(h)][size_t(s.cls[i])]->project(A);
   const double ox = table.origin_x[i] / px, oy = table.origin_y[i] / px;
   shift_phase(P, -ox, -oy, n);
-  if (f.ctf) {
-    CtfOptions co;
-    co.abs = f.phase_flipped;
-    co.intact_until_first_peak = f.intact_first_peak;
-    Grid<float> ctf;
-    Ctf(particle_ctf_params(table, i), co).evaluate_half_complex(ctf, n, px);
-    const bool squared = s.premultiplied[size_t(table.optics_index[i])];
-    for (size_t k = 0; k < P.size(); ++k) P[k] *= squared ? ctf[k] * ctf[k] : ctf[k];
-  }
-  if (f.scale) {
-    const float sc = float(m.group_scale[size_t(s.group[i])]);
-    for (auto& v : P) v *= sc;
-  }
-  for (size_t k = 0; k < F.size(); ++k) F[k] -= P[k];
+  subtract_projection(F, P, f, table, i, s.premultiplied[size_t(table.optics_index[i])],
+                      f.scale ? m.group_scale[size_t(s.group[i])] : 1.0, px);
   img = from_fourier_centred(F, n);
   std::array<double, 2> origin{table.origin_x[i], table.origin_y[i]};
   if (s.recentre) {
@@ -415,6 +403,22 @@ ParticleSubtractResult particle_subtract(const ParticleSubtractOptions& opt) {
   progress.finish();
   spdlog::info("particle_subtract: {} particles, box {} -> {} px; wrote {}", count, s.n, s.n_out, res.star);
   return res;
+}
+
+void subtract_projection(Grid<cfloat>& F, const Grid<cfloat>& P, const RefinementFiles& f, const ParticleTable& table,
+                         size_t i, bool premultiplied, double scale, double pixel_size) {
+  if (F.size() != P.size()) runtime_error("subtract_projection: transforms of {} and {} values", F.size(), P.size());
+  const float sc = float(scale);
+  if (!f.ctf) {
+    for (size_t k = 0; k < F.size(); ++k) F[k] -= P[k] * sc;
+    return;
+  }
+  CtfOptions co;
+  co.abs = f.phase_flipped;
+  co.intact_until_first_peak = f.intact_first_peak;
+  Grid<float> ctf;
+  Ctf(particle_ctf_params(table, i), co).evaluate_half_complex(ctf, F.ny(), pixel_size);
+  for (size_t k = 0; k < F.size(); ++k) F[k] -= P[k] * (sc * (premultiplied ? ctf[k] * ctf[k] : ctf[k]));
 }
 
 }  // namespace regula

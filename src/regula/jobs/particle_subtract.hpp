@@ -36,7 +36,9 @@
 #include <string>
 #include <vector>
 
+#include "regula/core/grid.hpp"
 #include "regula/model/particles.hpp"
+#include "regula/model/refinement_files.hpp"
 
 namespace regula {
 
@@ -75,5 +77,10 @@ void check_subtraction_optics(const ParticleTable& table, double model_pixel, in
 // data_model_groups: groups in order of first appearance of rlnGroupName, or else of the micrograph
 // name without its "Job/jobNNN/" prefix; a single group when the file has neither.
 std::vector<int> relion_group_index(const ParticleTable& table);
+// Particle i's transform minus a model projection P, both centred half-complex of the image's box, as the
+// refinement f modelled its images: F -= scale CTF P (CTF^2 when the data are CTF-premultiplied; no CTF
+// when f has none; |CTF| for phase-flipped data). pixel_size: the image's, Å.
+void subtract_projection(Grid<cfloat>& F, const Grid<cfloat>& P, const RefinementFiles& f, const ParticleTable& table,
+                         size_t i, bool premultiplied, double scale, double pixel_size);
 
 }  // namespace regula
