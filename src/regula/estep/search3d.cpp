@@ -26,7 +26,16 @@ struct CoarseFrame {
   Mat3 P = identity3();  // Search3DSetup::perturb
   Euler prev;           // previous pose in the search frame
   Vec3 prev_dir{0, 0, 1};
+  double centre_w = 0;  // 1 / (2 sigma_centre^2), 0: no centre prior
+  Euler centre;         // Search3DInput's centre in the search frame
+  Vec3 centre_dir{0, 0, 1};
   size_t d_per_class = 0;
+  // The centre prior of a pose of the search frame (direction dir, in-plane angle psi).
+  double centre_prior(const Vec3& dir, double psi) const {
+    if (centre_w == 0) return 0;
+    const double a = angle_between(centre_dir, dir), dp = wrap180(psi - centre.psi);
+    return -(a * a + dp * dp) * centre_w;
+  }
   // Orientation of a pose (rot, tilt, psi) of the search frame (then perturbed).
   Euler map(double rot, double tilt, double psi) const {
     if (!turned && !perturbed) return Euler{rot, tilt, psi};
@@ -67,6 +76,13 @@ PoseSet coarse_pass(const Search3DSetup& S, const Search3DInput& in, Search3DWor
   f.prev = f.turned ? matrix_to_euler(matmul(euler_to_matrix(in.rot, in.tilt, in.psi), transpose(f.Q)))
                     : Euler{in.rot, in.tilt, in.psi};
   f.prev_dir = euler_direction(f.prev.rot, f.prev.tilt);
+  if (S.local && S.sigma_centre > 0) {
+    f.centre_w = 1 / (2 * S.sigma_centre * S.sigma_centre);
+    f.centre = f.turned ? matrix_to_euler(matmul(euler_to_matrix(in.centre_rot, in.centre_tilt, in.centre_psi),
+                                                 transpose(f.Q)))
+                        : Euler{in.centre_rot, in.centre_tilt, in.centre_psi};
+    f.centre_dir = euler_direction(f.centre.rot, f.centre.tilt);
+  }
   f.P = S.perturb;
   f.perturbed = S.perturb != identity3();
 
@@ -84,7 +100,8 @@ PoseSet coarse_pass(const Search3DSetup& S, const Search3DInput& in, Search3DWor
   const int J = int(std::ceil(3 * sigma_ang / step - 1e-9));
   for (int j = -J; j <= J; ++j) {
     ps.psi.push_back(wrap180(f.prev.psi + j * step));
-    ps.log_prior_psi.push_back(-(j * step) * (j * step) / (2 * sigma_ang * sigma_ang));
+    ps.log_prior_psi.push_back(-(j * step) * (j * step) / (2 * sigma_ang * sigma_ang) +
+                               f.centre_prior(f.centre_dir, ps.psi.back()));
   }
   ws.cdirs.clear();
   ws.cpix.clear();
@@ -96,7 +113,7 @@ PoseSet coarse_pass(const Search3DSetup& S, const Search3DInput& in, Search3DWor
     const double a = angle_between(f.prev_dir, v);
     ws.cdirs.push_back(S.table->rot_tilt[d]);
     ws.cpix.push_back(long(d));
-    window_prior.push_back(-a * a / (2 * sigma_ang * sigma_ang));
+    window_prior.push_back(-a * a / (2 * sigma_ang * sigma_ang) + f.centre_prior(v, f.centre.psi));
   }
   if (ws.cdirs.empty()) {  // 3 sigma is always wider than a pixel; kept for safety: the nearest
     size_t best = 0;
@@ -107,7 +124,7 @@ PoseSet coarse_pass(const Search3DSetup& S, const Search3DInput& in, Search3DWor
     }
     ws.cdirs.push_back(S.table->rot_tilt[best]);
     ws.cpix.push_back(long(best));
-    window_prior.push_back(0);
+    window_prior.push_back(f.centre_prior(S.table->v[best], f.centre.psi));
   }
   f.d_per_class = ws.cdirs.size();
   const size_t D = f.d_per_class, m = S.px_coarse->size();
@@ -195,7 +212,8 @@ void fine_poses(const Search3DSetup& S, const Search3DInput& in, const PoseSet& 
     for (size_t ci = 0; ci < children.size(); ++ci) {
       const long child = children[ci];
       const auto crt = healpix_direction(S.order + os, child);
-      const double a = S.local ? angle_between(f.prev_dir, euler_direction(crt[0], crt[1])) : 0.0;
+      const Vec3 cdir = S.local ? euler_direction(crt[0], crt[1]) : Vec3{0, 0, 1};
+      const double a = S.local ? angle_between(f.prev_dir, cdir) : 0.0;
       for (int b = 0; b < npsi; ++b) {
         const double psi = wrap180(ps.psi[p] - step / 2 + (b + 0.5) * step / npsi);
         fp.ang.push_back(f.map(crt[0], crt[1], psi));
@@ -206,7 +224,7 @@ void fine_poses(const Search3DSetup& S, const Search3DInput& in, const PoseSet& 
           double lp = class_prior(S, c);
           if (S.local) {
             const double dp = wrap180(psi - f.prev.psi);
-            lp += -(a * a + dp * dp) / (2 * sigma_ang * sigma_ang);
+            lp += -(a * a + dp * dp) / (2 * sigma_ang * sigma_ang) + f.centre_prior(cdir, psi);
           }
           fp.ang_prior.push_back(lp);
         }

@@ -98,6 +98,11 @@ struct Search3DSetup {
   bool local = false;                      // local searches around the previous pose
   int order = 2;                           // HEALPix order of the coarse pass
   double sigma_ang = 15;                   // local: Gaussian prior sigma, degrees
+  // Local: a second Gaussian prior (sigma, degrees; 0: none) about the input's centre pose, times the
+  // window's (RELION's multi-body: the window follows the body's previous pose, this prior keeps it
+  // near the consensus). Separable as the window's: the angle between directions, and the in-plane
+  // angle's difference, in the window's frame.
+  double sigma_centre = 0;
   // Global searches: the directions of the asymmetric unit and their NEST pixels (one copy per
   // class, class-major), the in-plane angles, and the coarse slices of every class (class-major).
   const std::vector<std::array<double, 2>>* global_dirs = nullptr;
@@ -138,6 +143,7 @@ struct Search3DInput {
   std::span<const float> inv_sigma2_sums;  // per shell, the weights of x_sums' slices (empty: inv_sigma2)
   double scale = 1;                      // s multiplying the reference (group scale correction)
   double rot = 0, tilt = 0, psi = 0;     // previous pose (local searches)
+  double centre_rot = 0, centre_tilt = 0, centre_psi = 0;  // Search3DSetup::sigma_centre's centre
   double ox_px = 0, oy_px = 0;           // current origin, px (offset prior)
   // Anisotropic magnification (imaging/optics_model.hpp): the pixels px_fine and px_sums of the
   // setup mapped to the reference frame, T_g k, where the fine pass projects the references and

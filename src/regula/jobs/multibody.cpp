@@ -188,7 +188,7 @@ class Job {
  private:
   void setup();
   void initial_noise();
-  void make_projectors(int r_search);
+  void make_projectors(int r_search, bool subtraction);
   Image subtracted(size_t i, int b, ParticleImages& images) const;
   std::array<double, 2> body_origin(size_t i, int b) const;
   void iterate(int r_score, bool final);
@@ -328,7 +328,7 @@ std::array<double, 2> Job::body_origin(size_t i, int b) const {
   return {origin_[i][0] - Ac[0] + d_[size_t(b)][i][0], origin_[i][1] - Ac[1] + d_[size_t(b)][i][1]};
 }
 
-void Job::make_projectors(int r_search) {
+void Job::make_projectors(int r_search, bool subtraction) {
   const size_t B = bodies_.size();
   for (int h = 0; h < 2; ++h) {
     search_[size_t(h)].clear();
@@ -339,7 +339,7 @@ void Job::make_projectors(int r_search) {
       search_[size_t(h)].push_back(std::make_unique<Projector>(
           shift_wrapped(body_map_[size_t(h)][b], -c[0], -c[1], -c[2]), opt_.pad, r_search + 1, opt_.threads));
       sub_[size_t(h)][b].resize(B);
-      for (size_t o = 0; o < B; ++o) {
+      for (size_t o = 0; o < B && subtraction; ++o) {
         if (o == b) continue;
         Grid<float> v = body_map_[size_t(h)][o];
         for (size_t k = 0; k < v.size(); ++k) v[k] *= 1.0f - bodies_[b].mask[k];
@@ -373,18 +373,7 @@ Image Job::subtracted(size_t i, int b, ParticleImages& images) const {
     else
       for (size_t k = 0; k < S.size(); ++k) S[k] += Po[k];
   }
-  float s = float(group_scale_[i]);
-  if (ctf_) {
-    CtfOptions co;
-    co.abs = files_.phase_flipped;
-    co.intact_until_first_peak = files_.intact_first_peak;
-    Grid<float> ctf;
-    Ctf(particle_ctf_params(table_, i), co).evaluate_half_complex(ctf, n_, angpix_);
-    const bool squared = optics_model_.group_of(i).premultiplied;
-    for (size_t k = 0; k < F.size(); ++k) F[k] -= S[k] * (s * (squared ? ctf[k] * ctf[k] : ctf[k]));
-  } else {
-    for (size_t k = 0; k < F.size(); ++k) F[k] -= S[k] * s;
-  }
+  subtract_projection(F, S, files_, table_, i, optics_model_.group_of(i).premultiplied, group_scale_[i], angpix_);
   return from_fourier_centred(F, n_);
 }
 
@@ -392,7 +381,7 @@ Image Job::subtracted(size_t i, int b, ParticleImages& images) const {
 // body at the consensus pose) per shell; and the largest L1 norm of an image (the exact sums' bound).
 void Job::initial_noise() {
   const size_t N = table_.size(), G = table_.optics.size(), hs = size_t(n_ / 2 + 1);
-  make_projectors(n_ / 2);
+  make_projectors(n_ / 2, false);  // the consensus residual: whole bodies only
   std::vector<std::array<ExactSums, 2>> tsum(size_t(pool_.size()));
   std::vector<double> l1(N, 0.0);
   for (auto& t : tsum)
@@ -441,11 +430,11 @@ void Job::iterate(int r_score, bool final) {
   const ml3d::FinePixels fine = ml3d::fine_pixels(r_score, scale_, optics_model_);
   // Non-final iterations back-project up to the E-step's limit; the final one at every frequency.
   const ml3d::FinePixels all = final ? ml3d::all_pixels(scale_, optics_model_) : fine;
-  make_projectors(r_score);
+  make_projectors(r_score, true);
   DirectionTable dir_table;
   dir_table.build(opt_.healpix_order);
   const SymmetryGroup c1 = SymmetryGroup::parse("C1");
-  const double step = healpix_angular_step(opt_.healpix_order);
+  const double step = healpix_angular_step(opt_.healpix_order), fine_step = step / std::pow(2.0, opt_.oversampling);
   const std::vector<std::array<double, 2>> trans = translations(opt_.offset_range, opt_.offset_step);
   double max_norm = 1, smax = 1;
   for (size_t i = 0; i < N; ++i) {
@@ -480,7 +469,11 @@ void Job::iterate(int r_score, bool final) {
       S.px_fine = &fine.px[0];
       S.local = true;
       S.order = opt_.healpix_order;
-      S.sigma_ang = body.sigma_ang;
+      // RELION's local searches of multi-body refinement: a window of 3 sigma about the body's previous
+      // pose, sigma twice the fine angular step (its auto-refine's local-search prior), times the body's
+      // prior about the consensus pose (the bodies file's sigma).
+      S.sigma_ang = 2 * fine_step;
+      S.sigma_centre = body.sigma_ang;
       S.table = &dir_table;
       S.table_slices = caches[size_t(h)].get();
       S.trans = trans;
@@ -529,7 +522,7 @@ void Job::iterate(int r_score, bool final) {
         ml3d::ParticleMasking m{n_, radius, opt_.mask_edge, opt_.zero_mask, opt_.seed + 7919 * (b + 1)};
         const auto optics = ml3d::particle_optics(optics_model_, i, ctf_);
         const ml3d::ParticleViews v = ml3d::particle_views(y, m, i, O, &s2, optics, inv_sigma2, all.px[g].r_max);
-        const Euler e = matrix_to_euler(A_[i]);
+        const Euler c = matrix_to_euler(A_[i]), e = matrix_to_euler(matmul(A_[i], R_[b][i]));
         estep::Search3DInput in;
         in.x = &v.x;
         in.x_sums = &v.x_sums;
@@ -539,6 +532,9 @@ void Job::iterate(int r_score, bool final) {
         in.rot = e.rot;
         in.tilt = e.tilt;
         in.psi = e.psi;
+        in.centre_rot = c.rot;
+        in.centre_tilt = c.tilt;
+        in.centre_psi = c.psi;
         in.ox_px = d_[b][i][0];
         in.oy_px = d_[b][i][1];
         ml3d::SliceRouter sink({bp_[b][size_t(h)].get()});
@@ -638,7 +634,7 @@ void Job::write_outputs(MultibodyResult& res) {
   mrc::WriteOptions wo;
   wo.pixel_size = angpix_;
   res.resolution.assign(B, 0);
-  std::vector<std::string> maps(B), resol(B);
+  std::vector<std::string> maps(B);
   star::Document mdoc;
   for (size_t b = 0; b < B; ++b) {
     const auto& c = bodies_[b].com;
@@ -741,7 +737,7 @@ MultibodyResult Job::run() {
   const double fine_step = healpix_angular_step(opt_.healpix_order) / std::pow(2.0, opt_.oversampling);
   const double fine_trans_A = opt_.offset_step / std::pow(2.0, opt_.oversampling) * angpix_;
   MultibodyResult res;
-  bool final = false;
+  bool final = false, converged = false;
   for (int it = 1; it <= opt_.max_iterations; ++it) {
     // The last iteration (after convergence, or the --iter-th) back-projects every frequency.
     final = final || it == opt_.max_iterations;
@@ -775,12 +771,13 @@ MultibodyResult Job::run() {
     if (it >= 2 && !gained && !large) {
       spdlog::info("refine3d --multibody_masks: converged (no body's resolution improved, no large changes of the "
                    "poses); a final iteration at every frequency follows");
-      final = true;
+      final = converged = true;
     }
     const int mx = *std::max_element(res_shell_.begin(), res_shell_.end());
     r_score = std::min(n_ / 2, std::max(r_score, mx + 10));
   }
-  if (!final || res.iterations < 1) spdlog::info("refine3d --multibody_masks: stopped at --iter {}", opt_.max_iterations);
+  if (!converged)
+    spdlog::info("refine3d --multibody_masks: stopped at --iter {} before convergence", opt_.max_iterations);
   write_outputs(res);
   std::string resol;
   for (size_t b = 0; b < B; ++b) resol += fmt::format("{}body {}: {:.2f} Å", b ? ", " : "", b + 1, res.resolution[b]);
