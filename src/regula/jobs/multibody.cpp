@@ -174,7 +174,7 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
 }
 
 // The per-thread sums of one body's E-step: the noise residuals per half and scalars.
-enum Scalar : size_t { kPmax, kAngChange, kOffChange2, kCount, kScalars };
+enum Scalar : size_t { kPmax, kAngChange, kOffChange2, kCount, kSignificant, kFineSignificant, kScalars };
 struct BodySums {
   std::array<ml3d::ModelSums, 2> half;
   ExactSums scalars{kScalars};
@@ -228,6 +228,7 @@ class Job {
   std::vector<std::array<std::unique_ptr<BackProjector>, 2>> bp_;
   // Iteration report.
   std::vector<double> ang_change_, off_change_, mean_pmax_;
+  std::vector<std::array<double, 2>> mean_significant_;  // per body: coarse and fine significant poses
   bool ctf_ = false;
 };
 
@@ -451,6 +452,7 @@ void Job::iterate(int r_score, bool final) {
   ang_change_.assign(B, 0);
   off_change_.assign(B, 0);
   mean_pmax_.assign(B, 0);
+  mean_significant_.assign(B, {0.0, 0.0});
   for (size_t b = 0; b < B; ++b) {
     const BodyDefinition& body = bodies_[b];
     const double radius = std::min(body.radius_px + opt_.offset_range, n_ / 2.0);
@@ -557,6 +559,8 @@ void Job::iterate(int r_score, bool final) {
         const double dx = newd[b][i][0] - d_[b][i][0], dy = newd[b][i][1] - d_[b][i][1];
         bs.scalars[kOffChange2].add(dx * dx + dy * dy);
         bs.scalars[kCount].add(1.0);
+        bs.scalars[kSignificant].add(double(res.n_significant));
+        bs.scalars[kFineSignificant].add(double(res.n_fine_significant));
       }
     });
     progress.finish();
@@ -570,6 +574,7 @@ void Job::iterate(int r_score, bool final) {
     const std::vector<double> sc = tsums[0].scalars.values();
     const double cnt = std::max(1.0, sc[kCount]);
     mean_pmax_[b] = sc[kPmax] / cnt;
+    mean_significant_[b] = {sc[kSignificant] / cnt, sc[kFineSignificant] / cnt};
     ang_change_[b] = sc[kAngChange] / cnt;
     off_change_[b] = std::sqrt(sc[kOffChange2] / (2 * cnt)) * angpix_;
   }
@@ -748,9 +753,10 @@ MultibodyResult Job::run() {
     for (size_t b = 0; b < B; ++b) {
       gained |= res_shell_[b] > best[b];
       best[b] = std::max(best[b], res_shell_[b]);
-      line += fmt::format("; body {}: {:.2f} Å, <Pmax> {:.3f}, change {:.2f}° {:.2f} Å", b + 1,
-                          res_shell_[b] > 0 ? n_ * angpix_ / res_shell_[b] : 999.0, mean_pmax_[b], ang_change_[b],
-                          off_change_[b]);
+      line += fmt::format("; body {}: {:.2f} Å, <Pmax> {:.3f}, change {:.2f}° {:.2f} Å, significant poses {:.0f} "
+                          "coarse {:.0f} fine",
+                          b + 1, res_shell_[b] > 0 ? n_ * angpix_ / res_shell_[b] : 999.0, mean_pmax_[b],
+                          ang_change_[b], off_change_[b], mean_significant_[b][0], mean_significant_[b][1]);
     }
     spdlog::info("refine3d --multibody_masks: iteration {}{} ({} shells, {:.1f} s){}", it, final ? " (final)" : "",
                  r_score, seconds_since(t0), line);
