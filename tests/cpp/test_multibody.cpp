@@ -1,5 +1,5 @@
 // Multi-body refinement's geometry (jobs/multibody.hpp) and flex_analyse's eigen-decomposition: RELION's
-// body orientation convention, the bodies file, and the Jacobi solver against a known decomposition.
+// body orientation convention, the bodies file, and the symmetric eigen-solver (LAPACK) against a known decomposition.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -8,11 +8,13 @@
 #include <random>
 #include <string>
 
+#include "regula/core/blas.hpp"
 #include "regula/core/error.hpp"
 #include "regula/io/mrc.hpp"
 #include "regula/jobs/flex_analyse.hpp"
 #include "regula/jobs/multibody.hpp"
 #include "regula/sampling/euler.hpp"
+#include "regula/sampling/symmetry.hpp"
 
 using namespace regula;
 
@@ -23,13 +25,7 @@ Mat3 random_rotation(std::mt19937_64& rng, double max_deg = 180) {
   Vec3 k{g(rng), g(rng), g(rng)};
   const double len = std::sqrt(k[0] * k[0] + k[1] * k[1] + k[2] * k[2]);
   std::uniform_real_distribution<double> u(0, max_deg);
-  const double th = deg2rad(u(rng));
-  const Mat3 K{{{0, -k[2] / len, k[1] / len}, {k[2] / len, 0, -k[0] / len}, {-k[1] / len, k[0] / len, 0}}};
-  const Mat3 K2 = matmul(K, K);
-  Mat3 R = identity3();
-  for (int i = 0; i < 3; ++i)
-    for (int j = 0; j < 3; ++j) R[i][j] += std::sin(th) * K[i][j] + (1 - std::cos(th)) * K2[i][j];
-  return R;
+  return axis_angle_matrix({k[0] / len, k[1] / len, k[2] / len}, u(rng));
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <spdlog/spdlog.h>
 
 #include "regula/core/atomic_file.hpp"
+#include "regula/core/blas.hpp"
 #include "regula/core/error.hpp"
 #include "regula/imaging/filter.hpp"
 #include "regula/io/mrc.hpp"
@@ -16,6 +17,7 @@
 #include "regula/jobs/multibody.hpp"
 #include "regula/model/particles.hpp"
 #include "regula/sampling/euler.hpp"
+#include "regula/sampling/symmetry.hpp"
 
 namespace regula {
 
@@ -33,58 +35,6 @@ std::string FlexAnalyseOptions::validate() const {
   return "";
 }
 
-void symmetric_eigen(std::vector<double> a, size_t d, std::vector<double>& values,
-                     std::vector<std::vector<double>>& vectors) {
-  std::vector<double> v(d * d, 0.0);
-  for (size_t i = 0; i < d; ++i) v[i * d + i] = 1;
-  for (int sweep = 0; sweep < 100; ++sweep) {
-    double off = 0, total = 0;
-    for (size_t i = 0; i < d; ++i)
-      for (size_t j = 0; j < d; ++j) (i == j ? total : off) += a[i * d + j] * a[i * d + j];
-    if (off <= 1e-30 * std::max(total, 1e-300)) break;
-    for (size_t p = 0; p < d; ++p)
-      for (size_t q = p + 1; q < d; ++q) {
-        const double apq = a[p * d + q];
-        if (apq == 0) continue;
-        const double theta = (a[q * d + q] - a[p * d + p]) / (2 * apq);
-        const double t = (theta >= 0 ? 1.0 : -1.0) / (std::abs(theta) + std::sqrt(theta * theta + 1));
-        const double c = 1 / std::sqrt(t * t + 1), s = t * c;
-        for (size_t k = 0; k < d; ++k) {  // columns p, q
-          const double akp = a[k * d + p], akq = a[k * d + q];
-          a[k * d + p] = c * akp - s * akq;
-          a[k * d + q] = s * akp + c * akq;
-        }
-        for (size_t k = 0; k < d; ++k) {  // rows p, q
-          const double apk = a[p * d + k], aqk = a[q * d + k];
-          a[p * d + k] = c * apk - s * aqk;
-          a[q * d + k] = s * apk + c * aqk;
-        }
-        for (size_t k = 0; k < d; ++k) {
-          const double vkp = v[k * d + p], vkq = v[k * d + q];
-          v[k * d + p] = c * vkp - s * vkq;
-          v[k * d + q] = s * vkp + c * vkq;
-        }
-      }
-  }
-  std::vector<size_t> order(d);
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) { return a[x * d + x] > a[y * d + y]; });
-  values.clear();
-  vectors.clear();
-  for (size_t k : order) {
-    values.push_back(a[k * d + k]);
-    std::vector<double> e(d);
-    size_t big = 0;
-    for (size_t i = 0; i < d; ++i) {
-      e[i] = v[i * d + k];
-      if (std::abs(e[i]) > std::abs(e[big])) big = i;
-    }
-    if (e[big] < 0)
-      for (double& x : e) x = -x;
-    vectors.push_back(std::move(e));
-  }
-}
-
 namespace {
 
 // Rotation vector (axis times angle, degrees) of a rotation matrix, and back.
@@ -97,16 +47,9 @@ Vec3 rotation_vector(const Mat3& R) {
 }
 
 Mat3 rotation_from_vector(const Vec3& w) {
-  const double th = deg2rad(std::sqrt(w[0] * w[0] + w[1] * w[1] + w[2] * w[2]));
-  if (th < 1e-12) return identity3();
-  const double s = deg2rad(1.0) / th;
-  const Vec3 k{w[0] * s, w[1] * s, w[2] * s};
-  const Mat3 K{{{0, -k[2], k[1]}, {k[2], 0, -k[0]}, {-k[1], k[0], 0}}};
-  const Mat3 K2 = matmul(K, K);
-  Mat3 R = identity3();
-  for (int i = 0; i < 3; ++i)
-    for (int j = 0; j < 3; ++j) R[i][j] += std::sin(th) * K[i][j] + (1 - std::cos(th)) * K2[i][j];
-  return R;
+  const double deg = std::sqrt(w[0] * w[0] + w[1] * w[1] + w[2] * w[2]);
+  if (deg < 1e-12) return identity3();
+  return axis_angle_matrix({w[0] / deg, w[1] / deg, w[2] / deg}, deg);
 }
 
 

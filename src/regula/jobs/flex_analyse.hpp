@@ -50,10 +50,4 @@ struct FlexAnalyseResult {
 };
 
 FlexAnalyseResult flex_analyse(const FlexAnalyseOptions& opt);
-
-// Eigen-decomposition of a symmetric d x d matrix (row-major) by cyclic Jacobi rotations: eigenvalues
-// in decreasing order and the eigenvectors (rows), each with its largest-magnitude element positive.
-void symmetric_eigen(std::vector<double> a, size_t d, std::vector<double>& values,
-                     std::vector<std::vector<double>>& vectors);
-
 }  // namespace regula
