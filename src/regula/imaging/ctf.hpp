@@ -55,6 +55,10 @@ class Ctf {
   // CTF value at spatial frequency (kx, ky) in 1/Å; `gamma_offset` (radians) is added to gamma
   // (RELION's symmetric aberrations, rlnEvenZernike: imaging/optics_model.hpp).
   double value(double kx, double ky, double gamma_offset = 0) const;
+  // The same value to float accuracy (sin of gamma within 3e-8 for |gamma| < 1e6 rad, then rounded
+  // to float): a cheaper sin than the library's, for callers that keep the CTF in float per pixel
+  // and particle (ParticleOptics::evaluate_ctf: CTF refinement, polishing).
+  float value_float(double kx, double ky, double gamma_offset = 0) const;
 
   // Fill `out` with the CTF on the half-complex grid of an n x n image of
   // pixel size `pixel_size_A` (Å): out has nx = n/2+1, ny = n; element (i, j)
@@ -64,6 +68,7 @@ class Ctf {
   Grid<float> half_complex(int n, double pixel_size_A) const;
 
  private:
+  double finish(double v, double kx, double ky) const;  // envelope, abs/flip, scale, the 1e-8 floor
   CtfParams p_;
   CtfOptions opt_;
   double lambda_ = 0;

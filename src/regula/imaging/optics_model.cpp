@@ -121,7 +121,7 @@ void ParticleOptics::evaluate_ctf(std::span<const float> kx, std::span<const flo
   for (size_t q = 0; q < kx.size(); ++q) {
     const auto f = group_->frequency(kx[q], ky[q]);
     const double off = !go ? 0.0 : gamma_offset ? double(gamma_offset[q]) : group_->gamma_offset_at(f[0], f[1]);
-    ctf[q] = float(ctf_.value(f[0], f[1], off));
+    ctf[q] = ctf_.value_float(f[0], f[1], off);
   }
 }
 
