@@ -10,10 +10,6 @@
 #include <numeric>
 #include <type_traits>
 
-#if defined(__SSE4_1__)
-#include <smmintrin.h>
-#endif
-
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
@@ -232,6 +228,22 @@ std::vector<std::vector<size_t>> make_units(const ParticleTable& t, bool* by_mic
   return units;
 }
 
+// The units of a pass that only sums (noise, magnification): every unit's half-set-1 particles,
+// then every unit's half-set-2 particles, so that the threads read one half map's lattice at a time
+// (at box 96 the two pad-2 lattices are 57 MB, more than the cache; one is 29 MB).
+std::vector<std::vector<size_t>> units_by_half(const std::vector<std::vector<size_t>>& units,
+                                               const std::vector<int>& half) {
+  std::vector<std::vector<size_t>> out;
+  for (int h = 0; h < 2; ++h)
+    for (const auto& u : units) {
+      std::vector<size_t> part;
+      for (size_t i : u)
+        if (half[i] == h) part.push_back(i);
+      if (!part.empty()) out.push_back(std::move(part));
+    }
+  return out;
+}
+
 // Under mpirun the units go to the ranks in blocks of kUnitsPerBlock consecutive units, block b to
 // rank b mod ranks; a rank reads and fits only its blocks' particles.
 constexpr size_t kUnitsPerBlock = 4;
@@ -336,11 +348,26 @@ void share_per_particle(const std::vector<std::vector<size_t>>& units, std::vect
 
 // ---- noise power and grey scale (per optics group and shell) ----
 
+using OddSums = std::vector<std::vector<cdouble>>;  // [group][pixel]: sum of w X conj(prediction without the part)
+
+OddSums make_odd_sums(const Model& md) {
+  OddSums a(md.pixels.size());
+  for (size_t g = 0; g < a.size(); ++g) a[g].assign(md.pixels[g].size(), cdouble(0, 0));
+  return a;
+}
+
 struct ShellSums {
   std::vector<std::vector<double>> xx, xp, pp, count;  // [group][shell]
+  OddSums odd;  // with `refit`: the odd-phase sums without their weight w s (see estimate_noise)
 };
 
-void estimate_noise(const Context& cx, Model& md, const std::vector<std::vector<size_t>>& units, ThreadPool& pool) {
+// The noise power per shell and the grey scale per optics group. With `refit` (the beam tilt is
+// fitted), the same pass also gives the odd-phase sums of the current model (add_odd's) into `odd`:
+// their weight w s per pixel (noise shell and group scale) is what this pass estimates, so the
+// particles' terms are summed without it and it multiplies the sums afterwards (one pass fewer
+// over the particles; the same sums up to rounding).
+void estimate_noise(const Context& cx, Model& md, const std::vector<std::vector<size_t>>& units, ThreadPool& pool,
+                    const std::vector<std::vector<cdouble>>* refit = nullptr, OddSums* odd = nullptr) {
   const size_t G = md.pixels.size();
   auto make = [&] {
     ShellSums s;
@@ -348,6 +375,7 @@ void estimate_noise(const Context& cx, Model& md, const std::vector<std::vector<
       v->resize(G);
       for (size_t g = 0; g < G; ++g) (*v)[g].assign(size_t(md.pixels[g].box / 2 + 1), 0.0);
     }
+    if (refit) s.odd = make_odd_sums(md);
     return s;
   };
   ShellSums total = make();
@@ -366,6 +394,10 @@ void estimate_noise(const Context& cx, Model& md, const std::vector<std::vector<
                  s.pp[g][sh] += std::norm(p);
                  s.count[g][sh] += 1;
                }
+               if (refit)
+                 for (size_t k = 0; k < pl.size(); ++k) {
+                   s.odd[g][k] += cdouble(o.X[k]) * std::conj(cdouble(o.Q[k]) * double(o.c[k])) * (*refit)[g][k];
+                 }
              }
            },
            [](ShellSums& t, const ShellSums& a) {
@@ -376,9 +408,12 @@ void estimate_noise(const Context& cx, Model& md, const std::vector<std::vector<
                  t.pp[g][sh] += a.pp[g][sh];
                  t.count[g][sh] += a.count[g][sh];
                }
+             for (size_t g = 0; g < t.odd.size(); ++g)
+               for (size_t k = 0; k < t.odd[g].size(); ++k) t.odd[g][k] += a.odd[g][k];
            },
            [](ShellSums& a, auto&& visit) {
              for (auto* v : {&a.xx, &a.xp, &a.pp, &a.count}) each_array(*v, visit);
+             each_array(a.odd, visit);
            });
   md.weight.assign(G, {});
   md.scale.assign(G, 1.0);
@@ -404,9 +439,14 @@ void estimate_noise(const Context& cx, Model& md, const std::vector<std::vector<
     }
     md.weight[g] = w;
     md.scale[g] = s;
+    if (odd) {
+      const PixelList& pl = md.pixels[g];
+      for (size_t k = 0; k < pl.size(); ++k) total.odd[g][k] *= w[size_t(pl.shell[k])] * s;
+    }
     spdlog::info("ctf_refine: optics group {}: grey scale of the particles {:.4g} x the maps' projections",
                  md.optics.group(g).number, s);
   }
+  if (odd) *odd = std::move(total.odd);
 }
 
 // ---- diagnostic images ----
@@ -470,42 +510,37 @@ void rebuild(Model& md, const Geometry& geo) {
 }
 
 // The part of each pixel's odd phase that the odd fit replaces (per group): the beam tilt's phase,
-// or with --odd_aberr_max_n >= 3 the whole odd phase.
-std::vector<std::vector<float>> refitted_phase(const CtfRefineOptions& opt, const Model& md) {
-  std::vector<std::vector<float>> out(md.pixels.size());
+// or with --odd_aberr_max_n >= 3 the whole odd phase; as the factor exp(+i phase) that takes it out
+// of a prediction's conjugate (the same for every particle of a group: made once per pass).
+using RefitFactors = std::vector<std::vector<cdouble>>;  // [group][pixel]
+
+RefitFactors refitted_phase(const CtfRefineOptions& opt, const Model& md) {
+  RefitFactors out(md.pixels.size());
   for (size_t g = 0; g < md.pixels.size(); ++g) {
     const PixelList& pl = md.pixels[g];
     const OpticsGroup& og = md.table->optics[g];
+    out[g].resize(pl.size());
     if (opt.odd_aberr_max_n >= 3) {
-      out[g] = pl.phase;
+      for (size_t k = 0; k < pl.size(); ++k) out[g][k] = std::polar(1.0, double(pl.phase[k]));
       continue;
     }
     const PhaseBasis b = beam_tilt_basis(cs_angstrom(og), electron_wavelength(og.voltage));
-    out[g].resize(pl.size());
     double v[4];
     for (size_t k = 0; k < pl.size(); ++k) {
       b.eval(pl.fx[k], pl.fy[k], v);
-      out[g][k] = float(v[0] * og.beam_tilt_x + v[1] * og.beam_tilt_y);
+      out[g][k] = std::polar(1.0, double(float(v[0] * og.beam_tilt_x + v[1] * og.beam_tilt_y)));
     }
   }
   return out;
 }
 
-using OddSums = std::vector<std::vector<cdouble>>;  // [group][pixel]: sum of w X conj(prediction without the part)
-
-OddSums make_odd_sums(const Model& md) {
-  OddSums a(md.pixels.size());
-  for (size_t g = 0; g < a.size(); ++g) a[g].assign(md.pixels[g].size(), cdouble(0, 0));
-  return a;
-}
-
-void add_odd(const Model& md, const std::vector<std::vector<float>>& refit, size_t g, const Observation& o,
+void add_odd(const Model& md, const RefitFactors& refit, size_t g, const Observation& o,
              OddSums& a) {
   const PixelList& pl = md.pixels[g];
   const double s = md.scale[g];
   for (size_t k = 0; k < pl.size(); ++k) {
     const double w = md.weight[g][size_t(pl.shell[k])];
-    const cdouble back = std::polar(1.0, double(refit[g][k]));  // conj of exp(-i phi_refit)
+    const cdouble back = refit[g][k];  // conj of exp(-i phi_refit)
     a[g][k] += w * cdouble(o.X[k]) * std::conj(cdouble(o.Q[k]) * double(o.c[k]) * s) * back;
   }
 }
@@ -566,20 +601,10 @@ void solve_odd(const CtfRefineOptions& opt, Model& md, const OddSums& total) {
   }
 }
 
-void fit_odd(const CtfRefineOptions& opt, const Context& cx, Model& md, const Geometry& geo,
-             const std::vector<std::vector<size_t>>& units, ThreadPool& pool) {
-  const auto refit = refitted_phase(opt, md);
-  OddSums total = make_odd_sums(md);
-  run_pass(units, *cx.table, pool, "beam tilt", total, [&] { return make_odd_sums(md); },
-           [&](const std::vector<size_t>& unit, OddSums& a, ParticleImages& images) {
-             Observation o;
-             for (size_t i : unit) {
-               observe(cx, md, i, images, o);
-               add_odd(md, refit, size_t(cx.table->optics_index[i]), o, a);
-             }
-           },
-           merge_odd, [](OddSums& a, auto&& visit) { each_array(a, visit); });
-  solve_odd(opt, md, total);
+// The odd phase from the sums of the noise pass (estimate_noise with the refitted part), then the
+// pixel lists with it.
+void fit_odd(const CtfRefineOptions& opt, Model& md, const Geometry& geo, const OddSums& sums) {
+  solve_odd(opt, md, sums);
   rebuild(md, geo);
 }
 
@@ -682,13 +707,14 @@ double fit_mag(const CtfRefineOptions& opt, const Context& cx, Model& md, const 
   ParticleTable& table = *md.table;
   const size_t G = md.pixels.size();
   double largest = 0;
-  std::vector<Mat2> previous(G, Mat2{{{0, 0}, {0, 0}}});
+  const Mat2 zero{{{0, 0}, {0, 0}}};
+  std::vector<Mat2> previous_fit(G, zero), previous_step(G, zero);
   for (int it = 0; it < opt.mag_iterations; ++it) {
     struct Acc {
       std::vector<std::vector<MagSums>> mag;
       OddSums odd;
     };
-    const auto refit = with_odd ? refitted_phase(opt, md) : std::vector<std::vector<float>>();
+    const auto refit = with_odd ? refitted_phase(opt, md) : RefitFactors();
     auto make = [&] {
       Acc a;
       a.mag.resize(G);
@@ -742,15 +768,28 @@ double fit_mag(const CtfRefineOptions& opt, const Context& cx, Model& md, const 
     for (size_t g = 0; g < G; ++g) {
       const PixelList& pl = md.pixels[g];
       const Band<MagSums> bd = band(pl, total.mag[g], opt.kmin_mag, true);
-      Mat2 D = fit_displacement(bd.x, bd.y, bd.sums);
-      // A step that reverses the previous one (an overshoot: seen with noisy half maps) is halved.
-      double along = 0;
-      for (int a = 0; a < 2; ++a)
-        for (int b = 0; b < 2; ++b) along += D[a][b] * previous[g][a][b];
-      if (along < 0)
+      const Mat2 fit = fit_displacement(bd.x, bd.y, bd.sums);
+      // The linearised fit's gain: if each fit is gain x the remaining error, then this fit is the
+      // previous one less gain x the step taken since (a secant along that step). Near the solution
+      // the fits overshoot (gain 1.2-1.3 on 1U6G at 1.5 Å/px, 1.05-1.1 on pseudo-atomic maps at 1 Å/px,
+      // noisy half maps), so from the second iteration on the step is the fit divided by the gain.
+      // A gain below 1 (a first step from 1.5% away that fell short: outside the linear range, seen
+      // 0.5-0.75) is not a property of the fit, and would lengthen the step: kept at 1; above 2, 2.
+      Mat2 D = fit;
+      double gain = 1;
+      if (it > 0) {
+        double num = 0, den = 0;
+        for (int a = 0; a < 2; ++a)
+          for (int b = 0; b < 2; ++b) {
+            num += (previous_fit[g][a][b] - fit[a][b]) * previous_step[g][a][b];
+            den += previous_step[g][a][b] * previous_step[g][a][b];
+          }
+        gain = den > 0 ? std::clamp(num / den, 1.0, 2.0) : 1.0;
         for (auto& row : D)
-          for (double& v : row) v *= 0.5;
-      previous[g] = D;
+          for (double& v : row) v /= gain;
+      }
+      previous_fit[g] = fit;
+      previous_step[g] = D;
       OpticsGroup& og = table.optics[g];
       const Mat2 M_old = as_mat(og.mag_matrix);
       const Mat2 ID{{{1 + D[0][0], D[0][1]}, {D[1][0], 1 + D[1][1]}}};
@@ -759,8 +798,8 @@ double fit_mag(const CtfRefineOptions& opt, const Context& cx, Model& md, const 
       E[g] = mul(M_old, inverse(M_new));
       largest = std::max({largest, std::abs(D[0][0]), std::abs(D[0][1]), std::abs(D[1][0]), std::abs(D[1][1])});
       spdlog::info("ctf_refine: optics group {}: magnification matrix [[{:.5f}, {:.5f}], [{:.5f}, {:.5f}]] "
-                   "(iteration {}, change {:.2e})",
-                   og.number, M_new[0][0], M_new[0][1], M_new[1][0], M_new[1][1], it + 1,
+                   "(iteration {}, the fit's gain {:.3f}, change {:.2e})",
+                   og.number, M_new[0][0], M_new[0][1], M_new[1][0], M_new[1][1], it + 1, gain,
                    std::max({std::abs(D[0][0]), std::abs(D[0][1]), std::abs(D[1][0]), std::abs(D[1][1])}));
     }
     if (!opt.keep_astig) {
@@ -787,94 +826,101 @@ double fit_mag(const CtfRefineOptions& opt, const Context& cx, Model& md, const 
 
 // ---- per-particle defocus ----
 
-// sin(x) for |x| up to ~1e5 in float, error below 2e-6 after the range reduction (a branch-free
-// polynomial the compiler vectorises; the defocus scan evaluates it ~50 times per pixel).
-inline float fast_sin(float x) {
-  constexpr float kInv2Pi = 0.15915494309189535f, k2PiHi = 6.28125f, k2PiLo = 1.9353071795864769e-3f;
-  const float n = std::nearbyint(x * kInv2Pi);
-  float r = (x - n * k2PiHi) - n * k2PiLo;  // in [-pi, pi]
-  // sin on [-pi, pi]: fold to [-pi/2, pi/2] by sin(pi - r) = sin(r).
-  const float h = 1.5707963267948966f;
-  r = r > h ? 3.14159265358979f - r : (r < -h ? -3.14159265358979f - r : r);
-  const float r2 = r * r;
-  return r * (1.0f + r2 * (-1.6666667e-1f + r2 * (8.3333310e-3f + r2 * (-1.9840874e-4f + r2 * 2.7525562e-6f))));
-}
-
 // One particle's terms of the defocus likelihood over the pixels of |f| >= 1/kmin_defocus.
 struct DefocusTerms {
-  std::vector<float> R, P, gamma0, cd, c2, s2;  // per pixel
+  std::vector<float> R, P, gamma0, cd, c2, s2;  // per pixel, padded to a multiple of 8 with R = P = 0
   DefocusForm form;
   int kind = 0;  // 0: C, 1: |C|, 2: C^2
   // dphi: a change of the phase gamma (radians) at every pixel (a phase shift of -dphi).
-  template <int Kind>
-  double score_kind(float dd, float da1, float da2, float dphi) const {
-    // Sums over the pixels in 4 (SSE) or 8 (scalar) lanes, padded arrays (a multiple of 8 terms, the
-    // padding with R = P = 0); the lanes are added in a fixed order, so the value does not depend on
-    // anything but the terms.
-    const size_t n = R.size();
-    double N = 0, D = 0;
-#if defined(__SSE4_1__)
-    __m128 vn = _mm_setzero_ps(), vd = _mm_setzero_ps();
-    const __m128 vdd = _mm_set1_ps(dd), va1 = _mm_set1_ps(da1), va2 = _mm_set1_ps(da2), vph = _mm_set1_ps(dphi);
-    const __m128 inv2pi = _mm_set1_ps(0.15915494309189535f), hi = _mm_set1_ps(6.28125f),
-                 lo = _mm_set1_ps(1.9353071795864769e-3f), halfpi = _mm_set1_ps(1.5707963267948966f),
-                 pi = _mm_set1_ps(3.14159265358979f), sign = _mm_set1_ps(-0.0f);
-    for (size_t k = 0; k < n; k += 4) {
-      const __m128 arg = _mm_add_ps(_mm_add_ps(_mm_loadu_ps(&gamma0[k]), vph),
-                                    _mm_mul_ps(_mm_loadu_ps(&cd[k]),
-                                               _mm_add_ps(vdd, _mm_add_ps(_mm_mul_ps(va1, _mm_loadu_ps(&c2[k])),
-                                                                          _mm_mul_ps(va2, _mm_loadu_ps(&s2[k]))))));
-      const __m128 q = _mm_round_ps(_mm_mul_ps(arg, inv2pi), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      __m128 r = _mm_sub_ps(_mm_sub_ps(arg, _mm_mul_ps(q, hi)), _mm_mul_ps(q, lo));
-      // Fold to [-pi/2, pi/2]: |r| > pi/2 -> sign(r) pi - r.
-      const __m128 ar = _mm_andnot_ps(sign, r);
-      const __m128 fold = _mm_cmpgt_ps(ar, halfpi);
-      const __m128 spi = _mm_or_ps(pi, _mm_and_ps(sign, r));
-      r = _mm_blendv_ps(r, _mm_sub_ps(spi, r), fold);
-      const __m128 r2 = _mm_mul_ps(r, r);
-      __m128 p = _mm_set1_ps(2.7525562e-6f);
-      p = _mm_add_ps(_mm_set1_ps(-1.9840874e-4f), _mm_mul_ps(r2, p));
-      p = _mm_add_ps(_mm_set1_ps(8.3333310e-3f), _mm_mul_ps(r2, p));
-      p = _mm_add_ps(_mm_set1_ps(-1.6666667e-1f), _mm_mul_ps(r2, p));
-      p = _mm_add_ps(_mm_set1_ps(1.0f), _mm_mul_ps(r2, p));
-      __m128 c = _mm_xor_ps(_mm_mul_ps(r, p), sign);  // -sin
-      if constexpr (Kind == 1) c = _mm_andnot_ps(sign, c);
-      if constexpr (Kind == 2) c = _mm_mul_ps(c, c);
-      vn = _mm_add_ps(vn, _mm_mul_ps(c, _mm_loadu_ps(&R[k])));
-      vd = _mm_add_ps(vd, _mm_mul_ps(_mm_mul_ps(c, c), _mm_loadu_ps(&P[k])));
-    }
-    alignas(16) float ln[4], ld[4];
-    _mm_store_ps(ln, vn);
-    _mm_store_ps(ld, vd);
-    for (int l = 0; l < 4; ++l) {
-      N += ln[l];
-      D += ld[l];
-    }
-#else
-    float Nl[8] = {}, Dl[8] = {};
-    for (size_t k0 = 0; k0 < n; k0 += 8)
-      for (size_t l = 0; l < 8; ++l) {
-        const size_t k = k0 + l;
-        const float g = (gamma0[k] + dphi) + cd[k] * (dd + da1 * c2[k] + da2 * s2[k]);
-        float c = -fast_sin(g);
-        if constexpr (Kind == 1) c = std::abs(c);
-        if constexpr (Kind == 2) c = c * c;
-        Nl[l] += c * R[k];
-        Dl[l] += c * c * P[k];
-      }
-    for (size_t l = 0; l < 8; ++l) {
-      N += Nl[l];
-      D += Dl[l];
-    }
-#endif
-    return N > 0 && D > 0 ? N * N / D : 0.0;
-  }
-  double score(double dd, double da1, double da2, double dphi = 0) const {
-    if (kind == 1) return score_kind<1>(float(dd), float(da1), float(da2), float(dphi));
-    if (kind == 2) return score_kind<2>(float(dd), float(da1), float(da2), float(dphi));
-    return score_kind<0>(float(dd), float(da1), float(da2), float(dphi));
-  }
+  double score(double dd, double da1, double da2, double dphi = 0) const;
 };
+
+// The score's sums in 8 float lanes (lane l: pixels l, l + 8, ...), written with GCC's vector
+// extensions so that the same operations per lane compile to SSE (two 4-wide halves) or, chosen at
+// run time, AVX (one 8-wide register; no FMA): the lanes, added in a fixed order, give the same value
+// on any x86-64 machine and build. -sin of the phase by a branch-free polynomial: reduction by whole
+// turns (2 pi in two parts; rounding by the 1.5 * 2^23 trick, exact for |x| < 2^22), a fold to
+// [-pi/2, pi/2] by sin(pi - r) = sin(r), then degree 9 (error below 2e-6 for |x| up to ~1e5).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"  // 32-byte vectors only inside always-inlined helpers
+namespace score_simd {
+using v8f = float __attribute__((vector_size(32)));
+using v8i = int __attribute__((vector_size(32)));
+
+[[gnu::always_inline]] inline v8f load(const float* p) {
+  v8f v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+template <int Kind>
+[[gnu::always_inline]] inline void sums(const DefocusTerms& t, float dd, float da1, float da2, float dphi, float* ln,
+                                        float* ld) {
+  const v8f inv2pi = v8f{} + 0.15915494309189535f, hi = v8f{} + 6.28125f, lo = v8f{} + 1.9353071795864769e-3f,
+            halfpi = v8f{} + 1.5707963267948966f, pi = v8f{} + 3.14159265358979f, magic = v8f{} + 12582912.0f;
+  const v8i sign = v8i{} + int(0x80000000u);
+  v8f vn = {}, vd = {};
+  for (size_t k = 0; k < t.R.size(); k += 8) {
+    const v8f arg = (load(&t.gamma0[k]) + dphi) + load(&t.cd[k]) * (dd + (da1 * load(&t.c2[k]) + da2 * load(&t.s2[k])));
+    const v8f q = (arg * inv2pi + magic) - magic;
+    v8f r = (arg - q * hi) - q * lo;
+    const v8i ri = reinterpret_cast<v8i>(r);
+    const v8i fold = reinterpret_cast<v8f>(ri & ~sign) > halfpi;  // |r| > pi/2: sign(r) pi - r
+    const v8f folded = reinterpret_cast<v8f>(reinterpret_cast<v8i>(pi) | (ri & sign)) - r;
+    r = reinterpret_cast<v8f>((fold & reinterpret_cast<v8i>(folded)) | (~fold & ri));
+    const v8f r2 = r * r;
+    v8f p = 2.7525562e-6f + r2 * 0.0f;
+    p = -1.9840874e-4f + r2 * p;
+    p = 8.3333310e-3f + r2 * p;
+    p = -1.6666667e-1f + r2 * p;
+    p = 1.0f + r2 * p;
+    v8f c = reinterpret_cast<v8f>(reinterpret_cast<v8i>(r * p) ^ sign);  // -sin
+    if constexpr (Kind == 1) c = reinterpret_cast<v8f>(reinterpret_cast<v8i>(c) & ~sign);
+    if constexpr (Kind == 2) c = c * c;
+    vn += c * load(&t.R[k]);
+    vd += (c * c) * load(&t.P[k]);
+  }
+  std::memcpy(ln, &vn, sizeof vn);
+  std::memcpy(ld, &vd, sizeof vd);
+}
+
+template <int Kind>
+void sums_base(const DefocusTerms& t, float dd, float da1, float da2, float dphi, float* ln, float* ld) {
+  sums<Kind>(t, dd, da1, da2, dphi, ln, ld);
+}
+#if defined(__x86_64__) && defined(__GNUC__)
+template <int Kind>
+__attribute__((target("avx"))) void sums_avx(const DefocusTerms& t, float dd, float da1, float da2, float dphi,
+                                             float* ln, float* ld) {
+  sums<Kind>(t, dd, da1, da2, dphi, ln, ld);
+}
+const bool kAvx = __builtin_cpu_supports("avx");
+#endif
+
+template <int Kind>
+double score(const DefocusTerms& t, float dd, float da1, float da2, float dphi) {
+  alignas(32) float ln[8], ld[8];
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (kAvx)
+    sums_avx<Kind>(t, dd, da1, da2, dphi, ln, ld);
+  else
+#endif
+    sums_base<Kind>(t, dd, da1, da2, dphi, ln, ld);
+  double N = 0, D = 0;
+  for (int l = 0; l < 8; ++l) {
+    N += ln[l];
+    D += ld[l];
+  }
+  return N > 0 && D > 0 ? N * N / D : 0.0;
+}
+}  // namespace score_simd
+#pragma GCC diagnostic pop
+
+double DefocusTerms::score(double dd, double da1, double da2, double dphi) const {
+  if (kind == 1) return score_simd::score<1>(*this, float(dd), float(da1), float(da2), float(dphi));
+  if (kind == 2) return score_simd::score<2>(*this, float(dd), float(da1), float(da2), float(dphi));
+  return score_simd::score<0>(*this, float(dd), float(da1), float(da2), float(dphi));
+}
 
 // The half maps' FSC at radius r (reference Fourier px), linear between shells; 0 beyond them.
 double fsc_between_shells(const std::vector<double>& fsc, double r) {
@@ -908,7 +954,7 @@ void defocus_terms(const Context& cx, const Model& md, size_t i, const Observati
     const double f2 = pl.fx[k] * pl.fx[k] + pl.fy[k] * pl.fy[k];
     if (f2 < fmin * fmin) continue;
     const double w = md.weight[g][size_t(pl.shell[k])];
-    double env = std::exp(-cp.bfactor * f2 / 4) * cp.scale;
+    double env = (cp.bfactor != 0 ? std::exp(-cp.bfactor * f2 / 4) : 1.0) * cp.scale;
     if (t.kind == 2) env *= env;
     const cdouble q = cdouble(o.Q[k]) * s;
     double u = 1;  // the reference's FSC filter divided out (`unfiltered`)
@@ -1482,7 +1528,14 @@ CtfRefineResult ctf_refine(const CtfRefineOptions& opt_in) {
   rebuild(md, geo);
   for (size_t i = 0; i < count; ++i) (void)md.optics.particle(i);  // CTF parameters checked before the long part
   ThreadPool pool(opt.threads);
-  estimate_noise(cx, md, units, pool);
+  const auto summing_units = units_by_half(units, cx.half);  // for the passes that only sum
+  OddSums odd_sums;
+  if (opt.fit_beamtilt) {
+    const auto refit = refitted_phase(opt, md);
+    estimate_noise(cx, md, summing_units, pool, &refit, &odd_sums);
+  } else {
+    estimate_noise(cx, md, summing_units, pool);
+  }
 
   CtfRefineResult res;
   // Order (measured on the tests' data): the beam tilt and the magnification bias each other when
@@ -1490,12 +1543,12 @@ CtfRefineResult ctf_refine(const CtfRefineOptions& opt_in) {
   // the tilt by 0.9 mrad), and defocus errors of 300 Å moved the magnification's isotropic part by
   // 0.3%. So: odd phase, defocus (when the magnification is fitted too), then the linearised
   // magnification fits, each pass also refitting the odd phase, then even aberrations and defocus.
-  if (opt.fit_beamtilt) fit_odd(opt, cx, md, geo, units, pool);
+  if (opt.fit_beamtilt) fit_odd(opt, md, geo, odd_sums);
   if (opt.fit_aniso) {
     if (opt.fit_defocus) fit_defocus(opt, cx, md, geo, units, pool, true);
-    fit_mag(opt, cx, md, geo, units, pool, opt.fit_beamtilt);
+    fit_mag(opt, cx, md, geo, summing_units, pool, opt.fit_beamtilt);
   }
-  if (opt.fit_aberr) fit_even(opt, cx, md, geo, units, pool);
+  if (opt.fit_aberr) fit_even(opt, cx, md, geo, summing_units, pool);
   // B-factor and scale: --fit_bfacs, or the fifth letter of --fit_mode (RELION fits that one jointly
   // with the defocus; here the envelope is fitted before the defocus, whose likelihood it weighs, and
   // again after it, with the defocus fit's kmin).

@@ -79,7 +79,7 @@ struct CtfRefineOptions {
   bool fit_aniso = false;         // --fit_aniso
   double kmin_mag = 20;           // --kmin_mag (Å)
   bool keep_astig = false;        // --keep_astig
-  int mag_iterations = 3;         // --mag_iter
+  int mag_iterations = 2;         // --mag_iter
   int threads = 1;                // --j
   bool only_do_unfinished = false;  // --only_do_unfinished: nothing to do when the output exists
 
