@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <new>
 
@@ -67,9 +68,10 @@ void with_fftw_planner(const std::function<void()>& plan) {
 
 namespace {
 
-// Plans of the in-place 2D transforms: kind 0 rows r2c, 1 rows c2r, 2 columns forward, 3 columns
-// backward, 4 and 5 rows as 0 and 1 at any alignment (a volume's planes) (n: transform length, m:
-// howmany).
+// Plans of the row-and-column 2D transforms: kind 0 rows r2c, 1 rows c2r, 2 columns forward, 3
+// columns backward, 4 and 5 rows as 0 and 1 at any alignment (a volume's planes), 6 rows r2c out of
+// place (real rows n floats apart into complex rows n/2 + 1 apart), 7 rows c2r out of place (the
+// other way, destroying the input) (n: transform length, m: howmany).
 std::map<std::tuple<int, int, int>, fftwf_plan>& inplace_plans() {
   static std::map<std::tuple<int, int, int>, fftwf_plan> p;
   return p;
@@ -86,7 +88,19 @@ fftwf_plan inplace_plan(int kind, int n, int m) {
   fftwf_plan_with_nthreads(1);
   const int nh = n / 2 + 1;
   fftwf_plan p = nullptr;
-  if (kind <= 1 || kind >= 4) {  // m rows of length n, padded to 2 nh floats
+  if (kind == 6) {
+    float* r = fftwf_alloc_real(size_t(n) * size_t(m));
+    fftwf_complex* c = fftwf_alloc_complex(size_t(nh) * size_t(m));
+    p = fftwf_plan_many_dft_r2c(1, &n, m, r, nullptr, 1, n, c, nullptr, 1, nh, FFTW_ESTIMATE);
+    fftwf_free(r);
+    fftwf_free(c);
+  } else if (kind == 7) {
+    float* r = fftwf_alloc_real(size_t(n) * size_t(m));
+    fftwf_complex* c = fftwf_alloc_complex(size_t(nh) * size_t(m));
+    p = fftwf_plan_many_dft_c2r(1, &n, m, c, nullptr, 1, nh, r, nullptr, 1, n, FFTW_ESTIMATE | FFTW_DESTROY_INPUT);
+    fftwf_free(r);
+    fftwf_free(c);
+  } else if (kind <= 1 || kind >= 4) {  // m rows of length n, padded to 2 nh floats
     float* r = fftwf_alloc_real(size_t(2 * nh) * size_t(m));
     auto* c = reinterpret_cast<fftwf_complex*>(r);
     const unsigned flags = FFTW_ESTIMATE | (kind >= 4 ? FFTW_UNALIGNED : 0u);
@@ -222,6 +236,31 @@ void fft2_forward_inplace(float* data, int nx, int ny) {
   fftwf_plan rows = inplace_plan(0, nx, ny);
   fftwf_execute_dft_r2c(rows, data, reinterpret_cast<fftwf_complex*>(data));
   columns_inplace(reinterpret_cast<cfloat*>(data), nx / 2 + 1, ny, true);
+}
+
+void fft2_forward(const float* in, int nx, int ny, cfloat* out) {
+  // FFTW requires the arrays' alignment of the plan's (16 bytes): otherwise through an aligned copy.
+  if (reinterpret_cast<uintptr_t>(in) % 16 != 0 || reinterpret_cast<uintptr_t>(out) % 16 != 0) {
+    thread_local AlignedArray<float> a;
+    thread_local AlignedArray<cfloat> b;
+    a.resize(size_t(nx) * size_t(ny));
+    b.resize(size_t(nx / 2 + 1) * size_t(ny));
+    std::copy_n(in, a.size(), a.data());
+    fft2_forward(a.data(), nx, ny, b.data());
+    std::copy_n(b.data(), b.size(), out);
+    return;
+  }
+  fftwf_plan rows = inplace_plan(6, nx, ny);
+  fftwf_execute_dft_r2c(rows, const_cast<float*>(in), reinterpret_cast<fftwf_complex*>(out));  // input kept
+  columns_inplace(out, nx / 2 + 1, ny, true);
+}
+
+void fft2_inverse(cfloat* in, int nx, int ny, float* out) {
+  if (reinterpret_cast<uintptr_t>(in) % 16 != 0 || reinterpret_cast<uintptr_t>(out) % 16 != 0)
+    runtime_error("fft2_inverse: arrays must be 16-byte aligned (AlignedArray's storage)");
+  columns_inplace(in, nx / 2 + 1, ny, false);
+  fftwf_plan rows = inplace_plan(7, nx, ny);
+  fftwf_execute_dft_c2r(rows, reinterpret_cast<fftwf_complex*>(in), out);
 }
 
 void fft2_inverse_inplace(cfloat* data, int nx, int ny) {
