@@ -349,6 +349,7 @@ void share_per_particle(const std::vector<std::vector<size_t>>& units, std::vect
 // ---- noise power and grey scale (per optics group and shell) ----
 
 using OddSums = std::vector<std::vector<cdouble>>;  // [group][pixel]: sum of w X conj(prediction without the part)
+using RefitFactors = std::vector<std::vector<cdouble>>;  // [group][pixel]: see refitted_phase
 
 OddSums make_odd_sums(const Model& md) {
   OddSums a(md.pixels.size());
@@ -367,7 +368,7 @@ struct ShellSums {
 // particles' terms are summed without it and it multiplies the sums afterwards (one pass fewer
 // over the particles; the same sums up to rounding).
 void estimate_noise(const Context& cx, Model& md, const std::vector<std::vector<size_t>>& units, ThreadPool& pool,
-                    const std::vector<std::vector<cdouble>>* refit = nullptr, OddSums* odd = nullptr) {
+                    const RefitFactors* refit = nullptr, OddSums* odd = nullptr) {
   const size_t G = md.pixels.size();
   auto make = [&] {
     ShellSums s;
@@ -395,9 +396,8 @@ void estimate_noise(const Context& cx, Model& md, const std::vector<std::vector<
                  s.count[g][sh] += 1;
                }
                if (refit)
-                 for (size_t k = 0; k < pl.size(); ++k) {
+                 for (size_t k = 0; k < pl.size(); ++k)
                    s.odd[g][k] += cdouble(o.X[k]) * std::conj(cdouble(o.Q[k]) * double(o.c[k])) * (*refit)[g][k];
-                 }
              }
            },
            [](ShellSums& t, const ShellSums& a) {
@@ -512,8 +512,6 @@ void rebuild(Model& md, const Geometry& geo) {
 // The part of each pixel's odd phase that the odd fit replaces (per group): the beam tilt's phase,
 // or with --odd_aberr_max_n >= 3 the whole odd phase; as the factor exp(+i phase) that takes it out
 // of a prediction's conjugate (the same for every particle of a group: made once per pass).
-using RefitFactors = std::vector<std::vector<cdouble>>;  // [group][pixel]
-
 RefitFactors refitted_phase(const CtfRefineOptions& opt, const Model& md) {
   RefitFactors out(md.pixels.size());
   for (size_t g = 0; g < md.pixels.size(); ++g) {
