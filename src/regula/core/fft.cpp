@@ -72,7 +72,7 @@ namespace {
 // columns backward, 4 and 5 rows as 0 and 1 at any alignment (a volume's planes), 6 rows r2c out of
 // place (real rows n floats apart into complex rows n/2 + 1 apart), 7 rows c2r out of place (the
 // other way, destroying the input) (n: transform length, m: howmany).
-std::map<std::tuple<int, int, int>, fftwf_plan>& inplace_plans() {
+std::map<std::tuple<int, int, int>, fftwf_plan>& row_column_plans() {
   static std::map<std::tuple<int, int, int>, fftwf_plan> p;
   return p;
 }
@@ -80,11 +80,11 @@ std::map<std::tuple<int, int, int>, fftwf_plan>& inplace_plans() {
 // the transform (so that they do not fall on the same cache sets).
 constexpr int kColumnBlock = 8, kColumnPad = 16;
 
-fftwf_plan inplace_plan(int kind, int n, int m) {
+fftwf_plan row_column_plan(int kind, int n, int m) {
   std::lock_guard lk(g_plan_mu);
   auto key = std::make_tuple(kind, n, m);
-  auto it = inplace_plans().find(key);
-  if (it != inplace_plans().end()) return it->second;
+  auto it = row_column_plans().find(key);
+  if (it != row_column_plans().end()) return it->second;
   fftwf_plan_with_nthreads(1);
   const int nh = n / 2 + 1;
   fftwf_plan p = nullptr;
@@ -116,7 +116,7 @@ fftwf_plan inplace_plan(int kind, int n, int m) {
     fftwf_free(c);
   }
   if (!p) runtime_error("FFTW could not plan an in-place transform of length {} (x{})", n, m);
-  inplace_plans()[key] = p;
+  row_column_plans()[key] = p;
   return p;
 }
 
@@ -128,7 +128,7 @@ void columns_inplace(cfloat* data, int nxh, int n, size_t stride, bool forward) 
   buf.resize(size_t(kColumnBlock) * ld);
   for (int x0 = 0; x0 < nxh; x0 += kColumnBlock) {
     const int b = std::min(kColumnBlock, nxh - x0);
-    fftwf_plan p = inplace_plan(forward ? 2 : 3, n, b);
+    fftwf_plan p = row_column_plan(forward ? 2 : 3, n, b);
     for (int k = 0; k < n; ++k) {
       const cfloat* row = data + size_t(k) * stride + size_t(x0);
       for (int c = 0; c < b; ++c) buf[size_t(c) * ld + size_t(k)] = row[c];
@@ -151,7 +151,7 @@ void columns_inplace(cfloat* data, int nxh, int ny, bool forward) { columns_inpl
 void fft3_inplace(cfloat* data, int nx, int ny, int nz, bool forward, float scale, int nthreads) {
   const int nxh = nx / 2 + 1;
   const size_t plane = size_t(nxh) * size_t(ny);
-  const fftwf_plan rows = inplace_plan(forward ? 4 : 5, nx, ny);
+  const fftwf_plan rows = row_column_plan(forward ? 4 : 5, nx, ny);
   ThreadPool pool(std::max(1, std::min(nthreads, std::max(ny, nz))));
   const auto planes = [&] {
     pool.parallel_for(0, size_t(nz), [&](size_t z, int) {
@@ -233,7 +233,7 @@ template class AlignedArray<float>;
 template class AlignedArray<cfloat>;
 
 void fft2_forward_inplace(float* data, int nx, int ny) {
-  fftwf_plan rows = inplace_plan(0, nx, ny);
+  fftwf_plan rows = row_column_plan(0, nx, ny);
   fftwf_execute_dft_r2c(rows, data, reinterpret_cast<fftwf_complex*>(data));
   columns_inplace(reinterpret_cast<cfloat*>(data), nx / 2 + 1, ny, true);
 }
@@ -250,7 +250,7 @@ void fft2_forward(const float* in, int nx, int ny, cfloat* out) {
     std::copy_n(b.data(), b.size(), out);
     return;
   }
-  fftwf_plan rows = inplace_plan(6, nx, ny);
+  fftwf_plan rows = row_column_plan(6, nx, ny);
   fftwf_execute_dft_r2c(rows, const_cast<float*>(in), reinterpret_cast<fftwf_complex*>(out));  // input kept
   columns_inplace(out, nx / 2 + 1, ny, true);
 }
@@ -259,13 +259,13 @@ void fft2_inverse(cfloat* in, int nx, int ny, float* out) {
   if (reinterpret_cast<uintptr_t>(in) % 16 != 0 || reinterpret_cast<uintptr_t>(out) % 16 != 0)
     runtime_error("fft2_inverse: arrays must be 16-byte aligned (AlignedArray's storage)");
   columns_inplace(in, nx / 2 + 1, ny, false);
-  fftwf_plan rows = inplace_plan(7, nx, ny);
+  fftwf_plan rows = row_column_plan(7, nx, ny);
   fftwf_execute_dft_c2r(rows, reinterpret_cast<fftwf_complex*>(in), out);
 }
 
 void fft2_inverse_inplace(cfloat* data, int nx, int ny) {
   columns_inplace(data, nx / 2 + 1, ny, false);
-  fftwf_plan rows = inplace_plan(1, nx, ny);
+  fftwf_plan rows = row_column_plan(1, nx, ny);
   fftwf_execute_dft_c2r(rows, reinterpret_cast<fftwf_complex*>(data), reinterpret_cast<float*>(data));
 }
 

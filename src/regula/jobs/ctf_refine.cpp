@@ -357,6 +357,19 @@ OddSums make_odd_sums(const Model& md) {
   return a;
 }
 
+// One particle's terms of the odd-phase sums; `weighted` false: without the weight w s (the noise
+// pass, which estimates it).
+void add_odd(const Model& md, const RefitFactors& refit, size_t g, const Observation& o, OddSums& a,
+             bool weighted = true) {
+  const PixelList& pl = md.pixels[g];
+  const double s = weighted ? md.scale[g] : 1.0;
+  for (size_t k = 0; k < pl.size(); ++k) {
+    const double w = weighted ? md.weight[g][size_t(pl.shell[k])] : 1.0;
+    const cdouble back = refit[g][k];  // conj of exp(-i phi_refit)
+    a[g][k] += w * cdouble(o.X[k]) * std::conj(cdouble(o.Q[k]) * double(o.c[k]) * s) * back;
+  }
+}
+
 struct ShellSums {
   std::vector<std::vector<double>> xx, xp, pp, count;  // [group][shell]
   OddSums odd;  // with `refit`: the odd-phase sums without their weight w s (see estimate_noise)
@@ -395,9 +408,7 @@ void estimate_noise(const Context& cx, Model& md, const std::vector<std::vector<
                  s.pp[g][sh] += std::norm(p);
                  s.count[g][sh] += 1;
                }
-               if (refit)
-                 for (size_t k = 0; k < pl.size(); ++k)
-                   s.odd[g][k] += cdouble(o.X[k]) * std::conj(cdouble(o.Q[k]) * double(o.c[k])) * (*refit)[g][k];
+               if (refit) add_odd(md, *refit, g, o, s.odd, false);
              }
            },
            [](ShellSums& t, const ShellSums& a) {
@@ -530,17 +541,6 @@ RefitFactors refitted_phase(const CtfRefineOptions& opt, const Model& md) {
     }
   }
   return out;
-}
-
-void add_odd(const Model& md, const RefitFactors& refit, size_t g, const Observation& o,
-             OddSums& a) {
-  const PixelList& pl = md.pixels[g];
-  const double s = md.scale[g];
-  for (size_t k = 0; k < pl.size(); ++k) {
-    const double w = md.weight[g][size_t(pl.shell[k])];
-    const cdouble back = refit[g][k];  // conj of exp(-i phi_refit)
-    a[g][k] += w * cdouble(o.X[k]) * std::conj(cdouble(o.Q[k]) * double(o.c[k]) * s) * back;
-  }
 }
 
 void merge_odd(OddSums& t, const OddSums& a) {
@@ -867,8 +867,7 @@ template <int Kind>
     const v8f folded = reinterpret_cast<v8f>(reinterpret_cast<v8i>(pi) | (ri & sign)) - r;
     r = reinterpret_cast<v8f>((fold & reinterpret_cast<v8i>(folded)) | (~fold & ri));
     const v8f r2 = r * r;
-    v8f p = 2.7525562e-6f + r2 * 0.0f;
-    p = -1.9840874e-4f + r2 * p;
+    v8f p = -1.9840874e-4f + r2 * 2.7525562e-6f;
     p = 8.3333310e-3f + r2 * p;
     p = -1.6666667e-1f + r2 * p;
     p = 1.0f + r2 * p;
