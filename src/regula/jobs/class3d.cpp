@@ -76,8 +76,11 @@ constexpr char kMagic[8] = {'R', 'G', 'C', '3', 'D', '0', '0', '2'};
 constexpr size_t kBlock = 4;  // particles per work unit (ml3d::Blocks)
 // The staged start (--staged, default for K > 1): kConsensus iterations of one consensus map with
 // pose search, then kFixed iterations classifying at the consensus poses from random subsets with
-// unregularised class maps at the --ini_high limit and uniform class fractions, then the full search.
-constexpr int kConsensus = 3, kFixed = 10;
+// unregularised class maps at the --ini_high limit and uniform class fractions, then the full model:
+// kGlobal iterations of global searches (each particle's pose found again against each class map,
+// which the consensus pose of a pseudo-symmetric particle may not fit: docs/class3d.md), then local
+// searches around the poses.
+constexpr int kConsensus = 3, kFixed = 10, kGlobal = 2;
 constexpr int kMinresMap = 5;         // RELION's --minres_map: the resolution shell is at least this
 
 struct State {
@@ -450,10 +453,11 @@ Report Job::iterate() {
   random_classes_ = K_ > 1 && (staged ? it0 == kConsensus : it0 == 0);
   const bool cc = opt_.firstiter_cc && st_.iteration == 0;
   // The staged start refines its consensus one HEALPix order finer than --healpix_order, and after
-  // the classification at fixed poses searches locally around them (sigma = that order's step).
+  // the classification at fixed poses searches globally at that order (kGlobal iterations), then
+  // locally around the poses (sigma = that order's step).
   const bool after_fixed = staged && it0 >= kConsensus + kFixed;
   const int order = (consensus_ || after_fixed) ? std::min(opt_.healpix_order + 1, 4) : opt_.healpix_order;
-  const bool local = opt_.sigma_ang > 0 || after_fixed;
+  const bool local = opt_.sigma_ang > 0 || (after_fixed && it0 >= kConsensus + kFixed + kGlobal);
   // In iteration 1 all classes are the reference: search against it alone.
   const int Ksearch = (random_classes_ || consensus_) ? 1 : K_;
   fine_ = ml3d::fine_pixels(r_, scale_, optics_model_);
