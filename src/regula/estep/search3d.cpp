@@ -30,12 +30,19 @@ struct CoarseFrame {
   Euler centre;         // Search3DInput's centre in the search frame
   Vec3 centre_dir{0, 0, 1};
   size_t d_per_class = 0;
-  // The centre prior of a pose of the search frame (direction dir, in-plane angle psi).
-  double centre_prior(const Vec3& dir, double psi) const {
+  // The centre prior of a pose of the search frame (direction dir, in-plane angle psi): the sum of a
+  // direction part and an in-plane part (the coarse pass applies them separately).
+  double centre_dir_prior(const Vec3& dir) const {
     if (centre_w == 0) return 0;
-    const double a = angle_between(centre_dir, dir), dp = wrap180(psi - centre.psi);
-    return -(a * a + dp * dp) * centre_w;
+    const double a = angle_between(centre_dir, dir);
+    return -a * a * centre_w;
   }
+  double centre_psi_prior(double psi) const {
+    if (centre_w == 0) return 0;
+    const double dp = wrap180(psi - centre.psi);
+    return -dp * dp * centre_w;
+  }
+  double centre_prior(const Vec3& dir, double psi) const { return centre_dir_prior(dir) + centre_psi_prior(psi); }
   // Orientation of a pose (rot, tilt, psi) of the search frame (then perturbed).
   Euler map(double rot, double tilt, double psi) const {
     if (!turned && !perturbed) return Euler{rot, tilt, psi};
@@ -101,7 +108,7 @@ PoseSet coarse_pass(const Search3DSetup& S, const Search3DInput& in, Search3DWor
   for (int j = -J; j <= J; ++j) {
     ps.psi.push_back(wrap180(f.prev.psi + j * step));
     ps.log_prior_psi.push_back(-(j * step) * (j * step) / (2 * sigma_ang * sigma_ang) +
-                               f.centre_prior(f.centre_dir, ps.psi.back()));
+                               f.centre_psi_prior(ps.psi.back()));
   }
   ws.cdirs.clear();
   ws.cpix.clear();
@@ -113,7 +120,7 @@ PoseSet coarse_pass(const Search3DSetup& S, const Search3DInput& in, Search3DWor
     const double a = angle_between(f.prev_dir, v);
     ws.cdirs.push_back(S.table->rot_tilt[d]);
     ws.cpix.push_back(long(d));
-    window_prior.push_back(-a * a / (2 * sigma_ang * sigma_ang) + f.centre_prior(v, f.centre.psi));
+    window_prior.push_back(-a * a / (2 * sigma_ang * sigma_ang) + f.centre_dir_prior(v));
   }
   if (ws.cdirs.empty()) {  // 3 sigma is always wider than a pixel; kept for safety: the nearest
     size_t best = 0;
@@ -124,7 +131,7 @@ PoseSet coarse_pass(const Search3DSetup& S, const Search3DInput& in, Search3DWor
     }
     ws.cdirs.push_back(S.table->rot_tilt[best]);
     ws.cpix.push_back(long(best));
-    window_prior.push_back(f.centre_prior(S.table->v[best], f.centre.psi));
+    window_prior.push_back(f.centre_dir_prior(S.table->v[best]));
   }
   f.d_per_class = ws.cdirs.size();
   const size_t D = f.d_per_class, m = S.px_coarse->size();
