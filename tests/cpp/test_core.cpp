@@ -163,7 +163,10 @@ TEST(FFT, RowColumn2DMatchesFftForward) {
     for (size_t i = 0; i < img.size(); ++i) ASSERT_EQ(img[i], kept[i]);
     // Inverses (unnormalised) of both give the image back times n^2.
     AlignedArray<float> back(size_t(n) * size_t(n));
+    std::vector<float> back_off(img.size() + 1);  // unaligned both ways: through the aligned copy
+    fft2_inverse(c.data() + 1, n, n, back_off.data() + 1);
     fft2_inverse(b.data(), n, n, back.data());
+    for (size_t i = 0; i < img.size(); ++i) ASSERT_EQ(back_off[i + 1], back[i]);
     fft2_inverse_inplace(a.data(), n, n);
     const float* r2 = reinterpret_cast<const float*>(a.data());
     for (int y = 0; y < n; ++y)

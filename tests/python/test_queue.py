@@ -252,3 +252,16 @@ def test_an_ended_job_is_submitted_again(tmp_path):
     r = regula("--project", p, "--queue", "q", "--qsub", run_now, "--qsubscript", tmpl, "run", "--job",
                "Simulate/job001/", "--continue", check=False)
     assert r.returncode == 1 and "optimiser" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "--nr_mpi 2: the MPI processes of a job submitted to a queue"),  # no queue template
+    (["--queue", "q", "--qsubscript", "t.sh"], "--nr_mpi two: expected an integer"),
+])
+def test_nr_mpi_without_a_template_or_a_number_is_refused(tmp_path, extra, message):
+    """--nr_mpi is for a queue's template (run here under mpirun instead); refused before any job is made."""
+    n = "two" if "expected an integer" in message else 2
+    p = tmp_path / "P"
+    r = regula("--project", p, *extra, "--nr_mpi", n, *SIM, cwd=tmp_path, check=False)
+    assert r.returncode == 1 and message in r.stderr, r.stderr
+    assert not (p / "Simulate").exists()

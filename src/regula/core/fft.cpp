@@ -256,8 +256,16 @@ void fft2_forward(const float* in, int nx, int ny, cfloat* out) {
 }
 
 void fft2_inverse(cfloat* in, int nx, int ny, float* out) {
-  if (reinterpret_cast<uintptr_t>(in) % 16 != 0 || reinterpret_cast<uintptr_t>(out) % 16 != 0)
-    runtime_error("fft2_inverse: arrays must be 16-byte aligned (AlignedArray's storage)");
+  if (reinterpret_cast<uintptr_t>(in) % 16 != 0 || reinterpret_cast<uintptr_t>(out) % 16 != 0) {
+    thread_local AlignedArray<cfloat> a;
+    thread_local AlignedArray<float> b;
+    a.resize(size_t(nx / 2 + 1) * size_t(ny));
+    b.resize(size_t(nx) * size_t(ny));
+    std::copy_n(in, a.size(), a.data());
+    fft2_inverse(a.data(), nx, ny, b.data());
+    std::copy_n(b.data(), b.size(), out);
+    return;
+  }
   columns_inplace(in, nx / 2 + 1, ny, false);
   fftwf_plan rows = row_column_plan(7, nx, ny);
   fftwf_execute_dft_c2r(rows, reinterpret_cast<fftwf_complex*>(in), out);

@@ -118,10 +118,10 @@ void fft2_inverse_inplace(cfloat* data, int nx, int ny);
 // us, 192: 23 against 29, 240: 40 against 61, 288: 44 against 73; the in-place plans of some sizes
 // copy through a buffer allocated at each call). Arrays not 16-byte aligned go through a copy.
 void fft2_forward(const float* in, int nx, int ny, cfloat* out);
-// The inverse out of place: `in` (nx/2 + 1) x ny complex values (destroyed) into `out`, nx x ny floats
+// The inverse out of place: `in` (nx/2 + 1) x ny complex values (destroyed when both arrays are
+// 16-byte aligned; otherwise they go through a copy, as fft2_forward's) into `out`, nx x ny floats
 // (rows nx apart), WITHOUT the factor 1/(nx ny), as fft2_inverse_inplace. Out-of-place c2r rows are
-// faster here too (96: 10 against 21 us, 192: 19 against 34, 288: 45 against 103). Both arrays
-// 16-byte aligned (AlignedArray's storage), else an error.
+// faster here too (96: 10 against 21 us, 192: 19 against 34, 288: 45 against 103).
 void fft2_inverse(cfloat* in, int nx, int ny, float* out);
 
 // Signed frequency for index i of an axis of length n in FFT order.
