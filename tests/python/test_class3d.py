@@ -1,11 +1,14 @@
 """regula class3d on a small simulated data set: RELION-named outputs, class fractions that sum to
 one, --continue equal to the uninterrupted run and independent of --j, and --skip_align."""
+import re
+import subprocess
+
 import gemmi
 import mrcfile
 import numpy as np
 import pytest
 
-from conftest import DATA
+from conftest import DATA, regula_binary
 from test_refine3d import run
 
 MAP = DATA / "proj" / "clean70S_crop48.mrc"
@@ -120,3 +123,23 @@ def test_solvent_mask_focuses_the_class_maps(data, tmp_path):
             tmp_path / "bad/run", "--solvent_mask", tmp_path / "small.mrc", *args, check=False)
     assert r.returncode == 1 and "small.mrc: the solvent mask is 40x40x40, the particles are 48 px" in r.stderr
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+
+
+def test_staged_schedule_in_the_log(data, tmp_path):
+    """The staged start as docs/class3d.md says: iterations 1-3 a consensus (global searches), 4-13 at fixed
+    poses, 14-15 global searches against the class maps (a pseudo-symmetric particle's consensus pose may be
+    the wrong copy for its class), then local searches."""
+    args = ["class3d", "--i", data / "sim/particles.star", "--ref", data / "sim/truth_map1.mrc", "--o",
+            tmp_path / "run", "--j", 2, *COMMON[:2], "--iter", 16, *COMMON[4:]]
+    r = subprocess.run([regula_binary(), *map(str, args)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    stage = {}
+    for line in (r.stdout + r.stderr).splitlines():
+        m = re.search(r"class3d: iteration (\d+): ([a-z ,]+), limit", line)
+        if m:
+            stage[int(m.group(1))] = m.group(2)
+    assert sorted(stage) == list(range(1, 17)), stage
+    expected = {**{i: "consensus, global search" for i in (1, 2, 3)}, **{i: "fixed poses" for i in range(4, 14)},
+                14: "global search", 15: "global search", 16: "local search"}
+    assert stage == expected

@@ -221,6 +221,7 @@ class Job {
   bool consensus_ = false;       // staged start: one consensus map, poses searched
   bool fixed_poses_ = false;     // --skip_align, or the staged start's classification at fixed poses
   bool unregularised_ = false;   // staged start: class maps without the tau2 prior, uniform fractions
+  const char* search_ = "";      // this iteration's pose search, for the log
   estep::SearchPixels px_coarse_;
   ml3d::FinePixels fine_;  // per optics group
   std::vector<std::unique_ptr<Projector>> proj_;
@@ -458,6 +459,7 @@ Report Job::iterate() {
   const bool after_fixed = staged && it0 >= kConsensus + kFixed;
   const int order = (consensus_ || after_fixed) ? std::min(opt_.healpix_order + 1, 4) : opt_.healpix_order;
   const bool local = opt_.sigma_ang > 0 || (after_fixed && it0 >= kConsensus + kFixed + kGlobal);
+  search_ = fixed_poses_ ? "fixed poses" : local ? "local search" : "global search";
   // In iteration 1 all classes are the reference: search against it alone.
   const int Ksearch = (random_classes_ || consensus_) ? 1 : K_;
   fine_ = ml3d::fine_pixels(r_, scale_, optics_model_);
@@ -1089,8 +1091,8 @@ Class3DResult Job::run() {
       const BatchStep bs = batch_step(opt_.batches, st_.iteration - 1, table_.size());
       subset = fmt::format(" (mini-batch of {}, step {:.2f})", bs.subset, bs.eta);
     }
-    spdlog::info("class3d: iteration {}{}: limit {} shells, <Pmax> {:.3f}, classes {}, {:.1f} s", st_.iteration, subset,
-                 rep.used_shells, rep.average_pmax, fr,
+    spdlog::info("class3d: iteration {}{}: {}{}, limit {} shells, <Pmax> {:.3f}, classes {}, {:.1f} s", st_.iteration,
+                 subset, consensus_ ? "consensus, " : "", search_, rep.used_shells, rep.average_pmax, fr,
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   // Every rank returns the files rank 0 wrote (initial_model reads the last class map on each rank).
