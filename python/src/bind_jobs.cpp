@@ -230,7 +230,8 @@ void bind_jobs(py::module_& m) {
   using C = Class2DOptions;
   def_job<C>(
       m, "class2d", "Class2DOptions",
-      {REGULA_FIELD(C, input), REGULA_FIELD(C, out_root), REGULA_FIELD(C, classes), REGULA_FIELD(C, iterations),
+      {REGULA_FIELD(C, input), REGULA_FIELD(C, out_root), REGULA_FIELD(C, classes), REGULA_FIELD(C, reference),
+       REGULA_FIELD(C, iterations),
        REGULA_FIELD(C, tau2_fudge), REGULA_FIELD(C, particle_diameter), REGULA_FIELD(C, ctf),
        REGULA_FIELD(C, zero_mask), REGULA_FIELD(C, flatten_solvent), REGULA_FIELD(C, psi_step),
        REGULA_FIELD(C, offset_range), REGULA_FIELD(C, offset_step), REGULA_FIELD(C, offset_sigma),

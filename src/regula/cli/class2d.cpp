@@ -14,6 +14,9 @@ void add_class2d(CLI::App& app) {
   s->add_option("--o", opt->out_root, "Output root: writes ROOT_itNNN_{classes.mrcs,model.star,data.star,"
                 "optimiser.star,state.bin,classes.png}");
   s->add_option("--K", opt->classes, "Number of classes");
+  s->add_option("--ref", opt->reference,
+                "Initial classes: an MRC stack of references (the particles' box, pixel size and scale, as the "
+                "classes of an earlier run) instead of random-subset averages; --K, if given, must be their number");
   s->add_option("--iter", opt->iterations, "Number of iterations (the last iteration number)")->capture_default_str();
   s->add_option("--tau2_fudge", opt->tau2_fudge, "Regularisation parameter T (larger: weaker prior)")->capture_default_str();
   s->add_option("--particle_diameter", opt->particle_diameter, "Diameter of the circular mask, Å (default: box - 10 px)");

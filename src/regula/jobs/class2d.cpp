@@ -31,6 +31,7 @@
 #include "regula/imaging/particle_ctf.hpp"
 #include "regula/imaging/mask.hpp"
 #include "regula/imaging/projector.hpp"
+#include "regula/io/mrc.hpp"
 #include "regula/jobs/class2d_detail.hpp"
 #include "regula/jobs/ml3d.hpp"
 #include "regula/model/particles.hpp"
@@ -44,7 +45,8 @@ namespace regula {
 std::string Class2DOptions::validate() const {
   if (continue_from.empty()) {
     if (input.empty()) return "--i: a particles STAR file is required (or --continue)";
-    if (classes < 1) return fmt::format("--K: the number of classes must be at least 1 (got {})", classes);
+    if (classes < 1 && reference.empty())
+      return fmt::format("--K: the number of classes must be at least 1 (got {})", classes);
   }
   if (out_root.empty()) return "--o: an output root is required";
   if (iterations < 1) return fmt::format("--iter: must be at least 1 (got {})", iterations);
@@ -265,6 +267,7 @@ class Job {
     return {st_.origin_x[p] + R[0][0] * t[0] + R[0][1] * t[1], st_.origin_y[p] + R[1][0] * t[0] + R[1][1] * t[1]};
   }
   void initialise();
+  void use_references();
   IterationReport iterate();
   IterationData prepare_iteration();
   int coarse_shells(int r) const;
@@ -717,6 +720,29 @@ void Job::initialise() {
     st_.classes[k] = std::move(img);
   });
   st_.fraction.assign(K, 1.0 / double(K));
+  if (!opt_.reference.empty()) use_references();
+}
+
+// --ref: the initial classes are the stack's images (as RELION's --ref in 2D), masked as class
+// averages are; the particles were read above for the noise model and the sums' bounds.
+void Job::use_references() {
+  mrc::Header h;
+  const Grid<float> refs = mrc::read(opt_.reference, &h);
+  if (refs.nx() != n_ || refs.ny() != n_)
+    input_error("--ref {}: images of {}x{} px, the particles' box is {} px", opt_.reference, refs.nx(), refs.ny(), n_);
+  const double apix = h.pixel_size();
+  if (apix > 0 && std::abs(apix - angpix_) > 0.01 * angpix_)
+    input_error("--ref {}: pixel size {:.4f} Å in its header, the particles' is {:.4f} Å", opt_.reference, apix, angpix_);
+  const size_t K = size_t(opt_.classes), plane = size_t(n_) * size_t(n_);
+  for (size_t k = 0; k < K; ++k) {
+    Image img(n_, n_, 1);
+    std::copy_n(refs.data() + k * plane, plane, img.data());
+    for (float v : img)
+      if (!std::isfinite(v)) input_error("--ref {}: image {} holds a value that is not finite", opt_.reference, k + 1);
+    if (opt_.flatten_solvent) apply_spherical_mask(img, mask_radius_, opt_.mask_edge, MaskFill::Zero);
+    st_.classes[k] = std::move(img);
+  }
+  spdlog::info("class2d: initial classes from {} ({} images)", opt_.reference, K);
 }
 
 // Adds the weighted sums of the poses `sw` to the class accumulators: reference j of `sw` is
@@ -1256,6 +1282,15 @@ Class2DResult Job::run() {
   set_blas_single_threaded();
   const bool cont = !opt_.continue_from.empty();
   if (cont) class2d_detail::read_checkpoint(opt_.continue_from, opt_, input_star_, st_, 0);
+  if (cont && !opt_.reference.empty())
+    input_error("--ref {}: the initial classes of a new run (--continue takes the checkpoint's)", opt_.reference);
+  if (!opt_.reference.empty()) {
+    const mrc::Header h = mrc::read_header(opt_.reference);
+    const int count = h.size_z();
+    if (opt_.classes == 0) opt_.classes = count;
+    if (opt_.classes != count)
+      input_error("--K {}: {} holds {} reference images (one class each)", opt_.classes, opt_.reference, count);
+  }
   std::string msg = opt_.validate();
   if (!msg.empty()) throw InputError(cont ? opt_.continue_from + ": " + msg : msg);
   if (!cont) input_star_ = std::filesystem::absolute(opt_.input).lexically_normal().string();

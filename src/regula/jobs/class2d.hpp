@@ -29,7 +29,9 @@ namespace regula {
 struct Class2DOptions {
   std::string input;              // --i: particles STAR file
   std::string out_root;           // --o: output root (ROOT_itNNN_*)
-  int classes = 0;                // --K
+  int classes = 0;                // --K (with --ref: their number when not given)
+  std::string reference;          // --ref: MRC stack (or image) of the initial classes, instead of random-
+                                  // subset averages (RELION's --ref); the particles' box, pixel size and scale
   int iterations = 25;            // --iter: last iteration number
   bool iterations_given = false;  // --iter on the command line (with --continue, else the checkpoint's)
   double tau2_fudge = 2;          // --tau2_fudge (T)

@@ -1,0 +1,76 @@
+"""class2d --ref (RELION's option): the initial classes from a stack instead of random-subset averages, so
+that a classification can go on from an earlier run's classes (with more particles, say) keeping their
+numbers; and the errors of a stack that does not fit."""
+import gemmi
+import mrcfile
+import numpy as np
+import pytest
+
+from conftest import DATA
+from test_refine3d import run
+
+MAP = DATA / "proj" / "clean70S_crop48.mrc"
+OPTS = ["--ctf", "--j", 2]
+
+
+def classes_of(path):
+    return np.array([int(v) for v in gemmi.cif.read(str(path)).find_block("particles").find_loop("_rlnClassNumber")])
+
+
+@pytest.fixture(scope="module")
+def earlier(tmp_path_factory):
+    """Four views at SNR 0.1 classified from random subsets (10 iterations)."""
+    d = tmp_path_factory.mktemp("class2d_ref")
+    run("simulate", "--i", MAP, "--o", d / "sim", "--n", 300, "--angpix", 6, "--snr", 0.1, "--max_shift", 1,
+        "--views", 4, "--seed", 3)
+    run("class2d", "--i", d / "sim/particles.star", "--o", d / "a/run", "--K", 4, "--iter", 10, *OPTS)
+    return d
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_classes_and_their_numbers_go_on_from_the_references(earlier, tmp_path, seed):
+    """Started from the earlier run's last classes, the first iteration already puts nearly every particle in
+    the class of the same number it ended in (a random start numbers its classes arbitrarily), and its
+    classes correlate with the references; --K is taken from the stack. Two seeds (the solvent's noise)."""
+    d = earlier
+    refs = d / "a/run_it010_classes.mrcs"
+    run("class2d", "--i", d / "sim/particles.star", "--o", tmp_path / "run", "--ref", refs, "--iter", 2,
+        "--reseed_until", 0, "--seed", seed, *OPTS)
+    before = classes_of(d / "a/run_it010_data.star")
+    after = classes_of(tmp_path / "run_it001_data.star")
+    assert np.mean(after == before) >= 0.95, np.mean(after == before)
+    a = mrcfile.read(refs).astype(np.float64)
+    b = mrcfile.read(tmp_path / "run_it001_classes.mrcs").astype(np.float64)
+    assert a.shape == b.shape == (4, 48, 48)
+    for k in range(4):
+        c = np.corrcoef(a[k].ravel(), b[k].ravel())[0, 1]
+        assert c > 0.8, (k, c)
+    # Iteration 0 holds the references themselves (masked as class averages; no --flatten_solvent here).
+    assert np.allclose(mrcfile.read(tmp_path / "run_it000_classes.mrcs"), a, atol=1e-6 * np.abs(a).max())
+
+
+def test_stacks_that_do_not_fit_are_refused(earlier, tmp_path):
+    d = earlier
+    refs = d / "a/run_it010_classes.mrcs"
+    r = run("class2d", "--i", d / "sim/particles.star", "--o", tmp_path / "k/run", "--ref", refs, "--K", 3, *OPTS,
+            check=False)
+    assert r.returncode == 1 and "--K 3" in r.stderr and "holds 4 reference images" in r.stderr, r.stderr
+    small = tmp_path / "small.mrcs"
+    with mrcfile.new(small) as m:
+        m.set_data(np.zeros((4, 32, 32), np.float32))
+        m.voxel_size = 6.0
+    r = run("class2d", "--i", d / "sim/particles.star", "--o", tmp_path / "s/run", "--ref", small, *OPTS, check=False)
+    assert r.returncode == 1 and "32x32 px" in r.stderr and "48 px" in r.stderr, r.stderr
+    other = tmp_path / "other.mrcs"
+    with mrcfile.new(other) as m:
+        m.set_data(np.zeros((4, 48, 48), np.float32))
+        m.voxel_size = 4.0
+    r = run("class2d", "--i", d / "sim/particles.star", "--o", tmp_path / "p/run", "--ref", other, *OPTS, check=False)
+    assert r.returncode == 1 and "pixel size 4.0000" in r.stderr, r.stderr
+    r = run("class2d", "--continue", d / "a/run_it005_optimiser.star", "--o", tmp_path / "c/run", "--ref", refs,
+            check=False)
+    assert r.returncode == 1 and "--continue takes the checkpoint's" in r.stderr, r.stderr
+    r = run("class2d", "--i", d / "sim/particles.star", "--o", tmp_path / "m/run", "--ref", tmp_path / "none.mrcs",
+            *OPTS, check=False)
+    assert r.returncode == 1 and "none.mrcs" in r.stderr, r.stderr
+    assert not list(tmp_path.glob("*/run_it*"))  # refused before any output
