@@ -1,6 +1,8 @@
 """class2d --ref (RELION's option): the initial classes from a stack instead of random-subset averages, so
 that a classification can go on from an earlier run's classes (with more particles, say) keeping their
 numbers; and the errors of a stack that does not fit."""
+import warnings
+
 import gemmi
 import mrcfile
 import numpy as np
@@ -49,28 +51,40 @@ def test_classes_and_their_numbers_go_on_from_the_references(earlier, tmp_path, 
     assert np.allclose(mrcfile.read(tmp_path / "run_it000_classes.mrcs"), a, atol=1e-6 * np.abs(a).max())
 
 
+def refused(d, out, refs, *extra):
+    """class2d with --ref refs on the earlier set: its stderr, after checking exit status 1."""
+    r = run("class2d", "--i", d / "sim/particles.star", "--o", out, "--ref", refs, *extra, *OPTS, check=False)
+    assert r.returncode == 1, r.stderr
+    return r.stderr
+
+
+def stack(path, shape, apix, value=0.0):
+    with warnings.catch_warnings():  # mrcfile warns about the NaN stack, which is the point
+        warnings.simplefilter("ignore", RuntimeWarning)
+        write_stack(path, shape, apix, value)
+    return path
+
+
+def write_stack(path, shape, apix, value):
+    with mrcfile.new(path) as m:
+        m.set_data(np.full(shape, value, np.float32))
+        m.voxel_size = apix
+
+
 def test_stacks_that_do_not_fit_are_refused(earlier, tmp_path):
     d = earlier
     refs = d / "a/run_it010_classes.mrcs"
-    r = run("class2d", "--i", d / "sim/particles.star", "--o", tmp_path / "k/run", "--ref", refs, "--K", 3, *OPTS,
-            check=False)
-    assert r.returncode == 1 and "--K 3" in r.stderr and "holds 4 reference images" in r.stderr, r.stderr
-    small = tmp_path / "small.mrcs"
-    with mrcfile.new(small) as m:
-        m.set_data(np.zeros((4, 32, 32), np.float32))
-        m.voxel_size = 6.0
-    r = run("class2d", "--i", d / "sim/particles.star", "--o", tmp_path / "s/run", "--ref", small, *OPTS, check=False)
-    assert r.returncode == 1 and "32x32 px" in r.stderr and "48 px" in r.stderr, r.stderr
-    other = tmp_path / "other.mrcs"
-    with mrcfile.new(other) as m:
-        m.set_data(np.zeros((4, 48, 48), np.float32))
-        m.voxel_size = 4.0
-    r = run("class2d", "--i", d / "sim/particles.star", "--o", tmp_path / "p/run", "--ref", other, *OPTS, check=False)
-    assert r.returncode == 1 and "pixel size 4.0000" in r.stderr, r.stderr
+    err = refused(d, tmp_path / "k/run", refs, "--K", 3)
+    assert "--K 3" in err and "holds 4 reference images" in err, err
+    err = refused(d, tmp_path / "s/run", stack(tmp_path / "small.mrcs", (4, 32, 32), 6.0))
+    assert "32x32 px" in err and "48 px" in err, err
+    err = refused(d, tmp_path / "p/run", stack(tmp_path / "other.mrcs", (4, 48, 48), 4.0))
+    assert "pixel size 4.0000" in err, err
+    err = refused(d, tmp_path / "n/run", stack(tmp_path / "nan.mrcs", (4, 48, 48), 6.0, np.nan))
+    assert "image 1 holds a value that is not finite" in err, err
+    err = refused(d, tmp_path / "m/run", tmp_path / "none.mrcs")
+    assert "none.mrcs" in err, err
     r = run("class2d", "--continue", d / "a/run_it005_optimiser.star", "--o", tmp_path / "c/run", "--ref", refs,
             check=False)
     assert r.returncode == 1 and "--continue takes the checkpoint's" in r.stderr, r.stderr
-    r = run("class2d", "--i", d / "sim/particles.star", "--o", tmp_path / "m/run", "--ref", tmp_path / "none.mrcs",
-            *OPTS, check=False)
-    assert r.returncode == 1 and "none.mrcs" in r.stderr, r.stderr
     assert not list(tmp_path.glob("*/run_it*"))  # refused before any output
