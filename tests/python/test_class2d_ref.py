@@ -1,6 +1,7 @@
 """class2d --ref (RELION's option): the initial classes from a stack instead of random-subset averages, so
 that a classification can go on from an earlier run's classes (with more particles, say) keeping their
 numbers; and the errors of a stack that does not fit."""
+import subprocess
 import warnings
 
 import gemmi
@@ -8,7 +9,7 @@ import mrcfile
 import numpy as np
 import pytest
 
-from conftest import DATA
+from conftest import DATA, regula_binary
 from test_refine3d import run
 
 MAP = DATA / "proj" / "clean70S_crop48.mrc"
@@ -84,7 +85,17 @@ def test_stacks_that_do_not_fit_are_refused(earlier, tmp_path):
     assert "image 1 holds a value that is not finite" in err, err
     err = refused(d, tmp_path / "m/run", tmp_path / "none.mrcs")
     assert "none.mrcs" in err, err
-    r = run("class2d", "--continue", d / "a/run_it005_optimiser.star", "--o", tmp_path / "c/run", "--ref", refs,
-            check=False)
-    assert r.returncode == 1 and "--continue takes the checkpoint's" in r.stderr, r.stderr
     assert not list(tmp_path.glob("*/run_it*"))  # refused before any output
+
+
+def test_continue_takes_the_checkpoints_classes(earlier, tmp_path):
+    """With --continue the classes are the checkpoint's, as every option of the run (`regula run --job DIR
+    --continue` keeps the job's --ref): the result is the uninterrupted run's."""
+    d = earlier
+    r = subprocess.run([regula_binary(), "class2d", "--continue", str(d / "a/run_it005_optimiser.star"), "--o",
+                        str(tmp_path / "run"), "--ref", str(tmp_path / "absent.mrcs"), "--j", "2"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "is not read" in r.stdout + r.stderr
+    assert np.array_equal(mrcfile.read(tmp_path / "run_it010_classes.mrcs"),
+                          mrcfile.read(d / "a/run_it010_classes.mrcs"))

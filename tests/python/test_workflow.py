@@ -1,6 +1,7 @@
 """regula workflow: the steps of a workflow file run as jobs of a project; killed with SIGKILL in the
 middle of a job and started again, it finishes with the same bytes as an uninterrupted run."""
 import glob
+import json
 import os
 import shutil
 import signal
@@ -8,6 +9,8 @@ import subprocess
 import time
 
 import gemmi
+import mrcfile
+import numpy as np
 import pytest
 
 from conftest import DATA, regula_binary, run_regula
@@ -285,12 +288,19 @@ def test_watch_class2d_classifies_the_particles_so_far(tmp_path, movies):
         assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
         time.sleep(0.1)
     first = (live / "run_it002_data.star").read_text()
+    first_classes = mrcfile.read(live / "run_it002_classes.mrcs")
+    assert not (live / "live_start_classes.mrcs").exists()  # the first run starts from random subsets
     for m in movies[2:]:
         arrive(m, watched / "watch")
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     assert out.count("live 2D classification of") == 2, out
     assert "movie_004" not in first and "movie_004" in (live / "run_it002_data.star").read_text()
+    # The second run went on from the classes the first ended with (class2d --ref, every class kept).
+    args = json.loads((live / "command.json").read_text())["args"]
+    assert args[-4:] == ["--ref", "Class2D/job006/live_start_classes.mrcs", "--reseed_until", "0"], args
+    assert np.array_equal(mrcfile.read(live / "live_start_classes.mrcs"), first_classes)
+    assert np.array_equal(mrcfile.read(live / "run_it000_classes.mrcs"), first_classes)
     assert "c2d_live" in (live / "job.star").read_text() or "c2d_live" in (watched / "default_pipeline.star").read_text()
     # The step itself: job007, the files of the workflow run once (its job006).
     for name in ("run_it002_classes.mrcs", "run_it002_data.star"):

@@ -1282,8 +1282,11 @@ Class2DResult Job::run() {
   set_blas_single_threaded();
   const bool cont = !opt_.continue_from.empty();
   if (cont) class2d_detail::read_checkpoint(opt_.continue_from, opt_, input_star_, st_, 0);
-  if (cont && !opt_.reference.empty())
-    input_error("--ref {}: the initial classes of a new run (--continue takes the checkpoint's)", opt_.reference);
+  if (cont && !opt_.reference.empty()) {  // as the other options of the run: the checkpoint's classes
+    spdlog::info("class2d: --continue goes on from the checkpoint's classes; --ref {} (the first iteration's) is not read",
+                 opt_.reference);
+    opt_.reference.clear();
+  }
   if (!opt_.reference.empty()) {
     const mrc::Header h = mrc::read_header(opt_.reference);
     const int count = h.size_z();

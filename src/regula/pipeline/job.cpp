@@ -346,6 +346,11 @@ Job Job::create(const JobType& type, const std::vector<std::string>& args, const
   return job;
 }
 
+void Job::set_args(std::vector<std::string> args) {
+  args_ = std::move(args);
+  write_job_files(dir_, *type_, args_);
+}
+
 Job Job::open(const std::string& job_dir) {
   std::string dir = job_dir;
   if (dir.empty() || dir.back() != '/') dir += '/';

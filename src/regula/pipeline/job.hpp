@@ -45,6 +45,9 @@ class Job {
   std::vector<std::string>& mutable_args() { return args_; }
   // The arguments with --o pointing inside the job directory.
   std::vector<std::string> rewritten_args() const;
+  // Records a new command line for the job (note.txt, command.json, job.star): what `regula run --job`
+  // runs from then on.
+  void set_args(std::vector<std::string> args);
   // Marks the job running (again) in the record and on disk.
   void mark_running();
   // Submitted to a queue, not started: REGULA_JOB_QUEUED (holding `submitted`, what the submit

@@ -16,6 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "regula/core/atomic_file.hpp"
 #include "regula/core/error.hpp"
 #include "regula/io/star.hpp"
 #include "regula/pipeline/job.hpp"
@@ -112,6 +113,26 @@ std::vector<std::string> run_again(const std::string& dir, bool resume) {
   std::vector<std::string> args{"run", "--job", dir};
   if (resume) args.push_back("--continue");
   return args;
+}
+
+// The classes of the last iteration written in a class2d job's directory (`*_itNNN_classes.mrcs`, the
+// largest NNN), or "".
+std::string last_classes(const std::string& dir) {
+  std::string best;
+  int best_it = -1;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    const size_t p = name.rfind("_classes.mrcs");
+    if (p == std::string::npos || p + 13 != name.size() || p < 6 || name.compare(p - 6, 3, "_it") != 0) continue;
+    const std::string digits = name.substr(p - 3, 3);
+    if (!std::all_of(digits.begin(), digits.end(), [](char c) { return std::isdigit((unsigned char)c); })) continue;
+    if (const int it = std::stoi(digits); it > best_it) {
+      best_it = it;
+      best = e.path().string();
+    }
+  }
+  return best;
 }
 
 const Process* step_job(const Record& r, const std::string& alias) {
@@ -335,8 +356,10 @@ void run_workflow(const std::vector<WorkflowStep>& steps, const std::string& exe
     }
   };
   // Live 2D classification while watching (--watch_class2d N): the first class2d step after the front,
-  // as the job <name>_live, on the particles extracted so far, again whenever N more have come; each run
-  // starts from the beginning (RELION's on-the-fly schemes re-run 2D classification alike).
+  // as the job <name>_live, on the particles extracted so far, again whenever N more have come; from
+  // the second run on it starts from the classes the previous run ended with (class2d --ref, copied to
+  // live_start_classes.mrcs in the job, --reseed_until 0 to keep every class), so that the classes and
+  // their numbers go on from batch to batch (cryoSPARC Live's streaming 2D classification).
   long live_particles = 0;
   auto live_class2d = [&] {
     if (watch.class2d_every <= 0) return;
@@ -355,7 +378,24 @@ void run_workflow(const std::vector<WorkflowStep>& steps, const std::string& exe
     if (n < live_particles + watch.class2d_every) return;
     spdlog::info("workflow: live 2D classification of {} particles ({})", n, live.name);
     if (const Process* p = step_job(read_record("."), step_alias(live))) {
-      launch(live, run_again(p->name, false));
+      const std::string dir = p->name, last = last_classes(dir);
+      if (!last.empty()) {
+        const std::string start = dir + "live_start_classes.mrcs";
+        write_file_atomic(start, read_file(last));
+        Job job = Job::open(dir);
+        std::vector<std::string> a;
+        const std::vector<std::string>& old = job.args();
+        for (size_t k = 0; k < old.size(); ++k) {
+          if ((old[k] == "--ref" || old[k] == "--reseed_until") && k + 1 < old.size()) {
+            ++k;
+            continue;
+          }
+          a.push_back(old[k]);
+        }
+        a.insert(a.end(), {"--ref", start, "--reseed_until", "0"});
+        job.set_args(std::move(a));
+      }
+      launch(live, run_again(dir, false));
     } else {
       std::vector<std::string> tail{"--alias", live.name, live.command};
       tail.insert(tail.end(), args.begin(), args.end());
