@@ -83,6 +83,12 @@ def test_stacks_that_do_not_fit_are_refused(earlier, tmp_path):
     assert "pixel size 4.0000" in err, err
     err = refused(d, tmp_path / "n/run", stack(tmp_path / "nan.mrcs", (4, 48, 48), 6.0, np.nan))
     assert "image 1 holds a value that is not finite" in err, err
+    vol = tmp_path / "map.mrc"  # a volume of the box's size is not 48 references
+    with mrcfile.new(vol) as m:
+        m.set_data(np.zeros((48, 48, 48), np.float32))
+        m.voxel_size = 6.0
+    err = refused(d, tmp_path / "v/run", vol)
+    assert "a 3D map (48x48x48" in err and "not a stack of 2D references" in err, err
     err = refused(d, tmp_path / "m/run", tmp_path / "none.mrcs")
     assert "none.mrcs" in err, err
     assert not list(tmp_path.glob("*/run_it*"))  # refused before any output

@@ -1289,6 +1289,10 @@ Class2DResult Job::run() {
   }
   if (!opt_.reference.empty()) {
     const mrc::Header h = mrc::read_header(opt_.reference);
+    const bool mrcs = opt_.reference.size() > 5 && opt_.reference.compare(opt_.reference.size() - 5, 5, ".mrcs") == 0;
+    if (h.is_volume() && !mrcs)
+      input_error("--ref {}: a 3D map ({}x{}x{}, space group {}), not a stack of 2D references (name it .mrcs if "
+                  "it is one)", opt_.reference, h.size_x(), h.size_y(), h.size_z(), h.ispg);
     const int count = h.size_z();
     if (opt_.classes == 0) opt_.classes = count;
     if (opt_.classes != count)
