@@ -207,7 +207,8 @@ ctf:  ctffind --i {mc}corrected_micrographs.star --o ctf --ResMin 40 --ResMax 10
 pick: autopick --i {ctf}micrographs_ctf.star --o pick --LoG --LoG_diam_min 200 --LoG_diam_max 280 --j 2
 ext:  extract --i {ctf}micrographs_ctf.star --coord_list {pick}autopick.star --o ext --extract_size 64 --norm \\
       --bg_radius 24 --invert_contrast --j 2
-c2d:  class2d --i {ext}particles.star --o run --K 2 --iter 2 --ctf --particle_diameter 230 --j 2 --seed 1
+c2d:  class2d --i {ext}particles.star --o run --K 2 --iter 2 --ctf --particle_diameter 230 --j 2 --seed 1 \\
+      --reseed_until=12
 """
 WATCHED_OUTPUTS = ["Import/job001/movies.star", "MotionCorr/job002/corrected_micrographs.star",
                    "CtfFind/job003/micrographs_ctf.star", "AutoPick/job004/autopick.star",
@@ -299,6 +300,7 @@ def test_watch_class2d_classifies_the_particles_so_far(tmp_path, movies):
     # The second run went on from the classes the first ended with (class2d --ref, every class kept).
     args = json.loads((live / "command.json").read_text())["args"]
     assert args[-4:] == ["--ref", "Class2D/job006/live_start_classes.mrcs", "--reseed_until", "0"], args
+    assert not [a for a in args if a.startswith("--reseed_until=")], args  # the step's own value replaced
     assert np.array_equal(mrcfile.read(live / "live_start_classes.mrcs"), first_classes)
     assert np.array_equal(mrcfile.read(live / "run_it000_classes.mrcs"), first_classes)
     assert "c2d_live" in (live / "job.star").read_text() or "c2d_live" in (watched / "default_pipeline.star").read_text()

@@ -385,11 +385,12 @@ void run_workflow(const std::vector<WorkflowStep>& steps, const std::string& exe
         Job job = Job::open(dir);
         std::vector<std::string> a;
         const std::vector<std::string>& old = job.args();
-        for (size_t k = 0; k < old.size(); ++k) {
+        for (size_t k = 0; k < old.size(); ++k) {  // the step's own --ref / --reseed_until replaced
           if ((old[k] == "--ref" || old[k] == "--reseed_until") && k + 1 < old.size()) {
             ++k;
             continue;
           }
+          if (old[k].rfind("--ref=", 0) == 0 || old[k].rfind("--reseed_until=", 0) == 0) continue;
           a.push_back(old[k]);
         }
         a.insert(a.end(), {"--ref", start, "--reseed_until", "0"});
