@@ -70,9 +70,8 @@ namespace {
 
 // Plans of the row-and-column 2D transforms: kind 0 rows r2c, 1 rows c2r, 2 columns forward, 3
 // columns backward, 6 rows r2c out of place (real rows n floats apart into complex rows n/2 + 1
-// apart), 7 rows c2r out of place (the other way, destroying the input), 8 and 9 as 6 and 7 at any
-// alignment (a volume's planes when they are 8 bytes off) (n: transform length, m: howmany).
-// FFTW_UNALIGNED plans are slower (3D transforms of 192 and 384 in place: 20-25%), so only where needed.
+// apart), 7 rows c2r out of place (the other way, destroying the input) (n: transform length, m:
+// howmany); all for 16-byte aligned arrays (FFTW_UNALIGNED plans are slower).
 std::map<std::tuple<int, int, int>, fftwf_plan>& row_column_plans() {
   static std::map<std::tuple<int, int, int>, fftwf_plan> p;
   return p;
@@ -89,18 +88,16 @@ fftwf_plan row_column_plan(int kind, int n, int m) {
   fftwf_plan_with_nthreads(1);
   const int nh = n / 2 + 1;
   fftwf_plan p = nullptr;
-  if (kind == 6 || kind == 8) {
+  if (kind == 6) {
     float* r = fftwf_alloc_real(size_t(n) * size_t(m));
     fftwf_complex* c = fftwf_alloc_complex(size_t(nh) * size_t(m));
-    p = fftwf_plan_many_dft_r2c(1, &n, m, r, nullptr, 1, n, c, nullptr, 1, nh,
-                                FFTW_ESTIMATE | (kind == 8 ? FFTW_UNALIGNED : 0u));
+    p = fftwf_plan_many_dft_r2c(1, &n, m, r, nullptr, 1, n, c, nullptr, 1, nh, FFTW_ESTIMATE);
     fftwf_free(r);
     fftwf_free(c);
-  } else if (kind == 7 || kind == 9) {
+  } else if (kind == 7) {
     float* r = fftwf_alloc_real(size_t(n) * size_t(m));
     fftwf_complex* c = fftwf_alloc_complex(size_t(nh) * size_t(m));
-    p = fftwf_plan_many_dft_c2r(1, &n, m, c, nullptr, 1, nh, r, nullptr, 1, n,
-                                FFTW_ESTIMATE | FFTW_DESTROY_INPUT | (kind == 9 ? FFTW_UNALIGNED : 0u));
+    p = fftwf_plan_many_dft_c2r(1, &n, m, c, nullptr, 1, nh, r, nullptr, 1, n, FFTW_ESTIMATE | FFTW_DESTROY_INPUT);
     fftwf_free(r);
     fftwf_free(c);
   } else if (kind <= 1) {  // m rows of length n, padded to 2 nh floats
@@ -153,28 +150,23 @@ void columns_inplace(cfloat* data, int nxh, int ny, bool forward) { columns_inpl
 void fft3_inplace(cfloat* data, int nx, int ny, int nz, bool forward, float scale, int nthreads) {
   const int nxh = nx / 2 + 1;
   const size_t plane = size_t(nxh) * size_t(ny);
-  // The rows out of place through a plane of contiguous reals (as fft2_forward), with plans for
-  // 16-byte aligned arrays unless the planes are 8 bytes off (nxh ny odd). Both forward and back,
-  // 2 threads (bench_imaging BM_FFT3DInPlace): 192^3 22.6 -> 18.6 ms, 384^3 200 -> 150 ms against
-  // the in-place rows with FFTW_UNALIGNED plans used before.
-  const bool aligned = plane % 2 == 0 && reinterpret_cast<uintptr_t>(data) % 16 == 0;
-  const fftwf_plan rows = row_column_plan(forward ? (aligned ? 6 : 8) : (aligned ? 7 : 9), nx, ny);
+  // Each plane's rows out of place through a buffer of contiguous reals: fft2_forward / fft2_inverse
+  // (FFTW_ESTIMATE's in-place rows with FFTW_UNALIGNED plans were slower: both ways with 2 threads,
+  // bench_imaging BM_FFT3DInPlace, 192^3 22.6 -> 18.6 ms, 384^3 200 -> 150 ms). Planes 8 bytes off
+  // the alignment (nxh ny odd) go through fft2_forward's aligned copy.
   ThreadPool pool(std::max(1, std::min(nthreads, std::max(ny, nz))));
   const auto planes = [&] {
     pool.parallel_for(0, size_t(nz), [&](size_t z, int) {
       thread_local AlignedArray<float> buf;
       buf.resize(size_t(nx) * size_t(ny));
       cfloat* p = data + z * plane;
-      auto* c = reinterpret_cast<fftwf_complex*>(p);
-      auto* r = reinterpret_cast<float*>(p);
+      float* r = reinterpret_cast<float*>(p);
       const size_t stride = size_t(2 * nxh);
       if (forward) {
         for (int y = 0; y < ny; ++y) std::copy_n(r + size_t(y) * stride, nx, buf.data() + size_t(y) * size_t(nx));
-        fftwf_execute_dft_r2c(rows, buf.data(), c);
-        columns_inplace(p, nxh, ny, size_t(nxh), true);
+        fft2_forward(buf.data(), nx, ny, p);
       } else {
-        columns_inplace(p, nxh, ny, size_t(nxh), false);
-        fftwf_execute_dft_c2r(rows, c, buf.data());
+        fft2_inverse(p, nx, ny, buf.data());
         for (int y = 0; y < ny; ++y) {
           const float* b = buf.data() + size_t(y) * size_t(nx);
           float* o = r + size_t(y) * stride;

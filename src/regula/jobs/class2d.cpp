@@ -648,10 +648,11 @@ std::vector<cfloat> translation_phases(const std::vector<std::array<double, 2>>&
 }
 
 // Iteration 0: classes = CTF-corrected averages of random subsets, each particle with a random
-// psi (seeded per particle); sigma2 = half the mean power per shell of the particles
+// psi (seeded per particle), or the --ref images; sigma2 = half the mean power per shell of the particles
 // (mstep/first_noise.hpp without RELION's subtraction of the average image's power: docs/class2d.md).
 void Job::initialise() {
   const size_t N = table_.size(), K = size_t(opt_.classes), P = coarse_.psi.size(), J = K * P;
+  const bool random_subsets = opt_.reference.empty();
   st_.norm = ml3d::input_norms(table_);
   st_.avg_norm = ml3d::average(st_.norm);
   st_.group_scale.assign(groups_.names.size(), 1.0);
@@ -665,7 +666,7 @@ void Job::initialise() {
   std::vector<cfloat> ph = translation_phases(at_origin.trans, px);
   estep::TranslationPhases tp{1, m, ph};
   std::vector<float> ones(m, 1.0f);
-  std::vector<BackProjector> acc(K, mstep::class_accumulator(n_, r_ini_));
+  std::vector<BackProjector> acc(random_subsets ? K : 0, mstep::class_accumulator(n_, r_ini_));
   estep::ReferenceSums sums;
   mstep::FirstNoiseEstimate noise(n_, size_t(optics_));
   Progress prog("initial classes", double(N));
@@ -673,20 +674,22 @@ void Job::initialise() {
   for (size_t first = 0; first < N; first += size_t(opt_.batch_size)) {
     size_t count = std::min(size_t(opt_.batch_size), N - first);
     load_batch(first, count, px, b, &noise);
-    estep::SparseWeights sw;
-    sw.n = count;
-    sw.t = 1;
-    sw.j = J;
-    sw.offset.resize(count + 1);
-    for (size_t i = 0; i < count; ++i) {
-      auto rng = make_rng(opt_.seed, first + i);
-      size_t k = std::min(K - 1, size_t(uniform01(rng) * double(K)));
-      size_t p = std::min(P - 1, size_t(uniform01(rng) * double(P)));
-      sw.offset[i] = i;
-      sw.entry.push_back({0, uint32_t(k * P + p), 1.0f});
+    if (random_subsets) {
+      estep::SparseWeights sw;
+      sw.n = count;
+      sw.t = 1;
+      sw.j = J;
+      sw.offset.resize(count + 1);
+      for (size_t i = 0; i < count; ++i) {
+        auto rng = make_rng(opt_.seed, first + i);
+        size_t k = std::min(K - 1, size_t(uniform01(rng) * double(K)));
+        size_t p = std::min(P - 1, size_t(uniform01(rng) * double(P)));
+        sw.offset[i] = i;
+        sw.entry.push_back({0, uint32_t(k * P + p), 1.0f});
+      }
+      sw.offset[count] = count;
+      add_class_sums(b.view(m, ones, false), tp, sw, {}, at_origin, px, sums, acc);
     }
-    sw.offset[count] = count;
-    add_class_sums(b.view(m, ones, false), tp, sw, {}, at_origin, px, sums, acc);
     raise_bounds(b, st_.ctf_max, st_.x_bound);
     prog.advance(double(count));
   }
@@ -695,6 +698,12 @@ void Job::initialise() {
   st_.n = n_;
   st_.current_shells = r_ini_;
   st_.sigma2 = noise.sigma2(0.0, /*subtract_average=*/false);  // see docs/class2d.md
+  st_.fraction.assign(K, 1.0 / double(K));
+  st_.classes.assign(K, Image());
+  if (!random_subsets) {
+    use_references();
+    return;
+  }
   // The prior for the random-subset averages: tau2 = power spectrum of the average of all
   // particles (each at its random psi), as RELION's initial tau2 from the average image.
   // Without it the CTF-corrected subset averages carry amplified noise near the CTF zeros, and
@@ -708,7 +717,6 @@ void Job::initialise() {
     co.iterative_gridding = false;
     tau2_ini = tau2_of(mstep::reconstruct_class_2d(all, co).image);
   }
-  st_.classes.assign(K, Image());
   pool_.parallel_for(0, K, [&](size_t k, int) {
     mstep::ClassAverageOptions co;
     co.r_max = r_ini_;
@@ -719,12 +727,10 @@ void Job::initialise() {
     if (opt_.flatten_solvent) apply_spherical_mask(img, mask_radius_, opt_.mask_edge, MaskFill::Zero);
     st_.classes[k] = std::move(img);
   });
-  st_.fraction.assign(K, 1.0 / double(K));
-  if (!opt_.reference.empty()) use_references();
 }
 
 // --ref: the initial classes are the stack's images (as RELION's --ref in 2D), masked as class
-// averages are; the particles were read above for the noise model and the sums' bounds.
+// averages are; initialise() read the particles for the noise model and the sums' bounds only.
 void Job::use_references() {
   mrc::Header h;
   const Grid<float> refs = mrc::read(opt_.reference, &h);

@@ -89,15 +89,6 @@ void write_job_files(const std::string& dir, const JobType& type, const std::vec
   star::write(dir + "job.star", doc);
 }
 
-// The iteration number N of a file name containing "_itNNN_", or -1.
-int iteration_of(const std::string& name) {
-  for (size_t p = name.find("_it"); p != std::string::npos; p = name.find("_it", p + 1)) {
-    if (p + 7 <= name.size() && name[p + 6] == '_' && std::isdigit((unsigned char)name[p + 3]) &&
-        std::isdigit((unsigned char)name[p + 4]) && std::isdigit((unsigned char)name[p + 5]))
-      return std::stoi(name.substr(p + 3, 3));
-  }
-  return -1;
-}
 
 // Writes marker `keep` and removes the others. The running marker holds the identity of
 // this process (pid, host, start time, boot id), so that a reader can tell a job that
@@ -124,13 +115,6 @@ std::string last_optimiser(const std::string& job_dir) {
 }
 
 // Removes "--name VALUE" and "--name=VALUE" from args.
-void erase_option(std::vector<std::string>& args, const std::string& name) {
-  for (auto it = args.begin(); it != args.end();) {
-    if (*it == name && it + 1 != args.end()) it = args.erase(it, it + 2);
-    else if (it->rfind(name + "=", 0) == 0) it = args.erase(it);
-    else ++it;
-  }
-}
 
 bool present(const fs::path& p) {
   std::error_code ec;
@@ -138,6 +122,23 @@ bool present(const fs::path& p) {
 }
 
 }  // namespace
+
+int iteration_of(const std::string& name) {
+  for (size_t p = name.find("_it"); p != std::string::npos; p = name.find("_it", p + 1)) {
+    if (p + 7 <= name.size() && name[p + 6] == '_' && std::isdigit((unsigned char)name[p + 3]) &&
+        std::isdigit((unsigned char)name[p + 4]) && std::isdigit((unsigned char)name[p + 5]))
+      return std::stoi(name.substr(p + 3, 3));
+  }
+  return -1;
+}
+
+void erase_option(std::vector<std::string>& args, const std::string& name) {
+  for (auto it = args.begin(); it != args.end();) {
+    if (*it == name && it + 1 != args.end()) it = args.erase(it, it + 2);
+    else if (it->rfind(name + "=", 0) == 0) it = args.erase(it);
+    else ++it;
+  }
+}
 
 const JobType* job_type(std::string_view command) {
   for (const auto& t : kTypes)

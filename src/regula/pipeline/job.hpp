@@ -30,6 +30,11 @@ struct JobOption {
   std::string value;  // "" for flags
 };
 
+// The iteration number N of a file name containing "_itNNN_", or -1.
+int iteration_of(const std::string& name);
+// Removes option `name` from a command line: "--name value" and "--name=value".
+void erase_option(std::vector<std::string>& args, const std::string& name);
+
 class Job {
  public:
   // Creates the next `<Type>/jobNNN/` under the current directory (the project),

@@ -123,11 +123,8 @@ std::string last_classes(const std::string& dir) {
   std::error_code ec;
   for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
     const std::string name = e.path().filename().string();
-    const size_t p = name.rfind("_classes.mrcs");
-    if (p == std::string::npos || p + 13 != name.size() || p < 6 || name.compare(p - 6, 3, "_it") != 0) continue;
-    const std::string digits = name.substr(p - 3, 3);
-    if (!std::all_of(digits.begin(), digits.end(), [](char c) { return std::isdigit((unsigned char)c); })) continue;
-    if (const int it = std::stoi(digits); it > best_it) {
+    const int it = iteration_of(name);
+    if (it > best_it && name.ends_with("_classes.mrcs")) {
       best_it = it;
       best = e.path().string();
     }
@@ -383,16 +380,9 @@ void run_workflow(const std::vector<WorkflowStep>& steps, const std::string& exe
         const std::string start = dir + "live_start_classes.mrcs";
         write_file_atomic(start, read_file(last));
         Job job = Job::open(dir);
-        std::vector<std::string> a;
-        const std::vector<std::string>& old = job.args();
-        for (size_t k = 0; k < old.size(); ++k) {  // the step's own --ref / --reseed_until replaced
-          if ((old[k] == "--ref" || old[k] == "--reseed_until") && k + 1 < old.size()) {
-            ++k;
-            continue;
-          }
-          if (old[k].rfind("--ref=", 0) == 0 || old[k].rfind("--reseed_until=", 0) == 0) continue;
-          a.push_back(old[k]);
-        }
+        std::vector<std::string> a = job.args();  // the step's own --ref / --reseed_until replaced
+        erase_option(a, "--ref");
+        erase_option(a, "--reseed_until");
         a.insert(a.end(), {"--ref", start, "--reseed_until", "0"});
         job.set_args(std::move(a));
       }
