@@ -675,7 +675,7 @@ void bind_jobs(py::module_& m) {
        REGULA_FIELD(MC, gain_flip), REGULA_FIELD(MC, defect_file), REGULA_FIELD(MC, patch_x), REGULA_FIELD(MC, patch_y),
        REGULA_FIELD(MC, group_frames), REGULA_FIELD(MC, dose_weighting), REGULA_FIELD(MC, angpix),
        REGULA_FIELD(MC, voltage), REGULA_FIELD(MC, dose_per_frame), REGULA_FIELD(MC, preexposure),
-       REGULA_FIELD(MC, save_noDW), REGULA_FIELD(MC, skip_defect), REGULA_FIELD(MC, max_iter),
+       REGULA_FIELD(MC, save_noDW), REGULA_FIELD(MC, skip_defect), REGULA_FIELD(MC, max_iter), REGULA_FIELD(MC, contrast_window),
        REGULA_FIELD(MC, grouping_for_ps), REGULA_FIELD(MC, ps_size), REGULA_FIELD(MC, only_unfinished),
        REGULA_FIELD(MC, dose_motionstats_cutoff), REGULA_FIELD(MC, threads), REGULA_FIELD(MC, seed)},
       [](const MC& o) { return motioncorr(o); },

@@ -34,6 +34,11 @@ void add_motioncorr(CLI::App& app) {
   s->add_option("--preexposure", o->preexposure, "Exposure before the first frame, e/Å²")->capture_default_str();
   s->add_flag("--save_noDW", o->save_noDW, "Also write the sum without dose weighting (ROOT_noDW.mrc)");
   s->add_flag("--skip_defect", o->skip_defect, "Do not look for hot pixels");
+  s->add_option("--contrast_window", o->contrast_window,
+                 "With local motion (--patch_x/y > 2): align the whole frames again with regions of more than the "
+                 "median contrast in windows of this size (Å) weighted down to it, so that the global shifts follow "
+                 "the field's mean motion rather than a carbon edge's or an aggregate's (0: not)")
+      ->capture_default_str();
   s->add_option("--max_iter", o->max_iter, "Largest number of alignment iterations")->capture_default_str();
   s->add_option("--grouping_for_ps", o->grouping_for_ps, "Sum amplitude spectra of groups of this many frames "
                 "(ROOT_PS.mrc for ctffind --use_given_ps); <= 0: none")->capture_default_str();

@@ -40,6 +40,7 @@ std::string MotioncorrOptions::validate() const {
   if (group_frames < 1) return fmt::format("--group_frames: at least 1 (got {})", group_frames);
   if (dose_per_frame < 0 || preexposure < 0) return "--dose_per_frame/--preexposure: must be >= 0";
   if (dose_weighting && !(dose_per_frame > 0)) return "--dose_weighting needs --dose_per_frame > 0";
+  if (!(contrast_window >= 0)) return fmt::format("--contrast_window: 0 or more Å (got {})", contrast_window);
   if (max_iter < 1) return fmt::format("--max_iter: at least 1 (got {})", max_iter);
   if (ps_size < 32 || ps_size % 2) return fmt::format("--ps_size: an even number >= 32 (got {})", ps_size);
   if (threads < 1) return fmt::format("--j: at least 1 (got {})", threads);
@@ -180,6 +181,7 @@ void process(const Movie& m, const MotioncorrOptions& o, const std::optional<Gri
   p.patch_y = o.patch_y;
   p.group_frames = o.group_frames;
   p.max_iter = o.max_iter;
+  p.contrast_window = o.contrast_window;
   p.dose_weighting = o.dose_weighting;
   p.save_noDW = o.save_noDW;
   p.skip_defect = o.skip_defect;

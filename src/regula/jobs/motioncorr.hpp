@@ -9,7 +9,9 @@
 //  2. frames Fourier transformed and binned by Fourier cropping (--bin_factor; shifts are written
 //     in pixels of the movie);
 //  3. global alignment of all frames (micrograph/motion_align.hpp, B-factor --bfactor);
-//  4. with --patch_x and --patch_y both above 2 (RELION's rule), patches of frame groups
+//  4. with --patch_x and --patch_y both above 2 (RELION's rule), the global alignment again with
+//     contrast weights (--contrast_window, micrograph/movie_correct.cpp: the field's mean motion rather
+//     than a carbon edge's), then patches of frame groups
 //     (--group_frames, RELION's grouping) aligned after the global shifts, and RELION's
 //     third-order polynomial model fitted to them (dropped when its rms misfit is 10 px or more);
 //  5. --dose_weighting: Grant & Grigorieff's weights per frame (micrograph/dose.hpp);
@@ -50,6 +52,7 @@ struct MotioncorrOptions {
   double dose_per_frame = 1, preexposure = 0;
   bool save_noDW = false, skip_defect = false;
   int max_iter = 5;            // --max_iter (RELION's default)
+  double contrast_window = 256;  // --contrast_window (Å; 0: none)
   int grouping_for_ps = -1, ps_size = 512;
   bool only_unfinished = false;
   double dose_motionstats_cutoff = 4;

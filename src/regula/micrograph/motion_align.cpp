@@ -189,11 +189,17 @@ void remove_smooth_component(cfloat* crop, int cx, int cy, int nx, int ny, const
 }
 
 AlignResult align_frames(const std::vector<const Grid<cfloat>*>& spectra, double nx, double ny, bool cropped,
-                         const AlignParams& p, ThreadPool& pool) {
+                         const AlignParams& p, ThreadPool& pool, const AlignResult* start) {
   const size_t T = spectra.size();
   AlignResult res;
   res.sx.assign(T, 0.0);
   res.sy.assign(T, 0.0);
+  if (start && start->sx.size() == T && start->sy.size() == T) {
+    res.sx = start->sx;
+    res.sy = start->sy;
+  } else {
+    start = nullptr;
+  }
   if (T < 2) {
     res.converged = true;
     return res;
@@ -251,7 +257,7 @@ AlignResult align_frames(const std::vector<const Grid<cfloat>*>& spectra, double
       const cfloat* g = G[f].data();
       for (size_t k = 0; k < nk; ++k) x[k] = (S[k] - g[k]) * std::conj(g[k]);
       double ux = 0, uy = 0;
-      if (it == 1) {
+      if (it == 1 && !start) {
         // Integer peak of the cross-correlation on the cropped grid (in place: x is consumed).
         AlignedArray<cfloat> cc(nk);
         std::copy(x.data(), x.data() + nk, cc.data());

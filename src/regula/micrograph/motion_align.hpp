@@ -68,9 +68,10 @@ void remove_smooth_component(cfloat* crop, int cx, int cy, int nx, int ny, const
 // fft_freq(j, cy) / height) cycles per pixel, of images `width` x `height` pixels in size (the unit of
 // the shifts, the B-factor, the high-pass and the search): crops of their transforms (crop_spectrum
 // and remove_smooth_component; `cropped`), or whole transforms of images of cx x cy samples
-// (binned when cx < width). Deterministic for any number of threads.
+// (binned when cx < width). Deterministic for any number of threads. With `start`, its shifts are
+// the first round's (Newton's method from them, no integer search).
 AlignResult align_frames(const std::vector<const Grid<cfloat>*>& spectra, double width, double height, bool cropped,
-                         const AlignParams& p, ThreadPool& pool);
+                         const AlignParams& p, ThreadPool& pool, const AlignResult* start = nullptr);
 
 // Smooths a trajectory (s[0] = 0, the reference) by penalised least squares:
 //   minimise sum_{f>=1} (s_f - m_f)^2 + lambda sum_{c >= first_penalised} (s_{c-1} - 2 s_c + s_{c+1})^2

@@ -194,6 +194,91 @@ void alignment_spectra(const FrameStore& st, MovieWorkspace& ws, int nx0, int ny
   });
 }
 
+// Spatial weights for the second global alignment. The frames' crops summed at the shifts `g` (binned
+// px) and filtered as the alignment filters them (B-factor and high-pass): its local rms r over a
+// Gaussian window of `window` binned px, and w = min(1, median(r) / r), on the crops' grid (cx x cy).
+// A region of more alignment contrast than the typical one (a carbon edge, an ice crystal, an
+// aggregate) then counts no more than a typical region of the window's size: a whole-frame alignment
+// otherwise follows such a region's own local motion rather than the field's.
+Grid<float> contrast_weights(const std::vector<Grid<cfloat>>& crops, const AlignResult& g, int nx, int ny, int cx,
+                             int cy, const AlignParams& ap, double window, ThreadPool& pool) {
+  const int cxh = cx / 2 + 1;
+  const size_t T = crops.size(), nk = size_t(cxh) * size_t(cy);
+  AlignedArray<cfloat> S(nk);
+  // Phase factors along x per frame (the rows' along y are one number each).
+  std::vector<cfloat> px(T * size_t(cxh));
+  for (size_t f = 0; f < T; ++f)
+    for (int i = 0; i < cxh; ++i) {
+      const double a = -6.283185307179586 * double(i) / nx * g.sx[f];
+      px[f * size_t(cxh) + size_t(i)] = cfloat(float(std::cos(a)), float(std::sin(a)));
+    }
+  pool.parallel_for(0, size_t(cy), [&](size_t j, int) {
+    const double ky = double(fft_freq(int(j), cy)) / ny;
+    cfloat* s = S.data() + j * size_t(cxh);
+    std::fill(s, s + cxh, cfloat(0));
+    for (size_t f = 0; f < T; ++f) {
+      const cfloat* c = crops[f].data() + j * size_t(cxh);
+      const cfloat* p = px.data() + f * size_t(cxh);
+      const double a = -6.283185307179586 * ky * g.sy[f];
+      const cfloat py(float(std::cos(a)), float(std::sin(a)));
+      for (int i = 0; i < cxh; ++i) s[i] += c[i] * (p[i] * py);
+    }
+    for (int i = 0; i < cxh; ++i) {
+      const double kx = double(i) / nx, k2 = kx * kx + ky * ky;
+      double v = std::exp(-ap.bfactor * k2);
+      if (ap.highpass > 0) v *= 1 - std::exp(-k2 / (2 * ap.highpass * ap.highpass));
+      s[i] *= float(v);
+    }
+  });
+  AlignedArray<float> e(size_t(cx) * size_t(cy));
+  fft2_inverse(S.data(), cx, cy, e.data());
+  for (size_t k = 0; k < e.size(); ++k) e[k] *= e[k];
+  // Local mean of e^2: a Gaussian of `window` binned px (window * cx / nx crop px), periodic.
+  fft2_forward(e.data(), cx, cy, S.data());
+  const double sgx = window * cx / nx, sgy = window * cy / ny, norm = 1.0 / (double(cx) * cy);
+  for (int j = 0; j < cy; ++j) {
+    const double qy = double(fft_freq(j, cy)) / cy;
+    for (int i = 0; i < cxh; ++i) {
+      const double qx = double(i) / cx;
+      const double a = 2 * 9.869604401089358 * (sgx * sgx * qx * qx + sgy * sgy * qy * qy);
+      S[size_t(j) * size_t(cxh) + size_t(i)] *= float(std::exp(-a) * norm);
+    }
+  }
+  fft2_inverse(S.data(), cx, cy, e.data());
+  Grid<float> w(cx, cy);
+  std::vector<float> r(e.size());
+  for (size_t k = 0; k < e.size(); ++k) r[k] = std::sqrt(std::max(e[k], 0.0f));
+  std::vector<float> sorted = r;
+  std::nth_element(sorted.begin(), sorted.begin() + ptrdiff_t(sorted.size() / 2), sorted.end());
+  const float med = sorted[sorted.size() / 2];
+  for (size_t k = 0; k < r.size(); ++k) w.data()[k] = r[k] > med ? med / r[k] : 1.0f;
+  return w;
+}
+
+// Each frame's crop weighted in space by w (in the sum's frame: frame f's pixel x at x + s_f) and
+// transformed back, its smooth component removed again; in place.
+void weight_crops(std::vector<Grid<cfloat>>& crops, const AlignResult& g, int nx, int ny, int cx, int cy,
+                  const Grid<float>& w, ThreadPool& pool) {
+  const int cxh = cx / 2 + 1;
+  pool.parallel_for(0, crops.size(), [&](size_t f, int) {
+    AlignedArray<cfloat> c(size_t(cxh) * size_t(cy));
+    std::copy(crops[f].data(), crops[f].data() + c.size(), c.data());
+    AlignedArray<float> img(size_t(cx) * size_t(cy));
+    fft2_inverse(c.data(), cx, cy, img.data());
+    const int ox = int(std::lround(g.sx[f] * cx / nx)), oy = int(std::lround(g.sy[f] * cy / ny));
+    const float norm = 1.0f / (float(cx) * float(cy));
+    for (int y = 0; y < cy; ++y) {
+      const int wy = ((y + oy) % cy + cy) % cy;
+      for (int x = 0; x < cx; ++x) img[size_t(y) * size_t(cx) + size_t(x)] *= norm * w(((x + ox) % cx + cx) % cx, wy);
+    }
+    std::vector<float> er(static_cast<size_t>(cx)), ec(static_cast<size_t>(cy));
+    edge_differences(img.data(), size_t(cx), cx, cy, er.data(), ec.data());
+    fft2_forward(img.data(), cx, cy, crops[f].data());
+    remove_smooth_component(crops[f].data(), cx, cy, cx, cy, er.data(), ec.data());
+    if (cy < ny) std::fill(crops[f].data() + size_t(cy / 2) * size_t(cxh), crops[f].data() + size_t(cy / 2 + 1) * size_t(cxh), cfloat(0));
+  });
+}
+
 // Patch alignment and the polynomial model (RELION's scheme on images binned to the alignment
 // crop: the frames' information above the crop's frequency is weighted away by the B-factor).
 void local_motion(const FrameStore& st, const std::vector<double>& gx, const std::vector<double>& gy, int cx, int cy,
@@ -235,6 +320,10 @@ void local_motion(const FrameStore& st, const std::vector<double>& gx, const std
   // (curvature free in the groups that end before early_exposure).
   AlignParams patch_ap = ap;
   patch_ap.search = std::min(ap.search, p.patch_search);
+  // At most 3 rounds: a patch's frames hold too few counts for its trajectory to settle (on 2048 px movies
+  // of 1 e/Å² per frame and 5 x 5 patches, 80-90% of the patches still moved by more than 0.2 px rms in
+  // the fifth round), and rounds 4 and 5 made the local model no better (docs/benchmarks.md).
+  patch_ap.max_iterations = std::min(ap.max_iterations, 3);
   int first_penalised_group = 1;
   while (first_penalised_group < ng &&
          p.preexposure + p.dose_per_frame * (gs[size_t(first_penalised_group - 1)] + gz[size_t(first_penalised_group - 1)]) <=
@@ -530,9 +619,28 @@ CorrectOutput correct_movie(const CorrectInput& in, const CorrectParams& p, Movi
   std::vector<const Grid<cfloat>*> ptr;
   for (int f = 0; f < T; ++f) ptr.push_back(&ws.crops[size_t(f)]);
   lap("crops");
-  AlignResult g = align_frames(ptr, nx, ny, cx < nx, ap, pool);
+  // With local motion the contrast weights' pass below refines these shifts: the first pass needs only
+  // to place the weights (smooth over contrast_window), and one round does that.
+  const bool local = p.patch_x > 2 && p.patch_y > 2;
+  const bool weighted = local && p.contrast_window > 0 && T > 1;
+  AlignParams first_ap = ap;
+  if (weighted) first_ap.max_iterations = 1;
+  AlignResult g = align_frames(ptr, nx, ny, cx < nx, first_ap, pool);
   lap("global alignment");
-  out.log += fmt::format("global alignment: {} iterations{}\n", g.iterations, g.converged ? "" : " (not converged)");
+  if (!weighted)
+    out.log += fmt::format("global alignment: {} iterations{}\n", g.iterations, g.converged ? "" : " (not converged)");
+  if (weighted) {
+    // With a local model the global trajectory is the field's mean motion, not that of its strongest
+    // features (contrast_weights); without one it follows the signal wherever it is (less noise).
+    const Grid<float> w = contrast_weights(ws.crops, g, nx, ny, cx, cy, ap, p.contrast_window / apix, pool);
+    double mean = 0;
+    for (size_t k = 0; k < w.size(); ++k) mean += w.data()[k];
+    weight_crops(ws.crops, g, nx, ny, cx, cy, w, pool);
+    g = align_frames(ptr, nx, ny, cx < nx, ap, pool, &g);
+    out.log += fmt::format("global alignment with contrast weights (mean {:.3f}): {} iterations{}\n",
+                           mean / double(w.size()), g.iterations, g.converged ? "" : " (not converged)");
+    lap("weighted alignment");
+  }
   if (p.smooth) {
     // Curvature is free while the exposure at the end of frame c - 1 is below early_exposure.
     int first_penalised = 1;
@@ -552,7 +660,7 @@ CorrectOutput correct_movie(const CorrectInput& in, const CorrectParams& p, Movi
   }
   check_cancelled();
 
-  if (p.patch_x > 2 && p.patch_y > 2) local_motion(st, g.sx, g.sy, cx, cy, p, ap, in.first, prescale, out, pool);
+  if (local) local_motion(st, g.sx, g.sy, cx, cy, p, ap, in.first, prescale, out, pool);
   lap("patches");
 
   // Sums.

@@ -26,6 +26,7 @@ struct CorrectParams {
   double patch_search = 10;   // px of the binned frames: largest local shift beyond the global one
   double tolerance = 0.005;   // px, rms change of a trajectory between rounds
   bool smooth = true;         // temporal regularisation of the global trajectory (smooth_trajectory)
+  double contrast_window = 256;  // Å: with local motion, the global alignment again with contrast weights (0: not)
   double early_exposure = 4;  // e/Å²: frames ending before this exposure keep their curvature free
   bool dose_weighting = false, save_noDW = false, skip_defect = false;
   double angpix = 1, voltage = 300, dose_per_frame = 1, preexposure = 0;
