@@ -30,6 +30,19 @@ void BM_FFT2D(benchmark::State& st) {
 }
 BENCHMARK(BM_FFT2D)->Arg(96)->Arg(192);
 
+// A movie frame's transform in place (fft2_forward_inplace, one thread), forward and back.
+void BM_FFT2DInPlace(benchmark::State& st) {
+  const int n = int(st.range(0));
+  AlignedArray<float> a(size_t(n + 2) * size_t(n));
+  auto r = make_rng(3);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = float(normal01(r));
+  for (auto _ : st) {
+    fft2_forward_inplace(a.data(), n, n);
+    fft2_inverse_inplace(reinterpret_cast<cfloat*>(a.data()), n, n);
+  }
+}
+BENCHMARK(BM_FFT2DInPlace)->Arg(620)->Arg(2048)->Arg(4096)->Unit(benchmark::kMillisecond);
+
 void BM_FFT3D(benchmark::State& st) {
   const int n = int(st.range(0));
   Grid<float> g = random_grid(n, n);

@@ -11,6 +11,7 @@
 #include "regula/core/error.hpp"
 #include "regula/pipeline/job.hpp"
 #include "regula/pipeline/pipeline.hpp"
+#include "regula/pipeline/workflow.hpp"
 
 #ifndef REGULA_CLI_PATH
 #define REGULA_CLI_PATH ""
@@ -126,6 +127,13 @@ void bind_project(py::module_& m) {
       "$REGULA_EXE, the one built with this module, or PATH's). Raises regula.Error with the runner's message when\n"
       "a step fails. Returns project_jobs(project).",
       "list of dict (project_jobs)");
+  m.def(
+      "stop_watching", [](const std::string& project) { regula::pipeline::request_stop_watching(project); },
+      py::arg("project"),
+      "Tells the workflow runner watching PROJECT (workflow(..., watch=S)) to look once more for new files, then\n"
+      "run the rest of its workflow, as `regula --project PROJECT workflow --stop_watching` (it writes\n"
+      "PROJECT/STOP_WATCHING, which the runner removes). Raises regula.Error when PROJECT is not a project.",
+      "None");
 }
 
 }  // namespace regula::python

@@ -70,3 +70,12 @@ def test_workflow_watch_options_reach_the_runner(tmp_path):
         regula.workflow(str(p), "workflow.txt", watch=1, watch_class2d=-1)
     with pytest.raises(regula.InputError, match="watch_class2d=5: only with watch"):
         regula.workflow(str(p), "workflow.txt", watch_class2d=5)
+
+
+def test_stop_watching_writes_the_signal(tmp_path):
+    """regula.stop_watching as `workflow --stop_watching` (the runner's side: test_workflow.py)."""
+    with pytest.raises(regula.InputError, match="not a project"):
+        regula.stop_watching(str(tmp_path))
+    (tmp_path / "default_pipeline.star").write_text("data_pipeline_general\n\n_rlnPipeLineJobCounter 1\n")
+    assert regula.stop_watching(str(tmp_path)) is None
+    assert (tmp_path / "STOP_WATCHING").exists()

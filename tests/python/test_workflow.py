@@ -274,6 +274,44 @@ def test_watch_mode_follows_new_movies_then_runs_the_rest(tmp_path, movies):
     assert statuses(watched) == statuses(once)
 
 
+def test_stop_watching_ends_the_watch_after_a_last_look(tmp_path, movies):
+    """workflow --stop_watching: the runner, watching with a long --watch_idle, takes one more look (the movies
+    that arrived since the last one are processed), removes the signal and runs the rest: the same files as
+    the workflow run once with all four movies. A signal left from before is removed when watching starts;
+    --stop_watching needs an existing project."""
+    once, watched = once_and_watched(tmp_path, movies)
+    (watched / "STOP_WATCHING").write_text("old\n")
+    proc = subprocess.Popen([regula_binary(), "--project", str(watched), "workflow", "--i", "workflow.txt",
+                             "--watch", "0.5", "--watch_idle", "3600"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (watched / "Extract/job005/RELION_JOB_EXIT_SUCCESS").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.1)
+    assert not (watched / "STOP_WATCHING").exists()
+    # The last two movies arrive just before the signal: the last look takes them.
+    for m in movies[2:]:
+        arrive(m, watched / "watch")
+    r = subprocess.run([regula_binary(), "--project", str(watched), "workflow", "--stop_watching"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "STOP_WATCHING written" in r.stdout, r.stderr
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert "an earlier STOP_WATCHING removed" in out and "stop signal (STOP_WATCHING)" in out, out
+    assert "watching ends" not in out, out  # not by --watch_idle
+    assert not (watched / "STOP_WATCHING").exists()
+    for f in WATCHED_OUTPUTS:
+        assert (watched / f).read_bytes() == (once / f).read_bytes(), f
+    assert statuses(watched) == statuses(once)
+    r = subprocess.run([regula_binary(), "--project", str(tmp_path / "none"), "workflow", "--stop_watching"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "no such directory" in r.stderr and not (tmp_path / "none").exists(), r.stderr
+    (tmp_path / "plain").mkdir()
+    r = subprocess.run([regula_binary(), "--project", str(tmp_path / "plain"), "workflow", "--stop_watching"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "not a project" in r.stderr, r.stderr
+
+
 def test_watch_class2d_classifies_the_particles_so_far(tmp_path, movies):
     """--watch_class2d N: while watching, the first class2d step runs as the job c2d_live on the particles
     extracted so far, again when N more have come (RELION's on-the-fly 2D classification); the class2d step

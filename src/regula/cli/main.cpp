@@ -246,7 +246,8 @@ int main(int argc, char** argv) {
       const bool help = std::find(args.begin(), args.end(), "--help") != args.end() ||
                         std::find(args.begin(), args.end(), "-h") != args.end();
       const bool workflow = !args.empty() && std::find(args.begin(), args.end(), "workflow") != args.end() &&
-                            std::find_if(args.begin(), args.end(), is_command) == args.end();
+                            std::find_if(args.begin(), args.end(), is_command) == args.end() &&
+                            std::find(args.begin(), args.end(), "--stop_watching") == args.end();
       const bool makes_job = ((sub != args.end() && regula::pipeline::job_type(*sub)) || workflow) && !help;
       namespace fs = std::filesystem;
       std::error_code ec;
@@ -321,6 +322,15 @@ int main(int argc, char** argv) {
       std::vector<std::string> rest(args.begin() + 1, args.end());
       bool help = take_flag(rest, "--help") || take_flag(rest, "-h");
       auto file = take_option(rest, "--i");
+      if (take_flag(rest, "--stop_watching")) {
+        if (!rest.empty() || file) regula::input_error("workflow --stop_watching: no other option (got '{}')",
+                                                       file ? "--i" : rest[0]);
+        // (with --project the current directory is the project's by now)
+        regula::pipeline::request_stop_watching(".");
+        std::printf("%s written: the workflow runner watching this project looks once more for new files, then "
+                    "runs the rest of its workflow\n", regula::pipeline::kStopWatching);
+        return 0;
+      }
       regula::pipeline::WatchOptions watch;
       auto seconds = [&](const char* name, double& to) {
         if (auto v = take_option(rest, name)) {
@@ -351,6 +361,7 @@ int main(int argc, char** argv) {
       if (help || !file) {
         std::puts("Usage: regula [--project DIR] workflow --i FILE [--watch SECONDS [--watch_idle SECONDS]\n"
                   "       [--watch_class2d N]]\n"
+                  "       regula [--project DIR] workflow --stop_watching\n"
                   "Runs the steps of a workflow file (lines 'NAME: SUBCOMMAND ARGS...', {NAME} standing for the job\n"
                   "directory of an earlier step) as jobs of the project, in order, each with its name as alias.\n"
                   "Run again, it skips the finished steps and resumes a failed or killed one (docs/pipeline.md).\n"
@@ -359,7 +370,9 @@ int main(int argc, char** argv) {
                   "and the per-micrograph steps after it (motioncorr, ctffind, autopick, extract) go on with them;\n"
                   "after --watch_idle seconds (600) without new files, the rest of the workflow runs once.\n"
                   "--watch_class2d N: while watching, the first class2d step after them runs (as the job <name>_live)\n"
-                  "on the particles so far whenever N more have been extracted.");
+                  "on the particles so far whenever N more have been extracted.\n"
+                  "--stop_watching: tells the runner watching the project to look once more, then run the rest\n"
+                  "(it writes DIR/STOP_WATCHING, which the runner removes).");
         return help ? 0 : 1;
       }
       if (!rest.empty()) regula::input_error("workflow: unexpected argument '{}'", rest[0]);

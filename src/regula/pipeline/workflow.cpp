@@ -251,7 +251,24 @@ std::string file_text(const std::string& path) {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
+// Sleeps `seconds` in slices of at most 0.2 s; returns true as soon as the stop signal is there.
+bool sleep_unless_stopped(double seconds) {
+  const auto start = Clock::now();
+  for (;;) {
+    if (std::filesystem::exists(kStopWatching)) return true;
+    const double left = seconds - seconds_since(start);
+    if (left <= 0) return false;
+    std::this_thread::sleep_for(std::chrono::duration<double>(std::min(left, 0.2)));
+  }
+}
+
 }  // namespace
+
+void request_stop_watching(const std::string& project) {
+  if (!std::filesystem::is_regular_file(std::filesystem::path(project) / "default_pipeline.star"))
+    input_error("workflow --stop_watching: {} is not a project (no default_pipeline.star)", project);
+  write_file_atomic((std::filesystem::path(project) / kStopWatching).string(), "stop watching\n");
+}
 
 void run_workflow(const std::vector<WorkflowStep>& steps, const std::string& exe,
                   const std::vector<std::string>& global, const std::vector<std::string>& queue,
@@ -267,6 +284,10 @@ void run_workflow(const std::vector<WorkflowStep>& steps, const std::string& exe
       input_error("workflow --watch: the first step ('{}', line {}) must import movies or micrographs (import "
                   "--do_movies or --do_micrographs), the files it watches for", first.name, first.line);
     if (watch.idle <= 0) input_error("--watch_idle {}: expected seconds > 0", watch.idle);
+    std::error_code ec;
+    if (std::filesystem::remove(kStopWatching, ec))
+      spdlog::info("workflow: an earlier {} removed (a stop signal applies to the runner it finds running)",
+                   kStopWatching);
     front = 1;
     while (front < steps.size() && resumes_per_micrograph(steps[front].command)) ++front;
     if (watch.class2d_every > 0 &&
@@ -281,7 +302,10 @@ void run_workflow(const std::vector<WorkflowStep>& steps, const std::string& exe
       while (glob_count(pattern) == 0) {
         if (seconds_since(start) >= watch.idle)
           input_error("workflow --watch: nothing matched {} in {} s (--watch_idle)", pattern, watch.idle);
-        std::this_thread::sleep_for(std::chrono::duration<double>(watch.interval));
+        if (sleep_unless_stopped(watch.interval)) {
+          std::filesystem::remove(kStopWatching, ec);
+          input_error("workflow --watch: stopped ({}) before anything matched {}", kStopWatching, pattern);
+        }
       }
     }
   }
@@ -402,10 +426,19 @@ void run_workflow(const std::vector<WorkflowStep>& steps, const std::string& exe
     // seconds without new files; then the rest of the workflow runs once, on everything.
     const std::string list = import_list(dirs[steps[0].name]);
     auto last_new = Clock::now();
-    spdlog::info("workflow: watching for new files every {} s (steps {} to {}); ends after {} s without any",
+    spdlog::info("workflow: watching for new files every {} s (steps {} to {}); ends after {} s without any, "
+                 "or at `regula --project . workflow --stop_watching`",
                  watch.interval, steps[0].name, steps[front - 1].name, watch.idle);
-    while (seconds_since(last_new) < watch.idle) {
-      std::this_thread::sleep_for(std::chrono::duration<double>(watch.interval));
+    bool stopped = false;
+    while (!stopped && seconds_since(last_new) < watch.idle) {
+      // On the stop signal one last look, so that what arrived since the previous one is processed too.
+      stopped = sleep_unless_stopped(watch.interval);
+      if (stopped) {
+        std::error_code ec;
+        std::filesystem::remove(kStopWatching, ec);
+        spdlog::info("workflow: stop signal ({}): a last look for new files, then the rest of the workflow",
+                     kStopWatching);
+      }
       const std::string before = file_text(list);
       launch(steps[0], run_again(dirs[steps[0].name], true));
       if (file_text(list) == before) continue;
@@ -415,7 +448,7 @@ void run_workflow(const std::vector<WorkflowStep>& steps, const std::string& exe
       for (size_t i = 1; i < front; ++i) launch(steps[i], run_again(dirs[steps[i].name], true));
       live_class2d();
     }
-    spdlog::info("workflow: no new files for {} s: watching ends", watch.idle);
+    if (!stopped) spdlog::info("workflow: no new files for {} s: watching ends", watch.idle);
   }
   for (size_t i = front; i < steps.size(); ++i) run_step(steps[i]);
   spdlog::info("workflow: all {} steps finished", steps.size());

@@ -54,6 +54,14 @@ struct WatchOptions {
   // extracted since its last run (0: not run while watching); the step itself runs once at the end.
   long class2d_every = 0;
 };
+// The stop signal of a watching runner: this file in the project directory (made by
+// `regula --project DIR workflow --stop_watching`, request_stop_watching). The runner looks for it while it
+// waits between looks; then it looks for new files once more, lets the watched steps go on with them,
+// removes the file and runs the rest of the workflow. One left from an earlier session is removed when
+// watching starts.
+inline constexpr const char* kStopWatching = "STOP_WATCHING";
+void request_stop_watching(const std::string& project);
+
 void run_workflow(const std::vector<WorkflowStep>& steps, const std::string& exe,
                   const std::vector<std::string>& global, const std::vector<std::string>& queue = {},
                   const WatchOptions& watch = {});
