@@ -195,8 +195,10 @@ AlignResult align_frames(const std::vector<const Grid<cfloat>*>& spectra, double
   res.sx.assign(T, 0.0);
   res.sy.assign(T, 0.0);
   if (start && start->sx.size() == T && start->sy.size() == T) {
-    res.sx = start->sx;
-    res.sy = start->sy;
+    for (size_t f = 0; f < T; ++f) {  // relative to the first frame, as the result
+      res.sx[f] = start->sx[f] - start->sx[0];
+      res.sy[f] = start->sy[f] - start->sy[0];
+    }
   } else {
     start = nullptr;
   }
