@@ -248,18 +248,24 @@ def once_and_watched(tmp_path, movies):
     return once, watched
 
 
+def start_watching(project, *options, until, timeout=120):
+    """Starts the WATCHED workflow's runner on `project` with --watch 0.5 and `options`; returns it once the
+    file `until` (relative to the project) exists."""
+    proc = subprocess.Popen([regula_binary(), "--project", str(project), "workflow", "--i", "workflow.txt",
+                             "--watch", "0.5", *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + timeout
+    while not (project / until).exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.1)
+    return proc
+
+
 def test_watch_mode_follows_new_movies_then_runs_the_rest(tmp_path, movies):
     """--watch: two movies at the start, two more while it watches; the front steps go on with the new ones,
     the rest runs once after --watch_idle seconds without new movies. Every file equals that of the workflow
     run once with all four movies there from the start."""
     once, watched = once_and_watched(tmp_path, movies)
-    proc = subprocess.Popen([regula_binary(), "--project", str(watched), "workflow", "--i", "workflow.txt",
-                             "--watch", "0.5", "--watch_idle", "5"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    while not (watched / "Extract/job005/RELION_JOB_EXIT_SUCCESS").exists():
-        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
-        time.sleep(0.1)
+    proc = start_watching(watched, "--watch_idle", "5", until="Extract/job005/RELION_JOB_EXIT_SUCCESS")
     assert not (watched / "Class2D").exists()  # the rest waits for the end of the watching
     first = (watched / "Extract/job005/particles.star").read_text()
     for m in movies[2:]:
@@ -281,13 +287,7 @@ def test_stop_watching_ends_the_watch_after_a_last_look(tmp_path, movies):
     --stop_watching needs an existing project."""
     once, watched = once_and_watched(tmp_path, movies)
     (watched / "STOP_WATCHING").write_text("old\n")
-    proc = subprocess.Popen([regula_binary(), "--project", str(watched), "workflow", "--i", "workflow.txt",
-                             "--watch", "0.5", "--watch_idle", "3600"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    while not (watched / "Extract/job005/RELION_JOB_EXIT_SUCCESS").exists():
-        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
-        time.sleep(0.1)
+    proc = start_watching(watched, "--watch_idle", "3600", until="Extract/job005/RELION_JOB_EXIT_SUCCESS")
     assert not (watched / "STOP_WATCHING").exists()
     # The last two movies arrive just before the signal: the last look takes them.
     for m in movies[2:]:
@@ -318,14 +318,9 @@ def test_watch_class2d_classifies_the_particles_so_far(tmp_path, movies):
     itself runs once at the end, on everything, as without the option (the same files as the workflow run
     once)."""
     once, watched = once_and_watched(tmp_path, movies)
-    proc = subprocess.Popen([regula_binary(), "--project", str(watched), "workflow", "--i", "workflow.txt",
-                             "--watch", "0.5", "--watch_idle", "5", "--watch_class2d", "5"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = start_watching(watched, "--watch_idle", "5", "--watch_class2d", "5",
+                          until="Class2D/job006/RELION_JOB_EXIT_SUCCESS", timeout=180)
     live = watched / "Class2D/job006"
-    deadline = time.time() + 180
-    while not (live / "RELION_JOB_EXIT_SUCCESS").exists():
-        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
-        time.sleep(0.1)
     first = (live / "run_it002_data.star").read_text()
     first_classes = mrcfile.read(live / "run_it002_classes.mrcs")
     assert not (live / "live_start_classes.mrcs").exists()  # the first run starts from random subsets
