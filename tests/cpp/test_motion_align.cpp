@@ -117,3 +117,70 @@ TEST(AlignFrames, RecoversKnownShiftsFromTheSearchAndFromAStart) {
   const AlignResult d = align_frames(ptr, n, n, false, p, one, &wrong);
   for (int f = 0; f < T; ++f) EXPECT_EQ(d.sx[size_t(f)], a.sx[size_t(f)]);
 }
+
+// smooth_trajectory: the returned trajectory is the penalised least-squares solution for the lambda it
+// returns (checked against a direct solution of (I + lambda P) s = m by Gaussian elimination), s_0 stays 0,
+// and on a noisy smooth trajectory the lambda chosen by cross-validation brings it closer to the truth.
+TEST(SmoothTrajectory, IsThePenalisedFitOfItsLambdaAndRemovesNoise) {
+  for (unsigned seed : {5u, 6u, 7u, 8u}) {
+    SCOPED_TRACE(seed);
+    const int T = 30, first = 4;
+    std::mt19937_64 g(seed);
+    std::normal_distribution<double> N(0, 0.3);
+    std::vector<double> tx(T), ty(T), mx(T), my(T);
+    for (int f = 0; f < T; ++f) {
+      tx[size_t(f)] = 8 * (1 - std::exp(-f / 3.0)) + 0.1 * f;
+      ty[size_t(f)] = -3 * (1 - std::exp(-f / 5.0));
+      mx[size_t(f)] = f ? tx[size_t(f)] + N(g) : 0.0;
+      my[size_t(f)] = f ? ty[size_t(f)] + N(g) : 0.0;
+    }
+    std::vector<double> sx = mx, sy = my;
+    const double lambda = smooth_trajectory(sx, sy, first);
+    ASSERT_GT(lambda, 0.01);  // noise of 0.3 px: some smoothing
+    EXPECT_EQ(sx[0], 0.0);
+    // Direct solution: unknowns s_1..s_{T-1}; A = I + lambda sum_{c >= first} d_c d_c^T.
+    const int n = T - 1;
+    std::vector<double> A(size_t(n) * size_t(n), 0.0), bx(static_cast<size_t>(n)), by(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) {
+      A[size_t(i) * n + i] = 1;
+      bx[size_t(i)] = mx[size_t(i + 1)];
+      by[size_t(i)] = my[size_t(i + 1)];
+    }
+    for (int c = first; c + 1 < T; ++c) {
+      const int idx[3] = {c - 1, c, c + 1};
+      const double d[3] = {1, -2, 1};
+      for (int a = 0; a < 3; ++a)
+        for (int b = 0; b < 3; ++b)
+          if (idx[a] > 0 && idx[b] > 0) A[size_t(idx[a] - 1) * n + (idx[b] - 1)] += lambda * d[a] * d[b];
+    }
+    for (int k = 0; k < n; ++k)  // elimination without pivoting (A is symmetric positive definite)
+      for (int i = k + 1; i < n; ++i) {
+        const double m = A[size_t(i) * n + k] / A[size_t(k) * n + k];
+        for (int j = k; j < n; ++j) A[size_t(i) * n + j] -= m * A[size_t(k) * n + j];
+        bx[size_t(i)] -= m * bx[size_t(k)];
+        by[size_t(i)] -= m * by[size_t(k)];
+      }
+    for (int i = n - 1; i >= 0; --i) {
+      for (int j = i + 1; j < n; ++j) {
+        bx[size_t(i)] -= A[size_t(i) * n + j] * bx[size_t(j)];
+        by[size_t(i)] -= A[size_t(i) * n + j] * by[size_t(j)];
+      }
+      bx[size_t(i)] /= A[size_t(i) * n + i];
+      by[size_t(i)] /= A[size_t(i) * n + i];
+    }
+    double before = 0, after = 0;
+    for (int i = 0; i < n; ++i) {
+      EXPECT_NEAR(sx[size_t(i + 1)], bx[size_t(i)], 1e-9);
+      EXPECT_NEAR(sy[size_t(i + 1)], by[size_t(i)], 1e-9);
+      const double ex = mx[size_t(i + 1)] - tx[size_t(i + 1)], ey = my[size_t(i + 1)] - ty[size_t(i + 1)];
+      const double fx = sx[size_t(i + 1)] - tx[size_t(i + 1)], fy = sy[size_t(i + 1)] - ty[size_t(i + 1)];
+      before += ex * ex + ey * ey;
+      after += fx * fx + fy * fy;
+    }
+    EXPECT_LT(after, 0.7 * before);  // noise reduced (the early, free frames keep theirs)
+    // The same for a second trajectory of that shape (the cached eigenbasis).
+    std::vector<double> ux = mx, uy = my;
+    EXPECT_EQ(smooth_trajectory(ux, uy, first), lambda);
+    EXPECT_EQ(ux, sx);
+  }
+}

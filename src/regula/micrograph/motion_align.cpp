@@ -2,7 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <memory>
+#include <mutex>
 
+#include "regula/core/blas.hpp"
 #include "regula/core/fft.hpp"
 #include "regula/micrograph/scene.hpp"
 
@@ -100,30 +104,6 @@ void refine_peak(const cfloat* X, int cxh, int cy, const std::vector<float>& kx,
     ux += dx;
     uy += dy;
     if (len < 1e-4) break;
-  }
-}
-
-// Solves the symmetric positive definite system A x = b (n x n, row-major) in place of b
-// (Cholesky; A is overwritten).
-void cholesky_solve(std::vector<double>& A, size_t n, double* b, size_t nrhs) {
-  for (size_t i = 0; i < n; ++i)
-    for (size_t j = 0; j <= i; ++j) {
-      double s = A[i * n + j];
-      for (size_t k = 0; k < j; ++k) s -= A[i * n + k] * A[j * n + k];
-      A[i * n + j] = i == j ? std::sqrt(std::max(s, 1e-300)) : s / A[j * n + j];
-    }
-  for (size_t r = 0; r < nrhs; ++r) {
-    double* x = b + r * n;
-    for (size_t i = 0; i < n; ++i) {
-      double s = x[i];
-      for (size_t k = 0; k < i; ++k) s -= A[i * n + k] * x[k];
-      x[i] = s / A[i * n + i];
-    }
-    for (size_t i = n; i-- > 0;) {
-      double s = x[i];
-      for (size_t k = i + 1; k < n; ++k) s -= A[k * n + i] * x[k];
-      x[i] = s / A[i * n + i];
-    }
   }
 }
 
@@ -309,41 +289,69 @@ double smooth_trajectory(std::vector<double>& sx, std::vector<double>& sy, int f
   if (T < 4 || size_t(first_penalised) + 1 >= T) return 0;
   const size_t n = T - 1;  // unknowns s_1 .. s_{T-1}
   // Penalty matrix P = sum over centres c >= first_penalised of d_c d_c^T, d_c = (1, -2, 1) at c-1, c, c+1
-  // (column of s_0 dropped: s_0 = 0).
-  std::vector<double> P(n * n, 0.0);
-  for (size_t c = size_t(first_penalised); c + 1 < T; ++c) {
-    const size_t idx[3] = {c - 1, c, c + 1};
-    const double d[3] = {1, -2, 1};
-    for (int a = 0; a < 3; ++a)
-      for (int b = 0; b < 3; ++b)
-        if (idx[a] > 0 && idx[b] > 0) P[(idx[a] - 1) * n + (idx[b] - 1)] += d[a] * d[b];
+  // (column of s_0 dropped: s_0 = 0), and its eigen-decomposition P = V diag(mu) V^T, made once per
+  // (T, first_penalised): the hat matrix of every lambda is then V diag(1 / (1 + lambda mu)) V^T, its trace
+  // a sum and the fit two products (a patch alignment smooths 25 or more trajectories of one shape).
+  struct Basis {
+    std::vector<double> mu;
+    std::vector<std::vector<double>> v;
+  };
+  static std::mutex mu_cache;
+  static std::map<std::pair<size_t, int>, std::shared_ptr<const Basis>> cache;
+  std::shared_ptr<const Basis> basis;
+  {
+    std::lock_guard lk(mu_cache);
+    auto& slot = cache[{T, first_penalised}];
+    if (!slot) {
+      std::vector<double> P(n * n, 0.0);
+      for (size_t c = size_t(first_penalised); c + 1 < T; ++c) {
+        const size_t idx[3] = {c - 1, c, c + 1};
+        const double d[3] = {1, -2, 1};
+        for (int a = 0; a < 3; ++a)
+          for (int b = 0; b < 3; ++b)
+            if (idx[a] > 0 && idx[b] > 0) P[(idx[a] - 1) * n + (idx[b] - 1)] += d[a] * d[b];
+      }
+      auto b = std::make_shared<Basis>();
+      symmetric_eigen(P, n, b->mu, b->v);
+      for (auto& m : b->mu) m = std::max(m, 0.0);  // (positive semi-definite; rounding)
+      slot = b;
+    }
+    basis = slot;
   }
+  const auto& V = basis->v;
+  const auto& mu = basis->mu;
+  // Coordinates of the data in the eigenbasis.
+  std::vector<double> cx(n, 0.0), cy(n, 0.0);
+  for (size_t e = 0; e < n; ++e)
+    for (size_t i = 0; i < n; ++i) {
+      cx[e] += V[e][i] * sx[i + 1];
+      cy[e] += V[e][i] * sy[i + 1];
+    }
   double best_score = 1e300, best_lambda = 0;
-  std::vector<double> best_x, best_y;
+  std::vector<double> fx(n), fy(n), best_x, best_y;
   for (int l = 0; l <= 40; ++l) {
     const double lambda = std::exp(std::log(0.01) + (std::log(1000.0) - std::log(0.01)) * l / 40.0);
-    std::vector<double> A(n * n);
-    for (size_t k = 0; k < n * n; ++k) A[k] = lambda * P[k];
-    for (size_t i = 0; i < n; ++i) A[i * n + i] += 1;
-    // Right-hand sides: the data (x, y) and the identity (for the trace of the hat matrix).
-    std::vector<double> b((n + 2) * n, 0.0);
-    for (size_t i = 0; i < n; ++i) {
-      b[i] = sx[i + 1];
-      b[n + i] = sy[i + 1];
-      b[(2 + i) * n + i] = 1;
+    double trace = 0;
+    std::fill(fx.begin(), fx.end(), 0.0);
+    std::fill(fy.begin(), fy.end(), 0.0);
+    for (size_t e = 0; e < n; ++e) {
+      const double h = 1 / (1 + lambda * mu[e]);
+      trace += h;
+      const double ax = h * cx[e], ay = h * cy[e];
+      for (size_t i = 0; i < n; ++i) {
+        fx[i] += ax * V[e][i];
+        fy[i] += ay * V[e][i];
+      }
     }
-    cholesky_solve(A, n, b.data(), n + 2);
-    double trace = 0, rss = 0;
-    for (size_t i = 0; i < n; ++i) {
-      trace += b[(2 + i) * n + i];
-      rss += (sx[i + 1] - b[i]) * (sx[i + 1] - b[i]) + (sy[i + 1] - b[n + i]) * (sy[i + 1] - b[n + i]);
-    }
+    double rss = 0;
+    for (size_t i = 0; i < n; ++i)
+      rss += (sx[i + 1] - fx[i]) * (sx[i + 1] - fx[i]) + (sy[i + 1] - fy[i]) * (sy[i + 1] - fy[i]);
     const double score = double(n) * rss / std::max(1e-12, (double(n) - trace) * (double(n) - trace));
     if (score < best_score) {
       best_score = score;
       best_lambda = lambda;
-      best_x.assign(b.begin(), b.begin() + long(n));
-      best_y.assign(b.begin() + long(n), b.begin() + long(2 * n));
+      best_x = fx;
+      best_y = fy;
     }
   }
   for (size_t i = 0; i < n; ++i) {

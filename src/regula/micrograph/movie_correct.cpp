@@ -472,7 +472,7 @@ constexpr double kRunLoss = 0.04894348370484647;  // 1 - cos(0.1 pi)
 // Returns the number of runs.
 size_t local_sums(const FrameStore& st, const std::vector<double>& gx, const std::vector<double>& gy,
                   const PolynomialMotion& model, const DoseWeighting* dose, Grid<float>* weighted, Grid<float>* plain,
-                  const std::vector<double>& tolerance, ThreadPool& pool) {
+                  const std::vector<double>& tolerance, std::vector<MovieWorkspace::RunSlot>& slot, ThreadPool& pool) {
   const int T = st.frames(), nx = st.nx(), ny = st.ny(), nxh = st.nxh();
   // Model shifts on a 5 x 5 grid over the field, per frame and at half frames.
   constexpr int G = 5;
@@ -501,22 +501,18 @@ size_t local_sums(const FrameStore& st, const std::vector<double>& gx, const std
   }
   if (weighted) *weighted = Grid<float>(nx, ny);
   if (plain) *plain = Grid<float>(nx, ny);
-  // Runs in batches of one per thread, each made whole by one thread (its sum, the prefilter, an
-  // inverse transform, the interpolation into an image of its own; 2D transforms are single-threaded),
-  // then the batch's images added to the sums in run order: the result does not depend on the number
-  // of threads. Memory: per thread a spectrum and an image for each sum.
+  // Runs in batches of one per thread, each run's coefficients made by one thread (its sum, the
+  // prefilter, an inverse transform; 2D transforms are single-threaded), then the batch interpolated into
+  // the sums row by row, the rows over the threads and each row's runs in run order: the result does not
+  // depend on the number of threads. Memory: per thread a spectrum for each sum.
   const size_t P = std::min(size_t(pool.size()), runs.size()), stride = size_t(2 * nxh);
-  struct Slot {
-    AlignedArray<cfloat> spec[2];
-    Grid<float> img[2];
-  };
-  std::vector<Slot> slot(P);
+  if (slot.size() < P) slot.resize(P);
   Grid<float>* totals[2] = {weighted, plain};
   for (size_t r0 = 0; r0 < runs.size(); r0 += P) {
     const size_t nb = std::min(P, runs.size() - r0);
     pool.parallel_for(0, nb, [&](size_t b, int) {
       const auto [f0, f1] = runs[r0 + b];
-      Slot& sl = slot[b];
+      MovieWorkspace::RunSlot& sl = slot[b];
       for (int w = 0; w < 2; ++w)
         if (totals[w]) {
           sl.spec[w].resize(size_t(nxh) * size_t(ny));
@@ -525,40 +521,36 @@ size_t local_sums(const FrameStore& st, const std::vector<double>& gx, const std
       ThreadPool inline_pool(1);
       sum_frames(st, f0, f1, gx, gy, dose, weighted ? sl.spec[0].data() : nullptr,
                  plain ? sl.spec[1].data() : nullptr, inline_pool);
-      const double z = 0.5 * (f0 + f1 - 1);
-      std::vector<float> dx(static_cast<size_t>(nx)), dy(static_cast<size_t>(nx));
+      // The B-spline prefilter in Fourier space (the frames' spectra are periodic anyway) with the
+      // 1 / (nx ny) of the inverse transform.
       for (int w = 0; w < 2; ++w) {
         if (!totals[w]) continue;
-        // The B-spline prefilter in Fourier space (the frames' spectra are periodic anyway) with the
-        // 1 / (nx ny) of the inverse transform; then the run's sum moved by the model, row by row.
         bspline_prefilter_spectrum(sl.spec[w].data(), nx, ny, 1.0f / (float(nx) * float(ny)));
         fft2_inverse_inplace(sl.spec[w].data(), nx, ny);
-        const float* c = reinterpret_cast<const float*>(sl.spec[w].data());
-        if (sl.img[w].nx() != nx || sl.img[w].ny() != ny) sl.img[w] = Grid<float>(nx, ny);
-        std::fill(sl.img[w].begin(), sl.img[w].end(), 0.0f);
-        for (int y = 0; y < ny; ++y) {
-          double ax[3], ay[3];
-          model.row_quadratic(z, double(y) / ny - 0.5, ax, ay);
-          for (int x = 0; x < nx; ++x) {
-            const double u = double(x) / nx - 0.5;
-            dx[size_t(x)] = float(ax[0] + u * (ax[1] + u * ax[2]));
-            dy[size_t(x)] = float(ay[0] + u * (ay[1] + u * ay[2]));
-          }
-          bspline_add_row_periodic(c, stride, nx, ny, y, dx.data(), dy.data(),
-                                   sl.img[w].data() + size_t(y) * size_t(nx));
-        }
       }
     });
-    pool.parallel_for(0, size_t(ny), [&](size_t y, int) {
-      for (int w = 0; w < 2; ++w) {
-        if (!totals[w]) continue;
-        float* o = totals[w]->data() + y * size_t(nx);
-        for (size_t b = 0; b < nb; ++b) {
-          const float* i = slot[b].img[w].data() + y * size_t(nx);
-          for (int x = 0; x < nx; ++x) o[x] += i[x];
+    // Each run's sum moved by the model at the run's middle, added into the sums row by row.
+    pool.parallel_for(0, size_t(ny), [&](size_t yy, int) {
+      const int y = int(yy);
+      thread_local std::vector<float> dx, dy;
+      dx.resize(size_t(nx));
+      dy.resize(size_t(nx));
+      for (size_t b = 0; b < nb; ++b) {
+        const auto [f0, f1] = runs[r0 + b];
+        const double z = 0.5 * (f0 + f1 - 1);
+        double ax[3], ay[3];
+        model.row_quadratic(z, double(y) / ny - 0.5, ax, ay);
+        for (int x = 0; x < nx; ++x) {
+          const double u = double(x) / nx - 0.5;
+          dx[size_t(x)] = float(ax[0] + u * (ax[1] + u * ax[2]));
+          dy[size_t(x)] = float(ay[0] + u * (ay[1] + u * ay[2]));
         }
+        for (int w = 0; w < 2; ++w)
+          if (totals[w])
+            bspline_add_row_periodic(reinterpret_cast<const float*>(slot[b].spec[w].data()), stride, nx, ny, y,
+                                     dx.data(), dy.data(), totals[w]->data() + size_t(y) * size_t(nx));
       }
-    }, 16);
+    }, 8);
     check_cancelled();
   }
   return runs.size();
@@ -680,7 +672,8 @@ CorrectOutput correct_movie(const CorrectInput& in, const CorrectParams& p, Movi
         tolerance[size_t(f)] =
             misplacement_tolerance(p.dose_per_frame * dose_voltage_factor(p.voltage) * f, apix, kRunLoss);
     const size_t runs = local_sums(st, g.sx, g.sy, out.model, dose, dose ? &out.sum : nullptr,
-                                   want_plain ? (dose ? &out.sum_noDW : &out.sum) : nullptr, tolerance, pool);
+                                   want_plain ? (dose ? &out.sum_noDW : &out.sum) : nullptr, tolerance, ws.run_slots,
+                                   pool);
     out.log += fmt::format("sums with the local model: {} runs of frames\n", runs);
   } else {
     AlignedArray<cfloat> sw, sp;

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "regula/core/fft.hpp"
 #include "regula/core/grid.hpp"
 #include "regula/core/parallel.hpp"
 #include "regula/io/movie.hpp"
@@ -58,6 +59,12 @@ struct CorrectOutput {
 
 // Memory kept from one movie to the next (frames, crops, dose weights).
 struct MovieWorkspace {
+  // The local sums' buffers, one per thread: a run's spectrum for each sum (kept: fresh pages of this
+  // size cost the kernel's zeroing at every movie).
+  struct RunSlot {
+    AlignedArray<cfloat> spec[2];
+  };
+  std::vector<RunSlot> run_slots;
   FrameStore store;
   std::vector<Grid<cfloat>> crops;
   std::vector<float> edge_rows, edge_cols;
