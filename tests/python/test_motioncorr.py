@@ -291,3 +291,13 @@ def test_contrast_weights_follow_the_field(regula, tmp_path, seed):
     # Seeds 61-64 (4 movies each): 0.76 / 0.48 / 0.71 / 1.01 px against 0.88 / 0.55 / 0.80 / 1.16 px
     # (ratios 0.87-0.90). On 2048 px movies of 1 e/Å² per frame, docs/benchmarks.md.
     assert err[256] < 0.95 * err[0], err
+
+
+def test_bad_options_are_refused(regula, tmp_path):
+    """Options out of range (or not done) stop motioncorr with a message naming them, before any output."""
+    for args, message in ((["--contrast_window", -1], "--contrast_window: 0 or more Å (got -1)"),
+                          (["--max_iter", 0], "--max_iter: at least 1"),
+                          (["--use_motioncor2"], "--use_motioncor2")):
+        r = run([regula, "motioncorr", "--i", "movies.star", "--o", "MC/", *args], cwd=tmp_path)
+        assert r.returncode == 1 and message in r.stderr, (args, r.stderr)
+        assert not (tmp_path / "MC").exists()
