@@ -65,9 +65,8 @@ void check_splits_over_ranks(const std::string& command) {
   if (regula::mpi::size() < 2) return;
   if (!regula::pipeline::splits_over_ranks(command))
     regula::input_error("{} does not split its work over MPI ranks (under mpirun every rank would run all of it): run "
-                        "it without mpirun (these do: refine3d, class2d, class3d, initial_model, reconstruct, "
-                        "motioncorr, ctffind, autopick, extract, ctf_refine, polish)",
-                        command);
+                        "it without mpirun (these do: {})",
+                        command, regula::pipeline::commands_splitting_over_ranks());
 }
 
 // Removes "--name VALUE" or "--name=VALUE" from args and returns VALUE.

@@ -72,10 +72,19 @@ std::string shell_quote(const std::string& s) {
   return q + "'";
 }
 
+namespace {
+constexpr const char* kSplit[] = {"refine3d", "class2d",  "class3d", "initial_model", "reconstruct", "motioncorr",
+                                  "ctffind",  "autopick", "extract", "ctf_refine",    "polish"};
+}
+
 bool splits_over_ranks(const std::string& command) {
-  static const char* const kSplit[] = {"refine3d", "class2d",  "class3d", "initial_model", "reconstruct", "motioncorr",
-                                       "ctffind",  "autopick", "extract", "ctf_refine",    "polish"};
   return std::any_of(std::begin(kSplit), std::end(kSplit), [&](const char* c) { return command == c; });
+}
+
+std::string commands_splitting_over_ranks() {
+  std::string s;
+  for (const char* c : kSplit) s += (s.empty() ? "" : ", ") + std::string(c);
+  return s;
 }
 
 std::string submit_job(Job& job, const QueueOptions& q, const std::string& command) {

@@ -32,6 +32,8 @@ struct QueueOptions {
 // reconstruct, motioncorr, ctffind, autopick, extract, ctf_refine, polish); the others would run whole
 // on every rank, so they are refused under mpirun and get XXXmpinodesXXX 1 in a queue's script.
 bool splits_over_ranks(const std::string& command);
+// Those commands, in the order of the message that names them ("refine3d, class2d, ...").
+std::string commands_splitting_over_ranks();
 
 struct QueueVariables {
   std::string command, queue, name, outfile, errfile;
