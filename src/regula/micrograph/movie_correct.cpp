@@ -260,16 +260,25 @@ Grid<float> contrast_weights(const std::vector<Grid<cfloat>>& crops, const Align
 void weight_crops(std::vector<Grid<cfloat>>& crops, const AlignResult& g, int nx, int ny, int cx, int cy,
                   const Grid<float>& w, ThreadPool& pool) {
   const int cxh = cx / 2 + 1;
-  pool.parallel_for(0, crops.size(), [&](size_t f, int) {
-    AlignedArray<cfloat> c(size_t(cxh) * size_t(cy));
+  std::vector<AlignedArray<cfloat>> cbuf(static_cast<size_t>(pool.size()));
+  std::vector<AlignedArray<float>> ibuf(static_cast<size_t>(pool.size()));
+  std::vector<std::vector<int>> wxbuf(static_cast<size_t>(pool.size()));
+  pool.parallel_for(0, crops.size(), [&](size_t f, int thread) {
+    AlignedArray<cfloat>& c = cbuf[size_t(thread)];
+    AlignedArray<float>& img = ibuf[size_t(thread)];
+    c.resize(size_t(cxh) * size_t(cy));
+    img.resize(size_t(cx) * size_t(cy));
     std::copy(crops[f].data(), crops[f].data() + c.size(), c.data());
-    AlignedArray<float> img(size_t(cx) * size_t(cy));
     fft2_inverse(c.data(), cx, cy, img.data());
     const int ox = int(std::lround(g.sx[f] * cx / nx)), oy = int(std::lround(g.sy[f] * cy / ny));
+    std::vector<int>& wx = wxbuf[size_t(thread)];  // column of w for each x (periodic)
+    wx.resize(size_t(cx));
+    for (int x = 0; x < cx; ++x) wx[size_t(x)] = ((x + ox) % cx + cx) % cx;
     const float norm = 1.0f / (float(cx) * float(cy));
     for (int y = 0; y < cy; ++y) {
-      const int wy = ((y + oy) % cy + cy) % cy;
-      for (int x = 0; x < cx; ++x) img[size_t(y) * size_t(cx) + size_t(x)] *= norm * w(((x + ox) % cx + cx) % cx, wy);
+      const float* wr = &w(0, ((y + oy) % cy + cy) % cy);
+      float* row = img.data() + size_t(y) * size_t(cx);
+      for (int x = 0; x < cx; ++x) row[x] *= norm * wr[wx[size_t(x)]];
     }
     std::vector<float> er(static_cast<size_t>(cx)), ec(static_cast<size_t>(cy));
     edge_differences(img.data(), size_t(cx), cx, cy, er.data(), ec.data());
@@ -619,9 +628,9 @@ CorrectOutput correct_movie(const CorrectInput& in, const CorrectParams& p, Movi
   if (weighted) first_ap.max_iterations = 1;
   AlignResult g = align_frames(ptr, nx, ny, cx < nx, first_ap, pool);
   lap("global alignment");
-  if (!weighted)
+  if (!weighted) {
     out.log += fmt::format("global alignment: {} iterations{}\n", g.iterations, g.converged ? "" : " (not converged)");
-  if (weighted) {
+  } else {
     // With a local model the global trajectory is the field's mean motion, not that of its strongest
     // features (contrast_weights); without one it follows the signal wherever it is (less noise).
     const Grid<float> w = contrast_weights(ws.crops, g, nx, ny, cx, cy, ap, p.contrast_window / apix, pool);

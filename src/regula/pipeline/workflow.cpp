@@ -251,11 +251,13 @@ std::string file_text(const std::string& path) {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-// Sleeps `seconds` in slices of at most 0.2 s; returns true as soon as the stop signal is there.
+// Sleeps `seconds` in slices of at most 0.2 s; returns true as soon as the stop signal is there, and
+// removes it (a signal is taken once).
 bool sleep_unless_stopped(double seconds) {
   const auto start = Clock::now();
   for (;;) {
-    if (std::filesystem::exists(kStopWatching)) return true;
+    std::error_code ec;
+    if (std::filesystem::remove(kStopWatching, ec)) return true;
     const double left = seconds - seconds_since(start);
     if (left <= 0) return false;
     std::this_thread::sleep_for(std::chrono::duration<double>(std::min(left, 0.2)));
@@ -302,10 +304,8 @@ void run_workflow(const std::vector<WorkflowStep>& steps, const std::string& exe
       while (glob_count(pattern) == 0) {
         if (seconds_since(start) >= watch.idle)
           input_error("workflow --watch: nothing matched {} in {} s (--watch_idle)", pattern, watch.idle);
-        if (sleep_unless_stopped(watch.interval)) {
-          std::filesystem::remove(kStopWatching, ec);
+        if (sleep_unless_stopped(watch.interval))
           input_error("workflow --watch: stopped ({}) before anything matched {}", kStopWatching, pattern);
-        }
       }
     }
   }
@@ -433,12 +433,9 @@ void run_workflow(const std::vector<WorkflowStep>& steps, const std::string& exe
     while (!stopped && seconds_since(last_new) < watch.idle) {
       // On the stop signal one last look, so that what arrived since the previous one is processed too.
       stopped = sleep_unless_stopped(watch.interval);
-      if (stopped) {
-        std::error_code ec;
-        std::filesystem::remove(kStopWatching, ec);
+      if (stopped)
         spdlog::info("workflow: stop signal ({}): a last look for new files, then the rest of the workflow",
                      kStopWatching);
-      }
       const std::string before = file_text(list);
       launch(steps[0], run_again(dirs[steps[0].name], true));
       if (file_text(list) == before) continue;
