@@ -43,7 +43,7 @@ void sum_frames(const FrameStore& store, int f0, int f1, const std::vector<doubl
       px[size_t(f - f0) * size_t(2 * nxh) + size_t(2 * i)] = float(std::cos(a));
       px[size_t(f - f0) * size_t(2 * nxh) + size_t(2 * i) + 1] = float(std::sin(a));
     }
-  std::vector<std::vector<float>> wbuf(static_cast<size_t>(pool.size()));
+  std::vector<std::vector<float>> wbuf(static_cast<size_t>(pool.size())), qbuf(static_cast<size_t>(pool.size()));
   pool.parallel_for(0, size_t(ny), [&](size_t jj, int thread) {
     const int j = int(jj);
     std::vector<float>& w = wbuf[size_t(thread)];
@@ -51,8 +51,18 @@ void sum_frames(const FrameStore& store, int f0, int f1, const std::vector<doubl
     if (dose) {
       w.assign(dose->first_row(j), dose->first_row(j) + nxh);
       q = dose->ratio_row(j);
-      for (int f = 0; f < f0; ++f)
-        for (int i = 0; i < nxh; ++i) w[size_t(i)] *= q[i];
+      // Frame f0's weights: w0 q^f0, the power by squaring.
+      if (f0 > 0) {
+        std::vector<float>& qp = qbuf[size_t(thread)];
+        qp.assign(q, q + nxh);
+        for (int e = f0;;) {
+          if (e & 1)
+            for (int i = 0; i < nxh; ++i) w[size_t(i)] *= qp[size_t(i)];
+          e >>= 1;
+          if (!e) break;
+          for (int i = 0; i < nxh; ++i) qp[size_t(i)] *= qp[size_t(i)];
+        }
+      }
     }
     float* ow = weighted ? reinterpret_cast<float*>(weighted + size_t(j) * size_t(nxh)) : nullptr;
     float* op = plain ? reinterpret_cast<float*>(plain + size_t(j) * size_t(nxh)) : nullptr;

@@ -14,32 +14,66 @@ namespace regula {
 namespace {
 constexpr double kTwoPi = 6.283185307179586;
 
-// Value, gradient and Hessian of c(t) = sum_k m(kx) Re(X(k) exp(2 pi i k.t)) (k in cycles per
-// pixel; m = 2 for the columns standing for a Hermitian pair). Separable: the sums along x are
-// done once per row for the three x-weights 1, kx, kx^2.
 struct Peak {
   double gx, gy, hxx, hxy, hyy;
 };
-Peak correlation_derivatives(const cfloat* X, int cxh, int cy, const std::vector<float>& kx,
-                             const std::vector<float>& ky, const std::vector<float>& mult, double ux, double uy,
-                             std::vector<float>& e0r, std::vector<float>& e0i) {
-  e0r.resize(size_t(cxh));
-  e0i.resize(size_t(cxh));
-  for (int i = 0; i < cxh; ++i) {
-    const double a = kTwoPi * kx[size_t(i)] * ux;
-    e0r[size_t(i)] = float(mult[size_t(i)] * std::cos(a));
-    e0i[size_t(i)] = float(mult[size_t(i)] * std::sin(a));
+// cos(t r) and sin(t r) for r = 0 .. n - 1: exact every 16th, by rotation in between (errors of a
+// few 1e-16).
+void phase_table(double t, int n, std::vector<double>& c, std::vector<double>& s) {
+  c.resize(size_t(n));
+  s.resize(size_t(n));
+  const double c1 = std::cos(t), s1 = std::sin(t);
+  for (int r = 0; r < n; ++r) {
+    if (r % 16 == 0) {
+      c[size_t(r)] = std::cos(t * r);
+      s[size_t(r)] = std::sin(t * r);
+    } else {
+      c[size_t(r)] = c[size_t(r) - 1] * c1 - s[size_t(r) - 1] * s1;
+      s[size_t(r)] = c[size_t(r) - 1] * s1 + s[size_t(r) - 1] * c1;
+    }
   }
+}
+// The lattice of the correlations: columns kx[i] = i / nx, rows ky[j] = freq[j] / ny.
+struct Lattice {
+  int cxh = 0, ncol = 0;
+  double nx = 0, ny = 0;
+  std::vector<int> rows, freq;  // the rows used and every row's frequency
+  std::vector<float> kx, ky, mult;
+};
+struct PhaseBuffers {
+  std::vector<float> er, ei;
+  std::vector<double> c, s, cy, sy;
+};
+// Value, gradient and Hessian of c(t) = sum_k m(kx) Re(X(k) exp(2 pi i k.t)) (k in cycles per
+// pixel; m = 2 for the columns standing for a Hermitian pair) over the columns 0 .. ncol - 1 of the
+// rows `rows` of X (rows cxh apart). Separable: the sums along x are done once per row for the three
+// x-weights 1, kx, kx^2.
+Peak correlation_derivatives(const cfloat* X, const Lattice& L0, double ux, double uy, PhaseBuffers& b) {
+  const int cxh = L0.cxh, ncol = L0.ncol;
+  const std::vector<float>& kx = L0.kx;
+  const std::vector<float>& ky = L0.ky;
+  std::vector<float>& e0r = b.er;
+  std::vector<float>& e0i = b.ei;
+  e0r.resize(size_t(ncol));
+  e0i.resize(size_t(ncol));
+  phase_table(kTwoPi * ux / L0.nx, ncol, b.c, b.s);
+  for (int i = 0; i < ncol; ++i) {
+    e0r[size_t(i)] = float(L0.mult[size_t(i)] * b.c[size_t(i)]);
+    e0i[size_t(i)] = float(L0.mult[size_t(i)] * b.s[size_t(i)]);
+  }
+  int fmax = 0;
+  for (const int j : L0.rows) fmax = std::max(fmax, std::abs(L0.freq[size_t(j)]));
+  phase_table(kTwoPi * uy / L0.ny, fmax + 1, b.cy, b.sy);
   double gx = 0, gy = 0, hxx = 0, hxy = 0, hyy = 0;
   const float* xk = kx.data();
-  for (int j = 0; j < cy; ++j) {
+  for (const int j : L0.rows) {
     const float* row = reinterpret_cast<const float*>(X + size_t(j) * size_t(cxh));
     // Sums with the weights 1, kx, kx^2 in 8 lanes (so that the compiler vectorises them; the lane
     // order is fixed, so the result does not depend on anything but the data).
     constexpr int L = 8;
     float acc[6][L] = {};
     int i = 0;
-    for (; i + L <= cxh; i += L)
+    for (; i + L <= ncol; i += L)
       for (int l = 0; l < L; ++l) {
         const float xr = row[2 * (i + l)], xi = row[2 * (i + l) + 1];
         const float er = e0r[size_t(i + l)], ei = e0i[size_t(i + l)], k = xk[i + l];
@@ -51,7 +85,7 @@ Peak correlation_derivatives(const cfloat* X, int cxh, int cy, const std::vector
         acc[4][l] += k * k * tr;
         acc[5][l] += k * k * ti;
       }
-    for (; i < cxh; ++i) {
+    for (; i < ncol; ++i) {
       const float xr = row[2 * i], xi = row[2 * i + 1];
       const float er = e0r[size_t(i)], ei = e0i[size_t(i)], k = xk[i];
       const float tr = xr * er - xi * ei, ti = xr * ei + xi * er;
@@ -66,7 +100,8 @@ Peak correlation_derivatives(const cfloat* X, int cxh, int cy, const std::vector
     for (int a = 0; a < 6; ++a)
       for (int l = 0; l < L; ++l) sum[a] += acc[a][l];
     const double ar = sum[0], ai = sum[1], br = sum[2], bi = sum[3], cr = sum[4], ci = sum[5];
-    const double a = kTwoPi * ky[size_t(j)] * uy, c = std::cos(a), s = std::sin(a), q = ky[size_t(j)];
+    const int r = L0.freq[size_t(j)];
+    const double c = b.cy[size_t(std::abs(r))], s = r < 0 ? -b.sy[size_t(-r)] : b.sy[size_t(r)], q = ky[size_t(j)];
     // Re and Im of (row sums) * exp(2 pi i ky uy).
     const double Ar = ar * c - ai * s, Ai = ar * s + ai * c;
     const double Br = br * c - bi * s, Bi = br * s + bi * c;
@@ -82,11 +117,10 @@ Peak correlation_derivatives(const cfloat* X, int cxh, int cy, const std::vector
 }
 
 // Newton's method from (ux, uy) on the correlation; steps of at most 0.5 px.
-void refine_peak(const cfloat* X, int cxh, int cy, const std::vector<float>& kx, const std::vector<float>& ky,
-                 const std::vector<float>& mult, double& ux, double& uy) {
-  std::vector<float> er, ei;
+void refine_peak(const cfloat* X, const Lattice& lat, double& ux, double& uy) {
+  PhaseBuffers b;
   for (int step = 0; step < 12; ++step) {
-    const Peak d = correlation_derivatives(X, cxh, cy, kx, ky, mult, ux, uy, er, ei);
+    const Peak d = correlation_derivatives(X, lat, ux, uy, b);
     const double det = d.hxx * d.hyy - d.hxy * d.hxy;
     double dx, dy;
     if (d.hxx < 0 && det > 0) {
@@ -188,25 +222,62 @@ AlignResult align_frames(const std::vector<const Grid<cfloat>*>& spectra, double
   }
   const int cxh = spectra[0]->nx(), cy = spectra[0]->ny(), cx = 2 * (cxh - 1);
   const size_t nk = size_t(cxh) * size_t(cy);
-  std::vector<float> kx(static_cast<size_t>(cxh)), ky(static_cast<size_t>(cy)), mult(static_cast<size_t>(cxh));
+  Lattice lat;
+  lat.cxh = cxh;
+  lat.nx = nx;
+  lat.ny = ny;
+  lat.kx.resize(size_t(cxh));
+  lat.mult.resize(size_t(cxh));
+  lat.ky.resize(size_t(cy));
+  lat.freq.resize(size_t(cy));
+  std::vector<float>& kx = lat.kx;
+  std::vector<float>& ky = lat.ky;
   for (int i = 0; i < cxh; ++i) {
     kx[size_t(i)] = float(double(i) / nx);
-    mult[size_t(i)] = (i == 0 || (i == cx / 2 && !cropped)) ? 1.0f : 2.0f;
+    lat.mult[size_t(i)] = (i == 0 || (i == cx / 2 && !cropped)) ? 1.0f : 2.0f;
   }
-  for (int j = 0; j < cy; ++j) ky[size_t(j)] = float(double(fft_freq(j, cy)) / ny);
+  for (int j = 0; j < cy; ++j) {
+    lat.freq[size_t(j)] = fft_freq(j, cy);
+    ky[size_t(j)] = float(double(lat.freq[size_t(j)]) / ny);
+  }
   // Weights: B-factor and high-pass, on each spectrum.
   std::vector<float> w(nk);
-  for (int j = 0; j < cy; ++j)
+  pool.parallel_for(0, size_t(cy), [&](size_t j, int) {
     for (int i = 0; i < cxh; ++i) {
-      const double k2 = double(kx[size_t(i)]) * kx[size_t(i)] + double(ky[size_t(j)]) * ky[size_t(j)];
+      const double k2 = double(kx[size_t(i)]) * kx[size_t(i)] + double(ky[j]) * ky[j];
       double v = std::exp(-p.bfactor * k2);
       if (p.highpass > 0) v *= 1 - std::exp(-k2 / (2 * p.highpass * p.highpass));
-      w[size_t(j) * size_t(cxh) + size_t(i)] = float(v);
+      w[j * size_t(cxh) + size_t(i)] = float(v);
     }
+  }, 16);
+  // The cross-correlations X = (S - G_f) conj(G_f) carry the weight twice: the peak search uses the
+  // rows and columns where some w^2 reaches 1e-3 of its largest value (the criterion of the crop,
+  // alignment_crop, applied to w^2: half the coefficients of the crop with the B-factor alone).
+  float wmax = 0;
+  for (const float v : w) wmax = std::max(wmax, v);
+  const float wcut = wmax * std::sqrt(1e-3f);
+  lat.ncol = 1;
+  for (int j = 0; j < cy; ++j) {
+    bool any = false;
+    for (int i = 0; i < cxh; ++i)
+      if (w[size_t(j) * size_t(cxh) + size_t(i)] >= wcut) {
+        any = true;
+        lat.ncol = std::max(lat.ncol, i + 1);
+      }
+    if (any) lat.rows.push_back(j);
+  }
 
-  std::vector<Grid<cfloat>> G(T, Grid<cfloat>(cxh, cy));
-  Grid<cfloat> S(cxh, cy);
-  std::vector<AlignedArray<cfloat>> X(static_cast<size_t>(pool.size()));
+  // The weighted, shifted spectra and their sum: kept by the calling thread from call to call (a movie's
+  // alignments and its patches' reuse them; every value is written before it is read).
+  // (References: the pool's lambdas below must see this thread's buffers, not their own threads'.)
+  thread_local std::vector<AlignedArray<cfloat>> kept_g;
+  thread_local AlignedArray<cfloat> kept_s;
+  std::vector<AlignedArray<cfloat>>& G = kept_g;
+  AlignedArray<cfloat>& S = kept_s;
+  if (G.size() < T) G.resize(T);
+  for (size_t f = 0; f < T; ++f) G[f].resize(nk);
+  S.resize(nk);
+  std::vector<AlignedArray<cfloat>> X(static_cast<size_t>(pool.size())), CC(static_cast<size_t>(pool.size()));
   std::vector<double> tx(T), ty(T);
   for (int it = 1; it <= p.max_iterations; ++it) {
     // Weighted spectra moved by the current shifts, and their sum (frames added in order).
@@ -241,7 +312,8 @@ AlignResult align_frames(const std::vector<const Grid<cfloat>*>& spectra, double
       double ux = 0, uy = 0;
       if (it == 1 && !start) {
         // Integer peak of the cross-correlation on the cropped grid (in place: x is consumed).
-        AlignedArray<cfloat> cc(nk);
+        AlignedArray<cfloat>& cc = CC[size_t(thread)];
+        cc.resize(nk);
         std::copy(x.data(), x.data() + nk, cc.data());
         fft2_inverse_inplace(cc.data(), cx, cy);
         const float* r = reinterpret_cast<const float*>(cc.data());
@@ -263,7 +335,7 @@ AlignResult align_frames(const std::vector<const Grid<cfloat>*>& spectra, double
         ux = double(bx) * nx / cx;
         uy = double(by) * ny / cy;
       }
-      refine_peak(x.data(), cxh, cy, kx, ky, mult, ux, uy);
+      refine_peak(x.data(), lat, ux, uy);
       tx[f] = ux;
       ty[f] = uy;
     });

@@ -51,17 +51,27 @@ void fix_pixels(FrameStore& st, const Grid<unsigned char>* defects, const Correc
   const int nx = st.nx(), ny = st.ny(), T = st.frames();
   const size_t npx = size_t(nx) * size_t(ny), stride = st.row_stride();
   Grid<float> sum(nx, ny);
+  std::vector<double> row_sum(static_cast<size_t>(ny)), row_ss(static_cast<size_t>(ny));  // (added in row order)
   pool.parallel_for(0, size_t(ny), [&](size_t y, int) {
     float* s = sum.data() + y * size_t(nx);
     for (int f = 0; f < T; ++f) {
       const float* r = st.real(f) + y * stride;
       for (int x = 0; x < nx; ++x) s[x] += r[x];
     }
+    double a = 0;
+    for (int x = 0; x < nx; ++x) a += s[x];
+    row_sum[y] = a;
   }, 16);
   double mean = 0, sd = 0;
-  for (float v : sum) mean += v;
+  for (const double v : row_sum) mean += v;
   mean /= double(npx);
-  for (float v : sum) sd += (v - mean) * (v - mean);
+  pool.parallel_for(0, size_t(ny), [&](size_t y, int) {
+    const float* s = sum.data() + y * size_t(nx);
+    double a = 0;
+    for (int x = 0; x < nx; ++x) a += (s[x] - mean) * (s[x] - mean);
+    row_ss[y] = a;
+  }, 16);
+  for (const double v : row_ss) sd += v;
   sd = std::sqrt(sd / double(npx));
   const double thr = mean + 6 * sd;
   Grid<unsigned char> bad = defects && !defects->empty() ? *defects : Grid<unsigned char>(nx, ny);
@@ -519,17 +529,24 @@ size_t local_sums(const FrameStore& st, const std::vector<double>& gx, const std
   Grid<float>* totals[2] = {weighted, plain};
   for (size_t r0 = 0; r0 < runs.size(); r0 += P) {
     const size_t nb = std::min(P, runs.size() - r0);
-    pool.parallel_for(0, nb, [&](size_t b, int) {
+    // The runs' sums over all threads (rows; runs differ in length), then their prefilter and transform
+    // one run per thread.
+    for (size_t b = 0; b < nb; ++b) {
       const auto [f0, f1] = runs[r0 + b];
       MovieWorkspace::RunSlot& sl = slot[b];
       for (int w = 0; w < 2; ++w)
         if (totals[w]) {
           sl.spec[w].resize(size_t(nxh) * size_t(ny));
-          std::fill(sl.spec[w].data(), sl.spec[w].data() + sl.spec[w].size(), cfloat(0));
+          cfloat* d = sl.spec[w].data();
+          pool.parallel_for(0, size_t(ny), [&](size_t j, int) {
+            std::fill(d + j * size_t(nxh), d + (j + 1) * size_t(nxh), cfloat(0));
+          }, 16);
         }
-      ThreadPool inline_pool(1);
       sum_frames(st, f0, f1, gx, gy, dose, weighted ? sl.spec[0].data() : nullptr,
-                 plain ? sl.spec[1].data() : nullptr, inline_pool);
+                 plain ? sl.spec[1].data() : nullptr, pool);
+    }
+    pool.parallel_for(0, nb, [&](size_t b, int) {
+      MovieWorkspace::RunSlot& sl = slot[b];
       // The B-spline prefilter in Fourier space (the frames' spectra are periodic anyway) with the
       // 1 / (nx ny) of the inverse transform.
       for (int w = 0; w < 2; ++w) {
