@@ -8,16 +8,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <exception>
-#include <filesystem>
 #include <string>
 #include <vector>
 
-#include <spdlog/spdlog.h>
-#include <unistd.h>
-
-#include "regula/core/error.hpp"
 #include "regula/io/movie.hpp"
+#include "target.hpp"
 
 size_t g_fuzz_rejected = 0;
 size_t g_fuzz_accepted = 0;
@@ -25,17 +20,10 @@ size_t g_fuzz_accepted = 0;
 std::vector<std::string> fuzz_seed_extensions() { return {".tif", ".tiff"}; }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static const bool quiet = [] { spdlog::set_level(spdlog::level::err); return true; }();
-  (void)quiet;
+  fuzz::quiet();
   const bool tiff = size >= 4 && (std::memcmp(data, "II*\0", 4) == 0 || std::memcmp(data, "MM\0*", 4) == 0);
-  const std::string path = (std::filesystem::temp_directory_path() /
-                            ("regula_fuzz_movie_" + std::to_string(::getpid()) + (tiff ? ".tif" : ".mrc")))
-                               .string();
-  FILE* f = std::fopen(path.c_str(), "wb");
-  if (!f) std::abort();
-  if (size) std::fwrite(data, 1, size, f);
-  std::fclose(f);
-  try {
+  const std::string path = fuzz::temp_file("regula_fuzz_movie_", tiff ? ".tif" : ".mrc", data, size);
+  fuzz::run("fuzz_movie", [&] {
     regula::MovieReader r(path);
     const int n = r.frames();
     (void)r.pixel_size();
@@ -47,19 +35,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       std::vector<float> frame(size_t(r.nx()) * size_t(r.ny()));
       r.read_into(0, frame.data());
       r.read_into(n - 1, frame.data());
-      try {
-        r.read_into(n, frame.data());  // past the end: must be an InputError
-        std::abort();
-      } catch (const regula::InputError&) {
-      }
+      fuzz::expect_input_error("fuzz_movie", "a frame past the end", [&] { r.read_into(n, frame.data()); });
     }
-    ++g_fuzz_accepted;
-  } catch (const regula::InputError&) {
-    ++g_fuzz_rejected;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "fuzz_movie: unexpected exception: %s\n", e.what());
-    std::abort();
-  }
+  });
   std::remove(path.c_str());
   return 0;
 }
