@@ -203,7 +203,7 @@ void remove_smooth_component(cfloat* crop, int cx, int cy, int nx, int ny, const
 }
 
 AlignResult align_frames(const std::vector<const Grid<cfloat>*>& spectra, double nx, double ny, bool cropped,
-                         const AlignParams& p, ThreadPool& pool, const AlignResult* start) {
+                         const AlignParams& p, ThreadPool& pool, const AlignResult* start, AlignBuffers* buffers) {
   const size_t T = spectra.size();
   AlignResult res;
   res.sx.assign(T, 0.0);
@@ -267,13 +267,11 @@ AlignResult align_frames(const std::vector<const Grid<cfloat>*>& spectra, double
     if (any) lat.rows.push_back(j);
   }
 
-  // The weighted, shifted spectra and their sum: kept by the calling thread from call to call (a movie's
-  // alignments and its patches' reuse them; every value is written before it is read).
-  // (References: the pool's lambdas below must see this thread's buffers, not their own threads'.)
-  thread_local std::vector<AlignedArray<cfloat>> kept_g;
-  thread_local AlignedArray<cfloat> kept_s;
-  std::vector<AlignedArray<cfloat>>& G = kept_g;
-  AlignedArray<cfloat>& S = kept_s;
+  // The weighted, shifted spectra and their sum.
+  AlignBuffers own;
+  AlignBuffers& buf = buffers ? *buffers : own;
+  std::vector<AlignedArray<cfloat>>& G = buf.g;
+  AlignedArray<cfloat>& S = buf.s;
   if (G.size() < T) G.resize(T);
   for (size_t f = 0; f < T; ++f) G[f].resize(nk);
   S.resize(nk);

@@ -27,6 +27,7 @@
 #pragma once
 #include <vector>
 
+#include "regula/core/fft.hpp"
 #include "regula/core/grid.hpp"
 #include "regula/core/parallel.hpp"
 
@@ -64,14 +65,23 @@ void edge_differences(const float* img, size_t stride, int nx, int ny, float* ro
 // computed from the image's edge differences alone.
 void remove_smooth_component(cfloat* crop, int cx, int cy, int nx, int ny, const float* rows, const float* cols);
 
+// Working memory of align_frames (the weighted, shifted spectra and their sum), kept by a caller that
+// aligns many times (a movie's alignments and its patches'); every value is written before it is read.
+struct AlignBuffers {
+  std::vector<AlignedArray<cfloat>> g;
+  AlignedArray<cfloat> s;
+};
+
 // `spectra`: (cx/2+1) x cy half-complex grids, coefficient (i, j) at frequency (i / width,
 // fft_freq(j, cy) / height) cycles per pixel, of images `width` x `height` pixels in size (the unit of
 // the shifts, the B-factor, the high-pass and the search): crops of their transforms (crop_spectrum
 // and remove_smooth_component; `cropped`), or whole transforms of images of cx x cy samples
 // (binned when cx < width). Deterministic for any number of threads. With `start`, its shifts are
-// the first round's (Newton's method from them, no integer search).
+// the first round's (Newton's method from them, no integer search). `buffers`: working memory to use
+// (else its own, freed on return).
 AlignResult align_frames(const std::vector<const Grid<cfloat>*>& spectra, double width, double height, bool cropped,
-                         const AlignParams& p, ThreadPool& pool, const AlignResult* start = nullptr);
+                         const AlignParams& p, ThreadPool& pool, const AlignResult* start = nullptr,
+                         AlignBuffers* buffers = nullptr);
 
 // Smooths a trajectory (s[0] = 0, the reference) by penalised least squares:
 //   minimise sum_{f>=1} (s_f - m_f)^2 + lambda sum_{c >= first_penalised} (s_{c-1} - 2 s_c + s_{c+1})^2

@@ -302,7 +302,7 @@ void weight_crops(std::vector<Grid<cfloat>>& crops, const AlignResult& g, int nx
 // crop: the frames' information above the crop's frequency is weighted away by the B-factor).
 void local_motion(const FrameStore& st, const std::vector<double>& gx, const std::vector<double>& gy, int cx, int cy,
                   const CorrectParams& p, const AlignParams& ap, int first_frame, double prescale, CorrectOutput& out,
-                  ThreadPool& pool) {
+                  AlignBuffers& align, ThreadPool& pool) {
   const int T = st.frames(), nx = st.nx(), ny = st.ny(), cxh = cx / 2 + 1;
   std::vector<int> gs, gz;
   make_groups(T, std::max(1, p.group_frames), gs, gz);
@@ -374,7 +374,7 @@ void local_motion(const FrameStore& st, const std::vector<double>& gx, const std
       });
       std::vector<const Grid<cfloat>*> pp;
       for (auto& q : PF) pp.push_back(&q);
-      AlignResult a = align_frames(pp, w * sx, h * sy, false, patch_ap, pool);
+      AlignResult a = align_frames(pp, w * sx, h * sy, false, patch_ap, pool, nullptr, &align);
       if (!a.converged)
         out.log += fmt::format("patch ({}, {}): not converged in {} iterations; used as it is\n", ix + 1, iy + 1,
                                a.iterations);
@@ -643,7 +643,7 @@ CorrectOutput correct_movie(const CorrectInput& in, const CorrectParams& p, Movi
   const bool weighted = local && p.contrast_window > 0 && T > 1;
   AlignParams first_ap = ap;
   if (weighted) first_ap.max_iterations = 1;
-  AlignResult g = align_frames(ptr, nx, ny, cx < nx, first_ap, pool);
+  AlignResult g = align_frames(ptr, nx, ny, cx < nx, first_ap, pool, nullptr, &ws.align);
   lap("global alignment");
   if (!weighted) {
     out.log += fmt::format("global alignment: {} iterations{}\n", g.iterations, g.converged ? "" : " (not converged)");
@@ -654,7 +654,7 @@ CorrectOutput correct_movie(const CorrectInput& in, const CorrectParams& p, Movi
     double mean = 0;
     for (size_t k = 0; k < w.size(); ++k) mean += w.data()[k];
     weight_crops(ws.crops, g, nx, ny, cx, cy, w, pool);
-    g = align_frames(ptr, nx, ny, cx < nx, ap, pool, &g);
+    g = align_frames(ptr, nx, ny, cx < nx, ap, pool, &g, &ws.align);
     out.log += fmt::format("global alignment with contrast weights (mean {:.3f}): {} iterations{}\n",
                            mean / double(w.size()), g.iterations, g.converged ? "" : " (not converged)");
     lap("weighted alignment");
@@ -678,7 +678,7 @@ CorrectOutput correct_movie(const CorrectInput& in, const CorrectParams& p, Movi
   }
   check_cancelled();
 
-  if (local) local_motion(st, g.sx, g.sy, cx, cy, p, ap, in.first, prescale, out, pool);
+  if (local) local_motion(st, g.sx, g.sy, cx, cy, p, ap, in.first, prescale, out, ws.align, pool);
   lap("patches");
 
   // Sums.

@@ -14,6 +14,7 @@
 #include "regula/io/movie.hpp"
 #include "regula/micrograph/dose.hpp"
 #include "regula/micrograph/frame_store.hpp"
+#include "regula/micrograph/motion_align.hpp"
 #include "regula/micrograph/motion_model.hpp"
 
 namespace regula {
@@ -69,6 +70,7 @@ struct MovieWorkspace {
   std::vector<Grid<cfloat>> crops;
   std::vector<float> edge_rows, edge_cols;
   DoseWeighting dose;
+  AlignBuffers align;
 };
 
 CorrectOutput correct_movie(const CorrectInput& in, const CorrectParams& p, MovieWorkspace& ws, ThreadPool& pool);
