@@ -520,17 +520,15 @@ size_t local_sums(const FrameStore& st, const std::vector<double>& gx, const std
   }
   if (weighted) *weighted = Grid<float>(nx, ny);
   if (plain) *plain = Grid<float>(nx, ny);
-  // Runs in batches of one per thread, each run's coefficients made by one thread (its sum, the
-  // prefilter, an inverse transform; 2D transforms are single-threaded), then the batch interpolated into
-  // the sums row by row, the rows over the threads and each row's runs in run order: the result does not
-  // depend on the number of threads. Memory: per thread a spectrum for each sum.
+  // Runs in batches of one per thread: each run's frames summed by all threads (rows), then each run's
+  // prefilter and inverse transform by one thread (2D transforms are single-threaded), then the batch
+  // interpolated into the sums row by row, the rows over the threads and each row's runs in run order:
+  // the result does not depend on the number of threads. Memory: per thread a spectrum for each sum.
   const size_t P = std::min(size_t(pool.size()), runs.size()), stride = size_t(2 * nxh);
   if (slot.size() < P) slot.resize(P);
   Grid<float>* totals[2] = {weighted, plain};
   for (size_t r0 = 0; r0 < runs.size(); r0 += P) {
     const size_t nb = std::min(P, runs.size() - r0);
-    // The runs' sums over all threads (rows; runs differ in length), then their prefilter and transform
-    // one run per thread.
     for (size_t b = 0; b < nb; ++b) {
       const auto [f0, f1] = runs[r0 + b];
       MovieWorkspace::RunSlot& sl = slot[b];
