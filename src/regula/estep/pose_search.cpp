@@ -145,7 +145,7 @@ double RotatableParticle::reference_density() const {
 }
 
 float RotatableParticle::ctf(double kx, double ky) const {
-  return optics_ ? optics_->predicted(float(optics_->ctf_value(kx, ky))) : 1.0f;
+  return optics_ ? optics_->predicted(optics_->ctf_value_float(kx, ky)) : 1.0f;
 }
 
 namespace {

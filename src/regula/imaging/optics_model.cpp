@@ -115,6 +115,11 @@ double ParticleOptics::ctf_value(double kx, double ky) const {
   return ctf_.value(f[0], f[1], gamma_offset_ ? group_->gamma_offset_at(f[0], f[1]) : 0.0);
 }
 
+float ParticleOptics::ctf_value_float(double kx, double ky) const {
+  const auto f = group_->frequency(kx, ky);
+  return ctf_.value_float(f[0], f[1], gamma_offset_ ? group_->gamma_offset_at(f[0], f[1]) : 0.0);
+}
+
 void ParticleOptics::evaluate_ctf(std::span<const float> kx, std::span<const float> ky, const float* gamma_offset,
                                   float* ctf) const {
   const bool go = gamma_offset_;

@@ -115,6 +115,8 @@ class ParticleOptics {
   // C(k) at image pixel k (Fourier px of the box): at f = M k / (n p), with the even
   // Zernikes; |C| for phase-flipped data (RELION's Fctf).
   double ctf_value(double kx, double ky) const;
+  // The same to float accuracy (Ctf::value_float: a cheaper sine), for the E-step's per-pixel tables.
+  float ctf_value_float(double kx, double ky) const;
   // The same over a pixel list, with the group's gamma offsets (null: computed here).
   void evaluate_ctf(std::span<const float> kx, std::span<const float> ky, const float* gamma_offset,
                     float* ctf) const;

@@ -629,7 +629,7 @@ void Job::load_resampled(size_t i, size_t p, Image& img, double nf, const Fourie
     }
     b.sums_weight[i * m + k] = float(reach_weight(kept, size_t(sh)));
     const auto [ikx, iky] = image_frequency(gs, px.kx[k], px.ky[k]);
-    b.ctf[i * m + k] = po.predicted(float(po.ctf_value(ikx, iky)));
+    b.ctf[i * m + k] = po.predicted(po.ctf_value_float(ikx, iky));
     b.ctf_max[i] = std::max(b.ctf_max[i], double(std::abs(b.ctf[i * m + k])));
   }
   b.premultiplied[i] = po.group().premultiplied;

@@ -344,7 +344,7 @@ void Job::estimate_accuracy() {
     std::vector<double> c2(m, 1.0), w(m);
     for (size_t q = 0; q < m; ++q) {
       if (ctf) {
-        const double c = ctf->predicted(float(ctf->ctf_value(px.kx[q], px.ky[q])));
+        const double c = ctf->predicted(ctf->ctf_value_float(px.kx[q], px.ky[q]));
         c2[q] = c * c;
       }
       const double s2 = st_.sigma2[size_t(h)][size_t(g)][size_t(px.shell[q])];
