@@ -698,24 +698,21 @@ Stats compute_stats(const float* data, size_t n) {
 void write(const std::string& path, const Grid<float>& data, const WriteOptions& opt) {
   check_write_options(opt, path);
   if (data.empty()) input_error("{}: refusing to write an empty image", path);
-  unsigned char raw[kHeaderBytes];
-  if (opt.mode == Mode::Float32 && std::endian::native == std::endian::little) {
-    // The values as they are, written from where they are (no copy: a micrograph is 16-64 MB).
-    fill_header(raw, data.nx(), data.ny(), data.nz(), opt, compute_stats(data.data(), data.size()));
-    AtomicFile f(path);
-    f.write(raw, kHeaderBytes);
-    f.write(data.data(), 4 * data.size());
-    f.commit();
-    return;
-  }
+  // Float32 on a little-endian machine: the values as they are, written from where they are (no copy:
+  // a micrograph is 16-64 MB); other modes through encode().
+  const bool as_is = opt.mode == Mode::Float32 && std::endian::native == std::endian::little;
   std::vector<unsigned char> bytes;
   std::vector<float> rounded;
-  warn_overflow(path, encode(data.data(), data.size(), opt.mode, bytes, rounded), opt.mode);
-  const Stats st = compute_stats(rounded.data(), rounded.size());
+  if (!as_is) warn_overflow(path, encode(data.data(), data.size(), opt.mode, bytes, rounded), opt.mode);
+  const Stats st = as_is ? compute_stats(data.data(), data.size()) : compute_stats(rounded.data(), rounded.size());
+  unsigned char raw[kHeaderBytes];
   fill_header(raw, data.nx(), data.ny(), data.nz(), opt, st);
   AtomicFile f(path);
   f.write(raw, kHeaderBytes);
-  f.write(bytes.data(), bytes.size());
+  if (as_is)
+    f.write(data.data(), 4 * data.size());
+  else
+    f.write(bytes.data(), bytes.size());
   f.commit();
 }
 

@@ -35,7 +35,7 @@ void phase_table(double t, int n, std::vector<double>& c, std::vector<double>& s
 }
 // The lattice of the correlations: columns kx[i] = i / nx, rows ky[j] = freq[j] / ny.
 struct Lattice {
-  int cxh = 0, ncol = 0;
+  int cxh = 0, ncol = 0, fmax = 0;  // fmax: the largest |freq| of the rows used
   double nx = 0, ny = 0;
   std::vector<int> rows, freq;  // the rows used and every row's frequency
   std::vector<float> kx, ky, mult;
@@ -61,9 +61,7 @@ Peak correlation_derivatives(const cfloat* X, const Lattice& L0, double ux, doub
     e0r[size_t(i)] = float(L0.mult[size_t(i)] * b.c[size_t(i)]);
     e0i[size_t(i)] = float(L0.mult[size_t(i)] * b.s[size_t(i)]);
   }
-  int fmax = 0;
-  for (const int j : L0.rows) fmax = std::max(fmax, std::abs(L0.freq[size_t(j)]));
-  phase_table(kTwoPi * uy / L0.ny, fmax + 1, b.cy, b.sy);
+  phase_table(kTwoPi * uy / L0.ny, L0.fmax + 1, b.cy, b.sy);
   double gx = 0, gy = 0, hxx = 0, hxy = 0, hyy = 0;
   const float* xk = kx.data();
   for (const int j : L0.rows) {
@@ -264,7 +262,10 @@ AlignResult align_frames(const std::vector<const Grid<cfloat>*>& spectra, double
         any = true;
         lat.ncol = std::max(lat.ncol, i + 1);
       }
-    if (any) lat.rows.push_back(j);
+    if (any) {
+      lat.rows.push_back(j);
+      lat.fmax = std::max(lat.fmax, std::abs(lat.freq[size_t(j)]));
+    }
   }
 
   // The weighted, shifted spectra and their sum.

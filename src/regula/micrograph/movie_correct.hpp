@@ -58,7 +58,8 @@ struct CorrectOutput {
   std::string log;                   // what happened, for ROOT.log
 };
 
-// Memory kept from one movie to the next (frames, crops, dose weights).
+// Memory kept from one movie to the next (frames, crops, dose weights, the local sums' and the
+// alignments' buffers).
 struct MovieWorkspace {
   // The local sums' buffers, one per thread: a run's spectrum for each sum (kept: fresh pages of this
   // size cost the kernel's zeroing at every movie).
