@@ -36,6 +36,7 @@
 #include "regula/io/mrc.hpp"
 #include "regula/io/star.hpp"
 #include "regula/jobs/class2d.hpp"
+#include "regula/jobs/class_selection.hpp"
 #include "regula/model/particles.hpp"
 #include "regula/sampling/healpix.hpp"
 
@@ -602,4 +603,30 @@ TEST(Class2D, CommandLineBadInputExitsWithOne) {
             0);
   EXPECT_TRUE(fs::exists(dir / "r_it001_data.star"));
   if (!std::getenv("C2D_KEEP")) fs::remove_all(dir);
+}
+
+// select --auto's image statistics see a box of more than 2 x kScreenBox pixels binned by box / kScreenBox
+// (centred): the statistics of a 200 px image (bin 3, the central 198 px) equal those of its 3 x 3 sums
+// (66 px, bin 1) at three times the pixel size, to float rounding. (tests/python/test_select_auto.py checks
+// the unbinned statistics against numpy.)
+TEST(SelectAuto, ImageStatisticsOfBinnedBoxes) {
+  std::mt19937_64 rng(17);
+  const int big = 200, small = 66;
+  Image a(big, big), s(small, small, 1, 0.0f);
+  for (int y = 0; y < big; ++y)
+    for (int x = 0; x < big; ++x)
+      a(x, y) = float(normal01(rng) + (x * 0.8 + y * 0.6 > 120 ? 1.5 : 0.0) +
+                      std::exp(-(std::hypot(x - 100, y - 100) / 30.0)));
+  for (int y = 0; y < 3 * small; ++y)
+    for (int x = 0; x < 3 * small; ++x) s(x / 3, y / 3) += a(x + 1, y + 1);
+  const ImageScreenStatistics sb(big, 1.0, 150.0), ss(small, 3.0, 150.0);
+  ASSERT_EQ(sb.band_size(), ss.band_size());
+  ASSERT_GT(sb.band_size(), 3);
+  ImageScreenStatistics::Work w;
+  std::vector<float> pb(size_t(sb.band_size())), ps(size_t(ss.band_size()));
+  const double zb = sb(a, w, pb.data()), zs = ss(s, w, ps.data());
+  EXPECT_GT(zs, 5.0);  // the step is found
+  EXPECT_NEAR(zb, zs, 1e-4 * zs);
+  for (size_t k = 0; k < pb.size(); ++k) EXPECT_NEAR(pb[k], ps[k], 1e-4 * ps[k]) << "shell " << k;
+  EXPECT_THROW(sb(s, w, pb.data()), InputError);  // an image of another size
 }

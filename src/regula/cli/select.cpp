@@ -32,10 +32,15 @@ void add_select(CLI::App& app) {
       ->needs(automatic);
   s->add_option("--auto_particle_sd", opt->auto_particle_sd,
                 "--auto: then reject a particle of a kept class whose _regulaSignalZ is below, or rlnNormCorrection "
-                "above, its class's median by more than this many robust SDs (empty ice, neighbours, edges among "
-                "the particles); 0: classes only")
+                "or step statistic above, its class's median by more than this many robust SDs, or whose "
+                "_regulaSignalZ is below this value (empty ice, neighbours, carbon edges among the particles); "
+                "0: classes only")
       ->capture_default_str()
       ->needs(automatic);
+  s->add_flag("--auto_no_image_tests", opt->auto_no_image_tests,
+              "--auto: no step and band power tests (carbon edges, neighbours; they read the particle images)")
+      ->needs(automatic);
+  s->add_option("--j", opt->threads, "Threads (results do not depend on it)")->capture_default_str();
   s->add_option("--particle_diameter", opt->particle_diameter,
                 "--auto: particle diameter, Å (default: the classification's, from its optimiser.star)")
       ->needs(automatic);

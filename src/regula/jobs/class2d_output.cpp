@@ -420,9 +420,10 @@ std::string SelectOptions::validate() const {
   if (automatic) return auto_options().validate();
   const AutoSelectOptions d;
   if (auto_min_contrast != d.min_contrast || auto_max_contrast != d.max_contrast || auto_max_edge != d.max_edge ||
-      auto_particle_sd != d.particle_sd || particle_diameter != 0)
-    return "--auto_min_contrast, --auto_max_contrast, --auto_max_edge, --auto_particle_sd and --particle_diameter "
-           "need --auto";
+      auto_particle_sd != d.particle_sd || particle_diameter != 0 || auto_no_image_tests)
+    return "--auto_min_contrast, --auto_max_contrast, --auto_max_edge, --auto_particle_sd, --auto_no_image_tests and "
+           "--particle_diameter need --auto";
+  if (threads < 1) return fmt::format("--j: must be at least 1 (got {})", threads);
   for (int c : classes)
     if (c < 1) return fmt::format("--classes: class numbers start at 1 (got {})", c);
   return "";
@@ -436,7 +437,12 @@ size_t select_classes(const SelectOptions& opt) {
   std::vector<size_t> keep;
   if (opt.automatic) {
     std::vector<ClassScore> scores = score_classes(opt.input, t, opt.auto_options());
-    keep = screen_particles(opt.input, t, scores, opt.auto_options());
+    ScreenResult screen = screen_particles(opt.input, t, scores, opt.auto_options());
+    keep = std::move(screen.keep);
+    if (!screen.step.empty()) {  // the image tests' statistics, for the user to see (and sort by)
+      t.particles_block().set_column("regulaStepZ", screen.step);
+      t.particles_block().set_column("regulaBandPower", screen.band_power);
+    }
     spdlog::info("select --auto: class, particles, contrast / median, edge ratio, kept, particles screened out");
     for (const auto& s : scores)
       if (s.particles > 0)

@@ -5,11 +5,15 @@
 #include <filesystem>
 #include <limits>
 #include <map>
+#include <memory>
+#include <tuple>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "regula/core/error.hpp"
+#include "regula/core/fft.hpp"
+#include "regula/core/parallel.hpp"
 #include "regula/core/stats.hpp"
 #include "regula/io/mrc.hpp"
 #include "regula/io/star.hpp"
@@ -27,6 +31,7 @@ std::string AutoSelectOptions::validate() const {
     return fmt::format("--auto_particle_sd {}: must be 0 (no screen) or positive", particle_sd);
   if (!(particle_diameter >= 0) || !std::isfinite(particle_diameter))
     return fmt::format("--particle_diameter {}: must be positive (Å)", particle_diameter);
+  if (threads < 1) return fmt::format("--j: must be at least 1 (got {})", threads);
   return "";
 }
 
@@ -64,6 +69,19 @@ Image read_class_image(std::string_view name, const star::Table& t, size_t row, 
   return reader.read(int(ref.index - 1));
 }
 
+// --particle_diameter, else the classification's (rlnParticleDiameter of its optimiser file), Å.
+double particle_diameter(const std::string& data_star, const AutoSelectOptions& opt) {
+  if (opt.particle_diameter > 0) return opt.particle_diameter;
+  const std::string opt_path = iteration_root(data_star) + "_optimiser.star";
+  const star::Document o = read_beside(data_star, opt_path, "optimiser.star (or give --particle_diameter)");
+  const star::Block& og = o.require("optimiser_general");
+  const double diameter = og.number(0, og.require_column("rlnParticleDiameter"));
+  if (!(diameter > 0))
+    input_error("{}: rlnParticleDiameter {} (the classification used the whole box): give --particle_diameter",
+                opt_path, diameter);
+  return diameter;
+}
+
 // Contrast and edge ratio of one class average (see the header).
 void measure(const Image& a, double radius_px, ClassScore& s) {
   const int n = a.nx();
@@ -91,6 +109,91 @@ void measure(const Image& a, double radius_px, ClassScore& s) {
 
 }  // namespace
 
+ImageScreenStatistics::ImageScreenStatistics(int box, double pixel, double diameter, int directions) : box_(box) {
+  if (box < 8 || directions < 1) throw InputError(fmt::format("image statistics: box {} too small", box));
+  bin_ = std::max(1, box / kScreenBox);
+  n_ = box / bin_;
+  const double c = n_ / 2.0, radius = n_ / 2.0 - 1;
+  for (int y = 0; y < n_; ++y)
+    for (int x = 0; x < n_; ++x)
+      if (std::hypot(x - c, y - c) < radius) disc_.push_back(y * n_ + x);
+  nbins_ = 2 * int(std::ceil(radius)) + 3;
+  const int half = nbins_ / 2;
+  for (int k = 0; k < directions; ++k) {
+    const double a = M_PI * k / directions, ca = std::cos(a), sa = std::sin(a);
+    std::vector<uint16_t> b;
+    std::vector<double> count(size_t(nbins_), 0.0);
+    for (int p : disc_) {
+      const int t = int(std::lround((p % n_ - c) * ca + (p / n_ - c) * sa)) + half;
+      b.push_back(uint16_t(t));
+      count[size_t(t)] += 1;
+    }
+    bins_.push_back(std::move(b));
+    counts_.push_back(std::move(count));
+  }
+  // Shells of the binned image's transform (frequency k / (n_ bin_ pixel)) from 2 / diameter to 10 / diameter.
+  const double side = n_ * bin_ * pixel;
+  band_lo_ = std::max(1, int(std::ceil(2 * side / diameter)));
+  band_hi_ = std::min(n_ / 2, int(std::floor(10 * side / diameter)));
+  if (band_hi_ < band_lo_) band_hi_ = band_lo_ - 1;  // no band (a particle larger than the box's 1/2 .. 1/10)
+}
+
+double ImageScreenStatistics::operator()(const Image& image, Work& w, float* power) const {
+  if (image.nx() != box_ || image.ny() != box_)
+    throw InputError(fmt::format("image statistics: image of {}x{} px, expected {}", image.nx(), image.ny(), box_));
+  // Binned bin_ x bin_ (the statistics see about kScreenBox pixels across whatever the box), centred region.
+  const int off = (box_ - n_ * bin_) / 2;
+  if (w.binned.nx() != n_) w.binned = Image(n_, n_);
+  std::fill(w.binned.begin(), w.binned.end(), 0.0f);
+  float* v = w.binned.data();
+  for (int y = 0; y < n_ * bin_; ++y)
+    for (int x = 0; x < n_ * bin_; ++x) v[size_t(y / bin_) * size_t(n_) + size_t(x / bin_)] += image(x + off, y + off);
+  // The band's shell powers, |F|^2 averaged over the shell (whole binned box).
+  if (band_size() > 0) {
+    fft_forward(w.binned, w.F);
+    std::vector<double> sum(size_t(band_size()), 0.0), cnt(size_t(band_size()), 0.0);
+    for (int y = 0; y < n_; ++y)
+      for (int x = 0; x <= n_ / 2; ++x) {
+        const int r = int(std::lround(std::hypot(double(x), double(fft_freq(y, n_)))));
+        if (r < band_lo_ || r > band_hi_) continue;
+        sum[size_t(r - band_lo_)] += std::norm(w.F(x, y));
+        cnt[size_t(r - band_lo_)] += 1;
+      }
+    for (int k = 0; k < band_size(); ++k) power[k] = float(sum[size_t(k)] / cnt[size_t(k)]);
+  }
+  // The step statistic inside the disc.
+  double mean = 0;
+  for (int p : disc_) mean += v[p];
+  mean /= double(disc_.size());
+  double var = 0;
+  for (int p : disc_) var += (v[p] - mean) * (v[p] - mean);
+  const double sd = std::sqrt(var / double(disc_.size()));
+  if (!(sd > 0)) return 0.0;
+  w.profile.resize(size_t(nbins_));
+  double* prof = w.profile.data();
+  double best = 0;
+  for (size_t k = 0; k < bins_.size(); ++k) {
+    std::fill(prof, prof + nbins_, 0.0);
+    for (size_t j = 0; j < disc_.size(); ++j) prof[bins_[k][j]] += v[disc_[j]] - mean;
+    // Bins of more than 4 pixels; splits with at least 4 bins on the left and 3 on the right.
+    double total = 0, ntotal = 0;
+    int used = 0;
+    for (int b = 0; b < nbins_; ++b)
+      if (counts_[k][size_t(b)] > 4) total += prof[b], ntotal += counts_[k][size_t(b)], ++used;
+    double left = 0, nleft = 0;
+    int seen = 0;
+    for (int b = 0; b < nbins_; ++b) {
+      if (!(counts_[k][size_t(b)] > 4)) continue;
+      left += prof[b], nleft += counts_[k][size_t(b)], ++seen;
+      if (seen < 4 || seen > used - 3) continue;
+      const double nright = ntotal - nleft;
+      const double z = std::abs(left / nleft - (total - left) / nright) / (sd * std::sqrt(1 / nleft + 1 / nright));
+      best = std::max(best, z);
+    }
+  }
+  return best;
+}
+
 std::vector<ClassScore> score_classes(const std::string& data_star, const ParticleTable& table,
                                       const AutoSelectOptions& opt) {
   const std::string msg = opt.validate();
@@ -102,16 +205,7 @@ std::vector<ClassScore> score_classes(const std::string& data_star, const Partic
   const int cpx = general.require_column("rlnPixelSize");
   const double pixel = general.number(0, cpx);
   if (!(pixel > 0)) input_error("{}: rlnPixelSize {} is not a pixel size", model_path, pixel);
-  double diameter = opt.particle_diameter;
-  if (diameter <= 0) {
-    const std::string opt_path = root + "_optimiser.star";
-    const star::Document o = read_beside(data_star, opt_path, "optimiser.star (or give --particle_diameter)");
-    const star::Block& og = o.require("optimiser_general");
-    diameter = og.number(0, og.require_column("rlnParticleDiameter"));
-    if (!(diameter > 0))
-      input_error("{}: rlnParticleDiameter {} (the classification used the whole box): give --particle_diameter",
-                  opt_path, diameter);
-  }
+  const double diameter = particle_diameter(data_star, opt);
   const star::Block& classes = model.require("model_classes");
   const int cref = classes.require_column("rlnReferenceImage");
   std::map<int, long> count;
@@ -153,8 +247,115 @@ std::vector<ClassScore> score_classes(const std::string& data_star, const Partic
   return out;
 }
 
-std::vector<size_t> screen_particles(const std::string& data_star, const ParticleTable& table,
-                                     std::vector<ClassScore>& scores, const AutoSelectOptions& opt) {
+namespace {
+
+// Micrographs with fewer images than this share their optics group's reference spectrum.
+constexpr long kMinMicrographImages = 10;
+
+// Per particle of `table`: the step statistic, and the band power (ImageScreenStatistics) as the mean over
+// the band's shells of log(power / the median power of the particle's micrograph, all its images in the
+// table); 0 where the band is empty. Images read in batches, the statistics computed over the threads
+// (each value depends only on its image and its micrograph's images).
+std::pair<std::vector<double>, std::vector<double>> image_statistics(const ParticleTable& table, double diameter,
+                                                                     int threads) {
+  const size_t N = table.size();
+  std::vector<double> step(N, 0.0), power(N, 0.0);
+  std::vector<std::unique_ptr<ImageScreenStatistics>> stat(table.optics.size());
+  std::vector<int> band(table.optics.size(), 0);
+  ParticleImages images(table);
+  ThreadPool pool(threads);
+  std::vector<ImageScreenStatistics::Work> work(size_t(pool.size()));
+  std::vector<std::vector<float>> shells(table.optics.size());  // per optics group, band_size per particle
+  std::vector<size_t> slot(N);                                   // the particle's row in its group's shells
+  std::vector<size_t> rows(table.optics.size(), 0);
+  for (size_t i = 0; i < N; ++i) slot[i] = rows[size_t(table.optics_index[i])]++;
+  constexpr size_t kBatch = 256;
+  std::vector<Image> batch;
+  for (size_t b = 0; b < N; b += kBatch) {
+    const size_t e = std::min(N, b + kBatch);
+    batch.clear();
+    for (size_t i = b; i < e; ++i) {
+      try {
+        batch.push_back(images.read(i));
+      } catch (const InputError& e) {
+        throw InputError(std::string(e.what()) + " (select --auto's particle screen reads the images: "
+                                                 "--auto_no_image_tests skips its image tests)");
+      }
+      const Image& a = batch.back();
+      const size_t g = size_t(table.optics_index[i]);
+      if (a.nx() != a.ny())
+        input_error("{}: image of {}x{} px: the particle screen needs square images", table.where(i), a.nx(), a.ny());
+      if (!stat[g]) {
+        const double pixel = table.optics[g].pixel_size;
+        if (!(pixel > 0))
+          input_error("{}: optics group {} has no pixel size: the particle screen needs one (or --auto_no_image_tests)",
+                      table.where(i), table.optics[g].number);
+        stat[g] = std::make_unique<ImageScreenStatistics>(a.nx(), pixel, diameter);
+        band[g] = stat[g]->band_size();
+        shells[g].assign(rows[g] * size_t(std::max(0, band[g])), 0.0f);
+        if (band[g] <= 0)
+          spdlog::info("select --auto: optics group {}: the box holds no shell between 2 and 10 / diameter: no power "
+                       "test of its particles", table.optics[g].number);
+      }
+    }
+    pool.parallel_for(b, e, [&](size_t i, int t) {
+      const size_t g = size_t(table.optics_index[i]);
+      float* out = band[g] > 0 ? shells[g].data() + slot[i] * size_t(band[g]) : nullptr;
+      step[i] = (*stat[g])(batch[i - b], work[size_t(t)], out);
+    });
+  }
+  // The reference spectrum of each micrograph (of each optics group), the band power of each particle.
+  std::map<std::pair<int, uint32_t>, std::vector<size_t>> mics;
+  for (size_t i = 0; i < N; ++i)
+    mics[{table.optics_index[i], table.micrograph.empty() ? 0u : table.micrograph[i]}].push_back(i);
+  std::map<int, std::vector<size_t>> small;  // per optics group, the images of small micrographs
+  std::vector<std::vector<size_t>> refs;
+  for (auto& [key, idx] : mics) {
+    if (long(idx.size()) >= kMinMicrographImages) refs.push_back(std::move(idx));
+    else small[key.first].insert(small[key.first].end(), idx.begin(), idx.end());
+  }
+  for (auto& [g, idx] : small) refs.push_back(std::move(idx));
+  for (const auto& idx : refs) {
+    const size_t g = size_t(table.optics_index[idx[0]]);
+    const int nb = band[g];
+    if (nb <= 0) continue;
+    std::vector<double> ref(static_cast<size_t>(nb));
+    std::vector<double> v(idx.size());
+    for (int k = 0; k < nb; ++k) {
+      for (size_t j = 0; j < idx.size(); ++j) v[j] = shells[g][slot[idx[j]] * size_t(nb) + size_t(k)];
+      ref[size_t(k)] = median(v);
+    }
+    for (size_t i : idx) {
+      double sum = 0;
+      for (int k = 0; k < nb; ++k) {
+        const double p = shells[g][slot[i] * size_t(nb) + size_t(k)];
+        sum += ref[size_t(k)] > 0 && p > 0 ? std::log(p / ref[size_t(k)]) : 0.0;
+      }
+      power[i] = sum / nb;
+    }
+  }
+  return {std::move(step), std::move(power)};
+}
+
+// Each screened particle's deviation from its class's median of `value`, and the robust spread of the
+// deviations over all screened particles.
+std::pair<std::vector<double>, double> class_deviations(const std::vector<double>& value,
+                                                        const std::vector<std::vector<size_t>>& screened) {
+  std::vector<double> dev(value.size(), 0.0), all;
+  for (const auto& idx : screened) {
+    std::vector<double> v;
+    for (size_t i : idx) v.push_back(value[i]);
+    const double m = median(v);
+    for (size_t i : idx) dev[i] = value[i] - m, all.push_back(value[i] - m);
+  }
+  const double spread = all.empty() ? 0.0 : median_spread(all).second;
+  return {std::move(dev), spread};
+}
+
+}  // namespace
+
+ScreenResult screen_particles(const std::string& data_star, const ParticleTable& table,
+                              std::vector<ClassScore>& scores, const AutoSelectOptions& opt) {
   const star::Block& pb = table.particles_block();
   const int cz = pb.column("regulaSignalZ"), cn = pb.column("rlnNormCorrection");
   std::vector<std::vector<size_t>> members(scores.size());
@@ -166,28 +367,59 @@ std::vector<size_t> screen_particles(const std::string& data_star, const Particl
   if (screen && cz < 0)
     spdlog::info("select --auto: {} has no _regulaSignalZ (not Regula's class2d): no signal test of particles",
                  data_star);
-  if (screen && cn < 0)
+
+  // The image tests: the step statistic and the band power of every particle (the band power's reference
+  // is the median of the particle's micrograph), each compared with its class's median against the robust
+  // spread of those deviations over all screened particles.
+  std::vector<std::vector<size_t>> screened;
+  for (const auto& idx : members)
+    if (screen && long(idx.size()) >= kScreenMinParticles) screened.push_back(idx);
+  ScreenResult result;
+  std::vector<double> step_dev, power_dev;
+  double step_spread = 0, power_spread = 0;
+  const bool image_tests = screen && opt.image_tests && !screened.empty();
+  if (image_tests) {
+    std::tie(result.step, result.band_power) = image_statistics(table, particle_diameter(data_star, opt), opt.threads);
+    std::tie(step_dev, step_spread) = class_deviations(result.step, screened);
+    std::tie(power_dev, power_spread) = class_deviations(result.band_power, screened);
+    spdlog::info("select --auto: image tests of {} particles: robust spread of the deviations from the class "
+                 "medians {:.3f} (step statistic), {:.4f} (band power)",
+                 table.size(), step_spread, power_spread);
+  }
+  // The residual test only without the image tests: the band power measures the same excess against the
+  // particle's own micrograph (the norm correction varies more between micrographs and loses particles).
+  const int cnorm = image_tests ? -1 : cn;
+  if (screen && !image_tests && cn < 0)
     spdlog::info("select --auto: {} has no _rlnNormCorrection: no residual test of particles", data_star);
-  std::vector<size_t> keep;
+  std::vector<size_t>& keep = result.keep;
   std::vector<char> out(table.size(), 0);
   for (size_t k = 0; k < scores.size(); ++k) {
     const std::vector<size_t>& idx = members[k];
-    if (screen && long(idx.size()) >= kScreenMinParticles)
-      for (const auto& [col, sign] : {std::pair{cz, -1.0}, std::pair{cn, 1.0}}) {
+    if (screen && long(idx.size()) >= kScreenMinParticles) {
+      for (const auto& [col, sign] : {std::pair{cz, -1.0}, std::pair{cnorm, 1.0}}) {
         if (col < 0) continue;
         std::vector<double> v;
         for (size_t i : idx) v.push_back(pb.number(i, col));
         const auto [m, d] = median_spread(v);
+        // The signal z is itself a z-score of the class in the image: below particle_sd, the image does not
+        // show its class at that significance, however wide the class's own spread.
+        const double bound = sign < 0 ? std::max(m - opt.particle_sd * d, opt.particle_sd) : m + opt.particle_sd * d;
         for (size_t j = 0; j < idx.size(); ++j)
-          if (sign * (v[j] - m) > opt.particle_sd * d) out[idx[j]] = 1;
+          if (sign * (v[j] - bound) > 0) out[idx[j]] = 1;
       }
+      if (image_tests)
+        for (size_t i : idx)
+          if ((step_spread > 0 && step_dev[i] > opt.particle_sd * step_spread) ||
+              (power_spread > 0 && power_dev[i] > opt.particle_sd * power_spread))
+            out[i] = 1;
+    }
     for (size_t i : idx) {
       if (out[i]) scores[k].screened_out += 1;
       else keep.push_back(i);
     }
   }
   std::sort(keep.begin(), keep.end());
-  return keep;
+  return result;
 }
 
 void write_class_scores(const std::string& path, const std::vector<ClassScore>& scores) {
