@@ -66,6 +66,9 @@ void sum_frames(const FrameStore& store, int f0, int f1, const std::vector<doubl
     }
     float* ow = weighted ? reinterpret_cast<float*>(weighted + size_t(j) * size_t(nxh)) : nullptr;
     float* op = plain ? reinterpret_cast<float*>(plain + size_t(j) * size_t(nxh)) : nullptr;
+    // The row starts at zero here, where it is about to be summed into (in cache), not in a pass of its own.
+    if (ow) std::fill(ow, ow + 2 * size_t(nxh), 0.0f);
+    if (op) std::fill(op, op + 2 * size_t(nxh), 0.0f);
     const int ky = fft_freq(j, ny);
     for (int f = f0; f < f1; ++f) {
       const double a = -kTwoPi * ky * sy[size_t(f)] / ny;

@@ -10,8 +10,9 @@
 namespace regula {
 
 // For the half-complex spectra of frames [f0, f1) of `store` ((nx/2+1) x ny each, transformed):
-//   weighted[k] += sum_f F_f(k) exp(-2 pi i (kx sx_f / nx + ky sy_f / ny)) w_f(k)
-//   plain[k]    += the same without w_f
+//   weighted[k] = sum_f F_f(k) exp(-2 pi i (kx sx_f / nx + ky sy_f / ny)) w_f(k)
+//   plain[k]    = the same without w_f
+// (written, not added to: the outputs need no zeroing)
 // (content moved by (+sx_f, +sy_f) pixels; sx, sy indexed by frame). `dose` (the weights of all the
 // frames of the store, frame f of the store being frame f of the weighting) may be null when
 // `weighted` is; either output may be null. Rows in parallel; deterministic.

@@ -276,7 +276,10 @@ AlignResult align_frames(const std::vector<const Grid<cfloat>*>& spectra, double
   if (G.size() < T) G.resize(T);
   for (size_t f = 0; f < T; ++f) G[f].resize(nk);
   S.resize(nk);
-  std::vector<AlignedArray<cfloat>> X(static_cast<size_t>(pool.size())), CC(static_cast<size_t>(pool.size()));
+  std::vector<AlignedArray<cfloat>>& X = buf.x;
+  std::vector<AlignedArray<cfloat>>& CC = buf.cc;
+  if (X.size() < size_t(pool.size())) X.resize(size_t(pool.size()));
+  if (CC.size() < size_t(pool.size())) CC.resize(size_t(pool.size()));
   std::vector<double> tx(T), ty(T);
   for (int it = 1; it <= p.max_iterations; ++it) {
     // Weighted spectra moved by the current shifts, and their sum (frames added in order).

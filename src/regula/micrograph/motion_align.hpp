@@ -70,6 +70,7 @@ void remove_smooth_component(cfloat* crop, int cx, int cy, int nx, int ny, const
 struct AlignBuffers {
   std::vector<AlignedArray<cfloat>> g;
   AlignedArray<cfloat> s;
+  std::vector<AlignedArray<cfloat>> x, cc;  // per thread: a frame's cross-spectrum, its correlation
 };
 
 // `spectra`: (cx/2+1) x cy half-complex grids, coefficient (i, j) at frequency (i / width,

@@ -160,7 +160,6 @@ Grid<float> power_spectrum(const FrameStore& st, double angpix, int grouping, in
   Grid<float> amp(nxh, ny);
   AlignedArray<cfloat> group(size_t(nxh) * size_t(ny));
   for (int f0 = 0; f0 < T; f0 += grouping) {
-    std::fill(group.data(), group.data() + group.size(), cfloat(0));
     sum_frames(st, f0, std::min(T, f0 + grouping), sx, sy, nullptr, nullptr, group.data(), pool);
     pool.parallel_for(0, size_t(ny), [&](size_t j, int) {
       float* a = amp.data() + j * size_t(nxh);
@@ -533,13 +532,7 @@ size_t local_sums(const FrameStore& st, const std::vector<double>& gx, const std
       const auto [f0, f1] = runs[r0 + b];
       MovieWorkspace::RunSlot& sl = slot[b];
       for (int w = 0; w < 2; ++w)
-        if (totals[w]) {
-          sl.spec[w].resize(size_t(nxh) * size_t(ny));
-          cfloat* d = sl.spec[w].data();
-          pool.parallel_for(0, size_t(ny), [&](size_t j, int) {
-            std::fill(d + j * size_t(nxh), d + (j + 1) * size_t(nxh), cfloat(0));
-          }, 16);
-        }
+        if (totals[w]) sl.spec[w].resize(size_t(nxh) * size_t(ny));
       sum_frames(st, f0, f1, gx, gy, dose, weighted ? sl.spec[0].data() : nullptr,
                  plain ? sl.spec[1].data() : nullptr, pool);
     }
@@ -702,14 +695,8 @@ CorrectOutput correct_movie(const CorrectInput& in, const CorrectParams& p, Movi
   } else {
     AlignedArray<cfloat> sw, sp;
     const size_t n = size_t(st.nxh()) * size_t(ny);
-    if (dose) {
-      sw.resize(n);
-      std::fill(sw.data(), sw.data() + n, cfloat(0));
-    }
-    if (want_plain) {
-      sp.resize(n);
-      std::fill(sp.data(), sp.data() + n, cfloat(0));
-    }
+    if (dose) sw.resize(n);
+    if (want_plain) sp.resize(n);
     sum_frames(st, 0, T, g.sx, g.sy, dose, dose ? sw.data() : nullptr, want_plain ? sp.data() : nullptr, pool);
     if (dose) out.sum = to_image(sw, nx, ny);
     if (want_plain) (dose ? out.sum_noDW : out.sum) = to_image(sp, nx, ny);
