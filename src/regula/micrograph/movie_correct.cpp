@@ -301,19 +301,24 @@ void weight_crops(std::vector<Grid<cfloat>>& crops, const AlignResult& g, int nx
 // crop: the frames' information above the crop's frequency is weighted away by the B-factor).
 void local_motion(const FrameStore& st, const std::vector<double>& gx, const std::vector<double>& gy, int cx, int cy,
                   const CorrectParams& p, const AlignParams& ap, int first_frame, double prescale, CorrectOutput& out,
-                  AlignBuffers& align, ThreadPool& pool) {
+                  MovieWorkspace& ws, ThreadPool& pool) {
+  AlignBuffers& align = ws.align;
   const int T = st.frames(), nx = st.nx(), ny = st.ny(), cxh = cx / 2 + 1;
   std::vector<int> gs, gz;
   make_groups(T, std::max(1, p.group_frames), gs, gz);
   const int ng = int(gs.size());
   if (ng < 3) input_error("too few frames ({}) for groups of {}: at least 3 groups are needed", T, p.group_frames);
   // Group sums, globally aligned, as images binned to cx x cy.
-  std::vector<AlignedArray<cfloat>> groups(static_cast<size_t>(ng));
-  pool.parallel_for(0, size_t(ng), [&](size_t g, int) {
+  std::vector<AlignedArray<cfloat>>& groups = ws.groups;
+  if (groups.size() < size_t(ng)) groups.resize(size_t(ng));
+  if (ws.group_crops.size() < size_t(pool.size())) ws.group_crops.resize(size_t(pool.size()));
+  pool.parallel_for(0, size_t(ng), [&](size_t g, int thread) {
     AlignedArray<cfloat>& a = groups[g];
     a.resize(size_t(cxh) * size_t(cy));
     std::fill(a.data(), a.data() + a.size(), cfloat(0));
-    std::vector<cfloat> c(size_t(cxh) * size_t(cy)), px(static_cast<size_t>(cxh));
+    AlignedArray<cfloat>& c = ws.group_crops[size_t(thread)];
+    c.resize(size_t(cxh) * size_t(cy));
+    std::vector<cfloat> px(static_cast<size_t>(cxh));
     for (int f = gs[g]; f < gs[g] + gz[g]; ++f) {
       crop_spectrum(st.spectrum(f), nx, ny, cx, cy, c.data());
       for (int i = 0; i < cxh; ++i) {
@@ -669,7 +674,7 @@ CorrectOutput correct_movie(const CorrectInput& in, const CorrectParams& p, Movi
   }
   check_cancelled();
 
-  if (local) local_motion(st, g.sx, g.sy, cx, cy, p, ap, in.first, prescale, out, ws.align, pool);
+  if (local) local_motion(st, g.sx, g.sy, cx, cy, p, ap, in.first, prescale, out, ws, pool);
   lap("patches");
 
   // Sums.

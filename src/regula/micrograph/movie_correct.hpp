@@ -69,6 +69,7 @@ struct MovieWorkspace {
   std::vector<RunSlot> run_slots;
   FrameStore store;
   std::vector<Grid<cfloat>> crops;
+  std::vector<AlignedArray<cfloat>> groups, group_crops;  // local motion: group sums; per thread a frame's crop
   std::vector<float> edge_rows, edge_cols;
   DoseWeighting dose;
   AlignBuffers align;
