@@ -72,7 +72,7 @@ def main():
         s["all junk"] = float(gone[kind != 0].mean())
         res["select --auto"] = s
     for sel, s in res.items():
-        print(f"{a.label} {sel}: " + ", ".join(f"{k} {v:.2f}" for k, v in s.items()))
+        print(f"{a.label} {sel}: " + ", ".join(f"{k} {v:.3f}" for k, v in s.items()))
 
 
 if __name__ == "__main__":
