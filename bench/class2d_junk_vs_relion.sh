@@ -8,7 +8,7 @@
 # Sets: the 70S map at 4 Å/px (seeds 1 and 3) and beta-galactosidase from ../shared/data (seed 2, skipped
 # when absent); 1,500 images of 64 px, 30 micrographs, noise spread 3, SNR 0.05, defocus 0.8-2.5 µm.
 # Prints bench/junk_selection.py's shares per kind of junk (junk-majority classes, a resolution rule and
-# `regula select --auto`, on Regula's and RELION's classes) and the wall times.
+# `regula select --auto`, with and without --auto_step, on Regula's and RELION's classes) and the wall times.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"
@@ -33,6 +33,9 @@ for s in "${sets[@]}"; do
   "$regula" --quiet select --i "$d/regula/run_it020_data.star" --o "$d/regula/selected.star" --auto
   /usr/bin/python3 "$here/junk_selection.py" "$d/data/truth.star" "$d/regula/run_it020_data.star" \
     "$d/regula/run_it020_model.star" --label "$name regula" --selected "$d/regula/selected.star"
+  "$regula" --quiet select --i "$d/regula/run_it020_data.star" --o "$d/regula/selected_step.star" --auto --auto_step
+  /usr/bin/python3 "$here/junk_selection.py" "$d/data/truth.star" "$d/regula/run_it020_data.star" \
+    --label "$name regula --auto_step" --selected "$d/regula/selected_step.star" | grep "select --auto"
   if [ "${RUN_RELION:-0}" = "1" ]; then
     rm -rf "$d/relion" && mkdir -p "$d/relion"
     t0=$(date +%s.%N)
@@ -42,5 +45,8 @@ for s in "${sets[@]}"; do
     "$regula" --quiet select --i "$d/relion/run_it020_data.star" --o "$d/relion/selected.star" --auto
     /usr/bin/python3 "$here/junk_selection.py" "$d/data/truth.star" "$d/relion/run_it020_data.star" \
       "$d/relion/run_it020_model.star" --label "$name relion" --selected "$d/relion/selected.star"
+    "$regula" --quiet select --i "$d/relion/run_it020_data.star" --o "$d/relion/selected_step.star" --auto --auto_step
+    /usr/bin/python3 "$here/junk_selection.py" "$d/data/truth.star" "$d/relion/run_it020_data.star" \
+      --label "$name relion --auto_step" --selected "$d/relion/selected_step.star" | grep "select --auto"
   fi
 done

@@ -287,7 +287,7 @@ void bind_jobs(py::module_& m) {
       {REGULA_FIELD(L, input), REGULA_FIELD(L, output), REGULA_FIELD(L, classes), REGULA_FIELD(L, min_count),
        REGULA_FIELD(L, automatic), REGULA_FIELD(L, auto_min_contrast), REGULA_FIELD(L, auto_max_contrast),
        REGULA_FIELD(L, auto_max_edge), REGULA_FIELD(L, auto_particle_sd), REGULA_FIELD(L, particle_diameter),
-       REGULA_FIELD(L, auto_no_image_tests), REGULA_FIELD(L, threads)},
+       REGULA_FIELD(L, auto_no_image_tests), REGULA_FIELD(L, auto_step), REGULA_FIELD(L, threads)},
       [](const L& o) { return select_classes(o); },
       [](const L& o, size_t count) {
         py::dict d;

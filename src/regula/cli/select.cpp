@@ -31,14 +31,19 @@ void add_select(CLI::App& app) {
       ->capture_default_str()
       ->needs(automatic);
   s->add_option("--auto_particle_sd", opt->auto_particle_sd,
-                "--auto: then reject a particle of a kept class whose _regulaSignalZ is below, or rlnNormCorrection "
-                "or step statistic above, its class's median by more than this many robust SDs, or whose "
-                "_regulaSignalZ is below this value (empty ice, neighbours, carbon edges among the particles); "
-                "0: classes only")
+                "--auto: then reject a particle of a kept class whose _regulaSignalZ is below, or band power "
+                "(--auto_step: or step statistic) above, its class's median by more than this many robust SDs, or "
+                "whose _regulaSignalZ is below this value (empty ice, aggregates, neighbours among the "
+                "particles); 0: classes only")
       ->capture_default_str()
       ->needs(automatic);
   s->add_flag("--auto_no_image_tests", opt->auto_no_image_tests,
-              "--auto: no step and band power tests (carbon edges, neighbours; they read the particle images)")
+              "--auto: no band power test (aggregates, neighbours; it reads the particle images): the norm "
+              "correction's instead")
+      ->needs(automatic);
+  s->add_flag("--auto_step", opt->auto_step,
+              "--auto: also reject particles whose step statistic stands out from their class mates' (carbon "
+              "edges; on crowded micrographs it also flags particles with a neighbour at the rim)")
       ->needs(automatic);
   s->add_option("--j", opt->threads, "Threads (results do not depend on it)")->capture_default_str();
   s->add_option("--particle_diameter", opt->particle_diameter,

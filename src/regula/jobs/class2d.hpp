@@ -118,10 +118,11 @@ struct SelectOptions {
   double auto_particle_sd = AutoSelectOptions{}.particle_sd;    // --auto_particle_sd
   double particle_diameter = 0;                                 // --particle_diameter (Å; 0: the optimiser's)
   bool auto_no_image_tests = false;                                    // --auto_no_image_tests
+  bool auto_step = false;                                       // --auto_step
   int threads = 1;                                              // --j
   AutoSelectOptions auto_options() const {
     return {auto_min_contrast, auto_max_contrast, auto_max_edge, particle_diameter, auto_particle_sd, !auto_no_image_tests,
-            threads};
+            auto_step, threads};
   }
   std::string validate() const;
 };

@@ -420,9 +420,9 @@ std::string SelectOptions::validate() const {
   if (automatic) return auto_options().validate();
   const AutoSelectOptions d;
   if (auto_min_contrast != d.min_contrast || auto_max_contrast != d.max_contrast || auto_max_edge != d.max_edge ||
-      auto_particle_sd != d.particle_sd || particle_diameter != 0 || auto_no_image_tests)
-    return "--auto_min_contrast, --auto_max_contrast, --auto_max_edge, --auto_particle_sd, --auto_no_image_tests and "
-           "--particle_diameter need --auto";
+      auto_particle_sd != d.particle_sd || particle_diameter != 0 || auto_no_image_tests || auto_step)
+    return "--auto_min_contrast, --auto_max_contrast, --auto_max_edge, --auto_particle_sd, --auto_no_image_tests, "
+           "--auto_step and --particle_diameter need --auto";
   if (threads < 1) return fmt::format("--j: must be at least 1 (got {})", threads);
   for (int c : classes)
     if (c < 1) return fmt::format("--classes: class numbers start at 1 (got {})", c);

@@ -32,6 +32,7 @@ std::string AutoSelectOptions::validate() const {
   if (!(particle_diameter >= 0) || !std::isfinite(particle_diameter))
     return fmt::format("--particle_diameter {}: must be positive (Å)", particle_diameter);
   if (threads < 1) return fmt::format("--j: must be at least 1 (got {})", threads);
+  if (step && !image_tests) return "--auto_step reads the images: it cannot be combined with --auto_no_image_tests";
   return "";
 }
 
@@ -382,9 +383,9 @@ ScreenResult screen_particles(const std::string& data_star, const ParticleTable&
     std::tie(result.step, result.band_power) = image_statistics(table, particle_diameter(data_star, opt), opt.threads);
     std::tie(step_dev, step_spread) = class_deviations(result.step, screened);
     std::tie(power_dev, power_spread) = class_deviations(result.band_power, screened);
-    spdlog::info("select --auto: image tests of {} particles: robust spread of the deviations from the class "
-                 "medians {:.3f} (step statistic), {:.4f} (band power)",
-                 table.size(), step_spread, power_spread);
+    spdlog::info("select --auto: image statistics of {} particles: robust spread of the deviations from the class "
+                 "medians {:.3f} (step statistic{}), {:.4f} (band power)",
+                 table.size(), step_spread, opt.step ? "" : ", not a test without --auto_step", power_spread);
   }
   // The residual test only without the image tests: the band power measures the same excess against the
   // particle's own micrograph (the norm correction varies more between micrographs and loses particles).
@@ -409,7 +410,7 @@ ScreenResult screen_particles(const std::string& data_star, const ParticleTable&
       }
       if (image_tests)
         for (size_t i : idx)
-          if ((step_spread > 0 && step_dev[i] > opt.particle_sd * step_spread) ||
+          if ((opt.step && step_spread > 0 && step_dev[i] > opt.particle_sd * step_spread) ||
               (power_spread > 0 && power_dev[i] > opt.particle_sd * power_spread))
             out[i] = 1;
     }

@@ -32,7 +32,9 @@
 //                                        without the image tests, whose band power measures the same
 //                                        excess against the particle's own micrograph, or
 //   step statistic - m > t d_step        a straight or sharp boundary much stronger than its mates' (carbon
-//                                        edges, contamination), or
+//                                        edges, contamination); only with `step` (--auto_step): on crowded
+//                                        picks a neighbour clipped by the disc is such a boundary too (the
+//                                        quickstart's 70S picks: 89 of 880 true particles flagged), or
 //   band power - m > t d_power           much more low-resolution power than its mates (aggregates,
 //                                        neighbours, contamination): the image tests (ImageScreenStatistics,
 //                                        computed from the images, so for RELION's classifications too; the
@@ -42,7 +44,7 @@
 //                                        its class's median (a class that is half edges has a spread of its
 //                                        own that hides them).
 // A test whose column is absent (RELION's class2d has no _regulaSignalZ) is skipped, with a message;
-// `image_tests` false (--auto_no_image_tests) skips the step and band power tests and the reading of images.
+// `image_tests` false (--auto_no_image_tests) skips the image tests and the reading of images.
 // particle_sd 2.5 by default (measured on the junk sets of docs/class2d.md); 0 turns the screen off.
 #pragma once
 #include <cstdint>
@@ -61,7 +63,8 @@ struct AutoSelectOptions {
   double max_edge = 1.0;          // --auto_max_edge
   double particle_diameter = 0;   // --particle_diameter, Å (0: the optimiser file's)
   double particle_sd = 2.5;       // --auto_particle_sd (0: classes only)
-  bool image_tests = true;        // the step and band power tests (they read the images); --auto_no_image_tests
+  bool image_tests = true;        // the band power test (it reads the images); --auto_no_image_tests turns it off
+  bool step = false;              // --auto_step: also the step test (carbon edges; flags particles with neighbours)
   int threads = 1;                // --j (the step statistic)
   std::string validate() const;
 };
