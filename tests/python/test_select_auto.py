@@ -314,6 +314,9 @@ def test_auto_options_and_bad_input(tmp_path):
     out = tmp_path / "s.star"
     r = run_regula("select", "--i", data, "--o", out, "--auto_max_edge", 2, check=False)
     assert r.returncode != 0 and "--auto" in r.stderr and not out.exists()
+    for bad in (["--auto_step", "--auto_no_image_tests"], ["--auto_step", "--auto_particle_sd", 0]):
+        r = run_regula("select", "--i", data, "--o", out, "--auto", *bad, check=False)
+        assert r.returncode == 1 and "--auto_step" in r.stderr and not out.exists(), r.stderr
     r = run_regula("select", "--i", data, "--o", out, "--auto", "--classes", 1, check=False)
     assert r.returncode == 1 and "exactly one of" in r.stderr and not out.exists()
     r = run_regula("select", "--i", data, "--o", out, "--auto", "--auto_min_contrast", 3, "--auto_max_contrast", 2,

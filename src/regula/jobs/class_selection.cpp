@@ -33,6 +33,7 @@ std::string AutoSelectOptions::validate() const {
     return fmt::format("--particle_diameter {}: must be positive (Å)", particle_diameter);
   if (threads < 1) return fmt::format("--j: must be at least 1 (got {})", threads);
   if (step && !image_tests) return "--auto_step reads the images: it cannot be combined with --auto_no_image_tests";
+  if (step && particle_sd == 0) return "--auto_step is a test of the particle screen: it needs --auto_particle_sd > 0";
   return "";
 }
 
