@@ -12,7 +12,7 @@
 #include <spdlog/spdlog.h>
 
 #include "regula/core/error.hpp"
-#include "regula/core/fft.hpp"
+#include "regula/imaging/backprojector.hpp"
 #include "regula/core/parallel.hpp"
 #include "regula/core/stats.hpp"
 #include "regula/io/mrc.hpp"
@@ -152,16 +152,8 @@ double ImageScreenStatistics::operator()(const Image& image, Work& w, float* pow
     for (int x = 0; x < n_ * bin_; ++x) v[size_t(y / bin_) * size_t(n_) + size_t(x / bin_)] += image(x + off, y + off);
   // The band's shell powers, |F|^2 averaged over the shell (whole binned box).
   if (band_size() > 0) {
-    fft_forward(w.binned, w.F);
-    std::vector<double> sum(size_t(band_size()), 0.0), cnt(size_t(band_size()), 0.0);
-    for (int y = 0; y < n_; ++y)
-      for (int x = 0; x <= n_ / 2; ++x) {
-        const int r = int(std::lround(std::hypot(double(x), double(fft_freq(y, n_)))));
-        if (r < band_lo_ || r > band_hi_) continue;
-        sum[size_t(r - band_lo_)] += std::norm(w.F(x, y));
-        cnt[size_t(r - band_lo_)] += 1;
-      }
-    for (int k = 0; k < band_size(); ++k) power[k] = float(sum[size_t(k)] / cnt[size_t(k)]);
+    const std::vector<double> shells = shell_power(w.binned);
+    for (int k = 0; k < band_size(); ++k) power[k] = float(shells[size_t(band_lo_ + k)]);
   }
   // The step statistic inside the disc.
   double mean = 0;

@@ -101,7 +101,6 @@ class ImageScreenStatistics {
   ImageScreenStatistics(int box, double pixel, double diameter, int directions = 24);
   struct Work {  // scratch, one per thread
     Image binned;
-    Grid<cfloat> F;
     std::vector<double> profile;
   };
   int band_size() const { return band_hi_ - band_lo_ + 1; }  // 0: the band holds no shell of this box
