@@ -397,7 +397,7 @@ void bind_jobs(py::module_& m) {
        REGULA_FIELD(I, continue_from), REGULA_FIELD(I, angpix), REGULA_FIELD(I, grad_em_iters),
        REGULA_FIELD(I, grad_ini_subset), REGULA_FIELD(I, grad_fin_subset), REGULA_FIELD(I, grad_ini_frac),
        REGULA_FIELD(I, grad_fin_frac), REGULA_FIELD(I, grad_ini_stepsize), REGULA_FIELD(I, grad_stepsize),
-       REGULA_FIELD(I, grad_write_iter), REGULA_FIELD(I, strict_highres_exp)},
+       REGULA_FIELD(I, grad_write_iter), REGULA_FIELD(I, strict_highres_exp), REGULA_FIELD(I, tau2_fudge_scheme)},
       [](const I& o) { return run_initial_model(o); },
       [](const I&, InitialModelResult r) {
         py::dict d;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "regula/io/mrc.hpp"
+#include "regula/jobs/class3d.hpp"
 #include "regula/jobs/initial_model.hpp"
 #include "regula/imaging/fsc.hpp"
 #include "regula/sampling/euler.hpp"
@@ -57,4 +58,35 @@ TEST(AlignSymmetry, PutsTheAxesOfATurnedD2MapOnXYZ) {
                 corr);
     EXPECT_LT(off, 4.0);
   }
+}
+
+// initial_model's --tau2_fudge_scheme (RELION 4/5's): "plain" by default (T throughout); "D-step" starts at T / D
+// and rises by the sigmoid of RELION's MlOptimiser::updateTau2Fudge, centred an eighth into the middle phase.
+TEST(InitialModelSchedule, Tau2FudgeRisesFromTheInitialPhasesValue) {
+  InitialModelOptions o;
+  o.input = "particles.star";
+  o.out_root = "run";
+  o.tau2_fudge = 4;
+  EXPECT_EQ(o.validate(), "");
+  EXPECT_DOUBLE_EQ(o.initial_tau2_fudge(), 0.0);
+  o.tau2_fudge_scheme = "4-step";
+  EXPECT_DOUBLE_EQ(o.initial_tau2_fudge(), 1.0);
+  o.tau2_fudge_scheme = "2-step";
+  EXPECT_DOUBLE_EQ(o.initial_tau2_fudge(), 2.0);
+  o.tau2_fudge_scheme = "plain";
+  EXPECT_DOUBLE_EQ(o.initial_tau2_fudge(), 0.0);
+  for (const char* bad : {"", "step", "-step", "0-step", "x-step", "2-steps", "-1-step", "nan-step", "Plain"}) {
+    o.tau2_fudge_scheme = bad;
+    EXPECT_NE(o.validate().find("--tau2_fudge_scheme"), std::string::npos) << bad;
+  }
+  MiniBatchSchedule b;  // 55 mini-batch iterations: initial phase 16, middle 28 (sigmoid length 7), final 11
+  b.iterations = 55;
+  b.ini_tau2_fudge = 1;
+  EXPECT_NEAR(batch_tau2_fudge(b, 0, 4), 1.0, 1e-9);
+  EXPECT_NEAR(batch_tau2_fudge(b, 15, 4), 1.0, 1e-2);
+  EXPECT_NEAR(batch_tau2_fudge(b, 16, 4), 1 + 3 / (1 + std::pow(10.0, 2.0)), 1e-9);  // (16 - 16 - 3.5) / 1.75 = -2
+  EXPECT_NEAR(batch_tau2_fudge(b, 30, 4), 4.0, 1e-4);
+  EXPECT_DOUBLE_EQ(batch_tau2_fudge(b, 55, 4), 4.0);  // full-batch EM
+  b.ini_tau2_fudge = 0;
+  EXPECT_DOUBLE_EQ(batch_tau2_fudge(b, 0, 4), 4.0);
 }

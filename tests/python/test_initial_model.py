@@ -100,3 +100,26 @@ def test_mini_batches_do_not_depend_on_ranks(sim, tmp_path):
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
         assert np.array_equal(one, mrcfile.read(tmp_path / f"np{n}/run_initial_model.mrc")), n
+
+
+def test_tau2_fudge_scheme(sim, tmp_path):
+    """--tau2_fudge_scheme (RELION 4/5's): "plain" is the default (the same map without the option); "4-step"
+    regularises the mini-batches' initial phase with T = 1 (another map, its log says T 1.00); a scheme that is
+    not "plain" or "D-step" is refused before any output."""
+    # 7 mini-batch iterations: 2 in the initial phase (T 1), 4 in the middle (T 4 from its second), 1 final.
+    common = ["--i", sim / "sim/particles.star", "--ctf", "--iter", 8, "--grad_em_iters", 1, "--grad_ini_subset", 30,
+              "--grad_fin_subset", 60]
+    run("initial_model", "--o", tmp_path / "default/run", *common)
+    run("initial_model", "--o", tmp_path / "plain/run", "--tau2_fudge_scheme", "plain", *common)
+    r = subprocess.run([regula_binary(), "initial_model", "--o", str(tmp_path / "step/run"), "--tau2_fudge_scheme",
+                        "4-step", *map(str, common)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "iteration 2 (mini-batch of 30, step 0.90, T 1.00)" in r.stderr
+    assert "iteration 5 (mini-batch of 45, step 0.70, T 4.00)" in r.stderr
+    a = mrcfile.read(tmp_path / "default/run_initial_model.mrc")
+    assert np.array_equal(a, mrcfile.read(tmp_path / "plain/run_initial_model.mrc"))
+    assert not np.array_equal(a, mrcfile.read(tmp_path / "step/run_initial_model.mrc"))
+    for bad in ["4-steps", "0-step", "T-step"]:
+        r = run("initial_model", "--o", tmp_path / f"bad/{bad}", "--tau2_fudge_scheme", bad, *common, check=False)
+        assert r.returncode == 1 and "--tau2_fudge_scheme" in r.stderr, r.stderr
+    assert not (tmp_path / "bad").exists()

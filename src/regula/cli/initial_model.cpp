@@ -42,6 +42,9 @@ void add_initial_model(CLI::App& app) {
   s->add_option("--offset_range", opt->offset_range, "Translation range, px")->capture_default_str();
   s->add_option("--offset_step", opt->offset_step, "Translation step, px")->capture_default_str();
   s->add_option("--tau2_fudge", opt->tau2_fudge, "Regularisation parameter T")->capture_default_str();
+  s->add_option("--tau2_fudge_scheme", opt->tau2_fudge_scheme,
+                "\"plain\" (T throughout) or \"D-step\" (T / D in the mini-batches' initial phase, rising to T early in "
+                "the middle phase; RELION's default is \"T-step\")")->capture_default_str();
   s->add_option("--maxsig", opt->max_significants,
                 "At most this many significant coarse poses per particle (-1: no bound; logged when it binds)")
       ->capture_default_str();

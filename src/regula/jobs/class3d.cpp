@@ -115,6 +115,21 @@ BatchStep batch_step(const MiniBatchSchedule& b, int it, size_t N) {
   return r;
 }
 
+}  // namespace
+
+double batch_tau2_fudge(const MiniBatchSchedule& b, int it, double fudge) {
+  if (!(b.ini_tau2_fudge > 0) || it >= b.iterations) return fudge;
+  // RELION's sigmoid (MlOptimiser::updateTau2Fudge): from the end of the initial phase over a quarter of
+  // the middle phase, half-way at its eighth.
+  const int G = b.iterations;
+  const int ini = int(G * b.ini_frac), fin = int(G * b.fin_frac), mid = std::max(G - ini - fin, 0);
+  const double a = std::max(mid / 4.0, 1.0);
+  const double w = 1 / (std::pow(10.0, (it - ini - a / 2) / (a / 4)) + 1);
+  return b.ini_tau2_fudge * w + fudge * (1 - w);
+}
+
+namespace {
+
 struct Report {
   int used_shells = 0;
   std::vector<std::vector<double>> ssnr, tau2;
@@ -651,6 +666,7 @@ Report Job::iterate() {
   }
 
   // M-step per class: MAP reconstruction with the class's own power spectrum as prior.
+  const double tau2_fudge = batch ? batch_tau2_fudge(opt_.batches, st_.iteration, opt_.tau2_fudge) : opt_.tau2_fudge;
   rep.ssnr.assign(size_t(K_), std::vector<double>(hs, 0.0));
   rep.tau2.assign(size_t(K_), {});
   std::vector<Volume> maps(static_cast<size_t>(K_));
@@ -663,7 +679,7 @@ Report Job::iterate() {
     // fewer particles is shrunk more and loses every particle (measured: one class of 2000 even at
     // the true poses; without it 99% of the particles in their true class).
     if (unregularised_) ro.tau2.clear();
-    ro.tau2_fudge = opt_.tau2_fudge;
+    ro.tau2_fudge = tau2_fudge;
     ro.max_frequency = r_;
     ro.nthreads = opt_.threads;
     // (Corners filled as RELION, with the mean outside radius n/2, not corners_from_edge as refine3d: the
@@ -678,7 +694,7 @@ Report Job::iterate() {
     for (size_t s = 0; s < hs; ++s) {
       if (s > size_t(r_) || ro.tau2.empty()) continue;
       const bool no_prior = opt_.relion_prior && ro.tau2[s] == 0 && mw[s] > 0;
-      rep.ssnr[k][s] = no_prior ? mstep::kNoPriorSsnr : mw[s] * ro.tau2[s] * opt_.tau2_fudge;
+      rep.ssnr[k][s] = no_prior ? mstep::kNoPriorSsnr : mw[s] * ro.tau2[s] * tau2_fudge;
     }
     rep.tau2[k] = ro.tau2;
     maps[k] = bp_[k]->reconstruct(ro);
@@ -906,6 +922,7 @@ void Job::write_iteration(const Report& rep) {
   o.set("regulaBatchIniStep", num(opt_.batches.ini_step));
   o.set("regulaBatchStep", num(opt_.batches.step));
   o.set("regulaBatchWriteEvery", std::to_string(opt_.batches.write_every));
+  o.set("regulaBatchIniTau2Fudge", num(opt_.batches.ini_tau2_fudge));
   if (mini_batch() && !batch_sums_.empty()) {
     // The forgetting sums (the next iteration is a mini-batch one). Only the newest are kept: they
     // are the size of the back-projectors; an older checkpoint of the mini-batch phase cannot be
@@ -1007,6 +1024,8 @@ void Job::read_checkpoint() {
     opt_.batches.ini_step = get_d("regulaBatchIniStep");
     opt_.batches.step = get_d("regulaBatchStep");
     opt_.batches.write_every = int(get_d("regulaBatchWriteEvery"));
+    // (Older checkpoints: --tau2_fudge throughout.)
+    opt_.batches.ini_tau2_fudge = o.has("regulaBatchIniTau2Fudge") ? get_d("regulaBatchIniTau2Fudge") : 0.0;
   }
   state_io::Reader r(get("regulaStateFile"), job_);
   r.magic(kMagic);
@@ -1089,7 +1108,8 @@ Class3DResult Job::run() {
     std::string subset;
     if (batch) {
       const BatchStep bs = batch_step(opt_.batches, st_.iteration - 1, table_.size());
-      subset = fmt::format(" (mini-batch of {}, step {:.2f})", bs.subset, bs.eta);
+      subset = fmt::format(" (mini-batch of {}, step {:.2f}, T {:.2f})", bs.subset, bs.eta,
+                           batch_tau2_fudge(opt_.batches, st_.iteration - 1, opt_.tau2_fudge));
     }
     spdlog::info("class3d: iteration {}{}: {}{}, limit {} shells, <Pmax> {:.3f}, classes {}, {:.1f} s", st_.iteration,
                  subset, consensus_ ? "consensus, " : "", search_, rep.used_shells, rep.average_pmax, fr,

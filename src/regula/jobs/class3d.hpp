@@ -23,8 +23,14 @@ struct MiniBatchSchedule {
   long ini_subset = 200, fin_subset = 1000;  // subset sizes of the initial and final phase
   double ini_frac = 0.3, fin_frac = 0.2;   // fractions of the mini-batch iterations in those phases
   double ini_step = 0.9, step = 0.5;       // eta in the initial phase, and in the final phase
+  // The regularisation parameter T of the initial phase (RELION 4/5's --tau2_fudge_scheme "D-step": T / D),
+  // rising to --tau2_fudge by RELION's sigmoid early in the middle phase; <= 0: --tau2_fudge throughout.
+  double ini_tau2_fudge = 0;
   int write_every = 10;                    // iteration files every so many mini-batch iterations
 };
+
+// T in mini-batch iteration `it` (0-based) of the schedule, `fudge` the job's --tau2_fudge.
+double batch_tau2_fudge(const MiniBatchSchedule& b, int it, double fudge);
 
 struct Class3DOptions {
   std::string input;                // --i

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 
 #include <fmt/format.h>
@@ -43,7 +44,29 @@ std::string InitialModelOptions::validate() const {
     return fmt::format("--grad_ini_stepsize: must be in (0, 1] (got {})", grad_ini_stepsize);
   if (!(grad_stepsize > 0 && grad_stepsize <= 1)) return fmt::format("--grad_stepsize: must be in (0, 1] (got {})", grad_stepsize);
   if (grad_write_iter < 1) return fmt::format("--grad_write_iter: must be at least 1 (got {})", grad_write_iter);
-  return "";
+  if (!(tau2_fudge > 0)) return fmt::format("--tau2_fudge: must be positive (got {})", tau2_fudge);
+  std::string error;
+  initial_tau2_fudge(&error);
+  return error;
+}
+
+double InitialModelOptions::initial_tau2_fudge(std::string* error) const {
+  if (tau2_fudge_scheme == "plain") return 0.0;
+  const size_t at = tau2_fudge_scheme.find("-step");
+  double deflate = 0;
+  if (at != std::string::npos && at + 5 == tau2_fudge_scheme.size()) {
+    const std::string d = tau2_fudge_scheme.substr(0, at);
+    char* end = nullptr;
+    deflate = std::strtod(d.c_str(), &end);
+    if (d.empty() || end != d.c_str() + d.size()) deflate = 0;
+  }
+  if (!(deflate > 0) || !std::isfinite(deflate)) {
+    if (error)
+      *error = fmt::format("--tau2_fudge_scheme: \"plain\" or \"D-step\" with D a positive number (got \"{}\")",
+                           tau2_fudge_scheme);
+    return 0.0;
+  }
+  return tau2_fudge / deflate;
 }
 
 Volume rotate_map(const Volume& in, const Mat3& R) { return transform_map(in, R); }
@@ -126,6 +149,7 @@ InitialModelResult run_initial_model(const InitialModelOptions& opt) {
   c.batches.ini_step = opt.grad_ini_stepsize;
   c.batches.step = opt.grad_stepsize;
   c.batches.write_every = opt.grad_write_iter;
+  c.batches.ini_tau2_fudge = opt.initial_tau2_fudge();
   c.staged = false;  // K > 1: random classes in the first iteration, as RELION's initial model
   const std::filesystem::path dir = std::filesystem::path(opt.out_root).parent_path();
   std::string start_written;  // the start map, removed again if class3d rejects its input

@@ -47,6 +47,12 @@ struct InitialModelOptions {
   double offset_range = 4;        // --offset_range, px
   double offset_step = 2;         // --offset_step, px
   double tau2_fudge = 4;          // --tau2_fudge
+  // --tau2_fudge_scheme (RELION 4/5's): "plain" (T throughout) or "D-step": T / D in the mini-batches' initial
+  // phase, rising to T early in the middle phase. RELION's default for a 3D initial model is "T-step" (T = 1 at
+  // first); Regula's is "plain", which found the structure more often (docs/initial_model.md).
+  std::string tau2_fudge_scheme = "plain";
+  // The initial phase's T that --tau2_fudge_scheme gives (0: T throughout); the scheme's error, if any.
+  double initial_tau2_fudge(std::string* error = nullptr) const;
   // --maxsig: at most this many significant coarse poses per particle (-1: no bound). From a featureless
   // start the posteriors are flat for the first iterations, and the fine pass over all their poses
   // dominates the run; the bound is logged per iteration when it binds.
