@@ -23,7 +23,7 @@ struct InitialModelOptions {
   std::string sym = "C1";         // --sym: searched in C1; the result is then aligned to the group's axes
   double particle_diameter = 0;   // --particle_diameter, Å (0: box - 10 px)
   bool ctf = false;               // --ctf
-  int iterations = 60;            // --iter: all iterations, the mini-batch ones first
+  int iterations = 200;           // --iter: all iterations, the mini-batch ones first (RELION 4/5: 200)
   bool iterations_given = false;  // --iter on the command line (with --continue, else the checkpoint's)
   // The mini-batch schedule (RELION's option names; docs/initial_model.md): the last --grad_em_iters
   // iterations are full-batch EM (>= --iter: no mini-batches), the others search random subsets of
