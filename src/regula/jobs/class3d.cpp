@@ -103,9 +103,18 @@ struct BatchStep {
   size_t subset = 0;  // particles searched (N: all)
   double eta = 1;     // weight of this subset's sums against the forgetting sums
 };
-BatchStep batch_step(const MiniBatchSchedule& b, int it, size_t N) {
+// The schedule's initial and middle phases, in iterations (the final phase is the rest).
+struct BatchPhases {
+  int ini = 0, mid = 0;
+};
+BatchPhases batch_phases(const MiniBatchSchedule& b) {
   const int G = b.iterations;
-  const int ini = int(G * b.ini_frac), fin = int(G * b.fin_frac), mid = std::max(G - ini - fin, 0);
+  const int ini = int(G * b.ini_frac), fin = int(G * b.fin_frac);
+  return {ini, std::max(G - ini - fin, 0)};
+}
+
+BatchStep batch_step(const MiniBatchSchedule& b, int it, size_t N) {
+  const auto [ini, mid] = batch_phases(b);
   double f = 0;
   if (it >= ini + mid) f = 1;
   else if (it >= ini && mid > 0) f = double(it - ini) / mid;
@@ -121,8 +130,7 @@ double batch_tau2_fudge(const MiniBatchSchedule& b, int it, double fudge) {
   if (!(b.ini_tau2_fudge > 0) || it >= b.iterations) return fudge;
   // RELION's sigmoid (MlOptimiser::updateTau2Fudge): from the end of the initial phase over a quarter of
   // the middle phase, half-way at its eighth.
-  const int G = b.iterations;
-  const int ini = int(G * b.ini_frac), fin = int(G * b.fin_frac), mid = std::max(G - ini - fin, 0);
+  const auto [ini, mid] = batch_phases(b);
   const double a = std::max(mid / 4.0, 1.0);
   const double w = 1 / (std::pow(10.0, (it - ini - a / 2) / (a / 4)) + 1);
   return b.ini_tau2_fudge * w + fudge * (1 - w);
